@@ -1,0 +1,73 @@
+"""Input validation shared by the public API (clear errors instead of numpy crashes)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["check_array", "check_positive"]
+
+
+def check_array(
+    X,
+    *,
+    name: str = "X",
+    n_features: int | None = None,
+    ndim: int = 2,
+    allow_nan: bool = False,
+    feature_name: str = "columns",
+) -> np.ndarray:
+    """Return ``X`` as a C-contiguous float64 array after checking shape and values.
+
+    Parameters
+    ----------
+    X : array_like
+        Input; a 1-D array is accepted where ``ndim == 2`` only if ``n_features == 1`` is
+        impossible to confuse, so we require explicit 2-D input and say so.
+    name : str
+        Name used in error messages.
+    n_features : int, optional
+        Required size of the last axis.
+    ndim : int
+        Required number of dimensions.
+    allow_nan : bool
+        Whether NaN entries are allowed (infinite entries never are).
+    """
+    try:
+        arr = np.asarray(X, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be a numeric array; got {type(X).__name__}: {exc}") from exc
+    if arr.ndim != ndim:
+        hint = ""
+        if ndim == 2 and arr.ndim == 1:
+            hint = " (reshape a single point with x[None, :], or a 1-D column with x[:, None])"
+        raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}{hint}")
+    if n_features is not None and arr.shape[-1] != n_features:
+        raise ValueError(
+            f"{name} has {arr.shape[-1]} {feature_name} but {n_features} are expected "
+            f"(shape {arr.shape})"
+        )
+    if allow_nan:
+        bad = np.isinf(arr)
+        if bad.any():
+            raise ValueError(f"{name} contains {int(bad.sum())} infinite values")
+    else:
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            rows = np.unique(np.nonzero(bad.reshape(arr.shape[0], -1) if arr.ndim else bad)[0])
+            raise ValueError(
+                f"{name} contains {int(bad.sum())} NaN or infinite values "
+                f"(first bad rows: {rows[:5].tolist()}); remove or impute them first"
+            )
+    return np.ascontiguousarray(arr)
+
+
+def check_positive(value, *, name: str, size: int | None = None) -> np.ndarray:
+    """Return a positive finite float64 scalar or vector (broadcast to ``size`` if given)."""
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.ndim > 1:
+        raise ValueError(f"{name} must be a scalar or a 1-D vector, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise ValueError(f"{name} must be positive and finite, got {value!r}")
+    if size is not None and arr.ndim == 1 and arr.shape[0] != size:
+        raise ValueError(f"{name} has length {arr.shape[0]} but {size} is expected")
+    return arr

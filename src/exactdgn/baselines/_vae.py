@@ -1,0 +1,750 @@
+"""Amortised variational baselines: VAE and IWAE with a CPA decoder and Gaussian noise.
+
+Model: ``z ~ N(0, I_d)``, ``x | z ~ N(g(z), diag(σ²))`` with ``g`` an :class:`exactdgn.Decoder`
+(trained as its PyTorch twin) and ``σ`` either one learned scalar (``noise="isotropic"``) or one
+per output (``"diagonal"``), parametrised as ``log σ`` clamped below at ``log(min_noise_std)``.
+Encoder: ``q(z | x) = N(μ(x), diag(s(x)²))`` from an MLP with a mean head and a log-std head.
+
+With importance weights ``log w(x, z) = log p(x | z) + log p(z) - log q(z | x)``, ``z ~ q(z|x)``:
+
+* ELBO: ``E_q[log w]`` (VAE objective, one or more reparametrised samples);
+* IWAE-k bound: ``E[log (1/k) Σ_i w_i]``, ``ELBO <= IWAE_k <= IWAE_{k+1} <= log p(x)``;
+* importance-sampling estimate of ``log p(x)``: ``log (1/K) Σ_i w_i`` for large ``K``
+  (biased low by about ``Var(w)/(2 K p(x)²)``; consistent as ``K -> ∞``).
+
+The exact ``log p(x)`` of the same decoder and noise is :class:`exactdgn.ExactDGN`'s job;
+these estimators are the approximate baselines it is compared with.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import numbers
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._validation import check_array, check_positive
+from ..datasets._toy import check_random_state
+from ..decoder import Decoder
+
+__all__ = ["IWAE", "VAE", "GaussianEncoder"]
+
+logger = logging.getLogger(__name__)
+
+_LOG_2PI = math.log(2.0 * math.pi)
+_EVAL_ELEMENTS = 2**22  # floats per evaluation chunk (rows x samples x widest layer)
+
+_ENCODER_ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "tanh": nn.Tanh,
+    "softplus": nn.Softplus,
+    "elu": nn.ELU,
+}
+
+
+class GaussianEncoder(nn.Module):
+    """MLP encoder ``x -> (μ(x), log s(x))`` of a diagonal Gaussian ``q(z | x)``.
+
+    Parameters
+    ----------
+    n_features : int
+        Data dimension ``D``.
+    latent_dim : int
+        Latent dimension ``d``.
+    hidden_sizes : sequence of int
+        Widths of the shared hidden layers (empty: both heads are affine in ``x``).
+    activation : {"relu", "leaky_relu", "tanh", "softplus", "elu"}
+    min_log_std, max_log_std : float
+        The log-std head is clamped to this range for numerical safety.
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        latent_dim: int,
+        hidden_sizes: Sequence[int] = (64, 64),
+        activation: str = "relu",
+        *,
+        min_log_std: float = -12.0,
+        max_log_std: float = 6.0,
+    ):
+        super().__init__()
+        if activation not in _ENCODER_ACTIVATIONS:
+            raise ValueError(
+                f"encoder activation must be one of {sorted(_ENCODER_ACTIVATIONS)}, "
+                f"got {activation!r}"
+            )
+        layers: list[nn.Module] = []
+        n = int(n_features)
+        for h in hidden_sizes:
+            if int(h) < 1:
+                raise ValueError(f"encoder hidden sizes must be >= 1, got {list(hidden_sizes)}")
+            layers += [nn.Linear(n, int(h)), _ENCODER_ACTIVATIONS[activation]()]
+            n = int(h)
+        self.body = nn.Sequential(*layers)
+        self.mean_head = nn.Linear(n, int(latent_dim))
+        self.log_std_head = nn.Linear(n, int(latent_dim))
+        self.min_log_std = float(min_log_std)
+        self.max_log_std = float(max_log_std)
+
+    def forward(self, x):
+        """Return ``(mean, log_std)``, each of shape (B, d)."""
+        h = self.body(x)
+        log_std = torch.clamp(self.log_std_head(h), self.min_log_std, self.max_log_std)
+        return self.mean_head(h), log_std
+
+
+def _log_weights(x, eps, decoder, encoder, log_sigma):
+    """``log w`` for reparametrised samples.
+
+    Parameters
+    ----------
+    x : tensor (B, D)
+    eps : tensor (B, K, d), standard normal
+    decoder : module R^d -> R^D
+    encoder : GaussianEncoder
+    log_sigma : tensor (1,) or (D,)
+
+    Returns
+    -------
+    log_w : tensor (B, K)
+    """
+    B, K, d = eps.shape
+    D = x.shape[1]
+    mu, log_s = encoder(x)
+    z = mu[:, None, :] + torch.exp(log_s)[:, None, :] * eps
+    xhat = decoder(z.reshape(B * K, d)).reshape(B, K, D)
+    r = (x[:, None, :] - xhat) * torch.exp(-log_sigma)
+    if log_sigma.numel() == 1:
+        log_det_noise = D * log_sigma.reshape(())
+    else:
+        log_det_noise = log_sigma.sum()
+    log_px_z = -0.5 * (r * r).sum(-1) - log_det_noise - 0.5 * D * _LOG_2PI
+    log_pz = -0.5 * (z * z).sum(-1) - 0.5 * d * _LOG_2PI
+    log_qz = -0.5 * (eps * eps).sum(-1) - log_s.sum(-1)[:, None] - 0.5 * d * _LOG_2PI
+    return log_px_z + log_pz - log_qz
+
+
+def _torch_dtype(dtype):
+    if dtype in ("float64", torch.float64, np.float64):
+        return torch.float64
+    if dtype in ("float32", torch.float32, np.float32):
+        return torch.float32
+    raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+
+
+def _int_param(value, name, low):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return int(value)
+
+
+class VAE:
+    """Variational auto-encoder with a continuous piecewise-affine decoder.
+
+    Parameters
+    ----------
+    decoder : Decoder or sequence of int
+        The decoder architecture and initial weights (an :class:`exactdgn.Decoder`, copied), or
+        layer sizes ``[d, n_1, ..., D]`` for ``Decoder.random(sizes, activation=activation,
+        negative_slope=negative_slope, seed=...)`` seeded from ``random_state``.
+    activation : str
+        Decoder activation when ``decoder`` is given as sizes.
+    negative_slope : float
+        Leaky-ReLU / PReLU slope when ``decoder`` is given as sizes.
+    noise : {"isotropic", "diagonal"}
+        One learned noise std, or one per output dimension.
+    init_noise_std : float or array of shape (D,), optional
+        Initial noise std (default: half the data's per-feature std, averaged for isotropic).
+    min_noise_std : float
+        Floor on the noise std (``log σ`` is clamped at ``log(min_noise_std)``).
+    encoder_hidden : sequence of int
+        Hidden widths of the encoder MLP.
+    encoder_activation : str
+        ``"relu"``, ``"leaky_relu"``, ``"tanh"``, ``"softplus"`` or ``"elu"``.
+    n_train_samples : int
+        Reparametrised samples per point per step (the VAE objective averages their ``log w``).
+    lr : float
+        Adam learning rate.
+    batch_size : int
+    max_epochs : int
+        Maximum passes over the training data (0 only initialises the model).
+    validation_fraction : float
+        Fraction of ``X`` held out for early stopping (0 disables early stopping).
+    patience : int
+        Stop after this many epochs without a validation improvement larger than ``min_delta``;
+        the parameters of the best validation epoch are restored.
+    min_delta : float
+        Minimal improvement (nats per point) that resets the patience counter.
+    dtype : {"float64", "float32"}
+        Training precision. Fitted modules and all evaluation methods are float64.
+    random_state : None, int or numpy.random.Generator
+        Seeds the decoder initialisation (when given sizes), encoder initialisation, validation
+        split, minibatch order and training noise. Same seed, same data -> same fit.
+    progress : bool
+        Show a tqdm progress bar over epochs.
+
+    Attributes
+    ----------
+    decoder_ : Decoder
+        The trained decoder, exported with :meth:`Decoder.from_torch` (float64).
+    noise_std_ : float or ndarray of shape (D,)
+    encoder_ : GaussianEncoder
+        The trained encoder (float64, eval mode).
+    history_ : dict of lists
+        Per epoch: ``"train_objective"`` / ``"val_objective"`` (the training objective: ELBO for
+        a VAE, IWAE-k bound for an IWAE, mean nats per point) and ``"train_elbo"`` /
+        ``"val_elbo"``. Training values are running means over the epoch's minibatches;
+        validation values use fixed noise across epochs. Validation lists are empty without a
+        validation split.
+    n_epochs_ : int
+    best_epoch_ : int
+        0-based epoch whose parameters were kept (the last one without validation).
+    stopped_early_ : bool
+    n_features_in_ : int
+    latent_dim_ : int
+
+    Examples
+    --------
+    >>> from exactdgn.datasets import wave
+    >>> X = wave(300, random_state=0)
+    >>> vae = VAE([1, 16, 2], max_epochs=5, random_state=0).fit(X)
+    >>> vae.elbo(X[:3], n_samples=10, random_state=0).shape
+    (3,)
+    """
+
+    _objective_name = "elbo"
+
+    def __init__(
+        self,
+        decoder,
+        *,
+        activation: str = "leaky_relu",
+        negative_slope: float = 0.1,
+        noise: str = "isotropic",
+        init_noise_std=None,
+        min_noise_std: float = 1e-3,
+        encoder_hidden: Sequence[int] = (64, 64),
+        encoder_activation: str = "relu",
+        n_train_samples: int = 1,
+        lr: float = 1e-3,
+        batch_size: int = 128,
+        max_epochs: int = 100,
+        validation_fraction: float = 0.1,
+        patience: int = 10,
+        min_delta: float = 0.0,
+        dtype: str = "float64",
+        random_state=None,
+        progress: bool = False,
+    ):
+        self.decoder = decoder
+        self.activation = activation
+        self.negative_slope = negative_slope
+        self.noise = noise
+        self.init_noise_std = init_noise_std
+        self.min_noise_std = min_noise_std
+        self.encoder_hidden = encoder_hidden
+        self.encoder_activation = encoder_activation
+        self.n_train_samples = n_train_samples
+        self.lr = lr
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.min_delta = min_delta
+        self.dtype = dtype
+        self.random_state = random_state
+        self.progress = progress
+
+    # ------------------------------------------------------------------ training
+    def _n_objective_samples(self) -> int:
+        return _int_param(self.n_train_samples, "n_train_samples", 1)
+
+    def _objective(self, log_w):
+        """Per-point training objective from ``log w`` of shape (B, K): the ELBO estimate."""
+        return log_w.mean(dim=1)
+
+    def _initial_decoder(self, D: int, seed: int) -> Decoder:
+        if isinstance(self.decoder, Decoder):
+            dec = self.decoder.copy()
+        else:
+            try:
+                if isinstance(self.decoder, str | bytes):
+                    raise TypeError
+                sizes = [int(s) for s in self.decoder]
+            except (TypeError, ValueError):
+                raise TypeError(
+                    "decoder must be an exactdgn.Decoder or a sequence of layer sizes "
+                    f"[d, ..., D]; got {type(self.decoder).__name__}"
+                ) from None
+            dec = Decoder.random(
+                sizes, activation=self.activation, negative_slope=self.negative_slope, seed=seed
+            )
+        if dec.output_dim != D:
+            raise ValueError(f"the decoder outputs {dec.output_dim} dimensions but X has {D}")
+        return dec
+
+    def _initial_log_noise(self, X: np.ndarray, dtype) -> torch.Tensor:
+        D = X.shape[1]
+        if self.noise not in ("isotropic", "diagonal"):
+            raise ValueError(f"noise must be 'isotropic' or 'diagonal', got {self.noise!r}")
+        floor = float(check_positive(self.min_noise_std, name="min_noise_std"))
+        size = 1 if self.noise == "isotropic" else D
+        if self.init_noise_std is None:
+            std = X.std(axis=0) if X.shape[0] > 1 else np.ones(D)
+            init = 0.5 * (np.sqrt(np.mean(std**2)) if size == 1 else std)
+            init = np.maximum(np.broadcast_to(init, (size,)), floor)
+        else:
+            init = check_positive(self.init_noise_std, name="init_noise_std")
+            if init.ndim == 1 and size == 1:
+                raise ValueError("isotropic noise takes a scalar init_noise_std")
+            init = np.broadcast_to(init, (size,)).astype(np.float64)
+            if np.any(init < floor):
+                raise ValueError(
+                    f"init_noise_std {self.init_noise_std} is below min_noise_std {floor}"
+                )
+        return torch.log(torch.as_tensor(init, dtype=dtype))
+
+    def fit(self, X, y=None, *, X_val=None) -> VAE:
+        """Train on ``X`` (N, D) by maximising the objective with Adam.
+
+        Parameters
+        ----------
+        X : array_like of shape (N, D)
+        y : ignored
+        X_val : array_like of shape (M, D), optional
+            Validation data for early stopping (else ``validation_fraction`` of ``X``).
+
+        Returns
+        -------
+        self
+        """
+        X = check_array(X, name="X")
+        N, D = X.shape
+        dtype = _torch_dtype(self.dtype)
+        lr = float(check_positive(self.lr, name="lr"))
+        batch_size = _int_param(self.batch_size, "batch_size", 1)
+        max_epochs = _int_param(self.max_epochs, "max_epochs", 0)
+        patience = _int_param(self.patience, "patience", 1)
+        n_samples = self._n_objective_samples()
+        frac = float(self.validation_fraction)
+        if not 0.0 <= frac < 1.0:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {frac}")
+        min_delta = float(self.min_delta)
+        if not (min_delta >= 0 and np.isfinite(min_delta)):
+            raise ValueError(f"min_delta must be finite and >= 0, got {self.min_delta}")
+
+        rng = check_random_state(self.random_state)
+        dec_seed, enc_seed, torch_seed, val_seed = (int(s) for s in rng.integers(0, 2**62, 4))
+        dec = self._initial_decoder(D, dec_seed)
+        d = dec.latent_dim
+
+        # data split
+        if X_val is not None:
+            Xv = check_array(X_val, name="X_val", n_features=D)
+            Xt = X
+        elif frac > 0:
+            n_val = max(1, round(frac * N))
+            if n_val >= N:
+                raise ValueError(f"validation_fraction={frac} leaves no training data (N={N})")
+            perm = rng.permutation(N)
+            Xv, Xt = X[perm[:n_val]], X[perm[n_val:]]
+        else:
+            Xv, Xt = None, X
+
+        # modules (parameter initialisation must not disturb torch's global RNG)
+        with torch.random.fork_rng(devices=[]):
+            decoder_module = dec.to_torch(dtype)  # nn.Linear draws (then overwritten) weights
+            torch.manual_seed(enc_seed)
+            encoder = GaussianEncoder(D, d, tuple(self.encoder_hidden), self.encoder_activation).to(
+                dtype
+            )
+        log_noise = nn.Parameter(self._initial_log_noise(X, dtype))
+        log_floor = math.log(float(self.min_noise_std))
+
+        def log_sigma():
+            return torch.clamp(log_noise, min=log_floor)
+
+        params = [*decoder_module.parameters(), *encoder.parameters(), log_noise]
+        opt = torch.optim.Adam(params, lr=lr)
+        gen = torch.Generator().manual_seed(torch_seed)
+        xt = torch.as_tensor(Xt, dtype=dtype)
+        if Xv is not None:
+            xv = torch.as_tensor(Xv, dtype=dtype)
+            val_eps = torch.randn(
+                (xv.shape[0], n_samples, d),
+                generator=torch.Generator().manual_seed(val_seed),
+                dtype=dtype,
+            )
+
+        history: dict[str, list[float]] = {
+            "train_objective": [],
+            "train_elbo": [],
+            "val_objective": [],
+            "val_elbo": [],
+        }
+        best = -math.inf
+        best_epoch = -1
+        best_state = None
+        bad = 0
+        stopped = False
+        epochs = range(max_epochs)
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(epochs, desc=type(self).__name__, unit="epoch")
+            epochs = bar
+        n_train = xt.shape[0]
+        for epoch in epochs:
+            decoder_module.train()
+            encoder.train()
+            order = torch.randperm(n_train, generator=gen)
+            tot_obj = 0.0
+            tot_elbo = 0.0
+            for start in range(0, n_train, batch_size):
+                xb = xt[order[start : start + batch_size]]
+                eps = torch.randn((xb.shape[0], n_samples, d), generator=gen, dtype=dtype)
+                log_w = _log_weights(xb, eps, decoder_module, encoder, log_sigma())
+                obj = self._objective(log_w)
+                loss = -obj.mean()
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"non-finite training loss at epoch {epoch}; lower lr or raise "
+                        "min_noise_std"
+                    )
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                tot_obj += float(obj.detach().sum())
+                tot_elbo += float(log_w.detach().mean(dim=1).sum())
+            history["train_objective"].append(tot_obj / n_train)
+            history["train_elbo"].append(tot_elbo / n_train)
+            if Xv is None:
+                best_epoch = epoch
+                if bar is not None:
+                    bar.set_postfix(train=f"{tot_obj / n_train:.4g}")
+                continue
+            decoder_module.eval()
+            encoder.eval()
+            with torch.no_grad():
+                log_w = _log_weights(xv, val_eps, decoder_module, encoder, log_sigma())
+                v_obj = float(self._objective(log_w).mean())
+                v_elbo = float(log_w.mean())
+            history["val_objective"].append(v_obj)
+            history["val_elbo"].append(v_elbo)
+            if bar is not None:
+                bar.set_postfix(train=f"{tot_obj / n_train:.4g}", val=f"{v_obj:.4g}")
+            if v_obj > best + min_delta or best_state is None:
+                best, best_epoch, bad = v_obj, epoch, 0
+                best_state = copy.deepcopy(
+                    (decoder_module.state_dict(), encoder.state_dict(), log_noise.detach())
+                )
+            else:
+                bad += 1
+                if bad >= patience:
+                    stopped = True
+                    logger.info(
+                        "%s: early stop at epoch %d (best validation %s %.6g at epoch %d)",
+                        type(self).__name__,
+                        epoch,
+                        self._objective_name,
+                        best,
+                        best_epoch,
+                    )
+                    break
+        if bar is not None:
+            bar.close()
+        if best_state is not None:
+            decoder_module.load_state_dict(best_state[0])
+            encoder.load_state_dict(best_state[1])
+            with torch.no_grad():
+                log_noise.copy_(best_state[2])
+
+        decoder_module.eval()
+        self.decoder_ = Decoder.from_torch(decoder_module, input_shape=(d,))
+        sigma = np.exp(log_sigma().detach().to(torch.float64).numpy())
+        self.noise_std_ = float(sigma[0]) if self.noise == "isotropic" else sigma.copy()
+        self.encoder_ = encoder.to(torch.float64).eval()
+        for p in self.encoder_.parameters():
+            p.requires_grad_(False)
+        self.history_ = history
+        self.n_epochs_ = len(history["train_objective"])
+        self.best_epoch_ = best_epoch
+        self.stopped_early_ = stopped
+        self.n_features_in_ = D
+        self.latent_dim_ = d
+        return self
+
+    # ------------------------------------------------------------------ evaluation helpers
+    def _check_fitted(self):
+        if not hasattr(self, "decoder_"):
+            raise RuntimeError(f"this {type(self).__name__} is not fitted yet; call fit(X) first")
+
+    def _eval_parts(self):
+        self._check_fitted()
+        with torch.random.fork_rng(devices=[]):
+            dec = self.decoder_.to_torch(torch.float64).eval()
+        enc = self.encoder_
+        if next(enc.parameters()).dtype != torch.float64:
+            enc = copy.deepcopy(enc).to(torch.float64)
+        sigma = np.atleast_1d(np.asarray(self.noise_std_, dtype=np.float64))
+        return dec, enc.eval(), torch.log(torch.as_tensor(sigma))
+
+    def _check_X(self, X) -> np.ndarray:
+        self._check_fitted()
+        return check_array(X, name="X", n_features=self.decoder_.output_dim)
+
+    def _iter_log_weights(self, X: np.ndarray, k: int, rng: np.random.Generator, max_elements):
+        """Yield ``(row_slice, log_w)`` chunks covering ``k`` samples of every row of ``X``.
+
+        For each row chunk the sample chunks come in order; ``log_w`` has shape (rows, kc).
+        The chunk sizes keep rows * kc * (widest layer) below ``max_elements``.
+        """
+        dec, enc, log_sigma = self._eval_parts()
+        d = self.decoder_.latent_dim
+        width = max([*self.decoder_.layer_sizes, d])
+        per_sample = max(1, int(max_elements) // width)
+        if k <= per_sample:
+            kc, rows = k, max(1, per_sample // k)
+        else:
+            kc, rows = per_sample, 1
+        xt = torch.as_tensor(X)
+        with torch.no_grad():
+            for r0 in range(0, X.shape[0], rows):
+                sl = slice(r0, min(r0 + rows, X.shape[0]))
+                xb = xt[sl]
+                for k0 in range(0, k, kc):
+                    kk = min(kc, k - k0)
+                    eps = torch.as_tensor(rng.standard_normal((xb.shape[0], kk, d)))
+                    yield sl, _log_weights(xb, eps, dec, enc, log_sigma).numpy()
+
+    def _lse_stats(self, X, k, rng, max_elements=_EVAL_ELEMENTS):
+        """Per row: logsumexp of ``log w`` and of ``2 log w`` over ``k`` samples (streaming)."""
+        N = X.shape[0]
+        m1 = np.full(N, -np.inf)
+        s1 = np.zeros(N)
+        m2 = np.full(N, -np.inf)
+        s2 = np.zeros(N)
+        for sl, lw in self._iter_log_weights(X, k, rng, max_elements):
+            for m, s, v in ((m1, s1, lw), (m2, s2, 2.0 * lw)):
+                cm = np.maximum(m[sl], v.max(axis=1))
+                s[sl] = s[sl] * np.exp(m[sl] - cm) + np.exp(v - cm[:, None]).sum(axis=1)
+                m[sl] = cm
+        return m1 + np.log(s1), m2 + np.log(s2)
+
+    # ------------------------------------------------------------------ public evaluation
+    def encode(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std of ``q(z | x)``: two arrays of shape (N, d)."""
+        X = self._check_X(X)
+        _, enc, _ = self._eval_parts()
+        with torch.no_grad():
+            mu, log_s = enc(torch.as_tensor(X))
+        return mu.numpy().copy(), np.exp(log_s.numpy())
+
+    def log_q(self, X, Z) -> np.ndarray:
+        """``log q(z | x)`` for ``Z`` of shape (N, d) or (N, K, d) -> (N,) / (N, K)."""
+        X = self._check_X(X)
+        Z, squeeze = self._check_Z(Z, X.shape[0])
+        mu, std = self.encode(X)
+        u = (Z - mu[:, None, :]) / std[:, None, :]
+        out = (
+            -0.5 * np.sum(u * u, axis=-1)
+            - np.log(std).sum(axis=1)[:, None]
+            - 0.5 * Z.shape[-1] * _LOG_2PI
+        )
+        return out[:, 0] if squeeze else out
+
+    def log_joint(self, X, Z) -> np.ndarray:
+        """``log p(x | z) + log p(z)`` for ``Z`` of shape (N, d) or (N, K, d) -> (N,) / (N, K)."""
+        X = self._check_X(X)
+        Z, squeeze = self._check_Z(Z, X.shape[0])
+        N, K, d = Z.shape
+        D = X.shape[1]
+        sigma = np.broadcast_to(np.asarray(self.noise_std_, dtype=np.float64), (D,))
+        xhat = self.decoder_(Z.reshape(N * K, d)).reshape(N, K, D)
+        r = (X[:, None, :] - xhat) / sigma
+        out = (
+            -0.5 * np.sum(r * r, axis=-1)
+            - np.sum(np.log(sigma))
+            - 0.5 * D * _LOG_2PI
+            - 0.5 * np.sum(Z * Z, axis=-1)
+            - 0.5 * d * _LOG_2PI
+        )
+        return out[:, 0] if squeeze else out
+
+    def _check_Z(self, Z, N) -> tuple[np.ndarray, bool]:
+        Z = np.asarray(Z, dtype=np.float64)
+        d = self.decoder_.latent_dim
+        if Z.ndim == 2:
+            Z, squeeze = Z[:, None, :], True
+        elif Z.ndim == 3:
+            squeeze = False
+        else:
+            raise ValueError(f"Z must have shape (N, d) or (N, K, d), got {Z.shape}")
+        if Z.shape[0] != N or Z.shape[2] != d:
+            raise ValueError(f"Z has shape {Z.shape}; expected ({N}, {d}) or ({N}, K, {d})")
+        if not np.all(np.isfinite(Z)):
+            raise ValueError("Z contains NaN or infinite values")
+        return Z, squeeze
+
+    def elbo(self, X, n_samples: int = 100, *, random_state=None, return_std: bool = False):
+        """Monte Carlo ELBO per point, ``mean_i log w_i`` with ``z_i ~ q(z | x)``.
+
+        Parameters
+        ----------
+        X : array_like of shape (N, D)
+        n_samples : int
+        random_state : None, int or numpy.random.Generator
+        return_std : bool
+            Also return the standard error ``std(log w) / sqrt(n_samples)`` (needs >= 2 samples).
+
+        Returns
+        -------
+        elbo : ndarray of shape (N,)
+        stderr : ndarray of shape (N,), only if ``return_std``
+        """
+        X = self._check_X(X)
+        n = _int_param(n_samples, "n_samples", 2 if return_std else 1)
+        rng = check_random_state(random_state)
+        N = X.shape[0]
+        count = np.zeros(N)
+        mean = np.zeros(N)
+        m2 = np.zeros(N)
+        for sl, lw in self._iter_log_weights(X, n, rng, _EVAL_ELEMENTS):
+            nb = lw.shape[1]
+            cmean = lw.mean(axis=1)
+            cm2 = np.sum((lw - cmean[:, None]) ** 2, axis=1)
+            na = count[sl]
+            tot = na + nb
+            delta = cmean - mean[sl]
+            mean[sl] += delta * nb / tot
+            m2[sl] += cm2 + delta**2 * na * nb / tot
+            count[sl] = tot
+        if not return_std:
+            return mean
+        return mean, np.sqrt(m2 / (n - 1) / n)
+
+    def iwae_bound(
+        self,
+        X,
+        k: int = 5,
+        *,
+        n_repeats: int = 1,
+        random_state=None,
+        return_std: bool = False,
+    ):
+        """IWAE-k bound per point: ``log (1/k) Σ_{i<=k} w_i``, averaged over ``n_repeats`` draws.
+
+        Each draw is an unbiased estimate of the bound ``E[log (1/k) Σ w_i] <= log p(x)``.
+
+        Parameters
+        ----------
+        X : array_like of shape (N, D)
+        k : int
+        n_repeats : int
+            Independent draws averaged; ``return_std`` needs ``n_repeats >= 2``.
+        random_state : None, int or numpy.random.Generator
+        return_std : bool
+            Also return the standard error of the average over repeats.
+
+        Returns
+        -------
+        bound : ndarray of shape (N,)
+        stderr : ndarray of shape (N,), only if ``return_std``
+        """
+        X = self._check_X(X)
+        k = _int_param(k, "k", 1)
+        r = _int_param(n_repeats, "n_repeats", 2 if return_std else 1)
+        rng = check_random_state(random_state)
+        draws = np.stack([self._lse_stats(X, k, rng)[0] - math.log(k) for _ in range(r)])
+        est = draws.mean(axis=0)
+        if not return_std:
+            return est
+        return est, draws.std(axis=0, ddof=1) / math.sqrt(r)
+
+    def importance_log_likelihood(
+        self,
+        X,
+        k: int = 5000,
+        *,
+        random_state=None,
+        return_std: bool = False,
+        max_elements: int = _EVAL_ELEMENTS,
+    ):
+        """Importance-sampling estimate of ``log p(x)`` with ``k`` proposals from ``q(z | x)``.
+
+        ``log p̂(x) = logsumexp_i(log w_i) - log k``, computed in streamed chunks (at most
+        ``max_elements`` floats per chunk) so memory does not grow with ``k``.
+
+        Parameters
+        ----------
+        X : array_like of shape (N, D)
+        k : int
+        random_state : None, int or numpy.random.Generator
+        return_std : bool
+            Also return the delta-method standard error
+            ``sqrt((mean(w²)/mean(w)² - 1) / (k - 1))`` of ``log p̂`` (needs ``k >= 2``; it does
+            not include the downward bias ``≈ se²/2``, and is itself noisy when ``w`` is
+            heavy-tailed).
+        max_elements : int
+
+        Returns
+        -------
+        log_px : ndarray of shape (N,)
+        stderr : ndarray of shape (N,), only if ``return_std``
+        """
+        X = self._check_X(X)
+        k = _int_param(k, "k", 2 if return_std else 1)
+        max_elements = _int_param(max_elements, "max_elements", 1)
+        rng = check_random_state(random_state)
+        lse1, lse2 = self._lse_stats(X, k, rng, max_elements)
+        est = lse1 - math.log(k)
+        if not return_std:
+            return est
+        rel = np.expm1(np.maximum(lse2 + math.log(k) - 2.0 * lse1, 0.0))
+        return est, np.sqrt(rel / (k - 1))
+
+    def sample(self, n_samples: int, *, random_state=None) -> np.ndarray:
+        """Draw ``x = g(z) + σ ε`` with ``z, ε`` standard normal: array of shape (n_samples, D)."""
+        self._check_fitted()
+        n = _int_param(n_samples, "n_samples", 1)
+        rng = check_random_state(random_state)
+        Z = rng.standard_normal((n, self.decoder_.latent_dim))
+        sigma = np.asarray(self.noise_std_, dtype=np.float64)
+        return self.decoder_(Z) + sigma * rng.standard_normal((n, self.decoder_.output_dim))
+
+    def __repr__(self) -> str:
+        dec = self.decoder if not isinstance(self.decoder, Decoder) else repr(self.decoder)
+        return f"{type(self).__name__}(decoder={dec}, noise={self.noise!r}, lr={self.lr})"
+
+
+class IWAE(VAE):
+    """Importance-weighted auto-encoder: trains the IWAE-k bound ``log (1/k) Σ_{i<=k} w_i``.
+
+    Same parameters, attributes and evaluation methods as :class:`VAE`, plus ``k`` (number of
+    importance samples per point in the training objective; ``k = 1`` is the VAE).
+    ``history_["*_objective"]`` holds the IWAE-k bound and ``history_["*_elbo"]`` the ELBO
+    estimated from the same samples.
+    """
+
+    _objective_name = "iwae"
+
+    def __init__(self, decoder, *, k: int = 5, **kwargs):
+        super().__init__(decoder, **kwargs)
+        self.k = k
+
+    def _n_objective_samples(self) -> int:
+        return _int_param(self.k, "k", 1)
+
+    def _objective(self, log_w):
+        return torch.logsumexp(log_w, dim=1) - math.log(log_w.shape[1])
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f", k={self.k})"

@@ -1,0 +1,442 @@
+"""Loaders for data on disk: MNIST IDX files (gzip or raw), CSV, ``.npy`` and ``.npz``.
+
+Every malformed file is rejected with a ``ValueError`` that names the file and the problem.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import numbers
+import os
+import zipfile
+import zlib
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["load_array", "load_digits", "load_mnist", "read_idx"]
+
+logger = logging.getLogger(__name__)
+
+# IDX type codes -> big-endian numpy dtypes
+_IDX_DTYPES = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _read_bytes(path: Path) -> bytes:
+    """Whole file content, transparently gunzipped when it starts with the gzip magic."""
+    try:
+        raw = path.read_bytes()
+    except IsADirectoryError as exc:
+        raise ValueError(f"{path}: is a directory, expected a file") from exc
+    if raw[:2] == _GZIP_MAGIC:
+        try:
+            return gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise ValueError(f"{path}: corrupt or truncated gzip data ({exc})") from exc
+    if path.suffix == ".gz":
+        raise ValueError(f"{path}: has a .gz suffix but is not gzip data")
+    return raw
+
+
+def read_idx(path) -> np.ndarray:
+    """Read an IDX file (the MNIST format), gzip-compressed or not.
+
+    Layout: two zero bytes, a type code (0x08 ubyte, 0x09 byte, 0x0B int16, 0x0C int32,
+    0x0D float32, 0x0E float64), the number of dimensions ``k``, ``k`` big-endian uint32 sizes,
+    then the data in C order, big-endian.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    ndarray
+        Shape given by the header, native-endian dtype.
+
+    Raises
+    ------
+    ValueError
+        For a bad magic number, unknown type code, zero dimensions, or a data size that does not
+        match the header (truncated file or trailing bytes), naming the file.
+    """
+    path = Path(path)
+    data = _read_bytes(path)
+    if len(data) < 4:
+        raise ValueError(f"{path}: only {len(data)} bytes, too short for an IDX header")
+    if data[0] != 0 or data[1] != 0:
+        raise ValueError(
+            f"{path}: bad IDX magic number 0x{data[:4].hex()} (must start with two zero bytes); "
+            "not an IDX file"
+        )
+    code, ndim = data[2], data[3]
+    if code not in _IDX_DTYPES:
+        raise ValueError(f"{path}: unknown IDX data type code 0x{code:02x}")
+    if ndim == 0:
+        raise ValueError(f"{path}: IDX header declares 0 dimensions")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ValueError(f"{path}: truncated IDX header ({len(data)} bytes, need {header})")
+    dims = tuple(int(v) for v in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    dtype = _IDX_DTYPES[code]
+    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    found = len(data) - header
+    if found < expected:
+        raise ValueError(
+            f"{path}: truncated IDX data: header says shape {dims} ({expected} bytes) but only "
+            f"{found} bytes follow"
+        )
+    if found > expected:
+        raise ValueError(
+            f"{path}: {found - expected} unexpected trailing bytes after the IDX data "
+            f"of shape {dims}"
+        )
+    arr = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+    return arr.astype(dtype.newbyteorder("="))
+
+
+def _check_classes(classes) -> np.ndarray | None:
+    if classes is None:
+        return None
+    if isinstance(classes, numbers.Integral) and not isinstance(classes, bool):
+        vals = [int(classes)]
+    elif isinstance(classes, Iterable) and not isinstance(classes, str | bytes):
+        vals = list(classes)
+        if not vals or not all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in vals
+        ):
+            raise ValueError(f"classes must be an int or a non-empty list of ints, got {classes!r}")
+    else:
+        raise ValueError(f"classes must be an int or a non-empty list of ints, got {classes!r}")
+    arr = np.array(sorted(set(int(v) for v in vals)))
+    if arr.min() < 0 or arr.max() > 9:
+        raise ValueError(f"classes must lie in 0..9, got {classes!r}")
+    return arr
+
+
+def _filter_classes(X, y, classes, source: str):
+    sel = _check_classes(classes)
+    if sel is None:
+        return X, y
+    keep = np.isin(y, sel)
+    if not keep.any():
+        raise ValueError(f"{source}: no samples of classes {sel.tolist()}")
+    return X[keep], y[keep]
+
+
+def load_digits(classes=None, *, normalize: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 handwritten digits (1,797 images shipped with scikit-learn).
+
+    Parameters
+    ----------
+    classes : int or sequence of int, optional
+        Keep only these digit classes (0-9).
+    normalize : bool
+        Divide the pixel values (0..16) by 16 to get [0, 1].
+
+    Returns
+    -------
+    X : ndarray of shape (N, 64), float64
+    y : ndarray of shape (N,), int64
+    """
+    from sklearn.datasets import load_digits as _sk_load_digits
+
+    bunch = _sk_load_digits()
+    X = np.asarray(bunch.data, dtype=np.float64)
+    y = np.asarray(bunch.target, dtype=np.int64)
+    if normalize:
+        X = X / 16.0
+    X, y = _filter_classes(X, y, classes, "digits")
+    return np.ascontiguousarray(X), y
+
+
+_MNIST_KINDS = {"train": "train", "t10k": "t10k", "test": "t10k"}
+
+
+def _find_mnist_file(directory: Path, kind: str, what: str) -> Path:
+    idx = "idx3" if what == "images" else "idx1"
+    names = [f"{kind}-{what}-{idx}-ubyte", f"{kind}-{what}.{idx}-ubyte"]
+    tried = []
+    for name in names:
+        for suffix in ("", ".gz"):
+            p = directory / (name + suffix)
+            tried.append(p.name)
+            if p.is_file():
+                return p
+    raise FileNotFoundError(f"no MNIST {what} file in {directory}; looked for {', '.join(tried)}")
+
+
+def _resolve_mnist(path, kind: str, labels_path) -> tuple[Path, Path]:
+    path = Path(os.fspath(path)).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"MNIST path {path} does not exist")
+    if path.is_dir():
+        images = _find_mnist_file(path, kind, "images")
+        labels = Path(labels_path) if labels_path is not None else None
+        if labels is None:
+            labels = _find_mnist_file(path, kind, "labels")
+        return images, labels
+    images = path
+    if labels_path is not None:
+        return images, Path(labels_path)
+    name = path.name
+    for a, b in (("images-idx3", "labels-idx1"), ("images.idx3", "labels.idx1")):
+        if a in name:
+            cand = path.with_name(name.replace(a, b))
+            if cand.is_file():
+                return images, cand
+            # the labels file may be compressed differently from the images file
+            alt = cand.with_name(cand.name[:-3]) if cand.suffix == ".gz" else Path(f"{cand}.gz")
+            if alt.is_file():
+                return images, alt
+            raise FileNotFoundError(f"no labels file next to {path} (looked for {cand} and {alt})")
+    raise FileNotFoundError(
+        f"cannot infer the labels file for {path}; pass labels_path= or the directory"
+    )
+
+
+def load_mnist(
+    path,
+    *,
+    kind: str = "t10k",
+    classes=None,
+    downsample: int | None = None,
+    normalize: bool = True,
+    labels_path=None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Load MNIST (or any IDX image/label pair in its layout) from local files.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A directory holding ``{kind}-images-idx3-ubyte[.gz]`` and ``{kind}-labels-idx1-ubyte[.gz]``
+        (also the ``images.idx3`` spelling), or the images file itself (the labels file is found
+        next to it, or given by ``labels_path``).
+    kind : {"t10k", "test", "train"}
+    classes : int or sequence of int, optional
+        Keep only these digit classes.
+    downsample : int, optional
+        Target side length ``s`` (e.g. 14): each ``(28/s) x (28/s)`` block is averaged. ``s`` must
+        divide the image side.
+    normalize : bool
+        Scale pixel values from 0..255 to [0, 1].
+    labels_path : str or os.PathLike, optional
+
+    Returns
+    -------
+    X : ndarray of shape (N, s*s), float64
+        Row-major flattened images.
+    y : ndarray of shape (N,), int64
+
+    Raises
+    ------
+    ValueError
+        Malformed file (bad magic number, wrong type or number of dimensions, truncated data,
+        label values outside 0..9, image/label count mismatch), naming the file.
+    FileNotFoundError
+        Missing files.
+    """
+    if kind not in _MNIST_KINDS:
+        raise ValueError(f"kind must be one of {sorted(_MNIST_KINDS)}, got {kind!r}")
+    _check_classes(classes)  # fail before reading files
+    images_path, lab_path = _resolve_mnist(path, _MNIST_KINDS[kind], labels_path)
+    images = read_idx(images_path)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise ValueError(
+            f"{images_path}: expected a 3-D unsigned-byte IDX image file (magic 2051), got "
+            f"{images.ndim}-D data of type {images.dtype}"
+        )
+    labels = read_idx(lab_path)
+    if labels.ndim != 1 or labels.dtype != np.uint8:
+        raise ValueError(
+            f"{lab_path}: expected a 1-D unsigned-byte IDX label file (magic 2049), got "
+            f"{labels.ndim}-D data of type {labels.dtype}"
+        )
+    if labels.shape[0] != images.shape[0]:
+        raise ValueError(
+            f"{lab_path}: holds {labels.shape[0]} labels but {images_path} holds "
+            f"{images.shape[0]} images"
+        )
+    if labels.size and labels.max() > 9:
+        raise ValueError(f"{lab_path}: label values must be 0..9, found {int(labels.max())}")
+    n, h, w = images.shape
+    y = labels.astype(np.int64)
+    X = images.astype(np.float64)
+    if normalize:
+        X /= 255.0
+    if downsample is not None:
+        s = int(downsample)
+        if s < 1 or h % s or w % s:
+            raise ValueError(f"downsample={downsample} must divide the image size {h}x{w}")
+        fh, fw = h // s, w // s
+        X = X.reshape(n, s, fh, s, fw).mean(axis=(2, 4))
+        h = w = s
+    X = X.reshape(n, h * w)
+    X, y = _filter_classes(X, y, classes, str(images_path))
+    logger.info("loaded %d MNIST images (%dx%d) from %s", X.shape[0], h, w, images_path)
+    return np.ascontiguousarray(X), y
+
+
+def _validate_loaded(arr: np.ndarray, path: Path) -> np.ndarray:
+    if arr.dtype == object or not (
+        np.issubdtype(arr.dtype, np.integer)
+        or np.issubdtype(arr.dtype, np.floating)
+        or arr.dtype == bool
+    ):
+        raise ValueError(f"{path}: data must be real numbers, got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        hint = " (save a single feature as shape (N, 1))" if arr.ndim == 1 else ""
+        raise ValueError(
+            f"{path}: data must be 2-D (samples x features), got shape {arr.shape}{hint}"
+        )
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{path}: data is empty (shape {arr.shape})")
+    X = np.ascontiguousarray(arr, dtype=np.float64)
+    bad = ~np.isfinite(X)
+    if bad.any():
+        rows = np.unique(np.nonzero(bad)[0])
+        raise ValueError(
+            f"{path}: {int(bad.sum())} NaN or infinite values (first bad rows, 0-based: "
+            f"{rows[:5].tolist()}); remove or impute them first"
+        )
+    return X
+
+
+def _diagnose_csv(path: Path, lines: list[str], start: int, delimiter: str | None) -> None:
+    """Raise a precise error for the first ragged or non-numeric row (slow path, errors only)."""
+
+    def split(ln):
+        return [f.strip() for f in (ln.split(delimiter) if delimiter else ln.split())]
+
+    width = len(split(lines[start][1]))
+    for lineno, ln in lines[start:]:
+        fields = split(ln)
+        if len(fields) != width:
+            raise ValueError(
+                f"{path}: line {lineno} has {len(fields)} fields but the first data row has {width}"
+            )
+        for j, f in enumerate(fields):
+            try:
+                float(f)
+            except ValueError:
+                raise ValueError(
+                    f"{path}: non-numeric value {f!r} on line {lineno}, column {j + 1}"
+                ) from None
+
+
+def _load_csv(path: Path, delimiter: str | None) -> np.ndarray:
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a text (CSV) file ({exc})") from exc
+    raw = text.splitlines()
+    # (1-based line number, content) of the non-blank, non-comment lines
+    lines = [(i + 1, ln) for i, ln in enumerate(raw) if ln.strip() and not ln.lstrip()[:1] == "#"]
+    if not lines:
+        raise ValueError(f"{path}: no data rows")
+    first = lines[0][1]
+    if delimiter is None:
+        delimiter = "," if "," in first else ("\t" if "\t" in first else None)
+    fields = [f.strip() for f in (first.split(delimiter) if delimiter else first.split())]
+    start = 0
+    try:
+        [float(f) for f in fields]
+    except ValueError:
+        start = 1  # a header row
+        logger.debug("%s: treating line %d as a header", path, lines[0][0])
+    if start >= len(lines):
+        raise ValueError(f"{path}: only a header row, no data")
+    skip = lines[0][0] if start else 0
+    try:
+        arr = np.loadtxt(
+            path, delimiter=delimiter, skiprows=skip, comments="#", ndmin=2, dtype=np.float64
+        )
+    except ValueError as exc:
+        _diagnose_csv(path, lines, start, delimiter)
+        raise ValueError(f"{path}: cannot parse as numeric CSV ({exc})") from exc
+    return arr
+
+
+def _check_magic(path: Path, magic: bytes, what: str) -> None:
+    with path.open("rb") as fh:
+        head = fh.read(len(magic))
+    if head != magic:
+        raise ValueError(f"{path}: not {what} (its first bytes are {head!r})")
+
+
+def _load_npz(path: Path, key: str | None) -> np.ndarray:
+    # numpy leaks its own file handle when the archive is corrupt: open and close it here
+    try:
+        with path.open("rb") as fh, np.load(fh, allow_pickle=False) as npz:
+            keys = list(npz.files)
+            if key is None:
+                if len(keys) == 1:
+                    key = keys[0]
+                else:
+                    key = next((k for k in ("X", "data") if k in keys), None)
+                    if key is None:
+                        raise ValueError(
+                            f"{path}: holds several arrays {keys}; pass key= to pick one"
+                        )
+            if key not in keys:
+                raise ValueError(f"{path}: no array named {key!r} (it holds {keys})")
+            return npz[key]
+    except ValueError as exc:
+        if str(path) in str(exc):
+            raise
+        raise ValueError(f"{path}: not a valid numeric .npz archive ({exc})") from exc
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: not a valid .npz file ({exc})") from exc
+
+
+def load_array(path, *, key: str | None = None, delimiter: str | None = None) -> np.ndarray:
+    """Load a 2-D numeric data matrix from ``.csv``/``.tsv``/``.txt``, ``.npy`` or ``.npz``.
+
+    CSV: comma, tab or whitespace separated (guessed from the first row unless ``delimiter`` is
+    given); an optional non-numeric header row and ``#`` comment lines are skipped.
+    ``.npz``: the single array it holds, or the one named ``key`` (``"X"`` or ``"data"`` are
+    tried when there are several).
+
+    Returns
+    -------
+    X : ndarray of shape (N, D), float64
+
+    Raises
+    ------
+    ValueError
+        Naming the file: unsupported extension, non-numeric entries, ragged rows, wrong number
+        of dimensions, empty data, NaN or infinite values, unreadable ``.npy``/``.npz``.
+    """
+    path = Path(os.fspath(path)).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv", ".txt"):
+        if suffix == ".tsv" and delimiter is None:
+            delimiter = "\t"
+        arr = _load_csv(path, delimiter)
+    elif suffix == ".npy":
+        _check_magic(path, b"\x93NUMPY", "a .npy file")
+        try:
+            with path.open("rb") as fh:
+                arr = np.load(fh, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:  # object arrays need pickling
+            raise ValueError(f"{path}: not a valid numeric .npy file ({exc})") from exc
+    elif suffix == ".npz":
+        _check_magic(path, b"PK\x03\x04", "a .npz (zip) archive")
+        arr = _load_npz(path, key)
+    else:
+        raise ValueError(
+            f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .txt, .npy or .npz"
+        )
+    return _validate_loaded(np.asarray(arr), path)

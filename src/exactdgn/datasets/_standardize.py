@@ -1,0 +1,148 @@
+"""Per-feature standardisation that records how to map samples and densities back."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._validation import check_array
+
+__all__ = ["Standardizer"]
+
+
+class Standardizer:
+    """Affine per-feature standardisation ``y = (x - mean) / scale`` (scikit-learn style).
+
+    ``scale_j = max(std_j, floor)`` with ``floor = max(min_std, rel_min_std * max_k std_k)``, so
+    constant features (e.g. MNIST border pixels) do not divide by zero and near-constant ones are
+    not blown up. Because the map is affine, densities transform exactly:
+    ``log p_x(x) = log p_y(y) + log_abs_det_jacobian()``.
+
+    Parameters
+    ----------
+    with_mean : bool
+        Subtract the per-feature mean (else ``mean_`` is zeros).
+    with_std : bool
+        Divide by the floored per-feature standard deviation (else ``scale_`` is ones).
+    min_std : float
+        Absolute floor on the scale.
+    rel_min_std : float
+        Floor relative to the largest per-feature standard deviation.
+
+    Attributes
+    ----------
+    mean_ : ndarray of shape (D,)
+    scale_ : ndarray of shape (D,)
+    std_ : ndarray of shape (D,)
+        The raw (population, ``ddof=0``) standard deviations before flooring.
+    floor_ : float
+    n_features_in_ : int
+    n_samples_seen_ : int
+    """
+
+    def __init__(
+        self,
+        *,
+        with_mean: bool = True,
+        with_std: bool = True,
+        min_std: float = 1e-8,
+        rel_min_std: float = 1e-3,
+    ):
+        self.with_mean = with_mean
+        self.with_std = with_std
+        self.min_std = min_std
+        self.rel_min_std = rel_min_std
+
+    def fit(self, X, y=None) -> Standardizer:
+        """Compute the per-feature mean and floored standard deviation of ``X`` (N, D)."""
+        X = check_array(X, name="X")
+        if X.shape[0] < 1:
+            raise ValueError("X has no rows")
+        min_std, rel = float(self.min_std), float(self.rel_min_std)
+        if not (min_std > 0 and np.isfinite(min_std)) or not (0 <= rel < 1):
+            raise ValueError(
+                f"need min_std > 0 and 0 <= rel_min_std < 1, got {self.min_std}, {self.rel_min_std}"
+            )
+        mean = X.mean(axis=0)
+        std = np.sqrt(np.mean((X - mean) ** 2, axis=0))
+        floor = max(min_std, rel * float(std.max()))
+        self.std_ = std
+        self.floor_ = floor
+        self.mean_ = mean if self.with_mean else np.zeros(X.shape[1])
+        self.scale_ = np.maximum(std, floor) if self.with_std else np.ones(X.shape[1])
+        self.n_features_in_ = X.shape[1]
+        self.n_samples_seen_ = X.shape[0]
+        return self
+
+    def _check_fitted(self):
+        if not hasattr(self, "scale_"):
+            raise RuntimeError("this Standardizer is not fitted yet; call fit(X) first")
+
+    def transform(self, X) -> np.ndarray:
+        """Return ``(X - mean_) / scale_``, shape (N, D)."""
+        self._check_fitted()
+        X = check_array(X, name="X", n_features=self.n_features_in_)
+        return (X - self.mean_) / self.scale_
+
+    def fit_transform(self, X, y=None) -> np.ndarray:
+        return self.fit(X).transform(X)
+
+    def inverse_transform(self, Y) -> np.ndarray:
+        """Map standardised data (or a model's samples of it) back: ``Y * scale_ + mean_``."""
+        self._check_fitted()
+        Y = check_array(Y, name="Y", n_features=self.n_features_in_)
+        return Y * self.scale_ + self.mean_
+
+    def log_abs_det_jacobian(self) -> float:
+        """``log |det dy/dx| = -sum_j log scale_j``.
+
+        Add it to a log-density of the standardised ``y`` to get the log-density of ``x``.
+        """
+        self._check_fitted()
+        return float(-np.sum(np.log(self.scale_)))
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable description (parameters and fitted statistics)."""
+        self._check_fitted()
+        return {
+            "with_mean": bool(self.with_mean),
+            "with_std": bool(self.with_std),
+            "min_std": float(self.min_std),
+            "rel_min_std": float(self.rel_min_std),
+            "mean": self.mean_.tolist(),
+            "scale": self.scale_.tolist(),
+            "std": self.std_.tolist(),
+            "floor": float(self.floor_),
+            "n_samples_seen": int(self.n_samples_seen_),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Standardizer:
+        """Rebuild a fitted Standardizer from :meth:`to_dict` output."""
+        try:
+            obj = cls(
+                with_mean=d["with_mean"],
+                with_std=d["with_std"],
+                min_std=d["min_std"],
+                rel_min_std=d["rel_min_std"],
+            )
+            mean = np.asarray(d["mean"], dtype=np.float64)
+            scale = np.asarray(d["scale"], dtype=np.float64)
+            std = np.asarray(d["std"], dtype=np.float64)
+            floor, n_seen = float(d["floor"]), int(d["n_samples_seen"])
+        except KeyError as exc:
+            raise ValueError(f"Standardizer dict is missing the key {exc}") from exc
+        if not (mean.ndim == 1 and mean.shape == scale.shape == std.shape):
+            raise ValueError("Standardizer dict has inconsistent mean/scale/std shapes")
+        if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(scale)) and np.all(scale > 0)):
+            raise ValueError("Standardizer dict has non-finite means or non-positive scales")
+        obj.mean_, obj.scale_, obj.std_, obj.floor_ = mean, scale, std, floor
+        obj.n_features_in_ = mean.shape[0]
+        obj.n_samples_seen_ = n_seen
+        return obj
+
+    def __repr__(self) -> str:
+        fitted = f", n_features_in_={self.n_features_in_}" if hasattr(self, "scale_") else ""
+        return (
+            f"Standardizer(with_mean={self.with_mean}, with_std={self.with_std}, "
+            f"min_std={self.min_std}, rel_min_std={self.rel_min_std}{fitted})"
+        )

@@ -1,0 +1,257 @@
+"""Pure functions of exact EM: E-step sufficient statistics and closed-form M-step updates.
+
+Notation: region ``r`` of the current partition has activation pattern ``p_r``; ``z̃ = [z; 1]``.
+For the E-step posterior ``p(z | x_n)``, pair ``(n, r)`` has weight ``w_nr = P(r | x_n)``, mean
+``m_nr = E[z | x_n, r]`` and covariance ``V_nr``. The M-step maximises the expected
+complete-data log-likelihood with the activation patterns held at ``p_r`` on each region:
+
+    Q = Σ_n Σ_r w_nr E[log N(x_n; F_r(θ) z̃, Σ)],   F_r(θ) = [A_r(θ), b_r(θ)],
+
+which depends on the data only through the per-region statistics
+
+    s_r = Σ_n w_nr,   Z2_r = Σ_n w_nr E[z̃ z̃ᵀ | x_n, r],   XZ_r = Σ_n w_nr x_n E[z̃ | x_n, r]ᵀ.
+
+With the patterns fixed, ``F_r`` is linear in each layer's parameters ``W̃_l = [W_l, c_l]``:
+``F_r = M_r W̃_l H_r + [0, β_r]``, where ``H_r`` maps ``z̃`` to ``[h_{l-1}; 1]`` and
+``M_r = (∂g / ∂h_l) D_l`` (``D_l`` the slopes of layer ``l``). Setting the gradient to zero gives
+the normal equations
+
+    Σ_r (M_rᵀ Λ M_r) W̃ (H_r Z2_r H_rᵀ) = Σ_r M_rᵀ Λ (XZ_r - β_r z̄_rᵀ) H_rᵀ,   z̄_r = Z2_r[d, :],
+
+a linear least-squares problem solved exactly (Kronecker form for hidden layers; the output
+layer decouples row by row). The noise update is the weighted mean squared residual in the
+centred form ``||x - A m - b||² + tr(A V Aᵀ)`` (no cancellation when σ is small).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import sparse
+
+from ..decoder import Decoder
+
+__all__ = [
+    "RegionStats",
+    "expected_complete_loglik",
+    "m_step",
+    "region_stats",
+    "update_layer",
+    "update_noise",
+]
+
+
+@dataclass
+class RegionStats:
+    """Per-region E-step sufficient statistics (see the module docstring).
+
+    Attributes
+    ----------
+    patterns : (R, n_units) bool
+    s : (R,), Z2 : (R, d+1, d+1), XZ : (R, D, d+1)
+    point, region : (P,) int, w : (P,), mean : (P, d), cov : (P, d, d)
+        The pairs themselves (for the centred noise update).
+    n_points : int
+    """
+
+    patterns: np.ndarray
+    s: np.ndarray
+    Z2: np.ndarray
+    XZ: np.ndarray
+    point: np.ndarray
+    region: np.ndarray
+    w: np.ndarray
+    mean: np.ndarray
+    cov: np.ndarray
+    n_points: int
+
+
+def region_stats(
+    X: np.ndarray,
+    patterns: np.ndarray,
+    point: np.ndarray,
+    region: np.ndarray,
+    log_weight: np.ndarray,
+    mean: np.ndarray,
+    cov: np.ndarray,
+) -> RegionStats:
+    """Reduce E-step pairs to per-region sufficient statistics.
+
+    Parameters
+    ----------
+    X : (N, D)
+    patterns : (R, n_units) the partition's patterns
+    point, region : (P,) pair indices; log_weight : (P,) ``log w_nr``
+    mean : (P, d), cov : (P, d, d) truncated posterior moments of each pair
+    """
+    N, D = X.shape
+    R = patterns.shape[0]
+    d = mean.shape[1]
+    w = np.exp(log_weight)
+    mt = np.concatenate([mean, np.ones((len(w), 1))], axis=1)  # E[z̃]
+    second = cov + mean[:, :, None] * mean[:, None, :]
+    ez2 = np.zeros((len(w), d + 1, d + 1))
+    ez2[:, :d, :d] = second
+    ez2[:, :d, d] = mean
+    ez2[:, d, :d] = mean
+    ez2[:, d, d] = 1.0
+    s = np.bincount(region, weights=w, minlength=R)
+    Z2 = np.zeros((R, d + 1, d + 1))
+    np.add.at(Z2, region, w[:, None, None] * ez2)
+    XZ = np.empty((R, D, d + 1))
+    for k in range(d + 1):  # d + 1 sparse products (R x N) @ (N x D)
+        Sk = sparse.csr_matrix((w * mt[:, k], (region, point)), shape=(R, N))
+        XZ[:, :, k] = Sk @ X
+    return RegionStats(patterns, s, Z2, XZ, point, region, w, mean, cov, N)
+
+
+def _slopes(decoder: Decoder, patterns: np.ndarray, layer: int) -> np.ndarray:
+    sl = decoder.unit_slices[layer]
+    pos, neg = decoder._pos[layer], decoder._neg[layer]
+    return np.where(patterns[:, sl], pos, neg)  # (R, n_layer)
+
+
+def _input_maps(decoder: Decoder, patterns: np.ndarray, layer: int) -> np.ndarray:
+    """(R, n_{l-1}+1, d+1): ``H_r`` with ``[h_{l-1}; 1] = H_r z̃`` on each region."""
+    R, d = patterns.shape[0], decoder.latent_dim
+    if layer == 0:
+        return np.broadcast_to(np.eye(d + 1), (R, d + 1, d + 1)).copy()
+    M = decoder.layer_maps(patterns, layer - 1)  # pre-activations of layer-1: (R, n, d+1)
+    h = _slopes(decoder, patterns, layer - 1)[:, :, None] * M
+    last = np.zeros((R, 1, d + 1))
+    last[:, 0, d] = 1.0
+    return np.concatenate([h, last], axis=1)
+
+
+def _output_maps(decoder: Decoder, patterns: np.ndarray, layer: int):
+    """``M_r`` (R, D, n_l) = ∂g/∂(pre-activation of layer l) and ``β_r`` (R, D).
+
+    ``g = M_r a_l + β_r`` on region ``r`` where ``a_l`` is the pre-activation of layer ``l``.
+    """
+    L = decoder.n_layers
+    R = patterns.shape[0]
+    n_l = decoder.weights[layer].shape[0]
+    M = np.broadcast_to(np.eye(n_l), (R, n_l, n_l)).copy()
+    beta = np.zeros((R, n_l))
+    for k in range(layer, L - 1):
+        s = _slopes(decoder, patterns, k)  # (R, n_k)
+        # a_{k+1} = W_{k+1} (s * a_k) + c_{k+1}
+        M = np.matmul(decoder.weights[k + 1], s[:, :, None] * M)
+        beta = (s * beta) @ decoder.weights[k + 1].T + decoder.biases[k + 1]
+    return M, beta
+
+
+def update_layer(
+    decoder: Decoder,
+    stats: RegionStats,
+    layer: int,
+    inv_var: np.ndarray,
+    weight_decay: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Closed-form least-squares update of layer ``layer`` with all patterns held fixed.
+
+    Returns
+    -------
+    W : (n_l, n_{l-1}), c : (n_l,)
+    """
+    P = stats.patterns
+    H = _input_maps(decoder, P, layer)  # (R, m+1, d+1)
+    HZH = H @ stats.Z2 @ np.swapaxes(H, 1, 2)  # (R, m+1, m+1)
+    m1 = H.shape[1]
+    n_l = decoder.weights[layer].shape[0]
+    ridge = np.full(m1, float(weight_decay))
+    ridge[-1] = 0.0  # no penalty on the bias
+    jitter = 1e-12
+    if layer == decoder.n_layers - 1:
+        # output layer: rows decouple; W̃ (Σ H Z2 Hᵀ) = Σ XZ Hᵀ
+        lhs = HZH.sum(axis=0) + np.diag(ridge * stats.n_points)
+        rhs = np.einsum("rjk,rmk->jm", stats.XZ, H)  # Σ_r XZ_r H_rᵀ  (D, m+1)
+        lhs = lhs + jitter * np.trace(lhs) / m1 * np.eye(m1)
+        Wt = np.linalg.lstsq(lhs.T, rhs.T, rcond=None)[0].T
+        return Wt[:, :-1].copy(), Wt[:, -1].copy()
+    M, beta_pre = _output_maps(decoder, P, layer)  # g = M a_l + beta_pre, a_l = W̃ h̃
+    MtLM = np.einsum("rjk,j,rjl->rkl", M, inv_var, M)  # (R, n_l, n_l)
+    # Y_r = XZ_r - β_r z̄_rᵀ with β_r the part of g not through layer l's parameters
+    zbar = stats.Z2[:, -1, :]  # (R, d+1) = Σ w E[z̃]
+    Y = stats.XZ - beta_pre[:, :, None] * zbar[:, None, :]
+    rhs = np.einsum("rjk,j,rjd,rmd->km", M, inv_var, Y, H)  # (n_l, m+1)
+    # Σ_r (HZH_r)ᵀ ⊗ (MtLM_r) acting on vec(W̃) (column-major)
+    big = np.einsum("rab,rkl->bkal", HZH, MtLM).reshape(m1 * n_l, m1 * n_l)
+    big = 0.5 * (big + big.T)
+    big += np.kron(np.diag(ridge * stats.n_points), np.eye(n_l))
+    big += jitter * np.trace(big) / big.shape[0] * np.eye(big.shape[0])
+    vec = np.linalg.lstsq(big, rhs.T.reshape(-1), rcond=None)[0]
+    Wt = vec.reshape(m1, n_l).T
+    return Wt[:, :-1].copy(), Wt[:, -1].copy()
+
+
+def update_noise(
+    decoder: Decoder,
+    stats: RegionStats,
+    diagonal: bool,
+    X: np.ndarray,
+    min_std: float,
+) -> np.ndarray:
+    """Closed-form noise update (centred residuals), floored at ``min_std``.
+
+    ``σ_j² = (1/N) Σ_{n,r} w_nr [(x_nj - A_r m_nr - b_r)_j² + (A_r V_nr A_rᵀ)_jj]``; isotropic
+    noise averages over ``j``. The Gaussian likelihood is unbounded as ``σ → 0`` (a decoder that
+    passes through a data point), hence the floor.
+
+    Returns
+    -------
+    (D,) standard deviations
+    """
+    A, b = decoder.affine_map(stats.patterns)
+    Ar = A[stats.region]
+    res = X[stats.point] - np.einsum("pjk,pk->pj", Ar, stats.mean) - b[stats.region]
+    tr = np.einsum("pjk,pkl,pjl->pj", Ar, stats.cov, Ar)
+    var = (stats.w[:, None] * (res**2 + tr)).sum(axis=0) / stats.n_points
+    if not diagonal:
+        var = np.full_like(var, var.mean())
+    return np.sqrt(np.maximum(var, min_std**2))
+
+
+def expected_complete_loglik(
+    decoder: Decoder, stats: RegionStats, noise_std: np.ndarray, X: np.ndarray
+) -> float:
+    """``Q / N``: the expected complete-data log-likelihood per point with fixed patterns.
+
+    Excludes the prior term, which does not depend on the parameters.
+    """
+    A, b = decoder.affine_map(stats.patterns)
+    Ar = A[stats.region]
+    res = X[stats.point] - np.einsum("pjk,pk->pj", Ar, stats.mean) - b[stats.region]
+    tr = np.einsum("pjk,pkl,pjl->pj", Ar, stats.cov, Ar)
+    inv_var = 1.0 / noise_std**2
+    quad = (stats.w[:, None] * (res**2 + tr) * inv_var).sum() / stats.n_points
+    D = X.shape[1]
+    return float(-0.5 * (quad + D * np.log(2 * np.pi) + np.log(noise_std**2).sum()))
+
+
+def m_step(
+    decoder: Decoder,
+    stats: RegionStats,
+    noise_std: np.ndarray,
+    X: np.ndarray,
+    *,
+    diagonal: bool,
+    min_std: float,
+    weight_decay: float = 0.0,
+    layers=None,
+) -> tuple[Decoder, np.ndarray]:
+    """One (conditional) M-step: the given layers in order by exact least squares, then the noise.
+
+    ``layers=None`` updates every layer, first to last. Updating only the output layer (and the
+    noise) leaves the partition unchanged, so that block is an exact EM step: the likelihood
+    cannot decrease. Hidden-layer updates hold the activation patterns fixed and may move them.
+    """
+    dec = decoder.copy()
+    inv_var = 1.0 / noise_std**2
+    for layer in range(dec.n_layers) if layers is None else layers:
+        W, c = update_layer(dec, stats, layer, inv_var, weight_decay)
+        dec.weights[layer] = W
+        dec.biases[layer] = c
+    std = update_noise(dec, stats, diagonal, X, min_std)
+    return dec, std

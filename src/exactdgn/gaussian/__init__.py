@@ -1,0 +1,28 @@
+"""Exact Gaussian integrals over polyhedra: log mass, mean and covariance, tail-safe.
+
+In whitened coordinates ``u ~ N(0, I_d)`` and ``{u : normals @ u <= offsets}``, vectorised over
+``P`` pairs.  ``d = 1``: intervals; ``d = 2``: polygons by the Owen's-T edge formula with a
+tail-safe path; ``d >= 3``: facet recursion (``_polytope``).
+"""
+
+from ._api import (
+    TruncatedMoments,
+    gaussian_polyhedron_moments,
+    log_mass,
+    truncated_moments,
+    whiten,
+)
+from ._interval import interval_stats
+from ._polygon import log_edge_pieces, log_mass_2d, truncated_moments_2d
+
+__all__ = [
+    "TruncatedMoments",
+    "gaussian_polyhedron_moments",
+    "interval_stats",
+    "log_edge_pieces",
+    "log_mass",
+    "log_mass_2d",
+    "truncated_moments",
+    "truncated_moments_2d",
+    "whiten",
+]

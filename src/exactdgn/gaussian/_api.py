@@ -1,0 +1,170 @@
+"""Public entry points: Gaussian mass and moments over polyhedra, dispatched on the dimension.
+
+All functions work on ``P`` pairs at once (one polyhedron with one mean folded into its
+offsets per pair).  In whitened coordinates ``u ~ N(0, I_d)`` and the polyhedron is
+``{u : normals[p] @ u <= offsets[p]}``; rows with a zero normal and an ``+inf`` offset are
+padding (no constraint), a polyhedron with no real rows is the whole space.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._interval import TruncatedMoments, log_mass_1d, truncated_moments_1d
+from ._polygon import log_mass_2d, truncated_moments_2d
+
+__all__ = [
+    "TruncatedMoments",
+    "gaussian_polyhedron_moments",
+    "log_mass",
+    "truncated_moments",
+    "whiten",
+]
+
+
+def _check(normals, offsets) -> tuple[np.ndarray, np.ndarray]:
+    n = np.asarray(normals, dtype=np.float64)
+    c = np.asarray(offsets, dtype=np.float64)
+    if n.ndim != 3:
+        raise ValueError(f"normals must have shape (P, F, d); got {n.shape}")
+    if c.shape != n.shape[:2]:
+        raise ValueError(f"offsets must have shape {n.shape[:2]} (P, F); got {c.shape}")
+    if n.shape[2] < 1:
+        raise ValueError("the dimension d must be at least 1")
+    return n, c
+
+
+def _as_moments(res) -> TruncatedMoments:
+    return res if isinstance(res, TruncatedMoments) else TruncatedMoments(*res)
+
+
+def log_mass(normals, offsets) -> np.ndarray:
+    """``log P(u in poly)`` for ``u ~ N(0, I_d)``, relative-accurate also deep in the tails.
+
+    Parameters
+    ----------
+    normals : array_like, shape (P, F, d)
+        Unit row normals (zero rows for padding; nonzero rows are normalised internally).
+    offsets : array_like, shape (P, F)
+        Offsets (``+inf`` for padding; ``-inf`` makes the polyhedron empty).
+
+    Returns
+    -------
+    ndarray, shape (P,)
+        Log masses (``-inf`` for empty or measure-zero polyhedra).
+    """
+    n, c = _check(normals, offsets)
+    d = n.shape[2]
+    if d == 1:
+        return log_mass_1d(n, c)[0]
+    if d == 2:
+        return log_mass_2d(n, c)[0]
+    from ._polytope import log_mass_nd
+
+    res = log_mass_nd(n, c)
+    return res[0] if isinstance(res, tuple) else res
+
+
+def truncated_moments(normals, offsets) -> TruncatedMoments:
+    """Log mass, mean and covariance of ``N(0, I_d)`` restricted to each polyhedron.
+
+    Parameters
+    ----------
+    normals : array_like, shape (P, F, d)
+    offsets : array_like, shape (P, F)
+        As in :func:`log_mass`.
+
+    Returns
+    -------
+    TruncatedMoments
+        ``log_mass (P,)``, ``mean (P, d)``, ``cov (P, d, d)`` (centred, symmetric),
+        ``error (P,)`` (estimated absolute error of ``log_mass``).
+    """
+    n, c = _check(normals, offsets)
+    d = n.shape[2]
+    if d == 1:
+        return truncated_moments_1d(n, c)
+    if d == 2:
+        return truncated_moments_2d(n, c)
+    from ._polytope import truncated_moments_nd
+
+    return _as_moments(truncated_moments_nd(n, c))
+
+
+def whiten(mean, cov_chol, C, e) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Map ``z ~ N(mean, L L^T)`` over ``{z : C z <= e}`` to whitened unit rows.
+
+    With ``u = L^{-1}(z - mean)`` the constraint ``C_i z <= e_i`` becomes
+    ``n_i . u <= c_i``, ``n_i = (C L)_i / ||(C L)_i||``, ``c_i = (e_i - C_i mean) / ||(C L)_i||``
+    (``c_i`` is the signed distance of the mean from the facet in whitened units).
+
+    Parameters
+    ----------
+    mean : array_like, shape (P, d)
+    cov_chol : array_like, shape (P, d, d) or (d, d)
+        Lower Cholesky factor ``L`` of the covariance.
+    C : array_like, shape (P, F, d) or (F, d)
+    e : array_like, shape (P, F) or (F,)
+
+    Returns
+    -------
+    normals : ndarray, shape (P, F, d)
+        Unit rows (zero rows where ``C_i L = 0``; those keep ``c_i = e_i - C_i mean``).
+    offsets : ndarray, shape (P, F)
+    scale : ndarray, shape (P, F)
+        ``||(C L)_i||``.
+    """
+    mean = np.asarray(mean, dtype=np.float64)
+    if mean.ndim != 2:
+        raise ValueError(f"mean must have shape (P, d); got {mean.shape}")
+    P, d = mean.shape
+    L = np.asarray(cov_chol, dtype=np.float64)
+    C = np.asarray(C, dtype=np.float64)
+    e = np.asarray(e, dtype=np.float64)
+    if L.shape not in ((d, d), (P, d, d)):
+        raise ValueError(f"cov_chol must have shape ({d}, {d}) or ({P}, {d}, {d}); got {L.shape}")
+    if C.ndim not in (2, 3) or C.shape[-1] != d or (C.ndim == 3 and C.shape[0] != P):
+        raise ValueError(f"C must have shape (F, {d}) or ({P}, F, {d}); got {C.shape}")
+    F = C.shape[-2]
+    if e.shape not in ((F,), (P, F)):
+        raise ValueError(f"e must have shape ({F},) or ({P}, {F}); got {e.shape}")
+    CL = np.matmul(C, L)  # (F, d) or (P, F, d)
+    CL = np.broadcast_to(CL, (P, F, d))
+    scale = np.linalg.norm(CL, axis=-1)
+    Cm = np.einsum("...fd,pd->pf", C, mean)
+    with np.errstate(all="ignore"):
+        raw = np.broadcast_to(e, (P, F)) - Cm
+        pos = scale > 0
+        safe = np.where(pos, scale, 1.0)
+        normals = np.where(pos[..., None], CL / safe[..., None], 0.0)
+        offsets = np.where(pos, raw / safe, raw)
+    return normals, offsets, scale
+
+
+def gaussian_polyhedron_moments(mean, cov, C, e) -> TruncatedMoments:
+    """Mass and moments of ``z ~ N(mean, cov)`` restricted to ``{z : C z <= e}`` (z-space).
+
+    Parameters
+    ----------
+    mean : array_like, shape (P, d)
+    cov : array_like, shape (P, d, d) or (d, d)
+        Positive-definite covariances.
+    C : array_like, shape (P, F, d) or (F, d)
+    e : array_like, shape (P, F) or (F,)
+
+    Returns
+    -------
+    TruncatedMoments
+        ``log_mass = log P(z in poly)``, ``mean = E[z | poly]``, ``cov = Cov[z | poly]``
+        (``L Cov[u] L^T``, symmetric) and the ``error`` of ``log_mass``.
+    """
+    cov = np.asarray(cov, dtype=np.float64)
+    L = np.linalg.cholesky(cov)
+    mu = np.asarray(mean, dtype=np.float64)
+    normals, offsets, _ = whiten(mu, L, C, e)
+    res = truncated_moments(normals, offsets)
+    Lb = np.broadcast_to(L, (mu.shape[0], *L.shape[-2:]))
+    zmean = mu + np.einsum("pij,pj->pi", Lb, res.mean)
+    zcov = Lb @ res.cov @ np.swapaxes(Lb, 1, 2)
+    zcov = 0.5 * (zcov + np.swapaxes(zcov, 1, 2))
+    return TruncatedMoments(res.log_mass, zmean, zcov, res.error)

@@ -1,0 +1,161 @@
+"""Per-region quantities of the Gaussian model that do not depend on the data point.
+
+Model: ``z ~ N(0, I_d)``, ``x | z ~ N(g(z), Σ)`` with ``Σ = diag(σ_j^2)`` and
+``g(z) = A_r z + b_r`` on region ``r = {z : C_r z <= e_r}``. With ``Λ = Σ^{-1}``:
+
+* posterior precision ``P_r = I + A_r^T Λ A_r = K_r K_r^T`` (Cholesky), covariance
+  ``S_r = P_r^{-1}``;
+* ``v_r(x) = A_r^T Λ (x - b_r)`` and ``μ_r(x) = S_r v_r(x)``;
+* ``log κ_r(x) = log N(x; b_r, Σ + A_r A_r^T)
+  = -½ [D log 2π + log|Σ| + log|P_r| + ||x - b_r||²_Λ - ||K_r^{-1} v_r||²]``
+  (matrix determinant lemma and Woodbury: no D x D matrix is formed);
+* whitening ``z = μ_r + L_r u`` with ``L_r = K_r^{-T}`` (``L_r L_r^T = S_r``) maps the region to
+  ``{u : n_i . u <= c_i(x)}``, ``n_i = (C L)_i / ||(C L)_i||`` and
+  ``c_i(x) = (e_i - C_i μ_r(x)) / ||(C L)_i|| = g_i - G_i v_r(x)`` with
+  ``G = diag(1/||(CL)_i||) C S_r``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..partition import Partition
+
+__all__ = ["RegionGeometry", "region_geometry"]
+
+LOG_2PI = float(np.log(2 * np.pi))
+
+
+@dataclass
+class RegionGeometry:
+    """Data-independent per-region arrays (see the module docstring for the math).
+
+    Attributes
+    ----------
+    A : (R, D, d), b : (R, D)
+    inv_var : (D,)            ``Λ`` diagonal
+    log_det_noise : float     ``log|Σ|``
+    K : (R, d, d)             Cholesky factor of ``P_r`` (lower)
+    K_inv : (R, d, d)         ``K_r^{-1}``
+    L : (R, d, d)             ``K_r^{-T}``
+    log_det_P : (R,)
+    beta : (R, d)             ``A_r^T Λ b_r``
+    b_quad : (R,)             ``b_r^T Λ b_r``
+    normals : (R, F, d)       whitened unit normals (padding rows zero)
+    G : (R, F, d), g : (R, F) offsets ``c(x) = g - G v(x)`` (padding: g = +inf, G = 0)
+    """
+
+    A: np.ndarray
+    b: np.ndarray
+    inv_var: np.ndarray
+    log_det_noise: float
+    K: np.ndarray
+    K_inv: np.ndarray
+    L: np.ndarray
+    log_det_P: np.ndarray
+    beta: np.ndarray
+    b_quad: np.ndarray
+    normals: np.ndarray
+    G: np.ndarray
+    g: np.ndarray
+
+    @property
+    def n_regions(self) -> int:
+        return self.A.shape[0]
+
+    @property
+    def latent_dim(self) -> int:
+        return self.A.shape[2]
+
+    @property
+    def output_dim(self) -> int:
+        return self.A.shape[1]
+
+    @property
+    def S(self) -> np.ndarray:
+        """(R, d, d) posterior covariances ``S_r``."""
+        return self.L @ np.swapaxes(self.L, 1, 2)
+
+    def v(self, X: np.ndarray, r: np.ndarray) -> np.ndarray:
+        """(P,) pairs: ``v_r(x) = A_r^T Λ (x - b_r)`` for points ``X`` (P, D) and regions ``r``."""
+        diff = (X - self.b[r]) * self.inv_var
+        return np.einsum("pjk,pj->pk", self.A[r], diff)
+
+    def log_kappa_pairs(self, X: np.ndarray, r: np.ndarray):
+        """Accurate ``log κ_r(x)``, ``v`` and whitened offsets for explicit pairs.
+
+        Parameters
+        ----------
+        X : (P, D) points (one row per pair), r : (P,) region indices
+
+        Returns
+        -------
+        log_kappa : (P,), v : (P, d), offsets : (P, F)
+        """
+        diff = X - self.b[r]
+        quad = np.einsum("pj,pj->p", diff * self.inv_var, diff)
+        v = np.einsum("pjk,pj->pk", self.A[r], diff * self.inv_var)
+        w = np.einsum("pij,pj->pi", self.K_inv[r], v)
+        D = self.output_dim
+        log_kappa = -0.5 * (
+            D * LOG_2PI
+            + self.log_det_noise
+            + self.log_det_P[r]
+            + quad
+            - np.einsum("pi,pi->p", w, w)
+        )
+        offsets = self.g[r] - np.einsum("pfk,pk->pf", self.G[r], v)
+        return log_kappa, v, offsets
+
+    def posterior_mean(self, v: np.ndarray, r: np.ndarray) -> np.ndarray:
+        """(P, d) ``μ_r(x) = S_r v``."""
+        return np.einsum("pij,pj->pi", self.S[r], v) if len(r) else np.zeros((0, self.latent_dim))
+
+
+def region_geometry(part: Partition, noise_std) -> RegionGeometry:
+    """Precompute :class:`RegionGeometry` for a partition and a noise level.
+
+    Parameters
+    ----------
+    part : Partition
+    noise_std : float or ndarray (D,)
+        Standard deviation of the Gaussian noise (isotropic or per output).
+    """
+    A, b = part.A, part.b
+    _R, D, d = A.shape
+    std = np.broadcast_to(np.asarray(noise_std, dtype=np.float64), (D,))
+    inv_var = 1.0 / std**2
+    AtLA = np.einsum("rjk,j,rjl->rkl", A, inv_var, A)
+    P = AtLA + np.eye(d)
+    K = np.linalg.cholesky(P)
+    K_inv = np.linalg.inv(K)  # batched; K is a small (d x d) well-conditioned factor (P >= I)
+    L = np.swapaxes(K_inv, 1, 2)
+    log_det_P = 2.0 * np.log(np.diagonal(K, axis1=1, axis2=2)).sum(axis=1)
+    beta = np.einsum("rjk,rj->rk", A, b * inv_var)
+    b_quad = np.einsum("rj,rj->r", b * inv_var, b)
+    Cn, e = part.padded_halfspaces()  # (R, F, d), (R, F)
+    CL = Cn @ L  # (R, F, d)
+    norm = np.linalg.norm(CL, axis=2)
+    pad = ~np.isfinite(e)
+    safe = np.where(pad, 1.0, norm)
+    normals = np.where(pad[..., None], 0.0, CL / safe[..., None])
+    S = L @ np.swapaxes(L, 1, 2)
+    G = np.where(pad[..., None], 0.0, (Cn @ S) / safe[..., None])
+    g = np.where(pad, np.inf, e / safe)
+    return RegionGeometry(
+        A=A,
+        b=b,
+        inv_var=inv_var,
+        log_det_noise=float(np.log(std**2).sum()),
+        K=K,
+        K_inv=K_inv,
+        L=L,
+        log_det_P=log_det_P,
+        beta=beta,
+        b_quad=b_quad,
+        normals=normals,
+        G=G,
+        g=g,
+    )

@@ -1,0 +1,332 @@
+"""The exact posterior ``p(z | x)``: a mixture of Gaussians truncated to the linear regions.
+
+``p(z | x) = Σ_r w_r(x) N(z; μ_r(x), S_r) 1[z ∈ r] / Φ_r(x)`` with region weights
+``w_r(x) = κ_r(x) Φ_r(x) / p(x)``. Shapes follow ``torch.distributions``: ``batch_shape = (N,)``
+(one posterior per data point), ``event_shape = (d,)``, and ``sample((S,))`` has shape
+``(S, N, d)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import sparse
+from scipy.special import log_ndtr, ndtri_exp
+
+from .. import gaussian
+from ._geometry import LOG_2PI, RegionGeometry
+from ._marginal import PairStats
+
+__all__ = ["ExactPosterior"]
+
+
+class ExactPosterior:
+    """Exact posterior of a CPA-decoder Gaussian model for a batch of points.
+
+    Built by :meth:`exactdgn.ExactDGN.posterior`; holds only the point-region pairs that carry
+    mass (exact pruning, see :mod:`exactdgn.inference._marginal`).
+
+    Attributes
+    ----------
+    batch_shape : tuple (N,)
+    event_shape : tuple (d,)
+    support : str
+        ``"real_vector"`` (the constraint of the support, as in ``torch.distributions``).
+    """
+
+    support = "real_vector"
+    has_rsample = False
+
+    def __init__(self, model, X: np.ndarray, geom: RegionGeometry, stats: PairStats):
+        self._model = model
+        self._X = X
+        self._geom = geom
+        self._stats = stats
+        self.batch_shape = (X.shape[0],)
+        self.event_shape = (geom.latent_dim,)
+
+    # ------------------------------------------------------------------ weights
+    @property
+    def log_normalizer(self) -> np.ndarray:
+        """(N,) exact ``log p(x)``."""
+        return self._stats.log_px
+
+    @property
+    def region_probs(self) -> sparse.csr_matrix:
+        """(N, R) sparse matrix of posterior region probabilities (pruned entries are 0)."""
+        st = self._stats
+        w = np.exp(st.log_weight)
+        return sparse.csr_matrix(
+            (w, (st.point, st.region)), shape=(self.batch_shape[0], self._geom.n_regions)
+        )
+
+    @property
+    def pairs(self) -> PairStats:
+        """The underlying point-region pairs."""
+        return self._stats
+
+    # ------------------------------------------------------------------ moments
+    def _moments(self):
+        st = self._stats
+        if st.mean is None:
+            tm = gaussian.truncated_moments(self._geom.normals[st.region], st.offsets)
+            mu = self._geom.posterior_mean(st.v, st.region)
+            Lr = self._geom.L[st.region]
+            st.mean = mu + np.einsum("pij,pj->pi", Lr, tm.mean)
+            st.cov = Lr @ tm.cov @ np.swapaxes(Lr, 1, 2)
+        return st.mean, st.cov
+
+    @property
+    def mean(self) -> np.ndarray:
+        """(N, d) exact posterior mean ``E[z | x]``."""
+        m, _ = self._moments()
+        st = self._stats
+        w = np.exp(st.log_weight)
+        out = np.zeros((self.batch_shape[0], self.event_shape[0]))
+        np.add.at(out, st.point, w[:, None] * m)
+        return out
+
+    @property
+    def covariance_matrix(self) -> np.ndarray:
+        """(N, d, d) exact posterior covariance (law of total covariance, centred form)."""
+        m, c = self._moments()
+        st = self._stats
+        w = np.exp(st.log_weight)
+        mean = self.mean
+        dm = m - mean[st.point]
+        term = c + dm[:, :, None] * dm[:, None, :]
+        d = self.event_shape[0]
+        out = np.zeros((self.batch_shape[0], d, d))
+        np.add.at(out, st.point, w[:, None, None] * term)
+        return 0.5 * (out + np.swapaxes(out, 1, 2))
+
+    @property
+    def variance(self) -> np.ndarray:
+        """(N, d) marginal posterior variances."""
+        return np.diagonal(self.covariance_matrix, axis1=1, axis2=2).copy()
+
+    # ------------------------------------------------------------------ density
+    def log_prob(self, z) -> np.ndarray:
+        """Exact ``log p(z | x)``.
+
+        Parameters
+        ----------
+        z : array_like of shape (..., N, d)
+            Sample shape followed by the batch and event shapes (broadcasting over the sample
+            axes).
+
+        Returns
+        -------
+        ndarray of shape (...,  N)
+        """
+        Z = np.asarray(z, dtype=np.float64)
+        N, d = self.batch_shape[0], self.event_shape[0]
+        if Z.shape[-2:] != (N, d) and Z.shape[-1:] != (d,):
+            raise ValueError(f"z must have shape (..., {N}, {d}), got {Z.shape}")
+        Z = np.broadcast_to(Z, (*Z.shape[:-2], N, d)) if Z.ndim >= 2 else Z
+        flat = Z.reshape(-1, N, d)
+        out = np.empty(flat.shape[:2])
+        for i in range(flat.shape[0]):  # loop over sample slices only (vectorized over points)
+            out[i] = self._model.log_prob_joint(self._X, flat[i]) - self.log_normalizer
+        return out.reshape(Z.shape[:-1])
+
+    def prob(self, z) -> np.ndarray:
+        return np.exp(self.log_prob(z))
+
+    # ------------------------------------------------------------------ sampling
+    def sample(self, sample_shape=(), random_state=None) -> np.ndarray:
+        """Exact samples of ``z | x``: shape ``(*sample_shape, N, d)``.
+
+        A region is drawn by its posterior weight, then the truncated Gaussian is sampled
+        exactly: inverse CDF in 1-D; in 2-D the whitened first coordinate by numerically
+        inverting its exact marginal CDF (bisection on the exact polygon mass, to 1e-12), then the
+        second from its exact 1-D truncated conditional. For d >= 3 samples come from rejection
+        with the untruncated Gaussian as proposal (exact; slow when the region's mass is tiny).
+        """
+        rng = np.random.default_rng(random_state)
+        shape = (sample_shape,) if isinstance(sample_shape, int) else tuple(sample_shape)
+        S = int(np.prod(shape)) if shape else 1
+        N, d = self.batch_shape[0], self.event_shape[0]
+        st = self._stats
+        # choose a pair for each (sample, point): inverse CDF of the per-point weights
+        w = np.exp(st.log_weight)
+        order = np.argsort(st.point, kind="stable")
+        pts, w = st.point[order], w[order]
+        cw = np.cumsum(w)
+        starts = np.searchsorted(pts, np.arange(N))
+        ends = np.searchsorted(pts, np.arange(N), side="right")
+        base = np.where(starts > 0, cw[np.maximum(starts - 1, 0)], 0.0)
+        tot = cw[ends - 1] - base
+        uu = rng.random((S, N)) * tot[None] + base[None]
+        idx = np.searchsorted(cw, uu, side="right")
+        idx = np.clip(idx, starts[None], ends[None] - 1)
+        pair = order[idx.ravel()]
+        r = st.region[pair]
+        normals = self._geom.normals[r]
+        offsets = st.offsets[pair]
+        u = sample_truncated_standard(normals, offsets, rng)
+        mu = self._geom.posterior_mean(st.v[pair], r)
+        z = mu + np.einsum("pij,pj->pi", self._geom.L[r], u)
+        return z.reshape(*shape, N, d)
+
+    # ------------------------------------------------------------------ mode
+    def mode(self) -> np.ndarray:
+        """(N, d) exact MAP ``argmax_z p(z | x)``: the best of the per-region QP optima.
+
+        In whitened coordinates each region's problem is the projection of the origin onto the
+        polyhedron ``{u : n_i . u <= c_i}``; the objective to compare across regions is
+        ``log κ_r(x) + log N(u*; 0, I) - ½ log|S_r|`` (the joint density at ``z*``).
+        """
+        st = self._stats
+        u = project_origin(self._geom.normals[st.region], st.offsets)
+        mu = self._geom.posterior_mean(st.v, st.region)
+        z = mu + np.einsum("pij,pj->pi", self._geom.L[st.region], u)
+        d = self.event_shape[0]
+        lk = st.log_joint - gaussian.log_mass(self._geom.normals[st.region], st.offsets)
+        score = lk - 0.5 * np.einsum("pi,pi->p", u, u) + 0.5 * self._geom.log_det_P[st.region]
+        score = score - 0.5 * d * LOG_2PI
+        N = self.batch_shape[0]
+        best = np.full(N, -np.inf)
+        np.maximum.at(best, st.point, score)
+        is_best = score >= best[st.point]
+        out = np.zeros((N, d))
+        out[st.point[is_best]] = z[is_best]
+        return out
+
+
+# ---------------------------------------------------------------------- helpers
+def _interval(normals: np.ndarray, offsets: np.ndarray, direction: np.ndarray, base: np.ndarray):
+    """Interval of t with base + t*direction inside {n . u <= c} (per row)."""
+    a = np.einsum("pfk,pk->pf", normals, direction)
+    rhs = offsets - np.einsum("pfk,pk->pf", normals, base)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = rhs / a
+    hi = np.where(a > 1e-300, t, np.inf).min(axis=1, initial=np.inf)
+    lo = np.where(a < -1e-300, t, -np.inf).max(axis=1, initial=-np.inf)
+    return lo, hi
+
+
+def _sample_interval(lo: np.ndarray, hi: np.ndarray, rng) -> np.ndarray:
+    """Exact inverse-CDF samples of N(0, 1) truncated to [lo, hi], stable in both tails."""
+    q = rng.random(lo.shape)
+    flip = lo > 0  # work in the lower tail by symmetry
+    a = np.where(flip, -hi, lo)
+    b = np.where(flip, -lo, hi)
+    la, lb = log_ndtr(a), log_ndtr(b)
+    # log(Φ(a) + q (Φ(b) - Φ(a))) in log space
+    with np.errstate(divide="ignore"):
+        diff = lb + np.log1p(-np.exp(np.minimum(la - lb, 0.0)))
+    lp = np.logaddexp(la, np.log(q) + diff)
+    x = ndtri_exp(lp)
+    x = np.clip(x, a, b)
+    return np.where(flip, -x, x)
+
+
+def sample_truncated_standard(normals: np.ndarray, offsets: np.ndarray, rng) -> np.ndarray:
+    """One exact sample of N(0, I_d) truncated to ``{u : n_i . u <= c_i}`` per row.
+
+    Parameters
+    ----------
+    normals : (P, F, d), offsets : (P, F), rng : numpy Generator
+
+    Returns
+    -------
+    (P, d)
+    """
+    P, _F, d = normals.shape
+    if d == 1:
+        lo, hi = _interval(normals, offsets, np.ones((P, 1)), np.zeros((P, 1)))
+        return _sample_interval(lo, hi, rng)[:, None]
+    if d == 2:
+        return _sample_polygon(normals, offsets, rng)
+    return _sample_rejection(normals, offsets, rng)
+
+
+def _sample_polygon(normals, offsets, rng):
+    P = normals.shape[0]
+    e1 = np.array([1.0, 0.0])
+    total = gaussian.log_mass(normals, offsets)
+    # All but e^-50 of the truncated mass lies within |u| <= rho + 10, rho = distance of the
+    # polygon from the origin (density ratio exp(-rho s - s^2/2) at distance rho + s).
+    rho = np.linalg.norm(project_origin(normals, offsets), axis=1)
+    a = -(rho + 10.0)
+    b = rho + 10.0
+    target = np.log(rng.random(P)) + total  # log(q * mass): invert the marginal CDF of u1
+    extra_n = np.concatenate([normals, np.broadcast_to(e1, (P, 1, 2))], axis=1)
+    for _ in range(200):
+        m = 0.5 * (a + b)
+        lm = gaussian.log_mass(extra_n, np.concatenate([offsets, m[:, None]], axis=1))
+        below = lm < target
+        a = np.where(below, m, a)
+        b = np.where(below, b, m)
+        if np.all(b - a <= 1e-12 * np.maximum(1.0, np.abs(a))):
+            break
+    u1 = 0.5 * (a + b)
+    base = np.stack([u1, np.zeros(P)], axis=1)
+    lo2, hi2 = _interval(normals, offsets, np.tile([0.0, 1.0], (P, 1)), base)
+    hi2 = np.maximum(lo2, hi2)
+    u2 = _sample_interval(lo2, hi2, rng)
+    return np.stack([u1, u2], axis=1)
+
+
+def _sample_rejection(normals, offsets, rng, max_rounds: int = 10_000):
+    P, _F, d = normals.shape
+    out = np.empty((P, d))
+    todo = np.arange(P)
+    for _ in range(max_rounds):
+        u = rng.standard_normal((len(todo), d))
+        ok = np.all(np.einsum("pfk,pk->pf", normals[todo], u) <= offsets[todo], axis=1)
+        out[todo[ok]] = u[ok]
+        todo = todo[~ok]
+        if len(todo) == 0:
+            return out
+    raise RuntimeError(
+        f"rejection sampling did not finish for {len(todo)} regions of tiny mass; "
+        "use a lower latent dimension or the MAP"
+    )
+
+
+def project_origin(normals: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """(P, d) Euclidean projection of the origin onto ``{u : n_i . u <= c_i}`` (exact for d<=2)."""
+    P, F, d = normals.shape
+    inside = np.all(offsets >= 0, axis=1)
+    out = np.zeros((P, d))
+    if d == 1:
+        lo, hi = _interval(normals, offsets, np.ones((P, 1)), np.zeros((P, 1)))
+        return np.clip(0.0, lo, hi)[:, None]
+    if d == 2:
+        # candidates: foot of each facet line clipped to its edge; the feasible one of least norm
+        tau = np.stack([-normals[..., 1], normals[..., 0]], axis=-1)  # (P, F, 2)
+        best = np.full(P, np.inf)
+        for f in range(F):
+            n_f, c_f, t_f = normals[:, f], offsets[:, f], tau[:, f]
+            valid = np.isfinite(c_f)
+            base = np.where(valid[:, None], c_f[:, None] * n_f, 0.0)
+            lo, hi = _interval(normals, offsets, t_f, base)
+            t = np.clip(0.0, lo, hi)
+            pt = base + t[:, None] * t_f
+            feas = valid & np.all(
+                np.einsum("pgk,pk->pg", normals, pt) <= offsets + 1e-9 * (1 + np.abs(offsets)),
+                axis=1,
+            )
+            nrm = np.einsum("pk,pk->p", pt, pt)
+            better = feas & (nrm < best) & ~inside
+            out[better] = pt[better]
+            best = np.where(better, nrm, best)
+        return out
+    from scipy.optimize import minimize
+
+    for i in np.nonzero(~inside)[0]:  # general d: small QPs (not a hot path)
+        ok = np.isfinite(offsets[i])
+        A, c = normals[i][ok], offsets[i][ok]
+        res = minimize(
+            lambda u: 0.5 * u @ u,
+            np.zeros(d),
+            jac=lambda u: u,
+            constraints=[
+                {"type": "ineq", "fun": lambda u, A=A, c=c: c - A @ u, "jac": lambda u, A=A: -A}
+            ],
+            method="SLSQP",
+            options={"ftol": 1e-15, "maxiter": 500},
+        )
+        out[i] = res.x
+    return out

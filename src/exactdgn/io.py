@@ -1,0 +1,100 @@
+"""Saving and loading decoders, models and training checkpoints (npz + JSON, no pickle).
+
+Files are written atomically (temporary file + ``os.replace``), so a run killed at any point
+leaves either the previous file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .decoder import Activation, Decoder
+
+__all__ = [
+    "FORMAT_VERSION",
+    "ModelFileError",
+    "decoder_from_arrays",
+    "decoder_to_arrays",
+    "read_npz",
+    "write_npz_atomic",
+]
+
+FORMAT_VERSION = 1
+
+
+class ModelFileError(ValueError):
+    """A saved file is missing, corrupt, or from an incompatible version."""
+
+
+def decoder_to_arrays(decoder: Decoder, prefix: str = "") -> tuple[dict, dict]:
+    """Arrays and JSON metadata describing a decoder."""
+    arrays = {}
+    for k, (W, c) in enumerate(zip(decoder.weights, decoder.biases, strict=True)):
+        arrays[f"{prefix}W{k}"] = W
+        arrays[f"{prefix}c{k}"] = c
+    acts = []
+    for k, a in enumerate(decoder.activations):
+        slope = np.asarray(a.negative_slope, dtype=np.float64)
+        arrays[f"{prefix}slope{k}"] = slope
+        acts.append(a.kind)
+    return arrays, {"n_layers": decoder.n_layers, "activations": acts}
+
+
+def decoder_from_arrays(arrays, meta: dict, prefix: str = "") -> Decoder:
+    L = int(meta["n_layers"])
+    Ws = [np.asarray(arrays[f"{prefix}W{k}"]) for k in range(L)]
+    cs = [np.asarray(arrays[f"{prefix}c{k}"]) for k in range(L)]
+    acts = []
+    for k, kind in enumerate(meta["activations"]):
+        slope = np.asarray(arrays[f"{prefix}slope{k}"])
+        acts.append(Activation(kind, slope if slope.ndim else float(slope)))
+    return Decoder(Ws, cs, acts)
+
+
+def write_npz_atomic(path, arrays: dict, meta: dict) -> None:
+    """Write ``arrays`` and JSON ``meta`` (with the format version) to ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": "exactdgn", "version": FORMAT_VERSION, **meta}
+    payload = dict(arrays)
+    payload["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **payload)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(buf.getvalue())
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_npz(path) -> tuple[dict, dict]:
+    """Read a file written by :func:`write_npz_atomic`; clear errors for bad files."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"no such file: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise ModelFileError(f"{path} is not a readable exactdgn file ({exc})") from exc
+    if "__meta__" not in arrays:
+        raise ModelFileError(f"{path} has no exactdgn metadata (not written by exactdgn?)")
+    try:
+        meta = json.loads(arrays.pop("__meta__").tobytes().decode())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{path}: corrupt metadata ({exc})") from exc
+    if meta.get("format") != "exactdgn":
+        raise ModelFileError(f"{path} is not an exactdgn file")
+    if meta.get("version") != FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path} has format version {meta.get('version')}, this exactdgn reads version "
+            f"{FORMAT_VERSION}"
+        )
+    return arrays, meta

@@ -1,0 +1,869 @@
+"""``ExactDGN``: a deep generative network with a CPA decoder and exact inference.
+
+Model: ``z ~ N(0, I_d)``, ``x = g(z) + ε`` with ``ε ~ N(0, diag(σ_j²))`` (isotropic: all ``σ_j``
+equal). Every quantity below is exact (closed forms over the linear regions of ``g``), except
+for ``latent_dim >= 3`` where the Gaussian masses of the regions come with error estimates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import time
+import warnings
+
+import numpy as np
+from sklearn.base import BaseEstimator, DensityMixin
+from sklearn.exceptions import ConvergenceWarning
+
+from . import gaussian
+from ._validation import check_array, check_positive
+from .decoder import Decoder
+from .em._gradient import exact_gradient, surrogate_objective
+from .em._init import initialize
+from .em._steps import m_step, region_stats
+from .inference._geometry import LOG_2PI, RegionGeometry, region_geometry
+from .inference._marginal import PairStats, marginal_pairs
+from .inference._posterior import ExactPosterior
+from .io import ModelFileError, decoder_from_arrays, decoder_to_arrays, read_npz, write_npz_atomic
+from .partition import Partition, partition
+
+__all__ = ["ConvergenceWarning", "ExactDGN", "NotFittedError"]
+
+logger = logging.getLogger(__name__)
+
+
+class NotFittedError(ValueError, AttributeError):
+    """The model has no decoder yet: call ``fit`` or build it with ``from_decoder``."""
+
+
+class ExactDGN(DensityMixin, BaseEstimator):
+    """Deep generative network with a piecewise-affine decoder, exact likelihood and posterior.
+
+    Parameters
+    ----------
+    latent_dim : int
+    hidden_sizes : tuple of int
+    activation : {"relu", "leaky_relu", "prelu", "abs"}
+    negative_slope : float
+    noise : {"isotropic", "diagonal"}
+    method : {"em", "gradient"}
+    max_iter, tol, n_init, init, min_noise_std, weight_decay, random_state, warm_start,
+    verbose, progress :
+        Training options (see ``fit``).
+    prune_nats : float
+        Exact pruning margin: skipped point-region pairs contribute less than
+        ``exp(-prune_nats)`` relative to ``p(x)`` in total.
+    chunk_bytes : int
+        Memory bound of the (points x regions) work arrays; larger inputs are chunked.
+
+    Attributes
+    ----------
+    decoder_ : Decoder
+    noise_std_ : ndarray of shape (D,)
+    partition_ : Partition
+    """
+
+    def __init__(
+        self,
+        latent_dim: int = 1,
+        hidden_sizes: tuple = (12,),
+        activation: str = "leaky_relu",
+        negative_slope: float = 0.1,
+        noise: str = "isotropic",
+        method: str = "em",
+        max_iter: int = 100,
+        tol: float = 1e-4,
+        n_init: int = 1,
+        init: str = "pca",
+        min_noise_std: float = 1e-3,
+        weight_decay: float = 0.0,
+        random_state=None,
+        warm_start: bool = False,
+        verbose: int = 0,
+        progress: bool = True,
+        prune_nats: float = 40.0,
+        chunk_bytes: int = 256 * 2**20,
+        max_backtrack: int = 20,
+    ):
+        self.latent_dim = latent_dim
+        self.hidden_sizes = hidden_sizes
+        self.activation = activation
+        self.negative_slope = negative_slope
+        self.noise = noise
+        self.method = method
+        self.max_iter = max_iter
+        self.tol = tol
+        self.n_init = n_init
+        self.init = init
+        self.min_noise_std = min_noise_std
+        self.weight_decay = weight_decay
+        self.random_state = random_state
+        self.warm_start = warm_start
+        self.verbose = verbose
+        self.progress = progress
+        self.prune_nats = prune_nats
+        self.chunk_bytes = chunk_bytes
+        self.max_backtrack = max_backtrack
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_decoder(cls, decoder: Decoder, noise_std, **params) -> ExactDGN:
+        """A model around an existing decoder (e.g. one trained as a VAE).
+
+        Parameters
+        ----------
+        decoder : Decoder
+        noise_std : float or array_like of shape (D,)
+            Standard deviation of the Gaussian observation noise.
+        **params
+            Estimator parameters (e.g. ``prune_nats``).
+        """
+        if not isinstance(decoder, Decoder):
+            raise TypeError(f"decoder must be an exactdgn.Decoder, got {type(decoder).__name__}")
+        std = check_positive(noise_std, name="noise_std", size=decoder.output_dim)
+        acts = {a.kind for a in decoder.activations}
+        slope = next(
+            (float(np.mean(a.negative_slope)) for a in decoder.activations if a.kind != "relu"),
+            0.0,
+        )
+        model = cls(
+            latent_dim=decoder.latent_dim,
+            hidden_sizes=tuple(decoder.hidden_sizes),
+            activation=acts.pop() if len(acts) == 1 else "mixed",
+            negative_slope=slope,
+            noise="isotropic" if std.ndim == 0 else "diagonal",
+            **params,
+        )
+        model._set_state(decoder, std)
+        return model
+
+    @classmethod
+    def from_torch(cls, module, noise_std, input_shape=None, **params) -> ExactDGN:
+        """A model around a PyTorch decoder (see :meth:`exactdgn.Decoder.from_torch`)."""
+        return cls.from_decoder(
+            Decoder.from_torch(module, input_shape=input_shape), noise_std, **params
+        )
+
+    def _set_state(self, decoder: Decoder, noise_std, part: Partition | None = None) -> None:
+        D = decoder.output_dim
+        self.decoder_ = decoder
+        self.noise_std_ = np.broadcast_to(np.asarray(noise_std, dtype=np.float64), (D,)).copy()
+        self.partition_ = part if part is not None else partition(decoder)
+        self._geom = None
+
+    # ------------------------------------------------------------------ helpers
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "decoder_"):
+            raise NotFittedError(
+                "this ExactDGN has no decoder yet: call fit(X) or build it with "
+                "ExactDGN.from_decoder / ExactDGN.from_torch"
+            )
+
+    def _check_X(self, X, name="X") -> np.ndarray:
+        self._check_fitted()
+        return check_array(X, name=name, n_features=self.decoder_.output_dim)
+
+    @property
+    def geometry_(self) -> RegionGeometry:
+        self._check_fitted()
+        if getattr(self, "_geom", None) is None:
+            self._geom = region_geometry(self.partition_, self.noise_std_)
+        return self._geom
+
+    def _pairs(self, X: np.ndarray, need_moments: bool = False) -> PairStats:
+        return marginal_pairs(
+            self.geometry_,
+            X,
+            prune_nats=self.prune_nats,
+            need_moments=need_moments,
+            chunk_bytes=self.chunk_bytes,
+        )
+
+    @property
+    def n_regions_(self) -> int:
+        self._check_fitted()
+        return len(self.partition_)
+
+    # ------------------------------------------------------------------ likelihood
+    def score_samples(self, X, return_error: bool = False):
+        """Exact ``log p(x)`` of each row of ``X``.
+
+        Parameters
+        ----------
+        X : array_like of shape (N, D)
+        return_error : bool
+            Also return the estimated absolute error of each value (integration error of the
+            region masses, ~1e-13 for ``latent_dim <= 2``, plus the pruning bound).
+
+        Returns
+        -------
+        log_px : ndarray of shape (N,)
+        error : ndarray of shape (N,) (only with ``return_error``)
+        """
+        X = self._check_X(X)
+        st = self._pairs(X)
+        return (st.log_px, st.log_px_error) if return_error else st.log_px
+
+    def score(self, X, y=None) -> float:
+        """Mean exact log-likelihood per point."""
+        return float(np.mean(self.score_samples(X)))
+
+    def posterior(self, X) -> ExactPosterior:
+        """The exact posterior ``p(z | x)`` for each row of ``X`` (batch_shape (N,))."""
+        X = self._check_X(X)
+        return ExactPosterior(self, X, self.geometry_, self._pairs(X))
+
+    def log_prob_joint(self, X, Z) -> np.ndarray:
+        """(N,) ``log p(x, z) = log N(z; 0, I) + log N(x; g(z), Σ)`` row by row."""
+        X = self._check_X(X)
+        Z = check_array(
+            Z, name="Z", n_features=self.decoder_.latent_dim, feature_name="latent dims"
+        )
+        if Z.shape[0] != X.shape[0]:
+            raise ValueError(f"X has {X.shape[0]} rows but Z has {Z.shape[0]}")
+        d, D = Z.shape[1], X.shape[1]
+        r = (X - self.decoder_(Z)) / self.noise_std_
+        log_lik = -0.5 * (D * LOG_2PI + np.einsum("nj,nj->n", r, r)) - np.log(self.noise_std_).sum()
+        log_prior = -0.5 * (d * LOG_2PI + np.einsum("nk,nk->n", Z, Z))
+        return log_prior + log_lik
+
+    # ------------------------------------------------------------------ generation
+    def sample(self, n_samples: int = 1, random_state=None, return_latent: bool = False):
+        """Draw ``x = g(z) + ε`` with ``z ~ N(0, I)``.
+
+        Returns
+        -------
+        X : ndarray (n_samples, D)
+        Z : ndarray (n_samples, d) (only with ``return_latent``)
+        """
+        self._check_fitted()
+        if int(n_samples) < 1:
+            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        rng = np.random.default_rng(random_state)
+        Z = rng.standard_normal((int(n_samples), self.decoder_.latent_dim))
+        X = self.decoder_(Z) + rng.standard_normal((int(n_samples), self.decoder_.output_dim)) * (
+            self.noise_std_
+        )
+        return (X, Z) if return_latent else X
+
+    def _prior_region_moments(self):
+        part = self.partition_
+        normals, offsets = part.padded_halfspaces()
+        return gaussian.truncated_moments(normals, offsets)
+
+    def mean(self) -> np.ndarray:
+        """(D,) exact ``E[x] = Σ_r P(r) (A_r E[z | r] + b_r)`` (prior region moments)."""
+        self._check_fitted()
+        tm = self._prior_region_moments()
+        w = np.exp(tm.log_mass)
+        part = self.partition_
+        y = np.einsum("rjk,rk->rj", part.A, tm.mean) + part.b
+        return w @ y
+
+    def covariance(self) -> np.ndarray:
+        """(D, D) exact ``Cov[x]``: law of total covariance over regions, plus the noise."""
+        self._check_fitted()
+        tm = self._prior_region_moments()
+        w = np.exp(tm.log_mass)
+        part = self.partition_
+        y = np.einsum("rjk,rk->rj", part.A, tm.mean) + part.b
+        m = w @ y
+        dy = y - m
+        within = np.einsum("r,rjk,rkl,rml->jm", w, part.A, tm.cov, part.A)
+        between = np.einsum("r,rj,rm->jm", w, dy, dy)
+        cov = within + between + np.diag(self.noise_std_**2)
+        return 0.5 * (cov + cov.T)
+
+    # ------------------------------------------------------------------ training
+    _ACTIVATIONS = ("relu", "leaky_relu", "prelu", "abs")
+
+    def _validate_params(self) -> None:
+        def bad(name, what):
+            raise ValueError(f"{name}={getattr(self, name)!r} is invalid: {what}")
+
+        if not (isinstance(self.latent_dim, int | np.integer) and self.latent_dim >= 1):
+            bad("latent_dim", "use an integer >= 1")
+        hs = tuple(self.hidden_sizes)
+        if not all(isinstance(h, int | np.integer) and h >= 1 for h in hs):
+            bad("hidden_sizes", "use a tuple of positive integers, e.g. (12,) or (32, 32)")
+        if self.activation not in self._ACTIVATIONS:
+            bad("activation", f"choose one of {self._ACTIVATIONS}")
+        if self.noise not in ("isotropic", "diagonal"):
+            bad("noise", "choose 'isotropic' or 'diagonal'")
+        if self.method not in ("em", "gradient"):
+            bad("method", "choose 'em' or 'gradient'")
+        if not (isinstance(self.max_iter, int | np.integer) and self.max_iter >= 1):
+            bad("max_iter", "use an integer >= 1")
+        if not (self.tol >= 0):
+            bad("tol", "use a non-negative float")
+        if not (isinstance(self.n_init, int | np.integer) and self.n_init >= 1):
+            bad("n_init", "use an integer >= 1")
+        if self.init not in ("pca", "random"):
+            bad("init", "choose 'pca' or 'random'")
+        if not (self.min_noise_std > 0):
+            bad("min_noise_std", "use a positive float (the likelihood is unbounded as σ -> 0)")
+        if not (self.weight_decay >= 0):
+            bad("weight_decay", "use a non-negative float")
+        if not (self.prune_nats >= 10):
+            bad("prune_nats", "use >= 10 (40 keeps the likelihood exact to double precision)")
+
+    def _e_step(self, decoder, std, X):
+        t0 = time.perf_counter()
+        part = partition(decoder)
+        t1 = time.perf_counter()
+        geom = region_geometry(part, std)
+        st = marginal_pairs(
+            geom, X, prune_nats=self.prune_nats, need_moments=True, chunk_bytes=self.chunk_bytes
+        )
+        t2 = time.perf_counter()
+        return part, geom, st, t1 - t0, t2 - t1
+
+    def fit(self, X, y=None, checkpoint=None) -> ExactDGN:
+        """Fit by exact EM (``method="em"``) or exact-gradient Adam (``method="gradient"``).
+
+        EM: the E-step computes, for every point and region, the exact posterior region mass and
+        truncated moments; the M-step solves every layer's least-squares problem in closed form
+        with the activation patterns held at their E-step values, then the noise. After each
+        M-step the exact log-likelihood is recomputed with the new partition; if it went down,
+        the step is halved along the segment between the old and new parameters until it does
+        not (``history_["backtracks"]``), so the exact training log-likelihood never decreases.
+        Prefer EM for small and medium data (no step size, monotone); prefer ``"gradient"``
+        (minibatch Adam on the exact log-likelihood, Fisher's identity) when the M-step's
+        Kronecker systems get large (wide hidden layers) or for many points.
+
+        Parameters
+        ----------
+        X : array_like (N, D), no NaN (impute missing values first)
+        checkpoint : path, optional
+            State is written there atomically after every iteration; calling ``fit`` again with
+            the same arguments resumes from it and ends with the same result.
+        """
+        X = np.asarray(X, dtype=np.float64) if not isinstance(X, np.ndarray) else X
+        if X.ndim == 2 and np.isnan(X).any():
+            rows = np.unique(np.nonzero(np.isnan(X))[0])
+            raise ValueError(
+                f"X contains NaN in {len(rows)} rows (first: {rows[:5].tolist()}); EM needs "
+                "complete rows: drop them or fill them with ExactDGN.impute on a fitted model"
+            )
+        X = check_array(X, name="X")
+        self._validate_params()
+        N, D = X.shape
+        warm = self.warm_start and hasattr(self, "decoder_")
+        if warm and self.decoder_.output_dim != D:
+            raise ValueError(
+                f"X has {D} columns but the fitted model expects {self.decoder_.output_dim}"
+            )
+        sizes = [self.latent_dim, *self.hidden_sizes, D]
+        k = sum((a + 1) * b for a, b in itertools.pairwise(sizes)) + (
+            1 if self.noise == "isotropic" else D
+        )
+        if N < k:
+            warnings.warn(
+                f"fitting {k} parameters to only {N} points: the maximum-likelihood fit is "
+                "poorly determined (use a smaller decoder, weight_decay, or more data)",
+                UserWarning,
+                stacklevel=2,
+            )
+        fingerprint = hashlib.sha256(X.tobytes()).hexdigest() + f":{N}x{D}"
+        config = {k: v for k, v in self.get_params().items() if k not in ("verbose", "progress")}
+        config["hidden_sizes"] = list(config["hidden_sizes"])
+        if isinstance(config.get("random_state"), np.random.Generator):
+            raise ValueError(
+                "random_state must be an int or None for fit (it is saved in checkpoints)"
+            )
+        ck = self._load_checkpoint(checkpoint, fingerprint, config) if checkpoint else None
+        rng = np.random.default_rng(self.random_state)
+        seeds = rng.integers(0, 2**63 - 1, size=self.n_init)
+        done = ck["done"] if ck else []
+        for i in range(self.n_init):
+            if i < len(done):
+                continue
+            if ck and ck.get("current") is not None and ck["current"]["init"] == i:
+                cur = ck["current"]
+                dec, std, hist, it0 = cur["decoder"], cur["std"], cur["history"], cur["iter"]
+                extra = cur.get("extra")
+            else:
+                if warm and i == 0:
+                    dec, std = self.decoder_.copy(), self.noise_std_.copy()
+                else:
+                    dec, std = initialize(
+                        X,
+                        latent_dim=self.latent_dim,
+                        hidden_sizes=self.hidden_sizes,
+                        activation=self.activation,
+                        negative_slope=self.negative_slope,
+                        init=self.init,
+                        diagonal=self.noise == "diagonal",
+                        min_std=self.min_noise_std,
+                        rng=np.random.default_rng(seeds[i]),
+                    )
+                hist, it0, extra = [], 0, None
+
+            def save(dec_, std_, hist_, it_, extra_=None, i=i):
+                if checkpoint:
+                    self._save_checkpoint(
+                        checkpoint, fingerprint, config, done, i, dec_, std_, hist_, it_, extra_
+                    )
+
+            runner = self._run_em if self.method == "em" else self._run_gradient
+            res = runner(X, dec, std, hist, it0, save, extra, seed=int(seeds[i]), init_index=i)
+            done.append(res)
+            if checkpoint:
+                self._save_checkpoint(
+                    checkpoint, fingerprint, config, done, None, None, None, None, 0
+                )
+        best = max(range(len(done)), key=lambda j: done[j]["history"][-1]["loglik"])
+        res = done[best]
+        self._set_state(res["decoder"], res["std"])
+        self.n_iter_ = int(res["n_iter"])
+        self.converged_ = bool(res["converged"])
+        self.history_ = res["history"]
+        self.best_init_ = best
+        self.init_logliks_ = [r["history"][-1]["loglik"] for r in done]
+        if not self.converged_:
+            warnings.warn(
+                f"{self.method} did not converge in max_iter={self.max_iter} iterations "
+                f"(last change above tol={self.tol}); increase max_iter or tol",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        return self
+
+    def _progress_bar(self, total, desc):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, disable=not self.progress, leave=False)
+
+    def _run_em(self, X, dec, std, hist, it0, save, extra, *, seed, init_index):
+        std = np.asarray(std, dtype=np.float64)
+        part, _, st, tp, te = self._e_step(dec, std, X)
+        ll = float(st.log_px.mean())
+        if not hist:
+            hist.append(
+                {
+                    "iter": 0,
+                    "loglik": ll,
+                    "n_regions": len(part),
+                    "seconds_partition": tp,
+                    "seconds_estep": te,
+                    "seconds_mstep": 0.0,
+                    "backtracks": 0,
+                    "step": 0.0,
+                }
+            )
+            save(dec, std, hist, 0)
+        converged = False
+        it = it0
+        bar = self._progress_bar(self.max_iter, f"EM init {init_index}")
+        bar.update(it0)
+        diagonal = self.noise == "diagonal"
+        try:
+            while it < self.max_iter:
+                ll_start = ll
+                # (1) output layer + noise: an exact EM block (the partition does not move)
+                t0 = time.perf_counter()
+                rs = region_stats(
+                    X, part.patterns, st.point, st.region, st.log_weight, st.mean, st.cov
+                )
+                last = [dec.n_layers - 1]
+                dec1, std1 = m_step(
+                    dec,
+                    rs,
+                    std,
+                    X,
+                    diagonal=diagonal,
+                    min_std=self.min_noise_std,
+                    weight_decay=self.weight_decay,
+                    layers=last,
+                )
+                tm = time.perf_counter() - t0
+                t1 = time.perf_counter()
+                part1 = part.with_decoder(dec1)
+                geom1 = region_geometry(part1, std1)
+                st1 = marginal_pairs(
+                    geom1,
+                    X,
+                    prune_nats=self.prune_nats,
+                    need_moments=True,
+                    chunk_bytes=self.chunk_bytes,
+                )
+                te_tot = time.perf_counter() - t1
+                tp_tot = 0.0
+                ll1 = float(st1.log_px.mean())
+                if ll1 >= ll:
+                    dec, std, part, st, ll = dec1, std1, part1, st1, ll1
+                nb, step = 0, 0.0
+                if dec.n_layers > 1:
+                    # (2) hidden layers (patterns held at their E-step values), then the output
+                    # layer and noise again; guarded by the exact likelihood with backtracking
+                    t0 = time.perf_counter()
+                    rs = region_stats(
+                        X, part.patterns, st.point, st.region, st.log_weight, st.mean, st.cov
+                    )
+                    new_dec, new_std = m_step(
+                        dec,
+                        rs,
+                        std,
+                        X,
+                        diagonal=diagonal,
+                        min_std=self.min_noise_std,
+                        weight_decay=self.weight_decay,
+                    )
+                    tm += time.perf_counter() - t0
+                    step = 1.0
+                    while nb <= self.max_backtrack:
+                        c_dec = _interpolate(dec, new_dec, step)
+                        c_std = np.exp((1 - step) * np.log(std) + step * np.log(new_std))
+                        c_part, _, c_st, tp, te = self._e_step(c_dec, c_std, X)
+                        tp_tot += tp
+                        te_tot += te
+                        c_ll = float(c_st.log_px.mean())
+                        if c_ll >= ll:
+                            dec, std, part, st, ll = c_dec, c_std, c_part, c_st, c_ll
+                            break
+                        step *= 0.5
+                        nb += 1
+                    else:
+                        step = 0.0
+                it += 1
+                bar.update(1)
+                hist.append(
+                    {
+                        "iter": it,
+                        "loglik": ll,
+                        "n_regions": len(part),
+                        "seconds_partition": tp_tot,
+                        "seconds_estep": te_tot,
+                        "seconds_mstep": tm,
+                        "backtracks": nb,
+                        "step": step,
+                    }
+                )
+                bar.set_postfix(nll=f"{-ll:.4f}", regions=len(part), refresh=False)
+                logger.info(
+                    "EM init %d iter %d: loglik %.6f regions %d backtracks %d",
+                    init_index,
+                    it,
+                    ll,
+                    len(part),
+                    nb,
+                )
+                save(dec, std, hist, it)
+                if ll - ll_start < self.tol:
+                    converged = True
+                    break
+        finally:
+            bar.close()
+        return {"decoder": dec, "std": std, "history": hist, "n_iter": it, "converged": converged}
+
+    def _run_gradient(
+        self,
+        X,
+        dec,
+        std,
+        hist,
+        it0,
+        save,
+        extra,
+        *,
+        seed,
+        init_index,
+        lr: float = 1e-2,
+        batch_size: int = 256,
+    ):
+        import torch
+
+        N, D = X.shape
+        diagonal = self.noise == "diagonal"
+        params = []
+        for W, c in zip(dec.weights, dec.biases, strict=True):
+            params.append(torch.tensor(W, requires_grad=True))
+            params.append(torch.tensor(c, requires_grad=True))
+        ls = np.log(std) if diagonal else np.log(std[:1]).reshape(())
+        params.append(torch.tensor(np.array(ls, dtype=np.float64), requires_grad=True))
+        opt = torch.optim.Adam(params, lr=lr)
+        rng = np.random.default_rng(seed)
+        if extra is not None:
+            rng.bit_generator.state = extra["rng"]
+            _load_adam(opt, params, extra["adam"])
+        if not hist:
+            _, _, st, tp, te = self._e_step(dec, std, X)
+            hist.append(
+                {
+                    "iter": 0,
+                    "loglik": float(st.log_px.mean()),
+                    "n_regions": 0,
+                    "seconds_partition": tp,
+                    "seconds_estep": te,
+                    "seconds_mstep": 0.0,
+                    "backtracks": 0,
+                    "step": lr,
+                }
+            )
+            save(
+                dec, std, hist, 0, {"rng": rng.bit_generator.state, "adam": _dump_adam(opt, params)}
+            )
+        converged = False
+        it = it0
+        bar = self._progress_bar(self.max_iter, f"gradient init {init_index}")
+        bar.update(it0)
+        log_min = np.log(self.min_noise_std)
+        try:
+            while it < self.max_iter:
+                perm = rng.permutation(N)
+                tp_tot = te_tot = tm_tot = 0.0
+                for s in range(0, N, batch_size):
+                    idx = perm[s : s + batch_size]
+                    Xb = X[idx]
+                    cur = _decoder_from_params(dec, params)
+                    cur_std = np.broadcast_to(np.exp(params[-1].detach().numpy()), (D,))
+                    part, _geom, st, tp, te = self._e_step(cur, cur_std, Xb)
+                    t0 = time.perf_counter()
+                    rs = region_stats(
+                        Xb, part.patterns, st.point, st.region, st.log_weight, st.mean, st.cov
+                    )
+                    opt.zero_grad()
+                    Q = surrogate_objective(params, cur, rs, Xb)
+                    loss = -Q / len(idx)
+                    for k in range(0, len(params) - 1, 2):
+                        loss = loss + 0.5 * self.weight_decay * (params[k] ** 2).sum()
+                    loss.backward()
+                    opt.step()
+                    with torch.no_grad():
+                        params[-1].clamp_(min=log_min)
+                    tm_tot += time.perf_counter() - t0
+                    tp_tot += tp
+                    te_tot += te
+                it += 1
+                bar.update(1)
+                dec = _decoder_from_params(dec, params)
+                std = np.broadcast_to(np.exp(params[-1].detach().numpy()), (D,)).copy()
+                part, _, st, tp, te = self._e_step(dec, std, X)
+                ll = float(st.log_px.mean())
+                delta = ll - hist[-1]["loglik"]
+                hist.append(
+                    {
+                        "iter": it,
+                        "loglik": ll,
+                        "n_regions": len(part),
+                        "seconds_partition": tp_tot,
+                        "seconds_estep": te_tot + te,
+                        "seconds_mstep": tm_tot,
+                        "backtracks": 0,
+                        "step": lr,
+                    }
+                )
+                bar.set_postfix(nll=f"{-ll:.4f}", regions=len(part), refresh=False)
+                save(
+                    dec,
+                    std,
+                    hist,
+                    it,
+                    {"rng": rng.bit_generator.state, "adam": _dump_adam(opt, params)},
+                )
+                if abs(delta) < self.tol:
+                    converged = True
+                    break
+        finally:
+            bar.close()
+        return {"decoder": dec, "std": std, "history": hist, "n_iter": it, "converged": converged}
+
+    def exact_gradient(self, X) -> list[np.ndarray]:
+        """Exact gradient of ``Σ_n log p(x_n)`` w.r.t. ``[W_1, c_1, ..., W_L, c_L, log σ]``.
+
+        By Fisher's identity (see :mod:`exactdgn.em._gradient`). ``log σ`` is a scalar for
+        isotropic noise and a (D,) vector for diagonal noise.
+        """
+        X = self._check_X(X)
+        st = self._pairs(X, need_moments=True)
+        rs = region_stats(
+            X, self.partition_.patterns, st.point, st.region, st.log_weight, st.mean, st.cov
+        )
+        std = self.noise_std_ if self.noise == "diagonal" else self.noise_std_[0]
+        return exact_gradient(self.decoder_, std, rs, X)
+
+    # ------------------------------------------------------------------ persistence
+    def _save_checkpoint(
+        self, path, fingerprint, config, done, init_i, dec, std, hist, it, extra=None
+    ):
+        arrays, meta = {}, {"kind": "checkpoint", "fingerprint": fingerprint, "config": config}
+        meta["done"] = []
+        for j, r in enumerate(done):
+            a, m = decoder_to_arrays(r["decoder"], prefix=f"done{j}_")
+            arrays.update(a)
+            arrays[f"done{j}_std"] = np.asarray(r["std"])
+            meta["done"].append(
+                {
+                    "decoder": m,
+                    "history": r["history"],
+                    "n_iter": r["n_iter"],
+                    "converged": r["converged"],
+                }
+            )
+        if init_i is not None:
+            a, m = decoder_to_arrays(dec, prefix="cur_")
+            arrays.update(a)
+            arrays["cur_std"] = np.asarray(std)
+            cur = {"init": init_i, "decoder": m, "history": hist, "iter": it}
+            if extra is not None:
+                ex = {"rng": extra["rng"], "adam_steps": extra["adam"]["steps"]}
+                for k, (m1, m2) in enumerate(
+                    zip(extra["adam"]["m"], extra["adam"]["v"], strict=True)
+                ):
+                    arrays[f"adam_m{k}"] = m1
+                    arrays[f"adam_v{k}"] = m2
+                cur["extra"] = ex
+            meta["current"] = cur
+        write_npz_atomic(path, arrays, meta)
+
+    def _load_checkpoint(self, path, fingerprint, config):
+        from pathlib import Path
+
+        if not Path(path).exists():
+            return None
+        arrays, meta = read_npz(path)
+        if meta.get("kind") != "checkpoint":
+            raise ModelFileError(f"{path} is not a training checkpoint")
+        if meta["fingerprint"] != fingerprint or meta["config"] != config:
+            raise ModelFileError(
+                f"checkpoint {path} was written for other data or parameters; remove it or "
+                "use another path"
+            )
+        done = []
+        for j, r in enumerate(meta["done"]):
+            done.append(
+                {
+                    "decoder": decoder_from_arrays(arrays, r["decoder"], prefix=f"done{j}_"),
+                    "std": arrays[f"done{j}_std"],
+                    "history": r["history"],
+                    "n_iter": r["n_iter"],
+                    "converged": r["converged"],
+                }
+            )
+        out = {"done": done, "current": None}
+        cur = meta.get("current")
+        if cur is not None:
+            extra = None
+            if "extra" in cur:
+                n = len(cur["extra"]["adam_steps"])
+                extra = {
+                    "rng": cur["extra"]["rng"],
+                    "adam": {
+                        "steps": cur["extra"]["adam_steps"],
+                        "m": [arrays[f"adam_m{k}"] for k in range(n)],
+                        "v": [arrays[f"adam_v{k}"] for k in range(n)],
+                    },
+                }
+            out["current"] = {
+                "init": cur["init"],
+                "decoder": decoder_from_arrays(arrays, cur["decoder"], "cur_"),
+                "std": arrays["cur_std"],
+                "history": cur["history"],
+                "iter": cur["iter"],
+                "extra": extra,
+            }
+        return out
+
+    def save(self, path) -> None:
+        """Save a fitted model (npz arrays + JSON metadata with a version; no pickle)."""
+        self._check_fitted()
+        arrays, dmeta = decoder_to_arrays(self.decoder_)
+        arrays["noise_std"] = self.noise_std_
+        params = {k: v for k, v in self.get_params().items()}
+        params["hidden_sizes"] = list(params["hidden_sizes"])
+        if isinstance(params.get("random_state"), np.random.Generator):
+            params["random_state"] = None
+        meta = {
+            "kind": "model",
+            "decoder": dmeta,
+            "params": params,
+            "history": getattr(self, "history_", None),
+            "n_iter": getattr(self, "n_iter_", None),
+            "converged": getattr(self, "converged_", None),
+        }
+        write_npz_atomic(path, arrays, meta)
+
+    @classmethod
+    def load(cls, path) -> ExactDGN:
+        """Load a model written by :meth:`save` (clear error on a corrupt or foreign file)."""
+        arrays, meta = read_npz(path)
+        if meta.get("kind") != "model":
+            raise ModelFileError(f"{path} holds a {meta.get('kind')!r}, not a saved model")
+        try:
+            dec = decoder_from_arrays(arrays, meta["decoder"])
+            params = dict(meta["params"])
+            params["hidden_sizes"] = tuple(params["hidden_sizes"])
+            model = cls(**params)
+            model._set_state(dec, arrays["noise_std"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFileError(f"{path}: incomplete or inconsistent model file ({exc})") from exc
+        if meta.get("history") is not None:
+            model.history_ = meta["history"]
+            model.n_iter_ = meta["n_iter"]
+            model.converged_ = meta["converged"]
+        return model
+
+    # ------------------------------------------------------------------ model selection
+    def _n_parameters(self) -> int:
+        self._check_fitted()
+        n_noise = 1 if self.noise == "isotropic" else self.decoder_.output_dim
+        return self.decoder_.n_params + n_noise
+
+    def bic(self, X) -> float:
+        """Bayesian information criterion ``-2 log L + k log N`` (lower is better)."""
+        X = self._check_X(X)
+        return float(-2 * self.score_samples(X).sum() + self._n_parameters() * np.log(len(X)))
+
+    def aic(self, X) -> float:
+        """Akaike information criterion ``-2 log L + 2k`` (lower is better)."""
+        X = self._check_X(X)
+        return float(-2 * self.score_samples(X).sum() + 2 * self._n_parameters())
+
+
+def _interpolate(a: Decoder, b: Decoder, t: float) -> Decoder:
+    """Parameters ``(1 - t) a + t b`` (same architecture and activations)."""
+    if t == 1.0:
+        return b
+    Ws = [(1 - t) * Wa + t * Wb for Wa, Wb in zip(a.weights, b.weights, strict=True)]
+    cs = [(1 - t) * ca + t * cb for ca, cb in zip(a.biases, b.biases, strict=True)]
+    return Decoder(Ws, cs, a.activations)
+
+
+def _decoder_from_params(template: Decoder, params) -> Decoder:
+    L = template.n_layers
+    Ws = [params[2 * k].detach().numpy().copy() for k in range(L)]
+    cs = [params[2 * k + 1].detach().numpy().copy() for k in range(L)]
+    return Decoder(Ws, cs, template.activations)
+
+
+def _dump_adam(opt, params) -> dict:
+    import torch
+
+    steps, ms, vs = [], [], []
+    for p in params:
+        st = opt.state.get(p, {})
+        steps.append(float(st["step"]) if "step" in st else 0.0)
+        ms.append(
+            st["exp_avg"].detach().numpy().copy() if "exp_avg" in st else np.zeros(tuple(p.shape))
+        )
+        vs.append(
+            st["exp_avg_sq"].detach().numpy().copy()
+            if "exp_avg_sq" in st
+            else np.zeros(tuple(p.shape))
+        )
+    del torch
+    return {"steps": steps, "m": ms, "v": vs}
+
+
+def _load_adam(opt, params, state) -> None:
+    import torch
+
+    for p, s_, m, v in zip(params, state["steps"], state["m"], state["v"], strict=True):
+        if s_ > 0:
+            opt.state[p] = {
+                "step": torch.tensor(float(s_)),
+                "exp_avg": torch.tensor(np.asarray(m)),
+                "exp_avg_sq": torch.tensor(np.asarray(v)),
+            }

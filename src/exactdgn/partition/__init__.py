@@ -1,0 +1,22 @@
+"""Exact partition of the latent space into linear regions (enumeration, lookup, geometry)."""
+
+from ._api import partition, sampled_region_count
+from ._partition import (
+    Partition,
+    PartitionTooLargeError,
+    RawPartition,
+    Region,
+    estimate_region_bytes,
+    memory_budget,
+)
+
+__all__ = [
+    "Partition",
+    "PartitionTooLargeError",
+    "RawPartition",
+    "Region",
+    "estimate_region_bytes",
+    "memory_budget",
+    "partition",
+    "sampled_region_count",
+]

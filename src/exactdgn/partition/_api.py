@@ -1,0 +1,101 @@
+"""``partition(decoder)``: pick the exact enumerator for the latent dimension, guard memory."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from ..decoder import Decoder
+from ._partition import (
+    Partition,
+    PartitionTooLargeError,
+    estimate_region_bytes,
+    finalize,
+    memory_budget,
+)
+
+__all__ = ["partition", "sampled_region_count"]
+
+logger = logging.getLogger(__name__)
+
+
+def sampled_region_count(decoder: Decoder, n: int = 5_000, seed=0) -> int:
+    """Lower bound on the region count: distinct patterns among random latent points.
+
+    Points are drawn from N(0, s^2 I) for s in {1, 3, 10} (a third each).
+    """
+    rng = np.random.default_rng(seed)
+    scales = np.repeat([1.0, 3.0, 10.0], -(-n // 3))[:n]
+    Z = rng.standard_normal((n, decoder.latent_dim)) * scales[:, None]
+    P = decoder.activation_pattern(Z)[:, decoder.kink_mask]
+    if P.shape[1] == 0:
+        return 1
+    return len(np.unique(np.packbits(P, axis=1), axis=0))
+
+
+def partition(decoder: Decoder, *, max_bytes: int | None = None, method: str = "auto") -> Partition:
+    """Exact list of the linear regions of ``decoder`` over the whole latent space R^d.
+
+    Parameters
+    ----------
+    decoder : Decoder
+    max_bytes : int, optional
+        Memory budget for the partition (default: half the available memory). Enumeration is
+        refused up front, with the estimate in the message, when it would not fit.
+    method : {"auto", "sweep", "polygon", "adjacency"}
+        ``sweep`` (d = 1, breakpoints layer by layer), ``polygon`` (d = 2, exact splitting of
+        convex polygons in homogeneous coordinates, layer by layer), ``adjacency`` (any d: search
+        over the region graph with HiGHS LPs and Qhull for facets). ``auto`` picks by d.
+
+    Returns
+    -------
+    Partition
+
+    Raises
+    ------
+    PartitionTooLargeError
+        When the estimated size exceeds ``max_bytes``.
+    """
+    if not isinstance(decoder, Decoder):
+        raise TypeError(f"partition() takes a Decoder, got {type(decoder).__name__}")
+    d = decoder.latent_dim
+    if method == "auto":
+        method = {1: "sweep", 2: "polygon"}.get(d, "adjacency")
+    valid = {"sweep": (1,), "polygon": (2,), "adjacency": None}
+    if method not in valid:
+        raise ValueError(f"method must be one of {['auto', *valid]}, got {method!r}")
+    if valid[method] is not None and d not in valid[method]:
+        raise ValueError(f"method {method!r} needs latent_dim in {valid[method]}, got {d}")
+    budget = memory_budget() if max_bytes is None else int(max_bytes)
+    per_region = estimate_region_bytes(decoder)
+    max_regions = max(1, budget // per_region)
+
+    def check_budget(estimate: int, what: str = "an upper bound of") -> None:
+        if estimate > max_regions:
+            need = estimate * per_region
+            raise PartitionTooLargeError(
+                f"partition refused: {what} {estimate:,} regions x ~{per_region:,} bytes each "
+                f"= ~{need / 2**30:.3g} GiB exceeds the memory budget of {budget / 2**30:.3g} "
+                f"GiB (decoder {decoder.layer_sizes}). Use a smaller decoder, a lower latent "
+                "dimension, or raise max_bytes."
+            )
+
+    t0 = time.perf_counter()
+    check_budget(sampled_region_count(decoder), "a sampled lower bound of")
+    if method == "sweep":
+        from ._enum1d import enumerate_1d
+
+        raw = enumerate_1d(decoder, check_budget)
+    elif method == "polygon":
+        from ._enum2d import enumerate_2d
+
+        raw = enumerate_2d(decoder, check_budget)
+    else:
+        from ._enumnd import enumerate_adjacency
+
+        raw = enumerate_adjacency(decoder, check_budget)
+    part = finalize(decoder, raw, method, t0)
+    logger.info("partition: %d regions in %.3fs (%s)", len(part), part.seconds, method)
+    return part

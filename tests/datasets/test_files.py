@@ -1,0 +1,312 @@
+"""File loaders: IDX/MNIST (real test set and corrupt files), CSV/.npy/.npz, digits, get_dataset."""
+
+import gzip
+import re
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from exactdgn.datasets import get_dataset, load_array, load_digits, load_mnist, read_idx
+
+MNIST_DIR = Path(__file__).parents[2] / "../shared/data/mnist"
+# class counts of the MNIST t10k test set (LeCun et al.)
+T10K_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def write_idx(path, arr, code=0x08, *, compress=False, extra=b"", cut=0):
+    """Write an IDX file independently of the reader (struct-packed header, big-endian data)."""
+    arr = np.asarray(arr)
+    dt = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}[code]
+    raw = struct.pack(">BBBB", 0, 0, code, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    raw += arr.astype(dt).tobytes() + extra
+    if cut:
+        raw = raw[:-cut]
+    path = Path(path)
+    path.write_bytes(gzip.compress(raw) if compress else raw)
+    return path
+
+
+# ----------------------------------------------------------------------------- IDX reader
+@pytest.mark.parametrize("code", [0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E])
+@pytest.mark.parametrize("compress", [False, True])
+def test_read_idx_round_trip(tmp_path, code, compress):
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 100, (3, 4, 5)) if code != 0x09 else rng.integers(-100, 100, (3, 4, 5))
+    p = write_idx(tmp_path / "a.idx", arr, code, compress=compress)
+    out = read_idx(p)
+    assert out.shape == (3, 4, 5)
+    np.testing.assert_array_equal(out, arr)
+
+
+def _mnist_pair(tmp_path, n=6, *, kind="t10k", img_kw=None, lab_kw=None, images=None, labels=None):
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (n, 28, 28)) if images is None else images
+    labels = rng.integers(0, 10, n) if labels is None else labels
+    write_idx(tmp_path / f"{kind}-images-idx3-ubyte", images, **(img_kw or {}))
+    write_idx(tmp_path / f"{kind}-labels-idx1-ubyte", labels, **(lab_kw or {}))
+    return images, labels
+
+
+def test_load_mnist_synthetic_pair(tmp_path):
+    images, labels = _mnist_pair(tmp_path, kind="train")
+    X, y = load_mnist(tmp_path, kind="train", normalize=False)
+    np.testing.assert_array_equal(X, images.reshape(6, 784))
+    np.testing.assert_array_equal(y, labels)
+    X, _ = load_mnist(tmp_path / "train-images-idx3-ubyte", kind="train")
+    np.testing.assert_allclose(X, images.reshape(6, 784) / 255.0, rtol=1e-15)
+
+
+CORRUPT_IMAGES = [
+    ({"extra": b"\x00"}, "trailing bytes"),
+    ({"cut": 5}, "truncated"),
+    ({"code": 0x0C}, "unsigned-byte"),
+]
+
+
+@pytest.mark.parametrize(("kw", "msg"), CORRUPT_IMAGES)
+def test_corrupt_image_file_is_rejected(tmp_path, kw, msg):
+    _mnist_pair(tmp_path, img_kw=kw)
+    with pytest.raises(ValueError, match=msg) as info:
+        load_mnist(tmp_path)
+    assert "t10k-images-idx3-ubyte" in str(info.value)
+
+
+def test_bad_headers_are_rejected(tmp_path):
+    p = tmp_path / "t10k-images-idx3-ubyte"
+    _mnist_pair(tmp_path)
+    raw = p.read_bytes()
+    p.write_bytes(b"\x01\x02" + raw[2:])
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte.*magic"):
+        load_mnist(tmp_path)
+    p.write_bytes(raw[:2] + b"\x07" + raw[3:])
+    with pytest.raises(ValueError, match="type code 0x07"):
+        load_mnist(tmp_path)
+    p.write_bytes(raw[:3] + b"\x00")
+    with pytest.raises(ValueError, match="0 dimensions"):
+        load_mnist(tmp_path)
+    p.write_bytes(raw[:9])
+    with pytest.raises(ValueError, match="truncated IDX header"):
+        load_mnist(tmp_path)
+    p.write_bytes(b"\x00")
+    with pytest.raises(ValueError, match="too short"):
+        load_mnist(tmp_path)
+
+
+def test_wrong_dimensions_and_label_problems(tmp_path):
+    # image file with 2-D data
+    _mnist_pair(tmp_path, images=np.zeros((6, 784), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"images-idx3-ubyte: expected a 3-D"):
+        load_mnist(tmp_path)
+    # label file with 2-D data
+    _mnist_pair(tmp_path, labels=np.zeros((6, 1)))
+    with pytest.raises(ValueError, match=r"labels-idx1-ubyte: expected a 1-D"):
+        load_mnist(tmp_path)
+    # count mismatch
+    _mnist_pair(tmp_path, labels=np.zeros(5))
+    with pytest.raises(ValueError, match="5 labels but"):
+        load_mnist(tmp_path)
+    # label out of range
+    _mnist_pair(tmp_path, labels=np.array([0, 1, 2, 3, 4, 10]))
+    with pytest.raises(ValueError, match=r"0\.\.9, found 10"):
+        load_mnist(tmp_path)
+
+
+def test_bad_gzip(tmp_path):
+    _mnist_pair(tmp_path)
+    (tmp_path / "t10k-images-idx3-ubyte").unlink()
+    gz = write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", np.zeros((6, 28, 28)), compress=True)
+    X, _ = load_mnist(tmp_path)
+    assert X.shape == (6, 784)
+    gz.write_bytes(gz.read_bytes()[:-10])
+    with pytest.raises(ValueError, match=r"images-idx3-ubyte\.gz: corrupt or truncated gzip"):
+        load_mnist(tmp_path)
+    gz.write_bytes(b"\x00\x00\x08\x03 not gzip")
+    with pytest.raises(ValueError, match=r"\.gz suffix but is not gzip"):
+        load_mnist(tmp_path)
+
+
+def test_missing_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_mnist(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="no MNIST images file"):
+        load_mnist(tmp_path)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((2, 28, 28)))
+    with pytest.raises(FileNotFoundError, match="no labels file next to"):
+        load_mnist(tmp_path / "t10k-images-idx3-ubyte")
+    with pytest.raises(ValueError, match="kind"):
+        load_mnist(tmp_path, kind="validation")
+    with pytest.raises(ValueError, match="classes"):
+        load_mnist(tmp_path, classes=[12])
+
+
+# ----------------------------------------------------------------------------- real MNIST
+def test_real_mnist_test_set():
+    assert MNIST_DIR.is_dir(), f"the shared MNIST copy is missing at {MNIST_DIR.resolve()}"
+    X, y = load_mnist(MNIST_DIR)
+    assert X.shape == (10000, 784) and X.dtype == np.float64
+    assert y.shape == (10000,)
+    assert X.min() == 0.0 and X.max() == 1.0
+    assert y[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+    assert np.bincount(y, minlength=10).tolist() == T10K_COUNTS
+    # a blank border: the corner pixels of every test digit are zero
+    assert np.all(X.reshape(-1, 28, 28)[:, 0, 0] == 0)
+
+    X3, y3 = load_mnist(MNIST_DIR / "t10k-images-idx3-ubyte.gz", kind="test", classes=3)
+    assert X3.shape == (1010, 784) and np.all(y3 == 3)
+    np.testing.assert_array_equal(X3, X[y == 3])
+
+    X14, y14 = load_mnist(MNIST_DIR, classes=[1, 7], downsample=14)
+    assert X14.shape == (1135 + 1028, 196)
+    assert set(y14.tolist()) == {1, 7}
+    big = X[(y == 1) | (y == 7)].reshape(-1, 28, 28)
+    # independent block average on a few images
+    for i in (0, 5, 1000):
+        ref = np.array(
+            [
+                [big[i, 2 * r : 2 * r + 2, 2 * c : 2 * c + 2].mean() for c in range(14)]
+                for r in range(14)
+            ]
+        )
+        np.testing.assert_allclose(X14[i].reshape(14, 14), ref, rtol=1e-15, atol=0)
+    with pytest.raises(ValueError, match="downsample"):
+        load_mnist(MNIST_DIR, downsample=5)
+
+
+def test_real_mnist_uncompressed_copy(tmp_path):
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (tmp_path / name).write_bytes(gzip.decompress((MNIST_DIR / f"{name}.gz").read_bytes()))
+    Xa, ya = load_mnist(tmp_path, classes=0)
+    Xb, yb = get_dataset(f"mnist:{MNIST_DIR}", classes=0, return_labels=True)
+    np.testing.assert_array_equal(Xa, Xb)
+    np.testing.assert_array_equal(ya, yb)
+    assert Xa.shape == (980, 784)
+
+
+# ----------------------------------------------------------------------------- CSV / npy / npz
+def test_csv_variants(tmp_path):
+    X = np.array([[1.0, -2.5, 3e-3], [4.0, 5.0, 6.0]])
+    (tmp_path / "a.csv").write_text("1,-2.5,3e-3\n4,5,6\n")
+    (tmp_path / "h.csv").write_text("# comment\nx,y,z\n1, -2.5, 3e-3\n\n4,5,6\n")
+    (tmp_path / "w.txt").write_text("1 -2.5 3e-3\n4   5 6\n")
+    (tmp_path / "t.tsv").write_text("1\t-2.5\t3e-3\n4\t5\t6\n")
+    for name in ("a.csv", "h.csv", "w.txt", "t.tsv"):
+        out = load_array(tmp_path / name)
+        assert out.dtype == np.float64
+        np.testing.assert_array_equal(out, X)
+    (tmp_path / "one.csv").write_text("1.5\n2.5\n")
+    assert load_array(tmp_path / "one.csv").shape == (2, 1)
+
+
+@pytest.mark.parametrize(
+    ("content", "msg"),
+    [
+        ("1,2,3\n4,5\n", "line 2 has 2 fields but the first data row has 3"),
+        ("1,2,3\n4,abc,6\n", "non-numeric value 'abc' on line 2, column 2"),
+        ("a,b\n1,2\n3,,4\n", "line 3 has 3 fields"),
+        ("a,b\n1,2\n3,\n", "non-numeric value '' on line 3, column 2"),
+        ("1,2\nnan,4\n", r"NaN or infinite values \(first bad rows, 0-based: \[1\]\)"),
+        ("1,2\n3,inf\n", "NaN or infinite"),
+        ("x,y\n", "only a header row"),
+        ("\n# nothing\n", "no data rows"),
+    ],
+)
+def test_malformed_csv(tmp_path, content, msg):
+    p = tmp_path / "bad.csv"
+    p.write_text(content)
+    with pytest.raises(ValueError, match=msg) as info:
+        load_array(p)
+    assert "bad.csv" in str(info.value)
+
+
+def test_npy_npz(tmp_path):
+    X = np.arange(12.0).reshape(4, 3)
+    np.save(tmp_path / "a.npy", X.astype(np.float32))
+    np.testing.assert_array_equal(load_array(tmp_path / "a.npy"), X)
+    np.save(tmp_path / "i.npy", X.astype(np.int16))
+    np.testing.assert_array_equal(load_array(tmp_path / "i.npy"), X)
+    np.savez(tmp_path / "one.npz", anything=X)
+    np.testing.assert_array_equal(load_array(tmp_path / "one.npz"), X)
+    np.savez(tmp_path / "two.npz", X=X, y=np.arange(4))
+    np.testing.assert_array_equal(load_array(tmp_path / "two.npz"), X)
+    np.savez(tmp_path / "three.npz", a=X, b=2 * X)
+    np.testing.assert_array_equal(load_array(tmp_path / "three.npz", key="b"), 2 * X)
+
+
+@pytest.mark.parametrize(
+    ("maker", "msg"),
+    [
+        (lambda p: np.save(p, np.arange(5.0)), r"must be 2-D .*shape \(5,\).*\(N, 1\)"),
+        (lambda p: np.save(p, np.zeros((2, 2, 2))), "must be 2-D"),
+        (lambda p: np.save(p, np.array([["a", "b"]])), "real numbers"),
+        (lambda p: np.save(p, np.ones((2, 2), dtype=complex)), "real numbers"),
+        (lambda p: np.save(p, np.array([[1, None]], dtype=object)), "valid numeric"),
+        (lambda p: np.save(p, np.array([[1.0, np.nan]])), "NaN"),
+        (lambda p: np.save(p, np.zeros((0, 3))), "empty"),
+        (lambda p: p.write_bytes(b"garbage"), "not a .npy file"),
+        (lambda p: p.write_bytes(np.lib.format.magic(1, 0) + b"\x10\x00{'descr'"), "not a valid"),
+    ],
+)
+def test_malformed_npy(tmp_path, maker, msg):
+    p = tmp_path / "bad.npy"
+    maker(p)
+    with pytest.raises(ValueError, match=msg) as info:
+        load_array(p)
+    assert "bad.npy" in str(info.value)
+
+
+def test_malformed_npz_and_suffix(tmp_path):
+    p = tmp_path / "bad.npz"
+    np.savez(p, a=np.zeros((2, 2)), b=np.ones((2, 2)))
+    with pytest.raises(ValueError, match=re.escape("holds several arrays ['a', 'b']")):
+        load_array(p)
+    with pytest.raises(ValueError, match="no array named 'c'"):
+        load_array(p, key="c")
+    p.write_bytes(p.read_bytes()[:40])
+    with pytest.raises(ValueError, match=r"bad\.npz: not a valid \.npz"):
+        load_array(p)
+    p.write_bytes(b"plain text")
+    with pytest.raises(ValueError, match=r"not a \.npz"):
+        load_array(p)
+    q = tmp_path / "data.json"
+    q.write_text("[]")
+    with pytest.raises(ValueError, match=r"unsupported file type '\.json'"):
+        load_array(q)
+    with pytest.raises(FileNotFoundError):
+        load_array(tmp_path / "missing.csv")
+
+
+# ----------------------------------------------------------------------------- digits, names
+def test_load_digits():
+    X, y = load_digits()
+    assert X.shape == (1797, 64) and X.dtype == np.float64 and y.shape == (1797,)
+    assert X.min() == 0 and X.max() == 16
+    X3, y3 = load_digits(classes=3)
+    assert X3.shape == (183, 64) and np.all(y3 == 3)
+    X35, y35 = load_digits(classes=[5, 3], normalize=True)
+    assert set(y35.tolist()) == {3, 5} and X35.max() == 1.0
+    with pytest.raises(ValueError, match="classes"):
+        load_digits(classes="3")
+
+
+def test_get_dataset(tmp_path):
+    X = get_dataset("wave", n_samples=30, noise=0.0, random_state=0)
+    np.testing.assert_array_equal(X[:, 1], np.cos(1.4 * X[:, 0]))
+    for name in ("circle", "two_moons", "moons", "mixture", "gaussian_mixture"):
+        assert get_dataset(name, n_samples=7, random_state=1).shape == (7, 2)
+    X, y = get_dataset("digits:3,5", return_labels=True)
+    assert X.shape == (365, 64) and set(y.tolist()) == {3, 5}
+    assert get_dataset("digits").shape == (1797, 64)
+    np.save(tmp_path / "d.npy", np.ones((3, 2)))
+    assert get_dataset(str(tmp_path / "d.npy")).shape == (3, 2)
+    X, y = get_dataset(tmp_path / "d.npy", return_labels=True)
+    assert y is None and X.shape == (3, 2)
+    with pytest.raises(ValueError, match="unknown data set 'spiral'"):
+        get_dataset("spiral")
+    with pytest.raises(ValueError, match="bad class list"):
+        get_dataset("digits:x")
+    with pytest.raises(ValueError, match="mnist:PATH"):
+        get_dataset("mnist")
+    with pytest.raises(ValueError, match="either in the name"):
+        get_dataset("digits:3", classes=[4])

@@ -1,0 +1,81 @@
+"""Standardizer: statistics, floor, round trip, density change of variables, (de)serialisation."""
+
+import json
+
+import numpy as np
+import pytest
+from scipy.stats import multivariate_normal
+
+from exactdgn.datasets import Standardizer
+
+
+def _data(seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal([1.0, -3.0, 10.0, 0.0], [2.0, 0.5, 30.0, 1.0], (500, 4))
+    X[:, 3] = 7.0  # a constant feature
+    return X
+
+
+def test_statistics_and_round_trip():
+    X = _data()
+    st = Standardizer().fit(X)
+    Y = st.transform(X)
+    np.testing.assert_allclose(Y[:, :3].mean(axis=0), 0.0, atol=1e-13)
+    np.testing.assert_allclose(Y[:, :3].std(axis=0), 1.0, rtol=1e-13)
+    np.testing.assert_array_equal(Y[:, 3], 0.0)  # constant feature: centred, no division by 0
+    assert st.scale_[3] == pytest.approx(1e-3 * X[:, 2].std())  # relative floor
+    np.testing.assert_allclose(st.inverse_transform(Y), X, rtol=1e-14, atol=1e-12)
+    np.testing.assert_allclose(st.fit_transform(X), Y)
+
+
+def test_absolute_floor_and_switches():
+    X = np.zeros((10, 2))
+    st = Standardizer(min_std=0.25).fit(X)
+    np.testing.assert_array_equal(st.scale_, [0.25, 0.25])
+    X = _data()
+    st = Standardizer(with_mean=False, with_std=False).fit(X)
+    np.testing.assert_array_equal(st.transform(X), X)
+    st = Standardizer(with_std=False).fit(X)
+    np.testing.assert_allclose(st.transform(X), X - X.mean(axis=0))
+
+
+def test_log_abs_det_jacobian_changes_densities():
+    # x ~ N(m, diag(s²)) and y = (x - m)/s ~ N(0, I): log p_x(x) = log p_y(y) + log|dy/dx|
+    rng = np.random.default_rng(2)
+    m, s = np.array([3.0, -1.0, 0.5]), np.array([2.0, 0.1, 5.0])
+    st = Standardizer(rel_min_std=0.0).fit(rng.normal(size=(50, 3)))
+    st.mean_, st.scale_ = m, s  # use the exact parameters of the Gaussian
+    X = rng.normal(m, s, (20, 3))
+    lhs = multivariate_normal(m, np.diag(s**2)).logpdf(X)
+    rhs = multivariate_normal(np.zeros(3), np.eye(3)).logpdf(st.transform(X))
+    np.testing.assert_allclose(lhs, rhs + st.log_abs_det_jacobian(), rtol=1e-13)
+
+
+def test_to_dict_from_dict_json():
+    X = _data()
+    st = Standardizer().fit(X)
+    d = json.loads(json.dumps(st.to_dict()))
+    st2 = Standardizer.from_dict(d)
+    np.testing.assert_array_equal(st2.mean_, st.mean_)
+    np.testing.assert_array_equal(st2.scale_, st.scale_)
+    np.testing.assert_array_equal(st2.transform(X), st.transform(X))
+    assert st2.n_samples_seen_ == 500 and st2.n_features_in_ == 4
+    bad = dict(d)
+    del bad["scale"]
+    with pytest.raises(ValueError, match="scale"):
+        Standardizer.from_dict(bad)
+    bad = dict(d, scale=[0.0] * 4)
+    with pytest.raises(ValueError, match="scale"):
+        Standardizer.from_dict(bad)
+
+
+def test_errors():
+    with pytest.raises(RuntimeError, match="not fitted"):
+        Standardizer().transform(np.zeros((2, 2)))
+    st = Standardizer().fit(_data())
+    with pytest.raises(ValueError, match="4 are expected"):
+        st.transform(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="NaN"):
+        Standardizer().fit(np.array([[1.0, np.nan]]))
+    with pytest.raises(ValueError, match="min_std"):
+        Standardizer(min_std=0.0).fit(_data())
