@@ -1,9 +1,10 @@
 """Benchmark of ``exactdgn.partition`` on He-initialised leaky-ReLU decoders (fixed seeds).
 
 Prints, per case, the region count, the best wall time of ``--repeat`` runs of the full
-``partition(decoder)`` call (enumeration + affine maps + neighbours), regions per second, the
-target and whether it is met. The load average is printed too: other processes on the machine
-slow the figures down.
+``partition(decoder)`` call (sampled-size guard + enumeration + affine maps), regions per second,
+the target and whether it is met (targets apply to the full call), and a breakdown: the raw
+enumerator alone ("enum s") and the sampled region-count guard ("sample s"). The load average
+is printed too: other processes on the machine slow the figures down.
 
 Usage::
 
@@ -20,7 +21,31 @@ import time
 from dataclasses import dataclass
 
 from exactdgn.decoder import Decoder
-from exactdgn.partition import partition
+from exactdgn.partition import partition, sampled_region_count
+
+
+def _enumerator(method: str):
+    """The raw enumerator behind ``partition(..., method=method)`` (for the time breakdown)."""
+    if method == "sweep":
+        from exactdgn.partition._enum1d import enumerate_1d
+
+        return enumerate_1d
+    if method == "polygon":
+        from exactdgn.partition._enum2d import enumerate_2d
+
+        return enumerate_2d
+    from exactdgn.partition._enumnd import enumerate_adjacency
+
+    return enumerate_adjacency
+
+
+def _best(fn, repeat: int) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
 
 
 @dataclass(frozen=True)
@@ -43,11 +68,9 @@ CASES = [
 
 def run_case(case: Case, repeat: int) -> dict:
     dec = Decoder.random(case.sizes, activation="leaky_relu", seed=case.seed)
-    best, part = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        part = partition(dec)
-        best = min(best, time.perf_counter() - t0)
+    best, part = _best(lambda: partition(dec), repeat)
+    t_enum, _ = _best(lambda: _enumerator(part.method)(dec), repeat)
+    t_sample, _ = _best(lambda: sampled_region_count(dec), repeat)
     n = len(part)
     rate = n / best
     met = True
@@ -64,6 +87,8 @@ def run_case(case: Case, repeat: int) -> dict:
         "method": part.method,
         "regions": n,
         "seconds": best,
+        "enumerate": t_enum,
+        "sample": t_sample,
         "rate": rate,
         "target": " and ".join(targets),
         "met": met,
@@ -93,7 +118,7 @@ def main(argv=None) -> int:
         f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     )
     header = f"{'case':9} {'layer sizes':22} {'method':9} {'regions':>8} {'seconds':>9} "
-    header += f"{'regions/s':>10}  target"
+    header += f"{'regions/s':>10} {'enum s':>8} {'sample s':>8}  target"
     print(header)
     all_met = True
     for case in CASES:
@@ -104,7 +129,8 @@ def main(argv=None) -> int:
         all_met &= r["met"]
         print(
             f"{r['case']:9} {r['sizes']!s:22} {r['method']:9} {r['regions']:>8,} "
-            f"{r['seconds']:>9.4f} {r['rate']:>10,.0f}  {r['target']}: "
+            f"{r['seconds']:>9.4f} {r['rate']:>10,.0f} {r['enumerate']:>8.4f} "
+            f"{r['sample']:>8.4f}  {r['target']}: "
             f"{'met' if r['met'] else 'NOT met'}",
             flush=True,
         )

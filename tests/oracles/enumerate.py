@@ -40,6 +40,7 @@ __all__ = [
     "cell_constraints",
     "enumerate_regions",
     "kink_units",
+    "pattern_output_map",
     "pattern_unit_maps",
     "reference_forward",
     "unit_slopes",
@@ -112,7 +113,7 @@ def reference_forward(decoder, Z) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return h, pre, pat
 
 
-def pattern_unit_maps(decoder, pattern) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def pattern_unit_maps(decoder, pattern) -> tuple:
     """Affine maps of every hidden pre-activation and of the output, for one fixed pattern.
 
     Returns
@@ -121,7 +122,8 @@ def pattern_unit_maps(decoder, pattern) -> tuple[np.ndarray, np.ndarray, np.ndar
         ``a_i(z) = Wu[i] @ z + cu[i]`` wherever the earlier layers have pattern ``pattern``.
     scale : (n_units,)
         Magnitude scale of each unit's map (same recursion on absolute values), for tolerances.
-    (A, b) is returned through :func:`pattern_output_map`.
+    (A, b) : (D, d), (D,)
+        The output map ``g(z) = A z + b`` on the cell (also :func:`pattern_output_map`).
     """
     pattern = np.asarray(pattern, dtype=bool)
     d = decoder.weights[0].shape[1]

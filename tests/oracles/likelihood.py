@@ -657,7 +657,10 @@ def _oracle_2d_point(decoder, x, sigma, *, rtol, n_mom, rtol_inner=1e-13):
             [np.ones_like(t), dz, dz * dz, mom[:, 1], dz * mom[:, 1], mom[:, 2]], axis=1
         )
 
-    tot, err, _ = _adaptive_gl(func, np.zeros(a.size, dtype=int), a, b, 1, rtol=rtol)
+    floor = 64.0 * np.finfo(float).eps * (abs(Mout) + 1.0)  # rounding of log I(z1)
+    tot, err, _ = _adaptive_gl(
+        func, np.zeros(a.size, dtype=int), a, b, 1, rtol=max(rtol, floor), max_rounds=40
+    )
     info = {
         "n_lines": outer.n_lines,
         "n_eval": outer.n_eval,

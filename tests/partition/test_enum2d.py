@@ -7,8 +7,12 @@ brute-force containment of random points in all regions' half-planes.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
+from scipy import sparse
+from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 import exactdgn
@@ -135,6 +139,24 @@ def _regions_containing(part, Z, tol=1e-9):
     return out
 
 
+def _zero_units(dec, patterns):
+    """(R, n_units) bool: units whose pre-activation is identically 0 on the region.
+
+    Their pattern bit is a convention (``False``, as ``a > 0`` in exact arithmetic); the
+    forward pass sees rounding noise there, and the bit changes no affine map.
+    """
+    out = []
+    for k in range(len(dec.unit_slices)):
+        M = dec.layer_maps(patterns, k)
+        out.append(np.all(np.abs(M) <= 1e-13 * (1 + np.abs(M).max()), axis=2))
+    return np.concatenate(out, axis=1) if out else np.zeros((len(patterns), 0), dtype=bool)
+
+
+def _same_pattern(dec, P, ref):
+    """Forward-pass patterns ``P`` equal ``ref`` up to identically-zero units of ``ref``."""
+    return np.all((P == ref) | _zero_units(dec, ref), axis=1)
+
+
 def _check_structure(dec, part):
     R = len(part)
     assert R >= 1
@@ -146,7 +168,9 @@ def _check_structure(dec, part):
     keys = np.packbits(part.patterns[:, dec.kink_mask], axis=1)
     assert len(np.unique(keys, axis=0)) == R
     # every region's interior point has the stored pattern (forward pass) and is strictly inside
-    np.testing.assert_array_equal(dec.activation_pattern(part.interior_points), part.patterns)
+    zero = _zero_units(dec, part.patterns)
+    assert not np.any(part.patterns & zero)
+    assert np.all(_same_pattern(dec, dec.activation_pattern(part.interior_points), part.patterns))
     for r in range(R):
         C, e = part.halfspaces(r)
         z = part.interior_points[r]
@@ -164,6 +188,10 @@ def _check_generators(part):
         k = len(G)
         assert k >= 3
         assert part.bounded[r] == bool(np.all(G[:, 2] == 1))
+        if np.all(G[:, 2] == 0):  # only the whole plane has no finite generator
+            assert len(part) == 1 and part.n_facets[0] == 0
+            np.testing.assert_array_equal(G, [[1, 0, 0], [0, 1, 0], [-1, 0, 0], [0, -1, 0]])
+            continue
         scale = 1.0 + np.abs(G[:, :2]).max()
         for i in range(k):
             # the homogeneous line through g_i, g_{i+1}: all generators on its left (CCW)
@@ -185,6 +213,7 @@ def _check_facets(dec, part, raw, flip_check=True):
     """Facet points lie on their own line and strictly inside all other constraints."""
     fp = raw.facet_points
     pre = dec.preactivations(fp)
+    clearance = np.full(len(fp), np.inf)  # distance from the facet point to the other facets
     for r in range(len(part)):
         sl = slice(part.facet_ptr[r], part.facet_ptr[r + 1])
         C, e = part.halfspaces(r)
@@ -195,6 +224,8 @@ def _check_facets(dec, part, raw, flip_check=True):
         assert np.all(np.abs(diag) <= 1e-9 * scale * (1 + np.abs(e))), (r, diag)
         off = lhs[~np.eye(len(e), dtype=bool)].reshape(len(e), -1) if len(e) > 1 else lhs[:0]
         assert np.all(off < -1e-12 * scale[:, None]), (r, off)
+        if len(e) > 1:
+            clearance[sl] = -off.max(axis=1)
         # a facet's unit has a zero pre-activation at the facet point
         u = part.facet_units[sl]
         a = pre[np.arange(sl.start, sl.stop), u]
@@ -203,9 +234,9 @@ def _check_facets(dec, part, raw, flip_check=True):
     if flip_check and len(fp):
         # stepping across the facet flips the facet unit's sign; stepping inward keeps the pattern
         owner = np.repeat(np.arange(len(part)), part.n_facets)
-        eps = 1e-7 * (1.0 + np.abs(fp).max(axis=1, keepdims=True))
+        eps = np.minimum(1e-7 * (1.0 + np.abs(fp).max(axis=1)), 0.25 * clearance)[:, None]
         inside = dec.activation_pattern(fp - eps * part.facet_normals)
-        np.testing.assert_array_equal(inside, part.patterns[owner])
+        assert np.all(_same_pattern(dec, inside, part.patterns[owner]))
         u = part.facet_units
         out_pre = dec.preactivations(fp + eps * part.facet_normals)[np.arange(len(u)), u]
         in_pre = dec.preactivations(fp - eps * part.facet_normals)[np.arange(len(u)), u]
@@ -219,46 +250,47 @@ def _check_points(dec, part, n=10_000, seed=0):
     Z = rng.standard_normal((n, 2)) * scales[:, None]
     inside = _regions_containing(part, Z)
     assert np.all(inside.sum(axis=1) == 1), np.nonzero(inside.sum(axis=1) != 1)[0][:5]
+    ref = np.argmax(inside, axis=1)
+    assert np.all(_same_pattern(dec, dec.activation_pattern(Z), part.patterns[ref]))
     idx = part.locate(Z)
-    assert np.all(idx >= 0)
-    np.testing.assert_array_equal(idx, np.argmax(inside, axis=1))
+    # locate() matches forward patterns exactly: it can only miss where a unit that is
+    # identically zero on the region shows rounding noise
+    found = idx >= 0
+    np.testing.assert_array_equal(idx[found], ref[found])
+    if not found.all():
+        assert _zero_units(dec, part.patterns[ref[~found]]).any(axis=1).all()
+    idx = ref
     X = dec(Z)
     Xr = np.einsum("nij,nj->ni", part.A[idx], Z) + part.b[idx]
     assert np.all(np.abs(X - Xr) <= 1e-10 * (1.0 + np.abs(X)))
 
 
 def _euler(part):
-    """V - E + F = 2 on the sphere (the plane plus one point at infinity)."""
+    """V - E + F = 2 on the sphere (the plane plus one point at infinity).
+
+    Graph vertices: the distinct corners of all regions (T-junctions included: they are corners
+    on one side). A region's boundary walk has one edge per graph vertex on its boundary plus
+    one per visit at infinity (a maximal run of consecutive rays); every edge borders two faces.
+    """
     R = len(part)
-    corners = [part.vertices(r) for r in range(R)]
-    pts = np.concatenate([c for c in corners if len(c)] or [np.zeros((0, 2))])
+    pts = np.concatenate([part.vertices(r) for r in range(R)] + [np.zeros((0, 2))])
     if len(pts):
-        scale = 1.0 + np.abs(pts).max()
-        pairs = cKDTree(pts).query_pairs(1e-8 * scale, output_type="ndarray")
-        # connected components of near-equal points
-        parent = np.arange(len(pts))
-
-        def find(i):
-            while parent[i] != i:
-                parent[i] = parent[parent[i]]
-                i = parent[i]
-            return i
-
-        for i, j in pairs:
-            parent[find(i)] = find(j)
-        roots = np.array([find(i) for i in range(len(pts))])
-        verts = pts[np.unique(roots)]
+        pairs = cKDTree(pts).query_pairs(1e-9 * (1 + np.abs(pts).max()), output_type="ndarray")
+        adj = sparse.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), (len(pts),) * 2)
+        lab = connected_components(adj, directed=False)[1]
+        first = np.unique(lab, return_index=True)[1]
+        verts = pts[first]
     else:
-        verts, scale = pts, 1.0
+        verts = pts
+    tol = 1e-9 * (1.0 + np.abs(verts).max(axis=1, initial=0.0))[:, None]
     n_edges2 = 0
     for r in range(R):
         C, e = part.halfspaces(r)
         slack = verts @ C.T - e
-        tolr = 1e-7 * scale
-        on = np.all(slack <= tolr, axis=1) & np.any(np.abs(slack) <= tolr, axis=1)
+        on = np.all(slack <= tol, axis=1) & np.any(np.abs(slack) <= tol, axis=1)
         G = part.generators[part.gen_ptr[r] : part.gen_ptr[r + 1]]
         ray = G[:, 2] == 0
-        runs = int(np.sum(ray & ~np.roll(ray, 1))) if not ray.all() else 1
+        runs = int(np.sum(ray & ~np.roll(ray, 1)))  # 0 for the whole plane: no edge at all
         n_edges2 += int(on.sum()) + runs
     assert n_edges2 % 2 == 0
     V = len(verts) + 1
@@ -316,19 +348,22 @@ def _compare_with_oracle(dec):
             assert int(f) in set(int(u) for u in o.facet_units[m])
 
 
-@pytest.mark.parametrize(
-    "make",
-    [
-        lambda: Decoder.random([2, 6, 5, 3], seed=4, activation="leaky_relu"),
-        lambda: Decoder.random([2, 5, 4, 4, 2], seed=5, activation="abs"),
-        _homogeneous,
-        _degenerate_first_layer,
-        _grid,
-    ],
-    ids=["leaky", "abs3", "homogeneous", "degenerate", "grid"],
-)
-def test_matches_lp_oracle(make):
-    _compare_with_oracle(make())
+ORACLE_CASES = {
+    "leaky": lambda: Decoder.random([2, 6, 5, 3], seed=4, activation="leaky_relu"),
+    "abs3": lambda: Decoder.random([2, 5, 4, 4, 2], seed=5, activation="abs"),
+    **DEGENERATE,
+}
+
+
+@pytest.mark.parametrize("name", sorted(ORACLE_CASES))
+def test_matches_lp_oracle(name):
+    _compare_with_oracle(ORACLE_CASES[name]())
+
+
+def test_integer_weights_match_lp_oracle():
+    rng = np.random.default_rng(7)
+    for _ in range(6):
+        _compare_with_oracle(_int_decoder(rng))
 
 
 def test_no_hidden_layer_is_the_whole_plane():
@@ -416,3 +451,70 @@ def test_layer_maps_match_decoder():
 def test_rejects_other_latent_dims():
     with pytest.raises(ValueError, match="latent_dim"):
         enumerate_2d(Decoder.random([3, 4, 2], seed=0))
+
+
+def _int_decoder(rng):
+    """Small weights from {-1, 0, 1} (or halves): many exactly concurrent / identical lines."""
+    sizes = [2, *rng.integers(1, 9, rng.integers(1, 4)).tolist(), 2]
+    vals = [np.array([-1.0, 0.0, 1.0]), np.array([-1.0, -0.5, 0.0, 0.5, 1.0])][rng.integers(2)]
+    act = ["relu", ("leaky_relu", 0.5), "abs", ("prelu", 0.25)][rng.integers(4)]
+    Ws = [rng.choice(vals, (n, m)) for m, n in itertools.pairwise(sizes)]
+    cs = [rng.choice(vals, n) for n in sizes[1:]]
+    return Decoder(Ws, cs, [act] * (len(sizes) - 2))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_integer_weight_decoders(seed):
+    """Exact coincidences everywhere (lines through corners, along edges, duplicated)."""
+    rng = np.random.default_rng(100 + seed)
+    for _ in range(10):
+        _full_check(_int_decoder(rng), flip_check=False, n_points=1000)
+
+
+def test_split_square_exact():
+    from exactdgn.partition._enum2d import _split
+
+    V = np.array([[[0, 0, 1], [1, 0, 1], [1, 1, 1], [0, 1, 1]]], dtype=float)
+    L = np.array([[10, 11, 12, 13]])
+    line = np.array([[1.0, 0.0, -0.5]])
+    val = V[0] @ line[0]
+    ok, ((Vp, cp, Lp), (Vn, cn, Ln)) = _split(
+        V, np.array([4]), L, val[None], np.sign(val).astype(np.int8)[None], line, np.array([99])
+    )
+    assert ok.tolist() == [True]
+    assert cp.tolist() == [4] and cn.tolist() == [4]
+    np.testing.assert_array_equal(Vp[0, :, :2], [[0.5, 0], [1, 0], [1, 1], [0.5, 1]])
+    np.testing.assert_array_equal(Lp[0], [10, 11, 12, 99])
+    np.testing.assert_array_equal(Vn[0, :, :2], [[0, 0], [0.5, 0], [0.5, 1], [0, 1]])
+    np.testing.assert_array_equal(Ln[0], [10, 99, 12, 13])
+    # a sign pattern no convex polygon has (+ 0 + -): reported, not split
+    s = np.array([[1, 0, 1, -1]], dtype=np.int8)
+    ok = _split(V, np.array([4]), L, s.astype(float), s, line, np.array([99]))[0]
+    assert ok.tolist() == [False]
+
+
+def test_split_whole_plane_inserts_foot():
+    from exactdgn.partition._enum2d import _split, _whole_plane
+
+    V = _whole_plane()[None]
+    line = np.array([[-1.0, 1.0, -1.0]])  # y >= x + 1 is the positive side
+    val = (V[0] @ line[0])[None]
+    ok, ((Vp, cp, Lp), (Vn, cn, Ln)) = _split(
+        V,
+        np.array([4]),
+        np.full((1, 4), -1),
+        val,
+        np.sign(val).astype(np.int8),
+        line,
+        np.array([7]),
+    )
+    h = np.sqrt(0.5)
+    assert ok.tolist() == [True] and cp.tolist() == [5] and cn.tolist() == [5]
+    np.testing.assert_allclose(
+        Vp[0], [[h, h, 0], [0, 1, 0], [-1, 0, 0], [-h, -h, 0], [-0.5, 0.5, 1]], atol=1e-15
+    )
+    np.testing.assert_array_equal(Lp[0], [-1, -1, -1, 7, 7])
+    np.testing.assert_allclose(
+        Vn[0], [[1, 0, 0], [h, h, 0], [-0.5, 0.5, 1], [-h, -h, 0], [0, -1, 0]], atol=1e-15
+    )
+    np.testing.assert_array_equal(Ln[0], [-1, 7, 7, -1, -1])

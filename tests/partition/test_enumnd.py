@@ -35,6 +35,8 @@ def _degenerate_coincident(d: int) -> Decoder:
     n1 = len(W1)
     W2 = rng.normal(size=(3, n1))
     W2[0] = 0.0  # dead unit in layer 2 (identically zero, bias 0)
+    W2[2] = 0.0  # reads unit 8 only (bias 0): identically zero wherever unit 8 is off
+    W2[2, 8] = 1.3
     W3 = rng.normal(size=(4, 3))
     return Decoder(
         [W1, W2, W3],
@@ -48,6 +50,8 @@ def _relu_through_origin(d: int) -> Decoder:
     rng = np.random.default_rng(11)
     sizes = [d, 5, 4, 3]
     Ws = [rng.normal(size=(n, m)) for m, n in itertools.pairwise(sizes)]
+    Ws[1][0] = 0.0  # reads unit 0 only: identically zero wherever unit 0 is off
+    Ws[1][0, 0] = 0.8
     return Decoder(Ws, [np.zeros(n) for n in sizes[1:]], ["relu", "relu"])
 
 
@@ -311,7 +315,15 @@ def test_one_layer_arrangement_count():
 
 @pytest.mark.parametrize("name", sorted(DEGENERATE))
 @pytest.mark.parametrize("d", [1, 2, 3])
-def test_degenerate(name, d):
+def test_degenerate(name, d, monkeypatch):
+    from exactdgn.partition import _enumnd
+
+    def no_fallback(*args):
+        raise AssertionError("the crossing rule proposed an empty neighbour")
+
+    # coincident hyperplanes and identically-zero units are handled by the exact crossing
+    # rule, without the point-based fallback
+    monkeypatch.setattr(_enumnd, "_facet_point", no_fallback)
     dec = DEGENERATE[name](d)
     part = partition(dec, method="adjacency")
     _check_invariants(dec, part, np.random.default_rng(d), n_lp_regions=15)
@@ -340,6 +352,22 @@ def test_no_hidden_layer_or_no_kink(d):
         np.testing.assert_allclose(Z @ part.A[0].T + part.b[0], dec(Z), rtol=1e-12, atol=1e-12)
 
 
+def test_all_kink_units_constant():
+    """Dead first layer (zero rows): every kink unit is constant, one region without facets."""
+    W1 = np.zeros((3, 3))
+    dec = Decoder(
+        [W1, np.ones((2, 3)), np.ones((2, 2))],
+        [np.array([0.5, -0.5, 0.0]), np.array([0.0, -1.0]), np.zeros(2)],
+        ["relu", ("leaky_relu", 0.1)],
+    )
+    part = partition(dec, method="adjacency")
+    assert len(part) == 1
+    assert part.facet_ptr.tolist() == [0, 0]
+    Z = np.random.default_rng(1).standard_normal((10, 3)) * 10
+    np.testing.assert_array_equal(part.locate(Z), 0)
+    np.testing.assert_array_equal(part.patterns[0], dec.activation_pattern(Z[:1])[0])
+
+
 def test_budget_is_checked():
     dec = Decoder.random([3, 8, 8, 2], seed=0)
     seen = []
@@ -352,3 +380,34 @@ def test_budget_is_checked():
     with pytest.raises(PartitionTooLargeError):
         enumerate_adjacency(dec, check)
     assert seen and seen[-1] > 20
+
+
+@pytest.mark.parametrize("d", [2])
+def test_point_based_crossing_fallback(monkeypatch, d):
+    """If every flipped pattern is empty, stepping across facet points still finds everything.
+
+    The patched crossing turns on unit 0 and off unit 1, whose hyperplanes are identical in
+    the coincident decoder, so every proposed neighbour is empty and only the LP-based
+    fallback can discover regions and neighbours.
+    """
+    from exactdgn.partition import _enumnd
+
+    dec = _degenerate_coincident(d)
+    expected = partition(dec, method="adjacency")
+
+    def contradiction(decoder, pattern, units, null_units, n):
+        new = pattern.copy()
+        new[0], new[1] = True, False
+        return new
+
+    monkeypatch.setattr(_enumnd, "_cross_pattern", contradiction)
+    part = partition(dec, method="adjacency")
+    _check_invariants(dec, part, np.random.default_rng(d), n_lp_regions=5)
+    order = [_keys(dec, part.patterns).index(k) for k in _keys(dec, expected.patterns)]
+    np.testing.assert_array_equal(part.n_facets[order], expected.n_facets)
+    inv = np.argsort(order)
+    for r, q in enumerate(order):
+        sl = slice(part.facet_ptr[q], part.facet_ptr[q + 1])
+        se = slice(expected.facet_ptr[r], expected.facet_ptr[r + 1])
+        np.testing.assert_allclose(part.facet_normals[sl], expected.facet_normals[se])
+        np.testing.assert_array_equal(inv[part.facet_neighbors[sl]], expected.facet_neighbors[se])

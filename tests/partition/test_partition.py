@@ -116,11 +116,14 @@ def degenerate_decoder(name: str, d: int) -> Decoder:
         return random_decoder(s, ["relu", "abs", ("leaky_relu"), "prelu"], seed=3)
     if name == "identity_layer":
         return random_decoder([d, 5, 4, 5, D], ["relu", "identity", "abs"], seed=4)
+    if name == "no_kink":  # hidden layers, but all units affine (slopes equal): one region
+        Ws = [rng.standard_normal((4, d)), rng.standard_normal((3, 4)), rng.standard_normal((D, 3))]
+        cs = [rng.standard_normal(4), rng.standard_normal(3), np.zeros(D)]
+        return Decoder(Ws, cs, ["identity", ("leaky_relu", 1.0)])
     raise ValueError(name)
 
 
-DEGENERATE = ["no_hidden", "dead_units", "parallel", "identical", "concurrent", "width1"]
-DEGENERATE.append("identity_layer")
+DEGENERATE = ["dead_units", "parallel", "identical", "concurrent", "width1", "identity_layer"]
 
 # (id, d, sizes, kind, seed) -- each case's oracle run is well under a second or two
 RANDOM_CASES = [
@@ -192,16 +195,17 @@ def sample_latent(rng, n, d):
     return Z
 
 
-def region_margins(part, Z, chunk=4096) -> np.ndarray:
-    """(N, R) ``max_f (n_f . z - e_f)``: negative inside region r, positive outside."""
+def region_margins(part, Z, chunk=8192) -> np.ndarray:
+    """(R, N) ``max_f (n_f . z - e_f)``: negative inside region r, positive outside."""
     normals, offsets = part.padded_halfspaces()
     R, Fm, d = normals.shape
-    out = np.empty((len(Z), R))
-    flat = normals.reshape(R * Fm, d)
+    out = np.full((R, len(Z)), -np.inf)
     for s in range(0, len(Z), chunk):
         Zc = Z[s : s + chunk]
-        S = (Zc @ flat.T).reshape(len(Zc), R, Fm) - offsets
-        out[s : s + chunk] = S.max(axis=2, initial=-np.inf)
+        S = (normals.reshape(R * Fm, d) @ Zc.T).reshape(R, Fm, len(Zc))
+        S -= offsets[:, :, None]
+        for f in range(Fm):  # elementwise max over facets: contiguous and fast
+            np.maximum(out[:, s : s + chunk], S[:, f], out=out[:, s : s + chunk])
     return out
 
 
@@ -271,7 +275,7 @@ def check_structure(dec, part):
     assert len(set(keys)) == R
     # padded halfspaces == the CSR ones == region views
     normals, offsets = part.padded_halfspaces()
-    assert normals.shape[:2] == offsets.shape == (R, max(int(np.diff(ptr).max()), 0))
+    assert normals.shape[:2] == offsets.shape == (R, max(int(np.diff(ptr).max()), 1))
     for r in range(R):
         C, e = part.halfspaces(r)
         nf = len(e)
@@ -293,7 +297,7 @@ def check_interior_and_maps(dec, part, rng):
     np.testing.assert_array_equal(P, part.patterns, err_msg="interior point pattern != stored")
     # interior points are strictly inside their own halfspaces
     M = region_margins(part, part.interior_points)
-    own = M[np.arange(len(part)), np.arange(len(part))]
+    own = np.diag(M)
     assert np.all(own < 0)
     np.testing.assert_array_equal(part.locate(part.interior_points), np.arange(len(part)))
     # A, b equal the oracle's independent recursion
@@ -320,25 +324,26 @@ def check_coverage(dec, part, rng, n=100_000):
     """(b): each point in exactly one region (away from boundaries); locate agrees."""
     d = dec.latent_dim
     Z = sample_latent(rng, n, d)
-    M = region_margins(part, Z)
+    M = region_margins(part, Z)  # (R, N)
     scale = 1e-9 * (1 + np.abs(Z).max(axis=1))
-    near = np.any(np.abs(M) <= scale[:, None], axis=1)
+    near = np.any(np.abs(M) <= scale, axis=0)
     assert near.mean() < 0.01, f"{near.mean():.3%} of the points within 1e-9 of a boundary"
     inside = M < 0
-    count = inside.sum(axis=1)
+    count = inside.sum(axis=0)
     bad = ~near & (count != 1)
     assert not bad.any(), (
         f"{int(bad.sum())} points in {np.unique(count[bad]).tolist()} regions, "
         f"e.g. z = {Z[bad][0].tolist()}"
     )
-    where = np.where(near, -1, inside.argmax(axis=1))
+    where = np.where(near, -1, inside.argmax(axis=0))
     loc = part.locate(Z)
-    assert np.all(loc >= 0), "locate found no region for a random point"
+    assert np.all(loc[~near] >= 0), "locate found no region for a point off the boundaries"
     np.testing.assert_array_equal(loc[~near], where[~near])
     G, _, P = reference_forward(dec, Z)
     np.testing.assert_array_equal(P[~near], part.patterns[where[~near]])
-    lin = np.einsum("nij,nj->ni", part.A[loc], Z) + part.b[loc]
-    assert np.all(np.abs(lin - G) <= 1e-10 * (1 + np.abs(G)))
+    ok = loc >= 0  # -1 only on lower-dimensional sets (e.g. exactly at a vertex)
+    lin = np.einsum("nij,nj->ni", part.A[loc[ok]], Z[ok]) + part.b[loc[ok]]
+    assert np.all(np.abs(lin - G[ok]) <= 1e-10 * (1 + np.abs(G[ok])))
     return Z
 
 
@@ -401,54 +406,74 @@ def check_against_oracle(dec, part, oracle):
         assert np.all(np.abs(val) <= 1e-9 * scale), "facet_units does not carry the facet"
 
 
+def _extreme_rays_2d(C):
+    """Unit directions of the unbounded edges of ``{C z <= e}`` (d = 2): facet directions that
+    are recession directions (``C u <= 0``)."""
+    cand = []
+    for n in C:
+        for t in (np.array([-n[1], n[0]]), np.array([n[1], -n[0]])):
+            if np.all(C @ t <= 1e-10):
+                cand.append(t)
+    cand = np.array(cand).reshape(-1, 2)
+    if len(cand):
+        lab, k = cluster_points(cand, 1e-8)
+        cand = np.array([cand[lab == i][0] for i in range(k)])
+    return cand
+
+
 def check_vertices_2d(part):
-    """d = 2: vertices = feasible pairwise intersections of facet lines; rays = recession
-    directions along the facets; bounded iff no rays."""
+    """d = 2: vertices = feasible pairwise intersections of facet lines; rays are recession
+    directions that include every unbounded-edge direction; bounded iff no rays."""
     for r in range(len(part)):
         C, e = part.halfspaces(r)
         V = part.vertices(r)
         Rays = part.rays(r)
         assert V.ndim == 2 and V.shape[1] == 2 and Rays.ndim == 2 and Rays.shape[1] == 2
         assert part.bounded[r] == (len(Rays) == 0)
-        pts = []
-        for i in range(len(e)):
-            for j in range(i + 1, len(e)):
-                M = C[[i, j]]
-                if abs(np.linalg.det(M)) < 1e-12:
-                    continue
-                p = np.linalg.solve(M, e[[i, j]])
-                if np.all(C @ p <= e + 1e-9 * (1 + np.abs(p).max())):
-                    pts.append(p)
-        pts = np.array(pts).reshape(-1, 2)
-        if len(pts):
-            lab, k = cluster_points(pts, 1e-8 * (1 + np.abs(pts).max()))
-            pts = np.array([pts[lab == i][0] for i in range(k)])
+        pts = corners_from_halfspaces(C, e)
         tol = 1e-7 * (1 + np.abs(pts).max(initial=0.0))
         assert match_rows(V, pts, tol) is not None, f"region {r}: corners {V} vs {pts}"
-        if len(e) == 0:
-            continue  # the whole plane: any positively spanning ray set is valid
-        np.testing.assert_allclose(np.linalg.norm(Rays, axis=1), 1.0, rtol=1e-12)
-        cand = []
-        for n in C:
-            for t in (np.array([-n[1], n[0]]), np.array([n[1], -n[0]])):
-                if np.all(C @ t <= 1e-10):
-                    cand.append(t)
-        cand = np.array(cand).reshape(-1, 2)
-        if len(cand):
-            lab, k = cluster_points(cand, 1e-8)
-            cand = np.array([cand[lab == i][0] for i in range(k)])
-        assert match_rows(Rays, cand, 1e-8) is not None, f"region {r}: rays {Rays} vs {cand}"
+        if len(Rays):
+            np.testing.assert_allclose(np.linalg.norm(Rays, axis=1), 1.0, rtol=1e-12)
+            assert np.all(Rays @ C.T <= 1e-10), f"region {r}: a ray leaves the region"
+        for t in _extreme_rays_2d(C):
+            assert len(Rays) and np.abs(Rays - t).max(axis=1).min() <= 1e-8, (
+                f"region {r}: unbounded edge direction {t} missing from rays {Rays}"
+            )
+
+
+def corners_from_halfspaces(C, e):
+    """Corners of ``{C z <= e}`` (d = 2): feasible pairwise intersections of facet lines."""
+    pts = []
+    for i in range(len(e)):
+        for j in range(i + 1, len(e)):
+            M = C[[i, j]]
+            if abs(np.linalg.det(M)) < 1e-12:
+                continue
+            p = np.linalg.solve(M, e[[i, j]])
+            if np.all(C @ p <= e + 1e-9 * (1 + np.abs(p).max())):
+                pts.append(p)
+    pts = np.array(pts).reshape(-1, 2)
+    if len(pts):
+        lab, k = cluster_points(pts, 1e-8 * (1 + np.abs(pts).max()))
+        pts = np.array([pts[lab == i][0] for i in range(k)])
+    return pts
 
 
 def euler_counts(part):
     """(V, E, F) of the planar subdivision compactified with one vertex at infinity, and the
-    number of times each edge was seen (from each of its two sides)."""
+    number of times each edge was seen (from each of its two sides).
+
+    Vertices are computed here from the halfspaces (so this also checks the adjacency method,
+    which stores no V-representation); edges are the facets split at every vertex on them.
+    """
     R = len(part)
-    allv = np.concatenate([part.vertices(r) for r in range(R)] + [np.zeros((0, 2))])
+    allv = np.concatenate(
+        [corners_from_halfspaces(*part.halfspaces(r)) for r in range(R)] + [np.zeros((0, 2))]
+    )
     vscale = 1 + np.abs(allv).max(initial=0.0)
     lab, nv = cluster_points(allv, 1e-8 * vscale)
     rep = np.array([allv[lab == i].mean(axis=0) for i in range(nv)]).reshape(-1, 2)
-    INF = -1
     seen: dict = {}
     ray_dirs: dict = {}
     lines: list = []
@@ -492,14 +517,13 @@ def euler_counts(part):
                     keys.append(ray_key(int(ids[-1]), tau))
             for k in keys:
                 seen[k] = seen.get(k, 0) + 1
-    has_inf = INF < 0  # the compactification always adds the vertex at infinity
-    return nv + int(has_inf), len(seen), R, seen
+    return nv + 1, len(seen), R, seen  # + 1: the vertex at infinity
 
 
 # ============================================================================ tests
 @pytest.mark.parametrize("case,method", CASE_METHODS)
 def test_partition_against_oracle(case, method, rng):
-    """(a)-(d) and neighbour symmetry for one decoder and one enumeration method."""
+    """(a)-(d), neighbour symmetry, and coverage by 10^4 points for one decoder and method."""
     dec = get_decoder(case)
     part = get_partition(case, method)
     assert part.method == method
@@ -507,13 +531,25 @@ def test_partition_against_oracle(case, method, rng):
     check_interior_and_maps(dec, part, rng)
     check_neighbors(part)
     check_against_oracle(dec, part, get_oracle(case))
+    check_coverage(dec, part, rng, n=10_000)
 
 
-@pytest.mark.parametrize("case,method", CASE_METHODS)
+COVERAGE_1E5 = [
+    ("rand:d1-leaky-deep", "sweep"),
+    ("rand:d1-relu", "adjacency"),
+    ("rand:d2-leaky", "polygon"),
+    ("rand:d2-mixed", "adjacency"),
+    ("deg:dead_units-2", "polygon"),
+    ("deg:concurrent-2", "polygon"),
+    ("rand:d3-leaky", "adjacency"),
+    ("rand:d4-leaky", "adjacency"),
+]
+
+
+@pytest.mark.parametrize("case,method", COVERAGE_1E5, ids=[f"{c}-{m}" for c, m in COVERAGE_1E5])
 def test_coverage_of_1e5_points(case, method, rng):
-    """(b): 10^5 latent points including |z| up to 1e4."""
-    dec = get_decoder(case)
-    check_coverage(dec, get_partition(case, method), rng)
+    """(b): 10^5 latent points including |z| up to 1e4, each in exactly one region."""
+    check_coverage(get_decoder(case), get_partition(case, method), rng, n=100_000)
 
 
 D2_CASE_METHODS = [p for p in CASE_METHODS if get_decoder(p.values[0]).latent_dim == 2]
@@ -521,20 +557,53 @@ D1_CASE_METHODS = [p for p in CASE_METHODS if get_decoder(p.values[0]).latent_di
 
 
 @pytest.mark.parametrize("case,method", D2_CASE_METHODS)
-def test_euler_formula_and_geometry_2d(case, method):
+def test_euler_formula_2d(case, method):
+    """(e) V - E + F = 2 with one vertex at infinity; every edge bounds exactly two regions."""
     part = get_partition(case, method)
-    check_vertices_2d(part)
     V, E, F, seen = euler_counts(part)
     assert V - E + F == 2, f"V - E + F = {V} - {E} + {F} = {V - E + F}"
     bad = {k: c for k, c in seen.items() if c != 2}
     assert not bad, f"edges not shared by exactly two regions: {bad}"
 
 
-@pytest.mark.parametrize("case,method", D1_CASE_METHODS)
-def test_vertices_and_rays_1d(case, method):
-    part = get_partition(case, method)
-    if part.generators is None:
-        pytest.fail("d = 1 partitions must store their end points")
+@pytest.mark.parametrize("case", [c for c, d in CASES if d == 2])
+def test_vertices_and_rays_2d(case):
+    """Stored corners = the halfspaces' corners; rays are recession directions including every
+    unbounded edge; bounded iff no rays."""
+    check_vertices_2d(get_partition(case, "polygon"))
+
+
+@pytest.mark.parametrize("case", ["rand:d2-leaky", "deg:parallel-2"])
+def test_rays_are_exactly_the_unbounded_edge_directions_2d(case):
+    """``rays(r)`` is documented as the directions of the unbounded edges: no extra generators
+    (e.g. a leftover axis ray strictly inside the recession cone)."""
+    part = get_partition(case, "polygon")
+    for r in range(len(part)):
+        C, _ = part.halfspaces(r)
+        if len(C) == 0:
+            continue  # the whole plane has no edges; any positively spanning set will do
+        cand = _extreme_rays_2d(C)
+        Rays = part.rays(r)
+        assert match_rows(Rays, cand, 1e-8) is not None, f"region {r}: rays {Rays} vs {cand}"
+
+
+@pytest.mark.parametrize("d", [1, 2])
+def test_vertices_available_for_adjacency_in_low_dimension(d):
+    """``vertices(r)`` / ``rays(r)`` are part of the API for d <= 2 whatever the method."""
+    case = {1: "rand:d1-relu", 2: "rand:d2-prelu"}[d]
+    a, b = get_partition(case, METHODS[d][0]), get_partition(case, "adjacency")
+    kink = kink_units(get_decoder(case))
+    order = {k: i for i, k in enumerate(kink_keys(b.patterns, kink))}
+    for r, k in enumerate(kink_keys(a.patterns, kink)):
+        s = order[k]
+        tol = 1e-8 * (1 + np.abs(a.vertices(r)).max(initial=0))
+        assert match_rows(b.vertices(s), a.vertices(r), tol) is not None
+        assert match_rows(b.rays(s), a.rays(r), 1e-8) is not None
+
+
+@pytest.mark.parametrize("case", [c for c, d in CASES if d == 1])
+def test_vertices_and_rays_1d(case):
+    part = get_partition(case, "sweep")
     for r in range(len(part)):
         C, e = part.halfspaces(r)
         ends = np.sort(e * C[:, 0])  # n z <= e with n = +-1: the end is z = e n
@@ -557,38 +626,90 @@ def test_methods_agree_in_2d():
         np.testing.assert_allclose(a.A[r], b.A[order[k]], rtol=0, atol=0)
 
 
-def test_no_hidden_layer_is_one_region():
-    dec = degenerate_decoder("no_hidden", 3)
-    part = exactdgn.partition(dec)
+NO_KINK = [
+    pytest.param(name, d, m, id=f"{name}-{d}-{m}")
+    for name in ("no_hidden", "no_kink")
+    for d in (1, 2, 3)
+    for m in METHODS[d]
+]
+
+
+@pytest.mark.parametrize("name,d,method", NO_KINK)
+def test_decoder_without_kinks_is_one_region(name, d, method):
+    """No hidden layer (or only affine units): one unbounded region without facets."""
+    dec = degenerate_decoder(name, d)
+    part = exactdgn.partition(dec, method=method)
     assert len(part) == 1
     assert part.n_facets.tolist() == [0]
     assert not part.bounded[0]
-    np.testing.assert_array_equal(part.A[0], dec.weights[0])
-    np.testing.assert_array_equal(part.b[0], dec.biases[0])
-    np.testing.assert_array_equal(part.locate(np.random.default_rng(0).normal(size=(5, 3))), 0)
+    if name == "no_hidden":
+        np.testing.assert_array_equal(part.A[0], dec.weights[0])
+        np.testing.assert_array_equal(part.b[0], dec.biases[0])
+    Z = np.random.default_rng(0).normal(size=(5, d)) * 100
+    np.testing.assert_array_equal(part.locate(Z), 0)
+    rng = np.random.default_rng(1)
+    check_structure(dec, part)
+    check_interior_and_maps(dec, part, rng)
+    check_coverage(dec, part, rng, n=10_000)
+    check_against_oracle(dec, part, enumerate_regions(dec))
 
 
-def test_known_region_counts():
-    """Hand-countable cases: k lines in general position in R^2 give 1 + k + k(k-1)/2 regions;
-    k concurrent lines give 2k; k parallel lines give k + 1."""
+def _hand_countable():
+    """(decoder, region count, facets per region or None) for arrangements counted by hand:
+    k lines in general position in R^2 give 1 + k + k(k-1)/2 regions, k concurrent lines 2k,
+    k parallel lines k + 1, the 3 coordinate planes in R^3 the 8 orthants (3 facets each),
+    k distinct breakpoints on the line k + 1."""
     rng = np.random.default_rng(0)
     k = 5
     W2 = rng.standard_normal((2, k))
-    dec = Decoder(
-        [rng.standard_normal((k, 2)), W2], [rng.standard_normal(k), np.zeros(2)], ["relu"]
-    )
-    assert len(exactdgn.partition(dec)) == 1 + k + k * (k - 1) // 2
-    dec = Decoder([rng.standard_normal((k, 2)), W2], [np.zeros(k), np.zeros(2)], ["abs"])
-    assert len(exactdgn.partition(dec)) == 2 * k
+    z2 = np.zeros(2)
+    out = [
+        (
+            Decoder([rng.standard_normal((k, 2)), W2], [rng.standard_normal(k), z2], ["relu"]),
+            1 + k + k * (k - 1) // 2,
+            None,
+        ),
+        (Decoder([rng.standard_normal((k, 2)), W2], [np.zeros(k), z2], ["abs"]), 2 * k, 2),
+    ]
     W1 = np.outer(rng.uniform(0.5, 2, k) * rng.choice([-1, 1], k), [0.6, 0.8])
-    dec = Decoder([W1, W2], [np.arange(k, dtype=float), np.zeros(2)], ["relu"])
-    assert len(exactdgn.partition(dec)) == k + 1
-    dec3 = Decoder(
-        [np.eye(3), rng.standard_normal((2, 3))], [np.zeros(3), np.zeros(2)], [("leaky_relu", 0.5)]
-    )
-    part = exactdgn.partition(dec3)
-    assert len(part) == 8  # the orthants
-    assert part.n_facets.tolist() == [3] * 8
+    out.append((Decoder([W1, W2], [np.arange(k, dtype=float), z2], ["relu"]), k + 1, None))
+    W3 = rng.standard_normal((2, 3))
+    out.append((Decoder([np.eye(3), W3], [np.zeros(3), z2], [("leaky_relu", 0.5)]), 8, 3))
+    W1 = rng.uniform(0.5, 2, (k, 1))
+    out.append((Decoder([W1, W2], [np.arange(k, dtype=float), z2], ["relu"]), k + 1, None))
+    return out
+
+
+@pytest.mark.parametrize("i", range(5))
+def test_known_region_counts(i):
+    """Both the library and the oracle reproduce hand counts (this also validates the oracle)."""
+    dec, count, facets = _hand_countable()[i]
+    part = exactdgn.partition(dec)
+    oracle = enumerate_regions(dec)
+    assert len(part) == count
+    assert len(oracle) == count
+    if facets is not None:
+        assert part.n_facets.tolist() == [facets] * count
+        assert [len(r.offsets) for r in oracle.regions] == [facets] * count
+
+
+def test_oracle_reference_forward_matches_torch():
+    """The oracle's forward pass and pattern -> map recursion agree with torch autograd."""
+    import torch
+
+    dec = random_decoder([3, 6, 5, 4], ["prelu", "abs"], seed=9)
+    net = dec.to_torch()
+    Z = np.random.default_rng(0).standard_normal((10, 3)) * 3
+    X, _, P = reference_forward(dec, Z)
+    with torch.no_grad():
+        np.testing.assert_allclose(X, net(torch.as_tensor(Z)).numpy(), rtol=1e-13, atol=1e-13)
+    for n in range(len(Z)):
+        J = torch.autograd.functional.jacobian(
+            lambda z: net(z[None, :])[0], torch.as_tensor(Z[n])
+        ).numpy()
+        A, b = pattern_output_map(dec, P[n])
+        np.testing.assert_allclose(A, J, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(A @ Z[n] + b, X[n], rtol=1e-12, atol=1e-12)
 
 
 # ============================================================================ property tests

@@ -349,19 +349,20 @@ class Decoder:
         P = np.asarray(patterns, dtype=bool)
         if P.ndim == 1:
             P = P[None, :]
-        R = P.shape[0]
-        d = self.latent_dim
         if not 0 <= layer < self.n_layers:
             raise ValueError(f"layer must be in [0, {self.n_layers}), got {layer}")
-        M0 = np.concatenate([self.weights[0], self.biases[0][:, None]], axis=1)
-        M = np.repeat(M0[None], R, axis=0)
+        R, d = P.shape[0], self.latent_dim
+        # transposed maps Mt (R, d+1, n): one GEMM per layer over all regions at once
+        Mt = np.empty((R, d + 1, self.weights[0].shape[0]))
+        Mt[:] = np.concatenate([self.weights[0].T, self.biases[0][None]], axis=0)
         slices = self.unit_slices
         for k in range(1, layer + 1):
             s = np.where(P[:, slices[k - 1]], self._pos[k - 1], self._neg[k - 1])
-            H = s[:, :, None] * M  # (R, n_{k-1}, d+1)
-            M = np.matmul(self.weights[k], H)  # (R, n_k, d+1)
-            M[:, :, d] += self.biases[k]
-        return M
+            H = Mt * s[:, None, :]
+            W = self.weights[k]
+            Mt = (H.reshape(R * (d + 1), -1) @ W.T).reshape(R, d + 1, W.shape[0])
+            Mt[:, d, :] += self.biases[k]
+        return Mt.transpose(0, 2, 1)  # a view: (R, n_layer, d+1) without a transposing copy
 
     def affine_map(self, patterns) -> tuple[np.ndarray, np.ndarray]:
         """The affine map ``g(z) = A z + b`` of each activation pattern.
@@ -373,12 +374,15 @@ class Decoder:
         Returns
         -------
         A : ndarray of shape (R, D, d)
+            A strided view (``A.transpose(0, 2, 1)`` is C-contiguous).
         b : ndarray of shape (R, D)
         """
         P = self._check_patterns(patterns)
         M = self.layer_maps(P, self.n_layers - 1)
         d = self.latent_dim
-        return np.ascontiguousarray(M[:, :, :d]), np.ascontiguousarray(M[:, :, d])
+        # views into one (R, d+1, D) array; A[r] is stored transposed (A.transpose(0, 2, 1) is
+        # C-contiguous), which is the layout the likelihood's GEMM wants
+        return M[:, :, :d], M[:, :, d]
 
     def jacobian(self, Z) -> np.ndarray:
         """(N, D, d) Jacobian of ``g`` at each latent point (the ``A`` of its region)."""

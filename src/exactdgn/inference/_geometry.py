@@ -60,6 +60,11 @@ class RegionGeometry:
     normals: np.ndarray
     G: np.ndarray
     g: np.ndarray
+    center: np.ndarray
+    gemm_matrix: np.ndarray
+    beta_c: np.ndarray
+    b_quad_c: np.ndarray
+    locate: object = None
 
     @property
     def n_regions(self) -> int:
@@ -109,6 +114,10 @@ class RegionGeometry:
         offsets = self.g[r] - np.einsum("pfk,pk->pf", self.G[r], v)
         return log_kappa, v, offsets
 
+    def offsets(self, v: np.ndarray, r: np.ndarray) -> np.ndarray:
+        """(P, F) whitened facet offsets ``c(x) = g_r - G_r v`` for pairs."""
+        return self.g[r] - np.einsum("pfk,pk->pf", self.G[r], v)
+
     def posterior_mean(self, v: np.ndarray, r: np.ndarray) -> np.ndarray:
         """(P, d) ``μ_r(x) = S_r v``."""
         return np.einsum("pij,pj->pi", self.S[r], v) if len(r) else np.zeros((0, self.latent_dim))
@@ -124,7 +133,7 @@ def region_geometry(part: Partition, noise_std) -> RegionGeometry:
         Standard deviation of the Gaussian noise (isotropic or per output).
     """
     A, b = part.A, part.b
-    _R, D, d = A.shape
+    R, D, d = A.shape
     std = np.broadcast_to(np.asarray(noise_std, dtype=np.float64), (D,))
     inv_var = 1.0 / std**2
     AtLA = np.einsum("rjk,j,rjl->rkl", A, inv_var, A)
@@ -144,6 +153,13 @@ def region_geometry(part: Partition, noise_std) -> RegionGeometry:
     S = L @ np.swapaxes(L, 1, 2)
     G = np.where(pad[..., None], 0.0, (Cn @ S) / safe[..., None])
     g = np.where(pad, np.inf, e / safe)
+    center = b.mean(axis=0) if R else np.zeros(D)
+    bc = b - center
+    # (R*d + R, D): rows A_r[:, k]^T then (b_r - c)^T, for the likelihood's GEMM X @ gemm.T
+    At = np.ascontiguousarray(A.transpose(0, 2, 1)).reshape(R * d, D)
+    gemm_matrix = np.concatenate([At, bc], axis=0)
+    beta_c = np.einsum("rjk,rj->rk", A, bc * inv_var)
+    b_quad_c = np.einsum("rj,rj->r", bc * inv_var, bc)
     return RegionGeometry(
         A=A,
         b=b,
@@ -158,4 +174,9 @@ def region_geometry(part: Partition, noise_std) -> RegionGeometry:
         normals=normals,
         G=G,
         g=g,
+        center=center,
+        gemm_matrix=gemm_matrix,
+        beta_c=beta_c,
+        b_quad_c=b_quad_c,
+        locate=part.locate,
     )

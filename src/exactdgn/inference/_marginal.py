@@ -12,15 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import log_ndtr, logsumexp
+from scipy.special import log_ndtr
 
 from .. import gaussian
 from ._geometry import LOG_2PI, RegionGeometry
 
 __all__ = ["PairStats", "log_kappa_all", "marginal_pairs"]
-
-# Safety margin (nats) for the GEMM-based log κ used only to choose candidate pairs.
-_GEMM_SLACK = 1.0
 
 
 @dataclass
@@ -58,29 +55,64 @@ class PairStats:
         return self.log_joint - self.log_px[self.point]
 
 
-def log_kappa_all(geom: RegionGeometry, X: np.ndarray) -> np.ndarray:
-    """(N, R) ``log κ_r(x)`` for every point and region by GEMMs (used to choose pairs).
+def log_kappa_all(geom: RegionGeometry, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``log κ_r(x)`` and ``v_r(x)`` for every point and region by one GEMM.
 
-    ``||x - b_r||²_Λ`` is expanded as ``x^TΛx - 2 x^TΛb_r + b_r^TΛb_r`` so that the work is one
-    (N x D) @ (D x R(d+1)) product; the exact values of the retained pairs are recomputed
-    without expansion by :meth:`RegionGeometry.log_kappa_pairs`.
+    ``||x - b_r||²_Λ = ||x'||²_Λ - 2 x'ᵀΛb'_r + ||b'_r||²_Λ`` with ``x' = x - c``,
+    ``b'_r = b_r - c`` for the centre ``c`` (mean of the ``b_r``): the expansion is done about a
+    point near the decoder's range, so its rounding error is ``~ε ||x - c||²_Λ`` and not
+    ``ε ||x||²_Λ``. The work is one (N x D) @ (D x R(d+1)) product.
+
+    Returns
+    -------
+    log_kappa : (N, R)
+    v : (N, R, d)   ``A_r^T Λ (x - b_r)``
     """
     R, D, d = geom.A.shape
-    XL = X * geom.inv_var
-    M = np.concatenate([geom.A.transpose(1, 0, 2).reshape(D, R * d), geom.b.T], axis=1)
-    prod = XL @ M  # (N, R*d + R)
-    V = prod[:, : R * d].reshape(-1, R, d) - geom.beta[None]
+    c = geom.center
+    Xc = X - c
+    XL = Xc * geom.inv_var
+    prod = XL @ geom.gemm_matrix.T  # (N, R*d + R)
+    V = prod[:, : R * d].reshape(-1, R, d) - geom.beta_c[None]
     xb = prod[:, R * d :]
-    xq = np.einsum("nj,nj->n", XL, X)
-    quad = xq[:, None] - 2.0 * xb + geom.b_quad[None]
+    xq = np.einsum("nj,nj->n", XL, Xc)
+    quad = xq[:, None] - 2.0 * xb + geom.b_quad_c[None]
     W = np.einsum("rij,nrj->nri", geom.K_inv, V)
-    return -0.5 * (
+    lk = -0.5 * (
         D * LOG_2PI
         + geom.log_det_noise
         + geom.log_det_P[None]
         + quad
         - np.einsum("nri,nri->nr", W, W)
     )
+    return lk, V
+
+
+def _seed_pairs(geom: RegionGeometry, lk: np.ndarray, V: np.ndarray, top_k: int):
+    """Pairs whose exact masses give a good lower bound of ``log p(x)``.
+
+    The regions with the largest ``κ_r(x)`` (their affine extensions explain ``x`` best), plus
+    the region that contains the posterior mean of the best one, followed twice (a region that
+    contains its own posterior mean has a large mass). Returns unique (point, region) pairs.
+    """
+    n, R = lk.shape
+    k = min(top_k, R)
+    top = np.argpartition(-lk, k - 1, axis=1)[:, :k] if R > k else np.tile(np.arange(R), (n, 1))
+    pts = [np.repeat(np.arange(n), k)]
+    regs = [top.ravel()]
+    if geom.locate is not None and R > k:
+        rows = np.arange(n)
+        r = np.argmax(lk, axis=1)
+        for _ in range(3):
+            mu = geom.posterior_mean(V[rows, r], r)
+            r_new = geom.locate(mu)
+            r = np.where(r_new >= 0, r_new, r)
+            pts.append(rows)
+            regs.append(r)
+    p = np.concatenate(pts)
+    r = np.concatenate(regs)
+    key = np.unique(p.astype(np.int64) * R + r)
+    return key // R, key % R
 
 
 def _chunk_size(n: int, R: int, d: int, chunk_bytes: int) -> int:
@@ -117,27 +149,28 @@ def marginal_pairs(
     cs = _chunk_size(N, R, d, chunk_bytes)
     parts = []
     n_cand = 0
+    two_stage = d >= 2  # a facet bound pays off where masses are expensive
     for s in range(0, N, cs):
         Xc = X[s : s + cs]
         n = Xc.shape[0]
-        lk = log_kappa_all(geom, Xc)  # (n, R)
-        k = min(top_k, R)
-        top = np.argpartition(-lk, k - 1, axis=1)[:, :k] if R > k else np.tile(np.arange(R), (n, 1))
-        p_top = np.repeat(np.arange(n), k)
-        r_top = top.ravel()
-        lk_top, v_top, off_top = geom.log_kappa_pairs(Xc[p_top], r_top)
+        lk, V = log_kappa_all(geom, Xc)  # (n, R), (n, R, d)
+        p_top, r_top = _seed_pairs(geom, lk, V, top_k)
+        lk_top, v_top = lk[p_top, r_top], V[p_top, r_top]
+        off_top = geom.offsets(v_top, r_top)
         lm_top = gaussian.log_mass(geom.normals[r_top], off_top)
-        lower = logsumexp((lk_top + lm_top).reshape(n, k), axis=1)
+        lower = np.full(n, -np.inf)
+        np.logaddexp.at(lower, p_top, lk_top + lm_top)
         # candidates by the mass <= 1 bound, excluding the pairs already done
-        cut = (lower - thr)[:, None] - _GEMM_SLACK - 1e-12 * np.abs(lk)
-        mask = lk > cut
+        mask = lk > (lower - thr)[:, None]
         mask[p_top, r_top] = False
         p_c, r_c = np.nonzero(mask)
         n_cand += len(p_c) + len(p_top)
-        lk_c, v_c, off_c = geom.log_kappa_pairs(Xc[p_c], r_c)
-        bound = lk_c + np.minimum(0.0, log_ndtr(off_c).min(axis=1, initial=0.0))
-        keep = bound > (lower - thr)[p_c]
-        p_c, r_c, lk_c, v_c, off_c = p_c[keep], r_c[keep], lk_c[keep], v_c[keep], off_c[keep]
+        lk_c, v_c = lk[p_c, r_c], V[p_c, r_c]
+        off_c = geom.offsets(v_c, r_c)
+        if two_stage and len(p_c):
+            bound = lk_c + np.minimum(0.0, log_ndtr(off_c).min(axis=1, initial=0.0))
+            keep = bound > (lower - thr)[p_c]
+            p_c, r_c, lk_c, v_c, off_c = p_c[keep], r_c[keep], lk_c[keep], v_c[keep], off_c[keep]
         p_all = np.concatenate([p_top, p_c])
         r_all = np.concatenate([r_top, r_c])
         lk_all = np.concatenate([lk_top, lk_c])

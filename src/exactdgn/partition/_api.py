@@ -72,7 +72,7 @@ def partition(decoder: Decoder, *, max_bytes: int | None = None, method: str = "
     per_region = estimate_region_bytes(decoder)
     max_regions = max(1, budget // per_region)
 
-    def check_budget(estimate: int, what: str = "an upper bound of") -> None:
+    def check_budget(estimate: int, what: str = "at least") -> None:
         if estimate > max_regions:
             need = estimate * per_region
             raise PartitionTooLargeError(
@@ -83,7 +83,7 @@ def partition(decoder: Decoder, *, max_bytes: int | None = None, method: str = "
             )
 
     t0 = time.perf_counter()
-    check_budget(sampled_region_count(decoder), "a sampled lower bound of")
+    check_budget(sampled_region_count(decoder), "at least (sampled lower bound)")
     if method == "sweep":
         from ._enum1d import enumerate_1d
 

@@ -49,13 +49,13 @@ def enumerate_1d(decoder: Decoder, check_budget=None) -> RawPartition:
         M = decoder.layer_maps(pats, layer)  # (R, n, 2)
         a, c = M[:, :, 0], M[:, :, 1]
         is_kink = kink[sl][None, :]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t = -c / a
+        nz = a != 0
+        t = np.where(nz, -c / np.where(nz, a, 1.0), np.nan)  # no root for constant units
         scale = _MERGE_RTOL * np.maximum(1.0, np.abs(t))
         inside = is_kink & (a != 0) & (t > lo[:, None] + scale) & (t < hi[:, None] - scale)
         r_idx, u_idx = np.nonzero(inside)
         if check_budget is not None:
-            check_budget(len(lo) + len(r_idx))
+            check_budget(len(lo) + len(r_idx), "an upper bound of")
         tv = t[r_idx, u_idx]
         order = np.lexsort((tv, r_idx))
         r_idx, u_idx, tv = r_idx[order], u_idx[order], tv[order]

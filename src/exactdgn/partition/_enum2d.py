@@ -16,9 +16,16 @@ generators with ``l(v) >= 0`` and gains the crossing point
 signs (a positive combination of ``p`` and ``q``: a finite point if either end is finite, else
 a ray); the piece ``l <= 0`` likewise. When both ends of the new edge are rays, the new edge is
 a whole line and its foot ``-c a / |a|^2`` is inserted between them as a finite (non-corner)
-generator. Signs are classified with the relative tolerance :data:`_RTOL` (a generator with
-``|l(v)| <= _RTOL (|a| |v[:2]| + |c| v[2])`` lies on the line), so lines through a corner or
-along an edge never produce zero-area pieces.
+generator. Signs are classified with the relative tolerance :data:`_RTOL`: a ray lies on the
+line when ``|a . r| <= _RTOL |a|``, a finite point when ``|l(z)| <= _RTOL (|a| vmax + |c|)``
+with ``vmax`` the largest norm of the polygon's finite points; so lines through a corner or
+along an edge (concurrent, identical or parallel lines) never produce zero-area pieces. A piece
+whose signs are not those of a convex polygon met by a line (possible only when it reaches across
+the line at noise level) is left whole, on the side it reaches farther into.
+
+At the end, corners are recomputed as the intersections of their two lines and rays as line
+directions; facet normals and offsets come from the exact line coefficients, not from the
+generators.
 
 Work is vectorised over polygons: the units of a layer are processed one at a time, each for all
 current pieces at once (padded arrays ``(P, W, 3)`` with per-piece counts).
@@ -309,8 +316,9 @@ class _Pool:
 def _cut_layer(pool: _Pool, Mt, vmax, cut, j, ids_of_root) -> None:
     """Cut every piece whose root polygon is crossed by unit ``j``'s line.
 
-    The sign tolerance is the one of :func:`_layer_signs`, with the root polygon's ``vmax``, so
-    it is the same for all pieces of one root.
+    The sign tolerance is the one of :func:`_layer_signs`, with ``vmax`` the larger of the root
+    polygon's and the piece's own (pieces of the whole plane or of an unbounded root can have
+    finite points far out).
     """
     P = pool.size
     active = np.nonzero(cut[pool.root[:P], j])[0]
@@ -323,8 +331,10 @@ def _cut_layer(pool: _Pool, Mt, vmax, cut, j, ids_of_root) -> None:
     W = V.shape[1]
     a_norm = np.hypot(line[:, 0], line[:, 1])
     val = np.einsum("mwk,mk->mw", V, line)
-    thr_f = _RTOL * (a_norm * vmax[roots] + np.abs(line[:, 2]))
-    thr = np.where(V[..., 2] > 0, thr_f[:, None], _RTOL * a_norm[:, None])
+    fin = V[..., 2] > 0
+    own = np.where(fin, np.hypot(V[..., 0], V[..., 1]), 0.0).max(axis=1)
+    thr_f = _RTOL * (a_norm * np.maximum(vmax[roots], own) + np.abs(line[:, 2]))
+    thr = np.where(fin, thr_f[:, None], _RTOL * a_norm[:, None])
     s = (val > thr).astype(np.int8) - (val < -thr).astype(np.int8)
     s[np.arange(W)[None, :] >= cnt[:, None]] = 0
     has_pos = np.any(s > 0, axis=1)
@@ -366,8 +376,9 @@ def _interior_points(V: np.ndarray, cnt: np.ndarray) -> np.ndarray:
     """A point well inside each polygon.
 
     Bounded: the area centroid (at least 1/3 of the width from every side). Unbounded: the mean
-    of the finite generators plus ``t`` times the sum of the unit rays, ``t = max(1, spread)``, a
-    strictly positive combination of all generators.
+    ``m`` of the finite generators plus ``t`` times the sum of the unit rays,
+    ``t = max(1, spread, |m|)``, a strictly positive combination of all generators whose
+    clearance from the facets is not small next to its own magnitude.
     """
     W = V.shape[1]
     valid = np.arange(W)[None, :] < cnt[:, None]
@@ -400,7 +411,7 @@ def _interior_points(V: np.ndarray, cnt: np.ndarray) -> np.ndarray:
         rays = np.where(ray[u, :, None], V[u, :, :2], 0.0).sum(axis=1)
         d = np.where(fin[u, :, None], V[u, :, :2] - mean[u, None, :], 0.0)
         spread = 2.0 * np.sqrt((d**2).sum(axis=2).max(axis=1))
-        t = np.maximum(1.0, spread)
+        t = np.maximum(np.maximum(1.0, spread), np.hypot(mean[u, 0], mean[u, 1]))
         out[u] = mean[u] + t[:, None] * rays
     return out
 
@@ -495,7 +506,7 @@ def enumerate_2d(decoder: Decoder, check_budget=None) -> RawPartition:
         cut, root_pos, vmax = _layer_signs(V, cnt, Mt, kl)
         k = cut.sum(axis=1)
         if check_budget is not None:
-            check_budget(int(np.sum(1 + k + k * (k - 1) // 2)))
+            check_budget(int(np.sum(1 + k + k * (k - 1) // 2)), "an upper bound of")
         pool = _Pool(V, cnt, L, n)
         ids_of_root = np.full(R, -1, dtype=np.int64)
         for j in np.nonzero(cut.any(axis=0))[0]:
@@ -539,8 +550,13 @@ def _assemble(V, cnt, L, pats, coef, unit_of) -> RawPartition:
     p = V[r, i]
     q = V[r, nxt[r, i]]
     both = (p[:, 2] > 0) & (q[:, 2] > 0)
-    # a segment's midpoint, or the finite end plus the ray's direction for a half-line
-    fpt = np.where(both[:, None], 0.5 * (p[:, :2] + q[:, :2]), p[:, :2] + q[:, :2])
+    # a segment's midpoint; for a half-line from x along r, x + (1 + |x|) r (far enough from
+    # x that the other facets' clearance is not small next to the point's magnitude)
+    pf = (p[:, 2] > 0)[:, None]
+    end = np.where(pf, p[:, :2], q[:, :2])
+    ray = np.where(pf, q[:, :2], p[:, :2])
+    t = 1.0 + np.hypot(end[:, 0], end[:, 1])
+    fpt = np.where(both[:, None], 0.5 * (p[:, :2] + q[:, :2]), end + t[:, None] * ray)
     fpt[two] = q[two, :2]  # the foot point: inside the facet
     unit = unit_of[lab]
     ln = coef[lab]

@@ -39,7 +39,7 @@ __all__ = ["enumerate_adjacency"]
 
 logger = logging.getLogger(__name__)
 
-_BATCH = 256  # regions per block-diagonal LP
+_BATCH = 128  # regions per block-diagonal LP
 _ZERO_ROW = 1e-13  # |w_i| below this (relative to a bound on |w|) means the unit is constant
 _RADIUS_RTOL = 1e-9  # Chebyshev radius below this (times 1 + |x0|) means zero volume
 _SAME_TOL = 1e-9  # two constraints closer than this are the same hyperplane
@@ -225,6 +225,13 @@ def _facet_point(g: np.ndarray, h: np.ndarray, f: int, others: np.ndarray):
 
 
 # ---------------------------------------------------------------------------- facets
+def _hull(Q: np.ndarray) -> ConvexHull:
+    """Qhull of ``{0} U Q`` (coplanar points kept, so that they can be checked)."""
+    k = Q.shape[1]
+    pts = np.concatenate([np.zeros((1, k)), Q], axis=0)
+    return ConvexHull(pts, qhull_options="Qc" + (" Qx" if k > 4 else ""))
+
+
 def _facets(g: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, bool]:
     """Non-redundant constraints of ``{y : g y <= e}`` (``e > 0``, distinct rows) and boundedness.
 
@@ -237,24 +244,32 @@ def _facets(g: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, bool]:
     m, d = g.shape
     if m == 0:
         return np.zeros(0, dtype=np.int64), False
-    _, sv, Vt = np.linalg.svd(g, full_matrices=False)
-    k = int(np.sum(sv > 1e-9 * sv[0]))
-    Q = (g @ Vt[:k].T) / e[:, None]  # polar points in the span of the normals (m, k)
-    if k == 1:
-        t = Q[:, 0]
-        idx = []
-        if (t > 0).any():
-            idx.append(int(np.argmax(t)))
-        if (t < 0).any():
-            idx.append(int(np.argmin(t)))
-        return np.array(idx, dtype=np.int64), bool(d == 1 and len(idx) == 2)
-    pts = np.concatenate([np.zeros((1, k)), Q], axis=0)
-    try:
-        hull = ConvexHull(pts, qhull_options="Qc" + (" Qx" if k > 4 else ""))
-    except QhullError:
-        logger.debug("Qhull failed on a %d-D polar with %d points; using LPs", k, m)
-        idx = np.nonzero(_lp_nonredundant(g, e, np.arange(m)))[0]
-        return idx, _bounded_lp(g) if k == d else False
+    hull = None
+    k, Q = d, g / e[:, None]  # polar points
+    if d >= 2 and m >= d:
+        try:
+            hull = _hull(Q)
+        except QhullError:
+            hull = None
+    if hull is None:  # flat polar (normals span k < d dimensions) or too few points
+        _, sv, Vt = np.linalg.svd(g, full_matrices=False)
+        k = int(np.sum(sv > 1e-9 * sv[0]))
+        Q = (g @ Vt[:k].T) / e[:, None]  # polar points in the span of the normals (m, k)
+        if k == 1:
+            t = Q[:, 0]
+            idx = []
+            if (t > 0).any():
+                idx.append(int(np.argmax(t)))
+            if (t < 0).any():
+                idx.append(int(np.argmin(t)))
+            return np.array(idx, dtype=np.int64), bool(d == 1 and len(idx) == 2)
+        try:
+            hull = _hull(Q)
+        except QhullError:
+            logger.debug("Qhull failed on a %d-D polar with %d points; using LPs", k, m)
+            idx = np.nonzero(_lp_nonredundant(g, e, np.arange(m)))[0]
+            return idx, _bounded_lp(g) if k == d else False
+    pts = hull.points
     verts = hull.vertices[hull.vertices > 0]
     normals = hull.equations[:, :k]
     # certificate: the sum of the incident facet normals separates a vertex from all other points
@@ -305,6 +320,29 @@ def _key(pattern_kink: np.ndarray) -> bytes:
     return np.packbits(pattern_kink).tobytes()
 
 
+def _cross_pattern(
+    decoder: Decoder, pattern: np.ndarray, units: np.ndarray, null_units: np.ndarray, n
+) -> np.ndarray:
+    """Pattern of the region across a facet.
+
+    Parameters
+    ----------
+    pattern : ndarray (n_units,) bool
+        The region's pattern.
+    units : ndarray of int
+        Kink units whose hyperplane carries the facet.
+    null_units : ndarray of int
+        Kink units identically zero on the region.
+    n : ndarray (d,)
+        The facet's outward unit normal.
+    """
+    if len(units) == 1 and not len(null_units):  # only this unit changes sign
+        new = pattern.copy()
+        new[units[0]] ^= True
+        return new
+    return _cross(decoder, pattern, np.union1d(units, null_units), n)
+
+
 def _cross(decoder: Decoder, pattern: np.ndarray, units: np.ndarray, n: np.ndarray):
     """Pattern across a facet with outward unit normal ``n`` on which ``units`` vanish.
 
@@ -348,7 +386,7 @@ def _process(decoder: Decoder, batch: list[np.ndarray], kink_idx: np.ndarray, gb
         # coincident hyperplanes (same oriented unit normal and offset) -> one representative
         same = np.abs(ga[:, None, :] - ga[None, :, :]).max(axis=2) <= _SAME_TOL
         same &= np.abs(ea[:, None] - ea[None, :]) <= _SAME_TOL * scale
-        rep = np.argmax(same, axis=1)
+        rep = np.argmax(same, axis=1) if len(act) else np.zeros(0, dtype=np.int64)
         reps = np.unique(rep)
         fl, bnd = _facets(ga[reps], ea[reps])
         fr = reps[fl]
@@ -412,11 +450,11 @@ def enumerate_adjacency(decoder: Decoder, check_budget=None) -> RawPartition:
     centres: list[np.ndarray] = []
     bounded: list[bool] = []
     f_count: list[int] = []
-    f_normals: list[np.ndarray] = []
-    f_offsets: list[float] = []
-    f_units: list[int] = []
+    f_normals: list[np.ndarray] = []  # one (F_r, d) array per region
+    f_offsets: list[np.ndarray] = []
+    f_units: list[np.ndarray] = []
     f_keys: list[bytes] = []  # pattern key of the region across each facet
-    f_src: list[tuple] = []  # (region info, facet, group) for the point-based fallback
+    f_src: list[tuple] = []  # (region, facet row, group) for the point-based fallback
 
     # start from the region of a generic point (a point on a hyperplane may give an empty one)
     rng = np.random.default_rng(20240531)
@@ -451,19 +489,14 @@ def enumerate_adjacency(decoder: Decoder, check_budget=None) -> RawPartition:
                 bounded.append(info["bounded"])
                 f_count.append(len(info["facets"]))
                 null_units = kink_idx[info["null"]]
-                g, h = info["g"], info["h"]
-                for f, grp in zip(info["facets"], info["groups"], strict=True):
-                    units = kink_idx[grp]
-                    if len(units) == 1 and not len(null_units):
-                        new = pat.copy()
-                        new[units[0]] ^= True
-                    else:
-                        new = _cross(decoder, pat, np.union1d(units, null_units), g[f])
-                    f_normals.append(g[f])
-                    f_offsets.append(h[f])
-                    f_units.append(int(units.min()))
+                g, fac = info["g"], info["facets"]
+                f_normals.append(g[fac])
+                f_offsets.append(info["h"][fac])
+                f_units.append(np.array([kink_idx[grp].min() for grp in info["groups"]]))
+                for f, grp in zip(fac, info["groups"], strict=True):
+                    new = _cross_pattern(decoder, pat, kink_idx[grp], null_units, g[f])
                     f_keys.append(push(new))
-                    f_src.append((info, f, grp))
+                    f_src.append((len(patterns) - 1, f, grp))
             if check_budget is not None:
                 check_budget(len(patterns) + len(pending))
         # fallback for facets whose crossing pattern was empty: step across a facet point
@@ -471,12 +504,14 @@ def enumerate_adjacency(decoder: Decoder, check_budget=None) -> RawPartition:
             if region_of[nk] >= 0 or j in tried:
                 continue
             tried.add(j)
-            info, f, grp = f_src[j]
-            others = np.setdiff1d(np.nonzero(info["active"])[0], grp)
-            pt, t = _facet_point(info["g"], info["h"], f, others)
+            r, f, grp = f_src[j]
+            C = _Constraints(decoder, patterns[r][None], kink_idx, gbound)
+            g, h = C.g[0], C.h[0]
+            others = np.setdiff1d(np.nonzero(C.active[0])[0], grp)
+            pt, t = _facet_point(g, h, f, others)
             if pt is None or not t > 0:
                 continue
-            z = pt + 1e-6 * min(t, 1.0) * info["g"][f]
+            z = pt + 1e-6 * min(t, 1.0) * g[f]
             f_keys[j] = push(decoder.activation_pattern(z[None])[0])
 
     R, F = len(patterns), len(f_keys)
@@ -489,9 +524,9 @@ def enumerate_adjacency(decoder: Decoder, check_budget=None) -> RawPartition:
     return RawPartition(
         patterns=np.array(patterns, dtype=bool).reshape(R, nu),
         facet_ptr=ptr,
-        facet_normals=np.array(f_normals, dtype=np.float64).reshape(F, d),
-        facet_offsets=np.array(f_offsets, dtype=np.float64),
-        facet_units=np.array(f_units, dtype=np.int64),
+        facet_normals=np.concatenate([np.zeros((0, d)), *f_normals]).reshape(F, d),
+        facet_offsets=np.concatenate([np.zeros(0), *f_offsets]),
+        facet_units=np.concatenate([np.zeros(0, dtype=np.int64), *f_units]).astype(np.int64),
         interior_points=np.array(centres, dtype=np.float64).reshape(R, d),
         bounded=np.array(bounded, dtype=bool),
         facet_neighbors=neighbors,

@@ -50,7 +50,8 @@ def estimate_region_bytes(decoder: Decoder, avg_facets: float | None = None) -> 
 def _pattern_keys(P: np.ndarray) -> np.ndarray:
     """Rows of a bool matrix as comparable fixed-size byte strings (void dtype)."""
     packed = np.packbits(np.ascontiguousarray(P, dtype=bool), axis=1)
-    packed = np.ascontiguousarray(packed)
+    # a leading constant byte keeps the key non-empty when there is no kink unit
+    packed = np.concatenate([np.ones((packed.shape[0], 1), np.uint8), packed], axis=1)
     return packed.view(np.dtype((np.void, packed.shape[1]))).ravel()
 
 
@@ -282,7 +283,12 @@ class Partition:
         G = self._generators(r)
         if G is None:
             raise ValueError("rays are only stored for latent_dim <= 2")
-        return G[G[:, -1] == 0][:, :-1]
+        R = G[G[:, -1] == 0][:, :-1]
+        if self.latent_dim == 2 and len(R):
+            C, _ = self.halfspaces(r)
+            if len(C):  # keep the directions of unbounded edges (extreme rays) only
+                R = R[np.any(np.abs(R @ C.T) <= 1e-9, axis=1)]
+        return R
 
     def region(self, r: int) -> Region:
         """A :class:`Region` view of region ``r``."""
@@ -372,7 +378,19 @@ class Partition:
         (possible only on a lower-dimensional set, e.g. exactly at a vertex).
         """
         Z = check_array(Z, name="Z", n_features=self.latent_dim, feature_name="latent dims")
-        return self.index_of_patterns(self.decoder.activation_pattern(Z))
+        idx = self.index_of_patterns(self.decoder.activation_pattern(Z))
+        miss = np.nonzero(idx < 0)[0]
+        if len(miss):
+            # a unit whose pre-activation is identically zero on a region gives rounding-noise
+            # signs there: fall back to the halfspaces for those points
+            normals, offsets = self.padded_halfspaces()
+            for s in range(0, len(miss), 256):
+                m = miss[s : s + 256]
+                lhs = np.einsum("nd,rfd->nrf", Z[m], normals)
+                tol = 1e-9 * (1.0 + np.abs(Z[m]).max(axis=1))[:, None, None]
+                ok = np.all(lhs <= offsets[None] + tol * (1 + np.abs(offsets[None])), axis=2)
+                idx[m] = np.where(ok.any(axis=1), ok.argmax(axis=1), -1)
+        return idx
 
 
 def finalize(decoder: Decoder, raw: RawPartition, method: str, t0: float) -> Partition:

@@ -1,0 +1,166 @@
+"""Throughput of the exact log-likelihood and E-step, next to the GEMM floor and importance sampling.
+
+For each case: a decoder initialised on the data (probabilistic-PCA fit of the output layer over
+random He-initialised hidden layers, as ``ExactDGN(init="pca")`` does), then
+
+* exact ``log p(x)`` of all points: seconds and point-regions per second (N x R / seconds);
+* the full E-step statistics (masses and truncated moments of every retained pair);
+* the GEMM rate of this machine for the (N x D) @ (D x R d) product that any method computing
+  every ``μ_r(x)`` must do, and the ratio of our time to that floor;
+* importance sampling with K = 5,000 draws from the prior and from a Laplace proposal at the
+  exact MAP, on a subset of points: seconds and error against the exact value (two seeds).
+
+Run: ``python benchmarks/likelihood.py [--mnist PATH] [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy.special import logsumexp
+
+from exactdgn import ExactDGN
+from exactdgn.datasets import load_digits, load_mnist
+from exactdgn.em import initialize
+from exactdgn.inference import marginal_pairs, region_geometry
+
+
+def best_of(fn, repeat):
+    best, out = np.inf, None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def is_prior(model, X, K, seed):
+    rng = np.random.default_rng(seed)
+    Z = rng.standard_normal((K, model.decoder_.latent_dim))
+    G = model.decoder_(Z)
+    s = model.noise_std_
+    D = X.shape[1]
+    Xs, Gs = X / s, G / s
+    sq = (Xs**2).sum(1)[:, None] - 2 * Xs @ Gs.T + (Gs**2).sum(1)[None]
+    logw = -0.5 * sq - 0.5 * D * np.log(2 * np.pi) - np.log(s).sum()
+    return logsumexp(logw, axis=1) - np.log(K)
+
+
+def is_laplace(model, X, K, seed):
+    """Proposal N(z*, S_r*) at the exact MAP z* with the covariance of its region."""
+    rng = np.random.default_rng(seed)
+    post = model.posterior(X)
+    zs = post.mode()
+    r = model.partition_.locate(zs)
+    S = model.geometry_.S[r]
+    Lc = np.linalg.cholesky(S)
+    out = np.empty(len(X))
+    d = zs.shape[1]
+    for i in range(len(X)):  # K samples per point (a baseline, not our hot path)
+        eps = rng.standard_normal((K, d))
+        Z = zs[i] + eps @ Lc[i].T
+        lq = -0.5 * (eps**2).sum(1) - 0.5 * d * np.log(2 * np.pi) - np.log(np.diag(Lc[i])).sum()
+        lj = model.log_prob_joint(np.repeat(X[i : i + 1], K, 0), Z)
+        out[i] = logsumexp(lj - lq) - np.log(K)
+    return out
+
+
+def run_case(name, X, sizes, *, repeat, n_is, K, seed=0):
+    D = X.shape[1]
+    dec, std = initialize(
+        X,
+        latent_dim=sizes[0],
+        hidden_sizes=sizes[1:-1],
+        activation="leaky_relu",
+        negative_slope=0.1,
+        init="pca",
+        diagonal=False,
+        min_std=1e-3,
+        rng=np.random.default_rng(seed),
+    )
+    t0 = time.perf_counter()
+    model = ExactDGN.from_decoder(dec, std)
+    t_part = time.perf_counter() - t0
+    R, d, N = len(model.partition_), sizes[0], len(X)
+    geom = region_geometry(model.partition_, model.noise_std_)
+    t_ll, st = best_of(lambda: marginal_pairs(geom, X), repeat)
+    t_es, st_e = best_of(lambda: marginal_pairs(geom, X, need_moments=True), repeat)
+    M = np.random.default_rng(0).standard_normal((D, R * d))
+    t_gemm, _ = best_of(lambda: X @ M, repeat)
+    gflops = 2 * N * D * R * d / t_gemm / 1e9
+    res = {
+        "case": name,
+        "layers": sizes,
+        "N": N,
+        "D": D,
+        "regions": R,
+        "seconds_partition": t_part,
+        "seconds_loglik": t_ll,
+        "point_regions_per_s_loglik": N * R / t_ll,
+        "seconds_estep": t_es,
+        "point_regions_per_s_estep": N * R / t_es,
+        "pairs_kept_per_point": len(st.point) / N,
+        "seconds_gemm_floor": t_gemm,
+        "gemm_gflops": gflops,
+        "ratio_loglik_to_gemm": t_ll / t_gemm,
+        "mean_loglik": float(st.log_px.mean()),
+    }
+    sub = X[:n_is]
+    exact = st.log_px[:n_is]
+    for label, fn, n in (("prior", is_prior, n_is), ("laplace", is_laplace, min(n_is, 100))):
+        t = time.perf_counter()
+        e1 = fn(model, sub[:n], K, 1)
+        t_is = time.perf_counter() - t
+        e2 = fn(model, sub[:n], K, 2)
+        res[f"is_{label}_points"] = n
+        res[f"is_{label}_seconds"] = t_is
+        res[f"is_{label}_mean_abs_error"] = float(np.mean(np.abs(e1 - exact[:n])))
+        res[f"is_{label}_seed_disagreement"] = float(np.mean(np.abs(e1 - e2)))
+        res[f"exact_seconds_same_points_{label}"] = t_ll * n / N
+    return res
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--mnist", default=str(Path(__file__).resolve().parents[1] / "../shared/data/mnist")
+    )
+    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--quick", action="store_true", help="digits cases only")
+    p.add_argument("--json", default=None, help="also write the results to this file")
+    args = p.parse_args(argv)
+    Xd, _ = load_digits(normalize=True)
+    cases = [("digits", Xd, [1, 12, 64]), ("digits", Xd, [2, 32, 32, 64])]
+    if not args.quick:
+        Xm, _ = load_mnist(args.mnist, kind="t10k")
+        cases += [("mnist-test", Xm, [1, 64, 64, 784]), ("mnist-test", Xm, [2, 32, 32, 784])]
+    out = []
+    for name, X, sizes in cases:
+        r = run_case(name, X, sizes, repeat=args.repeat, n_is=1000, K=5000)
+        out.append(r)
+        print(
+            f"{name:11s} {sizes!s:20s} N={r['N']:5d} R={r['regions']:6d} | exact log p: "
+            f"{r['seconds_loglik']:.3f}s {r['point_regions_per_s_loglik']:.3g} pr/s | E-step: "
+            f"{r['seconds_estep']:.3f}s {r['point_regions_per_s_estep']:.3g} pr/s | GEMM floor "
+            f"{r['seconds_gemm_floor']:.3f}s ({r['gemm_gflops']:.0f} GFLOP/s), ratio "
+            f"{r['ratio_loglik_to_gemm']:.1f} | pairs kept/pt {r['pairs_kept_per_point']:.1f}"
+        )
+        for lab in ("prior", "laplace"):
+            print(
+                f"{'':33s} IS-{lab} K=5000 on {r[f'is_{lab}_points']} pts: "
+                f"{r[f'is_{lab}_seconds']:.2f}s (exact on same pts "
+                f"{r[f'exact_seconds_same_points_{lab}']:.3f}s), |error| "
+                f"{r[f'is_{lab}_mean_abs_error']:.3g} nats, seed disagreement "
+                f"{r[f'is_{lab}_seed_disagreement']:.3g} nats"
+            )
+    print("targets: d=1 >= 1e7 point-regions/s, d=2 >= 1e6, MNIST [2,32,32,784] exact < 10 s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

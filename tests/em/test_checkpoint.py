@@ -1,0 +1,103 @@
+"""Interrupted training resumes to the same result; models save and load without pickle."""
+
+import json
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.exceptions import ConvergenceWarning
+
+from exactdgn import Decoder, ExactDGN
+from exactdgn.io import ModelFileError
+
+SCRIPT = """
+import sys, warnings, numpy as np
+from exactdgn import Decoder, ExactDGN
+warnings.simplefilter("ignore")
+method, ckpt, out = sys.argv[1], sys.argv[2], sys.argv[3]
+X = ExactDGN.from_decoder(Decoder.random([1, 5, 2], seed=3), 0.1).sample(300, random_state=0)
+m = ExactDGN(hidden_sizes=(5,), method=method, max_iter=int(sys.argv[4]), tol=0.0, n_init=2,
+             random_state=0, progress=False)
+m.fit(X, checkpoint=ckpt if ckpt != "-" else None)
+m.save(out)
+"""
+
+
+def _run(args, timeout=None):
+    return subprocess.Popen([sys.executable, "-c", SCRIPT, *args])
+
+
+@pytest.mark.parametrize(("method", "iters"), [("em", 14), ("gradient", 4)])
+def test_killed_run_resumes_to_same_result(tmp_path, method, iters):
+    ref = tmp_path / "ref.npz"
+    p = _run([method, "-", str(ref), str(iters)])
+    assert p.wait(timeout=300) == 0
+    ckpt = tmp_path / "ckpt.npz"
+    out = tmp_path / "out.npz"
+    p = _run([method, str(ckpt), str(out), str(iters)])
+    # kill it once the checkpoint shows progress (mid-run)
+    t0 = time.time()
+    while time.time() - t0 < 120:
+        if ckpt.exists() and p.poll() is None:
+            time.sleep(0.3)
+            break
+        time.sleep(0.05)
+    p.kill()
+    p.wait()
+    assert ckpt.exists(), "no checkpoint was written before the kill"
+    p = _run([method, str(ckpt), str(out), str(iters)])
+    assert p.wait(timeout=300) == 0
+    a, b = ExactDGN.load(ref), ExactDGN.load(out)
+    for Wa, Wb in zip(a.decoder_.weights, b.decoder_.weights, strict=True):
+        np.testing.assert_array_equal(Wa, Wb)
+    np.testing.assert_array_equal(a.noise_std_, b.noise_std_)
+    assert a.history_[-1]["loglik"] == b.history_[-1]["loglik"]
+
+
+def test_checkpoint_for_other_data_is_refused(tmp_path):
+    X = ExactDGN.from_decoder(Decoder.random([1, 4, 2], seed=1), 0.1).sample(80, random_state=0)
+    ck = tmp_path / "c.npz"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ExactDGN(hidden_sizes=(4,), max_iter=1, progress=False).fit(X, checkpoint=ck)
+        with pytest.raises(ModelFileError, match="other data"):
+            ExactDGN(hidden_sizes=(4,), max_iter=1, progress=False).fit(X + 1, checkpoint=ck)
+
+
+def test_save_load_roundtrip(tmp_path):
+    dec = Decoder.random([2, 6, 3], activation="prelu", negative_slope=0.2, seed=0)
+    m = ExactDGN.from_decoder(dec, [0.1, 0.2, 0.3])
+    path = tmp_path / "model.npz"
+    m.save(path)
+    m2 = ExactDGN.load(path)
+    X = m.sample(20, random_state=0)
+    np.testing.assert_array_equal(m.score_samples(X), m2.score_samples(X))
+    assert m2.get_params()["noise"] == "diagonal"
+
+
+def test_corrupt_and_foreign_files(tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip file at all")
+    with pytest.raises(ModelFileError, match="not a readable"):
+        ExactDGN.load(bad)
+    other = tmp_path / "other.npz"
+    np.savez(other, a=np.zeros(3))
+    with pytest.raises(ModelFileError, match="metadata"):
+        ExactDGN.load(other)
+    m = ExactDGN.from_decoder(Decoder.random([1, 3, 2], seed=0), 0.1)
+    good = tmp_path / "good.npz"
+    m.save(good)
+    with np.load(good) as f:
+        arrays = {k: f[k] for k in f.files}
+    meta = json.loads(arrays["__meta__"].tobytes())
+    meta["version"] = 999
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    future = tmp_path / "future.npz"
+    np.savez(future, **arrays)
+    with pytest.raises(ModelFileError, match="version 999"):
+        ExactDGN.load(future)
+    with pytest.raises(ModelFileError, match="no such file"):
+        ExactDGN.load(tmp_path / "missing.npz")

@@ -1,0 +1,173 @@
+"""d = 1: interval masses and moments against mpmath quadrature of the density.
+
+The reference integrates ``exp(-(u^2 - s^2)/2)`` (``s`` the point of the interval closest to the
+mean, so the integrand is O(1)) with mpmath at 40 digits, split at natural scales; it shares
+no formula with the implementation (no log_ndtr, Mills ratio or Gauss-Legendre rule).
+"""
+
+from __future__ import annotations
+
+import math
+
+import mpmath as mp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from exactdgn.gaussian import interval_stats, log_mass, truncated_moments
+
+
+def _mp(x: float):
+    if x == np.inf:
+        return mp.inf
+    if x == -np.inf:
+        return mp.ninf
+    return mp.mpf(x)
+
+
+def mp_interval(lo: float, hi: float, dps: int = 40):
+    """(log mass, mean, var) of N(0, 1) on [lo, hi] by mpmath quadrature (scaled)."""
+    with mp.workdps(dps):
+        a, b = _mp(lo), _mp(hi)
+        s = a if a > 0 else (b if b < 0 else mp.mpf(0))
+        scale = max(abs(s), mp.mpf(1))
+        # split points: the interval ends and natural scales 1/scale around s
+        pts = {a, b}
+        for k in (1, 4, 16, 64):
+            for p in (s + k / scale, s - k / scale):
+                if a < p < b:
+                    pts.add(p)
+        pts = sorted(pts)
+
+        def integ(f):
+            return mp.quad(lambda u: f(u) * mp.exp(-(u * u - s * s) / 2), pts)
+
+        Z = integ(lambda u: 1)
+        mean = integ(lambda u: u - s) / Z + s
+        var = integ(lambda u: (u - mean) ** 2) / Z
+        logm = -s * s / 2 - mp.log(2 * mp.pi) / 2 + mp.log(Z)
+        return float(logm), float(mean), float(var)
+
+
+CASES = [
+    (-np.inf, np.inf),
+    (0.0, np.inf),
+    (-np.inf, 0.3),
+    (1.0, 2.0),
+    (-1.0, 1.0),
+    (-0.2, 5.0),
+    (2.0, 3.0),
+    (-3.0, -2.0),
+    (3.5, np.inf),
+    (3.9, 4.1),
+    (5.0, 5.001),
+    (0.3, 0.31),
+    (1e-3, 2e-3),
+    (-1e-12, 1e-12),
+    (8.0, 8.5),
+    (40.0, np.inf),
+    (40.0, 41.0),
+    (-np.inf, -40.0),
+    (30.0, 30.0 + 1e-9),
+    (38.5, 39.0),
+    (100.0, 101.0),
+    (-5.0, -4.999999),
+    (1e4, np.inf),
+    (1e4, 1e4 + 1e-3),
+    (-1e4 - 1.0, -1e4),
+]
+
+
+@pytest.mark.parametrize(("lo", "hi"), CASES)
+def test_interval_stats_vs_mpmath(lo, hi):
+    lm, mean, var = interval_stats(np.array([lo]), np.array([hi]))
+    rl, rm, rv = mp_interval(lo, hi)
+    # relative accuracy of the mass (= absolute in log), and relative in log far out
+    assert abs(lm[0] - rl) <= 1e-13 + 2e-16 * abs(rl)
+    sd = math.sqrt(rv)
+    assert abs(mean[0] - rm) <= 1e-13 * max(abs(rm), sd)
+    assert abs(var[0] - rv) <= 1e-12 * rv
+
+
+def test_thin_interval_far_out_is_relative_accurate():
+    # [30, 30 + 1e-9]: the naive difference of log_ndtr values has ~5e-7 relative error.
+    lo, hi = 30.0, 30.0 + 1e-9
+    lm, mean, var = interval_stats(lo, hi)
+    with mp.workdps(50):
+        a, b = mp.mpf(lo), mp.mpf(hi)
+        ref = mp.log(mp.ncdf(-a) - mp.ncdf(-b))
+    assert abs(float(lm) - float(ref)) < 1e-13
+    assert abs(float(var) - (hi - lo) ** 2 / 12) < 1e-3 * (hi - lo) ** 2 / 12
+
+
+def test_empty_and_reversed_intervals():
+    lm, mean, var = interval_stats(np.array([1.0, 2.0, np.inf]), np.array([1.0, 1.0, np.inf]))
+    assert np.all(lm == -np.inf)
+    assert np.all(np.isnan(mean)) and np.all(np.isnan(var))
+
+
+def test_api_rows_padding_and_infeasible():
+    # rows: u <= 2, -u <= 1 (u >= -1), padding; a second pair with a -inf offset;
+    # a third with an infeasible zero row; a fourth with only padding (whole line).
+    n = np.array(
+        [
+            [[1.0], [-1.0], [0.0]],
+            [[1.0], [-1.0], [0.0]],
+            [[1.0], [0.0], [0.0]],
+            [[0.0], [0.0], [0.0]],
+        ]
+    )
+    c = np.array(
+        [
+            [2.0, 1.0, np.inf],
+            [2.0, -np.inf, np.inf],
+            [2.0, -1.0, np.inf],
+            [np.inf, np.inf, np.inf],
+        ]
+    )
+    tm = truncated_moments(n, c)
+    rl, rm, rv = mp_interval(-1.0, 2.0)
+    assert abs(tm.log_mass[0] - rl) < 1e-14
+    assert abs(tm.mean[0, 0] - rm) < 1e-14
+    assert abs(tm.cov[0, 0, 0] - rv) < 1e-14
+    assert tm.log_mass[1] == -np.inf and tm.log_mass[2] == -np.inf
+    assert tm.log_mass[3] == 0.0 and tm.mean[3, 0] == 0.0 and tm.cov[3, 0, 0] == 1.0
+    assert np.all(np.isnan(tm.mean[1:3]))
+    np.testing.assert_array_equal(log_mass(n, c), tm.log_mass)
+    assert tm.mean.shape == (4, 1) and tm.cov.shape == (4, 1, 1) and tm.error.shape == (4,)
+    assert np.all(tm.error[[0, 3]] < 1e-13) and np.all(tm.error[[0, 3]] >= 0)
+
+
+def test_api_non_unit_normals_are_normalised():
+    n = np.array([[[2.0], [-0.5]]])
+    c = np.array([[4.0, 0.5]])  # u <= 2, u >= -1
+    rl, _, _ = mp_interval(-1.0, 2.0)
+    assert abs(log_mass(n, c)[0] - rl) < 1e-14
+
+
+finite = st.floats(-60.0, 60.0, allow_nan=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(finite, st.floats(1e-9, 30.0), st.floats(0.0, 1.0))
+def test_split_additivity(lo, width, frac):
+    """m[lo, hi] = m[lo, mid] + m[mid, hi], in log space (relative), also far out."""
+    hi = lo + width
+    mid = lo + frac * width
+    if not (lo < mid < hi):
+        return
+    lm = interval_stats(np.array([lo, lo, mid]), np.array([hi, mid, hi]))[0]
+    total = np.logaddexp(lm[1], lm[2])
+    assert abs(total - lm[0]) <= 1e-13 + 1e-15 * abs(lm[0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(finite, st.floats(1e-6, 30.0))
+def test_reflection_symmetry(lo, width):
+    hi = lo + width
+    a = interval_stats(lo, hi)
+    b = interval_stats(-hi, -lo)
+    assert abs(a[0] - b[0]) <= 1e-14 * (1 + abs(a[0]))
+    assert abs(a[1] + b[1]) <= 1e-14 * (1 + abs(a[1]))
+    assert abs(a[2] - b[2]) <= 1e-13 * a[2]

@@ -1,0 +1,605 @@
+"""d = 2: polygon masses and moments against independent references.
+
+References (none uses Owen's T, the edge formula, Gauss-Legendre/Laguerre or the divergence
+theorem):
+
+* ``mp_polygon``: slicing at ``x = const`` -- the inner integral over ``y`` is the closed form
+  ``Phi(yhi(x)) - Phi(ylo(x))`` in mpmath, the outer one mpmath tanh-sinh quadrature split at
+  every line intersection, with the integrand scaled by its maximum (mpmath has an unbounded
+  exponent range, so far-tail polygons are fine).
+* ``sp_polygon``: the same slicing with scipy's adaptive quad in double precision (fast; used
+  only near the mean where the mass is not small).
+* exact anchors: half-plane = Phi(c), wedge at the mean = angle / 2 pi, orthant at the mean =
+  1/4 + asin(rho) / 2 pi, strips = Phi(w) - Phi(-w), arrangement cells sum to 1.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import mpmath as mp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import integrate, special, stats
+
+from exactdgn.gaussian import (
+    gaussian_polyhedron_moments,
+    log_mass,
+    truncated_moments,
+    whiten,
+)
+
+EPS = np.finfo(float).eps
+
+
+# ------------------------------------------------------------------------------------------
+# helpers and references
+# ------------------------------------------------------------------------------------------
+def from_vertices(V):
+    """Outward unit normals and offsets of the convex polygon with CCW vertices V."""
+    V = np.asarray(V, dtype=float)
+    d = np.roll(V, -1, axis=0) - V
+    n = np.stack([d[:, 1], -d[:, 0]], axis=1)
+    n /= np.linalg.norm(n, axis=1, keepdims=True)
+    return n, np.einsum("fk,fk->f", n, V)
+
+
+def rot(theta):
+    c, s = math.cos(theta), math.sin(theta)
+    return np.array([[c, -s], [s, c]])
+
+
+def rand_polygon(rng, center, size, k=6):
+    """A random convex polygon: k points on a circle, sheared/stretched (orientation kept)."""
+    ang = np.sort(rng.uniform(0, 2 * np.pi, k))
+    M = np.eye(2) + 0.4 * rng.uniform(-1, 1, (2, 2))
+    if np.linalg.det(M) < 0:
+        M[:, 0] *= -1
+    pts = size * np.c_[np.cos(ang), np.sin(ang)] @ M.T
+    return from_vertices(np.asarray(center) + pts)
+
+
+def _rows_mp(normals, offsets):
+    return [
+        (mp.mpf(float(a)), mp.mpf(float(b)), mp.mpf(float(c)))
+        for (a, b), c in zip(normals, offsets, strict=True)
+        if np.isfinite(c)
+    ]
+
+
+def _slices(rows):
+    """x-range, breakpoints, and the y-interval function of the polygon (mpmath)."""
+    xlo, xhi = mp.ninf, mp.inf
+    for a, b, c in rows:
+        if b == 0:
+            if a > 0:
+                xhi = min(xhi, c / a)
+            elif a < 0:
+                xlo = max(xlo, c / a)
+    bps = {xlo, xhi}
+    for (a1, b1, c1), (a2, b2, c2) in itertools.combinations(rows, 2):
+        det = a1 * b2 - a2 * b1
+        if det != 0:
+            x = (c1 * b2 - c2 * b1) / det
+            if xlo < x < xhi:
+                bps.add(x)
+
+    def yr(x):
+        lo, hi = mp.ninf, mp.inf
+        for a, b, c in rows:
+            if b > 0:
+                hi = min(hi, (c - a * x) / b)
+            elif b < 0:
+                lo = max(lo, (c - a * x) / b)
+        return lo, hi
+
+    return xlo, xhi, sorted(bps), yr
+
+
+def _mass1(lo, hi):
+    if lo >= hi:
+        return mp.mpf(0)
+    if lo > 0:
+        return mp.ncdf(-lo) - mp.ncdf(-hi)
+    return mp.ncdf(hi) - mp.ncdf(lo)
+
+
+def mp_polygon(normals, offsets, moments=False, dps=30):
+    """Reference log mass (and mean, cov) of N(0, I_2) on {n . u <= c} by slicing."""
+    with mp.workdps(dps):
+        rows = _rows_mp(normals, offsets)
+        xlo, xhi, bps, yr = _slices(rows)
+        if xlo >= xhi:
+            return -math.inf, None, None
+
+        def logf(x):
+            m = _mass1(*yr(x))
+            return -x * x / 2 + mp.log(m) if m > 0 else mp.ninf
+
+        panels = []
+        for a, b in itertools.pairwise(bps):
+            if a == mp.ninf and b == mp.inf:
+                sub = [a, -4, -1, 0, 1, 4, b]
+            elif a == mp.ninf:
+                sub = [a, b - 4, b - 1, b - mp.mpf(1) / 16, b]
+            elif b == mp.inf:
+                sub = [a, a + mp.mpf(1) / 16, a + 1, a + 4, b]
+            else:
+                sub = [a + (b - a) * k / 8 for k in range(9)]
+            panels.append(sub)
+        samples = [logf(p) for sub in panels for p in sub if p not in (mp.ninf, mp.inf)]
+        samples += [
+            logf((s0 + s1) / 2)
+            for sub in panels
+            for s0, s1 in itertools.pairwise(sub)
+            if mp.isfinite(s0) and mp.isfinite(s1)
+        ]
+        K = max(samples)
+        if K == mp.ninf:
+            return -math.inf, None, None
+
+        def quad(fun):
+            return mp.fsum(mp.quad(fun, sub) for sub in panels)
+
+        def w(x):
+            lo, hi = yr(x)
+            return mp.exp(-x * x / 2 - K) * _mass1(lo, hi)
+
+        Z = quad(w)
+        logm = K + mp.log(Z) - mp.log(2 * mp.pi) / 2
+        if not moments:
+            return float(logm), None, None
+
+        def ymom(x):
+            lo, hi = yr(x)
+            if lo >= hi:
+                return mp.mpf(0), mp.mpf(0), mp.mpf(0)
+            e = mp.exp(-x * x / 2 - K)
+            pl = mp.npdf(lo) if mp.isfinite(lo) else mp.mpf(0)
+            ph = mp.npdf(hi) if mp.isfinite(hi) else mp.mpf(0)
+            m0 = _mass1(lo, hi)
+            m2 = m0 + (lo * pl if mp.isfinite(lo) else 0) - (hi * ph if mp.isfinite(hi) else 0)
+            return e * m0, e * (pl - ph), e * m2
+
+        Ex = quad(lambda x: x * ymom(x)[0]) / Z
+        Ey = quad(lambda x: ymom(x)[1]) / Z
+        Vx = quad(lambda x: (x - Ex) ** 2 * ymom(x)[0]) / Z
+        Cxy = quad(lambda x: (x - Ex) * (ymom(x)[1] - Ey * ymom(x)[0])) / Z
+        Vy = quad(lambda x: ymom(x)[2] - 2 * Ey * ymom(x)[1] + Ey**2 * ymom(x)[0]) / Z
+        mean = np.array([float(Ex), float(Ey)])
+        cov = np.array([[float(Vx), float(Cxy)], [float(Cxy), float(Vy)]])
+        return float(logm), mean, cov
+
+
+def sp_polygon(normals, offsets):
+    """Mass by scipy nested slicing (double precision; only for masses that are not small)."""
+    with mp.workdps(20):
+        _, _, bps, _ = _slices(_rows_mp(normals, offsets))
+    bps = [float(b) for b in bps]
+
+    def yr(x):
+        lo, hi = -np.inf, np.inf
+        for (a, b), c in zip(normals, offsets, strict=True):
+            if b > 0:
+                hi = min(hi, (c - a * x) / b)
+            elif b < 0:
+                lo = max(lo, (c - a * x) / b)
+        return lo, hi
+
+    def f(x):
+        lo, hi = yr(x)
+        if lo >= hi:
+            return 0.0
+        return stats.norm.pdf(x) * (special.ndtr(hi) - special.ndtr(lo))
+
+    tot = 0.0
+    for a, b in itertools.pairwise(bps):
+        val, _ = integrate.quad(f, a, b, epsabs=0.0, epsrel=2e-14, limit=200)
+        tot += val
+    return tot
+
+
+def one(n, c):
+    """Add the pair axis."""
+    return np.asarray(n, float)[None], np.asarray(c, float)[None]
+
+
+def check_logmass(n, c, ref, tol):
+    tm = truncated_moments(*one(n, c))
+    lm = log_mass(*one(n, c))
+    assert lm[0] == tm.log_mass[0]
+    err = abs(tm.log_mass[0] - ref)
+    assert err <= tol, (tm.log_mass[0], ref, err)
+    assert np.isfinite(tm.error[0]) and tm.error[0] >= 0
+    return tm
+
+
+# ------------------------------------------------------------------------------------------
+# exact anchors
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("c", [-1e4, -100.0, -40.0, -8.0, -1.0, 0.0, 1e-300, 0.5, 3.0, 10.0])
+def test_half_plane_is_phi(c):
+    rng = np.random.default_rng(abs(int(c * 7)) % 1000)
+    th = rng.uniform(0, 2 * np.pi)
+    n = np.array([[math.cos(th), math.sin(th)]])
+    with mp.workdps(50):
+        ref = float(mp.log(mp.ncdf(mp.mpf(c))))
+    check_logmass(n, [c], ref, 1e-14 + 2e-16 * abs(ref))
+
+
+@pytest.mark.parametrize("alpha", [0.01, 0.5, 1.0, np.pi / 2, 2.0, 3.0, np.pi - 1e-6])
+def test_wedge_at_mean_is_angle_fraction(alpha):
+    # wedge {theta in [0, alpha]}, rotated
+    n = np.array([[0.0, -1.0], [-math.sin(alpha), math.cos(alpha)]])
+    n = n @ rot(0.7).T
+    # the rounded normals fix the angle to ~eps absolute: eps / alpha relative
+    tm = check_logmass(n, [0.0, 0.0], math.log(alpha / (2 * np.pi)), 2e-15 + 4 * EPS / alpha)
+    # E[u] of a wedge at the mean: sqrt(pi/2) * 2 sin(alpha/2) / alpha along the bisector
+    bis = rot(0.7) @ np.array([math.cos(alpha / 2), math.sin(alpha / 2)])
+    r = math.sqrt(np.pi / 2) * 2 * math.sin(alpha / 2) / alpha
+    np.testing.assert_allclose(tm.mean[0], r * bis, rtol=0, atol=1e-14 + 8 * EPS / alpha)
+
+
+@pytest.mark.parametrize("rho", [-0.95, -0.3, 0.0, 0.4, 0.9, 0.999])
+def test_orthant_at_mean(rho):
+    # X = n1.u, Y = n2.u with corr rho: P(X <= 0, Y <= 0) = 1/4 + asin(rho)/(2 pi)
+    n1 = np.array([1.0, 0.0])
+    n2 = np.array([rho, math.sqrt(1 - rho * rho)])
+    ref = math.log(0.25 + math.asin(rho) / (2 * np.pi))
+    check_logmass(np.stack([n1, n2]) @ rot(-1.3).T, [0.0, 0.0], ref, 2e-15)
+
+
+def mp_bvn_cdf(a, b, rho, dps=40):
+    """log P(X <= a, Y <= b), corr rho, as int_{-inf}^a phi(x) Phi((b - rho x)/s) dx, with
+    the integrand scaled by its maximum over a grid and the range split around it."""
+    with mp.workdps(dps):
+        a, b, rho = mp.mpf(a), mp.mpf(b), mp.mpf(rho)
+        s = mp.sqrt(1 - rho * rho)
+
+        def logf(x):
+            return -x * x / 2 + mp.log(mp.ncdf((b - rho * x) / s))
+
+        grid = [a - mp.mpf(2) ** k for k in range(-12, 9)] + [a]
+        K, xm = max((logf(x), x) for x in grid)
+        pts = sorted(
+            {mp.ninf, xm - 8, xm - 1, xm - mp.mpf(1) / 64, xm, a}
+            - {x for x in [xm - 8, xm - 1, xm - mp.mpf(1) / 64] if x >= a}
+        )
+        val = mp.quad(lambda x: mp.exp(logf(x) - K), pts)
+        return float(K + mp.log(val) - mp.log(2 * mp.pi) / 2)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "rho"),
+    [
+        (0.3, -0.7, 0.0),
+        (1.0, 2.0, 0.5),
+        (-2.0, -1.0, -0.6),
+        (-6.0, -6.0, 0.0),
+        (-6.0, -5.0, 0.8),
+        (-40.0, -39.0, -0.3),
+        (-40.0, -40.0, 0.0),
+        (-100.0, -101.0, 0.2),
+    ],
+)
+def test_orthant_off_mean(a, b, rho):
+    n = np.array([[1.0, 0.0], [rho, math.sqrt(1 - rho * rho)]])
+    ref = mp_bvn_cdf(a, b, rho)
+    check_logmass(n @ rot(0.4).T, [a, b], ref, 1e-13 + 2e-16 * abs(ref))
+
+
+def test_orthant_vs_scipy_multivariate_normal():
+    # scipy's QMC cdf is only accurate to ~1e-6 relative here: a loose sanity check.
+    rho, a, b = 0.35, 0.4, -0.9
+    n = np.array([[1.0, 0.0], [rho, math.sqrt(1 - rho * rho)]])
+    ref = stats.multivariate_normal(mean=[0, 0], cov=[[1, rho], [rho, 1]]).cdf([a, b])
+    assert abs(math.exp(log_mass(*one(n, [a, b]))[0]) / ref - 1) < 1e-5
+
+
+@pytest.mark.parametrize("w", [1e-9, 1e-3, 0.5, 3.0])
+@pytest.mark.parametrize("shift", [0.0, 2.0, 45.0])
+def test_strips(w, shift):
+    """Strip {shift - w <= n.u <= shift + w} (unbounded both ways)."""
+    n = np.array([[1.0, 0.0], [-1.0, 0.0]]) @ rot(2.1).T
+    c = np.array([shift + w, -(shift - w)])  # the rounded offsets define the strip
+    with mp.workdps(60):
+        ref = float(mp.log(_mass1(-mp.mpf(c[1]), mp.mpf(c[0]))))
+    width = c[0] + c[1]
+    # parallel lines: the edge formula's two terms cancel (documented limitation): absolute
+    # accuracy ~eps * Q(|c|) in mass, i.e. relative eps * (shift + 1) / width
+    tol = 1e-13 + 2e-16 * abs(ref) + 4 * EPS * (shift + 1.0) / width
+    check_logmass(n, c, ref, tol)
+
+
+# ------------------------------------------------------------------------------------------
+# polygons against quadrature
+# ------------------------------------------------------------------------------------------
+def test_random_polygons_near_mean_vs_scipy_quadrature():
+    rng = np.random.default_rng(11)
+    for _ in range(14):
+        center = rng.normal(size=2) * 1.2
+        n, c = rand_polygon(rng, center, rng.uniform(0.3, 3.0), k=int(rng.integers(3, 8)))
+        ref = sp_polygon(n, c)
+        assert ref > 1e-4
+        check_logmass(n, c, math.log(ref), 5e-13)
+
+
+FAR_CASES = {
+    # edge-closest, moderately far
+    "edge_8": [(8, -1), (9, -1), (9, 1), (8, 1)],
+    "edge_40": [(40, -1), (41, -0.5), (41, 0.5), (40, 1)],
+    # vertex-closest with a sharp vertex (front and back edge meet at the closest point)
+    "sharp_vertex_20": [(20, 0), (23, 0.8), (22.5, 1.0)],
+    "sharp_vertex_100": [(100, 0), (103, 0.5), (102.5, 0.7)],
+    "vertex_40_tilted": [(40, 0.5), (42, -1), (43, 3)],
+    "far_1e4": [(1e4, -1.0), (1e4 + 2, -0.5), (1e4 + 1, 2.0)],
+    "far_1e4_vertex": [(1e4, 0.0), (1e4 + 3, 0.2), (1e4 + 2.5, 0.4)],
+    "tiny_far": [(30, 0), (30 + 1e-6, 0), (30, 1e-6)],
+    "behind_mean_side": [(-5, 12), (5, 12), (0, 15)],
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAR_CASES))
+def test_far_tail_polygons_vs_mpmath(name):
+    n, c = from_vertices(FAR_CASES[name])
+    ref, _, _ = mp_polygon(n, c, dps=30)
+    assert np.isfinite(ref)
+    tol = 2e-13 + 4e-16 * abs(ref)
+    if name == "tiny_far":  # vertex rounding: eps * |vertex| / size relative (conditioning)
+        tol = 40 * EPS * 30.0 / 1e-6
+    # rotate the whole problem: the mass is rotation invariant
+    R = rot(0.37)
+    check_logmass(n @ R.T, c, ref, tol)
+
+
+@pytest.mark.parametrize(
+    ("name", "verts"),
+    [
+        ("inside", [(-1.0, -0.5), (1.5, -0.7), (1.2, 1.1), (-0.4, 1.3)]),
+        ("outside", [(0.5, 0.5), (2.5, 0.4), (2.0, 2.2)]),
+        ("far_vertex", [(20, 0), (23, 0.8), (22.5, 1.0)]),
+        ("far_edge", [(40, -1), (41, -0.5), (41, 0.5), (40, 1)]),
+        ("small", [(0.3, 0.2), (0.3 + 2e-3, 0.2), (0.3, 0.2 + 3e-3)]),
+    ],
+)
+def test_moments_vs_mpmath(name, verts):
+    n, c = from_vertices(verts)
+    ref, rmean, rcov = mp_polygon(n, c, moments=True, dps=25)
+    tm = truncated_moments(*one(n, c))
+    tol = 3e-10 if name == "small" else 1e-12
+    assert abs(tm.log_mass[0] - ref) <= tol + 1e-15 * abs(ref)
+    scale = math.sqrt(np.max(np.abs(rcov)))
+    np.testing.assert_allclose(
+        tm.mean[0], rmean, rtol=0, atol=1e-12 * scale + 1e-14 * np.abs(rmean).max()
+    )
+    np.testing.assert_allclose(tm.cov[0], rcov, rtol=0, atol=1e-11 * np.max(np.abs(rcov)))
+    np.testing.assert_array_equal(tm.cov[0], tm.cov[0].T)
+
+
+def test_unbounded_polygons_vs_mpmath():
+    cases = [
+        # wedge with apex outside the mean, opening away
+        (np.array([[-1.0, -1.0], [-1.0, 1.0]]) / math.sqrt(2), np.array([-3.0, -3.0])),
+        # wedge with apex outside, opening towards the mean
+        (np.array([[1.0, -1.0], [1.0, 1.0]]) / math.sqrt(2), np.array([2.0, 1.0])),
+        # half-strip far away
+        (np.array([[0.0, 1.0], [0.0, -1.0], [-1.0, 0.0]]), np.array([1.0, 1.0, -30.0])),
+        # three half-planes, unbounded region containing the mean
+        (np.array([[1.0, 0.0], [0.0, 1.0], [-0.6, -0.8]]), np.array([1.0, 2.0, 5.0])),
+    ]
+    for n, c in cases:
+        ref, rmean, rcov = mp_polygon(n, c, moments=True, dps=25)
+        tm = check_logmass(n, c, ref, 1e-13 + 2e-16 * abs(ref))
+        np.testing.assert_allclose(tm.mean[0], rmean, rtol=0, atol=1e-12 * (1 + abs(rmean).max()))
+        np.testing.assert_allclose(tm.cov[0], rcov, rtol=0, atol=1e-11)
+
+
+@pytest.mark.parametrize("size", [1e-7, 1e-5, 1e-3, 3e-2])
+@pytest.mark.parametrize("center", [(0.0, 0.0), (0.4, -0.2), (3.0, 1.0)])
+def test_small_polygons(size, center):
+    rng = np.random.default_rng(int(size * 1e9) % 97)
+    n, c = rand_polygon(rng, center, size, k=5)
+    ref, _, _ = mp_polygon(n, c, dps=30)
+    # conditioning: an ulp of the offsets moves the vertices by eps |vertex|
+    tol = 1e-13 + 20 * EPS * (np.linalg.norm(center) + size) / size
+    tm = check_logmass(n, c, ref, tol)
+    assert tm.error[0] >= abs(tm.log_mass[0] - ref) / 4
+
+
+def test_means_on_the_boundary():
+    rng = np.random.default_rng(5)
+    cases = []
+    # mean on an edge's interior
+    cases.append(from_vertices([(-1.0, 0.0), (1.5, 0.0), (0.5, 2.0)]))
+    # mean at a vertex (acute and obtuse)
+    cases.append(from_vertices([(0.0, 0.0), (2.0, 0.3), (0.4, 1.8)]))
+    cases.append(from_vertices([(0.0, 0.0), (2.0, -0.5), (1.0, 1.5), (-1.5, 1.0)]))
+    # the mean on the extension of an edge line, outside the polygon
+    cases.append(from_vertices([(1.0, 0.0), (2.0, 0.0), (1.5, 1.0)]))
+    for n, c in cases:
+        R = rot(rng.uniform(0, 2 * np.pi))
+        c = np.where(np.abs(c) < 1e-15, 0.0, c)
+        ref, _, _ = mp_polygon(n @ R.T, c, moments=False, dps=30)
+        check_logmass(n @ R.T, c, ref, 2e-13)
+
+
+# ------------------------------------------------------------------------------------------
+# empty, degenerate and trivial polygons; padding
+# ------------------------------------------------------------------------------------------
+def test_empty_degenerate_and_whole_plane():
+    n_tri, c_tri = from_vertices([(0, 0), (1, 0), (0, 1)])
+    F = 4
+    N = np.zeros((7, F, 2))
+    C = np.full((7, F), np.inf)
+    # 0: infeasible pair of half-planes u1 <= -1, u1 >= 1
+    N[0, :2] = [[1, 0], [-1, 0]]
+    C[0, :2] = [-1, -1]
+    # 1: zero-width strip u1 = 2
+    N[1, :2] = [[1, 0], [-1, 0]]
+    C[1, :2] = [2, -2]
+    # 2: triangle with a -inf offset row
+    N[2, :3], C[2, :3] = n_tri, c_tri
+    C[2, 3] = -np.inf
+    N[2, 3] = [0, 1]
+    # 3: zero normal with a negative offset
+    N[3, :3], C[3, :3] = n_tri, c_tri
+    C[3, 3] = -0.5
+    # 4: whole plane (padding only)
+    # 5: triangle plus padding; 6: triangle with a duplicated row
+    N[5, :3], C[5, :3] = n_tri, c_tri
+    N[6, :3], C[6, :3] = n_tri, c_tri
+    N[6, 3], C[6, 3] = n_tri[1], c_tri[1]
+    tm = truncated_moments(N, C)
+    assert np.all(tm.log_mass[:4] == -np.inf)
+    assert np.all(np.isnan(tm.mean[:4])) and np.all(np.isnan(tm.cov[:4]))
+    assert np.all(tm.error[:4] == 0)
+    assert tm.log_mass[4] == 0.0
+    np.testing.assert_array_equal(tm.mean[4], [0.0, 0.0])
+    np.testing.assert_array_equal(tm.cov[4], np.eye(2))
+    ref, rmean, rcov = mp_polygon(n_tri, c_tri, moments=True, dps=25)
+    for p in (5, 6):
+        assert abs(tm.log_mass[p] - ref) < 1e-14
+        np.testing.assert_allclose(tm.mean[p], rmean, atol=1e-14)
+        np.testing.assert_allclose(tm.cov[p], rcov, atol=1e-13)
+    np.testing.assert_array_equal(log_mass(N, C), tm.log_mass)
+
+
+def test_vectorised_equals_single():
+    rng = np.random.default_rng(3)
+    polys = [
+        rand_polygon(rng, rng.normal(size=2) * s, sz, k=6)
+        for s, sz in [(0.5, 1.0), (30, 1.0), (0.5, 1e-3), (10, 5.0)] * 3
+    ]
+    N = np.stack([p[0] for p in polys])
+    C = np.stack([p[1] for p in polys])
+    tm = truncated_moments(N, C)
+    for i, (n, c) in enumerate(polys):
+        t1 = truncated_moments(*one(n, c))
+        assert tm.log_mass[i] == t1.log_mass[0]
+        np.testing.assert_array_equal(tm.mean[i], t1.mean[0])
+
+
+# ------------------------------------------------------------------------------------------
+# property tests
+# ------------------------------------------------------------------------------------------
+coords = st.floats(-60.0, 60.0, allow_nan=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(coords, coords, st.floats(0.05, 8.0), st.integers(0, 2**31), st.floats(0.0, np.pi))
+def test_split_additivity(x, y, size, seed, phi):
+    """Cut a polygon by a line through an interior point: logaddexp of the pieces = whole."""
+    rng = np.random.default_rng(seed)
+    n, c = rand_polygon(rng, (x, y), size, k=5)
+    p = np.array([x, y]) + rng.uniform(-0.2, 0.2, 2) * size
+    m = np.array([math.cos(phi), math.sin(phi)])
+    z = np.zeros((1, 2))
+    N = np.stack([np.vstack([n, m, z]), np.vstack([n, -m, z]), np.vstack([n, z, z])])
+    C = np.stack([np.r_[c, m @ p, np.inf], np.r_[c, -(m @ p), np.inf], np.r_[c, np.inf, np.inf]])
+    lm = log_mass(N, C)
+    assert np.isfinite(lm[2])  # (a piece is empty when the line misses the polygon)
+    whole = np.logaddexp(lm[0], lm[1])
+    assert abs(whole - lm[2]) <= 1e-12 + 1e-15 * abs(lm[2])
+
+
+@settings(max_examples=40, deadline=None)
+@given(coords, coords, st.floats(0.01, 8.0), st.integers(0, 2**31), st.floats(0, 2 * np.pi))
+def test_rotation_invariance(x, y, size, seed, theta):
+    rng = np.random.default_rng(seed)
+    n, c = rand_polygon(rng, (x, y), size, k=int(rng.integers(3, 8)))
+    R = rot(theta)
+    tm = truncated_moments(np.stack([n, n @ R.T]), np.stack([c, c]))
+    scale = math.sqrt(abs(tm.cov[0]).max())
+    tol_l = 1e-12 + 1e-15 * abs(tm.log_mass[0]) + 4 * (tm.error[0] + tm.error[1])
+    assert abs(tm.log_mass[0] - tm.log_mass[1]) <= tol_l
+    tol_m = 1e-11 * scale + 1e-14 * (1 + abs(tm.mean[0]).max())
+    np.testing.assert_allclose(R @ tm.mean[0], tm.mean[1], rtol=0, atol=tol_m)
+    np.testing.assert_allclose(R @ tm.cov[0] @ R.T, tm.cov[1], rtol=0, atol=1e-10 * scale**2)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(2, 6), st.integers(0, 2**31), st.floats(0.0, 3.0))
+def test_arrangement_cells_sum_to_one(K, seed, spread):
+    """All 2^K sign patterns of K random lines: masses sum to 1; nonempty cell count is
+    1 + K + K(K-1)/2 (general position)."""
+    rng = np.random.default_rng(seed)
+    ang = rng.uniform(0, np.pi, K)
+    m = np.stack([np.cos(ang), np.sin(ang)], axis=1)
+    b = rng.normal(size=K) * spread
+    signs = np.array(list(itertools.product([1.0, -1.0], repeat=K)))
+    N = signs[:, :, None] * m[None]
+    C = signs * b[None]
+    lm = log_mass(N, C)
+    total = math.fsum(np.exp(lm[np.isfinite(lm)]))
+    assert abs(total - 1.0) < 1e-13
+    # empty cells come out exactly -inf: count the nonempty ones
+    nonempty = int(np.sum(np.isfinite(lm)))
+    if spread == 0.0:  # all lines through the origin
+        assert nonempty == 2 * K
+    elif spread >= 0.5:
+        angles = np.sort(ang)
+        gaps = np.diff(np.r_[angles, angles[0] + np.pi])
+        # distance from each pairwise intersection to every other line
+        conc = np.inf
+        for i, j in itertools.combinations(range(K), 2):
+            x = np.linalg.solve(m[[i, j]], b[[i, j]])
+            for k in set(range(K)) - {i, j}:
+                conc = min(conc, abs(m[k] @ x - b[k]))
+        if gaps.min() > 1e-3 and conc > 1e-3:
+            assert nonempty == 1 + K + K * (K - 1) // 2
+
+
+# ------------------------------------------------------------------------------------------
+# z-space API
+# ------------------------------------------------------------------------------------------
+def test_gaussian_polyhedron_moments_box_diagonal():
+    mean = np.array([[0.5, -1.0], [3.0, 2.0]])
+    sd = np.array([2.0, 0.5])
+    cov = np.diag(sd**2)
+    C = np.array([[1.0, 0], [-1.0, 0], [0, 1.0], [0, -1.0]])
+    e = np.array([1.0, 2.0, 0.0, 3.0])  # -2 <= z1 <= 1, -3 <= z2 <= 0
+    tm = gaussian_polyhedron_moments(mean, cov, C, e)
+    for p in range(2):
+        lo = (np.array([-2.0, -3.0]) - mean[p]) / sd
+        hi = (np.array([1.0, 0.0]) - mean[p]) / sd
+        ref = np.sum(np.log(stats.norm.cdf(hi) - stats.norm.cdf(lo)))
+        tn = stats.truncnorm(lo, hi, loc=mean[p], scale=sd)
+        assert abs(tm.log_mass[p] - ref) < 1e-12
+        np.testing.assert_allclose(tm.mean[p], tn.mean(), rtol=1e-11)
+        np.testing.assert_allclose(np.diag(tm.cov[p]), tn.var(), rtol=1e-10)
+        assert abs(tm.cov[p, 0, 1]) < 1e-13
+
+
+def test_gaussian_polyhedron_moments_correlated_orthant():
+    rho = 0.6
+    cov = np.array([[4.0, 2 * 1.5 * rho], [2 * 1.5 * rho, 2.25]])
+    mean = np.array([[1.0, -2.0]])
+    C = np.array([[1.0, 0.0], [0.0, 1.0]])
+    e = mean[0]  # orthant with apex at the mean
+    tm = gaussian_polyhedron_moments(mean, cov, C, e)
+    assert abs(tm.log_mass[0] - math.log(0.25 + math.asin(rho) / (2 * np.pi))) < 1e-14
+    # whiten's offsets are the signed distances in whitened units
+    L = np.linalg.cholesky(cov)
+    n, o, s = whiten(mean, L, C, np.array([3.0, 1.0]))
+    np.testing.assert_allclose(np.linalg.norm(n, axis=-1), 1.0)
+    np.testing.assert_allclose(s[0], np.linalg.norm(C @ L, axis=1))
+    np.testing.assert_allclose(o[0], (np.array([3.0, 1.0]) - C @ mean[0]) / s[0])
+
+
+def test_throughput_smoke():
+    """Many pairs in one call (vectorised, chunked): finite, and no per-pair Python loop."""
+    rng = np.random.default_rng(0)
+    P, F = 9000, 6
+    ang = np.sort(rng.uniform(0, 2 * np.pi, (P, F)), axis=1)
+    ctr = rng.normal(size=(P, 2)) * 3
+    V = ctr[:, None, :] + np.stack([np.cos(ang), np.sin(ang)], -1)
+    d = np.roll(V, -1, axis=1) - V
+    n = np.stack([d[..., 1], -d[..., 0]], -1)
+    n /= np.linalg.norm(n, axis=-1, keepdims=True)
+    c = np.einsum("pfk,pfk->pf", n, V)
+    tm = truncated_moments(n, c)
+    assert np.all(np.isfinite(tm.log_mass)) and np.all(np.isfinite(tm.cov))
+    assert np.all(np.linalg.eigvalsh(tm.cov) > 0)

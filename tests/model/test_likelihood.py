@@ -1,0 +1,161 @@
+"""Exact log p(x) against independent references: closed forms, quadrature, normalisation."""
+
+import numpy as np
+import pytest
+from scipy import integrate, stats
+
+from exactdgn import Decoder, ExactDGN
+from tests.oracles.likelihood import oracle_logpx_1d, oracle_logpx_2d
+
+
+def _far_points(model, n, rng, sigma):
+    """Samples, plus points 100 sigma and 1e4 sigma away from the decoder's range."""
+    X = model.sample(n, random_state=rng)
+    D = X.shape[1]
+    u = rng.standard_normal(D)
+    u /= np.linalg.norm(u)
+    far = X[:2] + np.array([[100.0], [1e4]]) * sigma * u
+    return np.concatenate([X, far])
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("noise", ["iso", "diag"])
+def test_affine_decoder_matches_closed_form(d, noise):
+    rng = np.random.default_rng(d)
+    D = 4
+    W, b = rng.standard_normal((D, d)), rng.standard_normal(D)
+    std = 0.2 if noise == "iso" else rng.uniform(0.1, 0.5, D)
+    model = ExactDGN.from_decoder(Decoder([W], [b], []), std)
+    X = _far_points(model, 20, rng, 0.2)
+    cov = np.diag(np.broadcast_to(np.asarray(std) ** 2, (D,))) + W @ W.T
+    ref = stats.multivariate_normal(b, cov).logpdf(X)
+    got = model.score_samples(X)
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "act", "sigma"),
+    [
+        ([1, 6, 3], "relu", 0.1),
+        ([1, 8, 8, 2], "leaky_relu", 0.05),
+        ([1, 5, 5, 5, 3], "abs", 0.2),
+        ([1, 7, 4], "prelu", [0.1, 0.3, 0.05, 0.2]),
+    ],
+)
+def test_d1_matches_quadrature_oracle(sizes, act, sigma):
+    dec = Decoder.random(sizes, activation=act, negative_slope=0.2, seed=len(sizes))
+    model = ExactDGN.from_decoder(dec, sigma)
+    rng = np.random.default_rng(7)
+    X = _far_points(model, 6, rng, float(np.min(sigma)))
+    got = model.score_samples(X)
+    ref = oracle_logpx_1d(dec, X, sigma)
+    tol = np.maximum(1e-9, 1e-12 * np.abs(ref))
+    assert np.all(np.abs(got - ref) <= tol), (got - ref, ref)
+    assert ref[-1] < -1e7  # the 1e4 sigma point really is far out
+
+
+def test_d2_matches_quadrature_oracle():
+    dec = Decoder.random([2, 6, 6, 3], activation="leaky_relu", seed=3)
+    model = ExactDGN.from_decoder(dec, 0.15)
+    rng = np.random.default_rng(3)
+    X = _far_points(model, 1, rng, 0.15)
+    got = model.score_samples(X)
+    ref = oracle_logpx_2d(dec, X, 0.15)
+    tol = np.maximum(1e-7, 1e-10 * np.abs(ref))
+    assert np.all(np.abs(got - ref) <= tol), (got - ref, ref)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("sizes", "act"), [([2, 8, 3], "relu"), ([2, 5, 5, 4], "abs")])
+def test_d2_matches_quadrature_oracle_more(sizes, act):
+    dec = Decoder.random(sizes, activation=act, seed=11)
+    model = ExactDGN.from_decoder(dec, 0.1)
+    X = _far_points(model, 3, np.random.default_rng(5), 0.1)
+    got = model.score_samples(X)
+    ref = oracle_logpx_2d(dec, X, 0.1)
+    assert np.all(np.abs(got - ref) <= np.maximum(1e-7, 1e-10 * np.abs(ref)))
+
+
+def test_normalisation_D1():
+    dec = Decoder.random([1, 6, 6, 1], activation="leaky_relu", seed=0)
+    model = ExactDGN.from_decoder(dec, 0.3)
+
+    def f(x):
+        return np.exp(model.score_samples(np.array([[x]])))[0]
+
+    lo = model.sample(20000, random_state=0).min() - 10
+    hi = model.sample(20000, random_state=0).max() + 10
+    tot, _ = integrate.quad(f, lo, hi, limit=400, epsabs=1e-13, epsrel=1e-12)
+    assert tot == pytest.approx(1.0, abs=1e-8)
+
+
+def test_normalisation_D2():
+    dec = Decoder.random([2, 5, 5, 2], activation="leaky_relu", seed=1)
+    model = ExactDGN.from_decoder(dec, 0.4)
+    S = model.sample(20000, random_state=0)
+    lo, hi = S.min(axis=0) - 6, S.max(axis=0) + 6
+    # tensor Gauss-Legendre on panels: p(x) is smooth (a Gaussian convolution)
+    t, w = np.polynomial.legendre.leggauss(24)
+
+    def nodes(a, b, panels):
+        edges = np.linspace(a, b, panels + 1)
+        xs = ((edges[1:, None] - edges[:-1, None]) * (t + 1) / 2 + edges[:-1, None]).ravel()
+        ws = ((edges[1:, None] - edges[:-1, None]) / 2 * w).ravel()
+        return xs, ws
+
+    x1, w1 = nodes(lo[0], hi[0], 14)
+    x2, w2 = nodes(lo[1], hi[1], 14)
+    G = np.stack(np.meshgrid(x1, x2, indexing="ij"), -1).reshape(-1, 2)
+    tot = (np.exp(model.score_samples(G)) * np.outer(w1, w2).ravel()).sum()
+    assert tot == pytest.approx(1.0, abs=1e-8)
+
+
+def test_marginal_moments_match_monte_carlo():
+    dec = Decoder.random([2, 6, 3], activation="abs", seed=4)
+    model = ExactDGN.from_decoder(dec, [0.1, 0.2, 0.3])
+    X = model.sample(400_000, random_state=1)
+    mean, cov = model.mean(), model.covariance()
+    se = X.std(axis=0) / np.sqrt(len(X))
+    assert np.all(np.abs(mean - X.mean(axis=0)) < 5 * se)
+    emp = np.cov(X.T)
+    se_cov = np.sqrt(
+        (np.var((X - X.mean(0))[:, :, None] * (X - X.mean(0))[:, None, :], axis=0)) / len(X)
+    )
+    assert np.all(np.abs(cov - emp) < 5 * se_cov + 1e-12)
+
+
+def test_region_count_and_errors():
+    dec = Decoder.random([1, 5, 2], seed=0)
+    model = ExactDGN.from_decoder(dec, 0.1)
+    lp, err = model.score_samples(model.sample(10, random_state=0), return_error=True)
+    assert lp.shape == err.shape == (10,) and np.all(err < 1e-10)
+    with pytest.raises(ValueError, match="columns"):
+        model.score_samples(np.zeros((3, 5)))
+    with pytest.raises(ValueError, match="NaN"):
+        model.score_samples(np.array([[np.nan, 0.0]]))
+    with pytest.raises(ValueError, match="positive"):
+        ExactDGN.from_decoder(dec, 0.0)
+    with pytest.raises(ValueError, match="positive"):
+        ExactDGN.from_decoder(dec, [0.1, -1.0])
+    with pytest.raises(ValueError, match="length"):
+        ExactDGN.from_decoder(dec, [0.1, 0.2, 0.3])
+
+
+def test_chunking_gives_identical_results():
+    dec = Decoder.random([2, 8, 8, 5], seed=2)
+    model = ExactDGN.from_decoder(dec, 0.2)
+    X = model.sample(300, random_state=0)
+    a = model.score_samples(X)
+    small = ExactDGN.from_decoder(dec, 0.2, chunk_bytes=20_000)
+    np.testing.assert_allclose(small.score_samples(X), a, rtol=0, atol=1e-12)
+
+
+def test_pruning_is_exact():
+    """Pruned and unpruned log-likelihoods agree to double precision."""
+    dec = Decoder.random([2, 10, 10, 6], seed=5)
+    model = ExactDGN.from_decoder(dec, 0.05)
+    X = model.sample(50, random_state=0)
+    loose = ExactDGN.from_decoder(dec, 0.05, prune_nats=1e6)  # keeps every pair
+    np.testing.assert_allclose(
+        model.score_samples(X), loose.score_samples(X), rtol=1e-14, atol=1e-12
+    )

@@ -1,0 +1,132 @@
+"""Bad input to the partition API and the up-front memory refusal."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import numpy as np
+import pytest
+
+import exactdgn
+from exactdgn import Decoder, PartitionTooLargeError
+from exactdgn.partition import estimate_region_bytes, sampled_region_count
+
+
+@pytest.fixture(scope="module")
+def part2():
+    return exactdgn.partition(Decoder.random([2, 6, 6, 2], seed=0))
+
+
+# ---------------------------------------------------------------------------- bad latent arrays
+def test_locate_wrong_shape_is_a_clear_value_error(part2):
+    with pytest.raises(ValueError, match=r"Z must be 2-D, got shape \(2,\).*reshape"):
+        part2.locate(np.zeros(2))
+    with pytest.raises(ValueError, match=r"Z has 3 latent dims but 2 are expected"):
+        part2.locate(np.zeros((4, 3)))
+    with pytest.raises(ValueError, match=r"Z must be 2-D, got shape \(1, 4, 2\)"):
+        part2.locate(np.zeros((1, 4, 2)))
+    with pytest.raises(ValueError, match="numeric array"):
+        part2.locate([["x", "y"]])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_locate_nan_is_a_clear_value_error(part2, bad):
+    Z = np.zeros((5, 2))
+    Z[3, 0] = bad
+    with pytest.raises(ValueError, match=r"Z contains 1 NaN or infinite values.*rows: \[3\]"):
+        part2.locate(Z)
+
+
+def test_index_of_patterns_wrong_shape(part2):
+    n = part2.decoder.n_units
+    with pytest.raises(ValueError, match=rf"patterns must have shape \(N, {n}\)"):
+        part2.index_of_patterns(np.ones((3, n + 1), dtype=bool))
+    # a pattern no region has maps to -1
+    P = part2.patterns.copy()
+    hit = part2.index_of_patterns(P)
+    np.testing.assert_array_equal(hit, np.arange(len(part2)))
+
+
+def test_locate_empty_input(part2):
+    assert part2.locate(np.zeros((0, 2))).shape == (0,)
+
+
+def test_partition_argument_errors():
+    dec = Decoder.random([3, 4, 2], seed=0)
+    with pytest.raises(TypeError, match="takes a Decoder"):
+        exactdgn.partition(np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="method must be one of"):
+        exactdgn.partition(dec, method="grid")
+    with pytest.raises(ValueError, match=r"method 'polygon' needs latent_dim in \(2,\), got 3"):
+        exactdgn.partition(dec, method="polygon")
+    with pytest.raises(ValueError, match=r"method 'sweep' needs latent_dim in \(1,\), got 3"):
+        exactdgn.partition(dec, method="sweep")
+    with pytest.raises(IndexError):
+        exactdgn.partition(Decoder.random([2, 3, 2], seed=0)).region(10_000)
+
+
+# ---------------------------------------------------------------------------- memory refusal
+_MSG = re.compile(
+    r"(a sampled lower bound of|an upper bound of) ([\d,]+) regions x ~([\d,]+) bytes each "
+    r"= ~([\d.e+-]+) GiB exceeds the memory budget of ([\d.e+-]+) GiB"
+)
+
+
+def _parse(msg: str):
+    m = _MSG.search(msg)
+    assert m is not None, f"the message does not state the estimate: {msg!r}"
+    kind, n, per, need, budget = m.groups()
+    return kind, int(n.replace(",", "")), int(per.replace(",", "")), float(need), float(budget)
+
+
+@pytest.mark.parametrize(
+    "sizes,method",
+    [([1, 64, 64, 2], "sweep"), ([2, 64, 64, 64, 2], "polygon"), ([3, 48, 48, 2], "adjacency")],
+)
+def test_too_large_is_refused_up_front_with_the_estimate(sizes, method):
+    dec = Decoder.random(sizes, seed=1)
+    max_bytes = 20_000
+    t0 = time.perf_counter()
+    with pytest.raises(PartitionTooLargeError) as info:
+        exactdgn.partition(dec, max_bytes=max_bytes, method=method)
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 10.0, f"refusal took {elapsed:.1f}s: not up front"
+    assert isinstance(info.value, MemoryError)
+    _, n, per, need, budget = _parse(str(info.value))
+    assert n * per > max_bytes
+    np.testing.assert_allclose(need, n * per / 2**30, rtol=1e-2)
+    np.testing.assert_allclose(budget, max_bytes / 2**30, rtol=1e-2)
+    assert str(sizes) in str(info.value)  # names the decoder
+    assert "max_bytes" in str(info.value)  # says how to proceed
+
+
+@pytest.mark.parametrize("sizes", [[1, 12, 12, 2], [2, 10, 10, 2], [3, 6, 6, 2]])
+def test_sampled_lower_bound_is_a_lower_bound(sizes):
+    dec = Decoder.random(sizes, seed=2)
+    true = len(exactdgn.partition(dec))
+    with pytest.raises(PartitionTooLargeError) as info:
+        exactdgn.partition(dec, max_bytes=1)
+    kind, n, *_ = _parse(str(info.value))
+    assert kind == "a sampled lower bound of"
+    assert 1 <= n <= true
+    assert n == sampled_region_count(dec)
+    # a budget that fits gives the same partition
+    assert len(exactdgn.partition(dec, max_bytes=10**9)) == true
+
+
+@pytest.mark.parametrize("sizes,method", [([2, 10, 10, 2], "polygon"), ([3, 6, 6, 2], "adjacency")])
+def test_refusal_during_enumeration(sizes, method):
+    """A budget above the sampled lower bound but below the real size is still refused, with a
+    larger count in the message, while enumerating."""
+    dec = Decoder.random(sizes, seed=2)
+    true = len(exactdgn.partition(dec, method=method))
+    per = estimate_region_bytes(dec)
+    low = sampled_region_count(dec)
+    assert low < true  # the sampled bound misses regions here, so the budget below passes it
+    max_bytes = per * low + per // 2
+    with pytest.raises(PartitionTooLargeError) as info:
+        exactdgn.partition(dec, max_bytes=max_bytes, method=method)
+    _, n, per_msg, *_ = _parse(str(info.value))
+    assert per_msg == per
+    assert n > low and n * per > max_bytes
