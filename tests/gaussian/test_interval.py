@@ -98,6 +98,7 @@ def test_thin_interval_far_out_is_relative_accurate():
         a, b = mp.mpf(lo), mp.mpf(hi)
         ref = mp.log(mp.ncdf(-a) - mp.ncdf(-b))
     assert abs(float(lm) - float(ref)) < 1e-13
+    assert lo < float(mean) < lo + 0.5 * (hi - lo)  # density decreasing: mean left of centre
     assert abs(float(var) - (hi - lo) ** 2 / 12) < 1e-3 * (hi - lo) ** 2 / 12
 
 

@@ -67,8 +67,9 @@ __all__ = [
 ]
 
 _LOG2PI = math.log(2.0 * math.pi)
-_DROP = 800.0  # nats below the maximum that are neglected
-_WIN = 42.0  # window half-width in units of 1/sqrt(curvature)
+_R_DROP = 100.0  # the integrand outside the ball of radius R is below e^-100 of the maximum
+_DROP = 70.0  # pieces / outer intervals whose maximum is this far below the max are neglected
+_WIN = 13.0  # window half-width in units of 1/sqrt(curvature): e^-84.5 at the window ends
 _CHUNK = 200_000  # points per forward pass
 
 
@@ -152,20 +153,24 @@ class _Problem:
         return f, fp, kap
 
     def radius(self, m0):
-        """Radius of a ball holding ``{f > m0 - _DROP}`` (per data point)."""
-        return np.sqrt(2.0 * np.maximum(self.cmax - np.asarray(m0) + _DROP, 1.0))
+        """Radius of a ball holding ``{f > m0 - _R_DROP}`` (per data point)."""
+        return np.sqrt(2.0 * np.maximum(self.cmax - np.asarray(m0) + _R_DROP, 1.0))
 
 
 # ---------------------------------------------------------------------------- kinks
 def _scan_grid(R):
-    """Grid for the kink scan: step 0.05 on |t| <= 12, geometric (ratio 1.03) beyond, to R."""
+    """Grid for the kink scan: step 0.5 on |t| <= 12, geometric (ratio 1.2) beyond, to R.
+
+    Its resolution does not matter for correctness (a cell whose end patterns agree has no
+    kink); a coarse grid only costs more false-position iterations.
+    """
     T0 = min(R, 12.0)
-    n = math.ceil(T0 / 0.05)
+    n = math.ceil(T0 / 0.5)
     uni = np.linspace(-T0, T0, 2 * n + 1)
     if R <= T0:
         return uni
-    k = math.ceil(math.log(R / T0) / math.log(1.03))
-    geo = T0 * 1.03 ** np.arange(1, k + 1)
+    k = math.ceil(math.log(R / T0) / math.log(1.2))
+    geo = np.minimum(T0 * 1.2 ** np.arange(1, k + 1), R)
     return np.concatenate([-geo[::-1], uni, geo])
 
 
@@ -378,6 +383,7 @@ def _line_integrals(prob, origins, v, pid, kinks, R, centers, *, rtol, n_mom):
     best[pl[order]] = order
     ok = best >= 0
     tmax[ok] = tp[best[ok]]
+    info_pl, info_tp, info_ft = pl, tp, ft
     keep = ft >= m_line[pl] - _DROP
     pl, pa, pb, tp, kap, fpt, ft = (
         pl[keep],
@@ -424,7 +430,13 @@ def _line_integrals(prob, origins, v, pid, kinks, R, centers, *, rtol, n_mom):
     logI[good] = m_line[good] + np.log(tot[good, 0])
     mom[good] = tot[good] / tot[good, :1]
     relerr[good] = err[good, 0] / tot[good, 0]
-    info = {"n_eval": n_eval, "piece_line": pl, "piece_t": tp, "piece_f": ft}
+    info = {
+        "n_eval": n_eval,
+        "piece_line": info_pl,
+        "piece_t": info_tp,
+        "piece_f": info_ft,
+        "win": (pl, wl, wu, ft),
+    }
     return logI, mom, m_line, tmax, relerr, info
 
 
@@ -525,7 +537,7 @@ def _gauss_newton(prob, Z, pid, iters=60):
     return Z, f, s1
 
 
-def _modes(prob, starts, fstarts=None):
+def _modes(prob, starts):
     pid = np.zeros(starts.shape[0], dtype=int)
     Z, f, s1 = _gauss_newton(prob, starts, pid)
     order = np.argsort(-f)
@@ -534,7 +546,7 @@ def _modes(prob, starts, fstarts=None):
     for i in range(Z.shape[0]):
         if f[i] < f[0] - _DROP:
             break
-        if all(np.linalg.norm(Z[i] - Z[j]) > 1e-6 * max(1.0, np.linalg.norm(Z[j])) for j in keep):
+        if all(np.linalg.norm(Z[i] - Z[j]) > 0.5 * s1[j] for j in keep):
             keep.append(i)
     return Z[keep], f[keep], s1[keep]
 
@@ -549,6 +561,7 @@ class _Outer2D:
         self.n_lines = 0
         self.n_eval = 0
         self.max_relerr = 0.0
+        self.n_sig = 0
 
     def lines(self, z1):
         z1 = np.asarray(z1, dtype=np.float64)
@@ -572,6 +585,66 @@ class _Outer2D:
         if L:
             self.max_relerr = max(self.max_relerr, float(np.max(relerr)))
         return logI, mom, m, tmax, info
+
+    def signatures(self, z1, band):
+        """Activation patterns of the pieces of each line inside the band of t (as bytes)."""
+        z1 = np.asarray(z1, dtype=np.float64)
+        L = z1.size
+        origins = np.stack([z1, np.zeros(L)], axis=1)
+        Rl = np.full(L, max(abs(band[0]), abs(band[1])) + 1.0)
+        kinks = _scan_kinks(self.prob.net, origins, self.v, Rl)
+        lid, mids = [], []
+        for i in range(L):
+            br = np.concatenate([[band[0]], kinks[i][(kinks[i] > band[0]) & (kinks[i] < band[1])]])
+            br = np.concatenate([br, [band[1]]])
+            lid.append(np.full(br.size - 1, i))
+            mids.append(0.5 * (br[:-1] + br[1:]))
+        lid, mids = np.concatenate(lid), np.concatenate(mids)
+        _, _, pre = self.prob.net.eval(origins[lid] + mids[:, None] * self.v, want_pre=True)
+        bits = np.packbits(pre > 0, axis=1)
+        self.n_sig += L
+        return [bits[lid == i].tobytes() for i in range(L)]
+
+    def vertices(self, a, b, band, max_iter=40):
+        """z1 of the points in (a_i, b_i) where the piece structure inside the band changes.
+
+        These are the partition's vertices (and crossings of the band's edges); the inner
+        integral I(z1) is smooth between them, so they are used as outer breakpoints.
+        """
+        pts = np.unique(np.concatenate([a, b]))
+        sig = dict(zip(pts.tolist(), self.signatures(pts, band), strict=True))
+        ca = np.array([u for u, w in zip(a, b, strict=True) if sig[u] != sig[w]])
+        cb = np.array([w for u, w in zip(a, b, strict=True) if sig[u] != sig[w]])
+        sa = [sig[u] for u in ca]
+        sb = [sig[w] for w in cb]
+        found = []
+        for _ in range(max_iter):
+            if ca.size == 0:
+                break
+            done = (cb - ca) <= 1e-10 * np.maximum(1.0, np.abs(ca))
+            found.extend((0.5 * (ca[done] + cb[done])).tolist())
+            ca, cb = ca[~done], cb[~done]
+            sa = [x for x, dn in zip(sa, done, strict=True) if not dn]
+            sb = [x for x, dn in zip(sb, done, strict=True) if not dn]
+            if ca.size == 0:
+                break
+            mid = 0.5 * (ca + cb)
+            sm = self.signatures(mid, band)
+            na, nb, nsa, nsb = [], [], [], []
+            for i in range(ca.size):
+                if sa[i] != sm[i]:
+                    na.append(ca[i])
+                    nb.append(mid[i])
+                    nsa.append(sa[i])
+                    nsb.append(sm[i])
+                if sm[i] != sb[i]:
+                    na.append(mid[i])
+                    nb.append(cb[i])
+                    nsa.append(sm[i])
+                    nsb.append(sb[i])
+            ca, cb, sa, sb = np.array(na), np.array(nb), nsa, nsb
+        found.extend((0.5 * (ca + cb)).tolist())
+        return np.array(sorted(found))
 
 
 def _oracle_2d_point(decoder, x, sigma, *, rtol, n_mom, rtol_inner=1e-13):
@@ -597,16 +670,16 @@ def _oracle_2d_point(decoder, x, sigma, *, rtol, n_mom, rtol_inner=1e-13):
 
     def breakpoints(modes, s1):
         T0 = min(R, 12.0)
-        pts = [np.linspace(-T0, T0, round(2 * T0 / 0.25) + 1)]
+        pts = [np.linspace(-T0, T0, round(2 * T0 / 0.5) + 1)]
         if R > T0:
-            k = math.ceil(math.log(R / T0) / math.log(1.05))
-            geo = T0 * 1.05 ** np.arange(1, k + 1)
+            k = math.ceil(math.log(R / T0) / math.log(1.1))
+            geo = np.minimum(T0 * 1.1 ** np.arange(1, k + 1), R)
             pts += [geo, -geo]
-        ladder = np.concatenate([[0.0], 2.0 ** np.arange(-3, 7)])
+        ladder = np.concatenate([[0.0], 2.0 ** np.arange(-1, 4)])
         ladder = np.concatenate([-ladder, ladder])
         for z, s in zip(modes, s1, strict=True):
             pts.append(z[0] + s * ladder)
-            pts.append(z[0] + np.arange(-48, 49) * 0.25)
+            pts.append(z[0] + np.arange(-12, 13) * 0.5)
         pts = np.concatenate(pts)
         return np.unique(np.clip(pts, -R, R))
 
@@ -640,8 +713,23 @@ def _oracle_2d_point(decoder, x, sigma, *, rtol, n_mom, rtol_inner=1e-13):
     has_mode = np.zeros(a.size, dtype=bool)
     for z in modes:
         has_mode |= (a <= z[0]) & (z[0] <= b)
-    keep = (np.maximum(la, lb) >= Mout - _DROP - 50.0) | has_mode
+    keep = (np.maximum(la, lb) >= Mout - _DROP) | has_mode
     a, b = a[keep], b[keep]
+    # split the outer intervals at the vertices of the partition inside the relevant band of z2
+    wline, wl, wu, wf = info["win"]
+    rel = wf >= max(float(np.max(wf)), float(fm[0])) - _DROP
+    band = (float(np.min(wl[rel])) - 1.0, float(np.max(wu[rel])) + 1.0)
+    band = (
+        min(band[0], float(np.min(modes[:, 1])) - 1.0),
+        max(band[1], float(np.max(modes[:, 1])) + 1.0),
+    )
+    vert = outer.vertices(a, b, band)
+    if vert.size:
+        pts = np.unique(np.concatenate([a, b, vert]))
+        inside = np.zeros(pts.size - 1, dtype=bool)
+        for lo, hi in zip(a, b, strict=True):
+            inside |= (pts[:-1] >= lo) & (pts[1:] <= hi)
+        a, b = pts[:-1][inside], pts[1:][inside]
     c1 = center[0]
 
     def func(t, lid):
@@ -659,13 +747,15 @@ def _oracle_2d_point(decoder, x, sigma, *, rtol, n_mom, rtol_inner=1e-13):
 
     floor = 64.0 * np.finfo(float).eps * (abs(Mout) + 1.0)  # rounding of log I(z1)
     tot, err, _ = _adaptive_gl(
-        func, np.zeros(a.size, dtype=int), a, b, 1, rtol=max(rtol, floor), max_rounds=40
+        func, np.zeros(a.size, dtype=int), a, b, 1, rtol=max(rtol, floor), max_rounds=40, n=6
     )
     info = {
         "n_lines": outer.n_lines,
         "n_eval": outer.n_eval,
         "outer_relerr": float(err[0, 0] / tot[0, 0]),
         "inner_max_relerr": outer.max_relerr,
+        "n_vertices": vert.size,
+        "n_signature_lines": outer.n_sig,
         "modes": modes,
     }
     return Mout + math.log(tot[0, 0]), tot[0] / tot[0, 0], center, info

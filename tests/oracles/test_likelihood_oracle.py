@@ -122,11 +122,10 @@ def test_1d_relu_matches_fine_trapezoid(act, seed):
     X = dec(rng.normal(size=(3, 1))) + sigma * rng.normal(size=(3, 3))
     got = oracle_logpx_1d(dec, X, sigma)
     for x, g in zip(X, got, strict=True):
-        t1 = _trapezoid_logpx(dec, x, sigma, 2e-5)
-        t2 = _trapezoid_logpx(dec, x, sigma, 1e-5)
-        # trapezoid error ∝ h^2: the error of t2 is about |t1 - t2| / 3
-        assert abs(g - t2) <= 1.0 * abs(t1 - t2) + 1e-12, (g - t2, t1 - t2)
-        assert abs(g - t2) < 1e-8
+        # trapezoid error O(h^2 (|f''| + kink jumps)): ~1e-10 here (it does not cancel in a
+        # Richardson pair because the kinks sit at arbitrary offsets from the grid)
+        ref = _trapezoid_logpx(dec, x, sigma, 1e-5, T=10.0)
+        assert abs(g - ref) < 5e-10, g - ref
 
 
 def test_1d_density_integrates_to_one():

@@ -376,7 +376,7 @@ def _cubature(P0, P1, g, nonempty, moments: bool):
     return logm, cond, g + Ev, cov
 
 
-def _tail_moments(nu, cu, t0, t1, nonempty, logm):
+def _tail_moments(nu, cu, t0, t1, nonempty):
     """Moments of far polygons (mean outside, distance ``D >= _TAIL_D``) by slicing.
 
     With ``p`` the closest point of the polygon, ``D = |p|``, ``n* = p / D`` and
@@ -581,7 +581,7 @@ def _moments_core(normals, offsets):
         far_i = np.flatnonzero(far)
         if far_i.size:
             mean[far_i], cov[far_i] = _tail_moments(
-                nu[far_i], cu[far_i], t0[far_i], t1[far_i], nonempty[far_i], logm[far_i]
+                nu[far_i], cu[far_i], t0[far_i], t1[far_i], nonempty[far_i]
             )
     if cub_i.size:
         mean[cub_i] = cub_mean

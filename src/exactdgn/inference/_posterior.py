@@ -300,7 +300,7 @@ def project_origin(normals: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         for f in range(F):
             n_f, c_f, t_f = normals[:, f], offsets[:, f], tau[:, f]
             valid = np.isfinite(c_f)
-            base = np.where(valid[:, None], c_f[:, None] * n_f, 0.0)
+            base = np.where(valid, c_f, 0.0)[:, None] * n_f
             lo, hi = _interval(normals, offsets, t_f, base)
             t = np.clip(0.0, lo, hi)
             pt = base + t[:, None] * t_f

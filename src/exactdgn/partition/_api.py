@@ -72,7 +72,7 @@ def partition(decoder: Decoder, *, max_bytes: int | None = None, method: str = "
     per_region = estimate_region_bytes(decoder)
     max_regions = max(1, budget // per_region)
 
-    def check_budget(estimate: int, what: str = "at least") -> None:
+    def check_budget(estimate: int, what: str) -> None:
         if estimate > max_regions:
             need = estimate * per_region
             raise PartitionTooLargeError(
@@ -83,19 +83,26 @@ def partition(decoder: Decoder, *, max_bytes: int | None = None, method: str = "
             )
 
     t0 = time.perf_counter()
-    check_budget(sampled_region_count(decoder), "at least (sampled lower bound)")
+    check_budget(sampled_region_count(decoder), "a sampled lower bound of")
+
+    def upper(n: int) -> None:  # layer-by-layer methods bound the next layer's count
+        check_budget(n, "an upper bound of")
+
+    def running(n: int) -> None:  # the adjacency search knows a running count
+        check_budget(n, "at least")
+
     if method == "sweep":
         from ._enum1d import enumerate_1d
 
-        raw = enumerate_1d(decoder, check_budget)
+        raw = enumerate_1d(decoder, upper)
     elif method == "polygon":
         from ._enum2d import enumerate_2d
 
-        raw = enumerate_2d(decoder, check_budget)
+        raw = enumerate_2d(decoder, upper)
     else:
         from ._enumnd import enumerate_adjacency
 
-        raw = enumerate_adjacency(decoder, check_budget)
+        raw = enumerate_adjacency(decoder, running)
     part = finalize(decoder, raw, method, t0)
     logger.info("partition: %d regions in %.3fs (%s)", len(part), part.seconds, method)
     return part

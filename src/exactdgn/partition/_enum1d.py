@@ -55,7 +55,7 @@ def enumerate_1d(decoder: Decoder, check_budget=None) -> RawPartition:
         inside = is_kink & (a != 0) & (t > lo[:, None] + scale) & (t < hi[:, None] - scale)
         r_idx, u_idx = np.nonzero(inside)
         if check_budget is not None:
-            check_budget(len(lo) + len(r_idx), "an upper bound of")
+            check_budget(len(lo) + len(r_idx))
         tv = t[r_idx, u_idx]
         order = np.lexsort((tv, r_idx))
         r_idx, u_idx, tv = r_idx[order], u_idx[order], tv[order]

@@ -506,7 +506,7 @@ def enumerate_2d(decoder: Decoder, check_budget=None) -> RawPartition:
         cut, root_pos, vmax = _layer_signs(V, cnt, Mt, kl)
         k = cut.sum(axis=1)
         if check_budget is not None:
-            check_budget(int(np.sum(1 + k + k * (k - 1) // 2)), "an upper bound of")
+            check_budget(int(np.sum(1 + k + k * (k - 1) // 2)))
         pool = _Pool(V, cnt, L, n)
         ids_of_root = np.full(R, -1, dtype=np.int64)
         for j in np.nonzero(cut.any(axis=0))[0]:

@@ -412,6 +412,8 @@ def finalize(decoder: Decoder, raw: RawPartition, method: str, t0: float) -> Par
         generators=raw.generators,
         method=method,
     )
+    if raw.generators is None and decoder.latent_dim <= 2 and len(raw.patterns):
+        part.gen_ptr, part.generators = _vrep_from_hrep(part)
     if raw.facet_neighbors is not None:
         part.facet_neighbors = raw.facet_neighbors.astype(np.int64)
     elif len(raw.facet_offsets):
@@ -437,3 +439,69 @@ def _neighbors_by_flip(part: Partition, facet_points: np.ndarray | None) -> np.n
             out = pts + scale * part.facet_normals[miss]
             nb[miss] = part.locate(out)
     return nb
+
+
+def _vrep_from_hrep(part: Partition) -> tuple[np.ndarray, np.ndarray]:
+    """Cyclic homogeneous V-representation of every region from its H-representation (d <= 2).
+
+    Used when an enumerator (the adjacency search) returns facets only. d = 1: the two ends.
+    d = 2: corners (feasible intersections of facet lines), extreme rays (facet directions in the
+    recession cone) and, for a facet line with no corner, its foot; all sorted by angle around
+    the interior point, which is the counter-clockwise boundary order.
+    """
+    d = part.latent_dim
+    gens, ptr = [], [0]
+    for r in range(len(part)):  # per region, small dense work; not used on a hot path
+        C, e = part.halfspaces(r)
+        if d == 1:
+            lo = -e[C[:, 0] < 0] / -C[C[:, 0] < 0, 0] if np.any(C[:, 0] < 0) else None
+            hi = e[C[:, 0] > 0] / C[C[:, 0] > 0, 0] if np.any(C[:, 0] > 0) else None
+            g = [[lo.max(), 1.0] if lo is not None else [-1.0, 0.0]]
+            g.append([hi.min(), 1.0] if hi is not None else [1.0, 0.0])
+            G = np.array(g)
+        else:
+            G = _polygon_generators(C, e, part.interior_points[r])
+        gens.append(G)
+        ptr.append(ptr[-1] + len(G))
+    return np.asarray(ptr, dtype=np.int64), np.concatenate(gens, axis=0)
+
+
+def _polygon_generators(C: np.ndarray, e: np.ndarray, c: np.ndarray) -> np.ndarray:
+    F = len(C)
+    if F == 0:
+        return np.zeros((0, 3))
+    scale = 1.0 + np.abs(e).max() + np.abs(c).max()
+    tol = 1e-9 * scale
+    pts, rays = [], []
+    for i in range(F):
+        for j in range(i + 1, F):
+            M = C[[i, j]]
+            det = M[0, 0] * M[1, 1] - M[0, 1] * M[1, 0]
+            if abs(det) < 1e-12:
+                continue
+            p = np.linalg.solve(M, e[[i, j]])
+            if np.all(C @ p <= e + tol):
+                pts.append(p)
+    pts = _unique_rows(np.array(pts).reshape(-1, 2), tol)
+    for i in range(F):
+        tau = np.array([-C[i, 1], C[i, 0]])
+        on_line = [p for p in pts if abs(C[i] @ p - e[i]) <= tol]
+        for t in (tau, -tau):
+            if np.all(C @ t <= 1e-9):
+                rays.append(t)
+        if not on_line:  # a facet line without a corner: keep one finite point of it
+            foot = c - (C[i] @ c - e[i]) * C[i]
+            pts = np.vstack([pts, foot[None]]) if len(pts) else foot[None]
+    rays = _unique_rows(np.array(rays).reshape(-1, 2), 1e-9)
+    ang_p = np.arctan2(pts[:, 1] - c[1], pts[:, 0] - c[0]) if len(pts) else np.zeros(0)
+    ang_r = np.arctan2(rays[:, 1], rays[:, 0]) if len(rays) else np.zeros(0)
+    G = np.concatenate([np.c_[pts, np.ones(len(pts))], np.c_[rays, np.zeros(len(rays))]], axis=0)
+    return G[np.argsort(np.concatenate([ang_p, ang_r]), kind="stable")]
+
+
+def _unique_rows(A: np.ndarray, tol: float) -> np.ndarray:
+    out = []
+    for a in A:
+        if not any(np.abs(a - b).max() <= tol for b in out):
+            out.append(a)
+    return np.array(out).reshape(-1, A.shape[1] if A.ndim == 2 else 2)

@@ -1,0 +1,145 @@
+"""The exact posterior p(z | x): moments vs quadrature, exact samples vs the density, MAP."""
+
+import numpy as np
+import pytest
+from scipy import integrate, optimize, stats
+
+from exactdgn import Decoder, ExactDGN
+from tests.oracles.likelihood import oracle_posterior_moments_1d, oracle_posterior_moments_2d
+
+
+def _model(sizes, sigma, seed, act="leaky_relu"):
+    dec = Decoder.random(sizes, activation=act, negative_slope=0.1, seed=seed)
+    return ExactDGN.from_decoder(dec, sigma)
+
+
+def test_shapes_and_region_probs():
+    m = _model([2, 6, 6, 3], 0.2, 0)
+    X = m.sample(7, random_state=0)
+    post = m.posterior(X)
+    assert post.batch_shape == (7,) and post.event_shape == (2,)
+    P = post.region_probs
+    assert P.shape == (7, len(m.partition_))
+    np.testing.assert_allclose(np.asarray(P.sum(axis=1)).ravel(), 1.0, rtol=0, atol=1e-12)
+    assert post.mean.shape == (7, 2) and post.covariance_matrix.shape == (7, 2, 2)
+    assert post.sample((4, 3), random_state=0).shape == (4, 3, 7, 2)
+    assert post.log_prob(np.zeros((5, 7, 2))).shape == (5, 7)
+    with pytest.raises(ValueError, match="shape"):
+        post.log_prob(np.zeros((3, 3)))
+
+
+@pytest.mark.parametrize(("sizes", "act"), [([1, 6, 3], "relu"), ([1, 5, 5, 2], "abs")])
+def test_d1_moments_match_quadrature(sizes, act):
+    m = _model(sizes, 0.15, 1, act)
+    X = m.sample(3, random_state=1)
+    X[2] += 3.0  # off the decoder's range
+    post = m.posterior(X)
+    for i in range(3):
+        mean, var = oracle_posterior_moments_1d(m.decoder_, X[i], 0.15)
+        assert post.mean[i, 0] == pytest.approx(mean[0], abs=1e-9)
+        assert post.covariance_matrix[i, 0, 0] == pytest.approx(var[0, 0], rel=1e-8, abs=1e-11)
+
+
+def test_d1_log_prob_normalised_and_samples_exact():
+    m = _model([1, 6, 6, 2], 0.1, 2)
+    X = m.sample(2, random_state=3)
+    post = m.posterior(X)
+    for i in range(2):
+        lo, hi = post.mean[i, 0] - 12, post.mean[i, 0] + 12
+
+        def dens(z, i=i):
+            zz = np.zeros((1, 2, 1))
+            zz[0, :, 0] = z
+            return np.exp(post.log_prob(zz)[0, i])
+
+        tot = integrate.quad(dens, lo, hi, limit=500, points=np.linspace(lo, hi, 60))[0]
+        assert tot == pytest.approx(1.0, abs=1e-7)
+    S = post.sample(4000, random_state=0)  # (4000, 2, 1)
+    for i in range(2):
+        grid = np.linspace(post.mean[i, 0] - 8, post.mean[i, 0] + 8, 20001)
+        zz = np.zeros((len(grid), 2, 1))
+        zz[:, :, 0] = grid[:, None]
+        pdf = np.exp(post.log_prob(zz)[:, i])
+        cdf = np.concatenate([[0], np.cumsum((pdf[1:] + pdf[:-1]) / 2 * np.diff(grid))])
+        cdf /= cdf[-1]
+        res = stats.kstest(S[:, i, 0], lambda z, g=grid, c=cdf: np.interp(z, g, c))
+        assert res.pvalue > 1e-3
+
+
+def test_d2_samples_match_density_on_projections():
+    m = _model([2, 5, 5, 3], 0.2, 4)
+    X = m.sample(1, random_state=5)
+    post = m.posterior(X)
+    S = post.sample(3000, random_state=1)[:, 0]
+    # reference: resampling of the exact density on a fine grid (independent of the sampler)
+    c = post.mean[0]
+    g = np.linspace(-6, 6, 481)
+    G = np.stack(np.meshgrid(g + c[0], g + c[1], indexing="ij"), -1).reshape(-1, 2)
+    w = np.exp(post.log_prob(G[:, None, :])[:, 0])
+    rng = np.random.default_rng(0)
+    idx = rng.choice(len(G), size=20000, p=w / w.sum())
+    ref = G[idx] + rng.uniform(-0.5, 0.5, (20000, 2)) * (g[1] - g[0])
+    for v in ([1, 0], [0, 1], [1, 1], [1, -2]):
+        v = np.asarray(v, float)
+        assert stats.ks_2samp(S @ v, ref @ v).pvalue > 1e-3
+
+
+def test_d2_moments_match_samples_and_far_point():
+    m = _model([2, 6, 4], 0.1, 6)
+    X = m.sample(2, random_state=7)
+    X[1] += 50 * 0.1  # 50 sigma off
+    post = m.posterior(X)
+    S = post.sample(20000, random_state=2)
+    for i in range(2):
+        se = S[:, i].std(axis=0) / np.sqrt(len(S))
+        assert np.all(np.abs(S[:, i].mean(axis=0) - post.mean[i]) < 5 * se)
+        np.testing.assert_allclose(
+            np.cov(S[:, i].T), post.covariance_matrix[i], rtol=0.1, atol=1e-4
+        )
+
+
+@pytest.mark.slow
+def test_d2_moments_match_quadrature_oracle():
+    m = _model([2, 5, 5, 3], 0.2, 8)
+    x = m.sample(1, random_state=9)[0]
+    post = m.posterior(x[None])
+    mean, cov = oracle_posterior_moments_2d(m.decoder_, x, 0.2)
+    np.testing.assert_allclose(post.mean[0], mean, atol=1e-7)
+    np.testing.assert_allclose(post.covariance_matrix[0], cov, atol=1e-7)
+
+
+@pytest.mark.parametrize("sizes", [[1, 6, 3], [2, 6, 6, 3]])
+def test_mode_is_the_global_maximiser(sizes):
+    m = _model(sizes, 0.1, 10)
+    X = m.sample(3, random_state=11)
+    zmap = m.posterior(X).mode()
+    d = sizes[0]
+    rng = np.random.default_rng(0)
+    for i in range(3):
+
+        def negf(z, i=i):
+            return -m.log_prob_joint(X[i : i + 1], z[None])[0]
+
+        best = min(
+            (
+                optimize.minimize(
+                    negf,
+                    z0,
+                    method="Nelder-Mead",
+                    options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 4000},
+                )
+                for z0 in rng.standard_normal((30, d)) * 2
+            ),
+            key=lambda r: r.fun,
+        )
+        assert negf(zmap[i]) <= best.fun + 1e-9
+
+
+def test_d3_posterior_sampling_by_rejection():
+    m = _model([3, 4, 3], 0.3, 12)
+    X = m.sample(2, random_state=13)
+    post = m.posterior(X)
+    S = post.sample(2000, random_state=0)
+    assert S.shape == (2000, 2, 3) and np.all(np.isfinite(S))
+    se = S.std(axis=0) / np.sqrt(len(S))
+    assert np.all(np.abs(S.mean(axis=0) - post.mean) < 5 * se + 1e-3)
