@@ -1,4 +1,4 @@
-"""Throughput of the exact log-likelihood and E-step, next to the GEMM floor and importance sampling.
+"""Throughput of the exact log-likelihood and E-step, beside the GEMM floor and importance sampling.
 
 For each case: a decoder initialised on the data (probabilistic-PCA fit of the output layer over
 random He-initialised hidden layers, as ``ExactDGN(init="pca")`` does), then
@@ -88,7 +88,7 @@ def run_case(name, X, sizes, *, repeat, n_is, K, seed=0):
     R, d, N = len(model.partition_), sizes[0], len(X)
     geom = region_geometry(model.partition_, model.noise_std_)
     t_ll, st = best_of(lambda: marginal_pairs(geom, X), repeat)
-    t_es, st_e = best_of(lambda: marginal_pairs(geom, X, need_moments=True), repeat)
+    t_es, _ = best_of(lambda: marginal_pairs(geom, X, need_moments=True), repeat)
     M = np.random.default_rng(0).standard_normal((D, R * d))
     t_gemm, _ = best_of(lambda: X @ M, repeat)
     gflops = 2 * N * D * R * d / t_gemm / 1e9

@@ -85,7 +85,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         progress: bool = True,
         prune_nats: float = 40.0,
         chunk_bytes: int = 256 * 2**20,
-        max_backtrack: int = 20,
+        max_backtrack: int = 6,
     ):
         self.latent_dim = latent_dim
         self.hidden_sizes = hidden_sizes

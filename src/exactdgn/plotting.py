@@ -5,11 +5,23 @@ matplotlib is imported lazily, inside the functions.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .partition import Partition
 
-__all__ = ["plot_partition", "region_polygon"]
+__all__ = [
+    "loglog_slope",
+    "plot_curves",
+    "plot_images",
+    "plot_loglog_fit",
+    "plot_partition",
+    "plot_posterior_1d",
+    "plot_posterior_2d",
+    "plot_samples_2d",
+    "region_polygon",
+]
 
 
 def _new_ax(ax):
@@ -108,4 +120,350 @@ def plot_partition(
     ax.set_xlabel("z1")
     ax.set_ylabel("z2")
     ax.set_title(f"{len(part)} linear regions")
+    return ax
+
+
+# ---------------------------------------------------------------------- curves and data
+def plot_curves(
+    curves: dict,
+    ax=None,
+    *,
+    xlabel: str = "iteration",
+    ylabel: str = "exact NLL (nats / point)",
+    logx: bool = False,
+    title: str | None = None,
+    band: bool = True,
+):
+    """Draw labelled curves (e.g. exact NLL against iteration or seconds).
+
+    Parameters
+    ----------
+    curves : dict
+        ``label -> (x, y)``, ``label -> (x, y, spread)`` or ``label -> {"x", "y", "spread",
+        "color", "ls"}`` (the last three optional), with 1-D arrays of equal length. A spread
+        (e.g. the standard deviation over seeds) is drawn as a shaded band ``y ± spread``.
+    ax : matplotlib Axes, optional
+    xlabel, ylabel, title : str
+    logx : bool
+        Logarithmic x axis (useful for seconds).
+    band : bool
+        Draw the spread bands.
+
+    Returns
+    -------
+    ax
+    """
+    ax = _new_ax(ax)
+    for label, c in curves.items():
+        if isinstance(c, dict):
+            x, y = c["x"], c["y"]
+            spread, color, ls = c.get("spread"), c.get("color"), c.get("ls", "-")
+        else:
+            x, y = c[0], c[1]
+            spread = c[2] if len(c) > 2 else None
+            color, ls = None, "-"
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        if x.shape != y.shape or x.ndim != 1:
+            raise ValueError(f"curve {label!r}: x and y must be 1-D of equal length")
+        (line,) = ax.plot(x, y, ls, color=color, lw=1.3, label=label, marker=".", ms=3)
+        if band and spread is not None:
+            s = np.asarray(spread, dtype=np.float64)
+            ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.2, lw=0)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if curves:
+        ax.legend(loc="best", fontsize="small")
+    return ax
+
+
+def plot_samples_2d(
+    X,
+    samples: dict | None = None,
+    ax=None,
+    *,
+    title: str | None = None,
+    s: float = 4.0,
+):
+    """Scatter 2-D data (grey) and, on top, samples of one or more models.
+
+    Parameters
+    ----------
+    X : array_like of shape (N, 2)
+    samples : dict, optional
+        ``label -> (M, 2) array``.
+    ax : matplotlib Axes, optional
+
+    Returns
+    -------
+    ax
+    """
+    ax = _new_ax(ax)
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[1] != 2:
+        raise ValueError(f"plot_samples_2d needs (N, 2) data, got shape {X.shape}")
+    ax.scatter(X[:, 0], X[:, 1], s=s, c="0.6", label="data", lw=0)
+    for label, S in (samples or {}).items():
+        S = np.asarray(S, dtype=np.float64)
+        ax.scatter(S[:, 0], S[:, 1], s=s, label=label, alpha=0.7, lw=0)
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_xlabel("x1")
+    ax.set_ylabel("x2")
+    if title:
+        ax.set_title(title)
+    ax.legend(loc="best", fontsize="small", markerscale=3)
+    return ax
+
+
+def plot_images(X, ax=None, *, shape=None, ncols: int = 8, title: str | None = None):
+    """Tile flattened images (rows of ``X``) into one grey-scale mosaic.
+
+    Parameters
+    ----------
+    X : array_like of shape (N, H*W)
+    ax : matplotlib Axes, optional
+    shape : (H, W), optional
+        Image shape (default: square).
+    ncols : int
+
+    Returns
+    -------
+    ax
+    """
+    ax = _new_ax(ax)
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2:
+        raise ValueError(f"plot_images needs a 2-D array of flattened images, got {X.shape}")
+    N, P = X.shape
+    if shape is None:
+        side = math.isqrt(P)
+        if side * side != P:
+            raise ValueError(f"images of {P} pixels are not square: pass shape=(H, W)")
+        shape = (side, side)
+    H, W = shape
+    if H * W != P:
+        raise ValueError(f"shape {shape} does not match {P} pixels")
+    ncols = max(1, min(int(ncols), N))
+    nrows = -(-N // ncols)
+    mosaic = np.full((nrows * (H + 1) + 1, ncols * (W + 1) + 1), np.nan)
+    for i in range(N):
+        r, c = divmod(i, ncols)
+        mosaic[1 + r * (H + 1) : 1 + r * (H + 1) + H, 1 + c * (W + 1) : 1 + c * (W + 1) + W] = X[
+            i
+        ].reshape(H, W)
+    ax.imshow(mosaic, cmap="gray_r", interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_loglog_fit(x, y, ax=None, *, label: str = "", xlabel: str = "", ylabel: str = ""):
+    """Log-log scatter of ``y`` against ``x`` with the least-squares line of ``log y`` on ``log x``.
+
+    Parameters
+    ----------
+    x, y : array_like of shape (n,), positive
+    ax : matplotlib Axes, optional
+    label : str
+        Legend prefix; the fitted slope is appended (``y ∝ x^slope``).
+
+    Returns
+    -------
+    ax
+    """
+    ax = _new_ax(ax)
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    ok = (x > 0) & (y > 0) & np.isfinite(x) & np.isfinite(y)
+    slope = loglog_slope(x[ok], y[ok]) if ok.sum() >= 2 else (np.nan, np.nan)
+    (pts,) = ax.plot(x[ok], y[ok], "o", ms=4)
+    if ok.sum() >= 2:
+        xx = np.geomspace(x[ok].min(), x[ok].max(), 50)
+        ax.plot(
+            xx,
+            np.exp(slope[1]) * xx ** slope[0],
+            "-",
+            color=pts.get_color(),
+            lw=1,
+            label=f"{label} slope {slope[0]:.2f}".strip(),
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    return ax
+
+
+def loglog_slope(x, y) -> tuple[float, float]:
+    """Least-squares fit ``log y = slope * log x + intercept``; returns ``(slope, intercept)``."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1 or len(x) < 2:
+        raise ValueError("loglog_slope needs two 1-D arrays of equal length >= 2")
+    if np.any(x <= 0) or np.any(y <= 0):
+        raise ValueError("loglog_slope needs positive values")
+    lx, ly = np.log(x), np.log(y)
+    if np.ptp(lx) == 0:
+        raise ValueError("loglog_slope needs at least two distinct x values")
+    slope, intercept = np.polyfit(lx, ly, 1)
+    return float(slope), float(intercept)
+
+
+# ---------------------------------------------------------------------- posteriors
+def _log_posterior_grid(model, x: np.ndarray, Z: np.ndarray) -> np.ndarray:
+    """``log p(z | x) = log p(x, z) - log p(x)``: one point ``x`` (1, D), grid ``Z`` (G, d)."""
+    log_px = model.score_samples(x)[0]
+    return model.log_prob_joint(np.repeat(x, len(Z), axis=0), Z) - log_px
+
+
+def plot_posterior_1d(
+    model,
+    x,
+    ax=None,
+    *,
+    q=None,
+    lim: float | None = None,
+    n_grid: int = 2001,
+    show_regions: bool = True,
+):
+    """Exact posterior density ``p(z | x)`` of a ``latent_dim = 1`` model (and a Gaussian ``q``).
+
+    The density is ``exp(log p(x, z) - log p(x))`` with the exact ``log p(x)``.
+
+    Parameters
+    ----------
+    model : ExactDGN
+        Fitted, ``latent_dim = 1``.
+    x : array_like of shape (D,)
+        One data point.
+    ax : matplotlib Axes, optional
+    q : (mean, std), optional
+        A Gaussian approximation (e.g. a VAE encoder's ``q(z | x)``), drawn dashed.
+    lim : float, optional
+        View ``[-lim, lim]``; default: the exact posterior mean ± 6 posterior std (and the same
+        for ``q``).
+    n_grid : int
+    show_regions : bool
+        Draw the region boundaries (breakpoints) as grey lines.
+
+    Returns
+    -------
+    ax
+    """
+    ax = _new_ax(ax)
+    if model.decoder_.latent_dim != 1:
+        raise ValueError("plot_posterior_1d needs a latent_dim = 1 model")
+    x = np.asarray(x, dtype=np.float64).reshape(1, -1)
+    post = model.posterior(x)
+    m = float(post.mean[0, 0])
+    s = float(np.sqrt(post.variance[0, 0]))
+    lo, hi = m - 6 * s, m + 6 * s
+    if q is not None:
+        qm, qs = float(np.ravel(q[0])[0]), float(np.ravel(q[1])[0])
+        lo, hi = min(lo, qm - 6 * qs), max(hi, qm + 6 * qs)
+    if lim is not None:
+        lo, hi = -float(lim), float(lim)
+    z = np.linspace(lo, hi, int(n_grid))
+    dens = np.exp(_log_posterior_grid(model, x, z[:, None]))
+    ax.plot(z, dens, "k-", lw=1.3, label="exact p(z|x)")
+    if q is not None:
+        qd = np.exp(-0.5 * ((z - qm) / qs) ** 2) / (qs * np.sqrt(2 * np.pi))
+        ax.plot(z, qd, "C1--", lw=1.3, label="q(z|x)")
+    if show_regions:
+        part = model.partition_
+        bps = part.facet_offsets[part.facet_normals[:, 0] > 0]
+        for t in bps[(bps >= lo) & (bps <= hi)]:
+            ax.axvline(t, color="0.8", lw=0.5, zorder=0)
+    ax.set_xlim(lo, hi)
+    ax.set_xlabel("z")
+    ax.set_ylabel("density")
+    ax.legend(loc="best", fontsize="small")
+    return ax
+
+
+def plot_posterior_2d(
+    model,
+    x,
+    ax=None,
+    *,
+    q=None,
+    lim: float | None = None,
+    n_grid: int = 151,
+    show_regions: bool = True,
+    levels: int = 8,
+):
+    """Contour map of the exact posterior ``p(z | x)`` of a ``latent_dim = 2`` model.
+
+    The exact density ``exp(log p(x, z) - log p(x))`` is filled (``contourf``) over a square
+    around the exact posterior mean (half-width ``lim``, default 5 posterior std and enough to
+    hold ``q``'s mean ± 3 std); region boundaries are drawn in grey; a Gaussian
+    ``q = (mean, std)`` with diagonal covariance is drawn as orange contour lines at the same
+    levels.
+
+    Parameters
+    ----------
+    model : ExactDGN
+        Fitted, ``latent_dim = 2``.
+    x : array_like of shape (D,)
+    ax : matplotlib Axes, optional
+    q : (mean (2,), std (2,)), optional
+    lim : float
+    n_grid : int
+        Grid points per axis.
+    show_regions : bool
+    levels : int
+
+    Returns
+    -------
+    ax
+    """
+    ax = _new_ax(ax)
+    if model.decoder_.latent_dim != 2:
+        raise ValueError("plot_posterior_2d needs a latent_dim = 2 model")
+    x = np.asarray(x, dtype=np.float64).reshape(1, -1)
+    post = model.posterior(x)
+    c = post.mean[0]
+    half = 5 * float(np.sqrt(post.variance[0].max()))
+    if q is not None:
+        qm, qs = np.ravel(q[0]).astype(np.float64), np.ravel(q[1]).astype(np.float64)
+        half = max(half, float(np.max(np.abs(qm - c) + 3 * qs)))
+    if lim is not None:
+        half = float(lim)
+    g1 = np.linspace(c[0] - half, c[0] + half, int(n_grid))
+    g2 = np.linspace(c[1] - half, c[1] + half, int(n_grid))
+    Z1, Z2 = np.meshgrid(g1, g2)
+    Z = np.stack([Z1.ravel(), Z2.ravel()], axis=1)
+    dens = np.exp(_log_posterior_grid(model, x, Z)).reshape(Z1.shape)
+    lv = np.linspace(0, dens.max(), int(levels) + 1)[1:] if dens.max() > 0 else int(levels)
+    ax.contourf(Z1, Z2, dens, levels=np.r_[0, lv] if np.ndim(lv) else lv, cmap="Blues")
+    if q is not None:
+        u = (Z - qm) / qs
+        qd = np.exp(-0.5 * np.sum(u * u, axis=1)) / (2 * np.pi * np.prod(qs))
+        qlv = lv if np.ndim(lv) else int(levels)
+        ax.contour(Z1, Z2, qd.reshape(Z1.shape), levels=qlv, colors="C1", linewidths=0.8)
+        ax.plot([qm[0]], [qm[1]], "x", color="C1", label="q(z|x) mean")
+    if show_regions:
+        from matplotlib.collections import PolyCollection
+
+        part = model.partition_
+        far = 20.0 * (abs(c).max() + half)
+        polys = [region_polygon(part, r, far) for r in range(len(part))]
+        ax.add_collection(
+            PolyCollection(polys, facecolors="none", edgecolors="0.5", linewidths=0.3)
+        )
+    ax.plot([c[0]], [c[1]], "k+", label="exact E[z|x]")
+    ax.set_xlim(g1[0], g1[-1])
+    ax.set_ylim(g2[0], g2[-1])
+    ax.set_aspect("equal")
+    ax.set_xlabel("z1")
+    ax.set_ylabel("z2")
+    ax.legend(loc="best", fontsize="small")
     return ax

@@ -95,7 +95,7 @@ def test_normalisation_D2():
     S = model.sample(20000, random_state=0)
     lo, hi = S.min(axis=0) - 6, S.max(axis=0) + 6
     # tensor Gauss-Legendre on panels: p(x) is smooth (a Gaussian convolution)
-    t, w = np.polynomial.legendre.leggauss(24)
+    t, w = np.polynomial.legendre.leggauss(12)
 
     def nodes(a, b, panels):
         edges = np.linspace(a, b, panels + 1)
@@ -103,8 +103,8 @@ def test_normalisation_D2():
         ws = ((edges[1:, None] - edges[:-1, None]) / 2 * w).ravel()
         return xs, ws
 
-    x1, w1 = nodes(lo[0], hi[0], 14)
-    x2, w2 = nodes(lo[1], hi[1], 14)
+    x1, w1 = nodes(lo[0], hi[0], 12)
+    x2, w2 = nodes(lo[1], hi[1], 12)
     G = np.stack(np.meshgrid(x1, x2, indexing="ij"), -1).reshape(-1, 2)
     tot = (np.exp(model.score_samples(G)) * np.outer(w1, w2).ravel()).sum()
     assert tot == pytest.approx(1.0, abs=1e-8)

@@ -268,7 +268,7 @@ def _gl(n):
     return x, w
 
 
-def _adaptive_gl(func, lid, a, b, n_lines, *, rtol, n=8, max_rounds=60, max_intervals=400_000):
+def _adaptive_gl(func, lid, a, b, n_lines, *, rtol, n=10, max_rounds=60, max_intervals=400_000):
     """Globally adaptive Gauss-Legendre sums per line of a vector-valued integrand.
 
     Parameters
@@ -586,33 +586,47 @@ class _Outer2D:
             self.max_relerr = max(self.max_relerr, float(np.max(relerr)))
         return logI, mom, m, tmax, info
 
-    def signatures(self, z1, band):
-        """Activation patterns of the pieces of each line inside the band of t (as bytes)."""
+    def signatures(self, z1, fmin):
+        """Activation patterns of the relevant pieces of each line (as bytes).
+
+        A piece is relevant when the maximum of f over it is at least ``fmin``.
+        """
         z1 = np.asarray(z1, dtype=np.float64)
         L = z1.size
         origins = np.stack([z1, np.zeros(L)], axis=1)
-        Rl = np.full(L, max(abs(band[0]), abs(band[1])) + 1.0)
+        Rl = np.sqrt(np.maximum(self.R**2 - z1**2, 0.0))
         kinks = _scan_kinks(self.prob.net, origins, self.v, Rl)
-        lid, mids = [], []
+        lid, pa, pb = [], [], []
         for i in range(L):
-            br = np.concatenate([[band[0]], kinks[i][(kinks[i] > band[0]) & (kinks[i] < band[1])]])
-            br = np.concatenate([br, [band[1]]])
+            br = np.concatenate([[-Rl[i]], kinks[i][np.abs(kinks[i]) < Rl[i]], [Rl[i]]])
             lid.append(np.full(br.size - 1, i))
-            mids.append(0.5 * (br[:-1] + br[1:]))
-        lid, mids = np.concatenate(lid), np.concatenate(mids)
-        _, _, pre = self.prob.net.eval(origins[lid] + mids[:, None] * self.v, want_pre=True)
+            pa.append(br[:-1])
+            pb.append(br[1:])
+        lid, pa, pb = np.concatenate(lid), np.concatenate(pa), np.concatenate(pb)
+        p = 0.5 * (pa + pb)
+        Zp = origins[lid] + p[:, None] * self.v
+        pid = np.zeros(lid.size, dtype=int)
+        _, fp, kap = self.prob.logf(Zp, pid, V=self.v)
+        tp = np.clip(p + fp / kap, pa, pb)
+        ft, _, _ = self.prob.logf(origins[lid] + tp[:, None] * self.v, pid)
+        _, _, pre = self.net_eval(Zp)
         bits = np.packbits(pre > 0, axis=1)
+        rel = ft >= fmin
         self.n_sig += L
-        return [bits[lid == i].tobytes() for i in range(L)]
+        return [bits[(lid == i) & rel].tobytes() for i in range(L)]
 
-    def vertices(self, a, b, band, max_iter=40):
-        """z1 of the points in (a_i, b_i) where the piece structure inside the band changes.
+    def net_eval(self, Z):
+        return self.prob.net.eval(Z, want_pre=True)
 
-        These are the partition's vertices (and crossings of the band's edges); the inner
-        integral I(z1) is smooth between them, so they are used as outer breakpoints.
+    def vertices(self, a, b, fmin, max_iter=40):
+        """z1 of the points in (a_i, b_i) where the sequence of relevant pieces changes.
+
+        These are the partition's vertices where f >= fmin (and the z1 where a piece's maximum
+        crosses fmin); the inner integral I(z1) is smooth between them up to terms of relative
+        size e^-40, so they are used as outer breakpoints.
         """
         pts = np.unique(np.concatenate([a, b]))
-        sig = dict(zip(pts.tolist(), self.signatures(pts, band), strict=True))
+        sig = dict(zip(pts.tolist(), self.signatures(pts, fmin), strict=True))
         ca = np.array([u for u, w in zip(a, b, strict=True) if sig[u] != sig[w]])
         cb = np.array([w for u, w in zip(a, b, strict=True) if sig[u] != sig[w]])
         sa = [sig[u] for u in ca]
@@ -629,7 +643,7 @@ class _Outer2D:
             if ca.size == 0:
                 break
             mid = 0.5 * (ca + cb)
-            sm = self.signatures(mid, band)
+            sm = self.signatures(mid, fmin)
             na, nb, nsa, nsb = [], [], [], []
             for i in range(ca.size):
                 if sa[i] != sm[i]:
@@ -715,15 +729,9 @@ def _oracle_2d_point(decoder, x, sigma, *, rtol, n_mom, rtol_inner=1e-13):
         has_mode |= (a <= z[0]) & (z[0] <= b)
     keep = (np.maximum(la, lb) >= Mout - _DROP) | has_mode
     a, b = a[keep], b[keep]
-    # split the outer intervals at the vertices of the partition inside the relevant band of z2
-    wline, wl, wu, wf = info["win"]
-    rel = wf >= max(float(np.max(wf)), float(fm[0])) - _DROP
-    band = (float(np.min(wl[rel])) - 1.0, float(np.max(wu[rel])) + 1.0)
-    band = (
-        min(band[0], float(np.min(modes[:, 1])) - 1.0),
-        max(band[1], float(np.max(modes[:, 1])) + 1.0),
-    )
-    vert = outer.vertices(a, b, band)
+    # split the outer intervals at the vertices of the partition where f >= max f - 40
+    fmax = max(float(np.max(info["piece_f"])), float(fm[0]))
+    vert = outer.vertices(a, b, fmax - 40.0)
     if vert.size:
         pts = np.unique(np.concatenate([a, b, vert]))
         inside = np.zeros(pts.size - 1, dtype=bool)
@@ -747,7 +755,7 @@ def _oracle_2d_point(decoder, x, sigma, *, rtol, n_mom, rtol_inner=1e-13):
 
     floor = 64.0 * np.finfo(float).eps * (abs(Mout) + 1.0)  # rounding of log I(z1)
     tot, err, _ = _adaptive_gl(
-        func, np.zeros(a.size, dtype=int), a, b, 1, rtol=max(rtol, floor), max_rounds=40, n=6
+        func, np.zeros(a.size, dtype=int), a, b, 1, rtol=max(rtol, floor), max_rounds=40, n=5
     )
     info = {
         "n_lines": outer.n_lines,

@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg
 from scipy import sparse
 
 from ..decoder import Decoder
@@ -142,6 +143,25 @@ def _output_maps(decoder: Decoder, patterns: np.ndarray, layer: int):
     return M, beta
 
 
+def _solve_psd(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Solve ``(A + εI) X = B`` for symmetric positive semi-definite ``A`` (normal equations).
+
+    Cholesky with a tiny relative ridge ``ε`` (dead units make ``A`` singular); the ridge grows
+    by 100x until the factorisation succeeds. The M-step is guarded by the exact likelihood, so
+    this regularisation cannot make the likelihood decrease.
+    """
+    n = A.shape[0]
+    scale = max(float(np.trace(A)) / max(n, 1), 1e-300)
+    eps = 1e-12 * scale
+    for _ in range(8):
+        try:
+            cf = scipy.linalg.cho_factor(A + eps * np.eye(n), lower=True, check_finite=False)
+            return scipy.linalg.cho_solve(cf, B, check_finite=False)
+        except np.linalg.LinAlgError:
+            eps *= 100.0
+    return np.linalg.lstsq(A, B, rcond=None)[0]
+
+
 def update_layer(
     decoder: Decoder,
     stats: RegionStats,
@@ -162,13 +182,11 @@ def update_layer(
     n_l = decoder.weights[layer].shape[0]
     ridge = np.full(m1, float(weight_decay))
     ridge[-1] = 0.0  # no penalty on the bias
-    jitter = 1e-12
     if layer == decoder.n_layers - 1:
         # output layer: rows decouple; W̃ (Σ H Z2 Hᵀ) = Σ XZ Hᵀ
         lhs = HZH.sum(axis=0) + np.diag(ridge * stats.n_points)
         rhs = np.einsum("rjk,rmk->jm", stats.XZ, H)  # Σ_r XZ_r H_rᵀ  (D, m+1)
-        lhs = lhs + jitter * np.trace(lhs) / m1 * np.eye(m1)
-        Wt = np.linalg.lstsq(lhs.T, rhs.T, rcond=None)[0].T
+        Wt = _solve_psd(lhs, rhs.T).T
         return Wt[:, :-1].copy(), Wt[:, -1].copy()
     M, beta_pre = _output_maps(decoder, P, layer)  # g = M a_l + beta_pre, a_l = W̃ h̃
     MtLM = np.einsum("rjk,j,rjl->rkl", M, inv_var, M)  # (R, n_l, n_l)
@@ -180,8 +198,7 @@ def update_layer(
     big = np.einsum("rab,rkl->bkal", HZH, MtLM).reshape(m1 * n_l, m1 * n_l)
     big = 0.5 * (big + big.T)
     big += np.kron(np.diag(ridge * stats.n_points), np.eye(n_l))
-    big += jitter * np.trace(big) / big.shape[0] * np.eye(big.shape[0])
-    vec = np.linalg.lstsq(big, rhs.T.reshape(-1), rcond=None)[0]
+    vec = _solve_psd(big, rhs.T.reshape(-1))
     Wt = vec.reshape(m1, n_l).T
     return Wt[:, :-1].copy(), Wt[:, -1].copy()
 

@@ -105,6 +105,7 @@ _LAG_B = np.polynomial.laguerre.laggauss(20)  # check rule
 _RTOL = 1e-14
 _PTOL = 1e-16
 _MAX_ROUNDS = 40
+_MAX_PANELS = 200_000
 # Laguerre tail beyond this distance along the edge (or radial scale for d >= 4)
 _T_LAG = 4.0
 # short end pieces (S <= _S_SHORT) by Gauss-Legendre instead of the Laguerre difference
@@ -291,8 +292,8 @@ def _adaptive(panels: _Panels, n_items: int, fun, extra=None):
             if extra is not None:
                 est = est + extra
         d = np.abs(qa - qb)
-        ok = (d <= _RTOL * np.abs(qa) + _PTOL * est[item]) | ~np.isfinite(d)
-        if rnd == _MAX_ROUNDS - 1:
+        ok = (d <= _RTOL * np.abs(qa) + _PTOL * est[item] + 2.0 * qe) | ~np.isfinite(d)
+        if rnd == _MAX_ROUNDS - 1 or item.size > _MAX_PANELS:
             ok[:] = True
         if np.any(ok):
             val += np.bincount(item[ok], weights=qa[ok], minlength=n_items)
@@ -316,29 +317,34 @@ def _piece_integrand(h, b, ta):
     """Integrand of the edge pieces for :func:`_adaptive` (scaled by ``1 / phi(rho(ta))``)."""
 
     def fun(x, item, kind, aux):
-        hh = h[item][:, None]
-        bb = b[item][:, None]
-        a0 = ta[item][:, None]
-        kd = kind[:, None]
-        with np.errstate(all="ignore"):
-            tau = np.where(
-                kd == _K_THETA,
-                bb * np.tan(x),
-                np.where(
-                    kd == _K_LOG,
-                    np.exp(x),
-                    np.where(kd == _K_TAU, x, np.sqrt(aux[:, None] ** 2 + 2.0 * x)),
-                ),
-            )
-            rho = np.sqrt(hh * hh + bb * bb + tau * tau)
-            base = np.exp(-0.5 * (tau - a0) * (tau + a0)) * _SQRT_PI_2 * erfcx(rho / _SQRT2) / rho
-            lor = hh * bb / (bb * bb + tau * tau)
-            jac = np.where(
-                kd == _K_THETA,
-                hh / lor,
-                np.where(kd == _K_LOG, tau, np.where(kd == _K_TAU, 1.0, 1.0 / tau)),
-            )
-        return base * lor * jac, 0.0
+        out = np.empty_like(x)
+        for kd in np.unique(kind):
+            r = np.flatnonzero(kind == kd)
+            xr = x[r]
+            hh = h[item[r]][:, None]
+            bb = b[item[r]][:, None]
+            a0 = ta[item[r]][:, None]
+            if kd == _K_THETA:
+                tau = bb * np.tan(xr)
+            elif kd == _K_LOG:
+                tau = np.exp(xr)
+            elif kd == _K_TAU:
+                tau = xr
+            else:
+                tau = np.sqrt(aux[r][:, None] ** 2 + 2.0 * xr)
+            t2 = tau * tau
+            rho = np.sqrt(hh * hh + bb * bb + t2)
+            f = np.exp(-0.5 * (tau - a0) * (tau + a0)) * (_SQRT_PI_2 * erfcx(rho / _SQRT2) / rho)
+            if kd == _K_THETA:  # d tau * h b / (b^2 + tau^2) = h d theta
+                f *= hh
+            elif kd == _K_LOG:
+                f *= hh * bb * tau / (bb * bb + t2)
+            elif kd == _K_TAU:
+                f *= hh * bb / (bb * bb + t2)
+            else:
+                f *= hh * bb / ((bb * bb + t2) * tau)
+            out[r] = f
+        return out, 0.0
 
     return fun
 
@@ -592,12 +598,14 @@ def _combine(logv, sgn, grp, rel, M, empty):
     """Signed log-sum with the error estimate (absolute error of the log)."""
     fin = np.isfinite(logv)
     logv, sgn, grp, rel = logv[fin], sgn[fin], grp[fin], rel[fin]
-    logm, lscale = _signed_log_sum(logv, sgn, grp, M)
+    logm, _ = _signed_log_sum(logv, sgn, grp, M)
     with np.errstate(all="ignore"):
         lm_safe = np.where(np.isfinite(logm), logm, 0.0)
-        abs_err = np.bincount(grp, weights=rel * np.exp(logv - lm_safe[grp]), minlength=M)
-        ratio = np.exp(lscale - lm_safe)
-        err = abs_err + 8.0 * EPS * ratio + 4.0 * EPS * (1.0 + np.abs(logm))
+        # quadrature error of every term, plus its rounding: a term exp(L) carries an absolute
+        # error ~ eps |L| in L (the exponent -rho^2/2 is formed from squares).
+        trel = rel + EPS * (16.0 + 16.0 * np.abs(logv))
+        err = np.bincount(grp, weights=trel * np.exp(logv - lm_safe[grp]), minlength=M)
+        err = err + 4.0 * EPS * (1.0 + np.abs(logm))
     logm = np.where(empty, -np.inf, np.minimum(logm, 0.0))
     err = np.where(np.isfinite(logm), err, 0.0)
     return logm, err
