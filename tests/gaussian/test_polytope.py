@@ -286,10 +286,11 @@ def test_error_estimate_covers_true_error():
     """Many random rotated boxes (thin, wide, near and far): |true error| <= reported error."""
     rng = np.random.default_rng(4)
     P = 300
-    normals, offsets, refs = [], [], []
-    for _ in range(P):
+    normals, offsets, refs, wmin = [], [], [], []
+    for i in range(P):
         ctr = rng.normal(size=3) * rng.choice([0.3, 3.0, 12.0])
-        w = 10 ** rng.uniform(-6, 1, size=3)
+        w = 10 ** rng.uniform(-6, 1, size=3) if i % 2 else rng.uniform(0.2, 3.0, size=3)
+        wmin.append(w.min())
         lo, hi = ctr - w / 2, ctr + w / 2
         n, c = box(lo, hi)
         normals.append(n @ rotation(rng, 3).T)
@@ -299,8 +300,10 @@ def test_error_estimate_covers_true_error():
     refs = np.array(refs)
     true = np.abs(lm - refs)
     assert np.all(true <= err + 4 * EPS * (1 + np.abs(refs)))
-    # and the estimate is informative where nothing cancels badly
-    assert np.median(err / (1 + np.abs(refs))) < 1e-12
+    # the estimate is informative where nothing cancels badly (thin boxes lose ~1/width)
+    fat = np.array(wmin) > 0.1
+    assert fat.sum() > 20
+    assert np.all(err[fat] < 1e-11 * (1 + np.abs(refs[fat])))
 
 
 # ------------------------------------------------------------------------------------------

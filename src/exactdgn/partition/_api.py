@@ -10,6 +10,7 @@ import numpy as np
 from ..decoder import Decoder
 from ._partition import (
     Partition,
+    _pattern_keys,
     PartitionTooLargeError,
     estimate_region_bytes,
     finalize,
@@ -21,7 +22,7 @@ __all__ = ["partition", "sampled_region_count"]
 logger = logging.getLogger(__name__)
 
 
-def sampled_region_count(decoder: Decoder, n: int = 5_000, seed=0) -> int:
+def sampled_region_count(decoder: Decoder, n: int = 3_000, seed=0) -> int:
     """Lower bound on the region count: distinct patterns among random latent points.
 
     Points are drawn from N(0, s^2 I) for s in {1, 3, 10} (a third each).
@@ -32,7 +33,7 @@ def sampled_region_count(decoder: Decoder, n: int = 5_000, seed=0) -> int:
     P = decoder.activation_pattern(Z)[:, decoder.kink_mask]
     if P.shape[1] == 0:
         return 1
-    return len(np.unique(np.packbits(P, axis=1), axis=0))
+    return len(np.unique(_pattern_keys(P)))
 
 
 def partition(decoder: Decoder, *, max_bytes: int | None = None, method: str = "auto") -> Partition:
