@@ -1037,6 +1037,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="per-feature standardization (auto: on for image data)",
     )
+    f.add_argument(
+        "--std-floor",
+        type=float,
+        default=STD_FLOOR,
+        help="standardization: scale floor relative to the largest feature std",
+    )
     g = f.add_argument_group("exact (em, gradient) options")
     g.add_argument("--tol", type=float, default=1e-4)
     g.add_argument("--n-init", type=int, default=1)

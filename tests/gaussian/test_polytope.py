@@ -499,7 +499,11 @@ def test_moments_monte_carlo():
 # ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "lo,hi",
-    [([-1, -1, -1, -1], [1, 1, 1, 1]), ([5, -1, -1, 3], [6, 1, 1, 4]), ([0, 0, 0, 0], [np.inf] * 4)],
+    [
+        ([-1, -1, -1, -1], [1, 1, 1, 1]),
+        ([5, -1, -1, 3], [6, 1, 1, 4]),
+        ([0, 0, 0, 0], [np.inf] * 4),
+    ],
 )
 def test_d4_box(lo, hi):
     rng = np.random.default_rng(9)
@@ -523,3 +527,13 @@ def test_d4_moments_box():
     np.testing.assert_allclose(tm.mean[0], m, atol=1e-12)
     np.testing.assert_allclose(tm.cov[0], C, atol=1e-12)
     assert abs(tm.log_mass[0] - box_ref(lo, hi)) <= tm.error[0] + 1e-15
+
+
+def test_d4_random_polytope_monte_carlo():
+    rng = np.random.default_rng(11)
+    n, c = rand_polytope(rng, [0.2, -0.1, 0.3, 0.0], 1.0, F=7, d=4)
+    lm, err = log_mass_nd(n[None], c[None])
+    u = rng.normal(size=(1_000_000, 4))
+    p = np.all(u @ n.T <= c, axis=1).mean()
+    assert abs(p - math.exp(lm[0])) < 5 * math.sqrt(p * (1 - p) / u.shape[0])
+    assert err[0] < 1e-11

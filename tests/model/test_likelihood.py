@@ -159,3 +159,21 @@ def test_pruning_is_exact():
     np.testing.assert_allclose(
         model.score_samples(X), loose.score_samples(X), rtol=1e-14, atol=1e-12
     )
+
+
+def test_d3_matches_monte_carlo_within_error_bars():
+    dec = Decoder.random([3, 4, 4, 2], activation="leaky_relu", seed=21)
+    model = ExactDGN.from_decoder(dec, 0.5)
+    X = model.sample(3, random_state=0)
+    lp, err = model.score_samples(X, return_error=True)
+    assert np.all(err < 1e-6)
+    rng = np.random.default_rng(1)
+    K = 400_000
+    Z = rng.standard_normal((K, 3))
+    G = dec(Z)
+    for i in range(3):
+        logw = stats.multivariate_normal(np.zeros(2), 0.25 * np.eye(2)).logpdf(X[i] - G)
+        w = np.exp(logw - logw.max())
+        est = np.log(w.mean()) + logw.max()
+        se = w.std() / w.mean() / np.sqrt(K)  # delta method, relative
+        assert abs(lp[i] - est) < 5 * se + 1e-12

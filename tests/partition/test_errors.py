@@ -68,7 +68,8 @@ def test_partition_argument_errors():
 
 # ---------------------------------------------------------------------------- memory refusal
 _MSG = re.compile(
-    r"(a sampled lower bound of|an upper bound of|at least) ([\d,]+) regions x ~([\d,]+) bytes each "
+    r"(a sampled lower bound of|an upper bound of|at least) ([\d,]+) regions "
+    r"x ~([\d,]+) bytes each "
     r"= ~([\d.e+-]+) GiB exceeds the memory budget of ([\d.e+-]+) GiB"
 )
 

@@ -38,7 +38,7 @@ def _as_moments(res) -> TruncatedMoments:
     return res if isinstance(res, TruncatedMoments) else TruncatedMoments(*res)
 
 
-def log_mass(normals, offsets) -> np.ndarray:
+def log_mass(normals, offsets, *, return_error: bool = False):
     """``log P(u in poly)`` for ``u ~ N(0, I_d)``, relative-accurate also deep in the tails.
 
     Parameters
@@ -47,22 +47,28 @@ def log_mass(normals, offsets) -> np.ndarray:
         Unit row normals (zero rows for padding; nonzero rows are normalised internally).
     offsets : array_like, shape (P, F)
         Offsets (``+inf`` for padding; ``-inf`` makes the polyhedron empty).
+    return_error : bool
+        Also return an estimate of the absolute error of each log mass.
 
     Returns
     -------
-    ndarray, shape (P,)
+    log_mass : ndarray, shape (P,)
         Log masses (``-inf`` for empty or measure-zero polyhedra).
+    error : ndarray, shape (P,) (only with ``return_error``)
     """
     n, c = _check(normals, offsets)
     d = n.shape[2]
     if d == 1:
-        return log_mass_1d(n, c)[0]
-    if d == 2:
-        return log_mass_2d(n, c)[0]
-    from ._polytope import log_mass_nd
+        res = log_mass_1d(n, c)
+    elif d == 2:
+        res = log_mass_2d(n, c)
+    else:
+        from ._polytope import log_mass_nd
 
-    res = log_mass_nd(n, c)
-    return res[0] if isinstance(res, tuple) else res
+        res = log_mass_nd(n, c)
+    if not isinstance(res, tuple):
+        res = (res, np.zeros_like(res))
+    return res if return_error else res[0]
 
 
 def truncated_moments(normals, offsets) -> TruncatedMoments:

@@ -71,21 +71,36 @@ def _cub_rule(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(expo), np.ascontiguousarray(sums)
 
 
-# Node count n by the spread s = R (|g| + R/2) of the exponent over the polygon: rule n is used
-# for s <= bound.  Measured on ~20k polygons per band against a 24 x 24 rule: the error of the
-# chosen rule is <= 4e-15 in log mass; each bound sits at about half the s where that n first
-# loses a digit.
-_CUB_LEVELS = ((0.002, 3), (0.015, 4), (0.04, 5), (0.15, 6), (0.3, 7), (0.5, 8), (1.0, 10))
-_CUB_BOUNDS = np.array([b for b, _ in _CUB_LEVELS])
-_CUB_RULES = [_cub_rule(n) for _, n in _CUB_LEVELS]
+# Node count n: the smallest level whose bounds hold both for the spread s = R (|g| + R/2) of
+# the exponent over the polygon and for its quadratic part beta = R^2 / 2 (which needs more
+# nodes than a linear exponent of the same size).  Calibrated against a 24 x 24 rule on ~20k
+# workload polygons (spread) and 20k random polygons at 0-1 sd from the mean (beta), with about
+# a factor 2 of margin: the chosen rule's error is <= 4e-15 in log mass.
+_CUB_LEVELS = (
+    (0.002, 4e-5, 3),
+    (0.015, 2e-3, 4),
+    (0.04, 1.3e-2, 5),
+    (0.15, 0.04, 6),
+    (0.3, 0.1, 7),
+    (0.5, 0.2, 8),
+    (1.0, 0.5, 10),
+    (1.0, 1.0, 12),  # beta <= 1 whenever spread <= 1
+)
+_CUB_BOUNDS = np.array([b for b, _, _ in _CUB_LEVELS])
+_CUB_QBOUNDS = np.array([b for _, b, _ in _CUB_LEVELS])
+# The moments need higher degree: they use the rule this many levels up.
+_CUB_MOM_SHIFT = 1
+_CUB_RULES = [_cub_rule(n) for _, _, n in _CUB_LEVELS]
 # Edges x nodes per cubature block.
 _CUB_BLOCK = 40000
 
 # Fast path accepted when m >= _FAST_RATIO * (sum of |terms|) and m >= _FAST_MIN.  scipy's
 # owens_t is accurate to ~4e-14 relative (measured against mpmath on ~3k workload polygons: the
-# log-mass error was <= 4.2e-14 * ratio), so the ratio is capped at 10 and the error
-# estimate of the fast path is _FAST_ERR * ratio.
-_FAST_RATIO = 1e-1
+# log-mass error was <= 4.2e-14 * ratio, up to 2e-12 at ratio 100), so the error estimate of
+# the fast path is _FAST_ERR * ratio.  (A cap of 10 would keep it below 4e-13, but the tail-safe
+# path is not yet reliable for lines at distances ~1e-200 from the mean, which the fast path
+# handles.)
+_FAST_RATIO = 1e-2
 _FAST_ERR = 256.0 * EPS
 _FAST_MIN = 1e-14
 # Cut between Gauss-Legendre on [0, S] and the Laguerre difference in the tail pieces.
@@ -398,19 +413,45 @@ def _vertices(nu, cu, t0, t1, nonempty):
     return P0, P1, g, R, bounded
 
 
-def _cubature(P0, P1, g, nonempty, spread, moments: bool):
+def _cub_sums(coef, level, ncol):
+    """Node sums ``(n_rows, ncol)`` of ``e^q`` times the first ``ncol`` monomials, per edge row.
+
+    ``coef`` (n_rows, 5) are the exponent coefficients of each fan triangle and ``level`` the
+    rule index of each row.
+    """
+    out = np.empty((coef.shape[0], ncol))
+    for lv in np.unique(level):
+        expo, sums = _CUB_RULES[lv]
+        idx = np.flatnonzero(level == lv)
+        # small blocks keep the two skinny products in cache (and single-threaded in BLAS)
+        step = max(64, _CUB_BLOCK // expo.shape[1])
+        Q = np.empty((min(step, idx.size), expo.shape[1]))
+        for b in range(0, idx.size, step):
+            ib = idx[b : b + step]
+            q = Q[: ib.size]
+            np.matmul(coef[ib], expo, out=q)  # exponents at the nodes
+            np.exp(q, out=q)
+            # per-row sums (no BLAS: a row's value must not depend on its block)
+            for k in range(ncol):
+                out[ib, k] = np.einsum("ij,j->i", q, sums[:, k])
+    return out
+
+
+def _cubature(P0, P1, g, nonempty, R, moments: bool):
     """Mass (log) and optionally moments of N(0, I) on small bounded polygons by fan cubature.
 
     The polygon is the fan of triangles ``(g, P0_e, P1_e)`` around the vertex centroid ``g``;
     with ``v = u - g`` the density is ``phi_2(g) exp(q(v))``, ``q(v) = -g.v - |v|^2/2``, whose
-    spread over the polygon is at most ``spread = R (|g| + R/2)``.  Each triangle uses the
-    collapsed ``n x n`` Gauss-Legendre rule of ``_CUB_LEVELS`` for that spread.  All weights are
-    positive: no cancellation.
+    spread over the polygon is at most ``spread = R (|g| + R/2)`` (``R``: the largest vertex
+    distance from ``g``).  Each triangle uses the collapsed ``n x n`` Gauss-Legendre rule of
+    ``_CUB_LEVELS`` for that spread and for ``R^2/2`` (the moments: the next rule up).  All
+    weights are positive: no cancellation.
 
     Returns ``logm (P,)``, ``cond (P,)`` (relative conditioning on the vertices), and if
     ``moments`` the mean ``(P, 2)`` and covariance ``(P, 2, 2)``, else ``None, None``.
     """
     P, F = nonempty.shape
+    spread = R * (np.hypot(g[:, 0], g[:, 1]) + 0.5 * R)
     ne = nonempty[..., None]
     a0 = np.where(ne, P0 - g[:, None, :], 0.0)  # (P, F, 2)
     d10 = np.where(ne, P1 - P0, 0.0)
@@ -423,23 +464,16 @@ def _cubature(P0, P1, g, nonempty, spread, moments: bool):
     coef[:, 2] = ra[:, 0] * ra[:, 0] + ra[:, 1] * ra[:, 1]
     coef[:, 3] = ra[:, 0] * rd[:, 0] + ra[:, 1] * rd[:, 1]
     coef[:, 4] = rd[:, 0] * rd[:, 0] + rd[:, 1] * rd[:, 1]
-    ncol = 6 if moments else 1
-    Srow = np.empty((pi_.size, ncol))
-    level = np.searchsorted(_CUB_BOUNDS, spread)[pi_]  # spread <= bound
-    for lv in np.unique(level):
-        expo, sums = _CUB_RULES[lv]
-        sums = np.ascontiguousarray(sums[:, :ncol])
-        idx = np.flatnonzero(level == lv)
-        # small blocks keep the two skinny products in cache (and single-threaded in BLAS)
-        step = max(64, _CUB_BLOCK // expo.shape[1])
-        Q = np.empty((min(step, idx.size), expo.shape[1]))
-        for b in range(0, idx.size, step):
-            ib = idx[b : b + step]
-            q = Q[: ib.size]
-            np.matmul(coef[ib], expo, out=q)  # exponents at the nodes
-            np.exp(q, out=q)
-            Srow[ib] = q @ sums
-    S = np.zeros((P, F, ncol))
+    level = np.maximum(
+        np.searchsorted(_CUB_BOUNDS, spread), np.searchsorted(_CUB_QBOUNDS, 0.5 * R * R)
+    )  # spread <= bound and beta <= qbound
+    Srow = _cub_sums(coef, level[pi_], 1)
+    if moments:  # one level up: the moments need a higher degree
+        top = len(_CUB_RULES) - 1
+        Srow = np.concatenate(
+            [Srow, _cub_sums(coef, np.minimum(level + _CUB_MOM_SHIFT, top)[pi_], 6)], axis=1
+        )
+    S = np.zeros((P, F, Srow.shape[1]))
     S[pi_, fi_] = Srow
     S *= det[..., None]
     Z = S[..., 0].sum(axis=1)
@@ -452,7 +486,7 @@ def _cubature(P0, P1, g, nonempty, spread, moments: bool):
     if not moments:
         return logm, cond, None, None
     # E[v] and E[v v^T] about g from the node sums of a, ab, a^2, a ab, (ab)^2
-    S /= Z[:, None, None]
+    S = S[..., 1:] / S[..., 1].sum(axis=1)[:, None, None]  # the higher rule's sums
     Ev = np.einsum("pf,pfd->pd", S[..., 1], a0) + np.einsum("pf,pfd->pd", S[..., 2], d10)
     cross = np.einsum("pf,pfd,pfe->pde", S[..., 4], a0, d10)
     M2 = (
@@ -573,13 +607,15 @@ def _log_mass_core(normals, offsets, moments: bool):
             logm[fast_i] = np.log(np.minimum(mass, 1.0))
             ratio[fast_i] = scale / mass
         redo[fast_i[~ok]] = True
+        acc = fast_i[ok]
+        quad_err[acc] = _FAST_ERR * ratio[acc]
     cub = small
     cub_i = np.flatnonzero(cub)
     cub_mean = cub_cov = None
     if cub_i.size:
         with np.errstate(all="ignore"):
             lm, cond, cub_mean, cub_cov = _cubature(
-                P0[cub_i], P1[cub_i], g[cub_i], nonempty[cub_i], spread[cub_i], moments
+                P0[cub_i], P1[cub_i], g[cub_i], nonempty[cub_i], R[cub_i], moments
             )
         logm[cub_i] = lm
         ratio[cub_i] = 1.0

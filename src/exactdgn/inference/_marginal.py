@@ -157,7 +157,7 @@ def marginal_pairs(
         p_top, r_top = _seed_pairs(geom, lk, V, top_k)
         lk_top, v_top = lk[p_top, r_top], V[p_top, r_top]
         off_top = geom.offsets(v_top, r_top)
-        lm_top = gaussian.log_mass(geom.normals[r_top], off_top)
+        lm_top, err_top = gaussian.log_mass(geom.normals[r_top], off_top, return_error=True)
         lower = np.full(n, -np.inf)
         np.logaddexp.at(lower, p_top, lk_top + lm_top)
         # candidates by the mass <= 1 bound, excluding the pairs already done
@@ -184,9 +184,9 @@ def marginal_pairs(
             mean = mu + np.einsum("pij,pj->pi", Lr, tm.mean)
             cov = Lr @ tm.cov @ np.swapaxes(Lr, 1, 2)
         else:
-            lm_c = gaussian.log_mass(geom.normals[r_c], off_c)
+            lm_c, err_c = gaussian.log_mass(geom.normals[r_c], off_c, return_error=True)
             lm_all = np.concatenate([lm_top, lm_c])
-            err = np.zeros_like(lm_all)
+            err = np.concatenate([err_top, err_c])
             mean = cov = None
         lj = lk_all + lm_all
         # group per point: logsumexp over the pairs of each point

@@ -10,8 +10,8 @@ import numpy as np
 from ..decoder import Decoder
 from ._partition import (
     Partition,
-    _pattern_keys,
     PartitionTooLargeError,
+    _pattern_keys,
     estimate_region_bytes,
     finalize,
     memory_budget,

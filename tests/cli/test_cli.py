@@ -1,0 +1,173 @@
+"""End-to-end tests of the ``exactdgn`` command line on tiny data (in-process ``main``)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from exactdgn import ExactDGN
+from exactdgn.cli import build_parser, main
+
+TINY = ["--n-samples", "80", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    rc_em = main(["fit", "wave", "--max-iter", "2", "--out", str(root / "em"), *TINY])
+    rc_vae = main(
+        [
+            "fit",
+            "wave",
+            "--method",
+            "vae",
+            "--max-iter",
+            "2",
+            "--k-is",
+            "50",
+            "--out",
+            str(root / "vae"),
+            *TINY,
+        ]
+    )
+    return root, rc_em, rc_vae
+
+
+def test_fit_em_writes_model_config_history(runs, capsys):
+    root, rc, _ = runs
+    assert rc == 0
+    d = root / "em"
+    cfg = json.loads((d / "config.json").read_text())
+    hist = json.loads((d / "history.json").read_text())
+    res = json.loads((d / "results.json").read_text())
+    assert cfg["method"] == "em" and cfg["layer_sizes"] == [1, 12, 2]
+    assert cfg["standardizer"] is None  # 2-D toy data are not standardized by default
+    assert len(hist) == 3  # iteration 0 and two EM iterations
+    model = ExactDGN.load(d / "model.npz")
+    # the printed/recorded train log-likelihood is the model's exact one on the train split
+    X = __import__("exactdgn.datasets", fromlist=["wave"]).wave(80, random_state=0)
+    test = np.zeros(80, dtype=bool)
+    test[cfg["test_index"]] = True
+    assert res["train_loglik"] == pytest.approx(model.score(X[~test]), rel=1e-12)
+    assert res["test_loglik"] == pytest.approx(model.score(X[test]), rel=1e-12)
+    assert hist[-1]["loglik"] == pytest.approx(res["train_loglik"], rel=1e-12)
+
+
+def test_fit_vae_saves_exact_model_and_estimates(runs):
+    root, _, rc = runs
+    assert rc == 0
+    res = json.loads((root / "vae" / "results.json").read_text())
+    model = ExactDGN.load(root / "vae" / "model.npz")
+    assert model.decoder_.layer_sizes == [1, 12, 2]
+    for k in ("train_elbo", "train_iwae5", "train_is50", "test_gap_mean"):
+        assert np.isfinite(res[k])
+    # the gap exact - ELBO is a KL divergence (up to the ELBO's Monte Carlo error)
+    assert res["train_gap_mean"] > -3 * res["train_elbo_stderr_mean"]
+
+
+def test_score_sample_partition_report(runs, tmp_path, capsys):
+    root, _, _ = runs
+    capsys.readouterr()
+    csv = tmp_path / "s.csv"
+    assert main(["score", str(root / "em"), "wave", "--split", "test", "--out", str(csv)]) == 0
+    out = capsys.readouterr().out
+    res = json.loads((root / "em" / "results.json").read_text())
+    table = np.loadtxt(csv, delimiter=",", skiprows=1)
+    assert table.shape == (16, 3)
+    assert table[:, 1].mean() == pytest.approx(res["test_loglik"], rel=1e-12)
+    assert f"{res['test_loglik']:.6f}" in out
+
+    npy = tmp_path / "x.npy"
+    assert main(["sample", str(root / "em"), "-n", "7", "--seed", "1", "--out", str(npy)]) == 0
+    S = np.load(npy)
+    assert S.shape == (7, 2)
+    ref = ExactDGN.load(root / "em" / "model.npz").sample(7, random_state=1)
+    np.testing.assert_array_equal(S, ref)
+
+    png = tmp_path / "p.png"
+    capsys.readouterr()
+    assert main(["partition", str(root / "em"), "--plot", str(png)]) == 0
+    summ = json.loads(capsys.readouterr().out.split("plot written")[0])
+    assert summ["n_regions"] == ExactDGN.load(root / "em" / "model.npz").n_regions_
+    assert png.stat().st_size > 0
+    assert main(["partition", "--layers", "2", "8", "3", "--seed", "1"]) == 0
+
+    md = tmp_path / "t.md"
+    capsys.readouterr()
+    assert main(["report", str(root), "--out", str(md)]) == 0
+    text = md.read_text()
+    assert "em/results.json" in text and "vae/results.json" in text
+    assert text.count("\n") == 4  # header, rule, two rows
+
+
+def test_standardized_image_data(tmp_path, capsys):
+    X = np.random.default_rng(0).normal(size=(60, 5)) * [1, 2, 3, 4, 5] + 10
+    f = tmp_path / "x.npy"
+    np.save(f, X)
+    out = tmp_path / "m"
+    assert (
+        main(
+            [
+                "fit",
+                str(f),
+                "--max-iter",
+                "2",
+                "--hidden",
+                "4",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--test-fraction",
+                "0",
+            ]
+        )
+        == 0
+    )
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["standardizer"] is not None  # a file with more than 2 columns
+    res = json.loads((out / "results.json").read_text())
+    scale = np.asarray(cfg["standardizer"]["scale"])
+    assert res["train_loglik_data"] == pytest.approx(
+        res["train_loglik"] - np.log(scale).sum(), rel=1e-12
+    )
+    # samples come back in data units
+    npy = tmp_path / "s.npy"
+    assert main(["sample", str(out), "-n", "2000", "--seed", "0", "--out", str(npy)]) == 0
+    assert np.abs(np.load(npy).mean(axis=0) - 10).max() < 1.0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["fit", "nosuchdata", "--out", "x"], "unknown data set 'nosuchdata'"),
+        (["fit", "mnist", "--out", "x"], "mnist:PATH"),
+        (["score", "no/such/dir", "wave"], "does not exist"),
+        (["partition"], "either a MODEL"),
+        (["fit", "wave", "--test-fraction", "1.5", "--out", "x"], "--test-fraction"),
+    ],
+)
+def test_errors_exit_nonzero_with_message(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("exactdgn: error:") and message in err
+
+
+def test_help_shows_examples(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "examples:" in text and "exactdgn fit wave" in text and "exactdgn demo" in text
+    for cmd in ("fit", "score", "sample", "partition", "report", "demo"):
+        assert cmd in text
+    help_fit = build_parser()._subparsers._group_actions[0].choices["fit"].format_help()
+    assert "examples:" in help_fit and "--method" in help_fit
+
+
+def test_missing_subcommand_is_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([])
+    assert exc.value.code == 2
