@@ -603,3 +603,40 @@ def test_throughput_smoke():
     tm = truncated_moments(n, c)
     assert np.all(np.isfinite(tm.log_mass)) and np.all(np.isfinite(tm.cov))
     assert np.all(np.linalg.eigvalsh(tm.cov) > 0)
+
+
+# ------------------------------------------------------------------------------------------
+# adaptive small-polygon cubature (node count chosen per polygon)
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("dist", "size", "moments"),
+    [
+        (0.0, 0.005, False),
+        (0.0, 0.06, False),
+        (0.0, 0.35, True),
+        (0.1, 0.9, False),
+        (5.0, 0.004, False),
+        (5.0, 0.05, True),
+        (9.0, 0.09, False),
+    ],
+)
+def test_small_polygon_cubature_levels_vs_mpmath(dist, size, moments):
+    """Polygons spanning the node-count levels of the cubature (spread R (|g| + R/2) from
+    1e-5 to ~1, quadratic part R^2/2 up to ~0.5): mass (and moments) against slicing."""
+    rng = np.random.default_rng(int(1000 * dist + 1e4 * size))
+    th = rng.uniform(0, 2 * np.pi)
+    n, c = rand_polygon(rng, (dist * math.cos(th), dist * math.sin(th)), size, k=5)
+    ref, rmean, rcov = mp_polygon(n, c, moments=moments, dps=20)
+    tm = truncated_moments(*one(n, c))
+    lm = log_mass(*one(n, c))
+    assert lm[0] == tm.log_mass[0]
+    cond = 20 * EPS * (dist + size) / size  # vertex rounding, as in test_small_polygons
+    err = abs(tm.log_mass[0] - ref)
+    assert err <= 1e-13 + 1e-15 * abs(ref) + cond
+    assert tm.error[0] >= err / 4
+    if moments:
+        scale = math.sqrt(np.max(np.abs(rcov)))
+        np.testing.assert_allclose(
+            tm.mean[0], rmean, rtol=0, atol=1e-11 * scale + 4 * EPS * np.abs(rmean).max()
+        )
+        np.testing.assert_allclose(tm.cov[0], rcov, rtol=0, atol=1e-10 * scale**2)

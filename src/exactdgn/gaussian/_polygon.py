@@ -9,20 +9,27 @@ Mass (edge formula with Owen's T, Stokes' theorem around the mean)::
     m = omega - sum_e sgn(c_e) [T(|c_e|, t1/|c_e|) - T(|c_e|, t0/|c_e|)]
 
 with ``omega`` = 1 (mean inside), 0 (outside) or the interior angle / 2 pi (mean on the
-boundary); edges with ``c_e = 0`` contribute nothing.  This *fast path* has absolute error
-~1e-16 and is used whenever the result is not small next to its terms.  The other pairs are
-redone by one of two relative-accurate methods:
+boundary); edges with ``c_e = 0`` contribute nothing.  This *fast path* (scipy's Owen's T,
+~4e-14 relative per term) is used whenever the result is not small next to its terms.  Pairs
+are routed as follows:
 
-* **tail-safe edge pieces**: each edge is split at the foot of the perpendicular so that every
-  piece is ``B(h, ta, tb) = e^{-h^2/2}/(2 pi) int_ta^tb e^{-t^2/2} h/(h^2 + t^2) dt`` with
+* **small polygons** (bounded, spread ``R (|g| + R/2) <= 1`` with ``g`` the vertex centroid and
+  ``R`` the largest vertex distance from it) always go to a collapsed ``n x n`` Gauss-Legendre
+  rule on the fan triangles from ``g``, integrating ``phi(g) exp(-g.v - |v|^2/2)`` with no
+  cancellation at all; ``n`` (3 to 12) is chosen per polygon from the spread and from
+  ``R^2/2`` (``_CUB_LEVELS``).  The edge formula cancels for these (a small polygon far from
+  or near the mean).
+* pairs with an offset ``c_i < -3`` (mass below ``Q(3)``; the fast path nearly always cancels
+  there) go straight to the **tail-safe edge pieces**: each edge is split at the foot of the
+  perpendicular so that every piece is
+  ``B(h, ta, tb) = e^{-h^2/2}/(2 pi) int_ta^tb e^{-t^2/2} h/(h^2 + t^2) dt`` with
   ``0 <= ta < tb <= inf`` (``h = |c_e|``); each piece is evaluated in log space by
   Gauss-Laguerre (``ta >= 4``, substitution ``t^2 = ta^2 + 2 s``), Gauss-Legendre near the foot
   (or Owen's T differences for ``h < 1``), and the pieces are combined with their signs by
   log-sum-exp.  Exact to ~1e-13 in log mass, also at log masses of -1e8.
-* **small polygons** (bounded, ``R (|g| + R/2) <= 1`` with ``g`` the vertex centroid and ``R``
-  the largest vertex distance from it): a 10 x 10 collapsed Gauss-Legendre rule on the fan
-  triangles from ``g`` integrates ``phi(g) exp(-g.v - |v|^2/2)`` with no cancellation at all
-  (the edge formula cancels when a tiny polygon sits near the mean).
+* the others run the fast path; those whose result cancels are redone by the tail-safe pieces.
+
+Pairs are processed in blocks grouped by their number of real (non-padding) rows.
 
 Moments by the divergence theorem, in the stable weight form
 ``w_e = exp(log phi(c_e) + log Phi_1(edge) - log m)``::
@@ -30,8 +37,8 @@ Moments by the divergence theorem, in the stable weight form
     E[u] = -sum_e w_e n_e,     Cov[u] = I - sum_e w_e n_e (gbar_e - E[u])^T   (symmetrised)
 
 with ``gbar_e = c_e n_e + E_1[t | t0 <= t <= t1] tau_e`` the edge's conditional mean.  Small
-polygons (as above, with ``R < 0.1`` or flagged) use the cubature for the moments too, since
-the divergence form loses ``eps / R^4`` relative in the covariance there.
+polygons use the cubature for the moments too (with the next rule up), since the divergence
+form loses ``eps / R^4`` relative in the covariance there.
 """
 
 from __future__ import annotations
