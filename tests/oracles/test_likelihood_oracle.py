@@ -188,7 +188,7 @@ def _rotated_block_decoder(act, seed, theta, h=6, Da=2, Db=2):
     [
         ("relu", 0, 0.3, False),
         pytest.param("abs", 1, 1.1, False, marks=pytest.mark.slow),
-        pytest.param("leaky_relu", 2, 0.7, True, marks=pytest.mark.slow),
+        ("leaky_relu", 2, 0.7, True),
     ],
 )
 def test_2d_rotated_separable_matches_1d_product(act, seed, theta, far):
