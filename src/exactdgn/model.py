@@ -456,6 +456,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
             save(dec, std, hist, 0)
         converged = False
         it = it0
+        eta = 0.1  # initial relative length of a gradient fallback step
         bar = self._progress_bar(self.max_iter, f"EM init {init_index}")
         bar.update(it0)
         diagonal = self.noise == "diagonal"
@@ -527,6 +528,17 @@ class ExactDGN(DensityMixin, BaseEstimator):
                         nb += 1
                     else:
                         step = 0.0
+                        # (3) generalized-EM fallback: an exact-gradient ascent step on the
+                        # hidden layers (Fisher's identity), accepted only if the exact
+                        # likelihood does not drop; its length adapts across iterations.
+                        g_res = self._gradient_step(X, dec, std, part, st, ll, eta)
+                        if g_res is not None:
+                            dec, part, st, ll, eta, tp, te = g_res
+                            tp_tot += tp
+                            te_tot += te
+                            step = -eta  # recorded as a negative step: a gradient move
+                        else:
+                            eta *= 0.25
                 it += 1
                 bar.update(1)
                 hist.append(
@@ -557,6 +569,34 @@ class ExactDGN(DensityMixin, BaseEstimator):
         finally:
             bar.close()
         return {"decoder": dec, "std": std, "history": hist, "n_iter": it, "converged": converged}
+
+    def _gradient_step(self, X, dec, std, part, st, ll, eta, tries: int = 3):
+        """Line search along the exact gradient of the hidden layers (see ``_run_em``)."""
+        if dec.n_layers < 2:
+            return None
+        rs = region_stats(X, part.patterns, st.point, st.region, st.log_weight, st.mean, st.cov)
+        grads = exact_gradient(dec, std, rs, X)
+        L = dec.n_layers - 1  # hidden layers only: the output layer had its exact EM step
+        gW, gc = grads[0 : 2 * L : 2], grads[1 : 2 * L : 2]
+        norm_g = np.sqrt(sum((g**2).sum() for g in gW) + sum((g**2).sum() for g in gc))
+        norm_p = np.sqrt(sum((W**2).sum() for W in dec.weights[:L]))
+        if not np.isfinite(norm_g) or norm_g == 0:
+            return None
+        tp_tot = te_tot = 0.0
+        for _ in range(tries):
+            scale = eta * norm_p / norm_g
+            cand = dec.copy()
+            for k in range(L):
+                cand.weights[k] = dec.weights[k] + scale * gW[k]
+                cand.biases[k] = dec.biases[k] + scale * gc[k]
+            c_part, _, c_st, tp, te = self._e_step(cand, std, X)
+            tp_tot += tp
+            te_tot += te
+            c_ll = float(c_st.log_px.mean())
+            if c_ll >= ll:
+                return cand, c_part, c_st, c_ll, min(2 * eta, 1.0), tp_tot, te_tot
+            eta *= 0.25
+        return None
 
     def _run_gradient(
         self,

@@ -175,3 +175,18 @@ def test_noise_floor_is_respected():
     X = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]] * 5) + 1e-9
     m = _fit(X, hidden_sizes=(3,), max_iter=5, min_noise_std=0.05, random_state=0)
     assert np.all(m.noise_std_ >= 0.05)
+
+
+def test_gradient_fallback_step_never_decreases():
+    _, X = _planted([2, 5, 3], 150, 17)
+    dec = Decoder.random([2, 5, 3], seed=4)
+    std = np.full(3, 0.4)
+    m = ExactDGN(latent_dim=2, hidden_sizes=(5,), progress=False)
+    part, _, st, _, _ = m._e_step(dec, std, X)
+    ll = float(st.log_px.mean())
+    res = m._gradient_step(X, dec, std, part, st, ll, eta=0.05)
+    assert res is not None  # a small step along the exact gradient must go uphill
+    new_dec, _, _, new_ll, *_ = res
+    assert new_ll >= ll
+    assert ExactDGN.from_decoder(new_dec, std).score(X) == pytest.approx(new_ll, abs=1e-12)
+    assert not np.array_equal(new_dec.weights[0], dec.weights[0])
