@@ -193,9 +193,13 @@ def update_layer(
     # Y_r = XZ_r - β_r z̄_rᵀ with β_r the part of g not through layer l's parameters
     zbar = stats.Z2[:, -1, :]  # (R, d+1) = Σ w E[z̃]
     Y = stats.XZ - beta_pre[:, :, None] * zbar[:, None, :]
-    rhs = np.einsum("rjk,j,rjd,rmd->km", M, inv_var, Y, H)  # (n_l, m+1)
-    # Σ_r (HZH_r)ᵀ ⊗ (MtLM_r) acting on vec(W̃) (column-major)
-    big = np.einsum("rab,rkl->bkal", HZH, MtLM).reshape(m1 * n_l, m1 * n_l)
+    MtLY = np.einsum("rjk,rjd->rkd", M * inv_var[None, :, None], Y)  # (R, n_l, d+1)
+    rhs = np.einsum("rkd,rmd->km", MtLY, H)  # Σ_r M_rᵀ Λ Y_r H_rᵀ  (n_l, m+1)
+    # Σ_r (HZH_r)ᵀ ⊗ (MtLM_r) acting on vec(W̃) (column-major), as one GEMM over regions:
+    # big[b, k, a, l] = Σ_r HZH[r, a, b] MtLM[r, k, l]
+    R = HZH.shape[0]
+    prod = HZH.reshape(R, m1 * m1).T @ MtLM.reshape(R, n_l * n_l)
+    big = prod.reshape(m1, m1, n_l, n_l).transpose(1, 2, 0, 3).reshape(m1 * n_l, m1 * n_l)
     big = 0.5 * (big + big.T)
     big += np.kron(np.diag(ridge * stats.n_points), np.eye(n_l))
     vec = _solve_psd(big, rhs.T.reshape(-1))
@@ -223,7 +227,7 @@ def update_noise(
     A, b = decoder.affine_map(stats.patterns)
     Ar = A[stats.region]
     res = X[stats.point] - np.einsum("pjk,pk->pj", Ar, stats.mean) - b[stats.region]
-    tr = np.einsum("pjk,pkl,pjl->pj", Ar, stats.cov, Ar)
+    tr = ((Ar @ stats.cov) * Ar).sum(axis=2)  # diag(A V Aᵀ) per pair
     var = (stats.w[:, None] * (res**2 + tr)).sum(axis=0) / stats.n_points
     if not diagonal:
         var = np.full_like(var, var.mean())
@@ -240,7 +244,7 @@ def expected_complete_loglik(
     A, b = decoder.affine_map(stats.patterns)
     Ar = A[stats.region]
     res = X[stats.point] - np.einsum("pjk,pk->pj", Ar, stats.mean) - b[stats.region]
-    tr = np.einsum("pjk,pkl,pjl->pj", Ar, stats.cov, Ar)
+    tr = ((Ar @ stats.cov) * Ar).sum(axis=2)  # diag(A V Aᵀ) per pair
     inv_var = 1.0 / noise_std**2
     quad = (stats.w[:, None] * (res**2 + tr) * inv_var).sum() / stats.n_points
     D = X.shape[1]
