@@ -124,9 +124,14 @@ class ExactPosterior:
             raise ValueError(f"z must have shape (..., {N}, {d}), got {Z.shape}")
         Z = np.broadcast_to(Z, (*Z.shape[:-2], N, d)) if Z.ndim >= 2 else Z
         flat = Z.reshape(-1, N, d)
-        out = np.empty(flat.shape[:2])
-        for i in range(flat.shape[0]):  # loop over sample slices only (vectorized over points)
-            out[i] = self._model.log_prob_joint(self._X, flat[i]) - self.log_normalizer
+        S, D = flat.shape[0], self._X.shape[1]
+        out = np.empty((S, N))
+        step = max(1, (1 << 22) // max(N * D, 1))  # sample slices per chunk (bounded memory)
+        for s in range(0, S, step):
+            k = min(step, S - s)
+            Xr = np.broadcast_to(self._X, (k, N, D)).reshape(k * N, D)
+            lj = self._model.log_prob_joint(Xr, flat[s : s + k].reshape(k * N, d))
+            out[s : s + k] = lj.reshape(k, N) - self.log_normalizer
         return out.reshape(Z.shape[:-1])
 
     def prob(self, z) -> np.ndarray:
