@@ -81,7 +81,7 @@ from scipy.optimize import linprog
 from scipy.special import erfcx, log_ndtr
 
 from ._interval import EPS, TruncatedMoments, log_phi
-from ._polygon import polygon_edges, truncated_moments_2d
+from ._polygon import _omega, polygon_edges, truncated_moments_2d
 
 __all__ = ["log_mass_nd", "truncated_moments_nd"]
 
@@ -216,23 +216,6 @@ def _inplane(nu, cu, active):
     return a, b, act, U, kill & active, flat
 
 
-def _omega2(a, b, act):
-    """In-plane ``omega`` of polygons (R, F, 2): 1 inside, 0 outside, angle / 2 pi on the edge."""
-    cm = np.where(act, b, np.inf)
-    cmin = cm.min(axis=1)
-    omega = np.where(cmin > 0, 1.0, 0.0)
-    onb = np.flatnonzero(cmin == 0)
-    if onb.size:
-        z = act[onb] & (b[onb] == 0)
-        beta = np.arctan2(-a[onb, :, 1], -a[onb, :, 0])
-        ref = beta[np.arange(onb.size), np.argmax(z, axis=1)]
-        delta = np.mod(beta - ref[:, None] + np.pi, 2.0 * np.pi) - np.pi
-        lo = np.maximum(-0.5 * np.pi, np.max(np.where(z, delta - 0.5 * np.pi, -np.inf), axis=1))
-        hi = np.minimum(0.5 * np.pi, np.min(np.where(z, delta + 0.5 * np.pi, np.inf), axis=1))
-        omega[onb] = np.maximum(hi - lo, 0.0) / (2.0 * np.pi)
-    return omega
-
-
 def _cone_point(nz: np.ndarray) -> tuple[np.ndarray, float]:
     """Interior point ``p`` of the cone ``{u : nz @ u <= 0}`` (rows unit) and its margin.
 
@@ -252,6 +235,19 @@ def _cone_point(nz: np.ndarray) -> tuple[np.ndarray, float]:
 # ============================================================================================
 # adaptive panel quadrature (vectorised over many integrals)
 # ============================================================================================
+def _omega_at_mean(nu, cu, active, cm, empty, cone):
+    """``omega`` (1 inside, 0 outside, tangent-cone mass on the boundary) and its error."""
+    err = np.zeros(len(cm))
+    if cone:
+        omega = np.where(active.any(axis=1), 1.0, 0.0)
+    else:
+        omega = np.where(cm > 0, 1.0, 0.0)
+        onb = np.flatnonzero((cm == 0) & ~empty)
+        if onb.size:
+            omega[onb], err[onb] = _cone_mass(nu[onb], cu[onb], active[onb])
+    return np.where(empty, 0.0, omega), err
+
+
 class _Panels:
     """Panels ``[lo, hi]`` of integrals ``item``; ``kind`` and ``aux`` select the variable."""
 
@@ -492,7 +488,7 @@ class _Geo3:
         self.fac = fac
         self.a, self.b, self.act, self.U = a, b, act, U
         self.t0, self.t1, self.nonempty = t0, t1, nonempty
-        omF = _omega2(a2, b2, act2).reshape(Q, F)
+        omF = _omega(a2, b2, act2).reshape(Q, F)
         self.omF = np.where(fac, omF, 0.0)
         h = np.abs(np.where(active, cu, 0.0))
         sg = np.sign(np.where(active, cu, 0.0))
@@ -528,15 +524,7 @@ class _Geo3:
         # omega at the mean and the distance of the polytope from the mean
         cm = np.where(active, cu, np.inf).min(axis=1)
         self.has_rows = active.any(axis=1)
-        self.omega_err = np.zeros(Q)
-        if cone:
-            self.omega = np.where(self.has_rows, 1.0, 0.0)
-        else:
-            self.omega = np.where(cm > 0, 1.0, 0.0)
-            onb = np.flatnonzero((cm == 0) & ~empty)
-            if onb.size:
-                self.omega[onb], self.omega_err[onb] = _cone_mass(nu[onb], cu[onb], active[onb])
-        self.omega = np.where(empty, 0.0, self.omega)
+        self.omega, self.omega_err = _omega_at_mean(nu, cu, active, cm, empty, cone)
         tcl = np.clip(0.0, t0, t1)
         d2e = np.where(nonempty & (b < 0), b * b + tcl * tcl, np.inf).min(axis=2)
         d2f = np.where(self.omF > 0, 0.0, d2e)
@@ -679,15 +667,7 @@ class _GeoN:
         self.f_start = np.concatenate([[0], np.cumsum(self.f_count)[:-1]])
         cm = np.where(active, cu, np.inf).min(axis=1)
         self.has_rows = active.any(axis=1)
-        self.omega_err = np.zeros(Q)
-        if cone:
-            self.omega = np.where(self.has_rows, 1.0, 0.0)
-        else:
-            self.omega = np.where(cm > 0, 1.0, 0.0)
-            onb = np.flatnonzero((cm == 0) & ~empty)
-            if onb.size:
-                self.omega[onb], self.omega_err[onb] = _cone_mass(nu[onb], cu[onb], active[onb])
-        self.omega = np.where(empty, 0.0, self.omega)
+        self.omega, self.omega_err = _omega_at_mean(nu, cu, active, cm, empty, cone)
         # distance of the polytope from the mean
         sdist = self.sub.dist.reshape(Q, F)
         dist2 = np.where(fac & (cu < 0), cu * cu + sdist**2, np.inf).min(axis=1)
