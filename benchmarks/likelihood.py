@@ -144,6 +144,9 @@ def main(argv=None):
     )
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="digits cases only")
+    p.add_argument(
+        "--latent", type=int, default=None, help="only the cases with this latent dimension"
+    )
     p.add_argument("--json", default=None, help="also write the results to this file")
     p.add_argument(
         "--decoder",
@@ -158,6 +161,8 @@ def main(argv=None):
     if not args.quick:
         Xm, _ = load_mnist(args.mnist, kind="t10k")
         cases += [("mnist-test", Xm, [1, 64, 64, 784]), ("mnist-test", Xm, [2, 32, 32, 784])]
+    if args.latent is not None:
+        cases = [c for c in cases if c[2][0] == args.latent]
     out = []
     for name, X, sizes in cases:
         r = run_case(name, X, sizes, repeat=args.repeat, n_is=1000, K=5000, source=args.decoder)

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exactdgn.gaussian import interval_stats, log_mass, truncated_moments
+from exactdgn.gaussian import interval_stats, log_interval_mass, log_mass, truncated_moments
 
 
 def _mp(x: float):
@@ -88,6 +88,46 @@ def test_interval_stats_vs_mpmath(lo, hi):
     sd = math.sqrt(rv)
     assert abs(mean[0] - rm) <= 1e-13 * max(abs(rm), sd)
     assert abs(var[0] - rv) <= 1e-12 * rv
+
+
+@pytest.mark.parametrize(("lo", "hi"), CASES)
+def test_log_interval_mass_vs_mpmath(lo, hi):
+    lm, err = log_interval_mass(np.array([lo]), np.array([hi]))
+    rl = mp_interval(lo, hi)[0]
+    assert abs(lm[0] - rl) <= 1e-14 + 2e-16 * abs(rl)
+    assert err[0] >= 0
+
+
+# Midpoints x half-widths that straddle each branch switch of log_interval_mass (series at
+# h max(1, |m|) <= 5e-4, 8-node Gauss-Legendre up to 0.5, closed forms above) on both sides of
+# the origin and far out.
+_MIDS = [-1e4, -40.0, -6.0, -1.0, -1e-3, 0.0, 0.37, 2.0, 3.99, 4.0, 8.0, 300.0]
+_SPREADS = [1e-12, 4.9e-4, 5.1e-4, 0.01, 0.49, 0.51, 2.0]
+
+
+@pytest.mark.parametrize("m", _MIDS)
+def test_log_interval_mass_branch_switches(m):
+    h = np.array([s / max(1.0, abs(m)) for s in _SPREADS])
+    lo, hi = m - h, m + h
+    lm, _ = log_interval_mass(lo, hi)
+    for i in range(len(h)):
+        if not lo[i] < hi[i]:  # the half-width is below the spacing of doubles at m
+            assert lm[i] == -np.inf
+            continue
+        rl = mp_interval(lo[i], hi[i])[0]
+        assert abs(lm[i] - rl) <= 2e-14 * max(1.0, abs(rl)), (lo[i], hi[i], lm[i], rl)
+
+
+def test_log_interval_mass_agrees_with_interval_stats():
+    rng = np.random.default_rng(5)
+    lo = rng.normal(0, 5, 4000)
+    hi = lo + rng.exponential(rng.choice([1e-6, 1e-2, 1.0, 10.0], 4000))
+    lo[:50], hi[50:100] = -np.inf, np.inf
+    a, _ = log_interval_mass(lo, hi)
+    b, _, _ = interval_stats(lo, hi)
+    np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13)
+    empty, _ = log_interval_mass(np.array([1.0, 2.0]), np.array([1.0, 1.0]))
+    assert np.all(empty == -np.inf)
 
 
 def test_thin_interval_far_out_is_relative_accurate():

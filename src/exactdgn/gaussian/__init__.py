@@ -12,7 +12,7 @@ from ._api import (
     truncated_moments,
     whiten,
 )
-from ._interval import interval_stats
+from ._interval import interval_stats, log_interval_mass
 from ._polygon import log_edge_pieces, log_mass_2d, truncated_moments_2d
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "gaussian_polyhedron_moments",
     "interval_stats",
     "log_edge_pieces",
+    "log_interval_mass",
     "log_mass",
     "log_mass_2d",
     "truncated_moments",

@@ -45,6 +45,12 @@ class RegionGeometry:
     b_quad : (R,)             ``b_r^T Λ b_r``
     normals : (R, F, d)       whitened unit normals (padding rows zero)
     G : (R, F, d), g : (R, F) offsets ``c(x) = g - G v(x)`` (padding: g = +inf, G = 0)
+    center : (D,)             ``c``, the mean of the ``b_r`` (expansion point of the GEMM)
+    gemm_w : (D, R d + R)     ``[Λ A_r K_r^{-T} ... | Λ (b_r - c) ...]``
+    w_shift : (R, d)          ``K_r^{-1} A_r^T Λ (b_r - c)``
+    lk_const : (R,)           ``-(D log 2π + log|Σ| + log|P_r| + ||b_r - c||²_Λ) / 2``
+    interval : tuple or None  (d = 1 only) ``(lo, hi, order, breaks)``: the regions' ends in
+        ``z`` (R,), the regions sorted by position (R,) and the inner ends in that order (R-1,)
     """
 
     A: np.ndarray
@@ -61,10 +67,11 @@ class RegionGeometry:
     G: np.ndarray
     g: np.ndarray
     center: np.ndarray
-    gemm_matrix: np.ndarray
-    beta_c: np.ndarray
-    b_quad_c: np.ndarray
+    gemm_w: np.ndarray
+    w_shift: np.ndarray
+    lk_const: np.ndarray
     locate: object = None
+    interval: tuple | None = None
 
     @property
     def n_regions(self) -> int:
@@ -155,11 +162,25 @@ def region_geometry(part: Partition, noise_std) -> RegionGeometry:
     g = np.where(pad, np.inf, e / safe)
     center = b.mean(axis=0) if R else np.zeros(D)
     bc = b - center
-    # (R*d + R, D): rows A_r[:, k]^T then (b_r - c)^T, for the likelihood's GEMM X @ gemm.T
-    At = np.ascontiguousarray(A.transpose(0, 2, 1)).reshape(R * d, D)
-    gemm_matrix = np.concatenate([At, bc], axis=0)
+    # The likelihood's one GEMM (x - c) @ gemm_w, (D, R*d + R): columns Λ A_r K_r^{-T} give
+    # w_r(x) = K_r^{-1} v_r(x) (+ w_shift_r), then columns Λ (b_r - c) give x'ᵀΛb'_r.
+    AK = A @ np.swapaxes(K_inv, 1, 2)  # (R, D, d)
+    gemm_w = np.empty((D, R * d + R))
+    gemm_w[:, : R * d] = (AK * inv_var[None, :, None]).transpose(1, 0, 2).reshape(D, R * d)
+    gemm_w[:, R * d :] = (bc * inv_var).T
     beta_c = np.einsum("rjk,rj->rk", A, bc * inv_var)
     b_quad_c = np.einsum("rj,rj->r", bc * inv_var, bc)
+    w_shift = np.einsum("rij,rj->ri", K_inv, beta_c)
+    lk_const = -0.5 * (D * LOG_2PI + float(np.log(std**2).sum()) + log_det_P + b_quad_c)
+    interval = None
+    if d == 1 and R:
+        n1 = Cn[..., 0]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = e / n1
+        hi = np.min(np.where((n1 > 0) & ~pad, t, np.inf), axis=1)
+        lo = np.max(np.where((n1 < 0) & ~pad, t, -np.inf), axis=1)
+        order = np.argsort(lo, kind="stable")
+        interval = (lo, hi, order, lo[order][1:])
     return RegionGeometry(
         A=A,
         b=b,
@@ -175,8 +196,9 @@ def region_geometry(part: Partition, noise_std) -> RegionGeometry:
         G=G,
         g=g,
         center=center,
-        gemm_matrix=gemm_matrix,
-        beta_c=beta_c,
-        b_quad_c=b_quad_c,
+        gemm_w=gemm_w,
+        w_shift=w_shift,
+        lk_const=lk_const,
         locate=part.locate,
+        interval=interval,
     )

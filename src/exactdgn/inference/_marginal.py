@@ -9,13 +9,15 @@ Exact pruning (no approximation beyond double precision): ``Φ_r(x) <= 1`` and, 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import log_ndtr
 
 from .. import gaussian
-from ._geometry import LOG_2PI, RegionGeometry
+from ..gaussian import interval_stats, log_interval_mass
+from ._geometry import RegionGeometry
 
 __all__ = ["PairStats", "log_kappa_all", "marginal_pairs"]
 
@@ -32,7 +34,8 @@ class PairStats:
     log_px : (N,)         exact ``log p(x)``
     log_px_error : (N,)   estimated absolute error of ``log p(x)`` (integration + pruning)
     v : (P, d)            ``A_r^T Λ (x - b_r)``
-    offsets : (P, F)      whitened facet offsets
+    offsets : (P, F) or None   whitened facet offsets (None: not computed, see
+                          ``RegionGeometry.offsets(v, region)``)
     mean : (P, d) or None        ``E[z | x, r]`` (with ``need_moments``)
     cov : (P, d, d) or None      ``Cov[z | x, r]``
     n_candidates : int    pairs considered before the facet bound
@@ -44,7 +47,7 @@ class PairStats:
     log_px: np.ndarray
     log_px_error: np.ndarray
     v: np.ndarray
-    offsets: np.ndarray
+    offsets: np.ndarray | None
     mean: np.ndarray | None = None
     cov: np.ndarray | None = None
     n_candidates: int = 0
@@ -56,39 +59,42 @@ class PairStats:
 
 
 def log_kappa_all(geom: RegionGeometry, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``log κ_r(x)`` and ``v_r(x)`` for every point and region by one GEMM.
+    """``log κ_r(x)`` and the whitened ``w_r(x) = K_r^{-1} v_r(x)`` for every point and region.
 
-    ``||x - b_r||²_Λ = ||x'||²_Λ - 2 x'ᵀΛb'_r + ||b'_r||²_Λ`` with ``x' = x - c``,
-    ``b'_r = b_r - c`` for the centre ``c`` (mean of the ``b_r``): the expansion is done about a
+    ``log κ_r = -½ [D log 2π + log|Σ| + log|P_r| + ||x - b_r||²_Λ - ||w_r||²]`` with
+    ``||x - b_r||²_Λ = ||x'||²_Λ - 2 x'ᵀΛb'_r + ||b'_r||²_Λ`` for ``x' = x - c``,
+    ``b'_r = b_r - c`` and the centre ``c`` (mean of the ``b_r``): the expansion is about a
     point near the decoder's range, so its rounding error is ``~ε ||x - c||²_Λ`` and not
-    ``ε ||x||²_Λ``. The work is one (N x D) @ (D x R(d+1)) product.
+    ``ε ||x||²_Λ``. ``K_r^{-1}`` and ``Λ`` are folded into the GEMM's columns, so the work is one
+    (N x D) @ (D x R(d+1)) product and a few passes over its result.
 
     Returns
     -------
     log_kappa : (N, R)
-    v : (N, R, d)   ``A_r^T Λ (x - b_r)``
+    w : (N, R, d)   ``K_r^{-1} A_r^T Λ (x - b_r)`` (``v_r = K_r w_r``, ``μ_r = L_r w_r``)
     """
-    R, D, d = geom.A.shape
-    c = geom.center
-    Xc = X - c
-    XL = Xc * geom.inv_var
-    prod = XL @ geom.gemm_matrix.T  # (N, R*d + R)
-    V = prod[:, : R * d].reshape(-1, R, d) - geom.beta_c[None]
-    xb = prod[:, R * d :]
-    xq = np.einsum("nj,nj->n", XL, Xc)
-    quad = xq[:, None] - 2.0 * xb + geom.b_quad_c[None]
-    W = np.einsum("rij,nrj->nri", geom.K_inv, V)
-    lk = -0.5 * (
-        D * LOG_2PI
-        + geom.log_det_noise
-        + geom.log_det_P[None]
-        + quad
-        - np.einsum("nri,nri->nr", W, W)
-    )
-    return lk, V
+    R, _, d = geom.A.shape
+    Xc = X - geom.center
+    prod = Xc @ geom.gemm_w  # (N, R*d + R)
+    W = prod[:, : R * d].reshape(-1, R, d)
+    W -= geom.w_shift
+    if np.all(geom.inv_var == geom.inv_var[0]):
+        hxq = np.einsum("nj,nj->n", Xc, Xc) * (-0.5 * geom.inv_var[0])
+    else:
+        hxq = np.einsum("nj,nj,j->n", Xc, Xc, geom.inv_var) * -0.5
+    lk = prod[:, R * d :]
+    lk += geom.lk_const
+    lk += hxq[:, None]
+    lk += 0.5 * np.einsum("nri,nri->nr", W, W)
+    return lk, W
 
 
-def _seed_pairs(geom: RegionGeometry, lk: np.ndarray, V: np.ndarray, top_k: int):
+def _v_of_w(geom: RegionGeometry, w: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """(P, d) ``v = K_r w`` for pairs."""
+    return np.einsum("pij,pj->pi", geom.K[r], w)
+
+
+def _seed_pairs(geom: RegionGeometry, lk: np.ndarray, W: np.ndarray, top_k: int):
     """Pairs whose exact masses give a good lower bound of ``log p(x)``.
 
     The regions with the largest ``κ_r(x)`` (their affine extensions explain ``x`` best), plus
@@ -104,7 +110,7 @@ def _seed_pairs(geom: RegionGeometry, lk: np.ndarray, V: np.ndarray, top_k: int)
         rows = np.arange(n)
         r = np.argmax(lk, axis=1)
         for _ in range(3):
-            mu = geom.posterior_mean(V[rows, r], r)
+            mu = np.einsum("pij,pj->pi", geom.L[r], W[rows, r])  # μ_r = L_r w_r
             r_new = geom.locate(mu)
             r = np.where(r_new >= 0, r_new, r)
             pts.append(rows)
@@ -113,6 +119,141 @@ def _seed_pairs(geom: RegionGeometry, lk: np.ndarray, V: np.ndarray, top_k: int)
     r = np.concatenate(regs)
     key = np.unique(p.astype(np.int64) * R + r)
     return key // R, key % R
+
+
+# Points x regions per block of the d = 1 path: its (n, R) temporaries stay in cache (large
+# fresh temporaries cost more in page faults than in arithmetic).
+_BLOCK_1D = 2**15
+# Work (points x regions) below which threads do not pay for themselves.
+_MIN_PARALLEL = 4096
+
+
+def _n_threads() -> int:
+    """Worker threads for the blockwise paths: ``EXACTDGN_NUM_THREADS`` or the usable CPUs."""
+    env = os.environ.get("EXACTDGN_NUM_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _map_blocks(fn, starts) -> list:
+    """``[fn(s) for s in starts]``, on threads when there are several blocks and CPUs.
+
+    numpy and scipy.special release the GIL inside their loops, so blocks run in parallel;
+    BLAS is limited to one thread meanwhile (the blocks already occupy the cores).
+    """
+    starts = list(starts)
+    nt = min(_n_threads(), len(starts))
+    if nt <= 1:
+        return [fn(s) for s in starts]
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(nt) as ex:
+        return list(ex.map(fn, starts))
+
+
+# Up to this many regions the d = 1 path evaluates every pair (no seed / pruning pass).
+_DENSE_1D = 24
+
+
+def _pairs_1d(
+    geom: RegionGeometry, X: np.ndarray, prune_nats: float, need_moments: bool
+) -> PairStats:
+    """``marginal_pairs`` for d = 1: the regions are intervals ``[lo_r, hi_r]``.
+
+    With ``s_r = sqrt(P_r)`` and ``t_r(x) = v_r(x) / s_r`` the whitened interval is
+    ``[lo_r s_r - t_r, hi_r s_r - t_r]`` and ``log κ_r = const_r - (||x - b_r||²_Λ - t_r²)/2``:
+    everything is elementwise on the (n, R) result of one GEMM. Lower bound: the exact terms of
+    the region with the largest ``κ_r`` and of the region holding its posterior mean; the pairs
+    kept are those with ``log κ_r > lower - prune_nats - log R`` (the mass is at most 1), the
+    same rule as the general path.
+    """
+    N = X.shape[0]
+    R = geom.A.shape[0]
+    lo_z, hi_z, order, breaks = geom.interval
+    sP = geom.K[:, 0, 0]
+    isP = 1.0 / sP
+    with np.errstate(invalid="ignore"):
+        loS = np.where(np.isinf(lo_z), -np.inf, lo_z * sP)
+        hiS = np.where(np.isinf(hi_z), np.inf, hi_z * sP)
+    # log κ as in log_kappa_all, with t = w (K = s in d = 1)
+    const = geom.lk_const
+    gm = geom.gemm_w  # (D, 2R)
+    beta = geom.w_shift[:, 0]
+    iso = bool(np.all(geom.inv_var == geom.inv_var[0]))
+    thr = prune_nats + np.log(max(R, 1))
+    cs = int(max(1, min(N, _BLOCK_1D // max(R, 1))))
+    nt = _n_threads()
+    if nt > 1 and N * R >= 2 * _MIN_PARALLEL:  # at least one block per thread
+        cs = min(cs, -(-N // nt))
+    dense = R <= _DENSE_1D
+
+    def block(s: int):
+        Xc = X[s : s + cs] - geom.center
+        n = Xc.shape[0]
+        prod = Xc @ gm  # (n, 2R)
+        if iso:
+            hxq = np.einsum("nj,nj->n", Xc, Xc) * (-0.5 * geom.inv_var[0])
+        else:
+            hxq = np.einsum("nj,nj,j->n", Xc, Xc, geom.inv_var) * -0.5
+        t = prod[:, :R]
+        t -= beta  # t_r = v_r / s_r
+        lk = prod[:, R:]  # x'ᵀΛb'_r
+        lk += const
+        lk += hxq[:, None]
+        lk += 0.5 * np.square(t)  # (n, R) log κ
+        rows = np.arange(n)
+        if dense:  # few regions: every pair (pruning would keep most of them anyway)
+            p, r = np.repeat(rows, R), np.tile(np.arange(R), n)
+            tt = t.ravel()
+            lk_p = lk.ravel()
+        else:
+            r1 = np.argmax(lk, axis=1)
+            mu1 = t[rows, r1] * isP[r1]
+            r2 = order[np.searchsorted(breaks, mu1, side="right")]
+            pr = np.concatenate([r1, r2])
+            tt = t[np.concatenate([rows, rows]), pr]
+            lm_seed, _ = log_interval_mass(loS[pr] - tt, hiS[pr] - tt)
+            lj_seed = np.concatenate([lk[rows, r1], lk[rows, r2]]) + lm_seed
+            lower = np.where(r1 == r2, lj_seed[:n], np.logaddexp(lj_seed[:n], lj_seed[n:]))
+            p, r = np.nonzero(lk > (lower - thr)[:, None])  # sorted by point; r1 always kept
+            tt = t[p, r]
+            lk_p = lk[p, r]
+        a, b = loS[r] - tt, hiS[r] - tt
+        lm, err = log_interval_mass(a, b)
+        lj = lk_p + lm
+        starts = np.searchsorted(p, rows)
+        mx = np.maximum.reduceat(lj, starts)
+        log_px = mx + np.log(np.add.reduceat(np.exp(lj - mx[p]), starts))
+        wts = np.exp(lj - log_px[p])
+        err_px = np.add.reduceat(wts * err, starts) + np.exp(-prune_nats)
+        mean = cov = None
+        if need_moments:
+            _, um, uv = interval_stats(a, b)
+            mean = ((tt + um) * isP[r])[:, None]  # z = (t + u) / s
+            cov = (uv * isP[r] ** 2)[:, None, None]
+        v = (tt * sP[r])[:, None]
+        return (p + s, r, lj, log_px, err_px, v, mean, cov)
+
+    out = _map_blocks(block, range(0, N, cs))
+    cat = [np.concatenate([o[i] for o in out]) for i in range(6)]
+    return PairStats(
+        point=cat[0],
+        region=cat[1],
+        log_joint=cat[2],
+        log_px=cat[3],
+        log_px_error=cat[4],
+        v=cat[5],
+        offsets=None,
+        mean=np.concatenate([o[6] for o in out]) if need_moments else None,
+        cov=np.concatenate([o[7] for o in out]) if need_moments else None,
+        n_candidates=len(cat[0]),
+    )
 
 
 def _chunk_size(n: int, R: int, d: int, chunk_bytes: int) -> int:
@@ -145,17 +286,22 @@ def marginal_pairs(
     """
     N = X.shape[0]
     R, _, d = geom.A.shape
+    if d == 1 and geom.interval is not None and N:
+        return _pairs_1d(geom, X, prune_nats, need_moments)
     thr = prune_nats + np.log(max(R, 1))
-    cs = _chunk_size(N, R, d, chunk_bytes)
-    parts = []
-    n_cand = 0
+    nt = _n_threads()
+    # one block per thread at least, each within its share of the memory bound
+    cs = _chunk_size(N, R, d, chunk_bytes // nt)
+    if nt > 1 and N * R >= 2 * _MIN_PARALLEL:
+        cs = min(cs, -(-N // nt))
     two_stage = d >= 2  # a facet bound pays off where masses are expensive
-    for s in range(0, N, cs):
+
+    def block(s: int):
         Xc = X[s : s + cs]
         n = Xc.shape[0]
-        lk, V = log_kappa_all(geom, Xc)  # (n, R), (n, R, d)
-        p_top, r_top = _seed_pairs(geom, lk, V, top_k)
-        lk_top, v_top = lk[p_top, r_top], V[p_top, r_top]
+        lk, W = log_kappa_all(geom, Xc)  # (n, R), (n, R, d)
+        p_top, r_top = _seed_pairs(geom, lk, W, top_k)
+        lk_top, v_top = lk[p_top, r_top], _v_of_w(geom, W[p_top, r_top], r_top)
         off_top = geom.offsets(v_top, r_top)
         lm_top, err_top = gaussian.log_mass(geom.normals[r_top], off_top, return_error=True)
         lower = np.full(n, -np.inf)
@@ -164,8 +310,8 @@ def marginal_pairs(
         mask = lk > (lower - thr)[:, None]
         mask[p_top, r_top] = False
         p_c, r_c = np.nonzero(mask)
-        n_cand += len(p_c) + len(p_top)
-        lk_c, v_c = lk[p_c, r_c], V[p_c, r_c]
+        n_cand = len(p_c) + len(p_top)
+        lk_c, v_c = lk[p_c, r_c], _v_of_w(geom, W[p_c, r_c], r_c)
         off_c = geom.offsets(v_c, r_c)
         if two_stage and len(p_c):
             bound = lk_c + np.minimum(0.0, log_ndtr(off_c).min(axis=1, initial=0.0))
@@ -207,7 +353,10 @@ def marginal_pairs(
         log_px = mx + np.log(ssum)
         wts = np.exp(lj - log_px[p_all])
         err_px = np.add.reduceat(wts * err, starts) + np.exp(-prune_nats)
-        parts.append((p_all + s, r_all, lj, log_px, err_px, v_all, off_all, mean, cov))
+        return (p_all + s, r_all, lj, log_px, err_px, v_all, off_all, mean, cov, n_cand)
+
+    parts = _map_blocks(block, range(0, N, cs))
+    n_cand = sum(p[9] for p in parts)
     cat = [np.concatenate([p[i] for p in parts]) for i in range(7)]
     mean = np.concatenate([p[7] for p in parts]) if need_moments else None
     cov = np.concatenate([p[8] for p in parts]) if need_moments else None

@@ -40,6 +40,8 @@ class ExactPosterior:
         self._model = model
         self._X = X
         self._geom = geom
+        if stats.offsets is None:
+            stats.offsets = geom.offsets(stats.v, stats.region)
         self._stats = stats
         self.batch_shape = (X.shape[0],)
         self.event_shape = (geom.latent_dim,)
