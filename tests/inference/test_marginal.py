@@ -15,7 +15,7 @@ import pytest
 from scipy.stats import multivariate_normal
 
 from exactdgn import Decoder, ExactDGN
-from exactdgn.inference import log_kappa_all, marginal_pairs, region_geometry
+from exactdgn.inference import _marginal, log_kappa_all, marginal_pairs, region_geometry
 
 
 def _model(sizes, seed, noise=0.3):
@@ -73,7 +73,14 @@ def test_threads_do_not_change_results(sizes, monkeypatch):
     monkeypatch.setenv("EXACTDGN_NUM_THREADS", "1")
     one = marginal_pairs(geom, X, need_moments=True)
     monkeypatch.setenv("EXACTDGN_NUM_THREADS", "3")
+    monkeypatch.setattr(_marginal, "_MIN_PARALLEL", 256)  # thread even this small input
+    blocks = []
+    real = _marginal._map_blocks
+    monkeypatch.setattr(
+        _marginal, "_map_blocks", lambda fn, st: blocks.append(list(st)) or real(fn, blocks[-1])
+    )
     many = marginal_pairs(geom, X, need_moments=True)
+    assert len(blocks[0]) >= 3  # one block per thread at least
     np.testing.assert_allclose(many.log_px, one.log_px, rtol=1e-14, atol=1e-13)
     assert np.array_equal(many.point, one.point) and np.array_equal(many.region, one.region)
     np.testing.assert_allclose(many.mean, one.mean, rtol=1e-12, atol=1e-13)

@@ -125,7 +125,7 @@ def _seed_pairs(geom: RegionGeometry, lk: np.ndarray, W: np.ndarray, top_k: int)
 # fresh temporaries cost more in page faults than in arithmetic).
 _BLOCK_1D = 2**15
 # Work (points x regions) below which threads do not pay for themselves.
-_MIN_PARALLEL = 4096
+_MIN_PARALLEL = 1 << 16
 
 
 def _n_threads() -> int:
@@ -209,9 +209,23 @@ def _pairs_1d(
         lk += 0.5 * np.square(t)  # (n, R) log κ
         rows = np.arange(n)
         if dense:  # few regions: every pair (pruning would keep most of them anyway)
+            lm, err = log_interval_mass((loS - t).ravel(), (hiS - t).ravel())
+            lj2 = lk + lm.reshape(n, R)
+            mx = lj2.max(axis=1, keepdims=True)
+            wts = np.exp(lj2 - mx)
+            ssum = wts.sum(axis=1, keepdims=True)
+            log_px = (mx + np.log(ssum))[:, 0]
+            wts /= ssum
+            err_px = np.einsum("nr,nr->n", wts, err.reshape(n, R)) + np.exp(-prune_nats)
             p, r = np.repeat(rows, R), np.tile(np.arange(R), n)
             tt = t.ravel()
-            lk_p = lk.ravel()
+            lj = lj2.ravel()
+            mean = cov = None
+            if need_moments:
+                _, um, uv = interval_stats((loS - t).ravel(), (hiS - t).ravel())
+                mean = ((tt + um) * isP[r])[:, None]  # z = (t + u) / s
+                cov = (uv * isP[r] ** 2)[:, None, None]
+            return (p + s, r, lj, log_px, err_px, (t * sP).reshape(-1, 1), mean, cov)
         else:
             r1 = np.argmax(lk, axis=1)
             mu1 = t[rows, r1] * isP[r1]
