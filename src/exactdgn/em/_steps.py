@@ -68,6 +68,16 @@ class RegionStats:
     n_points: int
 
 
+def _region_sum(region: np.ndarray, values: np.ndarray, R: int) -> np.ndarray:
+    """``out[r] = Σ_{p: region[p] = r} values[p]`` for (P, ...) values: (R, ...)."""
+    flat = values.reshape(len(values), -1)
+    out = np.stack(
+        [np.bincount(region, weights=flat[:, i], minlength=R) for i in range(flat.shape[1])],
+        axis=1,
+    )
+    return out.reshape((R, *values.shape[1:]))
+
+
 def region_stats(
     X: np.ndarray,
     patterns: np.ndarray,
@@ -98,8 +108,7 @@ def region_stats(
     ez2[:, d, :d] = mean
     ez2[:, d, d] = 1.0
     s = np.bincount(region, weights=w, minlength=R)
-    Z2 = np.zeros((R, d + 1, d + 1))
-    np.add.at(Z2, region, w[:, None, None] * ez2)
+    Z2 = _region_sum(region, w[:, None, None] * ez2, R)
     XZ = np.empty((R, D, d + 1))
     for k in range(d + 1):  # d + 1 sparse products (R x N) @ (N x D)
         Sk = sparse.csr_matrix((w * mt[:, k], (region, point)), shape=(R, N))
@@ -207,6 +216,31 @@ def update_layer(
     return Wt[:, :-1].copy(), Wt[:, -1].copy()
 
 
+# Pairs per block of the centred residual sums (bounds the (pairs x D x d) temporaries).
+_RES_BLOCK = 1 << 14
+
+
+def _residual_sq(A: np.ndarray, b: np.ndarray, stats: RegionStats, X: np.ndarray) -> np.ndarray:
+    """(D,) ``Σ_{n,r} w_nr [(x_n - A_r m_nr - b_r)_j² + (A_r V_nr A_rᵀ)_jj]``.
+
+    The squared residuals are summed in the centred form (no cancellation when σ is small), in
+    blocks of pairs; the trace term needs only the per-region sums ``Σ_n w_nr V_nr``.
+    """
+    R, D, d = A.shape
+    out = np.zeros(D)
+    w, pt, rg, m = stats.w, stats.point, stats.region, stats.mean
+    for s in range(0, len(w), _RES_BLOCK):
+        sl = slice(s, s + _RES_BLOCK)
+        r = rg[sl]
+        res = X[pt[sl]] - b[r]
+        for k in range(d):  # A_r m: d axpys of (block, D), no (block, D, d) gather
+            res -= A[r, :, k] * m[sl, k : k + 1]
+        out += w[sl] @ np.square(res)
+    SV = _region_sum(rg, w[:, None, None] * stats.cov, R)
+    out += np.einsum("rjk,rkl,rjl->j", A, SV, A)
+    return out
+
+
 def update_noise(
     decoder: Decoder,
     stats: RegionStats,
@@ -225,10 +259,7 @@ def update_noise(
     (D,) standard deviations
     """
     A, b = decoder.affine_map(stats.patterns)
-    Ar = A[stats.region]
-    res = X[stats.point] - np.einsum("pjk,pk->pj", Ar, stats.mean) - b[stats.region]
-    tr = ((Ar @ stats.cov) * Ar).sum(axis=2)  # diag(A V Aᵀ) per pair
-    var = (stats.w[:, None] * (res**2 + tr)).sum(axis=0) / stats.n_points
+    var = _residual_sq(A, b, stats, X) / stats.n_points
     if not diagonal:
         var = np.full_like(var, var.mean())
     return np.sqrt(np.maximum(var, min_std**2))
@@ -242,11 +273,8 @@ def expected_complete_loglik(
     Excludes the prior term, which does not depend on the parameters.
     """
     A, b = decoder.affine_map(stats.patterns)
-    Ar = A[stats.region]
-    res = X[stats.point] - np.einsum("pjk,pk->pj", Ar, stats.mean) - b[stats.region]
-    tr = ((Ar @ stats.cov) * Ar).sum(axis=2)  # diag(A V Aᵀ) per pair
     inv_var = 1.0 / noise_std**2
-    quad = (stats.w[:, None] * (res**2 + tr) * inv_var).sum() / stats.n_points
+    quad = (_residual_sq(A, b, stats, X) * inv_var).sum() / stats.n_points
     D = X.shape[1]
     return float(-0.5 * (quad + D * np.log(2 * np.pi) + np.log(noise_std**2).sum()))
 
