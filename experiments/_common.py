@@ -7,6 +7,7 @@ import json
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +70,9 @@ def aggregate(curves: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, np.
     n = min(len(c[key]) for c in curves)
     Y = np.array([c[key][:n] for c in curves], dtype=float)
     S = np.array([c["seconds"][:n] for c in curves], dtype=float)
-    return np.nanmean(Y, axis=0), np.nanstd(Y, axis=0), S.mean(axis=0)
+    with warnings.catch_warnings():  # columns with no finite value stay NaN (not plotted)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(Y, axis=0), np.nanstd(Y, axis=0), S.mean(axis=0)
 
 
 def final_stats(values) -> dict:
