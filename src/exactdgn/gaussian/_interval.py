@@ -39,6 +39,7 @@ EPS = float(np.finfo(np.float64).eps)
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 _LOG_SQRT_PI_2 = 0.5 * math.log(0.5 * math.pi)
 _SQRT2 = math.sqrt(2.0)
+_LOG2 = math.log(2.0)
 # Exponent at which the quadrature branch truncates the integrand (exp(-38) ~ 3e-17).
 _CUT = 38.0
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(32)
@@ -232,32 +233,38 @@ def log_interval_mass(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.nd
         b = np.where(flip, -lo, hi)
         h = 0.5 * (b - a)
         m = a + h
-        valid = lo < hi
-        series = valid & (h * np.maximum(1.0, m) <= _SERIES)
-        spread = h * np.maximum(1.0, m)
-        thin = valid & ~series & (spread <= _THIN)
-        upper = valid & ~series & ~thin & (a >= 0.0)
-        central = valid & ~series & ~thin & ~upper
-        if series.any():
-            hh, mm = h[series], m[series]
-            m2, h2 = mm * mm, hh * hh
-            rel = (m2 - 1.0) * h2 / 6.0 + (m2 * m2 / 24.0 - 0.25 * m2 + 0.125) * h2 * h2 / 5.0
-            out[series] = log_phi(mm) + np.log(2.0 * hh) + np.log1p(rel)
-        if thin.any():
-            hh, mm = h[thin], m[thin]
-            s_ = hh[:, None] * _GL8_X
-            f = np.exp(-s_ * (mm[:, None] + 0.5 * s_)) @ _GL8_W
-            out[thin] = log_phi(mm) + np.log(hh * f)
+        spread = h * np.maximum(1.0, m)  # NaN (both ends infinite) and -inf (empty) fail below
+        small = spread <= _THIN
+        if small.any():
+            series = small & (spread <= _SERIES) & (h > 0)
+            thin = small & ~series & (h > 0)
+            if series.any():
+                hh, mm = h[series], m[series]
+                m2, h2 = mm * mm, hh * hh
+                rel = (m2 - 1.0) * h2 / 6.0 + (m2 * m2 / 24.0 - 0.25 * m2 + 0.125) * h2 * h2 / 5.0
+                out[series] = log_phi(mm) + np.log(2.0 * hh) + np.log1p(rel)
+            if thin.any():
+                hh, mm = h[thin], m[thin]
+                s_ = hh[:, None] * _GL8_X
+                f = np.exp(-s_ * (mm[:, None] + 0.5 * s_)) @ _GL8_W
+                out[thin] = log_phi(mm) + np.log(hh * f)
+            big = ~small & (lo < hi)
+        else:
+            big = lo < hi
+        upper = big & (a >= 0.0)
+        central = big & ~upper
         if upper.any():
-            aa, bb = a[upper], b[upper]
-            lma = _log_mills(aa)
+            iu = np.flatnonzero(upper)
+            aa, bb = a[iu], b[iu]
+            # log phi(a) + log M(a) = log Q(a) = -a^2/2 + log erfcx(a/sqrt 2) - log 2
+            lma = np.log(erfcx(aa * (1.0 / _SQRT2)))
+            la = lma - 0.5 * np.square(aa) - _LOG2
             e = -0.5 * (bb - aa) * (bb + aa)  # r <= e since M decreases: where e < -40 (and
-            far = e < -40.0  # at b = inf) Q(b)/Q(a) < 5e-18 does not show in the sum
-            r = np.full(aa.shape, -np.inf)
-            near = np.flatnonzero(~far)
+            near = np.flatnonzero(e >= -40.0)  # at b = inf) Q(b)/Q(a) < 5e-18 is invisible
             if near.size:
-                r[near] = e[near] + _log_mills(bb[near]) - lma[near]
-            out[upper] = log_phi(aa) + lma + np.log(-np.expm1(r))
+                r = e[near] + np.log(erfcx(bb[near] * (1.0 / _SQRT2))) - lma[near]
+                la[near] += np.log(-np.expm1(r))
+            out[iu] = la
         if central.any():
             out[central] = np.log1p(-(ndtr(-b[central]) + ndtr(a[central])))
         err = np.where(np.isfinite(out), 32.0 * EPS * (1.0 + np.abs(out)), 0.0)
