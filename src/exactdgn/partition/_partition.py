@@ -172,8 +172,9 @@ class Partition:
     generators: np.ndarray | None = None
     method: str = ""
     seconds: float = 0.0
-    _keys: np.ndarray | None = field(default=None, repr=False)
-    _order: np.ndarray | None = field(default=None, repr=False)
+    # (sorted pattern keys, their order): built on first use and set in one assignment, so
+    # threads that locate points concurrently see either nothing or the whole pair
+    _lookup: tuple | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ basics
     def __len__(self) -> int:
@@ -348,12 +349,13 @@ class Partition:
 
     # ------------------------------------------------------------------ lookup
     def _lookup_keys(self):
-        if self._keys is None:
+        lookup = self._lookup
+        if lookup is None:
             kink = self.decoder.kink_mask
             keys = _pattern_keys(self.patterns[:, kink])
             order = np.argsort(keys, kind="stable")
-            self._keys, self._order = keys[order], order
-        return self._keys, self._order
+            lookup = self._lookup = (keys[order], order)
+        return lookup
 
     def index_of_patterns(self, patterns) -> np.ndarray:
         """(N,) region index of each activation pattern, ``-1`` where no region has it."""
