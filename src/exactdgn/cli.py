@@ -60,7 +60,7 @@ of the map, in data units ("*_data").
 """
 
 TOY_NAMES = ("wave", "circle", "two_moons", "moons", "mixture", "gaussian_mixture")
-METHODS = ("em", "gradient", "vae", "iwae")
+METHODS = ("em", "gradient", "lbfgs", "vae", "iwae")
 #: Standardization floor relative to the largest per-feature std: pixels that are (nearly)
 #: constant in the training split are not blown up (a held-out image with ink there would
 #: otherwise get values of ~1e3 and a meaningless likelihood).
@@ -423,7 +423,7 @@ def _fit(args) -> int:
     }
     t0 = time.perf_counter()
     vae = None
-    if args.method in ("em", "gradient"):
+    if args.method in ("em", "gradient", "lbfgs"):
         model = ExactDGN(
             latent_dim=args.latent_dim,
             hidden_sizes=hidden,

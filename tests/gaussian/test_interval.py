@@ -203,6 +203,21 @@ def test_split_additivity(lo, width, frac):
     assert abs(total - lm[0]) <= 1e-13 + 1e-15 * abs(lm[0])
 
 
+@settings(max_examples=80, deadline=None)
+@given(finite, st.floats(1e-9, 30.0), st.floats(0.0, 1.0))
+def test_log_interval_mass_split_additivity(lo, width, frac):
+    """The same additivity for the fast mass-only path, whose branches differ by piece."""
+    hi = lo + width
+    mid = lo + frac * width
+    if not (lo < mid < hi):
+        return
+    lm, _ = log_interval_mass(np.array([lo, lo, mid]), np.array([hi, mid, hi]))
+    total = np.logaddexp(lm[1], lm[2])
+    assert abs(total - lm[0]) <= 1e-13 + 1e-15 * abs(lm[0])
+    lr, _ = log_interval_mass(np.array([-hi]), np.array([-lo]))  # reflection
+    assert abs(lr[0] - lm[0]) <= 1e-14 * max(1.0, abs(lm[0]))
+
+
 @settings(max_examples=40, deadline=None)
 @given(finite, st.floats(1e-6, 30.0))
 def test_reflection_symmetry(lo, width):
