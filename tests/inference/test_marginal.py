@@ -84,3 +84,12 @@ def test_threads_do_not_change_results(sizes, monkeypatch):
     np.testing.assert_allclose(many.log_px, one.log_px, rtol=1e-14, atol=1e-13)
     assert np.array_equal(many.point, one.point) and np.array_equal(many.region, one.region)
     np.testing.assert_allclose(many.mean, one.mean, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("bad", ["0", "-2", "two"])
+def test_bad_thread_count_is_a_clear_error(bad, monkeypatch):
+    m = _model([1, 4, 2], 0)
+    geom = region_geometry(m.partition_, m.noise_std_)
+    monkeypatch.setenv("EXACTDGN_NUM_THREADS", bad)
+    with pytest.raises(ValueError, match="EXACTDGN_NUM_THREADS must be a positive integer"):
+        marginal_pairs(geom, m.sample(10, random_state=0))

@@ -132,7 +132,13 @@ def _n_threads() -> int:
     """Worker threads for the blockwise paths: ``EXACTDGN_NUM_THREADS`` or the usable CPUs."""
     env = os.environ.get("EXACTDGN_NUM_THREADS")
     if env:
-        return max(1, int(env))
+        try:
+            n = int(env)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"EXACTDGN_NUM_THREADS must be a positive integer, got {env!r}")
+        return n
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
