@@ -27,7 +27,7 @@ from .inference._geometry import LOG_2PI, RegionGeometry, region_geometry
 from .inference._marginal import PairStats, marginal_pairs
 from .inference._posterior import ExactPosterior
 from .io import ModelFileError, decoder_from_arrays, decoder_to_arrays, read_npz, write_npz_atomic
-from .partition import Partition, partition
+from .partition import Partition, PartitionTooLargeError, partition
 
 __all__ = ["ConvergenceWarning", "ExactDGN", "NotFittedError"]
 
@@ -544,7 +544,14 @@ class ExactDGN(DensityMixin, BaseEstimator):
                         c_dec = _interpolate(dec, new_dec, step)
                         c_std = np.exp((1 - step) * np.log(std) + step * np.log(new_std))
                         c_std = np.maximum(c_std, self.min_noise_std)
-                        c_part, _, c_st, tp, te = self._e_step(c_dec, c_std, X)
+                        try:
+                            c_part, _, c_st, tp, te = self._e_step(c_dec, c_std, X)
+                        except PartitionTooLargeError:
+                            if step <= 1.0:
+                                raise
+                            # an extrapolated decoder with too many regions: not a candidate
+                            step = relax = 1.0
+                            continue
                         tp_tot += tp
                         te_tot += te
                         c_ll = float(c_st.log_px.mean())

@@ -7,6 +7,7 @@ import pytest
 from sklearn.exceptions import ConvergenceWarning
 
 from exactdgn import Decoder, ExactDGN
+from exactdgn import model as model_module
 from exactdgn.em import expected_complete_loglik, m_step, region_stats
 
 
@@ -230,3 +231,33 @@ def test_gradient_fallback_step_never_decreases():
     assert new_ll >= ll
     assert ExactDGN.from_decoder(new_dec, std).score(X) == pytest.approx(new_ll, abs=1e-12)
     assert not np.array_equal(new_dec.weights[0], dec.weights[0])
+
+
+def test_overrelaxed_candidate_too_large_to_partition_is_skipped(monkeypatch):
+    # an extrapolated decoder whose partition would not fit is rejected like a worse one
+    from exactdgn.partition import PartitionTooLargeError
+
+    _, X = _planted([1, 5, 2], 150, 21)
+    real = ExactDGN._e_step
+    calls = {"n": 0, "over": 0}
+
+    def e_step(self, decoder, std, X_):
+        calls["n"] += 1
+        if calls["n"] > 2 and self._last_relax_step > 1.0 and calls["over"] == 0:
+            calls["over"] += 1
+            raise PartitionTooLargeError("simulated: too many regions")
+        return real(self, decoder, std, X_)
+
+    monkeypatch.setattr(ExactDGN, "_e_step", e_step)
+    monkeypatch.setattr(ExactDGN, "_last_relax_step", 1.0, raising=False)
+    real_interp = model_module._interpolate
+
+    def interp(a, b, t):
+        ExactDGN._last_relax_step = t
+        return real_interp(a, b, t)
+
+    monkeypatch.setattr(model_module, "_interpolate", interp)
+    m = _fit(X, hidden_sizes=(5,), max_iter=8, tol=0.0, random_state=0)
+    assert calls["over"] == 1  # the simulated failure happened on an over-relaxed candidate
+    ll = [h["loglik"] for h in m.history_]
+    assert len(ll) == 9 and all(np.diff(ll) >= 0)
