@@ -45,6 +45,7 @@ EXAMPLES = """examples:
   exactdgn fit digits:3 --hidden 12 --method em --out runs/digits3_em     (standardized)
   exactdgn fit mnist:../shared/data/mnist --classes 4 --downsample 14 --out runs/mnist4
   exactdgn fit data.npy --latent-dim 2 --hidden 32 32 --method gradient --out runs/mine
+  exactdgn fit wave --hidden 12 --method lbfgs --max-iter 100 --out runs/wave_lbfgs
   exactdgn score runs/wave_em wave --out scores.csv
   exactdgn sample runs/wave_em -n 1000 --seed 0 --out samples.npy
   exactdgn partition runs/wave_em --plot partition.png

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -53,6 +54,18 @@ def test_fit_em_writes_model_config_history(runs, capsys):
     assert res["train_loglik"] == pytest.approx(model.score(X[~test]), rel=1e-12)
     assert res["test_loglik"] == pytest.approx(model.score(X[test]), rel=1e-12)
     assert hist[-1]["loglik"] == pytest.approx(res["train_loglik"], rel=1e-12)
+
+
+def test_fit_lbfgs(tmp_path):
+    out = tmp_path / "lb"
+    assert (
+        main(["fit", "wave", "--method", "lbfgs", "--max-iter", "3", "--out", str(out), *TINY]) == 0
+    )
+    cfg = json.loads((out / "config.json").read_text())
+    hist = json.loads((out / "history.json").read_text())
+    assert cfg["method"] == "lbfgs" and 2 <= len(hist) <= 4
+    assert all(b["loglik"] >= a["loglik"] for a, b in itertools.pairwise(hist))
+    assert ExactDGN.load(out / "model.npz").method == "lbfgs"
 
 
 def test_fit_vae_saves_exact_model_and_estimates(runs):
