@@ -53,25 +53,26 @@ def test_gradient_training_improves_likelihood():
     assert m.score(X) == pytest.approx(ll[-1], abs=1e-10)
 
 
+def _fit_lbfgs(X, **kw):
+    m = ExactDGN(method="lbfgs", init="random", random_state=0, progress=False, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return m.fit(X)
+
+
 @pytest.mark.parametrize(("sizes", "noise"), [([1, 6, 2], "isotropic"), ([2, 5, 3], "diagonal")])
 def test_lbfgs_is_monotone_and_floors_the_noise(sizes, noise):
     true = ExactDGN.from_decoder(Decoder.random(sizes, seed=5), 0.2)
     X = true.sample(400, random_state=1)
-    m = ExactDGN(
+    m = _fit_lbfgs(
+        X,
         latent_dim=sizes[0],
         hidden_sizes=tuple(sizes[1:-1]),
         noise=noise,
-        method="lbfgs",
         max_iter=12,
         tol=0.0,
         min_noise_std=0.15,  # σ = floor + exp(s): the floor holds at every step
-        init="random",
-        random_state=0,
-        progress=False,
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        m.fit(X)
     ll = np.array([h["loglik"] for h in m.history_])
     assert np.all(np.diff(ll) >= 0) and ll[-1] > ll[0] + 0.1
     assert m.score(X) == pytest.approx(ll[-1], abs=1e-10)
@@ -83,16 +84,5 @@ def test_lbfgs_recovers_planted_d1():
     true = ExactDGN.from_decoder(Decoder.random([1, 6, 2], seed=11), 0.1)
     X = true.sample(1000, random_state=1)
     Xt = true.sample(2000, random_state=2)
-    m = ExactDGN(
-        hidden_sizes=(6,),
-        method="lbfgs",
-        max_iter=40,
-        tol=1e-9,
-        init="random",
-        random_state=0,
-        progress=False,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        m.fit(X)
+    m = _fit_lbfgs(X, hidden_sizes=(6,), max_iter=40, tol=1e-9)
     assert m.score(Xt) >= true.score(Xt) - 0.05

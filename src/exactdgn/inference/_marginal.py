@@ -167,6 +167,40 @@ def _map_blocks(fn, starts) -> list:
 _DENSE_1D = 24
 
 
+def _lse_by_point(p: np.ndarray, lj: np.ndarray, err: np.ndarray, n: int, prune_nats: float):
+    """Per point ``log p(x) = logsumexp`` of its pairs' ``lj`` and the error estimate.
+
+    ``p`` (P,) is sorted and holds every point ``0..n-1`` at least once.
+    """
+    starts = np.searchsorted(p, np.arange(n))
+    mx = np.maximum.reduceat(lj, starts)
+    log_px = mx + np.log(np.add.reduceat(np.exp(lj - mx[p]), starts))
+    wts = np.exp(lj - log_px[p])
+    err_px = np.add.reduceat(wts * err, starts) + np.exp(-prune_nats)
+    return log_px, err_px
+
+
+def _pair_stats(parts: list) -> PairStats:
+    """Concatenate the blocks' ``(point, region, lj, log_px, err_px, v, offsets, mean, cov,
+    n_candidates)`` (offsets, mean, cov may be None)."""
+
+    def cat(i):
+        return None if parts[0][i] is None else np.concatenate([q[i] for q in parts])
+
+    return PairStats(
+        point=cat(0),
+        region=cat(1),
+        log_joint=cat(2),
+        log_px=cat(3),
+        log_px_error=cat(4),
+        v=cat(5),
+        offsets=cat(6),
+        mean=cat(7),
+        cov=cat(8),
+        n_candidates=int(sum(q[9] for q in parts)),
+    )
+
+
 def _pairs_1d(
     geom: RegionGeometry, X: np.ndarray, prune_nats: float, need_moments: bool
 ) -> PairStats:
@@ -215,23 +249,9 @@ def _pairs_1d(
         lk += 0.5 * np.square(t)  # (n, R) log κ
         rows = np.arange(n)
         if dense:  # few regions: every pair (pruning would keep most of them anyway)
-            lm, err = log_interval_mass((loS - t).ravel(), (hiS - t).ravel())
-            lj2 = lk + lm.reshape(n, R)
-            mx = lj2.max(axis=1, keepdims=True)
-            wts = np.exp(lj2 - mx)
-            ssum = wts.sum(axis=1, keepdims=True)
-            log_px = (mx + np.log(ssum))[:, 0]
-            wts /= ssum
-            err_px = np.einsum("nr,nr->n", wts, err.reshape(n, R)) + np.exp(-prune_nats)
             p, r = np.repeat(rows, R), np.tile(np.arange(R), n)
-            tt = t.ravel()
-            lj = lj2.ravel()
-            mean = cov = None
-            if need_moments:
-                _, um, uv = interval_stats((loS - t).ravel(), (hiS - t).ravel())
-                mean = ((tt + um) * isP[r])[:, None]  # z = (t + u) / s
-                cov = (uv * isP[r] ** 2)[:, None, None]
-            return (p + s, r, lj, log_px, err_px, (t * sP).reshape(-1, 1), mean, cov)
+            tt, lk_p = t.ravel(), lk.ravel()
+            a, b = (loS - t).ravel(), (hiS - t).ravel()
         else:
             r1 = np.argmax(lk, axis=1)
             mu1 = t[rows, r1] * isP[r1]
@@ -244,36 +264,19 @@ def _pairs_1d(
             p, r = np.nonzero(lk > (lower - thr)[:, None])  # sorted by point; r1 always kept
             tt = t[p, r]
             lk_p = lk[p, r]
-        a, b = loS[r] - tt, hiS[r] - tt
+            a, b = loS[r] - tt, hiS[r] - tt
         lm, err = log_interval_mass(a, b)
         lj = lk_p + lm
-        starts = np.searchsorted(p, rows)
-        mx = np.maximum.reduceat(lj, starts)
-        log_px = mx + np.log(np.add.reduceat(np.exp(lj - mx[p]), starts))
-        wts = np.exp(lj - log_px[p])
-        err_px = np.add.reduceat(wts * err, starts) + np.exp(-prune_nats)
+        log_px, err_px = _lse_by_point(p, lj, err, n, prune_nats)
         mean = cov = None
         if need_moments:
             _, um, uv = interval_stats(a, b)
             mean = ((tt + um) * isP[r])[:, None]  # z = (t + u) / s
             cov = (uv * isP[r] ** 2)[:, None, None]
         v = (tt * sP[r])[:, None]
-        return (p + s, r, lj, log_px, err_px, v, mean, cov)
+        return (p + s, r, lj, log_px, err_px, v, None, mean, cov, len(p))
 
-    out = _map_blocks(block, range(0, N, cs))
-    cat = [np.concatenate([o[i] for o in out]) for i in range(6)]
-    return PairStats(
-        point=cat[0],
-        region=cat[1],
-        log_joint=cat[2],
-        log_px=cat[3],
-        log_px_error=cat[4],
-        v=cat[5],
-        offsets=None,
-        mean=np.concatenate([o[6] for o in out]) if need_moments else None,
-        cov=np.concatenate([o[7] for o in out]) if need_moments else None,
-        n_candidates=len(cat[0]),
-    )
+    return _pair_stats(_map_blocks(block, range(0, N, cs)))
 
 
 def _chunk_size(n: int, R: int, d: int, chunk_bytes: int) -> int:
@@ -367,28 +370,7 @@ def marginal_pairs(
         err = err[order]
         if need_moments:
             mean, cov = mean[order], cov[order]
-        starts = np.searchsorted(p_all, np.arange(n))
-        mx = np.maximum.reduceat(lj, starts)
-        ssum = np.add.reduceat(np.exp(lj - mx[p_all]), starts)
-        log_px = mx + np.log(ssum)
-        wts = np.exp(lj - log_px[p_all])
-        err_px = np.add.reduceat(wts * err, starts) + np.exp(-prune_nats)
+        log_px, err_px = _lse_by_point(p_all, lj, err, n, prune_nats)
         return (p_all + s, r_all, lj, log_px, err_px, v_all, off_all, mean, cov, n_cand)
 
-    parts = _map_blocks(block, range(0, N, cs))
-    n_cand = sum(p[9] for p in parts)
-    cat = [np.concatenate([p[i] for p in parts]) for i in range(7)]
-    mean = np.concatenate([p[7] for p in parts]) if need_moments else None
-    cov = np.concatenate([p[8] for p in parts]) if need_moments else None
-    return PairStats(
-        point=cat[0],
-        region=cat[1],
-        log_joint=cat[2],
-        log_px=cat[3],
-        log_px_error=cat[4],
-        v=cat[5],
-        offsets=cat[6],
-        mean=mean,
-        cov=cov,
-        n_candidates=n_cand,
-    )
+    return _pair_stats(_map_blocks(block, range(0, N, cs)))
