@@ -640,3 +640,41 @@ def test_small_polygon_cubature_levels_vs_mpmath(dist, size, moments):
             tm.mean[0], rmean, rtol=0, atol=1e-11 * scale + 4 * EPS * np.abs(rmean).max()
         )
         np.testing.assert_allclose(tm.cov[0], rcov, rtol=0, atol=1e-10 * scale**2)
+
+
+# ------------------------------------------------------------------------------------------
+# the closest-point bound used for exact pruning (``floor``)
+# ------------------------------------------------------------------------------------------
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**31),
+    dist=st.floats(0.0, 40.0),
+    size=st.floats(0.05, 6.0),
+    k=st.integers(3, 8),
+)
+def test_floor_skips_only_pairs_below_it(seed, dist, size, k):
+    """With ``floor`` a pair is either integrated exactly as without it, or skipped, and only
+    when its true mass is below ``exp(floor)``."""
+    rng = np.random.default_rng(seed)
+    ang = rng.uniform(0, 2 * np.pi)
+    center = (dist + size) * np.array([math.cos(ang), math.sin(ang)])
+    polys = [rand_polygon(rng, center, size, k) for _ in range(8)]
+    n = np.stack([q[0] for q in polys])
+    c = np.stack([q[1] for q in polys])
+    ref = log_mass(n, c)
+    floors = ref + rng.uniform(-3.0, 3.0, len(ref))
+    got, err = log_mass(n, c, floor=floors, return_error=True)
+    skipped = np.isneginf(got) & np.isfinite(ref)
+    assert np.all(ref[skipped] < floors[skipped])
+    np.testing.assert_array_equal(got[~skipped], ref[~skipped])
+    assert np.all(err[skipped] == 0)
+    tm = truncated_moments(n, c, floor=floors)
+    np.testing.assert_array_equal(np.isneginf(tm.log_mass), np.isneginf(got))
+    assert np.all(np.isnan(tm.mean[skipped]))
+
+
+def test_floor_skips_far_polygons():
+    n, c = from_vertices([[10.0, 10.0], [11.0, 10.0], [11.0, 11.0], [10.0, 11.0]])
+    # true log mass ~ -100 - log(...): the closest-point bound Q(10 sqrt 2) ~ e^{-102}
+    assert np.isneginf(log_mass(*one(n, c), floor=np.array([-90.0]))[0])
+    assert np.isfinite(log_mass(*one(n, c), floor=np.array([-200.0]))[0])

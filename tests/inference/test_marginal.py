@@ -93,3 +93,52 @@ def test_bad_thread_count_is_a_clear_error(bad, monkeypatch):
     monkeypatch.setenv("EXACTDGN_NUM_THREADS", bad)
     with pytest.raises(ValueError, match="EXACTDGN_NUM_THREADS must be a positive integer"):
         marginal_pairs(geom, m.sample(10, random_state=0))
+
+
+@pytest.mark.parametrize(("sizes", "diag"), [([2, 6, 3, 40], False), ([1, 5, 5, 30], True)])
+def test_output_subspace_gemm_is_the_full_gemm(sizes, diag):
+    """A last layer narrower than the output: ``X gemm_w`` through the basis of ``Λ W_L``."""
+    m = _model(sizes, 4)
+    D = sizes[-1]
+    rng = np.random.default_rng(1)
+    std = rng.uniform(0.2, 0.6, D) if diag else np.full(D, 0.3)
+    geom = region_geometry(m.partition_, std)
+    assert geom.gemm_basis is not None and geom.gemm_basis.shape == (D, sizes[-2])
+    np.testing.assert_allclose(geom.gemm_basis.T @ geom.gemm_basis, np.eye(sizes[-2]), atol=1e-14)
+    X = rng.normal(0, 2, (20, D))
+    X[0] += 1e3  # far from the range: the component outside the subspace is large
+    Xc = X - geom.center
+    full = Xc @ geom.gemm_w
+    np.testing.assert_allclose(geom.gemm(Xc), full, rtol=1e-12, atol=1e-12 * np.abs(full).max())
+    plain = dataclasses.replace(geom, gemm_basis=None, gemm_w_basis=None)
+    a, b = marginal_pairs(geom, X), marginal_pairs(plain, X)
+    np.testing.assert_allclose(a.log_px, b.log_px, rtol=1e-12)
+
+
+def test_output_subspace_not_used_when_it_does_not_pay():
+    m = _model([2, 8, 3], 0)  # last hidden width 8 > output 3
+    assert region_geometry(m.partition_, 0.3).gemm_basis is None
+
+
+def test_distance_bound_prunes_only_negligible_pairs():
+    """d = 2: the closest-point bound skips pairs, and log p(x) is the same as integrating all."""
+    m = ExactDGN.from_decoder(Decoder.random([2, 16, 16, 5], seed=3), 0.05)
+    geom = region_geometry(m.partition_, m.noise_std_)
+    X = np.concatenate([m.sample(200, random_state=0), [np.full(5, 30.0)]])
+    st = marginal_pairs(geom, X, need_moments=True)
+    # reference: every pair integrated, no pruning at all
+    lk, W = log_kappa_all(geom, X)
+    n, R = lk.shape
+    p, r = np.repeat(np.arange(n), R), np.tile(np.arange(R), n)
+    v = np.einsum("pij,pj->pi", geom.K[r], W[p, r])
+    from exactdgn.gaussian import log_mass
+
+    lj = lk.ravel() + log_mass(geom.normals[r], geom.offsets(v, r))
+    ref = np.logaddexp.reduce(lj.reshape(n, R), axis=1)
+    np.testing.assert_allclose(st.log_px, ref, rtol=1e-12, atol=1e-12)
+    assert np.all(np.isfinite(st.log_joint)) and np.all(np.isfinite(st.mean))
+    assert len(st.point) < n * R
+    # the pairs that carry mass are all there
+    w = np.exp(lj - ref[p])
+    heavy = set(zip(p[w > 1e-15], r[w > 1e-15], strict=True))
+    assert heavy <= set(zip(st.point, st.region, strict=True))

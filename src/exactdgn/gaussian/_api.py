@@ -38,7 +38,7 @@ def _as_moments(res) -> TruncatedMoments:
     return res if isinstance(res, TruncatedMoments) else TruncatedMoments(*res)
 
 
-def log_mass(normals, offsets, *, return_error: bool = False):
+def log_mass(normals, offsets, *, return_error: bool = False, floor=None):
     """``log P(u in poly)`` for ``u ~ N(0, I_d)``, relative-accurate also deep in the tails.
 
     Parameters
@@ -49,6 +49,11 @@ def log_mass(normals, offsets, *, return_error: bool = False):
         Offsets (``+inf`` for padding; ``-inf`` makes the polyhedron empty).
     return_error : bool
         Also return an estimate of the absolute error of each log mass.
+    floor : array_like, shape (P,), optional
+        Permission to skip: a pair whose mass a cheap bound proves below ``exp(floor)`` may be
+        returned as ``-inf`` (error 0) without being integrated (used by exact pruning, where
+        such pairs cannot change the result). Used in d = 2 (closest-point bound
+        ``Q(distance)``); other dimensions integrate every pair.
 
     Returns
     -------
@@ -61,7 +66,7 @@ def log_mass(normals, offsets, *, return_error: bool = False):
     if d == 1:
         res = log_mass_1d(n, c)
     elif d == 2:
-        res = log_mass_2d(n, c)
+        res = log_mass_2d(n, c, floor)
     else:
         from ._polytope import log_mass_nd
 
@@ -71,14 +76,15 @@ def log_mass(normals, offsets, *, return_error: bool = False):
     return res if return_error else res[0]
 
 
-def truncated_moments(normals, offsets) -> TruncatedMoments:
+def truncated_moments(normals, offsets, *, floor=None) -> TruncatedMoments:
     """Log mass, mean and covariance of ``N(0, I_d)`` restricted to each polyhedron.
 
     Parameters
     ----------
     normals : array_like, shape (P, F, d)
     offsets : array_like, shape (P, F)
-        As in :func:`log_mass`.
+    floor : array_like, shape (P,), optional
+        As in :func:`log_mass` (skipped pairs: ``log_mass = -inf``, NaN moments).
 
     Returns
     -------
@@ -91,7 +97,7 @@ def truncated_moments(normals, offsets) -> TruncatedMoments:
     if d == 1:
         return truncated_moments_1d(n, c)
     if d == 2:
-        return truncated_moments_2d(n, c)
+        return truncated_moments_2d(n, c, floor)
     from ._polytope import truncated_moments_nd
 
     return _as_moments(truncated_moments_nd(n, c))

@@ -228,26 +228,32 @@ def log_interval_mass(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.nd
     hi = np.asarray(hi, dtype=np.float64)
     out = np.full(lo.shape, -np.inf)
     with np.errstate(all="ignore"):
-        flip = (lo + hi) < 0
-        a = np.where(flip, -hi, lo)
-        b = np.where(flip, -lo, hi)
+        # reflect so that the midpoint is >= 0: (a, b) = (lo, hi) or (-hi, -lo), whichever has
+        # the larger lower end (both ends infinite: (-inf, inf); empty intervals stay empty)
+        a = np.maximum(lo, -hi)
+        b = np.maximum(hi, -lo)
         h = 0.5 * (b - a)
         m = a + h
         spread = h * np.maximum(1.0, m)  # NaN (both ends infinite) and -inf (empty) fail below
         small = spread <= _THIN
         if small.any():
-            series = small & (spread <= _SERIES) & (h > 0)
-            thin = small & ~series & (h > 0)
-            if series.any():
-                hh, mm = h[series], m[series]
+            ism = np.flatnonzero(small & (h > 0))
+            hs, ms_ = h[ism], m[ism]
+            ser = spread[ism] <= _SERIES
+            if ser.any():
+                i = ism[ser]
+                hh, mm = hs[ser], ms_[ser]
                 m2, h2 = mm * mm, hh * hh
                 rel = (m2 - 1.0) * h2 / 6.0 + (m2 * m2 / 24.0 - 0.25 * m2 + 0.125) * h2 * h2 / 5.0
-                out[series] = log_phi(mm) + np.log(2.0 * hh) + np.log1p(rel)
-            if thin.any():
-                hh, mm = h[thin], m[thin]
-                s_ = hh[:, None] * _GL8_X
-                f = np.exp(-s_ * (mm[:, None] + 0.5 * s_)) @ _GL8_W
-                out[thin] = log_phi(mm) + np.log(hh * f)
+                out[i] = log_phi(mm) + np.log(2.0 * hh) + np.log1p(rel)
+                ism, hs, ms_ = ism[~ser], hs[~ser], ms_[~ser]
+            if ism.size:
+                s_ = hs[:, None] * _GL8_X
+                q = ms_[:, None] + 0.5 * s_
+                q *= s_
+                np.negative(q, out=q)
+                np.exp(q, out=q)
+                out[ism] = log_phi(ms_) + np.log(hs * (q @ _GL8_W))
             big = ~small & (lo < hi)
         else:
             big = lo < hi

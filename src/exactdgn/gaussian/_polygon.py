@@ -47,7 +47,7 @@ import logging
 import math
 
 import numpy as np
-from scipy.special import owens_t
+from scipy.special import log_ndtr, owens_t
 
 from ._interval import EPS, TruncatedMoments, interval_stats, log_phi
 
@@ -584,13 +584,28 @@ def _tail_moments(nu, cu, t0, t1, nonempty):
 # --------------------------------------------------------------------------------------------
 # drivers
 # --------------------------------------------------------------------------------------------
-def _log_mass_core(normals, offsets, moments: bool):
+def _distance_bound(cu, t0, t1, nonempty):
+    """(P,) ``log Q(δ)`` with ``δ`` the distance from the mean (origin) to the polygon (0 inside).
+
+    The polygon lies in the half-plane beyond its closest point, so its mass is at most
+    ``Q(δ)``: a tighter bound than any single facet's ``Φ(c_i)``. The closest point of edge ``e``
+    is ``c_e n_e + clip(0, t0, t1) τ_e``.
+    """
+    with np.errstate(all="ignore"):
+        d2 = np.min(np.where(nonempty, cu * cu + np.clip(0.0, t0, t1) ** 2, np.inf), axis=1)
+        outside = np.min(np.where(nonempty, cu, np.inf), axis=1) < 0
+        return np.where(outside & np.isfinite(d2), log_ndtr(-np.sqrt(d2)), 0.0)
+
+
+def _log_mass_core(normals, offsets, moments: bool, floor=None):
     nu, cu, active, bad = _prepare(normals, offsets)
     P = cu.shape[0]
     t0, t1, nonempty, degenerate = polygon_edges(nu, cu, active)
     omega = _omega(nu, cu, active)
     has_rows = active.any(axis=1)
     empty = bad | degenerate | (has_rows & ~nonempty.any(axis=1))
+    if floor is not None:  # pairs provably below their floor are skipped (mass reported 0)
+        empty |= _distance_bound(cu, t0, t1, nonempty) < floor
     use = nonempty & (cu != 0) & ~empty[:, None]
     logm = np.full(P, -np.inf)
     ratio = np.ones(P)
@@ -651,12 +666,13 @@ def _log_mass_core(normals, offsets, moments: bool):
     return logm, err, geo
 
 
-def _chunked(fun, normals, offsets):
+def _chunked(fun, normals, offsets, floor=None):
     """Apply ``fun`` to blocks of pairs grouped by their number of real rows; reassemble.
 
     Padding rows (``+inf`` offset, finite normal) are dropped and the remaining rows keep
     their order, so each pair is processed with as few rows as it has (the edge search is
-    ``O(F^2)``) and its result does not depend on the other pairs.
+    ``O(F^2)``) and its result does not depend on the other pairs. ``floor`` (P,), if given,
+    is passed on blockwise as ``fun(normals, offsets, floor)``.
     """
     n = np.asarray(normals, dtype=np.float64)
     c = np.asarray(offsets, dtype=np.float64)
@@ -683,17 +699,22 @@ def _chunked(fun, normals, offsets):
         step = int(np.clip(_CHUNK_F2 // (width * width), _CHUNK_MIN, _CHUNK_MAX))
         for b in range(0, idx.size, step):
             ib = idx[b : b + step]
-            res = fun(n[ib, :width], c[ib, :width])
+            if floor is None:
+                res = fun(n[ib, :width], c[ib, :width])
+            else:
+                res = fun(n[ib, :width], c[ib, :width], floor[ib])
             if out is None:
                 out = tuple(np.empty((P, *r.shape[1:]), dtype=r.dtype) for r in res)
             for o, r in zip(out, res, strict=True):
                 o[ib] = r
     if out is None:  # P == 0
-        return fun(n, c)
+        return fun(n, c) if floor is None else fun(n, c, np.zeros(P))
     return out
 
 
-def log_mass_2d(normals: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def log_mass_2d(
+    normals: np.ndarray, offsets: np.ndarray, floor: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Log mass of ``N(0, I_2)`` on the polygons ``{u : n_i . u <= c_i}``.
 
     Parameters
@@ -710,27 +731,41 @@ def log_mass_2d(normals: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, n
         polygons; 0 for the whole plane).
     error : ndarray, shape (P,)
         Estimated absolute error of ``log_mass``.
+
+    ``floor`` (P,), optional: a pair whose mass is provably below ``exp(floor)`` (by the
+    closest-point bound ``Q(δ)``, see :func:`_distance_bound`) is not integrated and gets
+    ``log_mass = -inf`` and error 0 (for exact pruning, where such pairs cannot matter).
     """
-    return _chunked(_log_mass_only, normals, offsets)
+    return _chunked(_log_mass_only, normals, offsets, _as_floor(floor, offsets))
 
 
-def _log_mass_only(normals, offsets):
-    logm, err, _ = _log_mass_core(normals, offsets, moments=False)
+def _as_floor(floor, offsets):
+    if floor is None:
+        return None
+    P = np.shape(offsets)[0]
+    return np.broadcast_to(np.asarray(floor, dtype=np.float64), (P,))
+
+
+def _log_mass_only(normals, offsets, floor=None):
+    logm, err, _ = _log_mass_core(normals, offsets, moments=False, floor=floor)
     return logm, err
 
 
-def truncated_moments_2d(normals: np.ndarray, offsets: np.ndarray) -> TruncatedMoments:
+def truncated_moments_2d(
+    normals: np.ndarray, offsets: np.ndarray, floor: np.ndarray | None = None
+) -> TruncatedMoments:
     """Log mass, mean ``(P, 2)`` and covariance ``(P, 2, 2)`` of ``N(0, I_2)`` on polygons.
 
-    See :func:`log_mass_2d` for the inputs.  Moments by the divergence theorem in the stable
-    weight form (module docstring); small polygons by direct cubature, far polygons by
-    slicing along the direction of the closest point.
+    See :func:`log_mass_2d` for the inputs (and ``floor``: skipped pairs get ``-inf`` and NaN
+    moments).  Moments by the divergence theorem in the stable weight form (module docstring);
+    small polygons by direct cubature, far polygons by slicing along the direction of the
+    closest point.
     """
-    return TruncatedMoments(*_chunked(_moments_core, normals, offsets))
+    return TruncatedMoments(*_chunked(_moments_core, normals, offsets, _as_floor(floor, offsets)))
 
 
-def _moments_core(normals, offsets):
-    logm, err, geo = _log_mass_core(normals, offsets, moments=True)
+def _moments_core(normals, offsets, floor=None):
+    logm, err, geo = _log_mass_core(normals, offsets, moments=True, floor=floor)
     nu, cu, t0, t1, nonempty, cub_i, cub_mean, cub_cov = geo
     tau = np.stack([-nu[..., 1], nu[..., 0]], axis=-1)
     ok = np.isfinite(logm)

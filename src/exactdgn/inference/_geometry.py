@@ -47,6 +47,11 @@ class RegionGeometry:
     G : (R, F, d), g : (R, F) offsets ``c(x) = g - G v(x)`` (padding: g = +inf, G = 0)
     center : (D,)             ``c``, the mean of the ``b_r`` (expansion point of the GEMM)
     gemm_w : (D, R d + R)     ``[Λ A_r K_r^{-T} ... | Λ (b_r - c) ...]``
+    gemm_basis : (D, k) or None   orthonormal ``U`` with ``span(U) ⊇ span(Λ W_L)`` (``W_L`` the
+        decoder's last weight, ``k`` its input width) when ``k`` is small enough to pay:
+        every column of ``gemm_w`` lies in ``span(Λ W_L)`` (``A_r = W_L (...)`` and
+        ``b_r - c = W_L (...)``), so ``X gemm_w = (X U)(Uᵀ gemm_w)``, k/D of the work
+    gemm_w_basis : (k, R d + R) or None   ``Uᵀ gemm_w``
     w_shift : (R, d)          ``K_r^{-1} A_r^T Λ (b_r - c)``
     lk_const : (R,)           ``-(D log 2π + log|Σ| + log|P_r| + ||b_r - c||²_Λ) / 2``
     interval : tuple or None  (d = 1 only) ``(lo, hi, order, breaks)``: the regions' ends in
@@ -72,6 +77,8 @@ class RegionGeometry:
     lk_const: np.ndarray
     locate: object = None
     interval: tuple | None = None
+    gemm_basis: np.ndarray | None = None
+    gemm_w_basis: np.ndarray | None = None
 
     @property
     def n_regions(self) -> int:
@@ -89,6 +96,12 @@ class RegionGeometry:
     def S(self) -> np.ndarray:
         """(R, d, d) posterior covariances ``S_r``."""
         return self.L @ np.swapaxes(self.L, 1, 2)
+
+    def gemm(self, Xc: np.ndarray) -> np.ndarray:
+        """(n, R d + R) ``Xc @ gemm_w``, through the decoder's output subspace when it is narrow."""
+        if self.gemm_basis is None:
+            return Xc @ self.gemm_w
+        return (Xc @ self.gemm_basis) @ self.gemm_w_basis
 
     def v(self, X: np.ndarray, r: np.ndarray) -> np.ndarray:
         """(P,) pairs: ``v_r(x) = A_r^T Λ (x - b_r)`` for points ``X`` (P, D) and regions ``r``."""
@@ -172,6 +185,7 @@ def region_geometry(part: Partition, noise_std) -> RegionGeometry:
     b_quad_c = np.einsum("rj,rj->r", bc * inv_var, bc)
     w_shift = np.einsum("rij,rj->ri", K_inv, beta_c)
     lk_const = -0.5 * (D * LOG_2PI + float(np.log(std**2).sum()) + log_det_P + b_quad_c)
+    basis, w_basis = _output_basis(part, inv_var, gemm_w)
     interval = None
     if d == 1 and R:
         n1 = Cn[..., 0]
@@ -201,4 +215,32 @@ def region_geometry(part: Partition, noise_std) -> RegionGeometry:
         lk_const=lk_const,
         locate=part.locate,
         interval=interval,
+        gemm_basis=basis,
+        gemm_w_basis=w_basis,
     )
+
+
+def _output_basis(part: Partition, inv_var: np.ndarray, gemm_w: np.ndarray):
+    """``(U, Uᵀ gemm_w)`` with ``U`` an orthonormal basis of ``Λ W_L``, or ``(None, None)``.
+
+    Every affine piece of the decoder ends with its last affine layer, so ``A_r = W_L M_r`` and
+    ``b_r - c = W_L m_r``: the GEMM's columns lie in the ``k``-dimensional ``span(Λ W_L)`` and the
+    (N x D) @ (D x M) product factors exactly into (N x D) @ (D x k) and (N x k) @ (k x M). Used
+    when that is at most 70% of the work; the factorisation is verified on the actual columns
+    (to 1e-12 relative) and skipped if it does not hold.
+    """
+    D, M = gemm_w.shape
+    dec = getattr(part, "decoder", None)
+    if dec is None or M == 0:
+        return None, None
+    WL = dec.weights[-1]
+    k = WL.shape[1]
+    if WL.shape[0] != D or k * (D + M) > 0.7 * D * M:
+        return None, None
+    U, _ = np.linalg.qr(WL * inv_var[:, None])  # (D, k); span(U) ⊇ span(Λ W_L) to rounding
+    Wb = U.T @ gemm_w
+    scale = np.abs(gemm_w).max(axis=0)
+    resid = np.abs(gemm_w - U @ Wb).max(axis=0)
+    if np.any(resid > 1e-12 * np.maximum(scale, np.finfo(float).tiny)):
+        return None, None
+    return U, Wb

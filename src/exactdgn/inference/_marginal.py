@@ -75,7 +75,7 @@ def log_kappa_all(geom: RegionGeometry, X: np.ndarray) -> tuple[np.ndarray, np.n
     """
     R, _, d = geom.A.shape
     Xc = X - geom.center
-    prod = Xc @ geom.gemm_w  # (N, R*d + R)
+    prod = geom.gemm(Xc)  # (N, R*d + R)
     W = prod[:, : R * d].reshape(-1, R, d)
     W -= geom.w_shift
     if np.all(geom.inv_var == geom.inv_var[0]):
@@ -185,7 +185,9 @@ def _pair_stats(parts: list) -> PairStats:
     n_candidates)`` (offsets, mean, cov may be None)."""
 
     def cat(i):
-        return None if parts[0][i] is None else np.concatenate([q[i] for q in parts])
+        if parts[0][i] is None:
+            return None
+        return parts[0][i] if len(parts) == 1 else np.concatenate([q[i] for q in parts])
 
     return PairStats(
         point=cat(0),
@@ -223,7 +225,6 @@ def _pairs_1d(
         hiS = np.where(np.isinf(hi_z), np.inf, hi_z * sP)
     # log κ as in log_kappa_all, with t = w (K = s in d = 1)
     const = geom.lk_const
-    gm = geom.gemm_w  # (D, 2R)
     beta = geom.w_shift[:, 0]
     iso = bool(np.all(geom.inv_var == geom.inv_var[0]))
     thr = prune_nats + np.log(max(R, 1))
@@ -236,7 +237,7 @@ def _pairs_1d(
     def block(s: int):
         Xc = X[s : s + cs] - geom.center
         n = Xc.shape[0]
-        prod = Xc @ gm  # (n, 2R)
+        prod = geom.gemm(Xc)  # (n, 2R)
         if iso:
             hxq = np.einsum("nj,nj->n", Xc, Xc) * (-0.5 * geom.inv_var[0])
         else:
@@ -267,14 +268,30 @@ def _pairs_1d(
             a, b = loS[r] - tt, hiS[r] - tt
         lm, err = log_interval_mass(a, b)
         lj = lk_p + lm
-        log_px, err_px = _lse_by_point(p, lj, err, n, prune_nats)
+        if dense:  # (n, R) layout: plain axis reductions
+            lj2 = lj.reshape(n, R)
+            mx = lj2.max(axis=1)
+            e = lj2 - mx[:, None]
+            np.exp(e, out=e)
+            tot = e.sum(axis=1)
+            log_px = mx + np.log(tot)
+            e *= err.reshape(n, R)  # weights e / tot
+            err_px = e.sum(axis=1) / tot + np.exp(-prune_nats)
+        else:
+            log_px, err_px = _lse_by_point(p, lj, err, n, prune_nats)
         mean = cov = None
+        n_cand = len(p)
         if need_moments:
+            # moments only where the pair's exact weight is visible (the same level as the
+            # pruning: the pairs dropped here change no sum by more than exp(-prune_nats))
+            sel = lj > (log_px - thr)[p]
+            if not sel.all():
+                p, r, lj, tt, a, b = p[sel], r[sel], lj[sel], tt[sel], a[sel], b[sel]
             _, um, uv = interval_stats(a, b)
             mean = ((tt + um) * isP[r])[:, None]  # z = (t + u) / s
             cov = (uv * isP[r] ** 2)[:, None, None]
         v = (tt * sP[r])[:, None]
-        return (p + s, r, lj, log_px, err_px, v, None, mean, cov, len(p))
+        return (p + s, r, lj, log_px, err_px, v, None, mean, cov, n_cand)
 
     return _pair_stats(_map_blocks(block, range(0, N, cs)))
 
@@ -345,19 +362,32 @@ def marginal_pairs(
         lk_all = np.concatenate([lk_top, lk_c])
         v_all = np.concatenate([v_top, v_c])
         off_all = np.concatenate([off_top, off_c])
+        # candidates whose closest-point bound falls below the pruning level are not integrated
+        # (log mass -inf, dropped below); the seeds are always integrated
+        floor = np.concatenate([np.full(len(p_top), -np.inf), (lower - thr)[p_c] - lk_c])
         if need_moments:
-            tm = gaussian.truncated_moments(geom.normals[r_all], off_all)
+            tm = gaussian.truncated_moments(geom.normals[r_all], off_all, floor=floor)
             lm_all, err = tm.log_mass, tm.error
             mu = geom.posterior_mean(v_all, r_all)
             Lr = geom.L[r_all]
             mean = mu + np.einsum("pij,pj->pi", Lr, tm.mean)
             cov = Lr @ tm.cov @ np.swapaxes(Lr, 1, 2)
         else:
-            lm_c, err_c = gaussian.log_mass(geom.normals[r_c], off_c, return_error=True)
+            lm_c, err_c = gaussian.log_mass(
+                geom.normals[r_c], off_c, return_error=True, floor=floor[len(p_top) :]
+            )
             lm_all = np.concatenate([lm_top, lm_c])
             err = np.concatenate([err_top, err_c])
             mean = cov = None
         lj = lk_all + lm_all
+        keep = np.isfinite(lj)
+        keep[: len(p_top)] = True  # every point keeps its seeds
+        if not keep.all():
+            p_all, r_all, lj, v_all, off_all, err = (
+                a[keep] for a in (p_all, r_all, lj, v_all, off_all, err)
+            )
+            if need_moments:
+                mean, cov = mean[keep], cov[keep]
         # group per point: logsumexp over the pairs of each point
         order = np.argsort(p_all, kind="stable")
         p_all, r_all, lj, v_all, off_all = (
