@@ -126,7 +126,7 @@ def run_methods(Xtr, Xte, sizes, seed, budgets: dict, methods, *, progress=False
     """
     from exactdgn import ExactDGN
     from exactdgn.baselines import IWAE, VAE
-    from exactdgn.cli import em_curve, evaluate_vae, refit_curve, vae_to_exact
+    from exactdgn.cli import em_curve, evaluate_vae, refit_curve, vae_curve, vae_to_exact
 
     d, hidden = sizes[0], tuple(sizes[1:-1])
     out = {}
@@ -170,13 +170,11 @@ def run_methods(Xtr, Xte, sizes, seed, budgets: dict, methods, *, progress=False
         elif method in ("vae", "iwae"):
             cls = VAE if method == "vae" else IWAE
             extra = {} if method == "vae" else {"k": 5}
-            est, curve = refit_curve(
+            est, curve = vae_curve(
                 lambda e, cls=cls, extra=extra: cls(sizes, max_epochs=e, **vae_kw, **extra),
                 Xtr,
                 Xte,
                 budgets["vae_epochs"],
-                to_exact=vae_to_exact,
-                progress=progress,
             )
             exact = vae_to_exact(est)
         else:

@@ -286,3 +286,40 @@ def test_iwae_bound_std_and_k_monotone():
     assert np.all(np.abs(b1 - e) <= 4 * np.sqrt(s1**2 + se**2))
     assert np.all(b1 <= b50 + 4 * np.sqrt(s1**2 + s50**2))
     assert math.isfinite(float(np.sum(b50)))
+
+
+@pytest.mark.parametrize("cls", [VAE, IWAE])
+def test_callback_snapshots_are_the_prefix_runs(cls):
+    """The per-epoch snapshot at epoch e is the model a run of e epochs ends with (same seed,
+    no validation), and the exact-NLL curve from one run equals the refit curve."""
+    from exactdgn.cli import refit_curve, vae_curve, vae_to_exact
+
+    X = wave(120, noise=0.1, random_state=0)
+    kw = {"validation_fraction": 0.0, "random_state": 3, "batch_size": 32}
+    seen = {}
+
+    def cb(epoch, snapshot):
+        if epoch in (2, 5):
+            seen[epoch] = snapshot()
+
+    cls([1, 6, 2], max_epochs=5, **kw).fit(X, callback=cb)
+    short = cls([1, 6, 2], max_epochs=2, **kw).fit(X)
+    dec, std = seen[2]
+    for W, W2 in zip(dec.weights, short.decoder_.weights, strict=True):
+        np.testing.assert_array_equal(W, W2)
+    assert std == short.noise_std_
+    make = lambda e: cls([1, 6, 2], max_epochs=e, **kw)  # noqa: E731
+    Xte = wave(50, noise=0.1, random_state=1)
+    _, one = vae_curve(make, X, Xte, [2, 5])
+    _, ref = refit_curve(make, X, Xte, [2, 5], to_exact=vae_to_exact)
+    assert one["iter"] == ref["iter"] == [2, 5]
+    np.testing.assert_allclose(one["train_nll"], ref["train_nll"], rtol=1e-12)
+    np.testing.assert_allclose(one["test_nll"], ref["test_nll"], rtol=1e-12)
+    assert one["seconds"][0] < one["seconds"][1]
+
+
+def test_callback_can_stop_training():
+    X = wave(60, noise=0.1, random_state=0)
+    vae = VAE([1, 4, 2], max_epochs=50, validation_fraction=0.0, random_state=0)
+    vae.fit(X, callback=lambda e, snap: e < 3)
+    assert vae.n_epochs_ == 3 and vae.stopped_early_

@@ -311,7 +311,7 @@ class VAE:
                 )
         return torch.log(torch.as_tensor(init, dtype=dtype))
 
-    def fit(self, X, y=None, *, X_val=None) -> VAE:
+    def fit(self, X, y=None, *, X_val=None, callback=None) -> VAE:
         """Train on ``X`` (N, D) by maximising the objective with Adam.
 
         Parameters
@@ -320,6 +320,11 @@ class VAE:
         y : ignored
         X_val : array_like of shape (M, D), optional
             Validation data for early stopping (else ``validation_fraction`` of ``X``).
+        callback : callable, optional
+            Called after every epoch as ``callback(epoch, snapshot)`` (``epoch`` counts from 1);
+            ``snapshot()`` returns the current ``(Decoder, noise_std)`` in float64 (built only
+            when called, e.g. to score training curves with the exact likelihood). Training
+            continues unless the callback returns ``False``.
 
         Returns
         -------
@@ -426,6 +431,19 @@ class VAE:
                 tot_elbo += float(log_w.detach().mean(dim=1).sum())
             history["train_objective"].append(tot_obj / n_train)
             history["train_elbo"].append(tot_elbo / n_train)
+            if callback is not None:
+
+                def snapshot():
+                    decoder_module.eval()
+                    dec_now = Decoder.from_torch(decoder_module, input_shape=(d,))
+                    sig = np.exp(log_sigma().detach().to(torch.float64).numpy())
+                    return dec_now, (float(sig[0]) if self.noise == "isotropic" else sig.copy())
+
+                if callback(epoch + 1, snapshot) is False:
+                    if best_state is None or Xv is None:
+                        best_epoch = epoch
+                    stopped = True
+                    break
             if Xv is None:
                 best_epoch = epoch
                 if bar is not None:
