@@ -21,7 +21,18 @@ METHODS = ("em", "gradient", "vae", "iwae")
 def main() -> None:
     p = C.parser("toy", __doc__)
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    p.add_argument("--archs", nargs="+", default=None, help="only these decoders, e.g. 1-16-16-2")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--em-iter", type=int, default=None, help="EM iterations (default 50)")
+    p.add_argument("--em-n-init", type=int, default=1, help="EM restarts, best kept")
+    p.add_argument("--vae-epochs", type=int, nargs="+", default=None, help="VAE/IWAE curve epochs")
     args = p.parse_args()
+    archs = ARCHS
+    if args.archs:
+        archs = [a for a in ARCHS if "-".join(map(str, a)) in args.archs]
+        if not archs:
+            p.error(f"no decoder matches --archs {args.archs}")
+    methods = tuple(args.methods)
     out = C.setup(args)
     from exactdgn.datasets import get_dataset
 
@@ -36,11 +47,16 @@ def main() -> None:
             "k_is": 5000,
         }
         n_train, n_test = 600, 600
+    if args.em_iter is not None:
+        budgets["em_iter"] = args.em_iter
+    budgets["em_n_init"] = args.em_n_init
+    if args.vae_epochs:
+        budgets["vae_epochs"] = sorted(args.vae_epochs)
     config = C.base_config(
         args,
         datasets=args.datasets,
-        archs=ARCHS,
-        methods=METHODS,
+        archs=archs,
+        methods=methods,
         budgets=budgets,
         n_train=n_train,
         n_test=n_test,
@@ -51,12 +67,12 @@ def main() -> None:
     runs = []
     t0 = time.perf_counter()
     for ds in args.datasets:
-        for sizes in ARCHS:
+        for sizes in archs:
             for seed in args.seeds:
                 Xtr = get_dataset(ds, n_samples=n_train, random_state=1000 + seed)
                 Xte = get_dataset(ds, n_samples=n_test, random_state=2000 + seed)
                 res = C.run_methods(
-                    Xtr, Xte, sizes, seed, budgets, METHODS, progress=not args.no_progress
+                    Xtr, Xte, sizes, seed, budgets, methods, progress=not args.no_progress
                 )
                 runs.append(
                     {
@@ -75,7 +91,7 @@ def main() -> None:
             C.curve_figure(
                 out / f"curves_{ds}_{'-'.join(map(str, sizes))}.png",
                 f"{ds} {sizes}",
-                {m: [r["methods"][m]["curve"] for r in sel] for m in METHODS},
+                {m: [r["methods"][m]["curve"] for r in sel] for m in methods},
             )
             C.write_json(out / "runs.json", runs)
     rows = C.summary_rows(runs, ("dataset", "arch"))

@@ -1,10 +1,13 @@
 """Exact marginal likelihood ``log p(x) = logsumexp_r [log κ_r(x) + log Φ_r(x)]`` and E-step pairs.
 
-Exact pruning (no approximation beyond double precision): ``Φ_r(x) <= 1`` and, for every facet,
-``Φ_r(x) <= Φ(c_i(x))`` (the region lies in the facet's half-space). A lower bound ``ℓ(x)`` of
-``log p(x)`` comes from the few regions with the largest ``κ_r(x)``; a pair whose upper bound
-``log κ_r + min(0, min_i log Φ(c_i))`` is below ``ℓ(x) - prune_nats - log R`` contributes less than
-``e^{-prune_nats}`` in total relative terms and is skipped.
+Exact pruning (no approximation beyond double precision): ``Φ_r(x) <= 1``; for every facet
+``Φ_r(x) <= Φ(c_i(x))`` (the region lies in the facet's half-space); and in d = 2
+``Φ_r(x) <= Q(δ)`` with ``δ`` the whitened distance from ``μ_r(x)`` to the region (it lies beyond
+the tangent line at its closest point; checked inside the polygon integrator, before any
+integral). A lower bound ``ℓ(x)`` of ``log p(x)`` comes from the few regions with the largest
+``κ_r(x)``; a pair whose upper bound ``log κ_r + log(bound)`` is below
+``ℓ(x) - prune_nats - log R`` contributes less than ``e^{-prune_nats}`` in total relative terms and
+is skipped. In d = 1 with moments, pairs whose exact weight is below that level get no moments.
 """
 
 from __future__ import annotations
