@@ -323,3 +323,35 @@ def test_callback_can_stop_training():
     vae = VAE([1, 4, 2], max_epochs=50, validation_fraction=0.0, random_state=0)
     vae.fit(X, callback=lambda e, snap: e < 3)
     assert vae.n_epochs_ == 3 and vae.stopped_early_
+
+
+@pytest.mark.parametrize("noise", ["isotropic", "diagonal"])
+def test_lowrank_log_weights_match_direct(noise, monkeypatch):
+    """The evaluation path through the output layer's Gram matrix (a narrow last layer) gives
+    the same log weights as decoding to D dimensions, also far from the data."""
+    from exactdgn.baselines import _vae
+    from exactdgn.baselines._vae import _log_weights, _log_weights_lowrank
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 24))
+    X[0] += 300.0
+    vae = VAE([2, 5, 24], max_epochs=2, noise=noise, random_state=0).fit(X[1:])
+    dec, enc, log_sigma = vae._eval_parts()
+    x = torch.as_tensor(X)
+    eps = torch.as_tensor(rng.standard_normal((40, 7, 2)))
+    with torch.no_grad():
+        ref = _log_weights(x, eps, dec, enc, log_sigma).numpy()
+        got = _log_weights_lowrank(x, eps, dec[:-1], dec[-1], enc, log_sigma).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-9)
+    # the public estimates use it (4 * 5 <= 24): same numbers as with the direct path
+    calls = []
+
+    def direct(x, eps, body, last, enc, ls):
+        calls.append(1)
+        return _log_weights(x, eps, torch.nn.Sequential(*body, last), enc, ls)
+
+    est = vae.importance_log_likelihood(X, k=50, random_state=1)
+    monkeypatch.setattr(_vae, "_log_weights_lowrank", direct)
+    ref = vae.importance_log_likelihood(X, k=50, random_state=1)
+    assert calls and np.all(np.isfinite(est)) and est[0] < est[1:].min()
+    np.testing.assert_allclose(est, ref, rtol=1e-12, atol=1e-9)

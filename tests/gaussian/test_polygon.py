@@ -678,3 +678,11 @@ def test_floor_skips_far_polygons():
     # true log mass ~ -100 - log(...): the closest-point bound Q(10 sqrt 2) ~ e^{-102}
     assert np.isneginf(log_mass(*one(n, c), floor=np.array([-90.0]))[0])
     assert np.isfinite(log_mass(*one(n, c), floor=np.array([-200.0]))[0])
+
+
+def test_floor_shape_is_checked():
+    n, c = from_vertices([[1.0, 1.0], [2.0, 1.0], [2.0, 2.0]])
+    with pytest.raises(ValueError, match="floor"):
+        log_mass(*one(n, c), floor=np.zeros(3))
+    with pytest.raises(ValueError, match="floor"):
+        truncated_moments(*one(n, c), floor=np.array([np.nan]))

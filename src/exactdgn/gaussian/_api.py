@@ -34,6 +34,15 @@ def _check(normals, offsets) -> tuple[np.ndarray, np.ndarray]:
     return n, c
 
 
+def _check_floor(floor, P: int):
+    if floor is None:
+        return None
+    f = np.asarray(floor, dtype=np.float64)
+    if f.ndim > 1 or (f.ndim == 1 and f.shape[0] != P) or np.isnan(f).any():
+        raise ValueError(f"floor must be a scalar or an array of shape ({P},) without NaN")
+    return np.broadcast_to(f, (P,))
+
+
 def _as_moments(res) -> TruncatedMoments:
     return res if isinstance(res, TruncatedMoments) else TruncatedMoments(*res)
 
@@ -62,6 +71,7 @@ def log_mass(normals, offsets, *, return_error: bool = False, floor=None):
     error : ndarray, shape (P,) (only with ``return_error``)
     """
     n, c = _check(normals, offsets)
+    floor = _check_floor(floor, n.shape[0])
     d = n.shape[2]
     if d == 1:
         res = log_mass_1d(n, c)
@@ -93,6 +103,7 @@ def truncated_moments(normals, offsets, *, floor=None) -> TruncatedMoments:
         ``error (P,)`` (estimated absolute error of ``log_mass``).
     """
     n, c = _check(normals, offsets)
+    floor = _check_floor(floor, n.shape[0])
     d = n.shape[2]
     if d == 1:
         return truncated_moments_1d(n, c)
