@@ -136,7 +136,7 @@ class RegionGeometry:
 
     def offsets(self, v: np.ndarray, r: np.ndarray) -> np.ndarray:
         """(P, F) whitened facet offsets ``c(x) = g_r - G_r v`` for pairs."""
-        return self.g[r] - np.einsum("pfk,pk->pf", self.G[r], v)
+        return self.g[r] - np.matmul(self.G[r], v[:, :, None])[..., 0]
 
     def posterior_mean(self, v: np.ndarray, r: np.ndarray) -> np.ndarray:
         """(P, d) ``μ_r(x) = S_r v``."""

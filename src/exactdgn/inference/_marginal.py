@@ -287,7 +287,7 @@ def _pairs_1d(
         if need_moments:
             # moments only where the pair's exact weight is visible (the same level as the
             # pruning: the pairs dropped here change no sum by more than exp(-prune_nats))
-            sel = lj > (log_px - thr)[p]
+            sel = (lj > (log_px - thr)[p]) | ~np.isfinite(log_px)[p]
             if not sel.all():
                 p, r, lj, tt, a, b = p[sel], r[sel], lj[sel], tt[sel], a[sel], b[sel]
             _, um, uv = interval_stats(a, b)
