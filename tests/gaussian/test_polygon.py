@@ -28,7 +28,10 @@ from scipy import integrate, special, stats
 from exactdgn.gaussian import (
     gaussian_polyhedron_moments,
     log_mass,
+    log_mass_2d_shifted,
+    polygon_table,
     truncated_moments,
+    truncated_moments_2d_shifted,
     whiten,
 )
 
@@ -686,3 +689,106 @@ def test_floor_shape_is_checked():
         log_mass(*one(n, c), floor=np.zeros(3))
     with pytest.raises(ValueError, match="floor"):
         truncated_moments(*one(n, c), floor=np.array([np.nan]))
+
+
+# ------------------------------------------------------------------------------------------
+# one polygon, many means: the precomputed table translated by -w
+# ------------------------------------------------------------------------------------------
+def _table_case(rng, k_max=7):
+    """Polygons of different row counts (bounded, unbounded, padded) in one padded array."""
+    M, F = 6, k_max + 2
+    N = np.zeros((M, F, 2))
+    C = np.full((M, F), np.inf)
+    for m in range(M):
+        k = int(rng.integers(3, k_max + 1))
+        n, c = rand_polygon(rng, rng.normal(0, 2, 2), rng.uniform(0.05, 4.0), k)
+        if m % 3 == 1:  # unbounded: drop one or two edges
+            keep = np.ones(k, bool)
+            keep[rng.choice(k, 1 + (k > 4), replace=False)] = False
+            n, c = n[keep], c[keep]
+        N[m, : len(c)], C[m, : len(c)] = n * rng.uniform(0.5, 2.0, (len(c), 1)), c
+        if m % 2:  # padding rows in the middle
+            perm = rng.permutation(F)
+            N[m], C[m] = N[m][perm], C[m][perm]
+    return N, C
+
+
+def _direct(N, C, m, w):
+    return N[m], C[m] - np.einsum("pfk,pk->pf", N[m], w)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31), scale=st.sampled_from([0.3, 1.0, 3.0, 30.0, 1e3]))
+def test_shifted_table_matches_direct(seed, scale):
+    """Translating the tabulated polygon by -w equals integrating {n.u <= c - n.w} directly
+    (same mass, error scale and moments), for bounded, unbounded and padded polygons."""
+    rng = np.random.default_rng(seed)
+    N, C = _table_case(rng)
+    tab = polygon_table(N, C)
+    m = rng.integers(0, len(C), 64)
+    w = rng.normal(0, scale, (64, 2))
+    ref, err = log_mass(*_direct(N, C, m, w), return_error=True)
+    got, gerr = log_mass_2d_shifted(tab, m, w)
+    np.testing.assert_array_equal(np.isfinite(got), np.isfinite(ref))
+    fin = np.isfinite(ref)
+    # inputs are rounded differently (c - n.w against vertices - w): conditioning |w| eps
+    tol = 1e-12 * np.maximum(1.0, np.abs(ref)) + 4 * (err + gerr) + 1e-14 * (1 + scale) ** 2
+    assert np.all(np.abs(got[fin] - ref[fin]) <= tol[fin])
+    tm = truncated_moments(*_direct(N, C, m, w))
+    tg = truncated_moments_2d_shifted(tab, m, w)
+    np.testing.assert_array_equal(tg.log_mass, got)
+    big = fin & (ref > -600)  # moments beyond that are asymptotic and tested elsewhere
+    sc = 1.0 + np.abs(tm.mean[big])
+    assert np.all(np.abs(tg.mean[big] - tm.mean[big]) <= 1e-8 * sc * (1 + scale))
+    assert np.all(np.abs(tg.cov[big] - tm.cov[big]) <= 1e-8 * (1 + scale))
+
+
+def test_shifted_table_far_mean_vs_mpmath():
+    """An independent check of the translation: a far polygon (log mass ~ -5e3) from a mean
+    100 units away, against the mpmath slicing reference on the translated rows."""
+    n, c = from_vertices([(0.0, 0.0), (2.0, 0.3), (1.5, 1.7), (-0.2, 1.0)])
+    tab = polygon_table(n[None], c[None])
+    w = np.array([[-70.0, -75.0], [0.5, 0.6], [1.0, -3.0]])
+    got, err = log_mass_2d_shifted(tab, np.zeros(3, dtype=int), w)
+    for i in range(3):
+        ref = float(mp_polygon(n, c - n @ w[i], dps=40)[0])
+        assert abs(got[i] - ref) <= 1e-12 * max(1.0, abs(ref)) + 4 * err[i], (i, got[i], ref)
+
+
+def test_shifted_table_pairs_independent_of_batch():
+    rng = np.random.default_rng(3)
+    N, C = _table_case(rng)
+    tab = polygon_table(N, C)
+    m = rng.integers(0, len(C), 300)
+    w = rng.normal(0, 4, (300, 2))
+    full = truncated_moments_2d_shifted(tab, m, w)
+    part = truncated_moments_2d_shifted(tab, m[7:19], w[7:19])
+    np.testing.assert_array_equal(part.log_mass, full.log_mass[7:19])
+    np.testing.assert_array_equal(part.mean, full.mean[7:19])
+    lm, _ = log_mass_2d_shifted(tab, m[::-1], w[::-1])
+    np.testing.assert_array_equal(lm[::-1], full.log_mass)
+
+
+def test_shifted_table_empty_polygons_and_checks():
+    N = np.zeros((3, 2, 2))
+    C = np.full((3, 2), np.inf)
+    N[0] = [[1, 0], [-1, 0]]  # infeasible strip u1 <= -1, u1 >= 1
+    C[0] = [-1, -1]
+    N[1] = [[1, 0], [-1, 0]]  # proper strip |u1| <= 1
+    C[1] = [1, 1]
+    tab = polygon_table(N, C)  # polygon 2: the whole plane
+    w = np.array([[0.0, 0.0], [0.5, 9.0], [3.0, -2.0]])
+    lm, _ = log_mass_2d_shifted(tab, np.arange(3), w)
+    assert lm[0] == -np.inf and lm[2] == 0.0
+    ref = math.log(special.ndtr(0.5) - special.ndtr(-1.5))
+    assert abs(lm[1] - ref) < 1e-14
+    lm0, err0 = log_mass_2d_shifted(tab, np.zeros(0, dtype=int), np.zeros((0, 2)))
+    assert lm0.shape == err0.shape == (0,)
+    with pytest.raises(ValueError, match="shift"):
+        log_mass_2d_shifted(tab, np.arange(3), np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="shift"):
+        log_mass_2d_shifted(tab, np.arange(3), np.full((3, 2), np.nan))
+    with pytest.raises(ValueError, match="polygon"):
+        log_mass_2d_shifted(tab, np.array([0, 3]), np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="polygon"):
+        log_mass_2d_shifted(tab, np.array([0.0, 1.0]), np.zeros((2, 2)))

@@ -13,9 +13,18 @@ from ._api import (
     whiten,
 )
 from ._interval import interval_stats, log_interval_mass
-from ._polygon import log_edge_pieces, log_mass_2d, truncated_moments_2d
+from ._polygon import (
+    PolygonTable,
+    log_edge_pieces,
+    log_mass_2d,
+    log_mass_2d_shifted,
+    polygon_table,
+    truncated_moments_2d,
+    truncated_moments_2d_shifted,
+)
 
 __all__ = [
+    "PolygonTable",
     "TruncatedMoments",
     "gaussian_polyhedron_moments",
     "interval_stats",
@@ -23,7 +32,10 @@ __all__ = [
     "log_interval_mass",
     "log_mass",
     "log_mass_2d",
+    "log_mass_2d_shifted",
+    "polygon_table",
     "truncated_moments",
     "truncated_moments_2d",
+    "truncated_moments_2d_shifted",
     "whiten",
 ]

@@ -187,6 +187,12 @@ def interval_stats(lo, hi) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return logm.reshape(shape), mean.reshape(shape), var.reshape(shape)
 
 
+def _rowdot(a: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """(n,) ``a @ w`` for (n, K) ``a``, each row summed in a fixed order: a BLAS product may
+    change its summation order with ``n``, and a pair's result must not depend on its batch."""
+    return np.einsum("ij,j->i", a, w)
+
+
 # Half-width x max(1, |midpoint|) below which ``log_interval_mass`` uses its midpoint series.
 _SERIES = 5e-4
 _THIN = 0.5
@@ -253,7 +259,7 @@ def log_interval_mass(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.nd
                 q *= s_
                 np.negative(q, out=q)
                 np.exp(q, out=q)
-                out[ism] = log_phi(ms_) + np.log(hs * (q @ _GL8_W))
+                out[ism] = log_phi(ms_) + np.log(hs * _rowdot(q, _GL8_W))
             big = ~small & (lo < hi)
         else:
             big = lo < hi

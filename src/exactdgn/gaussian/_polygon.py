@@ -45,13 +45,22 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import log_ndtr, owens_t
 
-from ._interval import EPS, TruncatedMoments, interval_stats, log_phi
+from ._interval import EPS, TruncatedMoments, _rowdot, interval_stats, log_phi
 
-__all__ = ["log_mass_2d", "polygon_edges", "truncated_moments_2d"]
+__all__ = [
+    "PolygonTable",
+    "log_mass_2d",
+    "log_mass_2d_shifted",
+    "polygon_edges",
+    "polygon_table",
+    "truncated_moments_2d",
+    "truncated_moments_2d_shifted",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -289,22 +298,34 @@ def _laguerre_part(h, ta, tb):
     def rho(s, t2, hh):
         return 1.0 / (np.sqrt(1.0 + 2.0 * s / t2) * (1.0 + 2.0 * s / hh))
 
+    def rho_rows(two_s, t2, hh):
+        # rho at (n, K) nodes (two_s = 2 s: (n, K) or (K,)) for rows t2, hh (n,), written as
+        # sqrt(t2) hh / (sqrt(t2 + 2s) (hh + 2s)) with in-place steps (fewer temporaries)
+        a = two_s + t2[:, None]
+        np.sqrt(a, out=a)
+        a *= two_s + hh[:, None]
+        np.divide((np.sqrt(t2) * hh)[:, None], a, out=a)
+        return a
+
     out = np.empty_like(ta)
     short = S <= _S_SPLIT
     i = np.flatnonzero(short)
     if i.size:
         s = S[i, None] * _GL16S_X
-        q = S[i] * np.sum(_GL16S_W * np.exp(-s) * rho(s, ta2[i, None], ha[i, None]), axis=1)
-        out[i] = np.log(q)
+        f = rho_rows(2.0 * s, ta2[i], ha[i])
+        np.negative(s, out=s)
+        np.exp(s, out=s)
+        f *= s
+        out[i] = np.log(S[i] * _rowdot(f, _GL16S_W))
     i = np.flatnonzero(~short)
     if i.size:
-        qa = np.sum(_LAG_W * rho(_LAG_X, ta2[i, None], ha[i, None]), axis=1)
+        qa = _rowdot(rho_rows(2.0 * _LAG_X, ta2[i], ha[i]), _LAG_W)
         tbi = tb[i]
         fin = np.isfinite(tbi)
         tb_safe = np.where(fin, tbi, 1.0)
         tb2 = tb_safe * tb_safe
         hb = h[i] * h[i] + tb2
-        qb = np.sum(_LAG_W * rho(_LAG_X, tb2[:, None], hb[:, None]), axis=1)
+        qb = _rowdot(rho_rows(2.0 * _LAG_X, tb2, hb), _LAG_W)
         Si = np.where(fin, S[i], 0.0)
         back = np.where(fin, np.exp(-Si) * rho(Si, ta2[i], ha[i]) * qb, 0.0)
         out[i] = np.log(qa - back)
@@ -314,8 +335,14 @@ def _laguerre_part(h, ta, tb):
 def _gl_near_foot(h, ta, tc):
     """``int_ta^tc e^{-t^2/2} h / (h^2 + t^2) dt`` by 32-node Gauss-Legendre."""
     L = tc - ta
-    t = ta[:, None] + L[:, None] * _GL_X
-    return L * np.sum(_GL_W * np.exp(-0.5 * t * t) * h[:, None] / (h[:, None] ** 2 + t * t), axis=1)
+    t2 = L[:, None] * _GL_X
+    t2 += ta[:, None]
+    t2 *= t2  # t^2 at the nodes
+    e = np.multiply(t2, -0.5)
+    np.exp(e, out=e)
+    t2 += (h * h)[:, None]
+    e /= t2  # e^{-t^2/2} / (h^2 + t^2), in place (fewer (n, 32) temporaries)
+    return (L * h) * _rowdot(e, _GL_W)
 
 
 def log_edge_pieces(h, ta, tb) -> np.ndarray:
@@ -605,19 +632,28 @@ def _distance_bound(cu, t0, t1, nonempty):
 
 def _log_mass_core(normals, offsets, moments: bool, floor=None):
     nu, cu, active, bad = _prepare(normals, offsets)
-    P = cu.shape[0]
     t0, t1, nonempty, degenerate = polygon_edges(nu, cu, active)
-    omega = _omega(nu, cu, active)
     has_rows = active.any(axis=1)
     empty = bad | degenerate | (has_rows & ~nonempty.any(axis=1))
+    verts = _vertices(nu, cu, t0, t1, nonempty)
+    return _integrate(nu, cu, active, t0, t1, nonempty, empty, verts, moments, floor)
+
+
+def _integrate(nu, cu, active, t0, t1, nonempty, empty, verts, moments: bool, floor=None):
+    """Log mass, its error and the geometry for the moments, from the polygons' edges.
+
+    ``empty`` (P,) marks pairs known to have zero mass; ``verts`` is ``_vertices``' output.
+    """
+    P = cu.shape[0]
+    omega = _omega(nu, cu, active)
     if floor is not None:  # pairs provably below their floor are skipped (mass reported 0)
-        empty |= _distance_bound(cu, t0, t1, nonempty) < floor
+        empty = empty | (_distance_bound(cu, t0, t1, nonempty) < floor)
     use = nonempty & (cu != 0) & ~empty[:, None]
     logm = np.full(P, -np.inf)
     ratio = np.ones(P)
     quad_err = np.zeros(P)
 
-    P0, P1, g, R, bounded = _vertices(nu, cu, t0, t1, nonempty)
+    P0, P1, g, R, bounded = verts
     with np.errstate(all="ignore"):
         spread = R * (np.hypot(g[:, 0], g[:, 1]) + 0.5 * R)
     small = bounded & (spread <= _SMALL) & ~empty
@@ -672,14 +708,10 @@ def _log_mass_core(normals, offsets, moments: bool, floor=None):
     return logm, err, geo
 
 
-def _chunked(fun, normals, offsets, floor=None):
-    """Apply ``fun`` to blocks of pairs grouped by their number of real rows; reassemble.
-
-    Padding rows (``+inf`` offset, finite normal) are dropped and the remaining rows keep
-    their order, so each pair is processed with as few rows as it has (the edge search is
-    ``O(F^2)``) and its result does not depend on the other pairs. ``floor`` (P,), if given,
-    is passed on blockwise as ``fun(normals, offsets, floor)``.
-    """
+def _real_rows_first(normals, offsets):
+    """Checked float arrays with the real rows first (in order) and padding rows (``+inf``
+    offset, finite normal) last; at least one row. Returns ``n (P, F, 2)``, ``c (P, F)`` and
+    the number of real rows ``k (P,)``."""
     n = np.asarray(normals, dtype=np.float64)
     c = np.asarray(offsets, dtype=np.float64)
     if n.ndim != 3 or n.shape[-1] != 2 or c.shape != n.shape[:2]:
@@ -688,16 +720,26 @@ def _chunked(fun, normals, offsets, floor=None):
         )
     P, F = c.shape
     if F == 0:
-        n = np.zeros((P, 1, 2))
-        c = np.full((P, 1), np.inf)
-        F = 1
+        n, c, F = np.zeros((P, 1, 2)), np.full((P, 1), np.inf), 1
     with np.errstate(invalid="ignore"):
         pad = (c == np.inf) & np.isfinite(n).all(axis=-1)
-    k = F - pad.sum(axis=1)
     if pad.any() and not np.all(pad[:, 1:] >= pad[:, :-1]):
-        order = np.argsort(pad, axis=1, kind="stable")  # real rows first, in order
+        order = np.argsort(pad, axis=1, kind="stable")
         n = np.take_along_axis(n, order[..., None], axis=1)
         c = np.take_along_axis(c, order, axis=1)
+    return n, c, (F - pad.sum(axis=1)).astype(np.int64)
+
+
+def _chunked(fun, normals, offsets, floor=None):
+    """Apply ``fun`` to blocks of pairs grouped by their number of real rows; reassemble.
+
+    Padding rows (``+inf`` offset, finite normal) are dropped and the remaining rows keep
+    their order, so each pair is processed with as few rows as it has (the edge search is
+    ``O(F^2)``) and its result does not depend on the other pairs. ``floor`` (P,), if given,
+    is passed on blockwise as ``fun(normals, offsets, floor)``.
+    """
+    n, c, k = _real_rows_first(normals, offsets)
+    P = c.shape[0]
     out = None
     for kk in np.unique(k):
         width = max(int(kk), 1)
@@ -772,6 +814,11 @@ def truncated_moments_2d(
 
 def _moments_core(normals, offsets, floor=None):
     logm, err, geo = _log_mass_core(normals, offsets, moments=True, floor=floor)
+    return _moments_finish(logm, err, geo)
+
+
+def _moments_finish(logm, err, geo):
+    """Mean and covariance from ``_integrate``'s output; returns ``(logm, mean, cov, err)``."""
     nu, cu, t0, t1, nonempty, cub_i, cub_mean, cub_cov = geo
     tau = np.stack([-nu[..., 1], nu[..., 0]], axis=-1)
     ok = np.isfinite(logm)
@@ -801,3 +848,187 @@ def _moments_core(normals, offsets, floor=None):
     mean[~ok] = np.nan
     cov[~ok] = np.nan
     return logm, mean, cov, err
+
+
+# --------------------------------------------------------------------------------------------
+# many pairs per polygon: the geometry once, then shifted
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PolygonTable:
+    """Edge geometry of ``M`` polygons ``{u : n_i . u <= g_i}``, computed once.
+
+    A pair ``(m, w)`` is polygon ``m`` seen from the mean ``w``: ``{u : n_i . u <= g_i - n_i . w}``
+    (the polygon translated by ``-w``), which is how every point ``x`` sees region ``m`` in
+    whitened coordinates (``w = w_m(x)``). Translation moves the vertices and nothing else, so
+    the edge search (``O(F^2)`` per pair) and the vertex sharing are done here once per polygon.
+    Shared vertices are stored bitwise equal in ``p0``/``p1`` and stay equal after the same
+    translation, so the translated polygon closes exactly.
+
+    Attributes
+    ----------
+    normals : (M, F, 2)   unit normals, real rows first (0 on padding)
+    offsets : (M, F)      ``g`` (``+inf`` on padding)
+    active, nonempty : (M, F) bool   rows with a constraint / with an edge of positive length
+    p0, p1 : (M, F, 2)    edge ends at ``w = 0`` (0 where absent)
+    fin0, fin1 : (M, F) bool         the edge has a finite start / end
+    empty : (M,) bool     no interior (infeasible, degenerate)
+    bounded : (M,) bool
+    centroid : (M, 2), radius : (M,)   vertex centroid at ``w = 0`` and largest vertex distance
+        from it (``inf`` if unbounded)
+    width : (M,) int      number of real rows
+    """
+
+    normals: np.ndarray
+    offsets: np.ndarray
+    active: np.ndarray
+    nonempty: np.ndarray
+    p0: np.ndarray
+    p1: np.ndarray
+    fin0: np.ndarray
+    fin1: np.ndarray
+    empty: np.ndarray
+    bounded: np.ndarray
+    centroid: np.ndarray
+    radius: np.ndarray
+    width: np.ndarray
+
+
+def polygon_table(normals: np.ndarray, offsets: np.ndarray) -> PolygonTable:
+    """Precompute :class:`PolygonTable` for ``M`` polygons (shapes as in :func:`log_mass_2d`)."""
+    n, c, width = _real_rows_first(normals, offsets)
+    M, F = c.shape
+    nu, cu, active, bad = _prepare(n, c)
+    t0, t1, nonempty, degenerate = polygon_edges(nu, cu, active)
+    empty = bad | degenerate | (active.any(axis=1) & ~nonempty.any(axis=1))
+    P0, P1, g, R, bounded = _vertices(nu, cu, t0, t1, nonempty)
+    fin0 = nonempty & np.isfinite(t0)
+    fin1 = nonempty & np.isfinite(t1)
+    p0 = np.where(fin0[..., None], P0, 0.0)
+    p1 = np.where(fin1[..., None], P1, 0.0)
+    # share vertices: the end of edge e is the start of the edge j whose start is nearest
+    # (polygon_edges already made them agree to rounding); copy it so they are bitwise equal
+    if F > 1 and M:
+        dist = np.linalg.norm(p1[:, :, None, :] - p0[:, None, :, :], axis=-1)  # (M, e, j)
+        ok = fin1[:, :, None] & fin0[:, None, :] & ~np.eye(F, dtype=bool)
+        dist = np.where(ok, dist, np.inf)
+        j = np.argmin(dist, axis=2)
+        dmin = np.take_along_axis(dist, j[..., None], axis=2)[..., 0]
+        scale = 1.0 + np.linalg.norm(p1, axis=-1)
+        mi, ei = np.nonzero(dmin <= 1e-9 * scale)
+        p0[mi, j[mi, ei]] = p1[mi, ei]
+    return PolygonTable(
+        normals=nu,
+        offsets=np.where(active, cu, np.inf),
+        active=active,
+        nonempty=nonempty,
+        p0=p0,
+        p1=p1,
+        fin0=fin0,
+        fin1=fin1,
+        empty=empty,
+        bounded=bounded,
+        centroid=np.where(bounded[:, None], g, 0.0),
+        radius=R,
+        width=width,
+    )
+
+
+def _shifted(table: PolygonTable, m: np.ndarray, w: np.ndarray, k: int):
+    """Edges of polygons ``m`` (P,) (all of width <= ``k``) seen from the means ``w`` (P, 2)."""
+    nu = table.normals[m, :k]
+    active = table.active[m, :k]
+    nonempty = table.nonempty[m, :k]
+    f0, f1 = table.fin0[m, :k], table.fin1[m, :k]
+    wb = w[:, None, :]
+    P0 = table.p0[m, :k] - wb
+    P1 = table.p1[m, :k] - wb
+    n0, n1 = nu[..., 0], nu[..., 1]
+    with np.errstate(invalid="ignore"):
+        # tau = (-n1, n0); offsets from a vertex of the edge where it has one (consistent with
+        # the translated vertices), else from the line
+        t0 = np.where(f0, n0 * P0[..., 1] - n1 * P0[..., 0], -np.inf)
+        t1 = np.where(f1, n0 * P1[..., 1] - n1 * P1[..., 0], np.inf)
+        c_line = table.offsets[m, :k] - (n0 * w[:, None, 0] + n1 * w[:, None, 1])
+        cu = np.where(
+            f0,
+            n0 * P0[..., 0] + n1 * P0[..., 1],
+            np.where(f1, n0 * P1[..., 0] + n1 * P1[..., 1], c_line),
+        )
+    cu = np.where(active, cu, np.inf)
+    bounded = table.bounded[m]
+    g = np.where(bounded[:, None], table.centroid[m] - w, 0.0)
+    verts = (P0, P1, g, table.radius[m], bounded)
+    return nu, cu, active, t0, t1, nonempty, table.empty[m], verts
+
+
+def _table_chunked(fun, table: PolygonTable, m, w, floor):
+    """Apply ``fun(nu, cu, active, t0, t1, nonempty, empty, verts, floor)`` to blocks of pairs
+    grouped by their polygon's width; reassemble."""
+    m = np.asarray(m)
+    w = np.asarray(w, dtype=np.float64)
+    if m.ndim != 1 or not np.issubdtype(m.dtype, np.integer):
+        raise ValueError(f"polygon must be a 1-D integer array; got {m.dtype} {m.shape}")
+    P = m.shape[0]
+    M = table.width.shape[0]
+    if P and (m.min() < 0 or m.max() >= M):
+        raise ValueError(f"polygon indices must lie in [0, {M}); got {m.min()}..{m.max()}")
+    if w.shape != (P, 2):
+        raise ValueError(f"shift must be (P, 2) for P = {P} pairs; got {w.shape}")
+    if not np.all(np.isfinite(w)):
+        raise ValueError("shift must be finite")
+    if floor is not None and np.any(np.isnan(floor)):
+        raise ValueError("floor must not contain NaN")
+    k = table.width[m]
+    out = None
+    for kk in np.unique(k):
+        width = max(int(kk), 1)
+        idx = np.flatnonzero(k == kk)
+        step = int(np.clip(_CHUNK_F2 // width, _CHUNK_MIN, _CHUNK_MAX))
+        for b in range(0, idx.size, step):
+            ib = idx[b : b + step]
+            res = fun(*_shifted(table, m[ib], w[ib], width), None if floor is None else floor[ib])
+            if out is None:
+                out = tuple(np.empty((P, *r.shape[1:]), dtype=r.dtype) for r in res)
+            for o, r in zip(out, res, strict=True):
+                o[ib] = r
+    if out is None:  # P == 0
+        z = np.zeros(0)
+        return (z, z) if fun is _table_mass else (z, np.zeros((0, 2)), np.zeros((0, 2, 2)), z)
+    return out
+
+
+def _table_mass(nu, cu, active, t0, t1, nonempty, empty, verts, floor):
+    logm, err, _ = _integrate(nu, cu, active, t0, t1, nonempty, empty, verts, False, floor)
+    return logm, err
+
+
+def _table_moments(nu, cu, active, t0, t1, nonempty, empty, verts, floor):
+    return _moments_finish(*_integrate(nu, cu, active, t0, t1, nonempty, empty, verts, True, floor))
+
+
+def log_mass_2d_shifted(
+    table: PolygonTable, polygon: np.ndarray, shift: np.ndarray, floor: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`log_mass_2d` of the pairs ``{u : n_i . u <= g_i - n_i . w}``.
+
+    Parameters
+    ----------
+    table : PolygonTable
+        From :func:`polygon_table`.
+    polygon : (P,) int
+        Polygon of each pair.
+    shift : (P, 2)
+        ``w`` of each pair (the polygon is translated by ``-w``: the mean sits at ``w``).
+    floor : (P,), optional
+        As in :func:`log_mass_2d`.
+    """
+    return _table_chunked(_table_mass, table, polygon, shift, _as_floor(floor, polygon))
+
+
+def truncated_moments_2d_shifted(
+    table: PolygonTable, polygon: np.ndarray, shift: np.ndarray, floor: np.ndarray | None = None
+) -> TruncatedMoments:
+    """:func:`truncated_moments_2d` of translated polygons (see :func:`log_mass_2d_shifted`)."""
+    return TruncatedMoments(
+        *_table_chunked(_table_moments, table, polygon, shift, _as_floor(floor, polygon))
+    )

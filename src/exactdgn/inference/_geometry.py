@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..gaussian import polygon_table
 from ..partition import Partition
 
 __all__ = ["RegionGeometry", "region_geometry"]
@@ -54,6 +55,8 @@ class RegionGeometry:
     gemm_w_basis : (k, R d + R) or None   ``Uᵀ gemm_w``
     w_shift : (R, d)          ``K_r^{-1} A_r^T Λ (b_r - c)``
     lk_const : (R,)           ``-(D log 2π + log|Σ| + log|P_r| + ||b_r - c||²_Λ) / 2``
+    polygons : PolygonTable or None   (d = 2 only) the whitened regions at ``w = 0``; a pair
+        ``(x, r)`` is polygon ``r`` translated by ``-w_r(x)`` (``c(x) = g - n w_r(x)``)
     interval : tuple or None  (d = 1 only) ``(lo, hi, order, breaks)``: the regions' ends in
         ``z`` (R,), the regions sorted by position (R,) and the inner ends in that order (R-1,)
     """
@@ -79,6 +82,7 @@ class RegionGeometry:
     interval: tuple | None = None
     gemm_basis: np.ndarray | None = None
     gemm_w_basis: np.ndarray | None = None
+    polygons: object = None
 
     @property
     def n_regions(self) -> int:
@@ -195,6 +199,7 @@ def region_geometry(part: Partition, noise_std) -> RegionGeometry:
         lo = np.max(np.where((n1 < 0) & ~pad, t, -np.inf), axis=1)
         order = np.argsort(lo, kind="stable")
         interval = (lo, hi, order, lo[order][1:])
+    polygons = polygon_table(normals, g) if d == 2 else None
     return RegionGeometry(
         A=A,
         b=b,
@@ -217,6 +222,7 @@ def region_geometry(part: Partition, noise_std) -> RegionGeometry:
         interval=interval,
         gemm_basis=basis,
         gemm_w_basis=w_basis,
+        polygons=polygons,
     )
 
 

@@ -106,12 +106,18 @@ def _seed_pairs(geom: RegionGeometry, lk: np.ndarray, W: np.ndarray, top_k: int)
     """
     n, R = lk.shape
     k = min(top_k, R)
-    top = np.argpartition(-lk, k - 1, axis=1)[:, :k] if R > k else np.tile(np.arange(R), (n, 1))
+    best = np.argmax(lk, axis=1)
+    if R <= k:
+        top = np.tile(np.arange(R), (n, 1))
+    elif k == 1:
+        top = best[:, None]
+    else:
+        top = np.argpartition(-lk, k - 1, axis=1)[:, :k]
     pts = [np.repeat(np.arange(n), k)]
     regs = [top.ravel()]
     if geom.locate is not None and R > k:
         rows = np.arange(n)
-        r = np.argmax(lk, axis=1)
+        r = best
         for _ in range(3):
             mu = np.einsum("pij,pj->pi", geom.L[r], W[rows, r])  # μ_r = L_r w_r
             r_new = geom.locate(mu)
@@ -311,7 +317,7 @@ def marginal_pairs(
     prune_nats: float = 40.0,
     need_moments: bool = False,
     chunk_bytes: int = 256 * 2**20,
-    top_k: int = 4,
+    top_k: int | None = None,
 ) -> PairStats:
     """Exact ``log p(x)`` for each row of ``X`` and the pairs that carry its mass.
 
@@ -326,11 +332,17 @@ def marginal_pairs(
         Also compute the truncated posterior mean and covariance of each retained pair.
     chunk_bytes : int
         Memory bound of the per-chunk (points x regions) work arrays.
+    top_k : int, optional
+        Seeds of the lower bound: the ``top_k`` regions with the largest ``κ_r(x)`` (plus the
+        regions located by following posterior means). Default 1 in d = 2 (the located regions
+        already give a tight bound there; measured: same candidates, 8% faster than 4), else 4.
     """
     N = X.shape[0]
     R, _, d = geom.A.shape
     if d == 1 and geom.interval is not None and N:
         return _pairs_1d(geom, X, prune_nats, need_moments)
+    if top_k is None:
+        top_k = 1 if d == 2 else 4
     thr = prune_nats + np.log(max(R, 1))
     nt = _n_threads()
     # one block per thread at least, each within its share of the memory bound
@@ -339,14 +351,31 @@ def marginal_pairs(
         cs = min(cs, -(-N // nt))
     two_stage = d >= 2  # a facet bound pays off where masses are expensive
 
+    tab = geom.polygons  # d = 2: polygons integrated from the table, translated by w
+
+    def log_mass(r, w, v, floor=None, off=None):
+        """Log mass and error of pairs (regions r, whitened means w, v); offsets or None."""
+        if tab is not None:
+            lm, err = gaussian.log_mass_2d_shifted(tab, r, w, floor)
+            return lm, err, None
+        off = geom.offsets(v, r) if off is None else off
+        lm, err = gaussian.log_mass(geom.normals[r], off, return_error=True, floor=floor)
+        return lm, err, off
+
+    def moments(r, w, v, floor, off=None):
+        if tab is not None:
+            return gaussian.truncated_moments_2d_shifted(tab, r, w, floor), None
+        off = geom.offsets(v, r) if off is None else off
+        return gaussian.truncated_moments(geom.normals[r], off, floor=floor), off
+
     def block(s: int):
         Xc = X[s : s + cs]
         n = Xc.shape[0]
         lk, W = log_kappa_all(geom, Xc)  # (n, R), (n, R, d)
         p_top, r_top = _seed_pairs(geom, lk, W, top_k)
-        lk_top, v_top = lk[p_top, r_top], _v_of_w(geom, W[p_top, r_top], r_top)
-        off_top = geom.offsets(v_top, r_top)
-        lm_top, err_top = gaussian.log_mass(geom.normals[r_top], off_top, return_error=True)
+        lk_top, w_top = lk[p_top, r_top], W[p_top, r_top]
+        v_top = _v_of_w(geom, w_top, r_top)
+        lm_top, err_top, off_top = log_mass(r_top, w_top, v_top)
         lower = np.full(n, -np.inf)
         np.logaddexp.at(lower, p_top, lk_top + lm_top)
         # candidates by the mass <= 1 bound, excluding the pairs already done
@@ -354,55 +383,51 @@ def marginal_pairs(
         mask[p_top, r_top] = False
         p_c, r_c = np.nonzero(mask)
         n_cand = len(p_c) + len(p_top)
-        lk_c, v_c = lk[p_c, r_c], _v_of_w(geom, W[p_c, r_c], r_c)
-        off_c = geom.offsets(v_c, r_c)
+        lk_c, w_c = lk[p_c, r_c], W[p_c, r_c]
+        v_c = _v_of_w(geom, w_c, r_c)
+        off_c = None
         if two_stage and len(p_c):
-            bound = lk_c + np.minimum(0.0, log_ndtr(off_c).min(axis=1, initial=0.0))
+            off_c = geom.offsets(v_c, r_c)
+            # Φ is increasing: min_i log Φ(c_i) = log Φ(min_i c_i) (one log_ndtr per pair)
+            bound = lk_c + np.minimum(0.0, log_ndtr(off_c.min(axis=1, initial=np.inf)))
             keep = bound > (lower - thr)[p_c]
-            p_c, r_c, lk_c, v_c, off_c = p_c[keep], r_c[keep], lk_c[keep], v_c[keep], off_c[keep]
+            p_c, r_c, lk_c, w_c, v_c = p_c[keep], r_c[keep], lk_c[keep], w_c[keep], v_c[keep]
+            off_c = off_c[keep]
+        # candidates whose closest-point bound falls below the pruning level are not integrated
+        # (log mass -inf, dropped below); the seeds are always integrated
+        floor_c = (lower - thr)[p_c] - lk_c
         p_all = np.concatenate([p_top, p_c])
         r_all = np.concatenate([r_top, r_c])
         lk_all = np.concatenate([lk_top, lk_c])
         v_all = np.concatenate([v_top, v_c])
-        off_all = np.concatenate([off_top, off_c])
-        # candidates whose closest-point bound falls below the pruning level are not integrated
-        # (log mass -inf, dropped below); the seeds are always integrated
-        floor = np.concatenate([np.full(len(p_top), -np.inf), (lower - thr)[p_c] - lk_c])
         if need_moments:
-            tm = gaussian.truncated_moments(geom.normals[r_all], off_all, floor=floor)
+            floor = np.concatenate([np.full(len(p_top), -np.inf), floor_c])
+            off_all = None
+            if tab is None and off_c is not None:
+                off_all = np.concatenate([off_top, off_c])
+            tm, off_all = moments(r_all, np.concatenate([w_top, w_c]), v_all, floor, off_all)
             lm_all, err = tm.log_mass, tm.error
             mu = geom.posterior_mean(v_all, r_all)
             Lr = geom.L[r_all]
             mean = mu + np.einsum("pij,pj->pi", Lr, tm.mean)
             cov = Lr @ tm.cov @ np.swapaxes(Lr, 1, 2)
         else:
-            lm_c, err_c = gaussian.log_mass(
-                geom.normals[r_c], off_c, return_error=True, floor=floor[len(p_top) :]
-            )
+            lm_c, err_c, off_c2 = log_mass(r_c, w_c, v_c, floor_c, off_c)
             lm_all = np.concatenate([lm_top, lm_c])
             err = np.concatenate([err_top, err_c])
+            off_all = None if off_top is None else np.concatenate([off_top, off_c2])
             mean = cov = None
         lj = lk_all + lm_all
         keep = np.isfinite(lj)
         keep[: len(p_top)] = True  # every point keeps its seeds
-        if not keep.all():
-            p_all, r_all, lj, v_all, off_all, err = (
-                a[keep] for a in (p_all, r_all, lj, v_all, off_all, err)
-            )
-            if need_moments:
-                mean, cov = mean[keep], cov[keep]
         # group per point: logsumexp over the pairs of each point
-        order = np.argsort(p_all, kind="stable")
-        p_all, r_all, lj, v_all, off_all = (
-            p_all[order],
-            r_all[order],
-            lj[order],
-            v_all[order],
-            off_all[order],
-        )
-        err = err[order]
+        order = np.argsort(p_all[keep], kind="stable")
+        sel = np.flatnonzero(keep)[order]
+        p_all, r_all, lj, v_all, err = p_all[sel], r_all[sel], lj[sel], v_all[sel], err[sel]
+        if off_all is not None:
+            off_all = off_all[sel]
         if need_moments:
-            mean, cov = mean[order], cov[order]
+            mean, cov = mean[sel], cov[sel]
         log_px, err_px = _lse_by_point(p_all, lj, err, n, prune_nats)
         return (p_all + s, r_all, lj, log_px, err_px, v_all, off_all, mean, cov, n_cand)
 
