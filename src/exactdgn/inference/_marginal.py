@@ -396,39 +396,38 @@ def marginal_pairs(
         # candidates whose closest-point bound falls below the pruning level are not integrated
         # (log mass -inf, dropped below); the seeds are always integrated
         floor_c = (lower - thr)[p_c] - lk_c
+        lm_c, err_c, off_c = log_mass(r_c, w_c, v_c, floor_c, off_c)
         p_all = np.concatenate([p_top, p_c])
         r_all = np.concatenate([r_top, r_c])
-        lk_all = np.concatenate([lk_top, lk_c])
-        v_all = np.concatenate([v_top, v_c])
-        if need_moments:
-            floor = np.concatenate([np.full(len(p_top), -np.inf), floor_c])
-            off_all = None
-            if tab is None and off_c is not None:
-                off_all = np.concatenate([off_top, off_c])
-            tm, off_all = moments(r_all, np.concatenate([w_top, w_c]), v_all, floor, off_all)
-            lm_all, err = tm.log_mass, tm.error
-            mu = geom.posterior_mean(v_all, r_all)
-            Lr = geom.L[r_all]
-            mean = mu + np.einsum("pij,pj->pi", Lr, tm.mean)
-            cov = Lr @ tm.cov @ np.swapaxes(Lr, 1, 2)
-        else:
-            lm_c, err_c, off_c2 = log_mass(r_c, w_c, v_c, floor_c, off_c)
-            lm_all = np.concatenate([lm_top, lm_c])
-            err = np.concatenate([err_top, err_c])
-            off_all = None if off_top is None else np.concatenate([off_top, off_c2])
-            mean = cov = None
-        lj = lk_all + lm_all
+        lj = np.concatenate([lk_top + lm_top, lk_c + lm_c])
+        err = np.concatenate([err_top, err_c])
         keep = np.isfinite(lj)
         keep[: len(p_top)] = True  # every point keeps its seeds
         # group per point: logsumexp over the pairs of each point
         order = np.argsort(p_all[keep], kind="stable")
         sel = np.flatnonzero(keep)[order]
-        p_all, r_all, lj, v_all, err = p_all[sel], r_all[sel], lj[sel], v_all[sel], err[sel]
-        if off_all is not None:
-            off_all = off_all[sel]
-        if need_moments:
-            mean, cov = mean[sel], cov[sel]
+        p_all, r_all, lj, err = p_all[sel], r_all[sel], lj[sel], err[sel]
+        w_all = np.concatenate([w_top, w_c])[sel]
+        v_all = np.concatenate([v_top, v_c])[sel]
+        off_all = None if off_top is None else np.concatenate([off_top, off_c])[sel]
         log_px, err_px = _lse_by_point(p_all, lj, err, n, prune_nats)
+        mean = cov = None
+        if need_moments:
+            # moments only where the pair's exact weight is visible (as in d = 1: the pairs
+            # dropped here change no sum by more than exp(-prune_nats)); their masses are
+            # recomputed with the moments (pair by pair, the same values)
+            sel = (lj > (log_px - thr)[p_all]) | ~np.isfinite(log_px)[p_all]
+            if not sel.all():
+                p_all, r_all, lj, err, w_all, v_all = (
+                    a[sel] for a in (p_all, r_all, lj, err, w_all, v_all)
+                )
+                if off_all is not None:
+                    off_all = off_all[sel]
+            tm, _ = moments(r_all, w_all, v_all, None, off_all)
+            mu = geom.posterior_mean(v_all, r_all)
+            Lr = geom.L[r_all]
+            mean = mu + np.einsum("pij,pj->pi", Lr, tm.mean)
+            cov = Lr @ tm.cov @ np.swapaxes(Lr, 1, 2)
         return (p_all + s, r_all, lj, log_px, err_px, v_all, off_all, mean, cov, n_cand)
 
     return _pair_stats(_map_blocks(block, range(0, N, cs)))
