@@ -961,9 +961,10 @@ def _shifted(table: PolygonTable, m: np.ndarray, w: np.ndarray, k: int):
     return nu, cu, active, t0, t1, nonempty, table.empty[m], verts
 
 
-def _table_chunked(fun, table: PolygonTable, m, w, floor):
+def _table_chunked(fun, table: PolygonTable, m, w, floor, blocks: list | None = None):
     """Apply ``fun(nu, cu, active, t0, t1, nonempty, empty, verts, floor)`` to blocks of pairs
-    grouped by their polygon's width; reassemble."""
+    grouped by their polygon's width; reassemble. The blocks' pair indices are appended to
+    ``blocks`` (in call order) if it is given."""
     m = np.asarray(m)
     w = np.asarray(w, dtype=np.float64)
     if m.ndim != 1 or not np.issubdtype(m.dtype, np.integer):
@@ -987,6 +988,8 @@ def _table_chunked(fun, table: PolygonTable, m, w, floor):
         for b in range(0, idx.size, step):
             ib = idx[b : b + step]
             res = fun(*_shifted(table, m[ib], w[ib], width), None if floor is None else floor[ib])
+            if blocks is not None:
+                blocks.append(ib)
             if out is None:
                 out = tuple(np.empty((P, *r.shape[1:]), dtype=r.dtype) for r in res)
             for o, r in zip(out, res, strict=True):
@@ -1026,9 +1029,52 @@ def log_mass_2d_shifted(
 
 
 def truncated_moments_2d_shifted(
-    table: PolygonTable, polygon: np.ndarray, shift: np.ndarray, floor: np.ndarray | None = None
+    table: PolygonTable,
+    polygon: np.ndarray,
+    shift: np.ndarray,
+    floor: np.ndarray | None = None,
+    select=None,
 ) -> TruncatedMoments:
-    """:func:`truncated_moments_2d` of translated polygons (see :func:`log_mass_2d_shifted`)."""
-    return TruncatedMoments(
-        *_table_chunked(_table_moments, table, polygon, shift, _as_floor(floor, polygon))
-    )
+    """:func:`truncated_moments_2d` of translated polygons (see :func:`log_mass_2d_shifted`).
+
+    ``select``, optional: a function ``(log_mass (P,), error (P,)) -> mask (P,)`` called once
+    every mass is known; only the pairs in the mask get moments (the others NaN). The masses
+    and the geometry are computed once for all pairs, the moments (the costly part for far
+    polygons) only where they are wanted, e.g. where the pair's posterior weight is visible.
+    """
+    floor = _as_floor(floor, polygon)
+    P = np.shape(polygon)[0]
+    if select is None or P == 0:
+        return TruncatedMoments(*_table_chunked(_table_moments, table, polygon, shift, floor))
+    geos, blocks = [], []
+
+    def phase1(nu, cu, active, t0, t1, nonempty, empty, verts, fl):
+        logm, err, geo = _integrate(nu, cu, active, t0, t1, nonempty, empty, verts, True, fl)
+        geos.append(geo)
+        return logm, err
+
+    logm, err = _table_chunked(phase1, table, polygon, shift, floor, blocks)
+    mask = np.asarray(select(logm, err), dtype=bool)
+    if mask.shape != (P,):
+        raise ValueError(f"select must return a ({P},) mask; got {mask.shape}")
+    mean = np.full((P, 2), np.nan)
+    cov = np.full((P, 2, 2), np.nan)
+    for ib, geo in zip(blocks, geos, strict=True):
+        rows = np.flatnonzero(mask[ib])
+        if rows.size:
+            _, mn, cv, _ = _moments_finish(logm[ib][rows], err[ib][rows], _geo_rows(geo, rows))
+            mean[ib[rows]] = mn
+            cov[ib[rows]] = cv
+    return TruncatedMoments(logm, mean, cov, err)
+
+
+def _geo_rows(geo, rows):
+    """``_integrate``'s geometry restricted to ``rows`` of its block."""
+    nu, cu, t0, t1, nonempty, cub_i, cub_mean, cub_cov = geo
+    if cub_i.size:
+        pos = np.full(cu.shape[0], -1)
+        pos[rows] = np.arange(rows.size)
+        pc = pos[cub_i]
+        ok = pc >= 0
+        cub_i, cub_mean, cub_cov = pc[ok], cub_mean[ok], cub_cov[ok]
+    return (nu[rows], cu[rows], t0[rows], t1[rows], nonempty[rows], cub_i, cub_mean, cub_cov)

@@ -189,6 +189,17 @@ def _lse_by_point(p: np.ndarray, lj: np.ndarray, err: np.ndarray, n: int, prune_
     return log_px, err_px
 
 
+def _log_px_by_point(p: np.ndarray, lj: np.ndarray, n: int) -> np.ndarray:
+    """(n,) logsumexp of ``lj`` over the pairs of each point (``p`` in any order)."""
+    o = np.argsort(p, kind="stable")
+    ps = p[o]
+    starts = np.flatnonzero(np.r_[True, ps[1:] != ps[:-1]])
+    out = np.full(n, -np.inf)
+    with np.errstate(invalid="ignore"):
+        out[ps[starts]] = np.logaddexp.reduceat(lj[o], starts)
+    return out
+
+
 def _pair_stats(parts: list) -> PairStats:
     """Concatenate the blocks' ``(point, region, lj, log_px, err_px, v, offsets, mean, cov,
     n_candidates)`` (offsets, mean, cov may be None)."""
@@ -362,12 +373,6 @@ def marginal_pairs(
         lm, err = gaussian.log_mass(geom.normals[r], off, return_error=True, floor=floor)
         return lm, err, off
 
-    def moments(r, w, v, floor, off=None):
-        if tab is not None:
-            return gaussian.truncated_moments_2d_shifted(tab, r, w, floor), None
-        off = geom.offsets(v, r) if off is None else off
-        return gaussian.truncated_moments(geom.normals[r], off, floor=floor), off
-
     def block(s: int):
         Xc = X[s : s + cs]
         n = Xc.shape[0]
@@ -396,38 +401,66 @@ def marginal_pairs(
         # candidates whose closest-point bound falls below the pruning level are not integrated
         # (log mass -inf, dropped below); the seeds are always integrated
         floor_c = (lower - thr)[p_c] - lk_c
-        lm_c, err_c, off_c = log_mass(r_c, w_c, v_c, floor_c, off_c)
         p_all = np.concatenate([p_top, p_c])
         r_all = np.concatenate([r_top, r_c])
-        lj = np.concatenate([lk_top + lm_top, lk_c + lm_c])
-        err = np.concatenate([err_top, err_c])
+        w_all = np.concatenate([w_top, w_c])
+        v_all = np.concatenate([v_top, v_c])
+        lk_all = np.concatenate([lk_top, lk_c])
+        tm = visible = None
+        if need_moments and tab is not None:
+            # masses of every pair, then moments only where the weight is visible (below);
+            # the seeds are integrated again here, with their moments
+            def select(lm, _err):
+                nonlocal visible
+                lj = lk_all + lm
+                lpx = _log_px_by_point(p_all, lj, n)
+                visible = (lj > (lpx - thr)[p_all]) | ~np.isfinite(lpx)[p_all]
+                return visible
+
+            floor_all = np.concatenate([np.full(len(p_top), -np.inf), floor_c])
+            tm = gaussian.truncated_moments_2d_shifted(tab, r_all, w_all, floor_all, select)
+            lm_all, err, off_all = tm.log_mass, tm.error, None
+        else:
+            lm_c, err_c, off_c = log_mass(r_c, w_c, v_c, floor_c, off_c)
+            lm_all = np.concatenate([lm_top, lm_c])
+            err = np.concatenate([err_top, err_c])
+            off_all = None if off_top is None else np.concatenate([off_top, off_c])
+        lj = lk_all + lm_all
         keep = np.isfinite(lj)
         keep[: len(p_top)] = True  # every point keeps its seeds
         # group per point: logsumexp over the pairs of each point
         order = np.argsort(p_all[keep], kind="stable")
         sel = np.flatnonzero(keep)[order]
-        p_all, r_all, lj, err = p_all[sel], r_all[sel], lj[sel], err[sel]
-        w_all = np.concatenate([w_top, w_c])[sel]
-        v_all = np.concatenate([v_top, v_c])[sel]
-        off_all = None if off_top is None else np.concatenate([off_top, off_c])[sel]
+        p_all, r_all, lj, err, w_all, v_all = (
+            a[sel] for a in (p_all, r_all, lj, err, w_all, v_all)
+        )
+        if off_all is not None:
+            off_all = off_all[sel]
+        if tm is not None:
+            tm_mean, tm_cov, visible = tm.mean[sel], tm.cov[sel], visible[sel]
         log_px, err_px = _lse_by_point(p_all, lj, err, n, prune_nats)
         mean = cov = None
         if need_moments:
             # moments only where the pair's exact weight is visible (as in d = 1: the pairs
-            # dropped here change no sum by more than exp(-prune_nats)); their masses are
-            # recomputed with the moments (pair by pair, the same values)
-            sel = (lj > (log_px - thr)[p_all]) | ~np.isfinite(log_px)[p_all]
-            if not sel.all():
+            # dropped here change no sum by more than exp(-prune_nats))
+            if tm is None:
+                visible = (lj > (log_px - thr)[p_all]) | ~np.isfinite(log_px)[p_all]
+            if not visible.all():
                 p_all, r_all, lj, err, w_all, v_all = (
-                    a[sel] for a in (p_all, r_all, lj, err, w_all, v_all)
+                    a[visible] for a in (p_all, r_all, lj, err, w_all, v_all)
                 )
                 if off_all is not None:
-                    off_all = off_all[sel]
-            tm, _ = moments(r_all, w_all, v_all, None, off_all)
+                    off_all = off_all[visible]
+                if tm is not None:
+                    tm_mean, tm_cov = tm_mean[visible], tm_cov[visible]
+            if tm is None:  # d >= 3: masses integrated again with the moments
+                off = geom.offsets(v_all, r_all) if off_all is None else off_all
+                tm2 = gaussian.truncated_moments(geom.normals[r_all], off)
+                tm_mean, tm_cov = tm2.mean, tm2.cov
             mu = geom.posterior_mean(v_all, r_all)
             Lr = geom.L[r_all]
-            mean = mu + np.einsum("pij,pj->pi", Lr, tm.mean)
-            cov = Lr @ tm.cov @ np.swapaxes(Lr, 1, 2)
+            mean = mu + np.einsum("pij,pj->pi", Lr, tm_mean)
+            cov = Lr @ tm_cov @ np.swapaxes(Lr, 1, 2)
         return (p_all + s, r_all, lj, log_px, err_px, v_all, off_all, mean, cov, n_cand)
 
     return _pair_stats(_map_blocks(block, range(0, N, cs)))
