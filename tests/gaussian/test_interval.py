@@ -118,6 +118,18 @@ def test_log_interval_mass_branch_switches(m):
         assert abs(lm[i] - rl) <= 2e-14 * max(1.0, abs(rl)), (lo[i], hi[i], lm[i], rl)
 
 
+@pytest.mark.parametrize("lo", [0.0, 1e-9, 0.3, 2.5, 4.999999, 5.0, 5.000001, 7.0])
+@pytest.mark.parametrize("width", [0.21, 0.6, 1.0, 3.0, 40.0, np.inf])
+def test_log_interval_mass_moderate_and_upper_forms(lo, width):
+    """Both sides of the switch at a lower end of 5 sd (two ndtr calls below, the Mills-ratio
+    form above), and the reflected interval."""
+    hi = lo + width
+    lm, _ = log_interval_mass(np.array([lo, -hi]), np.array([hi, -lo]))
+    rl = mp_interval(lo, hi)[0]
+    for v in lm:
+        assert abs(v - rl) <= 2e-14 * max(1.0, abs(rl)), (lo, hi, v, rl)
+
+
 def test_log_interval_mass_agrees_with_interval_stats():
     rng = np.random.default_rng(5)
     lo = rng.normal(0, 5, 4000)

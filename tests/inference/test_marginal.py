@@ -77,10 +77,14 @@ def test_threads_do_not_change_results(sizes, monkeypatch):
     blocks = []
     real = _marginal._map_blocks
     monkeypatch.setattr(
-        _marginal, "_map_blocks", lambda fn, st: blocks.append(list(st)) or real(fn, blocks[-1])
+        _marginal,
+        "_map_blocks",
+        lambda fn, st, parallel=True: (
+            blocks.append((list(st), parallel)) or real(fn, blocks[-1][0], parallel)
+        ),
     )
     many = marginal_pairs(geom, X, need_moments=True)
-    assert len(blocks[0]) >= 3  # one block per thread at least
+    assert len(blocks[0][0]) >= 3 and blocks[0][1]  # one block per thread at least
     np.testing.assert_allclose(many.log_px, one.log_px, rtol=1e-14, atol=1e-13)
     assert np.array_equal(many.point, one.point) and np.array_equal(many.region, one.region)
     np.testing.assert_allclose(many.mean, one.mean, rtol=1e-12, atol=1e-13)
@@ -186,3 +190,18 @@ def test_estep_moments_match_every_pair(sizes):
     atol = 1e-9 if d == 2 else 1e-4
     assert np.all(np.abs(m1 - ref_m1) <= atol * scale)
     assert np.all(np.abs(m2 - ref_m2) <= atol * scale[:, :, None] ** 2)
+
+
+@pytest.mark.parametrize("sizes", [[1, 12, 5], [1, 40, 40, 4]])  # dense and pruned d = 1 paths
+def test_d1_block_size_does_not_change_results(sizes, monkeypatch):
+    """Small single-thread calls run in small sequential blocks; any block size gives the same
+    pairs and values (pairs are computed independently)."""
+    m = _model(sizes, 2, noise=0.1)
+    geom = region_geometry(m.partition_, m.noise_std_)
+    X = np.concatenate([m.sample(700, random_state=3), [np.full(sizes[-1], 50.0)]])
+    small = marginal_pairs(geom, X, need_moments=True)
+    monkeypatch.setattr(_marginal, "_BLOCK_1D_SEQ", 2**30)  # one block
+    one = marginal_pairs(geom, X, need_moments=True)
+    assert np.array_equal(small.point, one.point) and np.array_equal(small.region, one.region)
+    np.testing.assert_allclose(small.log_px, one.log_px, rtol=1e-15, atol=1e-15)
+    np.testing.assert_allclose(small.mean, one.mean, rtol=1e-15, atol=1e-15)

@@ -196,6 +196,8 @@ def _rowdot(a: np.ndarray, w: np.ndarray) -> np.ndarray:
 # Half-width x max(1, |midpoint|) below which ``log_interval_mass`` uses its midpoint series.
 _SERIES = 5e-4
 _THIN = 0.5
+# Lower ends below this (in sd) take the two-ndtr form in log_interval_mass's upper branch.
+_UPPER_NDTR = 5.0
 _GL8_X, _GL8_W = np.polynomial.legendre.leggauss(8)  # on [-1, 1]
 
 
@@ -212,7 +214,9 @@ def log_interval_mass(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.nd
     * **thin** (``5e-4 < h max(1, m) <= 0.5``): ``phi(m) h sum_i w_i exp(-m h x_i - h^2 x_i^2/2)``
       with 8 Gauss-Legendre nodes on [-1, 1]; the integrand is ``exp`` of a polynomial that
       varies by at most ~1, so the rule's error is below 1e-18 relative.
-    * **upper** (``lo >= 0``): ``m = phi(lo) M(lo) (-expm1(r))``,
+    * **moderate** (``0 <= lo < 5``): ``m = Q(lo) - Q(hi)`` by two ``ndtr`` calls; since
+      ``h max(1, m) > 0.5`` here, ``Q(hi) <= 0.37 Q(lo)`` and the difference keeps ~3 eps.
+    * **upper** (``lo >= 5``): ``m = phi(lo) M(lo) (-expm1(r))``,
       ``r = -(hi - lo)(hi + lo)/2 + log M(hi) - log M(lo)`` with the Mills ratio
       ``M(x) = sqrt(pi/2) erfcx(x / sqrt 2)``; relative error ``~ eps / (h max(1, m))``, a few
       eps since ``h max(1, m) > 0.5`` here.
@@ -263,8 +267,14 @@ def log_interval_mass(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.nd
             big = ~small & (lo < hi)
         else:
             big = lo < hi
-        upper = big & (a >= 0.0)
-        central = big & ~upper
+        # moderate lower end (0 <= a < 5, Q(a) > 2.8e-7): Q(a) - Q(b) by two ndtr calls, no
+        # cancellation (spread > 0.5 gives Q(b) <= 0.37 Q(a): relative error <= ~3 eps)
+        mid = big & (a >= 0.0) & (a < _UPPER_NDTR)
+        upper = big & (a >= _UPPER_NDTR)
+        central = big & (a < 0.0)
+        if mid.any():
+            im = np.flatnonzero(mid)
+            out[im] = np.log(ndtr(-a[im]) - ndtr(-b[im]))
         if upper.any():
             iu = np.flatnonzero(upper)
             aa, bb = a[iu], b[iu]

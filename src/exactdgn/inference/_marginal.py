@@ -133,6 +133,10 @@ def _seed_pairs(geom: RegionGeometry, lk: np.ndarray, W: np.ndarray, top_k: int)
 # Points x regions per block of the d = 1 path: its (n, R) temporaries stay in cache (large
 # fresh temporaries cost more in page faults than in arithmetic).
 _BLOCK_1D = 2**15
+# The same when the call runs in one thread (small work): blocks run one after the other, and
+# 64 KB temporaries come from glibc's heap without growing and trimming it on every call
+# (measured on the digits d = 1 case: 4.3 ms with one 2^15 block, 2.2 ms with 2^13 blocks).
+_BLOCK_1D_SEQ = 2**13
 # Work (points x regions) below which threads do not pay for themselves.
 _MIN_PARALLEL = 1 << 16
 
@@ -154,14 +158,14 @@ def _n_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _map_blocks(fn, starts) -> list:
+def _map_blocks(fn, starts, parallel: bool = True) -> list:
     """``[fn(s) for s in starts]``, on threads when there are several blocks and CPUs.
 
     numpy and scipy.special release the GIL inside their loops, so blocks run in parallel;
     BLAS is limited to one thread meanwhile (the blocks already occupy the cores).
     """
     starts = list(starts)
-    nt = min(_n_threads(), len(starts))
+    nt = min(_n_threads(), len(starts)) if parallel else 1
     if nt <= 1:
         return [fn(s) for s in starts]
     from concurrent.futures import ThreadPoolExecutor
@@ -248,9 +252,10 @@ def _pairs_1d(
     beta = geom.w_shift[:, 0]
     iso = bool(np.all(geom.inv_var == geom.inv_var[0]))
     thr = prune_nats + np.log(max(R, 1))
-    cs = int(max(1, min(N, _BLOCK_1D // max(R, 1))))
     nt = _n_threads()
-    if nt > 1 and N * R >= 2 * _MIN_PARALLEL:  # at least one block per thread
+    parallel = nt > 1 and N * R >= 2 * _MIN_PARALLEL
+    cs = int(max(1, min(N, (_BLOCK_1D if parallel else _BLOCK_1D_SEQ) // max(R, 1))))
+    if parallel:  # at least one block per thread
         cs = min(cs, -(-N // nt))
     dense = R <= _DENSE_1D
 
@@ -313,7 +318,7 @@ def _pairs_1d(
         v = (tt * sP[r])[:, None]
         return (p + s, r, lj, log_px, err_px, v, None, mean, cov, n_cand)
 
-    return _pair_stats(_map_blocks(block, range(0, N, cs)))
+    return _pair_stats(_map_blocks(block, range(0, N, cs), parallel=parallel))
 
 
 def _chunk_size(n: int, R: int, d: int, chunk_bytes: int) -> int:
