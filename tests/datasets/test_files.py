@@ -1,6 +1,7 @@
 """File loaders: IDX/MNIST (real test set and corrupt files), CSV/.npy/.npz, digits, get_dataset."""
 
 import gzip
+import os
 import re
 import struct
 from pathlib import Path
@@ -10,7 +11,10 @@ import pytest
 
 from exactdgn.datasets import get_dataset, load_array, load_digits, load_mnist, read_idx
 
-MNIST_DIR = Path(__file__).parents[2] / "../shared/data/mnist"
+# the shared copy beside the checkout (../shared), or wherever EXACTDGN_MNIST_DIR points
+MNIST_DIR = Path(
+    os.environ.get("EXACTDGN_MNIST_DIR", Path(__file__).parents[2] / "../shared/data/mnist")
+)
 # class counts of the MNIST t10k test set (LeCun et al.)
 T10K_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
@@ -143,7 +147,10 @@ def test_missing_files(tmp_path):
 
 # ----------------------------------------------------------------------------- real MNIST
 def test_real_mnist_test_set():
-    assert MNIST_DIR.is_dir(), f"the shared MNIST copy is missing at {MNIST_DIR.resolve()}"
+    assert MNIST_DIR.is_dir(), (
+        f"the shared MNIST copy is missing at {MNIST_DIR.resolve()} "
+        "(put the shared/ folder beside the checkout or set EXACTDGN_MNIST_DIR)"
+    )
     X, y = load_mnist(MNIST_DIR)
     assert X.shape == (10000, 784) and X.dtype == np.float64
     assert y.shape == (10000,)

@@ -184,6 +184,12 @@ def polygon_edges(nu: np.ndarray, cu: np.ndarray, active: np.ndarray):
     degenerate : ndarray of bool, shape (P,)
         Pairs whose polygon lies within a line (two opposite rows with ``c_i + c_j <= 0``).
     """
+    return _edge_search(nu, cu, active)[:4]
+
+
+def _edge_search(nu, cu, active):
+    """:func:`polygon_edges` plus the shared vertices ``(p, e, j)`` (index arrays): the end of
+    edge ``e`` of pair ``p`` is the start of edge ``j`` (``t0[p, j]`` was set from it)."""
     Pn, F = cu.shape
     m0 = np.ascontiguousarray(nu[..., 0])
     m1 = np.ascontiguousarray(nu[..., 1])
@@ -240,7 +246,7 @@ def polygon_edges(nu: np.ndarray, cu: np.ndarray, active: np.ndarray):
             nonempty &= ~np.any(kill, axis=2)
         else:
             degenerate = np.zeros(Pn, dtype=bool)
-    return t0, t1, nonempty, degenerate
+    return t0, t1, nonempty, degenerate, (pi_, ei, jj)
 
 
 def _omega(nu, cu, active):
@@ -896,26 +902,18 @@ class PolygonTable:
 def polygon_table(normals: np.ndarray, offsets: np.ndarray) -> PolygonTable:
     """Precompute :class:`PolygonTable` for ``M`` polygons (shapes as in :func:`log_mass_2d`)."""
     n, c, width = _real_rows_first(normals, offsets)
-    M, F = c.shape
     nu, cu, active, bad = _prepare(n, c)
-    t0, t1, nonempty, degenerate = polygon_edges(nu, cu, active)
+    t0, t1, nonempty, degenerate, (si, se, sj) = _edge_search(nu, cu, active)
     empty = bad | degenerate | (active.any(axis=1) & ~nonempty.any(axis=1))
     P0, P1, g, R, bounded = _vertices(nu, cu, t0, t1, nonempty)
     fin0 = nonempty & np.isfinite(t0)
     fin1 = nonempty & np.isfinite(t1)
     p0 = np.where(fin0[..., None], P0, 0.0)
     p1 = np.where(fin1[..., None], P1, 0.0)
-    # share vertices: the end of edge e is the start of the edge j whose start is nearest
-    # (polygon_edges already made them agree to rounding); copy it so they are bitwise equal
-    if F > 1 and M:
-        dist = np.linalg.norm(p1[:, :, None, :] - p0[:, None, :, :], axis=-1)  # (M, e, j)
-        ok = fin1[:, :, None] & fin0[:, None, :] & ~np.eye(F, dtype=bool)
-        dist = np.where(ok, dist, np.inf)
-        j = np.argmin(dist, axis=2)
-        dmin = np.take_along_axis(dist, j[..., None], axis=2)[..., 0]
-        scale = 1.0 + np.linalg.norm(p1, axis=-1)
-        mi, ei = np.nonzero(dmin <= 1e-9 * scale)
-        p0[mi, j[mi, ei]] = p1[mi, ei]
+    # shared vertices: the start of edge j is stored as the very end point of edge e, so both
+    # stay bitwise equal after any translation and the translated polygon closes exactly
+    ok = fin1[si, se] & fin0[si, sj]
+    p0[si[ok], sj[ok]] = p1[si[ok], se[ok]]
     return PolygonTable(
         normals=nu,
         offsets=np.where(active, cu, np.inf),

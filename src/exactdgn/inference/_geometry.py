@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..gaussian import polygon_table
+from ..gaussian import PolygonTable, polygon_table
 from ..partition import Partition
 
 __all__ = ["RegionGeometry", "region_geometry"]
@@ -82,7 +82,7 @@ class RegionGeometry:
     interval: tuple | None = None
     gemm_basis: np.ndarray | None = None
     gemm_w_basis: np.ndarray | None = None
-    polygons: object = None
+    polygons: PolygonTable | None = None
 
     @property
     def n_regions(self) -> int:

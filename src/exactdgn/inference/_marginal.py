@@ -193,17 +193,6 @@ def _lse_by_point(p: np.ndarray, lj: np.ndarray, err: np.ndarray, n: int, prune_
     return log_px, err_px
 
 
-def _log_px_by_point(p: np.ndarray, lj: np.ndarray, n: int) -> np.ndarray:
-    """(n,) logsumexp of ``lj`` over the pairs of each point (``p`` in any order)."""
-    o = np.argsort(p, kind="stable")
-    ps = p[o]
-    starts = np.flatnonzero(np.r_[True, ps[1:] != ps[:-1]])
-    out = np.full(n, -np.inf)
-    with np.errstate(invalid="ignore"):
-        out[ps[starts]] = np.logaddexp.reduceat(lj[o], starts)
-    return out
-
-
 def _pair_stats(parts: list) -> PairStats:
     """Concatenate the blocks' ``(point, region, lj, log_px, err_px, v, offsets, mean, cov,
     n_candidates)`` (offsets, mean, cov may be None)."""
@@ -406,59 +395,57 @@ def marginal_pairs(
         # candidates whose closest-point bound falls below the pruning level are not integrated
         # (log mass -inf, dropped below); the seeds are always integrated
         floor_c = (lower - thr)[p_c] - lk_c
+        # every pair (seeds first), grouped by point once for the logsumexp below
+        seed = np.arange(len(p_top) + len(p_c)) < len(p_top)
         p_all = np.concatenate([p_top, p_c])
-        r_all = np.concatenate([r_top, r_c])
-        w_all = np.concatenate([w_top, w_c])
-        v_all = np.concatenate([v_top, v_c])
-        lk_all = np.concatenate([lk_top, lk_c])
-        tm = visible = None
-        if need_moments and tab is not None:
-            # masses of every pair, then moments only where the weight is visible (below);
-            # the seeds are integrated again here, with their moments
-            def select(lm, _err):
-                nonlocal visible
-                lj = lk_all + lm
-                lpx = _log_px_by_point(p_all, lj, n)
-                visible = (lj > (lpx - thr)[p_all]) | ~np.isfinite(lpx)[p_all]
-                return visible
+        order = np.argsort(p_all, kind="stable")
+        p_all, seed = p_all[order], seed[order]
+        r_all, w_all, v_all, lk_all = (
+            np.concatenate(pair)[order]
+            for pair in ((r_top, r_c), (w_top, w_c), (v_top, v_c), (lk_top, lk_c))
+        )
 
-            floor_all = np.concatenate([np.full(len(p_top), -np.inf), floor_c])
-            tm = gaussian.truncated_moments_2d_shifted(tab, r_all, w_all, floor_all, select)
+        def visible_of(lj, log_px):
+            # pairs whose exact weight is visible (as in d = 1: the others change no sum by
+            # more than exp(-prune_nats)); all pairs of a point without a finite log p(x)
+            return (lj > (log_px - thr)[p_all]) | ~np.isfinite(log_px)[p_all]
+
+        tm = None
+        if need_moments and tab is not None:
+            # d = 2: masses and geometry of every pair once, moments only where visible (the
+            # seeds are integrated again here, with their moments)
+            def select(lm, err):  # the same lj and log p(x) as computed below
+                lj = lk_all + lm
+                return visible_of(lj, _lse_by_point(p_all, lj, err, n, prune_nats)[0])
+
+            floor = np.concatenate([np.full(len(p_top), -np.inf), floor_c])[order]
+            tm = gaussian.truncated_moments_2d_shifted(tab, r_all, w_all, floor, select)
             lm_all, err, off_all = tm.log_mass, tm.error, None
         else:
             lm_c, err_c, off_c = log_mass(r_c, w_c, v_c, floor_c, off_c)
-            lm_all = np.concatenate([lm_top, lm_c])
-            err = np.concatenate([err_top, err_c])
-            off_all = None if off_top is None else np.concatenate([off_top, off_c])
+            lm_all = np.concatenate([lm_top, lm_c])[order]
+            err = np.concatenate([err_top, err_c])[order]
+            off_all = None if off_top is None else np.concatenate([off_top, off_c])[order]
         lj = lk_all + lm_all
-        keep = np.isfinite(lj)
-        keep[: len(p_top)] = True  # every point keeps its seeds
-        # group per point: logsumexp over the pairs of each point
-        order = np.argsort(p_all[keep], kind="stable")
-        sel = np.flatnonzero(keep)[order]
-        p_all, r_all, lj, err, w_all, v_all = (
-            a[sel] for a in (p_all, r_all, lj, err, w_all, v_all)
-        )
-        if off_all is not None:
-            off_all = off_all[sel]
-        if tm is not None:
-            tm_mean, tm_cov, visible = tm.mean[sel], tm.cov[sel], visible[sel]
         log_px, err_px = _lse_by_point(p_all, lj, err, n, prune_nats)
+        # pairs kept: finite, and every point keeps its seeds; with moments only visible ones
+        keep = np.isfinite(lj) | seed
+        if need_moments:
+            keep &= visible_of(lj, log_px)
+        arrays = [p_all, r_all, lj, v_all]
+        if off_all is not None:
+            arrays.append(off_all)
+        if tm is not None:
+            arrays += [tm.mean, tm.cov]
+        if not keep.all():
+            arrays = [a[keep] for a in arrays]
+        p_all, r_all, lj, v_all = arrays[:4]
+        off_all = arrays[4] if off_all is not None else None
         mean = cov = None
         if need_moments:
-            # moments only where the pair's exact weight is visible (as in d = 1: the pairs
-            # dropped here change no sum by more than exp(-prune_nats))
-            if tm is None:
-                visible = (lj > (log_px - thr)[p_all]) | ~np.isfinite(log_px)[p_all]
-            if not visible.all():
-                p_all, r_all, lj, err, w_all, v_all = (
-                    a[visible] for a in (p_all, r_all, lj, err, w_all, v_all)
-                )
-                if off_all is not None:
-                    off_all = off_all[visible]
-                if tm is not None:
-                    tm_mean, tm_cov = tm_mean[visible], tm_cov[visible]
-            if tm is None:  # d >= 3: masses integrated again with the moments
+            if tm is not None:
+                tm_mean, tm_cov = arrays[-2:]
+            else:  # d >= 3: masses integrated again with the moments
                 off = geom.offsets(v_all, r_all) if off_all is None else off_all
                 tm2 = gaussian.truncated_moments(geom.normals[r_all], off)
                 tm_mean, tm_cov = tm2.mean, tm2.cov
