@@ -62,7 +62,10 @@ of the map, in data units ("*_data").
 """
 
 TOY_NAMES = ("wave", "circle", "two_moons", "moons", "mixture", "gaussian_mixture")
-METHODS = ("em", "gradient", "lbfgs", "vae", "iwae")
+METHODS = ("auto", "em", "gradient", "lbfgs", "vae", "iwae")
+EXACT_METHODS = ("auto", "em", "gradient", "lbfgs")
+#: ``ExactDGN``'s default method (kept equal by a test)
+DEFAULT_METHOD = "auto"
 #: Standardization floor relative to the largest per-feature std: pixels that are (nearly)
 #: constant in the training split are not blown up (a held-out image with ink there would
 #: otherwise get values of ~1e3 and a meaningless likelihood).
@@ -238,11 +241,13 @@ def _em_model(**params):
 
 
 def em_curve(Xtr, Xte, *, max_iter: int, progress: bool = False, **params) -> tuple:
-    """Run exact EM one iteration at a time and evaluate the exact NLL after each.
+    """Run exact training once and evaluate the exact held-out NLL after every iteration.
 
-    Repeated ``fit`` calls with ``warm_start=True, max_iter=1`` continue the same EM run (EM is
-    deterministic given its state); the seconds counted are those EM spends in partition,
-    E-step and M-step (``history_``), not the extra evaluation.
+    One ``fit`` with a callback (the run's step-size state carries from iteration to
+    iteration); ``method`` defaults to ``"em"`` and ``tol`` to 0 (a fixed budget, unless
+    ``n_iter_no_change`` iterations gain nothing); other parameters are ``ExactDGN``'s
+    defaults. The seconds counted are those training spends in partition, E-step and
+    M-step (``history_``), not the extra evaluation.
 
     Parameters
     ----------
@@ -257,57 +262,45 @@ def em_curve(Xtr, Xte, *, max_iter: int, progress: bool = False, **params) -> tu
     model : ExactDGN
     curve : dict of lists
         ``iter``, ``seconds`` (cumulative), ``train_nll``, ``test_nll`` (NaN without test
-        data), ``n_regions``, ``backtracks``, ``seconds_partition``, ``seconds_estep``,
-        ``seconds_mstep`` (per iteration).
+        data and at iteration 0), ``n_regions``, ``backtracks``, ``seconds_partition``,
+        ``seconds_estep``, ``seconds_mstep`` (per iteration).
     """
     from tqdm.auto import tqdm
 
-    params = {**params, "max_iter": 1, "warm_start": True, "tol": 0.0, "progress": False}
+    from .model import ExactDGN
+
+    params = {"tol": 0.0, "method": "em", **params, "max_iter": max_iter, "progress": False}
     model = _em_model(**params)
-    curve = {
-        k: []
-        for k in (
-            "iter",
-            "seconds",
-            "train_nll",
-            "test_nll",
-            "n_regions",
-            "backtracks",
-            "seconds_partition",
-            "seconds_estep",
-            "seconds_mstep",
-        )
-    }
-    total = 0.0
-    bar = tqdm(range(max_iter), desc="EM", disable=not progress, leave=False)
-    for it in bar:
+    test_nll = [float("nan")]
+    bar = tqdm(total=max_iter, desc="EM", disable=not progress, leave=False)
+
+    def record(it, snapshot):
+        if len(Xte):
+            dec, std = snapshot()
+            test_nll.append(
+                -ExactDGN.from_decoder(dec, std, prune_nats=model.prune_nats).score(Xte)
+            )
+        else:
+            test_nll.append(float("nan"))
+        bar.update(1)
+
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model.fit(Xtr)
-        h0, h1 = model.history_[0], model.history_[-1]
-        if it == 0:
-            total += h0["seconds_partition"] + h0["seconds_estep"]
-            _append_curve(curve, 0, total, -h0["loglik"], model, Xte, h0, initial=True)
-        total += h1["seconds_partition"] + h1["seconds_estep"] + h1["seconds_mstep"]
-        _append_curve(curve, it + 1, total, -h1["loglik"], model, Xte, h1)
-        bar.set_postfix(nll=f"{-h1['loglik']:.4f}", regions=h1["n_regions"], refresh=False)
-    bar.close()
+            model.fit(Xtr, callback=record)
+    finally:
+        bar.close()
+    keys = ("seconds_partition", "seconds_estep", "seconds_mstep")
+    curve = {
+        "iter": [h["iter"] for h in model.history_],
+        "seconds": np.cumsum([sum(h[k] for k in keys) for h in model.history_]).tolist(),
+        "train_nll": [-h["loglik"] for h in model.history_],
+        "test_nll": test_nll,
+        "n_regions": [int(h["n_regions"]) for h in model.history_],
+        "backtracks": [int(h["backtracks"]) for h in model.history_],
+        **{k: [float(h[k]) for h in model.history_] for k in keys},
+    }
     return model, curve
-
-
-def _append_curve(curve, it, total, train_nll, model, Xte, h, initial=False):
-    curve["iter"].append(it)
-    curve["seconds"].append(total)
-    curve["train_nll"].append(float(train_nll))
-    if initial:
-        # the state before the first iteration: the initial decoder is not kept by ``fit``
-        curve["test_nll"].append(float("nan"))
-    else:
-        curve["test_nll"].append(-model.score(Xte) if len(Xte) else float("nan"))
-    curve["n_regions"].append(int(h["n_regions"]))
-    curve["backtracks"].append(int(h.get("backtracks", 0)))
-    for k in ("seconds_partition", "seconds_estep", "seconds_mstep"):
-        curve[k].append(float(h[k]))
 
 
 def refit_curve(make, Xtr, Xte, schedule, *, to_exact=None, progress: bool = False) -> tuple:
@@ -430,11 +423,24 @@ def evaluate_vae(
 
 
 # ---------------------------------------------------------------------- fit
-def _default_iter(method: str) -> int:
-    return {"em": 100, "gradient": 100, "vae": 300, "iwae": 300}[method]
+def _default_iter(method: str) -> int | None:
+    """VAE / IWAE epochs; ``None`` for the exact methods (``ExactDGN``'s own default)."""
+    return {"vae": 300, "iwae": 300}.get(method)
 
 
 def _fit(args) -> int:
+    """``exactdgn fit``: no output folder is left behind by a failed or interrupted run."""
+    out = Path(args.out)
+    created = not out.exists()
+    try:
+        return _fit_into(args, out)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+
+
+def _fit_into(args, out: Path) -> int:
     from .baselines import IWAE, VAE
     from .datasets import Standardizer
     from .model import ExactDGN
@@ -457,8 +463,6 @@ def _fit(args) -> int:
     jac = std.log_abs_det_jacobian() if std else 0.0
     max_iter = args.max_iter if args.max_iter is not None else _default_iter(args.method)
     hidden = tuple(int(h) for h in args.hidden)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     common = {
         "activation": args.activation,
         "negative_slope": args.negative_slope,
@@ -467,20 +471,35 @@ def _fit(args) -> int:
     }
     t0 = time.perf_counter()
     vae = None
-    if args.method in ("em", "gradient", "lbfgs"):
+    if args.method in EXACT_METHODS:
+        given = {"max_iter": args.max_iter, "tol": args.tol, "n_init": args.n_init}
         model = ExactDGN(
             latent_dim=args.latent_dim,
             hidden_sizes=hidden,
             method=args.method,
-            max_iter=max_iter,
-            tol=args.tol,
-            n_init=args.n_init,
             weight_decay=args.weight_decay,
             random_state=args.seed,
             progress=not args.no_progress,
+            **{k: v for k, v in given.items() if v is not None},
             **common,
         )
-        _run_quietly(model.fit, Xtr)
+        checkpoint = None
+        if args.checkpoint:
+            checkpoint = Path(args.checkpoint)
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            if checkpoint.exists():
+                print(f"resuming from checkpoint {checkpoint}", file=sys.stderr)
+        try:
+            _run_quietly(model.fit, Xtr, checkpoint=checkpoint)
+        except KeyboardInterrupt:
+            if checkpoint:
+                print(
+                    f"exactdgn: interrupted; {checkpoint} keeps the last iteration: run the same "
+                    "command again to resume",
+                    file=sys.stderr,
+                )
+            raise
+        max_iter = model.max_iter
         history = model.history_
         n_iter = int(model.n_iter_)
     else:
@@ -527,6 +546,7 @@ def _fit(args) -> int:
             for k, v in ev.items():
                 if k != "exact":
                     results[f"{name}_{k}"] = v
+    out.mkdir(parents=True, exist_ok=True)
     model.save(out / "model.npz")
     config = {
         "command": "fit",
@@ -1056,7 +1076,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument("data", metavar="DATA", help="built-in name or file (see examples)")
     f.add_argument("--out", required=True, help="output directory")
-    f.add_argument("--method", choices=METHODS, default="em")
+    f.add_argument(
+        "--method",
+        choices=METHODS,
+        default=DEFAULT_METHOD,
+        help="exact training (auto: EM, then L-BFGS; em; lbfgs; gradient) or a baseline",
+    )
     f.add_argument("--latent-dim", type=int, default=1)
     f.add_argument("--hidden", type=int, nargs="+", default=[12], help="hidden layer widths")
     f.add_argument(
@@ -1069,7 +1094,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-iter",
         type=int,
         default=None,
-        help="EM iterations / gradient or VAE epochs (default 100 / 100 / 300)",
+        help="iterations of exact training (default: ExactDGN's max_iter) / VAE epochs (300)",
     )
     f.add_argument("--seed", type=int, default=0, help="model seed and train/test split seed")
     f.add_argument("--test-fraction", type=float, default=0.2, help="held-out fraction")
@@ -1085,10 +1110,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=STD_FLOOR,
         help="standardization: scale floor relative to the largest feature std",
     )
-    g = f.add_argument_group("exact (em, gradient) options")
-    g.add_argument("--tol", type=float, default=1e-4)
-    g.add_argument("--n-init", type=int, default=1)
+    g = f.add_argument_group("exact training options (auto, em, lbfgs, gradient)")
+    g.add_argument(
+        "--tol",
+        type=float,
+        default=None,
+        help="stop when the mean gain per iteration over the last 10 is below this "
+        "(nats/point; default: ExactDGN's)",
+    )
+    g.add_argument("--n-init", type=int, default=None, help="starts, best kept")
     g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        default=None,
+        help="write the training state here after every iteration; if PATH exists the run "
+        "resumes from it (Ctrl-C, then the same command again)",
+    )
     g = f.add_argument_group("vae / iwae options")
     g.add_argument("--k", type=int, default=5, help="IWAE importance samples")
     g.add_argument("--encoder-hidden", type=int, nargs="+", default=[64, 64])
@@ -1200,6 +1238,9 @@ def main(argv=None) -> int:
     )
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("exactdgn: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, OSError, MemoryError, TypeError, KeyError) as exc:
         if args.verbose >= 2:
             raise

@@ -8,7 +8,6 @@ for ``latent_dim >= 3`` where the Gaussian masses of the regions come with error
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
 import time
 import warnings
@@ -20,14 +19,18 @@ from sklearn.exceptions import ConvergenceWarning
 from . import gaussian
 from ._validation import check_array, check_positive
 from .decoder import Decoder
-from .em._gradient import exact_gradient, surrogate_objective
+from .em._gradient import exact_gradient
 from .em._init import initialize
-from .em._steps import m_step, region_stats
+from .em._steps import region_stats
 from .inference._geometry import LOG_2PI, RegionGeometry, region_geometry
 from .inference._marginal import PairStats, marginal_pairs
 from .inference._posterior import ExactPosterior
 from .io import ModelFileError, decoder_from_arrays, decoder_to_arrays, read_npz, write_npz_atomic
-from .partition import Partition, PartitionTooLargeError, partition
+from .partition import Partition, partition
+from .training import TRAINERS, EStep, converged, pack_state, unpack_state
+from .training._cost import check_training_cost
+
+_partition = partition  # ``_e_step`` has a parameter of that name
 
 __all__ = ["ConvergenceWarning", "ExactDGN", "NotFittedError"]
 
@@ -48,9 +51,24 @@ class ExactDGN(DensityMixin, BaseEstimator):
     activation : {"relu", "leaky_relu", "prelu", "abs"}
     negative_slope : float
     noise : {"isotropic", "diagonal"}
-    method : {"em", "gradient", "lbfgs"}
-    max_iter, tol, n_init, init, min_noise_std, weight_decay, random_state, warm_start,
-    verbose, progress :
+    method : {"auto", "em", "lbfgs", "gradient"}
+        Training method (see ``fit``). ``"auto"`` (default): exact EM while it gains fast,
+        then L-BFGS from where EM slowed down (:class:`exactdgn.training.AutoTrainer`).
+    max_iter : int
+        Most iterations per ``fit`` call (default 200).
+    tol : float
+        Stop when the mean gain of the exact training log-likelihood per iteration, over the
+        last ``n_iter_no_change`` iterations, is below ``tol`` nats per point (default 1e-4).
+    n_iter_no_change : int
+        Window of that rule, and the fewest iterations a run takes (default 10): a start that
+        gains little at first (near a saddle) is not mistaken for convergence.
+    n_init : int
+        Starts; the one with the highest final training likelihood is kept (default 1).
+    init : {"random", "pca"}
+        ``"random"`` (default): all layers random (He), the output rescaled to the data.
+        ``"pca"``: random hidden layers, output layer fitted to the probabilistic-PCA map; on
+        symmetric data (circle, mixture) that start is a saddle that EM leaves late or never.
+    min_noise_std, weight_decay, random_state, warm_start, verbose, progress :
         Training options (see ``fit``).
     prune_nats : float
         Exact pruning margin: skipped point-region pairs contribute less than
@@ -80,11 +98,12 @@ class ExactDGN(DensityMixin, BaseEstimator):
         activation: str = "leaky_relu",
         negative_slope: float = 0.1,
         noise: str = "isotropic",
-        method: str = "em",
-        max_iter: int = 100,
+        method: str = "auto",
+        max_iter: int = 200,
         tol: float = 1e-4,
+        n_iter_no_change: int = 10,
         n_init: int = 1,
-        init: str = "pca",
+        init: str = "random",
         min_noise_std: float = 1e-3,
         weight_decay: float = 0.0,
         random_state=None,
@@ -104,6 +123,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         self.method = method
         self.max_iter = max_iter
         self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
         self.n_init = n_init
         self.init = init
         self.min_noise_std = min_noise_std
@@ -302,12 +322,14 @@ class ExactDGN(DensityMixin, BaseEstimator):
             bad("activation", f"choose one of {self._ACTIVATIONS}")
         if self.noise not in ("isotropic", "diagonal"):
             bad("noise", "choose 'isotropic' or 'diagonal'")
-        if self.method not in ("em", "gradient", "lbfgs"):
-            bad("method", "choose 'em', 'gradient' or 'lbfgs'")
+        if self.method not in TRAINERS:
+            bad("method", f"choose one of {tuple(TRAINERS)}")
         if not (isinstance(self.max_iter, int | np.integer) and self.max_iter >= 1):
             bad("max_iter", "use an integer >= 1")
         if not (self.tol >= 0):
             bad("tol", "use a non-negative float")
+        if not (isinstance(self.n_iter_no_change, int | np.integer) and self.n_iter_no_change >= 1):
+            bad("n_iter_no_change", "use an integer >= 1")
         if not (isinstance(self.n_init, int | np.integer) and self.n_init >= 1):
             bad("n_init", "use an integer >= 1")
         if self.init not in ("pca", "random"):
@@ -321,19 +343,29 @@ class ExactDGN(DensityMixin, BaseEstimator):
         if not (self.prune_nats >= 10):
             bad("prune_nats", "use >= 10 (40 keeps the likelihood exact to double precision)")
 
-    def _e_step(self, decoder, std, X):
+    def _e_step(self, decoder: Decoder, std, X: np.ndarray, partition: Partition | None = None):
+        """The exact E-step of every trainer: partition, geometry and point-region statistics.
+
+        This is the one place where training computes sufficient statistics (a missing-data or
+        distributed E-step replaces this method). ``partition``: reuse this partition (already
+        built for ``decoder``, e.g. after an output-layer-only update) instead of enumerating.
+
+        Returns
+        -------
+        exactdgn.training.EStep
+        """
         t0 = time.perf_counter()
-        part = partition(decoder)
+        part = partition if partition is not None else _partition(decoder)
         t1 = time.perf_counter()
         geom = region_geometry(part, std)
         st = marginal_pairs(
             geom, X, prune_nats=self.prune_nats, need_moments=True, chunk_bytes=self.chunk_bytes
         )
-        t2 = time.perf_counter()
-        return part, geom, st, t1 - t0, t2 - t1
+        return EStep(part, geom, st, t1 - t0, time.perf_counter() - t1)
 
-    def fit(self, X, y=None, checkpoint=None) -> ExactDGN:
-        """Fit by exact EM (``"em"``), exact-gradient Adam (``"gradient"``) or L-BFGS (``"lbfgs"``).
+    def fit(self, X, y=None, checkpoint=None, callback=None) -> ExactDGN:
+        """Maximise the exact log-likelihood (method ``"auto"``, ``"em"``, ``"lbfgs"`` or
+        ``"gradient"``).
 
         EM: the E-step computes, for every point and region, the exact posterior region mass and
         truncated moments; the M-step solves every layer's least-squares problem in closed form
@@ -343,12 +375,13 @@ class ExactDGN(DensityMixin, BaseEstimator):
         not (``history_["backtracks"]``), so the exact training log-likelihood never decreases.
         ``"lbfgs"``: full-batch quasi-Newton steps on the exact log-likelihood (each function
         evaluation is one exact E-step, gradients by Fisher's identity, strong-Wolfe line
-        search; also monotone, see ``_run_lbfgs``). Prefer EM for a first fit (no step size,
-        monotone, large early gains); ``"lbfgs"`` converges much faster near an optimum, where
-        layer-wise EM crawls when the noise is small (planted [1,6,2], 40 iterations: 0.003
-        nats from the truth's held-out likelihood against EM's 0.14), and suits refining a
-        decoder (``warm_start``); ``"gradient"`` (minibatch Adam) when the data are too many
-        for full-batch E-steps.
+        search; also monotone). ``"auto"`` runs EM while it gains fast and hands over to
+        L-BFGS when EM's gain per E-step drops (see :class:`exactdgn.training.AutoTrainer`).
+        ``"gradient"``: minibatch Adam, for data too many for full-batch E-steps.
+
+        Stopping: after at least ``n_iter_no_change`` iterations, when the mean gain per
+        iteration over the last ``n_iter_no_change`` iterations is below ``tol`` (nats per
+        point), or at ``max_iter`` iterations of this call (``ConvergenceWarning``).
 
         Parameters
         ----------
@@ -356,6 +389,22 @@ class ExactDGN(DensityMixin, BaseEstimator):
         checkpoint : path, optional
             State is written there atomically after every iteration; calling ``fit`` again with
             the same arguments resumes from it and ends with the same result.
+        callback : callable, optional
+            Called after every iteration as ``callback(iteration, snapshot)``; ``snapshot()``
+            returns the current ``(Decoder, noise_std (D,))`` (as :class:`exactdgn.baselines.VAE`
+            does). Training stops early, without a warning, if it returns ``False``.
+
+        Returns
+        -------
+        self
+
+        Notes
+        -----
+        ``warm_start=True`` continues the previous run: its parameters, its step-size state
+        (EM's over-relaxation factor and gradient step; L-BFGS's curvature memory) and its
+        ``history_`` (rows are appended). ``n_iter_`` counts the iterations of this call.
+        Ctrl-C (``KeyboardInterrupt``) leaves the estimator at the last completed iteration
+        and the checkpoint file intact, then propagates.
         """
         X = np.asarray(X, dtype=np.float64) if not isinstance(X, np.ndarray) else X
         if X.ndim == 2 and np.isnan(X).any():
@@ -366,24 +415,14 @@ class ExactDGN(DensityMixin, BaseEstimator):
             )
         X = check_array(X, name="X")
         self._validate_params()
-        N, D = X.shape
         warm = self.warm_start and hasattr(self, "decoder_")
-        if warm and self.decoder_.output_dim != D:
+        if warm and self.decoder_.output_dim != X.shape[1]:
             raise ValueError(
-                f"X has {D} columns but the fitted model expects {self.decoder_.output_dim}"
+                f"X has {X.shape[1]} columns but the fitted model expects "
+                f"{self.decoder_.output_dim}"
             )
-        sizes = [self.latent_dim, *self.hidden_sizes, D]
-        k = sum((a + 1) * b for a, b in itertools.pairwise(sizes)) + (
-            1 if self.noise == "isotropic" else D
-        )
-        if N < k:
-            warnings.warn(
-                f"fitting {k} parameters to only {N} points: the maximum-likelihood fit is "
-                "poorly determined (use a smaller decoder, weight_decay, or more data)",
-                UserWarning,
-                stacklevel=2,
-            )
-        fingerprint = hashlib.sha256(X.tobytes()).hexdigest() + f":{N}x{D}"
+        check_training_cost(self, X)
+        fingerprint = hashlib.sha256(X.tobytes()).hexdigest() + f":{X.shape[0]}x{X.shape[1]}"
         config = {k: v for k, v in self.get_params().items() if k not in ("verbose", "progress")}
         config["hidden_sizes"] = list(config["hidden_sizes"])
         if isinstance(config.get("random_state"), np.random.Generator):
@@ -391,512 +430,145 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 "random_state must be an int or None for fit (it is saved in checkpoints)"
             )
         ck = self._load_checkpoint(checkpoint, fingerprint, config) if checkpoint else None
-        rng = np.random.default_rng(self.random_state)
-        seeds = rng.integers(0, 2**63 - 1, size=self.n_init)
+        seeds = np.random.default_rng(self.random_state).integers(0, 2**63 - 1, size=self.n_init)
         done = ck["done"] if ck else []
-        for i in range(self.n_init):
-            if i < len(done):
-                continue
-            if ck and ck.get("current") is not None and ck["current"]["init"] == i:
-                cur = ck["current"]
-                dec, std, hist, it0 = cur["decoder"], cur["std"], cur["history"], cur["iter"]
-                extra = cur.get("extra")
-            else:
-                if warm and i == 0:
-                    dec, std = self.decoder_.copy(), self.noise_std_.copy()
-                else:
-                    dec, std = initialize(
-                        X,
-                        latent_dim=self.latent_dim,
-                        hidden_sizes=self.hidden_sizes,
-                        activation=self.activation,
-                        negative_slope=self.negative_slope,
-                        init=self.init,
-                        diagonal=self.noise == "diagonal",
-                        min_std=self.min_noise_std,
-                        rng=np.random.default_rng(seeds[i]),
-                    )
-                hist, it0, extra = [], 0, None
+        for i in range(len(done), self.n_init):
+            cur = ck["current"] if ck and ck["current"] and ck["current"]["init"] == i else None
+            trainer, hist, it0 = self._trainer(X, int(seeds[i]), cur, warm and i == 0)
 
-            def save(dec_, std_, hist_, it_, extra_=None, i=i):
+            def save(run, i=i):
                 if checkpoint:
-                    self._save_checkpoint(
-                        checkpoint, fingerprint, config, done, i, dec_, std_, hist_, it_, extra_
-                    )
+                    self._save_checkpoint(checkpoint, fingerprint, config, done, i, run)
 
-            runner = {"em": self._run_em, "gradient": self._run_gradient}.get(
-                self.method, self._run_lbfgs
-            )
-            res = runner(X, dec, std, hist, it0, save, extra, seed=int(seeds[i]), init_index=i)
-            done.append(res)
+            done.append(self._train(trainer, hist, it0, save, callback, i))
             if checkpoint:
-                self._save_checkpoint(
-                    checkpoint, fingerprint, config, done, None, None, None, None, 0
-                )
+                self._save_checkpoint(checkpoint, fingerprint, config, done, None, None)
         best = max(range(len(done)), key=lambda j: done[j]["history"][-1]["loglik"])
-        res = done[best]
-        self._set_state(res["decoder"], res["std"])
-        self.n_iter_ = int(res["n_iter"])
-        self.converged_ = bool(res["converged"])
-        self.history_ = res["history"]
+        self._set_run(done[best])
         self.best_init_ = best
         self.init_logliks_ = [r["history"][-1]["loglik"] for r in done]
-        if not self.converged_:
+        if not (self.converged_ or done[best]["stopped"]):
             warnings.warn(
-                f"{self.method} did not converge in max_iter={self.max_iter} iterations "
-                f"(last change above tol={self.tol}); increase max_iter or tol",
+                f"{self.method} did not converge in max_iter={self.max_iter} iterations (mean "
+                f"gain over the last {self.n_iter_no_change} iterations above tol={self.tol}); "
+                "increase max_iter (or continue with warm_start=True) or tol",
                 ConvergenceWarning,
                 stacklevel=2,
             )
         return self
 
+    def _set_run(self, run: dict) -> None:
+        self._set_state(run["decoder"], run["std"])
+        self.n_iter_ = int(run["n_iter"])
+        self.converged_ = bool(run["converged"])
+        self.history_ = run["history"]
+        self._train_state = {"method": self.method, "state": run["state"]}
+
+    def _trainer(self, X, seed: int, cur: dict | None, warm: bool):
+        """The trainer of one start: resumed from a checkpoint, warm, or initialised."""
+        state = None
+        if cur is not None:
+            dec, std, hist, it0, state = (
+                cur["decoder"],
+                cur["std"],
+                cur["history"],
+                cur["iter"],
+                cur["state"],
+            )
+        elif warm:
+            dec, std, hist, it0 = self.decoder_.copy(), self.noise_std_.copy(), [], 0
+            prev = getattr(self, "_train_state", None)
+            if getattr(self, "history_", None):
+                hist = [dict(h) for h in self.history_]
+            if prev is not None and prev["method"] == self.method:
+                state = prev["state"]
+        else:
+            dec, std = initialize(
+                X,
+                latent_dim=self.latent_dim,
+                hidden_sizes=self.hidden_sizes,
+                activation=self.activation,
+                negative_slope=self.negative_slope,
+                init=self.init,
+                diagonal=self.noise == "diagonal",
+                min_std=self.min_noise_std,
+                rng=np.random.default_rng(seed),
+            )
+            hist, it0 = [], 0
+        trainer = TRAINERS[self.method](self, X, dec, std, seed=seed)
+        if state is not None:
+            trainer.load_state_dict(state)
+        return trainer, hist, it0
+
+    def _train(self, trainer, hist: list, it0: int, save, callback, init_index: int) -> dict:
+        """Run one start to convergence, ``max_iter`` or a ``False`` from ``callback``."""
+        row = trainer.start()
+        if not hist:
+            hist.append(row.as_dict())
+
+        def run(it, converged=False, stopped=False):
+            return {
+                "decoder": trainer.decoder,
+                "std": trainer.std,
+                "history": hist,
+                "n_iter": it,
+                "converged": converged,
+                "stopped": stopped,
+                "state": trainer.state_dict(),
+            }
+
+        last = run(it0)
+        save(last)
+        bar = self._progress_bar(self.max_iter, f"{self.method} init {init_index}")
+        bar.update(it0)
+        lls = [h["loglik"] for h in hist]
+        try:
+            for it in range(it0 + 1, self.max_iter + 1):
+                row = trainer.step()
+                row.iter = hist[-1]["iter"] + 1
+                hist.append(row.as_dict())
+                lls.append(row.loglik)
+                done = trainer.finished or converged(
+                    lls, tol=self.tol, window=self.n_iter_no_change
+                )
+                last = run(it, converged=done)
+                save(last)
+                bar.update(1)
+                bar.set_postfix(nll=f"{-row.loglik:.4f}", regions=row.n_regions, refresh=False)
+                logger.info(
+                    "%s init %d iter %d: loglik %.6f regions %d step %.3g (%.2fs)",
+                    row.method,
+                    init_index,
+                    row.iter,
+                    row.loglik,
+                    row.n_regions,
+                    row.step,
+                    row.seconds,
+                )
+                if callback is not None:
+                    dec, std = trainer.decoder, trainer.std
+                    if callback(row.iter, lambda d=dec, s=std: (d.copy(), s.copy())) is False:
+                        last["stopped"] = True
+                        break
+                if done:
+                    break
+        except KeyboardInterrupt:
+            self._set_run(last)
+            logger.warning(
+                "training interrupted: the model holds iteration %d (loglik %.6f)%s",
+                last["history"][-1]["iter"],
+                last["history"][-1]["loglik"],
+                " (a checkpoint keeps it: fit again with the same one to resume)",
+            )
+            raise
+        finally:
+            bar.close()
+        return last
+
     def _progress_bar(self, total, desc):
         from tqdm.auto import tqdm
 
         return tqdm(total=total, desc=desc, disable=not self.progress, leave=False)
-
-    def _run_em(self, X, dec, std, hist, it0, save, extra, *, seed, init_index):
-        std = np.asarray(std, dtype=np.float64)
-        part, _, st, tp, te = self._e_step(dec, std, X)
-        ll = float(st.log_px.mean())
-        if not hist:
-            hist.append(
-                {
-                    "iter": 0,
-                    "loglik": ll,
-                    "n_regions": len(part),
-                    "seconds_partition": tp,
-                    "seconds_estep": te,
-                    "seconds_mstep": 0.0,
-                    "backtracks": 0,
-                    "step": 0.0,
-                }
-            )
-            save(dec, std, hist, 0)
-        converged = False
-        it = it0
-        # step-size state, restored from the history on resume: the relative length of a
-        # gradient fallback step and the over-relaxation factor of the M-step direction
-        eta = hist[-1].get("eta", 0.1)
-        relax = hist[-1].get("relax", 1.0)
-        bar = self._progress_bar(self.max_iter, f"EM init {init_index}")
-        bar.update(it0)
-        diagonal = self.noise == "diagonal"
-        try:
-            while it < self.max_iter:
-                ll_start = ll
-                # (1) output layer + noise: an exact EM block (the partition does not move)
-                t0 = time.perf_counter()
-                rs = region_stats(
-                    X, part.patterns, st.point, st.region, st.log_weight, st.mean, st.cov
-                )
-                last = [dec.n_layers - 1]
-                dec1, std1 = m_step(
-                    dec,
-                    rs,
-                    std,
-                    X,
-                    diagonal=diagonal,
-                    min_std=self.min_noise_std,
-                    weight_decay=self.weight_decay,
-                    layers=last,
-                )
-                tm = time.perf_counter() - t0
-                t1 = time.perf_counter()
-                part1 = part.with_decoder(dec1)
-                geom1 = region_geometry(part1, std1)
-                st1 = marginal_pairs(
-                    geom1,
-                    X,
-                    prune_nats=self.prune_nats,
-                    need_moments=True,
-                    chunk_bytes=self.chunk_bytes,
-                )
-                te_tot = time.perf_counter() - t1
-                tp_tot = 0.0
-                ll1 = float(st1.log_px.mean())
-                if ll1 >= ll:
-                    dec, std, part, st, ll = dec1, std1, part1, st1, ll1
-                nb, step = 0, 0.0
-                if dec.n_layers > 1:
-                    # (2) hidden layers (patterns held at their E-step values), then the output
-                    # layer and noise again; guarded by the exact likelihood with backtracking
-                    t0 = time.perf_counter()
-                    rs = region_stats(
-                        X, part.patterns, st.point, st.region, st.log_weight, st.mean, st.cov
-                    )
-                    new_dec, new_std = m_step(
-                        dec,
-                        rs,
-                        std,
-                        X,
-                        diagonal=diagonal,
-                        min_std=self.min_noise_std,
-                        weight_decay=self.weight_decay,
-                    )
-                    tm += time.perf_counter() - t0
-                    # adaptive over-relaxation (Salakhutdinov & Roweis, 2003): try the step
-                    # `relax` times the M-step's; on success grow it, on failure fall back to
-                    # the plain step (then halve). Every accepted point has a higher exact
-                    # likelihood, so monotonicity is kept.
-                    step = relax
-                    while nb <= self.max_backtrack:
-                        c_dec = _interpolate(dec, new_dec, step)
-                        c_std = np.exp((1 - step) * np.log(std) + step * np.log(new_std))
-                        c_std = np.maximum(c_std, self.min_noise_std)
-                        try:
-                            c_part, _, c_st, tp, te = self._e_step(c_dec, c_std, X)
-                        except PartitionTooLargeError:
-                            if step <= 1.0:
-                                raise
-                            # an extrapolated decoder with too many regions: not a candidate
-                            step = relax = 1.0
-                            continue
-                        tp_tot += tp
-                        te_tot += te
-                        c_ll = float(c_st.log_px.mean())
-                        if c_ll >= ll:
-                            dec, std, part, st, ll = c_dec, c_std, c_part, c_st, c_ll
-                            if step == relax and step < self.overrelax:
-                                relax = min(2.0 * relax, self.overrelax)
-                            break
-                        if step > 1.0:
-                            step = relax = 1.0
-                            continue
-                        step *= 0.5
-                        nb += 1
-                    else:
-                        step = 0.0
-                        # (3) generalized-EM fallback: an exact-gradient ascent step on the
-                        # hidden layers (Fisher's identity), accepted only if the exact
-                        # likelihood does not drop; its length adapts across iterations.
-                        g_res = self._gradient_step(X, dec, std, part, st, ll, eta)
-                        if g_res is not None:
-                            dec, part, st, ll, eta, tp, te = g_res
-                            tp_tot += tp
-                            te_tot += te
-                            step = -eta  # recorded as a negative step: a gradient move
-                        else:
-                            eta *= 0.25
-                it += 1
-                bar.update(1)
-                hist.append(
-                    {
-                        "iter": it,
-                        "loglik": ll,
-                        "n_regions": len(part),
-                        "seconds_partition": tp_tot,
-                        "seconds_estep": te_tot,
-                        "seconds_mstep": tm,
-                        "backtracks": nb,
-                        "step": step,
-                        "eta": eta,
-                        "relax": relax,
-                    }
-                )
-                bar.set_postfix(nll=f"{-ll:.4f}", regions=len(part), refresh=False)
-                logger.info(
-                    "EM init %d iter %d: loglik %.6f regions %d backtracks %d",
-                    init_index,
-                    it,
-                    ll,
-                    len(part),
-                    nb,
-                )
-                save(dec, std, hist, it)
-                if ll - ll_start < self.tol:
-                    converged = True
-                    break
-        finally:
-            bar.close()
-        return {"decoder": dec, "std": std, "history": hist, "n_iter": it, "converged": converged}
-
-    def _gradient_step(self, X, dec, std, part, st, ll, eta, tries: int = 3):
-        """Line search along the exact gradient of the hidden layers (see ``_run_em``)."""
-        if dec.n_layers < 2:
-            return None
-        rs = region_stats(X, part.patterns, st.point, st.region, st.log_weight, st.mean, st.cov)
-        grads = exact_gradient(dec, std, rs, X)
-        L = dec.n_layers - 1  # hidden layers only: the output layer had its exact EM step
-        gW, gc = grads[0 : 2 * L : 2], grads[1 : 2 * L : 2]
-        norm_g = np.sqrt(sum((g**2).sum() for g in gW) + sum((g**2).sum() for g in gc))
-        norm_p = np.sqrt(sum((W**2).sum() for W in dec.weights[:L]))
-        if not np.isfinite(norm_g) or norm_g == 0:
-            return None
-        tp_tot = te_tot = 0.0
-        for _ in range(tries):
-            scale = eta * norm_p / norm_g
-            cand = dec.copy()
-            for k in range(L):
-                cand.weights[k] = dec.weights[k] + scale * gW[k]
-                cand.biases[k] = dec.biases[k] + scale * gc[k]
-            c_part, _, c_st, tp, te = self._e_step(cand, std, X)
-            tp_tot += tp
-            te_tot += te
-            c_ll = float(c_st.log_px.mean())
-            if c_ll >= ll:
-                return cand, c_part, c_st, c_ll, min(2 * eta, 1.0), tp_tot, te_tot
-            eta *= 0.25
-        return None
-
-    def _run_gradient(
-        self,
-        X,
-        dec,
-        std,
-        hist,
-        it0,
-        save,
-        extra,
-        *,
-        seed,
-        init_index,
-        lr: float = 1e-2,
-        batch_size: int = 256,
-    ):
-        import torch
-
-        N, D = X.shape
-        diagonal = self.noise == "diagonal"
-        params = []
-        for W, c in zip(dec.weights, dec.biases, strict=True):
-            params.append(torch.tensor(W, requires_grad=True))
-            params.append(torch.tensor(c, requires_grad=True))
-        ls = np.log(std) if diagonal else np.log(std[:1]).reshape(())
-        params.append(torch.tensor(np.array(ls, dtype=np.float64), requires_grad=True))
-        opt = torch.optim.Adam(params, lr=lr)
-        rng = np.random.default_rng(seed)
-        if extra is not None:
-            rng.bit_generator.state = extra["rng"]
-            _load_adam(opt, params, extra["adam"])
-        if not hist:
-            _, _, st, tp, te = self._e_step(dec, std, X)
-            hist.append(
-                {
-                    "iter": 0,
-                    "loglik": float(st.log_px.mean()),
-                    "n_regions": 0,
-                    "seconds_partition": tp,
-                    "seconds_estep": te,
-                    "seconds_mstep": 0.0,
-                    "backtracks": 0,
-                    "step": lr,
-                }
-            )
-            save(
-                dec, std, hist, 0, {"rng": rng.bit_generator.state, "adam": _dump_adam(opt, params)}
-            )
-        converged = False
-        it = it0
-        bar = self._progress_bar(self.max_iter, f"gradient init {init_index}")
-        bar.update(it0)
-        log_min = np.log(self.min_noise_std)
-        try:
-            while it < self.max_iter:
-                perm = rng.permutation(N)
-                tp_tot = te_tot = tm_tot = 0.0
-                for s in range(0, N, batch_size):
-                    idx = perm[s : s + batch_size]
-                    Xb = X[idx]
-                    cur = _decoder_from_params(dec, params)
-                    cur_std = np.broadcast_to(np.exp(params[-1].detach().numpy()), (D,))
-                    part, _geom, st, tp, te = self._e_step(cur, cur_std, Xb)
-                    t0 = time.perf_counter()
-                    rs = region_stats(
-                        Xb, part.patterns, st.point, st.region, st.log_weight, st.mean, st.cov
-                    )
-                    opt.zero_grad()
-                    Q = surrogate_objective(params, cur, rs, Xb)
-                    loss = -Q / len(idx)
-                    for k in range(0, len(params) - 1, 2):
-                        loss = loss + 0.5 * self.weight_decay * (params[k] ** 2).sum()
-                    loss.backward()
-                    opt.step()
-                    with torch.no_grad():
-                        params[-1].clamp_(min=log_min)
-                    tm_tot += time.perf_counter() - t0
-                    tp_tot += tp
-                    te_tot += te
-                it += 1
-                bar.update(1)
-                dec = _decoder_from_params(dec, params)
-                std = np.broadcast_to(np.exp(params[-1].detach().numpy()), (D,)).copy()
-                part, _, st, tp, te = self._e_step(dec, std, X)
-                ll = float(st.log_px.mean())
-                delta = ll - hist[-1]["loglik"]
-                hist.append(
-                    {
-                        "iter": it,
-                        "loglik": ll,
-                        "n_regions": len(part),
-                        "seconds_partition": tp_tot,
-                        "seconds_estep": te_tot + te,
-                        "seconds_mstep": tm_tot,
-                        "backtracks": 0,
-                        "step": lr,
-                    }
-                )
-                bar.set_postfix(nll=f"{-ll:.4f}", regions=len(part), refresh=False)
-                save(
-                    dec,
-                    std,
-                    hist,
-                    it,
-                    {"rng": rng.bit_generator.state, "adam": _dump_adam(opt, params)},
-                )
-                if abs(delta) < self.tol:
-                    converged = True
-                    break
-        finally:
-            bar.close()
-        return {"decoder": dec, "std": std, "history": hist, "n_iter": it, "converged": converged}
-
-    def _run_lbfgs(self, X, dec, std, hist, it0, save, extra, *, seed, init_index):
-        """Full-batch L-BFGS (torch, strong-Wolfe line search) on the exact log-likelihood.
-
-        Parameters: every weight and bias and ``s`` with ``σ = min_noise_std + exp(s)`` (the
-        floor holds without bounds). Each closure call is one exact E-step: the value is the
-        exact ``-mean log p(x)`` and the gradient comes from Fisher's identity. One iteration is
-        one quasi-Newton step; its line search needs sufficient decrease, and a step that would
-        lower the exact likelihood is undone and ends the run, so ``history_`` never decreases.
-        The optimiser's state is checkpointed with the parameters: a resumed run is identical.
-        """
-        import torch
-
-        N, D = X.shape
-        diagonal = self.noise == "diagonal"
-        shapes = [a.shape for W, c in zip(dec.weights, dec.biases, strict=True) for a in (W, c)]
-        sizes = [int(np.prod(sh)) for sh in shapes]
-        n_s = D if diagonal else 1
-        floor = self.min_noise_std
-
-        def pack(dec_, std_):
-            sd = np.asarray(std_, dtype=np.float64)
-            sd = sd if diagonal else sd[:1]
-            s_ = np.log(np.maximum(sd - floor, 1e-12 * floor))
-            parts = [
-                a.ravel() for W, c in zip(dec_.weights, dec_.biases, strict=True) for a in (W, c)
-            ]
-            return np.concatenate([*parts, s_])
-
-        def unpack(th):
-            out, k = [], 0
-            for sh, n in zip(shapes, sizes, strict=True):
-                out.append(th[k : k + n].reshape(sh))
-                k += n
-            d_ = Decoder(out[0::2], out[1::2], dec.activations)
-            st_ = np.broadcast_to(floor + np.exp(th[k : k + n_s]), (D,)).copy()
-            return d_, st_
-
-        theta = torch.tensor(pack(dec, std), requires_grad=True)
-        opt = torch.optim.LBFGS(
-            [theta],
-            lr=1.0,
-            max_iter=1,
-            max_eval=26,  # one step per call, with up to 25 line-search evaluations
-            history_size=20,
-            tolerance_grad=0.0,
-            tolerance_change=0.0,
-            line_search_fn="strong_wolfe",
-        )
-        if extra is not None:
-            _load_lbfgs(opt, theta, extra["lbfgs"])
-        cache: dict = {}
-        timers = {"tp": 0.0, "te": 0.0, "tm": 0.0}
-
-        def evaluate(th):
-            key = th.tobytes()
-            if key in cache:
-                return cache[key]
-            d_, st_ = unpack(th)
-            part, _, stt, tp, te = self._e_step(d_, st_, X)
-            t0 = time.perf_counter()
-            rs = region_stats(
-                X, part.patterns, stt.point, stt.region, stt.log_weight, stt.mean, stt.cov
-            )
-            tt = torch.tensor(th, requires_grad=True)
-            plist, k = [], 0
-            for sh, n in zip(shapes, sizes, strict=True):
-                plist.append(tt[k : k + n].reshape(sh))
-                k += n
-            sig = floor + torch.exp(tt[k : k + n_s])
-            log_std = torch.log(sig) if diagonal else torch.log(sig[0])
-            obj = -surrogate_objective([*plist, log_std], d_, rs, X) / N
-            penalty = sum((plist[i] ** 2).sum() for i in range(0, len(plist), 2))
-            obj = obj + 0.5 * self.weight_decay * penalty
-            (grad,) = torch.autograd.grad(obj, tt)
-            ll = float(stt.log_px.mean())
-            value = -ll + 0.5 * self.weight_decay * float(penalty.detach())
-            timers["tp"] += tp
-            timers["te"] += te
-            timers["tm"] += time.perf_counter() - t0
-            cache.clear()  # keep only the latest point
-            cache[key] = (value, grad.numpy().copy(), ll, part, st_)
-            return cache[key]
-
-        def closure():
-            value, grad, *_ = evaluate(theta.detach().numpy())
-            theta.grad = torch.from_numpy(grad.copy())
-            return torch.tensor(value, dtype=torch.float64)
-
-        value, _, ll, part, _ = evaluate(theta.detach().numpy())
-        if not hist:
-            hist.append(
-                {
-                    "iter": 0,
-                    "loglik": ll,
-                    "n_regions": len(part),
-                    "seconds_partition": timers["tp"],
-                    "seconds_estep": timers["te"],
-                    "seconds_mstep": 0.0,
-                    "backtracks": 0,
-                    "step": 0.0,
-                }
-            )
-            save(dec, std, hist, 0, {"lbfgs": _dump_lbfgs(opt, theta)})
-        converged = False
-        it = it0
-        bar = self._progress_bar(self.max_iter, f"L-BFGS init {init_index}")
-        bar.update(it0)
-        try:
-            while it < self.max_iter:
-                for k_ in timers:
-                    timers[k_] = 0.0
-                th_old = theta.detach().numpy().copy()
-                value_old = value
-                opt.step(closure)
-                value, _, ll, part, st_new = evaluate(theta.detach().numpy())
-                if not value <= value_old:  # line search failed to decrease: undo, stop
-                    with torch.no_grad():
-                        theta.copy_(torch.from_numpy(th_old))
-                    value, _, ll, part, st_new = evaluate(th_old)
-                    converged = True
-                    break
-                it += 1
-                bar.update(1)
-                d_new, _ = unpack(theta.detach().numpy())
-                state = opt.state[theta]
-                hist.append(
-                    {
-                        "iter": it,
-                        "loglik": ll,
-                        "n_regions": len(part),
-                        "seconds_partition": timers["tp"],
-                        "seconds_estep": timers["te"],
-                        "seconds_mstep": timers["tm"],
-                        "backtracks": 0,
-                        "step": float(state.get("t", 0.0)),
-                    }
-                )
-                bar.set_postfix(nll=f"{-ll:.4f}", regions=len(part), refresh=False)
-                save(d_new, st_new, hist, it, {"lbfgs": _dump_lbfgs(opt, theta)})
-                if value_old - value < self.tol:
-                    converged = True
-                    break
-        finally:
-            bar.close()
-        dec, std = unpack(theta.detach().numpy())
-        return {"decoder": dec, "std": std, "history": hist, "n_iter": it, "converged": converged}
 
     def exact_gradient(self, X) -> list[np.ndarray]:
         """Exact gradient of ``Σ_n log p(x_n)`` w.r.t. ``[W_1, c_1, ..., W_L, c_L, log σ]``.
@@ -913,45 +585,32 @@ class ExactDGN(DensityMixin, BaseEstimator):
         return exact_gradient(self.decoder_, std, rs, X)
 
     # ------------------------------------------------------------------ persistence
-    def _save_checkpoint(
-        self, path, fingerprint, config, done, init_i, dec, std, hist, it, extra=None
-    ):
-        arrays, meta = {}, {"kind": "checkpoint", "fingerprint": fingerprint, "config": config}
-        meta["done"] = []
-        for j, r in enumerate(done):
-            a, m = decoder_to_arrays(r["decoder"], prefix=f"done{j}_")
+    _CHECKPOINT_VERSION = 2
+
+    def _save_checkpoint(self, path, fingerprint, config, done, init_i, current) -> None:
+        """Finished starts and the current one: parameters, history, trainer state."""
+        arrays: dict = {}
+        meta = {
+            "kind": "checkpoint",
+            "checkpoint_version": self._CHECKPOINT_VERSION,
+            "fingerprint": fingerprint,
+            "config": config,
+            "method": self.method,
+        }
+
+        def pack(run, prefix):
+            a, m = decoder_to_arrays(run["decoder"], prefix=f"{prefix}_")
             arrays.update(a)
-            arrays[f"done{j}_std"] = np.asarray(r["std"])
-            meta["done"].append(
-                {
-                    "decoder": m,
-                    "history": r["history"],
-                    "n_iter": r["n_iter"],
-                    "converged": r["converged"],
-                }
-            )
+            arrays[f"{prefix}_std"] = np.asarray(run["std"])
+            out = {k: run[k] for k in ("history", "n_iter", "converged", "stopped")}
+            out["decoder"] = m
+            out["state"] = pack_state(run["state"], arrays, f"{prefix}_state_")
+            return out
+
+        meta["done"] = [pack(r, f"done{j}") for j, r in enumerate(done)]
+        meta["current"] = None
         if init_i is not None:
-            a, m = decoder_to_arrays(dec, prefix="cur_")
-            arrays.update(a)
-            arrays["cur_std"] = np.asarray(std)
-            cur = {"init": init_i, "decoder": m, "history": hist, "iter": it}
-            if extra is not None and "lbfgs" in extra:
-                lb = extra["lbfgs"]
-                cur["extra"] = {
-                    "lbfgs_scalars": lb["scalars"],
-                    "lbfgs_arrays": sorted(lb["arrays"]),
-                }
-                for k, a in lb["arrays"].items():
-                    arrays[f"lbfgs_{k}"] = a
-            elif extra is not None:
-                ex = {"rng": extra["rng"], "adam_steps": extra["adam"]["steps"]}
-                for k, (m1, m2) in enumerate(
-                    zip(extra["adam"]["m"], extra["adam"]["v"], strict=True)
-                ):
-                    arrays[f"adam_m{k}"] = m1
-                    arrays[f"adam_v{k}"] = m2
-                cur["extra"] = ex
-            meta["current"] = cur
+            meta["current"] = {"init": init_i, **pack(current, "cur")}
         write_npz_atomic(path, arrays, meta)
 
     def _load_checkpoint(self, path, fingerprint, config):
@@ -962,53 +621,30 @@ class ExactDGN(DensityMixin, BaseEstimator):
         arrays, meta = read_npz(path)
         if meta.get("kind") != "checkpoint":
             raise ModelFileError(f"{path} is not a training checkpoint")
+        if meta.get("checkpoint_version") != self._CHECKPOINT_VERSION:
+            raise ModelFileError(
+                f"checkpoint {path} has format {meta.get('checkpoint_version', 1)}, this exactdgn "
+                f"writes format {self._CHECKPOINT_VERSION}; remove it to start over"
+            )
         if meta["fingerprint"] != fingerprint or meta["config"] != config:
             raise ModelFileError(
                 f"checkpoint {path} was written for other data or parameters; remove it or "
                 "use another path"
             )
-        done = []
-        for j, r in enumerate(meta["done"]):
-            done.append(
-                {
-                    "decoder": decoder_from_arrays(arrays, r["decoder"], prefix=f"done{j}_"),
-                    "std": arrays[f"done{j}_std"],
-                    "history": r["history"],
-                    "n_iter": r["n_iter"],
-                    "converged": r["converged"],
-                }
-            )
-        out = {"done": done, "current": None}
-        cur = meta.get("current")
-        if cur is not None:
-            extra = None
-            if "extra" in cur and "lbfgs_scalars" in cur["extra"]:
-                ex = cur["extra"]
-                extra = {
-                    "lbfgs": {
-                        "scalars": ex["lbfgs_scalars"],
-                        "arrays": {k: arrays[f"lbfgs_{k}"] for k in ex["lbfgs_arrays"]},
-                    }
-                }
-            elif "extra" in cur:
-                n = len(cur["extra"]["adam_steps"])
-                extra = {
-                    "rng": cur["extra"]["rng"],
-                    "adam": {
-                        "steps": cur["extra"]["adam_steps"],
-                        "m": [arrays[f"adam_m{k}"] for k in range(n)],
-                        "v": [arrays[f"adam_v{k}"] for k in range(n)],
-                    },
-                }
-            out["current"] = {
-                "init": cur["init"],
-                "decoder": decoder_from_arrays(arrays, cur["decoder"], "cur_"),
-                "std": arrays["cur_std"],
-                "history": cur["history"],
-                "iter": cur["iter"],
-                "extra": extra,
+
+        def unpack(r, prefix):
+            return {
+                **{k: r[k] for k in ("history", "n_iter", "converged", "stopped")},
+                "decoder": decoder_from_arrays(arrays, r["decoder"], prefix=f"{prefix}_"),
+                "std": arrays[f"{prefix}_std"],
+                "state": unpack_state(r["state"], arrays),
             }
-        return out
+
+        done = [unpack(r, f"done{j}") for j, r in enumerate(meta["done"])]
+        cur = meta["current"]
+        if cur is not None:
+            cur = {**unpack(cur, "cur"), "init": cur["init"], "iter": cur["n_iter"]}
+        return {"done": done, "current": cur}
 
     def save(self, path) -> None:
         """Save a fitted model (npz arrays + JSON metadata with a version; no pickle)."""
@@ -1064,93 +700,3 @@ class ExactDGN(DensityMixin, BaseEstimator):
         """Akaike information criterion ``-2 log L + 2k`` (lower is better)."""
         X = self._check_X(X)
         return float(-2 * self.score_samples(X).sum() + 2 * self._n_parameters())
-
-
-def _interpolate(a: Decoder, b: Decoder, t: float) -> Decoder:
-    """Parameters ``(1 - t) a + t b`` (same architecture and activations)."""
-    if t == 1.0:
-        return b
-    Ws = [(1 - t) * Wa + t * Wb for Wa, Wb in zip(a.weights, b.weights, strict=True)]
-    cs = [(1 - t) * ca + t * cb for ca, cb in zip(a.biases, b.biases, strict=True)]
-    return Decoder(Ws, cs, a.activations)
-
-
-def _decoder_from_params(template: Decoder, params) -> Decoder:
-    L = template.n_layers
-    Ws = [params[2 * k].detach().numpy().copy() for k in range(L)]
-    cs = [params[2 * k + 1].detach().numpy().copy() for k in range(L)]
-    return Decoder(Ws, cs, template.activations)
-
-
-def _dump_adam(opt, params) -> dict:
-    import torch
-
-    steps, ms, vs = [], [], []
-    for p in params:
-        st = opt.state.get(p, {})
-        steps.append(float(st["step"]) if "step" in st else 0.0)
-        ms.append(
-            st["exp_avg"].detach().numpy().copy() if "exp_avg" in st else np.zeros(tuple(p.shape))
-        )
-        vs.append(
-            st["exp_avg_sq"].detach().numpy().copy()
-            if "exp_avg_sq" in st
-            else np.zeros(tuple(p.shape))
-        )
-    del torch
-    return {"steps": steps, "m": ms, "v": vs}
-
-
-def _load_adam(opt, params, state) -> None:
-    import torch
-
-    for p, s_, m, v in zip(params, state["steps"], state["m"], state["v"], strict=True):
-        if s_ > 0:
-            opt.state[p] = {
-                "step": torch.tensor(float(s_)),
-                "exp_avg": torch.tensor(np.asarray(m)),
-                "exp_avg_sq": torch.tensor(np.asarray(v)),
-            }
-
-
-_LBFGS_LISTS = ("old_dirs", "old_stps", "ro")
-_LBFGS_TENSORS = ("d", "H_diag", "prev_flat_grad")
-
-
-def _dump_lbfgs(opt, theta) -> dict:
-    """torch L-BFGS state as plain arrays and numbers (``al`` is scratch and not kept)."""
-    st = opt.state.get(theta, {})
-    out: dict = {"scalars": {}, "arrays": {}}
-    for k in ("func_evals", "n_iter", "t", "prev_loss"):
-        if k in st:
-            v = st[k]
-            out["scalars"][k] = float(v) if k in ("t", "prev_loss") else int(v)
-
-    def arr(v):
-        return np.array(v.detach().numpy() if hasattr(v, "detach") else v, dtype=np.float64)
-
-    for k in _LBFGS_TENSORS:
-        if k in st:
-            out["arrays"][k] = arr(st[k])
-    for k in _LBFGS_LISTS:
-        if k in st:
-            vals = [arr(v) for v in st[k]]
-            out["arrays"][k] = np.stack(vals) if vals else np.zeros((0, theta.numel()))
-    return out
-
-
-def _load_lbfgs(opt, theta, state) -> None:
-    import torch
-
-    if not state["scalars"] and not state["arrays"]:
-        return
-    st: dict = {}
-    for k, v in state["scalars"].items():
-        st[k] = v
-    for k in _LBFGS_TENSORS:
-        if k in state["arrays"]:
-            st[k] = torch.tensor(np.asarray(state["arrays"][k]), dtype=torch.float64)
-    for k in _LBFGS_LISTS:
-        if k in state["arrays"]:
-            st[k] = [torch.tensor(np.asarray(a), dtype=torch.float64) for a in state["arrays"][k]]
-    opt.state[theta] = st

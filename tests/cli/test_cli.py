@@ -43,9 +43,9 @@ def test_fit_em_writes_model_config_history(runs, capsys):
     cfg = json.loads((d / "config.json").read_text())
     hist = json.loads((d / "history.json").read_text())
     res = json.loads((d / "results.json").read_text())
-    assert cfg["method"] == "em" and cfg["layer_sizes"] == [1, 12, 2]
+    assert cfg["method"] == "auto" and cfg["layer_sizes"] == [1, 12, 2]
     assert cfg["standardizer"] is None  # 2-D toy data are not standardized by default
-    assert len(hist) == 3  # iteration 0 and two EM iterations
+    assert len(hist) == 3  # iteration 0 and two iterations
     model = ExactDGN.load(d / "model.npz")
     # the printed/recorded train log-likelihood is the model's exact one on the train split
     X = __import__("exactdgn.datasets", fromlist=["wave"]).wave(80, random_state=0)
@@ -54,6 +54,48 @@ def test_fit_em_writes_model_config_history(runs, capsys):
     assert res["train_loglik"] == pytest.approx(model.score(X[~test]), rel=1e-12)
     assert res["test_loglik"] == pytest.approx(model.score(X[test]), rel=1e-12)
     assert hist[-1]["loglik"] == pytest.approx(res["train_loglik"], rel=1e-12)
+
+
+def test_fit_lbfgs_with_its_defaults(tmp_path):
+    out = tmp_path / "lbd"
+    assert main(["fit", "wave", "--method", "lbfgs", "--out", str(out), *TINY]) == 0
+    assert json.loads((out / "config.json").read_text())["max_iter"] == ExactDGN().max_iter
+
+
+def test_default_method_is_the_estimators():
+    from exactdgn.cli import DEFAULT_METHOD
+
+    assert DEFAULT_METHOD == ExactDGN().method
+
+
+def test_ctrl_c_then_resume_from_checkpoint(tmp_path, capsys, monkeypatch):
+    """Ctrl-C: exit 130, no traceback, no output folder; the same command resumes."""
+    from exactdgn.training import EMTrainer
+
+    ck = tmp_path / "ck" / "state.npz"
+    args = ["fit", "wave", "--method", "em", "--max-iter", "6", "--tol", "0", *TINY]
+    assert main([*args, "--out", str(tmp_path / "ref")]) == 0
+    real, calls = EMTrainer.step, {"n": 0}
+
+    def step(self):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(self)
+
+    monkeypatch.setattr(EMTrainer, "step", step)
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert main([*args, "--out", str(out), "--checkpoint", str(ck)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "Traceback" not in err and str(ck) in err
+    assert not out.exists() and ck.exists()
+    monkeypatch.setattr(EMTrainer, "step", real)
+    assert main([*args, "--out", str(out), "--checkpoint", str(ck)]) == 0
+    assert "resuming" in capsys.readouterr().err
+    a, b = ExactDGN.load(tmp_path / "ref" / "model.npz"), ExactDGN.load(out / "model.npz")
+    assert [h["loglik"] for h in a.history_] == [h["loglik"] for h in b.history_]
+    np.testing.assert_array_equal(a.decoder_.weights[0], b.decoder_.weights[0])
 
 
 def test_fit_lbfgs(tmp_path):
@@ -168,6 +210,7 @@ def test_errors_exit_nonzero_with_message(argv, message, capsys, tmp_path, monke
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("exactdgn: error:") and message in err
+    assert not (tmp_path / "x").exists()  # no empty output folder is left behind
 
 
 def test_help_shows_examples(capsys):

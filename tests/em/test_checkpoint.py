@@ -32,7 +32,7 @@ def _run(args, timeout=None):
 
 @pytest.mark.parametrize(
     ("method", "iters"),
-    [("em", 10), ("lbfgs", 8), pytest.param("gradient", 4, marks=pytest.mark.slow)],
+    [("em", 10), ("lbfgs", 8), ("auto", 9), pytest.param("gradient", 4, marks=pytest.mark.slow)],
 )
 def test_killed_run_resumes_to_same_result(tmp_path, method, iters):
     ref = tmp_path / "ref.npz"
@@ -104,3 +104,51 @@ def test_corrupt_and_foreign_files(tmp_path):
         ExactDGN.load(future)
     with pytest.raises(ModelFileError, match="no such file"):
         ExactDGN.load(tmp_path / "missing.npz")
+
+
+@pytest.mark.parametrize(("method", "hidden"), [("em", (5,)), ("auto", (4, 4))])
+def test_interrupt_from_callback_then_resume_equals_uninterrupted(tmp_path, method, hidden):
+    """Ctrl-C (a KeyboardInterrupt) keeps the last iteration in the model and the checkpoint."""
+    X = ExactDGN.from_decoder(Decoder.random([1, 5, 2], seed=3), 0.1).sample(150, random_state=0)
+    kw = dict(hidden_sizes=hidden, method=method, max_iter=9, tol=0.0, random_state=0)
+    kw.update(init="random", progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ref = ExactDGN(**kw).fit(X)
+
+    def stop_at_7(it, snapshot):
+        if it == 7:  # auto has handed over to L-BFGS by then (at least 5 EM iterations)
+            raise KeyboardInterrupt
+
+    ck = tmp_path / "ck.npz"
+    m = ExactDGN(**kw)
+    with pytest.raises(KeyboardInterrupt):
+        m.fit(X, checkpoint=ck, callback=stop_at_7)
+    assert m.history_[-1]["iter"] == 7  # the model holds the last completed iteration
+    assert m.score(X) == pytest.approx(m.history_[-1]["loglik"], abs=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m2 = ExactDGN(**kw).fit(X, checkpoint=ck)
+    assert [h["loglik"] for h in m2.history_] == [h["loglik"] for h in ref.history_]
+    assert [h["method"] for h in m2.history_] == [h["method"] for h in ref.history_]
+    for Wa, Wb in zip(ref.decoder_.weights, m2.decoder_.weights, strict=True):
+        np.testing.assert_array_equal(Wa, Wb)
+    if method == "auto":
+        assert {h["method"] for h in ref.history_} == {"em", "lbfgs"}
+
+
+def test_checkpoint_of_an_older_format_is_refused(tmp_path):
+    X = ExactDGN.from_decoder(Decoder.random([1, 4, 2], seed=1), 0.1).sample(80, random_state=0)
+    ck = tmp_path / "c.npz"
+    kw = dict(hidden_sizes=(4,), max_iter=1, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ExactDGN(**kw).fit(X, checkpoint=ck)
+    with np.load(ck) as f:
+        arrays = {k: f[k] for k in f.files}
+    meta = json.loads(arrays["__meta__"].tobytes())
+    del meta["checkpoint_version"]
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(ck, **arrays)
+    with pytest.raises(ModelFileError, match="format 1"):
+        ExactDGN(**kw).fit(X, checkpoint=ck)

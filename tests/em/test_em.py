@@ -7,8 +7,9 @@ import pytest
 from sklearn.exceptions import ConvergenceWarning
 
 from exactdgn import Decoder, ExactDGN
-from exactdgn import model as model_module
 from exactdgn.em import expected_complete_loglik, m_step, region_stats
+from exactdgn.training import EMTrainer
+from exactdgn.training import _em as em_trainer_module
 
 
 def _planted(sizes, n, seed, noise=0.1):
@@ -27,10 +28,16 @@ def _fit(X, **kw):
 
 
 @pytest.mark.parametrize(
-    ("sizes", "seed", "noise"),
-    [([1, 6, 2], 0, "isotropic"), ([1, 4, 4, 3], 1, "diagonal"), ([2, 6, 3], 2, "isotropic")],
+    ("sizes", "seed", "noise", "method"),
+    [
+        ([1, 6, 2], 0, "isotropic", "em"),
+        ([1, 4, 4, 3], 1, "diagonal", "em"),
+        ([2, 6, 3], 2, "isotropic", "em"),
+        ([1, 6, 2], 0, "isotropic", "auto"),
+        ([1, 4, 4, 3], 1, "diagonal", "auto"),
+    ],
 )
-def test_exact_loglik_never_decreases(sizes, seed, noise):
+def test_exact_loglik_never_decreases(sizes, seed, noise, method):
     _, X = _planted(sizes, 200, seed)
     m = _fit(
         X,
@@ -41,6 +48,7 @@ def test_exact_loglik_never_decreases(sizes, seed, noise):
         tol=0.0,
         random_state=seed,
         init="random" if seed == 1 else "pca",
+        method=method,
     )
     ll = np.array([h["loglik"] for h in m.history_])
     assert len(ll) >= 3
@@ -160,15 +168,43 @@ def test_n_init_picks_best_and_determinism():
     np.testing.assert_array_equal(a.decoder_.weights[0], b.decoder_.weights[0])
 
 
-def test_warm_start_continues():
+@pytest.mark.parametrize(("method", "hidden"), [("em", (5,)), ("lbfgs", (5,)), ("auto", (4, 4))])
+def test_warm_start_continues_the_same_run(method, hidden):
+    """3 + 4 warm-started iterations are the 7 of one run (step sizes, optimiser memory kept)."""
     _, X = _planted([1, 5, 2], 200, 14)
-    m = _fit(X, hidden_sizes=(5,), max_iter=3, tol=0.0, random_state=0, warm_start=True)
-    ll1 = m.history_[-1]["loglik"]
+    kw = dict(hidden_sizes=hidden, tol=0.0, random_state=0, method=method)
+    if method == "auto":
+        kw["init"] = "random"
+    one = _fit(X, max_iter=7, **kw)
+    m = _fit(X, max_iter=3, warm_start=True, **kw)
+    m.set_params(max_iter=4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         m.fit(X)
-    assert m.history_[0]["loglik"] == pytest.approx(ll1, abs=1e-12)
-    assert m.history_[-1]["loglik"] >= ll1
+    assert m.n_iter_ == 4 and len(m.history_) == len(one.history_) == 8
+    assert [h["iter"] for h in m.history_] == list(range(8))
+    assert [h["loglik"] for h in m.history_] == [h["loglik"] for h in one.history_]
+    assert [h["method"] for h in m.history_] == [h["method"] for h in one.history_]
+    for Wa, Wb in zip(one.decoder_.weights, m.decoder_.weights, strict=True):
+        np.testing.assert_array_equal(Wa, Wb)
+
+
+def test_callback_sees_every_iteration_and_can_stop():
+    _, X = _planted([1, 5, 2], 150, 14)
+    seen = []
+
+    def cb(it, snapshot):
+        dec, std = snapshot()
+        seen.append((it, ExactDGN.from_decoder(dec, std).score(X)))
+        return it < 3
+
+    m = ExactDGN(hidden_sizes=(5,), max_iter=10, tol=0.0, random_state=0, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # a stop by the callback: no warning
+        m.fit(X, callback=cb)
+    assert [s[0] for s in seen] == [1, 2, 3] and m.n_iter_ == 3
+    for (_, ll), h in zip(seen, m.history_[1:], strict=True):
+        assert ll == pytest.approx(h["loglik"], abs=1e-12)
 
 
 def test_from_torch_model_can_be_refined():
@@ -223,12 +259,13 @@ def test_gradient_fallback_step_never_decreases():
     dec = Decoder.random([2, 5, 3], seed=4)
     std = np.full(3, 0.4)
     m = ExactDGN(latent_dim=2, hidden_sizes=(5,), progress=False)
-    part, _, st, _, _ = m._e_step(dec, std, X)
-    ll = float(st.log_px.mean())
-    res = m._gradient_step(X, dec, std, part, st, ll, eta=0.05)
+    trainer = EMTrainer(m, X, dec, std, seed=0)
+    ll = trainer.start().loglik
+    trainer.eta = 0.05
+    res = trainer.gradient_step()
     assert res is not None  # a small step along the exact gradient must go uphill
-    new_dec, _, _, new_ll, *_ = res
-    assert new_ll >= ll
+    new_dec, new_ll = trainer.decoder, trainer.loglik
+    assert new_ll >= ll and res.loglik == new_ll
     assert ExactDGN.from_decoder(new_dec, std).score(X) == pytest.approx(new_ll, abs=1e-12)
     assert not np.array_equal(new_dec.weights[0], dec.weights[0])
 
@@ -241,23 +278,23 @@ def test_overrelaxed_candidate_too_large_to_partition_is_skipped(monkeypatch):
     real = ExactDGN._e_step
     calls = {"n": 0, "over": 0}
 
-    def e_step(self, decoder, std, X_):
+    def e_step(self, decoder, std, X_, partition=None):
         calls["n"] += 1
         if calls["n"] > 2 and self._last_relax_step > 1.0 and calls["over"] == 0:
             calls["over"] += 1
             raise PartitionTooLargeError("simulated: too many regions")
-        return real(self, decoder, std, X_)
+        return real(self, decoder, std, X_, partition=partition)
 
     monkeypatch.setattr(ExactDGN, "_e_step", e_step)
     monkeypatch.setattr(ExactDGN, "_last_relax_step", 1.0, raising=False)
-    real_interp = model_module._interpolate
+    real_interp = em_trainer_module.interpolate
 
     def interp(a, b, t):
         ExactDGN._last_relax_step = t
         return real_interp(a, b, t)
 
-    monkeypatch.setattr(model_module, "_interpolate", interp)
-    m = _fit(X, hidden_sizes=(5,), max_iter=8, tol=0.0, random_state=0)
+    monkeypatch.setattr(em_trainer_module, "interpolate", interp)
+    m = _fit(X, hidden_sizes=(5,), max_iter=8, tol=0.0, random_state=0, method="em")
     assert calls["over"] == 1  # the simulated failure happened on an over-relaxed candidate
     ll = [h["loglik"] for h in m.history_]
     assert len(ll) == 9 and all(np.diff(ll) >= 0)

@@ -1,7 +1,7 @@
 """Exact EM: E-step sufficient statistics, closed-form M-step, exact gradients, initialisation.
 
-The training loop itself lives in :meth:`exactdgn.ExactDGN.fit`; this subpackage holds the pure
-math it calls.
+The training loops live in :mod:`exactdgn.training` (one trainer per method); this subpackage
+holds the pure math they call.
 """
 
 from ._gradient import exact_gradient, surrogate_objective

@@ -1,0 +1,38 @@
+"""Training methods of :class:`exactdgn.ExactDGN`: one trainer per method, one history row.
+
+Every trainer (:class:`EMTrainer`, :class:`GradientTrainer`, :class:`LBFGSTrainer`,
+:class:`AutoTrainer`) follows :class:`Trainer`: ``start()`` then ``step()`` return a
+:class:`HistoryRow` (the same keys for every method), and ``state_dict()`` /
+``load_state_dict()`` carry everything the next step depends on, so checkpoints and warm
+starts continue a run exactly. :func:`converged` is the stopping rule; :func:`pack_state` /
+:func:`unpack_state` store trainer states in npz + JSON.
+"""
+
+from ._auto import AutoTrainer
+from ._base import EStep, HistoryRow, Trainer
+from ._em import EMTrainer
+from ._gradient import GradientTrainer
+from ._lbfgs import LBFGSTrainer
+from ._state import pack_state, unpack_state
+from ._stopping import converged
+
+TRAINERS: dict[str, type[Trainer]] = {
+    "em": EMTrainer,
+    "gradient": GradientTrainer,
+    "lbfgs": LBFGSTrainer,
+    "auto": AutoTrainer,
+}
+
+__all__ = [
+    "TRAINERS",
+    "AutoTrainer",
+    "EMTrainer",
+    "EStep",
+    "GradientTrainer",
+    "HistoryRow",
+    "LBFGSTrainer",
+    "Trainer",
+    "converged",
+    "pack_state",
+    "unpack_state",
+]

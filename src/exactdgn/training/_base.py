@@ -1,0 +1,144 @@
+"""The trainer interface shared by every training method, its history row and E-step result."""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..decoder import Decoder
+    from ..inference._geometry import RegionGeometry
+    from ..inference._marginal import PairStats
+    from ..model import ExactDGN
+    from ..partition import Partition
+
+__all__ = ["EStep", "HistoryRow", "Trainer"]
+
+
+@dataclass
+class EStep:
+    """One exact E-step: the partition of the decoder and every visible point-region pair.
+
+    Attributes
+    ----------
+    partition : Partition
+    geometry : RegionGeometry
+    stats : PairStats
+        Per pair: posterior log weight, truncated mean and covariance; per point ``log p(x)``.
+    seconds_partition, seconds_estep : float
+    """
+
+    partition: Partition
+    geometry: RegionGeometry
+    stats: PairStats
+    seconds_partition: float
+    seconds_estep: float
+
+    @property
+    def loglik(self) -> float:
+        """Mean exact log-likelihood per point."""
+        return float(np.mean(self.stats.log_px))
+
+
+@dataclass
+class HistoryRow:
+    """One iteration of any trainer (``history_`` holds these as dicts, same keys everywhere).
+
+    Attributes
+    ----------
+    iter : int
+        Iteration count (0: the starting point).
+    loglik : float
+        Mean exact training log-likelihood per point after the iteration.
+    n_regions : int
+        Linear regions of the decoder after the iteration.
+    seconds : float
+        Wall time of the iteration.
+    seconds_partition, seconds_estep, seconds_mstep : float
+        Its split (M-step: the parameter update; for gradient methods the gradient work).
+    backtracks : int
+        Halvings of a rejected EM step (0 for other methods).
+    step : float
+        EM: the accepted step along the M-step direction (> 1: over-relaxed; negative: an
+        exact-gradient fallback step of that relative length; 0: no move). L-BFGS: the line
+        search's step length. Adam: the learning rate.
+    method : str
+        The method that took the step (``"em"``, ``"lbfgs"``, ``"gradient"``; ``auto`` runs
+        record the phase).
+    """
+
+    iter: int
+    loglik: float
+    n_regions: int
+    seconds: float = 0.0
+    seconds_partition: float = 0.0
+    seconds_estep: float = 0.0
+    seconds_mstep: float = 0.0
+    backtracks: int = 0
+    step: float = 0.0
+    method: str = ""
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class Trainer(ABC):
+    """One training method: ``start`` at the current parameters, then ``step`` by ``step``.
+
+    A trainer owns the current ``decoder`` and ``std`` (noise std, shape (D,)) and every piece
+    of state that the next step depends on (step sizes, optimiser memory, random stream).
+    ``state_dict`` returns that state as plain numbers, strings, lists, dicts and arrays (no
+    private optimiser keys: torch optimisers through their public ``state_dict``), and
+    ``load_state_dict`` restores it, so a checkpointed or warm-started run continues exactly
+    where it stopped. The estimator's E-step (:meth:`ExactDGN._e_step`) is the only way a
+    trainer computes sufficient statistics.
+
+    Parameters
+    ----------
+    est : ExactDGN
+        Supplies the options (``min_noise_std``, ``weight_decay``, ...) and the E-step.
+    X : ndarray of shape (N, D)
+    decoder : Decoder
+    std : ndarray of shape (D,)
+    seed : int
+        Seeds the trainer's own random stream (minibatch order).
+    """
+
+    method: str = ""
+
+    def __init__(self, est: ExactDGN, X: np.ndarray, decoder: Decoder, std, *, seed: int):
+        self.est = est
+        self.X = X
+        self.decoder = decoder
+        self.std = np.asarray(std, dtype=np.float64).copy()
+        self.seed = int(seed)
+        self.loglik = -np.inf
+        self.finished = False  # True when the method cannot make progress any more
+        self.n_estep = 0  # E-steps so far: a deterministic measure of the work done
+
+    def _estep(self, decoder: Decoder, std, X: np.ndarray, **kw) -> EStep:
+        self.n_estep += 1
+        return self.est._e_step(decoder, std, X, **kw)
+
+    @abstractmethod
+    def start(self) -> HistoryRow:
+        """Evaluate the current parameters (one E-step); the row has ``iter=0``."""
+
+    @abstractmethod
+    def step(self) -> HistoryRow:
+        """One iteration; the row's ``iter`` is filled in by the caller."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything besides ``decoder`` / ``std`` that the next step depends on."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 (optional)
+        """Restore what :meth:`state_dict` returned (call before :meth:`start`)."""
+
+    def _row(self, e: EStep, **kw) -> HistoryRow:
+        kw.setdefault("method", self.method)
+        return HistoryRow(iter=0, loglik=self.loglik, n_regions=len(e.partition), **kw)

@@ -1,0 +1,168 @@
+"""Exact EM with conditional closed-form M-steps, adaptive over-relaxation and backtracking."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..decoder import Decoder
+from ..em._gradient import exact_gradient
+from ..em._steps import m_step, region_stats
+from ..partition import PartitionTooLargeError
+from ._base import EStep, HistoryRow, Trainer
+
+__all__ = ["EMTrainer", "interpolate"]
+
+
+def interpolate(a: Decoder, b: Decoder, t: float) -> Decoder:
+    """Parameters ``(1 - t) a + t b`` (same architecture and activations)."""
+    if t == 1.0:
+        return b
+    Ws = [(1 - t) * Wa + t * Wb for Wa, Wb in zip(a.weights, b.weights, strict=True)]
+    cs = [(1 - t) * ca + t * cb for ca, cb in zip(a.biases, b.biases, strict=True)]
+    return Decoder(Ws, cs, a.activations)
+
+
+def _stats(X: np.ndarray, e: EStep):
+    st = e.stats
+    return region_stats(
+        X, e.partition.patterns, st.point, st.region, st.log_weight, st.mean, st.cov
+    )
+
+
+class EMTrainer(Trainer):
+    """Exact EM (see :meth:`exactdgn.ExactDGN.fit`); monotone in the exact likelihood.
+
+    One iteration: (1) the output layer and the noise by a true EM step (the partition does not
+    move), (2) every layer by exact least squares with the activation patterns held at their
+    E-step values, taken ``relax`` times as far (adaptive over-relaxation, Salakhutdinov &
+    Roweis 2003: doubled after each accepted over-relaxed step up to ``overrelax``, reset to 1
+    on a rejection), halved until the exact likelihood does not drop, (3) if no halving is
+    accepted, an exact-gradient step on the hidden layers of relative length ``eta``.
+
+    State: ``relax`` and ``eta`` (restored by checkpoints and warm starts).
+    """
+
+    method = "em"
+
+    def __init__(self, est, X, decoder, std, *, seed):
+        super().__init__(est, X, decoder, std, seed=seed)
+        self.eta = 0.1
+        self.relax = 1.0
+
+    def state_dict(self) -> dict:
+        return {"eta": float(self.eta), "relax": float(self.relax)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.eta = float(state["eta"])
+        self.relax = float(state["relax"])
+
+    def start(self) -> HistoryRow:
+        self._e = self._estep(self.decoder, self.std, self.X)
+        self.loglik = self._e.loglik
+        return self._row(
+            self._e,
+            seconds_partition=self._e.seconds_partition,
+            seconds_estep=self._e.seconds_estep,
+        )
+
+    def _accept(self, dec, std, e: EStep) -> None:
+        self.decoder, self.std, self._e, self.loglik = dec, std, e, e.loglik
+
+    def step(self) -> HistoryRow:
+        est, X = self.est, self.X
+        diagonal = est.noise == "diagonal"
+        kw = {"diagonal": diagonal, "min_std": est.min_noise_std, "weight_decay": est.weight_decay}
+        t_start = time.perf_counter()
+        # (1) output layer + noise: an exact EM block (the partition does not move)
+        t0 = time.perf_counter()
+        last = [self.decoder.n_layers - 1]
+        dec1, std1 = m_step(self.decoder, _stats(X, self._e), self.std, X, layers=last, **kw)
+        tm = time.perf_counter() - t0
+        e1 = self._estep(dec1, std1, X, partition=self._e.partition.with_decoder(dec1))
+        tp, te = e1.seconds_partition, e1.seconds_estep
+        if e1.loglik >= self.loglik:
+            self._accept(dec1, std1, e1)
+        nb, step = 0, 0.0
+        if self.decoder.n_layers > 1:
+            # (2) every layer (patterns held at their E-step values), guarded by the exact
+            # likelihood; over-relaxed and halved as described in the class docstring
+            t0 = time.perf_counter()
+            dec, std = self.decoder, self.std
+            new_dec, new_std = m_step(dec, _stats(X, self._e), std, X, **kw)
+            tm += time.perf_counter() - t0
+            step = self.relax
+            while nb <= est.max_backtrack:
+                c_dec = interpolate(dec, new_dec, step)
+                c_std = np.exp((1 - step) * np.log(std) + step * np.log(new_std))
+                c_std = np.maximum(c_std, est.min_noise_std)
+                try:
+                    c_e = self._estep(c_dec, c_std, X)
+                except PartitionTooLargeError:
+                    if step <= 1.0:
+                        raise
+                    # an extrapolated decoder with too many regions: not a candidate
+                    step = self.relax = 1.0
+                    continue
+                tp += c_e.seconds_partition
+                te += c_e.seconds_estep
+                if c_e.loglik >= self.loglik:
+                    self._accept(c_dec, c_std, c_e)
+                    if step == self.relax and step < est.overrelax:
+                        self.relax = min(2.0 * self.relax, est.overrelax)
+                    break
+                if step > 1.0:
+                    step = self.relax = 1.0
+                    continue
+                step *= 0.5
+                nb += 1
+            else:
+                step = 0.0
+                # (3) generalized-EM fallback along the exact gradient of the hidden layers
+                g = self.gradient_step()
+                if g is not None:
+                    tp += g.seconds_partition
+                    te += g.seconds_estep
+                    step = -self.eta  # recorded as a negative step: a gradient move
+        return self._row(
+            self._e,
+            seconds=time.perf_counter() - t_start,
+            seconds_partition=tp,
+            seconds_estep=te,
+            seconds_mstep=tm,
+            backtracks=nb,
+            step=step,
+        )
+
+    def gradient_step(self, tries: int = 3) -> EStep | None:
+        """Line search along the exact gradient of the hidden layers (Fisher's identity).
+
+        Accepted only if the exact likelihood does not drop; ``eta`` (the step's length
+        relative to the weights' norm) doubles after a success and shrinks 4x per failure.
+        Returns the accepted E-step, or None.
+        """
+        dec, X = self.decoder, self.X
+        if dec.n_layers < 2:
+            return None
+        grads = exact_gradient(dec, self.std, _stats(X, self._e), X)
+        L = dec.n_layers - 1  # hidden layers only: the output layer had its exact EM step
+        gW, gc = grads[0 : 2 * L : 2], grads[1 : 2 * L : 2]
+        norm_g = np.sqrt(sum((g**2).sum() for g in gW) + sum((g**2).sum() for g in gc))
+        norm_p = np.sqrt(sum((W**2).sum() for W in dec.weights[:L]))
+        if not np.isfinite(norm_g) or norm_g == 0:
+            self.eta *= 0.25
+            return None
+        for _ in range(tries):
+            scale = self.eta * norm_p / norm_g
+            cand = dec.copy()
+            for k in range(L):
+                cand.weights[k] = dec.weights[k] + scale * gW[k]
+                cand.biases[k] = dec.biases[k] + scale * gc[k]
+            c_e = self._estep(cand, self.std, X)
+            if c_e.loglik >= self.loglik:
+                self._accept(cand, self.std, c_e)
+                self.eta = min(2 * self.eta, 1.0)
+                return c_e
+            self.eta *= 0.25
+        return None

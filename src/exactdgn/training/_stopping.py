@@ -1,0 +1,26 @@
+"""The stopping rule shared by every training method."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = ["converged"]
+
+
+def converged(logliks: Sequence[float], *, tol: float, window: int) -> bool:
+    """True when the mean gain per iteration over the last ``window`` iterations is ``< tol``.
+
+    ``logliks[0]`` is the starting point and ``logliks[t]`` the mean exact log-likelihood after
+    iteration ``t``. The rule never fires before ``window`` iterations, and it judges the
+    gain ``(logliks[-1] - logliks[-1 - window]) / window``: one tiny step (a start near a
+    saddle, an EM step that backtracked to zero, a flat stretch shorter than ``window``) does
+    not end a run whose later steps still gain. With ``tol=0`` it fires only when
+    ``window`` iterations gained nothing at all.
+    """
+    if len(logliks) <= window:
+        return False
+    return (
+        (logliks[-1] - logliks[-1 - window]) / window < tol
+        if tol > 0
+        else (logliks[-1] - logliks[-1 - window] <= 0)
+    )
