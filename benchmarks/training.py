@@ -98,7 +98,8 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.WARNING)
     names = []
     for s in args.settings:
-        names += list(SETTINGS) if s == "all" else [n for n, _ in TOY] if s == "toy" else [s]
+        toy = [n for n, (ds, _) in SETTINGS.items() if ds not in ("digits", "planted")]
+        names += list(SETTINGS) if s == "all" else toy if s == "toy" else [s]
     print(
         f"{'setting':20s} {'seed':>4s} {'exact NLL':>10s} {'s':>7s} {'iter':>5s} {'method':>9s}"
         f" {'IWAE NLL':>10s} {'s':>7s} {'ep':>4s} {'true NLL':>9s}",

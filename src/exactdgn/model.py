@@ -64,10 +64,12 @@ class ExactDGN(DensityMixin, BaseEstimator):
         gains little at first (near a saddle) is not mistaken for convergence.
     n_init : int
         Starts; the one with the highest final training likelihood is kept (default 1).
-    init : {"random", "pca"}
-        ``"random"`` (default): all layers random (He), the output rescaled to the data.
+    init : {"auto", "pca", "random"}
         ``"pca"``: random hidden layers, output layer fitted to the probabilistic-PCA map; on
         symmetric data (circle, mixture) that start is a saddle that EM leaves late or never.
+        ``"random"``: all layers random (He), the output rescaled to the data. ``"auto"``
+        (default): both run ``n_iter_no_change`` iterations, the better one goes on (the
+        first iterations of the run: ``history_`` holds the winner's).
     min_noise_std, weight_decay, random_state, warm_start, verbose, progress :
         Training options (see ``fit``).
     prune_nats : float
@@ -103,7 +105,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         tol: float = 1e-4,
         n_iter_no_change: int = 10,
         n_init: int = 1,
-        init: str = "random",
+        init: str = "auto",
         min_noise_std: float = 1e-3,
         weight_decay: float = 0.0,
         random_state=None,
@@ -332,8 +334,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
             bad("n_iter_no_change", "use an integer >= 1")
         if not (isinstance(self.n_init, int | np.integer) and self.n_init >= 1):
             bad("n_init", "use an integer >= 1")
-        if self.init not in ("pca", "random"):
-            bad("init", "choose 'pca' or 'random'")
+        if self.init not in ("auto", "pca", "random"):
+            bad("init", "choose 'auto', 'pca' or 'random'")
         if not (self.min_noise_std > 0):
             bad("min_noise_std", "use a positive float (the likelihood is unbounded as σ -> 0)")
         if not (self.weight_decay >= 0):
@@ -388,7 +390,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
         X : array_like (N, D), no NaN (impute missing values first)
         checkpoint : path, optional
             State is written there atomically after every iteration; calling ``fit`` again with
-            the same arguments resumes from it and ends with the same result.
+            the same arguments resumes from it and ends with the same result (the first save
+            follows ``init="auto"``'s scouting, which a resume before it runs again).
         callback : callable, optional
             Called after every iteration as ``callback(iteration, snapshot)``; ``snapshot()``
             returns the current ``(Decoder, noise_std (D,))`` (as :class:`exactdgn.baselines.VAE`
@@ -434,13 +437,13 @@ class ExactDGN(DensityMixin, BaseEstimator):
         done = ck["done"] if ck else []
         for i in range(len(done), self.n_init):
             cur = ck["current"] if ck and ck["current"] and ck["current"]["init"] == i else None
-            trainer, hist, it0 = self._trainer(X, int(seeds[i]), cur, warm and i == 0)
+            trainer, hist, it0, replay = self._trainer(X, int(seeds[i]), cur, warm and i == 0)
 
             def save(run, i=i):
                 if checkpoint:
                     self._save_checkpoint(checkpoint, fingerprint, config, done, i, run)
 
-            done.append(self._train(trainer, hist, it0, save, callback, i))
+            done.append(self._train(trainer, hist, it0, replay, save, callback, i))
             if checkpoint:
                 self._save_checkpoint(checkpoint, fingerprint, config, done, None, None)
         best = max(range(len(done)), key=lambda j: done[j]["history"][-1]["loglik"])
@@ -482,26 +485,56 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 hist = [dict(h) for h in self.history_]
             if prev is not None and prev["method"] == self.method:
                 state = prev["state"]
+        elif self.init == "auto":
+            return self._scout(X, seed)
         else:
-            dec, std = initialize(
-                X,
-                latent_dim=self.latent_dim,
-                hidden_sizes=self.hidden_sizes,
-                activation=self.activation,
-                negative_slope=self.negative_slope,
-                init=self.init,
-                diagonal=self.noise == "diagonal",
-                min_std=self.min_noise_std,
-                rng=np.random.default_rng(seed),
-            )
+            dec, std = self._initial(X, self.init, seed)
             hist, it0 = [], 0
         trainer = TRAINERS[self.method](self, X, dec, std, seed=seed)
         if state is not None:
             trainer.load_state_dict(state)
-        return trainer, hist, it0
+        return trainer, hist, it0, []
 
-    def _train(self, trainer, hist: list, it0: int, save, callback, init_index: int) -> dict:
-        """Run one start to convergence, ``max_iter`` or a ``False`` from ``callback``."""
+    def _initial(self, X, init: str, seed: int):
+        return initialize(
+            X,
+            latent_dim=self.latent_dim,
+            hidden_sizes=self.hidden_sizes,
+            activation=self.activation,
+            negative_slope=self.negative_slope,
+            init=init,
+            diagonal=self.noise == "diagonal",
+            min_std=self.min_noise_std,
+            rng=np.random.default_rng(seed),
+        )
+
+    def _scout(self, X, seed: int):
+        """``init="auto"``: the PCA and the random start each run ``n_iter_no_change``
+        iterations; the one with the higher exact training likelihood goes on (its trainer,
+        history and snapshots for the callback)."""
+        k = min(self.n_iter_no_change, self.max_iter)
+        best = None
+        for init in ("pca", "random"):
+            trainer = TRAINERS[self.method](self, X, *self._initial(X, init, seed), seed=seed)
+            hist, snaps = [trainer.start().as_dict()], []
+            for it in range(1, k + 1):
+                row = trainer.step()
+                row.iter = it
+                hist.append(row.as_dict())
+                snaps.append((it, trainer.decoder, trainer.std))
+                if trainer.finished:
+                    break
+            logger.info("init %s: loglik %.6f after %d iterations", init, trainer.loglik, it)
+            if best is None or trainer.loglik > best[0].loglik:
+                best = (trainer, hist, len(hist) - 1, snaps)
+        return best
+
+    def _train(self, trainer, hist, it0, replay, save, callback, init_index: int) -> dict:
+        """Run one start to convergence, ``max_iter`` or a ``False`` from ``callback``.
+
+        ``replay``: ``(iteration, decoder, std)`` of iterations already run (by ``_scout``),
+        shown to ``callback`` first.
+        """
         row = trainer.start()
         if not hist:
             hist.append(row.as_dict())
@@ -519,6 +552,10 @@ class ExactDGN(DensityMixin, BaseEstimator):
 
         last = run(it0)
         save(last)
+        for it, dec, std in replay if callback is not None else []:
+            if callback(it, lambda d=dec, s=std: (d.copy(), s.copy())) is False:
+                last["stopped"] = True
+                return last
         bar = self._progress_bar(self.max_iter, f"{self.method} init {init_index}")
         bar.update(it0)
         lls = [h["loglik"] for h in hist]

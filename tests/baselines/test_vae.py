@@ -50,7 +50,7 @@ def test_training_improves_objective(cls):
     )
     m.fit(X)
     h = m.history_
-    assert m.n_epochs_ == 40 and len(h["val_objective"]) == 40
+    assert m.n_epochs_ == m.n_iter_ == 40 and len(h["val_objective"]) == 40
     first, last = np.mean(h["train_objective"][:3]), np.mean(h["train_objective"][-5:])
     assert last > first + 2.0, (first, last)
     assert np.mean(h["val_objective"][-5:]) > h["val_objective"][0] + 2.0

@@ -53,6 +53,8 @@ def test_exact_loglik_never_decreases(sizes, seed, noise, method):
     ll = np.array([h["loglik"] for h in m.history_])
     assert len(ll) >= 3
     assert np.all(np.diff(ll) >= 0.0), np.diff(ll)
+    if method == "auto":  # both phases are covered
+        assert {h["method"] for h in m.history_[1:]} == {"em", "lbfgs"}
     assert ll[-1] > ll[0] + 0.05  # it actually learns
     # the recorded value is the exact likelihood of the returned parameters
     assert m.score(X) == pytest.approx(ll[-1], abs=1e-10)
@@ -189,20 +191,25 @@ def test_warm_start_continues_the_same_run(method, hidden):
         np.testing.assert_array_equal(Wa, Wb)
 
 
-def test_callback_sees_every_iteration_and_can_stop():
+@pytest.mark.parametrize("init", ["pca", "auto"])
+def test_callback_sees_every_iteration_and_can_stop(init):
+    """Every iteration reaches the callback (with init="auto": the winning start's scouting
+    iterations first); returning False stops without a ConvergenceWarning."""
     _, X = _planted([1, 5, 2], 150, 14)
     seen = []
+    stop_at = 3 if init == "pca" else 12
 
     def cb(it, snapshot):
         dec, std = snapshot()
         seen.append((it, ExactDGN.from_decoder(dec, std).score(X)))
-        return it < 3
+        return it < stop_at
 
-    m = ExactDGN(hidden_sizes=(5,), max_iter=10, tol=0.0, random_state=0, progress=False)
+    m = ExactDGN(hidden_sizes=(5,), max_iter=20, tol=0.0, random_state=0, progress=False)
+    m.set_params(init=init, n_iter_no_change=5)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)  # a stop by the callback: no warning
         m.fit(X, callback=cb)
-    assert [s[0] for s in seen] == [1, 2, 3] and m.n_iter_ == 3
+    assert [s[0] for s in seen] == list(range(1, stop_at + 1)) and m.n_iter_ == stop_at
     for (_, ll), h in zip(seen, m.history_[1:], strict=True):
         assert ll == pytest.approx(h["loglik"], abs=1e-12)
 

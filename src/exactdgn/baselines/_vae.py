@@ -237,6 +237,8 @@ class VAE:
         validation values use fixed noise across epochs. Validation lists are empty without a
         validation split.
     n_epochs_ : int
+    n_iter_ : int
+        Same as ``n_epochs_`` (the name ``ExactDGN`` uses).
     best_epoch_ : int
         0-based epoch whose parameters were kept (the last one without validation).
     stopped_early_ : bool
@@ -527,6 +529,7 @@ class VAE:
             p.requires_grad_(False)
         self.history_ = history
         self.n_epochs_ = len(history["train_objective"])
+        self.n_iter_ = self.n_epochs_  # as ExactDGN.n_iter_
         self.best_epoch_ = best_epoch
         self.stopped_early_ = stopped
         self.n_features_in_ = D

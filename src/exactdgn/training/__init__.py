@@ -5,11 +5,14 @@ Every trainer (:class:`EMTrainer`, :class:`GradientTrainer`, :class:`LBFGSTraine
 :class:`HistoryRow` (the same keys for every method), and ``state_dict()`` /
 ``load_state_dict()`` carry everything the next step depends on, so checkpoints and warm
 starts continue a run exactly. :func:`converged` is the stopping rule; :func:`pack_state` /
-:func:`unpack_state` store trainer states in npz + JSON.
+:func:`unpack_state` store trainer states in npz + JSON; :func:`estimate_training_cost` sizes
+an E-step before training (``fit`` refuses with :class:`TrainingTooLargeError` when it would
+not fit in memory).
 """
 
 from ._auto import AutoTrainer
 from ._base import EStep, HistoryRow, Trainer
+from ._cost import TrainingCost, TrainingTooLargeError, estimate_training_cost
 from ._em import EMTrainer
 from ._gradient import GradientTrainer
 from ._lbfgs import LBFGSTrainer
@@ -32,7 +35,10 @@ __all__ = [
     "HistoryRow",
     "LBFGSTrainer",
     "Trainer",
+    "TrainingCost",
+    "TrainingTooLargeError",
     "converged",
+    "estimate_training_cost",
     "pack_state",
     "unpack_state",
 ]
