@@ -72,7 +72,8 @@ def main() -> None:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    m = ExactDGN(d, hidden, max_iter=1, random_state=seed, progress=False).fit(X)
+                    m = ExactDGN(d, hidden, method="em", init="pca", max_iter=1, random_state=seed)
+                    m.set_params(progress=False).fit(X)
             except _Timeout:
                 print(f"d={d} hidden={hidden}: skipped (> {args.case_timeout}s)", flush=True)
                 rows.append(
