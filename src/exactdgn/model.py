@@ -684,7 +684,11 @@ class ExactDGN(DensityMixin, BaseEstimator):
         return {"done": done, "current": cur}
 
     def save(self, path) -> None:
-        """Save a fitted model (npz arrays + JSON metadata with a version; no pickle)."""
+        """Save a fitted model (npz arrays + JSON metadata with a version; no pickle).
+
+        The file keeps the training state too: a loaded model fitted again with
+        ``warm_start=True`` continues the same run.
+        """
         self._check_fitted()
         arrays, dmeta = decoder_to_arrays(self.decoder_)
         arrays["noise_std"] = self.noise_std_
@@ -700,6 +704,12 @@ class ExactDGN(DensityMixin, BaseEstimator):
             "n_iter": getattr(self, "n_iter_", None),
             "converged": getattr(self, "converged_", None),
         }
+        ts = getattr(self, "_train_state", None)
+        if ts is not None:  # so that warm_start=True after load continues the same run
+            meta["train_state"] = {
+                "method": ts["method"],
+                "state": pack_state(ts["state"], arrays, "train_state_"),
+            }
         write_npz_atomic(path, arrays, meta)
 
     @classmethod
@@ -720,6 +730,12 @@ class ExactDGN(DensityMixin, BaseEstimator):
             model.history_ = meta["history"]
             model.n_iter_ = meta["n_iter"]
             model.converged_ = meta["converged"]
+        ts = meta.get("train_state")
+        if ts is not None:
+            model._train_state = {
+                "method": ts["method"],
+                "state": unpack_state(ts["state"], arrays),
+            }
         return model
 
     # ------------------------------------------------------------------ model selection

@@ -171,14 +171,17 @@ def test_n_init_picks_best_and_determinism():
 
 
 @pytest.mark.parametrize(("method", "hidden"), [("em", (5,)), ("lbfgs", (5,)), ("auto", (4, 4))])
-def test_warm_start_continues_the_same_run(method, hidden):
-    """3 + 4 warm-started iterations are the 7 of one run (step sizes, optimiser memory kept)."""
+def test_warm_start_continues_the_same_run(method, hidden, tmp_path):
+    """3 + 4 warm-started iterations are the 7 of one run (step sizes, optimiser memory kept),
+    also through save / load."""
     _, X = _planted([1, 5, 2], 200, 14)
     kw = dict(hidden_sizes=hidden, tol=0.0, random_state=0, method=method)
     if method == "auto":
         kw["init"] = "random"
     one = _fit(X, max_iter=7, **kw)
     m = _fit(X, max_iter=3, warm_start=True, **kw)
+    m.save(tmp_path / "m.npz")
+    m = ExactDGN.load(tmp_path / "m.npz")
     m.set_params(max_iter=4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
