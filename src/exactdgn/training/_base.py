@@ -43,6 +43,15 @@ class EStep:
         """Mean exact log-likelihood per point."""
         return float(np.mean(self.stats.log_px))
 
+    def region_stats(self, X: np.ndarray):
+        """Per-region sufficient statistics of the M-step and of the exact gradient."""
+        from ..em._steps import region_stats
+
+        st = self.stats
+        return region_stats(
+            X, self.partition.patterns, st.point, st.region, st.log_weight, st.mean, st.cov
+        )
+
 
 @dataclass
 class HistoryRow:

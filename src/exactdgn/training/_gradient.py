@@ -7,7 +7,6 @@ import time
 import numpy as np
 
 from ..em._gradient import surrogate_objective
-from ..em._steps import region_stats
 from ._base import HistoryRow, Trainer
 from ._lbfgs import ParamVector
 
@@ -90,10 +89,7 @@ class GradientTrainer(Trainer):
             dec, std = self._current()
             e = self._estep(dec, std, Xb)
             t0 = time.perf_counter()
-            st = e.stats
-            rs = region_stats(
-                Xb, e.partition.patterns, st.point, st.region, st.log_weight, st.mean, st.cov
-            )
+            rs = e.region_stats(Xb)
             self.opt.zero_grad()
             loss = -surrogate_objective(self.params, dec, rs, Xb) / len(Xb)
             for k in range(0, len(self.params) - 1, 2):

@@ -8,7 +8,6 @@ import numpy as np
 
 from ..decoder import Decoder
 from ..em._gradient import surrogate_objective
-from ..em._steps import region_stats
 from ._base import HistoryRow, Trainer
 
 __all__ = ["LBFGSTrainer", "ParamVector"]
@@ -105,10 +104,7 @@ class LBFGSTrainer(Trainer):
         dec, std = self.pv.unpack(th)
         e = self._estep(dec, std, X)
         t0 = time.perf_counter()
-        st = e.stats
-        rs = region_stats(
-            X, e.partition.patterns, st.point, st.region, st.log_weight, st.mean, st.cov
-        )
+        rs = e.region_stats(X)
         tt = torch.tensor(th, requires_grad=True)
         plist, s_ = self.pv.split(tt)
         sig = self.pv.floor + torch.exp(s_)
