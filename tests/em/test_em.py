@@ -60,12 +60,18 @@ def test_exact_loglik_never_decreases(sizes, seed, noise, method):
     assert m.score(X) == pytest.approx(ll[-1], abs=1e-10)
 
 
-def test_history_fields_and_attributes():
+@pytest.mark.parametrize("method", ["em", "lbfgs", "gradient", "auto"])
+def test_history_fields_and_attributes(method):
+    """One history row type: the same keys for every method."""
+    import dataclasses
+
+    from exactdgn.training import HistoryRow
+
     _, X = _planted([1, 5, 2], 150, 3)
-    m = _fit(X, hidden_sizes=(5,), max_iter=3, tol=0.0, random_state=0)
-    h = m.history_[-1]
-    for key in ("loglik", "n_regions", "seconds_partition", "seconds_estep", "seconds_mstep"):
-        assert key in h
+    m = _fit(X, hidden_sizes=(5,), max_iter=3, tol=0.0, random_state=0, method=method)
+    keys = {f.name for f in dataclasses.fields(HistoryRow)}
+    assert all(set(h) == keys for h in m.history_)
+    assert [h["iter"] for h in m.history_] == [0, 1, 2, 3]
     assert m.n_iter_ == 3 and m.converged_ is False
     assert m.partition_.decoder is m.decoder_
     assert m.noise_std_.shape == (2,)
