@@ -32,7 +32,12 @@ def _run(args, timeout=None):
 
 @pytest.mark.parametrize(
     ("method", "iters"),
-    [("em", 10), ("lbfgs", 8), ("auto", 9), pytest.param("gradient", 4, marks=pytest.mark.slow)],
+    [
+        ("em", 10),
+        ("lbfgs", 8),
+        pytest.param("auto", 9, marks=pytest.mark.slow),  # in-process: the interrupt test
+        pytest.param("gradient", 4, marks=pytest.mark.slow),
+    ],
 )
 def test_killed_run_resumes_to_same_result(tmp_path, method, iters):
     ref = tmp_path / "ref.npz"
