@@ -25,6 +25,7 @@ from .em._init import initialize
 from .em._steps import m_step, region_stats
 from .inference._geometry import LOG_2PI, RegionGeometry, region_geometry
 from .inference._marginal import PairStats, marginal_pairs
+from .inference._missing import check_missing, observed_pairs
 from .inference._posterior import ExactPosterior
 from .io import ModelFileError, decoder_from_arrays, decoder_to_arrays, read_npz, write_npz_atomic
 from .partition import Partition, PartitionTooLargeError, partition
@@ -171,9 +172,9 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 "ExactDGN.from_decoder / ExactDGN.from_torch"
             )
 
-    def _check_X(self, X, name="X") -> np.ndarray:
+    def _check_X(self, X, name="X", allow_nan: bool = False) -> np.ndarray:
         self._check_fitted()
-        return check_array(X, name=name, n_features=self.decoder_.output_dim)
+        return check_array(X, name=name, n_features=self.decoder_.output_dim, allow_nan=allow_nan)
 
     @property
     def geometry_(self) -> RegionGeometry:
@@ -183,6 +184,17 @@ class ExactDGN(DensityMixin, BaseEstimator):
         return self._geom
 
     def _pairs(self, X: np.ndarray, need_moments: bool = False) -> PairStats:
+        """Exact pairs of ``X``; rows with NaN are conditioned on their observed coordinates."""
+        obs = check_missing(X)
+        if obs is not None:
+            return observed_pairs(
+                self.geometry_,
+                X,
+                obs,
+                prune_nats=self.prune_nats,
+                need_moments=need_moments,
+                chunk_bytes=self.chunk_bytes,
+            )
         return marginal_pairs(
             self.geometry_,
             X,
@@ -198,11 +210,16 @@ class ExactDGN(DensityMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ likelihood
     def score_samples(self, X, return_error: bool = False):
-        """Exact ``log p(x)`` of each row of ``X``.
+        """Exact ``log p(x)`` of each row of ``X``; ``log p(x_obs)`` for rows with NaN.
+
+        NaN marks a missing value: with diagonal noise, marginalising output ``j`` drops row
+        ``j`` of every ``A_r``, ``b_r`` and ``Λ`` (see :mod:`exactdgn.inference._missing`), so
+        the value is exact as for complete rows. A row with nothing observed is an error;
+        infinite values are errors.
 
         Parameters
         ----------
-        X : array_like of shape (N, D)
+        X : array_like of shape (N, D), NaN where missing
         return_error : bool
             Also return the estimated absolute error of each value (integration error of the
             region masses, ~1e-13 for ``latent_dim <= 2``, plus the pruning bound).
@@ -212,7 +229,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         log_px : ndarray of shape (N,)
         error : ndarray of shape (N,) (only with ``return_error``)
         """
-        X = self._check_X(X)
+        X = self._check_X(X, allow_nan=True)
         st = self._pairs(X)
         return (st.log_px, st.log_px_error) if return_error else st.log_px
 
@@ -221,21 +238,91 @@ class ExactDGN(DensityMixin, BaseEstimator):
         return float(np.mean(self.score_samples(X)))
 
     def posterior(self, X) -> ExactPosterior:
-        """The exact posterior ``p(z | x)`` for each row of ``X`` (batch_shape (N,))."""
-        X = self._check_X(X)
+        """The exact posterior ``p(z | x)`` for each row of ``X`` (batch_shape (N,)).
+
+        Rows with NaN give ``p(z | x_obs)``, conditioned on their observed coordinates only.
+        """
+        X = self._check_X(X, allow_nan=True)
         return ExactPosterior(self, X, self.geometry_, self._pairs(X))
 
+    _IMPUTE_METHODS = ("mean", "mode", "sample")
+
+    def impute(
+        self,
+        X,
+        method: str = "mean",
+        n_samples: int = 1,
+        random_state=None,
+        return_std: bool = False,
+    ):
+        """``X`` with its NaNs filled from the exact conditional ``p(x_mis | x_obs)``.
+
+        Parameters
+        ----------
+        X : array_like of shape (N, D), NaN where missing
+        method : {"mean", "mode", "sample"}
+            ``"mean"``: the exact conditional mean ``E[x_mis | x_obs] = Σ_r w_r(x_obs)
+            (A_r,mis E[z | x_obs, r] + b_r,mis)``; ``"mode"``: ``g(z*)`` at the exact MAP
+            ``z*`` of ``p(z | x_obs)``; ``"sample"``: exact draws ``g(z) + ε`` with
+            ``z ~ p(z | x_obs)`` and ``ε ~ N(0, Σ_mis)``.
+        n_samples : int
+            Draws per row for ``"sample"`` (the result then has shape ``(n_samples, N, D)``
+            when ``n_samples > 1``).
+        random_state : int, Generator or None
+            Seed of ``"sample"``.
+        return_std : bool
+            Also return the exact conditional standard deviation ``sqrt(Var[g_j | x_obs] +
+            σ_j²)`` of each missing entry (0 at observed entries), shape (N, D).
+
+        Returns
+        -------
+        X_filled : ndarray of shape (N, D) (or (n_samples, N, D))
+        std : ndarray of shape (N, D) (only with ``return_std``)
+        """
+        if method not in self._IMPUTE_METHODS:
+            raise ValueError(f"method={method!r} is invalid: use one of {self._IMPUTE_METHODS}")
+        if not (isinstance(n_samples, int | np.integer) and n_samples >= 1):
+            raise ValueError(f"n_samples={n_samples!r} is invalid: use an integer >= 1")
+        X = self._check_X(X, allow_nan=True)
+        miss = np.isnan(X)
+        post = self.posterior(X)
+        out = X.copy()
+        if method == "mean" or return_std:
+            mean, var = post.output_moments()
+        if method == "mean":
+            out[miss] = mean[miss]
+        elif method == "mode":
+            out[miss] = self.decoder_(post.mode())[miss]
+        else:
+            rng = np.random.default_rng(random_state)
+            Z = post.sample((n_samples,), random_state=rng)  # (S, N, d)
+            G = self.decoder_(Z.reshape(-1, Z.shape[-1])).reshape(n_samples, *X.shape)
+            G += rng.standard_normal(G.shape) * self.noise_std_
+            out = np.where(miss, G, X)
+            if n_samples == 1:
+                out = out[0]
+        if not return_std:
+            return out
+        std = np.where(miss, np.sqrt(var + self.noise_std_**2), 0.0)
+        return out, std
+
     def log_prob_joint(self, X, Z) -> np.ndarray:
-        """(N,) ``log p(x, z) = log N(z; 0, I) + log N(x; g(z), Σ)`` row by row."""
-        X = self._check_X(X)
+        """(N,) ``log p(x, z) = log N(z; 0, I) + log N(x; g(z), Σ)`` row by row.
+
+        NaN entries of ``X`` are missing: ``log p(x_obs, z)`` (the observed coordinates' terms).
+        """
+        X = self._check_X(X, allow_nan=True)
         Z = check_array(
             Z, name="Z", n_features=self.decoder_.latent_dim, feature_name="latent dims"
         )
         if Z.shape[0] != X.shape[0]:
             raise ValueError(f"X has {X.shape[0]} rows but Z has {Z.shape[0]}")
-        d, D = Z.shape[1], X.shape[1]
-        r = (X - self.decoder_(Z)) / self.noise_std_
-        log_lik = -0.5 * (D * LOG_2PI + np.einsum("nj,nj->n", r, r)) - np.log(self.noise_std_).sum()
+        d = Z.shape[1]
+        obs = ~np.isnan(X)
+        r = np.where(obs, (X - self.decoder_(Z)) / self.noise_std_, 0.0)
+        log_lik = -0.5 * (obs.sum(axis=1) * LOG_2PI + np.einsum("nj,nj->n", r, r)) - (
+            obs @ np.log(self.noise_std_)
+        )
         log_prior = -0.5 * (d * LOG_2PI + np.einsum("nk,nk->n", Z, Z))
         return log_prior + log_lik
 
