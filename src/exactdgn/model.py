@@ -28,6 +28,7 @@ from .inference._marginal import PairStats, marginal_pairs
 from .inference._missing import check_missing, observed_pairs
 from .inference._posterior import ExactPosterior
 from .io import ModelFileError, decoder_from_arrays, decoder_to_arrays, read_npz, write_npz_atomic
+from .outliers import TypicalityResult, contamination_offset, typicality_test
 from .partition import Partition, PartitionTooLargeError, partition
 
 __all__ = ["ConvergenceWarning", "ExactDGN", "NotFittedError"]
@@ -66,12 +67,20 @@ class ExactDGN(DensityMixin, BaseEstimator):
         EM on a CPA decoder converges slowly (the hidden layers' updates are small when the
         patterns are held fixed); over-relaxation typically cuts the iterations several-fold.
         Steps are accepted only if the exact likelihood does not drop.
+    contamination : float in (0, 0.5] or None
+        Outlier detection (scikit-learn's conventions): the fraction of the training data
+        flagged as outliers. ``fit`` then sets ``offset_`` to that quantile of the training
+        ``log p(x)`` (``set_offset`` does it for a model built with ``from_decoder``);
+        ``decision_function = score_samples - offset_`` and ``predict`` gives +1 (inlier) or
+        -1 (outlier). None: no threshold.
 
     Attributes
     ----------
     decoder_ : Decoder
     noise_std_ : ndarray of shape (D,)
     partition_ : Partition
+    offset_ : float
+        Outlier threshold on ``log p(x)`` (with ``contamination``).
     """
 
     def __init__(
@@ -96,6 +105,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         chunk_bytes: int = 256 * 2**20,
         max_backtrack: int = 6,
         overrelax: float = 64.0,
+        contamination: float | None = None,
     ):
         self.latent_dim = latent_dim
         self.hidden_sizes = hidden_sizes
@@ -117,6 +127,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         self.chunk_bytes = chunk_bytes
         self.max_backtrack = max_backtrack
         self.overrelax = overrelax
+        self.contamination = contamination
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -244,6 +255,42 @@ class ExactDGN(DensityMixin, BaseEstimator):
         """
         X = self._check_X(X, allow_nan=True)
         return ExactPosterior(self, X, self.geometry_, self._pairs(X))
+
+    # ------------------------------------------------------------------ outliers
+    def set_offset(self, X) -> ExactDGN:
+        """Set ``offset_`` so that the fraction ``contamination`` of ``X`` are outliers.
+
+        ``fit`` calls it on the training data; call it for a model from ``from_decoder``.
+        """
+        self._check_contamination()
+        if self.contamination is None:
+            raise ValueError("set contamination (a fraction in (0, 0.5]) to set an offset")
+        self.offset_ = contamination_offset(self.score_samples(X), self.contamination)
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        """(N,) ``log p(x) - offset_``: negative for outliers (scikit-learn's convention)."""
+        if not hasattr(self, "offset_"):
+            raise NotFittedError(
+                "no outlier threshold: set contamination before fit, or call set_offset(X) "
+                "on reference data"
+            )
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X) -> np.ndarray:
+        """(N,) +1 for inliers, -1 for outliers (``decision_function < 0``)."""
+        return np.where(self.decision_function(X) < 0, -1, 1)
+
+    def fit_predict(self, X, y=None) -> np.ndarray:
+        """``fit(X)`` then ``predict(X)`` (needs ``contamination``)."""
+        if self.contamination is None:
+            raise ValueError("fit_predict needs contamination (a fraction in (0, 0.5])")
+        return self.fit(X).predict(X)
+
+    def typicality_test(self, X, **kwargs) -> TypicalityResult:
+        """Is the batch ``X`` typical for this model (:func:`exactdgn.outliers.typicality_test`)."""
+        self._check_fitted()
+        return typicality_test(self, X, **kwargs)
 
     _IMPUTE_METHODS = ("mean", "mode", "sample")
 
@@ -407,6 +454,15 @@ class ExactDGN(DensityMixin, BaseEstimator):
             bad("overrelax", "use a float >= 1 (1 turns the over-relaxed steps off)")
         if not (self.prune_nats >= 10):
             bad("prune_nats", "use >= 10 (40 keeps the likelihood exact to double precision)")
+        self._check_contamination()
+
+    def _check_contamination(self) -> None:
+        c = self.contamination
+        if c is not None and not (isinstance(c, float | int) and 0.0 < c <= 0.5):
+            raise ValueError(
+                f"contamination={c!r} is invalid: use a fraction in (0, 0.5] (or None for no "
+                "outlier threshold)"
+            )
 
     def _e_step(self, decoder, std, X):
         t0 = time.perf_counter()
@@ -528,6 +584,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
         self.history_ = res["history"]
         self.best_init_ = best
         self.init_logliks_ = [r["history"][-1]["loglik"] for r in done]
+        if self.contamination is not None:
+            self.set_offset(X)
         if not self.converged_:
             warnings.warn(
                 f"{self.method} did not converge in max_iter={self.max_iter} iterations "
@@ -1113,6 +1171,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
             "history": getattr(self, "history_", None),
             "n_iter": getattr(self, "n_iter_", None),
             "converged": getattr(self, "converged_", None),
+            "offset": getattr(self, "offset_", None),
         }
         write_npz_atomic(path, arrays, meta)
 
@@ -1134,6 +1193,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
             model.history_ = meta["history"]
             model.n_iter_ = meta["n_iter"]
             model.converged_ = meta["converged"]
+        if meta.get("offset") is not None:
+            model.offset_ = float(meta["offset"])
         return model
 
     # ------------------------------------------------------------------ model selection
