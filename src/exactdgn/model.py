@@ -22,7 +22,8 @@ from ._validation import check_array, check_positive
 from .decoder import Decoder
 from .em._gradient import exact_gradient, surrogate_objective
 from .em._init import initialize
-from .em._steps import m_step, region_stats
+from .em._missing import missing_region_stats
+from .em._steps import RegionStats, m_step, region_stats
 from .inference._geometry import LOG_2PI, RegionGeometry, region_geometry
 from .inference._marginal import PairStats, marginal_pairs
 from .inference._missing import check_missing, observed_pairs
@@ -195,24 +196,24 @@ class ExactDGN(DensityMixin, BaseEstimator):
         return self._geom
 
     def _pairs(self, X: np.ndarray, need_moments: bool = False) -> PairStats:
+        return self._exact_pairs(self.geometry_, X, need_moments)
+
+    def _exact_pairs(self, geom: RegionGeometry, X: np.ndarray, need_moments: bool) -> PairStats:
         """Exact pairs of ``X``; rows with NaN are conditioned on their observed coordinates."""
         obs = check_missing(X)
+        kw = {"prune_nats": self.prune_nats, "need_moments": need_moments}
         if obs is not None:
-            return observed_pairs(
-                self.geometry_,
-                X,
-                obs,
-                prune_nats=self.prune_nats,
-                need_moments=need_moments,
-                chunk_bytes=self.chunk_bytes,
-            )
-        return marginal_pairs(
-            self.geometry_,
-            X,
-            prune_nats=self.prune_nats,
-            need_moments=need_moments,
-            chunk_bytes=self.chunk_bytes,
-        )
+            return observed_pairs(geom, X, obs, chunk_bytes=self.chunk_bytes, **kw)
+        return marginal_pairs(geom, X, chunk_bytes=self.chunk_bytes, **kw)
+
+    @staticmethod
+    def _em_stats(X, dec, std, part, st) -> RegionStats:
+        """E-step statistics for the M-step (missing values: ``em.missing_region_stats``)."""
+        args = (part.patterns, st.point, st.region, st.log_weight, st.mean, st.cov)
+        obs = check_missing(X)
+        if obs is None:
+            return region_stats(X, *args)
+        return missing_region_stats(X, obs, dec, std, *args)
 
     @property
     def n_regions_(self) -> int:
@@ -469,9 +470,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         part = partition(decoder)
         t1 = time.perf_counter()
         geom = region_geometry(part, std)
-        st = marginal_pairs(
-            geom, X, prune_nats=self.prune_nats, need_moments=True, chunk_bytes=self.chunk_bytes
-        )
+        st = self._exact_pairs(geom, X, need_moments=True)
         t2 = time.perf_counter()
         return part, geom, st, t1 - t0, t2 - t1
 
@@ -495,19 +494,19 @@ class ExactDGN(DensityMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array_like (N, D), no NaN (impute missing values first)
+        X : array_like (N, D), NaN where missing
+            Missing values are integrated exactly: the E-step conditions on ``x_obs``, the
+            M-step uses the missing coordinates' conditional moments, and the recorded
+            ``loglik`` is the exact observed-data ``log p(x_obs)`` (never decreasing). The
+            initialisation fills them with column means. Columns with nothing observed are
+            an error.
         checkpoint : path, optional
             State is written there atomically after every iteration; calling ``fit`` again with
             the same arguments resumes from it and ends with the same result.
         """
-        X = np.asarray(X, dtype=np.float64) if not isinstance(X, np.ndarray) else X
-        if X.ndim == 2 and np.isnan(X).any():
-            rows = np.unique(np.nonzero(np.isnan(X))[0])
-            raise ValueError(
-                f"X contains NaN in {len(rows)} rows (first: {rows[:5].tolist()}); EM needs "
-                "complete rows: drop them or fill them with ExactDGN.impute on a fitted model"
-            )
-        X = check_array(X, name="X")
+        X = check_array(X, name="X", allow_nan=True)
+        # NaN = missing: exact EM on the observed-data likelihood (see exactdgn.em._missing)
+        obs = check_missing(X, columns=True)
         self._validate_params()
         N, D = X.shape
         warm = self.warm_start and hasattr(self, "decoder_")
@@ -549,7 +548,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
                     dec, std = self.decoder_.copy(), self.noise_std_.copy()
                 else:
                     dec, std = initialize(
-                        X,
+                        X if obs is None else np.where(obs, X, np.nanmean(X, axis=0)),
                         latent_dim=self.latent_dim,
                         hidden_sizes=self.hidden_sizes,
                         activation=self.activation,
@@ -632,9 +631,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 ll_start = ll
                 # (1) output layer + noise: an exact EM block (the partition does not move)
                 t0 = time.perf_counter()
-                rs = region_stats(
-                    X, part.patterns, st.point, st.region, st.log_weight, st.mean, st.cov
-                )
+                rs = self._em_stats(X, dec, std, part, st)
                 last = [dec.n_layers - 1]
                 dec1, std1 = m_step(
                     dec,
@@ -650,13 +647,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 t1 = time.perf_counter()
                 part1 = part.with_decoder(dec1)
                 geom1 = region_geometry(part1, std1)
-                st1 = marginal_pairs(
-                    geom1,
-                    X,
-                    prune_nats=self.prune_nats,
-                    need_moments=True,
-                    chunk_bytes=self.chunk_bytes,
-                )
+                st1 = self._exact_pairs(geom1, X, need_moments=True)
                 te_tot = time.perf_counter() - t1
                 tp_tot = 0.0
                 ll1 = float(st1.log_px.mean())
@@ -667,9 +658,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
                     # (2) hidden layers (patterns held at their E-step values), then the output
                     # layer and noise again; guarded by the exact likelihood with backtracking
                     t0 = time.perf_counter()
-                    rs = region_stats(
-                        X, part.patterns, st.point, st.region, st.log_weight, st.mean, st.cov
-                    )
+                    rs = self._em_stats(X, dec, std, part, st)
                     new_dec, new_std = m_step(
                         dec,
                         rs,
@@ -760,7 +749,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         """Line search along the exact gradient of the hidden layers (see ``_run_em``)."""
         if dec.n_layers < 2:
             return None
-        rs = region_stats(X, part.patterns, st.point, st.region, st.log_weight, st.mean, st.cov)
+        rs = self._em_stats(X, dec, std, part, st)
         grads = exact_gradient(dec, std, rs, X)
         L = dec.n_layers - 1  # hidden layers only: the output layer had its exact EM step
         gW, gc = grads[0 : 2 * L : 2], grads[1 : 2 * L : 2]
