@@ -1,4 +1,4 @@
-"""Command line: ``exactdgn fit | score | sample | partition | report | demo``.
+"""Command line: ``exactdgn fit | score | sample | evaluate | partition | report | demo``.
 
 Examples
 --------
@@ -51,6 +51,7 @@ EXAMPLES = """examples:
   exactdgn score runs/wave_em wave --out scores.csv
   exactdgn sample runs/wave_em -n 1000 --seed 0 --out samples.npy
   exactdgn partition runs/wave_em --plot partition.png
+  exactdgn evaluate decoder.safetensors data.npy --noise-std 0.1 --encoder encoder.pt
   exactdgn partition --layers 2 32 32 784 --seed 0 --plot partition.png
   exactdgn report runs
   exactdgn demo --out report
@@ -79,6 +80,7 @@ def load_data(
     data_seed: int | None = 0,
     classes=None,
     downsample: int | None = None,
+    key: str | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Load a data set from a name or path, as the command line does.
 
@@ -125,6 +127,9 @@ def load_data(
         info.update(kwargs)
     else:
         info["kind"] = "file"
+        if key is not None:
+            kwargs["key"] = key
+            info["key"] = key
     X = get_dataset(spec, **kwargs)
     if info["kind"] == "file" and n_samples is not None:
         X = X[: int(n_samples)]
@@ -213,6 +218,7 @@ def _fit(args) -> int:
         data_seed=args.data_seed,
         classes=args.classes,
         downsample=args.downsample,
+        key=args.key,
     )
     Xtr_raw, Xte_raw, test_index = split_data(X, args.test_fraction, args.seed)
     std = None
@@ -343,6 +349,7 @@ def _score(args) -> int:
         data_seed=args.data_seed if args.data_seed is not None else data_cfg.get("random_state", 0),
         classes=args.classes if args.classes is not None else data_cfg.get("classes"),
         downsample=args.downsample if args.downsample is not None else data_cfg.get("downsample"),
+        key=args.key if args.key is not None else data_cfg.get("key"),
     )
     if args.split != "all":
         if not same or list(X.shape) != data_cfg.get("shape"):
@@ -397,6 +404,58 @@ def _sample(args) -> int:
         print(f"{args.n} samples of dimension {X.shape[1]} written to {out}")
     else:
         np.savetxt(sys.stdout, X, delimiter=",", fmt="%.10g")
+    return 0
+
+
+# ---------------------------------------------------------------------- evaluate
+def _evaluate(args) -> int:
+    from .evaluation import evaluate_external, load_torch_decoder, load_torch_encoder
+
+    _torch_threads(args.threads)
+    dec = load_torch_decoder(
+        args.decoder,
+        layers=args.layers,
+        activation=args.activation,
+        negative_slope=args.negative_slope,
+        unsafe_pickle=args.unsafe_pickle,
+    )
+    X, _ = load_data(args.data, n_samples=args.n_samples, key=args.key)
+    if X.shape[1] != dec.output_dim:
+        raise CLIError(f"the decoder outputs {dec.output_dim} values but DATA has {X.shape[1]}")
+    enc = None
+    if args.encoder:
+        enc = load_torch_encoder(
+            args.encoder,
+            n_features=X.shape[1],
+            latent_dim=dec.latent_dim,
+            hidden=args.encoder_hidden,
+            activation=args.encoder_activation,
+            output=args.encoder_output,
+            unsafe_pickle=args.unsafe_pickle,
+        )
+    per, summ = evaluate_external(
+        dec, args.noise_std, X, encoder=enc, seed=args.seed, k_iwae=args.k_iwae, k_is=args.k_is
+    )
+    print(
+        f"decoder {dec.layer_sizes}, {summ['n_regions']} regions; exact mean log p(x): "
+        f"{summ['exact']:.6f} nats/point over {summ['n_points']} points"
+    )
+    for key in [k for k in summ if k.startswith("gap_")]:
+        est = key[4:]
+        print(f"  {est:>10s}: {summ[est]:.6f} (exact - {est} = {summ[key]:.6f})")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cols = list(per)
+        np.savetxt(
+            out,
+            np.column_stack([np.arange(len(X))] + [per[c] for c in cols]),
+            delimiter=",",
+            header=",".join(["index", *cols]),
+            comments="",
+            fmt=["%d"] + ["%.17g"] * len(cols),
+        )
+        print(f"per-point values written to {out}")
     return 0
 
 
@@ -494,10 +553,16 @@ def _add_data_options(p) -> None:
         help="mnist: keep these classes (digits: use digits:3)",
     )
     g.add_argument("--downsample", type=int, default=None, help="mnist: side length, e.g. 14")
+    g.add_argument("--key", default=None, help=".npz files: the array to use (e.g. X)")
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+    """Shows defaults, except for required options and options without a default."""
+
+    def _get_help_string(self, action):
+        if action.required or action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -525,16 +590,21 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     f.add_argument("data", metavar="DATA", help="built-in name or file (see examples)")
-    f.add_argument("--out", required=True, help="output directory")
-    f.add_argument("--method", choices=METHODS, default="em")
-    f.add_argument("--latent-dim", type=int, default=1)
+    f.add_argument("--out", required=True, help="output directory (required)")
+    f.add_argument("--method", choices=METHODS, default="em", help="training method")
+    f.add_argument("--latent-dim", type=int, default=1, help="latent dimension d")
     f.add_argument("--hidden", type=int, nargs="+", default=[12], help="hidden layer widths")
     f.add_argument(
-        "--activation", default="leaky_relu", choices=["relu", "leaky_relu", "prelu", "abs"]
+        "--activation",
+        default="leaky_relu",
+        choices=["relu", "leaky_relu", "prelu", "abs"],
+        help="hidden activation",
     )
-    f.add_argument("--negative-slope", type=float, default=0.1)
-    f.add_argument("--noise", choices=["isotropic", "diagonal"], default="isotropic")
-    f.add_argument("--min-noise-std", type=float, default=1e-3)
+    f.add_argument("--negative-slope", type=float, default=0.1, help="leaky/prelu slope")
+    f.add_argument(
+        "--noise", choices=["isotropic", "diagonal"], default="isotropic", help="noise model"
+    )
+    f.add_argument("--min-noise-std", type=float, default=1e-3, help="noise std floor")
     f.add_argument(
         "--max-iter",
         type=int,
@@ -556,21 +626,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="standardization: scale floor relative to the largest feature std",
     )
     g = f.add_argument_group("exact (em, gradient) options")
-    g.add_argument("--tol", type=float, default=1e-4)
-    g.add_argument("--n-init", type=int, default=1)
-    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--tol", type=float, default=1e-4, help="stop when the gain is below")
+    g.add_argument("--n-init", type=int, default=1, help="restarts (best kept)")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="L2 penalty on weights")
     g = f.add_argument_group("vae / iwae options")
     g.add_argument("--k", type=int, default=5, help="IWAE importance samples")
-    g.add_argument("--encoder-hidden", type=int, nargs="+", default=[64, 64])
-    g.add_argument("--lr", type=float, default=1e-3)
-    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--encoder-hidden", type=int, nargs="+", default=[64, 64], help="encoder widths")
+    g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    g.add_argument("--batch-size", type=int, default=128, help="minibatch size")
     g.add_argument(
         "--validation-fraction",
         type=float,
         default=0.1,
         help="early-stopping split of the training data (0: off)",
     )
-    g.add_argument("--patience", type=int, default=10)
+    g.add_argument("--patience", type=int, default=10, help="early-stopping patience")
     g.add_argument(
         "--dtype",
         choices=["float32", "float64"],
@@ -645,6 +715,55 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("dir", metavar="DIR")
     r.add_argument("--out", default=None, help="also write the markdown table here")
     r.set_defaults(func=_report)
+
+    e = sub.add_parser(
+        "evaluate",
+        help="exact log p(x) of a torch decoder trained elsewhere (ELBO/IWAE/IS gaps)",
+        epilog=EXAMPLES,
+        formatter_class=_Formatter,
+    )
+    e.add_argument(
+        "decoder",
+        metavar="DECODER",
+        help="decoder weights: .safetensors or a torch state dict (an MLP; see --layers)",
+    )
+    e.add_argument("data", metavar="DATA")
+    e.add_argument("--noise-std", type=float, required=True, help="observation noise std")
+    e.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="layer sizes d ... D of a state-dict decoder (checked; inferred when omitted)",
+    )
+    e.add_argument("--activation", default="relu", choices=["relu", "leaky_relu", "abs"])
+    e.add_argument("--negative-slope", type=float, default=0.01, help="leaky_relu slope")
+    e.add_argument("--encoder", default=None, help="encoder weights, for ELBO / IWAE / IS")
+    e.add_argument("--encoder-hidden", type=int, nargs="*", default=[64, 64])
+    e.add_argument(
+        "--encoder-activation",
+        default="relu",
+        choices=["relu", "leaky_relu", "tanh", "softplus", "elu"],
+    )
+    e.add_argument(
+        "--encoder-output",
+        choices=["log_std", "log_var"],
+        default="log_std",
+        help="what a pickled encoder's second output is",
+    )
+    e.add_argument(
+        "--unsafe-pickle",
+        action="store_true",
+        help="accept a pickled whole nn.Module: THIS EXECUTES CODE FROM THE FILE (trusted "
+        "files only)",
+    )
+    e.add_argument("--k-iwae", type=int, default=5)
+    e.add_argument("--k-is", type=int, default=5000)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--n-samples", type=int, default=None, help="keep the first N points")
+    e.add_argument("--key", default=None, help=".npz data: the array to use")
+    e.add_argument("--out", default=None, help="per-point CSV (exact log p and estimates)")
+    e.set_defaults(func=_evaluate)
 
     d = sub.add_parser(
         "demo",
