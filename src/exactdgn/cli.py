@@ -153,30 +153,16 @@ def load_model(path) -> tuple[object, dict]:
     """Load a model written by ``exactdgn fit``: ``(ExactDGN, config dict or {})``.
 
     ``path`` is the output directory of ``fit`` (holding ``model.npz`` and ``config.json``) or a
-    ``.npz`` model file (a ``config.json`` next to it is read when present).
+    ``.npz`` model file (a ``config.json`` next to it is read when present). The model carries
+    its standardization (``preprocessing_``): it takes and returns data in data units.
     """
-    from .model import ExactDGN
+    from .model import ExactDGN, _run_config
 
     p = Path(path)
-    if p.is_dir():
-        file = p / "model.npz"
-        if not file.exists():
-            raise CLIError(f"{p} has no model.npz (is it the --out directory of 'exactdgn fit'?)")
-        cfg_file = p / "config.json"
-    else:
-        if not p.exists():
-            raise CLIError(f"model file {p} does not exist")
-        file, cfg_file = p, p.parent / "config.json"
-    model = ExactDGN.load(file)
-    cfg = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
-    return model, cfg
-
-
-def _standardizer(cfg: dict):
-    from .datasets import Standardizer
-
-    d = cfg.get("standardizer")
-    return Standardizer.from_dict(d) if d else None
+    if not p.exists():
+        raise CLIError(f"model {p} does not exist")
+    model = ExactDGN.load(p)
+    return model, _run_config((p if p.is_dir() else p.parent) / "config.json")
 
 
 def _torch_threads(n: int | None) -> None:
@@ -202,7 +188,7 @@ def _run_quietly(fn, *args, **kwargs):
 
 # ---------------------------------------------------------------------- fit
 def _default_iter(method: str) -> int:
-    return {"em": 100, "gradient": 100, "vae": 300, "iwae": 300}[method]
+    return {"em": 100, "gradient": 100, "lbfgs": 100, "vae": 300, "iwae": 300}[method]
 
 
 def _fit(args) -> int:
@@ -299,6 +285,7 @@ def _fit(args) -> int:
             for k, v in ev.items():
                 if k != "exact":
                     results[f"{name}_{k}"] = v
+    model.preprocessing_ = std  # the saved model takes data in data units
     model.save(out / "model.npz")
     config = {
         "command": "fit",
@@ -361,10 +348,9 @@ def _score(args) -> int:
         X = X[test] if args.split == "test" else X[~test]
         if len(X) == 0:
             raise CLIError(f"the {args.split} split is empty")
-    std = _standardizer(cfg)
-    Xs = std.transform(X) if std else X
-    ll = model.score_samples(Xs)
+    std = getattr(model, "preprocessing_", None)
     jac = std.log_abs_det_jacobian() if std else 0.0
+    ll = model.score_samples(X) - jac  # the model takes data units (its standardization)
     print(f"exact mean log p(x): {ll.mean():.6f} nats/point over {len(X)} points")
     if std:
         print(f"  in data units: {ll.mean() + jac:.6f} (standardization Jacobian {jac:.4f})")
@@ -385,13 +371,13 @@ def _score(args) -> int:
 
 
 def _sample(args) -> int:
-    model, cfg = load_model(args.model)
+    model, _ = load_model(args.model)
     if args.n < 1:
         raise CLIError(f"-n must be >= 1, got {args.n}")
-    X = model.sample(args.n, random_state=args.seed)
-    std = _standardizer(cfg)
-    if std and not args.standardized:
-        X = std.inverse_transform(X)
+    X = model.sample(args.n, random_state=args.seed)  # data units (its standardization)
+    std = getattr(model, "preprocessing_", None)
+    if std and args.standardized:
+        X = std.transform(X)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -609,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-iter",
         type=int,
         default=None,
-        help="EM iterations / gradient or VAE epochs (default 100 / 100 / 300)",
+        help="EM / L-BFGS iterations, gradient or VAE epochs (default 100 / 100 / 100 / 300)",
     )
     f.add_argument("--seed", type=int, default=0, help="model seed and train/test split seed")
     f.add_argument("--test-fraction", type=float, default=0.2, help="held-out fraction")

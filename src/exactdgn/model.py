@@ -82,6 +82,12 @@ class ExactDGN(DensityMixin, BaseEstimator):
     partition_ : Partition
     offset_ : float
         Outlier threshold on ``log p(x)`` (with ``contamination``).
+    preprocessing_ : Standardizer or None
+        The per-feature standardization the decoder was trained behind (set by the command
+        line's ``fit``, saved in the model file). When set, every method takes and returns data
+        in the original units: inputs are standardized first, ``log p(x)`` includes the
+        map's Jacobian ``-Σ_j log scale_j``, samples and imputations come back in data units.
+        ``fit`` works in the units of the data it is given and clears it.
     """
 
     def __init__(
@@ -185,8 +191,25 @@ class ExactDGN(DensityMixin, BaseEstimator):
             )
 
     def _check_X(self, X, name="X", allow_nan: bool = False) -> np.ndarray:
+        """Validated ``X`` in the decoder's units (standardized when ``preprocessing_`` is set)."""
         self._check_fitted()
-        return check_array(X, name=name, n_features=self.decoder_.output_dim, allow_nan=allow_nan)
+        X = check_array(X, name=name, n_features=self.decoder_.output_dim, allow_nan=allow_nan)
+        if X.shape[0] == 0:
+            raise ValueError(f"{name} has no rows (shape {X.shape}): give at least one point")
+        pre = getattr(self, "preprocessing_", None)
+        return X if pre is None else (X - pre.mean_) / pre.scale_  # NaN stays NaN
+
+    def _log_jacobian(self, X: np.ndarray):
+        """(N,) ``log |det ∂x_std/∂x|`` of ``preprocessing_`` over each row's observed
+        coordinates, ``-Σ_{j obs} log scale_j`` (0 without a preprocessing)."""
+        pre = getattr(self, "preprocessing_", None)
+        if pre is None:
+            return 0.0
+        return -((~np.isnan(X)) @ np.log(pre.scale_))
+
+    def _to_data_units(self, Y: np.ndarray) -> np.ndarray:
+        pre = getattr(self, "preprocessing_", None)
+        return Y if pre is None else Y * pre.scale_ + pre.mean_
 
     @property
     def geometry_(self) -> RegionGeometry:
@@ -243,7 +266,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
         """
         X = self._check_X(X, allow_nan=True)
         st = self._pairs(X)
-        return (st.log_px, st.log_px_error) if return_error else st.log_px
+        log_px = st.log_px + self._log_jacobian(X)
+        return (log_px, st.log_px_error) if return_error else log_px
 
     def score(self, X, y=None) -> float:
         """Mean exact log-likelihood per point."""
@@ -254,7 +278,10 @@ class ExactDGN(DensityMixin, BaseEstimator):
 
         Rows with NaN give ``p(z | x_obs)``, conditioned on their observed coordinates only.
         """
-        X = self._check_X(X, allow_nan=True)
+        return self._posterior(self._check_X(X, allow_nan=True))
+
+    def _posterior(self, X: np.ndarray) -> ExactPosterior:
+        """:meth:`posterior` of validated ``X`` in the decoder's units."""
         return ExactPosterior(self, X, self.geometry_, self._pairs(X))
 
     # ------------------------------------------------------------------ outliers
@@ -333,7 +360,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
             raise ValueError(f"n_samples={n_samples!r} is invalid: use an integer >= 1")
         X = self._check_X(X, allow_nan=True)
         miss = np.isnan(X)
-        post = self.posterior(X)
+        post = self._posterior(X)
         out = X.copy()
         if method == "mean" or return_std:
             mean, var = post.output_moments()
@@ -349,10 +376,12 @@ class ExactDGN(DensityMixin, BaseEstimator):
             out = np.where(miss, G, X)
             if n_samples == 1:
                 out = out[0]
+        out = self._to_data_units(out)
         if not return_std:
             return out
         std = np.where(miss, np.sqrt(var + self.noise_std_**2), 0.0)
-        return out, std
+        pre = getattr(self, "preprocessing_", None)
+        return out, (std if pre is None else std * pre.scale_)
 
     def log_prob_joint(self, X, Z) -> np.ndarray:
         """(N,) ``log p(x, z) = log N(z; 0, I) + log N(x; g(z), Σ)`` row by row.
@@ -360,6 +389,10 @@ class ExactDGN(DensityMixin, BaseEstimator):
         NaN entries of ``X`` are missing: ``log p(x_obs, z)`` (the observed coordinates' terms).
         """
         X = self._check_X(X, allow_nan=True)
+        return self._log_joint(X, Z) + self._log_jacobian(X)
+
+    def _log_joint(self, X: np.ndarray, Z) -> np.ndarray:
+        """:meth:`log_prob_joint` of validated ``X`` in the decoder's units."""
         Z = check_array(
             Z, name="Z", n_features=self.decoder_.latent_dim, feature_name="latent dims"
         )
@@ -391,6 +424,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         X = self.decoder_(Z) + rng.standard_normal((int(n_samples), self.decoder_.output_dim)) * (
             self.noise_std_
         )
+        X = self._to_data_units(X)
         return (X, Z) if return_latent else X
 
     def _prior_region_moments(self):
@@ -505,6 +539,9 @@ class ExactDGN(DensityMixin, BaseEstimator):
             the same arguments resumes from it and ends with the same result.
         """
         X = check_array(X, name="X", allow_nan=True)
+        if X.shape[0] == 0:
+            raise ValueError(f"X has no rows (shape {X.shape}): give at least one point")
+        self.preprocessing_ = None  # fit works in the units of X
         # NaN = missing: exact EM on the observed-data likelihood (see exactdgn.em._missing)
         obs = check_missing(X, columns=True)
         self._validate_params()
@@ -1161,12 +1198,31 @@ class ExactDGN(DensityMixin, BaseEstimator):
             "n_iter": getattr(self, "n_iter_", None),
             "converged": getattr(self, "converged_", None),
             "offset": getattr(self, "offset_", None),
+            "preprocessing": (
+                self.preprocessing_.to_dict()
+                if getattr(self, "preprocessing_", None) is not None
+                else None
+            ),
         }
         write_npz_atomic(path, arrays, meta)
 
     @classmethod
     def load(cls, path) -> ExactDGN:
-        """Load a model written by :meth:`save` (clear error on a corrupt or foreign file)."""
+        """Load a model written by :meth:`save` (clear error on a corrupt or foreign file).
+
+        ``path`` is a model ``.npz`` or a run directory of ``exactdgn fit`` (its ``model.npz``).
+        A model saved with its standardization carries it (``preprocessing_``); for runs saved
+        before that, the ``standardizer`` of the run's ``config.json`` is attached.
+        """
+        from pathlib import Path
+
+        path = Path(path)
+        if path.is_dir():
+            if not (path / "model.npz").exists():
+                raise ModelFileError(
+                    f"{path} has no model.npz (is it the --out directory of 'exactdgn fit'?)"
+                )
+            path = path / "model.npz"
         arrays, meta = read_npz(path)
         if meta.get("kind") != "model":
             raise ModelFileError(f"{path} holds a {meta.get('kind')!r}, not a saved model")
@@ -1184,6 +1240,13 @@ class ExactDGN(DensityMixin, BaseEstimator):
             model.converged_ = meta["converged"]
         if meta.get("offset") is not None:
             model.offset_ = float(meta["offset"])
+        pre = meta.get("preprocessing")
+        if pre is None:
+            pre = _run_config(path.parent / "config.json").get("standardizer")
+        if pre is not None:
+            from .datasets import Standardizer
+
+            model.preprocessing_ = Standardizer.from_dict(pre)
         return model
 
     # ------------------------------------------------------------------ model selection
@@ -1194,13 +1257,27 @@ class ExactDGN(DensityMixin, BaseEstimator):
 
     def bic(self, X) -> float:
         """Bayesian information criterion ``-2 log L + k log N`` (lower is better)."""
-        X = self._check_X(X)
-        return float(-2 * self.score_samples(X).sum() + self._n_parameters() * np.log(len(X)))
+        ll = self.score_samples(X)
+        return float(-2 * ll.sum() + self._n_parameters() * np.log(len(ll)))
 
     def aic(self, X) -> float:
         """Akaike information criterion ``-2 log L + 2k`` (lower is better)."""
-        X = self._check_X(X)
         return float(-2 * self.score_samples(X).sum() + 2 * self._n_parameters())
+
+
+def _run_config(path) -> dict:
+    """The ``config.json`` of a run directory ({} when absent); errors name the file."""
+    import json
+
+    if not path.exists():
+        return {}
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{path} is not a valid JSON run configuration ({exc})") from exc
+    if not isinstance(cfg, dict):
+        raise ModelFileError(f"{path} is not a run configuration (a JSON object expected)")
+    return cfg
 
 
 def _interpolate(a: Decoder, b: Decoder, t: float) -> Decoder:

@@ -178,7 +178,7 @@ class ExactPosterior:
         for s in range(0, S, step):
             k = min(step, S - s)
             Xr = np.broadcast_to(self._X, (k, N, D)).reshape(k * N, D)
-            lj = self._model.log_prob_joint(Xr, flat[s : s + k].reshape(k * N, d))
+            lj = self._model._log_joint(Xr, flat[s : s + k].reshape(k * N, d))
             out[s : s + k] = lj.reshape(k, N) - self.log_normalizer
         return out.reshape(Z.shape[:-1])
 
