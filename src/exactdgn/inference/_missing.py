@@ -96,34 +96,6 @@ def _halfspaces(geom: RegionGeometry) -> tuple[np.ndarray, np.ndarray]:
     return cached
 
 
-def _cholesky(P: np.ndarray) -> np.ndarray:
-    """Lower Cholesky factors of (..., d, d) positive-definite matrices (closed form d <= 2)."""
-    d = P.shape[-1]
-    if d == 1:
-        return np.sqrt(P)
-    if d == 2:
-        K = np.zeros_like(P)
-        k00 = np.sqrt(P[..., 0, 0])
-        k10 = P[..., 1, 0] / k00
-        K[..., 0, 0] = k00
-        K[..., 1, 0] = k10
-        K[..., 1, 1] = np.sqrt(P[..., 1, 1] - k10 * k10)
-        return K
-    return np.linalg.cholesky(P)
-
-
-def _solve_lower(K: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """``K^{-1} v`` for lower-triangular (..., d, d) ``K`` and (..., d) ``v``."""
-    d = K.shape[-1]
-    if d == 1:
-        return v / K[..., 0]
-    if d == 2:
-        w0 = v[..., 0] / K[..., 0, 0]
-        w1 = (v[..., 1] - K[..., 1, 0] * w0) / K[..., 1, 1]
-        return np.stack([w0, w1], axis=-1)
-    return np.linalg.solve(K, v[..., None])[..., 0]
-
-
 def _solve_upper_T(K: np.ndarray, w: np.ndarray) -> np.ndarray:
     """``K^{-T} w`` for lower-triangular (..., d, d) ``K``."""
     d = K.shape[-1]
@@ -139,7 +111,9 @@ def _solve_upper_T(K: np.ndarray, w: np.ndarray) -> np.ndarray:
 def _kappa_block(geom: RegionGeometry, X: np.ndarray, obs: np.ndarray):
     """``log κ_r(n)``, ``K_r(n)``, ``w_r(n) = K^{-1} v`` and ``v_r(n)`` of every point and region.
 
-    Returns (n, R), (n, R, d, d), (n, R, d), (n, R, d).
+    Returns (n, R), K as (n, R, d, d) (d >= 3) or the tuple of its (n, R) entries
+    ``(k00,)`` / ``(k00, k10, k11)`` (d = 1, 2: elementwise, no small-matrix arrays), and
+    w, v of shape (n, R, d).
     """
     R, _, d = geom.A.shape
     n = X.shape[0]
@@ -151,22 +125,54 @@ def _kappa_block(geom: RegionGeometry, X: np.ndarray, obs: np.ndarray):
     prod = geom.gemm(Xc0)  # x0ᵀ Λ A_r K_r^{-T} (R d) and x0ᵀ Λ b'_r (R)
     wf = prod[:, : R * d].reshape(n, R, d)
     # v = A_rᵀ Λ_obs (x - b_r) = K_r (K_r^{-1} A_rᵀ Λ x0) - Σ_j m_j λ_j a_rj b'_rj
-    v = np.einsum("rij,nrj->nri", geom.K, wf)
-    v -= Mq[:, :, T : T + d]
-    P = np.empty((n, R, d, d))
-    P[:, :, iu, ju] = Mq[:, :, :T]
-    P[:, :, ju, iu] = Mq[:, :, :T]
-    P[:, :, np.arange(d), np.arange(d)] += 1.0
-    K = _cholesky(P)
-    w = _solve_lower(K, v)
-    log_det_P = 2.0 * np.log(np.diagonal(K, axis1=2, axis2=3)).sum(axis=2)
-    hx = np.einsum("nj,nj,j->n", Xc0, Xc0, geom.inv_var)
+    Kf = geom.K
+    if d == 1:
+        v = (Kf[:, 0, 0] * wf[..., 0] - Mq[..., 1])[..., None]
+        k00 = np.sqrt(1.0 + Mq[..., 0])
+        w = v / k00[..., None]
+        log_det_P = 2.0 * np.log(k00)
+        K = (k00,)
+    elif d == 2:
+        v0 = Kf[:, 0, 0] * wf[..., 0] - Mq[..., 3]
+        v1 = Kf[:, 1, 0] * wf[..., 0] + Kf[:, 1, 1] * wf[..., 1] - Mq[..., 4]
+        k00 = np.sqrt(1.0 + Mq[..., 0])
+        k10 = Mq[..., 1] / k00
+        k11 = np.sqrt(1.0 + Mq[..., 2] - k10 * k10)
+        w0 = v0 / k00
+        w = np.stack([w0, (v1 - k10 * w0) / k11], axis=-1)
+        v = np.stack([v0, v1], axis=-1)
+        log_det_P = 2.0 * (np.log(k00) + np.log(k11))
+        K = (k00, k10, k11)
+    else:
+        v = np.einsum("rij,nrj->nri", Kf, wf)
+        v -= Mq[:, :, T : T + d]
+        P = np.empty((n, R, d, d))
+        P[:, :, iu, ju] = Mq[:, :, :T]
+        P[:, :, ju, iu] = Mq[:, :, :T]
+        P[:, :, np.arange(d), np.arange(d)] += 1.0
+        K = np.linalg.cholesky(P)
+        w = np.linalg.solve(K, v[..., None])[..., 0]
+        log_det_P = 2.0 * np.log(np.diagonal(K, axis1=2, axis2=3)).sum(axis=2)
     s = Mq[:, :, -1] - 2.0 * prod[:, R * d :]
-    s += hx[:, None]
-    log_sig2 = np.log(1.0 / geom.inv_var)
-    const = m.sum(axis=1) * LOG_2PI + m @ log_sig2  # (n,)
-    lk = -0.5 * (const[:, None] + log_det_P + s - np.einsum("nri,nri->nr", w, w))
-    return lk, K, w, v
+    s += np.einsum("nj,nj,j->n", Xc0, Xc0, geom.inv_var)[:, None]
+    const = m @ (LOG_2PI + np.log(1.0 / geom.inv_var))  # D_n log 2π + Σ_obs log σ²
+    s += const[:, None]
+    s += log_det_P
+    s -= np.einsum("nri,nri->nr", w, w)
+    s *= -0.5
+    return s, K, w, v
+
+
+def _K_pairs(K, p: np.ndarray, r: np.ndarray, d: int) -> np.ndarray:
+    """(P, d, d) lower Cholesky factors of pairs from :func:`_kappa_block`'s ``K``."""
+    if not isinstance(K, tuple):
+        return K[p, r]
+    out = np.zeros((len(p), d, d))
+    out[:, 0, 0] = K[0][p, r]
+    if d == 2:
+        out[:, 1, 0] = K[1][p, r]
+        out[:, 1, 1] = K[2][p, r]
+    return out
 
 
 def _chunk(n: int, R: int, d: int, chunk_bytes: int) -> int:
@@ -214,7 +220,7 @@ def observed_pairs(
 
     def geometry(p, r, K, w):
         """Per-pair whitened region for pairs (p, r): normals, offsets, L, μ."""
-        Kp = K[p, r]
+        Kp = _K_pairs(K, p, r, d)
         L = np.swapaxes(np.linalg.inv(Kp), 1, 2) if len(p) else np.zeros((0, d, d))
         mu = _solve_upper_T(Kp, w[p, r])
         normals, offsets, _ = gaussian.whiten(mu, L, Cs[r], es[r])
@@ -231,7 +237,7 @@ def observed_pairs(
         if geom.locate is not None and R > k:
             r = np.argmax(lk, axis=1)
             for _ in range(3):
-                mu = _solve_upper_T(K[rows, r], W[rows, r])
+                mu = _solve_upper_T(_K_pairs(K, rows, r, d), W[rows, r])
                 r_new = geom.locate(mu)
                 r = np.where(r_new >= 0, r_new, r)
                 pts.append(rows)
@@ -277,7 +283,7 @@ def observed_pairs(
             keep &= (lj > (log_px - thr)[p_all]) | ~np.isfinite(log_px)[p_all]
         p_all, r_all, lj, nrm, off, L, mu = (a[keep] for a in (p_all, r_all, lj, nrm, off, L, mu))
         v = V[p_all, r_all]
-        K_p = K[p_all, r_all]
+        K_p = _K_pairs(K, p_all, r_all, d)
         log_det_P = 2.0 * np.log(np.diagonal(K_p, axis1=1, axis2=2)).sum(axis=1)
         mean = cov = None
         if need_moments:
