@@ -28,7 +28,15 @@ from scipy.special import log_ndtr
 
 from .. import gaussian
 from ._geometry import LOG_2PI, RegionGeometry
-from ._marginal import PairStats, _lse_by_point, _map_blocks, _n_threads, _pair_stats
+from ._marginal import (
+    _MIN_PARALLEL,
+    PairStats,
+    _block_size,
+    _lse_by_point,
+    _map_blocks,
+    _n_threads,
+    _pair_stats,
+)
 
 __all__ = ["check_missing", "observed_pairs"]
 
@@ -214,9 +222,9 @@ def observed_pairs(
     thr = prune_nats + np.log(max(R, 1))
     Cs, es = _halfspaces(geom)
     nt = _n_threads()
-    cs = _chunk(N, R, d, chunk_bytes // nt)
-    if nt > 1 and N * R >= 2**17:
-        cs = min(cs, -(-N // nt))
+    parallel = nt > 1 and N * R >= 2 * _MIN_PARALLEL
+    # as in marginal_pairs: blocks within the memory bound (per thread), a multiple of threads
+    cs = _block_size(N, _chunk(N, R, d, chunk_bytes), nt if parallel else 1)
 
     def geometry(p, r, K, w):
         """Per-pair whitened region for pairs (p, r): normals, offsets, L, μ."""
@@ -297,7 +305,7 @@ def observed_pairs(
             log_det_P,
         )
 
-    parts = _map_blocks(block, range(0, N, cs))
+    parts = _map_blocks(block, range(0, N, cs), parallel=parallel)
     st = _pair_stats([q[0] for q in parts])
 
     def cat(i):
