@@ -82,6 +82,8 @@ def exact_gradient(decoder: Decoder, noise_std, stats: RegionStats, X: np.ndarra
         ``[dW_1, dc_1, ..., dW_L, dc_L, dlog_std]`` where ``dlog_std`` has shape ``()`` for an
         isotropic (scalar) ``noise_std`` and ``(D,)`` otherwise.
     """
+    if hasattr(stats, "remote_gradient"):  # pairs held by workers (exactdgn.dask): a sum of
+        return stats.remote_gradient(decoder, noise_std)  # this function over the chunks
     torch = _torch()
     params = []
     for W, c in zip(decoder.weights, decoder.biases, strict=True):
