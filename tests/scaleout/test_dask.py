@@ -134,6 +134,36 @@ def test_init_moments_equal_in_memory(client):
     assert np.all(np.diff(ll) >= 0) and m.score(X) == pytest.approx(ll[-1], abs=1e-10)
 
 
+def test_cli_score_and_fit_on_the_cluster(client, tmp_path, capsys):
+    from exactdgn.cli import main
+
+    _, X = _planted([1, 6, 3], 800, 2)
+    path = tmp_path / "x.npy"
+    np.save(path, X)
+    common = ["--hidden", "6", "--max-iter", "2", "--seed", "0", "--no-progress"]
+    assert main(["fit", str(path), "--out", str(tmp_path / "mem"), *common]) == 0
+    addr = ["--scheduler", client.scheduler.address, "--chunk-rows", "150"]
+    assert main(["fit", str(path), "--out", str(tmp_path / "dsk"), *common, *addr]) == 0
+    import json
+
+    r_mem = json.loads((tmp_path / "mem" / "results.json").read_text())
+    r_dsk = json.loads((tmp_path / "dsk" / "results.json").read_text())
+    assert r_dsk["n_train"] == r_mem["n_train"] == 640
+    # the same rows and standardization; the PCA start may differ by the signs of the axes
+    # (test_init_moments_equal_in_memory), so the two fits are compared as fits
+    hist = json.loads((tmp_path / "dsk" / "history.json").read_text())
+    assert np.all(np.diff([h["loglik"] for h in hist]) >= 0)
+    assert r_dsk["train_loglik"] == pytest.approx(hist[-1]["loglik"], abs=1e-10)
+    assert r_dsk["train_loglik"] == pytest.approx(r_mem["train_loglik"], abs=0.1)
+    out_m, out_d = tmp_path / "m.csv", tmp_path / "d.csv"
+    assert main(["score", str(tmp_path / "mem"), str(path), "--out", str(out_m)]) == 0
+    assert main(["score", str(tmp_path / "mem"), str(path), "--out", str(out_d), *addr]) == 0
+    a, b = (np.loadtxt(f, delimiter=",", skiprows=1) for f in (out_m, out_d))
+    np.testing.assert_allclose(b, a, rtol=1e-12)
+    assert main(["fit", str(path), "--out", str(tmp_path / "v"), "--method", "vae", *addr]) == 2
+    assert "--method em" in capsys.readouterr().err
+
+
 def test_killed_worker_changes_nothing(client):
     """Kill a worker mid-E-step (it holds finished chunks, others wait behind a gate)."""
     _, X = _planted([2, 6, 3], 600, 0)
