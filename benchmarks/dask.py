@@ -48,6 +48,11 @@ def _load() -> str:
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM: ru_maxrss keeps the forking parent's peak)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -88,6 +93,7 @@ def main(argv=None):
     p.add_argument("--em", action="store_true", help="also one EM iteration")
     p.add_argument("--em-rows", type=int, default=None, help="rows of the EM run (default all)")
     p.add_argument("--no-scale", action="store_true", help="skip the 1 vs 2 workers run")
+    p.add_argument("--reuse", action="store_true", help="reuse the data file if it matches")
     p.add_argument("--json", default=None, help="also write the figures here")
     args = p.parse_args(argv)
     res: dict = {"config": vars(args).copy(), "cpus": len(os.sched_getaffinity(0))}
@@ -96,10 +102,12 @@ def main(argv=None):
     path = Path(args.path)
     path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    write_data(model, path, args.n)
-    print(
-        f"wrote {path} ({path.stat().st_size / 2**30:.2f} GiB) in {time.perf_counter() - t0:.1f}s"
-    )
+    if args.reuse and path.exists() and np.load(path, mmap_mode="r").shape == (args.n, SIZES[-1]):
+        print(f"reusing {path} (written by an earlier run with the same --n)")
+    else:
+        write_data(model, path, args.n)
+        sec = time.perf_counter() - t0
+        print(f"wrote {path} ({path.stat().st_size / 2**30:.2f} GiB) in {sec:.1f}s")
 
     X_ref = np.array(np.load(path, mmap_mode="r")[: args.n_ref])
     model.score_samples(X_ref[:1000])  # warm-up

@@ -369,6 +369,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
         Parameters
         ----------
         X : array_like (N, D), no NaN (impute missing values first)
+            Or a dask array while a ``distributed.Client`` is active (``method="em"``): the
+            E-steps run chunk by chunk on the cluster (see :mod:`exactdgn.dask`).
         checkpoint : path, optional
             State is written there atomically after every iteration; calling ``fit`` again with
             the same arguments resumes from it and ends with the same result.

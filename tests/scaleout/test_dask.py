@@ -116,6 +116,28 @@ def test_em_history_equals_in_memory_for_two_chunkings(client):
     assert ref[-1] > ref[0] + 0.5  # it learns
 
 
+def test_remote_statistics_equal_in_memory(client):
+    """The M-step's inputs from the workers: sums, noise residuals and the exact gradient."""
+    from exactdgn.em import exact_gradient
+
+    model, X = _planted([1, 6, 6, 4], 900, 4)
+    st = model._pairs(X, need_moments=True)
+    ref = model._region_stats(X, model.partition_, st)
+    rem = edd.remote_data(da.from_array(X, chunks=200))
+    pairs = rem.e_step(model.partition_, model.geometry_, prune_nats=40.0, chunk_bytes=2**26)
+    got = pairs.region_stats()
+    assert pairs.loglik == pytest.approx(st.log_px.mean(), rel=1e-14)
+    for name in ("s", "Z2", "XZ"):
+        np.testing.assert_allclose(getattr(got, name), getattr(ref, name), rtol=1e-12, atol=1e-12)
+    A, b = Decoder.random([1, 6, 6, 4], seed=9).affine_map(model.partition_.patterns)
+    np.testing.assert_allclose(got.residual_sq(A, b, None), ref.residual_sq(A, b, X), rtol=1e-12)
+    std = model.noise_std_[0]
+    g_ref = exact_gradient(model.decoder_, std, ref, X)
+    g_got = exact_gradient(model.decoder_, std, got, None)
+    for a, b in zip(g_got, g_ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10 * np.abs(b).max())
+
+
 def test_init_moments_equal_in_memory(client):
     _, X = _planted([1, 6, 4], 700, 1)
     ref = data_moments(X)
