@@ -500,8 +500,10 @@ def _default_iter(method: str) -> int:
 
 def _fit(args) -> int:
     with _cluster(args) as client:
-        if client is not None and args.method != "em":
-            raise CLIError(f"--scheduler / --workers train with --method em, not {args.method}")
+        if client is not None and args.method not in ("em", "lbfgs"):
+            raise CLIError(
+                f"--scheduler / --workers train with --method em or lbfgs, not {args.method}"
+            )
         return _fit_in(args, client)
 
 

@@ -20,7 +20,7 @@ from sklearn.exceptions import ConvergenceWarning
 from . import gaussian
 from ._validation import check_array, check_positive
 from .decoder import Decoder
-from .em._gradient import exact_gradient, surrogate_objective
+from .em._gradient import exact_gradient, remote_surrogate, surrogate_objective
 from .em._init import initialize
 from .em._steps import m_step, region_stats
 from .inference._geometry import LOG_2PI, RegionGeometry, region_geometry
@@ -828,9 +828,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
             d_, st_ = unpack(th)
             part, _, stt, tp, te = self._e_step(d_, st_, X)
             t0 = time.perf_counter()
-            rs = region_stats(
-                X, part.patterns, stt.point, stt.region, stt.log_weight, stt.mean, stt.cov
-            )
+            rs = self._region_stats(X, part, stt)
             tt = torch.tensor(th, requires_grad=True)
             plist, k = [], 0
             for sh, n in zip(shapes, sizes, strict=True):
@@ -838,11 +836,15 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 k += n
             sig = floor + torch.exp(tt[k : k + n_s])
             log_std = torch.log(sig) if diagonal else torch.log(sig[0])
-            obj = -surrogate_objective([*plist, log_std], d_, rs, X) / N
+            # issue 14 hook: pairs on a dask cluster give the gradient summed there
+            if hasattr(rs, "remote_gradient"):
+                obj = -remote_surrogate([*plist, log_std], d_, rs) / N
+            else:
+                obj = -surrogate_objective([*plist, log_std], d_, rs, X) / N
             penalty = sum((plist[i] ** 2).sum() for i in range(0, len(plist), 2))
             obj = obj + 0.5 * self.weight_decay * penalty
             (grad,) = torch.autograd.grad(obj, tt)
-            ll = float(stt.log_px.mean())
+            ll = _loglik(stt)
             value = -ll + 0.5 * self.weight_decay * float(penalty.detach())
             timers["tp"] += tp
             timers["te"] += te

@@ -97,8 +97,8 @@ def test_bad_chunk_names_its_rows(client):
     X[333, 1] = np.nan
     with pytest.raises(ValueError, match=r"rows 300:400"):
         edd.score_samples(model, da.from_array(X, chunks=100)).compute()
-    with pytest.raises(ValueError, match="method='em'"):
-        ExactDGN(method="lbfgs").fit(da.from_array(X, chunks=100))
+    with pytest.raises(ValueError, match="method='em' or 'lbfgs'"):
+        ExactDGN(method="gradient").fit(da.from_array(X, chunks=100))
 
 
 # [2,6,3] from a random start: a well-conditioned case (the in-memory EM itself moves by
@@ -136,6 +136,21 @@ def test_remote_statistics_equal_in_memory(client):
     g_got = exact_gradient(model.decoder_, std, got, None)
     for a, b in zip(g_got, g_ref, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10 * np.abs(b).max())
+
+
+def test_lbfgs_history_equals_in_memory(client):
+    _, X = _planted([2, 6, 3], 500, 0)
+    start = Decoder.random([2, 6, 3], seed=7)
+    hist = []
+    for data in (X, da.from_array(X, chunks=130)):
+        m = ExactDGN.from_decoder(start, 0.5, warm_start=True, max_iter=2, tol=0.0)
+        m.set_params(method="lbfgs", progress=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            m.fit(data)
+        hist.append(np.array([h["loglik"] for h in m.history_]))
+    np.testing.assert_allclose(hist[1], hist[0], rtol=0, atol=1e-9)
+    assert hist[0][-1] > hist[0][0] + 0.1
 
 
 def test_init_moments_equal_in_memory(client):
@@ -183,7 +198,7 @@ def test_cli_score_and_fit_on_the_cluster(client, tmp_path, capsys):
     a, b = (np.loadtxt(f, delimiter=",", skiprows=1) for f in (out_m, out_d))
     np.testing.assert_allclose(b, a, rtol=1e-12)
     assert main(["fit", str(path), "--out", str(tmp_path / "v"), "--method", "vae", *addr]) == 2
-    assert "--method em" in capsys.readouterr().err
+    assert "--method em or lbfgs" in capsys.readouterr().err
 
 
 def test_killed_worker_changes_nothing(client):

@@ -237,9 +237,9 @@ class RemoteRegionStats(RegionStats):
 
 def remote_data(X, method: str = "em") -> RemoteData:
     """Wrap a dask array for ``ExactDGN.fit`` (needs an active ``distributed.Client``)."""
-    if method != "em":
+    if method not in ("em", "lbfgs"):
         raise ValueError(
-            f"method={method!r} does not take a dask array yet: use method='em' (distributed "
-            "E-step), or load X into memory (X.compute())"
+            f"method={method!r} does not take a dask array yet: use method='em' or 'lbfgs' "
+            "(distributed E-steps), or load X into memory (X.compute())"
         )
     return RemoteData(X, active_client(required=True))
