@@ -20,10 +20,10 @@ from sklearn.exceptions import ConvergenceWarning
 from . import gaussian
 from ._validation import check_array, check_positive
 from .decoder import Decoder
-from .em._gradient import exact_gradient, surrogate_objective
+from .em._gradient import exact_gradient, remote_surrogate, surrogate_objective
 from .em._init import initialize
 from .em._missing import missing_region_stats
-from .em._steps import RegionStats, m_step, region_stats
+from .em._steps import m_step, region_stats
 from .inference._geometry import LOG_2PI, RegionGeometry, region_geometry
 from .inference._marginal import PairStats, marginal_pairs
 from .inference._missing import check_missing, observed_pairs
@@ -228,15 +228,6 @@ class ExactDGN(DensityMixin, BaseEstimator):
         if obs is not None:
             return observed_pairs(geom, X, obs, chunk_bytes=self.chunk_bytes, **kw)
         return marginal_pairs(geom, X, chunk_bytes=self.chunk_bytes, **kw)
-
-    @staticmethod
-    def _em_stats(X, dec, std, part, st) -> RegionStats:
-        """E-step statistics for the M-step (missing values: ``em.missing_region_stats``)."""
-        args = (part.patterns, st.point, st.region, st.log_weight, st.mean, st.cov)
-        obs = check_missing(X)
-        if obs is None:
-            return region_stats(X, *args)
-        return missing_region_stats(X, obs, dec, std, *args)
 
     @property
     def n_regions_(self) -> int:
@@ -504,9 +495,31 @@ class ExactDGN(DensityMixin, BaseEstimator):
         part = partition(decoder)
         t1 = time.perf_counter()
         geom = region_geometry(part, std)
-        st = self._exact_pairs(geom, X, need_moments=True)
+        st = self._marginal(part, geom, X)
         t2 = time.perf_counter()
         return part, geom, st, t1 - t0, t2 - t1
+
+    # -- distributed hook (issue 14): the EM loop touches the data only through these three;
+    # X is either an array or a handle from exactdgn.dask (`e_step` runs on a dask cluster and
+    # returns pairs held by the workers, whose `region_stats()` are reduced there).
+    def _marginal(self, part, geom, X):
+        """E-step pairs with moments of ``X`` under ``geom`` (``part``: its partition); rows
+        with NaN are conditioned on their observed coordinates."""
+        if hasattr(X, "e_step"):
+            return X.e_step(part, geom, prune_nats=self.prune_nats, chunk_bytes=self.chunk_bytes)
+        return self._exact_pairs(geom, X, need_moments=True)
+
+    @staticmethod
+    def _region_stats(X, part, st, dec=None, std=None):
+        """The M-step's :class:`~exactdgn.em.RegionStats` of E-step pairs ``st`` (of the
+        parameters ``dec``, ``std``; missing values: ``em.missing_region_stats``)."""
+        if hasattr(st, "region_stats"):
+            return st.region_stats()
+        args = (part.patterns, st.point, st.region, st.log_weight, st.mean, st.cov)
+        obs = check_missing(X)
+        if obs is None:
+            return region_stats(X, *args)
+        return missing_region_stats(X, obs, dec, std, *args)
 
     def fit(self, X, y=None, checkpoint=None) -> ExactDGN:
         """Fit by exact EM (``"em"``), exact-gradient Adam (``"gradient"``) or L-BFGS (``"lbfgs"``).
@@ -534,17 +547,26 @@ class ExactDGN(DensityMixin, BaseEstimator):
             ``loglik`` is the exact observed-data ``log p(x_obs)`` (never decreasing). The
             initialisation fills them with column means. Columns with nothing observed are
             an error.
+            Or a dask array while a ``distributed.Client`` is active (``method="em"``, no
+            NaN): the E-steps run chunk by chunk on the cluster (see :mod:`exactdgn.dask`).
         checkpoint : path, optional
             State is written there atomically after every iteration; calling ``fit`` again with
             the same arguments resumes from it and ends with the same result.
         """
-        X = check_array(X, name="X", allow_nan=True)
-        if X.shape[0] == 0:
-            raise ValueError(f"X has no rows (shape {X.shape}): give at least one point")
-        self.preprocessing_ = None  # fit works in the units of X
-        # NaN = missing: exact EM on the observed-data likelihood (see exactdgn.em._missing)
-        obs = check_missing(X, columns=True)
         self._validate_params()
+        remote = None
+        if hasattr(X, "__dask_graph__"):  # issue 14 hook: a dask array, E-steps on the cluster
+            from .dask import remote_data
+
+            X = remote = remote_data(X, method=self.method)
+        obs = None
+        if remote is None:
+            X = check_array(X, name="X", allow_nan=True)
+            if X.shape[0] == 0:
+                raise ValueError(f"X has no rows (shape {X.shape}): give at least one point")
+            # NaN = missing: exact EM on the observed-data likelihood (see exactdgn.em._missing)
+            obs = check_missing(X, columns=True)
+        self.preprocessing_ = None  # fit works in the units of X
         N, D = X.shape
         warm = self.warm_start and hasattr(self, "decoder_")
         if warm and self.decoder_.output_dim != D:
@@ -562,7 +584,10 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 UserWarning,
                 stacklevel=2,
             )
-        fingerprint = hashlib.sha256(X.tobytes()).hexdigest() + f":{N}x{D}"
+        if remote is None:
+            fingerprint = hashlib.sha256(X.tobytes()).hexdigest() + f":{N}x{D}"
+        else:
+            fingerprint = remote.fingerprint
         config = {k: v for k, v in self.get_params().items() if k not in ("verbose", "progress")}
         config["hidden_sizes"] = list(config["hidden_sizes"])
         if isinstance(config.get("random_state"), np.random.Generator):
@@ -584,7 +609,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 if warm and i == 0:
                     dec, std = self.decoder_.copy(), self.noise_std_.copy()
                 else:
-                    dec, std = initialize(
+                    dec, std = (initialize if remote is None else remote.initialize)(
                         X if obs is None else np.where(obs, X, np.nanmean(X, axis=0)),
                         latent_dim=self.latent_dim,
                         hidden_sizes=self.hidden_sizes,
@@ -639,7 +664,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
     def _run_em(self, X, dec, std, hist, it0, save, extra, *, seed, init_index):
         std = np.asarray(std, dtype=np.float64)
         part, _, st, tp, te = self._e_step(dec, std, X)
-        ll = float(st.log_px.mean())
+        ll = _loglik(st)
         if not hist:
             hist.append(
                 {
@@ -668,7 +693,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 ll_start = ll
                 # (1) output layer + noise: an exact EM block (the partition does not move)
                 t0 = time.perf_counter()
-                rs = self._em_stats(X, dec, std, part, st)
+                rs = self._region_stats(X, part, st, dec, std)
                 last = [dec.n_layers - 1]
                 dec1, std1 = m_step(
                     dec,
@@ -684,10 +709,10 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 t1 = time.perf_counter()
                 part1 = part.with_decoder(dec1)
                 geom1 = region_geometry(part1, std1)
-                st1 = self._exact_pairs(geom1, X, need_moments=True)
+                st1 = self._marginal(part1, geom1, X)
                 te_tot = time.perf_counter() - t1
                 tp_tot = 0.0
-                ll1 = float(st1.log_px.mean())
+                ll1 = _loglik(st1)
                 if ll1 >= ll:
                     dec, std, part, st, ll = dec1, std1, part1, st1, ll1
                 nb, step = 0, 0.0
@@ -695,7 +720,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
                     # (2) hidden layers (patterns held at their E-step values), then the output
                     # layer and noise again; guarded by the exact likelihood with backtracking
                     t0 = time.perf_counter()
-                    rs = self._em_stats(X, dec, std, part, st)
+                    rs = self._region_stats(X, part, st, dec, std)
                     new_dec, new_std = m_step(
                         dec,
                         rs,
@@ -725,7 +750,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
                             continue
                         tp_tot += tp
                         te_tot += te
-                        c_ll = float(c_st.log_px.mean())
+                        c_ll = _loglik(c_st)
                         if c_ll >= ll:
                             dec, std, part, st, ll = c_dec, c_std, c_part, c_st, c_ll
                             if step == relax and step < self.overrelax:
@@ -786,7 +811,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         """Line search along the exact gradient of the hidden layers (see ``_run_em``)."""
         if dec.n_layers < 2:
             return None
-        rs = self._em_stats(X, dec, std, part, st)
+        rs = self._region_stats(X, part, st, dec, std)
         grads = exact_gradient(dec, std, rs, X)
         L = dec.n_layers - 1  # hidden layers only: the output layer had its exact EM step
         gW, gc = grads[0 : 2 * L : 2], grads[1 : 2 * L : 2]
@@ -804,7 +829,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
             c_part, _, c_st, tp, te = self._e_step(cand, std, X)
             tp_tot += tp
             te_tot += te
-            c_ll = float(c_st.log_px.mean())
+            c_ll = _loglik(c_st)
             if c_ll >= ll:
                 return cand, c_part, c_st, c_ll, min(2 * eta, 1.0), tp_tot, te_tot
             eta *= 0.25
@@ -982,9 +1007,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
             d_, st_ = unpack(th)
             part, _, stt, tp, te = self._e_step(d_, st_, X)
             t0 = time.perf_counter()
-            rs = region_stats(
-                X, part.patterns, stt.point, stt.region, stt.log_weight, stt.mean, stt.cov
-            )
+            rs = self._region_stats(X, part, stt, d_, st_)
             tt = torch.tensor(th, requires_grad=True)
             plist, k = [], 0
             for sh, n in zip(shapes, sizes, strict=True):
@@ -992,11 +1015,15 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 k += n
             sig = floor + torch.exp(tt[k : k + n_s])
             log_std = torch.log(sig) if diagonal else torch.log(sig[0])
-            obj = -surrogate_objective([*plist, log_std], d_, rs, X) / N
+            # issue 14 hook: pairs on a dask cluster give the gradient summed there
+            if hasattr(rs, "remote_gradient"):
+                obj = -remote_surrogate([*plist, log_std], d_, rs) / N
+            else:
+                obj = -surrogate_objective([*plist, log_std], d_, rs, X) / N
             penalty = sum((plist[i] ** 2).sum() for i in range(0, len(plist), 2))
             obj = obj + 0.5 * self.weight_decay * penalty
             (grad,) = torch.autograd.grad(obj, tt)
-            ll = float(stt.log_px.mean())
+            ll = _loglik(stt)
             value = -ll + 0.5 * self.weight_decay * float(penalty.detach())
             timers["tp"] += tp
             timers["te"] += te
@@ -1263,6 +1290,11 @@ class ExactDGN(DensityMixin, BaseEstimator):
     def aic(self, X) -> float:
         """Akaike information criterion ``-2 log L + 2k`` (lower is better)."""
         return float(-2 * self.score_samples(X).sum() + 2 * self._n_parameters())
+
+
+def _loglik(st) -> float:
+    """Mean exact log-likelihood of E-step pairs (issue 14 hook: remote pairs carry it)."""
+    return float(st.loglik) if hasattr(st, "loglik") else float(st.log_px.mean())
 
 
 def _run_config(path) -> dict:

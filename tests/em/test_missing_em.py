@@ -56,7 +56,7 @@ def test_missing_stats_reduce_to_complete_ones_and_output_step_is_em():
     # with NaN: the output-layer block is a true EM step on log p(x_obs)
     Xn = _mask(X, 3, p=0.4)
     stn = model._pairs(Xn, need_moments=True)
-    rs = model._em_stats(Xn, dec, std, model.partition_, stn)
+    rs = model._region_stats(Xn, model.partition_, stn, dec, std)
     dn, sn = m_step(dec, rs, std, Xn, **kw)
     before = model.score(Xn)
     after = ExactDGN.from_decoder(dn, sn).score(Xn)
