@@ -54,15 +54,31 @@ def surrogate_objective(params, decoder: Decoder, stats: RegionStats, X: np.ndar
     Ar, br = A[reg], b[reg]
     m = torch.as_tensor(stats.mean)
     V = torch.as_tensor(stats.cov)
-    x = torch.as_tensor(X)[torch.as_tensor(stats.point)]
+    # NaN = missing: only the observed coordinates' terms (Fisher's identity for log p(x_obs))
+    obs = ~np.isnan(X)
+    x = torch.as_tensor(np.where(obs, X, 0.0))[torch.as_tensor(stats.point)]
+    o = torch.as_tensor(obs[stats.point], dtype=x.dtype)
     w = torch.as_tensor(stats.w)
     std = torch.exp(log_std).expand(X.shape[1])
     inv_var = std**-2
     res = x - torch.einsum("pjk,pk->pj", Ar, m) - br
     tr = torch.einsum("pjk,pkl,pjl->pj", Ar, V, Ar)
-    quad = (w[:, None] * (res**2 + tr) * inv_var).sum()
-    N = stats.n_points
-    return -0.5 * quad - N * torch.log(std).sum() - 0.5 * N * X.shape[1] * np.log(2 * np.pi)
+    quad = (w[:, None] * o * (res**2 + tr) * inv_var).sum()
+    n_obs = torch.as_tensor(obs.sum(axis=0), dtype=x.dtype)  # (D,) observed per column
+    return -0.5 * quad - (n_obs * torch.log(std)).sum() - 0.5 * float(obs.sum()) * np.log(2 * np.pi)
+
+
+def remote_surrogate(params, decoder: Decoder, stats):
+    """A torch scalar with the *gradient* of :func:`surrogate_objective` (not its value).
+
+    For statistics whose pairs live on other machines (``stats.remote_gradient``, see
+    :mod:`exactdgn.dask`): the gradient ``g`` is summed there and returned as the linear form
+    ``Σ_k <g_k, params_k>``, so autograd through ``params`` gives the same gradient.
+    """
+    torch = _torch()
+    std = np.exp(np.asarray(params[-1].detach().numpy(), dtype=np.float64))
+    grads = stats.remote_gradient(decoder, std)
+    return sum((torch.as_tensor(g) * p).sum() for g, p in zip(grads, params, strict=True))
 
 
 def exact_gradient(decoder: Decoder, noise_std, stats: RegionStats, X: np.ndarray):
@@ -82,6 +98,8 @@ def exact_gradient(decoder: Decoder, noise_std, stats: RegionStats, X: np.ndarra
         ``[dW_1, dc_1, ..., dW_L, dc_L, dlog_std]`` where ``dlog_std`` has shape ``()`` for an
         isotropic (scalar) ``noise_std`` and ``(D,)`` otherwise.
     """
+    if hasattr(stats, "remote_gradient"):  # pairs held by workers (exactdgn.dask): a sum of
+        return stats.remote_gradient(decoder, noise_std)  # this function over the chunks
     torch = _torch()
     params = []
     for W, c in zip(decoder.weights, decoder.biases, strict=True):

@@ -54,6 +54,8 @@ class RegionStats:
     point, region : (P,) int, w : (P,), mean : (P, d), cov : (P, d, d)
         The pairs themselves (for the centred noise update).
     n_points : int
+    missing : MissingStats or None
+        Set by :func:`exactdgn.em.missing_region_stats` when ``X`` has NaN.
     """
 
     patterns: np.ndarray
@@ -66,6 +68,15 @@ class RegionStats:
     mean: np.ndarray
     cov: np.ndarray
     n_points: int
+    missing: object = None
+
+    def residual_sq(self, A: np.ndarray, b: np.ndarray, X: np.ndarray) -> np.ndarray:
+        """(D,) weighted squared residuals of the noise update (see :func:`update_noise`).
+
+        ``A`` (R, D, d), ``b`` (R, D): the affine maps of the regions under the new decoder.
+        A subclass whose pairs live elsewhere (``exactdgn.dask``) overrides this.
+        """
+        return _residual_sq(A, b, self, X)
 
 
 def _region_sum(region: np.ndarray, values: np.ndarray, R: int) -> np.ndarray:
@@ -226,6 +237,10 @@ def _residual_sq(A: np.ndarray, b: np.ndarray, stats: RegionStats, X: np.ndarray
     The squared residuals are summed in the centred form (no cancellation when σ is small), in
     blocks of pairs; the trace term needs only the per-region sums ``Σ_n w_nr V_nr``.
     """
+    if stats.missing is not None:  # missing values: their conditional moments (em._missing)
+        from ._missing import missing_residual_sq
+
+        return missing_residual_sq(A, b, stats, X)
     R, D, d = A.shape
     out = np.zeros(D)
     w, pt, rg, m = stats.w, stats.point, stats.region, stats.mean
@@ -259,7 +274,7 @@ def update_noise(
     (D,) standard deviations
     """
     A, b = decoder.affine_map(stats.patterns)
-    var = _residual_sq(A, b, stats, X) / stats.n_points
+    var = stats.residual_sq(A, b, X) / stats.n_points
     if not diagonal:
         var = np.full_like(var, var.mean())
     return np.sqrt(np.maximum(var, min_std**2))
@@ -274,7 +289,7 @@ def expected_complete_loglik(
     """
     A, b = decoder.affine_map(stats.patterns)
     inv_var = 1.0 / noise_std**2
-    quad = (_residual_sq(A, b, stats, X) * inv_var).sum() / stats.n_points
+    quad = (stats.residual_sq(A, b, X) * inv_var).sum() / stats.n_points
     D = X.shape[1]
     return float(-0.5 * (quad + D * np.log(2 * np.pi) + np.log(noise_std**2).sum()))
 

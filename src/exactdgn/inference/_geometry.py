@@ -17,7 +17,7 @@ Model: ``z ~ N(0, I_d)``, ``x | z ~ N(g(z), Σ)`` with ``Σ = diag(σ_j^2)`` and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -57,6 +57,7 @@ class RegionGeometry:
     lk_const : (R,)           ``-(D log 2π + log|Σ| + log|P_r| + ||b_r - c||²_Λ) / 2``
     polygons : PolygonTable or None   (d = 2 only) the whitened regions at ``w = 0``; a pair
         ``(x, r)`` is polygon ``r`` translated by ``-w_r(x)`` (``c(x) = g - n w_r(x)``)
+    cache : dict              arrays derived on first use (the missing-data GEMM's columns)
     interval : tuple or None  (d = 1 only) ``(lo, hi, order, breaks)``: the regions' ends in
         ``z`` (R,), the regions sorted by position (R,) and the inner ends in that order (R-1,)
     """
@@ -83,6 +84,7 @@ class RegionGeometry:
     gemm_basis: np.ndarray | None = None
     gemm_w_basis: np.ndarray | None = None
     polygons: PolygonTable | None = None
+    cache: dict = field(default_factory=dict, repr=False)  # derived arrays built on first use
 
     @property
     def n_regions(self) -> int:

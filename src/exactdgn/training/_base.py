@@ -11,6 +11,7 @@ import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..decoder import Decoder
+    from ..em._steps import RegionStats
     from ..inference._geometry import RegionGeometry
     from ..inference._marginal import PairStats
     from ..model import ExactDGN
@@ -28,8 +29,14 @@ class EStep:
     partition : Partition
     geometry : RegionGeometry
     stats : PairStats
-        Per pair: posterior log weight, truncated mean and covariance; per point ``log p(x)``.
+        Per pair: posterior log weight, truncated mean and covariance; per point ``log p(x)``
+        (or pairs held by dask workers, see :mod:`exactdgn.dask`).
     seconds_partition, seconds_estep : float
+    loglik : float
+        Mean exact log-likelihood per point (``log p(x_obs)`` for rows with NaN).
+    decoder : Decoder
+    std : ndarray of shape (D,)
+        The parameters of the E-step (the missing-data M-step statistics depend on them).
     """
 
     partition: Partition
@@ -37,20 +44,9 @@ class EStep:
     stats: PairStats
     seconds_partition: float
     seconds_estep: float
-
-    @property
-    def loglik(self) -> float:
-        """Mean exact log-likelihood per point."""
-        return float(np.mean(self.stats.log_px))
-
-    def region_stats(self, X: np.ndarray):
-        """Per-region sufficient statistics of the M-step and of the exact gradient."""
-        from ..em._steps import region_stats
-
-        st = self.stats
-        return region_stats(
-            X, self.partition.patterns, st.point, st.region, st.log_weight, st.mean, st.cov
-        )
+    loglik: float
+    decoder: Decoder
+    std: np.ndarray
 
 
 @dataclass
@@ -132,6 +128,11 @@ class Trainer(ABC):
     def _estep(self, decoder: Decoder, std, X: np.ndarray, **kw) -> EStep:
         self.n_estep += 1
         return self.est._e_step(decoder, std, X, **kw)
+
+    def _region_stats(self, e: EStep, X: np.ndarray) -> RegionStats:
+        """Per-region sufficient statistics of the M-step and of the exact gradient of the
+        E-step ``e`` of ``X`` (through the estimator's hook: missing values, dask pairs)."""
+        return self.est._region_stats(X, e.partition, e.stats, e.decoder, e.std)
 
     @abstractmethod
     def start(self) -> HistoryRow:

@@ -118,8 +118,11 @@ def estimate_training_cost(
     return TrainingCost(int(R), pairs, int(3 * pairs * per_pair), float(seconds))
 
 
-def check_training_cost(est, X: np.ndarray) -> TrainingCost:
+def check_training_cost(est, X: np.ndarray, in_memory: bool = True) -> TrainingCost:
     """Warn or refuse before fitting ``est`` to ``X`` (see the module docstring).
+
+    ``in_memory=False`` (``X`` a dask handle: its E-steps run chunk by chunk on the workers):
+    only the warnings on the parameter count, no memory bound or time estimate of one machine.
 
     Raises
     ------
@@ -147,6 +150,9 @@ def check_training_cost(est, X: np.ndarray) -> TrainingCost:
             stacklevel=3,
         )
     cost = estimate_training_cost(d, est.hidden_sizes, N, D, seed=0)
+    if not in_memory:
+        logger.info("training estimate (summed over the workers): %s", cost.describe())
+        return cost
     avail = available_memory()
     hint = (
         "use a smaller latent_dim (the cost grows geometrically with it), narrower "

@@ -71,7 +71,9 @@ class EMTrainer(Trainer):
         # (1) output layer + noise: an exact EM block (the partition does not move)
         t0 = time.perf_counter()
         last = [self.decoder.n_layers - 1]
-        dec1, std1 = m_step(self.decoder, self._e.region_stats(X), self.std, X, layers=last, **kw)
+        dec1, std1 = m_step(
+            self.decoder, self._region_stats(self._e, X), self.std, X, layers=last, **kw
+        )
         tm = time.perf_counter() - t0
         e1 = self._estep(dec1, std1, X, partition=self._e.partition.with_decoder(dec1))
         tp, te = e1.seconds_partition, e1.seconds_estep
@@ -83,7 +85,7 @@ class EMTrainer(Trainer):
             # likelihood; over-relaxed and halved as described in the class docstring
             t0 = time.perf_counter()
             dec, std = self.decoder, self.std
-            new_dec, new_std = m_step(dec, self._e.region_stats(X), std, X, **kw)
+            new_dec, new_std = m_step(dec, self._region_stats(self._e, X), std, X, **kw)
             tm += time.perf_counter() - t0
             step = self.relax
             while nb <= est.max_backtrack:
@@ -138,7 +140,7 @@ class EMTrainer(Trainer):
         dec, X = self.decoder, self.X
         if dec.n_layers < 2:
             return None
-        grads = exact_gradient(dec, self.std, self._e.region_stats(X), X)
+        grads = exact_gradient(dec, self.std, self._region_stats(self._e, X), X)
         L = dec.n_layers - 1  # hidden layers only: the output layer had its exact EM step
         gW, gc = grads[0 : 2 * L : 2], grads[1 : 2 * L : 2]
         norm_g = np.sqrt(sum((g**2).sum() for g in gW) + sum((g**2).sum() for g in gc))

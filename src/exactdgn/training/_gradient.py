@@ -89,7 +89,7 @@ class GradientTrainer(Trainer):
             dec, std = self._current()
             e = self._estep(dec, std, Xb)
             t0 = time.perf_counter()
-            rs = e.region_stats(Xb)
+            rs = self._region_stats(e, Xb)
             self.opt.zero_grad()
             loss = -surrogate_objective(self.params, dec, rs, Xb) / len(Xb)
             for k in range(0, len(self.params) - 1, 2):

@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from ..decoder import Decoder
-from ..em._gradient import surrogate_objective
+from ..em._gradient import remote_surrogate, surrogate_objective
 from ._base import HistoryRow, Trainer
 
 __all__ = ["LBFGSTrainer", "ParamVector"]
@@ -104,12 +104,15 @@ class LBFGSTrainer(Trainer):
         dec, std = self.pv.unpack(th)
         e = self._estep(dec, std, X)
         t0 = time.perf_counter()
-        rs = e.region_stats(X)
+        rs = self._region_stats(e, X)
         tt = torch.tensor(th, requires_grad=True)
         plist, s_ = self.pv.split(tt)
         sig = self.pv.floor + torch.exp(s_)
         log_std = torch.log(sig) if self.pv.diagonal else torch.log(sig[0])
-        obj = -surrogate_objective([*plist, log_std], dec, rs, X) / len(X)
+        if hasattr(rs, "remote_gradient"):  # dask pairs: the gradient is summed on the workers
+            obj = -remote_surrogate([*plist, log_std], dec, rs) / X.shape[0]
+        else:
+            obj = -surrogate_objective([*plist, log_std], dec, rs, X) / X.shape[0]
         penalty = sum((plist[i] ** 2).sum() for i in range(0, len(plist), 2))
         obj = obj + 0.5 * est.weight_decay * penalty
         (grad,) = torch.autograd.grad(obj, tt)
