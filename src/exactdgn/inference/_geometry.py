@@ -17,7 +17,7 @@ Model: ``z ~ N(0, I_d)``, ``x | z ~ N(g(z), Σ)`` with ``Σ = diag(σ_j^2)`` and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -59,6 +59,7 @@ class RegionGeometry:
         ``(x, r)`` is polygon ``r`` translated by ``-w_r(x)`` (``c(x) = g - n w_r(x)``)
     interval : tuple or None  (d = 1 only) ``(lo, hi, order, breaks)``: the regions' ends in
         ``z`` (R,), the regions sorted by position (R,) and the inner ends in that order (R-1,)
+    device_cache : dict       copies of these arrays on torch devices (the torch backend's)
     """
 
     A: np.ndarray
@@ -83,6 +84,7 @@ class RegionGeometry:
     gemm_basis: np.ndarray | None = None
     gemm_w_basis: np.ndarray | None = None
     polygons: PolygonTable | None = None
+    device_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n_regions(self) -> int:

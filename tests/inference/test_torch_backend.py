@@ -1,0 +1,151 @@
+"""The torch backend (``device=...``) against the numpy path and independent references.
+
+Every test runs on the CPU and, where torch sees a GPU, on CUDA as well (``DEVICES``). The numpy
+path is itself checked against quadrature oracles (``tests/oracles``); here the kernels are also
+checked against mpmath where a value can be computed independently.
+"""
+
+from __future__ import annotations
+
+import mpmath
+import numpy as np
+import pytest
+import torch
+
+from exactdgn import Decoder, ExactDGN
+from exactdgn.gaussian import interval_stats, log_interval_mass
+from exactdgn.gaussian._torch_interval import interval_stats_t, log_interval_mass_t, q_t
+from exactdgn.inference import marginal_pairs, region_geometry
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _close(a, b, rel=1e-10):
+    """``|a - b| <= rel * max(1, |a|)`` elementwise, with equal non-finite entries."""
+    a, b = np.asarray(a), np.asarray(b)
+    fa, fb = np.isfinite(a), np.isfinite(b)
+    assert np.array_equal(fa, fb)
+    assert np.array_equal(a[~fa], b[~fb])
+    d = np.abs(a[fa] - b[fa]) / np.maximum(1.0, np.abs(a[fa]))
+    assert d.size == 0 or d.max() <= rel, f"max relative difference {d.max():.3g}"
+
+
+def _intervals(n=20000, seed=0):
+    rng = np.random.default_rng(seed)
+    lo = rng.normal(0, 5, n) * rng.choice([1, 1e-3, 1e-6, 30], n) + rng.choice([0, 30, -30, 1e4], n)
+    width = np.abs(rng.normal(0, 1, n)) * rng.choice([1e-9, 1e-4, 0.1, 1, 10, np.inf], n)
+    hi = lo + width
+    lo[::7] = -np.inf
+    hi[::11] = lo[::11]  # empty
+    return lo, hi
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_interval_mass_and_stats_match_numpy(device):
+    lo, hi = _intervals()
+    t = lambda a: torch.tensor(a, device=device)  # noqa: E731
+    lm, err = log_interval_mass(lo, hi)
+    lm_t, err_t = log_interval_mass_t(t(lo), t(hi))
+    _close(lm, lm_t.cpu().numpy(), 1e-13)
+    _close(err, err_t.cpu().numpy(), 1e-10)
+    ref = interval_stats(lo, hi)
+    got = interval_stats_t(t(lo), t(hi))
+    _close(ref[0], got[0].cpu().numpy(), 1e-13)
+    ok = np.isfinite(ref[0])
+    m, v = ref[1][ok], ref[2][ok]
+    mt, vt = got[1].cpu().numpy()[ok], got[2].cpu().numpy()[ok]
+    scale = np.sqrt(v)  # the mean to a fraction of the conditional sd, the variance relative
+    assert np.max(np.abs(m - mt) / np.maximum(scale, 1e-300)) < 1e-9
+    assert np.max(np.abs(v - vt) / v) < 1e-9
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_tails_against_mpmath(device):
+    """Far-tail masses that torch's own ndtr gets wrong (it is 0 below -9 in float64)."""
+    mpmath.mp.dps = 50
+    cases = [(9.5, np.inf), (-np.inf, -20.0), (37.0, 37.5), (1e4, 1e4 + 1e-3), (30.0, 30 + 1e-9)]
+    lo = torch.tensor([c[0] for c in cases], dtype=torch.float64, device=device)
+    hi = torch.tensor([c[1] for c in cases], dtype=torch.float64, device=device)
+    got = log_interval_mass_t(lo, hi)[0].cpu().numpy()
+    for (a, b), g in zip(cases, got, strict=True):
+        A, B = mpmath.mpf(float(a)), mpmath.mpf(float(b))
+        if A == -mpmath.inf:  # Φ(b) = Q(-b)
+            A, B = -B, mpmath.inf
+        s2 = mpmath.sqrt(2)
+        ref = mpmath.log((mpmath.erfc(A / s2) - mpmath.erfc(B / s2)) / 2)
+        assert abs(g - float(ref)) <= 1e-13 * max(1.0, abs(float(ref))), (a, b, g, ref)
+    q = q_t(torch.tensor([9.5, 20.0, 37.0], dtype=torch.float64, device=device)).cpu().numpy()
+    for x, g in zip([9.5, 20.0, 37.0], q, strict=True):
+        assert abs(g / float(mpmath.erfc(x / mpmath.sqrt(2)) / 2) - 1) < 1e-13
+
+
+def _model(sizes, seed, noise, device=None):
+    return ExactDGN.from_decoder(Decoder.random(sizes, seed=seed), noise, device=device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("sizes", "seed"), [([1, 6, 2], 0), ([1, 40, 40, 5], 1), ([1, 64, 30], 2)])
+@pytest.mark.parametrize("moments", [False, True])
+def test_pairs_1d_match_numpy(device, sizes, seed, moments):
+    m = _model(sizes, seed, 0.05)
+    geom = region_geometry(m.partition_, m.noise_std_)
+    X = m.sample(500, random_state=seed)
+    D = sizes[-1]
+    far = np.stack([np.full(D, 1e4 * 0.05), np.full(D, -100.0), X[0] + 1e4 * 0.05])
+    X = np.concatenate([X, far])
+    ref = marginal_pairs(geom, X, need_moments=moments)
+    got = marginal_pairs(geom, X, need_moments=moments, device=device)
+    assert got.log_px[-3] < -1e7  # 1e4 sigma away
+    _close(ref.log_px, got.log_px)
+    # the pairs whose weight is visible agree, with their statistics
+    key = lambda st: {  # noqa: E731
+        (p, r): i for i, (p, r) in enumerate(zip(st.point, st.region, strict=True))
+    }
+    kr, kg = key(ref), key(got)
+    vis = [k for k, i in kr.items() if ref.log_weight[i] > -30]
+    assert vis and all(k in kg for k in vis)
+    i_r = np.array([kr[k] for k in vis])
+    i_g = np.array([kg[k] for k in vis])
+    _close(ref.log_joint[i_r], got.log_joint[i_g])
+    np.testing.assert_allclose(got.v[i_g], ref.v[i_r], rtol=1e-10, atol=1e-9)
+    if moments:
+        assert got.mean.shape == (len(got.point), 1) and got.cov.shape == (len(got.point), 1, 1)
+        sd = np.sqrt(ref.cov[i_r, 0, 0])
+        assert np.max(np.abs(got.mean[i_g, 0] - ref.mean[i_r, 0]) / sd) < 1e-8
+        np.testing.assert_allclose(got.cov[i_g], ref.cov[i_r], rtol=1e-8)
+        wsum = np.bincount(got.point, np.exp(got.log_weight), minlength=len(X))
+        np.testing.assert_allclose(wsum, 1.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_model_device_dispatch(device):
+    sizes = [1, 16, 16, 4]
+    ref = _model(sizes, 3, 0.1)
+    m = _model(sizes, 3, 0.1, device=device)
+    assert m.get_params()["device"] == device
+    X = ref.sample(200, random_state=1)
+    X[0] += 1e3
+    _close(ref.score_samples(X), m.score_samples(X))
+    a, b = ref.score_samples(X, return_error=True)[1], m.score_samples(X, return_error=True)[1]
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    pr, pm = ref.posterior(X[:20]), m.posterior(X[:20])
+    np.testing.assert_allclose(pm.mean, pr.mean, rtol=1e-9, atol=1e-10)
+
+
+def test_bad_device_is_a_clear_error():
+    m = _model([1, 6, 2], 0, 0.1, device="tpu")
+    with pytest.raises(ValueError, match="device='tpu'"):
+        m.score_samples(np.zeros((2, 2)))
+    if not torch.cuda.is_available():
+        m = _model([1, 6, 2], 0, 0.1, device="cuda")
+        with pytest.raises(ValueError, match="no CUDA device"):
+            m.score_samples(np.zeros((2, 2)))
+
+
+def test_device_saved_as_text(tmp_path):
+    m = _model([1, 6, 2], 0, 0.1, device=torch.device("cpu"))
+    m.save(tmp_path / "m.npz")
+    m2 = ExactDGN.load(tmp_path / "m.npz")
+    assert m2.device == "cpu"
+    X = m.sample(10, random_state=0)
+    _close(m.score_samples(X), m2.score_samples(X), 1e-15)
