@@ -149,3 +149,113 @@ def test_device_saved_as_text(tmp_path):
     assert m2.device == "cpu"
     X = m.sample(10, random_state=0)
     _close(m.score_samples(X), m2.score_samples(X), 1e-15)
+
+
+# ----------------------------------------------------------------------------------- d = 2
+def _mp_piece(h, ta, tb):
+    """log B(h, ta, tb) by mpmath quadrature split at the integrand's scales (no shared formula)."""
+    mpmath.mp.dps = 40
+    h = mpmath.mpf(h)
+    f = lambda t: mpmath.exp(-t * t / 2) * h / (h * h + t * t)  # noqa: E731
+    top = mpmath.inf if np.isinf(tb) else mpmath.mpf(tb)
+    pts = [mpmath.mpf(ta)]
+    pts += [mpmath.mpf(p) for p in (h, 10 * h, 100 * h, 1, 2, 4, 8) if ta < p < tb] + [top]
+    return float(mpmath.log(mpmath.exp(-h * h / 2) / (2 * mpmath.pi) * mpmath.quad(f, pts)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_edge_pieces_and_owens_t_against_mpmath(device):
+    from scipy.special import owens_t
+
+    from exactdgn.gaussian._torch_polygon import log_edge_pieces_t, owens_t_t
+
+    # every branch: Laguerre (ta >= 4), near-foot Gauss-Legendre (h >= 1 or short), the small-h
+    # series + sinh panels (numpy's owens_t difference loses 1e-2 on the first one)
+    cases = [
+        (1.5e-12, 1.93, 4.34),
+        (1e-3, 0.0, 3.9),
+        (0.3, 0.001, 2.0),
+        (0.99, 0.0, np.inf),
+        (1e-5, 1e-7, 0.5),
+        (0.5, 0.2, 50.0),
+        (2.0, 0.0, 3.0),
+        (30.0, 5.0, 9.0),
+        (3.0, 4.5, np.inf),
+        (0.2, 6.0, 6.5),
+    ]
+    t = lambda a: torch.tensor(a, dtype=torch.float64, device=device)  # noqa: E731
+    h, ta, tb = (t([c[i] for c in cases]) for i in range(3))
+    got = log_edge_pieces_t(h, ta, tb).cpu().numpy()
+    for c, g in zip(cases, got, strict=True):
+        ref = _mp_piece(*c)
+        assert abs(g - ref) <= 1e-13 * max(1.0, abs(ref)), (c, g, ref)
+    # Owen's T against mpmath's definition and scipy
+    mpmath.mp.dps = 40
+    pairs = [
+        (0.1, 0.5),
+        (1e-6, 3e6),
+        (2.0, 0.3),
+        (5.0, 10.0),
+        (20.0, 0.01),
+        (0.5, 1e5),
+        (8.0, -0.7),
+    ]
+    got = owens_t_t(t([p[0] for p in pairs]), t([p[1] for p in pairs])).cpu().numpy()
+    for (hh, aa), g in zip(pairs, got, strict=True):
+        H, A = mpmath.mpf(hh), mpmath.mpf(abs(aa))
+        # e^{-h²/2} factored out (mpmath.quad's tolerance is absolute)
+        f = lambda x, H=H: mpmath.exp(-H * H * x * x / 2) / (1 + x * x)  # noqa: E731
+        pts = [0, min(A, 1 / H), A] if A > 1 / H else [0, A]
+        ref = mpmath.exp(-H * H / 2) * mpmath.quad(f, pts) / (2 * mpmath.pi)
+        ref = float(np.sign(aa) * ref)
+        assert abs(g / ref - 1) < 1e-13, (hh, aa, g, ref)
+        assert abs(g / owens_t(hh, aa) - 1) < 1e-12
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_shifted_polygon_masses_match_numpy(device):
+    from exactdgn.gaussian import log_mass_2d_shifted
+    from exactdgn.gaussian._torch_polygon import log_mass_2d_shifted_t, table_to_device
+
+    m = _model([2, 16, 16, 5], 0, 0.1)
+    geom = region_geometry(m.partition_, m.noise_std_)
+    rng = np.random.default_rng(0)
+    P = 20000
+    r = rng.integers(0, geom.n_regions, P)
+    w = rng.normal(0, 3, (P, 2)) * rng.choice([0.01, 1, 10, 1000], (P, 1))
+    ref, _ = log_mass_2d_shifted(geom.polygons, r, w)
+    tab = table_to_device(geom.polygons, device)
+    t = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
+    got, err = log_mass_2d_shifted_t(tab, t(r), t(w))
+    assert ref.min() < -1e6  # far tails included
+    _close(ref, got.cpu().numpy(), 1e-12)
+    assert np.all(err.cpu().numpy()[np.isfinite(ref)] < 1e-9 * np.maximum(1, np.abs(ref)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("sizes", "noise"), [([2, 16, 16, 5], 0.1), ([2, 24, 24, 30], 0.05)])
+def test_pairs_2d_match_numpy(device, sizes, noise):
+    m = _model(sizes, 0, noise)
+    geom = region_geometry(m.partition_, m.noise_std_)
+    D = sizes[-1]
+    X = m.sample(300, random_state=1)
+    far = np.stack([np.full(D, 1e4 * noise), np.full(D, -100.0), X[0] + 1e4 * noise])
+    X = np.concatenate([X, far])
+    ref = marginal_pairs(geom, X)
+    got = marginal_pairs(geom, X, device=device)
+    assert got.log_px[-3] < -1e7
+    _close(ref.log_px, got.log_px)
+    assert np.all(np.diff(got.point) >= 0)
+    wsum = np.bincount(got.point, np.exp(got.log_weight), minlength=len(X))
+    np.testing.assert_allclose(wsum, 1.0, atol=1e-12)
+    vis = {(p, r) for p, r, w in zip(ref.point, ref.region, ref.log_weight, strict=True) if w > -30}
+    assert vis <= set(zip(got.point, got.region, strict=True))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_model_device_dispatch_2d(device):
+    ref = _model([2, 12, 12, 4], 5, 0.1)
+    m = _model([2, 12, 12, 4], 5, 0.1, device=device)
+    X = ref.sample(100, random_state=2)
+    X[0] -= 1e3
+    _close(ref.score_samples(X), m.score_samples(X))

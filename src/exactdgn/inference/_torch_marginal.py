@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..gaussian._torch_interval import interval_stats_t, log_interval_mass_t
+from ..gaussian._torch_polygon import log_mass_2d_shifted_t, table_to_device
 from ._geometry import RegionGeometry
 
 __all__ = ["DeviceGeometry", "TorchPairs", "device_geometry", "pairs_torch", "resolve_device"]
@@ -41,6 +42,74 @@ def resolve_device(device) -> torch.device:
 
 
 @dataclass
+class Locator:
+    """Region index of latent points on a device: the decoder's activation pattern, hashed.
+
+    A pattern's key is ``Σ_i bit_i k_i`` (int64, wrapping) over the kink units with random
+    64-bit ``k_i``; the regions' keys are sorted once. A point whose key matches no region gets
+    ``-1``. Used only to seed the lower bound of ``log p(x)`` (any region gives a valid bound),
+    so a (astronomically unlikely) key collision cannot change a result.
+    """
+
+    weights: list
+    biases: list
+    pos: list
+    neg: list
+    kink: torch.Tensor  # (H,) bool
+    hash: torch.Tensor  # (H_kink,) int64
+    keys: torch.Tensor  # (R,) sorted region keys
+    order: torch.Tensor  # (R,) region of each sorted key
+
+    @classmethod
+    def build(cls, geom: RegionGeometry, device) -> Locator | None:
+        part = getattr(geom.locate, "__self__", None)
+        dec = getattr(part, "decoder", None)
+        if dec is None or len(dec.weights) < 2:
+            return None
+
+        def t(a):
+            return torch.tensor(np.asarray(a), device=device)
+
+        kink = np.asarray(dec.kink_mask, dtype=bool)
+        rnd = np.random.default_rng(0).integers(0, 2**62, size=int(kink.sum()), dtype=np.int64)
+        pats = np.asarray(part.patterns, dtype=bool)[:, kink]
+        keys = _hash(t(pats), t(rnd))
+        keys, order = torch.sort(keys)
+        return cls(
+            weights=[t(W) for W in dec.weights[:-1]],
+            biases=[t(c) for c in dec.biases[:-1]],
+            pos=[
+                t(np.broadcast_to(p, c.shape))
+                for p, c in zip(dec._pos, dec.biases[:-1], strict=True)
+            ],
+            neg=[
+                t(np.broadcast_to(q, c.shape))
+                for q, c in zip(dec._neg, dec.biases[:-1], strict=True)
+            ],
+            kink=t(kink),
+            hash=t(rnd),
+            keys=keys,
+            order=order,
+        )
+
+    def __call__(self, Z: torch.Tensor) -> torch.Tensor:
+        h = Z
+        bits = []
+        for W, c, p, q in zip(self.weights, self.biases, self.pos, self.neg, strict=True):
+            a = h @ W.T + c
+            on = a > 0
+            bits.append(on)
+            h = a * torch.where(on, p, q)
+        key = _hash(torch.cat(bits, dim=1)[:, self.kink], self.hash)
+        pos = torch.clamp(torch.searchsorted(self.keys, key), max=self.keys.shape[0] - 1)
+        return torch.where(self.keys[pos] == key, self.order[pos], -1)
+
+
+def _hash(bits: torch.Tensor, rnd: torch.Tensor) -> torch.Tensor:
+    return (bits.to(torch.int64) * rnd).sum(dim=1)
+
+
+@dataclass
 class DeviceGeometry:
     """The per-region arrays of a :class:`RegionGeometry` on one device (float64 tensors)."""
 
@@ -56,6 +125,8 @@ class DeviceGeometry:
     K: torch.Tensor  # (R, d, d)
     L: torch.Tensor  # (R, d, d)
     interval: tuple | None  # d = 1: (loS, hiS, sP, order, breaks) whitened ends at w = 0
+    polygons: dict | None  # d = 2: the PolygonTable's arrays
+    locator: Locator | None  # region of a latent point (d = 2 seeds)
 
     def gemm(self, Xc: torch.Tensor) -> torch.Tensor:
         if self.gemm_basis is None:
@@ -95,6 +166,8 @@ def device_geometry(geom: RegionGeometry, device: torch.device) -> DeviceGeometr
         K=t(geom.K),
         L=t(geom.L),
         interval=interval,
+        polygons=None if geom.polygons is None else table_to_device(geom.polygons, device),
+        locator=Locator.build(geom, device),
     )
     cache[key] = dg
     return dg
@@ -135,19 +208,23 @@ class TorchPairs:
         )
 
 
+def segment_lse(p: torch.Tensor, x: torch.Tensor, n: int) -> torch.Tensor:
+    """(n,) ``logsumexp`` of the entries of ``x`` (P,) grouped by ``p`` (P,) (-inf if none)."""
+    mx = torch.full((n,), -math.inf, dtype=x.dtype, device=x.device)
+    mx = mx.scatter_reduce(0, p, x, reduce="amax", include_self=True)
+    mxs = torch.where(torch.isfinite(mx), mx, 0.0)
+    tot = torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, p, torch.exp(x - mxs[p]))
+    return mxs + torch.log(tot)
+
+
 def lse_by_point(p: torch.Tensor, lj: torch.Tensor, err: torch.Tensor, n: int, prune_nats):
     """Per point ``log p(x)`` (logsumexp of its pairs' ``lj``) and the error estimate (n,).
 
     Segment reductions by scatter: ``p`` (P,) the point of each pair (every point at least once).
     """
-    mx = torch.full((n,), -math.inf, dtype=lj.dtype, device=lj.device)
-    mx = mx.scatter_reduce(0, p, lj, reduce="amax", include_self=True)
-    mxs = torch.where(torch.isfinite(mx), mx, 0.0)
-    e = torch.exp(lj - mxs[p])
-    tot = torch.zeros(n, dtype=lj.dtype, device=lj.device).index_add_(0, p, e)
-    log_px = mxs + torch.log(tot)
+    log_px = segment_lse(p, lj, n)
     wts = torch.exp(lj - log_px[p])
-    err_px = torch.zeros_like(tot).index_add_(0, p, wts * err) + math.exp(-prune_nats)
+    err_px = torch.zeros_like(log_px).index_add_(0, p, wts * err) + math.exp(-prune_nats)
     return log_px, err_px
 
 
@@ -230,6 +307,121 @@ def pairs_1d_torch(
     return TorchPairs(*cat, n_candidates=sum(q[8] for q in parts))
 
 
+def _log_kappa(dg: DeviceGeometry, Xc: torch.Tensor):
+    """(n, R) ``log κ`` and (n, R, d) whitened means ``w`` (as ``log_kappa_all``)."""
+    R, d = dg.w_shift.shape
+    prod = dg.gemm(Xc)
+    W = prod[:, : R * d].reshape(-1, R, d) - dg.w_shift
+    if dg.iso:
+        hxq = (Xc * Xc).sum(dim=1) * (-0.5 * float(dg.inv_var[0]))
+    else:
+        hxq = (Xc * Xc) @ dg.inv_var * -0.5
+    # explicit sum over the d (= 1, 2) columns: a reduction over a tiny last axis is slow
+    ww = W[..., 0] * W[..., 0]
+    for k in range(1, d):
+        ww = ww + W[..., k] * W[..., k]
+    lk = prod[:, R * d :] + dg.lk_const + hxq[:, None] + 0.5 * ww
+    return lk, W
+
+
+# pairs per block of the polygon kernels (their node arrays are (pieces, 32) and more)
+_PAIR_BLOCK = {"cuda": 1 << 18, "cpu": 1 << 14}
+
+
+def _blocked_mass(tab, r, w, floor, device):
+    step = _PAIR_BLOCK.get(device.type, 1 << 14)
+    if r.shape[0] <= step:
+        return log_mass_2d_shifted_t(tab, r, w, floor)
+    out = [
+        log_mass_2d_shifted_t(tab, r[i : i + step], w[i : i + step], floor[i : i + step])
+        for i in range(0, r.shape[0], step)
+    ]
+    return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
+
+
+def pairs_2d_torch(
+    geom: RegionGeometry,
+    X: torch.Tensor,
+    prune_nats: float = 40.0,
+    need_moments: bool = False,
+) -> TorchPairs:
+    """``marginal_pairs`` for d = 2 on ``X``'s device: polygons translated by ``-w_r(x)``.
+
+    As ``_marginal.marginal_pairs``: seeds (the largest ``κ`` and the regions located by
+    following posterior means three times) give a lower bound; candidates by the mass <= 1
+    bound, then the facet bound ``Φ(min_i c_i)``, then (inside the mass kernel) the
+    closest-point bound ``Q(δ)``; exact masses of the rest by the torch polygon kernels.
+    """
+    if need_moments:
+        raise NotImplementedError(
+            "the torch backend has no d = 2 E-step (truncated moments) yet: use device=None"
+        )
+    dev = X.device
+    dg = device_geometry(geom, dev)
+    tab = dg.polygons
+    N = X.shape[0]
+    R = dg.lk_const.shape[0]
+    thr = prune_nats + math.log(max(R, 1))
+    per = (1 << 25) if dev.type == "cuda" else (1 << 21)
+    cs = int(max(1, min(N, per // max(3 * R, 1))))
+    parts = []
+    for s in range(0, N, cs):
+        Xc = X[s : s + cs] - dg.center
+        n = Xc.shape[0]
+        lk, W = _log_kappa(dg, Xc)
+        rows = torch.arange(n, device=dev)
+        r = lk.argmax(dim=1)
+        ps, rs = [rows], [r]
+        if dg.locator is not None and R > 1:
+            for _ in range(3):
+                mu = (dg.L[r] @ W[rows, r][:, :, None])[..., 0]  # μ_r = L_r w_r
+                r_new = dg.locator(mu)
+                r = torch.where(r_new >= 0, r_new, r)
+                ps.append(rows)
+                rs.append(r)
+        key = torch.unique(torch.cat(ps) * R + torch.cat(rs))
+        p_top, r_top = key // R, key % R
+        lk_top, w_top = lk[p_top, r_top], W[p_top, r_top]
+        lm_top, err_top = _blocked_mass(tab, r_top, w_top, None, dev)
+        lower = segment_lse(p_top, lk_top + lm_top, n)
+        mask = lk > (lower - thr)[:, None]
+        mask[p_top, r_top] = False
+        p_c, r_c = torch.nonzero(mask, as_tuple=True)
+        n_cand = p_c.shape[0] + p_top.shape[0]
+        lk_c, w_c = lk[p_c, r_c], W[p_c, r_c]
+        # facet bound: Φ(min_i c_i), c = g - n·w (one log_ndtr per pair)
+        nu = tab["normals"][r_c]
+        off = tab["offsets"][r_c] - (nu[..., 0] * w_c[:, None, 0] + nu[..., 1] * w_c[:, None, 1])
+        bound = lk_c + torch.clamp(torch.special.log_ndtr(off.min(dim=1).values), max=0.0)
+        keep = (bound > (lower - thr)[p_c]).nonzero().squeeze(1)
+        p_c, r_c, lk_c, w_c = p_c[keep], r_c[keep], lk_c[keep], w_c[keep]
+        floor_c = (lower - thr)[p_c] - lk_c
+        lm_c, err_c = _blocked_mass(tab, r_c, w_c, floor_c, dev)
+        seed = torch.cat(
+            [torch.ones_like(p_top, dtype=torch.bool), torch.zeros_like(p_c, dtype=torch.bool)]
+        )
+        p_all = torch.cat([p_top, p_c])
+        order = torch.argsort(p_all, stable=True)
+        p_all, seed = p_all[order], seed[order]
+        r_all = torch.cat([r_top, r_c])[order]
+        w_all = torch.cat([w_top, w_c])[order]
+        lj = torch.cat([lk_top + lm_top, lk_c + lm_c])[order]
+        err = torch.cat([err_top, err_c])[order]
+        log_px, err_px = lse_by_point(p_all, lj, err, n, prune_nats)
+        keep = (torch.isfinite(lj) | seed).nonzero().squeeze(1)
+        p_all, r_all, w_all, lj = p_all[keep], r_all[keep], w_all[keep], lj[keep]
+        v = (dg.K[r_all] @ w_all[:, :, None])[..., 0]
+        parts.append((p_all + s, r_all, lj, log_px, err_px, v, None, None, n_cand))
+    return _cat_parts(parts)
+
+
+def _cat_parts(parts) -> TorchPairs:
+    if not parts:
+        raise ValueError("X has no rows")
+    cat = [None if parts[0][i] is None else torch.cat([q[i] for q in parts]) for i in range(8)]
+    return TorchPairs(*cat, n_candidates=sum(q[8] for q in parts))
+
+
 def pairs_torch(
     geom: RegionGeometry,
     X,
@@ -247,7 +439,9 @@ def pairs_torch(
     d = geom.latent_dim
     if d == 1 and geom.interval is not None:
         return pairs_1d_torch(geom, Xt, prune_nats, need_moments)
+    if d == 2 and geom.polygons is not None:
+        return pairs_2d_torch(geom, Xt, prune_nats, need_moments)
     raise NotImplementedError(
-        f"the torch backend covers latent_dim 1 (and 2 soon); this model has latent_dim {d}: "
+        f"the torch backend covers latent_dim 1 and 2; this model has latent_dim {d}: "
         "use device=None (the numpy path)"
     )
