@@ -259,3 +259,47 @@ def test_model_device_dispatch_2d(device):
     X = ref.sample(100, random_state=2)
     X[0] -= 1e3
     _close(ref.score_samples(X), m.score_samples(X))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("sizes", "noise"), [([2, 16, 16, 5], 0.1), ([2, 24, 24, 30], 0.05)])
+def test_estep_2d_matches_numpy(device, sizes, noise):
+    m = _model(sizes, 0, noise)
+    geom = region_geometry(m.partition_, m.noise_std_)
+    D = sizes[-1]
+    X = m.sample(200, random_state=1)
+    far = np.stack([np.full(D, 1e4 * noise), np.full(D, -100.0), X[0] + 10 * noise])
+    X = np.concatenate([X, far])
+    ref = marginal_pairs(geom, X, need_moments=True)
+    got = marginal_pairs(geom, X, need_moments=True, device=device)
+    _close(ref.log_px, got.log_px)
+    # the same visible pairs, in the same order (sorted by point, then as numpy orders them)
+    assert np.array_equal(ref.point, got.point) and np.array_equal(ref.region, got.region)
+    sd = np.sqrt(np.einsum("pii->pi", ref.cov))
+    w = np.exp(ref.log_weight)
+    big = w > 1e-6
+    assert big.sum() >= len(X)
+    dm = np.abs(got.mean - ref.mean) / sd
+    dc = np.abs(got.cov - ref.cov) / (sd[:, :, None] * sd[:, None, :])
+    assert dm[big].max() < 1e-9 and dc[big].max() < 1e-7
+    # per point: the posterior mean and covariance (what the M-step uses)
+    for st in (ref, got):
+        wt = np.exp(st.log_weight)
+        st.pm = np.stack([np.bincount(st.point, wt * st.mean[:, k]) for k in range(2)], 1)
+    scale = np.sqrt(np.stack([np.bincount(ref.point, w * ref.cov[:, k, k]) for k in range(2)], 1))
+    assert np.max(np.abs(got.pm - ref.pm) / scale) < 1e-9
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("latent", [1, 2])
+def test_em_fit_on_device_matches_numpy(device, latent):
+    """EM with the E-step on the device (M-step on the host) follows the numpy fit."""
+    X = _model([latent, 6, 3], 7, 0.2).sample(150, random_state=0)
+    kw = dict(latent_dim=latent, hidden_sizes=(6,), max_iter=2, random_state=0, progress=False)
+    ref = ExactDGN(**kw).fit(X)
+    got = ExactDGN(**kw, device=device).fit(X)
+    a = np.array([h["loglik"] for h in ref.history_])
+    b = np.array([h["loglik"] for h in got.history_])
+    np.testing.assert_allclose(b, a, rtol=1e-9)
+    _close(ref.score_samples(X), got.score_samples(X), 1e-9)

@@ -289,8 +289,10 @@ def _tail_mass(cu, t0, t1, use, omega):
     return logm, ratio
 
 
-def _cubature_mass(P0, P1, g, nonempty, R):
-    """Torch twin of ``_polygon._cubature`` (mass only): log mass and conditioning (P,)."""
+def _fan(P0, P1, g, nonempty, R):
+    """Fan triangles ``(g, P0_e, P1_e)`` of small polygons: ``a0 = P0 - g``, ``d10 = P1 - P0``
+    (P, F, 2), ``det`` (P, F) (twice the areas), the exponent coefficients ``coef`` (P, F, 5)
+    and the cubature level (P,) for the mass (``_polygon._cubature``)."""
     spread = R * (torch.hypot(g[:, 0], g[:, 1]) + 0.5 * R)
     ne = nonempty[..., None]
     a0 = torch.where(ne, P0 - g[:, None, :], 0.0)
@@ -301,24 +303,32 @@ def _cubature_mass(P0, P1, g, nonempty, R):
     def dot(u, v):  # over the last axis (size 2), without a slow tiny reduction
         return u[..., 0] * v[..., 0] + u[..., 1] * v[..., 1]
 
-    coef = torch.stack(
-        [dot(a0, gb), dot(d10, gb), dot(a0, a0), dot(a0, d10), dot(d10, d10)], dim=-1
-    )  # (P, F, 5)
-    bounds = nodes("cub_b", _CUB_BOUNDS, g)
-    qbounds = nodes("cub_qb", _CUB_QBOUNDS, g)
+    coef = torch.stack([dot(a0, gb), dot(d10, gb), dot(a0, a0), dot(a0, d10), dot(d10, d10)], -1)
     level = torch.maximum(
-        torch.searchsorted(bounds, spread.contiguous()),
-        torch.searchsorted(qbounds, (0.5 * R * R).contiguous()),
+        torch.searchsorted(nodes("cub_b", _CUB_BOUNDS, g), spread.contiguous()),
+        torch.searchsorted(nodes("cub_qb", _CUB_QBOUNDS, g), (0.5 * R * R).contiguous()),
     )
-    Z = torch.zeros_like(spread)
+    return a0, d10, det, coef, level
+
+
+def _cub_node_sums(coef, level, cols):
+    """(P, F, len(cols)) node sums of ``e^q`` times the monomials ``cols`` per fan triangle,
+    with the rule ``level`` (P,) of each pair (``_polygon._cub_sums``)."""
+    out = coef.new_zeros((*coef.shape[:2], len(cols)))
     for lv in torch.unique(level).tolist():
         expo, sums = _CUB_RULES[lv]
-        E = nodes(f"cub_e{lv}", expo, g)
-        Wt = nodes(f"cub_w{lv}", sums[:, 0], g)
+        E = nodes(f"cub_e{lv}", expo, coef)
+        Wt = nodes(f"cub_s{lv}", sums, coef)[:, cols]
         idx = (level == lv).nonzero().squeeze(1)
-        q = torch.exp(coef[idx] @ E)  # (p, F, K)
-        S = (q * Wt).sum(-1) * det[idx]
-        Z[idx] = torch.where(nonempty[idx], S, 0.0).sum(1)
+        out[idx] = torch.exp(coef[idx] @ E) @ Wt
+    return out
+
+
+def _cubature_mass(P0, P1, g, nonempty, R):
+    """Torch twin of ``_polygon._cubature`` (mass only): log mass and conditioning (P,)."""
+    _, d10, det, coef, level = _fan(P0, P1, g, nonempty, R)
+    S = _cub_node_sums(coef, level, [0])[..., 0] * det
+    Z = torch.where(nonempty, S, 0.0).sum(1)
     logm = -0.5 * (g[:, 0] ** 2 + g[:, 1] ** 2) - _LOG_2PI + torch.log(Z)
     perim = torch.where(nonempty, torch.hypot(d10[..., 0], d10[..., 1]), 0.0).sum(1)
     size = torch.where(nonempty, torch.hypot(P0[..., 0], P0[..., 1]), 0.0).max(dim=1).values
@@ -415,3 +425,146 @@ def log_mass_2d_shifted_t(tab: dict, m: torch.Tensor, w: torch.Tensor, floor=Non
     """Torch twin of :func:`exactdgn.gaussian.log_mass_2d_shifted` (tables from
     :func:`table_to_device`): ``(log mass, error)`` (P,)."""
     return polygon_log_mass_t(*shifted_t(tab, m, w), floor)
+
+
+# ------------------------------------------------------------------------------ moments
+def _cubature_moments(P0, P1, g, nonempty, R):
+    """Mean (P, 2) and covariance (P, 2, 2) of small polygons by fan cubature with the next
+    rule up (``_polygon._cubature`` with ``moments=True``)."""
+    a0, d10, det, coef, level = _fan(P0, P1, g, nonempty, R)
+    ne = nonempty[..., None]
+    level = torch.clamp(level + 1, max=len(_CUB_RULES) - 1)
+    S = _cub_node_sums(coef, level, [0, 1, 2, 3, 4, 5]) * det[..., None]
+    S = torch.where(ne, S, 0.0)
+    S = S / S[..., 0].sum(dim=1)[:, None, None]
+    Ev = (S[..., 1:2] * a0).sum(1) + (S[..., 2:3] * d10).sum(1)
+    outer = lambda u, v, wt: (wt[..., None, None] * u[..., :, None] * v[..., None, :]).sum(1)  # noqa: E731
+    cross = outer(a0, d10, S[..., 4])
+    M2 = outer(a0, a0, S[..., 3]) + cross + cross.transpose(1, 2) + outer(d10, d10, S[..., 5])
+    cov = M2 - Ev[:, :, None] * Ev[:, None, :]
+    return g + Ev, 0.5 * (cov + cov.transpose(1, 2))
+
+
+def _tail_moments(nu, cu, t0, t1, nonempty):
+    """Torch twin of ``_polygon._tail_moments`` (far polygons by slicing along the direction of
+    the closest point): mean (P, 2), covariance (P, 2, 2)."""
+    P = cu.shape[0]
+    rows = torch.arange(P, device=cu.device)
+    tau = torch.stack([-nu[..., 1], nu[..., 0]], dim=-1)
+    tst = torch.where(t0 > 0, t0, torch.where(t1 < 0, t1, torch.zeros_like(t0)))
+    d2 = torch.where(nonempty, cu * cu + tst * tst, math.inf)
+    k = d2.argmin(dim=1)
+    ck, tk = cu[rows, k], tst[rows, k]
+    nk, tauk = nu[rows, k], tau[rows, k]
+    on_edge = tk == 0.0
+    pnt = ck[:, None] * nk + tk[:, None] * tauk
+    D = torch.where(on_edge, -ck, torch.hypot(pnt[:, 0], pnt[:, 1]))
+    nstar = torch.where(on_edge[:, None], -nk, pnt / D[:, None])
+    pnt = D[:, None] * nstar
+    tstar = torch.stack([-nstar[:, 1], nstar[:, 0]], dim=-1)
+
+    def dotf(u, v):  # (P, F, 2) . (P, 2) -> (P, F)
+        return u[..., 0] * v[:, None, 0] + u[..., 1] * v[:, None, 1]
+
+    a = dotf(nu, nstar)
+    b = dotf(nu, tstar)
+    dd = cu - dotf(nu, pnt)
+    act = nonempty | (torch.isfinite(cu) & (nu.abs().sum(-1) > 0))
+    rmax = 90.0 / (D + torch.sqrt(D * D + 90.0))
+    fin1 = torch.isfinite(t1)
+    v = cu[..., None] * nu + torch.where(fin1, t1, 0.0)[..., None] * tau
+    v = torch.where(torch.isfinite(cu)[..., None], v, 0.0)
+    rv = dotf(v, nstar) - D[:, None]
+    rpar = torch.where(act & (b == 0) & (a != 0), dd / a, 0.0)
+    slot = torch.where(nonempty & fin1, rv, rpar)
+    bp = torch.cat([torch.zeros_like(D)[:, None], slot, rmax[:, None]], dim=1)
+    bp = torch.sort(torch.minimum(torch.clamp(bp, min=0.0), rmax[:, None]), dim=1).values
+    lo, ln = bp[:, :-1], bp[:, 1:] - bp[:, :-1]
+    x, w = nodes("gl32x", _GL_X, cu), nodes("gl32w", _GL_W, cu)
+    r = (lo[..., None] + ln[..., None] * x).reshape(P, -1)
+    wr = (ln[..., None] * w).reshape(P, -1)
+    ar = a[:, None, :] * r[..., None]
+    bnd = (dd[:, None, :] - ar) / b[:, None, :]
+    actb = act[:, None, :]
+    bb = b[:, None, :]
+    shi = torch.where(actb & (bb > 0), bnd, math.inf).min(dim=2).values
+    slo = torch.where(actb & (bb < 0), bnd, -math.inf).max(dim=2).values
+    viol = (actb & (bb == 0) & (ar > dd[:, None, :])).any(dim=2)
+    from ._torch_interval import interval_stats_t
+
+    lms, ms, vs = (q.reshape(r.shape) for q in interval_stats_t(slo.reshape(-1), shi.reshape(-1)))
+    lf = -D[:, None] * r - 0.5 * r * r + torch.where(viol, -math.inf, lms)
+    lf = torch.where(wr > 0, lf, -math.inf)
+    mx = lf.max(dim=1, keepdim=True).values
+    om = wr * torch.exp(lf - mx)
+    ms = torch.where(om > 0, ms, 0.0)
+    vs = torch.where(om > 0, vs, 0.0)
+    Z = om.sum(1)
+    Er = (om * r).sum(1) / Z
+    Es = (om * ms).sum(1) / Z
+    dr = r - Er[:, None]
+    ds = ms - Es[:, None]
+    Vr = (om * dr * dr).sum(1) / Z
+    Crs = (om * dr * ds).sum(1) / Z
+    Vs = (om * (vs + ds * ds)).sum(1) / Z
+    Rm = torch.stack([nstar, tstar], dim=-1)
+    mean = pnt + Er[:, None] * nstar + Es[:, None] * tstar
+    C = torch.stack([torch.stack([Vr, Crs], -1), torch.stack([Crs, Vs], -1)], -2)
+    cov = Rm @ C @ Rm.transpose(1, 2)
+    return mean, 0.5 * (cov + cov.transpose(1, 2))
+
+
+# far polygons per block of the slicing moments (their work arrays are (P, K, F))
+_TAIL_BLOCK = {"cuda": 1 << 12, "cpu": 1 << 9}
+
+
+def polygon_moments_t(nu, cu, active, t0, t1, nonempty, empty, verts, logm):
+    """Mean (P, 2) and covariance (P, 2, 2) of translated polygons with known ``logm`` (P,)
+    (``_polygon._moments_finish``): divergence-theorem weights; small polygons by cubature,
+    far ones (mean outside, distance >= 8) by slicing. NaN where the mass is zero."""
+    from ._polygon import _TAIL_D
+    from ._torch_interval import interval_stats_t, log_phi_t
+
+    P, F = cu.shape
+    P0, P1, g, R, bounded = verts
+    tau = torch.stack([-nu[..., 1], nu[..., 0]], dim=-1)
+    ok = torch.isfinite(logm)
+    edge = nonempty & ok[:, None]
+    lphi1, tmean, _ = interval_stats_t(
+        torch.where(edge, t0, 0.0).reshape(-1), torch.where(edge, t1, 1.0).reshape(-1)
+    )
+    lphi1, tmean = lphi1.reshape(P, F), tmean.reshape(P, F)
+    logw = log_phi_t(torch.where(edge, cu, 0.0)) + lphi1 - torch.where(ok, logm, 0.0)[:, None]
+    w = torch.where(edge, torch.exp(logw), 0.0)
+    gbar = torch.where(
+        edge[..., None], cu[..., None] * nu + torch.where(edge, tmean, 0.0)[..., None] * tau, 0.0
+    )
+    mean = -(w[..., None] * nu).sum(1)
+    gm = gbar - mean[:, None, :]
+    cov = torch.eye(2, dtype=cu.dtype, device=cu.device) - (
+        w[..., None, None] * nu[..., :, None] * gm[..., None, :]
+    ).sum(1)
+    cov = 0.5 * (cov + cov.transpose(1, 2))
+    spread = R * (torch.hypot(g[:, 0], g[:, 1]) + 0.5 * R)
+    small = bounded & (spread <= _SMALL) & ~empty & ok
+    tst = torch.where(t0 > 0, t0, torch.where(t1 < 0, t1, torch.zeros_like(t0)))
+    dist2 = torch.where(nonempty, cu * cu + tst * tst, math.inf).min(dim=1).values
+    cneg = torch.where(nonempty, cu, math.inf).min(dim=1).values < 0
+    far = ok & cneg & (dist2 >= _TAIL_D**2) & ~small
+    fi = far.nonzero().squeeze(1)
+    step = _TAIL_BLOCK.get(cu.device.type, 1 << 9)
+    for s in range(0, fi.numel(), step):
+        i = fi[s : s + step]
+        mean[i], cov[i] = _tail_moments(nu[i], cu[i], t0[i], t1[i], nonempty[i])
+    i = small.nonzero().squeeze(1)
+    if i.numel():
+        mean[i], cov[i] = _cubature_moments(P0[i], P1[i], g[i], nonempty[i], R[i])
+    mean = torch.where(ok[:, None], mean, math.nan)
+    cov = torch.where(ok[:, None, None], cov, math.nan)
+    return mean, cov
+
+
+def truncated_moments_2d_shifted_t(tab: dict, m: torch.Tensor, w: torch.Tensor, logm):
+    """Torch twin of :func:`exactdgn.gaussian.truncated_moments_2d_shifted` for pairs whose log
+    masses ``logm`` (P,) are known: ``(mean (P, 2), cov (P, 2, 2))`` in whitened coordinates."""
+    return polygon_moments_t(*shifted_t(tab, m, w), logm)

@@ -16,7 +16,11 @@ import numpy as np
 import torch
 
 from ..gaussian._torch_interval import interval_stats_t, log_interval_mass_t
-from ..gaussian._torch_polygon import log_mass_2d_shifted_t, table_to_device
+from ..gaussian._torch_polygon import (
+    log_mass_2d_shifted_t,
+    table_to_device,
+    truncated_moments_2d_shifted_t,
+)
 from ._geometry import RegionGeometry
 
 __all__ = ["DeviceGeometry", "TorchPairs", "device_geometry", "pairs_torch", "resolve_device"]
@@ -352,10 +356,6 @@ def pairs_2d_torch(
     bound, then the facet bound ``Φ(min_i c_i)``, then (inside the mass kernel) the
     closest-point bound ``Q(δ)``; exact masses of the rest by the torch polygon kernels.
     """
-    if need_moments:
-        raise NotImplementedError(
-            "the torch backend has no d = 2 E-step (truncated moments) yet: use device=None"
-        )
     dev = X.device
     dg = device_geometry(geom, dev)
     tab = dg.polygons
@@ -408,10 +408,28 @@ def pairs_2d_torch(
         lj = torch.cat([lk_top + lm_top, lk_c + lm_c])[order]
         err = torch.cat([err_top, err_c])[order]
         log_px, err_px = lse_by_point(p_all, lj, err, n, prune_nats)
-        keep = (torch.isfinite(lj) | seed).nonzero().squeeze(1)
+        keep = torch.isfinite(lj) | seed
+        if need_moments:  # moments only where the pair's weight is visible (as numpy)
+            keep &= (lj > (log_px - thr)[p_all]) | ~torch.isfinite(log_px)[p_all]
+        keep = keep.nonzero().squeeze(1)
         p_all, r_all, w_all, lj = p_all[keep], r_all[keep], w_all[keep], lj[keep]
         v = (dg.K[r_all] @ w_all[:, :, None])[..., 0]
-        parts.append((p_all + s, r_all, lj, log_px, err_px, v, None, None, n_cand))
+        mean = cov = None
+        if need_moments:
+            lm_k = lj - lk[p_all, r_all]
+            step = _PAIR_BLOCK.get(dev.type, 1 << 14)
+            tms = [
+                truncated_moments_2d_shifted_t(
+                    tab, r_all[i : i + step], w_all[i : i + step], lm_k[i : i + step]
+                )
+                for i in range(0, r_all.shape[0], step)
+            ]
+            um = torch.cat([t[0] for t in tms])
+            uc = torch.cat([t[1] for t in tms])
+            Lr = dg.L[r_all]
+            mean = (Lr @ (w_all + um)[:, :, None])[..., 0]  # z = μ_r + L_r u, μ_r = L_r w_r
+            cov = Lr @ uc @ Lr.transpose(1, 2)
+        parts.append((p_all + s, r_all, lj, log_px, err_px, v, mean, cov, n_cand))
     return _cat_parts(parts)
 
 
