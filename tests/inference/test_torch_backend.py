@@ -118,10 +118,11 @@ def test_pairs_1d_match_numpy(device, sizes, seed, moments):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_model_device_dispatch(device):
+@pytest.mark.parametrize("noise", [0.1, [0.1, 0.2, 0.05, 0.3]])
+def test_model_device_dispatch(device, noise):
     sizes = [1, 16, 16, 4]
-    ref = _model(sizes, 3, 0.1)
-    m = _model(sizes, 3, 0.1, device=device)
+    ref = _model(sizes, 3, noise)
+    m = _model(sizes, 3, noise, device=device)
     assert m.get_params()["device"] == device
     X = ref.sample(200, random_state=1)
     X[0] += 1e3
@@ -253,9 +254,10 @@ def test_pairs_2d_match_numpy(device, sizes, noise):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_model_device_dispatch_2d(device):
-    ref = _model([2, 12, 12, 4], 5, 0.1)
-    m = _model([2, 12, 12, 4], 5, 0.1, device=device)
+@pytest.mark.parametrize("noise", [0.1, [0.1, 0.2, 0.05, 0.3]])
+def test_model_device_dispatch_2d(device, noise):
+    ref = _model([2, 12, 12, 4], 5, noise)
+    m = _model([2, 12, 12, 4], 5, noise, device=device)
     X = ref.sample(100, random_state=2)
     X[0] -= 1e3
     _close(ref.score_samples(X), m.score_samples(X))

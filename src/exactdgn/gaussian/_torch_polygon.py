@@ -515,7 +515,7 @@ def _tail_moments(nu, cu, t0, t1, nonempty):
 
 
 # far polygons per block of the slicing moments (their work arrays are (P, K, F))
-_TAIL_BLOCK = {"cuda": 1 << 12, "cpu": 1 << 9}
+_TAIL_BLOCK = {"cuda": 1 << 14, "cpu": 1 << 9}
 
 
 def polygon_moments_t(nu, cu, active, t0, t1, nonempty, empty, verts, logm):

@@ -120,7 +120,7 @@ class DeviceGeometry:
     device: torch.device
     center: torch.Tensor  # (D,)
     inv_var: torch.Tensor  # (D,)
-    iso: bool
+    iso: float | None  # Λ's common diagonal value when the noise is isotropic
     gemm_w: torch.Tensor | None  # (D, M) (None when factored)
     gemm_basis: torch.Tensor | None  # (D, k)
     gemm_w_basis: torch.Tensor | None  # (k, M)
@@ -161,7 +161,7 @@ def device_geometry(geom: RegionGeometry, device: torch.device) -> DeviceGeometr
         device=device,
         center=t(geom.center),
         inv_var=t(geom.inv_var),
-        iso=bool(np.all(geom.inv_var == geom.inv_var[0])),
+        iso=float(geom.inv_var[0]) if np.all(geom.inv_var == geom.inv_var[0]) else None,
         gemm_w=None if factored else t(geom.gemm_w),
         gemm_basis=t(geom.gemm_basis),
         gemm_w_basis=t(geom.gemm_w_basis),
@@ -232,23 +232,10 @@ def lse_by_point(p: torch.Tensor, lj: torch.Tensor, err: torch.Tensor, n: int, p
     return log_px, err_px
 
 
-def _log_kappa_1d(dg: DeviceGeometry, Xc: torch.Tensor):
-    """(n, R) whitened means ``t`` and ``log κ`` for d = 1 (as ``log_kappa_all``)."""
-    R = dg.lk_const.shape[0]
-    prod = dg.gemm(Xc)  # (n, 2R)
-    if dg.iso:
-        hxq = (Xc * Xc).sum(dim=1) * (-0.5 * float(dg.inv_var[0]))
-    else:
-        hxq = (Xc * Xc) @ dg.inv_var * -0.5
-    t = prod[:, :R] - dg.w_shift[:, 0]
-    lk = prod[:, R:] + dg.lk_const + hxq[:, None] + 0.5 * t * t
-    return t, lk
-
-
 def _chunk_points(N: int, R: int, device: torch.device) -> int:
     # points per chunk: (n, R) work arrays of ~2^15 elements on the CPU (cache-resident, as
-    # the numpy path) and ~2^25 on a GPU (big kernels, a few host syncs per chunk)
-    per = (1 << 25) if device.type == "cuda" else (1 << 15)
+    # the numpy path) and ~2^26 on a GPU (big kernels, a few host syncs per chunk)
+    per = (1 << 26) if device.type == "cuda" else (1 << 15)
     return int(max(1, min(N, per // max(R, 1))))
 
 
@@ -276,7 +263,8 @@ def pairs_1d_torch(
     for s in range(0, N, cs):
         Xc = X[s : s + cs] - dg.center
         n = Xc.shape[0]
-        t, lk = _log_kappa_1d(dg, Xc)
+        lk, t = _log_kappa(dg, Xc)
+        t = t[..., 0]
         rows = torch.arange(n, device=X.device)
         r1 = lk.argmax(dim=1)
         mu1 = t[rows, r1] / sP[r1]
@@ -316,8 +304,8 @@ def _log_kappa(dg: DeviceGeometry, Xc: torch.Tensor):
     R, d = dg.w_shift.shape
     prod = dg.gemm(Xc)
     W = prod[:, : R * d].reshape(-1, R, d) - dg.w_shift
-    if dg.iso:
-        hxq = (Xc * Xc).sum(dim=1) * (-0.5 * float(dg.inv_var[0]))
+    if dg.iso is not None:
+        hxq = (Xc * Xc).sum(dim=1) * (-0.5 * dg.iso)
     else:
         hxq = (Xc * Xc) @ dg.inv_var * -0.5
     # explicit sum over the d (= 1, 2) columns: a reduction over a tiny last axis is slow
@@ -329,7 +317,7 @@ def _log_kappa(dg: DeviceGeometry, Xc: torch.Tensor):
 
 
 # pairs per block of the polygon kernels (their node arrays are (pieces, 32) and more)
-_PAIR_BLOCK = {"cuda": 1 << 18, "cpu": 1 << 14}
+_PAIR_BLOCK = {"cuda": 1 << 19, "cpu": 1 << 14}
 
 
 def _blocked_mass(tab, r, w, floor, device):
@@ -362,7 +350,7 @@ def pairs_2d_torch(
     N = X.shape[0]
     R = dg.lk_const.shape[0]
     thr = prune_nats + math.log(max(R, 1))
-    per = (1 << 25) if dev.type == "cuda" else (1 << 21)
+    per = (1 << 27) if dev.type == "cuda" else (1 << 21)  # elements of the (n, 3R) GEMM output
     cs = int(max(1, min(N, per // max(3 * R, 1))))
     parts = []
     for s in range(0, N, cs):
