@@ -280,6 +280,7 @@ def main(argv=None):
     )
     p.add_argument("--json", default=None)
     p.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--latent", type=int, default=None, help="only the decoders of this latent dim")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     dev = resolve_device(args.device)
@@ -313,6 +314,8 @@ def main(argv=None):
         f"device {info['device']} ({info['device_name']}), torch {info['torch']}, "
         f"{info['cpus']} CPUs, {info['date_utc']} UTC"
     )
+    if args.latent is not None:
+        specs = [sp for sp in specs if sp[1][0] == args.latent]
     out = []
     for name, sizes in specs:
         if sizes[-1] != X.shape[1]:
