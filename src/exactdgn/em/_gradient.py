@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..decoder import Decoder
+from ..gaussian._rules import LOG_2PI
 from ._steps import RegionStats
 
 __all__ = ["exact_gradient", "surrogate_objective"]
@@ -62,7 +63,7 @@ def surrogate_objective(params, decoder: Decoder, stats: RegionStats, X: np.ndar
     tr = torch.einsum("pjk,pkl,pjl->pj", Ar, V, Ar)
     quad = (w[:, None] * (res**2 + tr) * inv_var).sum()
     N = stats.n_points
-    return -0.5 * quad - N * torch.log(std).sum() - 0.5 * N * X.shape[1] * np.log(2 * np.pi)
+    return -0.5 * quad - N * torch.log(std).sum() - 0.5 * N * X.shape[1] * LOG_2PI
 
 
 def exact_gradient(decoder: Decoder, noise_std, stats: RegionStats, X: np.ndarray):

@@ -44,13 +44,13 @@ form loses ``eps / R^4`` relative in the covariance there.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import log_ndtr, owens_t
 
-from ._interval import EPS, TruncatedMoments, _rowdot, interval_stats, log_phi
+from ._interval import TruncatedMoments, _rowdot, interval_stats, log_phi
+from ._rules import EPS, LOG_2PI, gauss_laguerre, gauss_legendre_01, normalize_rows
 
 __all__ = [
     "PolygonTable",
@@ -64,17 +64,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_LOG_2PI = math.log(2.0 * math.pi)
-_GL_X, _GL_W = np.polynomial.legendre.leggauss(32)
-_GL_X = 0.5 * (_GL_X + 1.0)
-_GL_W = 0.5 * _GL_W
-_LAG_X, _LAG_W = np.polynomial.laguerre.laggauss(16)
+_GL_X, _GL_W = gauss_legendre_01(32)
+_LAG_X, _LAG_W = gauss_laguerre(16)
 # 16-node Gauss-Legendre on [0, 1] for the short Laguerre pieces: there ta >= 4 and S <= 4, so
 # the integrand's singularities (s = -ta²/2 and s = -(h² + ta²)/2) lie at s <= -8, outside the
 # Bernstein ellipse of parameter 9.9 around [0, S]; the rule's error is below ~9^{-32}.
-_GL16S_X, _GL16S_W = np.polynomial.legendre.leggauss(16)
-_GL16S_X = 0.5 * (_GL16S_X + 1.0)
-_GL16S_W = 0.5 * _GL16S_W
+_GL16S_X, _GL16S_W = gauss_legendre_01(16)
 # Collapsed (Duffy) product rules on a triangle: v = a (P0 - g) + a b (P1 - P0), Jacobian
 # a * det, with n x n Gauss-Legendre nodes in (a, b).  Each rule is stored as the (5, K) map from
 # the per-edge coefficients (g.a0, g.d10, |a0|^2, a0.d10, |d10|^2) to the exponent at the nodes,
@@ -82,9 +77,7 @@ _GL16S_W = 0.5 * _GL16S_W
 
 
 def _cub_rule(n: int) -> tuple[np.ndarray, np.ndarray]:
-    x, w = np.polynomial.legendre.leggauss(n)
-    x = 0.5 * (x + 1.0)
-    w = 0.5 * w
+    x, w = gauss_legendre_01(n)
     a = np.repeat(x, n)
     ab = a * np.tile(x, n)
     W = np.repeat(w, n) * np.tile(w, n) * a
@@ -154,14 +147,7 @@ def _prepare(normals, offsets):
         )
     with np.errstate(all="ignore"):
         norm = np.hypot(n[..., 0], n[..., 1])
-        bad = (
-            ((norm == 0) & (c < 0)) | (c == -np.inf) | np.isnan(c) | np.isnan(norm) | np.isinf(norm)
-        )
-        active = (norm > 0) & (c < np.inf) & ~bad
-        safe = np.where(active, norm, 1.0)
-        nu = np.where(active[..., None], n / safe[..., None], 0.0)
-        cu = np.where(active, c / safe, np.inf)
-    return nu, cu, active, bad.any(axis=1)
+    return normalize_rows(n, c, norm)
 
 
 def polygon_edges(nu: np.ndarray, cu: np.ndarray, active: np.ndarray):
@@ -368,9 +354,7 @@ def log_edge_pieces(h, ta, tb) -> np.ndarray:
     far = ta >= _T_LAG
     i = np.flatnonzero(far)
     if i.size:
-        out[i] = (
-            -0.5 * (h[i] * h[i] + ta[i] * ta[i]) - _LOG_2PI + _laguerre_part(h[i], ta[i], tb[i])
-        )
+        out[i] = -0.5 * (h[i] * h[i] + ta[i] * ta[i]) - LOG_2PI + _laguerre_part(h[i], ta[i], tb[i])
     i = np.flatnonzero(~far)
     if i.size:
         hh, aa, bb = h[i], ta[i], tb[i]
@@ -390,7 +374,7 @@ def log_edge_pieces(h, ta, tb) -> np.ndarray:
         if j.size:
             four = np.full(j.size, _T_LAG)
             tail[j] = np.exp(-0.5 * _T_LAG**2 + _laguerre_part(hh[j], four, bb[j]))
-        out[i] = -0.5 * hh * hh - _LOG_2PI + np.log(V + tail)
+        out[i] = -0.5 * hh * hh - LOG_2PI + np.log(V + tail)
     return out
 
 
@@ -523,7 +507,7 @@ def _cubature(P0, P1, g, nonempty, R, moments: bool):
     S[pi_, fi_] = Srow
     S *= det[..., None]
     Z = S[..., 0].sum(axis=1)
-    logm = -0.5 * (g[:, 0] ** 2 + g[:, 1] ** 2) - _LOG_2PI + np.log(Z)
+    logm = -0.5 * (g[:, 0] ** 2 + g[:, 1] ** 2) - LOG_2PI + np.log(Z)
     # conditioning: one ulp of the offsets moves the vertices by ~eps |P0|, i.e. the mass by
     # ~eps |P0| * perimeter / area relative.
     perim = np.sum(np.hypot(d10[..., 0], d10[..., 1]), axis=1)

@@ -31,9 +31,8 @@ from ._interval import (
     _SERIES,
     _THIN,
     _UPPER_NDTR,
-    EPS,
-    LOG_SQRT_2PI,
 )
+from ._rules import EPS, LOG_SQRT_2PI
 
 __all__ = ["branch", "interval_stats_t", "log_interval_mass_t", "log_phi_t", "q_t"]
 

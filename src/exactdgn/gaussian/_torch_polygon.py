@@ -31,7 +31,6 @@ import math
 import numpy as np
 import torch
 
-from ._interval import EPS
 from ._polygon import (
     _CUB_BOUNDS,
     _CUB_QBOUNDS,
@@ -46,14 +45,14 @@ from ._polygon import (
     _SMALL,
     _T_LAG,
 )
+from ._rules import EPS, LOG_2PI, gauss_legendre
 from ._torch_interval import nodes
 
 __all__ = ["log_edge_pieces_t", "owens_t_t", "polygon_log_mass_t"]
 
-_LOG_2PI = math.log(2.0 * math.pi)
 _TAU = 0.01  # series / sinh split of the small-h pieces
 _NPAN = 8
-_GL16_X, _GL16_W = np.polynomial.legendre.leggauss(16)
+_GL16_X, _GL16_W = gauss_legendre(16)
 _PAN_X = ((np.arange(_NPAN)[:, None] + 0.5 * (_GL16_X[None, :] + 1.0)) / _NPAN).ravel()
 _PAN_W = np.tile(0.5 * _GL16_W / _NPAN, _NPAN)
 
@@ -165,7 +164,7 @@ def log_edge_pieces_t(h: torch.Tensor, ta: torch.Tensor, tb: torch.Tensor) -> to
     out = torch.empty_like(h)
 
     def far(h_, a_, b_):
-        return -0.5 * (h_ * h_ + a_ * a_) - _LOG_2PI + _laguerre_part(h_, a_, b_)
+        return -0.5 * (h_ * h_ + a_ * a_) - LOG_2PI + _laguerre_part(h_, a_, b_)
 
     def near(h_, a_, b_):
         tc = torch.clamp(b_, max=_T_LAG)
@@ -183,7 +182,7 @@ def log_edge_pieces_t(h: torch.Tensor, ta: torch.Tensor, tb: torch.Tensor) -> to
             four,
             b_,
         )
-        return -0.5 * h_ * h_ - _LOG_2PI + torch.log(V + tail)
+        return -0.5 * h_ * h_ - LOG_2PI + torch.log(V + tail)
 
     f = ta >= _T_LAG
     out = _gather_apply(out, f, far, h, ta, tb)
@@ -329,7 +328,7 @@ def _cubature_mass(P0, P1, g, nonempty, R):
     _, d10, det, coef, level = _fan(P0, P1, g, nonempty, R)
     S = _cub_node_sums(coef, level, [0])[..., 0] * det
     Z = torch.where(nonempty, S, 0.0).sum(1)
-    logm = -0.5 * (g[:, 0] ** 2 + g[:, 1] ** 2) - _LOG_2PI + torch.log(Z)
+    logm = -0.5 * (g[:, 0] ** 2 + g[:, 1] ** 2) - LOG_2PI + torch.log(Z)
     perim = torch.where(nonempty, torch.hypot(d10[..., 0], d10[..., 1]), 0.0).sum(1)
     size = torch.where(nonempty, torch.hypot(P0[..., 0], P0[..., 1]), 0.0).max(dim=1).values
     cond = EPS * size * perim / (0.5 * det.sum(dim=1))

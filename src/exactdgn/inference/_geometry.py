@@ -22,11 +22,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..gaussian import PolygonTable, polygon_table
+from ..gaussian._rules import LOG_2PI
 from ..partition import Partition
 
 __all__ = ["RegionGeometry", "region_geometry"]
-
-LOG_2PI = float(np.log(2 * np.pi))
 
 
 @dataclass
