@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ._interval import (
@@ -49,7 +50,7 @@ def nodes(name: str, arr, like: torch.Tensor) -> torch.Tensor:
     key = (name, like.device)
     t = _NODES.get(key)
     if t is None:
-        t = torch.as_tensor(arr, dtype=torch.float64, device=like.device)
+        t = torch.tensor(np.array(arr), dtype=torch.float64, device=like.device)
         _NODES[key] = t
     return t
 

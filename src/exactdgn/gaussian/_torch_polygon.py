@@ -44,6 +44,8 @@ from ._polygon import (
     _S_SPLIT,
     _SMALL,
     _T_LAG,
+    Edges,
+    Vertices,
 )
 from ._rules import EPS, LOG_2PI, gauss_legendre
 from ._torch_interval import nodes
@@ -335,19 +337,21 @@ def _cubature_mass(P0, P1, g, nonempty, R):
     return logm, cond
 
 
-def polygon_log_mass_t(nu, cu, active, t0, t1, nonempty, empty, verts, floor=None):
+def polygon_log_mass_t(edges: Edges, floor=None):
     """Log mass and its error (P,) of translated polygons (``_polygon._integrate``, mass only).
 
     Inputs as produced by ``shifted_t`` (edges padded to the table's width). Small polygons
     by fan cubature, all others by the tail-safe pieces; with ``floor`` (P,), pairs whose
     closest-point bound is below it get ``-inf`` (exact pruning).
     """
+    nu, cu, active, t0, t1 = edges.nu, edges.cu, edges.active, edges.t0, edges.t1
+    nonempty, empty, verts = edges.nonempty, edges.empty, edges.verts
     P = cu.shape[0]
     omega = _omega(nu, cu, active)
     if floor is not None:
         empty = empty | (distance_bound_t(cu, t0, t1, nonempty) < floor)
     use = nonempty & (cu != 0) & ~empty[:, None]
-    P0, P1, g, R, bounded = verts
+    P0, P1, g, R, bounded = verts.P0, verts.P1, verts.g, verts.radius, verts.bounded
     spread = R * (torch.hypot(g[:, 0], g[:, 1]) + 0.5 * R)
     small = bounded & (spread <= _SMALL) & ~empty
     tail = ~small & ~empty
@@ -376,7 +380,7 @@ def polygon_log_mass_t(nu, cu, active, t0, t1, nonempty, empty, verts, floor=Non
 def table_to_device(table, device) -> dict:
     """The arrays of a :class:`PolygonTable` as tensors on ``device`` (a dict by field name)."""
     return {
-        k: torch.as_tensor(np.ascontiguousarray(getattr(table, k)), device=device)
+        k: torch.tensor(np.asarray(getattr(table, k)), device=device)
         for k in (
             "normals",
             "offsets",
@@ -416,14 +420,14 @@ def shifted_t(tab: dict, m: torch.Tensor, w: torch.Tensor):
     cu = torch.where(active, cu, math.inf)
     bounded = tab["bounded"][m]
     g = torch.where(bounded[:, None], tab["centroid"][m] - w, 0.0)
-    verts = (P0, P1, g, tab["radius"][m], bounded)
-    return nu, cu, active, t0, t1, nonempty, tab["empty"][m], verts
+    verts = Vertices(P0, P1, g, tab["radius"][m], bounded)
+    return Edges(nu, cu, active, t0, t1, nonempty, tab["empty"][m], verts)
 
 
 def log_mass_2d_shifted_t(tab: dict, m: torch.Tensor, w: torch.Tensor, floor=None):
     """Torch twin of :func:`exactdgn.gaussian.log_mass_2d_shifted` (tables from
     :func:`table_to_device`): ``(log mass, error)`` (P,)."""
-    return polygon_log_mass_t(*shifted_t(tab, m, w), floor)
+    return polygon_log_mass_t(shifted_t(tab, m, w), floor)
 
 
 # ------------------------------------------------------------------------------ moments
@@ -517,15 +521,17 @@ def _tail_moments(nu, cu, t0, t1, nonempty):
 _TAIL_BLOCK = {"cuda": 1 << 14, "cpu": 1 << 9}
 
 
-def polygon_moments_t(nu, cu, active, t0, t1, nonempty, empty, verts, logm):
+def polygon_moments_t(edges: Edges, logm):
     """Mean (P, 2) and covariance (P, 2, 2) of translated polygons with known ``logm`` (P,)
     (``_polygon._moments_finish``): divergence-theorem weights; small polygons by cubature,
     far ones (mean outside, distance >= 8) by slicing. NaN where the mass is zero."""
     from ._polygon import _TAIL_D
     from ._torch_interval import interval_stats_t, log_phi_t
 
+    nu, cu, t0, t1 = edges.nu, edges.cu, edges.t0, edges.t1
+    nonempty, empty, verts = edges.nonempty, edges.empty, edges.verts
     P, F = cu.shape
-    P0, P1, g, R, bounded = verts
+    P0, P1, g, R, bounded = verts.P0, verts.P1, verts.g, verts.radius, verts.bounded
     tau = torch.stack([-nu[..., 1], nu[..., 0]], dim=-1)
     ok = torch.isfinite(logm)
     edge = nonempty & ok[:, None]
@@ -566,4 +572,4 @@ def polygon_moments_t(nu, cu, active, t0, t1, nonempty, empty, verts, logm):
 def truncated_moments_2d_shifted_t(tab: dict, m: torch.Tensor, w: torch.Tensor, logm):
     """Torch twin of :func:`exactdgn.gaussian.truncated_moments_2d_shifted` for pairs whose log
     masses ``logm`` (P,) are known: ``(mean (P, 2), cov (P, 2, 2))`` in whitened coordinates."""
-    return polygon_moments_t(*shifted_t(tab, m, w), logm)
+    return polygon_moments_t(shifted_t(tab, m, w), logm)

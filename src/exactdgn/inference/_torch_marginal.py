@@ -10,7 +10,7 @@ point. Every quantity is float64.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -292,11 +292,8 @@ def pairs_1d_torch(
             mean = ((tt + um) * isP)[:, None]
             cov = (uv * isP * isP)[:, None, None]
         v = (tt * sP[r])[:, None]
-        parts.append((p + s, r, lj, log_px, err_px, v, mean, cov, n_cand))
-    if not parts:
-        raise ValueError("X has no rows")
-    cat = [None if parts[0][i] is None else torch.cat([q[i] for q in parts]) for i in range(8)]
-    return TorchPairs(*cat, n_candidates=sum(q[8] for q in parts))
+        parts.append(TorchPairs(p + s, r, lj, log_px, err_px, v, mean, cov, n_cand))
+    return _cat_parts(parts)
 
 
 def _log_kappa(dg: DeviceGeometry, Xc: torch.Tensor):
@@ -417,15 +414,23 @@ def pairs_2d_torch(
             Lr = dg.L[r_all]
             mean = (Lr @ (w_all + um)[:, :, None])[..., 0]  # z = μ_r + L_r u, μ_r = L_r w_r
             cov = Lr @ uc @ Lr.transpose(1, 2)
-        parts.append((p_all + s, r_all, lj, log_px, err_px, v, mean, cov, n_cand))
+        parts.append(TorchPairs(p_all + s, r_all, lj, log_px, err_px, v, mean, cov, n_cand))
     return _cat_parts(parts)
 
 
-def _cat_parts(parts) -> TorchPairs:
+def _cat_parts(parts: list[TorchPairs]) -> TorchPairs:
+    """Concatenate the chunks' pairs (point indices already global)."""
     if not parts:
         raise ValueError("X has no rows")
-    cat = [None if parts[0][i] is None else torch.cat([q[i] for q in parts]) for i in range(8)]
-    return TorchPairs(*cat, n_candidates=sum(q[8] for q in parts))
+    if len(parts) == 1:
+        return parts[0]
+
+    def cat(name):
+        first = getattr(parts[0], name)
+        return None if first is None else torch.cat([getattr(q, name) for q in parts])
+
+    arrays = {f.name: cat(f.name) for f in fields(TorchPairs) if f.name != "n_candidates"}
+    return TorchPairs(**arrays, n_candidates=sum(q.n_candidates for q in parts))
 
 
 def pairs_torch(
