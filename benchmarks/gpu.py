@@ -257,6 +257,14 @@ def run_case(name, X, model, source, dev, args):
     return res
 
 
+def _ms(x):
+    return f"{x * 1e3:.2f} ms" if isinstance(x, float) else str(x or "")
+
+
+def _g(x):
+    return f"{x:.3g}" if isinstance(x, float) else str(x or "")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -325,6 +333,25 @@ def main(argv=None):
         out.append(run_case(name, X, model, source, dev, args))
         if args.json:  # after every case: a later failure keeps what was measured
             Path(args.json).write_text(json.dumps({"config": info, "cases": out}, indent=2))
+    print(f"\nsummary ({info['device']}, {info['device_name']}, {info['date_utc']} UTC):")
+    print(
+        "| case | regions | exact log p(x) | point-regions/s | max diff numpy | IS K | IS time "
+        "| IS error |"
+    )
+    for r in out:
+        print(
+            f"| {r['case']} {r['layers']} | {r['regions']} | "
+            f"{_ms(r.get('seconds_loglik'))} | {_g(r.get('point_regions_per_s'))} | "
+            f"{_g(r.get('max_abs_diff_numpy'))} | {r.get('is_k', '')} | "
+            f"{_ms(r.get('is_seconds'))} | {_g(r.get('is_mean_abs_error'))} |"
+        )
+        if "seconds_estep" in r:
+            print(f"|   E-step | | {_ms(r.get('seconds_estep'))} | | | | | |")
+        if "big_seconds" in r:
+            print(
+                f"|   d=1, {r['big_points']} points | | {_ms(r['big_seconds'])} | "
+                f"{_g(r['big_point_regions_per_s'])} | {_g(r['big_max_abs_diff_numpy'])} | | | |"
+            )
 
 
 if __name__ == "__main__":

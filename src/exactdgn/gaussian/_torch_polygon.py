@@ -230,7 +230,7 @@ def _omega(nu, cu, active):
     if onb.numel():
         z = active[onb] & (cu[onb] == 0)
         beta = torch.atan2(-nu[onb, :, 1], -nu[onb, :, 0])
-        ref = beta[torch.arange(onb.numel(), device=cu.device), z.to(torch.int8).argmax(dim=1)]
+        ref = beta[torch.arange(onb.numel(), device=cu.device), z.to(cu.dtype).argmax(dim=1)]
         delta = torch.remainder(beta - ref[:, None] + math.pi, 2.0 * math.pi) - math.pi
         lo = torch.clamp(
             torch.where(z, delta - 0.5 * math.pi, -math.inf).max(dim=1).values, min=-0.5 * math.pi
