@@ -27,6 +27,7 @@ import math
 import os
 import platform
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -245,6 +246,25 @@ def run_case(name, X, model, source, dev, args):
             f"{db:.2g}"
         )
 
+    def em_iteration():  # one EM iteration from this decoder, E-step on the device
+        m_em = ExactDGN.from_decoder(
+            model.decoder_, model.noise_std_, device=dev, max_iter=1, tol=0.0, progress=False
+        )
+        m_em.set_params(warm_start=True, random_state=0)
+        t = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m_em.fit(X)
+        total = time.perf_counter() - t
+        h = m_em.history_[-1]
+        keys = ("seconds_partition", "seconds_estep", "seconds_mstep")
+        res.update({f"em_{k}": float(h[k]) for k in keys if k in h})
+        res["em_seconds_total"] = total
+        print(
+            f"{'':18s} one EM iteration (E-step on {dev}, M-step on the host): {total:.2f} s = "
+            + ", ".join(f"{k[8:]} {float(h[k]):.2f} s" for k in keys if k in h)
+        )
+
     section(res, "numpy_reference", numpy_ref)
     section(res, "device_loglik", device_loglik)
     section(res, "end_to_end", end_to_end)
@@ -252,6 +272,8 @@ def run_case(name, X, model, source, dev, args):
     section(res, "estep", estep)
     if d == 1 and args.big:
         section(res, "big", big)
+    if args.em:
+        section(res, "em_iteration", em_iteration)
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     return res
@@ -287,6 +309,12 @@ def main(argv=None):
         help="also time the numpy path on all points (default: on for --device cpu)",
     )
     p.add_argument("--json", default=None)
+    p.add_argument(
+        "--em",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also one EM iteration from each decoder (M-step on the host: can take minutes)",
+    )
     p.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--latent", type=int, default=None, help="only the decoders of this latent dim")
     args = p.parse_args(argv)
