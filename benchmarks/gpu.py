@@ -290,7 +290,11 @@ def _g(x):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--models", default="/work/main/bench_models", help="saved ExactDGN models")
+    p.add_argument(
+        "--models",
+        default=str(Path(__file__).resolve().parent / "models"),
+        help="a directory of saved ExactDGN models (matched by layer sizes)",
+    )
     p.add_argument(
         "--mnist",
         default=os.environ.get(

@@ -10,13 +10,22 @@ random He-initialised hidden layers, as ``ExactDGN(init="pca")`` does), then
 * importance sampling with K = 5,000 draws from the prior and from a Laplace proposal at the
   exact MAP, on a subset of points: seconds and error against the exact value (two seeds).
 
-Run: ``python benchmarks/likelihood.py [--mnist PATH] [--quick]``.
+With ``--threads 1,2,4,8,16`` each case is also timed at each thread count
+(``EXACTDGN_NUM_THREADS``), with the process's CPU time split into user and system time, minor
+page faults and context switches over the timed calls (``getrusage``): system time that grows
+with the thread count points at the allocator and the kernel (page faults, ``munmap``), voluntary
+context switches with flat user time at the GIL.
+
+Run: ``python benchmarks/likelihood.py [--mnist PATH] [--quick] [--threads 1,2,4]
+[--models DIR]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import time
 from pathlib import Path
 
@@ -44,6 +53,58 @@ def best_of(fn, repeat, min_seconds=0.2):
             out = fn()
         best = min(best, (time.perf_counter() - t) / loops)
     return best, out
+
+
+def usage_of(fn):
+    """Wall seconds of one call of ``fn`` and the process's resource use over it."""
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    t = time.perf_counter()
+    fn()
+    wall = time.perf_counter() - t
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "wall": wall,
+        "user": r1.ru_utime - r0.ru_utime,
+        "sys": r1.ru_stime - r0.ru_stime,
+        "minflt": r1.ru_minflt - r0.ru_minflt,
+        "nvcsw": r1.ru_nvcsw - r0.ru_nvcsw,
+        "nivcsw": r1.ru_nivcsw - r0.ru_nivcsw,
+    }
+
+
+def thread_scaling(geom, X, threads, repeat, chunk_bytes):
+    """Seconds of exact log p(x) (best of ``repeat``, resource use of the first call) and of
+    one E-step at each thread count."""
+    old = os.environ.get("EXACTDGN_NUM_THREADS")
+    rows = []
+    try:
+        for nt in threads:
+            os.environ["EXACTDGN_NUM_THREADS"] = str(nt)
+            use = usage_of(lambda: marginal_pairs(geom, X, chunk_bytes=chunk_bytes))
+            t_ll = use["wall"]
+            if repeat > 1:
+                t, _ = best_of(lambda: marginal_pairs(geom, X, chunk_bytes=chunk_bytes), repeat - 1)
+                t_ll = min(t_ll, t)
+            es = usage_of(
+                lambda: marginal_pairs(geom, X, need_moments=True, chunk_bytes=chunk_bytes)
+            )
+            rows.append({"threads": nt, "seconds_loglik": t_ll, "seconds_estep": es["wall"], **use})
+    finally:
+        if old is None:
+            os.environ.pop("EXACTDGN_NUM_THREADS", None)
+        else:
+            os.environ["EXACTDGN_NUM_THREADS"] = old
+    base = rows[0]
+    for r in rows:
+        print(
+            f"{'':11s} threads={r['threads']:3d}: log p {r['seconds_loglik']:.3f}s "
+            f"(x{base['seconds_loglik'] / r['seconds_loglik']:.2f}), E-step "
+            f"{r['seconds_estep']:.3f}s (x{base['seconds_estep'] / r['seconds_estep']:.2f}) | "
+            f"one log p call: wall {r['wall']:.3f}s user {r['user']:.2f}s sys {r['sys']:.2f}s "
+            f"minflt {r['minflt']} vcsw {r['nvcsw']} ivcsw {r['nivcsw']}",
+            flush=True,
+        )
+    return rows
 
 
 def is_prior(model, X, K, seed):
@@ -101,9 +162,26 @@ def pca_decoder(X, sizes, seed=0):
     )
 
 
-def run_case(name, X, sizes, *, repeat, n_is, K, seed=0, source="pca"):
+def run_case(
+    name,
+    X,
+    sizes,
+    *,
+    repeat,
+    n_is,
+    K,
+    seed=0,
+    source="pca",
+    models=None,
+    threads=None,
+    chunk_bytes=256 * 2**20,
+):
     D = X.shape[1]
-    if source == "vae":
+    saved = Path(models or "") / f"{name.split('-')[0]}_{'_'.join(map(str, sizes))}.npz"
+    if models and source == "vae" and saved.exists():
+        loaded = ExactDGN.load(saved)
+        dec, std = loaded.decoder_, loaded.noise_std_
+    elif source == "vae":
         dec, std = trained_vae_decoder(X, sizes, seed)
     else:
         dec, std = pca_decoder(X, sizes, seed)
@@ -112,8 +190,15 @@ def run_case(name, X, sizes, *, repeat, n_is, K, seed=0, source="pca"):
     t_part = time.perf_counter() - t0
     R, d, N = len(model.partition_), sizes[0], len(X)
     geom = region_geometry(model.partition_, model.noise_std_)
-    t_ll, st = best_of(lambda: marginal_pairs(geom, X), repeat)
-    t_es, _ = best_of(lambda: marginal_pairs(geom, X, need_moments=True), repeat)
+    if threads:  # the scaling rows; the summary below is the last thread count's
+        scaling = thread_scaling(geom, X, threads, repeat, chunk_bytes)
+        t_ll, t_es = scaling[-1]["seconds_loglik"], scaling[-1]["seconds_estep"]
+        st = marginal_pairs(geom, X, chunk_bytes=chunk_bytes)
+    else:
+        t_ll, st = best_of(lambda: marginal_pairs(geom, X, chunk_bytes=chunk_bytes), repeat)
+        t_es, _ = best_of(
+            lambda: marginal_pairs(geom, X, need_moments=True, chunk_bytes=chunk_bytes), repeat
+        )
     M = np.random.default_rng(0).standard_normal((D, R * d))
     t_gemm, _ = best_of(lambda: X @ M, repeat)
     gflops = 2 * N * D * R * d / t_gemm / 1e9
@@ -134,7 +219,13 @@ def run_case(name, X, sizes, *, repeat, n_is, K, seed=0, source="pca"):
         "gemm_gflops": gflops,
         "ratio_loglik_to_gemm": t_ll / t_gemm,
         "mean_loglik": float(st.log_px.mean()),
+        "threads_env": os.environ.get("EXACTDGN_NUM_THREADS"),
+        "cpus": len(os.sched_getaffinity(0)),
     }
+    if threads:
+        res["thread_scaling"] = scaling
+    if n_is <= 0:
+        return res
     sub = X[:n_is]
     exact = st.log_px[:n_is]
     for label, fn, n in (("prior", is_prior, n_is), ("laplace", is_laplace, min(n_is, 100))):
@@ -151,10 +242,14 @@ def run_case(name, X, sizes, *, repeat, n_is, K, seed=0, source="pca"):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
-        "--mnist", default=str(Path(__file__).resolve().parents[1] / "../shared/data/mnist")
+        "--mnist",
+        default=os.environ.get(
+            "EXACTDGN_MNIST_DIR", str(Path(__file__).resolve().parents[1] / "../shared/data/mnist")
+        ),
     )
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="digits cases only")
+    p.add_argument("--mnist-only", action="store_true", help="MNIST cases only")
     p.add_argument(
         "--latent", type=int, default=None, help="only the cases with this latent dimension"
     )
@@ -166,9 +261,25 @@ def main(argv=None):
         help="pca: PCA-initialised decoder (broad posterior, worst case for pruning); "
         "vae: a decoder trained as a VAE for 80 epochs (sharp posterior)",
     )
+    p.add_argument(
+        "--threads",
+        default=None,
+        help="comma-separated thread counts (EXACTDGN_NUM_THREADS) to time each case at",
+    )
+    p.add_argument(
+        "--models",
+        default=None,
+        help="folder of decoders saved by ExactDGN.save as NAME_SIZES.npz (e.g. "
+        "mnist_2_32_32_784.npz): used instead of training with --decoder vae",
+    )
+    p.add_argument("--chunk-mb", type=float, default=256, help="chunk_bytes in MiB")
+    p.add_argument("--no-is", action="store_true", help="skip the importance-sampling baselines")
     args = p.parse_args(argv)
+    threads = [int(t) for t in args.threads.split(",")] if args.threads else None
     Xd, _ = load_digits(normalize=True)
-    cases = [("digits", Xd, [1, 12, 64]), ("digits", Xd, [2, 32, 32, 64])]
+    cases = (
+        [] if args.mnist_only else [("digits", Xd, [1, 12, 64]), ("digits", Xd, [2, 32, 32, 64])]
+    )
     if not args.quick:
         Xm, _ = load_mnist(args.mnist, kind="t10k")
         cases += [("mnist-test", Xm, [1, 64, 64, 784]), ("mnist-test", Xm, [2, 32, 32, 784])]
@@ -176,7 +287,18 @@ def main(argv=None):
         cases = [c for c in cases if c[2][0] == args.latent]
     out = []
     for name, X, sizes in cases:
-        r = run_case(name, X, sizes, repeat=args.repeat, n_is=1000, K=5000, source=args.decoder)
+        r = run_case(
+            name,
+            X,
+            sizes,
+            repeat=args.repeat,
+            n_is=0 if args.no_is else 1000,
+            K=5000,
+            source=args.decoder,
+            models=args.models,
+            threads=threads,
+            chunk_bytes=int(args.chunk_mb * 2**20),
+        )
         out.append(r)
         print(
             f"{name:11s} {sizes!s:20s} [{args.decoder}] N={r['N']:5d} R={r['regions']:6d} | "
@@ -186,7 +308,7 @@ def main(argv=None):
             f"{r['seconds_gemm_floor']:.3f}s ({r['gemm_gflops']:.0f} GFLOP/s), ratio "
             f"{r['ratio_loglik_to_gemm']:.1f} | pairs kept/pt {r['pairs_kept_per_point']:.1f}"
         )
-        for lab in ("prior", "laplace"):
+        for lab in () if args.no_is else ("prior", "laplace"):
             print(
                 f"{'':33s} IS-{lab} K=5000 on {r[f'is_{lab}_points']} pts: "
                 f"{r[f'is_{lab}_seconds']:.2f}s (exact on same pts "

@@ -9,9 +9,11 @@ checked against quadrature oracles in ``tests/oracles``.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
+from hypothesis import given, strategies
 from scipy.stats import multivariate_normal
 
 from exactdgn import Decoder, ExactDGN
@@ -205,3 +207,34 @@ def test_d1_block_size_does_not_change_results(sizes, monkeypatch):
     assert np.array_equal(small.point, one.point) and np.array_equal(small.region, one.region)
     np.testing.assert_allclose(small.log_px, one.log_px, rtol=1e-15, atol=1e-15)
     np.testing.assert_allclose(small.mean, one.mean, rtol=1e-15, atol=1e-15)
+
+
+@given(
+    N=strategies.integers(1, 100_000),
+    cs=strategies.integers(1, 5_000),
+    nt=strategies.integers(1, 64),
+)
+def test_block_size_covers_the_points_in_equal_shares(N, cs, nt):
+    size = _marginal._block_size(N, cs, nt)
+    n_blocks = len(range(0, N, size))
+    assert 1 <= size <= cs and n_blocks * size >= N
+    # as few rounds of the thread pool as the memory bound allows, and no fewer blocks
+    need = math.ceil(N / cs)
+    assert math.ceil(n_blocks / nt) == math.ceil(need / nt)
+    assert n_blocks >= need
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_blocks_run_with_one_blas_thread(threads, monkeypatch):
+    """BLAS is held to one thread in the blocks, also when they run one after the other."""
+    from threadpoolctl import threadpool_info
+
+    monkeypatch.setenv("EXACTDGN_NUM_THREADS", threads)
+    seen = []
+
+    def fn(s):
+        seen.extend(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+        return s
+
+    assert _marginal._map_blocks(fn, range(4)) == [0, 1, 2, 3]
+    assert seen and set(seen) == {1}
