@@ -49,6 +49,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import log_ndtr, owens_t
 
+from ._divergence import divergence_moments
 from ._interval import TruncatedMoments, _rowdot, interval_stats, log_phi
 from ._rules import EPS, LOG_2PI, gauss_laguerre, gauss_legendre_01, normalize_rows
 
@@ -899,9 +900,7 @@ def _moments_finish(res: Integrated):
         gbar = np.where(
             edge[..., None], cu[..., None] * nu + np.where(edge, tmean, 0.0)[..., None] * tau, 0.0
         )
-    mean = -np.einsum("pf,pfd->pd", w, nu)
-    cov = np.eye(2)[None] - np.einsum("pf,pfd,pfe->pde", w, nu, gbar - mean[:, None, :])
-    cov = 0.5 * (cov + np.swapaxes(cov, 1, 2))
+    mean, cov = divergence_moments(w, nu, gbar)
     with np.errstate(all="ignore"):
         dist2 = np.min(np.where(nonempty, cu * cu + np.clip(0.0, t0, t1) ** 2, np.inf), axis=1)
         far = ok & (np.min(np.where(nonempty, cu, np.inf), axis=1) < 0) & (dist2 >= _TAIL_D**2)

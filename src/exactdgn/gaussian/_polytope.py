@@ -80,6 +80,7 @@ import numpy as np
 from scipy.optimize import linprog
 from scipy.special import erfcx, log_ndtr
 
+from ._divergence import divergence_moments
 from ._interval import EPS, TruncatedMoments, log_phi
 from ._polygon import _omega, polygon_edges, truncated_moments_2d
 from ._rules import LOG_2PI, gauss_laguerre, gauss_legendre_01, normalize_rows
@@ -840,7 +841,6 @@ def _facet_moments(nu, cu, active, geo):
 
 def _moments_block(n, c):
     logm, err, (nu, cu, active, _, geo) = _log_mass_block(n, c)
-    k = nu.shape[2]
     lmF, mF = _facet_moments(nu, cu, active, geo)
     ok = np.isfinite(logm)
     with np.errstate(all="ignore"):
@@ -851,9 +851,7 @@ def _moments_block(n, c):
             np.where(active, cu, 0.0)[..., None] * nu + np.einsum("pfkl,pfl->pfk", geo.U, mF),
             0.0,
         )
-    mean = -np.einsum("pf,pfk->pk", w, nu)
-    cov = np.eye(k)[None] - np.einsum("pf,pfi,pfj->pij", w, nu, gbar - mean[:, None, :])
-    cov = 0.5 * (cov + np.swapaxes(cov, 1, 2))
+    mean, cov = divergence_moments(w, nu, gbar)
     mean[~ok] = np.nan
     cov[~ok] = np.nan
     return logm, mean, cov, err
