@@ -40,8 +40,18 @@ def _intervals(n=20000, seed=0):
     return lo, hi
 
 
+@pytest.fixture(params=["auto", "dense"])
+def branches(request, monkeypatch):
+    """Run a test with the device's branch mode and again with the dense (CUDA) mode forced."""
+    from exactdgn.gaussian import _torch_interval
+
+    if request.param == "dense":
+        monkeypatch.setattr(_torch_interval, "DENSE_BRANCHES", True)
+    return request.param
+
+
 @pytest.mark.parametrize("device", DEVICES)
-def test_interval_mass_and_stats_match_numpy(device):
+def test_interval_mass_and_stats_match_numpy(device, branches):
     lo, hi = _intervals()
     t = lambda a: torch.tensor(a, device=device)  # noqa: E731
     lm, err = log_interval_mass(lo, hi)
@@ -86,7 +96,7 @@ def _model(sizes, seed, noise, device=None):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(("sizes", "seed"), [([1, 6, 2], 0), ([1, 40, 40, 5], 1), ([1, 64, 30], 2)])
 @pytest.mark.parametrize("moments", [False, True])
-def test_pairs_1d_match_numpy(device, sizes, seed, moments):
+def test_pairs_1d_match_numpy(device, sizes, seed, moments, branches):
     m = _model(sizes, seed, 0.05)
     geom = region_geometry(m.partition_, m.noise_std_)
     X = m.sample(500, random_state=seed)
@@ -271,7 +281,7 @@ def test_model_device_dispatch_2d(device, noise):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(("sizes", "noise"), [([2, 16, 16, 5], 0.1), ([2, 24, 24, 30], 0.05)])
-def test_estep_2d_matches_numpy(device, sizes, noise):
+def test_estep_2d_matches_numpy(device, sizes, noise, branches):
     m = _model(sizes, 0, noise)
     geom = region_geometry(m.partition_, m.noise_std_)
     D = sizes[-1]

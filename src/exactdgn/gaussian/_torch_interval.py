@@ -43,6 +43,9 @@ _LOG2 = math.log(2.0)
 _LOG_SQRT_PI_2 = 0.5 * math.log(0.5 * math.pi)
 
 _NODES: dict = {}
+# None: dense branches on accelerators, gathers on the CPU; True / False force one (tests run the
+# CUDA-style dense evaluation on CPU tensors this way).
+DENSE_BRANCHES: bool | None = None
 
 
 def nodes(name: str, arr, like: torch.Tensor) -> torch.Tensor:
@@ -61,7 +64,8 @@ def branch(out: torch.Tensor, mask: torch.Tensor, fn, *args: torch.Tensor) -> to
     CUDA: ``fn`` runs on every element and ``torch.where`` selects (results outside the mask
     may be NaN or inf and are discarded); CPU: the selected elements are gathered first.
     """
-    if out.device.type != "cpu":
+    dense = out.device.type != "cpu" if DENSE_BRANCHES is None else DENSE_BRANCHES
+    if dense:
         m = mask.reshape(mask.shape + (1,) * (out.dim() - mask.dim()))
         return torch.where(m, fn(*args), out)
     idx = mask.nonzero().squeeze(1)
