@@ -270,6 +270,28 @@ def test_pairs_2d_match_numpy(device, sizes, noise):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("latent", [1, 2])
+def test_chunks_and_blocks_do_not_change_results(device, latent, monkeypatch):
+    """Many small chunks of points and blocks of pairs give the one-chunk results."""
+    from exactdgn.inference import _torch_marginal
+
+    m = _model([latent, 12, 12, 4], 4, 0.1)
+    geom = region_geometry(m.partition_, m.noise_std_)
+    X = m.sample(300, random_state=3)
+    X[5] += 50.0
+    one = marginal_pairs(geom, X, need_moments=True, device=device)
+    monkeypatch.setattr(_torch_marginal, "_chunk_points", lambda N, R, dev: 37)
+    chunk = 3 * 37 * geom.n_regions
+    monkeypatch.setattr(_torch_marginal, "_CHUNK_2D", {"cpu": chunk, "cuda": chunk})
+    monkeypatch.setattr(_torch_marginal, "_PAIR_BLOCK", {"cpu": 101, "cuda": 101})
+    many = marginal_pairs(geom, X, need_moments=True, device=device)
+    assert np.array_equal(one.point, many.point) and np.array_equal(one.region, many.region)
+    _close(one.log_px, many.log_px, 1e-13)
+    np.testing.assert_allclose(many.mean, one.mean, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(many.cov, one.cov, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("noise", [0.1, [0.1, 0.2, 0.05, 0.3]])
 def test_model_device_dispatch_2d(device, noise):
     ref = _model([2, 12, 12, 4], 5, noise)

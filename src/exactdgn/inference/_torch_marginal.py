@@ -314,6 +314,8 @@ def _log_kappa(dg: DeviceGeometry, Xc: torch.Tensor):
     return lk, W
 
 
+# elements of the (n, 3R) GEMM output per chunk of points in d = 2
+_CHUNK_2D = {"cuda": 1 << 27, "cpu": 1 << 21}
 # pairs per block of the polygon kernels (their node arrays are (pieces, 32) and more)
 _PAIR_BLOCK = {"cuda": 1 << 19, "cpu": 1 << 14}
 
@@ -348,7 +350,7 @@ def pairs_2d_torch(
     N = X.shape[0]
     R = dg.lk_const.shape[0]
     thr = prune_nats + math.log(max(R, 1))
-    per = (1 << 27) if dev.type == "cuda" else (1 << 21)  # elements of the (n, 3R) GEMM output
+    per = _CHUNK_2D.get(dev.type, 1 << 21)  # elements of the (n, 3R) GEMM output
     cs = int(max(1, min(N, per // max(3 * R, 1))))
     parts = []
     for s in range(0, N, cs):
