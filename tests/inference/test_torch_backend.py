@@ -277,7 +277,7 @@ def test_chunks_and_blocks_do_not_change_results(device, latent, monkeypatch):
 
     m = _model([latent, 12, 12, 4], 4, 0.1)
     geom = region_geometry(m.partition_, m.noise_std_)
-    X = m.sample(300, random_state=3)
+    X = m.sample(120, random_state=3)
     X[5] += 50.0
     one = marginal_pairs(geom, X, need_moments=True, device=device)
     monkeypatch.setattr(_torch_marginal, "_chunk_points", lambda N, R, dev: 37)
@@ -307,7 +307,7 @@ def test_estep_2d_matches_numpy(device, sizes, noise, branches):
     m = _model(sizes, 0, noise)
     geom = region_geometry(m.partition_, m.noise_std_)
     D = sizes[-1]
-    X = m.sample(200, random_state=1)
+    X = m.sample(100, random_state=1)
     far = np.stack([np.full(D, 1e4 * noise), np.full(D, -100.0), X[0] + 10 * noise])
     X = np.concatenate([X, far])
     ref = marginal_pairs(geom, X, need_moments=True)
@@ -335,7 +335,7 @@ def test_estep_2d_matches_numpy(device, sizes, noise, branches):
 @pytest.mark.parametrize("latent", [1, 2])
 def test_em_fit_on_device_matches_numpy(device, latent):
     """EM with the E-step on the device (M-step on the host) follows the numpy fit."""
-    X = _model([latent, 6, 3], 7, 0.2).sample(150, random_state=0)
+    X = _model([latent, 6, 3], 7, 0.2).sample(100, random_state=0)
     kw = dict(latent_dim=latent, hidden_sizes=(6,), max_iter=2, random_state=0, progress=False)
     ref = ExactDGN(**kw).fit(X)
     got = ExactDGN(**kw, device=device).fit(X)
