@@ -332,11 +332,21 @@ def test_estep_2d_matches_numpy(device, sizes, noise, branches):
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("latent", [1, 2])
-def test_em_fit_on_device_matches_numpy(device, latent):
-    """EM with the E-step on the device (M-step on the host) follows the numpy fit."""
+@pytest.mark.parametrize(
+    ("latent", "method"), [(1, "em"), (2, "em"), (1, "gradient"), (2, "lbfgs")]
+)
+def test_fit_on_device_matches_numpy(device, latent, method):
+    """Training with the E-step on the device (M-step / optimiser on the host) follows the
+    numpy fit: EM, exact-gradient Adam and L-BFGS."""
     X = _model([latent, 6, 3], 7, 0.2).sample(100, random_state=0)
-    kw = dict(latent_dim=latent, hidden_sizes=(6,), max_iter=2, random_state=0, progress=False)
+    kw = dict(
+        latent_dim=latent,
+        hidden_sizes=(6,),
+        method=method,
+        max_iter=2,
+        random_state=0,
+        progress=False,
+    )
     ref = ExactDGN(**kw).fit(X)
     got = ExactDGN(**kw, device=device).fit(X)
     a = np.array([h["loglik"] for h in ref.history_])
