@@ -7,7 +7,6 @@ checked against mpmath where a value can be computed independently.
 
 from __future__ import annotations
 
-import mpmath
 import numpy as np
 import pytest
 import torch
@@ -72,6 +71,8 @@ def test_interval_mass_and_stats_match_numpy(device, branches):
 @pytest.mark.parametrize("device", DEVICES)
 def test_tails_against_mpmath(device):
     """Far-tail masses that torch's own ndtr gets wrong (it is 0 below -9 in float64)."""
+    import mpmath
+
     mpmath.mp.dps = 50
     cases = [(9.5, np.inf), (-np.inf, -20.0), (37.0, 37.5), (1e4, 1e4 + 1e-3), (30.0, 30 + 1e-9)]
     lo = torch.tensor([c[0] for c in cases], dtype=torch.float64, device=device)
@@ -165,6 +166,8 @@ def test_device_saved_as_text(tmp_path):
 # ----------------------------------------------------------------------------------- d = 2
 def _mp_piece(h, ta, tb):
     """log B(h, ta, tb) by mpmath quadrature split at the integrand's scales (no shared formula)."""
+    import mpmath
+
     mpmath.mp.dps = 40
     h = mpmath.mpf(h)
     f = lambda t: mpmath.exp(-t * t / 2) * h / (h * h + t * t)  # noqa: E731
@@ -176,6 +179,7 @@ def _mp_piece(h, ta, tb):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_edge_pieces_and_owens_t_against_mpmath(device):
+    import mpmath
     from scipy.special import owens_t
 
     from exactdgn.gaussian._torch_polygon import log_edge_pieces_t, owens_t_t
