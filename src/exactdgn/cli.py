@@ -16,6 +16,7 @@ The module also holds the small training-curve helpers shared by the demo and th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -48,6 +49,8 @@ EXAMPLES = """examples:
   exactdgn fit data.npy --latent-dim 2 --hidden 32 32 --method gradient --out runs/mine
   exactdgn fit wave --hidden 12 --method lbfgs --max-iter 100 --out runs/wave_lbfgs
   exactdgn score runs/wave_em wave --out scores.csv
+  exactdgn score runs/mine big.npy --workers 2 --out scores.csv   (dask: read chunk by chunk)
+  exactdgn fit big.npy --hidden 32 32 --scheduler tcp://host:8786 --out runs/big  (dask EM)
   exactdgn sample runs/wave_em -n 1000 --seed 0 --out samples.npy
   exactdgn partition runs/wave_em --plot partition.png
   exactdgn partition --layers 2 32 32 784 --seed 0 --plot partition.png
@@ -429,19 +432,90 @@ def evaluate_vae(
     }
 
 
+# ---------------------------------------------------------------------- dask (issue 14)
+@contextlib.contextmanager
+def _cluster(args):
+    """A dask client for ``--scheduler`` / ``--workers``, else ``None``."""
+    if getattr(args, "scheduler", None) is None and getattr(args, "workers", None) is None:
+        yield None
+        return
+    try:
+        from .dask import connect
+    except ImportError as exc:
+        raise CLIError(str(exc)) from exc
+    with connect(scheduler=args.scheduler, workers=args.workers) as client:
+        yield client
+
+
+def _load_data_for(args, client, **kwargs):
+    """``load_data``; with a cluster a dask array (a ``.npy`` DATA read chunk by chunk)."""
+    if client is None:
+        return load_data(args.data, **kwargs)
+    import dask.array as da
+
+    if args.data.strip().lower().endswith(".npy"):
+        from .dask import read_npy
+
+        X = read_npy(args.data, chunk_rows=args.chunk_rows)
+        if kwargs.get("n_samples") is not None:
+            X = X[: int(kwargs["n_samples"])]
+        return X, {"spec": args.data, "kind": "file", "shape": list(X.shape)}
+    X, info = load_data(args.data, **kwargs)
+    return da.from_array(X, chunks=(args.chunk_rows, -1)), info
+
+
+def _transform(std, X):
+    if hasattr(X, "map_blocks"):  # a dask array: block by block on the workers
+        return X.map_blocks(std.transform, dtype=np.float64)
+    return std.transform(X)
+
+
+def _score_values(model, X) -> np.ndarray:
+    """(N,) exact log p(x) (a dask array is scored on its cluster and gathered)."""
+    if hasattr(X, "map_blocks"):
+        from .dask import score_samples
+
+        return score_samples(model, X).compute()
+    return model.score_samples(X)
+
+
+def _add_cluster_options(p) -> None:
+    g = p.add_argument_group("dask cluster (pip install 'exactdgn[dask]')")
+    x = g.add_mutually_exclusive_group()
+    x.add_argument(
+        "--scheduler", default=None, metavar="ADDRESS", help="dask scheduler, e.g. tcp://h:8786"
+    )
+    x.add_argument(
+        "--workers", type=int, default=None, metavar="N", help="a local cluster of N processes"
+    )
+    g.add_argument(
+        "--chunk-rows", type=int, default=65536, help="rows per chunk (a .npy is read lazily)"
+    )
+
+
 # ---------------------------------------------------------------------- fit
 def _default_iter(method: str) -> int:
     return {"em": 100, "gradient": 100, "vae": 300, "iwae": 300}[method]
 
 
 def _fit(args) -> int:
+    with _cluster(args) as client:
+        if client is not None and args.method not in ("em", "lbfgs"):
+            raise CLIError(
+                f"--scheduler / --workers train with --method em or lbfgs, not {args.method}"
+            )
+        return _fit_in(args, client)
+
+
+def _fit_in(args, client) -> int:
     from .baselines import IWAE, VAE
     from .datasets import Standardizer
     from .model import ExactDGN
 
     _torch_threads(args.threads)
-    X, info = load_data(
-        args.data,
+    X, info = _load_data_for(
+        args,
+        client,
         n_samples=args.n_samples,
         noise=args.data_noise,
         data_seed=args.data_seed,
@@ -451,9 +525,16 @@ def _fit(args) -> int:
     Xtr_raw, Xte_raw, test_index = split_data(X, args.test_fraction, args.seed)
     std = None
     if _want_standardize(args.standardize, info, X.shape[1]):
-        std = Standardizer(rel_min_std=args.std_floor).fit(Xtr_raw)
-    Xtr = std.transform(Xtr_raw) if std else Xtr_raw
-    Xte = std.transform(Xte_raw) if std else Xte_raw
+        std = Standardizer(rel_min_std=args.std_floor)
+        if client is None:
+            std.fit(Xtr_raw)
+        else:  # issue 14: moments by dask reductions
+            mean = Xtr_raw.mean(axis=0).compute()
+            std.fit_moments(
+                mean, np.sqrt(((Xtr_raw - mean) ** 2).mean(axis=0).compute()), len(Xtr_raw)
+            )
+    Xtr = _transform(std, Xtr_raw) if std else Xtr_raw
+    Xte = _transform(std, Xte_raw) if std else Xte_raw
     jac = std.log_abs_det_jacobian() if std else 0.0
     max_iter = args.max_iter if args.max_iter is not None else _default_iter(args.method)
     hidden = tuple(int(h) for h in args.hidden)
@@ -503,7 +584,7 @@ def _fit(args) -> int:
         history = vae.history_
         n_iter = int(vae.n_epochs_)
     seconds = time.perf_counter() - t0
-    ll_tr = model.score_samples(Xtr)
+    ll_tr = _score_values(model, Xtr)
     results = {
         "data": args.data,
         "method": args.method,
@@ -517,10 +598,13 @@ def _fit(args) -> int:
         "n_regions": model.n_regions_,
         "noise_std_mean": float(np.mean(model.noise_std_)),
         "train_loglik": float(ll_tr.mean()),
-        "test_loglik": float(model.score(Xte)) if len(Xte) else None,
+        "test_loglik": float(_score_values(model, Xte).mean()) if len(Xte) else None,
         "train_loglik_data": float(ll_tr.mean() + jac),
-        "test_loglik_data": float(model.score(Xte) + jac) if len(Xte) else None,
     }
+    if results["test_loglik"] is not None:
+        results["test_loglik_data"] = results["test_loglik"] + jac
+    else:
+        results["test_loglik_data"] = None
     if vae is not None:
         for name, part in (("train", Xtr), ("test", Xte)):
             ev = evaluate_vae(vae, model, part, seed=args.seed, k_is=args.k_is)
@@ -564,14 +648,20 @@ def _fit(args) -> int:
 
 # ---------------------------------------------------------------------- score / sample
 def _score(args) -> int:
+    with _cluster(args) as client:
+        return _score_in(args, client)
+
+
+def _score_in(args, client) -> int:
     model, cfg = load_model(args.model)
     data_cfg = cfg.get("data", {})
     same = data_cfg.get("spec") == args.data
     n_samples = args.n_samples
     if n_samples is None and same and data_cfg.get("kind") == "toy":
         n_samples = data_cfg.get("n_samples")
-    X, _ = load_data(
-        args.data,
+    X, _ = _load_data_for(
+        args,
+        client,
         n_samples=n_samples,
         noise=args.data_noise if args.data_noise is not None else data_cfg.get("noise"),
         data_seed=args.data_seed if args.data_seed is not None else data_cfg.get("random_state", 0),
@@ -589,8 +679,8 @@ def _score(args) -> int:
         if len(X) == 0:
             raise CLIError(f"the {args.split} split is empty")
     std = _standardizer(cfg)
-    Xs = std.transform(X) if std else X
-    ll = model.score_samples(Xs)
+    Xs = _transform(std, X) if std else X
+    ll = _score_values(model, Xs)
     jac = std.log_abs_det_jacobian() if std else 0.0
     print(f"exact mean log p(x): {ll.mean():.6f} nats/point over {len(X)} points")
     if std:
@@ -1110,6 +1200,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--k-is", type=int, default=5000, help="importance samples for log p(x)")
     f.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_data_options(f)
+    _add_cluster_options(f)
     f.set_defaults(func=_fit)
 
     s = sub.add_parser(
@@ -1128,6 +1219,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--out", default=None, help="per-point CSV (index, log_px, log_px_data)")
     _add_data_options(s)
+    _add_cluster_options(s)
     s.set_defaults(func=_score)
 
     m = sub.add_parser(

@@ -20,7 +20,7 @@ from sklearn.exceptions import ConvergenceWarning
 from . import gaussian
 from ._validation import check_array, check_positive
 from .decoder import Decoder
-from .em._gradient import exact_gradient, surrogate_objective
+from .em._gradient import exact_gradient, remote_surrogate, surrogate_objective
 from .em._init import initialize
 from .em._steps import m_step, region_stats
 from .inference._geometry import LOG_2PI, RegionGeometry, region_geometry
@@ -335,7 +335,18 @@ class ExactDGN(DensityMixin, BaseEstimator):
         part = partition(decoder)
         t1 = time.perf_counter()
         geom = region_geometry(part, std)
-        st = marginal_pairs(
+        st = self._marginal(part, geom, X)
+        t2 = time.perf_counter()
+        return part, geom, st, t1 - t0, t2 - t1
+
+    # -- distributed hook (issue 14): the EM loop touches the data only through these three;
+    # X is either an array or a handle from exactdgn.dask (`e_step` runs on a dask cluster and
+    # returns pairs held by the workers, whose `region_stats()` are reduced there).
+    def _marginal(self, part, geom, X):
+        """E-step pairs with moments of ``X`` under ``geom`` (``part``: its partition)."""
+        if hasattr(X, "e_step"):
+            return X.e_step(part, geom, prune_nats=self.prune_nats, chunk_bytes=self.chunk_bytes)
+        return marginal_pairs(
             geom,
             X,
             prune_nats=self.prune_nats,
@@ -343,8 +354,13 @@ class ExactDGN(DensityMixin, BaseEstimator):
             chunk_bytes=self.chunk_bytes,
             device=self.device,
         )
-        t2 = time.perf_counter()
-        return part, geom, st, t1 - t0, t2 - t1
+
+    @staticmethod
+    def _region_stats(X, part, st):
+        """The M-step's :class:`~exactdgn.em.RegionStats` of E-step pairs ``st``."""
+        if hasattr(st, "region_stats"):
+            return st.region_stats()
+        return region_stats(X, part.patterns, st.point, st.region, st.log_weight, st.mean, st.cov)
 
     def fit(self, X, y=None, checkpoint=None) -> ExactDGN:
         """Fit by exact EM (``"em"``), exact-gradient Adam (``"gradient"``) or L-BFGS (``"lbfgs"``).
@@ -367,19 +383,27 @@ class ExactDGN(DensityMixin, BaseEstimator):
         Parameters
         ----------
         X : array_like (N, D), no NaN (impute missing values first)
+            Or a dask array while a ``distributed.Client`` is active (``method="em"``): the
+            E-steps run chunk by chunk on the cluster (see :mod:`exactdgn.dask`).
         checkpoint : path, optional
             State is written there atomically after every iteration; calling ``fit`` again with
             the same arguments resumes from it and ends with the same result.
         """
-        X = np.asarray(X, dtype=np.float64) if not isinstance(X, np.ndarray) else X
-        if X.ndim == 2 and np.isnan(X).any():
-            rows = np.unique(np.nonzero(np.isnan(X))[0])
-            raise ValueError(
-                f"X contains NaN in {len(rows)} rows (first: {rows[:5].tolist()}); EM needs "
-                "complete rows: drop them or fill them with ExactDGN.impute on a fitted model"
-            )
-        X = check_array(X, name="X")
         self._validate_params()
+        remote = None
+        if hasattr(X, "__dask_graph__"):  # issue 14 hook: a dask array, E-steps on the cluster
+            from .dask import remote_data
+
+            X = remote = remote_data(X, method=self.method)
+        else:
+            X = np.asarray(X, dtype=np.float64) if not isinstance(X, np.ndarray) else X
+            if X.ndim == 2 and np.isnan(X).any():
+                rows = np.unique(np.nonzero(np.isnan(X))[0])
+                raise ValueError(
+                    f"X contains NaN in {len(rows)} rows (first: {rows[:5].tolist()}); EM needs "
+                    "complete rows: drop them or fill them with ExactDGN.impute on a fitted model"
+                )
+            X = check_array(X, name="X")
         N, D = X.shape
         warm = self.warm_start and hasattr(self, "decoder_")
         if warm and self.decoder_.output_dim != D:
@@ -397,7 +421,10 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 UserWarning,
                 stacklevel=2,
             )
-        fingerprint = hashlib.sha256(X.tobytes()).hexdigest() + f":{N}x{D}"
+        if remote is None:
+            fingerprint = hashlib.sha256(X.tobytes()).hexdigest() + f":{N}x{D}"
+        else:
+            fingerprint = remote.fingerprint
         config = {
             k: v for k, v in self.get_params().items() if k not in ("verbose", "progress", "device")
         }
@@ -421,7 +448,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 if warm and i == 0:
                     dec, std = self.decoder_.copy(), self.noise_std_.copy()
                 else:
-                    dec, std = initialize(
+                    dec, std = (initialize if remote is None else remote.initialize)(
                         X,
                         latent_dim=self.latent_dim,
                         hidden_sizes=self.hidden_sizes,
@@ -474,7 +501,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
     def _run_em(self, X, dec, std, hist, it0, save, extra, *, seed, init_index):
         std = np.asarray(std, dtype=np.float64)
         part, _, st, tp, te = self._e_step(dec, std, X)
-        ll = float(st.log_px.mean())
+        ll = _loglik(st)
         if not hist:
             hist.append(
                 {
@@ -503,9 +530,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 ll_start = ll
                 # (1) output layer + noise: an exact EM block (the partition does not move)
                 t0 = time.perf_counter()
-                rs = region_stats(
-                    X, part.patterns, st.point, st.region, st.log_weight, st.mean, st.cov
-                )
+                rs = self._region_stats(X, part, st)
                 last = [dec.n_layers - 1]
                 dec1, std1 = m_step(
                     dec,
@@ -521,17 +546,10 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 t1 = time.perf_counter()
                 part1 = part.with_decoder(dec1)
                 geom1 = region_geometry(part1, std1)
-                st1 = marginal_pairs(
-                    geom1,
-                    X,
-                    prune_nats=self.prune_nats,
-                    need_moments=True,
-                    chunk_bytes=self.chunk_bytes,
-                    device=self.device,
-                )
+                st1 = self._marginal(part1, geom1, X)
                 te_tot = time.perf_counter() - t1
                 tp_tot = 0.0
-                ll1 = float(st1.log_px.mean())
+                ll1 = _loglik(st1)
                 if ll1 >= ll:
                     dec, std, part, st, ll = dec1, std1, part1, st1, ll1
                 nb, step = 0, 0.0
@@ -539,9 +557,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
                     # (2) hidden layers (patterns held at their E-step values), then the output
                     # layer and noise again; guarded by the exact likelihood with backtracking
                     t0 = time.perf_counter()
-                    rs = region_stats(
-                        X, part.patterns, st.point, st.region, st.log_weight, st.mean, st.cov
-                    )
+                    rs = self._region_stats(X, part, st)
                     new_dec, new_std = m_step(
                         dec,
                         rs,
@@ -571,7 +587,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
                             continue
                         tp_tot += tp
                         te_tot += te
-                        c_ll = float(c_st.log_px.mean())
+                        c_ll = _loglik(c_st)
                         if c_ll >= ll:
                             dec, std, part, st, ll = c_dec, c_std, c_part, c_st, c_ll
                             if step == relax and step < self.overrelax:
@@ -632,7 +648,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         """Line search along the exact gradient of the hidden layers (see ``_run_em``)."""
         if dec.n_layers < 2:
             return None
-        rs = region_stats(X, part.patterns, st.point, st.region, st.log_weight, st.mean, st.cov)
+        rs = self._region_stats(X, part, st)
         grads = exact_gradient(dec, std, rs, X)
         L = dec.n_layers - 1  # hidden layers only: the output layer had its exact EM step
         gW, gc = grads[0 : 2 * L : 2], grads[1 : 2 * L : 2]
@@ -650,7 +666,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
             c_part, _, c_st, tp, te = self._e_step(cand, std, X)
             tp_tot += tp
             te_tot += te
-            c_ll = float(c_st.log_px.mean())
+            c_ll = _loglik(c_st)
             if c_ll >= ll:
                 return cand, c_part, c_st, c_ll, min(2 * eta, 1.0), tp_tot, te_tot
             eta *= 0.25
@@ -828,9 +844,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
             d_, st_ = unpack(th)
             part, _, stt, tp, te = self._e_step(d_, st_, X)
             t0 = time.perf_counter()
-            rs = region_stats(
-                X, part.patterns, stt.point, stt.region, stt.log_weight, stt.mean, stt.cov
-            )
+            rs = self._region_stats(X, part, stt)
             tt = torch.tensor(th, requires_grad=True)
             plist, k = [], 0
             for sh, n in zip(shapes, sizes, strict=True):
@@ -838,11 +852,15 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 k += n
             sig = floor + torch.exp(tt[k : k + n_s])
             log_std = torch.log(sig) if diagonal else torch.log(sig[0])
-            obj = -surrogate_objective([*plist, log_std], d_, rs, X) / N
+            # issue 14 hook: pairs on a dask cluster give the gradient summed there
+            if hasattr(rs, "remote_gradient"):
+                obj = -remote_surrogate([*plist, log_std], d_, rs) / N
+            else:
+                obj = -surrogate_objective([*plist, log_std], d_, rs, X) / N
             penalty = sum((plist[i] ** 2).sum() for i in range(0, len(plist), 2))
             obj = obj + 0.5 * self.weight_decay * penalty
             (grad,) = torch.autograd.grad(obj, tt)
-            ll = float(stt.log_px.mean())
+            ll = _loglik(stt)
             value = -ll + 0.5 * self.weight_decay * float(penalty.detach())
             timers["tp"] += tp
             timers["te"] += te
@@ -1083,6 +1101,11 @@ class ExactDGN(DensityMixin, BaseEstimator):
         """Akaike information criterion ``-2 log L + 2k`` (lower is better)."""
         X = self._check_X(X)
         return float(-2 * self.score_samples(X).sum() + 2 * self._n_parameters())
+
+
+def _loglik(st) -> float:
+    """Mean exact log-likelihood of E-step pairs (issue 14 hook: remote pairs carry it)."""
+    return float(st.loglik) if hasattr(st, "loglik") else float(st.log_px.mean())
 
 
 def _interpolate(a: Decoder, b: Decoder, t: float) -> Decoder:

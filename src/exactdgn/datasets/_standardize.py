@@ -57,20 +57,26 @@ class Standardizer:
         X = check_array(X, name="X")
         if X.shape[0] < 1:
             raise ValueError("X has no rows")
+        mean = X.mean(axis=0)
+        return self.fit_moments(mean, np.sqrt(np.mean((X - mean) ** 2, axis=0)), X.shape[0])
+
+    def fit_moments(self, mean, std, n_samples: int) -> Standardizer:
+        """Fit from per-feature ``mean`` and (population) ``std`` of ``n_samples`` rows computed
+        elsewhere (e.g. by dask reductions over data that do not fit in memory)."""
+        mean = np.asarray(mean, dtype=np.float64)
+        std = np.asarray(std, dtype=np.float64)
         min_std, rel = float(self.min_std), float(self.rel_min_std)
         if not (min_std > 0 and np.isfinite(min_std)) or not (0 <= rel < 1):
             raise ValueError(
                 f"need min_std > 0 and 0 <= rel_min_std < 1, got {self.min_std}, {self.rel_min_std}"
             )
-        mean = X.mean(axis=0)
-        std = np.sqrt(np.mean((X - mean) ** 2, axis=0))
         floor = max(min_std, rel * float(std.max()))
         self.std_ = std
         self.floor_ = floor
-        self.mean_ = mean if self.with_mean else np.zeros(X.shape[1])
-        self.scale_ = np.maximum(std, floor) if self.with_std else np.ones(X.shape[1])
-        self.n_features_in_ = X.shape[1]
-        self.n_samples_seen_ = X.shape[0]
+        self.mean_ = mean if self.with_mean else np.zeros(len(mean))
+        self.scale_ = np.maximum(std, floor) if self.with_std else np.ones(len(mean))
+        self.n_features_in_ = len(mean)
+        self.n_samples_seen_ = int(n_samples)
         return self
 
     def _check_fitted(self):

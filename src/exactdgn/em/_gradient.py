@@ -66,6 +66,19 @@ def surrogate_objective(params, decoder: Decoder, stats: RegionStats, X: np.ndar
     return -0.5 * quad - N * torch.log(std).sum() - 0.5 * N * X.shape[1] * LOG_2PI
 
 
+def remote_surrogate(params, decoder: Decoder, stats):
+    """A torch scalar with the *gradient* of :func:`surrogate_objective` (not its value).
+
+    For statistics whose pairs live on other machines (``stats.remote_gradient``, see
+    :mod:`exactdgn.dask`): the gradient ``g`` is summed there and returned as the linear form
+    ``Σ_k <g_k, params_k>``, so autograd through ``params`` gives the same gradient.
+    """
+    torch = _torch()
+    std = np.exp(np.asarray(params[-1].detach().numpy(), dtype=np.float64))
+    grads = stats.remote_gradient(decoder, std)
+    return sum((torch.as_tensor(g) * p).sum() for g, p in zip(grads, params, strict=True))
+
+
 def exact_gradient(decoder: Decoder, noise_std, stats: RegionStats, X: np.ndarray):
     """Gradient of ``Σ_n log p(x_n)`` w.r.t. every weight, bias and the log noise std.
 
@@ -83,6 +96,8 @@ def exact_gradient(decoder: Decoder, noise_std, stats: RegionStats, X: np.ndarra
         ``[dW_1, dc_1, ..., dW_L, dc_L, dlog_std]`` where ``dlog_std`` has shape ``()`` for an
         isotropic (scalar) ``noise_std`` and ``(D,)`` otherwise.
     """
+    if hasattr(stats, "remote_gradient"):  # pairs held by workers (exactdgn.dask): a sum of
+        return stats.remote_gradient(decoder, noise_std)  # this function over the chunks
     torch = _torch()
     params = []
     for W, c in zip(decoder.weights, decoder.biases, strict=True):

@@ -2,11 +2,48 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..decoder import Decoder
 
-__all__ = ["initialize"]
+__all__ = ["DataMoments", "data_moments", "initialize"]
+
+
+@dataclass
+class DataMoments:
+    """What the initialisation needs from the data.
+
+    Attributes
+    ----------
+    n : int                 number of points ``N``
+    mu : (D,)               mean
+    var : (D,)              per-column variance (divided by ``N``)
+    lam : (k,) or None      principal variances, descending (``svals² / N``)
+    Vt : (k, D) or None     principal axes (rows)
+    """
+
+    n: int
+    mu: np.ndarray
+    var: np.ndarray
+    lam: np.ndarray | None = None
+    Vt: np.ndarray | None = None
+
+
+def data_moments(X: np.ndarray, pca: bool = True) -> DataMoments:
+    """:class:`DataMoments` of an in-memory ``X`` (N, D); principal axes by an SVD of ``X - μ``.
+
+    Out-of-core data compute the same quantities by reductions (``exactdgn.dask``).
+    """
+    N = X.shape[0]
+    mu = X.mean(axis=0)
+    Xc = X - mu
+    var = Xc.var(axis=0)
+    if not pca:
+        return DataMoments(N, mu, var)
+    _, svals, Vt = np.linalg.svd(Xc, full_matrices=False)
+    return DataMoments(N, mu, var, svals**2 / max(N, 1), Vt)
 
 
 def _hidden_features(decoder: Decoder, Z: np.ndarray) -> np.ndarray:
@@ -28,6 +65,7 @@ def initialize(
     diagonal: bool,
     min_std: float,
     rng: np.random.Generator,
+    moments: DataMoments | None = None,
 ) -> tuple[Decoder, np.ndarray]:
     """Return an initial ``(decoder, noise_std (D,))``.
 
@@ -35,14 +73,15 @@ def initialize(
     squares so that ``g(z)`` approximates the probabilistic-PCA map ``μ + U (Λ_d - σ²I)^{1/2} z``
     (``U``, ``Λ_d``: top ``d`` principal axes and variances; ``σ²``: mean discarded variance) on
     samples of the prior. ``init="random"``: all layers random, the output rescaled to the data.
+    ``moments`` (then ``X`` is not read): the data's :class:`DataMoments`, computed elsewhere.
     """
-    N, D = X.shape
+    if moments is None:
+        moments = data_moments(X, pca=init == "pca")
+    D = moments.mu.shape[0]
     sizes = [latent_dim, *[int(h) for h in hidden_sizes], D]
     seed = int(rng.integers(2**63 - 1))
     dec = Decoder.random(sizes, activation=activation, negative_slope=negative_slope, seed=seed)
-    mu = X.mean(axis=0)
-    Xc = X - mu
-    var = Xc.var(axis=0)
+    mu, var = moments.mu, moments.var
     if init == "random":
         Z = rng.standard_normal((2000, latent_dim))
         out = dec(Z)
@@ -54,8 +93,7 @@ def initialize(
     if init != "pca":
         raise ValueError(f"init must be 'pca' or 'random', got {init!r}")
     # principal axes
-    _, svals, Vt = np.linalg.svd(Xc, full_matrices=False)
-    lam = svals**2 / max(N, 1)
+    lam, Vt = moments.lam, moments.Vt
     k = min(latent_dim, len(lam))
     sigma2 = float(lam[k:].sum() / max(D - k, 1)) if D > k else 0.01 * float(lam.mean())
     sigma2 = max(sigma2, min_std**2, 1e-6 * float(lam.max(initial=1.0)))

@@ -68,6 +68,14 @@ class RegionStats:
     cov: np.ndarray
     n_points: int
 
+    def residual_sq(self, A: np.ndarray, b: np.ndarray, X: np.ndarray) -> np.ndarray:
+        """(D,) weighted squared residuals of the noise update (see :func:`update_noise`).
+
+        ``A`` (R, D, d), ``b`` (R, D): the affine maps of the regions under the new decoder.
+        A subclass whose pairs live elsewhere (``exactdgn.dask``) overrides this.
+        """
+        return _residual_sq(A, b, self, X)
+
 
 def _region_sum(region: np.ndarray, values: np.ndarray, R: int) -> np.ndarray:
     """``out[r] = Σ_{p: region[p] = r} values[p]`` for (P, ...) values: (R, ...)."""
@@ -260,7 +268,7 @@ def update_noise(
     (D,) standard deviations
     """
     A, b = decoder.affine_map(stats.patterns)
-    var = _residual_sq(A, b, stats, X) / stats.n_points
+    var = stats.residual_sq(A, b, X) / stats.n_points
     if not diagonal:
         var = np.full_like(var, var.mean())
     return np.sqrt(np.maximum(var, min_std**2))
@@ -275,7 +283,7 @@ def expected_complete_loglik(
     """
     A, b = decoder.affine_map(stats.patterns)
     inv_var = 1.0 / noise_std**2
-    quad = (_residual_sq(A, b, stats, X) * inv_var).sum() / stats.n_points
+    quad = (stats.residual_sq(A, b, X) * inv_var).sum() / stats.n_points
     D = X.shape[1]
     return float(-0.5 * (quad + D * LOG_2PI + np.log(noise_std**2).sum()))
 

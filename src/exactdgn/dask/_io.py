@@ -1,0 +1,75 @@
+"""Row-chunked dask arrays from files that need not fit in memory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
+
+__all__ = ["as_row_chunks", "read_npy"]
+
+
+def _read_rows(path: str, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of a 2-D ``.npy`` file as a float64 array (memory-mapped read)."""
+    arr = np.load(path, mmap_mode="r")
+    return np.array(arr[start:stop], dtype=np.float64, order="C")
+
+
+def read_npy(path, chunk_rows: int | None = None, chunk_bytes: int = 64 * 2**20) -> da.Array:
+    """A 2-D ``.npy`` file as a dask array of row chunks, each read from a memory map.
+
+    Only the header is read here; each task opens the file itself and reads its rows, so the
+    graph carries a path, not the data (workers must see the same file system).
+
+    Parameters
+    ----------
+    path : str or Path
+    chunk_rows : int, optional
+        Rows per chunk (default: ``chunk_bytes`` of float64 per chunk).
+    chunk_bytes : int
+    """
+    path = str(Path(path).resolve())
+    arr = np.load(path, mmap_mode="r")
+    if arr.ndim != 2:
+        raise ValueError(f"{path} holds an array of shape {arr.shape}; a 2-D (N, D) one is needed")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"{path} holds dtype {arr.dtype}; a numeric array is needed")
+    N, D = arr.shape
+    rows = int(chunk_rows) if chunk_rows is not None else max(1, int(chunk_bytes) // (8 * D))
+    if rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows!r}")
+    st = os.stat(path)
+    name = "read-npy-" + tokenize(path, st.st_mtime_ns, st.st_size, rows)
+    starts = list(range(0, N, rows)) or [0]
+    layer = {(name, i, 0): (_read_rows, path, s, min(s + rows, N)) for i, s in enumerate(starts)}
+    chunks = (tuple(min(s + rows, N) - s for s in starts), (D,))
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=())
+    return da.Array(graph, name, chunks, dtype=np.float64)
+
+
+def as_row_chunks(X, n_features: int | None = None) -> da.Array:
+    """Validate a 2-D dask array and return it as float64 chunked along rows only."""
+    if not isinstance(X, da.Array):
+        raise TypeError(f"X must be a dask array, got {type(X).__name__}")
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D, got shape {X.shape}")
+    if n_features is not None and X.shape[1] != n_features:
+        raise ValueError(f"X has {X.shape[1]} columns but {n_features} are expected")
+    if any(np.isnan(c) for c in X.chunks[0]):
+        raise ValueError("X has unknown chunk sizes: call X.compute_chunk_sizes() first")
+    if not np.issubdtype(X.dtype, np.number):
+        raise ValueError(f"X has dtype {X.dtype}; a numeric array is needed")
+    if len(X.chunks[1]) > 1:
+        X = X.rechunk({1: -1})
+    if X.dtype != np.float64:
+        X = X.astype(np.float64)
+    return X
+
+
+def row_offsets(X: da.Array) -> list[int]:
+    """First row of each row chunk."""
+    return np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]]).astype(int).tolist()
