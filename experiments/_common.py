@@ -44,7 +44,7 @@ def setup(args) -> Path:
 
 
 def write_json(path: Path, obj) -> None:
-    from exactdgn.cli import _json_default
+    from exactdgn.evaluation import json_default as _json_default
 
     path.write_text(json.dumps(obj, indent=2, default=_json_default))
 
@@ -126,7 +126,7 @@ def run_methods(Xtr, Xte, sizes, seed, budgets: dict, methods, *, progress=False
     """
     from exactdgn import ExactDGN
     from exactdgn.baselines import IWAE, VAE
-    from exactdgn.cli import em_curve, evaluate_vae, refit_curve, vae_curve, vae_to_exact
+    from exactdgn.evaluation import em_curve, evaluate_vae, refit_curve, vae_curve, vae_to_exact
 
     d, hidden = sizes[0], tuple(sizes[1:-1])
     out = {}
@@ -238,7 +238,7 @@ def summary_rows(all_runs: list[dict], keys: tuple) -> list[dict]:
 
 
 def fmt_rows(rows: list[dict], cols: list[str]) -> str:
-    from exactdgn.cli import markdown_table
+    from exactdgn.evaluation import markdown_table
 
     return markdown_table(rows, cols)
 
@@ -248,8 +248,8 @@ def image_experiment(args, out: Path, cases: list[dict], methods=("em", "vae")) 
     seed: 80/20 split (split seed = seed), per-pixel standardization fitted on the training split
     (floor 0.1 x the largest pixel std), exact NLL in standardized units (``jacobian`` converts
     to pixel units). Writes runs.json, results.json, table.md and curve figures."""
-    from exactdgn.cli import STD_FLOOR, split_data
     from exactdgn.datasets import Standardizer
+    from exactdgn.evaluation import STD_FLOOR, split_data
 
     runs = []
     t0 = time.perf_counter()

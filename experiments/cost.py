@@ -36,8 +36,8 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     from exactdgn import ExactDGN
-    from exactdgn.cli import STD_FLOOR, markdown_table
     from exactdgn.datasets import Standardizer, get_dataset
+    from exactdgn.evaluation import STD_FLOOR, markdown_table
     from exactdgn.plotting import loglog_slope, plot_loglog_fit
 
     X = get_dataset("digits")[: args.n]

@@ -24,8 +24,8 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     from exactdgn.baselines import VAE
-    from exactdgn.cli import STD_FLOOR, split_data, vae_to_exact
     from exactdgn.datasets import Standardizer, get_dataset
+    from exactdgn.evaluation import STD_FLOOR, split_data, vae_to_exact
     from exactdgn.plotting import plot_posterior_1d, plot_posterior_2d
 
     seed = args.seeds[0]

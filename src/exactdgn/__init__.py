@@ -2,6 +2,7 @@
 continuous piecewise-affine (ReLU-family) decoders."""
 
 from .decoder import Activation, Decoder, NotPiecewiseAffineError
+from .imputation import ExactDGNImputer
 from .model import ExactDGN
 from .partition import Partition, PartitionTooLargeError, partition
 
@@ -11,6 +12,7 @@ __all__ = [
     "Activation",
     "Decoder",
     "ExactDGN",
+    "ExactDGNImputer",
     "NotPiecewiseAffineError",
     "Partition",
     "PartitionTooLargeError",

@@ -1,4 +1,4 @@
-"""Command line: ``exactdgn fit | score | sample | partition | report | demo``.
+"""Command line: ``exactdgn fit | score | sample | evaluate | partition | report | demo``.
 
 Examples
 --------
@@ -9,8 +9,8 @@ Examples
     exactdgn report runs
     exactdgn demo --out report
 
-The module also holds the small training-curve helpers shared by the demo and the scripts under
-``experiments/`` (:func:`em_curve`, :func:`refit_curve`, :func:`vae_curve`, :func:`evaluate_vae`).
+This module only parses arguments and dispatches; the evaluation helpers it shares with the
+scripts under ``experiments/`` live in :mod:`exactdgn.evaluation`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import sys
 import time
 import warnings
@@ -27,17 +26,19 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = [
-    "build_parser",
-    "em_curve",
-    "evaluate_vae",
-    "load_data",
-    "load_model",
-    "main",
-    "refit_curve",
-    "split_data",
-    "vae_curve",
-]
+from .evaluation import (
+    STD_FLOOR,
+    evaluate_vae,
+    flatten,
+    json_default,
+    markdown_table,
+    run_demo,
+    split_data,
+    vae_to_exact,
+    write_json,
+)
+
+__all__ = ["build_parser", "load_data", "load_model", "main"]
 
 logger = logging.getLogger("exactdgn")
 
@@ -53,6 +54,7 @@ EXAMPLES = """examples:
   exactdgn fit big.npy --hidden 32 32 --scheduler tcp://host:8786 --out runs/big  (dask EM)
   exactdgn sample runs/wave_em -n 1000 --seed 0 --out samples.npy
   exactdgn partition runs/wave_em --plot partition.png
+  exactdgn evaluate decoder.safetensors data.npy --noise-std 0.1 --encoder encoder.pt
   exactdgn partition --layers 2 32 32 784 --seed 0 --plot partition.png
   exactdgn report runs
   exactdgn demo --out report
@@ -66,10 +68,6 @@ of the map, in data units ("*_data").
 
 TOY_NAMES = ("wave", "circle", "two_moons", "moons", "mixture", "gaussian_mixture")
 METHODS = ("em", "gradient", "lbfgs", "vae", "iwae")
-#: Standardization floor relative to the largest per-feature std: pixels that are (nearly)
-#: constant in the training split are not blown up (a held-out image with ink there would
-#: otherwise get values of ~1e3 and a meaningless likelihood).
-STD_FLOOR = 0.1
 
 
 class CLIError(ValueError):
@@ -85,6 +83,7 @@ def load_data(
     data_seed: int | None = 0,
     classes=None,
     downsample: int | None = None,
+    key: str | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Load a data set from a name or path, as the command line does.
 
@@ -131,6 +130,9 @@ def load_data(
         info.update(kwargs)
     else:
         info["kind"] = "file"
+        if key is not None:
+            kwargs["key"] = key
+            info["key"] = key
     X = get_dataset(spec, **kwargs)
     if info["kind"] == "file" and n_samples is not None:
         X = X[: int(n_samples)]
@@ -139,24 +141,6 @@ def load_data(
         info["n_samples"] = int(n_samples)
     info["shape"] = list(X.shape)
     return X, info
-
-
-def split_data(X: np.ndarray, test_fraction: float, seed: int):
-    """Random train / held-out split: ``(X_train, X_test, test_index)``.
-
-    ``test_fraction = 0`` gives an empty test set.
-    """
-    if not 0.0 <= test_fraction < 1.0:
-        raise CLIError(f"--test-fraction must be in [0, 1), got {test_fraction}")
-    N = X.shape[0]
-    n_test = round(test_fraction * N)
-    if N - n_test < 2:
-        raise CLIError(f"{N} points leave fewer than 2 for training")
-    perm = np.random.default_rng(seed).permutation(N)
-    test = np.sort(perm[:n_test])
-    mask = np.ones(N, dtype=bool)
-    mask[test] = False
-    return X[mask], X[test], test
 
 
 def _want_standardize(choice: str, info: dict, D: int) -> bool:
@@ -172,30 +156,16 @@ def load_model(path) -> tuple[object, dict]:
     """Load a model written by ``exactdgn fit``: ``(ExactDGN, config dict or {})``.
 
     ``path`` is the output directory of ``fit`` (holding ``model.npz`` and ``config.json``) or a
-    ``.npz`` model file (a ``config.json`` next to it is read when present).
+    ``.npz`` model file (a ``config.json`` next to it is read when present). The model carries
+    its standardization (``preprocessing_``): it takes and returns data in data units.
     """
-    from .model import ExactDGN
+    from .model import ExactDGN, _run_config
 
     p = Path(path)
-    if p.is_dir():
-        file = p / "model.npz"
-        if not file.exists():
-            raise CLIError(f"{p} has no model.npz (is it the --out directory of 'exactdgn fit'?)")
-        cfg_file = p / "config.json"
-    else:
-        if not p.exists():
-            raise CLIError(f"model file {p} does not exist")
-        file, cfg_file = p, p.parent / "config.json"
-    model = ExactDGN.load(file)
-    cfg = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
-    return model, cfg
-
-
-def _standardizer(cfg: dict):
-    from .datasets import Standardizer
-
-    d = cfg.get("standardizer")
-    return Standardizer.from_dict(d) if d else None
+    if not p.exists():
+        raise CLIError(f"model {p} does not exist")
+    model = ExactDGN.load(p)
+    return model, _run_config((p if p.is_dir() else p.parent) / "config.json")
 
 
 def _torch_threads(n: int | None) -> None:
@@ -217,219 +187,6 @@ def _run_quietly(fn, *args, **kwargs):
             seen.add(msg)
             print(f"exactdgn: warning: {msg}", file=sys.stderr)
     return out
-
-
-def _json_default(o):
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def _write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2, default=_json_default, allow_nan=True))
-
-
-# ---------------------------------------------------------------------- training helpers
-def _em_model(**params):
-    from .model import ExactDGN
-
-    return ExactDGN(**params)
-
-
-def em_curve(Xtr, Xte, *, max_iter: int, progress: bool = False, **params) -> tuple:
-    """Run exact EM one iteration at a time and evaluate the exact NLL after each.
-
-    Repeated ``fit`` calls with ``warm_start=True, max_iter=1`` continue the same EM run (EM is
-    deterministic given its state); the seconds counted are those EM spends in partition,
-    E-step and M-step (``history_``), not the extra evaluation.
-
-    Parameters
-    ----------
-    Xtr, Xte : ndarray (N, D), (M, D)
-        Training and held-out data (``Xte`` may have 0 rows).
-    max_iter : int
-    **params
-        ``ExactDGN`` parameters (``latent_dim``, ``hidden_sizes``, ``random_state``, ...).
-
-    Returns
-    -------
-    model : ExactDGN
-    curve : dict of lists
-        ``iter``, ``seconds`` (cumulative), ``train_nll``, ``test_nll`` (NaN without test
-        data), ``n_regions``, ``backtracks``, ``seconds_partition``, ``seconds_estep``,
-        ``seconds_mstep`` (per iteration).
-    """
-    from tqdm.auto import tqdm
-
-    params = {**params, "max_iter": 1, "warm_start": True, "tol": 0.0, "progress": False}
-    model = _em_model(**params)
-    curve = {
-        k: []
-        for k in (
-            "iter",
-            "seconds",
-            "train_nll",
-            "test_nll",
-            "n_regions",
-            "backtracks",
-            "seconds_partition",
-            "seconds_estep",
-            "seconds_mstep",
-        )
-    }
-    total = 0.0
-    bar = tqdm(range(max_iter), desc="EM", disable=not progress, leave=False)
-    for it in bar:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model.fit(Xtr)
-        h0, h1 = model.history_[0], model.history_[-1]
-        if it == 0:
-            total += h0["seconds_partition"] + h0["seconds_estep"]
-            _append_curve(curve, 0, total, -h0["loglik"], model, Xte, h0, initial=True)
-        total += h1["seconds_partition"] + h1["seconds_estep"] + h1["seconds_mstep"]
-        _append_curve(curve, it + 1, total, -h1["loglik"], model, Xte, h1)
-        bar.set_postfix(nll=f"{-h1['loglik']:.4f}", regions=h1["n_regions"], refresh=False)
-    bar.close()
-    return model, curve
-
-
-def _append_curve(curve, it, total, train_nll, model, Xte, h, initial=False):
-    curve["iter"].append(it)
-    curve["seconds"].append(total)
-    curve["train_nll"].append(float(train_nll))
-    if initial:
-        # the state before the first iteration: the initial decoder is not kept by ``fit``
-        curve["test_nll"].append(float("nan"))
-    else:
-        curve["test_nll"].append(-model.score(Xte) if len(Xte) else float("nan"))
-    curve["n_regions"].append(int(h["n_regions"]))
-    curve["backtracks"].append(int(h.get("backtracks", 0)))
-    for k in ("seconds_partition", "seconds_estep", "seconds_mstep"):
-        curve[k].append(float(h[k]))
-
-
-def refit_curve(make, Xtr, Xte, schedule, *, to_exact=None, progress: bool = False) -> tuple:
-    """Exact NLL after ``e`` iterations/epochs for each ``e`` in ``schedule``, by refitting.
-
-    For estimators whose run with ``e`` epochs is the prefix of a longer run with the same seed
-    (the VAE/IWAE without early stopping, the exact-gradient Adam with ``tol=0``), fitting from
-    scratch for each ``e`` gives the training curve; the seconds are each fit's wall time.
-
-    Parameters
-    ----------
-    make : callable ``e -> estimator``
-    Xtr, Xte : ndarray
-    schedule : sequence of int (increasing)
-    to_exact : callable ``estimator -> ExactDGN``, optional
-        How to get the exact model (default: the estimator itself).
-
-    Returns
-    -------
-    est : the estimator of the last ``e``
-    curve : dict of lists ``iter``, ``seconds``, ``train_nll``, ``test_nll``, ``n_regions``
-    """
-    from tqdm.auto import tqdm
-
-    curve = {k: [] for k in ("iter", "seconds", "train_nll", "test_nll", "n_regions")}
-    est = None
-    for e in tqdm(list(schedule), desc="refit", disable=not progress, leave=False):
-        est = make(int(e))
-        t0 = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            est.fit(Xtr)
-        secs = time.perf_counter() - t0
-        exact = to_exact(est) if to_exact is not None else est
-        curve["iter"].append(int(e))
-        curve["seconds"].append(secs)
-        curve["train_nll"].append(-exact.score(Xtr))
-        curve["test_nll"].append(-exact.score(Xte) if len(Xte) else float("nan"))
-        curve["n_regions"].append(int(exact.n_regions_))
-    return est, curve
-
-
-def vae_curve(make, Xtr, Xte, schedule) -> tuple:
-    """Exact NLL of a VAE/IWAE's decoder after ``e`` epochs for each ``e`` in ``schedule``,
-    from one training run (``make(max(schedule))``) scored by a per-epoch callback.
-
-    Same curve as :func:`refit_curve` for estimators without early stopping (a run of ``e``
-    epochs is the prefix of a longer one with the same seed) at the cost of one run; the
-    seconds are the training time up to each epoch (the exact scoring is not counted).
-
-    Returns
-    -------
-    est : the trained estimator (``max(schedule)`` epochs)
-    curve : dict of lists ``iter``, ``seconds``, ``train_nll``, ``test_nll``, ``n_regions``
-    """
-    from .model import ExactDGN
-
-    marks = sorted({int(e) for e in schedule})
-    if not marks or marks[0] < 1:
-        raise ValueError(f"schedule must hold positive epoch counts, got {list(schedule)}")
-    curve = {k: [] for k in ("iter", "seconds", "train_nll", "test_nll", "n_regions")}
-    clock = {"train": 0.0, "since": time.perf_counter()}
-
-    def callback(epoch, snapshot):
-        now = time.perf_counter()
-        clock["train"] += now - clock["since"]
-        if epoch in marks:
-            dec, std = snapshot()
-            exact = ExactDGN.from_decoder(dec, std)
-            curve["iter"].append(epoch)
-            curve["seconds"].append(clock["train"])
-            curve["train_nll"].append(-exact.score(Xtr))
-            curve["test_nll"].append(-exact.score(Xte) if len(Xte) else float("nan"))
-            curve["n_regions"].append(int(exact.n_regions_))
-            logger.info("epoch %d: exact train NLL %.4f", epoch, curve["train_nll"][-1])
-        clock["since"] = time.perf_counter()
-
-    est = make(marks[-1])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        est.fit(Xtr, callback=callback)
-    return est, curve
-
-
-def vae_to_exact(vae, **params):
-    """The exact model (``ExactDGN``) of a trained VAE/IWAE's decoder and noise."""
-    from .model import ExactDGN
-
-    return ExactDGN.from_decoder(vae.decoder_, vae.noise_std_, **params)
-
-
-def evaluate_vae(
-    vae, exact, X, *, seed: int = 0, n_elbo: int = 100, k_iwae: int = 5, k_is: int = 5000
-) -> dict:
-    """Exact log-likelihood next to the VAE's estimates on ``X`` (means, nats per point).
-
-    Returns a dict with ``exact``, ``elbo``, ``iwae_k`` (bound with ``k_iwae`` samples),
-    ``is_k`` (importance-sampling estimate with ``k_is`` proposals from ``q``) and the per-point
-    gap ``exact - ELBO = KL(q(z|x) || p(z|x))`` (up to the ELBO's Monte Carlo error):
-    ``gap_mean``, ``gap_median``, ``gap_p90``, ``gap_max``, and ``elbo_stderr_mean``.
-    """
-    if len(X) == 0:
-        return {}
-    ll = exact.score_samples(X)
-    elbo, se = vae.elbo(X, n_samples=n_elbo, random_state=seed, return_std=True)
-    iw = vae.iwae_bound(X, k=k_iwae, n_repeats=10, random_state=seed + 1)
-    is_ = vae.importance_log_likelihood(X, k=k_is, random_state=seed + 2)
-    gap = ll - elbo
-    return {
-        "exact": float(ll.mean()),
-        "elbo": float(elbo.mean()),
-        f"iwae{k_iwae}": float(iw.mean()),
-        f"is{k_is}": float(is_.mean()),
-        "gap_mean": float(gap.mean()),
-        "gap_median": float(np.median(gap)),
-        "gap_p90": float(np.quantile(gap, 0.9)),
-        "gap_max": float(gap.max()),
-        "elbo_stderr_mean": float(se.mean()),
-    }
 
 
 # ---------------------------------------------------------------------- dask (issue 14)
@@ -495,7 +252,7 @@ def _add_cluster_options(p) -> None:
 
 # ---------------------------------------------------------------------- fit
 def _default_iter(method: str) -> int:
-    return {"em": 100, "gradient": 100, "vae": 300, "iwae": 300}[method]
+    return {"em": 100, "gradient": 100, "lbfgs": 100, "vae": 300, "iwae": 300}[method]
 
 
 def _fit(args) -> int:
@@ -521,6 +278,7 @@ def _fit_in(args, client) -> int:
         data_seed=args.data_seed,
         classes=args.classes,
         downsample=args.downsample,
+        key=args.key,
     )
     Xtr_raw, Xte_raw, test_index = split_data(X, args.test_fraction, args.seed)
     std = None
@@ -611,6 +369,7 @@ def _fit_in(args, client) -> int:
             for k, v in ev.items():
                 if k != "exact":
                     results[f"{name}_{k}"] = v
+    model.preprocessing_ = std  # the saved model takes data in data units
     model.save(out / "model.npz")
     config = {
         "command": "fit",
@@ -627,9 +386,9 @@ def _fit_in(args, client) -> int:
         "standardizer": std.to_dict() if std else None,
         "options": {k: v for k, v in vars(args).items() if k != "func"},
     }
-    _write_json(out / "config.json", config)
-    _write_json(out / "history.json", history)
-    _write_json(out / "results.json", results)
+    write_json(out / "config.json", config)
+    write_json(out / "history.json", history)
+    write_json(out / "results.json", results)
     msg = f"exact train log-likelihood: {results['train_loglik']:.6f} nats/point"
     if results["test_loglik"] is not None:
         msg += f" (held-out: {results['test_loglik']:.6f})"
@@ -667,6 +426,7 @@ def _score_in(args, client) -> int:
         data_seed=args.data_seed if args.data_seed is not None else data_cfg.get("random_state", 0),
         classes=args.classes if args.classes is not None else data_cfg.get("classes"),
         downsample=args.downsample if args.downsample is not None else data_cfg.get("downsample"),
+        key=args.key if args.key is not None else data_cfg.get("key"),
     )
     if args.split != "all":
         if not same or list(X.shape) != data_cfg.get("shape"):
@@ -678,10 +438,11 @@ def _score_in(args, client) -> int:
         X = X[test] if args.split == "test" else X[~test]
         if len(X) == 0:
             raise CLIError(f"the {args.split} split is empty")
-    std = _standardizer(cfg)
-    Xs = _transform(std, X) if std else X
-    ll = _score_values(model, Xs)
+    # the model carries its standardization; applied here (block by block on a cluster) and
+    # the model scored in its standardized units
+    std, model.preprocessing_ = getattr(model, "preprocessing_", None), None
     jac = std.log_abs_det_jacobian() if std else 0.0
+    ll = _score_values(model, _transform(std, X) if std else X)
     print(f"exact mean log p(x): {ll.mean():.6f} nats/point over {len(X)} points")
     if std:
         print(f"  in data units: {ll.mean() + jac:.6f} (standardization Jacobian {jac:.4f})")
@@ -702,13 +463,13 @@ def _score_in(args, client) -> int:
 
 
 def _sample(args) -> int:
-    model, cfg = load_model(args.model)
+    model, _ = load_model(args.model)
     if args.n < 1:
         raise CLIError(f"-n must be >= 1, got {args.n}")
-    X = model.sample(args.n, random_state=args.seed)
-    std = _standardizer(cfg)
-    if std and not args.standardized:
-        X = std.inverse_transform(X)
+    X = model.sample(args.n, random_state=args.seed)  # data units (its standardization)
+    std = getattr(model, "preprocessing_", None)
+    if std and args.standardized:
+        X = std.transform(X)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -721,6 +482,58 @@ def _sample(args) -> int:
         print(f"{args.n} samples of dimension {X.shape[1]} written to {out}")
     else:
         np.savetxt(sys.stdout, X, delimiter=",", fmt="%.10g")
+    return 0
+
+
+# ---------------------------------------------------------------------- evaluate
+def _evaluate(args) -> int:
+    from .evaluation import evaluate_external, load_torch_decoder, load_torch_encoder
+
+    _torch_threads(args.threads)
+    dec = load_torch_decoder(
+        args.decoder,
+        layers=args.layers,
+        activation=args.activation,
+        negative_slope=args.negative_slope,
+        unsafe_pickle=args.unsafe_pickle,
+    )
+    X, _ = load_data(args.data, n_samples=args.n_samples, key=args.key)
+    if X.shape[1] != dec.output_dim:
+        raise CLIError(f"the decoder outputs {dec.output_dim} values but DATA has {X.shape[1]}")
+    enc = None
+    if args.encoder:
+        enc = load_torch_encoder(
+            args.encoder,
+            n_features=X.shape[1],
+            latent_dim=dec.latent_dim,
+            hidden=args.encoder_hidden,
+            activation=args.encoder_activation,
+            output=args.encoder_output,
+            unsafe_pickle=args.unsafe_pickle,
+        )
+    per, summ = evaluate_external(
+        dec, args.noise_std, X, encoder=enc, seed=args.seed, k_iwae=args.k_iwae, k_is=args.k_is
+    )
+    print(
+        f"decoder {dec.layer_sizes}, {summ['n_regions']} regions; exact mean log p(x): "
+        f"{summ['exact']:.6f} nats/point over {summ['n_points']} points"
+    )
+    for key in [k for k in summ if k.startswith("gap_")]:
+        est = key[4:]
+        print(f"  {est:>10s}: {summ[est]:.6f} (exact - {est} = {summ[key]:.6f})")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cols = list(per)
+        np.savetxt(
+            out,
+            np.column_stack([np.arange(len(X))] + [per[c] for c in cols]),
+            delimiter=",",
+            header=",".join(["index", *cols]),
+            comments="",
+            fmt=["%d"] + ["%.17g"] * len(cols),
+        )
+        print(f"per-point values written to {out}")
     return 0
 
 
@@ -737,7 +550,7 @@ def _partition_cmd(args) -> int:
         dec = Decoder.random(args.layers, activation=args.activation, seed=args.seed)
         part = partition(dec)
     summ = part.summary()
-    print(json.dumps(summ, indent=2, default=_json_default))
+    print(json.dumps(summ, indent=2, default=json_default))
     if args.plot:
         if part.latent_dim > 2:
             raise CLIError(f"--plot draws latent dimension 1 or 2, not {part.latent_dim}")
@@ -758,45 +571,6 @@ def _partition_cmd(args) -> int:
 
 
 # ---------------------------------------------------------------------- report
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        elif isinstance(v, bool | int | float | str) or v is None:
-            out[key] = v
-        elif isinstance(v, list) and len(v) <= 8 and all(isinstance(x, int | float) for x in v):
-            out[key] = "[" + ",".join(str(x) for x in v) + "]"
-    return out
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, bool):
-        return str(v)
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        return f"{v:.4f}" if abs(v) < 1e5 else f"{v:.4g}"
-    return str(v)
-
-
-def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
-    """A markdown table of ``rows`` (dicts of scalars); columns in order of first appearance."""
-    if columns is None:
-        columns = []
-        for r in rows:
-            for k in r:
-                if k not in columns:
-                    columns.append(k)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for r in rows:
-        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |")
-    return "\n".join(lines)
-
-
 def _report(args) -> int:
     root = Path(args.dir)
     if not root.is_dir():
@@ -813,7 +587,7 @@ def _report(args) -> int:
         items = obj if isinstance(obj, list) else obj.get("rows", [obj])
         for item in items:
             if isinstance(item, dict):
-                rows.append({"file": str(f.relative_to(root)), **_flatten(item)})
+                rows.append({"file": str(f.relative_to(root)), **flatten(item)})
     text = markdown_table(rows)
     print(text)
     if args.out:
@@ -823,275 +597,18 @@ def _report(args) -> int:
 
 # ---------------------------------------------------------------------- demo
 def _demo(args) -> int:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .baselines import VAE
-    from .datasets import Standardizer, get_dataset, wave
-    from .plotting import (
-        plot_curves,
-        plot_images,
-        plot_partition,
-        plot_posterior_1d,
-        plot_samples_2d,
-    )
-
     _torch_threads(args.threads)
-    t_start = time.perf_counter()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    seed = args.seed
-    progress = not args.no_progress
-    cases = [
-        {
-            "name": "wave",
-            "data": "wave (n=750, noise=0.05), 600 train / 150 held out",
-            "sizes": [1, 12, 2],
-            "standardize": False,
-            "em_iter": args.em_iter,
-            "vae_epochs": [30, 100, 300, 1000],
-        },
-        {
-            "name": "digits3",
-            "data": "sklearn digits, class 3 (183 images 8x8), 80% train / 20% held out",
-            "sizes": [1, 12, 64],
-            "standardize": True,
-            "em_iter": args.em_iter,
-            "vae_epochs": [30, 100, 300, 1000],
-        },
-    ]
-    if args.quick:
-        for c in cases:
-            c["em_iter"] = min(c["em_iter"], 5)
-            c["vae_epochs"] = [5, 20]
-    vae_kw = {
-        "encoder_hidden": (64, 64),
-        "lr": 1e-3,
-        "batch_size": 128,
-        "validation_fraction": 0.0,
-        "dtype": "float32",
-    }
-    config = {
-        "seed": seed,
-        "torch_threads": args.threads,
-        "vae": {**vae_kw, "note": "no early stopping: a fixed epoch budget, as EM's"},
-        "em": {"init": "pca", "tol": 0.0, "noise": "isotropic", "min_noise_std": 1e-3},
-        "cases": [],
-    }
-    results = {"cases": []}
-    summary_rows = []
-    md = [
-        "# exactdgn demo: exact EM against a VAE with the same decoder",
-        "",
-        "Every number below is an **exact** log-likelihood log p(x) of the trained decoder "
-        "(nats per point; NLL = -log p(x)), computed in closed form over the decoder's linear "
-        "regions, except the columns marked ELBO / IWAE / IS, which are the VAE's own Monte "
-        "Carlo estimates. gap = exact log p(x) - ELBO per point = KL(q(z|x) || p(z|x)).",
-        "",
-    ]
-    for case in cases:
-        name = case["name"]
-        if name == "wave":
-            X = wave(750, noise=0.05, random_state=seed)
-            Xtr_raw, Xte_raw, _ = split_data(X, 0.2, seed)
-        else:
-            X = get_dataset("digits:3")
-            Xtr_raw, Xte_raw, _ = split_data(X, 0.2, seed)
-        std = Standardizer(rel_min_std=STD_FLOOR).fit(Xtr_raw) if case["standardize"] else None
-        Xtr = std.transform(Xtr_raw) if std else Xtr_raw
-        Xte = std.transform(Xte_raw) if std else Xte_raw
-        sizes = [*case["sizes"][:-1], X.shape[1]]
-        print(f"[{name}] fitting exact EM {sizes} ({case['em_iter']} iterations) ...", flush=True)
-        em, em_c = em_curve(
-            Xtr,
-            Xte,
-            max_iter=case["em_iter"],
-            progress=progress,
-            latent_dim=sizes[0],
-            hidden_sizes=tuple(sizes[1:-1]),
-            random_state=seed,
-        )
-        print(f"[{name}] fitting VAE {sizes} (epochs {case['vae_epochs']}) ...", flush=True)
-        vae, vae_c = vae_curve(
-            lambda e, sizes=sizes: VAE(sizes, max_epochs=e, random_state=seed, **vae_kw),
-            Xtr,
-            Xte,
-            case["vae_epochs"],
-        )
-        vex = vae_to_exact(vae)
-        ev_tr = evaluate_vae(vae, vex, Xtr, seed=seed)
-        ev_te = evaluate_vae(vae, vex, Xte, seed=seed)
-        row_em = {
-            "data": name,
-            "method": "exact EM",
-            "iterations": em_c["iter"][-1],
-            "seconds": em_c["seconds"][-1],
-            "regions": em.n_regions_,
-            "train NLL": -em.score(Xtr),
-            "test NLL": -em.score(Xte),
-        }
-        row_vae = {
-            "data": name,
-            "method": "VAE",
-            "iterations": vae_c["iter"][-1],
-            "seconds": vae_c["seconds"][-1],
-            "regions": vex.n_regions_,
-            "train NLL": -ev_tr["exact"],
-            "test NLL": -ev_te["exact"],
-            "test -ELBO": -ev_te["elbo"],
-            "test -IWAE5": -ev_te["iwae5"],
-            "test -IS5000": -ev_te["is5000"],
-            "test gap mean": ev_te["gap_mean"],
-            "test gap max": ev_te["gap_max"],
-        }
-        summary_rows += [row_em, row_vae]
-        jac = std.log_abs_det_jacobian() if std else 0.0
-        results["cases"].append(
-            {
-                "name": name,
-                "layer_sizes": sizes,
-                "n_train": len(Xtr),
-                "n_test": len(Xte),
-                "standardized": bool(std),
-                "log_abs_det_jacobian": jac,
-                "em": {
-                    "train_loglik": -row_em["train NLL"],
-                    "test_loglik": -row_em["test NLL"],
-                    "noise_std": em.noise_std_.tolist(),
-                    "curve": em_c,
-                },
-                "vae": {
-                    "train": ev_tr,
-                    "test": ev_te,
-                    "noise_std": float(np.mean(vae.noise_std_)),
-                    "curve": vae_c,
-                },
-            }
-        )
-        config["cases"].append(
-            {
-                "name": name,
-                "data": case["data"],
-                "layer_sizes": sizes,
-                "em_iterations": case["em_iter"],
-                "vae_epoch_checkpoints": case["vae_epochs"],
-                "standardizer": std.to_dict() if std else None,
-            }
-        )
-        # figures
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        curves_it, curves_s = {}, {}
-        for lab, c, col in (("EM", em_c, "C0"), ("VAE", vae_c, "C1")):
-            for part, ls in (("train", "-"), ("test", "--")):
-                y = np.asarray(c[f"{part}_nll"], dtype=float)
-                ok = np.isfinite(y)
-                x_it = np.asarray(c["iter"], dtype=float)[ok]
-                x_s = np.asarray(c["seconds"], dtype=float)[ok]
-                spec = {"y": y[ok], "color": col, "ls": ls}
-                curves_it[f"{lab} {part}"] = {"x": x_it, **spec}
-                curves_s[f"{lab} {part}"] = {"x": np.maximum(x_s, 1e-3), **spec}
-        plot_curves(
-            curves_it,
-            ax=axes[0],
-            xlabel="EM iteration / VAE epoch",
-            logx=True,
-            title=f"{name}: exact NLL",
-        )
-        plot_curves(
-            curves_s, ax=axes[1], xlabel="seconds", logx=True, title=f"{name}: exact NLL vs time"
-        )
-        fig.tight_layout()
-        fig.savefig(out / f"curves_{name}.png", dpi=110)
-        plt.close(fig)
-        if name == "wave":
-            fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
-            plot_samples_2d(
-                Xtr,
-                {
-                    "EM samples": em.sample(600, random_state=seed),
-                    "VAE samples": vae.sample(600, random_state=seed),
-                },
-                ax=axes[0],
-                title="wave: data and samples",
-            )
-            plot_partition(em.partition_, ax=axes[1])
-            axes[1].set_title(f"EM decoder: {em.n_regions_} regions of R")
-            plot_partition(vex.partition_, ax=axes[2])
-            axes[2].set_title(f"VAE decoder: {vex.n_regions_} regions of R")
-            fig.tight_layout()
-            fig.savefig(out / "wave_samples_partition.png", dpi=110)
-            plt.close(fig)
-        idx = np.argsort(vex.score_samples(Xte) - vae.elbo(Xte, 100, random_state=seed))[::-1]
-        pick = idx[[0, len(idx) // 2, len(idx) - 1]]
-        mu, sd = vae.encode(Xte[pick])
-        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-        for j, i in enumerate(pick):
-            plot_posterior_1d(vex, Xte[i], ax=axes[j], q=(mu[j], sd[j]))
-            axes[j].set_title(f"{name} held-out point {i}")
-        fig.tight_layout()
-        fig.savefig(out / f"posterior_{name}.png", dpi=110)
-        plt.close(fig)
-        if name != "wave":
-            fig, axes = plt.subplots(1, 3, figsize=(12, 4))
-            plot_images(Xte_raw[:16], ax=axes[0], ncols=4, title="held-out data")
-            plot_images(
-                std.inverse_transform(em.sample(16, random_state=seed)),
-                ax=axes[1],
-                ncols=4,
-                title="exact EM samples",
-            )
-            plot_images(
-                std.inverse_transform(vae.sample(16, random_state=seed)),
-                ax=axes[2],
-                ncols=4,
-                title="VAE samples",
-            )
-            fig.tight_layout()
-            fig.savefig(out / f"samples_{name}.png", dpi=110)
-            plt.close(fig)
-    table = markdown_table(summary_rows)
-    md += ["## Exact NLL (lower is better)", "", table, ""]
-    md += [
-        "Units: wave in data units; digits in standardized units (per-pixel standardization "
-        "fitted on the training split; add the Jacobian term in results.json, "
-        "`log_abs_det_jacobian`, to get pixel units).",
-        "",
-        "## Figures",
-        "",
-        "Training curves (exact NLL; EM per iteration, VAE at epoch checkpoints, each a "
-        "separate fit with the same seed):",
-        "",
-        "![wave](curves_wave.png)",
-        "",
-        "![digits](curves_digits3.png)",
-        "",
-        "Wave data with samples, and the d = 1 partitions (breakpoints in grey):",
-        "",
-        "![wave samples](wave_samples_partition.png)",
-        "",
-        "Exact posterior p(z|x) of the VAE's decoder against its encoder's q(z|x) (held-out "
-        "points with the largest, median and smallest gap):",
-        "",
-        "![posterior wave](posterior_wave.png)",
-        "",
-        "![posterior digits](posterior_digits3.png)",
-        "",
-        "![digit samples](samples_digits3.png)",
-        "",
-    ]
-    total = time.perf_counter() - t_start
-    config["seconds_total"] = total
-    md += [f"Total time: {total:.1f} s. Configuration: config.json; all numbers: results.json.", ""]
-    _write_json(out / "config.json", config)
-    _write_json(out / "results.json", {**results, "rows": summary_rows})
-    (out / "README.md").write_text("\n".join(md))
+    table = run_demo(
+        args.out,
+        seed=args.seed,
+        em_iter=args.em_iter,
+        quick=args.quick,
+        progress=not args.no_progress,
+        threads=args.threads,
+        report=lambda msg: print(msg, flush=True),
+    )
     print()
     print(table)
-    print(
-        f"\nreport written to {out}/ (README.md, results.json, config.json, *.png) in {total:.0f}s"
-    )
     return 0
 
 
@@ -1114,10 +631,16 @@ def _add_data_options(p) -> None:
         help="mnist: keep these classes (digits: use digits:3)",
     )
     g.add_argument("--downsample", type=int, default=None, help="mnist: side length, e.g. 14")
+    g.add_argument("--key", default=None, help=".npz files: the array to use (e.g. X)")
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+    """Shows defaults, except for required options and options without a default."""
+
+    def _get_help_string(self, action):
+        if action.required or action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1145,21 +668,26 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     f.add_argument("data", metavar="DATA", help="built-in name or file (see examples)")
-    f.add_argument("--out", required=True, help="output directory")
-    f.add_argument("--method", choices=METHODS, default="em")
-    f.add_argument("--latent-dim", type=int, default=1)
+    f.add_argument("--out", required=True, help="output directory (required)")
+    f.add_argument("--method", choices=METHODS, default="em", help="training method")
+    f.add_argument("--latent-dim", type=int, default=1, help="latent dimension d")
     f.add_argument("--hidden", type=int, nargs="+", default=[12], help="hidden layer widths")
     f.add_argument(
-        "--activation", default="leaky_relu", choices=["relu", "leaky_relu", "prelu", "abs"]
+        "--activation",
+        default="leaky_relu",
+        choices=["relu", "leaky_relu", "prelu", "abs"],
+        help="hidden activation",
     )
-    f.add_argument("--negative-slope", type=float, default=0.1)
-    f.add_argument("--noise", choices=["isotropic", "diagonal"], default="isotropic")
-    f.add_argument("--min-noise-std", type=float, default=1e-3)
+    f.add_argument("--negative-slope", type=float, default=0.1, help="leaky/prelu slope")
+    f.add_argument(
+        "--noise", choices=["isotropic", "diagonal"], default="isotropic", help="noise model"
+    )
+    f.add_argument("--min-noise-std", type=float, default=1e-3, help="noise std floor")
     f.add_argument(
         "--max-iter",
         type=int,
         default=None,
-        help="EM iterations / gradient or VAE epochs (default 100 / 100 / 300)",
+        help="EM / L-BFGS iterations, gradient or VAE epochs (default 100 / 100 / 100 / 300)",
     )
     f.add_argument("--seed", type=int, default=0, help="model seed and train/test split seed")
     f.add_argument("--test-fraction", type=float, default=0.2, help="held-out fraction")
@@ -1176,21 +704,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="standardization: scale floor relative to the largest feature std",
     )
     g = f.add_argument_group("exact (em, gradient) options")
-    g.add_argument("--tol", type=float, default=1e-4)
-    g.add_argument("--n-init", type=int, default=1)
-    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--tol", type=float, default=1e-4, help="stop when the gain is below")
+    g.add_argument("--n-init", type=int, default=1, help="restarts (best kept)")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="L2 penalty on weights")
     g = f.add_argument_group("vae / iwae options")
     g.add_argument("--k", type=int, default=5, help="IWAE importance samples")
-    g.add_argument("--encoder-hidden", type=int, nargs="+", default=[64, 64])
-    g.add_argument("--lr", type=float, default=1e-3)
-    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--encoder-hidden", type=int, nargs="+", default=[64, 64], help="encoder widths")
+    g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    g.add_argument("--batch-size", type=int, default=128, help="minibatch size")
     g.add_argument(
         "--validation-fraction",
         type=float,
         default=0.1,
         help="early-stopping split of the training data (0: off)",
     )
-    g.add_argument("--patience", type=int, default=10)
+    g.add_argument("--patience", type=int, default=10, help="early-stopping patience")
     g.add_argument(
         "--dtype",
         choices=["float32", "float64"],
@@ -1267,6 +795,55 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("dir", metavar="DIR")
     r.add_argument("--out", default=None, help="also write the markdown table here")
     r.set_defaults(func=_report)
+
+    e = sub.add_parser(
+        "evaluate",
+        help="exact log p(x) of a torch decoder trained elsewhere (ELBO/IWAE/IS gaps)",
+        epilog=EXAMPLES,
+        formatter_class=_Formatter,
+    )
+    e.add_argument(
+        "decoder",
+        metavar="DECODER",
+        help="decoder weights: .safetensors or a torch state dict (an MLP; see --layers)",
+    )
+    e.add_argument("data", metavar="DATA")
+    e.add_argument("--noise-std", type=float, required=True, help="observation noise std")
+    e.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="layer sizes d ... D of a state-dict decoder (checked; inferred when omitted)",
+    )
+    e.add_argument("--activation", default="relu", choices=["relu", "leaky_relu", "abs"])
+    e.add_argument("--negative-slope", type=float, default=0.01, help="leaky_relu slope")
+    e.add_argument("--encoder", default=None, help="encoder weights, for ELBO / IWAE / IS")
+    e.add_argument("--encoder-hidden", type=int, nargs="*", default=[64, 64])
+    e.add_argument(
+        "--encoder-activation",
+        default="relu",
+        choices=["relu", "leaky_relu", "tanh", "softplus", "elu"],
+    )
+    e.add_argument(
+        "--encoder-output",
+        choices=["log_std", "log_var"],
+        default="log_std",
+        help="what a pickled encoder's second output is",
+    )
+    e.add_argument(
+        "--unsafe-pickle",
+        action="store_true",
+        help="accept a pickled whole nn.Module: THIS EXECUTES CODE FROM THE FILE (trusted "
+        "files only)",
+    )
+    e.add_argument("--k-iwae", type=int, default=5)
+    e.add_argument("--k-is", type=int, default=5000)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--n-samples", type=int, default=None, help="keep the first N points")
+    e.add_argument("--key", default=None, help=".npz data: the array to use")
+    e.add_argument("--out", default=None, help="per-point CSV (exact log p and estimates)")
+    e.set_defaults(func=_evaluate)
 
     d = sub.add_parser(
         "demo",

@@ -22,11 +22,14 @@ from ._validation import check_array, check_positive
 from .decoder import Decoder
 from .em._gradient import exact_gradient, remote_surrogate, surrogate_objective
 from .em._init import initialize
+from .em._missing import missing_region_stats
 from .em._steps import m_step, region_stats
 from .inference._geometry import LOG_2PI, RegionGeometry, region_geometry
 from .inference._marginal import PairStats, marginal_pairs
+from .inference._missing import check_missing, observed_pairs
 from .inference._posterior import ExactPosterior
 from .io import ModelFileError, decoder_from_arrays, decoder_to_arrays, read_npz, write_npz_atomic
+from .outliers import TypicalityResult, contamination_offset, typicality_test
 from .partition import Partition, PartitionTooLargeError, partition
 
 __all__ = ["ConvergenceWarning", "ExactDGN", "NotFittedError"]
@@ -65,6 +68,12 @@ class ExactDGN(DensityMixin, BaseEstimator):
         EM on a CPA decoder converges slowly (the hidden layers' updates are small when the
         patterns are held fixed); over-relaxation typically cuts the iterations several-fold.
         Steps are accepted only if the exact likelihood does not drop.
+    contamination : float in (0, 0.5] or None
+        Outlier detection (scikit-learn's conventions): the fraction of the training data
+        flagged as outliers. ``fit`` then sets ``offset_`` to that quantile of the training
+        ``log p(x)`` (``set_offset`` does it for a model built with ``from_decoder``);
+        ``decision_function = score_samples - offset_`` and ``predict`` gives +1 (inlier) or
+        -1 (outlier). None: no threshold.
     device : None, str or torch.device
         Where the exact likelihood, posterior statistics and E-step run: ``None`` (default)
         the numpy path; ``"cpu"``, ``"cuda"`` or a ``torch.device`` the torch backend on that
@@ -76,6 +85,14 @@ class ExactDGN(DensityMixin, BaseEstimator):
     decoder_ : Decoder
     noise_std_ : ndarray of shape (D,)
     partition_ : Partition
+    offset_ : float
+        Outlier threshold on ``log p(x)`` (with ``contamination``).
+    preprocessing_ : Standardizer or None
+        The per-feature standardization the decoder was trained behind (set by the command
+        line's ``fit``, saved in the model file). When set, every method takes and returns data
+        in the original units: inputs are standardized first, ``log p(x)`` includes the
+        map's Jacobian ``-Σ_j log scale_j``, samples and imputations come back in data units.
+        ``fit`` works in the units of the data it is given and clears it.
     """
 
     def __init__(
@@ -100,6 +117,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         chunk_bytes: int = 256 * 2**20,
         max_backtrack: int = 6,
         overrelax: float = 64.0,
+        contamination: float | None = None,
         device=None,
     ):
         self.latent_dim = latent_dim
@@ -122,6 +140,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         self.chunk_bytes = chunk_bytes
         self.max_backtrack = max_backtrack
         self.overrelax = overrelax
+        self.contamination = contamination
         self.device = device
 
     # ------------------------------------------------------------------ construction
@@ -179,9 +198,26 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 "ExactDGN.from_decoder / ExactDGN.from_torch"
             )
 
-    def _check_X(self, X, name="X") -> np.ndarray:
+    def _check_X(self, X, name="X", allow_nan: bool = False) -> np.ndarray:
+        """Validated ``X`` in the decoder's units (standardized when ``preprocessing_`` is set)."""
         self._check_fitted()
-        return check_array(X, name=name, n_features=self.decoder_.output_dim)
+        X = check_array(X, name=name, n_features=self.decoder_.output_dim, allow_nan=allow_nan)
+        if X.shape[0] == 0:
+            raise ValueError(f"{name} has no rows (shape {X.shape}): give at least one point")
+        pre = getattr(self, "preprocessing_", None)
+        return X if pre is None else (X - pre.mean_) / pre.scale_  # NaN stays NaN
+
+    def _log_jacobian(self, X: np.ndarray):
+        """(N,) ``log |det ∂x_std/∂x|`` of ``preprocessing_`` over each row's observed
+        coordinates, ``-Σ_{j obs} log scale_j`` (0 without a preprocessing)."""
+        pre = getattr(self, "preprocessing_", None)
+        if pre is None:
+            return 0.0
+        return -((~np.isnan(X)) @ np.log(pre.scale_))
+
+    def _to_data_units(self, Y: np.ndarray) -> np.ndarray:
+        pre = getattr(self, "preprocessing_", None)
+        return Y if pre is None else Y * pre.scale_ + pre.mean_
 
     @property
     def geometry_(self) -> RegionGeometry:
@@ -191,14 +227,15 @@ class ExactDGN(DensityMixin, BaseEstimator):
         return self._geom
 
     def _pairs(self, X: np.ndarray, need_moments: bool = False) -> PairStats:
-        return marginal_pairs(
-            self.geometry_,
-            X,
-            prune_nats=self.prune_nats,
-            need_moments=need_moments,
-            chunk_bytes=self.chunk_bytes,
-            device=self.device,
-        )
+        return self._exact_pairs(self.geometry_, X, need_moments)
+
+    def _exact_pairs(self, geom: RegionGeometry, X: np.ndarray, need_moments: bool) -> PairStats:
+        """Exact pairs of ``X``; rows with NaN are conditioned on their observed coordinates."""
+        obs = check_missing(X)
+        kw = {"prune_nats": self.prune_nats, "need_moments": need_moments}
+        if obs is not None:
+            return observed_pairs(geom, X, obs, chunk_bytes=self.chunk_bytes, **kw)
+        return marginal_pairs(geom, X, chunk_bytes=self.chunk_bytes, device=self.device, **kw)
 
     @property
     def n_regions_(self) -> int:
@@ -207,11 +244,16 @@ class ExactDGN(DensityMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ likelihood
     def score_samples(self, X, return_error: bool = False):
-        """Exact ``log p(x)`` of each row of ``X``.
+        """Exact ``log p(x)`` of each row of ``X``; ``log p(x_obs)`` for rows with NaN.
+
+        NaN marks a missing value: with diagonal noise, marginalising output ``j`` drops row
+        ``j`` of every ``A_r``, ``b_r`` and ``Λ`` (see :mod:`exactdgn.inference._missing`), so
+        the value is exact as for complete rows. A row with nothing observed is an error;
+        infinite values are errors.
 
         Parameters
         ----------
-        X : array_like of shape (N, D)
+        X : array_like of shape (N, D), NaN where missing
         return_error : bool
             Also return the estimated absolute error of each value (integration error of the
             region masses, ~1e-13 for ``latent_dim <= 2``, plus the pruning bound).
@@ -221,30 +263,146 @@ class ExactDGN(DensityMixin, BaseEstimator):
         log_px : ndarray of shape (N,)
         error : ndarray of shape (N,) (only with ``return_error``)
         """
-        X = self._check_X(X)
+        X = self._check_X(X, allow_nan=True)
         st = self._pairs(X)
-        return (st.log_px, st.log_px_error) if return_error else st.log_px
+        log_px = st.log_px + self._log_jacobian(X)
+        return (log_px, st.log_px_error) if return_error else log_px
 
     def score(self, X, y=None) -> float:
         """Mean exact log-likelihood per point."""
         return float(np.mean(self.score_samples(X)))
 
     def posterior(self, X) -> ExactPosterior:
-        """The exact posterior ``p(z | x)`` for each row of ``X`` (batch_shape (N,))."""
-        X = self._check_X(X)
+        """The exact posterior ``p(z | x)`` for each row of ``X`` (batch_shape (N,)).
+
+        Rows with NaN give ``p(z | x_obs)``, conditioned on their observed coordinates only.
+        """
+        return self._posterior(self._check_X(X, allow_nan=True))
+
+    def _posterior(self, X: np.ndarray) -> ExactPosterior:
+        """:meth:`posterior` of validated ``X`` in the decoder's units."""
         return ExactPosterior(self, X, self.geometry_, self._pairs(X))
 
+    # ------------------------------------------------------------------ outliers
+    def set_offset(self, X) -> ExactDGN:
+        """Set ``offset_`` so that the fraction ``contamination`` of ``X`` are outliers.
+
+        ``fit`` calls it on the training data; call it for a model from ``from_decoder``.
+        """
+        self._check_contamination()
+        if self.contamination is None:
+            raise ValueError("set contamination (a fraction in (0, 0.5]) to set an offset")
+        self.offset_ = contamination_offset(self.score_samples(X), self.contamination)
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        """(N,) ``log p(x) - offset_``: negative for outliers (scikit-learn's convention)."""
+        if not hasattr(self, "offset_"):
+            raise NotFittedError(
+                "no outlier threshold: set contamination before fit, or call set_offset(X) "
+                "on reference data"
+            )
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X) -> np.ndarray:
+        """(N,) +1 for inliers, -1 for outliers (``decision_function < 0``)."""
+        return np.where(self.decision_function(X) < 0, -1, 1)
+
+    def fit_predict(self, X, y=None) -> np.ndarray:
+        """``fit(X)`` then ``predict(X)`` (needs ``contamination``)."""
+        if self.contamination is None:
+            raise ValueError("fit_predict needs contamination (a fraction in (0, 0.5])")
+        return self.fit(X).predict(X)
+
+    def typicality_test(self, X, **kwargs) -> TypicalityResult:
+        """Is the batch ``X`` typical for this model (:func:`exactdgn.outliers.typicality_test`)."""
+        self._check_fitted()
+        return typicality_test(self, X, **kwargs)
+
+    _IMPUTE_METHODS = ("mean", "mode", "sample")
+
+    def impute(
+        self,
+        X,
+        method: str = "mean",
+        n_samples: int = 1,
+        random_state=None,
+        return_std: bool = False,
+    ):
+        """``X`` with its NaNs filled from the exact conditional ``p(x_mis | x_obs)``.
+
+        Parameters
+        ----------
+        X : array_like of shape (N, D), NaN where missing
+        method : {"mean", "mode", "sample"}
+            ``"mean"``: the exact conditional mean ``E[x_mis | x_obs] = Σ_r w_r(x_obs)
+            (A_r,mis E[z | x_obs, r] + b_r,mis)``; ``"mode"``: ``g(z*)`` at the exact MAP
+            ``z*`` of ``p(z | x_obs)``; ``"sample"``: exact draws ``g(z) + ε`` with
+            ``z ~ p(z | x_obs)`` and ``ε ~ N(0, Σ_mis)``.
+        n_samples : int
+            Draws per row for ``"sample"`` (the result then has shape ``(n_samples, N, D)``
+            when ``n_samples > 1``).
+        random_state : int, Generator or None
+            Seed of ``"sample"``.
+        return_std : bool
+            Also return the exact conditional standard deviation ``sqrt(Var[g_j | x_obs] +
+            σ_j²)`` of each missing entry (0 at observed entries), shape (N, D).
+
+        Returns
+        -------
+        X_filled : ndarray of shape (N, D) (or (n_samples, N, D))
+        std : ndarray of shape (N, D) (only with ``return_std``)
+        """
+        if method not in self._IMPUTE_METHODS:
+            raise ValueError(f"method={method!r} is invalid: use one of {self._IMPUTE_METHODS}")
+        if not (isinstance(n_samples, int | np.integer) and n_samples >= 1):
+            raise ValueError(f"n_samples={n_samples!r} is invalid: use an integer >= 1")
+        X = self._check_X(X, allow_nan=True)
+        miss = np.isnan(X)
+        post = self._posterior(X)
+        out = X.copy()
+        if method == "mean" or return_std:
+            mean, var = post.output_moments()
+        if method == "mean":
+            out[miss] = mean[miss]
+        elif method == "mode":
+            out[miss] = self.decoder_(post.mode())[miss]
+        else:
+            rng = np.random.default_rng(random_state)
+            Z = post.sample((n_samples,), random_state=rng)  # (S, N, d)
+            G = self.decoder_(Z.reshape(-1, Z.shape[-1])).reshape(n_samples, *X.shape)
+            G += rng.standard_normal(G.shape) * self.noise_std_
+            out = np.where(miss, G, X)
+            if n_samples == 1:
+                out = out[0]
+        out = self._to_data_units(out)
+        if not return_std:
+            return out
+        std = np.where(miss, np.sqrt(var + self.noise_std_**2), 0.0)
+        pre = getattr(self, "preprocessing_", None)
+        return out, (std if pre is None else std * pre.scale_)
+
     def log_prob_joint(self, X, Z) -> np.ndarray:
-        """(N,) ``log p(x, z) = log N(z; 0, I) + log N(x; g(z), Σ)`` row by row."""
-        X = self._check_X(X)
+        """(N,) ``log p(x, z) = log N(z; 0, I) + log N(x; g(z), Σ)`` row by row.
+
+        NaN entries of ``X`` are missing: ``log p(x_obs, z)`` (the observed coordinates' terms).
+        """
+        X = self._check_X(X, allow_nan=True)
+        return self._log_joint(X, Z) + self._log_jacobian(X)
+
+    def _log_joint(self, X: np.ndarray, Z) -> np.ndarray:
+        """:meth:`log_prob_joint` of validated ``X`` in the decoder's units."""
         Z = check_array(
             Z, name="Z", n_features=self.decoder_.latent_dim, feature_name="latent dims"
         )
         if Z.shape[0] != X.shape[0]:
             raise ValueError(f"X has {X.shape[0]} rows but Z has {Z.shape[0]}")
-        d, D = Z.shape[1], X.shape[1]
-        r = (X - self.decoder_(Z)) / self.noise_std_
-        log_lik = -0.5 * (D * LOG_2PI + np.einsum("nj,nj->n", r, r)) - np.log(self.noise_std_).sum()
+        d = Z.shape[1]
+        obs = ~np.isnan(X)
+        r = np.where(obs, (X - self.decoder_(Z)) / self.noise_std_, 0.0)
+        log_lik = -0.5 * (obs.sum(axis=1) * LOG_2PI + np.einsum("nj,nj->n", r, r)) - (
+            obs @ np.log(self.noise_std_)
+        )
         log_prior = -0.5 * (d * LOG_2PI + np.einsum("nk,nk->n", Z, Z))
         return log_prior + log_lik
 
@@ -265,6 +423,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         X = self.decoder_(Z) + rng.standard_normal((int(n_samples), self.decoder_.output_dim)) * (
             self.noise_std_
         )
+        X = self._to_data_units(X)
         return (X, Z) if return_latent else X
 
     def _prior_region_moments(self):
@@ -329,6 +488,15 @@ class ExactDGN(DensityMixin, BaseEstimator):
             bad("overrelax", "use a float >= 1 (1 turns the over-relaxed steps off)")
         if not (self.prune_nats >= 10):
             bad("prune_nats", "use >= 10 (40 keeps the likelihood exact to double precision)")
+        self._check_contamination()
+
+    def _check_contamination(self) -> None:
+        c = self.contamination
+        if c is not None and not (isinstance(c, float | int) and 0.0 < c <= 0.5):
+            raise ValueError(
+                f"contamination={c!r} is invalid: use a fraction in (0, 0.5] (or None for no "
+                "outlier threshold)"
+            )
 
     def _e_step(self, decoder, std, X):
         t0 = time.perf_counter()
@@ -343,24 +511,23 @@ class ExactDGN(DensityMixin, BaseEstimator):
     # X is either an array or a handle from exactdgn.dask (`e_step` runs on a dask cluster and
     # returns pairs held by the workers, whose `region_stats()` are reduced there).
     def _marginal(self, part, geom, X):
-        """E-step pairs with moments of ``X`` under ``geom`` (``part``: its partition)."""
+        """E-step pairs with moments of ``X`` under ``geom`` (``part``: its partition); rows
+        with NaN are conditioned on their observed coordinates."""
         if hasattr(X, "e_step"):
             return X.e_step(part, geom, prune_nats=self.prune_nats, chunk_bytes=self.chunk_bytes)
-        return marginal_pairs(
-            geom,
-            X,
-            prune_nats=self.prune_nats,
-            need_moments=True,
-            chunk_bytes=self.chunk_bytes,
-            device=self.device,
-        )
+        return self._exact_pairs(geom, X, need_moments=True)
 
     @staticmethod
-    def _region_stats(X, part, st):
-        """The M-step's :class:`~exactdgn.em.RegionStats` of E-step pairs ``st``."""
+    def _region_stats(X, part, st, dec=None, std=None):
+        """The M-step's :class:`~exactdgn.em.RegionStats` of E-step pairs ``st`` (of the
+        parameters ``dec``, ``std``; missing values: ``em.missing_region_stats``)."""
         if hasattr(st, "region_stats"):
             return st.region_stats()
-        return region_stats(X, part.patterns, st.point, st.region, st.log_weight, st.mean, st.cov)
+        args = (part.patterns, st.point, st.region, st.log_weight, st.mean, st.cov)
+        obs = check_missing(X)
+        if obs is None:
+            return region_stats(X, *args)
+        return missing_region_stats(X, obs, dec, std, *args)
 
     def fit(self, X, y=None, checkpoint=None) -> ExactDGN:
         """Fit by exact EM (``"em"``), exact-gradient Adam (``"gradient"``) or L-BFGS (``"lbfgs"``).
@@ -382,9 +549,14 @@ class ExactDGN(DensityMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array_like (N, D), no NaN (impute missing values first)
-            Or a dask array while a ``distributed.Client`` is active (``method="em"``): the
-            E-steps run chunk by chunk on the cluster (see :mod:`exactdgn.dask`).
+        X : array_like (N, D), NaN where missing
+            Missing values are integrated exactly: the E-step conditions on ``x_obs``, the
+            M-step uses the missing coordinates' conditional moments, and the recorded
+            ``loglik`` is the exact observed-data ``log p(x_obs)`` (never decreasing). The
+            initialisation fills them with column means. Columns with nothing observed are
+            an error.
+            Or a dask array while a ``distributed.Client`` is active (``method="em"``, no
+            NaN): the E-steps run chunk by chunk on the cluster (see :mod:`exactdgn.dask`).
         checkpoint : path, optional
             State is written there atomically after every iteration; calling ``fit`` again with
             the same arguments resumes from it and ends with the same result.
@@ -395,15 +567,14 @@ class ExactDGN(DensityMixin, BaseEstimator):
             from .dask import remote_data
 
             X = remote = remote_data(X, method=self.method)
-        else:
-            X = np.asarray(X, dtype=np.float64) if not isinstance(X, np.ndarray) else X
-            if X.ndim == 2 and np.isnan(X).any():
-                rows = np.unique(np.nonzero(np.isnan(X))[0])
-                raise ValueError(
-                    f"X contains NaN in {len(rows)} rows (first: {rows[:5].tolist()}); EM needs "
-                    "complete rows: drop them or fill them with ExactDGN.impute on a fitted model"
-                )
-            X = check_array(X, name="X")
+        obs = None
+        if remote is None:
+            X = check_array(X, name="X", allow_nan=True)
+            if X.shape[0] == 0:
+                raise ValueError(f"X has no rows (shape {X.shape}): give at least one point")
+            # NaN = missing: exact EM on the observed-data likelihood (see exactdgn.em._missing)
+            obs = check_missing(X, columns=True)
+        self.preprocessing_ = None  # fit works in the units of X
         N, D = X.shape
         warm = self.warm_start and hasattr(self, "decoder_")
         if warm and self.decoder_.output_dim != D:
@@ -449,7 +620,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
                     dec, std = self.decoder_.copy(), self.noise_std_.copy()
                 else:
                     dec, std = (initialize if remote is None else remote.initialize)(
-                        X,
+                        X if obs is None else np.where(obs, X, np.nanmean(X, axis=0)),
                         latent_dim=self.latent_dim,
                         hidden_sizes=self.hidden_sizes,
                         activation=self.activation,
@@ -484,6 +655,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
         self.history_ = res["history"]
         self.best_init_ = best
         self.init_logliks_ = [r["history"][-1]["loglik"] for r in done]
+        if self.contamination is not None:
+            self.set_offset(X)
         if not self.converged_:
             warnings.warn(
                 f"{self.method} did not converge in max_iter={self.max_iter} iterations "
@@ -530,7 +703,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 ll_start = ll
                 # (1) output layer + noise: an exact EM block (the partition does not move)
                 t0 = time.perf_counter()
-                rs = self._region_stats(X, part, st)
+                rs = self._region_stats(X, part, st, dec, std)
                 last = [dec.n_layers - 1]
                 dec1, std1 = m_step(
                     dec,
@@ -557,7 +730,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
                     # (2) hidden layers (patterns held at their E-step values), then the output
                     # layer and noise again; guarded by the exact likelihood with backtracking
                     t0 = time.perf_counter()
-                    rs = self._region_stats(X, part, st)
+                    rs = self._region_stats(X, part, st, dec, std)
                     new_dec, new_std = m_step(
                         dec,
                         rs,
@@ -648,7 +821,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         """Line search along the exact gradient of the hidden layers (see ``_run_em``)."""
         if dec.n_layers < 2:
             return None
-        rs = self._region_stats(X, part, st)
+        rs = self._region_stats(X, part, st, dec, std)
         grads = exact_gradient(dec, std, rs, X)
         L = dec.n_layers - 1  # hidden layers only: the output layer had its exact EM step
         gW, gc = grads[0 : 2 * L : 2], grads[1 : 2 * L : 2]
@@ -844,7 +1017,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
             d_, st_ = unpack(th)
             part, _, stt, tp, te = self._e_step(d_, st_, X)
             t0 = time.perf_counter()
-            rs = self._region_stats(X, part, stt)
+            rs = self._region_stats(X, part, stt, d_, st_)
             tt = torch.tensor(th, requires_grad=True)
             plist, k = [], 0
             for sh, n in zip(shapes, sizes, strict=True):
@@ -1063,12 +1236,32 @@ class ExactDGN(DensityMixin, BaseEstimator):
             "history": getattr(self, "history_", None),
             "n_iter": getattr(self, "n_iter_", None),
             "converged": getattr(self, "converged_", None),
+            "offset": getattr(self, "offset_", None),
+            "preprocessing": (
+                self.preprocessing_.to_dict()
+                if getattr(self, "preprocessing_", None) is not None
+                else None
+            ),
         }
         write_npz_atomic(path, arrays, meta)
 
     @classmethod
     def load(cls, path) -> ExactDGN:
-        """Load a model written by :meth:`save` (clear error on a corrupt or foreign file)."""
+        """Load a model written by :meth:`save` (clear error on a corrupt or foreign file).
+
+        ``path`` is a model ``.npz`` or a run directory of ``exactdgn fit`` (its ``model.npz``).
+        A model saved with its standardization carries it (``preprocessing_``); for runs saved
+        before that, the ``standardizer`` of the run's ``config.json`` is attached.
+        """
+        from pathlib import Path
+
+        path = Path(path)
+        if path.is_dir():
+            if not (path / "model.npz").exists():
+                raise ModelFileError(
+                    f"{path} has no model.npz (is it the --out directory of 'exactdgn fit'?)"
+                )
+            path = path / "model.npz"
         arrays, meta = read_npz(path)
         if meta.get("kind") != "model":
             raise ModelFileError(f"{path} holds a {meta.get('kind')!r}, not a saved model")
@@ -1084,6 +1277,15 @@ class ExactDGN(DensityMixin, BaseEstimator):
             model.history_ = meta["history"]
             model.n_iter_ = meta["n_iter"]
             model.converged_ = meta["converged"]
+        if meta.get("offset") is not None:
+            model.offset_ = float(meta["offset"])
+        pre = meta.get("preprocessing")
+        if pre is None:
+            pre = _run_config(path.parent / "config.json").get("standardizer")
+        if pre is not None:
+            from .datasets import Standardizer
+
+            model.preprocessing_ = Standardizer.from_dict(pre)
         return model
 
     # ------------------------------------------------------------------ model selection
@@ -1094,18 +1296,32 @@ class ExactDGN(DensityMixin, BaseEstimator):
 
     def bic(self, X) -> float:
         """Bayesian information criterion ``-2 log L + k log N`` (lower is better)."""
-        X = self._check_X(X)
-        return float(-2 * self.score_samples(X).sum() + self._n_parameters() * np.log(len(X)))
+        ll = self.score_samples(X)
+        return float(-2 * ll.sum() + self._n_parameters() * np.log(len(ll)))
 
     def aic(self, X) -> float:
         """Akaike information criterion ``-2 log L + 2k`` (lower is better)."""
-        X = self._check_X(X)
         return float(-2 * self.score_samples(X).sum() + 2 * self._n_parameters())
 
 
 def _loglik(st) -> float:
     """Mean exact log-likelihood of E-step pairs (issue 14 hook: remote pairs carry it)."""
     return float(st.loglik) if hasattr(st, "loglik") else float(st.log_px.mean())
+
+
+def _run_config(path) -> dict:
+    """The ``config.json`` of a run directory ({} when absent); errors name the file."""
+    import json
+
+    if not path.exists():
+        return {}
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{path} is not a valid JSON run configuration ({exc})") from exc
+    if not isinstance(cfg, dict):
+        raise ModelFileError(f"{path} is not a run configuration (a JSON object expected)")
+    return cfg
 
 
 def _interpolate(a: Decoder, b: Decoder, t: float) -> Decoder:

@@ -81,7 +81,8 @@ def plot_partition(
     lim : float
         The view is ``[-lim, lim]`` (per latent axis); regions are not clipped in the data.
     outputs : int
-        (d = 1) number of output coordinates of ``g`` drawn against ``z``.
+        (d = 1) number of output coordinates of ``g`` drawn against ``z``: those with the
+        largest range over the view.
 
     Returns
     -------
@@ -92,8 +93,11 @@ def plot_partition(
     if d == 1:
         z = np.linspace(-lim, lim, 2001)[:, None]
         g = part.decoder(z)
-        for j in range(min(outputs, g.shape[1])):
+        # the outputs that vary most along z (flat ones, e.g. border pixels, show nothing)
+        top = np.sort(np.argsort(-np.ptp(g, axis=0), kind="stable")[:outputs])
+        for j in top:
             ax.plot(z[:, 0], g[:, j], lw=1, label=f"g_{j}(z)")
+        ax.set_ylabel("decoder output g_j(z)")
         bps = part.facet_offsets[part.facet_normals[:, 0] > 0]
         bps = bps[np.abs(bps) <= lim]
         for t in bps:

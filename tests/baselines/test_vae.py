@@ -292,7 +292,7 @@ def test_iwae_bound_std_and_k_monotone():
 def test_callback_snapshots_are_the_prefix_runs(cls):
     """The per-epoch snapshot at epoch e is the model a run of e epochs ends with (same seed,
     no validation), and the exact-NLL curve from one run equals the refit curve."""
-    from exactdgn.cli import refit_curve, vae_curve, vae_to_exact
+    from exactdgn.evaluation import refit_curve, vae_curve, vae_to_exact
 
     X = wave(120, noise=0.1, random_state=0)
     kw = {"validation_fraction": 0.0, "random_state": 3, "batch_size": 32}

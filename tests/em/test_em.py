@@ -186,8 +186,8 @@ def test_from_torch_model_can_be_refined():
 def test_bad_input():
     _, X = _planted([1, 5, 2], 60, 16)
     Xn = X.copy()
-    Xn[3, 1] = np.nan
-    with pytest.raises(ValueError, match="impute"):
+    Xn[3] = np.nan  # a NaN is a missing value; a row with nothing observed is an error
+    with pytest.raises(ValueError, match="every value missing"):
         ExactDGN(hidden_sizes=(5,), progress=False).fit(Xn)
     Xi = X.copy()
     Xi[0, 0] = np.inf

@@ -132,7 +132,7 @@ def test_region_count_and_errors():
     with pytest.raises(ValueError, match="columns"):
         model.score_samples(np.zeros((3, 5)))
     with pytest.raises(ValueError, match="NaN"):
-        model.score_samples(np.array([[np.nan, 0.0]]))
+        model.score_samples(np.array([[np.nan, np.nan]]))  # one NaN alone is a missing value
     with pytest.raises(ValueError, match="positive"):
         ExactDGN.from_decoder(dec, 0.0)
     with pytest.raises(ValueError, match="positive"):

@@ -74,6 +74,7 @@ import math
 import numpy as np
 
 __all__ = [
+    "oracle_conditional_outputs_1d",
     "oracle_logpx_1d",
     "oracle_logpx_2d",
     "oracle_posterior_moments_1d",
@@ -363,8 +364,11 @@ def _adaptive_gl(func, lid, a, b, n_lines, *, rtol, n=10, max_rounds=60, max_int
 
 
 # ---------------------------------------------------------------------------- line engine
-def _line_integrals(prob, origins, v, pid, kinks, R, centers, *, rtol, n_mom):
+def _line_integrals(prob, origins, v, pid, kinks, R, centers, *, rtol, n_mom, extra=None):
     """∫ (t - c_l)^k exp(f(o_l + t v)) dt for k < n_mom on each line (scaled by its maximum).
+
+    With ``extra`` (a function of the latent points returning (n, q) values ``h``), the
+    columns are instead ``[1, h, h²]`` (``n_mom = 1 + 2q``).
 
     Returns
     -------
@@ -439,6 +443,9 @@ def _line_integrals(prob, origins, v, pid, kinks, R, centers, *, rtol, n_mom):
     def func(t, lid):
         f, _, _ = prob.logf(origins[lid] + t[:, None] * v, pid[lid])
         w = np.exp(f - m_line[lid])
+        if extra is not None:
+            h = extra(origins[lid] + t[:, None] * v)
+            return w[:, None] * np.concatenate([np.ones((t.size, 1)), h, h * h], axis=1)
         if n_mom == 1:
             return w[:, None]
         dt = t - centers[lid]
@@ -467,7 +474,7 @@ def _check_decoder(decoder, d):
         raise ValueError(f"this oracle needs a decoder with latent dim {d}")
 
 
-def _oracle_1d(decoder, X, sigma, *, rtol, n_mom):
+def _oracle_1d(decoder, X, sigma, *, rtol, n_mom, extra=None):
     _check_decoder(decoder, 1)
     prob = _Problem(decoder, X, sigma)
     N = prob.X.shape[0]
@@ -481,12 +488,14 @@ def _oracle_1d(decoder, X, sigma, *, rtol, n_mom):
     kinks = _scan_kinks(prob.net, np.zeros((1, 1)), v, np.array([float(np.max(R))]))[0]
     origins = np.zeros((N, 1))
     centers = np.zeros(N)
-    if n_mom > 1:  # centre the moments at the mode (found in a first pass)
+    if n_mom > 1 and extra is None:  # centre the moments at the mode (found in a first pass)
         _, _, _, tmax, _, _ = _line_integrals(
             prob, origins, v, pid, [kinks] * N, R, centers, rtol=1e-6, n_mom=1
         )
         centers = tmax
-    out = _line_integrals(prob, origins, v, pid, [kinks] * N, R, centers, rtol=rtol, n_mom=n_mom)
+    out = _line_integrals(
+        prob, origins, v, pid, [kinks] * N, R, centers, rtol=rtol, n_mom=n_mom, extra=extra
+    )
     out[-1]["center"] = centers
     out[-1]["n_kinks"] = kinks.size
     return out
@@ -523,6 +532,46 @@ def oracle_posterior_moments_1d(decoder, x, sigma, *, tol: float = 1e-14):
     c = info["center"][0]
     e1, e2 = mom[0, 1], mom[0, 2]
     return np.array([c + e1]), np.array([[e2 - e1 * e1]])
+
+
+class _Rows:
+    """A decoder's raw parameters with only some output rows (what the oracle reads)."""
+
+    def __init__(self, decoder, rows):
+        self.weights = [*decoder.weights[:-1], np.asarray(decoder.weights[-1])[rows]]
+        self.biases = [*decoder.biases[:-1], np.asarray(decoder.biases[-1])[rows]]
+        self.positive_slopes = decoder.positive_slopes
+        self.negative_slopes = decoder.negative_slopes
+
+
+def oracle_conditional_outputs_1d(decoder, x, sigma, *, tol: float = 1e-14):
+    """Conditional mean and std of the missing entries of one ``x`` (NaN = missing), d = 1.
+
+    ``log p(x_obs)`` is integrated with the decoder's observed rows only (marginalising a
+    coordinate with diagonal noise drops its row), and ``E[g_j(z) | x_obs]``,
+    ``E[g_j(z)² | x_obs]`` of the missing rows by the same adaptive line quadrature;
+    ``std_j = sqrt(Var[g_j | x_obs] + σ_j²)``.
+
+    Returns
+    -------
+    log_p_obs : float, mean : (n_missing,), std : (n_missing,)
+    """
+    x = np.asarray(x, dtype=np.float64).ravel()
+    sig = np.broadcast_to(np.asarray(sigma, dtype=np.float64), x.shape)
+    obs = ~np.isnan(x)
+    mis_net = _Net(_Rows(decoder, ~obs))
+    q = int((~obs).sum())
+    logI, mom, *_ = _oracle_1d(
+        _Rows(decoder, obs),
+        x[obs][None],
+        sig[obs],
+        rtol=tol,
+        n_mom=1 + 2 * q,
+        extra=lambda Z: mis_net.eval(Z)[0],
+    )
+    mean = mom[0, 1 : 1 + q]
+    var = mom[0, 1 + q :] - mean * mean
+    return float(logI[0]), mean, np.sqrt(var + sig[~obs] ** 2)
 
 
 # ---------------------------------------------------------------------------- d = 2

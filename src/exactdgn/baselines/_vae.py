@@ -295,6 +295,23 @@ class VAE:
         self.random_state = random_state
         self.progress = progress
 
+    @classmethod
+    def from_parts(cls, decoder: Decoder, encoder, noise_std) -> VAE:
+        """A fitted VAE from a trained decoder, encoder and noise (e.g. trained elsewhere).
+
+        Parameters
+        ----------
+        decoder : Decoder
+        encoder : torch.nn.Module
+            ``x -> (mean, log_std)`` of ``q(z | x)``, each (B, d) (see :class:`GaussianEncoder`).
+        noise_std : float or array_like (D,)
+        """
+        vae = cls(decoder.layer_sizes)
+        vae.decoder_ = decoder
+        vae.encoder_ = encoder.eval()
+        vae.noise_std_ = np.asarray(noise_std, dtype=np.float64)
+        return vae
+
     # ------------------------------------------------------------------ training
     def _n_objective_samples(self) -> int:
         return _int_param(self.n_train_samples, "n_train_samples", 1)

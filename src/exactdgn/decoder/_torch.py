@@ -65,7 +65,7 @@ def _flatten(module, prefix=""):
 def _dense_map(module, shape):
     """Dense (W, b) of an affine module acting on inputs of ``shape`` (without batch)."""
     torch = _torch()
-    m = copy.deepcopy(module).to(torch.float64)
+    m = copy.deepcopy(module).to(torch.float64).eval()
     n_in = math.prod(shape)
     with torch.no_grad():
         zero = torch.zeros((1, *shape), dtype=torch.float64)
@@ -77,6 +77,34 @@ def _dense_map(module, shape):
     return W, b.reshape(-1).numpy().copy(), out_shape
 
 
+def _plain_chain(module) -> bool:
+    """Whether ``module`` is a (nested) ``nn.Sequential`` of the layers this file imports
+    directly (anything else goes through :func:`exactdgn.decoder._fx.from_torch_fx`)."""
+    nn = _torch().nn
+    plain = (
+        nn.Linear,
+        nn.Identity,
+        nn.Dropout,
+        nn.Dropout1d,
+        nn.Dropout2d,
+        nn.AlphaDropout,
+        nn.Flatten,
+        nn.Unflatten,
+        nn.BatchNorm1d,
+        nn.Conv1d,
+        nn.Conv2d,
+        nn.ConvTranspose1d,
+        nn.ConvTranspose2d,
+        nn.ReLU,
+        nn.LeakyReLU,
+        nn.PReLU,
+    )
+    return all(
+        type(m) in plain or _is_abs(m) or isinstance(m, nn.Tanh | nn.Sigmoid | nn.GELU)
+        for _, m in _flatten(module)
+    )
+
+
 def from_torch(module, input_shape: Sequence[int] | None = None) -> Decoder:
     """Build a :class:`Decoder` from a PyTorch module.
 
@@ -86,7 +114,9 @@ def from_torch(module, input_shape: Sequence[int] | None = None) -> Decoder:
         An ``nn.Sequential`` (possibly nested) of ``Linear``, ``ReLU``, ``LeakyReLU``, ``PReLU``,
         :func:`Abs`, ``Identity``, ``Flatten``, ``Unflatten``, eval-mode ``BatchNorm1d`` and
         ``Dropout``, and ``Conv1d`` / ``Conv2d`` / ``ConvTranspose2d`` (which need the input shape
-        to be known), or a single such module.
+        to be known), or a single such module. Anything else (``ReLU6``, ``Hardtanh``,
+        ``MaxPool1d/2d``, custom ``nn.Module`` classes with residual sums, ...) is traced with
+        ``torch.fx`` (:func:`exactdgn.decoder._fx.from_torch_fx`).
     input_shape : sequence of int, optional
         Shape of one latent input (without the batch axis). Inferred from a leading ``Linear``.
 
@@ -99,6 +129,10 @@ def from_torch(module, input_shape: Sequence[int] | None = None) -> Decoder:
     nn = torch.nn
     if not isinstance(module, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(module).__name__}")
+    if not _plain_chain(module):  # custom modules, residual sums, ReLU6, pooling: torch.fx
+        from ._fx import from_torch_fx
+
+        return from_torch_fx(module, input_shape=input_shape)
     shape = tuple(int(s) for s in input_shape) if input_shape is not None else None
     # ops: list of ("affine", W, b) or ("act", Activation) on flat vectors
     ops: list = []

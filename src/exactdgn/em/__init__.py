@@ -6,6 +6,7 @@ math it calls.
 
 from ._gradient import exact_gradient, surrogate_objective
 from ._init import initialize
+from ._missing import MissingStats, missing_region_stats, missing_residual_sq
 from ._steps import (
     RegionStats,
     expected_complete_loglik,
@@ -16,11 +17,14 @@ from ._steps import (
 )
 
 __all__ = [
+    "MissingStats",
     "RegionStats",
     "exact_gradient",
     "expected_complete_loglik",
     "initialize",
     "m_step",
+    "missing_region_stats",
+    "missing_residual_sq",
     "region_stats",
     "surrogate_objective",
     "update_layer",

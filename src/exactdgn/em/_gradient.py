@@ -55,15 +55,18 @@ def surrogate_objective(params, decoder: Decoder, stats: RegionStats, X: np.ndar
     Ar, br = A[reg], b[reg]
     m = torch.as_tensor(stats.mean)
     V = torch.as_tensor(stats.cov)
-    x = torch.as_tensor(X)[torch.as_tensor(stats.point)]
+    # NaN = missing: only the observed coordinates' terms (Fisher's identity for log p(x_obs))
+    obs = ~np.isnan(X)
+    x = torch.as_tensor(np.where(obs, X, 0.0))[torch.as_tensor(stats.point)]
+    o = torch.as_tensor(obs[stats.point], dtype=x.dtype)
     w = torch.as_tensor(stats.w)
     std = torch.exp(log_std).expand(X.shape[1])
     inv_var = std**-2
     res = x - torch.einsum("pjk,pk->pj", Ar, m) - br
     tr = torch.einsum("pjk,pkl,pjl->pj", Ar, V, Ar)
-    quad = (w[:, None] * (res**2 + tr) * inv_var).sum()
-    N = stats.n_points
-    return -0.5 * quad - N * torch.log(std).sum() - 0.5 * N * X.shape[1] * LOG_2PI
+    quad = (w[:, None] * o * (res**2 + tr) * inv_var).sum()
+    n_obs = torch.as_tensor(obs.sum(axis=0), dtype=x.dtype)  # (D,) observed per column
+    return -0.5 * quad - (n_obs * torch.log(std)).sum() - 0.5 * float(obs.sum()) * LOG_2PI
 
 
 def remote_surrogate(params, decoder: Decoder, stats):

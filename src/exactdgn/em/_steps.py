@@ -55,6 +55,8 @@ class RegionStats:
     point, region : (P,) int, w : (P,), mean : (P, d), cov : (P, d, d)
         The pairs themselves (for the centred noise update).
     n_points : int
+    missing : MissingStats or None
+        Set by :func:`exactdgn.em.missing_region_stats` when ``X`` has NaN.
     """
 
     patterns: np.ndarray
@@ -67,6 +69,7 @@ class RegionStats:
     mean: np.ndarray
     cov: np.ndarray
     n_points: int
+    missing: object = None
 
     def residual_sq(self, A: np.ndarray, b: np.ndarray, X: np.ndarray) -> np.ndarray:
         """(D,) weighted squared residuals of the noise update (see :func:`update_noise`).
@@ -235,6 +238,10 @@ def _residual_sq(A: np.ndarray, b: np.ndarray, stats: RegionStats, X: np.ndarray
     The squared residuals are summed in the centred form (no cancellation when σ is small), in
     blocks of pairs; the trace term needs only the per-region sums ``Σ_n w_nr V_nr``.
     """
+    if stats.missing is not None:  # missing values: their conditional moments (em._missing)
+        from ._missing import missing_residual_sq
+
+        return missing_residual_sq(A, b, stats, X)
     R, D, d = A.shape
     out = np.zeros(D)
     w, pt, rg, m = stats.w, stats.point, stats.region, stats.mean

@@ -154,7 +154,7 @@ def whiten(mean, cov_chol, C, e) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     CL = np.matmul(C, L)  # (F, d) or (P, F, d)
     CL = np.broadcast_to(CL, (P, F, d))
     scale = np.linalg.norm(CL, axis=-1)
-    Cm = np.einsum("...fd,pd->pf", C, mean)
+    Cm = np.matmul(C, mean[:, :, None])[..., 0]  # (P, F) for C of shape (F, d) or (P, F, d)
     with np.errstate(all="ignore"):
         raw = np.broadcast_to(e, (P, F)) - Cm
         pos = scale > 0

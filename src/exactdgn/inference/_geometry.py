@@ -56,9 +56,10 @@ class RegionGeometry:
     lk_const : (R,)           ``-(D log 2π + log|Σ| + log|P_r| + ||b_r - c||²_Λ) / 2``
     polygons : PolygonTable or None   (d = 2 only) the whitened regions at ``w = 0``; a pair
         ``(x, r)`` is polygon ``r`` translated by ``-w_r(x)`` (``c(x) = g - n w_r(x)``)
+    cache : dict              arrays derived on first use (the missing-data GEMM's columns;
+        the torch backend's copies of these arrays on a device, under ``("torch", device)``)
     interval : tuple or None  (d = 1 only) ``(lo, hi, order, breaks)``: the regions' ends in
         ``z`` (R,), the regions sorted by position (R,) and the inner ends in that order (R-1,)
-    device_cache : dict       copies of these arrays on torch devices (the torch backend's)
     """
 
     A: np.ndarray
@@ -83,7 +84,7 @@ class RegionGeometry:
     gemm_basis: np.ndarray | None = None
     gemm_w_basis: np.ndarray | None = None
     polygons: PolygonTable | None = None
-    device_cache: dict = field(default_factory=dict, repr=False, compare=False)
+    cache: dict = field(default_factory=dict, repr=False)  # derived arrays built on first use
 
     @property
     def n_regions(self) -> int:

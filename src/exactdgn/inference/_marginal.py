@@ -43,6 +43,11 @@ class PairStats:
     mean : (P, d) or None        ``E[z | x, r]`` (with ``need_moments``)
     cov : (P, d, d) or None      ``Cov[z | x, r]``
     n_candidates : int    pairs considered before the facet bound
+    pair_normals : (P, F, d) or None, pair_L : (P, d, d) or None, pair_mu : (P, d) or None,
+    pair_log_det_P : (P,) or None
+        Per-pair whitened normals, ``L``, untruncated mean ``μ`` and ``log|P|`` when they depend
+        on the point (missing values, :func:`exactdgn.inference.observed_pairs`); None: the
+        region's own (``geom.normals[region]``, ...).
     """
 
     point: np.ndarray
@@ -55,6 +60,17 @@ class PairStats:
     mean: np.ndarray | None = None
     cov: np.ndarray | None = None
     n_candidates: int = 0
+    pair_normals: np.ndarray | None = None
+    pair_L: np.ndarray | None = None
+    pair_mu: np.ndarray | None = None
+    pair_log_det_P: np.ndarray | None = None
+
+    def geometry(self, geom: RegionGeometry):
+        """``(normals (P, F, d), L (P, d, d), μ (P, d), log|P| (P,))`` of every pair."""
+        if self.pair_L is not None:
+            return self.pair_normals, self.pair_L, self.pair_mu, self.pair_log_det_P
+        r = self.region
+        return geom.normals[r], geom.L[r], geom.posterior_mean(self.v, r), geom.log_det_P[r]
 
     @property
     def log_weight(self) -> np.ndarray:

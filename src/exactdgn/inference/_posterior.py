@@ -22,6 +22,8 @@ __all__ = ["ExactPosterior"]
 class ExactPosterior:
     """Exact posterior of a CPA-decoder Gaussian model for a batch of points.
 
+    Rows of ``X`` with NaN condition on their observed coordinates only (``p(z | x_obs)``).
+
     Built by :meth:`exactdgn.ExactDGN.posterior`; holds only the point-region pairs that carry
     mass (exact pruning, see :mod:`exactdgn.inference._marginal`).
 
@@ -70,9 +72,8 @@ class ExactPosterior:
     def _moments(self):
         st = self._stats
         if st.mean is None:
-            tm = gaussian.truncated_moments(self._geom.normals[st.region], st.offsets)
-            mu = self._geom.posterior_mean(st.v, st.region)
-            Lr = self._geom.L[st.region]
+            normals, Lr, mu, _ = st.geometry(self._geom)
+            tm = gaussian.truncated_moments(normals, st.offsets)
             st.mean = mu + np.einsum("pij,pj->pi", Lr, tm.mean)
             st.cov = Lr @ tm.cov @ np.swapaxes(Lr, 1, 2)
         return st.mean, st.cov
@@ -106,6 +107,51 @@ class ExactPosterior:
         """(N, d) marginal posterior variances."""
         return np.diagonal(self.covariance_matrix, axis1=1, axis2=2).copy()
 
+    # Pairs per block of the output moments (bounds the (pairs x D) temporaries).
+    _OUT_BLOCK = 1 << 13
+
+    def output_moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Exact ``E[g(z) | x]`` and ``Var[g(z) | x]`` per output: (N, D) each.
+
+        On pair ``(n, r)`` the decoder is affine, ``g = A_r z + b_r``, so with the truncated
+        moments ``m_nr``, ``V_nr`` of the pair and its weight ``w_nr``:
+        ``E[g_j] = Σ_r w_nr (a_rj·m_nr + b_rj)`` and, centred (no cancellation),
+        ``Var[g_j] = Σ_r w_nr [a_rjᵀ V_nr a_rj + (a_rj·m_nr + b_rj - E[g_j])²]``. For a row
+        with NaN these are the conditional moments given the observed coordinates, hence
+        ``E[x_mis | x_obs] = E[g_mis]`` and ``Var[x_mis | x_obs] = Var[g_mis] + σ²_mis``.
+        """
+        m, c = self._moments()
+        st = self._stats
+        A, b = self._geom.A, self._geom.b
+        N, D = self.batch_shape[0], A.shape[1]
+        d = self.event_shape[0]
+        w = np.exp(st.log_weight)
+        mean = np.zeros((N, D))
+        var = np.zeros((N, D))
+        blocks = range(0, len(w), self._OUT_BLOCK)
+
+        def outputs(sl):
+            r = st.region[sl]
+            y = b[r].copy()
+            for k in range(d):  # A_r m: d axpys of (block, D), no (block, D, d) gather
+                y += A[r, :, k] * m[sl, k : k + 1]
+            return r, y
+
+        for s in blocks:
+            sl = slice(s, s + self._OUT_BLOCK)
+            _, y = outputs(sl)
+            np.add.at(mean, st.point[sl], w[sl, None] * y)
+        for s in blocks:
+            sl = slice(s, s + self._OUT_BLOCK)
+            r, y = outputs(sl)
+            y -= mean[st.point[sl]]
+            q = np.square(y)
+            for k in range(d):
+                for l in range(d):
+                    q += A[r, :, k] * A[r, :, l] * c[sl, k, l][:, None]
+            np.add.at(var, st.point[sl], w[sl, None] * q)
+        return mean, var
+
     # ------------------------------------------------------------------ density
     def log_prob(self, z) -> np.ndarray:
         """Exact ``log p(z | x)``.
@@ -132,7 +178,7 @@ class ExactPosterior:
         for s in range(0, S, step):
             k = min(step, S - s)
             Xr = np.broadcast_to(self._X, (k, N, D)).reshape(k * N, D)
-            lj = self._model.log_prob_joint(Xr, flat[s : s + k].reshape(k * N, d))
+            lj = self._model._log_joint(Xr, flat[s : s + k].reshape(k * N, d))
             out[s : s + k] = lj.reshape(k, N) - self.log_normalizer
         return out.reshape(Z.shape[:-1])
 
@@ -167,12 +213,9 @@ class ExactPosterior:
         idx = np.searchsorted(cw, uu, side="right")
         idx = np.clip(idx, starts[None], ends[None] - 1)
         pair = order[idx.ravel()]
-        r = st.region[pair]
-        normals = self._geom.normals[r]
-        offsets = st.offsets[pair]
-        u = sample_truncated_standard(normals, offsets, rng)
-        mu = self._geom.posterior_mean(st.v[pair], r)
-        z = mu + np.einsum("pij,pj->pi", self._geom.L[r], u)
+        normals, L, mu, _ = st.geometry(self._geom)
+        u = sample_truncated_standard(normals[pair], st.offsets[pair], rng)
+        z = mu[pair] + np.einsum("pij,pj->pi", L[pair], u)
         return z.reshape(*shape, N, d)
 
     # ------------------------------------------------------------------ mode
@@ -184,12 +227,12 @@ class ExactPosterior:
         ``log κ_r(x) + log N(u*; 0, I) - ½ log|S_r|`` (the joint density at ``z*``).
         """
         st = self._stats
-        u = project_origin(self._geom.normals[st.region], st.offsets)
-        mu = self._geom.posterior_mean(st.v, st.region)
-        z = mu + np.einsum("pij,pj->pi", self._geom.L[st.region], u)
+        normals, L, mu, log_det_P = st.geometry(self._geom)
+        u = project_origin(normals, st.offsets)
+        z = mu + np.einsum("pij,pj->pi", L, u)
         d = self.event_shape[0]
-        lk = st.log_joint - gaussian.log_mass(self._geom.normals[st.region], st.offsets)
-        score = lk - 0.5 * np.einsum("pi,pi->p", u, u) + 0.5 * self._geom.log_det_P[st.region]
+        lk = st.log_joint - gaussian.log_mass(normals, st.offsets)
+        score = lk - 0.5 * np.einsum("pi,pi->p", u, u) + 0.5 * log_det_P
         score = score - 0.5 * d * LOG_2PI
         N = self.batch_shape[0]
         best = np.full(N, -np.inf)

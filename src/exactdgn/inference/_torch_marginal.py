@@ -140,8 +140,8 @@ class DeviceGeometry:
 
 def device_geometry(geom: RegionGeometry, device: torch.device) -> DeviceGeometry:
     """The cached :class:`DeviceGeometry` of ``geom`` on ``device``."""
-    cache = geom.device_cache
-    key = str(device)
+    cache = geom.cache
+    key = ("torch", str(device))
     if key in cache:
         return cache[key]
 

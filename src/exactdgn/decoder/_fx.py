@@ -1,0 +1,423 @@
+"""Import of general PyTorch modules (residual sums, ReLU6, Hardtanh, max pooling) by ``torch.fx``.
+
+The module is traced symbolically; every value of the graph is kept as an affine function
+``M h + c`` of the output ``h`` of the last activation layer built so far (at the start,
+``h = z``). Affine nodes (``Linear``, convolutions, eval-mode ``BatchNorm``, ``Flatten``,
+reshapes, sums and differences of values, scaling by constants, ``Identity``, eval-mode
+``Dropout``) only update those maps. A piecewise-affine node starts a new layer: the values still
+needed later pass through it on units without a kink (PReLU slope 1), and
+
+* ``ReLU`` / ``LeakyReLU`` / ``PReLU`` / :func:`Abs`: one unit per element (slope 0 / α / -1);
+* ``ReLU6`` / ``Hardtanh(lo, hi)``: ``lo + relu(a - lo) - relu(a - hi)``: two ReLU units;
+* ``MaxPool1d`` / ``MaxPool2d``: a tournament per window, ``max(a, b) = b + relu(a - b)``,
+  one layer per halving of the window.
+
+The result is a :class:`Decoder` computing exactly the same function. Any other operation
+raises :class:`NotPiecewiseAffineError` naming it and saying why.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._core import Activation, Decoder, NotPiecewiseAffineError
+from ._torch import _dense_map
+
+__all__ = ["from_torch_fx"]
+
+
+@dataclass
+class _Value:
+    """A graph value ``M h + c`` (flattened, per sample) with its per-sample ``shape``."""
+
+    M: np.ndarray
+    c: np.ndarray
+    shape: tuple
+
+
+class _Builder:
+    """Layers of the decoder under construction (see the module docstring)."""
+
+    def __init__(self, d: int):
+        self.Ws: list[np.ndarray] = []
+        self.bs: list[np.ndarray] = []
+        self.acts: list[Activation] = []
+        self.width = d
+
+    def layer(self, rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]]):
+        """Add ``prelu(M h + c)`` with per-unit negative slopes; returns the new width's
+        offsets of each block. ``rows`` is a list of ``(M, c, slopes)``."""
+        self.Ws.append(np.vstack([r[0] for r in rows]))
+        self.bs.append(np.concatenate([r[1] for r in rows]))
+        slopes = np.concatenate([r[2] for r in rows])
+        self.acts.append(Activation("prelu", slopes))
+        offs = np.cumsum([0] + [len(r[1]) for r in rows])
+        self.width = int(offs[-1])
+        return offs
+
+    def decoder(self, out: _Value) -> Decoder:
+        Ws, bs, acts = [*self.Ws, out.M], [*self.bs, out.c], list(self.acts)
+        for k, a in enumerate(acts):  # a plain kind where one slope fits every unit
+            s = np.asarray(a.negative_slope)
+            if np.all(s == s.flat[0]):
+                v = float(s.flat[0])
+                acts[k] = (
+                    Activation("relu")
+                    if v == 0.0
+                    else Activation("abs")
+                    if v == -1.0
+                    else Activation("leaky_relu", v)
+                    if v != 1.0
+                    else a
+                )
+        return Decoder(Ws, bs, acts)
+
+
+def _select(width: int, start: int, n: int) -> np.ndarray:
+    S = np.zeros((n, width))
+    S[np.arange(n), start + np.arange(n)] = 1.0
+    return S
+
+
+def _pool_windows(m, shape) -> np.ndarray:
+    """(n_out, k) input indices of each max-pooling window (-1: padding)."""
+    import torch
+    import torch.nn.functional as F
+
+    if getattr(m, "ceil_mode", False) or getattr(m, "return_indices", False):
+        raise NotPiecewiseAffineError(
+            f"{type(m).__name__} with ceil_mode/return_indices is not supported (use the defaults)"
+        )
+    one_d = isinstance(m, torch.nn.MaxPool1d)
+    pair = (
+        (lambda v: (1, v if isinstance(v, int) else v[0]))
+        if one_d
+        else torch.nn.modules.utils._pair
+    )
+    k, s = pair(m.kernel_size), pair(m.stride if m.stride is not None else m.kernel_size)
+    p, dil = pair(m.padding), pair(m.dilation)
+    if one_d:
+        p = (0, p[1])  # no padding along the dummy height axis
+    sh = (shape[0], 1, shape[1]) if one_d else tuple(shape)
+    if len(sh) != 3:
+        raise NotPiecewiseAffineError(f"{type(m).__name__} needs (C, L) or (C, H, W) inputs")
+    C = sh[0]
+    idx = torch.arange(1, math.prod(sh) + 1, dtype=torch.float64).reshape(1, *sh)
+    cols = F.unfold(idx, kernel_size=k, dilation=dil, padding=p, stride=s)  # (1, C*kk, L)
+    kk = k[0] * k[1]
+    cols = cols.reshape(C, kk, -1).permute(0, 2, 1).reshape(-1, kk)  # (C*L, kk)
+    return cols.numpy().astype(np.int64) - 1
+
+
+class _Compiler:
+    def __init__(self, gm, input_shape):
+        self.gm = gm
+        self.modules = dict(gm.named_modules())
+        self.input_shape = input_shape
+
+    def run(self) -> Decoder:
+        import torch
+
+        nodes = list(self.gm.graph.nodes)
+        pos = {n: i for i, n in enumerate(nodes)}
+        self.last_use = {n: max([pos[u] for u in n.users], default=-1) for n in nodes}
+        vals: dict = {}
+        self._values = vals  # activation layers re-express the live values in place
+        shape = self.input_shape
+        if shape is None:
+            shape = self._infer_shape(nodes)
+        d = math.prod(shape)
+        self.b = _Builder(d)
+        out = None
+        for i, n in enumerate(nodes):
+            if n.op == "placeholder":
+                if vals:
+                    raise NotPiecewiseAffineError("the module takes more than one input")
+                vals[n] = _Value(np.eye(d), np.zeros(d), tuple(shape))
+            elif n.op == "output":
+                out = vals[n.args[0]] if not isinstance(n.args[0], tuple) else None
+                if out is None:
+                    raise NotPiecewiseAffineError("the module returns several tensors")
+            elif n.op == "get_attr":
+                t = getattr(self.gm, n.target)
+                vals[n] = t.detach().to(torch.float64) if isinstance(t, torch.Tensor) else t
+            else:
+                vals[n] = self._node(n, i, vals)
+        if out.shape != (math.prod(out.shape),):
+            out = _Value(out.M, out.c, (math.prod(out.shape),))
+        return self.b.decoder(out)
+
+    def _infer_shape(self, nodes):
+        import torch
+
+        ph = next(n for n in nodes if n.op == "placeholder")
+        for u in ph.users:
+            if u.op == "call_module" and isinstance(self.modules[u.target], torch.nn.Linear):
+                return (self.modules[u.target].in_features,)
+        raise ValueError(
+            "cannot infer the latent input shape: pass input_shape=(latent_dim,) (the input "
+            "does not go straight into an nn.Linear)"
+        )
+
+    # ---------------------------------------------------------------- nodes
+    def _name(self, n) -> str:
+        if n.op == "call_module":
+            return f"layer {n.target!r} ({type(self.modules[n.target]).__name__})"
+        t = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", n.target)
+        return f"operation {t!r} (node {n.name!r})"
+
+    def _affine_fn(self, v: _Value, module) -> _Value:
+        W, b, out_shape = _dense_map(module, v.shape)
+        return _Value(W @ v.M, W @ v.c + b, out_shape)
+
+    def _node(self, n, i, vals):
+        import torch
+        import torch.nn.functional as F
+
+        nn = torch.nn
+        args = [vals[a] if isinstance(a, torch.fx.Node) else a for a in n.args]
+        kwargs = {k: vals[a] if isinstance(a, torch.fx.Node) else a for k, a in n.kwargs.items()}
+        name = self._name(n)
+        x = args[0] if args else None
+        if n.op == "call_module":
+            m = self.modules[n.target]
+            if isinstance(m, nn.Identity):
+                return x
+            if isinstance(m, nn.Dropout | nn.Dropout1d | nn.Dropout2d | nn.AlphaDropout):
+                if m.training and m.p > 0:
+                    raise NotPiecewiseAffineError(
+                        f"{name} is in training mode (random); call eval()"
+                    )
+                return x
+            if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) and (
+                m.training or not m.track_running_stats or m.running_mean is None
+            ):
+                raise NotPiecewiseAffineError(
+                    f"{name} normalises with batch statistics; call module.eval() so that it "
+                    "uses its running statistics (an affine map)"
+                )
+            affine = (
+                nn.Linear,
+                nn.Conv1d,
+                nn.Conv2d,
+                nn.ConvTranspose1d,
+                nn.ConvTranspose2d,
+                nn.BatchNorm1d,
+                nn.BatchNorm2d,
+                nn.Flatten,
+                nn.Unflatten,
+            )
+            if isinstance(m, affine):
+                return self._affine_fn(x, m)
+            if isinstance(m, nn.ReLU):
+                return self._unitwise(i, n, x, 0.0)
+            if isinstance(m, nn.LeakyReLU):
+                return self._unitwise(i, n, x, float(m.negative_slope))
+            if isinstance(m, nn.PReLU):
+                w = m.weight.detach().to(torch.float64).numpy().reshape(-1)
+                N = math.prod(x.shape)
+                slopes = np.full(N, w[0]) if w.size == 1 else np.repeat(w, N // w.size)
+                return self._unitwise(i, n, x, slopes)
+            if type(m).__name__ == "Abs" and type(m).__module__.startswith("exactdgn"):
+                return self._unitwise(i, n, x, -1.0)
+            if isinstance(m, nn.ReLU6):
+                return self._clamp(i, n, x, 0.0, 6.0)
+            if isinstance(m, nn.Hardtanh):
+                return self._clamp(i, n, x, float(m.min_val), float(m.max_val))
+            if isinstance(m, nn.MaxPool1d | nn.MaxPool2d):
+                return self._maxpool(i, n, x, m)
+            why = (
+                "smooth activations (Tanh, Sigmoid, GELU, SiLU, Softplus, ...) have no exact "
+                "region decomposition"
+                if isinstance(m, nn.Tanh | nn.Sigmoid | nn.GELU | nn.SiLU | nn.Softplus | nn.ELU)
+                else "it is not a supported continuous piecewise-affine layer"
+            )
+            raise NotPiecewiseAffineError(
+                f"{name}: {why}. Supported: Linear, Conv1d/2d, ConvTranspose1d/2d, BatchNorm "
+                "and Dropout in eval mode, Flatten, Unflatten, Identity, ReLU, LeakyReLU, PReLU, "
+                "ReLU6, Hardtanh, MaxPool1d/2d, exactdgn Abs, sums of values"
+            )
+        if n.op == "call_function":
+            f = n.target
+            if f in (torch.relu, F.relu):
+                return self._unitwise(i, n, x, 0.0)
+            if f is F.leaky_relu:
+                slope = kwargs.get("negative_slope", args[1] if len(args) > 1 else 0.01)
+                return self._unitwise(i, n, x, float(slope))
+            if f is torch.abs:
+                return self._unitwise(i, n, x, -1.0)
+            if f is F.relu6:
+                return self._clamp(i, n, x, 0.0, 6.0)
+            if f is F.hardtanh:
+                lo = kwargs.get("min_val", args[1] if len(args) > 1 else -1.0)
+                hi = kwargs.get("max_val", args[2] if len(args) > 2 else 1.0)
+                return self._clamp(i, n, x, float(lo), float(hi))
+            if f in (operator.add, torch.add, operator.sub, torch.sub):
+                return self._sum(name, args, f in (operator.sub, torch.sub), kwargs)
+            if f in (operator.mul, torch.mul, operator.truediv, torch.div):
+                return self._scale(name, args, f in (operator.truediv, torch.div))
+            if f is operator.neg or f is torch.neg:
+                return _Value(-x.M, -x.c, x.shape)
+            if f is torch.flatten:
+                start = kwargs.get("start_dim", args[1] if len(args) > 1 else 0)
+                if start < 1:
+                    raise NotPiecewiseAffineError(f"{name}: flattening the batch axis")
+                return _Value(x.M, x.c, (math.prod(x.shape),))
+            raise NotPiecewiseAffineError(
+                f"{name} is not supported: only affine operations (sums, scaling by constants, "
+                "reshapes) and ReLU-family activations are exact"
+            )
+        if n.op == "call_method":
+            if n.target in ("view", "reshape", "flatten", "contiguous", "clone"):
+                return self._reshape(name, n.target, x, args[1:], kwargs)
+            if n.target == "size":
+                return ("size", args[1] if len(args) > 1 else None)
+            if n.target in ("relu", "abs"):
+                return self._unitwise(i, n, x, 0.0 if n.target == "relu" else -1.0)
+            if n.target in ("add", "sub"):
+                return self._sum(name, args, n.target == "sub", kwargs)
+            if n.target in ("mul", "div"):
+                return self._scale(name, args, n.target == "div")
+            raise NotPiecewiseAffineError(f"method {n.target!r} (node {n.name!r}) is not supported")
+        raise NotPiecewiseAffineError(f"{name} ({n.op}) is not supported")
+
+    def _reshape(self, name, method, x, rest, kwargs):
+        if method in ("contiguous", "clone"):
+            return x
+        if method == "flatten":
+            start = kwargs.get("start_dim", rest[0] if rest else 0)
+            if start < 1:
+                raise NotPiecewiseAffineError(f"{name}: flattening the batch axis")
+            return _Value(x.M, x.c, (math.prod(x.shape),))
+        dims = list(rest[0]) if len(rest) == 1 and isinstance(rest[0], tuple | list) else rest
+        if not dims or not (dims[0] == -1 or (isinstance(dims[0], tuple) and dims[0][0] == "size")):
+            raise NotPiecewiseAffineError(
+                f"{name}: a reshape must keep the batch axis first (x.view(x.size(0), ...))"
+            )
+        per = [int(v) for v in dims[1:]]
+        N = math.prod(x.shape)
+        if per.count(-1) == 1:
+            per[per.index(-1)] = N // -math.prod(per)
+        if math.prod(per) != N:
+            raise NotPiecewiseAffineError(f"{name}: cannot reshape {x.shape} to {per}")
+        return _Value(x.M, x.c, tuple(per))
+
+    def _sum(self, name, args, minus, kwargs):
+        a, b = args[0], args[1]
+        alpha = float(kwargs.get("alpha", 1.0))
+        sign = -alpha if minus else alpha
+        if isinstance(a, _Value) and isinstance(b, _Value):
+            if a.shape != b.shape:
+                raise NotPiecewiseAffineError(f"{name}: adds shapes {a.shape} and {b.shape}")
+            return _Value(a.M + sign * b.M, a.c + sign * b.c, a.shape)
+        if isinstance(a, _Value) and isinstance(b, int | float):
+            return _Value(a.M, a.c + sign * b, a.shape)
+        if isinstance(b, _Value) and isinstance(a, int | float):
+            return _Value(sign * b.M, a + sign * b.c, b.shape)
+        raise NotPiecewiseAffineError(f"{name}: only sums of values and constants are supported")
+
+    def _scale(self, name, args, divide):
+        a, b = args[0], args[1]
+        if isinstance(a, _Value) and isinstance(b, int | float):
+            s = 1.0 / b if divide else float(b)
+            return _Value(s * a.M, s * a.c, a.shape)
+        if isinstance(b, _Value) and isinstance(a, int | float) and not divide:
+            return _Value(float(a) * b.M, float(a) * b.c, b.shape)
+        raise NotPiecewiseAffineError(
+            f"{name}: a product of two values is not piecewise affine (only scaling by constants)"
+        )
+
+    # ---------------------------------------------------------------- nonlinear nodes
+    def _new_layer(self, i, blocks):
+        """One activation layer: ``blocks`` (M, c, slopes) first, then the live values passing
+        through; the live values' maps are updated in place. Returns the blocks' offsets."""
+        live = [
+            (n, v)
+            for n, v in self._values.items()
+            if isinstance(v, _Value) and self.last_use.get(n, -1) > i
+        ]
+        rows = list(blocks) + [(v.M, v.c, np.ones(len(v.c))) for _, v in live]
+        offs = self.b.layer(rows)
+        width = self.b.width
+        for k, (n, v) in enumerate(live):
+            start = offs[len(blocks) + k]
+            self._values[n] = _Value(_select(width, start, len(v.c)), np.zeros(len(v.c)), v.shape)
+        return offs, width
+
+    def _unitwise(self, i, n, x, slopes):
+        N = len(x.c)
+        s = np.broadcast_to(np.asarray(slopes, dtype=np.float64), (N,)).copy()
+        offs, width = self._new_layer(i, [(x.M, x.c, s)])
+        return _Value(_select(width, offs[0], N), np.zeros(N), x.shape)
+
+    def _clamp(self, i, n, x, lo, hi):
+        """``lo + relu(a - lo) - relu(a - hi)``."""
+        if not lo < hi:
+            raise NotPiecewiseAffineError(f"{self._name(n)}: needs min < max")
+        N = len(x.c)
+        z = np.zeros(N)
+        offs, width = self._new_layer(i, [(x.M, x.c - lo, z), (x.M, x.c - hi, z)])
+        M = _select(width, offs[0], N) - _select(width, offs[1], N)
+        return _Value(M, np.full(N, lo), x.shape)
+
+    def _maxpool(self, i, n, x, m):
+        win = _pool_windows(m, x.shape)  # (n_out, k) indices into x (-1 padding)
+        n_out = win.shape[0]
+        # candidates of each window: affine maps of the current h
+        cand = [(x.M[np.maximum(col, 0)], x.c[np.maximum(col, 0)], col >= 0) for col in win.T]
+        while len(cand) > 1:
+            pairs = [(cand[j], cand[j + 1]) for j in range(0, len(cand) - 1, 2)]
+            odd = [cand[-1]] if len(cand) % 2 else []
+            blocks, both_idx = [], []
+            for (Ma, ca, va), (Mb, cb, vb) in pairs:
+                both = np.nonzero(va & vb)[0]  # relu(a - b) units only where both exist
+                both_idx.append(both)
+                blocks.append((Ma[both] - Mb[both], ca[both] - cb[both], np.zeros(len(both))))
+                blocks.append((np.where(vb[:, None], Mb, Ma), np.where(vb, cb, ca), np.ones(n_out)))
+            for Mo, co, _ in odd:
+                blocks.append((Mo, co, np.ones(n_out)))
+            offs, width = self._new_layer(i, blocks)
+            new = []
+            for j, ((_, _, va), (_, _, vb)) in enumerate(pairs):
+                M = _select(width, offs[2 * j + 1], n_out)  # the survivor b (or a)
+                both = both_idx[j]
+                M[both, offs[2 * j] + np.arange(len(both))] += 1.0  # + relu(a - b)
+                new.append((M, np.zeros(n_out), va | vb))
+            for k, (_, _, vo) in enumerate(odd):
+                new.append((_select(width, offs[2 * len(pairs) + k], n_out), np.zeros(n_out), vo))
+            cand = new
+        with_shape = self._pool_shape(m, x.shape, n_out)
+        return _Value(cand[0][0], cand[0][1], with_shape)
+
+    @staticmethod
+    def _pool_shape(m, shape, n_out):
+        import torch
+
+        with torch.no_grad():
+            return tuple(m(torch.zeros((1, *shape), dtype=torch.float64)).shape[1:])
+
+
+def from_torch_fx(module, input_shape=None) -> Decoder:
+    """A :class:`Decoder` from any module built of supported operations (see the module doc).
+
+    Parameters
+    ----------
+    module : torch.nn.Module (in eval mode where it matters: BatchNorm, Dropout)
+    input_shape : sequence of int, optional
+        Per-sample latent input shape; inferred when the input goes into an ``nn.Linear``.
+    """
+    import torch.fx
+
+    try:
+        gm = torch.fx.symbolic_trace(module)
+    except Exception as exc:  # data-dependent control flow and the like
+        raise NotPiecewiseAffineError(
+            f"{type(module).__name__} cannot be traced by torch.fx ({exc}); write it as an "
+            "nn.Sequential or without data-dependent control flow"
+        ) from exc
+    comp = _Compiler(gm, None if input_shape is None else tuple(int(s) for s in input_shape))
+    return comp.run()

@@ -1,0 +1,188 @@
+"""Exact evaluation of a decoder (and encoder) trained elsewhere, loaded without running code.
+
+Loading is safe by default: ``.safetensors`` files, or ``torch.load(weights_only=True)`` state
+dicts (tensors only; no code from the file runs). A pickled whole ``nn.Module`` needs
+``unsafe_pickle=True``, which executes code from the file: use it only for files you trust.
+
+A decoder state dict is read as an MLP: its 2-D ``*weight`` tensors in order, each with the
+``*bias`` of the same prefix (or none), must chain (``out`` of one = ``in`` of the next); the
+layer sizes ``[d, h_1, ..., D]`` follow from the shapes and, when given, are checked against
+them. An encoder state dict must be that of :class:`exactdgn.baselines.GaussianEncoder` with
+the given hidden sizes; a pickled encoder may return ``(mean, log_std)`` or
+``(mean, log_var)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["evaluate_external", "load_torch_decoder", "load_torch_encoder"]
+
+
+def _load(path, unsafe_pickle: bool):
+    """Tensors (a dict) or, with ``unsafe_pickle``, any pickled object from ``path``."""
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    if unsafe_pickle:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError (and others) for code objects
+        raise ValueError(
+            f"{path} is not a plain state dict (torch.load(weights_only=True) refused it: "
+            f"{str(exc).splitlines()[0]}). Save the module's state_dict() (or safetensors) "
+            "instead; or, only for a file you trust, pass unsafe_pickle=True (--unsafe-pickle), "
+            "which executes code from the file"
+        ) from exc
+
+
+def _state_dict(obj, path) -> dict:
+    import torch
+
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "decoder_state_dict"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+    raise ValueError(f"{path} holds {type(obj).__name__}, not a state dict of tensors")
+
+
+def load_torch_decoder(
+    path,
+    *,
+    layers=None,
+    activation: str = "relu",
+    negative_slope: float = 0.01,
+    unsafe_pickle: bool = False,
+):
+    """A :class:`~exactdgn.Decoder` from a saved torch decoder (see the module docstring).
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.safetensors``, a ``torch.save``-d state dict, or (``unsafe_pickle``) a whole module.
+    layers : sequence of int, optional
+        Expected layer sizes ``[d, ..., D]`` of a state dict (checked).
+    activation : {"relu", "leaky_relu", "abs"}
+        The hidden activation of a state-dict MLP.
+    negative_slope : float
+        Slope of ``leaky_relu``.
+    unsafe_pickle : bool
+        Accept a pickled module: this executes code from the file.
+    """
+    import torch
+
+    from ..decoder import Decoder
+
+    obj = _load(path, unsafe_pickle)
+    if isinstance(obj, torch.nn.Module):
+        return Decoder.from_torch(obj.eval())
+    sd = _state_dict(obj, path)
+    Ws, bs = [], []
+    for key, t in sd.items():
+        if key.endswith("weight") and t.ndim == 2:
+            Ws.append(t.detach().to(torch.float64).numpy())
+            bias = sd.get(key[: -len("weight")] + "bias")
+            bs.append(
+                np.zeros(t.shape[0]) if bias is None else bias.detach().to(torch.float64).numpy()
+            )
+    if not Ws:
+        raise ValueError(f"{path}: no 2-D '*weight' tensors (is it a decoder's state dict?)")
+    sizes = [Ws[0].shape[1]] + [W.shape[0] for W in Ws]
+    for k in range(1, len(Ws)):
+        if Ws[k].shape[1] != Ws[k - 1].shape[0]:
+            raise ValueError(
+                f"{path}: weight {k} has {Ws[k].shape[1]} inputs but weight {k - 1} has "
+                f"{Ws[k - 1].shape[0]} outputs: not an MLP chain (give a pickled module with "
+                "--unsafe-pickle, or export the decoder as nn.Sequential)"
+            )
+    if layers is not None and [int(s) for s in layers] != sizes:
+        raise ValueError(f"{path}: the weights give layer sizes {sizes}, not {list(layers)}")
+    act = (activation, negative_slope) if activation in ("leaky_relu", "prelu") else activation
+    return Decoder(Ws, bs, [act] * (len(Ws) - 1))
+
+
+def load_torch_encoder(
+    path,
+    *,
+    n_features: int,
+    latent_dim: int,
+    hidden=(64, 64),
+    activation: str = "relu",
+    output: str = "log_std",
+    unsafe_pickle: bool = False,
+):
+    """An encoder ``x -> (mean, log_std)`` of ``q(z | x)`` (see the module docstring)."""
+    import torch
+
+    from ..baselines import GaussianEncoder
+
+    if output not in ("log_std", "log_var"):
+        raise ValueError(f"output={output!r} is invalid: use 'log_std' or 'log_var'")
+    obj = _load(path, unsafe_pickle)
+    if isinstance(obj, torch.nn.Module):
+        enc = obj
+    else:
+        enc = GaussianEncoder(n_features, latent_dim, tuple(hidden), activation)
+        try:
+            enc.load_state_dict(_state_dict(obj, path))
+        except RuntimeError as exc:
+            raise ValueError(
+                f"{path} is not a GaussianEncoder({n_features}, {latent_dim}, hidden="
+                f"{list(hidden)}) state dict: {str(exc).splitlines()[0]}"
+            ) from exc
+    enc = enc.to(torch.float64).eval()
+    if output == "log_std":
+        return enc
+
+    class _FromLogVar(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            mean, log_var = self.inner(x)[:2]
+            return mean, 0.5 * log_var
+
+    return _FromLogVar(enc).eval()
+
+
+def evaluate_external(
+    decoder, noise_std, X, *, encoder=None, seed: int = 0, n_elbo=100, k_iwae=5, k_is=5000
+):
+    """Exact ``log p(x)`` of each row, with the encoder's ELBO / IWAE / IS estimates beside it.
+
+    Returns
+    -------
+    per_point : dict of (N,) arrays: ``log_px`` and, with an encoder, ``elbo``, ``iwae{k}``,
+        ``is{k}`` and ``gap`` (= exact - ELBO)
+    summary : dict of means (nats per point) and the gaps of each estimate to the exact value
+    """
+    from ..baselines import VAE
+    from ..model import ExactDGN
+
+    exact = ExactDGN.from_decoder(decoder, noise_std)
+    ll = exact.score_samples(X)
+    per = {"log_px": ll}
+    summary = {"n_points": len(ll), "n_regions": exact.n_regions_, "exact": float(ll.mean())}
+    if encoder is not None:
+        vae = VAE.from_parts(decoder, encoder, exact.noise_std_)
+        per["elbo"] = vae.elbo(X, n_samples=n_elbo, random_state=seed)
+        per[f"iwae{k_iwae}"] = vae.iwae_bound(X, k=k_iwae, random_state=seed + 1)
+        per[f"is{k_is}"] = vae.importance_log_likelihood(X, k=k_is, random_state=seed + 2)
+        per["gap"] = ll - per["elbo"]
+        for key in ("elbo", f"iwae{k_iwae}", f"is{k_is}"):
+            summary[key] = float(per[key].mean())
+            summary[f"gap_{key}"] = float((ll - per[key]).mean())
+    return per, summary

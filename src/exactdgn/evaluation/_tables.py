@@ -1,0 +1,67 @@
+"""Results on disk and as text: JSON with numpy values, flattened records, markdown tables."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["flatten", "json_default", "markdown_table", "write_json"]
+
+
+def json_default(o):
+    """``json.dumps(default=...)`` for numpy scalars and arrays."""
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_json(path: Path, obj) -> None:
+    """Write ``obj`` as indented JSON (numpy values converted, NaN allowed)."""
+    path.write_text(json.dumps(obj, indent=2, default=json_default, allow_nan=True))
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested dict -> ``{"a.b": scalar}`` (short numeric lists as text; other values dropped)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        elif isinstance(v, bool | int | float | str) or v is None:
+            out[key] = v
+        elif isinstance(v, list) and len(v) <= 8 and all(isinstance(x, int | float) for x in v):
+            out[key] = "[" + ",".join(str(x) for x in v) + "]"
+    return out
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        return f"{v:.4f}" if abs(v) < 1e5 else f"{v:.4g}"
+    return str(v)
+
+
+def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    """A markdown table of ``rows`` (dicts of scalars); columns in order of first appearance."""
+    if columns is None:
+        columns = []
+        for r in rows:
+            for k in r:
+                if k not in columns:
+                    columns.append(k)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |")
+    return "\n".join(lines)

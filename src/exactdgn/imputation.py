@@ -1,0 +1,76 @@
+"""A scikit-learn imputer that fills NaNs from an exact deep generative model.
+
+``ExactDGNImputer`` follows the conventions of ``sklearn.impute.IterativeImputer``: ``fit``
+learns from incomplete data (exact EM with missing values, :meth:`exactdgn.ExactDGN.fit`),
+``transform`` returns the data with their NaNs filled (the exact conditional mean
+``E[x_mis | x_obs]`` by default, see :meth:`exactdgn.ExactDGN.impute`), and it works as a step
+of a ``Pipeline``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin, clone
+
+from ._validation import check_array
+from .model import ExactDGN, NotFittedError
+
+__all__ = ["ExactDGNImputer"]
+
+
+class ExactDGNImputer(TransformerMixin, BaseEstimator):
+    """Fill missing values (NaN) with the exact conditional of an :class:`~exactdgn.ExactDGN`.
+
+    Parameters
+    ----------
+    estimator : ExactDGN, optional
+        The model to fit (cloned; default ``ExactDGN()``), or with ``prefit=True`` an already
+        fitted model (e.g. ``ExactDGN.from_decoder``) used as is.
+    method : {"mean", "mode", "sample"}
+        See :meth:`exactdgn.ExactDGN.impute`.
+    random_state : int or None
+        Seed of ``method="sample"`` (each ``transform`` call draws with it).
+    prefit : bool
+        Use ``estimator`` as fitted; ``fit`` then only checks the data's width.
+
+    Attributes
+    ----------
+    estimator_ : ExactDGN
+    n_features_in_ : int
+    """
+
+    def __init__(
+        self,
+        estimator: ExactDGN | None = None,
+        method: str = "mean",
+        random_state=None,
+        prefit: bool = False,
+    ):
+        self.estimator = estimator
+        self.method = method
+        self.random_state = random_state
+        self.prefit = prefit
+
+    def fit(self, X, y=None) -> ExactDGNImputer:
+        """Fit the model on ``X`` (N, D) with NaN where missing (exact missing-data EM)."""
+        if self.method not in ExactDGN._IMPUTE_METHODS:
+            raise ValueError(
+                f"method={self.method!r} is invalid: use one of {ExactDGN._IMPUTE_METHODS}"
+            )
+        X = check_array(X, name="X", allow_nan=True)
+        if self.prefit:
+            if self.estimator is None or not hasattr(self.estimator, "decoder_"):
+                raise NotFittedError("prefit=True needs a fitted ExactDGN as estimator")
+            self.estimator_ = self.estimator
+            self.estimator_._check_X(X, allow_nan=True)
+        else:
+            self.estimator_ = clone(self.estimator if self.estimator is not None else ExactDGN())
+            self.estimator_.fit(X)
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def transform(self, X) -> np.ndarray:
+        """``X`` with its NaNs filled; observed values are returned unchanged."""
+        if not hasattr(self, "estimator_"):
+            raise NotFittedError("this ExactDGNImputer is not fitted yet: call fit(X) first")
+        return self.estimator_.impute(X, method=self.method, random_state=self.random_state)

@@ -1,0 +1,92 @@
+"""Fixes of what a new user ran into: saved preprocessing, run directories, clear errors."""
+
+from __future__ import annotations
+
+import matplotlib
+import numpy as np
+import pytest
+
+from exactdgn import Decoder, ExactDGN
+from exactdgn.cli import build_parser, main
+from exactdgn.datasets import get_dataset
+from exactdgn.io import ModelFileError
+
+matplotlib.use("Agg")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "digits"
+    assert main(["fit", "digits:3", "--max-iter", "1", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_saved_model_carries_its_standardization(run, tmp_path):
+    X = get_dataset("digits:3")
+    m_dir, m_file = ExactDGN.load(run), ExactDGN.load(run / "model.npz")
+    assert m_dir.preprocessing_ is not None
+    raw = m_file.score_samples(X)
+    assert np.array_equal(m_dir.score_samples(X), raw)
+    # data units: the standardized model's density plus the map's Jacobian
+    pre = m_file.preprocessing_
+    bare = ExactDGN.from_decoder(m_file.decoder_, m_file.noise_std_)
+    ref = bare.score_samples(pre.transform(X)) + pre.log_abs_det_jacobian()
+    assert np.allclose(raw, ref, rtol=1e-12)
+    assert raw.mean() > -1e3  # not the ~ -1e9 of raw data fed to a standardized decoder
+    S = m_file.sample(200, random_state=0)  # samples in data units
+    assert abs(S.mean() - X.mean()) < 2.0
+    # a copy saved without it falls back to the run's config.json; a corrupt one is named
+    d = tmp_path / "old"
+    d.mkdir()
+    bare.save(d / "model.npz")
+    (d / "config.json").write_text((run / "config.json").read_text())
+    assert np.allclose(ExactDGN.load(d).score_samples(X), raw, rtol=1e-12)
+    (d / "config.json").write_text("{not json")
+    with pytest.raises(ModelFileError, match=r"config\.json"):
+        ExactDGN.load(d)
+    with pytest.raises(ModelFileError, match=r"no model\.npz"):
+        ExactDGN.load(tmp_path)
+
+
+def test_empty_and_string_input_get_clear_errors():
+    model = ExactDGN.from_decoder(Decoder.random([1, 4, 3], seed=0), 0.2)
+    for f in (model.score_samples, ExactDGN(progress=False).fit):
+        with pytest.raises(ValueError, match="no rows"):
+            f(np.zeros((0, 3)))
+        with pytest.raises(ValueError, match="numeric"):
+            f(np.array([["a", "b", "c"]]))
+
+
+def test_npz_key_from_the_cli(tmp_path, capsys):
+    X = np.random.default_rng(0).standard_normal((60, 2))
+    np.savez(tmp_path / "d.npz", train=X, other=X[:5])
+    out = str(tmp_path / "r")
+    assert main(["fit", str(tmp_path / "d.npz"), "--max-iter", "1", "--out", out]) == 2
+    assert "key" in capsys.readouterr().err
+    args = ["fit", str(tmp_path / "d.npz"), "--key", "train", "--max-iter", "1", "--out", out]
+    assert main([*args, "--no-progress"]) == 0
+    assert main(["score", out, str(tmp_path / "d.npz"), "--key", "train"]) == 0
+
+
+def test_partition_plot_d1_shows_varying_outputs_with_a_label(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from exactdgn import partition
+    from exactdgn.plotting import plot_partition
+
+    dec = Decoder.random([1, 6, 5], seed=0)
+    dec.weights[-1][:3] = 0.0  # outputs 0-2 are flat
+    _, ax = plt.subplots()
+    plot_partition(partition(dec), ax=ax, outputs=2)
+    labels = [line.get_label() for line in ax.get_lines() if line.get_label().startswith("g_")]
+    assert labels == ["g_3(z)", "g_4(z)"]
+    assert ax.get_ylabel()
+    plt.close("all")
+
+
+def test_fit_help_shows_defaults():
+    text = build_parser()._subparsers._group_actions[0].choices["fit"].format_help()
+    text = text[text.index("options:") :]
+    for opt in ("--method", "--latent-dim", "--tol", "--n-init"):
+        assert "default:" in text[text.index(opt) : text.index(opt) + 200], opt
+    assert "output directory (required)" in text and "(default: None)" not in text

@@ -1,0 +1,96 @@
+"""Wider torch import (torch.fx): ReLU6, Hardtanh, max pooling, custom modules with residual sums.
+
+Checks: the imported Decoder computes the module's function (random and far latent points, past
+every kink), exact log p(x) of an imported residual decoder against the independent quadrature
+oracle, and refusals that name the operation.
+"""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from exactdgn import Decoder, ExactDGN, NotPiecewiseAffineError
+from tests.oracles.likelihood import oracle_logpx_1d
+
+
+def _same_function(module, d, shape=None, n=400):
+    module = module.double().eval()
+    dec = Decoder.from_torch(module, input_shape=shape)
+    Z = np.random.default_rng(0).standard_normal((n, d)) * 4.0
+    with torch.no_grad():
+        ref = module(torch.as_tensor(Z).reshape(n, *(shape or (d,)))).reshape(n, -1).numpy()
+    assert np.allclose(dec(Z), ref, rtol=0, atol=1e-12 * (1 + np.abs(ref).max()))
+    return dec
+
+
+class _Residual(nn.Module):
+    def __init__(self, d=1, h=6, D=3):
+        super().__init__()
+        self.inp = nn.Linear(d, h)
+        self.block = nn.Sequential(nn.Linear(h, h), nn.LeakyReLU(0.2))
+        self.out = nn.Linear(h, D)
+
+    def forward(self, z):
+        h = torch.relu(self.inp(z))
+        h = h + self.block(h)  # residual sum
+        h = nn.functional.relu6(h * 3.0) - 0.5
+        return self.out(h)
+
+
+def test_relu6_hardtanh_and_identity():
+    torch.manual_seed(0)
+    mod = nn.Sequential(
+        nn.Linear(2, 8), nn.ReLU6(), nn.Identity(), nn.Linear(8, 8), nn.Hardtanh(-0.5, 1.0)
+    )
+    mod.append(nn.Linear(8, 3))
+    _same_function(mod, 2)
+
+
+def test_residual_module_function_and_exact_likelihood():
+    torch.manual_seed(1)
+    dec = _same_function(_Residual(), 1)
+    model = ExactDGN.from_decoder(dec, 0.2)
+    X = model.sample(4, random_state=0)
+    X = np.concatenate([X, X[:1] + 100 * 0.2])  # a far outlier
+    got = model.score_samples(X)
+    ref = oracle_logpx_1d(dec, X, 0.2)
+    assert np.all(np.abs(got - ref) <= np.maximum(1e-9, 1e-12 * np.abs(ref)))
+
+
+@pytest.mark.parametrize(
+    "pool",
+    [
+        lambda: nn.Sequential(
+            nn.Linear(2, 24), nn.Unflatten(1, (2, 3, 4)), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten()
+        ),
+        lambda: nn.Sequential(
+            nn.Linear(2, 14), nn.Unflatten(1, (2, 7)), nn.MaxPool1d(3, stride=2, padding=1)
+        ),
+    ],
+)
+def test_max_pooling(pool):
+    torch.manual_seed(2)
+    mod = nn.Sequential(pool(), nn.Flatten())
+    dec = _same_function(mod, 2)
+    assert len(ExactDGN.from_decoder(dec, 0.1).partition_) > 1
+
+
+def test_refusals_name_the_operation():
+    with pytest.raises(NotPiecewiseAffineError, match=r"'1' \(SiLU\).*smooth"):
+        Decoder.from_torch(nn.Sequential(nn.Linear(2, 3), nn.SiLU(), nn.Linear(3, 2)))
+
+    class Product(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(2, 3)
+
+        def forward(self, z):
+            h = self.a(z)
+            return h * h
+
+    with pytest.raises(NotPiecewiseAffineError, match=r"'mul'.*product of two values"):
+        Decoder.from_torch(Product())
+    drop = nn.Sequential(nn.Linear(2, 3), nn.ReLU6(), nn.Dropout(0.5), nn.Linear(3, 2))
+    with pytest.raises(NotPiecewiseAffineError, match="training mode"):
+        Decoder.from_torch(drop.train())

@@ -1,0 +1,150 @@
+"""NaN means missing: exact log p(x_obs), p(z | x_obs) and imputation.
+
+References: the same model rebuilt on each row's observed coordinates (marginalising an output
+with diagonal noise drops its row), and the independent quadrature oracles of tests/oracles
+(forward passes only), far outliers included.
+"""
+
+import numpy as np
+import pytest
+
+from exactdgn import Decoder, ExactDGN
+from tests.oracles.likelihood import (
+    oracle_conditional_outputs_1d,
+    oracle_logpx_2d,
+    oracle_posterior_moments_2d,
+)
+
+
+def _rows(dec, rows):
+    """The decoder with only the given output rows."""
+    out = dec.copy()
+    out.weights[-1] = dec.weights[-1][rows]
+    out.biases[-1] = dec.biases[-1][rows]
+    return out
+
+
+def _points(model, n, rng, miss=0.4):
+    """Samples plus 100σ and 1e4σ outliers, with random NaNs (at least one observed per row)."""
+    X = model.sample(n, random_state=rng)
+    D = X.shape[1]
+    u = rng.standard_normal(D)
+    far = X[:2] + np.array([[100.0], [1e4]]) * float(model.noise_std_.min()) * u / np.linalg.norm(u)
+    X = np.concatenate([X, far])
+    M = rng.random(X.shape) < miss
+    M[np.arange(len(X)), rng.integers(0, D, len(X))] = False
+    M[0] = False  # one complete row in the batch
+    return X, np.where(M, np.nan, X)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "std"),
+    [([1, 8, 8, 5], 0.2), ([2, 8, 8, 5], np.linspace(0.1, 0.3, 5)), ([3, 6, 4], 0.3)],
+)
+def test_equals_model_rebuilt_on_observed_coordinates(sizes, std):
+    dec = Decoder.random(sizes, activation="leaky_relu", seed=len(sizes) + sizes[0])
+    model = ExactDGN.from_decoder(dec, std)
+    X, Xn = _points(model, 12, np.random.default_rng(0))
+    got = model.score_samples(Xn)
+    post = model.posterior(Xn)
+    mean, cov = post.mean, post.covariance_matrix
+    for i in range(len(X)):
+        o = ~np.isnan(Xn[i])
+        ref = ExactDGN.from_decoder(_rows(dec, o), model.noise_std_[o])
+        x = X[i : i + 1, o]
+        lp = ref.score_samples(x)[0]
+        assert abs(got[i] - lp) <= 1e-10 * max(1.0, abs(lp)), (i, got[i], lp)
+        rp = ref.posterior(x)
+        if sizes[0] <= 2:
+            assert np.allclose(mean[i], rp.mean[0], rtol=1e-9, atol=1e-9)
+            assert np.allclose(cov[i], rp.covariance_matrix[0], rtol=1e-8, atol=1e-9)
+    assert got[-1] < -1e5  # the 1e4 sigma outlier is far out
+    # a complete row gives the complete-data value
+    assert abs(got[0] - model.score_samples(X[:1])[0]) <= 1e-10 * abs(got[0])
+
+
+@pytest.mark.parametrize("act", ["relu", "leaky_relu", "abs"])
+def test_d1_log_p_obs_and_conditional_moments_match_quadrature(act):
+    dec = Decoder.random([1, 6, 6, 4], activation=act, negative_slope=0.2, seed=3)
+    sigma = np.array([0.1, 0.2, 0.15, 0.3])
+    model = ExactDGN.from_decoder(dec, sigma)
+    _, Xn = _points(model, 4, np.random.default_rng(1), miss=0.5)
+    Xn[0, 1:3] = np.nan
+    got = model.score_samples(Xn)
+    filled, std = model.impute(Xn, return_std=True)
+    for i in range(len(Xn)):
+        miss = np.isnan(Xn[i])
+        if not miss.any():
+            continue
+        lp, m, s = oracle_conditional_outputs_1d(dec, Xn[i], sigma)
+        assert abs(got[i] - lp) <= max(1e-9, 1e-12 * abs(lp)), (i, got[i], lp)
+        assert np.allclose(filled[i, miss], m, rtol=0, atol=1e-8), (filled[i, miss], m)
+        assert np.allclose(std[i, miss], s, rtol=0, atol=1e-8), (std[i, miss], s)
+        assert np.array_equal(filled[i, ~miss], Xn[i, ~miss])
+        assert np.all(std[i, ~miss] == 0)
+
+
+def _linear_output_decoder(a=0.2):
+    """[2, 6, 4] leaky-ReLU decoder whose last output is exactly z1 + 0.3 (units ±z1)."""
+    dec = Decoder.random([2, 6, 4], activation="leaky_relu", negative_slope=a, seed=5)
+    dec.weights[0][0] = [1.0, 0.0]
+    dec.weights[0][1] = [-1.0, 0.0]
+    dec.biases[0][:2] = 0.0
+    dec.weights[-1][-1] = 0.0
+    dec.weights[-1][-1, :2] = [1 / (1 + a), -1 / (1 + a)]
+    dec.biases[-1][-1] = 0.3
+    return dec
+
+
+def test_d2_log_p_obs_and_conditional_moments_match_quadrature():
+    dec = _linear_output_decoder()
+    sigma = 0.15
+    model = ExactDGN.from_decoder(dec, sigma)
+    z = np.random.default_rng(2).standard_normal((200, 2))
+    assert np.allclose(dec(z)[:, -1], z[:, 0] + 0.3, atol=1e-13)
+    X = model.sample(1, random_state=4)
+    far = X + 100 * sigma * np.array([0.6, -0.8, 0.0, 0.0])
+    Xn = np.concatenate([X, far])
+    Xn[:, -1] = np.nan
+    got = model.score_samples(Xn)
+    ref = oracle_logpx_2d(_rows(dec, slice(0, 3)), Xn[:, :3], sigma)
+    assert np.all(np.abs(got - ref) <= np.maximum(1e-7, 1e-10 * np.abs(ref))), (got, ref)
+    filled, std = model.impute(Xn[:1], return_std=True)
+    mz, cz = oracle_posterior_moments_2d(_rows(dec, slice(0, 3)), Xn[0, :3], sigma)
+    assert abs(filled[0, -1] - (mz[0] + 0.3)) <= 1e-8
+    assert abs(std[0, -1] - np.sqrt(cz[0, 0] + sigma**2)) <= 1e-8
+
+
+def test_impute_mode_and_sample():
+    dec = Decoder.random([2, 6, 6, 4], activation="leaky_relu", seed=1)
+    model = ExactDGN.from_decoder(dec, 0.2)
+    X = model.sample(3, random_state=0)
+    Xn = X.copy()
+    Xn[:, 1] = np.nan
+    mode = model.impute(Xn, method="mode")
+    assert np.allclose(mode[:, 1], dec(model.posterior(Xn).mode())[:, 1])
+    draws = model.impute(Xn, method="sample", n_samples=1500, random_state=0)
+    assert draws.shape == (1500, 3, 4)
+    assert np.array_equal(draws[:, :, 0], np.broadcast_to(X[:, 0], (1500, 3)))
+    mean, std = model.impute(Xn, return_std=True)
+    # the sample mean of exact draws lies within 5 standard errors of the exact mean
+    se = std[:, 1] / np.sqrt(1500)
+    assert np.all(np.abs(draws[:, :, 1].mean(0) - mean[:, 1]) < 5 * se)
+    one = model.impute(Xn, method="sample", random_state=1)
+    assert one.shape == X.shape and not np.isnan(one).any()
+    assert np.array_equal(one, model.impute(Xn, method="sample", random_state=1))
+
+
+def test_missing_errors():
+    model = ExactDGN.from_decoder(Decoder.random([1, 4, 3], seed=0), 0.2)
+    X = model.sample(4, random_state=0)
+    X[2] = np.nan
+    with pytest.raises(ValueError, match=r"1 rows with every value missing.*\[2\]"):
+        model.score_samples(X)
+    X[2] = [np.inf, 0.0, np.nan]
+    with pytest.raises(ValueError, match="infinite"):
+        model.score_samples(X)
+    with pytest.raises(ValueError, match="method"):
+        model.impute(X[:2], method="median")
+    with pytest.raises(ValueError, match="n_samples"):
+        model.impute(X[:2], method="sample", n_samples=0)

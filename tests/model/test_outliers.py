@@ -1,0 +1,61 @@
+"""Outlier detection (scikit-learn conventions) and the typicality test."""
+
+import numpy as np
+import pytest
+from sklearn.ensemble import IsolationForest
+
+from exactdgn import Decoder, ExactDGN
+from exactdgn.model import NotFittedError
+
+
+def _model(**params):
+    return ExactDGN.from_decoder(Decoder.random([1, 6, 2], seed=2), 0.1, **params)
+
+
+def test_contamination_threshold_follows_isolation_forest_conventions(tmp_path):
+    model = _model(contamination=0.1)
+    X = model.sample(500, random_state=0)
+    with pytest.raises(NotFittedError, match="set_offset"):
+        model.predict(X)
+    model.set_offset(X)
+    pred = model.predict(X)
+    assert set(np.unique(pred)) == {-1, 1}
+    assert abs((pred == -1).mean() - 0.1) <= 0.01  # 10% of the training data flagged
+    dec = model.decision_function(X)
+    assert np.array_equal(pred, np.where(dec < 0, -1, 1))
+    assert np.allclose(dec, model.score_samples(X) - model.offset_)
+    far = X[:3] + 50.0
+    assert np.all(model.predict(far) == -1)
+    # same sign convention as sklearn: higher decision_function = more normal
+    iso = IsolationForest(contamination=0.1, random_state=0).fit(X)
+    assert iso.predict(far).tolist() == model.predict(far).tolist()
+    model.save(tmp_path / "m.npz")
+    assert ExactDGN.load(tmp_path / "m.npz").offset_ == model.offset_
+
+
+def test_fit_sets_offset_and_validates_contamination():
+    X = _model().sample(300, random_state=1)
+    fitted = ExactDGN(latent_dim=1, hidden_sizes=(6,), max_iter=3, contamination=0.05)
+    with pytest.warns(Warning):
+        pred = fitted.fit_predict(X)
+    assert abs((pred == -1).mean() - 0.05) <= 0.01
+    with pytest.raises(ValueError, match="contamination"):
+        ExactDGN(contamination=0.7).fit(X)
+    with pytest.raises(ValueError, match="contamination"):
+        _model().set_offset(X)
+
+
+def test_typicality_test():
+    model = _model()
+    typical = model.typicality_test(model.sample(50, random_state=3), random_state=0)
+    assert typical.typical and typical.p_value > 0.01 and typical.batch_size == 50
+    shifted = model.sample(50, random_state=4) + 0.3  # each point only mildly unlikely
+    res = model.typicality_test(shifted, random_state=0)
+    assert not res.typical and res.p_value < 0.01 and res.statistic < res.reference_mean
+    # too likely is atypical as well: every point at the highest-density outputs
+    X = model.sample(2000, random_state=5)
+    best = X[np.argsort(model.score_samples(X))[-50:]]
+    res = model.typicality_test(best, random_state=0)
+    assert not res.typical and res.statistic > res.reference_mean
+    with pytest.raises(ValueError, match="alpha"):
+        model.typicality_test(best, alpha=2.0)
