@@ -154,6 +154,13 @@ def test_bad_device_is_a_clear_error():
             m.score_samples(np.zeros((2, 2)))
 
 
+def test_latent_dim_3_on_a_device_is_a_clear_error():
+    m = ExactDGN.from_decoder(Decoder.random([3, 4, 3], seed=0), 0.2, device="cpu")
+    X = ExactDGN.from_decoder(Decoder.random([3, 4, 3], seed=0), 0.2).sample(5, random_state=0)
+    with pytest.raises(ValueError, match="covers latent_dim 1 and 2.*device=None"):
+        m.score_samples(X)
+
+
 def test_device_saved_as_text(tmp_path):
     m = _model([1, 6, 2], 0, 0.1, device=torch.device("cpu"))
     m.save(tmp_path / "m.npz")

@@ -446,7 +446,7 @@ def pairs_torch(
 ) -> TorchPairs:
     """Exact pairs on ``device`` for ``X`` ((N, D) numpy array or tensor), see ``marginal_pairs``.
 
-    Raises ``NotImplementedError`` for latent dimensions the torch backend does not cover.
+    Raises ``ValueError`` for latent dimensions the torch backend does not cover (d >= 3).
     """
     dev = resolve_device(device)
     Xt = torch.as_tensor(X, dtype=torch.float64, device=dev)
@@ -455,7 +455,7 @@ def pairs_torch(
         return pairs_1d_torch(geom, Xt, prune_nats, need_moments)
     if d == 2 and geom.polygons is not None:
         return pairs_2d_torch(geom, Xt, prune_nats, need_moments)
-    raise NotImplementedError(
+    raise ValueError(
         f"the torch backend covers latent_dim 1 and 2; this model has latent_dim {d}: "
         "use device=None (the numpy path)"
     )
