@@ -157,7 +157,7 @@ def test_bad_device_is_a_clear_error():
 def test_latent_dim_3_on_a_device_is_a_clear_error():
     m = ExactDGN.from_decoder(Decoder.random([3, 4, 3], seed=0), 0.2, device="cpu")
     X = ExactDGN.from_decoder(Decoder.random([3, 4, 3], seed=0), 0.2).sample(5, random_state=0)
-    with pytest.raises(ValueError, match="covers latent_dim 1 and 2.*device=None"):
+    with pytest.raises(ValueError, match=r"covers latent_dim 1 and 2.*device=None"):
         m.score_samples(X)
 
 
