@@ -298,3 +298,32 @@ def test_score_samples_in_data_units_with_the_models_standardization(client):
     np.testing.assert_allclose(lp.compute(), ref, rtol=1e-12)
     np.testing.assert_allclose(err.compute(), err_ref, rtol=1e-12)
     assert model.preprocessing_ is not None  # the caller's model is not changed
+
+
+def test_cli_impute_in_memory_and_on_the_cluster(client, tmp_path):
+    from exactdgn.cli import main
+
+    model, X = _planted([1, 6, 3], 500, 4)
+    model.save(tmp_path / "model.npz")
+    rng = np.random.default_rng(1)
+    X[rng.random(X.shape) < 0.3] = np.nan
+    X[np.isnan(X).all(axis=1), 0] = 0.0
+    csv, npy = tmp_path / "holes.csv", tmp_path / "holes.npy"
+    np.savetxt(csv, X, delimiter=",")
+    np.save(npy, X)
+    ref, ref_std = model.impute(X, return_std=True)
+    args = ["impute", str(tmp_path / "model.npz")]
+    out, sd = tmp_path / "f.npy", tmp_path / "sd.csv"
+    assert main([*args, str(csv), "--out", str(out), "--std-out", str(sd)]) == 0
+    np.testing.assert_allclose(np.load(out), ref, rtol=1e-12)
+    np.testing.assert_allclose(np.loadtxt(sd, delimiter=","), ref_std, rtol=1e-12)
+    addr = ["--scheduler", client.scheduler.address, "--chunk-rows", "120"]
+    out_d = tmp_path / "fd.csv"
+    assert main([*args, str(npy), "--out", str(out_d), "--method", "mode", *addr]) == 0
+    np.testing.assert_allclose(
+        np.loadtxt(out_d, delimiter=","), model.impute(X, method="mode"), rtol=1e-12
+    )
+    # infinite values stay an error, named with the file
+    X[0, 0] = np.inf
+    np.save(npy, X)
+    assert main([*args, str(npy), "--out", str(tmp_path / "bad.npy")]) == 2
