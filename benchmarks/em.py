@@ -4,7 +4,7 @@ Cases (N = 1,797, D = 64, standardised pixels): [1, 12, 64], [1, 32, 32, 64], [2
 Each runs ``ExactDGN(max_iter=2)`` from the PCA initialisation and prints the second iteration's
 timings from ``history_`` (the first includes one-off work), with the region counts.
 
-Run: ``python benchmarks/em.py [--cases 0 1 2]``.
+Run: ``python benchmarks/em.py [--cases 0 1 2] [--device cpu|cuda]``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", type=int, nargs="*", default=list(range(len(CASES))))
     p.add_argument("--iters", type=int, default=2)
+    p.add_argument("--device", default=None, help="torch device of the E-step (None: numpy)")
     args = p.parse_args(argv)
     X, _ = load_digits()
     X = Standardizer().fit_transform(X)
@@ -41,6 +42,7 @@ def main(argv=None):
             tol=0.0,
             random_state=0,
             progress=False,
+            device=args.device,
         )
         t0 = time.perf_counter()
         with warnings.catch_warnings():

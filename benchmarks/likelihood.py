@@ -149,6 +149,21 @@ def trained_vae_decoder(X, sizes, seed=0, epochs=80):
     return vae.decoder_, np.broadcast_to(vae.noise_std_, (X.shape[1],)).copy()
 
 
+def pca_decoder(X, sizes, seed=0):
+    """A PCA-initialised decoder (as ``ExactDGN(init="pca")``): broad posteriors."""
+    return initialize(
+        X,
+        latent_dim=sizes[0],
+        hidden_sizes=sizes[1:-1],
+        activation="leaky_relu",
+        negative_slope=0.1,
+        init="pca",
+        diagonal=False,
+        min_std=1e-3,
+        rng=np.random.default_rng(seed),
+    )
+
+
 def run_case(
     name,
     X,
@@ -171,17 +186,7 @@ def run_case(
     elif source == "vae":
         dec, std = trained_vae_decoder(X, sizes, seed)
     else:
-        dec, std = initialize(
-            X,
-            latent_dim=sizes[0],
-            hidden_sizes=sizes[1:-1],
-            activation="leaky_relu",
-            negative_slope=0.1,
-            init="pca",
-            diagonal=False,
-            min_std=1e-3,
-            rng=np.random.default_rng(seed),
-        )
+        dec, std = pca_decoder(X, sizes, seed)
     t0 = time.perf_counter()
     model = ExactDGN.from_decoder(dec, std)
     t_part = time.perf_counter() - t0

@@ -52,6 +52,7 @@ EXAMPLES = """examples:
   exactdgn score runs/wave_em wave --out scores.csv
   exactdgn score runs/mine big.npy --workers 2 --out scores.csv   (dask: read chunk by chunk)
   exactdgn fit big.npy --hidden 32 32 --scheduler tcp://host:8786 --out runs/big  (dask EM)
+  exactdgn impute runs/mine holes.csv --out filled.npy --std-out sd.npy   (NaN = missing)
   exactdgn sample runs/wave_em -n 1000 --seed 0 --out samples.npy
   exactdgn partition runs/wave_em --plot partition.png
   exactdgn evaluate decoder.safetensors data.npy --noise-std 0.1 --encoder encoder.pt
@@ -89,6 +90,7 @@ def load_data(
     classes=None,
     downsample: int | None = None,
     key: str | None = None,
+    allow_nan: bool = False,
 ) -> tuple[np.ndarray, dict]:
     """Load a data set from a name or path, as the command line does.
 
@@ -103,6 +105,8 @@ def load_data(
         Class filter for ``mnist:PATH`` (for digits use ``digits:3``).
     downsample : int, optional
         MNIST side length (e.g. 14).
+    allow_nan : bool
+        Files only: keep NaN entries (missing values).
 
     Returns
     -------
@@ -138,6 +142,8 @@ def load_data(
         if key is not None:
             kwargs["key"] = key
             info["key"] = key
+        if allow_nan:
+            kwargs["allow_nan"] = True
     X = get_dataset(spec, **kwargs)
     if info["kind"] == "file" and n_samples is not None:
         X = X[: int(n_samples)]
@@ -436,6 +442,48 @@ def _fit_in(args, client, out: Path) -> int:
         f"{args.method}: {n_iter} iterations, {model.n_regions_} regions, {seconds:.2f}s; "
         f"model written to {out}/model.npz"
     )
+    return 0
+
+
+# ---------------------------------------------------------------------- impute
+def _impute(args) -> int:
+    with _cluster(args) as client:
+        return _impute_in(args, client)
+
+
+def _impute_in(args, client) -> int:
+    """NaNs of a data file filled from the model's exact conditional ``p(x_mis | x_obs)``."""
+    model, _ = load_model(args.model)  # carries its standardization: data units in and out
+    out = Path(args.out)
+    if out.suffix not in (".npy", ".csv"):
+        raise CLIError(f"--out must end in .npy or .csv, got {args.out!r}")
+    if args.std_out and Path(args.std_out).suffix not in (".npy", ".csv"):
+        raise CLIError(f"--std-out must end in .npy or .csv, got {args.std_out!r}")
+    if client is None:
+        X, _ = load_data(args.data, key=args.key, allow_nan=True)
+        res = model.impute(
+            X, method=args.method, random_state=args.seed, return_std=bool(args.std_out)
+        )
+    else:
+        from .dask import impute
+
+        X, _ = _load_data_for(args, client, key=args.key, allow_nan=True)
+        res = impute(
+            model, X, method=args.method, random_state=args.seed, return_std=bool(args.std_out)
+        )
+        res = tuple(r.compute() for r in res) if args.std_out else res.compute()
+    filled, std = res if args.std_out else (res, None)
+    n_missing = int(np.isnan(np.asarray(X)).sum()) if client is None else None
+    for path, arr in ((out, filled), (Path(args.std_out) if args.std_out else None, std)):
+        if path is None:
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".npy":
+            np.save(path, arr)
+        else:
+            np.savetxt(path, arr, delimiter=",", fmt="%.17g")
+    done = f"{n_missing} missing values" if n_missing is not None else "missing values"
+    print(f"{done} filled ({args.method}) in {len(filled)} rows: {out}")
     return 0
 
 
@@ -807,6 +855,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(s)
     _add_cluster_options(s)
     s.set_defaults(func=_score)
+
+    im = sub.add_parser(
+        "impute",
+        help="fill the NaNs of a data file from the exact conditional p(x_mis | x_obs)",
+        epilog=EXAMPLES,
+        formatter_class=_Formatter,
+    )
+    im.add_argument("model", metavar="MODEL", help="fit output directory or model .npz")
+    im.add_argument("data", metavar="DATA", help=".csv / .npy / .npz file, NaN where missing")
+    im.add_argument("--out", required=True, help="filled data, .npy or .csv (required)")
+    im.add_argument(
+        "--method",
+        choices=["mean", "mode", "sample"],
+        default="mean",
+        help="conditional mean, g(MAP z), or one exact conditional draw",
+    )
+    im.add_argument("--seed", type=int, default=None, help="seed of --method sample")
+    im.add_argument(
+        "--std-out", default=None, help="also write the exact conditional std (.npy or .csv)"
+    )
+    im.add_argument("--key", default=None, help="array name inside a .npz DATA")
+    _add_cluster_options(im)
+    im.set_defaults(func=_impute)
 
     m = sub.add_parser(
         "sample",

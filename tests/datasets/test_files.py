@@ -317,3 +317,13 @@ def test_get_dataset(tmp_path):
         get_dataset("mnist")
     with pytest.raises(ValueError, match="either in the name"):
         get_dataset("digits:3", classes=[4])
+
+
+def test_allow_nan_keeps_missing_values_and_refuses_inf(tmp_path):
+    p = tmp_path / "m.csv"
+    p.write_text("1,2\nnan,4\n")
+    X = load_array(p, allow_nan=True)
+    assert np.isnan(X[1, 0]) and X[1, 1] == 4.0
+    p.write_text("1,2\nnan,inf\n")
+    with pytest.raises(ValueError, match=r"1 infinite values \(first bad rows, 0-based: \[1\]\)"):
+        load_array(p, allow_nan=True)

@@ -267,3 +267,79 @@ def test_killed_worker_changes_nothing(client):
     np.testing.assert_array_equal(got, ref)  # bit for bit: fixed tree, deterministic chunks
     client.wait_for_workers(2, timeout=60)
     assert killed["pid"] not in client.run(os.getpid).values()
+
+
+def test_impute_equals_in_memory(client):
+    model, X = _planted([2, 8, 6], 900, 5)
+    rng = np.random.default_rng(0)
+    X[rng.random(X.shape) < 0.3] = np.nan
+    X[np.isnan(X).all(axis=1), 0] = 0.5  # every row keeps an observed entry
+    X[1, :-1] = np.nan
+    X[1, -1] = 1e4 * model.noise_std_[-1]  # a far outlier with one observed entry
+    Xd = da.from_array(X, chunks=(250, 6))
+    for method in ("mean", "mode"):
+        out = edd.impute(model, Xd, method=method)
+        assert isinstance(out, da.Array) and out.shape == X.shape
+        np.testing.assert_allclose(out.compute(), model.impute(X, method=method), rtol=1e-12)
+    filled, std = edd.impute(model, Xd, return_std=True)
+    ref, ref_std = model.impute(X, return_std=True)
+    np.testing.assert_allclose(filled.compute(), ref, rtol=1e-12)
+    np.testing.assert_allclose(std.compute(), ref_std, rtol=1e-12, atol=1e-300)
+    # draws: observed entries kept, reproducible for a seed and chunking, other seeds differ
+    a = edd.impute(model, Xd, method="sample", random_state=3).compute()
+    b = edd.impute(model, Xd, method="sample", random_state=3).compute()
+    c = edd.impute(model, Xd, method="sample", random_state=4).compute()
+    obs = ~np.isnan(X)
+    assert np.array_equal(a, b) and not np.isnan(a).any()
+    np.testing.assert_array_equal(a[obs], X[obs])
+    assert not np.allclose(a[~obs], c[~obs])
+    # chunk i draws as model.impute with SeedSequence(3).spawn(...)[i]
+    seed0 = np.random.SeedSequence(3).spawn(4)[0]
+    first = model.impute(X[:250], method="sample", random_state=np.random.default_rng(seed0))
+    np.testing.assert_array_equal(a[:250], first)
+    with pytest.raises(ValueError, match="method='median' is invalid"):
+        edd.impute(model, Xd, method="median")
+
+
+def test_score_samples_in_data_units_with_the_models_standardization(client):
+    from exactdgn.datasets import Standardizer
+
+    model, Z = _planted([1, 6, 3], 600, 2)
+    raw = Z * np.array([3.0, 0.5, 10.0]) + np.array([1.0, -2.0, 50.0])
+    model.preprocessing_ = Standardizer().fit(raw)
+    ref, err_ref = model.score_samples(raw, return_error=True)
+    Xd = da.from_array(raw, chunks=(200, 3))
+    np.testing.assert_allclose(edd.score_samples(model, Xd).compute(), ref, rtol=1e-12)
+    lp, err = edd.score_samples(model, Xd, return_error=True)
+    np.testing.assert_allclose(lp.compute(), ref, rtol=1e-12)
+    np.testing.assert_allclose(err.compute(), err_ref, rtol=1e-12)
+    assert model.preprocessing_ is not None  # the caller's model is not changed
+
+
+def test_cli_impute_in_memory_and_on_the_cluster(client, tmp_path):
+    from exactdgn.cli import main
+
+    model, X = _planted([1, 6, 3], 500, 4)
+    model.save(tmp_path / "model.npz")
+    rng = np.random.default_rng(1)
+    X[rng.random(X.shape) < 0.3] = np.nan
+    X[np.isnan(X).all(axis=1), 0] = 0.0
+    csv, npy = tmp_path / "holes.csv", tmp_path / "holes.npy"
+    np.savetxt(csv, X, delimiter=",")
+    np.save(npy, X)
+    ref, ref_std = model.impute(X, return_std=True)
+    args = ["impute", str(tmp_path / "model.npz")]
+    out, sd = tmp_path / "f.npy", tmp_path / "sd.csv"
+    assert main([*args, str(csv), "--out", str(out), "--std-out", str(sd)]) == 0
+    np.testing.assert_allclose(np.load(out), ref, rtol=1e-12)
+    np.testing.assert_allclose(np.loadtxt(sd, delimiter=","), ref_std, rtol=1e-12)
+    addr = ["--scheduler", client.scheduler.address, "--chunk-rows", "120"]
+    out_d = tmp_path / "fd.csv"
+    assert main([*args, str(npy), "--out", str(out_d), "--method", "mode", *addr]) == 0
+    np.testing.assert_allclose(
+        np.loadtxt(out_d, delimiter=","), model.impute(X, method="mode"), rtol=1e-12
+    )
+    # infinite values stay an error, named with the file
+    X[0, 0] = np.inf
+    np.save(npy, X)
+    assert main([*args, str(npy), "--out", str(tmp_path / "bad.npy")]) == 2

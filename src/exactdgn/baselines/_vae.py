@@ -31,12 +31,12 @@ from torch import nn
 from .._validation import check_array, check_positive
 from ..datasets._toy import check_random_state
 from ..decoder import Decoder
+from ..gaussian._rules import LOG_2PI as _LOG_2PI
 
 __all__ = ["IWAE", "VAE", "GaussianEncoder"]
 
 logger = logging.getLogger(__name__)
 
-_LOG_2PI = math.log(2.0 * math.pi)
 _EVAL_ELEMENTS = 2**18  # floats per evaluation chunk (rows x samples x widest layer); small
 # enough that the chunk's tensors are reused from the heap: 32 MB chunks were mmapped afresh each
 # time and page faults took 3x the arithmetic (measured: K = 5,000 IS on MNIST 10.8 s -> 1.8 s)

@@ -9,6 +9,7 @@ core library never imports this package.
   active: each E-step runs chunk by chunk on the workers, its sufficient statistics are summed
   by a fixed-order tree reduction and the M-step runs on the client (see :mod:`._em` for the
   rounding bound).
+* :func:`impute` ``(model, X)``: NaNs filled by ``ExactDGN.impute`` chunk by chunk.
 * :func:`read_npy`: a ``.npy`` file read chunk by chunk through a memory map (any other dask
   array source works too, e.g. ``dask.array.from_zarr``).
 * :func:`connect`: a client of an existing scheduler or of a local cluster; every client used
@@ -34,6 +35,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from ._cluster import ThreadBudget, active_client, connect, tree_reduce
 from ._em import RemoteData, remote_data
+from ._impute import impute
 from ._io import read_npy
 from ._score import score_samples
 
@@ -42,6 +44,7 @@ __all__ = [
     "ThreadBudget",
     "active_client",
     "connect",
+    "impute",
     "read_npy",
     "remote_data",
     "score_samples",

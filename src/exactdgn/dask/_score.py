@@ -47,13 +47,24 @@ def broadcast(client, obj):
     return client.scatter(obj, broadcast=True, hash=False)
 
 
+def _without_preprocessing(model):
+    """A shallow copy of ``model`` that scores in its standardized units."""
+    import copy
+
+    bare = copy.copy(model)
+    bare.preprocessing_ = None
+    return bare
+
+
 def score_samples(model, X, return_error: bool = False):
     """Exact ``log p(x)`` of every row of a dask array, as a dask array.
 
     The model's region geometry is sent to each worker once (``client.scatter(broadcast=True)``)
     and every row chunk is scored there by the same code as ``model.score_samples``: the values
     equal the in-memory ones row for row (to rounding of the chunk's matrix products, ~1e-15
-    relative). Without an active ``distributed.Client`` the array runs on dask's local
+    relative). A model that carries its standardization (``preprocessing_``, e.g. one saved by
+    the CLI) takes data units and returns log densities in data units, as in memory. Without an
+    active ``distributed.Client`` the array runs on dask's local
     scheduler.
 
     Parameters
@@ -71,6 +82,13 @@ def score_samples(model, X, return_error: bool = False):
     """
     model._check_fitted()
     X = as_row_chunks(X, model.decoder_.output_dim)
+    # a model saved with its standardization takes data units, as model.score_samples does
+    pre = getattr(model, "preprocessing_", None)
+    if pre is not None:
+        X = X.map_blocks(lambda x: (x - pre.mean_) / pre.scale_, dtype=np.float64)
+        jac = -float(np.log(pre.scale_).sum())
+        out = score_samples(_without_preprocessing(model), X, return_error)
+        return (out[0] + jac, out[1]) if return_error else out + jac
     spec = broadcast(
         active_client(required=False),
         _ScoreSpec(model.geometry_, float(model.prune_nats), int(model.chunk_bytes)),

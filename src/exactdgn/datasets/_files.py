@@ -287,7 +287,7 @@ def load_mnist(
     return np.ascontiguousarray(X), y
 
 
-def _validate_loaded(arr: np.ndarray, path: Path) -> np.ndarray:
+def _validate_loaded(arr: np.ndarray, path: Path, allow_nan: bool = False) -> np.ndarray:
     if arr.dtype == object or not (
         np.issubdtype(arr.dtype, np.integer)
         or np.issubdtype(arr.dtype, np.floating)
@@ -302,12 +302,14 @@ def _validate_loaded(arr: np.ndarray, path: Path) -> np.ndarray:
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"{path}: data is empty (shape {arr.shape})")
     X = np.ascontiguousarray(arr, dtype=np.float64)
-    bad = ~np.isfinite(X)
+    bad = np.isinf(X) if allow_nan else ~np.isfinite(X)
     if bad.any():
         rows = np.unique(np.nonzero(bad)[0])
+        what = "infinite" if allow_nan else "NaN or infinite"
         raise ValueError(
-            f"{path}: {int(bad.sum())} NaN or infinite values (first bad rows, 0-based: "
-            f"{rows[:5].tolist()}); remove or impute them first"
+            f"{path}: {int(bad.sum())} {what} values (first bad rows, 0-based: "
+            f"{rows[:5].tolist()}); remove them first"
+            + ("" if allow_nan else " (NaN marks a missing value where missing data is allowed)")
         )
     return X
 
@@ -399,13 +401,16 @@ def _load_npz(path: Path, key: str | None) -> np.ndarray:
         raise ValueError(f"{path}: not a valid .npz file ({exc})") from exc
 
 
-def load_array(path, *, key: str | None = None, delimiter: str | None = None) -> np.ndarray:
+def load_array(
+    path, *, key: str | None = None, delimiter: str | None = None, allow_nan: bool = False
+) -> np.ndarray:
     """Load a 2-D numeric data matrix from ``.csv``/``.tsv``/``.txt``, ``.npy`` or ``.npz``.
 
     CSV: comma, tab or whitespace separated (guessed from the first row unless ``delimiter`` is
     given); an optional non-numeric header row and ``#`` comment lines are skipped.
     ``.npz``: the single array it holds, or the one named ``key`` (``"X"`` or ``"data"`` are
-    tried when there are several).
+    tried when there are several). ``allow_nan``: NaN entries (missing values) are kept;
+    infinite values are always an error.
 
     Returns
     -------
@@ -439,4 +444,4 @@ def load_array(path, *, key: str | None = None, delimiter: str | None = None) ->
         raise ValueError(
             f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .txt, .npy or .npz"
         )
-    return _validate_loaded(np.asarray(arr), path)
+    return _validate_loaded(np.asarray(arr), path, allow_nan)

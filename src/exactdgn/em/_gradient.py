@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..decoder import Decoder
+from ..gaussian._rules import LOG_2PI
 from ._steps import RegionStats
 
 __all__ = ["exact_gradient", "surrogate_objective"]
@@ -65,7 +66,7 @@ def surrogate_objective(params, decoder: Decoder, stats: RegionStats, X: np.ndar
     tr = torch.einsum("pjk,pkl,pjl->pj", Ar, V, Ar)
     quad = (w[:, None] * o * (res**2 + tr) * inv_var).sum()
     n_obs = torch.as_tensor(obs.sum(axis=0), dtype=x.dtype)  # (D,) observed per column
-    return -0.5 * quad - (n_obs * torch.log(std)).sum() - 0.5 * float(obs.sum()) * np.log(2 * np.pi)
+    return -0.5 * quad - (n_obs * torch.log(std)).sum() - 0.5 * float(obs.sum()) * LOG_2PI
 
 
 def remote_surrogate(params, decoder: Decoder, stats):

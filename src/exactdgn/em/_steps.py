@@ -32,6 +32,7 @@ import scipy.linalg
 from scipy import sparse
 
 from ..decoder import Decoder
+from ..gaussian._rules import LOG_2PI
 
 __all__ = [
     "RegionStats",
@@ -291,7 +292,7 @@ def expected_complete_loglik(
     inv_var = 1.0 / noise_std**2
     quad = (stats.residual_sq(A, b, X) * inv_var).sum() / stats.n_points
     D = X.shape[1]
-    return float(-0.5 * (quad + D * np.log(2 * np.pi) + np.log(noise_std**2).sum()))
+    return float(-0.5 * (quad + D * LOG_2PI + np.log(noise_std**2).sum()))
 
 
 def m_step(

@@ -26,6 +26,8 @@ from typing import NamedTuple
 import numpy as np
 from scipy.special import erfcx, ndtr
 
+from ._rules import EPS, LOG_SQRT_2PI, gauss_legendre, gauss_legendre_01
+
 __all__ = [
     "TruncatedMoments",
     "interval_stats",
@@ -35,23 +37,15 @@ __all__ = [
     "truncated_moments_1d",
 ]
 
-EPS = float(np.finfo(np.float64).eps)
-LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 _LOG_SQRT_PI_2 = 0.5 * math.log(0.5 * math.pi)
 _SQRT2 = math.sqrt(2.0)
 _LOG2 = math.log(2.0)
 # Exponent at which the quadrature branch truncates the integrand (exp(-38) ~ 3e-17).
 _CUT = 38.0
-_GL_X, _GL_W = np.polynomial.legendre.leggauss(32)
-_GL_X = 0.5 * (_GL_X + 1.0)  # nodes on [0, 1]
-_GL_W = 0.5 * _GL_W
+_GL_X, _GL_W = gauss_legendre_01(32)
 # Thin intervals: the exponent varies by at most 2 over the interval, 16 nodes are exact.
-_GL16_X, _GL16_W = np.polynomial.legendre.leggauss(16)
-_GL16_X = 0.5 * (_GL16_X + 1.0)
-_GL16_W = 0.5 * _GL16_W
-_GL8U_X, _GL8U_W = np.polynomial.legendre.leggauss(8)
-_GL8U_X = 0.5 * (_GL8U_X + 1.0)
-_GL8U_W = 0.5 * _GL8U_W
+_GL16_X, _GL16_W = gauss_legendre_01(16)
+_GL8U_X, _GL8U_W = gauss_legendre_01(8)
 
 
 class TruncatedMoments(NamedTuple):
@@ -198,7 +192,7 @@ _SERIES = 5e-4
 _THIN = 0.5
 # Lower ends below this (in sd) take the two-ndtr form in log_interval_mass's upper branch.
 _UPPER_NDTR = 5.0
-_GL8_X, _GL8_W = np.polynomial.legendre.leggauss(8)  # on [-1, 1]
+_GL8_X, _GL8_W = gauss_legendre(8)  # on [-1, 1]
 
 
 def log_interval_mass(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -44,13 +44,14 @@ form loses ``eps / R^4`` relative in the covariance there.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import log_ndtr, owens_t
 
-from ._interval import EPS, TruncatedMoments, _rowdot, interval_stats, log_phi
+from ._divergence import divergence_moments
+from ._interval import TruncatedMoments, _rowdot, interval_stats, log_phi
+from ._rules import EPS, LOG_2PI, gauss_laguerre, gauss_legendre_01, normalize_rows
 
 __all__ = [
     "PolygonTable",
@@ -64,17 +65,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_LOG_2PI = math.log(2.0 * math.pi)
-_GL_X, _GL_W = np.polynomial.legendre.leggauss(32)
-_GL_X = 0.5 * (_GL_X + 1.0)
-_GL_W = 0.5 * _GL_W
-_LAG_X, _LAG_W = np.polynomial.laguerre.laggauss(16)
+_GL_X, _GL_W = gauss_legendre_01(32)
+_LAG_X, _LAG_W = gauss_laguerre(16)
 # 16-node Gauss-Legendre on [0, 1] for the short Laguerre pieces: there ta >= 4 and S <= 4, so
 # the integrand's singularities (s = -ta²/2 and s = -(h² + ta²)/2) lie at s <= -8, outside the
 # Bernstein ellipse of parameter 9.9 around [0, S]; the rule's error is below ~9^{-32}.
-_GL16S_X, _GL16S_W = np.polynomial.legendre.leggauss(16)
-_GL16S_X = 0.5 * (_GL16S_X + 1.0)
-_GL16S_W = 0.5 * _GL16S_W
+_GL16S_X, _GL16S_W = gauss_legendre_01(16)
 # Collapsed (Duffy) product rules on a triangle: v = a (P0 - g) + a b (P1 - P0), Jacobian
 # a * det, with n x n Gauss-Legendre nodes in (a, b).  Each rule is stored as the (5, K) map from
 # the per-edge coefficients (g.a0, g.d10, |a0|^2, a0.d10, |d10|^2) to the exponent at the nodes,
@@ -82,9 +78,7 @@ _GL16S_W = 0.5 * _GL16S_W
 
 
 def _cub_rule(n: int) -> tuple[np.ndarray, np.ndarray]:
-    x, w = np.polynomial.legendre.leggauss(n)
-    x = 0.5 * (x + 1.0)
-    w = 0.5 * w
+    x, w = gauss_legendre_01(n)
     a = np.repeat(x, n)
     ab = a * np.tile(x, n)
     W = np.repeat(w, n) * np.tile(w, n) * a
@@ -142,6 +136,84 @@ _CHUNK_MAX = 32768
 
 
 # --------------------------------------------------------------------------------------------
+# records passed between the kernels (fields are numpy arrays here, tensors in _torch_polygon)
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Vertices:
+    """Edge end points ``P0``, ``P1`` (P, F, 2), vertex centroid ``g`` (P, 2), largest vertex
+    distance from it ``radius`` (P,) (``inf`` if unbounded), ``bounded`` (P,)."""
+
+    P0: np.ndarray
+    P1: np.ndarray
+    g: np.ndarray
+    radius: np.ndarray
+    bounded: np.ndarray
+
+
+@dataclass
+class Edges:
+    """The edges of ``P`` polygons seen from their means (the input of :func:`_integrate`).
+
+    ``nu`` (P, F, 2) unit normals, ``cu`` (P, F) offsets, ``active`` / ``nonempty`` (P, F),
+    ``t0``, ``t1`` (P, F) edge intervals, ``empty`` (P,) pairs known to have zero mass,
+    ``verts`` their :class:`Vertices`.
+    """
+
+    nu: np.ndarray
+    cu: np.ndarray
+    active: np.ndarray
+    t0: np.ndarray
+    t1: np.ndarray
+    nonempty: np.ndarray
+    empty: np.ndarray
+    verts: Vertices
+
+
+@dataclass
+class MomentGeometry:
+    """What the moments need from :func:`_integrate`: the edges and the pairs done by cubature
+    (``cub_i`` (C,) with their ``cub_mean`` (C, 2) and ``cub_cov`` (C, 2, 2), or None)."""
+
+    nu: np.ndarray
+    cu: np.ndarray
+    t0: np.ndarray
+    t1: np.ndarray
+    nonempty: np.ndarray
+    cub_i: np.ndarray
+    cub_mean: np.ndarray | None
+    cub_cov: np.ndarray | None
+
+    def rows(self, rows: np.ndarray) -> MomentGeometry:
+        """The same restricted to ``rows`` of its block."""
+        cub_i, cub_mean, cub_cov = self.cub_i, self.cub_mean, self.cub_cov
+        if cub_i.size:
+            pos = np.full(self.cu.shape[0], -1)
+            pos[rows] = np.arange(rows.size)
+            pc = pos[cub_i]
+            ok = pc >= 0
+            cub_i, cub_mean, cub_cov = pc[ok], cub_mean[ok], cub_cov[ok]
+        return MomentGeometry(
+            self.nu[rows],
+            self.cu[rows],
+            self.t0[rows],
+            self.t1[rows],
+            self.nonempty[rows],
+            cub_i,
+            cub_mean,
+            cub_cov,
+        )
+
+
+@dataclass
+class Integrated:
+    """:func:`_integrate`'s result: ``log_mass``, ``error`` (P,) and the moment geometry."""
+
+    log_mass: np.ndarray
+    error: np.ndarray
+    geo: MomentGeometry
+
+
+# --------------------------------------------------------------------------------------------
 # geometry
 # --------------------------------------------------------------------------------------------
 def _prepare(normals, offsets):
@@ -154,14 +226,7 @@ def _prepare(normals, offsets):
         )
     with np.errstate(all="ignore"):
         norm = np.hypot(n[..., 0], n[..., 1])
-        bad = (
-            ((norm == 0) & (c < 0)) | (c == -np.inf) | np.isnan(c) | np.isnan(norm) | np.isinf(norm)
-        )
-        active = (norm > 0) & (c < np.inf) & ~bad
-        safe = np.where(active, norm, 1.0)
-        nu = np.where(active[..., None], n / safe[..., None], 0.0)
-        cu = np.where(active, c / safe, np.inf)
-    return nu, cu, active, bad.any(axis=1)
+    return normalize_rows(n, c, norm)
 
 
 def polygon_edges(nu: np.ndarray, cu: np.ndarray, active: np.ndarray):
@@ -368,9 +433,7 @@ def log_edge_pieces(h, ta, tb) -> np.ndarray:
     far = ta >= _T_LAG
     i = np.flatnonzero(far)
     if i.size:
-        out[i] = (
-            -0.5 * (h[i] * h[i] + ta[i] * ta[i]) - _LOG_2PI + _laguerre_part(h[i], ta[i], tb[i])
-        )
+        out[i] = -0.5 * (h[i] * h[i] + ta[i] * ta[i]) - LOG_2PI + _laguerre_part(h[i], ta[i], tb[i])
     i = np.flatnonzero(~far)
     if i.size:
         hh, aa, bb = h[i], ta[i], tb[i]
@@ -390,7 +453,7 @@ def log_edge_pieces(h, ta, tb) -> np.ndarray:
         if j.size:
             four = np.full(j.size, _T_LAG)
             tail[j] = np.exp(-0.5 * _T_LAG**2 + _laguerre_part(hh[j], four, bb[j]))
-        out[i] = -0.5 * hh * hh - _LOG_2PI + np.log(V + tail)
+        out[i] = -0.5 * hh * hh - LOG_2PI + np.log(V + tail)
     return out
 
 
@@ -440,8 +503,8 @@ def _tail_mass(cu, t0, t1, use, omega):
 # --------------------------------------------------------------------------------------------
 # small-polygon cubature
 # --------------------------------------------------------------------------------------------
-def _vertices(nu, cu, t0, t1, nonempty):
-    """Edge end points (P, F, 2) each, centroid g (P, 2), radius R (P,), bounded (P,)."""
+def _vertices(nu, cu, t0, t1, nonempty) -> Vertices:
+    """Edge end points, vertex centroid, radius and boundedness of polygons."""
     tau = np.stack([-nu[..., 1], nu[..., 0]], axis=-1)
     with np.errstate(all="ignore"):
         foot = np.where(nonempty[..., None], cu[..., None] * nu, 0.0)
@@ -456,7 +519,7 @@ def _vertices(nu, cu, t0, t1, nonempty):
         dist = np.hypot(P0[..., 0] - g[:, None, 0], P0[..., 1] - g[:, None, 1])
         R = np.max(np.where(nonempty, dist, 0.0), axis=1)
         R = np.where(bounded, R, np.inf)
-    return P0, P1, g, R, bounded
+    return Vertices(P0, P1, g, R, bounded)
 
 
 def _cub_sums(coef, level, ncol):
@@ -523,7 +586,7 @@ def _cubature(P0, P1, g, nonempty, R, moments: bool):
     S[pi_, fi_] = Srow
     S *= det[..., None]
     Z = S[..., 0].sum(axis=1)
-    logm = -0.5 * (g[:, 0] ** 2 + g[:, 1] ** 2) - _LOG_2PI + np.log(Z)
+    logm = -0.5 * (g[:, 0] ** 2 + g[:, 1] ** 2) - LOG_2PI + np.log(Z)
     # conditioning: one ulp of the offsets moves the vertices by ~eps |P0|, i.e. the mass by
     # ~eps |P0| * perimeter / area relative.
     perim = np.sum(np.hypot(d10[..., 0], d10[..., 1]), axis=1)
@@ -642,14 +705,13 @@ def _log_mass_core(normals, offsets, moments: bool, floor=None):
     has_rows = active.any(axis=1)
     empty = bad | degenerate | (has_rows & ~nonempty.any(axis=1))
     verts = _vertices(nu, cu, t0, t1, nonempty)
-    return _integrate(nu, cu, active, t0, t1, nonempty, empty, verts, moments, floor)
+    return _integrate(Edges(nu, cu, active, t0, t1, nonempty, empty, verts), moments, floor)
 
 
-def _integrate(nu, cu, active, t0, t1, nonempty, empty, verts, moments: bool, floor=None):
-    """Log mass, its error and the geometry for the moments, from the polygons' edges.
-
-    ``empty`` (P,) marks pairs known to have zero mass; ``verts`` is ``_vertices``' output.
-    """
+def _integrate(edges: Edges, moments: bool, floor=None) -> Integrated:
+    """Log mass, its error and the geometry for the moments, from the polygons' edges."""
+    nu, cu, active, t0, t1 = edges.nu, edges.cu, edges.active, edges.t0, edges.t1
+    nonempty, empty = edges.nonempty, edges.empty
     P = cu.shape[0]
     omega = _omega(nu, cu, active)
     if floor is not None:  # pairs provably below their floor are skipped (mass reported 0)
@@ -659,7 +721,8 @@ def _integrate(nu, cu, active, t0, t1, nonempty, empty, verts, moments: bool, fl
     ratio = np.ones(P)
     quad_err = np.zeros(P)
 
-    P0, P1, g, R, bounded = verts
+    v = edges.verts
+    P0, P1, g, R, bounded = v.P0, v.P1, v.g, v.radius, v.bounded
     with np.errstate(all="ignore"):
         spread = R * (np.hypot(g[:, 0], g[:, 1]) + 0.5 * R)
     small = bounded & (spread <= _SMALL) & ~empty
@@ -710,8 +773,8 @@ def _integrate(nu, cu, active, t0, t1, nonempty, empty, verts, moments: bool, fl
         cub_i.size,
         int(np.sum(empty)),
     )
-    geo = (nu, cu, t0, t1, nonempty, cub_i, cub_mean, cub_cov)
-    return logm, err, geo
+    geo = MomentGeometry(nu, cu, t0, t1, nonempty, cub_i, cub_mean, cub_cov)
+    return Integrated(logm, err, geo)
 
 
 def _real_rows_first(normals, offsets):
@@ -801,8 +864,8 @@ def _as_floor(floor, offsets):
 
 
 def _log_mass_only(normals, offsets, floor=None):
-    logm, err, _ = _log_mass_core(normals, offsets, moments=False, floor=floor)
-    return logm, err
+    res = _log_mass_core(normals, offsets, moments=False, floor=floor)
+    return res.log_mass, res.error
 
 
 def truncated_moments_2d(
@@ -819,13 +882,14 @@ def truncated_moments_2d(
 
 
 def _moments_core(normals, offsets, floor=None):
-    logm, err, geo = _log_mass_core(normals, offsets, moments=True, floor=floor)
-    return _moments_finish(logm, err, geo)
+    return _moments_finish(_log_mass_core(normals, offsets, moments=True, floor=floor))
 
 
-def _moments_finish(logm, err, geo):
+def _moments_finish(res: Integrated):
     """Mean and covariance from ``_integrate``'s output; returns ``(logm, mean, cov, err)``."""
-    nu, cu, t0, t1, nonempty, cub_i, cub_mean, cub_cov = geo
+    logm, err, geo = res.log_mass, res.error, res.geo
+    nu, cu, t0, t1, nonempty = geo.nu, geo.cu, geo.t0, geo.t1, geo.nonempty
+    cub_i, cub_mean, cub_cov = geo.cub_i, geo.cub_mean, geo.cub_cov
     tau = np.stack([-nu[..., 1], nu[..., 0]], axis=-1)
     ok = np.isfinite(logm)
     edge = nonempty & ok[:, None]
@@ -836,9 +900,7 @@ def _moments_finish(logm, err, geo):
         gbar = np.where(
             edge[..., None], cu[..., None] * nu + np.where(edge, tmean, 0.0)[..., None] * tau, 0.0
         )
-    mean = -np.einsum("pf,pfd->pd", w, nu)
-    cov = np.eye(2)[None] - np.einsum("pf,pfd,pfe->pde", w, nu, gbar - mean[:, None, :])
-    cov = 0.5 * (cov + np.swapaxes(cov, 1, 2))
+    mean, cov = divergence_moments(w, nu, gbar)
     with np.errstate(all="ignore"):
         dist2 = np.min(np.where(nonempty, cu * cu + np.clip(0.0, t0, t1) ** 2, np.inf), axis=1)
         far = ok & (np.min(np.where(nonempty, cu, np.inf), axis=1) < 0) & (dist2 >= _TAIL_D**2)
@@ -905,7 +967,8 @@ def polygon_table(normals: np.ndarray, offsets: np.ndarray) -> PolygonTable:
     nu, cu, active, bad = _prepare(n, c)
     t0, t1, nonempty, degenerate, (si, se, sj) = _edge_search(nu, cu, active)
     empty = bad | degenerate | (active.any(axis=1) & ~nonempty.any(axis=1))
-    P0, P1, g, R, bounded = _vertices(nu, cu, t0, t1, nonempty)
+    v = _vertices(nu, cu, t0, t1, nonempty)
+    P0, P1, g, R, bounded = v.P0, v.P1, v.g, v.radius, v.bounded
     fin0 = nonempty & np.isfinite(t0)
     fin1 = nonempty & np.isfinite(t1)
     p0 = np.where(fin0[..., None], P0, 0.0)
@@ -955,12 +1018,12 @@ def _shifted(table: PolygonTable, m: np.ndarray, w: np.ndarray, k: int):
     cu = np.where(active, cu, np.inf)
     bounded = table.bounded[m]
     g = np.where(bounded[:, None], table.centroid[m] - w, 0.0)
-    verts = (P0, P1, g, table.radius[m], bounded)
-    return nu, cu, active, t0, t1, nonempty, table.empty[m], verts
+    verts = Vertices(P0, P1, g, table.radius[m], bounded)
+    return Edges(nu, cu, active, t0, t1, nonempty, table.empty[m], verts)
 
 
 def _table_chunked(fun, table: PolygonTable, m, w, floor, blocks: list | None = None):
-    """Apply ``fun(nu, cu, active, t0, t1, nonempty, empty, verts, floor)`` to blocks of pairs
+    """Apply ``fun(edges, floor)`` (``edges`` an :class:`Edges`) to blocks of pairs
     grouped by their polygon's width; reassemble. The blocks' pair indices are appended to
     ``blocks`` (in call order) if it is given."""
     m = np.asarray(m)
@@ -985,7 +1048,7 @@ def _table_chunked(fun, table: PolygonTable, m, w, floor, blocks: list | None = 
         step = int(np.clip(_CHUNK_F2 // width, _CHUNK_MIN, _CHUNK_MAX))
         for b in range(0, idx.size, step):
             ib = idx[b : b + step]
-            res = fun(*_shifted(table, m[ib], w[ib], width), None if floor is None else floor[ib])
+            res = fun(_shifted(table, m[ib], w[ib], width), None if floor is None else floor[ib])
             if blocks is not None:
                 blocks.append(ib)
             if out is None:
@@ -998,13 +1061,13 @@ def _table_chunked(fun, table: PolygonTable, m, w, floor, blocks: list | None = 
     return out
 
 
-def _table_mass(nu, cu, active, t0, t1, nonempty, empty, verts, floor):
-    logm, err, _ = _integrate(nu, cu, active, t0, t1, nonempty, empty, verts, False, floor)
-    return logm, err
+def _table_mass(edges: Edges, floor):
+    res = _integrate(edges, False, floor)
+    return res.log_mass, res.error
 
 
-def _table_moments(nu, cu, active, t0, t1, nonempty, empty, verts, floor):
-    return _moments_finish(*_integrate(nu, cu, active, t0, t1, nonempty, empty, verts, True, floor))
+def _table_moments(edges: Edges, floor):
+    return _moments_finish(_integrate(edges, True, floor))
 
 
 def log_mass_2d_shifted(
@@ -1046,10 +1109,10 @@ def truncated_moments_2d_shifted(
         return TruncatedMoments(*_table_chunked(_table_moments, table, polygon, shift, floor))
     geos, blocks = [], []
 
-    def phase1(nu, cu, active, t0, t1, nonempty, empty, verts, fl):
-        logm, err, geo = _integrate(nu, cu, active, t0, t1, nonempty, empty, verts, True, fl)
-        geos.append(geo)
-        return logm, err
+    def phase1(edges, fl):
+        res = _integrate(edges, True, fl)
+        geos.append(res.geo)
+        return res.log_mass, res.error
 
     logm, err = _table_chunked(phase1, table, polygon, shift, floor, blocks)
     mask = np.asarray(select(logm, err), dtype=bool)
@@ -1060,19 +1123,8 @@ def truncated_moments_2d_shifted(
     for ib, geo in zip(blocks, geos, strict=True):
         rows = np.flatnonzero(mask[ib])
         if rows.size:
-            _, mn, cv, _ = _moments_finish(logm[ib][rows], err[ib][rows], _geo_rows(geo, rows))
+            sub = Integrated(logm[ib][rows], err[ib][rows], geo.rows(rows))
+            _, mn, cv, _ = _moments_finish(sub)
             mean[ib[rows]] = mn
             cov[ib[rows]] = cv
     return TruncatedMoments(logm, mean, cov, err)
-
-
-def _geo_rows(geo, rows):
-    """``_integrate``'s geometry restricted to ``rows`` of its block."""
-    nu, cu, t0, t1, nonempty, cub_i, cub_mean, cub_cov = geo
-    if cub_i.size:
-        pos = np.full(cu.shape[0], -1)
-        pos[rows] = np.arange(rows.size)
-        pc = pos[cub_i]
-        ok = pc >= 0
-        cub_i, cub_mean, cub_cov = pc[ok], cub_mean[ok], cub_cov[ok]
-    return (nu[rows], cu[rows], t0[rows], t1[rows], nonempty[rows], cub_i, cub_mean, cub_cov)

@@ -80,28 +80,24 @@ import numpy as np
 from scipy.optimize import linprog
 from scipy.special import erfcx, log_ndtr
 
+from ._divergence import divergence_moments
 from ._interval import EPS, TruncatedMoments, log_phi
 from ._polygon import _omega, polygon_edges, truncated_moments_2d
+from ._rules import LOG_2PI, gauss_laguerre, gauss_legendre_01, normalize_rows
 
 __all__ = ["log_mass_nd", "truncated_moments_nd"]
 
 logger = logging.getLogger(__name__)
 
-_LOG_2PI = math.log(2.0 * math.pi)
 _SQRT2 = math.sqrt(2.0)
 _SQRT_PI_2 = math.sqrt(0.5 * math.pi)
 
 
-def _gl(n: int) -> tuple[np.ndarray, np.ndarray]:
-    x, w = np.polynomial.legendre.leggauss(n)
-    return 0.5 * (x + 1.0), 0.5 * w
-
-
-_GA_X, _GA_W = _gl(16)  # accepted rule
-_GB_X, _GB_W = _gl(10)  # check rule
+_GA_X, _GA_W = gauss_legendre_01(16)  # accepted rule
+_GB_X, _GB_W = gauss_legendre_01(10)  # check rule
 _NODES = np.concatenate([_GA_X, _GB_X])
-_LAG_A = np.polynomial.laguerre.laggauss(28)  # accepted rule
-_LAG_B = np.polynomial.laguerre.laggauss(20)  # check rule
+_LAG_A = gauss_laguerre(28)  # accepted rule
+_LAG_B = gauss_laguerre(20)  # check rule
 
 # adaptive panels: accept when |Q16 - Q10| <= _RTOL * |Q16| + _PTOL * (item estimate)
 _RTOL = 1e-14
@@ -171,12 +167,7 @@ def _prepare(normals, offsets):
     c = np.asarray(offsets, dtype=np.float64)
     with np.errstate(all="ignore"):
         norm = np.sqrt(np.sum(n * n, axis=-1))
-        bad = ((norm == 0) & (c < 0)) | (c == -np.inf) | np.isnan(c) | ~np.isfinite(norm)
-        active = (norm > 0) & (c < np.inf) & ~bad
-        safe = np.where(active, norm, 1.0)
-        nu = np.where(active[..., None], n / safe[..., None], 0.0)
-        cu = np.where(active, c / safe, np.inf)
-    return nu, cu, active, bad.any(axis=1)
+    return normalize_rows(n, c, norm)
 
 
 def _inplane(nu, cu, active):
@@ -447,7 +438,7 @@ def _log_pieces(h, b, ta, tb):
     err = err + le
     rho2 = h * h + b * b + ta * ta
     with np.errstate(divide="ignore"):
-        logv = -0.5 * rho2 - 0.5 * _LOG_2PI - _LOG_2PI + np.log(val)
+        logv = -0.5 * rho2 - 0.5 * LOG_2PI - LOG_2PI + np.log(val)
     rel = err / val
     return logv, rel
 
@@ -850,7 +841,6 @@ def _facet_moments(nu, cu, active, geo):
 
 def _moments_block(n, c):
     logm, err, (nu, cu, active, _, geo) = _log_mass_block(n, c)
-    k = nu.shape[2]
     lmF, mF = _facet_moments(nu, cu, active, geo)
     ok = np.isfinite(logm)
     with np.errstate(all="ignore"):
@@ -861,9 +851,7 @@ def _moments_block(n, c):
             np.where(active, cu, 0.0)[..., None] * nu + np.einsum("pfkl,pfl->pfk", geo.U, mF),
             0.0,
         )
-    mean = -np.einsum("pf,pfk->pk", w, nu)
-    cov = np.eye(k)[None] - np.einsum("pf,pfi,pfj->pij", w, nu, gbar - mean[:, None, :])
-    cov = 0.5 * (cov + np.swapaxes(cov, 1, 2))
+    mean, cov = divergence_moments(w, nu, gbar)
     mean[~ok] = np.nan
     cov[~ok] = np.nan
     return logm, mean, cov, err

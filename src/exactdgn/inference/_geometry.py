@@ -22,11 +22,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..gaussian import PolygonTable, polygon_table
+from ..gaussian._rules import LOG_2PI
 from ..partition import Partition
 
 __all__ = ["RegionGeometry", "region_geometry"]
-
-LOG_2PI = float(np.log(2 * np.pi))
 
 
 @dataclass
@@ -57,7 +56,8 @@ class RegionGeometry:
     lk_const : (R,)           ``-(D log 2π + log|Σ| + log|P_r| + ||b_r - c||²_Λ) / 2``
     polygons : PolygonTable or None   (d = 2 only) the whitened regions at ``w = 0``; a pair
         ``(x, r)`` is polygon ``r`` translated by ``-w_r(x)`` (``c(x) = g - n w_r(x)``)
-    cache : dict              arrays derived on first use (the missing-data GEMM's columns)
+    cache : dict              arrays derived on first use (the missing-data GEMM's columns;
+        the torch backend's copies of these arrays on a device, under ``("torch", device)``)
     interval : tuple or None  (d = 1 only) ``(lo, hi, order, breaks)``: the regions' ends in
         ``z`` (R,), the regions sorted by position (R,) and the inner ends in that order (R-1,)
     """

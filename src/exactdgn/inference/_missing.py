@@ -298,7 +298,8 @@ def observed_pairs(
             tm = gaussian.truncated_moments(nrm, off)
             mean = mu + np.einsum("pij,pj->pi", L, tm.mean)
             cov = L @ tm.cov @ np.swapaxes(L, 1, 2)
-        return (p_all + s, r_all, lj, log_px, err_px, v, off, mean, cov, len(p_all)), (
+        st = PairStats(p_all + s, r_all, lj, log_px, err_px, v, off, mean, cov, len(p_all))
+        return st, (
             nrm,
             L,
             mu,

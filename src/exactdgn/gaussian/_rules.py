@@ -1,0 +1,66 @@
+"""Constants and quadrature rules shared by every Gaussian kernel (numpy and torch), built once.
+
+Each rule is computed on first use and cached; the arrays are read-only so that no caller can
+change them for the others.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+
+import numpy as np
+
+__all__ = [
+    "EPS",
+    "LOG_2PI",
+    "LOG_SQRT_2PI",
+    "gauss_laguerre",
+    "gauss_legendre",
+    "gauss_legendre_01",
+    "normalize_rows",
+]
+
+EPS = float(np.finfo(np.float64).eps)
+LOG_2PI = math.log(2.0 * math.pi)
+LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def _frozen(*arrays):
+    for a in arrays:
+        a.setflags(write=False)
+    return arrays
+
+
+@cache
+def gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n``-node Gauss-Legendre nodes and weights on ``[-1, 1]``."""
+    return _frozen(*np.polynomial.legendre.leggauss(n))
+
+
+@cache
+def gauss_legendre_01(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n``-node Gauss-Legendre nodes and weights on ``[0, 1]``."""
+    x, w = np.polynomial.legendre.leggauss(n)
+    return _frozen(0.5 * (x + 1.0), 0.5 * w)
+
+
+@cache
+def gauss_laguerre(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n``-node Gauss-Laguerre nodes and weights (weight ``e^{-x}`` on ``[0, inf)``)."""
+    return _frozen(*np.polynomial.laguerre.laggauss(n))
+
+
+def normalize_rows(n: np.ndarray, c: np.ndarray, norm: np.ndarray):
+    """Rows ``n_i . u <= c_i`` scaled to unit normals, given the row norms ``norm``.
+
+    Returns unit normals (0 on inactive rows), offsets (``+inf`` on inactive rows), the active
+    mask (P, F) and the infeasible pairs (P,) (a zero row with ``c < 0``, ``c = -inf`` or NaN).
+    """
+    with np.errstate(all="ignore"):
+        bad = ((norm == 0) & (c < 0)) | (c == -np.inf) | np.isnan(c) | ~np.isfinite(norm)
+        active = (norm > 0) & (c < np.inf) & ~bad
+        safe = np.where(active, norm, 1.0)
+        nu = np.where(active[..., None], n / safe[..., None], 0.0)
+        cu = np.where(active, c / safe, np.inf)
+    return nu, cu, active, bad.any(axis=1)

@@ -1,0 +1,366 @@
+"""The torch backend (``device=...``) against the numpy path and independent references.
+
+Every test runs on the CPU and, where torch sees a GPU, on CUDA as well (``DEVICES``). The numpy
+path is itself checked against quadrature oracles (``tests/oracles``); here the kernels are also
+checked against mpmath where a value can be computed independently.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from exactdgn import Decoder, ExactDGN
+from exactdgn.gaussian import interval_stats, log_interval_mass
+from exactdgn.gaussian._torch_interval import interval_stats_t, log_interval_mass_t, q_t
+from exactdgn.inference import marginal_pairs, region_geometry
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _close(a, b, rel=1e-10):
+    """``|a - b| <= rel * max(1, |a|)`` elementwise, with equal non-finite entries."""
+    a, b = np.asarray(a), np.asarray(b)
+    fa, fb = np.isfinite(a), np.isfinite(b)
+    assert np.array_equal(fa, fb)
+    assert np.array_equal(a[~fa], b[~fb])
+    d = np.abs(a[fa] - b[fa]) / np.maximum(1.0, np.abs(a[fa]))
+    assert d.size == 0 or d.max() <= rel, f"max relative difference {d.max():.3g}"
+
+
+def _intervals(n=20000, seed=0):
+    rng = np.random.default_rng(seed)
+    lo = rng.normal(0, 5, n) * rng.choice([1, 1e-3, 1e-6, 30], n) + rng.choice([0, 30, -30, 1e4], n)
+    width = np.abs(rng.normal(0, 1, n)) * rng.choice([1e-9, 1e-4, 0.1, 1, 10, np.inf], n)
+    hi = lo + width
+    lo[::7] = -np.inf
+    hi[::11] = lo[::11]  # empty
+    return lo, hi
+
+
+@pytest.fixture(params=["auto", "dense"])
+def branches(request, monkeypatch):
+    """Run a test with the device's branch mode and again with the dense (CUDA) mode forced."""
+    from exactdgn.gaussian import _torch_interval
+
+    if request.param == "dense":
+        monkeypatch.setattr(_torch_interval, "DENSE_BRANCHES", True)
+    return request.param
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_interval_mass_and_stats_match_numpy(device, branches):
+    lo, hi = _intervals()
+    t = lambda a: torch.tensor(a, device=device)  # noqa: E731
+    lm, err = log_interval_mass(lo, hi)
+    lm_t, err_t = log_interval_mass_t(t(lo), t(hi))
+    _close(lm, lm_t.cpu().numpy(), 1e-13)
+    _close(err, err_t.cpu().numpy(), 1e-10)
+    ref = interval_stats(lo, hi)
+    got = interval_stats_t(t(lo), t(hi))
+    _close(ref[0], got[0].cpu().numpy(), 1e-13)
+    ok = np.isfinite(ref[0])
+    m, v = ref[1][ok], ref[2][ok]
+    mt, vt = got[1].cpu().numpy()[ok], got[2].cpu().numpy()[ok]
+    scale = np.sqrt(v)  # the mean to a fraction of the conditional sd, the variance relative
+    assert np.max(np.abs(m - mt) / np.maximum(scale, 1e-300)) < 1e-9
+    assert np.max(np.abs(v - vt) / v) < 1e-9
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_tails_against_mpmath(device):
+    """Far-tail masses that torch's own ndtr gets wrong (it is 0 below -9 in float64)."""
+    import mpmath
+
+    mpmath.mp.dps = 50
+    cases = [(9.5, np.inf), (-np.inf, -20.0), (37.0, 37.5), (1e4, 1e4 + 1e-3), (30.0, 30 + 1e-9)]
+    lo = torch.tensor([c[0] for c in cases], dtype=torch.float64, device=device)
+    hi = torch.tensor([c[1] for c in cases], dtype=torch.float64, device=device)
+    got = log_interval_mass_t(lo, hi)[0].cpu().numpy()
+    for (a, b), g in zip(cases, got, strict=True):
+        A, B = mpmath.mpf(float(a)), mpmath.mpf(float(b))
+        if A == -mpmath.inf:  # Φ(b) = Q(-b)
+            A, B = -B, mpmath.inf
+        s2 = mpmath.sqrt(2)
+        ref = mpmath.log((mpmath.erfc(A / s2) - mpmath.erfc(B / s2)) / 2)
+        assert abs(g - float(ref)) <= 1e-13 * max(1.0, abs(float(ref))), (a, b, g, ref)
+    q = q_t(torch.tensor([9.5, 20.0, 37.0], dtype=torch.float64, device=device)).cpu().numpy()
+    for x, g in zip([9.5, 20.0, 37.0], q, strict=True):
+        assert abs(g / float(mpmath.erfc(x / mpmath.sqrt(2)) / 2) - 1) < 1e-13
+
+
+def _model(sizes, seed, noise, device=None):
+    return ExactDGN.from_decoder(Decoder.random(sizes, seed=seed), noise, device=device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("sizes", "seed"), [([1, 6, 2], 0), ([1, 40, 40, 5], 1), ([1, 64, 30], 2)])
+@pytest.mark.parametrize("moments", [False, True])
+def test_pairs_1d_match_numpy(device, sizes, seed, moments, branches):
+    m = _model(sizes, seed, 0.05)
+    geom = region_geometry(m.partition_, m.noise_std_)
+    X = m.sample(500, random_state=seed)
+    D = sizes[-1]
+    far = np.stack([np.full(D, 1e4 * 0.05), np.full(D, -100.0), X[0] + 1e4 * 0.05])
+    X = np.concatenate([X, far])
+    ref = marginal_pairs(geom, X, need_moments=moments)
+    got = marginal_pairs(geom, X, need_moments=moments, device=device)
+    assert got.log_px[-3] < -1e7  # 1e4 sigma away
+    _close(ref.log_px, got.log_px)
+    # the pairs whose weight is visible agree, with their statistics
+    key = lambda st: {  # noqa: E731
+        (p, r): i for i, (p, r) in enumerate(zip(st.point, st.region, strict=True))
+    }
+    kr, kg = key(ref), key(got)
+    vis = [k for k, i in kr.items() if ref.log_weight[i] > -30]
+    assert vis and all(k in kg for k in vis)
+    i_r = np.array([kr[k] for k in vis])
+    i_g = np.array([kg[k] for k in vis])
+    _close(ref.log_joint[i_r], got.log_joint[i_g])
+    np.testing.assert_allclose(got.v[i_g], ref.v[i_r], rtol=1e-10, atol=1e-9)
+    if moments:
+        assert got.mean.shape == (len(got.point), 1) and got.cov.shape == (len(got.point), 1, 1)
+        sd = np.sqrt(ref.cov[i_r, 0, 0])
+        assert np.max(np.abs(got.mean[i_g, 0] - ref.mean[i_r, 0]) / sd) < 1e-8
+        np.testing.assert_allclose(got.cov[i_g], ref.cov[i_r], rtol=1e-8)
+        wsum = np.bincount(got.point, np.exp(got.log_weight), minlength=len(X))
+        np.testing.assert_allclose(wsum, 1.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("noise", [0.1, [0.1, 0.2, 0.05, 0.3]])
+def test_model_device_dispatch(device, noise):
+    sizes = [1, 16, 16, 4]
+    ref = _model(sizes, 3, noise)
+    m = _model(sizes, 3, noise, device=device)
+    assert m.get_params()["device"] == device
+    X = ref.sample(200, random_state=1)
+    X[0] += 1e3
+    _close(ref.score_samples(X), m.score_samples(X))
+    a, b = ref.score_samples(X, return_error=True)[1], m.score_samples(X, return_error=True)[1]
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    pr, pm = ref.posterior(X[:20]), m.posterior(X[:20])
+    np.testing.assert_allclose(pm.mean, pr.mean, rtol=1e-9, atol=1e-10)
+
+
+def test_bad_device_is_a_clear_error():
+    m = _model([1, 6, 2], 0, 0.1, device="tpu")
+    with pytest.raises(ValueError, match="device='tpu'"):
+        m.score_samples(np.zeros((2, 2)))
+    if not torch.cuda.is_available():
+        m = _model([1, 6, 2], 0, 0.1, device="cuda")
+        with pytest.raises(ValueError, match="no CUDA device"):
+            m.score_samples(np.zeros((2, 2)))
+
+
+def test_latent_dim_3_on_a_device_is_a_clear_error():
+    m = ExactDGN.from_decoder(Decoder.random([3, 4, 3], seed=0), 0.2, device="cpu")
+    X = ExactDGN.from_decoder(Decoder.random([3, 4, 3], seed=0), 0.2).sample(5, random_state=0)
+    with pytest.raises(ValueError, match=r"covers latent_dim 1 and 2.*device=None"):
+        m.score_samples(X)
+
+
+def test_device_saved_as_text(tmp_path):
+    m = _model([1, 6, 2], 0, 0.1, device=torch.device("cpu"))
+    m.save(tmp_path / "m.npz")
+    m2 = ExactDGN.load(tmp_path / "m.npz")
+    assert m2.device == "cpu"
+    X = m.sample(10, random_state=0)
+    _close(m.score_samples(X), m2.score_samples(X), 1e-15)
+
+
+# ----------------------------------------------------------------------------------- d = 2
+def _mp_piece(h, ta, tb):
+    """log B(h, ta, tb) by mpmath quadrature split at the integrand's scales (no shared formula)."""
+    import mpmath
+
+    mpmath.mp.dps = 40
+    h = mpmath.mpf(h)
+    f = lambda t: mpmath.exp(-t * t / 2) * h / (h * h + t * t)  # noqa: E731
+    top = mpmath.inf if np.isinf(tb) else mpmath.mpf(tb)
+    pts = [mpmath.mpf(ta)]
+    pts += [mpmath.mpf(p) for p in (h, 10 * h, 100 * h, 1, 2, 4, 8) if ta < p < tb] + [top]
+    return float(mpmath.log(mpmath.exp(-h * h / 2) / (2 * mpmath.pi) * mpmath.quad(f, pts)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_edge_pieces_and_owens_t_against_mpmath(device):
+    import mpmath
+    from scipy.special import owens_t
+
+    from exactdgn.gaussian._torch_polygon import log_edge_pieces_t, owens_t_t
+
+    # every branch: Laguerre (ta >= 4), near-foot Gauss-Legendre (h >= 1 or short), the small-h
+    # series + sinh panels (numpy's owens_t difference loses 1e-2 on the first one)
+    cases = [
+        (1.5e-12, 1.93, 4.34),
+        (1e-3, 0.0, 3.9),
+        (0.3, 0.001, 2.0),
+        (0.99, 0.0, np.inf),
+        (1e-5, 1e-7, 0.5),
+        (0.5, 0.2, 50.0),
+        (2.0, 0.0, 3.0),
+        (30.0, 5.0, 9.0),
+        (3.0, 4.5, np.inf),
+        (0.2, 6.0, 6.5),
+    ]
+    t = lambda a: torch.tensor(a, dtype=torch.float64, device=device)  # noqa: E731
+    h, ta, tb = (t([c[i] for c in cases]) for i in range(3))
+    got = log_edge_pieces_t(h, ta, tb).cpu().numpy()
+    for c, g in zip(cases, got, strict=True):
+        ref = _mp_piece(*c)
+        assert abs(g - ref) <= 1e-13 * max(1.0, abs(ref)), (c, g, ref)
+    # Owen's T against mpmath's definition and scipy
+    mpmath.mp.dps = 40
+    pairs = [
+        (0.1, 0.5),
+        (1e-6, 3e6),
+        (2.0, 0.3),
+        (5.0, 10.0),
+        (20.0, 0.01),
+        (0.5, 1e5),
+        (8.0, -0.7),
+    ]
+    got = owens_t_t(t([p[0] for p in pairs]), t([p[1] for p in pairs])).cpu().numpy()
+    for (hh, aa), g in zip(pairs, got, strict=True):
+        H, A = mpmath.mpf(hh), mpmath.mpf(abs(aa))
+        # e^{-h²/2} factored out (mpmath.quad's tolerance is absolute)
+        f = lambda x, H=H: mpmath.exp(-H * H * x * x / 2) / (1 + x * x)  # noqa: E731
+        pts = [0, min(A, 1 / H), A] if A > 1 / H else [0, A]
+        ref = mpmath.exp(-H * H / 2) * mpmath.quad(f, pts) / (2 * mpmath.pi)
+        ref = float(np.sign(aa) * ref)
+        assert abs(g / ref - 1) < 1e-13, (hh, aa, g, ref)
+        assert abs(g / owens_t(hh, aa) - 1) < 1e-12
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_shifted_polygon_masses_match_numpy(device):
+    from exactdgn.gaussian import log_mass_2d_shifted
+    from exactdgn.gaussian._torch_polygon import log_mass_2d_shifted_t, table_to_device
+
+    m = _model([2, 16, 16, 5], 0, 0.1)
+    geom = region_geometry(m.partition_, m.noise_std_)
+    rng = np.random.default_rng(0)
+    P = 20000
+    r = rng.integers(0, geom.n_regions, P)
+    w = rng.normal(0, 3, (P, 2)) * rng.choice([0.01, 1, 10, 1000], (P, 1))
+    # means exactly at a vertex or on an edge of the polygon (interior angle / 2π terms)
+    tab_np = geom.polygons
+    on = np.flatnonzero(tab_np.fin0[r, 0] & tab_np.fin1[r, 0])[:200]
+    w[on[:100]] = tab_np.p0[r[on[:100]], 0]
+    w[on[100:]] = 0.5 * (tab_np.p0[r[on[100:]], 0] + tab_np.p1[r[on[100:]], 0])
+    ref, _ = log_mass_2d_shifted(geom.polygons, r, w)
+    tab = table_to_device(geom.polygons, device)
+    t = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
+    got, err = log_mass_2d_shifted_t(tab, t(r), t(w))
+    assert ref.min() < -1e6  # far tails included
+    _close(ref, got.cpu().numpy(), 1e-12)
+    fin = np.isfinite(ref)
+    assert np.all(err.cpu().numpy()[fin] < 1e-9 * np.maximum(1, np.abs(ref[fin])))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("sizes", "noise"), [([2, 16, 16, 5], 0.1), ([2, 24, 24, 30], 0.05)])
+def test_pairs_2d_match_numpy(device, sizes, noise):
+    m = _model(sizes, 0, noise)
+    geom = region_geometry(m.partition_, m.noise_std_)
+    D = sizes[-1]
+    X = m.sample(300, random_state=1)
+    far = np.stack([np.full(D, 1e4 * noise), np.full(D, -100.0), X[0] + 1e4 * noise])
+    X = np.concatenate([X, far])
+    ref = marginal_pairs(geom, X)
+    got = marginal_pairs(geom, X, device=device)
+    assert got.log_px[-3] < -1e7
+    _close(ref.log_px, got.log_px)
+    assert np.all(np.diff(got.point) >= 0)
+    wsum = np.bincount(got.point, np.exp(got.log_weight), minlength=len(X))
+    np.testing.assert_allclose(wsum, 1.0, atol=1e-12)
+    vis = {(p, r) for p, r, w in zip(ref.point, ref.region, ref.log_weight, strict=True) if w > -30}
+    assert vis <= set(zip(got.point, got.region, strict=True))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("latent", [1, 2])
+def test_chunks_and_blocks_do_not_change_results(device, latent, monkeypatch):
+    """Many small chunks of points and blocks of pairs give the one-chunk results."""
+    from exactdgn.inference import _torch_marginal
+
+    m = _model([latent, 12, 12, 4], 4, 0.1)
+    geom = region_geometry(m.partition_, m.noise_std_)
+    X = m.sample(120, random_state=3)
+    X[5] += 50.0
+    one = marginal_pairs(geom, X, need_moments=True, device=device)
+    monkeypatch.setattr(_torch_marginal, "_chunk_points", lambda N, R, dev: 37)
+    chunk = 3 * 37 * geom.n_regions
+    monkeypatch.setattr(_torch_marginal, "_CHUNK_2D", {"cpu": chunk, "cuda": chunk})
+    monkeypatch.setattr(_torch_marginal, "_PAIR_BLOCK", {"cpu": 101, "cuda": 101})
+    many = marginal_pairs(geom, X, need_moments=True, device=device)
+    assert np.array_equal(one.point, many.point) and np.array_equal(one.region, many.region)
+    _close(one.log_px, many.log_px, 1e-13)
+    np.testing.assert_allclose(many.mean, one.mean, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(many.cov, one.cov, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("noise", [0.1, [0.1, 0.2, 0.05, 0.3]])
+def test_model_device_dispatch_2d(device, noise):
+    ref = _model([2, 12, 12, 4], 5, noise)
+    m = _model([2, 12, 12, 4], 5, noise, device=device)
+    X = ref.sample(100, random_state=2)
+    X[0] -= 1e3
+    _close(ref.score_samples(X), m.score_samples(X))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("sizes", "noise"), [([2, 16, 16, 5], 0.1), ([2, 24, 24, 30], 0.05)])
+def test_estep_2d_matches_numpy(device, sizes, noise, branches):
+    m = _model(sizes, 0, noise)
+    geom = region_geometry(m.partition_, m.noise_std_)
+    D = sizes[-1]
+    X = m.sample(100, random_state=1)
+    far = np.stack([np.full(D, 1e4 * noise), np.full(D, -100.0), X[0] + 10 * noise])
+    X = np.concatenate([X, far])
+    ref = marginal_pairs(geom, X, need_moments=True)
+    got = marginal_pairs(geom, X, need_moments=True, device=device)
+    _close(ref.log_px, got.log_px)
+    # the same visible pairs, in the same order (sorted by point, then as numpy orders them)
+    assert np.array_equal(ref.point, got.point) and np.array_equal(ref.region, got.region)
+    sd = np.sqrt(np.einsum("pii->pi", ref.cov))
+    w = np.exp(ref.log_weight)
+    big = w > 1e-6
+    assert big.sum() >= len(X)
+    dm = np.abs(got.mean - ref.mean) / sd
+    dc = np.abs(got.cov - ref.cov) / (sd[:, :, None] * sd[:, None, :])
+    assert dm[big].max() < 1e-9 and dc[big].max() < 1e-7
+    # per point: the posterior mean and covariance (what the M-step uses)
+    for st in (ref, got):
+        wt = np.exp(st.log_weight)
+        st.pm = np.stack([np.bincount(st.point, wt * st.mean[:, k]) for k in range(2)], 1)
+    scale = np.sqrt(np.stack([np.bincount(ref.point, w * ref.cov[:, k, k]) for k in range(2)], 1))
+    assert np.max(np.abs(got.pm - ref.pm) / scale) < 1e-9
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    ("latent", "method"), [(1, "em"), (2, "em"), (1, "gradient"), (2, "lbfgs")]
+)
+def test_fit_on_device_matches_numpy(device, latent, method):
+    """Training with the E-step on the device (M-step / optimiser on the host) follows the
+    numpy fit: EM, exact-gradient Adam and L-BFGS."""
+    X = _model([latent, 6, 3], 7, 0.2).sample(100, random_state=0)
+    kw = dict(
+        latent_dim=latent,
+        hidden_sizes=(6,),
+        method=method,
+        max_iter=2,
+        random_state=0,
+        progress=False,
+    )
+    ref = ExactDGN(**kw).fit(X)
+    got = ExactDGN(**kw, device=device).fit(X)
+    a = np.array([h["loglik"] for h in ref.history_])
+    b = np.array([h["loglik"] for h in got.history_])
+    np.testing.assert_allclose(b, a, rtol=1e-9)
+    _close(ref.score_samples(X), got.score_samples(X), 1e-9)
