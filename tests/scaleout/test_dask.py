@@ -235,18 +235,22 @@ def test_killed_worker_changes_nothing(client):
     Xg = da.from_array(X, chunks=chunks).map_blocks(load, dtype=np.float64)
 
     def held_chunks(dask_scheduler):
-        return [
-            [ws.address for ws in ts.who_has]
+        return {
+            str(key): [ws.address for ws in ts.who_has]
             for key, ts in dask_scheduler.tasks.items()
             if str(key).startswith("_second") and ts.state == "memory"
-        ]
+        }
+
+    # pairs of the reference run whose release has not reached the scheduler yet are not
+    # this run's: only chunks that appear from now on count
+    stale = set(client.run_on_scheduler(held_chunks))
 
     killed = {}
 
     def killer():
         t0 = time.monotonic()
         while time.monotonic() - t0 < 60:
-            held = client.run_on_scheduler(held_chunks)
+            held = [w for k, w in client.run_on_scheduler(held_chunks).items() if k not in stale]
             if len(held) >= 2:
                 pids = client.run(os.getpid)
                 victim = held[0][0]
