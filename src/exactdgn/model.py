@@ -79,7 +79,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
         Exact pruning margin: skipped point-region pairs contribute less than
         ``exp(-prune_nats)`` relative to ``p(x)`` in total.
     chunk_bytes : int
-        Memory bound of the (points x regions) work arrays; larger inputs are chunked.
+        Memory bound of one block's (points x regions) work arrays, per worker thread
+        (``EXACTDGN_NUM_THREADS``); larger inputs are split into blocks.
     max_backtrack : int
         Halvings of a rejected M-step before the exact-gradient fallback step.
     overrelax : float
