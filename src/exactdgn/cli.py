@@ -73,7 +73,7 @@ EXACT_METHODS = ("auto", "em", "gradient", "lbfgs")
 #: ``ExactDGN``'s default method (kept equal by a test)
 DEFAULT_METHOD = "auto"
 #: methods that train on a dask cluster (--scheduler / --workers)
-CLUSTER_METHODS = ("auto", "em", "lbfgs")
+CLUSTER_METHODS = ("auto", "em", "lbfgs", "gradient")
 
 
 class CLIError(ValueError):
@@ -276,7 +276,7 @@ def _fit(args) -> int:
             if client is not None and args.method not in CLUSTER_METHODS:
                 raise CLIError(
                     "--scheduler / --workers train with --method em or lbfgs (or auto: EM, "
-                    f"then L-BFGS), not {args.method}"
+                    f"then L-BFGS; or gradient), not {args.method}"
                 )
             return _fit_in(args, client, out)
     except BaseException:

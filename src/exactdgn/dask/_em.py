@@ -135,6 +135,14 @@ class RemoteData:
     def _compute(self, obj):
         return self.client.compute(obj, sync=True)
 
+    @property
+    def n_chunks(self) -> int:
+        return len(self.blocks)
+
+    def chunk(self, i: int) -> np.ndarray:
+        """Row chunk ``i`` as a float64 array on the client (minibatch methods stream them)."""
+        return np.ascontiguousarray(self._compute(self.blocks[i]), dtype=np.float64)
+
     def e_step(self, part, geom, *, prune_nats: float, chunk_bytes: int) -> RemotePairs:
         """Distributed E-step: per-chunk pairs kept on the workers, sums tree-reduced."""
         spec = broadcast(
@@ -237,10 +245,9 @@ class RemoteRegionStats(RegionStats):
 
 def remote_data(X, method: str = "em") -> RemoteData:
     """Wrap a dask array for ``ExactDGN.fit`` (needs an active ``distributed.Client``)."""
-    if method not in ("em", "lbfgs", "auto"):
+    if method not in ("em", "lbfgs", "auto", "gradient"):
         raise ValueError(
-            f"method={method!r} does not take a dask array yet: use method='em' or 'lbfgs' "
-            "(or 'auto': EM, then L-BFGS; distributed E-steps), or load X into memory "
-            "(X.compute())"
+            f"method={method!r} does not take a dask array: use method='em', 'lbfgs', 'auto' "
+            "(distributed E-steps) or 'gradient' (minibatches streamed chunk by chunk)"
         )
     return RemoteData(X, active_client(required=True))

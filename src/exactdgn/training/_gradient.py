@@ -20,6 +20,12 @@ class GradientTrainer(Trainer):
     is parametrised as ``log σ`` clamped at ``log(min_noise_std)``. Not monotone (stochastic
     steps). State: ``θ``, the random stream of the minibatch order and Adam's public
     ``state_dict()``.
+
+    On a dask array (``exactdgn.dask``) an epoch streams the row chunks to the client in a
+    random order and shuffles the rows within each chunk (Adam's steps are sequential: the
+    minibatches are small E-steps in memory); the epoch's full-data E-step is distributed. With
+    one chunk this is the in-memory epoch exactly; otherwise the minibatches depend on the
+    chunking (reproducible for a given seed and chunking).
     """
 
     method = "gradient"
@@ -69,6 +75,19 @@ class GradientTrainer(Trainer):
         self.opt.load_state_dict(state["optimizer"])
         self.decoder, self.std = self._current()
 
+    def _minibatches(self):
+        """This epoch's minibatches (rows of ``X`` in a random order)."""
+        X = self.X
+        if hasattr(X, "chunk"):  # a dask handle: chunks in a random order, rows shuffled
+            order = self.rng.permutation(X.n_chunks) if X.n_chunks > 1 else [0]
+            parts = (X.chunk(int(i)) for i in order)
+        else:
+            parts = (X,)
+        for Xc in parts:
+            perm = self.rng.permutation(len(Xc))
+            for s in range(0, len(Xc), self.batch_size):
+                yield Xc[perm[s : s + self.batch_size]]
+
     def start(self) -> HistoryRow:
         e = self._estep(self.decoder, self.std, self.X)
         self.loglik = e.loglik
@@ -81,11 +100,9 @@ class GradientTrainer(Trainer):
 
         est, X = self.est, self.X
         t_start = time.perf_counter()
-        perm = self.rng.permutation(len(X))
         tp = te = tm = 0.0
         log_min = np.log(est.min_noise_std)
-        for s in range(0, len(X), self.batch_size):
-            Xb = X[perm[s : s + self.batch_size]]
+        for Xb in self._minibatches():
             dec, std = self._current()
             e = self._estep(dec, std, Xb)
             t0 = time.perf_counter()
