@@ -18,9 +18,13 @@ Run: ``python benchmarks/training.py --seeds 0 1 2 3 4`` (all settings, hours on
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import platform
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 
@@ -94,6 +98,12 @@ def main(argv=None) -> None:
     p.add_argument(
         "--settings", nargs="+", default=["all"], help=f"'all', 'toy' or from {list(SETTINGS)}"
     )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for config.json and results.json (rows appended as they finish)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     names = []
@@ -106,12 +116,24 @@ def main(argv=None) -> None:
         flush=True,
     )
     rows = []
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        config = {
+            "seeds": args.seeds,
+            "settings": names,
+            "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
+            "EXACTDGN_NUM_THREADS": os.environ.get("EXACTDGN_NUM_THREADS"),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        }
+        (args.out / "config.json").write_text(json.dumps(config, indent=2))
     for name in names:
         if name not in SETTINGS:
             p.error(f"unknown setting {name!r}; choose from {list(SETTINGS)}")
         for seed in args.seeds:
             r = run(name, seed)
             rows.append(r)
+            if args.out is not None:
+                (args.out / "results.json").write_text(json.dumps(rows, indent=2))
             truth = f"{r['true_nll']:9.3f}" if r["true_nll"] is not None else ""
             print(
                 f"{name:20s} {seed:4d} {r['exact_nll']:10.3f} {r['exact_s']:7.1f} "
