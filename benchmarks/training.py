@@ -87,7 +87,7 @@ def run(name: str, seed: int) -> dict:
         "exact_methods": "+".join(methods),
         "iwae_nll": -iw_exact.score(Xte),
         "iwae_s": t_iwae,
-        "iwae_epochs": iw.n_epochs_,
+        "iwae_epochs": iw.n_iter_,
         "true_nll": truth,
     }
 

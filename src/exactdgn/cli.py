@@ -378,8 +378,8 @@ def _fit_in(args, client, out: Path) -> int:
         vae = IWAE(sizes, k=args.k, **kw) if args.method == "iwae" else VAE(sizes, **kw)
         _run_quietly(vae.fit, Xtr)
         model = vae_to_exact(vae, min_noise_std=args.min_noise_std)
-        history = vae.history_
-        n_iter = int(vae.n_epochs_)
+        history = vae.history_  # the same rows as ExactDGN's (loglik: the VAE's objective)
+        n_iter = int(vae.n_iter_)
     seconds = time.perf_counter() - t0
     ll_tr = _score_values(model, Xtr)
     results = {

@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 
 from . import gaussian
 from ._validation import check_array, check_positive
@@ -40,8 +41,12 @@ __all__ = ["ConvergenceWarning", "ExactDGN", "NotFittedError"]
 logger = logging.getLogger(__name__)
 
 
-class NotFittedError(ValueError, AttributeError):
-    """The model has no decoder yet: call ``fit`` or build it with ``from_decoder``."""
+class NotFittedError(_SklearnNotFittedError):
+    """The model has no decoder yet: call ``fit`` or build it with ``from_decoder``.
+
+    A :class:`sklearn.exceptions.NotFittedError` (so a ``ValueError`` and ``AttributeError``);
+    the baselines (:class:`exactdgn.baselines.VAE`) raise it too.
+    """
 
 
 class ExactDGN(DensityMixin, BaseEstimator):

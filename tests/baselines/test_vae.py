@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import multivariate_normal
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
 
-from exactdgn import Decoder
+from exactdgn import Decoder, ExactDGN
 from exactdgn.baselines import IWAE, VAE, GaussianEncoder
 from exactdgn.datasets import wave
 
@@ -41,6 +43,11 @@ def _exact_affine(model, X):
     return multivariate_normal(b, np.diag(sig2) + W @ W.T).logpdf(X)
 
 
+def _untimed(history):
+    """History rows without their wall times (which differ between identical runs)."""
+    return [{k: v for k, v in r.items() if not k.startswith("seconds")} for r in history]
+
+
 # ----------------------------------------------------------------------------- training
 @pytest.mark.parametrize("cls", [VAE, IWAE])
 def test_training_improves_objective(cls):
@@ -50,14 +57,13 @@ def test_training_improves_objective(cls):
     )
     m.fit(X)
     h = m.history_
-    assert m.n_epochs_ == m.n_iter_ == 40 and len(h["val_objective"]) == 40
-    first, last = np.mean(h["train_objective"][:3]), np.mean(h["train_objective"][-5:])
+    assert m.n_iter_ == 40 and len(h) == 41 and [r["iter"] for r in h] == list(range(41))
+    train = [r["loglik"] for r in h[1:]]
+    val = [r["val_loglik"] for r in h]
+    first, last = np.mean(train[:3]), np.mean(train[-5:])
     assert last > first + 2.0, (first, last)
-    assert np.mean(h["val_objective"][-5:]) > h["val_objective"][0] + 2.0
-    if cls is IWAE:  # the IWAE-k objective is above the ELBO of the same samples
-        assert np.all(np.array(h["train_objective"]) >= np.array(h["train_elbo"]))
-    else:
-        assert h["train_objective"] == h["train_elbo"]
+    assert np.mean(val[-5:]) > val[0] + 2.0
+    assert {r["method"] for r in h} == {cls._method}
     assert isinstance(m.decoder_, Decoder) and m.decoder_.layer_sizes == [1, 16, 16, 2]
     assert all(a.kind == "leaky_relu" for a in m.decoder_.activations)
     assert isinstance(m.noise_std_, float) and m.noise_std_ >= 1e-3
@@ -73,12 +79,12 @@ def test_reproducible_with_seed():
     a = IWAE([1, 8, 2], random_state=5, **kw).fit(X)
     b = IWAE([1, 8, 2], random_state=5, **kw).fit(X)
     c = IWAE([1, 8, 2], random_state=6, **kw).fit(X)
-    assert a.history_ == b.history_
+    assert _untimed(a.history_) == _untimed(b.history_)
     for Wa, Wb in zip(a.decoder_.weights, b.decoder_.weights, strict=True):
         np.testing.assert_array_equal(Wa, Wb)
     np.testing.assert_array_equal(a.noise_std_, b.noise_std_)
     assert a.noise_std_.shape == (2,)
-    assert a.history_ != c.history_
+    assert _untimed(a.history_) != _untimed(c.history_)
     np.testing.assert_array_equal(
         a.importance_log_likelihood(X[:4], 50, random_state=0),
         b.importance_log_likelihood(X[:4], 50, random_state=0),
@@ -95,13 +101,13 @@ def test_early_stopping_restores_best_epoch():
     X = wave(200, noise=0.05, random_state=2)
     kw = dict(validation_fraction=0.3, random_state=3, lr=2e-2, encoder_hidden=(8,), batch_size=32)
     m = VAE([1, 8, 2], max_epochs=400, patience=4, **kw).fit(X)
-    h = m.history_["val_objective"]
-    assert m.stopped_early_ and m.n_epochs_ < 400
-    assert m.n_epochs_ == m.best_epoch_ + 1 + 4
-    assert h[m.best_epoch_] == max(h)
+    h = [r["val_loglik"] for r in m.history_]
+    assert m.stopped_early_ and m.n_iter_ < 400
+    assert m.n_iter_ == m.best_iter_ + 4
+    assert h[m.best_iter_] == max(h[1:])
     # a run cut at the best epoch follows the same trajectory: the restored parameters are its
-    ref = VAE([1, 8, 2], max_epochs=m.best_epoch_ + 1, patience=1000, **kw).fit(X)
-    assert ref.history_["val_objective"] == h[: m.best_epoch_ + 1]
+    ref = VAE([1, 8, 2], max_epochs=m.best_iter_, patience=1000, **kw).fit(X)
+    assert [r["val_loglik"] for r in ref.history_] == h[: m.best_iter_ + 1]
     for W1, W2 in zip(m.decoder_.weights, ref.decoder_.weights, strict=True):
         np.testing.assert_array_equal(W1, W2)
     assert m.noise_std_ == ref.noise_std_
@@ -111,7 +117,8 @@ def test_no_validation_split_and_float32():
     X = wave(100, random_state=0)
     m = VAE([1, 4, 2], max_epochs=3, validation_fraction=0.0, dtype="float32", **FAST)
     m.fit(X)
-    assert m.history_["val_objective"] == [] and m.best_epoch_ == 2 and not m.stopped_early_
+    assert [r["val_loglik"] for r in m.history_] == [None] * 4
+    assert m.best_iter_ == m.n_iter_ == 3 and not m.stopped_early_
     assert m.decoder_.weights[0].dtype == np.float64
     assert next(m.encoder_.parameters()).dtype == torch.float64
     assert np.all(np.isfinite(m.elbo(X[:3], 5, random_state=0)))
@@ -141,7 +148,7 @@ def test_progress_bar_and_x_val(capsys):
     X = wave(80, random_state=0)
     m = VAE([1, 4, 2], max_epochs=2, progress=True, random_state=0, **FAST)
     m.fit(X[:60], X_val=X[60:])
-    assert len(m.history_["val_elbo"]) == 2
+    assert len(m.history_) == 3 and all(r["val_loglik"] is not None for r in m.history_)
     assert "VAE" in capsys.readouterr().err
 
 
@@ -149,7 +156,7 @@ def test_input_validation():
     X = wave(50, random_state=0)
     with pytest.raises(ValueError, match="outputs 3 dimensions but X has 2"):
         VAE([1, 3]).fit(X)
-    with pytest.raises(TypeError, match="layer sizes"):
+    with pytest.raises(ValueError, match="layer sizes"):
         VAE("decoder").fit(X)
     with pytest.raises(ValueError, match="noise"):
         VAE([1, 2], noise="full").fit(X)
@@ -159,11 +166,11 @@ def test_input_validation():
         VAE([1, 2], init_noise_std=1e-4).fit(X)
     with pytest.raises(ValueError, match="batch_size"):
         VAE([1, 2], batch_size=0).fit(X)
-    with pytest.raises(ValueError, match="k must be"):
+    with pytest.raises(ValueError, match="k=0 is invalid"):
         IWAE([1, 2], k=0).fit(X)
     with pytest.raises(ValueError, match="dtype"):
         VAE([1, 2], dtype="float16").fit(X)
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         VAE([1, 2]).elbo(X)
     m = VAE([1, 2], max_epochs=0).fit(X)
     with pytest.raises(ValueError, match="2 are expected"):
@@ -322,7 +329,7 @@ def test_callback_can_stop_training():
     X = wave(60, noise=0.1, random_state=0)
     vae = VAE([1, 4, 2], max_epochs=50, validation_fraction=0.0, random_state=0)
     vae.fit(X, callback=lambda e, snap: e < 3)
-    assert vae.n_epochs_ == 3 and vae.stopped_early_
+    assert vae.n_iter_ == 3 and len(vae.history_) == 4 and vae.stopped_early_
 
 
 @pytest.mark.parametrize("noise", ["isotropic", "diagonal"])
@@ -355,3 +362,164 @@ def test_lowrank_log_weights_match_direct(noise, monkeypatch):
     ref = vae.importance_log_likelihood(X, k=50, random_state=1)
     assert calls and np.all(np.isfinite(est)) and est[0] < est[1:].min()
     np.testing.assert_allclose(est, ref, rtol=1e-12, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------- estimator API
+@pytest.mark.parametrize("cls", [VAE, IWAE])
+def test_sklearn_params_clone_and_defaults(cls):
+    """get_params / set_params / clone round trip; default construction; fitted attributes."""
+    est = cls([1, 4, 2], max_epochs=2, random_state=0, **FAST)
+    params = est.get_params()
+    assert params["decoder"] == [1, 4, 2] and params["max_epochs"] == 2
+    assert ("k" in params) == (cls is IWAE) and ("n_train_samples" in params) == (cls is VAE)
+    twin = clone(est)
+    assert type(twin) is cls and twin.get_params() == params
+    assert est.set_params(max_epochs=3, lr=1e-2) is est
+    assert est.max_epochs == 3 and clone(est).get_params()["lr"] == 1e-2
+    with pytest.raises(ValueError, match="Invalid parameter"):
+        est.set_params(max_iter=3)
+    # __init__ stores only: nothing ending in "_" before fit, even for invalid values
+    bad = cls(decoder="nonsense", lr=-1.0)
+    assert not [k for k in vars(bad) if k.endswith("_")]
+    # default construction: ExactDGN's latent_dim / hidden_sizes defaults, D from the data
+    X = wave(60, random_state=0)
+    m = cls(max_epochs=1, random_state=0, **FAST).fit(X)
+    assert m.decoder_.layer_sizes == [1, 12, 2] and m.n_features_in_ == 2 and m.latent_dim_ == 1
+    m = cls(latent_dim=2, hidden_sizes=(5, 3), max_epochs=1, random_state=0, **FAST).fit(X)
+    assert m.decoder_.layer_sizes == [2, 5, 3, 2] and m.latent_dim_ == 2
+    # a fitted clone trains to the same model
+    c = clone(m).fit(X)
+    np.testing.assert_array_equal(c.decoder_.weights[0], m.decoder_.weights[0])
+
+
+@pytest.mark.parametrize("cls", [VAE, IWAE])
+def test_not_fitted_error(cls):
+    from exactdgn.model import NotFittedError as ExactNotFittedError
+
+    est = cls([1, 2])
+    X = wave(5, random_state=0)
+    for call in (
+        lambda: est.elbo(X),
+        lambda: est.score_samples(X),
+        lambda: est.score(X),
+        lambda: est.encode(X),
+        lambda: est.sample(3),
+        lambda: est.importance_log_likelihood(X, 5),
+    ):
+        with pytest.raises(NotFittedError, match="not fitted yet"):
+            call()
+    with pytest.raises(ExactNotFittedError):  # the library's own, a subclass of sklearn's
+        est.iwae_bound(X)
+    assert issubclass(ExactNotFittedError, NotFittedError)
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"decoder": [1]}, r"decoder=\[1\] is invalid: give an exactdgn.Decoder"),
+        ({"decoder": [1, 0, 2]}, "decoder=.*layer sizes"),
+        ({"decoder": [1, 2], "latent_dim": 1}, "latent_dim=1 is invalid: leave it None"),
+        ({"latent_dim": 0}, "latent_dim=0 is invalid: use an integer >= 1"),
+        ({"hidden_sizes": (4, -1)}, r"hidden_sizes=\(4, -1\) is invalid"),
+        ({"activation": "sigmoid"}, "activation='sigmoid' is invalid: choose one of"),
+        ({"encoder_hidden": (0,)}, "encoder_hidden=.*positive integers"),
+        ({"encoder_activation": "gelu"}, "encoder_activation='gelu' is invalid"),
+        ({"n_train_samples": 0}, "n_train_samples=0 is invalid"),
+        ({"lr": 0.0}, "lr=0.0 is invalid: use a positive float"),
+        ({"batch_size": 2.5}, "batch_size=2.5 is invalid: use an integer >= 1"),
+        ({"max_epochs": -1}, "max_epochs=-1 is invalid"),
+        ({"patience": 0}, "patience=0 is invalid"),
+        ({"min_delta": -1.0}, "min_delta=-1.0 is invalid"),
+        ({"min_noise_std": 0}, "min_noise_std=0 is invalid: use a positive float"),
+        ({"init_noise_std": [0.1, 0.2]}, "isotropic noise takes a scalar"),
+        ({"random_state": "seed"}, "random_state='seed' is invalid"),
+        ({"validation_fraction": -0.1}, r"validation_fraction=-0.1 is invalid: use a fraction"),
+    ],
+)
+def test_bad_parameters_say_what_to_change(params, match):
+    X = wave(20, random_state=0)
+    with pytest.raises(ValueError, match=match):
+        VAE(**params).fit(X)
+
+
+@pytest.mark.parametrize("cls", [VAE, IWAE])
+def test_history_rows_and_callback_match_exactdgn(cls):
+    """The same HistoryRow keys as ExactDGN's history; the callback runs once per epoch, with
+    the epoch's row already recorded (as ExactDGN's per iteration)."""
+    import dataclasses
+    import warnings
+
+    from exactdgn.training import HistoryRow
+
+    X = wave(80, noise=0.1, random_state=0)
+    seen = []
+    m = cls([1, 4, 2], max_epochs=4, random_state=0, patience=100, **FAST)
+    m.fit(X, callback=lambda it, snapshot: seen.append((it, snapshot())))
+    keys = {f.name for f in dataclasses.fields(HistoryRow)}
+    assert all(set(r) == keys for r in m.history_)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ex = ExactDGN(hidden_sizes=(3,), max_iter=1, init="pca", progress=False).fit(X)
+    assert set(ex.history_[0]) == set(m.history_[0]) == keys
+    assert m.n_iter_ == 4 and [it for it, _ in seen] == [r["iter"] for r in m.history_[1:]]
+    assert [r["iter"] for r in m.history_] == [0, 1, 2, 3, 4]
+    for r in m.history_:
+        assert r["method"] == cls._method and r["n_regions"] is None and r["backtracks"] == 0
+        assert r["seconds_partition"] == r["seconds_estep"] == 0.0
+        assert r["seconds"] >= r["seconds_mstep"] >= 0.0 and np.isfinite(r["loglik"])
+        assert np.isfinite(r["val_loglik"])  # validation_fraction=0.1 by default
+        assert r["step"] == (m.lr if r["iter"] else 0.0)
+    # the last snapshot is the fitted model when the last epoch is the best one kept
+    dec, std = seen[m.best_iter_ - 1][1]
+    np.testing.assert_array_equal(dec.weights[0], m.decoder_.weights[0])
+    assert std == m.noise_std_
+    # False stops after that epoch, as in ExactDGN
+    m2 = clone(m).fit(X, callback=lambda it, snapshot: it < 2)
+    assert m2.n_iter_ == 2 and m2.stopped_early_
+    assert _untimed(m2.history_) == _untimed(m.history_[:3])
+
+
+@pytest.mark.parametrize("cls", [VAE, IWAE])
+def test_score_samples_is_the_objective(cls):
+    X = wave(60, noise=0.1, random_state=0)
+    m = cls([1, 4, 2], max_epochs=2, random_state=0, **FAST).fit(X)
+    s = m.score_samples(X[:10])
+    np.testing.assert_array_equal(s, m.score_samples(X[:10]))  # deterministic by default
+    if cls is VAE:
+        np.testing.assert_array_equal(s, m.elbo(X[:10], 100, random_state=0))
+    else:
+        np.testing.assert_array_equal(s, m.iwae_bound(X[:10], m.k, n_repeats=100, random_state=0))
+    assert m.score(X[:10]) == pytest.approx(s.mean(), rel=1e-14)
+    # a bound: below the exact log-likelihood of the same decoder and noise (on average)
+    exact = ExactDGN.from_decoder(m.decoder_, m.noise_std_).score_samples(X[:10])
+    assert s.mean() < exact.mean()
+
+
+def test_from_parts_is_fitted():
+    m, X, *_ = _exact_posterior_model("diagonal")
+    v = VAE.from_parts(m.decoder_, m.encoder_, m.noise_std_)
+    assert v.noise == "diagonal" and v.n_features_in_ == 4 and v.latent_dim_ == 2
+    np.testing.assert_allclose(v.elbo(X, 5, random_state=0), m.elbo(X, 5, random_state=0))
+
+
+@pytest.mark.parametrize("cls", [VAE, IWAE])
+def test_sklearn_estimator_checks(cls):
+    """The scikit-learn checks of the estimator API (construction, parameters, fitting). Not
+    all of ``check_estimator``: its input-format checks (sparse, complex, object arrays) and
+    per-sample invariance of ``score_samples`` (a Monte Carlo estimate whose noise is drawn
+    row by row) do not apply."""
+    from sklearn.utils import estimator_checks as ec
+
+    est = cls(max_epochs=2, encoder_hidden=(4,), validation_fraction=0.0, random_state=0)
+    name = cls.__name__
+    ec.check_parameters_default_constructible(name, est)
+    ec.check_no_attributes_set_in_init(name, est)
+    ec.check_get_params_invariance(name, est)
+    ec.check_set_params(name, est)
+    ec.check_estimators_unfitted(name, est)
+    ec.check_dont_overwrite_parameters(name, est)
+    ec.check_estimators_overwrite_params(name, est)
+    ec.check_fit_idempotent(name, est)
+    ec.check_n_features_in(name, est)
+    ec.check_fit2d_1sample(name, est)
+    ec.check_estimators_nan_inf(name, est)

@@ -120,6 +120,11 @@ def test_fit_vae_saves_exact_model_and_estimates(runs):
         assert np.isfinite(res[k])
     # the gap exact - ELBO is a KL divergence (up to the ELBO's Monte Carlo error)
     assert res["train_gap_mean"] > -3 * res["train_elbo_stderr_mean"]
+    # history.json: the same rows as an exact run's, one per epoch after the start
+    hist = json.loads((root / "vae" / "history.json").read_text())
+    em_hist = json.loads((root / "em" / "history.json").read_text())
+    assert [h["iter"] for h in hist] == [0, 1, 2] and res["n_iter"] == 2
+    assert all(set(h) == set(em_hist[0]) for h in hist) and hist[-1]["method"] == "vae"
 
 
 def test_score_sample_partition_report(runs, tmp_path, capsys):

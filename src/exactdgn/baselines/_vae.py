@@ -22,16 +22,20 @@ import copy
 import logging
 import math
 import numbers
+import time
 from collections.abc import Sequence
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, DensityMixin
 from torch import nn
 
 from .._validation import check_array, check_positive
 from ..datasets._toy import check_random_state
 from ..decoder import Decoder
 from ..gaussian._rules import LOG_2PI as _LOG_2PI
+from ..model import NotFittedError
+from ..training import HistoryRow
 
 __all__ = ["IWAE", "VAE", "GaussianEncoder"]
 
@@ -178,19 +182,36 @@ def _int_param(value, name, low):
     return int(value)
 
 
-class VAE:
+_DECODER_ACTIVATIONS = ("relu", "leaky_relu", "prelu", "abs")  # as ExactDGN's
+
+
+def _is_int(value, low: int) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
+
+
+class VAE(DensityMixin, BaseEstimator):
     """Variational auto-encoder with a continuous piecewise-affine decoder.
+
+    A scikit-learn estimator (``get_params`` / ``set_params`` / ``clone``; ``__init__`` only
+    stores the parameters, ``fit`` validates them) with the training record of
+    :class:`exactdgn.ExactDGN`: ``history_`` rows of :class:`exactdgn.training.HistoryRow`,
+    ``n_iter_`` and ``fit(X, callback=f)``.
 
     Parameters
     ----------
-    decoder : Decoder or sequence of int
+    decoder : Decoder, sequence of int or None
         The decoder architecture and initial weights (an :class:`exactdgn.Decoder`, copied), or
         layer sizes ``[d, n_1, ..., D]`` for ``Decoder.random(sizes, activation=activation,
-        negative_slope=negative_slope, seed=...)`` seeded from ``random_state``.
-    activation : str
-        Decoder activation when ``decoder`` is given as sizes.
+        negative_slope=negative_slope, seed=...)`` seeded from ``random_state``. None
+        (default): sizes ``[latent_dim, *hidden_sizes, D]`` with ``D`` from the data.
+    latent_dim : int, optional
+        Latent dimension when ``decoder`` is None (default 1, as ``ExactDGN``'s).
+    hidden_sizes : tuple of int, optional
+        Hidden widths when ``decoder`` is None (default ``(12,)``, as ``ExactDGN``'s).
+    activation : {"relu", "leaky_relu", "prelu", "abs"}
+        Decoder activation when ``decoder`` is not a ``Decoder``.
     negative_slope : float
-        Leaky-ReLU / PReLU slope when ``decoder`` is given as sizes.
+        Leaky-ReLU / PReLU slope when ``decoder`` is not a ``Decoder``.
     noise : {"isotropic", "diagonal"}
         One learned noise std, or one per output dimension.
     init_noise_std : float or array of shape (D,), optional
@@ -218,8 +239,9 @@ class VAE:
     dtype : {"float64", "float32"}
         Training precision. Fitted modules and all evaluation methods are float64.
     random_state : None, int or numpy.random.Generator
-        Seeds the decoder initialisation (when given sizes), encoder initialisation, validation
-        split, minibatch order and training noise. Same seed, same data -> same fit.
+        Seeds the decoder initialisation (when not given a ``Decoder``), encoder
+        initialisation, validation split, minibatch order and training noise. Same seed, same
+        data -> same fit.
     progress : bool
         Show a tqdm progress bar over epochs.
 
@@ -228,20 +250,26 @@ class VAE:
     decoder_ : Decoder
         The trained decoder, exported with :meth:`Decoder.from_torch` (float64).
     noise_std_ : float or ndarray of shape (D,)
+        A float for ``noise="isotropic"``.
     encoder_ : GaussianEncoder
         The trained encoder (float64, eval mode).
-    history_ : dict of lists
-        Per epoch: ``"train_objective"`` / ``"val_objective"`` (the training objective: ELBO for
-        a VAE, IWAE-k bound for an IWAE, mean nats per point) and ``"train_elbo"`` /
-        ``"val_elbo"``. Training values are running means over the epoch's minibatches;
-        validation values use fixed noise across epochs. Validation lists are empty without a
-        validation split.
-    n_epochs_ : int
+    history_ : list of dict
+        One :class:`exactdgn.training.HistoryRow` (as a dict, the keys of ``ExactDGN``'s rows)
+        for the initial parameters (``iter`` 0) and one per epoch (``iter`` = epoch):
+        ``loglik`` is the training objective in nats per point, **the ELBO (VAE) or IWAE-k
+        bound (IWAE), not the exact log-likelihood** (a running mean over the epoch's
+        minibatches); ``val_loglik`` the same objective on the validation data (None without
+        a validation split); ``seconds`` the epoch's wall time (``seconds_mstep``: its
+        training passes); ``step`` the learning rate; ``method`` ``"vae"`` / ``"iwae"``;
+        ``n_regions`` None (the exact model of the decoder, ``ExactDGN.from_decoder``, has
+        them).
     n_iter_ : int
-        Same as ``n_epochs_`` (the name ``ExactDGN`` uses).
-    best_epoch_ : int
-        0-based epoch whose parameters were kept (the last one without validation).
+        Epochs run (``len(history_) - 1``), as ``ExactDGN.n_iter_``.
+    best_iter_ : int
+        The epoch whose parameters were kept (``history_[best_iter_]``): the best validation
+        epoch, else the last one (0 when no epoch ran).
     stopped_early_ : bool
+        Stopped by early stopping or by the callback before ``max_epochs``.
     n_features_in_ : int
     latent_dim_ : int
 
@@ -250,16 +278,20 @@ class VAE:
     >>> from exactdgn.datasets import wave
     >>> X = wave(300, random_state=0)
     >>> vae = VAE([1, 16, 2], max_epochs=5, random_state=0).fit(X)
+    >>> vae.n_iter_, len(vae.history_), vae.history_[-1]["method"]
+    (5, 6, 'vae')
     >>> vae.elbo(X[:3], n_samples=10, random_state=0).shape
     (3,)
     """
 
-    _objective_name = "elbo"
+    _method = "vae"
 
     def __init__(
         self,
-        decoder,
+        decoder=None,
         *,
+        latent_dim: int | None = None,
+        hidden_sizes: tuple | None = None,
         activation: str = "leaky_relu",
         negative_slope: float = 0.1,
         noise: str = "isotropic",
@@ -279,6 +311,8 @@ class VAE:
         progress: bool = False,
     ):
         self.decoder = decoder
+        self.latent_dim = latent_dim
+        self.hidden_sizes = hidden_sizes
         self.activation = activation
         self.negative_slope = negative_slope
         self.noise = noise
@@ -301,22 +335,108 @@ class VAE:
     def from_parts(cls, decoder: Decoder, encoder, noise_std) -> VAE:
         """A fitted VAE from a trained decoder, encoder and noise (e.g. trained elsewhere).
 
+        It has no ``history_`` (it was not trained here); every evaluation method works.
+
         Parameters
         ----------
         decoder : Decoder
         encoder : torch.nn.Module
             ``x -> (mean, log_std)`` of ``q(z | x)``, each (B, d) (see :class:`GaussianEncoder`).
         noise_std : float or array_like (D,)
+
+        Returns
+        -------
+        VAE
         """
-        vae = cls(decoder.layer_sizes)
+        std = np.asarray(noise_std, dtype=np.float64)
+        vae = cls(decoder.layer_sizes, noise="isotropic" if std.ndim == 0 else "diagonal")
         vae.decoder_ = decoder
         vae.encoder_ = encoder.eval()
-        vae.noise_std_ = np.asarray(noise_std, dtype=np.float64)
+        vae.noise_std_ = std
+        vae.n_features_in_ = decoder.output_dim
+        vae.latent_dim_ = decoder.latent_dim
         return vae
 
     # ------------------------------------------------------------------ training
+    def _validate_params(self) -> None:
+        """Check every parameter (``fit`` calls it first); the message says what to change."""
+
+        def bad(name, what):
+            raise ValueError(f"{name}={getattr(self, name)!r} is invalid: {what}")
+
+        dec = self.decoder
+        if dec is None:
+            if self.latent_dim is not None and not _is_int(self.latent_dim, 1):
+                bad("latent_dim", "use an integer >= 1")
+            if self.hidden_sizes is not None:
+                try:
+                    hs = tuple(self.hidden_sizes)
+                except TypeError:
+                    hs = (None,)
+                if not all(_is_int(h, 1) for h in hs):
+                    bad("hidden_sizes", "use a tuple of positive integers, e.g. (12,) or (32, 32)")
+        else:
+            if not isinstance(dec, Decoder):
+                ok = not isinstance(dec, str | bytes) and isinstance(dec, Sequence | np.ndarray)
+                if not (ok and len(dec) >= 2 and all(_is_int(s, 1) for s in dec)):
+                    bad(
+                        "decoder",
+                        "give an exactdgn.Decoder, layer sizes [d, n_1, ..., D] (positive "
+                        "integers), or None with latent_dim / hidden_sizes",
+                    )
+            for name in ("latent_dim", "hidden_sizes"):
+                if getattr(self, name) is not None:
+                    bad(name, "leave it None when decoder is given (the decoder fixes the sizes)")
+        if not isinstance(dec, Decoder) and self.activation not in _DECODER_ACTIVATIONS:
+            bad("activation", f"choose one of {_DECODER_ACTIVATIONS}")
+        if not (isinstance(self.negative_slope, numbers.Real) and np.isfinite(self.negative_slope)):
+            bad("negative_slope", "use a finite float (e.g. 0.1)")
+        if self.noise not in ("isotropic", "diagonal"):
+            bad("noise", "choose 'isotropic' or 'diagonal'")
+        if not (isinstance(self.min_noise_std, numbers.Real) and 0 < self.min_noise_std < np.inf):
+            bad("min_noise_std", "use a positive float (the objective is unbounded as σ -> 0)")
+        if self.init_noise_std is not None:
+            init = np.asarray(self.init_noise_std, dtype=np.float64)
+            if init.ndim > 1 or not np.all(np.isfinite(init)) or np.any(init <= 0):
+                bad("init_noise_std", "use a positive float or a vector of one per column")
+            if init.ndim == 1 and self.noise == "isotropic":
+                bad("init_noise_std", "isotropic noise takes a scalar (or use noise='diagonal')")
+            if np.any(init < self.min_noise_std):
+                bad("init_noise_std", f"it is below min_noise_std={self.min_noise_std}")
+        try:
+            enc = tuple(self.encoder_hidden)
+        except TypeError:
+            enc = (None,)
+        if not all(_is_int(h, 1) for h in enc):
+            bad("encoder_hidden", "use a tuple of positive integers, e.g. (64, 64) or ()")
+        if self.encoder_activation not in _ENCODER_ACTIVATIONS:
+            bad("encoder_activation", f"choose one of {tuple(_ENCODER_ACTIVATIONS)}")
+        self._validate_objective_params(bad)
+        if not (isinstance(self.lr, numbers.Real) and 0 < self.lr < np.inf):
+            bad("lr", "use a positive float (e.g. 1e-3)")
+        if not _is_int(self.batch_size, 1):
+            bad("batch_size", "use an integer >= 1")
+        if not _is_int(self.max_epochs, 0):
+            bad("max_epochs", "use an integer >= 0 (0 only initialises the model)")
+        frac = self.validation_fraction
+        if not (isinstance(frac, numbers.Real) and 0 <= frac < 1):
+            bad("validation_fraction", "use a fraction in [0, 1) (0: no early stopping)")
+        if not _is_int(self.patience, 1):
+            bad("patience", "use an integer >= 1")
+        if not (isinstance(self.min_delta, numbers.Real) and 0 <= self.min_delta < np.inf):
+            bad("min_delta", "use a finite float >= 0 (nats per point)")
+        if self.dtype not in ("float64", "float32", torch.float64, torch.float32):
+            bad("dtype", "choose 'float64' or 'float32'")
+        rs = self.random_state
+        if not (rs is None or _is_int(rs, 0) or isinstance(rs, np.random.Generator)):
+            bad("random_state", "use None, an integer >= 0 or a numpy.random.Generator")
+
+    def _validate_objective_params(self, bad) -> None:
+        if not _is_int(self.n_train_samples, 1):
+            bad("n_train_samples", "use an integer >= 1")
+
     def _n_objective_samples(self) -> int:
-        return _int_param(self.n_train_samples, "n_train_samples", 1)
+        return int(self.n_train_samples)
 
     def _objective(self, log_w):
         """Per-point training objective from ``log w`` of shape (B, K): the ELBO estimate."""
@@ -326,41 +446,33 @@ class VAE:
         if isinstance(self.decoder, Decoder):
             dec = self.decoder.copy()
         else:
-            try:
-                if isinstance(self.decoder, str | bytes):
-                    raise TypeError
+            if self.decoder is None:
+                d = 1 if self.latent_dim is None else int(self.latent_dim)
+                hidden = (12,) if self.hidden_sizes is None else tuple(self.hidden_sizes)
+                sizes = [d, *(int(h) for h in hidden), D]
+            else:
                 sizes = [int(s) for s in self.decoder]
-            except (TypeError, ValueError):
-                raise TypeError(
-                    "decoder must be an exactdgn.Decoder or a sequence of layer sizes "
-                    f"[d, ..., D]; got {type(self.decoder).__name__}"
-                ) from None
             dec = Decoder.random(
                 sizes, activation=self.activation, negative_slope=self.negative_slope, seed=seed
             )
         if dec.output_dim != D:
-            raise ValueError(f"the decoder outputs {dec.output_dim} dimensions but X has {D}")
+            raise ValueError(
+                f"the decoder outputs {dec.output_dim} dimensions but X has {D}: give decoder "
+                f"sizes ending in {D} (or decoder=None with latent_dim / hidden_sizes)"
+            )
         return dec
 
     def _initial_log_noise(self, X: np.ndarray, dtype) -> torch.Tensor:
         D = X.shape[1]
-        if self.noise not in ("isotropic", "diagonal"):
-            raise ValueError(f"noise must be 'isotropic' or 'diagonal', got {self.noise!r}")
-        floor = float(check_positive(self.min_noise_std, name="min_noise_std"))
+        floor = float(self.min_noise_std)
         size = 1 if self.noise == "isotropic" else D
         if self.init_noise_std is None:
             std = X.std(axis=0) if X.shape[0] > 1 else np.ones(D)
             init = 0.5 * (np.sqrt(np.mean(std**2)) if size == 1 else std)
             init = np.maximum(np.broadcast_to(init, (size,)), floor)
         else:
-            init = check_positive(self.init_noise_std, name="init_noise_std")
-            if init.ndim == 1 and size == 1:
-                raise ValueError("isotropic noise takes a scalar init_noise_std")
+            init = check_positive(self.init_noise_std, name="init_noise_std", size=D)
             init = np.broadcast_to(init, (size,)).astype(np.float64)
-            if np.any(init < floor):
-                raise ValueError(
-                    f"init_noise_std {self.init_noise_std} is below min_noise_std {floor}"
-                )
         return torch.log(torch.as_tensor(init, dtype=dtype))
 
     def fit(self, X, y=None, *, X_val=None, callback=None) -> VAE:
@@ -373,29 +485,31 @@ class VAE:
         X_val : array_like of shape (M, D), optional
             Validation data for early stopping (else ``validation_fraction`` of ``X``).
         callback : callable, optional
-            Called after every epoch as ``callback(epoch, snapshot)`` (``epoch`` counts from 1);
-            ``snapshot()`` returns the current ``(Decoder, noise_std)`` in float64 (built only
-            when called, e.g. to score training curves with the exact likelihood). Training
-            continues unless the callback returns ``False``.
+            Called after every epoch as ``callback(iteration, snapshot)``, as by
+            :meth:`exactdgn.ExactDGN.fit`: ``iteration`` is the epoch (from 1; its row
+            ``history_[iteration]`` is already recorded), ``snapshot()`` returns the current
+            ``(Decoder, noise_std)`` in float64 (``noise_std`` as ``noise_std_``: a float for
+            isotropic noise) (built only when called, e.g. to score training
+            curves with the exact likelihood). Training stops early if it returns ``False``
+            (with a validation split, the best validation epoch so far is kept).
 
         Returns
         -------
         self
         """
+        self._validate_params()
         X = check_array(X, name="X")
+        if X.shape[0] == 0:
+            raise ValueError(f"X has no rows (shape {X.shape}): give at least one point")
         N, D = X.shape
         dtype = _torch_dtype(self.dtype)
-        lr = float(check_positive(self.lr, name="lr"))
-        batch_size = _int_param(self.batch_size, "batch_size", 1)
-        max_epochs = _int_param(self.max_epochs, "max_epochs", 0)
-        patience = _int_param(self.patience, "patience", 1)
+        lr = float(self.lr)
+        batch_size = int(self.batch_size)
+        max_epochs = int(self.max_epochs)
+        patience = int(self.patience)
         n_samples = self._n_objective_samples()
         frac = float(self.validation_fraction)
-        if not 0.0 <= frac < 1.0:
-            raise ValueError(f"validation_fraction must be in [0, 1), got {frac}")
         min_delta = float(self.min_delta)
-        if not (min_delta >= 0 and np.isfinite(min_delta)):
-            raise ValueError(f"min_delta must be finite and >= 0, got {self.min_delta}")
 
         rng = check_random_state(self.random_state)
         dec_seed, enc_seed, torch_seed, val_seed = (int(s) for s in rng.integers(0, 2**62, 4))
@@ -409,7 +523,10 @@ class VAE:
         elif frac > 0:
             n_val = max(1, round(frac * N))
             if n_val >= N:
-                raise ValueError(f"validation_fraction={frac} leaves no training data (N={N})")
+                raise ValueError(
+                    f"validation_fraction={frac} leaves no training data (N={N}): lower it "
+                    "(0 trains on all of X without early stopping)"
+                )
             perm = rng.permutation(N)
             Xv, Xt = X[perm[:n_val]], X[perm[n_val:]]
         else:
@@ -432,6 +549,8 @@ class VAE:
         opt = torch.optim.Adam(params, lr=lr)
         gen = torch.Generator().manual_seed(torch_seed)
         xt = torch.as_tensor(Xt, dtype=dtype)
+        n_train = xt.shape[0]
+        val_eps = None
         if Xv is not None:
             xv = torch.as_tensor(Xv, dtype=dtype)
             val_eps = torch.randn(
@@ -440,31 +559,69 @@ class VAE:
                 dtype=dtype,
             )
 
-        history: dict[str, list[float]] = {
-            "train_objective": [],
-            "train_elbo": [],
-            "val_objective": [],
-            "val_elbo": [],
-        }
+        def evaluate(x, eps) -> float:
+            """Mean objective on ``x`` with the noise ``eps`` (in minibatches, no gradient)."""
+            decoder_module.eval()
+            encoder.eval()
+            tot = 0.0
+            with torch.no_grad():
+                for s in range(0, x.shape[0], batch_size):
+                    lw = _log_weights(
+                        x[s : s + batch_size],
+                        eps[s : s + batch_size],
+                        decoder_module,
+                        encoder,
+                        log_sigma(),
+                    )
+                    tot += float(self._objective(lw).sum())
+            return tot / x.shape[0]
+
+        def row(it, loglik, seconds, seconds_train, val) -> dict:
+            return HistoryRow(
+                iter=it,
+                loglik=loglik,
+                n_regions=None,
+                seconds=seconds,
+                seconds_mstep=seconds_train,
+                step=lr if it else 0.0,  # row 0: no step taken
+                method=self._method,
+                val_loglik=val,
+            ).as_dict()
+
+        def snapshot():
+            decoder_module.eval()
+            dec_now = Decoder.from_torch(decoder_module, input_shape=(d,))
+            sig = np.exp(log_sigma().detach().to(torch.float64).numpy())
+            return dec_now, (float(sig[0]) if self.noise == "isotropic" else sig.copy())
+
+        # row 0: the initial parameters (own noise: the training stream is not touched)
+        t0 = time.perf_counter()
+        eps0 = torch.randn(
+            (n_train, n_samples, d),
+            generator=torch.Generator().manual_seed(val_seed + 1),
+            dtype=dtype,
+        )
+        ll0 = evaluate(xt, eps0)
+        del eps0
+        v0 = evaluate(xv, val_eps) if Xv is not None else None
+        history = [row(0, ll0, time.perf_counter() - t0, 0.0, v0)]
+
         best = -math.inf
-        best_epoch = -1
+        best_iter = 0
         best_state = None
         bad = 0
         stopped = False
-        epochs = range(max_epochs)
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(epochs, desc=type(self).__name__, unit="epoch")
-            epochs = bar
-        n_train = xt.shape[0]
-        for epoch in epochs:
+            bar = tqdm(total=max_epochs, desc=type(self).__name__, unit="epoch")
+        for epoch in range(1, max_epochs + 1):
+            t0 = time.perf_counter()
             decoder_module.train()
             encoder.train()
             order = torch.randperm(n_train, generator=gen)
             tot_obj = 0.0
-            tot_elbo = 0.0
             for start in range(0, n_train, batch_size):
                 xb = xt[order[start : start + batch_size]]
                 eps = torch.randn((xb.shape[0], n_samples, d), generator=gen, dtype=dtype)
@@ -480,55 +637,46 @@ class VAE:
                 loss.backward()
                 opt.step()
                 tot_obj += float(obj.detach().sum())
-                tot_elbo += float(log_w.detach().mean(dim=1).sum())
-            history["train_objective"].append(tot_obj / n_train)
-            history["train_elbo"].append(tot_elbo / n_train)
-            if callback is not None:
-
-                def snapshot():
-                    decoder_module.eval()
-                    dec_now = Decoder.from_torch(decoder_module, input_shape=(d,))
-                    sig = np.exp(log_sigma().detach().to(torch.float64).numpy())
-                    return dec_now, (float(sig[0]) if self.noise == "isotropic" else sig.copy())
-
-                if callback(epoch + 1, snapshot) is False:
-                    if best_state is None or Xv is None:
-                        best_epoch = epoch
-                    stopped = True
-                    break
+            t_train = time.perf_counter() - t0
+            v_obj = None
             if Xv is None:
-                best_epoch = epoch
-                if bar is not None:
-                    bar.set_postfix(train=f"{tot_obj / n_train:.4g}")
-                continue
-            decoder_module.eval()
-            encoder.eval()
-            with torch.no_grad():
-                log_w = _log_weights(xv, val_eps, decoder_module, encoder, log_sigma())
-                v_obj = float(self._objective(log_w).mean())
-                v_elbo = float(log_w.mean())
-            history["val_objective"].append(v_obj)
-            history["val_elbo"].append(v_elbo)
-            if bar is not None:
-                bar.set_postfix(train=f"{tot_obj / n_train:.4g}", val=f"{v_obj:.4g}")
-            if v_obj > best + min_delta or best_state is None:
-                best, best_epoch, bad = v_obj, epoch, 0
-                best_state = copy.deepcopy(
-                    (decoder_module.state_dict(), encoder.state_dict(), log_noise.detach())
-                )
+                best_iter = epoch
             else:
-                bad += 1
-                if bad >= patience:
-                    stopped = True
-                    logger.info(
-                        "%s: early stop at epoch %d (best validation %s %.6g at epoch %d)",
-                        type(self).__name__,
-                        epoch,
-                        self._objective_name,
-                        best,
-                        best_epoch,
+                v_obj = evaluate(xv, val_eps)
+                if v_obj > best + min_delta or best_state is None:
+                    best, best_iter, bad = v_obj, epoch, 0
+                    best_state = copy.deepcopy(
+                        (decoder_module.state_dict(), encoder.state_dict(), log_noise.detach())
                     )
-                    break
+                else:
+                    bad += 1
+            history.append(row(epoch, tot_obj / n_train, time.perf_counter() - t0, t_train, v_obj))
+            if bar is not None:
+                bar.update(1)
+                post = {"train": f"{tot_obj / n_train:.4g}"}
+                if v_obj is not None:
+                    post["val"] = f"{v_obj:.4g}"
+                bar.set_postfix(post)
+            logger.debug(
+                "%s epoch %d: objective %.6g (validation %s)",
+                self._method,
+                epoch,
+                tot_obj / n_train,
+                v_obj,
+            )
+            if callback is not None and callback(epoch, snapshot) is False:
+                stopped = True
+                break
+            if bad >= patience:
+                stopped = True
+                logger.info(
+                    "%s: early stop at epoch %d (best validation objective %.6g at epoch %d)",
+                    type(self).__name__,
+                    epoch,
+                    best,
+                    best_iter,
+                )
+                break
         if bar is not None:
             bar.close()
         if best_state is not None:
@@ -545,18 +693,57 @@ class VAE:
         for p in self.encoder_.parameters():
             p.requires_grad_(False)
         self.history_ = history
-        self.n_epochs_ = len(history["train_objective"])
-        self.n_iter_ = self.n_epochs_  # as ExactDGN.n_iter_
-        self.best_epoch_ = best_epoch
+        self.n_iter_ = len(history) - 1
+        self.best_iter_ = best_iter
         self.stopped_early_ = stopped
         self.n_features_in_ = D
         self.latent_dim_ = d
         return self
 
+    def score_samples(self, X, *, n_samples: int = 100, random_state=0) -> np.ndarray:
+        """The training objective per point, a Monte Carlo lower bound on ``log p(x)``.
+
+        The ELBO (:meth:`elbo` with ``n_samples`` draws; an :class:`IWAE`: its IWAE-k bound,
+        :meth:`iwae_bound` averaged over ``n_samples`` draws of ``k``), with a fixed
+        ``random_state`` by default so that repeated calls agree. It is not the exact
+        log-likelihood: that is ``ExactDGN.from_decoder(est.decoder_,
+        est.noise_std_).score_samples(X)`` (:func:`exactdgn.evaluation.vae_to_exact`).
+
+        Parameters
+        ----------
+        X : array_like of shape (N, D)
+        n_samples : int
+        random_state : None, int or numpy.random.Generator
+
+        Returns
+        -------
+        ndarray of shape (N,)
+        """
+        return self.elbo(X, n_samples, random_state=random_state)
+
+    def score(self, X, y=None, *, n_samples: int = 100, random_state=0) -> float:
+        """Mean of :meth:`score_samples` (nats per point): the objective, not the exact value.
+
+        Parameters
+        ----------
+        X : array_like of shape (N, D)
+        y : ignored
+        n_samples : int
+        random_state : None, int or numpy.random.Generator
+
+        Returns
+        -------
+        float
+        """
+        return float(np.mean(self.score_samples(X, n_samples=n_samples, random_state=random_state)))
+
     # ------------------------------------------------------------------ evaluation helpers
     def _check_fitted(self):
         if not hasattr(self, "decoder_"):
-            raise RuntimeError(f"this {type(self).__name__} is not fitted yet; call fit(X) first")
+            raise NotFittedError(
+                f"this {type(self).__name__} is not fitted yet: call fit(X) first (or build "
+                f"it with {type(self).__name__}.from_parts)"
+            )
 
     def _eval_parts(self):
         self._check_fitted()
@@ -798,31 +985,94 @@ class VAE:
         sigma = np.asarray(self.noise_std_, dtype=np.float64)
         return self.decoder_(Z) + sigma * rng.standard_normal((n, self.decoder_.output_dim))
 
-    def __repr__(self) -> str:
-        dec = self.decoder if not isinstance(self.decoder, Decoder) else repr(self.decoder)
-        return f"{type(self).__name__}(decoder={dec}, noise={self.noise!r}, lr={self.lr})"
-
 
 class IWAE(VAE):
     """Importance-weighted auto-encoder: trains the IWAE-k bound ``log (1/k) Σ_{i<=k} w_i``.
 
-    Same parameters, attributes and evaluation methods as :class:`VAE`, plus ``k`` (number of
-    importance samples per point in the training objective; ``k = 1`` is the VAE).
-    ``history_["*_objective"]`` holds the IWAE-k bound and ``history_["*_elbo"]`` the ELBO
-    estimated from the same samples.
+    Same parameters, attributes and evaluation methods as :class:`VAE`, with ``k`` (number of
+    importance samples per point in the training objective; ``k = 1`` is the VAE's objective)
+    in place of ``n_train_samples``. ``history_`` rows hold the IWAE-k bound as ``loglik`` /
+    ``val_loglik`` and ``method="iwae"``; :meth:`score_samples` estimates the same bound.
+
+    Examples
+    --------
+    >>> from exactdgn.datasets import wave
+    >>> X = wave(200, random_state=0)
+    >>> iw = IWAE([1, 8, 2], k=5, max_epochs=3, random_state=0).fit(X)
+    >>> iw.n_iter_, iw.history_[-1]["method"]
+    (3, 'iwae')
     """
 
-    _objective_name = "iwae"
+    _method = "iwae"
 
-    def __init__(self, decoder, *, k: int = 5, **kwargs):
-        super().__init__(decoder, **kwargs)
+    def __init__(
+        self,
+        decoder=None,
+        *,
+        k: int = 5,
+        latent_dim: int | None = None,
+        hidden_sizes: tuple | None = None,
+        activation: str = "leaky_relu",
+        negative_slope: float = 0.1,
+        noise: str = "isotropic",
+        init_noise_std=None,
+        min_noise_std: float = 1e-3,
+        encoder_hidden: Sequence[int] = (64, 64),
+        encoder_activation: str = "relu",
+        lr: float = 1e-3,
+        batch_size: int = 128,
+        max_epochs: int = 100,
+        validation_fraction: float = 0.1,
+        patience: int = 10,
+        min_delta: float = 0.0,
+        dtype: str = "float64",
+        random_state=None,
+        progress: bool = False,
+    ):
+        self.decoder = decoder
         self.k = k
+        self.latent_dim = latent_dim
+        self.hidden_sizes = hidden_sizes
+        self.activation = activation
+        self.negative_slope = negative_slope
+        self.noise = noise
+        self.init_noise_std = init_noise_std
+        self.min_noise_std = min_noise_std
+        self.encoder_hidden = encoder_hidden
+        self.encoder_activation = encoder_activation
+        self.lr = lr
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.min_delta = min_delta
+        self.dtype = dtype
+        self.random_state = random_state
+        self.progress = progress
+
+    def _validate_objective_params(self, bad) -> None:
+        if not _is_int(self.k, 1):
+            bad("k", "use an integer >= 1 (importance samples per point; 1 is the VAE's ELBO)")
 
     def _n_objective_samples(self) -> int:
-        return _int_param(self.k, "k", 1)
+        return int(self.k)
 
     def _objective(self, log_w):
         return torch.logsumexp(log_w, dim=1) - math.log(log_w.shape[1])
 
-    def __repr__(self) -> str:
-        return super().__repr__()[:-1] + f", k={self.k})"
+    def score_samples(self, X, *, n_samples: int = 100, random_state=0) -> np.ndarray:
+        """The IWAE-k bound per point (:meth:`iwae_bound` with ``k``, averaged over
+        ``n_samples`` draws), a lower bound on ``log p(x)``, not the exact value (see
+        :meth:`VAE.score_samples`).
+
+        Parameters
+        ----------
+        X : array_like of shape (N, D)
+        n_samples : int
+        random_state : None, int or numpy.random.Generator
+
+        Returns
+        -------
+        ndarray of shape (N,)
+        """
+        return self.iwae_bound(X, int(self.k), n_repeats=n_samples, random_state=random_state)

@@ -51,34 +51,45 @@ class EStep:
 
 @dataclass
 class HistoryRow:
-    """One iteration of any trainer (``history_`` holds these as dicts, same keys everywhere).
+    """One iteration of any trainer, or one epoch of a VAE / IWAE (``history_`` holds these as
+    dicts, the same keys everywhere: :class:`exactdgn.ExactDGN` and
+    :class:`exactdgn.baselines.VAE` / :class:`~exactdgn.baselines.IWAE` alike).
 
     Attributes
     ----------
     iter : int
-        Iteration count (0: the starting point).
+        Iteration count (0: the starting point); for a VAE / IWAE the epoch.
     loglik : float
-        Mean exact training log-likelihood per point after the iteration.
-    n_regions : int
-        Linear regions of the decoder after the iteration.
+        Mean exact training log-likelihood per point after the iteration. For a VAE / IWAE it
+        is the training objective instead, a lower bound on the log-likelihood and not the
+        exact value: the ELBO (VAE) or the IWAE-k bound (IWAE), a running mean over the epoch's
+        minibatches (row 0: the initial parameters on the training data).
+    n_regions : int or None
+        Linear regions of the decoder after the iteration (None where not computed: VAE /
+        IWAE epochs; score the decoder with ``ExactDGN.from_decoder`` for it).
     seconds : float
         Wall time of the iteration.
     seconds_partition, seconds_estep, seconds_mstep : float
-        Its split (M-step: the parameter update; for gradient methods the gradient work).
+        Its split (M-step: the parameter update; for gradient methods the gradient work: a
+        VAE / IWAE epoch's training passes, the rest of ``seconds`` being its validation).
     backtracks : int
         Halvings of a rejected EM step (0 for other methods).
     step : float
         EM: the accepted step along the M-step direction (> 1: over-relaxed; negative: an
         exact-gradient fallback step of that relative length; 0: no move). L-BFGS: the line
-        search's step length. Adam: the learning rate.
+        search's step length. Adam (``"gradient"``, VAE / IWAE): the learning rate.
     method : str
-        The method that took the step (``"em"``, ``"lbfgs"``, ``"gradient"``; ``auto`` runs
-        record the phase).
+        The method that took the step (``"em"``, ``"lbfgs"``, ``"gradient"``, ``"vae"``,
+        ``"iwae"``; ``auto`` runs record the phase).
+    val_loglik : float or None
+        The same objective as ``loglik`` on validation data, where the method has some: a VAE /
+        IWAE with a validation split (its early stopping watches it; fixed noise across
+        epochs). None otherwise (every exact method).
     """
 
     iter: int
     loglik: float
-    n_regions: int
+    n_regions: int | None
     seconds: float = 0.0
     seconds_partition: float = 0.0
     seconds_estep: float = 0.0
@@ -86,6 +97,7 @@ class HistoryRow:
     backtracks: int = 0
     step: float = 0.0
     method: str = ""
+    val_loglik: float | None = None
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
