@@ -81,13 +81,16 @@ class ExactDGN(DensityMixin, BaseEstimator):
         ``"pca"``: random hidden layers, output layer fitted to the probabilistic-PCA map; on
         symmetric data (circle, mixture) that start is a saddle that EM leaves late or never.
         ``"random"``: all layers random (He), the output rescaled to the data. ``"auto"``
-        (default): both run ``n_iter_no_change`` iterations (3 for ``latent_dim = 1``), the
-        better one goes on (the first iterations of the run: ``history_`` holds the winner's).
-        In d = 1 the stuck PCA start (circle, mixture) is behind after 2-3 iterations in 11
-        of 12 cases (8 toy settings and digits [1,12,64], seeds 0-2) and the 10-iteration
-        scout cost ~40% of a default fit; between two moving starts the 3- and
-        10-iteration leaders differ in ~1 case of 4 (the final NLLs of both are far below the
-        IWAE's).
+        (default): both run ``n_iter_no_change`` iterations, the better one goes on (the
+        first iterations of the run: ``history_`` holds the winner's). For ``latent_dim = 1``
+        the PCA start and two random starts run 3 iterations each, and a start that gained
+        less than ``tol`` per iteration (stuck, as the PCA start is on circle and mixture)
+        goes on only if all are stuck: the 10-iteration scout cost ~40% of a default d = 1
+        fit; the stuck PCA start is behind after 2-3 iterations in 11 of 12 cases (8 toy
+        settings and digits [1,12,64], seeds 0-2); between two moving starts the 3- and
+        10-iteration leaders differ in ~1 case of 4; the second random start and the
+        stuck rule rescued seed 3 of circle and mixture, where the one random start
+        was still behind the PCA saddle after 3 iterations (README "Training").
     min_noise_std, weight_decay, random_state, warm_start, verbose, progress :
         Training options (see ``fit``).
     prune_nats : float
@@ -600,7 +603,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
 
         Stopping: after at least ``n_iter_no_change`` iterations, when the mean gain per
         iteration over the last ``n_iter_no_change`` iterations is below ``tol`` (nats per
-        point), or at ``max_iter`` iterations of this call (``ConvergenceWarning``).
+        point; ``tol="auto"``: 1e-3 for ``latent_dim = 1``, 1e-4 otherwise), or at
+        ``max_iter`` iterations of this call (``ConvergenceWarning``).
 
         Parameters
         ----------
