@@ -771,6 +771,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
             rng=np.random.default_rng(seed),
         )
 
+    _SCOUT_ITERS_1D = 3  # scouting iterations per start with latent_dim = 1
+
     def _scout(self, X, seed: int):
         """``init="auto"``: the PCA and the random start each run ``n_iter_no_change``
         iterations; the one with the higher exact training likelihood goes on (its trainer,
@@ -781,7 +783,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         start is on symmetric data) goes on only if every start is stuck.
         """
         d1 = self.latent_dim == 1
-        k = min(3 if d1 else self.n_iter_no_change, self.max_iter)
+        k = min(self._SCOUT_ITERS_1D if d1 else self.n_iter_no_change, self.max_iter)
         starts = [("pca", seed), ("random", seed)]
         if d1:
             starts.append(("random", int(np.random.default_rng([seed, 1]).integers(2**63 - 1))))
