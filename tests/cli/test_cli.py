@@ -244,11 +244,8 @@ def test_sigint_stops_a_cli_fit_quickly_and_keeps_the_checkpoint(tmp_path):
     import time
 
     ck, out = tmp_path / "ck.npz", tmp_path / "out"
-    # method em: the full EM iteration keeps the run going (the d = 1 default, auto, can
-    # finish within the half second below)
     cmd = [sys.executable, "-m", "exactdgn.cli", "fit", "circle", "--hidden", "16", "16"]
-    cmd += ["--method", "em", "--max-iter", "200", "--tol", "0", "--n-samples", "400"]
-    cmd += ["--no-progress"]
+    cmd += ["--max-iter", "200", "--tol", "0", "--n-samples", "400", "--no-progress"]
     p = subprocess.Popen(
         [*cmd, "--out", str(out), "--checkpoint", str(ck)], stderr=subprocess.PIPE, text=True
     )
