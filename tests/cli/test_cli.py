@@ -79,7 +79,7 @@ def test_ctrl_c_then_resume_from_checkpoint(tmp_path, capsys, monkeypatch):
 
     def step(self):
         calls["n"] += 1
-        if calls["n"] == 21:  # after init="auto"'s 2 x 10 scouting steps, then one more
+        if calls["n"] == 10:  # after init="auto"'s 3 x 3 scouting steps (d = 1), then one more
             raise KeyboardInterrupt
         return real(self)
 

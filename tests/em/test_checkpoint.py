@@ -112,8 +112,14 @@ def test_corrupt_and_foreign_files(tmp_path):
 
 
 @pytest.mark.parametrize(("method", "hidden"), [("em", (5,)), ("auto", (4, 4))])
-def test_interrupt_from_callback_then_resume_equals_uninterrupted(tmp_path, method, hidden):
+def test_interrupt_from_callback_then_resume_equals_uninterrupted(
+    tmp_path, method, hidden, monkeypatch
+):
     """Ctrl-C (a KeyboardInterrupt) keeps the last iteration in the model and the checkpoint."""
+    from exactdgn.training import AutoTrainer
+
+    # d = 1 hands over at a lower rate ratio (0.02): the general one gets L-BFGS before it 7
+    monkeypatch.setattr(AutoTrainer, "RATIO_1D", 0.1)
     X = ExactDGN.from_decoder(Decoder.random([1, 5, 2], seed=3), 0.1).sample(150, random_state=0)
     kw = dict(hidden_sizes=hidden, method=method, max_iter=9, tol=0.0, random_state=0)
     kw.update(init="random", progress=False)

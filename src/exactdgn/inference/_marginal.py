@@ -150,10 +150,13 @@ def _seed_pairs(geom: RegionGeometry, lk: np.ndarray, W: np.ndarray, top_k: int)
 # Points x regions per block of the d = 1 path: its (n, R) temporaries stay in cache (large
 # fresh temporaries cost more in page faults than in arithmetic).
 _BLOCK_1D = 2**15
-# The same when the call runs in one thread (small work): blocks run one after the other, and
-# 64 KB temporaries come from glibc's heap without growing and trimming it on every call
-# (measured on the digits d = 1 case: 4.3 ms with one 2^15 block, 2.2 ms with 2^13 blocks).
-_BLOCK_1D_SEQ = 2**13
+# The same when the call runs in one thread (small work): blocks run one after the other.
+# 2^13 was chosen for glibc's heap (digits d = 1: 4.3 ms with one 2^15 block, 2.2 ms with 2^13
+# blocks, on another machine); re-measured here (2 cores, one thread, median of 60 E-steps of
+# 600 / 1,437 points), one 2^15 block is faster: wave [1,16,16,2] (33 regions) 3.8 -> 3.1 ms,
+# digits [1,12,64] (13 regions) 4.5 -> 3.8 ms, two moons [1,12,2] 2.2 ms either way; the
+# per-block numpy calls dominate at these sizes. Same pairs and values (blocks split points).
+_BLOCK_1D_SEQ = 2**15
 # Work (points x regions) below which threads do not pay for themselves.
 _MIN_PARALLEL = 1 << 16
 

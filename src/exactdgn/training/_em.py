@@ -34,22 +34,43 @@ class EMTrainer(Trainer):
     on a rejection), halved until the exact likelihood does not drop, (3) if no halving is
     accepted, an exact-gradient step on the hidden layers of relative length ``eta``.
 
-    State: ``relax`` and ``eta`` (restored by checkpoints and warm starts).
+    ``max_backtrack`` (default: the estimator's), ``fallback=False`` (no step (3)) and
+    ``backoff=True`` (after a rejected step (2), skip (2) and (3) for the next 1, 2, 4, 8
+    iterations, doubling per consecutive rejection, reset by an accepted one) make an
+    iteration cheaper where step (2) keeps failing: :class:`AutoTrainer` uses
+    ``max_backtrack=0, fallback=False, backoff=True`` for ``latent_dim = 1`` (see there).
+
+    State: ``relax``, ``eta`` and the backoff counters (restored by checkpoints and warm
+    starts).
     """
 
     method = "em"
 
-    def __init__(self, est, X, decoder, std, *, seed):
+    def __init__(
+        self, est, X, decoder, std, *, seed, max_backtrack=None, fallback=True, backoff=False
+    ):
         super().__init__(est, X, decoder, std, seed=seed)
         self.eta = 0.1
         self.relax = 1.0
+        self.max_backtrack = est.max_backtrack if max_backtrack is None else int(max_backtrack)
+        self.fallback = bool(fallback)
+        self.backoff = bool(backoff)
+        self.wait = 0  # iterations left that skip steps (2) and (3) (backoff)
+        self.next_wait = 1  # the wait after the next rejection
 
     def state_dict(self) -> dict:
-        return {"eta": float(self.eta), "relax": float(self.relax)}
+        return {
+            "eta": float(self.eta),
+            "relax": float(self.relax),
+            "wait": int(self.wait),
+            "next_wait": int(self.next_wait),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.eta = float(state["eta"])
         self.relax = float(state["relax"])
+        self.wait = int(state.get("wait", 0))
+        self.next_wait = int(state.get("next_wait", 1))
 
     def start(self) -> HistoryRow:
         self._e = self._estep(self.decoder, self.std, self.X)
@@ -80,7 +101,8 @@ class EMTrainer(Trainer):
         if e1.loglik >= self.loglik:
             self._accept(dec1, std1, e1)
         nb, step = 0, 0.0
-        if self.decoder.n_layers > 1:
+        skip, self.wait = self.wait > 0, max(self.wait - 1, 0)
+        if self.decoder.n_layers > 1 and not skip:
             # (2) every layer (patterns held at their E-step values), guarded by the exact
             # likelihood; over-relaxed and halved as described in the class docstring
             t0 = time.perf_counter()
@@ -88,7 +110,7 @@ class EMTrainer(Trainer):
             new_dec, new_std = m_step(dec, self._region_stats(self._e, X), std, X, **kw)
             tm += time.perf_counter() - t0
             step = self.relax
-            while nb <= est.max_backtrack:
+            while nb <= self.max_backtrack:
                 c_dec = interpolate(dec, new_dec, step)
                 c_std = np.exp((1 - step) * np.log(std) + step * np.log(new_std))
                 c_std = np.maximum(c_std, est.min_noise_std)
@@ -104,6 +126,7 @@ class EMTrainer(Trainer):
                 te += c_e.seconds_estep
                 if c_e.loglik >= self.loglik:
                     self._accept(c_dec, c_std, c_e)
+                    self.next_wait = 1
                     if step == self.relax and step < est.overrelax:
                         self.relax = min(2.0 * self.relax, est.overrelax)
                     break
@@ -114,8 +137,10 @@ class EMTrainer(Trainer):
                 nb += 1
             else:
                 step = 0.0
+                if self.backoff:
+                    self.wait, self.next_wait = self.next_wait, min(2 * self.next_wait, 8)
                 # (3) generalized-EM fallback along the exact gradient of the hidden layers
-                g = self.gradient_step()
+                g = self.gradient_step() if self.fallback else None
                 if g is not None:
                     tp += g.seconds_partition
                     te += g.seconds_estep
