@@ -496,8 +496,8 @@ def _observed_1d(
     N = X.shape[0]
     R = geom.A.shape[0]
     lo_z, hi_z, order, breaks = geom.interval
-    Wm = _mask_weights_1d(geom)
-    k0 = geom.K[:, 0, 0]
+    chain = _chain_1d(geom)
+    Wm = _mask_weights_1d(geom) if chain is None else None
     Cs, es = _halfspaces(geom)
     C1 = Cs[..., 0]  # (R, F)
     log_var = LOG_2PI - np.log(geom.inv_var)  # (D,) log 2π + log σ_j²
@@ -505,10 +505,19 @@ def _observed_1d(
     nt = _n_threads()
     parallel = nt > 1 and N * R >= 2 * _MIN_PARALLEL
     # the masked GEMM is most of the work: blocks of ~4x the complete-data d = 1 blocks
-    per = max(R, 1) * (3 * R + 2 * R + 16) * 8
+    per = max(R, 1) * (3 * R + 3 * R + 16) * 8
     cs = int(max(1, min(N, 4 * (_BLOCK_1D if parallel else _BLOCK_1D_SEQ) // max(R, 1))))
     cs = int(max(1, min(cs, chunk_bytes // per * R))) if per else cs
     cs = _block_size(N, cs, nt if parallel else 1)
+
+    # the kappa functions work on the regions in the order ``perm`` with reference points zr
+    perm = np.arange(R) if chain is None else order
+    zr = np.zeros(R) if chain is None else chain["zr"]
+    pos = np.empty(R, dtype=np.int64)
+    pos[perm] = np.arange(R)
+    pos_of_rank = pos[order]  # permuted index of the region at each sorted position
+    lo_p = _scaled_diff(lo_z[perm], zr)  # lo - ζ (±inf kept)
+    hi_p = _scaled_diff(hi_z[perm], zr)
 
     def block(s: int):
         sl = slice(s, min(N, s + cs))
@@ -516,36 +525,26 @@ def _observed_1d(
         n = ob.shape[0]
         m = ob.astype(np.float64)
         x0 = _observed_centred(X[sl], ob, m, geom.center)
-        Mq = m @ Wm  # (n, 3R): α | β | γ
-        prod = geom.gemm(x0)  # (n, 2R): w⁰ | x'ᵀΛb'
-        k = Mq[:, :R]
-        k += 1.0
-        np.sqrt(k, out=k)
-        t = prod[:, :R]
-        t *= k0
-        t -= Mq[:, R : 2 * R]  # v
-        t /= k
-        lk = prod[:, R:]
-        lk *= -2.0
-        lk += Mq[:, 2 * R :]
-        lk += (np.einsum("nj,nj,j->n", x0, x0, geom.inv_var) + m @ log_var)[:, None]
-        lk += 2.0 * np.log(k)
-        lk -= np.square(t)
-        lk *= -0.5
+        const = np.square(x0) @ geom.inv_var  # ||x'||²_Λ
+        if chain is None:
+            const += m @ log_var
+            k, tp, lk = _kappa_1d_direct(geom, Wm, m, x0, const)
+        else:
+            k, tp, lk = _kappa_1d_chain(geom, chain, m, x0, const)
         rows = np.arange(n)
         r1 = np.argmax(lk, axis=1)
-        mu1 = t[rows, r1] / k[rows, r1]
-        r2 = order[np.searchsorted(breaks, mu1, side="right")]
+        mu1 = zr[r1] + tp[rows, r1] / k[rows, r1]
+        r2 = pos_of_rank[np.searchsorted(breaks, mu1, side="right")]
         pr = np.concatenate([r1, r2])
         pp = np.concatenate([rows, rows])
-        kk, tt = k[pp, pr], t[pp, pr]
-        lm_seed, _ = log_interval_mass(_scaled(lo_z[pr], kk) - tt, _scaled(hi_z[pr], kk) - tt)
+        kk, tt = k[pp, pr], tp[pp, pr]
+        lm_seed, _ = log_interval_mass(_scaled(lo_p[pr], kk) - tt, _scaled(hi_p[pr], kk) - tt)
         lj_seed = lk[pp, pr] + lm_seed
         lower = np.where(r1 == r2, lj_seed[:n], np.logaddexp(lj_seed[:n], lj_seed[n:]))
         p, r = np.nonzero(lk > (lower - thr)[:, None])  # sorted by point; r1 always kept
         n_cand = len(p)
-        kk, tt, lk_p = k[p, r], t[p, r], lk[p, r]
-        a, b = _scaled(lo_z[r], kk) - tt, _scaled(hi_z[r], kk) - tt
+        kk, tt, lk_p = k[p, r], tp[p, r], lk[p, r]
+        a, b = _scaled(lo_p[r], kk) - tt, _scaled(hi_p[r], kk) - tt
         lm, err = log_interval_mass(a, b)
         lj = lk_p + lm
         log_px, err_px = _lse_by_point(p, lj, err, n, prune_nats)
@@ -554,11 +553,12 @@ def _observed_1d(
             keep &= (lj > (log_px - thr)[p]) | ~np.isfinite(log_px)[p]
         if not keep.all():
             p, r, lj, kk, tt, a, b = (q[keep] for q in (p, r, lj, kk, tt, a, b))
-        mu = tt / kk
+        mu = zr[r] + tt / kk
+        r = perm[r]  # region indices
         mean = cov = None
         if need_moments:
             _, um, uv = interval_stats(a, b)
-            mean = ((tt + um) / kk)[:, None]  # z = μ + u / k
+            mean = (mu + um / kk)[:, None]  # z = μ + u / k
             cov = (uv / (kk * kk))[:, None, None]
         # whitened rows of the pairs: normals ±1 (sign of C), offsets (e - C μ) / (|C| / k)
         C, e = C1[r], es[r]
@@ -566,7 +566,8 @@ def _observed_1d(
         with np.errstate(invalid="ignore"):
             raw = e - C * mu[:, None]
             off = np.where(scale > 0, raw / np.where(scale > 0, scale, 1.0), raw)
-        st = PairStats(p + s, r, lj, log_px, err_px, (tt * kk)[:, None], off, mean, cov, n_cand)
+        v = (kk * kk * mu)[:, None]  # P μ
+        st = PairStats(p + s, r, lj, log_px, err_px, v, off, mean, cov, n_cand)
         st.pair_normals = np.sign(C)[..., None]
         st.pair_L = (1.0 / kk)[:, None, None]
         st.pair_mu = mu[:, None]
@@ -574,6 +575,11 @@ def _observed_1d(
         return st
 
     return _pair_stats(_map_blocks(block, range(0, N, cs), parallel=parallel))
+
+
+def _scaled_diff(z: np.ndarray, zr: np.ndarray) -> np.ndarray:
+    """``z - zr`` with ``±inf`` kept."""
+    return np.where(np.isinf(z), z, z - zr)
 
 
 def _scaled(z: np.ndarray, k: np.ndarray) -> np.ndarray:
@@ -646,3 +652,136 @@ def _min_offset_2d(C, e, k00, k10, k11, w):
     with np.errstate(invalid="ignore", divide="ignore"):
         off = np.where(scale > 0, raw / scale, raw)
     return off.min(axis=1, initial=np.inf)
+
+
+def _kappa_1d_direct(geom, Wm, m, x0, const):
+    """``k``, ``t = k μ`` and ``log κ`` (n, R) of d = 1 pairs from the (D, 3R) masked GEMM."""
+    R = geom.A.shape[0]
+    Mq = m @ Wm  # (n, 3R): α | β | γ
+    prod = geom.gemm(x0)  # (n, 2R): w⁰ | x'ᵀΛb'
+    k = Mq[:, :R]
+    k += 1.0
+    np.sqrt(k, out=k)
+    t = prod[:, :R]
+    t *= geom.K[:, 0, 0]
+    t -= Mq[:, R : 2 * R]  # v
+    t /= k
+    lk = prod[:, R:]
+    lk *= -2.0
+    lk += Mq[:, 2 * R :]
+    lk += const[:, None]
+    lk += 2.0 * np.log(k)
+    lk -= np.square(t)
+    lk *= -0.5
+    return k, t, lk
+
+
+# Breakpoints between two exact values of the chain recurrence (see _chain_1d).
+_CHAIN_STRIDE = 8
+
+
+def _chain_1d(geom: RegionGeometry):
+    """Data-independent arrays of the d = 1 chain form of the masked sums (None if R < 2).
+
+    The regions, sorted by position, are intervals joined at the breakpoints
+    ``β_0 < ... < β_{B-1}`` (``B = R - 1``); ``y_i = g(β_i) - c``. Region ``i`` (in that order)
+    is written from a reference breakpoint ``ζ_i`` (its left end; region 0 its right end):
+    ``g(z) - c = y_ref + a_i (z - ζ_i)``, so its masked sums are ``α_i = Σ m λ a_i²``,
+    ``η_i = Σ m λ a_i y_ref`` and ``Y_ref = Σ m λ y_ref²``. Continuity gives
+    ``y_{j+1} = y_j + a_{j+1} Δ_j`` (``Δ_j = β_{j+1} - β_j``), hence
+    ``Y_{j+1} = Y_j + 2 Δ_j η_{j+1} + Δ_j² α_{j+1}``: only every ``_CHAIN_STRIDE``-th ``Y`` is a
+    GEMM column and the others follow in at most ``_CHAIN_STRIDE - 1`` steps. The masked GEMM
+    has ``2R + B/8`` columns instead of ``3R``. The ``x``-dependent sums ``x'ᵀΛ a_i`` and
+    ``x'ᵀΛ y_j`` lie in the decoder's output subspace (``A_r = W_L (...)``,
+    ``g(β_j) - c = W_L (...)``) and go through the factored complete-data GEMM.
+
+    Returns a dict (cached on ``geom``) or None.
+    """
+    if "chain_1d" in geom.cache:
+        return geom.cache["chain_1d"]
+    R, D, _ = geom.A.shape
+    if R < 2 or geom.interval is None:
+        geom.cache["chain_1d"] = None
+        return None
+    _, _, order, breaks = geom.interval
+    B = R - 1
+    S = _CHAIN_STRIDE
+    lam = geom.inv_var
+    a = geom.A[order, :, 0]  # (R, D), sorted by position
+    ref = np.r_[0, np.arange(B)]  # reference breakpoint of each sorted region
+    Y = a[1:] * breaks[:, None] + geom.b[order[1:]] - geom.center  # (B, D) y_j
+    anchors = np.arange(0, B, S)
+    nA = len(anchors)
+    W = np.empty((D, 2 * R + nA + 1))
+    W[:, :R] = (a * a * lam).T
+    W[:, R : 2 * R] = (a * Y[ref] * lam).T
+    W[:, 2 * R : -1] = (Y[anchors] ** 2 * lam).T
+    W[:, -1] = LOG_2PI - np.log(lam)  # D_n log 2π + Σ_obs log σ_j²
+    delta = np.diff(breaks)  # Δ_j, j < B - 1
+    xw = np.concatenate([(a * lam).T, (Y * lam).T], axis=1)  # x'ᵀΛ a_i | x'ᵀΛ y_j
+    if geom.gemm_basis is not None:
+        xw_b = geom.gemm_basis.T @ xw
+        # the factorisation is exact for these columns too (checked as for the geometry)
+        resid = np.abs(xw - geom.gemm_basis @ xw_b).max(axis=0)
+        if np.all(resid <= 1e-12 * np.maximum(np.abs(xw).max(axis=0), np.finfo(float).tiny)):
+            xw = xw_b
+        else:
+            xw = None
+    out = {
+        "W": W,
+        "xw": xw if xw is not None else np.concatenate([(a * lam).T, (Y * lam).T], axis=1),
+        "factored": xw is not None and geom.gemm_basis is not None,
+        "zr": breaks[ref],
+        "delta": delta,
+        "step": np.arange(B) % S != 0,  # breakpoints that follow from the previous one
+        "nA": nA,
+    }
+    geom.cache["chain_1d"] = out
+    return out
+
+
+def _kappa_1d_chain(geom, ch, m, x0, const):
+    """``k``, ``t'`` and ``log κ`` (n, R) of d = 1 pairs, regions sorted by position, from the
+    chain form (:func:`_chain_1d`).
+
+    With ``s_i = Σ m λ (x' - y_ref)² = ||x'||²_Λ - 2 x'ᵀΛ y_ref + Y_ref``,
+    ``k = sqrt(1 + α_i)`` and ``t' = (x'ᵀΛ a_i - η_i - ζ_i) / k``: the minimum over ``z`` of
+    ``||x'_obs - y_ref - a_i (z - ζ_i)||²_Λ + z²`` is ``s_i + ζ_i² - t'²``, at
+    ``μ = ζ_i + t' / k``. ``const`` (n,) is ``||x'||²_Λ + D_n log 2π + Σ_obs log σ_j²``.
+    """
+    R = geom.A.shape[0]
+    n = m.shape[0]
+    nA, S = ch["nA"], _CHAIN_STRIDE
+    Mq = m @ ch["W"]  # (n, 2R + nA + 1): α | η | Y at the anchors | D_n log 2π + Σ log σ²
+    xb = x0 @ geom.gemm_basis if ch["factored"] else x0
+    prod = xb @ ch["xw"]  # (n, R + B): x'ᵀΛ a_i | x'ᵀΛ y_j
+    alpha, eta = Mq[:, :R], Mq[:, R : 2 * R]
+    const = const + Mq[:, -1]
+    # Y_j: the anchors, then Y_{j+1} = Y_j + 2 Δ_j η_{j+1} + Δ_j² α_{j+1} within each segment
+    # of S breakpoints (a cumulative sum of at most S - 1 increments)
+    B = R - 1
+    delta = ch["delta"]
+    inc = np.zeros((n, nA * S))
+    inc[:, 1:B] = (2.0 * delta) * eta[:, 1:B]
+    inc[:, 1:B] += np.square(delta) * alpha[:, 1:B]
+    inc[:, :B] *= ch["step"]
+    Y = np.cumsum(inc.reshape(n, nA, S), axis=2)
+    Y += Mq[:, 2 * R : 2 * R + nA, None]
+    # Z_j = Y_j - 2 x'ᵀΛ y_j at the breakpoints; region i uses Z_{ref(i)} = Z_{max(i - 1, 0)}
+    Z = Y.reshape(n, nA * S)[:, :B]
+    Z -= 2.0 * prod[:, R:]
+    lk = np.empty((n, R))
+    lk[:, 0] = Z[:, 0]
+    lk[:, 1:] = Z
+    lk += const[:, None] + np.square(ch["zr"])
+    lk += np.log1p(alpha)  # log k² = log|P|
+    k = alpha
+    k += 1.0
+    np.sqrt(k, out=k)
+    t = prod[:, :R]
+    t -= eta
+    t -= ch["zr"]
+    t /= k  # t'
+    lk -= np.square(t)
+    lk *= -0.5
+    return k, t, lk
