@@ -466,6 +466,11 @@ def _mask_weights_1d(geom: RegionGeometry) -> np.ndarray:
     return cached
 
 
+# Points x regions per block of the missing-data d = 1 path, in units of the complete-data
+# d = 1 blocks (its mask GEMM wants more rows than the elementwise work alone).
+_MISSING_1D_BLOCKS = 4
+
+
 def _observed_1d(
     geom: RegionGeometry,
     X: np.ndarray,
@@ -506,7 +511,9 @@ def _observed_1d(
     parallel = nt > 1 and N * R >= 2 * _MIN_PARALLEL
     # the masked GEMM is most of the work: blocks of ~4x the complete-data d = 1 blocks
     per = max(R, 1) * (3 * R + 3 * R + 16) * 8
-    cs = int(max(1, min(N, 4 * (_BLOCK_1D if parallel else _BLOCK_1D_SEQ) // max(R, 1))))
+    cs = int(
+        max(1, min(N, _MISSING_1D_BLOCKS * (_BLOCK_1D if parallel else _BLOCK_1D_SEQ) // max(R, 1)))
+    )
     cs = int(max(1, min(cs, chunk_bytes // per * R))) if per else cs
     cs = _block_size(N, cs, nt if parallel else 1)
 
