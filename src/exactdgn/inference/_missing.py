@@ -19,6 +19,14 @@ form depends on the point through ``L_r(n) = K_r(n)^{-T}`` and ``μ_r(n) = L_r(n
 v_r(n)``, so the retained pairs carry their own normals, ``L`` and ``μ`` (see
 :class:`~exactdgn.inference.PairStats`). Pruning follows :mod:`._marginal` (mass <= 1 and the
 facet bound ``Φ(min_i c_i)``, below the lower bound from seed regions).
+
+Paths (:func:`observed_pairs`): complete rows of a batch take the complete-data
+:func:`~exactdgn.inference.marginal_pairs`; d = 1 rows the interval path
+(:func:`_observed_1d`: elementwise on the (points x regions) arrays, the masked sums in the
+chain form of :func:`_chain_1d` with ``2R + R/8`` GEMM columns); d >= 2 rows
+:func:`_observed_general`, where in d = 2 a pair's whitened region is the region's tabulated
+polygon under the affine map ``u = T u0 - w``, ``T = K_r(n)ᵀ K_r^{-T}``
+(:func:`exactdgn.gaussian.log_mass_2d_transformed`: no per-pair edge search).
 """
 
 from __future__ import annotations
@@ -202,7 +210,7 @@ def _observed_general(
     chunk_bytes: int = 256 * 2**20,
     top_k: int = 4,
 ) -> PairStats:
-    """Exact ``log p(x_obs)`` of each row and the pairs that carry the posterior ``p(z | x_obs)``.
+    """:func:`observed_pairs` for d >= 2 (any rows): masked GEMM, per-pair whitening.
 
     Parameters
     ----------
@@ -267,7 +275,7 @@ def _observed_general(
         key = np.unique(np.concatenate(pts).astype(np.int64) * R + np.concatenate(regs))
         p_top, r_top = key // R, key % R
         nrm_t = off_t = L_t = mu_t = None
-        if d != 2:  # d = 2: the masses from the mapped polygons, the geometry of kept pairs
+        if tab is None:  # d = 2: masses from the mapped polygons, the geometry of kept pairs
             nrm_t, off_t, L_t, mu_t = geometry(p_top, r_top, K, W)
         lm_t, err_t = log_mass(p_top, r_top, K, W, nrm_t, off_t)
         lower = np.full(n, -np.inf)
@@ -275,7 +283,7 @@ def _observed_general(
         mask = lk > (lower - thr)[:, None]
         mask[p_top, r_top] = False
         p_c, r_c = np.nonzero(mask)
-        if d == 2:  # facet bound from the offsets alone; the geometry of the kept pairs below
+        if tab is not None:  # facet bound from the offsets alone; geometry of kept pairs below
             if len(p_c):
                 cmin = _min_offset_2d(
                     Cs[r_c], es[r_c], K[0][p_c, r_c], K[1][p_c, r_c], K[2][p_c, r_c], W[p_c, r_c]
@@ -305,7 +313,7 @@ def _observed_general(
         keep = np.isfinite(lj) | seed
         if need_moments:
             keep &= (lj > (log_px - thr)[p_all]) | ~np.isfinite(log_px)[p_all]
-        if d == 2:
+        if tab is not None:
             p_all, r_all, lj = p_all[keep], r_all[keep], lj[keep]
             nrm, off, L, mu = geometry(p_all, r_all, K, W)
         else:
