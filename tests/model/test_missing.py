@@ -148,3 +148,88 @@ def test_missing_errors():
         model.impute(X[:2], method="median")
     with pytest.raises(ValueError, match="n_samples"):
         model.impute(X[:2], method="sample", n_samples=0)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "std", "seed"),
+    [
+        ([1, 24, 24, 6], 0.1, 4),  # d = 1 with many regions: several chain anchors
+        ([2, 8, 8, 5], np.linspace(0.1, 0.3, 5), 2),
+    ],
+)
+def test_mixed_batch_complete_and_one_observed_value(sizes, std, seed):
+    """A batch mixing complete rows (the complete-data path), rows with one observed value and
+    rows with random NaNs, far outliers included: each row equals the model rebuilt on its
+    observed coordinates to 1e-10, and the posterior (pairs, moments) matches."""
+    dec = Decoder.random(sizes, activation="leaky_relu", seed=seed)
+    model = ExactDGN.from_decoder(dec, std)
+    if sizes[0] == 1:
+        assert model.n_regions_ > 20  # the chain recurrence spans several anchors
+    rng = np.random.default_rng(seed)
+    X, Xn = _points(model, 10, rng)
+    D = X.shape[1]
+    Xn[1] = X[1]  # complete rows at both ends and in the middle
+    Xn[-1] = X[-1]  # the 1e4 sigma outlier, complete
+    for i, j in ((2, 0), (3, D - 1), (len(X) - 2, 2)):  # one observed value (one far row)
+        Xn[i] = np.nan
+        Xn[i, j] = X[i, j]
+    got = model.score_samples(Xn)
+    post = model.posterior(Xn)
+    mean, cov = post.mean, post.covariance_matrix
+    st = post.pairs
+    assert np.all(np.diff(st.point) >= 0) and set(st.point) == set(range(len(X)))
+    for i in range(len(X)):
+        o = ~np.isnan(Xn[i])
+        ref = ExactDGN.from_decoder(_rows(dec, o), model.noise_std_[o])
+        x = X[i : i + 1, o]
+        lp = ref.score_samples(x)[0]
+        assert abs(got[i] - lp) <= 1e-10 * max(1.0, abs(lp)), (i, got[i], lp)
+        rp = ref.posterior(x)
+        assert np.allclose(mean[i], rp.mean[0], rtol=1e-9, atol=1e-9), i
+        assert np.allclose(cov[i], rp.covariance_matrix[0], rtol=1e-8, atol=1e-9), i
+    assert got[-1] < -1e5  # the complete 1e4 sigma row
+    # the pairs' whitened rows are those of their own posterior N(μ, L Lᵀ)
+    from exactdgn.gaussian import whiten
+    from exactdgn.inference._missing import _halfspaces
+
+    Cs, es = _halfspaces(model.geometry_)
+    normals, L, mu, _ = st.geometry(model.geometry_)
+    n_ref, c_ref, _ = whiten(mu, L, Cs[st.region], es[st.region])
+    fin = np.isfinite(c_ref)
+    np.testing.assert_allclose(normals, n_ref, atol=1e-12)
+    np.testing.assert_allclose(st.offsets[fin], c_ref[fin], rtol=1e-9, atol=1e-9)
+
+
+def test_d1_chain_form_equals_direct_masked_sums():
+    """The d = 1 chain form (2R + B/8 masked columns, breakpoint recurrence) gives the same
+    precisions, posterior means and log κ as the direct (D x 3R) masked GEMM, far rows too."""
+    from exactdgn.inference._geometry import LOG_2PI
+    from exactdgn.inference._missing import (
+        _chain_1d,
+        _kappa_1d_chain,
+        _kappa_1d_direct,
+        _mask_weights_1d,
+        _observed_centred,
+    )
+
+    dec = Decoder.random([1, 24, 24, 7], activation="leaky_relu", seed=4)
+    model = ExactDGN.from_decoder(dec, np.linspace(0.05, 0.2, 7))
+    geom = model.geometry_
+    rng = np.random.default_rng(0)
+    _, Xn = _points(model, 30, rng, miss=0.5)
+    obs = ~np.isnan(Xn)
+    m = obs.astype(float)
+    x0 = _observed_centred(Xn, obs, m, geom.center)
+    xq = np.square(x0) @ geom.inv_var
+    k1, t1, l1 = _kappa_1d_direct(
+        geom, _mask_weights_1d(geom), m, x0, xq + m @ (LOG_2PI - np.log(geom.inv_var))
+    )
+    ch = _chain_1d(geom)
+    assert ch is not None and ch["nA"] > 1
+    k2, t2, l2 = _kappa_1d_chain(geom, ch, m, x0, xq)
+    order = geom.interval[2]  # the chain works on the regions sorted by position
+    np.testing.assert_allclose(k2, k1[:, order], rtol=1e-13)
+    mu1 = (t1 / k1)[:, order]
+    mu2 = ch["zr"] + t2 / k2
+    np.testing.assert_allclose(mu2, mu1, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(l2, l1[:, order], rtol=1e-11, atol=1e-9)

@@ -18,9 +18,11 @@ from ._polygon import (
     log_edge_pieces,
     log_mass_2d,
     log_mass_2d_shifted,
+    log_mass_2d_transformed,
     polygon_table,
     truncated_moments_2d,
     truncated_moments_2d_shifted,
+    truncated_moments_2d_transformed,
 )
 
 __all__ = [
@@ -33,9 +35,11 @@ __all__ = [
     "log_mass",
     "log_mass_2d",
     "log_mass_2d_shifted",
+    "log_mass_2d_transformed",
     "polygon_table",
     "truncated_moments",
     "truncated_moments_2d",
     "truncated_moments_2d_shifted",
+    "truncated_moments_2d_transformed",
     "whiten",
 ]

@@ -57,10 +57,12 @@ __all__ = [
     "PolygonTable",
     "log_mass_2d",
     "log_mass_2d_shifted",
+    "log_mass_2d_transformed",
     "polygon_edges",
     "polygon_table",
     "truncated_moments_2d",
     "truncated_moments_2d_shifted",
+    "truncated_moments_2d_transformed",
 ]
 
 logger = logging.getLogger(__name__)
@@ -1022,12 +1024,76 @@ def _shifted(table: PolygonTable, m: np.ndarray, w: np.ndarray, k: int):
     return Edges(nu, cu, active, t0, t1, nonempty, table.empty[m], verts)
 
 
-def _table_chunked(fun, table: PolygonTable, m, w, floor, blocks: list | None = None):
+def _transformed(table: PolygonTable, m: np.ndarray, T: np.ndarray, w: np.ndarray, k: int):
+    """Edges of polygons ``m`` (P,) (width <= ``k``) mapped by ``u = T u0 - w``.
+
+    ``T`` (P, 2, 2) with ``det T > 0``: vertices map to ``T p - w`` (shared vertices stay
+    bitwise shared), a line ``n . u0 = g`` to ``n' . u = g det(T) / |adj(T)ᵀ n| - n' . w`` with
+    ``n' = adj(T)ᵀ n / |adj(T)ᵀ n|`` (``T^{-T} n`` up to the positive factor ``det T``; the
+    orientation of the edges is kept), and the vertex centroid to ``T g - w``; the radius is
+    recomputed from the mapped vertices. The edge structure (which rows carry edges, shared
+    corners, boundedness) is invariant under the map, so no edge search is done.
+    """
+    t00, t01 = T[:, 0, 0][:, None], T[:, 0, 1][:, None]
+    t10, t11 = T[:, 1, 0][:, None], T[:, 1, 1][:, None]
+    det = t00 * t11 - t01 * t10
+    n = table.normals[m, :k]
+    active = table.active[m, :k]
+    nonempty = table.nonempty[m, :k]
+    f0, f1 = table.fin0[m, :k], table.fin1[m, :k]
+    a0 = t11 * n[..., 0] - t10 * n[..., 1]  # adj(T)ᵀ n = det(T) T^{-T} n
+    a1 = t00 * n[..., 1] - t01 * n[..., 0]
+    norm = np.hypot(a0, a1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        safe = np.where(active, norm, 1.0)
+        n0 = np.where(active, a0 / safe, 0.0)
+        n1 = np.where(active, a1 / safe, 0.0)
+    nu = np.stack([n0, n1], axis=-1)
+
+    def vert(p):
+        q0 = t00 * p[..., 0] + t01 * p[..., 1] - w[:, None, 0]
+        q1 = t10 * p[..., 0] + t11 * p[..., 1] - w[:, None, 1]
+        return np.stack([q0, q1], axis=-1)
+
+    P0 = vert(table.p0[m, :k])
+    P1 = vert(table.p1[m, :k])
+    with np.errstate(invalid="ignore"):
+        t0 = np.where(f0, n0 * P0[..., 1] - n1 * P0[..., 0], -np.inf)
+        t1 = np.where(f1, n0 * P1[..., 1] - n1 * P1[..., 0], np.inf)
+        c_line = table.offsets[m, :k] * (det / safe) - (n0 * w[:, None, 0] + n1 * w[:, None, 1])
+        cu = np.where(
+            f0,
+            n0 * P0[..., 0] + n1 * P0[..., 1],
+            np.where(f1, n0 * P1[..., 0] + n1 * P1[..., 1], c_line),
+        )
+    cu = np.where(active, cu, np.inf)
+    bounded = table.bounded[m]
+    c = table.centroid[m]
+    g0 = T[:, 0, 0] * c[:, 0] + T[:, 0, 1] * c[:, 1] - w[:, 0]
+    g1 = T[:, 1, 0] * c[:, 0] + T[:, 1, 1] * c[:, 1] - w[:, 1]
+    g = np.where(bounded[:, None], np.stack([g0, g1], axis=-1), 0.0)
+    with np.errstate(invalid="ignore"):
+        dist = np.hypot(P0[..., 0] - g[:, None, 0], P0[..., 1] - g[:, None, 1])
+        radius = np.max(np.where(nonempty, dist, 0.0), axis=1, initial=0.0)
+    radius = np.where(bounded, radius, np.inf)
+    verts = Vertices(P0, P1, g, radius, bounded)
+    return Edges(nu, cu, active, t0, t1, nonempty, table.empty[m], verts)
+
+
+def _table_chunked(fun, table: PolygonTable, m, w, floor, blocks: list | None = None, T=None):
     """Apply ``fun(edges, floor)`` (``edges`` an :class:`Edges`) to blocks of pairs
     grouped by their polygon's width; reassemble. The blocks' pair indices are appended to
-    ``blocks`` (in call order) if it is given."""
+    ``blocks`` (in call order) if it is given. ``T`` (P, 2, 2), optional: the pairs' linear
+    maps (:func:`log_mass_2d_transformed`)."""
     m = np.asarray(m)
     w = np.asarray(w, dtype=np.float64)
+    if T is not None:
+        T = np.asarray(T, dtype=np.float64)
+        if T.shape != (m.shape[0], 2, 2):
+            raise ValueError(f"T must be (P, 2, 2) for P = {m.shape[0]} pairs; got {T.shape}")
+        det = T[:, 0, 0] * T[:, 1, 1] - T[:, 0, 1] * T[:, 1, 0]
+        if not (np.all(np.isfinite(T)) and np.all(det > 0)):
+            raise ValueError("T must be finite with a positive determinant")
     if m.ndim != 1 or not np.issubdtype(m.dtype, np.integer):
         raise ValueError(f"polygon must be a 1-D integer array; got {m.dtype} {m.shape}")
     P = m.shape[0]
@@ -1048,7 +1114,12 @@ def _table_chunked(fun, table: PolygonTable, m, w, floor, blocks: list | None = 
         step = int(np.clip(_CHUNK_F2 // width, _CHUNK_MIN, _CHUNK_MAX))
         for b in range(0, idx.size, step):
             ib = idx[b : b + step]
-            res = fun(_shifted(table, m[ib], w[ib], width), None if floor is None else floor[ib])
+            edges = (
+                _shifted(table, m[ib], w[ib], width)
+                if T is None
+                else _transformed(table, m[ib], T[ib], w[ib], width)
+            )
+            res = fun(edges, None if floor is None else floor[ib])
             if blocks is not None:
                 blocks.append(ib)
             if out is None:
@@ -1128,3 +1199,45 @@ def truncated_moments_2d_shifted(
             mean[ib[rows]] = mn
             cov[ib[rows]] = cv
     return TruncatedMoments(logm, mean, cov, err)
+
+
+def log_mass_2d_transformed(
+    table: PolygonTable,
+    polygon: np.ndarray,
+    T: np.ndarray,
+    shift: np.ndarray,
+    floor: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`log_mass_2d` of the polygons ``{T u0 - w : n_i . u0 <= g_i}`` (affine images).
+
+    A region whitened with a point-dependent posterior covariance (missing values) is the
+    table's polygon under a linear map and a translation: with ``u0 = K0ᵀ z`` (the table) and
+    ``u = Kᵀ z - w`` (the pair), ``u = T u0 - w`` with ``T = Kᵀ K0^{-T}``. The edges, their
+    shared corners and boundedness come from the table (no edge search).
+
+    Parameters
+    ----------
+    table : PolygonTable
+    polygon : (P,) int
+    T : (P, 2, 2)
+        Linear part of each pair's map, ``det T > 0``.
+    shift : (P, 2)
+        ``w`` of each pair.
+    floor : (P,), optional
+        As in :func:`log_mass_2d`.
+    """
+    return _table_chunked(_table_mass, table, polygon, shift, _as_floor(floor, polygon), None, T)
+
+
+def truncated_moments_2d_transformed(
+    table: PolygonTable,
+    polygon: np.ndarray,
+    T: np.ndarray,
+    shift: np.ndarray,
+    floor: np.ndarray | None = None,
+) -> TruncatedMoments:
+    """:func:`truncated_moments_2d` of the affine images of :func:`log_mass_2d_transformed`
+    (moments of ``u``, in the mapped coordinates)."""
+    return TruncatedMoments(
+        *_table_chunked(_table_moments, table, polygon, shift, _as_floor(floor, polygon), None, T)
+    )

@@ -19,6 +19,14 @@ form depends on the point through ``L_r(n) = K_r(n)^{-T}`` and ``μ_r(n) = L_r(n
 v_r(n)``, so the retained pairs carry their own normals, ``L`` and ``μ`` (see
 :class:`~exactdgn.inference.PairStats`). Pruning follows :mod:`._marginal` (mass <= 1 and the
 facet bound ``Φ(min_i c_i)``, below the lower bound from seed regions).
+
+Paths (:func:`observed_pairs`): complete rows of a batch take the complete-data
+:func:`~exactdgn.inference.marginal_pairs`; d = 1 rows the interval path
+(:func:`_observed_1d`: elementwise on the (points x regions) arrays, the masked sums in the
+chain form of :func:`_chain_1d` with ``2R + R/8`` GEMM columns); d >= 2 rows
+:func:`_observed_general`, where in d = 2 a pair's whitened region is the region's tabulated
+polygon under the affine map ``u = T u0 - w``, ``T = K_r(n)ᵀ K_r^{-T}``
+(:func:`exactdgn.gaussian.log_mass_2d_transformed`: no per-pair edge search).
 """
 
 from __future__ import annotations
@@ -27,8 +35,11 @@ import numpy as np
 from scipy.special import log_ndtr
 
 from .. import gaussian
+from ..gaussian import interval_stats, log_interval_mass
 from ._geometry import LOG_2PI, RegionGeometry
 from ._marginal import (
+    _BLOCK_1D,
+    _BLOCK_1D_SEQ,
     _MIN_PARALLEL,
     PairStats,
     _block_size,
@@ -36,6 +47,7 @@ from ._marginal import (
     _map_blocks,
     _n_threads,
     _pair_stats,
+    marginal_pairs,
 )
 
 __all__ = ["check_missing", "observed_pairs"]
@@ -188,7 +200,7 @@ def _chunk(n: int, R: int, d: int, chunk_bytes: int) -> int:
     return int(max(1, min(n, chunk_bytes // max(per_point, 1))))
 
 
-def observed_pairs(
+def _observed_general(
     geom: RegionGeometry,
     X: np.ndarray,
     obs: np.ndarray,
@@ -198,7 +210,7 @@ def observed_pairs(
     chunk_bytes: int = 256 * 2**20,
     top_k: int = 4,
 ) -> PairStats:
-    """Exact ``log p(x_obs)`` of each row and the pairs that carry the posterior ``p(z | x_obs)``.
+    """:func:`observed_pairs` for d >= 2 (any rows): masked GEMM, per-pair whitening.
 
     Parameters
     ----------
@@ -226,13 +238,23 @@ def observed_pairs(
     # as in marginal_pairs: blocks within the memory bound (per thread), a multiple of threads
     cs = _block_size(N, _chunk(N, R, d, chunk_bytes), nt if parallel else 1)
 
+    tab = geom.polygons if d == 2 else None  # d = 2: the regions' polygons, mapped per pair
+
     def geometry(p, r, K, w):
         """Per-pair whitened region for pairs (p, r): normals, offsets, L, μ."""
+        if d == 2:
+            return _whiten_2d(Cs[r], es[r], K[0][p, r], K[1][p, r], K[2][p, r], w[p, r])
         Kp = _K_pairs(K, p, r, d)
         L = np.swapaxes(np.linalg.inv(Kp), 1, 2) if len(p) else np.zeros((0, d, d))
         mu = _solve_upper_T(Kp, w[p, r])
         normals, offsets, _ = gaussian.whiten(mu, L, Cs[r], es[r])
         return normals, offsets, L, mu
+
+    def log_mass(p, r, K, w, nrm, off, floor=None):
+        """Log mass and error of pairs (p, r) (d = 2: the region's polygon, mapped)."""
+        if tab is None:
+            return gaussian.log_mass(nrm, off, return_error=True, floor=floor)
+        return gaussian.log_mass_2d_transformed(tab, r, _map_2d(geom, K, p, r), w[p, r], floor)
 
     def block(s: int):
         sl = slice(s, min(N, s + cs))
@@ -252,50 +274,64 @@ def observed_pairs(
                 regs.append(r)
         key = np.unique(np.concatenate(pts).astype(np.int64) * R + np.concatenate(regs))
         p_top, r_top = key // R, key % R
-        nrm_t, off_t, L_t, mu_t = geometry(p_top, r_top, K, W)
-        lm_t, err_t = gaussian.log_mass(nrm_t, off_t, return_error=True)
+        nrm_t = off_t = L_t = mu_t = None
+        if tab is None:  # d = 2: masses from the mapped polygons, the geometry of kept pairs
+            nrm_t, off_t, L_t, mu_t = geometry(p_top, r_top, K, W)
+        lm_t, err_t = log_mass(p_top, r_top, K, W, nrm_t, off_t)
         lower = np.full(n, -np.inf)
         np.logaddexp.at(lower, p_top, lk[p_top, r_top] + lm_t)
         mask = lk > (lower - thr)[:, None]
         mask[p_top, r_top] = False
         p_c, r_c = np.nonzero(mask)
-        nrm_c, off_c, L_c, mu_c = geometry(p_c, r_c, K, W)
-        if len(p_c):  # facet bound: Φ_r <= Φ(min_i c_i)
-            bound = lk[p_c, r_c] + np.minimum(0.0, log_ndtr(off_c.min(axis=1, initial=np.inf)))
-            keep = bound > (lower - thr)[p_c]
-            p_c, r_c, nrm_c, off_c, L_c, mu_c = (
-                a[keep] for a in (p_c, r_c, nrm_c, off_c, L_c, mu_c)
-            )
+        if tab is not None:  # facet bound from the offsets alone; geometry of kept pairs below
+            if len(p_c):
+                cmin = _min_offset_2d(
+                    Cs[r_c], es[r_c], K[0][p_c, r_c], K[1][p_c, r_c], K[2][p_c, r_c], W[p_c, r_c]
+                )
+                keep = lk[p_c, r_c] + np.minimum(0.0, log_ndtr(cmin)) > (lower - thr)[p_c]
+                p_c, r_c = p_c[keep], r_c[keep]
+            nrm_c = off_c = L_c = mu_c = None
+        else:
+            nrm_c, off_c, L_c, mu_c = geometry(p_c, r_c, K, W)
+            if len(p_c):  # facet bound: Φ_r <= Φ(min_i c_i)
+                bound = lk[p_c, r_c] + np.minimum(0.0, log_ndtr(off_c.min(axis=1, initial=np.inf)))
+                keep = bound > (lower - thr)[p_c]
+                p_c, r_c, nrm_c, off_c, L_c, mu_c = (
+                    a[keep] for a in (p_c, r_c, nrm_c, off_c, L_c, mu_c)
+                )
         floor = (lower - thr)[p_c] - lk[p_c, r_c]
-        lm_c, err_c = gaussian.log_mass(nrm_c, off_c, return_error=True, floor=floor)
+        lm_c, err_c = log_mass(p_c, r_c, K, W, nrm_c, off_c, floor)
         seed = np.r_[np.ones(len(p_top), bool), np.zeros(len(p_c), bool)]
         p_all = np.concatenate([p_top, p_c])
         order = np.argsort(p_all, kind="stable")
         p_all, seed = p_all[order], seed[order]
-        r_all, lm, err, nrm, off, L, mu = (
-            np.concatenate(pair)[order]
-            for pair in (
-                (r_top, r_c),
-                (lm_t, lm_c),
-                (err_t, err_c),
-                (nrm_t, nrm_c),
-                (off_t, off_c),
-                (L_t, L_c),
-                (mu_t, mu_c),
-            )
+        r_all, lm, err = (
+            np.concatenate(pair)[order] for pair in ((r_top, r_c), (lm_t, lm_c), (err_t, err_c))
         )
         lj = lk[p_all, r_all] + lm
         log_px, err_px = _lse_by_point(p_all, lj, err, n, prune_nats)
         keep = np.isfinite(lj) | seed
         if need_moments:
             keep &= (lj > (log_px - thr)[p_all]) | ~np.isfinite(log_px)[p_all]
-        p_all, r_all, lj, nrm, off, L, mu = (a[keep] for a in (p_all, r_all, lj, nrm, off, L, mu))
+        if tab is not None:
+            p_all, r_all, lj = p_all[keep], r_all[keep], lj[keep]
+            nrm, off, L, mu = geometry(p_all, r_all, K, W)
+        else:
+            nrm, off, L, mu = (
+                np.concatenate(pair)[order][keep]
+                for pair in ((nrm_t, nrm_c), (off_t, off_c), (L_t, L_c), (mu_t, mu_c))
+            )
+            p_all, r_all, lj = p_all[keep], r_all[keep], lj[keep]
         v = V[p_all, r_all]
         K_p = _K_pairs(K, p_all, r_all, d)
         log_det_P = 2.0 * np.log(np.diagonal(K_p, axis1=1, axis2=2)).sum(axis=1)
         mean = cov = None
         if need_moments:
-            tm = gaussian.truncated_moments(nrm, off)
+            if tab is None:
+                tm = gaussian.truncated_moments(nrm, off)
+            else:
+                T = _map_2d(geom, K, p_all, r_all)
+                tm = gaussian.truncated_moments_2d_transformed(tab, r_all, T, W[p_all, r_all])
             mean = mu + np.einsum("pij,pj->pi", L, tm.mean)
             cov = L @ tm.cov @ np.swapaxes(L, 1, 2)
         st = PairStats(p_all + s, r_all, lj, log_px, err_px, v, off, mean, cov, len(p_all))
@@ -314,3 +350,453 @@ def observed_pairs(
 
     st.pair_normals, st.pair_L, st.pair_mu, st.pair_log_det_P = (cat(i) for i in range(4))
     return st
+
+
+def observed_pairs(
+    geom: RegionGeometry,
+    X: np.ndarray,
+    obs: np.ndarray,
+    *,
+    prune_nats: float = 40.0,
+    need_moments: bool = False,
+    chunk_bytes: int = 256 * 2**20,
+    top_k: int = 4,
+) -> PairStats:
+    """Exact ``log p(x_obs)`` of each row and the pairs that carry the posterior ``p(z | x_obs)``.
+
+    Rows with every value observed take the complete-data path
+    (:func:`~exactdgn.inference.marginal_pairs`: the factored GEMM and the region's own
+    whitening); the others the missing-data paths of this module (d = 1: intervals, elementwise
+    on the (points x regions) arrays; d >= 2: per-pair whitening). The pairs come back grouped
+    by point in row order, as from a single call.
+
+    Parameters
+    ----------
+    geom : RegionGeometry
+    X : (N, D) float64, NaN where missing (values there are ignored)
+    obs : (N, D) bool, True where observed (every row has at least one)
+    prune_nats, need_moments, chunk_bytes :
+        As in :func:`exactdgn.inference.marginal_pairs`.
+    top_k : int
+        Seed regions per point for the lower bound (d >= 2; plus the regions located by
+        following posterior means).
+
+    Returns
+    -------
+    PairStats
+        With the per-pair geometry ``pair_normals``, ``pair_L``, ``pair_mu`` and
+        ``pair_log_det_P`` (the whitening depends on the point's observed coordinates) and the
+        whitened ``offsets`` of every pair.
+    """
+    N = X.shape[0]
+    d = geom.A.shape[2]
+    kw = {"prune_nats": prune_nats, "need_moments": need_moments, "chunk_bytes": chunk_bytes}
+    full = obs.all(axis=1)
+    parts = []
+    if full.any():
+        rows = np.flatnonzero(full)
+        st = marginal_pairs(geom, X[rows], **kw)
+        parts.append((rows, _with_pair_geometry(geom, st)))
+    if not full.all():
+        rows = np.flatnonzero(~full) if full.any() else None
+        Xm, om = (X, obs) if rows is None else (X[rows], obs[rows])
+        if d == 1 and geom.interval is not None:
+            st = _observed_1d(geom, Xm, om, **kw)
+        else:
+            st = _observed_general(geom, Xm, om, top_k=top_k, **kw)
+        if rows is None:
+            return st
+        parts.append((rows, st))
+    return _merge(N, parts)
+
+
+def _with_pair_geometry(geom: RegionGeometry, st: PairStats) -> PairStats:
+    """Complete-data pairs with their (the region's) whitening filled in as per-pair arrays."""
+    r = st.region
+    st.pair_normals, st.pair_L, st.pair_mu, st.pair_log_det_P = st.geometry(geom)
+    if st.offsets is None:
+        st.offsets = geom.offsets(st.v, r)
+    return st
+
+
+def _merge(N: int, parts: list) -> PairStats:
+    """One :class:`PairStats` of ``N`` rows from ``(rows, stats)`` parts over disjoint rows."""
+    log_px = np.empty(N)
+    err = np.empty(N)
+    for rows, st in parts:
+        log_px[rows] = st.log_px
+        err[rows] = st.log_px_error
+    point = np.concatenate([rows[st.point] for rows, st in parts])
+    order = np.argsort(point, kind="stable")
+
+    def cat(name):
+        arrs = [getattr(st, name) for _, st in parts]
+        if any(a is None for a in arrs):
+            return None
+        F = max(a.shape[1] for a in arrs) if arrs[0].ndim > 1 and name in _PADDED else None
+        if F is not None:  # facet arrays of the paths may differ in padding width
+            arrs = [_pad_facets(a, F, name) for a in arrs]
+        return np.concatenate(arrs)[order]
+
+    names = ("region", "log_joint", "v", "offsets", "mean", "cov")
+    geo = ("pair_normals", "pair_L", "pair_mu", "pair_log_det_P")
+    out = {n: cat(n) for n in names + geo}
+    return PairStats(
+        point=point[order],
+        log_px=log_px,
+        log_px_error=err,
+        n_candidates=int(sum(st.n_candidates for _, st in parts)),
+        **out,
+    )
+
+
+_PADDED = ("offsets", "pair_normals")
+
+
+def _pad_facets(a: np.ndarray, F: int, name: str) -> np.ndarray:
+    """Pad a facet array to ``F`` rows: offsets ``+inf``, normals 0 (no constraint)."""
+    if a.shape[1] == F:
+        return a
+    pad = [(0, 0), (0, F - a.shape[1])] + [(0, 0)] * (a.ndim - 2)
+    return np.pad(a, pad, constant_values=np.inf if name == "offsets" else 0.0)
+
+
+def _mask_weights_1d(geom: RegionGeometry) -> np.ndarray:
+    """(D, 3R) the d = 1 masked GEMM's columns in three blocks of R, cached on ``geom``:
+    ``λ_j a_rj²``, ``λ_j a_rj b'_rj`` and ``λ_j b'^2_rj`` (``b' = b - c``)."""
+    cached = geom.cache.get("mask_w_1d")
+    if cached is None:
+        R = geom.A.shape[0]
+        cached = np.ascontiguousarray(
+            _mask_weights(geom).reshape(-1, R, 3).transpose(0, 2, 1).reshape(-1, 3 * R)
+        )
+        geom.cache["mask_w_1d"] = cached
+    return cached
+
+
+# Points x regions per block of the missing-data d = 1 path, in units of the complete-data
+# d = 1 blocks (its mask GEMM wants more rows than the elementwise work alone).
+_MISSING_1D_BLOCKS = 4
+
+
+def _observed_1d(
+    geom: RegionGeometry,
+    X: np.ndarray,
+    obs: np.ndarray,
+    *,
+    prune_nats: float,
+    need_moments: bool,
+    chunk_bytes: int,
+) -> PairStats:
+    """:func:`observed_pairs` for d = 1, every row with a missing value.
+
+    Region ``r`` is the interval ``[lo_r, hi_r]`` of ``z``. With the masked sums
+    ``α_r(n) = Σ_j m_nj λ_j a_rj²``, ``β_r(n) = Σ_j m_nj λ_j a_rj b'_rj`` and
+    ``γ_r(n) = Σ_j m_nj λ_j b'^2_rj`` (one (n x D) @ (D x 3R) GEMM of the mask) and the
+    complete-data GEMM of ``x' = m ∘ (x - c)`` (``w⁰_r = x'ᵀΛ a_r / k⁰_r``, ``x'ᵀΛ b'_r``):
+
+    * ``k_r(n) = sqrt(1 + α_r(n))`` (the posterior precision is ``k²``),
+    * ``v_r(n) = k⁰_r w⁰_r - β_r(n)`` and the whitened mean shift ``t_r(n) = v_r(n) / k_r(n)``,
+    * ``log κ_r(n) = -½ [D_n log 2π + Σ_obs log σ_j² + 2 log k_r + ||x'||²_Λ - 2 x'ᵀΛb'_r
+      + γ_r(n) - t_r²]``,
+    * the whitened interval ``[k_r lo_r - t_r, k_r hi_r - t_r]`` (mean ``μ = t / k``).
+
+    Everything after the GEMMs is elementwise on (n, R) arrays, as in the complete-data d = 1
+    path; pruning is the same (the exact terms of the region with the largest ``κ_r`` and of
+    the region holding its posterior mean give the lower bound; pairs with
+    ``log κ_r <= lower - prune_nats - log R`` are skipped: their mass is at most 1).
+    """
+    N = X.shape[0]
+    R = geom.A.shape[0]
+    lo_z, hi_z, order, breaks = geom.interval
+    chain = _chain_1d(geom)
+    Wm = _mask_weights_1d(geom) if chain is None else None
+    Cs, es = _halfspaces(geom)
+    C1 = Cs[..., 0]  # (R, F)
+    log_var = LOG_2PI - np.log(geom.inv_var)  # (D,) log 2π + log σ_j²
+    thr = prune_nats + np.log(max(R, 1))
+    nt = _n_threads()
+    parallel = nt > 1 and N * R >= 2 * _MIN_PARALLEL
+    # the masked GEMM is most of the work: blocks of ~4x the complete-data d = 1 blocks
+    per = max(R, 1) * (3 * R + 3 * R + 16) * 8
+    cs = int(
+        max(1, min(N, _MISSING_1D_BLOCKS * (_BLOCK_1D if parallel else _BLOCK_1D_SEQ) // max(R, 1)))
+    )
+    cs = int(max(1, min(cs, chunk_bytes // per * R))) if per else cs
+    cs = _block_size(N, cs, nt if parallel else 1)
+
+    # the kappa functions work on the regions in the order ``perm`` with reference points zr
+    perm = np.arange(R) if chain is None else order
+    zr = np.zeros(R) if chain is None else chain["zr"]
+    pos = np.empty(R, dtype=np.int64)
+    pos[perm] = np.arange(R)
+    pos_of_rank = pos[order]  # permuted index of the region at each sorted position
+    lo_p = _scaled_diff(lo_z[perm], zr)  # lo - ζ (±inf kept)
+    hi_p = _scaled_diff(hi_z[perm], zr)
+
+    def block(s: int):
+        sl = slice(s, min(N, s + cs))
+        ob = obs[sl]
+        n = ob.shape[0]
+        m = ob.astype(np.float64)
+        x0 = _observed_centred(X[sl], ob, m, geom.center)
+        const = np.square(x0) @ geom.inv_var  # ||x'||²_Λ
+        if chain is None:
+            const += m @ log_var
+            k, tp, lk = _kappa_1d_direct(geom, Wm, m, x0, const)
+        else:
+            k, tp, lk = _kappa_1d_chain(geom, chain, m, x0, const)
+        rows = np.arange(n)
+        r1 = np.argmax(lk, axis=1)
+        mu1 = zr[r1] + tp[rows, r1] / k[rows, r1]
+        r2 = pos_of_rank[np.searchsorted(breaks, mu1, side="right")]
+        pr = np.concatenate([r1, r2])
+        pp = np.concatenate([rows, rows])
+        kk, tt = k[pp, pr], tp[pp, pr]
+        lm_seed, _ = log_interval_mass(_scaled(lo_p[pr], kk) - tt, _scaled(hi_p[pr], kk) - tt)
+        lj_seed = lk[pp, pr] + lm_seed
+        lower = np.where(r1 == r2, lj_seed[:n], np.logaddexp(lj_seed[:n], lj_seed[n:]))
+        p, r = np.nonzero(lk > (lower - thr)[:, None])  # sorted by point; r1 always kept
+        n_cand = len(p)
+        kk, tt, lk_p = k[p, r], tp[p, r], lk[p, r]
+        a, b = _scaled(lo_p[r], kk) - tt, _scaled(hi_p[r], kk) - tt
+        lm, err = log_interval_mass(a, b)
+        lj = lk_p + lm
+        log_px, err_px = _lse_by_point(p, lj, err, n, prune_nats)
+        keep = np.isfinite(lj) | (r == r1[p])
+        if need_moments:  # moments only where the pair's exact weight is visible
+            keep &= (lj > (log_px - thr)[p]) | ~np.isfinite(log_px)[p]
+        if not keep.all():
+            p, r, lj, kk, tt, a, b = (q[keep] for q in (p, r, lj, kk, tt, a, b))
+        mu = zr[r] + tt / kk
+        r = perm[r]  # region indices
+        mean = cov = None
+        if need_moments:
+            _, um, uv = interval_stats(a, b)
+            mean = (mu + um / kk)[:, None]  # z = μ + u / k
+            cov = (uv / (kk * kk))[:, None, None]
+        # whitened rows of the pairs: normals ±1 (sign of C), offsets (e - C μ) / (|C| / k)
+        C, e = C1[r], es[r]
+        scale = np.abs(C) / kk[:, None]
+        with np.errstate(invalid="ignore"):
+            raw = e - C * mu[:, None]
+            off = np.where(scale > 0, raw / np.where(scale > 0, scale, 1.0), raw)
+        v = (kk * kk * mu)[:, None]  # P μ
+        st = PairStats(p + s, r, lj, log_px, err_px, v, off, mean, cov, n_cand)
+        st.pair_normals = np.sign(C)[..., None]
+        st.pair_L = (1.0 / kk)[:, None, None]
+        st.pair_mu = mu[:, None]
+        st.pair_log_det_P = 2.0 * np.log(kk)
+        return st
+
+    return _pair_stats(_map_blocks(block, range(0, N, cs), parallel=parallel))
+
+
+def _scaled_diff(z: np.ndarray, zr: np.ndarray) -> np.ndarray:
+    """``z - zr`` with ``±inf`` kept."""
+    return np.where(np.isinf(z), z, z - zr)
+
+
+def _scaled(z: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """``z k`` with ``±inf`` kept (``k > 0``)."""
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isinf(z), z, z * k)
+
+
+def _observed_centred(X: np.ndarray, obs: np.ndarray, m: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """``m ∘ (x - c)`` with the missing entries 0 (NaN there).
+
+    Branch-free (``np.where`` on a random mask mispredicts every other element): the bits of
+    the missing entries are cleared, then ``(x - c) m``.
+    """
+    bits = np.negative(obs.astype(np.uint64))
+    bits &= X.view(np.uint64)
+    x0 = bits.view(np.float64)
+    x0 -= c
+    x0 *= m
+    return x0
+
+
+def _whiten_2d(C, e, k00, k10, k11, w):
+    """:func:`gaussian.whiten` for d = 2 pairs, elementwise (no (P, 2, 2) inverses).
+
+    ``K = [[k00, 0], [k10, k11]]`` (P,) entries, ``w = K^{-1} v`` (P, 2), rows ``C`` (P, F, 2)
+    and ``e`` (P, F). ``L = K^{-T} = [[1/k00, -k10/(k00 k11)], [0, 1/k11]]``, ``μ = L w``;
+    returns normals (P, F, 2), offsets (P, F), L (P, 2, 2) and μ (P, 2).
+    """
+    l00, l11 = 1.0 / k00, 1.0 / k11
+    l01 = -k10 * l00 * l11
+    mu0 = w[:, 0] * l00 + l01 * w[:, 1]
+    mu1 = w[:, 1] * l11
+    c0, c1 = C[..., 0], C[..., 1]
+    cl0 = c0 * l00[:, None]
+    cl1 = c0 * l01[:, None] + c1 * l11[:, None]
+    scale = np.hypot(cl0, cl1)
+    with np.errstate(invalid="ignore"):
+        raw = e - (c0 * mu0[:, None] + c1 * mu1[:, None])
+        pos = scale > 0
+        safe = np.where(pos, scale, 1.0)
+        normals = np.stack([np.where(pos, cl0 / safe, 0.0), np.where(pos, cl1 / safe, 0.0)], -1)
+        offsets = np.where(pos, raw / safe, raw)
+    L = np.zeros((len(k00), 2, 2))
+    L[:, 0, 0], L[:, 0, 1], L[:, 1, 1] = l00, l01, l11
+    return normals, offsets, L, np.stack([mu0, mu1], axis=-1)
+
+
+def _map_2d(geom: RegionGeometry, K, p: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """(P, 2, 2) ``T = K_r(n)ᵀ L_r`` of pairs: the table's whitened polygon (``u0 = K_rᵀ z``) to
+    the pair's (``u = K_r(n)ᵀ z - w``) is ``u = T u0 - w`` (upper triangular, ``det T > 0``)."""
+    k00, k10, k11 = K[0][p, r], K[1][p, r], K[2][p, r]
+    L0 = geom.L[r]  # upper triangular
+    T = np.zeros((len(p), 2, 2))
+    T[:, 0, 0] = k00 * L0[:, 0, 0]
+    T[:, 0, 1] = k00 * L0[:, 0, 1] + k10 * L0[:, 1, 1]
+    T[:, 1, 1] = k11 * L0[:, 1, 1]
+    return T
+
+
+def _min_offset_2d(C, e, k00, k10, k11, w):
+    """(P,) ``min_i c_i`` of :func:`_whiten_2d`'s offsets (the facet bound), without the normals."""
+    l00, l11 = 1.0 / k00, 1.0 / k11
+    l01 = -k10 * l00 * l11
+    mu0 = (w[:, 0] * l00 + l01 * w[:, 1])[:, None]
+    mu1 = (w[:, 1] * l11)[:, None]
+    c0, c1 = C[..., 0], C[..., 1]
+    scale = np.hypot(c0 * l00[:, None], c0 * l01[:, None] + c1 * l11[:, None])
+    raw = e - (c0 * mu0 + c1 * mu1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        off = np.where(scale > 0, raw / scale, raw)
+    return off.min(axis=1, initial=np.inf)
+
+
+def _kappa_1d_direct(geom, Wm, m, x0, const):
+    """``k``, ``t = k μ`` and ``log κ`` (n, R) of d = 1 pairs from the (D, 3R) masked GEMM."""
+    R = geom.A.shape[0]
+    Mq = m @ Wm  # (n, 3R): α | β | γ
+    prod = geom.gemm(x0)  # (n, 2R): w⁰ | x'ᵀΛb'
+    k = Mq[:, :R]
+    k += 1.0
+    np.sqrt(k, out=k)
+    t = prod[:, :R]
+    t *= geom.K[:, 0, 0]
+    t -= Mq[:, R : 2 * R]  # v
+    t /= k
+    lk = prod[:, R:]
+    lk *= -2.0
+    lk += Mq[:, 2 * R :]
+    lk += const[:, None]
+    lk += 2.0 * np.log(k)
+    lk -= np.square(t)
+    lk *= -0.5
+    return k, t, lk
+
+
+# Breakpoints between two exact values of the chain recurrence (see _chain_1d).
+_CHAIN_STRIDE = 8
+
+
+def _chain_1d(geom: RegionGeometry):
+    """Data-independent arrays of the d = 1 chain form of the masked sums (None if R < 2).
+
+    The regions, sorted by position, are intervals joined at the breakpoints
+    ``β_0 < ... < β_{B-1}`` (``B = R - 1``); ``y_i = g(β_i) - c``. Region ``i`` (in that order)
+    is written from a reference breakpoint ``ζ_i`` (its left end; region 0 its right end):
+    ``g(z) - c = y_ref + a_i (z - ζ_i)``, so its masked sums are ``α_i = Σ m λ a_i²``,
+    ``η_i = Σ m λ a_i y_ref`` and ``Y_ref = Σ m λ y_ref²``. Continuity gives
+    ``y_{j+1} = y_j + a_{j+1} Δ_j`` (``Δ_j = β_{j+1} - β_j``), hence
+    ``Y_{j+1} = Y_j + 2 Δ_j η_{j+1} + Δ_j² α_{j+1}``: only every ``_CHAIN_STRIDE``-th ``Y`` is a
+    GEMM column and the others follow in at most ``_CHAIN_STRIDE - 1`` steps. The masked GEMM
+    has ``2R + B/8`` columns instead of ``3R``. The ``x``-dependent sums ``x'ᵀΛ a_i`` and
+    ``x'ᵀΛ y_j`` lie in the decoder's output subspace (``A_r = W_L (...)``,
+    ``g(β_j) - c = W_L (...)``) and go through the factored complete-data GEMM.
+
+    Returns a dict (cached on ``geom``) or None.
+    """
+    if "chain_1d" in geom.cache:
+        return geom.cache["chain_1d"]
+    R, D, _ = geom.A.shape
+    if R < 2 or geom.interval is None:
+        geom.cache["chain_1d"] = None
+        return None
+    _, _, order, breaks = geom.interval
+    B = R - 1
+    S = _CHAIN_STRIDE
+    lam = geom.inv_var
+    a = geom.A[order, :, 0]  # (R, D), sorted by position
+    ref = np.r_[0, np.arange(B)]  # reference breakpoint of each sorted region
+    Y = a[1:] * breaks[:, None] + geom.b[order[1:]] - geom.center  # (B, D) y_j
+    anchors = np.arange(0, B, S)
+    nA = len(anchors)
+    W = np.empty((D, 2 * R + nA + 1))
+    W[:, :R] = (a * a * lam).T
+    W[:, R : 2 * R] = (a * Y[ref] * lam).T
+    W[:, 2 * R : -1] = (Y[anchors] ** 2 * lam).T
+    W[:, -1] = LOG_2PI - np.log(lam)  # D_n log 2π + Σ_obs log σ_j²
+    delta = np.diff(breaks)  # Δ_j, j < B - 1
+    xw = np.concatenate([(a * lam).T, (Y * lam).T], axis=1)  # x'ᵀΛ a_i | x'ᵀΛ y_j
+    if geom.gemm_basis is not None:
+        xw_b = geom.gemm_basis.T @ xw
+        # the factorisation is exact for these columns too (checked as for the geometry)
+        resid = np.abs(xw - geom.gemm_basis @ xw_b).max(axis=0)
+        if np.all(resid <= 1e-12 * np.maximum(np.abs(xw).max(axis=0), np.finfo(float).tiny)):
+            xw = xw_b
+        else:
+            xw = None
+    out = {
+        "W": W,
+        "xw": xw if xw is not None else np.concatenate([(a * lam).T, (Y * lam).T], axis=1),
+        "factored": xw is not None and geom.gemm_basis is not None,
+        "zr": breaks[ref],
+        "delta": delta,
+        "step": np.arange(B) % S != 0,  # breakpoints that follow from the previous one
+        "nA": nA,
+    }
+    geom.cache["chain_1d"] = out
+    return out
+
+
+def _kappa_1d_chain(geom, ch, m, x0, const):
+    """``k``, ``t'`` and ``log κ`` (n, R) of d = 1 pairs, regions sorted by position, from the
+    chain form (:func:`_chain_1d`).
+
+    With ``s_i = Σ m λ (x' - y_ref)² = ||x'||²_Λ - 2 x'ᵀΛ y_ref + Y_ref``,
+    ``k = sqrt(1 + α_i)`` and ``t' = (x'ᵀΛ a_i - η_i - ζ_i) / k``: the minimum over ``z`` of
+    ``||x'_obs - y_ref - a_i (z - ζ_i)||²_Λ + z²`` is ``s_i + ζ_i² - t'²``, at
+    ``μ = ζ_i + t' / k``. ``const`` (n,) is ``||x'||²_Λ + D_n log 2π + Σ_obs log σ_j²``.
+    """
+    R = geom.A.shape[0]
+    n = m.shape[0]
+    nA, S = ch["nA"], _CHAIN_STRIDE
+    Mq = m @ ch["W"]  # (n, 2R + nA + 1): α | η | Y at the anchors | D_n log 2π + Σ log σ²
+    xb = x0 @ geom.gemm_basis if ch["factored"] else x0
+    prod = xb @ ch["xw"]  # (n, R + B): x'ᵀΛ a_i | x'ᵀΛ y_j
+    alpha, eta = Mq[:, :R], Mq[:, R : 2 * R]
+    const = const + Mq[:, -1]
+    # Y_j: the anchors, then Y_{j+1} = Y_j + 2 Δ_j η_{j+1} + Δ_j² α_{j+1} within each segment
+    # of S breakpoints (a cumulative sum of at most S - 1 increments)
+    B = R - 1
+    delta = ch["delta"]
+    inc = np.zeros((n, nA * S))
+    inc[:, 1:B] = (2.0 * delta) * eta[:, 1:B]
+    inc[:, 1:B] += np.square(delta) * alpha[:, 1:B]
+    inc[:, :B] *= ch["step"]
+    Y = np.cumsum(inc.reshape(n, nA, S), axis=2)
+    Y += Mq[:, 2 * R : 2 * R + nA, None]
+    # Z_j = Y_j - 2 x'ᵀΛ y_j at the breakpoints; region i uses Z_{ref(i)} = Z_{max(i - 1, 0)}
+    Z = Y.reshape(n, nA * S)[:, :B]
+    Z -= 2.0 * prod[:, R:]
+    lk = np.empty((n, R))
+    lk[:, 0] = Z[:, 0]
+    lk[:, 1:] = Z
+    lk += const[:, None] + np.square(ch["zr"])
+    lk += np.log1p(alpha)  # log k² = log|P|
+    k = alpha
+    k += 1.0
+    np.sqrt(k, out=k)
+    t = prod[:, :R]
+    t -= eta
+    t -= ch["zr"]
+    t /= k  # t'
+    lk -= np.square(t)
+    lk *= -0.5
+    return k, t, lk
