@@ -37,7 +37,9 @@ class GradientTrainer(Trainer):
         D = X.shape[1]
         self.lr, self.batch_size = lr, batch_size
         self.pv = ParamVector(decoder, D, est.noise == "diagonal", 0.0)
-        self.params = [torch.tensor(p, requires_grad=True) for p in self._split(self.std)]
+        self.params = [
+            torch.tensor(p, device=self.device, requires_grad=True) for p in self._split(self.std)
+        ]
         self.opt = torch.optim.Adam(self.params, lr=lr)
         self.rng = np.random.default_rng(seed)
 
@@ -53,14 +55,14 @@ class GradientTrainer(Trainer):
     def _current(self):
         from ..decoder import Decoder
 
-        ps = [p.detach().numpy().copy() for p in self.params[:-1]]
-        dec = Decoder(ps[0::2], ps[1::2], self.decoder.activations)
-        std = np.broadcast_to(np.exp(self.params[-1].detach().numpy()), (self.pv.D,)).copy()
+        ps = [p.detach().cpu().numpy().copy() for p in self.params]
+        dec = Decoder(ps[0:-1:2], ps[1:-1:2], self.decoder.activations)
+        std = np.broadcast_to(np.exp(ps[-1]), (self.pv.D,)).copy()
         return dec, std
 
     def state_dict(self) -> dict:
         return {
-            "params": [p.detach().numpy().copy() for p in self.params],
+            "params": [p.detach().cpu().numpy().copy() for p in self.params],
             "rng": self.rng.bit_generator.state,
             "optimizer": self.opt.state_dict(),
         }
