@@ -37,6 +37,10 @@ from ._polygon import (
     _CUB_BOUNDS,
     _CUB_QBOUNDS,
     _CUB_RULES,
+    _FAST_CMIN,
+    _FAST_ERR,
+    _FAST_MIN,
+    _FAST_RATIO,
     _GL16S_W,
     _GL16S_X,
     _GL_W,
@@ -48,6 +52,7 @@ from ._polygon import (
     _T_LAG,
     Edges,
     Vertices,
+    _fast_mass,
 )
 from ._rules import EPS, LOG_2PI, gauss_legendre
 from ._torch_interval import nodes
@@ -339,12 +344,47 @@ def _cubature_mass(P0, P1, g, nonempty, R):
     return logm, cond
 
 
+# Owen's-T fast path of the numpy kernel (``_polygon._fast_mass``: scipy's ``owens_t`` on the
+# tensors' memory) before the tail-safe pieces, by device type. On the CPU it pays: MNIST t10k
+# [2,32,32,784], 2,000 images, one core, the polygon masses took 3.2 s of 4.8 s with every
+# non-small pair on the pieces; numpy accepts most pairs with two scipy calls per edge. On a GPU
+# it would mean a host round trip per block, so the uniform tail-safe path stays.
+FAST_PATH = {"cpu": True}
+
+
+def _fast_path(cu, t0, t1, use, omega, active, tail, logm, ratio, qerr):
+    """Numpy's fast path on CPU tensors: the Owen's-T edge formula for the ``tail`` pairs whose
+    mean is not far outside a line, accepted where numpy accepts it (no cancellation); returns
+    the pairs left for the tail-safe pieces and the updated ``ratio`` / ``qerr`` (``logm``
+    is filled in place)."""
+    cmin = torch.where(active, cu, math.inf).min(dim=1).values
+    fi = (tail & (cmin >= -_FAST_CMIN)).nonzero().squeeze(1)
+    if not fi.numel():
+        return tail, ratio, qerr
+    with np.errstate(all="ignore"):
+        mass, scale = _fast_mass(
+            cu[fi].numpy(), t0[fi].numpy(), t1[fi].numpy(), use[fi].numpy(), omega[fi].numpy()
+        )
+        ok = (mass >= _FAST_RATIO * scale) & (mass >= _FAST_MIN)
+        lm = np.log(np.minimum(mass, 1.0))
+        rt = scale / mass
+    acc = fi[torch.from_numpy(ok)]
+    okt = torch.from_numpy(ok)
+    logm[acc] = torch.from_numpy(lm)[okt]
+    ratio[acc] = torch.from_numpy(rt)[okt]
+    qerr[acc] = _FAST_ERR * ratio[acc]
+    tail = tail.clone()
+    tail[acc] = False
+    return tail, ratio, qerr
+
+
 def polygon_log_mass_t(edges: Edges, floor=None):
     """Log mass and its error (P,) of translated polygons (``_polygon._integrate``, mass only).
 
     Inputs as produced by ``shifted_t`` (edges padded to the table's width). Small polygons
-    by fan cubature, all others by the tail-safe pieces; with ``floor`` (P,), pairs whose
-    closest-point bound is below it get ``-inf`` (exact pruning).
+    by fan cubature; on devices with :data:`FAST_PATH` (the CPU) numpy's Owen's-T edge formula
+    where it does not cancel; all others by the tail-safe pieces. With ``floor`` (P,), pairs
+    whose closest-point bound is below it get ``-inf`` (exact pruning).
     """
     nu, cu, active, t0, t1 = edges.nu, edges.cu, edges.active, edges.t0, edges.t1
     nonempty, empty, verts = edges.nonempty, edges.empty, edges.verts
@@ -365,6 +405,8 @@ def polygon_log_mass_t(edges: Edges, floor=None):
         lm, cond = _cubature_mass(P0[i], P1[i], g[i], nonempty[i], R[i])
         logm[i] = lm
         qerr[i] = 1e-14 + 4.0 * cond
+    if FAST_PATH.get(cu.device.type, False):
+        tail, ratio, qerr = _fast_path(cu, t0, t1, use, omega, active, tail, logm, ratio, qerr)
     i = tail.nonzero().squeeze(1)
     if i.numel():
         lm, rt = _tail_mass(cu[i], t0[i], t1[i], use[i], omega[i])
