@@ -319,23 +319,27 @@ def _fan(P0, P1, g, nonempty, R):
     return a0, d10, det, coef, level
 
 
-def _cub_node_sums(coef, level, cols):
+def _cub_node_sums(coef, level, cols, nonempty):
     """(P, F, len(cols)) node sums of ``e^q`` times the monomials ``cols`` per fan triangle,
-    with the rule ``level`` (P,) of each pair (``_polygon._cub_sums``)."""
+    with the rule ``level`` (P,) of each pair (``_polygon._cub_sums``); only the rows of real
+    edges (``nonempty`` (P, F)) are computed, the padding rows are 0."""
     out = coef.new_zeros((*coef.shape[:2], len(cols)))
-    for lv in torch.unique(level).tolist():
+    pi, fi = nonempty.nonzero(as_tuple=True)
+    lev = level[pi]
+    for lv in torch.unique(lev).tolist():
         expo, sums = _CUB_RULES[lv]
         E = nodes(f"cub_e{lv}", expo, coef)
         Wt = nodes(f"cub_s{lv}", sums, coef)[:, cols]
-        idx = (level == lv).nonzero().squeeze(1)
-        out[idx] = torch.exp(coef[idx] @ E) @ Wt
+        k = (lev == lv).nonzero().squeeze(1)
+        p, f = pi[k], fi[k]
+        out[p, f] = torch.exp(coef[p, f] @ E) @ Wt
     return out
 
 
 def _cubature_mass(P0, P1, g, nonempty, R):
     """Torch twin of ``_polygon._cubature`` (mass only): log mass and conditioning (P,)."""
     _, d10, det, coef, level = _fan(P0, P1, g, nonempty, R)
-    S = _cub_node_sums(coef, level, [0])[..., 0] * det
+    S = _cub_node_sums(coef, level, [0], nonempty)[..., 0] * det
     Z = torch.where(nonempty, S, 0.0).sum(1)
     logm = -0.5 * (g[:, 0] ** 2 + g[:, 1] ** 2) - LOG_2PI + torch.log(Z)
     perim = torch.where(nonempty, torch.hypot(d10[..., 0], d10[..., 1]), 0.0).sum(1)
@@ -481,7 +485,7 @@ def _cubature_moments(P0, P1, g, nonempty, R):
     a0, d10, det, coef, level = _fan(P0, P1, g, nonempty, R)
     ne = nonempty[..., None]
     level = torch.clamp(level + 1, max=len(_CUB_RULES) - 1)
-    S = _cub_node_sums(coef, level, [0, 1, 2, 3, 4, 5]) * det[..., None]
+    S = _cub_node_sums(coef, level, [0, 1, 2, 3, 4, 5], nonempty) * det[..., None]
     S = torch.where(ne, S, 0.0)
     S = S / S[..., 0].sum(dim=1)[:, None, None]
     Ev = (S[..., 1:2] * a0).sum(1) + (S[..., 2:3] * d10).sum(1)
