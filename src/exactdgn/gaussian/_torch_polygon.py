@@ -578,15 +578,21 @@ def polygon_moments_t(edges: Edges, logm):
 
     nu, cu, t0, t1 = edges.nu, edges.cu, edges.t0, edges.t1
     nonempty, empty, verts = edges.nonempty, edges.empty, edges.verts
-    P, F = cu.shape
     P0, P1, g, R, bounded = verts.P0, verts.P1, verts.g, verts.radius, verts.bounded
     tau = torch.stack([-nu[..., 1], nu[..., 0]], dim=-1)
     ok = torch.isfinite(logm)
-    edge = nonempty & ok[:, None]
-    lphi1, tmean, _ = interval_stats_t(
-        torch.where(edge, t0, 0.0).reshape(-1), torch.where(edge, t1, 1.0).reshape(-1)
-    )
-    lphi1, tmean = lphi1.reshape(P, F), tmean.reshape(P, F)
+    spread = R * (torch.hypot(g[:, 0], g[:, 1]) + 0.5 * R)
+    small = bounded & (spread <= _SMALL) & ~empty & ok
+    tst = torch.where(t0 > 0, t0, torch.where(t1 < 0, t1, torch.zeros_like(t0)))
+    dist2 = torch.where(nonempty, cu * cu + tst * tst, math.inf).min(dim=1).values
+    cneg = torch.where(nonempty, cu, math.inf).min(dim=1).values < 0
+    far = ok & cneg & (dist2 >= _TAIL_D**2) & ~small
+    # divergence-theorem weights on the real edges of the pairs that keep them (the small and
+    # far pairs are replaced below; the table's padding rows are no edges)
+    edge = nonempty & (ok & ~small & ~far)[:, None]
+    pi, ei = edge.nonzero(as_tuple=True)
+    lphi1, tmean = torch.zeros_like(cu), torch.zeros_like(cu)
+    lphi1[pi, ei], tmean[pi, ei], _ = interval_stats_t(t0[pi, ei], t1[pi, ei])
     logw = log_phi_t(torch.where(edge, cu, 0.0)) + lphi1 - torch.where(ok, logm, 0.0)[:, None]
     w = torch.where(edge, torch.exp(logw), 0.0)
     gbar = torch.where(
@@ -598,12 +604,6 @@ def polygon_moments_t(edges: Edges, logm):
         w[..., None, None] * nu[..., :, None] * gm[..., None, :]
     ).sum(1)
     cov = 0.5 * (cov + cov.transpose(1, 2))
-    spread = R * (torch.hypot(g[:, 0], g[:, 1]) + 0.5 * R)
-    small = bounded & (spread <= _SMALL) & ~empty & ok
-    tst = torch.where(t0 > 0, t0, torch.where(t1 < 0, t1, torch.zeros_like(t0)))
-    dist2 = torch.where(nonempty, cu * cu + tst * tst, math.inf).min(dim=1).values
-    cneg = torch.where(nonempty, cu, math.inf).min(dim=1).values < 0
-    far = ok & cneg & (dist2 >= _TAIL_D**2) & ~small
     fi = far.nonzero().squeeze(1)
     step = _TAIL_BLOCK.get(cu.device.type, 1 << 9)
     for s in range(0, fi.numel(), step):
