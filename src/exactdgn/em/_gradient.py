@@ -15,7 +15,7 @@ from ..decoder import Decoder
 from ..gaussian._rules import LOG_2PI
 from ._steps import RegionStats
 
-__all__ = ["exact_gradient", "surrogate_objective"]
+__all__ = ["exact_gradient", "gradient_form", "surrogate_objective"]
 
 
 def _torch():
@@ -99,6 +99,23 @@ def remote_surrogate(params, decoder: Decoder, stats):
     return sum((torch.as_tensor(g) * p).sum() for g, p in zip(grads, params, strict=True))
 
 
+def gradient_form(params, decoder: Decoder, stats, X):
+    """A torch scalar whose gradient in ``params`` is that of :func:`surrogate_objective`.
+
+    Its value is ``Q(θ)`` for numpy statistics; for statistics on a torch device it is the
+    linear form of :func:`._torch_steps.device_surrogate` (memory bounded by one block of
+    pairs), for pairs held by dask workers that of :func:`remote_surrogate`. Training and
+    :func:`exact_gradient` use only the gradient.
+    """
+    if hasattr(stats, "remote_gradient"):
+        return remote_surrogate(params, decoder, stats)
+    if getattr(stats, "device", None) is not None:
+        from ._torch_steps import device_surrogate
+
+        return device_surrogate(params, decoder, stats)
+    return surrogate_objective(params, decoder, stats, X)
+
+
 def exact_gradient(decoder: Decoder, noise_std, stats: RegionStats, X: np.ndarray):
     """Gradient of ``Σ_n log p(x_n)`` w.r.t. every weight, bias and the log noise std.
 
@@ -129,6 +146,6 @@ def exact_gradient(decoder: Decoder, noise_std, stats: RegionStats, X: np.ndarra
     for W, c in zip(decoder.weights, decoder.biases, strict=True):
         params += [leaf(W), leaf(c)]
     params.append(leaf(np.log(np.asarray(noise_std, dtype=np.float64))))
-    Q = surrogate_objective(params, decoder, stats, X)
+    Q = gradient_form(params, decoder, stats, X)
     grads = torch.autograd.grad(Q, params)
     return [g.detach().cpu().numpy() for g in grads]

@@ -18,7 +18,13 @@ import torch
 
 from ..decoder import Decoder
 
-__all__ = ["TorchRegionStats", "layer_maps_t", "m_step_t", "region_stats_t"]
+__all__ = [
+    "TorchRegionStats",
+    "device_surrogate",
+    "layer_maps_t",
+    "m_step_t",
+    "region_stats_t",
+]
 
 
 @dataclass
@@ -125,19 +131,73 @@ def region_stats_t(
 def _residual_sq_t(A: torch.Tensor, b: torch.Tensor, stats: TorchRegionStats) -> torch.Tensor:
     """(D,) ``Σ_{n,r} w_nr [(x_n - A_r m_nr - b_r)_j² + (A_r V_nr A_rᵀ)_jj]`` (centred form,
     blocks of pairs; the trace term from the per-region sums ``Σ_n w_nr V_nr``)."""
+    return _centred_sums_t(A, b, stats, cross=False)[0]
+
+
+def _centred_sums_t(A: torch.Tensor, b: torch.Tensor, stats: TorchRegionStats, cross: bool):
+    """The centred residual sums of the noise update and of the exact gradient.
+
+    Returns ``rsq`` (D,) (see :func:`_residual_sq_t`) and, with ``cross``, ``GA`` (R, D, d)
+    ``= Σ_n w_nr [(x_n - A_r m_nr - b_r) m_nrᵀ - A_r V_nr]`` and ``Gb`` (R, D)
+    ``= Σ_n w_nr (x_n - A_r m_nr - b_r)``: ``Λ GA_r`` and ``Λ Gb_r`` are the derivatives of
+    the E-step objective ``Q`` in ``A_r`` and ``b_r``. Residuals are formed per pair (no
+    cancellation of expanded moments) in blocks of pairs: no (pairs x D) array lives beyond
+    one block.
+    """
     R, D, d = A.shape
     X = stats.X
-    out = X.new_zeros(D)
+    rsq = X.new_zeros(D)
+    G = X.new_zeros(((d + 1) * R, D)) if cross else None
     w, pt, rg, m = stats.w, stats.point, stats.region, stats.mean
     for a, c in _blocks(w.shape[0], X.device):
         r = rg[a:c]
         res = X[pt[a:c]] - b[r]
         for k in range(d):  # A_r m: d axpys of (block, D)
             res = res - A[r, :, k] * m[a:c, k : k + 1]
-        out += w[a:c] @ (res * res)
+        rsq += w[a:c] @ (res * res)
+        if cross:
+            wres = res * w[a:c, None]
+            for k in range(d):
+                G.index_add_(0, r + k * R, wres * m[a:c, k : k + 1])
+            G.index_add_(0, r + d * R, wres)
     SV = _index_sum(rg, w[:, None, None] * stats.cov, R)
-    out += torch.einsum("rjk,rkl,rjl->j", A, SV, A)
-    return out
+    rsq += torch.einsum("rjk,rkl,rjl->j", A, SV, A)
+    if not cross:
+        return rsq, None, None
+    G = G.reshape(d + 1, R, D)
+    GA = G[:d].permute(1, 2, 0) - A @ SV
+    return rsq, GA, G[d]
+
+
+def device_surrogate(params, decoder: Decoder, stats: TorchRegionStats) -> torch.Tensor:
+    """A scalar on the device with the *gradient* of ``surrogate_objective`` (not its value).
+
+    ``params = [W_1, c_1, ..., W_L, c_L, log_std]`` on ``stats``' device. The derivatives of
+    ``Q`` in each region's ``A_r``, ``b_r`` and in ``log σ`` come from the centred sums of
+    :func:`_centred_sums_t` at the current parameters; the scalar is their linear form
+    ``Σ_r <Λ GA_r, A_r(θ)> + <Λ Gb_r, b_r(θ)> + Σ_j (λ_j rsq_j - N) log σ_j(θ)``, so autograd
+    through the decoder's per-region maps (``R`` regions, not the pairs) gives the exact
+    gradient by Fisher's identity with memory bounded by one block of pairs.
+    """
+    L = decoder.n_layers
+    Ws, cs, log_std = params[0 : 2 * L : 2], params[1 : 2 * L : 2], params[2 * L]
+    dev = stats.device
+    pos = [torch.as_tensor(p, device=dev) for p in decoder._pos]
+    neg = [torch.as_tensor(q, device=dev) for q in decoder._neg]
+    d = decoder.latent_dim
+    M = layer_maps_t(Ws, cs, pos, neg, stats.patterns, decoder.unit_slices, L - 1)
+    A, b = M[:, :, :d], M[:, :, d]
+    D = A.shape[1]
+    std = torch.exp(log_std).expand(D)
+    with torch.no_grad():
+        rsq, GA, Gb = _centred_sums_t(A.detach(), b.detach(), stats, cross=True)
+        lam = std.detach() ** -2
+        g_log = lam * rsq - float(stats.n_points)
+    return (
+        ((lam[None, :, None] * GA) * A).sum()
+        + ((lam[None, :] * Gb) * b).sum()
+        + (g_log * torch.log(std)).sum()
+    )
 
 
 def _decoder_tensors(decoder: Decoder, device):

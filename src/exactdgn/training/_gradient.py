@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from ..em._gradient import surrogate_objective
+from ..em._gradient import gradient_form
 from ._base import HistoryRow, Trainer
 from ._lbfgs import ParamVector
 
@@ -110,7 +110,7 @@ class GradientTrainer(Trainer):
             t0 = time.perf_counter()
             rs = self._region_stats(e, Xb)
             self.opt.zero_grad()
-            loss = -surrogate_objective(self.params, dec, rs, Xb) / len(Xb)
+            loss = -gradient_form(self.params, dec, rs, Xb) / len(Xb)
             for k in range(0, len(self.params) - 1, 2):
                 loss = loss + 0.5 * est.weight_decay * (self.params[k] ** 2).sum()
             loss.backward()

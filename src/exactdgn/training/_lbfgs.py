@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from ..decoder import Decoder
-from ..em._gradient import remote_surrogate, surrogate_objective
+from ..em._gradient import gradient_form
 from ._base import HistoryRow, Trainer
 
 __all__ = ["LBFGSTrainer", "ParamVector"]
@@ -114,10 +114,8 @@ class LBFGSTrainer(Trainer):
         plist, s_ = self.pv.split(tt)
         sig = self.pv.floor + torch.exp(s_)
         log_std = torch.log(sig) if self.pv.diagonal else torch.log(sig[0])
-        if hasattr(rs, "remote_gradient"):  # dask pairs: the gradient is summed on the workers
-            obj = -remote_surrogate([*plist, log_std], dec, rs) / X.shape[0]
-        else:
-            obj = -surrogate_objective([*plist, log_std], dec, rs, X) / X.shape[0]
+        # dask pairs: the gradient is summed on the workers; device pairs: on the device
+        obj = -gradient_form([*plist, log_std], dec, rs, X) / X.shape[0]
         penalty = sum((plist[i] ** 2).sum() for i in range(0, len(plist), 2))
         obj = obj + 0.5 * est.weight_decay * penalty
         (grad,) = torch.autograd.grad(obj, tt)
