@@ -69,8 +69,20 @@ def _index_sum(index: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tenso
     return out.index_add_(0, index, values)
 
 
-# pairs per block of the (pairs x D) gathers of the data (XZ and the residual sums)
-_PAIR_ROWS = {"cuda": 1 << 17, "cpu": 1 << 12}
+def _row_sums(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, n: int, dense):
+    """``out[i] = Σ_{e: rows[e] = i} vals[e] dense[cols[e]]`` (n, D): one sparse-dense product.
+
+    Measured on one CPU core (100,000 pairs, D = 784, d = 2): 0.6 s against 3.8 s for blocked
+    ``index_add_`` of gathered rows; cuSPARSE on CUDA.
+    """
+    S = torch.sparse_coo_tensor(
+        torch.stack([rows, cols]), vals, (n, dense.shape[0]), check_invariants=False
+    ).coalesce()
+    return torch.sparse.mm(S, dense)
+
+
+# pairs per block of the (pairs x D) residuals (the noise update and the gradient sums)
+_PAIR_ROWS = {"cuda": 1 << 17, "cpu": 1 << 14}
 
 
 def _blocks(P: int, device: torch.device):
@@ -116,14 +128,15 @@ def region_stats_t(
     ez2[:, d, d] = 1.0
     s = _index_sum(region, w, R)
     Z2 = _index_sum(region, w[:, None, None] * ez2, R)
-    # XZ[r, :, k] = Σ_p w_p mt_pk x_{n_p}: blocks of gathered rows, (d+1) index sums each
-    XZ = X.new_zeros(((d + 1) * R, D))
-    wm = w[:, None] * mt  # (P, d+1)
-    for a, b in _blocks(P, dev):
-        xb = X[point[a:b]]
-        rb = region[a:b]
-        for k in range(d + 1):
-            XZ.index_add_(0, rb + k * R, xb * wm[a:b, k : k + 1])
+    # XZ[r, :, k] = Σ_p w_p mt_pk x_{n_p}: one sparse ((d+1) R x N) @ X
+    k = torch.arange(d + 1, device=dev)[:, None]
+    XZ = _row_sums(
+        (region[None, :] + k * R).reshape(-1),
+        point.repeat(d + 1),
+        (w[:, None] * mt).T.reshape(-1),
+        (d + 1) * R,
+        X,
+    )
     XZ = XZ.reshape(d + 1, R, D).permute(1, 2, 0).contiguous()
     return TorchRegionStats(pats, s, Z2, XZ, point, region, w, mean, cov, int(N), X)
 
@@ -149,23 +162,42 @@ def _centred_sums_t(A: torch.Tensor, b: torch.Tensor, stats: TorchRegionStats, c
     rsq = X.new_zeros(D)
     G = X.new_zeros(((d + 1) * R, D)) if cross else None
     w, pt, rg, m = stats.w, stats.point, stats.region, stats.mean
-    for a, c in _blocks(w.shape[0], X.device):
+    Ak = A.permute(2, 0, 1).contiguous()  # (d, R, D): contiguous rows to gather
+    bc = b.contiguous()
+    blocks = _blocks(w.shape[0], X.device)
+    # two (block, D) buffers reused by every block (in-place ops: no fresh large temporaries,
+    # whose first touch dominated on the CPU)
+    size = blocks[0][1] - blocks[0][0] if blocks else 0
+    buf_res, buf_tmp = X.new_empty((size, D)), X.new_empty((size, D))
+    for a, c in blocks:
+        n = c - a
         r = rg[a:c]
-        res = X[pt[a:c]] - b[r]
+        res, tmp = buf_res[:n], buf_tmp[:n]
+        torch.index_select(X, 0, pt[a:c], out=res)
+        torch.index_select(bc, 0, r, out=tmp)
+        res.sub_(tmp)
         for k in range(d):  # A_r m: d axpys of (block, D)
-            res = res - A[r, :, k] * m[a:c, k : k + 1]
-        rsq += w[a:c] @ (res * res)
-        if cross:
-            wres = res * w[a:c, None]
-            for k in range(d):
-                G.index_add_(0, r + k * R, wres * m[a:c, k : k + 1])
-            G.index_add_(0, r + d * R, wres)
+            torch.index_select(Ak[k], 0, r, out=tmp)
+            res.addcmul_(tmp, m[a:c, k : k + 1], value=-1.0)
+        torch.mul(res, res, out=tmp)
+        rsq.addmv_(tmp.T, w[a:c])
+        if cross:  # G[k R + r] += w m̃_k res over the block's pairs
+            k = torch.arange(d + 1, device=X.device)[:, None]
+            wm = torch.cat([m[a:c], m.new_ones((n, 1))], dim=1) * w[a:c, None]
+            G += _row_sums(
+                (r[None, :] + k * R).reshape(-1),
+                torch.arange(n, device=X.device).repeat(d + 1),
+                wm.T.reshape(-1),
+                (d + 1) * R,
+                res,
+            )
     SV = _index_sum(rg, w[:, None, None] * stats.cov, R)
-    rsq += torch.einsum("rjk,rkl,rjl->j", A, SV, A)
+    ASV = A @ SV
+    rsq += (ASV * A).sum(dim=(0, 2))  # Σ_r diag(A_r SV_r A_rᵀ)
     if not cross:
         return rsq, None, None
     G = G.reshape(d + 1, R, D)
-    GA = G[:d].permute(1, 2, 0) - A @ SV
+    GA = G[:d].permute(1, 2, 0) - ASV
     return rsq, GA, G[d]
 
 
@@ -302,7 +334,10 @@ def update_layer_t(
     ridge[-1] = 0.0  # no penalty on the bias
     if layer == decoder.n_layers - 1:
         lhs = HZH.sum(dim=0) + torch.diag(ridge * stats.n_points)
-        rhs = torch.einsum("rjk,rmk->jm", stats.XZ, H)  # Σ_r XZ_r H_rᵀ (D, m+1)
+        D, R = stats.XZ.shape[1], H.shape[0]
+        # Σ_r XZ_r H_rᵀ (D, m+1) as one GEMM over the (region, column) pairs
+        Ht = H.transpose(1, 2).reshape(R * H.shape[2], m1)
+        rhs = stats.XZ.permute(1, 0, 2).reshape(D, -1) @ Ht
         Wt = _solve_psd_t(lhs, rhs.T).T
         return Wt[:, :-1], Wt[:, -1]
     M, beta_pre = _output_maps_t(decoder, tens, P, layer)
