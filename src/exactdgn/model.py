@@ -96,10 +96,13 @@ class ExactDGN(DensityMixin, BaseEstimator):
         ``decision_function = score_samples - offset_`` and ``predict`` gives +1 (inlier) or
         -1 (outlier). None: no threshold.
     device : None, str or torch.device
-        Where the exact likelihood, posterior statistics and E-step run: ``None`` (default)
+        Where the exact likelihood, posterior statistics and training run: ``None`` (default)
         the numpy path; ``"cpu"``, ``"cuda"`` or a ``torch.device`` the torch backend on that
-        device (float64, the same results to ~1e-13; latent_dim 1 and 2). Results are
-        returned as numpy arrays either way.
+        device (float64, the same results to ~1e-13; latent_dim 1 and 2). ``fit`` keeps the
+        E-step's pairs, the M-step's statistics and solves, the exact gradient and the
+        optimisers' state there (only the new parameters come back; the partition is
+        enumerated on the host; rows with NaN train on the numpy path). Results are returned
+        as numpy arrays either way.
 
     Attributes
     ----------
