@@ -12,10 +12,15 @@ in ``--models``, matched by layer sizes, else a PCA-initialised decoder as a fal
   value;
 * the E-step (masses and truncated moments of every retained pair) on the device, where the
   backend covers it;
-* d = 1 only: ``log p(x)`` of ``--big`` points (MNIST rows repeated plus noise) on the device.
+* d = 1 only: ``log p(x)`` of ``--big`` points (MNIST rows repeated plus noise) on the device;
+* with ``--em``: one EM iteration and one L-BFGS step (E-steps, statistics, M-step / gradient
+  on the device; the partition on the host) from the decoder, beside the same iteration on the
+  numpy path (``--no-train-numpy`` skips it; the numpy L-BFGS step only with
+  ``--lbfgs-numpy``), with the speed-up and the log-likelihood difference.
 
-Run: ``python benchmarks/gpu.py --device cuda --models DIR --json out.json`` (``--quick``: the 8x8
-digits, small decoders, a few seconds on a CPU, for smoke tests).
+Run: ``python benchmarks/gpu.py --device cuda --models DIR --json out.json``. Smoke tests on a
+CPU: ``--n-points 300`` (the first images), ``--quick`` (the 8x8 digits and small decoders; its
+d = 2 decoder has broad posteriors, minutes on a CPU).
 """
 
 from __future__ import annotations
@@ -27,7 +32,6 @@ import math
 import os
 import platform
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -246,34 +250,71 @@ def run_case(name, X, model, source, dev, args):
             f"{db:.2g}"
         )
 
-    def em_iteration():  # one EM iteration from this decoder, E-step on the device
-        m_em = ExactDGN.from_decoder(
-            model.decoder_, model.noise_std_, device=dev, max_iter=1, tol=0.0, progress=False
+    def train_step(method, device):
+        """One iteration of ``method`` from this decoder (the trainer's ``start`` E-step, then
+        one ``step``, timed apart), as ``fit`` runs it; ``device=None``: the numpy path."""
+        from exactdgn.training import TRAINERS
+
+        ns = model.noise_std_
+        ns = float(ns[0]) if np.all(ns == ns[0]) else ns  # isotropic noise stays isotropic
+        est = ExactDGN.from_decoder(
+            model.decoder_, ns, device=device, method=method, progress=False
         )
-        m_em.set_params(warm_start=True, random_state=0)
-        t = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            m_em.fit(X)
-        total = time.perf_counter() - t
-        h = m_em.history_[-1]
+        est._fit_data = [X, None]  # as in fit: the data copied to the device once
+        try:
+            tr = TRAINERS[method](est, X, model.decoder_, model.noise_std_, seed=0)
+            dv = dev if device is not None else torch.device("cpu")
+            sync(dv)
+            t = time.perf_counter()
+            tr.start()
+            sync(dv)
+            t_start = time.perf_counter() - t
+            t = time.perf_counter()
+            row = tr.step()
+            sync(dv)
+            t_step = time.perf_counter() - t
+        finally:
+            est._fit_data = None
+        return row, t_start, t_step, tr
+
+    def training(method):  # one iteration on the device and with numpy, same start
         keys = ("seconds_partition", "seconds_estep", "seconds_mstep")
-        res.update({f"em_{k}": float(h[k]) for k in keys if k in h})
-        res["em_seconds_total"] = total
+        row, t0, t1, tr = train_step(method, dev)
+        res[f"{method}_device_seconds_step"] = t1
+        res[f"{method}_device_seconds_start"] = t0
+        res[f"{method}_device_loglik"] = float(row.loglik)
+        res[f"{method}_device_estep_calls"] = int(tr.n_estep)
+        res.update({f"{method}_device_{k}": float(getattr(row, k)) for k in keys})
+        split = ", ".join(f"{k[8:]} {float(getattr(row, k)):.2f} s" for k in keys)
         print(
-            f"{'':18s} one EM iteration (E-step on {dev}, M-step on the host): {total:.2f} s = "
-            + ", ".join(f"{k[8:]} {float(h[k]):.2f} s" for k in keys if k in h)
+            f"{'':18s} one {method} iteration on {dev}: {t1:.3f} s ({tr.n_estep} E-steps in all; "
+            f"{split}); first E-step (data to the device) {t0:.3f} s"
+        )
+        if not args.train_numpy or (method == "lbfgs" and not args.lbfgs_numpy):
+            return
+        row_n, _, t1n, _ = train_step(method, None)
+        res[f"{method}_numpy_seconds_step"] = t1n
+        res[f"{method}_numpy_loglik"] = float(row_n.loglik)
+        res[f"{method}_speedup"] = t1n / t1
+        diff = abs(row_n.loglik - row.loglik)
+        res[f"{method}_loglik_abs_diff"] = float(diff)
+        split = ", ".join(f"{k[8:]} {float(getattr(row_n, k)):.2f} s" for k in keys)
+        print(
+            f"{'':18s} one {method} iteration, numpy path: {t1n:.3f} s ({split}); device "
+            f"{t1n / t1:.1f}x faster; |loglik diff| {diff:.2g} (loglik {row_n.loglik:.6f})"
         )
 
-    section(res, "numpy_reference", numpy_ref)
-    section(res, "device_loglik", device_loglik)
-    section(res, "end_to_end", end_to_end)
-    section(res, "importance_sampling", importance_sampling)
-    section(res, "estep", estep)
-    if d == 1 and args.big:
-        section(res, "big", big)
+    if not args.em_only:
+        section(res, "numpy_reference", numpy_ref)
+        section(res, "device_loglik", device_loglik)
+        section(res, "end_to_end", end_to_end)
+        section(res, "importance_sampling", importance_sampling)
+        section(res, "estep", estep)
+        if d == 1 and args.big:
+            section(res, "big", big)
     if args.em:
-        section(res, "em_iteration", em_iteration)
+        section(res, "em_iteration", lambda: training("em"))
+        section(res, "lbfgs_step", lambda: training("lbfgs"))
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     return res
@@ -317,7 +358,29 @@ def main(argv=None):
         "--em",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="also one EM iteration from each decoder (M-step on the host: can take minutes)",
+        help="also one EM iteration and one L-BFGS step from each decoder, on the device and "
+        "(with --train-numpy, the default) with the numpy path",
+    )
+    p.add_argument(
+        "--train-numpy",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time the numpy EM iteration / L-BFGS step beside the device's (minutes on a CPU)",
+    )
+    p.add_argument(
+        "--lbfgs-numpy",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also the numpy L-BFGS step (its gradient holds (pairs x D x d) autograd arrays: "
+        "tens of GB on MNIST d = 2)",
+    )
+    p.add_argument(
+        "--em-only",
+        action="store_true",
+        help="only the training iterations (implies --em; the likelihood parts are skipped)",
+    )
+    p.add_argument(
+        "--n-points", type=int, default=None, help="only the first N images (smoke tests)"
     )
     p.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--latent", type=int, default=None, help="only the decoders of this latent dim")
@@ -326,6 +389,8 @@ def main(argv=None):
     dev = resolve_device(args.device)
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
+    if args.em_only:
+        args.em = True
     if args.numpy_full is None:
         args.numpy_full = dev.type == "cpu"
     if args.quick:
@@ -338,6 +403,8 @@ def main(argv=None):
     else:
         X, _ = load_mnist(args.mnist, kind="t10k")
         specs = [("mnist-t10k", [1, 64, 64, 784]), ("mnist-t10k", [2, 32, 32, 784])]
+    if args.n_points:
+        X = X[: args.n_points]
     models = Path(args.models) if args.models else None
     info = {
         "device": str(dev),
@@ -379,6 +446,14 @@ def main(argv=None):
         )
         if "seconds_estep" in r:
             print(f"|   E-step | | {_ms(r.get('seconds_estep'))} | | | | | |")
+        for meth in ("em", "lbfgs"):
+            if f"{meth}_device_seconds_step" in r:
+                sp = r.get(f"{meth}_speedup")
+                np_s = r.get(f"{meth}_numpy_seconds_step")
+                print(
+                    f"|   one {meth} iteration | | {_ms(r[f'{meth}_device_seconds_step'])} | | "
+                    + (f"numpy {_ms(np_s)} | {_g(sp)}x faster | | |" if sp else "| | | |")
+                )
         if "big_seconds" in r:
             print(
                 f"|   d=1, {r['big_points']} points | | {_ms(r['big_seconds'])} | "

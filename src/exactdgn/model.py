@@ -115,10 +115,13 @@ class ExactDGN(DensityMixin, BaseEstimator):
         ``decision_function = score_samples - offset_`` and ``predict`` gives +1 (inlier) or
         -1 (outlier). None: no threshold.
     device : None, str or torch.device
-        Where the exact likelihood, posterior statistics and E-step run: ``None`` (default)
+        Where the exact likelihood, posterior statistics and training run: ``None`` (default)
         the numpy path; ``"cpu"``, ``"cuda"`` or a ``torch.device`` the torch backend on that
-        device (float64, the same results to ~1e-13; latent_dim 1 and 2). Results are
-        returned as numpy arrays either way.
+        device (float64, the same results to ~1e-13; latent_dim 1 and 2). ``fit`` keeps the
+        E-step's pairs, the M-step's statistics and solves, the exact gradient and the
+        optimisers' state there (only the new parameters come back; the partition is
+        enumerated on the host; rows with NaN train on the numpy path). Results are returned
+        as numpy arrays either way.
 
     Attributes
     ----------
@@ -569,15 +572,53 @@ class ExactDGN(DensityMixin, BaseEstimator):
     # whose `region_stats()` are reduced there).
     def _marginal(self, part, geom, X):
         """E-step pairs with moments of ``X`` under ``geom`` (``part``: its partition); rows
-        with NaN are conditioned on their observed coordinates."""
+        with NaN are conditioned on their observed coordinates. With ``device`` (complete
+        data) the pairs stay on the device (:class:`TorchPairs` carrying the data tensor), so
+        the M-step and the gradient run there too."""
         if hasattr(X, "e_step"):
             return X.e_step(part, geom, prune_nats=self.prune_nats, chunk_bytes=self.chunk_bytes)
+        if self._train_device(X) is not None:
+            from .inference._torch_marginal import pairs_torch
+
+            Xt = self._device_data(X)
+            st = pairs_torch(geom, Xt, Xt.device, prune_nats=self.prune_nats, need_moments=True)
+            st.X = Xt
+            return st
         return self._exact_pairs(geom, X, need_moments=True)
+
+    def _train_device(self, X):
+        """The torch device of training on ``X`` (None: the numpy path): ``device`` is set and
+        ``X`` is an in-memory array without missing values."""
+        if self.device is None or not isinstance(X, np.ndarray) or np.isnan(X).any():
+            return None
+        from .inference._torch_marginal import resolve_device
+
+        return resolve_device(self.device)
+
+    def _device_data(self, X: np.ndarray):
+        """``X`` as a float64 tensor on the device; the training data of the running ``fit``
+        is copied there once."""
+        import torch
+
+        dev = self._train_device(X)
+        cache = getattr(self, "_fit_data", None)
+        if cache is not None and cache[0] is X:
+            if cache[1] is None:
+                cache[1] = torch.as_tensor(X, dtype=torch.float64, device=dev)
+            return cache[1]
+        return torch.as_tensor(X, dtype=torch.float64, device=dev)
 
     @staticmethod
     def _region_stats(X, part, st, dec=None, std=None):
         """The M-step's :class:`~exactdgn.em.RegionStats` of E-step pairs ``st`` (of the
-        parameters ``dec``, ``std``; missing values: ``em.missing_region_stats``)."""
+        parameters ``dec``, ``std``; missing values: ``em.missing_region_stats``; pairs on a
+        torch device: ``TorchRegionStats`` on that device)."""
+        if getattr(st, "X", None) is not None and hasattr(st, "numpy"):  # TorchPairs
+            from .em._torch_steps import region_stats_t
+
+            return region_stats_t(
+                st.X, part.patterns, st.point, st.region, st.log_weight, st.mean, st.cov
+            )
         if hasattr(st, "region_stats"):
             return st.region_stats()
         args = (part.patterns, st.point, st.region, st.log_weight, st.mean, st.cov)
@@ -639,6 +680,13 @@ class ExactDGN(DensityMixin, BaseEstimator):
         Ctrl-C (``KeyboardInterrupt``) leaves the estimator at the last completed iteration
         and the checkpoint file intact, then propagates.
         """
+        try:
+            return self._fit(X, checkpoint, callback)
+        finally:
+            self._fit_data = None  # no reference to the training data (or its device copy)
+
+    def _fit(self, X, checkpoint, callback) -> ExactDGN:
+        """The body of :meth:`fit`."""
         self._validate_params()
         data = X
         remote = None
@@ -652,6 +700,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 raise ValueError(f"X has no rows (shape {X.shape}): give at least one point")
             # NaN = missing: exact EM on the observed-data likelihood (see exactdgn.em._missing)
             check_missing(X, columns=True)
+            self._fit_data = [X, None]  # its device copy, made once (``_device_data``)
         self.preprocessing_ = None  # fit works in the units of X
         warm = self.warm_start and hasattr(self, "decoder_")
         if warm and self.decoder_.output_dim != X.shape[1]:
@@ -892,10 +941,13 @@ class ExactDGN(DensityMixin, BaseEstimator):
         isotropic noise and a (D,) vector for diagonal noise.
         """
         X = self._check_X(X)
-        st = self._pairs(X, need_moments=True)
-        rs = region_stats(
-            X, self.partition_.patterns, st.point, st.region, st.log_weight, st.mean, st.cov
-        )
+        if self._train_device(X) is not None:  # pairs, statistics and gradient on the device
+            rs = self._region_stats(X, self.partition_, self._marginal(None, self.geometry_, X))
+        else:
+            st = self._pairs(X, need_moments=True)
+            rs = region_stats(
+                X, self.partition_.patterns, st.point, st.region, st.log_weight, st.mean, st.cov
+            )
         std = self.noise_std_ if self.noise == "diagonal" else self.noise_std_[0]
         return exact_gradient(self.decoder_, std, rs, X)
 

@@ -260,6 +260,42 @@ def test_shifted_polygon_masses_match_numpy(device):
     assert np.all(err.cpu().numpy()[fin] < 1e-9 * np.maximum(1, np.abs(ref[fin])))
 
 
+def test_cpu_owens_t_fast_path_matches_the_tail_safe_pieces(monkeypatch):
+    """The CPU fast path (numpy's Owen's-T edge formula where it does not cancel) against the
+    uniform tail-safe path of the GPU: the same masses to 1e-12 (far tails included), and the
+    fast path is taken for some pairs and refused for the cancelling ones."""
+    from exactdgn.gaussian import _torch_polygon
+    from exactdgn.gaussian._torch_polygon import log_mass_2d_shifted_t, table_to_device
+
+    m = _model([2, 16, 16, 5], 0, 0.1)
+    geom = region_geometry(m.partition_, m.noise_std_)
+    rng = np.random.default_rng(1)
+    P = 20000
+    r = torch.as_tensor(rng.integers(0, geom.n_regions, P))
+    w = rng.normal(0, 3, (P, 2)) * rng.choice([0.01, 1, 10, 1000], (P, 1))
+    w = torch.as_tensor(w)
+    tab = table_to_device(geom.polygons, "cpu")
+    calls = []
+    fast = _torch_polygon._fast_path
+
+    def spy(*a):
+        out = fast(*a)
+        calls.append((int(a[6].sum()), int(out[0].sum())))
+        return out
+
+    monkeypatch.setattr(_torch_polygon, "_fast_path", spy)
+    monkeypatch.setattr(_torch_polygon, "FAST_PATH", {"cpu": True})
+    got, err = log_mass_2d_shifted_t(tab, r, w)
+    monkeypatch.setattr(_torch_polygon, "FAST_PATH", {})
+    ref, _ = log_mass_2d_shifted_t(tab, r, w)
+    before, after = calls[0]
+    assert 0 < after < before  # some pairs accepted, the rest left to the pieces
+    assert ref.min() < -1e6
+    _close(ref.numpy(), got.numpy(), 1e-12)
+    fin = torch.isfinite(ref)
+    assert torch.all(err[fin] < 1e-9 * torch.clamp(ref[fin].abs(), min=1.0))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(("sizes", "noise"), [([2, 16, 16, 5], 0.1), ([2, 24, 24, 30], 0.05)])
 def test_pairs_2d_match_numpy(device, sizes, noise):

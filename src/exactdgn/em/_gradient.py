@@ -15,7 +15,7 @@ from ..decoder import Decoder
 from ..gaussian._rules import LOG_2PI
 from ._steps import RegionStats
 
-__all__ = ["exact_gradient", "surrogate_objective"]
+__all__ = ["exact_gradient", "gradient_form", "surrogate_objective"]
 
 
 def _torch():
@@ -27,46 +27,63 @@ def _torch():
 def affine_maps_torch(weights, biases, pos, neg, patterns, slices):
     """Torch version of :meth:`Decoder.affine_map` (differentiable in weights and biases).
 
-    Returns A (R, D, d) and b (R, D) as tensors.
+    Returns A (R, D, d) and b (R, D) as tensors (see :func:`._torch_steps.layer_maps_t`).
     """
-    torch = _torch()
-    R = patterns.shape[0]
+    from ._torch_steps import layer_maps_t
+
     d = weights[0].shape[1]
-    M = torch.cat([weights[0], biases[0][:, None]], dim=1).expand(R, -1, -1)
-    for k in range(1, len(weights)):
-        s = torch.where(patterns[:, slices[k - 1]], pos[k - 1], neg[k - 1])
-        M = torch.matmul(weights[k], s[:, :, None] * M)
-        M = torch.cat([M[:, :, :d], M[:, :, d:] + biases[k][None, :, None]], dim=2)
+    M = layer_maps_t(weights, biases, pos, neg, patterns, slices, len(weights) - 1)
     return M[:, :, :d], M[:, :, d]
 
 
 def surrogate_objective(params, decoder: Decoder, stats: RegionStats, X: np.ndarray):
-    """``Q(θ)`` (sum over points) as a torch scalar; ``params = [W_1, c_1, ..., log_std]``."""
+    """``Q(θ)`` (sum over points) as a torch scalar; ``params = [W_1, c_1, ..., log_std]``.
+
+    Computed on the device of ``params``. ``stats`` is a numpy :class:`RegionStats` (its arrays
+    are copied there) or a :class:`~._torch_steps.TorchRegionStats` already on that device
+    (the E-step ran there: its data are used, and ``X`` only gives the shape).
+    """
     torch = _torch()
     L = decoder.n_layers
     Ws = params[0 : 2 * L : 2]
     cs = params[1 : 2 * L : 2]
     log_std = params[2 * L]
-    pos = [torch.as_tensor(p) for p in decoder._pos]
-    neg = [torch.as_tensor(q) for q in decoder._neg]
-    pats = torch.as_tensor(stats.patterns)
+    dev = params[0].device
+
+    def t(a):
+        return torch.as_tensor(a, device=dev)
+
+    pos = [t(p) for p in decoder._pos]
+    neg = [t(q) for q in decoder._neg]
+    pats = t(stats.patterns)
     A, b = affine_maps_torch(Ws, cs, pos, neg, pats, decoder.unit_slices)
-    reg = torch.as_tensor(stats.region)
+    reg = t(stats.region)
     Ar, br = A[reg], b[reg]
-    m = torch.as_tensor(stats.mean)
-    V = torch.as_tensor(stats.cov)
-    # NaN = missing: only the observed coordinates' terms (Fisher's identity for log p(x_obs))
-    obs = ~np.isnan(X)
-    x = torch.as_tensor(np.where(obs, X, 0.0))[torch.as_tensor(stats.point)]
-    o = torch.as_tensor(obs[stats.point], dtype=x.dtype)
-    w = torch.as_tensor(stats.w)
-    std = torch.exp(log_std).expand(X.shape[1])
+    m = t(stats.mean)
+    V = t(stats.cov)
+    w = t(stats.w)
+    D = X.shape[1]
+    if hasattr(stats, "X"):  # device statistics: complete data, already on the device
+        x = stats.X[stats.point]
+        o = None
+        n_obs = torch.full((D,), float(stats.n_points), dtype=x.dtype, device=dev)
+        n_all = float(stats.n_points * D)
+    else:
+        # NaN = missing: only the observed coordinates' terms (Fisher's identity for log p(x_obs))
+        obs = ~np.isnan(X)
+        x = t(np.where(obs, X, 0.0))[t(stats.point)]
+        o = t(np.asarray(obs[stats.point], dtype=np.float64))
+        n_obs = t(obs.sum(axis=0).astype(np.float64))  # (D,) observed per column
+        n_all = float(obs.sum())
+    std = torch.exp(log_std).expand(D)
     inv_var = std**-2
     res = x - torch.einsum("pjk,pk->pj", Ar, m) - br
     tr = torch.einsum("pjk,pkl,pjl->pj", Ar, V, Ar)
-    quad = (w[:, None] * o * (res**2 + tr) * inv_var).sum()
-    n_obs = torch.as_tensor(obs.sum(axis=0), dtype=x.dtype)  # (D,) observed per column
-    return -0.5 * quad - (n_obs * torch.log(std)).sum() - 0.5 * float(obs.sum()) * LOG_2PI
+    terms = res**2 + tr
+    if o is not None:
+        terms = o * terms
+    quad = (w[:, None] * terms * inv_var).sum()
+    return -0.5 * quad - (n_obs * torch.log(std)).sum() - 0.5 * n_all * LOG_2PI
 
 
 def remote_surrogate(params, decoder: Decoder, stats):
@@ -82,6 +99,23 @@ def remote_surrogate(params, decoder: Decoder, stats):
     return sum((torch.as_tensor(g) * p).sum() for g, p in zip(grads, params, strict=True))
 
 
+def gradient_form(params, decoder: Decoder, stats, X):
+    """A torch scalar whose gradient in ``params`` is that of :func:`surrogate_objective`.
+
+    Its value is ``Q(θ)`` for numpy statistics; for statistics on a torch device it is the
+    linear form of :func:`._torch_steps.device_surrogate` (memory bounded by one block of
+    pairs), for pairs held by dask workers that of :func:`remote_surrogate`. Training and
+    :func:`exact_gradient` use only the gradient.
+    """
+    if hasattr(stats, "remote_gradient"):
+        return remote_surrogate(params, decoder, stats)
+    if getattr(stats, "device", None) is not None:
+        from ._torch_steps import device_surrogate
+
+        return device_surrogate(params, decoder, stats)
+    return surrogate_objective(params, decoder, stats, X)
+
+
 def exact_gradient(decoder: Decoder, noise_std, stats: RegionStats, X: np.ndarray):
     """Gradient of ``Σ_n log p(x_n)`` w.r.t. every weight, bias and the log noise std.
 
@@ -89,8 +123,9 @@ def exact_gradient(decoder: Decoder, noise_std, stats: RegionStats, X: np.ndarra
     ----------
     decoder : Decoder
     noise_std : float or (D,) array
-    stats : RegionStats
-        E-step statistics at the same parameters.
+    stats : RegionStats or TorchRegionStats
+        E-step statistics at the same parameters; device statistics (the E-step ran on a
+        torch device) give the gradient computed on that device.
     X : (N, D)
 
     Returns
@@ -102,11 +137,15 @@ def exact_gradient(decoder: Decoder, noise_std, stats: RegionStats, X: np.ndarra
     if hasattr(stats, "remote_gradient"):  # pairs held by workers (exactdgn.dask): a sum of
         return stats.remote_gradient(decoder, noise_std)  # this function over the chunks
     torch = _torch()
+    dev = getattr(stats, "device", None)  # device statistics: the gradient is taken there
+
+    def leaf(a):
+        return torch.tensor(np.asarray(a, dtype=np.float64), device=dev, requires_grad=True)
+
     params = []
     for W, c in zip(decoder.weights, decoder.biases, strict=True):
-        params.append(torch.tensor(W, requires_grad=True))
-        params.append(torch.tensor(c, requires_grad=True))
-    params.append(torch.tensor(np.log(np.asarray(noise_std, dtype=np.float64)), requires_grad=True))
-    Q = surrogate_objective(params, decoder, stats, X)
+        params += [leaf(W), leaf(c)]
+    params.append(leaf(np.log(np.asarray(noise_std, dtype=np.float64))))
+    Q = gradient_form(params, decoder, stats, X)
     grads = torch.autograd.grad(Q, params)
-    return [g.detach().numpy() for g in grads]
+    return [g.detach().cpu().numpy() for g in grads]

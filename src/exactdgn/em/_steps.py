@@ -311,7 +311,21 @@ def m_step(
     ``layers=None`` updates every layer, first to last. Updating only the output layer (and the
     noise) leaves the partition unchanged, so that block is an exact EM step: the likelihood
     cannot decrease. Hidden-layer updates hold the activation patterns fixed and may move them.
+    Statistics on a torch device (:class:`~._torch_steps.TorchRegionStats`) are solved there
+    (:func:`~._torch_steps.m_step_t`, the same equations; ``X`` is then not read).
     """
+    if getattr(stats, "device", None) is not None:
+        from ._torch_steps import m_step_t
+
+        return m_step_t(
+            decoder,
+            stats,
+            noise_std,
+            diagonal=diagonal,
+            min_std=min_std,
+            weight_decay=weight_decay,
+            layers=layers,
+        )
     dec = decoder.copy()
     inv_var = 1.0 / noise_std**2
     for layer in range(dec.n_layers) if layers is None else layers:

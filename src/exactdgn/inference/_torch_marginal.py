@@ -190,6 +190,12 @@ class TorchPairs:
     mean: torch.Tensor | None
     cov: torch.Tensor | None
     n_candidates: int
+    X: torch.Tensor | None = None  # the data (set by the training E-step: M-step, gradient)
+
+    @property
+    def log_weight(self) -> torch.Tensor:
+        """(P,) log posterior probability of the region given the point."""
+        return self.log_joint - self.log_px[self.point]
 
     def numpy(self):
         """The same as a numpy :class:`PairStats`."""
@@ -432,7 +438,9 @@ def _cat_parts(parts: list[TorchPairs]) -> TorchPairs:
         first = getattr(parts[0], name)
         return None if first is None else torch.cat([getattr(q, name) for q in parts])
 
-    arrays = {f.name: cat(f.name) for f in fields(TorchPairs) if f.name != "n_candidates"}
+    arrays = {
+        f.name: cat(f.name) for f in fields(TorchPairs) if f.name not in ("n_candidates", "X")
+    }
     return TorchPairs(**arrays, n_candidates=sum(q.n_candidates for q in parts))
 
 

@@ -136,6 +136,8 @@ class Trainer(ABC):
         self.loglik = -np.inf
         self.finished = False  # True when the method cannot make progress any more
         self.n_estep = 0  # E-steps so far: a deterministic measure of the work done
+        # the torch device where the E-step, the statistics and the gradients run (None: numpy)
+        self.device = est._train_device(X)
 
     def _estep(self, decoder: Decoder, std, X: np.ndarray, **kw) -> EStep:
         self.n_estep += 1

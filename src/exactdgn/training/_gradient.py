@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from ..em._gradient import surrogate_objective
+from ..em._gradient import gradient_form
 from ._base import HistoryRow, Trainer
 from ._lbfgs import ParamVector
 
@@ -37,7 +37,9 @@ class GradientTrainer(Trainer):
         D = X.shape[1]
         self.lr, self.batch_size = lr, batch_size
         self.pv = ParamVector(decoder, D, est.noise == "diagonal", 0.0)
-        self.params = [torch.tensor(p, requires_grad=True) for p in self._split(self.std)]
+        self.params = [
+            torch.tensor(p, device=self.device, requires_grad=True) for p in self._split(self.std)
+        ]
         self.opt = torch.optim.Adam(self.params, lr=lr)
         self.rng = np.random.default_rng(seed)
 
@@ -53,14 +55,14 @@ class GradientTrainer(Trainer):
     def _current(self):
         from ..decoder import Decoder
 
-        ps = [p.detach().numpy().copy() for p in self.params[:-1]]
-        dec = Decoder(ps[0::2], ps[1::2], self.decoder.activations)
-        std = np.broadcast_to(np.exp(self.params[-1].detach().numpy()), (self.pv.D,)).copy()
+        ps = [p.detach().cpu().numpy().copy() for p in self.params]
+        dec = Decoder(ps[0:-1:2], ps[1:-1:2], self.decoder.activations)
+        std = np.broadcast_to(np.exp(ps[-1]), (self.pv.D,)).copy()
         return dec, std
 
     def state_dict(self) -> dict:
         return {
-            "params": [p.detach().numpy().copy() for p in self.params],
+            "params": [p.detach().cpu().numpy().copy() for p in self.params],
             "rng": self.rng.bit_generator.state,
             "optimizer": self.opt.state_dict(),
         }
@@ -108,7 +110,7 @@ class GradientTrainer(Trainer):
             t0 = time.perf_counter()
             rs = self._region_stats(e, Xb)
             self.opt.zero_grad()
-            loss = -surrogate_objective(self.params, dec, rs, Xb) / len(Xb)
+            loss = -gradient_form(self.params, dec, rs, Xb) / len(Xb)
             for k in range(0, len(self.params) - 1, 2):
                 loss = loss + 0.5 * est.weight_decay * (self.params[k] ** 2).sum()
             loss.backward()

@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from ..decoder import Decoder
-from ..em._gradient import remote_surrogate, surrogate_objective
+from ..em._gradient import gradient_form
 from ._base import HistoryRow, Trainer
 
 __all__ = ["LBFGSTrainer", "ParamVector"]
@@ -69,7 +69,9 @@ class LBFGSTrainer(Trainer):
 
         D = X.shape[1]
         self.pv = ParamVector(decoder, D, est.noise == "diagonal", est.min_noise_std)
-        self.theta = torch.tensor(self.pv.pack(decoder, self.std), requires_grad=True)
+        self.theta = torch.tensor(
+            self.pv.pack(decoder, self.std), device=self.device, requires_grad=True
+        )
         self.opt = torch.optim.LBFGS(
             [self.theta],
             lr=1.0,
@@ -84,7 +86,10 @@ class LBFGSTrainer(Trainer):
         self._timers = {"tp": 0.0, "te": 0.0, "tm": 0.0}
 
     def state_dict(self) -> dict:
-        return {"theta": self.theta.detach().numpy().copy(), "optimizer": self.opt.state_dict()}
+        return {"theta": self._theta(), "optimizer": self.opt.state_dict()}
+
+    def _theta(self) -> np.ndarray:
+        return self.theta.detach().cpu().numpy().copy()
 
     def load_state_dict(self, state: dict) -> None:
         import torch
@@ -92,7 +97,7 @@ class LBFGSTrainer(Trainer):
         with torch.no_grad():
             self.theta.copy_(torch.as_tensor(np.asarray(state["theta"])))
         self.opt.load_state_dict(state["optimizer"])
-        self.decoder, self.std = self.pv.unpack(self.theta.detach().numpy())
+        self.decoder, self.std = self.pv.unpack(self._theta())
 
     def _evaluate(self, th: np.ndarray):
         import torch
@@ -105,14 +110,12 @@ class LBFGSTrainer(Trainer):
         e = self._estep(dec, std, X)
         t0 = time.perf_counter()
         rs = self._region_stats(e, X)
-        tt = torch.tensor(th, requires_grad=True)
+        tt = torch.tensor(th, device=self.device, requires_grad=True)
         plist, s_ = self.pv.split(tt)
         sig = self.pv.floor + torch.exp(s_)
         log_std = torch.log(sig) if self.pv.diagonal else torch.log(sig[0])
-        if hasattr(rs, "remote_gradient"):  # dask pairs: the gradient is summed on the workers
-            obj = -remote_surrogate([*plist, log_std], dec, rs) / X.shape[0]
-        else:
-            obj = -surrogate_objective([*plist, log_std], dec, rs, X) / X.shape[0]
+        # dask pairs: the gradient is summed on the workers; device pairs: on the device
+        obj = -gradient_form([*plist, log_std], dec, rs, X) / X.shape[0]
         penalty = sum((plist[i] ** 2).sum() for i in range(0, len(plist), 2))
         obj = obj + 0.5 * est.weight_decay * penalty
         (grad,) = torch.autograd.grad(obj, tt)
@@ -121,7 +124,7 @@ class LBFGSTrainer(Trainer):
         self._timers["te"] += e.seconds_estep
         self._timers["tm"] += time.perf_counter() - t0
         self._cache.clear()  # keep only the latest point
-        self._cache[key] = (value, grad.numpy().copy(), e, dec, std)
+        self._cache[key] = (value, grad.cpu().numpy().copy(), e, dec, std)
         return self._cache[key]
 
     def _set(self, th: np.ndarray):
@@ -130,7 +133,7 @@ class LBFGSTrainer(Trainer):
 
     def start(self) -> HistoryRow:
         self._timers = dict.fromkeys(self._timers, 0.0)
-        self._set(self.theta.detach().numpy())
+        self._set(self._theta())
         return self._row(
             self._e,
             seconds_partition=self._timers["tp"],
@@ -144,18 +147,18 @@ class LBFGSTrainer(Trainer):
         self._timers = dict.fromkeys(self._timers, 0.0)
 
         def closure():
-            value, grad, *_ = self._evaluate(self.theta.detach().numpy())
-            self.theta.grad = torch.from_numpy(grad.copy())
+            value, grad, *_ = self._evaluate(self._theta())
+            self.theta.grad = torch.from_numpy(grad.copy()).to(self.theta.device)
             return torch.tensor(value, dtype=torch.float64)
 
-        th_old = self.theta.detach().numpy().copy()
+        th_old = self._theta()
         value_old = self.value
         self.opt.step(closure)
-        self._set(self.theta.detach().numpy())
+        self._set(self._theta())
         step = float(self.opt.state_dict()["state"].get(0, {}).get("t", 0.0))
         if not self.value <= value_old:  # the line search failed to decrease: undo, stop
             with torch.no_grad():
-                self.theta.copy_(torch.from_numpy(th_old))
+                self.theta.copy_(torch.from_numpy(th_old).to(self.theta.device))
             self._set(th_old)
             self.finished = True
             step = 0.0
