@@ -535,6 +535,7 @@ def _observed_1d(
     pos_of_rank = pos[order]  # permuted index of the region at each sorted position
     lo_p = _scaled_diff(lo_z[perm], zr)  # lo - ζ (±inf kept)
     hi_p = _scaled_diff(hi_z[perm], zr)
+    facet_kind, facet_sign = _facet_kinds(C1, es, lo_z, hi_z)
 
     def block(s: int):
         sl = slice(s, min(N, s + cs))
@@ -552,25 +553,35 @@ def _observed_1d(
         else:
             k2, u, q = _cost_1d_chain(geom, chain, m, x0, xq)
         # q = -2 log κ (n, R); k = sqrt(k2), t' = u / k and log κ only on the pairs gathered
+        # gathers by flat index into the parent buffers (k2, u, q are strided views)
+        k2f, uf, qf = (np.ravel(x.base if x.base is not None else x) for x in (k2, u, q))
+        sk, su, sq = (x.strides[0] // 8 for x in (k2, u, q))
         rows = np.arange(n)
         r1 = np.argmin(q, axis=1)
-        k2_1 = k2[rows, r1]
-        mu1 = zr[r1] + u[rows, r1] / k2_1
+        k2_1 = k2f[rows * sk + r1]
+        mu1 = zr[r1] + uf[rows * su + r1] / k2_1
         r2 = pos_of_rank[np.searchsorted(breaks, mu1, side="right")]
         pr = np.concatenate([r1, r2])
         pp = np.concatenate([rows, rows])
-        kk = np.sqrt(k2[pp, pr])
-        tt = u[pp, pr] / kk
-        lm_seed, _ = log_interval_mass(_scaled(lo_p[pr], kk) - tt, _scaled(hi_p[pr], kk) - tt)
-        lj_seed = -0.5 * q[pp, pr] + lm_seed
+        kk = np.sqrt(k2f[pp * sk + pr])
+        tt = uf[pp * su + pr] / kk
+        # k >= 1 (finite): ±inf ends stay ±inf under the product
+        lm_seed, _ = log_interval_mass(lo_p[pr] * kk - tt, hi_p[pr] * kk - tt)
+        lj_seed = -0.5 * qf[pp * sq + pr] + lm_seed
         lower = np.where(r1 == r2, lj_seed[:n], np.logaddexp(lj_seed[:n], lj_seed[n:]))
         cut = lower - thr
         p, r = np.nonzero(q < (-2.0 * cut)[:, None])  # sorted by point; r1 always kept
         n_cand = len(p)
-        kk = np.sqrt(k2[p, r])
-        tt = u[p, r] / kk
-        lk_p = -0.5 * q[p, r]
-        a, b = _scaled(lo_p[r], kk) - tt, _scaled(hi_p[r], kk) - tt
+        kk = np.sqrt(k2f[p * sk + r])
+        tt = uf[p * su + r] / kk
+        lk_p = qf[p * sq + r]
+        lk_p *= -0.5
+        a = lo_p[r]
+        a *= kk
+        a -= tt
+        b = hi_p[r]
+        b *= kk
+        b -= tt
         # tail bound: the mass is at most Φ(-dist) <= exp(-dist² / 2), dist the whitened
         # distance from the posterior mean to the interval (the pairs whose κ alone does not
         # prune them but whose interval lies in the far tail: about a third here)
@@ -597,21 +608,36 @@ def _observed_1d(
             _, um, uv = interval_stats(a, b)
             mean = (mu + um / kk)[:, None]  # z = μ + u / k
             cov = (uv / (kk * kk))[:, None, None]
-        # whitened rows of the pairs: normals ±1 (sign of C), offsets (e - C μ) / (|C| / k)
-        C, e = C1[r], es[r]
-        scale = np.abs(C) / kk[:, None]
-        with np.errstate(invalid="ignore"):
-            raw = e - C * mu[:, None]
-            off = np.where(scale > 0, raw / np.where(scale > 0, scale, 1.0), raw)
+        # whitened rows of the pairs: normals ±1 (sign of C); the offsets of the rows
+        # ``z <= hi`` and ``-z <= -lo`` are ``b = k (hi - μ)`` and ``-a = k (μ - lo)``
+        # (padding rows keep their offset, +inf)
+        ab = np.stack([-a, b, np.full(len(a), np.inf)], axis=1)
+        off = np.take_along_axis(ab, facet_kind[r], axis=1)
         v = (kk * kk * mu)[:, None]  # P μ
         st = PairStats(p + s, r, lj, log_px, err_px, v, off, mean, cov, n_cand)
-        st.pair_normals = np.sign(C)[..., None]
+        st.pair_normals = facet_sign[r]
         st.pair_L = (1.0 / kk)[:, None, None]
         st.pair_mu = mu[:, None]
         st.pair_log_det_P = 2.0 * np.log(kk)
         return st
 
     return _pair_stats(_map_blocks(block, range(0, N, cs), parallel=parallel))
+
+
+def _facet_kinds(C1: np.ndarray, e: np.ndarray, lo: np.ndarray, hi: np.ndarray):
+    """(R, F) which end each d = 1 row ``C z <= e`` bounds (0: ``lo``, ``C < 0``; 1: ``hi``,
+    ``C > 0``; 2: padding, ``C = 0``) and (R, F, 1) the signs of ``C`` (the whitened normals).
+
+    Checks that the rows are the intervals' ends (``e / C`` equal to ``hi`` or ``lo``).
+    """
+    kind = np.where(C1 > 0, 1, np.where(C1 < 0, 0, 2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        end = np.where(C1 != 0, e / np.where(C1 != 0, C1, 1.0), np.nan)
+    want = np.where(kind == 1, hi[:, None], np.where(kind == 0, lo[:, None], np.nan))
+    ok = (kind == 2) | np.isclose(end, want, rtol=1e-9, atol=1e-9)
+    if not ok.all():  # pragma: no cover - the geometry's d = 1 rows are the interval ends
+        raise AssertionError("d = 1 region rows are not the intervals' ends")
+    return kind, np.sign(C1)[..., None]
 
 
 def _scaled_diff(z: np.ndarray, zr: np.ndarray) -> np.ndarray:
@@ -836,7 +862,8 @@ def _cost_1d_chain(geom, ch, m, x0, xq):
     anchor += (xq + Mq[:, -1])[:, None]
     buf[:, 1 + ch["anchors"]] = anchor
     seg = buf[:, 1:].reshape(n, nA, S)
-    np.cumsum(seg, axis=2, out=seg)
+    for i in range(1, S):  # the running sum as S - 1 strided adds (2x np.cumsum's time)
+        seg[:, :, i] += seg[:, :, i - 1]
     buf[:, 1 : 1 + B] += prod[:, R:]
     buf[:, 0] = buf[:, 1]  # region 0 uses Z_0, region i >= 1 Z_{i-1}
     q = buf[:, :R]
