@@ -23,7 +23,8 @@ facet bound ``Φ(min_i c_i)``, below the lower bound from seed regions).
 Paths (:func:`observed_pairs`): complete rows of a batch take the complete-data
 :func:`~exactdgn.inference.marginal_pairs`; d = 1 rows the interval path
 (:func:`_observed_1d`: elementwise on the (points x regions) arrays, the masked sums in the
-chain form of :func:`_chain_1d` with ``2R + R/8`` GEMM columns); d >= 2 rows
+chain form of :func:`_chain_1d` with ``2R + R/8`` GEMM columns, a tail bound before the
+interval masses); d >= 2 rows
 :func:`_observed_general`, where in d = 2 a pair's whitened region is the region's tabulated
 polygon under the affine map ``u = T u0 - w``, ``T = K_r(n)ᵀ K_r^{-T}``
 (:func:`exactdgn.gaussian.log_mass_2d_transformed`: no per-pair edge search).
@@ -502,9 +503,14 @@ def _observed_1d(
     * the whitened interval ``[k_r lo_r - t_r, k_r hi_r - t_r]`` (mean ``μ = t / k``).
 
     Everything after the GEMMs is elementwise on (n, R) arrays, as in the complete-data d = 1
-    path; pruning is the same (the exact terms of the region with the largest ``κ_r`` and of
-    the region holding its posterior mean give the lower bound; pairs with
-    ``log κ_r <= lower - prune_nats - log R`` are skipped: their mass is at most 1).
+    path, and only ``q = -2 log κ`` is formed for every pair (:func:`_cost_1d_chain`; ``k`` and
+    ``t`` for the pairs gathered). Pruning as in the complete-data path (the exact terms of the
+    region with the largest ``κ_r`` and of the region holding its posterior mean give the lower
+    bound; pairs with ``log κ_r <= lower - prune_nats - log R`` are skipped: their mass is at
+    most 1), then a tail bound on those candidates before their masses: the mass is at most
+    ``Φ(-δ) <= exp(-δ²/2)``, ``δ`` the whitened distance from the pair's posterior mean to its
+    interval (on MNIST [1,64,64,784] with half the pixels: 40.1 candidates per point, 27.7
+    integrated, against 28.7 complete).
     """
     N = X.shape[0]
     R = geom.A.shape[0]
