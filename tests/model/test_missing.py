@@ -154,6 +154,7 @@ def test_missing_errors():
     ("sizes", "std", "seed"),
     [
         ([1, 24, 24, 6], 0.1, 4),  # d = 1 with many regions: several chain anchors
+        ([1, 24, 24, 6, 40], 0.1, 4),  # d = 1, the chain's GEMM through the output subspace
         ([2, 8, 8, 5], np.linspace(0.1, 0.3, 5), 2),
     ],
 )
@@ -200,9 +201,14 @@ def test_mixed_batch_complete_and_one_observed_value(sizes, std, seed):
     np.testing.assert_allclose(st.offsets[fin], c_ref[fin], rtol=1e-9, atol=1e-9)
 
 
-def test_d1_chain_form_equals_direct_masked_sums():
+@pytest.mark.parametrize(
+    ("sizes", "factored"), [([1, 24, 24, 7], False), ([1, 24, 24, 6, 40], True)]
+)
+def test_d1_chain_form_equals_direct_masked_sums(sizes, factored):
     """The d = 1 chain form (2R + B/8 masked columns, breakpoint recurrence) gives the same
-    precisions, posterior means and log κ as the direct (D x 3R) masked GEMM, far rows too."""
+    precisions, posterior means and log κ as the direct (D x 3R) masked GEMM, far rows too,
+    with the x-dependent sums through the full (D-row) and the factored GEMM (the per-column
+    constants as one more row against a column of ones)."""
     from exactdgn.inference._geometry import LOG_2PI
     from exactdgn.inference._missing import (
         _chain_1d,
@@ -212,8 +218,8 @@ def test_d1_chain_form_equals_direct_masked_sums():
         _observed_centred,
     )
 
-    dec = Decoder.random([1, 24, 24, 7], activation="leaky_relu", seed=4)
-    model = ExactDGN.from_decoder(dec, np.linspace(0.05, 0.2, 7))
+    dec = Decoder.random(sizes, activation="leaky_relu", seed=4)
+    model = ExactDGN.from_decoder(dec, np.linspace(0.05, 0.2, sizes[-1]))
     geom = model.geometry_
     rng = np.random.default_rng(0)
     _, Xn = _points(model, 30, rng, miss=0.5)
@@ -225,7 +231,7 @@ def test_d1_chain_form_equals_direct_masked_sums():
         geom, _mask_weights_1d(geom), m, x0, xq + m @ (LOG_2PI - np.log(geom.inv_var))
     )
     ch = _chain_1d(geom)
-    assert ch is not None and ch["nA"] > 1
+    assert ch is not None and ch["nA"] > 1 and ch["factored"] == factored
     k2, t2, l2 = _kappa_1d_chain(geom, ch, m, x0, xq)
     order = geom.interval[2]  # the chain works on the regions sorted by position
     np.testing.assert_allclose(k2, k1[:, order], rtol=1e-13)

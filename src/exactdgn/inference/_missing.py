@@ -23,7 +23,8 @@ facet bound ``Φ(min_i c_i)``, below the lower bound from seed regions).
 Paths (:func:`observed_pairs`): complete rows of a batch take the complete-data
 :func:`~exactdgn.inference.marginal_pairs`; d = 1 rows the interval path
 (:func:`_observed_1d`: elementwise on the (points x regions) arrays, the masked sums in the
-chain form of :func:`_chain_1d` with ``2R + R/8`` GEMM columns); d >= 2 rows
+chain form of :func:`_chain_1d` with ``2R + R/8`` GEMM columns, a tail bound before the
+interval masses); d >= 2 rows
 :func:`_observed_general`, where in d = 2 a pair's whitened region is the region's tabulated
 polygon under the affine map ``u = T u0 - w``, ``T = K_r(n)ᵀ K_r^{-T}``
 (:func:`exactdgn.gaussian.log_mass_2d_transformed`: no per-pair edge search).
@@ -502,9 +503,14 @@ def _observed_1d(
     * the whitened interval ``[k_r lo_r - t_r, k_r hi_r - t_r]`` (mean ``μ = t / k``).
 
     Everything after the GEMMs is elementwise on (n, R) arrays, as in the complete-data d = 1
-    path; pruning is the same (the exact terms of the region with the largest ``κ_r`` and of
-    the region holding its posterior mean give the lower bound; pairs with
-    ``log κ_r <= lower - prune_nats - log R`` are skipped: their mass is at most 1).
+    path, and only ``q = -2 log κ`` is formed for every pair (:func:`_cost_1d_chain`; ``k`` and
+    ``t`` for the pairs gathered). Pruning as in the complete-data path (the exact terms of the
+    region with the largest ``κ_r`` and of the region holding its posterior mean give the lower
+    bound; pairs with ``log κ_r <= lower - prune_nats - log R`` are skipped: their mass is at
+    most 1), then a tail bound on those candidates before their masses: the mass is at most
+    ``Φ(-δ) <= exp(-δ²/2)``, ``δ`` the whitened distance from the pair's posterior mean to its
+    interval (on MNIST [1,64,64,784] with half the pixels: 40.1 candidates per point, 27.7
+    integrated, against 28.7 complete).
     """
     N = X.shape[0]
     R = geom.A.shape[0]
@@ -514,6 +520,8 @@ def _observed_1d(
     Cs, es = _halfspaces(geom)
     C1 = Cs[..., 0]  # (R, F)
     log_var = LOG_2PI - np.log(geom.inv_var)  # (D,) log 2π + log σ_j²
+    iso = bool(np.all(geom.inv_var == geom.inv_var[0]))
+    lam0 = geom.inv_var[0]
     thr = prune_nats + np.log(max(R, 1))
     nt = _n_threads()
     parallel = nt > 1 and N * R >= 2 * _MIN_PARALLEL
@@ -533,6 +541,7 @@ def _observed_1d(
     pos_of_rank = pos[order]  # permuted index of the region at each sorted position
     lo_p = _scaled_diff(lo_z[perm], zr)  # lo - ζ (±inf kept)
     hi_p = _scaled_diff(hi_z[perm], zr)
+    facet_kind, facet_sign = _facet_kinds(C1, es, lo_z, hi_z)
 
     def block(s: int):
         sl = slice(s, min(N, s + cs))
@@ -540,26 +549,56 @@ def _observed_1d(
         n = ob.shape[0]
         m = ob.astype(np.float64)
         x0 = _observed_centred(X[sl], ob, m, geom.center)
-        const = np.square(x0) @ geom.inv_var  # ||x'||²_Λ
-        if chain is None:
-            const += m @ log_var
-            k, tp, lk = _kappa_1d_direct(geom, Wm, m, x0, const)
+        if iso:
+            xq = np.einsum("nj,nj->n", x0, x0) * lam0  # ||x'||²_Λ
         else:
-            k, tp, lk = _kappa_1d_chain(geom, chain, m, x0, const)
+            xq = np.einsum("nj,nj,j->n", x0, x0, geom.inv_var)
+        if chain is None:
+            k, tp, lk = _kappa_1d_direct(geom, Wm, m, x0, xq + m @ log_var)
+            k2, u, q = k * k, tp * k, -2.0 * lk
+        else:
+            k2, u, q = _cost_1d_chain(geom, chain, m, x0, xq)
+        # q = -2 log κ (n, R); k = sqrt(k2), t' = u / k and log κ only on the pairs gathered
+        # gathers by flat index into the parent buffers (k2, u, q are strided views)
+        k2f, uf, qf = (np.ravel(x.base if x.base is not None else x) for x in (k2, u, q))
+        sk, su, sq = (x.strides[0] // 8 for x in (k2, u, q))
         rows = np.arange(n)
-        r1 = np.argmax(lk, axis=1)
-        mu1 = zr[r1] + tp[rows, r1] / k[rows, r1]
+        r1 = np.argmin(q, axis=1)
+        k2_1 = k2f[rows * sk + r1]
+        mu1 = zr[r1] + uf[rows * su + r1] / k2_1
         r2 = pos_of_rank[np.searchsorted(breaks, mu1, side="right")]
         pr = np.concatenate([r1, r2])
         pp = np.concatenate([rows, rows])
-        kk, tt = k[pp, pr], tp[pp, pr]
-        lm_seed, _ = log_interval_mass(_scaled(lo_p[pr], kk) - tt, _scaled(hi_p[pr], kk) - tt)
-        lj_seed = lk[pp, pr] + lm_seed
+        kk = np.sqrt(k2f[pp * sk + pr])
+        tt = uf[pp * su + pr] / kk
+        # k >= 1 (finite): ±inf ends stay ±inf under the product
+        lm_seed, _ = log_interval_mass(lo_p[pr] * kk - tt, hi_p[pr] * kk - tt)
+        lj_seed = -0.5 * qf[pp * sq + pr] + lm_seed
         lower = np.where(r1 == r2, lj_seed[:n], np.logaddexp(lj_seed[:n], lj_seed[n:]))
-        p, r = np.nonzero(lk > (lower - thr)[:, None])  # sorted by point; r1 always kept
+        cut = lower - thr
+        p, r = np.nonzero(q < (-2.0 * cut)[:, None])  # sorted by point; r1 always kept
         n_cand = len(p)
-        kk, tt, lk_p = k[p, r], tp[p, r], lk[p, r]
-        a, b = _scaled(lo_p[r], kk) - tt, _scaled(hi_p[r], kk) - tt
+        kk = np.sqrt(k2f[p * sk + r])
+        tt = uf[p * su + r] / kk
+        lk_p = qf[p * sq + r]
+        lk_p *= -0.5
+        a = lo_p[r]
+        a *= kk
+        a -= tt
+        b = hi_p[r]
+        b *= kk
+        b -= tt
+        # tail bound: the mass is at most Φ(-dist) <= exp(-dist² / 2), dist the whitened
+        # distance from the posterior mean to the interval (the pairs whose κ alone does not
+        # prune them but whose interval lies in the far tail: about a third here)
+        dist = np.maximum(a, -b)
+        np.maximum(dist, 0.0, out=dist)
+        dist *= dist
+        dist *= -0.5
+        dist += lk_p
+        sel = (dist > cut[p]) | (r == r1[p])
+        if not sel.all():
+            p, r, kk, tt, lk_p, a, b = (q_[sel] for q_ in (p, r, kk, tt, lk_p, a, b))
         lm, err = log_interval_mass(a, b)
         lj = lk_p + lm
         log_px, err_px = _lse_by_point(p, lj, err, n, prune_nats)
@@ -567,7 +606,7 @@ def _observed_1d(
         if need_moments:  # moments only where the pair's exact weight is visible
             keep &= (lj > (log_px - thr)[p]) | ~np.isfinite(log_px)[p]
         if not keep.all():
-            p, r, lj, kk, tt, a, b = (q[keep] for q in (p, r, lj, kk, tt, a, b))
+            p, r, lj, kk, tt, a, b = (q_[keep] for q_ in (p, r, lj, kk, tt, a, b))
         mu = zr[r] + tt / kk
         r = perm[r]  # region indices
         mean = cov = None
@@ -575,21 +614,36 @@ def _observed_1d(
             _, um, uv = interval_stats(a, b)
             mean = (mu + um / kk)[:, None]  # z = μ + u / k
             cov = (uv / (kk * kk))[:, None, None]
-        # whitened rows of the pairs: normals ±1 (sign of C), offsets (e - C μ) / (|C| / k)
-        C, e = C1[r], es[r]
-        scale = np.abs(C) / kk[:, None]
-        with np.errstate(invalid="ignore"):
-            raw = e - C * mu[:, None]
-            off = np.where(scale > 0, raw / np.where(scale > 0, scale, 1.0), raw)
+        # whitened rows of the pairs: normals ±1 (sign of C); the offsets of the rows
+        # ``z <= hi`` and ``-z <= -lo`` are ``b = k (hi - μ)`` and ``-a = k (μ - lo)``
+        # (padding rows keep their offset, +inf)
+        ab = np.stack([-a, b, np.full(len(a), np.inf)], axis=1)
+        off = np.take_along_axis(ab, facet_kind[r], axis=1)
         v = (kk * kk * mu)[:, None]  # P μ
         st = PairStats(p + s, r, lj, log_px, err_px, v, off, mean, cov, n_cand)
-        st.pair_normals = np.sign(C)[..., None]
+        st.pair_normals = facet_sign[r]
         st.pair_L = (1.0 / kk)[:, None, None]
         st.pair_mu = mu[:, None]
         st.pair_log_det_P = 2.0 * np.log(kk)
         return st
 
     return _pair_stats(_map_blocks(block, range(0, N, cs), parallel=parallel))
+
+
+def _facet_kinds(C1: np.ndarray, e: np.ndarray, lo: np.ndarray, hi: np.ndarray):
+    """(R, F) which end each d = 1 row ``C z <= e`` bounds (0: ``lo``, ``C < 0``; 1: ``hi``,
+    ``C > 0``; 2: padding, ``C = 0``) and (R, F, 1) the signs of ``C`` (the whitened normals).
+
+    Checks that the rows are the intervals' ends (``e / C`` equal to ``hi`` or ``lo``).
+    """
+    kind = np.where(C1 > 0, 1, np.where(C1 < 0, 0, 2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        end = np.where(C1 != 0, e / np.where(C1 != 0, C1, 1.0), np.nan)
+    want = np.where(kind == 1, hi[:, None], np.where(kind == 0, lo[:, None], np.nan))
+    ok = (kind == 2) | np.isclose(end, want, rtol=1e-9, atol=1e-9)
+    if not ok.all():  # pragma: no cover - the geometry's d = 1 rows are the interval ends
+        raise AssertionError("d = 1 region rows are not the intervals' ends")
+    return kind, np.sign(C1)[..., None]
 
 
 def _scaled_diff(z: np.ndarray, zr: np.ndarray) -> np.ndarray:
@@ -606,14 +660,15 @@ def _scaled(z: np.ndarray, k: np.ndarray) -> np.ndarray:
 def _observed_centred(X: np.ndarray, obs: np.ndarray, m: np.ndarray, c: np.ndarray) -> np.ndarray:
     """``m ∘ (x - c)`` with the missing entries 0 (NaN there).
 
-    Branch-free (``np.where`` on a random mask mispredicts every other element): the bits of
-    the missing entries are cleared, then ``(x - c) m``.
+    Branch-free (``np.where`` or a masked copy on a random mask mispredicts every other
+    element): ``fmax(x', 0) + fmin(x', 0)`` is ``x'`` exactly (one of the two terms is 0) and 0
+    where ``x'`` is NaN (``fmax`` / ``fmin`` return the non-NaN operand). Four vectorised passes
+    (about 0.1 s against 0.25 s for the bit-mask form on MNIST t10k, one core).
     """
-    bits = np.negative(obs.astype(np.uint64))
-    bits &= X.view(np.uint64)
-    x0 = bits.view(np.float64)
-    x0 -= c
-    x0 *= m
+    x0 = X - c
+    neg = np.fmin(x0, 0.0)
+    np.fmax(x0, 0.0, out=x0)
+    x0 += neg
     return x0
 
 
@@ -734,21 +789,25 @@ def _chain_1d(geom: RegionGeometry):
     W[:, -1] = LOG_2PI - np.log(lam)  # D_n log 2π + Σ_obs log σ_j²
     delta = np.diff(breaks)  # Δ_j, j < B - 1
     xw = np.concatenate([(a * lam).T, (Y * lam).T], axis=1)  # x'ᵀΛ a_i | x'ᵀΛ y_j
+    factored = False
     if geom.gemm_basis is not None:
         xw_b = geom.gemm_basis.T @ xw
         # the factorisation is exact for these columns too (checked as for the geometry)
         resid = np.abs(xw - geom.gemm_basis @ xw_b).max(axis=0)
         if np.all(resid <= 1e-12 * np.maximum(np.abs(xw).max(axis=0), np.finfo(float).tiny)):
-            xw = xw_b
-        else:
-            xw = None
+            xw, factored = xw_b, True
+    # the per-column constants of the cost (-ζ_i in u, ζ_j² in Z) ride on the GEMM as one
+    # more row against a column of ones (factored form), and the -2 of Z is folded in (exact)
+    xw = np.concatenate([xw[:, :R], -2.0 * xw[:, R:]], axis=1)
+    crow = np.concatenate([-breaks[ref], np.square(breaks)])
     out = {
         "W": W,
-        "xw": xw if xw is not None else np.concatenate([(a * lam).T, (Y * lam).T], axis=1),
-        "factored": xw is not None and geom.gemm_basis is not None,
+        "xw": np.vstack([xw, crow]) if factored else xw,
+        "crow": None if factored else crow,
+        "factored": factored,
         "zr": breaks[ref],
         "delta": delta,
-        "step": np.arange(B) % S != 0,  # breakpoints that follow from the previous one
+        "anchors": anchors,
         "nA": nA,
     }
     geom.cache["chain_1d"] = out
@@ -757,46 +816,70 @@ def _chain_1d(geom: RegionGeometry):
 
 def _kappa_1d_chain(geom, ch, m, x0, const):
     """``k``, ``t'`` and ``log κ`` (n, R) of d = 1 pairs, regions sorted by position, from the
-    chain form (:func:`_chain_1d`).
+    chain form (:func:`_chain_1d`) (:func:`_cost_1d_chain`, whose ``k²``, ``u = k t'`` and
+    ``-2 log κ`` the interval path uses).
+
+    ``const`` (n,) is ``||x'||²_Λ``.
+    """
+    k2, u, q = _cost_1d_chain(geom, ch, m, x0, const)
+    k = np.sqrt(k2)
+    return k, u / k, -0.5 * q
+
+
+def _cost_1d_chain(geom, ch, m, x0, xq):
+    """``k²``, ``u = k t'`` and ``q = -2 log κ`` (n, R) of d = 1 pairs, regions sorted by
+    position, from the chain form (:func:`_chain_1d`).
 
     With ``s_i = Σ m λ (x' - y_ref)² = ||x'||²_Λ - 2 x'ᵀΛ y_ref + Y_ref``,
-    ``k = sqrt(1 + α_i)`` and ``t' = (x'ᵀΛ a_i - η_i - ζ_i) / k``: the minimum over ``z`` of
-    ``||x'_obs - y_ref - a_i (z - ζ_i)||²_Λ + z²`` is ``s_i + ζ_i² - t'²``, at
-    ``μ = ζ_i + t' / k``. ``const`` (n,) is ``||x'||²_Λ + D_n log 2π + Σ_obs log σ_j²``.
+    ``k² = 1 + α_i`` and ``u = x'ᵀΛ a_i - η_i - ζ_i``: the minimum over ``z`` of
+    ``||x'_obs - y_ref - a_i (z - ζ_i)||²_Λ + z²`` is ``s_i + ζ_i² - u²/k²``, at
+    ``μ = ζ_i + u / k²``, and ``q = D_n log 2π + Σ_obs log σ_j² + log k² + s_i + ζ_i² - u²/k²``.
+    ``xq`` (n,) is ``||x'||²_Λ``. ``k`` and ``t' = u / k`` are only needed for the pairs kept,
+    so the (n, R) work is ``q`` alone: about 12 elementwise passes (the per-row constants
+    enter the recurrence through its anchors, the per-column ones through the GEMM).
+    ``α``'s buffer is reused for ``k²`` and the GEMM's for ``u``.
     """
     R = geom.A.shape[0]
     n = m.shape[0]
+    B = R - 1
     nA, S = ch["nA"], _CHAIN_STRIDE
     Mq = m @ ch["W"]  # (n, 2R + nA + 1): α | η | Y at the anchors | D_n log 2π + Σ log σ²
-    xb = x0 @ geom.gemm_basis if ch["factored"] else x0
-    prod = xb @ ch["xw"]  # (n, R + B): x'ᵀΛ a_i | x'ᵀΛ y_j
+    if ch["factored"]:
+        xb = np.empty((n, ch["xw"].shape[0]))
+        np.matmul(x0, geom.gemm_basis, out=xb[:, :-1])
+        xb[:, -1] = 1.0
+        prod = xb @ ch["xw"]  # (n, R + B): x'ᵀΛ a_i - ζ_i | -2 x'ᵀΛ y_j + ζ_j²
+    else:
+        prod = x0 @ ch["xw"]
+        prod += ch["crow"]
     alpha, eta = Mq[:, :R], Mq[:, R : 2 * R]
-    const = const + Mq[:, -1]
-    # Y_j: the anchors, then Y_{j+1} = Y_j + 2 Δ_j η_{j+1} + Δ_j² α_{j+1} within each segment
-    # of S breakpoints (a cumulative sum of at most S - 1 increments)
-    B = R - 1
+    # Z_j = Y_j - 2 x'ᵀΛ y_j + ζ_j² + (per-row constants) at breakpoint j, in column j + 1 of
+    # ``buf``; Y_{j+1} = Y_j + Δ_j (2 η_{j+1} + Δ_j α_{j+1}) within each segment of S
+    # breakpoints (an in-place cumulative sum; the anchors' columns hold their Y + const)
+    buf = np.empty((n, 1 + nA * S))
     delta = ch["delta"]
-    inc = np.zeros((n, nA * S))
-    inc[:, 1:B] = (2.0 * delta) * eta[:, 1:B]
-    inc[:, 1:B] += np.square(delta) * alpha[:, 1:B]
-    inc[:, :B] *= ch["step"]
-    Y = np.cumsum(inc.reshape(n, nA, S), axis=2)
-    Y += Mq[:, 2 * R : 2 * R + nA, None]
-    # Z_j = Y_j - 2 x'ᵀΛ y_j at the breakpoints; region i uses Z_{ref(i)} = Z_{max(i - 1, 0)}
-    Z = Y.reshape(n, nA * S)[:, :B]
-    Z -= 2.0 * prod[:, R:]
-    lk = np.empty((n, R))
-    lk[:, 0] = Z[:, 0]
-    lk[:, 1:] = Z
-    lk += const[:, None] + np.square(ch["zr"])
-    lk += np.log1p(alpha)  # log k² = log|P|
-    k = alpha
-    k += 1.0
-    np.sqrt(k, out=k)
-    t = prod[:, :R]
-    t -= eta
-    t -= ch["zr"]
-    t /= k  # t'
-    lk -= np.square(t)
-    lk *= -0.5
-    return k, t, lk
+    inc = buf[:, 2 : 1 + B]
+    np.multiply(alpha[:, 1:B], delta, out=inc)
+    inc += eta[:, 1:B]
+    inc += eta[:, 1:B]
+    inc *= delta
+    buf[:, 1 + B :] = 0.0
+    anchor = Mq[:, 2 * R : 2 * R + nA]
+    anchor += (xq + Mq[:, -1])[:, None]
+    buf[:, 1 + ch["anchors"]] = anchor
+    seg = buf[:, 1:].reshape(n, nA, S)
+    for i in range(1, S):  # the running sum as S - 1 strided adds (2x np.cumsum's time)
+        seg[:, :, i] += seg[:, :, i - 1]
+    buf[:, 1 : 1 + B] += prod[:, R:]
+    buf[:, 0] = buf[:, 1]  # region 0 uses Z_0, region i >= 1 Z_{i-1}
+    q = buf[:, :R]
+    k2 = alpha
+    k2 += 1.0
+    u = prod[:, :R]
+    u -= eta
+    lg = np.log(k2)  # log|P|
+    q += lg
+    np.square(u, out=lg)
+    lg /= k2
+    q -= lg
+    return k2, u, q
