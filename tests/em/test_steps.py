@@ -74,7 +74,7 @@ def test_m_step_on_active_regions_equals_the_full_one():
 
 @pytest.mark.parametrize("layer", [0, 1, 2])
 def test_update_layer_gemm_form_matches_einsum_form(layer, monkeypatch):
-    m, X, rs = _stats([2, 8, 6, 3], 7, n=200)
+    m, _, rs = _stats([2, 8, 6, 3], 7, n=200)
     inv_var = np.array([25.0, 16.0, 30.0])
     ref = _steps.update_layer(m.decoder_, rs, layer, inv_var, 1e-3)
     monkeypatch.setattr(_steps, "_GEMM_REGIONS", 1)

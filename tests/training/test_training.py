@@ -155,17 +155,6 @@ def test_expensive_run_scouts_on_a_subsample(monkeypatch):
     h = m.history_
     assert h[0]["iter"] == 0 and len(h) == m.n_iter_ + 1  # the history begins on all of X
     assert np.isclose(h[-1]["loglik"], m.score(X), rtol=0, atol=1e-9)
-    assert all(b["loglik"] >= a["loglik"] for a, b in zip(h, h[1:], strict=False))
+    assert np.all(np.diff([r["loglik"] for r in h]) >= 0)
     m2 = fit()  # deterministic: the same subsample and the same run
     assert m2.history_[-1]["loglik"] == h[-1]["loglik"]
-
-
-@pytest.mark.parametrize(("d", "hands_over"), [(1, True), (2, False)])
-def test_auto_hands_over_to_lbfgs_only_in_d1(d, hands_over):
-    from exactdgn.training import AutoTrainer
-
-    X = np.random.default_rng(0).standard_normal((30, 3))
-    dec = Decoder.random([d, 4, 3], seed=0)
-    t = AutoTrainer(ExactDGN(latent_dim=d), X, dec, np.full(3, 0.5), seed=0)
-    t.gains, t.cost, t.best_rate = [1.0, 1.0, 1.0, 1e-3, 1e-3, 1e-3], [2.0] * 6, 0.5
-    assert t._slow() is hands_over  # EM's rate fell below a tenth of its best

@@ -21,14 +21,6 @@ class AutoTrainer(Trainer):
     reproducible (same seed, same handover, also after a resume). Both phases are monotone,
     so the exact training log-likelihood never decreases.
 
-    In d >= 2 there is no handover (EM throughout): there L-BFGS was the slower of the two
-    after EM's first iterations, measured on the machine of the README (1 core, loaded). Planted
-    [2,6,3] model, noise 0.1, seed 0: ``auto`` with the handover (after 9 EM iterations) ran
-    200 iterations and ended 0.068 nats/point above the true decoder's held-out NLL (21 s of
-    CPU); EM alone converged in 112 iterations, 0.029 nats above (18 s). Digits
-    [2,32,32,64] (256-point scouting): after the handover L-BFGS gained 0.006 nats/point in
-    4 iterations where EM had gained 0.3-0.7 per iteration.
-
     State: the phase, EM's state, the rate record and (after the handover) L-BFGS's state.
     """
 
@@ -92,8 +84,6 @@ class AutoTrainer(Trainer):
         return row
 
     def _slow(self) -> bool:
-        if self.em.decoder.latent_dim >= 2:  # no handover in d >= 2 (class docstring)
-            return False
         w = self.window
         if len(self.gains) < max(self.min_em, w) or self.best_rate <= 0:
             return False
