@@ -50,3 +50,34 @@ def test_region_stats_sums():
     np.testing.assert_allclose(rs.s, s, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(rs.Z2, Z2, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(rs.s.sum(), len(X), rtol=1e-12)
+
+
+def test_m_step_on_active_regions_equals_the_full_one():
+    """Regions without pairs add exact zeros: the M-step on the active regions alone gives the
+    same parameters (to rounding) and the same expected complete-data log-likelihood."""
+    m, X, rs = _stats([2, 8, 6, 3], 5, n=40)  # few points: many regions without a pair
+    act = _steps.active_regions(rs)
+    assert 0 < len(act.s) < len(rs.s)
+    assert np.all(act.s > 0)
+    np.testing.assert_array_equal(act.patterns[act.region], rs.patterns[rs.region])
+    std = np.full(3, 0.2)
+    for layers in (None, [2]):
+        a = _steps.m_step(m.decoder_, rs, std, X, diagonal=True, min_std=1e-6, layers=layers)
+        b = _steps.m_step(m.decoder_, act, std, X, diagonal=True, min_std=1e-6, layers=layers)
+        for p, q in zip(a[0].weights + a[0].biases, b[0].weights + b[0].biases, strict=True):
+            np.testing.assert_allclose(q, p, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(b[1], a[1], rtol=1e-12)
+    q_full = _steps.expected_complete_loglik(m.decoder_, rs, std, X)
+    assert np.isclose(_steps.expected_complete_loglik(m.decoder_, act, std, X), q_full, rtol=1e-13)
+    assert _steps.active_regions(act) is act  # nothing left to drop
+
+
+@pytest.mark.parametrize("layer", [0, 1, 2])
+def test_update_layer_gemm_form_matches_einsum_form(layer, monkeypatch):
+    m, _, rs = _stats([2, 8, 6, 3], 7, n=200)
+    inv_var = np.array([25.0, 16.0, 30.0])
+    ref = _steps.update_layer(m.decoder_, rs, layer, inv_var, 1e-3)
+    monkeypatch.setattr(_steps, "_GEMM_REGIONS", 1)
+    got = _steps.update_layer(m.decoder_, rs, layer, inv_var, 1e-3)
+    for a, b in zip(ref, got, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)

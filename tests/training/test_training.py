@@ -93,3 +93,68 @@ def test_estimate_matches_the_real_region_count_in_d2():
     dec = Decoder.random([2, 16, 16, 3], seed=0)
     est = _cost.estimate_training_cost(2, (16, 16), 100, 3, seed=0)
     assert est.n_regions == len(partition(dec)) and est.n_pairs == 100 * est.n_regions
+
+
+def test_relative_rule_stops_on_diminishing_returns():
+    # gains 6, 1, 0.5, 0.2: the last is below 5% of the run's total gain (7.7)
+    ll = list(np.cumsum([0.0, 6.0, 1.0, 0.5, 0.2]))
+    assert converged(ll, tol=1e-4, window=10, rel_tol=0.05)
+    assert not converged(ll[:-1], tol=1e-4, window=10, rel_tol=0.05)  # 0.5 >= 5% of 7.5
+    assert not converged(ll, tol=1e-4, window=10)  # off by default: the window rule alone
+    assert not converged(ll[:2], tol=1e-4, window=10, rel_tol=0.5)  # never after one step
+    flat = [0.0, 0.0, 0.0]  # no gain at all: left to the window rule
+    assert not converged(flat, tol=1e-4, window=10, rel_tol=0.05)
+
+
+def test_cheap_runs_keep_the_plain_rules():
+    """Every d = 1 setting of the toy sets and the digits is far below the expensive level,
+    so ``rel_tol="auto"`` and ``init="auto"`` keep their full-data behaviour there."""
+    from exactdgn import model
+
+    for args in [(1, (12,), 600, 2), (1, (16, 16), 600, 2), (1, (12,), 1438, 64)]:
+        assert _cost.estimate_training_cost(*args).seconds < model._EXPENSIVE_SECONDS / 100
+    assert _cost.estimate_training_cost(2, (32, 32), 1438, 64).seconds > model._EXPENSIVE_SECONDS
+    X = np.random.default_rng(0).standard_normal((60, 2))
+    m = ExactDGN(hidden_sizes=(4,), max_iter=2, random_state=0, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m.fit(X)
+    assert m._rel_tol() == 0.0
+    assert len(m.history_) == 3  # full-data scouting: its iterations are the run's first
+    with pytest.raises(ValueError, match="rel_tol"):
+        ExactDGN(rel_tol="x").fit(X)
+
+
+def test_expensive_run_scouts_on_a_subsample(monkeypatch):
+    from exactdgn import model
+
+    monkeypatch.setattr(model, "_EXPENSIVE_SECONDS", 0.0)
+    monkeypatch.setattr(model, "_SCOUT_POINTS", 40)
+    X = np.random.default_rng(1).standard_normal((120, 2)) * [2.0, 0.5]
+    sizes = []
+    e_step = ExactDGN._e_step
+
+    def spy(self, decoder, std, X, partition=None):
+        sizes.append(X.shape[0])
+        return e_step(self, decoder, std, X, partition=partition)
+
+    monkeypatch.setattr(ExactDGN, "_e_step", spy)
+
+    def fit():
+        m = ExactDGN(hidden_sizes=(4,), n_iter_no_change=3, max_iter=5, random_state=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return m.set_params(progress=False).fit(X)
+
+    m = fit()
+    assert m._rel_tol() == model._REL_TOL
+    assert set(m.scout_logliks_) == {"pca", "random", "random-2"}  # latent_dim = 1: 3 starts
+    first_full = sizes.index(120)
+    assert first_full > 2 and set(sizes[:first_full]) == {40}  # both starts on 40 points
+    assert set(sizes[first_full:]) == {120}
+    h = m.history_
+    assert h[0]["iter"] == 0 and len(h) == m.n_iter_ + 1  # the history begins on all of X
+    assert np.isclose(h[-1]["loglik"], m.score(X), rtol=0, atol=1e-9)
+    assert np.all(np.diff([r["loglik"] for r in h]) >= 0)
+    m2 = fit()  # deterministic: the same subsample and the same run
+    assert m2.history_[-1]["loglik"] == h[-1]["loglik"]

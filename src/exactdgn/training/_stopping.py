@@ -7,7 +7,7 @@ from collections.abc import Sequence
 __all__ = ["converged"]
 
 
-def converged(logliks: Sequence[float], *, tol: float, window: int) -> bool:
+def converged(logliks: Sequence[float], *, tol: float, window: int, rel_tol: float = 0.0) -> bool:
     """True when the mean gain per iteration over the last ``window`` iterations is ``< tol``.
 
     ``logliks[0]`` is the starting point and ``logliks[t]`` the mean exact log-likelihood after
@@ -16,7 +16,16 @@ def converged(logliks: Sequence[float], *, tol: float, window: int) -> bool:
     saddle, an EM step that backtracked to zero, a flat stretch shorter than ``window``) does
     not end a run whose later steps still gain. With ``tol=0`` it fires only when
     ``window`` iterations gained nothing at all.
+
+    ``rel_tol > 0`` adds a diminishing-returns rule for runs whose iterations are expensive
+    (see :class:`exactdgn.ExactDGN`'s ``rel_tol``): from the second iteration on, also stop when
+    the last iteration gained less than ``rel_tol`` times the whole run's gain
+    ``logliks[-1] - logliks[0]``.
     """
+    if rel_tol > 0 and len(logliks) >= 3:
+        total = logliks[-1] - logliks[0]
+        if logliks[-1] - logliks[-2] < rel_tol * total:
+            return True
     if len(logliks) <= window:
         return False
     return (
