@@ -1007,7 +1007,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 X, self.partition_.patterns, st.point, st.region, st.log_weight, st.mean, st.cov
             )
         std = self.noise_std_ if self.noise == "diagonal" else self.noise_std_[0]
-        return exact_gradient(self.decoder_, std, rs, X)
+        return exact_gradient(self.decoder_, std, rs, X, self.chunk_bytes)
 
     # ------------------------------------------------------------------ persistence
     _CHECKPOINT_VERSION = 2

@@ -158,3 +158,14 @@ def test_expensive_run_scouts_on_a_subsample(monkeypatch):
     assert np.all(np.diff([r["loglik"] for r in h]) >= 0)
     m2 = fit()  # deterministic: the same subsample and the same run
     assert m2.history_[-1]["loglik"] == h[-1]["loglik"]
+
+
+def test_estimate_counts_one_gradient_block():
+    """The exact gradient's work memory beside the pairs: one block of pairs (at most
+    ``chunk_bytes``) and the regions' maps, not (pairs x D x d)."""
+    small = _cost.estimate_training_cost(2, (16, 16), 100, 3, chunk_bytes=10_000)
+    big = _cost.estimate_training_cost(2, (16, 16), 100, 3, chunk_bytes=2**40)
+    maps = _cost._GRADIENT_MAPS * 8 * small.n_regions * 3 * 3
+    assert small.gradient_bytes == 10_000 + maps
+    assert big.gradient_bytes == small.n_pairs * 7 * 8 * 3 + maps  # the whole (pairs x D) block
+    assert big.bytes - big.gradient_bytes == small.bytes - small.gradient_bytes

@@ -5,6 +5,15 @@ continuous across them, so the boundary terms of the Leibniz rule cancel and the
 the gradient, at the current θ, of the E-step objective with the activation patterns held fixed:
 
     Q(θ) = Σ_{n,r} w_nr [-½ (||x_n - A_r m_nr - b_r||²_Λ + tr(Λ A_r V_nr A_rᵀ))] - (N/2) log|Σ| + c.
+
+Training does not differentiate ``Q`` pair by pair (:func:`surrogate_objective`, the reference:
+(pairs x D x d) arrays, tens of GB on MNIST). ``Q`` depends on θ only through each region's
+``A_r``, ``b_r`` and ``log σ``; its derivatives in those are centred per-region sums of the
+pairs' residuals, accumulated over blocks of pairs (:func:`exactdgn.em._steps.centred_sums` on
+the host, :func:`._torch_steps._centred_sums_t` on a device: the same derivation), and autograd
+through the decoder's region maps of their linear form
+(:func:`._torch_steps.region_linear_form`) gives the gradient, with memory bounded by one block
+of pairs (``chunk_bytes``) plus a few (R, D, d) arrays.
 """
 
 from __future__ import annotations
@@ -13,9 +22,12 @@ import numpy as np
 
 from ..decoder import Decoder
 from ..gaussian._rules import LOG_2PI
-from ._steps import RegionStats
+from ._steps import RegionStats, centred_sums, gradient_block_rows
 
-__all__ = ["exact_gradient", "gradient_form", "surrogate_objective"]
+__all__ = ["blocked_surrogate", "exact_gradient", "gradient_form", "surrogate_objective"]
+
+# default bytes per block of pairs (the estimator's ``chunk_bytes`` default)
+CHUNK_BYTES = 256 * 2**20
 
 
 def _torch():
@@ -38,6 +50,9 @@ def affine_maps_torch(weights, biases, pos, neg, patterns, slices):
 
 def surrogate_objective(params, decoder: Decoder, stats: RegionStats, X: np.ndarray):
     """``Q(θ)`` (sum over points) as a torch scalar; ``params = [W_1, c_1, ..., log_std]``.
+
+    The reference form, pair by pair: its autograd holds (pairs x D x d) arrays. Training uses
+    :func:`gradient_form` (the same gradient, memory bounded by one block of pairs).
 
     Computed on the device of ``params``. ``stats`` is a numpy :class:`RegionStats` (its arrays
     are copied there) or a :class:`~._torch_steps.TorchRegionStats` already on that device
@@ -99,13 +114,45 @@ def remote_surrogate(params, decoder: Decoder, stats):
     return sum((torch.as_tensor(g) * p).sum() for g, p in zip(grads, params, strict=True))
 
 
-def gradient_form(params, decoder: Decoder, stats, X):
+def blocked_surrogate(
+    params, decoder: Decoder, stats: RegionStats, X: np.ndarray, chunk_bytes: int = CHUNK_BYTES
+):
+    """A torch scalar with the *gradient* of :func:`surrogate_objective` (not its value).
+
+    Numpy statistics: the centred sums of :func:`exactdgn.em._steps.centred_sums` (blocks of
+    pairs of about ``chunk_bytes``; NaN in ``X`` = missing, observed terms only) at the
+    current parameters, in the linear form :func:`._torch_steps.region_linear_form` of the
+    decoder's region maps on ``params``' device: the host twin of
+    :func:`._torch_steps.device_surrogate` (same derivation).
+    """
+    torch = _torch()
+    from ._torch_steps import region_linear_form
+
+    L = decoder.n_layers
+    Ws, cs, log_std = params[0 : 2 * L : 2], params[1 : 2 * L : 2], params[2 * L]
+    dev = params[0].device
+    pos = [torch.as_tensor(p, device=dev) for p in decoder._pos]
+    neg = [torch.as_tensor(q, device=dev) for q in decoder._neg]
+    pats = torch.as_tensor(np.asarray(stats.patterns, dtype=bool), device=dev)
+    A, b = affine_maps_torch(Ws, cs, pos, neg, pats, decoder.unit_slices)
+    _, D, d = A.shape
+    X = np.asarray(X, dtype=np.float64)
+    An = A.detach().cpu().numpy()
+    bn = np.ascontiguousarray(b.detach().cpu().numpy())
+    block = gradient_block_rows(D, d, chunk_bytes)
+    rsq, GA, Gb = centred_sums(An, bn, stats, X, cross=True, block=block)
+    n_obs = (~np.isnan(X)).sum(axis=0).astype(np.float64)  # (D,) observed per column
+    return region_linear_form(A, b, log_std, rsq, GA, Gb, n_obs)
+
+
+def gradient_form(params, decoder: Decoder, stats, X, chunk_bytes: int = CHUNK_BYTES):
     """A torch scalar whose gradient in ``params`` is that of :func:`surrogate_objective`.
 
-    Its value is ``Q(θ)`` for numpy statistics; for statistics on a torch device it is the
-    linear form of :func:`._torch_steps.device_surrogate` (memory bounded by one block of
-    pairs), for pairs held by dask workers that of :func:`remote_surrogate`. Training and
-    :func:`exact_gradient` use only the gradient.
+    Its value is not ``Q(θ)``: it is the linear form of :func:`blocked_surrogate` for numpy
+    statistics (blocks of pairs of about ``chunk_bytes``), of
+    :func:`._torch_steps.device_surrogate` for statistics on a torch device (memory bounded by
+    one block of pairs), and of :func:`remote_surrogate` for pairs held by dask workers.
+    Training and :func:`exact_gradient` use only the gradient.
     """
     if hasattr(stats, "remote_gradient"):
         return remote_surrogate(params, decoder, stats)
@@ -113,10 +160,12 @@ def gradient_form(params, decoder: Decoder, stats, X):
         from ._torch_steps import device_surrogate
 
         return device_surrogate(params, decoder, stats)
-    return surrogate_objective(params, decoder, stats, X)
+    return blocked_surrogate(params, decoder, stats, X, chunk_bytes)
 
 
-def exact_gradient(decoder: Decoder, noise_std, stats: RegionStats, X: np.ndarray):
+def exact_gradient(
+    decoder: Decoder, noise_std, stats: RegionStats, X: np.ndarray, chunk_bytes: int = CHUNK_BYTES
+):
     """Gradient of ``Σ_n log p(x_n)`` w.r.t. every weight, bias and the log noise std.
 
     Parameters
@@ -127,6 +176,8 @@ def exact_gradient(decoder: Decoder, noise_std, stats: RegionStats, X: np.ndarra
         E-step statistics at the same parameters; device statistics (the E-step ran on a
         torch device) give the gradient computed on that device.
     X : (N, D)
+    chunk_bytes : int
+        About the memory of one block of pairs of the host sums (:func:`gradient_form`).
 
     Returns
     -------
@@ -146,6 +197,6 @@ def exact_gradient(decoder: Decoder, noise_std, stats: RegionStats, X: np.ndarra
     for W, c in zip(decoder.weights, decoder.biases, strict=True):
         params += [leaf(W), leaf(c)]
     params.append(leaf(np.log(np.asarray(noise_std, dtype=np.float64))))
-    Q = gradient_form(params, decoder, stats, X)
+    Q = gradient_form(params, decoder, stats, X, chunk_bytes)
     grads = torch.autograd.grad(Q, params)
     return [g.detach().cpu().numpy() for g in grads]

@@ -317,25 +317,110 @@ def _residual_sq(A: np.ndarray, b: np.ndarray, stats: RegionStats, X: np.ndarray
     """(D,) ``Σ_{n,r} w_nr [(x_n - A_r m_nr - b_r)_j² + (A_r V_nr A_rᵀ)_jj]``.
 
     The squared residuals are summed in the centred form (no cancellation when σ is small), in
-    blocks of pairs; the trace term needs only the per-region sums ``Σ_n w_nr V_nr``.
+    blocks of pairs; the trace term needs only the per-region sums ``Σ_n w_nr V_nr``
+    (:func:`centred_sums` without the cross sums).
     """
     if stats.missing is not None:  # missing values: their conditional moments (em._missing)
         from ._missing import missing_residual_sq
 
         return missing_residual_sq(A, b, stats, X)
+    return centred_sums(A, b, stats, X)[0]
+
+
+def gradient_block_rows(D: int, d: int, chunk_bytes: int) -> int:
+    """Pairs per block of :func:`centred_sums` with the cross sums, so that the block's
+    (pairs x D) float64 arrays (residual, gather buffer, its ``(d+1)`` region sums and the
+    observed mask) take about ``chunk_bytes``."""
+    return int(max(1, int(chunk_bytes) // ((d + 5) * 8 * max(D, 1))))
+
+
+def centred_sums(
+    A: np.ndarray,
+    b: np.ndarray,
+    stats: RegionStats,
+    X: np.ndarray,
+    cross: bool = False,
+    block: int = _RES_BLOCK,
+):
+    """The centred residual sums of the noise update and of the exact gradient (numpy).
+
+    The numpy twin of :func:`._torch_steps._centred_sums_t` (same derivation). Returns ``rsq``
+    (D,) ``= Σ_{n,r} w_nr [(x_n - A_r m_nr - b_r)_j² + (A_r V_nr A_rᵀ)_jj]`` and, with
+    ``cross``, ``GA`` (R, D, d) ``= Σ_n w_nr [(x_n - A_r m_nr - b_r) m_nrᵀ - A_r V_nr]`` and
+    ``Gb`` (R, D) ``= Σ_n w_nr (x_n - A_r m_nr - b_r)``: ``Λ GA_r`` and ``Λ Gb_r`` are the
+    derivatives of the E-step objective ``Q`` in ``A_r`` and ``b_r`` (else ``(rsq, None,
+    None)``). Residuals are formed per pair (no cancellation of expanded moments) in blocks of
+    ``block`` pairs: no (pairs x D) array lives beyond one block; the cross sums of a block are
+    one sparse product over the regions it touches.
+
+    With ``cross``, NaN entries of ``X`` (missing) contribute nothing (every sum runs over the
+    observed coordinates only, the trace term included: the terms of ``log p(x_obs)``); the
+    noise update of missing data is :func:`exactdgn.em._missing.missing_residual_sq`.
+    """
     R, D, d = A.shape
     out = np.zeros(D)
     w, pt, rg, m = stats.w, stats.point, stats.region, stats.mean
-    for s in range(0, len(w), _RES_BLOCK):
-        sl = slice(s, s + _RES_BLOCK)
-        r = rg[sl]
-        res = X[pt[sl]] - b[r]
-        for k in range(d):  # A_r m: d axpys of (block, D), no (block, D, d) gather
-            res -= A[r, :, k] * m[sl, k : k + 1]
-        out += w[sl] @ np.square(res)
-    SV = _region_sum(rg, w[:, None, None] * stats.cov, R)
-    out += np.einsum("rjk,rkl,rjl->j", A, SV, A)
-    return out
+    if not cross:
+        for s in range(0, len(w), block):
+            sl = slice(s, s + block)
+            r = rg[sl]
+            res = X[pt[sl]] - b[r]
+            for k in range(d):  # A_r m: d axpys of (block, D), no (block, D, d) gather
+                res -= A[r, :, k] * m[sl, k : k + 1]
+            out += w[sl] @ np.square(res)
+        SV = _region_sum(rg, w[:, None, None] * stats.cov, R)
+        out += np.einsum("rjk,rkl,rjl->j", A, SV, A)
+        return out, None, None
+    has_nan = bool(np.isnan(X).any())
+    G = np.zeros((d + 1, R, D))  # G[k, r] = Σ_n w m̃_k res (m̃ = [m; 1])
+    tri = [(k, kk) for k in range(d) for kk in range(k, d)]
+    SVo = np.zeros((len(tri), R, D)) if has_nan else None  # Σ_n w V_kk' [x_nj observed]
+    Ak = np.ascontiguousarray(A.transpose(2, 0, 1))  # (d, R, D): contiguous rows to gather
+    n0 = min(block, len(w))
+    buf_res, buf_tmp = np.empty((n0, D)), np.empty((n0, D))
+    for s in range(0, len(w), block):
+        sl = slice(s, s + block)
+        r, n = rg[sl], len(rg[sl])
+        res, tmp = buf_res[:n], buf_tmp[:n]
+        np.take(X, pt[sl], axis=0, out=res)
+        if has_nan:
+            miss = np.isnan(res)
+            res[miss] = 0.0
+        np.take(b, r, axis=0, out=tmp)
+        res -= tmp
+        for k in range(d):
+            np.take(Ak[k], r, axis=0, out=tmp)
+            tmp *= m[sl, k : k + 1]
+            res -= tmp
+        if has_nan:
+            res[miss] = 0.0
+        np.multiply(res, res, out=tmp)
+        out += w[sl] @ tmp
+        u, inv = np.unique(r, return_inverse=True)  # the regions of this block
+        U = len(u)
+        wm = np.concatenate([m[sl], np.ones((n, 1))], axis=1) * w[sl, None]
+        rows = (inv[None, :] + U * np.arange(d + 1)[:, None]).ravel()
+        cols = np.tile(np.arange(n), d + 1)
+        S = sparse.csr_matrix((wm.T.ravel(), (rows, cols)), shape=((d + 1) * U, n))
+        G[:, u] += (S @ res).reshape(d + 1, U, D)
+        if has_nan:
+            o = (~miss).astype(np.float64)
+            for i, (k, kk) in enumerate(tri):
+                Sv = sparse.csr_matrix(
+                    (w[sl] * stats.cov[sl, k, kk], (inv, np.arange(n))), shape=(U, n)
+                )
+                SVo[i, u] += Sv @ o
+    if has_nan:  # per-coordinate trace sums: A_rj SVo_rj over the observed pairs
+        SVf = np.empty((R, D, d, d))
+        for i, (k, kk) in enumerate(tri):
+            SVf[:, :, k, kk] = SVf[:, :, kk, k] = SVo[i]
+        ASV = np.einsum("rjk,rjkl->rjl", A, SVf)
+    else:
+        SV = _region_sum(rg, w[:, None, None] * stats.cov, R)
+        ASV = A @ SV
+    out += (ASV * A).sum(axis=(0, 2))
+    GA = G[:d].transpose(1, 2, 0) - ASV
+    return out, GA, G[d]
 
 
 def update_noise(

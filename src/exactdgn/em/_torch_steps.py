@@ -23,6 +23,7 @@ __all__ = [
     "device_surrogate",
     "layer_maps_t",
     "m_step_t",
+    "region_linear_form",
     "region_stats_t",
 ]
 
@@ -219,15 +220,34 @@ def device_surrogate(params, decoder: Decoder, stats: TorchRegionStats) -> torch
     d = decoder.latent_dim
     M = layer_maps_t(Ws, cs, pos, neg, stats.patterns, decoder.unit_slices, L - 1)
     A, b = M[:, :, :d], M[:, :, d]
-    D = A.shape[1]
-    std = torch.exp(log_std).expand(D)
     with torch.no_grad():
         rsq, GA, Gb = _centred_sums_t(A.detach(), b.detach(), stats, cross=True)
+    return region_linear_form(A, b, log_std, rsq, GA, Gb, float(stats.n_points))
+
+
+def region_linear_form(A, b, log_std, rsq, GA, Gb, n_obs) -> torch.Tensor:
+    """``Σ_r <Λ GA_r, A_r> + <Λ Gb_r, b_r> + Σ_j (λ_j rsq_j - n_obs_j) log σ_j`` (a scalar).
+
+    ``A`` (R, D, d), ``b`` (R, D) the regions' maps and ``log_std`` (scalar or (D,)) as
+    functions of the parameters; ``rsq``, ``GA``, ``Gb`` the centred sums at the current
+    parameters (:func:`_centred_sums_t`, or :func:`exactdgn.em._steps.centred_sums` for numpy
+    statistics) and ``n_obs`` the observed entries per column (``N`` for complete data). Its
+    gradient is that of ``Q`` (``Λ GA_r = ∂Q/∂A_r``, ``Λ Gb_r = ∂Q/∂b_r``,
+    ``λ_j rsq_j - n_obs_j = ∂Q/∂log σ_j``), whatever the device of the sums.
+    """
+    dev = A.device
+    D = A.shape[1]
+    std = torch.exp(log_std).expand(D)
+
+    def t(a):
+        return torch.as_tensor(a, dtype=torch.float64, device=dev)
+
+    with torch.no_grad():
         lam = std.detach() ** -2
-        g_log = lam * rsq - float(stats.n_points)
+        g_log = lam * t(rsq) - t(n_obs)
     return (
-        ((lam[None, :, None] * GA) * A).sum()
-        + ((lam[None, :] * Gb) * b).sum()
+        ((lam[None, :, None] * t(GA)) * A).sum()
+        + ((lam[None, :] * t(Gb)) * b).sum()
         + (g_log * torch.log(std)).sum()
     )
 

@@ -13,6 +13,11 @@ measured on the 2-core development machine (one E-step, masses and moments):
   and the work memory are taken to grow by ``m`` (the number of hidden units, a bound on a
   region's facets) per extra dimension: a rough model whose only purpose is to refuse or warn
   before a run that cannot finish.
+
+The exact gradient (``method="lbfgs"``, ``"gradient"``, ``"auto"`` and EM's gradient fallback)
+runs while the pairs are held: its host sums take one block of pairs (``chunk_bytes``, see
+:func:`exactdgn.em._steps.centred_sums`) plus a few arrays the size of the regions' affine maps
+(``R x D x (d+1)``: the maps and their autograd, the cross sums), counted in the estimate.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ logger = logging.getLogger(__name__)
 
 _SECONDS_PER_PAIR = {1: 1e-7, 2: 4e-6, 3: 2e-3}
 _WARN_SECONDS = 60.0  # an E-step estimated above this warns
+# (R, D, d+1) float64 arrays alive in one exact gradient (maps, autograd, cross sums): a bound
+_GRADIENT_MAPS = 12
+_CHUNK_BYTES = 256 * 2**20  # the estimator's default chunk_bytes
 
 
 class TrainingTooLargeError(MemoryError):
@@ -68,7 +76,7 @@ class TrainingCost:
         Point-region pairs in the worst case (every pair kept).
     bytes : int
         Memory of those pairs' statistics (weights, truncated means and covariances) and
-        their work arrays.
+        their work arrays, plus ``gradient_bytes``.
     seconds : float
         Time of one E-step at the measured cost per pair (2-core machine).
     """
@@ -77,6 +85,9 @@ class TrainingCost:
     n_pairs: int
     bytes: int
     seconds: float
+    gradient_bytes: int = 0
+    """Work memory of one exact gradient beside the pairs (one block of pairs of
+    ``chunk_bytes`` and ``_GRADIENT_MAPS`` arrays of the regions' maps)."""
 
     def describe(self) -> str:
         return (
@@ -94,9 +105,16 @@ def _fmt_seconds(s: float) -> str:
 
 
 def estimate_training_cost(
-    latent_dim: int, hidden_sizes, n_samples: int, n_features: int, *, seed: int = 0
+    latent_dim: int,
+    hidden_sizes,
+    n_samples: int,
+    n_features: int,
+    *,
+    seed: int = 0,
+    chunk_bytes: int = _CHUNK_BYTES,
 ) -> TrainingCost:
-    """Estimate one exact E-step of a ``[latent_dim, *hidden_sizes, n_features]`` decoder."""
+    """Estimate one exact E-step of a ``[latent_dim, *hidden_sizes, n_features]`` decoder
+    (and the work memory of one exact gradient beside its pairs, blocks of ``chunk_bytes``)."""
     d = int(latent_dim)
     sizes = [d, *[int(h) for h in hidden_sizes], int(n_features)]
     dec = Decoder.random(sizes, seed=seed)
@@ -115,7 +133,11 @@ def estimate_training_cost(
         per_pair += int(8 * (d + 2) * float(m) ** (d - 2))
     else:
         seconds = pairs * _SECONDS_PER_PAIR[d]
-    return TrainingCost(int(R), pairs, int(3 * pairs * per_pair), float(seconds))
+    # one block of pairs (em._steps.gradient_block_rows: (d + 5) rows of D per pair), at most
+    # chunk_bytes, and the region maps' arrays
+    block = min(int(chunk_bytes), pairs * (d + 5) * 8 * int(n_features))
+    grad = block + _GRADIENT_MAPS * 8 * int(R) * int(n_features) * (d + 1)
+    return TrainingCost(int(R), pairs, int(3 * pairs * per_pair) + grad, float(seconds), grad)
 
 
 def check_training_cost(est, X: np.ndarray, in_memory: bool = True) -> TrainingCost:
@@ -149,7 +171,7 @@ def check_training_cost(est, X: np.ndarray, in_memory: bool = True) -> TrainingC
             UserWarning,
             stacklevel=3,
         )
-    cost = estimate_training_cost(d, est.hidden_sizes, N, D, seed=0)
+    cost = estimate_training_cost(d, est.hidden_sizes, N, D, seed=0, chunk_bytes=est.chunk_bytes)
     if not in_memory:
         logger.info("training estimate (summed over the workers): %s", cost.describe())
         return cost

@@ -173,7 +173,8 @@ class EMTrainer(Trainer):
         dec, X = self.decoder, self.X
         if dec.n_layers < 2:
             return None
-        grads = exact_gradient(dec, self.std, self._region_stats(self._e, X), X)
+        rs = self._region_stats(self._e, X)
+        grads = exact_gradient(dec, self.std, rs, X, self.est.chunk_bytes)
         L = dec.n_layers - 1  # hidden layers only: the output layer had its exact EM step
         gW, gc = grads[0 : 2 * L : 2], grads[1 : 2 * L : 2]
         norm_g = np.sqrt(sum((g**2).sum() for g in gW) + sum((g**2).sum() for g in gc))

@@ -110,7 +110,7 @@ class GradientTrainer(Trainer):
             t0 = time.perf_counter()
             rs = self._region_stats(e, Xb)
             self.opt.zero_grad()
-            loss = -gradient_form(self.params, dec, rs, Xb) / len(Xb)
+            loss = -gradient_form(self.params, dec, rs, Xb, est.chunk_bytes) / len(Xb)
             for k in range(0, len(self.params) - 1, 2):
                 loss = loss + 0.5 * est.weight_decay * (self.params[k] ** 2).sum()
             loss.backward()

@@ -115,7 +115,7 @@ class LBFGSTrainer(Trainer):
         sig = self.pv.floor + torch.exp(s_)
         log_std = torch.log(sig) if self.pv.diagonal else torch.log(sig[0])
         # dask pairs: the gradient is summed on the workers; device pairs: on the device
-        obj = -gradient_form([*plist, log_std], dec, rs, X) / X.shape[0]
+        obj = -gradient_form([*plist, log_std], dec, rs, X, est.chunk_bytes) / X.shape[0]
         penalty = sum((plist[i] ** 2).sum() for i in range(0, len(plist), 2))
         obj = obj + 0.5 * est.weight_decay * penalty
         (grad,) = torch.autograd.grad(obj, tt)
