@@ -996,6 +996,22 @@ def polygon_table(normals: np.ndarray, offsets: np.ndarray) -> PolygonTable:
     )
 
 
+def _edge_offsets(n0, n1, P0, P1, f0, f1, active, c_line):
+    """Edge parameters of the mapped edges: ``t0`` / ``t1`` (ends along ``tau = (-n1, n0)``,
+    -inf / inf where the edge has no vertex there) and ``cu`` (the offset ``n . u``, taken from
+    a vertex of the edge where it has one, consistent with the mapped vertices, else the line's
+    ``c_line``; inf on inactive rows)."""
+    with np.errstate(invalid="ignore"):
+        t0 = np.where(f0, n0 * P0[..., 1] - n1 * P0[..., 0], -np.inf)
+        t1 = np.where(f1, n0 * P1[..., 1] - n1 * P1[..., 0], np.inf)
+        cu = np.where(
+            f0,
+            n0 * P0[..., 0] + n1 * P0[..., 1],
+            np.where(f1, n0 * P1[..., 0] + n1 * P1[..., 1], c_line),
+        )
+    return t0, t1, np.where(active, cu, np.inf)
+
+
 def _shifted(table: PolygonTable, m: np.ndarray, w: np.ndarray, k: int):
     """Edges of polygons ``m`` (P,) (all of width <= ``k``) seen from the means ``w`` (P, 2)."""
     nu = table.normals[m, :k]
@@ -1007,17 +1023,8 @@ def _shifted(table: PolygonTable, m: np.ndarray, w: np.ndarray, k: int):
     P1 = table.p1[m, :k] - wb
     n0, n1 = nu[..., 0], nu[..., 1]
     with np.errstate(invalid="ignore"):
-        # tau = (-n1, n0); offsets from a vertex of the edge where it has one (consistent with
-        # the translated vertices), else from the line
-        t0 = np.where(f0, n0 * P0[..., 1] - n1 * P0[..., 0], -np.inf)
-        t1 = np.where(f1, n0 * P1[..., 1] - n1 * P1[..., 0], np.inf)
         c_line = table.offsets[m, :k] - (n0 * w[:, None, 0] + n1 * w[:, None, 1])
-        cu = np.where(
-            f0,
-            n0 * P0[..., 0] + n1 * P0[..., 1],
-            np.where(f1, n0 * P1[..., 0] + n1 * P1[..., 1], c_line),
-        )
-    cu = np.where(active, cu, np.inf)
+    t0, t1, cu = _edge_offsets(n0, n1, P0, P1, f0, f1, active, c_line)
     bounded = table.bounded[m]
     g = np.where(bounded[:, None], table.centroid[m] - w, 0.0)
     verts = Vertices(P0, P1, g, table.radius[m], bounded)
@@ -1058,15 +1065,8 @@ def _transformed(table: PolygonTable, m: np.ndarray, T: np.ndarray, w: np.ndarra
     P0 = vert(table.p0[m, :k])
     P1 = vert(table.p1[m, :k])
     with np.errstate(invalid="ignore"):
-        t0 = np.where(f0, n0 * P0[..., 1] - n1 * P0[..., 0], -np.inf)
-        t1 = np.where(f1, n0 * P1[..., 1] - n1 * P1[..., 0], np.inf)
         c_line = table.offsets[m, :k] * (det / safe) - (n0 * w[:, None, 0] + n1 * w[:, None, 1])
-        cu = np.where(
-            f0,
-            n0 * P0[..., 0] + n1 * P0[..., 1],
-            np.where(f1, n0 * P1[..., 0] + n1 * P1[..., 1], c_line),
-        )
-    cu = np.where(active, cu, np.inf)
+    t0, t1, cu = _edge_offsets(n0, n1, P0, P1, f0, f1, active, c_line)
     bounded = table.bounded[m]
     c = table.centroid[m]
     g0 = T[:, 0, 0] * c[:, 0] + T[:, 0, 1] * c[:, 1] - w[:, 0]
