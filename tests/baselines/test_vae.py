@@ -523,3 +523,182 @@ def test_sklearn_estimator_checks(cls):
     ec.check_n_features_in(name, est)
     ec.check_fit2d_1sample(name, est)
     ec.check_estimators_nan_inf(name, est)
+
+
+# ----------------------------------------------------------------------------- warm start
+def _same_model(a, b):
+    """Bitwise the same fitted networks, noise and record."""
+    assert _untimed(a.history_) == _untimed(b.history_)
+    assert a.best_iter_ == b.best_iter_
+    for Wa, Wb in zip(
+        a.decoder_.weights + a.decoder_.biases, b.decoder_.weights + b.decoder_.biases, strict=True
+    ):
+        np.testing.assert_array_equal(Wa, Wb)
+    for (ka, pa), (kb, pb) in zip(
+        a.encoder_.state_dict().items(), b.encoder_.state_dict().items(), strict=True
+    ):
+        assert ka == kb and torch.equal(pa, pb)
+    np.testing.assert_array_equal(a.noise_std_, b.noise_std_)
+
+
+WARM = dict(encoder_hidden=(8,), batch_size=16, lr=1e-2, random_state=0, patience=100)
+
+
+@pytest.mark.parametrize(
+    ("cls", "frac", "dtype"),
+    [(VAE, 0.0, "float64"), (IWAE, 0.3, "float64"), (VAE, 0.3, "float32")],
+)
+def test_warm_start_halves_equal_one_run(cls, frac, dtype):
+    """3 + 3 warm-started epochs are bitwise the 6 of one fit: Adam's moments and step count,
+    the minibatch / noise stream, the validation split and the best-epoch record carry over."""
+    X = wave(60, noise=0.1, random_state=0)
+    kw = dict(WARM, validation_fraction=frac, dtype=dtype)
+    one = cls([1, 5, 2], max_epochs=6, **kw).fit(X)
+    m = cls([1, 5, 2], max_epochs=3, warm_start=True, **kw).fit(X)
+    assert m.n_iter_ == 3
+    seen = []
+    m.fit(X, callback=lambda it, snapshot: seen.append(it))
+    assert m.n_iter_ == 3 and seen == [4, 5, 6]
+    assert [r["iter"] for r in m.history_] == list(range(7))
+    _same_model(m, one)
+
+
+def test_warm_start_continues_early_stopping_record():
+    """With early stopping (patience 2), 2 warm epochs then the rest stop where one fit does,
+    keep the same best epoch; a further warm fit after the early stop trains one epoch."""
+    X = wave(120, noise=0.1, random_state=0)
+    kw = dict(WARM, validation_fraction=0.3, patience=2, lr=2e-2, random_state=1)
+    one = VAE([1, 6, 2], max_epochs=200, **kw).fit(X)
+    assert one.stopped_early_ and one.best_iter_ < one.n_iter_ < 200
+    m = VAE([1, 6, 2], max_epochs=2, warm_start=True, **kw).fit(X)
+    m.set_params(max_epochs=200).fit(X)
+    _same_model(m, one)
+    assert m.stopped_early_ and m.n_iter_ == one.n_iter_ - 2
+    m.fit(X)  # bad = patience already: one more epoch unless it is a new best
+    assert m.history_[-1]["iter"] == one.n_iter_ + m.n_iter_
+    assert m.n_iter_ == 1 or m.best_iter_ > one.best_iter_
+
+
+def test_cold_fit_ignores_the_previous_run():
+    X = wave(40, noise=0.1, random_state=0)
+    m = VAE([1, 4, 2], max_epochs=2, validation_fraction=0.0, **FAST, random_state=0).fit(X)
+    again = clone(m).fit(X)
+    m.fit(X)  # warm_start=False: the same 2-epoch model again
+    _same_model(m, again)
+
+
+def test_warm_start_from_parts_fine_tunes():
+    """A model without a training state (from_parts) starts a new run from its networks, which
+    are copied (the given encoder is not trained in place)."""
+    X = wave(40, noise=0.1, random_state=0)
+    src = VAE([1, 4, 2], max_epochs=2, **FAST, random_state=0).fit(X)
+    enc = src.encoder_
+    before = [p.clone() for p in enc.parameters()]
+    m = VAE.from_parts(src.decoder_, enc, src.noise_std_)
+    m.set_params(warm_start=True, max_epochs=2, random_state=0, validation_fraction=0.0)
+    m.fit(X)
+    assert m.n_iter_ == 2 and [r["iter"] for r in m.history_] == [0, 1, 2]
+    ref = ExactDGN.from_decoder(src.decoder_, src.noise_std_)  # row 0: the given networks
+    assert m.history_[0]["loglik"] < ref.score(X)
+    assert all(torch.equal(p, q) for p, q in zip(enc.parameters(), before, strict=True))
+    assert m.encoder_ is not enc and not np.array_equal(
+        m.decoder_.weights[0], src.decoder_.weights[0]
+    )
+
+
+def test_warm_start_checks_the_fitted_model():
+    X = wave(30, noise=0.1, random_state=0)
+    m = VAE([1, 3, 2], max_epochs=1, warm_start=True, **FAST, random_state=0).fit(X)
+    with pytest.raises(ValueError, match="X has 3 columns but the fitted model expects 2"):
+        m.fit(np.hstack([X, X[:, :1]]))
+    with pytest.raises(ValueError, match="noise='diagonal' is invalid with warm_start=True"):
+        m.set_params(noise="diagonal").fit(X)
+    with pytest.raises(ValueError, match="warm_start='yes' is invalid: use True"):
+        VAE(warm_start="yes").fit(X)
+
+
+# ----------------------------------------------------------------------------- Ctrl-C
+@pytest.mark.parametrize("where", ["minibatch", "callback"])
+def test_interrupt_keeps_last_epoch_and_warm_start_resumes(where, monkeypatch, caplog):
+    """A KeyboardInterrupt in the middle of epoch 3 (a monkeypatched minibatch step) leaves
+    the model of 2 epochs, not a half-updated one; one raised by the callback after epoch 3
+    keeps epoch 3. Either way a warm fit then ends bitwise as the uninterrupted run."""
+    import logging
+
+    from exactdgn.baselines import _vae
+
+    X = wave(60, noise=0.1, random_state=0)
+    kw = dict(WARM, validation_fraction=0.3)
+    full = VAE([1, 5, 2], max_epochs=5, **kw).fit(X)
+    armed = []
+    real = _vae._log_weights
+
+    def log_weights(*args):
+        if armed:
+            armed.append(1)
+            if len(armed) == 3:  # the second minibatch of epoch 3
+                raise KeyboardInterrupt
+        return real(*args)
+
+    def cb(it, snapshot):
+        if it == (2 if where == "minibatch" else 3):
+            if where == "callback":
+                raise KeyboardInterrupt
+            armed.append(0)
+
+    monkeypatch.setattr(_vae, "_log_weights", log_weights)
+    m = VAE([1, 5, 2], max_epochs=5, warm_start=True, **kw)
+    with caplog.at_level(logging.WARNING, logger="exactdgn.baselines._vae"):
+        with pytest.raises(KeyboardInterrupt):
+            m.fit(X, callback=cb)
+    kept = 2 if where == "minibatch" else 3
+    assert "training interrupted" in caplog.text and f"epoch {kept}" in caplog.text
+    assert m.n_iter_ == kept and m.stopped_early_
+    assert _untimed(m.history_) == _untimed(full.history_[: kept + 1])
+    short = VAE([1, 5, 2], max_epochs=kept, **kw).fit(X)
+    _same_model(m, short)  # the fitted model of `kept` epochs: no half-updated parameters
+    assert np.isfinite(m.score(X[:5], n_samples=3))
+    armed.clear()
+    m.set_params(max_epochs=5 - kept).fit(X)
+    _same_model(m, full)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+@pytest.mark.parametrize("cls", [VAE, IWAE])
+def test_state_dict_checkpoint_without_pickle_resumes(cls, tmp_path):
+    """state_dict -> pack_state -> npz + JSON (no pickle) -> load_state_dict: the same model,
+    and a warm start from it continues the run bitwise."""
+    from exactdgn.io import read_npz, write_npz_atomic
+    from exactdgn.training import pack_state, unpack_state
+
+    X = wave(60, noise=0.1, random_state=0)
+    kw = dict(WARM, validation_fraction=0.3)
+    one = cls([1, 5, 2], max_epochs=4, **kw).fit(X)
+    m = cls([1, 5, 2], max_epochs=2, **kw).fit(X)
+    state = m.state_dict()
+    state["noise_std"] *= 2.0  # a copy: the estimator does not change
+    arrays: dict = {}
+    meta = pack_state(m.state_dict(), arrays, "s")
+    write_npz_atomic(tmp_path / "vae.npz", arrays, {"state": meta})
+    arrays, meta = read_npz(tmp_path / "vae.npz")  # np.load(allow_pickle=False)
+    loaded = cls([1, 5, 2], max_epochs=2, warm_start=True, **kw)
+    loaded.load_state_dict(unpack_state(meta["state"], arrays))
+    _same_model(loaded, m)
+    assert loaded.n_iter_ == 2 and isinstance(loaded.noise_std_, float)
+    np.testing.assert_array_equal(loaded.elbo(X, 5, random_state=0), m.elbo(X, 5, random_state=0))
+    loaded.fit(X)
+    _same_model(loaded, one)
+
+
+def test_state_dict_errors():
+    X = wave(30, noise=0.1, random_state=0)
+    m = VAE([1, 3, 2], max_epochs=1, **FAST, random_state=0).fit(X)
+    with pytest.raises(ValueError, match="not a IWAE state_dict"):
+        IWAE().load_state_dict(m.state_dict())
+    with pytest.raises(ValueError, match="version 99"):
+        VAE().load_state_dict({**m.state_dict(), "version": 99})
+    enc = torch.nn.Sequential()
+    with pytest.raises(TypeError, match="records a GaussianEncoder"):
+        VAE.from_parts(m.decoder_, enc, m.noise_std_).state_dict()
+    with pytest.raises(NotFittedError):
+        VAE().state_dict()

@@ -34,6 +34,7 @@ from .._validation import check_array, check_positive
 from ..datasets._toy import check_random_state
 from ..decoder import Decoder
 from ..gaussian._rules import LOG_2PI as _LOG_2PI
+from ..io import decoder_from_arrays, decoder_to_arrays
 from ..model import NotFittedError
 from ..training import HistoryRow
 
@@ -68,6 +69,13 @@ class GaussianEncoder(nn.Module):
     activation : {"relu", "leaky_relu", "tanh", "softplus", "elu"}
     min_log_std, max_log_std : float
         The log-std head is clamped to this range for numerical safety.
+
+    Attributes
+    ----------
+    n_features, latent_dim : int
+    hidden_sizes : tuple of int
+    activation : str
+        The constructor's arguments (:meth:`VAE.state_dict` records them to rebuild it).
     """
 
     def __init__(
@@ -86,6 +94,7 @@ class GaussianEncoder(nn.Module):
                 f"encoder activation must be one of {sorted(_ENCODER_ACTIVATIONS)}, "
                 f"got {activation!r}"
             )
+        hidden_sizes = tuple(hidden_sizes)
         layers: list[nn.Module] = []
         n = int(n_features)
         for h in hidden_sizes:
@@ -93,6 +102,10 @@ class GaussianEncoder(nn.Module):
                 raise ValueError(f"encoder hidden sizes must be >= 1, got {list(hidden_sizes)}")
             layers += [nn.Linear(n, int(h)), _ENCODER_ACTIVATIONS[activation]()]
             n = int(h)
+        self.n_features = int(n_features)
+        self.latent_dim = int(latent_dim)
+        self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
+        self.activation = activation
         self.body = nn.Sequential(*layers)
         self.mean_head = nn.Linear(n, int(latent_dim))
         self.log_std_head = nn.Linear(n, int(latent_dim))
@@ -189,13 +202,178 @@ def _is_int(value, low: int) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
 
 
+def _generator_from_state(state: dict) -> np.random.Generator:
+    """A numpy Generator in the state ``bit_generator.state`` returned (any bit generator)."""
+    bitgen = getattr(np.random, state["bit_generator"])()
+    bitgen.state = state
+    return np.random.Generator(bitgen)
+
+
+def _clone_tensors(sd) -> dict:
+    return {k: v.detach().clone() for k, v in sd.items()}
+
+
+class _Run:
+    """The live state of a VAE / IWAE training run and its epochs.
+
+    The decoder and encoder modules and ``log σ`` in the training dtype, Adam over them, the
+    torch generator of the minibatch order and training noise, the state of the numpy generator
+    that draws the validation split, the seed of the validation noise, the number of
+    completed epochs and the early-stopping record (``best``: objective, epoch and parameters of
+    the best validation epoch; ``bad``: epochs since it). :meth:`state` copies all of it as
+    plain data (dicts, lists, numbers, strings, torch tensors; Adam through its public
+    ``state_dict()``): the estimator keeps the one of the last completed epoch, so a warm start
+    continues from it and an interrupted epoch goes back to it.
+    """
+
+    def __init__(self, est: VAE, decoder_module, encoder, log_noise):
+        self.est = est
+        self.dtype = log_noise.dtype
+        self.decoder_module = decoder_module
+        self.encoder = encoder
+        self.log_noise = nn.Parameter(log_noise.detach().clone())
+        self.d = int(decoder_module[0].in_features)
+        self.log_floor = math.log(float(est.min_noise_std))
+        params = [*decoder_module.parameters(), *encoder.parameters(), self.log_noise]
+        self.opt = torch.optim.Adam(params, lr=float(est.lr))
+        self.gen = torch.Generator()
+        self.epoch = 0
+        self.best: dict | None = None
+        self.bad = 0
+        self.val_seed = 0
+        self.split_state: dict | None = None
+
+    @classmethod
+    def from_fitted(cls, est: VAE, dtype) -> _Run:
+        """A new run from the estimator's fitted networks (no training state: fresh Adam)."""
+        with torch.random.fork_rng(devices=[]):
+            decoder_module = est.decoder_.to_torch(dtype)
+        encoder = copy.deepcopy(est.encoder_).to(dtype)
+        for p in encoder.parameters():
+            p.requires_grad_(True)
+        std = np.asarray(est.noise_std_, dtype=np.float64).reshape(-1)
+        return cls(est, decoder_module, encoder, torch.log(torch.as_tensor(std, dtype=dtype)))
+
+    @classmethod
+    def from_state(cls, est: VAE, state: dict, dtype) -> _Run:
+        """The run of a :meth:`state` (the networks' structure from the fitted estimator)."""
+        with torch.random.fork_rng(devices=[]):
+            decoder_module = est.decoder_.to_torch(dtype)
+        encoder = copy.deepcopy(est.encoder_).to(dtype)
+        for p in encoder.parameters():
+            p.requires_grad_(True)
+        params = state["params"]
+        run = cls(est, decoder_module, encoder, params["log_noise"].to(dtype))
+        run.load_params(params)
+        # a copy: Adam updates its state tensors in place, the estimator's state must not move
+        run.opt.load_state_dict(copy.deepcopy(state["optimizer"]))
+        run.gen.set_state(state["generator"].clone())
+        run.epoch = int(state["epoch"])
+        run.best = state["best"]
+        run.bad = int(state["bad"])
+        run.val_seed = int(state["val_seed"])
+        run.split_state = state["split"]
+        return run
+
+    def log_sigma(self):
+        return torch.clamp(self.log_noise, min=self.log_floor)
+
+    def params_state(self) -> dict:
+        return {
+            "decoder": _clone_tensors(self.decoder_module.state_dict()),
+            "encoder": _clone_tensors(self.encoder.state_dict()),
+            "log_noise": self.log_noise.detach().clone(),
+        }
+
+    def load_params(self, params: dict) -> None:
+        self.decoder_module.load_state_dict(params["decoder"])
+        self.encoder.load_state_dict(params["encoder"])
+        with torch.no_grad():
+            self.log_noise.copy_(params["log_noise"])
+
+    def state(self) -> dict:
+        """Everything the next epoch depends on, copied (see the class docstring)."""
+        return {
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "params": self.params_state(),
+            "optimizer": copy.deepcopy(self.opt.state_dict()),
+            "generator": self.gen.get_state(),
+            "split": copy.deepcopy(self.split_state),
+            "val_seed": self.val_seed,
+            "epoch": self.epoch,
+            "best": self.best,  # never changed in place (replaced by a new best)
+            "bad": self.bad,
+        }
+
+    def evaluate(self, x, eps, batch_size: int) -> float:
+        """Mean objective on ``x`` with the noise ``eps`` (in minibatches, no gradient)."""
+        self.decoder_module.eval()
+        self.encoder.eval()
+        tot = 0.0
+        with torch.no_grad():
+            for s in range(0, x.shape[0], batch_size):
+                lw = _log_weights(
+                    x[s : s + batch_size],
+                    eps[s : s + batch_size],
+                    self.decoder_module,
+                    self.encoder,
+                    self.log_sigma(),
+                )
+                tot += float(self.est._objective(lw).sum())
+        return tot / x.shape[0]
+
+    def train_epoch(self, xt, batch_size: int, n_samples: int) -> float:
+        """One pass of Adam steps over ``xt`` in a random order; the epoch's mean objective."""
+        self.epoch += 1
+        self.decoder_module.train()
+        self.encoder.train()
+        n_train = xt.shape[0]
+        order = torch.randperm(n_train, generator=self.gen)
+        tot_obj = 0.0
+        for start in range(0, n_train, batch_size):
+            xb = xt[order[start : start + batch_size]]
+            eps = torch.randn(
+                (xb.shape[0], n_samples, self.d), generator=self.gen, dtype=self.dtype
+            )
+            log_w = _log_weights(xb, eps, self.decoder_module, self.encoder, self.log_sigma())
+            obj = self.est._objective(log_w)
+            loss = -obj.mean()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"non-finite training loss at epoch {self.epoch}; lower lr or raise "
+                    "min_noise_std"
+                )
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+            tot_obj += float(obj.detach().sum())
+        return tot_obj / n_train
+
+    def record_validation(self, v_obj: float, min_delta: float) -> None:
+        """Early-stopping record: a new best epoch (its parameters kept) or one more bad one."""
+        if self.best is None or v_obj > self.best["objective"] + min_delta:
+            self.best = {"objective": v_obj, "epoch": self.epoch, "params": self.params_state()}
+            self.bad = 0
+        else:
+            self.bad += 1
+
+    def snapshot(self):
+        """The current ``(Decoder, noise_std)`` in float64 (the callback's ``snapshot``)."""
+        self.decoder_module.eval()
+        dec_now = Decoder.from_torch(self.decoder_module, input_shape=(self.d,))
+        sig = np.exp(self.log_sigma().detach().to(torch.float64).numpy())
+        return dec_now, (float(sig[0]) if self.est.noise == "isotropic" else sig.copy())
+
+
 class VAE(DensityMixin, BaseEstimator):
     """Variational auto-encoder with a continuous piecewise-affine decoder.
 
     A scikit-learn estimator (``get_params`` / ``set_params`` / ``clone``; ``__init__`` only
-    stores the parameters, ``fit`` validates them) with the training record of
+    stores the parameters, ``fit`` validates them) with the training conventions of
     :class:`exactdgn.ExactDGN`: ``history_`` rows of :class:`exactdgn.training.HistoryRow`,
-    ``n_iter_`` and ``fit(X, callback=f)``.
+    ``n_iter_``, ``fit(X, callback=f)``, ``warm_start``, Ctrl-C keeping the last completed
+    epoch (see :meth:`fit`), and checkpoints without pickle (:meth:`state_dict` /
+    :meth:`load_state_dict`).
 
     Parameters
     ----------
@@ -242,6 +420,23 @@ class VAE(DensityMixin, BaseEstimator):
         Seeds the decoder initialisation (when not given a ``Decoder``), encoder
         initialisation, validation split, minibatch order and training noise. Same seed, same
         data -> same fit.
+    warm_start : bool
+        When True and the estimator is fitted, ``fit`` continues its run (as
+        ``ExactDGN(warm_start=True)`` and scikit-learn's ``MLPRegressor``): the networks and
+        the noise where the last completed epoch left them, Adam's state (moments and step
+        count), the random stream of minibatch order and training noise, the validation split
+        (the same for the same ``X``) and its noise, and the early-stopping record (best
+        validation epoch, epochs since it: after an early stop, a warm fit stops again after
+        one epoch unless that epoch improves on the best). ``fit`` then runs ``max_epochs``
+        more epochs and appends their rows to ``history_`` (``iter`` goes on counting); two
+        fits of ``n`` epochs give bitwise the model of one fit of ``2 n``. The parameters that
+        build a new model (``decoder``, ``latent_dim``, ``hidden_sizes``, ``activation``,
+        ``negative_slope``, ``init_noise_std``, ``encoder_hidden``, ``encoder_activation``,
+        ``random_state``) are not read then; ``noise`` must be the fitted model's; ``lr``,
+        ``batch_size``, ``dtype`` and the stopping parameters may change. A fitted model
+        without a training state (:meth:`from_parts`, or a :meth:`load_state_dict` without
+        one) starts a new run from its networks (fresh Adam; ``history_`` restarts at its
+        row 0). False (default): every ``fit`` starts afresh.
     progress : bool
         Show a tqdm progress bar over epochs.
 
@@ -264,12 +459,13 @@ class VAE(DensityMixin, BaseEstimator):
         ``n_regions`` None (the exact model of the decoder, ``ExactDGN.from_decoder``, has
         them).
     n_iter_ : int
-        Epochs run (``len(history_) - 1``), as ``ExactDGN.n_iter_``.
+        Epochs run by the last ``fit``, as ``ExactDGN.n_iter_`` (``len(history_) - 1``,
+        unless ``warm_start`` continued a run: ``history_`` holds all of its epochs).
     best_iter_ : int
         The epoch whose parameters were kept (``history_[best_iter_]``): the best validation
         epoch, else the last one (0 when no epoch ran).
     stopped_early_ : bool
-        Stopped by early stopping or by the callback before ``max_epochs``.
+        Stopped by early stopping, by the callback or by Ctrl-C before ``max_epochs``.
     n_features_in_ : int
     latent_dim_ : int
 
@@ -308,6 +504,7 @@ class VAE(DensityMixin, BaseEstimator):
         min_delta: float = 0.0,
         dtype: str = "float64",
         random_state=None,
+        warm_start: bool = False,
         progress: bool = False,
     ):
         self.decoder = decoder
@@ -329,6 +526,7 @@ class VAE(DensityMixin, BaseEstimator):
         self.min_delta = min_delta
         self.dtype = dtype
         self.random_state = random_state
+        self.warm_start = warm_start
         self.progress = progress
 
     @classmethod
@@ -356,6 +554,123 @@ class VAE(DensityMixin, BaseEstimator):
         vae.n_features_in_ = decoder.output_dim
         vae.latent_dim_ = decoder.latent_dim
         return vae
+
+    # ------------------------------------------------------------------ checkpoints
+    _STATE_VERSION = 1
+
+    def state_dict(self) -> dict:
+        """The fitted estimator as plain data, to checkpoint it without pickle.
+
+        Nested dicts, lists and tuples of numbers, strings, ``None``, numpy arrays and torch
+        tensors (as ``ExactDGN``'s trainers' states, so :func:`exactdgn.training.pack_state`
+        turns it into JSON and named arrays, e.g. for :func:`exactdgn.io.write_npz_atomic`):
+        the decoder (float64 arrays), the encoder (its :class:`GaussianEncoder` arguments and
+        parameters), the noise, ``history_``, ``n_iter_``, ``best_iter_``, ``stopped_early_``
+        and the training state of the last completed epoch (the networks and ``log σ`` in the
+        training dtype, Adam's public ``state_dict()``, the random streams, the early-stopping
+        record), so that :meth:`load_state_dict` followed by a fit with ``warm_start=True``
+        continues the run exactly. A copy: changing it does not change the estimator.
+
+        Returns
+        -------
+        dict
+
+        Raises
+        ------
+        TypeError
+            When ``encoder_`` is not a :class:`GaussianEncoder` (an encoder given to
+            :meth:`from_parts`: save it with torch).
+        """
+        self._check_fitted()
+        enc = self.encoder_
+        if not isinstance(enc, GaussianEncoder):
+            raise TypeError(
+                f"state_dict records a GaussianEncoder, this encoder_ is a {type(enc).__name__} "
+                "(given to from_parts): save it with torch (its own state_dict())"
+            )
+        arrays, meta = decoder_to_arrays(self.decoder_)
+        config = {
+            "n_features": enc.n_features,
+            "latent_dim": enc.latent_dim,
+            "hidden_sizes": list(enc.hidden_sizes),
+            "activation": enc.activation,
+            "min_log_std": enc.min_log_std,
+            "max_log_std": enc.max_log_std,
+        }
+        return copy.deepcopy(
+            {
+                "estimator": type(self).__name__,
+                "version": self._STATE_VERSION,
+                "decoder": {"arrays": arrays, "meta": meta},
+                "encoder": {"config": config, "state": enc.state_dict()},
+                "noise_std": np.asarray(self.noise_std_, dtype=np.float64),
+                "history": getattr(self, "history_", None),
+                "n_iter": getattr(self, "n_iter_", None),
+                "best_iter": getattr(self, "best_iter_", None),
+                "stopped_early": getattr(self, "stopped_early_", None),
+                "train": getattr(self, "_train_state", None),
+            }
+        )
+
+    def load_state_dict(self, state: dict) -> VAE:
+        """Make this estimator the fitted one that :meth:`state_dict` described.
+
+        The parameters (``get_params``) stay this estimator's own: build it with those of the
+        saved one for a warm start to continue the same run (``noise`` must match the saved
+        noise).
+
+        Parameters
+        ----------
+        state : dict
+            A :meth:`state_dict` of the same class (after :func:`exactdgn.training.
+            unpack_state`, arrays may be numpy arrays or tensors alike).
+
+        Returns
+        -------
+        self
+        """
+        name = type(self).__name__
+        if not isinstance(state, dict) or state.get("estimator") != name:
+            got = state.get("estimator") if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"state is not a {name} state_dict (it holds {got!r})")
+        if state.get("version") != self._STATE_VERSION:
+            raise ValueError(
+                f"state has version {state.get('version')!r}, this exactdgn reads version "
+                f"{self._STATE_VERSION}"
+            )
+        state = copy.deepcopy(state)
+        dec = decoder_from_arrays(state["decoder"]["arrays"], state["decoder"]["meta"])
+        cfg = state["encoder"]["config"]
+        with torch.random.fork_rng(devices=[]):
+            enc = GaussianEncoder(
+                cfg["n_features"],
+                cfg["latent_dim"],
+                tuple(cfg["hidden_sizes"]),
+                cfg["activation"],
+                min_log_std=cfg["min_log_std"],
+                max_log_std=cfg["max_log_std"],
+            ).to(torch.float64)
+        enc.load_state_dict({k: torch.as_tensor(v) for k, v in state["encoder"]["state"].items()})
+        for p in enc.parameters():
+            p.requires_grad_(False)
+        std = np.asarray(state["noise_std"], dtype=np.float64)
+        self.decoder_ = dec
+        self.encoder_ = enc.eval()
+        self.noise_std_ = float(std) if std.ndim == 0 else std.copy()
+        self.n_features_in_ = dec.output_dim
+        self.latent_dim_ = dec.latent_dim
+        for attr, key in (
+            ("history_", "history"),
+            ("n_iter_", "n_iter"),
+            ("best_iter_", "best_iter"),
+            ("stopped_early_", "stopped_early"),
+        ):
+            if state.get(key) is not None:
+                setattr(self, attr, state[key])
+            elif hasattr(self, attr):
+                delattr(self, attr)
+        self._train_state = state.get("train")
+        return self
 
     # ------------------------------------------------------------------ training
     def _validate_params(self) -> None:
@@ -430,6 +745,8 @@ class VAE(DensityMixin, BaseEstimator):
         rs = self.random_state
         if not (rs is None or _is_int(rs, 0) or isinstance(rs, np.random.Generator)):
             bad("random_state", "use None, an integer >= 0 or a numpy.random.Generator")
+        if not isinstance(self.warm_start, bool | np.bool_):
+            bad("warm_start", "use True (continue the fitted run) or False")
 
     def _validate_objective_params(self, bad) -> None:
         if not _is_int(self.n_train_samples, 1):
@@ -486,16 +803,36 @@ class VAE(DensityMixin, BaseEstimator):
             Validation data for early stopping (else ``validation_fraction`` of ``X``).
         callback : callable, optional
             Called after every epoch as ``callback(iteration, snapshot)``, as by
-            :meth:`exactdgn.ExactDGN.fit`: ``iteration`` is the epoch (from 1; its row
-            ``history_[iteration]`` is already recorded), ``snapshot()`` returns the current
-            ``(Decoder, noise_std)`` in float64 (``noise_std`` as ``noise_std_``: a float for
-            isotropic noise) (built only when called, e.g. to score training
-            curves with the exact likelihood). Training stops early if it returns ``False``
-            (with a validation split, the best validation epoch so far is kept).
+            :meth:`exactdgn.ExactDGN.fit`: ``iteration`` is the epoch (from 1, counted over the
+            whole run with ``warm_start``; its row ``history_[iteration]`` is already
+            recorded), ``snapshot()`` returns the current ``(Decoder, noise_std)`` in float64
+            (``noise_std`` as ``noise_std_``: a float for isotropic noise) (built only when
+            called, e.g. to score training curves with the exact likelihood). Training stops
+            early if it returns ``False`` (with a validation split, the best validation epoch
+            so far is kept).
 
         Returns
         -------
         self
+
+        Notes
+        -----
+        ``warm_start=True`` on a fitted estimator continues its run (see the class
+        parameters): ``max_epochs`` more epochs, rows appended to ``history_``, ``n_iter_``
+        the epochs of this call. Two warm fits of ``n`` epochs end bitwise where one fit of
+        ``2 n`` does, early stopping included (the same ``X`` and parameters).
+
+        Ctrl-C (``KeyboardInterrupt``) stops training at once (within the minibatch step
+        running then) and discards the unfinished epoch: the estimator is left fitted as if
+        ``fit`` had ended after the last completed epoch (its row is the last of
+        ``history_``; with a validation split the best validation epoch so far is kept, as
+        at any end of ``fit``; ``stopped_early_`` is True), a warning is logged, and the
+        ``KeyboardInterrupt`` propagates, as :meth:`exactdgn.ExactDGN.fit` does. The
+        training state is that epoch's too, so a later ``fit`` with ``warm_start=True`` runs
+        the interrupted epoch again and continues exactly as the uninterrupted run. An
+        interrupt raised by ``callback`` counts its epoch as completed. An interrupt before
+        the first epoch starts (while the initial parameters are evaluated) leaves the
+        estimator as it was.
         """
         self._validate_params()
         X = check_array(X, name="X")
@@ -503,7 +840,6 @@ class VAE(DensityMixin, BaseEstimator):
             raise ValueError(f"X has no rows (shape {X.shape}): give at least one point")
         N, D = X.shape
         dtype = _torch_dtype(self.dtype)
-        lr = float(self.lr)
         batch_size = int(self.batch_size)
         max_epochs = int(self.max_epochs)
         patience = int(self.patience)
@@ -511,12 +847,34 @@ class VAE(DensityMixin, BaseEstimator):
         frac = float(self.validation_fraction)
         min_delta = float(self.min_delta)
 
-        rng = check_random_state(self.random_state)
-        dec_seed, enc_seed, torch_seed, val_seed = (int(s) for s in rng.integers(0, 2**62, 4))
-        dec = self._initial_decoder(D, dec_seed)
-        d = dec.latent_dim
+        warm = bool(self.warm_start) and hasattr(self, "decoder_")
+        state = getattr(self, "_train_state", None) if warm else None
+        if warm:
+            self._check_warm_start(D)
+        if state is None:  # a new run: from the parameters, or from the fitted networks
+            rng = check_random_state(self.random_state)
+            dec_seed, enc_seed, torch_seed, val_seed = (int(s) for s in rng.integers(0, 2**62, 4))
+            split_rng, split_state = rng, rng.bit_generator.state
+            if warm:
+                run = _Run.from_fitted(self, dtype)
+            else:
+                dec = self._initial_decoder(D, dec_seed)
+                # parameter initialisation must not disturb torch's global RNG
+                with torch.random.fork_rng(devices=[]):
+                    decoder_module = dec.to_torch(dtype)  # nn.Linear draws (then overwritten)
+                    torch.manual_seed(enc_seed)
+                    encoder = GaussianEncoder(
+                        D, dec.latent_dim, tuple(self.encoder_hidden), self.encoder_activation
+                    ).to(dtype)
+                run = _Run(self, decoder_module, encoder, self._initial_log_noise(X, dtype))
+            run.gen.manual_seed(torch_seed)
+            run.val_seed, run.split_state = val_seed, split_state
+        else:  # continue the run where its last completed epoch left it
+            run = _Run.from_state(self, state, dtype)
+            split_rng = _generator_from_state(run.split_state)
+        d = run.d
 
-        # data split
+        # data split (a warm start with the same X draws the same split)
         if X_val is not None:
             Xv = check_array(X_val, name="X_val", n_features=D)
             Xt = X
@@ -527,54 +885,24 @@ class VAE(DensityMixin, BaseEstimator):
                     f"validation_fraction={frac} leaves no training data (N={N}): lower it "
                     "(0 trains on all of X without early stopping)"
                 )
-            perm = rng.permutation(N)
+            perm = split_rng.permutation(N)
             Xv, Xt = X[perm[:n_val]], X[perm[n_val:]]
         else:
             Xv, Xt = None, X
-
-        # modules (parameter initialisation must not disturb torch's global RNG)
-        with torch.random.fork_rng(devices=[]):
-            decoder_module = dec.to_torch(dtype)  # nn.Linear draws (then overwritten) weights
-            torch.manual_seed(enc_seed)
-            encoder = GaussianEncoder(D, d, tuple(self.encoder_hidden), self.encoder_activation).to(
-                dtype
-            )
-        log_noise = nn.Parameter(self._initial_log_noise(X, dtype))
-        log_floor = math.log(float(self.min_noise_std))
-
-        def log_sigma():
-            return torch.clamp(log_noise, min=log_floor)
-
-        params = [*decoder_module.parameters(), *encoder.parameters(), log_noise]
-        opt = torch.optim.Adam(params, lr=lr)
-        gen = torch.Generator().manual_seed(torch_seed)
+        if Xv is None:  # no validation in this call: the last epoch is kept
+            run.best, run.bad = None, 0
         xt = torch.as_tensor(Xt, dtype=dtype)
-        n_train = xt.shape[0]
-        val_eps = None
+        xv = val_eps = None
         if Xv is not None:
             xv = torch.as_tensor(Xv, dtype=dtype)
             val_eps = torch.randn(
                 (xv.shape[0], n_samples, d),
-                generator=torch.Generator().manual_seed(val_seed),
+                generator=torch.Generator().manual_seed(run.val_seed),
                 dtype=dtype,
             )
-
-        def evaluate(x, eps) -> float:
-            """Mean objective on ``x`` with the noise ``eps`` (in minibatches, no gradient)."""
-            decoder_module.eval()
-            encoder.eval()
-            tot = 0.0
-            with torch.no_grad():
-                for s in range(0, x.shape[0], batch_size):
-                    lw = _log_weights(
-                        x[s : s + batch_size],
-                        eps[s : s + batch_size],
-                        decoder_module,
-                        encoder,
-                        log_sigma(),
-                    )
-                    tot += float(self._objective(lw).sum())
-            return tot / x.shape[0]
+        lr = float(self.lr)
+        for group in run.opt.param_groups:  # a warm start takes the current learning rate
+            group["lr"] = lr
 
         def row(it, loglik, seconds, seconds_train, val) -> dict:
             return HistoryRow(
@@ -588,117 +916,118 @@ class VAE(DensityMixin, BaseEstimator):
                 val_loglik=val,
             ).as_dict()
 
-        def snapshot():
-            decoder_module.eval()
-            dec_now = Decoder.from_torch(decoder_module, input_shape=(d,))
-            sig = np.exp(log_sigma().detach().to(torch.float64).numpy())
-            return dec_now, (float(sig[0]) if self.noise == "isotropic" else sig.copy())
+        if state is None:
+            # row 0: the starting parameters (own noise: the training stream is not touched)
+            t0 = time.perf_counter()
+            eps0 = torch.randn(
+                (xt.shape[0], n_samples, d),
+                generator=torch.Generator().manual_seed(run.val_seed + 1),
+                dtype=dtype,
+            )
+            ll0 = run.evaluate(xt, eps0, batch_size)
+            del eps0
+            v0 = run.evaluate(xv, val_eps, batch_size) if xv is not None else None
+            history = [row(0, ll0, time.perf_counter() - t0, 0.0, v0)]
+        else:
+            history = [dict(r) for r in self.history_]
 
-        # row 0: the initial parameters (own noise: the training stream is not touched)
-        t0 = time.perf_counter()
-        eps0 = torch.randn(
-            (n_train, n_samples, d),
-            generator=torch.Generator().manual_seed(val_seed + 1),
-            dtype=dtype,
-        )
-        ll0 = evaluate(xt, eps0)
-        del eps0
-        v0 = evaluate(xv, val_eps) if Xv is not None else None
-        history = [row(0, ll0, time.perf_counter() - t0, 0.0, v0)]
-
-        best = -math.inf
-        best_iter = 0
-        best_state = None
-        bad = 0
+        first = run.epoch
+        saved = run.state()  # the last completed epoch: what an interrupt goes back to
         stopped = False
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=max_epochs, desc=type(self).__name__, unit="epoch")
-        for epoch in range(1, max_epochs + 1):
-            t0 = time.perf_counter()
-            decoder_module.train()
-            encoder.train()
-            order = torch.randperm(n_train, generator=gen)
-            tot_obj = 0.0
-            for start in range(0, n_train, batch_size):
-                xb = xt[order[start : start + batch_size]]
-                eps = torch.randn((xb.shape[0], n_samples, d), generator=gen, dtype=dtype)
-                log_w = _log_weights(xb, eps, decoder_module, encoder, log_sigma())
-                obj = self._objective(log_w)
-                loss = -obj.mean()
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"non-finite training loss at epoch {epoch}; lower lr or raise "
-                        "min_noise_std"
-                    )
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                tot_obj += float(obj.detach().sum())
-            t_train = time.perf_counter() - t0
-            v_obj = None
-            if Xv is None:
-                best_iter = epoch
-            else:
-                v_obj = evaluate(xv, val_eps)
-                if v_obj > best + min_delta or best_state is None:
-                    best, best_iter, bad = v_obj, epoch, 0
-                    best_state = copy.deepcopy(
-                        (decoder_module.state_dict(), encoder.state_dict(), log_noise.detach())
-                    )
-                else:
-                    bad += 1
-            history.append(row(epoch, tot_obj / n_train, time.perf_counter() - t0, t_train, v_obj))
-            if bar is not None:
-                bar.update(1)
-                post = {"train": f"{tot_obj / n_train:.4g}"}
-                if v_obj is not None:
-                    post["val"] = f"{v_obj:.4g}"
-                bar.set_postfix(post)
-            logger.debug(
-                "%s epoch %d: objective %.6g (validation %s)",
-                self._method,
-                epoch,
-                tot_obj / n_train,
-                v_obj,
-            )
-            if callback is not None and callback(epoch, snapshot) is False:
-                stopped = True
-                break
-            if bad >= patience:
-                stopped = True
-                logger.info(
-                    "%s: early stop at epoch %d (best validation objective %.6g at epoch %d)",
-                    type(self).__name__,
-                    epoch,
-                    best,
-                    best_iter,
+        try:
+            for _ in range(max_epochs):
+                t0 = time.perf_counter()
+                objective = run.train_epoch(xt, batch_size, n_samples)
+                t_train = time.perf_counter() - t0
+                v_obj = None
+                if xv is not None:
+                    v_obj = run.evaluate(xv, val_eps, batch_size)
+                    run.record_validation(v_obj, min_delta)
+                history.append(row(run.epoch, objective, time.perf_counter() - t0, t_train, v_obj))
+                saved = run.state()
+                if bar is not None:
+                    bar.update(1)
+                    post = {"train": f"{objective:.4g}"}
+                    if v_obj is not None:
+                        post["val"] = f"{v_obj:.4g}"
+                    bar.set_postfix(post)
+                logger.debug(
+                    "%s epoch %d: objective %.6g (validation %s)",
+                    self._method,
+                    run.epoch,
+                    objective,
+                    v_obj,
                 )
-                break
-        if bar is not None:
-            bar.close()
-        if best_state is not None:
-            decoder_module.load_state_dict(best_state[0])
-            encoder.load_state_dict(best_state[1])
-            with torch.no_grad():
-                log_noise.copy_(best_state[2])
+                if callback is not None and callback(run.epoch, run.snapshot) is False:
+                    stopped = True
+                    break
+                if run.bad >= patience:
+                    stopped = True
+                    logger.info(
+                        "%s: early stop at epoch %d (best validation objective %.6g at epoch %d)",
+                        type(self).__name__,
+                        run.epoch,
+                        run.best["objective"],
+                        run.best["epoch"],
+                    )
+                    break
+        except KeyboardInterrupt:
+            self._set_fitted(run, saved, history, first, stopped=True)
+            logger.warning(
+                "%s: training interrupted; the model holds epoch %d (objective %.6g, kept "
+                "epoch %d): fit again with warm_start=True to continue the run",
+                type(self).__name__,
+                saved["epoch"],
+                self.history_[-1]["loglik"],
+                self.best_iter_,
+            )
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        self._set_fitted(run, saved, history, first, stopped)
+        return self
 
-        decoder_module.eval()
-        self.decoder_ = Decoder.from_torch(decoder_module, input_shape=(d,))
-        sigma = np.exp(log_sigma().detach().to(torch.float64).numpy())
+    def _check_warm_start(self, D: int) -> None:
+        """A warm start continues the fitted model: the data and the noise model must fit it."""
+        if self.decoder_.output_dim != D:
+            raise ValueError(
+                f"X has {D} columns but the fitted model expects {self.decoder_.output_dim} "
+                "(warm_start=True continues the fitted run; set warm_start=False to start anew)"
+            )
+        fitted = "isotropic" if np.ndim(self.noise_std_) == 0 else "diagonal"
+        if self.noise != fitted:
+            raise ValueError(
+                f"noise={self.noise!r} is invalid with warm_start=True: the fitted model has "
+                f"{fitted} noise; set noise={fitted!r} to continue it (or warm_start=False)"
+            )
+
+    def _set_fitted(self, run: _Run, saved: dict, history: list, first: int, stopped: bool):
+        """The fitted attributes from ``saved`` (a :meth:`_Run.state`): the kept epoch's
+        networks (the best validation epoch, else the last one) and the run's record."""
+        best = saved["best"]
+        kept = best["params"] if best is not None else saved["params"]
+        run.load_params(kept)
+        run.decoder_module.eval()
+        self.decoder_ = Decoder.from_torch(run.decoder_module, input_shape=(run.d,))
+        sigma = np.exp(run.log_sigma().detach().to(torch.float64).numpy())
         self.noise_std_ = float(sigma[0]) if self.noise == "isotropic" else sigma.copy()
-        self.encoder_ = encoder.to(torch.float64).eval()
+        self.encoder_ = run.encoder.to(torch.float64).eval()
         for p in self.encoder_.parameters():
             p.requires_grad_(False)
-        self.history_ = history
-        self.n_iter_ = len(history) - 1
-        self.best_iter_ = best_iter
+        epoch = saved["epoch"]
+        self.history_ = [r for r in history if r["iter"] <= epoch]
+        self.n_iter_ = epoch - first
+        self.best_iter_ = best["epoch"] if best is not None else epoch
         self.stopped_early_ = stopped
-        self.n_features_in_ = D
-        self.latent_dim_ = d
-        return self
+        self.n_features_in_ = self.decoder_.output_dim
+        self.latent_dim_ = run.d
+        self._train_state = saved
 
     def score_samples(self, X, *, n_samples: int = 100, random_state=0) -> np.ndarray:
         """The training objective per point, a Monte Carlo lower bound on ``log p(x)``.
@@ -1027,6 +1356,7 @@ class IWAE(VAE):
         min_delta: float = 0.0,
         dtype: str = "float64",
         random_state=None,
+        warm_start: bool = False,
         progress: bool = False,
     ):
         self.decoder = decoder
@@ -1048,6 +1378,7 @@ class IWAE(VAE):
         self.min_delta = min_delta
         self.dtype = dtype
         self.random_state = random_state
+        self.warm_start = warm_start
         self.progress = progress
 
     def _validate_objective_params(self, bad) -> None:
