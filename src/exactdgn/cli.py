@@ -958,7 +958,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--encoder-output",
         choices=["log_std", "log_var"],
         default="log_std",
-        help="what a pickled encoder's second output is",
+        help="what the encoder's second output is (state dict or pickled module): the log "
+        "std or the log variance (pythae)",
     )
     e.add_argument(
         "--unsafe-pickle",
