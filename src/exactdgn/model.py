@@ -87,8 +87,10 @@ class ExactDGN(DensityMixin, BaseEstimator):
         can end a run sooner): a start that gains little at first (near a saddle) is not
         mistaken for convergence.
     rel_tol : float or "auto"
-        Diminishing returns: from the second iteration on, also stop when an iteration gains
-        less than ``rel_tol`` times what the run has gained since its start (0: off).
+        Diminishing returns: from the third iteration on, also stop when the last two
+        iterations gained less than ``rel_tol`` times what the run has gained since its start,
+        per iteration (0: off; two iterations, so one slow step between fast ones does not end
+        the run: see :func:`exactdgn.training.converged`).
         ``"auto"`` (default): 0.05 for an *expensive* run (first E-step estimated above 1 s
         before training, :func:`exactdgn.training.estimate_training_cost`: wide d >= 2
         decoders on many points), else 0. On the digits with [2,32,32,64] the held-out NLL is

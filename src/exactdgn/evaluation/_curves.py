@@ -23,10 +23,11 @@ def em_curve(Xtr, Xte, *, max_iter: int, progress: bool = False, **params) -> tu
     """Run exact training once and evaluate the exact held-out NLL after every iteration.
 
     One ``fit`` with a callback (the run's step-size state carries from iteration to
-    iteration); ``method`` defaults to ``"em"`` and ``tol`` to 0 (a fixed budget, unless
-    ``n_iter_no_change`` iterations gain nothing); other parameters are ``ExactDGN``'s
-    defaults. The seconds counted are those training spends in partition, E-step and
-    M-step (``history_``), not the extra evaluation.
+    iteration); ``method`` defaults to ``"em"``, ``tol`` and ``rel_tol`` to 0 (a fixed budget,
+    unless ``n_iter_no_change`` iterations gain nothing: ``rel_tol="auto"`` would end an
+    expensive run after a few iterations); other parameters are ``ExactDGN``'s defaults. The
+    seconds counted are those training spends in partition, E-step and M-step (``history_``),
+    not the extra evaluation.
 
     Parameters
     ----------
@@ -48,7 +49,8 @@ def em_curve(Xtr, Xte, *, max_iter: int, progress: bool = False, **params) -> tu
 
     from ..model import ExactDGN
 
-    params = {"tol": 0.0, "method": "em", **params, "max_iter": max_iter, "progress": False}
+    params = {"tol": 0.0, "rel_tol": 0.0, "method": "em", **params}
+    params |= {"max_iter": max_iter, "progress": False}
     model = _em_model(**params)
     test_nll = [float("nan")]
     bar = tqdm(total=max_iter, desc="EM", disable=not progress, leave=False)

@@ -18,13 +18,16 @@ def converged(logliks: Sequence[float], *, tol: float, window: int, rel_tol: flo
     ``window`` iterations gained nothing at all.
 
     ``rel_tol > 0`` adds a diminishing-returns rule for runs whose iterations are expensive
-    (see :class:`exactdgn.ExactDGN`'s ``rel_tol``): from the second iteration on, also stop when
-    the last iteration gained less than ``rel_tol`` times the whole run's gain
-    ``logliks[-1] - logliks[0]``.
+    (see :class:`exactdgn.ExactDGN`'s ``rel_tol``): from the third iteration on, also stop when
+    the last two iterations gained less than ``rel_tol`` times the whole run's gain
+    ``logliks[-1] - logliks[0]`` per iteration, i.e. ``(logliks[-1] - logliks[-3]) / 2 <
+    rel_tol (logliks[-1] - logliks[0])``. Two, not one: on MNIST [2,32,32,784] an iteration
+    that gained 3.4 nats/point (under 5% of the run's gain) was followed by one that gained 6.7,
+    and the one-iteration rule stopped 7 nats of held-out NLL short (README, Training).
     """
-    if rel_tol > 0 and len(logliks) >= 3:
+    if rel_tol > 0 and len(logliks) >= 4:
         total = logliks[-1] - logliks[0]
-        if logliks[-1] - logliks[-2] < rel_tol * total:
+        if (logliks[-1] - logliks[-3]) / 2 < rel_tol * total:
             return True
     if len(logliks) <= window:
         return False
