@@ -623,6 +623,7 @@ def _observed_1d(
     ends = np.cumsum([len(q[0][0]) for q in parts])
     P = int(ends[-1]) if len(parts) else 0
     F = facet_kind.shape[1]
+    # regions with the rows (lo, hi) in this order (all but the unbounded ends)
     plain = np.all(facet_kind == np.arange(F), axis=1) if F == 2 else np.zeros(R, bool)
     out = {
         "point": np.empty(P, dtype=np.intp),
@@ -660,14 +661,16 @@ def _observed_1d(
         # ``z <= hi`` and ``-z <= -lo`` are ``b = k (hi - μ)`` and ``-a = k (μ - lo)``
         # (padding rows keep their offset, +inf)
         off = out["offsets"][sl]
+        nrm = out["pair_normals"][sl]
         odd = np.flatnonzero(~plain[reg])  # rows not (lo, hi): the unbounded ends
         if F == 2:
             np.negative(a, out=off[:, 0])
             off[:, 1] = b
+            nrm[...] = _PLAIN_NORMALS
         if len(odd):
             ab = np.stack([-a[odd], b[odd], np.full(len(odd), np.inf)], axis=1)
             off[odd] = np.take_along_axis(ab, facet_kind[reg[odd]], axis=1)
-        np.take(facet_sign, reg, axis=0, out=out["pair_normals"][sl])
+            nrm[odd] = facet_sign[reg[odd]]
         v = out["v"][sl, 0]
         np.multiply(kk, kk, out=v)
         v *= mu  # P μ
@@ -696,6 +699,10 @@ def _observed_1d(
     st.pair_normals, st.pair_L = out["pair_normals"], out["pair_L"]
     st.pair_mu, st.pair_log_det_P = out["pair_mu"], out["pair_log_det_P"]
     return st
+
+
+# Whitened normals of a bounded d = 1 region's rows (-z <= -lo, z <= hi).
+_PLAIN_NORMALS = np.array([[-1.0], [1.0]])
 
 
 def _facet_kinds(C1: np.ndarray, e: np.ndarray, lo: np.ndarray, hi: np.ndarray):
