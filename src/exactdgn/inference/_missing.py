@@ -505,11 +505,12 @@ def _observed_1d(
     * the whitened interval ``[k_r lo_r - t_r, k_r hi_r - t_r]`` (mean ``μ = t / k``).
 
     Everything after the GEMMs is elementwise on (n, R) arrays, as in the complete-data d = 1
-    path, and only ``q = -2 log κ`` is formed for every pair (:func:`_cost_1d_chain`; ``k`` and
-    ``t`` for the pairs gathered). Pruning as in the complete-data path (the exact terms of the
-    region with the largest ``κ_r`` and of the region holding its posterior mean give the lower
-    bound; pairs with ``log κ_r <= lower - prune_nats - log R`` are skipped: their mass is at
-    most 1), then a tail bound on those candidates before their masses: the mass is at most
+    path, and only ``q = -2 log κ`` is formed for every pair (:func:`_gemms_1d`,
+    :func:`_chain_cost`; ``k`` and ``t`` for the pairs gathered). Pruning as in the
+    complete-data path (the exact terms of the region with the largest ``κ_r`` and of the
+    region holding its posterior mean give the lower bound; pairs with
+    ``log κ_r <= lower - prune_nats - log R`` are skipped: their mass is at most 1), then a
+    tail bound on those candidates before their masses: the mass is at most
     ``Φ(-δ) <= exp(-δ²/2)``, ``δ`` the whitened distance from the pair's posterior mean to its
     interval (on MNIST [1,64,64,784] with half the pixels: 40.1 candidates per point, 27.7
     integrated, against 28.7 complete).
@@ -767,8 +768,9 @@ def _observed_centred(
 
     Branch-free (``np.where`` or a masked copy on a random mask mispredicts every other
     element): the bits of ``x - c`` are and-ed with ``-obs`` as int64 (all ones where observed,
-    0 where missing), two passes after the subtraction. ``bits`` is an int64 buffer of at
-    least ``X``'s rows.
+    0 where missing), two passes after the subtraction (``fmax(x', 0) + fmin(x', 0)`` takes
+    three: on MNIST t10k at 50% missing, one core, 5 ms more per 0.25 s call). ``bits`` is an
+    int64 buffer of at least ``X``'s rows.
     """
     x0 = np.subtract(X, c, out=out)
     n = x0.shape[0]
