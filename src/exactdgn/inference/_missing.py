@@ -32,6 +32,8 @@ polygon under the affine map ``u = T u0 - w``, ``T = K_r(n)ᵀ K_r^{-T}``
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from scipy.special import log_ndtr
 
@@ -503,11 +505,12 @@ def _observed_1d(
     * the whitened interval ``[k_r lo_r - t_r, k_r hi_r - t_r]`` (mean ``μ = t / k``).
 
     Everything after the GEMMs is elementwise on (n, R) arrays, as in the complete-data d = 1
-    path, and only ``q = -2 log κ`` is formed for every pair (:func:`_cost_1d_chain`; ``k`` and
-    ``t`` for the pairs gathered). Pruning as in the complete-data path (the exact terms of the
-    region with the largest ``κ_r`` and of the region holding its posterior mean give the lower
-    bound; pairs with ``log κ_r <= lower - prune_nats - log R`` are skipped: their mass is at
-    most 1), then a tail bound on those candidates before their masses: the mass is at most
+    path, and only ``q = -2 log κ`` is formed for every pair (:func:`_gemms_1d`,
+    :func:`_chain_cost`; ``k`` and ``t`` for the pairs gathered). Pruning as in the
+    complete-data path (the exact terms of the region with the largest ``κ_r`` and of the
+    region holding its posterior mean give the lower bound; pairs with
+    ``log κ_r <= lower - prune_nats - log R`` are skipped: their mass is at most 1), then a
+    tail bound on those candidates before their masses: the mass is at most
     ``Φ(-δ) <= exp(-δ²/2)``, ``δ`` the whitened distance from the pair's posterior mean to its
     interval (on MNIST [1,64,64,784] with half the pixels: 40.1 candidates per point, 27.7
     integrated, against 28.7 complete).
@@ -543,21 +546,26 @@ def _observed_1d(
     hi_p = _scaled_diff(hi_z[perm], zr)
     facet_kind, facet_sign = _facet_kinds(C1, es, lo_z, hi_z)
 
+    local = threading.local()  # per-thread work buffers of ``cs`` rows, reused by every block
+
     def block(s: int):
         sl = slice(s, min(N, s + cs))
         ob = obs[sl]
         n = ob.shape[0]
-        m = ob.astype(np.float64)
-        x0 = _observed_centred(X[sl], ob, m, geom.center)
-        if iso:
-            xq = np.einsum("nj,nj->n", x0, x0) * lam0  # ||x'||²_Λ
-        else:
-            xq = np.einsum("nj,nj,j->n", x0, x0, geom.inv_var)
+        ws = getattr(local, "ws", None)
+        if ws is None:
+            ws = local.ws = _workspace_1d(geom, chain, cs)
         if chain is None:
+            m = ob.astype(np.float64)
+            x0 = _observed_centred(X[sl], ob, m, geom.center)
+            if iso:
+                xq = np.einsum("nj,nj->n", x0, x0) * lam0  # ||x'||²_Λ
+            else:
+                xq = np.einsum("nj,nj,j->n", x0, x0, geom.inv_var)
             k, tp, lk = _kappa_1d_direct(geom, Wm, m, x0, xq + m @ log_var)
             k2, u, q = k * k, tp * k, -2.0 * lk
         else:
-            k2, u, q = _cost_1d_chain(geom, chain, m, x0, xq)
+            k2, u, q = _chain_cost(chain, *_gemms_1d(geom, chain, X[sl], ob, ws), ws)
         # q = -2 log κ (n, R); k = sqrt(k2), t' = u / k and log κ only on the pairs gathered
         # gathers by flat index into the parent buffers (k2, u, q are strided views)
         k2f, uf, qf = (np.ravel(x.base if x.base is not None else x) for x in (k2, u, q))
@@ -607,27 +615,95 @@ def _observed_1d(
             keep &= (lj > (log_px - thr)[p]) | ~np.isfinite(log_px)[p]
         if not keep.all():
             p, r, lj, kk, tt, a, b = (q_[keep] for q_ in (p, r, lj, kk, tt, a, b))
-        mu = zr[r] + tt / kk
-        r = perm[r]  # region indices
-        mean = cov = None
+        p += s
+        return (p, r, lj, kk, tt, a, b), log_px, err_px, n_cand
+
+    parts = _map_blocks(block, range(0, N, cs), parallel=parallel)
+    # the pairs' arrays, written block by block into their final place (no concatenation of
+    # the per-pair geometry, which is most of the bytes)
+    ends = np.cumsum([len(q[0][0]) for q in parts])
+    P = int(ends[-1]) if len(parts) else 0
+    F = facet_kind.shape[1]
+    # regions with the rows (lo, hi) in this order (all but the unbounded ends)
+    plain = np.all(facet_kind == np.arange(F), axis=1) if F == 2 else np.zeros(R, bool)
+    out = {
+        "point": np.empty(P, dtype=np.intp),
+        "region": np.empty(P, dtype=np.intp),
+        "log_joint": np.empty(P),
+        "v": np.empty((P, 1)),
+        "offsets": np.empty((P, F)),
+        "pair_normals": np.empty((P, F, 1)),
+        "pair_L": np.empty((P, 1, 1)),
+        "pair_mu": np.empty((P, 1)),
+        "pair_log_det_P": np.empty(P),
+    }
+    if need_moments:
+        out["mean"], out["cov"] = np.empty((P, 1)), np.empty((P, 1, 1))
+
+    def fill(i: int):
+        p, r, lj, kk, tt, a, b = parts[i][0]
+        sl = slice(int(ends[i]) - len(p), int(ends[i]))
+        out["point"][sl] = p
+        out["log_joint"][sl] = lj
+        mu = out["pair_mu"][sl, 0]
+        np.divide(tt, kk, out=mu)
+        mu += zr[r]
+        reg = out["region"][sl]
+        np.take(perm, r, out=reg)  # region indices
         if need_moments:
             _, um, uv = interval_stats(a, b)
-            mean = (mu + um / kk)[:, None]  # z = μ + u / k
-            cov = (uv / (kk * kk))[:, None, None]
+            um /= kk
+            um += mu
+            out["mean"][sl, 0] = um  # z = μ + u / k
+            uv /= kk
+            uv /= kk
+            out["cov"][sl, 0, 0] = uv
         # whitened rows of the pairs: normals ±1 (sign of C); the offsets of the rows
         # ``z <= hi`` and ``-z <= -lo`` are ``b = k (hi - μ)`` and ``-a = k (μ - lo)``
         # (padding rows keep their offset, +inf)
-        ab = np.stack([-a, b, np.full(len(a), np.inf)], axis=1)
-        off = np.take_along_axis(ab, facet_kind[r], axis=1)
-        v = (kk * kk * mu)[:, None]  # P μ
-        st = PairStats(p + s, r, lj, log_px, err_px, v, off, mean, cov, n_cand)
-        st.pair_normals = facet_sign[r]
-        st.pair_L = (1.0 / kk)[:, None, None]
-        st.pair_mu = mu[:, None]
-        st.pair_log_det_P = 2.0 * np.log(kk)
-        return st
+        off = out["offsets"][sl]
+        nrm = out["pair_normals"][sl]
+        odd = np.flatnonzero(~plain[reg])  # rows not (lo, hi): the unbounded ends
+        if F == 2:
+            np.negative(a, out=off[:, 0])
+            off[:, 1] = b
+            nrm[...] = _PLAIN_NORMALS
+        if len(odd):
+            ab = np.stack([-a[odd], b[odd], np.full(len(odd), np.inf)], axis=1)
+            off[odd] = np.take_along_axis(ab, facet_kind[reg[odd]], axis=1)
+            nrm[odd] = facet_sign[reg[odd]]
+        v = out["v"][sl, 0]
+        np.multiply(kk, kk, out=v)
+        v *= mu  # P μ
+        np.divide(1.0, kk, out=out["pair_L"][sl, 0, 0])
+        lg = out["pair_log_det_P"][sl]
+        np.log(kk, out=lg)
+        lg *= 2.0
 
-    return _pair_stats(_map_blocks(block, range(0, N, cs), parallel=parallel))
+    _map_blocks(fill, range(len(parts)), parallel=parallel)
+
+    def cat(j: int) -> np.ndarray:
+        return parts[0][j] if len(parts) == 1 else np.concatenate([q[j] for q in parts])
+
+    st = PairStats(
+        out["point"],
+        out["region"],
+        out["log_joint"],
+        cat(1),
+        cat(2),
+        out["v"],
+        out["offsets"],
+        out.get("mean"),
+        out.get("cov"),
+        int(sum(q[3] for q in parts)),
+    )
+    st.pair_normals, st.pair_L = out["pair_normals"], out["pair_L"]
+    st.pair_mu, st.pair_log_det_P = out["pair_mu"], out["pair_log_det_P"]
+    return st
+
+
+# Whitened normals of a bounded d = 1 region's rows (-z <= -lo, z <= hi).
+_PLAIN_NORMALS = np.array([[-1.0], [1.0]])
 
 
 def _facet_kinds(C1: np.ndarray, e: np.ndarray, lo: np.ndarray, hi: np.ndarray):
@@ -657,18 +733,51 @@ def _scaled(z: np.ndarray, k: np.ndarray) -> np.ndarray:
         return np.where(np.isinf(z), z, z * k)
 
 
-def _observed_centred(X: np.ndarray, obs: np.ndarray, m: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """``m ∘ (x - c)`` with the missing entries 0 (NaN there).
+# Rows per sub-block of the d = 1 missing-data path's (points x D) arrays (mask and x').
+_SUB_1D = 128
+
+
+def _workspace_1d(geom: RegionGeometry, chain: dict | None, rows: int) -> dict:
+    """Work buffers of :func:`_observed_1d`'s blocks (``rows`` points), reused block after block
+    (fresh temporaries cost page faults and cache misses at every block)."""
+    R, D, _ = geom.A.shape
+    sub = max(1, min(rows, _SUB_1D))
+    ws = {"m": np.empty((sub, D + 1)), "x0": np.empty((sub, D)), "xq": np.empty(rows)}
+    ws["m"][:, D] = 1.0  # against the W1 row that makes the α block k² = 1 + α
+    ws["bits"] = np.empty((sub, D), dtype=np.int64)
+    if chain is not None:
+        ws["Mq"] = np.empty((rows, chain["W1"].shape[1]))
+        if chain["factored"]:
+            ws["xb"] = np.empty((rows, chain["xw"].shape[0]))
+            ws["xb"][:, -1] = 1.0  # against the row of per-column constants
+        ws["prod"] = np.empty((rows, chain["xw"].shape[1]))
+        ws["buf"] = np.empty((rows, 1 + chain["nA"] * _CHAIN_STRIDE))
+        ws["lg"] = np.empty((rows, R))
+    return ws
+
+
+def _observed_centred(
+    X: np.ndarray,
+    obs: np.ndarray,
+    m: np.ndarray,
+    c: np.ndarray,
+    out: np.ndarray | None = None,
+    bits: np.ndarray | None = None,
+) -> np.ndarray:
+    """``m ∘ (x - c)`` with the missing entries 0 (NaN there), into ``out`` if given.
 
     Branch-free (``np.where`` or a masked copy on a random mask mispredicts every other
-    element): ``fmax(x', 0) + fmin(x', 0)`` is ``x'`` exactly (one of the two terms is 0) and 0
-    where ``x'`` is NaN (``fmax`` / ``fmin`` return the non-NaN operand). Four vectorised passes
-    (about 0.1 s against 0.25 s for the bit-mask form on MNIST t10k, one core).
+    element): the bits of ``x - c`` are and-ed with ``-obs`` as int64 (all ones where observed,
+    0 where missing), two passes after the subtraction (``fmax(x', 0) + fmin(x', 0)`` takes
+    three: on MNIST t10k at 50% missing, one core, 5 ms more per 0.25 s call). ``bits`` is an
+    int64 buffer of at least ``X``'s rows.
     """
-    x0 = X - c
-    neg = np.fmin(x0, 0.0)
-    np.fmax(x0, 0.0, out=x0)
-    x0 += neg
+    x0 = np.subtract(X, c, out=out)
+    n = x0.shape[0]
+    mask = np.empty(x0.shape, dtype=np.int64) if bits is None else bits[:n]
+    np.negative(obs.view(np.int8), out=mask)  # True -> -1 (all bits), False -> 0
+    iv = x0.view(np.int64)
+    np.bitwise_and(iv, mask, out=iv)
     return x0
 
 
@@ -799,9 +908,21 @@ def _chain_1d(geom: RegionGeometry):
     # the per-column constants of the cost (-ζ_i in u, ζ_j² in Z) ride on the GEMM as one
     # more row against a column of ones (factored form), and the -2 of Z is folded in (exact)
     xw = np.concatenate([xw[:, :R], -2.0 * xw[:, R:]], axis=1)
-    crow = np.concatenate([-breaks[ref], np.square(breaks)])
+    # the recurrence runs on k² = 1 + α (the GEMM's column, see W1): each step adds Δ² more
+    # than the ``Δ² α`` term, summed within the segment; taken back here (per-column constant)
+    d2 = np.r_[0.0, np.square(delta), np.zeros(nA * S - B)]  # step j adds Δ_{j-1}²
+    d2[anchors] = 0.0
+    excess = np.cumsum(d2.reshape(nA, S), axis=1).ravel()[:B]
+    crow = np.concatenate([-breaks[ref], np.square(breaks) - excess])
+    # the same columns with one more row, against a column of ones in the mask: the α block
+    # gives k² = 1 + α directly
+    W1 = np.vstack([W, np.zeros((1, W.shape[1]))])
+    W1[-1, :R] = 1.0
     out = {
         "W": W,
+        "W1": W1,
+        "delta2": np.square(delta),
+        "two_delta": 2.0 * delta,
         "xw": np.vstack([xw, crow]) if factored else xw,
         "crow": None if factored else crow,
         "factored": factored,
@@ -826,43 +947,94 @@ def _kappa_1d_chain(geom, ch, m, x0, const):
     return k, u / k, -0.5 * q
 
 
-def _cost_1d_chain(geom, ch, m, x0, xq):
+def _cost_1d_chain(geom, ch, m, x0, xq, ws=None):
     """``k²``, ``u = k t'`` and ``q = -2 log κ`` (n, R) of d = 1 pairs, regions sorted by
-    position, from the chain form (:func:`_chain_1d`).
+    position, from the chain form (:func:`_chain_1d`), for a given mask ``m`` and ``x' = m ∘
+    (x - c)`` (:func:`_observed_1d` forms them in sub-blocks, :func:`_gemms_1d`).
 
     With ``s_i = Σ m λ (x' - y_ref)² = ||x'||²_Λ - 2 x'ᵀΛ y_ref + Y_ref``,
     ``k² = 1 + α_i`` and ``u = x'ᵀΛ a_i - η_i - ζ_i``: the minimum over ``z`` of
     ``||x'_obs - y_ref - a_i (z - ζ_i)||²_Λ + z²`` is ``s_i + ζ_i² - u²/k²``, at
     ``μ = ζ_i + u / k²``, and ``q = D_n log 2π + Σ_obs log σ_j² + log k² + s_i + ζ_i² - u²/k²``.
-    ``xq`` (n,) is ``||x'||²_Λ``. ``k`` and ``t' = u / k`` are only needed for the pairs kept,
-    so the (n, R) work is ``q`` alone: about 12 elementwise passes (the per-row constants
-    enter the recurrence through its anchors, the per-column ones through the GEMM).
-    ``α``'s buffer is reused for ``k²`` and the GEMM's for ``u``.
+    ``xq`` (n,) is ``||x'||²_Λ``.
     """
-    R = geom.A.shape[0]
-    n = m.shape[0]
+    n, D = m.shape
+    if ws is None:
+        ws = _workspace_1d(geom, ch, n)
+    Mq = ws["Mq"][:n]
+    m1 = np.empty((n, D + 1))
+    m1[:, :D] = m
+    m1[:, D] = 1.0
+    np.matmul(m1, ch["W1"], out=Mq)
+    if ch["factored"]:
+        xb = ws["xb"][:n]
+        np.matmul(x0, geom.gemm_basis, out=xb[:, :-1])
+        prod = np.matmul(xb, ch["xw"], out=ws["prod"][:n])
+    else:
+        prod = np.matmul(x0, ch["xw"], out=ws["prod"][:n])
+        prod += ch["crow"]
+    return _chain_cost(ch, Mq, prod, xq, ws)
+
+
+def _gemms_1d(geom: RegionGeometry, ch: dict, X: np.ndarray, obs: np.ndarray, ws: dict):
+    """The d = 1 chain form's GEMMs of a block (n points): ``Mq`` (n, 2R + nA + 1), ``prod``
+    (n, R + B) and ``xq = ||x'||²_Λ`` (n,) (see :func:`_cost_1d_chain`).
+
+    The mask ``[m, 1]`` and ``x' = m ∘ (x - c)`` are formed and multiplied in sub-blocks of
+    ``_SUB_1D`` rows, so that they are still in cache for their GEMMs (fresh (points x D)
+    arrays cost more in cache misses and page faults than their arithmetic).
+    """
+    n, D = X.shape
+    Mq, xq = ws["Mq"][:n], ws["xq"][:n]
+    fac = ch["factored"]
+    iso = bool(np.all(geom.inv_var == geom.inv_var[0]))
+    sub = ws["m"].shape[0]
+    for s0 in range(0, n, sub):
+        s1 = min(n, s0 + sub)
+        ob = obs[s0:s1]
+        m = ws["m"][: s1 - s0]
+        np.copyto(m[:, :D], ob)  # the last column stays 1
+        x0 = _observed_centred(X[s0:s1], ob, m, geom.center, ws["x0"][: s1 - s0], ws["bits"])
+        if iso:
+            np.einsum("nj,nj->n", x0, x0, out=xq[s0:s1])
+        else:
+            np.einsum("nj,nj,j->n", x0, x0, geom.inv_var, out=xq[s0:s1])
+        np.matmul(m, ch["W1"], out=Mq[s0:s1])
+        if fac:
+            np.matmul(x0, geom.gemm_basis, out=ws["xb"][s0:s1, :-1])
+        else:
+            np.matmul(x0, ch["xw"], out=ws["prod"][s0:s1])
+    if iso:
+        xq *= geom.inv_var[0]
+    if fac:
+        prod = np.matmul(ws["xb"][:n], ch["xw"], out=ws["prod"][:n])
+    else:
+        prod = ws["prod"][:n]
+        prod += ch["crow"]
+    return Mq, prod, xq
+
+
+def _chain_cost(ch: dict, Mq: np.ndarray, prod: np.ndarray, xq: np.ndarray, ws: dict):
+    """``k²``, ``u`` and ``q`` (n, R) from the GEMMs' results (:func:`_cost_1d_chain`), in place
+    in ``Mq``, ``prod`` and the workspace: about 11 elementwise passes over (n, R) (the per-row
+    constants enter the recurrence through its anchors, the per-column ones through the GEMMs).
+    """
+    n = Mq.shape[0]
+    R = (prod.shape[1] + 1) // 2
     B = R - 1
     nA, S = ch["nA"], _CHAIN_STRIDE
-    Mq = m @ ch["W"]  # (n, 2R + nA + 1): α | η | Y at the anchors | D_n log 2π + Σ log σ²
-    if ch["factored"]:
-        xb = np.empty((n, ch["xw"].shape[0]))
-        np.matmul(x0, geom.gemm_basis, out=xb[:, :-1])
-        xb[:, -1] = 1.0
-        prod = xb @ ch["xw"]  # (n, R + B): x'ᵀΛ a_i - ζ_i | -2 x'ᵀΛ y_j + ζ_j²
-    else:
-        prod = x0 @ ch["xw"]
-        prod += ch["crow"]
-    alpha, eta = Mq[:, :R], Mq[:, R : 2 * R]
+    k2, eta = Mq[:, :R], Mq[:, R : 2 * R]  # k² = 1 + α (the ones column)
     # Z_j = Y_j - 2 x'ᵀΛ y_j + ζ_j² + (per-row constants) at breakpoint j, in column j + 1 of
-    # ``buf``; Y_{j+1} = Y_j + Δ_j (2 η_{j+1} + Δ_j α_{j+1}) within each segment of S
-    # breakpoints (an in-place cumulative sum; the anchors' columns hold their Y + const)
-    buf = np.empty((n, 1 + nA * S))
-    delta = ch["delta"]
+    # ``buf``; Y_{j+1} = Y_j + 2 Δ_j η_{j+1} + Δ_j² α_{j+1} within each segment of S
+    # breakpoints (an in-place cumulative sum; the anchors' columns hold their Y + const; the
+    # steps use k² for α, their excess Δ² is in the x-GEMM's constant row)
+    buf = ws["buf"][:n]
+    lg = ws["lg"][:n]
     inc = buf[:, 2 : 1 + B]
-    np.multiply(alpha[:, 1:B], delta, out=inc)
-    inc += eta[:, 1:B]
-    inc += eta[:, 1:B]
-    inc *= delta
+    np.multiply(k2[:, 1:B], ch["delta2"], out=inc)
+    tmp = lg[:, : B - 1]
+    np.multiply(eta[:, 1:B], ch["two_delta"], out=tmp)
+    inc += tmp
     buf[:, 1 + B :] = 0.0
     anchor = Mq[:, 2 * R : 2 * R + nA]
     anchor += (xq + Mq[:, -1])[:, None]
@@ -873,11 +1045,9 @@ def _cost_1d_chain(geom, ch, m, x0, xq):
     buf[:, 1 : 1 + B] += prod[:, R:]
     buf[:, 0] = buf[:, 1]  # region 0 uses Z_0, region i >= 1 Z_{i-1}
     q = buf[:, :R]
-    k2 = alpha
-    k2 += 1.0
     u = prod[:, :R]
     u -= eta
-    lg = np.log(k2)  # log|P|
+    np.log(k2, out=lg)  # log|P|
     q += lg
     np.square(u, out=lg)
     lg /= k2
