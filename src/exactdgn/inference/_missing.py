@@ -419,6 +419,10 @@ def _gemm_blocks(geom: RegionGeometry, Xc: np.ndarray) -> np.ndarray:
     return (Xc @ geom.gemm_basis) @ cached
 
 
+# Rows per slice of _kappa_2d's elementwise work.
+_ROWS_2D = 8
+
+
 def _kappa_2d(geom: RegionGeometry, X: np.ndarray, obs: np.ndarray):
     """``log κ_r(n)`` (n, R) of d = 2 and the (n, R) arrays the pairs' whitening is gathered
     from (:func:`_gather_2d`): ``P00 = 1 + Σ mλ a_0²``, ``P01``, ``k11² = P11 - P01²/P00``,
@@ -433,43 +437,51 @@ def _kappa_2d(geom: RegionGeometry, X: np.ndarray, obs: np.ndarray):
     x0 = _observed_centred(X, obs, m, geom.center)
     Mq = _masked_sums(geom, m)  # (n, 6R) in blocks: Σ mλ a0a0 | a0a1 | a1a1 | a0b' | a1b' | b'²
     prod = _gemm_blocks(geom, x0)  # (n, 3R): x'ᵀΛ A_r K_r^{-T} (two blocks) | x'ᵀΛ b'_r
-    Kf = geom.K
-    p00, p01, k11sq = Mq[:, :R], Mq[:, R : 2 * R], Mq[:, 2 * R : 3 * R]
-    wf0, wf1 = prod[:, :R], prod[:, R : 2 * R]
-    # v = A_rᵀ Λ_obs (x - b_r) = K_r (K_r^{-1} A_rᵀ Λ x') - Σ_j m_j λ_j a_rj b'_rj
-    v1 = wf0 * Kf[:, 1, 0]
-    wf1 *= Kf[:, 1, 1]
-    v1 += wf1
-    v1 -= Mq[:, 4 * R : 5 * R]
-    v0 = wf0
-    v0 *= Kf[:, 0, 0]
-    v0 -= Mq[:, 3 * R : 4 * R]
-    p00 += 1.0
-    k11sq += 1.0
-    t = p01 / p00
-    u = t * v0  # t v0, then v1 - t v0
-    np.subtract(v1, u, out=u)
-    t *= p01
-    k11sq -= t  # P11 - P01²/P00
-    # s = ||x' - b'||²_{Λ_obs} + D_n log 2π + Σ_obs log σ² + log|P| - vᵀP⁻¹v, then -s/2
-    s = Mq[:, 5 * R :]
-    xb = prod[:, 2 * R :]
-    xb *= 2.0
-    s -= xb
+    n = X.shape[0]
+    k00, k10, k11 = geom.K[:, 0, 0], geom.K[:, 1, 0], geom.K[:, 1, 1]
     c = np.einsum("nj,nj,j->n", x0, x0, geom.inv_var)
-    c += m @ (LOG_2PI + np.log(1.0 / geom.inv_var))
-    s += c[:, None]
-    ld = np.multiply(p00, k11sq)
-    np.log(ld, out=ld)
-    s += ld
-    np.square(u, out=u)
-    u /= k11sq
-    s -= u
-    np.square(v0, out=xb)
-    xb /= p00
-    s -= xb
-    s *= -0.5
-    return s, (p00, Mq[:, R : 2 * R], k11sq, v0, v1)
+    c += m @ (LOG_2PI + np.log(1.0 / geom.inv_var))  # ||x'||²_Λobs + D_n log 2π + Σ log σ²
+    v1 = np.empty((n, R))
+    h = min(n, _ROWS_2D)
+    t, u = np.empty((h, R)), np.empty((h, R))
+    # elementwise in slices of rows (their temporaries stay in cache); in place where possible
+    for a in range(0, n, h):
+        rs = slice(a, min(n, a + h))
+        q = slice(0, rs.stop - a)
+        p00, p01, k11sq = Mq[rs, :R], Mq[rs, R : 2 * R], Mq[rs, 2 * R : 3 * R]
+        wf0, wf1, xb = prod[rs, :R], prod[rs, R : 2 * R], prod[rs, 2 * R :]
+        tq, uq, vq = t[q], u[q], v1[rs]
+        # v = A_rᵀ Λ_obs (x - b_r) = K_r (K_r^{-1} A_rᵀ Λ x') - Σ_j m_j λ_j a_rj b'_rj
+        np.multiply(wf0, k10, out=vq)
+        wf1 *= k11
+        vq += wf1
+        vq -= Mq[rs, 4 * R : 5 * R]
+        v0 = wf0
+        v0 *= k00
+        v0 -= Mq[rs, 3 * R : 4 * R]
+        p00 += 1.0
+        k11sq += 1.0
+        np.divide(p01, p00, out=tq)
+        np.multiply(tq, v0, out=uq)
+        np.subtract(vq, uq, out=uq)  # v1 - t v0
+        tq *= p01
+        k11sq -= tq  # P11 - P01²/P00
+        # s = ||x' - b'||²_{Λ_obs} + D_n log 2π + Σ_obs log σ² + log|P| - vᵀP⁻¹v, then -s/2
+        sq = Mq[rs, 5 * R :]
+        xb *= 2.0
+        sq -= xb
+        sq += c[rs, None]
+        np.multiply(p00, k11sq, out=tq)
+        np.log(tq, out=tq)
+        sq += tq
+        np.square(uq, out=uq)
+        uq /= k11sq
+        sq -= uq
+        np.square(v0, out=xb)
+        xb /= p00
+        sq -= xb
+        sq *= -0.5
+    return Mq[:, 5 * R :], (Mq[:, :R], Mq[:, R : 2 * R], Mq[:, 2 * R : 3 * R], prod[:, :R], v1)
 
 
 def _gather_2d(Q, p: np.ndarray, r: np.ndarray):
