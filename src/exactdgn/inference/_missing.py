@@ -119,6 +119,9 @@ def _masked_sums(geom: RegionGeometry, m: np.ndarray) -> np.ndarray:
     ``Σ_j m_j λ_j a_j a'_j = αᵀ G(m) α'`` with ``G(m) = Vᵀ Λ_m V``: one (n x D) @ (D x k(k+1)/2)
     product for the points' Gram matrices, then (n x k(k+1)/2) @ (k(k+1)/2 x R(T+d+1)) instead
     of the (n x D) @ (D x R(T+d+1)) GEMM (MNIST [2,32,32,784]: 528 inner terms, not 784).
+    The rounding is relative to the complete-data sums (``ε Σ_j λ_j |a_j a'_j|``), not to the
+    masked ones: far below the ``I`` of ``P`` and the rounding of the complete-data ``log κ``
+    (rows with one observed value equal the rebuilt model to 1e-10, tests/model).
     """
     f = _mask_gram(geom)
     if f is None:
@@ -424,9 +427,10 @@ _ROWS_2D = 8
 
 
 def _kappa_2d(geom: RegionGeometry, X: np.ndarray, obs: np.ndarray):
-    """``log κ_r(n)`` (n, R) of d = 2 and the (n, R) arrays the pairs' whitening is gathered
-    from (:func:`_gather_2d`): ``P00 = 1 + Σ mλ a_0²``, ``P01``, ``k11² = P11 - P01²/P00``,
-    ``v0``, ``v1``.
+    """``log κ_r(n)`` (n, R) of d = 2 and the arrays the pairs' whitening is gathered from
+    (:func:`_gather_2d`): the masked sums' buffer (n, 6R) with ``P00 = 1 + Σ mλ a_0²``,
+    ``P01``, ``k11² = P11 - P01²/P00`` in its first three blocks of R, the GEMM's (n, 3R) with
+    ``v0`` in its first block, and ``v1`` (n, R).
 
     ``vᵀP⁻¹v = v0²/P00 + (v1 - t v0)²/k11²`` with ``t = P01/P00`` and
     ``log|P| = log(P00 k11²)`` (the Cholesky factor's squares: no square roots, one log, on
@@ -481,16 +485,25 @@ def _kappa_2d(geom: RegionGeometry, X: np.ndarray, obs: np.ndarray):
         xb /= p00
         sq -= xb
         sq *= -0.5
-    return Mq[:, 5 * R :], (Mq[:, :R], Mq[:, R : 2 * R], Mq[:, 2 * R : 3 * R], prod[:, :R], v1)
+    return Mq[:, 5 * R :], (Mq, prod, v1)
 
 
 def _gather_2d(Q, p: np.ndarray, r: np.ndarray):
     """``k00, k10, k11`` (P,), ``w = K^{-1} v`` (P, 2) and ``v`` (P, 2) of pairs (p, r) from
-    :func:`_kappa_2d`'s arrays (``K = [[k00, 0], [k10, k11]]`` the Cholesky factor of P)."""
-    p00, p01, k11sq, v0, v1 = (a[p, r] for a in Q)
+    :func:`_kappa_2d`'s arrays (``K = [[k00, 0], [k10, k11]]`` the Cholesky factor of P).
+
+    The arrays are column blocks of two row-major buffers (and one (n, R) array): one flat
+    index per buffer, not a 2-D fancy index per array."""
+    Mq, prod, v1 = Q
+    R = v1.shape[1]
+    fm = np.ravel(Mq)
+    i = p * Mq.shape[1] + r
+    p00 = fm[i]
     k00 = np.sqrt(p00)
-    k10 = p01 / k00
-    k11 = np.sqrt(k11sq)
+    k10 = fm[i + R] / k00
+    k11 = np.sqrt(fm[i + 2 * R])
+    v0 = np.ravel(prod)[p * prod.shape[1] + r]
+    v1 = np.ravel(v1)[p * R + r]
     w0 = v0 / k00
     w = np.stack([w0, (v1 - k10 * w0) / k11], axis=-1)
     return k00, k10, k11, w, np.stack([v0, v1], axis=-1)
@@ -548,7 +561,7 @@ def _observed_2d(
         mask = lk > cut[:, None]
         mask[p_top, r_top] = False
         p_c, r_c = np.nonzero(mask)
-        lk_c = lk[p_c, r_c]
+        lk_c = np.ravel(Q[0])[p_c * Q[0].shape[1] + 5 * R + r_c]  # lk[p_c, r_c]
         k00, k10, k11, w, _ = _gather_2d(Q, p_c, r_c)
         T = _map_2d_entries(geom, k00, k10, k11, r_c)
         # disc bound (O(1) a pair): Φ_r <= Q(δ) <= exp(-δ²/2) / 2, δ >= the distance to the
@@ -974,26 +987,20 @@ _NARROW = 4
 
 def _log_disc_bound(tab, r: np.ndarray, T: np.ndarray, w: np.ndarray) -> np.ndarray:
     """(P,) an upper bound of the log mass of pairs' mapped polygons ``T u0 - w`` (``0``:
-    unbounded polygons), from the table's vertex disc ``|u0 - g| <= ρ``: its image is an ellipse
-    around ``T g - w`` with semi-axes ``σ_min(T) ρ``, ``σ_max(T) ρ``; the distance ``δ`` from
-    the mean (origin) to it is at least ``|T g - w| - σ_max ρ`` and
-    ``σ_min (|g - T^{-1} w| - ρ)``, and where that is positive (the mean lies outside)
-    ``Φ <= Q(δ) <= exp(-δ²/2) / 2``."""
+    unbounded polygons), from the table's vertex disc ``|u0 - g| <= ρ``: its image lies in the
+    disc of radius ``σ_max(T) ρ`` around ``T g - w``, so the distance ``δ`` from the mean
+    (origin) to the polygon is at least ``|T g - w| - σ_max ρ``, and where that is positive
+    (the mean lies outside) ``Φ <= Q(δ) <= exp(-δ²/2) / 2``."""
     t00, t01, t11 = T[:, 0, 0], T[:, 0, 1], T[:, 1, 1]
     g = tab.centroid[r]
     rho = tab.radius[r]
     f2 = t00 * t00 + t01 * t01 + t11 * t11
     det = t00 * t11
     smax = np.sqrt(0.5 * (f2 + np.sqrt(np.maximum(f2 * f2 - 4.0 * det * det, 0.0))))
-    smin = det / smax
-    y1 = w[:, 1] / t11  # T^{-1} w
-    y0 = (w[:, 0] - t01 * y1) / t00
     c0 = t00 * g[:, 0] + t01 * g[:, 1] - w[:, 0]
     c1 = t11 * g[:, 1] - w[:, 1]
     with np.errstate(invalid="ignore"):  # unbounded: ρ = inf
-        d1 = np.hypot(c0, c1) - rho * smax
-        d2 = (np.hypot(g[:, 0] - y0, g[:, 1] - y1) - rho) * smin
-    dist = np.maximum(d1, d2)
+        dist = np.sqrt(c0 * c0 + c1 * c1) - rho * smax
     # δ > 0: the mean is outside (mass <= Q(δ)); else no bound (the mean may be inside)
     out = np.isfinite(rho) & (dist > 0.0)
     return np.where(out, -0.5 * np.square(np.where(out, dist, 0.0)) - np.log(2.0), 0.0)
