@@ -409,12 +409,12 @@ def _mask_weights_blocks(geom: RegionGeometry) -> np.ndarray:
 
 def _gemm_blocks(geom: RegionGeometry, Xc: np.ndarray) -> np.ndarray:
     """(n, 3R) :meth:`RegionGeometry.gemm` of d = 2 with its columns in blocks of R
-    (``w⁰_0 | w⁰_1 | x'ᵀΛb'``), cached on ``geom``."""
+    (``w⁰_0 | w⁰_1 | -2 x'ᵀΛb'``; the factor -2 is exact), cached on ``geom``."""
     cached = geom.cache.get("gemm_blocks")
     if cached is None:
         R = geom.A.shape[0]
         Wm = geom.gemm_w if geom.gemm_basis is None else geom.gemm_w_basis
-        blocks = [Wm[:, 0 : 2 * R : 2], Wm[:, 1 : 2 * R : 2], Wm[:, 2 * R :]]
+        blocks = [Wm[:, 0 : 2 * R : 2], Wm[:, 1 : 2 * R : 2], -2.0 * Wm[:, 2 * R :]]
         cached = np.ascontiguousarray(np.concatenate(blocks, axis=1))
         geom.cache["gemm_blocks"] = cached
     if geom.gemm_basis is None:
@@ -440,7 +440,7 @@ def _kappa_2d(geom: RegionGeometry, X: np.ndarray, obs: np.ndarray):
     m = obs.astype(np.float64)
     x0 = _observed_centred(X, obs, m, geom.center)
     Mq = _masked_sums(geom, m)  # (n, 6R) in blocks: Σ mλ a0a0 | a0a1 | a1a1 | a0b' | a1b' | b'²
-    prod = _gemm_blocks(geom, x0)  # (n, 3R): x'ᵀΛ A_r K_r^{-T} (two blocks) | x'ᵀΛ b'_r
+    prod = _gemm_blocks(geom, x0)  # (n, 3R): x'ᵀΛ A_r K_r^{-T} (two blocks) | -2 x'ᵀΛ b'_r
     n = X.shape[0]
     k00, k10, k11 = geom.K[:, 0, 0], geom.K[:, 1, 0], geom.K[:, 1, 1]
     c = np.einsum("nj,nj,j->n", x0, x0, geom.inv_var)
@@ -472,8 +472,7 @@ def _kappa_2d(geom: RegionGeometry, X: np.ndarray, obs: np.ndarray):
         k11sq -= tq  # P11 - P01²/P00
         # s = ||x' - b'||²_{Λ_obs} + D_n log 2π + Σ_obs log σ² + log|P| - vᵀP⁻¹v, then -s/2
         sq = Mq[rs, 5 * R :]
-        xb *= 2.0
-        sq -= xb
+        sq += xb  # -2 x'ᵀΛ b'
         sq += c[rs, None]
         np.multiply(p00, k11sq, out=tq)
         np.log(tq, out=tq)
@@ -1008,8 +1007,10 @@ def _log_disc_bound(tab, r: np.ndarray, T: np.ndarray, w: np.ndarray) -> np.ndar
 
 def _min_offset_table(tab, r: np.ndarray, T: np.ndarray, w: np.ndarray) -> np.ndarray:
     """(P,) ``min_i c_i`` of the mapped polygons' rows (the facet bound), from the table's rows
-    (``n . u0 <= g``): ``c = (g det T - a . w) / |a|`` with ``a = adj(T)ᵀ n``; narrow polygons
-    (at most ``_NARROW`` rows, most of them) in a narrow pass."""
+    (``n . u0 <= g``): ``c = (g det T - a . w) / |a|`` with ``a = adj(T)ᵀ n`` (``T`` upper
+    triangular, as from :func:`_map_2d_entries`); narrow polygons (at most ``_NARROW`` rows,
+    most of them) in a narrow pass. Rows without a constraint have ``g = inf`` (the table's
+    padding): ``c = inf``."""
     out = np.empty(len(r))
     narrow = tab.width[r] <= _NARROW
     for sel, k in ((narrow, _NARROW), (~narrow, tab.normals.shape[1])):
@@ -1017,17 +1018,18 @@ def _min_offset_table(tab, r: np.ndarray, T: np.ndarray, w: np.ndarray) -> np.nd
         if not i.size:
             continue
         ri = r[i]
-        n, g = tab.normals[ri, :k], tab.offsets[ri, :k]
+        n = tab.normals[ri, :k]
         Ti, wi = T[i], w[i]
         t00, t01, t11 = Ti[:, 0, 0, None], Ti[:, 0, 1, None], Ti[:, 1, 1, None]
         a0 = t11 * n[..., 0]
-        a1 = t00 * n[..., 1] - t01 * n[..., 0]
-        num = g * (t00 * t11)
+        a1 = t00 * n[..., 1]
+        a1 -= t01 * n[..., 0]
+        num = tab.offsets[ri, :k] * (t00 * t11)
         num -= a0 * wi[:, 0, None]
         num -= a1 * wi[:, 1, None]
         with np.errstate(invalid="ignore", divide="ignore"):
-            num /= np.hypot(a0, a1)  # padding rows: g = inf, n = 0 -> inf / 0 = inf
-        out[i] = np.min(np.where(tab.active[ri, :k], num, np.inf), axis=1, initial=np.inf)
+            num /= np.hypot(a0, a1)
+        out[i] = num.min(axis=1)
     return out
 
 
