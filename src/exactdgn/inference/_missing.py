@@ -139,7 +139,12 @@ def _mask_gram(geom: RegionGeometry):
     """
     if "mask_gram" in geom.cache:
         return geom.cache["mask_gram"]
-    geom.cache["mask_gram"] = None
+    geom.cache["mask_gram"] = out = _gram_weights(geom)  # set once built (threads read it)
+    return out
+
+
+def _gram_weights(geom: RegionGeometry):
+    """:func:`_mask_gram`'s arrays, or None where the Gram form does not apply or pay."""
     R, D, d = geom.A.shape
     U = geom.gemm_basis  # span(U) ⊇ span(Λ W_L), so Λ⁻¹ U spans W_L's columns
     if U is None or R == 0:
@@ -166,9 +171,7 @@ def _mask_gram(geom: RegionGeometry):
     Qc = x[:, ia] * y[:, ib]
     off = ia != ib
     Qc[:, off] += x[:, ib[off]] * y[:, ia[off]]  # (R, kk, C)
-    Qc = np.ascontiguousarray(Qc.transpose(1, 2, 0).reshape(kk, -1))  # quantity-major
-    geom.cache["mask_gram"] = (Wg, Qc)
-    return Wg, Qc
+    return Wg, np.ascontiguousarray(Qc.transpose(1, 2, 0).reshape(kk, -1))  # quantity-major
 
 
 def _halfspaces(geom: RegionGeometry) -> tuple[np.ndarray, np.ndarray]:
