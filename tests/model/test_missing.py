@@ -156,6 +156,7 @@ def test_missing_errors():
         ([1, 24, 24, 6], 0.1, 4),  # d = 1 with many regions: several chain anchors
         ([1, 24, 24, 6, 40], 0.1, 4),  # d = 1, the chain's GEMM through the output subspace
         ([2, 8, 8, 5], np.linspace(0.1, 0.3, 5), 2),
+        ([2, 8, 6, 40], np.linspace(0.1, 0.3, 40), 2),  # d = 2, masked sums via Gram matrices
     ],
 )
 def test_mixed_batch_complete_and_one_observed_value(sizes, std, seed):
@@ -239,3 +240,52 @@ def test_d1_chain_form_equals_direct_masked_sums(sizes, factored):
     mu2 = ch["zr"] + t2 / k2
     np.testing.assert_allclose(mu2, mu1, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(l2, l1[:, order], rtol=1e-11, atol=1e-9)
+
+
+def test_d2_gram_sums_and_bounds():
+    """d = 2 with a narrow last layer: the masked sums through the points' Gram matrices equal
+    the direct (D x 6R) GEMM; the disc bound is an upper bound of every pair's log mass and the
+    table's facet offsets are the pairs' whitened offsets (far rows and one-value rows too)."""
+    from exactdgn.gaussian import log_mass_2d_transformed
+    from exactdgn.inference._missing import (
+        _gather_2d,
+        _halfspaces,
+        _kappa_2d,
+        _log_disc_bound,
+        _map_2d_entries,
+        _mask_gram,
+        _mask_weights_blocks,
+        _masked_sums,
+        _min_offset_table,
+        _whiten_2d,
+    )
+
+    dec = Decoder.random([2, 8, 6, 40], activation="leaky_relu", seed=2)
+    model = ExactDGN.from_decoder(dec, np.linspace(0.1, 0.3, 40))
+    geom = model.geometry_
+    assert _mask_gram(geom) is not None
+    rng = np.random.default_rng(1)
+    X, Xn = _points(model, 30, rng, miss=0.5)
+    Xn[3] = np.nan
+    Xn[3, 7] = X[3, 7]  # one observed value
+    obs = ~np.isnan(Xn)
+    m = obs.astype(float)
+    direct = m @ _mask_weights_blocks(geom)
+    # rounding relative to the complete-data sums (a row with one value: far below them)
+    scale = np.abs(_mask_weights_blocks(geom)).sum(axis=0)
+    assert np.all(np.abs(_masked_sums(geom, m) - direct) <= 1e-13 * scale)
+    lk, Q = _kappa_2d(geom, Xn, obs)
+    R = lk.shape[1]
+    p, r = np.repeat(np.arange(len(Xn)), R), np.tile(np.arange(R), len(Xn))
+    k00, k10, k11, w, _ = _gather_2d(Q, p, r)
+    T = _map_2d_entries(geom, k00, k10, k11, r)
+    lm, _ = log_mass_2d_transformed(geom.polygons, r, T, w)
+    bound = _log_disc_bound(geom.polygons, r, T, w)
+    assert np.all(lm <= bound + 1e-12)
+    assert np.mean(bound < 0) > 0.2  # it does bound many pairs
+    Cs, es = _halfspaces(geom)
+    _, off, _, _ = _whiten_2d(Cs[r], es[r], k00, k10, k11, w)
+    want = off.min(axis=1, initial=np.inf)
+    np.testing.assert_allclose(
+        _min_offset_table(geom.polygons, r, T, w), want, rtol=1e-10, atol=1e-10
+    )

@@ -47,7 +47,9 @@ class PairStats:
     pair_log_det_P : (P,) or None
         Per-pair whitened normals, ``L``, untruncated mean ``μ`` and ``log|P|`` when they depend
         on the point (missing values, :func:`exactdgn.inference.observed_pairs`); None: the
-        region's own (``geom.normals[region]``, ...).
+        region's own (``geom.normals[region]``, ...). With ``pair_L`` set and ``pair_normals``
+        or ``offsets`` None, the pairs' whitened rows are computed from ``L`` and ``μ`` on
+        first use (:meth:`geometry`, :meth:`whitened_offsets`): scoring does not need them.
     """
 
     point: np.ndarray
@@ -68,9 +70,24 @@ class PairStats:
     def geometry(self, geom: RegionGeometry):
         """``(normals (P, F, d), L (P, d, d), μ (P, d), log|P| (P,))`` of every pair."""
         if self.pair_L is not None:
+            if self.pair_normals is None or self.offsets is None:
+                from ._missing import pair_whitening
+
+                self.pair_normals, self.offsets = pair_whitening(
+                    geom, self.region, self.pair_L, self.pair_mu
+                )
             return self.pair_normals, self.pair_L, self.pair_mu, self.pair_log_det_P
         r = self.region
         return geom.normals[r], geom.L[r], geom.posterior_mean(self.v, r), geom.log_det_P[r]
+
+    def whitened_offsets(self, geom: RegionGeometry) -> np.ndarray:
+        """(P, F) whitened facet offsets of every pair (computed and kept on first use)."""
+        if self.offsets is None:
+            if self.pair_L is not None:
+                self.geometry(geom)
+            else:
+                self.offsets = geom.offsets(self.v, self.region)
+        return self.offsets
 
     @property
     def log_weight(self) -> np.ndarray:

@@ -14,20 +14,25 @@ where ``D_n = Σ_j m_nj``. All masked sums over ``j`` are one GEMM of the (point
 against the per-region outer products ``λ_j a_rjk a_rjl``, ``λ_j a_rjk (b_rj - c_j)`` and
 ``λ_j (b_rj - c_j)²`` (``c`` the geometry's centre), and the ``x``-dependent ones are the
 complete-data GEMM of :meth:`RegionGeometry.gemm` applied to ``m ∘ (x - c)``: no loop over
-points or missingness patterns. The region ``{z : C_r z <= e_r}`` is unchanged; its whitened
+points or missingness patterns. When the decoder's last layer is narrow (``k`` inputs,
+``k(k+1)/2`` well below ``D``) the mask GEMM goes through the points' Gram matrices
+``Vᵀ Λ_obs V`` of the output subspace (:func:`_masked_sums`: MNIST [2,32,32,784], 528 inner
+terms instead of 784). The region ``{z : C_r z <= e_r}`` is unchanged; its whitened
 form depends on the point through ``L_r(n) = K_r(n)^{-T}`` and ``μ_r(n) = L_r(n) K_r(n)^{-1}
-v_r(n)``, so the retained pairs carry their own normals, ``L`` and ``μ`` (see
-:class:`~exactdgn.inference.PairStats`). Pruning follows :mod:`._marginal` (mass <= 1 and the
-facet bound ``Φ(min_i c_i)``, below the lower bound from seed regions).
+v_r(n)``, so the retained pairs carry their own ``L`` and ``μ`` (and normals, computed on first
+use in d = 2; see :class:`~exactdgn.inference.PairStats`). Pruning follows :mod:`._marginal`
+(mass <= 1 and the facet bound ``Φ(min_i c_i)``, below the lower bound from seed regions).
 
 Paths (:func:`observed_pairs`): complete rows of a batch take the complete-data
 :func:`~exactdgn.inference.marginal_pairs`; d = 1 rows the interval path
 (:func:`_observed_1d`: elementwise on the (points x regions) arrays, the masked sums in the
 chain form of :func:`_chain_1d` with ``2R + R/8`` GEMM columns, a tail bound before the
-interval masses); d >= 2 rows
-:func:`_observed_general`, where in d = 2 a pair's whitened region is the region's tabulated
-polygon under the affine map ``u = T u0 - w``, ``T = K_r(n)ᵀ K_r^{-T}``
-(:func:`exactdgn.gaussian.log_mass_2d_transformed`: no per-pair edge search).
+interval masses); d = 2 rows :func:`_observed_2d`, where a pair's whitened region is the
+region's tabulated polygon under the affine map ``u = T u0 - w``, ``T = K_r(n)ᵀ K_r^{-T}``
+(:func:`exactdgn.gaussian.log_mass_2d_transformed`: no per-pair edge search), ``log κ`` from
+the (points x regions) masked sums without square roots (:func:`_kappa_2d`; ``K_r(n)`` and
+``w`` only for the pairs gathered) and a disc bound (the table's vertex disc under the map,
+O(1) a pair) before the facet bound; d >= 3 rows :func:`_observed_general`.
 """
 
 from __future__ import annotations
@@ -106,6 +111,71 @@ def _mask_weights(geom: RegionGeometry) -> np.ndarray:
     return W
 
 
+def _masked_sums(geom: RegionGeometry, m: np.ndarray) -> np.ndarray:
+    """(n, (T + d + 1) R) the masked sums of :func:`_mask_weights`'s columns for masks ``m``,
+    quantity-major (:func:`_mask_weights_blocks`).
+
+    When the decoder's output subspace is narrow the sums go through its Gram matrices: with
+    ``V`` (D, k) an orthonormal basis of ``span(W_L)`` (``W_L`` the last weight), every column
+    pair is ``a = V α``, ``a' = V α'`` (``a_rk``, ``b'_r``), so
+    ``Σ_j m_j λ_j a_j a'_j = αᵀ G(m) α'`` with ``G(m) = Vᵀ Λ_m V``: one (n x D) @ (D x k(k+1)/2)
+    product for the points' Gram matrices, then (n x k(k+1)/2) @ (k(k+1)/2 x R(T+d+1)) instead
+    of the (n x D) @ (D x R(T+d+1)) GEMM (MNIST [2,32,32,784]: 528 inner terms, not 784).
+    The rounding is relative to the complete-data sums (``ε Σ_j λ_j |a_j a'_j|``), not to the
+    masked ones: far below the ``I`` of ``P`` and the rounding of the complete-data ``log κ``
+    (rows with one observed value equal the rebuilt model to 1e-10, tests/model).
+    """
+    f = _mask_gram(geom)
+    if f is None:
+        return m @ _mask_weights_blocks(geom)
+    Wg, Qc = f
+    return (m @ Wg) @ Qc
+
+
+def _mask_gram(geom: RegionGeometry):
+    """``(Wg, Qc)`` of the Gram form of :func:`_masked_sums` (cached on ``geom``), or None.
+
+    Used when it is at most 80% of the direct GEMM's work; the basis is checked on the actual
+    columns (every ``a_rk`` and ``b'_r`` within 1e-12 of its projection, relative to its
+    largest entry), else None.
+    """
+    if "mask_gram" in geom.cache:
+        return geom.cache["mask_gram"]
+    geom.cache["mask_gram"] = out = _gram_weights(geom)  # set once built (threads read it)
+    return out
+
+
+def _gram_weights(geom: RegionGeometry):
+    """:func:`_mask_gram`'s arrays, or None where the Gram form does not apply or pay."""
+    R, D, d = geom.A.shape
+    U = geom.gemm_basis  # span(U) ⊇ span(Λ W_L), so Λ⁻¹ U spans W_L's columns
+    if U is None or R == 0:
+        return None
+    k = U.shape[1]
+    kk = k * (k + 1) // 2
+    ncol = R * (d * (d + 1) // 2 + d + 1)
+    if kk * (D + ncol) > 0.8 * D * ncol:
+        return None
+    V, _ = np.linalg.qr(U / geom.inv_var[:, None])
+    vec = np.concatenate([geom.A, (geom.b - geom.center)[:, :, None]], axis=2)  # (R, D, d+1)
+    coef = np.einsum("jk,rjc->rkc", V, vec)  # (R, k, d+1)
+    resid = np.abs(vec - np.einsum("jk,rkc->rjc", V, coef)).max(axis=1)
+    scale = np.maximum(np.abs(vec).max(axis=1), np.finfo(float).tiny)
+    if np.any(resid > 1e-12 * scale):
+        return None
+    ia, ib = np.triu_indices(k)
+    Wg = V[:, ia] * V[:, ib] * geom.inv_var[:, None]  # (D, kk)
+    iu, ju = np.triu_indices(d)
+    # column pairs per region, in _mask_weights' order: a_k a_l (k <= l), a_k b', b'²
+    left = np.r_[iu, np.arange(d), d]
+    right = np.r_[ju, np.full(d, d), d]
+    x, y = coef[:, :, left], coef[:, :, right]  # (R, k, C)
+    Qc = x[:, ia] * y[:, ib]
+    off = ia != ib
+    Qc[:, off] += x[:, ib[off]] * y[:, ia[off]]  # (R, kk, C)
+    return Wg, np.ascontiguousarray(Qc.transpose(1, 2, 0).reshape(kk, -1))  # quantity-major
+
+
 def _halfspaces(geom: RegionGeometry) -> tuple[np.ndarray, np.ndarray]:
     """(R, F, d), (R, F): the regions' rows ``C_r z <= e_r`` (scaled rows, padding ``0 <= inf``).
 
@@ -144,7 +214,7 @@ def _kappa_block(geom: RegionGeometry, X: np.ndarray, obs: np.ndarray):
     T = len(iu)
     m = obs.astype(np.float64)
     Xc0 = np.where(obs, X - geom.center, 0.0)
-    Mq = (m @ _mask_weights(geom)).reshape(n, R, T + d + 1)
+    Mq = _masked_sums(geom, m).reshape(n, T + d + 1, R).transpose(0, 2, 1)
     prod = geom.gemm(Xc0)  # x0ᵀ Λ A_r K_r^{-T} (R d) and x0ᵀ Λ b'_r (R)
     wf = prod[:, : R * d].reshape(n, R, d)
     # v = A_rᵀ Λ_obs (x - b_r) = K_r (K_r^{-1} A_rᵀ Λ x0) - Σ_j m_j λ_j a_rj b'_rj
@@ -213,7 +283,8 @@ def _observed_general(
     chunk_bytes: int = 256 * 2**20,
     top_k: int = 4,
 ) -> PairStats:
-    """:func:`observed_pairs` for d >= 2 (any rows): masked GEMM, per-pair whitening.
+    """:func:`observed_pairs` for d >= 3 (and d = 2 without a polygon table): masked GEMM,
+    per-pair whitening.
 
     Parameters
     ----------
@@ -241,8 +312,6 @@ def _observed_general(
     # as in marginal_pairs: blocks within the memory bound (per thread), a multiple of threads
     cs = _block_size(N, _chunk(N, R, d, chunk_bytes), nt if parallel else 1)
 
-    tab = geom.polygons if d == 2 else None  # d = 2: the regions' polygons, mapped per pair
-
     def geometry(p, r, K, w):
         """Per-pair whitened region for pairs (p, r): normals, offsets, L, μ."""
         if d == 2:
@@ -252,12 +321,6 @@ def _observed_general(
         mu = _solve_upper_T(Kp, w[p, r])
         normals, offsets, _ = gaussian.whiten(mu, L, Cs[r], es[r])
         return normals, offsets, L, mu
-
-    def log_mass(p, r, K, w, nrm, off, floor=None):
-        """Log mass and error of pairs (p, r) (d = 2: the region's polygon, mapped)."""
-        if tab is None:
-            return gaussian.log_mass(nrm, off, return_error=True, floor=floor)
-        return gaussian.log_mass_2d_transformed(tab, r, _map_2d(geom, K, p, r), w[p, r], floor)
 
     def block(s: int):
         sl = slice(s, min(N, s + cs))
@@ -277,33 +340,22 @@ def _observed_general(
                 regs.append(r)
         key = np.unique(np.concatenate(pts).astype(np.int64) * R + np.concatenate(regs))
         p_top, r_top = key // R, key % R
-        nrm_t = off_t = L_t = mu_t = None
-        if tab is None:  # d = 2: masses from the mapped polygons, the geometry of kept pairs
-            nrm_t, off_t, L_t, mu_t = geometry(p_top, r_top, K, W)
-        lm_t, err_t = log_mass(p_top, r_top, K, W, nrm_t, off_t)
+        nrm_t, off_t, L_t, mu_t = geometry(p_top, r_top, K, W)
+        lm_t, err_t = gaussian.log_mass(nrm_t, off_t, return_error=True)
         lower = np.full(n, -np.inf)
         np.logaddexp.at(lower, p_top, lk[p_top, r_top] + lm_t)
         mask = lk > (lower - thr)[:, None]
         mask[p_top, r_top] = False
         p_c, r_c = np.nonzero(mask)
-        if tab is not None:  # facet bound from the offsets alone; geometry of kept pairs below
-            if len(p_c):
-                cmin = _min_offset_2d(
-                    Cs[r_c], es[r_c], K[0][p_c, r_c], K[1][p_c, r_c], K[2][p_c, r_c], W[p_c, r_c]
-                )
-                keep = lk[p_c, r_c] + np.minimum(0.0, log_ndtr(cmin)) > (lower - thr)[p_c]
-                p_c, r_c = p_c[keep], r_c[keep]
-            nrm_c = off_c = L_c = mu_c = None
-        else:
-            nrm_c, off_c, L_c, mu_c = geometry(p_c, r_c, K, W)
-            if len(p_c):  # facet bound: Φ_r <= Φ(min_i c_i)
-                bound = lk[p_c, r_c] + np.minimum(0.0, log_ndtr(off_c.min(axis=1, initial=np.inf)))
-                keep = bound > (lower - thr)[p_c]
-                p_c, r_c, nrm_c, off_c, L_c, mu_c = (
-                    a[keep] for a in (p_c, r_c, nrm_c, off_c, L_c, mu_c)
-                )
+        nrm_c, off_c, L_c, mu_c = geometry(p_c, r_c, K, W)
+        if len(p_c):  # facet bound: Φ_r <= Φ(min_i c_i)
+            bound = lk[p_c, r_c] + np.minimum(0.0, log_ndtr(off_c.min(axis=1, initial=np.inf)))
+            keep = bound > (lower - thr)[p_c]
+            p_c, r_c, nrm_c, off_c, L_c, mu_c = (
+                a[keep] for a in (p_c, r_c, nrm_c, off_c, L_c, mu_c)
+            )
         floor = (lower - thr)[p_c] - lk[p_c, r_c]
-        lm_c, err_c = log_mass(p_c, r_c, K, W, nrm_c, off_c, floor)
+        lm_c, err_c = gaussian.log_mass(nrm_c, off_c, return_error=True, floor=floor)
         seed = np.r_[np.ones(len(p_top), bool), np.zeros(len(p_c), bool)]
         p_all = np.concatenate([p_top, p_c])
         order = np.argsort(p_all, kind="stable")
@@ -316,25 +368,17 @@ def _observed_general(
         keep = np.isfinite(lj) | seed
         if need_moments:
             keep &= (lj > (log_px - thr)[p_all]) | ~np.isfinite(log_px)[p_all]
-        if tab is not None:
-            p_all, r_all, lj = p_all[keep], r_all[keep], lj[keep]
-            nrm, off, L, mu = geometry(p_all, r_all, K, W)
-        else:
-            nrm, off, L, mu = (
-                np.concatenate(pair)[order][keep]
-                for pair in ((nrm_t, nrm_c), (off_t, off_c), (L_t, L_c), (mu_t, mu_c))
-            )
-            p_all, r_all, lj = p_all[keep], r_all[keep], lj[keep]
+        nrm, off, L, mu = (
+            np.concatenate(pair)[order][keep]
+            for pair in ((nrm_t, nrm_c), (off_t, off_c), (L_t, L_c), (mu_t, mu_c))
+        )
+        p_all, r_all, lj = p_all[keep], r_all[keep], lj[keep]
         v = V[p_all, r_all]
         K_p = _K_pairs(K, p_all, r_all, d)
         log_det_P = 2.0 * np.log(np.diagonal(K_p, axis1=1, axis2=2)).sum(axis=1)
         mean = cov = None
         if need_moments:
-            if tab is None:
-                tm = gaussian.truncated_moments(nrm, off)
-            else:
-                T = _map_2d(geom, K, p_all, r_all)
-                tm = gaussian.truncated_moments_2d_transformed(tab, r_all, T, W[p_all, r_all])
+            tm = gaussian.truncated_moments(nrm, off)
             mean = mu + np.einsum("pij,pj->pi", L, tm.mean)
             cov = L @ tm.cov @ np.swapaxes(L, 1, 2)
         st = PairStats(p_all + s, r_all, lj, log_px, err_px, v, off, mean, cov, len(p_all))
@@ -353,6 +397,214 @@ def _observed_general(
 
     st.pair_normals, st.pair_L, st.pair_mu, st.pair_log_det_P = (cat(i) for i in range(4))
     return st
+
+
+def _mask_weights_blocks(geom: RegionGeometry) -> np.ndarray:
+    """(D, (T + d + 1) R) :func:`_mask_weights`'s columns quantity-major (one block of R per
+    sum: each sum of every region is a contiguous slice of the product), cached on ``geom``."""
+    cached = geom.cache.get("mask_w_blocks")
+    if cached is None:
+        R = geom.A.shape[0]
+        W = _mask_weights(geom)
+        C = W.shape[1] // max(R, 1)
+        cached = np.ascontiguousarray(W.reshape(-1, R, C).transpose(0, 2, 1).reshape(-1, C * R))
+        geom.cache["mask_w_blocks"] = cached
+    return cached
+
+
+def _gemm_blocks(geom: RegionGeometry, Xc: np.ndarray) -> np.ndarray:
+    """(n, 3R) :meth:`RegionGeometry.gemm` of d = 2 with its columns in blocks of R
+    (``w⁰_0 | w⁰_1 | -2 x'ᵀΛb'``; the factor -2 is exact), cached on ``geom``."""
+    cached = geom.cache.get("gemm_blocks")
+    if cached is None:
+        R = geom.A.shape[0]
+        Wm = geom.gemm_w if geom.gemm_basis is None else geom.gemm_w_basis
+        blocks = [Wm[:, 0 : 2 * R : 2], Wm[:, 1 : 2 * R : 2], -2.0 * Wm[:, 2 * R :]]
+        cached = np.ascontiguousarray(np.concatenate(blocks, axis=1))
+        geom.cache["gemm_blocks"] = cached
+    if geom.gemm_basis is None:
+        return Xc @ cached
+    return (Xc @ geom.gemm_basis) @ cached
+
+
+# Rows per slice of _kappa_2d's elementwise work.
+_ROWS_2D = 8
+
+
+def _kappa_2d(geom: RegionGeometry, X: np.ndarray, obs: np.ndarray):
+    """``log κ_r(n)`` (n, R) of d = 2 and the arrays the pairs' whitening is gathered from
+    (:func:`_gather_2d`): the masked sums' buffer (n, 6R) with ``P00 = 1 + Σ mλ a_0²``,
+    ``P01``, ``k11² = P11 - P01²/P00`` in its first three blocks of R, the GEMM's (n, 3R) with
+    ``v0`` in its first block, and ``v1`` (n, R).
+
+    ``vᵀP⁻¹v = v0²/P00 + (v1 - t v0)²/k11²`` with ``t = P01/P00`` and
+    ``log|P| = log(P00 k11²)`` (the Cholesky factor's squares: no square roots, one log, on
+    the (n, R) arrays; ``K`` and ``w`` only for the pairs gathered).
+    """
+    R = geom.A.shape[0]
+    m = obs.astype(np.float64)
+    x0 = _observed_centred(X, obs, m, geom.center)
+    Mq = _masked_sums(geom, m)  # (n, 6R) in blocks: Σ mλ a0a0 | a0a1 | a1a1 | a0b' | a1b' | b'²
+    prod = _gemm_blocks(geom, x0)  # (n, 3R): x'ᵀΛ A_r K_r^{-T} (two blocks) | -2 x'ᵀΛ b'_r
+    n = X.shape[0]
+    k00, k10, k11 = geom.K[:, 0, 0], geom.K[:, 1, 0], geom.K[:, 1, 1]
+    c = np.einsum("nj,nj,j->n", x0, x0, geom.inv_var)
+    c += m @ (LOG_2PI + np.log(1.0 / geom.inv_var))  # ||x'||²_Λobs + D_n log 2π + Σ log σ²
+    v1 = np.empty((n, R))
+    h = min(n, _ROWS_2D)
+    t, u = np.empty((h, R)), np.empty((h, R))
+    # elementwise in slices of rows (their temporaries stay in cache); in place where possible
+    for a in range(0, n, h):
+        rs = slice(a, min(n, a + h))
+        q = slice(0, rs.stop - a)
+        p00, p01, k11sq = Mq[rs, :R], Mq[rs, R : 2 * R], Mq[rs, 2 * R : 3 * R]
+        wf0, wf1, xb = prod[rs, :R], prod[rs, R : 2 * R], prod[rs, 2 * R :]
+        tq, uq, vq = t[q], u[q], v1[rs]
+        # v = A_rᵀ Λ_obs (x - b_r) = K_r (K_r^{-1} A_rᵀ Λ x') - Σ_j m_j λ_j a_rj b'_rj
+        np.multiply(wf0, k10, out=vq)
+        wf1 *= k11
+        vq += wf1
+        vq -= Mq[rs, 4 * R : 5 * R]
+        v0 = wf0
+        v0 *= k00
+        v0 -= Mq[rs, 3 * R : 4 * R]
+        p00 += 1.0
+        k11sq += 1.0
+        np.divide(p01, p00, out=tq)
+        np.multiply(tq, v0, out=uq)
+        np.subtract(vq, uq, out=uq)  # v1 - t v0
+        tq *= p01
+        k11sq -= tq  # P11 - P01²/P00
+        # s = ||x' - b'||²_{Λ_obs} + D_n log 2π + Σ_obs log σ² + log|P| - vᵀP⁻¹v, then -s/2
+        sq = Mq[rs, 5 * R :]
+        sq += xb  # -2 x'ᵀΛ b'
+        sq += c[rs, None]
+        np.multiply(p00, k11sq, out=tq)
+        np.log(tq, out=tq)
+        sq += tq
+        np.square(uq, out=uq)
+        uq /= k11sq
+        sq -= uq
+        np.square(v0, out=xb)
+        xb /= p00
+        sq -= xb
+        sq *= -0.5
+    return Mq[:, 5 * R :], (Mq, prod, v1)
+
+
+def _gather_2d(Q, p: np.ndarray, r: np.ndarray):
+    """``k00, k10, k11`` (P,), ``w = K^{-1} v`` (P, 2) and ``v`` (P, 2) of pairs (p, r) from
+    :func:`_kappa_2d`'s arrays (``K = [[k00, 0], [k10, k11]]`` the Cholesky factor of P).
+
+    The arrays are column blocks of two row-major buffers (and one (n, R) array): one flat
+    index per buffer, not a 2-D fancy index per array."""
+    Mq, prod, v1 = Q
+    R = v1.shape[1]
+    fm = np.ravel(Mq)
+    i = p * Mq.shape[1] + r
+    p00 = fm[i]
+    k00 = np.sqrt(p00)
+    k10 = fm[i + R] / k00
+    k11 = np.sqrt(fm[i + 2 * R])
+    v0 = np.ravel(prod)[p * prod.shape[1] + r]
+    v1 = np.ravel(v1)[p * R + r]
+    w0 = v0 / k00
+    w = np.stack([w0, (v1 - k10 * w0) / k11], axis=-1)
+    return k00, k10, k11, w, np.stack([v0, v1], axis=-1)
+
+
+def _observed_2d(
+    geom: RegionGeometry,
+    X: np.ndarray,
+    obs: np.ndarray,
+    *,
+    prune_nats: float = 40.0,
+    need_moments: bool = False,
+    chunk_bytes: int = 256 * 2**20,
+    top_k: int = 4,
+) -> PairStats:
+    """:func:`observed_pairs` for d = 2 (any rows): :func:`_observed_general`'s steps with
+    the masses of the regions' tabulated polygons under each pair's affine map
+    (:func:`exactdgn.gaussian.log_mass_2d_transformed`) and the per-pair whitening gathered
+    only for the pairs that need it (:func:`_kappa_2d`, :func:`_gather_2d`). The pairs'
+    whitened rows are left to :meth:`PairStats.geometry` (first use)."""
+    N = X.shape[0]
+    R = geom.A.shape[0]
+    thr = prune_nats + np.log(max(R, 1))
+    tab = geom.polygons
+    nt = _n_threads()
+    parallel = nt > 1 and N * R >= 2 * _MIN_PARALLEL
+    cs = _block_size(N, _chunk(N, R, 2, chunk_bytes), nt if parallel else 1)
+
+    def block(s: int):
+        sl = slice(s, min(N, s + cs))
+        n = sl.stop - sl.start
+        lk, Q = _kappa_2d(geom, X[sl], obs[sl])
+        rows = np.arange(n)
+        k = min(top_k, R)
+        top = np.argpartition(-lk, k - 1, axis=1)[:, :k] if k < R else np.tile(np.arange(R), (n, 1))
+        pts, regs = [np.repeat(rows, k)], [top.ravel()]
+        if geom.locate is not None and R > k:
+            r = np.argmax(lk, axis=1)
+            for _ in range(3):
+                k00, k10, k11, w, _ = _gather_2d(Q, rows, r)
+                mu1 = w[:, 1] / k11  # μ = K^{-T} w (as _solve_upper_T)
+                mu = np.stack([(w[:, 0] - k10 * mu1) / k00, mu1], axis=-1)
+                r_new = geom.locate(mu)
+                r = np.where(r_new >= 0, r_new, r)
+                pts.append(rows)
+                regs.append(r)
+        key = np.unique(np.concatenate(pts).astype(np.int64) * R + np.concatenate(regs))
+        p_top, r_top = key // R, key % R
+        k00, k10, k11, w, _ = _gather_2d(Q, p_top, r_top)
+        T = _map_2d_entries(geom, k00, k10, k11, r_top)
+        lm_t, err_t = gaussian.log_mass_2d_transformed(tab, r_top, T, w)
+        lower = np.full(n, -np.inf)
+        np.logaddexp.at(lower, p_top, lk[p_top, r_top] + lm_t)
+        cut = lower - thr
+        mask = lk > cut[:, None]
+        mask[p_top, r_top] = False
+        p_c, r_c = np.nonzero(mask)
+        lk_c = np.ravel(Q[0])[p_c * Q[0].shape[1] + 5 * R + r_c]  # lk[p_c, r_c]
+        k00, k10, k11, w, _ = _gather_2d(Q, p_c, r_c)
+        T = _map_2d_entries(geom, k00, k10, k11, r_c)
+        # disc bound (O(1) a pair): Φ_r <= Q(δ) <= exp(-δ²/2) / 2, δ >= the distance to the
+        # mapped vertex disc; the pairs it drops are below their floor in the integrator too
+        # (its exact distance is larger), so the pairs and values are those without it
+        keep = lk_c + _log_disc_bound(tab, r_c, T, w) > cut[p_c] - _BOUND_SLACK
+        p_c, r_c, lk_c, w, T = (a[keep] for a in (p_c, r_c, lk_c, w, T))
+        if len(p_c):  # facet bound: Φ_r <= Φ(min_i c_i), from the offsets alone
+            cmin = _min_offset_table(tab, r_c, T, w)
+            keep = lk_c + np.minimum(0.0, log_ndtr(cmin)) > cut[p_c]
+            p_c, r_c, lk_c, w, T = (a[keep] for a in (p_c, r_c, lk_c, w, T))
+        lm_c, err_c = gaussian.log_mass_2d_transformed(tab, r_c, T, w, cut[p_c] - lk_c)
+        seed = np.r_[np.ones(len(p_top), bool), np.zeros(len(p_c), bool)]
+        p_all = np.concatenate([p_top, p_c])
+        order = np.argsort(p_all, kind="stable")
+        p_all, seed = p_all[order], seed[order]
+        r_all, lm, err = (
+            np.concatenate(pair)[order] for pair in ((r_top, r_c), (lm_t, lm_c), (err_t, err_c))
+        )
+        lj = lk[p_all, r_all] + lm
+        log_px, err_px = _lse_by_point(p_all, lj, err, n, prune_nats)
+        keep = np.isfinite(lj) | seed
+        if need_moments:
+            keep &= (lj > (log_px - thr)[p_all]) | ~np.isfinite(log_px)[p_all]
+        p_all, r_all, lj = p_all[keep], r_all[keep], lj[keep]
+        k00, k10, k11, w, v = _gather_2d(Q, p_all, r_all)
+        L, mu = _l_mu_2d(k00, k10, k11, w)
+        log_det_P = 2.0 * (np.log(k00) + np.log(k11))
+        mean = cov = None
+        if need_moments:
+            T = _map_2d_entries(geom, k00, k10, k11, r_all)
+            tm = gaussian.truncated_moments_2d_transformed(tab, r_all, T, w)
+            mean = mu + np.einsum("pij,pj->pi", L, tm.mean)
+            cov = L @ tm.cov @ np.swapaxes(L, 1, 2)
+        st = PairStats(p_all + s, r_all, lj, log_px, err_px, v, None, mean, cov, len(p_all))
+        st.pair_L, st.pair_mu, st.pair_log_det_P = L, mu, log_det_P
+        return st
+
+    return _pair_stats(_map_blocks(block, range(0, N, cs), parallel=parallel))
 
 
 def observed_pairs(
@@ -387,9 +639,10 @@ def observed_pairs(
     Returns
     -------
     PairStats
-        With the per-pair geometry ``pair_normals``, ``pair_L``, ``pair_mu`` and
-        ``pair_log_det_P`` (the whitening depends on the point's observed coordinates) and the
-        whitened ``offsets`` of every pair.
+        With the per-pair ``pair_L``, ``pair_mu`` and ``pair_log_det_P`` (the whitening
+        depends on the point's observed coordinates); the whitened ``pair_normals`` and
+        ``offsets`` are computed from them on first use (:meth:`PairStats.geometry`, d = 2 and
+        complete rows) or come with the pairs (d = 1, d >= 3).
     """
     N = X.shape[0]
     d = geom.A.shape[2]
@@ -405,6 +658,8 @@ def observed_pairs(
         Xm, om = (X, obs) if rows is None else (X[rows], obs[rows])
         if d == 1 and geom.interval is not None:
             st = _observed_1d(geom, Xm, om, **kw)
+        elif d == 2 and geom.polygons is not None:
+            st = _observed_2d(geom, Xm, om, top_k=top_k, **kw)
         else:
             st = _observed_general(geom, Xm, om, top_k=top_k, **kw)
         if rows is None:
@@ -414,11 +669,10 @@ def observed_pairs(
 
 
 def _with_pair_geometry(geom: RegionGeometry, st: PairStats) -> PairStats:
-    """Complete-data pairs with their (the region's) whitening filled in as per-pair arrays."""
-    r = st.region
-    st.pair_normals, st.pair_L, st.pair_mu, st.pair_log_det_P = st.geometry(geom)
-    if st.offsets is None:
-        st.offsets = geom.offsets(st.v, r)
+    """Complete-data pairs with their (the region's) ``L``, ``μ`` and ``log|P|`` as per-pair
+    arrays; the whitened rows are computed on first use (:meth:`PairStats.geometry`)."""
+    _, st.pair_L, st.pair_mu, st.pair_log_det_P = st.geometry(geom)
+    st.pair_normals = st.offsets = None
     return st
 
 
@@ -467,14 +721,7 @@ def _pad_facets(a: np.ndarray, F: int, name: str) -> np.ndarray:
 def _mask_weights_1d(geom: RegionGeometry) -> np.ndarray:
     """(D, 3R) the d = 1 masked GEMM's columns in three blocks of R, cached on ``geom``:
     ``λ_j a_rj²``, ``λ_j a_rj b'_rj`` and ``λ_j b'^2_rj`` (``b' = b - c``)."""
-    cached = geom.cache.get("mask_w_1d")
-    if cached is None:
-        R = geom.A.shape[0]
-        cached = np.ascontiguousarray(
-            _mask_weights(geom).reshape(-1, R, 3).transpose(0, 2, 1).reshape(-1, 3 * R)
-        )
-        geom.cache["mask_w_1d"] = cached
-    return cached
+    return _mask_weights_blocks(geom)
 
 
 # Points x regions per block of the missing-data d = 1 path, in units of the complete-data
@@ -781,17 +1028,43 @@ def _observed_centred(
     return x0
 
 
+def _l_mu_2d(k00, k10, k11, w):
+    """(P, 2, 2) ``L = K^{-T} = [[1/k00, -k10/(k00 k11)], [0, 1/k11]]`` and (P, 2) ``μ = L w``
+    of d = 2 pairs (``K = [[k00, 0], [k10, k11]]``, ``w = K^{-1} v``), elementwise."""
+    l00, l11 = 1.0 / k00, 1.0 / k11
+    L = np.zeros((len(k00), 2, 2))
+    L[:, 0, 0], L[:, 0, 1], L[:, 1, 1] = l00, -k10 * l00 * l11, l11
+    mu = np.stack([w[:, 0] * l00 + L[:, 0, 1] * w[:, 1], w[:, 1] * l11], axis=-1)
+    return L, mu
+
+
+def pair_whitening(geom: RegionGeometry, region: np.ndarray, L: np.ndarray, mu: np.ndarray):
+    """(P, F, d) whitened unit normals and (P, F) offsets of pairs with their own ``L`` (P, d, d)
+    and ``μ`` (P, d): the region's rows ``C z <= e`` seen from ``N(μ, L Lᵀ)`` (the rows that
+    :class:`~exactdgn.inference.PairStats` computes on first use for the missing-data pairs)."""
+    Cs, es = _halfspaces(geom)
+    if geom.latent_dim == 2:
+        return _whiten_rows_2d(Cs[region], es[region], L, mu)
+    normals, offsets, _ = gaussian.whiten(mu, L, Cs[region], es[region])
+    return normals, offsets
+
+
 def _whiten_2d(C, e, k00, k10, k11, w):
     """:func:`gaussian.whiten` for d = 2 pairs, elementwise (no (P, 2, 2) inverses).
 
     ``K = [[k00, 0], [k10, k11]]`` (P,) entries, ``w = K^{-1} v`` (P, 2), rows ``C`` (P, F, 2)
-    and ``e`` (P, F). ``L = K^{-T} = [[1/k00, -k10/(k00 k11)], [0, 1/k11]]``, ``μ = L w``;
-    returns normals (P, F, 2), offsets (P, F), L (P, 2, 2) and μ (P, 2).
+    and ``e`` (P, F). Returns normals (P, F, 2), offsets (P, F), L (P, 2, 2) and μ (P, 2)
+    (:func:`_l_mu_2d`).
     """
-    l00, l11 = 1.0 / k00, 1.0 / k11
-    l01 = -k10 * l00 * l11
-    mu0 = w[:, 0] * l00 + l01 * w[:, 1]
-    mu1 = w[:, 1] * l11
+    L, mu = _l_mu_2d(k00, k10, k11, w)
+    normals, offsets = _whiten_rows_2d(C, e, L, mu)
+    return normals, offsets, L, mu
+
+
+def _whiten_rows_2d(C, e, L, mu):
+    """Normals (P, F, 2) and offsets (P, F) of rows ``C z <= e`` under upper-triangular ``L``."""
+    l00, l01, l11 = L[:, 0, 0], L[:, 0, 1], L[:, 1, 1]
+    mu0, mu1 = mu[:, 0], mu[:, 1]
     c0, c1 = C[..., 0], C[..., 1]
     cl0 = c0 * l00[:, None]
     cl1 = c0 * l01[:, None] + c1 * l11[:, None]
@@ -802,35 +1075,74 @@ def _whiten_2d(C, e, k00, k10, k11, w):
         safe = np.where(pos, scale, 1.0)
         normals = np.stack([np.where(pos, cl0 / safe, 0.0), np.where(pos, cl1 / safe, 0.0)], -1)
         offsets = np.where(pos, raw / safe, raw)
-    L = np.zeros((len(k00), 2, 2))
-    L[:, 0, 0], L[:, 0, 1], L[:, 1, 1] = l00, l01, l11
-    return normals, offsets, L, np.stack([mu0, mu1], axis=-1)
+    return normals, offsets
 
 
-def _map_2d(geom: RegionGeometry, K, p: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """(P, 2, 2) ``T = K_r(n)ᵀ L_r`` of pairs: the table's whitened polygon (``u0 = K_rᵀ z``) to
-    the pair's (``u = K_r(n)ᵀ z - w``) is ``u = T u0 - w`` (upper triangular, ``det T > 0``)."""
-    k00, k10, k11 = K[0][p, r], K[1][p, r], K[2][p, r]
+def _map_2d_entries(geom: RegionGeometry, k00, k10, k11, r: np.ndarray) -> np.ndarray:
+    """(P, 2, 2) ``T = K_r(n)ᵀ L_r`` of pairs from their entries of ``K_r(n)`` (P,) and regions
+    ``r``: the table's whitened polygon (``u0 = K_rᵀ z``) to the pair's (``u = K_r(n)ᵀ z - w``)
+    is ``u = T u0 - w`` (upper triangular, ``det T > 0``)."""
     L0 = geom.L[r]  # upper triangular
-    T = np.zeros((len(p), 2, 2))
+    T = np.zeros((len(r), 2, 2))
     T[:, 0, 0] = k00 * L0[:, 0, 0]
     T[:, 0, 1] = k00 * L0[:, 0, 1] + k10 * L0[:, 1, 1]
     T[:, 1, 1] = k11 * L0[:, 1, 1]
     return T
 
 
-def _min_offset_2d(C, e, k00, k10, k11, w):
-    """(P,) ``min_i c_i`` of :func:`_whiten_2d`'s offsets (the facet bound), without the normals."""
-    l00, l11 = 1.0 / k00, 1.0 / k11
-    l01 = -k10 * l00 * l11
-    mu0 = (w[:, 0] * l00 + l01 * w[:, 1])[:, None]
-    mu1 = (w[:, 1] * l11)[:, None]
-    c0, c1 = C[..., 0], C[..., 1]
-    scale = np.hypot(c0 * l00[:, None], c0 * l01[:, None] + c1 * l11[:, None])
-    raw = e - (c0 * mu0 + c1 * mu1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        off = np.where(scale > 0, raw / scale, raw)
-    return off.min(axis=1, initial=np.inf)
+# Nats by which the disc bound must fall below the pruning level (rounding of the bound).
+_BOUND_SLACK = 1e-6
+# Polygons of at most this many rows take the narrow pass of _min_offset_table.
+_NARROW = 4
+
+
+def _log_disc_bound(tab, r: np.ndarray, T: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """(P,) an upper bound of the log mass of pairs' mapped polygons ``T u0 - w`` (``0``:
+    unbounded polygons), from the table's vertex disc ``|u0 - g| <= ρ``: its image lies in the
+    disc of radius ``σ_max(T) ρ`` around ``T g - w``, so the distance ``δ`` from the mean
+    (origin) to the polygon is at least ``|T g - w| - σ_max ρ``, and where that is positive
+    (the mean lies outside) ``Φ <= Q(δ) <= exp(-δ²/2) / 2``."""
+    t00, t01, t11 = T[:, 0, 0], T[:, 0, 1], T[:, 1, 1]
+    g = tab.centroid[r]
+    rho = tab.radius[r]
+    f2 = t00 * t00 + t01 * t01 + t11 * t11
+    det = t00 * t11
+    smax = np.sqrt(0.5 * (f2 + np.sqrt(np.maximum(f2 * f2 - 4.0 * det * det, 0.0))))
+    c0 = t00 * g[:, 0] + t01 * g[:, 1] - w[:, 0]
+    c1 = t11 * g[:, 1] - w[:, 1]
+    with np.errstate(invalid="ignore"):  # unbounded: ρ = inf
+        dist = np.sqrt(c0 * c0 + c1 * c1) - rho * smax
+    # δ > 0: the mean is outside (mass <= Q(δ)); else no bound (the mean may be inside)
+    out = np.isfinite(rho) & (dist > 0.0)
+    return np.where(out, -0.5 * np.square(np.where(out, dist, 0.0)) - np.log(2.0), 0.0)
+
+
+def _min_offset_table(tab, r: np.ndarray, T: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """(P,) ``min_i c_i`` of the mapped polygons' rows (the facet bound), from the table's rows
+    (``n . u0 <= g``): ``c = (g det T - a . w) / |a|`` with ``a = adj(T)ᵀ n`` (``T`` upper
+    triangular, as from :func:`_map_2d_entries`); narrow polygons (at most ``_NARROW`` rows,
+    most of them) in a narrow pass. Rows without a constraint have ``g = inf`` (the table's
+    padding): ``c = inf``."""
+    out = np.empty(len(r))
+    narrow = tab.width[r] <= _NARROW
+    for sel, k in ((narrow, _NARROW), (~narrow, tab.normals.shape[1])):
+        i = np.flatnonzero(sel)
+        if not i.size:
+            continue
+        ri = r[i]
+        n = tab.normals[ri, :k]
+        Ti, wi = T[i], w[i]
+        t00, t01, t11 = Ti[:, 0, 0, None], Ti[:, 0, 1, None], Ti[:, 1, 1, None]
+        a0 = t11 * n[..., 0]
+        a1 = t00 * n[..., 1]
+        a1 -= t01 * n[..., 0]
+        num = tab.offsets[ri, :k] * (t00 * t11)
+        num -= a0 * wi[:, 0, None]
+        num -= a1 * wi[:, 1, None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            num /= np.hypot(a0, a1)
+        out[i] = num.min(axis=1)
+    return out
 
 
 def _kappa_1d_direct(geom, Wm, m, x0, const):

@@ -42,8 +42,7 @@ class ExactPosterior:
         self._model = model
         self._X = X
         self._geom = geom
-        if stats.offsets is None:
-            stats.offsets = geom.offsets(stats.v, stats.region)
+        stats.whitened_offsets(geom)
         self._stats = stats
         self.batch_shape = (X.shape[0],)
         self.event_shape = (geom.latent_dim,)
