@@ -107,6 +107,13 @@ def test_relative_rule_stops_on_diminishing_returns():
     bumpy = list(np.cumsum([0.0, 55.0, 9.4, 3.4, 6.7]))
     assert not converged(bumpy[:4], tol=1e-4, window=10, rel_tol=0.05)
     assert not converged(bumpy, tol=1e-4, window=10, rel_tol=0.05)
+    # the measured MNIST run (all digits 28x28, [2,32,32,784], seed 0): rel_tol="auto" must
+    # not stop it after iteration 4 (held-out 784.25, the VAE's 784.04) but after 5 (782.62)
+    mnist = [-886.79, -791.84, -782.44, -779.09, -772.43, -770.36, -770.36]
+    from exactdgn.model import _REL_TOL as auto
+
+    assert not any(converged(mnist[:t], tol=1e-4, window=10, rel_tol=auto) for t in (4, 5))
+    assert converged(mnist[:6], tol=1e-4, window=10, rel_tol=auto)
     flat = [0.0, 0.0, 0.0]  # no gain at all: left to the window rule
     assert not converged(flat, tol=1e-4, window=10, rel_tol=0.05)
 
