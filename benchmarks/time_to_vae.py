@@ -47,7 +47,10 @@ def main() -> None:
     p.add_argument("--n-images", type=int, default=None, help="first N images only (a check)")
     p.add_argument("--out", default=None)
     p.add_argument(
-        "--rel-tol", default="auto", help="ExactDGN's rel_tol (default: its default, 'auto')"
+        "--rel-tol",
+        type=lambda v: v if v == "auto" else float(v),
+        default="auto",
+        help="ExactDGN's rel_tol: 'auto' (its default) or a number >= 0",
     )
     p.add_argument(
         "--full-curve",
@@ -154,7 +157,7 @@ def main() -> None:
             hidden_sizes=(32, 32),
             random_state=args.seed,
             max_iter=args.max_iter,
-            rel_tol=args.rel_tol if args.rel_tol == "auto" else float(args.rel_tol),
+            rel_tol=args.rel_tol,
             progress=False,
         )
         clock["t"], clock["c"] = time.perf_counter(), time.process_time()

@@ -38,6 +38,7 @@ O(1) a pair) before the facet bound; d >= 3 rows :func:`_observed_general`.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import log_ndtr
@@ -273,6 +274,45 @@ def _chunk(n: int, R: int, d: int, chunk_bytes: int) -> int:
     return int(max(1, min(n, chunk_bytes // max(per_point, 1))))
 
 
+@dataclass
+class _Merged:
+    """Seed and candidate pairs of a block merged by point (see :func:`_merge_seeds`)."""
+
+    order: np.ndarray  # sorts the concatenated [seed, candidate] pairs by point
+    keep: np.ndarray  # of the sorted pairs, those retained
+    point: np.ndarray  # retained pairs' point, region and log p(x, r) (sorted, kept)
+    region: np.ndarray
+    log_joint: np.ndarray
+    log_px: np.ndarray  # (n,) log p(x) of the block's points and its error bound
+    err_px: np.ndarray
+
+
+def _merge_seeds(lk, seeds, cands, n: int, prune_nats: float, thr: float, need_moments: bool):
+    """Merge a block's seed pairs (always kept) with its integrated candidates.
+
+    ``seeds`` and ``cands`` are ``(point, region, log mass, error)``; ``lk`` the block's
+    (n, R) ``log κ``. Sorted by point (stable), ``log p(x)`` is the log-sum-exp of ``log κ +
+    log mass``; a pair is kept when its joint is finite or it is a seed, and with
+    ``need_moments`` also only within ``thr`` nats of its point's ``log p(x)`` (the moments'
+    pruning of :mod:`._marginal`).
+    """
+    p_top, r_top, lm_t, err_t = seeds
+    p_c, r_c, lm_c, err_c = cands
+    seed = np.r_[np.ones(len(p_top), bool), np.zeros(len(p_c), bool)]
+    p_all = np.concatenate([p_top, p_c])
+    order = np.argsort(p_all, kind="stable")
+    p_all, seed = p_all[order], seed[order]
+    r_all, lm, err = (
+        np.concatenate(pair)[order] for pair in ((r_top, r_c), (lm_t, lm_c), (err_t, err_c))
+    )
+    lj = lk[p_all, r_all] + lm
+    log_px, err_px = _lse_by_point(p_all, lj, err, n, prune_nats)
+    keep = np.isfinite(lj) | seed
+    if need_moments:
+        keep &= (lj > (log_px - thr)[p_all]) | ~np.isfinite(log_px)[p_all]
+    return _Merged(order, keep, p_all[keep], r_all[keep], lj[keep], log_px, err_px)
+
+
 def _observed_general(
     geom: RegionGeometry,
     X: np.ndarray,
@@ -356,23 +396,21 @@ def _observed_general(
             )
         floor = (lower - thr)[p_c] - lk[p_c, r_c]
         lm_c, err_c = gaussian.log_mass(nrm_c, off_c, return_error=True, floor=floor)
-        seed = np.r_[np.ones(len(p_top), bool), np.zeros(len(p_c), bool)]
-        p_all = np.concatenate([p_top, p_c])
-        order = np.argsort(p_all, kind="stable")
-        p_all, seed = p_all[order], seed[order]
-        r_all, lm, err = (
-            np.concatenate(pair)[order] for pair in ((r_top, r_c), (lm_t, lm_c), (err_t, err_c))
+        m = _merge_seeds(
+            lk,
+            (p_top, r_top, lm_t, err_t),
+            (p_c, r_c, lm_c, err_c),
+            n,
+            prune_nats,
+            thr,
+            need_moments,
         )
-        lj = lk[p_all, r_all] + lm
-        log_px, err_px = _lse_by_point(p_all, lj, err, n, prune_nats)
-        keep = np.isfinite(lj) | seed
-        if need_moments:
-            keep &= (lj > (log_px - thr)[p_all]) | ~np.isfinite(log_px)[p_all]
+        order, keep, log_px, err_px = m.order, m.keep, m.log_px, m.err_px
         nrm, off, L, mu = (
             np.concatenate(pair)[order][keep]
             for pair in ((nrm_t, nrm_c), (off_t, off_c), (L_t, L_c), (mu_t, mu_c))
         )
-        p_all, r_all, lj = p_all[keep], r_all[keep], lj[keep]
+        p_all, r_all, lj = m.point, m.region, m.log_joint
         v = V[p_all, r_all]
         K_p = _K_pairs(K, p_all, r_all, d)
         log_det_P = 2.0 * np.log(np.diagonal(K_p, axis1=1, axis2=2)).sum(axis=1)
@@ -578,19 +616,17 @@ def _observed_2d(
             keep = lk_c + np.minimum(0.0, log_ndtr(cmin)) > cut[p_c]
             p_c, r_c, lk_c, w, T = (a[keep] for a in (p_c, r_c, lk_c, w, T))
         lm_c, err_c = gaussian.log_mass_2d_transformed(tab, r_c, T, w, cut[p_c] - lk_c)
-        seed = np.r_[np.ones(len(p_top), bool), np.zeros(len(p_c), bool)]
-        p_all = np.concatenate([p_top, p_c])
-        order = np.argsort(p_all, kind="stable")
-        p_all, seed = p_all[order], seed[order]
-        r_all, lm, err = (
-            np.concatenate(pair)[order] for pair in ((r_top, r_c), (lm_t, lm_c), (err_t, err_c))
+        m = _merge_seeds(
+            lk,
+            (p_top, r_top, lm_t, err_t),
+            (p_c, r_c, lm_c, err_c),
+            n,
+            prune_nats,
+            thr,
+            need_moments,
         )
-        lj = lk[p_all, r_all] + lm
-        log_px, err_px = _lse_by_point(p_all, lj, err, n, prune_nats)
-        keep = np.isfinite(lj) | seed
-        if need_moments:
-            keep &= (lj > (log_px - thr)[p_all]) | ~np.isfinite(log_px)[p_all]
-        p_all, r_all, lj = p_all[keep], r_all[keep], lj[keep]
+        log_px, err_px = m.log_px, m.err_px
+        p_all, r_all, lj = m.point, m.region, m.log_joint
         k00, k10, k11, w, v = _gather_2d(Q, p_all, r_all)
         L, mu = _l_mu_2d(k00, k10, k11, w)
         log_det_P = 2.0 * (np.log(k00) + np.log(k11))
