@@ -192,6 +192,29 @@ def test_expensive_run_scouts_on_a_subsample(monkeypatch):
     assert m2.history_[-1]["loglik"] == h[-1]["loglik"]
 
 
+def test_expensive_d2_run_scouts_the_random_start_only_if_pca_is_stuck(monkeypatch):
+    from exactdgn import model
+
+    monkeypatch.setattr(model, "_EXPENSIVE_SECONDS", 0.0)
+    monkeypatch.setattr(model, "_SCOUT_POINTS", 40)
+    X = np.random.default_rng(2).standard_normal((120, 3)) * [2.0, 1.0, 0.5]
+
+    def fit(stuck_tol=None):
+        m = ExactDGN(latent_dim=2, hidden_sizes=(4,), n_iter_no_change=3, max_iter=4)
+        m.set_params(random_state=0, progress=False)
+        if stuck_tol is not None:  # every gain counts as stuck
+            monkeypatch.setattr(m, "_tol", lambda: stuck_tol)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return m.fit(X)
+
+    m = fit()
+    assert set(m.scout_logliks_) == {"pca"}  # it moved: the random start is not scouted
+    assert np.all(np.diff([r["loglik"] for r in m.history_]) >= 0)
+    m = fit(stuck_tol=1e9)
+    assert set(m.scout_logliks_) == {"pca", "random"}
+
+
 def test_estimate_counts_one_gradient_block():
     """The exact gradient's work memory beside the pairs: one block of pairs (at most
     ``chunk_bytes``) and the regions' maps, not (pairs x D x d)."""
