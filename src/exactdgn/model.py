@@ -129,9 +129,10 @@ class ExactDGN(DensityMixin, BaseEstimator):
         point-region pairs per point for [2,32,32,64] on the digits, ~200 after a few
         iterations), so they run on few points. With ``latent_dim >= 2`` the random start
         scouts only if the PCA start is stuck (gained less than ``tol`` per iteration): the
-        PCA start won every scout measured, by 4-10 nats/point on the digits
-        ([2,32,32,64], 5 seeds) and by 57-59 on MNIST ([2,32,32,784], 2 seeds), and the
-        random start's scout was ~40% of the scouting time (README "Training").
+        PCA start won all 17 such scouts measured, by 1.3-6.3 nats/point on the digits
+        ([2,32,32,64], two splits x 5 seeds), 12-23 on MNIST digit 4 14x14 ([2,32,32,196],
+        5 seeds) and 57-59 on MNIST 28x28 ([2,32,32,784], 2 seeds), and the random start's
+        scout was ~40% of the scouting time (README "Training").
     min_noise_std, weight_decay, random_state, warm_start, verbose, progress :
         Training options (see ``fit``).
     prune_nats : float
