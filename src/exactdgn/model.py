@@ -73,8 +73,9 @@ class ExactDGN(DensityMixin, BaseEstimator):
         then L-BFGS from where EM slowed down (:class:`exactdgn.training.AutoTrainer`).
     max_iter : int
         Most iterations per ``fit`` call (default 1000; the stopping rules below end nearly
-        every run long before: planted [2,6,3] seed 0 needs 621 to converge, L-BFGS crawling
-        along a valley out of a poor basin, and was cut 0.08 nats short at the former 200).
+        every run long before: planted [2,6,3] seed 0 needs 371 to converge, L-BFGS crawling
+        along a valley out of a poor basin (621 with 20 curvature pairs), and was cut 0.08 nats
+        short at the former 200).
     tol : float or "auto"
         Stop when the mean gain of the exact training log-likelihood per iteration, over the
         last ``n_iter_no_change`` iterations, is below ``tol`` nats per point. ``"auto"``
@@ -86,7 +87,9 @@ class ExactDGN(DensityMixin, BaseEstimator):
         stopped 0.06-0.33 nats short of the true decoder's held-out NLL; 1e-4 ended 0.084 /
         0.024 / 0.043 / 0.052 / 0.002 short (seed 0 at max_iter 200; 0.067 with more
         iterations); 1e-5 0.016 / 0.023 / 0.044 / 0.044 / 0.006 (all within 0.05) in 15-40 s
-        of CPU instead of 8-16 (README "Training"). Expensive runs stop on ``rel_tol`` first.
+        of CPU instead of 8-16, and 0.011 / 0.023 / 0.045 / 0.040 / 0.006 in 11-27 s with
+        L-BFGS keeping 100 curvature pairs (README "Training"). Expensive runs stop on
+        ``rel_tol`` first.
     n_iter_no_change : int
         Window of that rule, and the fewest iterations a run takes (default 10; ``rel_tol``
         can end a run sooner): a start that gains little at first (near a saddle) is not
