@@ -313,6 +313,37 @@ def _merge_seeds(lk, seeds, cands, n: int, prune_nats: float, thr: float, need_m
     return _Merged(order, keep, p_all[keep], r_all[keep], lj[keep], log_px, err_px)
 
 
+def _seed_pairs(lk: np.ndarray, top_k: int, locate, mean_of) -> tuple[np.ndarray, np.ndarray]:
+    """Seed pairs (p, r) of a block for the lower bound, sorted by point: each point's
+    ``top_k`` regions by ``log κ`` and, with ``locate``, the regions holding its posterior mean
+    followed three times from the best region (``mean_of(rows, r)`` gives the means (n, d))."""
+    n, R = lk.shape
+    rows = np.arange(n)
+    k = min(top_k, R)
+    top = np.argpartition(-lk, k - 1, axis=1)[:, :k] if k < R else np.tile(np.arange(R), (n, 1))
+    pts, regs = [np.repeat(rows, k)], [top.ravel()]
+    if locate is not None and R > k:
+        r = np.argmax(lk, axis=1)
+        for _ in range(3):
+            r_new = locate(mean_of(rows, r))
+            r = np.where(r_new >= 0, r_new, r)
+            pts.append(rows)
+            regs.append(r)
+    key = np.unique(np.concatenate(pts).astype(np.int64) * R + np.concatenate(regs))
+    return key // R, key % R
+
+
+def _candidates(lk, p_top, r_top, lm_top, thr: float):
+    """The lower bound ``log p(x)`` >= log Σ_seeds κ Φ (n,) and the other pairs (p, r) whose
+    ``log κ`` alone does not prune them (``log κ > lower - thr``; ``Φ <= 1``)."""
+    lower = np.full(lk.shape[0], -np.inf)
+    np.logaddexp.at(lower, p_top, lk[p_top, r_top] + lm_top)
+    mask = lk > (lower - thr)[:, None]
+    mask[p_top, r_top] = False
+    p_c, r_c = np.nonzero(mask)
+    return lower, p_c, r_c
+
+
 def _observed_general(
     geom: RegionGeometry,
     X: np.ndarray,
@@ -366,27 +397,12 @@ def _observed_general(
         sl = slice(s, min(N, s + cs))
         n = sl.stop - sl.start
         lk, K, W, V = _kappa_block(geom, X[sl], obs[sl])
-        rows = np.arange(n)
-        k = min(top_k, R)
-        top = np.argpartition(-lk, k - 1, axis=1)[:, :k] if k < R else np.tile(np.arange(R), (n, 1))
-        pts, regs = [np.repeat(rows, k)], [top.ravel()]
-        if geom.locate is not None and R > k:
-            r = np.argmax(lk, axis=1)
-            for _ in range(3):
-                mu = _solve_upper_T(_K_pairs(K, rows, r, d), W[rows, r])
-                r_new = geom.locate(mu)
-                r = np.where(r_new >= 0, r_new, r)
-                pts.append(rows)
-                regs.append(r)
-        key = np.unique(np.concatenate(pts).astype(np.int64) * R + np.concatenate(regs))
-        p_top, r_top = key // R, key % R
+        p_top, r_top = _seed_pairs(
+            lk, top_k, geom.locate, lambda p, r: _solve_upper_T(_K_pairs(K, p, r, d), W[p, r])
+        )
         nrm_t, off_t, L_t, mu_t = geometry(p_top, r_top, K, W)
         lm_t, err_t = gaussian.log_mass(nrm_t, off_t, return_error=True)
-        lower = np.full(n, -np.inf)
-        np.logaddexp.at(lower, p_top, lk[p_top, r_top] + lm_t)
-        mask = lk > (lower - thr)[:, None]
-        mask[p_top, r_top] = False
-        p_c, r_c = np.nonzero(mask)
+        lower, p_c, r_c = _candidates(lk, p_top, r_top, lm_t, thr)
         nrm_c, off_c, L_c, mu_c = geometry(p_c, r_c, K, W)
         if len(p_c):  # facet bound: Φ_r <= Φ(min_i c_i)
             bound = lk[p_c, r_c] + np.minimum(0.0, log_ndtr(off_c.min(axis=1, initial=np.inf)))
@@ -578,31 +594,18 @@ def _observed_2d(
         sl = slice(s, min(N, s + cs))
         n = sl.stop - sl.start
         lk, Q = _kappa_2d(geom, X[sl], obs[sl])
-        rows = np.arange(n)
-        k = min(top_k, R)
-        top = np.argpartition(-lk, k - 1, axis=1)[:, :k] if k < R else np.tile(np.arange(R), (n, 1))
-        pts, regs = [np.repeat(rows, k)], [top.ravel()]
-        if geom.locate is not None and R > k:
-            r = np.argmax(lk, axis=1)
-            for _ in range(3):
-                k00, k10, k11, w, _ = _gather_2d(Q, rows, r)
-                mu1 = w[:, 1] / k11  # μ = K^{-T} w (as _solve_upper_T)
-                mu = np.stack([(w[:, 0] - k10 * mu1) / k00, mu1], axis=-1)
-                r_new = geom.locate(mu)
-                r = np.where(r_new >= 0, r_new, r)
-                pts.append(rows)
-                regs.append(r)
-        key = np.unique(np.concatenate(pts).astype(np.int64) * R + np.concatenate(regs))
-        p_top, r_top = key // R, key % R
+
+        def mean_of(p, r):  # μ = K^{-T} w (as _solve_upper_T)
+            k00, k10, k11, w, _ = _gather_2d(Q, p, r)
+            mu1 = w[:, 1] / k11
+            return np.stack([(w[:, 0] - k10 * mu1) / k00, mu1], axis=-1)
+
+        p_top, r_top = _seed_pairs(lk, top_k, geom.locate, mean_of)
         k00, k10, k11, w, _ = _gather_2d(Q, p_top, r_top)
         T = _map_2d_entries(geom, k00, k10, k11, r_top)
         lm_t, err_t = gaussian.log_mass_2d_transformed(tab, r_top, T, w)
-        lower = np.full(n, -np.inf)
-        np.logaddexp.at(lower, p_top, lk[p_top, r_top] + lm_t)
+        lower, p_c, r_c = _candidates(lk, p_top, r_top, lm_t, thr)
         cut = lower - thr
-        mask = lk > cut[:, None]
-        mask[p_top, r_top] = False
-        p_c, r_c = np.nonzero(mask)
         lk_c = np.ravel(Q[0])[p_c * Q[0].shape[1] + 5 * R + r_c]  # lk[p_c, r_c]
         k00, k10, k11, w, _ = _gather_2d(Q, p_c, r_c)
         T = _map_2d_entries(geom, k00, k10, k11, r_c)
