@@ -213,7 +213,7 @@ def test_d1_chain_form_equals_direct_masked_sums(sizes, factored):
         _kappa_1d_chain,
         _kappa_1d_direct,
         _mask_weights_1d,
-        _observed_centred,
+        _observed_part,
     )
 
     dec = Decoder.random(sizes, activation="leaky_relu", seed=4)
@@ -222,9 +222,7 @@ def test_d1_chain_form_equals_direct_masked_sums(sizes, factored):
     rng = np.random.default_rng(0)
     _, Xn = _points(model, 30, rng, miss=0.5)
     obs = ~np.isnan(Xn)
-    m = obs.astype(float)
-    x0 = _observed_centred(Xn, obs, m, geom.center)
-    xq = np.square(x0) @ geom.inv_var
+    m, x0, xq = _observed_part(Xn, obs, geom)
     k1, t1, l1 = _kappa_1d_direct(
         geom, _mask_weights_1d(geom), m, x0, xq + m @ (LOG_2PI - np.log(geom.inv_var))
     )
@@ -237,6 +235,58 @@ def test_d1_chain_form_equals_direct_masked_sums(sizes, factored):
     mu2 = ch["zr"] + t2 / k2
     np.testing.assert_allclose(mu2, mu1, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(l2, l1[:, order], rtol=1e-11, atol=1e-9)
+
+
+def test_observed_part_masks_without_propagating_nan():
+    """The compiled observed part: ``m`` is the mask, ``x' = m ∘ (x - c)`` is 0 where the value
+    is missing whatever it holds (NaN, inf), ``||x'||²_Λ`` matches a plain sum, and a wider
+    ``m`` buffer keeps its extra column."""
+    from exactdgn.inference._missing import _observed_part
+
+    dec = Decoder.random([1, 6, 5], seed=1)
+    model = ExactDGN.from_decoder(dec, np.linspace(0.1, 0.5, 5))
+    geom = model.geometry_
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((9, 5)) * 10.0
+    obs = rng.random(X.shape) < 0.5
+    X[~obs] = np.nan
+    X[0, ~obs[0]] = np.inf  # a missing entry holding inf is masked too
+    m_buf = np.full((9, 6), 7.0)
+    m, x0, xq = _observed_part(X, obs, geom, m=m_buf)
+    want = np.where(obs, np.nan_to_num(X, posinf=0.0) - geom.center, 0.0)
+    assert m is m_buf and np.all(m_buf[:, 5] == 7.0)
+    np.testing.assert_array_equal(m[:, :5], obs.astype(float))
+    np.testing.assert_array_equal(x0, want)
+    np.testing.assert_allclose(xq, (want**2) @ geom.inv_var, rtol=1e-14)
+
+
+def test_select_rows_is_the_kappa_and_tail_rule():
+    """The compiled pair selection keeps exactly the pairs with ``log κ > cut`` whose tail bound
+    ``log κ - δ²/2`` is above ``cut`` too, or that are the row's best region, in order of row
+    then region, with their ``k``, ``t``, ``log κ`` and whitened interval (±inf ends kept)."""
+    from exactdgn.inference._missing import _pair_buffers
+    from exactdgn.inference._missing_kernels import select_rows
+
+    rng = np.random.default_rng(5)
+    n, R = 40, 13
+    q = rng.normal(0.0, 20.0, (n, R))
+    k2 = 1.0 + rng.exponential(5.0, (n, R))
+    u = rng.normal(0.0, 5.0, (n, R))
+    lo = np.r_[-np.inf, np.sort(rng.normal(0, 2, R - 1))]
+    hi = np.r_[lo[1:], np.inf]
+    r1 = np.argmin(q, axis=1)
+    cut = -0.5 * q.min(axis=1) - rng.exponential(10.0, n)
+    out = _pair_buffers(n * R)
+    c, nc = select_rows(q, k2, u, cut, r1, lo, hi, *out)
+    p, r = np.nonzero(-0.5 * q > cut[:, None])
+    k = np.sqrt(k2[p, r])
+    t = u[p, r] / k
+    a, b = lo[r] * k - t, hi[r] * k - t
+    dist = np.maximum(np.maximum(a, -b), 0.0)
+    sel = (-0.5 * q[p, r] - 0.5 * dist**2 > cut[p]) | (r == r1[p])
+    assert nc == len(p) and c == sel.sum() and 0 < c < nc
+    for got, want in zip(out, (p, r, k, t, -0.5 * q[p, r], a, b), strict=True):
+        np.testing.assert_array_equal(got[:c], want[sel])
 
 
 def test_d2_gram_sums_and_bounds():

@@ -496,13 +496,11 @@ def _kappa_2d(geom: RegionGeometry, X: np.ndarray, obs: np.ndarray):
     the (n, R) arrays; ``K`` and ``w`` only for the pairs gathered).
     """
     R = geom.A.shape[0]
-    m = obs.astype(np.float64)
-    x0 = _observed_centred(X, obs, m, geom.center)
+    m, x0, c = _observed_part(X, obs, geom)
     Mq = _masked_sums(geom, m)  # (n, 6R) in blocks: Σ mλ a0a0 | a0a1 | a1a1 | a0b' | a1b' | b'²
     prod = _gemm_blocks(geom, x0)  # (n, 3R): x'ᵀΛ A_r K_r^{-T} (two blocks) | -2 x'ᵀΛ b'_r
     n = X.shape[0]
     k00, k10, k11 = geom.K[:, 0, 0], geom.K[:, 1, 0], geom.K[:, 1, 1]
-    c = np.einsum("nj,nj,j->n", x0, x0, geom.inv_var)
     c += m @ (LOG_2PI + np.log(1.0 / geom.inv_var))  # ||x'||²_Λobs + D_n log 2π + Σ log σ²
     v1 = np.empty((n, R))
     h = min(n, _ROWS_2D)
@@ -790,9 +788,10 @@ def _observed_1d(
       + γ_r(n) - t_r²]``,
     * the whitened interval ``[k_r lo_r - t_r, k_r hi_r - t_r]`` (mean ``μ = t / k``).
 
-    Everything after the GEMMs is elementwise on (n, R) arrays, as in the complete-data d = 1
-    path, and only ``q = -2 log κ`` is formed for every pair (:func:`_gemms_1d`,
-    :func:`_chain_cost`; ``k`` and ``t`` for the pairs gathered). Pruning as in the
+    Everything after the GEMMs is one compiled pass per row (:mod:`._missing_kernels`: the
+    recurrence and ``q = -2 log κ`` of every pair, :func:`_chain_cost`, then the selection
+    below with ``k``, ``t`` and the whitened intervals of the pairs kept); the pairs' whitened
+    rows are built on first use (:meth:`PairStats.geometry`). Pruning as in the
     complete-data path (the exact terms of the region with the largest ``κ_r`` and of the
     region holding its posterior mean give the lower bound; pairs with
     ``log κ_r <= lower - prune_nats - log R`` are skipped: their mass is at most 1), then a
@@ -806,20 +805,18 @@ def _observed_1d(
     lo_z, hi_z, order, breaks = geom.interval
     chain = _chain_1d(geom)
     Wm = _mask_weights_1d(geom) if chain is None else None
-    Cs, es = _halfspaces(geom)
-    C1 = Cs[..., 0]  # (R, F)
     log_var = LOG_2PI - np.log(geom.inv_var)  # (D,) log 2π + log σ_j²
-    iso = bool(np.all(geom.inv_var == geom.inv_var[0]))
-    lam0 = geom.inv_var[0]
     thr = prune_nats + np.log(max(R, 1))
     nt = _n_threads()
     parallel = nt > 1 and N * R >= 2 * _MIN_PARALLEL
     # the masked GEMM is most of the work: blocks of ~4x the complete-data d = 1 blocks
-    per = max(R, 1) * (3 * R + 3 * R + 16) * 8
+    # bytes per row of a block's buffers: the GEMMs' results and q (~5R), the pair buffers
+    # (7R) and the pairs kept
+    per_row = (13 * max(R, 1) + 16) * 8
     cs = int(
         max(1, min(N, _MISSING_1D_BLOCKS * (_BLOCK_1D if parallel else _BLOCK_1D_SEQ) // max(R, 1)))
     )
-    cs = int(max(1, min(cs, chunk_bytes // per * R))) if per else cs
+    cs = int(max(1, min(cs, chunk_bytes // per_row)))
     cs = _block_size(N, cs, nt if parallel else 1)
 
     # the kappa functions work on the regions in the order ``perm`` with reference points zr
@@ -830,7 +827,8 @@ def _observed_1d(
     pos_of_rank = pos[order]  # permuted index of the region at each sorted position
     lo_p = _scaled_diff(lo_z[perm], zr)  # lo - ζ (±inf kept)
     hi_p = _scaled_diff(hi_z[perm], zr)
-    facet_kind, facet_sign = _facet_kinds(C1, es, lo_z, hi_z)
+
+    from . import _missing_kernels as kernels  # numba: imported on first use
 
     local = threading.local()  # per-thread work buffers of ``cs`` rows, reused by every block
 
@@ -842,57 +840,33 @@ def _observed_1d(
         if ws is None:
             ws = local.ws = _workspace_1d(geom, chain, cs)
         if chain is None:
-            m = ob.astype(np.float64)
-            x0 = _observed_centred(X[sl], ob, m, geom.center)
-            if iso:
-                xq = np.einsum("nj,nj->n", x0, x0) * lam0  # ||x'||²_Λ
-            else:
-                xq = np.einsum("nj,nj,j->n", x0, x0, geom.inv_var)
+            m, x0, xq = _observed_part(X[sl], ob, geom)
             k, tp, lk = _kappa_1d_direct(geom, Wm, m, x0, xq + m @ log_var)
             k2, u, q = k * k, tp * k, -2.0 * lk
+            r1 = np.argmin(q, axis=1)
         else:
-            k2, u, q = _chain_cost(chain, *_gemms_1d(geom, chain, X[sl], ob, ws), ws)
+            Mq, prod, xq = _gemms_1d(geom, chain, X[sl], ob, ws)
+            k2, u, q, r1 = _chain_cost(chain, Mq, prod, xq, ws)
         # q = -2 log κ (n, R); k = sqrt(k2), t' = u / k and log κ only on the pairs gathered
-        # gathers by flat index into the parent buffers (k2, u, q are strided views)
-        k2f, uf, qf = (np.ravel(x.base if x.base is not None else x) for x in (k2, u, q))
-        sk, su, sq = (x.strides[0] // 8 for x in (k2, u, q))
         rows = np.arange(n)
-        r1 = np.argmin(q, axis=1)
-        k2_1 = k2f[rows * sk + r1]
-        mu1 = zr[r1] + uf[rows * su + r1] / k2_1
+        mu1 = zr[r1] + u[rows, r1] / k2[rows, r1]
         r2 = pos_of_rank[np.searchsorted(breaks, mu1, side="right")]
         pr = np.concatenate([r1, r2])
         pp = np.concatenate([rows, rows])
-        kk = np.sqrt(k2f[pp * sk + pr])
-        tt = uf[pp * su + pr] / kk
+        kk = np.sqrt(k2[pp, pr])
+        tt = u[pp, pr] / kk
         # k >= 1 (finite): ±inf ends stay ±inf under the product
         lm_seed, _ = log_interval_mass(lo_p[pr] * kk - tt, hi_p[pr] * kk - tt)
-        lj_seed = -0.5 * qf[pp * sq + pr] + lm_seed
+        lj_seed = -0.5 * q[pp, pr] + lm_seed
         lower = np.where(r1 == r2, lj_seed[:n], np.logaddexp(lj_seed[:n], lj_seed[n:]))
         cut = lower - thr
-        p, r = np.nonzero(q < (-2.0 * cut)[:, None])  # sorted by point; r1 always kept
-        n_cand = len(p)
-        kk = np.sqrt(k2f[p * sk + r])
-        tt = uf[p * su + r] / kk
-        lk_p = qf[p * sq + r]
-        lk_p *= -0.5
-        a = lo_p[r]
-        a *= kk
-        a -= tt
-        b = hi_p[r]
-        b *= kk
-        b -= tt
-        # tail bound: the mass is at most Φ(-dist) <= exp(-dist² / 2), dist the whitened
-        # distance from the posterior mean to the interval (the pairs whose κ alone does not
-        # prune them but whose interval lies in the far tail: about a third here)
-        dist = np.maximum(a, -b)
-        np.maximum(dist, 0.0, out=dist)
-        dist *= dist
-        dist *= -0.5
-        dist += lk_p
-        sel = (dist > cut[p]) | (r == r1[p])
-        if not sel.all():
-            p, r, kk, tt, lk_p, a, b = (q_[sel] for q_ in (p, r, kk, tt, lk_p, a, b))
+        # candidates by κ (sorted by point; r1 always kept), then the tail bound (the mass is
+        # at most Φ(-dist) <= exp(-dist² / 2), dist the whitened distance from the posterior
+        # mean to the interval: the pairs whose κ alone does not prune them but whose interval
+        # lies in the far tail, about a third here), in one pass (select_rows)
+        out = ws["pairs"] if chain is not None else _pair_buffers(n * R)
+        c, n_cand = kernels.select_rows(q, k2, u, cut, r1, lo_p, hi_p, *out)
+        p, r, kk, tt, lk_p, a, b = (x[:c].copy() for x in out)
         lm, err = log_interval_mass(a, b)
         lj = lk_p + lm
         log_px, err_px = _lse_by_point(p, lj, err, n, prune_nats)
@@ -909,16 +883,11 @@ def _observed_1d(
     # the per-pair geometry, which is most of the bytes)
     ends = np.cumsum([len(q[0][0]) for q in parts])
     P = int(ends[-1]) if len(parts) else 0
-    F = facet_kind.shape[1]
-    # regions with the rows (lo, hi) in this order (all but the unbounded ends)
-    plain = np.all(facet_kind == np.arange(F), axis=1) if F == 2 else np.zeros(R, bool)
     out = {
         "point": np.empty(P, dtype=np.intp),
         "region": np.empty(P, dtype=np.intp),
         "log_joint": np.empty(P),
         "v": np.empty((P, 1)),
-        "offsets": np.empty((P, F)),
-        "pair_normals": np.empty((P, F, 1)),
         "pair_L": np.empty((P, 1, 1)),
         "pair_mu": np.empty((P, 1)),
         "pair_log_det_P": np.empty(P),
@@ -944,20 +913,6 @@ def _observed_1d(
             uv /= kk
             uv /= kk
             out["cov"][sl, 0, 0] = uv
-        # whitened rows of the pairs: normals ±1 (sign of C); the offsets of the rows
-        # ``z <= hi`` and ``-z <= -lo`` are ``b = k (hi - μ)`` and ``-a = k (μ - lo)``
-        # (padding rows keep their offset, +inf)
-        off = out["offsets"][sl]
-        nrm = out["pair_normals"][sl]
-        odd = np.flatnonzero(~plain[reg])  # rows not (lo, hi): the unbounded ends
-        if F == 2:
-            np.negative(a, out=off[:, 0])
-            off[:, 1] = b
-            nrm[...] = _PLAIN_NORMALS
-        if len(odd):
-            ab = np.stack([-a[odd], b[odd], np.full(len(odd), np.inf)], axis=1)
-            off[odd] = np.take_along_axis(ab, facet_kind[reg[odd]], axis=1)
-            nrm[odd] = facet_sign[reg[odd]]
         v = out["v"][sl, 0]
         np.multiply(kk, kk, out=v)
         v *= mu  # P μ
@@ -978,34 +933,13 @@ def _observed_1d(
         cat(1),
         cat(2),
         out["v"],
-        out["offsets"],
+        None,  # the whitened rows on first use (PairStats.geometry): scoring needs none
         out.get("mean"),
         out.get("cov"),
         int(sum(q[3] for q in parts)),
     )
-    st.pair_normals, st.pair_L = out["pair_normals"], out["pair_L"]
-    st.pair_mu, st.pair_log_det_P = out["pair_mu"], out["pair_log_det_P"]
+    st.pair_L, st.pair_mu, st.pair_log_det_P = out["pair_L"], out["pair_mu"], out["pair_log_det_P"]
     return st
-
-
-# Whitened normals of a bounded d = 1 region's rows (-z <= -lo, z <= hi).
-_PLAIN_NORMALS = np.array([[-1.0], [1.0]])
-
-
-def _facet_kinds(C1: np.ndarray, e: np.ndarray, lo: np.ndarray, hi: np.ndarray):
-    """(R, F) which end each d = 1 row ``C z <= e`` bounds (0: ``lo``, ``C < 0``; 1: ``hi``,
-    ``C > 0``; 2: padding, ``C = 0``) and (R, F, 1) the signs of ``C`` (the whitened normals).
-
-    Checks that the rows are the intervals' ends (``e / C`` equal to ``hi`` or ``lo``).
-    """
-    kind = np.where(C1 > 0, 1, np.where(C1 < 0, 0, 2))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        end = np.where(C1 != 0, e / np.where(C1 != 0, C1, 1.0), np.nan)
-    want = np.where(kind == 1, hi[:, None], np.where(kind == 0, lo[:, None], np.nan))
-    ok = (kind == 2) | np.isclose(end, want, rtol=1e-9, atol=1e-9)
-    if not ok.all():  # pragma: no cover - the geometry's d = 1 rows are the interval ends
-        raise AssertionError("d = 1 region rows are not the intervals' ends")
-    return kind, np.sign(C1)[..., None]
 
 
 def _scaled_diff(z: np.ndarray, zr: np.ndarray) -> np.ndarray:
@@ -1030,41 +964,52 @@ def _workspace_1d(geom: RegionGeometry, chain: dict | None, rows: int) -> dict:
     sub = max(1, min(rows, _SUB_1D))
     ws = {"m": np.empty((sub, D + 1)), "x0": np.empty((sub, D)), "xq": np.empty(rows)}
     ws["m"][:, D] = 1.0  # against the W1 row that makes the α block k² = 1 + α
-    ws["bits"] = np.empty((sub, D), dtype=np.int64)
     if chain is not None:
         ws["Mq"] = np.empty((rows, chain["W1"].shape[1]))
         if chain["factored"]:
             ws["xb"] = np.empty((rows, chain["xw"].shape[0]))
             ws["xb"][:, -1] = 1.0  # against the row of per-column constants
         ws["prod"] = np.empty((rows, chain["xw"].shape[1]))
-        ws["buf"] = np.empty((rows, 1 + chain["nA"] * _CHAIN_STRIDE))
-        ws["lg"] = np.empty((rows, R))
+        ws["q"] = np.empty((rows, R))
+        ws["r1"] = np.empty(rows, dtype=np.intp)
+        ws["pairs"] = _pair_buffers(rows * R)
     return ws
 
 
-def _observed_centred(
+def _pair_buffers(size: int) -> tuple[np.ndarray, ...]:
+    """Output buffers of :func:`_missing_kernels.select_rows` (``size`` pairs): point, region
+    (intp), ``k``, ``t``, ``log κ`` and the whitened interval's ends (float64)."""
+    return (np.empty(size, np.intp), np.empty(size, np.intp), *(np.empty(size) for _ in range(5)))
+
+
+def _observed_part(
     X: np.ndarray,
     obs: np.ndarray,
-    m: np.ndarray,
-    c: np.ndarray,
-    out: np.ndarray | None = None,
-    bits: np.ndarray | None = None,
-) -> np.ndarray:
-    """``m ∘ (x - c)`` with the missing entries 0 (NaN there), into ``out`` if given.
+    geom: RegionGeometry,
+    m: np.ndarray | None = None,
+    x0: np.ndarray | None = None,
+    xq: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The mask ``m`` (n, D) as 0 / 1, ``x' = m ∘ (x - c)`` (n, D) with the missing entries 0
+    (NaN there) and ``||x'||²_Λ`` (n,), into the buffers given (``m`` may have more columns:
+    only its first D are written) or new ones (:func:`_missing_kernels.observed_rows`, one
+    pass)."""
+    n, D = X.shape
+    m = np.empty((n, D)) if m is None else m
+    x0 = np.empty((n, D)) if x0 is None else x0
+    xq = np.empty(n) if xq is None else xq
+    from . import _missing_kernels as kernels  # numba: imported on first use
 
-    Branch-free (``np.where`` or a masked copy on a random mask mispredicts every other
-    element): the bits of ``x - c`` are and-ed with ``-obs`` as int64 (all ones where observed,
-    0 where missing), two passes after the subtraction (``fmax(x', 0) + fmin(x', 0)`` takes
-    three: on MNIST t10k at 50% missing, one core, 5 ms more per 0.25 s call). ``bits`` is an
-    int64 buffer of at least ``X``'s rows.
-    """
-    x0 = np.subtract(X, c, out=out)
-    n = x0.shape[0]
-    mask = np.empty(x0.shape, dtype=np.int64) if bits is None else bits[:n]
-    np.negative(obs.view(np.int8), out=mask)  # True -> -1 (all bits), False -> 0
-    iv = x0.view(np.int64)
-    np.bitwise_and(iv, mask, out=iv)
-    return x0
+    kernels.observed_rows(
+        np.ascontiguousarray(X, dtype=np.float64),
+        np.ascontiguousarray(obs, dtype=np.bool_),
+        geom.center,
+        geom.inv_var,
+        m,
+        x0,
+        xq,
+    )
+    return m, x0, xq
 
 
 def _l_mu_2d(k00, k10, k11, w):
@@ -1324,7 +1269,8 @@ def _cost_1d_chain(geom, ch, m, x0, xq, ws=None):
     else:
         prod = np.matmul(x0, ch["xw"], out=ws["prod"][:n])
         prod += ch["crow"]
-    return _chain_cost(ch, Mq, prod, xq, ws)
+    k2, u, q, _ = _chain_cost(ch, Mq, prod, xq, ws)
+    return k2, u, q
 
 
 def _gemms_1d(geom: RegionGeometry, ch: dict, X: np.ndarray, obs: np.ndarray, ws: dict):
@@ -1335,28 +1281,19 @@ def _gemms_1d(geom: RegionGeometry, ch: dict, X: np.ndarray, obs: np.ndarray, ws
     ``_SUB_1D`` rows, so that they are still in cache for their GEMMs (fresh (points x D)
     arrays cost more in cache misses and page faults than their arithmetic).
     """
-    n, D = X.shape
+    n = X.shape[0]
     Mq, xq = ws["Mq"][:n], ws["xq"][:n]
     fac = ch["factored"]
-    iso = bool(np.all(geom.inv_var == geom.inv_var[0]))
     sub = ws["m"].shape[0]
     for s0 in range(0, n, sub):
         s1 = min(n, s0 + sub)
-        ob = obs[s0:s1]
-        m = ws["m"][: s1 - s0]
-        np.copyto(m[:, :D], ob)  # the last column stays 1
-        x0 = _observed_centred(X[s0:s1], ob, m, geom.center, ws["x0"][: s1 - s0], ws["bits"])
-        if iso:
-            np.einsum("nj,nj->n", x0, x0, out=xq[s0:s1])
-        else:
-            np.einsum("nj,nj,j->n", x0, x0, geom.inv_var, out=xq[s0:s1])
+        m, x0 = ws["m"][: s1 - s0], ws["x0"][: s1 - s0]
+        _observed_part(X[s0:s1], obs[s0:s1], geom, m, x0, xq[s0:s1])  # m's last column stays 1
         np.matmul(m, ch["W1"], out=Mq[s0:s1])
         if fac:
             np.matmul(x0, geom.gemm_basis, out=ws["xb"][s0:s1, :-1])
         else:
             np.matmul(x0, ch["xw"], out=ws["prod"][s0:s1])
-    if iso:
-        xq *= geom.inv_var[0]
     if fac:
         prod = np.matmul(ws["xb"][:n], ch["xw"], out=ws["prod"][:n])
     else:
@@ -1366,41 +1303,16 @@ def _gemms_1d(geom: RegionGeometry, ch: dict, X: np.ndarray, obs: np.ndarray, ws
 
 
 def _chain_cost(ch: dict, Mq: np.ndarray, prod: np.ndarray, xq: np.ndarray, ws: dict):
-    """``k²``, ``u`` and ``q`` (n, R) from the GEMMs' results (:func:`_cost_1d_chain`), in place
-    in ``Mq``, ``prod`` and the workspace: about 11 elementwise passes over (n, R) (the per-row
-    constants enter the recurrence through its anchors, the per-column ones through the GEMMs).
+    """``k²``, ``u`` and ``q`` (n, R) and each row's region of smallest ``q`` (n,) from the
+    GEMMs' results (:func:`_cost_1d_chain`): one compiled pass per row
+    (:func:`_missing_kernels.chain_rows`; the per-row constants enter the recurrence through
+    its anchors, the per-column ones through the GEMMs). ``u`` is written into ``prod``,
+    ``q`` into the workspace; ``k²`` is ``Mq``'s first block.
     """
     n = Mq.shape[0]
     R = (prod.shape[1] + 1) // 2
-    B = R - 1
-    nA, S = ch["nA"], _CHAIN_STRIDE
-    k2, eta = Mq[:, :R], Mq[:, R : 2 * R]  # k² = 1 + α (the ones column)
-    # Z_j = Y_j - 2 x'ᵀΛ y_j + ζ_j² + (per-row constants) at breakpoint j, in column j + 1 of
-    # ``buf``; Y_{j+1} = Y_j + 2 Δ_j η_{j+1} + Δ_j² α_{j+1} within each segment of S
-    # breakpoints (an in-place cumulative sum; the anchors' columns hold their Y + const; the
-    # steps use k² for α, their excess Δ² is in the x-GEMM's constant row)
-    buf = ws["buf"][:n]
-    lg = ws["lg"][:n]
-    inc = buf[:, 2 : 1 + B]
-    np.multiply(k2[:, 1:B], ch["delta2"], out=inc)
-    tmp = lg[:, : B - 1]
-    np.multiply(eta[:, 1:B], ch["two_delta"], out=tmp)
-    inc += tmp
-    buf[:, 1 + B :] = 0.0
-    anchor = Mq[:, 2 * R : 2 * R + nA]
-    anchor += (xq + Mq[:, -1])[:, None]
-    buf[:, 1 + ch["anchors"]] = anchor
-    seg = buf[:, 1:].reshape(n, nA, S)
-    for i in range(1, S):  # the running sum as S - 1 strided adds (2x np.cumsum's time)
-        seg[:, :, i] += seg[:, :, i - 1]
-    buf[:, 1 : 1 + B] += prod[:, R:]
-    buf[:, 0] = buf[:, 1]  # region 0 uses Z_0, region i >= 1 Z_{i-1}
-    q = buf[:, :R]
-    u = prod[:, :R]
-    u -= eta
-    np.log(k2, out=lg)  # log|P|
-    q += lg
-    np.square(u, out=lg)
-    lg /= k2
-    q -= lg
-    return k2, u, q
+    q, r1 = ws["q"][:n], ws["r1"][:n]
+    from . import _missing_kernels as kernels
+
+    kernels.chain_rows(Mq, prod, xq, ch["delta2"], ch["two_delta"], _CHAIN_STRIDE, q, r1)
+    return Mq[:, :R], prod[:, :R], q, r1
