@@ -1136,8 +1136,9 @@ class ExactDGN(DensityMixin, BaseEstimator):
         """Load a model written by :meth:`save` (clear error on a corrupt or foreign file).
 
         ``path`` is a model ``.npz`` or a run directory of ``exactdgn fit`` (its ``model.npz``).
-        A model saved with its standardization carries it (``preprocessing_``); for runs saved
-        before that, the ``standardizer`` of the run's ``config.json`` is attached.
+        A saved model carries its standardization (``preprocessing_``, or none); for files
+        saved before models carried it, the ``standardizer`` of the run's ``config.json`` is
+        attached.
         """
         from pathlib import Path
 
@@ -1172,7 +1173,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         if meta.get("offset") is not None:
             model.offset_ = float(meta["offset"])
         pre = meta.get("preprocessing")
-        if pre is None:
+        if "preprocessing" not in meta:  # a file from before models carried it: the run's
             pre = _run_config(path.parent / "config.json").get("standardizer")
         if pre is not None:
             from .datasets import Standardizer

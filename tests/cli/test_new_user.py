@@ -9,7 +9,7 @@ import pytest
 from exactdgn import Decoder, ExactDGN
 from exactdgn.cli import build_parser, main
 from exactdgn.datasets import get_dataset
-from exactdgn.io import ModelFileError
+from exactdgn.io import ModelFileError, read_npz, write_npz_atomic
 
 matplotlib.use("Agg")
 
@@ -38,11 +38,18 @@ def test_saved_model_carries_its_standardization(run, tmp_path):
     assert raw.mean() > -1e3  # not the ~ -1e9 of raw data fed to a standardized decoder
     S = m_file.sample(200, random_state=0)  # samples in data units
     assert abs(S.mean() - X.mean()) < 2.0
-    # a copy saved without it falls back to the run's config.json; a corrupt one is named
+    # a model saved without a standardization stays without, whatever config.json says
     d = tmp_path / "old"
     d.mkdir()
-    bare.save(d / "model.npz")
     (d / "config.json").write_text((run / "config.json").read_text())
+    bare.save(d / "model.npz")
+    assert getattr(ExactDGN.load(d), "preprocessing_", None) is None
+    assert np.array_equal(ExactDGN.load(d).score_samples(X), bare.score_samples(X))
+    # a file from before models carried it falls back to the run's config.json; a corrupt
+    # one is named
+    arrays, meta = read_npz(d / "model.npz")
+    del meta["preprocessing"]  # the format of those files
+    write_npz_atomic(d / "model.npz", arrays, meta)
     assert np.allclose(ExactDGN.load(d).score_samples(X), raw, rtol=1e-12)
     (d / "config.json").write_text("{not json")
     with pytest.raises(ModelFileError, match=r"config\.json"):
