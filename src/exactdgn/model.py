@@ -589,7 +589,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
 
     def _check_contamination(self) -> None:
         c = self.contamination
-        if c is not None and not (isinstance(c, float | int) and 0.0 < c <= 0.5):
+        real = isinstance(c, float | int | np.floating | np.integer) and not isinstance(c, bool)
+        if c is not None and not (real and 0.0 < c <= 0.5):
             raise ValueError(
                 f"contamination={c!r} is invalid: use a fraction in (0, 0.5] (or None for no "
                 "outlier threshold)"
