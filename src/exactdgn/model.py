@@ -170,6 +170,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
     Attributes
     ----------
     decoder_ : Decoder
+    n_features_in_ : int
+        D, the number of outputs (data columns).
     noise_std_ : ndarray of shape (D,)
     partition_ : Partition
     offset_ : float
@@ -265,6 +267,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
             **params,
         )
         model._set_state(decoder, std)
+        model.preprocessing_ = None
         return model
 
     @classmethod
@@ -277,6 +280,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
     def _set_state(self, decoder: Decoder, noise_std, part: Partition | None = None) -> None:
         D = decoder.output_dim
         self.decoder_ = decoder
+        self.n_features_in_ = D
         self.noise_std_ = np.broadcast_to(np.asarray(noise_std, dtype=np.float64), (D,)).copy()
         self.partition_ = part if part is not None else partition(decoder)
         self._geom = None
@@ -1176,6 +1180,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         pre = meta.get("preprocessing")
         if "preprocessing" not in meta:  # a file from before models carried it: the run's
             pre = _run_config(path.parent / "config.json").get("standardizer")
+        model.preprocessing_ = None
         if pre is not None:
             from .datasets import Standardizer
 

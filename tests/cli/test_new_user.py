@@ -100,3 +100,17 @@ def test_fit_help_shows_defaults():
     for opt in ("--method", "--latent-dim", "--tol", "--n-init"):
         assert "default:" in text[text.index(opt) : text.index(opt) + 200], opt
     assert "output directory (required)" in text and "(default: None)" not in text
+
+
+def test_fitted_attributes_as_documented(tmp_path):
+    """``n_features_in_`` (scikit-learn) and ``preprocessing_`` (documented as "Standardizer
+    or None") exist on every fitted model: fitted, built from a decoder, or loaded."""
+    model = ExactDGN.from_decoder(Decoder.random([1, 4, 3], seed=0), 0.2)
+    X = model.sample(40, random_state=0)
+    fitted = ExactDGN(hidden_sizes=(3,), max_iter=1, progress=False, random_state=0)
+    with pytest.warns(Warning):
+        fitted.fit(X)
+    model.save(tmp_path / "m.npz")
+    for m in (model, fitted, ExactDGN.load(tmp_path / "m.npz")):
+        assert m.n_features_in_ == 3
+        assert m.preprocessing_ is None
