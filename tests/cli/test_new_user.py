@@ -114,3 +114,20 @@ def test_fitted_attributes_as_documented(tmp_path):
     for m in (model, fitted, ExactDGN.load(tmp_path / "m.npz")):
         assert m.n_features_in_ == 3
         assert m.preprocessing_ is None
+
+
+def test_score_command_takes_nan_as_missing(run, tmp_path, capsys):
+    """``exactdgn score`` reads NaN as missing, as ``score_samples`` does: log p(x_obs), and in
+    data units with the Jacobian of each row's observed coordinates."""
+    X = get_dataset("digits:3")[:12].copy()
+    X[::2, :20] = np.nan
+    np.save(tmp_path / "holes.npy", X)
+    csv = tmp_path / "s.csv"
+    assert main(["score", str(run), str(tmp_path / "holes.npy"), "--out", str(csv)]) == 0
+    table = np.loadtxt(csv, delimiter=",", skiprows=1)
+    model = ExactDGN.load(run)
+    assert np.allclose(table[:, 2], model.score_samples(X), rtol=1e-12)
+    pre = model.preprocessing_
+    bare = ExactDGN.from_decoder(model.decoder_, model.noise_std_)
+    assert np.allclose(table[:, 1], bare.score_samples((X - pre.mean_) / pre.scale_), rtol=1e-12)
+    assert "in data units" in capsys.readouterr().out
