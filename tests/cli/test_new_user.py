@@ -65,6 +65,8 @@ def test_empty_and_string_input_get_clear_errors():
             f(np.zeros((0, 3)))
         with pytest.raises(ValueError, match="numeric"):
             f(np.array([["a", "b", "c"]]))
+        with pytest.raises(ValueError, match="complex"):  # not the real part in silence
+            f(np.ones((4, 3)) + 1j)
 
 
 def test_npz_key_from_the_cli(tmp_path, capsys):
