@@ -32,6 +32,8 @@ def check_array(
     allow_nan : bool
         Whether NaN entries are allowed (infinite entries never are).
     """
+    if np.iscomplexobj(X):
+        raise ValueError(f"{name} is complex: give real numbers (the real part is not taken)")
     try:
         arr = np.asarray(X, dtype=np.float64)
     except (TypeError, ValueError) as exc:

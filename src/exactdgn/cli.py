@@ -509,6 +509,7 @@ def _score_in(args, client) -> int:
         classes=args.classes if args.classes is not None else data_cfg.get("classes"),
         downsample=args.downsample if args.downsample is not None else data_cfg.get("downsample"),
         key=args.key if args.key is not None else data_cfg.get("key"),
+        allow_nan=client is None,  # NaN = missing (in memory; not on dask yet)
     )
     if args.split != "all":
         if not same or list(X.shape) != data_cfg.get("shape"):
@@ -524,10 +525,19 @@ def _score_in(args, client) -> int:
     # the model scored in its standardized units
     std, model.preprocessing_ = getattr(model, "preprocessing_", None), None
     jac = std.log_abs_det_jacobian() if std else 0.0
-    ll = _score_values(model, _transform(std, X) if std else X)
+    if client is None and np.isnan(X).any():  # log p(x_obs): the model standardizes, and
+        model.preprocessing_ = std  # the Jacobian is that of each row's observed coordinates
+        jac = model._log_jacobian(X) + np.zeros(len(X))
+        ll = model.score_samples(X) - jac
+        print(f"{int(np.isnan(X).sum())} missing values (NaN): log p(x_obs) for their rows")
+    else:
+        ll = _score_values(model, _transform(std, X) if std else X)
     print(f"exact mean log p(x): {ll.mean():.6f} nats/point over {len(X)} points")
     if std:
-        print(f"  in data units: {ll.mean() + jac:.6f} (standardization Jacobian {jac:.4f})")
+        print(
+            f"  in data units: {np.mean(ll + jac):.6f} (standardization Jacobian "
+            f"{np.mean(jac):.4f})"
+        )
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -844,7 +854,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     s.add_argument("model", metavar="MODEL", help="fit output directory or model .npz")
-    s.add_argument("data", metavar="DATA")
+    s.add_argument(
+        "data", metavar="DATA", help="built-in name or file; NaN = missing: log p(x_obs)"
+    )
     s.add_argument(
         "--split",
         choices=["all", "train", "test"],

@@ -10,7 +10,7 @@ of a ``Pipeline``.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin, clone
+from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin, clone
 
 from ._validation import check_array
 from .model import ExactDGN, NotFittedError
@@ -18,7 +18,7 @@ from .model import ExactDGN, NotFittedError
 __all__ = ["ExactDGNImputer"]
 
 
-class ExactDGNImputer(TransformerMixin, BaseEstimator):
+class ExactDGNImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     """Fill missing values (NaN) with the exact conditional of an :class:`~exactdgn.ExactDGN`.
 
     Parameters

@@ -170,6 +170,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
     Attributes
     ----------
     decoder_ : Decoder
+    n_features_in_ : int
+        D, the number of outputs (data columns).
     noise_std_ : ndarray of shape (D,)
     partition_ : Partition
     offset_ : float
@@ -265,6 +267,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
             **params,
         )
         model._set_state(decoder, std)
+        model.preprocessing_ = None
         return model
 
     @classmethod
@@ -277,6 +280,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
     def _set_state(self, decoder: Decoder, noise_std, part: Partition | None = None) -> None:
         D = decoder.output_dim
         self.decoder_ = decoder
+        self.n_features_in_ = D
         self.noise_std_ = np.broadcast_to(np.asarray(noise_std, dtype=np.float64), (D,)).copy()
         self.partition_ = part if part is not None else partition(decoder)
         self._geom = None
@@ -589,7 +593,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
 
     def _check_contamination(self) -> None:
         c = self.contamination
-        if c is not None and not (isinstance(c, float | int) and 0.0 < c <= 0.5):
+        real = isinstance(c, float | int | np.floating | np.integer) and not isinstance(c, bool)
+        if c is not None and not (real and 0.0 < c <= 0.5):
             raise ValueError(
                 f"contamination={c!r} is invalid: use a fraction in (0, 0.5] (or None for no "
                 "outlier threshold)"
@@ -1136,8 +1141,9 @@ class ExactDGN(DensityMixin, BaseEstimator):
         """Load a model written by :meth:`save` (clear error on a corrupt or foreign file).
 
         ``path`` is a model ``.npz`` or a run directory of ``exactdgn fit`` (its ``model.npz``).
-        A model saved with its standardization carries it (``preprocessing_``); for runs saved
-        before that, the ``standardizer`` of the run's ``config.json`` is attached.
+        A saved model carries its standardization (``preprocessing_``, or none); for files
+        saved before models carried it, the ``standardizer`` of the run's ``config.json`` is
+        attached.
         """
         from pathlib import Path
 
@@ -1172,8 +1178,9 @@ class ExactDGN(DensityMixin, BaseEstimator):
         if meta.get("offset") is not None:
             model.offset_ = float(meta["offset"])
         pre = meta.get("preprocessing")
-        if pre is None:
+        if "preprocessing" not in meta:  # a file from before models carried it: the run's
             pre = _run_config(path.parent / "config.json").get("standardizer")
+        model.preprocessing_ = None
         if pre is not None:
             from .datasets import Standardizer
 

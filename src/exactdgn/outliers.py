@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._validation import check_array
+
 __all__ = ["TypicalityResult", "contamination_offset", "typicality_test"]
 
 
@@ -86,6 +88,13 @@ def typicality_test(
     for name, val in (("n_reference", n_reference), ("n_batches", n_batches)):
         if not (isinstance(val, int | np.integer) and val >= 10):
             raise ValueError(f"{name}={val!r} is invalid: use an integer >= 10")
+    X = check_array(X, name="X", allow_nan=True)
+    n_missing = int(np.isnan(X).sum())
+    if n_missing:  # log p(x_obs) is not comparable with the complete reference draws
+        raise ValueError(
+            f"X contains {n_missing} NaN values: the typicality test compares complete rows "
+            "with complete draws from the model; drop the incomplete rows or impute them first"
+        )
     scores = model.score_samples(X)
     n = len(scores)
     rng = np.random.default_rng(random_state)

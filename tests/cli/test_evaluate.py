@@ -74,3 +74,42 @@ def test_wrong_layer_sizes_are_named(parts, capsys):
     args = ["evaluate", str(root / "dec.pt"), str(root / "x.npy"), "--noise-std", "0.2"]
     assert main([*args, "--layers", "1", "4", "3"]) == 2
     assert "[1, 8, 8, 3]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra, named",
+    [
+        (torch.nn.BatchNorm1d(8), "running_mean"),  # eval-mode normalisation: not an MLP
+        (torch.nn.PReLU(), "1.weight"),  # learned slopes that --activation cannot carry
+    ],
+)
+def test_state_dict_with_other_tensors_is_refused(parts, capsys, extra, named):
+    """Tensors the MLP reading would drop (BatchNorm, PReLU slopes) are an error naming them,
+    not a silently different decoder."""
+    root = parts[0]
+    dec = torch.nn.Sequential(torch.nn.Linear(1, 8), extra, torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    torch.save(dec.state_dict(), root / "extra.pt")
+    args = ["evaluate", str(root / "extra.pt"), str(root / "x.npy"), "--noise-std", "0.2"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert named in err and "--unsafe-pickle" in err
+
+
+def test_pickled_module_of_a_class_that_cannot_be_imported(tmp_path, capsys, monkeypatch):
+    """A pickled module whose class is not importable here gets a message, not a traceback."""
+    import importlib
+    import sys
+
+    (tmp_path / "gone_decoder_mod.py").write_text(
+        "import torch\n\n\nclass Dec(torch.nn.Sequential):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mod = importlib.import_module("gone_decoder_mod")
+    torch.save(mod.Dec(torch.nn.Linear(1, 2)), tmp_path / "m.pt")
+    monkeypatch.delitem(sys.modules, "gone_decoder_mod")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    np.save(tmp_path / "x.npy", np.zeros((3, 2)))
+    args = ["evaluate", str(tmp_path / "m.pt"), str(tmp_path / "x.npy"), "--noise-std", "0.2"]
+    assert main([*args, "--unsafe-pickle"]) == 2
+    err = capsys.readouterr().err
+    assert "gone_decoder_mod" in err and "import" in err

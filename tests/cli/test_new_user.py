@@ -9,7 +9,7 @@ import pytest
 from exactdgn import Decoder, ExactDGN
 from exactdgn.cli import build_parser, main
 from exactdgn.datasets import get_dataset
-from exactdgn.io import ModelFileError
+from exactdgn.io import ModelFileError, read_npz, write_npz_atomic
 
 matplotlib.use("Agg")
 
@@ -38,11 +38,18 @@ def test_saved_model_carries_its_standardization(run, tmp_path):
     assert raw.mean() > -1e3  # not the ~ -1e9 of raw data fed to a standardized decoder
     S = m_file.sample(200, random_state=0)  # samples in data units
     assert abs(S.mean() - X.mean()) < 2.0
-    # a copy saved without it falls back to the run's config.json; a corrupt one is named
+    # a model saved without a standardization stays without, whatever config.json says
     d = tmp_path / "old"
     d.mkdir()
-    bare.save(d / "model.npz")
     (d / "config.json").write_text((run / "config.json").read_text())
+    bare.save(d / "model.npz")
+    assert getattr(ExactDGN.load(d), "preprocessing_", None) is None
+    assert np.array_equal(ExactDGN.load(d).score_samples(X), bare.score_samples(X))
+    # a file from before models carried it falls back to the run's config.json; a corrupt
+    # one is named
+    arrays, meta = read_npz(d / "model.npz")
+    del meta["preprocessing"]  # the format of those files
+    write_npz_atomic(d / "model.npz", arrays, meta)
     assert np.allclose(ExactDGN.load(d).score_samples(X), raw, rtol=1e-12)
     (d / "config.json").write_text("{not json")
     with pytest.raises(ModelFileError, match=r"config\.json"):
@@ -58,6 +65,8 @@ def test_empty_and_string_input_get_clear_errors():
             f(np.zeros((0, 3)))
         with pytest.raises(ValueError, match="numeric"):
             f(np.array([["a", "b", "c"]]))
+        with pytest.raises(ValueError, match="complex"):  # not the real part in silence
+            f(np.ones((4, 3)) + 1j)
 
 
 def test_npz_key_from_the_cli(tmp_path, capsys):
@@ -93,3 +102,34 @@ def test_fit_help_shows_defaults():
     for opt in ("--method", "--latent-dim", "--tol", "--n-init"):
         assert "default:" in text[text.index(opt) : text.index(opt) + 200], opt
     assert "output directory (required)" in text and "(default: None)" not in text
+
+
+def test_fitted_attributes_as_documented(tmp_path):
+    """``n_features_in_`` (scikit-learn) and ``preprocessing_`` (documented as "Standardizer
+    or None") exist on every fitted model: fitted, built from a decoder, or loaded."""
+    model = ExactDGN.from_decoder(Decoder.random([1, 4, 3], seed=0), 0.2)
+    X = model.sample(40, random_state=0)
+    fitted = ExactDGN(hidden_sizes=(3,), max_iter=1, progress=False, random_state=0)
+    with pytest.warns(Warning):
+        fitted.fit(X)
+    model.save(tmp_path / "m.npz")
+    for m in (model, fitted, ExactDGN.load(tmp_path / "m.npz")):
+        assert m.n_features_in_ == 3
+        assert m.preprocessing_ is None
+
+
+def test_score_command_takes_nan_as_missing(run, tmp_path, capsys):
+    """``exactdgn score`` reads NaN as missing, as ``score_samples`` does: log p(x_obs), and in
+    data units with the Jacobian of each row's observed coordinates."""
+    X = get_dataset("digits:3")[:12].copy()
+    X[::2, :20] = np.nan
+    np.save(tmp_path / "holes.npy", X)
+    csv = tmp_path / "s.csv"
+    assert main(["score", str(run), str(tmp_path / "holes.npy"), "--out", str(csv)]) == 0
+    table = np.loadtxt(csv, delimiter=",", skiprows=1)
+    model = ExactDGN.load(run)
+    assert np.allclose(table[:, 2], model.score_samples(X), rtol=1e-12)
+    pre = model.preprocessing_
+    bare = ExactDGN.from_decoder(model.decoder_, model.noise_std_)
+    assert np.allclose(table[:, 1], bare.score_samples((X - pre.mean_) / pre.scale_), rtol=1e-12)
+    assert "in data units" in capsys.readouterr().out

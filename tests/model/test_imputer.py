@@ -59,3 +59,14 @@ def test_imputer_errors():
         ExactDGNImputer(true, method="median", prefit=True).fit(Xn)
     with pytest.raises(ValueError, match="columns"):
         ExactDGNImputer(true, prefit=True).fit(Xn[:, :2])
+
+
+def test_feature_names_out_as_sklearn_imputers():
+    """Like SimpleImputer / IterativeImputer: one output column per input column, so
+    ``get_feature_names_out`` and ``set_output`` work in a Pipeline."""
+    true, _, Xn = _data(20)
+    imp = ExactDGNImputer(true, prefit=True).fit(Xn)
+    assert imp.get_feature_names_out().tolist() == ["x0", "x1", "x2"]
+    assert imp.get_feature_names_out(["a", "b", "c"]).tolist() == ["a", "b", "c"]
+    assert imp.set_output(transform="default") is imp
+    assert np.array_equal(imp.transform(Xn), true.impute(Xn))

@@ -59,3 +59,21 @@ def test_typicality_test():
     assert not res.typical and res.statistic > res.reference_mean
     with pytest.raises(ValueError, match="alpha"):
         model.typicality_test(best, alpha=2.0)
+
+
+def test_typicality_test_refuses_missing_values():
+    """The reference batches are complete draws: log p(x_obs) of a batch with NaN is not
+    comparable with them (it is higher for fewer observed values), so NaN is an error."""
+    model = _model()
+    X = model.sample(50, random_state=3)
+    X[::2, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        model.typicality_test(X, random_state=0)
+
+
+def test_contamination_accepts_numpy_scalars():
+    X = _model().sample(100, random_state=1)
+    for c in (np.float32(0.1), np.float64(0.1)):
+        assert _model(contamination=c).set_offset(X).offset_ < 0
+    with pytest.raises(ValueError, match="contamination"):
+        _model(contamination=True).set_offset(X)

@@ -5,7 +5,8 @@ dicts (tensors only; no code from the file runs). A pickled whole ``nn.Module`` 
 ``unsafe_pickle=True``, which executes code from the file: use it only for files you trust.
 
 A decoder state dict is read as an MLP: its 2-D ``*weight`` tensors in order, each with the
-``*bias`` of the same prefix (or none), must chain (``out`` of one = ``in`` of the next); the
+``*bias`` of the same prefix (or none), must chain (``out`` of one = ``in`` of the next) and
+be all it holds (other tensors, e.g. BatchNorm statistics or PReLU slopes, are refused); the
 layer sizes ``[d, h_1, ..., D]`` follow from the shapes and, when given, are checked against
 them. An encoder state dict must be that of :class:`exactdgn.baselines.GaussianEncoder` with
 the given hidden sizes; a pickled encoder may return ``(mean, log_std)`` or
@@ -33,7 +34,14 @@ def _load(path, unsafe_pickle: bool):
 
         return load_file(str(path))
     if unsafe_pickle:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except (AttributeError, ImportError) as exc:  # the pickled class does not resolve
+            raise ValueError(
+                f"{path} holds a pickled module whose class cannot be imported here ({exc}): "
+                "make the module that defines it importable (on PYTHONPATH), or save the "
+                "decoder's state_dict() instead"
+            ) from exc
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError (and others) for code objects
@@ -89,16 +97,26 @@ def load_torch_decoder(
     if isinstance(obj, torch.nn.Module):
         return Decoder.from_torch(obj.eval())
     sd = _state_dict(obj, path)
-    Ws, bs = [], []
+    Ws, bs, used = [], [], set()
     for key, t in sd.items():
         if key.endswith("weight") and t.ndim == 2:
             Ws.append(t.detach().to(torch.float64).numpy())
-            bias = sd.get(key[: -len("weight")] + "bias")
+            bkey = key[: -len("weight")] + "bias"
+            bias = sd.get(bkey)
             bs.append(
                 np.zeros(t.shape[0]) if bias is None else bias.detach().to(torch.float64).numpy()
             )
+            used.update((key, bkey))
     if not Ws:
         raise ValueError(f"{path}: no 2-D '*weight' tensors (is it a decoder's state dict?)")
+    other = [k for k in sd if k not in used]
+    if other:  # e.g. BatchNorm statistics or PReLU slopes: reading it as an MLP would drop them
+        raise ValueError(
+            f"{path}: tensors {other[:6]} are not the weights and biases of an MLP of Linear "
+            "layers (BatchNorm, PReLU, convolution ...); a state dict is read as such an MLP "
+            "only. Give the whole module with --unsafe-pickle (executes code from the file; "
+            "trusted files only), or build the decoder with Decoder.from_torch in Python"
+        )
     sizes = [Ws[0].shape[1]] + [W.shape[0] for W in Ws]
     for k in range(1, len(Ws)):
         if Ws[k].shape[1] != Ws[k - 1].shape[0]:
