@@ -828,7 +828,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 f"gain over the last {self.n_iter_no_change} iterations above tol={self._tol()}); "
                 "increase max_iter (or continue with warm_start=True) or tol",
                 ConvergenceWarning,
-                stacklevel=2,
+                stacklevel=3,  # the caller of fit (fit -> _fit)
             )
         return self
 

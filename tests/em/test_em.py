@@ -349,6 +349,14 @@ def test_parameters_of_the_wrong_type_get_clear_errors():
             ExactDGN(**bad).fit(X)
 
 
+def test_fit_warnings_point_at_the_callers_line():
+    _, X = _planted([1, 4, 2], 10, 16)
+    with pytest.warns(UserWarning) as rec:
+        ExactDGN(hidden_sizes=(5,), max_iter=1, tol=0, progress=False).fit(X)
+    assert {w.category for w in rec} == {UserWarning, ConvergenceWarning}
+    assert {w.filename for w in rec} == {__file__}
+
+
 def test_mixed_activation_decoder_trains_with_warm_start():
     """A decoder with several activation kinds (from_decoder / from_torch) is fine-tuned by a
     warm start; a cold start says why it cannot build one."""
