@@ -1130,7 +1130,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         params["hidden_sizes"] = list(params["hidden_sizes"])
         if params.get("device") is not None:
             params["device"] = str(params["device"])
-        if isinstance(params.get("random_state"), np.random.Generator):
+        if isinstance(params.get("random_state"), np.random.Generator | np.random.RandomState):
             params["random_state"] = None
         meta = {
             "kind": "model",
