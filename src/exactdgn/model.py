@@ -807,7 +807,9 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 if checkpoint:
                     self._save_checkpoint(checkpoint, fingerprint, config, done, i, run)
 
-            done.append(self._train(trainer, hist, it0, replay, save, callback, i))
+            done.append(
+                self._train(trainer, hist, it0, replay, save, callback, i, bool(checkpoint))
+            )
             if checkpoint:
                 self._save_checkpoint(checkpoint, fingerprint, config, done, None, None)
         best = max(range(len(done)), key=lambda j: done[j]["history"][-1]["loglik"])
@@ -959,11 +961,13 @@ class ExactDGN(DensityMixin, BaseEstimator):
             return TRAINERS[self.method](self, X, won.decoder, won.std, seed=seed), [], 0, []
         return best
 
-    def _train(self, trainer, hist, it0, replay, save, callback, init_index: int) -> dict:
+    def _train(
+        self, trainer, hist, it0, replay, save, callback, init_index: int, saving: bool = False
+    ) -> dict:
         """Run one start to convergence, ``max_iter`` or a ``False`` from ``callback``.
 
         ``replay``: ``(iteration, decoder, std)`` of iterations already run (by ``_scout``),
-        shown to ``callback`` first.
+        shown to ``callback`` first. ``saving``: ``save`` writes a checkpoint (said on Ctrl-C).
         """
         if not replay:  # a scouted trainer (init="auto") has started: no second E-step
             row = trainer.start()
@@ -1026,7 +1030,9 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 "training interrupted: the model holds iteration %d (loglik %.6f)%s",
                 last["history"][-1]["iter"],
                 last["history"][-1]["loglik"],
-                " (a checkpoint keeps it: fit again with the same one to resume)",
+                " (a checkpoint keeps it: fit again with the same one to resume)"
+                if saving
+                else " (fit again with warm_start=True to continue the run)",
             )
             raise
         finally:

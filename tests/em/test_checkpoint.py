@@ -182,3 +182,17 @@ def test_numpy_scalar_parameters_save_and_checkpoint(tmp_path):
     assert loaded.random_state == 5 and loaded.hidden_sizes == (4,)
     for other in (m, again, loaded):
         assert [h["loglik"] for h in other.history_] == [h["loglik"] for h in ref.history_]
+
+
+def test_interrupt_without_checkpoint_does_not_promise_one(caplog):
+    X = ExactDGN.from_decoder(Decoder.random([1, 4, 2], seed=1), 0.1).sample(80, random_state=0)
+
+    def stop(it, snapshot):
+        if it == 2:
+            raise KeyboardInterrupt
+
+    m = ExactDGN(hidden_sizes=(4,), init="pca", tol=0, random_state=0, progress=False)
+    with pytest.raises(KeyboardInterrupt), caplog.at_level("WARNING"):
+        m.fit(X, callback=stop)
+    assert "holds iteration 2" in caplog.text and "checkpoint" not in caplog.text
+    assert "warm_start=True" in caplog.text
