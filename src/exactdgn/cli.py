@@ -804,7 +804,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop when the mean gain per iteration over the last 10 is below this "
         "(nats/point; default: ExactDGN's)",
     )
-    g.add_argument("--n-init", type=int, default=None, help="restarts (best kept)")
+    g.add_argument(
+        "--n-init",
+        type=int,
+        default=None,
+        help="starts, the best kept (default: ExactDGN's n_init)",
+    )
     g.add_argument(
         "--init",
         choices=["auto", "pca", "random"],
