@@ -173,6 +173,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
     decoder_ : Decoder
     noise_std_ : ndarray of shape (D,)
     partition_ : Partition
+    n_features_in_ : int
+        D, the decoder's output dimension (as :class:`exactdgn.baselines.VAE`'s).
     offset_ : float
         Outlier threshold on ``log p(x)`` (with ``contamination``).
     preprocessing_ : Standardizer or None
@@ -278,6 +280,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
     def _set_state(self, decoder: Decoder, noise_std, part: Partition | None = None) -> None:
         D = decoder.output_dim
         self.decoder_ = decoder
+        self.n_features_in_ = D
         self.noise_std_ = np.broadcast_to(np.asarray(noise_std, dtype=np.float64), (D,)).copy()
         self.partition_ = part if part is not None else partition(decoder)
         self._geom = None

@@ -378,3 +378,10 @@ def test_mixed_activation_decoder_trains_with_warm_start():
     assert kinds == ["relu", "leaky_relu"]
     with pytest.raises(ValueError, match=r"activation='mixed'.*warm_start=True"):
         ExactDGN.from_torch(module, 0.3, progress=False).fit(X)
+
+
+def test_fitted_model_records_n_features_in():
+    """scikit-learn's convention, as the VAE baselines have it."""
+    _, X = _planted([1, 4, 3], 60, 16)
+    assert _fit(X, hidden_sizes=(4,), max_iter=2).n_features_in_ == 3
+    assert ExactDGN.from_decoder(Decoder.random([1, 4, 3], seed=0), 0.1).n_features_in_ == 3
