@@ -267,6 +267,10 @@ def _default_iter(method: str) -> int | None:
     return {"vae": 300, "iwae": 300}.get(method)
 
 
+class _Interrupted(KeyboardInterrupt):
+    """Ctrl-C with what the interrupted command leaves behind (printed on one line)."""
+
+
 def _fit(args) -> int:
     """``exactdgn fit``: no output folder is left behind by a failed or interrupted run."""
     out = Path(args.out)
@@ -343,20 +347,22 @@ def _fit_in(args, client, out: Path) -> int:
             **common,
         )
         checkpoint = None
-        if args.checkpoint:
+        if args.checkpoint:  # its folder is made by the first save (none left by an error)
             checkpoint = Path(args.checkpoint)
-            checkpoint.parent.mkdir(parents=True, exist_ok=True)
             if checkpoint.exists():
                 print(f"resuming from checkpoint {checkpoint}", file=sys.stderr)
         try:
             _run_quietly(model.fit, Xtr, checkpoint=checkpoint)
         except KeyboardInterrupt:
+            if checkpoint and checkpoint.exists():
+                raise _Interrupted(
+                    f"{checkpoint} keeps the last iteration: run the same command again to resume"
+                ) from None
             if checkpoint:
-                print(
-                    f"exactdgn: interrupted; {checkpoint} keeps the last iteration: run the same "
-                    "command again to resume",
-                    file=sys.stderr,
-                )
+                raise _Interrupted(
+                    f"no checkpoint was written yet (stopped before the first iteration "
+                    f"ended); the same command starts over and saves to {checkpoint}"
+                ) from None
             raise
         max_iter = model.max_iter
         history = model.history_
@@ -808,7 +814,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop when the mean gain per iteration over the last 10 is below this "
         "(nats/point; default: ExactDGN's)",
     )
-    g.add_argument("--n-init", type=int, default=None, help="restarts (best kept)")
+    g.add_argument(
+        "--n-init",
+        type=int,
+        default=None,
+        help="starts, the best kept (default: ExactDGN's n_init)",
+    )
     g.add_argument(
         "--init",
         choices=["auto", "pca", "random"],
@@ -1011,8 +1022,9 @@ def main(argv=None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("exactdgn: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        detail = f"; {exc}" if isinstance(exc, _Interrupted) else ""
+        print(f"exactdgn: interrupted{detail}", file=sys.stderr)
         return 130
     except (ValueError, OSError, MemoryError, TypeError, KeyError) as exc:
         if args.verbose >= 2:

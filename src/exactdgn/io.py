@@ -57,13 +57,23 @@ def decoder_from_arrays(arrays, meta: dict, prefix: str = "") -> Decoder:
     return Decoder(Ws, cs, acts)
 
 
+def _json_number(value):
+    """numpy scalars and small arrays in JSON metadata (e.g. ``random_state=np.int64(0)``,
+    ``hidden_sizes=np.array([12])``) as the plain numbers and lists they hold."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} cannot be written to exactdgn file metadata")
+
+
 def write_npz_atomic(path, arrays: dict, meta: dict) -> None:
     """Write ``arrays`` and JSON ``meta`` (with the format version) to ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": "exactdgn", "version": FORMAT_VERSION, **meta}
     payload = dict(arrays)
-    payload["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    payload["__meta__"] = np.frombuffer(
+        json.dumps(meta, default=_json_number).encode(), dtype=np.uint8
+    )
     buf = io.BytesIO()
     np.savez(buf, **payload)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import numbers
 import time
 import warnings
 
@@ -174,6 +175,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
         D, the number of outputs (data columns).
     noise_std_ : ndarray of shape (D,)
     partition_ : Partition
+    n_features_in_ : int
+        D, the decoder's output dimension (as :class:`exactdgn.baselines.VAE`'s).
     offset_ : float
         Outlier threshold on ``log p(x)`` (with ``contamination``).
     preprocessing_ : Standardizer or None
@@ -556,39 +559,65 @@ class ExactDGN(DensityMixin, BaseEstimator):
         def bad(name, what):
             raise ValueError(f"{name}={getattr(self, name)!r} is invalid: {what}")
 
-        if not (isinstance(self.latent_dim, int | np.integer) and self.latent_dim >= 1):
+        def is_int(value, low):
+            return (
+                isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
+            )
+
+        def is_real(value):
+            return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+        if not is_int(self.latent_dim, 1):
             bad("latent_dim", "use an integer >= 1")
-        hs = tuple(self.hidden_sizes)
-        if not all(isinstance(h, int | np.integer) and h >= 1 for h in hs):
+        try:
+            hs = tuple(self.hidden_sizes)
+        except TypeError:
+            hs = (None,)
+        if isinstance(self.hidden_sizes, str) or not all(is_int(h, 1) for h in hs):
             bad("hidden_sizes", "use a tuple of positive integers, e.g. (12,) or (32, 32)")
-        if self.activation not in self._ACTIVATIONS:
-            bad("activation", f"choose one of {self._ACTIVATIONS}")
+        warm_mixed = self.activation == "mixed" and self.warm_start and hasattr(self, "decoder_")
+        if self.activation not in self._ACTIVATIONS and not warm_mixed:
+            what = f"choose one of {self._ACTIVATIONS}"
+            if self.activation == "mixed":  # set by from_decoder for several activation kinds
+                what = (
+                    "the decoder from from_decoder / from_torch has several activation kinds, "
+                    "so fit cannot build a new one like it: fit with warm_start=True to train "
+                    f"that decoder, or {what}"
+                )
+            bad("activation", what)
         if self.noise not in ("isotropic", "diagonal"):
             bad("noise", "choose 'isotropic' or 'diagonal'")
         if self.method not in TRAINERS:
             bad("method", f"choose one of {tuple(TRAINERS)}")
-        if not (isinstance(self.max_iter, int | np.integer) and self.max_iter >= 1):
+        if not is_int(self.max_iter, 1):
             bad("max_iter", "use an integer >= 1")
-        if not (self.tol == "auto" or (not isinstance(self.tol, str) and self.tol >= 0)):
+        if not (self.tol == "auto" or (is_real(self.tol) and self.tol >= 0)):
             bad("tol", "use a non-negative float or 'auto'")
-        if not (isinstance(self.n_iter_no_change, int | np.integer) and self.n_iter_no_change >= 1):
+        if not is_int(self.n_iter_no_change, 1):
             bad("n_iter_no_change", "use an integer >= 1")
-        if not (
-            self.rel_tol == "auto" or (isinstance(self.rel_tol, float | int) and self.rel_tol >= 0)
-        ):
+        if not (self.rel_tol == "auto" or (is_real(self.rel_tol) and self.rel_tol >= 0)):
             bad("rel_tol", "use 'auto' or a non-negative float")
-        if not (isinstance(self.n_init, int | np.integer) and self.n_init >= 1):
+        if not is_int(self.n_init, 1):
             bad("n_init", "use an integer >= 1")
         if self.init not in ("auto", "pca", "random"):
             bad("init", "choose 'auto', 'pca' or 'random'")
-        if not (self.min_noise_std > 0):
+        if not (is_real(self.min_noise_std) and self.min_noise_std > 0):
             bad("min_noise_std", "use a positive float (the likelihood is unbounded as σ -> 0)")
-        if not (self.weight_decay >= 0):
+        if not (is_real(self.weight_decay) and self.weight_decay >= 0):
             bad("weight_decay", "use a non-negative float")
-        if not (self.overrelax >= 1):
+        if not (is_real(self.overrelax) and self.overrelax >= 1):
             bad("overrelax", "use a float >= 1 (1 turns the over-relaxed steps off)")
-        if not (self.prune_nats >= 10):
+        if not (is_real(self.prune_nats) and self.prune_nats >= 10):
             bad("prune_nats", "use >= 10 (40 keeps the likelihood exact to double precision)")
+        if not is_int(self.chunk_bytes, 1):
+            bad("chunk_bytes", "use a positive integer (bytes of one block's work arrays)")
+        if not is_int(self.max_backtrack, 0):
+            bad("max_backtrack", "use an integer >= 0")
+        rs = self.random_state
+        if isinstance(rs, np.random.Generator | np.random.RandomState):
+            bad("random_state", "use an int or None for fit (it is saved in checkpoints)")
+        if not (rs is None or is_int(rs, 0)):
+            bad("random_state", "use None or an integer >= 0")
         self._check_contamination()
 
     def _check_contamination(self) -> None:
@@ -774,10 +803,6 @@ class ExactDGN(DensityMixin, BaseEstimator):
             k: v for k, v in self.get_params().items() if k not in ("verbose", "progress", "device")
         }
         config["hidden_sizes"] = list(config["hidden_sizes"])
-        if isinstance(config.get("random_state"), np.random.Generator):
-            raise ValueError(
-                "random_state must be an int or None for fit (it is saved in checkpoints)"
-            )
         ck = self._load_checkpoint(checkpoint, fingerprint, config) if checkpoint else None
         seeds = np.random.default_rng(self.random_state).integers(0, 2**63 - 1, size=self.n_init)
         done = ck["done"] if ck else []
@@ -789,7 +814,9 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 if checkpoint:
                     self._save_checkpoint(checkpoint, fingerprint, config, done, i, run)
 
-            done.append(self._train(trainer, hist, it0, replay, save, callback, i))
+            done.append(
+                self._train(trainer, hist, it0, replay, save, callback, i, bool(checkpoint))
+            )
             if checkpoint:
                 self._save_checkpoint(checkpoint, fingerprint, config, done, None, None)
         best = max(range(len(done)), key=lambda j: done[j]["history"][-1]["loglik"])
@@ -810,7 +837,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 f"gain over the last {self.n_iter_no_change} iterations above tol={self._tol()}); "
                 "increase max_iter (or continue with warm_start=True) or tol",
                 ConvergenceWarning,
-                stacklevel=2,
+                stacklevel=3,  # the caller of fit (fit -> _fit)
             )
         return self
 
@@ -941,11 +968,13 @@ class ExactDGN(DensityMixin, BaseEstimator):
             return TRAINERS[self.method](self, X, won.decoder, won.std, seed=seed), [], 0, []
         return best
 
-    def _train(self, trainer, hist, it0, replay, save, callback, init_index: int) -> dict:
+    def _train(
+        self, trainer, hist, it0, replay, save, callback, init_index: int, saving: bool = False
+    ) -> dict:
         """Run one start to convergence, ``max_iter`` or a ``False`` from ``callback``.
 
         ``replay``: ``(iteration, decoder, std)`` of iterations already run (by ``_scout``),
-        shown to ``callback`` first.
+        shown to ``callback`` first. ``saving``: ``save`` writes a checkpoint (said on Ctrl-C).
         """
         if not replay:  # a scouted trainer (init="auto") has started: no second E-step
             row = trainer.start()
@@ -1008,7 +1037,9 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 "training interrupted: the model holds iteration %d (loglik %.6f)%s",
                 last["history"][-1]["iter"],
                 last["history"][-1]["loglik"],
-                " (a checkpoint keeps it: fit again with the same one to resume)",
+                " (a checkpoint keeps it: fit again with the same one to resume)"
+                if saving
+                else " (fit again with warm_start=True to continue the run)",
             )
             raise
         finally:
@@ -1112,7 +1143,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         params["hidden_sizes"] = list(params["hidden_sizes"])
         if params.get("device") is not None:
             params["device"] = str(params["device"])
-        if isinstance(params.get("random_state"), np.random.Generator):
+        if isinstance(params.get("random_state"), np.random.Generator | np.random.RandomState):
             params["random_state"] = None
         meta = {
             "kind": "model",

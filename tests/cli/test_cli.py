@@ -98,6 +98,24 @@ def test_ctrl_c_then_resume_from_checkpoint(tmp_path, capsys, monkeypatch):
     np.testing.assert_array_equal(a.decoder_.weights[0], b.decoder_.weights[0])
 
 
+def test_ctrl_c_before_the_first_checkpoint_promises_nothing(tmp_path, capsys, monkeypatch):
+    """Ctrl-C while init="auto" scouts (nothing saved yet): no folder for the checkpoint is
+    left behind, no claim that it keeps an iteration, one "interrupted" line."""
+    from exactdgn.training import EMTrainer
+
+    def step(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(EMTrainer, "step", step)
+    ck, out = tmp_path / "ck" / "state.npz", tmp_path / "run"
+    args = ["fit", "wave", "--method", "em", "--out", str(out), "--checkpoint", str(ck), *TINY]
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("interrupted") == 1, err
+    assert "keeps the last iteration" not in err and "no checkpoint" in err
+    assert not out.exists() and not ck.parent.exists()
+
+
 def test_fit_lbfgs(tmp_path):
     out = tmp_path / "lb"
     assert (

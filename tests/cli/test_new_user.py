@@ -99,8 +99,10 @@ def test_partition_plot_d1_shows_varying_outputs_with_a_label(tmp_path):
 def test_fit_help_shows_defaults():
     text = build_parser()._subparsers._group_actions[0].choices["fit"].format_help()
     text = text[text.index("options:") :]
-    for opt in ("--method", "--latent-dim", "--tol", "--n-init"):
-        assert "default:" in text[text.index(opt) : text.index(opt) + 200], opt
+    for opt in ("--method", "--latent-dim", "--tol", "--n-init", "--init"):
+        line = text[text.index(f"  {opt} ") :]
+        nxt = line.find("\n  --", 1)
+        assert "default:" in line[: nxt if nxt > 0 else 400], opt
     assert "output directory (required)" in text and "(default: None)" not in text
 
 

@@ -163,3 +163,36 @@ def test_checkpoint_of_an_older_format_is_refused(tmp_path):
     np.savez(ck, **arrays)
     with pytest.raises(ModelFileError, match="format 1"):
         ExactDGN(**kw).fit(X, checkpoint=ck)
+
+
+def test_numpy_scalar_parameters_save_and_checkpoint(tmp_path):
+    """Parameters given as numpy scalars or arrays (e.g. seeds from ``rng.integers``) are
+    written to model files and checkpoints as plain JSON numbers."""
+    X = ExactDGN.from_decoder(Decoder.random([1, 4, 2], seed=1), 0.1).sample(80, random_state=0)
+    kw = dict(hidden_sizes=np.array([4]), max_iter=np.int64(3), tol=np.float32(0.0))
+    kw.update(random_state=np.int64(5), progress=False)
+    ref = ExactDGN(**{**kw, "hidden_sizes": (4,), "max_iter": 3, "tol": 0.0, "random_state": 5})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ref.fit(X)
+        m = ExactDGN(**kw).fit(X, checkpoint=tmp_path / "ck.npz")
+        again = ExactDGN(**kw).fit(X, checkpoint=tmp_path / "ck.npz")  # resumes: done
+    m.save(tmp_path / "m.npz")
+    loaded = ExactDGN.load(tmp_path / "m.npz")
+    assert loaded.random_state == 5 and loaded.hidden_sizes == (4,)
+    for other in (m, again, loaded):
+        assert [h["loglik"] for h in other.history_] == [h["loglik"] for h in ref.history_]
+
+
+def test_interrupt_without_checkpoint_does_not_promise_one(caplog):
+    X = ExactDGN.from_decoder(Decoder.random([1, 4, 2], seed=1), 0.1).sample(80, random_state=0)
+
+    def stop(it, snapshot):
+        if it == 2:
+            raise KeyboardInterrupt
+
+    m = ExactDGN(hidden_sizes=(4,), init="pca", tol=0, random_state=0, progress=False)
+    with pytest.raises(KeyboardInterrupt), caplog.at_level("WARNING"):
+        m.fit(X, callback=stop)
+    assert "holds iteration 2" in caplog.text and "checkpoint" not in caplog.text
+    assert "warm_start=True" in caplog.text

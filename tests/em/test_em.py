@@ -319,3 +319,69 @@ def test_overrelaxed_candidate_too_large_to_partition_is_skipped(monkeypatch):
     assert calls["over"] == 1  # the simulated failure happened on an over-relaxed candidate
     ll = [h["loglik"] for h in m.history_]
     assert len(ll) == 9 and all(np.diff(ll) >= 0)
+
+
+def test_parameters_of_the_wrong_type_get_clear_errors():
+    """None, strings or bools where a number is expected: a ValueError naming the parameter
+    (not a TypeError from a comparison deep in numpy)."""
+    _, X = _planted([1, 4, 2], 40, 16)
+    for bad in (
+        dict(tol=None),
+        dict(min_noise_std=None),
+        dict(min_noise_std="0.1"),
+        dict(weight_decay=None),
+        dict(overrelax=None),
+        dict(prune_nats=None),
+        dict(chunk_bytes=None),
+        dict(chunk_bytes=0),
+        dict(max_backtrack=-1),
+        dict(max_backtrack=None),
+        dict(max_iter=True),
+        dict(hidden_sizes=None),
+        dict(hidden_sizes=12),
+        dict(random_state="a"),
+        dict(random_state=-1),
+        dict(random_state=2.5),
+        dict(random_state=np.random.RandomState(0)),
+        dict(random_state=np.random.default_rng(0)),
+    ):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ExactDGN(**bad).fit(X)
+
+
+def test_fit_warnings_point_at_the_callers_line():
+    _, X = _planted([1, 4, 2], 10, 16)
+    with pytest.warns(UserWarning) as rec:
+        ExactDGN(hidden_sizes=(5,), max_iter=1, tol=0, progress=False).fit(X)
+    assert {w.category for w in rec} == {UserWarning, ConvergenceWarning}
+    assert {w.filename for w in rec} == {__file__}
+
+
+def test_mixed_activation_decoder_trains_with_warm_start():
+    """A decoder with several activation kinds (from_decoder / from_torch) is fine-tuned by a
+    warm start; a cold start says why it cannot build one."""
+    import torch
+    from torch import nn
+
+    _, X = _planted([1, 4, 2], 80, 16)
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 4), nn.LeakyReLU(0.2))
+    module.append(nn.Linear(4, 2))
+    m = ExactDGN.from_torch(module, 0.3, warm_start=True, max_iter=3, method="em", progress=False)
+    assert m.activation == "mixed"
+    ll0 = m.score(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m.fit(X)
+    assert m.n_iter_ == 3 and m.score(X) >= ll0
+    kinds = [a.kind for a in m.decoder_.activations]
+    assert kinds == ["relu", "leaky_relu"]
+    with pytest.raises(ValueError, match=r"activation='mixed'.*warm_start=True"):
+        ExactDGN.from_torch(module, 0.3, progress=False).fit(X)
+
+
+def test_fitted_model_records_n_features_in():
+    """scikit-learn's convention, as the VAE baselines have it."""
+    _, X = _planted([1, 4, 3], 60, 16)
+    assert _fit(X, hidden_sizes=(4,), max_iter=2).n_features_in_ == 3
+    assert ExactDGN.from_decoder(Decoder.random([1, 4, 3], seed=0), 0.1).n_features_in_ == 3

@@ -158,7 +158,7 @@ def check_training_cost(est, X: np.ndarray, in_memory: bool = True) -> TrainingC
             f"latent_dim={d} exceeds the {D} data columns: the extra latent directions add "
             "regions (cost) without adding fit; use latent_dim <= n_features",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,  # the caller of ExactDGN.fit (fit -> _fit -> here)
         )
     sizes = [d, *est.hidden_sizes, D]
     k = sum((a + 1) * b for a, b in itertools.pairwise(sizes)) + (
@@ -169,7 +169,7 @@ def check_training_cost(est, X: np.ndarray, in_memory: bool = True) -> TrainingC
             f"fitting {k} parameters to only {N} points: the maximum-likelihood fit is "
             "poorly determined (use a smaller decoder, weight_decay, or more data)",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,  # the caller of ExactDGN.fit (fit -> _fit -> here)
         )
     cost = estimate_training_cost(d, est.hidden_sizes, N, D, seed=0, chunk_bytes=est.chunk_bytes)
     if not in_memory:
@@ -189,7 +189,7 @@ def check_training_cost(est, X: np.ndarray, in_memory: bool = True) -> TrainingC
         warnings.warn(
             f"training will be slow: {cost.describe()} (N = {N}); {hint}",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,  # the caller of ExactDGN.fit (fit -> _fit -> here)
         )
     logger.info("training estimate: %s", cost.describe())
     return cost
