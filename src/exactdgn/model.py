@@ -175,8 +175,6 @@ class ExactDGN(DensityMixin, BaseEstimator):
         D, the number of outputs (data columns).
     noise_std_ : ndarray of shape (D,)
     partition_ : Partition
-    n_features_in_ : int
-        D, the decoder's output dimension (as :class:`exactdgn.baselines.VAE`'s).
     offset_ : float
         Outlier threshold on ``log p(x)`` (with ``contamination``).
     preprocessing_ : Standardizer or None
