@@ -238,6 +238,23 @@ def _transform(std, X):
     return std.transform(X)
 
 
+def _report_missing(X, client) -> int:
+    """The number of NaN (missing) values of in-memory data, said on stderr when there are
+    some (a cluster's data are complete: their loading refuses NaN)."""
+    n = 0 if client is not None else int(np.isnan(X).sum())
+    if n:
+        print(f"{n} missing values (NaN): log p(x_obs) for their rows", file=sys.stderr)
+    return n
+
+
+def _jacobian(std, X, n_missing: int):
+    """The standardization's log-Jacobian: one number, or per row (its observed values) when
+    values are missing; 0 without a standardization."""
+    if std is None:
+        return 0.0
+    return std.log_abs_det_jacobian_rows(X) if n_missing else std.log_abs_det_jacobian()
+
+
 def _score_values(model, X) -> np.ndarray:
     """(N,) exact log p(x) (a dask array is scored on its cluster and gathered)."""
     if hasattr(X, "map_blocks"):
@@ -304,7 +321,14 @@ def _fit_in(args, client, out: Path) -> int:
         classes=args.classes,
         downsample=args.downsample,
         key=args.key,
+        allow_nan=client is None,  # NaN = missing: exact EM on log p(x_obs) (in memory)
     )
+    n_missing = _report_missing(X, client)
+    if n_missing and args.method not in EXACT_METHODS:
+        raise CLIError(
+            f"the data have {n_missing} missing values (NaN): --method {args.method} needs "
+            "complete rows; the exact methods (em, lbfgs, gradient, auto) train on log p(x_obs)"
+        )
     Xtr_raw, Xte_raw, test_index = split_data(X, args.test_fraction, args.seed)
     std = None
     if _want_standardize(args.standardize, info, X.shape[1]):
@@ -318,7 +342,7 @@ def _fit_in(args, client, out: Path) -> int:
             )
     Xtr = _transform(std, Xtr_raw) if std else Xtr_raw
     Xte = _transform(std, Xte_raw) if std else Xte_raw
-    jac = std.log_abs_det_jacobian() if std else 0.0
+    jac_tr, jac_te = (_jacobian(std, part, n_missing) for part in (Xtr_raw, Xte_raw))
     max_iter = args.max_iter if args.max_iter is not None else _default_iter(args.method)
     hidden = tuple(int(h) for h in args.hidden)
     common = {
@@ -401,13 +425,12 @@ def _fit_in(args, client, out: Path) -> int:
         "n_regions": model.n_regions_,
         "noise_std_mean": float(np.mean(model.noise_std_)),
         "train_loglik": float(ll_tr.mean()),
-        "test_loglik": float(_score_values(model, Xte).mean()) if len(Xte) else None,
-        "train_loglik_data": float(ll_tr.mean() + jac),
+        "train_loglik_data": float(np.mean(ll_tr + jac_tr)),
+        "n_missing": n_missing,  # > 0: the log-likelihoods are log p(x_obs)
     }
-    if results["test_loglik"] is not None:
-        results["test_loglik_data"] = results["test_loglik"] + jac
-    else:
-        results["test_loglik_data"] = None
+    ll_te = _score_values(model, Xte) if len(Xte) else None
+    results["test_loglik"] = float(ll_te.mean()) if ll_te is not None else None
+    results["test_loglik_data"] = float(np.mean(ll_te + jac_te)) if ll_te is not None else None
     if vae is not None:
         for name, part in (("train", Xtr), ("test", Xte)):
             ev = evaluate_vae(vae, model, part, seed=args.seed, k_is=args.k_is)
@@ -441,7 +464,7 @@ def _fit_in(args, client, out: Path) -> int:
     print(msg)
     if std:
         print(
-            f"  in data units (with the standardization Jacobian {jac:.4f}): "
+            f"  in data units (with the standardization Jacobian {np.mean(jac_tr):.4f}): "
             f"{results['train_loglik_data']:.6f}"
         )
     print(
@@ -530,14 +553,8 @@ def _score_in(args, client) -> int:
     # the model carries its standardization; applied here (block by block on a cluster) and
     # the model scored in its standardized units
     std, model.preprocessing_ = getattr(model, "preprocessing_", None), None
-    jac = std.log_abs_det_jacobian() if std else 0.0
-    if client is None and np.isnan(X).any():  # log p(x_obs): the model standardizes, and
-        model.preprocessing_ = std  # the Jacobian is that of each row's observed coordinates
-        jac = model._log_jacobian(X) + np.zeros(len(X))
-        ll = model.score_samples(X) - jac
-        print(f"{int(np.isnan(X).sum())} missing values (NaN): log p(x_obs) for their rows")
-    else:
-        ll = _score_values(model, _transform(std, X) if std else X)
+    jac = _jacobian(std, X, _report_missing(X, client))
+    ll = _score_values(model, _transform(std, X) if std else X)
     print(f"exact mean log p(x): {ll.mean():.6f} nats/point over {len(X)} points")
     if std:
         print(

@@ -309,7 +309,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         pre = getattr(self, "preprocessing_", None)
         if pre is None:
             return 0.0
-        return -((~np.isnan(X)) @ np.log(pre.scale_))
+        return pre.log_abs_det_jacobian_rows(X)
 
     def _to_data_units(self, Y: np.ndarray) -> np.ndarray:
         pre = getattr(self, "preprocessing_", None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import matplotlib
 import numpy as np
 import pytest
@@ -135,3 +137,32 @@ def test_score_command_takes_nan_as_missing(run, tmp_path, capsys):
     bare = ExactDGN.from_decoder(model.decoder_, model.noise_std_)
     assert np.allclose(table[:, 1], bare.score_samples((X - pre.mean_) / pre.scale_), rtol=1e-12)
     assert "in data units" in capsys.readouterr().out
+
+
+def test_fit_command_trains_on_data_with_nan(tmp_path, capsys):
+    """``exactdgn fit`` on a file with NaN: exact training on log p(x_obs), standardized on the
+    observed values; the results' data-unit log-likelihoods are the saved model's own
+    ``score_samples`` of the raw rows (each row's Jacobian over its observed values). The VAE
+    methods, which need complete rows, are refused with what to use instead."""
+    rng = np.random.default_rng(0)
+    X = get_dataset("wave", n_samples=300, random_state=0) * np.array([3.0, 0.5]) + 4.0
+    X = np.column_stack([X, X[:, 0] - X[:, 1]])
+    X[rng.random(X.shape) < 0.2] = np.nan
+    X[np.isnan(X).all(axis=1), 0] = 1.0
+    np.save(tmp_path / "holes.npy", X)
+    out = tmp_path / "run"
+    argv = ["fit", str(tmp_path / "holes.npy"), "--latent-dim", "1", "--hidden", "4"]
+    assert main([*argv, "--method", "em", "--max-iter", "3", "--out", str(out)]) == 0
+    assert "missing values (NaN)" in capsys.readouterr().err
+    res = json.loads((out / "results.json").read_text())
+    cfg = json.loads((out / "config.json").read_text())
+    model = ExactDGN.load(out)
+    test = np.zeros(len(X), dtype=bool)
+    test[cfg["test_index"]] = True
+    assert res["n_missing"] == int(np.isnan(X).sum()) and test.any()
+    assert np.isclose(res["train_loglik_data"], model.score_samples(X[~test]).mean(), rtol=1e-10)
+    assert np.isclose(res["test_loglik_data"], model.score_samples(X[test]).mean(), rtol=1e-10)
+    assert np.allclose(model.preprocessing_.mean_, np.nanmean(X[~test], axis=0), rtol=1e-12)
+    assert main([*argv, "--method", "vae", "--out", str(tmp_path / "vae")]) != 0
+    assert "--method vae needs complete rows" in capsys.readouterr().err
+    assert not (tmp_path / "vae").exists()

@@ -79,3 +79,27 @@ def test_errors():
         Standardizer().fit(np.array([[1.0, np.nan]]))
     with pytest.raises(ValueError, match="min_std"):
         Standardizer(min_std=0.0).fit(_data())
+
+
+def test_nan_is_missing_as_in_standardscaler():
+    """NaN means missing: each feature's moments are those of its observed values (scikit-learn's
+    StandardScaler), NaN stays NaN through transform and back, the per-row Jacobian counts a
+    row's observed features only, and a feature with nothing observed is refused by name."""
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(2)
+    X = rng.normal([1.0, -3.0, 10.0], [2.0, 0.5, 4.0], (200, 3))
+    X[rng.random(X.shape) < 0.3] = np.nan
+    st = Standardizer(rel_min_std=0.0).fit(X)
+    ref = StandardScaler().fit(X)
+    np.testing.assert_allclose(st.mean_, ref.mean_, rtol=1e-13)
+    np.testing.assert_allclose(st.scale_, ref.scale_, rtol=1e-13)
+    Y = st.transform(X)
+    assert np.array_equal(np.isnan(Y), np.isnan(X))
+    np.testing.assert_allclose(st.inverse_transform(Y), X, rtol=1e-13)
+    rows = st.log_abs_det_jacobian_rows(X)
+    np.testing.assert_allclose(rows[~np.isnan(X).any(axis=1)], st.log_abs_det_jacobian())
+    np.testing.assert_allclose(rows, -((~np.isnan(X)) @ np.log(ref.scale_)), rtol=1e-13)
+    X[:, 1] = np.nan
+    with pytest.raises(ValueError, match=r"columns with every value missing.*\[1\]"):
+        Standardizer().fit(X)

@@ -53,12 +53,26 @@ class Standardizer:
         self.rel_min_std = rel_min_std
 
     def fit(self, X, y=None) -> Standardizer:
-        """Compute the per-feature mean and floored standard deviation of ``X`` (N, D)."""
-        X = check_array(X, name="X")
+        """Compute the per-feature mean and floored standard deviation of ``X`` (N, D).
+
+        NaN means missing (as scikit-learn's ``StandardScaler``): each feature's moments are
+        those of its observed values; a feature with none is an error.
+        """
+        X = check_array(X, name="X", allow_nan=True)
         if X.shape[0] < 1:
             raise ValueError("X has no rows")
-        mean = X.mean(axis=0)
-        return self.fit_moments(mean, np.sqrt(np.mean((X - mean) ** 2, axis=0)), X.shape[0])
+        nan = np.isnan(X)
+        if not nan.any():
+            mean = X.mean(axis=0)
+            return self.fit_moments(mean, np.sqrt(np.mean((X - mean) ** 2, axis=0)), X.shape[0])
+        empty = np.flatnonzero(nan.all(axis=0))
+        if len(empty):
+            raise ValueError(
+                f"X has {len(empty)} columns with every value missing (NaN), first columns "
+                f"{empty[:5].tolist()}: they cannot be standardized; drop them"
+            )
+        mean = np.nanmean(X, axis=0)
+        return self.fit_moments(mean, np.sqrt(np.nanmean((X - mean) ** 2, axis=0)), X.shape[0])
 
     def fit_moments(self, mean, std, n_samples: int) -> Standardizer:
         """Fit from per-feature ``mean`` and (population) ``std`` of ``n_samples`` rows computed
@@ -84,9 +98,9 @@ class Standardizer:
             raise RuntimeError("this Standardizer is not fitted yet; call fit(X) first")
 
     def transform(self, X) -> np.ndarray:
-        """Return ``(X - mean_) / scale_``, shape (N, D)."""
+        """Return ``(X - mean_) / scale_``, shape (N, D) (NaN, missing, stays NaN)."""
         self._check_fitted()
-        X = check_array(X, name="X", n_features=self.n_features_in_)
+        X = check_array(X, name="X", n_features=self.n_features_in_, allow_nan=True)
         return (X - self.mean_) / self.scale_
 
     def fit_transform(self, X, y=None) -> np.ndarray:
@@ -95,7 +109,7 @@ class Standardizer:
     def inverse_transform(self, Y) -> np.ndarray:
         """Map standardised data (or a model's samples of it) back: ``Y * scale_ + mean_``."""
         self._check_fitted()
-        Y = check_array(Y, name="Y", n_features=self.n_features_in_)
+        Y = check_array(Y, name="Y", n_features=self.n_features_in_, allow_nan=True)
         return Y * self.scale_ + self.mean_
 
     def log_abs_det_jacobian(self) -> float:
@@ -105,6 +119,13 @@ class Standardizer:
         """
         self._check_fitted()
         return float(-np.sum(np.log(self.scale_)))
+
+    def log_abs_det_jacobian_rows(self, X) -> np.ndarray:
+        """(N,) ``-Σ_{j observed} log scale_j`` of each row of ``X`` (NaN: missing): the
+        Jacobian of the standardization of a row's observed values, for ``log p(x_obs)``."""
+        self._check_fitted()
+        X = check_array(X, name="X", n_features=self.n_features_in_, allow_nan=True)
+        return -((~np.isnan(X)) @ np.log(self.scale_))
 
     def to_dict(self) -> dict:
         """JSON-serialisable description (parameters and fitted statistics)."""
