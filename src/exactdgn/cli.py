@@ -490,6 +490,9 @@ def _impute_in(args, client) -> int:
         raise CLIError(f"--std-out must end in .npy or .csv, got {args.std_out!r}")
     if client is None:
         X, _ = load_data(args.data, key=args.key, allow_nan=True)
+        from .inference import check_missing
+
+        check_missing(X, name=args.data)  # rows with nothing observed, named by the file
         res = model.impute(
             X, method=args.method, random_state=args.seed, return_std=bool(args.std_out)
         )

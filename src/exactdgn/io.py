@@ -93,7 +93,10 @@ def read_npz(path) -> tuple[dict, dict]:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise ModelFileError(f"{path} is not a readable exactdgn file ({exc})") from exc
+        why = str(exc)
+        if "pickle" in why:  # numpy's message suggests allow_pickle=True: never here
+            why = "it holds pickled Python objects, which exactdgn does not load (code can run)"
+        raise ModelFileError(f"{path} is not a readable exactdgn file ({why})") from exc
     if "__meta__" not in arrays:
         raise ModelFileError(f"{path} has no exactdgn metadata (not written by exactdgn?)")
     try:

@@ -453,6 +453,11 @@ class ExactDGN(DensityMixin, BaseEstimator):
             raise ValueError(f"method={method!r} is invalid: use one of {self._IMPUTE_METHODS}")
         if not (isinstance(n_samples, int | np.integer) and n_samples >= 1):
             raise ValueError(f"n_samples={n_samples!r} is invalid: use an integer >= 1")
+        if n_samples != 1 and method != "sample":
+            raise ValueError(
+                f"n_samples={n_samples} is for method='sample' (draws per row); "
+                f"method={method!r} gives one value per entry: drop n_samples"
+            )
         X = self._check_X(X, allow_nan=True)
         miss = np.isnan(X)
         post = self._posterior(X)

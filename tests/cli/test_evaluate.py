@@ -63,6 +63,7 @@ def test_pickled_module_needs_the_explicit_flag(parts, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "state dict" in err and "--unsafe-pickle" in err and "executes code" in err
+    assert "\x1b" not in err  # torch's colour codes are stripped
     out = root / "mod.csv"
     assert main([*args, "--unsafe-pickle", "--out", str(out)]) == 0
     table = np.loadtxt(out, delimiter=",", skiprows=1)

@@ -166,3 +166,28 @@ def test_fit_command_trains_on_data_with_nan(tmp_path, capsys):
     assert main([*argv, "--method", "vae", "--out", str(tmp_path / "vae")]) != 0
     assert "--method vae needs complete rows" in capsys.readouterr().err
     assert not (tmp_path / "vae").exists()
+
+
+def test_module_entry_point_and_file_messages(tmp_path, capsys):
+    """``python -m exactdgn`` is the ``exactdgn`` command; ``impute`` names the file whose rows
+    have nothing observed; a pickled .npy given as a model is refused without numpy's advice
+    to load it with allow_pickle."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "exactdgn", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.startswith("usage: exactdgn")
+    model = ExactDGN.from_decoder(Decoder.random([1, 4, 3], seed=0), 0.2)
+    model.save(tmp_path / "m.npz")
+    X = model.sample(4, random_state=0)
+    X[1] = np.nan
+    np.save(tmp_path / "holes.npy", X)
+    args = ["impute", str(tmp_path / "m.npz"), str(tmp_path / "holes.npy")]
+    assert main([*args, "--out", str(tmp_path / "f.npy")]) == 2
+    assert "holes.npy has 1 rows with every value missing" in capsys.readouterr().err
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ModelFileError, match="pickled Python objects") as exc:
+        ExactDGN.load(tmp_path / "obj.npy")
+    assert "allow_pickle" not in str(exc.value)

@@ -141,6 +141,8 @@ def test_impute_mode_and_sample():
     one = model.impute(Xn, method="sample", random_state=1)
     assert one.shape == X.shape and not np.isnan(one).any()
     assert np.array_equal(one, model.impute(Xn, method="sample", random_state=1))
+    with pytest.raises(ValueError, match="n_samples=3 is for method='sample'"):
+        model.impute(Xn, method="mean", n_samples=3)  # was silently ignored
 
 
 def test_missing_errors():

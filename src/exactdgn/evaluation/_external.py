@@ -15,6 +15,7 @@ the given hidden sizes; a pickled encoder may return ``(mean, log_std)`` or
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -47,10 +48,15 @@ def _load(path, unsafe_pickle: bool):
     except Exception as exc:  # torch raises UnpicklingError (and others) for code objects
         raise ValueError(
             f"{path} is not a plain state dict (torch.load(weights_only=True) refused it: "
-            f"{str(exc).splitlines()[0]}). Save the module's state_dict() (or safetensors) "
+            f"{_plain(str(exc).splitlines()[0])}). Save the module's state_dict() (or safetensors) "
             "instead; or, only for a file you trust, pass unsafe_pickle=True (--unsafe-pickle), "
             "which executes code from the file"
         ) from exc
+
+
+def _plain(text: str) -> str:
+    """``text`` without terminal escape sequences (torch colours parts of its messages)."""
+    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
 
 
 def _state_dict(obj, path) -> dict:
