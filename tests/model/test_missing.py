@@ -293,20 +293,18 @@ def test_select_rows_is_the_kappa_and_tail_rule():
 
 def test_d2_gram_sums_and_bounds():
     """d = 2 with a narrow last layer: the masked sums through the points' Gram matrices equal
-    the direct (D x 6R) GEMM; the disc bound is an upper bound of every pair's log mass and the
-    table's facet offsets are the pairs' whitened offsets (far rows and one-value rows too)."""
+    the direct (D x 6R) GEMM; the compiled candidate pass (disc and facet bounds) drops only
+    pairs whose exact joint is below the cut, drops many, skips the seeds, and returns the
+    pairs' whitening as gathered in numpy (far rows and one-value rows too)."""
     from exactdgn.gaussian import log_mass_2d_transformed
     from exactdgn.inference._missing import (
+        _bounded_candidates,
         _gather_2d,
-        _halfspaces,
         _kappa_2d,
-        _log_disc_bound,
         _map_2d_entries,
         _mask_gram,
         _mask_weights_blocks,
         _masked_sums,
-        _min_offset_table,
-        _whiten_2d,
     )
 
     dec = Decoder.random([2, 8, 6, 40], activation="leaky_relu", seed=2)
@@ -324,17 +322,25 @@ def test_d2_gram_sums_and_bounds():
     scale = np.abs(_mask_weights_blocks(geom)).sum(axis=0)
     assert np.all(np.abs(_masked_sums(geom, m) - direct) <= 1e-13 * scale)
     lk, Q = _kappa_2d(geom, Xn, obs)
-    R = lk.shape[1]
-    p, r = np.repeat(np.arange(len(Xn)), R), np.tile(np.arange(R), len(Xn))
+    n, R = lk.shape
+    p, r = np.repeat(np.arange(n), R), np.tile(np.arange(R), n)
     k00, k10, k11, w, _ = _gather_2d(Q, p, r)
     T = _map_2d_entries(geom, k00, k10, k11, r)
-    lm, _ = log_mass_2d_transformed(geom.polygons, r, T, w)
-    bound = _log_disc_bound(geom.polygons, r, T, w)
-    assert np.all(lm <= bound + 1e-12)
-    assert np.mean(bound < 0) > 0.2  # it does bound many pairs
-    Cs, es = _halfspaces(geom)
-    _, off, _, _ = _whiten_2d(Cs[r], es[r], k00, k10, k11, w)
-    want = off.min(axis=1, initial=np.inf)
-    np.testing.assert_allclose(
-        _min_offset_table(geom.polygons, r, T, w), want, rtol=1e-10, atol=1e-10
-    )
+    lj = lk.ravel() + log_mass_2d_transformed(geom.polygons, r, T, w)[0]
+    # a cut 3 nats below each point's largest joint; the two best pairs are seeds
+    cut = lj.reshape(n, R).max(axis=1) - 3.0
+    best2 = np.argsort(-lj.reshape(n, R), axis=1)[:, :2]
+    seed = np.sort((np.arange(n)[:, None] * R + best2).ravel())
+    thr = 7.0
+    out = _bounded_candidates(geom, lk, Q, cut + thr, thr, seed)
+    key = out[0] * R + out[1]
+    cand = (lk.ravel() > cut[p]) & ~np.isin(p * R + r, seed)
+    kept = np.isin(p * R + r, key)
+    assert not np.any(kept & ~cand) and np.all(np.diff(key) > 0)
+    assert np.all(lj[cand & ~kept] <= cut[p[cand & ~kept]] + 1e-9)  # only invisible ones
+    assert np.mean(~kept[cand]) > 0.2  # the bounds do drop many candidates
+    assert np.any(lj[kept] > cut[p[kept]])
+    i = key  # flat (p, r) index of the kept pairs
+    np.testing.assert_array_equal(out[2], lk.ravel()[i])
+    np.testing.assert_allclose(out[3], w[i], rtol=1e-14, atol=1e-14)
+    np.testing.assert_allclose(out[4], T[i], rtol=1e-14, atol=1e-14)

@@ -333,11 +333,17 @@ def _seed_pairs(lk: np.ndarray, top_k: int, locate, mean_of) -> tuple[np.ndarray
     return key // R, key % R
 
 
+def _lower_bound(lk, p_top, r_top, lm_top) -> np.ndarray:
+    """(n,) ``log Σ_seeds κ Φ``, a lower bound of each point's ``log p(x)``."""
+    lower = np.full(lk.shape[0], -np.inf)
+    np.logaddexp.at(lower, p_top, lk[p_top, r_top] + lm_top)
+    return lower
+
+
 def _candidates(lk, p_top, r_top, lm_top, thr: float):
     """The lower bound ``log p(x)`` >= log Σ_seeds κ Φ (n,) and the other pairs (p, r) whose
     ``log κ`` alone does not prune them (``log κ > lower - thr``; ``Φ <= 1``)."""
-    lower = np.full(lk.shape[0], -np.inf)
-    np.logaddexp.at(lower, p_top, lk[p_top, r_top] + lm_top)
+    lower = _lower_bound(lk, p_top, r_top, lm_top)
     mask = lk > (lower - thr)[:, None]
     mask[p_top, r_top] = False
     p_c, r_c = np.nonzero(mask)
@@ -481,10 +487,6 @@ def _gemm_blocks(geom: RegionGeometry, Xc: np.ndarray) -> np.ndarray:
     return (Xc @ geom.gemm_basis) @ cached
 
 
-# Rows per slice of _kappa_2d's elementwise work.
-_ROWS_2D = 8
-
-
 def _kappa_2d(geom: RegionGeometry, X: np.ndarray, obs: np.ndarray):
     """``log κ_r(n)`` (n, R) of d = 2 and the arrays the pairs' whitening is gathered from
     (:func:`_gather_2d`): the masked sums' buffer (n, 6R) with ``P00 = 1 + Σ mλ a_0²``,
@@ -503,45 +505,32 @@ def _kappa_2d(geom: RegionGeometry, X: np.ndarray, obs: np.ndarray):
     k00, k10, k11 = geom.K[:, 0, 0], geom.K[:, 1, 0], geom.K[:, 1, 1]
     c += m @ (LOG_2PI + np.log(1.0 / geom.inv_var))  # ||x'||²_Λobs + D_n log 2π + Σ log σ²
     v1 = np.empty((n, R))
-    h = min(n, _ROWS_2D)
-    t, u = np.empty((h, R)), np.empty((h, R))
-    # elementwise in slices of rows (their temporaries stay in cache); in place where possible
-    for a in range(0, n, h):
-        rs = slice(a, min(n, a + h))
-        q = slice(0, rs.stop - a)
-        p00, p01, k11sq = Mq[rs, :R], Mq[rs, R : 2 * R], Mq[rs, 2 * R : 3 * R]
-        wf0, wf1, xb = prod[rs, :R], prod[rs, R : 2 * R], prod[rs, 2 * R :]
-        tq, uq, vq = t[q], u[q], v1[rs]
-        # v = A_rᵀ Λ_obs (x - b_r) = K_r (K_r^{-1} A_rᵀ Λ x') - Σ_j m_j λ_j a_rj b'_rj
-        np.multiply(wf0, k10, out=vq)
-        wf1 *= k11
-        vq += wf1
-        vq -= Mq[rs, 4 * R : 5 * R]
-        v0 = wf0
-        v0 *= k00
-        v0 -= Mq[rs, 3 * R : 4 * R]
-        p00 += 1.0
-        k11sq += 1.0
-        np.divide(p01, p00, out=tq)
-        np.multiply(tq, v0, out=uq)
-        np.subtract(vq, uq, out=uq)  # v1 - t v0
-        tq *= p01
-        k11sq -= tq  # P11 - P01²/P00
-        # s = ||x' - b'||²_{Λ_obs} + D_n log 2π + Σ_obs log σ² + log|P| - vᵀP⁻¹v, then -s/2
-        sq = Mq[rs, 5 * R :]
-        sq += xb  # -2 x'ᵀΛ b'
-        sq += c[rs, None]
-        np.multiply(p00, k11sq, out=tq)
-        np.log(tq, out=tq)
-        sq += tq
-        np.square(uq, out=uq)
-        uq /= k11sq
-        sq -= uq
-        np.square(v0, out=xb)
-        xb /= p00
-        sq -= xb
-        sq *= -0.5
+    from . import _missing_kernels as kernels  # numba: imported on first use
+
+    kernels.kappa_rows_2d(Mq, prod, v1, c, k00, k10, k11)
     return Mq[:, 5 * R :], (Mq, prod, v1)
+
+
+def _bounded_candidates(geom: RegionGeometry, lk, Q, lower, thr: float, seed_key):
+    """The d = 2 pairs other than the seeds (sorted flat keys ``p R + r``) whose exact weight
+    can be visible: the ``κ`` test against ``cut = lower - thr``, then the disc and the facet
+    bounds (O(1) and O(rows) a pair, from the polygon table), in one compiled pass
+    (:func:`_missing_kernels.candidate_rows_2d`). The pairs the bounds drop are below their
+    floor in the integrator too, so the pairs and values are those without them.
+
+    Returns ``p, r, log κ`` (P,), ``w`` (P, 2) and the maps ``T`` (P, 2, 2).
+    """
+    from . import _missing_kernels as kernels
+
+    tab = geom.polygons
+    P = int(np.count_nonzero(lk > (lower - thr)[:, None]))
+    out = (np.empty(P, np.intp), np.empty(P, np.intp), np.empty(P))
+    out += (np.empty((P, 2)), np.empty((P, 2, 2)))
+    k = kernels.candidate_rows_2d(
+        *Q, lower, thr, _BOUND_SLACK, seed_key, geom.L, tab.centroid, tab.radius, tab.width,
+        tab.normals, tab.offsets, *out,
+    )  # fmt: skip
+    return tuple(a[:k] for a in out)
 
 
 def _gather_2d(Q, p: np.ndarray, r: np.ndarray):
@@ -602,20 +591,9 @@ def _observed_2d(
         k00, k10, k11, w, _ = _gather_2d(Q, p_top, r_top)
         T = _map_2d_entries(geom, k00, k10, k11, r_top)
         lm_t, err_t = gaussian.log_mass_2d_transformed(tab, r_top, T, w)
-        lower, p_c, r_c = _candidates(lk, p_top, r_top, lm_t, thr)
+        lower = _lower_bound(lk, p_top, r_top, lm_t)
         cut = lower - thr
-        lk_c = np.ravel(Q[0])[p_c * Q[0].shape[1] + 5 * R + r_c]  # lk[p_c, r_c]
-        k00, k10, k11, w, _ = _gather_2d(Q, p_c, r_c)
-        T = _map_2d_entries(geom, k00, k10, k11, r_c)
-        # disc bound (O(1) a pair): Φ_r <= Q(δ) <= exp(-δ²/2) / 2, δ >= the distance to the
-        # mapped vertex disc; the pairs it drops are below their floor in the integrator too
-        # (its exact distance is larger), so the pairs and values are those without it
-        keep = lk_c + _log_disc_bound(tab, r_c, T, w) > cut[p_c] - _BOUND_SLACK
-        p_c, r_c, lk_c, w, T = (a[keep] for a in (p_c, r_c, lk_c, w, T))
-        if len(p_c):  # facet bound: Φ_r <= Φ(min_i c_i), from the offsets alone
-            cmin = _min_offset_table(tab, r_c, T, w)
-            keep = lk_c + np.minimum(0.0, log_ndtr(cmin)) > cut[p_c]
-            p_c, r_c, lk_c, w, T = (a[keep] for a in (p_c, r_c, lk_c, w, T))
+        p_c, r_c, lk_c, w, T = _bounded_candidates(geom, lk, Q, lower, thr, p_top * R + r_top)
         lm_c, err_c = gaussian.log_mass_2d_transformed(tab, r_c, T, w, cut[p_c] - lk_c)
         m = _merge_seeds(
             lk,
@@ -1076,57 +1054,6 @@ def _map_2d_entries(geom: RegionGeometry, k00, k10, k11, r: np.ndarray) -> np.nd
 
 # Nats by which the disc bound must fall below the pruning level (rounding of the bound).
 _BOUND_SLACK = 1e-6
-# Polygons of at most this many rows take the narrow pass of _min_offset_table.
-_NARROW = 4
-
-
-def _log_disc_bound(tab, r: np.ndarray, T: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """(P,) an upper bound of the log mass of pairs' mapped polygons ``T u0 - w`` (``0``:
-    unbounded polygons), from the table's vertex disc ``|u0 - g| <= ρ``: its image lies in the
-    disc of radius ``σ_max(T) ρ`` around ``T g - w``, so the distance ``δ`` from the mean
-    (origin) to the polygon is at least ``|T g - w| - σ_max ρ``, and where that is positive
-    (the mean lies outside) ``Φ <= Q(δ) <= exp(-δ²/2) / 2``."""
-    t00, t01, t11 = T[:, 0, 0], T[:, 0, 1], T[:, 1, 1]
-    g = tab.centroid[r]
-    rho = tab.radius[r]
-    f2 = t00 * t00 + t01 * t01 + t11 * t11
-    det = t00 * t11
-    smax = np.sqrt(0.5 * (f2 + np.sqrt(np.maximum(f2 * f2 - 4.0 * det * det, 0.0))))
-    c0 = t00 * g[:, 0] + t01 * g[:, 1] - w[:, 0]
-    c1 = t11 * g[:, 1] - w[:, 1]
-    with np.errstate(invalid="ignore"):  # unbounded: ρ = inf
-        dist = np.sqrt(c0 * c0 + c1 * c1) - rho * smax
-    # δ > 0: the mean is outside (mass <= Q(δ)); else no bound (the mean may be inside)
-    out = np.isfinite(rho) & (dist > 0.0)
-    return np.where(out, -0.5 * np.square(np.where(out, dist, 0.0)) - np.log(2.0), 0.0)
-
-
-def _min_offset_table(tab, r: np.ndarray, T: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """(P,) ``min_i c_i`` of the mapped polygons' rows (the facet bound), from the table's rows
-    (``n . u0 <= g``): ``c = (g det T - a . w) / |a|`` with ``a = adj(T)ᵀ n`` (``T`` upper
-    triangular, as from :func:`_map_2d_entries`); narrow polygons (at most ``_NARROW`` rows,
-    most of them) in a narrow pass. Rows without a constraint have ``g = inf`` (the table's
-    padding): ``c = inf``."""
-    out = np.empty(len(r))
-    narrow = tab.width[r] <= _NARROW
-    for sel, k in ((narrow, _NARROW), (~narrow, tab.normals.shape[1])):
-        i = np.flatnonzero(sel)
-        if not i.size:
-            continue
-        ri = r[i]
-        n = tab.normals[ri, :k]
-        Ti, wi = T[i], w[i]
-        t00, t01, t11 = Ti[:, 0, 0, None], Ti[:, 0, 1, None], Ti[:, 1, 1, None]
-        a0 = t11 * n[..., 0]
-        a1 = t00 * n[..., 1]
-        a1 -= t01 * n[..., 0]
-        num = tab.offsets[ri, :k] * (t00 * t11)
-        num -= a0 * wi[:, 0, None]
-        num -= a1 * wi[:, 1, None]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            num /= np.hypot(a0, a1)
-        out[i] = num.min(axis=1)
-    return out
 
 
 def _kappa_1d_direct(geom, Wm, m, x0, const):

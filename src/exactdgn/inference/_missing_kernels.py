@@ -19,10 +19,15 @@ machine code on disk. Rounding: the same operations in the same order as the for
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
-__all__ = ["chain_rows", "observed_rows", "select_rows"]
+_LOG_2 = float(np.log(2.0))
+_HALF_LOG_2PI = float(0.5 * np.log(2.0 * np.pi))
+
+__all__ = ["candidate_rows_2d", "chain_rows", "kappa_rows_2d", "observed_rows", "select_rows"]
 
 
 @njit(nogil=True, cache=True, fastmath={"reassoc"})
@@ -153,3 +158,154 @@ def select_rows(q, k2, u, cut, r1, lo, hi, p_o, r_o, k_o, t_o, lk_o, a_o, b_o): 
                     b_o[c] = b
                     c += 1
     return c, nc
+
+
+@njit(nogil=True, cache=True)
+def kappa_rows_2d(Mq, prod, v1, c, k00, k10, k11):  # pragma: no cover - compiled
+    """``log κ`` of every (point, region) pair of d = 2 from the masked sums and the GEMM, in
+    place (``_missing._kappa_2d`` states the formulas).
+
+    ``Mq`` (n, 6R): ``Σ mλ a0a0 | a0a1 | a1a1 | a0b' | a1b' | b'²`` becomes ``P00 = 1 + ...``
+    (block 0), ``k11² = P11 - P01²/P00`` (block 2) and ``log κ`` (block 5); ``prod`` (n, 3R):
+    ``x'ᵀΛ A_r K_r^{-T}`` (two blocks) and ``-2 x'ᵀΛ b'_r``, block 0 becomes
+    ``v0 = k00 w0 - Σ mλ a0 b'``; ``v1`` (n, R) is written (``k10 w0 + k11 w1 - Σ mλ a1 b'``);
+    ``c`` (n,) is ``||x'||²_Λobs + D_n log 2π + Σ_obs log σ²``; ``k00, k10, k11`` (R,) the
+    regions' complete-data Cholesky entries. With ``t = P01/P00``,
+    ``log κ = -½ (b'² - 2 x'ᵀΛb' + c + log(P00 k11²) - (v1 - t v0)²/k11² - v0²/P00)``.
+    """
+    n = Mq.shape[0]
+    R = v1.shape[1]
+    for i in range(n):
+        ci = c[i]
+        for r in range(R):
+            wf0 = prod[i, r]
+            vq = wf0 * k10[r]
+            vq += prod[i, R + r] * k11[r]
+            vq -= Mq[i, 4 * R + r]
+            v1[i, r] = vq
+            v0 = wf0 * k00[r] - Mq[i, 3 * R + r]
+            prod[i, r] = v0
+            p00 = Mq[i, r] + 1.0
+            Mq[i, r] = p00
+            p01 = Mq[i, R + r]
+            t = p01 / p00
+            u = vq - t * v0
+            k11sq = (Mq[i, 2 * R + r] + 1.0) - t * p01
+            Mq[i, 2 * R + r] = k11sq
+            sq = (Mq[i, 5 * R + r] + prod[i, 2 * R + r]) + ci
+            sq += np.log(p00 * k11sq)
+            sq -= u * u / k11sq
+            sq -= v0 * v0 / p00
+            Mq[i, 5 * R + r] = sq * -0.5
+
+
+@njit(nogil=True, cache=True)
+def _log_phi_upper(x):  # pragma: no cover - compiled
+    """An upper bound of ``log Φ(x)`` (equal to it up to rounding for ``x >= -5``; below, the
+    Mills-ratio bound ``Φ(x) <= φ(x) / |x|``, within ``1/x²`` of it)."""
+    if x >= -5.0:
+        return np.log(0.5 * math.erfc(-x / math.sqrt(2.0)))
+    return -0.5 * x * x - np.log(-x) - _HALF_LOG_2PI
+
+
+@njit(nogil=True, cache=True)
+def candidate_rows_2d(
+    Mq,
+    prod,
+    v1,
+    lower,
+    thr,
+    slack,
+    seed_key,
+    L0,
+    centroid,
+    radius,
+    width,
+    normals,
+    offsets,
+    p_o,
+    r_o,
+    lk_o,
+    w_o,
+    T_o,
+):  # pragma: no cover - compiled
+    """The d = 2 pairs, other than the seeds, whose exact weight can be visible, with the
+    per-pair whitening that their polygon masses need (``_missing._observed_2d``).
+
+    After :func:`kappa_rows_2d` (``Mq``'s blocks ``P00``, ``P01``, ``k11²``, ``log κ``,
+    ``prod``'s ``v0`` and ``v1``), for each point ``n`` with ``cut = lower_n - thr``, pair
+    ``(n, r)`` (not a seed: ``n R + r`` not in the sorted ``seed_key``) passes when
+
+    1. ``log κ > cut`` (the mass is at most 1);
+    2. the disc bound: with ``K = [[k00, 0], [k10, k11]]`` (``k00 = √P00``, ``k10 = P01/k00``,
+       ``k11 = √(k11²)``), ``w = K^{-1} v`` and ``T = K ᵀ L0_r`` (the table's whitened
+       polygon to the pair's: ``u = T u0 - w``), the image of the table's vertex disc
+       ``|u0 - g| <= ρ`` lies within ``σ_max(T) ρ`` of ``T g - w``; where the mean lies at a
+       distance ``δ > 0`` outside it, the mass is at most ``exp(-δ²/2) / 2``:
+       ``log κ - δ²/2 - log 2 > cut - slack``;
+    3. the facet bound: the mass is at most ``Φ(min_i c_i)`` over the mapped rows
+       ``c = (g det T - a.w) / |a|``, ``a = adj(T)ᵀ n`` (table rows ``n.u0 <= g``):
+       ``log κ + min(0, log Φ(c_min)) > cut`` (an upper bound of ``log Φ``).
+
+    The pairs that pass are written in order of point then region: ``p``, ``r``, ``log κ``,
+    ``w`` (2,) and ``T`` (2, 2). Returns their count.
+    """
+    n = Mq.shape[0]
+    R = v1.shape[1]
+    c = 0
+    js = 0
+    ns = seed_key.shape[0]
+    for i in range(n):
+        cut = lower[i] - thr
+        for r in range(R):
+            lk = Mq[i, 5 * R + r]
+            if not lk > cut:
+                continue
+            key = i * R + r
+            while js < ns and seed_key[js] < key:
+                js += 1
+            if js < ns and seed_key[js] == key:
+                continue
+            k00 = np.sqrt(Mq[i, r])
+            k10 = Mq[i, R + r] / k00
+            k11 = np.sqrt(Mq[i, 2 * R + r])
+            w0 = prod[i, r] / k00
+            w1 = (v1[i, r] - k10 * w0) / k11
+            t00 = k00 * L0[r, 0, 0]
+            t01 = k00 * L0[r, 0, 1] + k10 * L0[r, 1, 1]
+            t11 = k11 * L0[r, 1, 1]
+            rho = radius[r]
+            if np.isfinite(rho):
+                f2 = t00 * t00 + t01 * t01 + t11 * t11
+                det = t00 * t11
+                smax = np.sqrt(0.5 * (f2 + np.sqrt(max(f2 * f2 - 4.0 * det * det, 0.0))))
+                g0 = centroid[r, 0]
+                g1 = centroid[r, 1]
+                c0 = t00 * g0 + t01 * g1 - w0
+                c1 = t11 * g1 - w1
+                dist = np.sqrt(c0 * c0 + c1 * c1) - rho * smax
+                if dist > 0.0 and not lk + (-0.5 * dist * dist - _LOG_2) > cut - slack:
+                    continue
+            cmin = np.inf
+            det = t00 * t11
+            for j in range(width[r]):
+                n0 = normals[r, j, 0]
+                n1 = normals[r, j, 1]
+                a0 = t11 * n0
+                a1 = t00 * n1 - t01 * n0
+                cj = (offsets[r, j] * det - a0 * w0 - a1 * w1) / np.hypot(a0, a1)
+                if cj < cmin:
+                    cmin = cj
+            if cmin < 0.0 and not lk + _log_phi_upper(cmin) > cut:
+                continue
+            p_o[c] = i
+            r_o[c] = r
+            lk_o[c] = lk
+            w_o[c, 0] = w0
+            w_o[c, 1] = w1
+            T_o[c, 0, 0] = t00
+            T_o[c, 0, 1] = t01
+            T_o[c, 1, 0] = 0.0
+            T_o[c, 1, 1] = t11
+            c += 1
+    return c
