@@ -1,14 +1,15 @@
 """Compiled row kernels of the missing-data path (numba, float64, no fast-math on the values).
 
-Why compiled: after the masked GEMMs, the d = 1 missing-data likelihood is a handful of cheap
-operations per (point, region) pair (a breakpoint recurrence, a log, a division, a comparison)
-that numpy can only run as ~15 separate passes over (points x regions) arrays, each pass a
-round trip through memory, plus the gathers that pick the pairs. One loop per row does them
-in registers: on MNIST t10k with half the pixels missing, [1,64,64,784], one core, the work
-after the GEMMs takes about a quarter of numpy's time (``benchmarks/likelihood.py`` prints the
-missing-data time beside the complete-data time). No library fuses such elementwise chains on
-the CPU without a compiler (numexpr has no recurrences, gathers or row reductions); numba is
-the well-kept one.
+Why compiled: after the masked GEMMs, the missing-data likelihood is a handful of cheap
+operations per (point, region) pair (in d = 1 a breakpoint recurrence, a log, a division, a
+comparison; in d = 2 the Cholesky entries, ``log κ`` and, for the pairs that pass the ``κ``
+test, two bounds on their mass) that numpy can only run as ~15 separate passes over (points x
+regions) arrays, each a round trip through memory, plus the gathers that pick the pairs. One
+loop per row does them in registers: on MNIST t10k with half the pixels missing, one core,
+the work after the GEMMs takes about a quarter of numpy's time in d = 1 and about half in
+d = 2 (``benchmarks/likelihood.py`` prints the missing-data time beside the complete-data
+time). No library fuses such elementwise chains on the CPU without a compiler (numexpr has no
+recurrences, gathers or row reductions); numba is the well-kept one.
 
 Each kernel is a pure loop over rows with its outputs passed in (the caller owns and reuses the
 buffers), releases the GIL (the blocks run on the library's thread pool) and caches its
