@@ -337,6 +337,13 @@ def _fit_in(args, client, out: Path) -> int:
             std.fit(Xtr_raw)
         else:  # issue 14: moments by dask reductions
             mean = Xtr_raw.mean(axis=0).compute()
+            if np.isnan(mean).any():  # NaN (missing) somewhere in those columns
+                cols = np.flatnonzero(np.isnan(mean))
+                raise CLIError(
+                    f"{args.data} has missing values (NaN) in {len(cols)} columns, first "
+                    f"{cols[:5].tolist()}: on a dask cluster fit needs complete rows; fit in "
+                    "memory (without --scheduler / --workers) to train on log p(x_obs)"
+                )
             std.fit_moments(
                 mean, np.sqrt(((Xtr_raw - mean) ** 2).mean(axis=0).compute()), len(Xtr_raw)
             )

@@ -215,6 +215,12 @@ def test_cli_score_and_fit_on_the_cluster(client, tmp_path, capsys):
     np.testing.assert_allclose(b, a, rtol=1e-12)
     assert main(["fit", str(path), "--out", str(tmp_path / "v"), "--method", "vae", *addr]) == 2
     assert "--method em or lbfgs" in capsys.readouterr().err
+    X[::7, 1] = np.nan  # missing values: fit in memory takes them, the cluster path refuses
+    np.save(path, X)
+    assert main(["fit", str(path), "--out", str(tmp_path / "nan"), *common, *addr]) == 2
+    err = capsys.readouterr().err
+    assert "missing values (NaN) in 1 columns, first [1]" in err and "in memory" in err
+    assert main(["fit", str(path), "--out", str(tmp_path / "nan"), *common]) == 0
 
 
 def test_killed_worker_changes_nothing(client):

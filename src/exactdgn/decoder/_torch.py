@@ -222,8 +222,10 @@ def from_torch(module, input_shape: Sequence[int] | None = None) -> Decoder:
             raise NotPiecewiseAffineError(
                 f"layer {label} is not a supported continuous piecewise-affine layer. Supported: "
                 "Linear, ReLU, LeakyReLU, PReLU, exactdgn Abs, Identity, Flatten, Unflatten, "
-                "BatchNorm1d/Dropout in eval mode, Conv1d, Conv2d, ConvTranspose2d. Smooth "
-                "activations (Tanh, Sigmoid, GELU, ...) have no exact region decomposition."
+                "BatchNorm1d/Dropout in eval mode, Conv1d, Conv2d, ConvTranspose2d; and, traced "
+                "with torch.fx, ReLU6, Hardtanh, MaxPool1d/2d and custom modules with residual "
+                "sums. Smooth activations (Tanh, Sigmoid, GELU, ...) have no exact region "
+                "decomposition."
             )
     if shape is None:
         raise ValueError("the module contains no layer that fixes the input size; pass input_shape")
