@@ -999,7 +999,10 @@ class ExactDGN(DensityMixin, BaseEstimator):
         save(last)
         for it, dec, std in replay if callback is not None else []:
             if callback(it, lambda d=dec, s=std: (d.copy(), s.copy())) is False:
-                last["stopped"] = True
+                # stopped within the scout's iterations: the model of that iteration (the
+                # trainer's step-size state belongs to a later one: a warm start rebuilds it)
+                last.update(decoder=dec, std=std, n_iter=it, stopped=True, state=None)
+                last["history"] = [h for h in hist if h["iter"] <= it]
                 return last
         bar = self._progress_bar(self.max_iter, f"{self.method} init {init_index}")
         bar.update(it0)

@@ -205,13 +205,13 @@ def test_warm_start_continues_the_same_run(method, hidden, tmp_path):
         np.testing.assert_array_equal(Wa, Wb)
 
 
-@pytest.mark.parametrize("init", ["pca", "auto"])
-def test_callback_sees_every_iteration_and_can_stop(init):
+@pytest.mark.parametrize(("init", "stop_at"), [("pca", 3), ("auto", 12), ("auto", 1)])
+def test_callback_sees_every_iteration_and_can_stop(init, stop_at):
     """Every iteration reaches the callback (with init="auto": the winning start's scouting
-    iterations first); returning False stops without a ConvergenceWarning."""
+    iterations first); returning False stops without a ConvergenceWarning and keeps the model
+    of that iteration, within the scouting iterations too."""
     _, X = _planted([1, 5, 2], 150, 14)
     seen = []
-    stop_at = 3 if init == "pca" else 12
 
     def cb(it, snapshot):
         dec, std = snapshot()
@@ -226,6 +226,7 @@ def test_callback_sees_every_iteration_and_can_stop(init):
     assert [s[0] for s in seen] == list(range(1, stop_at + 1)) and m.n_iter_ == stop_at
     for (_, ll), h in zip(seen, m.history_[1:], strict=True):
         assert ll == pytest.approx(h["loglik"], abs=1e-12)
+    assert m.score(X) == pytest.approx(seen[-1][1], abs=1e-12)  # the model it stopped at
 
 
 def test_from_torch_model_can_be_refined():
