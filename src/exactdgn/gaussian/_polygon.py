@@ -1041,41 +1041,20 @@ def _transformed(table: PolygonTable, m: np.ndarray, T: np.ndarray, w: np.ndarra
     recomputed from the mapped vertices. The edge structure (which rows carry edges, shared
     corners, boundedness) is invariant under the map, so no edge search is done.
     """
-    t00, t01 = T[:, 0, 0][:, None], T[:, 0, 1][:, None]
-    t10, t11 = T[:, 1, 0][:, None], T[:, 1, 1][:, None]
-    det = t00 * t11 - t01 * t10
-    n = table.normals[m, :k]
-    active = table.active[m, :k]
-    nonempty = table.nonempty[m, :k]
-    f0, f1 = table.fin0[m, :k], table.fin1[m, :k]
-    a0 = t11 * n[..., 0] - t10 * n[..., 1]  # adj(T)ᵀ n = det(T) T^{-T} n
-    a1 = t00 * n[..., 1] - t01 * n[..., 0]
-    norm = np.hypot(a0, a1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        safe = np.where(active, norm, 1.0)
-        n0 = np.where(active, a0 / safe, 0.0)
-        n1 = np.where(active, a1 / safe, 0.0)
-    nu = np.stack([n0, n1], axis=-1)
+    from ._polygon_kernels import transformed_edges  # numba: imported on first use
 
-    def vert(p):
-        q0 = t00 * p[..., 0] + t01 * p[..., 1] - w[:, None, 0]
-        q1 = t10 * p[..., 0] + t11 * p[..., 1] - w[:, None, 1]
-        return np.stack([q0, q1], axis=-1)
-
-    P0 = vert(table.p0[m, :k])
-    P1 = vert(table.p1[m, :k])
-    with np.errstate(invalid="ignore"):
-        c_line = table.offsets[m, :k] * (det / safe) - (n0 * w[:, None, 0] + n1 * w[:, None, 1])
-    t0, t1, cu = _edge_offsets(n0, n1, P0, P1, f0, f1, active, c_line)
-    bounded = table.bounded[m]
-    c = table.centroid[m]
-    g0 = T[:, 0, 0] * c[:, 0] + T[:, 0, 1] * c[:, 1] - w[:, 0]
-    g1 = T[:, 1, 0] * c[:, 0] + T[:, 1, 1] * c[:, 1] - w[:, 1]
-    g = np.where(bounded[:, None], np.stack([g0, g1], axis=-1), 0.0)
-    with np.errstate(invalid="ignore"):
-        dist = np.hypot(P0[..., 0] - g[:, None, 0], P0[..., 1] - g[:, None, 1])
-        radius = np.max(np.where(nonempty, dist, 0.0), axis=1, initial=0.0)
-    radius = np.where(bounded, radius, np.inf)
+    P = m.shape[0]
+    nu, P0, P1 = np.empty((P, k, 2)), np.empty((P, k, 2)), np.empty((P, k, 2))
+    cu, t0, t1 = np.empty((P, k)), np.empty((P, k)), np.empty((P, k))
+    g, radius = np.empty((P, 2)), np.empty(P)
+    tab = table
+    transformed_edges(
+        np.ascontiguousarray(m, dtype=np.intp), np.ascontiguousarray(T),
+        np.ascontiguousarray(w), k, tab.normals, tab.active, tab.fin0, tab.fin1, tab.p0,
+        tab.p1, tab.offsets, tab.centroid, tab.bounded, tab.nonempty,
+        nu, cu, t0, t1, P0, P1, g, radius,
+    )  # fmt: skip
+    active, nonempty, bounded = tab.active[m, :k], tab.nonempty[m, :k], tab.bounded[m]
     verts = Vertices(P0, P1, g, radius, bounded)
     return Edges(nu, cu, active, t0, t1, nonempty, table.empty[m], verts)
 
