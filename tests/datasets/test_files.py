@@ -206,6 +206,18 @@ def test_csv_variants(tmp_path):
     assert load_array(tmp_path / "one.csv").shape == (2, 1)
 
 
+def test_csv_first_row_is_data_despite_a_bom_or_a_trailing_comment(tmp_path):
+    """The first row of numbers is data: a UTF-8 byte-order mark (Excel's "CSV UTF-8") or a
+    trailing ``# comment`` on it made it look non-numeric, and it was skipped as a header."""
+    X = np.array([[1.0, 2.0], [3.0, 4.0]])
+    (tmp_path / "bom.csv").write_bytes("\ufeff1,2\n3,4\n".encode())
+    (tmp_path / "bomh.csv").write_bytes("\ufeffx,y\n1,2\n3,4\n".encode())
+    (tmp_path / "note.csv").write_text("1,2  # first point\n3,4\n")
+    (tmp_path / "note.txt").write_text("1 2 # first point\n3 4\n")
+    for name in ("bom.csv", "bomh.csv", "note.csv", "note.txt"):
+        np.testing.assert_array_equal(load_array(tmp_path / name), X, err_msg=name)
+
+
 @pytest.mark.parametrize(
     ("content", "msg"),
     [

@@ -318,6 +318,7 @@ def _diagnose_csv(path: Path, lines: list[str], start: int, delimiter: str | Non
     """Raise a precise error for the first ragged or non-numeric row (slow path, errors only)."""
 
     def split(ln):
+        ln = ln.split("#", 1)[0]  # a trailing comment, as np.loadtxt drops it
         return [f.strip() for f in (ln.split(delimiter) if delimiter else ln.split())]
 
     width = len(split(lines[start][1]))
@@ -338,7 +339,8 @@ def _diagnose_csv(path: Path, lines: list[str], start: int, delimiter: str | Non
 
 def _load_csv(path: Path, delimiter: str | None) -> np.ndarray:
     try:
-        text = path.read_text()
+        # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first field
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not a text (CSV) file ({exc})") from exc
     raw = text.splitlines()
@@ -346,7 +348,7 @@ def _load_csv(path: Path, delimiter: str | None) -> np.ndarray:
     lines = [(i + 1, ln) for i, ln in enumerate(raw) if ln.strip() and not ln.lstrip()[:1] == "#"]
     if not lines:
         raise ValueError(f"{path}: no data rows")
-    first = lines[0][1]
+    first = lines[0][1].split("#", 1)[0]  # without a trailing comment
     if delimiter is None:
         delimiter = "," if "," in first else ("\t" if "\t" in first else None)
     fields = [f.strip() for f in (first.split(delimiter) if delimiter else first.split())]
@@ -361,7 +363,13 @@ def _load_csv(path: Path, delimiter: str | None) -> np.ndarray:
     skip = lines[0][0] if start else 0
     try:
         arr = np.loadtxt(
-            path, delimiter=delimiter, skiprows=skip, comments="#", ndmin=2, dtype=np.float64
+            path,
+            delimiter=delimiter,
+            skiprows=skip,
+            comments="#",
+            ndmin=2,
+            dtype=np.float64,
+            encoding="utf-8-sig",
         )
     except ValueError as exc:
         _diagnose_csv(path, lines, start, delimiter)
