@@ -62,6 +62,16 @@ def test_load_mnist_synthetic_pair(tmp_path):
     np.testing.assert_allclose(X, images.reshape(6, 784) / 255.0, rtol=1e-15)
 
 
+def test_load_mnist_downsample_must_be_an_integer(tmp_path):
+    """A fractional side length was truncated (2.5 gave 2x2 images without a word)."""
+    _mnist_pair(tmp_path, kind="train")
+    for bad in (2.5, "14", True, 0):
+        with pytest.raises(ValueError, match=f"downsample={bad!r} is invalid"):
+            load_mnist(tmp_path, kind="train", downsample=bad)
+    X, _ = load_mnist(tmp_path, kind="train", downsample=np.int64(14))
+    assert X.shape == (6, 196)
+
+
 CORRUPT_IMAGES = [
     ({"extra": b"\x00"}, "trailing bytes"),
     ({"cut": 5}, "truncated"),

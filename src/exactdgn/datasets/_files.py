@@ -249,6 +249,15 @@ def load_mnist(
     if kind not in _MNIST_KINDS:
         raise ValueError(f"kind must be one of {sorted(_MNIST_KINDS)}, got {kind!r}")
     _check_classes(classes)  # fail before reading files
+    if downsample is not None and (
+        isinstance(downsample, bool)
+        or not isinstance(downsample, numbers.Integral)
+        or downsample < 1
+    ):
+        raise ValueError(
+            f"downsample={downsample!r} is invalid: give the target side length as an integer "
+            "that divides the image side (e.g. 14 or 7 for 28x28 MNIST)"
+        )
     images_path, lab_path = _resolve_mnist(path, _MNIST_KINDS[kind], labels_path)
     images = read_idx(images_path)
     if images.ndim != 3 or images.dtype != np.uint8:
