@@ -17,6 +17,7 @@ from sklearn.exceptions import NotFittedError
 from exactdgn import Decoder, ExactDGN
 from exactdgn.baselines import IWAE, VAE, GaussianEncoder
 from exactdgn.datasets import wave
+from exactdgn.evaluation import vae_to_exact
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -405,6 +406,7 @@ def test_not_fitted_error(cls):
         lambda: est.encode(X),
         lambda: est.sample(3),
         lambda: est.importance_log_likelihood(X, 5),
+        lambda: vae_to_exact(est),  # was an AttributeError on decoder_
     ):
         with pytest.raises(NotFittedError, match="not fitted yet"):
             call()
