@@ -307,6 +307,15 @@ def test_malformed_npz_and_suffix(tmp_path):
 
 
 # ----------------------------------------------------------------------------- digits, names
+def test_load_array_of_a_directory_says_so(tmp_path):
+    """It said the directory 'does not exist'."""
+    (tmp_path / "data.csv").mkdir()
+    with pytest.raises(ValueError, match="is a directory, not a data file"):
+        load_array(tmp_path / "data.csv")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_array(tmp_path / "none.csv")
+
+
 def test_load_digits():
     X, y = load_digits()
     assert X.shape == (1797, 64) and X.dtype == np.float64 and y.shape == (1797,)

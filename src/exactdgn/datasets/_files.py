@@ -440,6 +440,8 @@ def load_array(
         of dimensions, empty data, NaN or infinite values, unreadable ``.npy``/``.npz``.
     """
     path = Path(os.fspath(path)).expanduser()
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a data file (.csv, .tsv, .txt, .npy, .npz)")
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist")
     suffix = path.suffix.lower()
