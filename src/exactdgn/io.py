@@ -75,13 +75,17 @@ def write_npz_atomic(path, arrays: dict, meta: dict) -> None:
         json.dumps(meta, default=_json_number).encode(), dtype=np.uint8
     )
     buf = io.BytesIO()
-    np.savez(buf, **payload)
+    np.savez(buf, allow_pickle=False, **payload)  # read_npz never loads pickles: none written
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(buf.getvalue())
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(buf.getvalue())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no temporary file left beside the target
+        raise
 
 
 def read_npz(path) -> tuple[dict, dict]:
@@ -95,7 +99,12 @@ def read_npz(path) -> tuple[dict, dict]:
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         why = str(exc)
         if "pickle" in why:  # numpy's message suggests allow_pickle=True: never here
-            why = "it holds pickled Python objects, which exactdgn does not load (code can run)"
+            with open(path, "rb") as fh:
+                head = fh.read(8)
+            if head.startswith((b"\x80", b"\x93NUMPY")):  # a pickle, or a .npy of objects
+                why = "it holds pickled Python objects, which exactdgn does not load (code can run)"
+            else:  # numpy takes anything that is neither .npz nor .npy for a pickle
+                why = f"not an .npz archive: its first bytes are {head!r}"
         raise ModelFileError(f"{path} is not a readable exactdgn file ({why})") from exc
     if "__meta__" not in arrays:
         raise ModelFileError(f"{path} has no exactdgn metadata (not written by exactdgn?)")

@@ -17,6 +17,7 @@ from sklearn.exceptions import NotFittedError
 from exactdgn import Decoder, ExactDGN
 from exactdgn.baselines import IWAE, VAE, GaussianEncoder
 from exactdgn.datasets import wave
+from exactdgn.evaluation import vae_to_exact
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -405,6 +406,7 @@ def test_not_fitted_error(cls):
         lambda: est.encode(X),
         lambda: est.sample(3),
         lambda: est.importance_log_likelihood(X, 5),
+        lambda: vae_to_exact(est),  # was an AttributeError on decoder_
     ):
         with pytest.raises(NotFittedError, match="not fitted yet"):
             call()
@@ -440,6 +442,26 @@ def test_bad_parameters_say_what_to_change(params, match):
     X = wave(20, random_state=0)
     with pytest.raises(ValueError, match=match):
         VAE(**params).fit(X)
+
+
+def test_empty_inputs_are_named():
+    """No rows, as ExactDGN: an error naming X (score gave NaN with numpy's RuntimeWarnings),
+    and an empty X_val an error naming it (fit died of a ZeroDivisionError)."""
+    X = wave(40, noise=0.1, random_state=0)
+    m = VAE([1, 3, 2], max_epochs=1, random_state=0, **FAST).fit(X)
+    empty = np.zeros((0, 2))
+    for call in (
+        lambda: m.score(empty),
+        lambda: m.score_samples(empty),
+        lambda: m.elbo(empty),
+        lambda: m.iwae_bound(empty),
+        lambda: m.importance_log_likelihood(empty, 5),
+        lambda: m.encode(empty),
+    ):
+        with pytest.raises(ValueError, match=r"X has no rows \(shape \(0, 2\)\)"):
+            call()
+    with pytest.raises(ValueError, match=r"X_val has no rows \(shape \(0, 2\)\)"):
+        VAE([1, 3, 2], max_epochs=1, **FAST).fit(X, X_val=empty)
 
 
 @pytest.mark.parametrize("cls", [VAE, IWAE])
@@ -500,6 +522,47 @@ def test_from_parts_is_fitted():
     v = VAE.from_parts(m.decoder_, m.encoder_, m.noise_std_)
     assert v.noise == "diagonal" and v.n_features_in_ == 4 and v.latent_dim_ == 2
     np.testing.assert_allclose(v.elbo(X, 5, random_state=0), m.elbo(X, 5, random_state=0))
+
+
+class _Wrapped(torch.nn.Module):
+    """An encoder module that is not a GaussianEncoder (as one trained elsewhere)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+def test_from_parts_checks_its_parts():
+    """Parts that do not fit together are named at once: an encoder of another latent
+    dimension broadcast against the decoder's and gave wrong ELBO / IS values without an error,
+    a negative noise gave NaN, a noise of the wrong length a torch shape error."""
+    m, X, *_ = _exact_posterior_model("isotropic")
+    dec, enc = m.decoder_, m.encoder_
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        enc1 = GaussianEncoder(4, 1, (), "relu").to(torch.float64)  # latent 1, decoder's 2
+        enc3 = GaussianEncoder(3, 2, (), "relu").to(torch.float64)  # 3 inputs, decoder's 4
+    with pytest.raises(ValueError, match=r"encoder returns.*\(2, 1\).*latent_dim 2"):
+        VAE.from_parts(dec, enc1, 0.4)
+    with pytest.raises(ValueError, match="encoder cannot take inputs of 4 features"):
+        VAE.from_parts(dec, enc3, 0.4)
+    with pytest.raises(ValueError, match="encoder returns"):
+        VAE.from_parts(dec, torch.nn.Sequential(), 0.4)  # one tensor, not (mean, log_std)
+    with pytest.raises(ValueError, match="noise_std must be positive"):
+        VAE.from_parts(dec, enc, -0.4)
+    with pytest.raises(ValueError, match="noise_std has length 3 but 4"):
+        VAE.from_parts(dec, enc, [0.4, 0.4, 0.4])
+    with pytest.raises(TypeError, match=r"decoder must be an exactdgn\.Decoder"):
+        VAE.from_parts([2, 4], enc, 0.4)
+    with pytest.raises(TypeError, match=r"encoder must be a torch\.nn\.Module"):
+        VAE.from_parts(dec, lambda x: x, 0.4)
+    # the noise as documented: a float for isotropic noise (as fit and load_state_dict give)
+    v = VAE.from_parts(dec, _Wrapped(enc), np.float64(0.4))
+    assert type(v.noise_std_) is float and v.noise == "isotropic"
+    np.testing.assert_array_equal(v.elbo(X, 5, random_state=0), m.elbo(X, 5, random_state=0))
 
 
 @pytest.mark.parametrize("cls", [VAE, IWAE])
@@ -697,7 +760,7 @@ def test_state_dict_errors():
         IWAE().load_state_dict(m.state_dict())
     with pytest.raises(ValueError, match="version 99"):
         VAE().load_state_dict({**m.state_dict(), "version": 99})
-    enc = torch.nn.Sequential()
+    enc = _Wrapped(m.encoder_)  # a valid encoder, not a GaussianEncoder
     with pytest.raises(TypeError, match="records a GaussianEncoder"):
         VAE.from_parts(m.decoder_, enc, m.noise_std_).state_dict()
     with pytest.raises(NotFittedError):

@@ -62,6 +62,16 @@ def test_load_mnist_synthetic_pair(tmp_path):
     np.testing.assert_allclose(X, images.reshape(6, 784) / 255.0, rtol=1e-15)
 
 
+def test_load_mnist_downsample_must_be_an_integer(tmp_path):
+    """A fractional side length was truncated (2.5 gave 2x2 images without a word)."""
+    _mnist_pair(tmp_path, kind="train")
+    for bad in (2.5, "14", True, 0):
+        with pytest.raises(ValueError, match=f"downsample={bad!r} is invalid"):
+            load_mnist(tmp_path, kind="train", downsample=bad)
+    X, _ = load_mnist(tmp_path, kind="train", downsample=np.int64(14))
+    assert X.shape == (6, 196)
+
+
 CORRUPT_IMAGES = [
     ({"extra": b"\x00"}, "trailing bytes"),
     ({"cut": 5}, "truncated"),
@@ -206,6 +216,18 @@ def test_csv_variants(tmp_path):
     assert load_array(tmp_path / "one.csv").shape == (2, 1)
 
 
+def test_csv_first_row_is_data_despite_a_bom_or_a_trailing_comment(tmp_path):
+    """The first row of numbers is data: a UTF-8 byte-order mark (Excel's "CSV UTF-8") or a
+    trailing ``# comment`` on it made it look non-numeric, and it was skipped as a header."""
+    X = np.array([[1.0, 2.0], [3.0, 4.0]])
+    (tmp_path / "bom.csv").write_bytes("\ufeff1,2\n3,4\n".encode())
+    (tmp_path / "bomh.csv").write_bytes("\ufeffx,y\n1,2\n3,4\n".encode())
+    (tmp_path / "note.csv").write_text("1,2  # first point\n3,4\n")
+    (tmp_path / "note.txt").write_text("1 2 # first point\n3 4\n")
+    for name in ("bom.csv", "bomh.csv", "note.csv", "note.txt"):
+        np.testing.assert_array_equal(load_array(tmp_path / name), X, err_msg=name)
+
+
 @pytest.mark.parametrize(
     ("content", "msg"),
     [
@@ -285,6 +307,15 @@ def test_malformed_npz_and_suffix(tmp_path):
 
 
 # ----------------------------------------------------------------------------- digits, names
+def test_load_array_of_a_directory_says_so(tmp_path):
+    """It said the directory 'does not exist'."""
+    (tmp_path / "data.csv").mkdir()
+    with pytest.raises(ValueError, match="is a directory, not a data file"):
+        load_array(tmp_path / "data.csv")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_array(tmp_path / "none.csv")
+
+
 def test_load_digits():
     X, y = load_digits()
     assert X.shape == (1797, 64) and X.dtype == np.float64 and y.shape == (1797,)

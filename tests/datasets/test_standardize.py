@@ -81,6 +81,24 @@ def test_errors():
         Standardizer(min_std=0.0).fit(_data())
 
 
+@pytest.mark.parametrize(
+    ("mean", "std", "match"),
+    [
+        ([0.0, 0.0, 0.0], [1.0, 1.0], r"mean has shape \(3,\) but std has shape \(2,\)"),
+        ([[0.0, 0.0]], [[1.0, 1.0]], "1-D"),
+        ([0.0, np.nan], [1.0, 1.0], "finite"),
+        ([0.0, 0.0], [-1.0, 1.0], "finite and >= 0"),
+        ([0.0, 0.0], [1.0, np.inf], "finite and >= 0"),
+    ],
+)
+def test_fit_moments_checks_its_moments(mean, std, match):
+    """Moments that do not describe D features were taken as they came: mean and std of
+    different lengths gave a fitted object whose scale_ and mean_ disagreed (transform then
+    failed in numpy broadcasting), a NaN mean NaN outputs, a negative std a silent floor."""
+    with pytest.raises(ValueError, match=match):
+        Standardizer().fit_moments(mean, std, 10)
+
+
 def test_nan_is_missing_as_in_standardscaler():
     """NaN means missing: each feature's moments are those of its observed values (scikit-learn's
     StandardScaler), NaN stays NaN through transform and back, the per-row Jacobian counts a

@@ -39,6 +39,23 @@ def test_bad_arguments(gen):
         gen(10.0)
 
 
+@pytest.mark.parametrize(
+    ("gen", "kw", "match"),
+    [
+        (circle, {"radius": np.nan}, "radius"),
+        (circle, {"radius": np.inf}, "radius"),
+        (wave, {"frequency": np.nan}, "frequency"),
+        (wave, {"high": np.inf}, "high"),
+        (gaussian_mixture, {"radius": np.inf}, "radius"),
+        (gaussian_mixture, {"n_components": 2.5}, "n_components"),
+    ],
+)
+def test_non_finite_shape_parameters_are_refused(gen, kw, match):
+    """They gave NaN data (or a silently truncated component count) without an error."""
+    with pytest.raises(ValueError, match=f"{match}=.* is invalid"):
+        gen(10, **kw, random_state=0)
+
+
 def test_noiseless_geometry():
     X = circle(500, noise=0.0, radius=2.5, random_state=0)
     np.testing.assert_allclose(np.hypot(X[:, 0], X[:, 1]), 2.5, rtol=1e-14)

@@ -11,7 +11,7 @@ import pytest
 from sklearn.exceptions import ConvergenceWarning
 
 from exactdgn import Decoder, ExactDGN
-from exactdgn.io import ModelFileError
+from exactdgn.io import ModelFileError, read_npz, write_npz_atomic
 
 SCRIPT = """
 import sys, warnings, numpy as np
@@ -109,6 +109,24 @@ def test_corrupt_and_foreign_files(tmp_path):
         ExactDGN.load(future)
     with pytest.raises(ModelFileError, match="no such file"):
         ExactDGN.load(tmp_path / "missing.npz")
+
+
+def test_atomic_writes_leave_nothing_behind_and_reads_name_the_problem(tmp_path):
+    """A failed write left its ``.tmp<pid>`` file beside the target; an object array was
+    written pickled (a file read_npz then refuses); a file that is no archive at all was said
+    to hold pickled Python objects."""
+    target = tmp_path / "taken"
+    target.mkdir()  # os.replace cannot put a file there
+    with pytest.raises(OSError):
+        write_npz_atomic(target, {"a": np.zeros(2)}, {})
+    with pytest.raises(ValueError, match="pickle"):
+        write_npz_atomic(tmp_path / "obj.npz", {"a": np.array([{"k": 1}], dtype=object)}, {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+    text = tmp_path / "notes.npz"
+    text.write_text("hello")
+    with pytest.raises(ModelFileError, match=r"not an \.npz archive") as exc:
+        read_npz(text)
+    assert "pickled" not in str(exc.value)
 
 
 @pytest.mark.parametrize(("method", "hidden"), [("em", (5,)), ("auto", (4, 4))])

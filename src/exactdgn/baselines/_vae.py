@@ -209,6 +209,31 @@ def _generator_from_state(state: dict) -> np.random.Generator:
     return np.random.Generator(bitgen)
 
 
+def _check_encoder_outputs(encoder, n_features: int, latent_dim: int) -> None:
+    """Run ``encoder`` on two rows of zeros: it must return ``(mean, log_std)``, each (2, d)."""
+    p = next(encoder.parameters(), None)
+    dtype = p.dtype if p is not None and p.is_floating_point() else torch.float64
+    try:
+        with torch.no_grad():
+            out = encoder(torch.zeros((2, n_features), dtype=dtype))
+    except Exception as exc:
+        raise ValueError(
+            f"the encoder cannot take inputs of {n_features} features (the decoder's output "
+            f"dimension): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from exc
+    want = (2, latent_dim)
+    shapes = (
+        [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in out]
+        if isinstance(out, tuple | list)
+        else [tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__]
+    )
+    if len(shapes) != 2 or any(sh != want for sh in shapes):
+        raise ValueError(
+            f"the encoder returns {shapes} for 2 inputs; expected (mean, log_std) of shape "
+            f"{want} each, for the decoder's latent_dim {latent_dim}"
+        )
+
+
 def _clone_tensors(sd) -> dict:
     return {k: v.detach().clone() for k, v in sd.items()}
 
@@ -545,12 +570,34 @@ class VAE(DensityMixin, BaseEstimator):
         Returns
         -------
         VAE
+
+        Raises
+        ------
+        TypeError
+            When ``decoder`` is not a :class:`~exactdgn.Decoder` or ``encoder`` not a module.
+        ValueError
+            When ``noise_std`` is not positive and finite (or not of length ``D``), or the
+            encoder does not map ``D`` features to two ``(B, d)`` outputs (it is run once, in
+            eval mode, on two rows of zeros).
         """
-        std = np.asarray(noise_std, dtype=np.float64)
+        if not isinstance(decoder, Decoder):
+            raise TypeError(
+                f"decoder must be an exactdgn.Decoder, got {type(decoder).__name__} (build one "
+                "with Decoder.from_torch or exactdgn.evaluation.load_torch_decoder)"
+            )
+        if not isinstance(encoder, nn.Module):
+            raise TypeError(
+                f"encoder must be a torch.nn.Module returning (mean, log_std), got "
+                f"{type(encoder).__name__}"
+            )
+        D, d = decoder.output_dim, decoder.latent_dim
+        std = check_positive(noise_std, name="noise_std", size=D)
+        encoder.eval()
+        _check_encoder_outputs(encoder, D, d)
         vae = cls(decoder.layer_sizes, noise="isotropic" if std.ndim == 0 else "diagonal")
         vae.decoder_ = decoder
-        vae.encoder_ = encoder.eval()
-        vae.noise_std_ = std
+        vae.encoder_ = encoder
+        vae.noise_std_ = float(std) if std.ndim == 0 else std.copy()
         vae.n_features_in_ = decoder.output_dim
         vae.latent_dim_ = decoder.latent_dim
         return vae
@@ -877,6 +924,11 @@ class VAE(DensityMixin, BaseEstimator):
         # data split (a warm start with the same X draws the same split)
         if X_val is not None:
             Xv = check_array(X_val, name="X_val", n_features=D)
+            if Xv.shape[0] == 0:
+                raise ValueError(
+                    f"X_val has no rows (shape {Xv.shape}): give validation points, or leave "
+                    "X_val None (validation_fraction of X is held out)"
+                )
             Xt = X
         elif frac > 0:
             n_val = max(1, round(frac * N))
@@ -1086,7 +1138,10 @@ class VAE(DensityMixin, BaseEstimator):
 
     def _check_X(self, X) -> np.ndarray:
         self._check_fitted()
-        return check_array(X, name="X", n_features=self.decoder_.output_dim)
+        X = check_array(X, name="X", n_features=self.decoder_.output_dim)
+        if X.shape[0] == 0:
+            raise ValueError(f"X has no rows (shape {X.shape}): give at least one point")
+        return X
 
     def _iter_log_weights(self, X: np.ndarray, k: int, rng: np.random.Generator, max_elements):
         """Yield ``(row_slice, log_w)`` chunks covering ``k`` samples of every row of ``X``.

@@ -249,6 +249,15 @@ def load_mnist(
     if kind not in _MNIST_KINDS:
         raise ValueError(f"kind must be one of {sorted(_MNIST_KINDS)}, got {kind!r}")
     _check_classes(classes)  # fail before reading files
+    if downsample is not None and (
+        isinstance(downsample, bool)
+        or not isinstance(downsample, numbers.Integral)
+        or downsample < 1
+    ):
+        raise ValueError(
+            f"downsample={downsample!r} is invalid: give the target side length as an integer "
+            "that divides the image side (e.g. 14 or 7 for 28x28 MNIST)"
+        )
     images_path, lab_path = _resolve_mnist(path, _MNIST_KINDS[kind], labels_path)
     images = read_idx(images_path)
     if images.ndim != 3 or images.dtype != np.uint8:
@@ -318,6 +327,7 @@ def _diagnose_csv(path: Path, lines: list[str], start: int, delimiter: str | Non
     """Raise a precise error for the first ragged or non-numeric row (slow path, errors only)."""
 
     def split(ln):
+        ln = ln.split("#", 1)[0]  # a trailing comment, as np.loadtxt drops it
         return [f.strip() for f in (ln.split(delimiter) if delimiter else ln.split())]
 
     width = len(split(lines[start][1]))
@@ -338,7 +348,8 @@ def _diagnose_csv(path: Path, lines: list[str], start: int, delimiter: str | Non
 
 def _load_csv(path: Path, delimiter: str | None) -> np.ndarray:
     try:
-        text = path.read_text()
+        # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first field
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not a text (CSV) file ({exc})") from exc
     raw = text.splitlines()
@@ -346,7 +357,7 @@ def _load_csv(path: Path, delimiter: str | None) -> np.ndarray:
     lines = [(i + 1, ln) for i, ln in enumerate(raw) if ln.strip() and not ln.lstrip()[:1] == "#"]
     if not lines:
         raise ValueError(f"{path}: no data rows")
-    first = lines[0][1]
+    first = lines[0][1].split("#", 1)[0]  # without a trailing comment
     if delimiter is None:
         delimiter = "," if "," in first else ("\t" if "\t" in first else None)
     fields = [f.strip() for f in (first.split(delimiter) if delimiter else first.split())]
@@ -361,7 +372,13 @@ def _load_csv(path: Path, delimiter: str | None) -> np.ndarray:
     skip = lines[0][0] if start else 0
     try:
         arr = np.loadtxt(
-            path, delimiter=delimiter, skiprows=skip, comments="#", ndmin=2, dtype=np.float64
+            path,
+            delimiter=delimiter,
+            skiprows=skip,
+            comments="#",
+            ndmin=2,
+            dtype=np.float64,
+            encoding="utf-8-sig",
         )
     except ValueError as exc:
         _diagnose_csv(path, lines, start, delimiter)
@@ -423,6 +440,8 @@ def load_array(
         of dimensions, empty data, NaN or infinite values, unreadable ``.npy``/``.npz``.
     """
     path = Path(os.fspath(path)).expanduser()
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a data file (.csv, .tsv, .txt, .npy, .npz)")
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist")
     suffix = path.suffix.lower()

@@ -79,6 +79,15 @@ class Standardizer:
         elsewhere (e.g. by dask reductions over data that do not fit in memory)."""
         mean = np.asarray(mean, dtype=np.float64)
         std = np.asarray(std, dtype=np.float64)
+        if mean.ndim != 1 or mean.shape != std.shape or mean.size == 0:
+            raise ValueError(
+                f"mean has shape {mean.shape} but std has shape {std.shape}: give two 1-D "
+                "arrays of the same length (one value per feature)"
+            )
+        if not np.all(np.isfinite(mean)):
+            raise ValueError("mean has NaN or infinite values: give finite per-feature means")
+        if not (np.all(np.isfinite(std)) and np.all(std >= 0)):
+            raise ValueError("std must be finite and >= 0 (per-feature standard deviations)")
         min_std, rel = float(self.min_std), float(self.rel_min_std)
         if not (min_std > 0 and np.isfinite(min_std)) or not (0 <= rel < 1):
             raise ValueError(

@@ -37,6 +37,13 @@ def _check_common(n_samples, noise) -> tuple[int, float]:
     return int(n_samples), noise
 
 
+def _finite(value, name: str) -> float:
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name}={value!r} is invalid: use a finite number")
+    return value
+
+
 def circle(
     n_samples: int = 1000,
     *,
@@ -63,7 +70,7 @@ def circle(
     n, noise = _check_common(n_samples, noise)
     rng = check_random_state(random_state)
     t = rng.uniform(0.0, 2.0 * np.pi, n)
-    X = float(radius) * np.column_stack([np.cos(t), np.sin(t)])
+    X = _finite(radius, "radius") * np.column_stack([np.cos(t), np.sin(t)])
     return X + noise * rng.standard_normal((n, 2))
 
 
@@ -85,11 +92,13 @@ def wave(
     X : ndarray of shape (n_samples, 2), float64
     """
     n, noise = _check_common(n_samples, noise)
-    if not float(low) < float(high):
+    low, high = _finite(low, "low"), _finite(high, "high")
+    frequency = _finite(frequency, "frequency")
+    if not low < high:
         raise ValueError(f"need low < high, got low={low}, high={high}")
     rng = check_random_state(random_state)
-    x = rng.uniform(float(low), float(high), n)
-    X = np.column_stack([x, np.cos(float(frequency) * x)])
+    x = rng.uniform(low, high, n)
+    X = np.column_stack([x, np.cos(frequency * x)])
     return X + noise * rng.standard_normal((n, 2))
 
 
@@ -133,10 +142,14 @@ def gaussian_mixture(
     """
     n, noise = _check_common(n_samples, noise)
     if centers is None:
-        if int(n_components) < 1:
-            raise ValueError(f"n_components must be >= 1, got {n_components}")
+        if (
+            isinstance(n_components, bool)
+            or not isinstance(n_components, numbers.Integral)
+            or n_components < 1
+        ):
+            raise ValueError(f"n_components={n_components!r} is invalid: use an integer >= 1")
         angles = 2.0 * np.pi * np.arange(int(n_components)) / int(n_components)
-        C = float(radius) * np.column_stack([np.cos(angles), np.sin(angles)])
+        C = _finite(radius, "radius") * np.column_stack([np.cos(angles), np.sin(angles)])
     else:
         C = np.asarray(centers, dtype=np.float64)
         if C.ndim != 2 or C.shape[1] != 2 or C.shape[0] < 1 or not np.all(np.isfinite(C)):

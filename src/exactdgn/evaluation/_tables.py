@@ -13,6 +13,8 @@ __all__ = ["flatten", "json_default", "markdown_table", "write_json"]
 
 def json_default(o):
     """``json.dumps(default=...)`` for numpy scalars and arrays."""
+    if isinstance(o, np.bool_):
+        return bool(o)
     if isinstance(o, np.integer):
         return int(o)
     if isinstance(o, np.floating):
@@ -22,9 +24,10 @@ def json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def write_json(path: Path, obj) -> None:
-    """Write ``obj`` as indented JSON (numpy values converted, NaN allowed)."""
-    path.write_text(json.dumps(obj, indent=2, default=json_default, allow_nan=True))
+def write_json(path, obj) -> None:
+    """Write ``obj`` as indented JSON to ``path`` (str or Path; numpy values converted, NaN
+    allowed)."""
+    Path(path).write_text(json.dumps(obj, indent=2, default=json_default, allow_nan=True))
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -32,6 +35,8 @@ def flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
+        if isinstance(v, np.bool_ | np.integer | np.floating):
+            v = v.item()
         if isinstance(v, dict):
             out.update(flatten(v, key + "."))
         elif isinstance(v, bool | int | float | str) or v is None:

@@ -8,8 +8,13 @@ __all__ = ["evaluate_vae", "vae_to_exact"]
 
 
 def vae_to_exact(vae, **params):
-    """The exact model (``ExactDGN``) of a trained VAE/IWAE's decoder and noise."""
+    """The exact model (``ExactDGN``) of a trained VAE/IWAE's decoder and noise.
+
+    Raises ``NotFittedError`` for an estimator that is not fitted.
+    """
     from ..model import ExactDGN
+
+    vae._check_fitted()
 
     return ExactDGN.from_decoder(vae.decoder_, vae.noise_std_, **params)
 

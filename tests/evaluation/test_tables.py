@@ -1,0 +1,29 @@
+"""Results on disk and as text: write_json, json_default, flatten."""
+
+import json
+
+import numpy as np
+
+from exactdgn.evaluation import flatten, json_default, write_json
+
+
+def test_write_json_takes_a_str_path_and_numpy_scalars(tmp_path):
+    """A str path (as every other writer takes) gave AttributeError; numpy booleans (e.g. a
+    comparison's result) were refused as 'not JSON serialisable: bool'."""
+    path = str(tmp_path / "r.json")
+    obj = {"ok": np.bool_(True), "n": np.int64(3), "x": np.float32(0.5), "a": np.arange(2)}
+    write_json(path, obj)
+    assert json.loads((tmp_path / "r.json").read_text()) == {
+        "ok": True,
+        "n": 3,
+        "x": 0.5,
+        "a": [0, 1],
+    }
+    assert json_default(np.bool_(False)) is False
+
+
+def test_flatten_keeps_numpy_scalars():
+    """numpy integers and booleans were dropped without a word (numpy floats were kept)."""
+    out = flatten({"a": {"n": np.int64(3), "ok": np.bool_(True)}, "x": np.float64(0.5)})
+    assert out == {"a.n": 3, "a.ok": True, "x": 0.5}
+    assert type(out["a.n"]) is int and type(out["a.ok"]) is bool
