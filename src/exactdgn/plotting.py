@@ -37,7 +37,9 @@ def region_polygon(part: Partition, r: int, far: float) -> np.ndarray:
 
     Only for drawing: unbounded regions are cut off far outside the view.
     """
-    G = part.generators[part.gen_ptr[r] : part.gen_ptr[r + 1]]
+    if part.latent_dim != 2:
+        raise ValueError(f"region_polygon needs a latent_dim = 2 partition, got {part.latent_dim}")
+    G = part._generators(r)
     if len(G) == 0:
         return np.array([[-far, -far], [far, -far], [far, far], [-far, far]])
     fin = np.nonzero(G[:, 2] != 0)[0]
