@@ -160,3 +160,13 @@ def test_region_accessors_reject_bad_indices_clearly(part2, method, bad):
     err = IndexError if bad in ("R", "-R-1") else TypeError
     with pytest.raises(err, match=rf"region index .* ({R} regions|an integer)"):
         getattr(part2, method)(r)
+
+
+def test_region_contains_checks_the_latent_shape(part2):
+    r = part2[0]
+    z = r.interior_point
+    np.testing.assert_array_equal(r.contains(z), [True])  # one point as (d,)
+    np.testing.assert_array_equal(r.contains(z[None]), [True])
+    for bad in [np.zeros((1, 3)), np.zeros(3), np.zeros((2, 2, 2))]:
+        with pytest.raises(ValueError, match=r"Z must have shape \(N, 2\) or \(2,\)"):
+            r.contains(bad)

@@ -120,8 +120,14 @@ class Region:
         return f"Region(index={self.index}, facets={len(self.e)}, {kind})"
 
     def contains(self, Z, tol: float = 1e-9) -> np.ndarray:
-        """(N,) bool: points satisfying every facet inequality up to ``tol``."""
+        """(N,) bool: points satisfying every facet inequality up to ``tol``.
+
+        ``Z`` has shape (N, d), or (d,) for one point.
+        """
         Z = np.atleast_2d(np.asarray(Z, dtype=np.float64))
+        d = self.interior_point.shape[0]
+        if Z.ndim != 2 or Z.shape[1] != d:
+            raise ValueError(f"Z must have shape (N, {d}) or ({d},), got {np.shape(Z)}")
         if self.C.shape[0] == 0:
             return np.ones(Z.shape[0], dtype=bool)
         return np.all(Z @ self.C.T <= self.e + tol * (1 + np.abs(self.e)), axis=1)
