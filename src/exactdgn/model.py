@@ -511,17 +511,27 @@ class ExactDGN(DensityMixin, BaseEstimator):
     def sample(self, n_samples: int = 1, random_state=None, return_latent: bool = False):
         """Draw ``x = g(z) + ε`` with ``z ~ N(0, I)``.
 
+        Parameters
+        ----------
+        n_samples : int
+            Number of points, >= 1.
+        random_state : int, Generator or None
+            Seed or generator (``numpy.random.default_rng``).
+        return_latent : bool
+            Also return the latent draws ``z``.
+
         Returns
         -------
         X : ndarray (n_samples, D)
         Z : ndarray (n_samples, d) (only with ``return_latent``)
         """
         self._check_fitted()
-        if int(n_samples) < 1:
-            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        if not (isinstance(n_samples, int | np.integer) and n_samples >= 1):
+            raise ValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
+        n_samples = int(n_samples)
         rng = np.random.default_rng(random_state)
-        Z = rng.standard_normal((int(n_samples), self.decoder_.latent_dim))
-        X = self.decoder_(Z) + rng.standard_normal((int(n_samples), self.decoder_.output_dim)) * (
+        Z = rng.standard_normal((n_samples, self.decoder_.latent_dim))
+        X = self.decoder_(Z) + rng.standard_normal((n_samples, self.decoder_.output_dim)) * (
             self.noise_std_
         )
         X = self._to_data_units(X)

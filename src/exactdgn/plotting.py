@@ -37,7 +37,9 @@ def region_polygon(part: Partition, r: int, far: float) -> np.ndarray:
 
     Only for drawing: unbounded regions are cut off far outside the view.
     """
-    G = part.generators[part.gen_ptr[r] : part.gen_ptr[r + 1]]
+    if part.latent_dim != 2:
+        raise ValueError(f"region_polygon needs a latent_dim = 2 partition, got {part.latent_dim}")
+    G = part._generators(r)
     if len(G) == 0:
         return np.array([[-far, -far], [far, -far], [far, far], [-far, far]])
     fin = np.nonzero(G[:, 2] != 0)[0]
@@ -322,6 +324,17 @@ def loglog_slope(x, y) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------------- posteriors
+def _one_point(x) -> np.ndarray:
+    """One data point of shape (D,) or (1, D) as a (1, D) array."""
+    arr = np.asarray(x, dtype=np.float64)
+    if not (arr.ndim == 1 or (arr.ndim == 2 and arr.shape[0] == 1)):
+        raise ValueError(
+            f"x must be one data point of shape (D,) or (1, D), got shape {arr.shape}: "
+            "plot the rows one at a time (e.g. X[i])"
+        )
+    return arr.reshape(1, -1)
+
+
 def _log_posterior_grid(model, x: np.ndarray, Z: np.ndarray) -> np.ndarray:
     """``log p(z | x) = log p(x, z) - log p(x)``: one point ``x`` (1, D), grid ``Z`` (G, d)."""
     log_px = model.score_samples(x)[0]
@@ -346,7 +359,7 @@ def plot_posterior_1d(
     ----------
     model : ExactDGN
         Fitted, ``latent_dim = 1``.
-    x : array_like of shape (D,)
+    x : array_like of shape (D,) or (1, D)
         One data point.
     ax : matplotlib Axes, optional
     q : (mean, std), optional
@@ -365,7 +378,7 @@ def plot_posterior_1d(
     ax = _new_ax(ax)
     if model.decoder_.latent_dim != 1:
         raise ValueError("plot_posterior_1d needs a latent_dim = 1 model")
-    x = np.asarray(x, dtype=np.float64).reshape(1, -1)
+    x = _one_point(x)
     post = model.posterior(x)
     m = float(post.mean[0, 0])
     s = float(np.sqrt(post.variance[0, 0]))
@@ -416,7 +429,7 @@ def plot_posterior_2d(
     ----------
     model : ExactDGN
         Fitted, ``latent_dim = 2``.
-    x : array_like of shape (D,)
+    x : array_like of shape (D,) or (1, D)
     ax : matplotlib Axes, optional
     q : (mean (2,), std (2,)), optional
     lim : float
@@ -432,7 +445,7 @@ def plot_posterior_2d(
     ax = _new_ax(ax)
     if model.decoder_.latent_dim != 2:
         raise ValueError("plot_posterior_2d needs a latent_dim = 2 model")
-    x = np.asarray(x, dtype=np.float64).reshape(1, -1)
+    x = _one_point(x)
     post = model.posterior(x)
     c = post.mean[0]
     half = 5 * float(np.sqrt(post.variance[0].max()))

@@ -260,3 +260,23 @@ def test_bad_patterns_and_constructor_arguments(rng):
         Decoder([np.full((3, 2), np.nan)], [np.zeros(3)], [])
     with pytest.raises(ValueError, match="prelu has 3 slopes"):
         Decoder(W, [np.zeros(4), np.zeros(3)], [("prelu", [0.1, 0.2, 0.3])])
+
+
+def test_prelu_slopes_are_copied_not_aliased():
+    """Changing the caller's slope array after construction changed ``activations`` (and so
+    ``to_torch`` and ``copy``) but not the decoder's forward pass."""
+    slopes = np.array([0.1, 0.2, 0.3])
+    dec = Decoder(
+        [np.ones((3, 2)), np.ones((2, 3))],
+        [np.zeros(3), np.zeros(2)],
+        [Activation("prelu", slopes)],
+    )
+    Z = -np.ones((1, 2))
+    before = dec(Z)
+    slopes[0] = 0.9
+    np.testing.assert_array_equal(dec.activations[0].negative_slope, [0.1, 0.2, 0.3])
+    np.testing.assert_array_equal(dec(Z), before)
+    out = dec.to_torch()(torch.from_numpy(Z)).detach().numpy()
+    np.testing.assert_allclose(out, before, rtol=1e-15)
+    with pytest.raises(ValueError, match="read-only"):
+        dec.activations[0].negative_slope[1] = 0.7

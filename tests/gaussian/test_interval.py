@@ -239,3 +239,12 @@ def test_reflection_symmetry(lo, width):
     assert abs(a[0] - b[0]) <= 1e-14 * (1 + abs(a[0]))
     assert abs(a[1] + b[1]) <= 1e-14 * (1 + abs(a[1]))
     assert abs(a[2] - b[2]) <= 1e-13 * a[2]
+
+
+def test_log_interval_mass_shapes_must_match():
+    """Ends of different shapes crashed with a numpy boolean-index IndexError."""
+    lm, err = log_interval_mass(-1.0, 1.0)
+    assert lm.shape == err.shape == ()
+    msg = r"lo and hi must have the same shape, got \(1,\) and \(2,\)"
+    with pytest.raises(ValueError, match=msg):
+        log_interval_mass(np.array([-1.0]), np.array([1.0, 2.0]))

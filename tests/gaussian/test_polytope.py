@@ -537,3 +537,29 @@ def test_d4_random_polytope_monte_carlo():
     p = np.all(u @ n.T <= c, axis=1).mean()
     assert abs(p - math.exp(lm[0])) < 5 * math.sqrt(p * (1 - p) / u.shape[0])
     assert err[0] < 1e-11
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_public_api_rejects_nan_and_takes_no_rows(d):
+    """NaN in the normals or offsets (or an infinite normal) is an error, not an empty
+    polyhedron (mass 0); ``F = 0`` rows is the whole space in every dimension (it crashed in
+    numpy for d = 1 and d >= 3)."""
+    n = np.zeros((2, 1, d))
+    n[:, 0, 0] = 1.0
+    c = np.array([[0.5], [np.nan]])
+    for fun in (log_mass, truncated_moments):
+        with pytest.raises(ValueError, match=r"offsets contain 1 NaN"):
+            fun(n, c)
+        bad = n.copy()
+        bad[1, 0, 0] = np.nan
+        with pytest.raises(ValueError, match=r"normals contain 1 NaN or infinite"):
+            fun(bad, np.zeros((2, 1)))
+        bad[1, 0, 0] = np.inf
+        with pytest.raises(ValueError, match=r"normals contain 1 NaN or infinite"):
+            fun(bad, np.zeros((2, 1)))
+    empty_n, empty_c = np.zeros((2, 0, d)), np.zeros((2, 0))
+    np.testing.assert_array_equal(log_mass(empty_n, empty_c), 0.0)
+    tm = truncated_moments(empty_n, empty_c)
+    np.testing.assert_array_equal(tm.log_mass, 0.0)
+    np.testing.assert_allclose(tm.mean, 0.0, atol=1e-15)
+    np.testing.assert_allclose(tm.cov, np.broadcast_to(np.eye(d), (2, d, d)), atol=1e-15)

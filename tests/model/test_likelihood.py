@@ -141,6 +141,19 @@ def test_region_count_and_errors():
         ExactDGN.from_decoder(dec, [0.1, 0.2, 0.3])
 
 
+def test_sample_n_samples_must_be_an_integer():
+    """``sample(2.7)`` silently drew 2 points and ``sample("3")`` 3; numpy integers are fine."""
+    model = ExactDGN.from_decoder(Decoder.random([1, 4, 2], seed=0), 0.1)
+    np.testing.assert_array_equal(
+        model.sample(np.int64(3), random_state=0), model.sample(3, random_state=0)
+    )
+    for bad in [2.7, 3.0, "3", None]:
+        with pytest.raises(ValueError, match="n_samples must be an integer >= 1"):
+            model.sample(bad)
+    with pytest.raises(ValueError, match="n_samples must be an integer >= 1, got 0"):
+        model.sample(0)
+
+
 def test_chunking_gives_identical_results():
     dec = Decoder.random([2, 8, 8, 5], seed=2)
     model = ExactDGN.from_decoder(dec, 0.2)

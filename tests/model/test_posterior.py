@@ -143,3 +143,39 @@ def test_d3_posterior_sampling_by_rejection():
     assert S.shape == (2000, 2, 3) and np.all(np.isfinite(S))
     se = S.std(axis=0) / np.sqrt(len(S))
     assert np.all(np.abs(S.mean(axis=0) - post.mean) < 5 * se + 1e-3)
+
+
+def test_log_prob_broadcasts_like_torch_distributions():
+    """``value`` ends in the event shape and its batch dims broadcast with ``(N,)``: a single
+    ``(d,)`` point is scored under every posterior, and with ``N = 1`` a ``(S, d)`` array is S
+    samples. Both crashed deep in numpy; a non-broadcastable batch is a clear error."""
+    m = _model([2, 5, 3], 0.3, 0)
+    X = m.sample(3, random_state=0)
+    post = m.posterior(X)
+    z = np.array([0.3, -0.2])
+    full = post.log_prob(np.broadcast_to(z, (3, 2)))
+    np.testing.assert_array_equal(post.log_prob(z), full)
+    assert post.log_prob(z).shape == (3,)
+    assert post.log_prob(np.zeros((4, 1, 2))).shape == (4, 3)
+    one = m.posterior(X[:1])
+    S = one.sample(5, random_state=0)[:, 0]  # (5, 2)
+    np.testing.assert_allclose(one.log_prob(S), one.log_prob(S[:, None])[:, 0], rtol=1e-15)
+    assert one.log_prob(S).shape == (5,)
+    for bad in [np.zeros((2, 2)), np.zeros((3, 3)), np.zeros(()), np.zeros((4, 2, 2))]:
+        with pytest.raises(ValueError, match=r"z must have shape \(\.\.\., 3, 2\)"):
+            post.log_prob(bad)
+
+
+def test_sample_shape_validation():
+    m = _model([1, 4, 2], 0.3, 0)
+    post = m.posterior(m.sample(3, random_state=0))
+    a = post.sample(np.int64(4), random_state=1)
+    np.testing.assert_array_equal(a, post.sample(4, random_state=1))
+    assert post.sample((np.int64(2), 3), random_state=1).shape == (2, 3, 3, 1)
+    assert post.sample(0).shape == (0, 3, 1)
+    for bad in [2.5, "3", (2.0,), None]:
+        with pytest.raises(TypeError, match="sample_shape must be an int or a tuple of ints"):
+            post.sample(bad)
+    for bad in [-1, (2, -3)]:
+        with pytest.raises(ValueError, match="sample_shape must not be negative"):
+            post.sample(bad)

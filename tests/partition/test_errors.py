@@ -131,3 +131,42 @@ def test_refusal_during_enumeration(sizes, method):
     _, n, per_msg, *_ = _parse(str(info.value))
     assert per_msg == per
     assert n > low and n * per > max_bytes
+
+
+# ---------------------------------------------------------------------------- region indices
+@pytest.mark.parametrize("method", ["halfspaces", "neighbors", "vertices", "rays"])
+def test_region_accessors_take_negative_indices_like_region(part2, method):
+    """``halfspaces(-1)`` etc. are the last region's, as ``part[-1]`` (they returned empty
+    arrays: the whole plane, no neighbours, no corners)."""
+    R = len(part2)
+    get = getattr(part2, method)
+
+    def parts(r):
+        out = get(r)
+        return out if isinstance(out, tuple) else (out,)
+
+    for neg, pos in ((-1, R - 1), (-R, 0), (np.int64(-2), R - 2)):
+        for a, b in zip(parts(neg), parts(pos), strict=True):
+            np.testing.assert_array_equal(a, b)
+    if method != "rays":  # the last region may be bounded (no rays)
+        assert len(parts(-1)[0]) > 0
+
+
+@pytest.mark.parametrize("method", ["halfspaces", "neighbors", "vertices", "rays", "region"])
+@pytest.mark.parametrize("bad", ["R", "-R-1", 1.5, "0"])
+def test_region_accessors_reject_bad_indices_clearly(part2, method, bad):
+    R = len(part2)
+    r = {"R": R, "-R-1": -R - 1}.get(bad, bad)
+    err = IndexError if bad in ("R", "-R-1") else TypeError
+    with pytest.raises(err, match=rf"region index .* ({R} regions|an integer)"):
+        getattr(part2, method)(r)
+
+
+def test_region_contains_checks_the_latent_shape(part2):
+    r = part2[0]
+    z = r.interior_point
+    np.testing.assert_array_equal(r.contains(z), [True])  # one point as (d,)
+    np.testing.assert_array_equal(r.contains(z[None]), [True])
+    for bad in [np.zeros((1, 3)), np.zeros(3), np.zeros((2, 2, 2))]:
+        with pytest.raises(ValueError, match=r"Z must have shape \(N, 2\) or \(2,\)"):
+            r.contains(bad)

@@ -107,3 +107,28 @@ def test_plot_posterior_2d(ax, tmp_path, model2):
     assert P.plot_posterior_2d(model2, x, ax=ax, q=(np.zeros(2), np.ones(2)), n_grid=41) is ax
     assert len(ax.collections) >= 2  # filled contours + region edges (+ q contours)
     _saved(ax, tmp_path)
+
+
+def test_region_polygon_indices_and_dimension(model1, model2):
+    """A negative index is the region counted from the end (it drew the whole view); a bad
+    index or a partition that is not 2-D is a clear error (they were numpy IndexErrors)."""
+    part = model2.partition_
+    R = len(part)
+    np.testing.assert_array_equal(
+        P.region_polygon(part, -1, 50.0), P.region_polygon(part, R - 1, 50.0)
+    )
+    with pytest.raises(IndexError, match=f"out of range for {R} regions"):
+        P.region_polygon(part, R, 50.0)
+    with pytest.raises(ValueError, match="latent_dim = 2"):
+        P.region_polygon(model1.partition_, 0, 50.0)
+
+
+@pytest.mark.parametrize("which", [1, 2])
+def test_plot_posterior_takes_one_point(ax, model1, model2, which):
+    """Several rows were flattened into one long row ("X has 6 columns but 3 are expected")."""
+    model = model1 if which == 1 else model2
+    plot = P.plot_posterior_1d if which == 1 else P.plot_posterior_2d
+    X = model.sample(2, random_state=0)
+    assert plot(model, X[:1], ax=ax, n_grid=31) is ax  # a (1, D) row is one point
+    with pytest.raises(ValueError, match=r"one data point of shape \(D,\) or \(1, D\)"):
+        plot(model, X, ax=ax, n_grid=31)

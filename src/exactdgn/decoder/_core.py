@@ -63,6 +63,9 @@ class Activation:
             raise ValueError(f"{self.kind} takes a scalar negative_slope, got shape {slope.shape}")
         if slope.ndim > 1:
             raise ValueError(f"prelu slopes must be a scalar or 1-D, got shape {slope.shape}")
+        if slope.ndim:  # a private read-only copy: the caller's array may change later
+            slope = slope.copy()
+            slope.flags.writeable = False
         object.__setattr__(self, "negative_slope", slope if slope.ndim else float(slope))
 
     def slopes(self, n: int) -> tuple[np.ndarray, np.ndarray]:

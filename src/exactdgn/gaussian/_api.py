@@ -31,6 +31,20 @@ def _check(normals, offsets) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"offsets must have shape {n.shape[:2]} (P, F); got {c.shape}")
     if n.shape[2] < 1:
         raise ValueError("the dimension d must be at least 1")
+    bad = ~np.isfinite(n)
+    if bad.any():
+        raise ValueError(
+            f"normals contain {int(bad.sum())} NaN or infinite values (padding rows are zeros)"
+        )
+    bad = np.isnan(c)
+    if bad.any():
+        raise ValueError(
+            f"offsets contain {int(bad.sum())} NaN values (+inf pads a row, -inf empties the "
+            "polyhedron)"
+        )
+    if n.shape[1] == 0:  # no rows: the whole space, as one padding row
+        n = np.zeros((n.shape[0], 1, n.shape[2]))
+        c = np.full((n.shape[0], 1), np.inf)
     return n, c
 
 
@@ -53,9 +67,10 @@ def log_mass(normals, offsets, *, return_error: bool = False, floor=None):
     Parameters
     ----------
     normals : array_like, shape (P, F, d)
-        Unit row normals (zero rows for padding; nonzero rows are normalised internally).
+        Unit row normals (zero rows for padding; nonzero rows are normalised internally);
+        finite. ``F = 0`` is the whole space.
     offsets : array_like, shape (P, F)
-        Offsets (``+inf`` for padding; ``-inf`` makes the polyhedron empty).
+        Offsets (``+inf`` for padding; ``-inf`` makes the polyhedron empty); NaN is an error.
     return_error : bool
         Also return an estimate of the absolute error of each log mass.
     floor : array_like, shape (P,), optional

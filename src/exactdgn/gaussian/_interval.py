@@ -230,6 +230,8 @@ def log_interval_mass(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.nd
     """
     lo = np.asarray(lo, dtype=np.float64)
     hi = np.asarray(hi, dtype=np.float64)
+    if lo.shape != hi.shape:
+        raise ValueError(f"lo and hi must have the same shape, got {lo.shape} and {hi.shape}")
     out = np.full(lo.shape, -np.inf)
     with np.errstate(all="ignore"):
         # reflect so that the midpoint is >= 0: (a, b) = (lo, hi) or (-hi, -lo), whichever has

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 from scipy import sparse
 from scipy.special import log_ndtr, ndtri_exp
@@ -158,18 +160,27 @@ class ExactPosterior:
         Parameters
         ----------
         z : array_like of shape (..., N, d)
-            Sample shape followed by the batch and event shapes (broadcasting over the sample
-            axes).
+            Sample shape followed by the batch and event shapes. As in ``torch.distributions``
+            the last axis must be the event axis ``d`` and the axes before it broadcast with the
+            batch shape ``(N,)``: a single point of shape ``(d,)`` is scored under each of the
+            ``N`` posteriors, ``(S, 1, d)`` gives ``(S, N)``.
 
         Returns
         -------
-        ndarray of shape (...,  N)
+        ndarray of shape ``broadcast(z.shape[:-1], (N,))``, e.g. ``(..., N)``
         """
         Z = np.asarray(z, dtype=np.float64)
         N, d = self.batch_shape[0], self.event_shape[0]
-        if Z.shape[-2:] != (N, d) and Z.shape[-1:] != (d,):
-            raise ValueError(f"z must have shape (..., {N}, {d}), got {Z.shape}")
-        Z = np.broadcast_to(Z, (*Z.shape[:-2], N, d)) if Z.ndim >= 2 else Z
+        try:
+            if Z.ndim == 0 or Z.shape[-1] != d:
+                raise ValueError
+            batch = np.broadcast_shapes(Z.shape[:-1], (N,))
+        except ValueError:
+            raise ValueError(
+                f"z must have shape (..., {N}, {d}): sample shape, then the batch shape ({N},) "
+                f"(or 1, broadcast), then the event shape ({d},); got {Z.shape}"
+            ) from None
+        Z = np.broadcast_to(Z, (*batch, d))
         flat = Z.reshape(-1, N, d)
         S, D = flat.shape[0], self._X.shape[1]
         out = np.empty((S, N))
@@ -179,7 +190,7 @@ class ExactPosterior:
             Xr = np.broadcast_to(self._X, (k, N, D)).reshape(k * N, D)
             lj = self._model._log_joint(Xr, flat[s : s + k].reshape(k * N, d))
             out[s : s + k] = lj.reshape(k, N) - self.log_normalizer
-        return out.reshape(Z.shape[:-1])
+        return out.reshape(batch)
 
     def prob(self, z) -> np.ndarray:
         return np.exp(self.log_prob(z))
@@ -193,9 +204,16 @@ class ExactPosterior:
         inverting its exact marginal CDF (bisection on the exact polygon mass, to 1e-12), then the
         second from its exact 1-D truncated conditional. For d >= 3 samples come from rejection
         with the untruncated Gaussian as proposal (exact; slow when the region's mass is tiny).
+
+        Parameters
+        ----------
+        sample_shape : int or tuple of ints
+            Leading shape of the draws (``()``: one draw per point).
+        random_state : int, Generator or None
+            Seed or generator (``numpy.random.default_rng``).
         """
+        shape = _sample_shape(sample_shape)
         rng = np.random.default_rng(random_state)
-        shape = (sample_shape,) if isinstance(sample_shape, int) else tuple(sample_shape)
         S = int(np.prod(shape)) if shape else 1
         N, d = self.batch_shape[0], self.event_shape[0]
         st = self._stats
@@ -243,6 +261,22 @@ class ExactPosterior:
 
 
 # ---------------------------------------------------------------------- helpers
+def _sample_shape(sample_shape) -> tuple[int, ...]:
+    """``sample_shape`` (an int or a sequence of ints, numpy integers included) as a tuple."""
+    try:
+        shape = (operator.index(sample_shape),)
+    except TypeError:
+        try:
+            shape = tuple(operator.index(s) for s in sample_shape)
+        except TypeError:
+            raise TypeError(
+                f"sample_shape must be an int or a tuple of ints, got {sample_shape!r}"
+            ) from None
+    if any(s < 0 for s in shape):
+        raise ValueError(f"sample_shape must not be negative, got {shape}")
+    return shape
+
+
 def _interval(normals: np.ndarray, offsets: np.ndarray, direction: np.ndarray, base: np.ndarray):
     """Interval of t with base + t*direction inside {n . u <= c} (per row)."""
     a = np.einsum("pfk,pk->pf", normals, direction)

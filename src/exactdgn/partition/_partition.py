@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -119,8 +120,14 @@ class Region:
         return f"Region(index={self.index}, facets={len(self.e)}, {kind})"
 
     def contains(self, Z, tol: float = 1e-9) -> np.ndarray:
-        """(N,) bool: points satisfying every facet inequality up to ``tol``."""
+        """(N,) bool: points satisfying every facet inequality up to ``tol``.
+
+        ``Z`` has shape (N, d), or (d,) for one point.
+        """
         Z = np.atleast_2d(np.asarray(Z, dtype=np.float64))
+        d = self.interior_point.shape[0]
+        if Z.ndim != 2 or Z.shape[1] != d:
+            raise ValueError(f"Z must have shape (N, {d}) or ({d},), got {np.shape(Z)}")
         if self.C.shape[0] == 0:
             return np.ones(Z.shape[0], dtype=bool)
         return np.all(Z @ self.C.T <= self.e + tol * (1 + np.abs(self.e)), axis=1)
@@ -215,13 +222,25 @@ class Partition:
             "seconds": self.seconds,
         }
 
+    def _index(self, r) -> int:
+        """Region index ``r`` as a non-negative int (negative counts from the end, as lists)."""
+        try:
+            i = operator.index(r)
+        except TypeError:
+            raise TypeError(f"region index must be an integer, got {r!r}") from None
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"region index {i} is out of range for {len(self)} regions")
+        return i % len(self)
+
     def halfspaces(self, r: int) -> tuple[np.ndarray, np.ndarray]:
         """``(C, e)`` of region ``r``: ``{z : C z <= e}`` with unit rows, facets only."""
+        r = self._index(r)
         sl = slice(self.facet_ptr[r], self.facet_ptr[r + 1])
         return self.facet_normals[sl], self.facet_offsets[sl]
 
     def neighbors(self, r: int) -> np.ndarray:
         """Indices of the regions sharing a facet with region ``r``."""
+        r = self._index(r)
         sl = slice(self.facet_ptr[r], self.facet_ptr[r + 1])
         nb = self.facet_neighbors[sl]
         return np.unique(nb[nb >= 0])
@@ -262,6 +281,7 @@ class Partition:
         return normals, offsets
 
     def _generators(self, r: int) -> np.ndarray | None:
+        r = self._index(r)
         if self.generators is None:
             return None
         return self.generators[self.gen_ptr[r] : self.gen_ptr[r + 1]]
@@ -293,10 +313,7 @@ class Partition:
 
     def region(self, r: int) -> Region:
         """A :class:`Region` view of region ``r``."""
-        r = int(r)
-        if not -len(self) <= r < len(self):
-            raise IndexError(f"region {r} out of range for {len(self)} regions")
-        r %= len(self)
+        r = self._index(r)
         C, e = self.halfspaces(r)
         sl = slice(self.facet_ptr[r], self.facet_ptr[r + 1])
         small = self.latent_dim <= 2 and self.generators is not None
