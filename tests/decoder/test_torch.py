@@ -277,3 +277,35 @@ def test_round_trip_torch_decoder_torch(rng):
     assert np.all(np.abs(a - b) <= 1e-12 * (1 + np.abs(a)))
     # a final activation becomes an identity output layer
     assert dec.output_dim == 6 and dec.hidden_sizes == [9, 6, 6]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "expected"),
+    [
+        (torch.float32, torch.float32),
+        ("float32", torch.float32),
+        (np.float32, torch.float32),
+        (np.dtype("float32"), torch.float32),
+        ("float64", torch.float64),
+        (np.float64, torch.float64),
+        (None, torch.float64),
+    ],
+)
+def test_to_torch_takes_torch_numpy_and_string_dtypes(rng, dtype, expected):
+    """A numpy dtype or a string was a TypeError from deep inside torch."""
+    dec = _decoder_all_kinds(rng)
+    net = dec.to_torch(dtype=dtype)
+    assert all(p.dtype == expected for p in net.parameters())
+    Z = _latent(rng, 50, 3)
+    with torch.no_grad():
+        Y = net(torch.as_tensor(Z, dtype=expected)).double().numpy()
+    X = dec(Z)
+    tol = 1e-12 if expected == torch.float64 else 1e-4
+    assert np.all(np.abs(X - Y) <= tol * (1 + np.abs(X)))
+
+
+@pytest.mark.parametrize("bad", ["int32", torch.int64, np.int16, "float", "complex128", 3])
+def test_to_torch_refuses_other_dtypes_clearly(rng, bad):
+    dec = _decoder_all_kinds(rng)
+    with pytest.raises(ValueError, match=r"dtype must be a floating-point dtype.*float32"):
+        dec.to_torch(dtype=bad)

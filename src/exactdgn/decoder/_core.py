@@ -196,7 +196,11 @@ class Decoder:
         return from_torch(module, input_shape=input_shape)
 
     def to_torch(self, dtype=None):
-        """Return an equivalent ``torch.nn.Sequential`` (float64 unless ``dtype`` is given)."""
+        """Return an equivalent ``torch.nn.Sequential`` (see :func:`exactdgn.decoder.to_torch`).
+
+        ``dtype`` (default float64) is a floating-point torch dtype, numpy dtype or a string such
+        as ``"float32"``.
+        """
         from ._torch import to_torch
 
         return to_torch(self, dtype=dtype)

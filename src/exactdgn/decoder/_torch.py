@@ -238,18 +238,51 @@ def from_torch(module, input_shape: Sequence[int] | None = None) -> Decoder:
     return Decoder(Ws, bs, acts)
 
 
+_FLOAT_NAMES = ("float16", "float32", "float64")
+
+
+def _torch_dtype(dtype):
+    """The floating-point ``torch.dtype`` named by a torch dtype, a numpy dtype or a string."""
+    torch = _torch()
+    if dtype is None:
+        return torch.float64
+    name = None
+    if isinstance(dtype, torch.dtype):
+        if dtype.is_floating_point:
+            return dtype
+    elif isinstance(dtype, str):
+        name = dtype  # only the exact names: "float" is float32 to torch but float64 to numpy
+    else:
+        try:
+            name = np.dtype(dtype).name
+        except TypeError:
+            pass
+    if name in _FLOAT_NAMES:
+        return getattr(torch, name)
+    raise ValueError(
+        "dtype must be a floating-point dtype: a torch dtype (torch.float32, torch.float64, "
+        "...), a numpy one (np.float32, np.float64) or the string 'float32' or 'float64'; "
+        f"got {dtype!r}"
+    )
+
+
 def to_torch(decoder: Decoder, dtype=None):
     """Return an ``nn.Sequential`` computing the same function as ``decoder``.
 
     Parameters
     ----------
     decoder : Decoder
-    dtype : torch.dtype, optional
+    dtype : torch.dtype, numpy dtype or {"float16", "float32", "float64"}, optional
         Parameter dtype (default ``torch.float64``, which reproduces the decoder to ~1e-15).
+
+    Raises
+    ------
+    ValueError
+        If ``dtype`` is not a floating-point dtype.
     """
     torch = _torch()
     nn = torch.nn
-    dtype = torch.float64 if dtype is None else dtype
+    dtype = _torch_dtype(dtype)
     layers = []
     for k, (W, c) in enumerate(zip(decoder.weights, decoder.biases, strict=True)):
         lin = nn.Linear(W.shape[1], W.shape[0], dtype=dtype)
