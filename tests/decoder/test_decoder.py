@@ -280,3 +280,42 @@ def test_prelu_slopes_are_copied_not_aliased():
     np.testing.assert_allclose(out, before, rtol=1e-15)
     with pytest.raises(ValueError, match="read-only"):
         dec.activations[0].negative_slope[1] = 0.7
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"layer_sizes": [2.5, 3, 1]}, r"layer_sizes must be positive integers.*\[2\.5, 3, 1\]"),
+        ({"layer_sizes": [2, 3.0, 1]}, r"layer_sizes must be positive integers"),
+        ({"layer_sizes": [0, 3, 1]}, r"layer_sizes must be positive integers.*latent_dim >= 1"),
+        ({"layer_sizes": [2, -3, 1]}, r"layer_sizes must be positive integers"),
+        ({"layer_sizes": [2, True, 1]}, r"layer_sizes must be positive integers"),
+        ({"layer_sizes": [2]}, r"at least 2 sizes"),
+        ({"layer_sizes": 3}, r"layer_sizes must be a sequence"),
+        ({"layer_sizes": "231"}, r"layer_sizes must be a sequence"),
+        ({"bias_std": -1.0}, r"bias_std must be finite and >= 0, got -1\.0"),
+        ({"bias_std": np.nan}, r"bias_std must be finite and >= 0"),
+        ({"bias_std": np.inf}, r"bias_std must be finite and >= 0"),
+        ({"bias_std": "0.1"}, r"bias_std must be finite and >= 0"),
+        ({"negative_slope": np.nan}, r"negative_slope must be a finite number"),
+        ({"negative_slope": [0.1, 0.2]}, r"negative_slope must be a finite number"),
+        ({"activation": "tanh"}, r"unknown activation 'tanh'"),
+    ],
+)
+def test_random_validates_its_arguments(kwargs, match):
+    """A negative bias_std was numpy's "scale < 0"; non-integer sizes were truncated; an unknown
+    activation passed silently when there was no hidden layer."""
+    args = {"layer_sizes": [2, 3, 1]} | kwargs
+    sizes = args.pop("layer_sizes")
+    with pytest.raises(ValueError, match=match):
+        Decoder.random(sizes, **args)
+    if "activation" in kwargs:  # also without a hidden layer
+        with pytest.raises(ValueError, match=match):
+            Decoder.random([2, 1], **args)
+
+
+def test_random_accepts_numpy_integer_sizes_and_zero_bias_std():
+    dec = Decoder.random(np.array([2, 3, 1]), bias_std=0.0, negative_slope=np.float32(0.2), seed=0)
+    assert dec.layer_sizes == [2, 3, 1]
+    assert all(np.all(c == 0) for c in dec.biases)
+    assert dec.activations[0].negative_slope == pytest.approx(0.2)

@@ -22,6 +22,7 @@ the decoder is the affine map ``g(z) = A z + b``.
 from __future__ import annotations
 
 import itertools
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -90,6 +91,10 @@ class Activation:
 
     def __hash__(self):
         return hash((self.kind, np.asarray(self.negative_slope).tobytes()))
+
+
+def _is_finite_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)
 
 
 def _as_activation(act, n: int) -> Activation:
@@ -178,10 +183,49 @@ class Decoder:
         bias_std: float = 0.1,
         seed=None,
     ) -> Decoder:
-        """He-initialised random decoder with sizes ``[d, n_1, ..., D]`` (float64)."""
+        """He-initialised random decoder with sizes ``[d, n_1, ..., D]`` (float64).
+
+        Parameters
+        ----------
+        layer_sizes : sequence of int
+            ``[d, n_1, ..., D]``: at least two positive integers (``d >= 1`` is the latent
+            dimension, ``D`` the output dimension).
+        activation : {"relu", "leaky_relu", "prelu", "abs", "identity"}
+            Activation of every hidden layer.
+        negative_slope : float
+            Finite negative-side slope of ``leaky_relu`` / ``prelu`` (ignored by the others).
+        bias_std : float
+            Finite standard deviation (>= 0) of the normal biases.
+        seed : int or numpy.random.Generator, optional
+
+        Raises
+        ------
+        ValueError
+            For an argument outside the ranges above.
+        """
+        if isinstance(layer_sizes, str) or not isinstance(layer_sizes, Sequence | np.ndarray):
+            raise ValueError(
+                f"layer_sizes must be a sequence [d, n_1, ..., D], got {layer_sizes!r}"
+            )
+        if not all(
+            isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1
+            for s in layer_sizes
+        ):
+            raise ValueError(
+                f"layer_sizes must be positive integers (latent_dim >= 1 and every layer "
+                f"width >= 1), got {list(layer_sizes)}"
+            )
         sizes = [int(s) for s in layer_sizes]
-        if len(sizes) < 2 or min(sizes) < 1:
-            raise ValueError(f"layer_sizes must list >= 2 positive sizes, got {layer_sizes}")
+        if len(sizes) < 2:
+            raise ValueError(
+                f"layer_sizes needs at least 2 sizes [d, ..., D] (latent and output), got {sizes}"
+            )
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose one of {ACTIVATIONS}")
+        if not _is_finite_real(negative_slope):
+            raise ValueError(f"negative_slope must be a finite number, got {negative_slope!r}")
+        if not (_is_finite_real(bias_std) and bias_std >= 0):
+            raise ValueError(f"bias_std must be finite and >= 0, got {bias_std!r}")
         rng = np.random.default_rng(seed)
         Ws = [rng.normal(0, np.sqrt(2.0 / m), (n, m)) for m, n in itertools.pairwise(sizes)]
         cs = [rng.normal(0, bias_std, n) for n in sizes[1:]]
