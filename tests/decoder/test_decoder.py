@@ -319,3 +319,23 @@ def test_random_accepts_numpy_integer_sizes_and_zero_bias_std():
     assert dec.layer_sizes == [2, 3, 1]
     assert all(np.all(c == 0) for c in dec.biases)
     assert dec.activations[0].negative_slope == pytest.approx(0.2)
+
+
+def test_layer_maps_checks_the_pattern_width(rng):
+    """A pattern narrower than the earlier layers was a numpy broadcast error."""
+    dec = make_decoder(rng, [2, 4, 3, 2], ["relu", "abs"])
+    with pytest.raises(ValueError, match=r"layer 2 need shape \(R, n\) with n >= 7 .*\(1, 2\)"):
+        dec.layer_maps(np.ones((1, 2), dtype=bool), 2)
+    with pytest.raises(ValueError, match=r"layer 1 need shape \(R, n\) with n >= 4 .*\(3,\)"):
+        dec.layer_maps(np.ones(3, dtype=bool), 1)
+    with pytest.raises(ValueError, match=r"with n >= 4 .*\(1, 2, 4\)"):
+        dec.layer_maps(np.ones((1, 2, 4), dtype=bool), 1)
+    with pytest.raises(ValueError, match="boolean"):
+        dec.layer_maps(np.full((1, 7), 2), 2)
+    with pytest.raises(ValueError, match=r"layer must be an integer in \[0, 3\)"):
+        dec.layer_maps(np.ones((1, 7), dtype=bool), 1.5)
+    # layer 0 needs no pattern; extra columns are ignored, as documented
+    Z = rng.standard_normal((5, 2))
+    P = dec.activation_pattern(Z)
+    np.testing.assert_array_equal(dec.layer_maps(P[:, :4], 1), dec.layer_maps(P, 1))
+    assert dec.layer_maps(np.zeros((5, 0), dtype=bool), 0).shape == (5, 4, 3)

@@ -375,6 +375,10 @@ class Decoder:
             raise ValueError(
                 f"patterns must have shape (R, {self.n_units}), got {np.asarray(patterns).shape}"
             )
+        return self._as_bool(P)
+
+    @staticmethod
+    def _as_bool(P: np.ndarray) -> np.ndarray:
         if P.dtype != bool:
             if not np.isin(P, (0, 1)).all():
                 raise ValueError("patterns must be boolean (or 0/1)")
@@ -386,8 +390,9 @@ class Decoder:
 
         Parameters
         ----------
-        patterns : array_like of shape (R, n) bool
-            Patterns of the hidden layers before ``layer``; extra columns are ignored.
+        patterns : array_like of shape (R, n) or (n,), bool (or 0/1)
+            Patterns of the hidden layers before ``layer``: ``n`` is at least their number of
+            units, ``sum(hidden_sizes[:layer])``; extra columns are ignored.
         layer : int
             Index of an affine layer (0-based; ``n_layers - 1`` is the output layer).
 
@@ -397,11 +402,23 @@ class Decoder:
             ``pre-activation = M[..., :d] @ z + M[..., d]`` on the set of latent points whose
             earlier-layer pattern is the given one.
         """
-        P = np.asarray(patterns, dtype=bool)
+        if not (
+            isinstance(layer, numbers.Integral)
+            and not isinstance(layer, bool)
+            and 0 <= layer < self.n_layers
+        ):
+            raise ValueError(f"layer must be an integer in [0, {self.n_layers}), got {layer!r}")
+        P = np.asarray(patterns)
         if P.ndim == 1:
             P = P[None, :]
-        if not 0 <= layer < self.n_layers:
-            raise ValueError(f"layer must be in [0, {self.n_layers}), got {layer}")
+        need = sum(self.hidden_sizes[:layer])
+        if P.ndim != 2 or P.shape[1] < need:
+            raise ValueError(
+                f"patterns for layer {layer} need shape (R, n) with n >= {need} (the units of "
+                f"the hidden layers before it; a full pattern has {self.n_units}), got shape "
+                f"{np.asarray(patterns).shape}"
+            )
+        P = self._as_bool(P)
         R, d = P.shape[0], self.latent_dim
         # transposed maps Mt (R, d+1, n): one GEMM per layer over all regions at once
         Mt = np.empty((R, d + 1, self.weights[0].shape[0]))
