@@ -66,6 +66,19 @@ def test_partition_argument_errors():
         exactdgn.partition(Decoder.random([2, 3, 2], seed=0)).region(10_000)
 
 
+@pytest.mark.parametrize("bad", [-5, 0, 0.5, -1e9, np.nan, np.inf, "1GB", True])
+def test_partition_refuses_a_budget_that_is_not_positive(bad):
+    """A negative max_bytes was accepted (then reported a negative GiB budget)."""
+    dec = Decoder.random([2, 4, 3, 2], seed=0)
+    with pytest.raises(ValueError, match=r"max_bytes must be a finite number >= 1.*default"):
+        exactdgn.partition(dec, max_bytes=bad)
+
+
+def test_partition_takes_a_float_budget():
+    dec = Decoder.random([2, 4, 3, 2], seed=0)
+    assert len(exactdgn.partition(dec, max_bytes=1e9)) == len(exactdgn.partition(dec))
+
+
 # ---------------------------------------------------------------------------- memory refusal
 _MSG = re.compile(
     r"(a sampled lower bound of|an upper bound of|at least) ([\d,]+) regions "

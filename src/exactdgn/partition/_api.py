@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import time
 
 import numpy as np
@@ -61,9 +62,10 @@ def partition(decoder: Decoder, *, max_bytes: int | None = None, method: str = "
     Parameters
     ----------
     decoder : Decoder
-    max_bytes : int, optional
-        Memory budget for the partition (default: half the available memory). Enumeration is
-        refused up front, with the estimate in the message, when it would not fit.
+    max_bytes : int or float, optional
+        Memory budget for the partition in bytes, >= 1 (default: half the available memory).
+        Enumeration is refused up front, with the estimate in the message, when it would not
+        fit.
     method : {"auto", "sweep", "polygon", "adjacency"}
         ``sweep`` (d = 1, breakpoints layer by layer), ``polygon`` (d = 2, exact splitting of
         convex polygons in homogeneous coordinates, layer by layer), ``adjacency`` (any d: search
@@ -77,6 +79,9 @@ def partition(decoder: Decoder, *, max_bytes: int | None = None, method: str = "
     ------
     PartitionTooLargeError
         When the estimated size exceeds ``max_bytes``.
+    ValueError
+        For an unknown ``method``, one that does not fit the latent dimension, or a
+        ``max_bytes`` that is not a finite number >= 1.
     """
     if not isinstance(decoder, Decoder):
         raise TypeError(f"partition() takes a Decoder, got {type(decoder).__name__}")
@@ -88,6 +93,16 @@ def partition(decoder: Decoder, *, max_bytes: int | None = None, method: str = "
         raise ValueError(f"method must be one of {['auto', *valid]}, got {method!r}")
     if valid[method] is not None and d not in valid[method]:
         raise ValueError(f"method {method!r} needs latent_dim in {valid[method]}, got {d}")
+    if max_bytes is not None and not (
+        isinstance(max_bytes, numbers.Real)
+        and not isinstance(max_bytes, bool)
+        and np.isfinite(max_bytes)
+        and max_bytes >= 1
+    ):
+        raise ValueError(
+            f"max_bytes must be a finite number >= 1 (a memory budget in bytes, e.g. 2e9), got "
+            f"{max_bytes!r}; leave it None for the default (half the available memory)"
+        )
     budget = memory_budget() if max_bytes is None else int(max_bytes)
     per_region = estimate_region_bytes(decoder)
     max_regions = max(1, budget // per_region)
