@@ -6,6 +6,7 @@ matplotlib is imported lazily, inside the functions.
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -83,13 +84,19 @@ def plot_partition(
     lim : float
         The view is ``[-lim, lim]`` (per latent axis); regions are not clipped in the data.
     outputs : int
-        (d = 1) number of output coordinates of ``g`` drawn against ``z``: those with the
-        largest range over the view.
+        (d = 1) number of output coordinates of ``g`` drawn against ``z`` (>= 0): those with
+        the largest range over the view. With 0 only the breakpoints are drawn.
 
     Returns
     -------
     ax
     """
+    if not (
+        isinstance(outputs, numbers.Integral) and not isinstance(outputs, bool) and outputs >= 0
+    ):
+        raise ValueError(
+            f"outputs must be an integer >= 0 (outputs drawn for d = 1), got {outputs!r}"
+        )
     ax = _new_ax(ax)
     d = part.latent_dim
     if d == 1:
@@ -107,7 +114,8 @@ def plot_partition(
         ax.set_xlim(-lim, lim)
         ax.set_xlabel("z")
         ax.set_title(f"{len(part)} regions (breakpoints in grey)")
-        ax.legend(loc="best", fontsize="small")
+        if len(top):  # no legend without labelled lines (matplotlib warns)
+            ax.legend(loc="best", fontsize="small")
         return ax
     if d != 2:
         raise ValueError(f"plot_partition draws latent_dim 1 or 2, got {d}")
@@ -147,7 +155,8 @@ def plot_curves(
     curves : dict
         ``label -> (x, y)``, ``label -> (x, y, spread)`` or ``label -> {"x", "y", "spread",
         "color", "ls"}`` (the last three optional), with 1-D arrays of equal length. A spread
-        (e.g. the standard deviation over seeds) is drawn as a shaded band ``y ± spread``.
+        (e.g. the standard deviation over seeds; an array like ``y`` or a scalar) is drawn as a
+        shaded band ``y ± spread``.
     ax : matplotlib Axes, optional
     xlabel, ylabel, title : str
     logx : bool
@@ -175,6 +184,11 @@ def plot_curves(
         (line,) = ax.plot(x, y, ls, color=color, lw=1.3, label=label, marker=".", ms=3)
         if band and spread is not None:
             s = np.asarray(spread, dtype=np.float64)
+            if s.shape not in ((), x.shape):
+                raise ValueError(
+                    f"curve {label!r}: spread has shape {s.shape} but x and y {x.shape}: give "
+                    "one spread per point (or a scalar)"
+                )
             ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.2, lw=0)
     if logx:
         ax.set_xscale("log")
@@ -202,7 +216,8 @@ def plot_samples_2d(
     ----------
     X : array_like of shape (N, 2)
     samples : dict, optional
-        ``label -> (M, 2) array``.
+        ``label -> (M, 2) array`` (samples of another dimension are refused: project them
+        first).
     ax : matplotlib Axes, optional
 
     Returns
@@ -216,6 +231,8 @@ def plot_samples_2d(
     ax.scatter(X[:, 0], X[:, 1], s=s, c="0.6", label="data", lw=0)
     for label, S in (samples or {}).items():
         S = np.asarray(S, dtype=np.float64)
+        if S.ndim != 2 or S.shape[1] != 2:
+            raise ValueError(f"samples {label!r} must have shape (M, 2), got {S.shape}")
         ax.scatter(S[:, 0], S[:, 1], s=s, label=label, alpha=0.7, lw=0)
     ax.set_aspect("equal", adjustable="datalim")
     ax.set_xlabel("x1")
@@ -335,6 +352,14 @@ def _one_point(x) -> np.ndarray:
     return arr.reshape(1, -1)
 
 
+def _check_q(q, qm: np.ndarray, qs: np.ndarray) -> None:
+    """Refuse a Gaussian ``q = (mean, std)`` that has no density (std <= 0) or is not finite."""
+    if not (np.all(np.isfinite(qm)) and np.all(np.isfinite(qs)) and np.all(qs > 0)):
+        raise ValueError(
+            f"q = (mean, std) needs a finite mean and a positive, finite std, got {q!r}"
+        )
+
+
 def _log_posterior_grid(model, x: np.ndarray, Z: np.ndarray) -> np.ndarray:
     """``log p(z | x) = log p(x, z) - log p(x)``: one point ``x`` (1, D), grid ``Z`` (G, d)."""
     log_px = model.score_samples(x)[0]
@@ -363,7 +388,7 @@ def plot_posterior_1d(
         One data point.
     ax : matplotlib Axes, optional
     q : (mean, std), optional
-        A Gaussian approximation (e.g. a VAE encoder's ``q(z | x)``), drawn dashed.
+        A Gaussian approximation (e.g. a VAE encoder's ``q(z | x)``), drawn dashed; ``std > 0``.
     lim : float, optional
         View ``[-lim, lim]``; default: the exact posterior mean ± 6 posterior std (and the same
         for ``q``).
@@ -385,6 +410,7 @@ def plot_posterior_1d(
     lo, hi = m - 6 * s, m + 6 * s
     if q is not None:
         qm, qs = float(np.ravel(q[0])[0]), float(np.ravel(q[1])[0])
+        _check_q(q, np.array(qm), np.array(qs))
         lo, hi = min(lo, qm - 6 * qs), max(hi, qm + 6 * qs)
     if lim is not None:
         lo, hi = -float(lim), float(lim)
@@ -432,6 +458,7 @@ def plot_posterior_2d(
     x : array_like of shape (D,) or (1, D)
     ax : matplotlib Axes, optional
     q : (mean (2,), std (2,)), optional
+        Stds positive.
     lim : float
     n_grid : int
         Grid points per axis.
@@ -451,6 +478,7 @@ def plot_posterior_2d(
     half = 5 * float(np.sqrt(post.variance[0].max()))
     if q is not None:
         qm, qs = np.ravel(q[0]).astype(np.float64), np.ravel(q[1]).astype(np.float64)
+        _check_q(q, qm, qs)
         half = max(half, float(np.max(np.abs(qm - c) + 3 * qs)))
     if lim is not None:
         half = float(lim)

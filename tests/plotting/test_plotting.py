@@ -132,3 +132,50 @@ def test_plot_posterior_takes_one_point(ax, model1, model2, which):
     assert plot(model, X[:1], ax=ax, n_grid=31) is ax  # a (1, D) row is one point
     with pytest.raises(ValueError, match=r"one data point of shape \(D,\) or \(1, D\)"):
         plot(model, X, ax=ax, n_grid=31)
+
+
+def test_plot_partition_1d_with_no_outputs_draws_only_breakpoints(ax, tmp_path):
+    """outputs=0 warned "No artists with labels" (an error under -W error); a negative count
+    drew all outputs but the last ones."""
+    part = partition(Decoder.random([1, 6, 2], seed=0))
+    assert P.plot_partition(part, ax=ax, outputs=0) is ax
+    assert all(ln.get_label().startswith("_") for ln in ax.lines)  # only the grey breakpoints
+    assert ax.get_legend() is None
+    _saved(ax, tmp_path)
+    for bad in (-1, 1.5, "2"):
+        with pytest.raises(ValueError, match=r"outputs must be an integer >= 0"):
+            P.plot_partition(part, ax=ax, outputs=bad)
+
+
+@pytest.mark.parametrize("q", [(0.0, 0.0), (0.0, -1.0), (0.0, np.nan), (np.inf, 1.0)])
+def test_plot_posterior_1d_refuses_a_degenerate_q(ax, model1, q):
+    """A zero std was a divide-by-zero RuntimeWarning; a negative one drew a negative density."""
+    x = model1.sample(1, random_state=3)[0]
+    with pytest.raises(ValueError, match=r"q = \(mean, std\) needs a finite mean and a positive"):
+        P.plot_posterior_1d(model1, x, ax=ax, q=q, n_grid=31)
+
+
+def test_plot_posterior_2d_refuses_a_degenerate_q(ax, model2):
+    x = model2.sample(1, random_state=0)[0]
+    with pytest.raises(ValueError, match=r"q = \(mean, std\) needs a finite mean and a positive"):
+        P.plot_posterior_2d(model2, x, ax=ax, q=(np.zeros(2), np.array([1.0, 0.0])), n_grid=21)
+
+
+def test_plot_samples_2d_refuses_samples_that_are_not_2d(ax):
+    """(M, 3) samples were drawn silently from their first two columns."""
+    X = np.zeros((5, 2))
+    with pytest.raises(ValueError, match=r"samples 'm' must have shape \(M, 2\), got \(4, 3\)"):
+        P.plot_samples_2d(X, {"m": np.zeros((4, 3))}, ax=ax)
+    with pytest.raises(ValueError, match=r"samples 'v' must have shape \(M, 2\), got \(2,\)"):
+        P.plot_samples_2d(X, {"v": np.zeros(2)}, ax=ax)
+
+
+def test_plot_curves_spread_of_the_wrong_length_is_a_clear_error(ax):
+    """It was a numpy broadcast error."""
+    x = np.arange(5.0)
+    with pytest.raises(ValueError, match=r"curve 'a': spread has shape \(3,\) but x and y \(5,\)"):
+        P.plot_curves({"a": (x, x, np.ones(3))}, ax=ax)
+    with pytest.raises(ValueError, match=r"curve 'b': spread has shape \(5, 1\)"):
+        P.plot_curves({"b": {"x": x, "y": x, "spread": np.ones((5, 1))}}, ax=ax)
+    P.plot_curves({"c": (x, x, 0.1)}, ax=ax)  # a scalar spread is one band width
+    assert len(ax.collections) == 1
