@@ -290,6 +290,11 @@ class _Interrupted(KeyboardInterrupt):
 
 def _fit(args) -> int:
     """``exactdgn fit``: no output folder is left behind by a failed or interrupted run."""
+    if not 0.0 <= args.test_fraction < 1.0:  # before loading the data (split_data checks too)
+        raise CLIError(
+            f"--test-fraction must be in [0, 1) (the fraction of the rows held out; 0: none), "
+            f"got {args.test_fraction}"
+        )
     out = Path(args.out)
     created = not out.exists()
     try:

@@ -326,6 +326,31 @@ def test_callback_snapshots_are_the_prefix_runs(cls):
     assert one["seconds"][0] < one["seconds"][1]
 
 
+def test_vae_curve_after_an_early_stop():
+    """An early stop ends the curve at the last scheduled epoch that ran (it is shorter than
+    the schedule, without a warning), and the estimator returned holds the best validation
+    epoch (``best_iter_``), not the curve's last point (the docstring said ``max(schedule)``
+    epochs)."""
+    from exactdgn.evaluation import vae_curve
+
+    X = wave(120, noise=0.1, random_state=0)
+    Xte = wave(50, noise=0.1, random_state=1)
+    kw = {"validation_fraction": 0.25, "patience": 2, "random_state": 3, "batch_size": 32}
+    # min_delta: no epoch improves on epoch 1 (the first validated one), so it stops at 1 + 2
+    make = lambda e: VAE([1, 6, 2], max_epochs=e, min_delta=1e9, **kw)  # noqa: E731
+    est, curve = vae_curve(make, X, Xte, [8, 1, 3, 2, 5, 3])
+    assert est.stopped_early_ and est.n_iter_ == 3 and est.best_iter_ == 1
+    assert curve["iter"] == [1, 2, 3]  # sorted, duplicates once, none past the stop
+    assert all(len(v) == 3 for v in curve.values())
+    exact = vae_to_exact(est)  # epoch 1's parameters: the curve's first point, not its last
+    assert -exact.score(X) == pytest.approx(curve["train_nll"][0], rel=1e-12)
+    assert -exact.score(Xte) == pytest.approx(curve["test_nll"][0], rel=1e-12)
+    assert curve["train_nll"][-1] != pytest.approx(curve["train_nll"][0], rel=1e-6)
+    # stopped before the first scheduled epoch: an empty curve
+    est, curve = vae_curve(make, X, Xte, [5, 8])
+    assert est.n_iter_ == 3 and curve["iter"] == [] and curve["train_nll"] == []
+
+
 def test_callback_can_stop_training():
     X = wave(60, noise=0.1, random_state=0)
     vae = VAE([1, 4, 2], max_epochs=50, validation_fraction=0.0, random_state=0)

@@ -225,7 +225,7 @@ def test_standardized_image_data(tmp_path, capsys):
         (["fit", "mnist", "--out", "x"], "mnist:PATH"),
         (["score", "no/such/dir", "wave"], "does not exist"),
         (["partition"], "either a MODEL"),
-        (["fit", "wave", "--test-fraction", "1.5", "--out", "x"], "--test-fraction"),
+        (["fit", "wave", "--test-fraction", "1.5", "--out", "x"], "--test-fraction must be in"),
     ],
 )
 def test_errors_exit_nonzero_with_message(argv, message, capsys, tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ import pytest
 from scipy.stats import multivariate_normal
 
 from exactdgn.datasets import Standardizer
+from exactdgn.model import NotFittedError
 
 
 def _data(seed=0):
@@ -70,7 +71,7 @@ def test_to_dict_from_dict_json():
 
 
 def test_errors():
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         Standardizer().transform(np.zeros((2, 2)))
     st = Standardizer().fit(_data())
     with pytest.raises(ValueError, match="4 are expected"):
@@ -121,3 +122,37 @@ def test_nan_is_missing_as_in_standardscaler():
     X[:, 1] = np.nan
     with pytest.raises(ValueError, match=r"columns with every value missing.*\[1\]"):
         Standardizer().fit(X)
+
+
+def test_is_a_scikit_learn_transformer():
+    """Documented as "scikit-learn style" but it was not an estimator: no get_params /
+    set_params (so ``sklearn.base.clone`` failed), and an unfitted transform raised a
+    RuntimeError instead of scikit-learn's NotFittedError."""
+    from sklearn.base import clone
+    from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+    from sklearn.pipeline import make_pipeline
+    from sklearn.utils.validation import check_is_fitted
+
+    st = Standardizer(with_mean=False, min_std=0.5, rel_min_std=0.0)
+    params = {"with_mean": False, "with_std": True, "min_std": 0.5, "rel_min_std": 0.0}
+    assert st.get_params() == params
+    assert st.set_params(min_std=0.25) is st and st.min_std == 0.25
+    X = _data()
+    st.fit(X)
+    twin = clone(st)
+    assert twin.get_params() == st.get_params() and not hasattr(twin, "scale_")
+    for method in ("transform", "inverse_transform", "log_abs_det_jacobian_rows"):
+        with pytest.raises(SklearnNotFittedError, match="Standardizer is not fitted"):
+            getattr(twin, method)(X)
+    for method in ("log_abs_det_jacobian", "to_dict"):
+        with pytest.raises(NotFittedError, match="call fit"):
+            getattr(twin, method)()
+    with pytest.raises(SklearnNotFittedError):
+        check_is_fitted(twin)
+    check_is_fitted(st)
+    np.testing.assert_array_equal(st.fit_transform(X), clone(st).fit(X).transform(X))
+    np.testing.assert_array_equal(st.get_feature_names_out(), [f"x{j}" for j in range(4)])
+    np.testing.assert_array_equal(make_pipeline(clone(st)).fit_transform(X), st.transform(X))
+    st2 = Standardizer.from_dict(st.to_dict())
+    assert st2.get_params() == st.get_params()
+    check_is_fitted(st2)

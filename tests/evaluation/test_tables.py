@@ -27,3 +27,15 @@ def test_flatten_keeps_numpy_scalars():
     out = flatten({"a": {"n": np.int64(3), "ok": np.bool_(True)}, "x": np.float64(0.5)})
     assert out == {"a.n": 3, "a.ok": True, "x": 0.5}
     assert type(out["a.n"]) is int and type(out["a.ok"]) is bool
+
+
+def test_markdown_table_without_rows_or_columns():
+    """No rows gave the malformed '|  |\\n|' (a header row without cells); rows and no columns
+    give nothing too, and given columns with no rows a header-only table."""
+    from exactdgn.evaluation import markdown_table
+
+    assert markdown_table([]) == ""
+    assert markdown_table([{}, {}]) == ""
+    assert markdown_table([{"a": 1}], columns=[]) == ""
+    assert markdown_table([], columns=["a", "b"]) == "| a | b |\n|---|---|"
+    assert markdown_table([{"a": 1.0, "b": None}]) == "| a | b |\n|---|---|\n| 1.0000 |  |"

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import numpy as np
+from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 
 from .._validation import check_array
+from ..model import NotFittedError
 
 __all__ = ["Standardizer"]
 
 
-class Standardizer:
-    """Affine per-feature standardisation ``y = (x - mean) / scale`` (scikit-learn style).
+class Standardizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+    """Affine per-feature standardisation ``y = (x - mean) / scale`` (a scikit-learn transformer).
 
     ``scale_j = max(std_j, floor)`` with ``floor = max(min_std, rel_min_std * max_k std_k)``, so
     constant features (e.g. MNIST border pixels) do not divide by zero and near-constant ones are
     not blown up. Because the map is affine, densities transform exactly:
     ``log p_x(x) = log p_y(y) + log_abs_det_jacobian()``.
+
+    A scikit-learn estimator (``get_params`` / ``set_params`` / ``clone``, ``fit_transform``,
+    ``get_feature_names_out``, pipelines); methods that need the fitted statistics raise
+    :class:`exactdgn.model.NotFittedError` (a scikit-learn ``NotFittedError``) before ``fit``,
+    :meth:`fit_moments` or :meth:`from_dict`.
 
     Parameters
     ----------
@@ -104,16 +111,16 @@ class Standardizer:
 
     def _check_fitted(self):
         if not hasattr(self, "scale_"):
-            raise RuntimeError("this Standardizer is not fitted yet; call fit(X) first")
+            raise NotFittedError(
+                "this Standardizer is not fitted yet: call fit(X) or fit_moments(mean, std, "
+                "n_samples) first (or rebuild a fitted one with Standardizer.from_dict)"
+            )
 
     def transform(self, X) -> np.ndarray:
         """Return ``(X - mean_) / scale_``, shape (N, D) (NaN, missing, stays NaN)."""
         self._check_fitted()
         X = check_array(X, name="X", n_features=self.n_features_in_, allow_nan=True)
         return (X - self.mean_) / self.scale_
-
-    def fit_transform(self, X, y=None) -> np.ndarray:
-        return self.fit(X).transform(X)
 
     def inverse_transform(self, Y) -> np.ndarray:
         """Map standardised data (or a model's samples of it) back: ``Y * scale_ + mean_``."""

@@ -133,10 +133,30 @@ def vae_curve(make, Xtr, Xte, schedule) -> tuple:
     seconds are the training time up to each epoch (the exact scoring is not counted, nor the
     evaluation of the initial parameters that only records ``history_[0]``).
 
+    Each point scores the decoder as it is at the end of that epoch. A run that stops early
+    (with ``validation_fraction > 0``: ``patience`` epochs without a validation improvement)
+    ends the curve at the last scheduled epoch that ran: it is then shorter than the schedule,
+    without a warning (empty when it stopped before the first one); ``est.n_iter_`` and
+    ``est.stopped_early_`` tell.
+
+    Parameters
+    ----------
+    make : callable ``e -> estimator``
+        A :class:`exactdgn.baselines.VAE` or ``IWAE`` training for ``e`` epochs.
+    Xtr, Xte : ndarray (N, D), (M, D)
+        Training data (all of it is scored, the estimator's validation split included) and
+        held-out data (``Xte`` may have 0 rows: NaN test NLL).
+    schedule : sequence of int
+        Epochs to score (>= 1; sorted, a repeated one counted once).
+
     Returns
     -------
-    est : the trained estimator (``max(schedule)`` epochs)
+    est : the fitted estimator of the one run
+        It holds the parameters of ``est.best_iter_``: with a validation split the best
+        validation epoch (early stop or not), which may be none of the curve's points; without
+        one the last epoch (``max(schedule)``, the curve's last point).
     curve : dict of lists ``iter``, ``seconds``, ``train_nll``, ``test_nll``, ``n_regions``
+        One entry per scheduled epoch that ran, in increasing order.
     """
     from ..model import ExactDGN
 

@@ -12,17 +12,42 @@ __all__ = ["STD_FLOOR", "split_data"]
 STD_FLOOR = 0.1
 
 
-def split_data(X: np.ndarray, test_fraction: float, seed: int):
-    """Random train / held-out split: ``(X_train, X_test, test_index)``.
+def split_data(X, test_fraction: float, seed: int):
+    """Random train / held-out split of the rows of ``X``: ``(X_train, X_test, test_index)``.
 
-    ``test_fraction = 0`` gives an empty test set.
+    Parameters
+    ----------
+    X : array_like of shape (N, ...)
+        The rows to split: a numpy or dask array (kept as it is) or any array-like (a list,
+        a DataFrame: converted with ``np.asarray``).
+    test_fraction : float in [0, 1)
+        Fraction of the rows held out (rounded to a count); 0 gives an empty test set.
+    seed : int
+        Seeds the random permutation.
+
+    Returns
+    -------
+    X_train, X_test : arrays of the rows of ``X`` (in their original order)
+    test_index : ndarray of int
+        The (sorted) row indices of ``X_test``.
     """
+    given = type(X).__name__
+    if not (isinstance(X, np.ndarray) or type(X).__module__.split(".")[0] == "dask"):
+        X = np.asarray(X)
+    if X.ndim < 1:
+        raise ValueError(f"X must be an array of rows, got a scalar ({given})")
     if not 0.0 <= test_fraction < 1.0:
-        raise ValueError(f"--test-fraction must be in [0, 1), got {test_fraction}")
+        raise ValueError(
+            f"test_fraction must be in [0, 1) (the fraction of the rows held out; 0: none), "
+            f"got {test_fraction}"
+        )
     N = X.shape[0]
     n_test = round(test_fraction * N)
     if N - n_test < 2:
-        raise ValueError(f"{N} points leave fewer than 2 for training")
+        raise ValueError(
+            f"{N} points with test_fraction={test_fraction} leave fewer than 2 for training: "
+            "lower test_fraction or give more rows"
+        )
     perm = np.random.default_rng(seed).permutation(N)
     test = np.sort(perm[:n_test])
     mask = np.ones(N, dtype=bool)

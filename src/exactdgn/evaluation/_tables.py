@@ -59,13 +59,20 @@ def _fmt(v) -> str:
 
 
 def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
-    """A markdown table of ``rows`` (dicts of scalars); columns in order of first appearance."""
+    """A markdown table of ``rows`` (dicts of scalars); columns in order of first appearance.
+
+    ``columns`` (names, in order) picks and orders the columns; a row without one has an empty
+    cell. With ``columns`` and no rows the table is its header; with no columns (none given
+    and none in the rows, e.g. ``rows=[]``) it is the empty string.
+    """
     if columns is None:
         columns = []
         for r in rows:
             for k in r:
                 if k not in columns:
                     columns.append(k)
+    if not columns:
+        return ""
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |")
