@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import numpy as np
+from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 
-__all__ = ["check_array", "check_positive"]
+__all__ = ["NotFittedError", "check_array", "check_positive"]
+
+
+class NotFittedError(_SklearnNotFittedError):
+    """The estimator is not fitted yet: call ``fit`` (or build it from parts: ``from_decoder``).
+
+    A :class:`sklearn.exceptions.NotFittedError` (so a ``ValueError`` and ``AttributeError``);
+    :class:`exactdgn.ExactDGN`, the baselines (:class:`exactdgn.baselines.VAE`) and
+    :class:`exactdgn.datasets.Standardizer` raise it. Public as ``exactdgn.model.NotFittedError``.
+    """
 
 
 def check_array(

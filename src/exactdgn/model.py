@@ -16,10 +16,9 @@ import warnings
 import numpy as np
 from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 
 from . import gaussian
-from ._validation import check_array, check_positive
+from ._validation import NotFittedError, check_array, check_positive
 from .decoder import Decoder
 from .em._gradient import exact_gradient
 from .em._init import initialize
@@ -49,14 +48,6 @@ _REL_TOL = 0.04  # rel_tol="auto" of an expensive run
 __all__ = ["ConvergenceWarning", "ExactDGN", "NotFittedError"]
 
 logger = logging.getLogger(__name__)
-
-
-class NotFittedError(_SklearnNotFittedError):
-    """The model has no decoder yet: call ``fit`` or build it with ``from_decoder``.
-
-    A :class:`sklearn.exceptions.NotFittedError` (so a ``ValueError`` and ``AttributeError``);
-    the baselines (:class:`exactdgn.baselines.VAE`) raise it too.
-    """
 
 
 class ExactDGN(DensityMixin, BaseEstimator):

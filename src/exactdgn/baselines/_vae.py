@@ -30,12 +30,11 @@ import torch
 from sklearn.base import BaseEstimator, DensityMixin
 from torch import nn
 
-from .._validation import check_array, check_positive
+from .._validation import NotFittedError, check_array, check_positive
 from ..datasets._toy import check_random_state
 from ..decoder import Decoder
 from ..gaussian._rules import LOG_2PI as _LOG_2PI
 from ..io import decoder_from_arrays, decoder_to_arrays
-from ..model import NotFittedError
 from ..training import HistoryRow
 
 __all__ = ["IWAE", "VAE", "GaussianEncoder"]

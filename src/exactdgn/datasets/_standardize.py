@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 
-from .._validation import check_array
-from ..model import NotFittedError
+from .._validation import NotFittedError, check_array
 
 __all__ = ["Standardizer"]
 
