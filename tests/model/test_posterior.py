@@ -38,6 +38,7 @@ def test_d1_moments_match_quadrature(sizes, act):
         mean, var = oracle_posterior_moments_1d(m.decoder_, X[i], 0.15)
         assert post.mean[i, 0] == pytest.approx(mean[0], abs=1e-9)
         assert post.covariance_matrix[i, 0, 0] == pytest.approx(var[0, 0], rel=1e-8, abs=1e-11)
+        assert post.stddev[i, 0] == pytest.approx(np.sqrt(var[0, 0]), rel=1e-8, abs=1e-11)
 
 
 def test_d1_log_prob_normalised_and_samples_exact():

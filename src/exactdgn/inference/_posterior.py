@@ -108,6 +108,11 @@ class ExactPosterior:
         """(N, d) marginal posterior variances."""
         return np.diagonal(self.covariance_matrix, axis1=1, axis2=2).copy()
 
+    @property
+    def stddev(self) -> np.ndarray:
+        """(N, d) marginal posterior standard deviations (``torch.distributions``' name)."""
+        return np.sqrt(self.variance)
+
     # Pairs per block of the output moments (bounds the (pairs x D) temporaries).
     _OUT_BLOCK = 1 << 13
 
