@@ -433,7 +433,9 @@ def _fit_in(args, client, out: Path) -> int:
         "n_test": len(Xte),
         "n_features": X.shape[1],
         "n_iter": n_iter,
-        "seconds": seconds,
+        "seconds": seconds,  # this command's training (after a resume: since the resume)
+        # every iteration's wall time, those before a resume included (the history's rows)
+        "seconds_iterations": float(sum(h.get("seconds", 0.0) for h in history)),
         "n_regions": model.n_regions_,
         "noise_std_mean": float(np.mean(model.noise_std_)),
         "train_loglik": float(ll_tr.mean()),

@@ -96,6 +96,11 @@ def test_ctrl_c_then_resume_from_checkpoint(tmp_path, capsys, monkeypatch):
     a, b = ExactDGN.load(tmp_path / "ref" / "model.npz"), ExactDGN.load(out / "model.npz")
     assert [h["loglik"] for h in a.history_] == [h["loglik"] for h in b.history_]
     np.testing.assert_array_equal(a.decoder_.weights[0], b.decoder_.weights[0])
+    # results.json: the resumed command's own time and every iteration's, those before too
+    res = json.loads((out / "results.json").read_text())
+    hist = json.loads((out / "history.json").read_text())
+    assert res["seconds_iterations"] == pytest.approx(sum(h["seconds"] for h in hist))
+    assert len(hist) == 13  # the rows from before the Ctrl-C are in it
 
 
 def test_ctrl_c_before_the_first_checkpoint_promises_nothing(tmp_path, capsys, monkeypatch):
