@@ -238,3 +238,60 @@ def test_blocks_run_with_one_blas_thread(threads, monkeypatch):
 
     assert _marginal._map_blocks(fn, range(4)) == [0, 1, 2, 3]
     assert seen and set(seen) == {1}
+
+
+@pytest.mark.parametrize("sizes", [[1, 5, 3], [2, 5, 3]])
+@pytest.mark.parametrize("device", [None, "cpu"])
+def test_marginal_pairs_bad_points_are_clear_errors(sizes, device):
+    """Wrong shapes, NaN / inf and no rows: a ValueError saying what to do, on both paths
+    (they crashed in numpy / torch, or returned NaN / -inf silently)."""
+    geom = _model(sizes, 0).geometry_
+    X = np.random.default_rng(0).normal(size=(4, 3))
+    with pytest.raises(ValueError, match="2-D"):
+        marginal_pairs(geom, X[0], device=device)
+    with pytest.raises(ValueError, match="4 columns but 3"):
+        marginal_pairs(geom, np.zeros((4, 4)), device=device)
+    with pytest.raises(ValueError, match="no rows"):
+        marginal_pairs(geom, np.zeros((0, 3)), device=device)
+    Xn = X.copy()
+    Xn[1, 0] = np.nan
+    with pytest.raises(ValueError, match="observed_pairs"):
+        marginal_pairs(geom, Xn, device=device)
+    Xn[1, 0] = np.inf
+    with pytest.raises(ValueError, match="infinite"):
+        marginal_pairs(geom, Xn, device=device)
+    # lists are accepted like arrays, with the same result
+    ref = marginal_pairs(geom, X, device=device).log_px
+    np.testing.assert_array_equal(marginal_pairs(geom, X.tolist(), device=device).log_px, ref)
+
+
+def test_region_geometry_checks_noise_std():
+    part = _model([1, 5, 3], 0).partition_
+    for bad in (0.0, -0.3, np.nan, np.inf):
+        with pytest.raises(ValueError, match="noise_std must be positive"):
+            region_geometry(part, bad)
+    with pytest.raises(ValueError, match="length 2 but 3"):
+        region_geometry(part, [0.1, 0.2])
+    g = region_geometry(part, [0.1, 0.2, 0.3])
+    np.testing.assert_allclose(g.inv_var, 1 / np.array([0.1, 0.2, 0.3]) ** 2)
+
+
+@pytest.mark.parametrize("sizes", [[1, 5, 3], [2, 5, 3]])
+def test_observed_pairs_checks_its_mask(sizes):
+    """``obs=None`` (what check_missing returns without NaN) means every value observed; a
+    mask of the wrong shape or one that marks a NaN as observed is a clear error (it gave
+    silently wrong numbers or NaN)."""
+    from exactdgn.inference import check_missing, observed_pairs
+
+    geom = _model(sizes, 0).geometry_
+    X = np.random.default_rng(0).normal(size=(4, 3))
+    ref = marginal_pairs(geom, X).log_px
+    np.testing.assert_array_equal(observed_pairs(geom, X, check_missing(X)).log_px, ref)
+    X[1, 0] = np.nan
+    obs = check_missing(X)
+    with pytest.raises(ValueError, match="obs has shape"):
+        observed_pairs(geom, X, obs[:, :2])
+    with pytest.raises(ValueError, match="NaN where obs is True"):
+        observed_pairs(geom, X, np.ones_like(obs))
+    with pytest.raises(ValueError, match="2 columns but 3"):
+        observed_pairs(geom, X[:, :2], obs[:, :2])

@@ -224,3 +224,9 @@ def test_estimate_counts_one_gradient_block():
     assert small.gradient_bytes == 10_000 + maps
     assert big.gradient_bytes == small.n_pairs * 7 * 8 * 3 + maps  # the whole (pairs x D) block
     assert big.bytes - big.gradient_bytes == small.bytes - small.gradient_bytes
+
+
+@pytest.mark.parametrize("window", [0, -1])
+def test_stopping_rule_needs_a_positive_window(window):
+    with pytest.raises(ValueError, match="window must be a positive integer"):
+        converged([0.0, 1.0, 2.0], tol=1e-3, window=window)

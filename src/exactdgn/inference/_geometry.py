@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._validation import check_positive
 from ..gaussian import PolygonTable, polygon_table
 from ..gaussian._rules import LOG_2PI
 from ..partition import Partition
@@ -156,11 +157,12 @@ def region_geometry(part: Partition, noise_std) -> RegionGeometry:
     ----------
     part : Partition
     noise_std : float or ndarray (D,)
-        Standard deviation of the Gaussian noise (isotropic or per output).
+        Standard deviation of the Gaussian noise (isotropic or per output), positive and
+        finite.
     """
     A, b = part.A, part.b
     R, D, d = A.shape
-    std = np.broadcast_to(np.asarray(noise_std, dtype=np.float64), (D,))
+    std = np.broadcast_to(check_positive(noise_std, name="noise_std", size=D), (D,))
     inv_var = 1.0 / std**2
     AtLA = np.einsum("rjk,j,rjl->rkl", A, inv_var, A)
     P = AtLA + np.eye(d)

@@ -20,6 +20,7 @@ import numpy as np
 from scipy.special import log_ndtr
 
 from .. import gaussian
+from .._validation import check_array
 from ..gaussian import interval_stats, log_interval_mass
 from ._geometry import RegionGeometry
 
@@ -366,6 +367,22 @@ def _pairs_1d(
     return _pair_stats(_map_blocks(block, range(0, N, cs), parallel=parallel))
 
 
+def check_points(geom: RegionGeometry, X, *, name: str = "X", allow_nan: bool = False):
+    """``X`` as a C-contiguous float64 (N, D) array with N >= 1 and D the model's outputs.
+
+    NaN is allowed only with ``allow_nan`` (the missing-data path); infinite values never are.
+    """
+    X = check_array(X, name=name, n_features=geom.output_dim, allow_nan=True)
+    if not allow_nan and np.isnan(X).any():
+        raise ValueError(
+            f"{name} has NaN (missing values): use observed_pairs(geom, {name}, "
+            f"check_missing({name})), which conditions on each row's observed values"
+        )
+    if X.shape[0] == 0:
+        raise ValueError(f"{name} has no rows (shape {X.shape}): give at least one point")
+    return X
+
+
 def _chunk_size(n: int, R: int, d: int, chunk_bytes: int) -> int:
     per_point = 8 * R * (3 * d + 6)
     return int(max(1, min(n, chunk_bytes // max(per_point, 1))))
@@ -386,7 +403,8 @@ def marginal_pairs(
     Parameters
     ----------
     geom : RegionGeometry
-    X : (N, D) float64 (validated by the caller)
+    X : (N, D) array_like
+        The points (N >= 1, finite; rows with NaN: :func:`~exactdgn.inference.observed_pairs`).
     prune_nats : float
         Pairs whose bound is this many nats (plus ``log R``) below the lower bound are skipped;
         their total relative contribution is below ``exp(-prune_nats)``.
@@ -404,7 +422,13 @@ def marginal_pairs(
     device : None, str or torch.device
         None: this numpy path. Otherwise the torch backend on that device (float64, the same
         pruning rule and results to ~1e-13); the returned arrays are numpy.
+
+    Raises
+    ------
+    ValueError
+        When ``X`` is not (N, D) with N >= 1 or holds NaN or infinite values.
     """
+    X = check_points(geom, X)
     if device is not None:
         from ._torch_marginal import pairs_torch
 

@@ -56,6 +56,7 @@ from ._marginal import (
     _map_blocks,
     _n_threads,
     _pair_stats,
+    check_points,
     marginal_pairs,
 )
 
@@ -366,8 +367,11 @@ def _observed_general(
     Parameters
     ----------
     geom : RegionGeometry
-    X : (N, D) float64, NaN where missing (values there are ignored)
-    obs : (N, D) bool, True where observed (every row has at least one)
+    X : (N, D) array_like, NaN where missing (values there are ignored)
+    obs : (N, D) bool or None
+        True where observed (every row has at least one); None (what
+        :func:`~exactdgn.inference.check_missing` returns when nothing is missing): every
+        value observed.
     prune_nats, need_moments, chunk_bytes :
         As in :func:`exactdgn.inference.marginal_pairs`.
     top_k : int
@@ -643,8 +647,11 @@ def observed_pairs(
     Parameters
     ----------
     geom : RegionGeometry
-    X : (N, D) float64, NaN where missing (values there are ignored)
-    obs : (N, D) bool, True where observed (every row has at least one)
+    X : (N, D) array_like, NaN where missing (values there are ignored)
+    obs : (N, D) bool or None
+        True where observed (every row has at least one); None (what
+        :func:`~exactdgn.inference.check_missing` returns when nothing is missing): every
+        value observed.
     prune_nats, need_moments, chunk_bytes :
         As in :func:`exactdgn.inference.marginal_pairs`.
     top_k : int
@@ -658,7 +665,29 @@ def observed_pairs(
         depends on the point's observed coordinates); the whitened ``pair_normals`` and
         ``offsets`` are computed from them on first use (:meth:`PairStats.geometry`, d = 2 and
         complete rows) or come with the pairs (d = 1, d >= 3).
+
+    Raises
+    ------
+    ValueError
+        When ``X`` is not (N, D) with N >= 1, holds infinite values, ``obs`` is not (N, D),
+        or ``X`` is NaN where ``obs`` is True.
     """
+    X = check_points(geom, X, allow_nan=True)
+    if obs is None:
+        obs = np.ones(X.shape, dtype=bool)
+    obs = np.asarray(obs, dtype=bool)
+    if obs.shape != X.shape:
+        raise ValueError(
+            f"obs has shape {obs.shape} but X has shape {X.shape}: give one flag per value "
+            "(check_missing(X))"
+        )
+    bad = obs & np.isnan(X)
+    if bad.any():
+        rows = np.unique(np.nonzero(bad)[0])
+        raise ValueError(
+            f"X is NaN where obs is True in {len(rows)} rows (first rows {rows[:5].tolist()}): "
+            "mark missing values False (obs = check_missing(X))"
+        )
     N = X.shape[0]
     d = geom.A.shape[2]
     kw = {"prune_nats": prune_nats, "need_moments": need_moments, "chunk_bytes": chunk_bytes}

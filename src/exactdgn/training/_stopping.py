@@ -24,7 +24,14 @@ def converged(logliks: Sequence[float], *, tol: float, window: int, rel_tol: flo
     rel_tol (logliks[-1] - logliks[0])``. Two, not one: on MNIST [2,32,32,784] an iteration
     that gained 3.4 nats/point (under 5% of the run's gain) was followed by one that gained 6.7,
     and the one-iteration rule stopped 7 nats of held-out NLL short (README, Training).
+
+    Raises
+    ------
+    ValueError
+        When ``window`` is not a positive integer.
     """
+    if window < 1:
+        raise ValueError(f"window must be a positive integer (iterations), got {window!r}")
     if rel_tol > 0 and len(logliks) >= 4:
         total = logliks[-1] - logliks[0]
         if (logliks[-1] - logliks[-3]) / 2 < rel_tol * total:
