@@ -317,9 +317,10 @@ class ExactDGN(DensityMixin, BaseEstimator):
         return self._exact_pairs(self.geometry_, X, need_moments)
 
     def _exact_pairs(self, geom: RegionGeometry, X: np.ndarray, need_moments: bool) -> PairStats:
-        """Exact pairs of ``X``; rows with NaN are conditioned on their observed coordinates."""
+        """Exact pairs of ``X`` (checked by the caller: ``_check_X``); rows with NaN are
+        conditioned on their observed coordinates."""
         obs = check_missing(X)
-        kw = {"prune_nats": self.prune_nats, "need_moments": need_moments}
+        kw = {"prune_nats": self.prune_nats, "need_moments": need_moments, "check_input": False}
         if obs is not None:
             return observed_pairs(geom, X, obs, chunk_bytes=self.chunk_bytes, **kw)
         return marginal_pairs(geom, X, chunk_bytes=self.chunk_bytes, device=self.device, **kw)

@@ -397,6 +397,7 @@ def marginal_pairs(
     chunk_bytes: int = 256 * 2**20,
     top_k: int | None = None,
     device=None,
+    check_input: bool = True,
 ) -> PairStats:
     """Exact ``log p(x)`` for each row of ``X`` and the pairs that carry its mass.
 
@@ -422,13 +423,17 @@ def marginal_pairs(
     device : None, str or torch.device
         None: this numpy path. Otherwise the torch backend on that device (float64, the same
         pruning rule and results to ~1e-13); the returned arrays are numpy.
+    check_input : bool
+        Check ``X`` (shape, rows, finite values: one pass over it). ``False`` skips it, for
+        callers that have checked ``X`` already (as scikit-learn's ``check_input``).
 
     Raises
     ------
     ValueError
         When ``X`` is not (N, D) with N >= 1 or holds NaN or infinite values.
     """
-    X = check_points(geom, X)
+    if check_input:
+        X = check_points(geom, X)
     if device is not None:
         from ._torch_marginal import pairs_torch
 

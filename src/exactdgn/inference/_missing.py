@@ -626,6 +626,27 @@ def _observed_2d(
     return _pair_stats(_map_blocks(block, range(0, N, cs), parallel=parallel))
 
 
+def _check_observed(geom: RegionGeometry, X, obs):
+    """``X`` and its mask checked for :func:`observed_pairs` (``obs`` None: all observed)."""
+    X = check_points(geom, X, allow_nan=True)
+    if obs is None:
+        obs = np.ones(X.shape, dtype=bool)
+    obs = np.asarray(obs, dtype=bool)
+    if obs.shape != X.shape:
+        raise ValueError(
+            f"obs has shape {obs.shape} but X has shape {X.shape}: give one flag per value "
+            "(check_missing(X))"
+        )
+    bad = obs & np.isnan(X)
+    if bad.any():
+        rows = np.unique(np.nonzero(bad)[0])
+        raise ValueError(
+            f"X is NaN where obs is True in {len(rows)} rows (first rows {rows[:5].tolist()}): "
+            "mark missing values False (obs = check_missing(X))"
+        )
+    return X, obs
+
+
 def observed_pairs(
     geom: RegionGeometry,
     X: np.ndarray,
@@ -635,6 +656,7 @@ def observed_pairs(
     need_moments: bool = False,
     chunk_bytes: int = 256 * 2**20,
     top_k: int = 4,
+    check_input: bool = True,
 ) -> PairStats:
     """Exact ``log p(x_obs)`` of each row and the pairs that carry the posterior ``p(z | x_obs)``.
 
@@ -657,6 +679,9 @@ def observed_pairs(
     top_k : int
         Seed regions per point for the lower bound (d >= 2; plus the regions located by
         following posterior means).
+    check_input : bool
+        Check ``X`` and ``obs`` (shapes, rows, values: passes over them); ``False`` skips it
+        for callers that have checked them already.
 
     Returns
     -------
@@ -672,22 +697,10 @@ def observed_pairs(
         When ``X`` is not (N, D) with N >= 1, holds infinite values, ``obs`` is not (N, D),
         or ``X`` is NaN where ``obs`` is True.
     """
-    X = check_points(geom, X, allow_nan=True)
-    if obs is None:
+    if check_input:
+        X, obs = _check_observed(geom, X, obs)
+    elif obs is None:
         obs = np.ones(X.shape, dtype=bool)
-    obs = np.asarray(obs, dtype=bool)
-    if obs.shape != X.shape:
-        raise ValueError(
-            f"obs has shape {obs.shape} but X has shape {X.shape}: give one flag per value "
-            "(check_missing(X))"
-        )
-    bad = obs & np.isnan(X)
-    if bad.any():
-        rows = np.unique(np.nonzero(bad)[0])
-        raise ValueError(
-            f"X is NaN where obs is True in {len(rows)} rows (first rows {rows[:5].tolist()}): "
-            "mark missing values False (obs = check_missing(X))"
-        )
     N = X.shape[0]
     d = geom.A.shape[2]
     kw = {"prune_nats": prune_nats, "need_moments": need_moments, "chunk_bytes": chunk_bytes}
@@ -695,7 +708,7 @@ def observed_pairs(
     parts = []
     if full.any():
         rows = np.flatnonzero(full)
-        st = marginal_pairs(geom, X[rows], **kw)
+        st = marginal_pairs(geom, X[rows], check_input=False, **kw)
         parts.append((rows, _with_pair_geometry(geom, st)))
     if not full.all():
         rows = np.flatnonzero(~full) if full.any() else None
