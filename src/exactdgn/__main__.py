@@ -1,5 +1,5 @@
-"""``python -m exactdgn``: the ``exactdgn`` command (:func:`exactdgn.cli.main`)."""
+"""``python -m exactdgn``: the ``exactdgn`` command (:func:`exactdgn.cli.run`)."""
 
-from .cli import main
+from .cli import run
 
-raise SystemExit(main())
+run()
