@@ -367,9 +367,10 @@ class ExactDGN(DensityMixin, BaseEstimator):
         """
         return self._posterior(self._check_X(X, allow_nan=True))
 
-    def _posterior(self, X: np.ndarray) -> ExactPosterior:
-        """:meth:`posterior` of validated ``X`` in the decoder's units."""
-        return ExactPosterior(self, X, self.geometry_, self._pairs(X))
+    def _posterior(self, X: np.ndarray, need_moments: bool = False) -> ExactPosterior:
+        """:meth:`posterior` of validated ``X`` in the decoder's units (``need_moments``: the
+        pairs' truncated moments computed in the pairs' pass, as the E-step's)."""
+        return ExactPosterior(self, X, self.geometry_, self._pairs(X, need_moments))
 
     # ------------------------------------------------------------------ outliers
     def set_offset(self, X) -> ExactDGN:
@@ -452,10 +453,12 @@ class ExactDGN(DensityMixin, BaseEstimator):
             )
         X = self._check_X(X, allow_nan=True)
         miss = np.isnan(X)
-        post = self._posterior(X)
+        post = self._posterior(X, need_moments=method == "mean" or return_std)
         out = X.copy()
-        if method == "mean" or return_std:
+        if return_std:
             mean, var = post.output_moments()
+        elif method == "mean":
+            mean = post.output_mean()
         if method == "mean":
             out[miss] = mean[miss]
         elif method == "mode":

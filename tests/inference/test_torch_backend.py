@@ -327,7 +327,7 @@ def test_chunks_and_blocks_do_not_change_results(device, latent, monkeypatch):
     X = m.sample(120, random_state=3)
     X[5] += 50.0
     one = marginal_pairs(geom, X, need_moments=True, device=device)
-    monkeypatch.setattr(_torch_marginal, "_chunk_points", lambda N, R, dev: 37)
+    monkeypatch.setattr(_torch_marginal, "_chunk_points", lambda N, R, dev, cb: 37)
     chunk = 3 * 37 * geom.n_regions
     monkeypatch.setattr(_torch_marginal, "_CHUNK_2D", {"cpu": chunk, "cuda": chunk})
     monkeypatch.setattr(_torch_marginal, "_PAIR_BLOCK", {"cpu": 101, "cuda": 101})
@@ -336,6 +336,31 @@ def test_chunks_and_blocks_do_not_change_results(device, latent, monkeypatch):
     _close(one.log_px, many.log_px, 1e-13)
     np.testing.assert_allclose(many.mean, one.mean, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(many.cov, one.cov, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("latent", [1, 2])
+def test_chunk_bytes_bounds_the_chunks_and_top_k_is_refused(device, latent, monkeypatch):
+    """``chunk_bytes`` bounds the torch backend's chunks of points as the numpy path's (it
+    was ignored); ``top_k``, a numpy-path rule, is refused rather than ignored."""
+    from exactdgn.inference import _torch_marginal
+
+    m = _model([latent, 12, 12, 4], 4, 0.1)
+    geom = region_geometry(m.partition_, m.noise_std_)
+    X = m.sample(120, random_state=3)
+    one = marginal_pairs(geom, X, device=device)
+    calls = []
+    log_kappa = _torch_marginal._log_kappa
+    monkeypatch.setattr(
+        _torch_marginal, "_log_kappa", lambda dg, Xc: calls.append(len(Xc)) or log_kappa(dg, Xc)
+    )
+    per_point = 8 * geom.n_regions * (3 * latent + 6)  # the numpy path's estimate
+    many = marginal_pairs(geom, X, device=device, chunk_bytes=20 * per_point)
+    assert calls == [20] * 6
+    assert np.array_equal(one.point, many.point) and np.array_equal(one.region, many.region)
+    _close(one.log_px, many.log_px, 1e-13)
+    with pytest.raises(ValueError, match="top_k=2 is for the numpy path"):
+        marginal_pairs(geom, X, device=device, top_k=2)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -344,3 +344,43 @@ def test_d2_gram_sums_and_bounds():
     np.testing.assert_array_equal(out[2], lk.ravel()[i])
     np.testing.assert_allclose(out[3], w[i], rtol=1e-14, atol=1e-14)
     np.testing.assert_allclose(out[4], T[i], rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "far_needs_centring"),
+    [([1, 8, 8, 5], False), ([2, 8, 8, 5], True), ([3, 6, 4], True)],
+)
+def test_output_moments_equal_the_pairwise_centred_sums(sizes, far_needs_centring, monkeypatch):
+    """The conditional output moments (region-wise products, in several small blocks here)
+    equal the pair-by-pair centred sums of a plain loop over points; the far rows, whose
+    uncentred subtraction would lose the variance, are recomputed centred."""
+    from exactdgn.inference import _posterior
+
+    dec = Decoder.random(sizes, activation="leaky_relu", seed=7)
+    model = ExactDGN.from_decoder(dec, np.linspace(0.1, 0.3, dec.output_dim))
+    _, Xn = _points(model, 30, np.random.default_rng(3))
+    post = model.posterior(Xn)
+    monkeypatch.setattr(post, "_OUT_BYTES", 8 * 4 * len(model.partition_) * 10)
+    mean, var = post.output_moments()
+    assert np.array_equal(post.output_mean(), mean)
+    st = post.pairs
+    A, b = model.partition_.A, model.partition_.b
+    for i in range(len(Xn)):  # reference: a plain loop over the row's pairs
+        sel = np.flatnonzero(st.point == i)
+        w = np.exp(st.log_weight[sel])
+        pairs = list(zip(st.region[sel], st.mean[sel], st.cov[sel], strict=True))
+        y = np.array([A[r] @ mu + b[r] for r, mu, _ in pairs])
+        within = np.array([np.diag(A[r] @ S @ A[r].T) for r, _, S in pairs])
+        m_ref = w @ y
+        v_ref = w @ (within + (y - m_ref) ** 2)
+        scale = np.abs(y).max()
+        assert np.allclose(mean[i], m_ref, rtol=0, atol=1e-13 * scale), i
+        assert np.allclose(var[i], v_ref, rtol=1e-10, atol=1e-12 * model.noise_std_.min() ** 2), i
+    # at most the 1e4 σ row is recomputed centred, and there the subtraction is off
+    flagged = _posterior._ill_conditioned(st, post._geom, len(Xn))
+    assert flagged.tolist() == [False] * (len(Xn) - 1) + [far_needs_centring]
+    monkeypatch.setattr(_posterior, "_ill_conditioned", lambda s, g, n: np.zeros(n, bool))
+    _, raw = post.output_moments()
+    assert np.array_equal(raw[:-1], var[:-1])
+    off = np.abs(raw[-1] - var[-1]).max() / model.noise_std_.min() ** 2
+    assert off > 1e-8 if far_needs_centring else off == 0  # 1e-8: the flag's tolerance

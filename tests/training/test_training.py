@@ -230,3 +230,20 @@ def test_estimate_counts_one_gradient_block():
 def test_stopping_rule_needs_a_positive_window(window):
     with pytest.raises(ValueError, match="window must be a positive integer"):
         converged([0.0, 1.0, 2.0], tol=1e-3, window=window)
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        ((2, 32, 100, 3), r"hidden_sizes=32 is invalid: use a tuple of positive integers"),
+        ((2, "32", 100, 3), r"hidden_sizes='32' is invalid"),
+        ((2, (32, 0), 100, 3), r"hidden_sizes=\(32, 0\) is invalid"),
+        ((0, (8,), 100, 3), r"latent_dim=0 is invalid: use an integer >= 1"),
+        ((1.5, (8,), 100, 3), r"latent_dim=1.5 is invalid"),
+        ((1, (8,), 0, 3), r"n_samples=0 is invalid"),
+        ((1, (8,), 10, True), r"n_features=True is invalid"),
+    ],
+)
+def test_estimate_training_cost_names_a_bad_argument(args, match):
+    with pytest.raises(ValueError, match=match):  # an int hidden_sizes was a TypeError
+        _cost.estimate_training_cost(*args)

@@ -422,7 +422,8 @@ def marginal_pairs(
         already give a tight bound there; measured: same candidates, 8% faster than 4), else 4.
     device : None, str or torch.device
         None: this numpy path. Otherwise the torch backend on that device (float64, the same
-        pruning rule and results to ~1e-13); the returned arrays are numpy.
+        pruning rule and results to ~1e-13; its chunks of points at most ``chunk_bytes``, and
+        ``top_k`` refused); the returned arrays are numpy.
     check_input : bool
         Check ``X`` (shape, rows, finite values: one pass over it). ``False`` skips it, for
         callers that have checked ``X`` already (as scikit-learn's ``check_input``).
@@ -437,8 +438,18 @@ def marginal_pairs(
     if device is not None:
         from ._torch_marginal import pairs_torch
 
+        if top_k is not None:
+            raise ValueError(
+                f"top_k={top_k!r} is for the numpy path (device=None); the torch backend seeds "
+                "its lower bound by its own rule: drop top_k"
+            )
         return pairs_torch(
-            geom, X, device, prune_nats=prune_nats, need_moments=need_moments
+            geom,
+            X,
+            device,
+            prune_nats=prune_nats,
+            need_moments=need_moments,
+            chunk_bytes=chunk_bytes,
         ).numpy()
     N = X.shape[0]
     R, _, d = geom.A.shape

@@ -22,6 +22,7 @@ from ..gaussian._torch_polygon import (
     truncated_moments_2d_shifted_t,
 )
 from ._geometry import RegionGeometry
+from ._marginal import _chunk_size
 
 __all__ = ["DeviceGeometry", "TorchPairs", "device_geometry", "pairs_torch", "resolve_device"]
 
@@ -238,12 +239,14 @@ def lse_by_point(p: torch.Tensor, lj: torch.Tensor, err: torch.Tensor, n: int, p
     return log_px, err_px
 
 
-def _chunk_points(N: int, R: int, device: torch.device) -> int:
+def _chunk_points(N: int, R: int, device: torch.device, chunk_bytes: int | None) -> int:
     # points per chunk: (n, R) work arrays of ~2^18 elements on the CPU (measured on MNIST
     # [1,64,64,784], 2 cores: 2^15 pays torch's per-call overhead too often, 2^20 leaves cache)
-    # and ~2^26 on a GPU (big kernels, a few host syncs per chunk)
+    # and ~2^26 on a GPU (big kernels, a few host syncs per chunk); at most the numpy path's
+    # points per chunk_bytes
     per = (1 << 26) if device.type == "cuda" else (1 << 18)
-    return int(max(1, min(N, per // max(R, 1))))
+    cs = int(max(1, min(N, per // max(R, 1))))
+    return cs if chunk_bytes is None else min(cs, _chunk_size(N, R, 1, chunk_bytes))
 
 
 def pairs_1d_torch(
@@ -251,6 +254,7 @@ def pairs_1d_torch(
     X: torch.Tensor,
     prune_nats: float = 40.0,
     need_moments: bool = False,
+    chunk_bytes: int | None = None,
 ) -> TorchPairs:
     """``marginal_pairs`` for d = 1 on ``X``'s device (``X`` (N, D) float64 tensor).
 
@@ -265,7 +269,7 @@ def pairs_1d_torch(
     N = X.shape[0]
     R = loS.shape[0]
     thr = prune_nats + math.log(max(R, 1))
-    cs = _chunk_points(N, R, X.device)
+    cs = _chunk_points(N, R, X.device, chunk_bytes)
     parts = []
     for s in range(0, N, cs):
         Xc = X[s : s + cs] - dg.center
@@ -342,6 +346,7 @@ def pairs_2d_torch(
     X: torch.Tensor,
     prune_nats: float = 40.0,
     need_moments: bool = False,
+    chunk_bytes: int | None = None,
 ) -> TorchPairs:
     """``marginal_pairs`` for d = 2 on ``X``'s device: polygons translated by ``-w_r(x)``.
 
@@ -358,6 +363,8 @@ def pairs_2d_torch(
     thr = prune_nats + math.log(max(R, 1))
     per = _CHUNK_2D.get(dev.type, 1 << 21)  # elements of the (n, 3R) GEMM output
     cs = int(max(1, min(N, per // max(3 * R, 1))))
+    if chunk_bytes is not None:  # at most the numpy path's points per chunk_bytes
+        cs = min(cs, _chunk_size(N, R, 2, chunk_bytes))
     parts = []
     for s in range(0, N, cs):
         Xc = X[s : s + cs] - dg.center
@@ -451,8 +458,10 @@ def pairs_torch(
     *,
     prune_nats: float = 40.0,
     need_moments: bool = False,
+    chunk_bytes: int | None = None,
 ) -> TorchPairs:
-    """Exact pairs on ``device`` for ``X`` ((N, D) numpy array or tensor), see ``marginal_pairs``.
+    """Exact pairs on ``device`` for ``X`` ((N, D) numpy array or tensor), see ``marginal_pairs``
+    (``chunk_bytes``: at most that many bytes of work arrays per chunk of points, as there).
 
     Raises ``ValueError`` for latent dimensions the torch backend does not cover (d >= 3).
     """
@@ -460,9 +469,9 @@ def pairs_torch(
     Xt = torch.as_tensor(X, dtype=torch.float64, device=dev)
     d = geom.latent_dim
     if d == 1 and geom.interval is not None:
-        return pairs_1d_torch(geom, Xt, prune_nats, need_moments)
+        return pairs_1d_torch(geom, Xt, prune_nats, need_moments, chunk_bytes)
     if d == 2 and geom.polygons is not None:
-        return pairs_2d_torch(geom, Xt, prune_nats, need_moments)
+        return pairs_2d_torch(geom, Xt, prune_nats, need_moments, chunk_bytes)
     raise ValueError(
         f"the torch backend covers latent_dim 1 and 2; this model has latent_dim {d}: "
         "use device=None (the numpy path)"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import numbers
 import os
 import warnings
 from dataclasses import dataclass
@@ -104,6 +105,31 @@ def _fmt_seconds(s: float) -> str:
     return f"{s / 3600:.3g} h"
 
 
+def _check_architecture(latent_dim, hidden_sizes, n_samples, n_features) -> None:
+    """ValueErrors naming a bad argument of :func:`estimate_training_cost` (as the
+    estimator's own checks word them)."""
+
+    def is_int(value, low):
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
+
+    for name, value, low in (
+        ("latent_dim", latent_dim, 1),
+        ("n_samples", n_samples, 1),
+        ("n_features", n_features, 1),
+    ):
+        if not is_int(value, low):
+            raise ValueError(f"{name}={value!r} is invalid: use an integer >= {low}")
+    try:
+        ok = not isinstance(hidden_sizes, str) and all(is_int(h, 1) for h in hidden_sizes)
+    except TypeError:  # not iterable, e.g. an int
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"hidden_sizes={hidden_sizes!r} is invalid: use a tuple of positive integers, "
+            "e.g. (12,) or (32, 32)"
+        )
+
+
 def estimate_training_cost(
     latent_dim: int,
     hidden_sizes,
@@ -115,6 +141,7 @@ def estimate_training_cost(
 ) -> TrainingCost:
     """Estimate one exact E-step of a ``[latent_dim, *hidden_sizes, n_features]`` decoder
     (and the work memory of one exact gradient beside its pairs, blocks of ``chunk_bytes``)."""
+    _check_architecture(latent_dim, hidden_sizes, n_samples, n_features)
     d = int(latent_dim)
     sizes = [d, *[int(h) for h in hidden_sizes], int(n_features)]
     dec = Decoder.random(sizes, seed=seed)
