@@ -866,22 +866,31 @@ def test_shifted_table_empty_polygons_and_checks():
         log_mass_2d_shifted(tab, np.array([0.0, 1.0]), np.zeros((2, 2)))
 
 
-def test_shifted_moments_only_where_selected():
+@pytest.mark.parametrize("mapped", [False, True])
+def test_moments_only_where_selected(mapped):
     """``select`` sees every mass; the selected pairs get exactly the moments of a full call,
-    the others NaN; a mask of the wrong shape is an error."""
+    the others NaN; a mask of the wrong shape is an error (translated and mapped polygons)."""
     rng = np.random.default_rng(11)
     N, C = _table_case(rng)
     tab = polygon_table(N, C)
     m = rng.integers(0, len(C), 400)
     w = rng.normal(0, 6, (400, 2))  # near and far (tail-moment) polygons
-    full = truncated_moments_2d_shifted(tab, m, w)
+    T = _rand_maps(rng, 400, upper=True)
+    floor = np.where(rng.random(400) < 0.2, -30.0, -np.inf)  # some pairs below their floor
+
+    def moments(**kw):
+        if mapped:
+            return truncated_moments_2d_transformed(tab, m, T, w, floor, **kw)
+        return truncated_moments_2d_shifted(tab, m, w, floor, **kw)
+
+    full = moments()
     seen = {}
 
     def select(lm, err):
         seen["lm"] = lm.copy()
         return lm > np.median(lm[np.isfinite(lm)])
 
-    part = truncated_moments_2d_shifted(tab, m, w, select=select)
+    part = moments(select=select)
     np.testing.assert_array_equal(seen["lm"], full.log_mass)
     np.testing.assert_array_equal(part.log_mass, full.log_mass)
     sel = full.log_mass > np.median(full.log_mass[np.isfinite(full.log_mass)])
@@ -890,4 +899,4 @@ def test_shifted_moments_only_where_selected():
     np.testing.assert_array_equal(part.cov[sel], full.cov[sel])
     assert np.all(np.isnan(part.mean[~sel])) and np.all(np.isnan(part.cov[~sel]))
     with pytest.raises(ValueError, match="select"):
-        truncated_moments_2d_shifted(tab, m, w, select=lambda lm, err: lm[:3] > 0)
+        moments(select=lambda lm, err: lm[:3] > 0)

@@ -1153,10 +1153,17 @@ def truncated_moments_2d_shifted(
     and the geometry are computed once for all pairs, the moments (the costly part for far
     polygons) only where they are wanted, e.g. where the pair's posterior weight is visible.
     """
-    floor = _as_floor(floor, polygon)
+    return _selected_moments(table, polygon, shift, _as_floor(floor, polygon), select, None)
+
+
+def _selected_moments(table, polygon, shift, floor, select, T) -> TruncatedMoments:
+    """Moments of the (shifted or, with ``T``, transformed) table polygons; with ``select``
+    the masses and geometry of every pair first, the moments only where ``select`` says."""
     P = np.shape(polygon)[0]
     if select is None or P == 0:
-        return TruncatedMoments(*_table_chunked(_table_moments, table, polygon, shift, floor))
+        return TruncatedMoments(
+            *_table_chunked(_table_moments, table, polygon, shift, floor, None, T)
+        )
     geos, blocks = [], []
 
     def phase1(edges, fl):
@@ -1164,7 +1171,7 @@ def truncated_moments_2d_shifted(
         geos.append(res.geo)
         return res.log_mass, res.error
 
-    logm, err = _table_chunked(phase1, table, polygon, shift, floor, blocks)
+    logm, err = _table_chunked(phase1, table, polygon, shift, floor, blocks, T)
     mask = np.asarray(select(logm, err), dtype=bool)
     if mask.shape != (P,):
         raise ValueError(f"select must return a ({P},) mask; got {mask.shape}")
@@ -1214,9 +1221,9 @@ def truncated_moments_2d_transformed(
     T: np.ndarray,
     shift: np.ndarray,
     floor: np.ndarray | None = None,
+    select=None,
 ) -> TruncatedMoments:
     """:func:`truncated_moments_2d` of the affine images of :func:`log_mass_2d_transformed`
-    (moments of ``u``, in the mapped coordinates)."""
-    return TruncatedMoments(
-        *_table_chunked(_table_moments, table, polygon, shift, _as_floor(floor, polygon), None, T)
-    )
+    (moments of ``u``, in the mapped coordinates); ``select`` as in
+    :func:`truncated_moments_2d_shifted`."""
+    return _selected_moments(table, polygon, shift, _as_floor(floor, polygon), select, T)

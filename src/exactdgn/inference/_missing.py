@@ -592,33 +592,42 @@ def _observed_2d(
             return np.stack([(w[:, 0] - k10 * mu1) / k00, mu1], axis=-1)
 
         p_top, r_top = _seed_pairs(lk, top_k, geom.locate, mean_of)
-        k00, k10, k11, w, _ = _gather_2d(Q, p_top, r_top)
+        k00, k10, k11, w_top, _ = _gather_2d(Q, p_top, r_top)
         T = _map_2d_entries(geom, k00, k10, k11, r_top)
-        lm_t, err_t = gaussian.log_mass_2d_transformed(tab, r_top, T, w)
+        lm_t, err_t = gaussian.log_mass_2d_transformed(tab, r_top, T, w_top)
         lower = _lower_bound(lk, p_top, r_top, lm_t)
         cut = lower - thr
-        p_c, r_c, lk_c, w, T = _bounded_candidates(geom, lk, Q, lower, thr, p_top * R + r_top)
-        lm_c, err_c = gaussian.log_mass_2d_transformed(tab, r_c, T, w, cut[p_c] - lk_c)
-        m = _merge_seeds(
-            lk,
-            (p_top, r_top, lm_t, err_t),
-            (p_c, r_c, lm_c, err_c),
-            n,
-            prune_nats,
-            thr,
-            need_moments,
-        )
+        p_c, r_c, lk_c, w_c, T_c = _bounded_candidates(geom, lk, Q, lower, thr, p_top * R + r_top)
+        seeds = (p_top, r_top, lm_t, err_t)
+        merged = []
+
+        def merge(lm_c, err_c):  # -> the candidates kept (their moments are wanted)
+            merged.append(
+                _merge_seeds(lk, seeds, (p_c, r_c, lm_c, err_c), n, prune_nats, thr, need_moments)
+            )
+            kept = np.zeros(len(p_top) + len(p_c), bool)
+            kept[merged[0].order[merged[0].keep]] = True
+            return kept[len(p_top) :]
+
+        floor_c = cut[p_c] - lk_c
+        if need_moments:  # candidates' masses and geometry once, moments only where kept
+            tm_c = gaussian.truncated_moments_2d_transformed(tab, r_c, T_c, w_c, floor_c, merge)
+        else:
+            merge(*gaussian.log_mass_2d_transformed(tab, r_c, T_c, w_c, floor_c))
+        m = merged[0]
         log_px, err_px = m.log_px, m.err_px
         p_all, r_all, lj = m.point, m.region, m.log_joint
         k00, k10, k11, w, v = _gather_2d(Q, p_all, r_all)
         L, mu = _l_mu_2d(k00, k10, k11, w)
         log_det_P = 2.0 * (np.log(k00) + np.log(k11))
         mean = cov = None
-        if need_moments:
-            T = _map_2d_entries(geom, k00, k10, k11, r_all)
-            tm = gaussian.truncated_moments_2d_transformed(tab, r_all, T, w)
-            mean = mu + np.einsum("pij,pj->pi", L, tm.mean)
-            cov = L @ tm.cov @ np.swapaxes(L, 1, 2)
+        if need_moments:  # the seeds' moments (integrated again), then the kept pairs'
+            tm_t = gaussian.truncated_moments_2d_transformed(tab, r_top, T, w_top)
+            pick = m.order[m.keep]
+            tm_mean = np.concatenate([tm_t.mean, tm_c.mean])[pick]
+            tm_cov = np.concatenate([tm_t.cov, tm_c.cov])[pick]
+            mean = mu + np.einsum("pij,pj->pi", L, tm_mean)
+            cov = L @ tm_cov @ np.swapaxes(L, 1, 2)
         st = PairStats(p_all + s, r_all, lj, log_px, err_px, v, None, mean, cov, len(p_all))
         st.pair_L, st.pair_mu, st.pair_log_det_P = L, mu, log_det_P
         return st
