@@ -92,9 +92,7 @@ class ExactPosterior:
         m, _ = self._moments()
         st = self._stats
         w = np.exp(st.log_weight)
-        out = np.zeros((self.batch_shape[0], self.event_shape[0]))
-        np.add.at(out, st.point, w[:, None] * m)
-        return out
+        return _sum_by_point(st.point, w[:, None] * m, self.batch_shape[0])
 
     @property
     def covariance_matrix(self) -> np.ndarray:
@@ -105,9 +103,7 @@ class ExactPosterior:
         mean = self.mean
         dm = m - mean[st.point]
         term = c + dm[:, :, None] * dm[:, None, :]
-        d = self.event_shape[0]
-        out = np.zeros((self.batch_shape[0], d, d))
-        np.add.at(out, st.point, w[:, None, None] * term)
+        out = _sum_by_point(st.point, w[:, None, None] * term, self.batch_shape[0])
         return 0.5 * (out + np.swapaxes(out, 1, 2))
 
     @property
@@ -422,6 +418,16 @@ def project_origin(normals: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 _ROW_BYTES = 32 * 2**20
 
 
+def _sum_by_point(point: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """(n, ...) sums of the pairs' ``values`` (P, ...) by point (one ``bincount`` per
+    trailing entry: ``np.add.at`` is an order of magnitude slower)."""
+    flat = values.reshape(len(point), -1)
+    out = np.empty((n, flat.shape[1]))
+    for k in range(flat.shape[1]):
+        out[:, k] = np.bincount(point, weights=flat[:, k], minlength=n)
+    return out.reshape(n, *values.shape[1:])
+
+
 def _output_moments(
     stats: PairStats, geom: RegionGeometry, n: int, max_bytes: int, *, var: bool = False
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -533,10 +539,7 @@ def _centred_moments(stats: PairStats, geom: RegionGeometry, rows: np.ndarray):
     m, V = stats.mean[sel], stats.cov[sel]
     A = geom.A[r]  # (P, D, d): the flagged rows' pairs only
     y = geom.b[r] + np.einsum("pjk,pk->pj", A, m)
-    mean = np.zeros((idx.size, A.shape[1]))
-    np.add.at(mean, p, w[:, None] * y)
+    mean = _sum_by_point(p, w[:, None] * y, idx.size)
     y -= mean[p]
     q = np.square(y) + np.einsum("pjk,pkl,pjl->pj", A, V, A)
-    var = np.zeros_like(mean)
-    np.add.at(var, p, w[:, None] * q)
-    return mean, var
+    return mean, _sum_by_point(p, w[:, None] * q, idx.size)
