@@ -149,7 +149,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
         flagged as outliers. ``fit`` then sets ``offset_`` to that quantile of the training
         ``log p(x)`` (``set_offset`` does it for a model built with ``from_decoder``);
         ``decision_function = score_samples - offset_`` and ``predict`` gives +1 (inlier) or
-        -1 (outlier). None: no threshold.
+        -1 (outlier). None: no threshold (``fit`` drops the ``offset_`` of an earlier fit or
+        ``set_offset``: it was a quantile of the former density).
     device : None, str or torch.device
         Where the exact likelihood, posterior statistics and training run: ``None`` (default)
         the numpy path; ``"cpu"``, ``"cuda"`` or a ``torch.device`` the torch backend on that
@@ -812,6 +813,9 @@ class ExactDGN(DensityMixin, BaseEstimator):
         }
         config["hidden_sizes"] = list(config["hidden_sizes"])
         ck = self._load_checkpoint(checkpoint, fingerprint, config) if checkpoint else None
+        # a threshold belongs to the density it was a quantile of: set again below (with
+        # contamination), never carried over to the new parameters
+        self.__dict__.pop("offset_", None)
         seeds = np.random.default_rng(self.random_state).integers(0, 2**63 - 1, size=self.n_init)
         done = ck["done"] if ck else []
         for i in range(len(done), self.n_init):

@@ -77,3 +77,18 @@ def test_contamination_accepts_numpy_scalars():
         assert _model(contamination=c).set_offset(X).offset_ < 0
     with pytest.raises(ValueError, match="contamination"):
         _model(contamination=True).set_offset(X)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_refit_without_contamination_drops_the_old_threshold():
+    """A threshold belongs to the model it was computed for: after a refit with
+    ``contamination=None`` (or a new decoder), ``decision_function`` must not reuse the
+    previous model's ``offset_`` (it flagged points by a quantile of another density)."""
+    X = _model().sample(200, random_state=1)
+    model = ExactDGN(hidden_sizes=(6,), max_iter=2, n_iter_no_change=1, init="pca", progress=False)
+    model.set_params(contamination=0.1).fit(X)
+    assert hasattr(model, "offset_")
+    model.set_params(contamination=None).fit(X)
+    assert not hasattr(model, "offset_")
+    with pytest.raises(NotFittedError, match="set_offset"):
+        model.decision_function(X)
