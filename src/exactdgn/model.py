@@ -377,31 +377,42 @@ class ExactDGN(DensityMixin, BaseEstimator):
     def set_offset(self, X) -> ExactDGN:
         """Set ``offset_`` so that the fraction ``contamination`` of ``X`` are outliers.
 
-        ``fit`` calls it on the training data; call it for a model from ``from_decoder``.
+        ``fit`` calls it on the training data (its complete rows); call it for a model from
+        ``from_decoder``. ``X`` must be complete (see :meth:`decision_function`).
         """
         self._check_contamination()
         if self.contamination is None:
             raise ValueError("set contamination (a fraction in (0, 0.5]) to set an offset")
+        X = _complete_rows(X)
         self.offset_ = contamination_offset(self.score_samples(X), self.contamination)
         return self
 
     def decision_function(self, X) -> np.ndarray:
-        """(N,) ``log p(x) - offset_``: negative for outliers (scikit-learn's convention)."""
+        """(N,) ``log p(x) - offset_``: negative for outliers (scikit-learn's convention).
+
+        Rows with NaN are an error: ``offset_`` is a quantile of complete rows' ``log p(x)``,
+        and ``log p(x_obs)`` of a row with fewer coordinates is on another scale (each missing
+        value shifts it by about that coordinate's conditional entropy, which depends on the
+        units), so the threshold would flag such rows by their missing count, not their
+        density. Score them with :meth:`score_samples` among rows missing the same values.
+        """
         if not hasattr(self, "offset_"):
             raise NotFittedError(
                 "no outlier threshold: set contamination before fit, or call set_offset(X) "
                 "on reference data"
             )
-        return self.score_samples(X) - self.offset_
+        return self.score_samples(_complete_rows(X)) - self.offset_
 
     def predict(self, X) -> np.ndarray:
-        """(N,) +1 for inliers, -1 for outliers (``decision_function < 0``)."""
+        """(N,) +1 for inliers, -1 for outliers (``decision_function < 0``; complete rows)."""
         return np.where(self.decision_function(X) < 0, -1, 1)
 
     def fit_predict(self, X, y=None) -> np.ndarray:
-        """``fit(X)`` then ``predict(X)`` (needs ``contamination``)."""
+        """``fit(X)`` then ``predict(X)`` (needs ``contamination`` and complete rows)."""
         if self.contamination is None:
             raise ValueError("fit_predict needs contamination (a fraction in (0, 0.5])")
+        if not hasattr(X, "__dask_graph__"):
+            X = _complete_rows(X)  # before training: predict(X) would refuse them after it
         return self.fit(X).predict(X)
 
     def typicality_test(self, X, **kwargs) -> TypicalityResult:
@@ -793,6 +804,12 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 raise ValueError(f"X has no rows (shape {X.shape}): give at least one point")
             # NaN = missing: exact EM on the observed-data likelihood (see exactdgn.em._missing)
             check_missing(X, columns=True)
+            if self.contamination is not None and np.isnan(X).any(axis=1).all():
+                raise ValueError(
+                    "X has no complete row: contamination sets offset_ on the training rows "
+                    "without NaN (log p(x_obs) of an incomplete row is on another scale); "
+                    "give some complete rows, or fit with contamination=None"
+                )
             self._fit_data = [X, None]  # its device copy, made once (``_device_data``)
         self.preprocessing_ = None  # fit works in the units of X
         warm = self.warm_start and hasattr(self, "decoder_")
@@ -836,8 +853,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
         self.best_init_ = best
         self.init_logliks_ = [r["history"][-1]["loglik"] for r in done]
         if self.contamination is not None:
-            if remote is None:
-                self.set_offset(X)
+            if remote is None:  # the complete rows (decision_function takes no others)
+                self.set_offset(X[~np.isnan(X).any(axis=1)])
             else:  # the training data's log p(x) computed on the cluster
                 from .dask import score_samples
 
@@ -1247,6 +1264,21 @@ class ExactDGN(DensityMixin, BaseEstimator):
     def aic(self, X) -> float:
         """Akaike information criterion ``-2 log L + 2k`` (lower is better)."""
         return float(-2 * self.score_samples(X).sum() + 2 * self._n_parameters())
+
+
+def _complete_rows(X) -> np.ndarray:
+    """``X`` (validated, float64) if it has no NaN, else a ValueError naming the rows that have:
+    the outlier threshold is on complete rows' ``log p(x)`` (see ``decision_function``)."""
+    X = check_array(X, name="X", allow_nan=True)
+    rows = np.flatnonzero(np.isnan(X).any(axis=1))
+    if rows.size:
+        raise ValueError(
+            f"X has {rows.size} rows with NaN (first: {rows[:5].tolist()}): the outlier "
+            "threshold offset_ is a quantile of complete rows' log p(x), and log p(x_obs) of "
+            "a row with missing values is on another scale; drop those rows, or compare their "
+            "score_samples with rows missing the same values"
+        )
+    return X
 
 
 def _loglik(st) -> float:
