@@ -18,7 +18,13 @@ from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.exceptions import ConvergenceWarning
 
 from . import gaussian
-from ._validation import NotFittedError, check_array, check_positive
+from ._validation import (
+    NotFittedError,
+    check_array,
+    check_feature_names,
+    check_positive,
+    feature_names,
+)
 from .decoder import Decoder
 from .em._gradient import exact_gradient
 from .em._init import initialize
@@ -165,6 +171,9 @@ class ExactDGN(DensityMixin, BaseEstimator):
     decoder_ : Decoder
     n_features_in_ : int
         D, the number of outputs (data columns).
+    feature_names_in_ : ndarray of str
+        The column names of a data frame given to ``fit`` (pandas, polars; only when all are
+        strings, as scikit-learn); a frame with other names or another order is then an error.
     noise_std_ : ndarray of shape (D,)
     partition_ : Partition
     offset_ : float
@@ -289,6 +298,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
     def _check_X(self, X, name="X", allow_nan: bool = False) -> np.ndarray:
         """Validated ``X`` in the decoder's units (standardized when ``preprocessing_`` is set)."""
         self._check_fitted()
+        check_feature_names(self, X)
         X = check_array(X, name=name, n_features=self.decoder_.output_dim, allow_nan=allow_nan)
         if X.shape[0] == 0:
             raise ValueError(f"{name} has no rows (shape {X.shape}): give at least one point")
@@ -383,6 +393,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         self._check_contamination()
         if self.contamination is None:
             raise ValueError("set contamination (a fraction in (0, 0.5]) to set an offset")
+        check_feature_names(self, X)
         X = _complete_rows(X)
         self.offset_ = contamination_offset(self.score_samples(X), self.contamination)
         return self
@@ -401,6 +412,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 "no outlier threshold: set contamination before fit, or call set_offset(X) "
                 "on reference data"
             )
+        check_feature_names(self, X)
         return self.score_samples(_complete_rows(X)) - self.offset_
 
     def predict(self, X) -> np.ndarray:
@@ -412,7 +424,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         if self.contamination is None:
             raise ValueError("fit_predict needs contamination (a fraction in (0, 0.5])")
         if not hasattr(X, "__dask_graph__"):
-            X = _complete_rows(X)  # before training: predict(X) would refuse them after it
+            _complete_rows(X)  # before training: predict(X) would refuse them after it
         return self.fit(X).predict(X)
 
     def typicality_test(self, X, **kwargs) -> TypicalityResult:
@@ -818,6 +830,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 f"X has {X.shape[1]} columns but the fitted model expects "
                 f"{self.decoder_.output_dim}"
             )
+        if warm:  # the run goes on with the columns in the order it was started with
+            check_feature_names(self, data)
         # a dask array's E-step runs chunk by chunk on the workers: no local memory bound
         cost = check_training_cost(self, X, in_memory=remote is None)
         self._expensive = cost.seconds > _EXPENSIVE_SECONDS
@@ -833,6 +847,11 @@ class ExactDGN(DensityMixin, BaseEstimator):
         # a threshold belongs to the density it was a quantile of: set again below (with
         # contamination), never carried over to the new parameters
         self.__dict__.pop("offset_", None)
+        names = None if remote is not None else feature_names(data)
+        if names is None:
+            self.__dict__.pop("feature_names_in_", None)
+        else:
+            self.feature_names_in_ = names
         seeds = np.random.default_rng(self.random_state).integers(0, 2**63 - 1, size=self.n_init)
         done = ck["done"] if ck else []
         for i in range(len(done), self.n_init):
@@ -1185,6 +1204,9 @@ class ExactDGN(DensityMixin, BaseEstimator):
             "n_iter": getattr(self, "n_iter_", None),
             "converged": getattr(self, "converged_", None),
             "offset": getattr(self, "offset_", None),
+            "feature_names": (
+                self.feature_names_in_.tolist() if hasattr(self, "feature_names_in_") else None
+            ),
             "preprocessing": (
                 self.preprocessing_.to_dict()
                 if getattr(self, "preprocessing_", None) is not None
@@ -1240,6 +1262,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
             }
         if meta.get("offset") is not None:
             model.offset_ = float(meta["offset"])
+        if meta.get("feature_names") is not None:
+            model.feature_names_in_ = np.asarray(meta["feature_names"], dtype=object)
         pre = meta.get("preprocessing")
         if "preprocessing" not in meta:  # a file from before models carried it: the run's
             pre = _run_config(path.parent / "config.json").get("standardizer")
