@@ -57,8 +57,9 @@ def test_typicality_test():
     best = X[np.argsort(model.score_samples(X))[-50:]]
     res = model.typicality_test(best, random_state=0)
     assert not res.typical and res.statistic > res.reference_mean
-    with pytest.raises(ValueError, match="alpha"):
-        model.typicality_test(best, alpha=2.0)
+    for alpha in (2.0, "0.01", None, True):
+        with pytest.raises(ValueError, match="alpha"):
+            model.typicality_test(best, alpha=alpha)
 
 
 def test_typicality_test_refuses_missing_values():
