@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.sparse import issparse
 from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 
 __all__ = [
@@ -48,6 +49,11 @@ def check_array(
     allow_nan : bool
         Whether NaN entries are allowed (infinite entries never are).
     """
+    if issparse(X):
+        raise ValueError(
+            f"{name} is a scipy sparse {type(X).__name__}: give a dense array (X.toarray()); "
+            "the exact likelihood uses every value, and NaN marks a missing one"
+        )
     if np.iscomplexobj(X):
         raise ValueError(f"{name} is complex: give real numbers (the real part is not taken)")
     try:

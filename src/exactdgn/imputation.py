@@ -31,7 +31,9 @@ class ExactDGNImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     random_state : int or None
         Seed of ``method="sample"`` (each ``transform`` call draws with it).
     prefit : bool
-        Use ``estimator`` as fitted; ``fit`` then only checks the data's width.
+        Use ``estimator`` as fitted; ``fit`` then only checks the data's width. Model selection
+        (``cross_val_score``, ``GridSearchCV``) clones the steps, which unfits the model: wrap
+        it in ``sklearn.frozen.FrozenEstimator`` there.
 
     Attributes
     ----------
@@ -54,6 +56,11 @@ class ExactDGNImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self.random_state = random_state
         self.prefit = prefit
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # NaN marks the values to fill
+        return tags
+
     def fit(self, X, y=None) -> ExactDGNImputer:
         """Fit the model on ``X`` (N, D) with NaN where missing (exact missing-data EM)."""
         if self.method not in ExactDGN._IMPUTE_METHODS:
@@ -64,7 +71,11 @@ class ExactDGNImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         X = check_array(X, name="X", allow_nan=True)
         if self.prefit:
             if self.estimator is None or not hasattr(self.estimator, "decoder_"):
-                raise NotFittedError("prefit=True needs a fitted ExactDGN as estimator")
+                raise NotFittedError(
+                    "prefit=True needs a fitted ExactDGN as estimator; cross_val_score, "
+                    "GridSearchCV and clone() copy it unfitted: wrap the fitted model as "
+                    "ExactDGNImputer(sklearn.frozen.FrozenEstimator(model), prefit=True)"
+                )
             self.estimator_ = self.estimator
             self.estimator_._check_X(data, allow_nan=True)
         else:

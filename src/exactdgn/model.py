@@ -287,6 +287,11 @@ class ExactDGN(DensityMixin, BaseEstimator):
         self.partition_ = part if part is not None else partition(decoder)
         self._geom = None
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # NaN marks a missing value (exact marginalisation)
+        return tags
+
     # ------------------------------------------------------------------ helpers
     def _check_fitted(self) -> None:
         if not hasattr(self, "decoder_"):
@@ -814,6 +819,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
             X = check_array(X, name="X", allow_nan=True)
             if X.shape[0] == 0:
                 raise ValueError(f"X has no rows (shape {X.shape}): give at least one point")
+            if X.shape[1] == 0:
+                raise ValueError(f"X has no columns (shape {X.shape}): give at least one feature")
             # NaN = missing: exact EM on the observed-data likelihood (see exactdgn.em._missing)
             check_missing(X, columns=True)
             if self.contamination is not None and np.isnan(X).any(axis=1).all():

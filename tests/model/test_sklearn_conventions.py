@@ -1,8 +1,13 @@
 """scikit-learn conventions of ExactDGN and ExactDGNImputer a user meets in pipelines:
-data frames' column names (``feature_names_in_``)."""
+data frames' column names (``feature_names_in_``), tags, clear errors on unsupported input."""
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
+from sklearn.base import clone
+from sklearn.linear_model import LinearRegression
+from sklearn.model_selection import cross_val_score
+from sklearn.pipeline import Pipeline
 
 from exactdgn import Decoder, ExactDGN, ExactDGNImputer
 
@@ -84,3 +89,37 @@ def test_with_pandas():
     model = ExactDGN(**_SMALL).fit(df)
     with pytest.raises(ValueError, match="fitted with"):
         model.score_samples(df[["c", "b", "a"]])
+
+
+def test_tags_say_nan_is_missing():
+    """Both take NaN as missing values (exact marginalisation): their tags say so, as
+    ``SimpleImputer``'s and ``IsolationForest``'s do, so scikit-learn's wrappers that read the
+    tag (feature selectors, ensembles) pass NaN through instead of refusing it."""
+    from sklearn.utils import get_tags  # scikit-learn >= 1.6
+
+    assert get_tags(ExactDGN()).input_tags.allow_nan
+    assert get_tags(ExactDGNImputer()).input_tags.allow_nan
+    assert not get_tags(ExactDGN()).input_tags.sparse
+
+
+def test_sparse_and_columnless_input_are_named():
+    true, X = _data(20)
+    for method in (true.score_samples, ExactDGN(**_SMALL).fit, ExactDGNImputer(true).fit):
+        with pytest.raises(ValueError, match=r"sparse.*toarray\(\)"):
+            method(sp.csr_matrix(X))
+    with pytest.raises(ValueError, match=r"X has no columns \(shape \(5, 0\)\)"):
+        ExactDGN(**_SMALL).fit(np.empty((5, 0)))
+
+
+def test_prefit_imputer_cloned_by_model_selection_says_how_to_keep_it():
+    """cross_val_score / GridSearchCV clone every step, and a clone of a fitted ExactDGN is not
+    fitted: the error said only that prefit needs a fitted model, which the user had given."""
+    true, X = _data(30)
+    pipe = Pipeline([("impute", ExactDGNImputer(true, prefit=True)), ("reg", LinearRegression())])
+    with pytest.raises(ValueError, match="FrozenEstimator"):
+        cross_val_score(pipe, X, X[:, 0], cv=2, error_score="raise")
+    with pytest.raises(ValueError, match="FrozenEstimator"):
+        clone(pipe).fit(X, X[:, 0])
+    frozen = pytest.importorskip("sklearn.frozen")  # scikit-learn >= 1.6
+    pipe.set_params(impute__estimator=frozen.FrozenEstimator(true))
+    assert np.all(cross_val_score(pipe, X, X[:, 0], cv=2, error_score="raise") > 0.9)
