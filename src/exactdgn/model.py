@@ -153,10 +153,11 @@ class ExactDGN(DensityMixin, BaseEstimator):
     contamination : float in (0, 0.5] or None
         Outlier detection (scikit-learn's conventions): the fraction of the training data
         flagged as outliers. ``fit`` then sets ``offset_`` to that quantile of the training
-        ``log p(x)`` (``set_offset`` does it for a model built with ``from_decoder``);
-        ``decision_function = score_samples - offset_`` and ``predict`` gives +1 (inlier) or
-        -1 (outlier). None: no threshold (``fit`` drops the ``offset_`` of an earlier fit or
-        ``set_offset``: it was a quantile of the former density).
+        ``log p(x)`` (of its rows without NaN; ``set_offset`` does it for a model built with
+        ``from_decoder``); ``decision_function = score_samples - offset_`` and ``predict``
+        gives +1 (inlier) or -1 (outlier), for complete rows. None: no threshold (``fit``
+        drops the ``offset_`` of an earlier fit or ``set_offset``: it was a quantile of the
+        former density).
     device : None, str or torch.device
         Where the exact likelihood, posterior statistics and training run: ``None`` (default)
         the numpy path; ``"cpu"``, ``"cuda"`` or a ``torch.device`` the torch backend on that
