@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.sparse import issparse
 from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 
-__all__ = ["NotFittedError", "check_array", "check_positive"]
+__all__ = [
+    "NotFittedError",
+    "check_array",
+    "check_feature_names",
+    "check_positive",
+    "feature_names",
+]
 
 
 class NotFittedError(_SklearnNotFittedError):
@@ -42,6 +49,11 @@ def check_array(
     allow_nan : bool
         Whether NaN entries are allowed (infinite entries never are).
     """
+    if issparse(X):
+        raise ValueError(
+            f"{name} is a scipy sparse {type(X).__name__}: give a dense array (X.toarray()); "
+            "the exact likelihood uses every value, and NaN marks a missing one"
+        )
     if np.iscomplexobj(X):
         raise ValueError(f"{name} is complex: give real numbers (the real part is not taken)")
     try:
@@ -83,3 +95,33 @@ def check_positive(value, *, name: str, size: int | None = None) -> np.ndarray:
     if size is not None and arr.ndim == 1 and arr.shape[0] != size:
         raise ValueError(f"{name} has length {arr.shape[0]} but {size} is expected")
     return arr
+
+
+def feature_names(X) -> np.ndarray | None:
+    """The column names of a data frame (pandas, polars) as an object array, or None.
+
+    As scikit-learn's ``feature_names_in_``: only names that are all strings count (integer
+    column labels, as ``pd.DataFrame(array)`` has, are not names).
+    """
+    cols = None if isinstance(X, np.ndarray) else getattr(X, "columns", None)
+    if cols is None:
+        return None
+    names = np.asarray(list(cols), dtype=object)
+    if names.size == 0 or not all(isinstance(n, str) for n in names):
+        return None
+    return names
+
+
+def check_feature_names(estimator, X) -> None:
+    """A ValueError when ``X`` has column names other than the ``feature_names_in_`` that
+    ``estimator`` was fitted with (same names in another order included): the columns would be
+    taken by position, so the values would belong to other features."""
+    fitted = getattr(estimator, "feature_names_in_", None)
+    names = feature_names(X)
+    if fitted is None or names is None:
+        return
+    if len(names) != len(fitted) or np.any(names != fitted):
+        raise ValueError(
+            f"X has columns {names.tolist()} but {type(estimator).__name__} was fitted with "
+            f"{fitted.tolist()}: select and order them as in fit (X[feature_names_in_])"
+        )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin, clone
 
-from ._validation import check_array
+from ._validation import check_array, check_feature_names, feature_names
 from .model import ExactDGN, NotFittedError
 
 __all__ = ["ExactDGNImputer"]
@@ -31,12 +31,17 @@ class ExactDGNImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     random_state : int or None
         Seed of ``method="sample"`` (each ``transform`` call draws with it).
     prefit : bool
-        Use ``estimator`` as fitted; ``fit`` then only checks the data's width.
+        Use ``estimator`` as fitted; ``fit`` then only checks the data's width. Model selection
+        (``cross_val_score``, ``GridSearchCV``) clones the steps, which unfits the model: wrap
+        it in ``sklearn.frozen.FrozenEstimator`` there.
 
     Attributes
     ----------
     estimator_ : ExactDGN
     n_features_in_ : int
+    feature_names_in_ : ndarray of str
+        The column names of a data frame given to ``fit`` (``get_feature_names_out`` returns
+        them); a frame with other names or another order is then an error.
     """
 
     def __init__(
@@ -51,26 +56,42 @@ class ExactDGNImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self.random_state = random_state
         self.prefit = prefit
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # NaN marks the values to fill
+        return tags
+
     def fit(self, X, y=None) -> ExactDGNImputer:
         """Fit the model on ``X`` (N, D) with NaN where missing (exact missing-data EM)."""
         if self.method not in ExactDGN._IMPUTE_METHODS:
             raise ValueError(
                 f"method={self.method!r} is invalid: use one of {ExactDGN._IMPUTE_METHODS}"
             )
+        data = X
         X = check_array(X, name="X", allow_nan=True)
         if self.prefit:
             if self.estimator is None or not hasattr(self.estimator, "decoder_"):
-                raise NotFittedError("prefit=True needs a fitted ExactDGN as estimator")
+                raise NotFittedError(
+                    "prefit=True needs a fitted ExactDGN as estimator; cross_val_score, "
+                    "GridSearchCV and clone() copy it unfitted: wrap the fitted model as "
+                    "ExactDGNImputer(sklearn.frozen.FrozenEstimator(model), prefit=True)"
+                )
             self.estimator_ = self.estimator
-            self.estimator_._check_X(X, allow_nan=True)
+            self.estimator_._check_X(data, allow_nan=True)
         else:
             self.estimator_ = clone(self.estimator if self.estimator is not None else ExactDGN())
-            self.estimator_.fit(X)
+            self.estimator_.fit(data)
         self.n_features_in_ = X.shape[1]
+        names = feature_names(data)
+        if names is None:
+            self.__dict__.pop("feature_names_in_", None)
+        else:
+            self.feature_names_in_ = names
         return self
 
     def transform(self, X) -> np.ndarray:
         """``X`` with its NaNs filled; observed values are returned unchanged."""
         if not hasattr(self, "estimator_"):
             raise NotFittedError("this ExactDGNImputer is not fitted yet: call fit(X) first")
+        check_feature_names(self, X)
         return self.estimator_.impute(X, method=self.method, random_state=self.random_state)

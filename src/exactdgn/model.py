@@ -18,7 +18,13 @@ from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.exceptions import ConvergenceWarning
 
 from . import gaussian
-from ._validation import NotFittedError, check_array, check_positive
+from ._validation import (
+    NotFittedError,
+    check_array,
+    check_feature_names,
+    check_positive,
+    feature_names,
+)
 from .decoder import Decoder
 from .em._gradient import exact_gradient
 from .em._init import initialize
@@ -147,9 +153,11 @@ class ExactDGN(DensityMixin, BaseEstimator):
     contamination : float in (0, 0.5] or None
         Outlier detection (scikit-learn's conventions): the fraction of the training data
         flagged as outliers. ``fit`` then sets ``offset_`` to that quantile of the training
-        ``log p(x)`` (``set_offset`` does it for a model built with ``from_decoder``);
-        ``decision_function = score_samples - offset_`` and ``predict`` gives +1 (inlier) or
-        -1 (outlier). None: no threshold.
+        ``log p(x)`` (of its rows without NaN; ``set_offset`` does it for a model built with
+        ``from_decoder``); ``decision_function = score_samples - offset_`` and ``predict``
+        gives +1 (inlier) or -1 (outlier), for complete rows. None: no threshold (``fit``
+        drops the ``offset_`` of an earlier fit or ``set_offset``: it was a quantile of the
+        former density).
     device : None, str or torch.device
         Where the exact likelihood, posterior statistics and training run: ``None`` (default)
         the numpy path; ``"cpu"``, ``"cuda"`` or a ``torch.device`` the torch backend on that
@@ -164,6 +172,9 @@ class ExactDGN(DensityMixin, BaseEstimator):
     decoder_ : Decoder
     n_features_in_ : int
         D, the number of outputs (data columns).
+    feature_names_in_ : ndarray of str
+        The column names of a data frame given to ``fit`` (pandas, polars; only when all are
+        strings, as scikit-learn); a frame with other names or another order is then an error.
     noise_std_ : ndarray of shape (D,)
     partition_ : Partition
     offset_ : float
@@ -277,6 +288,11 @@ class ExactDGN(DensityMixin, BaseEstimator):
         self.partition_ = part if part is not None else partition(decoder)
         self._geom = None
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # NaN marks a missing value (exact marginalisation)
+        return tags
+
     # ------------------------------------------------------------------ helpers
     def _check_fitted(self) -> None:
         if not hasattr(self, "decoder_"):
@@ -288,6 +304,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
     def _check_X(self, X, name="X", allow_nan: bool = False) -> np.ndarray:
         """Validated ``X`` in the decoder's units (standardized when ``preprocessing_`` is set)."""
         self._check_fitted()
+        check_feature_names(self, X)
         X = check_array(X, name=name, n_features=self.decoder_.output_dim, allow_nan=allow_nan)
         if X.shape[0] == 0:
             raise ValueError(f"{name} has no rows (shape {X.shape}): give at least one point")
@@ -376,31 +393,44 @@ class ExactDGN(DensityMixin, BaseEstimator):
     def set_offset(self, X) -> ExactDGN:
         """Set ``offset_`` so that the fraction ``contamination`` of ``X`` are outliers.
 
-        ``fit`` calls it on the training data; call it for a model from ``from_decoder``.
+        ``fit`` calls it on the training data (its complete rows); call it for a model from
+        ``from_decoder``. ``X`` must be complete (see :meth:`decision_function`).
         """
         self._check_contamination()
         if self.contamination is None:
             raise ValueError("set contamination (a fraction in (0, 0.5]) to set an offset")
+        check_feature_names(self, X)
+        X = _complete_rows(X)
         self.offset_ = contamination_offset(self.score_samples(X), self.contamination)
         return self
 
     def decision_function(self, X) -> np.ndarray:
-        """(N,) ``log p(x) - offset_``: negative for outliers (scikit-learn's convention)."""
+        """(N,) ``log p(x) - offset_``: negative for outliers (scikit-learn's convention).
+
+        Rows with NaN are an error: ``offset_`` is a quantile of complete rows' ``log p(x)``,
+        and ``log p(x_obs)`` of a row with fewer coordinates is on another scale (each missing
+        value shifts it by about that coordinate's conditional entropy, which depends on the
+        units), so the threshold would flag such rows by their missing count, not their
+        density. Score them with :meth:`score_samples` among rows missing the same values.
+        """
         if not hasattr(self, "offset_"):
             raise NotFittedError(
                 "no outlier threshold: set contamination before fit, or call set_offset(X) "
                 "on reference data"
             )
-        return self.score_samples(X) - self.offset_
+        check_feature_names(self, X)
+        return self.score_samples(_complete_rows(X)) - self.offset_
 
     def predict(self, X) -> np.ndarray:
-        """(N,) +1 for inliers, -1 for outliers (``decision_function < 0``)."""
+        """(N,) +1 for inliers, -1 for outliers (``decision_function < 0``; complete rows)."""
         return np.where(self.decision_function(X) < 0, -1, 1)
 
     def fit_predict(self, X, y=None) -> np.ndarray:
-        """``fit(X)`` then ``predict(X)`` (needs ``contamination``)."""
+        """``fit(X)`` then ``predict(X)`` (needs ``contamination`` and complete rows)."""
         if self.contamination is None:
             raise ValueError("fit_predict needs contamination (a fraction in (0, 0.5])")
+        if not hasattr(X, "__dask_graph__"):
+            _complete_rows(X)  # before training: predict(X) would refuse them after it
         return self.fit(X).predict(X)
 
     def typicality_test(self, X, **kwargs) -> TypicalityResult:
@@ -790,8 +820,16 @@ class ExactDGN(DensityMixin, BaseEstimator):
             X = check_array(X, name="X", allow_nan=True)
             if X.shape[0] == 0:
                 raise ValueError(f"X has no rows (shape {X.shape}): give at least one point")
+            if X.shape[1] == 0:
+                raise ValueError(f"X has no columns (shape {X.shape}): give at least one feature")
             # NaN = missing: exact EM on the observed-data likelihood (see exactdgn.em._missing)
             check_missing(X, columns=True)
+            if self.contamination is not None and np.isnan(X).any(axis=1).all():
+                raise ValueError(
+                    "X has no complete row: contamination sets offset_ on the training rows "
+                    "without NaN (log p(x_obs) of an incomplete row is on another scale); "
+                    "give some complete rows, or fit with contamination=None"
+                )
             self._fit_data = [X, None]  # its device copy, made once (``_device_data``)
         self.preprocessing_ = None  # fit works in the units of X
         warm = self.warm_start and hasattr(self, "decoder_")
@@ -800,6 +838,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 f"X has {X.shape[1]} columns but the fitted model expects "
                 f"{self.decoder_.output_dim}"
             )
+        if warm:  # the run goes on with the columns in the order it was started with
+            check_feature_names(self, data)
         # a dask array's E-step runs chunk by chunk on the workers: no local memory bound
         cost = check_training_cost(self, X, in_memory=remote is None)
         self._expensive = cost.seconds > _EXPENSIVE_SECONDS
@@ -812,6 +852,14 @@ class ExactDGN(DensityMixin, BaseEstimator):
         }
         config["hidden_sizes"] = list(config["hidden_sizes"])
         ck = self._load_checkpoint(checkpoint, fingerprint, config) if checkpoint else None
+        # a threshold belongs to the density it was a quantile of: set again below (with
+        # contamination), never carried over to the new parameters
+        self.__dict__.pop("offset_", None)
+        names = None if remote is not None else feature_names(data)
+        if names is None:
+            self.__dict__.pop("feature_names_in_", None)
+        else:
+            self.feature_names_in_ = names
         seeds = np.random.default_rng(self.random_state).integers(0, 2**63 - 1, size=self.n_init)
         done = ck["done"] if ck else []
         for i in range(len(done), self.n_init):
@@ -832,8 +880,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
         self.best_init_ = best
         self.init_logliks_ = [r["history"][-1]["loglik"] for r in done]
         if self.contamination is not None:
-            if remote is None:
-                self.set_offset(X)
+            if remote is None:  # the complete rows (decision_function takes no others)
+                self.set_offset(X[~np.isnan(X).any(axis=1)])
             else:  # the training data's log p(x) computed on the cluster
                 from .dask import score_samples
 
@@ -1164,6 +1212,9 @@ class ExactDGN(DensityMixin, BaseEstimator):
             "n_iter": getattr(self, "n_iter_", None),
             "converged": getattr(self, "converged_", None),
             "offset": getattr(self, "offset_", None),
+            "feature_names": (
+                self.feature_names_in_.tolist() if hasattr(self, "feature_names_in_") else None
+            ),
             "preprocessing": (
                 self.preprocessing_.to_dict()
                 if getattr(self, "preprocessing_", None) is not None
@@ -1219,6 +1270,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
             }
         if meta.get("offset") is not None:
             model.offset_ = float(meta["offset"])
+        if meta.get("feature_names") is not None:
+            model.feature_names_in_ = np.asarray(meta["feature_names"], dtype=object)
         pre = meta.get("preprocessing")
         if "preprocessing" not in meta:  # a file from before models carried it: the run's
             pre = _run_config(path.parent / "config.json").get("standardizer")
@@ -1243,6 +1296,21 @@ class ExactDGN(DensityMixin, BaseEstimator):
     def aic(self, X) -> float:
         """Akaike information criterion ``-2 log L + 2k`` (lower is better)."""
         return float(-2 * self.score_samples(X).sum() + 2 * self._n_parameters())
+
+
+def _complete_rows(X) -> np.ndarray:
+    """``X`` (validated, float64) if it has no NaN, else a ValueError naming the rows that have:
+    the outlier threshold is on complete rows' ``log p(x)`` (see ``decision_function``)."""
+    X = check_array(X, name="X", allow_nan=True)
+    rows = np.flatnonzero(np.isnan(X).any(axis=1))
+    if rows.size:
+        raise ValueError(
+            f"X has {rows.size} rows with NaN (first: {rows[:5].tolist()}): the outlier "
+            "threshold offset_ is a quantile of complete rows' log p(x), and log p(x_obs) of "
+            "a row with missing values is on another scale; drop those rows, or compare their "
+            "score_samples with rows missing the same values"
+        )
+    return X
 
 
 def _loglik(st) -> float:

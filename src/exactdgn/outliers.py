@@ -83,7 +83,8 @@ def typicality_test(
     -------
     TypicalityResult
     """
-    if not (0.0 < alpha < 1.0):
+    real = isinstance(alpha, float | int | np.floating | np.integer) and not isinstance(alpha, bool)
+    if not (real and 0.0 < alpha < 1.0):
         raise ValueError(f"alpha={alpha!r} is invalid: use a level in (0, 1), e.g. 0.01")
     for name, val in (("n_reference", n_reference), ("n_batches", n_batches)):
         if not (isinstance(val, int | np.integer) and val >= 10):

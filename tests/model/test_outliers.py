@@ -57,8 +57,9 @@ def test_typicality_test():
     best = X[np.argsort(model.score_samples(X))[-50:]]
     res = model.typicality_test(best, random_state=0)
     assert not res.typical and res.statistic > res.reference_mean
-    with pytest.raises(ValueError, match="alpha"):
-        model.typicality_test(best, alpha=2.0)
+    for alpha in (2.0, "0.01", None, True):
+        with pytest.raises(ValueError, match="alpha"):
+            model.typicality_test(best, alpha=alpha)
 
 
 def test_typicality_test_refuses_missing_values():
@@ -77,3 +78,51 @@ def test_contamination_accepts_numpy_scalars():
         assert _model(contamination=c).set_offset(X).offset_ < 0
     with pytest.raises(ValueError, match="contamination"):
         _model(contamination=True).set_offset(X)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_refit_without_contamination_drops_the_old_threshold():
+    """A threshold belongs to the model it was computed for: after a refit with
+    ``contamination=None`` (or a new decoder), ``decision_function`` must not reuse the
+    previous model's ``offset_`` (it flagged points by a quantile of another density)."""
+    X = _model().sample(200, random_state=1)
+    model = ExactDGN(hidden_sizes=(6,), max_iter=2, n_iter_no_change=1, init="pca", progress=False)
+    model.set_params(contamination=0.1).fit(X)
+    assert hasattr(model, "offset_")
+    model.set_params(contamination=None).fit(X)
+    assert not hasattr(model, "offset_")
+    with pytest.raises(NotFittedError, match="set_offset"):
+        model.decision_function(X)
+
+
+def test_threshold_refuses_incomplete_rows():
+    """``offset_`` is a quantile of complete rows' ``log p(x)``; an incomplete row's
+    ``log p(x_obs)`` has fewer coordinates and another scale. With noise 0.01, each missing
+    value raises log p by ~2-3 nats less than the density's spread: thresholded as it was, every
+    row with one NaN came out as an outlier (100% instead of 10%). Now it is an error."""
+    model = ExactDGN.from_decoder(Decoder.random([1, 6, 3], seed=2), 0.01, contamination=0.1)
+    X = model.sample(300, random_state=0)
+    model.set_offset(X)
+    Xn = model.sample(50, random_state=1)
+    Xn[::5, 2] = np.nan
+    for method in (model.decision_function, model.predict, model.set_offset):
+        with pytest.raises(ValueError, match=r"10 rows with NaN \(first: \[0, 5, 10, 15, 20\]\)"):
+            method(Xn)
+    assert model.predict(Xn[1:5]).shape == (4,)  # the complete rows are scored as before
+    with pytest.raises(ValueError, match="rows with NaN"):
+        ExactDGN(contamination=0.1).fit_predict(Xn)  # before any training
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_fit_on_incomplete_data_sets_the_threshold_on_the_complete_rows():
+    true = ExactDGN.from_decoder(Decoder.random([1, 6, 3], seed=2), 0.05)
+    X = true.sample(200, random_state=0)
+    Xn = X.copy()
+    Xn[::4, 1] = np.nan
+    params = dict(hidden_sizes=(6,), max_iter=2, n_iter_no_change=1, init="pca", progress=False)
+    model = ExactDGN(contamination=0.1, **params).fit(Xn)
+    complete = ~np.isnan(Xn).any(axis=1)
+    assert model.offset_ == np.percentile(model.score_samples(X[complete]), 10.0)
+    Xn[np.arange(200), np.arange(200) % 3] = np.nan  # every row incomplete
+    with pytest.raises(ValueError, match="no complete row"):
+        ExactDGN(contamination=0.1, **params).fit(Xn)

@@ -1,0 +1,125 @@
+"""scikit-learn conventions of ExactDGN and ExactDGNImputer a user meets in pipelines:
+data frames' column names (``feature_names_in_``), tags, clear errors on unsupported input."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from sklearn.base import clone
+from sklearn.linear_model import LinearRegression
+from sklearn.model_selection import cross_val_score
+from sklearn.pipeline import Pipeline
+
+from exactdgn import Decoder, ExactDGN, ExactDGNImputer
+
+
+class _Frame:
+    """The part of a pandas / polars DataFrame that feature names use: ``columns`` and
+    ``__array__`` (pandas is not a dependency; the real one is tested below when installed)."""
+
+    def __init__(self, X, columns):
+        self._X = np.asarray(X)
+        self.columns = list(columns)
+
+    def __array__(self, dtype=None, copy=None):
+        return self._X if dtype is None else self._X.astype(dtype)
+
+    def __getitem__(self, cols):
+        return _Frame(self._X[:, [self.columns.index(c) for c in cols]], cols)
+
+
+def _data(n=200):
+    true = ExactDGN.from_decoder(Decoder.random([1, 6, 3], seed=11), 0.1, contamination=0.1)
+    return true, true.sample(n, random_state=0)
+
+
+_SMALL = dict(hidden_sizes=(6,), max_iter=2, n_iter_no_change=1, init="pca", progress=False)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_fit_on_a_frame_records_and_checks_its_column_names(tmp_path):
+    """Before, the names were dropped: scoring a frame with its columns in another order gave
+    the log-likelihood of other points, without a word."""
+    _, X = _data()
+    df = _Frame(X, ["a", "b", "c"])
+    model = ExactDGN(contamination=0.1, **_SMALL).fit(df)
+    assert model.feature_names_in_.tolist() == ["a", "b", "c"]
+    assert np.array_equal(model.score_samples(df), model.score_samples(X))
+    swapped = df[["b", "a", "c"]]
+    for method in (model.score_samples, model.decision_function, model.predict, model.impute):
+        with pytest.raises(ValueError, match=r"\['b', 'a', 'c'\].*\['a', 'b', 'c'\]"):
+            method(swapped)
+    assert model.predict(df[["a", "b", "c"]]).shape == (200,)
+    model.save(tmp_path / "m.npz")
+    assert ExactDGN.load(tmp_path / "m.npz").feature_names_in_.tolist() == ["a", "b", "c"]
+    model.fit(X)  # refit on an array: no names any more
+    assert not hasattr(model, "feature_names_in_")
+    assert model.predict(swapped).shape == (200,)
+    assert not hasattr(ExactDGN(**_SMALL).fit(_Frame(X, [0, 1, 2])), "feature_names_in_")
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_imputer_keeps_the_frame_column_names():
+    """``get_feature_names_out()`` gave x0, x1, x2 for a frame with named columns (so a
+    pipeline's ``set_output(transform="pandas")`` renamed them)."""
+    true, X = _data(50)
+    Xn = X.copy()
+    Xn[::3, 1] = np.nan
+    df = _Frame(Xn, ["a", "b", "c"])
+    imp = ExactDGNImputer(true, prefit=True).fit(df)
+    assert imp.feature_names_in_.tolist() == ["a", "b", "c"]
+    assert imp.get_feature_names_out().tolist() == ["a", "b", "c"]
+    assert np.array_equal(imp.transform(df), true.impute(Xn))
+    with pytest.raises(ValueError, match="fitted with"):
+        imp.transform(df[["c", "b", "a"]])
+    fitted = ExactDGNImputer(ExactDGN(**_SMALL)).fit(df)
+    assert fitted.estimator_.feature_names_in_.tolist() == ["a", "b", "c"]
+    assert not hasattr(ExactDGNImputer(true, prefit=True).fit(Xn), "feature_names_in_")
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_with_pandas():
+    pd = pytest.importorskip("pandas")
+    true, X = _data(50)
+    Xn = X.copy()
+    Xn[::3, 1] = np.nan
+    df = pd.DataFrame(Xn, columns=["a", "b", "c"])
+    imp = ExactDGNImputer(true, prefit=True).set_output(transform="pandas").fit(df)
+    out = imp.transform(df)
+    assert list(out.columns) == ["a", "b", "c"] and not out.isna().any().any()
+    model = ExactDGN(**_SMALL).fit(df)
+    with pytest.raises(ValueError, match="fitted with"):
+        model.score_samples(df[["c", "b", "a"]])
+
+
+def test_tags_say_nan_is_missing():
+    """Both take NaN as missing values (exact marginalisation): their tags say so, as
+    ``SimpleImputer``'s and ``IsolationForest``'s do, so scikit-learn's wrappers that read the
+    tag (feature selectors, ensembles) pass NaN through instead of refusing it."""
+    from sklearn.utils import get_tags  # scikit-learn >= 1.6
+
+    assert get_tags(ExactDGN()).input_tags.allow_nan
+    assert get_tags(ExactDGNImputer()).input_tags.allow_nan
+    assert not get_tags(ExactDGN()).input_tags.sparse
+
+
+def test_sparse_and_columnless_input_are_named():
+    true, X = _data(20)
+    for method in (true.score_samples, ExactDGN(**_SMALL).fit, ExactDGNImputer(true).fit):
+        with pytest.raises(ValueError, match=r"sparse.*toarray\(\)"):
+            method(sp.csr_matrix(X))
+    with pytest.raises(ValueError, match=r"X has no columns \(shape \(5, 0\)\)"):
+        ExactDGN(**_SMALL).fit(np.empty((5, 0)))
+
+
+def test_prefit_imputer_cloned_by_model_selection_says_how_to_keep_it():
+    """cross_val_score / GridSearchCV clone every step, and a clone of a fitted ExactDGN is not
+    fitted: the error said only that prefit needs a fitted model, which the user had given."""
+    true, X = _data(30)
+    pipe = Pipeline([("impute", ExactDGNImputer(true, prefit=True)), ("reg", LinearRegression())])
+    with pytest.raises(ValueError, match="FrozenEstimator"):
+        cross_val_score(pipe, X, X[:, 0], cv=2, error_score="raise")
+    with pytest.raises(ValueError, match="FrozenEstimator"):
+        clone(pipe).fit(X, X[:, 0])
+    frozen = pytest.importorskip("sklearn.frozen")  # scikit-learn >= 1.6
+    pipe.set_params(impute__estimator=frozen.FrozenEstimator(true))
+    assert np.all(cross_val_score(pipe, X, X[:, 0], cv=2, error_score="raise") > 0.9)
