@@ -4,8 +4,10 @@ Loading is safe by default: ``.safetensors`` files, or ``torch.load(weights_only
 dicts (tensors only; no code from the file runs). A pickled whole ``nn.Module`` needs
 ``unsafe_pickle=True``, which executes code from the file: use it only for files you trust.
 
-A decoder state dict is read as an MLP: its 2-D ``*weight`` tensors in order, each with the
-``*bias`` of the same prefix (or none), must chain (``out`` of one = ``in`` of the next) and
+A decoder state dict is read as an MLP: its 2-D ``*weight`` tensors in order (a ``torch.save``-d
+dict: the module's order; ``.safetensors``, which stores the names sorted: the natural order of
+the names, numbers compared as numbers, so ``2.weight`` comes before ``10.weight``), each with
+the ``*bias`` of the same prefix (or none), must chain (``out`` of one = ``in`` of the next) and
 be all it holds (other tensors, e.g. BatchNorm statistics or PReLU slopes, are refused); the
 layer sizes ``[d, h_1, ..., D]`` follow from the shapes and, when given, are checked against
 them. An encoder state dict must be that of :class:`exactdgn.baselines.GaussianEncoder` with
@@ -33,7 +35,10 @@ def _load(path, unsafe_pickle: bool):
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        # the file keeps no order (its names come sorted as text: "10.weight" before
+        # "2.weight"); the layers of an MLP follow the numbers in their names
+        tensors = load_file(str(path))
+        return {k: tensors[k] for k in sorted(tensors, key=_natural_key)}
     if unsafe_pickle:
         try:
             return torch.load(path, map_location="cpu", weights_only=False)
@@ -52,6 +57,11 @@ def _load(path, unsafe_pickle: bool):
             "instead; or, only for a file you trust, pass unsafe_pickle=True (--unsafe-pickle), "
             "which executes code from the file"
         ) from exc
+
+
+def _natural_key(name: str) -> list:
+    """Sort key of a tensor name with its digit runs as numbers (``layers.2`` < ``layers.10``)."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
 def _plain(text: str) -> str:
