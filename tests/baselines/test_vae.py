@@ -590,6 +590,37 @@ def test_from_parts_checks_its_parts():
     np.testing.assert_array_equal(v.elbo(X, 5, random_state=0), m.elbo(X, 5, random_state=0))
 
 
+class _AnalyticPosterior(torch.nn.Module):
+    """The exact posterior ``N(P x + c, diag(s²))`` as a module with buffers, no parameters."""
+
+    def __init__(self, P, c, log_s):
+        super().__init__()
+        self.register_buffer("P", torch.as_tensor(P))
+        self.register_buffer("c", torch.as_tensor(c))
+        self.register_buffer("log_s", torch.as_tensor(log_s))
+
+    def forward(self, x):
+        return x @ self.P.T + self.c, self.log_s.expand(x.shape[0], -1)
+
+
+def test_from_parts_encoder_without_parameters():
+    """An encoder without parameters (a closed-form posterior) is accepted by from_parts, and
+    every evaluation method works with it: they raised "generator raised StopIteration"."""
+    m, X, _, b, sigma, S, P = _exact_posterior_model("diagonal")
+    enc = _AnalyticPosterior(P, -P @ b, 0.5 * np.log(np.diag(S)))
+    assert next(enc.parameters(), None) is None
+    v = VAE.from_parts(m.decoder_, enc, sigma)
+    exact = ExactDGN.from_decoder(m.decoder_, sigma).score_samples(X)
+    np.testing.assert_allclose(v.elbo(X, 3, random_state=0), exact, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(v.iwae_bound(X, 3, random_state=0), exact, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(
+        v.importance_log_likelihood(X, 3, random_state=0), exact, rtol=0, atol=1e-10
+    )
+    mu, std = v.encode(X)
+    np.testing.assert_allclose(mu, (X - b) @ P.T, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(std, np.broadcast_to(np.sqrt(np.diag(S)), std.shape))
+
+
 @pytest.mark.parametrize("cls", [VAE, IWAE])
 def test_sklearn_estimator_checks(cls):
     """The scikit-learn checks of the estimator API (construction, parameters, fitting). Not

@@ -1130,7 +1130,9 @@ class VAE(DensityMixin, BaseEstimator):
         with torch.random.fork_rng(devices=[]):
             dec = self.decoder_.to_torch(torch.float64).eval()
         enc = self.encoder_
-        if next(enc.parameters()).dtype != torch.float64:
+        # parameters and buffers (an encoder may have none of either: a closed-form posterior)
+        tensors = [*enc.parameters(), *enc.buffers()]
+        if any(t.is_floating_point() and t.dtype != torch.float64 for t in tensors):
             enc = copy.deepcopy(enc).to(torch.float64)
         sigma = np.atleast_1d(np.asarray(self.noise_std_, dtype=np.float64))
         return dec, enc.eval(), torch.log(torch.as_tensor(sigma))
