@@ -1,4 +1,4 @@
-"""Public functions of ``exactdgn.evaluation`` for decoders and encoders trained elsewhere."""
+"""Public functions of ``exactdgn.evaluation`` for VAE-type models and external decoders."""
 
 from __future__ import annotations
 
@@ -7,8 +7,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from exactdgn import ExactDGN
-from exactdgn.evaluation import load_torch_decoder
+from exactdgn import Decoder, ExactDGN
+from exactdgn.baselines import VAE, GaussianEncoder
+from exactdgn.evaluation import (
+    evaluate_external,
+    evaluate_vae,
+    load_torch_decoder,
+    vae_to_exact,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -44,3 +50,47 @@ def test_deep_sequential_state_dict_keeps_its_layer_order(tmp_path, fmt):
     loaded = load_torch_decoder(path, layers=[1] + [4] * 7)
     got = ExactDGN.from_decoder(loaded, 0.2).score_samples(X)
     np.testing.assert_allclose(got, ref.score_samples(X), rtol=0, atol=1e-10)
+
+
+def _parts():
+    dec = Decoder.random([1, 6, 2], seed=0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        enc = GaussianEncoder(2, 1, (8,)).to(torch.float64)
+    X = ExactDGN.from_decoder(dec, 0.3).sample(8, random_state=0)
+    return dec, enc, X
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"k_iwae": 0}, "k_iwae"),
+        ({"k_is": 0}, "k_is"),
+        ({"n_elbo": 0}, "n_elbo"),
+        ({"k_iwae": 2.5}, "k_iwae"),
+        ({"seed": None}, "seed"),
+        ({"seed": -1}, "seed"),
+    ],
+)
+def test_evaluate_external_names_its_bad_arguments(kwargs, name):
+    # they were refused as "k must be an int >= 1" (which k?) or a TypeError on seed + 1
+    dec, enc, X = _parts()
+    with pytest.raises(ValueError, match=rf"^{name}="):
+        evaluate_external(dec, 0.3, X, encoder=enc, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"n_elbo": 1}, "n_elbo"),  # the ELBO's standard error needs 2 samples
+        ({"k_iwae": 0}, "k_iwae"),
+        ({"k_is": 0}, "k_is"),
+        ({"seed": 0.5}, "seed"),
+    ],
+)
+def test_evaluate_vae_names_its_bad_arguments(kwargs, name):
+    # n_elbo=1 was refused as "n_samples must be an int >= 2", a name the call does not have
+    dec, enc, X = _parts()
+    vae = VAE.from_parts(dec, enc, 0.3)
+    with pytest.raises(ValueError, match=rf"^{name}="):
+        evaluate_vae(vae, vae_to_exact(vae), X, **kwargs)

@@ -197,6 +197,18 @@ def evaluate_external(
 ):
     """Exact ``log p(x)`` of each row, with the encoder's ELBO / IWAE / IS estimates beside it.
 
+    Parameters
+    ----------
+    decoder : Decoder
+    noise_std : float or array_like of shape (D,)
+    X : array_like of shape (N, D)
+    encoder : torch.nn.Module, optional
+        ``x -> (mean, log_std)`` of ``q(z | x)`` (see :meth:`exactdgn.baselines.VAE.from_parts`).
+    seed : int >= 0
+        Seeds the estimates (``seed``, ``seed + 1``, ``seed + 2`` for ELBO, IWAE, IS).
+    n_elbo, k_iwae, k_is : int >= 1
+        ELBO samples, IWAE-k bound samples and importance-sampling proposals per point.
+
     Returns
     -------
     per_point : dict of (N,) arrays: ``log_px`` and, with an encoder, ``elbo``, ``iwae{k}``,
@@ -205,7 +217,9 @@ def evaluate_external(
     """
     from ..baselines import VAE
     from ..model import ExactDGN
+    from ._vae import _check_estimate_args
 
+    _check_estimate_args(n_elbo=n_elbo, k_iwae=k_iwae, k_is=k_is, seed=seed, min_elbo=1)
     exact = ExactDGN.from_decoder(decoder, noise_std)
     ll = exact.score_samples(X)
     per = {"log_px": ll}

@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 __all__ = ["evaluate_vae", "vae_to_exact"]
+
+
+def _check_estimate_args(*, n_elbo, k_iwae, k_is, seed, min_elbo: int) -> None:
+    """Refuse a bad sample count or seed by its own name (before the exact pass runs)."""
+    for name, value, low, what in (
+        ("n_elbo", n_elbo, min_elbo, "ELBO samples per point"),
+        ("k_iwae", k_iwae, 1, "importance samples of the IWAE bound"),
+        ("k_is", k_is, 1, "proposals of the importance-sampling estimate"),
+        ("seed", seed, 0, "seeds the Monte Carlo estimates"),
+    ):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+            raise ValueError(f"{name}={value!r} is invalid: use an integer >= {low} ({what})")
 
 
 def vae_to_exact(vae, **params):
@@ -28,7 +42,10 @@ def evaluate_vae(
     ``is_k`` (importance-sampling estimate with ``k_is`` proposals from ``q``) and the per-point
     gap ``exact - ELBO = KL(q(z|x) || p(z|x))`` (up to the ELBO's Monte Carlo error):
     ``gap_mean``, ``gap_median``, ``gap_p90``, ``gap_max``, and ``elbo_stderr_mean``.
+    ``n_elbo`` must be at least 2 (the ELBO's standard error), ``k_iwae``, ``k_is`` at least 1,
+    ``seed`` a non-negative integer.
     """
+    _check_estimate_args(n_elbo=n_elbo, k_iwae=k_iwae, k_is=k_is, seed=seed, min_elbo=2)
     if len(X) == 0:
         return {}
     ll = exact.score_samples(X)
