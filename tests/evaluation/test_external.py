@@ -13,6 +13,7 @@ from exactdgn.evaluation import (
     evaluate_external,
     evaluate_vae,
     load_torch_decoder,
+    load_torch_encoder,
     vae_to_exact,
 )
 
@@ -94,3 +95,18 @@ def test_evaluate_vae_names_its_bad_arguments(kwargs, name):
     vae = VAE.from_parts(dec, enc, 0.3)
     with pytest.raises(ValueError, match=rf"^{name}="):
         evaluate_vae(vae, vae_to_exact(vae), X, **kwargs)
+
+
+def test_load_torch_encoder_says_what_the_state_dict_holds(tmp_path):
+    # the message ended at torch's first line, "Error(s) in loading state_dict for
+    # GaussianEncoder:", without what differs
+    enc = GaussianEncoder(2, 1, (16,))
+    torch.save(enc.state_dict(), tmp_path / "enc.pt")
+    with pytest.raises(ValueError, match=r"it holds GaussianEncoder\(2, 1, hidden=\[16\]\)"):
+        load_torch_encoder(tmp_path / "enc.pt", n_features=2, latent_dim=1, hidden=(8,))
+    with pytest.raises(ValueError, match=r"it holds GaussianEncoder\(2, 1, hidden=\[16\]\)"):
+        load_torch_encoder(tmp_path / "enc.pt", n_features=2, latent_dim=2, hidden=(16,))
+    # another architecture: torch's own lines (which keys are missing or unexpected)
+    torch.save({"fc.weight": torch.zeros(3, 2), "fc.bias": torch.zeros(3)}, tmp_path / "o.pt")
+    with pytest.raises(ValueError, match=r"Missing key\(s\).*mean_head\.weight.*fc\.weight"):
+        load_torch_encoder(tmp_path / "o.pt", n_features=2, latent_dim=1, hidden=(8,))

@@ -147,6 +147,22 @@ def load_torch_decoder(
     return Decoder(Ws, bs, [act] * (len(Ws) - 1))
 
 
+def _encoder_shape(sd: dict):
+    """``(n_features, latent_dim, hidden)`` of a GaussianEncoder state dict, else None."""
+    body = re.compile(r"body\.(\d+)\.(weight|bias)")
+    heads = {f"{h}.{p}" for h in ("mean_head", "log_std_head") for p in ("weight", "bias")}
+    if not heads <= set(sd) or not all(k in heads or body.fullmatch(k) for k in sd):
+        return None
+    weights = sorted(
+        (int(body.fullmatch(k)[1]), sd[k]) for k in sd if k.endswith("weight") and body.fullmatch(k)
+    )
+    if any(w.ndim != 2 for _, w in weights) or sd["mean_head.weight"].ndim != 2:
+        return None
+    first = weights[0][1] if weights else sd["mean_head.weight"]
+    hidden = [int(w.shape[0]) for _, w in weights]
+    return int(first.shape[1]), int(sd["mean_head.weight"].shape[0]), hidden
+
+
 def load_torch_encoder(
     path,
     *,
@@ -169,12 +185,22 @@ def load_torch_encoder(
         enc = obj
     else:
         enc = GaussianEncoder(n_features, latent_dim, tuple(hidden), activation)
+        sd = _state_dict(obj, path)
         try:
-            enc.load_state_dict(_state_dict(obj, path))
+            enc.load_state_dict(sd)
         except RuntimeError as exc:
+            held = _encoder_shape(sd)
+            if held is not None:
+                what = (
+                    f"it holds GaussianEncoder({held[0]}, {held[1]}, hidden={held[2]}) (give "
+                    "the encoder's hidden sizes: hidden=, --encoder-hidden)"
+                )
+            else:  # torch's lines after its first say which keys are missing or unexpected
+                lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+                what = " ".join(lines[1:] or lines)
             raise ValueError(
                 f"{path} is not a GaussianEncoder({n_features}, {latent_dim}, hidden="
-                f"{list(hidden)}) state dict: {str(exc).splitlines()[0]}"
+                f"{list(hidden)}) state dict: {what}"
             ) from exc
     enc = enc.to(torch.float64).eval()
     if output == "log_std":
