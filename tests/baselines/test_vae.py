@@ -284,6 +284,21 @@ def test_sample_matches_model_moments():
     np.testing.assert_allclose(np.cov(S.T), np.diag(sigma**2) + W @ W.T, atol=0.15)
 
 
+def test_sample_is_called_as_exactdgn_sample():
+    """``sample(n_samples=1, random_state=None, return_latent=False)`` as ``ExactDGN.sample``
+    (and scikit-learn's ``KernelDensity.sample``): ``vae.sample()`` and ``vae.sample(5, 0)``
+    raised TypeError. The same seed draws the same points as the exact model of the decoder."""
+    m, *_ = _exact_posterior_model("diagonal")
+    assert m.sample().shape == (1, 4)
+    exact = vae_to_exact(m)
+    np.testing.assert_array_equal(m.sample(5, 0), exact.sample(5, 0))
+    X, Z = m.sample(5, 0, return_latent=True)
+    X2, Z2 = exact.sample(5, 0, return_latent=True)
+    np.testing.assert_array_equal(X, X2)
+    np.testing.assert_array_equal(Z, Z2)
+    assert Z.shape == (5, 2)
+
+
 def test_iwae_bound_std_and_k_monotone():
     X = wave(200, random_state=0)
     m = IWAE([1, 8, 2], max_epochs=10, random_state=0, **FAST).fit(X)
