@@ -110,3 +110,22 @@ def test_load_torch_encoder_says_what_the_state_dict_holds(tmp_path):
     torch.save({"fc.weight": torch.zeros(3, 2), "fc.bias": torch.zeros(3)}, tmp_path / "o.pt")
     with pytest.raises(ValueError, match=r"Missing key\(s\).*mean_head\.weight.*fc\.weight"):
         load_torch_encoder(tmp_path / "o.pt", n_features=2, latent_dim=1, hidden=(8,))
+
+
+def test_evaluate_vae_refuses_a_nan_row_before_the_exact_pass(monkeypatch):
+    dec, enc, X = _parts()
+    vae = VAE.from_parts(dec, enc, 0.3)
+    exact = vae_to_exact(vae)
+    res = evaluate_vae(vae, exact, X, n_elbo=5, k_is=20)
+    assert set(res) == {
+        "exact", "elbo", "iwae5", "is20", "gap_mean", "gap_median", "gap_p90", "gap_max",
+        "elbo_stderr_mean",
+    }  # fmt: skip
+    X[0, 1] = np.nan
+
+    def no_exact_pass(*args, **kwargs):
+        raise AssertionError("the exact pass ran on rows the VAE refuses")
+
+    monkeypatch.setattr(exact, "score_samples", no_exact_pass)
+    with pytest.raises(ValueError, match="X contains 1 NaN"):
+        evaluate_vae(vae, exact, X)
