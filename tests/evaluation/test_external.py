@@ -129,3 +129,19 @@ def test_evaluate_vae_refuses_a_nan_row_before_the_exact_pass(monkeypatch):
     monkeypatch.setattr(exact, "score_samples", no_exact_pass)
     with pytest.raises(ValueError, match="X contains 1 NaN"):
         evaluate_vae(vae, exact, X)
+
+
+def test_evaluate_external_refuses_a_nan_row_before_the_exact_pass(monkeypatch):
+    # without an encoder a NaN is missing data (log p(x_obs)); the encoder's estimates need
+    # complete rows, and the exact pass ran on all rows before they were refused
+    dec, enc, X = _parts()
+    X[0, 1] = np.nan
+    per, _ = evaluate_external(dec, 0.3, X)
+    assert np.isfinite(per["log_px"]).all()
+
+    def no_exact_pass(*args, **kwargs):
+        raise AssertionError("the exact pass ran on rows the estimates refuse")
+
+    monkeypatch.setattr(ExactDGN, "score_samples", no_exact_pass)
+    with pytest.raises(ValueError, match="X contains 1 NaN"):
+        evaluate_external(dec, 0.3, X, encoder=enc)

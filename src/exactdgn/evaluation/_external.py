@@ -247,11 +247,14 @@ def evaluate_external(
 
     _check_estimate_args(n_elbo=n_elbo, k_iwae=k_iwae, k_is=k_is, seed=seed, min_elbo=1)
     exact = ExactDGN.from_decoder(decoder, noise_std)
+    vae = None
+    if encoder is not None:  # the estimates need complete rows: refused before the exact pass
+        vae = VAE.from_parts(decoder, encoder, exact.noise_std_)
+        X = vae._check_X(X)
     ll = exact.score_samples(X)
     per = {"log_px": ll}
     summary = {"n_points": len(ll), "n_regions": exact.n_regions_, "exact": float(ll.mean())}
-    if encoder is not None:
-        vae = VAE.from_parts(decoder, encoder, exact.noise_std_)
+    if vae is not None:
         per["elbo"] = vae.elbo(X, n_samples=n_elbo, random_state=seed)
         per[f"iwae{k_iwae}"] = vae.iwae_bound(X, k=k_iwae, random_state=seed + 1)
         per[f"is{k_is}"] = vae.importance_log_likelihood(X, k=k_is, random_state=seed + 2)
