@@ -341,6 +341,22 @@ def test_callback_snapshots_are_the_prefix_runs(cls):
     assert one["seconds"][0] < one["seconds"][1]
 
 
+@pytest.mark.parametrize("schedule", [[1, 2.5], [-1, 2], [True, 2], ["3"], [], [0, 2]])
+def test_curve_schedules_of_non_epoch_counts_are_refused(schedule):
+    """``vae_curve`` and ``refit_curve`` truncated 2.5 to 2 (the curve had no point at the
+    epoch asked for); ``refit_curve`` took True or "3" (fitting 1 and 3 epochs) and passed -1
+    on to the estimator. ``refit_curve`` takes 0 (the initial model), ``vae_curve`` does not
+    (its callback sees epochs from 1)."""
+    from exactdgn.evaluation import refit_curve, vae_curve
+
+    X = wave(30, noise=0.1, random_state=0)
+    make = lambda e: VAE([1, 4, 2], max_epochs=e, **FAST)  # noqa: E731
+    curves = (vae_curve,) if schedule == [0, 2] else (vae_curve, refit_curve)
+    for curve in curves:
+        with pytest.raises(ValueError, match=r"schedule must hold epoch counts \(integers >="):
+            curve(make, X, X[:0], schedule)
+
+
 def test_vae_curve_after_an_early_stop():
     """An early stop ends the curve at the last scheduled epoch that ran (it is shorter than
     the schedule, without a warning), and the estimator returned holds the best validation
