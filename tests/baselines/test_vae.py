@@ -284,6 +284,21 @@ def test_sample_matches_model_moments():
     np.testing.assert_allclose(np.cov(S.T), np.diag(sigma**2) + W @ W.T, atol=0.15)
 
 
+def test_sample_is_called_as_exactdgn_sample():
+    """``sample(n_samples=1, random_state=None, return_latent=False)`` as ``ExactDGN.sample``
+    (and scikit-learn's ``KernelDensity.sample``): ``vae.sample()`` and ``vae.sample(5, 0)``
+    raised TypeError. The same seed draws the same points as the exact model of the decoder."""
+    m, *_ = _exact_posterior_model("diagonal")
+    assert m.sample().shape == (1, 4)
+    exact = vae_to_exact(m)
+    np.testing.assert_array_equal(m.sample(5, 0), exact.sample(5, 0))
+    X, Z = m.sample(5, 0, return_latent=True)
+    X2, Z2 = exact.sample(5, 0, return_latent=True)
+    np.testing.assert_array_equal(X, X2)
+    np.testing.assert_array_equal(Z, Z2)
+    assert Z.shape == (5, 2)
+
+
 def test_iwae_bound_std_and_k_monotone():
     X = wave(200, random_state=0)
     m = IWAE([1, 8, 2], max_epochs=10, random_state=0, **FAST).fit(X)
@@ -324,6 +339,22 @@ def test_callback_snapshots_are_the_prefix_runs(cls):
     np.testing.assert_allclose(one["train_nll"], ref["train_nll"], rtol=1e-12)
     np.testing.assert_allclose(one["test_nll"], ref["test_nll"], rtol=1e-12)
     assert one["seconds"][0] < one["seconds"][1]
+
+
+@pytest.mark.parametrize("schedule", [[1, 2.5], [-1, 2], [True, 2], ["3"], [], [0, 2]])
+def test_curve_schedules_of_non_epoch_counts_are_refused(schedule):
+    """``vae_curve`` and ``refit_curve`` truncated 2.5 to 2 (the curve had no point at the
+    epoch asked for); ``refit_curve`` took True or "3" (fitting 1 and 3 epochs) and passed -1
+    on to the estimator. ``refit_curve`` takes 0 (the initial model), ``vae_curve`` does not
+    (its callback sees epochs from 1)."""
+    from exactdgn.evaluation import refit_curve, vae_curve
+
+    X = wave(30, noise=0.1, random_state=0)
+    make = lambda e: VAE([1, 4, 2], max_epochs=e, **FAST)  # noqa: E731
+    curves = (vae_curve,) if schedule == [0, 2] else (vae_curve, refit_curve)
+    for curve in curves:
+        with pytest.raises(ValueError, match=r"schedule must hold epoch counts \(integers >="):
+            curve(make, X, X[:0], schedule)
 
 
 def test_vae_curve_after_an_early_stop():
@@ -588,6 +619,37 @@ def test_from_parts_checks_its_parts():
     v = VAE.from_parts(dec, _Wrapped(enc), np.float64(0.4))
     assert type(v.noise_std_) is float and v.noise == "isotropic"
     np.testing.assert_array_equal(v.elbo(X, 5, random_state=0), m.elbo(X, 5, random_state=0))
+
+
+class _AnalyticPosterior(torch.nn.Module):
+    """The exact posterior ``N(P x + c, diag(s²))`` as a module with buffers, no parameters."""
+
+    def __init__(self, P, c, log_s):
+        super().__init__()
+        self.register_buffer("P", torch.as_tensor(P))
+        self.register_buffer("c", torch.as_tensor(c))
+        self.register_buffer("log_s", torch.as_tensor(log_s))
+
+    def forward(self, x):
+        return x @ self.P.T + self.c, self.log_s.expand(x.shape[0], -1)
+
+
+def test_from_parts_encoder_without_parameters():
+    """An encoder without parameters (a closed-form posterior) is accepted by from_parts, and
+    every evaluation method works with it: they raised "generator raised StopIteration"."""
+    m, X, _, b, sigma, S, P = _exact_posterior_model("diagonal")
+    enc = _AnalyticPosterior(P, -P @ b, 0.5 * np.log(np.diag(S)))
+    assert next(enc.parameters(), None) is None
+    v = VAE.from_parts(m.decoder_, enc, sigma)
+    exact = ExactDGN.from_decoder(m.decoder_, sigma).score_samples(X)
+    np.testing.assert_allclose(v.elbo(X, 3, random_state=0), exact, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(v.iwae_bound(X, 3, random_state=0), exact, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(
+        v.importance_log_likelihood(X, 3, random_state=0), exact, rtol=0, atol=1e-10
+    )
+    mu, std = v.encode(X)
+    np.testing.assert_allclose(mu, (X - b) @ P.T, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(std, np.broadcast_to(np.sqrt(np.diag(S)), std.shape))
 
 
 @pytest.mark.parametrize("cls", [VAE, IWAE])

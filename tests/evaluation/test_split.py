@@ -32,3 +32,13 @@ def test_split_refuses_too_few_rows_and_a_scalar():
         split_data(np.zeros((3, 2)), 0.5, seed=0)
     with pytest.raises(ValueError, match="X must be an array of rows"):
         split_data(3.0, 0.2, seed=0)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, None, "0"])
+def test_split_refuses_a_bad_seed_by_its_name(seed):
+    """numpy's 'expected non-negative integer' (or a TypeError about SeedSequence) did not
+    say which argument; None gave a split that no run could repeat."""
+    with pytest.raises(ValueError, match=r"^seed="):
+        split_data(np.zeros((10, 2)), 0.2, seed)
+    _, _, idx = split_data(np.arange(10.0)[:, None], 0.2, np.int64(3))
+    np.testing.assert_array_equal(idx, split_data(np.arange(10.0)[:, None], 0.2, 3)[2])

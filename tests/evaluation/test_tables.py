@@ -39,3 +39,18 @@ def test_markdown_table_without_rows_or_columns():
     assert markdown_table([{"a": 1}], columns=[]) == ""
     assert markdown_table([], columns=["a", "b"]) == "| a | b |\n|---|---|"
     assert markdown_table([{"a": 1.0, "b": None}]) == "| a | b |\n|---|---|\n| 1.0000 |  |"
+
+
+def test_numpy_scalars_in_lists_and_cells():
+    """A short list with a numpy integer (e.g. layer sizes from an array) was dropped by
+    ``flatten`` without a word; a numpy float32 cell was printed unformatted by
+    ``markdown_table`` (``1.2345679`` beside ``1.2346``)."""
+    from exactdgn.evaluation import markdown_table
+
+    sizes = list(np.array([1, 12, 2]))
+    assert flatten({"sizes": sizes, "x": [np.float32(0.5), 1]}) == {
+        "sizes": "[1,12,2]",
+        "x": "[0.5,1]",
+    }
+    row = {"a": np.float32(1.23456789), "b": np.int64(3), "c": np.bool_(True)}
+    assert markdown_table([row]) == "| a | b | c |\n|---|---|---|\n| 1.2346 | 3 | True |"

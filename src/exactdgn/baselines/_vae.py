@@ -1130,7 +1130,9 @@ class VAE(DensityMixin, BaseEstimator):
         with torch.random.fork_rng(devices=[]):
             dec = self.decoder_.to_torch(torch.float64).eval()
         enc = self.encoder_
-        if next(enc.parameters()).dtype != torch.float64:
+        # parameters and buffers (an encoder may have none of either: a closed-form posterior)
+        tensors = [*enc.parameters(), *enc.buffers()]
+        if any(t.is_floating_point() and t.dtype != torch.float64 for t in tensors):
             enc = copy.deepcopy(enc).to(torch.float64)
         sigma = np.atleast_1d(np.asarray(self.noise_std_, dtype=np.float64))
         return dec, enc.eval(), torch.log(torch.as_tensor(sigma))
@@ -1359,14 +1361,31 @@ class VAE(DensityMixin, BaseEstimator):
         rel = np.expm1(np.maximum(lse2 + math.log(k) - 2.0 * lse1, 0.0))
         return est, np.sqrt(rel / (k - 1))
 
-    def sample(self, n_samples: int, *, random_state=None) -> np.ndarray:
-        """Draw ``x = g(z) + σ ε`` with ``z, ε`` standard normal: array of shape (n_samples, D)."""
+    def sample(self, n_samples: int = 1, random_state=None, return_latent: bool = False):
+        """Draw ``x = g(z) + σ ε`` with ``z, ε`` standard normal, as :meth:`ExactDGN.sample
+        <exactdgn.ExactDGN.sample>` (the same seed draws the same points as the exact model
+        :func:`exactdgn.evaluation.vae_to_exact`).
+
+        Parameters
+        ----------
+        n_samples : int
+            Number of points, >= 1.
+        random_state : None, int or numpy.random.Generator
+        return_latent : bool
+            Also return the latent draws ``z``.
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, D)
+        Z : ndarray of shape (n_samples, d), only if ``return_latent``
+        """
         self._check_fitted()
         n = _int_param(n_samples, "n_samples", 1)
         rng = check_random_state(random_state)
         Z = rng.standard_normal((n, self.decoder_.latent_dim))
         sigma = np.asarray(self.noise_std_, dtype=np.float64)
-        return self.decoder_(Z) + sigma * rng.standard_normal((n, self.decoder_.output_dim))
+        X = self.decoder_(Z) + sigma * rng.standard_normal((n, self.decoder_.output_dim))
+        return (X, Z) if return_latent else X
 
 
 class IWAE(VAE):

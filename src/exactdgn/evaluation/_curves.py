@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import time
 import warnings
 
@@ -17,6 +18,16 @@ def _em_model(**params):
     from ..model import ExactDGN
 
     return ExactDGN(**params)
+
+
+def _check_schedule(schedule, low: int) -> list[int]:
+    """The epochs of ``schedule`` as ints (each an integer >= ``low``; at least one)."""
+    marks = list(schedule)
+    if not marks or not all(
+        isinstance(e, numbers.Integral) and not isinstance(e, bool) and e >= low for e in marks
+    ):
+        raise ValueError(f"schedule must hold epoch counts (integers >= {low}), got {marks}")
+    return [int(e) for e in marks]
 
 
 def em_curve(Xtr, Xte, *, max_iter: int, progress: bool = False, **params) -> tuple:
@@ -96,6 +107,7 @@ def refit_curve(make, Xtr, Xte, schedule, *, to_exact=None, progress: bool = Fal
     make : callable ``e -> estimator``
     Xtr, Xte : ndarray
     schedule : sequence of int (increasing)
+        Iterations / epochs (integers >= 0).
     to_exact : callable ``estimator -> ExactDGN``, optional
         How to get the exact model (default: the estimator itself).
 
@@ -106,10 +118,11 @@ def refit_curve(make, Xtr, Xte, schedule, *, to_exact=None, progress: bool = Fal
     """
     from tqdm.auto import tqdm
 
+    marks = _check_schedule(schedule, 0)
     curve = {k: [] for k in ("iter", "seconds", "train_nll", "test_nll", "n_regions")}
     est = None
-    for e in tqdm(list(schedule), desc="refit", disable=not progress, leave=False):
-        est = make(int(e))
+    for e in tqdm(marks, desc="refit", disable=not progress, leave=False):
+        est = make(e)
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -160,9 +173,7 @@ def vae_curve(make, Xtr, Xte, schedule) -> tuple:
     """
     from ..model import ExactDGN
 
-    marks = sorted({int(e) for e in schedule})
-    if not marks or marks[0] < 1:
-        raise ValueError(f"schedule must hold positive epoch counts, got {list(schedule)}")
+    marks = sorted(set(_check_schedule(schedule, 1)))
     curve = {k: [] for k in ("iter", "seconds", "train_nll", "test_nll", "n_regions")}
     clock = {"train": 0.0, "since": time.perf_counter()}
 

@@ -4,8 +4,10 @@ Loading is safe by default: ``.safetensors`` files, or ``torch.load(weights_only
 dicts (tensors only; no code from the file runs). A pickled whole ``nn.Module`` needs
 ``unsafe_pickle=True``, which executes code from the file: use it only for files you trust.
 
-A decoder state dict is read as an MLP: its 2-D ``*weight`` tensors in order, each with the
-``*bias`` of the same prefix (or none), must chain (``out`` of one = ``in`` of the next) and
+A decoder state dict is read as an MLP: its 2-D ``*weight`` tensors in order (a ``torch.save``-d
+dict: the module's order; ``.safetensors``, which stores the names sorted: the natural order of
+the names, numbers compared as numbers, so ``2.weight`` comes before ``10.weight``), each with
+the ``*bias`` of the same prefix (or none), must chain (``out`` of one = ``in`` of the next) and
 be all it holds (other tensors, e.g. BatchNorm statistics or PReLU slopes, are refused); the
 layer sizes ``[d, h_1, ..., D]`` follow from the shapes and, when given, are checked against
 them. An encoder state dict must be that of :class:`exactdgn.baselines.GaussianEncoder` with
@@ -33,7 +35,10 @@ def _load(path, unsafe_pickle: bool):
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        # the file keeps no order (its names come sorted as text: "10.weight" before
+        # "2.weight"); the layers of an MLP follow the numbers in their names
+        tensors = load_file(str(path))
+        return {k: tensors[k] for k in sorted(tensors, key=_natural_key)}
     if unsafe_pickle:
         try:
             return torch.load(path, map_location="cpu", weights_only=False)
@@ -52,6 +57,11 @@ def _load(path, unsafe_pickle: bool):
             "instead; or, only for a file you trust, pass unsafe_pickle=True (--unsafe-pickle), "
             "which executes code from the file"
         ) from exc
+
+
+def _natural_key(name: str) -> list:
+    """Sort key of a tensor name with its digit runs as numbers (``layers.2`` < ``layers.10``)."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
 def _plain(text: str) -> str:
@@ -137,6 +147,22 @@ def load_torch_decoder(
     return Decoder(Ws, bs, [act] * (len(Ws) - 1))
 
 
+def _encoder_shape(sd: dict):
+    """``(n_features, latent_dim, hidden)`` of a GaussianEncoder state dict, else None."""
+    body = re.compile(r"body\.(\d+)\.(weight|bias)")
+    heads = {f"{h}.{p}" for h in ("mean_head", "log_std_head") for p in ("weight", "bias")}
+    if not heads <= set(sd) or not all(k in heads or body.fullmatch(k) for k in sd):
+        return None
+    weights = sorted(
+        (int(body.fullmatch(k)[1]), sd[k]) for k in sd if k.endswith("weight") and body.fullmatch(k)
+    )
+    if any(w.ndim != 2 for _, w in weights) or sd["mean_head.weight"].ndim != 2:
+        return None
+    first = weights[0][1] if weights else sd["mean_head.weight"]
+    hidden = [int(w.shape[0]) for _, w in weights]
+    return int(first.shape[1]), int(sd["mean_head.weight"].shape[0]), hidden
+
+
 def load_torch_encoder(
     path,
     *,
@@ -159,12 +185,22 @@ def load_torch_encoder(
         enc = obj
     else:
         enc = GaussianEncoder(n_features, latent_dim, tuple(hidden), activation)
+        sd = _state_dict(obj, path)
         try:
-            enc.load_state_dict(_state_dict(obj, path))
+            enc.load_state_dict(sd)
         except RuntimeError as exc:
+            held = _encoder_shape(sd)
+            if held is not None:
+                what = (
+                    f"it holds GaussianEncoder({held[0]}, {held[1]}, hidden={held[2]}) (give "
+                    "the encoder's hidden sizes: hidden=, --encoder-hidden)"
+                )
+            else:  # torch's lines after its first say which keys are missing or unexpected
+                lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+                what = " ".join(lines[1:] or lines)
             raise ValueError(
                 f"{path} is not a GaussianEncoder({n_features}, {latent_dim}, hidden="
-                f"{list(hidden)}) state dict: {str(exc).splitlines()[0]}"
+                f"{list(hidden)}) state dict: {what}"
             ) from exc
     enc = enc.to(torch.float64).eval()
     if output == "log_std":
@@ -187,6 +223,18 @@ def evaluate_external(
 ):
     """Exact ``log p(x)`` of each row, with the encoder's ELBO / IWAE / IS estimates beside it.
 
+    Parameters
+    ----------
+    decoder : Decoder
+    noise_std : float or array_like of shape (D,)
+    X : array_like of shape (N, D)
+    encoder : torch.nn.Module, optional
+        ``x -> (mean, log_std)`` of ``q(z | x)`` (see :meth:`exactdgn.baselines.VAE.from_parts`).
+    seed : int >= 0
+        Seeds the estimates (``seed``, ``seed + 1``, ``seed + 2`` for ELBO, IWAE, IS).
+    n_elbo, k_iwae, k_is : int >= 1
+        ELBO samples, IWAE-k bound samples and importance-sampling proposals per point.
+
     Returns
     -------
     per_point : dict of (N,) arrays: ``log_px`` and, with an encoder, ``elbo``, ``iwae{k}``,
@@ -195,13 +243,18 @@ def evaluate_external(
     """
     from ..baselines import VAE
     from ..model import ExactDGN
+    from ._vae import _check_estimate_args
 
+    _check_estimate_args(n_elbo=n_elbo, k_iwae=k_iwae, k_is=k_is, seed=seed, min_elbo=1)
     exact = ExactDGN.from_decoder(decoder, noise_std)
+    vae = None
+    if encoder is not None:  # the estimates need complete rows: refused before the exact pass
+        vae = VAE.from_parts(decoder, encoder, exact.noise_std_)
+        X = vae._check_X(X)
     ll = exact.score_samples(X)
     per = {"log_px": ll}
     summary = {"n_points": len(ll), "n_regions": exact.n_regions_, "exact": float(ll.mean())}
-    if encoder is not None:
-        vae = VAE.from_parts(decoder, encoder, exact.noise_std_)
+    if vae is not None:
         per["elbo"] = vae.elbo(X, n_samples=n_elbo, random_state=seed)
         per[f"iwae{k_iwae}"] = vae.iwae_bound(X, k=k_iwae, random_state=seed + 1)
         per[f"is{k_is}"] = vae.importance_log_likelihood(X, k=k_is, random_state=seed + 2)

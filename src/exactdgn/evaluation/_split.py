@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 __all__ = ["STD_FLOOR", "split_data"]
@@ -22,8 +24,8 @@ def split_data(X, test_fraction: float, seed: int):
         a DataFrame: converted with ``np.asarray``).
     test_fraction : float in [0, 1)
         Fraction of the rows held out (rounded to a count); 0 gives an empty test set.
-    seed : int
-        Seeds the random permutation.
+    seed : int >= 0
+        Seeds the random permutation (the same seed, the same split).
 
     Returns
     -------
@@ -41,6 +43,8 @@ def split_data(X, test_fraction: float, seed: int):
             f"test_fraction must be in [0, 1) (the fraction of the rows held out; 0: none), "
             f"got {test_fraction}"
         )
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed={seed!r} is invalid: use an integer >= 0 (it seeds the split)")
     N = X.shape[0]
     n_test = round(test_fraction * N)
     if N - n_test < 2:

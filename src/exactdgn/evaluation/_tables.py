@@ -30,6 +30,15 @@ def write_json(path, obj) -> None:
     Path(path).write_text(json.dumps(obj, indent=2, default=json_default, allow_nan=True))
 
 
+def _is_number(x) -> bool:
+    return isinstance(x, int | float | np.integer | np.floating)
+
+
+def _plain_number(x):
+    """A numpy scalar as the Python number it holds (``np.float32(0.5)`` -> ``0.5``)."""
+    return x.item() if isinstance(x, np.generic) else x
+
+
 def flatten(d: dict, prefix: str = "") -> dict:
     """Nested dict -> ``{"a.b": scalar}`` (short numeric lists as text; other values dropped)."""
     out = {}
@@ -41,12 +50,13 @@ def flatten(d: dict, prefix: str = "") -> dict:
             out.update(flatten(v, key + "."))
         elif isinstance(v, bool | int | float | str) or v is None:
             out[key] = v
-        elif isinstance(v, list) and len(v) <= 8 and all(isinstance(x, int | float) for x in v):
-            out[key] = "[" + ",".join(str(x) for x in v) + "]"
+        elif isinstance(v, list) and len(v) <= 8 and all(_is_number(x) for x in v):
+            out[key] = "[" + ",".join(str(_plain_number(x)) for x in v) + "]"
     return out
 
 
 def _fmt(v) -> str:
+    v = _plain_number(v)
     if v is None:
         return ""
     if isinstance(v, bool):

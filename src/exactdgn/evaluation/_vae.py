@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 __all__ = ["evaluate_vae", "vae_to_exact"]
+
+
+def _check_estimate_args(*, n_elbo, k_iwae, k_is, seed, min_elbo: int) -> None:
+    """Refuse a bad sample count or seed by its own name (before the exact pass runs)."""
+    for name, value, low, what in (
+        ("n_elbo", n_elbo, min_elbo, "ELBO samples per point"),
+        ("k_iwae", k_iwae, 1, "importance samples of the IWAE bound"),
+        ("k_is", k_is, 1, "proposals of the importance-sampling estimate"),
+        ("seed", seed, 0, "seeds the Monte Carlo estimates"),
+    ):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+            raise ValueError(f"{name}={value!r} is invalid: use an integer >= {low} ({what})")
 
 
 def vae_to_exact(vae, **params):
@@ -24,13 +38,34 @@ def evaluate_vae(
 ) -> dict:
     """Exact log-likelihood next to the VAE's estimates on ``X`` (means, nats per point).
 
-    Returns a dict with ``exact``, ``elbo``, ``iwae_k`` (bound with ``k_iwae`` samples),
-    ``is_k`` (importance-sampling estimate with ``k_is`` proposals from ``q``) and the per-point
-    gap ``exact - ELBO = KL(q(z|x) || p(z|x))`` (up to the ELBO's Monte Carlo error):
-    ``gap_mean``, ``gap_median``, ``gap_p90``, ``gap_max``, and ``elbo_stderr_mean``.
+    Parameters
+    ----------
+    vae : exactdgn.baselines.VAE or IWAE
+        Fitted (or built with ``VAE.from_parts``).
+    exact : ExactDGN
+        The exact model of the same decoder and noise (:func:`vae_to_exact`).
+    X : array_like of shape (N, D)
+        Complete rows (no NaN); no rows gives an empty dict.
+    seed : int >= 0
+        Seeds the estimates (``seed``, ``seed + 1``, ``seed + 2`` for ELBO, IWAE, IS).
+    n_elbo : int >= 2
+        ELBO samples per point (2 at least: the ELBO's standard error).
+    k_iwae, k_is : int >= 1
+        Samples of the IWAE-k bound (averaged over 10 draws) and importance-sampling proposals.
+
+    Returns
+    -------
+    dict
+        ``exact``, ``elbo``, ``iwae{k_iwae}`` (e.g. ``iwae5``: the IWAE-k bound),
+        ``is{k_is}`` (e.g. ``is5000``: the importance-sampling estimate with proposals from
+        ``q``), the per-point gap ``exact - ELBO = KL(q(z|x) || p(z|x))`` (up to the ELBO's
+        Monte Carlo error) as ``gap_mean``, ``gap_median``, ``gap_p90``, ``gap_max``, and
+        ``elbo_stderr_mean``.
     """
+    _check_estimate_args(n_elbo=n_elbo, k_iwae=k_iwae, k_is=k_is, seed=seed, min_elbo=2)
     if len(X) == 0:
         return {}
+    X = vae._check_X(X)  # complete rows of D features, refused before the exact pass
     ll = exact.score_samples(X)
     elbo, se = vae.elbo(X, n_samples=n_elbo, random_state=seed, return_std=True)
     iw = vae.iwae_bound(X, k=k_iwae, n_repeats=10, random_state=seed + 1)
