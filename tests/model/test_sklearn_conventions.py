@@ -79,6 +79,7 @@ def test_imputer_keeps_the_frame_column_names():
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_with_pandas():
     import pandas as pd  # pinned in requirements-dev.txt: this test must not skip
+
     true, X = _data(50)
     Xn = X.copy()
     Xn[::3, 1] = np.nan
