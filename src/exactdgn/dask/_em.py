@@ -131,10 +131,18 @@ class RemoteData:
 
     def __init__(self, X, client):
         X = as_row_chunks(X)
+        if X.shape[0] == 0:
+            raise ValueError(f"X has no rows (shape {X.shape}): give at least one point")
         self.client = client
         self.shape = X.shape
-        self.blocks = X.to_delayed().ravel().tolist()
-        self.starts = row_offsets(X)
+        # empty row chunks (e.g. after a boolean filter) hold no point: every pass skips them
+        kept = [
+            (b, s)
+            for b, s, n in zip(X.to_delayed().ravel(), row_offsets(X), X.chunks[0], strict=True)
+            if n > 0
+        ]
+        self.blocks = [b for b, _ in kept]
+        self.starts = [s for _, s in kept]
         self.fingerprint = f"dask:{X.name}:{X.shape[0]}x{X.shape[1]}"
 
     def _compute(self, obj):

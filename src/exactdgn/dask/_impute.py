@@ -13,6 +13,8 @@ __all__ = ["impute"]
 
 
 def _impute_chunk(x, model, method, seeds, return_std, block_info=None):
+    if len(x) == 0:  # an empty chunk (e.g. after a boolean filter): nothing to fill
+        return np.empty((0, 2 * x.shape[1] if return_std else x.shape[1]))
     i = block_info[0]["chunk-location"][0] if block_info else 0
     rng = None if seeds is None else np.random.default_rng(seeds[i])
     out = model.impute(x, method=method, random_state=rng, return_std=return_std)

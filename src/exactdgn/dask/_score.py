@@ -32,6 +32,8 @@ def check_chunk(x: np.ndarray, start: int, n_features: int) -> np.ndarray:
 
 
 def _score_chunk(x, spec: _ScoreSpec, return_error: bool, block_info=None):
+    if len(x) == 0:  # an empty chunk (e.g. after a boolean filter): nothing to score
+        return np.empty((0, 2) if return_error else 0)
     start = block_info[0]["array-location"][0][0] if block_info else 0
     x = check_chunk(x, start, spec.geom.output_dim)
     st = marginal_pairs(

@@ -1,0 +1,115 @@
+"""exactdgn.dask on dask arrays a user may well hold: empty row chunks (e.g. after a boolean
+filter and ``compute_chunk_sizes()``), an empty array.
+
+References: the in-memory ``ExactDGN`` methods on the same rows. Scoring and imputation run on
+dask's synchronous scheduler; training on a one-worker ``LocalCluster`` (it needs a client).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.exceptions import ConvergenceWarning
+
+dask = pytest.importorskip("dask")
+da = pytest.importorskip("dask.array")
+distributed = pytest.importorskip("distributed")
+
+from exactdgn import Decoder, ExactDGN  # noqa: E402
+from exactdgn import dask as edd  # noqa: E402
+
+#: rows 0:400 in chunks of 0, 150, 0, 250 and 0 rows
+EMPTY_CHUNKS = ((0, 150, 0, 250, 0), (3,))
+
+
+@pytest.fixture(scope="module")
+def client():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"distributed(\..*)?")
+        cluster = distributed.LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            worker_dashboard_address=None,
+        )
+        cl = distributed.Client(cluster, set_as_default=False)
+    try:
+        yield cl
+    finally:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"distributed(\..*)?")
+            cl.close()
+            cluster.close()
+
+
+@pytest.fixture
+def planted():
+    model = ExactDGN.from_decoder(Decoder.random([1, 8, 3], seed=0), 0.2)
+    return model, model.sample(400, random_state=1)
+
+
+def test_score_samples_with_empty_chunks(planted):
+    model, X = planted
+    ref, err_ref = model.score_samples(X, return_error=True)
+    Xd = da.from_array(X, chunks=EMPTY_CHUNKS)
+    with dask.config.set(scheduler="synchronous"):
+        out = edd.score_samples(model, Xd)
+        assert out.chunks == (EMPTY_CHUNKS[0],)
+        np.testing.assert_allclose(out.compute(), ref, rtol=1e-12, atol=0)
+        lp, err = edd.score_samples(model, Xd, return_error=True)
+        np.testing.assert_allclose(lp.compute(), ref, rtol=1e-12, atol=0)
+        np.testing.assert_allclose(err.compute(), err_ref, rtol=1e-12, atol=0)
+        # a boolean filter leaves chunks without rows
+        keep = X[:, 0] > np.sort(X[:, 0])[200]
+        Xf = da.from_array(X, chunks=100)[da.from_array(keep, chunks=100)]
+        Xf.compute_chunk_sizes()
+        got = edd.score_samples(model, Xf).compute()
+        np.testing.assert_allclose(got, ref[keep], rtol=1e-12, atol=0)
+        assert edd.score_samples(model, Xd[:0]).compute().shape == (0,)
+
+
+def test_impute_with_empty_chunks(planted):
+    model, X = planted
+    X = X.copy()
+    X[np.random.default_rng(0).random(X.shape) < 0.3] = np.nan
+    X[np.isnan(X).all(axis=1), 0] = 0.1
+    Xd = da.from_array(X, chunks=EMPTY_CHUNKS)
+    with dask.config.set(scheduler="synchronous"):
+        np.testing.assert_allclose(edd.impute(model, Xd).compute(), model.impute(X), rtol=1e-12)
+        filled, std = edd.impute(model, Xd, return_std=True)
+        ref, ref_std = model.impute(X, return_std=True)
+        np.testing.assert_allclose(filled.compute(), ref, rtol=1e-12)
+        np.testing.assert_allclose(std.compute(), ref_std, rtol=1e-12, atol=1e-300)
+        a = edd.impute(model, Xd, method="sample", random_state=3).compute()
+        assert a.shape == X.shape and not np.isnan(a).any()
+        assert edd.impute(model, Xd[:0]).compute().shape == (0, 3)
+
+
+def _history(data, method):
+    m = ExactDGN.from_decoder(Decoder.random([1, 8, 3], seed=7), 0.5, warm_start=True)
+    m.set_params(max_iter=2, tol=0.0, method=method, progress=False, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m.fit(data)
+    return np.array([h["loglik"] for h in m.history_])
+
+
+@pytest.mark.parametrize("method", ["em", "lbfgs", "gradient"])
+def test_fit_with_empty_chunks(client, planted, method):
+    _, X = planted
+    with client.as_current():
+        got = _history(da.from_array(X, chunks=EMPTY_CHUNKS), method)
+        ref = _history(da.from_array(X, chunks=((150, 250), (3,))), method)
+    # the empty chunks are skipped: the run of the same non-empty chunks, bit for bit
+    np.testing.assert_array_equal(got, ref)
+    if method != "gradient":
+        np.testing.assert_allclose(got, _history(X, method), rtol=0, atol=1e-7)
+
+
+def test_fit_on_an_empty_array_says_so(client, planted):
+    _, X = planted
+    with client.as_current(), pytest.raises(ValueError, match=r"X has no rows \(shape \(0, 3\)\)"):
+        _history(da.from_array(X, chunks=100)[:0], "em")
