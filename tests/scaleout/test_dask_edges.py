@@ -7,6 +7,7 @@ dask's synchronous scheduler; training on a one-worker ``LocalCluster`` (it need
 
 from __future__ import annotations
 
+import collections
 import warnings
 
 import numpy as np
@@ -19,6 +20,9 @@ distributed = pytest.importorskip("distributed")
 
 from exactdgn import Decoder, ExactDGN  # noqa: E402
 from exactdgn import dask as edd  # noqa: E402
+
+SchedulerPlugin = distributed.diagnostics.plugin.SchedulerPlugin
+key_split = distributed.utils.key_split
 
 #: rows 0:400 in chunks of 0, 150, 0, 250 and 0 rows
 EMPTY_CHUNKS = ((0, 150, 0, 250, 0), (3,))
@@ -113,3 +117,41 @@ def test_fit_on_an_empty_array_says_so(client, planted):
     _, X = planted
     with client.as_current(), pytest.raises(ValueError, match=r"X has no rows \(shape \(0, 3\)\)"):
         _history(da.from_array(X, chunks=100)[:0], "em")
+
+
+class _Finished(SchedulerPlugin):
+    """Counts the tasks that finished, by key prefix (``key_split``)."""
+
+    def __init__(self):
+        self.count = collections.Counter()
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        if finish == "memory":
+            self.count[key_split(key)] += 1
+
+
+def test_cli_impute_with_std_reads_and_imputes_each_chunk_once(client, planted, tmp_path):
+    from exactdgn.cli import main
+
+    model, X = planted
+    X = X.copy()
+    X[np.random.default_rng(1).random(X.shape) < 0.3] = np.nan
+    X[np.isnan(X).all(axis=1), 0] = 0.1
+    model.save(tmp_path / "model.npz")
+    np.save(tmp_path / "holes.npy", X)
+    finished = _Finished()
+    scheduler = client.cluster.scheduler  # the local cluster's scheduler runs in this process
+    scheduler.add_plugin(finished, name="test-finished")
+    try:
+        args = [str(tmp_path / "model.npz"), str(tmp_path / "holes.npy")]
+        out = ["--out", str(tmp_path / "f.npy"), "--std-out", str(tmp_path / "s.npy")]
+        addr = ["--scheduler", client.scheduler.address, "--chunk-rows", "100"]
+        assert main(["impute", *args, *out, *addr]) == 0
+    finally:
+        scheduler.remove_plugin(name="test-finished")
+    ref, ref_std = model.impute(X, return_std=True)
+    np.testing.assert_allclose(np.load(tmp_path / "f.npy"), ref, rtol=1e-12)
+    np.testing.assert_allclose(np.load(tmp_path / "s.npy"), ref_std, rtol=1e-12, atol=1e-300)
+    # 4 chunks: each read and imputed once for both outputs (not once per output)
+    assert finished.count["read-npy"] == 4
+    assert sum(v for k, v in finished.count.items() if "impute_chunk" in k) == 4

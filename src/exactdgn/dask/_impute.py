@@ -45,6 +45,8 @@ def impute(model, X, method: str = "mean", random_state=None, return_std: bool =
     -------
     X_filled : dask.array.Array of shape (N, D)
     std : dask.array.Array of shape (N, D) (only with ``return_std``)
+        Both come from the same tasks: compute them together, ``dask.compute(X_filled,
+        std)`` (``.compute()`` on each would impute every chunk twice).
     """
     model._check_fitted()
     if method not in model._IMPUTE_METHODS:

@@ -83,6 +83,8 @@ def score_samples(model, X, return_error: bool = False):
     -------
     log_px : dask.array.Array of shape (N,)
     error : dask.array.Array of shape (N,) (only with ``return_error``)
+        Both come from the same tasks: compute them together, ``dask.compute(log_px,
+        error)`` (``.compute()`` on each would score every chunk twice).
     """
     model._check_fitted()
     X = as_row_chunks(X, model.decoder_.output_dim)
