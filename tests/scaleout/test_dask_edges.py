@@ -8,6 +8,7 @@ dask's synchronous scheduler; training on a one-worker ``LocalCluster`` (it need
 from __future__ import annotations
 
 import collections
+import os
 import warnings
 
 import numpy as np
@@ -155,3 +156,24 @@ def test_cli_impute_with_std_reads_and_imputes_each_chunk_once(client, planted, 
     # 4 chunks: each read and imputed once for both outputs (not once per output)
     assert finished.count["read-npy"] == 4
     assert sum(v for k, v in finished.count.items() if "impute_chunk" in k) == 4
+
+
+def test_thread_budget_of_an_in_process_cluster_is_given_back(planted, monkeypatch):
+    """Workers in this process (``processes=False``) hold this process's threads while they
+    run; closing the cluster gives back the thread counts the process had before."""
+    from threadpoolctl import threadpool_info
+
+    monkeypatch.setenv("EXACTDGN_NUM_THREADS", "2")
+    before = [p["num_threads"] for p in threadpool_info()]
+    model, X = planted
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"distributed(\..*)?")
+        cluster = distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+        )
+        with cluster, distributed.Client(cluster) as cl:
+            got = edd.score_samples(model, da.from_array(X, chunks=100)).compute()
+            assert set(cl.run(lambda: os.environ["EXACTDGN_NUM_THREADS"]).values()) == {"1"}
+    np.testing.assert_allclose(got, model.score_samples(X), rtol=1e-12)
+    assert os.environ["EXACTDGN_NUM_THREADS"] == "2"
+    assert [p["num_threads"] for p in threadpool_info()] == before
