@@ -177,3 +177,18 @@ def test_thread_budget_of_an_in_process_cluster_is_given_back(planted, monkeypat
     np.testing.assert_allclose(got, model.score_samples(X), rtol=1e-12)
     assert os.environ["EXACTDGN_NUM_THREADS"] == "2"
     assert [p["num_threads"] for p in threadpool_info()] == before
+
+
+def test_inputs_that_are_not_real_row_chunked_dask_arrays_are_refused_clearly(planted):
+    model, X = planted
+    # complex values: refused as in memory (their imaginary part was silently dropped)
+    Xc = da.from_array(X + 1j, chunks=100)
+    with pytest.raises(ValueError, match="X is complex: give real numbers"):
+        edd.score_samples(model, Xc)
+    with pytest.raises(ValueError, match="X is complex: give real numbers"):
+        edd.impute(model, Xc)
+    # an in-memory array: say how to get a dask array, or which in-memory method to call
+    with pytest.raises(TypeError, match=r"dask\.array\.from_array.*model\.score_samples\(X\)"):
+        edd.score_samples(model, X)
+    with pytest.raises(TypeError, match=r"dask\.array\.from_array.*model\.impute\(X\)"):
+        edd.impute(model, X)

@@ -54,7 +54,7 @@ def impute(model, X, method: str = "mean", random_state=None, return_std: bool =
     if random_state is not None and not isinstance(random_state, int | np.integer):
         raise TypeError("random_state must be an int or None (each chunk spawns its own stream)")
     D = model.decoder_.output_dim
-    X = as_row_chunks(X, D)
+    X = as_row_chunks(X, D, "model.impute(X)")
     seeds = None
     if method == "sample":
         seeds = np.random.SeedSequence(random_state).spawn(X.numblocks[0])

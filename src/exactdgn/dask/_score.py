@@ -87,7 +87,7 @@ def score_samples(model, X, return_error: bool = False):
         error)`` (``.compute()`` on each would score every chunk twice).
     """
     model._check_fitted()
-    X = as_row_chunks(X, model.decoder_.output_dim)
+    X = as_row_chunks(X, model.decoder_.output_dim, "model.score_samples(X)")
     # a model saved with its standardization takes data units, as model.score_samples does
     pre = getattr(model, "preprocessing_", None)
     if pre is not None:
