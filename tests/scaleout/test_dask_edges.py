@@ -192,3 +192,21 @@ def test_inputs_that_are_not_real_row_chunked_dask_arrays_are_refused_clearly(pl
         edd.score_samples(model, X)
     with pytest.raises(TypeError, match=r"dask\.array\.from_array.*model\.impute\(X\)"):
         edd.impute(model, X)
+
+
+def test_starting_points_reduce_the_data_once_per_fit(client, planted):
+    """``init="auto"`` (three starts for d = 1) and ``n_init`` starts: the data moments do not
+    depend on the seed, so the two passes over the chunks that reduce them run once per fit."""
+    _, X = planted
+    finished = _Finished()
+    scheduler = client.cluster.scheduler
+    scheduler.add_plugin(finished, name="test-finished")
+    m = ExactDGN(hidden_sizes=(8,), max_iter=1, n_init=2, random_state=0, progress=False)
+    try:
+        with client.as_current(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            m.fit(da.from_array(X, chunks=100))
+    finally:
+        scheduler.remove_plugin(name="test-finished")
+    assert finished.count["moment_sums"] == 4 and finished.count["centred_sums"] == 4
+    assert set(m.scout_logliks_) == {"pca", "random", "random-2"}

@@ -144,6 +144,7 @@ class RemoteData:
         self.blocks = [b for b, _ in kept]
         self.starts = [s for _, s in kept]
         self.fingerprint = f"dask:{X.name}:{X.shape[0]}x{X.shape[1]}"
+        self._moments: dict[bool, DataMoments] = {}  # by ``pca`` (see :meth:`moments`)
 
     def _compute(self, obj):
         return self.client.compute(obj, sync=True)
@@ -176,8 +177,18 @@ class RemoteData:
 
         Mean, per-column variance and (``pca``) the principal axes from the centred Gram
         matrix ``Σ (x - μ)ᵀ(x - μ)``. Each axis's sign is fixed (its largest entry positive):
-        an in-memory SVD may pick the other sign.
+        an in-memory SVD may pick the other sign. Computed once per handle (every start of a
+        fit: ``n_init``, ``init="auto"``'s scouts, reuses them).
         """
+        if pca not in self._moments:
+            have = self._moments.get(True)  # the PCA moments hold the mean and variances
+            self._moments[pca] = (
+                DataMoments(have.n, have.mu, have.var) if have else self._reduce_moments(pca)
+            )
+        return self._moments[pca]
+
+    def _reduce_moments(self, pca: bool) -> DataMoments:
+        """:meth:`moments`, reduced over the chunks."""
         N, D = self.shape
         first = [delayed(_moment_sums)(b, s) for b, s in zip(self.blocks, self.starts, strict=True)]
         n, total = self._compute(tree_reduce(first, _add_lists))
