@@ -210,3 +210,21 @@ def test_starting_points_reduce_the_data_once_per_fit(client, planted):
         scheduler.remove_plugin(name="test-finished")
     assert finished.count["moment_sums"] == 4 and finished.count["centred_sums"] == 4
     assert set(m.scout_logliks_) == {"pca", "random", "random-2"}
+
+
+def test_bad_values_are_named_by_their_rows_in_X(planted):
+    """Errors of a chunk name the rows of the whole array (not the chunk's own row numbers)."""
+    model, X = planted
+    Xb = X.copy()
+    Xb[333, 1] = np.nan
+    with dask.config.set(scheduler="synchronous"):
+        with pytest.raises(ValueError, match=r"rows 300:400\) contains 1 NaN.*rows: \[333\]"):
+            edd.score_samples(model, da.from_array(Xb, chunks=100)).compute()
+        Xb[np.random.default_rng(2).random(X.shape) < 0.3] = np.nan
+        Xb[np.isnan(Xb).all(axis=1), 0] = 0.1
+        Xb[250] = np.nan
+        with pytest.raises(ValueError, match=r"every value missing \(NaN\), first rows \[250\]"):
+            edd.impute(model, da.from_array(Xb, chunks=100)).compute()
+        Xb[250, 0], Xb[260, 1] = 0.1, np.inf
+        with pytest.raises(ValueError, match=r"1 infinite values \(first bad rows: \[260\]\)"):
+            edd.impute(model, da.from_array(Xb, chunks=100)).compute()

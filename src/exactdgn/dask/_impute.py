@@ -7,7 +7,7 @@ import numpy as np
 
 from ._cluster import active_client
 from ._io import as_row_chunks
-from ._score import broadcast
+from ._score import broadcast, check_chunk
 
 __all__ = ["impute"]
 
@@ -16,6 +16,8 @@ def _impute_chunk(x, model, method, seeds, return_std, block_info=None):
     if len(x) == 0:  # an empty chunk (e.g. after a boolean filter): nothing to fill
         return np.empty((0, 2 * x.shape[1] if return_std else x.shape[1]))
     i = block_info[0]["chunk-location"][0] if block_info else 0
+    start = block_info[0]["array-location"][0][0] if block_info else 0
+    x = check_chunk(x, start, x.shape[1], allow_nan=True)  # errors name the rows of X
     rng = None if seeds is None else np.random.default_rng(seeds[i])
     out = model.impute(x, method=method, random_state=rng, return_std=return_std)
     return np.concatenate(out, axis=1) if return_std else out
