@@ -228,3 +228,10 @@ def test_bad_values_are_named_by_their_rows_in_X(planted):
         Xb[250, 0], Xb[260, 1] = 0.1, np.inf
         with pytest.raises(ValueError, match=r"1 infinite values \(first bad rows: \[260\]\)"):
             edd.impute(model, da.from_array(Xb, chunks=100)).compute()
+
+
+def test_read_npy_refuses_complex_files(tmp_path):
+    path = tmp_path / "c.npy"
+    np.save(path, np.ones((10, 3)) + 1j)
+    with pytest.raises(ValueError, match="complex128; real numbers are needed"):
+        edd.read_npy(path)

@@ -38,6 +38,8 @@ def read_npy(path, chunk_rows: int | None = None, chunk_bytes: int = 64 * 2**20)
         raise ValueError(f"{path} holds an array of shape {arr.shape}; a 2-D (N, D) one is needed")
     if not np.issubdtype(arr.dtype, np.number):
         raise ValueError(f"{path} holds dtype {arr.dtype}; a numeric array is needed")
+    if np.issubdtype(arr.dtype, np.complexfloating):  # each chunk would drop the imaginary part
+        raise ValueError(f"{path} holds dtype {arr.dtype}; real numbers are needed")
     N, D = arr.shape
     rows = int(chunk_rows) if chunk_rows is not None else max(1, int(chunk_bytes) // (8 * D))
     if rows < 1:
