@@ -518,7 +518,10 @@ def _impute_in(args, client) -> int:
         res = impute(
             model, X, method=args.method, random_state=args.seed, return_std=bool(args.std_out)
         )
-        res = tuple(r.compute() for r in res) if args.std_out else res.compute()
+        import dask
+
+        # both outputs in one graph: each chunk read and imputed once, not once per output
+        res = dask.compute(*res) if args.std_out else res.compute()
     filled, std = res if args.std_out else (res, None)
     n_missing = int(np.isnan(np.asarray(X)).sum()) if client is None else None
     for path, arr in ((out, filled), (Path(args.std_out) if args.std_out else None, std)):

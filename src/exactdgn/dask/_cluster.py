@@ -16,6 +16,9 @@ logger = logging.getLogger(__name__)
 
 _PLUGIN_NAME = "exactdgn-thread-budget"
 
+#: the workers of this process that hold the thread budget, and what the process had before
+_HELD: dict = {"workers": set(), "env": None, "limits": None}
+
 
 class ThreadBudget(WorkerPlugin):
     """Hold each task of a worker to ``threads_per_task`` threads.
@@ -24,7 +27,9 @@ class ThreadBudget(WorkerPlugin):
     inside a task the library's own block threads (``EXACTDGN_NUM_THREADS``, see
     :mod:`exactdgn.inference`) and BLAS / OpenMP (threadpoolctl) get ``threads_per_task`` each,
     so a worker never runs ``nthreads x cores`` threads. Registered on every client that
-    :mod:`exactdgn.dask` uses (new and restarted workers get it too).
+    :mod:`exactdgn.dask` uses (new and restarted workers get it too). The limits are
+    process-wide: workers running in the client's own process (``processes=False``) hold it
+    to them while they run, and the last one to close restores the process's settings.
 
     Parameters
     ----------
@@ -46,8 +51,28 @@ class ThreadBudget(WorkerPlugin):
     def setup(self, worker) -> None:
         from threadpoolctl import threadpool_limits
 
+        if not _HELD["workers"]:  # the process's own settings, given back by the last teardown
+            _HELD["env"] = os.environ.get("EXACTDGN_NUM_THREADS")
+            _HELD["limits"] = threadpool_limits(limits=self.threads_per_task)
+        else:
+            threadpool_limits(limits=self.threads_per_task)  # process-wide: BLAS and OpenMP
+        _HELD["workers"].add(id(worker))
         os.environ["EXACTDGN_NUM_THREADS"] = str(self.threads_per_task)
-        threadpool_limits(limits=self.threads_per_task)  # process-wide: BLAS and OpenMP
+
+    def teardown(self, worker) -> None:
+        held = _HELD["workers"]
+        if id(worker) not in held:
+            return
+        held.discard(id(worker))
+        if held:  # another worker of this process still runs
+            return
+        # workers in the client's process (LocalCluster(processes=False)): the process keeps
+        # its threads after the cluster closes
+        if _HELD["env"] is None:
+            os.environ.pop("EXACTDGN_NUM_THREADS", None)
+        else:
+            os.environ["EXACTDGN_NUM_THREADS"] = _HELD["env"]
+        _HELD["limits"].restore_original_limits()
 
 
 def _has_budget(client: Client) -> bool:

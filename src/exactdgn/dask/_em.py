@@ -131,11 +131,20 @@ class RemoteData:
 
     def __init__(self, X, client):
         X = as_row_chunks(X)
+        if X.shape[0] == 0:
+            raise ValueError(f"X has no rows (shape {X.shape}): give at least one point")
         self.client = client
         self.shape = X.shape
-        self.blocks = X.to_delayed().ravel().tolist()
-        self.starts = row_offsets(X)
+        # empty row chunks (e.g. after a boolean filter) hold no point: every pass skips them
+        kept = [
+            (b, s)
+            for b, s, n in zip(X.to_delayed().ravel(), row_offsets(X), X.chunks[0], strict=True)
+            if n > 0
+        ]
+        self.blocks = [b for b, _ in kept]
+        self.starts = [s for _, s in kept]
         self.fingerprint = f"dask:{X.name}:{X.shape[0]}x{X.shape[1]}"
+        self._moments: dict[bool, DataMoments] = {}  # by ``pca`` (see :meth:`moments`)
 
     def _compute(self, obj):
         return self.client.compute(obj, sync=True)
@@ -168,8 +177,18 @@ class RemoteData:
 
         Mean, per-column variance and (``pca``) the principal axes from the centred Gram
         matrix ``Σ (x - μ)ᵀ(x - μ)``. Each axis's sign is fixed (its largest entry positive):
-        an in-memory SVD may pick the other sign.
+        an in-memory SVD may pick the other sign. Computed once per handle (every start of a
+        fit: ``n_init``, ``init="auto"``'s scouts, reuses them).
         """
+        if pca not in self._moments:
+            have = self._moments.get(True)  # the PCA moments hold the mean and variances
+            self._moments[pca] = (
+                DataMoments(have.n, have.mu, have.var) if have else self._reduce_moments(pca)
+            )
+        return self._moments[pca]
+
+    def _reduce_moments(self, pca: bool) -> DataMoments:
+        """:meth:`moments`, reduced over the chunks."""
         N, D = self.shape
         first = [delayed(_moment_sums)(b, s) for b, s in zip(self.blocks, self.starts, strict=True)]
         n, total = self._compute(tree_reduce(first, _add_lists))

@@ -7,13 +7,17 @@ import numpy as np
 
 from ._cluster import active_client
 from ._io import as_row_chunks
-from ._score import broadcast
+from ._score import broadcast, check_chunk
 
 __all__ = ["impute"]
 
 
 def _impute_chunk(x, model, method, seeds, return_std, block_info=None):
+    if len(x) == 0:  # an empty chunk (e.g. after a boolean filter): nothing to fill
+        return np.empty((0, 2 * x.shape[1] if return_std else x.shape[1]))
     i = block_info[0]["chunk-location"][0] if block_info else 0
+    start = block_info[0]["array-location"][0][0] if block_info else 0
+    x = check_chunk(x, start, x.shape[1], allow_nan=True)  # errors name the rows of X
     rng = None if seeds is None else np.random.default_rng(seeds[i])
     out = model.impute(x, method=method, random_state=rng, return_std=return_std)
     return np.concatenate(out, axis=1) if return_std else out
@@ -43,6 +47,8 @@ def impute(model, X, method: str = "mean", random_state=None, return_std: bool =
     -------
     X_filled : dask.array.Array of shape (N, D)
     std : dask.array.Array of shape (N, D) (only with ``return_std``)
+        Both come from the same tasks: compute them together, ``dask.compute(X_filled,
+        std)`` (``.compute()`` on each would impute every chunk twice).
     """
     model._check_fitted()
     if method not in model._IMPUTE_METHODS:
@@ -50,7 +56,7 @@ def impute(model, X, method: str = "mean", random_state=None, return_std: bool =
     if random_state is not None and not isinstance(random_state, int | np.integer):
         raise TypeError("random_state must be an int or None (each chunk spawns its own stream)")
     D = model.decoder_.output_dim
-    X = as_row_chunks(X, D)
+    X = as_row_chunks(X, D, "model.impute(X)")
     seeds = None
     if method == "sample":
         seeds = np.random.SeedSequence(random_state).spawn(X.numblocks[0])

@@ -38,6 +38,8 @@ def read_npy(path, chunk_rows: int | None = None, chunk_bytes: int = 64 * 2**20)
         raise ValueError(f"{path} holds an array of shape {arr.shape}; a 2-D (N, D) one is needed")
     if not np.issubdtype(arr.dtype, np.number):
         raise ValueError(f"{path} holds dtype {arr.dtype}; a numeric array is needed")
+    if np.issubdtype(arr.dtype, np.complexfloating):  # each chunk would drop the imaginary part
+        raise ValueError(f"{path} holds dtype {arr.dtype}; real numbers are needed")
     N, D = arr.shape
     rows = int(chunk_rows) if chunk_rows is not None else max(1, int(chunk_bytes) // (8 * D))
     if rows < 1:
@@ -51,10 +53,21 @@ def read_npy(path, chunk_rows: int | None = None, chunk_bytes: int = 64 * 2**20)
     return da.Array(graph, name, chunks, dtype=np.float64)
 
 
-def as_row_chunks(X, n_features: int | None = None) -> da.Array:
-    """Validate a 2-D dask array and return it as float64 chunked along rows only."""
+def as_row_chunks(X, n_features: int | None = None, in_memory: str | None = None) -> da.Array:
+    """Validate a 2-D dask array and return it as float64 chunked along rows only.
+
+    ``in_memory``: the in-memory call that takes an array (named in the error for one).
+    """
     if not isinstance(X, da.Array):
-        raise TypeError(f"X must be a dask array, got {type(X).__name__}")
+        if hasattr(X, "to_dask_array"):  # a dask DataFrame / Series
+            hint = ": convert it with X.to_dask_array(lengths=True)"
+        else:
+            hint = ": wrap it with dask.array.from_array(X, chunks=(rows, -1))"
+            if in_memory is not None:
+                hint += f", or call {in_memory} in memory"
+        raise TypeError(f"X must be a dask array, got {type(X).__name__}{hint}")
+    if np.issubdtype(X.dtype, np.complexfloating):
+        raise ValueError("X is complex: give real numbers (the real part is not taken)")
     if X.ndim != 2:
         raise ValueError(f"X must be 2-D, got shape {X.shape}")
     if n_features is not None and X.shape[1] != n_features:

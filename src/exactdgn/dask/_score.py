@@ -25,13 +25,33 @@ class _ScoreSpec:
     chunk_bytes: int
 
 
-def check_chunk(x: np.ndarray, start: int, n_features: int) -> np.ndarray:
-    """Validate one row chunk; errors name its global rows."""
+def check_chunk(x: np.ndarray, start: int, n_features: int, allow_nan: bool = False) -> np.ndarray:
+    """Validate one row chunk (rows ``start:start + len(x)`` of ``X``); errors name the rows
+    of ``X``, not the chunk's own row numbers. ``allow_nan``: NaN = missing (imputation)."""
     stop = start + len(x)
-    return check_array(x, name=f"X (rows {start}:{stop})", n_features=n_features)
+    name = f"X (rows {start}:{stop})"
+    arr = np.asarray(x, dtype=np.float64)
+    bad = np.isinf(arr) if allow_nan else ~np.isfinite(arr)
+    if arr.ndim == 2 and bad.any():
+        rows = start + np.unique(np.nonzero(bad)[0])
+        what, fix = ("infinite", "remove them") if allow_nan else ("NaN or infinite", "remove")
+        raise ValueError(
+            f"{name} contains {int(bad.sum())} {what} values (first bad rows: "
+            f"{rows[:5].tolist()}); {fix} or impute them first"
+        )
+    if allow_nan and arr.ndim == 2:
+        empty = start + np.flatnonzero(np.isnan(arr).all(axis=1))
+        if len(empty):
+            raise ValueError(
+                f"{name} has {len(empty)} rows with every value missing (NaN), first rows "
+                f"{empty[:5].tolist()}: such rows carry no information; drop them"
+            )
+    return check_array(arr, name=name, n_features=n_features, allow_nan=allow_nan)
 
 
 def _score_chunk(x, spec: _ScoreSpec, return_error: bool, block_info=None):
+    if len(x) == 0:  # an empty chunk (e.g. after a boolean filter): nothing to score
+        return np.empty((0, 2) if return_error else 0)
     start = block_info[0]["array-location"][0][0] if block_info else 0
     x = check_chunk(x, start, spec.geom.output_dim)
     st = marginal_pairs(
@@ -81,9 +101,11 @@ def score_samples(model, X, return_error: bool = False):
     -------
     log_px : dask.array.Array of shape (N,)
     error : dask.array.Array of shape (N,) (only with ``return_error``)
+        Both come from the same tasks: compute them together, ``dask.compute(log_px,
+        error)`` (``.compute()`` on each would score every chunk twice).
     """
     model._check_fitted()
-    X = as_row_chunks(X, model.decoder_.output_dim)
+    X = as_row_chunks(X, model.decoder_.output_dim, "model.score_samples(X)")
     # a model saved with its standardization takes data units, as model.score_samples does
     pre = getattr(model, "preprocessing_", None)
     if pre is not None:

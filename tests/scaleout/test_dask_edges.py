@@ -1,0 +1,237 @@
+"""exactdgn.dask on dask arrays a user may well hold: empty row chunks (e.g. after a boolean
+filter and ``compute_chunk_sizes()``), an empty array.
+
+References: the in-memory ``ExactDGN`` methods on the same rows. Scoring and imputation run on
+dask's synchronous scheduler; training on a one-worker ``LocalCluster`` (it needs a client).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.exceptions import ConvergenceWarning
+
+dask = pytest.importorskip("dask")
+da = pytest.importorskip("dask.array")
+distributed = pytest.importorskip("distributed")
+
+from exactdgn import Decoder, ExactDGN  # noqa: E402
+from exactdgn import dask as edd  # noqa: E402
+
+SchedulerPlugin = distributed.diagnostics.plugin.SchedulerPlugin
+key_split = distributed.utils.key_split
+
+#: rows 0:400 in chunks of 0, 150, 0, 250 and 0 rows
+EMPTY_CHUNKS = ((0, 150, 0, 250, 0), (3,))
+
+
+@pytest.fixture(scope="module")
+def client():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"distributed(\..*)?")
+        cluster = distributed.LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            worker_dashboard_address=None,
+        )
+        cl = distributed.Client(cluster, set_as_default=False)
+    try:
+        yield cl
+    finally:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"distributed(\..*)?")
+            cl.close()
+            cluster.close()
+
+
+@pytest.fixture
+def planted():
+    model = ExactDGN.from_decoder(Decoder.random([1, 8, 3], seed=0), 0.2)
+    return model, model.sample(400, random_state=1)
+
+
+def test_score_samples_with_empty_chunks(planted):
+    model, X = planted
+    ref, err_ref = model.score_samples(X, return_error=True)
+    Xd = da.from_array(X, chunks=EMPTY_CHUNKS)
+    with dask.config.set(scheduler="synchronous"):
+        out = edd.score_samples(model, Xd)
+        assert out.chunks == (EMPTY_CHUNKS[0],)
+        np.testing.assert_allclose(out.compute(), ref, rtol=1e-12, atol=0)
+        lp, err = edd.score_samples(model, Xd, return_error=True)
+        np.testing.assert_allclose(lp.compute(), ref, rtol=1e-12, atol=0)
+        np.testing.assert_allclose(err.compute(), err_ref, rtol=1e-12, atol=0)
+        # a boolean filter leaves chunks without rows
+        keep = X[:, 0] > np.sort(X[:, 0])[200]
+        Xf = da.from_array(X, chunks=100)[da.from_array(keep, chunks=100)]
+        Xf.compute_chunk_sizes()
+        got = edd.score_samples(model, Xf).compute()
+        np.testing.assert_allclose(got, ref[keep], rtol=1e-12, atol=0)
+        assert edd.score_samples(model, Xd[:0]).compute().shape == (0,)
+
+
+def test_impute_with_empty_chunks(planted):
+    model, X = planted
+    X = X.copy()
+    X[np.random.default_rng(0).random(X.shape) < 0.3] = np.nan
+    X[np.isnan(X).all(axis=1), 0] = 0.1
+    Xd = da.from_array(X, chunks=EMPTY_CHUNKS)
+    with dask.config.set(scheduler="synchronous"):
+        np.testing.assert_allclose(edd.impute(model, Xd).compute(), model.impute(X), rtol=1e-12)
+        filled, std = edd.impute(model, Xd, return_std=True)
+        ref, ref_std = model.impute(X, return_std=True)
+        np.testing.assert_allclose(filled.compute(), ref, rtol=1e-12)
+        np.testing.assert_allclose(std.compute(), ref_std, rtol=1e-12, atol=1e-300)
+        a = edd.impute(model, Xd, method="sample", random_state=3).compute()
+        assert a.shape == X.shape and not np.isnan(a).any()
+        assert edd.impute(model, Xd[:0]).compute().shape == (0, 3)
+
+
+def _history(data, method):
+    m = ExactDGN.from_decoder(Decoder.random([1, 8, 3], seed=7), 0.5, warm_start=True)
+    m.set_params(max_iter=2, tol=0.0, method=method, progress=False, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m.fit(data)
+    return np.array([h["loglik"] for h in m.history_])
+
+
+@pytest.mark.parametrize("method", ["em", "lbfgs", "gradient"])
+def test_fit_with_empty_chunks(client, planted, method):
+    _, X = planted
+    with client.as_current():
+        got = _history(da.from_array(X, chunks=EMPTY_CHUNKS), method)
+        ref = _history(da.from_array(X, chunks=((150, 250), (3,))), method)
+    # the empty chunks are skipped: the run of the same non-empty chunks, bit for bit
+    np.testing.assert_array_equal(got, ref)
+    if method != "gradient":
+        np.testing.assert_allclose(got, _history(X, method), rtol=0, atol=1e-7)
+
+
+def test_fit_on_an_empty_array_says_so(client, planted):
+    _, X = planted
+    with client.as_current(), pytest.raises(ValueError, match=r"X has no rows \(shape \(0, 3\)\)"):
+        _history(da.from_array(X, chunks=100)[:0], "em")
+
+
+class _Finished(SchedulerPlugin):
+    """Counts the tasks that finished, by key prefix (``key_split``)."""
+
+    def __init__(self):
+        self.count = collections.Counter()
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        if finish == "memory":
+            self.count[key_split(key)] += 1
+
+
+def test_cli_impute_with_std_reads_and_imputes_each_chunk_once(client, planted, tmp_path):
+    from exactdgn.cli import main
+
+    model, X = planted
+    X = X.copy()
+    X[np.random.default_rng(1).random(X.shape) < 0.3] = np.nan
+    X[np.isnan(X).all(axis=1), 0] = 0.1
+    model.save(tmp_path / "model.npz")
+    np.save(tmp_path / "holes.npy", X)
+    finished = _Finished()
+    scheduler = client.cluster.scheduler  # the local cluster's scheduler runs in this process
+    scheduler.add_plugin(finished, name="test-finished")
+    try:
+        args = [str(tmp_path / "model.npz"), str(tmp_path / "holes.npy")]
+        out = ["--out", str(tmp_path / "f.npy"), "--std-out", str(tmp_path / "s.npy")]
+        addr = ["--scheduler", client.scheduler.address, "--chunk-rows", "100"]
+        assert main(["impute", *args, *out, *addr]) == 0
+    finally:
+        scheduler.remove_plugin(name="test-finished")
+    ref, ref_std = model.impute(X, return_std=True)
+    np.testing.assert_allclose(np.load(tmp_path / "f.npy"), ref, rtol=1e-12)
+    np.testing.assert_allclose(np.load(tmp_path / "s.npy"), ref_std, rtol=1e-12, atol=1e-300)
+    # 4 chunks: each read and imputed once for both outputs (not once per output)
+    assert finished.count["read-npy"] == 4
+    assert sum(v for k, v in finished.count.items() if "impute_chunk" in k) == 4
+
+
+def test_thread_budget_of_an_in_process_cluster_is_given_back(planted, monkeypatch):
+    """Workers in this process (``processes=False``) hold this process's threads while they
+    run; closing the cluster gives back the thread counts the process had before."""
+    from threadpoolctl import threadpool_info
+
+    monkeypatch.setenv("EXACTDGN_NUM_THREADS", "2")
+    before = [p["num_threads"] for p in threadpool_info()]
+    model, X = planted
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"distributed(\..*)?")
+        cluster = distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+        )
+        with cluster, distributed.Client(cluster) as cl:
+            got = edd.score_samples(model, da.from_array(X, chunks=100)).compute()
+            assert set(cl.run(lambda: os.environ["EXACTDGN_NUM_THREADS"]).values()) == {"1"}
+    np.testing.assert_allclose(got, model.score_samples(X), rtol=1e-12)
+    assert os.environ["EXACTDGN_NUM_THREADS"] == "2"
+    assert [p["num_threads"] for p in threadpool_info()] == before
+
+
+def test_inputs_that_are_not_real_row_chunked_dask_arrays_are_refused_clearly(planted):
+    model, X = planted
+    # complex values: refused as in memory (their imaginary part was silently dropped)
+    Xc = da.from_array(X + 1j, chunks=100)
+    with pytest.raises(ValueError, match="X is complex: give real numbers"):
+        edd.score_samples(model, Xc)
+    with pytest.raises(ValueError, match="X is complex: give real numbers"):
+        edd.impute(model, Xc)
+    # an in-memory array: say how to get a dask array, or which in-memory method to call
+    with pytest.raises(TypeError, match=r"dask\.array\.from_array.*model\.score_samples\(X\)"):
+        edd.score_samples(model, X)
+    with pytest.raises(TypeError, match=r"dask\.array\.from_array.*model\.impute\(X\)"):
+        edd.impute(model, X)
+
+
+def test_starting_points_reduce_the_data_once_per_fit(client, planted):
+    """``init="auto"`` (three starts for d = 1) and ``n_init`` starts: the data moments do not
+    depend on the seed, so the two passes over the chunks that reduce them run once per fit."""
+    _, X = planted
+    finished = _Finished()
+    scheduler = client.cluster.scheduler
+    scheduler.add_plugin(finished, name="test-finished")
+    m = ExactDGN(hidden_sizes=(8,), max_iter=1, n_init=2, random_state=0, progress=False)
+    try:
+        with client.as_current(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            m.fit(da.from_array(X, chunks=100))
+    finally:
+        scheduler.remove_plugin(name="test-finished")
+    assert finished.count["moment_sums"] == 4 and finished.count["centred_sums"] == 4
+    assert set(m.scout_logliks_) == {"pca", "random", "random-2"}
+
+
+def test_bad_values_are_named_by_their_rows_in_X(planted):
+    """Errors of a chunk name the rows of the whole array (not the chunk's own row numbers)."""
+    model, X = planted
+    Xb = X.copy()
+    Xb[333, 1] = np.nan
+    with dask.config.set(scheduler="synchronous"):
+        with pytest.raises(ValueError, match=r"rows 300:400\) contains 1 NaN.*rows: \[333\]"):
+            edd.score_samples(model, da.from_array(Xb, chunks=100)).compute()
+        Xb[np.random.default_rng(2).random(X.shape) < 0.3] = np.nan
+        Xb[np.isnan(Xb).all(axis=1), 0] = 0.1
+        Xb[250] = np.nan
+        with pytest.raises(ValueError, match=r"every value missing \(NaN\), first rows \[250\]"):
+            edd.impute(model, da.from_array(Xb, chunks=100)).compute()
+        Xb[250, 0], Xb[260, 1] = 0.1, np.inf
+        with pytest.raises(ValueError, match=r"1 infinite values \(first bad rows: \[260\]\)"):
+            edd.impute(model, da.from_array(Xb, chunks=100)).compute()
+
+
+def test_read_npy_refuses_complex_files(tmp_path):
+    path = tmp_path / "c.npy"
+    np.save(path, np.ones((10, 3)) + 1j)
+    with pytest.raises(ValueError, match="complex128; real numbers are needed"):
+        edd.read_npy(path)
