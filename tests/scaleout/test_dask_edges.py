@@ -235,3 +235,15 @@ def test_read_npy_refuses_complex_files(tmp_path):
     np.save(path, np.ones((10, 3)) + 1j)
     with pytest.raises(ValueError, match="complex128; real numbers are needed"):
         edd.read_npy(path)
+
+
+def test_in_memory_methods_refuse_a_dask_array_larger_than_memory():
+    """``model.score_samples(Xd)`` computed the dask array whole on the client, silently; one
+    larger than half the available memory is refused before anything is computed."""
+    model = ExactDGN.from_decoder(Decoder.random([1, 4, 3], seed=0), 0.3)
+    huge = da.zeros((10**12, 3), chunks=(10**6, 3))  # 24 TB, never computed
+    for method in (model.score_samples, model.impute, model.posterior, model.score):
+        with pytest.raises(ValueError, match=r"dask array of shape \(1000000000000, 3\)"):
+            method(huge)
+    small = da.from_array(model.sample(20, random_state=0), chunks=(7, 3))
+    np.testing.assert_array_equal(model.score_samples(small), model.score_samples(small.compute()))
