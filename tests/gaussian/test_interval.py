@@ -248,32 +248,3 @@ def test_log_interval_mass_shapes_must_match():
     msg = r"lo and hi must have the same shape, got \(1,\) and \(2,\)"
     with pytest.raises(ValueError, match=msg):
         log_interval_mass(np.array([-1.0]), np.array([1.0, 2.0]))
-
-
-@pytest.mark.parametrize("thin", ["very", True, False])
-def test_compiled_quadrature_branch_is_the_numpy_formula(thin):
-    """The compiled quadrature branch equals its formula evaluated with numpy (only the node
-    sums' order differs), near and far intervals, wide ones cut where the exponent reaches
-    the cut-off."""
-    from exactdgn.gaussian import _interval
-
-    rng = np.random.default_rng(5)
-    a = np.concatenate([rng.uniform(0, 4, 200), rng.uniform(4, 40, 200), [1e4, 1e8]])
-    W = np.concatenate([rng.uniform(1e-9, 2.0, 300), rng.uniform(2.0, 50, 100), [1.0, np.inf]])
-    x, w = {
-        "very": (_interval._GL8U_X, _interval._GL8U_W),
-        True: (_interval._GL16_X, _interval._GL16_W),
-    }.get(thin, (_interval._GL_X, _interval._GL_W))
-    scut = 2.0 * _interval._CUT / (a + np.sqrt(a * a + 2.0 * _interval._CUT))
-    S = np.minimum(W, scut)
-    s = S[:, None] * x
-    wf = (S[:, None] * w) * np.exp(-s * (a[:, None] + 0.5 * s))
-    Z0 = wf.sum(axis=1)
-    ms = (wf * s).sum(axis=1) / Z0
-    var = (wf * np.square(s - ms[:, None])).sum(axis=1) / Z0
-    logm, mean, v = _interval._quad_branch(a, W, thin)
-    np.testing.assert_allclose(
-        logm, -0.5 * a * a - 0.5 * math.log(2 * math.pi) + np.log(Z0), rtol=1e-14
-    )
-    np.testing.assert_allclose(mean, a + ms, rtol=1e-14)
-    np.testing.assert_allclose(v, var, rtol=1e-13)
