@@ -22,7 +22,7 @@ from ..gaussian._torch_polygon import (
     truncated_moments_2d_shifted_t,
 )
 from ._geometry import RegionGeometry
-from ._marginal import _chunk_size
+from ._marginal import _DENSE_1D, _chunk_size
 
 __all__ = ["DeviceGeometry", "TorchPairs", "device_geometry", "pairs_torch", "resolve_device"]
 
@@ -261,8 +261,8 @@ def pairs_1d_torch(
     As ``_marginal._pairs_1d``: one GEMM gives ``t_r(x)`` and ``log κ_r(x)``; the lower bound
     is the exact term of the region with the largest ``κ`` and of the region holding its
     posterior mean; pairs with ``log κ_r > lower - prune_nats - log R`` are integrated (mass
-    <= 1 bound), and with ``need_moments`` the moments are computed where the pair's weight is
-    visible.
+    <= 1 bound; with at most ``_DENSE_1D`` regions every pair, as numpy), and with
+    ``need_moments`` the moments are computed where the pair's weight is visible.
     """
     dg = device_geometry(geom, X.device)
     loS, hiS, sP, order, breaks = dg.interval
@@ -270,6 +270,7 @@ def pairs_1d_torch(
     R = loS.shape[0]
     thr = prune_nats + math.log(max(R, 1))
     cs = _chunk_points(N, R, X.device, chunk_bytes)
+    dense = R <= _DENSE_1D  # the numpy path's rule: few regions keep every pair
     parts = []
     for s in range(0, N, cs):
         Xc = X[s : s + cs] - dg.center
@@ -277,17 +278,22 @@ def pairs_1d_torch(
         lk, t = _log_kappa(dg, Xc)
         t = t[..., 0]
         rows = torch.arange(n, device=X.device)
-        r1 = lk.argmax(dim=1)
-        mu1 = t[rows, r1] / sP[r1]
-        r2 = order[torch.searchsorted(breaks, mu1, right=True)]
-        pr = torch.cat([r1, r2])
-        tt = t[torch.cat([rows, rows]), pr]
-        lm_seed, _ = log_interval_mass_t(loS[pr] - tt, hiS[pr] - tt)
-        lj_seed = torch.cat([lk[rows, r1], lk[rows, r2]]) + lm_seed
-        lower = torch.where(r1 == r2, lj_seed[:n], torch.logaddexp(lj_seed[:n], lj_seed[n:]))
-        p, r = torch.nonzero(lk > (lower - thr)[:, None], as_tuple=True)  # sorted by point
-        tt = t[p, r]
-        lk_p = lk[p, r]
+        if dense:  # few regions: every pair, as the numpy path (the same pairs and sums)
+            p = rows.repeat_interleave(R)
+            r = torch.arange(R, device=X.device).repeat(n)
+            tt, lk_p = t.reshape(-1), lk.reshape(-1)
+        else:
+            r1 = lk.argmax(dim=1)
+            mu1 = t[rows, r1] / sP[r1]
+            r2 = order[torch.searchsorted(breaks, mu1, right=True)]
+            pr = torch.cat([r1, r2])
+            tt = t[torch.cat([rows, rows]), pr]
+            lm_seed, _ = log_interval_mass_t(loS[pr] - tt, hiS[pr] - tt)
+            lj_seed = torch.cat([lk[rows, r1], lk[rows, r2]]) + lm_seed
+            lower = torch.where(r1 == r2, lj_seed[:n], torch.logaddexp(lj_seed[:n], lj_seed[n:]))
+            p, r = torch.nonzero(lk > (lower - thr)[:, None], as_tuple=True)  # sorted by point
+            tt = t[p, r]
+            lk_p = lk[p, r]
         a, b = loS[r] - tt, hiS[r] - tt
         lm, err = log_interval_mass_t(a, b)
         lj = lk_p + lm
