@@ -474,3 +474,22 @@ def test_points_a_billion_sigma_away_keep_their_dominant_pair(device, sizes, see
     # (their weights may then sum to more than 1); none may be lost
     assert np.all(wsum >= 1.0 - 1e-5)
     np.testing.assert_allclose(wsum[:2], 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", [None, *DEVICES])
+@pytest.mark.parametrize("latent", [1, 2])
+def test_bad_prune_nats_and_chunk_bytes_are_refused_on_both_paths(device, latent):
+    """``prune_nats`` NaN or negative left no pair (or dropped the seeds): the device returned
+    ``log p = -inf`` for every point, the numpy path raised IndexError from ``reduceat``;
+    ``chunk_bytes=None`` ran on the device and was a TypeError on the numpy path (d = 2)."""
+    m = _model([latent, 16, 16, 4], 1, 0.1)
+    geom = region_geometry(m.partition_, m.noise_std_)
+    X = m.sample(5, random_state=0)
+    for bad in (np.nan, -5.0, -np.inf, "40", None, True):
+        with pytest.raises(ValueError, match="prune_nats="):
+            marginal_pairs(geom, X, prune_nats=bad, device=device)
+    for bad in (None, 0, -5, 1.5, "x", True):
+        with pytest.raises(ValueError, match="chunk_bytes="):
+            marginal_pairs(geom, X, chunk_bytes=bad, device=device)
+    ok = marginal_pairs(geom, X, prune_nats=np.inf, chunk_bytes=np.int64(2**20), device=device)
+    _close(ok.log_px, marginal_pairs(geom, X).log_px, 1e-12)

@@ -13,6 +13,7 @@ is skipped. In d = 1 with moments, pairs whose exact weight is below that level 
 from __future__ import annotations
 
 import functools
+import numbers
 import os
 from dataclasses import dataclass, fields
 
@@ -385,6 +386,23 @@ def check_points(geom: RegionGeometry, X, *, name: str = "X", allow_nan: bool = 
     return X
 
 
+def _check_pruning(prune_nats, chunk_bytes) -> None:
+    """Refuse a ``prune_nats`` that is not a number >= 0 (NaN or a negative one left points
+    without pairs) and a ``chunk_bytes`` that is not a positive integer, on both paths."""
+    real = isinstance(prune_nats, numbers.Real) and not isinstance(prune_nats, bool)
+    if not (real and prune_nats >= 0):
+        raise ValueError(
+            f"prune_nats={prune_nats!r} is invalid: use a number >= 0 (40 keeps log p(x) exact "
+            "to double precision; inf prunes nothing)"
+        )
+    whole = isinstance(chunk_bytes, numbers.Integral) and not isinstance(chunk_bytes, bool)
+    if not (whole and chunk_bytes >= 1):
+        raise ValueError(
+            f"chunk_bytes={chunk_bytes!r} is invalid: use a positive integer (bytes of one "
+            "block's work arrays)"
+        )
+
+
 def _chunk_size(n: int, R: int, d: int, chunk_bytes: int) -> int:
     per_point = 8 * R * (3 * d + 6)
     return int(max(1, min(n, chunk_bytes // max(per_point, 1))))
@@ -433,10 +451,12 @@ def marginal_pairs(
     Raises
     ------
     ValueError
-        When ``X`` is not (N, D) with N >= 1 or holds NaN or infinite values.
+        When ``X`` is not (N, D) with N >= 1 or holds NaN or infinite values; when
+        ``prune_nats`` is not a number >= 0 or ``chunk_bytes`` not a positive integer.
     """
     if check_input:
         X = check_points(geom, X)
+    _check_pruning(prune_nats, chunk_bytes)
     if device is not None:
         from ._torch_marginal import pairs_torch
 
