@@ -493,3 +493,22 @@ def test_bad_prune_nats_and_chunk_bytes_are_refused_on_both_paths(device, latent
             marginal_pairs(geom, X, chunk_bytes=bad, device=device)
     ok = marginal_pairs(geom, X, prune_nats=np.inf, chunk_bytes=np.int64(2**20), device=device)
     _close(ok.log_px, marginal_pairs(geom, X).log_px, 1e-12)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("latent", [1, 2])
+def test_missing_values_with_a_device_run_on_the_numpy_path(device, latent):
+    """As documented: a call whose X holds a NaN runs on the numpy path, all its rows, with
+    the numpy results (the backend covers complete data)."""
+    ref = _model([latent, 8, 4], 2, [0.1, 0.2, 0.05, 0.3])
+    m = _model([latent, 8, 4], 2, [0.1, 0.2, 0.05, 0.3], device=device)
+    X = ref.sample(60, random_state=0)
+    X[:10, 1] = np.nan
+    X[10:15, 2:] = np.nan
+    assert np.array_equal(ref.score_samples(X), m.score_samples(X))
+    assert np.array_equal(ref.impute(X), m.impute(X))
+    assert np.array_equal(ref.posterior(X).mean, m.posterior(X).mean)
+    kw = dict(latent_dim=latent, hidden_sizes=(4,), max_iter=2, random_state=0, progress=False)
+    a, b = ExactDGN(**kw).fit(X), ExactDGN(**kw, device=device).fit(X)
+    assert [h["loglik"] for h in a.history_] == [h["loglik"] for h in b.history_]
