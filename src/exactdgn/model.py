@@ -164,8 +164,10 @@ class ExactDGN(DensityMixin, BaseEstimator):
         device (float64, the same results to ~1e-13; latent_dim 1 and 2). ``fit`` keeps the
         E-step's pairs, the M-step's statistics and solves, the exact gradient and the
         optimisers' state there (only the new parameters come back; the partition is
-        enumerated on the host; rows with NaN train on the numpy path). Results are returned
-        as numpy arrays either way.
+        enumerated on the host). The backend covers complete data: a call (``fit``,
+        ``score_samples``, ``posterior``, ``impute``, ...) whose ``X`` holds a NaN runs on the
+        numpy path, all its rows (the same results). Results are returned as numpy arrays
+        either way.
 
     Attributes
     ----------

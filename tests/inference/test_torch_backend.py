@@ -425,3 +425,90 @@ def test_fit_on_device_matches_numpy(device, latent, method):
     b = np.array([h["loglik"] for h in got.history_])
     np.testing.assert_allclose(b, a, rtol=1e-9)
     _close(ref.score_samples(X), got.score_samples(X), 1e-9)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("prune_nats", [10.0, 20.0])
+@pytest.mark.parametrize("moments", [False, True])
+def test_pairs_1d_few_regions_match_numpy_at_any_prune_nats(device, prune_nats, moments):
+    """d = 1 with few regions: the numpy path keeps every pair (its dense rule); the device
+    kept only the pairs above the pruning level, so with the estimator's smallest
+    ``prune_nats`` (10) ``log p(x)`` differed by 1e-6 between the backends."""
+    m = _model([1, 8, 4], 1, 0.1)
+    geom = region_geometry(m.partition_, m.noise_std_)
+    assert geom.n_regions <= 24
+    X = m.sample(300, random_state=0)
+    ref = marginal_pairs(geom, X, prune_nats=prune_nats, need_moments=moments)
+    got = marginal_pairs(geom, X, prune_nats=prune_nats, need_moments=moments, device=device)
+    _close(ref.log_px, got.log_px, 1e-12)
+    assert np.array_equal(ref.point, got.point) and np.array_equal(ref.region, got.region)
+    np.testing.assert_allclose(got.log_px_error, ref.log_px_error, rtol=1e-10)
+    if moments:
+        np.testing.assert_allclose(got.mean, ref.mean, rtol=1e-10, atol=1e-12)
+    a = ExactDGN.from_decoder(m.decoder_, m.noise_std_, prune_nats=prune_nats)
+    b = ExactDGN.from_decoder(m.decoder_, m.noise_std_, prune_nats=prune_nats, device=device)
+    _close(a.score_samples(X), b.score_samples(X), 1e-12)
+
+
+@pytest.mark.parametrize("device", [None, *DEVICES])
+@pytest.mark.parametrize(("sizes", "seed"), [([1, 8, 4], 1), ([1, 16, 16, 4], 1), ([2, 8, 4], 1)])
+def test_points_a_billion_sigma_away_keep_their_dominant_pair(device, sizes, seed):
+    """Where ``|log p(x)|`` exceeds ~2e17 the pruning level ``lower - thr`` rounds to
+    ``lower``: the seed region holding all the mass (``log κ_r = lower``) failed ``>`` and was
+    dropped (d = 1 device: ``log p`` 15x too low; numpy d = 1 with many regions: IndexError
+    in ``reduceat``), and with moments the dominant pair (``lj = log p``) was not 'visible':
+    the point had no pair left (posterior weights summing to 0). Compared with no pruning."""
+    m = _model(sizes, seed, [0.1, 0.2, 0.3, 0.05])
+    geom = region_geometry(m.partition_, m.noise_std_)
+    base = m.sample(1, random_state=0)[0]
+    scales = [1e2, 1e4, 1e8, 1e9, 1e10, 1e12]
+    X = np.array([base + s * np.array([1.0, -1.0, 0.5, 2.0]) for s in scales])
+    ref = marginal_pairs(geom, X, prune_nats=np.inf)  # every pair integrated
+    assert ref.log_px[-1] < -1e25
+    got = marginal_pairs(geom, X, device=device)
+    _close(ref.log_px, got.log_px, 1e-12)
+    st = marginal_pairs(geom, X, need_moments=True, device=device)
+    _close(ref.log_px, st.log_px, 1e-12)
+    wsum = np.bincount(st.point, np.exp(st.log_weight), minlength=len(X))
+    # beyond ~1e15 nats regions whose log p differ by less than ulp(log p) cannot be told apart
+    # (their weights may then sum to more than 1); none may be lost
+    assert np.all(wsum >= 1.0 - 1e-5)
+    np.testing.assert_allclose(wsum[:2], 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", [None, *DEVICES])
+@pytest.mark.parametrize("latent", [1, 2])
+def test_bad_prune_nats_and_chunk_bytes_are_refused_on_both_paths(device, latent):
+    """``prune_nats`` NaN or negative left no pair (or dropped the seeds): the device returned
+    ``log p = -inf`` for every point, the numpy path raised IndexError from ``reduceat``;
+    ``chunk_bytes=None`` ran on the device and was a TypeError on the numpy path (d = 2)."""
+    m = _model([latent, 16, 16, 4], 1, 0.1)
+    geom = region_geometry(m.partition_, m.noise_std_)
+    X = m.sample(5, random_state=0)
+    for bad in (np.nan, -5.0, -np.inf, "40", None, True):
+        with pytest.raises(ValueError, match="prune_nats="):
+            marginal_pairs(geom, X, prune_nats=bad, device=device)
+    for bad in (None, 0, -5, 1.5, "x", True):
+        with pytest.raises(ValueError, match="chunk_bytes="):
+            marginal_pairs(geom, X, chunk_bytes=bad, device=device)
+    ok = marginal_pairs(geom, X, prune_nats=np.inf, chunk_bytes=np.int64(2**20), device=device)
+    _close(ok.log_px, marginal_pairs(geom, X).log_px, 1e-12)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("latent", [1, 2])
+def test_missing_values_with_a_device_run_on_the_numpy_path(device, latent):
+    """As documented: a call whose X holds a NaN runs on the numpy path, all its rows, with
+    the numpy results (the backend covers complete data)."""
+    ref = _model([latent, 8, 4], 2, [0.1, 0.2, 0.05, 0.3])
+    m = _model([latent, 8, 4], 2, [0.1, 0.2, 0.05, 0.3], device=device)
+    X = ref.sample(60, random_state=0)
+    X[:10, 1] = np.nan
+    X[10:15, 2:] = np.nan
+    assert np.array_equal(ref.score_samples(X), m.score_samples(X))
+    assert np.array_equal(ref.impute(X), m.impute(X))
+    assert np.array_equal(ref.posterior(X).mean, m.posterior(X).mean)
+    kw = dict(latent_dim=latent, hidden_sizes=(4,), max_iter=2, random_state=0, progress=False)
+    a, b = ExactDGN(**kw).fit(X), ExactDGN(**kw, device=device).fit(X)
+    assert [h["loglik"] for h in a.history_] == [h["loglik"] for h in b.history_]

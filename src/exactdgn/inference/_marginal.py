@@ -13,6 +13,7 @@ is skipped. In d = 1 with moments, pairs whose exact weight is below that level 
 from __future__ import annotations
 
 import functools
+import numbers
 import os
 from dataclasses import dataclass, fields
 
@@ -333,7 +334,9 @@ def _pairs_1d(
             lm_seed, _ = log_interval_mass(loS[pr] - tt, hiS[pr] - tt)
             lj_seed = np.concatenate([lk[rows, r1], lk[rows, r2]]) + lm_seed
             lower = np.where(r1 == r2, lj_seed[:n], np.logaddexp(lj_seed[:n], lj_seed[n:]))
-            p, r = np.nonzero(lk > (lower - thr)[:, None])  # sorted by point; r1 always kept
+            # in differences: at |log p| > ~2e17 nats `lower - thr` rounds to `lower`, and a
+            # seed with log κ = lower (all the mass) failed `>` (and a point could lose every pair)
+            p, r = np.nonzero(lk - lower[:, None] > -thr)  # sorted by point; seeds always kept
             tt = t[p, r]
             lk_p = lk[p, r]
             a, b = loS[r] - tt, hiS[r] - tt
@@ -355,7 +358,7 @@ def _pairs_1d(
         if need_moments:
             # moments only where the pair's exact weight is visible (the same level as the
             # pruning: the pairs dropped here change no sum by more than exp(-prune_nats))
-            sel = (lj > (log_px - thr)[p]) | ~np.isfinite(log_px)[p]
+            sel = (lj - log_px[p] > -thr) | ~np.isfinite(log_px)[p]  # (in differences)
             if not sel.all():
                 p, r, lj, tt, a, b = p[sel], r[sel], lj[sel], tt[sel], a[sel], b[sel]
             _, um, uv = interval_stats(a, b)
@@ -381,6 +384,23 @@ def check_points(geom: RegionGeometry, X, *, name: str = "X", allow_nan: bool = 
     if X.shape[0] == 0:
         raise ValueError(f"{name} has no rows (shape {X.shape}): give at least one point")
     return X
+
+
+def _check_pruning(prune_nats, chunk_bytes) -> None:
+    """Refuse a ``prune_nats`` that is not a number >= 0 (NaN or a negative one left points
+    without pairs) and a ``chunk_bytes`` that is not a positive integer, on both paths."""
+    real = isinstance(prune_nats, numbers.Real) and not isinstance(prune_nats, bool)
+    if not (real and prune_nats >= 0):
+        raise ValueError(
+            f"prune_nats={prune_nats!r} is invalid: use a number >= 0 (40 keeps log p(x) exact "
+            "to double precision; inf prunes nothing)"
+        )
+    whole = isinstance(chunk_bytes, numbers.Integral) and not isinstance(chunk_bytes, bool)
+    if not (whole and chunk_bytes >= 1):
+        raise ValueError(
+            f"chunk_bytes={chunk_bytes!r} is invalid: use a positive integer (bytes of one "
+            "block's work arrays)"
+        )
 
 
 def _chunk_size(n: int, R: int, d: int, chunk_bytes: int) -> int:
@@ -431,10 +451,12 @@ def marginal_pairs(
     Raises
     ------
     ValueError
-        When ``X`` is not (N, D) with N >= 1 or holds NaN or infinite values.
+        When ``X`` is not (N, D) with N >= 1 or holds NaN or infinite values; when
+        ``prune_nats`` is not a number >= 0 or ``chunk_bytes`` not a positive integer.
     """
     if check_input:
         X = check_points(geom, X)
+    _check_pruning(prune_nats, chunk_bytes)
     if device is not None:
         from ._torch_marginal import pairs_torch
 
@@ -486,7 +508,7 @@ def marginal_pairs(
         lower = np.full(n, -np.inf)
         np.logaddexp.at(lower, p_top, lk_top + lm_top)
         # candidates by the mass <= 1 bound, excluding the pairs already done
-        mask = lk > (lower - thr)[:, None]
+        mask = lk - lower[:, None] > -thr  # in differences (no rounding at huge |log p|)
         mask[p_top, r_top] = False
         p_c, r_c = np.nonzero(mask)
         n_cand = len(p_c) + len(p_top)
@@ -497,12 +519,12 @@ def marginal_pairs(
             off_c = geom.offsets(v_c, r_c)
             # Φ is increasing: min_i log Φ(c_i) = log Φ(min_i c_i) (one log_ndtr per pair)
             bound = lk_c + np.minimum(0.0, log_ndtr(off_c.min(axis=1, initial=np.inf)))
-            keep = bound > (lower - thr)[p_c]
+            keep = bound - lower[p_c] > -thr
             p_c, r_c, lk_c, w_c, v_c = p_c[keep], r_c[keep], lk_c[keep], w_c[keep], v_c[keep]
             off_c = off_c[keep]
         # candidates whose closest-point bound falls below the pruning level are not integrated
         # (log mass -inf, dropped below); the seeds are always integrated
-        floor_c = (lower - thr)[p_c] - lk_c
+        floor_c = (lower[p_c] - lk_c) - thr
         # every pair (seeds first), grouped by point once for the logsumexp below
         seed = np.arange(len(p_top) + len(p_c)) < len(p_top)
         p_all = np.concatenate([p_top, p_c])
@@ -516,7 +538,8 @@ def marginal_pairs(
         def visible_of(lj, log_px):
             # pairs whose exact weight is visible (as in d = 1: the others change no sum by
             # more than exp(-prune_nats)); all pairs of a point without a finite log p(x)
-            return (lj > (log_px - thr)[p_all]) | ~np.isfinite(log_px)[p_all]
+            # (in differences: the dominant pair, lj = log p(x), stays visible at any |log p|)
+            return (lj - log_px[p_all] > -thr) | ~np.isfinite(log_px)[p_all]
 
         tm = None
         if need_moments and tab is not None:

@@ -22,7 +22,7 @@ from ..gaussian._torch_polygon import (
     truncated_moments_2d_shifted_t,
 )
 from ._geometry import RegionGeometry
-from ._marginal import _chunk_size
+from ._marginal import _DENSE_1D, _chunk_size
 
 __all__ = ["DeviceGeometry", "TorchPairs", "device_geometry", "pairs_torch", "resolve_device"]
 
@@ -261,8 +261,8 @@ def pairs_1d_torch(
     As ``_marginal._pairs_1d``: one GEMM gives ``t_r(x)`` and ``log κ_r(x)``; the lower bound
     is the exact term of the region with the largest ``κ`` and of the region holding its
     posterior mean; pairs with ``log κ_r > lower - prune_nats - log R`` are integrated (mass
-    <= 1 bound), and with ``need_moments`` the moments are computed where the pair's weight is
-    visible.
+    <= 1 bound; with at most ``_DENSE_1D`` regions every pair, as numpy), and with
+    ``need_moments`` the moments are computed where the pair's weight is visible.
     """
     dg = device_geometry(geom, X.device)
     loS, hiS, sP, order, breaks = dg.interval
@@ -270,6 +270,7 @@ def pairs_1d_torch(
     R = loS.shape[0]
     thr = prune_nats + math.log(max(R, 1))
     cs = _chunk_points(N, R, X.device, chunk_bytes)
+    dense = R <= _DENSE_1D  # the numpy path's rule: few regions keep every pair
     parts = []
     for s in range(0, N, cs):
         Xc = X[s : s + cs] - dg.center
@@ -277,17 +278,24 @@ def pairs_1d_torch(
         lk, t = _log_kappa(dg, Xc)
         t = t[..., 0]
         rows = torch.arange(n, device=X.device)
-        r1 = lk.argmax(dim=1)
-        mu1 = t[rows, r1] / sP[r1]
-        r2 = order[torch.searchsorted(breaks, mu1, right=True)]
-        pr = torch.cat([r1, r2])
-        tt = t[torch.cat([rows, rows]), pr]
-        lm_seed, _ = log_interval_mass_t(loS[pr] - tt, hiS[pr] - tt)
-        lj_seed = torch.cat([lk[rows, r1], lk[rows, r2]]) + lm_seed
-        lower = torch.where(r1 == r2, lj_seed[:n], torch.logaddexp(lj_seed[:n], lj_seed[n:]))
-        p, r = torch.nonzero(lk > (lower - thr)[:, None], as_tuple=True)  # sorted by point
-        tt = t[p, r]
-        lk_p = lk[p, r]
+        if dense:  # few regions: every pair, as the numpy path (the same pairs and sums)
+            p = rows.repeat_interleave(R)
+            r = torch.arange(R, device=X.device).repeat(n)
+            tt, lk_p = t.reshape(-1), lk.reshape(-1)
+        else:
+            r1 = lk.argmax(dim=1)
+            mu1 = t[rows, r1] / sP[r1]
+            r2 = order[torch.searchsorted(breaks, mu1, right=True)]
+            pr = torch.cat([r1, r2])
+            tt = t[torch.cat([rows, rows]), pr]
+            lm_seed, _ = log_interval_mass_t(loS[pr] - tt, hiS[pr] - tt)
+            lj_seed = torch.cat([lk[rows, r1], lk[rows, r2]]) + lm_seed
+            lower = torch.where(r1 == r2, lj_seed[:n], torch.logaddexp(lj_seed[:n], lj_seed[n:]))
+            # in differences: at |log p| > ~2e17 nats `lower - thr` rounds to `lower`, and the
+            # seed holding all the mass (log κ = lower) failed `>` (as numpy)
+            p, r = torch.nonzero(lk - lower[:, None] > -thr, as_tuple=True)  # sorted by point
+            tt = t[p, r]
+            lk_p = lk[p, r]
         a, b = loS[r] - tt, hiS[r] - tt
         lm, err = log_interval_mass_t(a, b)
         lj = lk_p + lm
@@ -295,7 +303,7 @@ def pairs_1d_torch(
         n_cand = p.shape[0]
         mean = cov = None
         if need_moments:
-            sel = (lj > (log_px - thr)[p]) | ~torch.isfinite(log_px)[p]
+            sel = (lj - log_px[p] > -thr) | ~torch.isfinite(log_px)[p]  # (in differences)
             idx = sel.nonzero().squeeze(1)
             p, r, lj, tt, a, b = p[idx], r[idx], lj[idx], tt[idx], a[idx], b[idx]
             _, um, uv = interval_stats_t(a, b)
@@ -385,7 +393,7 @@ def pairs_2d_torch(
         lk_top, w_top = lk[p_top, r_top], W[p_top, r_top]
         lm_top, err_top = _blocked_mass(tab, r_top, w_top, None, dev)
         lower = segment_lse(p_top, lk_top + lm_top, n)
-        mask = lk > (lower - thr)[:, None]
+        mask = lk - lower[:, None] > -thr  # in differences, as numpy
         mask[p_top, r_top] = False
         p_c, r_c = torch.nonzero(mask, as_tuple=True)
         n_cand = p_c.shape[0] + p_top.shape[0]
@@ -394,9 +402,9 @@ def pairs_2d_torch(
         nu = tab["normals"][r_c]
         off = tab["offsets"][r_c] - (nu[..., 0] * w_c[:, None, 0] + nu[..., 1] * w_c[:, None, 1])
         bound = lk_c + torch.clamp(torch.special.log_ndtr(off.min(dim=1).values), max=0.0)
-        keep = (bound > (lower - thr)[p_c]).nonzero().squeeze(1)
+        keep = (bound - lower[p_c] > -thr).nonzero().squeeze(1)
         p_c, r_c, lk_c, w_c = p_c[keep], r_c[keep], lk_c[keep], w_c[keep]
-        floor_c = (lower - thr)[p_c] - lk_c
+        floor_c = (lower[p_c] - lk_c) - thr
         lm_c, err_c = _blocked_mass(tab, r_c, w_c, floor_c, dev)
         seed = torch.cat(
             [torch.ones_like(p_top, dtype=torch.bool), torch.zeros_like(p_c, dtype=torch.bool)]
@@ -411,7 +419,7 @@ def pairs_2d_torch(
         log_px, err_px = lse_by_point(p_all, lj, err, n, prune_nats)
         keep = torch.isfinite(lj) | seed
         if need_moments:  # moments only where the pair's weight is visible (as numpy)
-            keep &= (lj > (log_px - thr)[p_all]) | ~torch.isfinite(log_px)[p_all]
+            keep &= (lj - log_px[p_all] > -thr) | ~torch.isfinite(log_px)[p_all]
         keep = keep.nonzero().squeeze(1)
         p_all, r_all, w_all, lj = p_all[keep], r_all[keep], w_all[keep], lj[keep]
         v = (dg.K[r_all] @ w_all[:, :, None])[..., 0]
