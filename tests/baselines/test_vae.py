@@ -19,14 +19,7 @@ from exactdgn.baselines import IWAE, VAE, GaussianEncoder
 from exactdgn.datasets import wave
 from exactdgn.evaluation import vae_to_exact
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny networks: one thread avoids oversubscription on the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 FAST = dict(encoder_hidden=(16,), batch_size=64, lr=3e-3)

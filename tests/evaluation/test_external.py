@@ -17,13 +17,7 @@ from exactdgn.evaluation import (
     vae_to_exact,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _deep_sequential(width: int = 4, n_layers: int = 7):

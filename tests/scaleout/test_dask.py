@@ -22,28 +22,13 @@ distributed = pytest.importorskip("distributed")
 from exactdgn import Decoder, ExactDGN  # noqa: E402
 from exactdgn import dask as edd  # noqa: E402
 from exactdgn.em._init import data_moments  # noqa: E402
+from tests.scaleout._cluster import local_client  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def client():
-    with warnings.catch_warnings():
-        # distributed's own start-up noise (e.g. a port already in use by another test run)
-        warnings.filterwarnings("ignore", module=r"distributed(\..*)?")
-        cluster = distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            worker_dashboard_address=None,
-        )
-        cl = distributed.Client(cluster)
-    try:
+    with local_client(2) as cl:
         yield cl
-    finally:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", module=r"distributed(\..*)?")
-            cl.close()
-            cluster.close()
 
 
 def _planted(sizes, n, seed, noise=0.2):

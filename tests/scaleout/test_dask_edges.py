@@ -21,6 +21,7 @@ distributed = pytest.importorskip("distributed")
 
 from exactdgn import Decoder, ExactDGN  # noqa: E402
 from exactdgn import dask as edd  # noqa: E402
+from tests.scaleout._cluster import local_client  # noqa: E402
 
 SchedulerPlugin = distributed.diagnostics.plugin.SchedulerPlugin
 key_split = distributed.utils.key_split
@@ -31,23 +32,8 @@ EMPTY_CHUNKS = ((0, 150, 0, 250, 0), (3,))
 
 @pytest.fixture(scope="module")
 def client():
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", module=r"distributed(\..*)?")
-        cluster = distributed.LocalCluster(
-            n_workers=1,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            worker_dashboard_address=None,
-        )
-        cl = distributed.Client(cluster, set_as_default=False)
-    try:
+    with local_client(1, set_as_default=False) as cl:
         yield cl
-    finally:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", module=r"distributed(\..*)?")
-            cl.close()
-            cluster.close()
 
 
 @pytest.fixture
