@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from scipy.sparse import issparse
 from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 
 __all__ = [
     "NotFittedError",
+    "available_memory",
     "check_array",
     "check_feature_names",
     "check_positive",
@@ -49,6 +52,7 @@ def check_array(
     allow_nan : bool
         Whether NaN entries are allowed (infinite entries never are).
     """
+    _refuse_large_dask(X, name)
     if issparse(X):
         raise ValueError(
             f"{name} is a scipy sparse {type(X).__name__}: give a dense array (X.toarray()); "
@@ -124,4 +128,39 @@ def check_feature_names(estimator, X) -> None:
         raise ValueError(
             f"X has columns {names.tolist()} but {type(estimator).__name__} was fitted with "
             f"{fitted.tolist()}: select and order them as in fit (X[feature_names_in_])"
+        )
+
+
+def available_memory() -> int:
+    """Bytes of physical memory available now (``MemAvailable``; 8 GiB if unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 8 * 2**30
+
+
+def _refuse_large_dask(X, name: str) -> None:
+    """A dask array given to an in-memory function is computed whole on this machine: refuse
+    one whose float64 copy would take more than half the available memory (before computing
+    it), naming the chunked functions of :mod:`exactdgn.dask`."""
+    if not hasattr(X, "__dask_graph__"):
+        return
+    shape = getattr(X, "shape", ())
+    if not shape or any(not np.isfinite(s) for s in shape):
+        return  # unknown chunk sizes: its size cannot be told before computing it
+    nbytes = 8 * float(np.prod(shape))
+    avail = available_memory()
+    if nbytes > avail / 2:
+        raise ValueError(
+            f"{name} is a dask array of shape {tuple(shape)} ({nbytes / 2**30:.1f} GiB as float64, "
+            f"more than half of the {avail / 2**30:.1f} GiB available): an in-memory method "
+            "would compute it whole on this machine; use exactdgn.dask.score_samples(model, "
+            f"{name}) or exactdgn.dask.impute(model, {name}), which work chunk by chunk"
         )

@@ -38,7 +38,7 @@ from .io import ModelFileError, decoder_from_arrays, decoder_to_arrays, read_npz
 from .outliers import TypicalityResult, contamination_offset, typicality_test
 from .partition import Partition, partition
 from .training import TRAINERS, EStep, converged, pack_state, unpack_state
-from .training._cost import available_memory, check_training_cost
+from .training._cost import check_training_cost
 
 _partition = partition  # ``_e_step`` has a parameter of that name
 
@@ -306,7 +306,6 @@ class ExactDGN(DensityMixin, BaseEstimator):
     def _check_X(self, X, name="X", allow_nan: bool = False) -> np.ndarray:
         """Validated ``X`` in the decoder's units (standardized when ``preprocessing_`` is set)."""
         self._check_fitted()
-        _refuse_large_dask(X, name)
         check_feature_names(self, X)
         X = check_array(X, name=name, n_features=self.decoder_.output_dim, allow_nan=allow_nan)
         if X.shape[0] == 0:
@@ -1334,23 +1333,3 @@ def _run_config(path) -> dict:
     if not isinstance(cfg, dict):
         raise ModelFileError(f"{path} is not a run configuration (a JSON object expected)")
     return cfg
-
-
-def _refuse_large_dask(X, name: str) -> None:
-    """A dask array given to an in-memory method is computed whole on this machine: refuse one
-    whose float64 copy would take more than half the available memory (before computing it),
-    naming the chunked functions of :mod:`exactdgn.dask`."""
-    if not hasattr(X, "__dask_graph__"):
-        return
-    shape = getattr(X, "shape", ())
-    if not shape or any(not np.isfinite(s) for s in shape):
-        return  # unknown chunk sizes: its size cannot be told before computing it
-    nbytes = 8 * float(np.prod(shape))
-    avail = available_memory()
-    if nbytes > avail / 2:
-        raise ValueError(
-            f"{name} is a dask array of shape {tuple(shape)} ({nbytes / 2**30:.1f} GiB as float64, "
-            f"more than half of the {avail / 2**30:.1f} GiB available): an in-memory method "
-            "would compute it whole on this machine; use exactdgn.dask.score_samples(model, "
-            f"{name}) or exactdgn.dask.impute(model, {name}), which work chunk by chunk"
-        )

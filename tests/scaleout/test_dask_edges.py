@@ -226,9 +226,20 @@ def test_read_npy_refuses_complex_files(tmp_path):
 def test_in_memory_methods_refuse_a_dask_array_larger_than_memory():
     """``model.score_samples(Xd)`` computed the dask array whole on the client, silently; one
     larger than half the available memory is refused before anything is computed."""
+    from exactdgn.imputation import ExactDGNImputer
+
     model = ExactDGN.from_decoder(Decoder.random([1, 4, 3], seed=0), 0.3)
+    model.set_params(contamination=0.1)
     huge = da.zeros((10**12, 3), chunks=(10**6, 3))  # 24 TB, never computed
-    for method in (model.score_samples, model.impute, model.posterior, model.score):
+    imputer = ExactDGNImputer(model, prefit=True)
+    for method in (
+        model.score_samples,
+        model.impute,
+        model.posterior,
+        model.score,
+        model.set_offset,  # checks its rows for NaN first (it computed the array there)
+        imputer.fit,
+    ):
         with pytest.raises(ValueError, match=r"dask array of shape \(1000000000000, 3\)"):
             method(huge)
     small = da.from_array(model.sample(20, random_state=0), chunks=(7, 3))

@@ -25,13 +25,13 @@ from __future__ import annotations
 import itertools
 import logging
 import numbers
-import os
 import warnings
 from dataclasses import dataclass
 from math import comb
 
 import numpy as np
 
+from .._validation import available_memory
 from ..decoder import Decoder
 from ..partition import partition
 
@@ -48,21 +48,6 @@ _CHUNK_BYTES = 256 * 2**20  # the estimator's default chunk_bytes
 
 class TrainingTooLargeError(MemoryError):
     """Training would not fit in memory (raised before any work, with the estimate)."""
-
-
-def available_memory() -> int:
-    """Bytes of physical memory available now (``MemAvailable``; 8 GiB if unknown)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        return 8 * 2**30
 
 
 @dataclass
