@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 
 import numpy as np
@@ -15,6 +16,7 @@ __all__ = [
     "check_feature_names",
     "check_positive",
     "feature_names",
+    "is_int",
 ]
 
 
@@ -25,6 +27,13 @@ class NotFittedError(_SklearnNotFittedError):
     :class:`exactdgn.ExactDGN`, the baselines (:class:`exactdgn.baselines.VAE`) and
     :class:`exactdgn.datasets.Standardizer` raise it. Public as ``exactdgn.model.NotFittedError``.
     """
+
+
+def is_int(value, low: int | None = None) -> bool:
+    """An integer (Python or numpy; ``bool`` is not one) and, with ``low``, ``>= low``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        return False
+    return low is None or value >= low
 
 
 def check_array(

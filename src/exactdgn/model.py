@@ -24,6 +24,7 @@ from ._validation import (
     check_feature_names,
     check_positive,
     feature_names,
+    is_int,
 )
 from .decoder import Decoder
 from .em._gradient import exact_gradient
@@ -598,11 +599,6 @@ class ExactDGN(DensityMixin, BaseEstimator):
     def _validate_params(self) -> None:
         def bad(name, what):
             raise ValueError(f"{name}={getattr(self, name)!r} is invalid: {what}")
-
-        def is_int(value, low):
-            return (
-                isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
-            )
 
         def is_real(value):
             return isinstance(value, numbers.Real) and not isinstance(value, bool)

@@ -6,10 +6,10 @@ matplotlib is imported lazily, inside the functions.
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
+from ._validation import is_int
 from .partition import Partition
 
 __all__ = [
@@ -91,9 +91,7 @@ def plot_partition(
     -------
     ax
     """
-    if not (
-        isinstance(outputs, numbers.Integral) and not isinstance(outputs, bool) and outputs >= 0
-    ):
+    if not is_int(outputs, 0):
         raise ValueError(
             f"outputs must be an integer >= 0 (outputs drawn for d = 1), got {outputs!r}"
         )

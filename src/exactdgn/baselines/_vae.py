@@ -30,7 +30,7 @@ import torch
 from sklearn.base import BaseEstimator, DensityMixin
 from torch import nn
 
-from .._validation import NotFittedError, check_array, check_positive
+from .._validation import NotFittedError, check_array, check_positive, is_int
 from ..datasets._toy import check_random_state
 from ..decoder import Decoder
 from ..gaussian._rules import LOG_2PI as _LOG_2PI
@@ -189,16 +189,12 @@ def _torch_dtype(dtype):
 
 
 def _int_param(value, name, low):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+    if not is_int(value, low):
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     return int(value)
 
 
 _DECODER_ACTIVATIONS = ("relu", "leaky_relu", "prelu", "abs")  # as ExactDGN's
-
-
-def _is_int(value, low: int) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
 
 
 def _generator_from_state(state: dict) -> np.random.Generator:
@@ -727,19 +723,19 @@ class VAE(DensityMixin, BaseEstimator):
 
         dec = self.decoder
         if dec is None:
-            if self.latent_dim is not None and not _is_int(self.latent_dim, 1):
+            if self.latent_dim is not None and not is_int(self.latent_dim, 1):
                 bad("latent_dim", "use an integer >= 1")
             if self.hidden_sizes is not None:
                 try:
                     hs = tuple(self.hidden_sizes)
                 except TypeError:
                     hs = (None,)
-                if not all(_is_int(h, 1) for h in hs):
+                if not all(is_int(h, 1) for h in hs):
                     bad("hidden_sizes", "use a tuple of positive integers, e.g. (12,) or (32, 32)")
         else:
             if not isinstance(dec, Decoder):
                 ok = not isinstance(dec, str | bytes) and isinstance(dec, Sequence | np.ndarray)
-                if not (ok and len(dec) >= 2 and all(_is_int(s, 1) for s in dec)):
+                if not (ok and len(dec) >= 2 and all(is_int(s, 1) for s in dec)):
                     bad(
                         "decoder",
                         "give an exactdgn.Decoder, layer sizes [d, n_1, ..., D] (positive "
@@ -768,34 +764,34 @@ class VAE(DensityMixin, BaseEstimator):
             enc = tuple(self.encoder_hidden)
         except TypeError:
             enc = (None,)
-        if not all(_is_int(h, 1) for h in enc):
+        if not all(is_int(h, 1) for h in enc):
             bad("encoder_hidden", "use a tuple of positive integers, e.g. (64, 64) or ()")
         if self.encoder_activation not in _ENCODER_ACTIVATIONS:
             bad("encoder_activation", f"choose one of {tuple(_ENCODER_ACTIVATIONS)}")
         self._validate_objective_params(bad)
         if not (isinstance(self.lr, numbers.Real) and 0 < self.lr < np.inf):
             bad("lr", "use a positive float (e.g. 1e-3)")
-        if not _is_int(self.batch_size, 1):
+        if not is_int(self.batch_size, 1):
             bad("batch_size", "use an integer >= 1")
-        if not _is_int(self.max_epochs, 0):
+        if not is_int(self.max_epochs, 0):
             bad("max_epochs", "use an integer >= 0 (0 only initialises the model)")
         frac = self.validation_fraction
         if not (isinstance(frac, numbers.Real) and 0 <= frac < 1):
             bad("validation_fraction", "use a fraction in [0, 1) (0: no early stopping)")
-        if not _is_int(self.patience, 1):
+        if not is_int(self.patience, 1):
             bad("patience", "use an integer >= 1")
         if not (isinstance(self.min_delta, numbers.Real) and 0 <= self.min_delta < np.inf):
             bad("min_delta", "use a finite float >= 0 (nats per point)")
         if self.dtype not in ("float64", "float32", torch.float64, torch.float32):
             bad("dtype", "choose 'float64' or 'float32'")
         rs = self.random_state
-        if not (rs is None or _is_int(rs, 0) or isinstance(rs, np.random.Generator)):
+        if not (rs is None or is_int(rs, 0) or isinstance(rs, np.random.Generator)):
             bad("random_state", "use None, an integer >= 0 or a numpy.random.Generator")
         if not isinstance(self.warm_start, bool | np.bool_):
             bad("warm_start", "use True (continue the fitted run) or False")
 
     def _validate_objective_params(self, bad) -> None:
-        if not _is_int(self.n_train_samples, 1):
+        if not is_int(self.n_train_samples, 1):
             bad("n_train_samples", "use an integer >= 1")
 
     def _n_objective_samples(self) -> int:
@@ -1455,7 +1451,7 @@ class IWAE(VAE):
         self.progress = progress
 
     def _validate_objective_params(self, bad) -> None:
-        if not _is_int(self.k, 1):
+        if not is_int(self.k, 1):
             bad("k", "use an integer >= 1 (importance samples per point; 1 is the VAE's ELBO)")
 
     def _n_objective_samples(self) -> int:

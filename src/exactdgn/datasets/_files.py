@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gzip
 import logging
-import numbers
 import os
 import zipfile
 import zlib
@@ -15,6 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+
+from .._validation import is_int
 
 __all__ = ["load_array", "load_digits", "load_mnist", "read_idx"]
 
@@ -108,13 +109,11 @@ def read_idx(path) -> np.ndarray:
 def _check_classes(classes) -> np.ndarray | None:
     if classes is None:
         return None
-    if isinstance(classes, numbers.Integral) and not isinstance(classes, bool):
+    if is_int(classes):
         vals = [int(classes)]
     elif isinstance(classes, Iterable) and not isinstance(classes, str | bytes):
         vals = list(classes)
-        if not vals or not all(
-            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in vals
-        ):
+        if not vals or not all(is_int(v) for v in vals):
             raise ValueError(f"classes must be an int or a non-empty list of ints, got {classes!r}")
     else:
         raise ValueError(f"classes must be an int or a non-empty list of ints, got {classes!r}")
@@ -249,11 +248,7 @@ def load_mnist(
     if kind not in _MNIST_KINDS:
         raise ValueError(f"kind must be one of {sorted(_MNIST_KINDS)}, got {kind!r}")
     _check_classes(classes)  # fail before reading files
-    if downsample is not None and (
-        isinstance(downsample, bool)
-        or not isinstance(downsample, numbers.Integral)
-        or downsample < 1
-    ):
+    if downsample is not None and not is_int(downsample, 1):
         raise ValueError(
             f"downsample={downsample!r} is invalid: give the target side length as an integer "
             "that divides the image side (e.g. 14 or 7 for 28x28 MNIST)"

@@ -6,6 +6,8 @@ import numbers
 
 import numpy as np
 
+from .._validation import is_int
+
 __all__ = ["check_random_state", "circle", "gaussian_mixture", "two_moons", "wave"]
 
 
@@ -27,7 +29,7 @@ def check_random_state(random_state) -> np.random.Generator:
 
 
 def _check_common(n_samples, noise) -> tuple[int, float]:
-    if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral):
+    if not is_int(n_samples):
         raise TypeError(f"n_samples must be an int, got {type(n_samples).__name__}")
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
@@ -142,11 +144,7 @@ def gaussian_mixture(
     """
     n, noise = _check_common(n_samples, noise)
     if centers is None:
-        if (
-            isinstance(n_components, bool)
-            or not isinstance(n_components, numbers.Integral)
-            or n_components < 1
-        ):
+        if not is_int(n_components, 1):
             raise ValueError(f"n_components={n_components!r} is invalid: use an integer >= 1")
         angles = 2.0 * np.pi * np.arange(int(n_components)) / int(n_components)
         C = _finite(radius, "radius") * np.column_stack([np.cos(angles), np.sin(angles)])

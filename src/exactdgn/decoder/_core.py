@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._validation import check_array
+from .._validation import check_array, is_int
 
 __all__ = ["ACTIVATIONS", "Activation", "Decoder", "NotPiecewiseAffineError"]
 
@@ -207,10 +207,7 @@ class Decoder:
             raise ValueError(
                 f"layer_sizes must be a sequence [d, n_1, ..., D], got {layer_sizes!r}"
             )
-        if not all(
-            isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1
-            for s in layer_sizes
-        ):
+        if not all(is_int(s, 1) for s in layer_sizes):
             raise ValueError(
                 f"layer_sizes must be positive integers (latent_dim >= 1 and every layer "
                 f"width >= 1), got {list(layer_sizes)}"
@@ -402,11 +399,7 @@ class Decoder:
             ``pre-activation = M[..., :d] @ z + M[..., d]`` on the set of latent points whose
             earlier-layer pattern is the given one.
         """
-        if not (
-            isinstance(layer, numbers.Integral)
-            and not isinstance(layer, bool)
-            and 0 <= layer < self.n_layers
-        ):
+        if not (is_int(layer, 0) and layer < self.n_layers):
             raise ValueError(f"layer must be an integer in [0, {self.n_layers}), got {layer!r}")
         P = np.asarray(patterns)
         if P.ndim == 1:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-import numbers
 import time
 import warnings
 
 import numpy as np
+
+from .._validation import is_int
 
 __all__ = ["em_curve", "refit_curve", "vae_curve"]
 
@@ -23,9 +24,7 @@ def _em_model(**params):
 def _check_schedule(schedule, low: int) -> list[int]:
     """The epochs of ``schedule`` as ints (each an integer >= ``low``; at least one)."""
     marks = list(schedule)
-    if not marks or not all(
-        isinstance(e, numbers.Integral) and not isinstance(e, bool) and e >= low for e in marks
-    ):
+    if not marks or not all(is_int(e, low) for e in marks):
         raise ValueError(f"schedule must hold epoch counts (integers >= {low}), got {marks}")
     return [int(e) for e in marks]
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
+
+from .._validation import is_int
 
 __all__ = ["STD_FLOOR", "split_data"]
 
@@ -43,7 +43,7 @@ def split_data(X, test_fraction: float, seed: int):
             f"test_fraction must be in [0, 1) (the fraction of the rows held out; 0: none), "
             f"got {test_fraction}"
         )
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+    if not is_int(seed, 0):
         raise ValueError(f"seed={seed!r} is invalid: use an integer >= 0 (it seeds the split)")
     N = X.shape[0]
     n_test = round(test_fraction * N)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
+
+from .._validation import is_int
 
 __all__ = ["evaluate_vae", "vae_to_exact"]
 
@@ -17,7 +17,7 @@ def _check_estimate_args(*, n_elbo, k_iwae, k_is, seed, min_elbo: int) -> None:
         ("k_is", k_is, 1, "proposals of the importance-sampling estimate"),
         ("seed", seed, 0, "seeds the Monte Carlo estimates"),
     ):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        if not is_int(value, low):
             raise ValueError(f"{name}={value!r} is invalid: use an integer >= {low} ({what})")
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from scipy.special import log_ndtr
 
 from .. import gaussian
-from .._validation import check_array
+from .._validation import check_array, is_int
 from ..gaussian import interval_stats, log_interval_mass
 from ._geometry import RegionGeometry
 
@@ -395,8 +395,7 @@ def _check_pruning(prune_nats, chunk_bytes) -> None:
             f"prune_nats={prune_nats!r} is invalid: use a number >= 0 (40 keeps log p(x) exact "
             "to double precision; inf prunes nothing)"
         )
-    whole = isinstance(chunk_bytes, numbers.Integral) and not isinstance(chunk_bytes, bool)
-    if not (whole and chunk_bytes >= 1):
+    if not is_int(chunk_bytes, 1):
         raise ValueError(
             f"chunk_bytes={chunk_bytes!r} is invalid: use a positive integer (bytes of one "
             "block's work arrays)"

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import itertools
 import logging
-import numbers
 import warnings
 from dataclasses import dataclass
 from math import comb
 
 import numpy as np
 
-from .._validation import available_memory
+from .._validation import available_memory, is_int
 from ..decoder import Decoder
 from ..partition import partition
 
@@ -93,9 +92,6 @@ def _fmt_seconds(s: float) -> str:
 def _check_architecture(latent_dim, hidden_sizes, n_samples, n_features) -> None:
     """ValueErrors naming a bad argument of :func:`estimate_training_cost` (as the
     estimator's own checks word them)."""
-
-    def is_int(value, low):
-        return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
 
     for name, value, low in (
         ("latent_dim", latent_dim, 1),
