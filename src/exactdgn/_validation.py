@@ -44,6 +44,7 @@ def check_array(
     ndim: int = 2,
     allow_nan: bool = False,
     feature_name: str = "columns",
+    first_row: int = 0,
 ) -> np.ndarray:
     """Return ``X`` as a C-contiguous float64 array after checking shape and values.
 
@@ -60,6 +61,8 @@ def check_array(
         Required number of dimensions.
     allow_nan : bool
         Whether NaN entries are allowed (infinite entries never are).
+    first_row : int
+        Number of ``X``'s first row in the errors (a chunk of a larger array names its rows).
     """
     _refuse_large_dask(X, name)
     if issparse(X):
@@ -83,18 +86,20 @@ def check_array(
             f"{name} has {arr.shape[-1]} {feature_name} but {n_features} are expected "
             f"(shape {arr.shape})"
         )
-    if allow_nan:
-        bad = np.isinf(arr)
-        if bad.any():
-            raise ValueError(f"{name} contains {int(bad.sum())} infinite values")
-    else:
-        bad = ~np.isfinite(arr)
-        if bad.any():
-            rows = np.unique(np.nonzero(bad.reshape(arr.shape[0], -1) if arr.ndim else bad)[0])
-            raise ValueError(
-                f"{name} contains {int(bad.sum())} NaN or infinite values "
-                f"(first bad rows: {rows[:5].tolist()}); remove or impute them first"
-            )
+    bad = np.isinf(arr) if allow_nan else ~np.isfinite(arr)
+    if bad.any():
+        rows = first_row + np.unique(
+            np.nonzero(bad.reshape(arr.shape[0], -1) if arr.ndim else bad)[0]
+        )
+        what, fix = (
+            ("infinite", "remove them")
+            if allow_nan
+            else ("NaN or infinite", "remove or impute them first")
+        )
+        raise ValueError(
+            f"{name} contains {int(bad.sum())} {what} values "
+            f"(first bad rows: {rows[:5].tolist()}); {fix}"
+        )
     return np.ascontiguousarray(arr)
 
 

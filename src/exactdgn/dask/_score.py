@@ -8,6 +8,7 @@ import dask.array as da
 import numpy as np
 
 from .._validation import check_array
+from ..inference import check_missing
 from ..inference._geometry import RegionGeometry
 from ..inference._marginal import marginal_pairs
 from ._cluster import active_client
@@ -28,25 +29,11 @@ class _ScoreSpec:
 def check_chunk(x: np.ndarray, start: int, n_features: int, allow_nan: bool = False) -> np.ndarray:
     """Validate one row chunk (rows ``start:start + len(x)`` of ``X``); errors name the rows
     of ``X``, not the chunk's own row numbers. ``allow_nan``: NaN = missing (imputation)."""
-    stop = start + len(x)
-    name = f"X (rows {start}:{stop})"
-    arr = np.asarray(x, dtype=np.float64)
-    bad = np.isinf(arr) if allow_nan else ~np.isfinite(arr)
-    if arr.ndim == 2 and bad.any():
-        rows = start + np.unique(np.nonzero(bad)[0])
-        what, fix = ("infinite", "remove them") if allow_nan else ("NaN or infinite", "remove")
-        raise ValueError(
-            f"{name} contains {int(bad.sum())} {what} values (first bad rows: "
-            f"{rows[:5].tolist()}); {fix} or impute them first"
-        )
-    if allow_nan and arr.ndim == 2:
-        empty = start + np.flatnonzero(np.isnan(arr).all(axis=1))
-        if len(empty):
-            raise ValueError(
-                f"{name} has {len(empty)} rows with every value missing (NaN), first rows "
-                f"{empty[:5].tolist()}: such rows carry no information; drop them"
-            )
-    return check_array(arr, name=name, n_features=n_features, allow_nan=allow_nan)
+    name = f"X (rows {start}:{start + len(x)})"
+    arr = check_array(x, name=name, n_features=n_features, allow_nan=allow_nan, first_row=start)
+    if allow_nan:
+        check_missing(arr, name=name, first_row=start)
+    return arr
 
 
 def _score_chunk(x, spec: _ScoreSpec, return_error: bool, block_info=None):

@@ -63,11 +63,14 @@ from ._marginal import (
 __all__ = ["check_missing", "observed_pairs"]
 
 
-def check_missing(X: np.ndarray, *, name: str = "X", columns: bool = False) -> np.ndarray | None:
+def check_missing(
+    X: np.ndarray, *, name: str = "X", columns: bool = False, first_row: int = 0
+) -> np.ndarray | None:
     """The (N, D) bool mask of observed entries of ``X``, or None when nothing is missing.
 
-    Raises a ``ValueError`` naming the rows with nothing observed and, with ``columns=True``
-    (fitting), the columns with nothing observed.
+    Raises a ``ValueError`` naming the rows with nothing observed (numbered from
+    ``first_row``: a chunk of a larger array) and, with ``columns=True`` (fitting), the
+    columns with nothing observed.
     """
     nan = np.isnan(X)
     if not nan.any():
@@ -77,7 +80,7 @@ def check_missing(X: np.ndarray, *, name: str = "X", columns: bool = False) -> n
     if len(empty):
         raise ValueError(
             f"{name} has {len(empty)} rows with every value missing (NaN), first rows "
-            f"{empty[:5].tolist()}: such rows carry no information; drop them"
+            f"{(first_row + empty[:5]).tolist()}: such rows carry no information; drop them"
         )
     if columns and X.shape[0]:
         cols = np.nonzero(~obs.any(axis=0))[0]

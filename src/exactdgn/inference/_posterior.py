@@ -116,8 +116,8 @@ class ExactPosterior:
         """(N, d) marginal posterior standard deviations (``torch.distributions``' name)."""
         return np.sqrt(self.variance)
 
-    # Bytes of each dense (points x Q R) coefficient block and (Q R x columns) right-hand block
-    # of the output moments' products.
+    # Bytes of each (Q R x columns) right-hand block of the output moments' products (their
+    # (points x Q R) coefficient blocks: ``_ROW_BYTES``).
     _OUT_BYTES = 64 * 2**20
 
     def output_mean(self) -> np.ndarray:
