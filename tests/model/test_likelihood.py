@@ -190,3 +190,142 @@ def test_d3_matches_monte_carlo_within_error_bars():
         est = np.log(w.mean()) + logw.max()
         se = w.std() / w.mean() / np.sqrt(K)  # delta method, relative
         assert abs(lp[i] - est) < 5 * se + 1e-12
+
+
+def _steep(dec, unit, scale):
+    """``dec`` with the first-layer row of ``unit`` multiplied by ``scale``."""
+    W = [w.copy() for w in dec.weights]
+    W[0][unit] *= scale
+    return Decoder(W, list(dec.biases), dec.activations)
+
+
+@pytest.mark.parametrize(("scale", "sigma"), [(1e4, 0.1), (1.0, 1e-4), (1.0, [1e-4, 0.1, 10.0])])
+def test_d1_steep_regions_and_tiny_noise_match_quadrature_oracle(scale, sigma):
+    """log κ_r was the difference of ``||x - b_r||²_Λ`` and ``||K⁻¹v||²`` (both ~|A_r z / σ|²,
+    1e9 here) for a result of O(1): log p(x) was off by 1e-7 near the data (4e-2 for an affine
+    decoder with a 1e4-steep output and σ = 1e-4) while ``return_error`` said 7e-15."""
+    dec = _steep(Decoder.random([1, 6, 3], activation="relu", seed=1), 2, scale)
+    model = ExactDGN.from_decoder(dec, sigma)
+    X = _far_points(model, 4, np.random.default_rng(0), float(np.min(sigma)))
+    got, err = model.score_samples(X, return_error=True)
+    ref = oracle_logpx_1d(dec, X, sigma)
+    tol = np.maximum(1e-9, 1e-12 * np.abs(ref))
+    assert np.all(np.abs(got - ref) <= tol), (got - ref, ref)
+    near = slice(0, 4)
+    assert np.all(np.abs(got - ref)[near] <= np.maximum(err[near], 1e-11))
+
+
+def _affine_log_pdf_mp(W, b, sigma, X):
+    """log N(x; b, diag σ² + W Wᵀ) in 50-digit mpmath."""
+    import mpmath as mp
+
+    with mp.workdps(50):
+        D = W.shape[0]
+        s2 = np.broadcast_to(np.asarray(sigma, dtype=float) ** 2, (D,))
+        C = mp.matrix(D, D)
+        for i in range(D):
+            for j in range(D):
+                C[i, j] = mp.fsum(mp.mpf(W[i, k]) * mp.mpf(W[j, k]) for k in range(W.shape[1]))
+            C[i, i] += mp.mpf(s2[i])
+        logdet = mp.log(mp.det(C))
+        out = []
+        for x in X:
+            r = mp.matrix([mp.mpf(x[i]) - mp.mpf(b[i]) for i in range(D)])
+            q = (r.T * mp.lu_solve(C, r))[0]
+            out.append(float(-(D * mp.log(2 * mp.pi) + logdet + q) / 2))
+    return np.array(out)
+
+
+_AFFINE_STEEP = [(1.0, 1e-4), (1e3, 0.1), (1e2, [1e-3, 0.1, 1.0, 0.1])]
+
+
+@pytest.mark.parametrize("device", [None, "cpu"])
+@pytest.mark.parametrize("d", [1, 2])
+@pytest.mark.parametrize(("steep", "sigma"), _AFFINE_STEEP)
+def test_affine_decoder_with_tiny_noise_or_steep_output(d, steep, sigma, device):
+    """50-digit mpmath; numpy and torch paths. Also ``return_error`` covers the difference
+    (it includes the rounding estimate of the pairs' log κ)."""
+    if device is not None:
+        pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    W = rng.standard_normal((4, d))
+    W[0] *= steep
+    b = rng.standard_normal(4)
+    model = ExactDGN.from_decoder(Decoder([W], [b], []), sigma, device=device)
+    X = _far_points(model, 6, rng, float(np.min(sigma)))
+    ref = _affine_log_pdf_mp(W, b, sigma, X)
+    got, err = model.score_samples(X, return_error=True)
+    assert np.all(np.abs(got - ref) <= np.maximum(1e-10, 1e-10 * np.abs(ref))), got - ref
+    assert np.all(np.abs(got - ref) <= np.maximum(err, 1e-13 * np.abs(ref))), (got - ref, err)
+
+
+@pytest.mark.parametrize("device", [None, "cpu"])
+@pytest.mark.parametrize("sigma", [[1e-4] * 4, [1e-3, 1.0, 1e3, 1.0]])
+def test_d2_steep_and_flat_directions(sigma, device):
+    """A 1e4-steep output next to flat ones (cond(P_r) up to 1e14): P_r was formed and
+    Cholesky-factored, so log|P_r| lost ~ε cond(P_r) (0.06 off in log p(x), then 5e10 with the
+    normal-equations μ) and the posterior mean / covariance with it; the region is now
+    factored by QR of [Λ^½ A; I]."""
+    import mpmath as mp
+
+    if device is not None:
+        pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((4, 2)) * np.array([1e4, 1.0, 1.0, 1e-6])[:, None]
+    b = rng.standard_normal(4)
+    model = ExactDGN.from_decoder(Decoder([W], [b], []), sigma, device=device)
+    X = _far_points(model, 3, rng, 1e-4)
+    ref = _affine_log_pdf_mp(W, b, sigma, X)
+    got = model.score_samples(X)
+    assert np.all(np.abs(got - ref) <= np.maximum(1e-10, 1e-13 * np.abs(ref))), got - ref
+    post = model.posterior(X)
+    with mp.workdps(50):
+        lam = [1 / mp.mpf(s) ** 2 for s in sigma]
+        P = mp.matrix(2, 2)
+        for i in range(2):
+            for j in range(2):
+                P[i, j] = (i == j) + mp.fsum(
+                    mp.mpf(W[k, i]) * mp.mpf(W[k, j]) * lam[k] for k in range(4)
+                )
+        S = P**-1
+        cov = np.array([[float(S[i, j]) for j in range(2)] for i in range(2)])
+        for n, x in enumerate(X):
+            v = mp.matrix(
+                [
+                    mp.fsum(
+                        mp.mpf(W[k, i]) * lam[k] * (mp.mpf(x[k]) - mp.mpf(b[k])) for k in range(4)
+                    )
+                    for i in range(2)
+                ]
+            )
+            mu = np.array([float(t) for t in S * v])
+            assert np.allclose(post.mean[n], mu, rtol=1e-9, atol=1e-9), (n, post.mean[n], mu)
+            np.testing.assert_allclose(post.covariance_matrix[n], cov, rtol=1e-9, atol=1e-20)
+
+
+@pytest.mark.parametrize("d", [1, 2])
+@pytest.mark.parametrize(("steep", "sigma"), [*_AFFINE_STEEP, (1e4, [1e-3, 1.0, 1e3, 1.0])])
+def test_affine_decoder_with_missing_values_and_steep_output(d, steep, sigma):
+    """log p(x_obs) through the missing-data paths (masked GEMM forms of log κ and P_r(n)):
+    50-digit mpmath on the observed rows, with steep outputs, tiny noise and, in d = 2, a
+    steep and a flat direction (cond(P_r(n)) up to 1e14); rows with one or two values missing
+    and far points included."""
+    rng = np.random.default_rng(7)
+    W = rng.standard_normal((4, d))
+    W[0] *= steep
+    if d == 2:
+        W[3] *= 1e-6
+    b = rng.standard_normal(4)
+    model = ExactDGN.from_decoder(Decoder([W], [b], []), sigma)
+    X = _far_points(model, 4, rng, float(np.min(sigma)))
+    miss = [[1], [2], [1, 3], [3], [2], [1]]
+    Xm = X.copy()
+    for i, cols in enumerate(miss):
+        Xm[i, cols] = np.nan
+    got, err = model.score_samples(Xm, return_error=True)
+    s = np.broadcast_to(np.asarray(sigma, dtype=float), (4,))
+    for i, cols in enumerate(miss):
+        keep = np.setdiff1d(np.arange(4), cols)
+        ref = _affine_log_pdf_mp(W[keep], b[keep], s[keep], X[i : i + 1, keep])[0]
+        tol = max(1e-10, 1e-13 * abs(ref), err[i])
+        assert abs(got[i] - ref) <= tol, (i, got[i] - ref, err[i])

@@ -69,6 +69,7 @@ Accuracy (measured; see tests/oracles/test_likelihood_oracle.py and the helper's
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -875,3 +876,86 @@ def oracle_posterior_moments_2d(decoder, x, sigma, *, rtol: float = 1e-11):
     mean = c + np.array([e1, e2])
     cov = np.array([[e11 - e1 * e1, e12 - e1 * e2], [e12 - e1 * e2, e22 - e2 * e2]])
     return mean, cov
+
+
+# ---------------------------------------------------------------------------- mpmath, d = 1
+def oracle_conditional_outputs_1d_mp(decoder, x, sigma, *, dps: int = 50):
+    """:func:`oracle_conditional_outputs_1d` in ``dps``-digit arithmetic, for decoders with
+    latent dim 1 and **one** hidden layer (kinks at ``-b_i / w_i``, exact in mpmath).
+
+    On each interval between kinks the decoder is affine, ``g(z) = a z + c`` (taken by an
+    mpmath forward pass with the decoder's slopes); ``p(z | x_obs)`` there is a Gaussian
+    ``N(μ, 1/P)`` truncated to the interval with weight ``κ Φ``, and ``E[g_j]``, ``E[g_j²]`` of
+    the missing rows follow from the truncated normal's first two moments. For steep pieces
+    (``|a| / σ`` of 1e4), where the line quadrature's raw second moments lose ~1e-6 of the
+    std, this is the reference (every operation in 50 digits; no float rounding of the
+    cancelling ``E[g²] - E[g]²``).
+
+    Returns
+    -------
+    log_p_obs : float, mean : (n_missing,), std : (n_missing,)
+    """
+    import mpmath as mp
+
+    if len(decoder.weights) != 2 or decoder.weights[0].shape[1] != 1:
+        raise ValueError("the mpmath oracle takes d = 1 decoders with one hidden layer")
+    x = np.asarray(x, dtype=np.float64).ravel()
+    D = x.size
+    sig = np.broadcast_to(np.asarray(sigma, dtype=np.float64), x.shape)
+    obs = np.flatnonzero(~np.isnan(x))
+    mis = np.flatnonzero(np.isnan(x))
+    W0, b0 = decoder.weights[0][:, 0], decoder.biases[0]
+    W1, b1 = decoder.weights[1], decoder.biases[1]
+    pos, neg = np.ravel(decoder.positive_slopes), np.ravel(decoder.negative_slopes)
+    with mp.workdps(dps):
+        kinks = sorted(-mp.mpf(b) / mp.mpf(w) for w, b in zip(W0, b0, strict=True) if w != 0)
+        edges = [-mp.inf, *kinks, mp.inf]
+        s2 = [mp.mpf(s) ** 2 for s in sig]
+
+        def affine(z):  # (a, c) of the output map at z
+            a, c = [mp.mpf(0)] * D, [mp.mpf(b) for b in b1]
+            for i in range(W0.size):
+                pre = mp.mpf(W0[i]) * z + mp.mpf(b0[i])
+                slope = mp.mpf(pos[i]) if pre > 0 else mp.mpf(neg[i])
+                for j in range(D):
+                    a[j] += mp.mpf(W1[j, i]) * slope * mp.mpf(W0[i])
+                    c[j] += mp.mpf(W1[j, i]) * slope * mp.mpf(b0[i])
+            return a, c
+
+        Z = mp.mpf(0)
+        E1 = [mp.mpf(0)] * len(mis)
+        E2 = [mp.mpf(0)] * len(mis)
+        for lo, hi in itertools.pairwise(edges):
+            if lo == -mp.inf:
+                mid = hi - 1 if hi != mp.inf else mp.mpf(0)
+            else:
+                mid = lo + 1 if hi == mp.inf else (lo + hi) / 2
+            a, c = affine(mid)
+            P = 1 + mp.fsum(a[j] ** 2 / s2[j] for j in obs)
+            v = mp.fsum(a[j] * (mp.mpf(x[j]) - c[j]) / s2[j] for j in obs)
+            mu, sd = v / P, 1 / mp.sqrt(P)
+            q = mp.fsum((mp.mpf(x[j]) - c[j]) ** 2 / s2[j] for j in obs) - v * v / P
+            logk = -(len(obs) * mp.log(2 * mp.pi) + mp.fsum(mp.log(s2[j]) for j in obs)) / 2
+            kappa = mp.exp(logk - q / 2) / mp.sqrt(P)
+            al, be = (lo - mu) / sd, (hi - mu) / sd
+            mass = mp.ncdf(be) - mp.ncdf(al)
+            if mass == 0:
+                continue
+            pa = mp.npdf(al) if al != -mp.inf else mp.mpf(0)
+            pb = mp.npdf(be) if be != mp.inf else mp.mpf(0)
+            ta = al * pa if al != -mp.inf else mp.mpf(0)
+            tb = be * pb if be != mp.inf else mp.mpf(0)
+            m1 = mu + sd * (pa - pb) / mass
+            var = sd**2 * (1 + (ta - tb) / mass - ((pa - pb) / mass) ** 2)
+            wgt = kappa * mass
+            Z += wgt
+            for k, j in enumerate(mis):
+                E1[k] += wgt * (a[j] * m1 + c[j])
+                E2[k] += wgt * (a[j] ** 2 * (var + m1 * m1) + 2 * a[j] * c[j] * m1 + c[j] ** 2)
+        mean = [e / Z for e in E1]
+        std = [mp.sqrt(e / Z - m * m + s2[j]) for e, m, j in zip(E2, mean, mis, strict=True)]
+        return (
+            float(mp.log(Z)),
+            np.array([float(t) for t in mean]),
+            np.array([float(t) for t in std]),
+        )

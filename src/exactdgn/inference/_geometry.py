@@ -26,7 +26,32 @@ from ..gaussian import PolygonTable, polygon_table
 from ..gaussian._rules import LOG_2PI
 from ..partition import Partition
 
-__all__ = ["RegionGeometry", "region_geometry"]
+__all__ = ["KappaRounding", "RegionGeometry", "region_geometry"]
+
+_EPS = float(np.finfo(np.float64).eps)
+# cond(P_r) above which a region's factor comes from QR: the Cholesky of the formed P loses
+# ~ε cond(P) in log|P| and S v ~ε cond(P) relative in μ (2e-10 here, the scale of _KAPPA_RTOL)
+_COND_QR = 1e6
+# a pair's GEMM form of log κ is recomputed without cancellation where its rounding estimate
+# exceeds this fraction of max(1, |log κ|); below it, the estimate is added to the pair's error
+# (MNIST decoders: the estimate is <= 8e-12 relative, no pair is recomputed)
+_KAPPA_RTOL = 1e-10
+# rounding of the GEMM form of log κ: at most ~this many ε of the size of its terms
+_KAPPA_ROUND = 8.0
+
+
+@dataclass
+class KappaRounding:
+    """What :meth:`RegionGeometry.refine_log_kappa` did to a set of pairs.
+
+    Attributes
+    ----------
+    error : (P,)        estimated absolute rounding error of each pair's ``log κ``
+    recomputed : (k,)   indices of the pairs recomputed without cancellation
+    """
+
+    error: np.ndarray
+    recomputed: np.ndarray
 
 
 @dataclass
@@ -57,6 +82,9 @@ class RegionGeometry:
     lk_const : (R,)           ``-(D log 2π + log|Σ| + log|P_r| + ||b_r - c||²_Λ) / 2``
     polygons : PolygonTable or None   (d = 2 only) the whitened regions at ``w = 0``; a pair
         ``(x, r)`` is polygon ``r`` translated by ``-w_r(x)`` (``c(x) = g - n w_r(x)``)
+    qr_factored : (R,) bool or None   regions with ``cond(P_r) > 1e6`` (d >= 2), factored by QR
+        of ``[Λ^½ A_r; I]``; their posterior means and offsets are taken from ``w`` (``L_r w``,
+        ``g - n w``) where given, as ``S_r v`` and ``G_r v`` cancel there. None: no such region
     cache : dict              arrays derived on first use (the missing-data GEMM's columns;
         the torch backend's copies of these arrays on a device, under ``("torch", device)``)
     interval : tuple or None  (d = 1 only) ``(lo, hi, order, breaks)``: the regions' ends in
@@ -85,6 +113,7 @@ class RegionGeometry:
     gemm_basis: np.ndarray | None = None
     gemm_w_basis: np.ndarray | None = None
     polygons: PolygonTable | None = None
+    qr_factored: np.ndarray | None = None
     cache: dict = field(default_factory=dict, repr=False)  # derived arrays built on first use
 
     @property
@@ -118,6 +147,13 @@ class RegionGeometry:
     def log_kappa_pairs(self, X: np.ndarray, r: np.ndarray):
         """Accurate ``log κ_r(x)``, ``v`` and whitened offsets for explicit pairs.
 
+        The quadratic form is the sum of two non-negative terms,
+        ``(x - b)ᵀ C⁻¹ (x - b) = ||x - b - A μ||²_Λ + ||μ||²`` (the minimum over ``z`` of
+        ``||x - b - A z||²_Λ + ||z||²``, attained at ``μ``): no cancellation, and an error
+        ``δ`` in ``μ`` changes it by ``δᵀ P δ`` only. The Woodbury form
+        ``||x - b||²_Λ - ||K⁻¹ v||²`` loses ``ε ||x - b||²_Λ``, which is large next to the
+        result when ``|A_r| / σ`` is (steep units, tiny noise).
+
         Parameters
         ----------
         X : (P, D) points (one row per pair), r : (P,) region indices
@@ -126,28 +162,114 @@ class RegionGeometry:
         -------
         log_kappa : (P,), v : (P, d), offsets : (P, F)
         """
-        diff = X - self.b[r]
-        quad = np.einsum("pj,pj->p", diff * self.inv_var, diff)
-        v = np.einsum("pjk,pj->pk", self.A[r], diff * self.inv_var)
-        w = np.einsum("pij,pj->pi", self.K_inv[r], v)
-        D = self.output_dim
-        log_kappa = -0.5 * (
-            D * LOG_2PI
-            + self.log_det_noise
-            + self.log_det_P[r]
-            + quad
-            - np.einsum("pi,pi->p", w, w)
-        )
+        log_kappa, v, _ = self._stable_log_kappa(X - self.b[r], r)
         offsets = self.g[r] - np.einsum("pfk,pk->pf", self.G[r], v)
         return log_kappa, v, offsets
 
-    def offsets(self, v: np.ndarray, r: np.ndarray) -> np.ndarray:
-        """(P, F) whitened facet offsets ``c(x) = g_r - G_r v`` for pairs."""
-        return self.g[r] - np.matmul(self.G[r], v[:, :, None])[..., 0]
+    def _stable_log_kappa(self, diff: np.ndarray, r: np.ndarray):
+        """``(log κ, v, w)`` of pairs from ``diff = x - b_r`` (P, D), without cancellation."""
+        A = self.A[r]
+        R, d = self.w_shift.shape
+        if d == 1:
+            v = np.einsum("pjk,pj->pk", A, diff * self.inv_var)
+            w = v * self.K_inv[r, 0]
+        else:
+            # w = (Λ A K⁻ᵀ)ᵀ (x - b) from the GEMM's columns (orthonormal after scaling: no
+            # cancellation), v = K w; S v (S = L Lᵀ formed) or K⁻¹ v square the condition
+            # of P (steep and flat directions of A_r: 1e-5 in log κ, against 1e-11)
+            cols = self.gemm_w[:, : R * d].reshape(-1, R, d)[:, r]  # (D, P, d)
+            w = np.einsum("jpk,pj->pk", cols, diff)
+            v = np.einsum("pij,pj->pi", self.K[r], w)
+        mu = np.einsum("pij,pj->pi", self.L[r], w)
+        res = diff - np.einsum("pjk,pk->pj", A, mu)
+        quad = np.einsum("pj,pj,j->p", res, res, self.inv_var) + np.einsum("pi,pi->p", mu, mu)
+        log_kappa = -0.5 * (
+            self.output_dim * LOG_2PI + self.log_det_noise + self.log_det_P[r] + quad
+        )
+        return log_kappa, v, w
 
-    def posterior_mean(self, v: np.ndarray, r: np.ndarray) -> np.ndarray:
-        """(P, d) ``μ_r(x) = S_r v``."""
-        return np.einsum("pij,pj->pi", self.S[r], v) if len(r) else np.zeros((0, self.latent_dim))
+    def kappa_scale(self) -> np.ndarray:
+        """(R,) ``||b_r - c||²_Λ + ||w_shift_r||²``, the region's part of the size of the terms
+        of the GEMM form of ``log κ`` (cached)."""
+        scale = self.cache.get("kappa_scale")
+        if scale is None:
+            bc = self.b - self.center
+            scale = np.einsum("rj,rj,j->r", bc, bc, self.inv_var) + np.einsum(
+                "ri,ri->r", self.w_shift, self.w_shift
+            )
+            self.cache["kappa_scale"] = scale
+        return scale
+
+    def refine_log_kappa(self, Xc, p, r, log_kappa, w, hxq=None) -> KappaRounding:
+        """Redo the pairs whose GEMM form of ``log κ`` may have lost accuracy, in place.
+
+        ``log_kappa_all`` (and the d = 1 path) expand ``log κ_r(x)`` about the centre ``c``:
+        its terms ``||x - c||²_Λ``, ``||b_r - c||²_Λ``, ``||w_r||²`` and the shift of ``w``
+        are each rounded to ``~ε`` of their size ``s``, while the result is only
+        ``(x - b)ᵀ C⁻¹ (x - b)``: with steep regions (``|A_r| / σ`` of 1e4) or tiny noise the
+        terms are 1e9 and ``log p(x)`` was wrong by 1e-7 near the data. Pairs whose
+        rounding estimate ``8 ε s`` exceeds ``1e-10 max(1, |log κ|)`` are recomputed by
+        :meth:`_stable_log_kappa` (``log κ`` and ``w``); far points, whose ``|log κ|`` is as
+        large as the terms, are not, nor are ordinary models' pairs (MNIST decoders:
+        ``8 ε s <= 8e-12 |log κ|``).
+
+        Parameters
+        ----------
+        Xc : (n, D) points minus ``center``; p, r : (P,) pairs (rows of ``Xc``, regions)
+        log_kappa : (P,), w : (P, d)   updated in place
+        hxq : (n,) or None   ``-||x - c||²_Λ / 2`` when already computed
+
+        Returns
+        -------
+        KappaRounding
+            The estimated absolute rounding error of each pair's ``log κ`` (``8 ε s`` where
+            kept, ``8 ε max(1, |log κ|)`` where recomputed; to be added to its error) and the
+            pairs recomputed (their ``v`` and offsets are to be taken from the new ``w``).
+        """
+        none = np.zeros(0, dtype=np.intp)
+        if len(p) == 0:
+            return KappaRounding(np.zeros(0), none)
+        scale = self.kappa_scale()
+        if hxq is None:
+            hxq = -0.5 * np.einsum("nj,nj,j->n", Xc, Xc, self.inv_var)
+        size = scale[r] - 2.0 * hxq[p] + np.einsum("pi,pi->p", w, w)
+        err = (_KAPPA_ROUND * _EPS) * size
+        floor = np.maximum(1.0, np.abs(log_kappa))
+        i = np.flatnonzero(err > _KAPPA_RTOL * floor)
+        if i.size:
+            ri = r[i]
+            lk, _, wi = self._stable_log_kappa(Xc[p[i]] - (self.b[ri] - self.center), ri)
+            log_kappa[i] = lk
+            w[i] = wi
+            err[i] = (_KAPPA_ROUND * _EPS) * np.maximum(1.0, np.abs(lk))
+        return KappaRounding(err, i if i.size else none)
+
+    def offsets(self, v: np.ndarray, r: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+        """(P, F) whitened facet offsets ``c(x) = g_r - G_r v`` for pairs (``g_r - n_r w`` for
+        the pairs of QR-factored regions when ``w = K_r⁻¹ v`` is given)."""
+        off = self.g[r] - np.matmul(self.G[r], v[:, :, None])[..., 0]
+        i = self._qr_pairs(r, w)
+        if i is not None:
+            off[i] = self.g[r[i]] - np.einsum("pfk,pk->pf", self.normals[r[i]], w[i])
+        return off
+
+    def posterior_mean(self, v: np.ndarray, r: np.ndarray, w: np.ndarray | None = None):
+        """(P, d) ``μ_r(x) = S_r v`` (``L_r w`` for the pairs of QR-factored regions when
+        ``w = K_r⁻¹ v`` is given)."""
+        if not len(r):
+            return np.zeros((0, self.latent_dim))
+        mu = np.einsum("pij,pj->pi", self.S[r], v)
+        i = self._qr_pairs(r, w)
+        if i is not None:
+            mu[i] = np.einsum("pij,pj->pi", self.L[r[i]], w[i])
+        return mu
+
+    def _qr_pairs(self, r: np.ndarray, w) -> np.ndarray | None:
+        """Indices of the pairs in QR-factored regions (None: none, or no ``w``)."""
+        if w is None or self.qr_factored is None:
+            return None
+        i = np.flatnonzero(self.qr_factored[r])
+        return i if i.size else None
 
 
 def region_geometry(part: Partition, noise_std) -> RegionGeometry:
@@ -167,7 +289,19 @@ def region_geometry(part: Partition, noise_std) -> RegionGeometry:
     AtLA = np.einsum("rjk,j,rjl->rkl", A, inv_var, A)
     P = AtLA + np.eye(d)
     K = np.linalg.cholesky(P)
-    K_inv = np.linalg.inv(K)  # batched; K is a small (d x d) well-conditioned factor (P >= I)
+    ill = np.zeros(0, dtype=np.intp)
+    if d >= 2 and R:
+        # A steep and a flat direction (|A_r| / σ of 1e7 next to 1): forming P rounds its flat
+        # part away (log|P| off by 1e-2 at cond(P) = 1e14, 3e-8 at 1e8); those regions are
+        # factored by Householder QR of [Λ^½ A_r; I] = Q Kᵀ instead, which never forms P
+        ev = np.linalg.eigvalsh(P)
+        ill = np.flatnonzero(ev[:, -1] > _COND_QR * ev[:, 0])
+    Q_top = qr_mask = None
+    if ill.size:
+        K[ill], Q_top = _qr_factor(A[ill], std)
+        qr_mask = np.zeros(R, dtype=bool)
+        qr_mask[ill] = True
+    K_inv = np.linalg.inv(K)  # batched; K is a small (d x d) lower-triangular factor (P >= I)
     L = np.swapaxes(K_inv, 1, 2)
     log_det_P = 2.0 * np.log(np.diagonal(K, axis1=1, axis2=2)).sum(axis=1)
     beta = np.einsum("rjk,rj->rk", A, b * inv_var)
@@ -186,12 +320,16 @@ def region_geometry(part: Partition, noise_std) -> RegionGeometry:
     # The likelihood's one GEMM (x - c) @ gemm_w, (D, R*d + R): columns Λ A_r K_r^{-T} give
     # w_r(x) = K_r^{-1} v_r(x) (+ w_shift_r), then columns Λ (b_r - c) give x'ᵀΛb'_r.
     AK = A @ np.swapaxes(K_inv, 1, 2)  # (R, D, d)
+    if Q_top is not None:  # A K⁻ᵀ = Λ^-½ Q (orthonormal columns, no cancellation)
+        AK[ill] = Q_top
     gemm_w = np.empty((D, R * d + R))
     gemm_w[:, : R * d] = (AK * inv_var[None, :, None]).transpose(1, 0, 2).reshape(D, R * d)
     gemm_w[:, R * d :] = (bc * inv_var).T
     beta_c = np.einsum("rjk,rj->rk", A, bc * inv_var)
     b_quad_c = np.einsum("rj,rj->r", bc * inv_var, bc)
     w_shift = np.einsum("rij,rj->ri", K_inv, beta_c)
+    if ill.size:  # K⁻¹ Aᵀ Λ (b - c) = (A K⁻ᵀ)ᵀ Λ (b - c): K⁻¹ of the huge Aᵀ Λ (b - c) cancels
+        w_shift[ill] = np.einsum("rjk,rj->rk", AK[ill], bc[ill] * inv_var)
     lk_const = -0.5 * (D * LOG_2PI + float(np.log(std**2).sum()) + log_det_P + b_quad_c)
     basis, w_basis = _output_basis(part, inv_var, gemm_w)
     interval = None
@@ -227,7 +365,25 @@ def region_geometry(part: Partition, noise_std) -> RegionGeometry:
         gemm_basis=basis,
         gemm_w_basis=w_basis,
         polygons=polygons,
+        qr_factored=qr_mask,
     )
+
+
+def _qr_factor(A: np.ndarray, std: np.ndarray, chunk: int = 4096):
+    """``(K, A K⁻ᵀ)`` of regions ``A`` (m, D, d) from Householder QR of ``[Λ^½ A; I]``
+    (``K Kᵀ = I + Aᵀ Λ A``, ``K`` lower with a positive diagonal), in chunks of regions."""
+    m, D, d = A.shape
+    K = np.empty((m, d, d))
+    AK = np.empty((m, D, d))
+    eye = np.eye(d)
+    for s in range(0, m, chunk):
+        a = A[s : s + chunk]
+        M = np.concatenate([a / std[None, :, None], np.broadcast_to(eye, (a.shape[0], d, d))], 1)
+        Q, Rm = np.linalg.qr(M)
+        sgn = np.where(np.diagonal(Rm, axis1=1, axis2=2) < 0, -1.0, 1.0)
+        K[s : s + chunk] = np.swapaxes(Rm * sgn[:, :, None], 1, 2)
+        AK[s : s + chunk] = Q[:, :D, :] * sgn[:, None, :] * std[None, :, None]
+    return K, AK
 
 
 def _output_basis(part: Partition, inv_var: np.ndarray, gemm_w: np.ndarray):

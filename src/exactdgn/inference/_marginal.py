@@ -52,6 +52,10 @@ class PairStats:
         region's own (``geom.normals[region]``, ...). With ``pair_L`` set and ``pair_normals``
         or ``offsets`` None, the pairs' whitened rows are computed from ``L`` and ``μ`` on
         first use (:meth:`geometry`, :meth:`whitened_offsets`): scoring does not need them.
+    whitened_mean : (P, d) or None   ``w = K_r^{-1} v`` from ``(Λ A_r K_r^{-T})^T (x - b_r)``
+        (None: not kept). In QR-factored regions (``geom.qr_factored``: a steep and a flat
+        direction) ``μ = L_r w`` and the offsets ``g_r - n_r w`` keep the flat direction,
+        which ``S_r v`` and ``g_r - G_r v`` cancel away.
     """
 
     point: np.ndarray
@@ -68,6 +72,7 @@ class PairStats:
     pair_L: np.ndarray | None = None
     pair_mu: np.ndarray | None = None
     pair_log_det_P: np.ndarray | None = None
+    whitened_mean: np.ndarray | None = None
 
     def geometry(self, geom: RegionGeometry):
         """``(normals (P, F, d), L (P, d, d), μ (P, d), log|P| (P,))`` of every pair."""
@@ -80,7 +85,8 @@ class PairStats:
                 )
             return self.pair_normals, self.pair_L, self.pair_mu, self.pair_log_det_P
         r = self.region
-        return geom.normals[r], geom.L[r], geom.posterior_mean(self.v, r), geom.log_det_P[r]
+        mu = geom.posterior_mean(self.v, r, self.whitened_mean)
+        return geom.normals[r], geom.L[r], mu, geom.log_det_P[r]
 
     def whitened_offsets(self, geom: RegionGeometry) -> np.ndarray:
         """(P, F) whitened facet offsets of every pair (computed and kept on first use)."""
@@ -88,7 +94,7 @@ class PairStats:
             if self.pair_L is not None:
                 self.geometry(geom)
             else:
-                self.offsets = geom.offsets(self.v, self.region)
+                self.offsets = geom.offsets(self.v, self.region, self.whitened_mean)
         return self.offsets
 
     @property
@@ -324,7 +330,6 @@ def _pairs_1d(
         if dense:  # few regions: every pair (pruning would keep most of them anyway)
             p, r = np.repeat(rows, R), np.tile(np.arange(R), n)
             tt, lk_p = t.ravel(), lk.ravel()
-            a, b = (loS - t).ravel(), (hiS - t).ravel()
         else:
             r1 = np.argmax(lk, axis=1)
             mu1 = t[rows, r1] * isP[r1]
@@ -339,8 +344,12 @@ def _pairs_1d(
             p, r = np.nonzero(lk - lower[:, None] > -thr)  # sorted by point; seeds always kept
             tt = t[p, r]
             lk_p = lk[p, r]
-            a, b = loS[r] - tt, hiS[r] - tt
+        tt = tt[:, None]  # (P, 1) whitened means w (K = s), refined in place with log κ
+        err_lk = geom.refine_log_kappa(Xc, p, r, lk_p, tt, hxq).error
+        tt = tt[:, 0]
+        a, b = loS[r] - tt, hiS[r] - tt
         lm, err = log_interval_mass(a, b)
+        err += err_lk
         lj = lk_p + lm
         if dense:  # (n, R) layout: plain axis reductions
             lj2 = lj.reshape(n, R)
@@ -492,7 +501,7 @@ def marginal_pairs(
         if tab is not None:
             lm, err = gaussian.log_mass_2d_shifted(tab, r, w, floor)
             return lm, err, None
-        off = geom.offsets(v, r) if off is None else off
+        off = geom.offsets(v, r, w) if off is None else off
         lm, err = gaussian.log_mass(geom.normals[r], off, return_error=True, floor=floor)
         return lm, err, off
 
@@ -502,6 +511,9 @@ def marginal_pairs(
         lk, W = log_kappa_all(geom, Xc)  # (n, R), (n, R, d)
         p_top, r_top = _seed_pairs(geom, lk, W, top_k)
         lk_top, w_top = lk[p_top, r_top], W[p_top, r_top]
+        Xcc = Xc - geom.center
+        hxq = -0.5 * np.einsum("nj,nj,j->n", Xcc, Xcc, geom.inv_var)
+        lk_err_top = geom.refine_log_kappa(Xcc, p_top, r_top, lk_top, w_top, hxq).error
         v_top = _v_of_w(geom, w_top, r_top)
         lm_top, err_top, off_top = log_mass(r_top, w_top, v_top)
         lower = np.full(n, -np.inf)
@@ -515,12 +527,20 @@ def marginal_pairs(
         v_c = _v_of_w(geom, w_c, r_c)
         off_c = None
         if two_stage and len(p_c):
-            off_c = geom.offsets(v_c, r_c)
+            off_c = geom.offsets(v_c, r_c, w_c)
             # Φ is increasing: min_i log Φ(c_i) = log Φ(min_i c_i) (one log_ndtr per pair)
             bound = lk_c + np.minimum(0.0, log_ndtr(off_c.min(axis=1, initial=np.inf)))
             keep = bound - lower[p_c] > -thr
             p_c, r_c, lk_c, w_c, v_c = p_c[keep], r_c[keep], lk_c[keep], w_c[keep], v_c[keep]
             off_c = off_c[keep]
+        # the kept candidates' log κ (and w) without cancellation where needed (the bounds
+        # above used the GEMM form: its error is far below the pruning margin)
+        rounding = geom.refine_log_kappa(Xcc, p_c, r_c, lk_c, w_c, hxq)
+        lk_err_c, fixed = rounding.error, rounding.recomputed
+        if fixed.size:
+            v_c[fixed] = _v_of_w(geom, w_c[fixed], r_c[fixed])
+            if off_c is not None:
+                off_c[fixed] = geom.offsets(v_c[fixed], r_c[fixed], w_c[fixed])
         # candidates whose closest-point bound falls below the pruning level are not integrated
         # (log mass -inf, dropped below); the seeds are always integrated
         floor_c = (lower[p_c] - lk_c) - thr
@@ -529,9 +549,15 @@ def marginal_pairs(
         p_all = np.concatenate([p_top, p_c])
         order = np.argsort(p_all, kind="stable")
         p_all, seed = p_all[order], seed[order]
-        r_all, w_all, v_all, lk_all = (
+        r_all, w_all, v_all, lk_all, lk_err = (
             np.concatenate(pair)[order]
-            for pair in ((r_top, r_c), (w_top, w_c), (v_top, v_c), (lk_top, lk_c))
+            for pair in (
+                (r_top, r_c),
+                (w_top, w_c),
+                (v_top, v_c),
+                (lk_top, lk_c),
+                (lk_err_top, lk_err_c),
+            )
         )
 
         def visible_of(lj, log_px):
@@ -546,15 +572,15 @@ def marginal_pairs(
             # seeds are integrated again here, with their moments)
             def select(lm, err):  # the same lj and log p(x) as computed below
                 lj = lk_all + lm
-                return visible_of(lj, _lse_by_point(p_all, lj, err, n, prune_nats)[0])
+                return visible_of(lj, _lse_by_point(p_all, lj, err + lk_err, n, prune_nats)[0])
 
             floor = np.concatenate([np.full(len(p_top), -np.inf), floor_c])[order]
             tm = gaussian.truncated_moments_2d_shifted(tab, r_all, w_all, floor, select)
-            lm_all, err, off_all = tm.log_mass, tm.error, None
+            lm_all, err, off_all = tm.log_mass, tm.error + lk_err, None
         else:
             lm_c, err_c, off_c = log_mass(r_c, w_c, v_c, floor_c, off_c)
             lm_all = np.concatenate([lm_top, lm_c])[order]
-            err = np.concatenate([err_top, err_c])[order]
+            err = np.concatenate([err_top, err_c])[order] + lk_err
             off_all = None if off_top is None else np.concatenate([off_top, off_c])[order]
         lj = lk_all + lm_all
         log_px, err_px = _lse_by_point(p_all, lj, err, n, prune_nats)
@@ -562,27 +588,40 @@ def marginal_pairs(
         keep = np.isfinite(lj) | seed
         if need_moments:
             keep &= visible_of(lj, log_px)
-        arrays = [p_all, r_all, lj, v_all]
+        arrays = [p_all, r_all, lj, v_all, w_all]
         if off_all is not None:
             arrays.append(off_all)
         if tm is not None:
             arrays += [tm.mean, tm.cov]
         if not keep.all():
             arrays = [a[keep] for a in arrays]
-        p_all, r_all, lj, v_all = arrays[:4]
-        off_all = arrays[4] if off_all is not None else None
+        p_all, r_all, lj, v_all, w_all = arrays[:5]
+        off_all = arrays[5] if off_all is not None else None
         mean = cov = None
         if need_moments:
             if tm is not None:
                 tm_mean, tm_cov = arrays[-2:]
             else:  # d >= 3: masses integrated again with the moments
-                off = geom.offsets(v_all, r_all) if off_all is None else off_all
+                off = geom.offsets(v_all, r_all, w_all) if off_all is None else off_all
                 tm2 = gaussian.truncated_moments(geom.normals[r_all], off)
                 tm_mean, tm_cov = tm2.mean, tm2.cov
-            mu = geom.posterior_mean(v_all, r_all)
             Lr = geom.L[r_all]
+            # μ_r = S_r v_r (L_r w_r in QR-factored regions, where S_r v_r cancels)
+            mu = geom.posterior_mean(v_all, r_all, w_all)
             mean = mu + np.einsum("pij,pj->pi", Lr, tm_mean)
             cov = Lr @ tm_cov @ np.swapaxes(Lr, 1, 2)
-        return PairStats(p_all + s, r_all, lj, log_px, err_px, v_all, off_all, mean, cov, n_cand)
+        return PairStats(
+            p_all + s,
+            r_all,
+            lj,
+            log_px,
+            err_px,
+            v_all,
+            off_all,
+            mean,
+            cov,
+            n_cand,
+            whitened_mean=w_all,
+        )
 
     return _pair_stats(_map_blocks(block, range(0, N, cs), parallel=parallel))

@@ -45,7 +45,7 @@ from scipy.special import log_ndtr
 
 from .. import gaussian
 from ..gaussian import interval_stats, log_interval_mass
-from ._geometry import LOG_2PI, RegionGeometry
+from ._geometry import _COND_QR, _EPS, _KAPPA_ROUND, _KAPPA_RTOL, LOG_2PI, RegionGeometry
 from ._marginal import (
     _BLOCK_1D,
     _BLOCK_1D_SEQ,
@@ -731,10 +731,106 @@ def observed_pairs(
             st = _observed_2d(geom, Xm, om, top_k=top_k, **kw)
         else:
             st = _observed_general(geom, Xm, om, top_k=top_k, **kw)
+        _refine_observed(geom, Xm, om, st, need_moments)
         if rows is None:
             return st
         parts.append((rows, st))
     return _merge(N, parts)
+
+
+def _refine_observed(
+    geom: RegionGeometry, X: np.ndarray, obs: np.ndarray, st: PairStats, need_moments: bool
+) -> None:
+    """Redo, in place, the missing-data pairs whose masked GEMM forms may have lost accuracy.
+
+    The paths above form ``log κ_r(n)`` as ``s_r(n) - v_r(n)ᵀ P_r(n)⁻¹ v_r(n)`` from masked
+    sums about the centre ``c`` (terms of size ``S = 2(||m (x - c)||²_Λ + ||b_r - c||²_Λ) +
+    vᵀμ``, each rounded to ``~ε S``) and ``P_r(n)`` from its formed entries (``log|P|`` off by
+    ``~ε cond(P)``): with steep regions or tiny noise ``S`` is 1e9 for a result of O(1) (the
+    complete-data path's defect, :meth:`RegionGeometry.refine_log_kappa`). Pairs whose
+    estimate ``8 ε S`` exceeds ``1e-10 max(1, |log p_r|)``, or with ``cond(P_r(n)) > 1e6``
+    (d >= 2), are recomputed from ``A_r``'s observed rows: Householder QR of
+    ``[Λ_obs^½ A_r; I] = Q Kᵀ`` (``P`` never formed), ``w = Q_topᵀ Λ_obs^½ (x - b_r)``,
+    ``μ = K^{-T} w`` and ``log κ`` from ``||x - b_r - A_r μ||²_{Λ_obs} + ||μ||²`` (no
+    cancellation); then the pair's mass (and moments) from its new whitening, and the
+    ``log p(x_obs)`` of the points they belong to. The other pairs' estimate is added to
+    ``log_px_error`` (weighted by the pairs' posterior probabilities). Ordinary models have
+    no such pair (MNIST decoders, half the pixels missing: none).
+    """
+    P = len(st.point)
+    if P == 0:
+        return
+    p, r = st.point, st.region
+    d = geom.latent_dim
+    from ._missing_kernels import observed_quad  # numba: imported on first use
+
+    xq = np.empty(X.shape[0])
+    observed_quad(X, obs, geom.center, geom.inv_var, xq)
+    bc = geom.b - geom.center
+    bq = np.einsum("rj,rj,j->r", bc, bc, geom.inv_var)
+    size = 2.0 * (xq[p] + bq[r]) + np.abs(np.einsum("pi,pi->p", st.v, st.pair_mu))
+    err = (_KAPPA_ROUND * _EPS) * size
+    bad = err > _KAPPA_RTOL * np.maximum(1.0, np.abs(st.log_joint))
+    if d >= 2:
+        Lp = st.pair_L
+        if d == 2:  # cond(L) <= ||L||_F² / |det L| (σ1² + σ2² over σ1 σ2)
+            frob = np.einsum("pij,pij->p", Lp, Lp)
+            cond_L = frob / np.abs(Lp[:, 0, 0] * Lp[:, 1, 1])
+        else:
+            cond_L = np.linalg.cond(Lp)
+        bad |= cond_L * cond_L > _COND_QR
+    lw = st.log_joint - st.log_px[p]
+    with np.errstate(invalid="ignore"):
+        wts = np.where(np.isfinite(lw), np.exp(lw), 0.0)
+    if not bad.any():
+        st.log_px_error = st.log_px_error + np.bincount(p, wts * err, minlength=len(st.log_px))
+        return
+    i = np.flatnonzero(bad)
+    pi, ri = p[i], r[i]
+    m = obs[pi]
+    sq = np.sqrt(geom.inv_var) * m  # (F, D) Λ_obs^½
+    A = geom.A[ri]
+    M = np.concatenate([A * sq[:, :, None], np.broadcast_to(np.eye(d), (len(i), d, d))], axis=1)
+    Q, Rm = np.linalg.qr(M)  # M = Q Rm, Kᵀ = Rm with a positive diagonal
+    sgn = np.where(np.diagonal(Rm, axis1=1, axis2=2) < 0, -1.0, 1.0)
+    Kt = Rm * sgn[:, :, None]
+    Qt = Q[:, : A.shape[1], :] * sgn[:, None, :]
+    diff = np.where(m, X[pi] - geom.b[ri], 0.0)
+    w = np.einsum("pjk,pj->pk", Qt, diff * sq)  # K⁻¹ v
+    L = np.linalg.inv(Kt)  # K^{-T}, upper triangular
+    mu = np.einsum("pij,pj->pi", L, w)
+    res = diff - np.einsum("pjk,pk->pj", A, mu) * m
+    quad = np.einsum("pj,pj,j->p", res, res, geom.inv_var) + np.einsum("pi,pi->p", mu, mu)
+    log_det_P = 2.0 * np.log(np.diagonal(Kt, axis1=1, axis2=2)).sum(axis=1)
+    const = m @ (LOG_2PI + np.log(1.0 / geom.inv_var))
+    lk = -0.5 * (const + log_det_P + quad)
+    normals, offsets = pair_whitening(geom, ri, L, mu)
+    if need_moments:
+        tm = gaussian.truncated_moments(normals, offsets)
+        lm, lm_err = tm.log_mass, tm.error
+        st.mean[i] = mu + np.einsum("pij,pj->pi", L, tm.mean)
+        st.cov[i] = L @ tm.cov @ np.swapaxes(L, 1, 2)
+    else:
+        lm, lm_err = gaussian.log_mass(normals, offsets, return_error=True)
+    st.log_joint[i] = lk + lm
+    st.v[i] = np.einsum("pji,pj->pi", Kt, w)  # v = K w
+    st.pair_L[i], st.pair_mu[i], st.pair_log_det_P[i] = L, mu, log_det_P
+    st.pair_normals = st.offsets = None  # the whitened rows again on first use
+    err[i] = lm_err + (_KAPPA_ROUND * _EPS) * np.maximum(1.0, np.abs(lk))
+    # log p(x_obs) again for the points with a recomputed pair (pairs grouped by point)
+    pts = np.unique(pi)
+    sel = np.flatnonzero(np.isin(p, pts))
+    lj = st.log_joint[sel]
+    starts = np.searchsorted(p[sel], pts)
+    mx = np.maximum.reduceat(lj, starts)
+    mx = np.where(np.isfinite(mx), mx, 0.0)
+    st.log_px[pts] = mx + np.log(
+        np.add.reduceat(np.exp(lj - np.repeat(mx, np.diff(np.r_[starts, len(sel)]))), starts)
+    )
+    lw = st.log_joint - st.log_px[p]
+    with np.errstate(invalid="ignore"):
+        wts = np.where(np.isfinite(lw), np.exp(lw), 0.0)
+    st.log_px_error = st.log_px_error + np.bincount(p, wts * err, minlength=len(st.log_px))
 
 
 def _with_pair_geometry(geom: RegionGeometry, st: PairStats) -> PairStats:

@@ -28,7 +28,38 @@ from numba import njit
 _LOG_2 = float(np.log(2.0))
 _HALF_LOG_2PI = float(0.5 * np.log(2.0 * np.pi))
 
-__all__ = ["candidate_rows_2d", "chain_rows", "kappa_rows_2d", "observed_rows", "select_rows"]
+__all__ = [
+    "candidate_rows_2d",
+    "chain_rows",
+    "kappa_rows_2d",
+    "observed_quad",
+    "observed_rows",
+    "select_rows",
+]
+
+
+@njit(nogil=True, cache=True, fastmath={"reassoc"})
+def observed_quad(X, obs, c, lam, out):  # pragma: no cover - compiled
+    """``out_i = Σ_j obs_ij λ_j (x_ij - c_j)²`` (missing entries skipped, NaN not propagated):
+    one pass over the rows, no (n, D) temporaries (the size estimate of
+    :func:`exactdgn.inference._missing._refine_observed`).
+
+    Parameters
+    ----------
+    X : (n, D) float64, NaN where missing
+    obs : (n, D) bool
+    c : (D,) the centre subtracted
+    lam : (D,) the noise precisions ``λ_j``
+    out : (n,) float64
+    """
+    n, D = X.shape
+    for i in range(n):
+        s = 0.0
+        for j in range(D):
+            if obs[i, j]:
+                v = X[i, j] - c[j]
+                s += v * v * lam[j]
+        out[i] = s
 
 
 @njit(nogil=True, cache=True, fastmath={"reassoc"})

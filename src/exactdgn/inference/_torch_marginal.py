@@ -21,7 +21,7 @@ from ..gaussian._torch_polygon import (
     table_to_device,
     truncated_moments_2d_shifted_t,
 )
-from ._geometry import RegionGeometry
+from ._geometry import _EPS, _KAPPA_ROUND, _KAPPA_RTOL, RegionGeometry
 from ._marginal import _DENSE_1D, _chunk_size
 
 __all__ = ["DeviceGeometry", "TorchPairs", "device_geometry", "pairs_torch", "resolve_device"]
@@ -192,6 +192,7 @@ class TorchPairs:
     cov: torch.Tensor | None
     n_candidates: int
     X: torch.Tensor | None = None  # the data (set by the training E-step: M-step, gradient)
+    whitened_mean: torch.Tensor | None = None  # (P, d) (d = 2; see PairStats.whitened_mean)
 
     @property
     def log_weight(self) -> torch.Tensor:
@@ -216,6 +217,7 @@ class TorchPairs:
             mean=a(self.mean),
             cov=a(self.cov),
             n_candidates=int(self.n_candidates),
+            whitened_mean=a(self.whitened_mean),
         )
 
 
@@ -275,12 +277,13 @@ def pairs_1d_torch(
     for s in range(0, N, cs):
         Xc = X[s : s + cs] - dg.center
         n = Xc.shape[0]
-        lk, t = _log_kappa(dg, Xc)
-        t = t[..., 0]
+        lk, Wt, hxq = _log_kappa(dg, Xc)
+        t = Wt[..., 0]
         rows = torch.arange(n, device=X.device)
         if dense:  # few regions: every pair, as the numpy path (the same pairs and sums)
             p = rows.repeat_interleave(R)
             r = torch.arange(R, device=X.device).repeat(n)
+            err_lk = _refine_log_kappa(geom, Xc, hxq, lk, Wt, p, r)
             tt, lk_p = t.reshape(-1), lk.reshape(-1)
         else:
             r1 = lk.argmax(dim=1)
@@ -294,12 +297,13 @@ def pairs_1d_torch(
             # in differences: at |log p| > ~2e17 nats `lower - thr` rounds to `lower`, and the
             # seed holding all the mass (log κ = lower) failed `>` (as numpy)
             p, r = torch.nonzero(lk - lower[:, None] > -thr, as_tuple=True)  # sorted by point
+            err_lk = _refine_log_kappa(geom, Xc, hxq, lk, Wt, p, r)
             tt = t[p, r]
             lk_p = lk[p, r]
         a, b = loS[r] - tt, hiS[r] - tt
         lm, err = log_interval_mass_t(a, b)
         lj = lk_p + lm
-        log_px, err_px = lse_by_point(p, lj, err, n, prune_nats)
+        log_px, err_px = lse_by_point(p, lj, err + err_lk, n, prune_nats)
         n_cand = p.shape[0]
         mean = cov = None
         if need_moments:
@@ -329,7 +333,38 @@ def _log_kappa(dg: DeviceGeometry, Xc: torch.Tensor):
     for k in range(1, d):
         ww = ww + W[..., k] * W[..., k]
     lk = prod[:, R * d :] + dg.lk_const + hxq[:, None] + 0.5 * ww
-    return lk, W
+    return lk, W, hxq
+
+
+def _refine_log_kappa(geom: RegionGeometry, Xc, hxq, lk, W, p, r) -> torch.Tensor:
+    """``RegionGeometry.refine_log_kappa`` for the pairs ``(p, r)`` of the (n, R) tables
+    ``lk`` and ``W`` (n, R, d), in place: the pairs whose GEMM form of ``log κ`` may have lost
+    accuracy (steep regions, tiny noise) are recomputed by the cancellation-free formula on
+    the host (they are rare; the test is one reduction on the device). Returns the (P,)
+    rounding estimate of each pair's ``log κ`` (added to its error)."""
+    if p.shape[0] == 0:
+        return torch.zeros(0, dtype=lk.dtype, device=lk.device)
+    key = ("torch-kappa-scale", str(Xc.device))
+    scale = geom.cache.get(key)
+    if scale is None:
+        scale = geom.cache[key] = torch.as_tensor(geom.kappa_scale(), device=Xc.device)
+    Wp = W[p, r]
+    lkp = lk[p, r]
+    size = scale[r] - 2.0 * hxq[p] + (Wp * Wp).sum(dim=1)
+    err = (_KAPPA_ROUND * _EPS) * size
+    bad = err > _KAPPA_RTOL * torch.clamp(lkp.abs(), min=1.0)
+    idx = bad.nonzero().squeeze(1)
+    if idx.shape[0] == 0:
+        return err
+    pi, ri = p[idx], r[idx]
+    rn = ri.cpu().numpy()
+    diff = Xc[pi].cpu().numpy() - (geom.b[rn] - geom.center)
+    lk_n, _, w_n = geom._stable_log_kappa(diff, rn)
+    lk_t = torch.as_tensor(lk_n, device=lk.device)
+    lk[pi, ri] = lk_t
+    W[pi, ri] = torch.as_tensor(w_n, device=W.device)
+    err[idx] = (_KAPPA_ROUND * _EPS) * torch.clamp(lk_t.abs(), min=1.0)
+    return err
 
 
 # elements of the (n, 3R) GEMM output per chunk of points in d = 2
@@ -377,7 +412,7 @@ def pairs_2d_torch(
     for s in range(0, N, cs):
         Xc = X[s : s + cs] - dg.center
         n = Xc.shape[0]
-        lk, W = _log_kappa(dg, Xc)
+        lk, W, hxq = _log_kappa(dg, Xc)
         rows = torch.arange(n, device=dev)
         r = lk.argmax(dim=1)
         ps, rs = [rows], [r]
@@ -390,6 +425,7 @@ def pairs_2d_torch(
                 rs.append(r)
         key = torch.unique(torch.cat(ps) * R + torch.cat(rs))
         p_top, r_top = key // R, key % R
+        lk_err_top = _refine_log_kappa(geom, Xc, hxq, lk, W, p_top, r_top)
         lk_top, w_top = lk[p_top, r_top], W[p_top, r_top]
         lm_top, err_top = _blocked_mass(tab, r_top, w_top, None, dev)
         lower = segment_lse(p_top, lk_top + lm_top, n)
@@ -403,7 +439,10 @@ def pairs_2d_torch(
         off = tab["offsets"][r_c] - (nu[..., 0] * w_c[:, None, 0] + nu[..., 1] * w_c[:, None, 1])
         bound = lk_c + torch.clamp(torch.special.log_ndtr(off.min(dim=1).values), max=0.0)
         keep = (bound - lower[p_c] > -thr).nonzero().squeeze(1)
-        p_c, r_c, lk_c, w_c = p_c[keep], r_c[keep], lk_c[keep], w_c[keep]
+        p_c, r_c = p_c[keep], r_c[keep]
+        # the kept candidates' log κ without cancellation where needed (as numpy)
+        lk_err_c = _refine_log_kappa(geom, Xc, hxq, lk, W, p_c, r_c)
+        lk_c, w_c = lk[p_c, r_c], W[p_c, r_c]
         floor_c = (lower[p_c] - lk_c) - thr
         lm_c, err_c = _blocked_mass(tab, r_c, w_c, floor_c, dev)
         seed = torch.cat(
@@ -415,7 +454,7 @@ def pairs_2d_torch(
         r_all = torch.cat([r_top, r_c])[order]
         w_all = torch.cat([w_top, w_c])[order]
         lj = torch.cat([lk_top + lm_top, lk_c + lm_c])[order]
-        err = torch.cat([err_top, err_c])[order]
+        err = torch.cat([err_top + lk_err_top, err_c + lk_err_c])[order]
         log_px, err_px = lse_by_point(p_all, lj, err, n, prune_nats)
         keep = torch.isfinite(lj) | seed
         if need_moments:  # moments only where the pair's weight is visible (as numpy)
@@ -438,7 +477,11 @@ def pairs_2d_torch(
             Lr = dg.L[r_all]
             mean = (Lr @ (w_all + um)[:, :, None])[..., 0]  # z = μ_r + L_r u, μ_r = L_r w_r
             cov = Lr @ uc @ Lr.transpose(1, 2)
-        parts.append(TorchPairs(p_all + s, r_all, lj, log_px, err_px, v, mean, cov, n_cand))
+        parts.append(
+            TorchPairs(
+                p_all + s, r_all, lj, log_px, err_px, v, mean, cov, n_cand, whitened_mean=w_all
+            )
+        )
     return _cat_parts(parts)
 
 
