@@ -41,17 +41,9 @@ __all__ = [
 @njit(nogil=True, cache=True, fastmath={"reassoc"})
 def observed_quad(X, obs, c, lam, out):  # pragma: no cover - compiled
     """``out_i = Σ_j obs_ij λ_j (x_ij - c_j)²`` (missing entries skipped, NaN not propagated):
-    one pass over the rows, no (n, D) temporaries (the size estimate of
-    :func:`exactdgn.inference._missing._refine_observed`).
-
-    Parameters
-    ----------
-    X : (n, D) float64, NaN where missing
-    obs : (n, D) bool
-    c : (D,) the centre subtracted
-    lam : (D,) the noise precisions ``λ_j``
-    out : (n,) float64
-    """
+    :func:`observed_rows`'s ``||x'||²_Λ`` alone, in one pass over the rows without (n, D)
+    temporaries (the size estimate of :func:`exactdgn.inference._missing._refine_observed`).
+    ``X``, ``obs``, ``c``, ``lam`` as there; ``out`` (n,) float64."""
     n, D = X.shape
     for i in range(n):
         s = 0.0
