@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 import operator
-import os
 import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .._validation import check_array
+from .._validation import available_memory, check_array
 from ..decoder import Decoder
 
 __all__ = [
@@ -30,12 +29,10 @@ class PartitionTooLargeError(MemoryError):
 
 
 def memory_budget() -> int:
-    """Default memory budget in bytes: half of the currently available physical memory."""
-    try:
-        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        avail = 8 * 2**30
-    return int(avail // 2)
+    """Default memory budget in bytes: half of the physical memory available now
+    (:func:`exactdgn._validation.available_memory`, ``MemAvailable``: free memory plus what the
+    kernel can reclaim, as the training cost estimate and the dask guard use)."""
+    return int(available_memory() // 2)
 
 
 def estimate_region_bytes(decoder: Decoder, avg_facets: float | None = None) -> int:
