@@ -244,3 +244,18 @@ def test_in_memory_methods_refuse_a_dask_array_larger_than_memory():
             method(huge)
     small = da.from_array(model.sample(20, random_state=0), chunks=(7, 3))
     np.testing.assert_array_equal(model.score_samples(small), model.score_samples(small.compute()))
+
+
+def test_boolean_data_is_taken_as_zeros_and_ones_as_in_memory(planted, tmp_path):
+    """The in-memory methods take a boolean array as 0 / 1 (``check_array``); the chunked
+    ones refused it ("dtype bool; a numeric array is needed"), dask arrays and .npy files."""
+    model, _ = planted
+    B = np.random.default_rng(0).random((30, 3)) > 0.5
+    ref = model.score_samples(B)
+    path = tmp_path / "b.npy"
+    np.save(path, B)
+    with dask.config.set(scheduler="synchronous"):
+        got = edd.score_samples(model, da.from_array(B, chunks=10)).compute()
+        np.testing.assert_allclose(got, ref, rtol=1e-12, atol=0)
+        got = edd.score_samples(model, edd.read_npy(path, chunk_rows=7)).compute()
+        np.testing.assert_allclose(got, ref, rtol=1e-12, atol=0)

@@ -36,7 +36,7 @@ def read_npy(path, chunk_rows: int | None = None, chunk_bytes: int = 64 * 2**20)
     arr = np.load(path, mmap_mode="r")
     if arr.ndim != 2:
         raise ValueError(f"{path} holds an array of shape {arr.shape}; a 2-D (N, D) one is needed")
-    if not np.issubdtype(arr.dtype, np.number):
+    if not _numeric(arr.dtype):
         raise ValueError(f"{path} holds dtype {arr.dtype}; a numeric array is needed")
     if np.issubdtype(arr.dtype, np.complexfloating):  # each chunk would drop the imaginary part
         raise ValueError(f"{path} holds dtype {arr.dtype}; real numbers are needed")
@@ -51,6 +51,11 @@ def read_npy(path, chunk_rows: int | None = None, chunk_bytes: int = 64 * 2**20)
     chunks = (tuple(min(s + rows, N) - s for s in starts), (D,))
     graph = HighLevelGraph.from_collections(name, layer, dependencies=())
     return da.Array(graph, name, chunks, dtype=np.float64)
+
+
+def _numeric(dtype) -> bool:
+    """Numbers or booleans (taken as 0 / 1, as the in-memory ``check_array`` does)."""
+    return np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)
 
 
 def as_row_chunks(X, n_features: int | None = None, in_memory: str | None = None) -> da.Array:
@@ -74,7 +79,7 @@ def as_row_chunks(X, n_features: int | None = None, in_memory: str | None = None
         raise ValueError(f"X has {X.shape[1]} columns but {n_features} are expected")
     if any(np.isnan(c) for c in X.chunks[0]):
         raise ValueError("X has unknown chunk sizes: call X.compute_chunk_sizes() first")
-    if not np.issubdtype(X.dtype, np.number):
+    if not _numeric(X.dtype):
         raise ValueError(f"X has dtype {X.dtype}; a numeric array is needed")
     if len(X.chunks[1]) > 1:
         X = X.rechunk({1: -1})
