@@ -167,8 +167,9 @@ class ExactDGN(DensityMixin, BaseEstimator):
         optimisers' state there (only the new parameters come back; the partition is
         enumerated on the host). The backend covers complete data: a call (``fit``,
         ``score_samples``, ``posterior``, ``impute``, ...) whose ``X`` holds a NaN runs on the
-        numpy path, all its rows (the same results). Results are returned as numpy arrays
-        either way.
+        numpy path, all its rows (the same results). With an :mod:`exactdgn.dask` array each
+        worker scores and E-steps its row chunks on that device (its own GPU, say). Results
+        are returned as numpy arrays either way.
 
     Attributes
     ----------
@@ -696,7 +697,13 @@ class ExactDGN(DensityMixin, BaseEstimator):
         data) the pairs stay on the device (:class:`TorchPairs` carrying the data tensor), so
         the M-step and the gradient run there too."""
         if hasattr(X, "e_step"):
-            return X.e_step(part, geom, prune_nats=self.prune_nats, chunk_bytes=self.chunk_bytes)
+            return X.e_step(
+                part,
+                geom,
+                prune_nats=self.prune_nats,
+                chunk_bytes=self.chunk_bytes,
+                device=self.device,
+            )
         if self._train_device(X) is not None:
             from .inference._torch_marginal import pairs_torch
 

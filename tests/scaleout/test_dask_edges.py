@@ -259,3 +259,39 @@ def test_boolean_data_is_taken_as_zeros_and_ones_as_in_memory(planted, tmp_path)
         np.testing.assert_allclose(got, ref, rtol=1e-12, atol=0)
         got = edd.score_samples(model, edd.read_npy(path, chunk_rows=7)).compute()
         np.testing.assert_allclose(got, ref, rtol=1e-12, atol=0)
+
+
+def test_the_model_device_reaches_every_chunk(planted, monkeypatch):
+    """``device`` was ignored by exactdgn.dask: chunks were scored and E-stepped on the numpy
+    path whatever the model said. Now the chunk tasks carry it (each worker's device)."""
+    pytest.importorskip("torch")
+    from exactdgn.dask._em import _estep_chunk, _EStepSpec
+    from exactdgn.inference import _torch_marginal
+
+    model, X = planted
+    calls = []
+    real = _torch_marginal.pairs_torch
+
+    def counting(*args, **kw):
+        calls.append(kw.get("need_moments"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(_torch_marginal, "pairs_torch", counting)
+    on_cpu = ExactDGN.from_decoder(model.decoder_, model.noise_std_, device="cpu")
+    with dask.config.set(scheduler="synchronous"):
+        got = edd.score_samples(on_cpu, da.from_array(X, chunks=100)).compute()
+    np.testing.assert_allclose(got, model.score_samples(X), rtol=1e-12, atol=0)
+    assert calls == [False] * 4
+    part, geom = on_cpu.partition_, on_cpu.geometry_
+    spec = _EStepSpec(geom, part.patterns, 40.0, 2**24, "cpu")
+    sums, _ = _estep_chunk(X, spec, 0)
+    assert calls[-1] is True
+    np.testing.assert_allclose(sums.log_px, model.score_samples(X).sum(), rtol=1e-12)
+
+    class Handle:  # what exactdgn.dask hands the estimator: it takes the device along
+        def e_step(self, part, geom, **kw):
+            self.kw = kw
+
+    h = Handle()
+    on_cpu._marginal(part, geom, h)
+    assert h.kw["device"] == "cpu"

@@ -46,6 +46,7 @@ class _EStepSpec:
     patterns: np.ndarray
     prune_nats: float
     chunk_bytes: int
+    device: str | None = None  # the model's torch device (each worker's), None: numpy
 
 
 @dataclass
@@ -85,6 +86,7 @@ def _estep_chunk(x: np.ndarray, spec: _EStepSpec, start: int) -> tuple[_Sums, Re
         need_moments=True,
         chunk_bytes=spec.chunk_bytes,
         check_input=False,  # check_chunk above
+        device=spec.device,
     )
     rs = region_stats(x, spec.patterns, st.point, st.region, st.log_weight, st.mean, st.cov)
     sums = _Sums(len(x), float(st.log_px.sum()), rs.s, rs.Z2, rs.XZ)
@@ -157,10 +159,14 @@ class RemoteData:
         """Row chunk ``i`` as a float64 array on the client (minibatch methods stream them)."""
         return np.ascontiguousarray(self._compute(self.blocks[i]), dtype=np.float64)
 
-    def e_step(self, part, geom, *, prune_nats: float, chunk_bytes: int) -> RemotePairs:
-        """Distributed E-step: per-chunk pairs kept on the workers, sums tree-reduced."""
+    def e_step(
+        self, part, geom, *, prune_nats: float, chunk_bytes: int, device=None
+    ) -> RemotePairs:
+        """Distributed E-step: per-chunk pairs kept on the workers, sums tree-reduced;
+        ``device``: each worker's torch device for its chunks' E-step (None: numpy)."""
+        dev = None if device is None else str(device)
         spec = broadcast(
-            self.client, _EStepSpec(geom, part.patterns, float(prune_nats), int(chunk_bytes))
+            self.client, _EStepSpec(geom, part.patterns, float(prune_nats), int(chunk_bytes), dev)
         )
         chunks = [
             delayed(_estep_chunk)(b, spec, s) for b, s in zip(self.blocks, self.starts, strict=True)

@@ -24,6 +24,7 @@ class _ScoreSpec:
     geom: RegionGeometry
     prune_nats: float
     chunk_bytes: int
+    device: str | None = None  # the model's torch device (each worker's), None: numpy
 
 
 def check_chunk(x: np.ndarray, start: int, n_features: int, allow_nan: bool = False) -> np.ndarray:
@@ -42,11 +43,22 @@ def _score_chunk(x, spec: _ScoreSpec, return_error: bool, block_info=None):
     start = block_info[0]["array-location"][0][0] if block_info else 0
     x = check_chunk(x, start, spec.geom.output_dim)
     st = marginal_pairs(
-        spec.geom, x, prune_nats=spec.prune_nats, chunk_bytes=spec.chunk_bytes, check_input=False
+        spec.geom,
+        x,
+        prune_nats=spec.prune_nats,
+        chunk_bytes=spec.chunk_bytes,
+        check_input=False,
+        device=spec.device,
     )
     if return_error:
         return np.stack([st.log_px, st.log_px_error], axis=1)
     return st.log_px
+
+
+def device_name(model) -> str | None:
+    """The model's ``device`` as a string (what a task carries to a worker), or None."""
+    dev = getattr(model, "device", None)
+    return None if dev is None else str(dev)
 
 
 def broadcast(client, obj):
@@ -102,7 +114,9 @@ def score_samples(model, X, return_error: bool = False):
         return (out[0] + jac, out[1]) if return_error else out + jac
     spec = broadcast(
         active_client(required=False),
-        _ScoreSpec(model.geometry_, float(model.prune_nats), int(model.chunk_bytes)),
+        _ScoreSpec(
+            model.geometry_, float(model.prune_nats), int(model.chunk_bytes), device_name(model)
+        ),
     )
     if not return_error:
         return da.map_blocks(
