@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, strategies
 from scipy.stats import multivariate_normal
 
-from exactdgn import Decoder, ExactDGN
+from exactdgn import Decoder, ExactDGN, partition
 from exactdgn.inference import _marginal, log_kappa_all, marginal_pairs, region_geometry
 
 
@@ -299,3 +299,24 @@ def test_observed_pairs_checks_its_mask(sizes):
         observed_pairs(geom, X, np.ones_like(obs))
     with pytest.raises(ValueError, match="2 columns but 3"):
         observed_pairs(geom, X[:, :2], obs[:, :2])
+
+
+def test_facet_bound_kernel_is_the_row_minimum_of_the_whitened_offsets():
+    """The compiled facet bound of the d = 2 candidates equals the numpy form it replaced,
+    ``min_i (g_ri - n_ri · w)`` over the region's rows (``+inf`` for a region without rows)."""
+    from exactdgn.inference._pair_kernels import facet_min_2d
+
+    dec = Decoder.random([2, 10, 10, 5], activation="leaky_relu", seed=3)
+    geom = region_geometry(partition(dec), np.full(5, 0.3))
+    tab = geom.polygons
+    rng = np.random.default_rng(0)
+    n, R = 7, geom.n_regions
+    W = rng.standard_normal((n, R, 2)) * 3.0
+    p, r = rng.integers(0, n, 500), rng.integers(0, R, 500)
+    out = np.empty(500)
+    facet_min_2d(p, r, W, tab.normals, tab.offsets, tab.width, out)
+    c = geom.g[r] - np.einsum("pfk,pk->pf", geom.normals[r], W[p, r])
+    np.testing.assert_allclose(out, c.min(axis=1, initial=np.inf), rtol=1e-13, atol=1e-13)
+    none = np.zeros_like(tab.width)
+    facet_min_2d(p, r, W, tab.normals, tab.offsets, none, out)
+    assert np.all(out == np.inf)

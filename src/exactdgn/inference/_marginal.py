@@ -523,12 +523,20 @@ def marginal_pairs(
         mask[p_top, r_top] = False
         p_c, r_c = np.nonzero(mask)
         n_cand = len(p_c) + len(p_top)
+        off_c = None
+        if tab is not None and len(p_c):
+            # the facet bound from the polygon table, one compiled pass (no (P, F) gathers)
+            from ._pair_kernels import facet_min_2d  # numba: imported on first use
+
+            cmin = np.empty(len(p_c))
+            facet_min_2d(p_c, r_c, W, tab.normals, tab.offsets, tab.width, cmin)
+            # Φ is increasing: min_i log Φ(c_i) = log Φ(min_i c_i) (one log_ndtr per pair)
+            keep = lk[p_c, r_c] + np.minimum(0.0, log_ndtr(cmin)) - lower[p_c] > -thr
+            p_c, r_c = p_c[keep], r_c[keep]
         lk_c, w_c = lk[p_c, r_c], W[p_c, r_c]
         v_c = _v_of_w(geom, w_c, r_c)
-        off_c = None
-        if two_stage and len(p_c):
+        if two_stage and tab is None and len(p_c):
             off_c = geom.offsets(v_c, r_c, w_c)
-            # Φ is increasing: min_i log Φ(c_i) = log Φ(min_i c_i) (one log_ndtr per pair)
             bound = lk_c + np.minimum(0.0, log_ndtr(off_c.min(axis=1, initial=np.inf)))
             keep = bound - lower[p_c] > -thr
             p_c, r_c, lk_c, w_c, v_c = p_c[keep], r_c[keep], lk_c[keep], w_c[keep], v_c[keep]
