@@ -762,33 +762,28 @@ def _refine_observed(
         return
     p, r = st.point, st.region
     d = geom.latent_dim
-    from ._missing_kernels import observed_quad  # numba: imported on first use
+    from . import _missing_kernels as kernels  # numba: imported on first use
 
+    n = len(st.log_px)
     xq = np.empty(X.shape[0])
-    observed_quad(X, obs, geom.center, geom.inv_var, xq)
+    kernels.observed_quad(X, obs, geom.center, geom.inv_var, xq)
     bc = geom.b - geom.center
     bq = np.einsum("rj,rj,j->r", bc, bc, geom.inv_var)
-    size = 2.0 * (xq[p] + bq[r]) + np.abs(np.einsum("pi,pi->p", st.v, st.pair_mu))
-    err = (_KAPPA_ROUND * _EPS) * size
-    bad = err > _KAPPA_RTOL * np.maximum(1.0, np.abs(st.log_joint))
-    if d >= 2:
-        Lp = st.pair_L
-        if d == 2:  # cond(L) <= ||L||_F² / |det L| (σ1² + σ2² over σ1 σ2)
-            frob = np.einsum("pij,pij->p", Lp, Lp)
-            cond_L = frob / np.abs(Lp[:, 0, 0] * Lp[:, 1, 1])
-        else:
-            cond_L = np.linalg.cond(Lp)
-        bad |= cond_L * cond_L > _COND_QR
-    lw = st.log_joint - st.log_px[p]
-    with np.errstate(invalid="ignore"):
-        wts = np.where(np.isfinite(lw), np.exp(lw), 0.0)
+    err, bad, extra = np.empty(P), np.empty(P, dtype=bool), np.zeros(n)
+    unit = _KAPPA_ROUND * _EPS
+    kernels.pair_rounding(
+        p, r, xq, bq, st.v, st.pair_mu, st.log_joint, st.log_px, st.pair_L, d == 2,
+        _KAPPA_RTOL, _COND_QR, unit, err, bad, extra,
+    )  # fmt: skip
+    if d >= 3:
+        bad |= np.linalg.cond(st.pair_L) ** 2 > _COND_QR
     if not bad.any():
-        st.log_px_error = st.log_px_error + np.bincount(p, wts * err, minlength=len(st.log_px))
+        st.log_px_error = st.log_px_error + extra
         return
     i = np.flatnonzero(bad)
     pi, ri = p[i], r[i]
     m = obs[pi]
-    sq = np.sqrt(geom.inv_var) * m  # (F, D) Λ_obs^½
+    sq = np.sqrt(geom.inv_var) * m  # (k, D) Λ_obs^½ of each pair's point
     A = geom.A[ri]
     M = np.concatenate([A * sq[:, :, None], np.broadcast_to(np.eye(d), (len(i), d, d))], axis=1)
     Q, Rm = np.linalg.qr(M)  # M = Q Rm, Kᵀ = Rm with a positive diagonal
@@ -817,20 +812,21 @@ def _refine_observed(
     st.pair_L[i], st.pair_mu[i], st.pair_log_det_P[i] = L, mu, log_det_P
     st.pair_normals = st.offsets = None  # the whitened rows again on first use
     err[i] = lm_err + (_KAPPA_ROUND * _EPS) * np.maximum(1.0, np.abs(lk))
-    # log p(x_obs) again for the points with a recomputed pair (pairs grouped by point)
+    # log p(x_obs) and the rounding part of its error again for the points with a recomputed
+    # pair (pairs grouped by point)
     pts = np.unique(pi)
     sel = np.flatnonzero(np.isin(p, pts))
     lj = st.log_joint[sel]
     starts = np.searchsorted(p[sel], pts)
+    counts = np.diff(np.r_[starts, len(sel)])
     mx = np.maximum.reduceat(lj, starts)
     mx = np.where(np.isfinite(mx), mx, 0.0)
-    st.log_px[pts] = mx + np.log(
-        np.add.reduceat(np.exp(lj - np.repeat(mx, np.diff(np.r_[starts, len(sel)]))), starts)
-    )
-    lw = st.log_joint - st.log_px[p]
+    st.log_px[pts] = mx + np.log(np.add.reduceat(np.exp(lj - np.repeat(mx, counts)), starts))
+    lw = lj - np.repeat(st.log_px[pts], counts)
     with np.errstate(invalid="ignore"):
         wts = np.where(np.isfinite(lw), np.exp(lw), 0.0)
-    st.log_px_error = st.log_px_error + np.bincount(p, wts * err, minlength=len(st.log_px))
+    extra[pts] = np.add.reduceat(wts * err[sel], starts)
+    st.log_px_error = st.log_px_error + extra
 
 
 def _with_pair_geometry(geom: RegionGeometry, st: PairStats) -> PairStats:

@@ -34,6 +34,7 @@ __all__ = [
     "kappa_rows_2d",
     "observed_quad",
     "observed_rows",
+    "pair_rounding",
     "select_rows",
 ]
 
@@ -52,6 +53,37 @@ def observed_quad(X, obs, c, lam, out):  # pragma: no cover - compiled
                 v = X[i, j] - c[j]
                 s += v * v * lam[j]
         out[i] = s
+
+
+@njit(nogil=True, cache=True)
+def pair_rounding(
+    p, r, xq, bq, v, mu, log_joint, log_px, L, check_cond, rtol, cond_max, unit, err, bad, err_px
+):  # pragma: no cover - compiled
+    """The rounding estimate of each missing-data pair's ``log κ`` and the pairs to recompute
+    (:func:`exactdgn.inference._missing._refine_observed`), in one pass over the pairs.
+
+    ``err_k = unit (2 (xq[p_k] + bq[r_k]) + |v_k · μ_k|)``; ``bad_k`` when ``err_k > rtol
+    max(1, |log_joint_k|)`` or, with ``check_cond`` (d = 2), when the bound
+    ``(||L||_F² / |det L|)²`` of ``cond(P) = cond(L)²`` exceeds ``cond_max``. The other pairs
+    add ``exp(log_joint_k - log_px[p_k]) err_k`` to ``err_px[p_k]``.
+    """
+    for k in range(p.shape[0]):
+        i = p[k]
+        vm = 0.0
+        for j in range(v.shape[1]):
+            vm += v[k, j] * mu[k, j]
+        e = unit * (2.0 * (xq[i] + bq[r[k]]) + abs(vm))
+        lj = log_joint[k]
+        b = e > rtol * max(1.0, abs(lj))
+        if check_cond:
+            frob = L[k, 0, 0] ** 2 + L[k, 0, 1] ** 2 + L[k, 1, 0] ** 2 + L[k, 1, 1] ** 2
+            c = frob / abs(L[k, 0, 0] * L[k, 1, 1])
+            b = b or c * c > cond_max
+        err[k] = e
+        bad[k] = b
+        lw = lj - log_px[i]
+        if not b and np.isfinite(lw):
+            err_px[i] += np.exp(lw) * e
 
 
 @njit(nogil=True, cache=True, fastmath={"reassoc"})
