@@ -205,6 +205,44 @@ def test_warm_start_continues_the_same_run(method, hidden, tmp_path):
         np.testing.assert_array_equal(Wa, Wb)
 
 
+@pytest.mark.parametrize(("method", "n"), [("lbfgs", 150), ("gradient", 300)])
+def test_interrupt_inside_a_step_keeps_the_state_to_resume(method, n, monkeypatch):
+    """Ctrl-C in the middle of an iteration (here: an E-step of L-BFGS's line search, or of
+    Adam's second minibatch, after the optimiser has updated its memory / moments) leaves the
+    model at the last completed iteration with *that* iteration's optimiser state: a warm fit
+    then ends as the uninterrupted run, bit for bit (the state was the optimiser's live dict)."""
+    _, X = _planted([1, 5, 2], n, 14)  # gradient: 2 minibatches of 256 points at most
+    kw = dict(hidden_sizes=(5,), tol=0.0, random_state=0, method=method, init="random")
+    one = _fit(X, max_iter=6, **kw)
+    e_step, armed = ExactDGN._e_step, []
+
+    def interrupting(self, *args, **kwargs):
+        if armed:
+            armed.append(1)
+            if len(armed) == 3:  # the second E-step after iteration 3: inside a step
+                raise KeyboardInterrupt
+        return e_step(self, *args, **kwargs)
+
+    def arm_after_3(it, snapshot):
+        if it == 3:
+            armed.append(0)
+
+    monkeypatch.setattr(ExactDGN, "_e_step", interrupting)
+    m = ExactDGN(max_iter=6, warm_start=True, progress=False, **kw)
+    with pytest.raises(KeyboardInterrupt):
+        m.fit(X, callback=arm_after_3)
+    monkeypatch.setattr(ExactDGN, "_e_step", e_step)
+    done = m.history_[-1]["iter"]
+    assert done in (3, 4) and m.n_iter_ == done  # L-BFGS may take one E-step per iteration
+    m.set_params(max_iter=6 - done)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m.fit(X)
+    assert [h["loglik"] for h in m.history_] == [h["loglik"] for h in one.history_]
+    for Wa, Wb in zip(one.decoder_.weights, m.decoder_.weights, strict=True):
+        np.testing.assert_array_equal(Wa, Wb)
+
+
 @pytest.mark.parametrize(("init", "stop_at"), [("pca", 3), ("auto", 12), ("auto", 1)])
 def test_callback_sees_every_iteration_and_can_stop(init, stop_at):
     """Every iteration reaches the callback (with init="auto": the winning start's scouting
