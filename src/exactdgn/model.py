@@ -786,7 +786,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
         callback : callable, optional
             Called after every iteration as ``callback(iteration, snapshot)``; ``snapshot()``
             returns the current ``(Decoder, noise_std (D,))`` (as :class:`exactdgn.baselines.VAE`
-            does). Training stops early, without a warning, if it returns ``False``.
+            does). Training stops early, without a warning, if it returns ``False`` (with
+            ``n_init > 1`` the starts not yet run are skipped; the best one run is kept).
 
         Returns
         -------
@@ -861,6 +862,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
         seeds = np.random.default_rng(self.random_state).integers(0, 2**63 - 1, size=self.n_init)
         done = ck["done"] if ck else []
         for i in range(len(done), self.n_init):
+            if any(r["stopped"] for r in done):  # the callback stopped training: no more starts
+                break
             cur = ck["current"] if ck and ck["current"] and ck["current"]["init"] == i else None
             trainer, hist, it0, replay = self._trainer(X, int(seeds[i]), cur, warm and i == 0)
 

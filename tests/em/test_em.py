@@ -267,6 +267,26 @@ def test_callback_sees_every_iteration_and_can_stop(init, stop_at):
     assert m.score(X) == pytest.approx(seen[-1][1], abs=1e-12)  # the model it stopped at
 
 
+def test_callback_stop_ends_the_fit_not_only_the_current_start(tmp_path):
+    """``False`` from the callback stops training: with ``n_init=2`` the second start does not
+    run (it did, from iteration 1 again), also when the checkpoint is fitted again."""
+    _, X = _planted([1, 5, 2], 150, 14)
+    seen = []
+
+    def cb(it, snapshot):
+        seen.append(it)
+        return it < 2
+
+    kw = dict(hidden_sizes=(5,), max_iter=20, n_init=2, init="pca", random_state=0)
+    m = ExactDGN(**kw, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        m.fit(X, callback=cb, checkpoint=tmp_path / "ck.npz")
+        assert seen == [1, 2] and m.n_iter_ == 2 and len(m.init_logliks_) == 1
+        again = ExactDGN(**kw, progress=False).fit(X, checkpoint=tmp_path / "ck.npz")
+    assert seen == [1, 2] and again.history_ == m.history_ and len(again.init_logliks_) == 1
+
+
 def test_from_torch_model_can_be_refined():
     _true, X = _planted([1, 5, 2], 200, 15)
     m = ExactDGN.from_decoder(
