@@ -182,6 +182,19 @@ class ExactDGN(DensityMixin, BaseEstimator):
     partition_ : Partition
     offset_ : float
         Outlier threshold on ``log p(x)`` (with ``contamination``).
+    history_ : list of dict
+        One row per iteration of the kept run (:class:`exactdgn.training.HistoryRow`; row 0
+        the start), continued by ``warm_start=True``.
+    n_iter_ : int
+        Iterations of the last ``fit`` call.
+    converged_ : bool
+        Whether the kept run met the stopping rule (not ``max_iter``, not the callback).
+    best_init_ : int
+        The start kept out of ``n_init``; ``init_logliks_`` their final training
+        log-likelihoods.
+    scout_logliks_ : dict
+        ``init="auto"``: each scouted start's training (or subsample) log-likelihood after its
+        scouting iterations, for the kept run (absent when it did not scout).
     preprocessing_ : Standardizer or None
         The per-feature standardization the decoder was trained behind (set by the command
         line's ``fit``, saved in the model file). When set, every method takes and returns data
@@ -861,11 +874,16 @@ class ExactDGN(DensityMixin, BaseEstimator):
             self.feature_names_in_ = names
         seeds = np.random.default_rng(self.random_state).integers(0, 2**63 - 1, size=self.n_init)
         done = ck["done"] if ck else []
+        # init="auto" records each start's scouts: the kept run's are kept (a warm run keeps
+        # those of the run it continues), a fit without scouting has none
+        scouts = {0: self.__dict__.pop("scout_logliks_", None)} if warm else {}
         for i in range(len(done), self.n_init):
             if any(r["stopped"] for r in done):  # the callback stopped training: no more starts
                 break
             cur = ck["current"] if ck and ck["current"] and ck["current"]["init"] == i else None
+            self.__dict__.pop("scout_logliks_", None)
             trainer, hist, it0, replay = self._trainer(X, int(seeds[i]), cur, warm and i == 0)
+            scouts[i] = getattr(self, "scout_logliks_", scouts.get(i))
 
             def save(run, i=i):
                 if checkpoint:
@@ -879,6 +897,9 @@ class ExactDGN(DensityMixin, BaseEstimator):
         best = max(range(len(done)), key=lambda j: done[j]["history"][-1]["loglik"])
         self._set_run(done[best])
         self.best_init_ = best
+        self.__dict__.pop("scout_logliks_", None)
+        if scouts.get(best) is not None:
+            self.scout_logliks_ = scouts[best]
         self.init_logliks_ = [r["history"][-1]["loglik"] for r in done]
         if self.contamination is not None:
             if remote is None:  # the complete rows (decision_function takes no others)

@@ -287,6 +287,27 @@ def test_callback_stop_ends_the_fit_not_only_the_current_start(tmp_path):
     assert seen == [1, 2] and again.history_ == m.history_ and len(again.init_logliks_) == 1
 
 
+def test_scout_logliks_belong_to_the_kept_run():
+    """``scout_logliks_`` are the scouts of the start that was kept (with ``n_init=2`` they
+    were the last start's), and a fit that does not scout drops those of an earlier fit."""
+    _, X = _planted([1, 5, 2], 150, 14)
+    m = _fit(X, hidden_sizes=(5,), max_iter=5, n_init=2, random_state=3)
+    assert m.best_init_ == 0  # the last start is not the kept one
+    # d = 1: 3 scouting iterations per start, the winner's are the first rows of history_
+    assert m.history_[3]["loglik"] in m.scout_logliks_.values()
+    scouts = m.scout_logliks_
+    m.set_params(warm_start=True, max_iter=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m.fit(X)  # continues the kept run: its scouts stay
+    assert m.scout_logliks_ == scouts
+    m.set_params(init="pca", n_init=1, warm_start=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m.fit(X)
+    assert not hasattr(m, "scout_logliks_")
+
+
 def test_from_torch_model_can_be_refined():
     _true, X = _planted([1, 5, 2], 200, 15)
     m = ExactDGN.from_decoder(
