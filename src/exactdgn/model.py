@@ -650,18 +650,24 @@ class ExactDGN(DensityMixin, BaseEstimator):
             bad("n_init", "use an integer >= 1")
         if self.init not in ("auto", "pca", "random"):
             bad("init", "choose 'auto', 'pca' or 'random'")
-        if not (is_real(self.min_noise_std) and self.min_noise_std > 0):
+        if not (is_real(self.min_noise_std) and 0 < self.min_noise_std < np.inf):
             bad("min_noise_std", "use a positive float (the likelihood is unbounded as σ -> 0)")
-        if not (is_real(self.weight_decay) and self.weight_decay >= 0):
-            bad("weight_decay", "use a non-negative float")
-        if not (is_real(self.overrelax) and self.overrelax >= 1):
-            bad("overrelax", "use a float >= 1 (1 turns the over-relaxed steps off)")
+        if not (is_real(self.weight_decay) and 0 <= self.weight_decay < np.inf):
+            bad("weight_decay", "use a finite non-negative float")
+        if not (is_real(self.overrelax) and 1 <= self.overrelax < np.inf):
+            bad("overrelax", "use a finite float >= 1 (1 turns the over-relaxed steps off)")
         if not (is_real(self.prune_nats) and self.prune_nats >= 10):
             bad("prune_nats", "use >= 10 (40 keeps the likelihood exact to double precision)")
         if not is_int(self.chunk_bytes, 1):
             bad("chunk_bytes", "use a positive integer (bytes of one block's work arrays)")
         if not is_int(self.max_backtrack, 0):
             bad("max_backtrack", "use an integer >= 0")
+        if not isinstance(self.warm_start, bool | np.bool_):
+            bad("warm_start", "use True (continue the fitted run) or False")
+        if not isinstance(self.progress, bool | np.bool_):
+            bad("progress", "use True (show a progress bar) or False")
+        if not (isinstance(self.verbose, bool | np.bool_) or is_int(self.verbose, 0)):
+            bad("verbose", "use an integer >= 0")
         rs = self.random_state
         if isinstance(rs, np.random.Generator | np.random.RandomState):
             bad("random_state", "use an int or None for fit (it is saved in checkpoints)")

@@ -348,6 +348,31 @@ def test_bad_input():
             ExactDGN(**bad).fit(X)
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(warm_start="yes"),
+        dict(progress="no"),  # a truthy string: the progress bar was shown
+        dict(verbose=-1),
+        dict(verbose=1.5),
+        dict(min_noise_std=np.inf),
+        dict(weight_decay=np.inf),
+        dict(overrelax=np.inf),
+    ],
+)
+def test_bad_training_options_are_refused_before_any_work(bad, monkeypatch):
+    _, X = _planted([1, 5, 2], 60, 16)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("fit started working before checking its parameters")
+
+    monkeypatch.setattr(ExactDGN, "_e_step", no_work)
+    monkeypatch.setattr("exactdgn.model.initialize", no_work)
+    name = next(iter(bad))
+    with pytest.raises(ValueError, match=rf"^{name}=.* is invalid: use "):
+        ExactDGN(hidden_sizes=(5,), **bad).fit(X)
+
+
 def test_noise_floor_is_respected():
     """A decoder can pass through data points; the floor keeps the likelihood bounded."""
     X = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]] * 5) + 1e-9
