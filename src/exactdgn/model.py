@@ -38,7 +38,7 @@ from .inference._posterior import ExactPosterior
 from .io import ModelFileError, decoder_from_arrays, decoder_to_arrays, read_npz, write_npz_atomic
 from .outliers import TypicalityResult, contamination_offset, typicality_test
 from .partition import Partition, partition
-from .training import TRAINERS, EStep, converged, pack_state, unpack_state
+from .training import TRAINERS, EStep, callback_stops, converged, pack_state, unpack_state
 from .training._cost import check_training_cost
 
 _partition = partition  # ``_e_step`` has a parameter of that name
@@ -805,8 +805,9 @@ class ExactDGN(DensityMixin, BaseEstimator):
         callback : callable, optional
             Called after every iteration as ``callback(iteration, snapshot)``; ``snapshot()``
             returns the current ``(Decoder, noise_std (D,))`` (as :class:`exactdgn.baselines.VAE`
-            does). Training stops early, without a warning, if it returns ``False`` (with
-            ``n_init > 1`` the starts not yet run are skipped; the best one run is kept).
+            does). Training stops early, without a warning, if it returns ``False`` (or
+            ``numpy.False_``; with ``n_init > 1`` the starts not yet run are skipped; the best
+            one run is kept).
 
         Returns
         -------
@@ -1079,7 +1080,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         last = run(it0)
         save(last)
         for it, dec, std in replay if callback is not None else []:
-            if callback(it, lambda d=dec, s=std: (d.copy(), s.copy())) is False:
+            if callback_stops(callback(it, lambda d=dec, s=std: (d.copy(), s.copy()))):
                 # stopped within the scout's iterations: the model of that iteration (the
                 # trainer's step-size state belongs to a later one: a warm start rebuilds it)
                 last.update(decoder=dec, std=std, n_iter=it, stopped=True, state=None)
@@ -1113,7 +1114,9 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 )
                 if callback is not None:
                     dec, std = trainer.decoder, trainer.std
-                    if callback(row.iter, lambda d=dec, s=std: (d.copy(), s.copy())) is False:
+                    if callback_stops(
+                        callback(row.iter, lambda d=dec, s=std: (d.copy(), s.copy()))
+                    ):
                         last["stopped"] = True
                         break
                 if done:

@@ -246,15 +246,15 @@ def test_interrupt_inside_a_step_keeps_the_state_to_resume(method, n, monkeypatc
 @pytest.mark.parametrize(("init", "stop_at"), [("pca", 3), ("auto", 12), ("auto", 1)])
 def test_callback_sees_every_iteration_and_can_stop(init, stop_at):
     """Every iteration reaches the callback (with init="auto": the winning start's scouting
-    iterations first); returning False stops without a ConvergenceWarning and keeps the model
-    of that iteration, within the scouting iterations too."""
+    iterations first); returning False (numpy's too) stops without a ConvergenceWarning and
+    keeps the model of that iteration, within the scouting iterations too."""
     _, X = _planted([1, 5, 2], 150, 14)
     seen = []
 
     def cb(it, snapshot):
         dec, std = snapshot()
         seen.append((it, ExactDGN.from_decoder(dec, std).score(X)))
-        return it < stop_at
+        return np.float64(it) < stop_at  # a numpy bool, as comparisons of numpy numbers give
 
     m = ExactDGN(hidden_sizes=(5,), max_iter=20, tol=0.0, random_state=0, progress=False)
     m.set_params(init=init, n_iter_no_change=5)
