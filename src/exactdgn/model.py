@@ -821,8 +821,21 @@ class ExactDGN(DensityMixin, BaseEstimator):
         Ctrl-C (``KeyboardInterrupt``) leaves the estimator at the last completed iteration
         and the checkpoint file intact, then propagates.
         """
+        before = {k: v for k, v in vars(self).items() if k.endswith("_") and k[0] != "_"}
         try:
             return self._fit(X, checkpoint, callback)
+        except BaseException as exc:
+            if self.__dict__.get("history_") is before.get("history_"):
+                # no iterate was kept (an error, or Ctrl-C before the first iteration): the
+                # fitted attributes stay as they were (offset_, preprocessing_, names)
+                for k in [k for k in vars(self) if k.endswith("_") and k[0] != "_"]:
+                    del self.__dict__[k]
+                self.__dict__.update(before)
+                if isinstance(exc, KeyboardInterrupt):
+                    logger.warning(
+                        "training interrupted before an iteration completed: the model is unchanged"
+                    )
+            raise
         finally:
             self._fit_data = None  # no reference to the training data (or its device copy)
 
@@ -884,30 +897,30 @@ class ExactDGN(DensityMixin, BaseEstimator):
         # init="auto" records each start's scouts: the kept run's are kept (a warm run keeps
         # those of the run it continues), a fit without scouting has none
         scouts = {0: self.__dict__.pop("scout_logliks_", None)} if warm else {}
-        for i in range(len(done), self.n_init):
-            if any(r["stopped"] for r in done):  # the callback stopped training: no more starts
-                break
-            cur = ck["current"] if ck and ck["current"] and ck["current"]["init"] == i else None
-            self.__dict__.pop("scout_logliks_", None)
-            trainer, hist, it0, replay = self._trainer(X, int(seeds[i]), cur, warm and i == 0)
-            scouts[i] = getattr(self, "scout_logliks_", scouts.get(i))
+        history = self.__dict__.get("history_")
+        try:
+            for i in range(len(done), self.n_init):
+                if any(r["stopped"] for r in done):  # the callback stopped training: no more
+                    break
+                cur = ck["current"] if ck and ck["current"] and ck["current"]["init"] == i else None
+                self.__dict__.pop("scout_logliks_", None)
+                trainer, hist, it0, replay = self._trainer(X, int(seeds[i]), cur, warm and i == 0)
+                scouts[i] = getattr(self, "scout_logliks_", scouts.get(i))
 
-            def save(run, i=i):
+                def save(run, i=i):
+                    if checkpoint:
+                        self._save_checkpoint(checkpoint, fingerprint, config, done, i, run)
+
+                done.append(
+                    self._train(trainer, hist, it0, replay, save, callback, i, bool(checkpoint))
+                )
                 if checkpoint:
-                    self._save_checkpoint(checkpoint, fingerprint, config, done, i, run)
-
-            done.append(
-                self._train(trainer, hist, it0, replay, save, callback, i, bool(checkpoint))
-            )
-            if checkpoint:
-                self._save_checkpoint(checkpoint, fingerprint, config, done, None, None)
-        best = max(range(len(done)), key=lambda j: done[j]["history"][-1]["loglik"])
-        self._set_run(done[best])
-        self.best_init_ = best
-        self.__dict__.pop("scout_logliks_", None)
-        if scouts.get(best) is not None:
-            self.scout_logliks_ = scouts[best]
-        self.init_logliks_ = [r["history"][-1]["loglik"] for r in done]
+                    self._save_checkpoint(checkpoint, fingerprint, config, done, None, None)
+        except KeyboardInterrupt:
+            if done and self.__dict__.get("history_") is history:  # before a start's first
+                self._keep_best(done, scouts)  # iteration: the starts that ran are kept
+            raise
+        best = self._keep_best(done, scouts)
         if self.contamination is not None:
             if remote is None:  # the complete rows (decision_function takes no others)
                 self.set_offset(X[~np.isnan(X).any(axis=1)])
@@ -925,6 +938,17 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 stacklevel=3,  # the caller of fit (fit -> _fit)
             )
         return self
+
+    def _keep_best(self, done: list, scouts: dict) -> int:
+        """Set the run of ``done`` with the highest final training likelihood; its index."""
+        best = max(range(len(done)), key=lambda j: done[j]["history"][-1]["loglik"])
+        self._set_run(done[best])
+        self.best_init_ = best
+        self.__dict__.pop("scout_logliks_", None)
+        if scouts.get(best) is not None:
+            self.scout_logliks_ = scouts[best]
+        self.init_logliks_ = [r["history"][-1]["loglik"] for r in done]
+        return best
 
     def _tol(self) -> float:
         """``tol``, with ``"auto"`` resolved (1e-3 for ``latent_dim = 1``, 1e-5 otherwise)."""

@@ -214,3 +214,37 @@ def test_interrupt_without_checkpoint_does_not_promise_one(caplog):
         m.fit(X, callback=stop)
     assert "holds iteration 2" in caplog.text and "checkpoint" not in caplog.text
     assert "warm_start=True" in caplog.text
+
+
+def test_interrupt_before_the_first_iteration_leaves_the_model_unchanged(monkeypatch, caplog):
+    """Ctrl-C in a refit before any iteration completed (scouting, the first E-step) keeps the
+    fitted model whole: it lost its ``offset_`` and its ``preprocessing_`` (so the old decoder
+    scored data in the wrong units) and took the new data's column names."""
+    from exactdgn.datasets import Standardizer
+
+    X = ExactDGN.from_decoder(Decoder.random([1, 4, 2], seed=1), 0.1).sample(80, random_state=0)
+    kw = dict(hidden_sizes=(4,), max_iter=2, init="pca", contamination=0.1, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m = ExactDGN(**kw).fit(X)
+    m.preprocessing_ = Standardizer().fit(X)  # as a model fitted by the command line
+    before = {k: v for k, v in vars(m).items() if k.endswith("_")}
+    scores = m.score_samples(X)
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ExactDGN, "_e_step", interrupt)
+    for init in ("pca", "auto"):
+        m.set_params(init=init)
+        with pytest.raises(KeyboardInterrupt), caplog.at_level("WARNING"):
+            m.fit(X * 2)
+        after = {k: v for k, v in vars(m).items() if k.endswith("_")}
+        assert after.keys() == before.keys()
+        assert all(after[k] is v for k, v in before.items())
+        np.testing.assert_array_equal(m.score_samples(X), scores)
+    assert "the model is unchanged" in caplog.text
+    m.set_params(warm_start=True)
+    with pytest.raises(ValueError, match="columns"):  # an error leaves it unchanged too
+        m.fit(np.hstack([X, X]))
+    assert m.preprocessing_ is before["preprocessing_"] and m.offset_ == before["offset_"]
