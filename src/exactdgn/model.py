@@ -303,6 +303,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         self.noise_std_ = np.broadcast_to(np.asarray(noise_std, dtype=np.float64), (D,)).copy()
         self.partition_ = part if part is not None else partition(decoder)
         self._geom = None
+        self._fitted_noise = self.noise  # the noise model of these parameters (warm starts)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -872,6 +873,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
             )
         if warm:  # the run goes on with the columns in the order it was started with
             check_feature_names(self, data)
+            self._check_warm_start()
         # a dask array's E-step runs chunk by chunk on the workers: no local memory bound
         cost = check_training_cost(self, X, in_memory=remote is None)
         self._expensive = cost.seconds > _EXPENSIVE_SECONDS
@@ -949,6 +951,25 @@ class ExactDGN(DensityMixin, BaseEstimator):
             self.scout_logliks_ = scouts[best]
         self.init_logliks_ = [r["history"][-1]["loglik"] for r in done]
         return best
+
+    def _check_warm_start(self) -> None:
+        """A warm start continues the fitted model: the parameters that shape it must match."""
+        dec = self.decoder_
+        kinds = {a.kind for a in dec.activations}
+        fitted = {
+            "latent_dim": dec.latent_dim,
+            "hidden_sizes": tuple(int(h) for h in dec.hidden_sizes),
+            "activation": kinds.pop() if len(kinds) == 1 else "mixed",
+            "noise": getattr(self, "_fitted_noise", self.noise),
+        }
+        given = {**self.get_params(), "hidden_sizes": tuple(self.hidden_sizes)}
+        for name, value in fitted.items():
+            if given[name] != value and not (name == "activation" and given[name] == "mixed"):
+                raise ValueError(
+                    f"{name}={given[name]!r} is invalid with warm_start=True: the fitted model "
+                    f"has {name}={value!r}; set {name}={value!r} to continue it (or "
+                    "warm_start=False to start anew)"
+                )
 
     def _tol(self) -> float:
         """``tol``, with ``"auto"`` resolved (1e-3 for ``latent_dim = 1``, 1e-5 otherwise)."""

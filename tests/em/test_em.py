@@ -1,5 +1,6 @@
 """Exact EM: monotone likelihood, planted-model recovery, n_init / warm_start / determinism."""
 
+import re
 import warnings
 
 import numpy as np
@@ -306,6 +307,28 @@ def test_scout_logliks_belong_to_the_kept_run():
         warnings.simplefilter("ignore", ConvergenceWarning)
         m.fit(X)
     assert not hasattr(m, "scout_logliks_")
+
+
+@pytest.mark.parametrize(
+    ("change", "method"),
+    [
+        (dict(hidden_sizes=(6,)), "em"),  # was ignored: the (5,) decoder went on
+        (dict(latent_dim=2), "em"),
+        (dict(activation="relu"), "em"),
+        (dict(noise="diagonal"), "lbfgs"),  # was a RuntimeError on the optimiser's state size
+        (dict(noise="diagonal"), "em"),
+    ],
+)
+def test_warm_start_refuses_a_model_other_than_the_fitted_one(change, method, tmp_path):
+    _, X = _planted([1, 5, 2], 80, 14)
+    m = _fit(X, hidden_sizes=(5,), method=method, max_iter=1, init="pca", random_state=0)
+    m.save(tmp_path / "m.npz")
+    for model in (m, ExactDGN.load(tmp_path / "m.npz")):
+        model.set_params(warm_start=True, **change)
+        name, value = next(iter(change.items()))
+        msg = re.escape(f"{name}={value!r} is invalid with warm_start=True")
+        with pytest.raises(ValueError, match=f"^{msg}"):
+            model.fit(X)
 
 
 def test_from_torch_model_can_be_refined():
