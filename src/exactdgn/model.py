@@ -899,7 +899,6 @@ class ExactDGN(DensityMixin, BaseEstimator):
         # init="auto" records each start's scouts: the kept run's are kept (a warm run keeps
         # those of the run it continues), a fit without scouting has none
         scouts = {0: self.__dict__.pop("scout_logliks_", None)} if warm else {}
-        history = self.__dict__.get("history_")
         try:
             for i in range(len(done), self.n_init):
                 if any(r["stopped"] for r in done):  # the callback stopped training: no more
@@ -913,14 +912,25 @@ class ExactDGN(DensityMixin, BaseEstimator):
                     if checkpoint:
                         self._save_checkpoint(checkpoint, fingerprint, config, done, i, run)
 
-                done.append(
-                    self._train(trainer, hist, it0, replay, save, callback, i, bool(checkpoint))
-                )
+                done.append(self._train(trainer, hist, it0, replay, save, callback, i))
                 if checkpoint:
                     self._save_checkpoint(checkpoint, fingerprint, config, done, None, None)
-        except KeyboardInterrupt:
-            if done and self.__dict__.get("history_") is history:  # before a start's first
-                self._keep_best(done, scouts)  # iteration: the starts that ran are kept
+        except KeyboardInterrupt as exc:
+            # the model: the best of the starts run and the last completed iteration of the
+            # interrupted one (none of either: fit leaves the model as it was)
+            runs = [*done, *([exc.exactdgn_run] if hasattr(exc, "exactdgn_run") else [])]
+            if runs:
+                best = self._keep_best(runs, scouts)
+                logger.warning(
+                    "training interrupted: the model holds iteration %d of start %d (loglik "
+                    "%.6f)%s",
+                    self.history_[-1]["iter"],
+                    best,
+                    self.history_[-1]["loglik"],
+                    " (a checkpoint keeps it: fit again with the same one to resume)"
+                    if checkpoint
+                    else " (fit again with warm_start=True to continue the run)",
+                )
             raise
         best = self._keep_best(done, scouts)
         if self.contamination is not None:
@@ -1098,13 +1108,12 @@ class ExactDGN(DensityMixin, BaseEstimator):
             return TRAINERS[self.method](self, X, won.decoder, won.std, seed=seed), [], 0, []
         return best
 
-    def _train(
-        self, trainer, hist, it0, replay, save, callback, init_index: int, saving: bool = False
-    ) -> dict:
+    def _train(self, trainer, hist, it0, replay, save, callback, init_index: int) -> dict:
         """Run one start to convergence, ``max_iter`` or a ``False`` from ``callback``.
 
         ``replay``: ``(iteration, decoder, std)`` of iterations already run (by ``_scout``),
-        shown to ``callback`` first. ``saving``: ``save`` writes a checkpoint (said on Ctrl-C).
+        shown to ``callback`` first. A ``KeyboardInterrupt`` propagates with the run of the
+        last completed iteration as its ``exactdgn_run`` (``fit`` keeps the best run).
         """
         if not replay:  # a scouted trainer (init="auto") has started: no second E-step
             row = trainer.start()
@@ -1115,7 +1124,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
             return {
                 "decoder": trainer.decoder,
                 "std": trainer.std,
-                "history": hist,
+                "history": list(hist),  # the rows so far (hist grows on)
                 "n_iter": it,
                 "converged": converged,
                 "stopped": stopped,
@@ -1124,17 +1133,18 @@ class ExactDGN(DensityMixin, BaseEstimator):
 
         last = run(it0)
         save(last)
-        for it, dec, std in replay if callback is not None else []:
-            if callback_stops(callback(it, lambda d=dec, s=std: (d.copy(), s.copy()))):
-                # stopped within the scout's iterations: the model of that iteration (the
-                # trainer's step-size state belongs to a later one: a warm start rebuilds it)
-                last.update(decoder=dec, std=std, n_iter=it, stopped=True, state=None)
-                last["history"] = [h for h in hist if h["iter"] <= it]
-                return last
         bar = self._progress_bar(self.max_iter, f"{self.method} init {init_index}")
         bar.update(it0)
         lls = [h["loglik"] for h in hist]
         try:
+            for it, dec, std in replay if callback is not None else []:
+                if callback_stops(callback(it, lambda d=dec, s=std: (d.copy(), s.copy()))):
+                    # stopped within the scout's iterations: the model of that iteration (the
+                    # trainer's step-size state belongs to a later one: a warm start rebuilds
+                    # it)
+                    last.update(decoder=dec, std=std, n_iter=it, stopped=True, state=None)
+                    last["history"] = [h for h in hist if h["iter"] <= it]
+                    return last
             for it in range(it0 + 1, self.max_iter + 1):
                 row = trainer.step()
                 row.iter = hist[-1]["iter"] + 1
@@ -1166,16 +1176,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
                         break
                 if done:
                     break
-        except KeyboardInterrupt:
-            self._set_run(last)
-            logger.warning(
-                "training interrupted: the model holds iteration %d (loglik %.6f)%s",
-                last["history"][-1]["iter"],
-                last["history"][-1]["loglik"],
-                " (a checkpoint keeps it: fit again with the same one to resume)"
-                if saving
-                else " (fit again with warm_start=True to continue the run)",
-            )
+        except KeyboardInterrupt as exc:
+            exc.exactdgn_run = last
             raise
         finally:
             bar.close()
