@@ -818,7 +818,10 @@ class ExactDGN(DensityMixin, BaseEstimator):
         -----
         ``warm_start=True`` continues the previous run: its parameters, its step-size state
         (EM's over-relaxation factor and gradient step; L-BFGS's curvature memory) and its
-        ``history_`` (rows are appended). ``n_iter_`` counts the iterations of this call.
+        ``history_`` (rows are appended). ``n_iter_`` counts the iterations of this call. The
+        parameters that build a new model (``latent_dim``, ``hidden_sizes``, ``activation``,
+        ``negative_slope``; ``init`` for the first of ``n_init`` starts) are not read then, as
+        for :class:`exactdgn.baselines.VAE`; ``noise`` must be the fitted model's.
         Ctrl-C (``KeyboardInterrupt``) leaves the estimator at the last completed iteration
         and the checkpoint file intact, then propagates.
         """
@@ -963,23 +966,15 @@ class ExactDGN(DensityMixin, BaseEstimator):
         return best
 
     def _check_warm_start(self) -> None:
-        """A warm start continues the fitted model: the parameters that shape it must match."""
-        dec = self.decoder_
-        kinds = {a.kind for a in dec.activations}
-        fitted = {
-            "latent_dim": dec.latent_dim,
-            "hidden_sizes": tuple(int(h) for h in dec.hidden_sizes),
-            "activation": kinds.pop() if len(kinds) == 1 else "mixed",
-            "noise": getattr(self, "_fitted_noise", self.noise),
-        }
-        given = {**self.get_params(), "hidden_sizes": tuple(self.hidden_sizes)}
-        for name, value in fitted.items():
-            if given[name] != value and not (name == "activation" and given[name] == "mixed"):
-                raise ValueError(
-                    f"{name}={given[name]!r} is invalid with warm_start=True: the fitted model "
-                    f"has {name}={value!r}; set {name}={value!r} to continue it (or "
-                    "warm_start=False to start anew)"
-                )
+        """A warm start continues the fitted model, whose noise model ``noise`` must be (the
+        parameters that build a new model are not read then, as for the VAE)."""
+        fitted = getattr(self, "_fitted_noise", self.noise)
+        if self.noise != fitted:
+            raise ValueError(
+                f"noise={self.noise!r} is invalid with warm_start=True: the fitted model has "
+                f"{fitted} noise; set noise={fitted!r} to continue it (or warm_start=False to "
+                "start anew)"
+            )
 
     def _tol(self) -> float:
         """``tol``, with ``"auto"`` resolved (1e-3 for ``latent_dim = 1``, 1e-5 otherwise)."""

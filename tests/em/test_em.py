@@ -1,6 +1,5 @@
 """Exact EM: monotone likelihood, planted-model recovery, n_init / warm_start / determinism."""
 
-import re
 import warnings
 
 import numpy as np
@@ -309,25 +308,17 @@ def test_scout_logliks_belong_to_the_kept_run():
     assert not hasattr(m, "scout_logliks_")
 
 
-@pytest.mark.parametrize(
-    ("change", "method"),
-    [
-        (dict(hidden_sizes=(6,)), "em"),  # was ignored: the (5,) decoder went on
-        (dict(latent_dim=2), "em"),
-        (dict(activation="relu"), "em"),
-        (dict(noise="diagonal"), "lbfgs"),  # was a RuntimeError on the optimiser's state size
-        (dict(noise="diagonal"), "em"),
-    ],
-)
-def test_warm_start_refuses_a_model_other_than_the_fitted_one(change, method, tmp_path):
+@pytest.mark.parametrize("method", ["lbfgs", "em"])
+def test_warm_start_refuses_another_noise_model(method, tmp_path):
+    """As the VAE: a warm fit continues the fitted model, so ``noise`` must be its noise model
+    (with L-BFGS this was a RuntimeError on the size of the optimiser's state, with EM the run
+    went on with another model); also for a model loaded from a file."""
     _, X = _planted([1, 5, 2], 80, 14)
     m = _fit(X, hidden_sizes=(5,), method=method, max_iter=1, init="pca", random_state=0)
     m.save(tmp_path / "m.npz")
     for model in (m, ExactDGN.load(tmp_path / "m.npz")):
-        model.set_params(warm_start=True, **change)
-        name, value = next(iter(change.items()))
-        msg = re.escape(f"{name}={value!r} is invalid with warm_start=True")
-        with pytest.raises(ValueError, match=f"^{msg}"):
+        model.set_params(warm_start=True, noise="diagonal")
+        with pytest.raises(ValueError, match=r"^noise='diagonal' is invalid with warm_start=True"):
             model.fit(X)
 
 
