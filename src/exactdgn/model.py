@@ -38,7 +38,7 @@ from .inference._posterior import ExactPosterior
 from .io import ModelFileError, decoder_from_arrays, decoder_to_arrays, read_npz, write_npz_atomic
 from .outliers import TypicalityResult, contamination_offset, typicality_test
 from .partition import Partition, partition
-from .training import TRAINERS, EStep, converged, pack_state, unpack_state
+from .training import TRAINERS, EStep, callback_stops, converged, pack_state, unpack_state
 from .training._cost import check_training_cost
 
 _partition = partition  # ``_e_step`` has a parameter of that name
@@ -183,6 +183,19 @@ class ExactDGN(DensityMixin, BaseEstimator):
     partition_ : Partition
     offset_ : float
         Outlier threshold on ``log p(x)`` (with ``contamination``).
+    history_ : list of dict
+        One row per iteration of the kept run (:class:`exactdgn.training.HistoryRow`; row 0
+        the start), continued by ``warm_start=True``.
+    n_iter_ : int
+        Iterations of the last ``fit`` call.
+    converged_ : bool
+        Whether the kept run met the stopping rule (not ``max_iter``, not the callback).
+    best_init_ : int
+        The start kept out of ``n_init``; ``init_logliks_`` their final training
+        log-likelihoods.
+    scout_logliks_ : dict
+        ``init="auto"``: each scouted start's training (or subsample) log-likelihood after its
+        scouting iterations, for the kept run (absent when it did not scout).
     preprocessing_ : Standardizer or None
         The per-feature standardization the decoder was trained behind (set by the command
         line's ``fit``, saved in the model file). When set, every method takes and returns data
@@ -291,6 +304,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         self.noise_std_ = np.broadcast_to(np.asarray(noise_std, dtype=np.float64), (D,)).copy()
         self.partition_ = part if part is not None else partition(decoder)
         self._geom = None
+        self._fitted_noise = self.noise  # the noise model of these parameters (warm starts)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -642,18 +656,24 @@ class ExactDGN(DensityMixin, BaseEstimator):
             bad("n_init", "use an integer >= 1")
         if self.init not in ("auto", "pca", "random"):
             bad("init", "choose 'auto', 'pca' or 'random'")
-        if not (is_real(self.min_noise_std) and self.min_noise_std > 0):
+        if not (is_real(self.min_noise_std) and 0 < self.min_noise_std < np.inf):
             bad("min_noise_std", "use a positive float (the likelihood is unbounded as σ -> 0)")
-        if not (is_real(self.weight_decay) and self.weight_decay >= 0):
-            bad("weight_decay", "use a non-negative float")
-        if not (is_real(self.overrelax) and self.overrelax >= 1):
-            bad("overrelax", "use a float >= 1 (1 turns the over-relaxed steps off)")
+        if not (is_real(self.weight_decay) and 0 <= self.weight_decay < np.inf):
+            bad("weight_decay", "use a finite non-negative float")
+        if not (is_real(self.overrelax) and 1 <= self.overrelax < np.inf):
+            bad("overrelax", "use a finite float >= 1 (1 turns the over-relaxed steps off)")
         if not (is_real(self.prune_nats) and self.prune_nats >= 10):
             bad("prune_nats", "use >= 10 (40 keeps the likelihood exact to double precision)")
         if not is_int(self.chunk_bytes, 1):
             bad("chunk_bytes", "use a positive integer (bytes of one block's work arrays)")
         if not is_int(self.max_backtrack, 0):
             bad("max_backtrack", "use an integer >= 0")
+        if not isinstance(self.warm_start, bool | np.bool_):
+            bad("warm_start", "use True (continue the fitted run) or False")
+        if not isinstance(self.progress, bool | np.bool_):
+            bad("progress", "use True (show a progress bar) or False")
+        if not (isinstance(self.verbose, bool | np.bool_) or is_int(self.verbose, 0)):
+            bad("verbose", "use an integer >= 0")
         rs = self.random_state
         if isinstance(rs, np.random.Generator | np.random.RandomState):
             bad("random_state", "use an int or None for fit (it is saved in checkpoints)")
@@ -797,7 +817,9 @@ class ExactDGN(DensityMixin, BaseEstimator):
         callback : callable, optional
             Called after every iteration as ``callback(iteration, snapshot)``; ``snapshot()``
             returns the current ``(Decoder, noise_std (D,))`` (as :class:`exactdgn.baselines.VAE`
-            does). Training stops early, without a warning, if it returns ``False``.
+            does). Training stops early, without a warning, if it returns ``False`` (or
+            ``numpy.False_``; with ``n_init > 1`` the starts not yet run are skipped; the best
+            one run is kept).
 
         Returns
         -------
@@ -807,12 +829,28 @@ class ExactDGN(DensityMixin, BaseEstimator):
         -----
         ``warm_start=True`` continues the previous run: its parameters, its step-size state
         (EM's over-relaxation factor and gradient step; L-BFGS's curvature memory) and its
-        ``history_`` (rows are appended). ``n_iter_`` counts the iterations of this call.
+        ``history_`` (rows are appended). ``n_iter_`` counts the iterations of this call. The
+        parameters that build a new model (``latent_dim``, ``hidden_sizes``, ``activation``,
+        ``negative_slope``; ``init`` for the first of ``n_init`` starts) are not read then, as
+        for :class:`exactdgn.baselines.VAE`; ``noise`` must be the fitted model's.
         Ctrl-C (``KeyboardInterrupt``) leaves the estimator at the last completed iteration
         and the checkpoint file intact, then propagates.
         """
+        before = {k: v for k, v in vars(self).items() if k.endswith("_") and k[0] != "_"}
         try:
             return self._fit(X, checkpoint, callback)
+        except BaseException as exc:
+            if self.__dict__.get("history_") is before.get("history_"):
+                # no iterate was kept (an error, or Ctrl-C before the first iteration): the
+                # fitted attributes stay as they were (offset_, preprocessing_, names)
+                for k in [k for k in vars(self) if k.endswith("_") and k[0] != "_"]:
+                    del self.__dict__[k]
+                self.__dict__.update(before)
+                if isinstance(exc, KeyboardInterrupt):
+                    logger.warning(
+                        "training interrupted before an iteration completed: the model is unchanged"
+                    )
+            raise
         finally:
             self._fit_data = None  # no reference to the training data (or its device copy)
 
@@ -849,6 +887,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
             )
         if warm:  # the run goes on with the columns in the order it was started with
             check_feature_names(self, data)
+            self._check_warm_start()
         # a dask array's E-step runs chunk by chunk on the workers: no local memory bound
         cost = check_training_cost(self, X, in_memory=remote is None)
         self._expensive = cost.seconds > _EXPENSIVE_SECONDS
@@ -871,23 +910,43 @@ class ExactDGN(DensityMixin, BaseEstimator):
             self.feature_names_in_ = names
         seeds = np.random.default_rng(self.random_state).integers(0, 2**63 - 1, size=self.n_init)
         done = ck["done"] if ck else []
-        for i in range(len(done), self.n_init):
-            cur = ck["current"] if ck and ck["current"] and ck["current"]["init"] == i else None
-            trainer, hist, it0, replay = self._trainer(X, int(seeds[i]), cur, warm and i == 0)
+        # init="auto" records each start's scouts: the kept run's are kept (a warm run keeps
+        # those of the run it continues), a fit without scouting has none
+        scouts = {0: self.__dict__.pop("scout_logliks_", None)} if warm else {}
+        try:
+            for i in range(len(done), self.n_init):
+                if any(r["stopped"] for r in done):  # the callback stopped training: no more
+                    break
+                cur = ck["current"] if ck and ck["current"] and ck["current"]["init"] == i else None
+                self.__dict__.pop("scout_logliks_", None)
+                trainer, hist, it0, replay = self._trainer(X, int(seeds[i]), cur, warm and i == 0)
+                scouts[i] = getattr(self, "scout_logliks_", scouts.get(i))
 
-            def save(run, i=i):
+                def save(run, i=i):
+                    if checkpoint:
+                        self._save_checkpoint(checkpoint, fingerprint, config, done, i, run)
+
+                done.append(self._train(trainer, hist, it0, replay, save, callback, i))
                 if checkpoint:
-                    self._save_checkpoint(checkpoint, fingerprint, config, done, i, run)
-
-            done.append(
-                self._train(trainer, hist, it0, replay, save, callback, i, bool(checkpoint))
-            )
-            if checkpoint:
-                self._save_checkpoint(checkpoint, fingerprint, config, done, None, None)
-        best = max(range(len(done)), key=lambda j: done[j]["history"][-1]["loglik"])
-        self._set_run(done[best])
-        self.best_init_ = best
-        self.init_logliks_ = [r["history"][-1]["loglik"] for r in done]
+                    self._save_checkpoint(checkpoint, fingerprint, config, done, None, None)
+        except KeyboardInterrupt as exc:
+            # the model: the best of the starts run and the last completed iteration of the
+            # interrupted one (none of either: fit leaves the model as it was)
+            runs = [*done, *([exc.exactdgn_run] if hasattr(exc, "exactdgn_run") else [])]
+            if runs:
+                best = self._keep_best(runs, scouts)
+                logger.warning(
+                    "training interrupted: the model holds iteration %d of start %d (loglik "
+                    "%.6f)%s",
+                    self.history_[-1]["iter"],
+                    best,
+                    self.history_[-1]["loglik"],
+                    " (a checkpoint keeps it: fit again with the same one to resume)"
+                    if checkpoint
+                    else " (fit again with warm_start=True to continue the run)",
+                )
+            raise
+        best = self._keep_best(done, scouts)
         if self.contamination is not None:
             if remote is None:  # the complete rows (decision_function takes no others)
                 self.set_offset(X[~np.isnan(X).any(axis=1)])
@@ -905,6 +964,28 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 stacklevel=3,  # the caller of fit (fit -> _fit)
             )
         return self
+
+    def _keep_best(self, done: list, scouts: dict) -> int:
+        """Set the run of ``done`` with the highest final training likelihood; its index."""
+        best = max(range(len(done)), key=lambda j: done[j]["history"][-1]["loglik"])
+        self._set_run(done[best])
+        self.best_init_ = best
+        self.__dict__.pop("scout_logliks_", None)
+        if scouts.get(best) is not None:
+            self.scout_logliks_ = scouts[best]
+        self.init_logliks_ = [r["history"][-1]["loglik"] for r in done]
+        return best
+
+    def _check_warm_start(self) -> None:
+        """A warm start continues the fitted model, whose noise model ``noise`` must be (the
+        parameters that build a new model are not read then, as for the VAE)."""
+        fitted = getattr(self, "_fitted_noise", self.noise)
+        if self.noise != fitted:
+            raise ValueError(
+                f"noise={self.noise!r} is invalid with warm_start=True: the fitted model has "
+                f"{fitted} noise; set noise={fitted!r} to continue it (or warm_start=False to "
+                "start anew)"
+            )
 
     def _tol(self) -> float:
         """``tol``, with ``"auto"`` resolved (1e-3 for ``latent_dim = 1``, 1e-5 otherwise)."""
@@ -1033,13 +1114,12 @@ class ExactDGN(DensityMixin, BaseEstimator):
             return TRAINERS[self.method](self, X, won.decoder, won.std, seed=seed), [], 0, []
         return best
 
-    def _train(
-        self, trainer, hist, it0, replay, save, callback, init_index: int, saving: bool = False
-    ) -> dict:
+    def _train(self, trainer, hist, it0, replay, save, callback, init_index: int) -> dict:
         """Run one start to convergence, ``max_iter`` or a ``False`` from ``callback``.
 
         ``replay``: ``(iteration, decoder, std)`` of iterations already run (by ``_scout``),
-        shown to ``callback`` first. ``saving``: ``save`` writes a checkpoint (said on Ctrl-C).
+        shown to ``callback`` first. A ``KeyboardInterrupt`` propagates with the run of the
+        last completed iteration as its ``exactdgn_run`` (``fit`` keeps the best run).
         """
         if not replay:  # a scouted trainer (init="auto") has started: no second E-step
             row = trainer.start()
@@ -1050,7 +1130,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
             return {
                 "decoder": trainer.decoder,
                 "std": trainer.std,
-                "history": hist,
+                "history": list(hist),  # the rows so far (hist grows on)
                 "n_iter": it,
                 "converged": converged,
                 "stopped": stopped,
@@ -1059,17 +1139,18 @@ class ExactDGN(DensityMixin, BaseEstimator):
 
         last = run(it0)
         save(last)
-        for it, dec, std in replay if callback is not None else []:
-            if callback(it, lambda d=dec, s=std: (d.copy(), s.copy())) is False:
-                # stopped within the scout's iterations: the model of that iteration (the
-                # trainer's step-size state belongs to a later one: a warm start rebuilds it)
-                last.update(decoder=dec, std=std, n_iter=it, stopped=True, state=None)
-                last["history"] = [h for h in hist if h["iter"] <= it]
-                return last
         bar = self._progress_bar(self.max_iter, f"{self.method} init {init_index}")
         bar.update(it0)
         lls = [h["loglik"] for h in hist]
         try:
+            for it, dec, std in replay if callback is not None else []:
+                if callback_stops(callback(it, lambda d=dec, s=std: (d.copy(), s.copy()))):
+                    # stopped within the scout's iterations: the model of that iteration (the
+                    # trainer's step-size state belongs to a later one: a warm start rebuilds
+                    # it)
+                    last.update(decoder=dec, std=std, n_iter=it, stopped=True, state=None)
+                    last["history"] = [h for h in hist if h["iter"] <= it]
+                    return last
             for it in range(it0 + 1, self.max_iter + 1):
                 row = trainer.step()
                 row.iter = hist[-1]["iter"] + 1
@@ -1094,21 +1175,15 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 )
                 if callback is not None:
                     dec, std = trainer.decoder, trainer.std
-                    if callback(row.iter, lambda d=dec, s=std: (d.copy(), s.copy())) is False:
+                    if callback_stops(
+                        callback(row.iter, lambda d=dec, s=std: (d.copy(), s.copy()))
+                    ):
                         last["stopped"] = True
                         break
                 if done:
                     break
-        except KeyboardInterrupt:
-            self._set_run(last)
-            logger.warning(
-                "training interrupted: the model holds iteration %d (loglik %.6f)%s",
-                last["history"][-1]["iter"],
-                last["history"][-1]["loglik"],
-                " (a checkpoint keeps it: fit again with the same one to resume)"
-                if saving
-                else " (fit again with warm_start=True to continue the run)",
-            )
+        except KeyboardInterrupt as exc:
+            exc.exactdgn_run = last
             raise
         finally:
             bar.close()

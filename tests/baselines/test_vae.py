@@ -380,6 +380,9 @@ def test_callback_can_stop_training():
     vae = VAE([1, 4, 2], max_epochs=50, validation_fraction=0.0, random_state=0)
     vae.fit(X, callback=lambda e, snap: e < 3)
     assert vae.n_iter_ == 3 and len(vae.history_) == 4 and vae.stopped_early_
+    # a numpy bool (a comparison of numpy numbers) stops as well
+    vae.fit(X, callback=lambda e, snap: np.float64(e) < 3)
+    assert vae.n_iter_ == 3 and vae.stopped_early_
 
 
 @pytest.mark.parametrize("noise", ["isotropic", "diagonal"])

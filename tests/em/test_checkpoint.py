@@ -214,3 +214,60 @@ def test_interrupt_without_checkpoint_does_not_promise_one(caplog):
         m.fit(X, callback=stop)
     assert "holds iteration 2" in caplog.text and "checkpoint" not in caplog.text
     assert "warm_start=True" in caplog.text
+
+
+def test_interrupt_before_the_first_iteration_leaves_the_model_unchanged(monkeypatch, caplog):
+    """Ctrl-C in a refit before any iteration completed (scouting, the first E-step) keeps the
+    fitted model whole: it lost its ``offset_`` and its ``preprocessing_`` (so the old decoder
+    scored data in the wrong units) and took the new data's column names."""
+    from exactdgn.datasets import Standardizer
+
+    X = ExactDGN.from_decoder(Decoder.random([1, 4, 2], seed=1), 0.1).sample(80, random_state=0)
+    kw = dict(hidden_sizes=(4,), max_iter=2, init="pca", contamination=0.1, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m = ExactDGN(**kw).fit(X)
+    m.preprocessing_ = Standardizer().fit(X)  # as a model fitted by the command line
+    before = {k: v for k, v in vars(m).items() if k.endswith("_")}
+    scores = m.score_samples(X)
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ExactDGN, "_e_step", interrupt)
+    for init in ("pca", "auto"):
+        m.set_params(init=init)
+        with pytest.raises(KeyboardInterrupt), caplog.at_level("WARNING"):
+            m.fit(X * 2)
+        after = {k: v for k, v in vars(m).items() if k.endswith("_")}
+        assert after.keys() == before.keys()
+        assert all(after[k] is v for k, v in before.items())
+        np.testing.assert_array_equal(m.score_samples(X), scores)
+    assert "the model is unchanged" in caplog.text
+    m.set_params(warm_start=True)
+    with pytest.raises(ValueError, match="columns"):  # an error leaves it unchanged too
+        m.fit(np.hstack([X, X]))
+    assert m.preprocessing_ is before["preprocessing_"] and m.offset_ == before["offset_"]
+
+
+def test_interrupt_in_a_later_start_keeps_the_best_start_and_its_record(caplog):
+    """Ctrl-C during the second of ``n_init=2`` starts: the model is the better of the first
+    start's result and the second's last completed iteration, and ``best_init_`` /
+    ``init_logliks_`` describe them (they were missing, or left from an earlier fit)."""
+    X = ExactDGN.from_decoder(Decoder.random([1, 4, 2], seed=1), 0.1).sample(80, random_state=0)
+    calls = []
+
+    def stop_in_second_start(it, snapshot):
+        calls.append(it)
+        if len(calls) == 5:  # iteration 2 of the second start (3 iterations each)
+            raise KeyboardInterrupt
+
+    kw = dict(hidden_sizes=(4,), max_iter=3, tol=0.0, init="pca", n_init=2, random_state=0)
+    m = ExactDGN(**kw, progress=False)
+    with pytest.raises(KeyboardInterrupt), caplog.at_level("WARNING"):
+        m.fit(X, callback=stop_in_second_start)
+    assert calls == [1, 2, 3, 1, 2] and len(m.init_logliks_) == 2
+    assert m.best_init_ == int(np.argmax(m.init_logliks_))
+    assert m.history_[-1]["loglik"] == max(m.init_logliks_)
+    assert m.score(X) == pytest.approx(m.history_[-1]["loglik"], abs=1e-12)
+    assert f"holds iteration {m.history_[-1]['iter']} of start {m.best_init_}" in caplog.text

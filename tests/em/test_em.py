@@ -205,18 +205,56 @@ def test_warm_start_continues_the_same_run(method, hidden, tmp_path):
         np.testing.assert_array_equal(Wa, Wb)
 
 
+@pytest.mark.parametrize(("method", "n"), [("lbfgs", 150), ("gradient", 300)])
+def test_interrupt_inside_a_step_keeps_the_state_to_resume(method, n, monkeypatch):
+    """Ctrl-C in the middle of an iteration (here: an E-step of L-BFGS's line search, or of
+    Adam's second minibatch, after the optimiser has updated its memory / moments) leaves the
+    model at the last completed iteration with *that* iteration's optimiser state: a warm fit
+    then ends as the uninterrupted run, bit for bit (the state was the optimiser's live dict)."""
+    _, X = _planted([1, 5, 2], n, 14)  # gradient: 2 minibatches of 256 points at most
+    kw = dict(hidden_sizes=(5,), tol=0.0, random_state=0, method=method, init="random")
+    one = _fit(X, max_iter=6, **kw)
+    e_step, armed = ExactDGN._e_step, []
+
+    def interrupting(self, *args, **kwargs):
+        if armed:
+            armed.append(1)
+            if len(armed) == 3:  # the second E-step after iteration 3: inside a step
+                raise KeyboardInterrupt
+        return e_step(self, *args, **kwargs)
+
+    def arm_after_3(it, snapshot):
+        if it == 3:
+            armed.append(0)
+
+    monkeypatch.setattr(ExactDGN, "_e_step", interrupting)
+    m = ExactDGN(max_iter=6, warm_start=True, progress=False, **kw)
+    with pytest.raises(KeyboardInterrupt):
+        m.fit(X, callback=arm_after_3)
+    monkeypatch.setattr(ExactDGN, "_e_step", e_step)
+    done = m.history_[-1]["iter"]
+    assert done in (3, 4) and m.n_iter_ == done  # L-BFGS may take one E-step per iteration
+    m.set_params(max_iter=6 - done)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m.fit(X)
+    assert [h["loglik"] for h in m.history_] == [h["loglik"] for h in one.history_]
+    for Wa, Wb in zip(one.decoder_.weights, m.decoder_.weights, strict=True):
+        np.testing.assert_array_equal(Wa, Wb)
+
+
 @pytest.mark.parametrize(("init", "stop_at"), [("pca", 3), ("auto", 12), ("auto", 1)])
 def test_callback_sees_every_iteration_and_can_stop(init, stop_at):
     """Every iteration reaches the callback (with init="auto": the winning start's scouting
-    iterations first); returning False stops without a ConvergenceWarning and keeps the model
-    of that iteration, within the scouting iterations too."""
+    iterations first); returning False (numpy's too) stops without a ConvergenceWarning and
+    keeps the model of that iteration, within the scouting iterations too."""
     _, X = _planted([1, 5, 2], 150, 14)
     seen = []
 
     def cb(it, snapshot):
         dec, std = snapshot()
         seen.append((it, ExactDGN.from_decoder(dec, std).score(X)))
-        return it < stop_at
+        return np.float64(it) < stop_at  # a numpy bool, as comparisons of numpy numbers give
 
     m = ExactDGN(hidden_sizes=(5,), max_iter=20, tol=0.0, random_state=0, progress=False)
     m.set_params(init=init, n_iter_no_change=5)
@@ -227,6 +265,61 @@ def test_callback_sees_every_iteration_and_can_stop(init, stop_at):
     for (_, ll), h in zip(seen, m.history_[1:], strict=True):
         assert ll == pytest.approx(h["loglik"], abs=1e-12)
     assert m.score(X) == pytest.approx(seen[-1][1], abs=1e-12)  # the model it stopped at
+
+
+def test_callback_stop_ends_the_fit_not_only_the_current_start(tmp_path):
+    """``False`` from the callback stops training: with ``n_init=2`` the second start does not
+    run (it did, from iteration 1 again), also when the checkpoint is fitted again."""
+    _, X = _planted([1, 5, 2], 150, 14)
+    seen = []
+
+    def cb(it, snapshot):
+        seen.append(it)
+        return it < 2
+
+    kw = dict(hidden_sizes=(5,), max_iter=20, n_init=2, init="pca", random_state=0)
+    m = ExactDGN(**kw, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        m.fit(X, callback=cb, checkpoint=tmp_path / "ck.npz")
+        assert seen == [1, 2] and m.n_iter_ == 2 and len(m.init_logliks_) == 1
+        again = ExactDGN(**kw, progress=False).fit(X, checkpoint=tmp_path / "ck.npz")
+    assert seen == [1, 2] and again.history_ == m.history_ and len(again.init_logliks_) == 1
+
+
+def test_scout_logliks_belong_to_the_kept_run():
+    """``scout_logliks_`` are the scouts of the start that was kept (with ``n_init=2`` they
+    were the last start's), and a fit that does not scout drops those of an earlier fit."""
+    _, X = _planted([1, 5, 2], 150, 14)
+    m = _fit(X, hidden_sizes=(5,), max_iter=5, n_init=2, random_state=3)
+    assert m.best_init_ == 0  # the last start is not the kept one
+    # d = 1: 3 scouting iterations per start, the winner's are the first rows of history_
+    assert m.history_[3]["loglik"] in m.scout_logliks_.values()
+    scouts = m.scout_logliks_
+    m.set_params(warm_start=True, max_iter=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m.fit(X)  # continues the kept run: its scouts stay
+    assert m.scout_logliks_ == scouts
+    m.set_params(init="pca", n_init=1, warm_start=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m.fit(X)
+    assert not hasattr(m, "scout_logliks_")
+
+
+@pytest.mark.parametrize("method", ["lbfgs", "em"])
+def test_warm_start_refuses_another_noise_model(method, tmp_path):
+    """As the VAE: a warm fit continues the fitted model, so ``noise`` must be its noise model
+    (with L-BFGS this was a RuntimeError on the size of the optimiser's state, with EM the run
+    went on with another model); also for a model loaded from a file."""
+    _, X = _planted([1, 5, 2], 80, 14)
+    m = _fit(X, hidden_sizes=(5,), method=method, max_iter=1, init="pca", random_state=0)
+    m.save(tmp_path / "m.npz")
+    for model in (m, ExactDGN.load(tmp_path / "m.npz")):
+        model.set_params(warm_start=True, noise="diagonal")
+        with pytest.raises(ValueError, match=r"^noise='diagonal' is invalid with warm_start=True"):
+            model.fit(X)
 
 
 def test_from_torch_model_can_be_refined():
@@ -267,6 +360,31 @@ def test_bad_input():
     ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             ExactDGN(**bad).fit(X)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(warm_start="yes"),
+        dict(progress="no"),  # a truthy string: the progress bar was shown
+        dict(verbose=-1),
+        dict(verbose=1.5),
+        dict(min_noise_std=np.inf),
+        dict(weight_decay=np.inf),
+        dict(overrelax=np.inf),
+    ],
+)
+def test_bad_training_options_are_refused_before_any_work(bad, monkeypatch):
+    _, X = _planted([1, 5, 2], 60, 16)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("fit started working before checking its parameters")
+
+    monkeypatch.setattr(ExactDGN, "_e_step", no_work)
+    monkeypatch.setattr("exactdgn.model.initialize", no_work)
+    name = next(iter(bad))
+    with pytest.raises(ValueError, match=rf"^{name}=.* is invalid: use "):
+        ExactDGN(hidden_sizes=(5,), **bad).fit(X)
 
 
 def test_noise_floor_is_respected():

@@ -35,7 +35,7 @@ from ..datasets._toy import check_random_state
 from ..decoder import Decoder
 from ..gaussian._rules import LOG_2PI as _LOG_2PI
 from ..io import decoder_from_arrays, decoder_to_arrays
-from ..training import HistoryRow
+from ..training import HistoryRow, callback_stops
 
 __all__ = ["IWAE", "VAE", "GaussianEncoder"]
 
@@ -850,8 +850,8 @@ class VAE(DensityMixin, BaseEstimator):
             recorded), ``snapshot()`` returns the current ``(Decoder, noise_std)`` in float64
             (``noise_std`` as ``noise_std_``: a float for isotropic noise) (built only when
             called, e.g. to score training curves with the exact likelihood). Training stops
-            early if it returns ``False`` (with a validation split, the best validation epoch
-            so far is kept).
+            early if it returns ``False`` (or ``numpy.False_``; with a validation split, the
+            best validation epoch so far is kept).
 
         Returns
         -------
@@ -1010,7 +1010,7 @@ class VAE(DensityMixin, BaseEstimator):
                     objective,
                     v_obj,
                 )
-                if callback is not None and callback(run.epoch, run.snapshot) is False:
+                if callback is not None and callback_stops(callback(run.epoch, run.snapshot)):
                     stopped = True
                     break
                 if run.bad >= patience:

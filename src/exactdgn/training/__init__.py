@@ -17,7 +17,7 @@ from ._em import EMTrainer
 from ._gradient import GradientTrainer
 from ._lbfgs import LBFGSTrainer
 from ._state import pack_state, unpack_state
-from ._stopping import converged
+from ._stopping import callback_stops, converged
 
 TRAINERS: dict[str, type[Trainer]] = {
     "em": EMTrainer,
@@ -37,6 +37,7 @@ __all__ = [
     "Trainer",
     "TrainingCost",
     "TrainingTooLargeError",
+    "callback_stops",
     "converged",
     "estimate_training_cost",
     "pack_state",

@@ -109,7 +109,8 @@ class Trainer(ABC):
     A trainer owns the current ``decoder`` and ``std`` (noise std, shape (D,)) and every piece
     of state that the next step depends on (step sizes, optimiser memory, random stream).
     ``state_dict`` returns that state as plain numbers, strings, lists, dicts and arrays (no
-    private optimiser keys: torch optimisers through their public ``state_dict``), and
+    private optimiser keys: torch optimisers through their public ``state_dict``), a snapshot
+    that later steps do not change (Ctrl-C inside a step keeps the last completed one's), and
     ``load_state_dict`` restores it, so a checkpointed or warm-started run continues exactly
     where it stopped. The estimator's E-step (:meth:`ExactDGN._e_step`) is the only way a
     trainer computes sufficient statistics.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 
 import numpy as np
@@ -64,7 +65,8 @@ class GradientTrainer(Trainer):
         return {
             "params": [p.detach().cpu().numpy().copy() for p in self.params],
             "rng": self.rng.bit_generator.state,
-            "optimizer": self.opt.state_dict(),
+            # a snapshot: Adam's moments and step count are live tensors updated in place
+            "optimizer": copy.deepcopy(self.opt.state_dict()),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -74,7 +76,7 @@ class GradientTrainer(Trainer):
             for p, v in zip(self.params, state["params"], strict=True):
                 p.copy_(torch.as_tensor(np.asarray(v)))
         self.rng.bit_generator.state = state["rng"]
-        self.opt.load_state_dict(state["optimizer"])
+        self.opt.load_state_dict(copy.deepcopy(state["optimizer"]))  # steps do not edit it
         self.decoder, self.std = self._current()
 
     def _minibatches(self):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 
 import numpy as np
@@ -97,7 +98,9 @@ class LBFGSTrainer(Trainer):
         self._timers = {"tp": 0.0, "te": 0.0, "tm": 0.0}
 
     def state_dict(self) -> dict:
-        return {"theta": self._theta(), "optimizer": self.opt.state_dict()}
+        # a snapshot: torch's state_dict() holds the optimiser's live per-parameter dict and
+        # tensors, which the next step updates in place (its memory, ``prev_flat_grad``)
+        return {"theta": self._theta(), "optimizer": copy.deepcopy(self.opt.state_dict())}
 
     def _theta(self) -> np.ndarray:
         return self.theta.detach().cpu().numpy().copy()
@@ -107,7 +110,7 @@ class LBFGSTrainer(Trainer):
 
         with torch.no_grad():
             self.theta.copy_(torch.as_tensor(np.asarray(state["theta"])))
-        self.opt.load_state_dict(state["optimizer"])
+        self.opt.load_state_dict(copy.deepcopy(state["optimizer"]))  # steps do not edit it
         self.decoder, self.std = self.pv.unpack(self._theta())
 
     def _evaluate(self, th: np.ndarray):

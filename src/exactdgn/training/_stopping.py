@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["converged"]
+import numpy as np
+
+__all__ = ["callback_stops", "converged"]
+
+
+def callback_stops(result) -> bool:
+    """Whether a training callback's return value asks to stop: ``False``, also numpy's
+    ``False`` (what a comparison of numpy numbers returns); ``None`` and anything else go on."""
+    return isinstance(result, bool | np.bool_) and not result
 
 
 def converged(logliks: Sequence[float], *, tol: float, window: int, rel_tol: float = 0.0) -> bool:
