@@ -1249,27 +1249,59 @@ class ExactDGN(DensityMixin, BaseEstimator):
         if meta.get("kind") != "model":
             raise ModelFileError(f"{path} holds a {meta.get('kind')!r}, not a saved model")
         try:
-            dec = decoder_from_arrays(arrays, meta["decoder"])
-            params = dict(meta["params"])
-            params["hidden_sizes"] = tuple(params["hidden_sizes"])
-            model = cls(**params)
-            model._set_state(dec, arrays["noise_std"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelFileError(f"{path}: incomplete or inconsistent model file ({exc})") from exc
+            model = cls._from_file(path, arrays, meta)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            if isinstance(exc, ModelFileError):
+                raise
+            why = f"missing {exc}" if type(exc) is KeyError else str(exc)
+            raise ModelFileError(f"{path}: incomplete or inconsistent model file ({why})") from exc
+        return model
+
+    @classmethod
+    def _from_file(cls, path, arrays: dict, meta: dict) -> ExactDGN:
+        """The model of a file's arrays and metadata (``load``); any inconsistency raises."""
+        dec = decoder_from_arrays(arrays, meta["decoder"])
+        params = dict(meta["params"])
+        params["hidden_sizes"] = tuple(params["hidden_sizes"])
+        model = cls(**params)
+        model._validate_params()
+        found = {"latent_dim": dec.latent_dim, "hidden_sizes": tuple(dec.hidden_sizes)}
+        for name, value in found.items():
+            if tuple(np.atleast_1d(params[name])) != tuple(np.atleast_1d(value)):
+                raise ValueError(f"{name}={params[name]} but its decoder has {value}")
+        std = np.asarray(arrays["noise_std"], dtype=np.float64)
+        if std.shape not in ((1,), (dec.output_dim,)) or not np.all(np.isfinite(std) & (std > 0)):
+            raise ValueError(
+                f"noise_std must hold 1 or {dec.output_dim} positive finite values (got shape "
+                f"{std.shape}, smallest {np.min(std, initial=np.inf)})"
+            )
+        model._set_state(dec, std)
         if meta.get("history") is not None:
-            model.history_ = meta["history"]
-            model.n_iter_ = meta["n_iter"]
-            model.converged_ = meta["converged"]
+            hist = meta["history"]
+            if not (isinstance(hist, list) and all(isinstance(h, dict) for h in hist)):
+                raise ValueError(f"history is not a list of rows (got {type(hist).__name__})")
+            model.history_ = hist
+            model.n_iter_ = int(meta["n_iter"])
+            model.converged_ = bool(meta["converged"])
         ts = meta.get("train_state")
         if ts is not None:
-            model._train_state = {
-                "method": ts["method"],
-                "state": unpack_state(ts["state"], arrays),
-            }
+            try:
+                state = unpack_state(ts["state"], arrays)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"train_state is corrupt ({exc!r})") from exc
+            model._train_state = {"method": ts["method"], "state": state}
         if meta.get("offset") is not None:
-            model.offset_ = float(meta["offset"])
-        if meta.get("feature_names") is not None:
-            model.feature_names_in_ = np.asarray(meta["feature_names"], dtype=object)
+            try:
+                model.offset_ = float(meta["offset"])
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"offset is not a number ({meta['offset']!r})") from exc
+        names = meta.get("feature_names")
+        if names is not None:
+            if len(names) != dec.output_dim:
+                raise ValueError(
+                    f"{len(names)} feature_names for a decoder with {dec.output_dim} outputs"
+                )
+            model.feature_names_in_ = np.asarray(names, dtype=object)
         pre = meta.get("preprocessing")
         if "preprocessing" not in meta:  # a file from before models carried it: the run's
             pre = _run_config(path.parent / "config.json").get("standardizer")
