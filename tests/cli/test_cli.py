@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -285,3 +286,165 @@ def test_sigint_stops_a_cli_fit_quickly_and_keeps_the_checkpoint(tmp_path):
     assert "Traceback" not in err and "interrupted" in err
     assert ck.exists() and not out.exists()
     assert waited < 30  # generous under load; typically well under a second
+
+
+@pytest.mark.parametrize("threads", ["0", "-1"])
+def test_threads_below_one_is_a_usage_error(threads, capsys):
+    """``--threads -1`` ended in torch's RuntimeError traceback; ``0`` was silently ignored."""
+    with pytest.raises(SystemExit) as exc:
+        main(["--threads", threads, "partition", "--layers", "1", "3", "2"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--threads" in err and "Traceback" not in err
+
+
+def test_help_shows_every_default():
+    """Options without a help text (partition --seed, evaluate --k-is, demo --seed, the
+    top-level --threads) showed no default in ``--help``."""
+    parser = build_parser()
+    subs = parser._subparsers._group_actions[0].choices
+    for name, p in [("exactdgn", parser), *subs.items()]:
+        for action in p._actions:
+            if not action.option_strings or action.default in (None, False, "==SUPPRESS=="):
+                continue
+            if action.required or action.help == "==SUPPRESS==":
+                continue
+            shown = p._get_formatter()._get_help_string(action) or ""
+            assert "%(default)" in shown and action.help, (name, action.option_strings)
+
+
+@pytest.mark.parametrize(
+    ("method", "option"),
+    [
+        ("vae", ["--checkpoint", "ck.npz"]),
+        ("iwae", ["--tol", "0.1"]),
+        ("vae", ["--n-init", "3"]),
+        ("vae", ["--weight-decay", "0.1"]),
+        ("em", ["--lr", "0.1"]),
+        ("lbfgs", ["--k", "3"]),
+        ("auto", ["--batch-size", "16"]),
+    ],
+)
+def test_options_of_the_other_method_family_are_refused(method, option, capsys, tmp_path):
+    """``--checkpoint`` with ``--method vae`` wrote no checkpoint (a Ctrl-C lost the run the
+    user believed saved), and the exact methods ignored the VAE options (and back): each was
+    accepted and silently ignored."""
+    out = tmp_path / "o"
+    argv = ["fit", "wave", "--method", method, "--out", str(out), *option, *TINY]
+    assert main([*argv, "--max-iter", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("exactdgn: error:") and option[0] in err and method in err
+    assert not out.exists() and not (tmp_path / "ck.npz").exists()
+
+
+@pytest.mark.parametrize("where", ["file", "below_a_file"])
+def test_an_out_that_cannot_be_a_folder_is_refused_before_training(where, tmp_path, capsys):
+    """``--out`` naming a file (or a path below one) failed with ``[Errno 17] File exists``
+    only after the whole training had run."""
+    from exactdgn.training import EMTrainer
+
+    taken = tmp_path / "taken.csv"
+    taken.write_text("1,2\n")
+    out = taken if where == "file" else taken / "sub"
+    calls = []
+    real = EMTrainer.step
+    argv = ["fit", "wave", "--method", "em", "--max-iter", "1", "--out", str(out), *TINY]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(EMTrainer, "step", lambda self: calls.append(1) or real(self))
+        assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("exactdgn: error: --out") and "taken.csv" in err
+    assert not calls  # refused before any training
+    assert taken.read_text() == "1,2\n"
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_an_interrupted_write_of_the_run_leaves_no_partial_folder(
+    existing, tmp_path, capsys, monkeypatch
+):
+    """Ctrl-C (or an error) while ``fit`` wrote its files left ``--out`` with ``model.npz`` and
+    no ``config.json`` (a run folder ``score`` then read without its split), or an earlier
+    run's folder with a mix of both runs' files; also the parent folders made for it."""
+    import exactdgn.cli as cli
+
+    out = tmp_path / "new parent" / "run"
+    if existing:
+        assert main(["fit", "wave", "--max-iter", "1", "--out", str(out), *TINY]) == 0
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+    calls = {"n": 0}
+    real = cli.write_json
+
+    def write_json(path, obj):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        real(path, obj)
+
+    monkeypatch.setattr(cli, "write_json", write_json)
+    argv = ["fit", "wave", "--max-iter", "2", "--seed", "1", "--out", str(out), *TINY]
+    assert main(argv) == 130
+    assert "Traceback" not in capsys.readouterr().err
+    if existing:  # the earlier run, whole
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+        assert sorted(p.name for p in out.parent.iterdir()) == ["run"]
+    else:
+        assert not out.parent.exists()
+
+
+def test_score_output_is_written_atomically(runs, tmp_path, monkeypatch, capsys):
+    """An interrupted ``score --out`` left a half-written CSV in place of the earlier one."""
+    root, _, _ = runs
+    csv = tmp_path / "scores.csv"
+    csv.write_text("earlier\n")
+
+    def savetxt(fname, *args, **kwargs):  # half a file, then Ctrl-C
+        if hasattr(fname, "write"):
+            fname.write(b"index,log_px")
+        else:
+            Path(fname).write_text("index,log_px")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savetxt", savetxt)
+    assert main(["score", str(root / "em"), "wave", "--n-samples", "20", "--out", str(csv)]) == 130
+    assert csv.read_text() == "earlier\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.csv"]
+
+
+@pytest.mark.parametrize(
+    ("data", "option"),
+    [
+        ("wave", ["--key", "X"]),
+        ("wave", ["--classes", "3"]),
+        ("two_moons", ["--downsample", "7"]),
+        ("digits:3", ["--data-noise", "0.5"]),
+        ("digits:3", ["--data-seed", "4"]),
+        ("digits", ["--downsample", "4"]),
+    ],
+)
+@pytest.mark.parametrize("command", ["fit", "score"])
+def test_data_options_for_another_kind_of_data_are_refused(
+    command, data, option, runs, tmp_path, capsys
+):
+    """``fit wave --key X``, ``fit digits:3 --data-noise 0.5`` ... ran, the option silently
+    ignored (the user believed the data were changed by it)."""
+    root, _, _ = runs
+    head = ["fit", data, "--out", str(tmp_path / "o"), "--max-iter", "1", "--no-progress"]
+    argv = head if command == "fit" else ["score", str(root / "em"), data]
+    assert main([*argv, *option]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("exactdgn: error:") and option[0] in err and data in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_split_of_a_model_without_its_run_config_says_what_is_missing(runs, tmp_path, capsys):
+    """``score MODEL.npz DATA --split test`` for a model copied away from its run folder said
+    "needs the data the model was fit on (None)"."""
+    import shutil
+
+    root, _, _ = runs
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(root / "em" / "model.npz", bare / "model.npz")
+    assert main(["score", str(bare), "wave", "--split", "test"]) == 2
+    err = capsys.readouterr().err
+    assert "None" not in err and "config.json" in err
