@@ -848,9 +848,14 @@ def _report(args) -> int:
     for f in files:
         try:
             obj = json.loads(f.read_text())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CLIError(f"{f} is not valid JSON ({exc})") from exc
-        items = obj if isinstance(obj, list) else obj.get("rows", [obj])
+        items = obj.get("rows", [obj]) if isinstance(obj, dict) else obj
+        if not isinstance(items, list):
+            raise CLIError(
+                f"{f} holds {type(items).__name__}: a results file holds a JSON object, a list "
+                'of them, or {"rows": [...]}'
+            )
         for item in items:
             if isinstance(item, dict):
                 rows.append({"file": str(f.relative_to(root)), **flatten(item)})

@@ -448,3 +448,16 @@ def test_split_of_a_model_without_its_run_config_says_what_is_missing(runs, tmp_
     assert main(["score", str(bare), "wave", "--split", "test"]) == 2
     err = capsys.readouterr().err
     assert "None" not in err and "config.json" in err
+
+
+@pytest.mark.parametrize("text", ["5", '{"rows": 5}', b"\xff\xfe"])
+def test_report_names_a_results_file_it_cannot_read(text, tmp_path, capsys):
+    """A results JSON holding a number ended in an AttributeError traceback; ``{"rows": 5}``
+    said "'int' object is not iterable" and undecodable bytes a codec error, neither naming
+    the file."""
+    f = tmp_path / "run" / "results.json"
+    f.parent.mkdir()
+    f.write_bytes(text if isinstance(text, bytes) else text.encode())
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("exactdgn: error:") and str(f) in err
