@@ -233,15 +233,25 @@ def _save_array(path, arr, fmt: str = "%.17g") -> None:
         _write_output(path, lambda fh: np.savetxt(fh, arr, delimiter=",", fmt=fmt))
 
 
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
+def _int_at_least(low: int):
+    """argparse type: an integer >= ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer >= {low}, got {text!r}"
+            ) from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_seed = _int_at_least(0)  # numpy's seeds are non-negative
 
 
 def _torch_threads(n: int | None) -> None:
@@ -868,16 +878,27 @@ def _report(args) -> int:
 
 # ---------------------------------------------------------------------- demo
 def _demo(args) -> int:
+    """``exactdgn demo``: a folder it made is removed again after an error or a Ctrl-C."""
+    import shutil
+
     _torch_threads(args.threads)
-    table = run_demo(
-        args.out,
-        seed=args.seed,
-        em_iter=args.em_iter,
-        quick=args.quick,
-        progress=not args.no_progress,
-        threads=args.threads,
-        report=lambda msg: print(msg, flush=True),
-    )
+    out = Path(args.out)
+    _check_out_folder(out)
+    made = [p for p in (out, *out.parents) if not p.exists()]
+    try:
+        table = run_demo(
+            out,
+            seed=args.seed,
+            em_iter=args.em_iter,
+            quick=args.quick,
+            progress=not args.no_progress,
+            threads=args.threads,
+            report=lambda msg: print(msg, flush=True),
+        )
+    except BaseException:
+        if made:  # the outermost folder this command made, with what it wrote
+            shutil.rmtree(made[-1], ignore_errors=True)
+        raise
     print()
     print(table)
     return 0
@@ -893,7 +914,7 @@ def _add_data_options(p) -> None:
         help="toy sets: number of points (default 1000); other data: keep the first N",
     )
     g.add_argument("--data-noise", type=float, default=None, help="toy sets: noise level")
-    g.add_argument("--data-seed", type=int, default=None, help="toy sets: data seed (default 0)")
+    g.add_argument("--data-seed", type=_seed, default=None, help="toy sets: data seed (default 0)")
     g.add_argument(
         "--classes",
         type=int,
@@ -965,7 +986,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="iterations of exact training (default: ExactDGN's max_iter) / VAE epochs (300)",
     )
-    f.add_argument("--seed", type=int, default=0, help="model seed and train/test split seed")
+    f.add_argument("--seed", type=_seed, default=0, help="model seed and train/test split seed")
     f.add_argument("--test-fraction", type=float, default=0.2, help="held-out fraction")
     f.add_argument(
         "--standardize",
@@ -1067,7 +1088,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="mean",
         help="conditional mean, g(MAP z), or one exact conditional draw",
     )
-    im.add_argument("--seed", type=int, default=None, help="seed of --method sample")
+    im.add_argument("--seed", type=_seed, default=None, help="seed of --method sample")
     im.add_argument(
         "--std-out", default=None, help="also write the exact conditional std (.npy or .csv)"
     )
@@ -1083,7 +1104,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("model", metavar="MODEL")
     m.add_argument("-n", type=int, required=True, help="number of samples")
-    m.add_argument("--seed", type=int, default=None)
+    m.add_argument("--seed", type=_seed, default=None)
     m.add_argument("--out", default=None, help=".npy or .csv file (default: CSV on stdout)")
     m.add_argument(
         "--standardized",
@@ -1107,7 +1128,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="random decoder with layer sizes d ... D (instead of MODEL)",
     )
     q.add_argument("--activation", default="leaky_relu", help="random decoder: activation")
-    q.add_argument("--seed", type=int, default=0, help="random decoder: seed")
+    q.add_argument("--seed", type=_seed, default=0, help="random decoder: seed")
     q.add_argument("--plot", default=None, help="save a plot of the partition (d <= 2)")
     q.set_defaults(func=_partition_cmd)
 
@@ -1173,7 +1194,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--k-iwae", type=int, default=5, help="samples of the IWAE bound")
     e.add_argument("--k-is", type=int, default=5000, help="importance samples of the IS estimate")
-    e.add_argument("--seed", type=int, default=0, help="seed of the encoder's samples")
+    e.add_argument("--seed", type=_seed, default=0, help="seed of the encoder's samples")
     e.add_argument("--n-samples", type=int, default=None, help="keep the first N points")
     e.add_argument("--key", default=None, help=".npz data: the array to use")
     e.add_argument("--out", default=None, help="per-point CSV (exact log p and estimates)")
@@ -1186,7 +1207,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     d.add_argument("--out", default="report", help="output directory")
-    d.add_argument("--seed", type=int, default=0, help="seed of the models and splits")
+    d.add_argument("--seed", type=_seed, default=0, help="seed of the models and splits")
     d.add_argument("--em-iter", type=int, default=40, help="EM iterations per data set")
     d.add_argument("--quick", action="store_true", help="a few iterations only (smoke test)")
     d.add_argument("--no-progress", action="store_true")

@@ -461,3 +461,41 @@ def test_report_names_a_results_file_it_cannot_read(text, tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("exactdgn: error:") and str(f) in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["partition", "--layers", "1", "3", "2"],
+        ["sample", "MODEL", "-n", "2"],
+        ["demo", "--quick", "--no-progress", "--out", "OUT"],
+        ["fit", "wave", "--out", "OUT", "--max-iter", "1", *TINY],
+    ],
+)
+def test_a_negative_seed_is_a_usage_error_naming_the_option(argv, runs, tmp_path, capsys):
+    """``sample --seed -1`` and ``partition --seed -1`` said numpy's "expected non-negative
+    integer"; ``demo --seed -1`` also left an empty --out folder behind."""
+    root, _, _ = runs
+    out = tmp_path / "new" / "out"
+    argv = [{"MODEL": str(root / "em"), "OUT": str(out)}.get(a, a) for a in argv]
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--seed", "-1"])
+    assert exc.value.code == 2
+    assert "--seed" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_an_interrupted_demo_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during ``exactdgn demo`` left the --out folder it had made, with part of the
+    report."""
+    import exactdgn.cli as cli
+
+    def run_demo(out, **kwargs):
+        Path(out).mkdir(parents=True)
+        (Path(out) / "curves_wave.png").write_bytes(b"part")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_demo", run_demo)
+    assert main(["demo", "--quick", "--no-progress", "--out", str(tmp_path / "a" / "r")]) == 130
+    assert "Traceback" not in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
