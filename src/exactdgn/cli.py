@@ -648,6 +648,10 @@ def _impute_in(args, client) -> int:
         raise CLIError(f"--out must end in .npy or .csv, got {args.out!r}")
     if args.std_out and Path(args.std_out).suffix not in (".npy", ".csv"):
         raise CLIError(f"--std-out must end in .npy or .csv, got {args.std_out!r}")
+    if args.std_out and Path(args.std_out).resolve() == out.resolve():
+        raise CLIError(
+            f"--std-out {args.std_out} is the --out file: give the conditional std its own file"
+        )
     if client is None:
         X, _ = load_data(args.data, key=args.key, allow_nan=True)
         from .inference import check_missing

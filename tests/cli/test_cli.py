@@ -499,3 +499,15 @@ def test_an_interrupted_demo_leaves_no_folder(tmp_path, capsys, monkeypatch):
     assert main(["demo", "--quick", "--no-progress", "--out", str(tmp_path / "a" / "r")]) == 130
     assert "Traceback" not in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_impute_refuses_std_out_onto_its_out(runs, tmp_path, capsys):
+    """``impute RUN holes.csv --out f.npy --std-out f.npy`` wrote the std over the filled data
+    (exit 0: "2 missing values filled ... f.npy", the file held the std)."""
+    root, _, _ = runs
+    holes = tmp_path / "holes.csv"
+    holes.write_text("1,2\nnan,1\n3,nan\n")
+    out = tmp_path / "f.npy"
+    argv = ["impute", str(root / "em"), str(holes), "--out", str(out)]
+    assert main([*argv, "--std-out", str(tmp_path / "." / "f.npy")]) == 2
+    assert "--std-out" in capsys.readouterr().err and not out.exists()
