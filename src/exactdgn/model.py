@@ -7,6 +7,7 @@ for ``latent_dim >= 3`` where the Gaussian masses of the regions come with error
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import numbers
@@ -1167,6 +1168,12 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 f"checkpoint {path} has format {meta.get('checkpoint_version', 1)}, this exactdgn "
                 f"writes format {self._CHECKPOINT_VERSION}; remove it to start over"
             )
+        with _as_file_error(f"checkpoint {path} is corrupt", "; remove it to start over"):
+            return self._checkpoint_runs(path, arrays, meta, fingerprint, config)
+
+    @staticmethod
+    def _checkpoint_runs(path, arrays: dict, meta: dict, fingerprint, config) -> dict:
+        """The finished and current starts of a checkpoint's arrays and metadata."""
         if meta["fingerprint"] != fingerprint or meta["config"] != config:
             raise ModelFileError(
                 f"checkpoint {path} was written for other data or parameters; remove it or "
@@ -1248,14 +1255,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
         arrays, meta = read_npz(path)
         if meta.get("kind") != "model":
             raise ModelFileError(f"{path} holds a {meta.get('kind')!r}, not a saved model")
-        try:
-            model = cls._from_file(path, arrays, meta)
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-            if isinstance(exc, ModelFileError):
-                raise
-            why = f"missing {exc}" if type(exc) is KeyError else str(exc)
-            raise ModelFileError(f"{path}: incomplete or inconsistent model file ({why})") from exc
-        return model
+        with _as_file_error(f"{path}: incomplete or inconsistent model file"):
+            return cls._from_file(path, arrays, meta)
 
     @classmethod
     def _from_file(cls, path, arrays: dict, meta: dict) -> ExactDGN:
@@ -1346,6 +1347,19 @@ def _complete_rows(X) -> np.ndarray:
 def _loglik(st) -> float:
     """Mean exact log-likelihood of E-step pairs (issue 14 hook: remote pairs carry it)."""
     return float(st.loglik) if hasattr(st, "loglik") else float(st.log_px.mean())
+
+
+@contextlib.contextmanager
+def _as_file_error(what: str, advice: str = ""):
+    """A KeyError, TypeError, ... of reading a file's fields in the block becomes one
+    :class:`ModelFileError` ``"{what} ({why}){advice}"`` (a ModelFileError passes through)."""
+    try:
+        yield
+    except ModelFileError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        why = f"missing {exc}" if type(exc) is KeyError else str(exc)
+        raise ModelFileError(f"{what} ({why}){advice}") from exc
 
 
 def _run_config(path) -> dict:

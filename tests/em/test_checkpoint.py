@@ -269,3 +269,29 @@ def test_load_refuses_an_inconsistent_model_file_naming_it(tmp_path, edit, what)
     with pytest.raises(ModelFileError, match=r"bad\.npz") as exc:
         ExactDGN.load(bad)
     assert what in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m.pop("fingerprint"),
+        lambda m: m.update(done=[{"x": 1}]),
+        lambda m: m["done"][0].update(state={"zz": 1}),
+        lambda m: m.update(current={"init": 0}),
+    ],
+)
+def test_a_corrupt_checkpoint_is_a_model_file_error_naming_it(tmp_path, edit):
+    """A checkpoint with a field missing or mangled ended in a bare ``KeyError:
+    'fingerprint'`` (``exactdgn fit`` printed ``error: 'fingerprint'``)."""
+    X = ExactDGN.from_decoder(Decoder.random([1, 3, 2], seed=0), 0.1).sample(40, random_state=0)
+    ck = tmp_path / "ck.npz"
+
+    def fit():
+        ExactDGN(hidden_sizes=(3,), method="em", max_iter=2, progress=False).fit(X, checkpoint=ck)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        fit()
+        _rewrite(ck, ck, lambda meta: [edit(meta), meta][1])
+        with pytest.raises(ModelFileError, match=r"ck\.npz.*corrupt"):
+            fit()
