@@ -374,8 +374,10 @@ def _fit(args) -> int:
     _check_data_options(args)
     out = Path(args.out)
     _check_out_folder(out)
-    if args.checkpoint and Path(args.checkpoint).is_dir():
-        raise CLIError(f"--checkpoint {args.checkpoint} is a folder: give a file path (.npz)")
+    if args.checkpoint:  # a file, in a folder that is or can be made
+        if Path(args.checkpoint).is_dir():
+            raise CLIError(f"--checkpoint {args.checkpoint} is a folder: give a file path (.npz)")
+        _check_parents(Path(args.checkpoint), "--checkpoint")
     with _cluster(args) as client:
         if client is not None and args.method not in CLUSTER_METHODS:
             raise CLIError(
@@ -419,10 +421,15 @@ def _check_out_folder(out: Path) -> None:
     """``--out`` must be (or become) a folder: checked before training, not after it."""
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} is a file, not a folder: give a folder for the run")
-    for parent in out.parents:
+    _check_parents(out, "--out")
+
+
+def _check_parents(path: Path, option: str) -> None:
+    """The folders above ``path`` exist or can be made (none of them is a file)."""
+    for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise CLIError(f"--out {out} cannot be made: {parent} is a file, not a folder")
+                raise CLIError(f"{option} {path} cannot be made: {parent} is a file, not a folder")
             break
 
 

@@ -511,3 +511,21 @@ def test_impute_refuses_std_out_onto_its_out(runs, tmp_path, capsys):
     argv = ["impute", str(root / "em"), str(holes), "--out", str(out)]
     assert main([*argv, "--std-out", str(tmp_path / "." / "f.npy")]) == 2
     assert "--std-out" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_checkpoint_below_a_file_is_refused_before_training(tmp_path, capsys):
+    """``--checkpoint taken.csv/ck.npz`` failed with ``[Errno 17] File exists: 'taken.csv'``
+    at the first save, after the scouting and first iteration had run."""
+    from exactdgn.training import EMTrainer
+
+    taken = tmp_path / "taken.csv"
+    taken.write_text("1,2\n")
+    calls = []
+    real = EMTrainer.step
+    argv = ["fit", "wave", "--method", "em", "--max-iter", "1", "--out", str(tmp_path / "o")]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(EMTrainer, "step", lambda self: calls.append(1) or real(self))
+        assert main([*argv, "--checkpoint", str(taken / "ck.npz"), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("exactdgn: error: --checkpoint") and "taken.csv" in err
+    assert not calls
