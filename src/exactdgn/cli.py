@@ -117,21 +117,21 @@ def load_data(
     """
     from .datasets import get_dataset
 
-    low = spec.strip().lower()
     info: dict = {"spec": spec}
     kwargs: dict = {}
-    if low in TOY_NAMES:
+    kind = _data_kind(spec)
+    if kind == "toy":
         info["kind"] = "toy"
         kwargs = {"n_samples": 1000 if n_samples is None else int(n_samples)}
         kwargs["random_state"] = 0 if data_seed is None else int(data_seed)
         if noise is not None:
             kwargs["noise"] = float(noise)
         info.update(kwargs)
-    elif low == "digits" or low.startswith("digits:"):
+    elif kind == "digits":
         info["kind"] = "image"
         if classes is not None:
             raise CLIError("give digit classes in the name, e.g. 'digits:3', not with --classes")
-    elif low.startswith("mnist:"):
+    elif kind == "mnist":
         info["kind"] = "image"
         if classes is not None:
             kwargs["classes"] = classes
@@ -153,6 +153,39 @@ def load_data(
         info["n_samples"] = int(n_samples)
     info["shape"] = list(X.shape)
     return X, info
+
+
+def _data_kind(spec: str) -> str:
+    """``"toy"``, ``"digits"``, ``"mnist"`` or ``"file"``: which data options apply."""
+    low = spec.strip().lower()
+    if low in TOY_NAMES:
+        return "toy"
+    if low == "digits" or low.startswith("digits:"):
+        return "digits"
+    return "mnist" if low.startswith("mnist:") else "file"
+
+
+#: the data options (``_add_data_options``) each kind of DATA takes; ``--n-samples`` all
+DATA_OPTIONS = {
+    "toy": ("n_samples", "data_noise", "data_seed"),
+    "digits": ("n_samples",),
+    "mnist": ("n_samples", "classes", "downsample"),
+    "file": ("n_samples", "key"),
+}
+
+
+def _check_data_options(args) -> None:
+    """A data option given for a kind of DATA it does not apply to is an error (``wave --key
+    X``, ``digits:3 --data-noise 0.5``), not silently ignored."""
+    kind = _data_kind(args.data)
+    for dest in ("data_noise", "data_seed", "classes", "downsample", "key"):
+        if getattr(args, dest) is not None and dest not in DATA_OPTIONS[kind]:
+            takes = [k for k, v in DATA_OPTIONS.items() if dest in v]
+            hint = " (digits: name the classes, e.g. 'digits:3')" if kind == "digits" else ""
+            raise CLIError(
+                f"--{dest.replace('_', '-')} applies to {' and '.join(takes)} data, not "
+                f"{args.data}{hint}"
+            )
 
 
 def _want_standardize(choice: str, info: dict, D: int) -> bool:
@@ -178,6 +211,47 @@ def load_model(path) -> tuple[object, dict]:
         raise CLIError(f"model {p} does not exist")
     model = ExactDGN.load(p)
     return model, _run_config((p if p.is_dir() else p.parent) / "config.json")
+
+
+def _write_output(path, write) -> None:
+    """``write(fh)`` to a binary file handle, the file put at ``path`` only when complete
+    (:func:`exactdgn.io.atomic_path`: a Ctrl-C leaves the earlier file or none); the parent
+    folders are made."""
+    from .io import atomic_path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        write(fh)
+
+
+def _save_array(path, arr, fmt: str = "%.17g") -> None:
+    """``arr`` as ``.npy`` (by its suffix) or CSV at ``path``, written atomically."""
+    if Path(path).suffix == ".npy":
+        _write_output(path, lambda fh: np.save(fh, arr))
+    else:
+        _write_output(path, lambda fh: np.savetxt(fh, arr, delimiter=",", fmt=fmt))
+
+
+def _int_at_least(low: int):
+    """argparse type: an integer >= ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer >= {low}, got {text!r}"
+            ) from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_seed = _int_at_least(0)  # numpy's seeds are non-negative
 
 
 def _torch_threads(n: int | None) -> None:
@@ -296,19 +370,94 @@ def _fit(args) -> int:
             f"--test-fraction must be in [0, 1) (the fraction of the rows held out; 0: none), "
             f"got {args.test_fraction}"
         )
+    _check_method_options(args)
+    _check_data_options(args)
     out = Path(args.out)
-    created = not out.exists()
+    _check_out_folder(out)
+    if args.checkpoint:  # a file, in a folder that is or can be made
+        if Path(args.checkpoint).is_dir():
+            raise CLIError(f"--checkpoint {args.checkpoint} is a folder: give a file path (.npz)")
+        _check_parents(Path(args.checkpoint), "--checkpoint")
+    with _cluster(args) as client:
+        if client is not None and args.method not in CLUSTER_METHODS:
+            raise CLIError(
+                "--scheduler / --workers train with --method em or lbfgs (or auto: EM, "
+                f"then L-BFGS; or gradient), not {args.method}"
+            )
+        return _fit_in(args, client, out)
+
+
+def _method_options() -> dict[str, dict[str, object]]:
+    """The ``fit`` options that belong to one family of methods: ``{"exact": {dest: default},
+    "vae": {...}}`` (the parser's "exact training options" and "vae / iwae options")."""
+    fit = build_parser()._subparsers._group_actions[0].choices["fit"]
+    found = {}
+    for group in fit._action_groups:
+        family = group.title.split()[0] if group.title else ""
+        if family in ("exact", "vae"):
+            found[family] = {a.dest: a.default for a in group._group_actions}
+    return found
+
+
+def _check_method_options(args) -> None:
+    """An option of the other family of methods (``--checkpoint`` with ``--method vae``,
+    ``--lr`` with ``--method em``) is an error, not silently ignored."""
+    family = "exact" if args.method in EXACT_METHODS else "vae"
+    other = "vae" if family == "exact" else "exact"
+    for dest, default in _method_options()[other].items():
+        if getattr(args, dest) != default:
+            which = (
+                "the exact methods (auto, em, lbfgs, gradient)"
+                if other == "exact"
+                else ("--method vae and iwae")
+            )
+            raise CLIError(
+                f"--{dest.replace('_', '-')} applies to {which}, not --method {args.method}: "
+                "remove it or change --method"
+            )
+
+
+def _check_out_folder(out: Path) -> None:
+    """``--out`` must be (or become) a folder: checked before training, not after it."""
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} is a file, not a folder: give a folder for the run")
+    _check_parents(out, "--out")
+
+
+def _check_parents(path: Path, option: str) -> None:
+    """The folders above ``path`` exist or can be made (none of them is a file)."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CLIError(f"{option} {path} cannot be made: {parent} is a file, not a folder")
+            break
+
+
+def _write_run(out: Path, write) -> None:
+    """``write(folder)`` writes the run's files into a staging folder beside ``out``, which then
+    becomes ``out`` (a new one) or replaces its files one by one (an earlier run's folder).
+
+    An error or Ctrl-C while writing leaves no partial folder: no ``out``, no staging folder,
+    no parent folders made for it, and an earlier run's folder as it was."""
+    import shutil
+
+    made = [p for p in (out, *out.parents) if not p.exists()][1:]  # parents to make
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = out.parent / f".{out.name}.partial{os.getpid()}"
     try:
-        with _cluster(args) as client:
-            if client is not None and args.method not in CLUSTER_METHODS:
-                raise CLIError(
-                    "--scheduler / --workers train with --method em or lbfgs (or auto: EM, "
-                    f"then L-BFGS; or gradient), not {args.method}"
-                )
-            return _fit_in(args, client, out)
+        stage.mkdir()
+        write(stage)
+        if not out.exists():
+            os.replace(stage, out)
+            return
+        for f in sorted(stage.iterdir()):
+            os.replace(f, out / f.name)
+        stage.rmdir()
     except BaseException:
-        if created and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
+        shutil.rmtree(stage, ignore_errors=True)
+        for parent in made:  # innermost first
+            with contextlib.suppress(OSError):
+                parent.rmdir()
         raise
 
 
@@ -452,9 +601,7 @@ def _fit_in(args, client, out: Path) -> int:
             for k, v in ev.items():
                 if k != "exact":
                     results[f"{name}_{k}"] = v
-    out.mkdir(parents=True, exist_ok=True)
     model.preprocessing_ = std  # the saved model takes data in data units
-    model.save(out / "model.npz")
     config = {
         "command": "fit",
         "argv": sys.argv[1:],
@@ -470,9 +617,14 @@ def _fit_in(args, client, out: Path) -> int:
         "standardizer": std.to_dict() if std else None,
         "options": {k: v for k, v in vars(args).items() if k != "func"},
     }
-    write_json(out / "config.json", config)
-    write_json(out / "history.json", history)
-    write_json(out / "results.json", results)
+
+    def write(folder: Path) -> None:
+        model.save(folder / "model.npz")
+        write_json(folder / "config.json", config)
+        write_json(folder / "history.json", history)
+        write_json(folder / "results.json", results)
+
+    _write_run(out, write)
     msg = f"exact train log-likelihood: {results['train_loglik']:.6f} nats/point"
     if results["test_loglik"] is not None:
         msg += f" (held-out: {results['test_loglik']:.6f})"
@@ -503,6 +655,10 @@ def _impute_in(args, client) -> int:
         raise CLIError(f"--out must end in .npy or .csv, got {args.out!r}")
     if args.std_out and Path(args.std_out).suffix not in (".npy", ".csv"):
         raise CLIError(f"--std-out must end in .npy or .csv, got {args.std_out!r}")
+    if args.std_out and Path(args.std_out).resolve() == out.resolve():
+        raise CLIError(
+            f"--std-out {args.std_out} is the --out file: give the conditional std its own file"
+        )
     if client is None:
         X, _ = load_data(args.data, key=args.key, allow_nan=True)
         from .inference import check_missing
@@ -525,13 +681,8 @@ def _impute_in(args, client) -> int:
     filled, std = res if args.std_out else (res, None)
     n_missing = int(np.isnan(np.asarray(X)).sum()) if client is None else None
     for path, arr in ((out, filled), (Path(args.std_out) if args.std_out else None, std)):
-        if path is None:
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.suffix == ".npy":
-            np.save(path, arr)
-        else:
-            np.savetxt(path, arr, delimiter=",", fmt="%.17g")
+        if path is not None:
+            _save_array(path, arr)
     done = f"{n_missing} missing values" if n_missing is not None else "missing values"
     print(f"{done} filled ({args.method}) in {len(filled)} rows: {out}")
     return 0
@@ -544,6 +695,7 @@ def _score(args) -> int:
 
 
 def _score_in(args, client) -> int:
+    _check_data_options(args)
     model, cfg = load_model(args.model)
     data_cfg = cfg.get("data", {})
     same = data_cfg.get("spec") == args.data
@@ -562,6 +714,11 @@ def _score_in(args, client) -> int:
         allow_nan=client is None,  # NaN = missing (in memory; not on dask yet)
     )
     if args.split != "all":
+        if not data_cfg:
+            raise CLIError(
+                f"--split {args.split} needs the config.json of the run (its test rows): give "
+                f"the output directory of 'exactdgn fit'; {args.model} has none beside it"
+            )
         if not same or list(X.shape) != data_cfg.get("shape"):
             raise CLIError(
                 f"--split {args.split} needs the data the model was fit on ({data_cfg.get('spec')})"
@@ -583,19 +740,25 @@ def _score_in(args, client) -> int:
             f"{np.mean(jac):.4f})"
         )
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
         table = np.column_stack([np.arange(len(ll)), ll, ll + jac])
-        np.savetxt(
-            out,
+        _write_csv(args.out, table, ["index", "log_px", "log_px_data"])
+    return 0
+
+
+def _write_csv(path, table, header: list[str]) -> None:
+    """A per-point table (first column the row index) as CSV, written atomically."""
+    _write_output(
+        path,
+        lambda fh: np.savetxt(
+            fh,
             table,
             delimiter=",",
-            header="index,log_px,log_px_data",
+            header=",".join(header),
             comments="",
-            fmt=["%d", "%.17g", "%.17g"],
-        )
-        print(f"per-point values written to {out}")
-    return 0
+            fmt=["%d"] + ["%.17g"] * (len(header) - 1),
+        ),
+    )
+    print(f"per-point values written to {path}")
 
 
 def _sample(args) -> int:
@@ -608,13 +771,9 @@ def _sample(args) -> int:
         X = std.transform(X)
     if args.out:
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.suffix == ".npy":
-            np.save(out, X)
-        elif out.suffix in (".csv", ".txt"):
-            np.savetxt(out, X, delimiter=",", fmt="%.17g")
-        else:
+        if out.suffix not in (".npy", ".csv", ".txt"):
             raise CLIError(f"--out must end in .npy or .csv, got {out.name}")
+        _save_array(out, X)
         print(f"{args.n} samples of dimension {X.shape[1]} written to {out}")
     else:
         np.savetxt(sys.stdout, X, delimiter=",", fmt="%.10g")
@@ -658,18 +817,9 @@ def _evaluate(args) -> int:
         est = key[4:]
         print(f"  {est:>10s}: {summ[est]:.6f} (exact - {est} = {summ[key]:.6f})")
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
         cols = list(per)
-        np.savetxt(
-            out,
-            np.column_stack([np.arange(len(X))] + [per[c] for c in cols]),
-            delimiter=",",
-            header=",".join(["index", *cols]),
-            comments="",
-            fmt=["%d"] + ["%.17g"] * len(cols),
-        )
-        print(f"per-point values written to {out}")
+        table = np.column_stack([np.arange(len(X))] + [per[c] for c in cols])
+        _write_csv(args.out, table, ["index", *cols])
     return 0
 
 
@@ -700,7 +850,8 @@ def _partition_cmd(args) -> int:
         fig, ax = plt.subplots(figsize=(5, 5))
         plot_partition(part, ax=ax)
         fig.tight_layout()
-        fig.savefig(args.plot, dpi=120)
+        fmt = Path(args.plot).suffix.lstrip(".") or None  # the temporary name has another
+        _write_output(args.plot, lambda fh: fig.savefig(fh, format=fmt, dpi=120))
         plt.close(fig)
         print(f"plot written to {args.plot}")
     return 0
@@ -718,31 +869,47 @@ def _report(args) -> int:
     for f in files:
         try:
             obj = json.loads(f.read_text())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CLIError(f"{f} is not valid JSON ({exc})") from exc
-        items = obj if isinstance(obj, list) else obj.get("rows", [obj])
+        items = obj.get("rows", [obj]) if isinstance(obj, dict) else obj
+        if not isinstance(items, list):
+            raise CLIError(
+                f"{f} holds {type(items).__name__}: a results file holds a JSON object, a list "
+                'of them, or {"rows": [...]}'
+            )
         for item in items:
             if isinstance(item, dict):
                 rows.append({"file": str(f.relative_to(root)), **flatten(item)})
     text = markdown_table(rows)
     print(text)
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        _write_output(args.out, lambda fh: fh.write((text + "\n").encode()))
     return 0
 
 
 # ---------------------------------------------------------------------- demo
 def _demo(args) -> int:
+    """``exactdgn demo``: a folder it made is removed again after an error or a Ctrl-C."""
+    import shutil
+
     _torch_threads(args.threads)
-    table = run_demo(
-        args.out,
-        seed=args.seed,
-        em_iter=args.em_iter,
-        quick=args.quick,
-        progress=not args.no_progress,
-        threads=args.threads,
-        report=lambda msg: print(msg, flush=True),
-    )
+    out = Path(args.out)
+    _check_out_folder(out)
+    made = [p for p in (out, *out.parents) if not p.exists()]
+    try:
+        table = run_demo(
+            out,
+            seed=args.seed,
+            em_iter=args.em_iter,
+            quick=args.quick,
+            progress=not args.no_progress,
+            threads=args.threads,
+            report=lambda msg: print(msg, flush=True),
+        )
+    except BaseException:
+        if made:  # the outermost folder this command made, with what it wrote
+            shutil.rmtree(made[-1], ignore_errors=True)
+        raise
     print()
     print(table)
     return 0
@@ -758,7 +925,7 @@ def _add_data_options(p) -> None:
         help="toy sets: number of points (default 1000); other data: keep the first N",
     )
     g.add_argument("--data-noise", type=float, default=None, help="toy sets: noise level")
-    g.add_argument("--data-seed", type=int, default=None, help="toy sets: data seed (default 0)")
+    g.add_argument("--data-seed", type=_seed, default=None, help="toy sets: data seed (default 0)")
     g.add_argument(
         "--classes",
         type=int,
@@ -786,12 +953,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="exactdgn",
         description="Exact likelihood, posterior and EM for piecewise-affine generative networks.",
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_Formatter,
     )
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     p.add_argument(
         "--threads",
-        type=int,
+        type=_positive_int,
         default=1,
         help="torch threads (1 is fastest for these small networks)",
     )
@@ -830,7 +997,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="iterations of exact training (default: ExactDGN's max_iter) / VAE epochs (300)",
     )
-    f.add_argument("--seed", type=int, default=0, help="model seed and train/test split seed")
+    f.add_argument("--seed", type=_seed, default=0, help="model seed and train/test split seed")
     f.add_argument("--test-fraction", type=float, default=0.2, help="held-out fraction")
     f.add_argument(
         "--standardize",
@@ -932,7 +1099,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="mean",
         help="conditional mean, g(MAP z), or one exact conditional draw",
     )
-    im.add_argument("--seed", type=int, default=None, help="seed of --method sample")
+    im.add_argument("--seed", type=_seed, default=None, help="seed of --method sample")
     im.add_argument(
         "--std-out", default=None, help="also write the exact conditional std (.npy or .csv)"
     )
@@ -948,7 +1115,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("model", metavar="MODEL")
     m.add_argument("-n", type=int, required=True, help="number of samples")
-    m.add_argument("--seed", type=int, default=None)
+    m.add_argument("--seed", type=_seed, default=None)
     m.add_argument("--out", default=None, help=".npy or .csv file (default: CSV on stdout)")
     m.add_argument(
         "--standardized",
@@ -971,8 +1138,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="random decoder with layer sizes d ... D (instead of MODEL)",
     )
-    q.add_argument("--activation", default="leaky_relu")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--activation", default="leaky_relu", help="random decoder: activation")
+    q.add_argument("--seed", type=_seed, default=0, help="random decoder: seed")
     q.add_argument("--plot", default=None, help="save a plot of the partition (d <= 2)")
     q.set_defaults(func=_partition_cmd)
 
@@ -1006,14 +1173,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="layer sizes d ... D of a state-dict decoder (checked; inferred when omitted)",
     )
-    e.add_argument("--activation", default="relu", choices=["relu", "leaky_relu", "abs"])
+    e.add_argument(
+        "--activation",
+        default="relu",
+        choices=["relu", "leaky_relu", "abs"],
+        help="decoder hidden activation",
+    )
     e.add_argument("--negative-slope", type=float, default=0.01, help="leaky_relu slope")
     e.add_argument("--encoder", default=None, help="encoder weights, for ELBO / IWAE / IS")
-    e.add_argument("--encoder-hidden", type=int, nargs="*", default=[64, 64])
+    e.add_argument(
+        "--encoder-hidden", type=int, nargs="*", default=[64, 64], help="encoder hidden widths"
+    )
     e.add_argument(
         "--encoder-activation",
         default="relu",
         choices=["relu", "leaky_relu", "tanh", "softplus", "elu"],
+        help="encoder hidden activation",
     )
     e.add_argument(
         "--encoder-output",
@@ -1028,9 +1203,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept a pickled whole nn.Module: THIS EXECUTES CODE FROM THE FILE (trusted "
         "files only)",
     )
-    e.add_argument("--k-iwae", type=int, default=5)
-    e.add_argument("--k-is", type=int, default=5000)
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--k-iwae", type=int, default=5, help="samples of the IWAE bound")
+    e.add_argument("--k-is", type=int, default=5000, help="importance samples of the IS estimate")
+    e.add_argument("--seed", type=_seed, default=0, help="seed of the encoder's samples")
     e.add_argument("--n-samples", type=int, default=None, help="keep the first N points")
     e.add_argument("--key", default=None, help=".npz data: the array to use")
     e.add_argument("--out", default=None, help="per-point CSV (exact log p and estimates)")
@@ -1043,7 +1218,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     d.add_argument("--out", default="report", help="output directory")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=_seed, default=0, help="seed of the models and splits")
     d.add_argument("--em-iter", type=int, default=40, help="EM iterations per data set")
     d.add_argument("--quick", action="store_true", help="a few iterations only (smoke test)")
     d.add_argument("--no-progress", action="store_true")

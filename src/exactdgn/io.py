@@ -6,6 +6,7 @@ leaves either the previous file or the new one, never a torn one.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -19,6 +20,7 @@ from .decoder import Activation, Decoder
 __all__ = [
     "FORMAT_VERSION",
     "ModelFileError",
+    "atomic_path",
     "decoder_from_arrays",
     "decoder_to_arrays",
     "read_npz",
@@ -76,11 +78,28 @@ def write_npz_atomic(path, arrays: dict, meta: dict) -> None:
     )
     buf = io.BytesIO()
     np.savez(buf, allow_pickle=False, **payload)  # read_npz never loads pickles: none written
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(buf.getvalue())
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """A temporary path beside ``path`` to write to; moved onto ``path`` (``os.replace``) when
+    the block ends without an error, removed otherwise.
+
+    A run interrupted at any point leaves either the earlier file or the new one at ``path``,
+    never a part of it, and no temporary file.
+
+    Examples
+    --------
+    >>> with atomic_path("scores.csv") as tmp:  # doctest: +SKIP
+    ...     np.savetxt(tmp, values, delimiter=",")
+    """
+    path = Path(path)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(buf.getvalue())
-            fh.flush()
+        yield tmp
+        with open(tmp, "rb+") as fh:  # on the disk before it takes the name
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -101,7 +120,8 @@ def read_npz(path) -> tuple[dict, dict]:
         if "pickle" in why:  # numpy's message suggests allow_pickle=True: never here
             with open(path, "rb") as fh:
                 head = fh.read(8)
-            if head.startswith((b"\x80", b"\x93NUMPY")):  # a pickle, or a .npy of objects
+            # a pickle, a .npy of objects, or an .npz (zip) with an object array in it
+            if head.startswith((b"\x80", b"\x93NUMPY", b"PK")):
                 why = "it holds pickled Python objects, which exactdgn does not load (code can run)"
             else:  # numpy takes anything that is neither .npz nor .npy for a pickle
                 why = f"not an .npz archive: its first bytes are {head!r}"
@@ -112,6 +132,10 @@ def read_npz(path) -> tuple[dict, dict]:
         meta = json.loads(arrays.pop("__meta__").tobytes().decode())
     except (ValueError, UnicodeDecodeError) as exc:
         raise ModelFileError(f"{path}: corrupt metadata ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise ModelFileError(
+            f"{path}: corrupt metadata (a JSON object expected, got {type(meta).__name__})"
+        )
     if meta.get("format") != "exactdgn":
         raise ModelFileError(f"{path} is not an exactdgn file")
     if meta.get("version") != FORMAT_VERSION:

@@ -7,6 +7,7 @@ for ``latent_dim >= 3`` where the Gaussian masses of the regions come with error
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import numbers
@@ -1253,6 +1254,12 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 f"checkpoint {path} has format {meta.get('checkpoint_version', 1)}, this exactdgn "
                 f"writes format {self._CHECKPOINT_VERSION}; remove it to start over"
             )
+        with _as_file_error(f"checkpoint {path} is corrupt", "; remove it to start over"):
+            return self._checkpoint_runs(path, arrays, meta, fingerprint, config)
+
+    @staticmethod
+    def _checkpoint_runs(path, arrays: dict, meta: dict, fingerprint, config) -> dict:
+        """The finished and current starts of a checkpoint's arrays and metadata."""
         if meta["fingerprint"] != fingerprint or meta["config"] != config:
             raise ModelFileError(
                 f"checkpoint {path} was written for other data or parameters; remove it or "
@@ -1334,28 +1341,54 @@ class ExactDGN(DensityMixin, BaseEstimator):
         arrays, meta = read_npz(path)
         if meta.get("kind") != "model":
             raise ModelFileError(f"{path} holds a {meta.get('kind')!r}, not a saved model")
-        try:
-            dec = decoder_from_arrays(arrays, meta["decoder"])
-            params = dict(meta["params"])
-            params["hidden_sizes"] = tuple(params["hidden_sizes"])
-            model = cls(**params)
-            model._set_state(dec, arrays["noise_std"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelFileError(f"{path}: incomplete or inconsistent model file ({exc})") from exc
+        with _as_file_error(f"{path}: incomplete or inconsistent model file"):
+            return cls._from_file(path, arrays, meta)
+
+    @classmethod
+    def _from_file(cls, path, arrays: dict, meta: dict) -> ExactDGN:
+        """The model of a file's arrays and metadata (``load``); any inconsistency raises."""
+        dec = decoder_from_arrays(arrays, meta["decoder"])
+        params = dict(meta["params"])
+        params["hidden_sizes"] = tuple(params["hidden_sizes"])
+        model = cls(**params)
+        model._validate_params()
+        found = {"latent_dim": dec.latent_dim, "hidden_sizes": tuple(dec.hidden_sizes)}
+        for name, value in found.items():
+            if tuple(np.atleast_1d(params[name])) != tuple(np.atleast_1d(value)):
+                raise ValueError(f"{name}={params[name]} but its decoder has {value}")
+        std = np.asarray(arrays["noise_std"], dtype=np.float64)
+        if std.shape not in ((1,), (dec.output_dim,)) or not np.all(np.isfinite(std) & (std > 0)):
+            raise ValueError(
+                f"noise_std must hold 1 or {dec.output_dim} positive finite values (got shape "
+                f"{std.shape}, smallest {np.min(std, initial=np.inf)})"
+            )
+        model._set_state(dec, std)
         if meta.get("history") is not None:
-            model.history_ = meta["history"]
-            model.n_iter_ = meta["n_iter"]
-            model.converged_ = meta["converged"]
+            hist = meta["history"]
+            if not (isinstance(hist, list) and all(isinstance(h, dict) for h in hist)):
+                raise ValueError(f"history is not a list of rows (got {type(hist).__name__})")
+            model.history_ = hist
+            model.n_iter_ = int(meta["n_iter"])
+            model.converged_ = bool(meta["converged"])
         ts = meta.get("train_state")
         if ts is not None:
-            model._train_state = {
-                "method": ts["method"],
-                "state": unpack_state(ts["state"], arrays),
-            }
+            try:
+                state = unpack_state(ts["state"], arrays)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"train_state is corrupt ({exc!r})") from exc
+            model._train_state = {"method": ts["method"], "state": state}
         if meta.get("offset") is not None:
-            model.offset_ = float(meta["offset"])
-        if meta.get("feature_names") is not None:
-            model.feature_names_in_ = np.asarray(meta["feature_names"], dtype=object)
+            try:
+                model.offset_ = float(meta["offset"])
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"offset is not a number ({meta['offset']!r})") from exc
+        names = meta.get("feature_names")
+        if names is not None:
+            if len(names) != dec.output_dim:
+                raise ValueError(
+                    f"{len(names)} feature_names for a decoder with {dec.output_dim} outputs"
+                )
+            model.feature_names_in_ = np.asarray(names, dtype=object)
         pre = meta.get("preprocessing")
         if "preprocessing" not in meta:  # a file from before models carried it: the run's
             pre = _run_config(path.parent / "config.json").get("standardizer")
@@ -1400,6 +1433,19 @@ def _complete_rows(X) -> np.ndarray:
 def _loglik(st) -> float:
     """Mean exact log-likelihood of E-step pairs (issue 14 hook: remote pairs carry it)."""
     return float(st.loglik) if hasattr(st, "loglik") else float(st.log_px.mean())
+
+
+@contextlib.contextmanager
+def _as_file_error(what: str, advice: str = ""):
+    """A KeyError, TypeError, ... of reading a file's fields in the block becomes one
+    :class:`ModelFileError` ``"{what} ({why}){advice}"`` (a ModelFileError passes through)."""
+    try:
+        yield
+    except ModelFileError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        why = f"missing {exc}" if type(exc) is KeyError else str(exc)
+        raise ModelFileError(f"{what} ({why}){advice}") from exc
 
 
 def _run_config(path) -> dict:

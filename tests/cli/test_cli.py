@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -285,3 +286,246 @@ def test_sigint_stops_a_cli_fit_quickly_and_keeps_the_checkpoint(tmp_path):
     assert "Traceback" not in err and "interrupted" in err
     assert ck.exists() and not out.exists()
     assert waited < 30  # generous under load; typically well under a second
+
+
+@pytest.mark.parametrize("threads", ["0", "-1"])
+def test_threads_below_one_is_a_usage_error(threads, capsys):
+    """``--threads -1`` ended in torch's RuntimeError traceback; ``0`` was silently ignored."""
+    with pytest.raises(SystemExit) as exc:
+        main(["--threads", threads, "partition", "--layers", "1", "3", "2"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--threads" in err and "Traceback" not in err
+
+
+def test_help_shows_every_default():
+    """Options without a help text (partition --seed, evaluate --k-is, demo --seed, the
+    top-level --threads) showed no default in ``--help``."""
+    parser = build_parser()
+    subs = parser._subparsers._group_actions[0].choices
+    for name, p in [("exactdgn", parser), *subs.items()]:
+        for action in p._actions:
+            if not action.option_strings or action.default in (None, False, "==SUPPRESS=="):
+                continue
+            if action.required or action.help == "==SUPPRESS==":
+                continue
+            shown = p._get_formatter()._get_help_string(action) or ""
+            assert "%(default)" in shown and action.help, (name, action.option_strings)
+
+
+@pytest.mark.parametrize(
+    ("method", "option"),
+    [
+        ("vae", ["--checkpoint", "ck.npz"]),
+        ("iwae", ["--tol", "0.1"]),
+        ("vae", ["--n-init", "3"]),
+        ("vae", ["--weight-decay", "0.1"]),
+        ("em", ["--lr", "0.1"]),
+        ("lbfgs", ["--k", "3"]),
+        ("auto", ["--batch-size", "16"]),
+    ],
+)
+def test_options_of_the_other_method_family_are_refused(method, option, capsys, tmp_path):
+    """``--checkpoint`` with ``--method vae`` wrote no checkpoint (a Ctrl-C lost the run the
+    user believed saved), and the exact methods ignored the VAE options (and back): each was
+    accepted and silently ignored."""
+    out = tmp_path / "o"
+    argv = ["fit", "wave", "--method", method, "--out", str(out), *option, *TINY]
+    assert main([*argv, "--max-iter", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("exactdgn: error:") and option[0] in err and method in err
+    assert not out.exists() and not (tmp_path / "ck.npz").exists()
+
+
+@pytest.mark.parametrize("where", ["file", "below_a_file"])
+def test_an_out_that_cannot_be_a_folder_is_refused_before_training(where, tmp_path, capsys):
+    """``--out`` naming a file (or a path below one) failed with ``[Errno 17] File exists``
+    only after the whole training had run."""
+    from exactdgn.training import EMTrainer
+
+    taken = tmp_path / "taken.csv"
+    taken.write_text("1,2\n")
+    out = taken if where == "file" else taken / "sub"
+    calls = []
+    real = EMTrainer.step
+    argv = ["fit", "wave", "--method", "em", "--max-iter", "1", "--out", str(out), *TINY]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(EMTrainer, "step", lambda self: calls.append(1) or real(self))
+        assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("exactdgn: error: --out") and "taken.csv" in err
+    assert not calls  # refused before any training
+    assert taken.read_text() == "1,2\n"
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_an_interrupted_write_of_the_run_leaves_no_partial_folder(
+    existing, tmp_path, capsys, monkeypatch
+):
+    """Ctrl-C (or an error) while ``fit`` wrote its files left ``--out`` with ``model.npz`` and
+    no ``config.json`` (a run folder ``score`` then read without its split), or an earlier
+    run's folder with a mix of both runs' files; also the parent folders made for it."""
+    import exactdgn.cli as cli
+
+    out = tmp_path / "new parent" / "run"
+    if existing:
+        assert main(["fit", "wave", "--max-iter", "1", "--out", str(out), *TINY]) == 0
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+    calls = {"n": 0}
+    real = cli.write_json
+
+    def write_json(path, obj):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        real(path, obj)
+
+    monkeypatch.setattr(cli, "write_json", write_json)
+    argv = ["fit", "wave", "--max-iter", "2", "--seed", "1", "--out", str(out), *TINY]
+    assert main(argv) == 130
+    assert "Traceback" not in capsys.readouterr().err
+    if existing:  # the earlier run, whole
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+        assert sorted(p.name for p in out.parent.iterdir()) == ["run"]
+    else:
+        assert not out.parent.exists()
+
+
+def test_score_output_is_written_atomically(runs, tmp_path, monkeypatch, capsys):
+    """An interrupted ``score --out`` left a half-written CSV in place of the earlier one."""
+    root, _, _ = runs
+    csv = tmp_path / "scores.csv"
+    csv.write_text("earlier\n")
+
+    def savetxt(fname, *args, **kwargs):  # half a file, then Ctrl-C
+        if hasattr(fname, "write"):
+            fname.write(b"index,log_px")
+        else:
+            Path(fname).write_text("index,log_px")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savetxt", savetxt)
+    assert main(["score", str(root / "em"), "wave", "--n-samples", "20", "--out", str(csv)]) == 130
+    assert csv.read_text() == "earlier\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.csv"]
+
+
+@pytest.mark.parametrize(
+    ("data", "option"),
+    [
+        ("wave", ["--key", "X"]),
+        ("wave", ["--classes", "3"]),
+        ("two_moons", ["--downsample", "7"]),
+        ("digits:3", ["--data-noise", "0.5"]),
+        ("digits:3", ["--data-seed", "4"]),
+        ("digits", ["--downsample", "4"]),
+    ],
+)
+@pytest.mark.parametrize("command", ["fit", "score"])
+def test_data_options_for_another_kind_of_data_are_refused(
+    command, data, option, runs, tmp_path, capsys
+):
+    """``fit wave --key X``, ``fit digits:3 --data-noise 0.5`` ... ran, the option silently
+    ignored (the user believed the data were changed by it)."""
+    root, _, _ = runs
+    head = ["fit", data, "--out", str(tmp_path / "o"), "--max-iter", "1", "--no-progress"]
+    argv = head if command == "fit" else ["score", str(root / "em"), data]
+    assert main([*argv, *option]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("exactdgn: error:") and option[0] in err and data in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_split_of_a_model_without_its_run_config_says_what_is_missing(runs, tmp_path, capsys):
+    """``score MODEL.npz DATA --split test`` for a model copied away from its run folder said
+    "needs the data the model was fit on (None)"."""
+    import shutil
+
+    root, _, _ = runs
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(root / "em" / "model.npz", bare / "model.npz")
+    assert main(["score", str(bare), "wave", "--split", "test"]) == 2
+    err = capsys.readouterr().err
+    assert "None" not in err and "config.json" in err
+
+
+@pytest.mark.parametrize("text", ["5", '{"rows": 5}', b"\xff\xfe"])
+def test_report_names_a_results_file_it_cannot_read(text, tmp_path, capsys):
+    """A results JSON holding a number ended in an AttributeError traceback; ``{"rows": 5}``
+    said "'int' object is not iterable" and undecodable bytes a codec error, neither naming
+    the file."""
+    f = tmp_path / "run" / "results.json"
+    f.parent.mkdir()
+    f.write_bytes(text if isinstance(text, bytes) else text.encode())
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("exactdgn: error:") and str(f) in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["partition", "--layers", "1", "3", "2"],
+        ["sample", "MODEL", "-n", "2"],
+        ["demo", "--quick", "--no-progress", "--out", "OUT"],
+        ["fit", "wave", "--out", "OUT", "--max-iter", "1", *TINY],
+    ],
+)
+def test_a_negative_seed_is_a_usage_error_naming_the_option(argv, runs, tmp_path, capsys):
+    """``sample --seed -1`` and ``partition --seed -1`` said numpy's "expected non-negative
+    integer"; ``demo --seed -1`` also left an empty --out folder behind."""
+    root, _, _ = runs
+    out = tmp_path / "new" / "out"
+    argv = [{"MODEL": str(root / "em"), "OUT": str(out)}.get(a, a) for a in argv]
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--seed", "-1"])
+    assert exc.value.code == 2
+    assert "--seed" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_an_interrupted_demo_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during ``exactdgn demo`` left the --out folder it had made, with part of the
+    report."""
+    import exactdgn.cli as cli
+
+    def run_demo(out, **kwargs):
+        Path(out).mkdir(parents=True)
+        (Path(out) / "curves_wave.png").write_bytes(b"part")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_demo", run_demo)
+    assert main(["demo", "--quick", "--no-progress", "--out", str(tmp_path / "a" / "r")]) == 130
+    assert "Traceback" not in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_impute_refuses_std_out_onto_its_out(runs, tmp_path, capsys):
+    """``impute RUN holes.csv --out f.npy --std-out f.npy`` wrote the std over the filled data
+    (exit 0: "2 missing values filled ... f.npy", the file held the std)."""
+    root, _, _ = runs
+    holes = tmp_path / "holes.csv"
+    holes.write_text("1,2\nnan,1\n3,nan\n")
+    out = tmp_path / "f.npy"
+    argv = ["impute", str(root / "em"), str(holes), "--out", str(out)]
+    assert main([*argv, "--std-out", str(tmp_path / "." / "f.npy")]) == 2
+    assert "--std-out" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_checkpoint_below_a_file_is_refused_before_training(tmp_path, capsys):
+    """``--checkpoint taken.csv/ck.npz`` failed with ``[Errno 17] File exists: 'taken.csv'``
+    at the first save, after the scouting and first iteration had run."""
+    from exactdgn.training import EMTrainer
+
+    taken = tmp_path / "taken.csv"
+    taken.write_text("1,2\n")
+    calls = []
+    real = EMTrainer.step
+    argv = ["fit", "wave", "--method", "em", "--max-iter", "1", "--out", str(tmp_path / "o")]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(EMTrainer, "step", lambda self: calls.append(1) or real(self))
+        assert main([*argv, "--checkpoint", str(taken / "ck.npz"), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("exactdgn: error: --checkpoint") and "taken.csv" in err
+    assert not calls

@@ -114,3 +114,18 @@ def test_pickled_module_of_a_class_that_cannot_be_imported(tmp_path, capsys, mon
     assert main([*args, "--unsafe-pickle"]) == 2
     err = capsys.readouterr().err
     assert "gone_decoder_mod" in err and "import" in err
+
+
+@pytest.mark.parametrize("name", ["junk.safetensors", "junk.pt"])
+@pytest.mark.parametrize("unsafe", [False, True])
+def test_a_file_that_is_no_weights_file_is_named_as_such(parts, capsys, name, unsafe):
+    """A text file named ``.safetensors`` ended in a SafetensorError traceback; one named
+    ``.pt`` was said to be "not a plain state dict" with torch's advice about
+    ``weights_only`` (and, with --unsafe-pickle, ``invalid literal for int()``)."""
+    root = parts[0]
+    (root / name).write_text("garbage\n")
+    args = ["evaluate", str(root / name), str(root / "x.npy"), "--noise-std", "0.2"]
+    assert main([*args, *(["--unsafe-pickle"] if unsafe else [])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("exactdgn: error:") and "Traceback" not in err
+    assert name in err and "garbage" in err and "weights_only" not in err

@@ -271,3 +271,84 @@ def test_interrupt_in_a_later_start_keeps_the_best_start_and_its_record(caplog):
     assert m.history_[-1]["loglik"] == max(m.init_logliks_)
     assert m.score(X) == pytest.approx(m.history_[-1]["loglik"], abs=1e-12)
     assert f"holds iteration {m.history_[-1]['iter']} of start {m.best_init_}" in caplog.text
+
+
+def _rewrite(src, dst, edit_meta=None, **arrays_override):
+    """A copy of the exactdgn file ``src`` at ``dst`` with its metadata edited."""
+    with np.load(src) as f:
+        arrays = {k: f[k] for k in f.files}
+    meta = json.loads(arrays["__meta__"].tobytes())
+    meta = edit_meta(meta) if edit_meta else meta
+    arrays.update(arrays_override)
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(dst, **arrays)
+    return dst
+
+
+def test_read_npz_names_metadata_that_is_not_an_object_and_pickled_members(tmp_path):
+    """Metadata holding a JSON list ended in an AttributeError traceback (``'list' object has
+    no attribute 'get'``); an .npz whose member is a pickled object array was said to be "not
+    an .npz archive" (its first bytes are the zip's ``PK``)."""
+    good = tmp_path / "good.npz"
+    ExactDGN.from_decoder(Decoder.random([1, 3, 2], seed=0), 0.1).save(good)
+    listed = _rewrite(good, tmp_path / "list.npz", lambda meta: [1, 2])
+    with pytest.raises(ModelFileError, match="corrupt metadata"):
+        ExactDGN.load(listed)
+    objs = tmp_path / "objs.npz"
+    np.savez(objs, a=np.array([{"x": 1}], dtype=object))
+    with pytest.raises(ModelFileError, match="pickled Python objects"):
+        read_npz(objs)
+
+
+@pytest.mark.parametrize(
+    ("edit", "what"),
+    [
+        (lambda m: {**m, "params": {**m["params"], "latent_dim": 2}}, "latent_dim"),
+        (lambda m: {**m, "params": {**m["params"], "hidden_sizes": [7]}}, "hidden_sizes"),
+        (lambda m: {**m, "params": {**m["params"], "latent_dim": "x"}}, "latent_dim"),
+        (lambda m: {**m, "train_state": {"method": "em", "state": {"zz": 1}}}, "train_state"),
+        (lambda m: {**m, "offset": "abc"}, "offset"),
+        (lambda m: {**m, "preprocessing": {"a": 1}}, "with_mean"),
+        (lambda m: {**m, "feature_names": ["a"]}, "feature_names"),
+        (lambda m: {**m, "history": 5}, "history"),
+        ({"noise_std": np.ones(5)}, "noise_std"),
+        ({"noise_std": np.array([np.nan])}, "noise_std"),
+    ],
+)
+def test_load_refuses_an_inconsistent_model_file_naming_it(tmp_path, edit, what):
+    """A model file whose metadata contradicts its decoder (latent_dim, hidden sizes, feature
+    names) loaded and was used; other bad fields ended in a bare ``'__items__'``, ``could not
+    convert string to float`` or numpy's broadcasting message without the file's name."""
+    good = tmp_path / "good.npz"
+    ExactDGN.from_decoder(Decoder.random([1, 3, 2], seed=0), 0.1).save(good)
+    arrays = edit if isinstance(edit, dict) else {}
+    bad = _rewrite(good, tmp_path / "bad.npz", None if arrays else edit, **arrays)
+    with pytest.raises(ModelFileError, match=r"bad\.npz") as exc:
+        ExactDGN.load(bad)
+    assert what in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m.pop("fingerprint"),
+        lambda m: m.update(done=[{"x": 1}]),
+        lambda m: m["done"][0].update(state={"zz": 1}),
+        lambda m: m.update(current={"init": 0}),
+    ],
+)
+def test_a_corrupt_checkpoint_is_a_model_file_error_naming_it(tmp_path, edit):
+    """A checkpoint with a field missing or mangled ended in a bare ``KeyError:
+    'fingerprint'`` (``exactdgn fit`` printed ``error: 'fingerprint'``)."""
+    X = ExactDGN.from_decoder(Decoder.random([1, 3, 2], seed=0), 0.1).sample(40, random_state=0)
+    ck = tmp_path / "ck.npz"
+
+    def fit():
+        ExactDGN(hidden_sizes=(3,), method="em", max_iter=2, progress=False).fit(X, checkpoint=ck)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        fit()
+        _rewrite(ck, ck, lambda meta: [edit(meta), meta][1])
+        with pytest.raises(ModelFileError, match=r"ck\.npz.*corrupt"):
+            fit()

@@ -32,13 +32,25 @@ def _load(path, unsafe_pickle: bool):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
+    with open(path, "rb") as fh:
+        head = fh.read(8)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
+        try:
+            tensors = load_file(str(path))
+        except Exception as exc:  # SafetensorError (a Rust error) for a foreign file
+            raise ValueError(
+                f"{path} is not a readable .safetensors file ({exc}; its first bytes are {head!r})"
+            ) from exc
         # the file keeps no order (its names come sorted as text: "10.weight" before
         # "2.weight"); the layers of an MLP follow the numbers in their names
-        tensors = load_file(str(path))
         return {k: tensors[k] for k in sorted(tensors, key=_natural_key)}
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save: a zip, or a pickle
+        raise ValueError(
+            f"{path} is not a torch file (its first bytes are {head!r}): give the decoder's "
+            "state_dict() saved with torch.save, or a .safetensors file"
+        )
     if unsafe_pickle:
         try:
             return torch.load(path, map_location="cpu", weights_only=False)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
+
+from ..io import atomic_path
 
 __all__ = ["flatten", "json_default", "markdown_table", "write_json"]
 
@@ -27,7 +28,9 @@ def json_default(o):
 def write_json(path, obj) -> None:
     """Write ``obj`` as indented JSON to ``path`` (str or Path; numpy values converted, NaN
     allowed)."""
-    Path(path).write_text(json.dumps(obj, indent=2, default=json_default, allow_nan=True))
+    text = json.dumps(obj, indent=2, default=json_default, allow_nan=True)
+    with atomic_path(path) as tmp:  # never half a file, also after a Ctrl-C
+        tmp.write_text(text)
 
 
 def _is_number(x) -> bool:
