@@ -234,7 +234,7 @@ def test_csv_first_row_is_data_despite_a_bom_or_a_trailing_comment(tmp_path):
         ("1,2,3\n4,5\n", "line 2 has 2 fields but the first data row has 3"),
         ("1,2,3\n4,abc,6\n", "non-numeric value 'abc' on line 2, column 2"),
         ("a,b\n1,2\n3,,4\n", "line 3 has 3 fields"),
-        ("a,b\n1,2\n3,\n", "non-numeric value '' on line 3, column 2"),
+        ("a,b\n1,2\n3,\n", "missing value '' on line 3, column 2"),
         ("1,2\nnan,4\n", r"NaN or infinite values \(first bad rows, 0-based: \[1\]\)"),
         ("1,2\n3,inf\n", "NaN or infinite"),
         ("x,y\n", "only a header row"),
@@ -357,4 +357,32 @@ def test_allow_nan_keeps_missing_values_and_refuses_inf(tmp_path):
     assert np.isnan(X[1, 0]) and X[1, 1] == 4.0
     p.write_text("1,2\nnan,inf\n")
     with pytest.raises(ValueError, match=r"1 infinite values \(first bad rows, 0-based: \[1\]\)"):
+        load_array(p, allow_nan=True)
+
+
+def test_allow_nan_reads_empty_cells_and_na_as_missing(tmp_path):
+    """``allow_nan=True`` keeps missing values, but a CSV writes them as empty cells or ``NA``
+    (pandas, R, spreadsheets): those were 'non-numeric value' errors, only a literal ``nan``
+    was read."""
+    p = tmp_path / "m.csv"
+    p.write_text("a,b,c\n1,,3\nNA,5,N/A\n7,8,\n")
+    X = load_array(p, allow_nan=True)
+    expected = np.array([[1.0, np.nan, 3.0], [np.nan, 5.0, np.nan], [7.0, 8.0, np.nan]])
+    np.testing.assert_array_equal(X, expected)
+    (tmp_path / "w.tsv").write_text("1\t\t3\n4\tNaN\t6\n")
+    np.testing.assert_array_equal(
+        load_array(tmp_path / "w.tsv", allow_nan=True), [[1.0, np.nan, 3.0], [4.0, np.nan, 6.0]]
+    )
+    np.testing.assert_array_equal(get_dataset(str(p), allow_nan=True), expected)
+    # without allow_nan a missing value is still an error, which now says how to keep it
+    with pytest.raises(ValueError, match=r"missing value .. on line 2, column 2.*allow_nan=True"):
+        load_array(p)
+    # a first row with a missing value is data, not a header row to skip
+    p.write_text("1,,3\n4,5,6\n")
+    np.testing.assert_array_equal(load_array(p, allow_nan=True), [[1.0, np.nan, 3.0], [4, 5, 6]])
+    with pytest.raises(ValueError, match=r"missing value '' on line 1, column 2"):
+        load_array(p)
+    # other text is still refused, naming it
+    p.write_text("1,2\nx,4\n")
+    with pytest.raises(ValueError, match="non-numeric value 'x' on line 2, column 1"):
         load_array(p, allow_nan=True)

@@ -318,6 +318,24 @@ def _validate_loaded(arr: np.ndarray, path: Path, allow_nan: bool = False) -> np
     return X
 
 
+# how CSV writers (pandas, R, spreadsheets) spell a missing value; read as NaN with allow_nan
+_MISSING = frozenset({"", "na", "n/a", "nan", "null"})
+
+
+def _is_number(field: str, allow_nan: bool) -> bool:
+    try:
+        float(field)
+    except ValueError:
+        return allow_nan and field.lower() in _MISSING
+    return True
+
+
+def _csv_float(field: str) -> float:
+    """``float`` of one CSV field, NaN for a missing-value spelling (``allow_nan``)."""
+    field = field.strip()
+    return np.nan if field.lower() in _MISSING else float(field)
+
+
 def _diagnose_csv(path: Path, lines: list[str], start: int, delimiter: str | None) -> None:
     """Raise a precise error for the first ragged or non-numeric row (slow path, errors only)."""
 
@@ -333,15 +351,18 @@ def _diagnose_csv(path: Path, lines: list[str], start: int, delimiter: str | Non
                 f"{path}: line {lineno} has {len(fields)} fields but the first data row has {width}"
             )
         for j, f in enumerate(fields):
-            try:
-                float(f)
-            except ValueError:
+            if f.lower() in _MISSING and f.lower() != "nan":
+                raise ValueError(
+                    f"{path}: missing value {f!r} on line {lineno}, column {j + 1}: pass "
+                    "allow_nan=True to read missing values as NaN"
+                )
+            if not _is_number(f, False):
                 raise ValueError(
                     f"{path}: non-numeric value {f!r} on line {lineno}, column {j + 1}"
-                ) from None
+                )
 
 
-def _load_csv(path: Path, delimiter: str | None) -> np.ndarray:
+def _load_csv(path: Path, delimiter: str | None, allow_nan: bool) -> np.ndarray:
     try:
         # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first field
         text = path.read_text(encoding="utf-8-sig")
@@ -357,24 +378,29 @@ def _load_csv(path: Path, delimiter: str | None) -> np.ndarray:
         delimiter = "," if "," in first else ("\t" if "\t" in first else None)
     fields = [f.strip() for f in (first.split(delimiter) if delimiter else first.split())]
     start = 0
-    try:
-        [float(f) for f in fields]
-    except ValueError:
-        start = 1  # a header row
+    # a header row has a field that is neither a number nor a missing value ("1,,3" is data)
+    if not all(_is_number(f, True) for f in fields):
+        start = 1
         logger.debug("%s: treating line %d as a header", path, lines[0][0])
     if start >= len(lines):
         raise ValueError(f"{path}: only a header row, no data")
     skip = lines[0][0] if start else 0
+    kwargs = dict(
+        delimiter=delimiter,
+        skiprows=skip,
+        comments="#",
+        ndmin=2,
+        dtype=np.float64,
+        encoding="utf-8-sig",
+    )
     try:
-        arr = np.loadtxt(
-            path,
-            delimiter=delimiter,
-            skiprows=skip,
-            comments="#",
-            ndmin=2,
-            dtype=np.float64,
-            encoding="utf-8-sig",
-        )
+        try:
+            arr = np.loadtxt(path, **kwargs)
+        except ValueError:
+            if not allow_nan:
+                raise
+            # empty cells, "NA", ...: the slower per-field conversion
+            arr = np.loadtxt(path, converters=_csv_float, **kwargs)
     except ValueError as exc:
         _diagnose_csv(path, lines, start, delimiter)
         raise ValueError(f"{path}: cannot parse as numeric CSV ({exc})") from exc
@@ -419,7 +445,9 @@ def load_array(
     """Load a 2-D numeric data matrix from ``.csv``/``.tsv``/``.txt``, ``.npy`` or ``.npz``.
 
     CSV: comma, tab or whitespace separated (guessed from the first row unless ``delimiter`` is
-    given); an optional non-numeric header row and ``#`` comment lines are skipped.
+    given); an optional non-numeric header row and ``#`` comment lines are skipped. With
+    ``allow_nan``, empty cells and ``NA``, ``N/A``, ``NaN``, ``null`` (any case) are missing
+    values (NaN).
     ``.npz``: the single array it holds, or the one named ``key`` (``"X"`` or ``"data"`` are
     tried when there are several). ``allow_nan``: NaN entries (missing values) are kept;
     infinite values are always an error.
@@ -443,7 +471,7 @@ def load_array(
     if suffix in (".csv", ".tsv", ".txt"):
         if suffix == ".tsv" and delimiter is None:
             delimiter = "\t"
-        arr = _load_csv(path, delimiter)
+        arr = _load_csv(path, delimiter, allow_nan)
     elif suffix == ".npy":
         _check_magic(path, b"\x93NUMPY", "a .npy file")
         try:
