@@ -108,6 +108,15 @@ def test_bad_headers_are_rejected(tmp_path):
         load_mnist(tmp_path)
 
 
+def test_a_header_whose_size_overflows_int64_is_a_truncated_file(tmp_path):
+    """Four sizes of 2**32 - 1 make (2**32 - 1)**4 bytes, past int64: the size wrapped around
+    and a header-only file was reported as having 'unexpected trailing bytes'."""
+    p = tmp_path / "big.idx"
+    p.write_bytes(struct.pack(">BBBB4I", 0, 0, 0x08, 4, *[2**32 - 1] * 4))
+    with pytest.raises(ValueError, match=r"truncated IDX data.*but only 0 bytes follow"):
+        read_idx(p)
+
+
 def test_wrong_dimensions_and_label_problems(tmp_path):
     # image file with 2-D data
     _mnist_pair(tmp_path, images=np.zeros((6, 784), dtype=np.uint8))

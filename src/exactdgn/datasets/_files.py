@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import math
 import os
 import zipfile
 import zlib
@@ -90,7 +91,7 @@ def read_idx(path) -> np.ndarray:
         raise ValueError(f"{path}: truncated IDX header ({len(data)} bytes, need {header})")
     dims = tuple(int(v) for v in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     dtype = _IDX_DTYPES[code]
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # Python ints: no int64 overflow
     found = len(data) - header
     if found < expected:
         raise ValueError(
