@@ -156,3 +156,38 @@ def test_is_a_scikit_learn_transformer():
     st2 = Standardizer.from_dict(st.to_dict())
     assert st2.get_params() == st.get_params()
     check_is_fitted(st2)
+
+
+def test_data_frame_column_names_are_kept_and_checked():
+    """Fitted on a data frame, it kept no ``feature_names_in_``: ``get_feature_names_out`` and
+    ``set_output(transform="pandas")`` gave x0, x1 instead of the columns, and a frame with its
+    columns in another order was standardized with the other columns' statistics."""
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": [10.0, 40.0, 70.0]})
+    st = Standardizer().fit(df)
+    assert st.feature_names_in_.tolist() == ["a", "b"]
+    assert st.get_feature_names_out().tolist() == ["a", "b"]
+    out = Standardizer().set_output(transform="pandas").fit_transform(df)
+    assert out.columns.tolist() == ["a", "b"]
+    np.testing.assert_allclose(out.to_numpy(), st.transform(df.to_numpy()))
+    for method in ("transform", "inverse_transform", "log_abs_det_jacobian_rows"):
+        with pytest.raises(ValueError, match=r"columns \['b', 'a'\].*fitted with \['a', 'b'\]"):
+            getattr(st, method)(df[["b", "a"]])
+    # refitted on an array, the names are gone
+    assert not hasattr(st.fit(df.to_numpy()), "feature_names_in_")
+    assert st.get_feature_names_out().tolist() == ["x0", "x1"]
+
+
+def test_estimator_tags_allow_nan():
+    """NaN is a missing value (as for StandardScaler), but the estimator tags said NaN was not
+    allowed, so ``check_estimator`` failed (its ``check_estimators_nan_inf``) and a Pipeline
+    starting with it declared that it refuses NaN. Infinite values stay errors."""
+    st = Standardizer()
+    assert st.__sklearn_tags__().input_tags.allow_nan
+    X = _data()
+    X[0, 1] = np.nan
+    assert np.isnan(st.fit(X).transform(X)[0, 1])
+    X[1, 2] = np.inf
+    for call in (st.fit, st.transform):
+        with pytest.raises(ValueError, match="infinite"):
+            call(X)

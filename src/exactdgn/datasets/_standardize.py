@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 
-from .._validation import NotFittedError, check_array
+from .._validation import NotFittedError, check_array, check_feature_names, feature_names
 
 __all__ = ["Standardizer"]
 
@@ -43,6 +43,9 @@ class Standardizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     floor_ : float
     n_features_in_ : int
     n_samples_seen_ : int
+    feature_names_in_ : ndarray of str
+        The column names of a data frame given to ``fit`` (``get_feature_names_out`` returns
+        them); a frame with other names or another order is then an error.
     """
 
     def __init__(
@@ -58,27 +61,37 @@ class Standardizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self.min_std = min_std
         self.rel_min_std = rel_min_std
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # NaN is a missing value, as for StandardScaler
+        return tags
+
     def fit(self, X, y=None) -> Standardizer:
         """Compute the per-feature mean and floored standard deviation of ``X`` (N, D).
 
         NaN means missing (as scikit-learn's ``StandardScaler``): each feature's moments are
         those of its observed values; a feature with none is an error.
         """
+        names = feature_names(X)
         X = check_array(X, name="X", allow_nan=True)
         if X.shape[0] < 1:
             raise ValueError("X has no rows")
         nan = np.isnan(X)
         if not nan.any():
             mean = X.mean(axis=0)
-            return self.fit_moments(mean, np.sqrt(np.mean((X - mean) ** 2, axis=0)), X.shape[0])
-        empty = np.flatnonzero(nan.all(axis=0))
-        if len(empty):
-            raise ValueError(
-                f"X has {len(empty)} columns with every value missing (NaN), first columns "
-                f"{empty[:5].tolist()}: they cannot be standardized; drop them"
-            )
-        mean = np.nanmean(X, axis=0)
-        return self.fit_moments(mean, np.sqrt(np.nanmean((X - mean) ** 2, axis=0)), X.shape[0])
+            self.fit_moments(mean, np.sqrt(np.mean((X - mean) ** 2, axis=0)), X.shape[0])
+        else:
+            empty = np.flatnonzero(nan.all(axis=0))
+            if len(empty):
+                raise ValueError(
+                    f"X has {len(empty)} columns with every value missing (NaN), first columns "
+                    f"{empty[:5].tolist()}: they cannot be standardized; drop them"
+                )
+            mean = np.nanmean(X, axis=0)
+            self.fit_moments(mean, np.sqrt(np.nanmean((X - mean) ** 2, axis=0)), X.shape[0])
+        if names is not None:
+            self.feature_names_in_ = names
+        return self
 
     def fit_moments(self, mean, std, n_samples: int) -> Standardizer:
         """Fit from per-feature ``mean`` and (population) ``std`` of ``n_samples`` rows computed
@@ -106,24 +119,26 @@ class Standardizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self.scale_ = np.maximum(std, floor) if self.with_std else np.ones(len(mean))
         self.n_features_in_ = len(mean)
         self.n_samples_seen_ = int(n_samples)
+        self.__dict__.pop("feature_names_in_", None)  # moments carry no column names
         return self
 
-    def _check_fitted(self):
+    def _check_fitted(self, X=None):
         if not hasattr(self, "scale_"):
             raise NotFittedError(
                 "this Standardizer is not fitted yet: call fit(X) or fit_moments(mean, std, "
                 "n_samples) first (or rebuild a fitted one with Standardizer.from_dict)"
             )
+        check_feature_names(self, X)
 
     def transform(self, X) -> np.ndarray:
         """Return ``(X - mean_) / scale_``, shape (N, D) (NaN, missing, stays NaN)."""
-        self._check_fitted()
+        self._check_fitted(X)
         X = check_array(X, name="X", n_features=self.n_features_in_, allow_nan=True)
         return (X - self.mean_) / self.scale_
 
     def inverse_transform(self, Y) -> np.ndarray:
         """Map standardised data (or a model's samples of it) back: ``Y * scale_ + mean_``."""
-        self._check_fitted()
+        self._check_fitted(Y)
         Y = check_array(Y, name="Y", n_features=self.n_features_in_, allow_nan=True)
         return Y * self.scale_ + self.mean_
 
@@ -138,7 +153,7 @@ class Standardizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def log_abs_det_jacobian_rows(self, X) -> np.ndarray:
         """(N,) ``-Σ_{j observed} log scale_j`` of each row of ``X`` (NaN: missing): the
         Jacobian of the standardization of a row's observed values, for ``log p(x_obs)``."""
-        self._check_fitted()
+        self._check_fitted(X)
         X = check_array(X, name="X", n_features=self.n_features_in_, allow_nan=True)
         return -((~np.isnan(X)) @ np.log(self.scale_))
 
