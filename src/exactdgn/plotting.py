@@ -5,7 +5,9 @@ matplotlib is imported lazily, inside the functions.
 
 from __future__ import annotations
 
+import functools
 import math
+import sys
 
 import numpy as np
 
@@ -23,6 +25,52 @@ __all__ = [
     "plot_samples_2d",
     "region_polygon",
 ]
+
+
+def _closes_its_figure_on_error(func):
+    """Close the figure ``func`` opened (called without ``ax``) when it raises: a refused call
+    leaves no open figure behind."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        plt = sys.modules.get("matplotlib.pyplot")
+        before = set(plt.get_fignums()) if plt is not None else set()
+        try:
+            return func(*args, **kwargs)
+        except Exception:
+            plt = sys.modules.get("matplotlib.pyplot")
+            for num in set(plt.get_fignums()) - before if plt is not None else ():
+                plt.close(num)
+            raise
+
+    return wrapper
+
+
+def _check_lim(lim, name: str = "lim") -> float:
+    lim = float(lim)
+    if not (np.isfinite(lim) and lim > 0):
+        raise ValueError(
+            f"{name} must be a finite number > 0 (the half-width of the view), got {lim}"
+        )
+    return lim
+
+
+def _check_count(value, name: str, low: int) -> int:
+    if not is_int(value, low):
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def _check_model(model, latent_dim: int, func: str) -> None:
+    """A fitted model (scikit-learn's NotFittedError otherwise) of the given latent dimension."""
+    from sklearn.utils.validation import check_is_fitted
+
+    check_is_fitted(model, "decoder_")
+    if model.decoder_.latent_dim != latent_dim:
+        raise ValueError(
+            f"{func} needs a latent_dim = {latent_dim} model, got latent_dim = "
+            f"{model.decoder_.latent_dim}"
+        )
 
 
 def _new_ax(ax):
@@ -65,6 +113,7 @@ def region_polygon(part: Partition, r: int, far: float) -> np.ndarray:
     return np.array(pts)
 
 
+@_closes_its_figure_on_error
 def plot_partition(
     part: Partition,
     ax=None,
@@ -95,6 +144,7 @@ def plot_partition(
         raise ValueError(
             f"outputs must be an integer >= 0 (outputs drawn for d = 1), got {outputs!r}"
         )
+    lim = _check_lim(lim)
     ax = _new_ax(ax)
     d = part.latent_dim
     if d == 1:
@@ -136,6 +186,7 @@ def plot_partition(
 
 
 # ---------------------------------------------------------------------- curves and data
+@_closes_its_figure_on_error
 def plot_curves(
     curves: dict,
     ax=None,
@@ -200,6 +251,7 @@ def plot_curves(
     return ax
 
 
+@_closes_its_figure_on_error
 def plot_samples_2d(
     X,
     samples: dict | None = None,
@@ -241,6 +293,7 @@ def plot_samples_2d(
     return ax
 
 
+@_closes_its_figure_on_error
 def plot_images(X, ax=None, *, shape=None, ncols: int = 8, title: str | None = None):
     """Tile flattened images (rows of ``X``) into one grey-scale mosaic.
 
@@ -284,6 +337,7 @@ def plot_images(X, ax=None, *, shape=None, ncols: int = 8, title: str | None = N
     return ax
 
 
+@_closes_its_figure_on_error
 def plot_loglog_fit(x, y, ax=None, *, label: str = "", xlabel: str = "", ylabel: str = ""):
     """Log-log scatter of ``y`` against ``x`` with the least-squares line of ``log y`` on ``log x``.
 
@@ -298,9 +352,11 @@ def plot_loglog_fit(x, y, ax=None, *, label: str = "", xlabel: str = "", ylabel:
     -------
     ax
     """
-    ax = _new_ax(ax)
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"x and y must be 1-D of equal length, got {x.shape}, {y.shape}")
+    ax = _new_ax(ax)
     ok = (x > 0) & (y > 0) & np.isfinite(x) & np.isfinite(y)
     slope = loglog_slope(x[ok], y[ok]) if ok.sum() >= 2 else (np.nan, np.nan)
     (pts,) = ax.plot(x[ok], y[ok], "o", ms=4)
@@ -319,7 +375,8 @@ def plot_loglog_fit(x, y, ax=None, *, label: str = "", xlabel: str = "", ylabel:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="best", fontsize="small")
+    if ok.sum() >= 2:  # no legend without the labelled line (matplotlib warns)
+        ax.legend(loc="best", fontsize="small")
     return ax
 
 
@@ -364,6 +421,7 @@ def _log_posterior_grid(model, x: np.ndarray, Z: np.ndarray) -> np.ndarray:
     return model.log_prob_joint(np.repeat(x, len(Z), axis=0), Z) - log_px
 
 
+@_closes_its_figure_on_error
 def plot_posterior_1d(
     model,
     x,
@@ -398,10 +456,11 @@ def plot_posterior_1d(
     -------
     ax
     """
-    ax = _new_ax(ax)
-    if model.decoder_.latent_dim != 1:
-        raise ValueError("plot_posterior_1d needs a latent_dim = 1 model")
+    _check_model(model, 1, "plot_posterior_1d")
+    n_grid = _check_count(n_grid, "n_grid", 2)
+    lim = None if lim is None else _check_lim(lim)
     x = _one_point(x)
+    ax = _new_ax(ax)
     post = model.posterior(x)
     m = float(post.mean[0, 0])
     s = float(np.sqrt(post.variance[0, 0]))
@@ -412,7 +471,7 @@ def plot_posterior_1d(
         lo, hi = min(lo, qm - 6 * qs), max(hi, qm + 6 * qs)
     if lim is not None:
         lo, hi = -float(lim), float(lim)
-    z = np.linspace(lo, hi, int(n_grid))
+    z = np.linspace(lo, hi, n_grid)
     dens = np.exp(_log_posterior_grid(model, x, z[:, None]))
     ax.plot(z, dens, "k-", lw=1.3, label="exact p(z|x)")
     if q is not None:
@@ -430,6 +489,7 @@ def plot_posterior_1d(
     return ax
 
 
+@_closes_its_figure_on_error
 def plot_posterior_2d(
     model,
     x,
@@ -467,10 +527,12 @@ def plot_posterior_2d(
     -------
     ax
     """
-    ax = _new_ax(ax)
-    if model.decoder_.latent_dim != 2:
-        raise ValueError("plot_posterior_2d needs a latent_dim = 2 model")
+    _check_model(model, 2, "plot_posterior_2d")
+    n_grid = _check_count(n_grid, "n_grid", 2)
+    levels = _check_count(levels, "levels", 1)
+    lim = None if lim is None else _check_lim(lim)
     x = _one_point(x)
+    ax = _new_ax(ax)
     post = model.posterior(x)
     c = post.mean[0]
     half = 5 * float(np.sqrt(post.variance[0].max()))

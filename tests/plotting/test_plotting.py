@@ -179,3 +179,81 @@ def test_plot_curves_spread_of_the_wrong_length_is_a_clear_error(ax):
         P.plot_curves({"b": {"x": x, "y": x, "spread": np.ones((5, 1))}}, ax=ax)
     P.plot_curves({"c": (x, x, 0.1)}, ax=ax)  # a scalar spread is one band width
     assert len(ax.collections) == 1
+
+
+def _bad_calls(model1, model2):
+    """(label, call) pairs that must raise, each without an ``ax`` (so one is created)."""
+    m3 = ExactDGN.from_decoder(Decoder.random([3, 4, 3], seed=0), noise_std=0.3)
+    x2 = model2.sample(1, random_state=0)
+    return [
+        ("partition d=3", lambda: P.plot_partition(m3.partition_)),
+        ("posterior_1d d=2", lambda: P.plot_posterior_1d(model2, x2)),
+        ("posterior_2d d=3", lambda: P.plot_posterior_2d(m3, m3.sample(1, random_state=0))),
+        ("posterior_1d wrong D", lambda: P.plot_posterior_1d(model1, x2)),
+        ("images 1-D", lambda: P.plot_images(np.ones(4))),
+        ("samples 3-D", lambda: P.plot_samples_2d(np.ones((3, 3)))),
+        ("curves ragged", lambda: P.plot_curves({"a": ([1, 2], [1])})),
+        ("loglog same x", lambda: P.plot_loglog_fit([1, 1], [1, 2])),
+    ]
+
+
+def test_a_refused_call_leaves_no_open_figure(model1, model2):
+    """Without ``ax`` each function opened a figure and then validated its arguments: every
+    refused call left one more open figure (matplotlib warns past 20)."""
+    before = set(plt.get_fignums())
+    for label, call in _bad_calls(model1, model2):
+        with pytest.raises(ValueError):
+            call()
+        assert set(plt.get_fignums()) == before, label
+    ax = P.plot_images(np.ones((2, 4)))  # a call that succeeds keeps its figure
+    assert ax.figure.number not in before
+    plt.close(ax.figure)
+
+
+@pytest.mark.parametrize("which", [1, 2])
+def test_unfitted_model_is_a_not_fitted_error(ax, which):
+    """It was ``AttributeError: 'ExactDGN' object has no attribute 'decoder_'``."""
+    from sklearn.exceptions import NotFittedError
+
+    plot = P.plot_posterior_1d if which == 1 else P.plot_posterior_2d
+    with pytest.raises(NotFittedError, match="not fitted"):
+        plot(ExactDGN(latent_dim=which), np.zeros(3), ax=ax)
+
+
+def test_loglog_fit_with_fewer_than_two_points_draws_without_warning(ax):
+    """Under two positive points there is no line, and ``legend()`` warned "No artists with
+    labels found" (an error under -W error); x and y of different lengths were a numpy
+    broadcast error."""
+    assert P.plot_loglog_fit([1.0, 2.0], [-1.0, 0.0], ax=ax) is ax
+    assert P.plot_loglog_fit([3.0], [2.0], ax=ax, label="one") is ax
+    assert ax.get_legend() is None
+    with pytest.raises(
+        ValueError, match=r"x and y must be 1-D of equal length, got \(3,\), \(2,\)"
+    ):
+        P.plot_loglog_fit([1, 2, 3], [1, 2], ax=ax)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda m1, m2, ax: P.plot_partition(m2.partition_, ax=ax, lim=0), "lim must be"),
+        (
+            lambda m1, m2, ax: P.plot_posterior_1d(m1, np.zeros(2), ax=ax, n_grid=1),
+            "n_grid must be an integer >= 2",
+        ),
+        (lambda m1, m2, ax: P.plot_posterior_1d(m1, np.zeros(2), ax=ax, lim=-1), "lim must be"),
+        (
+            lambda m1, m2, ax: P.plot_posterior_2d(m2, np.zeros(3), ax=ax, n_grid=1),
+            "n_grid must be an integer >= 2",
+        ),
+        (
+            lambda m1, m2, ax: P.plot_posterior_2d(m2, np.zeros(3), ax=ax, levels=0),
+            "levels must be an integer >= 1",
+        ),
+    ],
+)
+def test_view_and_grid_arguments_are_checked(ax, model1, model2, call, match):
+    """lim=0 was a matplotlib "identical low and high xlims" warning, lim=-1 a reversed axis,
+    n_grid=1 and levels=0 matplotlib errors about contour shapes and levels."""
+    with pytest.raises(ValueError, match=match):
+        call(model1, model2, ax)
