@@ -97,3 +97,21 @@ def test_check_random_state():
         check_random_state(-1)
     with pytest.raises(ValueError, match="centers"):
         gaussian_mixture(10, centers=[[0.0, 0.0, 0.0]])
+
+
+@pytest.mark.parametrize(
+    ("gen", "kw", "match"),
+    [
+        (wave, {"noise": None}, "noise"),
+        (circle, {"noise": "small"}, "noise"),
+        (circle, {"radius": "x"}, "radius"),
+        (wave, {"low": None}, "low"),
+        (gaussian_mixture, {"radius": [1.0, 2.0]}, "radius"),
+    ],
+)
+def test_non_numeric_parameters_are_named(gen, kw, match):
+    """``noise=None`` was ``float() argument must be a string or a real number, not
+    'NoneType'`` and ``radius="x"`` was ``could not convert string to float: 'x'``: neither
+    said which argument was wrong."""
+    with pytest.raises((TypeError, ValueError), match=f"{match}=.* is invalid: use a"):
+        gen(10, **kw, random_state=0)

@@ -33,14 +33,17 @@ def _check_common(n_samples, noise) -> tuple[int, float]:
         raise TypeError(f"n_samples must be an int, got {type(n_samples).__name__}")
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-    noise = float(noise)
-    if not np.isfinite(noise) or noise < 0:
+    noise = _finite(noise, "noise")
+    if noise < 0:
         raise ValueError(f"noise must be a finite number >= 0, got {noise}")
     return int(n_samples), noise
 
 
 def _finite(value, name: str) -> float:
-    value = float(value)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}={value!r} is invalid: use a finite number") from None
     if not np.isfinite(value):
         raise ValueError(f"{name}={value!r} is invalid: use a finite number")
     return value
