@@ -180,3 +180,45 @@ def test_sample_shape_validation():
     for bad in [-1, (2, -3)]:
         with pytest.raises(ValueError, match="sample_shape must not be negative"):
             post.sample(bad)
+
+
+def _sliver_model():
+    """Two hidden units whose lines nearly coincide (rows and biases equal to ~1e-10): the
+    region between them is a wedge of opening ~1e-10, whose pairs with a far point have zero
+    weight and, from the polygon kernel, a measure-zero mass (NaN moments)."""
+    W1 = np.array(
+        [
+            [0.9960542803138879, 0.08874610227149571],
+            [0.9960542802449419, 0.0887461024032053],
+            [0.5822058485731421, -1.7518005652801107],
+        ]
+    )
+    c1 = np.array([-0.7841272406813639, -0.7841272407193117, -0.1779139465826313])
+    W2 = np.array(
+        [
+            [2.004340265051685, -0.8995594817975393, 3.356832166851622],
+            [2.2837912815394867, -4.730626831460926, -1.4173024693013418],
+        ]
+    )
+    dec = Decoder([W1, W2], [c1, np.zeros(2)], ["relu"])
+    return ExactDGN.from_decoder(dec, 0.01063607419446113)
+
+
+def test_zero_weight_sliver_pairs_leave_moments_and_mode_finite():
+    """A pair of zero weight (a sliver region far from the posterior) whose truncated moments
+    are NaN made the whole row's mean and covariance NaN (0 * NaN), and its NaN MAP score
+    (``-inf - -inf``) made ``mode`` return the origin."""
+    m = _sliver_model()
+    x = np.array([-19.83586476671642, -39.368915133091235])
+    post = m.posterior(x[None])
+    mean, cov = oracle_posterior_moments_2d(m.decoder_, x, m.noise_std_[0])
+    np.testing.assert_allclose(post.mean[0], mean, rtol=1e-8)
+    np.testing.assert_allclose(post.covariance_matrix[0], cov, rtol=1e-6, atol=1e-12)
+    zmap = post.mode()[0]
+    # the MAP beats every point of a fine grid over the posterior's +-6 sd box
+    sd = np.sqrt(np.diag(cov))
+    g = [np.linspace(mean[k] - 6 * sd[k], mean[k] + 6 * sd[k], 301) for k in range(2)]
+    G = np.stack(np.meshgrid(*g, indexing="ij"), -1).reshape(-1, 2)
+    lp = post.log_prob(G[:, None, :])[:, 0]
+    assert post.log_prob(zmap)[0] >= lp.max() - 1e-9
+    np.testing.assert_allclose(zmap, G[lp.argmax()], atol=2 * 12 * sd.max() / 300)
