@@ -5,7 +5,11 @@ import pytest
 from scipy import integrate, optimize, stats
 
 from exactdgn import Decoder, ExactDGN
-from tests.oracles.likelihood import oracle_posterior_moments_1d, oracle_posterior_moments_2d
+from tests.oracles.likelihood import (
+    oracle_logpx_2d,
+    oracle_posterior_moments_1d,
+    oracle_posterior_moments_2d,
+)
 
 
 def _model(sizes, sigma, seed, act="leaky_relu"):
@@ -182,7 +186,7 @@ def test_sample_shape_validation():
             post.sample(bad)
 
 
-def _sliver_model():
+def _sliver_model(sigma=0.01063607419446113):
     """Two hidden units whose lines nearly coincide (rows and biases equal to ~1e-10): the
     region between them is a wedge of opening ~1e-10, whose pairs with a far point have zero
     weight and, from the polygon kernel, a measure-zero mass (NaN moments)."""
@@ -201,7 +205,7 @@ def _sliver_model():
         ]
     )
     dec = Decoder([W1, W2], [c1, np.zeros(2)], ["relu"])
-    return ExactDGN.from_decoder(dec, 0.01063607419446113)
+    return ExactDGN.from_decoder(dec, sigma)
 
 
 def test_zero_weight_sliver_pairs_leave_moments_and_mode_finite():
@@ -222,3 +226,14 @@ def test_zero_weight_sliver_pairs_leave_moments_and_mode_finite():
     lp = post.log_prob(G[:, None, :])[:, 0]
     assert post.log_prob(zmap)[0] >= lp.max() - 1e-9
     np.testing.assert_allclose(zmap, G[lp.argmax()], atol=2 * 12 * sd.max() / 300)
+
+
+def test_sliver_region_mass_matches_the_quadrature_oracle():
+    """Through the sliver region of ``_sliver_model`` (its H-representation reached 0.6 past
+    the region's true tip into another pattern) ``log p(x)`` of a far point was 1297 nats too
+    large."""
+    m = _sliver_model(0.3)
+    X = np.array([[-36.61072464496014, 9.296576053412904], [-19.83586476671642, -39.36891513]])
+    np.testing.assert_allclose(
+        m.score_samples(X), oracle_logpx_2d(m.decoder_, X, 0.3), rtol=1e-11, atol=0
+    )
