@@ -188,8 +188,8 @@ def test_sample_shape_validation():
 
 def _sliver_model(sigma=0.01063607419446113):
     """Two hidden units whose lines nearly coincide (rows and biases equal to ~1e-10): the
-    region between them is a wedge of opening ~1e-10, whose pairs with a far point have zero
-    weight and, from the polygon kernel, a measure-zero mass (NaN moments)."""
+    region between them is a wedge of opening ~1e-10 (``tests/partition/test_enum2d.py``'s
+    ``_sliver_decoder``)."""
     W1 = np.array(
         [
             [0.9960542803138879, 0.08874610227149571],
@@ -209,12 +209,25 @@ def _sliver_model(sigma=0.01063607419446113):
 
 
 def test_zero_weight_sliver_pairs_leave_moments_and_mode_finite():
-    """A pair of zero weight (a sliver region far from the posterior) whose truncated moments
-    are NaN made the whole row's mean and covariance NaN (0 * NaN), and its NaN MAP score
-    (``-inf - -inf``) made ``mode`` return the origin."""
-    m = _sliver_model()
-    x = np.array([-19.83586476671642, -39.368915133091235])
+    """A pair of zero weight (a sliver region far from the posterior: units 0 and 1 nearly
+    coincide) whose truncated moments are NaN (the polygon kernel finds the sliver of measure
+    zero) made the whole row's mean and covariance NaN (0 * NaN), and its MAP score poisoned
+    ``mode`` (it returned a point 700 away from the posterior)."""
+    W1 = [
+        [0.9851194051011261, 0.17187134052308867],
+        [0.9851193904622012, 0.17187133806715738],
+        [1.3978085699158789, 0.4211565307119722],
+    ]
+    c1 = [0.9961949536610561, 0.9961949293034321, -0.8271046926141227]
+    W2 = [
+        [-1.2490720474126946, -2.7181719040458274, 5.893658281652916],
+        [-0.8506367223116702, 3.0497090018386253, 0.9666157928024635],
+    ]
+    dec = Decoder([W1, W2], [c1, np.zeros(2)], ["relu"])
+    m = ExactDGN.from_decoder(dec, 0.401111947868026)
+    x = np.array([991.02455310057, -157.83417899203744])
     post = m.posterior(x[None])
+    assert np.exp(post.pairs.log_weight).min() == 0.0  # the case: a pair of zero weight
     mean, cov = oracle_posterior_moments_2d(m.decoder_, x, m.noise_std_[0])
     np.testing.assert_allclose(post.mean[0], mean, rtol=1e-8)
     np.testing.assert_allclose(post.covariance_matrix[0], cov, rtol=1e-6, atol=1e-12)
@@ -233,7 +246,7 @@ def test_sliver_region_mass_matches_the_quadrature_oracle():
     the region's true tip into another pattern) ``log p(x)`` of a far point was 1297 nats too
     large."""
     m = _sliver_model(0.3)
-    X = np.array([[-36.61072464496014, 9.296576053412904], [-19.83586476671642, -39.36891513]])
+    X = np.array([[-36.61072464496014, 9.296576053412904]])
     np.testing.assert_allclose(
         m.score_samples(X), oracle_logpx_2d(m.decoder_, X, 0.3), rtol=1e-11, atol=0
     )
