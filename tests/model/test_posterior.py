@@ -5,7 +5,11 @@ import pytest
 from scipy import integrate, optimize, stats
 
 from exactdgn import Decoder, ExactDGN
-from tests.oracles.likelihood import oracle_posterior_moments_1d, oracle_posterior_moments_2d
+from tests.oracles.likelihood import (
+    oracle_logpx_2d,
+    oracle_posterior_moments_1d,
+    oracle_posterior_moments_2d,
+)
 
 
 def _model(sizes, sigma, seed, act="leaky_relu"):
@@ -180,3 +184,69 @@ def test_sample_shape_validation():
     for bad in [-1, (2, -3)]:
         with pytest.raises(ValueError, match="sample_shape must not be negative"):
             post.sample(bad)
+
+
+def _sliver_model(sigma=0.01063607419446113):
+    """Two hidden units whose lines nearly coincide (rows and biases equal to ~1e-10): the
+    region between them is a wedge of opening ~1e-10 (``tests/partition/test_enum2d.py``'s
+    ``_sliver_decoder``)."""
+    W1 = np.array(
+        [
+            [0.9960542803138879, 0.08874610227149571],
+            [0.9960542802449419, 0.0887461024032053],
+            [0.5822058485731421, -1.7518005652801107],
+        ]
+    )
+    c1 = np.array([-0.7841272406813639, -0.7841272407193117, -0.1779139465826313])
+    W2 = np.array(
+        [
+            [2.004340265051685, -0.8995594817975393, 3.356832166851622],
+            [2.2837912815394867, -4.730626831460926, -1.4173024693013418],
+        ]
+    )
+    dec = Decoder([W1, W2], [c1, np.zeros(2)], ["relu"])
+    return ExactDGN.from_decoder(dec, sigma)
+
+
+def test_zero_weight_sliver_pairs_leave_moments_and_mode_finite():
+    """A pair of zero weight (a sliver region far from the posterior: units 0 and 1 nearly
+    coincide) whose truncated moments are NaN (the polygon kernel finds the sliver of measure
+    zero) made the whole row's mean and covariance NaN (0 * NaN), and its MAP score poisoned
+    ``mode`` (it returned a point 700 away from the posterior)."""
+    W1 = [
+        [0.9851194051011261, 0.17187134052308867],
+        [0.9851193904622012, 0.17187133806715738],
+        [1.3978085699158789, 0.4211565307119722],
+    ]
+    c1 = [0.9961949536610561, 0.9961949293034321, -0.8271046926141227]
+    W2 = [
+        [-1.2490720474126946, -2.7181719040458274, 5.893658281652916],
+        [-0.8506367223116702, 3.0497090018386253, 0.9666157928024635],
+    ]
+    dec = Decoder([W1, W2], [c1, np.zeros(2)], ["relu"])
+    m = ExactDGN.from_decoder(dec, 0.401111947868026)
+    x = np.array([991.02455310057, -157.83417899203744])
+    post = m.posterior(x[None])
+    assert np.exp(post.pairs.log_weight).min() == 0.0  # the case: a pair of zero weight
+    mean, cov = oracle_posterior_moments_2d(m.decoder_, x, m.noise_std_[0])
+    np.testing.assert_allclose(post.mean[0], mean, rtol=1e-8)
+    np.testing.assert_allclose(post.covariance_matrix[0], cov, rtol=1e-6, atol=1e-12)
+    zmap = post.mode()[0]
+    # the MAP beats every point of a fine grid over the posterior's +-6 sd box
+    sd = np.sqrt(np.diag(cov))
+    g = [np.linspace(mean[k] - 6 * sd[k], mean[k] + 6 * sd[k], 301) for k in range(2)]
+    G = np.stack(np.meshgrid(*g, indexing="ij"), -1).reshape(-1, 2)
+    lp = post.log_prob(G[:, None, :])[:, 0]
+    assert post.log_prob(zmap)[0] >= lp.max() - 1e-9
+    np.testing.assert_allclose(zmap, G[lp.argmax()], atol=2 * 12 * sd.max() / 300)
+
+
+def test_sliver_region_mass_matches_the_quadrature_oracle():
+    """Through the sliver region of ``_sliver_model`` (its H-representation reached 0.6 past
+    the region's true tip into another pattern) ``log p(x)`` of a far point was 1297 nats too
+    large."""
+    m = _sliver_model(0.3)
+    X = np.array([[-36.61072464496014, 9.296576053412904]])
+    np.testing.assert_allclose(
+        m.score_samples(X), oracle_logpx_2d(m.decoder_, X, 0.3), rtol=1e-11, atol=0
+    )

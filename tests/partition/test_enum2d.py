@@ -518,3 +518,43 @@ def test_split_whole_plane_inserts_foot():
         Vn[0], [[1, 0, 0], [h, h, 0], [-0.5, 0.5, 1], [-h, -h, 0], [0, -1, 0]], atol=1e-15
     )
     np.testing.assert_array_equal(Ln[0], [-1, 7, 7, -1, -1])
+
+
+def _sliver_decoder():
+    """Units 0 and 1 nearly coincide (rows and biases equal to ~1e-10): the region between
+    them is a wedge of opening 1.4e-10 whose tip, up to unit 2's line, has another pattern."""
+    W1 = [
+        [0.9960542803138879, 0.08874610227149571],
+        [0.9960542802449419, 0.0887461024032053],
+        [0.5822058485731421, -1.7518005652801107],
+    ]
+    c1 = [-0.7841272406813639, -0.7841272407193117, -0.1779139465826313]
+    W2 = [
+        [2.004340265051685, -0.8995594817975393, 3.356832166851622],
+        [2.2837912815394867, -4.730626831460926, -1.4173024693013418],
+    ]
+    return _dec([W1, W2], [c1, [0.0, 0.0]], ["relu"])
+
+
+def test_sliver_halfspaces_agree_with_the_pattern():
+    """The H-representation of a sliver region must not reach past the generators: the wedge's
+    facets from the exact lines met at their exact intersection, 0.6 before the tip the
+    splitting had found (the lines are one at tolerance there), so unit 2's line never cut it
+    and its corner lay where unit 2 is off: the region's affine map was off by ~1 there (the
+    likelihood then saw a 1300-nat too large mass, see the model test)."""
+    dec = _sliver_decoder()
+    part = exactdgn.partition(dec)
+    for r in range(len(part)):
+        C, e = part.halfspaces(r)
+        ip = part.interior_points[r]
+        for i, j in itertools.combinations(range(len(e)), 2):
+            M = C[[i, j]]
+            if abs(np.linalg.det(M)) < 1e-300:
+                continue
+            v = np.linalg.solve(M, e[[i, j]])
+            if np.any(C @ v > e + 1e-9 * (1 + np.abs(e))):
+                continue  # not a corner of the H-representation
+            z = (v + 1e-3 * (ip - v))[None]  # just inside, next to the corner
+            np.testing.assert_allclose(
+                z @ part.A[r].T + part.b[r], dec(z), atol=1e-8, err_msg=f"region {r}"
+            )

@@ -183,3 +183,15 @@ def test_region_contains_checks_the_latent_shape(part2):
     for bad in [np.zeros((1, 3)), np.zeros(3), np.zeros((2, 2, 2))]:
         with pytest.raises(ValueError, match=r"Z must have shape \(N, 2\) or \(2,\)"):
             r.contains(bad)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", ["weights", "biases"])
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_partition_refuses_non_finite_parameters(bad, where, d):
+    """Decoder's arrays are public and mutable (training writes them in place): a NaN set
+    after construction was enumerated into a meaningless partition without a word."""
+    dec = Decoder.random([d, 4, 3, 2], seed=0)
+    getattr(dec, where)[1][0] = bad
+    with pytest.raises(ValueError, match=r"layer 1 has non-finite weights or biases.*partition"):
+        exactdgn.partition(dec)

@@ -97,6 +97,13 @@ def _is_finite_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)
 
 
+def _check_finite(weights, biases, hint: str = "") -> None:
+    """Refuse NaN or infinite weights or biases, naming the first such layer."""
+    for k, (W, c) in enumerate(zip(weights, biases, strict=True)):
+        if not (np.all(np.isfinite(W)) and np.all(np.isfinite(c))):
+            raise ValueError(f"layer {k} has non-finite weights or biases{hint}")
+
+
 def _as_activation(act, n: int) -> Activation:
     if isinstance(act, Activation):
         out = act
@@ -157,8 +164,7 @@ class Decoder:
                     f"weight {k} takes {W.shape[1]} inputs but layer {k - 1} has "
                     f"{weights[k - 1].shape[0]} outputs"
                 )
-            if not (np.all(np.isfinite(W)) and np.all(np.isfinite(c))):
-                raise ValueError(f"layer {k} has non-finite weights or biases")
+        _check_finite(weights, biases)
         self.weights = weights
         self.biases = biases
         self.activations = [

@@ -78,12 +78,22 @@ class ExactPosterior:
 
     # ------------------------------------------------------------------ moments
     def _moments(self):
+        """The pairs' ``E[z | x, r]`` (P, d) and ``Cov[z | x, r]`` (P, d, d).
+
+        Pairs of zero weight (``exp(log_weight)`` underflows: they enter no sum) get zero
+        moments and are not integrated: their polygon can be a sliver the kernel finds of
+        measure zero (NaN moments), and ``0 * NaN`` would make the whole row NaN.
+        """
         st = self._stats
         if st.mean is None:
             normals, Lr, mu, _, offsets = self._whitened()
-            tm = gaussian.truncated_moments(normals, offsets)
-            st.mean = mu + np.einsum("pij,pj->pi", Lr, tm.mean)
-            st.cov = Lr @ tm.cov @ np.swapaxes(Lr, 1, 2)
+            live = np.flatnonzero(np.exp(st.log_weight) > 0)
+            d = self.event_shape[0]
+            mean, cov = np.zeros((len(st.point), d)), np.zeros((len(st.point), d, d))
+            tm = gaussian.truncated_moments(normals[live], offsets[live])
+            mean[live] = mu[live] + np.einsum("pij,pj->pi", Lr[live], tm.mean)
+            cov[live] = Lr[live] @ tm.cov @ np.swapaxes(Lr[live], 1, 2)
+            st.mean, st.cov = mean, cov
         return st.mean, st.cov
 
     @property
@@ -248,9 +258,14 @@ class ExactPosterior:
         u = project_origin(normals, offsets)
         z = mu + np.einsum("pij,pj->pi", L, u)
         d = self.event_shape[0]
-        lk = st.log_joint - gaussian.log_mass(normals, offsets)
+        lm = gaussian.log_mass(normals, offsets)
+        with np.errstate(invalid="ignore"):
+            lk = st.log_joint - lm
         score = lk - 0.5 * np.einsum("pi,pi->p", u, u) + 0.5 * log_det_P
         score = score - 0.5 * d * LOG_2PI
+        # a pair whose polygon the kernel finds of measure zero (a sliver) or of zero joint
+        # mass holds no mode: its score would be NaN (-inf - -inf) and poison the maximum
+        score = np.where(np.isfinite(lm) & np.isfinite(st.log_joint), score, -np.inf)
         N = self.batch_shape[0]
         best = np.full(N, -np.inf)
         np.maximum.at(best, st.point, score)

@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 from ..decoder import Decoder
+from ..decoder._core import _check_finite
 from ._partition import (
     Partition,
     PartitionTooLargeError,
@@ -81,10 +82,17 @@ def partition(decoder: Decoder, *, max_bytes: int | None = None, method: str = "
         When the estimated size exceeds ``max_bytes``.
     ValueError
         For an unknown ``method``, one that does not fit the latent dimension, or a
-        ``max_bytes`` that is not a finite number >= 1.
+        ``max_bytes`` that is not a finite number >= 1, or a decoder with NaN or infinite
+        weights or biases.
     """
     if not isinstance(decoder, Decoder):
         raise TypeError(f"partition() takes a Decoder, got {type(decoder).__name__}")
+    # the decoder's arrays are public and mutable (checked at construction, not since)
+    _check_finite(
+        decoder.weights,
+        decoder.biases,
+        ": cannot partition (regions would be meaningless); fix or re-initialise the decoder",
+    )
     d = decoder.latent_dim
     if method == "auto":
         method = {1: "sweep", 2: "polygon"}.get(d, "adjacency")

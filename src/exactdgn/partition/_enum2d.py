@@ -416,11 +416,13 @@ def _interior_points(V: np.ndarray, cnt: np.ndarray) -> np.ndarray:
     return out
 
 
-def _refine(V, cnt, L, coef) -> None:
+def _refine(V, cnt, L, coef) -> np.ndarray:
     """Recompute corners as intersections of their two lines and rays as line directions.
 
     In place; a refined generator is kept only if it agrees with the one from the splitting to
-    a relative 1e-7 (guards near-parallel pairs of lines).
+    a relative 1e-7 (guards near-parallel pairs of lines). Returns the (R, W) mask of the
+    corners kept from the splitting (two lines that are one at tolerance there: their exact
+    intersection can lie far away, in another region).
     """
     R, W, _ = V.shape
     idx = np.arange(W)[None, :]
@@ -432,6 +434,7 @@ def _refine(V, cnt, L, coef) -> None:
     isfin = valid & (V[..., 2] > 0)
     isray = valid & (V[..., 2] == 0)
     # corners between two different labelled lines
+    kept = np.zeros((R, W), dtype=bool)
     r, i = np.nonzero(isfin & (Lin >= 0) & (Lout >= 0) & (Lin != Lout))
     if len(r):
         l1, l2 = coef[Lin[r, i]], coef[Lout[r, i]]
@@ -447,6 +450,7 @@ def _refine(V, cnt, L, coef) -> None:
         good &= dist <= 1e-7 * (1.0 + np.hypot(old[:, 0], old[:, 1]))
         V[r[good], i[good], 0] = x[good]
         V[r[good], i[good], 1] = y[good]
+        kept[r[~good], i[~good]] = True
     # rays along a labelled edge (an edge point -> ray or ray -> point lies on its line)
     lab = np.where(Lin >= 0, Lin, Lout)
     r, i = np.nonzero(isray & (lab >= 0))
@@ -459,6 +463,7 @@ def _refine(V, cnt, L, coef) -> None:
         d *= sgn[:, None]
         good = np.hypot(*(d - old).T) <= 1e-7
         V[r[good], i[good], :2] = d[good]
+    return kept
 
 
 def enumerate_2d(decoder: Decoder, check_budget=None) -> RawPartition:
@@ -535,7 +540,7 @@ def enumerate_2d(decoder: Decoder, check_budget=None) -> RawPartition:
 def _assemble(V, cnt, L, pats, coef, unit_of) -> RawPartition:
     """Facets (one per run of equally labelled edges), interior points, generators."""
     R, W, _ = V.shape
-    _refine(V, cnt, L, coef)
+    kept = _refine(V, cnt, L, coef)
     rows = np.arange(R)[:, None]
     idx = np.arange(W)[None, :]
     c_ = cnt[:, None]
@@ -564,6 +569,19 @@ def _assemble(V, cnt, L, pats, coef, unit_of) -> RawPartition:
     an = np.hypot(ln[:, 0], ln[:, 1])
     normals = -(sigma / an)[:, None] * ln[:, :2]
     offsets = sigma * ln[:, 2] / an
+    # A facet ending at a corner kept from the splitting passes through that corner, as the
+    # generators do: the exact lines (one at tolerance near the region) would meet elsewhere,
+    # possibly past a line that did not cut the region, and the halfspaces would reach into
+    # another pattern (the exact normal is kept; the offset moves by the tolerance at most).
+    # A corner of two such facets then lies at the generator.
+    j = nxt[r, i]
+    j = np.where(two, nxt[r, j], j)  # the facet's far end (past the foot point)
+    kp, kq = kept[r, i], kept[r, j]
+    if kp.any() or kq.any():
+        with np.errstate(invalid="ignore"):
+            op = np.where(kp, np.einsum("fk,fk->f", normals, p[:, :2]), np.inf)
+            oq = np.where(kq, np.einsum("fk,fk->f", normals, V[r, j, :2]), np.inf)
+        offsets = np.where(kp | kq, np.minimum(op, oq), offsets)
     ptr = np.zeros(R + 1, dtype=np.int64)
     np.cumsum(first.sum(axis=1), out=ptr[1:])
     gen_ptr = np.zeros(R + 1, dtype=np.int64)
