@@ -900,3 +900,52 @@ def test_moments_only_where_selected(mapped):
     assert np.all(np.isnan(part.mean[~sel])) and np.all(np.isnan(part.cov[~sel]))
     with pytest.raises(ValueError, match="select"):
         moments(select=lambda lm, err: lm[:3] > 0)
+
+
+# ------------------------------------------------------------------------------------------
+# error estimate of thin slivers far along their length
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "a,w,k",
+    [
+        (0.5, 1e-9, 150.0),
+        (0.5, 1e-9, 20.0),
+        (5.0, 1e-9, 400.0),
+        (2.0, 1e-7, 50.0),
+        (-3.0, 1e-9, 50.0),
+    ],
+)
+def test_thin_strip_cut_far_error_estimate_covers(a, w, k):
+    """A strip ``a <= n.u <= a + w`` cut by the orthogonal line ``m.u >= k`` far along it: the
+    exact mass is the product ``(Phi(a + w) - Phi(a)) Q(k)`` (n and m exactly orthogonal).  The
+    polygon's short edge on the cut line sits at ``|u| ~ k``, where its end points carry an
+    absolute rounding of ~eps k (the vertex is shared between its two edges by projection);
+    relative to the width ``w`` that is up to ~1e-5 of the mass, and the reported error must
+    cover it (it used to report ~1e-10)."""
+    n, m = np.array([0.6, 0.8]), np.array([-0.8, 0.6])
+    N = np.array([[n, -n, -m]])
+    C = np.array([[a + w, -a, -k]])
+    got, err = log_mass(N, C, return_error=True)
+    with mp.workdps(50):
+        nn = mp.sqrt(mp.mpf(0.6) ** 2 + mp.mpf(0.8) ** 2)  # |n| = |m|, normalised exactly
+        lo, hi = mp.mpf(a) / nn, mp.mpf(a + w) / nn
+        strip = mp.ncdf(-lo) - mp.ncdf(-hi) if a > 0 else mp.ncdf(hi) - mp.ncdf(lo)
+        ref = float(mp.log(strip) + mp.log(mp.ncdf(-mp.mpf(k) / nn)))
+    assert abs(got[0] - ref) <= err[0]
+    assert err[0] <= 1e-2  # still informative (conservative by ~50x at most here)
+
+
+@pytest.mark.parametrize("a", [-7.3, -15.2, -30.1])
+@pytest.mark.parametrize("w", [1e-10, 1e-7, 1e-6])
+def test_thin_far_strip_error_estimate_covers(a, w):
+    """A strip ``a <= n.u <= a + w`` far from the mean: the tail pieces of its two lines cancel
+    by ``ratio ~ 1/(w |a|)``, and each piece's exponent ``-(h^2 + t^2)/2`` is rounded by about
+    ``eps |log m|``; the reported error must cover ``eps * ratio * |log m|`` (it covered only
+    ``eps * ratio``: true errors up to 9x the estimate).  Reference: ``Phi(a + w) - Phi(a)``."""
+    n = np.array([0.6, 0.8])
+    got, err = log_mass(np.array([[n, -n]]), np.array([[a + w, -a]]), return_error=True)
+    with mp.workdps(50):
+        nn = mp.sqrt(mp.mpf(0.6) ** 2 + mp.mpf(0.8) ** 2)
+        ref = float(mp.log(mp.ncdf(mp.mpf(a + w) / nn) - mp.ncdf(mp.mpf(a) / nn)))
+    assert abs(got[0] - ref) <= err[0]
+    assert err[0] <= 1e-3

@@ -26,7 +26,10 @@ are routed as follows:
   ``0 <= ta < tb <= inf`` (``h = |c_e|``); each piece is evaluated in log space by
   Gauss-Laguerre (``ta >= 4``, substitution ``t^2 = ta^2 + 2 s``), Gauss-Legendre near the foot
   (or Owen's T differences for ``h < 1``), and the pieces are combined with their signs by
-  log-sum-exp.  Exact to ~1e-13 in log mass, also at log masses of -1e8.
+  log-sum-exp.  Exact to ~1e-13 in log mass, also at log masses of -1e8, unless the pieces
+  cancel (ratio = sum of |pieces| / mass): the error estimate then adds the rounding of the
+  pieces' exponents (``eps * ratio * |log m|``) and of the edge end points (absolute
+  ``~eps (|t| + h)``, times ``|dB/dt| / m``), which dominate for thin slivers far out.
 * the others run the fast path; those whose result cancels are redone by the tail-safe pieces.
 
 Pairs are processed in blocks grouped by their number of real (non-padding) rows.
@@ -125,6 +128,10 @@ _FAST_MIN = 1e-14
 _S_SPLIT = 4.0
 # Distance along an edge (from the foot) beyond which the Laguerre substitution is used.
 _T_LAG = 4.0
+# Rounding of the tail path's edge end points, in units of eps (|t| + h) (see _tail_mass).
+_T_ERR = 8.0
+# Rounding of the tail pieces' exponents, in units of eps * ratio * (1 + |log m|).
+_T_EXP = 4.0
 # Small-polygon cubature (mass and moments): R (|g| + R/2) <= _SMALL.
 _SMALL = 1.0
 # Pairs with an offset below -_FAST_CMIN skip the fast path (it cancels there).
@@ -499,7 +506,18 @@ def _tail_mass(cu, t0, t1, use, omega):
         logm = np.where(diff < 0, Lf + np.log1p(-np.exp(diff)), -np.inf)
         logm = np.where(np.isneginf(Lb), Lf, logm)
         ratio = np.exp(np.logaddexp(Lf, Lb) - logm)
-    return logm, ratio
+        # End points: their absolute rounding is ~eps (|t| + h) (a vertex is computed at
+        # |u| ~ sqrt(h^2 + t^2) and shared by projection), which the mass feels through
+        # |dB/dt| = phi2(h, t) h / (h^2 + t^2); relative to a thin polygon's width this is far
+        # more than eps * ratio.  Split points (the feet, t = 0) are exact.
+        real_a = np.concatenate([valid1 & ~straddle, np.zeros_like(valid2)], axis=1) & valid
+        real_b = valid & np.isfinite(lb)
+        t = np.concatenate([la, lb], axis=1)
+        h2 = np.concatenate([hh, hh], axis=1)
+        r2 = h2 * h2 + t * t
+        ld = -0.5 * r2 - LOG_2PI + np.log(h2 / r2) + np.log(_T_ERR * EPS * (h2 + np.abs(t)))
+        ends = np.exp(_lse(ld, np.concatenate([real_a, real_b], axis=1), 1) - logm)
+    return logm, ratio, ends
 
 
 # --------------------------------------------------------------------------------------------
@@ -757,10 +775,14 @@ def _integrate(edges: Edges, moments: bool, floor=None) -> Integrated:
         quad_err[cub_i] = 1e-14 + 4.0 * cond
     tail_i = np.flatnonzero(redo & ~cub)
     if tail_i.size:
-        lm, rt = _tail_mass(cu[tail_i], t0[tail_i], t1[tail_i], use[tail_i], omega[tail_i])
+        lm, rt, ends = _tail_mass(cu[tail_i], t0[tail_i], t1[tail_i], use[tail_i], omega[tail_i])
         logm[tail_i] = lm
         ratio[tail_i] = rt
-        quad_err[tail_i] = 1e-14
+        # the pieces' exponents -(h^2 + t^2)/2 are rounded (~eps |log m| relative each) and
+        # cancel by the ratio: thin strips far out lose eps * ratio * |log m|, not eps * ratio
+        quad_err[tail_i] = (
+            1e-14 + np.where(np.isfinite(ends), ends, 0.0) + _T_EXP * EPS * rt * (1.0 + np.abs(lm))
+        )
     logm = np.minimum(logm, 0.0)
     with np.errstate(all="ignore"):
         err = 8.0 * EPS * np.where(np.isfinite(ratio), ratio, 1.0) + 4.0 * EPS * (

@@ -49,6 +49,8 @@ from ._polygon import (
     _LAG_X,
     _S_SPLIT,
     _SMALL,
+    _T_ERR,
+    _T_EXP,
     _T_LAG,
     Edges,
     Vertices,
@@ -294,7 +296,14 @@ def _tail_mass(cu, t0, t1, use, omega):
     )
     logm = torch.where(torch.isneginf(Lb), Lf, logm)
     ratio = torch.exp(torch.logaddexp(Lf, Lb) - logm)
-    return logm, ratio
+    # end-point rounding term of the error (see _polygon._tail_mass); feet are exact
+    real = valid & torch.cat([~straddle, torch.zeros_like(straddle)], dim=1)
+    t = torch.cat([la, lb], dim=1)
+    h2 = torch.cat([hh, hh], dim=1)
+    r2 = h2 * h2 + t * t
+    ld = -0.5 * r2 - LOG_2PI + torch.log(h2 / r2) + torch.log(_T_ERR * EPS * (h2 + t.abs()))
+    ends = torch.exp(_lse_masked(ld, torch.cat([real, valid & torch.isfinite(lb)], dim=1)) - logm)
+    return logm, ratio, ends
 
 
 def _fan(P0, P1, g, nonempty, R):
@@ -413,10 +422,14 @@ def polygon_log_mass_t(edges: Edges, floor=None):
         tail, ratio, qerr = _fast_path(cu, t0, t1, use, omega, active, tail, logm, ratio, qerr)
     i = tail.nonzero().squeeze(1)
     if i.numel():
-        lm, rt = _tail_mass(cu[i], t0[i], t1[i], use[i], omega[i])
+        lm, rt, ends = _tail_mass(cu[i], t0[i], t1[i], use[i], omega[i])
         logm[i] = lm
         ratio[i] = rt
-        qerr[i] = 1e-14
+        qerr[i] = (
+            1e-14
+            + torch.where(torch.isfinite(ends), ends, 0.0)
+            + _T_EXP * EPS * rt * (1.0 + lm.abs())
+        )
     logm = torch.clamp(logm, max=0.0)
     err = 8.0 * EPS * torch.where(torch.isfinite(ratio), ratio, 1.0) + 4.0 * EPS * (
         1.0 + logm.abs()
