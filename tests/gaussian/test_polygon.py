@@ -949,3 +949,44 @@ def test_thin_far_strip_error_estimate_covers(a, w):
         ref = float(mp.log(mp.ncdf(mp.mpf(a + w) / nn) - mp.ncdf(mp.mpf(a) / nn)))
     assert abs(got[0] - ref) <= err[0]
     assert err[0] <= 1e-3
+
+
+def test_far_sliver_wedge_moments_vs_closed_form():
+    """A far, thin wedge {u1 >= D, u1 + beta u2 <= D + w} (D = 10, w = 2^-27, beta = 1e-12):
+    the second facet's s-bound sweeps through all of R within ~1e-10 in r, far narrower than
+    the slicing rule's first node (~5e-3), so the rule stepped over the wedge (mean ~ -5e9).
+    Reference: u1 - D = v, the inner integral of v^k exp(-D v - v^2/2) over [0, W(u2)] is
+    exact via incomplete gammas (the v^4/8 term is < 1e-33 relative), the outer one over u2
+    by mpmath quadrature; the normals are unit in float, so the inputs are exact."""
+    D, beta, w = 10.0, 1e-12, 2.0**-27
+    n = np.array([[-1.0, 0.0], [1.0, beta]])
+    c = np.array([-D, D + w])
+    with mp.workdps(40):
+        Dm, bm, wm = mp.mpf(D), mp.mpf(beta), mp.mpf(w)
+
+        def inner(k, u2):  # int_0^W v^k e^{-D v} (1 - v^2/2) dv
+            x = Dm * (wm - bm * u2)
+            return mp.gammainc(k + 1, 0, x) / Dm ** (k + 1) - mp.gammainc(k + 3, 0, x) / (
+                2 * Dm ** (k + 3)
+            )
+
+        def mom(j, k):  # the wedge ends at u2 = w / beta ~ 7e3, beyond the +-60 cut
+            return mp.quad(lambda s: mp.exp(-s * s / 2) * s**j * inner(k, s), [-60, -8, 0, 8, 60])
+
+        m0 = mom(0, 0)
+        e1, e2 = mom(0, 1) / m0, mom(1, 0) / m0
+        rmean = np.array([D + float(e1), float(e2)])
+        v12 = float(mom(1, 1) / m0 - e1 * e2)
+        rcov = np.array(
+            [[float(mom(0, 2) / m0 - e1**2), v12], [v12, float(mom(2, 0) / m0 - e2**2)]]
+        )
+        ref = float(mp.log(m0) - Dm**2 / 2 - mp.log(2 * mp.pi))
+    # conditioning: one ulp of the offsets moves the width w by ~eps D / w ~ 3e-7 relative
+    for tm in (
+        truncated_moments(*one(n, c)),
+        truncated_moments_2d_shifted(polygon_table(n[None], c[None]), [0], np.zeros((1, 2))),
+    ):
+        assert abs(tm.log_mass[0] - ref) <= 1e-6
+        np.testing.assert_allclose(tm.mean[0], rmean, rtol=1e-12, atol=1e-6 * abs(rmean[1]))
+        np.testing.assert_allclose(np.diag(tm.cov[0]), np.diag(rcov), rtol=1e-6)
+        assert abs(tm.cov[0, 0, 1] - v12) <= 1e-6 * abs(v12)

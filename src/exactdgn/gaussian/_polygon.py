@@ -138,6 +138,12 @@ _SMALL = 1.0
 _FAST_CMIN = 3.0
 # Moments of polygons at distance >= _TAIL_D from the mean by slicing (see _tail_moments).
 _TAIL_D = 8.0
+# A facet nearly parallel to tau* (slope sig = |b/a|) sweeps its s-bound through [-40, 40]
+# within an r-window of width 80 sig; where that window is narrower than the rule's first node
+# offset in its panel (so it can fall between nodes), the row gets extra breakpoints where the
+# bound crosses these s-values.  Other rows keep their panels (and their values, bitwise).
+_SWEEP_S = np.array([-40.0, -8.0, 0.0, 8.0, 40.0])
+_SWEEP_RATIO = 80.0 / _GL_X[0]
 # Pairs per block: about _CHUNK_F2 / F^2 (the edge search is O(F^2) per pair).
 _CHUNK_F2 = 1 << 18
 _CHUNK_MIN = 1024
@@ -670,6 +676,55 @@ def _tail_moments(nu, cu, t0, t1, nonempty):
     slot = np.where(nonempty & np.isfinite(t1), rv, rpar)
     bp = np.concatenate([np.zeros((P, 1)), slot, rmax[:, None]], axis=1)
     bp = np.sort(np.clip(bp, 0.0, rmax[:, None]), axis=1)
+    # A facet nearly parallel to tau* sweeps its s-bound through [-40, 40] within r0 +- 40 sig
+    # (sig = |b/a|, r0 = dd/a); where that window can fall between the rule's nodes (a sliver
+    # wedge: no node inside it at all), those rows only get breakpoints at s = 0, +-8, +-40.
+    with np.errstate(all="ignore"):
+        sig = np.abs(b / a)
+        r0 = dd / a
+    steep = act & (b != 0) & (a != 0) & (r0 + 40.0 * sig > 0) & (r0 - 40.0 * sig < rmax[:, None])
+    steep &= _sweep_missed(bp, r0, sig)
+    need = np.flatnonzero(steep.any(axis=1))
+    if need.size == 0:
+        return _slice_moments(bp, a, b, dd, act, D, pnt, nstar, tstar)
+    mean = np.empty((P, 2))
+    cov = np.empty((P, 2, 2))
+    rest = np.flatnonzero(~steep.any(axis=1))
+    if rest.size:
+        mean[rest], cov[rest] = _slice_moments(
+            bp[rest],
+            a[rest],
+            b[rest],
+            dd[rest],
+            act[rest],
+            D[rest],
+            pnt[rest],
+            nstar[rest],
+            tstar[rest],
+        )
+    j = need
+    ex = r0[j, :, None] + sig[j, :, None] * _SWEEP_S
+    ex = np.where(steep[j, :, None], ex, 0.0).reshape(j.size, -1)
+    bpj = np.sort(np.clip(np.concatenate([bp[j], ex], axis=1), 0.0, rmax[j, None]), axis=1)
+    mean[j], cov[j] = _slice_moments(
+        bpj, a[j], b[j], dd[j], act[j], D[j], pnt[j], nstar[j], tstar[j]
+    )
+    return mean, cov
+
+
+def _sweep_missed(bp, r0, sig):
+    """(P, F) whether each facet's sweep window ``r0 +- 40 sig`` is narrower than the first
+    node offset of the rule on the panel of ``bp`` that holds ``r0``."""
+    with np.errstate(all="ignore"):
+        j = np.clip(np.sum(bp[:, None, :] <= r0[..., None], axis=2), 1, bp.shape[1] - 1)
+        L = np.take_along_axis(bp, j, 1) - np.take_along_axis(bp, j - 1, 1)
+        return L > _SWEEP_RATIO * sig
+
+
+def _slice_moments(bp, a, b, dd, act, D, pnt, nstar, tstar):
+    """:func:`_tail_moments`' integrals over ``r`` on the panels between the sorted
+    breakpoints ``bp (P, B)``; returns ``mean (P, 2)``, ``cov (P, 2, 2)``."""
+    P = bp.shape[0]
     lo, ln = bp[:, :-1], np.diff(bp, axis=1)
     r = (lo[..., None] + ln[..., None] * _GL_X).reshape(P, -1)  # (P, K)
     wr = (ln[..., None] * _GL_W).reshape(P, -1)
