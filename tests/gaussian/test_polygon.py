@@ -15,6 +15,7 @@ theorem):
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -951,13 +952,16 @@ def test_thin_far_strip_error_estimate_covers(a, w):
     assert err[0] <= 1e-3
 
 
-def test_far_sliver_wedge_moments_vs_closed_form():
+@functools.cache  # the mpmath reference takes ~1 s; both tests share it
+def _far_sliver_wedge():
     """A far, thin wedge {u1 >= D, u1 + beta u2 <= D + w} (D = 10, w = 2^-27, beta = 1e-12):
     the second facet's s-bound sweeps through all of R within ~1e-10 in r, far narrower than
     the slicing rule's first node (~5e-3), so the rule stepped over the wedge (mean ~ -5e9).
     Reference: u1 - D = v, the inner integral of v^k exp(-D v - v^2/2) over [0, W(u2)] is
     exact via incomplete gammas (the v^4/8 term is < 1e-33 relative), the outer one over u2
-    by mpmath quadrature; the normals are unit in float, so the inputs are exact."""
+    by mpmath quadrature; the normals are unit in float, so the inputs are exact.
+
+    Returns ``(n, c, check)`` with ``check(log_mass, mean, cov)`` for one pair's outputs."""
     D, beta, w = 10.0, 1e-12, 2.0**-27
     n = np.array([[-1.0, 0.0], [1.0, beta]])
     c = np.array([-D, D + w])
@@ -981,12 +985,42 @@ def test_far_sliver_wedge_moments_vs_closed_form():
             [[float(mom(0, 2) / m0 - e1**2), v12], [v12, float(mom(2, 0) / m0 - e2**2)]]
         )
         ref = float(mp.log(m0) - Dm**2 / 2 - mp.log(2 * mp.pi))
+
     # conditioning: one ulp of the offsets moves the width w by ~eps D / w ~ 3e-7 relative
+    def check(log_mass, mean, cov):
+        assert abs(log_mass - ref) <= 1e-6
+        np.testing.assert_allclose(mean, rmean, rtol=1e-12, atol=1e-6 * abs(rmean[1]))
+        np.testing.assert_allclose(np.diag(cov), np.diag(rcov), rtol=1e-6)
+        assert abs(cov[0, 1] - v12) <= 1e-6 * abs(v12)
+
+    return n, c, check
+
+
+def test_far_sliver_wedge_moments_vs_closed_form():
+    """The far sliver wedge of :func:`_far_sliver_wedge` through truncated_moments and
+    truncated_moments_2d_shifted."""
+    n, c, check = _far_sliver_wedge()
     for tm in (
         truncated_moments(*one(n, c)),
         truncated_moments_2d_shifted(polygon_table(n[None], c[None]), [0], np.zeros((1, 2))),
     ):
-        assert abs(tm.log_mass[0] - ref) <= 1e-6
-        np.testing.assert_allclose(tm.mean[0], rmean, rtol=1e-12, atol=1e-6 * abs(rmean[1]))
-        np.testing.assert_allclose(np.diag(tm.cov[0]), np.diag(rcov), rtol=1e-6)
-        assert abs(tm.cov[0, 0, 1] - v12) <= 1e-6 * abs(v12)
+        check(tm.log_mass[0], tm.mean[0], tm.cov[0])
+
+
+def test_far_sliver_wedge_moments_torch():
+    """The same wedge through the torch backend's moments (``truncated_moments_2d_shifted_t``,
+    CPU, float64), whose slicing rule had the same blind spot."""
+    torch = pytest.importorskip("torch")
+    from exactdgn.gaussian._torch_polygon import (
+        log_mass_2d_shifted_t,
+        table_to_device,
+        truncated_moments_2d_shifted_t,
+    )
+
+    n, c, check = _far_sliver_wedge()
+    tab = table_to_device(polygon_table(n[None], c[None]), "cpu")
+    m = torch.zeros(1, dtype=torch.int64)
+    w = torch.zeros((1, 2), dtype=torch.float64)
+    logm, _ = log_mass_2d_shifted_t(tab, m, w)
+    mean, cov = truncated_moments_2d_shifted_t(tab, m, w, logm)
+    check(float(logm[0]), mean[0].numpy(), cov[0].numpy())
