@@ -437,6 +437,12 @@ class ExactDGN(DensityMixin, BaseEstimator):
         density. Score them with :meth:`score_samples` among rows missing the same values.
         """
         if not hasattr(self, "offset_"):
+            if self.contamination is not None and hasattr(self, "decoder_"):
+                raise NotFittedError(
+                    f"no outlier threshold: the fit that sets it (contamination="
+                    f"{self.contamination}) did not finish (interrupted?); call set_offset(X) "
+                    "on the training data, or fit again (warm_start=True continues the run)"
+                )
             raise NotFittedError(
                 "no outlier threshold: set contamination before fit, or call set_offset(X) "
                 "on reference data"
@@ -942,9 +948,16 @@ class ExactDGN(DensityMixin, BaseEstimator):
                     self.history_[-1]["iter"],
                     best,
                     self.history_[-1]["loglik"],
-                    " (a checkpoint keeps it: fit again with the same one to resume)"
-                    if checkpoint
-                    else " (fit again with warm_start=True to continue the run)",
+                    (
+                        " (a checkpoint keeps it: fit again with the same one to resume)"
+                        if checkpoint
+                        else " (fit again with warm_start=True to continue the run)"
+                    )
+                    + (
+                        "; no outlier threshold yet: call set_offset(X) before predict"
+                        if self.contamination is not None
+                        else ""
+                    ),
                 )
             raise
         best = self._keep_best(done, scouts)

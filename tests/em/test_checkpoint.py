@@ -352,3 +352,25 @@ def test_a_corrupt_checkpoint_is_a_model_file_error_naming_it(tmp_path, edit):
         _rewrite(ck, ck, lambda meta: [edit(meta), meta][1])
         with pytest.raises(ModelFileError, match=r"ck\.npz.*corrupt"):
             fit()
+
+
+def test_interrupted_contamination_fit_says_how_to_get_its_threshold(caplog):
+    """Ctrl-C after an iteration keeps the model but not its outlier threshold (setting it
+    scores the whole training set): predict said only "set contamination before fit" (it
+    was set); the log and the error now say to call set_offset(X) or fit again."""
+    from sklearn.exceptions import NotFittedError
+
+    X = ExactDGN.from_decoder(Decoder.random([1, 4, 2], seed=1), 0.1).sample(80, random_state=0)
+
+    def stop(it, snapshot):
+        if it == 2:
+            raise KeyboardInterrupt
+
+    m = ExactDGN(hidden_sizes=(4,), max_iter=5, init="pca", contamination=0.1, progress=False)
+    with pytest.raises(KeyboardInterrupt), caplog.at_level("WARNING"):
+        m.fit(X, callback=stop)
+    assert "no outlier threshold yet: call set_offset(X)" in caplog.text
+    with pytest.raises(NotFittedError, match=r"did not finish \(interrupted\?\); call set_offset"):
+        m.predict(X)
+    m.set_offset(X)
+    assert np.mean(m.predict(X) == -1) == pytest.approx(0.1, abs=0.02)
