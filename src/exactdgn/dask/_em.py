@@ -35,7 +35,7 @@ from ..inference._geometry import RegionGeometry
 from ..inference._marginal import marginal_pairs
 from ._cluster import active_client, tree_reduce
 from ._io import as_row_chunks, row_offsets
-from ._score import broadcast, check_chunk
+from ._score import broadcast, check_chunk, device_name
 
 __all__ = ["RemoteData", "RemotePairs", "RemoteRegionStats", "remote_data"]
 
@@ -164,10 +164,10 @@ class RemoteData:
     ) -> RemotePairs:
         """Distributed E-step: per-chunk pairs kept on the workers, sums tree-reduced;
         ``device``: each worker's torch device for its chunks' E-step (None: numpy)."""
-        dev = None if device is None else str(device)
-        spec = broadcast(
-            self.client, _EStepSpec(geom, part.patterns, float(prune_nats), int(chunk_bytes), dev)
+        spec = _EStepSpec(
+            geom, part.patterns, float(prune_nats), int(chunk_bytes), device_name(device)
         )
+        spec = broadcast(self.client, spec)
         chunks = [
             delayed(_estep_chunk)(b, spec, s) for b, s in zip(self.blocks, self.starts, strict=True)
         ]

@@ -55,10 +55,9 @@ def _score_chunk(x, spec: _ScoreSpec, return_error: bool, block_info=None):
     return st.log_px
 
 
-def device_name(model) -> str | None:
-    """The model's ``device`` as a string (what a task carries to a worker), or None."""
-    dev = getattr(model, "device", None)
-    return None if dev is None else str(dev)
+def device_name(device) -> str | None:
+    """A torch ``device`` as a string (what a task carries to a worker), or None."""
+    return None if device is None else str(device)
 
 
 def broadcast(client, obj):
@@ -115,7 +114,10 @@ def score_samples(model, X, return_error: bool = False):
     spec = broadcast(
         active_client(required=False),
         _ScoreSpec(
-            model.geometry_, float(model.prune_nats), int(model.chunk_bytes), device_name(model)
+            model.geometry_,
+            float(model.prune_nats),
+            int(model.chunk_bytes),
+            device_name(model.device),
         ),
     )
     if not return_error:

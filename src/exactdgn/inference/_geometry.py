@@ -298,7 +298,8 @@ def region_geometry(part: Partition, noise_std) -> RegionGeometry:
         ill = np.flatnonzero(ev[:, -1] > _COND_QR * ev[:, 0])
     Q_top = qr_mask = None
     if ill.size:
-        K[ill], Q_top = _qr_factor(A[ill], std)
+        K[ill], Q_top = qr_factor(A[ill] / std[None, :, None])
+        Q_top *= std[None, :, None]  # A K⁻ᵀ = Λ^-½ Q_top
         qr_mask = np.zeros(R, dtype=bool)
         qr_mask[ill] = True
     K_inv = np.linalg.inv(K)  # batched; K is a small (d x d) lower-triangular factor (P >= I)
@@ -369,21 +370,23 @@ def region_geometry(part: Partition, noise_std) -> RegionGeometry:
     )
 
 
-def _qr_factor(A: np.ndarray, std: np.ndarray, chunk: int = 4096):
-    """``(K, A K⁻ᵀ)`` of regions ``A`` (m, D, d) from Householder QR of ``[Λ^½ A; I]``
-    (``K Kᵀ = I + Aᵀ Λ A``, ``K`` lower with a positive diagonal), in chunks of regions."""
-    m, D, d = A.shape
+def qr_factor(top: np.ndarray, chunk: int = 4096):
+    """``(K, Q_top)`` of Householder QR ``[T; I] = [Q_top; Q_bot] Kᵀ`` for ``T`` (m, D, d)
+    (``K Kᵀ = I + Tᵀ T``, ``K`` lower with a positive diagonal; ``Q_top = T K⁻ᵀ`` has
+    orthonormal columns with ``Q_bot``), in chunks. ``T = Λ^½ A_r`` (a region, or a pair's
+    observed rows): ``P = I + Aᵀ Λ A`` is never formed, so a steep and a flat direction keep
+    their ``log|P|``."""
+    m, D, d = top.shape
     K = np.empty((m, d, d))
-    AK = np.empty((m, D, d))
+    Q_top = np.empty((m, D, d))
     eye = np.eye(d)
     for s in range(0, m, chunk):
-        a = A[s : s + chunk]
-        M = np.concatenate([a / std[None, :, None], np.broadcast_to(eye, (a.shape[0], d, d))], 1)
-        Q, Rm = np.linalg.qr(M)
+        a = top[s : s + chunk]
+        Q, Rm = np.linalg.qr(np.concatenate([a, np.broadcast_to(eye, (a.shape[0], d, d))], 1))
         sgn = np.where(np.diagonal(Rm, axis1=1, axis2=2) < 0, -1.0, 1.0)
         K[s : s + chunk] = np.swapaxes(Rm * sgn[:, :, None], 1, 2)
-        AK[s : s + chunk] = Q[:, :D, :] * sgn[:, None, :] * std[None, :, None]
-    return K, AK
+        Q_top[s : s + chunk] = Q[:, :D, :] * sgn[:, None, :]
+    return K, Q_top
 
 
 def _output_basis(part: Partition, inv_var: np.ndarray, gemm_w: np.ndarray):

@@ -118,6 +118,13 @@ def log_kappa_all(geom: RegionGeometry, X: np.ndarray) -> tuple[np.ndarray, np.n
     log_kappa : (N, R)
     w : (N, R, d)   ``K_r^{-1} A_r^T Λ (x - b_r)`` (``v_r = K_r w_r``, ``μ_r = L_r w_r``)
     """
+    lk, W, _, _ = _log_kappa_terms(geom, X)
+    return lk, W
+
+
+def _log_kappa_terms(geom: RegionGeometry, X: np.ndarray):
+    """:func:`log_kappa_all` and its centred points ``x - c`` (N, D) and ``-||x - c||²_Λ / 2``
+    (N,) (what :meth:`RegionGeometry.refine_log_kappa` needs, not computed twice)."""
     R, _, d = geom.A.shape
     Xc = X - geom.center
     prod = geom.gemm(Xc)  # (N, R*d + R)
@@ -131,7 +138,7 @@ def log_kappa_all(geom: RegionGeometry, X: np.ndarray) -> tuple[np.ndarray, np.n
     lk += geom.lk_const
     lk += hxq[:, None]
     lk += 0.5 * np.einsum("nri,nri->nr", W, W)
-    return lk, W
+    return lk, W, Xc, hxq
 
 
 def _v_of_w(geom: RegionGeometry, w: np.ndarray, r: np.ndarray) -> np.ndarray:
@@ -508,11 +515,9 @@ def marginal_pairs(
     def block(s: int):
         Xc = X[s : s + cs]
         n = Xc.shape[0]
-        lk, W = log_kappa_all(geom, Xc)  # (n, R), (n, R, d)
+        lk, W, Xcc, hxq = _log_kappa_terms(geom, Xc)  # (n, R), (n, R, d), (n, D), (n,)
         p_top, r_top = _seed_pairs(geom, lk, W, top_k)
         lk_top, w_top = lk[p_top, r_top], W[p_top, r_top]
-        Xcc = Xc - geom.center
-        hxq = -0.5 * np.einsum("nj,nj,j->n", Xcc, Xcc, geom.inv_var)
         lk_err_top = geom.refine_log_kappa(Xcc, p_top, r_top, lk_top, w_top, hxq).error
         v_top = _v_of_w(geom, w_top, r_top)
         lm_top, err_top, off_top = log_mass(r_top, w_top, v_top)

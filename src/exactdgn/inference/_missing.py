@@ -45,7 +45,15 @@ from scipy.special import log_ndtr
 
 from .. import gaussian
 from ..gaussian import interval_stats, log_interval_mass
-from ._geometry import _COND_QR, _EPS, _KAPPA_ROUND, _KAPPA_RTOL, LOG_2PI, RegionGeometry
+from ._geometry import (
+    _COND_QR,
+    _EPS,
+    _KAPPA_ROUND,
+    _KAPPA_RTOL,
+    LOG_2PI,
+    RegionGeometry,
+    qr_factor,
+)
 from ._marginal import (
     _BLOCK_1D,
     _BLOCK_1D_SEQ,
@@ -785,11 +793,8 @@ def _refine_observed(
     m = obs[pi]
     sq = np.sqrt(geom.inv_var) * m  # (k, D) Λ_obs^½ of each pair's point
     A = geom.A[ri]
-    M = np.concatenate([A * sq[:, :, None], np.broadcast_to(np.eye(d), (len(i), d, d))], axis=1)
-    Q, Rm = np.linalg.qr(M)  # M = Q Rm, Kᵀ = Rm with a positive diagonal
-    sgn = np.where(np.diagonal(Rm, axis1=1, axis2=2) < 0, -1.0, 1.0)
-    Kt = Rm * sgn[:, :, None]
-    Qt = Q[:, : A.shape[1], :] * sgn[:, None, :]
+    K, Qt = qr_factor(A * sq[:, :, None])
+    Kt = np.swapaxes(K, 1, 2)
     diff = np.where(m, X[pi] - geom.b[ri], 0.0)
     w = np.einsum("pjk,pj->pk", Qt, diff * sq)  # K⁻¹ v
     L = np.linalg.inv(Kt)  # K^{-T}, upper triangular
@@ -816,16 +821,9 @@ def _refine_observed(
     # pair (pairs grouped by point)
     pts = np.unique(pi)
     sel = np.flatnonzero(np.isin(p, pts))
-    lj = st.log_joint[sel]
-    starts = np.searchsorted(p[sel], pts)
-    counts = np.diff(np.r_[starts, len(sel)])
-    mx = np.maximum.reduceat(lj, starts)
-    mx = np.where(np.isfinite(mx), mx, 0.0)
-    st.log_px[pts] = mx + np.log(np.add.reduceat(np.exp(lj - np.repeat(mx, counts)), starts))
-    lw = lj - np.repeat(st.log_px[pts], counts)
-    with np.errstate(invalid="ignore"):
-        wts = np.where(np.isfinite(lw), np.exp(lw), 0.0)
-    extra[pts] = np.add.reduceat(wts * err[sel], starts)
+    local = np.searchsorted(pts, p[sel])  # the points numbered 0 .. len(pts) - 1
+    # (prune_nats = inf: the pruning term is in log_px_error already)
+    st.log_px[pts], extra[pts] = _lse_by_point(local, st.log_joint[sel], err[sel], len(pts), np.inf)
     st.log_px_error = st.log_px_error + extra
 
 
