@@ -309,3 +309,13 @@ def test_to_torch_refuses_other_dtypes_clearly(rng, bad):
     dec = _decoder_all_kinds(rng)
     with pytest.raises(ValueError, match=r"dtype must be a floating-point dtype.*float32"):
         dec.to_torch(dtype=bad)
+
+
+def test_module_reused_in_a_sequential_is_applied_every_time(rng):
+    """One ReLU instance (or one weight-tied Linear) listed twice in an ``nn.Sequential`` was
+    imported once: ``named_children`` skips repeats, so the decoder dropped a layer."""
+    act, tied = nn.ReLU(), nn.Linear(6, 6)
+    module = nn.Sequential(nn.Linear(2, 6), act, tied, act, tied, nn.LeakyReLU(0.2), tied)
+    dec = from_torch(module)
+    assert dec.hidden_sizes == [6, 6, 6]
+    assert_matches_module(dec, module, _latent(rng, 2000, 2))

@@ -56,8 +56,10 @@ def _is_abs(m) -> bool:
 def _flatten(module, prefix=""):
     torch = _torch()
     if isinstance(module, torch.nn.Sequential):
-        for name, child in module.named_children():
-            yield from _flatten(child, f"{prefix}{name}.")
+        # not named_children(): it skips a module listed twice (a shared ReLU, a tied Linear)
+        for name, child in module._modules.items():
+            if child is not None:
+                yield from _flatten(child, f"{prefix}{name}.")
     else:
         yield prefix.rstrip("."), module
 
