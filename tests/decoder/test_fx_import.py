@@ -94,3 +94,26 @@ def test_refusals_name_the_operation():
     drop = nn.Sequential(nn.Linear(2, 3), nn.ReLU6(), nn.Dropout(0.5), nn.Linear(3, 2))
     with pytest.raises(NotPiecewiseAffineError, match="training mode"):
         Decoder.from_torch(drop.train())
+
+
+class _FlattenSome(nn.Module):
+    """``flatten`` over some axes only: (C, H, W) -> (C, H*W) or (C*H, W), then a Conv1d."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.inp = nn.Linear(2, 24)
+        self.how = how
+        self.conv = nn.Conv1d(2 if how == "method" else 6, 3, 3)
+
+    def forward(self, z):
+        h = torch.relu(self.inp(z)).view(z.size(0), 2, 3, 4)
+        h = h.flatten(2) if self.how == "method" else torch.flatten(h, 1, -2)
+        return self.conv(h)
+
+
+@pytest.mark.parametrize("how", ["method", "function"])
+def test_flatten_of_some_axes_keeps_the_others(how):
+    """``x.flatten(2)`` / ``torch.flatten(x, 1, -2)`` were imported as a flattening of every
+    axis, so the following Conv1d saw one channel (a RuntimeError from inside torch)."""
+    torch.manual_seed(3)
+    _same_function(_FlattenSome(how), 2)

@@ -83,6 +83,20 @@ def _select(width: int, start: int, n: int) -> np.ndarray:
     return S
 
 
+def _flat_shape(name: str, shape: tuple, start: int, end: int) -> tuple:
+    """Per-sample shape after ``flatten(start, end)`` of a batched input (axis 0: the batch)."""
+    ndim = len(shape) + 1
+    start, end = (int(v) + ndim if int(v) < 0 else int(v) for v in (start, end))
+    if start < 1:
+        raise NotPiecewiseAffineError(
+            f"{name}: flattening the batch axis mixes samples; flatten from axis 1 on "
+            "(x.flatten(1))"
+        )
+    if end < start:
+        return shape
+    return (*shape[: start - 1], math.prod(shape[start - 1 : end]), *shape[end:])
+
+
 def _pool_windows(m, shape) -> np.ndarray:
     """(n_out, k) input indices of each max-pooling window (-1: padding)."""
     import torch
@@ -264,9 +278,8 @@ class _Compiler:
                 return _Value(-x.M, -x.c, x.shape)
             if f is torch.flatten:
                 start = kwargs.get("start_dim", args[1] if len(args) > 1 else 0)
-                if start < 1:
-                    raise NotPiecewiseAffineError(f"{name}: flattening the batch axis")
-                return _Value(x.M, x.c, (math.prod(x.shape),))
+                end = kwargs.get("end_dim", args[2] if len(args) > 2 else -1)
+                return _Value(x.M, x.c, _flat_shape(name, x.shape, start, end))
             raise NotPiecewiseAffineError(
                 f"{name} is not supported: only affine operations (sums, scaling by constants, "
                 "reshapes) and ReLU-family activations are exact"
@@ -290,9 +303,8 @@ class _Compiler:
             return x
         if method == "flatten":
             start = kwargs.get("start_dim", rest[0] if rest else 0)
-            if start < 1:
-                raise NotPiecewiseAffineError(f"{name}: flattening the batch axis")
-            return _Value(x.M, x.c, (math.prod(x.shape),))
+            end = kwargs.get("end_dim", rest[1] if len(rest) > 1 else -1)
+            return _Value(x.M, x.c, _flat_shape(name, x.shape, start, end))
         dims = list(rest[0]) if len(rest) == 1 and isinstance(rest[0], tuple | list) else rest
         if not dims or not (dims[0] == -1 or (isinstance(dims[0], tuple) and dims[0][0] == "size")):
             raise NotPiecewiseAffineError(
