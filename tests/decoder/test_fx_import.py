@@ -117,3 +117,43 @@ def test_flatten_of_some_axes_keeps_the_others(how):
     axis, so the following Conv1d saw one channel (a RuntimeError from inside torch)."""
     torch.manual_seed(3)
     _same_function(_FlattenSome(how), 2)
+
+
+class _LearnedShift(nn.Module):
+    """Constants held by the module: a nested Parameter (``self.lin.bias``), a Parameter and a
+    buffer broadcast over channels, and a reshape written with ``x.shape[0]``."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(2, 12)
+        self.lin = nn.Linear(12, 12)
+        self.scale = nn.Parameter(torch.randn(3, 1))
+        self.register_buffer("shift", torch.randn(4))
+
+    def forward(self, z):
+        h = torch.relu(self.inp(z)) + self.lin.bias
+        h = h.view(h.shape[0], 3, 4) * self.scale - self.shift
+        h = torch.relu(h / self.scale)
+        return h.reshape(z.size()[0], -1)
+
+
+def test_module_constants_and_shape_in_reshape():
+    """``self.lin.bias`` (a dotted get_attr) was an AttributeError, an added or multiplied
+    Parameter / buffer was refused, and ``x.view(x.shape[0], ...)`` was refused as 'getattr'."""
+    torch.manual_seed(4)
+    dec = _same_function(_LearnedShift(), 2)
+    assert dec.hidden_sizes == [12, 12]
+
+
+def test_reshape_must_keep_the_batch_axis_first():
+    class BadView(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(2, 4)
+
+        def forward(self, z):
+            h = self.inp(z)
+            return h.view(h.size(1), -1)  # a (4, B) view: mixes samples
+
+    with pytest.raises(NotPiecewiseAffineError, match=r"keep the batch axis first"):
+        Decoder.from_torch(BadView())

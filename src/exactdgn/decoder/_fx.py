@@ -83,6 +83,37 @@ def _select(width: int, start: int, n: int) -> np.ndarray:
     return S
 
 
+def _reads_shape(node) -> bool:
+    """Whether ``node`` is ``x.size(...)`` or ``x.shape``."""
+    if node.op == "call_method":
+        return node.target == "size"
+    return node.op == "call_function" and node.target is getattr and node.args[1] == "shape"
+
+
+def _is_size(v) -> bool:
+    """Whether ``v`` stands for ``x.size()`` / ``x.shape`` (dim None) or ``x.size(dim)``."""
+    return isinstance(v, tuple) and len(v) == 2 and v[0] == "size"
+
+
+def _constant(name: str, v, shape: tuple) -> np.ndarray | None:
+    """A number or a module's tensor, broadcast to a value of per-sample ``shape`` (flattened);
+    None if ``v`` is neither."""
+    import torch
+
+    if isinstance(v, bool) or not isinstance(v, int | float | torch.Tensor):
+        return None
+    t = np.asarray(v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v, np.float64)
+    try:
+        if np.broadcast_shapes(t.shape, (1, *shape)) != (1, *shape):
+            raise ValueError
+    except ValueError:
+        raise NotPiecewiseAffineError(
+            f"{name}: a constant of shape {t.shape} does not broadcast to the per-sample shape "
+            f"{shape} (it would change the value's shape)"
+        ) from None
+    return np.broadcast_to(t, (1, *shape)).reshape(-1).copy()
+
+
 def _flat_shape(name: str, shape: tuple, start: int, end: int) -> tuple:
     """Per-sample shape after ``flatten(start, end)`` of a batched input (axis 0: the batch)."""
     ndim = len(shape) + 1
@@ -138,7 +169,10 @@ class _Compiler:
 
         nodes = list(self.gm.graph.nodes)
         pos = {n: i for i, n in enumerate(nodes)}
-        self.last_use = {n: max([pos[u] for u in n.users], default=-1) for n in nodes}
+        # uses that read only the shape (x.size(0), x.shape) do not keep a value alive
+        self.last_use = {
+            n: max([pos[u] for u in n.users if not _reads_shape(u)], default=-1) for n in nodes
+        }
         vals: dict = {}
         self._values = vals  # activation layers re-express the live values in place
         shape = self.input_shape
@@ -157,7 +191,9 @@ class _Compiler:
                 if out is None:
                     raise NotPiecewiseAffineError("the module returns several tensors")
             elif n.op == "get_attr":
-                t = getattr(self.gm, n.target)
+                t = self.gm
+                for part in n.target.split("."):  # "lin.bias": a submodule's parameter
+                    t = getattr(t, part)
                 vals[n] = t.detach().to(torch.float64) if isinstance(t, torch.Tensor) else t
             else:
                 vals[n] = self._node(n, i, vals)
@@ -276,6 +312,10 @@ class _Compiler:
                 return self._scale(name, args, f in (operator.truediv, torch.div))
             if f is operator.neg or f is torch.neg:
                 return _Value(-x.M, -x.c, x.shape)
+            if f is getattr and args[1] == "shape":
+                return ("size", None)
+            if f is operator.getitem and _is_size(x) and x[1] is None and isinstance(args[1], int):
+                return ("size", args[1])
             if f is torch.flatten:
                 start = kwargs.get("start_dim", args[1] if len(args) > 1 else 0)
                 end = kwargs.get("end_dim", args[2] if len(args) > 2 else -1)
@@ -306,7 +346,7 @@ class _Compiler:
             end = kwargs.get("end_dim", rest[1] if len(rest) > 1 else -1)
             return _Value(x.M, x.c, _flat_shape(name, x.shape, start, end))
         dims = list(rest[0]) if len(rest) == 1 and isinstance(rest[0], tuple | list) else rest
-        if not dims or not (dims[0] == -1 or (isinstance(dims[0], tuple) and dims[0][0] == "size")):
+        if not dims or not (dims[0] == -1 or (_is_size(dims[0]) and dims[0][1] == 0)):
             raise NotPiecewiseAffineError(
                 f"{name}: a reshape must keep the batch axis first (x.view(x.size(0), ...))"
             )
@@ -326,19 +366,19 @@ class _Compiler:
             if a.shape != b.shape:
                 raise NotPiecewiseAffineError(f"{name}: adds shapes {a.shape} and {b.shape}")
             return _Value(a.M + sign * b.M, a.c + sign * b.c, a.shape)
-        if isinstance(a, _Value) and isinstance(b, int | float):
-            return _Value(a.M, a.c + sign * b, a.shape)
-        if isinstance(b, _Value) and isinstance(a, int | float):
-            return _Value(sign * b.M, a + sign * b.c, b.shape)
+        if isinstance(a, _Value) and (k := _constant(name, b, a.shape)) is not None:
+            return _Value(a.M, a.c + sign * k, a.shape)
+        if isinstance(b, _Value) and (k := _constant(name, a, b.shape)) is not None:
+            return _Value(sign * b.M, k + sign * b.c, b.shape)
         raise NotPiecewiseAffineError(f"{name}: only sums of values and constants are supported")
 
     def _scale(self, name, args, divide):
         a, b = args[0], args[1]
-        if isinstance(a, _Value) and isinstance(b, int | float):
-            s = 1.0 / b if divide else float(b)
-            return _Value(s * a.M, s * a.c, a.shape)
-        if isinstance(b, _Value) and isinstance(a, int | float) and not divide:
-            return _Value(float(a) * b.M, float(a) * b.c, b.shape)
+        if isinstance(a, _Value) and (k := _constant(name, b, a.shape)) is not None:
+            s = 1.0 / k if divide else k
+            return _Value(s[:, None] * a.M, s * a.c, a.shape)
+        if isinstance(b, _Value) and not divide and (k := _constant(name, a, b.shape)) is not None:
+            return _Value(k[:, None] * b.M, k * b.c, b.shape)
         raise NotPiecewiseAffineError(
             f"{name}: a product of two values is not piecewise affine (only scaling by constants)"
         )
