@@ -157,3 +157,32 @@ def test_reshape_must_keep_the_batch_axis_first():
 
     with pytest.raises(NotPiecewiseAffineError, match=r"keep the batch axis first"):
         Decoder.from_torch(BadView())
+
+
+@pytest.mark.parametrize(
+    "pool",
+    [
+        lambda: nn.Sequential(nn.Linear(2, 9), nn.ReLU(), nn.MaxPool1d(3, stride=2, padding=1)),
+        lambda: nn.Sequential(nn.Linear(2, 20), nn.Unflatten(1, (4, 5)), nn.MaxPool2d(2)),
+    ],
+)
+def test_max_pooling_of_an_input_without_channel_axis(pool):
+    """torch pools a (B, L) batch with MaxPool1d (and a (B, H, W) one with MaxPool2d) as one
+    channel per sample; the import was an IndexError (a refusal for MaxPool2d)."""
+    torch.manual_seed(5)
+    dec = _same_function(pool(), 2)
+    assert dec.n_units > 0
+
+
+@pytest.mark.parametrize("wrap", [list, tuple, lambda v: {"x": v[0]}])
+def test_module_returning_a_container_is_refused_clearly(wrap):
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(2, 4)
+
+        def forward(self, z):
+            return wrap([torch.relu(self.inp(z))])
+
+    with pytest.raises(NotPiecewiseAffineError, match=r"return one tensor"):
+        Decoder.from_torch(Wrapped())

@@ -147,6 +147,8 @@ def _pool_windows(m, shape) -> np.ndarray:
     p, dil = pair(m.padding), pair(m.dilation)
     if one_d:
         p = (0, p[1])  # no padding along the dummy height axis
+    if len(shape) == (1 if one_d else 2):  # torch pools (B, L) / (B, H, W) as one channel
+        shape = (1, *shape)
     sh = (shape[0], 1, shape[1]) if one_d else tuple(shape)
     if len(sh) != 3:
         raise NotPiecewiseAffineError(f"{type(m).__name__} needs (C, L) or (C, H, W) inputs")
@@ -187,9 +189,13 @@ class _Compiler:
                     raise NotPiecewiseAffineError("the module takes more than one input")
                 vals[n] = _Value(np.eye(d), np.zeros(d), tuple(shape))
             elif n.op == "output":
-                out = vals[n.args[0]] if not isinstance(n.args[0], tuple) else None
-                if out is None:
-                    raise NotPiecewiseAffineError("the module returns several tensors")
+                res = n.args[0]
+                out = vals[res] if isinstance(res, torch.fx.Node) else None
+                if not isinstance(out, _Value):
+                    raise NotPiecewiseAffineError(
+                        f"the module returns {type(res).__name__} {res!r}, not one tensor computed "
+                        "from its input; return one tensor (the decoder output)"
+                    )
             elif n.op == "get_attr":
                 t = self.gm
                 for part in n.target.split("."):  # "lin.bias": a submodule's parameter
