@@ -186,3 +186,37 @@ def test_module_returning_a_container_is_refused_clearly(wrap):
 
     with pytest.raises(NotPiecewiseAffineError, match=r"return one tensor"):
         Decoder.from_torch(Wrapped())
+
+
+class _Clamps(nn.Module):
+    """clamp / clamp_min / clamp_max / maximum / minimum written as tensor functions."""
+
+    def __init__(self, which):
+        super().__init__()
+        self.inp = nn.Linear(2, 6)
+        self.other = nn.Linear(2, 6)
+        self.out = nn.Linear(6, 3)
+        self.register_buffer("floor", torch.linspace(-1.0, 1.0, 6))
+        self.which = which
+
+    def forward(self, z):
+        h, g = self.inp(z), self.other(z)
+        h = {
+            "clamp": lambda: torch.clamp(h, min=0) + h.clamp(-1.0, 2.0) - torch.clamp(h, max=0.5),
+            "clamp_min_max": lambda: h.clamp_min(0.5) + torch.clamp_max(h, -0.25),
+            "inverted": lambda: torch.clamp(h, 2.0, 1.0) + h,  # min > max: all max
+            "max_min": lambda: torch.maximum(h, g) - torch.minimum(g, h) + torch.max(h, 2 * g),
+            "const": lambda: torch.maximum(h, self.floor) + torch.minimum(self.floor, g),
+        }[self.which]()
+        return self.out(h)
+
+
+@pytest.mark.parametrize("which", ["clamp", "clamp_min_max", "inverted", "max_min", "const"])
+def test_clamp_maximum_minimum(which):
+    """torch.clamp / x.clamp(min=0), clamp_min / clamp_max and the elementwise maximum /
+    minimum of two values (or of a value and a buffer) are piecewise affine; they were
+    refused as unsupported operations."""
+    torch.manual_seed(6)
+    dec = _same_function(_Clamps(which), 2)
+    if which != "inverted":
+        assert dec.kink_mask.any()

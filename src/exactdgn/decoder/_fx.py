@@ -8,7 +8,10 @@ reshapes, sums and differences of values, scaling by constants, ``Identity``, ev
 needed later pass through it on units without a kink (PReLU slope 1), and
 
 * ``ReLU`` / ``LeakyReLU`` / ``PReLU`` / :func:`Abs`: one unit per element (slope 0 / α / -1);
-* ``ReLU6`` / ``Hardtanh(lo, hi)``: ``lo + relu(a - lo) - relu(a - hi)``: two ReLU units;
+* ``ReLU6`` / ``Hardtanh(lo, hi)`` / ``clamp(a, lo, hi)``: ``lo + relu(a - lo) - relu(a - hi)``:
+  two ReLU units; ``clamp_min`` / ``clamp_max`` and ``maximum`` / ``minimum`` with a constant:
+  ``max(a, k) = k + relu(a - k)``, ``min(a, k) = k - relu(k - a)``;
+* ``maximum(a, b)`` / ``minimum(a, b)`` of two values: ``b + relu(a - b)`` / ``b - relu(b - a)``;
 * ``MaxPool1d`` / ``MaxPool2d``: a tournament per window, ``max(a, b) = b + relu(a - b)``,
   one layer per halving of the window.
 
@@ -88,6 +91,12 @@ def _reads_shape(node) -> bool:
     if node.op == "call_method":
         return node.target == "size"
     return node.op == "call_function" and node.target is getattr and node.args[1] == "shape"
+
+
+def _is_tensor(v) -> bool:
+    import torch
+
+    return isinstance(v, torch.Tensor)
 
 
 def _is_size(v) -> bool:
@@ -316,6 +325,10 @@ class _Compiler:
                 return self._sum(name, args, f in (operator.sub, torch.sub), kwargs)
             if f in (operator.mul, torch.mul, operator.truediv, torch.div):
                 return self._scale(name, args, f in (operator.truediv, torch.div))
+            if f in (torch.clamp, torch.clip, torch.clamp_min, torch.clamp_max):
+                return self._clamp_call(i, n, f.__name__, args, kwargs)
+            if f in (torch.maximum, torch.minimum, torch.max, torch.min, torch.fmax, torch.fmin):
+                return self._extremum(i, n, f.__name__, args, kwargs)
             if f is operator.neg or f is torch.neg:
                 return _Value(-x.M, -x.c, x.shape)
             if f is getattr and args[1] == "shape":
@@ -335,6 +348,10 @@ class _Compiler:
                 return self._reshape(name, n.target, x, args[1:], kwargs)
             if n.target == "size":
                 return ("size", args[1] if len(args) > 1 else None)
+            if n.target in ("clamp", "clip", "clamp_min", "clamp_max"):
+                return self._clamp_call(i, n, n.target, args, kwargs)
+            if n.target in ("maximum", "minimum", "max", "min", "fmax", "fmin"):
+                return self._extremum(i, n, n.target, args, kwargs)
             if n.target in ("relu", "abs"):
                 return self._unitwise(i, n, x, 0.0 if n.target == "relu" else -1.0)
             if n.target in ("add", "sub"):
@@ -414,13 +431,72 @@ class _Compiler:
 
     def _clamp(self, i, n, x, lo, hi):
         """``lo + relu(a - lo) - relu(a - hi)``."""
-        if not lo < hi:
+        if not np.all(np.less(lo, hi)):
             raise NotPiecewiseAffineError(f"{self._name(n)}: needs min < max")
         N = len(x.c)
         z = np.zeros(N)
         offs, width = self._new_layer(i, [(x.M, x.c - lo, z), (x.M, x.c - hi, z)])
         M = _select(width, offs[0], N) - _select(width, offs[1], N)
-        return _Value(M, np.full(N, lo), x.shape)
+        return _Value(M, np.broadcast_to(lo, N).astype(np.float64), x.shape)
+
+    def _clamp_call(self, i, n, fname, args, kwargs):
+        """``clamp(x, min, max)`` / ``clip`` / ``clamp_min`` / ``clamp_max`` with numbers or
+        module tensors as bounds."""
+        name, x = self._name(n), args[0]
+        if fname == "clamp_max":
+            lo, hi = None, kwargs.get("max", args[1] if len(args) > 1 else None)
+        else:
+            lo = kwargs.get("min", args[1] if len(args) > 1 else None)
+            hi = kwargs.get("max", args[2] if len(args) > 2 else None)
+            hi = None if fname == "clamp_min" else hi
+        if not isinstance(x, _Value):
+            raise NotPiecewiseAffineError(f"{name}: clamps no value computed from the input")
+        raw = (lo, hi)
+        lo, hi = (None if v is None else _constant(name, v, x.shape) for v in raw)
+        if (lo is None and raw[0] is not None) or (hi is None and raw[1] is not None):
+            raise NotPiecewiseAffineError(
+                f"{name}: the bounds must be numbers or the module's tensors; for a bound "
+                "computed from the input use torch.maximum / torch.minimum"
+            )
+        if lo is not None and hi is not None:
+            if np.all(lo >= hi):  # torch: every element is max
+                return _Value(np.zeros_like(x.M), hi, x.shape)
+            if not np.all(lo < hi):
+                raise NotPiecewiseAffineError(f"{name}: some bounds have min < max, others not")
+            return self._clamp(i, n, x, lo, hi)
+        if lo is None and hi is None:
+            raise NotPiecewiseAffineError(f"{name}: give min or max")
+        return self._bound(i, x, hi if lo is None else lo, upper=lo is None)
+
+    def _extremum(self, i, n, fname, args, kwargs):
+        """Elementwise ``maximum`` / ``minimum`` of two values or of a value and a constant:
+        ``max(a, b) = b + relu(a - b)``, ``min(a, b) = b - relu(b - a)``."""
+        name = self._name(n)
+        a, b = args[0], kwargs.get("other", args[1] if len(args) > 1 else None)
+        upper = fname in ("minimum", "min", "fmin")
+        if not isinstance(b, _Value) and not _is_tensor(b):  # torch.max(x, dim): a reduction
+            raise NotPiecewiseAffineError(
+                f"{name}: only the elementwise {fname} of two tensors is supported (a reduction "
+                "over a dimension is not; use nn.MaxPool1d/2d)"
+            )
+        if isinstance(a, _Value) and isinstance(b, _Value):
+            if a.shape != b.shape:
+                raise NotPiecewiseAffineError(f"{name}: of shapes {a.shape} and {b.shape}")
+            N, z, sign = len(a.c), np.zeros(len(a.c)), -1.0 if upper else 1.0
+            blocks = [(sign * (a.M - b.M), sign * (a.c - b.c), z), (b.M, b.c, np.ones(N))]
+            offs, width = self._new_layer(i, blocks)
+            M = _select(width, offs[1], N) + sign * _select(width, offs[0], N)
+            return _Value(M, np.zeros(N), a.shape)
+        x, k = (a, b) if isinstance(a, _Value) else (b, a)
+        if not isinstance(x, _Value):
+            raise NotPiecewiseAffineError(f"{name}: of no value computed from the input")
+        return self._bound(i, x, _constant(name, k, x.shape), upper=upper)
+
+    def _bound(self, i, x, k, upper):
+        """``max(a, k) = k + relu(a - k)`` or (``upper``) ``min(a, k) = k - relu(k - a)``."""
+        N, sign = len(x.c), -1.0 if upper else 1.0
+        offs, width = self._new_layer(i, [(sign * x.M, sign * (x.c - k), np.zeros(N))])
+        return _Value(sign * _select(width, offs[0], N), k.copy(), x.shape)
 
     def _maxpool(self, i, n, x, m):
         win = _pool_windows(m, x.shape)  # (n_out, k) indices into x (-1 padding)
