@@ -220,3 +220,50 @@ def test_clamp_maximum_minimum(which):
     dec = _same_function(_Clamps(which), 2)
     if which != "inverted":
         assert dec.kink_mask.any()
+
+
+def _img(c, *hw):
+    """Linear(2, c * prod(hw)) then Unflatten to (c, *hw): a latent-fed feature map."""
+    return [nn.Linear(2, c * int(np.prod(hw))), nn.Unflatten(1, (c, *hw)), nn.ReLU()]
+
+
+@pytest.mark.parametrize(
+    "layers",
+    [
+        [*_img(2, 4, 4), nn.AvgPool2d(2), nn.LeakyReLU(0.1), nn.AvgPool2d(2, padding=1)],
+        [*_img(2, 5), nn.AvgPool1d(3, stride=2, ceil_mode=True, count_include_pad=False)],
+        [*_img(2, 5, 3), nn.AdaptiveAvgPool2d((2, 2)), nn.Flatten(2), nn.AdaptiveAvgPool1d(3)],
+        [*_img(2, 3, 3), nn.Upsample(scale_factor=2), nn.Conv2d(2, 1, 3), nn.ReLU()],
+        [*_img(1, 3, 3), nn.Upsample(size=(5, 4), mode="bilinear"), nn.ReLU()],
+        [*_img(2, 2, 2, 2), nn.Conv3d(2, 3, 2, padding=1), nn.ReLU(), nn.ConvTranspose3d(3, 1, 2)],
+        [*_img(2, 3, 3), nn.ReflectionPad2d(1), nn.ReplicationPad2d((0, 1, 1, 0)), nn.ReLU()],
+        [*_img(2, 4), nn.ConstantPad1d(2, 0.5), nn.ZeroPad2d((1, 0, 0, 1)), nn.PReLU()],
+        [*_img(4, 2, 2), nn.PixelShuffle(2), nn.ReLU(), nn.PixelUnshuffle(2)],
+        [*_img(2, 2, 2, 2), nn.BatchNorm3d(2), nn.ReLU(), nn.Dropout3d(0.3)],
+        [nn.Linear(2, 6), nn.RReLU(0.1, 0.4), nn.Linear(6, 6), nn.Hardsigmoid(), nn.Linear(6, 2)],
+    ],
+    ids=lambda ls: "-".join(type(m).__name__ for m in ls[2:]),
+)
+def test_affine_and_piecewise_affine_modules_of_conv_decoders(layers):
+    """Average pooling, upsampling, padding, pixel shuffles, 3-D convolutions and batch norm,
+    eval-mode RReLU and Hardsigmoid are (piecewise) affine; they were refused."""
+    torch.manual_seed(7)
+    mod = nn.Sequential(*layers, nn.Flatten()).eval()
+    dec = _same_function(mod, 2)
+    assert dec.kink_mask.any()
+
+
+def test_functional_dropout_in_eval_mode_is_dropped():
+    class Drop(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(2, 6)
+            self.out = nn.Linear(6, 2)
+
+        def forward(self, z):
+            h = nn.functional.dropout(torch.relu(self.inp(z)), 0.3, self.training)
+            return self.out(nn.functional.dropout1d(h, p=0.1, training=self.training))
+
+    _same_function(Drop().eval(), 2)
+    with pytest.raises(NotPiecewiseAffineError, match=r"'dropout'.*training.*eval\(\)"):
+        Decoder.from_torch(Drop().train())

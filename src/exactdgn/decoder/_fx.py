@@ -93,6 +93,30 @@ def _reads_shape(node) -> bool:
     return node.op == "call_function" and node.target is getattr and node.args[1] == "shape"
 
 
+_ALPHA = ("AlphaDropout", "FeatureAlphaDropout")
+# affine modules: imported as their dense matrix (probed on the standard basis, see _dense_map)
+_AFFINE_MODULES = (
+    *("Linear", "Flatten", "Unflatten", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"),
+    *("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"),
+    *("AvgPool1d", "AvgPool2d", "AvgPool3d"),
+    *("AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d"),
+    *("Upsample", "UpsamplingNearest2d", "UpsamplingBilinear2d"),
+    *("PixelShuffle", "PixelUnshuffle", "ChannelShuffle"),
+    *(
+        f"{kind}Pad{k}d"
+        for kind in ("Zero", "Constant", "Reflection", "Replication", "Circular")
+        for k in (1, 2, 3)
+    ),
+)
+
+
+def _modules(*names: str) -> tuple:
+    """The ``torch.nn`` classes of these names that this torch version has."""
+    import torch
+
+    return tuple(getattr(torch.nn, a) for a in names if hasattr(torch.nn, a))
+
+
 def _is_tensor(v) -> bool:
     import torch
 
@@ -252,32 +276,30 @@ class _Compiler:
             m = self.modules[n.target]
             if isinstance(m, nn.Identity):
                 return x
-            if isinstance(m, nn.Dropout | nn.Dropout1d | nn.Dropout2d | nn.AlphaDropout):
+            if isinstance(m, _modules("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", *_ALPHA)):
                 if m.training and m.p > 0:
                     raise NotPiecewiseAffineError(
                         f"{name} is in training mode (random); call eval()"
                     )
                 return x
-            if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) and (
+            if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d) and (
                 m.training or not m.track_running_stats or m.running_mean is None
             ):
                 raise NotPiecewiseAffineError(
                     f"{name} normalises with batch statistics; call module.eval() so that it "
                     "uses its running statistics (an affine map)"
                 )
-            affine = (
-                nn.Linear,
-                nn.Conv1d,
-                nn.Conv2d,
-                nn.ConvTranspose1d,
-                nn.ConvTranspose2d,
-                nn.BatchNorm1d,
-                nn.BatchNorm2d,
-                nn.Flatten,
-                nn.Unflatten,
-            )
-            if isinstance(m, affine):
+            if isinstance(m, _modules(*_AFFINE_MODULES)):
                 return self._affine_fn(x, m)
+            if isinstance(m, nn.RReLU):
+                if m.training:
+                    raise NotPiecewiseAffineError(
+                        f"{name} is in training mode (random slopes); call module.eval() (it "
+                        "then has the slope (lower + upper) / 2)"
+                    )
+                return self._unitwise(i, n, x, (float(m.lower) + float(m.upper)) / 2)
+            if isinstance(m, nn.Hardsigmoid):
+                return self._clamp(i, n, _Value(x.M / 6, x.c / 6 + 0.5, x.shape), 0.0, 1.0)
             if isinstance(m, nn.ReLU):
                 return self._unitwise(i, n, x, 0.0)
             if isinstance(m, nn.LeakyReLU):
@@ -302,9 +324,10 @@ class _Compiler:
                 else "it is not a supported continuous piecewise-affine layer"
             )
             raise NotPiecewiseAffineError(
-                f"{name}: {why}. Supported: Linear, Conv1d/2d, ConvTranspose1d/2d, BatchNorm "
-                "and Dropout in eval mode, Flatten, Unflatten, Identity, ReLU, LeakyReLU, PReLU, "
-                "ReLU6, Hardtanh, MaxPool1d/2d, exactdgn Abs, sums of values"
+                f"{name}: {why}. Supported: Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d, "
+                "BatchNorm, Dropout and RReLU in eval mode, AvgPool, AdaptiveAvgPool, Upsample, "
+                "padding, PixelShuffle, Flatten, Unflatten, Identity, ReLU, LeakyReLU, PReLU, "
+                "ReLU6, Hardtanh, Hardsigmoid, MaxPool1d/2d, exactdgn Abs, sums of values"
             )
         if n.op == "call_function":
             f = n.target
@@ -315,6 +338,12 @@ class _Compiler:
                 return self._unitwise(i, n, x, float(slope))
             if f is torch.abs:
                 return self._unitwise(i, n, x, -1.0)
+            if f is F.hardsigmoid:
+                return self._clamp(i, n, _Value(x.M / 6, x.c / 6 + 0.5, x.shape), 0.0, 1.0)
+            if f in (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d):
+                return self._dropout(name, args, kwargs, default_training=True)
+            if f in (F.alpha_dropout, F.feature_alpha_dropout):
+                return self._dropout(name, args, kwargs, default_training=False)
             if f is F.relu6:
                 return self._clamp(i, n, x, 0.0, 6.0)
             if f is F.hardtanh:
@@ -360,6 +389,17 @@ class _Compiler:
                 return self._scale(name, args, n.target == "div")
             raise NotPiecewiseAffineError(f"method {n.target!r} (node {n.name!r}) is not supported")
         raise NotPiecewiseAffineError(f"{name} ({n.op}) is not supported")
+
+    @staticmethod
+    def _dropout(name, args, kwargs, default_training):
+        p = kwargs.get("p", args[1] if len(args) > 1 else 0.5)
+        training = kwargs.get("training", args[2] if len(args) > 2 else default_training)
+        if training and p > 0:
+            raise NotPiecewiseAffineError(
+                f"{name} is in training mode (random); call module.eval() (and pass "
+                "training=self.training to functional dropout)"
+            )
+        return args[0]
 
     def _reshape(self, name, method, x, rest, kwargs):
         if method in ("contiguous", "clone"):

@@ -117,8 +117,9 @@ def from_torch(module, input_shape: Sequence[int] | None = None) -> Decoder:
         :func:`Abs`, ``Identity``, ``Flatten``, ``Unflatten``, eval-mode ``BatchNorm1d`` and
         ``Dropout``, and ``Conv1d`` / ``Conv2d`` / ``ConvTranspose2d`` (which need the input shape
         to be known), or a single such module. Anything else (``ReLU6``, ``Hardtanh``,
-        ``MaxPool1d/2d``, custom ``nn.Module`` classes with residual sums, ...) is traced with
-        ``torch.fx`` (:func:`exactdgn.decoder._fx.from_torch_fx`).
+        ``Hardsigmoid``, ``MaxPool1d/2d``, ``AvgPool``, ``Upsample``, padding, 3-D convolutions,
+        custom ``nn.Module`` classes with residual sums, ``clamp``, ``maximum``, ...) is traced
+        with ``torch.fx`` (:func:`exactdgn.decoder._fx.from_torch_fx`).
     input_shape : sequence of int, optional
         Shape of one latent input (without the batch axis). Inferred from a leading ``Linear``.
 
@@ -225,9 +226,9 @@ def from_torch(module, input_shape: Sequence[int] | None = None) -> Decoder:
                 f"layer {label} is not a supported continuous piecewise-affine layer. Supported: "
                 "Linear, ReLU, LeakyReLU, PReLU, exactdgn Abs, Identity, Flatten, Unflatten, "
                 "BatchNorm1d/Dropout in eval mode, Conv1d, Conv2d, ConvTranspose2d; and, traced "
-                "with torch.fx, ReLU6, Hardtanh, MaxPool1d/2d and custom modules with residual "
-                "sums. Smooth activations (Tanh, Sigmoid, GELU, ...) have no exact region "
-                "decomposition."
+                "with torch.fx, ReLU6, Hardtanh, MaxPool1d/2d, Hardsigmoid, AvgPool, Upsample, "
+                "padding, 3-D convolutions and custom modules with residual sums. Smooth "
+                "activations (Tanh, Sigmoid, GELU, ...) have no exact region decomposition."
             )
     if shape is None:
         raise ValueError("the module contains no layer that fixes the input size; pass input_shape")
