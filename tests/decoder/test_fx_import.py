@@ -267,3 +267,31 @@ def test_functional_dropout_in_eval_mode_is_dropped():
     _same_function(Drop().eval(), 2)
     with pytest.raises(NotPiecewiseAffineError, match=r"'dropout'.*training.*eval\(\)"):
         Decoder.from_torch(Drop().train())
+
+
+class _Concat(nn.Module):
+    """U-Net-like skip: the channels of two branches concatenated (and a last-axis cat)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(2, 12)
+        self.conv = nn.Conv1d(2, 1, 3, padding=1)
+        self.out = nn.Conv1d(3, 2, 3)
+
+    def forward(self, z):
+        h = torch.relu(self.inp(z)).view(z.size(0), 2, 6)
+        h = torch.cat([h, torch.relu(self.conv(h))], dim=1)  # (3, 6)
+        return torch.cat((self.out(h), self.out(-h)), -1)
+
+
+def test_concatenation_of_branches():
+    """torch.cat of values (along channels, along the last axis) is affine; it was refused."""
+    torch.manual_seed(8)
+    _same_function(_Concat(), 2)
+
+    class CatBatch(nn.Module):
+        def forward(self, z):
+            return torch.cat([z, z])
+
+    with pytest.raises(NotPiecewiseAffineError, match="batch axis"):
+        Decoder.from_torch(CatBatch(), input_shape=(2,))

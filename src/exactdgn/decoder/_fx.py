@@ -2,10 +2,11 @@
 
 The module is traced symbolically; every value of the graph is kept as an affine function
 ``M h + c`` of the output ``h`` of the last activation layer built so far (at the start,
-``h = z``). Affine nodes (``Linear``, convolutions, eval-mode ``BatchNorm``, ``Flatten``,
-reshapes, sums and differences of values, scaling by constants, ``Identity``, eval-mode
-``Dropout``) only update those maps. A piecewise-affine node starts a new layer: the values still
-needed later pass through it on units without a kink (PReLU slope 1), and
+``h = z``). Affine nodes (``Linear``, convolutions, pooling by averages, upsampling, padding,
+eval-mode ``BatchNorm``, ``Flatten``, reshapes, ``torch.cat``, sums and differences of values,
+scaling by constants, ``Identity``, eval-mode ``Dropout``) only update those maps. A
+piecewise-affine node starts a new layer: the values still needed later pass through it on units
+without a kink (PReLU slope 1), and
 
 * ``ReLU`` / ``LeakyReLU`` / ``PReLU`` / :func:`Abs`: one unit per element (slope 0 / α / -1);
 * ``ReLU6`` / ``Hardtanh(lo, hi)`` / ``clamp(a, lo, hi)``: ``lo + relu(a - lo) - relu(a - hi)``:
@@ -145,6 +146,32 @@ def _constant(name: str, v, shape: tuple) -> np.ndarray | None:
             f"{shape} (it would change the value's shape)"
         ) from None
     return np.broadcast_to(t, (1, *shape)).reshape(-1).copy()
+
+
+def _concat(name: str, parts: list, dim: int) -> _Value:
+    """``torch.cat(parts, dim)`` of values (per-sample axis ``dim - 1``)."""
+    if not parts or not all(isinstance(v, _Value) for v in parts):
+        raise NotPiecewiseAffineError(f"{name}: only values computed from the input are joined")
+    ndim = len(parts[0].shape) + 1
+    axis = (int(dim) + ndim if int(dim) < 0 else int(dim)) - 1
+    if axis < 0:
+        raise NotPiecewiseAffineError(
+            f"{name}: joining along the batch axis mixes samples; concatenate along axis >= 1"
+        )
+    idx, start = [], 0  # where each output element comes from in the stacked parts
+    for v in parts:
+        n_v = math.prod(v.shape)
+        idx.append(start + np.arange(n_v).reshape(v.shape))
+        start += n_v
+    try:
+        order = np.concatenate(idx, axis=axis)
+    except ValueError:
+        raise NotPiecewiseAffineError(
+            f"{name}: cannot join shapes {[v.shape for v in parts]} along axis {dim}"
+        ) from None
+    M = np.vstack([v.M for v in parts])[order.ravel()]
+    c = np.concatenate([v.c for v in parts])[order.ravel()]
+    return _Value(M, c, order.shape)
 
 
 def _flat_shape(name: str, shape: tuple, start: int, end: int) -> tuple:
@@ -358,6 +385,10 @@ class _Compiler:
                 return self._clamp_call(i, n, f.__name__, args, kwargs)
             if f in (torch.maximum, torch.minimum, torch.max, torch.min, torch.fmax, torch.fmin):
                 return self._extremum(i, n, f.__name__, args, kwargs)
+            if f in (torch.cat, torch.concat, torch.concatenate):
+                parts = [vals[a] if isinstance(a, torch.fx.Node) else a for a in n.args[0]]
+                dim = kwargs.get("dim", kwargs.get("axis", args[1] if len(args) > 1 else 0))
+                return _concat(name, parts, dim)
             if f is operator.neg or f is torch.neg:
                 return _Value(-x.M, -x.c, x.shape)
             if f is getattr and args[1] == "shape":
