@@ -288,8 +288,11 @@ def evaluate_external(
     Returns
     -------
     per_point : dict of (N,) arrays: ``log_px`` and, with an encoder, ``elbo``, ``iwae{k}``,
-        ``is{k}`` and ``gap`` (= exact - ELBO)
+        ``is{k}``, ``gap`` (= exact - ELBO) and, for ``k_is >= 2``, ``is{k}_se`` (the IS
+        estimate's delta-method standard error, see
+        :meth:`~exactdgn.baselines.VAE.importance_log_likelihood`)
     summary : dict of means (nats per point) and the gaps of each estimate to the exact value
+        (``gap_elbo``, ...); ``se_is{k}``: the standard error of the mean IS estimate
     """
     from ..baselines import VAE
     from ..model import ExactDGN
@@ -307,9 +310,14 @@ def evaluate_external(
     if vae is not None:
         per["elbo"] = vae.elbo(X, n_samples=n_elbo, random_state=seed)
         per[f"iwae{k_iwae}"] = vae.iwae_bound(X, k=k_iwae, random_state=seed + 1)
-        per[f"is{k_is}"] = vae.importance_log_likelihood(X, k=k_is, random_state=seed + 2)
+        is_ = vae.importance_log_likelihood(X, k=k_is, random_state=seed + 2, return_std=k_is >= 2)
+        per[f"is{k_is}"], se = is_ if k_is >= 2 else (is_, None)
         per["gap"] = ll - per["elbo"]
+        if se is not None:
+            per[f"is{k_is}_se"] = se
         for key in ("elbo", f"iwae{k_iwae}", f"is{k_is}"):
             summary[key] = float(per[key].mean())
             summary[f"gap_{key}"] = float((ll - per[key]).mean())
+        if se is not None:
+            summary[f"se_is{k_is}"] = float(np.sqrt(np.sum(se**2)) / len(se))
     return per, summary
