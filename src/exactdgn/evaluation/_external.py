@@ -278,6 +278,9 @@ def evaluate_external(
     decoder : Decoder
     noise_std : float or array_like of shape (D,)
     X : array_like of shape (N, D)
+        At least one row, in the units the decoder was trained on (nothing is standardized).
+        Without an encoder a NaN marks a missing value (its row's ``log_px`` is
+        ``log p(x_obs)``); the encoder's estimates need complete rows.
     encoder : torch.nn.Module, optional
         ``x -> (mean, log_std)`` of ``q(z | x)`` (see :meth:`exactdgn.baselines.VAE.from_parts`).
     seed : int >= 0
