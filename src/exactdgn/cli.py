@@ -179,7 +179,7 @@ def _check_data_options(args) -> None:
     X``, ``digits:3 --data-noise 0.5``), not silently ignored."""
     kind = _data_kind(args.data)
     for dest in ("data_noise", "data_seed", "classes", "downsample", "key"):
-        if getattr(args, dest) is not None and dest not in DATA_OPTIONS[kind]:
+        if getattr(args, dest, None) is not None and dest not in DATA_OPTIONS[kind]:
             takes = [k for k, v in DATA_OPTIONS.items() if dest in v]
             hint = " (digits: name the classes, e.g. 'digits:3')" if kind == "digits" else ""
             raise CLIError(
@@ -781,10 +781,34 @@ def _sample(args) -> int:
 
 
 # ---------------------------------------------------------------------- evaluate
+def _noise_std(text: str):
+    """``--noise-std``: a number, or a ``.npy`` / ``.csv`` / ``.txt`` file of one std per output."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    path = Path(text)
+    if not path.is_file():
+        raise CLIError(
+            f"--noise-std {text} is neither a number nor a file: give one std (e.g. 0.1) or a "
+            ".npy / .csv file of one std per output"
+        )
+    try:
+        if path.suffix == ".npy":
+            values = np.load(path, allow_pickle=False)
+        else:
+            values = np.loadtxt(path, delimiter="," if path.suffix == ".csv" else None, ndmin=1)
+        return np.asarray(values, dtype=np.float64).ravel()
+    except (ValueError, OSError) as exc:
+        raise CLIError(f"--noise-std {text}: not a file of numbers ({exc})") from exc
+
+
 def _evaluate(args) -> int:
     from .evaluation import evaluate_external, load_torch_decoder, load_torch_encoder
 
     _torch_threads(args.threads)
+    _check_data_options(args)
+    noise_std = _noise_std(args.noise_std)
     dec = load_torch_decoder(
         args.decoder,
         layers=args.layers,
@@ -807,7 +831,7 @@ def _evaluate(args) -> int:
             unsafe_pickle=args.unsafe_pickle,
         )
     per, summ = evaluate_external(
-        dec, args.noise_std, X, encoder=enc, seed=args.seed, k_iwae=args.k_iwae, k_is=args.k_is
+        dec, noise_std, X, encoder=enc, seed=args.seed, k_iwae=args.k_iwae, k_is=args.k_is
     )
     print(
         f"decoder {dec.layer_sizes}, {summ['n_regions']} regions; exact mean log p(x): "
@@ -815,7 +839,8 @@ def _evaluate(args) -> int:
     )
     for key in [k for k in summ if k.startswith("gap_")]:
         est = key[4:]
-        print(f"  {est:>10s}: {summ[est]:.6f} (exact - {est} = {summ[key]:.6f})")
+        se = f" +/- {summ['se_' + est]:.6f}" if f"se_{est}" in summ else ""
+        print(f"  {est:>10s}: {summ[est]:.6f} (exact - {est} = {summ[key]:.6f}{se})")
     if args.out:
         cols = list(per)
         table = np.column_stack([np.arange(len(X))] + [per[c] for c in cols])
@@ -1156,6 +1181,10 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser(
         "evaluate",
         help="exact log p(x) of a torch decoder trained elsewhere (ELBO/IWAE/IS gaps)",
+        description="Exact log p(x) of a torch decoder trained elsewhere and, given its encoder,\n"
+        "the ELBO, IWAE-k bound and importance-sampling estimate beside it (nats per point;\n"
+        "the IS estimate with its standard error). DATA is scored as given (not\n"
+        "standardized, unlike fit): give it in the units the decoder was trained on.",
         epilog=EXAMPLES,
         formatter_class=_Formatter,
     )
@@ -1165,7 +1194,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="decoder weights: .safetensors or a torch state dict (an MLP; see --layers)",
     )
     e.add_argument("data", metavar="DATA")
-    e.add_argument("--noise-std", type=float, required=True, help="observation noise std")
+    e.add_argument(
+        "--noise-std",
+        required=True,
+        help="observation noise std: a number, or a .npy / .csv file of one std per output",
+    )
     e.add_argument(
         "--layers",
         type=int,
@@ -1206,7 +1239,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--k-iwae", type=int, default=5, help="samples of the IWAE bound")
     e.add_argument("--k-is", type=int, default=5000, help="importance samples of the IS estimate")
     e.add_argument("--seed", type=_seed, default=0, help="seed of the encoder's samples")
-    e.add_argument("--n-samples", type=int, default=None, help="keep the first N points")
+    e.add_argument("--n-samples", type=_positive_int, default=None, help="keep the first N points")
     e.add_argument("--key", default=None, help=".npz data: the array to use")
     e.add_argument("--out", default=None, help="per-point CSV (exact log p and estimates)")
     e.set_defaults(func=_evaluate)

@@ -48,7 +48,7 @@ def test_encoder_estimates_sit_below_the_exact_value(parts, capsys):
     enc = ["--encoder", str(root / "enc.pt"), "--encoder-hidden", "16", "--k-is", "200"]
     assert main([*args, *enc, "--out", str(out)]) == 0
     head = out.read_text().splitlines()[0].split(",")
-    assert head == ["index", "log_px", "elbo", "iwae5", "is200", "gap"]
+    assert head == ["index", "log_px", "elbo", "iwae5", "is200", "gap", "is200_se"]
     t = np.loadtxt(out, delimiter=",", skiprows=1)
     # bounds in expectation: the mean ELBO and IWAE-5 sit below the exact mean log p(x)
     assert t[:, 2].mean() < t[:, 3].mean() < t[:, 1].mean()
@@ -129,3 +129,77 @@ def test_a_file_that_is_no_weights_file_is_named_as_such(parts, capsys, name, un
     err = capsys.readouterr().err
     assert err.startswith("exactdgn: error:") and "Traceback" not in err
     assert name in err and "garbage" in err and "weights_only" not in err
+
+
+@pytest.mark.parametrize("fmt", ["npy", "csv"])
+def test_per_coordinate_noise_from_a_file(tmp_path, fmt):
+    # --noise-std took one number only: a decoder with one noise std per output (a VAE with a
+    # learned diagonal noise) could not be scored from the command line
+    torch.manual_seed(0)
+    dec = torch.nn.Sequential(torch.nn.Linear(1, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+    sigma = np.array([0.1, 0.3, 0.6])
+    exact = ExactDGN.from_torch(dec, sigma)
+    X = exact.sample(20, random_state=0)
+    np.save(tmp_path / "x.npy", X)
+    torch.save(dec.state_dict(), tmp_path / "dec.pt")
+    if fmt == "npy":
+        np.save(tmp_path / "sigma.npy", sigma)
+    else:
+        np.savetxt(tmp_path / "sigma.csv", sigma[None, :], delimiter=",")
+    out = tmp_path / "out.csv"
+    args = ["evaluate", str(tmp_path / "dec.pt"), str(tmp_path / "x.npy")]
+    assert main([*args, "--noise-std", str(tmp_path / f"sigma.{fmt}"), "--out", str(out)]) == 0
+    table = np.loadtxt(out, delimiter=",", skiprows=1)
+    assert np.allclose(table[:, 1], exact.score_samples(X), rtol=1e-12)
+
+
+def test_noise_std_that_is_neither_a_number_nor_a_file(parts, capsys):
+    root = parts[0]
+    args = ["evaluate", str(root / "dec.pt"), str(root / "x.npy"), "--noise-std", "nope.npy"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--noise-std" in err and "nope.npy" in err and "number" in err
+
+
+def test_is_estimate_comes_with_its_standard_error(parts, capsys):
+    # the IS estimate and its gap to the exact value were printed without an error bar: a gap
+    # of Monte Carlo noise could not be told from a bias
+    root = parts[0]
+    out = root / "se.csv"
+    args = ["evaluate", str(root / "dec.pt"), str(root / "x.npy"), "--noise-std", "0.2"]
+    enc = ["--encoder", str(root / "enc.pt"), "--encoder-hidden", "16", "--k-is", "400"]
+    assert main([*args, *enc, "--out", str(out)]) == 0
+    head = out.read_text().splitlines()[0].split(",")
+    assert head == ["index", "log_px", "elbo", "iwae5", "is400", "gap", "is400_se"]
+    t = np.loadtxt(out, delimiter=",", skiprows=1)
+    assert (t[:, 6] > 0).all()
+    z = (t[:, 4] - t[:, 1]) / t[:, 6]
+    assert np.abs(z).max() < 4.5  # each point's exact value is within its error bar
+    se_mean = np.sqrt(np.sum(t[:, 6] ** 2)) / len(t)
+    assert f"+/- {se_mean:.6f}" in capsys.readouterr().out
+
+
+def test_negative_n_samples_is_refused(parts, capsys):
+    # --n-samples -1 kept all rows but the last (X[:-1]) without a word
+    root = parts[0]
+    args = ["evaluate", str(root / "dec.pt"), str(root / "x.npy"), "--noise-std", "0.2"]
+    with pytest.raises(SystemExit) as info:
+        main([*args, "--n-samples", "-1"])
+    assert info.value.code == 2 and "--n-samples" in capsys.readouterr().err
+
+
+def test_key_with_a_built_in_data_set_is_refused(parts, capsys):
+    # an option that does not apply is an error (README); evaluate ignored --key with 'wave'
+    root = parts[0]
+    args = ["evaluate", str(root / "dec.pt"), "wave", "--noise-std", "0.2", "--key", "X"]
+    assert main(args) == 2
+    assert "--key applies to file data, not wave" in capsys.readouterr().err
+
+
+def test_help_says_the_data_are_scored_as_given(capsys):
+    # the shared epilog says image data are standardized by default (--standardize), which
+    # evaluate does not do (nor have): a VAE is scored in the units it was trained on
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "scored as given (not standardized" in out

@@ -139,3 +139,55 @@ def test_evaluate_external_refuses_a_nan_row_before_the_exact_pass(monkeypatch):
     monkeypatch.setattr(ExactDGN, "score_samples", no_exact_pass)
     with pytest.raises(ValueError, match="X contains 1 NaN"):
         evaluate_external(dec, 0.3, X, encoder=enc)
+
+
+@pytest.mark.parametrize(
+    "kwargs, named",
+    [
+        ({"n_features": 2, "latent_dim": 2}, "latent dimension 1, not the decoder's 2"),
+        ({"n_features": 3, "latent_dim": 1}, "2 features, not the data's 3"),
+    ],
+)
+def test_load_torch_encoder_names_a_latent_or_feature_mismatch(tmp_path, kwargs, named):
+    # the message told to give the encoder's hidden sizes, which cannot fix an encoder of
+    # another latent dimension (or another data dimension) than the decoder's
+    torch.save(GaussianEncoder(2, 1, (16,)).state_dict(), tmp_path / "enc.pt")
+    with pytest.raises(ValueError, match="it holds GaussianEncoder") as info:
+        load_torch_encoder(tmp_path / "enc.pt", hidden=(16,), **kwargs)
+    assert named in str(info.value) and "hidden sizes" not in str(info.value)
+
+
+def test_log_var_encoder_keeps_small_variances(tmp_path):
+    # the log-variance went through the log-std head's clamp [-12, 6]: a posterior std below
+    # exp(-6) = 0.0025 (log var < -12, as a VAE with small noise has) was silently raised
+    enc = GaussianEncoder(2, 1, (8,))
+    with torch.no_grad():
+        enc.log_std_head.weight.zero_()  # the log variance is the head's bias
+    torch.save(enc.state_dict(), tmp_path / "enc.pt")
+    dec, _, _ = _parts()
+    loaded = load_torch_encoder(
+        tmp_path / "enc.pt", n_features=2, latent_dim=1, hidden=(8,), output="log_var"
+    )
+    for log_var in (-16.0, -1.0, 11.0):
+        loaded.inner.log_std_head.bias.data.fill_(log_var)
+        _, std = VAE.from_parts(dec, loaded, 0.3).encode(np.zeros((1, 2)))
+        np.testing.assert_allclose(std, np.exp(0.5 * log_var), rtol=1e-12)
+
+
+@pytest.mark.parametrize("unsafe", [False, True])
+def test_load_torch_encoder_file_errors_speak_of_the_encoder(tmp_path, unsafe):
+    # a bad encoder file was answered with advice about "the decoder's state_dict()"
+    (tmp_path / "enc.pt").write_text("garbage\n")
+    with pytest.raises(ValueError, match="encoder's state_dict") as info:
+        load_torch_encoder(tmp_path / "enc.pt", n_features=2, latent_dim=1, unsafe_pickle=unsafe)
+    assert "decoder" not in str(info.value)
+
+
+def test_load_torch_decoder_checks_the_layers_of_a_pickled_module(tmp_path):
+    # layers= (--layers) was checked for a state dict only: a pickled module of other sizes
+    # was scored without a word
+    torch.save(_deep_sequential(width=4, n_layers=2), tmp_path / "dec.pt")
+    with pytest.raises(ValueError, match=r"layer sizes \[1, 4, 4\], not \[1, 8, 4\]"):
+        load_torch_decoder(tmp_path / "dec.pt", layers=[1, 8, 4], unsafe_pickle=True)
+    dec = load_torch_decoder(tmp_path / "dec.pt", layers=[1, 4, 4], unsafe_pickle=True)
+    assert dec.layer_sizes == [1, 4, 4]

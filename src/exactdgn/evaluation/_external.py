@@ -25,8 +25,11 @@ import numpy as np
 __all__ = ["evaluate_external", "load_torch_decoder", "load_torch_encoder"]
 
 
-def _load(path, unsafe_pickle: bool):
-    """Tensors (a dict) or, with ``unsafe_pickle``, any pickled object from ``path``."""
+def _load(path, unsafe_pickle: bool, part: str = "decoder"):
+    """Tensors (a dict) or, with ``unsafe_pickle``, any pickled object from ``path``.
+
+    ``part`` (``"decoder"`` or ``"encoder"``) is what the file should hold, for the messages.
+    """
     import torch
 
     path = Path(path)
@@ -48,7 +51,7 @@ def _load(path, unsafe_pickle: bool):
         return {k: tensors[k] for k in sorted(tensors, key=_natural_key)}
     if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save: a zip, or a pickle
         raise ValueError(
-            f"{path} is not a torch file (its first bytes are {head!r}): give the decoder's "
+            f"{path} is not a torch file (its first bytes are {head!r}): give the {part}'s "
             "state_dict() saved with torch.save, or a .safetensors file"
         )
     if unsafe_pickle:
@@ -58,7 +61,7 @@ def _load(path, unsafe_pickle: bool):
             raise ValueError(
                 f"{path} holds a pickled module whose class cannot be imported here ({exc}): "
                 "make the module that defines it importable (on PYTHONPATH), or save the "
-                "decoder's state_dict() instead"
+                f"{part}'s state_dict() instead"
             ) from exc
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -123,7 +126,12 @@ def load_torch_decoder(
 
     obj = _load(path, unsafe_pickle)
     if isinstance(obj, torch.nn.Module):
-        return Decoder.from_torch(obj.eval())
+        dec = Decoder.from_torch(obj.eval())
+        if layers is not None and [int(s) for s in layers] != list(dec.layer_sizes):
+            raise ValueError(
+                f"{path}: the module has layer sizes {list(dec.layer_sizes)}, not {list(layers)}"
+            )
+        return dec
     sd = _state_dict(obj, path)
     Ws, bs, used = [], [], set()
     for key, t in sd.items():
@@ -185,28 +193,58 @@ def load_torch_encoder(
     output: str = "log_std",
     unsafe_pickle: bool = False,
 ):
-    """An encoder ``x -> (mean, log_std)`` of ``q(z | x)`` (see the module docstring)."""
+    """An encoder ``x -> (mean, log_std)`` of ``q(z | x)`` (see the module docstring).
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.safetensors``, a ``torch.save``-d :class:`~exactdgn.baselines.GaussianEncoder` state
+        dict, or (``unsafe_pickle``) a whole module returning ``(mean, second)``.
+    n_features, latent_dim : int
+        The data dimension ``D`` and the decoder's latent dimension ``d`` (a state dict of
+        other sizes is refused, naming them).
+    hidden : sequence of int
+        The hidden widths of a state dict's ``GaussianEncoder``.
+    activation : str
+        Its hidden activation.
+    output : {"log_std", "log_var"}
+        What the second output is: ``log s`` or ``log s²`` (pythae's ``log_covariance``).
+        A state dict's head is clamped to ``GaussianEncoder``'s range of ``s`` either way.
+    unsafe_pickle : bool
+        Accept a pickled module: this executes code from the file.
+    """
     import torch
 
     from ..baselines import GaussianEncoder
 
     if output not in ("log_std", "log_var"):
         raise ValueError(f"output={output!r} is invalid: use 'log_std' or 'log_var'")
-    obj = _load(path, unsafe_pickle)
+    obj = _load(path, unsafe_pickle, "encoder")
     if isinstance(obj, torch.nn.Module):
         enc = obj
     else:
         enc = GaussianEncoder(n_features, latent_dim, tuple(hidden), activation)
+        if output == "log_var":  # the head holds log s² = 2 log s: the same range of s
+            enc.min_log_std, enc.max_log_std = 2.0 * enc.min_log_std, 2.0 * enc.max_log_std
         sd = _state_dict(obj, path)
         try:
             enc.load_state_dict(sd)
         except RuntimeError as exc:
             held = _encoder_shape(sd)
             if held is not None:
-                what = (
-                    f"it holds GaussianEncoder({held[0]}, {held[1]}, hidden={held[2]}) (give "
-                    "the encoder's hidden sizes: hidden=, --encoder-hidden)"
-                )
+                what = f"it holds GaussianEncoder({held[0]}, {held[1]}, hidden={held[2]}) "
+                if held[1] != latent_dim:
+                    what += (
+                        f"(an encoder of latent dimension {held[1]}, not the decoder's "
+                        f"{latent_dim}: give the encoder trained with this decoder)"
+                    )
+                elif held[0] != n_features:
+                    what += (
+                        f"(an encoder of {held[0]} features, not the data's {n_features}: give "
+                        "the data the model was trained on, or the encoder trained on these)"
+                    )
+                else:
+                    what += "(give the encoder's hidden sizes: hidden=, --encoder-hidden)"
             else:  # torch's lines after its first say which keys are missing or unexpected
                 lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
                 what = " ".join(lines[1:] or lines)
@@ -240,6 +278,9 @@ def evaluate_external(
     decoder : Decoder
     noise_std : float or array_like of shape (D,)
     X : array_like of shape (N, D)
+        At least one row, in the units the decoder was trained on (nothing is standardized).
+        Without an encoder a NaN marks a missing value (its row's ``log_px`` is
+        ``log p(x_obs)``); the encoder's estimates need complete rows.
     encoder : torch.nn.Module, optional
         ``x -> (mean, log_std)`` of ``q(z | x)`` (see :meth:`exactdgn.baselines.VAE.from_parts`).
     seed : int >= 0
@@ -250,8 +291,11 @@ def evaluate_external(
     Returns
     -------
     per_point : dict of (N,) arrays: ``log_px`` and, with an encoder, ``elbo``, ``iwae{k}``,
-        ``is{k}`` and ``gap`` (= exact - ELBO)
+        ``is{k}``, ``gap`` (= exact - ELBO) and, for ``k_is >= 2``, ``is{k}_se`` (the IS
+        estimate's delta-method standard error, see
+        :meth:`~exactdgn.baselines.VAE.importance_log_likelihood`)
     summary : dict of means (nats per point) and the gaps of each estimate to the exact value
+        (``gap_elbo``, ...); ``se_is{k}``: the standard error of the mean IS estimate
     """
     from ..baselines import VAE
     from ..model import ExactDGN
@@ -269,9 +313,14 @@ def evaluate_external(
     if vae is not None:
         per["elbo"] = vae.elbo(X, n_samples=n_elbo, random_state=seed)
         per[f"iwae{k_iwae}"] = vae.iwae_bound(X, k=k_iwae, random_state=seed + 1)
-        per[f"is{k_is}"] = vae.importance_log_likelihood(X, k=k_is, random_state=seed + 2)
+        is_ = vae.importance_log_likelihood(X, k=k_is, random_state=seed + 2, return_std=k_is >= 2)
+        per[f"is{k_is}"], se = is_ if k_is >= 2 else (is_, None)
         per["gap"] = ll - per["elbo"]
+        if se is not None:
+            per[f"is{k_is}_se"] = se
         for key in ("elbo", f"iwae{k_iwae}", f"is{k_is}"):
             summary[key] = float(per[key].mean())
             summary[f"gap_{key}"] = float((ll - per[key]).mean())
+        if se is not None:
+            summary[f"se_is{k_is}"] = float(np.sqrt(np.sum(se**2)) / len(se))
     return per, summary
