@@ -161,3 +161,12 @@ def test_typicality_test_checks_column_names():
     with pytest.raises(ValueError, match="fitted with"):
         model.typicality_test(pd.DataFrame(X[:20], columns=["b", "a"]), random_state=0)
 
+
+def test_missing_threshold_error_names_the_cause():
+    """A model from ``from_decoder`` (or with contamination set after fit) was never fit with
+    its contamination: the error must not blame an interrupted fit."""
+    model = _model(contamination=0.1)
+    X = model.sample(20, random_state=0)
+    with pytest.raises(NotFittedError, match="set_offset") as err:
+        model.predict(X)
+    assert "interrupted" not in str(err.value)
