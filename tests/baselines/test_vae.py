@@ -488,6 +488,15 @@ def test_not_fitted_error(cls):
         ({"init_noise_std": [0.1, 0.2]}, "isotropic noise takes a scalar"),
         ({"random_state": "seed"}, "random_state='seed' is invalid"),
         ({"validation_fraction": -0.1}, r"validation_fraction=-0.1 is invalid: use a fraction"),
+        # a bool is not a number (lr=True trained with lr 1.0), nor a string a noise level, as
+        # in ExactDGN's checks; progress takes a bool as ExactDGN's
+        ({"lr": True}, "lr=True is invalid: use a positive float"),
+        ({"min_noise_std": True}, "min_noise_std=True is invalid"),
+        ({"min_delta": True}, "min_delta=True is invalid"),
+        ({"negative_slope": True}, "negative_slope=True is invalid: use a finite float"),
+        ({"init_noise_std": True}, "init_noise_std=True is invalid"),
+        ({"init_noise_std": "0.5"}, "init_noise_std='0.5' is invalid"),
+        ({"progress": "yes"}, "progress='yes' is invalid: use True"),
     ],
 )
 def test_bad_parameters_say_what_to_change(params, match):
@@ -514,6 +523,14 @@ def test_empty_inputs_are_named():
             call()
     with pytest.raises(ValueError, match=r"X_val has no rows \(shape \(0, 2\)\)"):
         VAE([1, 3, 2], max_epochs=1, **FAST).fit(X, X_val=empty)
+
+
+def test_columnless_input_is_named():
+    """X of shape (N, 0), as ExactDGN: fit said 'layer_sizes must be positive integers ...,
+    got [1, 12, 0]' (or told to give decoder sizes ending in 0)."""
+    for est in (VAE(max_epochs=1), VAE([1, 3, 2], max_epochs=1), IWAE(max_epochs=1)):
+        with pytest.raises(ValueError, match=r"X has no columns \(shape \(5, 0\)\)"):
+            est.fit(np.empty((5, 0)))
 
 
 @pytest.mark.parametrize("cls", [VAE, IWAE])

@@ -721,6 +721,9 @@ class VAE(DensityMixin, BaseEstimator):
         def bad(name, what):
             raise ValueError(f"{name}={getattr(self, name)!r} is invalid: {what}")
 
+        def is_real(value):  # as ExactDGN's: a bool is not a number
+            return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+
         dec = self.decoder
         if dec is None:
             if self.latent_dim is not None and not is_int(self.latent_dim, 1):
@@ -746,14 +749,17 @@ class VAE(DensityMixin, BaseEstimator):
                     bad(name, "leave it None when decoder is given (the decoder fixes the sizes)")
         if not isinstance(dec, Decoder) and self.activation not in _DECODER_ACTIVATIONS:
             bad("activation", f"choose one of {_DECODER_ACTIVATIONS}")
-        if not (isinstance(self.negative_slope, numbers.Real) and np.isfinite(self.negative_slope)):
+        if not (is_real(self.negative_slope) and np.isfinite(self.negative_slope)):
             bad("negative_slope", "use a finite float (e.g. 0.1)")
         if self.noise not in ("isotropic", "diagonal"):
             bad("noise", "choose 'isotropic' or 'diagonal'")
-        if not (isinstance(self.min_noise_std, numbers.Real) and 0 < self.min_noise_std < np.inf):
+        if not (is_real(self.min_noise_std) and 0 < self.min_noise_std < np.inf):
             bad("min_noise_std", "use a positive float (the objective is unbounded as σ -> 0)")
         if self.init_noise_std is not None:
-            init = np.asarray(self.init_noise_std, dtype=np.float64)
+            init = np.asarray(self.init_noise_std)
+            if init.dtype.kind not in "iuf":  # not a bool, nor a string read as a number
+                bad("init_noise_std", "use a positive float or a vector of one per column")
+            init = init.astype(np.float64)
             if init.ndim > 1 or not np.all(np.isfinite(init)) or np.any(init <= 0):
                 bad("init_noise_std", "use a positive float or a vector of one per column")
             if init.ndim == 1 and self.noise == "isotropic":
@@ -769,18 +775,18 @@ class VAE(DensityMixin, BaseEstimator):
         if self.encoder_activation not in _ENCODER_ACTIVATIONS:
             bad("encoder_activation", f"choose one of {tuple(_ENCODER_ACTIVATIONS)}")
         self._validate_objective_params(bad)
-        if not (isinstance(self.lr, numbers.Real) and 0 < self.lr < np.inf):
+        if not (is_real(self.lr) and 0 < self.lr < np.inf):
             bad("lr", "use a positive float (e.g. 1e-3)")
         if not is_int(self.batch_size, 1):
             bad("batch_size", "use an integer >= 1")
         if not is_int(self.max_epochs, 0):
             bad("max_epochs", "use an integer >= 0 (0 only initialises the model)")
         frac = self.validation_fraction
-        if not (isinstance(frac, numbers.Real) and 0 <= frac < 1):
+        if not (is_real(frac) and 0 <= frac < 1):
             bad("validation_fraction", "use a fraction in [0, 1) (0: no early stopping)")
         if not is_int(self.patience, 1):
             bad("patience", "use an integer >= 1")
-        if not (isinstance(self.min_delta, numbers.Real) and 0 <= self.min_delta < np.inf):
+        if not (is_real(self.min_delta) and 0 <= self.min_delta < np.inf):
             bad("min_delta", "use a finite float >= 0 (nats per point)")
         if self.dtype not in ("float64", "float32", torch.float64, torch.float32):
             bad("dtype", "choose 'float64' or 'float32'")
@@ -789,6 +795,8 @@ class VAE(DensityMixin, BaseEstimator):
             bad("random_state", "use None, an integer >= 0 or a numpy.random.Generator")
         if not isinstance(self.warm_start, bool | np.bool_):
             bad("warm_start", "use True (continue the fitted run) or False")
+        if not isinstance(self.progress, bool | np.bool_):
+            bad("progress", "use True (show a progress bar) or False")
 
     def _validate_objective_params(self, bad) -> None:
         if not is_int(self.n_train_samples, 1):
@@ -880,6 +888,8 @@ class VAE(DensityMixin, BaseEstimator):
         X = check_array(X, name="X")
         if X.shape[0] == 0:
             raise ValueError(f"X has no rows (shape {X.shape}): give at least one point")
+        if X.shape[1] == 0:
+            raise ValueError(f"X has no columns (shape {X.shape}): give at least one feature")
         N, D = X.shape
         dtype = _torch_dtype(self.dtype)
         batch_size = int(self.batch_size)
