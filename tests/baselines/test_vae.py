@@ -584,6 +584,9 @@ def test_score_samples_is_the_objective(cls):
     # a bound: below the exact log-likelihood of the same decoder and noise (on average)
     exact = ExactDGN.from_decoder(m.decoder_, m.noise_std_).score_samples(X[:10])
     assert s.mean() < exact.mean()
+    for call in (m.score_samples, m.score):  # IWAE's named its n_repeats
+        with pytest.raises(ValueError, match="n_samples must be an int >= 1, got 0"):
+            call(X[:10], n_samples=0)
 
 
 def test_from_parts_is_fitted():

@@ -1485,4 +1485,5 @@ class IWAE(VAE):
         -------
         ndarray of shape (N,)
         """
-        return self.iwae_bound(X, int(self.k), n_repeats=n_samples, random_state=random_state)
+        n = _int_param(n_samples, "n_samples", 1)  # named as the caller gave it
+        return self.iwae_bound(X, int(self.k), n_repeats=n, random_state=random_state)
