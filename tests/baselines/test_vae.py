@@ -533,6 +533,31 @@ def test_columnless_input_is_named():
             est.fit(np.empty((5, 0)))
 
 
+def test_fit_on_a_frame_records_and_checks_its_column_names():
+    """As ExactDGN's ``feature_names_in_``: the names were dropped, so a frame with its
+    columns in another order was scored (and trained on, warm) by position, without a word."""
+    import pandas as pd
+
+    X = wave(40, noise=0.1, random_state=0)
+    df = pd.DataFrame(X, columns=["a", "b"])
+    swapped = df[["b", "a"]]
+    m = VAE([1, 3, 2], max_epochs=1, random_state=0, **FAST).fit(df)
+    assert m.feature_names_in_.tolist() == ["a", "b"]
+    np.testing.assert_array_equal(m.score_samples(df), m.score_samples(X))
+    for call in (m.score_samples, m.score, m.elbo, m.encode, m.iwae_bound, vae_to_exact(m).score):
+        with pytest.raises(ValueError, match=r"\['b', 'a'\].*\['a', 'b'\]"):
+            call(swapped)
+    with pytest.raises(ValueError, match="fitted with"):
+        m.set_params(warm_start=True).fit(swapped)
+    with pytest.raises(ValueError, match=r"X_val has columns \['b', 'a'\] but X has"):
+        VAE([1, 3, 2], max_epochs=1, **FAST).fit(df, X_val=swapped)
+    restored = VAE([1, 3, 2]).load_state_dict(m.state_dict())
+    assert restored.feature_names_in_.tolist() == ["a", "b"]
+    m.set_params(warm_start=False).fit(X)  # refit on an array: no names any more
+    assert not hasattr(m, "feature_names_in_")
+    assert not hasattr(VAE([1, 3, 2]).load_state_dict(m.state_dict()), "feature_names_in_")
+
+
 @pytest.mark.parametrize("cls", [VAE, IWAE])
 def test_history_rows_and_callback_match_exactdgn(cls):
     """The same HistoryRow keys as ExactDGN's history; the callback runs once per epoch, with

@@ -30,7 +30,14 @@ import torch
 from sklearn.base import BaseEstimator, DensityMixin
 from torch import nn
 
-from .._validation import NotFittedError, check_array, check_positive, is_int
+from .._validation import (
+    NotFittedError,
+    check_array,
+    check_feature_names,
+    check_positive,
+    feature_names,
+    is_int,
+)
 from ..datasets._toy import check_random_state
 from ..decoder import Decoder
 from ..gaussian._rules import LOG_2PI as _LOG_2PI
@@ -651,6 +658,9 @@ class VAE(DensityMixin, BaseEstimator):
                 "best_iter": getattr(self, "best_iter_", None),
                 "stopped_early": getattr(self, "stopped_early_", None),
                 "train": getattr(self, "_train_state", None),
+                "feature_names": (
+                    self.feature_names_in_.tolist() if hasattr(self, "feature_names_in_") else None
+                ),
             }
         )
 
@@ -712,6 +722,11 @@ class VAE(DensityMixin, BaseEstimator):
             elif hasattr(self, attr):
                 delattr(self, attr)
         self._train_state = state.get("train")
+        names = state.get("feature_names")  # absent from states saved before names were kept
+        if names is None:
+            self.__dict__.pop("feature_names_in_", None)
+        else:
+            self.feature_names_in_ = np.asarray(names, dtype=object)
         return self
 
     # ------------------------------------------------------------------ training
@@ -885,6 +900,10 @@ class VAE(DensityMixin, BaseEstimator):
         estimator as it was.
         """
         self._validate_params()
+        names = feature_names(X)  # a data frame's column names (feature_names_in_)
+        warm = bool(self.warm_start) and hasattr(self, "decoder_")
+        if warm:  # the run goes on with the columns in the order it was started with
+            check_feature_names(self, X)
         X = check_array(X, name="X")
         if X.shape[0] == 0:
             raise ValueError(f"X has no rows (shape {X.shape}): give at least one point")
@@ -899,7 +918,6 @@ class VAE(DensityMixin, BaseEstimator):
         frac = float(self.validation_fraction)
         min_delta = float(self.min_delta)
 
-        warm = bool(self.warm_start) and hasattr(self, "decoder_")
         state = getattr(self, "_train_state", None) if warm else None
         if warm:
             self._check_warm_start(D)
@@ -928,6 +946,12 @@ class VAE(DensityMixin, BaseEstimator):
 
         # data split (a warm start with the same X draws the same split)
         if X_val is not None:
+            val_names = feature_names(X_val)
+            if names is not None and val_names is not None and val_names.tolist() != names.tolist():
+                raise ValueError(
+                    f"X_val has columns {val_names.tolist()} but X has {names.tolist()}: select "
+                    "and order them as in X"
+                )
             Xv = check_array(X_val, name="X_val", n_features=D)
             if Xv.shape[0] == 0:
                 raise ValueError(
@@ -1034,7 +1058,7 @@ class VAE(DensityMixin, BaseEstimator):
                     )
                     break
         except KeyboardInterrupt:
-            self._set_fitted(run, saved, history, first, stopped=True)
+            self._set_fitted(run, saved, history, first, stopped=True, names=names)
             logger.warning(
                 "%s: training interrupted; the model holds epoch %d (objective %.6g, kept "
                 "epoch %d): fit again with warm_start=True to continue the run",
@@ -1047,7 +1071,7 @@ class VAE(DensityMixin, BaseEstimator):
         finally:
             if bar is not None:
                 bar.close()
-        self._set_fitted(run, saved, history, first, stopped)
+        self._set_fitted(run, saved, history, first, stopped, names=names)
         return self
 
     def _check_warm_start(self, D: int) -> None:
@@ -1064,9 +1088,16 @@ class VAE(DensityMixin, BaseEstimator):
                 f"{fitted} noise; set noise={fitted!r} to continue it (or warm_start=False)"
             )
 
-    def _set_fitted(self, run: _Run, saved: dict, history: list, first: int, stopped: bool):
+    def _set_fitted(
+        self, run: _Run, saved: dict, history: list, first: int, stopped: bool, names=None
+    ):
         """The fitted attributes from ``saved`` (a :meth:`_Run.state`): the kept epoch's
-        networks (the best validation epoch, else the last one) and the run's record."""
+        networks (the best validation epoch, else the last one), the run's record and the
+        data's column ``names`` (None: not a data frame)."""
+        if names is None:
+            self.__dict__.pop("feature_names_in_", None)
+        else:
+            self.feature_names_in_ = names
         best = saved["best"]
         kept = best["params"] if best is not None else saved["params"]
         run.load_params(kept)
@@ -1145,6 +1176,7 @@ class VAE(DensityMixin, BaseEstimator):
 
     def _check_X(self, X) -> np.ndarray:
         self._check_fitted()
+        check_feature_names(self, X)
         X = check_array(X, name="X", n_features=self.decoder_.output_dim)
         if X.shape[0] == 0:
             raise ValueError(f"X has no rows (shape {X.shape}): give at least one point")
