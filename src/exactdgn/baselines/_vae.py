@@ -494,6 +494,9 @@ class VAE(DensityMixin, BaseEstimator):
     stopped_early_ : bool
         Stopped by early stopping, by the callback or by Ctrl-C before ``max_epochs``.
     n_features_in_ : int
+    feature_names_in_ : ndarray of str
+        The column names of a data frame given to ``fit`` (as ``ExactDGN``'s); a frame with
+        other names or another order is then an error.
     latent_dim_ : int
 
     Examples
