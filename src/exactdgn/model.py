@@ -425,6 +425,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         check_feature_names(self, X)
         X = _complete_rows(X)
         self.offset_ = contamination_offset(self.score_samples(X), self.contamination)
+        self._offset_interrupted = False
         return self
 
     def decision_function(self, X) -> np.ndarray:
@@ -437,11 +438,18 @@ class ExactDGN(DensityMixin, BaseEstimator):
         density. Score them with :meth:`score_samples` among rows missing the same values.
         """
         if not hasattr(self, "offset_"):
-            if self.contamination is not None and hasattr(self, "decoder_"):
+            if self.contamination is not None and getattr(self, "_offset_interrupted", False):
                 raise NotFittedError(
                     f"no outlier threshold: the fit that sets it (contamination="
                     f"{self.contamination}) did not finish (interrupted?); call set_offset(X) "
                     "on the training data, or fit again (warm_start=True continues the run)"
+                )
+            if self.contamination is not None and hasattr(self, "decoder_"):
+                # a model from from_decoder or load, or contamination set after its fit
+                raise NotFittedError(
+                    f"no outlier threshold: contamination={self.contamination} was not applied "
+                    "to this model (fit sets offset_ when it ends); call set_offset(X) on the "
+                    "training data"
                 )
             raise NotFittedError(
                 "no outlier threshold: set contamination before fit, or call set_offset(X) "
@@ -844,6 +852,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         and the checkpoint file intact, then propagates.
         """
         before = {k: v for k, v in vars(self).items() if k.endswith("_") and k[0] != "_"}
+        interrupted = self.__dict__.get("_offset_interrupted", False)
         try:
             return self._fit(X, checkpoint, callback)
         except BaseException as exc:
@@ -853,6 +862,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 for k in [k for k in vars(self) if k.endswith("_") and k[0] != "_"]:
                     del self.__dict__[k]
                 self.__dict__.update(before)
+                self._offset_interrupted = interrupted  # the threshold's state as well
                 if isinstance(exc, KeyboardInterrupt):
                     logger.warning(
                         "training interrupted before an iteration completed: the model is unchanged"
@@ -910,6 +920,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         # a threshold belongs to the density it was a quantile of: set again below (with
         # contamination), never carried over to the new parameters
         self.__dict__.pop("offset_", None)
+        self._offset_interrupted = False
         names = None if remote is not None else feature_names(data)
         if names is None:
             self.__dict__.pop("feature_names_in_", None)
@@ -942,6 +953,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
             runs = [*done, *([exc.exactdgn_run] if hasattr(exc, "exactdgn_run") else [])]
             if runs:
                 best = self._keep_best(runs, scouts)
+                self._offset_interrupted = self.contamination is not None
                 logger.warning(
                     "training interrupted: the model holds iteration %d of start %d (loglik "
                     "%.6f)%s",

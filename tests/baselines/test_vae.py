@@ -488,6 +488,15 @@ def test_not_fitted_error(cls):
         ({"init_noise_std": [0.1, 0.2]}, "isotropic noise takes a scalar"),
         ({"random_state": "seed"}, "random_state='seed' is invalid"),
         ({"validation_fraction": -0.1}, r"validation_fraction=-0.1 is invalid: use a fraction"),
+        # a bool is not a number (lr=True trained with lr 1.0), nor a string a noise level, as
+        # in ExactDGN's checks; progress takes a bool as ExactDGN's
+        ({"lr": True}, "lr=True is invalid: use a positive float"),
+        ({"min_noise_std": True}, "min_noise_std=True is invalid"),
+        ({"min_delta": True}, "min_delta=True is invalid"),
+        ({"negative_slope": True}, "negative_slope=True is invalid: use a finite float"),
+        ({"init_noise_std": True}, "init_noise_std=True is invalid"),
+        ({"init_noise_std": "0.5"}, "init_noise_std='0.5' is invalid"),
+        ({"progress": "yes"}, "progress='yes' is invalid: use True"),
     ],
 )
 def test_bad_parameters_say_what_to_change(params, match):
@@ -514,6 +523,39 @@ def test_empty_inputs_are_named():
             call()
     with pytest.raises(ValueError, match=r"X_val has no rows \(shape \(0, 2\)\)"):
         VAE([1, 3, 2], max_epochs=1, **FAST).fit(X, X_val=empty)
+
+
+def test_columnless_input_is_named():
+    """X of shape (N, 0), as ExactDGN: fit said 'layer_sizes must be positive integers ...,
+    got [1, 12, 0]' (or told to give decoder sizes ending in 0)."""
+    for est in (VAE(max_epochs=1), VAE([1, 3, 2], max_epochs=1), IWAE(max_epochs=1)):
+        with pytest.raises(ValueError, match=r"X has no columns \(shape \(5, 0\)\)"):
+            est.fit(np.empty((5, 0)))
+
+
+def test_fit_on_a_frame_records_and_checks_its_column_names():
+    """As ExactDGN's ``feature_names_in_``: the names were dropped, so a frame with its
+    columns in another order was scored (and trained on, warm) by position, without a word."""
+    import pandas as pd
+
+    X = wave(40, noise=0.1, random_state=0)
+    df = pd.DataFrame(X, columns=["a", "b"])
+    swapped = df[["b", "a"]]
+    m = VAE([1, 3, 2], max_epochs=1, random_state=0, **FAST).fit(df)
+    assert m.feature_names_in_.tolist() == ["a", "b"]
+    np.testing.assert_array_equal(m.score_samples(df), m.score_samples(X))
+    for call in (m.score_samples, m.score, m.elbo, m.encode, m.iwae_bound, vae_to_exact(m).score):
+        with pytest.raises(ValueError, match=r"\['b', 'a'\].*\['a', 'b'\]"):
+            call(swapped)
+    with pytest.raises(ValueError, match="fitted with"):
+        m.set_params(warm_start=True).fit(swapped)
+    with pytest.raises(ValueError, match=r"X_val has columns \['b', 'a'\] but X has"):
+        VAE([1, 3, 2], max_epochs=1, **FAST).fit(df, X_val=swapped)
+    restored = VAE([1, 3, 2]).load_state_dict(m.state_dict())
+    assert restored.feature_names_in_.tolist() == ["a", "b"]
+    m.set_params(warm_start=False).fit(X)  # refit on an array: no names any more
+    assert not hasattr(m, "feature_names_in_")
+    assert not hasattr(VAE([1, 3, 2]).load_state_dict(m.state_dict()), "feature_names_in_")
 
 
 @pytest.mark.parametrize("cls", [VAE, IWAE])
@@ -567,6 +609,9 @@ def test_score_samples_is_the_objective(cls):
     # a bound: below the exact log-likelihood of the same decoder and noise (on average)
     exact = ExactDGN.from_decoder(m.decoder_, m.noise_std_).score_samples(X[:10])
     assert s.mean() < exact.mean()
+    for call in (m.score_samples, m.score):  # IWAE's named its n_repeats
+        with pytest.raises(ValueError, match="n_samples must be an int >= 1, got 0"):
+            call(X[:10], n_samples=0)
 
 
 def test_from_parts_is_fitted():

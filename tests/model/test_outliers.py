@@ -126,3 +126,47 @@ def test_fit_on_incomplete_data_sets_the_threshold_on_the_complete_rows():
     Xn[np.arange(200), np.arange(200) % 3] = np.nan  # every row incomplete
     with pytest.raises(ValueError, match="no complete row"):
         ExactDGN(contamination=0.1, **params).fit(Xn)
+
+
+def test_typicality_test_level_holds_when_the_batch_is_not_small_against_the_reference():
+    """Model batches must be rejected at about the level ``alpha``. The reference mean is itself
+    an estimate from ``n_reference`` draws: a null that resampled the reference around its own
+    mean left that error out, and with a batch 4x the reference it rejected ~40% of the model's
+    own batches at alpha = 0.05 (the batch and reference are now compared by permutation)."""
+    model = _model()
+    p = np.array(
+        [
+            model.typicality_test(
+                model.sample(200, random_state=100 + t),
+                n_reference=50,
+                n_batches=200,
+                random_state=t,
+            ).p_value
+            for t in range(50)
+        ]
+    )
+    assert (p < 0.05).mean() <= 0.15, (p < 0.05).mean()
+    assert (p < 0.5).mean() <= 0.7  # p-values spread over (0, 1], not piled up near 0
+
+
+def test_typicality_test_checks_column_names():
+    import pandas as pd
+
+    X = _model().sample(200, random_state=1)
+    params = dict(hidden_sizes=(6,), max_iter=2, n_iter_no_change=1, init="pca", progress=False)
+    with pytest.warns(Warning):
+        model = ExactDGN(**params).fit(pd.DataFrame(X, columns=["a", "b"]))
+    res = model.typicality_test(pd.DataFrame(X[:20], columns=["a", "b"]), random_state=0)
+    assert res.batch_size == 20
+    with pytest.raises(ValueError, match="fitted with"):
+        model.typicality_test(pd.DataFrame(X[:20], columns=["b", "a"]), random_state=0)
+
+
+def test_missing_threshold_error_names_the_cause():
+    """A model from ``from_decoder`` (or with contamination set after fit) was never fit with
+    its contamination: the error must not blame an interrupted fit."""
+    model = _model(contamination=0.1)
+    X = model.sample(20, random_state=0)
+    with pytest.raises(NotFittedError, match="set_offset") as err:
+        model.predict(X)
+    assert "interrupted" not in str(err.value)

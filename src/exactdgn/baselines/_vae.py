@@ -30,7 +30,14 @@ import torch
 from sklearn.base import BaseEstimator, DensityMixin
 from torch import nn
 
-from .._validation import NotFittedError, check_array, check_positive, is_int
+from .._validation import (
+    NotFittedError,
+    check_array,
+    check_feature_names,
+    check_positive,
+    feature_names,
+    is_int,
+)
 from ..datasets._toy import check_random_state
 from ..decoder import Decoder
 from ..gaussian._rules import LOG_2PI as _LOG_2PI
@@ -487,6 +494,9 @@ class VAE(DensityMixin, BaseEstimator):
     stopped_early_ : bool
         Stopped by early stopping, by the callback or by Ctrl-C before ``max_epochs``.
     n_features_in_ : int
+    feature_names_in_ : ndarray of str
+        The column names of a data frame given to ``fit`` (as ``ExactDGN``'s); a frame with
+        other names or another order is then an error.
     latent_dim_ : int
 
     Examples
@@ -651,6 +661,9 @@ class VAE(DensityMixin, BaseEstimator):
                 "best_iter": getattr(self, "best_iter_", None),
                 "stopped_early": getattr(self, "stopped_early_", None),
                 "train": getattr(self, "_train_state", None),
+                "feature_names": (
+                    self.feature_names_in_.tolist() if hasattr(self, "feature_names_in_") else None
+                ),
             }
         )
 
@@ -712,6 +725,11 @@ class VAE(DensityMixin, BaseEstimator):
             elif hasattr(self, attr):
                 delattr(self, attr)
         self._train_state = state.get("train")
+        names = state.get("feature_names")  # absent from states saved before names were kept
+        if names is None:
+            self.__dict__.pop("feature_names_in_", None)
+        else:
+            self.feature_names_in_ = np.asarray(names, dtype=object)
         return self
 
     # ------------------------------------------------------------------ training
@@ -720,6 +738,9 @@ class VAE(DensityMixin, BaseEstimator):
 
         def bad(name, what):
             raise ValueError(f"{name}={getattr(self, name)!r} is invalid: {what}")
+
+        def is_real(value):  # as ExactDGN's: a bool is not a number
+            return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
 
         dec = self.decoder
         if dec is None:
@@ -746,14 +767,17 @@ class VAE(DensityMixin, BaseEstimator):
                     bad(name, "leave it None when decoder is given (the decoder fixes the sizes)")
         if not isinstance(dec, Decoder) and self.activation not in _DECODER_ACTIVATIONS:
             bad("activation", f"choose one of {_DECODER_ACTIVATIONS}")
-        if not (isinstance(self.negative_slope, numbers.Real) and np.isfinite(self.negative_slope)):
+        if not (is_real(self.negative_slope) and np.isfinite(self.negative_slope)):
             bad("negative_slope", "use a finite float (e.g. 0.1)")
         if self.noise not in ("isotropic", "diagonal"):
             bad("noise", "choose 'isotropic' or 'diagonal'")
-        if not (isinstance(self.min_noise_std, numbers.Real) and 0 < self.min_noise_std < np.inf):
+        if not (is_real(self.min_noise_std) and 0 < self.min_noise_std < np.inf):
             bad("min_noise_std", "use a positive float (the objective is unbounded as σ -> 0)")
         if self.init_noise_std is not None:
-            init = np.asarray(self.init_noise_std, dtype=np.float64)
+            init = np.asarray(self.init_noise_std)
+            if init.dtype.kind not in "iuf":  # not a bool, nor a string read as a number
+                bad("init_noise_std", "use a positive float or a vector of one per column")
+            init = init.astype(np.float64)
             if init.ndim > 1 or not np.all(np.isfinite(init)) or np.any(init <= 0):
                 bad("init_noise_std", "use a positive float or a vector of one per column")
             if init.ndim == 1 and self.noise == "isotropic":
@@ -769,18 +793,18 @@ class VAE(DensityMixin, BaseEstimator):
         if self.encoder_activation not in _ENCODER_ACTIVATIONS:
             bad("encoder_activation", f"choose one of {tuple(_ENCODER_ACTIVATIONS)}")
         self._validate_objective_params(bad)
-        if not (isinstance(self.lr, numbers.Real) and 0 < self.lr < np.inf):
+        if not (is_real(self.lr) and 0 < self.lr < np.inf):
             bad("lr", "use a positive float (e.g. 1e-3)")
         if not is_int(self.batch_size, 1):
             bad("batch_size", "use an integer >= 1")
         if not is_int(self.max_epochs, 0):
             bad("max_epochs", "use an integer >= 0 (0 only initialises the model)")
         frac = self.validation_fraction
-        if not (isinstance(frac, numbers.Real) and 0 <= frac < 1):
+        if not (is_real(frac) and 0 <= frac < 1):
             bad("validation_fraction", "use a fraction in [0, 1) (0: no early stopping)")
         if not is_int(self.patience, 1):
             bad("patience", "use an integer >= 1")
-        if not (isinstance(self.min_delta, numbers.Real) and 0 <= self.min_delta < np.inf):
+        if not (is_real(self.min_delta) and 0 <= self.min_delta < np.inf):
             bad("min_delta", "use a finite float >= 0 (nats per point)")
         if self.dtype not in ("float64", "float32", torch.float64, torch.float32):
             bad("dtype", "choose 'float64' or 'float32'")
@@ -789,6 +813,8 @@ class VAE(DensityMixin, BaseEstimator):
             bad("random_state", "use None, an integer >= 0 or a numpy.random.Generator")
         if not isinstance(self.warm_start, bool | np.bool_):
             bad("warm_start", "use True (continue the fitted run) or False")
+        if not isinstance(self.progress, bool | np.bool_):
+            bad("progress", "use True (show a progress bar) or False")
 
     def _validate_objective_params(self, bad) -> None:
         if not is_int(self.n_train_samples, 1):
@@ -877,9 +903,15 @@ class VAE(DensityMixin, BaseEstimator):
         estimator as it was.
         """
         self._validate_params()
+        names = feature_names(X)  # a data frame's column names (feature_names_in_)
+        warm = bool(self.warm_start) and hasattr(self, "decoder_")
+        if warm:  # the run goes on with the columns in the order it was started with
+            check_feature_names(self, X)
         X = check_array(X, name="X")
         if X.shape[0] == 0:
             raise ValueError(f"X has no rows (shape {X.shape}): give at least one point")
+        if X.shape[1] == 0:
+            raise ValueError(f"X has no columns (shape {X.shape}): give at least one feature")
         N, D = X.shape
         dtype = _torch_dtype(self.dtype)
         batch_size = int(self.batch_size)
@@ -889,7 +921,6 @@ class VAE(DensityMixin, BaseEstimator):
         frac = float(self.validation_fraction)
         min_delta = float(self.min_delta)
 
-        warm = bool(self.warm_start) and hasattr(self, "decoder_")
         state = getattr(self, "_train_state", None) if warm else None
         if warm:
             self._check_warm_start(D)
@@ -918,6 +949,12 @@ class VAE(DensityMixin, BaseEstimator):
 
         # data split (a warm start with the same X draws the same split)
         if X_val is not None:
+            val_names = feature_names(X_val)
+            if names is not None and val_names is not None and val_names.tolist() != names.tolist():
+                raise ValueError(
+                    f"X_val has columns {val_names.tolist()} but X has {names.tolist()}: select "
+                    "and order them as in X"
+                )
             Xv = check_array(X_val, name="X_val", n_features=D)
             if Xv.shape[0] == 0:
                 raise ValueError(
@@ -1024,7 +1061,7 @@ class VAE(DensityMixin, BaseEstimator):
                     )
                     break
         except KeyboardInterrupt:
-            self._set_fitted(run, saved, history, first, stopped=True)
+            self._set_fitted(run, saved, history, first, stopped=True, names=names)
             logger.warning(
                 "%s: training interrupted; the model holds epoch %d (objective %.6g, kept "
                 "epoch %d): fit again with warm_start=True to continue the run",
@@ -1037,7 +1074,7 @@ class VAE(DensityMixin, BaseEstimator):
         finally:
             if bar is not None:
                 bar.close()
-        self._set_fitted(run, saved, history, first, stopped)
+        self._set_fitted(run, saved, history, first, stopped, names=names)
         return self
 
     def _check_warm_start(self, D: int) -> None:
@@ -1054,9 +1091,16 @@ class VAE(DensityMixin, BaseEstimator):
                 f"{fitted} noise; set noise={fitted!r} to continue it (or warm_start=False)"
             )
 
-    def _set_fitted(self, run: _Run, saved: dict, history: list, first: int, stopped: bool):
+    def _set_fitted(
+        self, run: _Run, saved: dict, history: list, first: int, stopped: bool, names=None
+    ):
         """The fitted attributes from ``saved`` (a :meth:`_Run.state`): the kept epoch's
-        networks (the best validation epoch, else the last one) and the run's record."""
+        networks (the best validation epoch, else the last one), the run's record and the
+        data's column ``names`` (None: not a data frame)."""
+        if names is None:
+            self.__dict__.pop("feature_names_in_", None)
+        else:
+            self.feature_names_in_ = names
         best = saved["best"]
         kept = best["params"] if best is not None else saved["params"]
         run.load_params(kept)
@@ -1135,6 +1179,7 @@ class VAE(DensityMixin, BaseEstimator):
 
     def _check_X(self, X) -> np.ndarray:
         self._check_fitted()
+        check_feature_names(self, X)
         X = check_array(X, name="X", n_features=self.decoder_.output_dim)
         if X.shape[0] == 0:
             raise ValueError(f"X has no rows (shape {X.shape}): give at least one point")
@@ -1475,4 +1520,5 @@ class IWAE(VAE):
         -------
         ndarray of shape (N,)
         """
-        return self.iwae_bound(X, int(self.k), n_repeats=n_samples, random_state=random_state)
+        n = _int_param(n_samples, "n_samples", 1)  # named as the caller gave it
+        return self.iwae_bound(X, int(self.k), n_repeats=n, random_state=random_state)

@@ -30,7 +30,10 @@ def vae_to_exact(vae, **params):
 
     vae._check_fitted()
 
-    return ExactDGN.from_decoder(vae.decoder_, vae.noise_std_, **params)
+    model = ExactDGN.from_decoder(vae.decoder_, vae.noise_std_, **params)
+    if hasattr(vae, "feature_names_in_"):  # the columns the VAE was fitted on, in their order
+        model.feature_names_in_ = vae.feature_names_in_.copy()
+    return model
 
 
 def evaluate_vae(
