@@ -295,3 +295,25 @@ def test_the_model_device_reaches_every_chunk(planted, monkeypatch):
     h = Handle()
     on_cpu._marginal(part, geom, h)
     assert h.kw["device"] == "cpu"
+
+
+def test_a_closed_client_is_named_in_the_error(planted):
+    """A closed client made current (``client.as_current()``) gave "RuntimeError: IOLoop is
+    closed" from deep in distributed; now the error says the client is closed."""
+    model, X = planted
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"distributed(\..*)?")
+        cluster = distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        )
+        with cluster, distributed.Client(cluster, set_as_default=False) as cl:
+            pass
+    Xd = da.from_array(X, chunks=100)
+    with cl.as_current():
+        for call in (
+            lambda: edd.score_samples(model, Xd),
+            lambda: edd.impute(model, Xd),
+            lambda: edd.remote_data(Xd),
+        ):
+            with pytest.raises(ValueError, match=r"the active distributed\.Client is closed"):
+                call()
