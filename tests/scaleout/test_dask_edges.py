@@ -317,3 +317,41 @@ def test_a_closed_client_is_named_in_the_error(planted):
         ):
             with pytest.raises(ValueError, match=r"the active distributed\.Client is closed"):
                 call()
+
+
+def test_the_remote_gradient_keeps_the_chunk_bytes_of_the_e_step(planted, monkeypatch):
+    """The workers' exact gradient (lbfgs, the generalized-EM fallback) ran its blocks of
+    pairs at the library's default 256 MiB whatever the model's ``chunk_bytes`` (the memory
+    budget of one block); now at the E-step's, as in memory."""
+    from exactdgn.em import _gradient, exact_gradient
+
+    seen = []
+    real = _gradient.blocked_surrogate
+
+    def spy(params, decoder, stats, X, chunk_bytes=_gradient.CHUNK_BYTES):
+        seen.append(chunk_bytes)
+        return real(params, decoder, stats, X, chunk_bytes)
+
+    monkeypatch.setattr(_gradient, "blocked_surrogate", spy)
+    model, X = planted
+    budget = 2**12
+    st = model._pairs(X, need_moments=True)
+    ref = exact_gradient(
+        model.decoder_, model.noise_std_, model._region_stats(X, model.partition_, st), X, budget
+    )
+    assert seen == [budget]
+    seen.clear()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"distributed(\..*)?")
+        cluster = distributed.LocalCluster(  # workers in this process: they see the spy
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        )
+        with cluster, distributed.Client(cluster, set_as_default=False) as cl, cl.as_current():
+            rem = edd.remote_data(da.from_array(X, chunks=100))
+            pairs = rem.e_step(
+                model.partition_, model.geometry_, prune_nats=40.0, chunk_bytes=budget
+            )
+            got = exact_gradient(model.decoder_, model.noise_std_, pairs.region_stats(), None)
+    assert seen == [budget] * 4  # one gradient per row chunk, each within the budget
+    for a, b in zip(got, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10 * np.abs(b).max())

@@ -107,8 +107,9 @@ def _residual_chunk(x: np.ndarray, pairs: RegionStats, ab) -> np.ndarray:
     return _residual_sq(A, b, pairs, np.ascontiguousarray(x, dtype=np.float64))
 
 
-def _gradient_chunk(x: np.ndarray, pairs: RegionStats, decoder, noise_std) -> list:
-    return exact_gradient(decoder, noise_std, pairs, np.ascontiguousarray(x, dtype=np.float64))
+def _gradient_chunk(x: np.ndarray, pairs: RegionStats, decoder, noise_std, chunk_bytes) -> list:
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    return exact_gradient(decoder, noise_std, pairs, x, chunk_bytes)
 
 
 def _moment_sums(x: np.ndarray, start: int):
@@ -176,7 +177,7 @@ class RemoteData:
         futures = self.client.compute([total, *pairs])  # one graph: each chunk computed once
         sums = futures[0].result()
         del futures[0]
-        return RemotePairs(self, part.patterns, sums, futures)
+        return RemotePairs(self, part.patterns, sums, futures, int(chunk_bytes))
 
     def moments(self, pca: bool = True) -> DataMoments:
         """:class:`~exactdgn.em.DataMoments` reduced over the chunks (two passes).
@@ -231,6 +232,7 @@ class RemotePairs:
     patterns: np.ndarray
     sums: _Sums
     chunks: list  # futures of per-chunk pair-only RegionStats
+    chunk_bytes: int = 256 * 2**20  # the E-step's block budget, also the gradient's
 
     @property
     def loglik(self) -> float:
@@ -252,9 +254,10 @@ class RemotePairs:
         return self.data._compute(tree_reduce(parts, _add))
 
     def gradient(self, decoder, noise_std) -> list:
-        """Exact gradient (Fisher's identity): the sum of the chunks' gradients."""
+        """Exact gradient (Fisher's identity): the sum of the chunks' gradients (blocks of
+        pairs of the E-step's ``chunk_bytes`` on each worker)."""
         parts = [
-            delayed(_gradient_chunk)(blk, f, decoder, noise_std)
+            delayed(_gradient_chunk)(blk, f, decoder, noise_std, self.chunk_bytes)
             for blk, f in zip(self.data.blocks, self.chunks, strict=True)
         ]
         return self.data._compute(tree_reduce(parts, _add_lists))
