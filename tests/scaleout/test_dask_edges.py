@@ -355,3 +355,22 @@ def test_the_remote_gradient_keeps_the_chunk_bytes_of_the_e_step(planted, monkey
     assert seen == [budget] * 4  # one gradient per row chunk, each within the budget
     for a, b in zip(got, ref, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10 * np.abs(b).max())
+
+
+def test_read_npy_names_files_it_cannot_read(tmp_path):
+    """An .npz archive gave "AttributeError: 'NpzFile' object has no attribute 'ndim'", a CSV
+    numpy's advice to load pickles, an (N, 0) array a ZeroDivisionError."""
+    X = np.arange(12.0).reshape(4, 3)
+    np.savez(tmp_path / "x.npz", x=X)
+    np.savetxt(tmp_path / "x.csv", X, delimiter=",")
+    np.save(tmp_path / "empty.npy", np.zeros((4, 0)))
+    with pytest.raises(
+        ValueError, match=r"x\.npz is an \.npz archive, not a \.npy file.*numpy\.save"
+    ):
+        edd.read_npy(tmp_path / "x.npz")
+    with pytest.raises(ValueError, match=r"x\.csv is not a \.npy file \(its first bytes are"):
+        edd.read_npy(tmp_path / "x.csv")
+    with pytest.raises(ValueError, match=r"shape \(4, 0\).*no columns"):
+        edd.read_npy(tmp_path / "empty.npy")
+    with pytest.raises(FileNotFoundError, match=r"nothere\.npy"):
+        edd.read_npy(tmp_path / "nothere.npy")
