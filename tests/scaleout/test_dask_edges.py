@@ -202,10 +202,14 @@ def test_bad_values_are_named_by_their_rows_in_X(planted):
     """Errors of a chunk name the rows of the whole array (not the chunk's own row numbers)."""
     model, X = planted
     Xb = X.copy()
-    Xb[333, 1] = np.nan
+    Xb[333, 1] = np.inf  # NaN is a missing value (log p(x_obs)), inf an error
     with dask.config.set(scheduler="synchronous"):
-        with pytest.raises(ValueError, match=r"rows 300:400\) contains 1 NaN.*rows: \[333\]"):
+        with pytest.raises(ValueError, match=r"rows 300:400\) contains 1 infinite.*\[333\]"):
             edd.score_samples(model, da.from_array(Xb, chunks=100)).compute()
+        Xb[333, 1], Xb[222] = 0.0, np.nan
+        with pytest.raises(ValueError, match=r"every value missing \(NaN\), first rows \[222\]"):
+            edd.score_samples(model, da.from_array(Xb, chunks=100)).compute()
+        Xb[222] = X[222]
         Xb[np.random.default_rng(2).random(X.shape) < 0.3] = np.nan
         Xb[np.isnan(Xb).all(axis=1), 0] = 0.1
         Xb[250] = np.nan
@@ -374,3 +378,49 @@ def test_read_npy_names_files_it_cannot_read(tmp_path):
         edd.read_npy(tmp_path / "empty.npy")
     with pytest.raises(FileNotFoundError, match=r"nothere\.npy"):
         edd.read_npy(tmp_path / "nothere.npy")
+
+
+def _with_holes(X, seed=0):
+    X = X.copy()
+    X[np.random.default_rng(seed).random(X.shape) < 0.3] = np.nan
+    X[np.isnan(X).all(axis=1), 0] = 0.1  # every row keeps an observed value
+    return X
+
+
+def test_score_samples_of_rows_with_missing_values_equals_in_memory(planted):
+    """``model.score_samples`` gives ``log p(x_obs)`` for rows with NaN; the chunked one
+    refused them ("contains 1 NaN or infinite values"). Now the same values, with the model's
+    standardization too (the Jacobian of each row's observed values)."""
+    from exactdgn.datasets import Standardizer
+
+    model, X = planted
+    X = _with_holes(X)
+    ref, err_ref = model.score_samples(X, return_error=True)
+    with dask.config.set(scheduler="synchronous"):
+        for chunks in (EMPTY_CHUNKS, ((1, 1, 1, 397), (2, 1))):
+            lp, err = dask.compute(*edd.score_samples(model, da.from_array(X, chunks=chunks), True))
+            np.testing.assert_allclose(lp, ref, rtol=1e-12, atol=0)
+            np.testing.assert_allclose(err, err_ref, rtol=1e-12, atol=0)
+        raw = X * np.array([3.0, 0.5, 10.0]) + np.array([1.0, -2.0, 50.0])
+        model.preprocessing_ = Standardizer().fit(model.sample(100, random_state=2) * 3.0 + 1.0)
+        ref = model.score_samples(raw)
+        got = edd.score_samples(model, da.from_array(raw, chunks=100)).compute()
+        np.testing.assert_allclose(got, ref, rtol=1e-12, atol=0)
+
+
+def test_cli_score_on_the_cluster_takes_missing_values_as_in_memory(client, planted, tmp_path):
+    from exactdgn.cli import main
+    from exactdgn.datasets import Standardizer
+
+    model, X = planted
+    raw = _with_holes(X, seed=3) * np.array([3.0, 0.5, 10.0]) + np.array([1.0, -2.0, 50.0])
+    model.preprocessing_ = Standardizer().fit(model.sample(100, random_state=2) * 3.0 + 1.0)
+    model.save(tmp_path / "model.npz")
+    np.save(tmp_path / "holes.npy", raw)
+    args = ["score", str(tmp_path / "model.npz"), str(tmp_path / "holes.npy"), "--out"]
+    assert main([*args, str(tmp_path / "m.csv")]) == 0
+    addr = ["--scheduler", client.scheduler.address, "--chunk-rows", "100"]
+    assert main([*args, str(tmp_path / "d.csv"), *addr]) == 0
+    mem, dsk = (np.loadtxt(tmp_path / f, delimiter=",", skiprows=1) for f in ("m.csv", "d.csv"))
+    np.testing.assert_allclose(dsk, mem, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(mem[:, 2], model.score_samples(raw), rtol=1e-12, atol=0)
