@@ -424,3 +424,22 @@ def test_cli_score_on_the_cluster_takes_missing_values_as_in_memory(client, plan
     mem, dsk = (np.loadtxt(tmp_path / f, delimiter=",", skiprows=1) for f in ("m.csv", "d.csv"))
     np.testing.assert_allclose(dsk, mem, rtol=1e-12, atol=0)
     np.testing.assert_allclose(mem[:, 2], model.score_samples(raw), rtol=1e-12, atol=0)
+
+
+def test_training_on_a_dask_array_names_what_it_needs(client, planted):
+    """NaN in a dask array given to fit was "contains 1 NaN or infinite values ...; remove or
+    impute them first" (the in-memory fit takes NaN as missing values), an (N, 0) array
+    "n_features=0 is invalid"; now each error says what to do."""
+    _, X = planted
+    Xn = X.copy()
+    Xn[123, 1] = np.nan
+    need = r"X \(rows 100:200\) has missing values \(NaN\), first rows \[123\]: training on a dask"
+    with client.as_current():
+        with pytest.raises(ValueError, match=need):  # the moments of the PCA start
+            ExactDGN(hidden_sizes=(4,), max_iter=1, progress=False).fit(
+                da.from_array(Xn, chunks=100)
+            )
+        with pytest.raises(ValueError, match=need):  # a warm start: the first E-step
+            _history(da.from_array(Xn, chunks=100), "em")
+        with pytest.raises(ValueError, match=r"X has no columns \(shape \(10, 0\)\)"):
+            _history(da.zeros((10, 0), chunks=5), "em")

@@ -77,8 +77,22 @@ def _add_lists(a: list, b: list) -> list:
     return [x + y for x, y in zip(a, b, strict=True)]
 
 
+def _check_training_chunk(x: np.ndarray, start: int, n_features: int) -> np.ndarray:
+    """:func:`check_chunk` of a chunk to train on: NaN (missing) is refused, saying what to do
+    (the in-memory ``fit`` takes it; the distributed E-step needs complete rows)."""
+    x = np.asarray(x)
+    if x.dtype.kind == "f" and np.isnan(x).any():
+        rows = start + np.flatnonzero(np.isnan(x).any(axis=1))
+        raise ValueError(
+            f"X (rows {start}:{start + len(x)}) has missing values (NaN), first rows "
+            f"{rows[:5].tolist()}: training on a dask array needs complete rows; drop those "
+            "rows, or fit in memory (NaN = missing: exact EM on log p(x_obs))"
+        )
+    return check_chunk(x, start, n_features)
+
+
 def _estep_chunk(x: np.ndarray, spec: _EStepSpec, start: int) -> tuple[_Sums, RegionStats]:
-    x = check_chunk(x, start, spec.geom.output_dim)
+    x = _check_training_chunk(x, start, spec.geom.output_dim)
     st = marginal_pairs(
         spec.geom,
         x,
@@ -113,7 +127,7 @@ def _gradient_chunk(x: np.ndarray, pairs: RegionStats, decoder, noise_std, chunk
 
 
 def _moment_sums(x: np.ndarray, start: int):
-    x = check_chunk(x, start, x.shape[1])
+    x = _check_training_chunk(x, start, x.shape[1])
     return [np.array(float(len(x))), x.sum(axis=0)]
 
 
@@ -136,6 +150,8 @@ class RemoteData:
         X = as_row_chunks(X)
         if X.shape[0] == 0:
             raise ValueError(f"X has no rows (shape {X.shape}): give at least one point")
+        if X.shape[1] == 0:
+            raise ValueError(f"X has no columns (shape {X.shape}): give at least one feature")
         self.client = client
         self.shape = X.shape
         # empty row chunks (e.g. after a boolean filter) hold no point: every pass skips them
