@@ -315,7 +315,7 @@ def _transform(std, X):
 
 def _report_missing(X, client) -> int:
     """The number of NaN (missing) values of in-memory data, said on stderr when there are
-    some (a cluster's data are complete: their loading refuses NaN)."""
+    some (0 for a cluster's data, which are not read here)."""
     n = 0 if client is not None else int(np.isnan(X).sum())
     if n:
         print(f"{n} missing values (NaN): log p(x_obs) for their rows", file=sys.stderr)
@@ -711,7 +711,7 @@ def _score_in(args, client) -> int:
         classes=args.classes if args.classes is not None else data_cfg.get("classes"),
         downsample=args.downsample if args.downsample is not None else data_cfg.get("downsample"),
         key=args.key if args.key is not None else data_cfg.get("key"),
-        allow_nan=client is None,  # NaN = missing (in memory; not on dask yet)
+        allow_nan=True,  # NaN = missing: log p(x_obs) (in memory and on a cluster)
     )
     if args.split != "all":
         if not data_cfg:
@@ -731,8 +731,16 @@ def _score_in(args, client) -> int:
     # the model carries its standardization; applied here (block by block on a cluster) and
     # the model scored in its standardized units
     std, model.preprocessing_ = getattr(model, "preprocessing_", None), None
-    jac = _jacobian(std, X, _report_missing(X, client))
-    ll = _score_values(model, _transform(std, X) if std else X)
+    if client is not None and std:  # each row's Jacobian (its observed values) on the workers
+        import dask
+
+        from .dask import score_samples
+        from .dask._score import log_jacobian_rows
+
+        ll, jac = dask.compute(score_samples(model, _transform(std, X)), log_jacobian_rows(std, X))
+    else:
+        jac = _jacobian(std, X, _report_missing(X, client))
+        ll = _score_values(model, _transform(std, X) if std else X)
     print(f"exact mean log p(x): {ll.mean():.6f} nats/point over {len(X)} points")
     if std:
         print(

@@ -202,10 +202,14 @@ def test_bad_values_are_named_by_their_rows_in_X(planted):
     """Errors of a chunk name the rows of the whole array (not the chunk's own row numbers)."""
     model, X = planted
     Xb = X.copy()
-    Xb[333, 1] = np.nan
+    Xb[333, 1] = np.inf  # NaN is a missing value (log p(x_obs)), inf an error
     with dask.config.set(scheduler="synchronous"):
-        with pytest.raises(ValueError, match=r"rows 300:400\) contains 1 NaN.*rows: \[333\]"):
+        with pytest.raises(ValueError, match=r"rows 300:400\) contains 1 infinite.*\[333\]"):
             edd.score_samples(model, da.from_array(Xb, chunks=100)).compute()
+        Xb[333, 1], Xb[222] = 0.0, np.nan
+        with pytest.raises(ValueError, match=r"every value missing \(NaN\), first rows \[222\]"):
+            edd.score_samples(model, da.from_array(Xb, chunks=100)).compute()
+        Xb[222] = X[222]
         Xb[np.random.default_rng(2).random(X.shape) < 0.3] = np.nan
         Xb[np.isnan(Xb).all(axis=1), 0] = 0.1
         Xb[250] = np.nan
@@ -295,3 +299,147 @@ def test_the_model_device_reaches_every_chunk(planted, monkeypatch):
     h = Handle()
     on_cpu._marginal(part, geom, h)
     assert h.kw["device"] == "cpu"
+
+
+def test_a_closed_client_is_named_in_the_error(planted):
+    """A closed client made current (``client.as_current()``) gave "RuntimeError: IOLoop is
+    closed" from deep in distributed; now the error says the client is closed."""
+    model, X = planted
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"distributed(\..*)?")
+        cluster = distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        )
+        with cluster, distributed.Client(cluster, set_as_default=False) as cl:
+            pass
+    Xd = da.from_array(X, chunks=100)
+    with cl.as_current():
+        for call in (
+            lambda: edd.score_samples(model, Xd),
+            lambda: edd.impute(model, Xd),
+            lambda: edd.remote_data(Xd),
+        ):
+            with pytest.raises(ValueError, match=r"the active distributed\.Client is closed"):
+                call()
+
+
+def test_the_remote_gradient_keeps_the_chunk_bytes_of_the_e_step(planted, monkeypatch):
+    """The workers' exact gradient (lbfgs, the generalized-EM fallback) ran its blocks of
+    pairs at the library's default 256 MiB whatever the model's ``chunk_bytes`` (the memory
+    budget of one block); now at the E-step's, as in memory."""
+    from exactdgn.em import _gradient, exact_gradient
+
+    seen = []
+    real = _gradient.blocked_surrogate
+
+    def spy(params, decoder, stats, X, chunk_bytes=_gradient.CHUNK_BYTES):
+        seen.append(chunk_bytes)
+        return real(params, decoder, stats, X, chunk_bytes)
+
+    monkeypatch.setattr(_gradient, "blocked_surrogate", spy)
+    model, X = planted
+    budget = 2**12
+    st = model._pairs(X, need_moments=True)
+    ref = exact_gradient(
+        model.decoder_, model.noise_std_, model._region_stats(X, model.partition_, st), X, budget
+    )
+    assert seen == [budget]
+    seen.clear()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"distributed(\..*)?")
+        cluster = distributed.LocalCluster(  # workers in this process: they see the spy
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        )
+        with cluster, distributed.Client(cluster, set_as_default=False) as cl, cl.as_current():
+            rem = edd.remote_data(da.from_array(X, chunks=100))
+            pairs = rem.e_step(
+                model.partition_, model.geometry_, prune_nats=40.0, chunk_bytes=budget
+            )
+            got = exact_gradient(model.decoder_, model.noise_std_, pairs.region_stats(), None)
+    assert seen == [budget] * 4  # one gradient per row chunk, each within the budget
+    for a, b in zip(got, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10 * np.abs(b).max())
+
+
+def test_read_npy_names_files_it_cannot_read(tmp_path):
+    """An .npz archive gave "AttributeError: 'NpzFile' object has no attribute 'ndim'", a CSV
+    numpy's advice to load pickles, an (N, 0) array a ZeroDivisionError."""
+    X = np.arange(12.0).reshape(4, 3)
+    np.savez(tmp_path / "x.npz", x=X)
+    np.savetxt(tmp_path / "x.csv", X, delimiter=",")
+    np.save(tmp_path / "empty.npy", np.zeros((4, 0)))
+    with pytest.raises(
+        ValueError, match=r"x\.npz is an \.npz archive, not a \.npy file.*numpy\.save"
+    ):
+        edd.read_npy(tmp_path / "x.npz")
+    with pytest.raises(ValueError, match=r"x\.csv is not a \.npy file \(its first bytes are"):
+        edd.read_npy(tmp_path / "x.csv")
+    with pytest.raises(ValueError, match=r"shape \(4, 0\).*no columns"):
+        edd.read_npy(tmp_path / "empty.npy")
+    with pytest.raises(FileNotFoundError, match=r"nothere\.npy"):
+        edd.read_npy(tmp_path / "nothere.npy")
+
+
+def _with_holes(X, seed=0):
+    X = X.copy()
+    X[np.random.default_rng(seed).random(X.shape) < 0.3] = np.nan
+    X[np.isnan(X).all(axis=1), 0] = 0.1  # every row keeps an observed value
+    return X
+
+
+def test_score_samples_of_rows_with_missing_values_equals_in_memory(planted):
+    """``model.score_samples`` gives ``log p(x_obs)`` for rows with NaN; the chunked one
+    refused them ("contains 1 NaN or infinite values"). Now the same values, with the model's
+    standardization too (the Jacobian of each row's observed values)."""
+    from exactdgn.datasets import Standardizer
+
+    model, X = planted
+    X = _with_holes(X)
+    ref, err_ref = model.score_samples(X, return_error=True)
+    with dask.config.set(scheduler="synchronous"):
+        for chunks in (EMPTY_CHUNKS, ((1, 1, 1, 397), (2, 1))):
+            lp, err = dask.compute(*edd.score_samples(model, da.from_array(X, chunks=chunks), True))
+            np.testing.assert_allclose(lp, ref, rtol=1e-12, atol=0)
+            np.testing.assert_allclose(err, err_ref, rtol=1e-12, atol=0)
+        raw = X * np.array([3.0, 0.5, 10.0]) + np.array([1.0, -2.0, 50.0])
+        model.preprocessing_ = Standardizer().fit(model.sample(100, random_state=2) * 3.0 + 1.0)
+        ref = model.score_samples(raw)
+        got = edd.score_samples(model, da.from_array(raw, chunks=100)).compute()
+        np.testing.assert_allclose(got, ref, rtol=1e-12, atol=0)
+
+
+def test_cli_score_on_the_cluster_takes_missing_values_as_in_memory(client, planted, tmp_path):
+    from exactdgn.cli import main
+    from exactdgn.datasets import Standardizer
+
+    model, X = planted
+    raw = _with_holes(X, seed=3) * np.array([3.0, 0.5, 10.0]) + np.array([1.0, -2.0, 50.0])
+    model.preprocessing_ = Standardizer().fit(model.sample(100, random_state=2) * 3.0 + 1.0)
+    model.save(tmp_path / "model.npz")
+    np.save(tmp_path / "holes.npy", raw)
+    args = ["score", str(tmp_path / "model.npz"), str(tmp_path / "holes.npy"), "--out"]
+    assert main([*args, str(tmp_path / "m.csv")]) == 0
+    addr = ["--scheduler", client.scheduler.address, "--chunk-rows", "100"]
+    assert main([*args, str(tmp_path / "d.csv"), *addr]) == 0
+    mem, dsk = (np.loadtxt(tmp_path / f, delimiter=",", skiprows=1) for f in ("m.csv", "d.csv"))
+    np.testing.assert_allclose(dsk, mem, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(mem[:, 2], model.score_samples(raw), rtol=1e-12, atol=0)
+
+
+def test_training_on_a_dask_array_names_what_it_needs(client, planted):
+    """NaN in a dask array given to fit was "contains 1 NaN or infinite values ...; remove or
+    impute them first" (the in-memory fit takes NaN as missing values), an (N, 0) array
+    "n_features=0 is invalid"; now each error says what to do."""
+    _, X = planted
+    Xn = X.copy()
+    Xn[123, 1] = np.nan
+    need = r"X \(rows 100:200\) has missing values \(NaN\), first rows \[123\]: training on a dask"
+    with client.as_current():
+        with pytest.raises(ValueError, match=need):  # the moments of the PCA start
+            ExactDGN(hidden_sizes=(4,), max_iter=1, progress=False).fit(
+                da.from_array(Xn, chunks=100)
+            )
+        with pytest.raises(ValueError, match=need):  # a warm start: the first E-step
+            _history(da.from_array(Xn, chunks=100), "em")
+        with pytest.raises(ValueError, match=r"X has no columns \(shape \(10, 0\)\)"):
+            _history(da.zeros((10, 0), chunks=5), "em")

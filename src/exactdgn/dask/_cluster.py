@@ -99,6 +99,11 @@ def active_client(required: bool = True) -> Client | None:
             "Client('tcp://scheduler:8786'), or exactdgn.dask.connect(...)), or pass an "
             "in-memory array instead of a dask array"
         ) from None
+    if client.status in ("closing", "closed"):  # e.g. made current by client.as_current()
+        raise ValueError(
+            f"the active distributed.Client is {client.status}: start a new one (or "
+            "exactdgn.dask.connect(...)) and make it current"
+        )
     if not _has_budget(client):
         client.register_plugin(ThreadBudget(1))
     return client

@@ -77,8 +77,22 @@ def _add_lists(a: list, b: list) -> list:
     return [x + y for x, y in zip(a, b, strict=True)]
 
 
+def _check_training_chunk(x: np.ndarray, start: int, n_features: int) -> np.ndarray:
+    """:func:`check_chunk` of a chunk to train on: NaN (missing) is refused, saying what to do
+    (the in-memory ``fit`` takes it; the distributed E-step needs complete rows)."""
+    x = np.asarray(x)
+    if x.dtype.kind == "f" and np.isnan(x).any():
+        rows = start + np.flatnonzero(np.isnan(x).any(axis=1))
+        raise ValueError(
+            f"X (rows {start}:{start + len(x)}) has missing values (NaN), first rows "
+            f"{rows[:5].tolist()}: training on a dask array needs complete rows; drop those "
+            "rows, or fit in memory (NaN = missing: exact EM on log p(x_obs))"
+        )
+    return check_chunk(x, start, n_features)
+
+
 def _estep_chunk(x: np.ndarray, spec: _EStepSpec, start: int) -> tuple[_Sums, RegionStats]:
-    x = check_chunk(x, start, spec.geom.output_dim)
+    x = _check_training_chunk(x, start, spec.geom.output_dim)
     st = marginal_pairs(
         spec.geom,
         x,
@@ -107,12 +121,13 @@ def _residual_chunk(x: np.ndarray, pairs: RegionStats, ab) -> np.ndarray:
     return _residual_sq(A, b, pairs, np.ascontiguousarray(x, dtype=np.float64))
 
 
-def _gradient_chunk(x: np.ndarray, pairs: RegionStats, decoder, noise_std) -> list:
-    return exact_gradient(decoder, noise_std, pairs, np.ascontiguousarray(x, dtype=np.float64))
+def _gradient_chunk(x: np.ndarray, pairs: RegionStats, decoder, noise_std, chunk_bytes) -> list:
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    return exact_gradient(decoder, noise_std, pairs, x, chunk_bytes)
 
 
 def _moment_sums(x: np.ndarray, start: int):
-    x = check_chunk(x, start, x.shape[1])
+    x = _check_training_chunk(x, start, x.shape[1])
     return [np.array(float(len(x))), x.sum(axis=0)]
 
 
@@ -135,6 +150,8 @@ class RemoteData:
         X = as_row_chunks(X)
         if X.shape[0] == 0:
             raise ValueError(f"X has no rows (shape {X.shape}): give at least one point")
+        if X.shape[1] == 0:
+            raise ValueError(f"X has no columns (shape {X.shape}): give at least one feature")
         self.client = client
         self.shape = X.shape
         # empty row chunks (e.g. after a boolean filter) hold no point: every pass skips them
@@ -176,7 +193,7 @@ class RemoteData:
         futures = self.client.compute([total, *pairs])  # one graph: each chunk computed once
         sums = futures[0].result()
         del futures[0]
-        return RemotePairs(self, part.patterns, sums, futures)
+        return RemotePairs(self, part.patterns, sums, futures, int(chunk_bytes))
 
     def moments(self, pca: bool = True) -> DataMoments:
         """:class:`~exactdgn.em.DataMoments` reduced over the chunks (two passes).
@@ -231,6 +248,7 @@ class RemotePairs:
     patterns: np.ndarray
     sums: _Sums
     chunks: list  # futures of per-chunk pair-only RegionStats
+    chunk_bytes: int = 256 * 2**20  # the E-step's block budget, also the gradient's
 
     @property
     def loglik(self) -> float:
@@ -252,9 +270,10 @@ class RemotePairs:
         return self.data._compute(tree_reduce(parts, _add))
 
     def gradient(self, decoder, noise_std) -> list:
-        """Exact gradient (Fisher's identity): the sum of the chunks' gradients."""
+        """Exact gradient (Fisher's identity): the sum of the chunks' gradients (blocks of
+        pairs of the E-step's ``chunk_bytes`` on each worker)."""
         parts = [
-            delayed(_gradient_chunk)(blk, f, decoder, noise_std)
+            delayed(_gradient_chunk)(blk, f, decoder, noise_std, self.chunk_bytes)
             for blk, f in zip(self.data.blocks, self.chunks, strict=True)
         ]
         return self.data._compute(tree_reduce(parts, _add_lists))

@@ -33,9 +33,12 @@ def read_npy(path, chunk_rows: int | None = None, chunk_bytes: int = 64 * 2**20)
     chunk_bytes : int
     """
     path = str(Path(path).resolve())
+    _check_npy(path)
     arr = np.load(path, mmap_mode="r")
     if arr.ndim != 2:
         raise ValueError(f"{path} holds an array of shape {arr.shape}; a 2-D (N, D) one is needed")
+    if arr.shape[1] == 0:
+        raise ValueError(f"{path} holds an array of shape {arr.shape}: it has no columns")
     if not _numeric(arr.dtype):
         raise ValueError(f"{path} holds dtype {arr.dtype}; a numeric array is needed")
     if np.issubdtype(arr.dtype, np.complexfloating):  # each chunk would drop the imaginary part
@@ -51,6 +54,23 @@ def read_npy(path, chunk_rows: int | None = None, chunk_bytes: int = 64 * 2**20)
     chunks = (tuple(min(s + rows, N) - s for s in starts), (D,))
     graph = HighLevelGraph.from_collections(name, layer, dependencies=())
     return da.Array(graph, name, chunks, dtype=np.float64)
+
+
+def _check_npy(path: str) -> None:
+    """Refuse a file that is not a ``.npy`` (numpy takes anything else for a pickle)."""
+    with open(path, "rb") as fh:
+        head = fh.read(len(np.lib.format.MAGIC_PREFIX))
+    if head == np.lib.format.MAGIC_PREFIX:
+        return
+    if head.startswith(b"PK"):
+        raise ValueError(
+            f"{path} is an .npz archive, not a .npy file: save the array to be read in chunks "
+            "with numpy.save"
+        )
+    raise ValueError(
+        f"{path} is not a .npy file (its first bytes are {head!r}): save the array with "
+        "numpy.save, or read it with another dask reader (e.g. dask.array.from_zarr)"
+    )
 
 
 def _numeric(dtype) -> bool:

@@ -11,6 +11,7 @@ from .._validation import check_array
 from ..inference import check_missing
 from ..inference._geometry import RegionGeometry
 from ..inference._marginal import marginal_pairs
+from ..inference._missing import observed_pairs
 from ._cluster import active_client
 from ._io import as_row_chunks
 
@@ -41,18 +42,36 @@ def _score_chunk(x, spec: _ScoreSpec, return_error: bool, block_info=None):
     if len(x) == 0:  # an empty chunk (e.g. after a boolean filter): nothing to score
         return np.empty((0, 2) if return_error else 0)
     start = block_info[0]["array-location"][0][0] if block_info else 0
-    x = check_chunk(x, start, spec.geom.output_dim)
-    st = marginal_pairs(
-        spec.geom,
-        x,
-        prune_nats=spec.prune_nats,
-        chunk_bytes=spec.chunk_bytes,
-        check_input=False,
-        device=spec.device,
-    )
+    # NaN = missing: log p(x_obs) of those rows, as model.score_samples (ExactDGN._exact_pairs)
+    x = check_chunk(x, start, spec.geom.output_dim, allow_nan=True)  # rows with nothing: error
+    nan = np.isnan(x)
+    obs = ~nan if nan.any() else None
+    kw = {"prune_nats": spec.prune_nats, "chunk_bytes": spec.chunk_bytes, "check_input": False}
+    if obs is not None:
+        st = observed_pairs(spec.geom, x, obs, **kw)
+    else:
+        st = marginal_pairs(spec.geom, x, device=spec.device, **kw)
     if return_error:
         return np.stack([st.log_px, st.log_px_error], axis=1)
     return st.log_px
+
+
+def _log_jacobian_chunk(x: np.ndarray, log_scale: np.ndarray) -> np.ndarray:
+    return -((~np.isnan(x)) @ log_scale)
+
+
+def log_jacobian_rows(pre, X: da.Array) -> da.Array:
+    """(N,) ``-Σ_{j observed} log scale_j`` of each row of a row-chunked ``X`` under the
+    standardization ``pre``: ``Standardizer.log_abs_det_jacobian_rows`` chunk by chunk (NaN:
+    missing; infinite values are left to the scoring tasks, whose errors name their rows)."""
+    return da.map_blocks(
+        _log_jacobian_chunk,
+        X,
+        np.log(pre.scale_),
+        drop_axis=1,
+        dtype=np.float64,
+        meta=np.empty(0),
+    )
 
 
 def device_name(device) -> str | None:
@@ -82,15 +101,15 @@ def score_samples(model, X, return_error: bool = False):
     The model's region geometry is sent to each worker once (``client.scatter(broadcast=True)``)
     and every row chunk is scored there by the same code as ``model.score_samples``: the values
     equal the in-memory ones row for row (to rounding of the chunk's matrix products, ~1e-15
-    relative). A model that carries its standardization (``preprocessing_``, e.g. one saved by
-    the CLI) takes data units and returns log densities in data units, as in memory. Without an
-    active ``distributed.Client`` the array runs on dask's local
-    scheduler.
+    relative). Rows with NaN (missing values) get ``log p(x_obs)``, as in memory. A model that
+    carries its standardization (``preprocessing_``, e.g. one saved by the CLI) takes data
+    units and returns log densities in data units, as in memory. Without an active
+    ``distributed.Client`` the array runs on dask's local scheduler.
 
     Parameters
     ----------
     model : ExactDGN (fitted)
-    X : dask.array.Array of shape (N, D)
+    X : dask.array.Array of shape (N, D), NaN where missing
         Chunked along rows (column chunks are merged); read lazily, e.g. :func:`read_npy`.
     return_error : bool
         Also return the estimated absolute error of each value.
@@ -107,8 +126,9 @@ def score_samples(model, X, return_error: bool = False):
     # a model saved with its standardization takes data units, as model.score_samples does
     pre = getattr(model, "preprocessing_", None)
     if pre is not None:
+        # the Jacobian of each row's observed values (model._log_jacobian), from the same reads
+        jac = log_jacobian_rows(pre, X)
         X = X.map_blocks(lambda x: (x - pre.mean_) / pre.scale_, dtype=np.float64)
-        jac = -float(np.log(pre.scale_).sum())
         out = score_samples(_without_preprocessing(model), X, return_error)
         return (out[0] + jac, out[1]) if return_error else out + jac
     spec = broadcast(
