@@ -319,3 +319,32 @@ def test_module_reused_in_a_sequential_is_applied_every_time(rng):
     dec = from_torch(module)
     assert dec.hidden_sizes == [6, 6, 6]
     assert_matches_module(dec, module, _latent(rng, 2000, 2))
+
+
+_DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", _DEVICES)
+@pytest.mark.parametrize("fx", [False, True])
+def test_module_on_any_device_is_imported_and_left_where_it_was(device, fx):
+    """The weights are read on the CPU whatever the module's device (the plain chain and the
+    torch.fx path: PReLU weights, probed convolutions, pooling windows); the caller's module
+    keeps its device."""
+    nn = torch.nn
+    torch.manual_seed(0)
+    body = [nn.Linear(2, 6), nn.PReLU(6), nn.Linear(6, 8)]
+    if fx:  # ReLU6 and max pooling take the torch.fx path
+        body += [
+            nn.ReLU6(),
+            nn.Unflatten(1, (2, 4)),
+            nn.MaxPool1d(2),
+            nn.Flatten(),
+            nn.Linear(4, 3),
+        ]
+    module = nn.Sequential(*body).to(device=device, dtype=torch.float64).eval()
+    dec = from_torch(module)
+    z = np.random.default_rng(1).normal(size=(50, 2)) * 3
+    with torch.no_grad():
+        ref = module(torch.as_tensor(z, device=device)).cpu().numpy()
+    np.testing.assert_allclose(dec(z), ref, rtol=1e-12, atol=1e-12)
+    assert next(module.parameters()).device.type == device

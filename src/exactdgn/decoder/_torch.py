@@ -132,6 +132,9 @@ def from_torch(module, input_shape: Sequence[int] | None = None) -> Decoder:
     nn = torch.nn
     if not isinstance(module, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(module).__name__}")
+    tensors = [*module.parameters(), *module.buffers()]
+    if any(t.device.type != "cpu" for t in tensors):  # the weights are read on the CPU
+        module = copy.deepcopy(module).to("cpu")
     if not _plain_chain(module):  # custom modules, residual sums, ReLU6, pooling: torch.fx
         from ._fx import from_torch_fx
 
