@@ -81,3 +81,24 @@ def test_update_layer_gemm_form_matches_einsum_form(layer, monkeypatch):
     got = _steps.update_layer(m.decoder_, rs, layer, inv_var, 1e-3)
     for a, b in zip(ref, got, strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("gemm", [False, True])
+@pytest.mark.parametrize("sizes", [[2, 5, 4, 3], [2, 4, 5, 4, 6], [3, 6, 3, 5, 2, 4]])
+def test_output_maps_reproduce_the_decoder(sizes, gemm, monkeypatch):
+    """g(z) = M_r a_l(z) + β_r at latent points of each region, for every layer l (the maps
+    checked against the decoder's own forward pass, not against another form of the products),
+    with LeakyReLU slopes so that no product is by 0 / 1 only."""
+    if gemm:
+        monkeypatch.setattr(_steps, "_GEMM_REGIONS", 1)
+    dec = Decoder.random(sizes, seed=3, activation="leaky_relu")
+    Z = np.random.default_rng(4).normal(size=(300, sizes[0])) * 2.0
+    X, P = dec.forward(Z, return_pattern=True)
+    pre = dec.preactivations(Z)
+    start = np.cumsum([0, *dec.hidden_sizes])
+    for layer in range(dec.n_layers - 1):
+        M, beta = _steps._output_maps(dec, P, layer)
+        assert M.shape == (len(Z), sizes[-1], sizes[layer + 1]) and M.flags.c_contiguous
+        a = pre[:, start[layer] : start[layer + 1]]
+        got = np.einsum("rjk,rk->rj", M, a) + beta
+        np.testing.assert_allclose(got, X, rtol=1e-12, atol=1e-12 * np.abs(X).max())

@@ -190,19 +190,27 @@ def _output_maps(decoder: Decoder, patterns: np.ndarray, layer: int):
     L = decoder.n_layers
     R = patterns.shape[0]
     n_l = decoder.weights[layer].shape[0]
-    M = np.broadcast_to(np.eye(n_l), (R, n_l, n_l)).copy()
     beta = np.zeros((R, n_l))
     for k in range(layer, L - 1):
         s = _slopes(decoder, patterns, k)  # (R, n_k)
         # a_{k+1} = W_{k+1} (s * a_k) + c_{k+1}
-        if R >= _GEMM_REGIONS:  # one GEMM over all regions instead of R small products
-            W = decoder.weights[k + 1]
-            SM = s[:, :, None] * M  # (R, n_k, n_l)
-            M = (W @ SM.transpose(1, 0, 2).reshape(W.shape[1], -1)).reshape(W.shape[0], R, -1)
-            M = np.ascontiguousarray(M.transpose(1, 0, 2))
-        else:
-            M = np.matmul(decoder.weights[k + 1], s[:, :, None] * M)
         beta = (s * beta) @ decoder.weights[k + 1].T + decoder.biases[k + 1]
+    if R >= _GEMM_REGIONS and layer < L - 1:
+        # one GEMM over all regions per layer, M kept as (n_k, R, n_l) between them (one
+        # transposed copy at the end); the first product W_{l+1} S_l elementwise (the GEMM
+        # against diag(s_l) it replaces has the same values: sums of exact zeros)
+        s = _slopes(decoder, patterns, layer)
+        if layer == L - 2:  # M = W_{L-1} S_{L-2}: no GEMM
+            return decoder.weights[layer + 1] * s[:, None, :], beta
+        Mt = decoder.weights[layer + 1][:, None, :] * s
+        for k in range(layer + 1, L - 1):
+            W = decoder.weights[k + 1]
+            Mt *= _slopes(decoder, patterns, k).T[:, :, None]
+            Mt = (W @ Mt.reshape(W.shape[1], -1)).reshape(W.shape[0], R, n_l)
+        return np.ascontiguousarray(Mt.transpose(1, 0, 2)), beta
+    M = np.broadcast_to(np.eye(n_l), (R, n_l, n_l)).copy()
+    for k in range(layer, L - 1):
+        M = np.matmul(decoder.weights[k + 1], _slopes(decoder, patterns, k)[:, :, None] * M)
     return M, beta
 
 
