@@ -674,17 +674,20 @@ def _impute_in(args, client) -> int:
         res = impute(
             model, X, method=args.method, random_state=args.seed, return_std=bool(args.std_out)
         )
-        import dask
+        from .dask import write_rows
 
-        # both outputs in one graph: each chunk read and imputed once, not once per output
-        res = dask.compute(*res) if args.std_out else res.compute()
+        # written block by block as the workers finish them (the client never holds the whole
+        # output); both outputs from one graph: each chunk read and imputed once
+        arrays, paths = ([*res], [out, Path(args.std_out)]) if args.std_out else ([res], [out])
+        n_rows = write_rows(arrays, paths, client=client)
+        print(f"missing values filled ({args.method}) in {n_rows} rows: {out}")
+        return 0
     filled, std = res if args.std_out else (res, None)
-    n_missing = int(np.isnan(np.asarray(X)).sum()) if client is None else None
+    n_missing = int(np.isnan(X).sum())
     for path, arr in ((out, filled), (Path(args.std_out) if args.std_out else None, std)):
         if path is not None:
             _save_array(path, arr)
-    done = f"{n_missing} missing values" if n_missing is not None else "missing values"
-    print(f"{done} filled ({args.method}) in {len(filled)} rows: {out}")
+    print(f"{n_missing} missing values filled ({args.method}) in {len(filled)} rows: {out}")
     return 0
 
 

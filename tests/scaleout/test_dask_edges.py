@@ -443,3 +443,64 @@ def test_training_on_a_dask_array_names_what_it_needs(client, planted):
             _history(da.from_array(Xn, chunks=100), "em")
         with pytest.raises(ValueError, match=r"X has no columns \(shape \(10, 0\)\)"):
             _history(da.zeros((10, 0), chunks=5), "em")
+
+
+@pytest.mark.parametrize("use_client", [False, True])
+def test_write_rows_writes_what_compute_gives_block_by_block(planted, client, tmp_path, use_client):
+    """``write_rows``: .npy and CSV files equal to the computed arrays (empty and uneven
+    chunks, a window of one block), the outputs of one impute computed together."""
+    model, X = planted
+    X = X.copy()
+    X[np.random.default_rng(2).random(X.shape) < 0.3] = np.nan
+    X[np.isnan(X).all(axis=1), 0] = 0.0
+    Xd = da.from_array(X, chunks=EMPTY_CHUNKS)
+    ref, ref_std = model.impute(X, return_std=True)
+    paths = [tmp_path / "f.npy", tmp_path / "s.csv"]
+    cl = client if use_client else None
+    with dask.config.set(scheduler="synchronous") if cl is None else client.as_current():
+        filled, std = edd.impute(model, Xd, return_std=True)
+        assert edd.write_rows([filled, std], paths, client=cl, window=1) == len(X)
+    np.testing.assert_allclose(np.load(paths[0]), ref, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(np.loadtxt(paths[1], delimiter=","), ref_std, rtol=1e-12, atol=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.npy", "s.csv"]  # no temporaries
+
+
+def test_write_rows_leaves_no_file_when_a_block_fails(tmp_path):
+    def boom(x):
+        if x[0, 0] >= 100:
+            raise RuntimeError("block failed")
+        return x
+
+    Xd = da.arange(300.0, chunks=50).reshape(100, 3).rechunk((20, 3)).map_blocks(boom)
+    with dask.config.set(scheduler="synchronous"), pytest.raises(RuntimeError, match="failed"):
+        edd.write_rows([Xd], [tmp_path / "out.npy"], window=2)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="same file"):
+        edd.write_rows([Xd, Xd], [tmp_path / "a.csv", tmp_path / "a.csv"])
+
+
+def test_cli_impute_on_the_cluster_never_gathers_the_output(client, tmp_path, monkeypatch):
+    """The filled data (as large as the input) is written block by block: neither
+    ``Array.compute`` nor ``dask.compute`` of the whole output runs on the client."""
+    from exactdgn.cli import main
+
+    model = ExactDGN.from_decoder(Decoder.random([1, 8, 3], seed=0), 0.2)
+    X = model.sample(300, random_state=1)
+    X[np.random.default_rng(3).random(X.shape) < 0.3] = np.nan
+    X[np.isnan(X).all(axis=1), 0] = 0.0
+    model.save(tmp_path / "model.npz")
+    np.save(tmp_path / "holes.npy", X)
+
+    def gathered(*args, **kwargs):
+        raise AssertionError("the whole output was gathered on the client")
+
+    monkeypatch.setattr(da.Array, "compute", gathered)
+    monkeypatch.setattr(dask, "compute", gathered)
+    out, sd = tmp_path / "f.npy", tmp_path / "sd.npy"
+    args = ["impute", str(tmp_path / "model.npz"), str(tmp_path / "holes.npy"), "--out", str(out)]
+    addr = ["--scheduler", client.scheduler.address, "--chunk-rows", "70"]
+    assert main([*args, "--std-out", str(sd), *addr]) == 0
+    monkeypatch.undo()
+    ref, ref_std = model.impute(X, return_std=True)
+    np.testing.assert_allclose(np.load(out), ref, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(np.load(sd), ref_std, rtol=1e-12, atol=0)

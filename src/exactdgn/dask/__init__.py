@@ -12,6 +12,8 @@ core library never imports this package.
 * :func:`impute` ``(model, X)``: NaNs filled by ``ExactDGN.impute`` chunk by chunk.
 * :func:`read_npy`: a ``.npy`` file read chunk by chunk through a memory map (any other dask
   array source works too, e.g. ``dask.array.from_zarr``).
+* :func:`write_rows`: dask arrays written to ``.npy`` / CSV files block by block as they are
+  computed (an output as large as the data is never gathered whole on the client).
 * :func:`connect`: a client of an existing scheduler or of a local cluster; every client used
   gets a :class:`ThreadBudget` (threads per task for the library and BLAS).
 
@@ -36,7 +38,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from ._cluster import ThreadBudget, active_client, connect, tree_reduce
 from ._em import RemoteData, remote_data
 from ._impute import impute
-from ._io import read_npy
+from ._io import read_npy, write_rows
 from ._score import score_samples
 
 __all__ = [
@@ -49,4 +51,5 @@ __all__ = [
     "remote_data",
     "score_samples",
     "tree_reduce",
+    "write_rows",
 ]

@@ -10,7 +10,7 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-__all__ = ["as_row_chunks", "read_npy"]
+__all__ = ["as_row_chunks", "read_npy", "write_rows"]
 
 
 def _read_rows(path: str, start: int, stop: int) -> np.ndarray:
@@ -111,3 +111,82 @@ def as_row_chunks(X, n_features: int | None = None, in_memory: str | None = None
 def row_offsets(X: da.Array) -> list[int]:
     """First row of each row chunk."""
     return np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]]).astype(int).tolist()
+
+
+def write_rows(arrays, paths, *, client=None, window: int | None = None) -> int:
+    """Compute row-chunked dask arrays and write each to a ``.npy`` or CSV file, block by block.
+
+    The row blocks are computed a few at a time (at most ``window`` in flight) and written in
+    order as they arrive, so the client never holds more than ``window`` blocks of each array:
+    an output as large as the data (an imputed data set) is written without being gathered
+    whole. Arrays with the same row chunks (the outputs of one :func:`impute` call) are
+    computed together, each block's shared tasks once. Every file is written atomically
+    (:func:`exactdgn.io.atomic_path`: an error or Ctrl-C leaves the earlier file or none).
+
+    Parameters
+    ----------
+    arrays : sequence of dask.array.Array (N, D_i), the same row chunks
+    paths : sequence of path-like, one per array; ``.npy`` (float64) or anything else (CSV,
+        ``%.17g``: every float64 read back exactly)
+    client : distributed.Client, optional
+        Default: the active client, else dask's own scheduler (one block at a time).
+    window : int, optional
+        Row blocks in flight (default: twice the cluster's threads, at least 2).
+
+    Returns
+    -------
+    int : the number of rows written
+    """
+    import contextlib
+
+    import dask
+
+    from ..io import atomic_path
+    from ._cluster import active_client
+
+    arrays = [as_row_chunks(a) for a in arrays]
+    paths = [Path(p) for p in paths]
+    if len(arrays) != len(paths) or not arrays:
+        raise ValueError("give one path per array (and at least one array)")
+    if len({a.chunks[0] for a in arrays}) != 1:
+        raise ValueError("the arrays must have the same row chunks (compute them together)")
+    if len({p.resolve() for p in paths}) != len(paths):
+        raise ValueError(f"two arrays would be written to the same file: {paths}")
+    rows = arrays[0].chunks[0]
+    N = int(sum(rows))
+    client = active_client(required=False) if client is None else client
+    if window is None:
+        threads = sum(client.nthreads().values()) if client is not None else 1
+        window = max(2, 2 * threads)
+    # not optimized per array: fusing would give each array its own copy of the shared tasks
+    blocks = [a.to_delayed(optimize_graph=False).ravel() for a in arrays]
+    with contextlib.ExitStack() as stack:
+        handles = []
+        for p, a in zip(paths, arrays, strict=True):
+            p.parent.mkdir(parents=True, exist_ok=True)
+            fh = stack.enter_context(open(stack.enter_context(atomic_path(p)), "wb"))
+            if p.suffix == ".npy":
+                header = {"descr": "<f8", "fortran_order": False, "shape": (N, a.shape[1])}
+                np.lib.format.write_array_header_1_0(fh, header)
+            handles.append(fh)
+
+        def submit(i):
+            parts = [b[i] for b in blocks]
+            if client is None:  # computed when collected, one block at a time
+                return parts
+            return client.compute(parts)
+
+        pending = [submit(i) for i in range(min(window, len(rows)))]
+        for i in range(len(rows)):
+            job = pending[i]
+            got = dask.compute(*job) if client is None else [f.result() for f in job]
+            pending[i] = None  # the block is released once written
+            vals = [np.ascontiguousarray(v, dtype="<f8") for v in got]
+            if i + window < len(rows):
+                pending.append(submit(i + window))
+            for fh, p, v in zip(handles, paths, vals, strict=True):
+                if p.suffix == ".npy":
+                    fh.write(v.tobytes())
+                else:
+                    np.savetxt(fh, v, delimiter=",", fmt="%.17g")
+    return N
