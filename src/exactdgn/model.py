@@ -739,7 +739,14 @@ class ExactDGN(DensityMixin, BaseEstimator):
             from .inference._torch_marginal import pairs_torch
 
             Xt = self._device_data(X)
-            st = pairs_torch(geom, Xt, Xt.device, prune_nats=self.prune_nats, need_moments=True)
+            st = pairs_torch(
+                geom,
+                Xt,
+                Xt.device,
+                prune_nats=self.prune_nats,
+                need_moments=True,
+                chunk_bytes=self.chunk_bytes,
+            )
             st.X = Xt
             return st
         return self._exact_pairs(geom, X, need_moments=True)
