@@ -7,9 +7,12 @@ checked against mpmath where a value can be computed independently.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import ConvergenceWarning
 
 from exactdgn import Decoder, ExactDGN
 from exactdgn.gaussian import interval_stats, log_interval_mass
@@ -512,3 +515,25 @@ def test_missing_values_with_a_device_run_on_the_numpy_path(device, latent):
     kw = dict(latent_dim=latent, hidden_sizes=(4,), max_iter=2, random_state=0, progress=False)
     a, b = ExactDGN(**kw).fit(X), ExactDGN(**kw, device=device).fit(X)
     assert [h["loglik"] for h in a.history_] == [h["loglik"] for h in b.history_]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("latent", [1, 2])
+def test_read_only_data_on_a_device(device, latent):
+    """A read-only array (``np.load(..., mmap_mode="r")``, a frozen buffer) is scored, its
+    gradient taken and a model fitted on the device as on the numpy path: torch warned that it
+    cannot share a non-writable array (an error where warnings are errors)."""
+    ref = _model([latent, 6, 3], 0, 0.1)
+    m = _model([latent, 6, 3], 0, 0.1, device=device)
+    X = ref.sample(60, random_state=0)
+    X.setflags(write=False)
+    _close(ref.score_samples(X), m.score_samples(X), 1e-12)
+    for a, b in zip(ref.exact_gradient(X), m.exact_gradient(X), strict=True):
+        assert np.max(np.abs(a - b)) <= 1e-12 * np.max(np.abs(a))
+    kw = dict(latent_dim=latent, hidden_sizes=(3,), max_iter=1, random_state=0, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        a, b = ExactDGN(**kw).fit(X), ExactDGN(**kw, device=device).fit(X)
+    np.testing.assert_allclose(
+        [h["loglik"] for h in b.history_], [h["loglik"] for h in a.history_], rtol=1e-10
+    )
