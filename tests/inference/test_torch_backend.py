@@ -537,3 +537,30 @@ def test_read_only_data_on_a_device(device, latent):
     np.testing.assert_allclose(
         [h["loglik"] for h in b.history_], [h["loglik"] for h in a.history_], rtol=1e-10
     )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("latent", [1, 2])
+def test_pickled_model_leaves_its_device_copies_behind(device, latent):
+    """The geometry caches its arrays on the device (``geom.cache[("torch", device)]``); a
+    model pickled (joblib, dask, deepcopy) after scoring there carried those tensors, so one
+    pickled on a GPU machine could not be loaded where CUDA is absent. They are derived: left
+    out of the pickle and rebuilt on first use, with the same results."""
+    import io
+    import pickle
+
+    class NoTensors(pickle.Pickler):
+        def reducer_override(self, obj):
+            if isinstance(obj, torch.Tensor):
+                raise AssertionError(f"a {obj.device} tensor was pickled")
+            return NotImplemented
+
+    m = _model([latent, 6, 3], 0, 0.1, device=device)
+    X = m.sample(30, random_state=0)
+    lp = m.score_samples(X)
+    assert any(isinstance(k, tuple) and k[0] == "torch" for k in m.geometry_.cache)
+    buf = io.BytesIO()
+    NoTensors(buf).dump(m)
+    m2 = pickle.loads(buf.getvalue())
+    assert np.array_equal(m2.score_samples(X), lp)
+    assert any(isinstance(k, tuple) and k[0] == "torch" for k in m.geometry_.cache)  # kept
