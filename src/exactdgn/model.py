@@ -747,7 +747,14 @@ class ExactDGN(DensityMixin, BaseEstimator):
             from .inference._torch_marginal import pairs_torch
 
             Xt = self._device_data(X)
-            st = pairs_torch(geom, Xt, Xt.device, prune_nats=self.prune_nats, need_moments=True)
+            st = pairs_torch(
+                geom,
+                Xt,
+                Xt.device,
+                prune_nats=self.prune_nats,
+                need_moments=True,
+                chunk_bytes=self.chunk_bytes,
+            )
             st.X = Xt
             return st
         return self._exact_pairs(geom, X, need_moments=True)
@@ -764,15 +771,15 @@ class ExactDGN(DensityMixin, BaseEstimator):
     def _device_data(self, X: np.ndarray):
         """``X`` as a float64 tensor on the device; the training data of the running ``fit``
         is copied there once."""
-        import torch
+        from .inference._torch_marginal import as_data_tensor
 
         dev = self._train_device(X)
         cache = getattr(self, "_fit_data", None)
         if cache is not None and cache[0] is X:
             if cache[1] is None:
-                cache[1] = torch.as_tensor(X, dtype=torch.float64, device=dev)
+                cache[1] = as_data_tensor(X, dev)
             return cache[1]
-        return torch.as_tensor(X, dtype=torch.float64, device=dev)
+        return as_data_tensor(X, dev)
 
     @staticmethod
     def _region_stats(X, part, st, dec=None, std=None):

@@ -255,3 +255,27 @@ def test_device_checkpoint_resume(device, method, tmp_path):
     a = [h["loglik"] for h in straight.history_]
     b = [h["loglik"] for h in cont.history_]
     np.testing.assert_allclose(b, a, rtol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("latent", [1, 2])
+def test_device_training_estep_honours_chunk_bytes(device, latent, monkeypatch):
+    """The training E-step on the device (``fit``, ``exact_gradient``) splits the points into
+    chunks of at most ``chunk_bytes`` as ``marginal_pairs(..., device=)`` does (it ran the
+    whole training set as one chunk, whatever ``chunk_bytes``), with the same results."""
+    from exactdgn.inference import _torch_marginal
+
+    dec = Decoder.random([latent, 8, 4], seed=1)
+    ref = ExactDGN.from_decoder(dec, 0.2)
+    X = ref.sample(100, random_state=0)
+    per_point = 8 * ref.geometry_.n_regions * (3 * latent + 6)  # the numpy path's estimate
+    m = ExactDGN.from_decoder(dec, 0.2, device=device, chunk_bytes=20 * per_point)
+    calls = []
+    log_kappa = _torch_marginal._log_kappa
+    monkeypatch.setattr(
+        _torch_marginal, "_log_kappa", lambda dg, Xc: calls.append(len(Xc)) or log_kappa(dg, Xc)
+    )
+    got = m.exact_gradient(X)
+    assert calls == [20] * 5
+    for a, b in zip(ref.exact_gradient(X), got, strict=True):
+        assert np.max(np.abs(a - b)) <= 1e-12 * np.max(np.abs(a))

@@ -7,9 +7,12 @@ checked against mpmath where a value can be computed independently.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import ConvergenceWarning
 
 from exactdgn import Decoder, ExactDGN
 from exactdgn.gaussian import interval_stats, log_interval_mass
@@ -512,3 +515,52 @@ def test_missing_values_with_a_device_run_on_the_numpy_path(device, latent):
     kw = dict(latent_dim=latent, hidden_sizes=(4,), max_iter=2, random_state=0, progress=False)
     a, b = ExactDGN(**kw).fit(X), ExactDGN(**kw, device=device).fit(X)
     assert [h["loglik"] for h in a.history_] == [h["loglik"] for h in b.history_]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("latent", [1, 2])
+def test_read_only_data_on_a_device(device, latent):
+    """A read-only array (``np.load(..., mmap_mode="r")``, a frozen buffer) is scored, its
+    gradient taken and a model fitted on the device as on the numpy path: torch warned that it
+    cannot share a non-writable array (an error where warnings are errors)."""
+    ref = _model([latent, 6, 3], 0, 0.1)
+    m = _model([latent, 6, 3], 0, 0.1, device=device)
+    X = ref.sample(60, random_state=0)
+    X.setflags(write=False)
+    _close(ref.score_samples(X), m.score_samples(X), 1e-12)
+    for a, b in zip(ref.exact_gradient(X), m.exact_gradient(X), strict=True):
+        assert np.max(np.abs(a - b)) <= 1e-12 * np.max(np.abs(a))
+    kw = dict(latent_dim=latent, hidden_sizes=(3,), max_iter=1, random_state=0, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        a, b = ExactDGN(**kw).fit(X), ExactDGN(**kw, device=device).fit(X)
+    np.testing.assert_allclose(
+        [h["loglik"] for h in b.history_], [h["loglik"] for h in a.history_], rtol=1e-10
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("latent", [1, 2])
+def test_pickled_model_leaves_its_device_copies_behind(device, latent):
+    """The geometry caches its arrays on the device (``geom.cache[("torch", device)]``); a
+    model pickled (joblib, dask, deepcopy) after scoring there carried those tensors, so one
+    pickled on a GPU machine could not be loaded where CUDA is absent. They are derived: left
+    out of the pickle and rebuilt on first use, with the same results."""
+    import io
+    import pickle
+
+    class NoTensors(pickle.Pickler):
+        def reducer_override(self, obj):
+            if isinstance(obj, torch.Tensor):
+                raise AssertionError(f"a {obj.device} tensor was pickled")
+            return NotImplemented
+
+    m = _model([latent, 6, 3], 0, 0.1, device=device)
+    X = m.sample(30, random_state=0)
+    lp = m.score_samples(X)
+    assert any(isinstance(k, tuple) and k[0] == "torch" for k in m.geometry_.cache)
+    buf = io.BytesIO()
+    NoTensors(buf).dump(m)
+    m2 = pickle.loads(buf.getvalue())
+    assert np.array_equal(m2.score_samples(X), lp)
+    assert any(isinstance(k, tuple) and k[0] == "torch" for k in m.geometry_.cache)  # kept

@@ -116,6 +116,18 @@ class RegionGeometry:
     qr_factored: np.ndarray | None = None
     cache: dict = field(default_factory=dict, repr=False)  # derived arrays built on first use
 
+    def __getstate__(self):
+        # the torch backend's device copies (``cache`` keys ``("torch...", device)``) stay
+        # behind: derived, rebuilt on first use, and a geometry pickled with CUDA tensors does
+        # not load where CUDA is absent
+        state = self.__dict__.copy()
+        state["cache"] = {
+            k: v
+            for k, v in self.cache.items()
+            if not (isinstance(k, tuple) and str(k[0]).startswith("torch"))
+        }
+        return state
+
     @property
     def n_regions(self) -> int:
         return self.A.shape[0]

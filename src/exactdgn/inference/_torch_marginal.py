@@ -24,7 +24,14 @@ from ..gaussian._torch_polygon import (
 from ._geometry import _EPS, _KAPPA_ROUND, _KAPPA_RTOL, RegionGeometry
 from ._marginal import _DENSE_1D, _chunk_size
 
-__all__ = ["DeviceGeometry", "TorchPairs", "device_geometry", "pairs_torch", "resolve_device"]
+__all__ = [
+    "DeviceGeometry",
+    "TorchPairs",
+    "as_data_tensor",
+    "device_geometry",
+    "pairs_torch",
+    "resolve_device",
+]
 
 
 def resolve_device(device) -> torch.device:
@@ -44,6 +51,15 @@ def resolve_device(device) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"device={device!r}: only 'cpu' and 'cuda' devices are supported")
     return dev
+
+
+def as_data_tensor(X, device) -> torch.Tensor:
+    """``X`` (array or tensor) as a float64 tensor on ``device``, sharing a CPU array's memory
+    where torch can; a read-only numpy array (a memory map, a frozen buffer) is copied: torch
+    warns when it shares one (the backend never writes to the data)."""
+    if isinstance(X, np.ndarray) and not X.flags.writeable:
+        return torch.tensor(X, dtype=torch.float64, device=device)
+    return torch.as_tensor(X, dtype=torch.float64, device=device)
 
 
 @dataclass
@@ -517,7 +533,7 @@ def pairs_torch(
     Raises ``ValueError`` for latent dimensions the torch backend does not cover (d >= 3).
     """
     dev = resolve_device(device)
-    Xt = torch.as_tensor(X, dtype=torch.float64, device=dev)
+    Xt = as_data_tensor(X, dev)
     d = geom.latent_dim
     if d == 1 and geom.interval is not None:
         return pairs_1d_torch(geom, Xt, prune_nats, need_moments, chunk_bytes)
