@@ -260,12 +260,15 @@ def test_affine_decoder_with_tiny_noise_or_steep_output(d, steep, sigma, device)
 
 
 @pytest.mark.parametrize("device", [None, "cpu"])
-@pytest.mark.parametrize("sigma", [[1e-4] * 4, [1e-3, 1.0, 1e3, 1.0]])
+@pytest.mark.parametrize("sigma", [[1e-4] * 4, [1e-3, 1.0, 1e3, 1.0], [1e-8, 1.0, 1e3, 1e-2]])
 def test_d2_steep_and_flat_directions(sigma, device):
     """A 1e4-steep output next to flat ones (cond(P_r) up to 1e14): P_r was formed and
     Cholesky-factored, so log|P_r| lost ~ε cond(P_r) (0.06 off in log p(x), then 5e10 with the
     normal-equations μ) and the posterior mean / covariance with it; the region is now
-    factored by QR of [Λ^½ A; I]."""
+    factored by QR of [Λ^½ A; I]. At cond(P_r) ~ 1e24 (σ from 1e-8 to 1e3) the rounded P_r
+    is not positive definite: its Cholesky factorisation raised LinAlgError before the QR; its
+    log p(x) is then at the float64 floor ~(ulp(x_0) / σ_0)² ~ 1e-9 nats (σ_0 = 1e-8 next to a
+    slope of 1e4), which ``return_error`` covers."""
     import mpmath as mp
 
     if device is not None:
@@ -276,8 +279,10 @@ def test_d2_steep_and_flat_directions(sigma, device):
     model = ExactDGN.from_decoder(Decoder([W], [b], []), sigma, device=device)
     X = _far_points(model, 3, rng, 1e-4)
     ref = _affine_log_pdf_mp(W, b, sigma, X)
-    got = model.score_samples(X)
-    assert np.all(np.abs(got - ref) <= np.maximum(1e-10, 1e-13 * np.abs(ref))), got - ref
+    got, err = model.score_samples(X, return_error=True)
+    tol = np.maximum(np.maximum(1e-10, 1e-13 * np.abs(ref)), err)
+    assert np.all(np.abs(got - ref) <= tol), (got - ref, err)
+    assert np.all(err <= 1e-6), err
     post = model.posterior(X)
     with mp.workdps(50):
         lam = [1 / mp.mpf(s) ** 2 for s in sigma]
@@ -304,7 +309,10 @@ def test_d2_steep_and_flat_directions(sigma, device):
 
 
 @pytest.mark.parametrize("d", [1, 2])
-@pytest.mark.parametrize(("steep", "sigma"), [*_AFFINE_STEEP, (1e4, [1e-3, 1.0, 1e3, 1.0])])
+@pytest.mark.parametrize(
+    ("steep", "sigma"),
+    [*_AFFINE_STEEP, (1e4, [1e-3, 1.0, 1e3, 1.0]), (1e4, [1e-8, 1.0, 1e3, 1e-2])],
+)
 def test_affine_decoder_with_missing_values_and_steep_output(d, steep, sigma):
     """log p(x_obs) through the missing-data paths (masked GEMM forms of log κ and P_r(n)):
     50-digit mpmath on the observed rows, with steep outputs, tiny noise and, in d = 2, a

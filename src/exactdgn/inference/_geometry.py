@@ -174,12 +174,13 @@ class RegionGeometry:
         -------
         log_kappa : (P,), v : (P, d), offsets : (P, F)
         """
-        log_kappa, v, _ = self._stable_log_kappa(X - self.b[r], r)
+        log_kappa, v, _, _ = self._stable_log_kappa(X - self.b[r], r, X - self.center)
         offsets = self.g[r] - np.einsum("pfk,pk->pf", self.G[r], v)
         return log_kappa, v, offsets
 
-    def _stable_log_kappa(self, diff: np.ndarray, r: np.ndarray):
-        """``(log κ, v, w)`` of pairs from ``diff = x - b_r`` (P, D), without cancellation."""
+    def _stable_log_kappa(self, diff: np.ndarray, r: np.ndarray, Xc: np.ndarray):
+        """``(log κ, v, w, rounding)`` of pairs from ``diff = x - b_r`` and ``Xc = x - c``
+        (P, D), without cancellation (``rounding``: :func:`stable_kappa_rounding`)."""
         A = self.A[r]
         R, d = self.w_shift.shape
         if d == 1:
@@ -198,7 +199,9 @@ class RegionGeometry:
         log_kappa = -0.5 * (
             self.output_dim * LOG_2PI + self.log_det_noise + self.log_det_P[r] + quad
         )
-        return log_kappa, v, w
+        bc = np.abs(self.b[r] - self.center)
+        terms = np.abs(Xc) + bc + np.einsum("pjk,pk->pj", np.abs(A), np.abs(mu))
+        return log_kappa, v, w, stable_kappa_rounding(log_kappa, res, terms, self.inv_var)
 
     def kappa_scale(self) -> np.ndarray:
         """(R,) ``||b_r - c||²_Λ + ||w_shift_r||²``, the region's part of the size of the terms
@@ -235,7 +238,7 @@ class RegionGeometry:
         -------
         KappaRounding
             The estimated absolute rounding error of each pair's ``log κ`` (``8 ε s`` where
-            kept, ``8 ε max(1, |log κ|)`` where recomputed; to be added to its error) and the
+            kept, :func:`stable_kappa_rounding` where recomputed; to be added to its error) and the
             pairs recomputed (their ``v`` and offsets are to be taken from the new ``w``).
         """
         none = np.zeros(0, dtype=np.intp)
@@ -250,10 +253,10 @@ class RegionGeometry:
         i = np.flatnonzero(err > _KAPPA_RTOL * floor)
         if i.size:
             ri = r[i]
-            lk, _, wi = self._stable_log_kappa(Xc[p[i]] - (self.b[ri] - self.center), ri)
+            xc = Xc[p[i]]
+            lk, _, wi, err[i] = self._stable_log_kappa(xc - (self.b[ri] - self.center), ri, xc)
             log_kappa[i] = lk
             w[i] = wi
-            err[i] = (_KAPPA_ROUND * _EPS) * np.maximum(1.0, np.abs(lk))
         return KappaRounding(err, i if i.size else none)
 
     def offsets(self, v: np.ndarray, r: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
@@ -300,14 +303,21 @@ def region_geometry(part: Partition, noise_std) -> RegionGeometry:
     inv_var = 1.0 / std**2
     AtLA = np.einsum("rjk,j,rjl->rkl", A, inv_var, A)
     P = AtLA + np.eye(d)
-    K = np.linalg.cholesky(P)
     ill = np.zeros(0, dtype=np.intp)
     if d >= 2 and R:
         # A steep and a flat direction (|A_r| / σ of 1e7 next to 1): forming P rounds its flat
-        # part away (log|P| off by 1e-2 at cond(P) = 1e14, 3e-8 at 1e8); those regions are
-        # factored by Householder QR of [Λ^½ A_r; I] = Q Kᵀ instead, which never forms P
+        # part away (log|P| off by 1e-2 at cond(P) = 1e14, 3e-8 at 1e8; past ~1e16 the rounded
+        # P is not even positive definite); those regions are factored by Householder QR of
+        # [Λ^½ A_r; I] = Q Kᵀ instead, which never forms P
         ev = np.linalg.eigvalsh(P)
-        ill = np.flatnonzero(ev[:, -1] > _COND_QR * ev[:, 0])
+        ill = np.flatnonzero(~(ev[:, -1] <= _COND_QR * ev[:, 0]))
+    if ill.size:  # Cholesky of the others only (a rounded P of an ill region may fail it)
+        K = np.empty_like(P)
+        ok = np.ones(R, dtype=bool)
+        ok[ill] = False
+        K[ok] = np.linalg.cholesky(P[ok])
+    else:
+        K = np.linalg.cholesky(P)
     Q_top = qr_mask = None
     if ill.size:
         K[ill], Q_top = qr_factor(A[ill] / std[None, :, None])
@@ -399,6 +409,20 @@ def qr_factor(top: np.ndarray, chunk: int = 4096):
         K[s : s + chunk] = np.swapaxes(Rm * sgn[:, :, None], 1, 2)
         Q_top[s : s + chunk] = Q[:, :D, :] * sgn[:, None, :]
     return K, Q_top
+
+
+def stable_kappa_rounding(log_kappa, res, terms, inv_var) -> np.ndarray:
+    """(P,) rounding estimate of ``log κ`` computed as ``-½ (... + ||res||²_Λ + ||μ||²)``.
+
+    ``res = x - b - A μ`` is formed from terms of size ``terms`` (P, D) (``|x - c| + |b - c|
+    + |A| |μ|`` per output, 0 where not observed), so each ``res_j`` carries ``δ_j = 4 ε
+    terms_j``: the squared norm moves by up to ``Σ_j λ_j δ_j (2 |res_j| + δ_j)``. Next to
+    ``|A_r| / σ`` of 1e12 (an output with σ = 1e-8 and slope 1e4) that is the float64 floor,
+    ~(ulp(x_j) / σ_j)² ~ 1e-9 nats; plus ``8 ε max(1, |log κ|)`` for the other terms.
+    """
+    delta = (4.0 * _EPS) * terms
+    quad = np.einsum("pj,j->p", delta * (2.0 * np.abs(res) + delta), inv_var)
+    return (_KAPPA_ROUND * _EPS) * np.maximum(1.0, np.abs(log_kappa)) + 0.5 * quad
 
 
 def _output_basis(part: Partition, inv_var: np.ndarray, gemm_w: np.ndarray):

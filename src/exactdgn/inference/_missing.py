@@ -53,6 +53,7 @@ from ._geometry import (
     LOG_2PI,
     RegionGeometry,
     qr_factor,
+    stable_kappa_rounding,
 )
 from ._marginal import (
     _BLOCK_1D,
@@ -795,7 +796,8 @@ def _refine_observed(
     A = geom.A[ri]
     K, Qt = qr_factor(A * sq[:, :, None])
     Kt = np.swapaxes(K, 1, 2)
-    diff = np.where(m, X[pi] - geom.b[ri], 0.0)
+    xc, bc = np.where(m, X[pi] - geom.center, 0.0), np.where(m, geom.b[ri] - geom.center, 0.0)
+    diff = xc - bc
     w = np.einsum("pjk,pj->pk", Qt, diff * sq)  # K⁻¹ v
     L = np.linalg.inv(Kt)  # K^{-T}, upper triangular
     mu = np.einsum("pij,pj->pi", L, w)
@@ -816,7 +818,8 @@ def _refine_observed(
     st.v[i] = np.einsum("pji,pj->pi", Kt, w)  # v = K w
     st.pair_L[i], st.pair_mu[i], st.pair_log_det_P[i] = L, mu, log_det_P
     st.pair_normals = st.offsets = None  # the whitened rows again on first use
-    err[i] = lm_err + (_KAPPA_ROUND * _EPS) * np.maximum(1.0, np.abs(lk))
+    terms = np.abs(xc) + np.abs(bc) + np.einsum("pjk,pk->pj", np.abs(A), np.abs(mu)) * m
+    err[i] = lm_err + stable_kappa_rounding(lk, res, terms, geom.inv_var)
     # log p(x_obs) and the rounding part of its error again for the points with a recomputed
     # pair (pairs grouped by point)
     pts = np.unique(pi)

@@ -226,7 +226,8 @@ def kappa_rows_2d(Mq, prod, v1, c, k00, k10, k11):  # pragma: no cover - compile
     ``x'ᵀΛ A_r K_r^{-T}`` (two blocks) and ``-2 x'ᵀΛ b'_r``, block 0 becomes
     ``v0 = k00 w0 - Σ mλ a0 b'``; ``v1`` (n, R) is written (``k10 w0 + k11 w1 - Σ mλ a1 b'``);
     ``c`` (n,) is ``||x'||²_Λobs + D_n log 2π + Σ_obs log σ²``; ``k00, k10, k11`` (R,) the
-    regions' complete-data Cholesky entries. With ``t = P01/P00``,
+    regions' complete-data Cholesky entries. With ``t = P01/P00``
+    (``k11² >= 1``: a rounded value below is raised to 1),
     ``log κ = -½ (b'² - 2 x'ᵀΛb' + c + log(P00 k11²) - (v1 - t v0)²/k11² - v0²/P00)``.
     """
     n = Mq.shape[0]
@@ -246,7 +247,9 @@ def kappa_rows_2d(Mq, prod, v1, c, k00, k10, k11):  # pragma: no cover - compile
             p01 = Mq[i, R + r]
             t = p01 / p00
             u = vq - t * v0
-            k11sq = (Mq[i, 2 * R + r] + 1.0) - t * p01
+            # P >= I makes the Schur complement >= 1; rounding at cond(P) ~ 1e16 and above
+            # can take it to 0 or below (such pairs are recomputed by QR: _refine_observed)
+            k11sq = max((Mq[i, 2 * R + r] + 1.0) - t * p01, 1.0)
             Mq[i, 2 * R + r] = k11sq
             sq = (Mq[i, 5 * R + r] + prod[i, 2 * R + r]) + ci
             sq += np.log(p00 * k11sq)

@@ -374,12 +374,11 @@ def _refine_log_kappa(geom: RegionGeometry, Xc, hxq, lk, W, p, r) -> torch.Tenso
         return err
     pi, ri = p[idx], r[idx]
     rn = ri.cpu().numpy()
-    diff = Xc[pi].cpu().numpy() - (geom.b[rn] - geom.center)
-    lk_n, _, w_n = geom._stable_log_kappa(diff, rn)
-    lk_t = torch.as_tensor(lk_n, device=lk.device)
-    lk[pi, ri] = lk_t
+    xc = Xc[pi].cpu().numpy()
+    lk_n, _, w_n, err_n = geom._stable_log_kappa(xc - (geom.b[rn] - geom.center), rn, xc)
+    lk[pi, ri] = torch.as_tensor(lk_n, device=lk.device)
     W[pi, ri] = torch.as_tensor(w_n, device=W.device)
-    err[idx] = (_KAPPA_ROUND * _EPS) * torch.clamp(lk_t.abs(), min=1.0)
+    err[idx] = torch.as_tensor(err_n, device=err.device)
     return err
 
 
