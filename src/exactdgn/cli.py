@@ -953,7 +953,7 @@ def _add_data_options(p) -> None:
     g = p.add_argument_group("data options")
     g.add_argument(
         "--n-samples",
-        type=int,
+        type=_positive_int,  # as evaluate's: -1 was a slice end (all rows but the last)
         default=None,
         help="toy sets: number of points (default 1000); other data: keep the first N",
     )
