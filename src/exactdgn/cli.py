@@ -374,6 +374,8 @@ def _fit(args) -> int:
     _check_data_options(args)
     out = Path(args.out)
     _check_out_folder(out)
+    if not args.overwrite:
+        _check_no_other_run(out, args.checkpoint)
     if args.checkpoint:  # a file, in a folder that is or can be made
         if Path(args.checkpoint).is_dir():
             raise CLIError(f"--checkpoint {args.checkpoint} is a folder: give a file path (.npz)")
@@ -422,6 +424,27 @@ def _check_out_folder(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} is a file, not a folder: give a folder for the run")
     _check_parents(out, "--out")
+
+
+#: the files ``fit`` writes into ``--out``: a folder holding one of them holds a run
+RUN_FILES = ("model.npz", "config.json", "history.json", "results.json")
+
+
+def _check_no_other_run(out: Path, checkpoint) -> None:
+    """``fit --out`` into a folder holding a run is refused (without ``--overwrite``), unless it
+    is this run's own: its config.json names the same ``--checkpoint`` (a resume)."""
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if not found:
+        return
+    if checkpoint:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            own = json.loads((out / "config.json").read_text())["options"]["checkpoint"]
+            if own and Path(own).resolve() == Path(checkpoint).resolve():
+                return
+    raise CLIError(
+        f"{out} already holds a run (files {', '.join(found)}): choose another --out, or pass "
+        "--overwrite to replace it"
+    )
 
 
 def _check_parents(path: Path, option: str) -> None:
@@ -1006,6 +1029,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("data", metavar="DATA", help="built-in name or file (see examples)")
     f.add_argument("--out", required=True, help="output directory (required)")
     f.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out (without it a folder holding model.npz, "
+        "config.json, history.json or results.json is refused, except the folder of this "
+        "run's own --checkpoint: a resume writes there again)",
+    )
+    f.add_argument(
         "--method",
         choices=METHODS,
         default=DEFAULT_METHOD,
@@ -1258,7 +1288,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=_Formatter,
     )
-    d.add_argument("--out", default="report", help="output directory")
+    d.add_argument(
+        "--out",
+        default="report",
+        help="output directory (its report files are replaced: the demo runs again into it)",
+    )
     d.add_argument("--seed", type=_seed, default=0, help="seed of the models and splits")
     d.add_argument("--em-iter", type=int, default=40, help="EM iterations per data set")
     d.add_argument("--quick", action="store_true", help="a few iterations only (smoke test)")
