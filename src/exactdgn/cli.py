@@ -38,6 +38,7 @@ from .evaluation import (
     vae_to_exact,
     write_json,
 )
+from .io import CheckpointMismatchError
 
 __all__ = ["build_parser", "load_data", "load_model", "main"]
 
@@ -484,6 +485,43 @@ def _write_run(out: Path, write) -> None:
         raise
 
 
+#: ``ExactDGN`` parameters and the ``fit`` options that set them
+PARAM_OPTIONS = {
+    "latent_dim": "--latent-dim",
+    "hidden_sizes": "--hidden",
+    "activation": "--activation",
+    "negative_slope": "--negative-slope",
+    "noise": "--noise",
+    "min_noise_std": "--min-noise-std",
+    "method": "--method",
+    "random_state": "--seed",
+    "n_init": "--n-init",
+    "init": "--init",
+    "weight_decay": "--weight-decay",
+}
+RESUME_RULE = (
+    "a resume may raise --max-iter and change --tol (it then ends as a run with them from the "
+    "start would), nothing else"
+)
+
+
+def _resume_refusal(path, exc, max_iter: int) -> str:
+    """The message for a ``--checkpoint`` of another run (:class:`CheckpointMismatchError`)."""
+    if exc.changed == ["max_iter"]:
+        return (
+            f"--checkpoint {path} has run {exc.ran} iterations, more than --max-iter {max_iter}: "
+            "give at least that many, or remove the checkpoint to start over"
+        )
+    names = [PARAM_OPTIONS.get(k, k) for k in exc.changed if k != "X"]
+    if "X" in exc.changed:
+        names.append("DATA (or its options, --test-fraction, --standardize, --std-floor)")
+    return (
+        f"--checkpoint {path} is of another run, written with other {', '.join(names)}; "
+        f"{RESUME_RULE}: give that run's options, or remove the checkpoint (or give another "
+        "path) to start a new run"
+    )
+
+
 def _fit_in(args, client, out: Path) -> int:
     from .baselines import IWAE, VAE
     from .datasets import Standardizer
@@ -562,6 +600,8 @@ def _fit_in(args, client, out: Path) -> int:
                 print(f"resuming from checkpoint {checkpoint}", file=sys.stderr)
         try:
             _run_quietly(model.fit, Xtr, checkpoint=checkpoint)
+        except CheckpointMismatchError as exc:
+            raise CLIError(_resume_refusal(checkpoint, exc, model.max_iter)) from None
         except KeyboardInterrupt:
             if checkpoint and checkpoint.exists():
                 raise _Interrupted(
@@ -1100,7 +1140,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         default=None,
         help="write the training state here after every iteration; if PATH exists the run "
-        "resumes from it (Ctrl-C, then the same command again)",
+        "resumes from it (Ctrl-C, then the same command again). A resume may raise --max-iter "
+        "and change --tol (e.g. continue a finished run for more iterations): the result is "
+        "that of a run with them from the start (a start that already meets a larger --tol "
+        "stops where it is); another DATA, data option, architecture, --seed, --method, "
+        "--noise, ... is refused, naming the option",
     )
     g = f.add_argument_group("vae / iwae options")
     g.add_argument("--k", type=int, default=5, help="IWAE importance samples")

@@ -72,3 +72,65 @@ def test_fit_into_an_empty_folder_and_its_own_checkpointed_run(tmp_path):
     assert main([*argv, "--out", str(out), "--checkpoint", str(ck)]) == 0
     # another checkpoint is another run
     assert main([*argv, "--out", str(out), "--checkpoint", str(tmp_path / "other.npz")]) == 2
+
+
+def _same_run(a, b):
+    from exactdgn import ExactDGN
+
+    ma, mb = ExactDGN.load(a / "model.npz"), ExactDGN.load(b / "model.npz")
+    for Wa, Wb in zip(ma.decoder_.weights, mb.decoder_.weights, strict=True):
+        np.testing.assert_array_equal(Wa, Wb)
+    np.testing.assert_array_equal(ma.noise_std_, mb.noise_std_)
+    assert [h["loglik"] for h in ma.history_] == [h["loglik"] for h in mb.history_]
+    assert (ma.n_iter_, ma.converged_) == (mb.n_iter_, mb.converged_)
+
+
+def test_resume_with_more_iterations_equals_the_longer_run(tmp_path, capsys):
+    # a finished checkpointed run resumed with a higher --max-iter was refused ("other data or
+    # parameters"): continuing a run for more iterations is the common resume
+    base = ["fit", "wave", "--method", "em", "--hidden", "4", "--tol", "0", *TINY]
+    assert main([*base, "--max-iter", "8", "--out", str(tmp_path / "ref")]) == 0
+    run, ck = tmp_path / "run", tmp_path / "ck.npz"
+    assert main([*base, "--max-iter", "5", "--out", str(run), "--checkpoint", str(ck)]) == 0
+    assert len(__import__("json").loads((run / "history.json").read_text())) == 6
+    assert main([*base, "--max-iter", "8", "--out", str(run), "--checkpoint", str(ck)]) == 0
+    _same_run(tmp_path / "ref", run)
+    # fewer iterations than the checkpoint has run: that run is gone, refused
+    capsys.readouterr()
+    assert main([*base, "--max-iter", "6", "--out", str(run), "--checkpoint", str(ck)]) == 2
+    err = capsys.readouterr().err
+    assert "--max-iter 6" in err and "8 iterations" in err
+
+
+def test_resume_with_a_tighter_tol_equals_the_run_with_it(tmp_path):
+    base = ["fit", "wave", "--method", "em", "--hidden", "4", "--init", "pca", "--max-iter", "13"]
+    base += TINY
+    assert main([*base, "--tol", "0", "--out", str(tmp_path / "ref")]) == 0
+    run, ck = tmp_path / "run", tmp_path / "ck.npz"
+    # a huge tol stops at the rule's first chance (10 iterations); tol 0 goes on to 13
+    assert main([*base, "--tol", "1e9", "--out", str(run), "--checkpoint", str(ck)]) == 0
+    assert len(__import__("json").loads((run / "history.json").read_text())) == 11
+    assert main([*base, "--tol", "0", "--out", str(run), "--checkpoint", str(ck)]) == 0
+    _same_run(tmp_path / "ref", run)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (["--hidden", "5"], "--hidden"),
+        (["--seed", "1"], "--seed"),
+        (["--noise", "diagonal"], "--noise"),
+        (["--method", "lbfgs"], "--method"),
+        (["--n-samples", "50"], "DATA"),
+    ],
+)
+def test_resume_of_another_run_is_refused_naming_the_option(tmp_path, capsys, change, named):
+    base = ["fit", "wave", "--method", "em", "--hidden", "4", "--max-iter", "1", *TINY]
+    ck = tmp_path / "ck.npz"
+    assert main([*base, "--out", str(tmp_path / "a"), "--checkpoint", str(ck)]) == 0
+    capsys.readouterr()
+    assert main([*base, *change, "--out", str(tmp_path / "b"), "--checkpoint", str(ck)]) == 2
+    err = capsys.readouterr().err
+    assert f"exactdgn: error: --checkpoint {ck} is of another run" in err and named in err, err
+    assert "--max-iter" in err and "--tol" in err  # what a resume may change
+    assert not (tmp_path / "b").exists()
