@@ -902,7 +902,14 @@ def _evaluate(args) -> int:
             unsafe_pickle=args.unsafe_pickle,
         )
     per, summ = evaluate_external(
-        dec, noise_std, X, encoder=enc, seed=args.seed, k_iwae=args.k_iwae, k_is=args.k_is
+        dec,
+        noise_std,
+        X,
+        encoder=enc,
+        seed=args.seed,
+        k_iwae=args.k_iwae,
+        k_is=args.k_is,
+        progress=not args.no_progress,
     )
     print(
         f"decoder {dec.layer_sizes}, {summ['n_regions']} regions; exact mean log p(x): "
@@ -1324,6 +1331,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--n-samples", type=_positive_int, default=None, help="keep the first N points")
     e.add_argument("--key", default=None, help=".npz data: the array to use")
     e.add_argument("--out", default=None, help="per-point CSV (exact log p and estimates)")
+    e.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar over the steps (the exact pass's estimated regions, memory and "
+        "time are logged before it: a warning when long, with -v always)",
+    )
     e.set_defaults(func=_evaluate)
 
     d = sub.add_parser(

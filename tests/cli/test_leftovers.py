@@ -134,3 +134,29 @@ def test_resume_of_another_run_is_refused_naming_the_option(tmp_path, capsys, ch
     assert f"exactdgn: error: --checkpoint {ck} is of another run" in err and named in err, err
     assert "--max-iter" in err and "--tol" in err  # what a resume may change
     assert not (tmp_path / "b").exists()
+
+
+def test_evaluate_logs_its_estimate_and_shows_progress(tmp_path, capsys, caplog):
+    # a large decoder ran silently for a long time: the estimate is logged before the exact
+    # pass (a warning when it is long, as fit's) and a progress bar over its steps
+    import logging
+
+    import torch
+
+    from exactdgn import ExactDGN
+    from exactdgn.training import estimate_training_cost
+
+    torch.manual_seed(0)
+    dec = torch.nn.Sequential(torch.nn.Linear(2, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+    torch.save(dec.state_dict(), tmp_path / "dec.pt")
+    X = ExactDGN.from_torch(dec, 0.2).sample(30, random_state=0)
+    np.save(tmp_path / "x.npy", X)
+    args = ["evaluate", str(tmp_path / "dec.pt"), str(tmp_path / "x.npy"), "--noise-std", "0.2"]
+    caplog.set_level(logging.INFO, logger="exactdgn")
+    assert main([*args, "--out", str(tmp_path / "a.csv")]) == 0
+    est = estimate_training_cost(2, [6], 30, 3).describe()
+    assert any(est in r.getMessage() for r in caplog.records), caplog.text
+    assert "evaluate" in capsys.readouterr().err  # the bar
+    assert main([*args, "--no-progress", "--out", str(tmp_path / "b.csv")]) == 0
+    assert "evaluate:" not in capsys.readouterr().err
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
