@@ -38,6 +38,7 @@ from .evaluation import (
     vae_to_exact,
     write_json,
 )
+from .io import CheckpointMismatchError
 
 __all__ = ["build_parser", "load_data", "load_model", "main"]
 
@@ -374,6 +375,8 @@ def _fit(args) -> int:
     _check_data_options(args)
     out = Path(args.out)
     _check_out_folder(out)
+    if not args.overwrite:
+        _check_no_other_run(out, args.checkpoint)
     if args.checkpoint:  # a file, in a folder that is or can be made
         if Path(args.checkpoint).is_dir():
             raise CLIError(f"--checkpoint {args.checkpoint} is a folder: give a file path (.npz)")
@@ -424,6 +427,27 @@ def _check_out_folder(out: Path) -> None:
     _check_parents(out, "--out")
 
 
+#: the files ``fit`` writes into ``--out``: a folder holding one of them holds a run
+RUN_FILES = ("model.npz", "config.json", "history.json", "results.json")
+
+
+def _check_no_other_run(out: Path, checkpoint) -> None:
+    """``fit --out`` into a folder holding a run is refused (without ``--overwrite``), unless it
+    is this run's own: its config.json names the same ``--checkpoint`` (a resume)."""
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if not found:
+        return
+    if checkpoint:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            own = json.loads((out / "config.json").read_text())["options"]["checkpoint"]
+            if own and Path(own).resolve() == Path(checkpoint).resolve():
+                return
+    raise CLIError(
+        f"{out} already holds a run (files {', '.join(found)}): choose another --out, or pass "
+        "--overwrite to replace it"
+    )
+
+
 def _check_parents(path: Path, option: str) -> None:
     """The folders above ``path`` exist or can be made (none of them is a file)."""
     for parent in path.parents:
@@ -459,6 +483,43 @@ def _write_run(out: Path, write) -> None:
             with contextlib.suppress(OSError):
                 parent.rmdir()
         raise
+
+
+#: ``ExactDGN`` parameters and the ``fit`` options that set them
+PARAM_OPTIONS = {
+    "latent_dim": "--latent-dim",
+    "hidden_sizes": "--hidden",
+    "activation": "--activation",
+    "negative_slope": "--negative-slope",
+    "noise": "--noise",
+    "min_noise_std": "--min-noise-std",
+    "method": "--method",
+    "random_state": "--seed",
+    "n_init": "--n-init",
+    "init": "--init",
+    "weight_decay": "--weight-decay",
+}
+RESUME_RULE = (
+    "a resume may raise --max-iter and change --tol (it then ends as a run with them from the "
+    "start would), nothing else"
+)
+
+
+def _resume_refusal(path, exc, max_iter: int) -> str:
+    """The message for a ``--checkpoint`` of another run (:class:`CheckpointMismatchError`)."""
+    if exc.changed == ["max_iter"]:
+        return (
+            f"--checkpoint {path} has run {exc.ran} iterations, more than --max-iter {max_iter}: "
+            "give at least that many, or remove the checkpoint to start over"
+        )
+    names = [PARAM_OPTIONS.get(k, k) for k in exc.changed if k != "X"]
+    if "X" in exc.changed:
+        names.append("DATA (or its options, --test-fraction, --standardize, --std-floor)")
+    return (
+        f"--checkpoint {path} is of another run, written with other {', '.join(names)}; "
+        f"{RESUME_RULE}: give that run's options, or remove the checkpoint (or give another "
+        "path) to start a new run"
+    )
 
 
 def _fit_in(args, client, out: Path) -> int:
@@ -539,6 +600,8 @@ def _fit_in(args, client, out: Path) -> int:
                 print(f"resuming from checkpoint {checkpoint}", file=sys.stderr)
         try:
             _run_quietly(model.fit, Xtr, checkpoint=checkpoint)
+        except CheckpointMismatchError as exc:
+            raise CLIError(_resume_refusal(checkpoint, exc, model.max_iter)) from None
         except KeyboardInterrupt:
             if checkpoint and checkpoint.exists():
                 raise _Interrupted(
@@ -842,7 +905,14 @@ def _evaluate(args) -> int:
             unsafe_pickle=args.unsafe_pickle,
         )
     per, summ = evaluate_external(
-        dec, noise_std, X, encoder=enc, seed=args.seed, k_iwae=args.k_iwae, k_is=args.k_is
+        dec,
+        noise_std,
+        X,
+        encoder=enc,
+        seed=args.seed,
+        k_iwae=args.k_iwae,
+        k_is=args.k_is,
+        progress=not args.no_progress,
     )
     print(
         f"decoder {dec.layer_sizes}, {summ['n_regions']} regions; exact mean log p(x): "
@@ -956,7 +1026,7 @@ def _add_data_options(p) -> None:
     g = p.add_argument_group("data options")
     g.add_argument(
         "--n-samples",
-        type=int,
+        type=_positive_int,  # as evaluate's: -1 was a slice end (all rows but the last)
         default=None,
         help="toy sets: number of points (default 1000); other data: keep the first N",
     )
@@ -1008,6 +1078,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument("data", metavar="DATA", help="built-in name or file (see examples)")
     f.add_argument("--out", required=True, help="output directory (required)")
+    f.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out (without it a folder holding model.npz, "
+        "config.json, history.json or results.json is refused, except the folder of this "
+        "run's own --checkpoint: a resume writes there again)",
+    )
     f.add_argument(
         "--method",
         choices=METHODS,
@@ -1073,7 +1150,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         default=None,
         help="write the training state here after every iteration; if PATH exists the run "
-        "resumes from it (Ctrl-C, then the same command again)",
+        "resumes from it (Ctrl-C, then the same command again). A resume may raise --max-iter "
+        "and change --tol (e.g. continue a finished run for more iterations): the result is "
+        "that of a run with them from the start (a start that already meets a larger --tol "
+        "stops where it is); another DATA, data option, architecture, --seed, --method, "
+        "--noise, ... is refused, naming the option",
     )
     g = f.add_argument_group("vae / iwae options")
     g.add_argument("--k", type=int, default=5, help="IWAE importance samples")
@@ -1253,6 +1334,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--n-samples", type=_positive_int, default=None, help="keep the first N points")
     e.add_argument("--key", default=None, help=".npz data: the array to use")
     e.add_argument("--out", default=None, help="per-point CSV (exact log p and estimates)")
+    e.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar over the steps (the exact pass's estimated regions, memory and "
+        "time are logged before it: a warning when long, with -v always)",
+    )
     e.set_defaults(func=_evaluate)
 
     d = sub.add_parser(
@@ -1261,7 +1348,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=_Formatter,
     )
-    d.add_argument("--out", default="report", help="output directory")
+    d.add_argument(
+        "--out",
+        default="report",
+        help="output directory (its report files are replaced: the demo runs again into it)",
+    )
     d.add_argument("--seed", type=_seed, default=0, help="seed of the models and splits")
     d.add_argument("--em-iter", type=int, default=40, help="EM iterations per data set")
     d.add_argument("--quick", action="store_true", help="a few iterations only (smoke test)")

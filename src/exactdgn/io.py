@@ -19,6 +19,7 @@ from .decoder import Activation, Decoder
 
 __all__ = [
     "FORMAT_VERSION",
+    "CheckpointMismatchError",
     "ModelFileError",
     "atomic_path",
     "decoder_from_arrays",
@@ -32,6 +33,16 @@ FORMAT_VERSION = 1
 
 class ModelFileError(ValueError):
     """A saved file is missing, corrupt, or from an incompatible version."""
+
+
+class CheckpointMismatchError(ModelFileError):
+    """A training checkpoint of another run: ``changed`` names what differs (estimator
+    parameters, ``"X"`` for the data)."""
+
+    def __init__(self, message: str, changed: list[str], ran: int | None = None):
+        super().__init__(message)
+        self.changed = list(changed)
+        self.ran = ran  # the iterations run, when ``changed`` is ``["max_iter"]``
 
 
 def decoder_to_arrays(decoder: Decoder, prefix: str = "") -> tuple[dict, dict]:

@@ -36,7 +36,14 @@ from .inference._geometry import LOG_2PI, RegionGeometry, region_geometry
 from .inference._marginal import PairStats, marginal_pairs
 from .inference._missing import check_missing, observed_pairs
 from .inference._posterior import ExactPosterior
-from .io import ModelFileError, decoder_from_arrays, decoder_to_arrays, read_npz, write_npz_atomic
+from .io import (
+    CheckpointMismatchError,
+    ModelFileError,
+    decoder_from_arrays,
+    decoder_to_arrays,
+    read_npz,
+    write_npz_atomic,
+)
 from .outliers import TypicalityResult, contamination_offset, typicality_test
 from .partition import Partition, partition
 from .training import TRAINERS, EStep, callback_stops, converged, pack_state, unpack_state
@@ -835,7 +842,12 @@ class ExactDGN(DensityMixin, BaseEstimator):
         checkpoint : path, optional
             State is written there atomically after every iteration; calling ``fit`` again with
             the same arguments resumes from it and ends with the same result (the first save
-            follows ``init="auto"``'s scouting, which a resume before it runs again).
+            follows ``init="auto"``'s scouting, which a resume before it runs again). A resume
+            may raise ``max_iter`` and change ``tol`` (the stopping rule): the starts go on
+            under the new ones and end as a run with them from the start would, a start that
+            has already met the new rule stops where the checkpoint holds it, and a
+            ``max_iter`` below the iterations run is refused. Other parameters or other data:
+            :class:`exactdgn.io.CheckpointMismatchError` naming them.
         callback : callable, optional
             Called after every iteration as ``callback(iteration, snapshot)``; ``snapshot()``
             returns the current ``(Decoder, noise_std (D,))`` (as :class:`exactdgn.baselines.VAE`
@@ -924,6 +936,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
         }
         config["hidden_sizes"] = list(config["hidden_sizes"])
         ck = self._load_checkpoint(checkpoint, fingerprint, config) if checkpoint else None
+        if ck:
+            self._check_resume(checkpoint, ck)
         # a threshold belongs to the density it was a quantile of: set again below (with
         # contamination), never carried over to the new parameters
         self.__dict__.pop("offset_", None)
@@ -934,15 +948,24 @@ class ExactDGN(DensityMixin, BaseEstimator):
         else:
             self.feature_names_in_ = names
         seeds = np.random.default_rng(self.random_state).integers(0, 2**63 - 1, size=self.n_init)
-        done = ck["done"] if ck else []
+        prior = ck["done"] if ck else []  # finished starts: kept, or going on (_goes_on)
+        done = []
         # init="auto" records each start's scouts: the kept run's are kept (a warm run keeps
         # those of the run it continues), a fit without scouting has none
         scouts = {0: self.__dict__.pop("scout_logliks_", None)} if warm else {}
         try:
-            for i in range(len(done), self.n_init):
+            for i in range(self.n_init):
                 if any(r["stopped"] for r in done):  # the callback stopped training: no more
                     break
-                cur = ck["current"] if ck and ck["current"] and ck["current"]["init"] == i else None
+                if i < len(prior) and not self._goes_on(prior[i], ck["config"]):
+                    done.append(prior[i])
+                    continue
+                if i < len(prior):  # a higher max_iter or another tol: the start goes on
+                    cur = {**prior[i], "init": i, "iter": prior[i]["n_iter"]}
+                elif ck and ck["current"] and ck["current"]["init"] == i:
+                    cur = ck["current"]
+                else:
+                    cur = None
                 self.__dict__.pop("scout_logliks_", None)
                 trainer, hist, it0, replay = self._trainer(X, int(seeds[i]), cur, warm and i == 0)
                 scouts[i] = getattr(self, "scout_logliks_", scouts.get(i))
@@ -951,7 +974,11 @@ class ExactDGN(DensityMixin, BaseEstimator):
                     if checkpoint:
                         self._save_checkpoint(checkpoint, fingerprint, config, done, i, run)
 
-                done.append(self._train(trainer, hist, it0, replay, save, callback, i))
+                # a resume under another stopping rule: the rule is checked before a step too
+                recheck = cur is not None and any(
+                    ck["config"].get(k) != config[k] for k in self._RESUME_MAY_CHANGE
+                )
+                done.append(self._train(trainer, hist, it0, replay, save, callback, i, recheck))
                 if checkpoint:
                     self._save_checkpoint(checkpoint, fingerprint, config, done, None, None)
         except KeyboardInterrupt as exc:
@@ -1020,11 +1047,41 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 "start anew)"
             )
 
-    def _tol(self) -> float:
-        """``tol``, with ``"auto"`` resolved (1e-3 for ``latent_dim = 1``, 1e-5 otherwise)."""
-        if self.tol == "auto":
+    def _tol(self, tol=None) -> float:
+        """``tol`` (or the given one), with ``"auto"`` resolved (1e-3 for ``latent_dim = 1``,
+        1e-5 otherwise)."""
+        tol = self.tol if tol is None else tol
+        if tol == "auto":
             return 1e-3 if self.latent_dim == 1 else 1e-5
-        return float(self.tol)
+        return float(tol)
+
+    def _check_resume(self, path, ck: dict) -> None:
+        """A resume may raise ``max_iter``, not lower it below the iterations already run."""
+        runs = [*ck["done"], *([ck["current"]] if ck["current"] else [])]
+        ran = max((int(r["n_iter"]) for r in runs), default=0)
+        if ran > self.max_iter:
+            raise CheckpointMismatchError(
+                f"max_iter={self.max_iter} is below the {ran} iterations checkpoint {path} has "
+                "run: raise it, or remove the checkpoint to start over",
+                ["max_iter"],
+                ran=ran,
+            )
+
+    def _goes_on(self, run: dict, old: dict) -> bool:
+        """Whether a finished start of a checkpoint written with the parameters ``old`` goes on
+        under this fit's stopping rule: it ended at a lower ``max_iter``, or met the rule of a
+        larger ``tol`` and not this one (a start the method itself finished, or the callback
+        stopped, stays as it is)."""
+        if run["stopped"] or run["state"] is None:
+            return False
+        lls = [h["loglik"] for h in run["history"]]
+
+        def rule(tol):
+            return converged(lls, tol=tol, window=self.n_iter_no_change, rel_tol=self._rel_tol())
+
+        if run["converged"]:
+            return rule(self._tol(old["tol"])) and not rule(self._tol())
+        return int(run["n_iter"]) < self.max_iter
 
     def _set_run(self, run: dict) -> None:
         self._set_state(run["decoder"], run["std"])
@@ -1147,8 +1204,13 @@ class ExactDGN(DensityMixin, BaseEstimator):
             return TRAINERS[self.method](self, X, won.decoder, won.std, seed=seed), [], 0, []
         return best
 
-    def _train(self, trainer, hist, it0, replay, save, callback, init_index: int) -> dict:
+    def _train(
+        self, trainer, hist, it0, replay, save, callback, init_index: int, recheck=False
+    ) -> dict:
         """Run one start to convergence, ``max_iter`` or a ``False`` from ``callback``.
+
+        ``recheck``: the start (resumed from a checkpoint under another stopping rule) may
+        meet the rule already: it then ends where it is, without a step.
 
         ``replay``: ``(iteration, decoder, std)`` of iterations already run (by ``_scout``),
         shown to ``callback`` first. A ``KeyboardInterrupt`` propagates with the run of the
@@ -1172,9 +1234,14 @@ class ExactDGN(DensityMixin, BaseEstimator):
 
         last = run(it0)
         save(last)
+        lls = [h["loglik"] for h in hist]
+        if recheck and converged(
+            lls, tol=self._tol(), window=self.n_iter_no_change, rel_tol=self._rel_tol()
+        ):
+            last["converged"] = True
+            return last
         bar = self._progress_bar(self.max_iter, f"{self.method} init {init_index}")
         bar.update(it0)
-        lls = [h["loglik"] for h in hist]
         try:
             for it, dec, std in replay if callback is not None else []:
                 if callback_stops(callback(it, lambda d=dec, s=std: (d.copy(), s.copy()))):
@@ -1289,13 +1356,30 @@ class ExactDGN(DensityMixin, BaseEstimator):
         with _as_file_error(f"checkpoint {path} is corrupt", "; remove it to start over"):
             return self._checkpoint_runs(path, arrays, meta, fingerprint, config)
 
-    @staticmethod
-    def _checkpoint_runs(path, arrays: dict, meta: dict, fingerprint, config) -> dict:
-        """The finished and current starts of a checkpoint's arrays and metadata."""
-        if meta["fingerprint"] != fingerprint or meta["config"] != config:
-            raise ModelFileError(
-                f"checkpoint {path} was written for other data or parameters; remove it or "
-                "use another path"
+    #: the parameters a resume may change (the stopping rule's; see ``fit``'s checkpoint)
+    _RESUME_MAY_CHANGE = ("max_iter", "tol")
+
+    @classmethod
+    def _checkpoint_runs(cls, path, arrays: dict, meta: dict, fingerprint, config) -> dict:
+        """The finished and current starts of a checkpoint's arrays and metadata, and the
+        parameters it was written with (``config``)."""
+        old = meta["config"]
+        changed = sorted(
+            k
+            for k in {*old, *config}
+            if k not in cls._RESUME_MAY_CHANGE and old.get(k) != config.get(k)
+        )
+        if changed:
+            what = ", ".join(f"{k}={old.get(k)!r} (now {config.get(k)!r})" for k in changed)
+            raise CheckpointMismatchError(
+                f"checkpoint {path} was written for other parameters: {what}; remove it or use "
+                "another path",
+                changed,
+            )
+        if meta["fingerprint"] != fingerprint:
+            raise CheckpointMismatchError(
+                f"checkpoint {path} was written for other data; remove it or use another path",
+                ["X"],
             )
 
         def unpack(r, prefix):
@@ -1310,7 +1394,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         cur = meta["current"]
         if cur is not None:
             cur = {**unpack(cur, "cur"), "init": cur["init"], "iter": cur["n_iter"]}
-        return {"done": done, "current": cur}
+        return {"done": done, "current": cur, "config": old}
 
     def save(self, path) -> None:
         """Save a fitted model (npz arrays + JSON metadata with a version; no pickle).

@@ -382,6 +382,8 @@ def test_an_interrupted_write_of_the_run_leaves_no_partial_folder(
 
     monkeypatch.setattr(cli, "write_json", write_json)
     argv = ["fit", "wave", "--max-iter", "2", "--seed", "1", "--out", str(out), *TINY]
+    if existing:  # replacing the earlier run (without --overwrite it is refused)
+        argv.append("--overwrite")
     assert main(argv) == 130
     assert "Traceback" not in capsys.readouterr().err
     if existing:  # the earlier run, whole

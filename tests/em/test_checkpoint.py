@@ -374,3 +374,30 @@ def test_interrupted_contamination_fit_says_how_to_get_its_threshold(caplog):
         m.predict(X)
     m.set_offset(X)
     assert np.mean(m.predict(X) == -1) == pytest.approx(0.1, abs=0.02)
+
+
+def test_resume_with_a_higher_max_iter_or_another_tol_equals_a_run_with_them(tmp_path):
+    """A resume refused a changed max_iter / tol ("other data or parameters"); finished starts
+    (both of n_init = 2) go on and end as a run with the new settings from the start would."""
+    X = ExactDGN.from_decoder(Decoder.random([1, 4, 2], seed=1), 0.1).sample(60, random_state=0)
+    kw = dict(hidden_sizes=(4,), method="em", n_init=2, init="random", random_state=0)
+    kw.update(progress=False)
+
+    def fit(checkpoint=None, **more):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return ExactDGN(**{**kw, **more}).fit(X, checkpoint=checkpoint)
+
+    ck = tmp_path / "c.npz"
+    fit(ck, max_iter=4, tol=0.0)
+    # 4 -> 7 iterations; then tol 1e9 stops both at the rule's first chance (10 iterations)
+    for more in ({"max_iter": 7, "tol": 0.0}, {"max_iter": 12, "tol": 1e9}):
+        got, ref = fit(ck, **more), fit(**more)
+        assert got.init_logliks_ == ref.init_logliks_
+        assert (got.n_iter_, got.converged_) == (ref.n_iter_, ref.converged_)
+        np.testing.assert_array_equal(got.decoder_.weights[0], ref.decoder_.weights[0])
+        assert ref.n_iter_ == (7 if more["tol"] == 0 else 10)
+    with pytest.raises(ModelFileError, match=r"max_iter=9 is below the 10 iterations"):
+        fit(ck, max_iter=9, tol=0.0)
+    with pytest.raises(ModelFileError, match=r"other parameters: n_init=2 \(now 3\)"):
+        fit(ck, max_iter=12, tol=0.0, n_init=3)

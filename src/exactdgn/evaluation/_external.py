@@ -17,6 +17,7 @@ the given hidden sizes; a pickled encoder may return ``(mean, log_std)`` or
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -268,8 +269,37 @@ def load_torch_encoder(
     return _FromLogVar(enc).eval()
 
 
+logger = logging.getLogger(__name__)
+
+
+def _log_estimate(decoder, X) -> None:
+    """The pre-fit estimate (:func:`exactdgn.training.estimate_training_cost`) of the exact
+    pass, logged before it: a warning when it is long (as fit warns), else at info level."""
+    from ..training._cost import _WARN_SECONDS, estimate_training_cost
+
+    n, D = np.shape(X)
+    cost = estimate_training_cost(decoder.latent_dim, decoder.hidden_sizes, n, D)
+    long = cost.seconds > _WARN_SECONDS
+    logger.log(
+        logging.WARNING if long else logging.INFO,
+        "exact pass over %d points, estimated (as one training E-step, an upper bound): %s%s",
+        n,
+        cost.describe(),
+        "; no output until the regions are enumerated and the points scored" if long else "",
+    )
+
+
 def evaluate_external(
-    decoder, noise_std, X, *, encoder=None, seed: int = 0, n_elbo=100, k_iwae=5, k_is=5000
+    decoder,
+    noise_std,
+    X,
+    *,
+    encoder=None,
+    seed: int = 0,
+    n_elbo=100,
+    k_iwae=5,
+    k_is=5000,
+    progress: bool = False,
 ):
     """Exact ``log p(x)`` of each row, with the encoder's ELBO / IWAE / IS estimates beside it.
 
@@ -287,6 +317,12 @@ def evaluate_external(
         Seeds the estimates (``seed``, ``seed + 1``, ``seed + 2`` for ELBO, IWAE, IS).
     n_elbo, k_iwae, k_is : int >= 1
         ELBO samples, IWAE-k bound samples and importance-sampling proposals per point.
+    progress : bool
+        Show a tqdm progress bar over the steps (the regions, the exact log p(x), then the
+        encoder's ELBO, IWAE and IS estimates; the points are scored in one pass, whose values
+        depend on the rows scored together in the last bits). The exact pass's estimated size
+        (regions, memory, time: :func:`exactdgn.training.estimate_training_cost`) is logged
+        before it either way.
 
     Returns
     -------
@@ -302,18 +338,41 @@ def evaluate_external(
     from ._vae import _check_estimate_args
 
     _check_estimate_args(n_elbo=n_elbo, k_iwae=k_iwae, k_is=k_is, seed=seed, min_elbo=1)
-    exact = ExactDGN.from_decoder(decoder, noise_std)
-    vae = None
-    if encoder is not None:  # the estimates need complete rows: refused before the exact pass
-        vae = VAE.from_parts(decoder, encoder, exact.noise_std_)
-        X = vae._check_X(X)
-    ll = exact.score_samples(X)
+    if np.ndim(X) == 2 and len(X):
+        _log_estimate(decoder, X)
+    from tqdm.auto import tqdm
+
+    steps = ["regions", "exact log p(x)", *(["ELBO", "IWAE", "IS"] if encoder is not None else [])]
+    bar = tqdm(total=len(steps), desc="evaluate", disable=not progress, leave=False)
+
+    def step(i):  # the bar names the step that runs now
+        bar.update(i > 0)
+        bar.set_postfix_str(steps[i])
+
+    with bar:
+        step(0)
+        exact = ExactDGN.from_decoder(decoder, noise_std)
+        vae = None
+        if encoder is not None:  # the estimates need complete rows: refused before the pass
+            vae = VAE.from_parts(decoder, encoder, exact.noise_std_)
+            X = vae._check_X(X)
+        step(1)
+        ll = exact.score_samples(X)
+        if vae is not None:
+            step(2)
+            elbo = vae.elbo(X, n_samples=n_elbo, random_state=seed)
+            step(3)
+            iwae = vae.iwae_bound(X, k=k_iwae, random_state=seed + 1)
+            step(4)
+            is_ = vae.importance_log_likelihood(
+                X, k=k_is, random_state=seed + 2, return_std=k_is >= 2
+            )
+        bar.update(1)
     per = {"log_px": ll}
     summary = {"n_points": len(ll), "n_regions": exact.n_regions_, "exact": float(ll.mean())}
     if vae is not None:
-        per["elbo"] = vae.elbo(X, n_samples=n_elbo, random_state=seed)
-        per[f"iwae{k_iwae}"] = vae.iwae_bound(X, k=k_iwae, random_state=seed + 1)
-        is_ = vae.importance_log_likelihood(X, k=k_is, random_state=seed + 2, return_std=k_is >= 2)
+        per["elbo"] = elbo
+        per[f"iwae{k_iwae}"] = iwae
         per[f"is{k_is}"], se = is_ if k_is >= 2 else (is_, None)
         per["gap"] = ll - per["elbo"]
         if se is not None:
