@@ -250,3 +250,27 @@ def test_sliver_region_mass_matches_the_quadrature_oracle():
     np.testing.assert_allclose(
         m.score_samples(X), oracle_logpx_2d(m.decoder_, X, 0.3), rtol=1e-11, atol=0
     )
+
+
+def test_d2_moments_of_a_point_1e8_noise_scales_out():
+    """A point ~1e8 σ out (log p ~ -7e15): a pair's small polygon ~1e8 whitened units away was
+    integrated per pair to mass 0 (its inclusion-exclusion pieces, rounded to ~1 nat, cancel)
+    while its weight, from the tabulated polygon, was e^-7: the row's posterior mean was NaN.
+    Now the moments come from the table as the weights do (the same values as the E-step's
+    moments); past float64's range of masses (1e12 σ out) the rows are named in a warning."""
+    from exactdgn.inference import marginal_pairs, region_geometry
+
+    model = ExactDGN.from_decoder(Decoder.random([2, 6, 3], seed=0), 0.1)
+    X = model.sample(3, random_state=0) + 1e7 * np.array([1.0, -0.5, 0.3])
+    post = model.posterior(X)
+    mean, cov = post.mean, post.covariance_matrix
+    assert np.isfinite(mean).all() and np.isfinite(cov).all()
+    st = marginal_pairs(region_geometry(model.partition_, model.noise_std_), X, need_moments=True)
+    w = np.exp(st.log_weight)
+    ref = np.stack([np.bincount(st.point, w * st.mean[:, k], minlength=3) for k in range(2)], 1)
+    # the two integrators of one pair agree to float64's floor there (whitened offsets ~1e7,
+    # ulp 2e-9; the per-pair path's finite moments and the table's differ by ~1e-9)
+    np.testing.assert_allclose(mean, ref, rtol=1e-6, atol=0)
+    far = model.sample(3, random_state=0) + 1e11 * np.array([1.0, -0.5, 0.3])
+    with pytest.warns(RuntimeWarning, match=r"posterior moments of \d+ rows"):
+        model.posterior(far).mean

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import operator
+import warnings
 
 import numpy as np
 from scipy import sparse
@@ -83,6 +84,12 @@ class ExactPosterior:
         Pairs of zero weight (``exp(log_weight)`` underflows: they enter no sum) get zero
         moments and are not integrated: their polygon can be a sliver the kernel finds of
         measure zero (NaN moments), and ``0 * NaN`` would make the whole row NaN.
+
+        In d = 2 a pair whose polygon the per-pair integrator cannot resolve (a small polygon
+        ~1e8 whitened units out, log mass ~ -6e15: its pieces' logs are rounded to ~1 nat and
+        cancel) is integrated again from the region's tabulated polygon, as its weight was
+        (:func:`~exactdgn.gaussian.truncated_moments_2d_shifted`); rows still without finite
+        moments are NaN, with a warning that names them.
         """
         st = self._stats
         if st.mean is None:
@@ -91,8 +98,26 @@ class ExactPosterior:
             d = self.event_shape[0]
             mean, cov = np.zeros((len(st.point), d)), np.zeros((len(st.point), d, d))
             tm = gaussian.truncated_moments(normals[live], offsets[live])
-            mean[live] = mu[live] + np.einsum("pij,pj->pi", Lr[live], tm.mean)
-            cov[live] = Lr[live] @ tm.cov @ np.swapaxes(Lr[live], 1, 2)
+            tm_mean, tm_cov = tm.mean, tm.cov
+            lost = ~(np.isfinite(tm_mean).all(axis=1) & np.isfinite(tm_cov).all(axis=(1, 2)))
+            tab = self._geom.polygons
+            if lost.any() and tab is not None and st.whitened_mean is not None:
+                j = live[lost]
+                again = gaussian.truncated_moments_2d_shifted(
+                    tab, st.region[j], st.whitened_mean[j]
+                )
+                tm_mean[lost], tm_cov[lost] = again.mean, again.cov
+            mean[live] = mu[live] + np.einsum("pij,pj->pi", Lr[live], tm_mean)
+            cov[live] = Lr[live] @ tm_cov @ np.swapaxes(Lr[live], 1, 2)
+            rows = np.unique(st.point[live[~np.isfinite(mean[live]).all(axis=1)]])
+            if rows.size:
+                warnings.warn(
+                    f"the posterior moments of {rows.size} rows (first {rows[:5].tolist()}) are "
+                    "not finite: their regions' Gaussian masses are beyond float64 there (points "
+                    "~1e8 noise scales from the model; see score_samples(X, return_error=True))",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
             st.mean, st.cov = mean, cov
         return st.mean, st.cov
 
