@@ -411,3 +411,35 @@ def test_point_based_crossing_fallback(monkeypatch, d):
         se = slice(expected.facet_ptr[r], expected.facet_ptr[r + 1])
         np.testing.assert_allclose(part.facet_normals[sl], expected.facet_normals[se])
         np.testing.assert_array_equal(inv[part.facet_neighbors[sl]], expected.facet_neighbors[se])
+
+
+@pytest.mark.parametrize("eps", [1e-8, 1e-9])
+def test_nearly_parallel_hyperplanes_cover_the_space(eps):
+    """Two first-layer hyperplanes 1e-8 / 1e-9 apart (normals and offsets): the region where
+    both units are on must keep one of them as a facet (each is redundant *given the other*
+    within the LP tolerance, and dropping both made that region's H-representation swallow
+    its neighbours: prior masses summed to 1.014), and no region may be lost behind the
+    sliver between them (1e-9: 1% of the prior mass had no region)."""
+    dec = Decoder.random([3, 6, 6, 4], activation="relu", seed=7)
+    W, b = [w.copy() for w in dec.weights], [c.copy() for c in dec.biases]
+    W[0][2] = W[0][0] + eps * np.array([1.0, -1.0, 0.5])
+    b[0][2] = b[0][0] + eps
+    dec = Decoder(W, b, ["relu", "relu"])
+    part = partition(dec, method="adjacency")
+    rng = np.random.default_rng(0)
+    Z = rng.standard_normal((3000, 3)) * np.repeat([1.0, 3.0, 30.0], 1000)[:, None]
+    idx = part.locate(Z)
+    assert np.all(idx >= 0), "points in no region"
+    # each point satisfies exactly one region's H-representation: its own
+    normals, offsets = part.padded_halfspaces()
+    inside = np.all(
+        np.einsum("rfd,nd->nrf", normals, Z) <= offsets[None] + 1e-9 * (1 + np.abs(offsets)),
+        axis=2,
+    )
+    np.testing.assert_array_equal(inside.sum(axis=1), 1)
+    np.testing.assert_array_equal(np.argmax(inside, axis=1), idx)
+    # the regions' H-representations hold exactly their pattern's points (forward passes)
+    for r in np.unique(idx):
+        C, e = part.halfspaces(r)
+        sel = np.all(Z @ C.T <= e, axis=1)
+        np.testing.assert_array_equal(part.locate(Z[sel]), r)

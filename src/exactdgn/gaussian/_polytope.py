@@ -167,7 +167,29 @@ def _prepare(normals, offsets):
     c = np.asarray(offsets, dtype=np.float64)
     with np.errstate(all="ignore"):
         norm = np.sqrt(np.sum(n * n, axis=-1))
-    return normalize_rows(n, c, norm)
+    nu, cu, active, bad = normalize_rows(n, c, norm)
+    return nu, cu, _drop_repeated(nu, cu, active), bad
+
+
+def _drop_repeated(nu, cu, active):
+    """``active`` without the rows whose normal repeats another's (to ``_PAR_TOL``): of such
+    rows only the tightest (smallest offset; the first on ties) constrains anything.
+
+    A repeated row (also a scaled copy) is not the same row after normalisation: ``n . n`` and
+    the offsets differ by rounding, so the copies' in-plane offsets ``c_j - c_f n_j . n_f`` are
+    ``+-eps c`` (both facets kept, or both dropped) and their in-plane lines cross at an
+    arbitrary point (0 / 0) in the other facets' polygons.
+    """
+    F = nu.shape[1]
+    if F < 2:
+        return active
+    idx = np.arange(F)
+    with np.errstate(invalid="ignore"):
+        close = np.abs(nu[:, :, None, :] - nu[:, None, :, :]).max(axis=-1) <= _PAR_TOL
+        close &= active[:, :, None] & active[:, None, :] & (idx[:, None] != idx[None, :])[None]
+        ci, cj = cu[:, :, None], cu[:, None, :]
+        beaten = close & ((cj < ci) | ((cj == ci) & (idx[None, :] < idx[:, None])[None]))
+    return active & ~beaten.any(axis=2)
 
 
 def _inplane(nu, cu, active):

@@ -172,7 +172,39 @@ def _chebyshev_one(G: np.ndarray, h: np.ndarray) -> np.ndarray:
     cost = np.r_[np.zeros(d), -1.0]
     bounds = [(None, None)] * d + [(None, 1.0)]
     res = linprog(cost, A_ub=A, b_ub=h, bounds=bounds, method="highs", options=_HIGHS)
+    if res.status != 0:
+        # with the tight tolerances HiGHS can call this bounded LP "unbounded" (nearly
+        # parallel rows); its default tolerances then solve it
+        res = linprog(cost, A_ub=A, b_ub=h, bounds=bounds, method="highs")
     return res.x[:d] if res.status == 0 else np.zeros(d)
+
+
+def _recentre(G: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, float]:
+    """A centre that passes the relative zero-volume test if any point does, and its radius.
+
+    The Chebyshev LP's optimum is a face when the radius is capped at 1, and HiGHS may return
+    a vertex of it far out (``|x0| ~ 1e10``), where ``r > _RADIUS_RTOL (1 + |x0|)`` fails
+    although the region is wide near the origin. Here ``max r - _RADIUS_RTOL t`` with
+    ``|x|_inf <= t``: any point with ``r > _RADIUS_RTOL (1 + |x|_inf)`` makes the optimum pass.
+    """
+    m, d = G.shape
+    z, one, eye = np.zeros((m, 1)), np.ones((m, 1)), np.eye(d)
+    A = np.block(
+        [
+            [G, one, z],
+            [eye, np.zeros((d, 1)), -np.ones((d, 1))],
+            [-eye, np.zeros((d, 1)), -np.ones((d, 1))],
+        ]
+    )
+    cost = np.r_[np.zeros(d), -1.0, _RADIUS_RTOL]
+    bounds = [(None, None)] * d + [(None, 1.0), (0.0, None)]
+    res = linprog(
+        cost, A_ub=A, b_ub=np.r_[h, np.zeros(2 * d)], bounds=bounds, method="highs", options=_HIGHS
+    )
+    if res.status != 0:  # pragma: no cover - a bounded, feasible LP
+        return np.zeros(d), -np.inf
+    x = res.x[:d]
+    return x, float(min((h - G @ x).min(initial=np.inf), 1.0))
 
 
 def _lp_nonredundant(g: np.ndarray, e: np.ndarray, cand: np.ndarray) -> np.ndarray:
@@ -199,7 +231,26 @@ def _lp_nonredundant(g: np.ndarray, e: np.ndarray, cand: np.ndarray) -> np.ndarr
         logger.debug("redundancy LP failed (%s)", res.message)
         return np.ones(c, dtype=bool)
     val = np.einsum("cd,cd->c", g[cand], res.x.reshape(c, d))
-    return val > e[cand] + _LP_TOL * (1.0 + e[cand])
+    keep = val > e[cand] + _LP_TOL * (1.0 + e[cand])
+    # Two nearly identical rows (not merged as the same hyperplane) are each redundant *given
+    # the other* within the tolerance; dropping both loses the facet. Re-test the rejected
+    # ones one at a time without the rows already dropped, so that one of them survives.
+    alive = np.ones(m, dtype=bool)
+    for k in np.flatnonzero(~keep):
+        i = int(cand[k])
+        alive[i] = False
+        rows = np.flatnonzero(alive)
+        res = linprog(
+            -g[i],
+            A_ub=np.concatenate([g[rows], g[i][None]]),
+            b_ub=np.r_[e[rows], e[i] + 1.0],
+            bounds=(None, None),
+            method="highs",
+            options=_HIGHS,
+        )
+        if res.status == 0 and g[i] @ res.x > e[i] + _LP_TOL * (1.0 + e[i]):
+            keep[k] = alive[i] = True
+    return keep
 
 
 def _facet_point(g: np.ndarray, h: np.ndarray, f: int, others: np.ndarray):
@@ -287,6 +338,10 @@ def _facets(g: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, bool]:
         unsure = np.union1d(unsure, hull.coplanar[:, 0][hull.coplanar[:, 0] > 0])
     idx = verts[sure] - 1
     if len(unsure):
+        # a near-duplicate of an unsure vertex can be a point Qhull calls interior, and the LP
+        # finds the vertex redundant given it: test every row that is not a certified vertex
+        # (else both rows of the pair are lost)
+        unsure = np.setdiff1d(np.arange(1, len(pts)), verts[sure])
         extra = unsure[_lp_nonredundant(g, e, unsure - 1)] - 1
         idx = np.union1d(idx, extra)
     bounded = False
@@ -376,6 +431,10 @@ def _process(decoder: Decoder, batch: list[np.ndarray], kink_idx: np.ndarray, gb
     out = []
     for b in range(len(batch)):
         scale = 1.0 + np.abs(x0[b]).max(initial=0.0)
+        if C.feasible[b] and _RADIUS_RTOL < r[b] <= _RADIUS_RTOL * scale:  # far-out centre
+            act = C.active[b]
+            x0[b], r[b] = _recentre(C.g[b, act], C.h[b, act])
+            scale = 1.0 + np.abs(x0[b]).max(initial=0.0)
         if not C.feasible[b] or not r[b] > _RADIUS_RTOL * scale:
             out.append(None)
             continue
