@@ -215,6 +215,26 @@ class RegionGeometry:
             self.cache["kappa_scale"] = scale
         return scale
 
+    def kappa_conditioning(self) -> tuple[np.ndarray, np.ndarray]:
+        """(R,) ``ε cond(P_r)`` and ``||w_shift_r||`` (cached): the GEMM form's ``w`` comes from
+        columns ``Λ A_r K_r⁻ᵀ`` whose weak direction carries ``~ε cond(P_r)`` relative error
+        (``P_r`` is formed: its entries round to ``ε λ_max``), so ``||w||²`` carries up to
+        ``2 ε cond(P_r) |w| (|w| + 2 |w_shift|)``, and ``log|P_r|`` up to ``d ε cond(P_r)``
+        (both forms of ``log κ``). Zero in d = 1 (one direction) and in the QR-factored
+        regions (orthonormal columns, ``log|P_r|`` from the QR)."""
+        out = self.cache.get("kappa_conditioning")
+        if out is None:
+            R, d = self.w_shift.shape
+            cond = np.zeros(R)
+            if d >= 2 and R:
+                s = np.linalg.svd(self.K, compute_uv=False)  # cond(P) = cond(K)²
+                cond = np.square(s[:, 0] / s[:, -1])
+                if self.qr_factored is not None:
+                    cond[self.qr_factored] = 0.0
+            out = (_EPS * cond, np.linalg.norm(self.w_shift, axis=1))
+            self.cache["kappa_conditioning"] = out
+        return out
+
     def refine_log_kappa(self, Xc, p, r, log_kappa, w, hxq=None) -> KappaRounding:
         """Redo the pairs whose GEMM form of ``log κ`` may have lost accuracy, in place.
 
@@ -223,7 +243,9 @@ class RegionGeometry:
         are each rounded to ``~ε`` of their size ``s``, while the result is only
         ``(x - b)ᵀ C⁻¹ (x - b)``: with steep regions (``|A_r| / σ`` of 1e4) or tiny noise the
         terms are 1e9 and ``log p(x)`` was wrong by 1e-7 near the data. Pairs whose
-        rounding estimate ``8 ε s`` exceeds ``1e-10 max(1, |log κ|)`` are recomputed by
+        rounding estimate ``8 ε s`` (plus :meth:`kappa_conditioning`'s term: far points in a
+        region with cond(P_r) ~ 1e5 were off by 8e-11 relative) exceeds
+        ``1e-10 max(1, |log κ|)`` are recomputed by
         :meth:`_stable_log_kappa` (``log κ`` and ``w``); far points, whose ``|log κ|`` is as
         large as the terms, are not, nor are ordinary models' pairs (MNIST decoders:
         ``8 ε s <= 8e-12 |log κ|``).
@@ -237,9 +259,10 @@ class RegionGeometry:
         Returns
         -------
         KappaRounding
-            The estimated absolute rounding error of each pair's ``log κ`` (``8 ε s`` where
-            kept, :func:`stable_kappa_rounding` where recomputed; to be added to its error) and the
-            pairs recomputed (their ``v`` and offsets are to be taken from the new ``w``).
+            The estimated absolute rounding error of each pair's ``log κ`` (``8 ε s`` and the
+            conditioning term where kept, :func:`stable_kappa_rounding` and ``log|P_r|``'s
+            where recomputed; to be added to its error) and the pairs recomputed (their ``v``
+            and offsets are to be taken from the new ``w``).
         """
         none = np.zeros(0, dtype=np.intp)
         if len(p) == 0:
@@ -248,13 +271,17 @@ class RegionGeometry:
         if hxq is None:
             hxq = -0.5 * np.einsum("nj,nj,j->n", Xc, Xc, self.inv_var)
         size = scale[r] - 2.0 * hxq[p] + np.einsum("pi,pi->p", w, w)
-        err = (_KAPPA_ROUND * _EPS) * size
+        cond, shift = self.kappa_conditioning()
+        wn = np.sqrt(np.einsum("pi,pi->p", w, w))
+        d = w.shape[1]
+        err = (_KAPPA_ROUND * _EPS) * size + cond[r] * (wn * (wn + 2.0 * shift[r]) + d)
         floor = np.maximum(1.0, np.abs(log_kappa))
         i = np.flatnonzero(err > _KAPPA_RTOL * floor)
         if i.size:
             ri = r[i]
             xc = Xc[p[i]]
             lk, _, wi, err[i] = self._stable_log_kappa(xc - (self.b[ri] - self.center), ri, xc)
+            err[i] += cond[ri] * d  # log|P_r|
             log_kappa[i] = lk
             w[i] = wi
         return KappaRounding(err, i if i.size else none)

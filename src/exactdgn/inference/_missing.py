@@ -780,12 +780,12 @@ def _refine_observed(
     bq = np.einsum("rj,rj,j->r", bc, bc, geom.inv_var)
     err, bad, extra = np.empty(P), np.empty(P, dtype=bool), np.zeros(n)
     unit = _KAPPA_ROUND * _EPS
+    # cond(P_r(n)) = cond(L)² (d = 2: bounded inside the kernel; d = 1: one direction, none)
+    cond = np.linalg.cond(st.pair_L) ** 2 if d >= 3 else np.zeros(P)
     kernels.pair_rounding(
-        p, r, xq, bq, st.v, st.pair_mu, st.log_joint, st.log_px, st.pair_L, d == 2,
+        p, r, xq, bq, st.v, st.pair_mu, st.log_joint, st.log_px, st.pair_L, d == 2, cond,
         _KAPPA_RTOL, _COND_QR, unit, err, bad, extra,
     )  # fmt: skip
-    if d >= 3:
-        bad |= np.linalg.cond(st.pair_L) ** 2 > _COND_QR
     if not bad.any():
         st.log_px_error = st.log_px_error + extra
         return

@@ -57,28 +57,52 @@ def observed_quad(X, obs, c, lam, out):  # pragma: no cover - compiled
 
 @njit(nogil=True, cache=True)
 def pair_rounding(
-    p, r, xq, bq, v, mu, log_joint, log_px, L, check_cond, rtol, cond_max, unit, err, bad, err_px
+    p,
+    r,
+    xq,
+    bq,
+    v,
+    mu,
+    log_joint,
+    log_px,
+    L,
+    check_cond,
+    cond,
+    rtol,
+    cond_max,
+    unit,
+    err,
+    bad,
+    err_px,
 ):  # pragma: no cover - compiled
     """The rounding estimate of each missing-data pair's ``log κ`` and the pairs to recompute
     (:func:`exactdgn.inference._missing._refine_observed`), in one pass over the pairs.
 
-    ``err_k = unit (2 (xq[p_k] + bq[r_k]) + |v_k · μ_k|)``; ``bad_k`` when ``err_k > rtol
-    max(1, |log_joint_k|)`` or, with ``check_cond`` (d = 2), when the bound
-    ``(||L||_F² / |det L|)²`` of ``cond(P) = cond(L)²`` exceeds ``cond_max``. The other pairs
-    add ``exp(log_joint_k - log_px[p_k]) err_k`` to ``err_px[p_k]``.
+    ``err_k = unit (2 (xq[p_k] + bq[r_k]) + |v_k · μ_k|)`` plus, with the condition number
+    ``κ_k`` of ``P_r(n)`` (d = 2: the bound ``(||L||_F² / |det L|)²`` of ``cond(L)²``; else
+    ``cond[k]``), the formed ``P``'s part ``ε κ_k (|w|² + |w| √(xq + bq) + d)`` (``|w|² =
+    v · μ``: its weak direction and ``log|P|`` carry ``~ε κ_k`` relative); ``bad_k`` when
+    ``err_k > rtol max(1, |log_joint_k|)`` or ``κ_k > cond_max``. The other pairs add
+    ``exp(log_joint_k - log_px[p_k]) err_k`` to ``err_px[p_k]``.
     """
+    eps = unit / 8.0
+    d = v.shape[1]
     for k in range(p.shape[0]):
         i = p[k]
         vm = 0.0
         for j in range(v.shape[1]):
             vm += v[k, j] * mu[k, j]
-        e = unit * (2.0 * (xq[i] + bq[r[k]]) + abs(vm))
+        size = xq[i] + bq[r[k]]
+        e = unit * (2.0 * size + abs(vm))
         lj = log_joint[k]
-        b = e > rtol * max(1.0, abs(lj))
         if check_cond:
             frob = L[k, 0, 0] ** 2 + L[k, 0, 1] ** 2 + L[k, 1, 0] ** 2 + L[k, 1, 1] ** 2
             c = frob / abs(L[k, 0, 0] * L[k, 1, 1])
-            b = b or c * c > cond_max
+            kappa = c * c
+        else:
+            kappa = cond[k]
+        e += eps * kappa * (abs(vm) + math.sqrt(abs(vm) * max(size, 0.0)) + d)
+        b = e > rtol * max(1.0, abs(lj)) or kappa > cond_max
         err[k] = e
         bad[k] = b
         lw = lj - log_px[i]

@@ -364,10 +364,19 @@ def _refine_log_kappa(geom: RegionGeometry, Xc, hxq, lk, W, p, r) -> torch.Tenso
     scale = geom.cache.get(key)
     if scale is None:
         scale = geom.cache[key] = torch.as_tensor(geom.kappa_scale(), device=Xc.device)
+    key = ("torch-kappa-conditioning", str(Xc.device))
+    conditioning = geom.cache.get(key)
+    if conditioning is None:
+        conditioning = geom.cache[key] = tuple(
+            torch.as_tensor(a, device=Xc.device) for a in geom.kappa_conditioning()
+        )
+    cond, shift = conditioning
     Wp = W[p, r]
     lkp = lk[p, r]
-    size = scale[r] - 2.0 * hxq[p] + (Wp * Wp).sum(dim=1)
-    err = (_KAPPA_ROUND * _EPS) * size
+    w2 = (Wp * Wp).sum(dim=1)
+    size = scale[r] - 2.0 * hxq[p] + w2
+    wn = torch.sqrt(w2)
+    err = (_KAPPA_ROUND * _EPS) * size + cond[r] * (wn * (wn + 2.0 * shift[r]) + Wp.shape[1])
     bad = err > _KAPPA_RTOL * torch.clamp(lkp.abs(), min=1.0)
     idx = bad.nonzero().squeeze(1)
     if idx.shape[0] == 0:
@@ -378,7 +387,7 @@ def _refine_log_kappa(geom: RegionGeometry, Xc, hxq, lk, W, p, r) -> torch.Tenso
     lk_n, _, w_n, err_n = geom._stable_log_kappa(xc - (geom.b[rn] - geom.center), rn, xc)
     lk[pi, ri] = torch.as_tensor(lk_n, device=lk.device)
     W[pi, ri] = torch.as_tensor(w_n, device=W.device)
-    err[idx] = torch.as_tensor(err_n, device=err.device)
+    err[idx] = torch.as_tensor(err_n, device=err.device) + cond[ri] * Wp.shape[1]  # log|P_r|
     return err
 
 
