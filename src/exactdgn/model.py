@@ -46,7 +46,15 @@ from .io import (
 )
 from .outliers import TypicalityResult, contamination_offset, typicality_test
 from .partition import Partition, partition
-from .training import TRAINERS, EStep, callback_stops, converged, pack_state, unpack_state
+from .training import (
+    TRAINERS,
+    EStep,
+    callback_stops,
+    converged,
+    pack_state,
+    to_host,
+    unpack_state,
+)
 from .training._cost import check_training_cost
 
 _partition = partition  # ``_e_step`` has a parameter of that name
@@ -1088,7 +1096,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         self.n_iter_ = int(run["n_iter"])
         self.converged_ = bool(run["converged"])
         self.history_ = run["history"]
-        self._train_state = {"method": self.method, "state": run["state"]}
+        self._train_state = {"method": self.method, "state": to_host(run["state"])}
 
     def _trainer(self, X, seed: int, cur: dict | None, warm: bool):
         """The trainer of one start: resumed from a checkpoint, warm, or initialised."""

@@ -564,3 +564,29 @@ def test_pickled_model_leaves_its_device_copies_behind(device, latent):
     m2 = pickle.loads(buf.getvalue())
     assert np.array_equal(m2.score_samples(X), lp)
     assert any(isinstance(k, tuple) and k[0] == "torch" for k in m.geometry_.cache)  # kept
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_trained_model_keeps_its_optimiser_state_on_the_host(device):
+    """The L-BFGS state kept for a warm start (``_train_state``) is on the CPU whatever the
+    training device (a model trained on a GPU pickled with CUDA tensors in it), and a warm
+    start from it continues on the device."""
+    X = _model([1, 6, 3], 0, 0.1).sample(60, random_state=0)
+    kw = dict(latent_dim=1, hidden_sizes=(4,), method="lbfgs", max_iter=3, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m = ExactDGN(**kw, progress=False, device=device).fit(X)
+        tensors = []
+
+        def walk(o):
+            if isinstance(o, torch.Tensor):
+                tensors.append(o)
+            elif isinstance(o, dict):
+                [walk(v) for v in o.values()]
+            elif isinstance(o, list | tuple):
+                [walk(v) for v in o]
+
+        walk(m._train_state)
+        assert tensors and all(t.device.type == "cpu" for t in tensors)
+        m.set_params(warm_start=True, max_iter=5).fit(X)
+    assert m.n_iter_ == 5

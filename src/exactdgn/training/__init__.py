@@ -16,7 +16,7 @@ from ._cost import TrainingCost, TrainingTooLargeError, estimate_training_cost
 from ._em import EMTrainer
 from ._gradient import GradientTrainer
 from ._lbfgs import LBFGSTrainer
-from ._state import pack_state, unpack_state
+from ._state import pack_state, to_host, unpack_state
 from ._stopping import callback_stops, converged
 
 TRAINERS: dict[str, type[Trainer]] = {
@@ -41,5 +41,6 @@ __all__ = [
     "converged",
     "estimate_training_cost",
     "pack_state",
+    "to_host",
     "unpack_state",
 ]

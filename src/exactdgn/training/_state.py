@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["pack_state", "unpack_state"]
+__all__ = ["pack_state", "to_host", "unpack_state"]
 
 
 def pack_state(obj: Any, arrays: dict, prefix: str) -> Any:
@@ -35,6 +35,19 @@ def pack_state(obj: Any, arrays: dict, prefix: str) -> Any:
     if obj is None or isinstance(obj, bool | int | float | str):
         return obj
     raise TypeError(f"trainer state holds a {type(obj).__name__}, which cannot be saved")
+
+
+def to_host(obj: Any) -> Any:
+    """``obj`` with its torch tensors on the CPU (a model trained on a GPU keeps no device
+    tensors: it pickles and loads where CUDA is absent; torch optimisers move the state back to
+    their parameters' device in ``load_state_dict``)."""
+    if hasattr(obj, "detach"):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: to_host(v) for k, v in obj.items()}
+    if isinstance(obj, tuple | list):
+        return type(obj)(to_host(v) for v in obj)
+    return obj
 
 
 def unpack_state(desc: Any, arrays) -> Any:
