@@ -386,8 +386,10 @@ def test_return_error_covers_regions_with_a_weak_direction(d, D, missing, device
     below the QR threshold): the formed P_r puts ~ε cond(P_r) relative error in the weak
     direction of w and in log|P_r|, which ``return_error`` left out (the GEMM form off by
     7.6e-11 relative at a 1e4σ point, 527x its estimate; the recomputed form 38x; missing
-    rows 59x). Kinked-but-affine decoders against their mpmath closed form, near and far
-    points, the last output missing where ``missing``."""
+    rows 59x). The estimate is a bound there (up to ~1e4x the error: which pairs are recomputed
+    is decided as before, so published runs keep their values). Kinked-but-affine decoders
+    against their mpmath closed form, near and far points, the last output missing where
+    ``missing``."""
     from tests.oracles.hidden_affine import hidden_affine_decoder
     from tests.oracles.test_likelihood_oracle import _gauss_logpdf_mp
 
@@ -408,4 +410,4 @@ def test_return_error_covers_regions_with_a_weak_direction(d, D, missing, device
         got, err = model.score_samples(Xq, return_error=True)
         ref = _gauss_logpdf_mp(A[keep], b[keep], X[:, keep], std[keep])
         assert np.all(np.abs(got - ref) <= err), (seed, got - ref, err)
-        assert np.all(err <= 1e-9 * np.maximum(1.0, np.abs(ref))), (seed, err, ref)  # informative
+        assert np.all(err <= 1e-6 * np.maximum(1.0, np.abs(ref))), (seed, err, ref)  # a bound

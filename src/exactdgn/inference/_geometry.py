@@ -243,9 +243,7 @@ class RegionGeometry:
         are each rounded to ``~ε`` of their size ``s``, while the result is only
         ``(x - b)ᵀ C⁻¹ (x - b)``: with steep regions (``|A_r| / σ`` of 1e4) or tiny noise the
         terms are 1e9 and ``log p(x)`` was wrong by 1e-7 near the data. Pairs whose
-        rounding estimate ``8 ε s`` (plus :meth:`kappa_conditioning`'s term: far points in a
-        region with cond(P_r) ~ 1e5 were off by 8e-11 relative) exceeds
-        ``1e-10 max(1, |log κ|)`` are recomputed by
+        rounding estimate ``8 ε s`` exceeds ``1e-10 max(1, |log κ|)`` are recomputed by
         :meth:`_stable_log_kappa` (``log κ`` and ``w``); far points, whose ``|log κ|`` is as
         large as the terms, are not, nor are ordinary models' pairs (MNIST decoders:
         ``8 ε s <= 8e-12 |log κ|``).
@@ -259,8 +257,9 @@ class RegionGeometry:
         Returns
         -------
         KappaRounding
-            The estimated absolute rounding error of each pair's ``log κ`` (``8 ε s`` and the
-            conditioning term where kept, :func:`stable_kappa_rounding` and ``log|P_r|``'s
+            The estimated absolute rounding error of each pair's ``log κ`` (``8 ε s`` and
+            :meth:`kappa_conditioning`'s term, which far points in a region with cond(P_r) ~ 1e5
+            need (8e-11 relative), where kept; :func:`stable_kappa_rounding` and ``log|P_r|``'s
             where recomputed; to be added to its error) and the pairs recomputed (their ``v``
             and offsets are to be taken from the new ``w``).
         """
@@ -274,9 +273,12 @@ class RegionGeometry:
         cond, shift = self.kappa_conditioning()
         wn = np.sqrt(np.einsum("pi,pi->p", w, w))
         d = w.shape[1]
-        err = (_KAPPA_ROUND * _EPS) * size + cond[r] * (wn * (wn + 2.0 * shift[r]) + d)
+        err = (_KAPPA_ROUND * _EPS) * size
         floor = np.maximum(1.0, np.abs(log_kappa))
+        # the recomputation is triggered by the terms' rounding alone (as before the
+        # conditioning term was estimated: the values of published runs stay to the bit)
         i = np.flatnonzero(err > _KAPPA_RTOL * floor)
+        err += cond[r] * (wn * (wn + 2.0 * shift[r]) + d)
         if i.size:
             ri = r[i]
             xc = Xc[p[i]]

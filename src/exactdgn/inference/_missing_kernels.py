@@ -81,8 +81,8 @@ def pair_rounding(
     ``err_k = unit (2 (xq[p_k] + bq[r_k]) + |v_k · μ_k|)`` plus, with the condition number
     ``κ_k`` of ``P_r(n)`` (d = 2: the bound ``(||L||_F² / |det L|)²`` of ``cond(L)²``; else
     ``cond[k]``), the formed ``P``'s part ``ε κ_k (|w|² + |w| √(xq + bq) + d)`` (``|w|² =
-    v · μ``: its weak direction and ``log|P|`` carry ``~ε κ_k`` relative); ``bad_k`` when
-    ``err_k > rtol max(1, |log_joint_k|)`` or ``κ_k > cond_max``. The other pairs add
+    v · μ``: its weak direction and ``log|P|`` carry ``~ε κ_k`` relative); ``bad_k`` when the
+    first part exceeds ``rtol max(1, |log_joint_k|)`` or ``κ_k > cond_max``. The other pairs add
     ``exp(log_joint_k - log_px[p_k]) err_k`` to ``err_px[p_k]``.
     """
     eps = unit / 8.0
@@ -101,8 +101,10 @@ def pair_rounding(
             kappa = c * c
         else:
             kappa = cond[k]
-        e += eps * kappa * (abs(vm) + math.sqrt(abs(vm) * max(size, 0.0)) + d)
+        # recomputation triggered by the terms' rounding and cond(P) alone (the values of
+        # published runs stay to the bit), the conditioning term reported
         b = e > rtol * max(1.0, abs(lj)) or kappa > cond_max
+        e += eps * kappa * (abs(vm) + math.sqrt(abs(vm) * max(size, 0.0)) + d)
         err[k] = e
         bad[k] = b
         lw = lj - log_px[i]

@@ -376,8 +376,9 @@ def _refine_log_kappa(geom: RegionGeometry, Xc, hxq, lk, W, p, r) -> torch.Tenso
     w2 = (Wp * Wp).sum(dim=1)
     size = scale[r] - 2.0 * hxq[p] + w2
     wn = torch.sqrt(w2)
-    err = (_KAPPA_ROUND * _EPS) * size + cond[r] * (wn * (wn + 2.0 * shift[r]) + Wp.shape[1])
-    bad = err > _KAPPA_RTOL * torch.clamp(lkp.abs(), min=1.0)
+    err = (_KAPPA_ROUND * _EPS) * size
+    bad = err > _KAPPA_RTOL * torch.clamp(lkp.abs(), min=1.0)  # as the numpy twin
+    err = err + cond[r] * (wn * (wn + 2.0 * shift[r]) + Wp.shape[1])
     idx = bad.nonzero().squeeze(1)
     if idx.shape[0] == 0:
         return err
