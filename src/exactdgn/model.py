@@ -32,6 +32,7 @@ from .em._gradient import exact_gradient
 from .em._init import initialize
 from .em._missing import missing_region_stats
 from .em._steps import region_stats
+from .gaussian._polytope import dimension_limit
 from .inference._geometry import LOG_2PI, RegionGeometry, region_geometry
 from .inference._marginal import PairStats, marginal_pairs
 from .inference._missing import check_missing, observed_pairs
@@ -71,6 +72,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
     Parameters
     ----------
     latent_dim : int
+        1 to 4 (:data:`exactdgn.gaussian._polytope.MAX_DIM`): the exact Gaussian masses of
+        d >= 5 regions take seconds to minutes per point and region, and are refused up front.
     hidden_sizes : tuple of int
     activation : {"relu", "leaky_relu", "prelu", "abs"}
     negative_slope : float
@@ -281,6 +284,9 @@ class ExactDGN(DensityMixin, BaseEstimator):
         if not isinstance(decoder, Decoder):
             raise TypeError(f"decoder must be an exactdgn.Decoder, got {type(decoder).__name__}")
         std = check_positive(noise_std, name="noise_std", size=decoder.output_dim)
+        why = dimension_limit(decoder.latent_dim)
+        if why is not None:
+            raise ValueError(why)
         acts = {a.kind for a in decoder.activations}
         slope = next(
             (float(np.mean(a.negative_slope)) for a in decoder.activations if a.kind != "relu"),
@@ -660,6 +666,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
 
         if not is_int(self.latent_dim, 1):
             bad("latent_dim", "use an integer >= 1")
+        if dimension_limit(self.latent_dim) is not None:
+            raise ValueError(dimension_limit(self.latent_dim, name="latent_dim"))
         try:
             hs = tuple(self.hidden_sizes)
         except TypeError:
