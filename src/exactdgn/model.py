@@ -32,6 +32,7 @@ from .em._gradient import exact_gradient
 from .em._init import initialize
 from .em._missing import missing_region_stats
 from .em._steps import region_stats
+from .gaussian._polytope import dimension_limit
 from .inference._geometry import LOG_2PI, RegionGeometry, region_geometry
 from .inference._marginal import PairStats, marginal_pairs
 from .inference._missing import check_missing, observed_pairs
@@ -79,6 +80,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
     Parameters
     ----------
     latent_dim : int
+        1 to 4 (:data:`exactdgn.gaussian._polytope.MAX_DIM`): the exact Gaussian masses of
+        d >= 5 regions take seconds to minutes per point and region, and are refused up front.
     hidden_sizes : tuple of int
     activation : {"relu", "leaky_relu", "prelu", "abs"}
     negative_slope : float
@@ -289,6 +292,9 @@ class ExactDGN(DensityMixin, BaseEstimator):
         if not isinstance(decoder, Decoder):
             raise TypeError(f"decoder must be an exactdgn.Decoder, got {type(decoder).__name__}")
         std = check_positive(noise_std, name="noise_std", size=decoder.output_dim)
+        why = dimension_limit(decoder.latent_dim)
+        if why is not None:
+            raise ValueError(why)
         acts = {a.kind for a in decoder.activations}
         slope = next(
             (float(np.mean(a.negative_slope)) for a in decoder.activations if a.kind != "relu"),
@@ -321,6 +327,15 @@ class ExactDGN(DensityMixin, BaseEstimator):
         self.partition_ = part if part is not None else partition(decoder)
         self._geom = None
         self._fitted_noise = self.noise  # the noise model of these parameters (warm starts)
+
+    def __getstate__(self):
+        # the region geometry (and its missing-data caches) is derived from partition_ and
+        # noise_std_, rebuilt on first use (geometry_): a pickled, copied or joblib-dumped model
+        # leaves it behind (several times the fitted model's size), as the training data
+        state = super().__getstate__()
+        state["_geom"] = None
+        state.pop("_fit_data", None)
+        return state
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -453,6 +468,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
         density. Score them with :meth:`score_samples` among rows missing the same values.
         """
         if not hasattr(self, "offset_"):
+            if self.contamination is not None:
+                self._check_fitted()  # contamination is set: the model is what is missing
             if self.contamination is not None and getattr(self, "_offset_interrupted", False):
                 raise NotFittedError(
                     f"no outlier threshold: the fit that sets it (contamination="
@@ -645,7 +662,10 @@ class ExactDGN(DensityMixin, BaseEstimator):
     # ------------------------------------------------------------------ training
     _ACTIVATIONS = ("relu", "leaky_relu", "prelu", "abs")
 
-    def _validate_params(self) -> None:
+    def _validate_params(self, loading: bool = False) -> None:
+        """Refuse invalid parameters (``loading``: of a saved model, whose ``activation`` may
+        name its decoder's kinds as ``from_decoder`` does: ``"mixed"``, ``"identity"``)."""
+
         def bad(name, what):
             raise ValueError(f"{name}={getattr(self, name)!r} is invalid: {what}")
 
@@ -654,6 +674,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
 
         if not is_int(self.latent_dim, 1):
             bad("latent_dim", "use an integer >= 1")
+        if dimension_limit(self.latent_dim) is not None:
+            raise ValueError(dimension_limit(self.latent_dim, name="latent_dim"))
         try:
             hs = tuple(self.hidden_sizes)
         except TypeError:
@@ -661,7 +683,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
         if isinstance(self.hidden_sizes, str) or not all(is_int(h, 1) for h in hs):
             bad("hidden_sizes", "use a tuple of positive integers, e.g. (12,) or (32, 32)")
         warm_mixed = self.activation == "mixed" and self.warm_start and hasattr(self, "decoder_")
-        if self.activation not in self._ACTIVATIONS and not warm_mixed:
+        built = loading and self.activation in ("mixed", "identity")
+        if self.activation not in self._ACTIVATIONS and not (warm_mixed or built):
             what = f"choose one of {self._ACTIVATIONS}"
             if self.activation == "mixed":  # set by from_decoder for several activation kinds
                 what = (
@@ -1404,6 +1427,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
             cur = {**unpack(cur, "cur"), "init": cur["init"], "iter": cur["n_iter"]}
         return {"done": done, "current": cur, "config": old}
 
+    _START_ATTRS = ("best_init_", "init_logliks_", "scout_logliks_")
+
     def save(self, path) -> None:
         """Save a fitted model (npz arrays + JSON metadata with a version; no pickle).
 
@@ -1427,6 +1452,9 @@ class ExactDGN(DensityMixin, BaseEstimator):
             "n_iter": getattr(self, "n_iter_", None),
             "converged": getattr(self, "converged_", None),
             "offset": getattr(self, "offset_", None),
+            "starts": {  # the n_init starts' record
+                k: getattr(self, k) for k in self._START_ATTRS if hasattr(self, k)
+            },
             "feature_names": (
                 self.feature_names_in_.tolist() if hasattr(self, "feature_names_in_") else None
             ),
@@ -1475,7 +1503,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         params = dict(meta["params"])
         params["hidden_sizes"] = tuple(params["hidden_sizes"])
         model = cls(**params)
-        model._validate_params()
+        model._validate_params(loading=True)
         found = {"latent_dim": dec.latent_dim, "hidden_sizes": tuple(dec.hidden_sizes)}
         for name, value in found.items():
             if tuple(np.atleast_1d(params[name])) != tuple(np.atleast_1d(value)):
@@ -1494,6 +1522,11 @@ class ExactDGN(DensityMixin, BaseEstimator):
             model.history_ = hist
             model.n_iter_ = int(meta["n_iter"])
             model.converged_ = bool(meta["converged"])
+        starts = meta.get("starts", {})  # absent in files saved before it was kept
+        if not (isinstance(starts, dict) and set(starts) <= set(cls._START_ATTRS)):
+            raise ValueError(f"starts is not a record of the starts (got {starts!r})")
+        for k, v in starts.items():
+            setattr(model, k, v)
         ts = meta.get("train_state")
         if ts is not None:
             try:

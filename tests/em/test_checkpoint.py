@@ -401,3 +401,42 @@ def test_resume_with_a_higher_max_iter_or_another_tol_equals_a_run_with_them(tmp
         fit(ck, max_iter=9, tol=0.0)
     with pytest.raises(ModelFileError, match=r"other parameters: n_init=2 \(now 3\)"):
         fit(ck, max_iter=12, tol=0.0, n_init=3)
+
+
+@pytest.mark.parametrize("kinds", [("relu", "abs"), ("identity", "identity")])
+def test_a_model_of_a_decoder_with_mixed_or_identity_activations_loads(tmp_path, kinds):
+    """``from_decoder`` / ``from_torch`` name several activation kinds ``"mixed"`` (and an
+    all-identity decoder ``"identity"``): such a model saved, then ``load`` refused its own
+    file ("incomplete or inconsistent model file (activation='mixed' is invalid ...)")."""
+    from exactdgn.decoder import Activation
+
+    rng = np.random.default_rng(0)
+    shapes = [(4, 1), (4, 4), (3, 4)]
+    dec = Decoder(
+        [rng.normal(size=s) for s in shapes],
+        [rng.normal(size=s[0]) for s in shapes],
+        [Activation(k) for k in kinds],
+    )
+    m = ExactDGN.from_decoder(dec, 0.1)
+    m.save(tmp_path / "m.npz")
+    loaded = ExactDGN.load(tmp_path / "m.npz")
+    assert loaded.get_params() == m.get_params()
+    X = m.sample(10, random_state=0)
+    np.testing.assert_array_equal(loaded.score_samples(X), m.score_samples(X))
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_save_load_keeps_every_fitted_attribute(tmp_path):
+    """``best_init_``, ``init_logliks_`` and ``scout_logliks_`` (documented fitted attributes)
+    were dropped by ``save``: the loaded model had none of them."""
+    X = ExactDGN.from_decoder(Decoder.random([1, 4, 2], seed=1), 0.1).sample(60, random_state=0)
+    m = ExactDGN(hidden_sizes=(4,), max_iter=3, n_iter_no_change=1, n_init=2, random_state=0)
+    m.set_params(contamination=0.1, progress=False).fit(X)
+    m.save(tmp_path / "m.npz")
+    loaded = ExactDGN.load(tmp_path / "m.npz")
+    fitted = sorted(k for k in vars(m) if k.endswith("_") and not k.startswith("_"))
+    assert "scout_logliks_" in fitted
+    assert sorted(k for k in vars(loaded) if k.endswith("_") and not k.startswith("_")) == fitted
+    for name in ("best_init_", "init_logliks_", "scout_logliks_", "history_", "n_iter_"):
+        assert getattr(loaded, name) == getattr(m, name), name
+    assert (loaded.converged_, loaded.offset_) == (m.converged_, m.offset_)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from exactdgn import Decoder, ExactDGN
+from exactdgn.io import ModelFileError
 from exactdgn.training import _cost, converged, pack_state, unpack_state
 
 
@@ -96,9 +97,8 @@ def test_latent_dim_above_data_dim_warns_and_d8_is_refused(monkeypatch):
     est = _cost.estimate_training_cost(8, (12,), 400, 5)
     assert est.n_regions == sum(comb(12, i) for i in range(9))
     assert est.bytes > 2**40 and est.seconds > 3600
-    with pytest.warns(UserWarning, match="latent_dim=8 exceeds the 5 data columns"):
-        with pytest.raises(_cost.TrainingTooLargeError, match="use a smaller latent_dim"):
-            ExactDGN(latent_dim=8, hidden_sizes=(12,)).fit(X)
+    with pytest.raises(ValueError, match=r"latent_dim=8 is invalid.*use latent_dim <= 4"):
+        ExactDGN(latent_dim=8, hidden_sizes=(12,)).fit(X)
     # d = 3 on 2 columns (the issue: 78 s for 2 iterations without a word): it warns
     monkeypatch.setattr(_cost, "available_memory", lambda: 2**10)  # stop right after the check
     with pytest.warns(UserWarning, match="latent_dim=3 exceeds the 2 data columns"):
@@ -247,3 +247,44 @@ def test_stopping_rule_needs_a_positive_window(window):
 def test_estimate_training_cost_names_a_bad_argument(args, match):
     with pytest.raises(ValueError, match=match):  # an int hidden_sizes was a TypeError
         _cost.estimate_training_cost(*args)
+
+
+def test_latent_dim_above_4_is_refused_before_any_work(tmp_path):
+    """A latent_dim = 5 model hung in score_samples (one 6-facet region of [5,6,3]: > 40 s in
+    the facet recursion of the Gaussian masses, 2 s with 5 facets; d = 4 takes 0.03-0.1 s per
+    pair) without a word; fit only warned of a few minutes (the estimate's m^(d-3) growth).
+    Every entry refuses it now, naming the limit."""
+    from exactdgn.gaussian import log_mass, truncated_moments
+
+    dec = Decoder.random([5, 6, 3], seed=0)
+    X = np.random.default_rng(0).standard_normal((20, 3))
+    match = r"latent_dim=5 is invalid.*latent_dim <= 4"
+    with pytest.raises(ValueError, match=match):
+        ExactDGN(latent_dim=5, hidden_sizes=(6,), progress=False).fit(X)
+    with pytest.raises(ValueError, match=match):
+        ExactDGN.from_decoder(dec, 0.1)
+    n, c = np.zeros((1, 1, 5)), np.ones((1, 1))
+    n[0, 0, 0] = 1.0
+    for f in (log_mass, truncated_moments):
+        with pytest.raises(ValueError, match=r"d=5 is invalid.*<= 4"):
+            f(n, c)
+    # a file saved with such a model (by an earlier version) is refused when loaded
+    m = ExactDGN.from_decoder(Decoder.random([4, 3, 3], seed=0), 0.1)
+    m.save(tmp_path / "m.npz")
+    from exactdgn.io import read_npz, write_npz_atomic
+
+    arrays, meta = read_npz(tmp_path / "m.npz")
+    arrays["W0"] = np.zeros((3, 5))
+    meta["params"]["latent_dim"] = 5
+    meta.pop("version")
+    write_npz_atomic(tmp_path / "d5.npz", arrays, meta)
+    with pytest.raises(ModelFileError, match=r"d5\.npz.*latent_dim=5 is invalid"):
+        ExactDGN.load(tmp_path / "d5.npz")
+
+
+def test_d4_estimate_is_of_the_measured_cost_per_pair():
+    """The d >= 3 estimate grew by m (hidden units) per extra dimension from d = 3's 2 ms per
+    pair: 12 ms for [4,6,3], where one E-step measured 0.11 s per pair (0.12 for [4,8,3])."""
+    for h in (6, 8):
+        est = _cost.estimate_training_cost(4, (h,), 10, 3)
+        assert 0.05 < est.seconds / est.n_pairs < 0.5

@@ -31,6 +31,11 @@ def _check(normals, offsets) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"offsets must have shape {n.shape[:2]} (P, F); got {c.shape}")
     if n.shape[2] < 1:
         raise ValueError("the dimension d must be at least 1")
+    from ._polytope import dimension_limit
+
+    why = dimension_limit(n.shape[2], name="d")
+    if why is not None:  # before any work (the facet recursion cannot be interrupted quickly)
+        raise ValueError(why)
     bad = ~np.isfinite(n)
     if bad.any():
         raise ValueError(

@@ -85,7 +85,7 @@ from ._interval import EPS, TruncatedMoments, log_phi
 from ._polygon import _omega, polygon_edges, truncated_moments_2d
 from ._rules import LOG_2PI, gauss_laguerre, gauss_legendre_01, normalize_rows
 
-__all__ = ["log_mass_nd", "truncated_moments_nd"]
+__all__ = ["MAX_DIM", "dimension_limit", "log_mass_nd", "truncated_moments_nd"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +116,26 @@ _CHUNK_ND = 8
 
 # panel kinds
 _K_THETA, _K_LOG, _K_TAU, _K_S = 0, 1, 2, 3
+
+#: The largest dimension the facet recursion is run in. Its cost grows by the outer quadrature's
+#: nodes (~300) times the facets per dimension above 3: one E-step pair (masses and moments)
+#: took 0.11 s for [4,6,3] and 0.12 s for [4,8,3] (2-core machine), but a single polytope of
+#: [5,6,3] 2 s (5 facets) and over 40 s (6 facets; another one over 150 s), not interruptible in
+#: between: minutes to hours per point. Larger dimensions are refused up front.
+MAX_DIM = 4
+
+
+def dimension_limit(d: int, name: str = "latent_dim") -> str | None:
+    """Why dimension ``d`` is beyond the exact Gaussian masses (None when it is not)."""
+    if d <= MAX_DIM:
+        return None
+    return (
+        f"{name}={d} is invalid: the exact Gaussian masses of regions in d >= 5 take from "
+        "seconds to minutes per region and point (their facet recursion costs ~300 x facets "
+        "more per dimension: d = 4 ~0.1 s per point-region pair, one 6-facet region of a "
+        f"[5,6,3] decoder over 40 s), so exactdgn supports latent_dim <= {MAX_DIM}; use "
+        f"latent_dim <= {MAX_DIM} (or the VAE of exactdgn.baselines for a larger latent space)"
+    )
 
 
 # ============================================================================================
@@ -800,6 +820,9 @@ def _check(normals, offsets):
         raise ValueError(
             f"normals must be (P, F, d) with d >= 3 and offsets (P, F); got {n.shape}, {c.shape}"
         )
+    why = dimension_limit(n.shape[2], name="d")
+    if why is not None:
+        raise ValueError(why)
     return n, c
 
 

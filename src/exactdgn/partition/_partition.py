@@ -180,6 +180,27 @@ class Partition:
     # threads that locate points concurrently see either nothing or the whole pair
     _lookup: tuple | None = field(default=None, repr=False)
 
+    # ------------------------------------------------------------------ pickling
+    def __getstate__(self):
+        # numpy pickles an array with permuted axes (``A`` is (R, D, d) laid out as (R, d, D))
+        # C-ordered, and the products over it then round differently (~1e-13): a pickled model
+        # (joblib, n_jobs workers) scored other last digits. Such arrays keep their axis order.
+        state = self.__dict__.copy()
+        layouts = {}
+        for name, v in state.items():
+            if isinstance(v, np.ndarray) and not (v.flags.c_contiguous or v.flags.f_contiguous):
+                order = tuple(int(k) for k in np.argsort(v.strides, kind="stable")[::-1])
+                state[name] = np.ascontiguousarray(v.transpose(order))
+                layouts[name] = order
+        state["_layouts"] = layouts
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        for name, order in state.pop("_layouts", {}).items():
+            state[name] = state[name].transpose(np.argsort(order))
+        self.__dict__.update(state)
+
     # ------------------------------------------------------------------ basics
     def __len__(self) -> int:
         return int(self.patterns.shape[0])
