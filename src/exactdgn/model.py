@@ -332,7 +332,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         # the region geometry (and its missing-data caches) is derived from partition_ and
         # noise_std_, rebuilt on first use (geometry_): a pickled, copied or joblib-dumped model
         # leaves it behind (several times the fitted model's size), as the training data
-        state = super().__getstate__()
+        state = dict(super().__getstate__())  # a copy: object.__getstate__ is our __dict__
         state["_geom"] = None
         state.pop("_fit_data", None)
         return state

@@ -169,7 +169,9 @@ def test_pickle_copy_and_joblib_leave_the_region_geometry_behind():
     Xn = X.copy()
     Xn[:, :20] = np.nan
     ref, ref_missing = m.score_samples(X), m.score_samples(Xn)
+    geom = m.geometry_
     assert len(pickle.dumps(m)) < 1.1 * fresh
+    assert m._geom is geom  # pickling leaves the original as it was (state is a copy)
     for other in _copies(m):
         np.testing.assert_array_equal(other.score_samples(X), ref)
         np.testing.assert_array_equal(other.score_samples(Xn), ref_missing)
