@@ -45,6 +45,7 @@ def check_array(
     allow_nan: bool = False,
     feature_name: str = "columns",
     first_row: int = 0,
+    estimator: str | None = None,
 ) -> np.ndarray:
     """Return ``X`` as a C-contiguous float64 array after checking shape and values.
 
@@ -63,6 +64,9 @@ def check_array(
         Whether NaN entries are allowed (infinite entries never are).
     first_row : int
         Number of ``X``'s first row in the errors (a chunk of a larger array names its rows).
+    estimator : str, optional
+        The fitted estimator whose ``n_features`` are checked: named in scikit-learn's wording
+        ("X has 2 features, but ExactDGN is expecting 3 features as input").
     """
     _refuse_large_dask(X, name)
     if issparse(X):
@@ -70,18 +74,32 @@ def check_array(
             f"{name} is a scipy sparse {type(X).__name__}: give a dense array (X.toarray()); "
             "the exact likelihood uses every value, and NaN marks a missing one"
         )
+    # the messages carry scikit-learn's wording where it has one (its estimator checks match it)
     if np.iscomplexobj(X):
-        raise ValueError(f"{name} is complex: give real numbers (the real part is not taken)")
+        raise ValueError(
+            f"Complex data not supported: {name} is complex; give real numbers (the real part "
+            "is not taken)"
+        )
     try:
         arr = np.asarray(X, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be a numeric array; got {type(X).__name__}: {exc}") from exc
+        # an entry that is not a number at all (a dict, None) is a TypeError, as in numpy
+        kind = TypeError if isinstance(exc, TypeError) else ValueError
+        raise kind(f"{name} must be a numeric array; got {type(X).__name__}: {exc}") from exc
     if arr.ndim != ndim:
         hint = ""
         if ndim == 2 and arr.ndim == 1:
-            hint = " (reshape a single point with x[None, :], or a 1-D column with x[:, None])"
+            hint = (
+                ": Reshape your data (a single point with x[None, :], or a 1-D column with "
+                "x[:, None])"
+            )
         raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}{hint}")
     if n_features is not None and arr.shape[-1] != n_features:
+        if estimator is not None and feature_name == "columns" and arr.ndim == 2:
+            raise ValueError(
+                f"{name} has {arr.shape[-1]} features, but {estimator} is expecting "
+                f"{n_features} features as input (shape {arr.shape})"
+            )
         raise ValueError(
             f"{name} has {arr.shape[-1]} {feature_name} but {n_features} are expected "
             f"(shape {arr.shape})"

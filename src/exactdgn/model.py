@@ -354,7 +354,13 @@ class ExactDGN(DensityMixin, BaseEstimator):
         """Validated ``X`` in the decoder's units (standardized when ``preprocessing_`` is set)."""
         self._check_fitted()
         check_feature_names(self, X)
-        X = check_array(X, name=name, n_features=self.decoder_.output_dim, allow_nan=allow_nan)
+        X = check_array(
+            X,
+            name=name,
+            n_features=self.decoder_.output_dim,
+            allow_nan=allow_nan,
+            estimator=type(self).__name__,
+        )
         if X.shape[0] == 0:
             raise ValueError(f"{name} has no rows (shape {X.shape}): give at least one point")
         pre = getattr(self, "preprocessing_", None)
@@ -935,7 +941,10 @@ class ExactDGN(DensityMixin, BaseEstimator):
             if X.shape[0] == 0:
                 raise ValueError(f"X has no rows (shape {X.shape}): give at least one point")
             if X.shape[1] == 0:
-                raise ValueError(f"X has no columns (shape {X.shape}): give at least one feature")
+                raise ValueError(
+                    f"X has 0 feature(s) (shape={X.shape}) while a minimum of 1 is required: "
+                    "give at least one feature"
+                )
             # NaN = missing: exact EM on the observed-data likelihood (see exactdgn.em._missing)
             check_missing(X, columns=True)
             if self.contamination is not None and np.isnan(X).any(axis=1).all():

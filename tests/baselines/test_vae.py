@@ -529,7 +529,7 @@ def test_columnless_input_is_named():
     """X of shape (N, 0), as ExactDGN: fit said 'layer_sizes must be positive integers ...,
     got [1, 12, 0]' (or told to give decoder sizes ending in 0)."""
     for est in (VAE(max_epochs=1), VAE([1, 3, 2], max_epochs=1), IWAE(max_epochs=1)):
-        with pytest.raises(ValueError, match=r"X has no columns \(shape \(5, 0\)\)"):
+        with pytest.raises(ValueError, match=r"X has 0 feature\(s\) \(shape=\(5, 0\)\)"):
             est.fit(np.empty((5, 0)))
 
 

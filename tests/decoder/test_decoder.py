@@ -222,7 +222,7 @@ def test_single_pattern_vector_is_accepted(rng):
 def test_latent_of_wrong_shape_is_a_clear_value_error(rng, method):
     dec = make_decoder(rng, [3, 4, 2], ["relu"])
     f = getattr(dec, method)
-    with pytest.raises(ValueError, match=r"must be 2-D, got shape \(3,\).*reshape"):
+    with pytest.raises(ValueError, match=r"must be 2-D, got shape \(3,\).*[Rr]eshape"):
         f(np.zeros(3))
     with pytest.raises(ValueError, match=r"has 2 latent dims but 3 are expected"):
         f(np.zeros((5, 2)))

@@ -20,7 +20,7 @@ def part2():
 
 # ---------------------------------------------------------------------------- bad latent arrays
 def test_locate_wrong_shape_is_a_clear_value_error(part2):
-    with pytest.raises(ValueError, match=r"Z must be 2-D, got shape \(2,\).*reshape"):
+    with pytest.raises(ValueError, match=r"Z must be 2-D, got shape \(2,\).*[Rr]eshape"):
         part2.locate(np.zeros(2))
     with pytest.raises(ValueError, match=r"Z has 3 latent dims but 2 are expected"):
         part2.locate(np.zeros((4, 3)))

@@ -911,7 +911,10 @@ class VAE(DensityMixin, BaseEstimator):
         if X.shape[0] == 0:
             raise ValueError(f"X has no rows (shape {X.shape}): give at least one point")
         if X.shape[1] == 0:
-            raise ValueError(f"X has no columns (shape {X.shape}): give at least one feature")
+            raise ValueError(
+                f"X has 0 feature(s) (shape={X.shape}) while a minimum of 1 is required: "
+                "give at least one feature"
+            )
         N, D = X.shape
         dtype = _torch_dtype(self.dtype)
         batch_size = int(self.batch_size)

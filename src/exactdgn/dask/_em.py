@@ -151,7 +151,10 @@ class RemoteData:
         if X.shape[0] == 0:
             raise ValueError(f"X has no rows (shape {X.shape}): give at least one point")
         if X.shape[1] == 0:
-            raise ValueError(f"X has no columns (shape {X.shape}): give at least one feature")
+            raise ValueError(
+                f"X has 0 feature(s) (shape={X.shape}) while a minimum of 1 is required: "
+                "give at least one feature"
+            )
         self.client = client
         self.shape = X.shape
         # empty row chunks (e.g. after a boolean filter) hold no point: every pass skips them

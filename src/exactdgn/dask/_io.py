@@ -92,7 +92,10 @@ def as_row_chunks(X, n_features: int | None = None, in_memory: str | None = None
                 hint += f", or call {in_memory} in memory"
         raise TypeError(f"X must be a dask array, got {type(X).__name__}{hint}")
     if np.issubdtype(X.dtype, np.complexfloating):
-        raise ValueError("X is complex: give real numbers (the real part is not taken)")
+        raise ValueError(
+            "Complex data not supported: X is complex; give real numbers (the real part is not "
+            "taken)"
+        )
     if X.ndim != 2:
         raise ValueError(f"X must be 2-D, got shape {X.shape}")
     if n_features is not None and X.shape[1] != n_features:
