@@ -295,3 +295,43 @@ def test_concatenation_of_branches():
 
     with pytest.raises(NotPiecewiseAffineError, match="batch axis"):
         Decoder.from_torch(CatBatch(), input_shape=(2,))
+
+
+class _Squeezes(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 8)
+        self.conv = nn.Conv1d(1, 2, 3)
+        self.out = nn.Linear(12, 3)
+
+    def forward(self, z):
+        h = torch.relu(self.lin(z)).unsqueeze(1)  # (B, 1, 8)
+        h = torch.unsqueeze(torch.relu(self.conv(h)), -1)  # (B, 2, 6, 1)
+        h = h.squeeze(-1).unsqueeze(2).squeeze()  # (B, 2, 6)
+        return self.out(torch.squeeze(h.flatten(1).unsqueeze(1), 1))
+
+
+def test_squeeze_and_unsqueeze_are_reshapes():
+    """``unsqueeze`` / ``squeeze`` (methods and functions, negative dims, squeeze of every
+    size-1 axis) were refused as unsupported methods; the batch axis stays refused."""
+    torch.manual_seed(0)
+    module = _Squeezes().double().eval()
+    dec = Decoder.from_torch(module)
+    z = np.random.default_rng(0).normal(size=(40, 2)) * 5
+    with torch.no_grad():
+        ref = module(torch.as_tensor(z)).numpy()
+    np.testing.assert_allclose(dec(z), ref, rtol=1e-12, atol=1e-12)
+
+    class Batch(nn.Module):
+        def forward(self, z):
+            return torch.relu(z).unsqueeze(0).squeeze(0)
+
+    with pytest.raises(NotPiecewiseAffineError, match="batch axis"):
+        Decoder.from_torch(Batch(), input_shape=(2,))
+
+    class Sort(nn.Module):
+        def forward(self, z):
+            return z.sort(dim=1).values
+
+    with pytest.raises(NotPiecewiseAffineError, match=r"'sort'.*only affine operations"):
+        Decoder.from_torch(Sort(), input_shape=(2,))

@@ -174,6 +174,28 @@ def _concat(name: str, parts: list, dim: int) -> _Value:
     return _Value(M, c, order.shape)
 
 
+def _squeeze(name: str, op: str, x, args, kwargs):
+    """``x.unsqueeze(dim)`` / ``x.squeeze(dim)`` of a value (per-sample shape; axis 0: the
+    batch, which neither may touch)."""
+    ndim = len(x.shape) + 1
+    dim = kwargs.get("dim", args[0] if args else None)
+    if op == "squeeze" and dim is None:  # every per-sample axis of size 1
+        return _Value(x.M, x.c, tuple(k for k in x.shape if k != 1))
+    if not isinstance(dim, int) or isinstance(dim, bool):
+        raise NotPiecewiseAffineError(f"{name}: {op} takes one integer dim here, got {dim!r}")
+    pos = dim + (ndim + 1 if op == "unsqueeze" else ndim) if dim < 0 else dim
+    if pos < 1:
+        raise NotPiecewiseAffineError(
+            f"{name}: {op} of the batch axis (dim {dim}) mixes samples; use a dim >= 1"
+        )
+    shape = list(x.shape)
+    if op == "unsqueeze":
+        shape.insert(pos - 1, 1)
+    elif pos - 1 < len(shape) and shape[pos - 1] == 1:
+        del shape[pos - 1]
+    return _Value(x.M, x.c, tuple(shape))
+
+
 def _flat_shape(name: str, shape: tuple, start: int, end: int) -> tuple:
     """Per-sample shape after ``flatten(start, end)`` of a batched input (axis 0: the batch)."""
     ndim = len(shape) + 1
@@ -395,6 +417,8 @@ class _Compiler:
                 return ("size", None)
             if f is operator.getitem and _is_size(x) and x[1] is None and isinstance(args[1], int):
                 return ("size", args[1])
+            if f in (torch.unsqueeze, torch.squeeze):
+                return _squeeze(name, f.__name__, x, args[1:], kwargs)
             if f is torch.flatten:
                 start = kwargs.get("start_dim", args[1] if len(args) > 1 else 0)
                 end = kwargs.get("end_dim", args[2] if len(args) > 2 else -1)
@@ -418,7 +442,14 @@ class _Compiler:
                 return self._sum(name, args, n.target == "sub", kwargs)
             if n.target in ("mul", "div"):
                 return self._scale(name, args, n.target == "div")
-            raise NotPiecewiseAffineError(f"method {n.target!r} (node {n.name!r}) is not supported")
+            if n.target in ("unsqueeze", "squeeze"):
+                return _squeeze(name, n.target, x, args[1:], kwargs)
+            raise NotPiecewiseAffineError(
+                f"method {n.target!r} (node {n.name!r}) is not supported: only affine operations "
+                "(sums, scaling by constants, reshapes, squeeze / unsqueeze, cat) and ReLU-family "
+                "activations are exact; write it with those, or as an nn.Module of the supported "
+                "layers"
+            )
         raise NotPiecewiseAffineError(f"{name} ({n.op}) is not supported")
 
     @staticmethod
