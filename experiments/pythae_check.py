@@ -248,11 +248,7 @@ def run_scale(scale, X_train, X_test, args, out, tmp, log):
     dec_path = out / f"decoder_{tag}.pt"
     enc_path = out / f"encoder_{tag}.pt"
     torch.save(model.decoder.net.state_dict(), dec_path)
-    esd = model.encoder.state_dict()
-    # exactdgn's GaussianEncoder names its second head log_std_head; --encoder-output log_var
-    # says that this one holds log-variances (pythae's log_covariance)
-    esd = {k.replace("log_var_head", "log_std_head"): v for k, v in esd.items()}
-    torch.save(esd, enc_path)
+    torch.save(exactdgn_encoder_state(model.encoder.state_dict()), enc_path)
     data_path = tmp / f"test_{tag}.npy"
     np.save(data_path, test.astype(np.float64))
 
@@ -288,25 +284,7 @@ def run_scale(scale, X_train, X_test, args, out, tmp, log):
         sys.executable,
         "-m",
         "exactdgn.cli",
-        "evaluate",
-        str(dec_path),
-        str(data_path),
-        "--noise-std",
-        "1",
-        "--layers",
-        *map(str, [args.latent, *args.hidden, D]),
-        "--encoder",
-        str(enc_path),
-        "--encoder-hidden",
-        *map(str, args.encoder_hidden),
-        "--encoder-output",
-        "log_var",
-        "--k-is",
-        str(args.k),
-        "--seed",
-        str(args.seed),
-        "--out",
-        str(csv),
+        *evaluate_args(dec_path, data_path, enc_path, csv, args, D),
     ]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
@@ -431,9 +409,50 @@ def run_scale(scale, X_train, X_test, args, out, tmp, log):
     return res
 
 
+def exactdgn_encoder_state(state):
+    """pythae's encoder state dict in the layout ``exactdgn evaluate --encoder`` reads.
+
+    exactdgn's GaussianEncoder names its second head ``log_std_head``; ``--encoder-output
+    log_var`` (in :func:`evaluate_args`) says that this one holds log-variances (pythae's
+    ``log_covariance``).
+    """
+    return {k.replace("log_var_head", "log_std_head"): v for k, v in state.items()}
+
+
+def evaluate_args(dec_path, data_path, enc_path, csv, args, n_features):
+    """The ``exactdgn evaluate`` arguments scoring one trained pythae VAE (noise std 1).
+
+    ``--no-progress``: the command's output is captured (its progress bar over the steps would
+    only end up in the error message of a failed run).
+    """
+    return [
+        "evaluate",
+        str(dec_path),
+        str(data_path),
+        "--noise-std",
+        "1",
+        "--layers",
+        *map(str, [args.latent, *args.hidden, n_features]),
+        "--encoder",
+        str(enc_path),
+        "--encoder-hidden",
+        *map(str, args.encoder_hidden),
+        "--encoder-output",
+        "log_var",
+        "--k-is",
+        str(args.k),
+        "--seed",
+        str(args.seed),
+        "--no-progress",
+        "--out",
+        str(csv),
+    ]
+
+
 def summ_regions(stdout):
-    first = stdout.strip().splitlines()[0] if stdout.strip() else ""
-    return first.split(";")[0]
+    """``decoder [...], R regions`` from ``exactdgn evaluate``'s summary line."""
+    lines = [ln for ln in stdout.strip().splitlines() if ln.startswith("decoder ")]
+    return lines[0].split(";")[0] if lines else ""
 
 
 def main(argv=None):
