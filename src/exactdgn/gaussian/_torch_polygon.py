@@ -433,11 +433,32 @@ def polygon_log_mass_t(edges: Edges, floor=None):
             + _T_EXP * EPS * rt * (1.0 + lm.abs())
         )
     logm = torch.clamp(logm, max=0.0)
+    qerr = qerr + _vertex_error_t(cu, t0, t1, nonempty & ~empty[:, None], logm, edges.ext)
     err = 8.0 * EPS * torch.where(torch.isfinite(ratio), ratio, 1.0) + 4.0 * EPS * (
         1.0 + logm.abs()
     )
     err = torch.where(torch.isfinite(logm), err + qerr, 0.0)
     return logm, err
+
+
+def _vertex_error_t(cu, t0, t1, nonempty, logm, ext=None):
+    """Torch twin of ``_polygon._vertex_error`` (the rounding of the vertices, see there)."""
+    f0, f1 = torch.isfinite(t0), torch.isfinite(t1)
+    ext = 0.0 if ext is None else ext[:, None]
+    loc = torch.clamp(torch.log(t1 - t0), max=0.5 * LOG_2PI)
+    base = math.log(_T_ERR * EPS) - 0.5 * cu * cu - LOG_2PI
+    ld = torch.cat(
+        [
+            base - 0.5 * t * t + torch.minimum(loc, -torch.log(t.abs()))
+            + torch.log(cu.abs() + t.abs() + ext)
+            for t in (t0, t1)
+        ],
+        dim=1,
+    )  # fmt: skip
+    has = torch.cat([nonempty & f0, nonempty & f1], dim=1)
+    ld = torch.where(has, ld, -math.inf)
+    out = torch.exp(torch.logsumexp(ld, dim=1) - logm)
+    return torch.where(torch.isfinite(out), out, 0.0)
 
 
 def table_to_device(table, device) -> dict:
@@ -484,7 +505,8 @@ def shifted_t(tab: dict, m: torch.Tensor, w: torch.Tensor):
     bounded = tab["bounded"][m]
     g = torch.where(bounded[:, None], tab["centroid"][m] - w, 0.0)
     verts = Vertices(P0, P1, g, tab["radius"][m], bounded)
-    return Edges(nu, cu, active, t0, t1, nonempty, tab["empty"][m], verts)
+    ext = torch.hypot(w[:, 0], w[:, 1])
+    return Edges(nu, cu, active, t0, t1, nonempty, tab["empty"][m], verts, ext)
 
 
 def log_mass_2d_shifted_t(tab: dict, m: torch.Tensor, w: torch.Tensor, floor=None):
