@@ -296,7 +296,9 @@ def _gl(n):
     return x, w
 
 
-def _adaptive_gl(func, lid, a, b, n_lines, *, rtol, n=10, max_rounds=60, max_intervals=400_000):
+def _adaptive_gl(
+    func, lid, a, b, n_lines, *, rtol, n=10, max_rounds=60, max_intervals=400_000, mass_floor=False
+):
     """Globally adaptive Gauss-Legendre sums per line of a vector-valued integrand.
 
     Parameters
@@ -304,6 +306,10 @@ def _adaptive_gl(func, lid, a, b, n_lines, *, rtol, n=10, max_rounds=60, max_int
     func : callable ``(t (P,), lid (P,)) -> (P, K)`` values
     lid, a, b : (I,) interval owner lines and limits.
     rtol : float or (n_lines,) relative tolerance (relative to ``∫ |integrand|``) per line.
+    mass_floor : bool
+        The tolerance of every column is at least ``rtol`` times the first column's
+        ``∫ |integrand|`` (the total mass: features of small mass, e.g. region indicators,
+        to an absolute accuracy relative to the total instead of to their own size).
 
     Returns
     -------
@@ -335,7 +341,8 @@ def _adaptive_gl(func, lid, a, b, n_lines, *, rtol, n=10, max_rounds=60, max_int
         err = np.zeros_like(tot_abs)
         np.add.at(tot_abs, lid, QA)
         np.add.at(err, lid, E)
-        tol = np.reshape(rtol, (-1, 1)) * tot_abs + 1e-300
+        scale = np.maximum(tot_abs, tot_abs[:, :1]) if mass_floor else tot_abs
+        tol = np.reshape(rtol, (-1, 1)) * scale + 1e-300
         open_line = np.any(err > tol, axis=1)
         if not open_line.any() or a.size > max_intervals:
             break
@@ -369,7 +376,7 @@ def _line_integrals(prob, origins, v, pid, kinks, R, centers, *, rtol, n_mom, ex
     """∫ (t - c_l)^k exp(f(o_l + t v)) dt for k < n_mom on each line (scaled by its maximum).
 
     With ``extra`` (a function of the latent points returning (n, q) values ``h``), the
-    columns are instead ``[1, h, h²]`` (``n_mom = 1 + 2q``).
+    columns are instead ``[1, h, h²]`` (``n_mom = 1 + 2q``), or ``[1, h]`` (``n_mom = 1 + q``).
 
     Returns
     -------
@@ -446,6 +453,8 @@ def _line_integrals(prob, origins, v, pid, kinks, R, centers, *, rtol, n_mom, ex
         w = np.exp(f - m_line[lid])
         if extra is not None:
             h = extra(origins[lid] + t[:, None] * v)
+            if h.shape[1] == n_mom - 1:  # [1, h] only
+                return w[:, None] * np.concatenate([np.ones((t.size, 1)), h], axis=1)
             return w[:, None] * np.concatenate([np.ones((t.size, 1)), h, h * h], axis=1)
         if n_mom == 1:
             return w[:, None]
@@ -454,7 +463,9 @@ def _line_integrals(prob, origins, v, pid, kinks, R, centers, *, rtol, n_mom, ex
 
     # rounding of f (~eps |f|) sets a floor on the attainable relative accuracy
     floor = 64.0 * np.finfo(float).eps * (np.abs(np.where(np.isfinite(m_line), m_line, 0)) + 1)
-    tot, err, n_eval = _adaptive_gl(func, ilid, ia, ib, L, rtol=np.maximum(rtol, floor))
+    tot, err, n_eval = _adaptive_gl(
+        func, ilid, ia, ib, L, rtol=np.maximum(rtol, floor), mass_floor=extra is not None
+    )
     good = tot[:, 0] > 0
     logI[good] = m_line[good] + np.log(tot[good, 0])
     mom[good] = tot[good] / tot[good, :1]
@@ -625,9 +636,10 @@ def _modes(prob, starts):
 class _Outer2D:
     """Inner line integrals I(z1) = ∫ exp(f(z1, t)) dt for one data point (lines ∥ e2)."""
 
-    def __init__(self, prob, R, center, rtol_inner, n_mom):
+    def __init__(self, prob, R, center, rtol_inner, n_mom, extra=None):
         self.prob, self.R, self.center = prob, R, center
         self.rtol, self.n_mom = rtol_inner, n_mom
+        self.extra = extra
         self.v = np.array([0.0, 1.0])
         self.n_lines = 0
         self.n_eval = 0
@@ -650,6 +662,7 @@ class _Outer2D:
             np.full(L, self.center[1]),
             rtol=self.rtol,
             n_mom=self.n_mom,
+            extra=self.extra,
         )
         self.n_lines += L
         self.n_eval += info["n_eval"]
@@ -732,7 +745,7 @@ class _Outer2D:
         return np.array(sorted(found))
 
 
-def _oracle_2d_point(decoder, x, sigma, *, rtol, n_mom, rtol_inner=1e-13):
+def _oracle_2d_point(decoder, x, sigma, *, rtol, n_mom, rtol_inner=1e-13, extra=None):
     prob = _Problem(decoder, x, sigma)
     # multi-start: grid values, then Gauss-Newton from the best and the local maxima
     g = np.linspace(-6.0, 6.0, 49)
@@ -751,7 +764,7 @@ def _oracle_2d_point(decoder, x, sigma, *, rtol, n_mom, rtol_inner=1e-13):
     modes, fm, s1 = _modes(prob, Zg[idx])
     R = float(prob.radius(max(fg.max(), fm[0])))
     center = modes[0]
-    outer = _Outer2D(prob, R, center, rtol_inner, n_mom)
+    outer = _Outer2D(prob, R, center, rtol_inner, n_mom, extra)
 
     def breakpoints(modes, s1):
         T0 = min(R, 12.0)
@@ -817,6 +830,8 @@ def _oracle_2d_point(decoder, x, sigma, *, rtol, n_mom, rtol_inner=1e-13):
             raise RuntimeError("oracle_2d: the mode search missed the maximum")
         w = np.exp(lI - Mout)
         dz = t - c1
+        if extra is not None:  # [1, E[h | z1]] (the inner lines' means of the features)
+            return w[:, None] * mom
         if n_mom == 1:
             return w[:, None]
         # [1, dz1, dz1^2, dz2, dz1 dz2, dz2^2] with dz2 moments from the inner integrals
@@ -826,7 +841,15 @@ def _oracle_2d_point(decoder, x, sigma, *, rtol, n_mom, rtol_inner=1e-13):
 
     floor = 64.0 * np.finfo(float).eps * (abs(Mout) + 1.0)  # rounding of log I(z1)
     tot, err, _ = _adaptive_gl(
-        func, np.zeros(a.size, dtype=int), a, b, 1, rtol=max(rtol, floor), max_rounds=40, n=5
+        func,
+        np.zeros(a.size, dtype=int),
+        a,
+        b,
+        1,
+        rtol=max(rtol, floor),
+        max_rounds=40,
+        n=5,
+        mass_floor=extra is not None,
     )
     info = {
         "n_lines": outer.n_lines,
