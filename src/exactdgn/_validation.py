@@ -98,7 +98,7 @@ def check_array(
         if estimator is not None and feature_name == "columns" and arr.ndim == 2:
             raise ValueError(
                 f"{name} has {arr.shape[-1]} features, but {estimator} is expecting "
-                f"{n_features} features as input (shape {arr.shape})"
+                f"{n_features} features as input (shape {arr.shape}: give {n_features} columns)"
             )
         raise ValueError(
             f"{name} has {arr.shape[-1]} {feature_name} but {n_features} are expected "
