@@ -41,15 +41,19 @@ def test_state_dict_scores_exactly(parts, name):
     assert np.allclose(table[:, 1], exact.score_samples(X), rtol=1e-12)
 
 
-def test_encoder_estimates_sit_below_the_exact_value(parts, capsys):
-    root = parts[0]
-    out = root / "enc.csv"
+def _evaluate_with_encoder(root, k_is: int, name: str):
+    """``exactdgn evaluate`` of the test decoder with its encoder: (CSV header, table)."""
+    out = root / f"{name}.csv"
     args = ["evaluate", str(root / "dec.pt"), str(root / "x.npy"), "--noise-std", "0.2"]
-    enc = ["--encoder", str(root / "enc.pt"), "--encoder-hidden", "16", "--k-is", "200"]
+    enc = ["--encoder", str(root / "enc.pt"), "--encoder-hidden", "16", "--k-is", str(k_is)]
     assert main([*args, *enc, "--out", str(out)]) == 0
     head = out.read_text().splitlines()[0].split(",")
+    return head, np.loadtxt(out, delimiter=",", skiprows=1)
+
+
+def test_encoder_estimates_sit_below_the_exact_value(parts, capsys):
+    head, t = _evaluate_with_encoder(parts[0], 200, "enc")
     assert head == ["index", "log_px", "elbo", "iwae5", "is200", "gap", "is200_se"]
-    t = np.loadtxt(out, delimiter=",", skiprows=1)
     # bounds in expectation: the mean ELBO and IWAE-5 sit below the exact mean log p(x)
     assert t[:, 2].mean() < t[:, 3].mean() < t[:, 1].mean()
     assert abs(t[:, 4].mean() - t[:, 1].mean()) < 0.05  # IS with 200 draws is close
@@ -164,14 +168,8 @@ def test_noise_std_that_is_neither_a_number_nor_a_file(parts, capsys):
 def test_is_estimate_comes_with_its_standard_error(parts, capsys):
     # the IS estimate and its gap to the exact value were printed without an error bar: a gap
     # of Monte Carlo noise could not be told from a bias
-    root = parts[0]
-    out = root / "se.csv"
-    args = ["evaluate", str(root / "dec.pt"), str(root / "x.npy"), "--noise-std", "0.2"]
-    enc = ["--encoder", str(root / "enc.pt"), "--encoder-hidden", "16", "--k-is", "400"]
-    assert main([*args, *enc, "--out", str(out)]) == 0
-    head = out.read_text().splitlines()[0].split(",")
+    head, t = _evaluate_with_encoder(parts[0], 400, "se")
     assert head == ["index", "log_px", "elbo", "iwae5", "is400", "gap", "is400_se"]
-    t = np.loadtxt(out, delimiter=",", skiprows=1)
     assert (t[:, 6] > 0).all()
     z = (t[:, 4] - t[:, 1]) / t[:, 6]
     assert np.abs(z).max() < 4.5  # each point's exact value is within its error bar

@@ -269,9 +269,10 @@ class RegionGeometry:
         scale = self.kappa_scale()
         if hxq is None:
             hxq = -0.5 * np.einsum("nj,nj,j->n", Xc, Xc, self.inv_var)
-        size = scale[r] - 2.0 * hxq[p] + np.einsum("pi,pi->p", w, w)
+        w2 = np.einsum("pi,pi->p", w, w)
+        size = scale[r] - 2.0 * hxq[p] + w2
         cond, shift = self.kappa_conditioning()
-        wn = np.sqrt(np.einsum("pi,pi->p", w, w))
+        wn = np.sqrt(w2)
         d = w.shape[1]
         err = (_KAPPA_ROUND * _EPS) * size
         floor = np.maximum(1.0, np.abs(log_kappa))
