@@ -51,6 +51,7 @@ def write_json(path: Path, obj) -> None:
 
 def base_config(args, **extra) -> dict:
     import exactdgn
+    from exactdgn.evaluation import environment
 
     return {
         "argv": sys.argv,
@@ -61,6 +62,7 @@ def base_config(args, **extra) -> dict:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "environment": environment(),
         **extra,
     }
 

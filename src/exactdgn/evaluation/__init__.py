@@ -7,6 +7,7 @@ markdown results, and the demo report.
 
 from ._curves import em_curve, refit_curve, vae_curve
 from ._demo import run_demo
+from ._environment import environment
 from ._external import evaluate_external, load_torch_decoder, load_torch_encoder
 from ._split import STD_FLOOR, split_data
 from ._tables import flatten, json_default, markdown_table, write_json
@@ -15,6 +16,7 @@ from ._vae import evaluate_vae, vae_to_exact
 __all__ = [
     "STD_FLOOR",
     "em_curve",
+    "environment",
     "evaluate_external",
     "evaluate_vae",
     "flatten",

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ._curves import em_curve, vae_curve
+from ._environment import environment
 from ._split import STD_FLOOR, split_data
 from ._tables import markdown_table, write_json
 from ._vae import evaluate_vae, vae_to_exact
@@ -81,7 +82,11 @@ def run_demo(
         "seed": seed,
         "torch_threads": threads,
         "vae": {**vae_kw, "note": "no early stopping: a fixed epoch budget, as EM's"},
-        "em": {"init": "pca", "tol": 0.0, "noise": "isotropic", "min_noise_std": 1e-3},
+        "em": (
+            "one fit per case (em_curve: method 'em', tol and rel_tol 0, max_iter the case's "
+            "em_iterations, ExactDGN's defaults otherwise); each case's em_params lists them all"
+        ),
+        "environment": environment(),
         "cases": [],
     }
     results = {"cases": []}
@@ -180,6 +185,7 @@ def run_demo(
                 "data": case["data"],
                 "layer_sizes": sizes,
                 "em_iterations": case["em_iter"],
+                "em_params": em.get_params(),
                 "vae_epoch_checkpoints": case["vae_epochs"],
                 "standardizer": std.to_dict() if std else None,
             }
