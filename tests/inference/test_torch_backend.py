@@ -336,9 +336,18 @@ def test_chunks_and_blocks_do_not_change_results(device, latent, monkeypatch):
     monkeypatch.setattr(_torch_marginal, "_PAIR_BLOCK", {"cpu": 101, "cuda": 101})
     many = marginal_pairs(geom, X, need_moments=True, device=device)
     assert np.array_equal(one.point, many.point) and np.array_equal(one.region, many.region)
-    _close(one.log_px, many.log_px, 1e-13)
-    np.testing.assert_allclose(many.mean, one.mean, rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(many.cov, one.cov, rtol=1e-10, atol=1e-14)
+    # chunks change the rounding (by 2.5e-13 nats on an AMD EPYC, OpenBLAS's Haswell kernel),
+    # never by more than the error each run reports
+    diff = np.abs(one.log_px - many.log_px)
+    assert np.all(diff <= one.log_px_error + many.log_px_error)
+    _close(one.log_px, many.log_px, 1e-12)
+    # per-pair moments in units of the pair's posterior standard deviations (as numpy against
+    # torch in test_estep_2d_matches_numpy): a far pair's covariance of ~4e-6 cancels in its
+    # second moment and moved by 3e-9 of it on the AMD EPYC
+    sd = np.sqrt(np.einsum("pii->pi", one.cov))
+    np.testing.assert_array_less(np.abs(many.mean - one.mean) / sd, 1e-9)
+    dc = np.abs(many.cov - one.cov) / (sd[:, :, None] * sd[:, None, :])
+    np.testing.assert_array_less(dc, 1e-7)
 
 
 @pytest.mark.parametrize("device", DEVICES)

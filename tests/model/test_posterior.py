@@ -5,6 +5,7 @@ import pytest
 from scipy import integrate, optimize, stats
 
 from exactdgn import Decoder, ExactDGN
+from exactdgn.inference import marginal_pairs, region_geometry
 from tests.oracles.likelihood import (
     oracle_logpx_2d,
     oracle_posterior_moments_1d,
@@ -274,3 +275,22 @@ def test_d2_moments_of_a_point_1e8_noise_scales_out():
     far = model.sample(3, random_state=0) + 1e11 * np.array([1.0, -0.5, 0.3])
     with pytest.warns(RuntimeWarning, match=r"posterior moments of \d+ rows"):
         assert np.isnan(model.posterior(far).mean).any()
+
+
+@pytest.mark.parametrize("device", [None, "cpu"])
+def test_d2_posterior_mean_of_a_1e4_sigma_row_matches_quadrature(device):
+    """At 1e4σ (log p(x) ~ -2e8) ``log_px`` is rounded to ~3e-8 in absolute terms, and the
+    weights ``exp(log_joint - log_px)`` of the row summed to 1 ± 2e-8: the posterior mean moved
+    by that fraction of |E[z | x]| ~ 400, 5e-5 (numpy) and 9e-5 (torch) posterior standard
+    deviations away from quadrature. The weights are renormalised on such rows."""
+    dec = Decoder.random([2, 16, 16, 5], seed=0)
+    m = ExactDGN.from_decoder(dec, 0.1, device=device)
+    x = np.full(5, 1e3)  # 1e4 noise scales
+    st = marginal_pairs(region_geometry(m.partition_, m.noise_std_), x[None], device=device)
+    assert st.log_px[0] < -1e8
+    assert abs(np.exp(np.asarray(st.log_weight)).sum() - 1.0) < 1e-13
+    post = m.posterior(x[None])
+    mean, cov = oracle_posterior_moments_2d(dec, x, 0.1)
+    sd = np.sqrt(np.diag(cov))
+    assert np.all(np.abs(np.asarray(post.mean)[0] - mean) / sd < 1e-7)
+    np.testing.assert_allclose(np.asarray(post.covariance_matrix)[0], cov, rtol=1e-6)

@@ -212,8 +212,11 @@ class TorchPairs:
 
     @property
     def log_weight(self) -> torch.Tensor:
-        """(P,) log posterior probability of the region given the point."""
-        return self.log_joint - self.log_px[self.point]
+        """(P,) log posterior probability of the region given the point (renormalised on
+        far rows: :func:`exactdgn.inference._marginal.renormalised_log_weight`)."""
+        from ._marginal import renormalised_log_weight
+
+        return renormalised_log_weight(self.log_joint, self.log_px, self.point)
 
     def numpy(self):
         """The same as a numpy :class:`PairStats`."""
