@@ -14,6 +14,7 @@ __all__ = [
     "available_memory",
     "check_array",
     "check_feature_names",
+    "check_generator",
     "check_positive",
     "feature_names",
     "is_int",
@@ -75,13 +76,13 @@ def check_array(
             "the exact likelihood uses every value, and NaN marks a missing one"
         )
     # the messages carry scikit-learn's wording where it has one (its estimator checks match it)
-    if np.iscomplexobj(X):
+    if _is_complex(X):
         raise ValueError(
             f"Complex data not supported: {name} is complex; give real numbers (the real part "
             "is not taken)"
         )
     try:
-        arr = np.asarray(X, dtype=np.float64)
+        arr = np.asarray(_pandas_nullable_as_nan(X), dtype=np.float64)
     except (TypeError, ValueError) as exc:
         # an entry that is not a number at all (a dict, None) is a TypeError, as in numpy
         kind = TypeError if isinstance(exc, TypeError) else ValueError
@@ -119,6 +120,45 @@ def check_array(
             f"(first bad rows: {rows[:5].tolist()}); {fix}"
         )
     return np.ascontiguousarray(arr)
+
+
+def _is_complex(X) -> bool:
+    """Whether ``X`` holds complex numbers, read from its dtype(s) (``np.iscomplexobj(X)``
+    dispatched on array-likes that define ``__array_function__``, which may refuse it)."""
+    dtype = getattr(X, "dtype", None)
+    if isinstance(dtype, np.dtype):
+        return dtype.kind == "c"
+    if hasattr(X, "columns") and hasattr(X, "dtypes"):  # a data frame: its columns' dtypes
+        return any(isinstance(dt, np.dtype) and dt.kind == "c" for dt in list(X.dtypes))
+    try:
+        return np.asarray(X).dtype.kind == "c"
+    except (TypeError, ValueError):  # not an array at all: the float conversion says so
+        return False
+
+
+def _pandas_nullable_as_nan(X):
+    """A pandas object with nullable columns (``Float64``, ``Int64``, ...: ``pd.NA`` where a
+    value is missing) as float64 with NaN there, as numpy marks missing values; anything
+    else as it is (``np.asarray(pd.NA)`` cannot be a float)."""
+    if not type(X).__module__.startswith("pandas") or not hasattr(X, "to_numpy"):
+        return X
+    dtypes = [X.dtype] if hasattr(X, "dtype") else list(getattr(X, "dtypes", []))
+    if all(isinstance(dt, np.dtype) for dt in dtypes):
+        return X
+    return X.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def check_generator(random_state, name: str = "random_state") -> np.random.Generator:
+    """``numpy.random.default_rng(random_state)`` (None, a seed, a Generator: the same draws),
+    with a value it refuses named (numpy's "expected non-negative integer" names nothing)."""
+    try:
+        return np.random.default_rng(random_state)
+    except (TypeError, ValueError) as exc:
+        kind = TypeError if isinstance(exc, TypeError) else ValueError
+        raise kind(
+            f"{name}={random_state!r} is invalid: use None, a non-negative integer seed or a "
+            f"numpy.random.Generator ({exc})"
+        ) from None
 
 
 def check_positive(value, *, name: str, size: int | None = None) -> np.ndarray:

@@ -69,6 +69,18 @@ in config.json, log-likelihoods are reported in standardized units and, with the
 of the map, in data units ("*_data").
 """
 
+EVALUATE_EXAMPLES = """examples:
+  exactdgn evaluate decoder.safetensors test.npy --noise-std 0.1 --layers 2 32 32 784
+  exactdgn evaluate decoder.pt test.npy --noise-std sigma.npy --encoder encoder.pt \\
+      --encoder-hidden 64 64 --k-is 5000 --out per_point.csv
+  exactdgn -v evaluate decoder.pt test.npy --noise-std 0.1    (each stage's time logged)
+
+DATA is a .csv/.npy/.npz file (--key picks an array of an .npz) or a built-in name (digits,
+mnist:PATH, wave, ...). It is scored as given, never standardized: give it in the units the
+decoder was trained on (a NaN is refused here). --noise-std is the decoder's observation
+noise: one std, or a file of one std per output.
+"""
+
 TOY_NAMES = ("wave", "circle", "two_moons", "moons", "mixture", "gaussian_mixture")
 METHODS = ("auto", "em", "gradient", "lbfgs", "vae", "iwae")
 EXACT_METHODS = ("auto", "em", "gradient", "lbfgs")
@@ -187,6 +199,10 @@ def _check_data_options(args) -> None:
                 f"--{dest.replace('_', '-')} applies to {' and '.join(takes)} data, not "
                 f"{args.data}{hint}"
             )
+    if getattr(args, "key", None) is not None and not args.data.lower().endswith(".npz"):
+        raise CLIError(
+            f"--key picks an array of a .npz file; {args.data} holds a single array: remove --key"
+        )
 
 
 def _want_standardize(choice: str, info: dict, D: int) -> bool:
@@ -457,6 +473,15 @@ def _check_parents(path: Path, option: str) -> None:
             break
 
 
+def _check_out_file(path, option: str = "--out") -> None:
+    """An output file's path: not a folder, in folders that exist or can be made (checked
+    before the work whose results it takes, not after it)."""
+    path = Path(path)
+    if path.is_dir():
+        raise CLIError(f"{option} {path} is a folder: give a file path (e.g. {path / 'out.csv'})")
+    _check_parents(path, option)
+
+
 def _write_run(out: Path, write) -> None:
     """``write(folder)`` writes the run's files into a staging folder beside ``out``, which then
     becomes ``out`` (a new one) or replaces its files one by one (an earlier run's folder).
@@ -722,6 +747,9 @@ def _impute_in(args, client) -> int:
         raise CLIError(
             f"--std-out {args.std_out} is the --out file: give the conditional std its own file"
         )
+    _check_out_file(out)  # before the imputation, and --out not written when --std-out fails
+    if args.std_out:
+        _check_out_file(args.std_out, "--std-out")
     if client is None:
         X, _ = load_data(args.data, key=args.key, allow_nan=True)
         from .inference import check_missing
@@ -762,6 +790,8 @@ def _score(args) -> int:
 
 def _score_in(args, client) -> int:
     _check_data_options(args)
+    if args.out:
+        _check_out_file(args.out)  # before the scoring, not after it
     model, cfg = load_model(args.model)
     data_cfg = cfg.get("data", {})
     same = data_cfg.get("spec") == args.data
@@ -839,6 +869,8 @@ def _sample(args) -> int:
     model, _ = load_model(args.model)
     if args.n < 1:
         raise CLIError(f"-n must be >= 1, got {args.n}")
+    if args.out:
+        _check_out_file(args.out)
     X = model.sample(args.n, random_state=args.seed)  # data units (its standardization)
     std = getattr(model, "preprocessing_", None)
     if std and args.standardized:
@@ -856,25 +888,63 @@ def _sample(args) -> int:
 
 # ---------------------------------------------------------------------- evaluate
 def _noise_std(text: str):
-    """``--noise-std``: a number, or a ``.npy`` / ``.csv`` / ``.txt`` file of one std per output."""
+    """``--noise-std``: a positive number, or a ``.npy`` / ``.csv`` / ``.txt`` file of one
+    positive std per output (its length is checked against the decoder by the caller)."""
     try:
-        return float(text)
+        values = float(text)
     except ValueError:
-        pass
-    path = Path(text)
-    if not path.is_file():
+        path = Path(text)
+        if not path.is_file():
+            raise CLIError(
+                f"--noise-std {text} is neither a number nor a file: give one std (e.g. 0.1) "
+                "or a .npy / .csv file of one std per output"
+            ) from None
+        try:
+            if path.suffix == ".npy":
+                values = np.load(path, allow_pickle=False)
+            else:
+                values = np.loadtxt(path, delimiter="," if path.suffix == ".csv" else None, ndmin=1)
+            values = np.asarray(values, dtype=np.float64).ravel()
+        except (ValueError, OSError) as exc:
+            raise CLIError(f"--noise-std {text}: not a file of numbers ({exc})") from exc
+    bad = ~(np.isfinite(values) & (np.asarray(values) > 0))
+    if np.any(bad):
+        what = f"{int(np.sum(bad))} of its values are not" if np.ndim(values) else "it is not"
         raise CLIError(
-            f"--noise-std {text} is neither a number nor a file: give one std (e.g. 0.1) or a "
-            ".npy / .csv file of one std per output"
+            f"--noise-std {text} is invalid: {what} positive and finite; give the observation "
+            "noise std (e.g. 0.1), or one positive std per output"
         )
-    try:
-        if path.suffix == ".npy":
-            values = np.load(path, allow_pickle=False)
-        else:
-            values = np.loadtxt(path, delimiter="," if path.suffix == ".csv" else None, ndmin=1)
-        return np.asarray(values, dtype=np.float64).ravel()
-    except (ValueError, OSError) as exc:
-        raise CLIError(f"--noise-std {text}: not a file of numbers ({exc})") from exc
+    return values
+
+
+def _check_noise_length(text: str, noise_std, n_outputs: int) -> None:
+    if np.ndim(noise_std) == 1 and len(noise_std) != n_outputs:
+        raise CLIError(
+            f"--noise-std {text} has {len(noise_std)} values but the decoder has {n_outputs} "
+            "outputs: give one std per output, or a single number"
+        )
+
+
+#: evaluate's options that apply with ``--encoder`` only (an error without it)
+ENCODER_OPTIONS = (
+    "encoder_hidden",
+    "encoder_activation",
+    "encoder_output",
+    "k_iwae",
+    "k_is",
+    "seed",
+)
+
+
+def _check_encoder_options(args, parser_defaults: dict) -> None:
+    if args.encoder:
+        return
+    for dest in ENCODER_OPTIONS:
+        if getattr(args, dest) != parser_defaults[dest]:
+            raise CLIError(
+                f"--{dest.replace('_', '-')} applies with --encoder only (the encoder's ELBO / "
+                "IWAE / IS estimates): give the encoder's weights with --encoder, or remove it"
+            )
 
 
 def _evaluate(args) -> int:
@@ -882,6 +952,9 @@ def _evaluate(args) -> int:
 
     _torch_threads(args.threads)
     _check_data_options(args)
+    _check_encoder_options(args, args.encoder_defaults)
+    if args.out:
+        _check_out_file(args.out)
     noise_std = _noise_std(args.noise_std)
     dec = load_torch_decoder(
         args.decoder,
@@ -890,6 +963,7 @@ def _evaluate(args) -> int:
         negative_slope=args.negative_slope,
         unsafe_pickle=args.unsafe_pickle,
     )
+    _check_noise_length(args.noise_std, noise_std, dec.output_dim)
     X, _ = load_data(args.data, n_samples=args.n_samples, key=args.key)
     if X.shape[1] != dec.output_dim:
         raise CLIError(f"the decoder outputs {dec.output_dim} values but DATA has {X.shape[1]}")
@@ -1277,7 +1351,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the ELBO, IWAE-k bound and importance-sampling estimate beside it (nats per point;\n"
         "the IS estimate with its standard error). DATA is scored as given (not\n"
         "standardized, unlike fit): give it in the units the decoder was trained on.",
-        epilog=EXAMPLES,
+        epilog=EVALUATE_EXAMPLES,
         formatter_class=_Formatter,
     )
     e.add_argument(
@@ -1285,7 +1359,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DECODER",
         help="decoder weights: .safetensors or a torch state dict (an MLP; see --layers)",
     )
-    e.add_argument("data", metavar="DATA")
+    e.add_argument(
+        "data",
+        metavar="DATA",
+        help="a .csv, .npy or .npz file (or a built-in name: digits, mnist:PATH, wave, ...), "
+        "complete rows, scored as given (never standardized)",
+    )
     e.add_argument(
         "--noise-std",
         required=True,
@@ -1305,42 +1384,48 @@ def build_parser() -> argparse.ArgumentParser:
         help="decoder hidden activation",
     )
     e.add_argument("--negative-slope", type=float, default=0.01, help="leaky_relu slope")
-    e.add_argument("--encoder", default=None, help="encoder weights, for ELBO / IWAE / IS")
-    e.add_argument(
-        "--encoder-hidden", type=int, nargs="*", default=[64, 64], help="encoder hidden widths"
-    )
-    e.add_argument(
-        "--encoder-activation",
-        default="relu",
-        choices=["relu", "leaky_relu", "tanh", "softplus", "elu"],
-        help="encoder hidden activation",
-    )
-    e.add_argument(
-        "--encoder-output",
-        choices=["log_std", "log_var"],
-        default="log_std",
-        help="what the encoder's second output is (state dict or pickled module): the log "
-        "std or the log variance (pythae)",
-    )
     e.add_argument(
         "--unsafe-pickle",
         action="store_true",
         help="accept a pickled whole nn.Module: THIS EXECUTES CODE FROM THE FILE (trusted "
         "files only)",
     )
-    e.add_argument("--k-iwae", type=int, default=5, help="samples of the IWAE bound")
-    e.add_argument("--k-is", type=int, default=5000, help="importance samples of the IS estimate")
-    e.add_argument("--seed", type=_seed, default=0, help="seed of the encoder's samples")
     e.add_argument("--n-samples", type=_positive_int, default=None, help="keep the first N points")
     e.add_argument("--key", default=None, help=".npz data: the array to use")
     e.add_argument("--out", default=None, help="per-point CSV (exact log p and estimates)")
     e.add_argument(
         "--no-progress",
         action="store_true",
-        help="no progress bar over the steps (the exact pass's estimated regions, memory and "
-        "time are logged before it: a warning when long, with -v always)",
+        help="no progress bars (one per stage: regions, exact log p(x) over the points, then "
+        "ELBO, IWAE-k and IS-k over points x samples); each stage's time is logged either way "
+        "(-v), and the exact pass's estimated regions, memory and time before it (a warning "
+        "when long)",
     )
-    e.set_defaults(func=_evaluate)
+    g = e.add_argument_group("encoder (ELBO / IWAE / IS estimates; these options need --encoder)")
+    g.add_argument("--encoder", default=None, help="encoder weights, for ELBO / IWAE / IS")
+    g.add_argument(
+        "--encoder-hidden", type=int, nargs="*", default=[64, 64], help="encoder hidden widths"
+    )
+    g.add_argument(
+        "--encoder-activation",
+        default="relu",
+        choices=["relu", "leaky_relu", "tanh", "softplus", "elu"],
+        help="encoder hidden activation",
+    )
+    g.add_argument(
+        "--encoder-output",
+        choices=["log_std", "log_var"],
+        default="log_std",
+        help="what the encoder's second output is (state dict or pickled module): the log "
+        "std or the log variance (pythae)",
+    )
+    g.add_argument("--k-iwae", type=int, default=5, help="samples of the IWAE bound")
+    g.add_argument("--k-is", type=int, default=5000, help="importance samples of the IS estimate")
+    g.add_argument("--seed", type=_seed, default=0, help="seed of the encoder's samples")
+    e.set_defaults(
+        func=_evaluate,
+        encoder_defaults={a.dest: a.default for a in g._group_actions if a.dest != "encoder"},
+    )
 
     d = sub.add_parser(
         "demo",

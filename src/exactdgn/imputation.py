@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin, clone
 
-from ._validation import check_array, check_feature_names, feature_names
+from ._validation import check_array, check_feature_names, check_generator, feature_names
 from .model import ExactDGN, NotFittedError
 
 __all__ = ["ExactDGNImputer"]
@@ -67,6 +67,14 @@ class ExactDGNImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             raise ValueError(
                 f"method={self.method!r} is invalid: use one of {ExactDGN._IMPUTE_METHODS}"
             )
+        check_generator(self.random_state)  # named here, not at the first transform
+        est = self.estimator
+        if est is not None and not callable(getattr(est, "impute", None)):
+            raise TypeError(
+                f"estimator must be an ExactDGN (it fills the NaNs with ExactDGN.impute), got "
+                f"{type(est).__name__}; ExactDGNImputer(ExactDGN(...)) fits one, "
+                "ExactDGNImputer(model, prefit=True) uses a fitted one"
+            )
         data = X
         X = check_array(X, name="X", allow_nan=True)
         if self.prefit:
@@ -94,4 +102,13 @@ class ExactDGNImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         if not hasattr(self, "estimator_"):
             raise NotFittedError("this ExactDGNImputer is not fitted yet: call fit(X) first")
         check_feature_names(self, X)
+        check_feature_names(self.estimator_, X)  # a prefit model's own names (fit saw none)
+        # the width in this transformer's name (scikit-learn names the estimator called)
+        X = check_array(
+            X,
+            name="X",
+            n_features=self.n_features_in_,
+            allow_nan=True,
+            estimator=type(self).__name__,
+        )
         return self.estimator_.impute(X, method=self.method, random_state=self.random_state)

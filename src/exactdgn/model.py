@@ -23,6 +23,7 @@ from ._validation import (
     NotFittedError,
     check_array,
     check_feature_names,
+    check_generator,
     check_positive,
     feature_names,
     is_int,
@@ -549,7 +550,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         """
         if method not in self._IMPUTE_METHODS:
             raise ValueError(f"method={method!r} is invalid: use one of {self._IMPUTE_METHODS}")
-        if not (isinstance(n_samples, int | np.integer) and n_samples >= 1):
+        if not is_int(n_samples, 1):  # a bool is not a count (True failed inside numpy)
             raise ValueError(f"n_samples={n_samples!r} is invalid: use an integer >= 1")
         if n_samples != 1 and method != "sample":
             raise ValueError(
@@ -569,7 +570,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         elif method == "mode":
             out[miss] = self.decoder_(post.mode())[miss]
         else:
-            rng = np.random.default_rng(random_state)
+            rng = check_generator(random_state)
             Z = post.sample((n_samples,), random_state=rng)  # (S, N, d)
             G = self.decoder_(Z.reshape(-1, Z.shape[-1])).reshape(n_samples, *X.shape)
             G += rng.standard_normal(G.shape) * self.noise_std_
@@ -629,7 +630,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         if not (isinstance(n_samples, int | np.integer) and n_samples >= 1):
             raise ValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
         n_samples = int(n_samples)
-        rng = np.random.default_rng(random_state)
+        rng = check_generator(random_state)
         Z = rng.standard_normal((n_samples, self.decoder_.latent_dim))
         X = self.decoder_(Z) + rng.standard_normal((n_samples, self.decoder_.output_dim)) * (
             self.noise_std_

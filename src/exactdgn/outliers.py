@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._validation import check_array, check_feature_names
+from ._validation import check_array, check_feature_names, check_generator
 
 __all__ = ["TypicalityResult", "contamination_offset", "typicality_test"]
 
@@ -100,6 +100,7 @@ def typicality_test(
     for name, val in (("n_reference", n_reference), ("n_batches", n_batches)):
         if not (isinstance(val, int | np.integer) and val >= 10):
             raise ValueError(f"{name}={val!r} is invalid: use an integer >= 10")
+    rng = check_generator(random_state)  # a bad seed named before the batch is scored
     check_feature_names(model, X)  # a frame's columns in fit's order (check_array drops names)
     X = check_array(X, name="X", allow_nan=True)
     n_missing = int(np.isnan(X).sum())
@@ -110,7 +111,6 @@ def typicality_test(
         )
     scores = model.score_samples(X)
     n = len(scores)
-    rng = np.random.default_rng(random_state)
     ref = model.score_samples(model.sample(int(n_reference), random_state=rng))
     # permutation null: under H0 the batch's and the reference's scores are exchangeable, so
     # splitting the pooled scores at random gives the null distribution of the difference of
@@ -134,6 +134,6 @@ def typicality_test(
         reference_std=float(diffs.std()),
         p_value=p,
         batch_size=n,
-        typical=p >= alpha,
+        typical=bool(p >= alpha),
         alpha=float(alpha),
     )

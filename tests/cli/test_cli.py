@@ -515,6 +515,35 @@ def test_impute_refuses_std_out_onto_its_out(runs, tmp_path, capsys):
     assert "--std-out" in capsys.readouterr().err and not out.exists()
 
 
+@pytest.mark.parametrize(
+    "command, option",
+    [
+        (["score", "EM", "wave", "--n-samples", "20"], "--out"),
+        (["impute", "EM", "HOLES"], "--out"),
+        (["impute", "EM", "HOLES", "--out", "OK.npy"], "--std-out"),
+        (["sample", "EM", "-n", "3"], "--out"),
+    ],
+)
+def test_an_output_file_that_is_a_folder_is_refused_before_the_work(
+    runs, tmp_path, capsys, command, option
+):
+    """``--out`` naming a folder (``score ... --out results``) failed after the work, with
+    ``[Errno 21] Is a directory: 'results.tmp123' -> 'results'``; ``impute --std-out`` naming
+    one had written ``--out`` already."""
+    root, _, _ = runs
+    holes = tmp_path / "holes.csv"
+    holes.write_text("1,2\nnan,1\n3,nan\n")
+    folder = tmp_path / "taken.npy"
+    folder.mkdir()
+    subst = {"EM": str(root / "em"), "HOLES": str(holes), "OK.npy": str(tmp_path / "ok.npy")}
+    argv = [subst.get(a, a) for a in command] + [option, str(folder)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{option} {folder} is a folder: give a file path" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["holes.csv", "taken.npy"]
+    assert list(folder.iterdir()) == []
+
+
 def test_a_checkpoint_below_a_file_is_refused_before_training(tmp_path, capsys):
     """``--checkpoint taken.csv/ck.npz`` failed with ``[Errno 17] File exists: 'taken.csv'``
     at the first save, after the scouting and first iteration had run."""

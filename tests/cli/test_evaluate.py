@@ -201,3 +201,127 @@ def test_help_says_the_data_are_scored_as_given(capsys):
         main(["evaluate", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "scored as given (not standardized" in out
+    # its epilog said the opposite ("standardized per pixel by default (--standardize)",
+    # "reported in standardized units"): the epilog of fit and score, not of evaluate
+    assert "--standardize" not in out and "standardized per pixel" not in out
+    assert "exactdgn evaluate" in out and "exactdgn fit wave" not in out
+    assert "DATA a .csv, .npy or .npz file" in out  # the positional argument says what it is
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--k-is", "10"],
+        ["--k-iwae", "3"],
+        ["--seed", "1"],
+        ["--encoder-hidden", "16"],
+        ["--encoder-activation", "tanh"],
+        ["--encoder-output", "log_var"],
+    ],
+)
+def test_encoder_options_without_an_encoder_are_refused(parts, capsys, option):
+    """An option that does not apply is an error (README): without --encoder these were
+    ignored, so ``--k-is 100000`` seemed to have been used."""
+    root = parts[0]
+    args = ["evaluate", str(root / "dec.pt"), str(root / "x.npy"), "--noise-std", "0.2"]
+    assert main([*args, *option]) == 2
+    err = capsys.readouterr().err
+    assert f"{option[0]} applies with --encoder only" in err, err
+
+
+def _no_evaluation(monkeypatch):
+    """``evaluate_external`` replaced by a failure: the checks must come before the passes."""
+    import exactdgn.evaluation
+
+    def fail(*args, **kwargs):
+        raise AssertionError("evaluate_external ran")
+
+    monkeypatch.setattr(exactdgn.evaluation, "evaluate_external", fail)
+
+
+def test_out_that_cannot_be_written_is_refused_before_the_passes(parts, capsys, monkeypatch):
+    """``--out`` naming a folder failed after every pass had run ("[Errno 21] Is a directory:
+    'out.tmp123' -> 'out'"): hours of IS lost on a typo."""
+    root = parts[0]
+    _no_evaluation(monkeypatch)
+    args = ["evaluate", str(root / "dec.pt"), str(root / "x.npy"), "--noise-std", "0.2"]
+    assert main([*args, "--out", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {root} is a folder" in err and "file" in err
+    (root / "plain").write_text("")
+    assert main([*args, "--out", str(root / "plain" / "o.csv")]) == 2
+    assert "plain is a file, not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "value, named",
+    [
+        ("-0.1", "positive"),
+        ("0", "positive"),
+        ("nan", "positive"),
+        ("inf", "positive"),
+        ("std4.npy", "4 values but the decoder has 3 outputs"),
+        ("stdneg.npy", "positive"),
+    ],
+)
+def test_bad_noise_std_is_named_before_the_passes(parts, capsys, monkeypatch, value, named):
+    """A bad --noise-std was reported as ``noise_std must be positive and finite, got -0.1``
+    (the Python name) after the progress bar had started; a file of the wrong length as
+    ``noise_std has length 4 but 3 is expected``."""
+    root = parts[0]
+    np.save(root / "std4.npy", np.full(4, 0.2))
+    np.save(root / "stdneg.npy", np.array([0.2, -0.1, 0.2]))
+    _no_evaluation(monkeypatch)
+    value = str(root / value) if value.endswith(".npy") else value
+    args = ["evaluate", str(root / "dec.pt"), str(root / "x.npy"), "--noise-std", value]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"exactdgn: error: --noise-std {value}") and named in err, err
+    assert "evaluate" not in err.split("error:")[0]  # no bar before the message
+
+
+def test_decoder_path_that_is_a_folder_is_named(parts, capsys):
+    # "[Errno 21] Is a directory: '.'" did not say which argument it was
+    root = parts[0]
+    assert main(["evaluate", str(root), str(root / "x.npy"), "--noise-std", "0.2"]) == 2
+    err = capsys.readouterr().err
+    assert f"{root} is a folder" in err and "decoder" in err
+    args = ["evaluate", str(root / "dec.pt"), str(root / "x.npy"), "--noise-std", "0.2"]
+    assert main([*args, "--encoder", str(root), "--encoder-hidden", "16"]) == 2
+    err = capsys.readouterr().err
+    assert f"{root} is a folder" in err and "encoder" in err
+
+
+def test_key_with_a_npy_file_is_refused(parts, capsys):
+    # a .npy file holds one array: --key was silently ignored
+    root = parts[0]
+    args = ["evaluate", str(root / "dec.pt"), str(root / "x.npy"), "--noise-std", "0.2"]
+    assert main([*args, "--key", "X"]) == 2
+    assert "--key picks an array of a .npz file" in capsys.readouterr().err
+
+
+def test_each_stage_has_its_progress_and_a_log_line(parts, capsys, caplog):
+    """The bar named the step that ran but showed nothing within it (IS with 5,000 proposals
+    per point is the long one) and left no trace: each stage now has its own bar over its
+    work (points, or points x samples) and logs its time at INFO (-v)."""
+    import logging
+
+    root = parts[0]
+    caplog.set_level(logging.INFO, logger="exactdgn")
+    _evaluate_with_encoder(root, 50, "stages")
+    err = capsys.readouterr().err
+    for i, stage in enumerate(["regions", "exact log p(x)", "ELBO", "IWAE-5", "IS-50"], 1):
+        assert f"evaluate [{i}/5] {stage}" in err, err
+        assert any(
+            r.getMessage().startswith(f"evaluate [{i}/5] {stage}: ") and " s" in r.getMessage()
+            for r in caplog.records
+        ), caplog.text
+    assert "40/40" in err and "2.00k/2.00k" in err  # the exact pass's points, IS's samples
+    caplog.clear()
+    out = root / "stages_quiet.csv"
+    args = ["evaluate", str(root / "dec.pt"), str(root / "x.npy"), "--noise-std", "0.2"]
+    enc = ["--encoder", str(root / "enc.pt"), "--encoder-hidden", "16", "--k-is", "50"]
+    assert main([*args, *enc, "--no-progress", "--out", str(out)]) == 0
+    assert "evaluate [" not in capsys.readouterr().err  # no bars, the log lines stay
+    assert sum(r.getMessage().startswith("evaluate [") for r in caplog.records) == 5
+    assert out.read_bytes() == (root / "stages.csv").read_bytes()  # the values unchanged

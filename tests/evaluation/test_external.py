@@ -191,3 +191,78 @@ def test_load_torch_decoder_checks_the_layers_of_a_pickled_module(tmp_path):
         load_torch_decoder(tmp_path / "dec.pt", layers=[1, 8, 4], unsafe_pickle=True)
     dec = load_torch_decoder(tmp_path / "dec.pt", layers=[1, 4, 4], unsafe_pickle=True)
     assert dec.layer_sizes == [1, 4, 4]
+
+
+@pytest.mark.parametrize("sizes", [[1, 6, 5], [2, 6, 5], [3, 4, 4]])
+@pytest.mark.parametrize("missing", [False, True])
+def test_exact_pass_reports_its_progress_over_the_points(sizes, missing):
+    """The exact pass reports the rows of each block as it finishes it (d = 1, d = 2, the
+    general path; complete and incomplete rows), so a bar over the points advances within it;
+    the values are those without a listener."""
+    from exactdgn._progress import progress_to
+
+    model = ExactDGN.from_decoder(Decoder.random(sizes, seed=0), 0.2, chunk_bytes=2**14)
+    X = model.sample(300, random_state=0)
+    if missing:
+        X[::3, 1] = np.nan
+    ref = model.score_samples(X)
+    seen: list[int] = []
+    with progress_to(seen.append):
+        got = model.score_samples(X)
+    np.testing.assert_array_equal(got, ref)
+    assert sum(seen) == len(X) and len(seen) >= 1, seen
+    if sizes[0] == 2 and not missing:
+        assert len(seen) > 1  # small blocks: the bar moves more than once
+    model.score_samples(X)  # outside the context nothing listens
+    assert sum(seen) == len(X)
+
+
+def test_encoder_estimates_report_their_samples():
+    from exactdgn._progress import progress_to
+
+    dec, enc, X = _parts()
+    vae = VAE.from_parts(dec, enc, 0.3)
+    for call, total in (
+        (lambda: vae.elbo(X, n_samples=7, random_state=0), 7),
+        (lambda: vae.iwae_bound(X, k=3, n_repeats=2, random_state=0), 6),
+        (lambda: vae.importance_log_likelihood(X, k=50, random_state=0, max_elements=64), 50),
+    ):
+        ref = call()
+        seen: list[int] = []
+        with progress_to(seen.append):
+            got = call()
+        np.testing.assert_array_equal(got, ref)
+        assert sum(seen) == len(X) * total, (seen, total)
+    assert len(seen) > 1  # IS in several chunks: reported chunk by chunk
+
+
+def test_evaluate_external_checks_the_noise_std_before_anything_runs(caplog):
+    """A bad noise std was found when the model was built, after the exact pass's estimate was
+    logged and the bar had started; a vector of the wrong length said ``noise_std has length 4
+    but 2 is expected`` (expected by what?)."""
+    import logging
+
+    dec, _, X = _parts()
+    caplog.set_level(logging.INFO, logger="exactdgn")
+    with pytest.raises(ValueError, match="noise_std has 4 values but the decoder has 2 outputs"):
+        evaluate_external(dec, np.full(4, 0.3), X)
+    with pytest.raises(ValueError, match="noise_std must be positive"):
+        evaluate_external(dec, -0.3, X)
+    assert not caplog.records
+
+
+def test_evaluate_external_logs_each_stage(caplog):
+    import logging
+
+    dec, enc, X = _parts()
+    caplog.set_level(logging.INFO, logger="exactdgn")
+    _, summary = evaluate_external(dec, 0.3, X, encoder=enc, n_elbo=3, k_is=20)
+    stages = [r.getMessage() for r in caplog.records if r.getMessage().startswith("evaluate [")]
+    assert [s.split(":")[0] for s in stages] == [
+        "evaluate [1/5] regions",
+        "evaluate [2/5] exact log p(x)",
+        "evaluate [3/5] ELBO",
+        "evaluate [4/5] IWAE-5",
+        "evaluate [5/5] IS-20",
+    ]
+    assert f"{summary['exact']:.6f}" in stages[1] and f"{summary['is20']:.6f}" in stages[4]

@@ -81,8 +81,8 @@ def test_threads_do_not_change_results(sizes, monkeypatch):
     monkeypatch.setattr(
         _marginal,
         "_map_blocks",
-        lambda fn, st, parallel=True: (
-            blocks.append((list(st), parallel)) or real(fn, blocks[-1][0], parallel)
+        lambda fn, st, parallel=True, **kw: (
+            blocks.append((list(st), parallel)) or real(fn, blocks[-1][0], parallel, **kw)
         ),
     )
     many = marginal_pairs(geom, X, need_moments=True)
@@ -242,6 +242,24 @@ def test_blocks_run_with_one_blas_thread(threads, monkeypatch):
 
     assert _marginal._map_blocks(fn, range(4)) == [0, 1, 2, 3]
     assert seen and set(seen) == {1}
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_blocks_report_their_rows_in_order_from_the_calling_thread(threads, monkeypatch):
+    """The exact pass's progress (``exactdgn evaluate``'s bar over the points): each finished
+    block's rows, in block order, reported from the thread that called (the listener is the
+    caller's; the worker threads do not see it)."""
+    import threading
+
+    from exactdgn._progress import progress_to
+
+    monkeypatch.setenv("EXACTDGN_NUM_THREADS", threads)
+    seen = []
+    caller = threading.get_ident()
+    with progress_to(lambda n: seen.append((n, threading.get_ident()))):
+        assert _marginal._map_blocks(lambda s: s, range(0, 10, 4), rows=10) == [0, 4, 8]
+        assert _marginal._map_blocks(lambda s: s, range(3)) == [0, 1, 2]  # no rows: silent
+    assert seen == [(4, caller), (4, caller), (2, caller)]
 
 
 @pytest.mark.parametrize("sizes", [[1, 5, 3], [2, 5, 3]])

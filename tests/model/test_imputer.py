@@ -70,3 +70,88 @@ def test_feature_names_out_as_sklearn_imputers():
     assert imp.get_feature_names_out(["a", "b", "c"]).tolist() == ["a", "b", "c"]
     assert imp.set_output(transform="default") is imp
     assert np.array_equal(imp.transform(Xn), true.impute(Xn))
+
+
+def test_nullable_pandas_frame_marks_pd_na_as_missing():
+    """A frame with pandas' nullable dtypes (``Float64``, ``Int64``: ``read_csv(...,
+    dtype_backend="numpy_nullable")``) holds ``pd.NA`` where a value is missing: it was a
+    TypeError ("float() argument must be ... not 'NAType'"); it is NaN (missing) as in numpy."""
+    pd = pytest.importorskip("pandas")
+    true, _, Xn = _data(30)
+    frame = pd.DataFrame(Xn, columns=["a", "b", "c"]).astype("Float64")
+    assert frame.isna().to_numpy().sum() == np.isnan(Xn).sum() > 0
+    imp = ExactDGNImputer(true, prefit=True).fit(frame)
+    assert np.array_equal(imp.transform(frame), true.impute(Xn))
+    assert np.array_equal(true.score_samples(frame), true.score_samples(Xn))
+    ints = pd.DataFrame({"a": [1, 2, None], "b": [1, None, 3], "c": [0, 1, 2]}, dtype="Int64")
+    plain = np.array([[1, 1, 0], [2, np.nan, 1], [np.nan, 3, 2]], dtype=float)
+    assert np.array_equal(true.impute(ints), true.impute(plain))
+
+
+def test_imputer_estimator_that_cannot_impute_is_named():
+    """``ExactDGNImputer(LinearRegression())`` failed inside the regressor's ``fit`` ("missing
+    1 required positional argument: 'y'")."""
+    _, _, Xn = _data(20)
+    with pytest.raises(TypeError, match=r"ExactDGN.*LinearRegression"):
+        ExactDGNImputer(LinearRegression()).fit(Xn)
+    with pytest.raises(TypeError, match=r"ExactDGN.*LinearRegression"):
+        ExactDGNImputer(LinearRegression(), prefit=True).fit(Xn)
+
+
+def test_imputer_wrong_width_names_the_imputer():
+    """scikit-learn names the estimator that was called; the message named the inner
+    ``ExactDGN`` of a transformer the user never called."""
+    true, _, Xn = _data(20)
+    imp = ExactDGNImputer(true, prefit=True).fit(Xn)
+    with pytest.raises(ValueError, match="ExactDGNImputer is expecting 3 features"):
+        imp.transform(Xn[:, :2])
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "a"])
+def test_bad_random_state_is_named(seed):
+    """A bad seed failed inside numpy ("expected non-negative integer", "SeedSequence expects
+    int or sequence of ints for entropy not a"), naming no parameter."""
+    true, _, Xn = _data(20)
+    for call in (
+        lambda: true.impute(Xn, method="sample", random_state=seed),
+        lambda: true.sample(3, random_state=seed),
+        lambda: true.posterior(Xn[:3]).sample(random_state=seed),
+        lambda: true.typicality_test(
+            true.sample(5, random_state=0), n_reference=20, random_state=seed
+        ),
+        # the imputer checks its parameters in fit, as scikit-learn's estimators do
+        lambda: ExactDGNImputer(true, method="sample", random_state=seed, prefit=True).fit(Xn),
+    ):
+        with pytest.raises((TypeError, ValueError), match=rf"random_state={seed!r} is invalid"):
+            call()
+
+
+def test_impute_refuses_a_bool_n_samples():
+    # True passed the integer check and failed inside numpy ("an integer is required")
+    true, _, Xn = _data(20)
+    with pytest.raises(ValueError, match="n_samples=True is invalid"):
+        true.impute(Xn, method="sample", n_samples=True)
+
+
+def test_imputer_takes_array_likes_as_scikit_learn_does():
+    """scikit-learn's ``check_transformer_data_not_an_array`` failed: the input check called
+    ``np.iscomplexobj`` on the array-like itself (an ``__array_function__`` dispatch)."""
+    from sklearn.utils.estimator_checks import check_transformer_data_not_an_array
+
+    est = ExactDGNImputer(ExactDGN(hidden_sizes=(3,), max_iter=2, random_state=0, progress=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the check's own short fits
+        check_transformer_data_not_an_array("ExactDGNImputer", est)
+
+
+def test_prefit_model_fitted_on_a_frame_still_checks_its_columns():
+    """The transformer's own width check converts the input to an array; the columns of a
+    frame are checked against the prefit model's names first (fit on an array saw none)."""
+    pd = pytest.importorskip("pandas")
+    true, _, Xn = _data(20)
+    model = ExactDGN.from_decoder(true.decoder_, 0.1)
+    model.feature_names_in_ = np.array(["a", "b", "c"], dtype=object)
+    imp = ExactDGNImputer(model, prefit=True).fit(Xn)
+    with pytest.raises(ValueError, match="fitted with"):
+        imp.transform(pd.DataFrame(Xn, columns=["b", "a", "c"]))
+    assert np.array_equal(imp.transform(pd.DataFrame(Xn, columns=["a", "b", "c"])), true.impute(Xn))

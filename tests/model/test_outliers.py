@@ -170,3 +170,11 @@ def test_missing_threshold_error_names_the_cause():
     with pytest.raises(NotFittedError, match="set_offset") as err:
         model.predict(X)
     assert "interrupted" not in str(err.value)
+
+
+def test_typicality_result_holds_python_types():
+    # a numpy alpha made ``typical`` a numpy bool (np.True_), unlike the documented bool
+    model = _model()
+    res = model.typicality_test(model.sample(20, random_state=3), alpha=np.float32(0.05))
+    assert type(res.typical) is bool and type(res.p_value) is float
+    assert 0.0 < res.p_value <= 1.0

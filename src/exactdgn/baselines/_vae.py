@@ -30,6 +30,7 @@ import torch
 from sklearn.base import BaseEstimator, DensityMixin
 from torch import nn
 
+from .._progress import report
 from .._validation import (
     NotFittedError,
     check_array,
@@ -1192,7 +1193,8 @@ class VAE(DensityMixin, BaseEstimator):
         """Yield ``(row_slice, log_w)`` chunks covering ``k`` samples of every row of ``X``.
 
         For each row chunk the sample chunks come in order; ``log_w`` has shape (rows, kc).
-        The chunk sizes keep rows * kc * (widest layer) below ``max_elements``.
+        The chunk sizes keep rows * kc * (widest layer) below ``max_elements``. Each chunk's
+        ``rows * kc`` samples are reported (:func:`exactdgn._progress.report`) once it is used.
         """
         dec, enc, log_sigma = self._eval_parts()
         d = self.decoder_.latent_dim
@@ -1218,6 +1220,7 @@ class VAE(DensityMixin, BaseEstimator):
                     else:
                         lw = _log_weights(xb, eps, dec, enc, log_sigma)
                     yield sl, lw.numpy()
+                    report(xb.shape[0] * kk)  # the chunk's samples, once it is used
 
     def _lse_stats(self, X, k, rng, max_elements=_EVAL_ELEMENTS):
         """Per row: logsumexp of ``log w`` and of ``2 log w`` over ``k`` samples (streaming)."""

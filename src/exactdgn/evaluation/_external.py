@@ -36,6 +36,11 @@ def _load(path, unsafe_pickle: bool, part: str = "decoder"):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
+    if path.is_dir():
+        raise ValueError(
+            f"{path} is a folder, not the {part}'s weights: give its .safetensors file or its "
+            "state_dict() saved with torch.save"
+        )
     with open(path, "rb") as fh:
         head = fh.read(8)
     if path.suffix == ".safetensors":
@@ -289,6 +294,42 @@ def _log_estimate(decoder, X) -> None:
     )
 
 
+def _check_noise_std(noise_std, decoder) -> np.ndarray:
+    """``noise_std`` checked against the decoder before anything runs: one positive std, or
+    one per output."""
+    from .._validation import check_positive
+    from ..decoder import Decoder
+
+    if not isinstance(decoder, Decoder):
+        raise TypeError(
+            f"decoder must be an exactdgn.Decoder, got {type(decoder).__name__} (build one with "
+            "load_torch_decoder or Decoder.from_torch)"
+        )
+    D = decoder.output_dim
+    shape = np.shape(noise_std)
+    if len(shape) == 1 and shape[0] != D:
+        raise ValueError(
+            f"noise_std has {shape[0]} values but the decoder has {D} outputs: give one std, "
+            "or one per output"
+        )
+    return check_positive(noise_std, name="noise_std", size=D)
+
+
+def _stage(progress: bool, index: int, n_stages: int, name: str, total=None, unit="pt"):
+    """A tqdm bar for one stage of :func:`evaluate_external` (``evaluate [i/n] name``)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        desc=f"evaluate [{index}/{n_stages}] {name}",
+        unit=unit,
+        unit_scale=unit != "pt",
+        disable=not progress,
+        leave=False,
+        bar_format=None if total is not None else "{desc}: {elapsed}",  # nothing to count
+    )
+
+
 def evaluate_external(
     decoder,
     noise_std,
@@ -318,11 +359,14 @@ def evaluate_external(
     n_elbo, k_iwae, k_is : int >= 1
         ELBO samples, IWAE-k bound samples and importance-sampling proposals per point.
     progress : bool
-        Show a tqdm progress bar over the steps (the regions, the exact log p(x), then the
-        encoder's ELBO, IWAE and IS estimates; the points are scored in one pass, whose values
-        depend on the rows scored together in the last bits). The exact pass's estimated size
-        (regions, memory, time: :func:`exactdgn.training.estimate_training_cost`) is logged
-        before it either way.
+        Show a tqdm progress bar per stage, ``evaluate [i/n] <stage>``: the regions, the exact
+        log p(x) (over the points, block by block; the points are scored in one pass, whose
+        values depend on the rows scored together in the last bits), then the encoder's ELBO,
+        IWAE-k and IS-k (over the points x samples, chunk by chunk). Either way each stage's
+        time and result are logged at INFO level when it ends, and the exact pass's estimated
+        size (regions, memory, time: :func:`exactdgn.training.estimate_training_cost`) before
+        it. The arguments (``noise_std`` against the decoder's outputs, the sample counts, the
+        rows the encoder needs) are checked before any stage runs.
 
     Returns
     -------
@@ -333,53 +377,81 @@ def evaluate_external(
     summary : dict of means (nats per point) and the gaps of each estimate to the exact value
         (``gap_elbo``, ...); ``se_is{k}``: the standard error of the mean IS estimate
     """
+    import time
+    from contextlib import nullcontext
+
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from .._progress import progress_to
     from ..baselines import VAE
     from ..model import ExactDGN
     from ._vae import _check_estimate_args
 
     _check_estimate_args(n_elbo=n_elbo, k_iwae=k_iwae, k_is=k_is, seed=seed, min_elbo=1)
-    if np.ndim(X) == 2 and len(X):
+    std = _check_noise_std(noise_std, decoder)
+    vae = None
+    if encoder is not None:  # the estimates need complete rows: refused before any pass
+        noise = np.broadcast_to(std, (decoder.output_dim,)).copy()  # as the exact model's
+        vae = VAE.from_parts(decoder, encoder, noise)
+        X = vae._check_X(X)
+    n = int(np.shape(X)[0]) if np.ndim(X) == 2 else None
+    if n:
         _log_estimate(decoder, X)
-    from tqdm.auto import tqdm
+    names = ["regions", "exact log p(x)"]
+    if vae is not None:
+        names += ["ELBO", f"IWAE-{k_iwae}", f"IS-{k_is}"]
 
-    steps = ["regions", "exact log p(x)", *(["ELBO", "IWAE", "IS"] if encoder is not None else [])]
-    bar = tqdm(total=len(steps), desc="evaluate", disable=not progress, leave=False)
+    def stage(i, compute, done, total=None, unit="pt"):
+        """Run stage ``i`` (1-based) under its bar; log its time and ``done(result)``."""
+        t0 = time.perf_counter()
+        with _stage(progress, i, len(names), names[i - 1], total, unit) as bar:
+            # log records (the partition's, ...) printed above the bar, not into its line
+            with progress_to(bar.update), logging_redirect_tqdm() if progress else nullcontext():
+                result = compute()
+            bar.refresh()  # its final count (updates between refreshes are not drawn)
+        seconds = time.perf_counter() - t0
+        logger.info(
+            "evaluate [%d/%d] %s: %s in %.2f s", i, len(names), names[i - 1], done(result), seconds
+        )
+        return result
 
-    def step(i):  # the bar names the step that runs now
-        bar.update(i > 0)
-        bar.set_postfix_str(steps[i])
+    def mean(values):
+        return f"mean {float(np.mean(values)):.6f} nats/point"
 
-    with bar:
-        step(0)
-        exact = ExactDGN.from_decoder(decoder, noise_std)
-        vae = None
-        if encoder is not None:  # the estimates need complete rows: refused before the pass
-            vae = VAE.from_parts(decoder, encoder, exact.noise_std_)
-            X = vae._check_X(X)
-        step(1)
-        ll = exact.score_samples(X)
-        if vae is not None:
-            step(2)
-            elbo = vae.elbo(X, n_samples=n_elbo, random_state=seed)
-            step(3)
-            iwae = vae.iwae_bound(X, k=k_iwae, random_state=seed + 1)
-            step(4)
-            is_ = vae.importance_log_likelihood(
-                X, k=k_is, random_state=seed + 2, return_std=k_is >= 2
-            )
-        bar.update(1)
+    def regions(model):
+        return f"{model.n_regions_} regions"
+
+    exact = stage(1, lambda: ExactDGN.from_decoder(decoder, noise_std), regions)
+    ll = stage(2, lambda: exact.score_samples(X), mean, n)
     per = {"log_px": ll}
     summary = {"n_points": len(ll), "n_regions": exact.n_regions_, "exact": float(ll.mean())}
-    if vae is not None:
-        per["elbo"] = elbo
-        per[f"iwae{k_iwae}"] = iwae
-        per[f"is{k_is}"], se = is_ if k_is >= 2 else (is_, None)
-        per["gap"] = ll - per["elbo"]
-        if se is not None:
-            per[f"is{k_is}_se"] = se
-        for key in ("elbo", f"iwae{k_iwae}", f"is{k_is}"):
-            summary[key] = float(per[key].mean())
-            summary[f"gap_{key}"] = float((ll - per[key]).mean())
-        if se is not None:
-            summary[f"se_is{k_is}"] = float(np.sqrt(np.sum(se**2)) / len(se))
+    if vae is None:
+        return per, summary
+    N = len(ll)
+    elbo = stage(
+        3, lambda: vae.elbo(X, n_samples=n_elbo, random_state=seed), mean, N * n_elbo, "sample"
+    )
+    iwae = stage(
+        4, lambda: vae.iwae_bound(X, k=k_iwae, random_state=seed + 1), mean, N * k_iwae, "sample"
+    )
+    is_ = stage(
+        5,
+        lambda: vae.importance_log_likelihood(
+            X, k=k_is, random_state=seed + 2, return_std=k_is >= 2
+        ),
+        lambda r: mean(r[0] if k_is >= 2 else r),
+        N * k_is,
+        "sample",
+    )
+    per["elbo"] = elbo
+    per[f"iwae{k_iwae}"] = iwae
+    per[f"is{k_is}"], se = is_ if k_is >= 2 else (is_, None)
+    per["gap"] = ll - per["elbo"]
+    if se is not None:
+        per[f"is{k_is}_se"] = se
+    for key in ("elbo", f"iwae{k_iwae}", f"is{k_is}"):
+        summary[key] = float(per[key].mean())
+        summary[f"gap_{key}"] = float((ll - per[key]).mean())
+    if se is not None:
+        summary[f"se_is{k_is}"] = float(np.sqrt(np.sum(se**2)) / len(se))
     return per, summary

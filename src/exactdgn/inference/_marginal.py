@@ -21,6 +21,7 @@ import numpy as np
 from scipy.special import log_ndtr
 
 from .. import gaussian
+from .._progress import report
 from .._validation import check_array, is_int
 from ..gaussian import interval_stats, log_interval_mass
 from ._geometry import RegionGeometry
@@ -281,18 +282,25 @@ def _block_size(N: int, cs: int, nt: int) -> int:
     return max(1, -(-N // n_blocks))
 
 
-def _map_blocks(fn, starts, parallel: bool = True) -> list:
+def _map_blocks(fn, starts, parallel: bool = True, rows: int | None = None) -> list:
     """``[fn(s) for s in starts]``, on threads when there are several blocks and CPUs.
 
     numpy and scipy.special release the GIL inside their loops, so blocks run in parallel;
-    BLAS is limited to one thread meanwhile (the blocks already occupy the cores).
+    BLAS is limited to one thread meanwhile (the blocks already occupy the cores). With
+    ``rows`` (the starts are those of blocks of ``rows`` points) each finished block's points
+    are reported (:func:`exactdgn._progress.report`, in order, from this thread).
     """
     starts = list(starts)
+    sizes = None if rows is None else np.diff([*starts, rows])
     nt = min(_n_threads(), len(starts)) if parallel else 1
+    out = []
     with _blas_one_thread():
-        if nt <= 1:
-            return [fn(s) for s in starts]
-        return list(_executor(nt).map(fn, starts))
+        done = map(fn, starts) if nt <= 1 else _executor(nt).map(fn, starts)
+        for i, result in enumerate(done):
+            out.append(result)
+            if sizes is not None:
+                report(sizes[i])
+    return out
 
 
 # Up to this many regions the d = 1 path evaluates every pair (no seed / pruning pass).
@@ -420,7 +428,7 @@ def _pairs_1d(
         v = (tt * sP[r])[:, None]
         return PairStats(p + s, r, lj, log_px, err_px, v, None, mean, cov, n_cand)
 
-    return _pair_stats(_map_blocks(block, range(0, N, cs), parallel=parallel))
+    return _pair_stats(_map_blocks(block, range(0, N, cs), parallel=parallel, rows=N))
 
 
 def check_points(geom: RegionGeometry, X, *, name: str = "X", allow_nan: bool = False):
@@ -674,4 +682,4 @@ def marginal_pairs(
             whitened_mean=w_all,
         )
 
-    return _pair_stats(_map_blocks(block, range(0, N, cs), parallel=parallel))
+    return _pair_stats(_map_blocks(block, range(0, N, cs), parallel=parallel, rows=N))

@@ -465,7 +465,7 @@ def _observed_general(
             log_det_P,
         )
 
-    parts = _map_blocks(block, range(0, N, cs), parallel=parallel)
+    parts = _map_blocks(block, range(0, N, cs), parallel=parallel, rows=N)
     st = _pair_stats([q[0] for q in parts])
 
     def cat(i):
@@ -644,7 +644,7 @@ def _observed_2d(
         st.pair_L, st.pair_mu, st.pair_log_det_P = L, mu, log_det_P
         return st
 
-    return _pair_stats(_map_blocks(block, range(0, N, cs), parallel=parallel))
+    return _pair_stats(_map_blocks(block, range(0, N, cs), parallel=parallel, rows=N))
 
 
 def _check_observed(geom: RegionGeometry, X, obs):
@@ -1003,7 +1003,7 @@ def _observed_1d(
         p += s
         return (p, r, lj, kk, tt, a, b), log_px, err_px, n_cand
 
-    parts = _map_blocks(block, range(0, N, cs), parallel=parallel)
+    parts = _map_blocks(block, range(0, N, cs), parallel=parallel, rows=N)
     # the pairs' arrays, written block by block into their final place (no concatenation of
     # the per-pair geometry, which is most of the bytes)
     ends = np.cumsum([len(q[0][0]) for q in parts])

@@ -16,6 +16,7 @@ from scipy import sparse
 from scipy.special import log_ndtr, ndtri_exp
 
 from .. import gaussian
+from .._validation import check_generator
 from ._geometry import LOG_2PI, RegionGeometry
 from ._marginal import PairStats
 
@@ -248,7 +249,7 @@ class ExactPosterior:
             Seed or generator (``numpy.random.default_rng``).
         """
         shape = _sample_shape(sample_shape)
-        rng = np.random.default_rng(random_state)
+        rng = check_generator(random_state)
         S = int(np.prod(shape)) if shape else 1
         N, d = self.batch_shape[0], self.event_shape[0]
         st = self._stats
