@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from ._interval import TruncatedMoments, log_mass_1d, truncated_moments_1d
-from ._polygon import log_mass_2d, truncated_moments_2d
+from ._polygon import _log_mass_2d, _truncated_moments_2d
+from ._rules import reject_nan
 
 __all__ = [
     "TruncatedMoments",
@@ -96,7 +97,7 @@ def log_mass(normals, offsets, *, return_error: bool = False, floor=None):
     if d == 1:
         res = log_mass_1d(n, c)
     elif d == 2:
-        res = log_mass_2d(n, c, floor)
+        res = _log_mass_2d(n, c, floor)
     else:
         from ._polytope import log_mass_nd
 
@@ -128,7 +129,7 @@ def truncated_moments(normals, offsets, *, floor=None) -> TruncatedMoments:
     if d == 1:
         return truncated_moments_1d(n, c)
     if d == 2:
-        return truncated_moments_2d(n, c, floor)
+        return _truncated_moments_2d(n, c, floor)
     from ._polytope import truncated_moments_nd
 
     return _as_moments(truncated_moments_nd(n, c))
@@ -156,7 +157,34 @@ def whiten(mean, cov_chol, C, e) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     offsets : ndarray, shape (P, F)
     scale : ndarray, shape (P, F)
         ``||(C L)_i||``.
+
+    NaN in any argument is an error (``ValueError`` naming the argument and the count).
     """
+    mean, cov_chol, C, e = _checked_gaussian(mean, cov_chol, C, e, "cov_chol")
+    return _whiten(mean, cov_chol, C, e)
+
+
+# What to give instead of NaN in whiten / gaussian_polyhedron_moments.
+_GAUSS_HINTS = {
+    "mean": "the Gaussian's mean, a finite point per pair",
+    "cov_chol": "the Cholesky factor of a positive-definite covariance",
+    "cov": "a positive-definite covariance",
+    "C": "the constraint rows C z <= e, finite",
+    "e": "+inf drops a row, -inf empties the polyhedron",
+}
+
+
+def _checked_gaussian(mean, cov, C, e, cov_name: str):
+    out = []
+    for name, x in (("mean", mean), (cov_name, cov), ("C", C), ("e", e)):
+        x = np.asarray(x, dtype=np.float64)
+        reject_nan(x, name, _GAUSS_HINTS[name])
+        out.append(x)
+    return tuple(out)
+
+
+def _whiten(mean, cov_chol, C, e) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`whiten` without the NaN checks (the library's own per-chunk callers)."""
     mean = np.asarray(mean, dtype=np.float64)
     if mean.ndim != 2:
         raise ValueError(f"mean must have shape (P, d); got {mean.shape}")
@@ -200,11 +228,12 @@ def gaussian_polyhedron_moments(mean, cov, C, e) -> TruncatedMoments:
     TruncatedMoments
         ``log_mass = log P(z in poly)``, ``mean = E[z | poly]``, ``cov = Cov[z | poly]``
         (``L Cov[u] L^T``, symmetric) and the ``error`` of ``log_mass``.
+
+    NaN in any argument is an error (``ValueError`` naming the argument and the count).
     """
-    cov = np.asarray(cov, dtype=np.float64)
+    mu, cov, C, e = _checked_gaussian(mean, cov, C, e, "cov")
     L = np.linalg.cholesky(cov)
-    mu = np.asarray(mean, dtype=np.float64)
-    normals, offsets, _ = whiten(mu, L, C, e)
+    normals, offsets, _ = _whiten(mu, L, C, e)
     res = truncated_moments(normals, offsets)
     Lb = np.broadcast_to(L, (mu.shape[0], *L.shape[-2:]))
     zmean = mu + np.einsum("pij,pj->pi", Lb, res.mean)

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy.special import erfcx, ndtr
 
-from ._rules import EPS, LOG_SQRT_2PI, gauss_legendre, gauss_legendre_01
+from ._rules import EPS, LOG_SQRT_2PI, gauss_legendre, gauss_legendre_01, reject_nan
 
 __all__ = [
     "TruncatedMoments",
@@ -100,13 +100,27 @@ def _quad_branch(a: np.ndarray, W: np.ndarray, thin: bool | str):
     return logm, a + ms, var
 
 
+# Hints of the NaN errors of the public interval functions (what to give instead).
+_LO_HINT = "use -inf for an unbounded lower end; lo >= hi is an empty interval"
+_HI_HINT = "use +inf for an unbounded upper end; lo >= hi is an empty interval"
+
+
+def _checked_ends(lo, hi) -> tuple[np.ndarray, np.ndarray]:
+    lo = np.asarray(lo, dtype=np.float64)
+    hi = np.asarray(hi, dtype=np.float64)
+    reject_nan(lo, "lo", _LO_HINT)
+    reject_nan(hi, "hi", _HI_HINT)
+    return lo, hi
+
+
 def interval_stats(lo, hi) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Log mass, mean and variance of ``N(0, 1)`` restricted to ``[lo, hi]``.
 
     Parameters
     ----------
     lo, hi : array_like, broadcastable
-        Interval ends, ``-inf <= lo``, ``hi <= +inf``.
+        Interval ends, ``-inf <= lo``, ``hi <= +inf``; NaN is an error (``ValueError`` naming
+        the argument and the number of NaN).
 
     Returns
     -------
@@ -119,6 +133,12 @@ def interval_stats(lo, hi) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         ``Var[u | lo <= u <= hi]`` (NaN where empty), computed without the cancellation of
         ``E[u^2] - E[u]^2`` in the tails.
     """
+    return _interval_stats(*_checked_ends(lo, hi))
+
+
+def _interval_stats(lo, hi) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`interval_stats` without the NaN check (the library's own callers; a NaN end gives
+    an empty interval here)."""
     lo, hi = np.broadcast_arrays(np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64))
     shape = lo.shape
     lo = lo.ravel()
@@ -219,7 +239,8 @@ def log_interval_mass(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.nd
     Parameters
     ----------
     lo, hi : ndarray, same shape
-        Interval ends (``-inf <= lo``, ``hi <= +inf``).
+        Interval ends (``-inf <= lo``, ``hi <= +inf``); NaN is an error (``ValueError``
+        naming the argument and the number of NaN).
 
     Returns
     -------
@@ -228,6 +249,12 @@ def log_interval_mass(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.nd
     error : ndarray
         Estimated absolute error of ``log_mass``.
     """
+    return _log_interval_mass(*_checked_ends(lo, hi))
+
+
+def _log_interval_mass(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`log_interval_mass` without the NaN check: the hot path of the library's own
+    callers (a NaN end gives ``-inf``, error 0 here)."""
     lo = np.asarray(lo, dtype=np.float64)
     hi = np.asarray(hi, dtype=np.float64)
     if lo.shape != hi.shape:
@@ -328,7 +355,7 @@ def log_mass_1d(normals: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, n
         Estimated absolute error of ``log_mass``.
     """
     lo, hi, bad = _interval_from_rows(normals, offsets)
-    logm, err = log_interval_mass(lo, hi)
+    logm, err = _log_interval_mass(lo, hi)
     logm = np.where(bad, -np.inf, logm)
     return logm, np.where(bad, 0.0, err)
 
@@ -337,7 +364,7 @@ def truncated_moments_1d(normals: np.ndarray, offsets: np.ndarray) -> TruncatedM
     """Log mass, mean and variance of ``N(0, 1)`` on ``{u : n_i u <= c_i}`` (see
     :func:`log_mass_1d` for the shapes); mean ``(P, 1)``, cov ``(P, 1, 1)``."""
     lo, hi, bad = _interval_from_rows(normals, offsets)
-    logm, mean, var = interval_stats(lo, hi)
+    logm, mean, var = _interval_stats(lo, hi)
     logm = np.where(bad, -np.inf, logm)
     mean = np.where(np.isfinite(logm), mean, np.nan)
     var = np.where(np.isfinite(logm), var, np.nan)

@@ -53,8 +53,16 @@ import numpy as np
 from scipy.special import log_ndtr, owens_t
 
 from ._divergence import divergence_moments
-from ._interval import TruncatedMoments, _rowdot, interval_stats, log_phi
-from ._rules import EPS, LOG_2PI, gauss_laguerre, gauss_legendre_01, normalize_rows
+from ._interval import TruncatedMoments, _interval_stats, _rowdot, log_phi
+from ._rules import (
+    EPS,
+    LOG_2PI,
+    gauss_laguerre,
+    gauss_legendre_01,
+    normalize_rows,
+    reject_nan,
+    reject_nonfinite,
+)
 
 __all__ = [
     "PolygonTable",
@@ -446,7 +454,20 @@ def log_edge_pieces(h, ta, tb) -> np.ndarray:
         Distances of the lines from the mean, ``h > 0``.
     ta, tb : ndarray, shape (n,)
         ``0 <= ta < tb <= inf`` (positions along the line, measured from the foot).
+
+    NaN in any argument is an error (``ValueError`` naming it and the number of NaN).
     """
+    h = np.asarray(h, dtype=np.float64)
+    ta = np.asarray(ta, dtype=np.float64)
+    tb = np.asarray(tb, dtype=np.float64)
+    reject_nan(h, "h", "the distances of the lines from the mean, h > 0")
+    reject_nan(ta, "ta", "the pieces' starts along the line, 0 <= ta < tb")
+    reject_nan(tb, "tb", "the pieces' ends along the line, ta < tb <= inf")
+    return _log_edge_pieces(h, ta, tb)
+
+
+def _log_edge_pieces(h, ta, tb) -> np.ndarray:
+    """:func:`log_edge_pieces` without the NaN check (the tail-safe path's own pieces)."""
     out = np.empty_like(h)
     far = ta >= _T_LAG
     i = np.flatnonzero(far)
@@ -503,7 +524,7 @@ def _tail_mass(cu, t0, t1, use, omega):
     sg = np.concatenate([np.sign(cu), np.sign(cu)], axis=1)
     logB = np.full(la.shape, -np.inf)
     with np.errstate(all="ignore"):
-        logB[valid] = log_edge_pieces(hh[valid], la[valid], lb[valid])
+        logB[valid] = _log_edge_pieces(hh[valid], la[valid], lb[valid])
         front = valid & (sg < 0)
         back = valid & (sg > 0)
         lom = np.log(omega)[:, None]
@@ -738,7 +759,7 @@ def _slice_moments(bp, a, b, dd, act, D, pnt, nstar, tstar):
     shi = np.min(np.where(actb & (b[:, None, :] > 0), bnd, np.inf), axis=2)
     slo = np.max(np.where(actb & (b[:, None, :] < 0), bnd, -np.inf), axis=2)
     viol = np.any(actb & (b[:, None, :] == 0) & (ar > dd[:, None, :]), axis=2)
-    lms, ms, vs = interval_stats(slo, shi)
+    lms, ms, vs = _interval_stats(slo, shi)
     lf = -D[:, None] * r - 0.5 * r * r + np.where(viol, -np.inf, lms)
     lf = np.where(wr > 0, lf, -np.inf)
     mx = np.max(lf, axis=1, keepdims=True)
@@ -953,9 +974,12 @@ def log_mass_2d(
     Parameters
     ----------
     normals : ndarray, shape (P, F, 2)
-        Row normals (normalised internally); zero rows with ``+inf`` offsets are padding.
+        Row normals (normalised internally); zero rows with ``+inf`` offsets are padding;
+        finite.
     offsets : ndarray, shape (P, F)
-        Offsets ``c_i`` (``+inf``: no constraint; ``-inf``: empty polygon).
+        Offsets ``c_i`` (``+inf``: no constraint; ``-inf``: empty polygon).  NaN here or in
+        ``floor`` (or a NaN / infinite normal) is an error (``ValueError`` naming the argument
+        and the count).
 
     Returns
     -------
@@ -969,14 +993,36 @@ def log_mass_2d(
     closest-point bound ``Q(δ)``, see :func:`_distance_bound`) is not integrated and gets
     ``log_mass = -inf`` and error 0 (for exact pruning, where such pairs cannot matter).
     """
+    normals, offsets = _checked_rows(normals, offsets)
+    return _log_mass_2d(normals, offsets, floor)
+
+
+def _log_mass_2d(normals, offsets, floor=None):
+    """:func:`log_mass_2d` without the NaN checks (:func:`exactdgn.gaussian.log_mass` has
+    checked its input)."""
     return _chunked(_log_mass_only, normals, offsets, _as_floor(floor, offsets))
+
+
+# What to give instead of NaN (the messages of :func:`exactdgn.gaussian.log_mass`).
+_NORMALS_HINT = "padding rows are zeros"
+_OFFSETS_HINT = "+inf pads a row, -inf empties the polyhedron"
+
+
+def _checked_rows(normals, offsets) -> tuple[np.ndarray, np.ndarray]:
+    n = np.asarray(normals, dtype=np.float64)
+    c = np.asarray(offsets, dtype=np.float64)
+    reject_nonfinite(n, "normals", _NORMALS_HINT)
+    reject_nan(c, "offsets", _OFFSETS_HINT)
+    return n, c
 
 
 def _as_floor(floor, offsets):
     if floor is None:
         return None
     P = np.shape(offsets)[0]
-    return np.broadcast_to(np.asarray(floor, dtype=np.float64), (P,))
+    f = np.asarray(floor, dtype=np.float64)
+    reject_nan(f, "floor", "-inf or None integrates every pair")
+    return np.broadcast_to(f, (P,))
 
 
 def _log_mass_only(normals, offsets, floor=None):
@@ -994,6 +1040,12 @@ def truncated_moments_2d(
     small polygons by direct cubature, far polygons by slicing along the direction of the
     closest point.
     """
+    normals, offsets = _checked_rows(normals, offsets)
+    return _truncated_moments_2d(normals, offsets, floor)
+
+
+def _truncated_moments_2d(normals, offsets, floor=None) -> TruncatedMoments:
+    """:func:`truncated_moments_2d` without the NaN checks."""
     return TruncatedMoments(*_chunked(_moments_core, normals, offsets, _as_floor(floor, offsets)))
 
 
@@ -1010,7 +1062,7 @@ def _moments_finish(res: Integrated):
     ok = np.isfinite(logm)
     edge = nonempty & ok[:, None]
     with np.errstate(all="ignore"):
-        lphi1, tmean, _ = interval_stats(np.where(edge, t0, 0.0), np.where(edge, t1, 1.0))
+        lphi1, tmean, _ = _interval_stats(np.where(edge, t0, 0.0), np.where(edge, t1, 1.0))
         logw = log_phi(np.where(edge, cu, 0.0)) + lphi1 - np.where(ok, logm, 0.0)[:, None]
         w = np.where(edge, np.exp(logw), 0.0)
         gbar = np.where(
@@ -1078,8 +1130,9 @@ class PolygonTable:
 
 
 def polygon_table(normals: np.ndarray, offsets: np.ndarray) -> PolygonTable:
-    """Precompute :class:`PolygonTable` for ``M`` polygons (shapes as in :func:`log_mass_2d`)."""
-    n, c, width = _real_rows_first(normals, offsets)
+    """Precompute :class:`PolygonTable` for ``M`` polygons (shapes and checks as in
+    :func:`log_mass_2d`)."""
+    n, c, width = _real_rows_first(*_checked_rows(normals, offsets))
     nu, cu, active, bad = _prepare(n, c)
     t0, t1, nonempty, degenerate, (si, se, sj) = _edge_search(nu, cu, active)
     empty = bad | degenerate | (active.any(axis=1) & ~nonempty.any(axis=1))
@@ -1191,9 +1244,13 @@ def _table_chunked(fun, table: PolygonTable, m, w, floor, blocks: list | None = 
         T = np.asarray(T, dtype=np.float64)
         if T.shape != (m.shape[0], 2, 2):
             raise ValueError(f"T must be (P, 2, 2) for P = {m.shape[0]} pairs; got {T.shape}")
+        reject_nonfinite(T, "T", "each pair's linear map, a finite 2 x 2 matrix with det T > 0")
         det = T[:, 0, 0] * T[:, 1, 1] - T[:, 0, 1] * T[:, 1, 0]
-        if not (np.all(np.isfinite(T)) and np.all(det > 0)):
-            raise ValueError("T must be finite with a positive determinant")
+        if not np.all(det > 0):
+            raise ValueError(
+                f"T must be finite with a positive determinant; {int(np.sum(~(det > 0)))} of "
+                "the maps have det T <= 0"
+            )
     if m.ndim != 1 or not np.issubdtype(m.dtype, np.integer):
         raise ValueError(f"polygon must be a 1-D integer array; got {m.dtype} {m.shape}")
     P = m.shape[0]
@@ -1202,10 +1259,7 @@ def _table_chunked(fun, table: PolygonTable, m, w, floor, blocks: list | None = 
         raise ValueError(f"polygon indices must lie in [0, {M}); got {m.min()}..{m.max()}")
     if w.shape != (P, 2):
         raise ValueError(f"shift must be (P, 2) for P = {P} pairs; got {w.shape}")
-    if not np.all(np.isfinite(w)):
-        raise ValueError("shift must be finite")
-    if floor is not None and np.any(np.isnan(floor)):
-        raise ValueError("floor must not contain NaN")
+    reject_nonfinite(w, "shift", "each pair's mean w, a finite point")
     k = table.width[m]
     out = None
     for kk in np.unique(k):

@@ -82,7 +82,7 @@ from scipy.special import erfcx, log_ndtr
 
 from ._divergence import divergence_moments
 from ._interval import EPS, TruncatedMoments, log_phi
-from ._polygon import _omega, polygon_edges, truncated_moments_2d
+from ._polygon import _omega, _truncated_moments_2d, polygon_edges
 from ._rules import LOG_2PI, gauss_laguerre, gauss_legendre_01, normalize_rows
 
 __all__ = ["MAX_DIM", "dimension_limit", "log_mass_nd", "truncated_moments_nd"]
@@ -883,7 +883,7 @@ def _facet_moments(nu, cu, active, geo):
     mF = np.zeros((R, k - 1))
     if sel.size:
         if k - 1 == 2:
-            tm = truncated_moments_2d(A[sel], B[sel])
+            tm = _truncated_moments_2d(A[sel], B[sel])
         else:
             tm = truncated_moments_nd(A[sel], B[sel])
         lmF[sel] = tm.log_mass

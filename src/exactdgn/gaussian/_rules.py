@@ -19,6 +19,8 @@ __all__ = [
     "gauss_legendre",
     "gauss_legendre_01",
     "normalize_rows",
+    "reject_nan",
+    "reject_nonfinite",
 ]
 
 EPS = float(np.finfo(np.float64).eps)
@@ -64,3 +66,26 @@ def normalize_rows(n: np.ndarray, c: np.ndarray, norm: np.ndarray):
         nu = np.where(active[..., None], n / safe[..., None], 0.0)
         cu = np.where(active, c / safe, np.inf)
     return nu, cu, active, bad.any(axis=1)
+
+
+def _verb(name: str) -> str:
+    return "contain" if name.endswith("s") else "contains"
+
+
+def reject_nan(x: np.ndarray, name: str, hint: str) -> None:
+    """Raise ``ValueError("{name} contain(s) {k} NaN values ({hint})")`` if float array ``x``
+    holds NaN (``hint`` says what to give instead).
+
+    The clean path is one reduction without a temporary (``min`` propagates NaN; infinities
+    do not make NaN there); the NaN are only counted on the error path.
+    """
+    if x.size and np.isnan(np.min(x)):
+        k = int(np.count_nonzero(np.isnan(x)))
+        raise ValueError(f"{name} {_verb(name)} {k} NaN values ({hint})")
+
+
+def reject_nonfinite(x: np.ndarray, name: str, hint: str) -> None:
+    """As :func:`reject_nan` for NaN and infinite values (``... NaN or infinite values``)."""
+    if x.size and not np.isfinite(x).all():
+        k = int(np.count_nonzero(~np.isfinite(x)))
+        raise ValueError(f"{name} {_verb(name)} {k} NaN or infinite values ({hint})")

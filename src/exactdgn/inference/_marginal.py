@@ -23,7 +23,9 @@ from scipy.special import log_ndtr
 from .. import gaussian
 from .._progress import report
 from .._validation import check_array, is_int
-from ..gaussian import interval_stats, log_interval_mass
+
+# the unchecked forms: no NaN scan of each chunk on this hot path
+from ..gaussian._interval import _interval_stats, _log_interval_mass
 from ._geometry import RegionGeometry
 
 __all__ = ["PairStats", "log_kappa_all", "marginal_pairs"]
@@ -388,7 +390,7 @@ def _pairs_1d(
             r2 = order[np.searchsorted(breaks, mu1, side="right")]
             pr = np.concatenate([r1, r2])
             tt = t[np.concatenate([rows, rows]), pr]
-            lm_seed, _ = log_interval_mass(loS[pr] - tt, hiS[pr] - tt)
+            lm_seed, _ = _log_interval_mass(loS[pr] - tt, hiS[pr] - tt)
             lj_seed = np.concatenate([lk[rows, r1], lk[rows, r2]]) + lm_seed
             lower = np.where(r1 == r2, lj_seed[:n], np.logaddexp(lj_seed[:n], lj_seed[n:]))
             # in differences: at |log p| > ~2e17 nats `lower - thr` rounds to `lower`, and a
@@ -400,7 +402,7 @@ def _pairs_1d(
         err_lk = geom.refine_log_kappa(Xc, p, r, lk_p, tt, hxq).error
         tt = tt[:, 0]
         a, b = loS[r] - tt, hiS[r] - tt
-        lm, err = log_interval_mass(a, b)
+        lm, err = _log_interval_mass(a, b)
         err += err_lk
         lj = lk_p + lm
         if dense:  # (n, R) layout: plain axis reductions
@@ -422,7 +424,7 @@ def _pairs_1d(
             sel = (lj - log_px[p] > -thr) | ~np.isfinite(log_px)[p]  # (in differences)
             if not sel.all():
                 p, r, lj, tt, a, b = p[sel], r[sel], lj[sel], tt[sel], a[sel], b[sel]
-            _, um, uv = interval_stats(a, b)
+            _, um, uv = _interval_stats(a, b)
             mean = ((tt + um) * isP[r])[:, None]  # z = (t + u) / s
             cov = (uv * isP[r] ** 2)[:, None, None]
         v = (tt * sP[r])[:, None]

@@ -44,7 +44,10 @@ import numpy as np
 from scipy.special import log_ndtr
 
 from .. import gaussian
-from ..gaussian import interval_stats, log_interval_mass
+
+# the unchecked forms: no NaN scan of each chunk on this hot path
+from ..gaussian._api import _whiten
+from ..gaussian._interval import _interval_stats, _log_interval_mass
 from ._geometry import (
     _COND_QR,
     _EPS,
@@ -412,7 +415,7 @@ def _observed_general(
         Kp = _K_pairs(K, p, r, d)
         L = np.swapaxes(np.linalg.inv(Kp), 1, 2) if len(p) else np.zeros((0, d, d))
         mu = _solve_upper_T(Kp, w[p, r])
-        normals, offsets, _ = gaussian.whiten(mu, L, Cs[r], es[r])
+        normals, offsets, _ = _whiten(mu, L, Cs[r], es[r])
         return normals, offsets, L, mu
 
     def block(s: int):
@@ -981,7 +984,7 @@ def _observed_1d(
         kk = np.sqrt(k2[pp, pr])
         tt = u[pp, pr] / kk
         # k >= 1 (finite): ±inf ends stay ±inf under the product
-        lm_seed, _ = log_interval_mass(lo_p[pr] * kk - tt, hi_p[pr] * kk - tt)
+        lm_seed, _ = _log_interval_mass(lo_p[pr] * kk - tt, hi_p[pr] * kk - tt)
         lj_seed = -0.5 * q[pp, pr] + lm_seed
         lower = np.where(r1 == r2, lj_seed[:n], np.logaddexp(lj_seed[:n], lj_seed[n:]))
         cut = lower - thr
@@ -992,7 +995,7 @@ def _observed_1d(
         out = ws["pairs"] if chain is not None else _pair_buffers(n * R)
         c, n_cand = kernels.select_rows(q, k2, u, cut, r1, lo_p, hi_p, *out)
         p, r, kk, tt, lk_p, a, b = (x[:c].copy() for x in out)
-        lm, err = log_interval_mass(a, b)
+        lm, err = _log_interval_mass(a, b)
         lj = lk_p + lm
         log_px, err_px = _lse_by_point(p, lj, err, n, prune_nats)
         keep = np.isfinite(lj) | (r == r1[p])
@@ -1031,7 +1034,7 @@ def _observed_1d(
         reg = out["region"][sl]
         np.take(perm, r, out=reg)  # region indices
         if need_moments:
-            _, um, uv = interval_stats(a, b)
+            _, um, uv = _interval_stats(a, b)
             um /= kk
             um += mu
             out["mean"][sl, 0] = um  # z = μ + u / k
@@ -1154,7 +1157,7 @@ def pair_whitening(geom: RegionGeometry, region: np.ndarray, L: np.ndarray, mu: 
     Cs, es = _halfspaces(geom)
     if geom.latent_dim == 2:
         return _whiten_rows_2d(Cs[region], es[region], L, mu)
-    normals, offsets, _ = gaussian.whiten(mu, L, Cs[region], es[region])
+    normals, offsets, _ = _whiten(mu, L, Cs[region], es[region])
     return normals, offsets
 
 
