@@ -120,27 +120,17 @@ def renormalised_log_weight(log_joint, log_px, point):
     50-digit quadrature). Rows whose weights sum further than :data:`WEIGHT_RENORM` from 1 get
     ``log Σ_r w_r`` subtracted (their weights then sum to 1 within a few ε; the differences of
     their ``log_joint`` are what carries the information). Every row with ``|log p(x)|`` below
-    ~1e4 sums closer than that and is returned unchanged, bit for bit (works for numpy arrays
-    and torch tensors alike).
+    ~1e4 sums closer than that and is returned unchanged, bit for bit. (The torch pairs'
+    twin: ``_torch_marginal._renormalised_log_weight_t``.)
     """
     lw = log_joint - log_px[point]
-    if not hasattr(lw, "numpy"):  # numpy
-        if lw.size == 0:
-            return lw
-        s = np.bincount(point, np.exp(lw), minlength=len(log_px))
-        fix = np.isfinite(s) & (s > 0) & (np.abs(s - 1.0) > WEIGHT_RENORM)
-        if fix.any():
-            shift = np.where(fix, np.log(np.where(fix, s, 1.0)), 0.0)
-            lw = lw - shift[point]
+    if lw.size == 0:
         return lw
-    import torch
-
-    if lw.numel() == 0:
-        return lw
-    s = torch.zeros(len(log_px), dtype=lw.dtype, device=lw.device).index_add_(0, point, lw.exp())
-    fix = torch.isfinite(s) & (s > 0) & ((s - 1.0).abs() > WEIGHT_RENORM)
-    shift = torch.where(fix, torch.where(fix, s, torch.ones_like(s)).log(), torch.zeros_like(s))
-    return lw - shift[point]
+    s = np.bincount(point, np.exp(lw), minlength=len(log_px))
+    fix = np.isfinite(s) & (s > 0) & (np.abs(s - 1.0) > WEIGHT_RENORM)
+    if fix.any():
+        lw = lw - np.log(np.where(fix, s, 1.0))[point]  # log 1 = 0 on the other rows
+    return lw
 
 
 def log_kappa_all(geom: RegionGeometry, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ from ..gaussian._torch_polygon import (
     truncated_moments_2d_shifted_t,
 )
 from ._geometry import _EPS, _KAPPA_ROUND, _KAPPA_RTOL, RegionGeometry
-from ._marginal import _DENSE_1D, _chunk_size
+from ._marginal import _DENSE_1D, WEIGHT_RENORM, _chunk_size
 
 __all__ = [
     "DeviceGeometry",
@@ -213,10 +213,8 @@ class TorchPairs:
     @property
     def log_weight(self) -> torch.Tensor:
         """(P,) log posterior probability of the region given the point (renormalised on
-        far rows: :func:`exactdgn.inference._marginal.renormalised_log_weight`)."""
-        from ._marginal import renormalised_log_weight
-
-        return renormalised_log_weight(self.log_joint, self.log_px, self.point)
+        far rows, as :func:`exactdgn.inference._marginal.renormalised_log_weight`)."""
+        return _renormalised_log_weight_t(self.log_joint, self.log_px, self.point)
 
     def numpy(self):
         """The same as a numpy :class:`PairStats`."""
@@ -238,6 +236,16 @@ class TorchPairs:
             n_candidates=int(self.n_candidates),
             whitened_mean=a(self.whitened_mean),
         )
+
+
+def _renormalised_log_weight_t(log_joint, log_px, point):
+    """:func:`exactdgn.inference._marginal.renormalised_log_weight` on tensors."""
+    lw = log_joint - log_px[point]
+    if lw.numel() == 0:
+        return lw
+    s = torch.zeros(len(log_px), dtype=lw.dtype, device=lw.device).index_add_(0, point, lw.exp())
+    fix = torch.isfinite(s) & (s > 0) & ((s - 1.0).abs() > WEIGHT_RENORM)
+    return lw - torch.where(fix, s, torch.ones_like(s)).log()[point]  # log 1 = 0 elsewhere
 
 
 def segment_lse(p: torch.Tensor, x: torch.Tensor, n: int) -> torch.Tensor:
