@@ -69,9 +69,20 @@ def interval_ref(lo: float, hi: float, dps: int = 50):
         return float(mp.log(m)), float(mean), float(e2 - mean * mean)
 
 
-def _rows(normals, offsets):
-    """Real rows as mpmath triples; None if empty (a -inf offset, or 0 . u <= c < 0)."""
+def _rows(normals, offsets, transform=None, shift=None):
+    """Real rows as mpmath triples; None if empty (a -inf offset, or 0 . u <= c < 0).
+
+    ``transform`` (2, 2) and ``shift`` (2,), optional: the rows of ``{T u0 - w : n . u0 <= c}``
+    instead, formed exactly at the working precision (normal ``T^{-T} n``, offset
+    ``c - (T^{-T} n) . w``) from the float inputs.
+    """
     rows = []
+    if transform is not None:
+        T = [[mp.mpf(float(x)) for x in r] for r in np.asarray(transform, float)]
+        det = T[0][0] * T[1][1] - T[0][1] * T[1][0]
+        # T^{-T} = [[T11, -T10], [-T01, T00]] / det
+        inv_t = [[T[1][1] / det, -T[1][0] / det], [-T[0][1] / det, T[0][0] / det]]
+    w = None if shift is None else [mp.mpf(float(x)) for x in np.asarray(shift, float)]
     for (a, b), c in zip(np.asarray(normals, float), np.asarray(offsets, float), strict=True):
         if c == math.inf:
             continue
@@ -81,7 +92,12 @@ def _rows(normals, offsets):
             if c < 0:
                 return None
             continue
-        rows.append((mp.mpf(float(a)), mp.mpf(float(b)), mp.mpf(float(c))))
+        a, b, c = mp.mpf(float(a)), mp.mpf(float(b)), mp.mpf(float(c))
+        if transform is not None:
+            a, b = inv_t[0][0] * a + inv_t[0][1] * b, inv_t[1][0] * a + inv_t[1][1] * b
+        if w is not None:
+            c = c - (a * w[0] + b * w[1])
+        rows.append((a, b, c))
     return rows
 
 
@@ -137,14 +153,19 @@ def _panels(bps):
     return out
 
 
-def polygon_ref(normals, offsets, moments: bool = False, dps: int = 40):
+def polygon_ref(
+    normals, offsets, moments: bool = False, dps: int = 40, *, transform=None, shift=None
+):
     """Reference (log mass, mean (2,), cov (2, 2)) of ``N(0, I_2)`` on ``{n . u <= c}``.
 
     ``normals`` (F, 2), ``offsets`` (F,) as floats; rows need not be unit; padding rows (zero
     normal, ``+inf`` offset) are skipped.  Mean / cov are None unless ``moments``.
+    ``transform`` (2, 2), ``shift`` (2,), optional: the polygon ``{T u0 - w : n . u0 <= c}``
+    (``T`` = identity if not given), mapped exactly in mpmath (as
+    :func:`exactdgn.gaussian.log_mass_2d_transformed` / ``_shifted`` define their pairs).
     """
     with mp.workdps(dps + 10):
-        rows = _rows(normals, offsets)
+        rows = _rows(normals, offsets, transform, shift)
         if rows is None:
             return -math.inf, None, None
         cands = _candidates(rows)

@@ -259,6 +259,8 @@ def _log_interval_mass(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.n
     hi = np.asarray(hi, dtype=np.float64)
     if lo.shape != hi.shape:
         raise ValueError(f"lo and hi must have the same shape, got {lo.shape} and {hi.shape}")
+    shape = lo.shape  # any shape: the branches below work on the flattened arrays
+    lo, hi = lo.reshape(-1), hi.reshape(-1)
     out = np.full(lo.shape, -np.inf)
     with np.errstate(all="ignore"):
         # reflect so that the midpoint is >= 0: (a, b) = (lo, hi) or (-hi, -lo), whichever has
@@ -313,7 +315,7 @@ def _log_interval_mass(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.n
         if central.any():
             out[central] = np.log1p(-(ndtr(-b[central]) + ndtr(a[central])))
         err = np.where(np.isfinite(out), 32.0 * EPS * (1.0 + np.abs(out)), 0.0)
-    return out, err
+    return out.reshape(shape), err.reshape(shape)
 
 
 def _interval_from_rows(normals: np.ndarray, offsets: np.ndarray):

@@ -31,6 +31,33 @@ are routed as follows:
   pieces' exponents (``eps * ratio * |log m|``) and of the edge end points (absolute
   ``~eps (|t| + h)``, times ``|dB/dt| / m``), which dominate for thin slivers far out.
 * the others run the fast path; those whose result cancels are redone by the tail-safe pieces.
+* pairs whose tail-safe pieces still cancel (ratio > 100 with a rounding error above 1e-10,
+  or nothing left at all: a sliver of width 1e-9 seen from 1e4 sd has pieces 1e9 times its
+  mass, each rounded at ~eps |log m|, and came out "empty", -inf) are redone by **slicing**
+  (:func:`_slice_pairs`), which has no cancellation: with the mean outside, slices
+  perpendicular to the direction ``n*`` of the closest point ``p`` (``D = |p|``),
+  ``m = phi(D) int e^{-D r - r^2/2} m_s(r) dr`` with ``m_s`` the slice's interval mass; with the
+  mean inside or on the boundary (thin strips through the mean), slices through the mean.
+  Gauss-Legendre on panels between the vertices, the fixed exponent levels and where steep rows
+  sweep their bound across the core, checked against the same rule on halved panels.
+
+Pairs of a :class:`PolygonTable` (``log_mass_2d_shifted`` / ``_transformed``) are the table's
+polygon translated (and mapped) to the mean ``w``; translating the vertices rounds them at the
+scale ``|w|`` (2e-12 at 1e4 sd: more than a 1e-12 polygon). Where that rounding shows, the
+cubature and the slicing take the polygon in its :class:`LocalFrame` instead: its shape at the
+table's own precision, only the anchor point translated (a common shift, within the log mass's
+own ``eps |log m|`` rounding).
+
+Rows far from the mean (``log_mass_2d``): their vertices, computed about the mean, are rounded
+at ``delta ~ eps (|c| + |t|) / sin(angle)`` (2e-12 at 1e4 sd), which loses a polygon smaller
+than that (it came out -inf or NaN), a sliver narrower, or a sharp corner. Pairs left empty or
+unresolved although they have real rows, or whose error estimate is beyond the log mass's own
+rounding, are redone about one of their vertices (:func:`_reanchored`): the rows' offsets about
+that point are formed exactly from the float input (error-free products and sums), which makes
+the pair a table polygon near its origin seen from a far mean, as above. A polygon of 1e-12 at
+1e3 sd given by its rows then keeps its digits; ``-inf`` with error 0 means that the rows, as
+floats, leave no interior. The mean on the boundary: the tangent cone's angle comes from
+rounded directions, ``~4 eps`` absolute, in the estimate.
 
 Pairs are processed in blocks grouped by their number of real (non-padding) rows.
 
@@ -41,19 +68,22 @@ Moments by the divergence theorem, in the stable weight form
 
 with ``gbar_e = c_e n_e + E_1[t | t0 <= t <= t1] tau_e`` the edge's conditional mean.  Small
 polygons use the cubature for the moments too (with the next rule up), since the divergence
-form loses ``eps / R^4`` relative in the covariance there.
+form loses ``eps / R^4`` relative in the covariance there; the pairs done by slicing take their
+moments from the same slices (the divergence weights cancel for thin strips and slivers).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import log_ndtr, owens_t
 
 from ._divergence import divergence_moments
-from ._interval import TruncatedMoments, _interval_stats, _rowdot, log_phi
+from ._interval import TruncatedMoments, _interval_stats, _log_interval_mass, _rowdot, log_phi
 from ._rules import (
     EPS,
     LOG_2PI,
@@ -152,6 +182,25 @@ _TAIL_D = 8.0
 # bound crosses these s-values.  Other rows keep their panels (and their values, bitwise).
 _SWEEP_S = np.array([-40.0, -8.0, 0.0, 8.0, 40.0])
 _SWEEP_RATIO = 80.0 / _GL_X[0]
+# Pairs whose edge-formula sum cancels (tail-safe pieces more than _SLICE_RATIO times the mass
+# with a rounding error above _SLICE_ERR, or no mass left at all) are redone by slicing
+# (_slice_pairs), which has no cancellation; the slicing's own s-levels for sweeping rows, its
+# range through the mean and its fixed splits.
+_SLICE_ERR = 1e-10
+_SLICE_RATIO = 100.0
+_SWEEP_S_MASS = np.array([-40.0, -8.0, -4.0, -2.0, 0.0, 2.0, 4.0, 8.0, 40.0])
+_SLICE_R = 9.5
+_SLICE_SPLITS = np.array([-8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0])
+# Absolute rounding of the tangent-cone fraction omega (mean on the boundary), in units of eps.
+_OMEGA_ERR = 4.0
+# Pairs given by their rows whose error estimate exceeds the log mass's own rounding by this
+# (or that came out empty or unresolved) are redone about one of their vertices (_reanchored).
+_REANCHOR_ERR = 1e-9
+# Dekker's splitter for the error-free products of _local_offsets.
+_SPLIT = 134217729.0  # 2^27 + 1
+# Table pairs done by cubature are redone in their local frame where the conditioning on the
+# translated vertices (4 cond, eps |w| relative to the polygon's size) exceeds this.
+_LOCAL_COND = 1e-10
 # Pairs per block: about _CHUNK_F2 / F^2 (the edge search is O(F^2) per pair).
 _CHUNK_F2 = 1 << 18
 _CHUNK_MIN = 1024
@@ -193,12 +242,38 @@ class Edges:
     # (P,) or (P, F) length scale added to each vertex's own in :func:`_vertex_error`: the table
     # forms computed the vertices in the table's frame (``|w|``, ``|T| |p0|`` away); None: 0
     ext: np.ndarray | None = None
+    # table forms: ``local(rows)`` gives those pairs' :class:`LocalFrame` (their geometry
+    # before the translation); None for pairs given by their rows (log_mass_2d)
+    local: Callable[[np.ndarray], LocalFrame] | None = None
+
+
+@dataclass
+class LocalFrame:
+    """Pairs' polygons in a frame at an anchor point of the polygon (the table's vertex centroid,
+    mapped): edge ends ``q0``, ``q1`` (P, F, 2) relative to the anchor (0 where absent), row
+    offsets ``off`` (P, F) relative to the anchor (inf on inactive rows), the anchor seen from
+    the mean ``anchor`` (P, 2), and the rounding length scale of each edge end ``len0``,
+    ``len1`` (P, F) (the table vertex's own size, times ``|T|`` for mapped pairs).
+
+    The translation by the mean ``w`` is the only step that rounds at the scale ``|w|``; here it
+    is confined to ``anchor`` (a common shift of the whole polygon, which moves the log mass by
+    ``~eps |w| D``, within its ``eps |log m|`` rounding), while the polygon's own shape keeps the
+    table's precision. A polygon of size ``1e-12`` seen from ``1e4`` sd keeps all its digits.
+    """
+
+    q0: np.ndarray
+    q1: np.ndarray
+    off: np.ndarray
+    anchor: np.ndarray
+    len0: np.ndarray
+    len1: np.ndarray
 
 
 @dataclass
 class MomentGeometry:
-    """What the moments need from :func:`_integrate`: the edges and the pairs done by cubature
-    (``cub_i`` (C,) with their ``cub_mean`` (C, 2) and ``cub_cov`` (C, 2, 2), or None)."""
+    """What the moments need from :func:`_integrate`: the edges, the pairs done by cubature
+    (``cub_i`` (C,) with their ``cub_mean`` (C, 2) and ``cub_cov`` (C, 2, 2), or None) and those
+    done by slicing (``slice_i``, ``slice_mean``, ``slice_cov`` alike)."""
 
     nu: np.ndarray
     cu: np.ndarray
@@ -208,25 +283,30 @@ class MomentGeometry:
     cub_i: np.ndarray
     cub_mean: np.ndarray | None
     cub_cov: np.ndarray | None
+    slice_i: np.ndarray | None = None
+    slice_mean: np.ndarray | None = None
+    slice_cov: np.ndarray | None = None
 
     def rows(self, rows: np.ndarray) -> MomentGeometry:
         """The same restricted to ``rows`` of its block."""
-        cub_i, cub_mean, cub_cov = self.cub_i, self.cub_mean, self.cub_cov
-        if cub_i.size:
-            pos = np.full(self.cu.shape[0], -1)
-            pos[rows] = np.arange(rows.size)
-            pc = pos[cub_i]
+        pos = np.full(self.cu.shape[0], -1)
+        pos[rows] = np.arange(rows.size)
+
+        def keep(idx, *vals):
+            if idx is None or idx.size == 0:
+                return (idx, *vals)
+            pc = pos[idx]
             ok = pc >= 0
-            cub_i, cub_mean, cub_cov = pc[ok], cub_mean[ok], cub_cov[ok]
+            return (pc[ok], *(v[ok] for v in vals))
+
         return MomentGeometry(
             self.nu[rows],
             self.cu[rows],
             self.t0[rows],
             self.t1[rows],
             self.nonempty[rows],
-            cub_i,
-            cub_mean,
-            cub_cov,
+            *keep(self.cub_i, self.cub_mean, self.cub_cov),
+            *keep(self.slice_i, self.slice_mean, self.slice_cov),
         )
 
 
@@ -596,7 +676,7 @@ def _cub_sums(coef, level, ncol):
     return out
 
 
-def _cubature(P0, P1, g, nonempty, R, moments: bool):
+def _cubature(P0, P1, g, nonempty, R, moments: bool, local=None):
     """Mass (log) and optionally moments of N(0, I) on small bounded polygons by fan cubature.
 
     The polygon is the fan of triangles ``(g, P0_e, P1_e)`` around the vertex centroid ``g``;
@@ -606,14 +686,21 @@ def _cubature(P0, P1, g, nonempty, R, moments: bool):
     ``_CUB_LEVELS`` for that spread and for ``R^2/2`` (the moments: the next rule up).  All
     weights are positive: no cancellation.
 
+    ``local``, optional: ``(a0, d10, size)``, the fan triangles' edges ``P0 - g`` and
+    ``P1 - P0`` (P, F, 2, zero on empty rows) formed in a :class:`LocalFrame` (``g`` its
+    anchor; ``P0``, ``P1`` unused) and the rounding scale of their vertices (P,).
+
     Returns ``logm (P,)``, ``cond (P,)`` (relative conditioning on the vertices), and if
     ``moments`` the mean ``(P, 2)`` and covariance ``(P, 2, 2)``, else ``None, None``.
     """
     P, F = nonempty.shape
     spread = R * (np.hypot(g[:, 0], g[:, 1]) + 0.5 * R)
     ne = nonempty[..., None]
-    a0 = np.where(ne, P0 - g[:, None, :], 0.0)  # (P, F, 2)
-    d10 = np.where(ne, P1 - P0, 0.0)
+    if local is None:
+        a0 = np.where(ne, P0 - g[:, None, :], 0.0)  # (P, F, 2)
+        d10 = np.where(ne, P1 - P0, 0.0)
+    else:
+        a0, d10 = local[0], local[1]
     det = a0[..., 0] * d10[..., 1] - a0[..., 1] * d10[..., 0]  # 2 * area (>= 0)
     pi_, fi_ = np.nonzero(nonempty)
     ra, rd, rg = a0[pi_, fi_], d10[pi_, fi_], g[pi_]
@@ -640,8 +727,16 @@ def _cubature(P0, P1, g, nonempty, R, moments: bool):
     # conditioning: one ulp of the offsets moves the vertices by ~eps |P0|, i.e. the mass by
     # ~eps |P0| * perimeter / area relative.
     perim = np.sum(np.hypot(d10[..., 0], d10[..., 1]), axis=1)
-    size = np.max(np.where(nonempty, np.hypot(P0[..., 0], P0[..., 1]), 0.0), axis=1)
+    if local is None:
+        size = np.max(np.where(nonempty, np.hypot(P0[..., 0], P0[..., 1]), 0.0), axis=1)
+    else:
+        size = local[2]
     cond = EPS * size * perim / (0.5 * det.sum(axis=1))
+    # A fan of no positive area is no polygon: vertices below their own rounding (a polygon of
+    # ~1e-13 at 1e3 sd given by its rows, see log_mass_2d): -inf, not the NaN of log(Z < 0)
+    ok = Z > 0
+    logm = np.where(ok, logm, -np.inf)
+    cond = np.where(ok, cond, np.inf)
     if not moments:
         return logm, cond, None, None
     # E[v] and E[v v^T] about g from the node sums of a, ab, a^2, a ab, (ab)^2
@@ -674,18 +769,8 @@ def _tail_moments(nu, cu, t0, t1, nonempty):
     Returns ``mean (P, 2)``, ``cov (P, 2, 2)``.
     """
     P = cu.shape[0]
-    rows = np.arange(P)
     tau = np.stack([-nu[..., 1], nu[..., 0]], axis=-1)
-    tst = np.clip(0.0, t0, t1)
-    d2 = np.where(nonempty, cu * cu + tst * tst, np.inf)
-    k = np.argmin(d2, axis=1)
-    ck, tk = cu[rows, k], tst[rows, k]
-    nk, tauk = nu[rows, k], tau[rows, k]
-    on_edge = tk == 0.0
-    pnt = ck[:, None] * nk + tk[:, None] * tauk
-    D = np.where(on_edge, -ck, np.hypot(pnt[:, 0], pnt[:, 1]))
-    nstar = np.where(on_edge[:, None], -nk, pnt / D[:, None])
-    pnt = D[:, None] * nstar
+    D, nstar, pnt, _, _ = _closest_point(nu, cu, t0, t1, nonempty, tau)
     tstar = np.stack([-nstar[:, 1], nstar[:, 0]], axis=-1)
     a = np.einsum("pfk,pk->pf", nu, nstar)
     b = np.einsum("pfk,pk->pf", nu, tstar)
@@ -736,6 +821,24 @@ def _tail_moments(nu, cu, t0, t1, nonempty):
     return mean, cov
 
 
+def _closest_point(nu, cu, t0, t1, nonempty, tau):
+    """The polygon's closest point to the mean (outside it): distance ``D`` (P,), direction
+    ``n*`` and point ``p = D n*`` (P, 2), the edge ``k`` (P,) it lies on and whether it is that
+    edge's foot (P,) (else one of its ends)."""
+    rows = np.arange(cu.shape[0])
+    tst = np.clip(0.0, t0, t1)
+    d2 = np.where(nonempty, cu * cu + tst * tst, np.inf)
+    k = np.argmin(d2, axis=1)
+    ck, tk = cu[rows, k], tst[rows, k]
+    nk, tauk = nu[rows, k], tau[rows, k]
+    on_edge = tk == 0.0
+    pnt = ck[:, None] * nk + tk[:, None] * tauk
+    D = np.where(on_edge, -ck, np.hypot(pnt[:, 0], pnt[:, 1]))
+    nstar = np.where(on_edge[:, None], -nk, pnt / D[:, None])
+    pnt = D[:, None] * nstar
+    return D, nstar, pnt, k, on_edge
+
+
 def _sweep_missed(bp, r0, sig):
     """(P, F) whether each facet's sweep window ``r0 +- 40 sig`` is narrower than the first
     node offset of the rule on the panel of ``bp`` that holds ``r0``."""
@@ -783,6 +886,213 @@ def _slice_moments(bp, a, b, dd, act, D, pnt, nstar, tstar):
 
 
 # --------------------------------------------------------------------------------------------
+# slicing mass: pairs whose edge-formula sum cancels beyond its resolution
+# --------------------------------------------------------------------------------------------
+def _slice_logz(bp, a, b, dd, act, D):
+    """log ``int e^{-D r - r^2/2} (Phi(shi(r)) - Phi(slo(r))) dr`` over the panels between the
+    sorted breakpoints ``bp`` (P, B), 32-node Gauss-Legendre on each (rows as in
+    :func:`_slice_moments`). Every term is positive: no cancellation."""
+    P = bp.shape[0]
+    lo, ln = bp[:, :-1], np.diff(bp, axis=1)
+    r = (lo[..., None] + ln[..., None] * _GL_X).reshape(P, -1)  # (P, K)
+    wr = (ln[..., None] * _GL_W).reshape(P, -1)
+    with np.errstate(all="ignore"):
+        ar = a[:, None, :] * r[..., None]
+        bnd = (dd[:, None, :] - ar) / b[:, None, :]
+        actb = act[:, None, :]
+        shi = np.min(np.where(actb & (b[:, None, :] > 0), bnd, np.inf), axis=2)
+        slo = np.max(np.where(actb & (b[:, None, :] < 0), bnd, -np.inf), axis=2)
+        viol = np.any(actb & (b[:, None, :] == 0) & (ar > dd[:, None, :]), axis=2)
+        lms, _ = _log_interval_mass(slo, shi)
+        lf = -D[:, None] * r - 0.5 * r * r + np.log(wr) + np.where(viol, -np.inf, lms)
+        return _lse(lf, wr > 0, 1)
+
+
+def _slice_breakpoints(a, b, dd, act, rv, rlo, rhi, splits):
+    """Sorted panel breakpoints (P, B) on ``[rlo, rhi]`` for slicing rows ``a r + b s <= dd``
+    (P, F), and the same with every panel halved (the finer rule of :func:`_slice_mass`).
+
+    Breakpoints: the vertices' ``r`` (``rv`` (P, V)), the rows parallel to the slices, the
+    fixed ``splits`` (P, S) and, for each row that sweeps its ``s``-bound across the core
+    (``|s| <= 40``) within the range, where the bound crosses ``s = 0, +-2, +-4, +-8, +-40``: on
+    each panel the integrand is smooth and varies by a bounded factor.
+    """
+    P = a.shape[0]
+    lo_, hi_ = rlo[:, None], rhi[:, None]
+    with np.errstate(all="ignore"):
+        rpar = np.where(act & (b == 0) & (a != 0), dd / a, lo_)
+        sig = np.abs(b / a)
+        r0 = dd / a
+        sweep = act & (b != 0) & (a != 0) & (r0 + 40.0 * sig > lo_) & (r0 - 40.0 * sig < hi_)
+        sweep &= 80.0 * sig < hi_ - lo_
+        ex = r0[..., None] + sig[..., None] * _SWEEP_S_MASS
+        ex = np.where(sweep[..., None], ex, lo_[..., None]).reshape(P, -1)
+    bp = np.concatenate([lo_, rv, rpar, splits, ex, hi_], axis=1)
+    bp = np.sort(np.clip(np.where(np.isfinite(bp), bp, lo_), lo_, hi_), axis=1)
+    fine = np.sort(np.concatenate([bp, 0.5 * (bp[:, :-1] + bp[:, 1:])], axis=1), axis=1)
+    return bp, fine
+
+
+def _slice_mass(a, b, dd, act, D, bp, fine):
+    """``log int e^{-D r - r^2/2} m_s(r) dr`` (``m_s``: the standard normal mass of the
+    slice's ``s``-interval) on the panels of :func:`_slice_breakpoints`, and its quadrature
+    error: the rule runs on the panels and on their halves; the finer sum is returned, the
+    difference of the two is the error estimate (an embedded check, not a bound one has to
+    trust)."""
+    coarse = _slice_logz(bp, a, b, dd, act, D)
+    lz = _slice_logz(fine, a, b, dd, act, D)
+    with np.errstate(invalid="ignore"):
+        qerr = np.abs(lz - coarse)
+    return lz, np.where(np.isfinite(qerr), qerr, np.inf)
+
+
+def _slice_rows(nu, off, p, nstar):
+    """Rows ``n . x <= off`` (P, F) as ``a r + b s <= dd`` around the point ``p`` (P, 2) (same
+    frame as ``off``) with ``x = p + r n* + s tau*``; also ``tau*``."""
+    tstar = np.stack([-nstar[:, 1], nstar[:, 0]], axis=-1)
+    a = np.einsum("pfk,pk->pf", nu, nstar)
+    b = np.einsum("pfk,pk->pf", nu, tstar)
+    with np.errstate(invalid="ignore"):
+        dd = off - np.einsum("pfk,pk->pf", nu, p)
+    return a, b, dd, tstar
+
+
+def _far_splits(D):
+    """``rmax`` where ``D r + r^2/2 = 45`` and splits where it is 1, 3, 8, 20 (P,), (P, 4)."""
+    E = np.array([1.0, 3.0, 8.0, 20.0, 45.0])
+    r = 2.0 * E / (D[:, None] + np.sqrt(D[:, None] ** 2 + 2.0 * E))
+    return r[:, -1], r[:, :-1]
+
+
+def _edge_mass_log(cu, t0, t1, nonempty):
+    """(P, F) ``log(phi(c) (Phi(t1) - Phi(t0)))``, each edge's line integral of the density
+    (``-inf`` off the edges)."""
+    with np.errstate(all="ignore"):
+        lm1, _ = _log_interval_mass(np.where(nonempty, t0, 0.0), np.where(nonempty, t1, 1.0))
+        out = log_phi(np.where(nonempty, cu, 0.0)) + lm1
+    return np.where(nonempty, out, -np.inf)
+
+
+@dataclass
+class Sliced:
+    """:func:`_slice_pairs`' result for ``n`` pairs: ``log_mass``, ``error`` (n,), ``local``
+    (n,) which used their :class:`LocalFrame`, ``mean`` (n, 2) and ``cov`` (n, 2, 2) (None
+    unless asked for)."""
+
+    log_mass: np.ndarray
+    error: np.ndarray
+    local: np.ndarray
+    mean: np.ndarray | None
+    cov: np.ndarray | None
+
+
+def _slice_pairs(edges: Edges, rows: np.ndarray, local: LocalFrame | None, moments: bool):
+    """Log mass (and moments) of pairs ``rows`` by slicing, with no cancellation.
+
+    Mean outside the polygon: slices perpendicular to the direction ``n*`` of the closest point
+    ``p`` (``D = |p|``), ``u = p + r n* + s tau*``, ``r`` in ``[0, rmax]`` (as
+    :func:`_tail_moments`); the rows are taken about ``p`` in the pairs' :class:`LocalFrame`
+    if they have one (``p`` an exact local point), else about the mean. Mean inside (or on the
+    boundary): slices through the mean (``D = 0``) perpendicular to the nearest row,
+    ``r`` in ``[-9.5, 9.5]`` (where ``e^{-r^2/2} < e^{-45}``). The moments as in
+    :func:`_slice_moments`, on the finer panels.
+
+    The error estimate: quadrature (the embedded check of :func:`_slice_mass`) plus the
+    rounding of the rows about ``p`` (each edge's line mass times ``eps`` times the rows'
+    length scale, relative to ``m``) and, with a local frame, the shift of the whole polygon by
+    the rounding of its anchor.
+    """
+    nu, cu, t0, t1 = edges.nu[rows], edges.cu[rows], edges.t0[rows], edges.t1[rows]
+    ne, act = edges.nonempty[rows], edges.active[rows]
+    n = rows.size
+    tau = np.stack([-nu[..., 1], nu[..., 0]], axis=-1)
+    with np.errstate(all="ignore"):
+        cmin = np.min(np.where(act, cu, np.inf), axis=1)
+    outside = cmin < 0
+    if outside.any():  # a closest point at distance 0 (the mean on the boundary, rounded
+        i = np.flatnonzero(outside)  # outside): slices through the mean
+        with np.errstate(all="ignore"):
+            D = _closest_point(nu[i], cu[i], t0[i], t1[i], ne[i], tau[i])[0]
+        outside[i[~(D > 0)]] = False
+    logm, err = np.full(n, -np.inf), np.full(n, np.inf)
+    mean = np.full((n, 2), np.nan) if moments else None
+    cov = np.full((n, 2, 2), np.nan) if moments else None
+    lem = _edge_mass_log(cu, t0, t1, ne)
+    fin1 = np.isfinite(t1)
+    with np.errstate(all="ignore"):  # padding rows (inf offsets, zero normals) give NaN
+        for inner in (False, True):
+            i = np.flatnonzero(outside != inner)
+            if i.size == 0:
+                continue
+            nui, cui, tui = nu[i], cu[i], tau[i]
+            if inner:  # through the mean, perpendicular to the nearest row
+                k = np.argmin(np.where(act[i], np.abs(cui), np.inf), axis=1)
+                nstar = -nui[np.arange(i.size), k]
+                D = np.zeros(i.size)
+                p = pnt = np.zeros((i.size, 2))
+                off = cui
+                v = cui[..., None] * nui + np.where(fin1[i], t1[i], 0.0)[..., None] * tui
+                vlen = np.abs(off)
+                shift = np.zeros(i.size)
+                rhi = np.full(i.size, _SLICE_R)
+                rlo, splits = -rhi, np.broadcast_to(_SLICE_SPLITS, (i.size, _SLICE_SPLITS.size))
+            else:
+                with np.errstate(all="ignore"):
+                    D, nstar, pnt, k, on_edge = _closest_point(nui, cui, t0[i], t1[i], ne[i], tui)
+                if local is None:
+                    p, off = pnt, cui
+                    v = cui[..., None] * nui + np.where(fin1[i], t1[i], 0.0)[..., None] * tui
+                    vlen = np.abs(off) + D[:, None]
+                    shift = np.zeros(i.size)
+                else:
+                    fr, j = local, np.arange(i.size)
+                    m = -fr.anchor[i]  # the mean seen from the anchor
+                    nk, tk_, offk = nui[j, k], tui[j, k], fr.off[i, k]
+                    with np.errstate(invalid="ignore"):
+                        tm = np.einsum("pk,pk->p", tk_, m)  # the mean's foot on row k, along it
+                        foot = offk[:, None] * nk + tm[:, None] * tk_
+                        at1 = t1[i, k] == np.clip(0.0, t0[i, k], t1[i, k])
+                        end = np.where(at1[:, None], fr.q1[i, k], fr.q0[i, k])
+                        p = np.where(on_edge[:, None], foot, end)
+                        pnt = p - m  # the closest point seen from the mean
+                        D = np.where(on_edge, np.einsum("pk,pk->p", nk, m) - offk, np.hypot(*pnt.T))
+                        nstar = np.where(on_edge[:, None], -nk, pnt / D[:, None])
+                    off = fr.off[i]
+                    v = np.where(fin1[i][..., None], fr.q1[i], 0.0)
+                    vlen = np.abs(off) + np.hypot(p[:, 0], p[:, 1])[:, None]
+                    shift = np.hypot(fr.anchor[i, 0], fr.anchor[i, 1]) * (D + 2.0)
+                rhi, splits = _far_splits(D)
+                rlo = np.zeros(i.size)
+            a, b, dd, tstar = _slice_rows(nui, off, p, nstar)
+            with np.errstate(invalid="ignore"):
+                rv = np.einsum("pfk,pk->pf", v - p[:, None, :], nstar)
+            rv = np.where(ne[i] & fin1[i], rv, rlo[:, None])
+            bp, fine = _slice_breakpoints(a, b, dd, act[i], rv, rlo, rhi, splits)
+            lz, qe = _slice_mass(a, b, dd, act[i], D, bp, fine)
+            good = inner | (D > 0)
+            with np.errstate(all="ignore"):
+                lm = np.where(good, -0.5 * D * D - 0.5 * LOG_2PI + lz, -np.inf)
+                # an edge's line mass is at most phi(D) (1 + 1/D) sqrt(2) (the polygon lies in
+                # r >= 0, where phi_2 = phi(D) e^{-D r - r^2/2} phi(s)): a bound that keeps the
+                # mean-frame edge masses (rounded at ~eps |log m| in their exponents) from
+                # overflowing the ratio far out
+                cap = np.where(
+                    inner, np.inf, -0.5 * D * D - 0.5 * LOG_2PI + np.log1p(1.0 / D) + 0.35
+                )
+                lem_i = np.minimum(lem[i], cap[:, None])
+                rnd = _T_ERR * EPS * np.exp(_lse(lem_i + np.log(vlen), ne[i], 1) - lm)
+            logm[i] = lm
+            with np.errstate(invalid="ignore"):
+                err[i] = np.where(good, 1e-14 + 2.0 * qe + rnd + 4.0 * EPS * shift, np.inf)
+            if moments:
+                with np.errstate(all="ignore"):
+                    mean[i], cov[i] = _slice_moments(fine, a, b, dd, act[i], D, pnt, nstar, tstar)
+    with np.errstate(invalid="ignore"):
+        err = np.where(np.isfinite(logm) & np.isfinite(err), err, np.inf)
+    return Sliced(logm, err, outside & (local is not None), mean, cov)
+
+
+# --------------------------------------------------------------------------------------------
 # drivers
 # --------------------------------------------------------------------------------------------
 def _distance_bound(cu, t0, t1, nonempty):
@@ -798,7 +1108,7 @@ def _distance_bound(cu, t0, t1, nonempty):
         return np.where(outside & np.isfinite(d2), log_ndtr(-np.sqrt(d2)), 0.0)
 
 
-def _vertex_error(cu, t0, t1, nonempty, logm, ext=None):
+def _vertex_error(cu, t0, t1, nonempty, logm, ext=None, lengths=None):
     """(P,) first-order error of ``log m`` from the rounding of the polygons' vertices.
 
     A vertex where rows ``e`` and ``j`` meet at angle ``theta`` is computed with an error of
@@ -811,7 +1121,9 @@ def _vertex_error(cu, t0, t1, nonempty, logm, ext=None):
     Not a proof: checked against mpmath on thin wedges (5 to 1e6 sd, openings 1e-9 to 1: the
     true error is <= 1e-3 of this) and random polygons (``tests/gaussian/test_adversarial.py``).
     For a sharp corner far out this is far above ``eps |log m|``; elsewhere it is ~eps. Edges
-    without a vertex (lines of half-planes and strips) are taken exactly.
+    without a vertex (lines of half-planes and strips) are taken exactly. ``lengths``, optional:
+    the ends' own length scales (P, F) x 2 in place of ``|c_e| + |t| + ext`` (the pairs done in
+    their :class:`LocalFrame`, whose vertices keep the table's precision).
     """
     with np.errstate(all="ignore"):
         f0, f1 = np.isfinite(t0), np.isfinite(t1)
@@ -821,10 +1133,10 @@ def _vertex_error(cu, t0, t1, nonempty, logm, ext=None):
         loc = np.minimum(np.log(t1 - t0), 0.5 * LOG_2PI)
         base = np.log(_T_ERR * EPS) - 0.5 * cu * cu - LOG_2PI
         ends = []
-        for t in (t0, t1):  # each vertex: density x the edge's mass near it x its length scale
-            at = np.abs(t)
+        for e, t in enumerate((t0, t1)):  # each vertex: density x its edge's mass near it x
+            at = np.abs(t)  # its length scale
             lv = base - 0.5 * t * t + np.minimum(loc, -np.log(at))
-            ends.append(lv + np.log(np.abs(cu) + at + ext))
+            ends.append(lv + np.log(np.abs(cu) + at + ext if lengths is None else lengths[e]))
         ld = np.concatenate(ends, axis=1)
         has = np.concatenate([nonempty & f0, nonempty & f1], axis=1)
         out = np.exp(_lse(ld, has, 1) - logm)
@@ -832,12 +1144,121 @@ def _vertex_error(cu, t0, t1, nonempty, logm, ext=None):
 
 
 def _log_mass_core(normals, offsets, moments: bool, floor=None):
+    """:func:`_integrate` of pairs given by their rows, and which of them to re-anchor (P,):
+    those left empty or unresolved although their rows are real, or whose error estimate is
+    beyond the log mass's own rounding (see :func:`_reanchored`)."""
     nu, cu, active, bad = _prepare(normals, offsets)
     t0, t1, nonempty, degenerate = polygon_edges(nu, cu, active)
     has_rows = active.any(axis=1)
     empty = bad | degenerate | (has_rows & ~nonempty.any(axis=1))
     verts = _vertices(nu, cu, t0, t1, nonempty)
-    return _integrate(Edges(nu, cu, active, t0, t1, nonempty, empty, verts), moments, floor)
+    res = _integrate(Edges(nu, cu, active, t0, t1, nonempty, empty, verts), moments, floor)
+    lm, err = res.log_mass, res.error
+    with np.errstate(all="ignore"):
+        skipped = (
+            np.zeros_like(bad)
+            if floor is None
+            else (~empty & (_distance_bound(cu, t0, t1, nonempty) < floor))
+        )
+        loose = err > _REANCHOR_ERR + 8.0 * EPS * (1.0 + np.abs(lm))
+    redo = has_rows & ~bad & ~skipped & (~np.isfinite(lm) | loose)
+    return res, redo
+
+
+def _two_prod(x, y):
+    """``x * y = p + e`` exactly (Dekker's split; no FMA in numpy)."""
+    p = x * y
+    sx = _SPLIT * x
+    xh = sx - (sx - x)
+    xl = x - xh
+    sy = _SPLIT * y
+    yh = sy - (sy - y)
+    yl = y - yh
+    e = ((xh * yh - p) + xh * yl + xl * yh) + xl * yl
+    return p, e
+
+
+def _two_sum(a, b):
+    """``a + b = s + e`` exactly (Knuth)."""
+    s = a + b
+    bb = s - a
+    e = (a - (s - bb)) + (b - bb)
+    return s, e
+
+
+def _local_offsets(n, c, a):
+    """``c - n . a`` (P, F) for raw rows ``n`` (P, F, 2), ``c`` (P, F) and points ``a`` (P, 2),
+    without the cancellation of the plain form: the products and the sum are error-free
+    transformations, so the result is exact to ``~eps |c - n . a| + eps^2 |c|``."""
+    p0, e0 = _two_prod(n[..., 0], a[:, None, 0])
+    p1, e1 = _two_prod(n[..., 1], a[:, None, 1])
+    s1, r1 = _two_sum(c, -p0)
+    s2, r2 = _two_sum(s1, -p1)
+    return s2 + ((r1 + r2) - (e0 + e1))
+
+
+def _anchor_points(nu, cu, active):
+    """(P, 2) a point on each polygon's boundary from its float rows: of the rows' pairwise
+    intersections the one that violates the rows least (a vertex where the polygon has one);
+    rows without an intersection (strips, half-planes): the foot of the first row."""
+    P, F = cu.shape
+    best = np.where(active[:, :1], cu[:, :1] * nu[:, 0], 0.0)  # the foot of row 0
+    score = np.full(P, np.inf)
+    with np.errstate(all="ignore"):
+        for e, j in itertools.combinations(range(F), 2):
+            a, b = nu[:, e], nu[:, j]
+            det = a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]
+            v = np.stack(
+                [
+                    (cu[:, e] * b[:, 1] - cu[:, j] * a[:, 1]) / det,
+                    (a[:, 0] * cu[:, j] - b[:, 0] * cu[:, e]) / det,
+                ],
+                axis=1,
+            )
+            viol = np.max(np.where(active, np.einsum("pfk,pk->pf", nu, v) - cu, -np.inf), 1)
+            ok = active[:, e] & active[:, j] & (det != 0) & np.isfinite(viol) & (viol < score)
+            best = np.where(ok[:, None], v, best)
+            score = np.where(ok, viol, score)
+    return np.where(np.isfinite(best), best, 0.0)
+
+
+def _reanchored(normals, offsets, floor, redo, out, moments: bool):
+    """Redo pairs ``redo`` (P,) given by their rows in a frame at one of their vertices.
+
+    Rows ``n . u <= c`` far from the mean (``|c|`` large) locate a polygon only to
+    ``~eps |c|``: its vertices, and with them a polygon smaller than that, a sliver narrower,
+    or a sharp corner, are lost in their rounding (-inf, NaN or a huge error estimate). Moving
+    the origin to a point ``a`` on the polygon, the rows become ``n . x <= c - n . a``, which
+    :func:`_local_offsets` forms exactly from the float input; the polygon is then a
+    :class:`PolygonTable` near its origin (exact to the local scale), seen from the mean at
+    ``-a`` (:func:`log_mass_2d_shifted`, whose cubature and slicing keep the table's
+    precision). Taken where it is finite with a smaller error estimate (or the first was not
+    finite); ``out`` (log mass, error[, mean, cov]) is updated in place.
+    """
+    i = np.flatnonzero(redo)
+    if i.size == 0:
+        return out
+    n = np.asarray(normals, dtype=np.float64)[i]
+    c = np.asarray(offsets, dtype=np.float64)[i]
+    nu, cu, active, _ = _prepare(n, c)
+    a = _anchor_points(nu, cu, active)
+    with np.errstate(all="ignore"):
+        cl = np.where(np.isfinite(c), _local_offsets(n, c, a), c)
+    ok = np.all(np.isfinite(cl) | (cl == np.inf), axis=1)
+    if not ok.all():  # overflow in the split (|a| or |n| beyond ~1e300): keep the first result
+        i, n, cl, a = i[ok], n[ok], cl[ok], a[ok]
+        if i.size == 0:
+            return out
+    table = polygon_table(n, cl)
+    fl = None if floor is None else floor[i]
+    fun = _table_moments if moments else _table_mass
+    new = _table_chunked(fun, table, np.arange(i.size), -a, fl)
+    lm_new, err_new = new[0], new[-1]
+    lm_old, err_old = out[0][i], out[-1][i]
+    take = np.isfinite(lm_new) & (~np.isfinite(lm_old) | (err_new < err_old))
+    for o, v in zip(out, new, strict=True):
+        o[i[take]] = v[take]
+    return out
 
 
 def _integrate(edges: Edges, moments: bool, floor=None) -> Integrated:
@@ -885,7 +1306,31 @@ def _integrate(edges: Edges, moments: bool, floor=None) -> Integrated:
         logm[cub_i] = lm
         ratio[cub_i] = 1.0
         quad_err[cub_i] = 1e-14 + 4.0 * cond
+    local_i = np.zeros(0, dtype=np.intp)  # pairs done in their LocalFrame
+    local_len = []
+    if cub_i.size and edges.local is not None:
+        # table pairs: the translated vertices are rounded at the scale |w|; where that shows
+        # next to the polygon's size, the cubature again on the table's own vertices
+        j = np.flatnonzero(~(4.0 * cond <= _LOCAL_COND))
+        if j.size:
+            rows = cub_i[j]
+            fr = edges.local(rows)
+            ne = nonempty[rows]
+            a0 = np.where(ne[..., None], fr.q0, 0.0)
+            d10 = np.where(ne[..., None], fr.q1 - fr.q0, 0.0)
+            size = np.max(np.where(ne, np.maximum(fr.len0, fr.len1), 0.0), axis=1)
+            with np.errstate(all="ignore"):
+                lm, cond_l, mn, cv = _cubature(
+                    None, None, fr.anchor, ne, R[rows], moments, (a0, d10, size)
+                )
+            logm[rows] = lm
+            quad_err[rows] = 1e-14 + 4.0 * cond_l
+            if moments:
+                cub_mean[j], cub_cov[j] = mn, cv
+            local_i = rows
+            local_len = [(fr.len0, fr.len1)]
     tail_i = np.flatnonzero(redo & ~cub)
+    excess = np.zeros(P)  # the tail-safe pieces' rounding where they cancel (ratio > _SLICE_RATIO)
     if tail_i.size:
         lm, rt, ends = _tail_mass(cu[tail_i], t0[tail_i], t1[tail_i], use[tail_i], omega[tail_i])
         logm[tail_i] = lm
@@ -895,8 +1340,45 @@ def _integrate(edges: Edges, moments: bool, floor=None) -> Integrated:
         quad_err[tail_i] = (
             1e-14 + np.where(np.isfinite(ends), ends, 0.0) + _T_EXP * EPS * rt * (1.0 + np.abs(lm))
         )
+        with np.errstate(invalid="ignore"):
+            cancel = _T_EXP * EPS * rt * (1.0 + np.abs(lm))
+            excess[tail_i] = np.where(rt > _SLICE_RATIO, cancel, 0.0)
+    # Slivers and thin strips (far out, or through the mean) cancel in the edge formula beyond
+    # its resolution (a sliver of width 1e-9 at 1e4 sd: pieces ~1e9 times the mass, rounded at
+    # ~eps |log m| each, so nothing was left: "empty", -inf): slicing, where it is better.
+    resc = ~empty & ~cub & active.any(axis=1) & ~(np.isfinite(logm) & (excess <= _SLICE_ERR))
+    resc_i = np.flatnonzero(resc)
+    slice_i = np.zeros(0, dtype=np.intp)
+    slice_mean = slice_cov = None
+    if resc_i.size:
+        fr = None if edges.local is None else edges.local(resc_i)
+        sl = _slice_pairs(edges, resc_i, fr, moments)
+        lm_s, err_s = sl.log_mass, sl.error
+        take = np.isfinite(lm_s) & (~np.isfinite(logm[resc_i]) | (err_s < quad_err[resc_i]))
+        slice_i = resc_i[take]
+        logm[slice_i] = lm_s[take]
+        quad_err[slice_i] = err_s[take]
+        ratio[slice_i] = 1.0
+        if moments:
+            slice_mean, slice_cov = sl.mean[take], sl.cov[take]
+        lt = take & sl.local
+        if lt.any():
+            local_i = np.concatenate([local_i, resc_i[lt]])
+            local_len.append((fr.len0[lt], fr.len1[lt]))
     logm = np.minimum(logm, 0.0)
-    quad_err += _vertex_error(cu, t0, t1, nonempty & ~empty[:, None], logm, edges.ext)
+    # mean on the boundary: the tangent cone's angle (omega) comes from differences of the rows'
+    # directions, rounded to ~4 eps absolute: 4 eps / m relative (a wedge of opening 1e-9 at
+    # the mean: 5e-8 in log mass, where the estimate said 1e-13)
+    onb = np.flatnonzero((cmin == 0.0) & ~cub & ~empty & (omega > 0.0) & (omega < 1.0))
+    if onb.size:
+        with np.errstate(over="ignore"):
+            quad_err[onb] += _OMEGA_ERR * EPS * np.exp(-logm[onb])
+    ve = _vertex_error(cu, t0, t1, nonempty & ~empty[:, None], logm, edges.ext)
+    if local_i.size:  # those pairs' vertices kept the table's precision
+        lens = tuple(np.concatenate([q[e] for q in local_len]) for e in (0, 1))
+        li = local_i
+        ve[li] = _vertex_error(cu[li], t0[li], t1[li], nonempty[li], logm[li], None, lens)
+    quad_err += ve
     with np.errstate(all="ignore"):
         err = 8.0 * EPS * np.where(np.isfinite(ratio), ratio, 1.0) + 4.0 * EPS * (
             1.0 + np.abs(logm)
@@ -910,7 +1392,9 @@ def _integrate(edges: Edges, moments: bool, floor=None) -> Integrated:
         cub_i.size,
         int(np.sum(empty)),
     )
-    geo = MomentGeometry(nu, cu, t0, t1, nonempty, cub_i, cub_mean, cub_cov)
+    geo = MomentGeometry(
+        nu, cu, t0, t1, nonempty, cub_i, cub_mean, cub_cov, slice_i, slice_mean, slice_cov
+    )
     return Integrated(logm, err, geo)
 
 
@@ -992,6 +1476,12 @@ def log_mass_2d(
     ``floor`` (P,), optional: a pair whose mass is provably below ``exp(floor)`` (by the
     closest-point bound ``Q(δ)``, see :func:`_distance_bound`) is not integrated and gets
     ``log_mass = -inf`` and error 0 (for exact pruning, where such pairs cannot matter).
+
+    Far from the mean, vertices computed about the mean are rounded at ``~eps (|c| + |t|) /
+    sin(angle)`` (2e-12 at 1e4 sd): pairs where that shows (tiny polygons, slivers, sharp
+    corners far out) are redone about one of their vertices with the rows' offsets formed
+    exactly there (module docstring), so that they keep their digits. ``-inf`` with error 0
+    means no interior: rows that, as floats, are infeasible or meet in a line.
     """
     normals, offsets = _checked_rows(normals, offsets)
     return _log_mass_2d(normals, offsets, floor)
@@ -1026,8 +1516,8 @@ def _as_floor(floor, offsets):
 
 
 def _log_mass_only(normals, offsets, floor=None):
-    res = _log_mass_core(normals, offsets, moments=False, floor=floor)
-    return res.log_mass, res.error
+    res, redo = _log_mass_core(normals, offsets, moments=False, floor=floor)
+    return tuple(_reanchored(normals, offsets, floor, redo, [res.log_mass, res.error], False))
 
 
 def truncated_moments_2d(
@@ -1050,7 +1540,9 @@ def _truncated_moments_2d(normals, offsets, floor=None) -> TruncatedMoments:
 
 
 def _moments_core(normals, offsets, floor=None):
-    return _moments_finish(_log_mass_core(normals, offsets, moments=True, floor=floor))
+    res, redo = _log_mass_core(normals, offsets, moments=True, floor=floor)
+    out = list(_moments_finish(res))
+    return tuple(_reanchored(normals, offsets, floor, redo, out, True))
 
 
 def _moments_finish(res: Integrated):
@@ -1073,6 +1565,8 @@ def _moments_finish(res: Integrated):
         dist2 = np.min(np.where(nonempty, cu * cu + np.clip(0.0, t0, t1) ** 2, np.inf), axis=1)
         far = ok & (np.min(np.where(nonempty, cu, np.inf), axis=1) < 0) & (dist2 >= _TAIL_D**2)
         far[cub_i] = False
+        if geo.slice_i is not None:
+            far[geo.slice_i] = False
         far_i = np.flatnonzero(far)
         if far_i.size:
             mean[far_i], cov[far_i] = _tail_moments(
@@ -1081,6 +1575,9 @@ def _moments_finish(res: Integrated):
     if cub_i.size:
         mean[cub_i] = cub_mean
         cov[cub_i] = cub_cov
+    if geo.slice_i is not None and geo.slice_i.size:  # the pairs whose mass is by slicing
+        mean[geo.slice_i] = geo.slice_mean
+        cov[geo.slice_i] = geo.slice_cov
     mean[~ok] = np.nan
     cov[~ok] = np.nan
     return logm, mean, cov, err
@@ -1196,7 +1693,53 @@ def _shifted(table: PolygonTable, m: np.ndarray, w: np.ndarray, k: int):
     g = np.where(bounded[:, None], table.centroid[m] - w, 0.0)
     verts = Vertices(P0, P1, g, table.radius[m], bounded)
     ext = np.hypot(w[:, 0], w[:, 1])
-    return Edges(nu, cu, active, t0, t1, nonempty, table.empty[m], verts, ext)
+
+    def local(rows):
+        return _local_frame(table, m[rows], None, w[rows], k)
+
+    return Edges(nu, cu, active, t0, t1, nonempty, table.empty[m], verts, ext, local)
+
+
+def _local_frame(table: PolygonTable, m, T, w, k) -> LocalFrame:
+    """:class:`LocalFrame` of polygons ``m`` (n,) of the table mapped by ``u = T u0 - w``
+    (``T`` (n, 2, 2), or None for the identity), anchored at the mapped vertex centroid ``c``
+    (the table's origin for unbounded polygons): ``q = T (p - c)``, the offsets of the mapped rows
+    about ``T c`` (from a vertex of the row where it has one, as :func:`_shifted` /
+    :func:`_transformed` take ``cu``), ``anchor = T c - w``."""
+    c = table.centroid[m]  # 0 for unbounded polygons
+    f0, f1 = table.fin0[m, :k], table.fin1[m, :k]
+    n0 = table.normals[m, :k]
+    d0 = table.p0[m, :k] - c[:, None, :]
+    d1 = table.p1[m, :k] - c[:, None, :]
+    with np.errstate(invalid="ignore"):
+        line = table.offsets[m, :k] - np.einsum("pfk,pk->pf", n0, c)
+        L0 = np.hypot(table.p0[m, :k, 0], table.p0[m, :k, 1])
+        L1 = np.hypot(table.p1[m, :k, 0], table.p1[m, :k, 1])
+        if T is None:
+            nu, anchor = n0, c - w
+        else:  # normals adj(T)^T n / |adj(T)^T n| and line offsets g det T / |adj(T)^T n|
+            a0 = T[:, None, 1, 1] * n0[..., 0] - T[:, None, 1, 0] * n0[..., 1]
+            a1 = T[:, None, 0, 0] * n0[..., 1] - T[:, None, 0, 1] * n0[..., 0]
+            nrm = np.hypot(a0, a1)
+            act = table.active[m, :k]
+            safe = np.where(act, nrm, 1.0)
+            nu = np.where(act[..., None], np.stack([a0, a1], axis=-1) / safe[..., None], 0.0)
+            det = T[:, 0, 0] * T[:, 1, 1] - T[:, 0, 1] * T[:, 1, 0]
+            line = line * (det[:, None] / safe)
+            d0 = np.einsum("pij,pfj->pfi", T, d0)
+            d1 = np.einsum("pij,pfj->pfi", T, d1)
+            scale = np.sqrt(np.sum(T * T, axis=(1, 2)))[:, None]
+            L0, L1 = scale * L0, scale * L1
+            anchor = np.einsum("pij,pj->pi", T, c) - w
+        q0 = np.where(f0[..., None], d0, 0.0)
+        q1 = np.where(f1[..., None], d1, 0.0)
+        off = np.where(
+            f0,
+            np.einsum("pfk,pfk->pf", nu, q0),
+            np.where(f1, np.einsum("pfk,pfk->pf", nu, q1), line),
+        )
+        off = np.where(table.active[m, :k], off, np.inf)
+    return LocalFrame(q0, q1, off, anchor, np.where(f0, L0, 0.0), np.where(f1, L1, 0.0))
 
 
 def _transformed(table: PolygonTable, m: np.ndarray, T: np.ndarray, w: np.ndarray, k: int):
@@ -1230,7 +1773,11 @@ def _transformed(table: PolygonTable, m: np.ndarray, T: np.ndarray, w: np.ndarra
             np.where(tab.fin1[m, :k], np.hypot(tab.p1[m, :k, 0], tab.p1[m, :k, 1]), 0.0),
         )
     ext = np.hypot(w[:, 0], w[:, 1])[:, None] + np.sqrt(np.sum(T * T, axis=(1, 2)))[:, None] * far
-    return Edges(nu, cu, active, t0, t1, nonempty, table.empty[m], verts, ext)
+
+    def local(rows):
+        return _local_frame(table, m[rows], T[rows], w[rows], k)
+
+    return Edges(nu, cu, active, t0, t1, nonempty, table.empty[m], verts, ext, local)
 
 
 def _table_chunked(fun, table: PolygonTable, m, w, floor, blocks: list | None = None, T=None):

@@ -29,6 +29,7 @@ from the same pieces.
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -47,7 +48,10 @@ from ._polygon import (
     _GL_X,
     _LAG_W,
     _LAG_X,
+    _OMEGA_ERR,
     _S_SPLIT,
+    _SLICE_ERR,
+    _SLICE_RATIO,
     _SMALL,
     _SWEEP_RATIO,
     _SWEEP_S,
@@ -57,6 +61,9 @@ from ._polygon import (
     Edges,
     Vertices,
     _fast_mass,
+    _local_frame,
+    _slice_pairs,
+    _vertex_error,
 )
 from ._rules import EPS, LOG_2PI, gauss_legendre
 from ._torch_interval import nodes
@@ -432,8 +439,47 @@ def polygon_log_mass_t(edges: Edges, floor=None):
             + torch.where(torch.isfinite(ends), ends, 0.0)
             + _T_EXP * EPS * rt * (1.0 + lm.abs())
         )
+    # pairs whose pieces cancel beyond their resolution (or leave nothing): numpy's slicing
+    # (``_polygon._slice_pairs``), on the host; they are few (slivers, thin strips, means on a
+    # vertex whose rows' offsets came out +-eps instead of 0)
+    cancel = (
+        tail & (ratio > _SLICE_RATIO) & (_T_EXP * EPS * ratio * (1.0 + logm.abs()) > _SLICE_ERR)
+    )
+    resc = ~empty & ~small & active.any(dim=1) & (~torch.isfinite(logm) | cancel)
+    ri = resc.nonzero().squeeze(1)
+    local_rows = lens = None
+    if ri.numel():
+        host = ri.cpu().numpy()
+        e_np = Edges(
+            *(q[ri].cpu().numpy() for q in (nu, cu, active, t0, t1, nonempty, empty)), None
+        )
+        fr = None if edges.local is None else edges.local(host)
+        rows = np.arange(host.size)
+        sl = _slice_pairs(e_np, rows, fr, False)
+        lm_cur, qerr_cur = logm[ri].cpu().numpy(), qerr[ri].cpu().numpy()
+        take = np.isfinite(sl.log_mass) & (~np.isfinite(lm_cur) | (sl.error < qerr_cur))
+        if take.any():
+            sel = ri[torch.as_tensor(np.flatnonzero(take), device=ri.device)]
+            logm[sel] = torch.as_tensor(sl.log_mass[take], dtype=logm.dtype, device=logm.device)
+            qerr[sel] = torch.as_tensor(sl.error[take], dtype=qerr.dtype, device=qerr.device)
+            ratio[sel] = 1.0
+            lt = take & sl.local
+            if lt.any():
+                local_rows = ri[torch.as_tensor(np.flatnonzero(lt), device=ri.device)]
+                lens = (fr.len0[lt], fr.len1[lt])
     logm = torch.clamp(logm, max=0.0)
-    qerr = qerr + _vertex_error_t(cu, t0, t1, nonempty & ~empty[:, None], logm, edges.ext)
+    # mean on the boundary: omega from rounded directions (``_polygon._integrate``)
+    cmin = torch.where(active, cu, math.inf).min(dim=1).values
+    onb = (cmin == 0) & ~small & ~empty & (omega > 0) & (omega < 1)
+    qerr = torch.where(onb, qerr + _OMEGA_ERR * EPS * torch.exp(-logm), qerr)
+    ve = _vertex_error_t(cu, t0, t1, nonempty & ~empty[:, None], logm, edges.ext)
+    if local_rows is not None:  # those kept the table's precision (numpy's local frame)
+        li = local_rows
+        ve_l = _vertex_error(
+            *(q[li].cpu().numpy() for q in (cu, t0, t1, nonempty, logm)), None, lens
+        )
+        ve[li] = torch.as_tensor(ve_l, dtype=ve.dtype, device=ve.device)
+    qerr = qerr + ve
     err = 8.0 * EPS * torch.where(torch.isfinite(ratio), ratio, 1.0) + 4.0 * EPS * (
         1.0 + logm.abs()
     )
@@ -506,7 +552,18 @@ def shifted_t(tab: dict, m: torch.Tensor, w: torch.Tensor):
     g = torch.where(bounded[:, None], tab["centroid"][m] - w, 0.0)
     verts = Vertices(P0, P1, g, tab["radius"][m], bounded)
     ext = torch.hypot(w[:, 0], w[:, 1])
-    return Edges(nu, cu, active, t0, t1, nonempty, tab["empty"][m], verts, ext)
+
+    def local(rows):  # numpy's LocalFrame of pairs ``rows`` (host indices), on the host
+        r = torch.as_tensor(rows, device=m.device)
+        mm = m[r]
+        sub = SimpleNamespace(**{k: tab[k][mm].cpu().numpy() for k in _LOCAL_KEYS})
+        F = sub.p0.shape[1]
+        return _local_frame(sub, np.arange(rows.size), None, w[r].cpu().numpy(), F)
+
+    return Edges(nu, cu, active, t0, t1, nonempty, tab["empty"][m], verts, ext, local)
+
+
+_LOCAL_KEYS = ("centroid", "fin0", "fin1", "normals", "p0", "p1", "offsets", "active")
 
 
 def log_mass_2d_shifted_t(tab: dict, m: torch.Tensor, w: torch.Tensor, floor=None):
