@@ -352,6 +352,30 @@ def test_chunks_and_blocks_do_not_change_results(device, latent, monkeypatch):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("latent", [1, 2])
+def test_chunks_report_their_rows(device, latent, monkeypatch):
+    """The device path reports each finished chunk's rows (``exactdgn evaluate``'s bar over the
+    points; it showed nothing on a device), in order, and the reports change no value."""
+    from exactdgn._progress import progress_to
+    from exactdgn.inference import _torch_marginal
+
+    m = _model([latent, 12, 12, 4], 4, 0.1)
+    geom = region_geometry(m.partition_, m.noise_std_)
+    X = m.sample(100, random_state=3)
+    silent = marginal_pairs(geom, X, device=device)
+    monkeypatch.setattr(_torch_marginal, "_chunk_points", lambda N, R, dev, cb: 37)
+    chunk = 3 * 37 * geom.n_regions
+    monkeypatch.setattr(_torch_marginal, "_CHUNK_2D", {"cpu": chunk, "cuda": chunk})
+    seen = []
+    with progress_to(seen.append):
+        heard = marginal_pairs(geom, X, device=device)
+    assert seen == [37, 37, 26]
+    one = marginal_pairs(geom, X, device=device)  # the same chunks, nobody listening
+    assert np.array_equal(one.log_px, heard.log_px)
+    _close(silent.log_px, heard.log_px, 1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("latent", [1, 2])
 def test_chunk_bytes_bounds_the_chunks_and_top_k_is_refused(device, latent, monkeypatch):
     """``chunk_bytes`` bounds the torch backend's chunks of points as the numpy path's (it
     was ignored); ``top_k``, a numpy-path rule, is refused rather than ignored."""

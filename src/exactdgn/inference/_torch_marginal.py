@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
+from .._progress import report
 from ..gaussian._torch_interval import interval_stats_t, log_interval_mass_t
 from ..gaussian._torch_polygon import (
     log_mass_2d_shifted_t,
@@ -343,6 +344,7 @@ def pairs_1d_torch(
             cov = (uv * isP * isP)[:, None, None]
         v = (tt * sP[r])[:, None]
         parts.append(TorchPairs(p + s, r, lj, log_px, err_px, v, mean, cov, n_cand))
+        report(n)
     return _cat_parts(parts)
 
 
@@ -518,6 +520,7 @@ def pairs_2d_torch(
                 p_all + s, r_all, lj, log_px, err_px, v, mean, cov, n_cand, whitened_mean=w_all
             )
         )
+        report(n)
     return _cat_parts(parts)
 
 
