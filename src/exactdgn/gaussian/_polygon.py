@@ -848,20 +848,27 @@ def _sweep_missed(bp, r0, sig):
         return L > _SWEEP_RATIO * sig
 
 
-def _slice_moments(bp, a, b, dd, act, D, pnt, nstar, tstar):
-    """:func:`_tail_moments`' integrals over ``r`` on the panels between the sorted
-    breakpoints ``bp (P, B)``; returns ``mean (P, 2)``, ``cov (P, 2, 2)``."""
+def _slice_nodes(bp, a, b, dd, act):
+    """The slices' Gauss-Legendre nodes ``r`` and weights ``wr`` (P, K) on the panels between
+    the sorted breakpoints ``bp`` (P, B), and at each node the slice's ``s``-range
+    ``[slo, shi]`` (P, K) and whether an ``s``-free row excludes it (``viol``)."""
     P = bp.shape[0]
     lo, ln = bp[:, :-1], np.diff(bp, axis=1)
     r = (lo[..., None] + ln[..., None] * _GL_X).reshape(P, -1)  # (P, K)
     wr = (ln[..., None] * _GL_W).reshape(P, -1)
-    # s-range at each node
     ar = a[:, None, :] * r[..., None]
     bnd = (dd[:, None, :] - ar) / b[:, None, :]
     actb = act[:, None, :]
     shi = np.min(np.where(actb & (b[:, None, :] > 0), bnd, np.inf), axis=2)
     slo = np.max(np.where(actb & (b[:, None, :] < 0), bnd, -np.inf), axis=2)
     viol = np.any(actb & (b[:, None, :] == 0) & (ar > dd[:, None, :]), axis=2)
+    return r, wr, slo, shi, viol
+
+
+def _slice_moments(bp, a, b, dd, act, D, pnt, nstar, tstar):
+    """:func:`_tail_moments`' integrals over ``r`` on the panels between the sorted
+    breakpoints ``bp (P, B)``; returns ``mean (P, 2)``, ``cov (P, 2, 2)``."""
+    r, wr, slo, shi, viol = _slice_nodes(bp, a, b, dd, act)
     lms, ms, vs = _interval_stats(slo, shi)
     lf = -D[:, None] * r - 0.5 * r * r + np.where(viol, -np.inf, lms)
     lf = np.where(wr > 0, lf, -np.inf)
@@ -892,17 +899,8 @@ def _slice_logz(bp, a, b, dd, act, D):
     """log ``int e^{-D r - r^2/2} (Phi(shi(r)) - Phi(slo(r))) dr`` over the panels between the
     sorted breakpoints ``bp`` (P, B), 32-node Gauss-Legendre on each (rows as in
     :func:`_slice_moments`). Every term is positive: no cancellation."""
-    P = bp.shape[0]
-    lo, ln = bp[:, :-1], np.diff(bp, axis=1)
-    r = (lo[..., None] + ln[..., None] * _GL_X).reshape(P, -1)  # (P, K)
-    wr = (ln[..., None] * _GL_W).reshape(P, -1)
     with np.errstate(all="ignore"):
-        ar = a[:, None, :] * r[..., None]
-        bnd = (dd[:, None, :] - ar) / b[:, None, :]
-        actb = act[:, None, :]
-        shi = np.min(np.where(actb & (b[:, None, :] > 0), bnd, np.inf), axis=2)
-        slo = np.max(np.where(actb & (b[:, None, :] < 0), bnd, -np.inf), axis=2)
-        viol = np.any(actb & (b[:, None, :] == 0) & (ar > dd[:, None, :]), axis=2)
+        r, wr, slo, shi, viol = _slice_nodes(bp, a, b, dd, act)
         lms, _ = _log_interval_mass(slo, shi)
         lf = -D[:, None] * r - 0.5 * r * r + np.log(wr) + np.where(viol, -np.inf, lms)
         return _lse(lf, wr > 0, 1)
