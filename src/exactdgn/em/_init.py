@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._threads import interruptible
 from ..decoder import Decoder
 
 __all__ = ["DataMoments", "data_moments", "initialize"]
@@ -42,7 +43,7 @@ def data_moments(X: np.ndarray, pca: bool = True) -> DataMoments:
     var = Xc.var(axis=0)
     if not pca:
         return DataMoments(N, mu, var)
-    _, svals, Vt = np.linalg.svd(Xc, full_matrices=False)
+    _, svals, Vt = interruptible(np.linalg.svd, Xc, full_matrices=False)  # Ctrl-C: at once
     return DataMoments(N, mu, var, svals**2 / max(N, 1), Vt)
 
 

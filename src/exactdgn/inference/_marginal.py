@@ -22,6 +22,7 @@ from scipy.special import log_ndtr
 
 from .. import gaussian
 from .._progress import report
+from .._threads import blas_one_thread
 from .._validation import check_array, is_int
 
 # the unchecked forms: no NaN scan of each chunk on this hot path
@@ -240,24 +241,6 @@ def _n_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-_BLAS = None  # threadpoolctl controller, made at the first call (it scans the loaded libraries)
-
-
-def _blas_one_thread():
-    """Context that holds BLAS to one thread (the blocks are the parallelism).
-
-    Also in the sequential path: with BLAS's own threads a block's small GEMM (69 x 32 @
-    32 x 7,569, MNIST d = 2) took 41 ms instead of 3.3 ms on a busy 2-core machine, and one
-    BLAS thread per core on a many-core machine oversubscribes it.
-    """
-    global _BLAS
-    if _BLAS is None:
-        from threadpoolctl import ThreadpoolController
-
-        _BLAS = ThreadpoolController()
-    return _BLAS.limit(limits=1, user_api="blas")
-
-
 @functools.lru_cache(maxsize=1)
 def _executor(n: int):
     """One persistent pool of ``n`` worker threads (not a new pool per call)."""
@@ -286,7 +269,7 @@ def _map_blocks(fn, starts, parallel: bool = True, rows: int | None = None) -> l
     sizes = None if rows is None else np.diff([*starts, rows])
     nt = min(_n_threads(), len(starts)) if parallel else 1
     out = []
-    with _blas_one_thread():
+    with blas_one_thread():
         done = map(fn, starts) if nt <= 1 else _executor(nt).map(fn, starts)
         for i, result in enumerate(done):
             out.append(result)
