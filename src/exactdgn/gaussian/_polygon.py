@@ -176,12 +176,14 @@ _SMALL = 1.0
 _FAST_CMIN = 3.0
 # Moments of polygons at distance >= _TAIL_D from the mean by slicing (see _tail_moments).
 _TAIL_D = 8.0
-# A facet nearly parallel to tau* (slope sig = |b/a|) sweeps its s-bound through [-40, 40]
-# within an r-window of width 80 sig; where that window is narrower than the rule's first node
-# offset in its panel (so it can fall between nodes), the row gets extra breakpoints where the
-# bound crosses these s-values.  Other rows keep their panels (and their values, bitwise).
-_SWEEP_S = np.array([-40.0, -8.0, 0.0, 8.0, 40.0])
-_SWEEP_RATIO = 80.0 / _GL_X[0]
+# A facet nearly parallel to tau* (slope sig = |b/a|) sweeps its s-bound through [-8, 8] (where
+# Phi of it goes from 0 to 1) within the r-window r0 +- 8 sig.  Where a panel overlapping that
+# window is longer than _SWEEP_K times it, the 32-node rule cannot resolve the step (errors up
+# to 1.6 posterior sd at D = 10 when a vertex is the closest point), so the row gets extra
+# breakpoints where its bound crosses these s-values.  On 2,400 far rotated boxes (closed-form
+# moments): K = 4 left errors of 1e-4 sd, K = 2 of 2e-8, K = 1 and 0.25 none above 1e-8.
+_SWEEP_S = np.array([-8.0, 0.0, 8.0])
+_SWEEP_K = 0.25
 # Pairs whose edge-formula sum cancels (tail-safe pieces more than _SLICE_RATIO times the mass
 # with a rounding error above _SLICE_ERR, or no mass left at all) are redone by slicing
 # (_slice_pairs), which has no cancellation; the slicing's own s-levels for sweeping rows, its
@@ -762,7 +764,8 @@ def _tail_moments(nu, cu, t0, t1, nonempty):
     ``phi_2(u) = phi(D) e^{-D r - r^2/2} phi(s)`` and, for each ``r``, the polygon's ``s``-range is
     an interval.  The mass and moments are 1-D integrals over ``r`` of the interval's
     (mass, mean, variance) from :func:`interval_stats`, done by 32-node Gauss-Legendre on panels
-    between the vertices' ``r``-values, truncated where ``D r + r^2/2 = 45``.  All quantities are
+    between the vertices' ``r``-values (and, for rows nearly along ``n*``, the ``r`` where their
+    bound crosses ``s = -8, 0, 8``), truncated where ``D r + r^2/2 = 45``.  All quantities are
     small positive numbers computed directly, so ``Var[r] ~ 1/D^2`` keeps its relative accuracy
     (the divergence form loses ``eps D^4``).
 
@@ -785,40 +788,48 @@ def _tail_moments(nu, cu, t0, t1, nonempty):
     slot = np.where(nonempty & np.isfinite(t1), rv, rpar)
     bp = np.concatenate([np.zeros((P, 1)), slot, rmax[:, None]], axis=1)
     bp = np.sort(np.clip(bp, 0.0, rmax[:, None]), axis=1)
-    # A facet nearly parallel to tau* sweeps its s-bound through [-40, 40] within r0 +- 40 sig
-    # (sig = |b/a|, r0 = dd/a); where that window can fall between the rule's nodes (a sliver
-    # wedge: no node inside it at all), those rows only get breakpoints at s = 0, +-8, +-40.
+    # A facet nearly parallel to tau* sweeps its s-bound through [-8, 8] within r0 +- 8 sig
+    # (sig = |b/a|, r0 = dd/a); where a panel there is long against that window (_SWEEP_K),
+    # the row gets breakpoints where its bound crosses s = -8, 0, 8.
     with np.errstate(all="ignore"):
         sig = np.abs(b / a)
         r0 = dd / a
-    steep = act & (b != 0) & (a != 0) & (r0 + 40.0 * sig > 0) & (r0 - 40.0 * sig < rmax[:, None])
-    steep &= _sweep_missed(bp, r0, sig)
-    need = np.flatnonzero(steep.any(axis=1))
-    if need.size == 0:
-        return _slice_moments(bp, a, b, dd, act, D, pnt, nstar, tstar)
-    mean = np.empty((P, 2))
-    cov = np.empty((P, 2, 2))
-    rest = np.flatnonzero(~steep.any(axis=1))
-    if rest.size:
-        mean[rest], cov[rest] = _slice_moments(
-            bp[rest],
-            a[rest],
-            b[rest],
-            dd[rest],
-            act[rest],
-            D[rest],
-            pnt[rest],
-            nstar[rest],
-            tstar[rest],
-        )
-    j = need
-    ex = r0[j, :, None] + sig[j, :, None] * _SWEEP_S
-    ex = np.where(steep[j, :, None], ex, 0.0).reshape(j.size, -1)
-    bpj = np.sort(np.clip(np.concatenate([bp[j], ex], axis=1), 0.0, rmax[j, None]), axis=1)
-    mean[j], cov[j] = _slice_moments(
-        bpj, a[j], b[j], dd[j], act[j], D[j], pnt[j], nstar[j], tstar[j]
-    )
-    return mean, cov
+    steep = act & (b != 0) & (a != 0) & (r0 + 8.0 * sig > 0) & (r0 - 8.0 * sig < rmax[:, None])
+    steep &= _sweep_unresolved(bp, r0, sig)
+    if steep.any():
+        ex = np.where(steep[..., None], r0[..., None] + sig[..., None] * _SWEEP_S, 0.0)
+        bp = np.concatenate([bp, np.clip(ex.reshape(P, -1), 0.0, rmax[:, None])], axis=1)
+    return _by_width(_slice_moments, bp, a, b, dd, act, D, pnt, nstar, tstar)
+
+
+def _distinct(bp):
+    """Breakpoints ``bp`` (P, B) in [0, rmax] (each row holds its rmax): sorted, each row's
+    repeated values moved to its end as copies of its rmax (empty panels); and the number of
+    distinct values of each row (P,)."""
+    bp = np.sort(bp, axis=1)
+    rep = np.zeros(bp.shape, dtype=bool)
+    rep[:, 1:] = bp[:, 1:] == bp[:, :-1]
+    out = np.sort(np.where(rep, np.inf, bp), axis=1)
+    return np.where(np.isinf(out), bp[:, -1:], out), (~rep).sum(axis=1)
+
+
+def _by_width(fun, bp, *rows):
+    """``fun(bp, *rows)`` on groups of rows of similar width: each group's breakpoints cut to
+    its most distinct values (rounded up to a multiple of 4), so no rule nodes go to the empty
+    panels a wider row would force on all.  Returns ``fun``'s outputs, in row order."""
+    if bp.shape[0] == 0:
+        return fun(bp, *rows)
+    bp, count = _distinct(bp)
+    width = np.minimum(-(-np.maximum(count, 2) // 4) * 4, bp.shape[1])
+    outs = None
+    for w in np.unique(width):
+        i = np.flatnonzero(width == w)
+        res = fun(bp[i, :w], *(r[i] for r in rows))
+        if outs is None:
+            outs = [np.empty((bp.shape[0], *o.shape[1:]), dtype=o.dtype) for o in res]
+        for o, v in zip(outs, res, strict=True):
+            o[i] = v
+    return tuple(outs)
 
 
 def _closest_point(nu, cu, t0, t1, nonempty, tau):
@@ -839,13 +850,15 @@ def _closest_point(nu, cu, t0, t1, nonempty, tau):
     return D, nstar, pnt, k, on_edge
 
 
-def _sweep_missed(bp, r0, sig):
-    """(P, F) whether each facet's sweep window ``r0 +- 40 sig`` is narrower than the first
-    node offset of the rule on the panel of ``bp`` that holds ``r0``."""
+def _sweep_unresolved(bp, r0, sig):
+    """(P, F) whether a panel of ``bp`` (P, B) overlapping a row's transition window
+    ``r0 +- 8 sig`` is longer than ``_SWEEP_K`` times that window (the rule on it cannot
+    resolve ``Phi`` of the row's bound)."""
+    lo, hi = bp[:, None, :-1], bp[:, None, 1:]
     with np.errstate(all="ignore"):
-        j = np.clip(np.sum(bp[:, None, :] <= r0[..., None], axis=2), 1, bp.shape[1] - 1)
-        L = np.take_along_axis(bp, j, 1) - np.take_along_axis(bp, j - 1, 1)
-        return L > _SWEEP_RATIO * sig
+        over = (lo < (r0 + 8.0 * sig)[..., None]) & (hi > (r0 - 8.0 * sig)[..., None])
+        L = np.max(np.where(over, hi - lo, 0.0), axis=2)
+        return L > _SWEEP_K * 16.0 * sig
 
 
 def _slice_nodes(bp, a, b, dd, act):

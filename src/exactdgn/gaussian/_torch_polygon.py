@@ -53,7 +53,7 @@ from ._polygon import (
     _SLICE_ERR,
     _SLICE_RATIO,
     _SMALL,
-    _SWEEP_RATIO,
+    _SWEEP_K,
     _SWEEP_S,
     _T_ERR,
     _T_EXP,
@@ -624,39 +624,27 @@ def _tail_moments(nu, cu, t0, t1, nonempty):
     slot = torch.where(nonempty & fin1, rv, rpar)
     bp = torch.cat([torch.zeros_like(D)[:, None], slot, rmax[:, None]], dim=1)
     bp = torch.sort(torch.minimum(torch.clamp(bp, min=0.0), rmax[:, None]), dim=1).values
-    # A facet nearly parallel to tau* sweeps its s-bound through [-40, 40] within r0 +- 40 sig
-    # (sig = |b/a|, r0 = dd/a); where that window can fall between the rule's nodes (a sliver
-    # wedge: no node inside it at all), those rows only get breakpoints at s = 0, +-8, +-40
-    # (``_polygon._tail_moments``); the other rows keep their panels (and values, bitwise).
+    # A facet nearly parallel to tau* sweeps its s-bound through [-8, 8] within r0 +- 8 sig
+    # (sig = |b/a|, r0 = dd/a); where a panel there is long against that window (``_SWEEP_K``),
+    # the row gets breakpoints where its bound crosses s = -8, 0, 8 (as _polygon._tail_moments).
     sig = (b / a).abs()
     r0 = dd / a
-    steep = act & (b != 0) & (a != 0) & (r0 + 40.0 * sig > 0) & (r0 - 40.0 * sig < rmax[:, None])
-    steep &= _sweep_missed_t(bp, r0, sig)
-    need = steep.any(dim=1)
-    j = need.nonzero().squeeze(1)
-    args = (a, b, dd, act, D, pnt, nstar, tstar)
-    if j.numel() == 0:
-        return _slice_moments_t(bp, *args)
-    mean = torch.empty((P, 2), dtype=cu.dtype, device=cu.device)
-    cov = torch.empty((P, 2, 2), dtype=cu.dtype, device=cu.device)
-    rest = (~need).nonzero().squeeze(1)
-    if rest.numel():
-        mean[rest], cov[rest] = _slice_moments_t(bp[rest], *(q[rest] for q in args))
-    ex = r0[j, :, None] + sig[j, :, None] * nodes("sweep_s", _SWEEP_S, cu)
-    ex = torch.where(steep[j, :, None], ex, 0.0).reshape(j.numel(), -1)
-    bpj = torch.cat([bp[j], ex], dim=1)
-    bpj = torch.sort(torch.minimum(torch.clamp(bpj, min=0.0), rmax[j, None]), dim=1).values
-    mean[j], cov[j] = _slice_moments_t(bpj, *(q[j] for q in args))
-    return mean, cov
-
-
-def _sweep_missed_t(bp, r0, sig):
-    """Torch twin of ``_polygon._sweep_missed``: (P, F) whether each facet's sweep window
-    ``r0 +- 40 sig`` is narrower than the rule's first node offset on the panel holding ``r0``."""
-    j = (bp[:, None, :] <= r0[..., None]).sum(dim=2)
-    j = torch.clamp(j, 1, bp.shape[1] - 1)
-    L = torch.gather(bp, 1, j) - torch.gather(bp, 1, j - 1)
-    return L > _SWEEP_RATIO * sig
+    steep = act & (b != 0) & (a != 0) & (r0 + 8.0 * sig > 0) & (r0 - 8.0 * sig < rmax[:, None])
+    lo, hi = bp[:, None, :-1], bp[:, None, 1:]
+    over = (lo < (r0 + 8.0 * sig)[..., None]) & (hi > (r0 - 8.0 * sig)[..., None])
+    steep &= torch.where(over, hi - lo, 0.0).amax(dim=2) > _SWEEP_K * 16.0 * sig
+    ex = r0[..., None] + sig[..., None] * nodes("sweep_s", _SWEEP_S, cu)
+    ex = torch.where(steep[..., None], ex, 0.0).reshape(P, -1)
+    bp = torch.cat([bp, torch.minimum(torch.clamp(ex, min=0.0), rmax[:, None])], dim=1)
+    # repeated breakpoints to the end (as copies of rmax: empty panels), columns cut to the
+    # most distinct values of any row (``_polygon._distinct``)
+    bp = torch.sort(bp, dim=1).values
+    rep = torch.zeros_like(bp, dtype=torch.bool)
+    rep[:, 1:] = bp[:, 1:] == bp[:, :-1]
+    width = max(int((~rep).sum(dim=1).max()), 2) if P else 2
+    bp = torch.sort(torch.where(rep, math.inf, bp), dim=1).values[:, :width]
+    bp = torch.where(torch.isinf(bp), rmax[:, None], bp)
+    return _slice_moments_t(bp, a, b, dd, act, D, pnt, nstar, tstar)
 
 
 def _slice_moments_t(bp, a, b, dd, act, D, pnt, nstar, tstar):
