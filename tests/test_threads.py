@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _thread
+import signal
 import threading
 import time
 
@@ -34,21 +35,31 @@ def test_interruptible_returns_the_direct_call_and_raises_its_errors():
 def test_ctrl_c_during_an_interruptible_call_returns_at_once():
     """A KeyboardInterrupt reaches the caller while the call is still running (a direct call
     into compiled code would hold it until the call returned); the abandoned call finishes in
-    the background."""
+    the background.
+
+    Python's own Ctrl-C handler is installed for the test: a process started in the background
+    by a shell (``cmd &``) inherits SIGINT ignored, and ``interrupt_main`` then does nothing.
+    If the interrupt is lost anyway, the blocked call is released after 30 s so the test fails
+    instead of hanging."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     gate = threading.Lock()
     gate.acquire()
     started = threading.Event()
 
     def blocked():  # stands for a long LAPACK call: nothing Python can interrupt
         started.set()
-        gate.acquire()
+        if not gate.acquire(timeout=30.0):
+            return "released by the safety timeout"
         return 1
 
     timer = threading.Thread(target=lambda: started.wait(10) and _thread.interrupt_main())
     timer.start()
     t0 = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        interruptible(blocked)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            interruptible(blocked)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     waited = time.monotonic() - t0
     timer.join()
     alive = [t for t in threading.enumerate() if t.name == "exactdgn-call"]
