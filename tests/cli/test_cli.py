@@ -261,7 +261,11 @@ def test_missing_subcommand_is_usage_error(capsys):
 
 
 def test_sigint_stops_a_cli_fit_quickly_and_keeps_the_checkpoint(tmp_path):
-    """A real Ctrl-C (SIGINT) in a running ``exactdgn fit``: exit 130, no traceback."""
+    """A real Ctrl-C (SIGINT) in a running ``exactdgn fit``: exit 130, no traceback.
+
+    The child is started with SIGINT at its default (so Python turns it into a
+    KeyboardInterrupt): a test process started under ``make`` from a background shell has
+    SIGINT ignored, which a child would inherit and then run to the end."""
     import signal
     import subprocess
     import sys
@@ -270,9 +274,13 @@ def test_sigint_stops_a_cli_fit_quickly_and_keeps_the_checkpoint(tmp_path):
     ck, out = tmp_path / "ck.npz", tmp_path / "out"
     cmd = [sys.executable, "-m", "exactdgn.cli", "fit", "circle", "--hidden", "16", "16"]
     cmd += ["--max-iter", "200", "--tol", "0", "--n-samples", "400", "--no-progress"]
-    p = subprocess.Popen(
-        [*cmd, "--out", str(out), "--checkpoint", str(ck)], stderr=subprocess.PIPE, text=True
-    )
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # exec resets it
+    try:
+        p = subprocess.Popen(
+            [*cmd, "--out", str(out), "--checkpoint", str(ck)], stderr=subprocess.PIPE, text=True
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     t0 = time.time()
     while not ck.exists() and time.time() - t0 < 120 and p.poll() is None:
         time.sleep(0.05)
