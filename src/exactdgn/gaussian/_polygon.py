@@ -794,8 +794,7 @@ def _tail_moments(nu, cu, t0, t1, nonempty):
     with np.errstate(all="ignore"):
         sig = np.abs(b / a)
         r0 = dd / a
-    steep = act & (b != 0) & (a != 0) & (r0 + 8.0 * sig > 0) & (r0 - 8.0 * sig < rmax[:, None])
-    steep &= _sweep_unresolved(bp, r0, sig)
+    steep = act & (b != 0) & (a != 0) & _sweep_unresolved(bp, r0, sig)  # windows in range
     if steep.any():
         ex = np.where(steep[..., None], r0[..., None] + sig[..., None] * _SWEEP_S, 0.0)
         bp = np.concatenate([bp, np.clip(ex.reshape(P, -1), 0.0, rmax[:, None])], axis=1)
@@ -853,7 +852,8 @@ def _closest_point(nu, cu, t0, t1, nonempty, tau):
 def _sweep_unresolved(bp, r0, sig):
     """(P, F) whether a panel of ``bp`` (P, B) overlapping a row's transition window
     ``r0 +- 8 sig`` is longer than ``_SWEEP_K`` times that window (the rule on it cannot
-    resolve ``Phi`` of the row's bound)."""
+    resolve ``Phi`` of the row's bound); False where the window misses ``[0, rmax]`` (it then
+    overlaps no panel)."""
     lo, hi = bp[:, None, :-1], bp[:, None, 1:]
     with np.errstate(all="ignore"):
         over = (lo < (r0 + 8.0 * sig)[..., None]) & (hi > (r0 - 8.0 * sig)[..., None])

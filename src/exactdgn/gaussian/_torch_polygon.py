@@ -629,9 +629,10 @@ def _tail_moments(nu, cu, t0, t1, nonempty):
     # the row gets breakpoints where its bound crosses s = -8, 0, 8 (as _polygon._tail_moments).
     sig = (b / a).abs()
     r0 = dd / a
-    steep = act & (b != 0) & (a != 0) & (r0 + 8.0 * sig > 0) & (r0 - 8.0 * sig < rmax[:, None])
     lo, hi = bp[:, None, :-1], bp[:, None, 1:]
     over = (lo < (r0 + 8.0 * sig)[..., None]) & (hi > (r0 - 8.0 * sig)[..., None])
+    # (a window outside [0, rmax] overlaps no panel)
+    steep = act & (b != 0) & (a != 0)
     steep &= torch.where(over, hi - lo, 0.0).amax(dim=2) > _SWEEP_K * 16.0 * sig
     ex = r0[..., None] + sig[..., None] * nodes("sweep_s", _SWEEP_S, cu)
     ex = torch.where(steep[..., None], ex, 0.0).reshape(P, -1)
