@@ -68,3 +68,22 @@ def test_ctrl_c_during_an_interruptible_call_returns_at_once():
     for t in alive:
         t.join(10)
     assert waited < 5.0  # returned while the call was still blocked (it never returned on its own)
+
+
+def test_interrupt_behind_finds_a_ctrl_c_that_cleanup_replaced():
+    from exactdgn._threads import interrupt_behind
+
+    ki = KeyboardInterrupt()
+    try:
+        try:
+            raise ki
+        except KeyboardInterrupt:
+            raise ValueError("cleanup failed") from None  # context kept, cause None
+    except ValueError as exc:
+        assert interrupt_behind(exc) is ki
+    try:
+        raise OSError("disk") from ki
+    except OSError as exc:
+        assert interrupt_behind(exc) is ki
+    assert interrupt_behind(ValueError("plain")) is None
+    assert interrupt_behind(ki) is ki

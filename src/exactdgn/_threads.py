@@ -1,5 +1,6 @@
-"""Threads around compiled code: BLAS held to one thread for many small products, and long
-single calls made interruptible.
+"""Threads and Ctrl-C around compiled code: BLAS held to one thread for many small products,
+long single calls made interruptible, short blocks that must not stop half-way made to hold a
+Ctrl-C until they end, and the Ctrl-C found behind an error that cleanup raised in its place.
 
 A batched product of thousands of small matrices (``np.matmul`` over regions, or a block's
 GEMM on a worker thread) calls BLAS once per matrix. With BLAS's own threads each call pays a
@@ -12,6 +13,8 @@ not the inner sums), so the values are unchanged.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import threading
 
 _CONTROLLER = None  # threadpoolctl controller, made at the first call (it scans the libraries)
@@ -50,3 +53,41 @@ def interruptible(fn, /, *args, **kwargs):
     if "error" in box:
         raise box["error"]
     return box["value"]
+
+
+def interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The ``KeyboardInterrupt`` an exception was raised while handling (its ``__context__``
+    or ``__cause__`` chain), if any: cleanup code that fails after a Ctrl-C replaces it."""
+    seen = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+@contextlib.contextmanager
+def sigint_deferred():
+    """Hold a Ctrl-C (SIGINT) that arrives during the block and raise it when the block ends.
+
+    For short blocks that must not stop half-way: zipfile turns an interrupt while it closes a
+    member into a ``ValueError`` and leaves an archive that fails again when collected. Outside
+    the main thread, or where SIGINT is not Python's own handler (ignored, or the caller's),
+    the block runs as it is.
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    held = []
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if held:
+        raise KeyboardInterrupt

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._threads import interrupt_behind
 from .evaluation import (
     STD_FLOOR,
     evaluate_vae,
@@ -1460,6 +1461,9 @@ def main(argv=None) -> int:
         print(f"exactdgn: interrupted{detail}", file=sys.stderr)
         return 130
     except (ValueError, OSError, MemoryError, TypeError, KeyError) as exc:
+        if interrupt_behind(exc) is not None:  # cleanup that failed after a Ctrl-C
+            print("exactdgn: interrupted", file=sys.stderr)
+            return 130
         if args.verbose >= 2:
             raise
         print(f"exactdgn: error: {exc}", file=sys.stderr)

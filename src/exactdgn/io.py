@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._threads import sigint_deferred
 from .decoder import Activation, Decoder
 
 __all__ = [
@@ -88,7 +89,11 @@ def write_npz_atomic(path, arrays: dict, meta: dict) -> None:
         json.dumps(meta, default=_json_number).encode(), dtype=np.uint8
     )
     buf = io.BytesIO()
-    np.savez(buf, allow_pickle=False, **payload)  # read_npz never loads pickles: none written
+    # zipfile turns a Ctrl-C while it closes a member into its ValueError ("Can't close the ZIP
+    # file while there is an open writing handle") and again when the archive is collected: the
+    # in-memory archive (milliseconds) is written whole, then the interrupt is raised
+    with sigint_deferred():
+        np.savez(buf, allow_pickle=False, **payload)  # read_npz never loads pickles: none written
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         fh.write(buf.getvalue())
 

@@ -104,6 +104,62 @@ def test_ctrl_c_then_resume_from_checkpoint(tmp_path, capsys, monkeypatch):
     assert len(hist) == 13  # the rows from before the Ctrl-C are in it
 
 
+def test_ctrl_c_while_a_checkpoint_is_written_is_an_interrupt(tmp_path, capsys, monkeypatch):
+    """A Ctrl-C that lands while zipfile closes a checkpoint member was reported as
+    'exactdgn: error: Can't close the ZIP file ...' with exit 2 (seen in CI under load):
+    exit 130, the earlier checkpoint intact, and the same command resumes to the
+    uninterrupted result."""
+    import signal
+    import zipfile
+
+    ck = tmp_path / "ck" / "state.npz"
+    args = ["fit", "wave", "--method", "em", "--max-iter", "12", "--tol", "0", *TINY]
+    assert main([*args, "--out", str(tmp_path / "ref")]) == 0
+    real, fired = zipfile._ZipWriteFile.close, []
+
+    def close(self):
+        if ck.exists() and not fired:  # inside the second checkpoint's write
+            fired.append(True)
+            signal.raise_signal(signal.SIGINT)
+        return real(self)
+
+    monkeypatch.setattr(zipfile._ZipWriteFile, "close", close)
+    out = tmp_path / "run"
+    capsys.readouterr()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    try:
+        assert main([*args, "--out", str(out), "--checkpoint", str(ck)]) == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    err = capsys.readouterr().err
+    assert fired and "interrupted" in err and "error" not in err and "Traceback" not in err
+    assert not out.exists() and ck.exists() and not list(ck.parent.glob("*.tmp*"))
+    monkeypatch.setattr(zipfile._ZipWriteFile, "close", real)
+    assert main([*args, "--out", str(out), "--checkpoint", str(ck)]) == 0
+    assert "resuming" in capsys.readouterr().err
+    a, b = ExactDGN.load(tmp_path / "ref" / "model.npz"), ExactDGN.load(out / "model.npz")
+    assert [h["loglik"] for h in a.history_] == [h["loglik"] for h in b.history_]
+
+
+def test_an_error_raised_while_handling_a_ctrl_c_is_an_interrupt(tmp_path, capsys, monkeypatch):
+    """Cleanup code that fails after a Ctrl-C replaces the KeyboardInterrupt with its own
+    error (the interrupt its context): still 'interrupted', exit 130, not a data error."""
+    import exactdgn.cli as cli
+
+    def load_data(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise ValueError("cleanup failed") from None
+
+    monkeypatch.setattr(cli, "load_data", load_data)
+    assert main(["fit", "wave", "--out", str(tmp_path / "run"), *TINY]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "cleanup failed" not in err
+    monkeypatch.undo()
+    assert main(["fit", "wave", "--out", str(tmp_path / "run"), "--max-iter", "1", *TINY]) == 0
+
+
 def test_ctrl_c_before_the_first_checkpoint_promises_nothing(tmp_path, capsys, monkeypatch):
     """Ctrl-C while init="auto" scouts (nothing saved yet): no folder for the checkpoint is
     left behind, no claim that it keeps an iteration, one "interrupted" line."""

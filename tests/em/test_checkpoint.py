@@ -129,6 +129,39 @@ def test_atomic_writes_leave_nothing_behind_and_reads_name_the_problem(tmp_path)
     assert "pickled" not in str(exc.value)
 
 
+def test_a_ctrl_c_inside_the_zip_writer_is_a_ctrl_c_and_keeps_the_earlier_file(
+    tmp_path, monkeypatch
+):
+    """A real SIGINT while zipfile closes a member (it turns the interrupt into its own
+    ValueError there, and again when the archive is collected): the archive is finished, then
+    the KeyboardInterrupt is raised, and the file already at the target is untouched."""
+    import signal
+    import zipfile
+
+    target = tmp_path / "state.npz"
+    write_npz_atomic(target, {"a": np.arange(3.0)}, {"n": 1})
+    real, calls = zipfile._ZipWriteFile.close, []
+
+    def close(self):
+        calls.append(1)
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGINT)
+        return real(self)
+
+    monkeypatch.setattr(zipfile._ZipWriteFile, "close", close)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            write_npz_atomic(target, {"a": np.zeros(3), "b": np.ones(2)}, {"n": 2})
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert len(calls) == 3  # every member closed
+    monkeypatch.setattr(zipfile._ZipWriteFile, "close", real)
+    arrays, meta = read_npz(target)
+    np.testing.assert_array_equal(arrays["a"], np.arange(3.0))
+    assert meta["n"] == 1 and [p.name for p in tmp_path.iterdir()] == ["state.npz"]
+
+
 @pytest.mark.parametrize(("method", "hidden"), [("em", (5,)), ("auto", (4, 4))])
 def test_interrupt_from_callback_then_resume_equals_uninterrupted(
     tmp_path, method, hidden, monkeypatch
