@@ -148,6 +148,63 @@ def test_far_polyhedra_match_the_quadrature_oracle(D):
             assert err < _TOL[D], (kind, width, err)
 
 
+# A polyhedron of a d = 3 posterior at a point 100 data scales out (random [3, 10, 10, 6]
+# model): its closest point is on an edge whose cross-sections are strips of width ~13 x, which
+# appear (empty below x ~ 1e-15, from rounding) with a kink the x-panels cannot resolve; a panel
+# holding ~e^-30 of the weight was refined to its own relative tolerance round after round
+# (> 28,000 cross-sections, minutes, unconverged) before panels below 1e-16 of the whole weight
+# were accepted as they are.
+_EDGE_N = np.array(
+    [
+        [0.1488165726631515, 0.6786492604475503, -0.7192279256221815],
+        [-0.32008061326513537, -0.6231778649532195, 0.7135809341932854],
+        [0.9847328792810862, 0.07554450904109818, -0.15682532836414248],
+        [-0.9088726647315516, -0.12799989044555377, 0.39694647920052745],
+    ]
+)
+_EDGE_C = np.array(
+    [1132.1141474238816, -1090.4612251300814, 445.08647509410457, -459.9749544634112]
+)
+
+
+def _counting_sections(monkeypatch):
+    from exactdgn.gaussian import _polytope_tail
+
+    seen = [0]
+    kernel = _polytope_tail._polygon_kernel
+
+    def counted(nrm, off):
+        seen[0] += nrm.shape[0]
+        return kernel(nrm, off)
+
+    monkeypatch.setattr(_polytope_tail, "_polygon_kernel", counted)
+    return seen
+
+
+def test_a_kink_in_a_negligible_panel_is_not_refined_forever(monkeypatch):
+    from tests.oracles.polytope_quad import polytope_ref
+
+    seen = _counting_sections(monkeypatch)
+    tm = truncated_moments_nd(_EDGE_N[None], _EDGE_C[None])
+    assert seen[0] < 1000  # 312 cross-sections
+    ref = polytope_ref(_EDGE_N, _EDGE_C)
+    assert _whitened_error(tm.mean[0], tm.cov[0], ref.mean, ref.cov) < _TOL[1e3]  # D = 1093
+
+
+def test_without_the_whole_weight_allowance_the_kink_is_refined_to_the_round_cap(
+    monkeypatch, caplog
+):
+    from exactdgn.gaussian import _polytope_tail
+
+    monkeypatch.setattr(_polytope_tail, "_MAX_ROUNDS", 6)
+    with caplog.at_level("DEBUG", logger=_polytope_tail.__name__):
+        truncated_moments_nd(_EDGE_N[None], _EDGE_C[None])
+        assert "accepted unconverged" not in caplog.text  # converged within 6 rounds
+        monkeypatch.setattr(_polytope_tail, "_ATOL", 0.0)
+        truncated_moments_nd(_EDGE_N[None], _EDGE_C[None])
+    assert "accepted unconverged" in caplog.text
+
+
 @pytest.mark.slow
 def test_the_oracle_matches_a_far_box():
     """The oracle itself, against the closed form (1-D mpmath intervals) at 1e4."""

@@ -64,6 +64,9 @@ _GB_X, _GB_W = gauss_legendre_01(10)  # check rule
 _NODES = np.concatenate([_GA_X, _GB_X])
 _TOL = 1e-11  # panel acceptance: every scaled component, relative to the panel's weight
 _PTOL = 1e-13  # ... or relative to the whole weight (spread over the range by length)
+# ... or, whatever its length, 1e-16 of the whole weight (a panel that holds next to nothing,
+# e.g. at a kink where a cross-section appears, is not refined to its own relative _TOL)
+_ATOL = 1e-16
 _MAX_ROUNDS = 40
 _MAX_PANELS = 20_000
 _EXPO = 60.0  # the range ends where D x + x^2 / 2 = _EXPO (weight e^-60 of its start)
@@ -391,6 +394,7 @@ def _sliced(a, B, d, act, D, lo, kern):
         allow = (
             _TOL * qa[:, :1]
             + _PTOL * (est[item] * L / np.where(span[item] > 0, span[item], 1.0))[:, None]
+            + _ATOL * est[item][:, None]
         )
         good = np.all(np.abs(qa - qb) <= allow + 2.0 * qe, axis=1)
         if rnd == _MAX_ROUNDS - 1 or item.size > _MAX_PANELS:
