@@ -149,11 +149,9 @@ def test_far_polyhedra_match_the_quadrature_oracle(D):
 
 
 # A polyhedron of a d = 3 posterior at a point 100 data scales out (random [3, 10, 10, 6]
-# model): its closest point is on an edge whose cross-sections are strips of width ~13 x, which
-# appear (empty below x ~ 1e-15, from rounding) with a kink the x-panels cannot resolve; a panel
-# holding ~e^-30 of the weight was refined to its own relative tolerance round after round
-# (> 28,000 cross-sections, minutes, unconverged) before panels below 1e-16 of the whole weight
-# were accepted as they are.
+# model, D = 1,093): its closest point is on an edge, so its cross-sections near x = 0 are thin
+# strips.  It took minutes (> 28,000 cross-sections, unconverged) while thin strips lost ~4e-10
+# of their mass to a rounded range end (below); 312 cross-sections now.
 _EDGE_N = np.array(
     [
         [0.1488165726631515, 0.6786492604475503, -0.7192279256221815],
@@ -181,28 +179,195 @@ def _counting_sections(monkeypatch):
     return seen
 
 
-def test_a_kink_in_a_negligible_panel_is_not_refined_forever(monkeypatch):
+def test_an_edge_closest_polyhedron_1e3_out_is_quick_and_right(monkeypatch):
     from tests.oracles.polytope_quad import polytope_ref
 
     seen = _counting_sections(monkeypatch)
     tm = truncated_moments_nd(_EDGE_N[None], _EDGE_C[None])
-    assert seen[0] < 1000  # 312 cross-sections
+    assert seen[0] < 1000
     ref = polytope_ref(_EDGE_N, _EDGE_C)
-    assert _whitened_error(tm.mean[0], tm.cov[0], ref.mean, ref.cov) < _TOL[1e3]  # D = 1093
+    assert _whitened_error(tm.mean[0], tm.cov[0], ref.mean, ref.cov) < _TOL[1e3]
 
 
-def test_without_the_whole_weight_allowance_the_kink_is_refined_to_the_round_cap(
-    monkeypatch, caplog
-):
+def test_a_thin_strip_section_keeps_its_exact_range_ends():
+    """A cross-section strip ``1.25e-6 <= n . y <= 2.1e-5`` (two antiparallel rows) cut by rows
+    31-47 sd out: its mass is the interval's (mpmath).  The slices' range ends come from the
+    strip's rows exactly; a vertex on a far row rounded 7e-15 next to the end replaced it
+    (merged as 'the same point') and moved the mass by 3.7e-10 relative."""
+    from exactdgn.gaussian._polytope_tail import _polygon_kernel
+
+    n = np.array(
+        [
+            [-0.9798018368697337, 0.19997089904957624],
+            [-0.9021660640170395, 0.43138891146621156],
+            [0.7853493187987086, -0.6190528632212311],
+            [0.691651117044396, -0.7222317718649874],
+            [0.9021660640170395, -0.43138891146621156],
+        ]
+    )
+    c = np.array(
+        [
+            33.76991813718864,
+            -1.2511908693814598e-06,
+            31.42076054709809,
+            46.73247068588083,
+            2.097205961190365e-05,
+        ]
+    )
+    scale = np.linalg.norm(n[4])
+    ref = interval_ref(-c[1] / scale, c[4] / scale)[0]
+    lm = _polygon_kernel(n[None], c[None])[0][0]
+    assert abs(lm - ref) < 1e-13
+
+
+# A cross-section 117 sd from the mean in its own plane, in the frame of its thinnest direction
+# (from a polyhedron 9.3 sd out): sliced again through the mean (|z| <= 11), the first round's
+# nodes saw ~e^-1e12 and later ones e^-700 more: exp overflowed (a RuntimeWarning, NaN sums).
+_FAR_SECTION = (
+    np.array(
+        [
+            0.501233722901159,
+            0.10250161038671513,
+            -0.9999999989283066,
+            -0.9647679150363206,
+            -0.674942630331991,
+            0.09942599907069938,
+            -0.8635624416904384,
+            0.7315050169988445,
+        ]
+    ),
+    np.array(
+        [
+            -0.8653119408783425,
+            -0.994732838438608,
+            -4.6296724933669875e-05,
+            -0.2631023947372403,
+            -0.7378702092919414,
+            -0.9950449591394317,
+            -0.5042419154549216,
+            -0.681836058085461,
+        ]
+    ),
+    np.array(
+        [
+            104.76311712294283,
+            123.54399198728582,
+            -117.62516089360959,
+            32.357141417714026,
+            86.5869222841863,
+            114.00938675101855,
+            52.81585109927515,
+            86.7203087916836,
+        ]
+    ),
+)
+
+
+def test_a_far_section_keeps_the_kernels_result(monkeypatch):
     from exactdgn.gaussian import _polytope_tail
+    from exactdgn.gaussian._polygon import _truncated_moments_2d
 
-    monkeypatch.setattr(_polytope_tail, "_MAX_ROUNDS", 6)
-    with caplog.at_level("DEBUG", logger=_polytope_tail.__name__):
-        truncated_moments_nd(_EDGE_N[None], _EDGE_C[None])
-        assert "accepted unconverged" not in caplog.text  # converged within 6 rounds
-        monkeypatch.setattr(_polytope_tail, "_ATOL", 0.0)
-        truncated_moments_nd(_EDGE_N[None], _EDGE_C[None])
-    assert "accepted unconverged" in caplog.text
+    a, b, c = _FAR_SECTION
+    nrm = np.stack([a, b], axis=1)[None]
+    tm = _truncated_moments_2d(nrm, c[None])
+    out = _polytope_tail._polygon_kernel(nrm, c[None])
+    assert np.isfinite(out[0]).all()
+    np.testing.assert_array_equal(out[0], tm.log_mass)
+    np.testing.assert_array_equal(out[2], tm.cov)
+    # sliced anyway (no distance rule), the slices give up instead of overflowing, and the
+    # kernel's result stands
+    monkeypatch.setattr(_polytope_tail, "_NEAR", np.inf)
+    lm, *_ = _polytope_tail._sliced(
+        a[None],
+        b[None, :, None],
+        c[None],
+        np.ones((1, a.size), bool),
+        np.zeros(1),
+        -_polytope_tail._zmax(0.0),
+        _polytope_tail._interval_kernel,
+    )
+    assert lm[0] == -np.inf
+    np.testing.assert_array_equal(_polytope_tail._polygon_kernel(nrm, c[None])[0], tm.log_mass)
+
+
+def test_the_polyhedron_of_that_section_matches_the_oracle():
+    from tests.oracles.polytope_quad import polytope_ref
+
+    n = np.array(
+        [
+            [0.4552987449838612, -0.7723193778279894, -0.44297384962039055],
+            [0.38545133068576576, -0.41723945741081764, 0.8230057757100487],
+            [0.05798376835391959, -0.1955939831477223, 0.9789692928605511],
+            [-0.048818219403509, 0.2107758276287852, -0.9763146685068659],
+            [0.6624511929733697, 0.7155873282805247, -0.22156983669376096],
+            [0.8984508017359528, 0.09885973356950074, 0.42780008174215095],
+            [0.2788798020080444, -0.05889847352180948, -0.9585181405945089],
+            [0.4145541939298682, 0.4230711675578526, -0.8057019346361238],
+            [0.20536928362508633, -0.9346055758691871, -0.2904063961030195],
+        ]
+    )
+    c = np.array(
+        [
+            104.56117773362871,
+            39.61756073948731,
+            -9.31686783040674,
+            10.74832757829978,
+            34.76775775139718,
+            71.44940407581574,
+            58.812199834200136,
+            38.934981510027825,
+            87.52365540155786,
+        ]
+    )
+    tm = truncated_moments_nd(n[None], c[None])
+    ref = polytope_ref(n, c)
+    assert _whitened_error(tm.mean[0], tm.cov[0], ref.mean, ref.cov) < _TOL[1e2]
+
+
+def test_panels_holding_nothing_are_not_refined_to_their_own_tolerance(monkeypatch):
+    """A polyhedron 30 sd out (from a random [3, 10, 10, 6] model's posterior) whose thin
+    cross-sections were sliced into ~2e6 intervals, most in panels that hold < 1e-16 of the
+    weight; same moments (oracle) with a quarter of the work."""
+    from exactdgn.gaussian import _polytope_tail
+    from tests.oracles.polytope_quad import polytope_ref
+
+    n = np.array(
+        [
+            [0.08094241614407761, -0.38861873505967665, 0.9178364800057666],
+            [-0.06974669162248455, 0.43093307083620563, -0.8996844377154669],
+            [-0.48789309642211776, -0.3750198399455394, 0.7882388255540703],
+            [-0.7627146370544186, 0.25608995975439264, -0.5938723052440988],
+            [0.6388850396798483, 0.4190456560373747, 0.6451562944197978],
+            [0.5609458539988379, 0.3327374984639381, -0.7580405701527295],
+        ]
+    )
+    c = np.array(
+        [
+            7.363918988216046,
+            -2.59082862115526,
+            -13.22453944943143,
+            -23.70944389763517,
+            57.86072033527233,
+            15.793833653662082,
+        ]
+    )
+    kernel = _polytope_tail._interval_kernel
+    seen = [0]
+
+    def counted(nrm, off):
+        seen[0] += nrm.shape[0]
+        return kernel(nrm, off)
+
+    monkeypatch.setattr(_polytope_tail, "_interval_kernel", counted)
+    ref = polytope_ref(n, c)
+    work = []
+    for atol in (_polytope_tail._ATOL, 0.0):
+        monkeypatch.setattr(_polytope_tail, "_ATOL", atol)
+        seen[0] = 0
+        tm = truncated_moments_nd(n[None], c[None])
+        work.append(seen[0])
+        assert _whitened_error(tm.mean[0], tm.cov[0], ref.mean, ref.cov) < 1e-11
+    assert work[0] < 0.5 * work[1]  # 5.3e5 against 2.1e6
 
 
 @pytest.mark.slow

@@ -906,7 +906,7 @@ def _sliced_rows(ok, dist, log_weight):
     distance ``>= TAIL_D`` whose weight (``log_weight``: the log of the weight the moments
     enter a sum with; all, if not given) times the divergence form's error there,
     ``_DIV_ERR D^4`` (absolute, whitened), is above ``_WEIGHTED_ERR``.  The slices cost
-    ~0.01-5 s per polyhedron; ordinary data have many far pairs of weight ``<= e^-32``, whose
+    ~0.01-2 s per polyhedron; ordinary data have many far pairs of weight ``<= e^-32``, whose
     divergence-form moments move no sum."""
     far = ok & (dist >= TAIL_D)
     if log_weight is None:
