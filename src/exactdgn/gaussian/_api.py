@@ -107,7 +107,7 @@ def log_mass(normals, offsets, *, return_error: bool = False, floor=None):
     return res if return_error else res[0]
 
 
-def truncated_moments(normals, offsets, *, floor=None) -> TruncatedMoments:
+def truncated_moments(normals, offsets, *, floor=None, log_weight=None) -> TruncatedMoments:
     """Log mass, mean and covariance of ``N(0, I_d)`` restricted to each polyhedron.
 
     Parameters
@@ -116,6 +116,11 @@ def truncated_moments(normals, offsets, *, floor=None) -> TruncatedMoments:
     offsets : array_like, shape (P, F)
     floor : array_like, shape (P,), optional
         As in :func:`log_mass` (skipped pairs: ``log_mass = -inf``, NaN moments).
+    log_weight : array_like, shape (P,), optional
+        ``d = 3``: the log of the weight (<= 0) each polyhedron's moments enter a mixture with.
+        Far polyhedra (distance >= 8) whose weight hides the fast form's error (absolute
+        ``<= 1e-13 D^4``, below ``1e-16`` once weighted) skip the slower slicing that makes
+        their moments accurate on their own.  Without it, every far polyhedron is sliced.
 
     Returns
     -------
@@ -132,7 +137,14 @@ def truncated_moments(normals, offsets, *, floor=None) -> TruncatedMoments:
         return _truncated_moments_2d(n, c, floor)
     from ._polytope import truncated_moments_nd
 
-    return _as_moments(truncated_moments_nd(n, c))
+    if log_weight is not None:
+        log_weight = np.asarray(log_weight, dtype=float)
+        if log_weight.shape != (n.shape[0],):
+            raise ValueError(
+                f"log_weight must have shape ({n.shape[0]},) (one per polyhedron), "
+                f"got {log_weight.shape}"
+            )
+    return _as_moments(truncated_moments_nd(n, c, log_weight))
 
 
 def whiten(mean, cov_chol, C, e) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -636,7 +636,9 @@ def marginal_pairs(
                 tm_mean, tm_cov = arrays[-2:]
             else:  # d >= 3: masses integrated again with the moments
                 off = geom.offsets(v_all, r_all, w_all) if off_all is None else off_all
-                tm2 = gaussian.truncated_moments(geom.normals[r_all], off)
+                tm2 = gaussian.truncated_moments(
+                    geom.normals[r_all], off, log_weight=lj - log_px[p_all]
+                )
                 tm_mean, tm_cov = tm2.mean, tm2.cov
             Lr = geom.L[r_all]
             # μ_r = S_r v_r (L_r w_r in QR-factored regions, where S_r v_r cancels)

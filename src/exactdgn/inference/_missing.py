@@ -457,7 +457,7 @@ def _observed_general(
         log_det_P = 2.0 * np.log(np.diagonal(K_p, axis1=1, axis2=2)).sum(axis=1)
         mean = cov = None
         if need_moments:
-            tm = gaussian.truncated_moments(nrm, off)
+            tm = gaussian.truncated_moments(nrm, off, log_weight=lj - log_px[p_all])
             mean = mu + np.einsum("pij,pj->pi", L, tm.mean)
             cov = L @ tm.cov @ np.swapaxes(L, 1, 2)
         st = PairStats(p_all + s, r_all, lj, log_px, err_px, v, off, mean, cov, len(p_all))

@@ -98,7 +98,9 @@ class ExactPosterior:
             live = np.flatnonzero(np.exp(st.log_weight) > 0)
             d = self.event_shape[0]
             mean, cov = np.zeros((len(st.point), d)), np.zeros((len(st.point), d, d))
-            tm = gaussian.truncated_moments(normals[live], offsets[live])
+            tm = gaussian.truncated_moments(
+                normals[live], offsets[live], log_weight=st.log_weight[live]
+            )
             tm_mean, tm_cov = tm.mean, tm.cov
             lost = ~(np.isfinite(tm_mean).all(axis=1) & np.isfinite(tm_cov).all(axis=(1, 2)))
             tab = self._geom.polygons
