@@ -92,6 +92,15 @@ def test_near_rows_are_bitwise_unchanged(monkeypatch):
     assert not np.array_equal(new.cov[64], old.cov[64])
 
 
+def _add_outer_row(rng, p, width, rows, offs):
+    """A random row leaning towards ``+e1``, ``0.5-2 width`` outside the point ``p``."""
+    v = rng.normal(size=3)
+    v[0] = abs(v[0]) * 0.3
+    v /= np.linalg.norm(v)
+    rows.append(v)
+    offs.append(v @ p + width * rng.uniform(0.5, 2.0))
+
+
 def _cone(rng, D, kind, width):
     """Random polyhedra whose closest point ``D e1`` (then rotated) is on a facet, an edge or
     a vertex; ``width`` scales how far the other rows are (thin or wide)."""
@@ -101,11 +110,7 @@ def _cone(rng, D, kind, width):
         rows.append([-1.0, 0.0, 0.0])
         offs.append(-D)
         for _ in range(4):
-            v = rng.normal(size=3)
-            v[0] = abs(v[0]) * 0.3
-            v /= np.linalg.norm(v)
-            rows.append(v)
-            offs.append(v @ p + width * rng.uniform(0.5, 2.0))
+            _add_outer_row(rng, p, width, rows, offs)
     elif kind == "edge":
         for s in (1.0, -1.0):
             v = np.array([-1.0, s * rng.uniform(0.2, 3.0), 0.0])
@@ -113,11 +118,7 @@ def _cone(rng, D, kind, width):
             rows.append(v)
             offs.append(v @ p)
         for _ in range(2):
-            v = rng.normal(size=3)
-            v[0] = abs(v[0]) * 0.3
-            v /= np.linalg.norm(v)
-            rows.append(v)
-            offs.append(v @ p + width * rng.uniform(0.5, 2.0))
+            _add_outer_row(rng, p, width, rows, offs)
     else:
         for a in np.sort(rng.uniform(0.0, 2.0 * np.pi, 3)):
             r = width * rng.uniform(0.3, 2.0)
