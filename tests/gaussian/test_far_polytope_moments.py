@@ -92,6 +92,40 @@ def test_near_rows_are_bitwise_unchanged(monkeypatch):
     assert not np.array_equal(new.cov[64], old.cov[64])
 
 
+def test_the_weight_decides_which_far_polyhedra_are_sliced(monkeypatch):
+    """With ``log_weight``, a far polyhedron whose weight times the divergence form's error
+    bound (1e-13 D^4) is below 1e-16 keeps the divergence form (its bits), a visible one is
+    sliced (the closed form); a near one is untouched either way."""
+    from exactdgn.gaussian import truncated_moments
+
+    n, c, mean, cov = _box(1e3, "edge", np.random.default_rng(3))  # bound 1e-1
+    near_n, near_c = n.copy(), c.copy()
+    near_c[0] = 1.0  # the same box from x >= -1 (distance 0)
+    N, C = np.stack([n, n, near_n]), np.stack([c, c, near_c])
+    # weights: invisible (e^-40 * 0.1 < 1e-16), visible (1), near
+    tm = truncated_moments(N, C, log_weight=np.array([-40.0, 0.0, 0.0]))
+    monkeypatch.setattr(_polytope, "TAIL_D", np.inf)
+    div = truncated_moments(N, C)
+    np.testing.assert_array_equal(tm.cov[0], div.cov[0])
+    np.testing.assert_array_equal(tm.cov[2], div.cov[2])
+    assert _whitened_error(tm.mean[1], tm.cov[1], mean, cov) < _TOL[1e3]
+    assert not _whitened_error(div.mean[1], div.cov[1], mean, cov) < 1e-3
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_log_weight_of_the_wrong_shape_or_nan_is_refused(d):
+    from exactdgn.gaussian import truncated_moments
+
+    n = np.tile(np.eye(d)[None], (4, 1, 1))
+    c = np.ones((4, d))
+    with pytest.raises(ValueError, match=r"log_weight must have shape \(4,\)"):
+        truncated_moments(n, c, log_weight=np.zeros(3))
+    with pytest.raises(ValueError, match="log_weight contains 1 NaN"):
+        truncated_moments(n, c, log_weight=np.array([0.0, np.nan, -1.0, -np.inf]))
+    tm = truncated_moments(n, c, log_weight=np.array([0.0, -1.0, -np.inf, -700.0]))
+    np.testing.assert_array_equal(tm.log_mass, truncated_moments(n, c).log_mass)
+
+
 def _add_outer_row(rng, p, width, rows, offs):
     """A random row leaning towards ``+e1``, ``0.5-2 width`` outside the point ``p``."""
     v = rng.normal(size=3)

@@ -121,6 +121,7 @@ def truncated_moments(normals, offsets, *, floor=None, log_weight=None) -> Trunc
         Far polyhedra (distance >= 8) whose weight hides the fast form's error (absolute
         ``<= 1e-13 D^4``, below ``1e-16`` once weighted) skip the slower slicing that makes
         their moments accurate on their own.  Without it, every far polyhedron is sliced.
+        ``d <= 2`` does not use it (far polygons are always sliced there).
 
     Returns
     -------
@@ -130,13 +131,6 @@ def truncated_moments(normals, offsets, *, floor=None, log_weight=None) -> Trunc
     """
     n, c = _check(normals, offsets)
     floor = _check_floor(floor, n.shape[0])
-    d = n.shape[2]
-    if d == 1:
-        return truncated_moments_1d(n, c)
-    if d == 2:
-        return _truncated_moments_2d(n, c, floor)
-    from ._polytope import truncated_moments_nd
-
     if log_weight is not None:
         log_weight = np.asarray(log_weight, dtype=float)
         if log_weight.shape != (n.shape[0],):
@@ -144,6 +138,14 @@ def truncated_moments(normals, offsets, *, floor=None, log_weight=None) -> Trunc
                 f"log_weight must have shape ({n.shape[0]},) (one per polyhedron), "
                 f"got {log_weight.shape}"
             )
+        reject_nan(log_weight, "log_weight", "give -inf for a polyhedron of weight 0")
+    d = n.shape[2]
+    if d == 1:
+        return truncated_moments_1d(n, c)
+    if d == 2:
+        return _truncated_moments_2d(n, c, floor)
+    from ._polytope import truncated_moments_nd
+
     return _as_moments(truncated_moments_nd(n, c, log_weight))
 
 

@@ -87,7 +87,13 @@ from ._divergence import divergence_moments
 from ._interval import EPS, TruncatedMoments, log_phi
 from ._polygon import _omega, _truncated_moments_2d, polygon_edges
 from ._polytope_tail import TAIL_D, tail_moments
-from ._rules import LOG_2PI, gauss_laguerre, gauss_legendre_01, normalize_rows
+from ._rules import (
+    LOG_2PI,
+    gauss_laguerre,
+    gauss_legendre_01,
+    householder_basis,
+    normalize_rows,
+)
 
 __all__ = ["MAX_DIM", "dimension_limit", "log_mass_nd", "truncated_moments_nd"]
 
@@ -178,19 +184,6 @@ def _signed_log_sum(logv, sign, group, n):
     return logm, scale
 
 
-def _householder_basis(n: np.ndarray) -> np.ndarray:
-    """Orthonormal bases ``(M, k, k-1)`` of the complements of the unit vectors ``n (M, k)``."""
-    M, k = n.shape
-    j = np.argmax(np.abs(n), axis=1)
-    s = np.where(n[np.arange(M), j] >= 0, 1.0, -1.0)
-    v = n.copy()
-    v[np.arange(M), j] += s
-    vv = np.sum(v * v, axis=1)
-    H = np.eye(k)[None] - 2.0 * v[:, :, None] * v[:, None, :] / vv[:, None, None]
-    cols = np.arange(k - 1)[None, :] + (np.arange(k - 1)[None, :] >= j[:, None])
-    return np.take_along_axis(H, cols[:, None, :], axis=2)
-
-
 def _prepare(normals, offsets):
     """Normalise rows; return unit normals, offsets, active mask (P, F), infeasible (P,)."""
     n = np.asarray(normals, dtype=np.float64)
@@ -246,7 +239,7 @@ def _inplane(nu, cu, active):
     flat : (Q,)          polytopes inside a hyperplane (opposite rows with c_i + c_j <= 0)
     """
     Q, F, k = nu.shape
-    U = _householder_basis(np.where(active[..., None], nu, np.eye(k)[0]).reshape(-1, k))
+    U = householder_basis(np.where(active[..., None], nu, np.eye(k)[0]).reshape(-1, k))
     U = U.reshape(Q, F, k, k - 1)
     A = np.einsum("qjk,qfkl->qfjl", nu, U)  # a_j on facet f
     NN = np.einsum("qjk,qfk->qfj", nu, nu)

@@ -50,7 +50,7 @@ import numpy as np
 
 from ._interval import _interval_stats
 from ._polygon import _truncated_moments_2d
-from ._rules import EPS, LOG_SQRT_2PI, gauss_legendre_01
+from ._rules import EPS, LOG_SQRT_2PI, gauss_legendre_01, householder_basis
 
 __all__ = ["TAIL_D", "tail_moments"]
 
@@ -140,19 +140,6 @@ def _closest_points(nu, cu, active, dist):
     D = np.sqrt(best)
     ok = np.isfinite(best) & (np.abs(D - dist) <= 1e-6 * scale)
     return P, S, ok
-
-
-def _householder(n):
-    """Orthonormal bases (Q, k, k-1) of the complements of the unit vectors ``n`` (Q, k)."""
-    Q, k = n.shape
-    j = np.argmax(np.abs(n), axis=1)
-    s = np.where(n[np.arange(Q), j] >= 0, 1.0, -1.0)
-    v = n.copy()
-    v[np.arange(Q), j] += s
-    vv = np.sum(v * v, axis=1)
-    H = np.eye(k)[None] - 2.0 * v[:, :, None] * v[:, None, :] / vv[:, None, None]
-    cols = np.arange(k - 1)[None, :] + (np.arange(k - 1)[None, :] >= j[:, None])
-    return np.take_along_axis(H, cols[:, None, :], axis=2)
 
 
 def _vertex_z(a, B, d, act, lo, hi):
@@ -526,7 +513,7 @@ def _tail_block(nu, cu, active, dist):
     ok &= D > 0
     D = np.where(ok, D, 1.0)
     nstar = np.where(ok[:, None], P / D[:, None], np.eye(k)[0])
-    V = _householder(nstar)  # (Q, k, k-1)
+    V = householder_basis(nstar)  # (Q, k, k-1)
     a = np.einsum("qfk,qk->qf", nu, nstar)
     B = np.einsum("qfk,qkl->qfl", nu, V)
     with np.errstate(invalid="ignore"):

@@ -68,6 +68,19 @@ def normalize_rows(n: np.ndarray, c: np.ndarray, norm: np.ndarray):
     return nu, cu, active, bad.any(axis=1)
 
 
+def householder_basis(n: np.ndarray) -> np.ndarray:
+    """Orthonormal bases ``(M, k, k-1)`` of the complements of the unit vectors ``n (M, k)``."""
+    M, k = n.shape
+    j = np.argmax(np.abs(n), axis=1)
+    s = np.where(n[np.arange(M), j] >= 0, 1.0, -1.0)
+    v = n.copy()
+    v[np.arange(M), j] += s
+    vv = np.sum(v * v, axis=1)
+    H = np.eye(k)[None] - 2.0 * v[:, :, None] * v[:, None, :] / vv[:, None, None]
+    cols = np.arange(k - 1)[None, :] + (np.arange(k - 1)[None, :] >= j[:, None])
+    return np.take_along_axis(H, cols[:, None, :], axis=2)
+
+
 def _verb(name: str) -> str:
     return "contain" if name.endswith("s") else "contains"
 
