@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exactdgn.gaussian import _polytope
+from exactdgn.gaussian import _polytope, _polytope_tail
 from exactdgn.gaussian._polytope import truncated_moments_nd
 from tests.oracles.gaussian_mp import interval_ref
 
@@ -432,3 +432,93 @@ def test_d3_posterior_of_a_1e4_sigma_row_matches_quadrature():
     W = np.linalg.inv(np.linalg.cholesky(cov))
     assert np.abs(W @ (np.asarray(post.mean)[0] - mean)).max() < 3e-7
     assert np.abs(W @ (np.asarray(post.covariance_matrix)[0] - cov) @ W.T).max() < 3e-7
+
+
+# ---------------------------------------------------------------------------------------------
+# d = 4: far polytopes sliced into 3-D cross-sections (thin ones sliced again into polygons)
+# ---------------------------------------------------------------------------------------------
+_SIDES_4 = {
+    # the sides after the far one: bounded or not, narrow ones where the closest point is an
+    # edge or a vertex of the box (its cross-sections are thin needles or tiny polytopes there)
+    "facet": [(-1.0, 2.0), (-np.inf, 0.7), (-0.4, np.inf)],
+    "ridge": [(0.3, 1.0), (-0.5, 0.5), (-np.inf, 0.2)],
+    "edge": [(0.3, 1.3), (0.2, 2.2), (-1.0, 0.5)],
+    "vertex": [(0.3, 1.3), (0.2, 2.2), (0.1, 0.6)],
+}
+
+
+def _box4(D, kind, rng):
+    """A rotated 4-D box ``[D, D + 0.3] x sides`` whose closest point to the mean is a facet,
+    a ridge, an edge or a vertex (``kind``); moments from the 1-D mpmath intervals."""
+    lo = np.array([D] + [a for a, _ in _SIDES_4[kind]])
+    hi = np.array([D + 0.3] + [b for _, b in _SIDES_4[kind]])
+    R = _rotation(rng, 4)
+    n, c = [], []
+    for i in range(4):
+        if np.isfinite(hi[i]):
+            n.append(R[:, i])
+            c.append(hi[i])
+        if np.isfinite(lo[i]):
+            n.append(-R[:, i])
+            c.append(-lo[i])
+    stats = [interval_ref(a, b) for a, b in zip(lo, hi, strict=True)]
+    mean = R @ np.array([float(s[1]) for s in stats])
+    cov = R @ np.diag([float(s[2]) for s in stats]) @ R.T
+    return np.array(n), np.array(c), mean, cov
+
+
+_KINDS_4 = ["facet", "ridge", "edge", "vertex"]
+
+
+@pytest.mark.parametrize(
+    "D", [1e3, pytest.param(1e2, marks=pytest.mark.slow), pytest.param(1e4, marks=pytest.mark.slow)]
+)
+@pytest.mark.parametrize("kind", _KINDS_4)
+def test_far_4d_box_moments_match_the_interval_products(D, kind):
+    """The divergence form was 10 of the box's own sd off in the covariance at D = 1e3 (a
+    facet box); the slices are within the input's ~eps D^2 floor, whatever the closest point."""
+    n, c, mean, cov = _box4(D, kind, np.random.default_rng(_KINDS_4.index(kind)))
+    tm = truncated_moments_nd(n[None], c[None])
+    assert _whitened_error(tm.mean[0], tm.cov[0], mean, cov) < _TOL[D]
+
+
+def test_the_4d_divergence_form_alone_fails_there(monkeypatch):
+    n, c, mean, cov = _box4(1e3, "facet", np.random.default_rng(0))
+    monkeypatch.setattr(_polytope, "TAIL_D", np.inf)
+    tm = truncated_moments_nd(n[None], c[None])
+    assert not _whitened_error(tm.mean[0], tm.cov[0], mean, cov) < 1e-2
+
+
+def test_the_weight_decides_which_far_4d_polytopes_are_sliced(monkeypatch):
+    """d = 4: the divergence form's error bound there is ~1e-17 D^6 (its facets' moments are
+    themselves far): 10 at D = 1e3, so a weight of e^-40 hides it, e^-20 does not."""
+    from exactdgn.gaussian import truncated_moments
+
+    n, c, mean, cov = _box4(1e3, "facet", np.random.default_rng(0))
+    N, C = np.stack([n, n]), np.stack([c, c])
+    tm = truncated_moments(N, C, log_weight=np.array([-45.0, -20.0]))
+    monkeypatch.setattr(_polytope, "TAIL_D", np.inf)
+    div = truncated_moments(N, C)
+    np.testing.assert_array_equal(tm.cov[0], div.cov[0])
+    assert _whitened_error(tm.mean[1], tm.cov[1], mean, cov) < _TOL[1e3]
+
+
+@pytest.mark.parametrize("pos", [0.2, 3.0])
+def test_small_sections_keep_the_2d_cubature(pos):
+    """A tiny square section is integrated by the 2-D kernel's cubature (relative-accurate at
+    any size); slicing it again lost 1e-8 of its sd in the mean. Its result is kept, bitwise."""
+    from exactdgn.gaussian._polygon import _truncated_moments_2d
+
+    rng = np.random.default_rng(1)
+    R = _rotation(rng, 2)
+    lo, hi = np.array([-0.5, pos]), np.array([-0.5 + 1e-6, pos + 1e-6])
+    n, c = np.concatenate([R.T, -R.T]), np.concatenate([hi, -lo])
+    lm, mean, cov, _ = _polytope_tail._polygon_kernel(n[None], c[None])
+    tm = _truncated_moments_2d(n[None], c[None])
+    np.testing.assert_array_equal(lm, tm.log_mass)
+    np.testing.assert_array_equal(mean, tm.mean)
+    np.testing.assert_array_equal(cov, tm.cov)
+    stats = [interval_ref(a, b) for a, b in zip(lo, hi, strict=True)]
+    ref_mean = R @ np.array([float(s[1]) for s in stats])
+    ref_cov = R @ np.diag([float(s[2]) for s in stats]) @ R.T
+    assert _whitened_error(mean[0], cov[0], ref_mean, ref_cov) < 1e-9

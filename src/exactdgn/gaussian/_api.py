@@ -117,10 +117,11 @@ def truncated_moments(normals, offsets, *, floor=None, log_weight=None) -> Trunc
     floor : array_like, shape (P,), optional
         As in :func:`log_mass` (skipped pairs: ``log_mass = -inf``, NaN moments).
     log_weight : array_like, shape (P,), optional
-        ``d = 3``: the log of the weight (<= 0) each polyhedron's moments enter a mixture with.
-        Far polyhedra (distance >= 8) whose weight hides the fast form's error (absolute
-        ``<= 1e-13 D^4``, below ``1e-16`` once weighted) skip the slower slicing that makes
-        their moments accurate on their own.  Without it, every far polyhedron is sliced.
+        ``d = 3, 4``: the log of the weight (<= 0) each polyhedron's moments enter a mixture
+        with.  Far polyhedra (distance >= 8) whose weight hides the fast form's error
+        (absolute ``<= 1e-13 D^4``, in ``d = 4`` also ``1e-17 D^6``; below ``1e-16`` once
+        weighted) skip the slower slicing that makes their moments accurate on their own.
+        Without it, every far polyhedron is sliced.
         ``d <= 2`` does not use it (far polygons are always sliced there).
 
     Returns

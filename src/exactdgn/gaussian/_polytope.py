@@ -68,10 +68,10 @@ relative (e.g. a 2e-6 x 2e-6 needle at distance 19: true error 4e-5, reported 1e
 from :func:`~exactdgn.gaussian._polygon.truncated_moments_2d` for ``d = 3`` and recursively for
 ``d >= 4``.  The covariance is ``I`` minus ``O(|E u|^2)`` terms: its absolute error is about
 ``(error + eps) * |E u|^2`` (relative ``~ (error + eps) |E u|^4`` in the radial direction for a
-polytope far from the mean).  So in ``d = 3`` polyhedra at distance ``>= TAIL_D`` (8) from the
-mean take their mean and covariance from slices instead (:mod:`._polytope_tail`: sums of
-positive terms about the closest point, accurate to the input's own conditioning); ``d >= 4``
-keeps the divergence form.
+polytope far from the mean; in ``d = 4``, whose facets are far 3-D polyhedra, ~1e-17 ``D^6``).
+So polytopes at distance ``>= TAIL_D`` (8) from the mean take their mean and covariance from
+slices instead (:mod:`._polytope_tail`: sums of positive terms about the closest point,
+accurate to the input's own conditioning), where their weight makes that error visible.
 """
 
 from __future__ import annotations
@@ -127,6 +127,7 @@ _CHUNK = 2048
 # or a vertex: 8e-11 at D = 8, 3e-9 at 32, 4e-7 at 128, 3e-3 at 1e3, 1e2 at 1e4); a polyhedron
 # whose weight times that is below _WEIGHTED_ERR keeps it (see _sliced_rows).
 _DIV_ERR = 1e-13
+_DIV_ERR_4 = 1e-17
 _WEIGHTED_ERR = 1e-16
 _CHUNK_ND = 8
 
@@ -887,26 +888,44 @@ def _facet_moments(nu, cu, active, geo):
     if sel.size:
         if k - 1 == 2:
             tm = _truncated_moments_2d(A[sel], B[sel])
-        else:
-            tm = truncated_moments_nd(A[sel], B[sel])
+        else:  # no slices for the facets: a far polytope's moments come from its own
+            tm = truncated_moments_nd(A[sel], B[sel], np.full(sel.size, -np.inf))
         lmF[sel] = tm.log_mass
         mF[sel] = np.where(np.isfinite(tm.mean), tm.mean, 0.0)
     return lmF.reshape(Q, F), mF.reshape(Q, F, k - 1)
 
 
-def _sliced_rows(ok, dist, log_weight):
-    """(P,) which ``d = 3`` polyhedra take their moments from :mod:`._polytope_tail`: those at
-    distance ``>= TAIL_D`` whose weight (``log_weight``: the log of the weight the moments
-    enter a sum with; all, if not given) times the divergence form's error there,
-    ``_DIV_ERR D^4`` (absolute, whitened), is above ``_WEIGHTED_ERR``.  The slices cost
-    ~0.01-2 s per polyhedron; ordinary data have many far pairs of weight ``<= e^-32``, whose
-    divergence-form moments move no sum."""
+def _sliced_rows(ok, dist, log_weight, d):
+    """(P,) which polytopes take their moments from :mod:`._polytope_tail`: those at distance
+    ``>= TAIL_D`` whose weight (``log_weight``: the log of the weight the moments enter a sum
+    with; all, if not given) times the divergence form's error there (absolute, whitened:
+    ``_DIV_ERR D^4`` in ``d = 3``; in ``d = 4``, whose facets' moments carry their own loss,
+    also ``_DIV_ERR_4 D^6``) is above ``_WEIGHTED_ERR``.  The slices cost ~0.01-2 s per
+    polyhedron in ``d = 3`` (more in ``d = 4``); ordinary data have many far pairs of weight
+    ``<= e^-32``, whose divergence-form moments move no sum."""
     far = ok & (dist >= TAIL_D)
     if log_weight is None:
         return far
     with np.errstate(all="ignore"):
-        visible = log_weight + np.log(_DIV_ERR) + 4.0 * np.log(dist) > np.log(_WEIGHTED_ERR)
+        log_err = np.log(_DIV_ERR) + 4.0 * np.log(dist)
+        if d == 4:
+            log_err = np.maximum(log_err, np.log(_DIV_ERR_4) + 6.0 * np.log(dist))
+        visible = log_weight + log_err > np.log(_WEIGHTED_ERR)
     return far & visible
+
+
+def _near_moments_3d(n, c):
+    """Log mass, mean, covariance and log-mass error of ``N(0, I_3)`` on 3-D polyhedra by the
+    divergence form alone (the cross-sections of a far 4-D polytope, :mod:`._polytope_tail`:
+    near the mean where their weight is; far ones are not sliced)."""
+    P = n.shape[0]
+    parts = [
+        _moments_block(n[i : i + _CHUNK], c[i : i + _CHUNK], np.full(min(_CHUNK, P - i), -np.inf))
+        for i in range(0, P, _CHUNK)
+    ]
+    if not parts:
+        return np.zeros(0), np.zeros((0, 3)), np.zeros((0, 3, 3)), np.zeros(0)
+    return tuple(np.concatenate([p[j] for p in parts]) for j in range(4))
 
 
 def _moments_block(n, c, log_weight=None):
@@ -922,12 +941,12 @@ def _moments_block(n, c, log_weight=None):
             0.0,
         )
     mean, cov = divergence_moments(w, nu, gbar)
-    # far polyhedra (d = 3): the divergence form loses ~eps D^4 in the covariance; slice instead
-    far = np.zeros(0, int)
-    if nu.shape[2] == 3:
-        far = np.flatnonzero(_sliced_rows(ok, geo.dist, log_weight))
+    # far polytopes: the divergence form loses ~eps D^4 in the covariance; slice instead
+    far = np.flatnonzero(_sliced_rows(ok, geo.dist, log_weight, nu.shape[2]))
     if far.size:
-        tmean, tcov, tok = tail_moments(nu[far], cu[far], active[far], geo.dist[far])
+        tmean, tcov, tok = tail_moments(
+            nu[far], cu[far], active[far], geo.dist[far], near=_near_moments_3d
+        )
         mean[far[tok]], cov[far[tok]] = tmean[tok], tcov[tok]
     mean[~ok] = np.nan
     cov[~ok] = np.nan
@@ -942,8 +961,8 @@ def truncated_moments_nd(
     See :func:`log_mass_nd` for the inputs.  Moments by the divergence theorem in the stable
     weight form (module docstring); ``error`` is the error estimate of ``log_mass``.
     ``log_weight`` (P,), optional: the log of the weight (<= 0) each polyhedron's moments enter
-    a mixture with; far ``d = 3`` polyhedra whose weight hides the divergence form's error
-    keep it instead of the slower slices (:func:`_sliced_rows`).  Without it all are sliced.
+    a mixture with; far polytopes whose weight hides the divergence form's error keep it
+    instead of the slower slices (:func:`_sliced_rows`).  Without it all are sliced.
     """
     n, c = _check(normals, offsets)
     P = n.shape[0]

@@ -1,4 +1,4 @@
-"""Moments of ``N(0, I_3)`` on polyhedra far from the mean, by slicing.
+"""Moments of ``N(0, I_k)`` on polytopes far from the mean, by slicing (``k = 3, 4``).
 
 The divergence form of :mod:`._polytope` gives the covariance as ``I - sum_F w_F n_F (gbar_F -
 E u)^T`` with weights ``w_F ~ D`` for a polyhedron at distance ``D`` from the mean: the radial
@@ -35,22 +35,29 @@ Cross-sections (:func:`_polygon_kernel`): the 2-D kernel where they are wide; wh
 ``~ eps / width`` relative, so they are sliced once more, along their thinnest direction, by the
 same quadrature (``D = 0``, ``|z| <= sqrt(120)``) with the exact interval moments on the slices.
 
+``k = 4`` is the same with 3-D cross-sections (:func:`_polyhedron_kernel`): the divergence
+form of :mod:`._polytope` (passed in as ``near``) where they are wide, slices with
+:func:`_polygon_kernel` on them where they are thin.  A section thin in two directions (a
+needle at an edge of ``P``, a tiny polytope at a vertex) is sliced along its longest direction,
+into small polygons, which the 2-D kernel integrates by its cubature (kept: relative-accurate at
+any size); one thin in one direction (a slab at a ridge) along its thinnest, into wide ones.
+
 Cost: ~0.01-2 s per far polyhedron (218 from posteriors 10-1e4 data scales out: 0.2 s on
-average) (a loop over blocks of them; far rows are rare).  ``d >= 4``
-keeps the divergence form (a nested version of this was accurate but ~1 min per polyhedron).
+average) (a loop over blocks of them; far rows are rare); ``k = 4``: 0.06-9 s per polytope
+(rotated boxes 1e2-1e4 out, closest point a facet, ridge, edge or vertex).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-from functools import cache
+from functools import cache, partial
 
 import numpy as np
 
 from ._interval import _interval_stats
-from ._polygon import _truncated_moments_2d
-from ._rules import EPS, LOG_SQRT_2PI, gauss_legendre_01, householder_basis
+from ._polygon import _SMALL, _truncated_moments_2d, _vertices, polygon_edges
+from ._rules import EPS, LOG_SQRT_2PI, gauss_legendre_01, householder_basis, normalize_rows
 
 __all__ = ["TAIL_D", "tail_moments"]
 
@@ -83,10 +90,18 @@ _MERGE = 64.0 * EPS  # panel ends closer than this (relative) are merged
 # 3-D cross-sections whose divergence covariance may be off by more than this relative to
 # their smallest variance are sliced again
 _WIDE_TOL = 1e-9
+# 3-D cross-sections (of far 4-D polytopes): the divergence form's covariance error, relative to
+# the smallest variance, measured on rotated slabs, needles and cubes of width w near the mean,
+# is ~1e-13 / w^3.4 (6e-11 at w = 0.1, 1e-7 at 0.01; the log-mass error estimate overstates its
+# error ~100x there): sections with a variance below _THIN_VAR_3 (w ~ 0.1) or a loss above
+# _WIDE_TOL_3 of it are sliced
+_WIDE_TOL_3 = 1e-7
+_THIN_VAR_3 = 1e-3
 _THIN_BLOCK = 4096  # thin cross-sections sliced together (memory)
 _NEAR = 6.0  # thin sections whose mean is farther than this from y = 0 are not sliced again
 _BIG = 600.0  # a node this far (log) above the first round's largest gives the item up
 _BLOCK = 64  # polyhedra per block (a block evaluates ~1e3 cross-sections each)
+_BLOCK_4 = 8  # 4-D polytopes per block (their 3-D cross-sections are sliced again)
 
 
 @cache
@@ -181,27 +196,87 @@ def _interval_kernel(nrm, off):
 
 def _polygon_kernel(nrm, off):
     """Log mass, mean, covariance and log-mass error of ``N(0, I_2)`` on the cross-sections:
-    the 2-D kernel where they are wide, slicing along the thinnest direction (exact intervals
-    on the slices) where its covariance error, ``~ (error + eps) (1 + |m|^2)`` absolute, is not
-    small against their smallest variance (thin cross-sections at an edge, tiny ones at a
-    vertex: the 2-D kernel's log mass loses ``~ eps / width`` there)."""
+    the 2-D kernel where they are wide, slices along the thinnest direction (exact intervals on
+    the slices) where they are thin (:func:`_thin_sliced`)."""
     tm = _truncated_moments_2d(nrm, off)
-    lm, mean, cov, err = tm.log_mass, tm.mean, tm.cov, tm.error
+    return _thin_sliced(
+        nrm, off, (tm.log_mass, tm.mean, tm.cov, tm.error), _interval_kernel, _small_polygons
+    )
+
+
+def _small_polygons(nrm, off):
+    """(M,) the sections the 2-D kernel integrates by its cubature (bounded, spread ``R (|g| +
+    R / 2) <= 1``): relative-accurate at any size, so never sliced again (slices of a tiny one
+    lost 1e-8 of its sd in the mean)."""
+    nu, cu, active, _ = normalize_rows(nrm, off, np.sqrt(np.sum(nrm * nrm, axis=2)))
+    t0, t1, nonempty, _ = polygon_edges(nu, cu, active)
+    v = _vertices(nu, cu, t0, t1, nonempty)
+    with np.errstate(all="ignore"):
+        spread = v.radius * (np.hypot(v.g[:, 0], v.g[:, 1]) + 0.5 * v.radius)
+    return v.bounded & (spread <= _SMALL)
+
+
+def _polyhedron_kernel(nrm, off, near):
+    """:func:`_polygon_kernel` one dimension up: ``N(0, I_3)`` on 3-D cross-sections (of a far
+    4-D polytope), ``near(nrm, off) -> (log mass, mean, cov, error)`` (the divergence form, which
+    :mod:`._polytope` passes in) where they are wide, slices with :func:`_polygon_kernel` on
+    them where they are thin (its covariance is a difference of ``O(1 / width)`` terms there:
+    a slab 1e-4 wide had its covariance 0.08 of its own variance off, a 1e-4 cube 1e3)."""
+    lm, mean, cov, err = near(nrm, off)
+    # a tiny section (~1e-9 of the Gaussian's scale: at the vertex of a far polytope) can come
+    # back empty from the near kernel; one with a vertex is sliced instead (err = inf)
+    e = np.flatnonzero(lm == -np.inf)
+    if e.size:
+        act = np.isfinite(off[e])
+        vz = _vertex_z(
+            nrm[e, :, 0],
+            nrm[e, :, 1:],
+            off[e],
+            act,
+            np.full(e.size, -np.inf),
+            np.full(e.size, np.inf),
+        )
+        err = err.copy()
+        err[e[np.isfinite(vz).any(axis=1)]] = np.inf
+    return _thin_sliced(nrm, off, (lm, mean, cov, err), _polygon_kernel)
+
+
+def _thin_sliced(nrm, off, wide, sub, trusted=None):
+    """The near kernel's result ``wide`` (log mass, mean, cov, error) of ``N(0, I_m)`` on the
+    sections ``{y : nrm_i . y <= off_i}``, with the thin ones replaced by slices along their
+    thinnest direction (``sub``: the ``(m - 1)``-dimensional kernel on the slices).
+
+    A section is thin where the kernel's covariance error, ``~ (error + eps) (1 + |mean|^2)``
+    absolute, is not small against its smallest variance (thin sections at an edge, tiny ones
+    at a vertex: the kernel's log mass loses ``~ eps / width`` there); sections whose mean is
+    farther than ``_NEAR`` from ``y = 0`` keep the kernel's result (the slices span only
+    ``|z| <= x_max(0)``, ~11, and such a section's mass, ``<= e^-18`` of one at the mean,
+    hides its error)."""
+    lm, mean, cov, err = wide
+    m = nrm.shape[2]
     fin = np.isfinite(lm) & np.isfinite(mean).all(axis=1) & np.isfinite(cov).all(axis=(1, 2))
+    tol, floor = (_WIDE_TOL, 0.0) if m == 2 else (_WIDE_TOL_3, _THIN_VAR_3)
     with np.errstate(invalid="ignore"):
-        lam, vec = np.linalg.eigh(np.where(fin[:, None, None], cov, np.eye(2)))
+        lam, vec = np.linalg.eigh(np.where(fin[:, None, None], cov, np.eye(m)))
         loss = 16.0 * (err + EPS) * (1.0 + np.sum(mean * mean, axis=1))
-        thin = ~(loss <= _WIDE_TOL * lam[:, 0])
+        thin = ~(loss <= tol * lam[:, 0]) | ~(lam[:, 0] >= floor)
     thin &= ~(lm == -np.inf) | ~np.isfinite(err)  # empty sections stay empty
-    # sections far from the mean keep the kernel's result: the slices span only |z| <= x_max(0)
-    # (~11), and such a section's mass, <= e^-18 of a section at the mean, hides its error
     with np.errstate(invalid="ignore"):
         thin &= ~fin | (np.sum(mean * mean, axis=1) <= _NEAR**2)
+    if trusted is not None and thin.any():
+        thin[thin] &= ~trusted(nrm[thin], off[thin])
     if not thin.any():
         return lm, mean, cov, err
     i = np.flatnonzero(thin)
-    # frame: the thinnest direction first (any axis where the near kernel gave nothing)
-    R = np.where(fin[i, None, None], vec[i], np.eye(2))
+    # frame: the thinnest direction first (any axis where the near kernel gave nothing); a 3-D
+    # section thin in two directions (a needle at an edge, a tiny one at a vertex) is sliced
+    # along its longest instead, into small polygons (the 2-D kernel's cubature, not slices)
+    vec = vec[i]
+    if m == 3:
+        with np.errstate(invalid="ignore"):
+            needle = ~(loss[i] <= tol * lam[i, 1]) | ~(lam[i, 1] >= floor)
+        vec = np.where(needle[:, None, None], vec[:, :, ::-1], vec)
+    R = np.where(fin[i, None, None], vec, np.eye(m))
     nr = np.einsum("mfk,mkl->mfl", nrm[i], R)
     act = np.isfinite(off[i])
     ch = _THIN_BLOCK
@@ -213,7 +288,7 @@ def _polygon_kernel(nrm, off):
             act[s : s + ch],
             np.zeros(min(ch, i.size - s)),
             -_zmax(0.0),
-            _interval_kernel,
+            sub,
         )
         for s in range(0, i.size, ch)
     ]
@@ -474,12 +549,13 @@ def _sliced(a, B, d, act, D, lo, kern):
     return log_mass, mean, cov, error
 
 
-def tail_moments(nu, cu, active, dist):
-    """Mean (Q, 3) and covariance (Q, 3, 3) of ``N(0, I_3)`` on far polyhedra (module doc).
+def tail_moments(nu, cu, active, dist, near=None):
+    """Mean (Q, k) and covariance (Q, k, k) of ``N(0, I_k)`` on far polytopes, ``k = 3, 4``
+    (module doc).
 
     Parameters
     ----------
-    nu : ndarray, shape (Q, F, 3)
+    nu : ndarray, shape (Q, F, k)
         Unit normals (0 on inactive rows).
     cu : ndarray, shape (Q, F)
         Offsets (``+inf`` on inactive rows).
@@ -487,6 +563,10 @@ def tail_moments(nu, cu, active, dist):
         Active rows.
     dist : ndarray, shape (Q,)
         The polyhedra's distances from the mean (``>= TAIL_D``).
+    near : callable, optional
+        ``k = 4``: the near kernel of the 3-D cross-sections, ``(normals (M, F, 3), offsets
+        (M, F)) -> (log mass, mean, cov, log-mass error)`` (the divergence form of
+        :mod:`._polytope`, which imports this module).
 
     Returns
     -------
@@ -498,15 +578,21 @@ def tail_moments(nu, cu, active, dist):
     mean = np.full((Q, k), np.nan)
     cov = np.full((Q, k, k), np.nan)
     ok = np.zeros(Q, dtype=bool)
-    ch = _BLOCK
+    if k == 3:
+        kern, ch = _polygon_kernel, _BLOCK
+    elif k == 4 and near is not None:
+        kern, ch = partial(_polyhedron_kernel, near=near), _BLOCK_4
+    else:
+        raise ValueError(f"tail_moments takes k = 3, or k = 4 with near=; got k = {k}")
     for s in range(0, Q, ch):
         sl = slice(s, s + ch)
-        mean[sl], cov[sl], ok[sl] = _tail_block(nu[sl], cu[sl], active[sl], dist[sl])
+        mean[sl], cov[sl], ok[sl] = _tail_block(nu[sl], cu[sl], active[sl], dist[sl], kern)
     return mean, cov, ok
 
 
-def _tail_block(nu, cu, active, dist):
-    """:func:`tail_moments` on one block: the closest-point frame, then :func:`_sliced`."""
+def _tail_block(nu, cu, active, dist, kern):
+    """:func:`tail_moments` on one block: the closest-point frame, then :func:`_sliced` with
+    the cross-section kernel ``kern``."""
     k = nu.shape[2]
     P, S, ok = _closest_points(nu, cu, active, dist)
     D = np.sqrt(np.sum(P * P, axis=1))
@@ -521,7 +607,7 @@ def _tail_block(nu, cu, active, dist):
     # the rows through p pass through it exactly; the others are outside it (p is feasible)
     dd = np.where(active & ~S, np.maximum(dd, 0.0), 0.0)
     act = active & ok[:, None]
-    _, m, C, _ = _sliced(a, B, dd, act, D, 0.0, _polygon_kernel)
+    _, m, C, _ = _sliced(a, B, dd, act, D, 0.0, kern)
     R = np.concatenate([nstar[:, :, None], V], axis=2)  # (Q, k, k): columns n*, V
     mean = P + np.einsum("qkl,ql->qk", R, m)
     cov = R @ C @ np.swapaxes(R, 1, 2)
