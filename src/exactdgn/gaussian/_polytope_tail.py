@@ -87,8 +87,8 @@ _DECAY = 2.0 ** np.arange(-2, 14)  # splits at lo + _DECAY / D
 # a candidate closest point is feasible when no row is violated by more than this times 1 + D
 _FEAS = 1e-9
 _MERGE = 64.0 * EPS  # panel ends closer than this (relative) are merged
-# 3-D cross-sections whose divergence covariance may be off by more than this relative to
-# their smallest variance are sliced again
+# 2-D cross-sections whose kernel covariance may be off by more than this relative to their
+# smallest variance are sliced again
 _WIDE_TOL = 1e-9
 # 3-D cross-sections (of far 4-D polytopes): the divergence form's covariance error, relative to
 # the smallest variance, measured on rotated slabs, needles and cubes of width w near the mean,
@@ -244,7 +244,10 @@ def _polyhedron_kernel(nrm, off, near):
 def _thin_sliced(nrm, off, wide, sub, trusted=None):
     """The near kernel's result ``wide`` (log mass, mean, cov, error) of ``N(0, I_m)`` on the
     sections ``{y : nrm_i . y <= off_i}``, with the thin ones replaced by slices along their
-    thinnest direction (``sub``: the ``(m - 1)``-dimensional kernel on the slices).
+    thinnest direction (``sub``: the ``(m - 1)``-dimensional kernel on the slices; ``m = 3``
+    sections thin in two directions along their longest).  ``trusted(nrm, off)``, optional:
+    the sections whose ``wide`` result stands whatever its covariance (the small polygons of
+    the 2-D kernel's cubature).
 
     A section is thin where the kernel's covariance error, ``~ (error + eps) (1 + |mean|^2)``
     absolute, is not small against its smallest variance (thin sections at an edge, tiny ones
@@ -351,7 +354,7 @@ def _sliced(a, B, d, act, D, lo, kern):
     a : ndarray, shape (M, F)
         Row coefficients of ``z``.
     B : ndarray, shape (M, F, k-1)
-        Row coefficients of ``y`` (``k - 1 = 1, 2``).
+        Row coefficients of ``y`` (``k - 1 = 1, 2, 3``).
     d : ndarray, shape (M, F)
         Offsets (ignored on inactive rows).
     act : ndarray, shape (M, F)
