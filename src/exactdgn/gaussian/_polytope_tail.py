@@ -44,7 +44,9 @@ any size); one thin in one direction (a slab at a ridge) along its thinnest, int
 
 Cost: ~0.01-2 s per far polyhedron (218 from posteriors 10-1e4 data scales out: 0.2 s on
 average) (a loop over blocks of them; far rows are rare); ``k = 4``: 0.06-9 s per polytope
-(rotated boxes 1e2-1e4 out, closest point a facet, ridge, edge or vertex).
+(rotated boxes 1e2-1e4 out, closest point a facet, ridge, edge or vertex), 0.1-4 s for random
+cones, but 145 s for one whose thin slab sections (closest point a ridge, 1e3 out) had thin
+polygon slices again (~60,000 of them sliced into intervals).
 """
 
 from __future__ import annotations
