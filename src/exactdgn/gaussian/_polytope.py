@@ -918,14 +918,8 @@ def _near_moments_3d(n, c):
     """Log mass, mean, covariance and log-mass error of ``N(0, I_3)`` on 3-D polyhedra by the
     divergence form alone (the cross-sections of a far 4-D polytope, :mod:`._polytope_tail`:
     near the mean where their weight is; far ones are not sliced)."""
-    P = n.shape[0]
-    parts = [
-        _moments_block(n[i : i + _CHUNK], c[i : i + _CHUNK], np.full(min(_CHUNK, P - i), -np.inf))
-        for i in range(0, P, _CHUNK)
-    ]
-    if not parts:
-        return np.zeros(0), np.zeros((0, 3)), np.zeros((0, 3, 3)), np.zeros(0)
-    return tuple(np.concatenate([p[j] for p in parts]) for j in range(4))
+    tm = truncated_moments_nd(n, c, np.full(n.shape[0], -np.inf))
+    return tm.log_mass, tm.mean, tm.cov, tm.error
 
 
 def _moments_block(n, c, log_weight=None):
