@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from exactdgn.gaussian import truncated_moments
+from tests.oracles.boxes import box_rows
 from tests.oracles.gaussian_mp import interval_ref
 
 _TOL = {8.5: 1e-9, 10.0: 1e-9, 20.0: 1e-9, 100.0: 1e-9, 1e3: 1e-8, 1e4: 3e-7}
@@ -35,14 +36,7 @@ def _box(D, width, lo, hi, theta):
     rotated box ``R [D, D + width] x [lo, hi]``."""
     R = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
     a, b = np.array([D, lo]), np.array([D + width, hi])
-    n, c = [], []
-    for i in range(2):
-        if np.isfinite(b[i]):
-            n.append(R[:, i])
-            c.append(b[i])
-        if np.isfinite(a[i]):
-            n.append(-R[:, i])
-            c.append(-a[i])
+    n, c = box_rows(R, a, b)
     stats = [interval_ref(float(x), float(y)) for x, y in zip(a, b, strict=True)]
     mean = R @ np.array([float(s[1]) for s in stats])
     cov = R @ np.diag([float(s[2]) for s in stats]) @ R.T

@@ -14,20 +14,11 @@ import pytest
 
 from exactdgn.gaussian import _polytope, _polytope_tail
 from exactdgn.gaussian._polytope import truncated_moments_nd
+from tests.oracles.boxes import rotated_box, rotation, whitened_error
 from tests.oracles.gaussian_mp import interval_ref
 
 # a margin over the conditioning floor (1-ulp changes of c move the reference by ~eps D^2)
 _TOL = {1e2: 1e-10, 1e3: 1e-9, 1e4: 1e-7}
-
-
-def _rotation(rng, d):
-    q, r = np.linalg.qr(rng.normal(size=(d, d)))
-    return q * np.sign(np.diag(r))
-
-
-def _whitened_error(mean, cov, ref_mean, ref_cov):
-    W = np.linalg.inv(np.linalg.cholesky(ref_cov))
-    return max(np.abs(W @ (mean - ref_mean)).max(), np.abs(W @ (cov - ref_cov) @ W.T).max())
 
 
 def _box(D, kind, rng):
@@ -40,26 +31,8 @@ def _box(D, kind, rng):
     }[kind]
     lo = np.array([D, a1, a2])
     hi = np.array([np.inf, b1, b2])
-    return _rotated_box(lo, hi, rng)
-
-
-def _rotated_box(lo, hi, rng):
-    """Rows (normals, offsets) of ``R [lo, hi]`` (``R`` a random rotation; infinite ends give
-    no row) and its moments from the 1-D mpmath intervals: ``R m``, ``R diag(v) R^T``."""
-    d = lo.size
-    R = _rotation(rng, d)
-    n, c = [], []
-    for i in range(d):
-        if np.isfinite(hi[i]):
-            n.append(R[:, i])
-            c.append(hi[i])
-        if np.isfinite(lo[i]):
-            n.append(-R[:, i])
-            c.append(-lo[i])
-    stats = [interval_ref(a, b) for a, b in zip(lo, hi, strict=True)]
-    mean = R @ np.array([float(s[1]) for s in stats])
-    cov = R @ np.diag([float(s[2]) for s in stats]) @ R.T
-    return np.array(n), np.array(c), mean, cov
+    n, c, _, mean, cov = rotated_box(lo, hi, rng)
+    return n, c, mean, cov
 
 
 def _far_box(d, D, kind):
@@ -84,7 +57,7 @@ def test_far_box_moments_match_the_interval_products(d, D, kind):
     in the covariance at D = 1e3; d = 4 sections are sliced again where thin)."""
     n, c, mean, cov = _far_box(d, D, kind)
     tm = truncated_moments_nd(n[None], c[None])
-    assert _whitened_error(tm.mean[0], tm.cov[0], mean, cov) < _TOL[D]
+    assert whitened_error(tm.mean[0], tm.cov[0], mean, cov) < _TOL[D]
 
 
 @pytest.mark.parametrize(("d", "kind", "off"), [(3, "edge", 1e-3), (4, "facet", 1e-2)])
@@ -93,7 +66,7 @@ def test_the_divergence_form_alone_fails_there(monkeypatch, d, kind, off):
     n, c, mean, cov = _far_box(d, 1e3, kind)
     monkeypatch.setattr(_polytope, "TAIL_D", np.inf)
     tm = truncated_moments_nd(n[None], c[None])
-    assert not _whitened_error(tm.mean[0], tm.cov[0], mean, cov) < off
+    assert not whitened_error(tm.mean[0], tm.cov[0], mean, cov) < off
 
 
 def test_near_rows_are_bitwise_unchanged(monkeypatch):
@@ -133,8 +106,8 @@ def test_the_weight_decides_which_far_polyhedra_are_sliced(monkeypatch):
     div = truncated_moments(N, C)
     np.testing.assert_array_equal(tm.cov[0], div.cov[0])
     np.testing.assert_array_equal(tm.cov[2], div.cov[2])
-    assert _whitened_error(tm.mean[1], tm.cov[1], mean, cov) < _TOL[1e3]
-    assert not _whitened_error(div.mean[1], div.cov[1], mean, cov) < 1e-3
+    assert whitened_error(tm.mean[1], tm.cov[1], mean, cov) < _TOL[1e3]
+    assert not whitened_error(div.mean[1], div.cov[1], mean, cov) < 1e-3
 
 
 @pytest.mark.parametrize("d", [2, 3])
@@ -190,7 +163,7 @@ def _cone(rng, D, kind, width):
         v /= np.linalg.norm(v)
         rows.append(v)
         offs.append(v @ p + rng.uniform(0.5, 2.0))
-    return np.array(rows) @ _rotation(rng, 3).T, np.array(offs)
+    return np.array(rows) @ rotation(rng, 3).T, np.array(offs)
 
 
 @pytest.mark.slow
@@ -204,7 +177,7 @@ def test_far_polyhedra_match_the_quadrature_oracle(D):
             n, c = _cone(rng, D, kind, width)
             ref = polytope_ref(n, c)
             tm = truncated_moments_nd(n[None], c[None])
-            err = _whitened_error(tm.mean[0], tm.cov[0], ref.mean, ref.cov)
+            err = whitened_error(tm.mean[0], tm.cov[0], ref.mean, ref.cov)
             assert err < _TOL[D], (kind, width, err)
 
 
@@ -246,7 +219,7 @@ def test_an_edge_closest_polyhedron_1e3_out_is_quick_and_right(monkeypatch):
     tm = truncated_moments_nd(_EDGE_N[None], _EDGE_C[None])
     assert seen[0] < 1000
     ref = polytope_ref(_EDGE_N, _EDGE_C)
-    assert _whitened_error(tm.mean[0], tm.cov[0], ref.mean, ref.cov) < _TOL[1e3]
+    assert whitened_error(tm.mean[0], tm.cov[0], ref.mean, ref.cov) < _TOL[1e3]
 
 
 def test_a_thin_strip_section_keeps_its_exact_range_ends():
@@ -381,7 +354,7 @@ def test_the_polyhedron_of_that_section_matches_the_oracle():
     )
     tm = truncated_moments_nd(n[None], c[None])
     ref = polytope_ref(n, c)
-    assert _whitened_error(tm.mean[0], tm.cov[0], ref.mean, ref.cov) < _TOL[1e2]
+    assert whitened_error(tm.mean[0], tm.cov[0], ref.mean, ref.cov) < _TOL[1e2]
 
 
 def test_panels_holding_nothing_are_not_refined_to_their_own_tolerance(monkeypatch):
@@ -426,7 +399,7 @@ def test_panels_holding_nothing_are_not_refined_to_their_own_tolerance(monkeypat
         seen[0] = 0
         tm = truncated_moments_nd(n[None], c[None])
         work.append(seen[0])
-        assert _whitened_error(tm.mean[0], tm.cov[0], ref.mean, ref.cov) < 1e-11
+        assert whitened_error(tm.mean[0], tm.cov[0], ref.mean, ref.cov) < 1e-11
     assert work[0] < 0.5 * work[1]  # 5.3e5 against 2.1e6
 
 
@@ -438,7 +411,7 @@ def test_the_oracle_matches_a_far_box():
     for kind in ["facet", "edge", "vertex"]:
         n, c, mean, cov = _box(1e4, kind, np.random.default_rng(7))
         ref = polytope_ref(n, c)
-        assert _whitened_error(ref.mean, ref.cov, mean, cov) < 1e-7
+        assert whitened_error(ref.mean, ref.cov, mean, cov) < 1e-7
 
 
 def test_d3_posterior_of_a_1e4_sigma_row_matches_quadrature():
@@ -477,7 +450,8 @@ def _box4(D, kind, rng):
     a ridge, an edge or a vertex (``kind``); moments from the 1-D mpmath intervals."""
     lo = np.array([D] + [a for a, _ in _SIDES_4[kind]])
     hi = np.array([D + 0.3] + [b for _, b in _SIDES_4[kind]])
-    return _rotated_box(lo, hi, rng)
+    n, c, _, mean, cov = rotated_box(lo, hi, rng)
+    return n, c, mean, cov
 
 
 _KINDS_4 = ["facet", "ridge", "edge", "vertex"]
@@ -494,7 +468,7 @@ def test_the_weight_decides_which_far_4d_polytopes_are_sliced(monkeypatch):
     monkeypatch.setattr(_polytope, "TAIL_D", np.inf)
     div = truncated_moments(N, C)
     np.testing.assert_array_equal(tm.cov[0], div.cov[0])
-    assert _whitened_error(tm.mean[1], tm.cov[1], mean, cov) < _TOL[1e3]
+    assert whitened_error(tm.mean[1], tm.cov[1], mean, cov) < _TOL[1e3]
 
 
 @pytest.mark.parametrize("pos", [0.2, 3.0])
@@ -504,7 +478,7 @@ def test_small_sections_keep_the_2d_cubature(pos):
     from exactdgn.gaussian._polygon import _truncated_moments_2d
 
     rng = np.random.default_rng(1)
-    R = _rotation(rng, 2)
+    R = rotation(rng, 2)
     lo, hi = np.array([-0.5, pos]), np.array([-0.5 + 1e-6, pos + 1e-6])
     n, c = np.concatenate([R.T, -R.T]), np.concatenate([hi, -lo])
     lm, mean, cov, _ = _polytope_tail._polygon_kernel(n[None], c[None])
@@ -515,4 +489,4 @@ def test_small_sections_keep_the_2d_cubature(pos):
     stats = [interval_ref(a, b) for a, b in zip(lo, hi, strict=True)]
     ref_mean = R @ np.array([float(s[1]) for s in stats])
     ref_cov = R @ np.diag([float(s[2]) for s in stats]) @ R.T
-    assert _whitened_error(mean[0], cov[0], ref_mean, ref_cov) < 1e-9
+    assert whitened_error(mean[0], cov[0], ref_mean, ref_cov) < 1e-9

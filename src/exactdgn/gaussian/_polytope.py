@@ -52,12 +52,20 @@ interior point ``p`` of ``K`` (a small LP, HiGHS) and ``h'_F = -n_F . p > 0``, s
 offsets ``h'``); in 3-D the inner integrals are elementary,
 ``int_0^inf phi(t) T(t b / h, tau / b) dt = atan(tau h / (b rho)) / (4 pi)``.
 
+**Small polyhedra** (``d = 3``: bounded, spread ``R (|g| + R/2) <= 1`` with ``g`` the vertex
+centroid and ``R`` the largest vertex distance from it) skip the edge formula and the divergence
+form, whose signed terms are ``~1 / size`` times their mass (a simplex 1e-6 across near the mean
+was 1.2 nats off, one 1e-9 across came out empty, a 1e-4 cube's covariance 1e3 of its own
+variance off): their mass and moments come from a positive product cubature on a fan of
+tetrahedra (:mod:`._polytope_cubature`), relative-accurate at any size.
+
 **Error estimate.**  ``error`` (absolute, of the log mass) is the sum over all signed terms of
 their quadrature error (the differences between the two rules / node counts) plus their
 rounding, ``eps (16 + 16 |log term|)`` relative (the exponents ``-rho^2/2`` are formed from
 squares), each weighted by ``term / mass``, plus ``4 eps (1 + |log m|)``.  It grows automatically
-when the signed terms cancel: thin or tiny polytopes lose about ``1 / (width * max(1, D))``
-relative (e.g. a 2e-6 x 2e-6 needle at distance 19: true error 4e-5, reported 1e-4).
+when the signed terms cancel: thin polytopes lose about ``1 / (width * max(1, D))`` relative
+(e.g. a 2e-6 x 2e-6 needle at distance 19: true error 4e-5, reported 1e-4); for thin slabs near
+the mean the estimate can be ~20 times short (random slabs 2e-5 thin: error 1e-7, estimate 6e-9).
 
 **Moments** (divergence theorem, stable weight form), with
 ``w_F = exp(log phi(c_F) + log m_{d-1}(F~) - log m)``::
@@ -78,6 +86,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import linprog
@@ -86,6 +95,7 @@ from scipy.special import erfcx, log_ndtr
 from ._divergence import divergence_moments
 from ._interval import EPS, TruncatedMoments, log_phi
 from ._polygon import _omega, _truncated_moments_2d, polygon_edges
+from ._polytope_cubature import SMALL_SPREAD, small_polyhedra
 from ._polytope_tail import TAIL_D, tail_moments
 from ._rules import (
     LOG_2PI,
@@ -837,13 +847,64 @@ def _check(normals, offsets):
     return n, c
 
 
-def _log_mass_block(n, c):
+@dataclass(frozen=True)
+class _Small:
+    """Small polyhedra done by cubature (:mod:`._polytope_cubature`): their rows and results."""
+
+    rows: np.ndarray
+    log_mass: np.ndarray
+    error: np.ndarray
+    mean: np.ndarray | None
+    cov: np.ndarray | None
+
+
+def _edge_points(nu, cu, geo: _Geo3, rows: np.ndarray):
+    """End points ``(S, F, F, 3)`` of the facets' edges of polyhedra ``rows`` and which are
+    real (``u = c_F n_F + U_F (b a + t tau)`` on facet ``F``'s in-plane edge line)."""
+    a = geo.a[rows]
+    tau = np.stack([-a[..., 1], a[..., 0]], axis=-1)
+    ok = geo.nonempty[rows] & geo.fac[rows][:, :, None]
+    b = np.where(ok, geo.b[rows], 0.0)[..., None]
+    foot = np.where(geo.fac[rows], cu[rows], 0.0)[..., None] * nu[rows]
+    U = geo.U[rows]
+    P0, P1 = (
+        foot[:, :, None, :]
+        + np.einsum("qfkl,qfjl->qfjk", U, b * a + np.where(ok, t, 0.0)[..., None] * tau)
+        for t in (geo.t0[rows], geo.t1[rows])
+    )
+    return P0, P1, ok
+
+
+def _small_3d(nu, cu, geo: _Geo3, moments: bool) -> _Small:
+    """Bounded small polyhedra (d = 3) by cubature: no cancellation (the edge formula loses
+    ``~1 / size`` relative, the divergence moments ``eps / size^4``).
+
+    Only polyhedra whose spread can be small are looked at: an edge of length ``L`` has both
+    ends within ``R >= L / 2`` of the vertex centroid ``g``, and ``|g| >= `` the distance."""
+    ok = geo.nonempty & geo.fac[:, :, None] & ~geo.empty[:, None, None]
+    with np.errstate(invalid="ignore"):
+        longest = np.where(ok, geo.t1 - geo.t0, 0.0).max(axis=(1, 2))  # inf where unbounded
+        cand = ok.any(axis=(1, 2)) & (0.5 * longest * (geo.dist + 0.25 * longest) <= SMALL_SPREAD)
+    cand = np.flatnonzero(cand)
+    P0, P1, eok = _edge_points(nu, cu, geo, cand)
+    small, lm, err, mean, cov = small_polyhedra(P0, P1, eok, nu[cand], cu[cand], moments)
+    return _Small(cand[small], lm, err, mean, cov)
+
+
+def _log_mass_block(n, c, moments=False):
     nu, cu, active, bad = _prepare(n, c)
     P = nu.shape[0]
+    logm, err = np.full(P, -np.inf), np.zeros(P)
     with np.errstate(all="ignore"):
         geo = _build(nu, cu, active, bad)
-        logm, err = _evaluate(geo, np.arange(P), np.ones(P))
-    return logm, err, (nu, cu, active, bad, geo)
+        small = _small_3d(nu, cu, geo, moments) if nu.shape[2] == 3 else None
+        rest = np.arange(P)
+        if small is not None and small.rows.size:
+            rest = np.setdiff1d(rest, small.rows)
+            logm[small.rows], err[small.rows] = small.log_mass, small.error
+        if rest.size:
+            logm[rest], err[rest] = _evaluate(geo, rest, np.ones(rest.size))
+    return logm, err, (nu, cu, active, bad, geo), small
 
 
 def log_mass_nd(normals: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -873,8 +934,9 @@ def log_mass_nd(normals: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, n
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def _facet_moments(nu, cu, active, geo):
-    """Log masses (Q, F) and in-plane means (Q, F, k-1) of the facets."""
+def _facet_moments(nu, cu, active, geo, skip=None):
+    """Log masses (Q, F) and in-plane means (Q, F, k-1) of the facets (not of the polyhedra
+    ``skip``, optional: -inf and 0)."""
     Q, F, k = nu.shape
     a, b, act = geo.a, geo.b, geo.act
     R = Q * F
@@ -882,6 +944,9 @@ def _facet_moments(nu, cu, active, geo):
     B = np.where(act, b, np.inf).reshape(R, F)
     fac = geo.fac if isinstance(geo, _Geo3) else (active & ~geo.sub.empty.reshape(Q, F))
     fac = fac & ~geo.empty[:, None]
+    if skip is not None:
+        fac = fac.copy()
+        fac[skip] = False
     sel = np.flatnonzero(fac.reshape(R))
     lmF = np.full(R, -np.inf)
     mF = np.zeros((R, k - 1))
@@ -915,16 +980,17 @@ def _sliced_rows(ok, dist, log_weight, d):
 
 
 def _near_moments_3d(n, c):
-    """Log mass, mean, covariance and log-mass error of ``N(0, I_3)`` on 3-D polyhedra by the
-    divergence form alone (the cross-sections of a far 4-D polytope, :mod:`._polytope_tail`:
-    near the mean where their weight is; far ones are not sliced)."""
-    tm = truncated_moments_nd(n, c, np.full(n.shape[0], -np.inf))
-    return tm.log_mass, tm.mean, tm.cov, tm.error
+    """Log mass, mean, covariance and log-mass error of ``N(0, I_3)`` on 3-D polyhedra, and
+    which were small (done by the cubature: relative-accurate at any size), without slices (the
+    cross-sections of a far 4-D polytope, :mod:`._polytope_tail`: near the mean where their
+    weight is; far ones are not sliced)."""
+    parts = _moments_parts(n, c, np.full(n.shape[0], -np.inf))
+    return tuple(np.concatenate([p[j] for p in parts]) for j in range(5))
 
 
 def _moments_block(n, c, log_weight=None):
-    logm, err, (nu, cu, active, _, geo) = _log_mass_block(n, c)
-    lmF, mF = _facet_moments(nu, cu, active, geo)
+    logm, err, (nu, cu, active, _, geo), small = _log_mass_block(n, c, moments=True)
+    lmF, mF = _facet_moments(nu, cu, active, geo, None if small is None else small.rows)
     ok = np.isfinite(logm)
     with np.errstate(all="ignore"):
         lw = log_phi(np.where(active, cu, 0.0)) + lmF - np.where(ok, logm, 0.0)[:, None]
@@ -935,8 +1001,13 @@ def _moments_block(n, c, log_weight=None):
             0.0,
         )
     mean, cov = divergence_moments(w, nu, gbar)
+    is_small = np.zeros(logm.size, dtype=bool)
+    if small is not None and small.rows.size:  # small polyhedra: from the cubature
+        mean[small.rows], cov[small.rows] = small.mean, small.cov
+        is_small[small.rows] = True
     # far polytopes: the divergence form loses ~eps D^4 in the covariance; slice instead
-    far = np.flatnonzero(_sliced_rows(ok, geo.dist, log_weight, nu.shape[2]))
+    sliced = _sliced_rows(ok, geo.dist, log_weight, nu.shape[2]) & ~is_small
+    far = np.flatnonzero(sliced)
     if far.size:
         tmean, tcov, tok = tail_moments(
             nu[far], cu[far], active[far], geo.dist[far], near=_near_moments_3d
@@ -944,7 +1015,18 @@ def _moments_block(n, c, log_weight=None):
         mean[far[tok]], cov[far[tok]] = tmean[tok], tcov[tok]
     mean[~ok] = np.nan
     cov[~ok] = np.nan
-    return logm, mean, cov, err
+    return logm, mean, cov, err, is_small
+
+
+def _moments_parts(n, c, log_weight):
+    """:func:`_moments_block` over blocks of polyhedra: a list of its results."""
+    P, d = n.shape[0], n.shape[2]
+    ch = _CHUNK if d == 3 else _CHUNK_ND
+    lw = None if log_weight is None else np.broadcast_to(np.asarray(log_weight, float), (P,))
+    return [
+        _moments_block(n[i : i + ch], c[i : i + ch], None if lw is None else lw[i : i + ch])
+        for i in range(0, P, ch)
+    ]
 
 
 def truncated_moments_nd(
@@ -963,10 +1045,5 @@ def truncated_moments_nd(
     d = n.shape[2]
     if P == 0:
         return TruncatedMoments(np.zeros(0), np.zeros((0, d)), np.zeros((0, d, d)), np.zeros(0))
-    ch = _CHUNK if d == 3 else _CHUNK_ND
-    lw = None if log_weight is None else np.broadcast_to(np.asarray(log_weight, float), (P,))
-    parts = [
-        _moments_block(n[i : i + ch], c[i : i + ch], None if lw is None else lw[i : i + ch])
-        for i in range(0, P, ch)
-    ]
+    parts = _moments_parts(n, c, log_weight)
     return TruncatedMoments(*(np.concatenate([p[j] for p in parts]) for j in range(4)))

@@ -35,10 +35,11 @@ Cross-sections (:func:`_polygon_kernel`): the 2-D kernel where they are wide; wh
 ``~ eps / width`` relative, so they are sliced once more, along their thinnest direction, by the
 same quadrature (``D = 0``, ``|z| <= sqrt(120)``) with the exact interval moments on the slices.
 
-``k = 4`` is the same with 3-D cross-sections (:func:`_polyhedron_kernel`): the divergence
-form of :mod:`._polytope` (passed in as ``near``) where they are wide, slices with
-:func:`_polygon_kernel` on them where they are thin.  A section thin in two directions (a
-needle at an edge of ``P``, a tiny polytope at a vertex) is sliced along its longest direction,
+``k = 4`` is the same with 3-D cross-sections (:func:`_polyhedron_kernel`): the 3-D kernel of
+:mod:`._polytope` (passed in as ``near``) where they are wide or small (its cubature, exact at
+any size: tiny sections at a vertex of ``P`` are not sliced), slices with
+:func:`_polygon_kernel` on them where they are thin.  A section thin in two directions and not
+small (a needle at an edge of ``P``) is sliced along its longest direction,
 into small polygons, which the 2-D kernel integrates by its cubature (kept: relative-accurate at
 any size); one thin in one direction (a slab at a ridge) along its thinnest, into wide ones.
 
@@ -202,7 +203,11 @@ def _polygon_kernel(nrm, off):
     the slices) where they are thin (:func:`_thin_sliced`)."""
     tm = _truncated_moments_2d(nrm, off)
     return _thin_sliced(
-        nrm, off, (tm.log_mass, tm.mean, tm.cov, tm.error), _interval_kernel, _small_polygons
+        nrm,
+        off,
+        (tm.log_mass, tm.mean, tm.cov, tm.error),
+        _interval_kernel,
+        lambda i: _small_polygons(nrm[i], off[i]),
     )
 
 
@@ -220,36 +225,23 @@ def _small_polygons(nrm, off):
 
 def _polyhedron_kernel(nrm, off, near):
     """:func:`_polygon_kernel` one dimension up: ``N(0, I_3)`` on 3-D cross-sections (of a far
-    4-D polytope), ``near(nrm, off) -> (log mass, mean, cov, error)`` (the divergence form, which
-    :mod:`._polytope` passes in) where they are wide, slices with :func:`_polygon_kernel` on
-    them where they are thin (its covariance is a difference of ``O(1 / width)`` terms there:
-    a slab 1e-4 wide had its covariance 0.08 of its own variance off, a 1e-4 cube 1e3)."""
-    lm, mean, cov, err = near(nrm, off)
-    # a tiny section (~1e-9 of the Gaussian's scale: at the vertex of a far polytope) can come
-    # back empty from the near kernel; one with a vertex is sliced instead (err = inf)
-    e = np.flatnonzero(lm == -np.inf)
-    if e.size:
-        act = np.isfinite(off[e])
-        vz = _vertex_z(
-            nrm[e, :, 0],
-            nrm[e, :, 1:],
-            off[e],
-            act,
-            np.full(e.size, -np.inf),
-            np.full(e.size, np.inf),
-        )
-        err = err.copy()
-        err[e[np.isfinite(vz).any(axis=1)]] = np.inf
-    return _thin_sliced(nrm, off, (lm, mean, cov, err), _polygon_kernel)
+    4-D polytope), ``near(nrm, off) -> (log mass, mean, cov, error, small)`` (the 3-D kernel
+    without slices, which :mod:`._polytope` passes in; ``small``: the sections its cubature
+    did, relative-accurate at any size and never sliced) where they are wide or small, slices
+    with :func:`_polygon_kernel` where they are thin (the divergence form's covariance is a
+    difference of ``O(1 / width)`` terms there: a slab 1e-4 wide had its covariance 0.08 of
+    its own variance off)."""
+    lm, mean, cov, err, small = near(nrm, off)
+    return _thin_sliced(nrm, off, (lm, mean, cov, err), _polygon_kernel, lambda i: small[i])
 
 
 def _thin_sliced(nrm, off, wide, sub, trusted=None):
     """The near kernel's result ``wide`` (log mass, mean, cov, error) of ``N(0, I_m)`` on the
     sections ``{y : nrm_i . y <= off_i}``, with the thin ones replaced by slices along their
     thinnest direction (``sub``: the ``(m - 1)``-dimensional kernel on the slices; ``m = 3``
-    sections thin in two directions along their longest).  ``trusted(nrm, off)``, optional:
-    the sections whose ``wide`` result stands whatever its covariance (the small polygons of
-    the 2-D kernel's cubature).
+    sections thin in two directions along their longest).  ``trusted(i)``, optional: which of
+    the sections ``i`` keep their ``wide`` result whatever its covariance (the small ones the
+    near kernel did by its cubature).
 
     A section is thin where the kernel's covariance error, ``~ (error + eps) (1 + |mean|^2)``
     absolute, is not small against its smallest variance (thin sections at an edge, tiny ones
@@ -269,7 +261,7 @@ def _thin_sliced(nrm, off, wide, sub, trusted=None):
     with np.errstate(invalid="ignore"):
         thin &= ~fin | (np.sum(mean * mean, axis=1) <= _NEAR**2)
     if trusted is not None and thin.any():
-        thin[thin] &= ~trusted(nrm[thin], off[thin])
+        thin[thin] &= ~trusted(np.flatnonzero(thin))
     if not thin.any():
         return lm, mean, cov, err
     i = np.flatnonzero(thin)
@@ -570,8 +562,8 @@ def tail_moments(nu, cu, active, dist, near=None):
         The polyhedra's distances from the mean (``>= TAIL_D``).
     near : callable, optional
         ``k = 4``: the near kernel of the 3-D cross-sections, ``(normals (M, F, 3), offsets
-        (M, F)) -> (log mass, mean, cov, log-mass error)`` (the divergence form of
-        :mod:`._polytope`, which imports this module).
+        (M, F)) -> (log mass, mean, cov, log-mass error, small)`` (:mod:`._polytope`, which
+        imports this module, without slices; ``small``: the sections done by its cubature).
 
     Returns
     -------
