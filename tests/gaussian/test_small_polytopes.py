@@ -1,5 +1,5 @@
-"""Small polyhedra in ``d = 3``: mass and moments at any size (the cubature of
-:mod:`exactdgn.gaussian._polytope_cubature`).
+"""Small and thin polyhedra in ``d = 3``: mass and moments at any size (the cubature of
+:mod:`exactdgn.gaussian._polytope_cubature`, the slices of :mod:`._polytope_thin`).
 
 The edge formula's signed terms are ``~1 / size`` times a small polyhedron's mass: a simplex
 1e-6 across near the mean was 1.2 nats off (with an error estimate of 0.09) and one 1e-9 across
@@ -89,6 +89,7 @@ def test_without_the_cubature_the_same_polyhedra_are_wrong(monkeypatch):
     ref = polytope_ref(n, c)
     bn, bc, _, bmean, bcov = _tiny_box(0.7, 1e-4)
     monkeypatch.setattr(_polytope, "SMALL_SPREAD", -1.0)
+    monkeypatch.setattr(_polytope, "_THIN_VAR", 0.0)  # (the thin slices would take the box)
     tm = truncated_moments(n[None], c[None])
     assert not abs(tm.log_mass[0] - ref.log_mass) < 0.1
     tm = truncated_moments(bn[None], bc[None])
@@ -167,3 +168,85 @@ def test_a_small_polyhedron_keeps_its_bits_in_any_batch():
     batch = truncated_moments(N, C)
     for a, b in zip(alone, batch, strict=True):
         np.testing.assert_array_equal(a[0], b[20])
+
+
+# --------------------------------------------------------------------------------------------
+# thin polyhedra (not small): slices across the thin direction (_polytope_thin)
+# --------------------------------------------------------------------------------------------
+def _slab(centre: float, width: float, seed: int = 0):
+    """A rotated slab ``width x 2 x 2`` whose centre is ``centre`` from the mean."""
+    x = centre * np.array([0.6, -0.48, 0.64])
+    lo = x - np.array([0.5 * width, 0.9, 1.2])
+    hi = x + np.array([0.5 * width, 1.1, 0.8])
+    return rotated_box(lo, hi, np.random.default_rng(seed))
+
+
+def _representable(cov) -> float:
+    """A covariance matrix holds its smallest variance only to ``eps lambda_max / lambda_min``
+    (the reference's as the library's)."""
+    lam = np.linalg.eigvalsh(cov)
+    return 16.0 * EPS * lam[-1] / lam[0]
+
+
+@pytest.mark.parametrize("width", [1e-3, 1e-5, 1e-7])
+@pytest.mark.parametrize("centre", [0.0, 0.7, 3.0])
+def test_thin_slabs_match_the_interval_products(centre, width):
+    """Slabs 1e-3 to 1e-7 thin and 2 across (too wide for the cubature): log mass and moments
+    within the input's conditioning (the divergence form was up to 5e7 of the slab's own
+    variance off, see below)."""
+    n, c, log_mass, mean, cov = _slab(centre, width)
+    tm = truncated_moments(n[None], c[None])
+    cond = _conditioning(centre, width)
+    assert abs(tm.log_mass[0] - log_mass) <= tm.error[0] + cond
+    assert tm.error[0] <= 1e-12 + 4.0 * cond
+    tol = 1e-10 + cond + _representable(cov)
+    assert whitened_error(tm.mean[0], tm.cov[0], mean, cov) <= tol
+
+
+def test_without_the_slices_thin_slabs_are_wrong(monkeypatch):
+    n, c, _, mean, cov = _slab(0.0, 1e-5)
+    monkeypatch.setattr(_polytope, "_THIN_VAR", 0.0)
+    tm = truncated_moments(n[None], c[None])
+    assert not whitened_error(tm.mean[0], tm.cov[0], mean, cov) < 1.0
+
+
+def _random_slabs(rng, m):
+    """``m`` random bounded polyhedra squashed along a random direction (1e-5 to 1e-3 of their
+    size, 0.3 to 3 across), 0 to 5 sd from the mean."""
+    tetra = np.array([[1.0, 1.0, 1.0], [1.0, -1.0, -1.0], [-1.0, 1.0, -1.0], [-1.0, -1.0, 1.0]])
+    out = []
+    for _ in range(m):
+        n = rng.normal(size=(7, 3))
+        n[:4] = tetra @ rotation(rng, 3)
+        n /= np.linalg.norm(n, axis=1, keepdims=True)
+        u = rotation(rng, 3)[:, 0]
+        squash = np.eye(3) - (1.0 - 10.0 ** rng.uniform(-5.0, -3.0)) * np.outer(u, u)
+        rows = n @ np.linalg.inv(squash)
+        centre = rng.normal(size=3)
+        centre *= rng.uniform(0.0, 5.0) / np.linalg.norm(centre)
+        size = 10.0 ** rng.uniform(-0.5, 0.5)
+        out.append((rows, rows @ centre + size * rng.uniform(0.2, 1.0, size=7)))
+    return out
+
+
+def test_random_thin_slabs_match_the_quadrature_oracle():
+    for n, c in _random_slabs(np.random.default_rng(5), 5):
+        ref = polytope_ref(n, c)
+        tm = truncated_moments(n[None], c[None])
+        assert abs(tm.log_mass[0] - ref.log_mass) <= tm.error[0] + 1e-11
+        assert whitened_error(tm.mean[0], tm.cov[0], ref.mean, ref.cov) <= 1e-7
+
+
+def test_the_weight_decides_which_thin_slabs_are_sliced(monkeypatch):
+    """With ``log_weight``, a thin slab whose weight hides the divergence form's error keeps
+    its bits; a visible one is sliced (the result without a weight)."""
+    n, c, *_ = _slab(0.7, 1e-5)
+    N, C = np.stack([n, n]), np.stack([c, c])
+    tm = truncated_moments(N, C, log_weight=np.array([-80.0, 0.0]))
+    sliced = truncated_moments(n[None], c[None])
+    monkeypatch.setattr(_polytope, "_THIN_VAR", 0.0)
+    div = truncated_moments(N, C)
+    for a, s, d in zip(tm, sliced, div, strict=True):
+        np.testing.assert_array_equal(a[0], d[0])
+        np.testing.assert_array_equal(a[1], s[0])
+    assert not np.array_equal(sliced.cov, div.cov)

@@ -66,6 +66,9 @@ squares), each weighted by ``term / mass``, plus ``4 eps (1 + |log m|)``.  It gr
 when the signed terms cancel: thin polytopes lose about ``1 / (width * max(1, D))`` relative
 (e.g. a 2e-6 x 2e-6 needle at distance 19: true error 4e-5, reported 1e-4); for thin slabs near
 the mean the estimate can be ~20 times short (random slabs 2e-5 thin: error 1e-7, estimate 6e-9).
+:func:`truncated_moments_nd` redoes thin bounded polyhedra (smallest variance below
+``_THIN_VAR``, weight permitting) from slices across their thin direction
+(:mod:`._polytope_thin`): log mass and moments without that loss.
 
 **Moments** (divergence theorem, stable weight form), with
 ``w_F = exp(log phi(c_F) + log m_{d-1}(F~) - log m)``::
@@ -97,6 +100,7 @@ from ._interval import EPS, TruncatedMoments, log_phi
 from ._polygon import _omega, _truncated_moments_2d, polygon_edges
 from ._polytope_cubature import SMALL_SPREAD, small_polyhedra
 from ._polytope_tail import TAIL_D, tail_moments
+from ._polytope_thin import thin_polyhedra
 from ._rules import (
     LOG_2PI,
     gauss_laguerre,
@@ -139,6 +143,9 @@ _CHUNK = 2048
 _DIV_ERR = 1e-13
 _DIV_ERR_4 = 1e-17
 _WEIGHTED_ERR = 1e-16
+# Near polyhedra (d = 3) thinner than this (smallest variance) are sliced (_polytope_thin).
+_THIN_VAR = 1e-4
+_THIN_ERR = 1e-13
 _CHUNK_ND = 8
 
 # panel kinds
@@ -1013,9 +1020,66 @@ def _moments_block(n, c, log_weight=None):
             nu[far], cu[far], active[far], geo.dist[far], near=_near_moments_3d
         )
         mean[far[tok]], cov[far[tok]] = tmean[tok], tcov[tok]
+    if nu.shape[2] == 3:  # thin bounded polyhedra: from slices across the thin direction
+        near = ok & ~sliced & ~is_small
+        rows, e = _thin_rows(near, mean, cov, err, log_weight)
+        if rows.size:
+            P0, P1, eok = _edge_points(nu, cu, geo, rows)
+            fin = np.all(~eok[..., None] | (np.isfinite(P0) & np.isfinite(P1)), axis=(1, 2, 3))
+            rows, e, P0, eok = rows[fin], e[fin], P0[fin], eok[fin]
+        if rows.size:
+            e = _thin_direction(P0, eok)
+            vx = np.where(eok, np.einsum("sfjk,sk->sfj", P0, e), np.nan)
+            off = np.where(active[rows], cu[rows], np.inf)
+            res = thin_polyhedra(nu[rows], off, e, _distinct(vx.reshape(rows.size, -1)))
+            logm[rows], mean[rows], cov[rows], err[rows] = res
     mean[~ok] = np.nan
     cov[~ok] = np.nan
     return logm, mean, cov, err, is_small
+
+
+def _thin_rows(near, mean, cov, err, log_weight):
+    """The ``near`` polyhedra (not far, not small) that are thin (smallest variance below
+    ``_THIN_VAR``) and, with ``log_weight``, whose weight times the divergence form's covariance
+    error there can show (above ``_WEIGHTED_ERR``; that error, measured on slabs, needles and
+    cubes ``w`` wide near the mean, is ~1e-13 / w^3.4 of their own variance ``w^2``, and at
+    least ``16 (error + eps) (1 + |mean|^2)``); and their thin directions (S, 3)."""
+    rows = np.flatnonzero(near)
+    if rows.size == 0:
+        return rows, np.zeros((0, 3))
+    with np.errstate(all="ignore"):
+        lam, vec = np.linalg.eigh(np.where(np.isfinite(cov[rows]), cov[rows], np.eye(3)))
+        keep = lam[:, 0] < _THIN_VAR
+        if log_weight is not None:
+            loss = 16.0 * (err[rows] + EPS) * (1.0 + np.sum(mean[rows] ** 2, axis=1))
+            bound = loss + _THIN_ERR * np.maximum(lam[:, 0], 1e-300) ** -0.7
+            keep &= log_weight[rows] + np.log(bound) > np.log(_WEIGHTED_ERR)
+    return rows[keep], vec[keep, :, 0]
+
+
+def _thin_direction(P, ok):
+    """(S, 3) the smallest principal axis of the vertices ``P`` (S, F, J, 3) (``ok``: real): the
+    divergence covariance, whose error is the reason for slicing, can be far off it."""
+    cnt = ok.sum(axis=(1, 2))[:, None]
+    g = np.where(ok[..., None], P, 0.0).sum(axis=(1, 2)) / cnt
+    d = np.where(ok[..., None], P - g[:, None, None, :], 0.0)
+    scatter = np.einsum("sfjk,sfjl->skl", d, d)
+    return np.linalg.eigh(scatter)[1][:, :, 0]
+
+
+def _distinct(vx):
+    """(S, J) sorted coordinates with repeats (within 1e-13 of the range) made ``nan``, and
+    the columns that hold nothing dropped."""
+    xs = np.sort(np.where(np.isnan(vx), np.inf, vx), axis=1)
+    with np.errstate(invalid="ignore"):
+        span = np.max(np.where(np.isfinite(xs), np.abs(xs), 0.0), axis=1, keepdims=True)
+        rep = np.zeros_like(xs, dtype=bool)
+        rep[:, 1:] = ~(xs[:, 1:] - xs[:, :-1] > 1e-13 * span)
+    xs = np.where(rep | ~np.isfinite(xs), np.inf, xs)
+    xs = np.sort(xs, axis=1)
+    width = max(int(np.isfinite(xs).sum(axis=1).max()), 2)
+    xs = xs[:, :width]
+    return np.where(np.isfinite(xs), xs, np.nan)
 
 
 def _moments_parts(n, c, log_weight):
