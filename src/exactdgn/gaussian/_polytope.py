@@ -1031,8 +1031,19 @@ def _moments_block(n, c, log_weight=None):
             e = _thin_direction(P0, eok)
             vx = np.where(eok, np.einsum("sfjk,sk->sfj", P0, e), np.nan)
             off = np.where(active[rows], cu[rows], np.inf)
-            res = thin_polyhedra(nu[rows], off, e, _distinct(vx.reshape(rows.size, -1)))
-            logm[rows], mean[rows], cov[rows], err[rows] = res
+            lm_t, mean_t, cov_t, err_t = thin_polyhedra(
+                nu[rows], off, e, _distinct(vx.reshape(rows.size, -1))
+            )
+            # a slab thinner than its vertices' rounding has no panel: it keeps its result
+            take = np.isfinite(lm_t) & np.isfinite(mean_t).all(axis=1) & np.isfinite(err_t)
+            take &= np.isfinite(cov_t).all(axis=(1, 2))
+            rows = rows[take]
+            logm[rows], mean[rows], cov[rows], err[rows] = (
+                lm_t[take],
+                mean_t[take],
+                cov_t[take],
+                err_t[take],
+            )
     mean[~ok] = np.nan
     cov[~ok] = np.nan
     return logm, mean, cov, err, is_small
@@ -1068,13 +1079,13 @@ def _thin_direction(P, ok):
 
 
 def _distinct(vx):
-    """(S, J) sorted coordinates with repeats (within 1e-13 of the range) made ``nan``, and
-    the columns that hold nothing dropped."""
+    """(S, J) sorted coordinates with repeats (within ``64 eps`` of their size: one vertex
+    reached from several facets) made ``nan``, and the columns that hold nothing dropped."""
     xs = np.sort(np.where(np.isnan(vx), np.inf, vx), axis=1)
     with np.errstate(invalid="ignore"):
         span = np.max(np.where(np.isfinite(xs), np.abs(xs), 0.0), axis=1, keepdims=True)
         rep = np.zeros_like(xs, dtype=bool)
-        rep[:, 1:] = ~(xs[:, 1:] - xs[:, :-1] > 1e-13 * span)
+        rep[:, 1:] = ~(xs[:, 1:] - xs[:, :-1] > 64.0 * EPS * span)
     xs = np.where(rep | ~np.isfinite(xs), np.inf, xs)
     xs = np.sort(xs, axis=1)
     width = max(int(np.isfinite(xs).sum(axis=1).max()), 2)

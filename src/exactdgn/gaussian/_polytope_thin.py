@@ -37,6 +37,7 @@ __all__ = ["thin_polyhedra"]
 
 _NODES = 20
 _CHECK = 12
+_BLOCK = 32  # polyhedra per block
 
 
 def _rule(n):
@@ -81,6 +82,15 @@ def _slice_sums(nu, cu, e, V, lo, hi, n):
 
 
 def thin_polyhedra(nu, cu, e, vx):
+    """Blocks of :func:`_thin_block` (each slices ~``_BLOCK * 2 F * 32`` sections)."""
+    parts = [
+        _thin_block(nu[i : i + _BLOCK], cu[i : i + _BLOCK], e[i : i + _BLOCK], vx[i : i + _BLOCK])
+        for i in range(0, nu.shape[0], _BLOCK)
+    ]
+    return tuple(np.concatenate([p[j] for p in parts]) for j in range(4))
+
+
+def _thin_block(nu, cu, e, vx):
     """Log mass, mean, covariance and log-mass error of ``N(0, I_3)`` on thin bounded polyhedra.
 
     Parameters
@@ -111,11 +121,13 @@ def thin_polyhedra(nu, cu, e, vx):
     last = np.max(np.where(np.isfinite(xs), xs, -np.inf), axis=1)
     xs = np.where(np.isfinite(xs), xs, last[:, None])  # unused ends: zero-width panels
     lo, hi = xs[:, :-1], xs[:, 1:]
-    lm, mean, cov, err = _slice_sums(nu, cu, e, V, lo, hi, _NODES)
-    lm_c, mean_c, _, _ = _slice_sums(nu, cu, e, V, lo, hi, _CHECK)
+    # (a slab thinner than its vertices' rounding has no panel: NaN, which the caller drops)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lm, mean, cov, err = _slice_sums(nu, cu, e, V, lo, hi, _NODES)
+        lm_c, mean_c, _, _ = _slice_sums(nu, cu, e, V, lo, hi, _CHECK)
+        scale = np.sqrt(np.maximum(np.einsum("sii->si", cov), 1e-300))
+        quad = np.abs(lm - lm_c) + np.max(np.abs(mean - mean_c) / scale, axis=1)
     R = np.concatenate([e[:, :, None], V], axis=2)  # (S, 3, 3): columns e, v1, v2
-    scale = np.sqrt(np.maximum(np.einsum("sii->si", cov), 1e-300))
-    quad = np.abs(lm - lm_c) + np.max(np.abs(mean - mean_c) / scale, axis=1)
     mean = np.einsum("skl,sl->sk", R, mean)
     cov = R @ cov @ np.swapaxes(R, 1, 2)
     return lm, mean, 0.5 * (cov + np.swapaxes(cov, 1, 2)), err + quad
