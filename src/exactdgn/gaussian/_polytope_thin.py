@@ -63,7 +63,7 @@ def _slice_sums(nu, cu, e, V, lo, hi, n):
         lf = (np.log(w) - 0.5 * x * x - LOG_SQRT_2PI + tm.log_mass.reshape(S, M)).reshape(S, M)
     ok = np.isfinite(lf)
     top = np.max(np.where(ok, lf, -np.inf), axis=1)
-    f = np.where(ok, np.exp(np.where(ok, lf, 0.0) - top[:, None]), 0.0)
+    f = np.exp(np.where(ok, lf - top[:, None], -np.inf))  # (the NaN rows of -inf tops: dropped)
     Z = f.sum(axis=1)
     my = np.where(ok[..., None], tm.mean.reshape(S, M, 2), 0.0)
     Cy = np.where(ok[..., None, None], tm.cov.reshape(S, M, 2, 2), 0.0)
@@ -122,7 +122,7 @@ def _thin_block(nu, cu, e, vx):
     xs = np.where(np.isfinite(xs), xs, last[:, None])  # unused ends: zero-width panels
     lo, hi = xs[:, :-1], xs[:, 1:]
     # (a slab thinner than its vertices' rounding has no panel: NaN, which the caller drops)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(all="ignore"):
         lm, mean, cov, err = _slice_sums(nu, cu, e, V, lo, hi, _NODES)
         lm_c, mean_c, _, _ = _slice_sums(nu, cu, e, V, lo, hi, _CHECK)
         scale = np.sqrt(np.maximum(np.einsum("sii->si", cov), 1e-300))
