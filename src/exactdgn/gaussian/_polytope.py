@@ -89,7 +89,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import replace
 
 import numpy as np
 from scipy.optimize import linprog
@@ -98,7 +98,7 @@ from scipy.special import erfcx, log_ndtr
 from ._divergence import divergence_moments
 from ._interval import EPS, TruncatedMoments, log_phi
 from ._polygon import _omega, _truncated_moments_2d, polygon_edges
-from ._polytope_cubature import SMALL_SPREAD, small_polyhedra
+from ._polytope_cubature import SMALL_SPREAD, SmallPolyhedra, small_polyhedra
 from ._polytope_tail import TAIL_D, tail_moments
 from ._polytope_thin import thin_polyhedra
 from ._rules import (
@@ -854,17 +854,6 @@ def _check(normals, offsets):
     return n, c
 
 
-@dataclass(frozen=True)
-class _Small:
-    """Small polyhedra done by cubature (:mod:`._polytope_cubature`): their rows and results."""
-
-    rows: np.ndarray
-    log_mass: np.ndarray
-    error: np.ndarray
-    mean: np.ndarray | None
-    cov: np.ndarray | None
-
-
 def _edge_points(nu, cu, geo: _Geo3, rows: np.ndarray):
     """End points ``(S, F, F, 3)`` of the facets' edges of polyhedra ``rows`` and which are
     real (``u = c_F n_F + U_F (b a + t tau)`` on facet ``F``'s in-plane edge line)."""
@@ -882,7 +871,7 @@ def _edge_points(nu, cu, geo: _Geo3, rows: np.ndarray):
     return P0, P1, ok
 
 
-def _small_3d(nu, cu, geo: _Geo3, moments: bool) -> _Small:
+def _small_3d(nu, cu, geo: _Geo3, moments: bool) -> SmallPolyhedra:
     """Bounded small polyhedra (d = 3) by cubature: no cancellation (the edge formula loses
     ``~1 / size`` relative, the divergence moments ``eps / size^4``).
 
@@ -894,8 +883,8 @@ def _small_3d(nu, cu, geo: _Geo3, moments: bool) -> _Small:
         cand = ok.any(axis=(1, 2)) & (0.5 * longest * (geo.dist + 0.25 * longest) <= SMALL_SPREAD)
     cand = np.flatnonzero(cand)
     P0, P1, eok = _edge_points(nu, cu, geo, cand)
-    small, lm, err, mean, cov = small_polyhedra(P0, P1, eok, nu[cand], cu[cand], moments)
-    return _Small(cand[small], lm, err, mean, cov)
+    small = small_polyhedra(P0, P1, eok, nu[cand], cu[cand], moments)
+    return replace(small, rows=cand[small.rows])
 
 
 def _log_mass_block(n, c, moments=False):
@@ -1021,32 +1010,31 @@ def _moments_block(n, c, log_weight=None):
         )
         mean[far[tok]], cov[far[tok]] = tmean[tok], tcov[tok]
     if nu.shape[2] == 3:  # thin bounded polyhedra: from slices across the thin direction
-        near = ok & ~sliced & ~is_small
-        rows, e = _thin_rows(near, mean, cov, err, log_weight)
-        if rows.size:
-            P0, P1, eok = _edge_points(nu, cu, geo, rows)
-            fin = np.all(~eok[..., None] | (np.isfinite(P0) & np.isfinite(P1)), axis=(1, 2, 3))
-            rows, e, P0, eok = rows[fin], e[fin], P0[fin], eok[fin]
-        if rows.size:
-            e = _thin_direction(P0, eok)
-            vx = np.where(eok, np.einsum("sfjk,sk->sfj", P0, e), np.nan)
-            off = np.where(active[rows], cu[rows], np.inf)
-            lm_t, mean_t, cov_t, err_t = thin_polyhedra(
-                nu[rows], off, e, _distinct(vx.reshape(rows.size, -1))
-            )
-            # a slab thinner than its vertices' rounding has no panel: it keeps its result
-            take = np.isfinite(lm_t) & np.isfinite(mean_t).all(axis=1) & np.isfinite(err_t)
-            take &= np.isfinite(cov_t).all(axis=(1, 2))
-            rows = rows[take]
-            logm[rows], mean[rows], cov[rows], err[rows] = (
-                lm_t[take],
-                mean_t[take],
-                cov_t[take],
-                err_t[take],
-            )
+        rows = _thin_rows(ok & ~sliced & ~is_small, mean, cov, err, log_weight)
+        rows, tm = _thin_moments(nu, cu, active, geo, rows)
+        logm[rows], mean[rows], cov[rows], err[rows] = tm.log_mass, tm.mean, tm.cov, tm.error
     mean[~ok] = np.nan
     cov[~ok] = np.nan
     return logm, mean, cov, err, is_small
+
+
+def _thin_moments(nu, cu, active, geo, rows):
+    """:func:`._polytope_thin.thin_polyhedra` on the bounded ones of the polyhedra ``rows``:
+    the rows done and their results (a slab thinner than its vertices' rounding has no panel
+    and keeps its own)."""
+    P0, P1, eok = _edge_points(nu, cu, geo, rows)
+    fin = np.all(~eok[..., None] | (np.isfinite(P0) & np.isfinite(P1)), axis=(1, 2, 3))
+    rows, P0, eok = rows[fin], P0[fin], eok[fin]
+    if rows.size == 0:
+        z = np.zeros(0)
+        return rows, TruncatedMoments(z, np.zeros((0, 3)), np.zeros((0, 3, 3)), z)
+    e = _thin_direction(P0, eok)
+    vx = np.where(eok, np.einsum("sfjk,sk->sfj", P0, e), np.nan).reshape(rows.size, -1)
+    off = np.where(active[rows], cu[rows], np.inf)
+    tm = thin_polyhedra(nu[rows], off, e, _distinct(vx))
+    take = np.isfinite(tm.log_mass) & np.isfinite(tm.error)
+    take &= np.isfinite(tm.mean).all(axis=1) & np.isfinite(tm.cov).all(axis=(1, 2))
+    return rows[take], TruncatedMoments(*(v[take] for v in tm))
 
 
 def _thin_rows(near, mean, cov, err, log_weight):
@@ -1054,18 +1042,18 @@ def _thin_rows(near, mean, cov, err, log_weight):
     ``_THIN_VAR``) and, with ``log_weight``, whose weight times the divergence form's covariance
     error there can show (above ``_WEIGHTED_ERR``; that error, measured on slabs, needles and
     cubes ``w`` wide near the mean, is ~1e-13 / w^3.4 of their own variance ``w^2``, and at
-    least ``16 (error + eps) (1 + |mean|^2)``); and their thin directions (S, 3)."""
+    least ``16 (error + eps) (1 + |mean|^2)``)."""
     rows = np.flatnonzero(near)
     if rows.size == 0:
-        return rows, np.zeros((0, 3))
+        return rows
     with np.errstate(all="ignore"):
-        lam, vec = np.linalg.eigh(np.where(np.isfinite(cov[rows]), cov[rows], np.eye(3)))
+        lam = np.linalg.eigvalsh(np.where(np.isfinite(cov[rows]), cov[rows], np.eye(3)))
         keep = lam[:, 0] < _THIN_VAR
         if log_weight is not None:
             loss = 16.0 * (err[rows] + EPS) * (1.0 + np.sum(mean[rows] ** 2, axis=1))
             bound = loss + _THIN_ERR * np.maximum(lam[:, 0], 1e-300) ** -0.7
             keep &= log_weight[rows] + np.log(bound) > np.log(_WEIGHTED_ERR)
-    return rows[keep], vec[keep, :, 0]
+    return rows[keep]
 
 
 def _thin_direction(P, ok):

@@ -28,6 +28,7 @@ the vertices: one ulp of the offsets moves a vertex by ``~eps |P|``, the mass by
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
@@ -35,7 +36,7 @@ import numpy as np
 from ._interval import EPS
 from ._rules import LOG_2PI, gauss_legendre_01
 
-__all__ = ["SMALL_SPREAD", "small_polyhedra"]
+__all__ = ["SMALL_SPREAD", "SmallPolyhedra", "small_polyhedra"]
 
 #: Polyhedra whose exponent spread ``R (|g| + R/2)`` is at most this go to the cubature.
 SMALL_SPREAD = 1.0
@@ -102,7 +103,18 @@ def _node_sums(coef: np.ndarray, nodes: np.ndarray, ncol: int) -> np.ndarray:
     return out
 
 
-def small_polyhedra(P0, P1, edge_ok, normals, offsets, moments: bool):
+@dataclass(frozen=True)
+class SmallPolyhedra:
+    """The small polyhedra of a batch (``rows``, indices into it) and their results."""
+
+    rows: np.ndarray  # (S,)
+    log_mass: np.ndarray  # (S,)
+    error: np.ndarray  # (S,), absolute, of the log mass
+    mean: np.ndarray | None  # (S, 3), or None without moments
+    cov: np.ndarray | None  # (S, 3, 3)
+
+
+def small_polyhedra(P0, P1, edge_ok, normals, offsets, moments: bool) -> SmallPolyhedra:
     """Mass and moments of ``N(0, I_3)`` on small bounded polyhedra, from their facets' edges.
 
     Parameters
@@ -119,12 +131,8 @@ def small_polyhedra(P0, P1, edge_ok, normals, offsets, moments: bool):
 
     Returns
     -------
-    small : ndarray of bool, shape (Q,)
-        Polyhedra with spread ``R (|g| + R/2) <= SMALL_SPREAD``; the other outputs are for
-        these rows only, in order.
-    log_mass, error : ndarray, shape (S,)
-        ``error``: absolute, of the log mass.
-    mean, cov : ndarray, shape (S, 3), (S, 3, 3), or None
+    SmallPolyhedra
+        The polyhedra with spread ``R (|g| + R/2) <= SMALL_SPREAD`` and their results.
     """
     ok = edge_ok[..., None]
     with np.errstate(all="ignore"):
@@ -138,7 +146,8 @@ def small_polyhedra(P0, P1, edge_ok, normals, offsets, moments: bool):
     S = idx.size
     if S == 0:
         z = np.zeros(0)
-        return small, z, z, (np.zeros((0, 3)) if moments else None), None
+        mean, cov = (np.zeros((0, 3)), np.zeros((0, 3, 3))) if moments else (None, None)
+        return SmallPolyhedra(idx, z, z, mean, cov)
     P0, P1, eo, g, R, spread = P0[idx], P1[idx], edge_ok[idx], g[idx], R[idx], spread[idx]
     height = offsets[idx] - np.einsum("sfk,sk->sf", normals[idx], g)  # of g over each facet
     # each facet is fanned from one of its vertices, V (the start of its first edge); the
@@ -185,7 +194,7 @@ def small_polyhedra(P0, P1, edge_ok, normals, offsets, moments: bool):
     logm = np.where(empty, -np.inf, logm)
     err = np.where(empty, 0.0, err)
     if not moments:
-        return small, logm, err, None, None
+        return SmallPolyhedra(idx, logm, err, None, None)
     up = _node_sums(coef, n_mom[qi], 10) * det[:, None]
     tot = np.bincount(qi, weights=up[:, 0], minlength=S)
     with np.errstate(all="ignore"):
@@ -206,4 +215,4 @@ def small_polyhedra(P0, P1, edge_ok, normals, offsets, moments: bool):
     mean = g + Ev
     mean[empty] = np.nan
     cov[empty] = np.nan
-    return small, logm, err, mean, cov
+    return SmallPolyhedra(idx, logm, err, mean, cov)

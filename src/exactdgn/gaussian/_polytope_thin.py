@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._interval import TruncatedMoments
 from ._polygon import _truncated_moments_2d
-from ._rules import LOG_SQRT_2PI, gauss_legendre_01
+from ._rules import LOG_SQRT_2PI, gauss_legendre_01, householder_basis
 
 __all__ = ["thin_polyhedra"]
 
@@ -40,17 +41,12 @@ _CHECK = 12
 _BLOCK = 32  # polyhedra per block
 
 
-def _rule(n):
-    x, w = gauss_legendre_01(n)
-    return np.asarray(x), np.asarray(w)
-
-
 def _slice_sums(nu, cu, e, V, lo, hi, n):
     """Log mass, mean (S, 3) in the frame ``(e, V)`` and covariance (S, 3, 3) from ``n``-node
     Gauss-Legendre on the panels ``[lo, hi]`` (S, K) (zero-width panels hold nothing)."""
     S, F, _ = nu.shape
     K = lo.shape[1]
-    xg, wg = _rule(n)
+    xg, wg = gauss_legendre_01(n)
     x = (lo[..., None] + (hi - lo)[..., None] * xg).reshape(S, K * n)
     w = ((hi - lo)[..., None] * wg).reshape(S, K * n)
     a = np.einsum("sfk,sk->sf", nu, e)  # (S, F)
@@ -82,15 +78,6 @@ def _slice_sums(nu, cu, e, V, lo, hi, n):
 
 
 def thin_polyhedra(nu, cu, e, vx):
-    """Blocks of :func:`_thin_block` (each slices ~``_BLOCK * 2 F * 32`` sections)."""
-    parts = [
-        _thin_block(nu[i : i + _BLOCK], cu[i : i + _BLOCK], e[i : i + _BLOCK], vx[i : i + _BLOCK])
-        for i in range(0, nu.shape[0], _BLOCK)
-    ]
-    return tuple(np.concatenate([p[j] for p in parts]) for j in range(4))
-
-
-def _thin_block(nu, cu, e, vx):
     """Log mass, mean, covariance and log-mass error of ``N(0, I_3)`` on thin bounded polyhedra.
 
     Parameters
@@ -104,19 +91,23 @@ def _thin_block(nu, cu, e, vx):
     vx : ndarray, shape (S, J)
         The vertices' coordinates along ``e`` (``nan`` where unused).
 
+    Blocks of ``_BLOCK`` polyhedra (each slices ~``_BLOCK * 2 F * 32`` cross-sections).
+
     Returns
     -------
-    log_mass, mean, cov, error : ndarray, shapes (S,), (S, 3), (S, 3, 3), (S,)
+    TruncatedMoments
+        ``log_mass`` (S,), ``mean`` (S, 3), ``cov`` (S, 3, 3), ``error`` (S,).
     """
-    S = nu.shape[0]
-    # an orthonormal frame (e, V): V from the two axes least aligned with e
-    axis = np.argsort(np.abs(e), axis=1)
-    t = np.zeros((S, 3))
-    t[np.arange(S), axis[:, 0]] = 1.0
-    v1 = np.cross(e, t)
-    v1 /= np.linalg.norm(v1, axis=1, keepdims=True)
-    v2 = np.cross(e, v1)
-    V = np.stack([v1, v2], axis=2)  # (S, 3, 2)
+    parts = [
+        _thin_block(nu[i : i + _BLOCK], cu[i : i + _BLOCK], e[i : i + _BLOCK], vx[i : i + _BLOCK])
+        for i in range(0, nu.shape[0], _BLOCK)
+    ]
+    return TruncatedMoments(*(np.concatenate([p[j] for p in parts]) for j in range(4)))
+
+
+def _thin_block(nu, cu, e, vx):
+    """:func:`thin_polyhedra` on one block."""
+    V = householder_basis(e)  # (S, 3, 2): an orthonormal basis of e's complement
     xs = np.sort(np.where(np.isnan(vx), np.inf, vx), axis=1)
     last = np.max(np.where(np.isfinite(xs), xs, -np.inf), axis=1)
     xs = np.where(np.isfinite(xs), xs, last[:, None])  # unused ends: zero-width panels
@@ -130,4 +121,4 @@ def _thin_block(nu, cu, e, vx):
     R = np.concatenate([e[:, :, None], V], axis=2)  # (S, 3, 3): columns e, v1, v2
     mean = np.einsum("skl,sl->sk", R, mean)
     cov = R @ cov @ np.swapaxes(R, 1, 2)
-    return lm, mean, 0.5 * (cov + np.swapaxes(cov, 1, 2)), err + quad
+    return TruncatedMoments(lm, mean, 0.5 * (cov + np.swapaxes(cov, 1, 2)), err + quad)
