@@ -146,6 +146,7 @@ _WEIGHTED_ERR = 1e-16
 # Near polyhedra (d = 3) thinner than this (smallest variance) are sliced (_polytope_thin).
 _THIN_VAR = 1e-4
 _THIN_ERR = 1e-13
+_THIN_COND = 16.0  # the vertices' rounding, in eps |P| / width (see _thin_moments)
 _CHUNK_ND = 8
 
 # panel kinds
@@ -1032,6 +1033,11 @@ def _thin_moments(nu, cu, active, geo, rows):
     vx = np.where(eok, np.einsum("sfjk,sk->sfj", P0, e), np.nan).reshape(rows.size, -1)
     off = np.where(active[rows], cu[rows], np.inf)
     tm = thin_polyhedra(nu[rows], off, e, _distinct(vx))
+    # conditioning: the panel ends (vertices) are rounded at ~eps |P|, the mass is ~ the width
+    with np.errstate(all="ignore"):
+        size = np.max(np.where(eok, np.sqrt(np.sum(P0 * P0, axis=-1)), 0.0), axis=(1, 2))
+        width = np.nanmax(vx, axis=1) - np.nanmin(vx, axis=1)
+        tm = tm._replace(error=tm.error + _THIN_COND * EPS * size / width)
     take = np.isfinite(tm.log_mass) & np.isfinite(tm.error)
     take &= np.isfinite(tm.mean).all(axis=1) & np.isfinite(tm.cov).all(axis=(1, 2))
     return rows[take], TruncatedMoments(*(v[take] for v in tm))
