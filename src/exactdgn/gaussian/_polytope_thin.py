@@ -20,7 +20,7 @@ mean (no ``E[x^2] - E[x]^2``)::
 
 The thin direction is the smallest principal axis of the vertices (the divergence covariance
 can be far off it).  Measured against the 3-D quadrature oracle on the 120 random slabs: log
-masses within 9.5e-12 (none beyond its estimate), moments within 2e-8 of their own spread (the
+masses within 1.1e-11 (none beyond its estimate), moments within 2e-8 of their own spread (the
 floor ``eps lambda_max / lambda_min`` of a covariance matrix that thin), at <= 0.03 s each.
 Only the moments path (:func:`truncated_moments_nd`) slices; ``log_mass_nd`` alone keeps the
 edge formula (no covariance to tell a thin polyhedron by).
