@@ -63,11 +63,23 @@ def _check_floor(floor, P: int):
     return np.broadcast_to(f, (P,))
 
 
+def _checked_log_weight(log_weight, P: int) -> np.ndarray | None:
+    if log_weight is None:
+        return None
+    log_weight = np.asarray(log_weight, dtype=float)
+    if log_weight.shape != (P,):
+        raise ValueError(
+            f"log_weight must have shape ({P},) (one per polyhedron), got {log_weight.shape}"
+        )
+    reject_nan(log_weight, "log_weight", "give -inf for a polyhedron of weight 0")
+    return log_weight
+
+
 def _as_moments(res) -> TruncatedMoments:
     return res if isinstance(res, TruncatedMoments) else TruncatedMoments(*res)
 
 
-def log_mass(normals, offsets, *, return_error: bool = False, floor=None):
+def log_mass(normals, offsets, *, return_error: bool = False, floor=None, log_weight=None):
     """``log P(u in poly)`` for ``u ~ N(0, I_d)``, relative-accurate also deep in the tails.
 
     Parameters
@@ -84,6 +96,13 @@ def log_mass(normals, offsets, *, return_error: bool = False, floor=None):
         returned as ``-inf`` (error 0) without being integrated (used by exact pruning, where
         such pairs cannot change the result). Used in d = 2 (closest-point bound
         ``Q(distance)``); other dimensions integrate every pair.
+    log_weight : array_like, shape (P,), optional
+        The log of the factor each mass is multiplied by in a sum of total about 1 (in a
+        mixture ``p(x) = sum_r kappa_r m_r``: ``log kappa_r - log p(x)``, or a lower bound of
+        ``log p(x)`` in its place). Used in d = 3: a thin polyhedron, whose edge-formula terms
+        cancel, is integrated again from slices across its thin direction where its error
+        times this factor could show (above 1e-12, the rounding a mixture's log p(x)
+        carries from its log kappa); without it, every thin one is.
 
     Returns
     -------
@@ -101,7 +120,7 @@ def log_mass(normals, offsets, *, return_error: bool = False, floor=None):
     else:
         from ._polytope import log_mass_nd
 
-        res = log_mass_nd(n, c)
+        res = log_mass_nd(n, c, _checked_log_weight(log_weight, n.shape[0]))
     if not isinstance(res, tuple):
         res = (res, np.zeros_like(res))
     return res if return_error else res[0]
@@ -121,7 +140,9 @@ def truncated_moments(normals, offsets, *, floor=None, log_weight=None) -> Trunc
         with.  Far polyhedra (distance >= 8) whose weight hides the fast form's error
         (absolute ``<= 1e-13 D^4``, in ``d = 4`` also ``1e-17 D^6``; below ``1e-16`` once
         weighted) skip the slower slicing that makes their moments accurate on their own.
-        Without it, every far polyhedron is sliced.
+        Without it, every far polyhedron is sliced. ``d = 3``: thin polyhedra (cancelling
+        edge-formula terms, or a smallest variance below 1e-4) likewise, where their weight
+        times their error could show (see :func:`log_mass`).
         ``d <= 2`` does not use it (far polygons are always sliced there).
 
     Returns
@@ -132,14 +153,7 @@ def truncated_moments(normals, offsets, *, floor=None, log_weight=None) -> Trunc
     """
     n, c = _check(normals, offsets)
     floor = _check_floor(floor, n.shape[0])
-    if log_weight is not None:
-        log_weight = np.asarray(log_weight, dtype=float)
-        if log_weight.shape != (n.shape[0],):
-            raise ValueError(
-                f"log_weight must have shape ({n.shape[0]},) (one per polyhedron), "
-                f"got {log_weight.shape}"
-            )
-        reject_nan(log_weight, "log_weight", "give -inf for a polyhedron of weight 0")
+    log_weight = _checked_log_weight(log_weight, n.shape[0])
     d = n.shape[2]
     if d == 1:
         return truncated_moments_1d(n, c)

@@ -64,11 +64,16 @@ their quadrature error (the differences between the two rules / node counts) plu
 rounding, ``eps (16 + 16 |log term|)`` relative (the exponents ``-rho^2/2`` are formed from
 squares), each weighted by ``term / mass``, plus ``4 eps (1 + |log m|)``.  It grows automatically
 when the signed terms cancel: thin polytopes lose about ``1 / (width * max(1, D))`` relative
-(e.g. a 2e-6 x 2e-6 needle at distance 19: true error 4e-5, reported 1e-4); for thin slabs near
-the mean the estimate can be ~20 times short (random slabs 2e-5 thin: error 1e-7, estimate 6e-9).
-:func:`truncated_moments_nd` redoes thin bounded polyhedra (smallest variance below
-``_THIN_VAR``, weight permitting) from slices across their thin direction
-(:mod:`._polytope_thin`): log mass and moments without that loss.
+(e.g. a 2e-6 x 2e-6 needle at distance 19: true error 4e-5, reported 1e-4).  In ``d = 3`` each
+term also carries the rounding of the geometry it comes from (:func:`_offset_rounding`: the
+in-plane offsets ``b`` of nearly parallel facets are rounded at ``eps |c| / |c_j - c_F n_F .
+n_j|``, and far out a term's log moves by ``b`` times ``b``'s error), ``_GEO_ERR`` times that
+(without it the estimate was up to 3e3 times short on random squashed polyhedra near the mean,
+1e-5 nats off, and 190 times far out, 3e-4 nats off).  Bounded polyhedra whose terms
+cancel (``sum |terms| / mass > _THIN_RATIO``; in :func:`truncated_moments_nd` also those whose
+smallest variance is below ``_THIN_VAR``) are redone, weight permitting, from slices across
+their thin direction (:mod:`._polytope_thin`): log mass and moments without that loss (kept
+where their estimate is the smaller: far out, ~100 sd, the slices can be worse).
 
 **Moments** (divergence theorem, stable weight form), with
 ``w_F = exp(log phi(c_F) + log m_{d-1}(F~) - log m)``::
@@ -89,7 +94,8 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 from scipy.optimize import linprog
@@ -147,6 +153,19 @@ _WEIGHTED_ERR = 1e-16
 _THIN_VAR = 1e-4
 _THIN_ERR = 1e-13
 _THIN_COND = 16.0  # the vertices' rounding, in eps |P| / width (see _thin_moments)
+# d = 3 edge formula: each term's rounding from its geometry (_offset_rounding), in units of
+# eps times that: covers the error on random polyhedra squashed 1e-5 to 0.3 along one or two
+# directions, near (0-5 sd) and far (5-300 sd), against the 3-D oracle (error / estimate
+# <= 0.16; without the term up to 3e3 near and 190 far)
+_GEO_ERR = 4.0
+# Bounded polyhedra whose terms cancel (sum |terms| / mass above this: thin ones) are sliced
+# (_polytope_thin), weight permitting.
+_THIN_RATIO = 100.0
+# ... where their weighted error estimate is above this: a mixture's log p(x) carries ~1e-12
+# already from each pair's log kappa (the GEMM form's rounding; median 1.2e-12 on a
+# [3,10,10,6] decoder), and a slice costs ~9 ms (20 points of that decoder: 230 of 16,000
+# pairs above 1e-16, +45% time; 12 above 1e-12)
+_MASS_VISIBLE = 1e-12
 _CHUNK_ND = 8
 
 # panel kinds
@@ -525,6 +544,22 @@ def _cone_pieces(h, b, ta, tb):
     return (F(tb) - F(ta)) / (4.0 * np.pi)
 
 
+def _offset_rounding(nu, cu, active, act, b):
+    """(Q, F, F) the rounding of each facet's in-plane offsets ``b = B / s`` (``B = c_j - c_F
+    n_F . n_j``, ``s = |n_F x n_j|``), in units of eps, as it moves a term's log: ``b`` is
+    rounded at ``eps ((|c_j| + |c_F n_F . n_j|) / |B| + 1 / s)`` relative (nearly parallel
+    facets: both large), and a term's log moves by ``(1 / b + b)`` times ``b``'s error, so
+    ``(1 + b^2)`` times its relative error (0 on inactive rows and where ``B = 0``)."""
+    NN = np.einsum("qjk,qfk->qfj", nu, nu)
+    c = np.where(active, cu, 0.0)
+    with np.errstate(all="ignore"):
+        B = c[:, None, :] - c[:, :, None] * NN
+        s = np.sqrt(np.sum(np.cross(nu[:, :, None, :], nu[:, None, :, :]) ** 2, axis=-1))
+        rel = (np.abs(c[:, None, :]) + np.abs(c[:, :, None] * NN)) / np.abs(B) + 1.0 / s
+        out = rel * (1.0 + np.where(act, b, 0.0) ** 2)
+    return np.where(act & np.isfinite(out), out, 0.0)
+
+
 class _Geo3:
     """Geometry of 3-D polytopes for :func:`_eval3` (all lengths at scale 1)."""
 
@@ -558,6 +593,7 @@ class _Geo3:
         # Q-terms (one per facet)
         qi, fi = np.nonzero(fac & (h > 0) & (self.omF > 0))
         self.q_item, self.q_h, self.q_om, self.q_sg = qi, h[qi, fi], self.omF[qi, fi], -sg[qi, fi]
+        q_fi = fi
         # edge pieces
         use = nonempty & fac[:, :, None] & (h > 0)[:, :, None] & (b != 0) & np.isfinite(b)
         qi, fi, ji = np.nonzero(use)
@@ -572,6 +608,9 @@ class _Geo3:
         tb = np.concatenate([b1, T1[si]])
         hh = np.concatenate([h[qi, fi], h[qi, fi][si]])
         bv = b[qi, fi, ji]
+        geo_rel = _offset_rounding(nu, cu, active, act, b)
+        gv = geo_rel[qi, fi, ji]
+        gv = np.concatenate([gv, gv[si]])
         bb = np.abs(np.concatenate([bv, bv[si]]))
         ps = sg[qi, fi] * np.sign(bv)
         ps = np.concatenate([ps, ps[si]])
@@ -581,6 +620,8 @@ class _Geo3:
         self.p_h, self.p_b = hh[keep][order], bb[keep][order]
         self.p_ta, self.p_tb = ta[keep][order], tb[keep][order]
         self.p_sg = ps[keep][order]
+        self.p_geo = gv[keep][order]
+        self.q_geo = np.max(np.where(act, geo_rel, 0.0), axis=2, initial=0.0)[self.q_item, q_fi]
         self.p_count = np.bincount(self.p_item, minlength=Q)
         self.p_start = np.concatenate([[0], np.cumsum(self.p_count)[:-1]])
         # omega at the mean and the distance of the polytope from the mean
@@ -625,7 +666,7 @@ def _eval3(g: _Geo3, req_item: np.ndarray, lam: np.ndarray):
         logs.append(lq)
         signs.append(g.q_sg[qi])
         groups.append(qr)
-        errs.append(np.zeros(qi.size))
+        errs.append(_GEO_ERR * EPS * g.q_geo[qi])
     pi, pr = _expand(g.p_count, g.p_start, req_item)
     if pi.size:
         s = lam[pr]
@@ -639,7 +680,7 @@ def _eval3(g: _Geo3, req_item: np.ndarray, lam: np.ndarray):
         logs.append(lp)
         signs.append(g.p_sg[pi])
         groups.append(pr)
-        errs.append(rel)
+        errs.append(rel + _GEO_ERR * EPS * g.p_geo[pi])
     logv = np.concatenate(logs)
     sgn = np.concatenate(signs)
     grp = np.concatenate(groups)
@@ -647,21 +688,33 @@ def _eval3(g: _Geo3, req_item: np.ndarray, lam: np.ndarray):
     return _combine(logv, sgn, grp, rel, M, g.empty[req_item])
 
 
-def _combine(logv, sgn, grp, rel, M, empty):
+class _SignedSum(NamedTuple):
+    """A signed sum of terms: ``log_mass`` (M,), its ``error`` (absolute, of the log) and the
+    cancellation ``ratio`` (M,) ``sum |terms| / |sum|`` (1 without cancellation; NaN where the
+    sum is not finite)."""
+
+    log_mass: np.ndarray
+    error: np.ndarray
+    ratio: np.ndarray
+
+
+def _combine(logv, sgn, grp, rel, M, empty) -> _SignedSum:
     """Signed log-sum with the error estimate (absolute error of the log)."""
     fin = np.isfinite(logv)
     logv, sgn, grp, rel = logv[fin], sgn[fin], grp[fin], rel[fin]
     logm, _ = _signed_log_sum(logv, sgn, grp, M)
     with np.errstate(all="ignore"):
         lm_safe = np.where(np.isfinite(logm), logm, 0.0)
+        share = np.exp(logv - lm_safe[grp])
         # quadrature error of every term, plus its rounding: a term exp(L) carries an absolute
         # error ~ eps |L| in L (the exponent -rho^2/2 is formed from squares).
         trel = rel + EPS * (16.0 + 16.0 * np.abs(logv))
-        err = np.bincount(grp, weights=trel * np.exp(logv - lm_safe[grp]), minlength=M)
+        err = np.bincount(grp, weights=trel * share, minlength=M)
         err = err + 4.0 * EPS * (1.0 + np.abs(logm))
+        ratio = np.bincount(grp, weights=share, minlength=M)
     logm = np.where(empty, -np.inf, np.minimum(logm, 0.0))
-    err = np.where(np.isfinite(logm), err, 0.0)
-    return logm, err
+    fin = np.isfinite(logm)
+    return _SignedSum(logm, np.where(fin, err, 0.0), np.where(fin, ratio, np.nan))
 
 
 # ============================================================================================
@@ -690,9 +743,9 @@ def _cone_mass(nu, cu, active) -> tuple[np.ndarray, np.ndarray]:
     act = zero[qi]
     nn = np.where(act[..., None], nu[qi], 0.0)
     geo = _build(nn, np.where(act, hp[qi], np.inf), act, np.zeros(qi.size, bool), cone=True)
-    lm, le = _evaluate(geo, np.arange(qi.size), np.ones(qi.size))
-    out[qi] = np.exp(lm)
-    oerr[qi] = le
+    res = _evaluate(geo, np.arange(qi.size), np.ones(qi.size))
+    out[qi] = np.exp(res.log_mass)
+    oerr[qi] = res.error
     return out, oerr
 
 
@@ -783,7 +836,7 @@ def _evaln(g: _GeoN, req_item, lam):
 
     # log scale per facet term: the integrand at mu_s (and at the start)
     def log_f(mu):
-        lm, le = _evaluate(g.sub, np.repeat(sub, mu.shape[1]), mu.ravel())
+        lm, le, _ = _evaluate(g.sub, np.repeat(sub, mu.shape[1]), mu.ravel())
         lm = lm.reshape(mu.shape)
         le = le.reshape(mu.shape)
         with np.errstate(divide="ignore"):
@@ -797,7 +850,7 @@ def _evaln(g: _GeoN, req_item, lam):
 
     def fun(x, item, kind, aux):
         mu = np.where(kind[:, None] == _K_LOG, np.exp(x), x)
-        lm, le = _evaluate(g.sub, np.repeat(sub[item], x.shape[1]), mu.ravel())  # inner log masses
+        lm, le, _ = _evaluate(g.sub, np.repeat(sub[item], x.shape[1]), mu.ravel())  # inner masses
         lm = lm.reshape(x.shape)
         le = le.reshape(x.shape)
         hh = h[item][:, None]
@@ -813,7 +866,7 @@ def _evaln(g: _GeoN, req_item, lam):
     for xs, ws in (_LAG_A, _LAG_B):
         Dp = np.where(D > 0, D, 1.0)
         mu = np.sqrt(mus[:, None] ** 2 + 2.0 * xs[None, :] / Dp[:, None] ** 2)
-        lm, le = _evaluate(g.sub, np.repeat(sub, xs.size), mu.ravel())
+        lm, le, _ = _evaluate(g.sub, np.repeat(sub, xs.size), mu.ravel())
         lm = lm.reshape(mu.shape)
         le = le.reshape(mu.shape)
         with np.errstate(all="ignore"):
@@ -888,23 +941,70 @@ def _small_3d(nu, cu, geo: _Geo3, moments: bool) -> SmallPolyhedra:
     return replace(small, rows=cand[small.rows])
 
 
-def _log_mass_block(n, c, moments=False):
+@dataclass(frozen=True)
+class _MassBlock:
+    """:func:`_log_mass_block`'s result: log masses and errors (P,), the prepared rows and
+    geometry, the small polyhedra (d = 3, cubature) and the thin ones sliced for their mass
+    (d = 3: ``thin_rows`` and their :class:`TruncatedMoments`)."""
+
+    log_mass: np.ndarray
+    error: np.ndarray
+    nu: np.ndarray
+    cu: np.ndarray
+    active: np.ndarray
+    geo: object
+    small: SmallPolyhedra | None
+    thin_rows: np.ndarray
+    thin: TruncatedMoments | None
+
+
+def _log_mass_block(n, c, moments=False, log_weight=None, normalised=False) -> _MassBlock:
+    """Log masses of one block (edge formula; d = 3 also the cubature and thin slices).
+
+    ``log_weight`` (P,), optional: the log of the factor each mass (``normalised=False``) or
+    each polyhedron's already normalised weight (``normalised=True``, the moments path) enters
+    a sum of total ~1 with; thin polyhedra whose error that hides keep the edge formula."""
     nu, cu, active, bad = _prepare(n, c)
-    P = nu.shape[0]
-    logm, err = np.full(P, -np.inf), np.zeros(P)
+    P, d = nu.shape[0], nu.shape[2]
+    logm, err, ratio = np.full(P, -np.inf), np.zeros(P), np.full(P, np.nan)
+    thin_rows, thin = np.zeros(0, dtype=np.intp), None
     with np.errstate(all="ignore"):
         geo = _build(nu, cu, active, bad)
-        small = _small_3d(nu, cu, geo, moments) if nu.shape[2] == 3 else None
+        small = _small_3d(nu, cu, geo, moments) if d == 3 else None
         rest = np.arange(P)
         if small is not None and small.rows.size:
             rest = np.setdiff1d(rest, small.rows)
             logm[small.rows], err[small.rows] = small.log_mass, small.error
         if rest.size:
-            logm[rest], err[rest] = _evaluate(geo, rest, np.ones(rest.size))
-    return logm, err, (nu, cu, active, bad, geo), small
+            res = _evaluate(geo, rest, np.ones(rest.size))
+            logm[rest], err[rest] = res.log_mass, res.error
+            if d == 3:
+                ratio[rest] = res.ratio
+        if d == 3:  # (kept where better: far out the slices' integrand can be too steep)
+            rows = _cancelling_rows(logm, err, ratio, log_weight, normalised)
+            rows, tm = _thin_moments(nu, cu, active, geo, rows)
+            better = tm.error < err[rows]
+            thin_rows, thin = rows[better], TruncatedMoments(*(v[better] for v in tm))
+            logm[thin_rows], err[thin_rows] = thin.log_mass, thin.error
+    return _MassBlock(logm, err, nu, cu, active, geo, small, thin_rows, thin)
 
 
-def log_mass_nd(normals: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _cancelling_rows(logm, err, ratio, log_weight, normalised):
+    """(S,) the polyhedra whose edge-formula terms cancel (``ratio > _THIN_RATIO``: thin ones)
+    and whose error can show: above ``_MASS_VISIBLE`` once weighted by ``log_weight`` (all, if
+    not given); see :func:`_log_mass_block`."""
+    with np.errstate(invalid="ignore"):
+        cand = np.isfinite(logm) & (ratio > _THIN_RATIO)
+    if log_weight is not None and cand.any():
+        with np.errstate(all="ignore"):
+            lw = log_weight if normalised else log_weight + logm
+            cand &= lw + np.log(err) > np.log(_MASS_VISIBLE)
+    return np.flatnonzero(cand)
+
+
+def log_mass_nd(
+    normals: np.ndarray, offsets: np.ndarray, log_weight: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Log mass of ``N(0, I_d)`` on the polyhedra ``{u : n_i . u <= c_i}``, ``d >= 3``.
 
     Parameters
@@ -913,6 +1013,11 @@ def log_mass_nd(normals: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, n
         Row normals (normalised internally); zero rows with ``+inf`` offsets are padding.
     offsets : ndarray, shape (P, F)
         Offsets ``c_i`` (``+inf``: no constraint; ``-inf``: empty).
+    log_weight : ndarray, shape (P,), optional
+        ``d = 3``: the log of the factor each mass is multiplied by in a sum of total ~1 (in a
+        mixture ``p(x) = sum_r kappa_r m_r``: ``log kappa_r - log p(x)``, or a lower bound of
+        ``log p(x)`` in its place). Thin polyhedra (cancelling edge-formula terms) whose error
+        that factor hides keep the edge formula; without it all are sliced.
 
     Returns
     -------
@@ -927,8 +1032,14 @@ def log_mass_nd(normals: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, n
     if P == 0:
         return np.zeros(0), np.zeros(0)
     ch = _CHUNK if n.shape[2] == 3 else _CHUNK_ND
-    parts = [_log_mass_block(n[i : i + ch], c[i : i + ch])[:2] for i in range(0, P, ch)]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    lw = None if log_weight is None else np.broadcast_to(np.asarray(log_weight, float), (P,))
+    parts = [
+        _log_mass_block(
+            n[i : i + ch], c[i : i + ch], log_weight=None if lw is None else lw[i : i + ch]
+        )
+        for i in range(0, P, ch)
+    ]
+    return np.concatenate([p.log_mass for p in parts]), np.concatenate([p.error for p in parts])
 
 
 def _facet_moments(nu, cu, active, geo, skip=None):
@@ -986,8 +1097,15 @@ def _near_moments_3d(n, c):
 
 
 def _moments_block(n, c, log_weight=None):
-    logm, err, (nu, cu, active, _, geo), small = _log_mass_block(n, c, moments=True)
-    lmF, mF = _facet_moments(nu, cu, active, geo, None if small is None else small.rows)
+    blk = _log_mass_block(n, c, moments=True, log_weight=log_weight, normalised=True)
+    logm, err, nu, cu, active, geo = blk.log_mass, blk.error, blk.nu, blk.cu, blk.active, blk.geo
+    small = blk.small
+    done = np.zeros(logm.size, dtype=bool)  # by the cubature or sliced already: no facets
+    is_small = np.zeros(logm.size, dtype=bool)
+    if small is not None and small.rows.size:
+        is_small[small.rows] = True
+    done[blk.thin_rows] = True
+    lmF, mF = _facet_moments(nu, cu, active, geo, np.flatnonzero(is_small | done))
     ok = np.isfinite(logm)
     with np.errstate(all="ignore"):
         lw = log_phi(np.where(active, cu, 0.0)) + lmF - np.where(ok, logm, 0.0)[:, None]
@@ -998,12 +1116,14 @@ def _moments_block(n, c, log_weight=None):
             0.0,
         )
     mean, cov = divergence_moments(w, nu, gbar)
-    is_small = np.zeros(logm.size, dtype=bool)
     if small is not None and small.rows.size:  # small polyhedra: from the cubature
         mean[small.rows], cov[small.rows] = small.mean, small.cov
-        is_small[small.rows] = True
-    # far polytopes: the divergence form loses ~eps D^4 in the covariance; slice instead
+    if blk.thin is not None and blk.thin_rows.size:  # thin ones sliced for their mass
+        mean[blk.thin_rows], cov[blk.thin_rows] = blk.thin.mean, blk.thin.cov
+    # far polytopes: the divergence form loses ~eps D^4 in the covariance; slice instead (also
+    # the thin ones sliced for their mass: these slices are about the closest point)
     sliced = _sliced_rows(ok, geo.dist, log_weight, nu.shape[2]) & ~is_small
+    done |= is_small
     far = np.flatnonzero(sliced)
     if far.size:
         tmean, tcov, tok = tail_moments(
@@ -1011,7 +1131,7 @@ def _moments_block(n, c, log_weight=None):
         )
         mean[far[tok]], cov[far[tok]] = tmean[tok], tcov[tok]
     if nu.shape[2] == 3:  # thin bounded polyhedra: from slices across the thin direction
-        rows = _thin_rows(ok & ~sliced & ~is_small, mean, cov, err, log_weight)
+        rows = _thin_rows(ok & ~sliced & ~done, mean, cov, err, log_weight)
         rows, tm = _thin_moments(nu, cu, active, geo, rows)
         logm[rows], mean[rows], cov[rows], err[rows] = tm.log_mass, tm.mean, tm.cov, tm.error
     mean[~ok] = np.nan

@@ -523,13 +523,16 @@ def marginal_pairs(
 
     tab = geom.polygons  # d = 2: polygons integrated from the table, translated by w
 
-    def log_mass(r, w, v, floor=None, off=None):
-        """Log mass and error of pairs (regions r, whitened means w, v); offsets or None."""
+    def log_mass(r, w, v, floor=None, off=None, log_weight=None):
+        """Log mass and error of pairs (regions r, whitened means w, v); offsets or None.
+        ``log_weight``: log κ - (a lower bound of) log p(x), for d >= 3 (thin polyhedra)."""
         if tab is not None:
             lm, err = gaussian.log_mass_2d_shifted(tab, r, w, floor)
             return lm, err, None
         off = geom.offsets(v, r, w) if off is None else off
-        lm, err = gaussian.log_mass(geom.normals[r], off, return_error=True, floor=floor)
+        lm, err = gaussian.log_mass(
+            geom.normals[r], off, return_error=True, floor=floor, log_weight=log_weight
+        )
         return lm, err, off
 
     def block(s: int):
@@ -611,7 +614,7 @@ def marginal_pairs(
             tm = gaussian.truncated_moments_2d_shifted(tab, r_all, w_all, floor, select)
             lm_all, err, off_all = tm.log_mass, tm.error + lk_err, None
         else:
-            lm_c, err_c, off_c = log_mass(r_c, w_c, v_c, floor_c, off_c)
+            lm_c, err_c, off_c = log_mass(r_c, w_c, v_c, floor_c, off_c, lk_c - lower[p_c])
             lm_all = np.concatenate([lm_top, lm_c])[order]
             err = np.concatenate([err_top, err_c])[order] + lk_err
             off_all = None if off_top is None else np.concatenate([off_top, off_c])[order]

@@ -436,7 +436,9 @@ def _observed_general(
                 a[keep] for a in (p_c, r_c, nrm_c, off_c, L_c, mu_c)
             )
         floor = (lower - thr)[p_c] - lk[p_c, r_c]
-        lm_c, err_c = gaussian.log_mass(nrm_c, off_c, return_error=True, floor=floor)
+        lm_c, err_c = gaussian.log_mass(
+            nrm_c, off_c, return_error=True, floor=floor, log_weight=lk[p_c, r_c] - lower[p_c]
+        )
         m = _merge_seeds(
             lk,
             (p_top, r_top, lm_t, err_t),
