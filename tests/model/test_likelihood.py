@@ -411,3 +411,62 @@ def test_return_error_covers_regions_with_a_weak_direction(d, D, missing, device
         ref = _gauss_logpdf_mp(A[keep], b[keep], X[:, keep], std[keep])
         assert np.all(np.abs(got - ref) <= err), (seed, got - ref, err)
         assert np.all(err <= 1e-6 * np.maximum(1.0, np.abs(ref))), (seed, err, ref)  # a bound
+
+
+def _separable_slab_decoder(width: float, steep: float) -> Decoder:
+    """A d = 3 decoder whose output j depends on z_j alone: x_1 = steep (relu(-z_1) +
+    relu(z_1 - width)) is flat on the slab ``0 <= z_1 <= width`` and steep outside it; x_2, x_3
+    are piecewise linear with kinks at -20, -1 and 1. The regions around z_1 = 0 are slabs
+    ``width`` thin, bounded by the z_2 and z_3 kinks."""
+    W1 = np.zeros((8, 3))
+    W1[[0, 1], 0] = [-1.0, 1.0]
+    W1[[2, 3, 6], 1] = [1.0, -1.0, 1.0]
+    W1[[4, 5, 7], 2] = [1.0, -1.0, 1.0]
+    b1 = np.array([0.0, -width, -1.0, -1.0, -1.0, -1.0, 20.0, 20.0])
+    W2 = np.zeros((3, 8))
+    W2[0, [0, 1]] = steep
+    W2[1, [2, 3, 6]] = [2.0, -1.5, 1.0]
+    W2[2, [4, 5, 7]] = [-1.0, 3.0, 0.7]
+    return Decoder([W1, W2], [b1, np.array([0.0, -20.0, -14.0])], ["relu"])
+
+
+def test_d3_thin_slab_regions_against_one_dimensional_integrals():
+    """d = 3 with regions 1e-4 thin that hold ~half of a point's posterior (x_1 = 0, the slab's
+    flat bottom between two steep sides): log p(x) is the product of three 1-D integrals over
+    z_j (50-digit mpmath with the kinks as breakpoints), which share nothing with the regions,
+    the edge formula or the thin slices."""
+    import mpmath as mp
+
+    width, steep, sigma = 1e-4, 1e4, 0.1
+    model = ExactDGN.from_decoder(_separable_slab_decoder(width, steep), sigma)
+    X = np.array([[0.0, 0.3, -0.2], [0.5, 1.0, 0.4], [-0.3, -2.0, 1.5]])
+    lp, err = model.score_samples(X, return_error=True)
+
+    def relu(z):
+        return max(z, mp.mpf(0))
+
+    outputs = [
+        lambda z: steep * (relu(-z) + relu(z - width)),
+        lambda z: 2 * relu(z - 1) - mp.mpf(1.5) * relu(-z - 1) + relu(z + 20) - 20,
+        lambda z: -relu(z - 1) + 3 * relu(-z - 1) + mp.mpf(0.7) * relu(z + 20) - 14,
+    ]
+    side = 20 * sigma / steep  # the steep sides' posterior lies within this of the slab
+    breaks = [
+        [-mp.inf, -side, 0, width, width + side, mp.inf],
+        [-mp.inf, -20, -1, 1, mp.inf],
+        [-mp.inf, -20, -1, 1, mp.inf],
+    ]
+
+    def log_integral(g, xj, br):
+        return mp.log(mp.quad(lambda z: mp.npdf(z) * mp.npdf(xj, g(z), sigma), br))
+
+    with mp.workdps(50):
+        ref = np.array(
+            [
+                float(mp.fsum(log_integral(*a) for a in zip(outputs, x, breaks, strict=True)))
+                for x in X
+            ]
+        )
+    assert np.all(np.abs(lp - ref) <= err)
+    assert np.all(np.abs(lp - ref) <= 1e-11 * np.abs(ref))
+    assert np.all(err <= 1e-6)
