@@ -65,7 +65,7 @@ rounding, ``eps (16 + 16 |log term|)`` relative (the exponents ``-rho^2/2`` are 
 squares), each weighted by ``term / mass``, plus ``4 eps (1 + |log m|)``.  It grows automatically
 when the signed terms cancel: thin polytopes lose about ``1 / (width * max(1, D))`` relative
 (e.g. a 2e-6 x 2e-6 needle at distance 19: true error 4e-5, reported 1e-4).  In ``d = 3`` each
-term also carries the rounding of the geometry it comes from (:func:`_offset_rounding`: the
+term also carries the rounding of the geometry it comes from (``_InPlane.b_rounding``: the
 in-plane offsets ``b`` of nearly parallel facets are rounded at ``eps |c| / |c_j - c_F n_F .
 n_j|``, and far out a term's log moves by ``b`` times ``b``'s error), ``_GEO_ERR`` times that
 (without it the estimate was up to 3e3 times short on random squashed polyhedra near the mean,
@@ -153,7 +153,7 @@ _WEIGHTED_ERR = 1e-16
 _THIN_VAR = 1e-4
 _THIN_ERR = 1e-13
 _THIN_COND = 16.0  # the vertices' rounding, in eps |P| / width (see _thin_moments)
-# d = 3 edge formula: each term's rounding from its geometry (_offset_rounding), in units of
+# d = 3 edge formula: each term's rounding from its geometry (_InPlane.b_rounding), in units of
 # eps times that: covers the error on random polyhedra squashed 1e-5 to 0.3 along one or two
 # directions, near (0-5 sd) and far (5-300 sd), against the 3-D oracle (error / estimate
 # <= 0.16; without the term up to 3e3 near and 190 far)
@@ -260,29 +260,42 @@ def _drop_repeated(nu, cu, active):
     return active & ~beaten.any(axis=2)
 
 
-def _inplane(nu, cu, active):
-    """In-plane rows of every facet.
+class _InPlane(NamedTuple):
+    """:func:`_inplane`'s result (``Q`` polytopes, ``F`` rows, dimension ``k``).
 
-    Parameters
-    ----------
-    nu : (Q, F, k), cu : (Q, F), active : (Q, F)
-
-    Returns
-    -------
     a : (Q, F, F, k-1)   unit in-plane normals of row j on facet F (0 if inactive)
     b : (Q, F, F)        in-plane offsets (distances from the facet's foot; +inf if inactive)
     act : (Q, F, F)      active in-plane rows
     U : (Q, F, k, k-1)   in-plane bases
     kill : (Q, F)        facets that are empty or duplicates (parallel rows)
     flat : (Q,)          polytopes inside a hyperplane (opposite rows with c_i + c_j <= 0)
+    b_rounding : (Q, F, F)
+        The rounding of ``b = B / s`` (``B = c_j - c_F n_F . n_j``, ``s`` the in-plane length of
+        ``n_j``), in units of eps, as it moves a term's log: ``b`` is rounded at
+        ``eps ((|c_j| + |c_F n_F . n_j|) / |B| + 1 / s)`` relative (nearly parallel facets:
+        both large), and a term's log moves by ``(1 / b + b)`` times ``b``'s error, so by
+        ``(1 + b^2)`` times its relative error (0 on inactive rows and where ``B = 0``).
     """
+
+    a: np.ndarray
+    b: np.ndarray
+    act: np.ndarray
+    U: np.ndarray
+    kill: np.ndarray
+    flat: np.ndarray
+    b_rounding: np.ndarray
+
+
+def _inplane(nu, cu, active) -> _InPlane:
+    """In-plane rows of every facet (``nu`` (Q, F, k), ``cu`` (Q, F), ``active`` (Q, F))."""
     Q, F, k = nu.shape
     U = householder_basis(np.where(active[..., None], nu, np.eye(k)[0]).reshape(-1, k))
     U = U.reshape(Q, F, k, k - 1)
     A = np.einsum("qjk,qfkl->qfjl", nu, U)  # a_j on facet f
     NN = np.einsum("qjk,qfk->qfj", nu, nu)
     with np.errstate(all="ignore"):
-        B = cu[:, None, :] - np.where(active, cu, 0.0)[:, :, None] * NN
+        cF = np.where(active, cu, 0.0)[:, :, None] * NN
+        B = cu[:, None, :] - cF
         s = np.sqrt(np.sum(A * A, axis=-1))
         idx = np.arange(F)
         other = active[:, :, None] & active[:, None, :] & (idx[:, None] != idx[None, :])[None]
@@ -294,7 +307,9 @@ def _inplane(nu, cu, active):
         safe = np.where(act, s, 1.0)
         a = np.where(act[..., None], A / safe[..., None], 0.0)
         b = np.where(act, B / safe, np.inf)
-    return a, b, act, U, kill & active, flat
+        rounding = ((np.abs(cu[:, None, :]) + np.abs(cF)) / np.abs(B) + 1.0 / s) * (1.0 + b * b)
+    rounding = np.where(act & np.isfinite(rounding), rounding, 0.0)
+    return _InPlane(a, b, act, U, kill & active, flat, rounding)
 
 
 def _cone_point(nz: np.ndarray) -> tuple[np.ndarray, float]:
@@ -544,22 +559,6 @@ def _cone_pieces(h, b, ta, tb):
     return (F(tb) - F(ta)) / (4.0 * np.pi)
 
 
-def _offset_rounding(nu, cu, active, act, b):
-    """(Q, F, F) the rounding of each facet's in-plane offsets ``b = B / s`` (``B = c_j - c_F
-    n_F . n_j``, ``s = |n_F x n_j|``), in units of eps, as it moves a term's log: ``b`` is
-    rounded at ``eps ((|c_j| + |c_F n_F . n_j|) / |B| + 1 / s)`` relative (nearly parallel
-    facets: both large), and a term's log moves by ``(1 / b + b)`` times ``b``'s error, so
-    ``(1 + b^2)`` times its relative error (0 on inactive rows and where ``B = 0``)."""
-    NN = np.einsum("qjk,qfk->qfj", nu, nu)
-    c = np.where(active, cu, 0.0)
-    with np.errstate(all="ignore"):
-        B = c[:, None, :] - c[:, :, None] * NN
-        s = np.sqrt(np.sum(np.cross(nu[:, :, None, :], nu[:, None, :, :]) ** 2, axis=-1))
-        rel = (np.abs(c[:, None, :]) + np.abs(c[:, :, None] * NN)) / np.abs(B) + 1.0 / s
-        out = rel * (1.0 + np.where(act, b, 0.0) ** 2)
-    return np.where(act & np.isfinite(out), out, 0.0)
-
-
 class _Geo3:
     """Geometry of 3-D polytopes for :func:`_eval3` (all lengths at scale 1)."""
 
@@ -567,7 +566,7 @@ class _Geo3:
         Q, F, _ = nu.shape
         self.Q = Q
         self.cone = cone
-        a, b, act, U, kill, flat = _inplane(nu, cu, active)
+        a, b, act, U, kill, flat, geo_rel = _inplane(nu, cu, active)
         R = Q * F
         a2 = a.reshape(R, F, 2)
         b2 = b.reshape(R, F)
@@ -608,7 +607,6 @@ class _Geo3:
         tb = np.concatenate([b1, T1[si]])
         hh = np.concatenate([h[qi, fi], h[qi, fi][si]])
         bv = b[qi, fi, ji]
-        geo_rel = _offset_rounding(nu, cu, active, act, b)
         gv = geo_rel[qi, fi, ji]
         gv = np.concatenate([gv, gv[si]])
         bb = np.abs(np.concatenate([bv, bv[si]]))
@@ -758,7 +756,7 @@ class _GeoN:
     def __init__(self, nu, cu, active, empty, cone: bool = False):
         Q, F, k = nu.shape
         self.Q, self.F, self.k, self.cone = Q, F, k, cone
-        a, b, act, U, kill, flat = _inplane(nu, cu, active)
+        a, b, act, U, kill, flat, _ = _inplane(nu, cu, active)
         empty = empty | flat
         R = Q * F
         sub_empty = (kill | ~active).reshape(R) | np.repeat(empty, F)
