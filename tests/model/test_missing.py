@@ -264,9 +264,10 @@ def test_observed_part_masks_without_propagating_nan():
 
 
 def test_select_rows_is_the_kappa_and_tail_rule():
-    """The compiled pair selection keeps exactly the pairs with ``log κ > cut`` whose tail bound
-    ``log κ - δ²/2`` is above ``cut`` too, or that are the row's best region, in order of row
-    then region, with their ``k``, ``t``, ``log κ`` and whitened interval (±inf ends kept)."""
+    """The compiled pair selection keeps exactly the pairs with ``log κ - lower > -thr`` whose
+    tail bound ``log κ - lower - δ²/2`` is above ``-thr`` too, or that are the row's best
+    region, in order of row then region, with their ``k``, ``t``, ``log κ`` and whitened
+    interval (±inf ends kept)."""
     from exactdgn.inference._missing import _pair_buffers
     from exactdgn.inference._missing_kernels import select_rows
 
@@ -278,15 +279,16 @@ def test_select_rows_is_the_kappa_and_tail_rule():
     lo = np.r_[-np.inf, np.sort(rng.normal(0, 2, R - 1))]
     hi = np.r_[lo[1:], np.inf]
     r1 = np.argmin(q, axis=1)
-    cut = -0.5 * q.min(axis=1) - rng.exponential(10.0, n)
+    thr = 7.5
+    lower = -0.5 * q.min(axis=1) - rng.exponential(10.0, n) + thr
     out = _pair_buffers(n * R)
-    c, nc = select_rows(q, k2, u, cut, r1, lo, hi, *out)
-    p, r = np.nonzero(-0.5 * q > cut[:, None])
+    c, nc = select_rows(q, k2, u, lower, thr, r1, lo, hi, *out)
+    p, r = np.nonzero(-0.5 * q - lower[:, None] > -thr)
     k = np.sqrt(k2[p, r])
     t = u[p, r] / k
     a, b = lo[r] * k - t, hi[r] * k - t
     dist = np.maximum(np.maximum(a, -b), 0.0)
-    sel = (-0.5 * q[p, r] - 0.5 * dist**2 > cut[p]) | (r == r1[p])
+    sel = (-0.5 * q[p, r] - lower[p] - 0.5 * dist**2 > -thr) | (r == r1[p])
     assert nc == len(p) and c == sel.sum() and 0 < c < nc
     for got, want in zip(out, (p, r, k, t, -0.5 * q[p, r], a, b), strict=True):
         np.testing.assert_array_equal(got[:c], want[sel])
@@ -412,3 +414,39 @@ def test_d1_missing_steep_regions_and_tiny_noise(scale, sigma):
         assert abs(got[i] - lp) <= max(1e-11, 1e-13 * abs(lp), err[i]), (i, got[i] - lp)
         assert abs(filled[i, 1] - m[0]) <= 1e-10 * max(1.0, abs(m[0])), filled[i, 1] - m
         assert abs(std[i, 1] - s[0]) <= 1e-10 * s[0], std[i, 1] - s
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_rows_beyond_1e9_sigma_match_the_rebuilt_model(d):
+    """Rows 2e9 and 1e13 noise scales out (|log p| ~ 1e18-1e26 nats) with a missing value: the
+    pair tests were ``log κ > lower - thr``, which at |log p| > ~2e17 rounds to ``log κ >
+    lower``, so the best pair failed its own test. d = 1 scored -2.0e18 for -1.17e18 and put
+    the posterior mean at 0.03 for -5.7e7; d = 2 imputed the decoder's centre. The complete
+    rows were fixed the same way before (tests in differences)."""
+    dec = Decoder.random([d, 6, 4], activation="leaky_relu", seed=3)
+    model = ExactDGN.from_decoder(dec, 0.1)
+    X = model.sample(3, random_state=1)
+    X[0, 0], X[1, 0] = 2e8, 1e12
+    Xn = X.copy()
+    Xn[:, 2] = np.nan
+    got, post = _check_rebuilt(model, dec, X, Xn, moments=d <= 2)
+    assert got[0] < -1e17 and got[1] < -1e24
+    if d <= 2:  # the conditional mean of the missing output at the posterior's far location
+        filled = model.impute(Xn)
+        np.testing.assert_allclose(filled[:2, 2], dec(post.mean[:2])[:, 2], rtol=1e-6)
+
+
+def test_d2_impute_of_rows_whose_blocks_have_no_candidate_pairs():
+    """d = 2, σ = 1e-3: a block of rows whose seeds hold every visible pair has no candidate
+    pairs, and the moments' merge step was never called (``IndexError`` in ``impute``, the
+    missing-data E-step and ``ExactDGNImputer``). The rows' values do not depend on the
+    batch they come in."""
+    dec = Decoder.random([2, 6, 6, 4], activation="leaky_relu", seed=3)
+    model = ExactDGN.from_decoder(dec, 0.001)
+    X = model.sample(40, random_state=10)
+    X[:, 1] = np.nan
+    few, few_sd = model.impute(X[:2], return_std=True)
+    many, many_sd = model.impute(X, return_std=True)
+    np.testing.assert_allclose(few, many[:2], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(few_sd, many_sd[:2], rtol=1e-10, atol=1e-14)
+    assert np.all(few_sd[:, 1] > 0) and np.all(few_sd[:, [0, 2, 3]] == 0)

@@ -1894,9 +1894,11 @@ def _selected_moments(table, polygon, shift, floor, select, T) -> TruncatedMomen
     the masses and geometry of every pair first, the moments only where ``select`` says."""
     P = np.shape(polygon)[0]
     if select is None or P == 0:
-        return TruncatedMoments(
-            *_table_chunked(_table_moments, table, polygon, shift, floor, None, T)
-        )
+        parts = _table_chunked(_table_moments, table, polygon, shift, floor, None, T)
+        tm = TruncatedMoments(*parts)
+        if select is not None:  # no pairs: ``select`` is still called once (the caller's
+            select(tm.log_mass, tm.error)  # step that runs in it, e.g. a merge, must run)
+        return tm
     geos, blocks = [], []
 
     def phase1(edges, fl):

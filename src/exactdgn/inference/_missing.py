@@ -325,7 +325,7 @@ def _merge_seeds(lk, seeds, cands, n: int, prune_nats: float, thr: float, need_m
     log_px, err_px = _lse_by_point(p_all, lj, err, n, prune_nats)
     keep = np.isfinite(lj) | seed
     if need_moments:
-        keep &= (lj > (log_px - thr)[p_all]) | ~np.isfinite(log_px)[p_all]
+        keep &= (lj - log_px[p_all] > -thr) | ~np.isfinite(log_px)[p_all]  # (in differences)
     return _Merged(order, keep, p_all[keep], r_all[keep], lj[keep], log_px, err_px)
 
 
@@ -360,7 +360,8 @@ def _candidates(lk, p_top, r_top, lm_top, thr: float):
     """The lower bound ``log p(x)`` >= log Σ_seeds κ Φ (n,) and the other pairs (p, r) whose
     ``log κ`` alone does not prune them (``log κ > lower - thr``; ``Φ <= 1``)."""
     lower = _lower_bound(lk, p_top, r_top, lm_top)
-    mask = lk > (lower - thr)[:, None]
+    # in differences: at |log p| > ~2e17 nats `lower - thr` rounds to `lower` (as _marginal)
+    mask = lk - lower[:, None] > -thr
     mask[p_top, r_top] = False
     p_c, r_c = np.nonzero(mask)
     return lower, p_c, r_c
@@ -431,11 +432,11 @@ def _observed_general(
         nrm_c, off_c, L_c, mu_c = geometry(p_c, r_c, K, W)
         if len(p_c):  # facet bound: Φ_r <= Φ(min_i c_i)
             bound = lk[p_c, r_c] + np.minimum(0.0, log_ndtr(off_c.min(axis=1, initial=np.inf)))
-            keep = bound > (lower - thr)[p_c]
+            keep = bound - lower[p_c] > -thr
             p_c, r_c, nrm_c, off_c, L_c, mu_c = (
                 a[keep] for a in (p_c, r_c, nrm_c, off_c, L_c, mu_c)
             )
-        floor = (lower - thr)[p_c] - lk[p_c, r_c]
+        floor = (lower[p_c] - lk[p_c, r_c]) - thr
         lm_c, err_c = gaussian.log_mass(
             nrm_c, off_c, return_error=True, floor=floor, log_weight=lk[p_c, r_c] - lower[p_c]
         )
@@ -534,7 +535,7 @@ def _kappa_2d(geom: RegionGeometry, X: np.ndarray, obs: np.ndarray):
 
 def _bounded_candidates(geom: RegionGeometry, lk, Q, lower, thr: float, seed_key):
     """The d = 2 pairs other than the seeds (sorted flat keys ``p R + r``) whose exact weight
-    can be visible: the ``κ`` test against ``cut = lower - thr``, then the disc and the facet
+    can be visible: the ``κ`` test ``log κ - lower > -thr``, then the disc and the facet
     bounds (O(1) and O(rows) a pair, from the polygon table), in one compiled pass
     (:func:`_missing_kernels.candidate_rows_2d`). The pairs the bounds drop are below their
     floor in the integrator too, so the pairs and values are those without them.
@@ -544,7 +545,7 @@ def _bounded_candidates(geom: RegionGeometry, lk, Q, lower, thr: float, seed_key
     from . import _missing_kernels as kernels
 
     tab = geom.polygons
-    P = int(np.count_nonzero(lk > (lower - thr)[:, None]))
+    P = int(np.count_nonzero(lk - lower[:, None] > -thr))
     out = (np.empty(P, np.intp), np.empty(P, np.intp), np.empty(P))
     out += (np.empty((P, 2)), np.empty((P, 2, 2)))
     k = kernels.candidate_rows_2d(
@@ -613,7 +614,6 @@ def _observed_2d(
         T = _map_2d_entries(geom, k00, k10, k11, r_top)
         lm_t, err_t = gaussian.log_mass_2d_transformed(tab, r_top, T, w_top)
         lower = _lower_bound(lk, p_top, r_top, lm_t)
-        cut = lower - thr
         p_c, r_c, lk_c, w_c, T_c = _bounded_candidates(geom, lk, Q, lower, thr, p_top * R + r_top)
         seeds = (p_top, r_top, lm_t, err_t)
         merged = []
@@ -626,7 +626,7 @@ def _observed_2d(
             kept[merged[0].order[merged[0].keep]] = True
             return kept[len(p_top) :]
 
-        floor_c = cut[p_c] - lk_c
+        floor_c = (lower[p_c] - lk_c) - thr
         if need_moments:  # candidates' masses and geometry once, moments only where kept
             tm_c = gaussian.truncated_moments_2d_transformed(tab, r_c, T_c, w_c, floor_c, merge)
         else:
@@ -989,20 +989,19 @@ def _observed_1d(
         lm_seed, _ = _log_interval_mass(lo_p[pr] * kk - tt, hi_p[pr] * kk - tt)
         lj_seed = -0.5 * q[pp, pr] + lm_seed
         lower = np.where(r1 == r2, lj_seed[:n], np.logaddexp(lj_seed[:n], lj_seed[n:]))
-        cut = lower - thr
         # candidates by κ (sorted by point; r1 always kept), then the tail bound (the mass is
         # at most Φ(-dist) <= exp(-dist² / 2), dist the whitened distance from the posterior
         # mean to the interval: the pairs whose κ alone does not prune them but whose interval
         # lies in the far tail, about a third here), in one pass (select_rows)
         out = ws["pairs"] if chain is not None else _pair_buffers(n * R)
-        c, n_cand = kernels.select_rows(q, k2, u, cut, r1, lo_p, hi_p, *out)
+        c, n_cand = kernels.select_rows(q, k2, u, lower, thr, r1, lo_p, hi_p, *out)
         p, r, kk, tt, lk_p, a, b = (x[:c].copy() for x in out)
         lm, err = _log_interval_mass(a, b)
         lj = lk_p + lm
         log_px, err_px = _lse_by_point(p, lj, err, n, prune_nats)
         keep = np.isfinite(lj) | (r == r1[p])
         if need_moments:  # moments only where the pair's exact weight is visible
-            keep &= (lj > (log_px - thr)[p]) | ~np.isfinite(log_px)[p]
+            keep &= (lj - log_px[p] > -thr) | ~np.isfinite(log_px)[p]  # (in differences)
         if not keep.all():
             p, r, lj, kk, tt, a, b = (q_[keep] for q_ in (p, r, lj, kk, tt, a, b))
         p += s

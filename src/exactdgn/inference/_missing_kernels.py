@@ -197,16 +197,19 @@ def chain_rows(Mq, prod, xq, delta2, two_delta, S, q_out, r1_out):  # pragma: no
 
 
 @njit(nogil=True, cache=True)
-def select_rows(q, k2, u, cut, r1, lo, hi, p_o, r_o, k_o, t_o, lk_o, a_o, b_o):  # pragma: no cover
+def select_rows(
+    q, k2, u, lower, thr, r1, lo, hi, p_o, r_o, k_o, t_o, lk_o, a_o, b_o
+):  # pragma: no cover
     """The pairs of d = 1 whose exact weight can be visible, with their whitened intervals.
 
-    Pair ``(n, i)`` is a candidate when ``log κ = -q/2 > cut_n`` (its mass is at most 1), and
-    kept when also the tail bound ``log κ - δ²/2 > cut_n`` holds (``δ`` the whitened distance
-    from the pair's posterior mean to its interval, the mass at most ``Φ(-δ) <= exp(-δ²/2)``)
-    or ``i = r1_n``. For those: ``k = sqrt(k²)``, ``t = u / k``, ``log κ``, and the whitened
-    interval ``[lo_i k - t, hi_i k - t]`` (``lo``, ``hi`` relative to the region's reference
-    point, ±inf kept), written in order of point then region into the output arrays (each of
-    at least ``n R`` entries).
+    Pair ``(n, i)`` is a candidate when ``log κ - lower_n = -q/2 - lower_n > -thr`` (its mass
+    is at most 1), and kept when also the tail bound ``log κ - lower_n - δ²/2 > -thr`` holds
+    (``δ`` the whitened distance from the pair's posterior mean to its interval, the mass at
+    most ``Φ(-δ) <= exp(-δ²/2)``) or ``i = r1_n``. For those: ``k = sqrt(k²)``, ``t = u /
+    k``, ``log κ``, and the whitened interval ``[lo_i k - t, hi_i k - t]`` (``lo``, ``hi``
+    relative to the region's reference point, ±inf kept), written in order of point then
+    region into the output arrays (each of at least ``n R`` entries). Every test is in
+    differences: at ``|log p| > ~2e17`` nats ``lower_n - thr`` rounds to ``lower_n``.
 
     Returns
     -------
@@ -219,10 +222,10 @@ def select_rows(q, k2, u, cut, r1, lo, hi, p_o, r_o, k_o, t_o, lk_o, a_o, b_o): 
     c = 0
     nc = 0
     for i in range(n):
-        qc = -2.0 * cut[i]
-        for r in range(R):
+        lo_i = lower[i]  # tests in differences: at |log p| > ~2e17 nats `lower - thr`
+        for r in range(R):  # rounds to `lower` and the best pair could fail `>`
             qv = q[i, r]
-            if qv < qc:
+            if qv * -0.5 - lo_i > -thr:
                 nc += 1
                 k = np.sqrt(k2[i, r])
                 t = u[i, r] / k
@@ -230,7 +233,7 @@ def select_rows(q, k2, u, cut, r1, lo, hi, p_o, r_o, k_o, t_o, lk_o, a_o, b_o): 
                 a = lo[r] * k - t
                 b = hi[r] * k - t
                 dist = max(max(a, -b), 0.0)
-                if lk + (dist * dist) * -0.5 > cut[i] or r == r1[i]:
+                if (lk - lo_i) + (dist * dist) * -0.5 > -thr or r == r1[i]:
                     p_o[c] = i
                     r_o[c] = r
                     k_o[c] = k
@@ -318,19 +321,20 @@ def candidate_rows_2d(
     per-pair whitening that their polygon masses need (``_missing._observed_2d``).
 
     After :func:`kappa_rows_2d` (``Mq``'s blocks ``P00``, ``P01``, ``k11²``, ``log κ``,
-    ``prod``'s ``v0`` and ``v1``), for each point ``n`` with ``cut = lower_n - thr``, pair
-    ``(n, r)`` (not a seed: ``n R + r`` not in the sorted ``seed_key``) passes when
+    ``prod``'s ``v0`` and ``v1``), for each point ``n`` (``lk = log κ - lower_n``: every test
+    in differences, as ``lower_n - thr`` rounds to ``lower_n`` at ``|log p| > ~2e17`` nats),
+    pair ``(n, r)`` (not a seed: ``n R + r`` not in the sorted ``seed_key``) passes when
 
-    1. ``log κ > cut`` (the mass is at most 1);
+    1. ``lk > -thr`` (the mass is at most 1);
     2. the disc bound: with ``K = [[k00, 0], [k10, k11]]`` (``k00 = √P00``, ``k10 = P01/k00``,
        ``k11 = √(k11²)``), ``w = K^{-1} v`` and ``T = K ᵀ L0_r`` (the table's whitened
        polygon to the pair's: ``u = T u0 - w``), the image of the table's vertex disc
        ``|u0 - g| <= ρ`` lies within ``σ_max(T) ρ`` of ``T g - w``; where the mean lies at a
        distance ``δ > 0`` outside it, the mass is at most ``exp(-δ²/2) / 2``:
-       ``log κ - δ²/2 - log 2 > cut - slack``;
+       ``lk - δ²/2 - log 2 > -thr - slack``;
     3. the facet bound: the mass is at most ``Φ(min_i c_i)`` over the mapped rows
        ``c = (g det T - a.w) / |a|``, ``a = adj(T)ᵀ n`` (table rows ``n.u0 <= g``):
-       ``log κ + min(0, log Φ(c_min)) > cut`` (an upper bound of ``log Φ``).
+       ``lk + min(0, log Φ(c_min)) > -thr`` (an upper bound of ``log Φ``).
 
     The pairs that pass are written in order of point then region: ``p``, ``r``, ``log κ``,
     ``w`` (2,) and ``T`` (2, 2). Returns their count.
@@ -341,10 +345,10 @@ def candidate_rows_2d(
     js = 0
     ns = seed_key.shape[0]
     for i in range(n):
-        cut = lower[i] - thr
+        lo_i = lower[i]  # tests in differences (see select_rows)
         for r in range(R):
             lk = Mq[i, 5 * R + r]
-            if not lk > cut:
+            if not lk - lo_i > -thr:
                 continue
             key = i * R + r
             while js < ns and seed_key[js] < key:
@@ -369,7 +373,7 @@ def candidate_rows_2d(
                 c0 = t00 * g0 + t01 * g1 - w0
                 c1 = t11 * g1 - w1
                 dist = np.sqrt(c0 * c0 + c1 * c1) - rho * smax
-                if dist > 0.0 and not lk + (-0.5 * dist * dist - _LOG_2) > cut - slack:
+                if dist > 0.0 and not (lk - lo_i) + (-0.5 * dist * dist - _LOG_2) > -thr - slack:
                     continue
             cmin = np.inf
             det = t00 * t11
@@ -381,7 +385,7 @@ def candidate_rows_2d(
                 cj = (offsets[r, j] * det - a0 * w0 - a1 * w1) / np.hypot(a0, a1)
                 if cj < cmin:
                     cmin = cj
-            if cmin < 0.0 and not lk + _log_phi_upper(cmin) > cut:
+            if cmin < 0.0 and not (lk - lo_i) + _log_phi_upper(cmin) > -thr:
                 continue
             p_o[c] = i
             r_o[c] = r
