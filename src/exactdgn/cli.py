@@ -39,6 +39,7 @@ from .evaluation import (
     vae_to_exact,
     write_json,
 )
+from .evaluation._split import FEATURE_STD_FLOOR
 from .io import CheckpointMismatchError
 
 __all__ = ["build_parser", "load_data", "load_model", "main"]
@@ -64,10 +65,12 @@ EXAMPLES = """examples:
   exactdgn demo --out report
 
 DATA is a built-in name (wave, circle, two_moons, mixture, digits, digits:3, digits:3,5,
-mnist:PATH) or a .csv/.npy/.npz file. Image data (digits, mnist, files with more than 2
-columns) are standardized per pixel by default (--standardize); the Standardizer is stored
+mnist:PATH) or a .csv/.npy/.npz file. Image data (digits, mnist) and files with more than 2
+columns are standardized per feature by default (--standardize); the Standardizer is stored
 in config.json, log-likelihoods are reported in standardized units and, with the Jacobian
-of the map, in data units ("*_data").
+of the map, in data units ("*_data"). The scale floor (--std-floor, relative to the largest
+feature std) is 0.1 for image data (near-constant pixels are not blown up) and 1e-6 for
+files and toy sets (each column by its own std, whatever its units).
 """
 
 EVALUATE_EXAMPLES = """examples:
@@ -160,11 +163,9 @@ def load_data(
         if allow_nan:
             kwargs["allow_nan"] = True
     X = get_dataset(spec, **kwargs)
-    if info["kind"] == "file" and n_samples is not None:
+    if info["kind"] in ("file", "image") and n_samples is not None:
         X = X[: int(n_samples)]
-    if info["kind"] == "image" and n_samples is not None:
-        X = X[: int(n_samples)]
-        info["n_samples"] = int(n_samples)
+        info["n_samples"] = int(n_samples)  # score reuses it for the same DATA
     info["shape"] = list(X.shape)
     return X, info
 
@@ -206,6 +207,31 @@ def _check_data_options(args) -> None:
         )
 
 
+def _std_floor(given: float | None, info: dict) -> float:
+    """``--std-floor``: as given, else 0.1 for image data (digits, mnist: near-constant pixels
+    are not blown up) and 1e-6 for files and toy sets (columns in unrelated units: a floor of
+    0.1 of the widest column's std left a narrow column hundreds of times under-scaled)."""
+    if given is not None:
+        return float(given)
+    return STD_FLOOR if info["kind"] == "image" else FEATURE_STD_FLOOR
+
+
+def _report_floored(std, info: dict, data: str) -> None:
+    """Files and toy sets: the columns scaled by the floor, not their own std, said on stderr
+    (image data floor their near-constant pixels by design)."""
+    if info["kind"] == "image" or not std.with_std:
+        return
+    cols = np.flatnonzero(std.std_ < std.floor_)
+    if len(cols):
+        print(
+            f"exactdgn: warning: {len(cols)} columns of {data} (first {cols[:5].tolist()}, std "
+            f"{float(std.std_[cols].max()):.3g} or less) are "
+            f"(nearly) constant in the training rows: scaled by the floor {std.floor_:.3g} "
+            "(--std-floor x the largest std), not their own std",
+            file=sys.stderr,
+        )
+
+
 def _want_standardize(choice: str, info: dict, D: int) -> bool:
     if choice == "on":
         return True
@@ -231,6 +257,17 @@ def load_model(path) -> tuple[object, dict]:
     return model, _run_config((p if p.is_dir() else p.parent) / "config.json")
 
 
+def _check_width(model, X, data: str, model_path) -> None:
+    """DATA has as many columns as the model was fit on (the error names the file and the
+    width expected, not an anonymous ``X``)."""
+    D = int(model.n_features_in_)
+    if X.ndim == 2 and X.shape[1] != D:
+        raise CLIError(
+            f"{data} has {X.shape[1]} columns but the model {model_path} was fit on data with "
+            f"{D}: give DATA with {D} columns, in the order of the fit's"
+        )
+
+
 def _write_output(path, write) -> None:
     """``write(fh)`` to a binary file handle, the file put at ``path`` only when complete
     (:func:`exactdgn.io.atomic_path`: a Ctrl-C leaves the earlier file or none); the parent
@@ -243,12 +280,17 @@ def _write_output(path, write) -> None:
         write(fh)
 
 
-def _save_array(path, arr, fmt: str = "%.17g") -> None:
-    """``arr`` as ``.npy`` (by its suffix) or CSV at ``path``, written atomically."""
+def _save_array(path, arr, fmt: str = "%.17g", header: list[str] | None = None) -> None:
+    """``arr`` as ``.npy`` (by its suffix) or CSV at ``path`` (with a ``header`` row of column
+    names when given), written atomically."""
     if Path(path).suffix == ".npy":
         _write_output(path, lambda fh: np.save(fh, arr))
     else:
-        _write_output(path, lambda fh: np.savetxt(fh, arr, delimiter=",", fmt=fmt))
+        names = ",".join(header) if header is not None else ""
+        _write_output(
+            path,
+            lambda fh: np.savetxt(fh, arr, delimiter=",", fmt=fmt, header=names, comments=""),
+        )
 
 
 def _int_at_least(low: int):
@@ -318,9 +360,11 @@ def _load_data_for(args, client, **kwargs):
         from .dask import read_npy
 
         X = read_npy(args.data, chunk_rows=args.chunk_rows)
+        info = {"spec": args.data, "kind": "file"}
         if kwargs.get("n_samples") is not None:
             X = X[: int(kwargs["n_samples"])]
-        return X, {"spec": args.data, "kind": "file", "shape": list(X.shape)}
+            info["n_samples"] = int(kwargs["n_samples"])
+        return X, {**info, "shape": list(X.shape)}
     X, info = load_data(args.data, **kwargs)
     return da.from_array(X, chunks=(args.chunk_rows, -1)), info
 
@@ -387,6 +431,11 @@ def _fit(args) -> int:
         raise CLIError(
             f"--test-fraction must be in [0, 1) (the fraction of the rows held out; 0: none), "
             f"got {args.test_fraction}"
+        )
+    if args.std_floor is not None and not 0.0 <= args.std_floor < 1.0:
+        raise CLIError(
+            f"--std-floor must be in [0, 1) (the scale floor relative to the largest feature "
+            f"std), got {args.std_floor}"
         )
     _check_method_options(args)
     _check_data_options(args)
@@ -574,7 +623,7 @@ def _fit_in(args, client, out: Path) -> int:
     Xtr_raw, Xte_raw, test_index = split_data(X, args.test_fraction, args.seed)
     std = None
     if _want_standardize(args.standardize, info, X.shape[1]):
-        std = Standardizer(rel_min_std=args.std_floor)
+        std = Standardizer(rel_min_std=_std_floor(args.std_floor, info))
         if client is None:
             std.fit(Xtr_raw)
         else:  # issue 14: moments by dask reductions
@@ -589,6 +638,8 @@ def _fit_in(args, client, out: Path) -> int:
             std.fit_moments(
                 mean, np.sqrt(((Xtr_raw - mean) ** 2).mean(axis=0).compute()), len(Xtr_raw)
             )
+    if std:
+        _report_floored(std, info, args.data)
     Xtr = _transform(std, Xtr_raw) if std else Xtr_raw
     Xte = _transform(std, Xte_raw) if std else Xte_raw
     jac_tr, jac_te = (_jacobian(std, part, n_missing) for part in (Xtr_raw, Xte_raw))
@@ -753,6 +804,7 @@ def _impute_in(args, client) -> int:
         _check_out_file(args.std_out, "--std-out")
     if client is None:
         X, _ = load_data(args.data, key=args.key, allow_nan=True)
+        _check_width(model, X, args.data, args.model)
         from .inference import check_missing
 
         check_missing(X, name=args.data)  # rows with nothing observed, named by the file
@@ -763,6 +815,7 @@ def _impute_in(args, client) -> int:
         from .dask import impute
 
         X, _ = _load_data_for(args, client, key=args.key, allow_nan=True)
+        _check_width(model, X, args.data, args.model)
         res = impute(
             model, X, method=args.method, random_state=args.seed, return_std=bool(args.std_out)
         )
@@ -776,9 +829,12 @@ def _impute_in(args, client) -> int:
         return 0
     filled, std = res if args.std_out else (res, None)
     n_missing = int(np.isnan(X).sum())
+    from .datasets import csv_header
+
+    header = csv_header(args.data)  # a CSV's column names, kept in a CSV output
     for path, arr in ((out, filled), (Path(args.std_out) if args.std_out else None, std)):
         if path is not None:
-            _save_array(path, arr)
+            _save_array(path, arr, header=header)
     print(f"{n_missing} missing values filled ({args.method}) in {len(filled)} rows: {out}")
     return 0
 
@@ -797,19 +853,35 @@ def _score_in(args, client) -> int:
     data_cfg = cfg.get("data", {})
     same = data_cfg.get("spec") == args.data
     n_samples = args.n_samples
-    if n_samples is None and same and data_cfg.get("kind") == "toy":
-        n_samples = data_cfg.get("n_samples")
+    if n_samples is None and same:  # the run's rows of its own DATA (any kind of data)
+        # (runs written before files recorded it: the fit's --n-samples option)
+        n_samples = data_cfg.get("n_samples", cfg.get("options", {}).get("n_samples"))
+        if n_samples is not None and data_cfg.get("kind") != "toy":
+            print(
+                f"scoring the first {n_samples} rows of {args.data}, as the run was fit on "
+                "(give --n-samples to score another number)",
+                file=sys.stderr,
+            )
+    # the run's other data options, for data of the same kind (not mnist's --classes for
+    # digits, where they are an error)
+    kind = _data_kind(data_cfg["spec"]) if "spec" in data_cfg else None
+    run_cfg = data_cfg if kind == _data_kind(args.data) else {}
+
+    def option(given, name):
+        return given if given is not None else run_cfg.get(name)
+
     X, _ = _load_data_for(
         args,
         client,
         n_samples=n_samples,
-        noise=args.data_noise if args.data_noise is not None else data_cfg.get("noise"),
-        data_seed=args.data_seed if args.data_seed is not None else data_cfg.get("random_state", 0),
-        classes=args.classes if args.classes is not None else data_cfg.get("classes"),
-        downsample=args.downsample if args.downsample is not None else data_cfg.get("downsample"),
-        key=args.key if args.key is not None else data_cfg.get("key"),
+        noise=option(args.data_noise, "noise"),
+        data_seed=option(args.data_seed, "random_state"),
+        classes=option(args.classes, "classes"),
+        downsample=option(args.downsample, "downsample"),
+        key=option(args.key, "key"),
         allow_nan=True,  # NaN = missing: log p(x_obs) (in memory and on a cluster)
     )
+    _check_width(model, X, args.data, args.model)
     if args.split != "all":
         if not data_cfg:
             raise CLIError(
@@ -817,8 +889,11 @@ def _score_in(args, client) -> int:
                 f"the output directory of 'exactdgn fit'; {args.model} has none beside it"
             )
         if not same or list(X.shape) != data_cfg.get("shape"):
+            got = f"{args.data}" if not same else f"{args.data} of shape {list(X.shape)}"
             raise CLIError(
-                f"--split {args.split} needs the data the model was fit on ({data_cfg.get('spec')})"
+                f"--split {args.split} needs the data the model was fit on "
+                f"({data_cfg.get('spec')} of shape {data_cfg.get('shape')}), got {got}: give "
+                "that DATA with the fit's data options"
             )
         test = np.zeros(len(X), dtype=bool)
         test[np.asarray(cfg.get("test_index", []), dtype=int)] = True
@@ -1010,6 +1085,9 @@ def _partition_cmd(args) -> int:
 
     if (args.model is None) == (args.layers is None):
         raise CLIError("give either a MODEL (file or fit directory) or --layers d ... D")
+    if args.plot:  # before the partition is enumerated (a model's at its loading)
+        d = args.layers[0] if args.layers is not None else _saved_latent_dim(args.model)
+        _check_plot(args.plot, d)
     if args.model is not None:
         model, _ = load_model(args.model)
         part = model.partition_
@@ -1031,11 +1109,48 @@ def _partition_cmd(args) -> int:
         fig, ax = plt.subplots(figsize=(5, 5))
         plot_partition(part, ax=ax)
         fig.tight_layout()
-        fmt = Path(args.plot).suffix.lstrip(".") or None  # the temporary name has another
+        fmt = Path(args.plot).suffix.lstrip(".").lower() or None  # the temporary name differs
         _write_output(args.plot, lambda fh: fig.savefig(fh, format=fmt, dpi=120))
         plt.close(fig)
         print(f"plot written to {args.plot}")
     return 0
+
+
+def _saved_latent_dim(path) -> int | None:
+    """The latent dimension of a saved model read from its file's metadata, without loading
+    it (loading enumerates the partition); ``None`` when unreadable (``load_model`` then says
+    why)."""
+    from .io import read_npz
+
+    p = Path(path)
+    p = p / "model.npz" if p.is_dir() else p
+    try:
+        return int(read_npz(p)[1]["params"]["latent_dim"])
+    except Exception:  # load_model reports what is wrong with the file
+        return None
+
+
+def _check_plot(path, latent_dim: int | None) -> None:
+    """``partition --plot``: a latent dimension it can draw, an image format matplotlib
+    writes, a file path that can be made."""
+    if latent_dim is not None and latent_dim > 2:
+        raise CLIError(
+            f"--plot draws latent dimension 1 or 2, not {latent_dim}: remove --plot (the "
+            "partition's summary is printed without it)"
+        )
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    formats = Figure().canvas.get_supported_filetypes()
+    suffix = Path(path).suffix.lstrip(".").lower()
+    if suffix and suffix not in formats:
+        raise CLIError(
+            f"--plot {path}: matplotlib cannot write .{suffix} files; use one of "
+            f"{', '.join('.' + f for f in sorted(formats))} (e.g. partition.png)"
+        )
+    _check_out_file(path, "--plot")
 
 
 # ---------------------------------------------------------------------- report
@@ -1191,13 +1306,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--standardize",
         choices=["auto", "on", "off"],
         default="auto",
-        help="per-feature standardization (auto: on for image data)",
+        help="per-feature standardization (auto: on for image data and for files with more "
+        "than 2 columns)",
     )
     f.add_argument(
         "--std-floor",
         type=float,
-        default=STD_FLOOR,
-        help="standardization: scale floor relative to the largest feature std",
+        default=None,
+        help="standardization: scale floor relative to the largest feature std (default: "
+        f"{STD_FLOOR} for image data, digits and mnist, so that near-constant pixels are not "
+        f"blown up; {FEATURE_STD_FLOOR:g} for files and toy sets, so that each column is scaled "
+        "by its own std whatever its units; a column scaled by the floor is reported)",
     )
     g = f.add_argument_group("exact training options (auto, em, lbfgs, gradient)")
     g.add_argument(
@@ -1476,8 +1595,14 @@ def run() -> None:
     (the checkpoint is already written atomically): the interpreter's normal shutdown could
     end the process by SIGINT instead (exit -2, seen intermittently under test, as if the
     handled interrupt still counted as unhandled) and waits for the interrupted block's
-    worker threads."""
-    code = main()
+    worker threads. A Ctrl-C before ``main``'s own handling (building the parser, parsing
+    the arguments) ends the same way; one during the imports is :func:`exactdgn.__main__.run`'s.
+    """
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print("exactdgn: interrupted", file=sys.stderr)
+        code = 130
     if code == 130:
         sys.stdout.flush()
         sys.stderr.flush()

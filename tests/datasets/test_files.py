@@ -395,3 +395,30 @@ def test_allow_nan_reads_empty_cells_and_na_as_missing(tmp_path):
     p.write_text("1,2\nx,4\n")
     with pytest.raises(ValueError, match="non-numeric value 'x' on line 2, column 1"):
         load_array(p, allow_nan=True)
+
+
+@pytest.mark.parametrize("content", ["1000,?,0.3\n", "1000,?,0.3\n2,3,4\n"])
+def test_a_first_row_of_numbers_and_text_is_data_and_its_text_named(tmp_path, content):
+    # it was taken for a header row: "only a header row, no data", or the row dropped unsaid
+    p = tmp_path / "q.csv"
+    p.write_text(content)
+    for allow_nan in (False, True):
+        with pytest.raises(ValueError, match=r"q.csv: non-numeric value '\?' on line 1, column 2"):
+            load_array(p, allow_nan=allow_nan)
+
+
+def test_csv_header(tmp_path):
+    from exactdgn.datasets import csv_header
+
+    cases = {
+        "a.csv": ("a, b,c\n1,2,3\n", ["a", "b", "c"]),
+        "b.csv": ("# note\n1,2,3\n", None),
+        "c.tsv": ("x\ty\n1\t2\n", ["x", "y"]),
+        "d.csv": (",a,b\n0,1,2\n", ["", "a", "b"]),  # pandas' unnamed index column
+        "e.csv": ("1,,3\n4,5,6\n", None),
+    }
+    for name, (text, names) in cases.items():
+        (tmp_path / name).write_text(text)
+        assert csv_header(tmp_path / name) == names, name
+    np.save(tmp_path / "x.npy", np.zeros((2, 2)))
+    assert csv_header(tmp_path / "x.npy") is None

@@ -18,7 +18,7 @@ import numpy as np
 
 from .._validation import is_int
 
-__all__ = ["load_array", "load_digits", "load_mnist", "read_idx"]
+__all__ = ["csv_header", "load_array", "load_digits", "load_mnist", "read_idx"]
 
 logger = logging.getLogger(__name__)
 
@@ -337,7 +337,7 @@ def _csv_float(field: str) -> float:
     return np.nan if field.lower() in _MISSING else float(field)
 
 
-def _diagnose_csv(path: Path, lines: list[str], start: int, delimiter: str | None) -> None:
+def _diagnose_csv(path: Path, lines: list, start: int, delimiter: str | None) -> None:
     """Raise a precise error for the first ragged or non-numeric row (slow path, errors only)."""
 
     def split(ln):
@@ -358,19 +358,28 @@ def _diagnose_csv(path: Path, lines: list[str], start: int, delimiter: str | Non
                     "allow_nan=True to read missing values as NaN"
                 )
             if not _is_number(f, False):
+                # a first row of names and numbers is data, not a header (headers: names only)
+                hint = (
+                    " (a header row holds names only; this row also holds numbers, so it is "
+                    "read as data: fix the value, or name every column)"
+                    if start == 0 and lineno == lines[0][0]
+                    else ""
+                )
                 raise ValueError(
-                    f"{path}: non-numeric value {f!r} on line {lineno}, column {j + 1}"
+                    f"{path}: non-numeric value {f!r} on line {lineno}, column {j + 1}{hint}"
                 )
 
 
-def _load_csv(path: Path, delimiter: str | None, allow_nan: bool) -> np.ndarray:
+def _csv_layout(path: Path, delimiter: str | None):
+    """``(lines, delimiter, header)`` of a CSV file: its (1-based line number, content) pairs of
+    non-blank, non-comment lines, the delimiter (guessed from the first row unless given) and
+    the names of its header row (``None`` without one)."""
     try:
         # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first field
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not a text (CSV) file ({exc})") from exc
     raw = text.splitlines()
-    # (1-based line number, content) of the non-blank, non-comment lines
     lines = [(i + 1, ln) for i, ln in enumerate(raw) if ln.strip() and not ln.lstrip()[:1] == "#"]
     if not lines:
         raise ValueError(f"{path}: no data rows")
@@ -378,11 +387,32 @@ def _load_csv(path: Path, delimiter: str | None, allow_nan: bool) -> np.ndarray:
     if delimiter is None:
         delimiter = "," if "," in first else ("\t" if "\t" in first else None)
     fields = [f.strip() for f in (first.split(delimiter) if delimiter else first.split())]
-    start = 0
-    # a header row has a field that is neither a number nor a missing value ("1,,3" is data)
-    if not all(_is_number(f, True) for f in fields):
-        start = 1
+    # a header row holds names: no number, and a field that is not a missing value either
+    # ("1,,3" is data; so is "1000,?,0.3", whose '?' is then reported, not the row dropped)
+    header = None
+    if not any(_is_number(f, False) for f in fields) and not all(
+        _is_number(f, True) for f in fields
+    ):
+        header = fields
         logger.debug("%s: treating line %d as a header", path, lines[0][0])
+    return lines, delimiter, header
+
+
+def csv_header(path, *, delimiter: str | None = None) -> list[str] | None:
+    """The column names of a CSV file's header row as :func:`load_array` reads it (a first row
+    of names, no numbers); ``None`` when the file has none (or is not a CSV / TSV / TXT file)."""
+    path = Path(os.fspath(path)).expanduser()
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".tsv", ".txt"):
+        return None
+    if suffix == ".tsv" and delimiter is None:
+        delimiter = "\t"
+    return _csv_layout(path, delimiter)[2]
+
+
+def _load_csv(path: Path, delimiter: str | None, allow_nan: bool) -> np.ndarray:
+    lines, delimiter, header = _csv_layout(path, delimiter)
+    start = 0 if header is None else 1
     if start >= len(lines):
         raise ValueError(f"{path}: only a header row, no data")
     skip = lines[0][0] if start else 0
@@ -446,7 +476,8 @@ def load_array(
     """Load a 2-D numeric data matrix from ``.csv``/``.tsv``/``.txt``, ``.npy`` or ``.npz``.
 
     CSV: comma, tab or whitespace separated (guessed from the first row unless ``delimiter`` is
-    given); an optional non-numeric header row and ``#`` comment lines are skipped. With
+    given); an optional header row (names only, no number: a first row that mixes numbers and
+    text is data, and its text an error) and ``#`` comment lines are skipped. With
     ``allow_nan``, empty cells and ``NA``, ``N/A``, ``NaN``, ``null`` (any case) are missing
     values (NaN).
     ``.npz``: the single array it holds, or the one named ``key`` (``"X"`` or ``"data"`` are
