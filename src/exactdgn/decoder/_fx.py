@@ -3,12 +3,17 @@
 The module is traced symbolically; every value of the graph is kept as an affine function
 ``M h + c`` of the output ``h`` of the last activation layer built so far (at the start,
 ``h = z``). Affine nodes (``Linear``, convolutions, pooling by averages, upsampling, padding,
-eval-mode ``BatchNorm``, ``Flatten``, reshapes, ``torch.cat``, sums and differences of values,
-scaling by constants, ``Identity``, eval-mode ``Dropout``) only update those maps. A
+eval-mode ``BatchNorm``, ``Flatten``, reshapes, ``torch.cat`` / ``stack``, slicing and indexing
+of non-batch axes, ``chunk`` / ``split``, ``sum`` / ``mean`` over non-batch axes, ``transpose`` /
+``permute``, ``value @ W`` and ``F.linear`` with constant weights, ``F.pad`` and the functional
+forms of the affine modules, sums and differences of values, scaling by constants,
+``Identity``, eval-mode ``Dropout``) only update those maps. Nodes of constants only (the
+module's tensors, sizes read at trace time: ``h.shape[1] // 2``) are computed. A
 piecewise-affine node starts a new layer: the values still needed later pass through it on units
 without a kink (PReLU slope 1), and
 
-* ``ReLU`` / ``LeakyReLU`` / ``PReLU`` / :func:`Abs`: one unit per element (slope 0 / α / -1);
+* ``ReLU`` / ``LeakyReLU`` / ``PReLU`` (``F.prelu``) / :func:`Abs`: one unit per element
+  (slope 0 / α / -1); ``Softshrink``: ``relu(a - λ) - relu(-a - λ)``;
 * ``ReLU6`` / ``Hardtanh(lo, hi)`` / ``clamp(a, lo, hi)``: ``lo + relu(a - lo) - relu(a - hi)``:
   two ReLU units; ``clamp_min`` / ``clamp_max`` and ``maximum`` / ``minimum`` with a constant:
   ``max(a, k) = k + relu(a - k)``, ``min(a, k) = k - relu(k - a)``;
