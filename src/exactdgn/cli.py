@@ -983,6 +983,8 @@ def _noise_std(text: str):
             values = np.asarray(values, dtype=np.float64).ravel()
         except (ValueError, OSError) as exc:
             raise CLIError(f"--noise-std {text}: not a file of numbers ({exc})") from exc
+        if values.size == 1:  # a file of one value: one std for every output, as a number
+            values = float(values[0])
     bad = ~(np.isfinite(values) & (np.asarray(values) > 0))
     if np.any(bad):
         what = f"{int(np.sum(bad))} of its values are not" if np.ndim(values) else "it is not"
@@ -1032,11 +1034,17 @@ def _evaluate(args) -> int:
     if args.out:
         _check_out_file(args.out)
     noise_std = _noise_std(args.noise_std)
+    if args.negative_slope != 0.01 and args.activation != "leaky_relu":  # 0.01: its default
+        raise CLIError(
+            f"--negative-slope applies to --activation leaky_relu only (the activation is "
+            f"{args.activation}): remove it, or add --activation leaky_relu"
+        )
     dec = load_torch_decoder(
         args.decoder,
         layers=args.layers,
-        activation=args.activation,
-        negative_slope=args.negative_slope,
+        # the default as None: a pickled module refuses an --activation other than it
+        activation=None if args.activation == "relu" else args.activation,
+        negative_slope=args.negative_slope if args.activation == "leaky_relu" else None,
         unsafe_pickle=args.unsafe_pickle,
     )
     _check_noise_length(args.noise_std, noise_std, dec.output_dim)

@@ -325,3 +325,196 @@ def test_each_stage_has_its_progress_and_a_log_line(parts, capsys, caplog):
     assert "evaluate [" not in capsys.readouterr().err  # no bars, the log lines stay
     assert sum(r.getMessage().startswith("evaluate [") for r in caplog.records) == 5
     assert out.read_bytes() == (root / "stages.csv").read_bytes()  # the values unchanged
+
+
+class _Named(torch.nn.Module):
+    """An MLP whose Linear layers have the given names, registered (and applied) in order."""
+
+    def __init__(self, layers):
+        super().__init__()
+        self.order = [name for name, _, _ in layers]
+        for name, n_in, n_out in layers:
+            setattr(self, name, torch.nn.Linear(n_in, n_out))
+
+    def forward(self, z):
+        for k, name in enumerate(self.order):
+            z = getattr(self, name)(z)
+            z = torch.relu(z) if k < len(self.order) - 1 else z
+        return z
+
+
+def _save_both(tmp_path, layers):
+    """``_Named(layers)`` saved as a .pt and a .safetensors state dict; the module itself."""
+    torch.manual_seed(0)
+    mod = _Named(layers).double()
+    sd = {k: v.contiguous() for k, v in mod.state_dict().items()}
+    torch.save(sd, tmp_path / "named.pt")
+    save_file(sd, tmp_path / "named.safetensors")
+    np.save(tmp_path / "x.npy", np.zeros((2, layers[-1][2])))
+    return mod
+
+
+def _same_function(dec, module):
+    Z = np.random.default_rng(0).standard_normal((50, dec.latent_dim)) * 4
+    with torch.no_grad():
+        ref = module(torch.as_tensor(Z)).numpy()
+    np.testing.assert_allclose(dec(Z), ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "layers",
+    [
+        [("fc_in", 1, 8), ("fc_hidden", 8, 8), ("fc_out", 8, 3)],  # refused: "not a chain"
+        [("a_in", 1, 8), ("c_mid", 8, 4), ("b_mid", 4, 8), ("z_out", 8, 3)],
+        [("inp", 1, 8), ("hidden.1", 8, 8), ("hidden.0", 8, 8), ("out", 8, 3)],  # numbered
+    ],
+)
+def test_safetensors_mlp_is_rebuilt_from_the_shapes(tmp_path, layers):
+    """.safetensors keeps no order: its layers were taken in the (natural) order of their
+    names, refusing fc_in, fc_hidden, fc_out as "not an MLP chain" (fc_hidden < fc_in < fc_out)
+    and a_in, b_mid, c_mid, z_out alike. The chain now comes from the shapes, and from the
+    names where these number the layers of equal shapes."""
+    from exactdgn.evaluation import load_torch_decoder
+
+    mod = _save_both(tmp_path, layers)
+    if layers[1][0] == "hidden.1":  # the numbers give the order, not the registration
+        mod.order = ["inp", "hidden.0", "hidden.1", "out"]
+    _same_function(load_torch_decoder(tmp_path / "named.safetensors"), mod)
+    args = ["evaluate", str(tmp_path / "named.safetensors"), str(tmp_path / "x.npy")]
+    assert main([*args, "--noise-std", "0.2", "--no-progress"]) == 0
+
+
+def test_safetensors_mlp_of_unnumbered_equal_layers_is_refused(tmp_path, capsys):
+    """a_in (1 -> 8), c_mid, b_mid (8 -> 8), z_out: read in the order of the names (b_mid
+    before c_mid), the decoder was another function and its log p(x) silently wrong (-2.274
+    vs -2.372). The order cannot be known: refused, naming the layers and what to do; the
+    .pt state dict (which keeps the module's order) is scored."""
+    from exactdgn.evaluation import load_torch_decoder
+
+    layers = [("a_in", 1, 8), ("c_mid", 8, 8), ("b_mid", 8, 8), ("z_out", 8, 3)]
+    mod = _save_both(tmp_path, layers)
+    args = ["evaluate", str(tmp_path / "named.safetensors"), str(tmp_path / "x.npy")]
+    assert main([*args, "--noise-std", "0.2"]) == 2
+    err = capsys.readouterr().err
+    assert "'c_mid'" in err and "'b_mid'" in err and "'a_in'" not in err, err
+    assert "torch.save" in err and "index" in err
+    _same_function(load_torch_decoder(tmp_path / "named.pt"), mod)
+
+
+def test_safetensors_layers_that_chain_in_no_order_are_named(tmp_path, capsys):
+    _save_both(tmp_path, [("a", 1, 8), ("b", 4, 3)])
+    args = ["evaluate", str(tmp_path / "named.safetensors"), str(tmp_path / "x.npy")]
+    assert main([*args, "--noise-std", "0.2"]) == 2
+    err = capsys.readouterr().err
+    assert "'a' (1 -> 8), 'b' (4 -> 3) do not chain" in err, err
+
+
+@pytest.mark.parametrize("which", ["decoder", "encoder"])
+def test_truncated_file_with_unsafe_pickle_is_named(parts, capsys, which):
+    """A truncated torch file with --unsafe-pickle was torch's raw ``RuntimeError:
+    PytorchStreamReader failed ...`` traceback (exit 1); without the flag a clean error."""
+    root = parts[0]
+    src = root / ("dec_module.pt" if which == "decoder" else "enc.pt")
+    bad = root / f"cut_{which}.pt"
+    data = src.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    dec = bad if which == "decoder" else root / "dec.pt"
+    args = ["evaluate", str(dec), str(root / "x.npy"), "--noise-std", "0.2", "--unsafe-pickle"]
+    if which == "encoder":
+        args += ["--encoder", str(bad), "--encoder-hidden", "16"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("exactdgn: error:") and "Traceback" not in err
+    assert str(bad) in err and "truncated or corrupt" in err and which in err, err
+
+
+class _ResidualDecoder(torch.nn.Module):
+    """2 -> 6, h + relu(m(h)), 6 -> 3: its imported hidden layer carries h too (12 units)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = torch.nn.Linear(2, 6)
+        self.m = torch.nn.Linear(6, 6)
+        self.out = torch.nn.Linear(6, 3)
+
+    def forward(self, z):
+        h = torch.relu(self.inp(z))
+        h = h + torch.relu(self.m(h))
+        return self.out(h)
+
+
+def test_layers_of_a_pickled_module_are_those_of_its_linear_layers(tmp_path, capsys):
+    """--layers 2 6 6 3 of a residual module was refused as "layer sizes [2, 6, 12, 3]" (the
+    importer's widths, with the units that carry h): its Linear layers' sizes are accepted."""
+    torch.manual_seed(0)
+    torch.save(_ResidualDecoder(), tmp_path / "res.pt")
+    np.save(tmp_path / "x.npy", np.zeros((2, 3)))
+    args = ["evaluate", str(tmp_path / "res.pt"), str(tmp_path / "x.npy"), "--noise-std", "0.2"]
+    args += ["--unsafe-pickle", "--no-progress"]
+    assert main([*args, "--layers", "2", "6", "6", "3"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--layers", "2", "6", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "Linear layers have sizes [2, 6, 6, 3] (imported as [2, 6, 12, 3]" in err, err
+    assert "not [2, 6, 4]" in err and "carry values" in err
+
+
+@pytest.mark.parametrize(
+    "decoder, option, named",
+    [
+        ("dec.pt", ["--negative-slope", "0.3"], "--negative-slope applies to --activation leaky"),
+        ("dec_module.pt", ["--activation", "abs"], "activation='abs' (--activation) applies"),
+        ("dec_module.pt", ["--activation", "leaky_relu"], "applies to a state dict only"),
+    ],
+)
+def test_options_that_do_not_apply_are_refused(parts, capsys, decoder, option, named):
+    """--negative-slope with relu and --activation with a whole module were silently ignored
+    (the README: an option that does not apply is an error)."""
+    root = parts[0]
+    args = ["evaluate", str(root / decoder), str(root / "x.npy"), "--noise-std", "0.2"]
+    assert main([*args, "--unsafe-pickle", *option]) == 2
+    assert named in capsys.readouterr().err
+
+
+def test_latent_dimension_is_refused_before_the_estimate(tmp_path, capsys, caplog):
+    """A latent-dimension-5 decoder logged its estimated pass ("~2.84 h per E-step") before
+    the refusal that latent_dim=5 is invalid."""
+    import logging
+
+    torch.manual_seed(0)
+    dec = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    torch.save(dec.state_dict(), tmp_path / "d5.pt")
+    np.save(tmp_path / "x.npy", np.zeros((4, 3)))
+    caplog.set_level(logging.INFO, logger="exactdgn")
+    args = ["evaluate", str(tmp_path / "d5.pt"), str(tmp_path / "x.npy"), "--noise-std", "0.2"]
+    assert main(args) == 2
+    assert "latent_dim=5 is invalid" in capsys.readouterr().err
+    assert "estimated" not in caplog.text, caplog.text
+
+
+def test_bias_of_the_wrong_shape_names_the_file_and_key(tmp_path, capsys):
+    # "bias 0 has shape (5,), expected (8,)" named neither the file nor the tensor
+    torch.manual_seed(0)
+    sd = torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    sd = sd.state_dict()
+    sd["0.bias"] = torch.zeros(5)
+    torch.save(sd, tmp_path / "bad.pt")
+    np.save(tmp_path / "x.npy", np.zeros((2, 3)))
+    args = ["evaluate", str(tmp_path / "bad.pt"), str(tmp_path / "x.npy"), "--noise-std", "0.2"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "bad.pt") in err and "'0.bias' has shape (5,)" in err, err
+    assert "'0.weight' has shape (8, 1)" in err
+
+
+@pytest.mark.parametrize("value", [np.array([0.2]), np.array(0.2)], ids=["one", "0-d"])
+def test_noise_std_file_of_one_value_is_one_std(parts, value):
+    """A .npy of [0.2] (or a 0-d one) was refused: "has 1 values but the decoder has 3
+    outputs: give one std per output, or a single number"."""
+    root, exact, X = parts
+    np.save(root / "one.npy", value)
+    out = root / "one.csv"
+    args = ["evaluate", str(root / "dec.pt"), str(root / "x.npy"), "--no-progress"]
+    assert main([*args, "--noise-std", str(root / "one.npy"), "--out", str(out)]) == 0
+    table = np.loadtxt(out, delimiter=",", skiprows=1)
+    assert np.allclose(table[:, 1], exact.score_samples(X), rtol=1e-12)

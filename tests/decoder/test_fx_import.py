@@ -333,5 +333,133 @@ def test_squeeze_and_unsqueeze_are_reshapes():
         def forward(self, z):
             return z.sort(dim=1).values
 
-    with pytest.raises(NotPiecewiseAffineError, match=r"'sort'.*only affine operations"):
+    with pytest.raises(NotPiecewiseAffineError, match=r"'sort'.*not supported by the importer"):
         Decoder.from_torch(Sort(), input_shape=(2,))
+
+
+class _AffineOps(nn.Module):
+    """Affine operations written as tensor code (each was refused as "not supported: only
+    affine operations ... are exact", though affine)."""
+
+    def __init__(self, which):
+        super().__init__()
+        self.inp = nn.Linear(2, 12)
+        self.W = nn.Parameter(torch.randn(12, 5))
+        self.lin = nn.Linear(12, 5)
+        self.log_scale = nn.Parameter(torch.randn(12))
+        self.which = which
+
+    def forward(self, z):
+        h = torch.relu(self.inp(z))
+        F = nn.functional
+        return {
+            "slice": lambda: torch.relu(h[:, :5] - h[:, 7:]) + h[..., 2:7],
+            "index": lambda: torch.cat([h[:, 3, None], h[:, None, 4]], 1) - h[:, -2:],
+            "chunk": lambda: (
+                torch.relu(h.chunk(3, 1)[1]) - h.chunk(3, 1)[2] + torch.split(h, 4, 1)[0]
+            ),
+            "split": lambda: torch.relu(h.split([5, 7], dim=-1)[1]),
+            "sum": lambda: h.view(-1, 3, 4).sum(1) - h.view(-1, 3, 4).mean(dim=1),
+            "mean": lambda: (
+                h.view(-1, 3, 4).mean((1, 2), keepdim=True).flatten(1) + h.sum(-1, True)
+            ),
+            "transpose": lambda: (
+                torch.relu(h.view(-1, 3, 4).transpose(1, 2)).flatten(1)
+                + h.view(-1, 2, 3, 2).permute(0, 3, 1, 2).reshape(-1, 12)
+            ),
+            "reshape": lambda: torch.relu(torch.reshape(h, (-1, 4, 3))).sum(-1),
+            "stack": lambda: torch.stack([h, -h], dim=-1).flatten(1),
+            "matmul": lambda: torch.relu(h @ self.W) + F.linear(h, self.lin.weight, self.lin.bias),
+            "pad": lambda: F.pad(h.view(-1, 3, 4), (1, 2), value=0.5).flatten(1),
+            "constants": lambda: torch.relu(h * self.log_scale.exp() - self.log_scale.abs()),
+            "sizes": lambda: (
+                h.view(h.size(0), h.size(1), 1).flatten(1)
+                + h.view(h.shape[0], h.shape[1] // 2, 2).flatten(1)
+            ),
+        }[self.which]()
+
+
+_OPS = ["slice", "index", "chunk", "split", "sum", "transpose", "reshape", "stack", "matmul"]
+
+
+@pytest.mark.parametrize("which", [*_OPS, "mean", "pad", "constants", "sizes"])
+def test_affine_tensor_operations_are_imported(which):
+    """Slicing, chunk / split, sum / mean over feature axes, transpose / permute,
+    torch.reshape, stack, ``h @ self.W``, F.linear, F.pad and expressions of the module's
+    constants are affine; they were refused as not supported (``h.view(h.size(0), h.size(1),
+    1)`` was a TypeError, ``h.shape[1] // 2`` a refusal of 'floordiv')."""
+    torch.manual_seed(9)
+    _same_function(_AffineOps(which), 2)
+
+
+class _PiecewiseOps(nn.Module):
+    def __init__(self, which):
+        super().__init__()
+        self.inp = nn.Linear(2, 12)
+        self.slopes = nn.Parameter(torch.rand(3))
+        self.which = which
+        self.shrink = nn.Softshrink(0.3)
+
+    def forward(self, z):
+        h = self.inp(z)
+        F = nn.functional
+        return {
+            "prelu": lambda: F.prelu(h.view(-1, 3, 4), self.slopes).flatten(1),
+            "relu_": lambda: h.relu_() + h - nn.functional.relu(h, inplace=True),
+            "softshrink": lambda: self.shrink(h) + F.softshrink(h, 0.5),
+            "max_pool1d": lambda: F.max_pool1d(h.view(-1, 2, 6), 3, stride=2).flatten(1),
+        }[self.which]()
+
+
+@pytest.mark.parametrize("which", ["prelu", "relu_", "softshrink", "max_pool1d"])
+def test_piecewise_affine_functions_are_imported(which):
+    """F.prelu, x.relu_(), Softshrink and F.max_pool1d are piecewise affine; they were
+    refused as not supported."""
+    torch.manual_seed(10)
+    dec = _same_function(_PiecewiseOps(which), 2)
+    assert dec.kink_mask.any()
+
+
+def test_piecewise_affine_modules_not_built_yet_say_so():
+    """AdaptiveMaxPool1d was refused as "not a supported continuous piecewise-affine layer"."""
+    mod = nn.Sequential(nn.Linear(2, 8), nn.Unflatten(1, (2, 4)), nn.AdaptiveMaxPool1d(2))
+    with pytest.raises(
+        NotPiecewiseAffineError, match=r"piecewise affine but not supported.*Pool1d"
+    ):
+        Decoder.from_torch(mod)
+
+
+def test_reshape_with_the_batch_size_elsewhere_is_refused_clearly():
+    class Mix(nn.Module):
+        def forward(self, z):
+            return z.view(-1, z.size(0))
+
+    with pytest.raises(NotPiecewiseAffineError, match=r"non-batch size that is not a number"):
+        Decoder.from_torch(Mix(), input_shape=(2,))
+
+
+class _WithDefaults(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(2, 6)
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, z, temperature=2.0, cond=None):
+        h = torch.relu(self.inp(z) / temperature)
+        if cond is not None:
+            h = h + cond
+        return self.out(h)
+
+
+def test_forward_with_default_arguments_is_traced_with_them():
+    """``forward(self, z, temperature=1.0)`` was refused: "the module takes more than one
+    input"; an argument without a default is a ValueError about the signature."""
+    torch.manual_seed(11)
+    _same_function(_WithDefaults(), 2)
+
+    class NoDefault(nn.Module):
+        def forward(self, z, c):
+            return torch.relu(z + c)
+
+    with pytest.raises(ValueError, match=r"forward takes \['z', 'c'\].*\['c'\] have no default"):
+        Decoder.from_torch(NoDefault(), input_shape=(2,))

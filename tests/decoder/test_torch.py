@@ -348,3 +348,16 @@ def test_module_on_any_device_is_imported_and_left_where_it_was(device, fx):
         ref = module(torch.as_tensor(z, device=device)).cpu().numpy()
     np.testing.assert_allclose(dec(z), ref, rtol=1e-12, atol=1e-12)
     assert next(module.parameters()).device.type == device
+
+
+def test_layer_that_does_not_take_its_input_shape_is_named():
+    """A Conv1d of 3 channels after an Unflatten to (2, 4) raised torch's RuntimeError
+    ("expected input[1, 2, 4] to have 3 channels"), not an error naming the layer."""
+    mod = nn.Sequential(nn.Linear(1, 8), nn.Unflatten(1, (2, 4)), nn.Conv1d(3, 1, 2), nn.Flatten())
+    with pytest.raises(
+        ValueError, match=r"layer '2' \(Conv1d\) does not take inputs of per-sample"
+    ):
+        Decoder.from_torch(mod)
+    bad = nn.Sequential(nn.Linear(1, 8), nn.Unflatten(1, (3, 4)), nn.Flatten())
+    with pytest.raises(ValueError, match=r"layer '1' \(Unflatten\) does not take"):
+        Decoder.from_torch(bad)

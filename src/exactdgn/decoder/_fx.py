@@ -3,12 +3,17 @@
 The module is traced symbolically; every value of the graph is kept as an affine function
 ``M h + c`` of the output ``h`` of the last activation layer built so far (at the start,
 ``h = z``). Affine nodes (``Linear``, convolutions, pooling by averages, upsampling, padding,
-eval-mode ``BatchNorm``, ``Flatten``, reshapes, ``torch.cat``, sums and differences of values,
-scaling by constants, ``Identity``, eval-mode ``Dropout``) only update those maps. A
+eval-mode ``BatchNorm``, ``Flatten``, reshapes, ``torch.cat`` / ``stack``, slicing and indexing
+of non-batch axes, ``chunk`` / ``split``, ``sum`` / ``mean`` over non-batch axes, ``transpose`` /
+``permute``, ``value @ W`` and ``F.linear`` with constant weights, ``F.pad`` and the functional
+forms of the affine modules, sums and differences of values, scaling by constants,
+``Identity``, eval-mode ``Dropout``) only update those maps. Nodes of constants only (the
+module's tensors, sizes read at trace time: ``h.shape[1] // 2``) are computed. A
 piecewise-affine node starts a new layer: the values still needed later pass through it on units
 without a kink (PReLU slope 1), and
 
-* ``ReLU`` / ``LeakyReLU`` / ``PReLU`` / :func:`Abs`: one unit per element (slope 0 / α / -1);
+* ``ReLU`` / ``LeakyReLU`` / ``PReLU`` (``F.prelu``) / :func:`Abs`: one unit per element
+  (slope 0 / α / -1); ``Softshrink``: ``relu(a - λ) - relu(-a - λ)``;
 * ``ReLU6`` / ``Hardtanh(lo, hi)`` / ``clamp(a, lo, hi)``: ``lo + relu(a - lo) - relu(a - hi)``:
   two ReLU units; ``clamp_min`` / ``clamp_max`` and ``maximum`` / ``minimum`` with a constant:
   ``max(a, k) = k + relu(a - k)``, ``min(a, k) = k - relu(k - a)``;
@@ -22,8 +27,10 @@ raises :class:`NotPiecewiseAffineError` naming it and saying why.
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,6 +102,8 @@ def _reads_shape(node) -> bool:
 
 
 _ALPHA = ("AlphaDropout", "FeatureAlphaDropout")
+#: functions and methods not folded into constants (random draws)
+_RANDOM = re.compile(r"rand|normal|bernoulli|multinomial|poisson|uniform|exponential|cauchy|empty")
 # affine modules: imported as their dense matrix (probed on the standard basis, see _dense_map)
 _AFFINE_MODULES = (
     *("Linear", "Flatten", "Unflatten", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"),
@@ -111,6 +120,52 @@ _AFFINE_MODULES = (
 )
 
 
+#: piecewise-affine modules the importer does not build yet, with what to write instead
+_PA_UNSUPPORTED = {
+    "AdaptiveMaxPool1d": "use nn.MaxPool1d with the kernel and stride it amounts to",
+    "AdaptiveMaxPool2d": "use nn.MaxPool2d with the kernel and stride it amounts to",
+    "AdaptiveMaxPool3d": "use 2-D pooling, or pool with torch.maximum of shifted slices",
+    "MaxPool3d": "use 2-D pooling, or pool with torch.maximum of shifted slices",
+    "FractionalMaxPool2d": "use nn.MaxPool2d",
+    "LPPool1d": "use nn.MaxPool1d or nn.AvgPool1d",
+}
+
+#: what an unsupported operation's refusal says (it may well be piecewise affine)
+_SUPPORTED = (
+    "it imports affine operations (Linear, convolutions, pooling by averages, padding, "
+    "reshapes, transpose / permute, indexing and slicing of non-batch axes, chunk / split, "
+    "cat / stack, sum / mean over non-batch axes, sums, scaling by constants, @ a constant "
+    "matrix, F.linear) and the piecewise-affine ReLU family, clamps, maximum / minimum and max "
+    "pooling. If this operation is (piecewise) affine, rewrite it with those; if it is smooth "
+    "it has no exact region decomposition"
+)
+
+
+def _call_module(f, rest, kwargs):
+    """An ``nn.Module`` computing ``f(x, *rest, **kwargs)`` (probed by ``_dense_map``)."""
+    import torch
+
+    class _Call(torch.nn.Module):
+        def forward(self, x):
+            return f(x, *rest, **kwargs)
+
+    return _Call()
+
+
+def _probed_functions() -> tuple:
+    """Functional forms of affine modules (their other arguments constants): imported as the
+    dense matrix of ``x -> f(x, ...)``, as the modules."""
+    import torch.nn.functional as F
+
+    names = (
+        *("pad", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d"),
+        *("conv_transpose3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d"),
+        *("adaptive_avg_pool2d", "adaptive_avg_pool3d", "interpolate", "upsample"),
+        *("pixel_shuffle", "pixel_unshuffle"),
+    )
+    return tuple(getattr(F, a) for a in names if hasattr(F, a))
+
+
 def _modules(*names: str) -> tuple:
     """The ``torch.nn`` classes of these names that this torch version has."""
     import torch
@@ -124,9 +179,148 @@ def _is_tensor(v) -> bool:
     return isinstance(v, torch.Tensor)
 
 
-def _is_size(v) -> bool:
-    """Whether ``v`` stands for ``x.size()`` / ``x.shape`` (dim None) or ``x.size(dim)``."""
-    return isinstance(v, tuple) and len(v) == 2 and v[0] == "size"
+class _BatchSize:
+    """The batch size, ``x.size(0)``: unknown at trace time (the per-sample sizes are known:
+    ``x.size()`` is the tuple ``(BATCH, *shape)``)."""
+
+    def __repr__(self) -> str:
+        return "x.size(0)"
+
+
+BATCH = _BatchSize()
+
+
+def _size(x, dim=None):
+    """``x.size(dim)`` / ``x.size()`` of a value: ints, the batch size as :data:`BATCH`."""
+    full = (BATCH, *x.shape)
+    if dim is None:
+        return full
+    return full[int(dim)]  # an IndexError for a dim out of range, as torch
+
+
+def _symbolic(v) -> bool:
+    """Whether ``v`` (or an item of it) is a value computed from the input."""
+    if isinstance(v, _Value):
+        return True
+    if isinstance(v, list | tuple):
+        return any(_symbolic(a) for a in v)
+    if isinstance(v, dict):
+        return any(_symbolic(a) for a in v.values())
+    return False
+
+
+def _in_place(n, modules) -> bool:
+    """Whether node ``n`` changes its first argument in place (``x.relu_()``,
+    ``F.relu(x, inplace=True)``, ``nn.ReLU(inplace=True)``)."""
+    if not n.args:
+        return False
+    if n.op == "call_module":
+        return bool(getattr(modules[n.target], "inplace", False))
+    if n.kwargs.get("inplace", False):
+        return True
+    name = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
+    return n.op in ("call_method", "call_function") and name.endswith("_") and name != "__"
+
+
+def _take(x: _Value, order: np.ndarray) -> _Value:
+    """The elements ``order`` (an index array of the new per-sample shape) of ``x``."""
+    flat = np.asarray(order, dtype=np.int64).ravel()
+    return _Value(x.M[flat], x.c[flat], tuple(np.shape(order)))
+
+
+def _per_sample_axis(name: str, x: _Value, dim) -> int:
+    """The per-sample axis of ``dim`` (of a batched tensor); the batch axis is refused."""
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise NotPiecewiseAffineError(f"{name}: takes an integer dim here, got {dim!r}")
+    ndim = len(x.shape) + 1
+    pos = dim + ndim if dim < 0 else dim
+    if pos < 1 or pos >= ndim:
+        raise NotPiecewiseAffineError(
+            f"{name}: dim {dim} is the batch axis or out of range for a value of per-sample "
+            f"shape {x.shape}; use a dim >= 1 (the batch axis mixes samples)"
+        )
+    return pos - 1
+
+
+def _index(name: str, x: _Value, key) -> _Value:
+    """``x[key]`` with ints, slices, None and ``...`` that keep the batch axis (``x[:, :2]``)."""
+    key = key if isinstance(key, tuple) else (key,)
+    ok = (int, slice, type(None), type(Ellipsis))
+    if not all(isinstance(k, ok) and not isinstance(k, bool) for k in key):
+        raise NotPiecewiseAffineError(
+            f"{name}: indexing with {key!r} is not supported by the importer yet (ints, slices, "
+            "None and ... are); index with those, or select with a constant matrix (x @ S)"
+        )
+    explicit = sum(k is not None and k is not Ellipsis for k in key)
+    if key and key[0] == slice(None):
+        per = key[1:]
+    elif key and key[0] is Ellipsis and explicit <= len(x.shape):
+        per = key
+    else:
+        raise NotPiecewiseAffineError(
+            f"{name}: indexing {key!r} touches the batch axis (it mixes samples); keep it whole "
+            "(x[:, ...])"
+        )
+    idx = np.arange(len(x.c)).reshape(x.shape)
+    try:
+        return _take(x, idx[per])
+    except IndexError as exc:
+        raise NotPiecewiseAffineError(f"{name}: cannot index shape {x.shape} ({exc})") from None
+
+
+def _split(name: str, x: _Value, sizes, dim, chunks: bool) -> list:
+    """``x.chunk(n, dim)`` / ``x.split(size or sizes, dim)``: a list of values."""
+    ax = _per_sample_axis(name, x, dim)
+    L = x.shape[ax]
+    if chunks:
+        step = -(-L // int(sizes))
+        bounds = [*range(0, L, step), L]
+    elif isinstance(sizes, int):
+        bounds = [*range(0, L, int(sizes)), L]
+    else:
+        bounds = [0, *np.cumsum([int(v) for v in sizes]).tolist()]
+        if bounds[-1] != L:
+            raise NotPiecewiseAffineError(f"{name}: split sizes {sizes} do not sum to {L}")
+    idx = np.arange(len(x.c)).reshape(x.shape)
+    parts = []
+    for a, b in itertools.pairwise(bounds):
+        sl = [slice(None)] * len(x.shape)
+        sl[ax] = slice(a, b)
+        parts.append(_take(x, idx[tuple(sl)]))
+    return parts
+
+
+def _reduce(name: str, x: _Value, dim, keepdim: bool, mean: bool) -> _Value:
+    """``x.sum(dim)`` / ``x.mean(dim)`` over per-sample axes."""
+    if dim is None:
+        raise NotPiecewiseAffineError(
+            f"{name}: a reduction over every axis (the batch too) mixes samples; give dim >= 1"
+        )
+    dims = dim if isinstance(dim, list | tuple) else (dim,)
+    axes = tuple(sorted({_per_sample_axis(name, x, d) for d in dims}))
+    M = x.M.reshape(*x.shape, -1).sum(axis=axes, keepdims=keepdim)
+    c = x.c.reshape(x.shape).sum(axis=axes, keepdims=keepdim)
+    scale = 1.0 / math.prod(x.shape[a] for a in axes) if mean else 1.0
+    return _Value(scale * M.reshape(-1, x.M.shape[1]), scale * c.reshape(-1), c.shape)
+
+
+def _matmul(name: str, a, b) -> _Value:
+    """``value @ W`` with a constant matrix ``W`` (over the last per-sample axis)."""
+    if not isinstance(a, _Value) or isinstance(b, _Value) or not _is_tensor(b) or b.ndim != 2:
+        why = (
+            "a product of two values is not piecewise affine"
+            if isinstance(a, _Value) and isinstance(b, _Value)
+            else "only value @ (a constant 2-D matrix) is supported by the importer yet"
+        )
+        raise NotPiecewiseAffineError(
+            f"{name}: {why}; write a constant on the left as value @ W.T, or use nn.Linear"
+        )
+    W = np.asarray(b.detach().cpu().numpy(), dtype=np.float64)
+    if not a.shape or a.shape[-1] != W.shape[0]:
+        raise ValueError(f"{name}: a value of per-sample shape {a.shape} @ a {W.shape} matrix")
+    lead = math.prod(a.shape[:-1])
+    A = np.kron(np.eye(lead), W.T)
+    return _Value(A @ a.M, A @ a.c, (*a.shape[:-1], W.shape[1]))
 
 
 def _constant(name: str, v, shape: tuple) -> np.ndarray | None:
@@ -267,8 +461,9 @@ class _Compiler:
         out = None
         for i, n in enumerate(nodes):
             if n.op == "placeholder":
-                if vals:
-                    raise NotPiecewiseAffineError("the module takes more than one input")
+                if vals:  # another argument, traced with its default (from_torch_fx)
+                    vals[n] = n.args[0] if n.args else None
+                    continue
                 vals[n] = _Value(np.eye(d), np.zeros(d), tuple(shape))
             elif n.op == "output":
                 res = n.args[0]
@@ -285,6 +480,8 @@ class _Compiler:
                 vals[n] = t.detach().to(torch.float64) if isinstance(t, torch.Tensor) else t
             else:
                 vals[n] = self._node(n, i, vals)
+                if _in_place(n, self.modules) and isinstance(n.args[0], torch.fx.Node):
+                    vals[n.args[0]] = vals[n]  # x.relu_(): x is the result from here on
         if out.shape != (math.prod(out.shape),):
             out = _Value(out.M, out.c, (math.prod(out.shape),))
         return self.b.decoder(out)
@@ -308,8 +505,8 @@ class _Compiler:
         t = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", n.target)
         return f"operation {t!r} (node {n.name!r})"
 
-    def _affine_fn(self, v: _Value, module) -> _Value:
-        W, b, out_shape = _dense_map(module, v.shape)
+    def _affine_fn(self, v: _Value, module, name=None) -> _Value:
+        W, b, out_shape = _dense_map(module, v.shape, name)
         return _Value(W @ v.M, W @ v.c + b, out_shape)
 
     def _node(self, n, i, vals):
@@ -317,10 +514,13 @@ class _Compiler:
         import torch.nn.functional as F
 
         nn = torch.nn
-        args = [vals[a] if isinstance(a, torch.fx.Node) else a for a in n.args]
-        kwargs = {k: vals[a] if isinstance(a, torch.fx.Node) else a for k, a in n.kwargs.items()}
+        # nodes in lists too (torch.cat([a, b])): values, constants, sizes
+        args = list(torch.fx.node.map_arg(n.args, lambda a: vals[a]))
+        kwargs = dict(torch.fx.node.map_arg(n.kwargs, lambda a: vals[a]))
         name = self._name(n)
         x = args[0] if args else None
+        if n.op in ("call_function", "call_method") and not _symbolic((args, kwargs)):
+            return self._fold(n, name, args, kwargs)  # constants only: computed here
         if n.op == "call_module":
             m = self.modules[n.target]
             if isinstance(m, nn.Identity):
@@ -339,7 +539,7 @@ class _Compiler:
                     "uses its running statistics (an affine map)"
                 )
             if isinstance(m, _modules(*_AFFINE_MODULES)):
-                return self._affine_fn(x, m)
+                return self._affine_fn(x, m, name)
             if isinstance(m, nn.RReLU):
                 if m.training:
                     raise NotPiecewiseAffineError(
@@ -366,6 +566,13 @@ class _Compiler:
                 return self._clamp(i, n, x, float(m.min_val), float(m.max_val))
             if isinstance(m, nn.MaxPool1d | nn.MaxPool2d):
                 return self._maxpool(i, n, x, m)
+            if isinstance(m, nn.Softshrink):
+                return self._softshrink(i, x, float(m.lambd))
+            if isinstance(m, _modules(*_PA_UNSUPPORTED)):
+                raise NotPiecewiseAffineError(
+                    f"{name} is piecewise affine but not supported by the importer yet: "
+                    f"{_PA_UNSUPPORTED[type(m).__name__]}"
+                )
             why = (
                 "smooth activations (Tanh, Sigmoid, GELU, SiLU, Softplus, ...) have no exact "
                 "region decomposition"
@@ -387,6 +594,47 @@ class _Compiler:
                 return self._unitwise(i, n, x, float(slope))
             if f is torch.abs:
                 return self._unitwise(i, n, x, -1.0)
+            if f is torch.relu_:
+                return self._unitwise(i, n, x, 0.0)
+            if f is F.prelu:
+                return self._unitwise(i, n, x, self._prelu_slopes(kwargs.get("weight", args[1]), x))
+            if f is F.softshrink:
+                return self._softshrink(
+                    i, x, float(kwargs.get("lambd", args[1] if len(args) > 1 else 0.5))
+                )
+            if f in (F.max_pool1d, F.max_pool2d):
+                pool = nn.MaxPool1d if f is F.max_pool1d else nn.MaxPool2d
+                return self._maxpool(i, n, x, pool(*args[1:], **kwargs))
+            if f in _probed_functions() and not _symbolic((args[1:], kwargs)):
+                return self._affine_fn(x, _call_module(f, args[1:], kwargs), name)
+            if f is F.linear:
+                W = kwargs.get("weight", args[1] if len(args) > 1 else None)
+                bias = kwargs.get("bias", args[2] if len(args) > 2 else None)
+                out = _matmul(name, x, W.T if _is_tensor(W) else W)
+                return out if bias is None else self._sum(name, [out, bias], False, {})
+            if f in (operator.matmul, torch.matmul, torch.mm):
+                return _matmul(name, args[0], args[1])
+            if f is operator.getitem and isinstance(x, list | tuple):
+                return x[args[1]]
+            if f is operator.getitem and isinstance(x, _Value):
+                return _index(name, x, args[1])
+            if f in (torch.sum, torch.mean):
+                dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+                keep = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
+                return _reduce(name, x, dim, bool(keep), f is torch.mean)
+            if f in (torch.transpose, torch.swapaxes, torch.permute):
+                return self._permute(name, f.__name__, x, args[1:], kwargs)
+            if f is torch.reshape:
+                return self._reshape(name, "reshape", x, args[1:], kwargs)
+            if f in (torch.chunk, torch.split):
+                return self._split_call(name, f.__name__, x, args[1:], kwargs)
+            if f is torch.stack:
+                parts = args[0]
+                dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+                if not all(isinstance(v, _Value) for v in parts):
+                    raise NotPiecewiseAffineError(f"{name}: only values from the input are stacked")
+                ups = [_squeeze(name, "unsqueeze", v, [dim], {}) for v in parts]
+                return _concat(name, ups, dim + len(parts[0].shape) + 2 if dim < 0 else dim)
             if f is F.hardsigmoid:
                 return self._clamp(i, n, _Value(x.M / 6, x.c / 6 + 0.5, x.shape), 0.0, 1.0)
             if f in (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d):
@@ -414,30 +662,35 @@ class _Compiler:
             if f is operator.neg or f is torch.neg:
                 return _Value(-x.M, -x.c, x.shape)
             if f is getattr and args[1] == "shape":
-                return ("size", None)
-            if f is operator.getitem and _is_size(x) and x[1] is None and isinstance(args[1], int):
-                return ("size", args[1])
+                return _size(x)
             if f in (torch.unsqueeze, torch.squeeze):
                 return _squeeze(name, f.__name__, x, args[1:], kwargs)
             if f is torch.flatten:
                 start = kwargs.get("start_dim", args[1] if len(args) > 1 else 0)
                 end = kwargs.get("end_dim", args[2] if len(args) > 2 else -1)
                 return _Value(x.M, x.c, _flat_shape(name, x.shape, start, end))
-            raise NotPiecewiseAffineError(
-                f"{name} is not supported: only affine operations (sums, scaling by constants, "
-                "reshapes) and ReLU-family activations are exact"
-            )
+            raise NotPiecewiseAffineError(f"{name} is not supported by the importer: {_SUPPORTED}")
         if n.op == "call_method":
             if n.target in ("view", "reshape", "flatten", "contiguous", "clone"):
                 return self._reshape(name, n.target, x, args[1:], kwargs)
             if n.target == "size":
-                return ("size", args[1] if len(args) > 1 else None)
+                return _size(x, kwargs.get("dim", args[1] if len(args) > 1 else None))
+            if n.target in ("sum", "mean"):
+                dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+                keep = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
+                return _reduce(name, x, dim, bool(keep), n.target == "mean")
+            if n.target in ("transpose", "swapaxes", "permute"):
+                return self._permute(name, n.target, x, args[1:], kwargs)
+            if n.target in ("chunk", "split"):
+                return self._split_call(name, n.target, x, args[1:], kwargs)
+            if n.target == "matmul":
+                return _matmul(name, args[0], args[1])
             if n.target in ("clamp", "clip", "clamp_min", "clamp_max"):
                 return self._clamp_call(i, n, n.target, args, kwargs)
             if n.target in ("maximum", "minimum", "max", "min", "fmax", "fmin"):
                 return self._extremum(i, n, n.target, args, kwargs)
-            if n.target in ("relu", "abs"):
-                return self._unitwise(i, n, x, 0.0 if n.target == "relu" else -1.0)
+            if n.target in ("relu", "relu_", "abs", "abs_"):
+                return self._unitwise(i, n, x, 0.0 if n.target.startswith("relu") else -1.0)
             if n.target in ("add", "sub"):
                 return self._sum(name, args, n.target == "sub", kwargs)
             if n.target in ("mul", "div"):
@@ -445,12 +698,70 @@ class _Compiler:
             if n.target in ("unsqueeze", "squeeze"):
                 return _squeeze(name, n.target, x, args[1:], kwargs)
             raise NotPiecewiseAffineError(
-                f"method {n.target!r} (node {n.name!r}) is not supported: only affine operations "
-                "(sums, scaling by constants, reshapes, squeeze / unsqueeze, cat) and ReLU-family "
-                "activations are exact; write it with those, or as an nn.Module of the supported "
-                "layers"
+                f"method {n.target!r} (node {n.name!r}) is not supported by the importer: "
+                f"{_SUPPORTED}"
             )
         raise NotPiecewiseAffineError(f"{name} ({n.op}) is not supported")
+
+    def _fold(self, n, name, args, kwargs):
+        """A node of constants only (a module's tensors, numbers, sizes): its value, computed
+        (``self.log_scale.exp()``, ``h.shape[1] // 2``); random and in-place ones refused."""
+        target = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
+        if (n.op == "call_method" and target.endswith("_")) or _RANDOM.search(target):
+            raise NotPiecewiseAffineError(
+                f"{name} on the module's constants is random or in place: not supported"
+            )
+        if any(a is BATCH for a in (*args, *kwargs.values())) and not (
+            n.op == "call_function" and n.target is operator.getitem
+        ):
+            raise NotPiecewiseAffineError(
+                f"{name} computes with the batch size x.size(0), unknown when the module is "
+                "traced; keep it as the first size of a reshape (x.view(x.size(0), ...)) only"
+            )
+        try:
+            if n.op == "call_method":
+                return getattr(args[0], n.target)(*args[1:], **kwargs)
+            return n.target(*args, **kwargs)
+        except Exception as exc:
+            raise NotPiecewiseAffineError(f"{name} on constants failed: {exc}") from exc
+
+    @staticmethod
+    def _prelu_slopes(weight, x):
+        w = np.asarray(weight.detach().cpu().numpy(), dtype=np.float64).reshape(-1)
+        N = len(x.c)
+        return np.full(N, w[0]) if w.size == 1 else np.repeat(w, N // w.size)
+
+    def _softshrink(self, i, x, lam):
+        """``softshrink(a) = relu(a - lam) - relu(-a - lam)``."""
+        N, z = len(x.c), np.zeros(len(x.c))
+        offs, width = self._new_layer(i, [(x.M, x.c - lam, z), (-x.M, -x.c - lam, z)])
+        return _Value(_select(width, offs[0], N) - _select(width, offs[1], N), z, x.shape)
+
+    @staticmethod
+    def _permute(name, op, x, rest, kwargs):
+        """``transpose(d0, d1)`` / ``swapaxes`` / ``permute(dims)`` keeping the batch first."""
+        idx = np.arange(len(x.c)).reshape(x.shape)
+        if op == "permute":
+            dims = kwargs.get("dims", rest[0] if len(rest) == 1 else rest)
+            dims = list(dims) if isinstance(dims, list | tuple) else [dims]
+            nd = len(x.shape) + 1
+            dims = [int(d) + nd if int(d) < 0 else int(d) for d in dims]
+            if len(dims) != nd or dims[0] != 0:
+                raise NotPiecewiseAffineError(
+                    f"{name}: permute{tuple(dims)} must keep the batch axis first (0, ...)"
+                )
+            return _take(x, idx.transpose([d - 1 for d in dims[1:]]))
+        d0 = kwargs.get("dim0", rest[0] if rest else None)
+        d1 = kwargs.get("dim1", rest[1] if len(rest) > 1 else None)
+        a, b = _per_sample_axis(name, x, d0), _per_sample_axis(name, x, d1)
+        return _take(x, np.swapaxes(idx, a, b))
+
+    @staticmethod
+    def _split_call(name, op, x, rest, kwargs):
+        key = "chunks" if op == "chunk" else "split_size_or_sections"
+        sizes = kwargs.get(key, kwargs.get("split_size", rest[0] if rest else None))
+        dim = kwargs.get("dim", rest[1] if len(rest) > 1 else 0)
+        return _split(name, x, sizes, dim, op == "chunk")
 
     @staticmethod
     def _dropout(name, args, kwargs, default_training):
@@ -470,12 +781,18 @@ class _Compiler:
             start = kwargs.get("start_dim", rest[0] if rest else 0)
             end = kwargs.get("end_dim", rest[1] if len(rest) > 1 else -1)
             return _Value(x.M, x.c, _flat_shape(name, x.shape, start, end))
-        dims = list(rest[0]) if len(rest) == 1 and isinstance(rest[0], tuple | list) else rest
-        if not dims or not (dims[0] == -1 or (_is_size(dims[0]) and dims[0][1] == 0)):
+        dims = kwargs.get("shape", rest)
+        dims = list(dims[0]) if len(dims) == 1 and isinstance(dims[0], tuple | list) else dims
+        if not dims or not (dims[0] is BATCH or dims[0] == -1):
             raise NotPiecewiseAffineError(
                 f"{name}: a reshape must keep the batch axis first (x.view(x.size(0), ...))"
             )
-        per = [int(v) for v in dims[1:]]
+        per = list(dims[1:])
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in per):
+            raise NotPiecewiseAffineError(
+                f"{name}: a reshape to {dims} has a non-batch size that is not a number (the "
+                "batch size x.size(0) there mixes samples); give those sizes as numbers"
+            )
         N = math.prod(x.shape)
         if per.count(-1) == 1:
             per[per.index(-1)] = N // -math.prod(per)
@@ -643,13 +960,31 @@ def from_torch_fx(module, input_shape=None) -> Decoder:
     Parameters
     ----------
     module : torch.nn.Module (in eval mode where it matters: BatchNorm, Dropout)
+        Its ``forward`` takes the latent ``z``; other arguments need defaults, which are
+        used (``forward(self, z, temperature=1.0)`` is imported at ``temperature=1.0``).
     input_shape : sequence of int, optional
         Per-sample latent input shape; inferred when the input goes into an ``nn.Linear``.
     """
+    import inspect
+
     import torch.fx
 
     try:
-        gm = torch.fx.symbolic_trace(module)
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):  # no signature to read: traced as it is
+        params = []
+    named = [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    no_default = [p.name for p in named[1:] if p.default is inspect.Parameter.empty]
+    if no_default:
+        raise ValueError(
+            f"{type(module).__name__}.forward takes {[p.name for p in named]}: a decoder takes "
+            f"one input (the latent), and {no_default} have no default. Give them defaults "
+            "(they are traced with those), or wrap the module in one whose forward(z) passes "
+            "them"
+        )
+    concrete = {p.name: p.default for p in named[1:]}  # traced with their defaults
+    try:
+        gm = torch.fx.symbolic_trace(module, concrete_args=concrete or None)
     except Exception as exc:  # data-dependent control flow and the like
         raise NotPiecewiseAffineError(
             f"{type(module).__name__} cannot be traced by torch.fx ({exc}); write it as an "

@@ -64,14 +64,29 @@ def _flatten(module, prefix=""):
         yield prefix.rstrip("."), module
 
 
-def _dense_map(module, shape):
-    """Dense (W, b) of an affine module acting on inputs of ``shape`` (without batch)."""
+def _apply(module, x, name=None):
+    """``module(x)``; torch's error for an input it does not take (a shape mismatch) as a
+    ValueError naming the layer (``name``) and the per-sample input shape."""
+    try:
+        return module(x)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        what = name or f"layer ({type(module).__name__})"
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(
+            f"{what} does not take inputs of per-sample shape {tuple(x.shape[1:])} ({first}): "
+            "the layer before it gives that shape; make the layers' sizes match"
+        ) from exc
+
+
+def _dense_map(module, shape, name=None):
+    """Dense (W, b) of an affine module acting on inputs of ``shape`` (without batch);
+    ``name`` names it in the error for inputs of a shape it does not take."""
     torch = _torch()
     m = copy.deepcopy(module).to(torch.float64).eval()
     n_in = math.prod(shape)
     with torch.no_grad():
         zero = torch.zeros((1, *shape), dtype=torch.float64)
-        b = m(zero)
+        b = _apply(m, zero, name)
         basis = torch.eye(n_in, dtype=torch.float64).reshape(n_in, *shape)
         cols = m(basis) - b
     out_shape = tuple(b.shape[1:])
@@ -188,7 +203,7 @@ def from_torch(module, input_shape: Sequence[int] | None = None) -> Decoder:
         elif isinstance(m, nn.Flatten | nn.Unflatten):
             need_shape(name, m)
             with torch.no_grad():
-                shape = tuple(m(torch.zeros((1, *shape))).shape[1:])
+                shape = tuple(_apply(m, torch.zeros((1, *shape)), f"layer {label}").shape[1:])
         elif isinstance(m, nn.BatchNorm1d):
             if m.training or not m.track_running_stats or m.running_mean is None:
                 raise NotPiecewiseAffineError(
@@ -196,11 +211,11 @@ def from_torch(module, input_shape: Sequence[int] | None = None) -> Decoder:
                     "module.eval() so that it uses its running statistics (an affine map)"
                 )
             need_shape(name, m)
-            W, b, shape = _dense_map(m, shape)
+            W, b, shape = _dense_map(m, shape, f"layer {label}")
             push_affine(W, b)
         elif isinstance(m, nn.Conv1d | nn.Conv2d | nn.ConvTranspose2d | nn.ConvTranspose1d):
             need_shape(name, m)
-            W, b, shape = _dense_map(m, shape)
+            W, b, shape = _dense_map(m, shape, f"layer {label}")
             push_affine(W, b)
         elif isinstance(m, nn.ReLU | nn.LeakyReLU | nn.PReLU) or _is_abs(m):
             need_shape(name, m)

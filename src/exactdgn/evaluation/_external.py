@@ -4,19 +4,22 @@ Loading is safe by default: ``.safetensors`` files, or ``torch.load(weights_only
 dicts (tensors only; no code from the file runs). A pickled whole ``nn.Module`` needs
 ``unsafe_pickle=True``, which executes code from the file: use it only for files you trust.
 
-A decoder state dict is read as an MLP: its 2-D ``*weight`` tensors in order (a ``torch.save``-d
-dict: the module's order; ``.safetensors``, which stores the names sorted: the natural order of
-the names, numbers compared as numbers, so ``2.weight`` comes before ``10.weight``), each with
-the ``*bias`` of the same prefix (or none), must chain (``out`` of one = ``in`` of the next) and
-be all it holds (other tensors, e.g. BatchNorm statistics or PReLU slopes, are refused); the
-layer sizes ``[d, h_1, ..., D]`` follow from the shapes and, when given, are checked against
-them. An encoder state dict must be that of :class:`exactdgn.baselines.GaussianEncoder` with
-the given hidden sizes; a pickled encoder may return ``(mean, log_std)`` or
-``(mean, log_var)``.
+A decoder state dict is read as an MLP: its 2-D ``*weight`` tensors, each with the ``*bias`` of
+the same prefix (or none), must chain (``out`` of one = ``in`` of the next) and be all it holds
+(other tensors, e.g. BatchNorm statistics or PReLU slopes, are refused). A ``torch.save``-d dict
+keeps the module's order, which is used. A ``.safetensors`` file keeps no order (it stores the
+names sorted as text): the chain is rebuilt from the weights' shapes where only one order
+chains; layers whose names differ only in integers (``0.``, ``2.``, ``layers.10.``, ``fc1``,
+``fc2``) keep the order of those numbers; any other ambiguity (layers of equal shapes with
+unnumbered names) is refused, naming the layers. The layer sizes ``[d, h_1, ..., D]`` follow
+from the shapes and, when given, are checked against them. An encoder state dict must be that
+of :class:`exactdgn.baselines.GaussianEncoder` with the given hidden sizes; a pickled encoder
+may return ``(mean, log_std)`` or ``(mean, log_var)``.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from pathlib import Path
@@ -53,7 +56,7 @@ def _load(path, unsafe_pickle: bool, part: str = "decoder"):
                 f"{path} is not a readable .safetensors file ({exc}; its first bytes are {head!r})"
             ) from exc
         # the file keeps no order (its names come sorted as text: "10.weight" before
-        # "2.weight"); the layers of an MLP follow the numbers in their names
+        # "2.weight"): the decoder's layers are ordered by _chain_order
         return {k: tensors[k] for k in sorted(tensors, key=_natural_key)}
     if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save: a zip, or a pickle
         raise ValueError(
@@ -68,6 +71,13 @@ def _load(path, unsafe_pickle: bool, part: str = "decoder"):
                 f"{path} holds a pickled module whose class cannot be imported here ({exc}): "
                 "make the module that defines it importable (on PYTHONPATH), or save the "
                 f"{part}'s state_dict() instead"
+            ) from exc
+        except Exception as exc:  # a truncated or corrupt file: PytorchStreamReader, EOF ...
+            raise ValueError(
+                f"{path} cannot be read by torch.load "
+                f"({_plain(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)}): "
+                f"the file is truncated or corrupt; save the {part} again (torch.save) or "
+                "give another copy"
             ) from exc
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -103,12 +113,123 @@ def _state_dict(obj, path) -> dict:
     raise ValueError(f"{path} holds {type(obj).__name__}, not a state dict of tensors")
 
 
+#: DFS steps after which the search for the layer order of a ``.safetensors`` MLP gives up
+_ORDER_STEPS = 200_000
+
+
+def _chain_order(path, layers: list) -> list[int]:
+    """The order of the ``layers`` (``(prefix, W)``) of an unordered (``.safetensors``) state
+    dict: the one order in which the weights chain, where layers whose prefixes differ only in
+    integers (``0.``, ``layers.2.``, ``fc1``) follow those integers; else a ValueError.
+    """
+    n = len(layers)
+    # layers with one name template (digit runs replaced) are ordered by their numbers
+    template = [re.sub(r"\d+", "#", p) for p, _ in layers]
+    groups: dict = {}
+    for i, t in enumerate(template):
+        if "#" in t:
+            groups.setdefault(t, []).append(i)
+    before = [0] * n  # bit mask of the layers that must come before layer i
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        members = sorted(members, key=lambda i: _natural_key(layers[i][0]))
+        for k in range(1, len(members)):
+            before[members[k]] = before[members[k - 1]] | (1 << members[k - 1])
+    shapes = [W.shape for _, W in layers]
+    found: list[list[int]] = []
+    dead: set = set()  # (width, used) states known to have no completion
+    steps = 0
+
+    def search(width, used, order):
+        nonlocal steps
+        steps += 1
+        if steps > _ORDER_STEPS:
+            return
+        if used == (1 << n) - 1:
+            found.append(list(order))
+            return
+        if (width, used) in dead:
+            return
+        n_found = len(found)
+        for i in range(n):
+            if used >> i & 1 or before[i] & ~used or (width is not None and shapes[i][1] != width):
+                continue
+            order.append(i)
+            search(shapes[i][0], used | 1 << i, order)
+            order.pop()
+            if len(found) >= 2 or steps > _ORDER_STEPS:
+                return
+        if len(found) == n_found:
+            dead.add((width, used))
+
+    search(None, 0, [])
+    names = [p.rstrip(".") or "(no prefix)" for p, _ in layers]
+    if len(found) == 1:
+        return found[0]
+    if not found and steps <= _ORDER_STEPS:
+        listed = ", ".join(
+            f"{nm!r} ({W.shape[1]} -> {W.shape[0]})"
+            for nm, (_, W) in zip(names, layers, strict=True)
+        )
+        raise ValueError(
+            f"{path}: the weights {listed} do not chain into an MLP in any order (each "
+            "layer's inputs = the previous layer's outputs; layers numbered in their names kept "
+            "in that order): give a pickled module with --unsafe-pickle, or export the "
+            "decoder as nn.Sequential"
+        )
+    if len(found) >= 2:
+        which = [names[a] for a, b in zip(*found[:2], strict=True) if a != b]
+    else:  # gave up: every layer that shares its shape with another one
+        which = [nm for nm, sh in zip(names, shapes, strict=True) if shapes.count(sh) > 1]
+    raise ValueError(
+        f"{path}: the order of the layers {which} cannot be told from the file: a .safetensors "
+        "file keeps no order, their weights chain in more than one order and their names do "
+        "not number them. Save the decoder's state_dict() with torch.save (a .pt file keeps the "
+        "module's order), or name the layers with their index (0., 1., ... or fc1, fc2, ...)"
+    )
+
+
+def _linear_sizes(module) -> list[int] | None:
+    """``[d, h_1, ..., D]`` of the ``nn.Linear`` layers of ``module`` in their order, if they
+    chain (the sizes a user writes for a residual MLP); else None."""
+    import torch
+
+    lin = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+    if not lin or any(b.in_features != a.out_features for a, b in itertools.pairwise(lin)):
+        return None
+    return [lin[0].in_features] + [m.out_features for m in lin]
+
+
+def _check_layers(path, sizes, layers, module=None) -> None:
+    """``layers`` (the user's ``[d, ..., D]``) against the decoder's ``sizes`` (of a state
+    dict's weights; or of a ``module``'s import, or its Linear layers)."""
+    if layers is None:
+        return
+    want = [int(s) for s in layers]
+    if module is None:
+        if want != sizes:
+            raise ValueError(f"{path}: the weights give layer sizes {sizes}, not {want}")
+        return
+    # a module's imported hidden widths include units that carry values past an activation
+    # (a residual sum): its Linear layers' sizes, what the user wrote, are accepted too
+    own = _linear_sizes(module)
+    if want in (sizes, own):
+        return
+    if own is None or own == sizes:
+        raise ValueError(f"{path}: the module has layer sizes {sizes}, not {want}")
+    raise ValueError(
+        f"{path}: the module's Linear layers have sizes {own} (imported as {sizes}: the "
+        f"hidden widths include units that carry values past the activations), not {want}"
+    )
+
+
 def load_torch_decoder(
     path,
     *,
     layers=None,
-    activation: str = "relu",
-    negative_slope: float = 0.01,
+    activation: str | None = None,
+    negative_slope: float | None = None,
     unsafe_pickle: bool = False,
 ):
     """A :class:`~exactdgn.Decoder` from a saved torch decoder (see the module docstring).
@@ -118,38 +239,63 @@ def load_torch_decoder(
     path : str or Path
         ``.safetensors``, a ``torch.save``-d state dict, or (``unsafe_pickle``) a whole module.
     layers : sequence of int, optional
-        Expected layer sizes ``[d, ..., D]`` of a state dict (checked).
-    activation : {"relu", "leaky_relu", "abs"}
-        The hidden activation of a state-dict MLP.
-    negative_slope : float
-        Slope of ``leaky_relu``.
+        Expected layer sizes ``[d, ..., D]``, checked: a state dict's weights; a module's
+        ``nn.Linear`` layers (in order) or its imported decoder (whose hidden widths include
+        units that carry values past the activations, e.g. of residual sums).
+    activation : {"relu", "leaky_relu", "abs"}, optional
+        The hidden activation of a state-dict MLP (default ``"relu"``). A module carries its
+        own: giving one with a module is an error.
+    negative_slope : float, optional
+        Slope of ``leaky_relu`` (default 0.01); an error with any other activation.
     unsafe_pickle : bool
         Accept a pickled module: this executes code from the file.
+
+    Raises
+    ------
+    ValueError
+        For a file that is not such a decoder, options that do not apply, or sizes that do
+        not match, naming the file and the tensors.
     """
     import torch
 
     from ..decoder import Decoder
 
+    if negative_slope is not None and activation != "leaky_relu":
+        raise ValueError(
+            f"negative_slope={negative_slope} applies to activation='leaky_relu' only (the "
+            f"activation is {activation or 'relu'!r}): remove it, or use leaky_relu"
+        )
     obj = _load(path, unsafe_pickle)
     if isinstance(obj, torch.nn.Module):
-        dec = Decoder.from_torch(obj.eval())
-        if layers is not None and [int(s) for s in layers] != list(dec.layer_sizes):
+        if activation is not None:
             raise ValueError(
-                f"{path}: the module has layer sizes {list(dec.layer_sizes)}, not {list(layers)}"
+                f"{path} holds a whole module, which has its own activations: "
+                f"activation={activation!r} (--activation) applies to a state dict only; "
+                "remove it"
             )
+        dec = Decoder.from_torch(obj.eval())
+        _check_layers(path, list(dec.layer_sizes), layers, obj)
         return dec
+    activation = "relu" if activation is None else activation
+    negative_slope = 0.01 if negative_slope is None else negative_slope
     sd = _state_dict(obj, path)
-    Ws, bs, used = [], [], set()
+    found, used = [], set()  # (prefix, W, bias) of each layer, in the dict's order
     for key, t in sd.items():
         if key.endswith("weight") and t.ndim == 2:
-            Ws.append(t.detach().to(torch.float64).numpy())
-            bkey = key[: -len("weight")] + "bias"
+            prefix = key[: -len("weight")]
+            bkey = prefix + "bias"
+            W = t.detach().to(torch.float64).numpy()
             bias = sd.get(bkey)
-            bs.append(
-                np.zeros(t.shape[0]) if bias is None else bias.detach().to(torch.float64).numpy()
-            )
+            if bias is not None and tuple(bias.shape) != (W.shape[0],):
+                raise ValueError(
+                    f"{path}: {bkey!r} has shape {tuple(bias.shape)} but {key!r} has shape "
+                    f"{tuple(W.shape)} (its bias needs shape ({W.shape[0]},)): not the weights "
+                    "of a Linear layer; give the decoder's own state_dict()"
+                )
+            b = np.zeros(W.shape[0]) if bias is None else bias.detach().to(torch.float64).numpy()
+            found.append((prefix, W, b))
             used.update((key, bkey))
-    if not Ws:
+    if not found:
         raise ValueError(f"{path}: no 2-D '*weight' tensors (is it a decoder's state dict?)")
     other = [k for k in sd if k not in used]
     if other:  # e.g. BatchNorm statistics or PReLU slopes: reading it as an MLP would drop them
@@ -159,16 +305,19 @@ def load_torch_decoder(
             "only. Give the whole module with --unsafe-pickle (executes code from the file; "
             "trusted files only), or build the decoder with Decoder.from_torch in Python"
         )
-    sizes = [Ws[0].shape[1]] + [W.shape[0] for W in Ws]
+    if Path(path).suffix == ".safetensors":  # no order kept: rebuilt from the shapes
+        found = [found[i] for i in _chain_order(path, [(p, W) for p, W, _ in found])]
+    Ws, bs = [W for _, W, _ in found], [b for _, _, b in found]
     for k in range(1, len(Ws)):
         if Ws[k].shape[1] != Ws[k - 1].shape[0]:
             raise ValueError(
-                f"{path}: weight {k} has {Ws[k].shape[1]} inputs but weight {k - 1} has "
-                f"{Ws[k - 1].shape[0]} outputs: not an MLP chain (give a pickled module with "
+                f"{path}: weight {k} ({found[k][0]}weight) has {Ws[k].shape[1]} inputs but "
+                f"weight {k - 1} ({found[k - 1][0]}weight) has {Ws[k - 1].shape[0]} outputs: "
+                "not an MLP chain in the file's order (give a pickled module with "
                 "--unsafe-pickle, or export the decoder as nn.Sequential)"
             )
-    if layers is not None and [int(s) for s in layers] != sizes:
-        raise ValueError(f"{path}: the weights give layer sizes {sizes}, not {list(layers)}")
+    sizes = [Ws[0].shape[1]] + [W.shape[0] for W in Ws]
+    _check_layers(path, sizes, layers)
     act = (activation, negative_slope) if activation in ("leaky_relu", "prelu") else activation
     return Decoder(Ws, bs, [act] * (len(Ws) - 1))
 
@@ -295,16 +444,20 @@ def _log_estimate(decoder, X) -> None:
 
 
 def _check_noise_std(noise_std, decoder) -> np.ndarray:
-    """``noise_std`` checked against the decoder before anything runs: one positive std, or
-    one per output."""
+    """``noise_std`` checked against the decoder (its latent dimension too) before anything
+    runs: one positive std, or one per output."""
     from .._validation import check_positive
     from ..decoder import Decoder
+    from ..gaussian._polytope import dimension_limit
 
     if not isinstance(decoder, Decoder):
         raise TypeError(
             f"decoder must be an exactdgn.Decoder, got {type(decoder).__name__} (build one with "
             "load_torch_decoder or Decoder.from_torch)"
         )
+    why = dimension_limit(decoder.latent_dim)  # before the estimate of a pass that never runs
+    if why is not None:
+        raise ValueError(why)
     D = decoder.output_dim
     shape = np.shape(noise_std)
     if len(shape) == 1 and shape[0] != D:
