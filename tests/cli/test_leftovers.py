@@ -296,6 +296,37 @@ def test_ctrl_c_during_the_commands_imports_exits_130_without_a_traceback(tmp_pa
     assert p.stderr == "exactdgn: interrupted\n" and p.stdout == ""
 
 
+def test_ctrl_c_while_scikit_learn_is_imported_exits_130(tmp_path):
+    # ``import exactdgn`` loaded scikit-learn, scipy and numpy (~2 s) before any handling:
+    # the package's names are now imported on first use
+    p = _start_up_interrupt(tmp_path, "sklearn")
+    assert p.returncode == 130, p.stderr
+    assert p.stderr == "exactdgn: interrupted\n" and p.stdout == ""
+
+
+def test_the_package_imports_its_names_on_first_use():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, exactdgn\n"
+        "assert not {'numpy', 'sklearn', 'scipy'} & set(sys.modules), sys.modules.keys()\n"
+        "import exactdgn.model\n"  # loads the subpackage exactdgn.partition on the way
+        "from exactdgn import ExactDGN, partition\n"
+        "assert callable(partition) and exactdgn.partition is partition\n"
+        "from exactdgn.partition import Partition\n"
+        "assert exactdgn.gaussian.log_mass and 'gaussian' in dir(exactdgn)\n"
+        "try:\n"
+        "    exactdgn.nothing\n"
+        "except AttributeError as e:\n"
+        "    assert 'nothing' in str(e)\n"
+        "else:\n"
+        "    raise SystemExit(1)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+
+
 def test_ctrl_c_while_the_arguments_are_parsed_exits_130(tmp_path):
     import subprocess
     import sys
