@@ -161,8 +161,15 @@ def check_generator(random_state, name: str = "random_state") -> np.random.Gener
         ) from None
 
 
+#: Noise standard deviations the float64 path takes: ``σ²`` and ``1 / σ²`` normal numbers
+#: (outside, ``log σ²`` was ``-inf`` or ``inf`` and ``log p(x)`` NaN).
+NOISE_STD_RANGE = (1e-150, 1e150)
+
+
 def check_positive(value, *, name: str, size: int | None = None) -> np.ndarray:
     """Return a positive finite float64 scalar or vector (broadcast to ``size`` if given)."""
+    if np.asarray(value).dtype == bool:
+        raise ValueError(f"{name} must be a positive number, got the boolean {value!r}")
     arr = np.asarray(value, dtype=np.float64)
     if arr.ndim > 1:
         raise ValueError(f"{name} must be a scalar or a 1-D vector, got shape {arr.shape}")
@@ -170,6 +177,20 @@ def check_positive(value, *, name: str, size: int | None = None) -> np.ndarray:
         raise ValueError(f"{name} must be positive and finite, got {value!r}")
     if size is not None and arr.ndim == 1 and arr.shape[0] != size:
         raise ValueError(f"{name} has length {arr.shape[0]} but {size} is expected")
+    return arr
+
+
+def check_noise_std(value, *, size: int | None = None, name: str = "noise_std") -> np.ndarray:
+    """:func:`check_positive` for a noise standard deviation, within :data:`NOISE_STD_RANGE`."""
+    arr = check_positive(value, name=name, size=size)
+    lo, hi = NOISE_STD_RANGE
+    if np.any(arr < lo) or np.any(arr > hi):
+        bad = float(arr.min() if np.any(arr < lo) else arr.max())
+        raise ValueError(
+            f"{name}={bad:g} is outside [{lo:g}, {hi:g}], where its square and inverse square "
+            "are float64 numbers: rescale the data (e.g. standardize it) so that the noise "
+            "is within that range"
+        )
     return arr
 
 

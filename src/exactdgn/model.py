@@ -24,7 +24,7 @@ from ._validation import (
     check_array,
     check_feature_names,
     check_generator,
-    check_positive,
+    check_noise_std,
     feature_names,
     is_int,
 )
@@ -292,7 +292,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         """
         if not isinstance(decoder, Decoder):
             raise TypeError(f"decoder must be an exactdgn.Decoder, got {type(decoder).__name__}")
-        std = check_positive(noise_std, name="noise_std", size=decoder.output_dim)
+        std = check_noise_std(noise_std, size=decoder.output_dim)
         why = dimension_limit(decoder.latent_dim)
         if why is not None:
             raise ValueError(why)

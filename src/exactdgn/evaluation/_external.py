@@ -446,7 +446,7 @@ def _log_estimate(decoder, X) -> None:
 def _check_noise_std(noise_std, decoder) -> np.ndarray:
     """``noise_std`` checked against the decoder (its latent dimension too) before anything
     runs: one positive std, or one per output."""
-    from .._validation import check_positive
+    from .._validation import check_noise_std
     from ..decoder import Decoder
     from ..gaussian._polytope import dimension_limit
 
@@ -465,7 +465,7 @@ def _check_noise_std(noise_std, decoder) -> np.ndarray:
             f"noise_std has {shape[0]} values but the decoder has {D} outputs: give one std, "
             "or one per output"
         )
-    return check_positive(noise_std, name="noise_std", size=D)
+    return check_noise_std(noise_std, size=D)
 
 
 def _stage(progress: bool, index: int, n_stages: int, name: str, total=None, unit="pt"):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._validation import check_positive
+from .._validation import check_noise_std
 from ..gaussian import PolygonTable, polygon_table
 from ..gaussian._rules import LOG_2PI
 from ..partition import Partition
@@ -329,7 +329,7 @@ def region_geometry(part: Partition, noise_std) -> RegionGeometry:
     """
     A, b = part.A, part.b
     R, D, d = A.shape
-    std = np.broadcast_to(check_positive(noise_std, name="noise_std", size=D), (D,))
+    std = np.broadcast_to(check_noise_std(noise_std, size=D), (D,))
     inv_var = 1.0 / std**2
     AtLA = np.einsum("rjk,j,rjl->rkl", A, inv_var, A)
     P = AtLA + np.eye(d)
