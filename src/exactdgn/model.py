@@ -896,7 +896,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
             returns the current ``(Decoder, noise_std (D,))`` (as :class:`exactdgn.baselines.VAE`
             does). Training stops early, without a warning, if it returns ``False`` (or
             ``numpy.False_``; with ``n_init > 1`` the starts not yet run are skipped; the best
-            one run is kept).
+            one run is kept). Anything but None or a callable of two positional arguments is a
+            ``TypeError`` before training starts.
 
         Returns
         -------

@@ -886,7 +886,8 @@ class VAE(DensityMixin, BaseEstimator):
             (``noise_std`` as ``noise_std_``: a float for isotropic noise) (built only when
             called, e.g. to score training curves with the exact likelihood). Training stops
             early if it returns ``False`` (or ``numpy.False_``; with a validation split, the
-            best validation epoch so far is kept).
+            best validation epoch so far is kept). Anything but None or a callable of two
+            positional arguments is a ``TypeError`` before training starts.
 
         Returns
         -------
