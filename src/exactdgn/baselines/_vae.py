@@ -43,7 +43,7 @@ from ..datasets._toy import check_random_state
 from ..decoder import Decoder
 from ..gaussian._rules import LOG_2PI as _LOG_2PI
 from ..io import decoder_from_arrays, decoder_to_arrays
-from ..training import HistoryRow, callback_stops
+from ..training import HistoryRow, callback_stops, check_callback
 
 __all__ = ["IWAE", "VAE", "GaussianEncoder"]
 
@@ -494,6 +494,11 @@ class VAE(DensityMixin, BaseEstimator):
         epoch, else the last one (0 when no epoch ran).
     stopped_early_ : bool
         Stopped by early stopping, by the callback or by Ctrl-C before ``max_epochs``.
+    converged_ : bool
+        Whether the last ``fit`` met the stopping rule, as ``ExactDGN.converged_``: here early
+        stopping (``patience`` epochs without a validation improvement), not ``max_epochs``,
+        not the callback, not Ctrl-C. Always False without a validation split (no stopping
+        rule: training runs ``max_epochs``).
     n_features_in_ : int
     feature_names_in_ : ndarray of str
         The column names of a data frame given to ``fit`` (as ``ExactDGN``'s); a frame with
@@ -618,7 +623,8 @@ class VAE(DensityMixin, BaseEstimator):
         tensors (as ``ExactDGN``'s trainers' states, so :func:`exactdgn.training.pack_state`
         turns it into JSON and named arrays, e.g. for :func:`exactdgn.io.write_npz_atomic`):
         the decoder (float64 arrays), the encoder (its :class:`GaussianEncoder` arguments and
-        parameters), the noise, ``history_``, ``n_iter_``, ``best_iter_``, ``stopped_early_``
+        parameters), the noise, ``history_``, ``n_iter_``, ``best_iter_``, ``stopped_early_``,
+        ``converged_``
         and the training state of the last completed epoch (the networks and ``log σ`` in the
         training dtype, Adam's public ``state_dict()``, the random streams, the early-stopping
         record), so that :meth:`load_state_dict` followed by a fit with ``warm_start=True``
@@ -661,6 +667,7 @@ class VAE(DensityMixin, BaseEstimator):
                 "n_iter": getattr(self, "n_iter_", None),
                 "best_iter": getattr(self, "best_iter_", None),
                 "stopped_early": getattr(self, "stopped_early_", None),
+                "converged": getattr(self, "converged_", None),
                 "train": getattr(self, "_train_state", None),
                 "feature_names": (
                     self.feature_names_in_.tolist() if hasattr(self, "feature_names_in_") else None
@@ -720,6 +727,7 @@ class VAE(DensityMixin, BaseEstimator):
             ("n_iter_", "n_iter"),
             ("best_iter_", "best_iter"),
             ("stopped_early_", "stopped_early"),
+            ("converged_", "converged"),  # absent from states saved before it was kept
         ):
             if state.get(key) is not None:
                 setattr(self, attr, state[key])
@@ -878,7 +886,8 @@ class VAE(DensityMixin, BaseEstimator):
             (``noise_std`` as ``noise_std_``: a float for isotropic noise) (built only when
             called, e.g. to score training curves with the exact likelihood). Training stops
             early if it returns ``False`` (or ``numpy.False_``; with a validation split, the
-            best validation epoch so far is kept).
+            best validation epoch so far is kept). Anything but None or a callable of two
+            positional arguments is a ``TypeError`` before training starts.
 
         Returns
         -------
@@ -904,6 +913,7 @@ class VAE(DensityMixin, BaseEstimator):
         estimator as it was.
         """
         self._validate_params()
+        check_callback(callback)
         names = feature_names(X)  # a data frame's column names (feature_names_in_)
         warm = bool(self.warm_start) and hasattr(self, "decoder_")
         if warm:  # the run goes on with the columns in the order it was started with
@@ -1021,7 +1031,7 @@ class VAE(DensityMixin, BaseEstimator):
 
         first = run.epoch
         saved = run.state()  # the last completed epoch: what an interrupt goes back to
-        stopped = False
+        stopped = converged = False
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
@@ -1055,7 +1065,7 @@ class VAE(DensityMixin, BaseEstimator):
                     stopped = True
                     break
                 if run.bad >= patience:
-                    stopped = True
+                    stopped = converged = True
                     logger.info(
                         "%s: early stop at epoch %d (best validation objective %.6g at epoch %d)",
                         type(self).__name__,
@@ -1068,7 +1078,8 @@ class VAE(DensityMixin, BaseEstimator):
             self._set_fitted(run, saved, history, first, stopped=True, names=names)
             logger.warning(
                 "%s: training interrupted; the model holds epoch %d (objective %.6g, kept "
-                "epoch %d): fit again with warm_start=True to continue the run",
+                "epoch %d): fit again with warm_start=True to continue the run (the command line "
+                "keeps no VAE / IWAE run to resume: run the command again)",
                 type(self).__name__,
                 saved["epoch"],
                 self.history_[-1]["loglik"],
@@ -1078,7 +1089,7 @@ class VAE(DensityMixin, BaseEstimator):
         finally:
             if bar is not None:
                 bar.close()
-        self._set_fitted(run, saved, history, first, stopped, names=names)
+        self._set_fitted(run, saved, history, first, stopped, names=names, converged=converged)
         return self
 
     def _check_warm_start(self, D: int) -> None:
@@ -1096,11 +1107,19 @@ class VAE(DensityMixin, BaseEstimator):
             )
 
     def _set_fitted(
-        self, run: _Run, saved: dict, history: list, first: int, stopped: bool, names=None
+        self,
+        run: _Run,
+        saved: dict,
+        history: list,
+        first: int,
+        stopped: bool,
+        names=None,
+        converged: bool = False,
     ):
         """The fitted attributes from ``saved`` (a :meth:`_Run.state`): the kept epoch's
-        networks (the best validation epoch, else the last one), the run's record and the
-        data's column ``names`` (None: not a data frame)."""
+        networks (the best validation epoch, else the last one), the run's record, whether
+        early stopping ended it (``converged``) and the data's column ``names`` (None: not a
+        data frame)."""
         if names is None:
             self.__dict__.pop("feature_names_in_", None)
         else:
@@ -1120,6 +1139,7 @@ class VAE(DensityMixin, BaseEstimator):
         self.n_iter_ = epoch - first
         self.best_iter_ = best["epoch"] if best is not None else epoch
         self.stopped_early_ = stopped
+        self.converged_ = bool(converged)
         self.n_features_in_ = self.decoder_.output_dim
         self.latent_dim_ = run.d
         self._train_state = saved
@@ -1129,7 +1149,9 @@ class VAE(DensityMixin, BaseEstimator):
 
         The ELBO (:meth:`elbo` with ``n_samples`` draws; an :class:`IWAE`: its IWAE-k bound,
         :meth:`iwae_bound` averaged over ``n_samples`` draws of ``k``), with a fixed
-        ``random_state`` by default so that repeated calls agree. It is not the exact
+        ``random_state`` by default so that repeated calls agree. Every row uses the same base
+        draws (common random numbers, see :meth:`elbo`): a row's value does not depend on the
+        other rows given with it, their number or order. It is not the exact
         log-likelihood: that is ``ExactDGN.from_decoder(est.decoder_,
         est.noise_std_).score_samples(X)`` (:func:`exactdgn.evaluation.vae_to_exact`).
 
@@ -1160,6 +1182,56 @@ class VAE(DensityMixin, BaseEstimator):
         float
         """
         return float(np.mean(self.score_samples(X, n_samples=n_samples, random_state=random_state)))
+
+    # ------------------------------------------------------------------ model selection
+    def _n_parameters(self) -> int:
+        """Free parameters of the generative model: the decoder's and the noise's (as
+        ``ExactDGN``'s count); the encoder's are not (it only approximates the posterior)."""
+        self._check_fitted()
+        n_noise = 1 if np.ndim(self.noise_std_) == 0 else self.decoder_.output_dim
+        return self.decoder_.n_params + n_noise
+
+    def _exact_log_likelihood(self, X) -> np.ndarray:
+        from ..model import ExactDGN
+
+        X = self._check_X(X)
+        return ExactDGN.from_decoder(self.decoder_, self.noise_std_).score_samples(X)
+
+    def bic(self, X) -> float:
+        """Bayesian information criterion ``-2 log L + k log N`` (lower is better), as
+        :meth:`ExactDGN.bic <exactdgn.ExactDGN.bic>`.
+
+        ``log L`` is the **exact** log-likelihood of the fitted decoder and noise
+        (``ExactDGN.from_decoder(decoder_, noise_std_).score_samples(X)``, see
+        :func:`exactdgn.evaluation.vae_to_exact`; it costs one exact E-step), not the
+        objective :meth:`score_samples` estimates, so that the criterion compares with
+        ``ExactDGN``'s. ``k`` counts the decoder's parameters and the noise's (1, or ``D`` for
+        diagonal noise); the encoder's are not parameters of the model of ``x``.
+
+        Parameters
+        ----------
+        X : array_like of shape (N, D)
+
+        Returns
+        -------
+        float
+        """
+        ll = self._exact_log_likelihood(X)
+        return float(-2 * ll.sum() + self._n_parameters() * np.log(len(ll)))
+
+    def aic(self, X) -> float:
+        """Akaike information criterion ``-2 log L + 2k`` (lower is better), with the exact
+        ``log L`` and the ``k`` of :meth:`bic`.
+
+        Parameters
+        ----------
+        X : array_like of shape (N, D)
+
+        Returns
+        -------
+        float
+        """
+        return float(-2 * self._exact_log_likelihood(X).sum() + 2 * self._n_parameters())
 
     # ------------------------------------------------------------------ evaluation helpers
     def _check_fitted(self):
@@ -1192,9 +1264,13 @@ class VAE(DensityMixin, BaseEstimator):
     def _iter_log_weights(self, X: np.ndarray, k: int, rng: np.random.Generator, max_elements):
         """Yield ``(row_slice, log_w)`` chunks covering ``k`` samples of every row of ``X``.
 
-        For each row chunk the sample chunks come in order; ``log_w`` has shape (rows, kc).
-        The chunk sizes keep rows * kc * (widest layer) below ``max_elements``. Each chunk's
-        ``rows * kc`` samples are reported (:func:`exactdgn._progress.report`) once it is used.
+        Common random numbers: the ``k`` base draws ``ε`` (k, d) come from ``rng`` once, in
+        order, and every row uses the same ones (``z = μ(x) + s(x) ε``), so a row's values do
+        not depend on the other rows of ``X`` (its position, the batch it is in). For each
+        sample chunk (``ε[k0 : k0 + kc]``, drawn when its turn comes) the row chunks come in
+        order; ``log_w`` has shape (rows, kc). The chunk sizes keep rows * kc * (widest layer)
+        below ``max_elements``. Each chunk's ``rows * kc`` samples are reported
+        (:func:`exactdgn._progress.report`) once it is used.
         """
         dec, enc, log_sigma = self._eval_parts()
         d = self.decoder_.latent_dim
@@ -1209,12 +1285,14 @@ class VAE(DensityMixin, BaseEstimator):
             kc, rows = per_sample, 1
         xt = torch.as_tensor(X)
         with torch.no_grad():
-            for r0 in range(0, X.shape[0], rows):
-                sl = slice(r0, min(r0 + rows, X.shape[0]))
-                xb = xt[sl]
-                for k0 in range(0, k, kc):
-                    kk = min(kc, k - k0)
-                    eps = torch.as_tensor(rng.standard_normal((xb.shape[0], kk, d)))
+            for k0 in range(0, k, kc):
+                kk = min(kc, k - k0)
+                # the chunk's base draws, shared by every row (a view, no copy per row)
+                base = torch.as_tensor(rng.standard_normal((kk, d)))
+                for r0 in range(0, X.shape[0], rows):
+                    sl = slice(r0, min(r0 + rows, X.shape[0]))
+                    xb = xt[sl]
+                    eps = base.expand(xb.shape[0], kk, d)
                     if lowrank:
                         lw = _log_weights_lowrank(xb, eps, dec[:-1], dec[-1], enc, log_sigma)
                     else:
@@ -1306,6 +1384,16 @@ class VAE(DensityMixin, BaseEstimator):
         -------
         elbo : ndarray of shape (N,)
         stderr : ndarray of shape (N,), only if ``return_std``
+
+        Notes
+        -----
+        Common random numbers: the ``n_samples`` standard-normal base draws ``ε`` (n_samples,
+        d) are drawn once from ``random_state`` and every row uses them, ``z = μ(x) + s(x) ε``
+        (as :meth:`iwae_bound` and :meth:`importance_log_likelihood` do). A row's estimate is
+        therefore the same whichever rows come with it (and in which order), and each row's
+        estimate and ``stderr`` are those of independent draws; the errors of different rows
+        are correlated, so the standard error of a mean over rows is not
+        ``stderr / sqrt(N)``.
         """
         X = self._check_X(X)
         n = _int_param(n_samples, "n_samples", 2 if return_std else 1)
@@ -1340,6 +1428,8 @@ class VAE(DensityMixin, BaseEstimator):
         """IWAE-k bound per point: ``log (1/k) Σ_{i<=k} w_i``, averaged over ``n_repeats`` draws.
 
         Each draw is an unbiased estimate of the bound ``E[log (1/k) Σ w_i] <= log p(x)``.
+        The rows share each draw's base samples (common random numbers, see :meth:`elbo`): a
+        row's value does not depend on the other rows.
 
         Parameters
         ----------
@@ -1378,7 +1468,9 @@ class VAE(DensityMixin, BaseEstimator):
         """Importance-sampling estimate of ``log p(x)`` with ``k`` proposals from ``q(z | x)``.
 
         ``log p̂(x) = logsumexp_i(log w_i) - log k``, computed in streamed chunks (at most
-        ``max_elements`` floats per chunk) so memory does not grow with ``k``.
+        ``max_elements`` floats per chunk) so memory does not grow with ``k``. The rows share
+        the ``k`` base samples (common random numbers, see :meth:`elbo`): a row's estimate does
+        not depend on the other rows, nor on ``max_elements`` (beyond rounding).
 
         Parameters
         ----------

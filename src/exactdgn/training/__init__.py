@@ -17,7 +17,7 @@ from ._em import EMTrainer
 from ._gradient import GradientTrainer
 from ._lbfgs import LBFGSTrainer
 from ._state import pack_state, to_host, unpack_state
-from ._stopping import callback_stops, converged
+from ._stopping import callback_stops, check_callback, converged
 
 TRAINERS: dict[str, type[Trainer]] = {
     "em": EMTrainer,
@@ -38,6 +38,7 @@ __all__ = [
     "TrainingCost",
     "TrainingTooLargeError",
     "callback_stops",
+    "check_callback",
     "converged",
     "estimate_training_cost",
     "pack_state",

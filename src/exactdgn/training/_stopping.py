@@ -2,11 +2,47 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["callback_stops", "converged"]
+__all__ = ["callback_stops", "check_callback", "converged"]
+
+
+def check_callback(callback) -> None:
+    """Refuse, before training starts, a ``callback`` that cannot be called as
+    ``callback(iteration, snapshot)`` (``fit(X, callback=5)`` failed after the first iteration
+    with ``'int' object is not callable``).
+
+    Parameters
+    ----------
+    callback : callable or None
+
+    Raises
+    ------
+    TypeError
+        When ``callback`` is neither None nor a callable taking two positional arguments.
+    """
+    if callback is None:
+        return
+    if not callable(callback):
+        raise TypeError(
+            f"callback must be a function called as callback(iteration, snapshot) after every "
+            f"iteration, or None; got {type(callback).__name__} {callback!r}"
+        )
+    try:
+        sig = inspect.signature(callback)
+    except (TypeError, ValueError):  # no signature to read (some builtins): taken as it is
+        return
+    try:
+        sig.bind(1, None)
+    except TypeError as exc:
+        name = getattr(callback, "__qualname__", type(callback).__name__)
+        raise TypeError(
+            f"callback {name}{sig} cannot be called as callback(iteration, snapshot) ({exc}): "
+            "give a function of two positional arguments"
+        ) from None
 
 
 def callback_stops(result) -> bool:
