@@ -1351,7 +1351,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint",
         metavar="PATH",
         default=None,
-        help="write the training state here after every iteration; if PATH exists the run "
+        help="write the training state here (at most every 5 s, and on Ctrl-C: the last completed "
+        "iteration; a run killed outright repeats at most those 5 s); if PATH exists the run "
         "resumes from it (Ctrl-C, then the same command again). A resume may raise --max-iter "
         "and change --tol (e.g. continue a finished run for more iterations): the result is "
         "that of a run with them from the start (a start that already meets a larger --tol "

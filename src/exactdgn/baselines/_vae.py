@@ -1149,9 +1149,7 @@ class VAE(DensityMixin, BaseEstimator):
 
         The ELBO (:meth:`elbo` with ``n_samples`` draws; an :class:`IWAE`: its IWAE-k bound,
         :meth:`iwae_bound` averaged over ``n_samples`` draws of ``k``), with a fixed
-        ``random_state`` by default so that repeated calls agree. Every row uses the same base
-        draws (common random numbers, see :meth:`elbo`): a row's value does not depend on the
-        other rows given with it, their number or order. It is not the exact
+        ``random_state`` by default so that repeated calls agree. It is not the exact
         log-likelihood: that is ``ExactDGN.from_decoder(est.decoder_,
         est.noise_std_).score_samples(X)`` (:func:`exactdgn.evaluation.vae_to_exact`).
 
@@ -1264,13 +1262,9 @@ class VAE(DensityMixin, BaseEstimator):
     def _iter_log_weights(self, X: np.ndarray, k: int, rng: np.random.Generator, max_elements):
         """Yield ``(row_slice, log_w)`` chunks covering ``k`` samples of every row of ``X``.
 
-        Common random numbers: the ``k`` base draws ``ε`` (k, d) come from ``rng`` once, in
-        order, and every row uses the same ones (``z = μ(x) + s(x) ε``), so a row's values do
-        not depend on the other rows of ``X`` (its position, the batch it is in). For each
-        sample chunk (``ε[k0 : k0 + kc]``, drawn when its turn comes) the row chunks come in
-        order; ``log_w`` has shape (rows, kc). The chunk sizes keep rows * kc * (widest layer)
-        below ``max_elements``. Each chunk's ``rows * kc`` samples are reported
-        (:func:`exactdgn._progress.report`) once it is used.
+        For each row chunk the sample chunks come in order; ``log_w`` has shape (rows, kc).
+        The chunk sizes keep rows * kc * (widest layer) below ``max_elements``. Each chunk's
+        ``rows * kc`` samples are reported (:func:`exactdgn._progress.report`) once it is used.
         """
         dec, enc, log_sigma = self._eval_parts()
         d = self.decoder_.latent_dim
@@ -1285,14 +1279,12 @@ class VAE(DensityMixin, BaseEstimator):
             kc, rows = per_sample, 1
         xt = torch.as_tensor(X)
         with torch.no_grad():
-            for k0 in range(0, k, kc):
-                kk = min(kc, k - k0)
-                # the chunk's base draws, shared by every row (a view, no copy per row)
-                base = torch.as_tensor(rng.standard_normal((kk, d)))
-                for r0 in range(0, X.shape[0], rows):
-                    sl = slice(r0, min(r0 + rows, X.shape[0]))
-                    xb = xt[sl]
-                    eps = base.expand(xb.shape[0], kk, d)
+            for r0 in range(0, X.shape[0], rows):
+                sl = slice(r0, min(r0 + rows, X.shape[0]))
+                xb = xt[sl]
+                for k0 in range(0, k, kc):
+                    kk = min(kc, k - k0)
+                    eps = torch.as_tensor(rng.standard_normal((xb.shape[0], kk, d)))
                     if lowrank:
                         lw = _log_weights_lowrank(xb, eps, dec[:-1], dec[-1], enc, log_sigma)
                     else:
@@ -1384,16 +1376,6 @@ class VAE(DensityMixin, BaseEstimator):
         -------
         elbo : ndarray of shape (N,)
         stderr : ndarray of shape (N,), only if ``return_std``
-
-        Notes
-        -----
-        Common random numbers: the ``n_samples`` standard-normal base draws ``ε`` (n_samples,
-        d) are drawn once from ``random_state`` and every row uses them, ``z = μ(x) + s(x) ε``
-        (as :meth:`iwae_bound` and :meth:`importance_log_likelihood` do). A row's estimate is
-        therefore the same whichever rows come with it (and in which order), and each row's
-        estimate and ``stderr`` are those of independent draws; the errors of different rows
-        are correlated, so the standard error of a mean over rows is not
-        ``stderr / sqrt(N)``.
         """
         X = self._check_X(X)
         n = _int_param(n_samples, "n_samples", 2 if return_std else 1)
@@ -1428,8 +1410,6 @@ class VAE(DensityMixin, BaseEstimator):
         """IWAE-k bound per point: ``log (1/k) Σ_{i<=k} w_i``, averaged over ``n_repeats`` draws.
 
         Each draw is an unbiased estimate of the bound ``E[log (1/k) Σ w_i] <= log p(x)``.
-        The rows share each draw's base samples (common random numbers, see :meth:`elbo`): a
-        row's value does not depend on the other rows.
 
         Parameters
         ----------
@@ -1468,9 +1448,7 @@ class VAE(DensityMixin, BaseEstimator):
         """Importance-sampling estimate of ``log p(x)`` with ``k`` proposals from ``q(z | x)``.
 
         ``log p̂(x) = logsumexp_i(log w_i) - log k``, computed in streamed chunks (at most
-        ``max_elements`` floats per chunk) so memory does not grow with ``k``. The rows share
-        the ``k`` base samples (common random numbers, see :meth:`elbo`): a row's estimate does
-        not depend on the other rows, nor on ``max_elements`` (beyond rounding).
+        ``max_elements`` floats per chunk) so memory does not grow with ``k``.
 
         Parameters
         ----------
