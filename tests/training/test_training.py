@@ -115,6 +115,32 @@ def test_estimate_matches_the_real_region_count_in_d2():
     assert est.n_regions == len(partition(dec)) and est.n_pairs == 100 * est.n_regions
 
 
+def test_wide_d2_decoders_are_estimated_without_enumerating_them(monkeypatch):
+    """``ExactDGN(latent_dim=2, hidden_sizes=(2000, 2000))`` ran the estimate's own
+    enumeration of a random decoder for minutes (memory growing) before any warning; a first
+    layer of more than 100 units now gives its own regions as a lower bound, and the memory
+    check refuses at once."""
+    from exactdgn.partition import partition
+
+    def no_enumeration(dec, **kw):
+        raise AssertionError(f"enumerated {dec.layer_sizes}")
+
+    lb = _cost.estimate_training_cost(2, (101, 40), 10, 3)  # 101 units: the lower bound
+    small = _cost.estimate_training_cost(2, (100, 3), 10, 3)  # 5,051 first-layer regions
+    assert not small.lower_bound and small.describe().startswith("~")
+    monkeypatch.setattr(_cost, "partition", no_enumeration)
+    est = _cost.estimate_training_cost(2, (2000, 2000), 200, 2)
+    assert est.lower_bound and est.n_regions == 1 + 2000 + 2000 * 1999 // 2
+    assert est.describe().startswith("at least 2,001,001 regions")
+    assert lb.lower_bound and lb.n_regions == 1 + 101 + 101 * 100 // 2
+    assert lb.n_regions <= len(partition(Decoder.random([2, 101, 40, 3], seed=0)))
+    monkeypatch.setattr(_cost, "available_memory", lambda: 8 * 2**30)
+    X = np.random.default_rng(0).standard_normal((200, 2))
+    with pytest.raises(_cost.TrainingTooLargeError, match=r"at least 2,001,001 regions"):
+        with pytest.warns(UserWarning, match="parameters to only 200 points"):
+            ExactDGN(latent_dim=2, hidden_sizes=(2000, 2000), max_iter=2).fit(X)
+
+
 def test_relative_rule_stops_on_diminishing_returns():
     # gains 6, 1, 0.3, 0.2: the last two gained 0.25 per iteration, below 5% of 7.5
     ll = list(np.cumsum([0.0, 6.0, 1.0, 0.3, 0.2]))

@@ -1,8 +1,10 @@
 """Before training: estimate regions, memory and time, and refuse or warn.
 
 The estimate uses a decoder of the requested architecture with random weights (as the
-initialisation draws them): its region count ``R`` (enumerated in d <= 2, the bound of a
-hyperplane arrangement per layer in d >= 3; training usually changes it by a small factor),
+initialisation draws them): its region count ``R`` (enumerated in d <= 2, except in d = 2
+behind a first hidden layer of more than 100 units, whose own ``1 + w + C(w, 2)`` regions are
+taken as a lower bound instead of minutes of enumeration; the bound of a hyperplane
+arrangement per layer in d >= 3; training usually changes it by a small factor),
 and the worst case of the first E-steps (a broad posterior at the start keeps every
 point-region pair) gives ``N R`` pairs. Costs per pair,
 measured on the 2-core development machine (one E-step, masses and moments):
@@ -46,6 +48,10 @@ _WARN_SECONDS = 60.0  # an E-step estimated above this warns
 # (R, D, d+1) float64 arrays alive in one exact gradient (maps, autograd, cross sums): a bound
 _GRADIENT_MAPS = 12
 _CHUNK_BYTES = 256 * 2**20  # the estimator's default chunk_bytes
+# d = 2 decoders whose first layer cuts more regions than this are not enumerated: the first
+# layer's count is the estimate (a lower bound, ~1/4 of [2,w,w]'s count; enumerating
+# [2,100,100]: 1.2 s, [2,200,200]: 10 s, [2,2000,2000]: never ended)
+_ENUMERATE_2D = 5_051  # [2,100,...]
 
 
 class TrainingTooLargeError(MemoryError):
@@ -59,7 +65,9 @@ class TrainingCost:
     Attributes
     ----------
     n_regions : int
-        Region count of a random decoder of the architecture (a bound in d >= 3).
+        Region count of a random decoder of the architecture (an upper bound in d >= 3; in
+        d = 2 with a first hidden layer of more than 100 units, the regions of that layer
+        alone: a lower bound, see ``lower_bound``).
     n_pairs : int
         Point-region pairs in the worst case (every pair kept).
     bytes : int
@@ -76,10 +84,13 @@ class TrainingCost:
     gradient_bytes: int = 0
     """Work memory of one exact gradient beside the pairs (one block of pairs of
     ``chunk_bytes`` and ``_GRADIENT_MAPS`` arrays of the regions' maps)."""
+    lower_bound: bool = False
+    """``n_regions`` (and with it the rest) is a lower bound, not an estimate."""
 
     def describe(self) -> str:
+        about = "at least " if self.lower_bound else "~"
         return (
-            f"~{self.n_regions:,} regions x N points = {self.n_pairs:,} point-region pairs, "
+            f"{about}{self.n_regions:,} regions x N points = {self.n_pairs:,} point-region pairs, "
             f"~{self.bytes / 2**30:.3g} GiB and ~{_fmt_seconds(self.seconds)} per E-step"
         )
 
@@ -114,6 +125,13 @@ def _check_architecture(latent_dim, hidden_sizes, n_samples, n_features) -> None
         )
 
 
+def _first_layer_regions(d: int, width: int) -> int:
+    """Regions of ``width`` hyperplanes in general position in ``R^d``: ``Σ_{i<=d} C(width,
+    i)``, the first hidden layer's partition, which the later layers only subdivide (a lower
+    bound of the decoder's region count for random, hence generic, weights)."""
+    return sum(comb(width, i) for i in range(d + 1))
+
+
 def estimate_training_cost(
     latent_dim: int,
     hidden_sizes,
@@ -130,8 +148,11 @@ def estimate_training_cost(
     sizes = [d, *[int(h) for h in hidden_sizes], int(n_features)]
     dec = Decoder.random(sizes, seed=seed)
     n_units = sum(int(h) for h in hidden_sizes)
-    if d <= 2:  # enumeration is fast in d <= 2 (0.1 s for [2,32,32,784])
+    first = _first_layer_regions(d, int(hidden_sizes[0])) if hidden_sizes else 1
+    if d == 1 or (d == 2 and first <= _ENUMERATE_2D):  # fast (0.1 s for [2,32,32,784])
         R = len(partition(dec))
+    elif d == 2:  # wide: the first layer's lines alone cut this many regions
+        R = first
     else:  # enumeration costs ~2 ms per region in d >= 3: the arrangement bound
         R = sum(comb(int(hidden_sizes[0]), i) for i in range(d + 1)) if hidden_sizes else 1
         for a, b in itertools.pairwise(hidden_sizes):
@@ -148,7 +169,10 @@ def estimate_training_cost(
     # chunk_bytes, and the region maps' arrays
     block = min(int(chunk_bytes), pairs * (d + 5) * 8 * int(n_features))
     grad = block + _GRADIENT_MAPS * 8 * int(R) * int(n_features) * (d + 1)
-    return TrainingCost(int(R), pairs, int(3 * pairs * per_pair) + grad, float(seconds), grad)
+    low = d == 2 and first > _ENUMERATE_2D
+    return TrainingCost(
+        int(R), pairs, int(3 * pairs * per_pair) + grad, float(seconds), grad, lower_bound=low
+    )
 
 
 def check_training_cost(est, X: np.ndarray, in_memory: bool = True) -> TrainingCost:
