@@ -103,6 +103,7 @@ class ExactDGNImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             raise NotFittedError("this ExactDGNImputer is not fitted yet: call fit(X) first")
         check_feature_names(self, X)
         check_feature_names(self.estimator_, X)  # a prefit model's own names (fit saw none)
+        dtype = np.asarray(X).dtype  # float32 / float16 in, the same out (as sklearn's imputers)
         # the width in this transformer's name (scikit-learn names the estimator called)
         X = check_array(
             X,
@@ -111,4 +112,5 @@ class ExactDGNImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             allow_nan=True,
             estimator=type(self).__name__,
         )
-        return self.estimator_.impute(X, method=self.method, random_state=self.random_state)
+        out = self.estimator_.impute(X, method=self.method, random_state=self.random_state)
+        return out.astype(dtype, copy=False) if dtype.kind == "f" and dtype.itemsize < 8 else out

@@ -352,8 +352,11 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 "ExactDGN.from_decoder / ExactDGN.from_torch"
             )
 
-    def _check_X(self, X, name="X", allow_nan: bool = False) -> np.ndarray:
-        """Validated ``X`` in the decoder's units (standardized when ``preprocessing_`` is set)."""
+    def _check_X(
+        self, X, name="X", allow_nan: bool = False, standardize: bool = True
+    ) -> np.ndarray:
+        """Validated ``X`` in the decoder's units (standardized when ``preprocessing_`` is set;
+        with ``standardize=False`` in the data's own units)."""
         self._check_fitted()
         check_feature_names(self, X)
         X = check_array(
@@ -365,6 +368,9 @@ class ExactDGN(DensityMixin, BaseEstimator):
         )
         if X.shape[0] == 0:
             raise ValueError(f"{name} has no rows (shape {X.shape}): give at least one point")
+        return self._standardized(X) if standardize else X
+
+    def _standardized(self, X: np.ndarray) -> np.ndarray:
         pre = getattr(self, "preprocessing_", None)
         return X if pre is None else (X - pre.mean_) / pre.scale_  # NaN stays NaN
 
@@ -558,7 +564,9 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 f"n_samples={n_samples} is for method='sample' (draws per row); "
                 f"method={method!r} gives one value per entry: drop n_samples"
             )
-        X = self._check_X(X, allow_nan=True)
+        dtype = np.asarray(X).dtype  # float32 / float16 in, the same out (as sklearn's imputers)
+        raw = self._check_X(X, allow_nan=True, standardize=False)
+        X = self._standardized(raw)
         miss = np.isnan(X)
         post = self._posterior(X, need_moments=method == "mean" or return_std)
         out = X.copy()
@@ -578,12 +586,15 @@ class ExactDGN(DensityMixin, BaseEstimator):
             out = np.where(miss, G, X)
             if n_samples == 1:
                 out = out[0]
-        out = self._to_data_units(out)
+        # the observed values are returned as given (not through the preprocessing and back)
+        out = np.where(miss, self._to_data_units(out), raw)
+        keep = dtype if dtype.kind == "f" and dtype.itemsize < 8 else np.float64
         if not return_std:
-            return out
+            return out.astype(keep, copy=False)
         std = np.where(miss, np.sqrt(var + self.noise_std_**2), 0.0)
         pre = getattr(self, "preprocessing_", None)
-        return out, (std if pre is None else std * pre.scale_)
+        std = std if pre is None else std * pre.scale_
+        return out.astype(keep, copy=False), std.astype(keep, copy=False)
 
     def log_prob_joint(self, X, Z) -> np.ndarray:
         """(N,) ``log p(x, z) = log N(z; 0, I) + log N(x; g(z), Σ)`` row by row.
