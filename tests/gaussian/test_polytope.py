@@ -529,6 +529,27 @@ def test_d4_moments_box():
     assert abs(tm.log_mass[0] - box_ref(lo, hi)) <= tm.error[0] + 1e-15
 
 
+@pytest.mark.parametrize("w", [1e-3, 1e-4])
+def test_d4_moments_of_small_boxes_off_the_mean(w):
+    """A rotated 4-D box ``w`` wide, ~1 sd from the mean: the divergence form's covariance had
+    negative variances (w = 1e-3: -5e-7 for a true 8e-8) or a sound-looking 1e-2 (w = 1e-4,
+    true 8e-10, the mean 290 of the box's sd off). Now small or thin near polytopes whose
+    terms cancel are sliced as far ones (about their closest point). Reference: products of
+    1-D truncated normals. Still open: such a box around the mean (no closest point)."""
+    rng = np.random.default_rng(10)
+    lo = np.array([-0.3, 0.2, 0.5, -1.0])
+    hi = lo + w
+    n, c = box(lo, hi)
+    R = rotation(rng, 4)
+    tm = truncated_moments_nd((n @ R.T)[None], c[None])
+    m, C = box_moments(lo, hi, R)
+    var = w**2 / 12
+    assert np.all(np.linalg.eigvalsh(tm.cov[0]) > 0)
+    assert np.abs(tm.mean[0] - m).max() < 1e-6 * math.sqrt(var)
+    assert np.abs(tm.cov[0] - C).max() < (1e-4 if w == 1e-3 else 1e-2) * var
+    assert abs(tm.log_mass[0] - box_ref(lo, hi)) <= tm.error[0] + 1e-15
+
+
 def test_d4_random_polytope_monte_carlo():
     rng = np.random.default_rng(11)
     n, c = rand_polytope(rng, [0.2, -0.1, 0.3, 0.0], 1.0, F=7, d=4)

@@ -264,7 +264,8 @@ def test_d2_moments_of_a_point_1e8_noise_scales_out():
     model = ExactDGN.from_decoder(Decoder.random([2, 6, 3], seed=0), 0.1)
     X = model.sample(3, random_state=0) + 1e7 * np.array([1.0, -0.5, 0.3])
     post = model.posterior(X)
-    mean, cov = post.mean, post.covariance_matrix
+    with pytest.warns(RuntimeWarning, match=r"weights known only to ~\d"):  # |log p| ~ 7e15
+        mean, cov = post.mean, post.covariance_matrix
     assert np.isfinite(mean).all() and np.isfinite(cov).all()
     st = marginal_pairs(region_geometry(model.partition_, model.noise_std_), X, need_moments=True)
     w = np.exp(st.log_weight)
@@ -275,6 +276,29 @@ def test_d2_moments_of_a_point_1e8_noise_scales_out():
     far = model.sample(3, random_state=0) + 1e11 * np.array([1.0, -0.5, 0.3])
     with pytest.warns(RuntimeWarning, match=r"posterior moments of \d+ rows"):
         assert np.isnan(model.posterior(far).mean).any()
+
+
+def test_far_rows_posterior_warns_of_rounded_weights_and_d3_beyond_reach_is_nan():
+    """A row 1e7 noise scales out (|log p| ~ 2e13, its log p(x) error bound ~3 nats): the
+    regions' weights are rounded to that, and its moments came without a word; now they warn.
+    In d = 3, a row 1e14 noise scales out ran the far slices for hours (one row alone) or gave
+    a mean 0.3 of its size off (1e16 out); past 1e12 whitened the moments are NaN, named in a
+    warning. Rows 1e4 noise scales out stay silent and finite."""
+    dec = Decoder.random([3, 6, 4], activation="leaky_relu", seed=3)
+    model = ExactDGN.from_decoder(dec, 0.1)
+    X = model.sample(2, random_state=1)[:1]
+    near = X.copy()
+    near[0, 0] = 1e3
+    assert np.isfinite(model.posterior(near).mean).all()  # (warnings are errors here)
+    far = X.copy()
+    far[0, 0] = 1e6
+    with pytest.warns(RuntimeWarning, match=r"weights known only to ~\d"):
+        assert np.isfinite(model.posterior(far).mean).all()
+    far[0, 0] = 1e13
+    with pytest.warns(RuntimeWarning) as caught:
+        assert np.isnan(model.posterior(far).mean).all()
+    said = " ".join(str(w.message) for w in caught)
+    assert "weights known only to" in said and "are not finite" in said
 
 
 @pytest.mark.parametrize("device", [None, "cpu"])

@@ -166,6 +166,10 @@ _THIN_RATIO = 100.0
 # [3,10,10,6] decoder), and a slice costs ~9 ms (20 points of that decoder: 230 of 16,000
 # pairs above 1e-16, +45% time; 12 above 1e-12)
 _MASS_VISIBLE = 1e-12
+# Polytopes farther than this from the mean (whitened) get NaN moments: their offsets are
+# rounded to ~eps D (2e-4 sd here) and the slices' range in x (~60 / D) to its own width; the
+# slices ran for hours (a [3,6,4] decoder, a row 1e14 noise scales out) or gave a mean 0.3 D off
+_MAX_MOMENT_D = 1e12
 _CHUNK_ND = 8
 
 # panel kinds
@@ -954,6 +958,7 @@ class _MassBlock:
     small: SmallPolyhedra | None
     thin_rows: np.ndarray
     thin: TruncatedMoments | None
+    ratio: np.ndarray  # (P,) sum |terms| / mass of the edge formula (d = 3, 4; NaN elsewhere)
 
 
 def _log_mass_block(n, c, moments=False, log_weight=None, normalised=False) -> _MassBlock:
@@ -976,7 +981,7 @@ def _log_mass_block(n, c, moments=False, log_weight=None, normalised=False) -> _
         if rest.size:
             res = _evaluate(geo, rest, np.ones(rest.size))
             logm[rest], err[rest] = res.log_mass, res.error
-            if d == 3:
+            if d >= 3:
                 ratio[rest] = res.ratio
         if d == 3:  # (kept where better: far out the slices' integrand can be too steep)
             rows = _cancelling_rows(logm, err, ratio, log_weight, normalised)
@@ -984,7 +989,7 @@ def _log_mass_block(n, c, moments=False, log_weight=None, normalised=False) -> _
             better = tm.error < err[rows]
             thin_rows, thin = rows[better], TruncatedMoments(*(v[better] for v in tm))
             logm[thin_rows], err[thin_rows] = thin.log_mass, thin.error
-    return _MassBlock(logm, err, nu, cu, active, geo, small, thin_rows, thin)
+    return _MassBlock(logm, err, nu, cu, active, geo, small, thin_rows, thin, ratio)
 
 
 def _cancelling_rows(logm, err, ratio, log_weight, normalised):
@@ -1121,6 +1126,8 @@ def _moments_block(n, c, log_weight=None):
     # far polytopes: the divergence form loses ~eps D^4 in the covariance; slice instead (also
     # the thin ones sliced for their mass: these slices are about the closest point)
     sliced = _sliced_rows(ok, geo.dist, log_weight, nu.shape[2]) & ~is_small
+    beyond = sliced & (geo.dist > _MAX_MOMENT_D)  # (the caller names their rows)
+    sliced &= ~beyond
     done |= is_small
     far = np.flatnonzero(sliced)
     if far.size:
@@ -1132,8 +1139,19 @@ def _moments_block(n, c, log_weight=None):
         rows = _thin_rows(ok & ~sliced & ~done, mean, cov, err, log_weight)
         rows, tm = _thin_moments(nu, cu, active, geo, rows)
         logm[rows], mean[rows], cov[rows], err[rows] = tm.log_mass, tm.mean, tm.cov, tm.error
-    mean[~ok] = np.nan
-    cov[~ok] = np.nan
+    elif nu.shape[2] == 4:  # small or thin near polytopes: the same slices as far ones (about
+        # their closest point; the mean on their boundary or inside, D = 0, has none: kept)
+        # (their covariance can look sound: a 1e-4 cube's came out 1e-2, its terms cancel)
+        cancel = np.where(np.isfinite(blk.ratio), blk.ratio, 0.0) > _THIN_RATIO
+        near = ok & ~sliced & ~done & (geo.dist > 0)
+        rows = _thin_rows(near, mean, cov, err, log_weight, force=cancel)
+        if rows.size:
+            tmean, tcov, tok = tail_moments(
+                nu[rows], cu[rows], active[rows], geo.dist[rows], near=_near_moments_3d
+            )
+            mean[rows[tok]], cov[rows[tok]] = tmean[tok], tcov[tok]
+    mean[~ok | beyond] = np.nan
+    cov[~ok | beyond] = np.nan
     return logm, mean, cov, err, is_small
 
 
@@ -1161,21 +1179,29 @@ def _thin_moments(nu, cu, active, geo, rows):
     return rows[take], TruncatedMoments(*(v[take] for v in tm))
 
 
-def _thin_rows(near, mean, cov, err, log_weight):
+def _thin_rows(near, mean, cov, err, log_weight, force=None):
     """The ``near`` polyhedra (not far, not small) that are thin (smallest variance below
     ``_THIN_VAR``) and, with ``log_weight``, whose weight times the divergence form's covariance
     error there can show (above ``_WEIGHTED_ERR``; that error, measured on slabs, needles and
-    cubes ``w`` wide near the mean, is ~1e-13 / w^3.4 of their own variance ``w^2``, and at
-    least ``16 (error + eps) (1 + |mean|^2)``)."""
+    cubes ``w`` wide near the mean, is ~1e-13 / w^3.4 of their own variance ``w^2`` in d = 3;
+    in d = 4 below ``1e-2 eps / var^2`` (rotated cubes 0.1 to 1e-3 wide: 2-40x below it); and
+    at least ``16 (error + eps) (1 + |mean|^2)``). ``force`` (P,), optional: rows taken as
+    thin whatever their variance (whose mass terms cancel)."""
     rows = np.flatnonzero(near)
     if rows.size == 0:
         return rows
+    d = cov.shape[-1]
     with np.errstate(all="ignore"):
-        lam = np.linalg.eigvalsh(np.where(np.isfinite(cov[rows]), cov[rows], np.eye(3)))
+        lam = np.linalg.eigvalsh(np.where(np.isfinite(cov[rows]), cov[rows], np.eye(d)))
         keep = lam[:, 0] < _THIN_VAR
+        if force is not None:
+            keep |= force[rows]
+            lam[force[rows], 0] = np.minimum(lam[force[rows], 0], 0.0)  # (the gate's bound)
         if log_weight is not None:
             loss = 16.0 * (err[rows] + EPS) * (1.0 + np.sum(mean[rows] ** 2, axis=1))
-            bound = loss + _THIN_ERR * np.maximum(lam[:, 0], 1e-300) ** -0.7
+            small = np.maximum(lam[:, 0], 1e-300)
+            div = _THIN_ERR * small**-0.7 if d == 3 else 1e-2 * EPS * small**-2.0
+            bound = loss + div
             keep &= log_weight[rows] + np.log(bound) > np.log(_WEIGHTED_ERR)
     return rows[keep]
 
