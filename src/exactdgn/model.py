@@ -34,10 +34,10 @@ from .em._init import initialize
 from .em._missing import missing_region_stats
 from .em._steps import region_stats
 from .gaussian._polytope import dimension_limit
-from .inference._geometry import LOG_2PI, RegionGeometry, region_geometry
+from .inference._geometry import RegionGeometry, region_geometry
 from .inference._marginal import PairStats, marginal_pairs
 from .inference._missing import check_missing, observed_pairs
-from .inference._posterior import ExactPosterior
+from .inference._posterior import ExactPosterior, log_joint
 from .io import (
     CheckpointMismatchError,
     ModelFileError,
@@ -310,7 +310,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
             noise="isotropic" if std.ndim == 0 else "diagonal",
             **params,
         )
-        model._set_state(decoder, std)
+        model._set_state(decoder.copy(), std)  # its own: a caller's later edit is not seen
         model.preprocessing_ = None
         return model
 
@@ -454,7 +454,14 @@ class ExactDGN(DensityMixin, BaseEstimator):
     def _posterior(self, X: np.ndarray, need_moments: bool = False) -> ExactPosterior:
         """:meth:`posterior` of validated ``X`` in the decoder's units (``need_moments``: the
         pairs' truncated moments computed in the pairs' pass, as the E-step's)."""
-        return ExactPosterior(self, X, self.geometry_, self._pairs(X, need_moments))
+        return ExactPosterior(
+            X,
+            self.geometry_,
+            self._pairs(X, need_moments),
+            self.decoder_,
+            self.noise_std_,
+            self._log_jacobian(X),
+        )
 
     # ------------------------------------------------------------------ outliers
     def set_offset(self, X) -> ExactDGN:
@@ -611,14 +618,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         )
         if Z.shape[0] != X.shape[0]:
             raise ValueError(f"X has {X.shape[0]} rows but Z has {Z.shape[0]}")
-        d = Z.shape[1]
-        obs = ~np.isnan(X)
-        r = np.where(obs, (X - self.decoder_(Z)) / self.noise_std_, 0.0)
-        log_lik = -0.5 * (obs.sum(axis=1) * LOG_2PI + np.einsum("nj,nj->n", r, r)) - (
-            obs @ np.log(self.noise_std_)
-        )
-        log_prior = -0.5 * (d * LOG_2PI + np.einsum("nk,nk->n", Z, Z))
-        return log_prior + log_lik
+        return log_joint(self.decoder_, self.noise_std_, X, Z)
 
     # ------------------------------------------------------------------ generation
     def sample(self, n_samples: int = 1, random_state=None, return_latent: bool = False):

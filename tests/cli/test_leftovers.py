@@ -316,6 +316,9 @@ def test_the_package_imports_its_names_on_first_use():
         "assert callable(partition) and exactdgn.partition is partition\n"
         "from exactdgn.partition import Partition\n"
         "assert exactdgn.gaussian.log_mass and 'gaussian' in dir(exactdgn)\n"
+        "import pickle, cloudpickle\n"  # by name, as a module (dask ships functions so)
+        "assert pickle.loads(cloudpickle.dumps(exactdgn)) is exactdgn\n"
+        "assert pickle.loads(cloudpickle.dumps(lambda: exactdgn.ExactDGN))() is ExactDGN\n"
         "try:\n"
         "    exactdgn.nothing\n"
         "except AttributeError as e:\n"

@@ -318,3 +318,52 @@ def test_d2_posterior_mean_of_a_1e4_sigma_row_matches_quadrature(device):
     sd = np.sqrt(np.diag(cov))
     assert np.all(np.abs(np.asarray(post.mean)[0] - mean) / sd < 1e-7)
     np.testing.assert_allclose(np.asarray(post.covariance_matrix)[0], cov, rtol=1e-6)
+
+
+def test_posterior_and_model_keep_their_own_inputs():
+    """The posterior held the caller's X and called back into the model: ``X[0] += 5`` after
+    ``posterior(X)`` made ``log_prob`` integrate to e^-314; a model from ``from_decoder`` (and
+    a ``partition``) held the caller's decoder, so editing it changed ``sample`` and
+    ``log_prob_joint`` but not the regions. Now each keeps its own copies."""
+    from exactdgn import partition
+
+    dec = Decoder.random([1, 6, 3], seed=0)
+    model = ExactDGN.from_decoder(dec, 0.3)
+    part = partition(dec)
+    X = model.sample(4, random_state=0)
+    keep = X.copy()
+    post = model.posterior(X)
+    z = np.linspace(-8, 8, 4001)[:, None, None]
+    before = post.log_prob(z)
+    X[0] += 5.0
+    dec.weights[-1] *= 2.0
+    np.testing.assert_array_equal(post.log_prob(z), before)
+    mass = integrate.trapezoid(np.exp(before), z[:, 0, 0], axis=0)
+    np.testing.assert_allclose(mass, 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(model.score_samples(keep), model.score_samples(keep))
+    np.testing.assert_allclose(model.decoder_.weights[-1], dec.weights[-1] / 2.0, rtol=0)
+    assert part.decoder is not dec and np.all(part.decoder.weights[-1] != dec.weights[-1])
+
+
+def test_log_normalizer_is_log_p_of_the_data_as_given_and_bad_z_is_located():
+    """With a model's ``preprocessing_`` the normaliser was the standardized density (no
+    Jacobian: -0.67 against score_samples' -3.74); ``log_prob`` of a NaN ``z`` named an index
+    into an internal flattened array."""
+    from exactdgn.datasets import Standardizer
+
+    model = ExactDGN.from_decoder(Decoder.random([1, 6, 3], seed=0), 0.3)
+    X = model.sample(20, random_state=0) * [3.0, 0.5, 10.0] + 1.0
+    model.preprocessing_ = Standardizer().fit(X)
+    post = model.posterior(X[:4])
+    np.testing.assert_allclose(post.log_normalizer, model.score_samples(X[:4]), rtol=1e-14)
+    z = np.linspace(-8, 8, 4001)[:, None, None]
+    mass = integrate.trapezoid(post.prob(z), z[:, 0, 0], axis=0)
+    np.testing.assert_allclose(mass, 1.0, rtol=1e-4)  # log_prob is of z: unchanged (grid)
+    bad = np.zeros((5, 4, 1))
+    bad[2, 3] = np.nan
+    with pytest.raises(
+        ValueError,
+        match=r"1 NaN or infinite values \(the first at index "
+        r"\(2, 3, 0\) of z's shape \(5, 4, 1\)\)",
+    ):
+        post.log_prob(bad)

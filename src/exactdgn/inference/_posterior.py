@@ -24,7 +24,27 @@ from ._marginal import PairStats
 #: regions' weights ``exp(log κ Φ - log p)`` carry that error (10% here)
 _WEIGHT_ERROR = 0.1
 
-__all__ = ["ExactPosterior"]
+__all__ = ["ExactPosterior", "log_joint"]
+
+
+def log_joint(decoder, noise_std: np.ndarray, X: np.ndarray, Z: np.ndarray) -> np.ndarray:
+    """(n,) ``log N(z; 0, I) + log N(x_obs; g_obs(z), diag σ²_obs)`` row by row.
+
+    Parameters
+    ----------
+    decoder : Decoder
+    noise_std : ndarray (D,)
+    X : ndarray (n, D)
+        NaN marks a missing coordinate (left out of the likelihood).
+    Z : ndarray (n, d)
+    """
+    d = Z.shape[1]
+    obs = ~np.isnan(X)
+    r = np.where(obs, (X - decoder(Z)) / noise_std, 0.0)
+    log_lik = -0.5 * (obs.sum(axis=1) * LOG_2PI + np.einsum("nj,nj->n", r, r)) - (
+        obs @ np.log(noise_std)
+    )
+    return -0.5 * (d * LOG_2PI + np.einsum("nk,nk->n", Z, Z)) + log_lik
 
 
 class ExactPosterior:
@@ -46,9 +66,21 @@ class ExactPosterior:
     support = "real_vector"
     has_rsample = False
 
-    def __init__(self, model, X: np.ndarray, geom: RegionGeometry, stats: PairStats):
-        self._model = model
-        self._X = X
+    def __init__(
+        self,
+        X: np.ndarray,
+        geom: RegionGeometry,
+        stats: PairStats,
+        decoder,
+        noise_std: np.ndarray,
+        log_jacobian=0.0,
+    ):
+        # its own copies: a caller's later change of X or of the model's decoder does not
+        # reach the density, whose weights and normaliser are fixed here
+        self._X = np.array(X, dtype=np.float64)
+        self._decoder = decoder.copy()
+        self._noise_std = np.array(noise_std, dtype=np.float64)
+        self._log_jacobian = np.broadcast_to(np.asarray(log_jacobian, float), (len(X),)).copy()
         self._geom = geom
         self._stats = stats  # the pairs' whitened polygons are built on first use (_whitened)
         self._weights_checked = False  # (_moments warns once about rows of uncertain weights)
@@ -58,8 +90,9 @@ class ExactPosterior:
     # ------------------------------------------------------------------ weights
     @property
     def log_normalizer(self) -> np.ndarray:
-        """(N,) exact ``log p(x)``."""
-        return self._stats.log_px
+        """(N,) exact ``log p(x)`` (of the data as given: with a model's ``preprocessing_``,
+        the density in the data's units, as ``score_samples``)."""
+        return self._stats.log_px + self._log_jacobian
 
     @property
     def region_probs(self) -> sparse.csr_matrix:
@@ -238,6 +271,13 @@ class ExactPosterior:
                 f"z must have shape (..., {N}, {d}): sample shape, then the batch shape ({N},) "
                 f"(or 1, broadcast), then the event shape ({d},); got {Z.shape}"
             ) from None
+        bad = ~np.isfinite(Z)
+        if bad.any():
+            raise ValueError(
+                f"z contains {int(bad.sum())} NaN or infinite values (the first at index "
+                f"{tuple(int(i) for i in np.argwhere(bad)[0])} of z's shape {Z.shape}): "
+                "give finite latent points"
+            )
         Z = np.broadcast_to(Z, (*batch, d))
         flat = Z.reshape(-1, N, d)
         S, D = flat.shape[0], self._X.shape[1]
@@ -246,8 +286,8 @@ class ExactPosterior:
         for s in range(0, S, step):
             k = min(step, S - s)
             Xr = np.broadcast_to(self._X, (k, N, D)).reshape(k * N, D)
-            lj = self._model._log_joint(Xr, flat[s : s + k].reshape(k * N, d))
-            out[s : s + k] = lj.reshape(k, N) - self.log_normalizer
+            lj = log_joint(self._decoder, self._noise_std, Xr, flat[s : s + k].reshape(k * N, d))
+            out[s : s + k] = lj.reshape(k, N) - self._stats.log_px  # (the decoder's units)
         return out.reshape(batch)
 
     def prob(self, z) -> np.ndarray:

@@ -149,6 +149,6 @@ def partition(decoder: Decoder, *, max_bytes: int | None = None, method: str = "
         from ._enumnd import enumerate_adjacency
 
         raw = enumerate_adjacency(decoder, running)
-    part = finalize(decoder, raw, method, t0)
+    part = finalize(decoder.copy(), raw, method, t0)  # its own (a later edit: not seen)
     logger.info("partition: %d regions in %.3fs (%s)", len(part), part.seconds, method)
     return part
