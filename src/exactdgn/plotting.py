@@ -274,6 +274,11 @@ def plot_samples_2d(
     -------
     ax
     """
+    if samples is not None and not isinstance(samples, dict):
+        raise TypeError(
+            f"samples must be a dict of label -> (M, 2) array, got {type(samples).__name__} "
+            "(the axes go by name: plot_samples_2d(X, ax=ax))"
+        )
     ax = _new_ax(ax)
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2 or X.shape[1] != 2:

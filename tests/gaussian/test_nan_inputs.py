@@ -137,3 +137,42 @@ def test_infinities_are_still_interval_ends_and_padding():
     assert lm2[0] == G.log_mass_2d(N, C)[0][0] and lm2[1] == -np.inf
     tab = G.polygon_table(Np, Cp)
     assert not tab.empty[0] and tab.empty[1]
+
+
+def test_log_edge_pieces_checks_shapes_and_ranges():
+    """Arguments of different lengths filled only some entries (the rest uninitialised
+    memory), scalars raised IndexError, ``h <= 0`` or ``ta > tb`` gave NaN with a numpy
+    warning. Now they are errors; scalars broadcast (to the (n,) values)."""
+    from exactdgn.gaussian import log_edge_pieces
+
+    want = log_edge_pieces(np.array([1.0, 1.0]), np.array([0.0, 0.5]), np.array([2.0, 2.0]))
+    np.testing.assert_array_equal(log_edge_pieces(1.0, np.array([0.0, 0.5]), 2.0), want)
+    assert np.ndim(log_edge_pieces(1.0, 0.0, 2.0)) == 0
+    with pytest.raises(ValueError, match=r"one shape .* got \(2,\), \(1,\) and \(3,\)"):
+        log_edge_pieces(np.array([1.0, 2.0]), np.array([0.0]), np.ones(3))
+    with pytest.raises(ValueError, match="h must be positive"):
+        log_edge_pieces(np.array([1.0, 0.0]), 0.0, 1.0)
+    with pytest.raises(ValueError, match="0 <= ta < tb"):
+        log_edge_pieces(1.0, 2.0, 1.0)
+
+
+def test_log_mass_checks_log_weight_in_every_dimension():
+    """``log_weight`` (used by d >= 3) was taken unchecked in d = 1, 2."""
+    from exactdgn.gaussian import log_mass
+
+    for d in (1, 2, 3):
+        n = np.eye(d)[None]
+        with pytest.raises(ValueError, match="log_weight"):
+            log_mass(n, np.zeros((1, d)), log_weight=np.zeros(7))
+
+
+def test_gaussian_polyhedron_moments_names_a_bad_covariance():
+    """A covariance of the wrong shape was reported as ``cov_chol`` (a name the caller never
+    used); one not positive definite raised numpy's bare LinAlgError."""
+    from exactdgn.gaussian import gaussian_polyhedron_moments
+
+    args = (np.zeros((1, 2)), None, np.eye(2), np.ones(2))
+    with pytest.raises(ValueError, match=r"cov must have shape \(2, 2\) or \(1, 2, 2\)"):
+        gaussian_polyhedron_moments(args[0], np.eye(3), *args[2:])
+    with pytest.raises(ValueError, match="cov must be positive definite"):
+        gaussian_polyhedron_moments(args[0], -np.eye(2), *args[2:])

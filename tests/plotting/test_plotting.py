@@ -257,3 +257,13 @@ def test_view_and_grid_arguments_are_checked(ax, model1, model2, call, match):
     n_grid=1 and levels=0 matplotlib errors about contour shapes and levels."""
     with pytest.raises(ValueError, match=match):
         call(model1, model2, ax)
+
+
+def test_plot_samples_2d_takes_the_axes_by_name():
+    """``plot_samples_2d(X, ax)`` failed deep in matplotlib ('Axes' has no 'items')."""
+    fig, ax = plt.subplots()
+    X = np.zeros((4, 2))
+    with pytest.raises(TypeError, match=r"plot_samples_2d\(X, ax=ax\)"):
+        P.plot_samples_2d(X, ax)
+    assert P.plot_samples_2d(X, ax=ax) is ax
+    plt.close(fig)

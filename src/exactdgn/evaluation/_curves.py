@@ -59,6 +59,11 @@ def em_curve(Xtr, Xte, *, max_iter: int, progress: bool = False, **params) -> tu
 
     from ..model import ExactDGN
 
+    if params.get("n_init", 1) != 1:  # the callback sees every start, history_ the best one
+        raise ValueError(
+            f"em_curve follows one run: n_init={params['n_init']!r} is invalid, use 1 (for "
+            "several starts, one curve per random_state, as the experiments do)"
+        )
     params = {"tol": 0.0, "rel_tol": 0.0, "method": "em", **params}
     params |= {"max_iter": max_iter, "progress": False}
     model = _em_model(**params)

@@ -112,6 +112,7 @@ def log_mass(normals, offsets, *, return_error: bool = False, floor=None, log_we
     """
     n, c = _check(normals, offsets)
     floor = _check_floor(floor, n.shape[0])
+    log_weight = _checked_log_weight(log_weight, n.shape[0])  # (used in d >= 3; checked in all)
     d = n.shape[2]
     if d == 1:
         res = log_mass_1d(n, c)
@@ -120,7 +121,7 @@ def log_mass(normals, offsets, *, return_error: bool = False, floor=None, log_we
     else:
         from ._polytope import log_mass_nd
 
-        res = log_mass_nd(n, c, _checked_log_weight(log_weight, n.shape[0]))
+        res = log_mass_nd(n, c, log_weight)
     if not isinstance(res, tuple):
         res = (res, np.zeros_like(res))
     return res if return_error else res[0]
@@ -261,7 +262,18 @@ def gaussian_polyhedron_moments(mean, cov, C, e) -> TruncatedMoments:
     NaN in any argument is an error (``ValueError`` naming the argument and the count).
     """
     mu, cov, C, e = _checked_gaussian(mean, cov, C, e, "cov")
-    L = np.linalg.cholesky(cov)
+    d = mu.shape[-1] if mu.ndim == 2 else None
+    if d is not None and cov.shape not in ((d, d), (mu.shape[0], d, d)):
+        raise ValueError(
+            f"cov must have shape ({d}, {d}) or ({mu.shape[0]}, {d}, {d}); got {cov.shape}"
+        )
+    try:
+        L = np.linalg.cholesky(cov)
+    except np.linalg.LinAlgError:
+        raise ValueError(
+            "cov must be positive definite (a covariance with a zero or negative variance "
+            "direction has no Gaussian density: regularise it, e.g. cov + 1e-12 I)"
+        ) from None
     normals, offsets, _ = _whiten(mu, L, C, e)
     res = truncated_moments(normals, offsets)
     Lb = np.broadcast_to(L, (mu.shape[0], *L.shape[-2:]))

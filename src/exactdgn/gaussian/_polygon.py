@@ -537,7 +537,8 @@ def log_edge_pieces(h, ta, tb) -> np.ndarray:
     ta, tb : ndarray, shape (n,)
         ``0 <= ta < tb <= inf`` (positions along the line, measured from the foot).
 
-    NaN in any argument is an error (``ValueError`` naming it and the number of NaN).
+    NaN in any argument, arguments of different shapes and values outside those ranges are
+    errors (``ValueError`` naming them); scalars broadcast.
     """
     h = np.asarray(h, dtype=np.float64)
     ta = np.asarray(ta, dtype=np.float64)
@@ -545,7 +546,21 @@ def log_edge_pieces(h, ta, tb) -> np.ndarray:
     reject_nan(h, "h", "the distances of the lines from the mean, h > 0")
     reject_nan(ta, "ta", "the pieces' starts along the line, 0 <= ta < tb")
     reject_nan(tb, "tb", "the pieces' ends along the line, ta < tb <= inf")
-    return _log_edge_pieces(h, ta, tb)
+    try:
+        shape = np.broadcast_shapes(h.shape, ta.shape, tb.shape)
+    except ValueError:
+        raise ValueError(
+            f"h, ta and tb must have one shape (n,) (or broadcast): got {h.shape}, {ta.shape} "
+            f"and {tb.shape}"
+        ) from None
+    h, ta, tb = (np.broadcast_to(a, shape).ravel() for a in (h, ta, tb))
+    for bad, what in (
+        (~(h > 0) | ~np.isfinite(h), "h must be positive and finite (a line's distance)"),
+        (~(ta >= 0) | ~(ta < tb), "the pieces need 0 <= ta < tb"),
+    ):
+        if bad.any():
+            raise ValueError(f"{what}: {int(bad.sum())} values are not (first {np.argmax(bad)})")
+    return _log_edge_pieces(h, ta, tb).reshape(shape)
 
 
 def _log_edge_pieces(h, ta, tb) -> np.ndarray:
