@@ -180,6 +180,16 @@ def check_positive(value, *, name: str, size: int | None = None) -> np.ndarray:
     return arr
 
 
+def output_dtype(X) -> np.dtype:
+    """The dtype results for ``X`` are returned in, as scikit-learn's imputers: float32 or
+    float16 for such arrays, else float64 (read from ``X.dtype``, without converting ``X``: a
+    dask array stays uncomputed)."""
+    dt = getattr(X, "dtype", None)
+    if isinstance(dt, np.dtype) and dt.kind == "f" and dt.itemsize < 8:
+        return dt
+    return np.dtype(np.float64)
+
+
 def check_noise_std(value, *, size: int | None = None, name: str = "noise_std") -> np.ndarray:
     """:func:`check_positive` for a noise standard deviation, within :data:`NOISE_STD_RANGE`."""
     arr = check_positive(value, name=name, size=size)

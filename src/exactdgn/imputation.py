@@ -12,7 +12,13 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin, clone
 
-from ._validation import check_array, check_feature_names, check_generator, feature_names
+from ._validation import (
+    check_array,
+    check_feature_names,
+    check_generator,
+    feature_names,
+    output_dtype,
+)
 from .model import ExactDGN, NotFittedError
 
 __all__ = ["ExactDGNImputer"]
@@ -103,7 +109,7 @@ class ExactDGNImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             raise NotFittedError("this ExactDGNImputer is not fitted yet: call fit(X) first")
         check_feature_names(self, X)
         check_feature_names(self.estimator_, X)  # a prefit model's own names (fit saw none)
-        dtype = np.asarray(X).dtype  # float32 / float16 in, the same out (as sklearn's imputers)
+        keep = output_dtype(X)  # float32 / float16 in, the same out (as sklearn's imputers)
         # the width in this transformer's name (scikit-learn names the estimator called)
         X = check_array(
             X,
@@ -113,4 +119,4 @@ class ExactDGNImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             estimator=type(self).__name__,
         )
         out = self.estimator_.impute(X, method=self.method, random_state=self.random_state)
-        return out.astype(dtype, copy=False) if dtype.kind == "f" and dtype.itemsize < 8 else out
+        return out.astype(keep, copy=False)

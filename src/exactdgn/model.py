@@ -27,6 +27,7 @@ from ._validation import (
     check_noise_std,
     feature_names,
     is_int,
+    output_dtype,
 )
 from .decoder import Decoder
 from .em._gradient import exact_gradient
@@ -571,7 +572,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 f"n_samples={n_samples} is for method='sample' (draws per row); "
                 f"method={method!r} gives one value per entry: drop n_samples"
             )
-        dtype = np.asarray(X).dtype  # float32 / float16 in, the same out (as sklearn's imputers)
+        keep = output_dtype(X)  # float32 / float16 in, the same out (as sklearn's imputers)
         raw = self._check_X(X, allow_nan=True, standardize=False)
         X = self._standardized(raw)
         miss = np.isnan(X)
@@ -595,7 +596,6 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 out = out[0]
         # the observed values are returned as given (not through the preprocessing and back)
         out = np.where(miss, self._to_data_units(out), raw)
-        keep = dtype if dtype.kind == "f" and dtype.itemsize < 8 else np.float64
         if not return_std:
             return out.astype(keep, copy=False)
         std = np.where(miss, np.sqrt(var + self.noise_std_**2), 0.0)
