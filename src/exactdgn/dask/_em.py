@@ -196,7 +196,9 @@ class RemoteData:
         futures = self.client.compute([total, *pairs])  # one graph: each chunk computed once
         sums = futures[0].result()
         del futures[0]
-        return RemotePairs(self, part.patterns, sums, futures, int(chunk_bytes))
+        # the pairs hold on to ``spec``: a lost worker's pairs are recomputed from it, and a
+        # scattered value cannot be recomputed, so it lives as long as the pairs do
+        return RemotePairs(self, part.patterns, sums, futures, int(chunk_bytes), spec=spec)
 
     def moments(self, pca: bool = True) -> DataMoments:
         """:class:`~exactdgn.em.DataMoments` reduced over the chunks (two passes).
@@ -252,6 +254,9 @@ class RemotePairs:
     sums: _Sums
     chunks: list  # futures of per-chunk pair-only RegionStats
     chunk_bytes: int = 256 * 2**20  # the E-step's block budget, also the gradient's
+    #: the scattered E-step spec the pairs were computed from (a future): kept so that the
+    #: pairs of a lost worker can be recomputed (dask forgets a scattered value nobody holds)
+    spec: object = field(default=None, repr=False)
 
     @property
     def loglik(self) -> float:
