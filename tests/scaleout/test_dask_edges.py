@@ -504,3 +504,25 @@ def test_cli_impute_on_the_cluster_never_gathers_the_output(client, tmp_path, mo
     ref, ref_std = model.impute(X, return_std=True)
     np.testing.assert_allclose(np.load(out), ref, rtol=1e-12, atol=0)
     np.testing.assert_allclose(np.load(sd), ref_std, rtol=1e-12, atol=0)
+
+
+def test_the_dask_benchmark_runs_and_counts_the_rows_it_scored_in_memory(tmp_path, capsys):
+    """``benchmarks/dask.py`` with fewer rows than ``--n-ref``: the in-memory figure is of
+    the rows it scored (it said 500,000 rows for 3,000), end to end on a one-worker cluster."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "dask.py"
+    spec = importlib.util.spec_from_file_location("exactdgn_benchmark_dask", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "res.json"
+    args = ["--n", "300", "--no-scale", "--chunk-rows", "100", "--workers", "1"]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"distributed(\..*)?")
+        assert bench.main([*args, "--path", str(tmp_path / "x.npy"), "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["in_memory"]["rows"] == 300 and res["dask"]["rows"] == 300
+    assert res["dask"]["max_rel_diff"] <= 1e-12
+    assert "in memory (" in (text := capsys.readouterr().out) and ": 300 rows in" in text
