@@ -340,6 +340,11 @@ def _run_quietly(fn, *args, **kwargs):
 def _cluster(args):
     """A dask client for ``--scheduler`` / ``--workers``, else ``None``."""
     if getattr(args, "scheduler", None) is None and getattr(args, "workers", None) is None:
+        if getattr(args, "chunk_rows", None) is not None:  # an option that does not apply
+            raise CLIError(
+                "--chunk-rows sets the row chunks of a dask cluster's data: give --workers N "
+                "or --scheduler ADDRESS with it, or remove it (in memory DATA is read whole)"
+            )
         yield None
         return
     try:
@@ -359,14 +364,22 @@ def _load_data_for(args, client, **kwargs):
     if args.data.strip().lower().endswith(".npy"):
         from .dask import read_npy
 
-        X = read_npy(args.data, chunk_rows=args.chunk_rows)
+        X = read_npy(args.data, chunk_rows=_chunk_rows(args))
         info = {"spec": args.data, "kind": "file"}
         if kwargs.get("n_samples") is not None:
             X = X[: int(kwargs["n_samples"])]
             info["n_samples"] = int(kwargs["n_samples"])
         return X, {**info, "shape": list(X.shape)}
     X, info = load_data(args.data, **kwargs)
-    return da.from_array(X, chunks=(args.chunk_rows, -1)), info
+    return da.from_array(X, chunks=(_chunk_rows(args), -1)), info
+
+
+#: rows per chunk of a cluster's data without --chunk-rows
+DEFAULT_CHUNK_ROWS = 65536
+
+
+def _chunk_rows(args) -> int:
+    return DEFAULT_CHUNK_ROWS if args.chunk_rows is None else args.chunk_rows
 
 
 def _transform(std, X):
@@ -408,10 +421,19 @@ def _add_cluster_options(p) -> None:
         "--scheduler", default=None, metavar="ADDRESS", help="dask scheduler, e.g. tcp://h:8786"
     )
     x.add_argument(
-        "--workers", type=int, default=None, metavar="N", help="a local cluster of N processes"
+        "--workers",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="a local cluster of N processes",
     )
     g.add_argument(
-        "--chunk-rows", type=int, default=65536, help="rows per chunk (a .npy is read lazily)"
+        "--chunk-rows",
+        type=_positive_int,
+        default=None,
+        metavar="ROWS",
+        help=f"rows per chunk (default {DEFAULT_CHUNK_ROWS}; a .npy is read lazily); only with "
+        "--scheduler / --workers",
     )
 
 
