@@ -697,8 +697,19 @@ def _fit_in(args, client, out: Path) -> int:
             checkpoint = Path(args.checkpoint)
             if checkpoint.exists():
                 print(f"resuming from checkpoint {checkpoint}", file=sys.stderr)
+        missing_rows = ()  # catches nothing in memory (NaN = missing there)
+        if client is not None:
+            from .dask._em import MissingRowsError as missing_rows
         try:
             _run_quietly(model.fit, Xtr, checkpoint=checkpoint)
+        except missing_rows as exc:  # a cluster's chunk of the training split: rows of DATA
+            rows = np.setdiff1d(np.arange(X.shape[0]), test_index)[exc.rows]
+            raise CLIError(
+                f"{args.data} has missing values (NaN) in rows {rows.tolist()} (the first "
+                "found; numbered from 0 in the file): on a dask cluster fit needs complete "
+                "rows; drop those rows, or fit in memory (without --scheduler / --workers) to "
+                "train on log p(x_obs)"
+            ) from None
         except CheckpointMismatchError as exc:
             raise CLIError(_resume_refusal(checkpoint, exc, model.max_iter)) from None
         except KeyboardInterrupt:

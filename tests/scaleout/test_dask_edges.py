@@ -526,3 +526,30 @@ def test_the_dask_benchmark_runs_and_counts_the_rows_it_scored_in_memory(tmp_pat
     assert res["in_memory"]["rows"] == 300 and res["dask"]["rows"] == 300
     assert res["dask"]["max_rel_diff"] <= 1e-12
     assert "in memory (" in (text := capsys.readouterr().out) and ": 300 rows in" in text
+
+
+def test_cli_fit_on_the_cluster_names_the_files_rows_with_missing_values(client, tmp_path, capsys):
+    """NaN at file rows 3, 7, 50, 399 was "X (rows 0:320) has missing values (NaN), first rows
+    [2, 5, 42, 319]": the rows of the training split given to the E-step, not of the file."""
+    import pickle
+
+    from exactdgn.cli import main
+    from exactdgn.dask import MissingRowsError
+    from exactdgn.evaluation import split_data
+
+    X = np.random.default_rng(0).normal(size=(400, 3))
+    _, _, test = split_data(X, 0.2, 0)
+    holes = np.setdiff1d([3, 7, 50, 399], test)  # rows of the training split
+    assert len(holes) >= 3
+    X[holes, 1] = np.nan
+    np.save(tmp_path / "holes.npy", X)
+    argv = ["fit", str(tmp_path / "holes.npy"), "--out", str(tmp_path / "run"), "--no-progress"]
+    argv += ["--standardize", "off", "--max-iter", "1", "--test-fraction", "0.2", "--seed", "0"]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"distributed(\..*)?")
+        assert main([*argv, "--scheduler", client.scheduler.address]) == 2
+    err = capsys.readouterr().err
+    assert f"has missing values (NaN) in rows {holes.tolist()} (the first found; " in err
+    assert "numbered from 0 in the file" in err and not (tmp_path / "run").exists()
+    # the rows travel with the error from a worker to the client
+    assert pickle.loads(pickle.dumps(MissingRowsError("NaN", [2, 5]))).rows == [2, 5]

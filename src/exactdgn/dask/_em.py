@@ -37,7 +37,7 @@ from ._cluster import active_client, tree_reduce
 from ._io import as_row_chunks, row_offsets
 from ._score import broadcast, check_chunk, device_name
 
-__all__ = ["RemoteData", "RemotePairs", "RemoteRegionStats", "remote_data"]
+__all__ = ["MissingRowsError", "RemoteData", "RemotePairs", "RemoteRegionStats", "remote_data"]
 
 
 @dataclass(frozen=True)
@@ -77,16 +77,36 @@ def _add_lists(a: list, b: list) -> list:
     return [x + y for x, y in zip(a, b, strict=True)]
 
 
+class MissingRowsError(ValueError):
+    """Rows with missing values (NaN) in data to train on (a dask array needs complete rows).
+
+    Attributes
+    ----------
+    rows : list of int
+        The first such rows (at most 5) of the chunk that found them, numbered in ``X`` as
+        given to ``fit`` (a caller that passed a subset of its data maps them back to its own
+        rows, as the command line does for the training split of a file).
+    """
+
+    def __init__(self, message: str, rows):
+        super().__init__(message)
+        self.rows = [int(r) for r in rows]
+
+    def __reduce__(self):  # raised on a worker, re-raised on the client
+        return (type(self), (self.args[0], self.rows))
+
+
 def _check_training_chunk(x: np.ndarray, start: int, n_features: int) -> np.ndarray:
     """:func:`check_chunk` of a chunk to train on: NaN (missing) is refused, saying what to do
     (the in-memory ``fit`` takes it; the distributed E-step needs complete rows)."""
     x = np.asarray(x)
     if x.dtype.kind == "f" and np.isnan(x).any():
         rows = start + np.flatnonzero(np.isnan(x).any(axis=1))
-        raise ValueError(
+        raise MissingRowsError(
             f"X (rows {start}:{start + len(x)}) has missing values (NaN), first rows "
             f"{rows[:5].tolist()}: training on a dask array needs complete rows; drop those "
-            "rows, or fit in memory (NaN = missing: exact EM on log p(x_obs))"
+            "rows, or fit in memory (NaN = missing: exact EM on log p(x_obs))",
+            rows[:5],
         )
     return check_chunk(x, start, n_features)
 
