@@ -553,3 +553,29 @@ def test_cli_fit_on_the_cluster_names_the_files_rows_with_missing_values(client,
     assert "numbered from 0 in the file" in err and not (tmp_path / "run").exists()
     # the rows travel with the error from a worker to the client
     assert pickle.loads(pickle.dumps(MissingRowsError("NaN", [2, 5]))).rows == [2, 5]
+
+
+def test_impute_draws_with_a_generator_as_model_impute_takes_one(planted):
+    """``random_state=np.random.default_rng(0)`` was a TypeError (``model.impute`` takes a
+    Generator): its four drawn 64-bit words seed the chunks' SeedSequence, reproducibly."""
+    model, X = planted
+    X = _with_holes(X, seed=5)
+    Xd = da.from_array(X, chunks=100)
+
+    def draws(rs):
+        return edd.impute(model, Xd, method="sample", random_state=rs).compute(scheduler="sync")
+
+    gen = np.random.default_rng(0)
+    a, b = draws(gen), draws(np.random.default_rng(0))
+    np.testing.assert_array_equal(a, b)  # a generator in the same state: the same draws
+    assert not np.allclose(draws(gen)[np.isnan(X)], a[np.isnan(X)])  # it advanced
+    words = np.random.default_rng(0).integers(2**64, size=4, dtype=np.uint64)
+    child = np.random.SeedSequence([int(w) for w in words]).spawn(4)[1]
+    ref = model.impute(X[100:200], method="sample", random_state=np.random.default_rng(child))
+    np.testing.assert_array_equal(a[100:200], ref)
+    obs = ~np.isnan(X)
+    np.testing.assert_array_equal(a[obs], X[obs])
+    with pytest.raises(TypeError, match=r"random_state='0' is invalid: .*numpy.random.Generator"):
+        edd.impute(model, Xd, method="sample", random_state="0")
+    with pytest.raises(ValueError, match=r"random_state=-1 is invalid"):
+        edd.impute(model, Xd, method="sample", random_state=-1)
