@@ -857,7 +857,10 @@ def _impute_in(args, client) -> int:
         # written block by block as the workers finish them (the client never holds the whole
         # output); both outputs from one graph: each chunk read and imputed once
         arrays, paths = ([*res], [out, Path(args.std_out)]) if args.std_out else ([res], [out])
-        n_rows = write_rows(arrays, paths, client=client)
+        from .datasets import csv_header
+
+        # a CSV's column names kept in a CSV output, as in memory
+        n_rows = write_rows(arrays, paths, client=client, header=csv_header(args.data))
         print(f"missing values filled ({args.method}) in {n_rows} rows: {out}")
         return 0
     filled, std = res if args.std_out else (res, None)

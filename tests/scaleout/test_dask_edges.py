@@ -579,3 +579,30 @@ def test_impute_draws_with_a_generator_as_model_impute_takes_one(planted):
         edd.impute(model, Xd, method="sample", random_state="0")
     with pytest.raises(ValueError, match=r"random_state=-1 is invalid"):
         edd.impute(model, Xd, method="sample", random_state=-1)
+
+
+def test_cli_impute_on_the_cluster_keeps_the_csv_header(client, planted, tmp_path):
+    """``impute data.csv --workers 1 --out x.csv`` dropped the header row of column names
+    that the in-memory path keeps (both outputs, --out and --std-out)."""
+    from exactdgn.cli import main
+
+    model, X = planted
+    model.save(tmp_path / "model.npz")
+    X = _with_holes(X, seed=2)
+    data = tmp_path / "named.csv"
+    np.savetxt(data, X, delimiter=",", header="a,b,c", comments="")
+    args = ["impute", str(tmp_path / "model.npz"), str(data)]
+    for tag, extra in (("m", []), ("d", ["--scheduler", client.scheduler.address])):
+        outs = ["--out", str(tmp_path / f"{tag}.csv"), "--std-out", str(tmp_path / f"{tag}s.csv")]
+        assert main([*args, *outs, *extra]) == 0
+    for name in ("{}.csv", "{}s.csv"):
+        mem, dsk = (tmp_path / name.format(t) for t in "md")
+        assert mem.read_text().splitlines()[0] == dsk.read_text().splitlines()[0] == "a,b,c"
+        np.testing.assert_allclose(
+            np.loadtxt(dsk, delimiter=",", skiprows=1),
+            np.loadtxt(mem, delimiter=",", skiprows=1),
+            rtol=1e-12,
+            atol=1e-300,
+        )
+    with pytest.raises(ValueError, match=r"header has 2 names but the array for .* has 3 columns"):
+        edd.write_rows([da.from_array(X, chunks=100)], [tmp_path / "w.csv"], header=["a", "b"])
