@@ -59,6 +59,12 @@ def impute(model, X, method: str = "mean", random_state=None, return_std: bool =
     std : dask.array.Array of shape (N, D) (only with ``return_std``)
         Both come from the same tasks: compute them together, ``dask.compute(X_filled,
         std)`` (``.compute()`` on each would impute every chunk twice).
+
+    Notes
+    -----
+    With an active client the array holds a future of what was broadcast to the workers:
+    compute it while that client is open (after it closes dask says ``Missing dependency``
+    of the broadcast key); build it again to compute it elsewhere.
     """
     model._check_fitted()
     if method not in model._IMPUTE_METHODS:
