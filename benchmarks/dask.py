@@ -4,8 +4,8 @@ Data: ``--n`` points (default 10 million) sampled from a [1, 32, 32, 64] leaky-R
 (seed 0, noise 0.1), written to a ``.npy`` file block by block (never whole in memory) and read
 back chunk by chunk through a memory map (:func:`exactdgn.dask.read_npy`). Printed:
 
-* in-memory: ``model.score_samples`` of the first ``--n-ref`` rows in this process with all the
-  usable cores as library threads (``EXACTDGN_NUM_THREADS``), points/s;
+* in-memory: ``model.score_samples`` of the first ``--n-ref`` rows (all, if fewer) in this
+  process with all the usable cores as library threads (``EXACTDGN_NUM_THREADS``), points/s;
 * dask: ``exactdgn.dask.score_samples`` of all rows on a LocalCluster of ``--workers`` worker
   processes (one dask thread each, ``cores // workers`` library threads per task), points/s and
   the ratio to the in-memory rate of the same cores, the largest difference from the in-memory
@@ -110,20 +110,21 @@ def main(argv=None):
         print(f"wrote {path} ({path.stat().st_size / 2**30:.2f} GiB) in {sec:.1f}s")
 
     X_ref = np.array(np.load(path, mmap_mode="r")[: args.n_ref])
+    n_ref = len(X_ref)  # --n-ref, or all the rows when the file has fewer
     model.score_samples(X_ref[:1000])  # warm-up
     t0 = time.perf_counter()
     ref = model.score_samples(X_ref)
     t_mem = time.perf_counter() - t0
-    rate_mem = args.n_ref / t_mem
-    res["in_memory"] = {"rows": args.n_ref, "seconds": t_mem, "points_per_s": rate_mem}
+    rate_mem = n_ref / t_mem
+    res["in_memory"] = {"rows": n_ref, "seconds": t_mem, "points_per_s": rate_mem}
     print(
-        f"in memory ({res['cpus']} cores): {args.n_ref:,} rows in {t_mem:.2f}s = "
+        f"in memory ({res['cpus']} cores): {n_ref:,} rows in {t_mem:.2f}s = "
         f"{rate_mem:,.0f} points/s | load {_load()}"
     )
 
     lp, t_dask, peaks = dask_score(model, path, args.workers, args.chunk_rows)
     rate = args.n / t_dask
-    diff = float(np.max(np.abs(lp[: args.n_ref] - ref) / np.maximum(1.0, np.abs(ref))))
+    diff = float(np.max(np.abs(lp[:n_ref] - ref) / np.maximum(1.0, np.abs(ref))))
     res["dask"] = {
         "workers": args.workers,
         "rows": args.n,

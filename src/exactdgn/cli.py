@@ -340,6 +340,11 @@ def _run_quietly(fn, *args, **kwargs):
 def _cluster(args):
     """A dask client for ``--scheduler`` / ``--workers``, else ``None``."""
     if getattr(args, "scheduler", None) is None and getattr(args, "workers", None) is None:
+        if getattr(args, "chunk_rows", None) is not None:  # an option that does not apply
+            raise CLIError(
+                "--chunk-rows sets the row chunks of a dask cluster's data: give --workers N "
+                "or --scheduler ADDRESS with it, or remove it (in memory DATA is read whole)"
+            )
         yield None
         return
     try:
@@ -359,14 +364,22 @@ def _load_data_for(args, client, **kwargs):
     if args.data.strip().lower().endswith(".npy"):
         from .dask import read_npy
 
-        X = read_npy(args.data, chunk_rows=args.chunk_rows)
+        X = read_npy(args.data, chunk_rows=_chunk_rows(args))
         info = {"spec": args.data, "kind": "file"}
         if kwargs.get("n_samples") is not None:
             X = X[: int(kwargs["n_samples"])]
             info["n_samples"] = int(kwargs["n_samples"])
         return X, {**info, "shape": list(X.shape)}
     X, info = load_data(args.data, **kwargs)
-    return da.from_array(X, chunks=(args.chunk_rows, -1)), info
+    return da.from_array(X, chunks=(_chunk_rows(args), -1)), info
+
+
+#: rows per chunk of a cluster's data without --chunk-rows
+DEFAULT_CHUNK_ROWS = 65536
+
+
+def _chunk_rows(args) -> int:
+    return DEFAULT_CHUNK_ROWS if args.chunk_rows is None else args.chunk_rows
 
 
 def _transform(std, X):
@@ -408,10 +421,19 @@ def _add_cluster_options(p) -> None:
         "--scheduler", default=None, metavar="ADDRESS", help="dask scheduler, e.g. tcp://h:8786"
     )
     x.add_argument(
-        "--workers", type=int, default=None, metavar="N", help="a local cluster of N processes"
+        "--workers",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="a local cluster of N processes",
     )
     g.add_argument(
-        "--chunk-rows", type=int, default=65536, help="rows per chunk (a .npy is read lazily)"
+        "--chunk-rows",
+        type=_positive_int,
+        default=None,
+        metavar="ROWS",
+        help=f"rows per chunk (default {DEFAULT_CHUNK_ROWS}; a .npy is read lazily); only with "
+        "--scheduler / --workers",
     )
 
 
@@ -675,8 +697,19 @@ def _fit_in(args, client, out: Path) -> int:
             checkpoint = Path(args.checkpoint)
             if checkpoint.exists():
                 print(f"resuming from checkpoint {checkpoint}", file=sys.stderr)
+        missing_rows = ()  # catches nothing in memory (NaN = missing there)
+        if client is not None:
+            from .dask._em import MissingRowsError as missing_rows
         try:
             _run_quietly(model.fit, Xtr, checkpoint=checkpoint)
+        except missing_rows as exc:  # a cluster's chunk of the training split: rows of DATA
+            rows = np.setdiff1d(np.arange(X.shape[0]), test_index)[exc.rows]
+            raise CLIError(
+                f"{args.data} has missing values (NaN) in rows {rows.tolist()} (the first "
+                "found; numbered from 0 in the file): on a dask cluster fit needs complete "
+                "rows; drop those rows, or fit in memory (without --scheduler / --workers) to "
+                "train on log p(x_obs)"
+            ) from None
         except CheckpointMismatchError as exc:
             raise CLIError(_resume_refusal(checkpoint, exc, model.max_iter)) from None
         except KeyboardInterrupt:
@@ -824,7 +857,10 @@ def _impute_in(args, client) -> int:
         # written block by block as the workers finish them (the client never holds the whole
         # output); both outputs from one graph: each chunk read and imputed once
         arrays, paths = ([*res], [out, Path(args.std_out)]) if args.std_out else ([res], [out])
-        n_rows = write_rows(arrays, paths, client=client)
+        from .datasets import csv_header
+
+        # a CSV's column names kept in a CSV output, as in memory
+        n_rows = write_rows(arrays, paths, client=client, header=csv_header(args.data))
         print(f"missing values filled ({args.method}) in {n_rows} rows: {out}")
         return 0
     filled, std = res if args.std_out else (res, None)

@@ -624,3 +624,29 @@ def test_a_checkpoint_below_a_file_is_refused_before_training(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("exactdgn: error: --checkpoint") and "taken.csv" in err
     assert not calls
+
+
+@pytest.mark.parametrize("cmd", ["score", "impute", "fit"])
+def test_chunk_rows_is_a_positive_integer_given_with_a_cluster(cmd, runs, tmp_path, capsys):
+    """``--chunk-rows 0`` was a ZeroDivisionError traceback, ``-3`` "__len__() should return
+    >= 0"; without --workers / --scheduler the option was silently ignored."""
+    root, _, _ = runs
+    data = tmp_path / "d.csv"
+    np.savetxt(data, np.random.default_rng(0).normal(size=(20, 2)), delimiter=",")
+    argv = {
+        "score": ["score", str(root / "em"), str(data)],
+        "impute": ["impute", str(root / "em"), str(data), "--out", str(tmp_path / "f.csv")],
+        "fit": ["fit", str(data), "--out", str(tmp_path / "run"), "--max-iter", "1", *TINY[2:]],
+    }[cmd]
+    for bad in ("0", "-3", "x"):
+        with pytest.raises(SystemExit) as exc:
+            main([*argv, "--workers", "1", "--chunk-rows", bad])
+        assert exc.value.code == 2
+        assert "--chunk-rows: expected an integer >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--workers", "0"])
+    assert exc.value.code == 2 and "--workers: expected an integer >= 1" in capsys.readouterr().err
+    assert main([*argv, "--chunk-rows", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "--chunk-rows" in err and "--workers N or --scheduler ADDRESS" in err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "f.csv").exists()

@@ -264,6 +264,49 @@ def test_killed_worker_changes_nothing(client):
     assert killed["pid"] not in client.run(os.getpid).values()
 
 
+def test_worker_lost_between_e_step_and_m_step_changes_nothing(client):
+    """Kill a worker holding E-step pairs after the E-step (the callback runs before the next
+    M-step reads them): its pairs are recomputed, which needs the E-step's scattered spec
+    (it was dropped and the fit died with 'lost dependencies'), and the history is the same."""
+    X = np.random.default_rng(0).normal(size=(400, 3))
+    kw = dict(latent_dim=1, hidden_sizes=(4,), max_iter=3, tol=0.0, method="em", init="random")
+
+    def fit(callback=None):
+        m = ExactDGN(**kw, random_state=0)
+        m.progress = False
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            m.fit(da.from_array(X, chunks=(100, 3)), callback=callback)
+        return np.array([h["loglik"] for h in m.history_])
+
+    ref = fit()
+    client.wait_for_workers(2, timeout=60)
+    killed = {}
+
+    def held_pairs(dask_scheduler):
+        return [
+            ws.address
+            for key, ts in dask_scheduler.tasks.items()
+            if str(key).startswith("_second") and ts.state == "memory"
+            for ws in ts.who_has
+        ]
+
+    def kill_one(it, snapshot):
+        if it == 1 and not killed:
+            victim = client.run_on_scheduler(held_pairs)[0]
+            pid = client.run(os.getpid)[victim]
+            os.kill(pid, signal.SIGKILL)
+            killed["pid"] = pid
+            t0 = time.monotonic()  # the scheduler has seen it go before the M-step runs
+            while victim in client.scheduler_info()["workers"] and time.monotonic() - t0 < 30:
+                time.sleep(0.05)
+
+    got = fit(kill_one)
+    assert "pid" in killed
+    np.testing.assert_array_equal(got, ref)
+    client.wait_for_workers(2, timeout=60)
+
+
 def test_impute_equals_in_memory(client):
     model, X = _planted([2, 8, 6], 900, 5)
     rng = np.random.default_rng(0)

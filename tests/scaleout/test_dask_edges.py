@@ -504,3 +504,105 @@ def test_cli_impute_on_the_cluster_never_gathers_the_output(client, tmp_path, mo
     ref, ref_std = model.impute(X, return_std=True)
     np.testing.assert_allclose(np.load(out), ref, rtol=1e-12, atol=0)
     np.testing.assert_allclose(np.load(sd), ref_std, rtol=1e-12, atol=0)
+
+
+def test_the_dask_benchmark_runs_and_counts_the_rows_it_scored_in_memory(tmp_path, capsys):
+    """``benchmarks/dask.py`` with fewer rows than ``--n-ref``: the in-memory figure is of
+    the rows it scored (it said 500,000 rows for 3,000), end to end on a one-worker cluster."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "dask.py"
+    spec = importlib.util.spec_from_file_location("exactdgn_benchmark_dask", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "res.json"
+    args = ["--n", "300", "--no-scale", "--chunk-rows", "100", "--workers", "1"]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"distributed(\..*)?")
+        assert bench.main([*args, "--path", str(tmp_path / "x.npy"), "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["in_memory"]["rows"] == 300 and res["dask"]["rows"] == 300
+    assert res["dask"]["max_rel_diff"] <= 1e-12
+    assert "in memory (" in (text := capsys.readouterr().out) and ": 300 rows in" in text
+
+
+def test_cli_fit_on_the_cluster_names_the_files_rows_with_missing_values(client, tmp_path, capsys):
+    """NaN at file rows 3, 7, 50, 399 was "X (rows 0:320) has missing values (NaN), first rows
+    [2, 5, 42, 319]": the rows of the training split given to the E-step, not of the file."""
+    import pickle
+
+    from exactdgn.cli import main
+    from exactdgn.dask import MissingRowsError
+    from exactdgn.evaluation import split_data
+
+    X = np.random.default_rng(0).normal(size=(400, 3))
+    _, _, test = split_data(X, 0.2, 0)
+    holes = np.setdiff1d([3, 7, 50, 399], test)  # rows of the training split
+    assert len(holes) >= 3
+    X[holes, 1] = np.nan
+    np.save(tmp_path / "holes.npy", X)
+    argv = ["fit", str(tmp_path / "holes.npy"), "--out", str(tmp_path / "run"), "--no-progress"]
+    argv += ["--standardize", "off", "--max-iter", "1", "--test-fraction", "0.2", "--seed", "0"]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"distributed(\..*)?")
+        assert main([*argv, "--scheduler", client.scheduler.address]) == 2
+    err = capsys.readouterr().err
+    assert f"has missing values (NaN) in rows {holes.tolist()} (the first found; " in err
+    assert "numbered from 0 in the file" in err and not (tmp_path / "run").exists()
+    # the rows travel with the error from a worker to the client
+    assert pickle.loads(pickle.dumps(MissingRowsError("NaN", [2, 5]))).rows == [2, 5]
+
+
+def test_impute_draws_with_a_generator_as_model_impute_takes_one(planted):
+    """``random_state=np.random.default_rng(0)`` was a TypeError (``model.impute`` takes a
+    Generator): its four drawn 64-bit words seed the chunks' SeedSequence, reproducibly."""
+    model, X = planted
+    X = _with_holes(X, seed=5)
+    Xd = da.from_array(X, chunks=100)
+
+    def draws(rs):
+        return edd.impute(model, Xd, method="sample", random_state=rs).compute(scheduler="sync")
+
+    gen = np.random.default_rng(0)
+    a, b = draws(gen), draws(np.random.default_rng(0))
+    np.testing.assert_array_equal(a, b)  # a generator in the same state: the same draws
+    assert not np.allclose(draws(gen)[np.isnan(X)], a[np.isnan(X)])  # it advanced
+    words = np.random.default_rng(0).integers(2**64, size=4, dtype=np.uint64)
+    child = np.random.SeedSequence([int(w) for w in words]).spawn(4)[1]
+    ref = model.impute(X[100:200], method="sample", random_state=np.random.default_rng(child))
+    np.testing.assert_array_equal(a[100:200], ref)
+    obs = ~np.isnan(X)
+    np.testing.assert_array_equal(a[obs], X[obs])
+    with pytest.raises(TypeError, match=r"random_state='0' is invalid: .*numpy.random.Generator"):
+        edd.impute(model, Xd, method="sample", random_state="0")
+    with pytest.raises(ValueError, match=r"random_state=-1 is invalid"):
+        edd.impute(model, Xd, method="sample", random_state=-1)
+
+
+def test_cli_impute_on_the_cluster_keeps_the_csv_header(client, planted, tmp_path):
+    """``impute data.csv --workers 1 --out x.csv`` dropped the header row of column names
+    that the in-memory path keeps (both outputs, --out and --std-out)."""
+    from exactdgn.cli import main
+
+    model, X = planted
+    model.save(tmp_path / "model.npz")
+    X = _with_holes(X, seed=2)
+    data = tmp_path / "named.csv"
+    np.savetxt(data, X, delimiter=",", header="a,b,c", comments="")
+    args = ["impute", str(tmp_path / "model.npz"), str(data)]
+    for tag, extra in (("m", []), ("d", ["--scheduler", client.scheduler.address])):
+        outs = ["--out", str(tmp_path / f"{tag}.csv"), "--std-out", str(tmp_path / f"{tag}s.csv")]
+        assert main([*args, *outs, *extra]) == 0
+    for name in ("{}.csv", "{}s.csv"):
+        mem, dsk = (tmp_path / name.format(t) for t in "md")
+        assert mem.read_text().splitlines()[0] == dsk.read_text().splitlines()[0] == "a,b,c"
+        np.testing.assert_allclose(
+            np.loadtxt(dsk, delimiter=",", skiprows=1),
+            np.loadtxt(mem, delimiter=",", skiprows=1),
+            rtol=1e-12,
+            atol=1e-300,
+        )
+    with pytest.raises(ValueError, match=r"header has 2 names but the array for .* has 3 columns"):
+        edd.write_rows([da.from_array(X, chunks=100)], [tmp_path / "w.csv"], header=["a", "b"])

@@ -36,12 +36,13 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from ._cluster import ThreadBudget, active_client, connect, tree_reduce
-from ._em import RemoteData, remote_data
+from ._em import MissingRowsError, RemoteData, remote_data
 from ._impute import impute
 from ._io import read_npy, write_rows
 from ._score import score_samples
 
 __all__ = [
+    "MissingRowsError",
     "RemoteData",
     "ThreadBudget",
     "active_client",

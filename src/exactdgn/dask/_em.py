@@ -37,7 +37,7 @@ from ._cluster import active_client, tree_reduce
 from ._io import as_row_chunks, row_offsets
 from ._score import broadcast, check_chunk, device_name
 
-__all__ = ["RemoteData", "RemotePairs", "RemoteRegionStats", "remote_data"]
+__all__ = ["MissingRowsError", "RemoteData", "RemotePairs", "RemoteRegionStats", "remote_data"]
 
 
 @dataclass(frozen=True)
@@ -77,16 +77,36 @@ def _add_lists(a: list, b: list) -> list:
     return [x + y for x, y in zip(a, b, strict=True)]
 
 
+class MissingRowsError(ValueError):
+    """Rows with missing values (NaN) in data to train on (a dask array needs complete rows).
+
+    Attributes
+    ----------
+    rows : list of int
+        The first such rows (at most 5) of the chunk that found them, numbered in ``X`` as
+        given to ``fit`` (a caller that passed a subset of its data maps them back to its own
+        rows, as the command line does for the training split of a file).
+    """
+
+    def __init__(self, message: str, rows):
+        super().__init__(message)
+        self.rows = [int(r) for r in rows]
+
+    def __reduce__(self):  # raised on a worker, re-raised on the client
+        return (type(self), (self.args[0], self.rows))
+
+
 def _check_training_chunk(x: np.ndarray, start: int, n_features: int) -> np.ndarray:
     """:func:`check_chunk` of a chunk to train on: NaN (missing) is refused, saying what to do
     (the in-memory ``fit`` takes it; the distributed E-step needs complete rows)."""
     x = np.asarray(x)
     if x.dtype.kind == "f" and np.isnan(x).any():
         rows = start + np.flatnonzero(np.isnan(x).any(axis=1))
-        raise ValueError(
+        raise MissingRowsError(
             f"X (rows {start}:{start + len(x)}) has missing values (NaN), first rows "
             f"{rows[:5].tolist()}: training on a dask array needs complete rows; drop those "
-            "rows, or fit in memory (NaN = missing: exact EM on log p(x_obs))"
+            "rows, or fit in memory (NaN = missing: exact EM on log p(x_obs))",
+            rows[:5],
         )
     return check_chunk(x, start, n_features)
 
@@ -196,7 +216,9 @@ class RemoteData:
         futures = self.client.compute([total, *pairs])  # one graph: each chunk computed once
         sums = futures[0].result()
         del futures[0]
-        return RemotePairs(self, part.patterns, sums, futures, int(chunk_bytes))
+        # the pairs hold on to ``spec``: a lost worker's pairs are recomputed from it, and a
+        # scattered value cannot be recomputed, so it lives as long as the pairs do
+        return RemotePairs(self, part.patterns, sums, futures, int(chunk_bytes), spec=spec)
 
     def moments(self, pca: bool = True) -> DataMoments:
         """:class:`~exactdgn.em.DataMoments` reduced over the chunks (two passes).
@@ -252,6 +274,9 @@ class RemotePairs:
     sums: _Sums
     chunks: list  # futures of per-chunk pair-only RegionStats
     chunk_bytes: int = 256 * 2**20  # the E-step's block budget, also the gradient's
+    #: the scattered E-step spec the pairs were computed from (a future): kept so that the
+    #: pairs of a lost worker can be recomputed (dask forgets a scattered value nobody holds)
+    spec: object = field(default=None, repr=False)
 
     @property
     def loglik(self) -> float:

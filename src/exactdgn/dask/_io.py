@@ -116,7 +116,9 @@ def row_offsets(X: da.Array) -> list[int]:
     return np.concatenate([[0], np.cumsum(X.chunks[0])[:-1]]).astype(int).tolist()
 
 
-def write_rows(arrays, paths, *, client=None, window: int | None = None) -> int:
+def write_rows(
+    arrays, paths, *, client=None, window: int | None = None, header: list[str] | None = None
+) -> int:
     """Compute row-chunked dask arrays and write each to a ``.npy`` or CSV file, block by block.
 
     The row blocks are computed a few at a time (at most ``window`` in flight) and written in
@@ -135,6 +137,10 @@ def write_rows(arrays, paths, *, client=None, window: int | None = None) -> int:
         Default: the active client, else dask's own scheduler (one block at a time).
     window : int, optional
         Row blocks in flight (default: twice the cluster's threads, at least 2).
+    header : list of str, optional
+        Column names, written as the first row of each CSV file (as ``numpy.savetxt(...,
+        header=",".join(header), comments="")``; e.g. :func:`exactdgn.datasets.csv_header` of
+        the input). Not written to a ``.npy`` file.
 
     Returns
     -------
@@ -155,6 +161,14 @@ def write_rows(arrays, paths, *, client=None, window: int | None = None) -> int:
         raise ValueError("the arrays must have the same row chunks (compute them together)")
     if len({p.resolve() for p in paths}) != len(paths):
         raise ValueError(f"two arrays would be written to the same file: {paths}")
+    if header is not None:
+        header = [str(h) for h in header]
+        for p, a in zip(paths, arrays, strict=True):
+            if p.suffix != ".npy" and len(header) != a.shape[1]:
+                raise ValueError(
+                    f"header has {len(header)} names but the array for {p} has {a.shape[1]} "
+                    "columns: give one name per column"
+                )
     rows = arrays[0].chunks[0]
     N = int(sum(rows))
     client = active_client(required=False) if client is None else client
@@ -169,8 +183,10 @@ def write_rows(arrays, paths, *, client=None, window: int | None = None) -> int:
             p.parent.mkdir(parents=True, exist_ok=True)
             fh = stack.enter_context(open(stack.enter_context(atomic_path(p)), "wb"))
             if p.suffix == ".npy":
-                header = {"descr": "<f8", "fortran_order": False, "shape": (N, a.shape[1])}
-                np.lib.format.write_array_header_1_0(fh, header)
+                npy_header = {"descr": "<f8", "fortran_order": False, "shape": (N, a.shape[1])}
+                np.lib.format.write_array_header_1_0(fh, npy_header)
+            elif header is not None:
+                fh.write((",".join(header) + "\n").encode())
             handles.append(fh)
 
         def submit(i):

@@ -120,6 +120,12 @@ def score_samples(model, X, return_error: bool = False):
     error : dask.array.Array of shape (N,) (only with ``return_error``)
         Both come from the same tasks: compute them together, ``dask.compute(log_px,
         error)`` (``.compute()`` on each would score every chunk twice).
+
+    Notes
+    -----
+    With an active client the array holds a future of what was broadcast to the workers:
+    compute it while that client is open (after it closes dask says ``Missing dependency``
+    of the broadcast key); build it again to compute it elsewhere.
     """
     model._check_fitted()
     X = as_row_chunks(X, model.decoder_.output_dim, "model.score_samples(X)")
