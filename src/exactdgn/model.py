@@ -311,7 +311,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
             noise="isotropic" if std.ndim == 0 else "diagonal",
             **params,
         )
-        model._set_state(decoder.copy(), std)  # its own: a caller's later edit is not seen
+        model._set_state(decoder, std)  # (partition copies it: a caller's edit is not seen)
         model.preprocessing_ = None
         return model
 
@@ -328,6 +328,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         self.n_features_in_ = D
         self.noise_std_ = np.broadcast_to(np.asarray(noise_std, dtype=np.float64), (D,)).copy()
         self.partition_ = part if part is not None else partition(decoder)
+        self.decoder_ = self.partition_.decoder  # one object (partition() keeps its own copy)
         self._geom = None
         self._fitted_noise = self.noise  # the noise model of these parameters (warm starts)
 
