@@ -65,6 +65,8 @@ def test_the_divergence_form_alone_fails_there(monkeypatch, d, kind, off):
     """The check above is not vacuous: without the slices the same box is far off."""
     n, c, mean, cov = _far_box(d, 1e3, kind)
     monkeypatch.setattr(_polytope, "TAIL_D", np.inf)
+    monkeypatch.setattr(_polytope, "_THIN_VAR", 0.0)  # nor as a thin near one (d = 4)
+    monkeypatch.setattr(_polytope, "_THIN_RATIO", np.inf)
     tm = truncated_moments_nd(n[None], c[None])
     assert not whitened_error(tm.mean[0], tm.cov[0], mean, cov) < off
 
@@ -466,6 +468,8 @@ def test_the_weight_decides_which_far_4d_polytopes_are_sliced(monkeypatch):
     N, C = np.stack([n, n]), np.stack([c, c])
     tm = truncated_moments(N, C, log_weight=np.array([-45.0, -20.0]))
     monkeypatch.setattr(_polytope, "TAIL_D", np.inf)
+    monkeypatch.setattr(_polytope, "_THIN_VAR", 0.0)  # nor as a thin near one
+    monkeypatch.setattr(_polytope, "_THIN_RATIO", np.inf)
     div = truncated_moments(N, C)
     np.testing.assert_array_equal(tm.cov[0], div.cov[0])
     assert whitened_error(tm.mean[1], tm.cov[1], mean, cov) < _TOL[1e3]

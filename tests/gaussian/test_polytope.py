@@ -548,6 +548,11 @@ def test_d4_moments_of_small_boxes_off_the_mean(w):
     assert np.abs(tm.mean[0] - m).max() < 1e-6 * math.sqrt(var)
     assert np.abs(tm.cov[0] - C).max() < (1e-4 if w == 1e-3 else 1e-2) * var
     assert abs(tm.log_mass[0] - box_ref(lo, hi)) <= tm.error[0] + 1e-15
+    # in a mixture, only where the weight lets the error show (e^-60: the divergence form kept)
+    N, Cc = np.stack([n @ R.T] * 2), np.stack([c] * 2)
+    both = truncated_moments(N, Cc, log_weight=np.array([-60.0, 0.0]))
+    np.testing.assert_array_equal(both.cov[1], tm.cov[0])
+    assert np.abs(both.cov[0] - C).max() > 1e3 * np.abs(tm.cov[0] - C).max()
 
 
 def test_d4_random_polytope_monte_carlo():

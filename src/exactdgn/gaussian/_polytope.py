@@ -1143,7 +1143,7 @@ def _moments_block(n, c, log_weight=None):
         # their closest point; the mean on their boundary or inside, D = 0, has none: kept)
         # (their covariance can look sound: a 1e-4 cube's came out 1e-2, its terms cancel)
         cancel = np.where(np.isfinite(blk.ratio), blk.ratio, 0.0) > _THIN_RATIO
-        near = ok & ~sliced & ~done & (geo.dist > 0)
+        near = ok & ~sliced & ~done & (geo.dist > 0) & (geo.dist < TAIL_D)  # (far: their gate)
         rows = _thin_rows(near, mean, cov, err, log_weight, force=cancel)
         if rows.size:
             tmean, tcov, tok = tail_moments(
@@ -1196,12 +1196,16 @@ def _thin_rows(near, mean, cov, err, log_weight, force=None):
         keep = lam[:, 0] < _THIN_VAR
         if force is not None:
             keep |= force[rows]
-            lam[force[rows], 0] = np.minimum(lam[force[rows], 0], 0.0)  # (the gate's bound)
         if log_weight is not None:
             loss = 16.0 * (err[rows] + EPS) * (1.0 + np.sum(mean[rows] ** 2, axis=1))
             small = np.maximum(lam[:, 0], 1e-300)
-            div = _THIN_ERR * small**-0.7 if d == 3 else 1e-2 * EPS * small**-2.0
+            if d == 3:
+                div = _THIN_ERR * small**-0.7
+            else:  # (a covariance with a negative variance: off by about that much)
+                div = np.where(lam[:, 0] > 0, 1e-2 * EPS * small**-2.0, 1.0 - lam[:, 0])
             bound = loss + div
+            if force is not None:  # their computed covariance tells nothing: an O(1) error
+                bound = np.where(force[rows], np.maximum(bound, 1.0), bound)
             keep &= log_weight[rows] + np.log(bound) > np.log(_WEIGHTED_ERR)
     return rows[keep]
 
