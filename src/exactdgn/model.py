@@ -324,7 +324,6 @@ class ExactDGN(DensityMixin, BaseEstimator):
 
     def _set_state(self, decoder: Decoder, noise_std, part: Partition | None = None) -> None:
         D = decoder.output_dim
-        self.decoder_ = decoder
         self.n_features_in_ = D
         self.noise_std_ = np.broadcast_to(np.asarray(noise_std, dtype=np.float64), (D,)).copy()
         self.partition_ = part if part is not None else partition(decoder)

@@ -35,6 +35,7 @@ from .._validation import (
     NotFittedError,
     check_array,
     check_feature_names,
+    check_noise_std,
     check_positive,
     feature_names,
     is_int,
@@ -602,7 +603,7 @@ class VAE(DensityMixin, BaseEstimator):
                 f"{type(encoder).__name__}"
             )
         D, d = decoder.output_dim, decoder.latent_dim
-        std = check_positive(noise_std, name="noise_std", size=D)
+        std = check_noise_std(noise_std, size=D)
         encoder.eval()
         _check_encoder_outputs(encoder, D, d)
         vae = cls(decoder.layer_sizes, noise="isotropic" if std.ndim == 0 else "diagonal")
