@@ -933,9 +933,14 @@ def _score_in(args, client) -> int:
             )
         test = np.zeros(len(X), dtype=bool)
         test[np.asarray(cfg.get("test_index", []), dtype=int)] = True
-        X = X[test] if args.split == "test" else X[~test]
-        if len(X) == 0:
+        rows = np.flatnonzero(test if args.split == "test" else ~test)  # of DATA
+        if len(rows) == 0:
             raise CLIError(f"the {args.split} split is empty")
+        X = X[rows]
+        if client is not None:  # (in memory DATA was checked as a whole when read)
+            _check_split_finite(X, rows, args.data)
+    else:
+        rows = np.arange(len(X))
     # the model carries its standardization; applied here (block by block on a cluster) and
     # the model scored in its standardized units
     std, model.preprocessing_ = getattr(model, "preprocessing_", None), None
@@ -956,9 +961,23 @@ def _score_in(args, client) -> int:
             f"{np.mean(jac):.4f})"
         )
     if args.out:
-        table = np.column_stack([np.arange(len(ll)), ll, ll + jac])
+        table = np.column_stack([rows, ll, ll + jac])  # index: the row of DATA
         _write_csv(args.out, table, ["index", "log_px", "log_px_data"])
     return 0
+
+
+def _check_split_finite(X, rows: np.ndarray, data: str) -> None:
+    """The rows of a split of DATA read by the workers (a dask array): infinite values are an
+    error naming DATA's rows (the workers' own check would name rows of the split)."""
+    import dask.array as da
+
+    bad = np.asarray(da.isinf(X).any(axis=1).compute())
+    if bad.any():
+        n = int(np.asarray(da.isinf(X).sum().compute()))
+        raise CLIError(
+            f"{data}: {n} infinite values (first bad rows, 0-based: {rows[bad][:5].tolist()}); "
+            "remove them first"
+        )
 
 
 def _write_csv(path, table, header: list[str]) -> None:

@@ -5,7 +5,8 @@ References (none uses the facet recursion, the edge formula, Owen's T or the div
 * exact anchors: half-space = Phi(c) (``log_ndtr``); general trivariate orthant at the mean =
   1/8 + (asin r12 + asin r13 + asin r23) / (4 pi); dihedral wedge at the mean = angle / 2 pi;
   a rotated box = product of 1-D masses (``log_ndtr`` in the tails) and of 1-D truncated-normal
-  moments (``scipy.stats.truncnorm``); a two-plane wedge = bivariate normal CDF by 1-D quad.
+  moments (50-digit mpmath, ``tests/oracles``); a two-plane wedge = bivariate normal CDF by
+  1-D quad.
 * ``ref_log_mass``: nested scipy ``quad`` over slices in a frame rotated so that ``x1`` points
   at the polytope's closest point (distance ``D``), with ``exp(D^2/2)`` factored out; the inner
   z-integral is ``Phi(zhi) - Phi(zlo)`` (scipy ``ndtr``), all breakpoints at vertices.
@@ -23,10 +24,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy import integrate, optimize, special, stats
+from scipy import integrate, optimize, special
 
 from exactdgn.gaussian import log_mass, truncated_moments
 from exactdgn.gaussian._polytope import log_mass_nd, truncated_moments_nd
+from tests.oracles.boxes import rotated_box
+from tests.oracles.gaussian_mp import interval_ref
 
 EPS = np.finfo(float).eps
 
@@ -445,11 +448,10 @@ def test_shape_errors():
 # moments
 # ------------------------------------------------------------------------------------------
 def box_moments(lo, hi, R):
-    mv, vv = [], []
-    for a, b in zip(lo, hi, strict=True):
-        t = stats.truncnorm(a, b)
-        mv.append(float(t.mean()))
-        vv.append(float(t.var()))
+    """Mean and covariance of ``N(0, I)`` on ``R [lo, hi]`` from the 1-D mpmath intervals."""
+    stats_ = [interval_ref(a, b) for a, b in zip(lo, hi, strict=True)]
+    mv = [s[1] for s in stats_]
+    vv = [s[2] for s in stats_]
     return R @ np.array(mv), R @ np.diag(vv) @ R.T
 
 
@@ -533,26 +535,23 @@ def test_d4_moments_box():
 def test_d4_moments_of_small_boxes_off_the_mean(w):
     """A rotated 4-D box ``w`` wide, ~1 sd from the mean: the divergence form's covariance had
     negative variances (w = 1e-3: -5e-7 for a true 8e-8) or a sound-looking 1e-2 (w = 1e-4,
-    true 8e-10, the mean 290 of the box's sd off). Now small or thin near polytopes whose
-    terms cancel are sliced as far ones (about their closest point). Reference: products of
-    1-D truncated normals. Still open: such a box around the mean (no closest point)."""
+    true 8e-10, the mean 290 of the box's sd off). Small polytopes now take the cubature
+    (``tests/gaussian/test_small_polytopes.py`` has them around the mean too), in a mixture
+    whatever their weight. Reference: products of 1-D mpmath intervals (``scipy.stats.
+    truncnorm``'s variance of such a thin interval is itself 3e-6 (w = 1e-3) to 4e-3 (1e-4)
+    of it off, which an earlier version of this test took for the library's error)."""
     rng = np.random.default_rng(10)
     lo = np.array([-0.3, 0.2, 0.5, -1.0])
-    hi = lo + w
-    n, c = box(lo, hi)
-    R = rotation(rng, 4)
-    tm = truncated_moments_nd((n @ R.T)[None], c[None])
-    m, C = box_moments(lo, hi, R)
+    n, c, ref_log_mass, m, C = rotated_box(lo, lo + w, rng)
+    tm = truncated_moments_nd(n[None], c[None])
     var = w**2 / 12
     assert np.all(np.linalg.eigvalsh(tm.cov[0]) > 0)
-    assert np.abs(tm.mean[0] - m).max() < 1e-6 * math.sqrt(var)
-    assert np.abs(tm.cov[0] - C).max() < (1e-4 if w == 1e-3 else 1e-2) * var
-    assert abs(tm.log_mass[0] - box_ref(lo, hi)) <= tm.error[0] + 1e-15
-    # in a mixture, only where the weight lets the error show (e^-60: the divergence form kept)
-    N, Cc = np.stack([n @ R.T] * 2), np.stack([c] * 2)
-    both = truncated_moments(N, Cc, log_weight=np.array([-60.0, 0.0]))
-    np.testing.assert_array_equal(both.cov[1], tm.cov[0])
-    assert np.abs(both.cov[0] - C).max() > 1e3 * np.abs(tm.cov[0] - C).max()
+    assert np.abs(tm.mean[0] - m).max() < 1e-10 * math.sqrt(var)
+    assert np.abs(tm.cov[0] - C).max() < 1e-9 * var
+    assert abs(tm.log_mass[0] - ref_log_mass) <= tm.error[0] + 1e-15
+    both = truncated_moments(np.stack([n] * 2), np.stack([c] * 2), log_weight=np.array([-60.0, 0]))
+    for i in range(2):
+        np.testing.assert_array_equal(both.cov[i], tm.cov[0])
 
 
 def test_d4_random_polytope_monte_carlo():

@@ -396,3 +396,99 @@ def test_log_mass_checks_its_log_weight(log_weight, match):
     n, c, *_ = _slab(0.7, 1e-5)
     with pytest.raises(ValueError, match=match):
         log_mass(np.stack([n, n]), np.stack([c, c]), log_weight=log_weight)
+
+
+# --------------------------------------------------------------------------------------------
+# d = 4: the cubature on a fan of 4-simplices (small_polytopes_4d)
+# --------------------------------------------------------------------------------------------
+def _tiny_box_4d(centre: float, size: float, seed: int = 0):
+    """A rotated 4-D box ``size`` across, ``centre`` from the mean (an uneven box: at
+    ``centre = 0`` the mean is inside it, off its own centre)."""
+    x = centre * np.array([0.5, -0.5, 0.5, 0.5])
+    lo = x - size * np.array([0.5, 0.3, 0.8, 0.4])
+    hi = x + size * np.array([0.5, 0.7, 0.2, 0.6])
+    return rotated_box(lo, hi, np.random.default_rng(seed))
+
+
+@pytest.mark.parametrize("size", [0.5, 1e-2, 1e-4, 1e-6, 1e-9])
+@pytest.mark.parametrize("centre", [0.0, 0.7, 1.5])
+def test_d4_tiny_boxes_match_the_interval_products(centre, size):
+    """Log mass, mean and covariance of 4-D boxes 0.5 to 1e-9 across, around the mean and off
+    it, within the input's conditioning (the divergence form got a 1e-3 box around the mean
+    3e5 of its own variance off, with a log-mass error of 6 nats, and a 1e-4 one as NaN)."""
+    n, c, ref_log_mass, mean, cov = _tiny_box_4d(centre, size)
+    tm = truncated_moments(n[None], c[None])
+    cond = _conditioning(centre, size)
+    assert abs(tm.log_mass[0] - ref_log_mass) <= tm.error[0] + cond
+    assert tm.error[0] <= 1e-13 + 4.0 * cond
+    assert whitened_error(tm.mean[0], tm.cov[0], mean, cov) <= 1e-11 + cond
+    lm, err = log_mass(n[None], c[None], return_error=True)  # the mass alone: the same rule
+    assert lm[0] == tm.log_mass[0] and err[0] == tm.error[0]
+
+
+def _split(n, c, seed):
+    """The polytope ``{n u <= c}`` cut in two by a random plane through its vertex centroid."""
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=n.shape[1])
+    a /= np.linalg.norm(a)
+    centre = np.linalg.lstsq(n, c, rcond=None)[0]  # (a box: its centre)
+    b = a @ centre
+    return (np.vstack([n, a]), np.append(c, b)), (np.vstack([n, -a]), np.append(c, -b))
+
+
+@pytest.mark.parametrize(("centre", "size"), [(0.0, 1e-3), (0.0, 0.3), (1.2, 1e-5)])
+def test_d4_the_halves_of_a_cut_box_add_up_to_it(centre, size):
+    """Two general polytopes (a box cut by a random plane: their facets are not boxes) whose
+    masses and moments combine to the box's closed form: a check on the fan of simplices
+    that shares no formula with it."""
+    n, c, log_mass_ref, mean, cov = _tiny_box_4d(centre, size, seed=3)
+    (n1, c1), (n2, c2) = _split(n, c, seed=4)
+    tm = truncated_moments(np.stack([n1, n2]), np.stack([c1, c2]))
+    m = np.exp(tm.log_mass - log_mass_ref)  # each half's share of the box
+    assert abs(m.sum() - 1.0) <= 2.0 * (tm.error.sum() + _conditioning(centre, size))
+    m /= m.sum()  # (their log masses' rounding, ~1e-11, is ~1e-6 of a 1e-5 box's sd 1.2 out)
+    mu = (m[:, None] * tm.mean).sum(axis=0)
+    second = sum(m[i] * (tm.cov[i] + np.outer(tm.mean[i] - mu, tm.mean[i] - mu)) for i in range(2))
+    assert whitened_error(mu, second, mean, cov) <= 1e-10 + _conditioning(centre, size)
+
+
+def test_d4_without_the_cubature_the_same_boxes_are_wrong(monkeypatch):
+    """The checks above are not vacuous: without the cubature the 1e-3 box around the mean
+    has a covariance far off and a log-mass estimate of nats."""
+    n, c, _, mean, cov = _tiny_box_4d(0.0, 1e-3)
+    monkeypatch.setattr(_polytope, "SMALL_SPREAD", -1.0)
+    tm = truncated_moments(n[None], c[None])
+    assert not whitened_error(tm.mean[0], tm.cov[0], mean, cov) < 1.0
+    assert tm.error[0] > 0.1
+
+
+def _random_small_4d(rng, m):
+    """``m`` bounded 4-D polytopes (a rotated box cut by three random rows) 1e-3 to 0.5 across,
+    0 to 1.5 sd from the mean."""
+    n, c = [], []
+    for _ in range(m):
+        R = rotation(rng, 4)
+        x = rng.normal(size=4)
+        x *= rng.uniform(0.0, 1.5) / np.linalg.norm(x)
+        size = 10.0 ** rng.uniform(-3.0, -0.3)
+        cut = rng.normal(size=(3, 4))
+        cut /= np.linalg.norm(cut, axis=1, keepdims=True)
+        rows = np.vstack([R.T, -R.T, cut])
+        ext = size * rng.uniform(0.1, 1.0, size=8)
+        n.append(rows)
+        c.append(rows @ x + np.concatenate([ext, size * rng.uniform(0.05, 0.5, size=3)]))
+    return np.array(n), np.array(c)
+
+
+def test_d4_the_node_counts_are_converged(monkeypatch):
+    """The node counts (one level above the 3-D ones) agree with a 14^4 rule on every simplex:
+    log mass to its rounding, moments to 1e-11 of the polytope's own spread (a 3^4 rule does
+    not)."""
+    n, c = _random_small_4d(np.random.default_rng(5), 24)
+    ref = _with_nodes(monkeypatch, n, c, 14)
+    mass, moments = _rule_error(truncated_moments(n, c), ref)
+    assert mass < 4e-14
+    assert moments < 1e-11
+    mass, moments = _rule_error(_with_nodes(monkeypatch, n, c, 3), ref)
+    assert mass > 1e-12
+    assert moments > 1e-10

@@ -10,7 +10,12 @@ import pytest
 
 import exactdgn
 from exactdgn import Decoder, PartitionTooLargeError
-from exactdgn.partition import estimate_region_bytes, sampled_region_count
+from exactdgn.partition import (
+    _api,
+    estimate_region_bytes,
+    first_layer_lower_bound,
+    sampled_region_count,
+)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +86,8 @@ def test_partition_takes_a_float_budget():
 
 # ---------------------------------------------------------------------------- memory refusal
 _MSG = re.compile(
-    r"(a sampled lower bound of|an upper bound of|at least) ([\d,]+) regions "
+    r"(a sampled lower bound of|an upper bound of|at least|the first layer's lines alone give "
+    r"at least) ([\d,]+) regions "
     r"x ~([\d,]+) bytes each "
     r"= ~([\d.e+-]+) GiB exceeds the memory budget of ([\d.e+-]+) GiB"
 )
@@ -195,3 +201,87 @@ def test_partition_refuses_non_finite_parameters(bad, where, d):
     getattr(dec, where)[1][0] = bad
     with pytest.raises(ValueError, match=r"layer 1 has non-finite weights or biases.*partition"):
         exactdgn.partition(dec)
+
+
+# ---------------------------------------------------------------------------- wide d = 2 layers
+def _degenerate_first_layer():
+    """[2, 9, 3] with a repeated line (scaled), a parallel one, three through one point, one
+    unit with a zero weight row and the rest random."""
+    dec = Decoder.random([2, 9, 3], seed=1)
+    W, b = dec.weights[0], dec.biases[0]
+    W[1], b[1] = 2.0 * W[0], 2.0 * b[0]
+    W[2], b[2] = -W[0], -b[0] + 0.5
+    W[3:6], b[3:6] = [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], 0.0
+    W[6], b[6] = 0.0, 1.0
+    return dec
+
+
+@pytest.mark.parametrize(
+    "sizes,generic",
+    [([2, 3, 2], True), ([2, 40, 2], True), ([2, 40, 12, 2], False), ([2, 6, 5, 2], False)],
+)
+def test_the_first_layers_arrangement_bounds_the_count(sizes, generic):
+    """Euler's count of the first layer's lines is at most the enumerated count, and equal to
+    it for a one-layer decoder in general position (random weights)."""
+    dec = Decoder.random(sizes, seed=3)
+    true = len(exactdgn.partition(dec))
+    low = first_layer_lower_bound(dec)
+    assert 1 <= low <= true
+    if generic:
+        n = sizes[1]
+        assert low == true == 1 + n + n * (n - 1) // 2
+
+
+def test_a_degenerate_first_layer_is_bounded_below():
+    """7 distinct lines (of 9 units: one repeated, one with a zero row), two of them parallel,
+    three through one point: 1 + 7 + 17 + 2 = 27 regions; the bound counts the triple point's
+    m_v - 1 = 2 as m_v / 2 = 1.5 (26)."""
+    dec = _degenerate_first_layer()
+    assert len(exactdgn.partition(dec)) == 27
+    assert first_layer_lower_bound(dec) == 26
+
+
+def test_a_wide_d2_first_layer_is_refused_at_once():
+    """[2, 2000, 2000, 2]: the sampled bound (at most 3,000 regions) let the enumeration start,
+    and its first layer alone ran for ~25 min; its lines' arrangement refuses in ~1 s."""
+    dec = Decoder.random([2, 2000, 2000, 2], seed=0)
+    t0 = time.perf_counter()
+    with pytest.raises(PartitionTooLargeError) as info:
+        exactdgn.partition(dec, max_bytes=4e9)
+    assert time.perf_counter() - t0 < 20.0
+    kind, n, *_ = _parse(str(info.value))
+    assert kind == "the first layer's lines alone give at least"
+    assert 1_990_000 <= n <= 2_001_001
+
+
+def test_a_long_d2_enumeration_warns_and_shows_its_progress(monkeypatch, caplog):
+    calls = []
+    monkeypatch.setattr(_api, "_LONG_SECONDS", 1e-6)
+    monkeypatch.setattr(_api, "_BOUND_LINES", 4)  # (the bound on 4 lines: 11 regions)
+
+    class Bar:
+        def __init__(self, n_layers):
+            self.n_layers = n_layers
+
+        def __call__(self, layer, done, total):
+            calls.append((layer, done, total))
+
+        def close(self):
+            calls.append("closed")
+
+    monkeypatch.setattr(_api, "_Progress", Bar)
+    monkeypatch.setattr(_api, "_WARNED", set())
+    dec = Decoder.random([2, 8, 6, 2], seed=0)
+    with caplog.at_level("WARNING", logger="exactdgn.partition._api"):
+        part = exactdgn.partition(dec)
+    assert "alone cuts at least 11 regions" in caplog.text and "Ctrl-C" in caplog.text
+    assert calls[-1] == "closed"
+    layers = [c for c in calls[:-1] if c[0] == 0]
+    assert [c[1] for c in layers] == list(range(1, 9)) and layers[0][2] == 8
+    assert {c[0] for c in calls[:-1]} == {0, 1}
+    caplog.clear()
+    calls.clear()
+    with caplog.at_level("WARNING", logger="exactdgn.partition._api"):
+        again = exactdgn.partition(dec)  # (as training does every iteration)
+    assert "alone cuts" not in caplog.text and calls[-1] == "closed"  # warned once, bar again
+    assert len(part) == len(again)

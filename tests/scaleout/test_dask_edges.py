@@ -606,3 +606,36 @@ def test_cli_impute_on_the_cluster_keeps_the_csv_header(client, planted, tmp_pat
         )
     with pytest.raises(ValueError, match=r"header has 2 names but the array for .* has 3 columns"):
         edd.write_rows([da.from_array(X, chunks=100)], [tmp_path / "w.csv"], header=["a", "b"])
+
+
+def test_cli_score_of_a_split_names_the_rows_of_the_data(client, tmp_path, capsys):
+    """``score RUN DATA --split test``: the CSV's index and an infinite value's error name the
+    rows of DATA (on the cluster the workers' own check named rows of the split: row 3 for
+    DATA's row 39), in memory and on the cluster alike."""
+    import json
+
+    from exactdgn.cli import main
+
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((120, 1))
+    data = tmp_path / "d.npy"
+    np.save(data, np.hstack([np.sin(2 * z), z]) + 0.05 * rng.standard_normal((120, 2)))
+    run = tmp_path / "run"
+    fit = ["fit", str(data), "--latent-dim", "1", "--hidden", "4", "--max-iter", "2"]
+    assert main([*fit, "--no-progress", "--out", str(run)]) == 0
+    test = sorted(json.loads((run / "config.json").read_text())["test_index"])
+    cluster = ["--scheduler", client.scheduler.address]
+    for tag, extra in (("m", []), ("d", cluster)):
+        out = tmp_path / f"{tag}.csv"
+        assert (
+            main(["score", str(run), str(data), "--split", "test", "--out", str(out), *extra]) == 0
+        )
+        np.testing.assert_array_equal(np.loadtxt(out, delimiter=",", skiprows=1)[:, 0], test)
+    X = np.load(data)
+    X[test[3], 1] = np.inf
+    np.save(data, X)
+    capsys.readouterr()
+    for extra in ([], cluster):
+        assert main(["score", str(run), str(data), "--split", "test", *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"1 infinite values (first bad rows, 0-based: [{test[3]}])" in err, err

@@ -104,7 +104,12 @@ from scipy.special import erfcx, log_ndtr
 from ._divergence import divergence_moments
 from ._interval import EPS, TruncatedMoments, log_phi
 from ._polygon import _omega, _truncated_moments_2d, polygon_edges
-from ._polytope_cubature import SMALL_SPREAD, SmallPolyhedra, small_polyhedra
+from ._polytope_cubature import (
+    SMALL_SPREAD,
+    SmallPolyhedra,
+    small_polyhedra,
+    small_polytopes_4d,
+)
 from ._polytope_tail import TAIL_D, tail_moments
 from ._polytope_thin import thin_polyhedra
 from ._rules import (
@@ -768,7 +773,7 @@ class _GeoN:
             a.reshape(R, F, k - 1), b.reshape(R, F), act.reshape(R, F), sub_empty, cone=False
         )
         fac = active & ~kill & ~empty[:, None] & ~self.sub.empty.reshape(Q, F)
-        self.empty = empty
+        self.empty, self.fac = empty, fac
         self.a, self.b, self.act, self.U = a, b, act, U
         h = np.abs(np.where(active, cu, 0.0))
         sg = np.sign(np.where(active, cu, 0.0))
@@ -943,10 +948,40 @@ def _small_3d(nu, cu, geo: _Geo3, moments: bool) -> SmallPolyhedra:
     return replace(small, rows=cand[small.rows])
 
 
+def _small_4d(nu, cu, geo: _GeoN, moments: bool) -> SmallPolyhedra:
+    """Bounded small polytopes (d = 4) by cubature (:func:`small_polytopes_4d`), from the
+    edges of their facets' 2-faces (the facets' own 3-D geometry, ``geo.sub``); the candidates
+    as :func:`_small_3d`'s, from the longest such edge."""
+    sub = geo.sub
+    Q, F = geo.Q, geo.F
+    ok = sub.nonempty & sub.fac[:, :, None] & ~sub.empty[:, None, None]  # (Q F, F, F)
+    ok = ok.reshape(Q, F, F, F) & geo.fac[:, :, None, None] & ~geo.empty[:, None, None, None]
+    with np.errstate(invalid="ignore"):
+        span = (sub.t1 - sub.t0).reshape(Q, F, F, F)
+        longest = np.where(ok, span, 0.0).max(axis=(1, 2, 3))  # inf where unbounded
+        cand = ok.any(axis=(1, 2, 3)) & (
+            0.5 * longest * (geo.dist + 0.25 * longest) <= SMALL_SPREAD
+        )
+    cand = np.flatnonzero(cand)
+    S = cand.size
+    rows = (cand[:, None] * F + np.arange(F)).ravel()  # their facets, in geo.sub
+    p0, p1, eok = _edge_points(geo.a.reshape(Q * F, F, 3), geo.b.reshape(Q * F, F), sub, rows)
+    U = geo.U[cand]  # (S, F, 4, 3): facet F's in-plane basis
+    foot = np.where(geo.fac[cand], cu[cand], 0.0)[..., None] * nu[cand]
+    P0, P1 = (
+        foot[:, :, None, None, :] + np.einsum("sfkl,sfgjl->sfgjk", U, p.reshape(S, F, F, F, 3))
+        for p in (p0, p1)
+    )
+    eok = eok.reshape(S, F, F, F) & ok[cand]
+    face_normals = np.einsum("sfkl,sfgl->sfgk", U, geo.a[cand])
+    small = small_polytopes_4d(P0, P1, eok, nu[cand], cu[cand], face_normals, geo.b[cand], moments)
+    return replace(small, rows=cand[small.rows])
+
+
 @dataclass(frozen=True)
 class _MassBlock:
     """:func:`_log_mass_block`'s result: log masses and errors (P,), the prepared rows and
-    geometry, the small polyhedra (d = 3, cubature) and the thin ones sliced for their mass
+    geometry, the small polyhedra (d = 3, 4: cubature) and the thin ones sliced for their mass
     (d = 3: ``thin_rows`` and their :class:`TruncatedMoments`)."""
 
     log_mass: np.ndarray
@@ -962,7 +997,7 @@ class _MassBlock:
 
 
 def _log_mass_block(n, c, moments=False, log_weight=None, normalised=False) -> _MassBlock:
-    """Log masses of one block (edge formula; d = 3 also the cubature and thin slices).
+    """Log masses of one block (edge formula; d = 3, 4 also the cubature; d = 3 thin slices).
 
     ``log_weight`` (P,), optional: the log of the factor each mass (``normalised=False``) or
     each polyhedron's already normalised weight (``normalised=True``, the moments path) enters
@@ -973,7 +1008,7 @@ def _log_mass_block(n, c, moments=False, log_weight=None, normalised=False) -> _
     thin_rows, thin = np.zeros(0, dtype=np.intp), None
     with np.errstate(all="ignore"):
         geo = _build(nu, cu, active, bad)
-        small = _small_3d(nu, cu, geo, moments) if d == 3 else None
+        small = {3: _small_3d, 4: _small_4d}[d](nu, cu, geo, moments) if d in (3, 4) else None
         rest = np.arange(P)
         if small is not None and small.rows.size:
             rest = np.setdiff1d(rest, small.rows)

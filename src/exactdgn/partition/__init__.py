@@ -1,6 +1,6 @@
 """Exact partition of the latent space into linear regions (enumeration, lookup, geometry)."""
 
-from ._api import partition, sampled_region_count
+from ._api import first_layer_lower_bound, partition, sampled_region_count
 from ._partition import (
     Partition,
     PartitionTooLargeError,
@@ -16,6 +16,7 @@ __all__ = [
     "RawPartition",
     "Region",
     "estimate_region_bytes",
+    "first_layer_lower_bound",
     "memory_budget",
     "partition",
     "sampled_region_count",

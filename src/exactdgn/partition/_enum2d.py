@@ -466,7 +466,7 @@ def _refine(V, cnt, L, coef) -> np.ndarray:
     return kept
 
 
-def enumerate_2d(decoder: Decoder, check_budget=None) -> RawPartition:
+def enumerate_2d(decoder: Decoder, check_budget=None, progress=None) -> RawPartition:
     """All linear regions of a decoder with a 2-D latent space, exactly (no bounding box).
 
     Start from the whole plane; for each hidden layer ``l`` split every current region by the
@@ -483,6 +483,9 @@ def enumerate_2d(decoder: Decoder, check_budget=None) -> RawPartition:
         Called before each layer with an upper bound of the region count after the layer,
         ``sum_r 1 + k_r + k_r (k_r - 1) / 2`` (``k_r`` lines crossing region ``r``); it raises
         to refuse an oversized partition before anything is allocated.
+    progress : callable, optional
+        Called as ``progress(layer, lines_done, lines_total)`` after each unit's lines are cut
+        (a long enumeration's progress bar).
 
     Returns
     -------
@@ -514,13 +517,16 @@ def enumerate_2d(decoder: Decoder, check_budget=None) -> RawPartition:
             check_budget(int(np.sum(1 + k + k * (k - 1) // 2)))
         pool = _Pool(V, cnt, L, n)
         ids_of_root = np.full(R, -1, dtype=np.int64)
-        for j in np.nonzero(cut.any(axis=0))[0]:
+        todo = np.nonzero(cut.any(axis=0))[0]
+        for done, j in enumerate(todo, 1):
             roots_j = np.nonzero(cut[:, j])[0]
             ids_of_root[roots_j] = n_lines + np.arange(len(roots_j))
             n_lines += len(roots_j)
             coefs.append(Mt[roots_j, :, j])
             units.append(np.full(len(roots_j), sl.start + j, dtype=np.int64))
             _cut_layer(pool, Mt, vmax, cut, j, ids_of_root)
+            if progress is not None:
+                progress(layer, done, len(todo))
         P = pool.size
         root = pool.root[:P]
         bits = np.where(cut[root], pool.bits[:P], root_pos[root])
