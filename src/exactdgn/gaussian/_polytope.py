@@ -52,12 +52,13 @@ interior point ``p`` of ``K`` (a small LP, HiGHS) and ``h'_F = -n_F . p > 0``, s
 offsets ``h'``); in 3-D the inner integrals are elementary,
 ``int_0^inf phi(t) T(t b / h, tau / b) dt = atan(tau h / (b rho)) / (4 pi)``.
 
-**Small polyhedra** (``d = 3``: bounded, spread ``R (|g| + R/2) <= 1`` with ``g`` the vertex
+**Small polyhedra** (``d = 3, 4``: bounded, spread ``R (|g| + R/2) <= 1`` with ``g`` the vertex
 centroid and ``R`` the largest vertex distance from it) skip the edge formula and the divergence
 form, whose signed terms are ``~1 / size`` times their mass (a simplex 1e-6 across near the mean
 was 1.2 nats off, one 1e-9 across came out empty, a 1e-4 cube's covariance 1e3 of its own
-variance off): their mass and moments come from a positive product cubature on a fan of
-tetrahedra (:mod:`._polytope_cubature`), relative-accurate at any size.
+variance off; in d = 4 a 1e-3 box around the mean 3e5): their mass and moments come from a
+positive product cubature on a fan of tetrahedra (4-simplices in d = 4;
+:mod:`._polytope_cubature`), relative-accurate at any size.
 
 **Error estimate.**  ``error`` (absolute, of the log mass) is the sum over all signed terms of
 their quadrature error (the differences between the two rules / node counts) plus their
@@ -1174,8 +1175,9 @@ def _moments_block(n, c, log_weight=None):
         rows = _thin_rows(ok & ~sliced & ~done, mean, cov, err, log_weight)
         rows, tm = _thin_moments(nu, cu, active, geo, rows)
         logm[rows], mean[rows], cov[rows], err[rows] = tm.log_mass, tm.mean, tm.cov, tm.error
-    elif nu.shape[2] == 4:  # small or thin near polytopes: the same slices as far ones (about
-        # their closest point; the mean on their boundary or inside, D = 0, has none: kept)
+    elif nu.shape[2] == 4:  # thin near polytopes (not small: those took the cubature): the
+        # same slices as far ones (about their closest point; the mean on their boundary or
+        # inside, D = 0, has none: kept)
         # (their covariance can look sound: a 1e-4 cube's came out 1e-2, its terms cancel)
         cancel = np.where(np.isfinite(blk.ratio), blk.ratio, 0.0) > _THIN_RATIO
         near = ok & ~sliced & ~done & (geo.dist > 0) & (geo.dist < TAIL_D)  # (far: their gate)
