@@ -1183,18 +1183,13 @@ class VAE(DensityMixin, BaseEstimator):
         return float(np.mean(self.score_samples(X, n_samples=n_samples, random_state=random_state)))
 
     # ------------------------------------------------------------------ model selection
-    def _n_parameters(self) -> int:
-        """Free parameters of the generative model: the decoder's and the noise's (as
-        ``ExactDGN``'s count); the encoder's are not (it only approximates the posterior)."""
-        self._check_fitted()
-        n_noise = 1 if np.ndim(self.noise_std_) == 0 else self.decoder_.output_dim
-        return self.decoder_.n_params + n_noise
-
-    def _exact_log_likelihood(self, X) -> np.ndarray:
+    def _exact_model(self):
+        """The fitted decoder and noise as an ``ExactDGN`` (its exact likelihood, parameter
+        count and criteria; the encoder is not a parameter of the model of ``x``)."""
         from ..model import ExactDGN
 
-        X = self._check_X(X)
-        return ExactDGN.from_decoder(self.decoder_, self.noise_std_).score_samples(X)
+        self._check_fitted()
+        return ExactDGN.from_decoder(self.decoder_, self.noise_std_)
 
     def bic(self, X) -> float:
         """Bayesian information criterion ``-2 log L + k log N`` (lower is better), as
@@ -1215,8 +1210,7 @@ class VAE(DensityMixin, BaseEstimator):
         -------
         float
         """
-        ll = self._exact_log_likelihood(X)
-        return float(-2 * ll.sum() + self._n_parameters() * np.log(len(ll)))
+        return self._exact_model().bic(self._check_X(X))
 
     def aic(self, X) -> float:
         """Akaike information criterion ``-2 log L + 2k`` (lower is better), with the exact
@@ -1230,7 +1224,7 @@ class VAE(DensityMixin, BaseEstimator):
         -------
         float
         """
-        return float(-2 * self._exact_log_likelihood(X).sum() + 2 * self._n_parameters())
+        return self._exact_model().aic(self._check_X(X))
 
     # ------------------------------------------------------------------ evaluation helpers
     def _check_fitted(self):

@@ -139,6 +139,32 @@ class SmallPolyhedra:
     cov: np.ndarray | None  # (S, k, k)
 
 
+def _small_apexes(P0, edge_ok):
+    """The polytopes small enough for the cubature and their apex ``g`` (the centroid of the
+    real edges' start points: an interior point), radius ``R`` (the largest distance of those
+    points from ``g``) and spread ``R (|g| + R/2)``, each (S,) or (S, k) for ``idx`` (S,).
+
+    ``P0`` (Q, ..., k) and ``edge_ok`` (Q, ...): the edges' start points, any nesting of
+    faces between the polytope axis and the coordinates."""
+    axes = tuple(range(1, edge_ok.ndim))
+    with np.errstate(all="ignore"):
+        cnt = edge_ok.sum(axis=axes)
+        g = np.where(edge_ok[..., None], P0, 0.0).sum(axis=axes) / np.maximum(cnt, 1)[:, None]
+        rad = np.sqrt(
+            np.sum((P0 - g.reshape(g.shape[:1] + (1,) * len(axes) + g.shape[1:])) ** 2, axis=-1)
+        )
+        R = np.max(np.where(edge_ok, rad, 0.0), axis=axes)
+        spread = R * (np.sqrt(np.sum(g * g, axis=1)) + 0.5 * R)
+    idx = np.flatnonzero((cnt > 0) & (spread <= SMALL_SPREAD))
+    return idx, g[idx], R[idx], spread[idx]
+
+
+def _no_polytopes(k: int, moments: bool) -> SmallPolyhedra:
+    z = np.zeros(0)
+    mean, cov = (np.zeros((0, k)), np.zeros((0, k, k))) if moments else (None, None)
+    return SmallPolyhedra(np.zeros(0, dtype=np.intp), z, z, mean, cov)
+
+
 def small_polyhedra(P0, P1, edge_ok, normals, offsets, moments: bool) -> SmallPolyhedra:
     """Mass and moments of ``N(0, I_3)`` on small bounded polyhedra, from their facets' edges.
 
@@ -159,21 +185,11 @@ def small_polyhedra(P0, P1, edge_ok, normals, offsets, moments: bool) -> SmallPo
     SmallPolyhedra
         The polyhedra with spread ``R (|g| + R/2) <= SMALL_SPREAD`` and their results.
     """
-    ok = edge_ok[..., None]
-    with np.errstate(all="ignore"):
-        cnt = edge_ok.sum(axis=(1, 2))
-        g = np.where(ok, P0, 0.0).sum(axis=(1, 2)) / np.maximum(cnt, 1)[:, None]
-        rad = np.sqrt(np.sum((P0 - g[:, None, None, :]) ** 2, axis=-1))
-        R = np.max(np.where(edge_ok, rad, 0.0), axis=(1, 2))
-        spread = R * (np.sqrt(np.sum(g * g, axis=1)) + 0.5 * R)
-    small = (cnt > 0) & (spread <= SMALL_SPREAD)
-    idx = np.flatnonzero(small)
+    idx, g, R, spread = _small_apexes(P0, edge_ok)
     S = idx.size
     if S == 0:
-        z = np.zeros(0)
-        mean, cov = (np.zeros((0, 3)), np.zeros((0, 3, 3))) if moments else (None, None)
-        return SmallPolyhedra(idx, z, z, mean, cov)
-    P0, P1, eo, g, R, spread = P0[idx], P1[idx], edge_ok[idx], g[idx], R[idx], spread[idx]
+        return _no_polytopes(3, moments)
+    P0, P1, eo = P0[idx], P1[idx], edge_ok[idx]
     height = offsets[idx] - np.einsum("sfk,sk->sf", normals[idx], g)  # of g over each facet
     # each facet is fanned from one of its vertices, V (the start of its first edge); the
     # two edges that meet at V span no triangle
@@ -278,20 +294,11 @@ def small_polytopes_4d(
         The polytopes with spread ``R (|g| + R/2) <= SMALL_SPREAD`` and their results (module
         doc).
     """
-    ok = edge_ok[..., None]
-    with np.errstate(all="ignore"):
-        cnt = edge_ok.sum(axis=(1, 2, 3))
-        g = np.where(ok, P0, 0.0).sum(axis=(1, 2, 3)) / np.maximum(cnt, 1)[:, None]
-        rad = np.sqrt(np.sum((P0 - g[:, None, None, None, :]) ** 2, axis=-1))
-        R = np.max(np.where(edge_ok, rad, 0.0), axis=(1, 2, 3))
-        spread = R * (np.sqrt(np.sum(g * g, axis=1)) + 0.5 * R)
-    idx = np.flatnonzero((cnt > 0) & (spread <= SMALL_SPREAD))
+    idx, g, R, spread = _small_apexes(P0, edge_ok)
     S = idx.size
     if S == 0:
-        z = np.zeros(0)
-        mean, cov = (np.zeros((0, 4)), np.zeros((0, 4, 4))) if moments else (None, None)
-        return SmallPolyhedra(idx, z, z, mean, cov)
-    P0, P1, eo, g, R, spread = P0[idx], P1[idx], edge_ok[idx], g[idx], R[idx], spread[idx]
+        return _no_polytopes(4, moments)
+    P0, P1, eo = P0[idx], P1[idx], edge_ok[idx]
     _, F, G, J, _ = P0.shape
     h4 = offsets[idx] - np.einsum("sfk,sk->sf", normals[idx], g)  # of g over each facet
     # each facet is fanned from one of its vertices V_F; each of its 2-faces from one of its
