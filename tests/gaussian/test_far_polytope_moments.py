@@ -71,6 +71,12 @@ def test_the_divergence_form_alone_fails_there(monkeypatch, d, kind, off):
     assert not whitened_error(tm.mean[0], tm.cov[0], mean, cov) < off
 
 
+def _no_far_slices(monkeypatch):
+    """No polytope takes its moments from the tail slices (far ones keep the divergence form;
+    unlike ``TAIL_D = inf``, which makes them near, where the thin ones are sliced)."""
+    monkeypatch.setattr(_polytope, "_sliced_rows", lambda ok, *_: np.zeros_like(ok))
+
+
 def test_near_rows_are_bitwise_unchanged(monkeypatch):
     """Only rows at distance >= TAIL_D are sliced: the others (alone or batched with far ones)
     keep the divergence form's bits."""
@@ -82,7 +88,7 @@ def test_near_rows_are_bitwise_unchanged(monkeypatch):
     nb = np.concatenate([n, np.pad(far_n, ((0, pad), (0, 0)))[None]])
     cb = np.concatenate([c, np.pad(far_c, (0, pad), constant_values=np.inf)[None]])
     new = truncated_moments_nd(nb, cb)
-    monkeypatch.setattr(_polytope, "TAIL_D", np.inf)
+    _no_far_slices(monkeypatch)
     old = truncated_moments_nd(nb, cb)
     near = np.flatnonzero(np.linalg.norm(old.mean[:64], axis=1) < 7.0)  # distance < 8
     assert near.size > 40
@@ -104,10 +110,13 @@ def test_the_weight_decides_which_far_polyhedra_are_sliced(monkeypatch):
     N, C = np.stack([n, n, near_n]), np.stack([c, c, near_c])
     # weights: invisible (e^-40 * 0.1 < 1e-16), visible (1), near
     tm = truncated_moments(N, C, log_weight=np.array([-40.0, 0.0, 0.0]))
-    monkeypatch.setattr(_polytope, "TAIL_D", np.inf)
+    _no_far_slices(monkeypatch)
+    near = truncated_moments(N, C)
+    np.testing.assert_array_equal(tm.cov[2], near.cov[2])
+    monkeypatch.setattr(_polytope, "_THIN_VAR", 0.0)  # nor sliced as a thin one
+    monkeypatch.setattr(_polytope, "_THIN_RATIO", np.inf)
     div = truncated_moments(N, C)
     np.testing.assert_array_equal(tm.cov[0], div.cov[0])
-    np.testing.assert_array_equal(tm.cov[2], div.cov[2])
     assert whitened_error(tm.mean[1], tm.cov[1], mean, cov) < _TOL[1e3]
     assert not whitened_error(div.mean[1], div.cov[1], mean, cov) < 1e-3
 
@@ -467,7 +476,7 @@ def test_the_weight_decides_which_far_4d_polytopes_are_sliced(monkeypatch):
     n, c, mean, cov = _box4(1e3, "facet", np.random.default_rng(0))
     N, C = np.stack([n, n]), np.stack([c, c])
     tm = truncated_moments(N, C, log_weight=np.array([-45.0, -20.0]))
-    monkeypatch.setattr(_polytope, "TAIL_D", np.inf)
+    _no_far_slices(monkeypatch)
     monkeypatch.setattr(_polytope, "_THIN_VAR", 0.0)  # nor as a thin near one
     monkeypatch.setattr(_polytope, "_THIN_RATIO", np.inf)
     div = truncated_moments(N, C)

@@ -99,7 +99,7 @@ def log_mass(normals, offsets, *, return_error: bool = False, floor=None, log_we
     log_weight : array_like, shape (P,), optional
         The log of the factor each mass is multiplied by in a sum of total about 1 (in a
         mixture ``p(x) = sum_r kappa_r m_r``: ``log kappa_r - log p(x)``, or a lower bound of
-        ``log p(x)`` in its place). Used in d = 3: a thin polyhedron, whose edge-formula terms
+        ``log p(x)`` in its place). Used in d = 3, 4: a thin polyhedron, whose edge-formula terms
         cancel, is integrated again from slices across its thin direction where its error
         times this factor could show (above 1e-12, the rounding a mixture's log p(x)
         carries from its log kappa); without it, every thin one is.
@@ -141,7 +141,7 @@ def truncated_moments(normals, offsets, *, floor=None, log_weight=None) -> Trunc
         with.  Far polyhedra (distance >= 8) whose weight hides the fast form's error
         (absolute ``<= 1e-13 D^4``, in ``d = 4`` also ``1e-17 D^6``; below ``1e-16`` once
         weighted) skip the slower slicing that makes their moments accurate on their own.
-        Without it, every far polyhedron is sliced. ``d = 3``: thin polyhedra (cancelling
+        Without it, every far polyhedron is sliced. Thin polyhedra (cancelling
         edge-formula terms, or a smallest variance below 1e-4) likewise, where their weight
         times their error could show (see :func:`log_mass`).
         ``d <= 2`` does not use it (far polygons are always sliced there).

@@ -70,11 +70,16 @@ term also carries the rounding of the geometry it comes from (``_InPlane.b_round
 in-plane offsets ``b`` of nearly parallel facets are rounded at ``eps |c| / |c_j - c_F n_F .
 n_j|``, and far out a term's log moves by ``b`` times ``b``'s error), ``_GEO_ERR`` times that
 (without it the estimate was up to 3e3 times short on random squashed polyhedra near the mean,
-1e-5 nats off, and 190 times far out, 3e-4 nats off).  Bounded polyhedra whose terms
+1e-5 nats off, and 190 times far out, 3e-4 nats off).  Polyhedra (``d = 3, 4``) whose terms
 cancel (``sum |terms| / mass > _THIN_RATIO``; in :func:`truncated_moments_nd` also those whose
 smallest variance is below ``_THIN_VAR``) are redone, weight permitting, from slices across
-their thin direction (:mod:`._polytope_thin`): log mass and moments without that loss (kept
-where their estimate is the smaller: far out, ~100 sd, the slices can be worse).
+their thin direction: log mass and moments without that loss (kept where their estimate is
+the smaller: far out, ~100 sd, the slices can be worse).  Bounded ones in ``d = 3`` by fixed
+panels between their vertices (:mod:`._polytope_thin`); needles, polytopes around the mean,
+unbounded ones and ``d = 4`` (nearer than ``TAIL_D``) by the adaptive slices of
+:func:`._polytope_tail.near_moments`, whose cross-sections are thin-safe again (a 4-D needle
+1e-5 thin through the mean had its covariance 4e6 of its own variance off, a 3-D unbounded
+one 2e6, a 3-D needle 3 sd out 882 times the floor ``16 eps lambda_max / lambda_min``).
 
 **Moments** (divergence theorem, stable weight form), with
 ``w_F = exp(log phi(c_F) + log m_{d-1}(F~) - log m)``::
@@ -111,7 +116,7 @@ from ._polytope_cubature import (
     small_polyhedra,
     small_polytopes_4d,
 )
-from ._polytope_tail import TAIL_D, tail_moments
+from ._polytope_tail import TAIL_D, near_moments, tail_moments
 from ._polytope_thin import thin_polyhedra
 from ._rules import (
     LOG_2PI,
@@ -155,17 +160,23 @@ _CHUNK = 2048
 _DIV_ERR = 1e-13
 _DIV_ERR_4 = 1e-17
 _WEIGHTED_ERR = 1e-16
-# Near polyhedra (d = 3) thinner than this (smallest variance) are sliced (_polytope_thin).
+# Near polytopes (d = 3, 4) thinner than this (smallest variance) are sliced (_thin_moments).
 _THIN_VAR = 1e-4
 _THIN_ERR = 1e-13
-_THIN_COND = 16.0  # the vertices' rounding, in eps |P| / width (see _thin_moments)
+_THIN_COND = 16.0  # the vertices' rounding, in eps |P| / width (see _thin_axes)
+_NEEDLE = 1e-4  # thin polytopes whose second principal variance is below this (relative) are
+# needles (see _thin_direction)
+# thin unbounded polytopes are sliced (over |z| <= ~11 about the mean) only nearer than this
+_NEAR_SLICE = 6.0
+_SNAP = 1e-6  # a thin polytope's row normal this close to its thin axis is its slicing axis
+_OPPOSITE = 1e-3  # rows with n_i . n_j <= this - 1 are an opposite pair (see _thin_axes)
 # d = 3 edge formula: each term's rounding from its geometry (_InPlane.b_rounding), in units of
 # eps times that: covers the error on random polyhedra squashed 1e-5 to 0.3 along one or two
 # directions, near (0-5 sd) and far (5-300 sd), against the 3-D oracle (error / estimate
 # <= 0.16; without the term up to 3e3 near and 190 far)
 _GEO_ERR = 4.0
-# Bounded polyhedra whose terms cancel (sum |terms| / mass above this: thin ones) are sliced
-# (_polytope_thin), weight permitting.
+# Polytopes whose terms cancel (sum |terms| / mass above this: thin ones) are sliced
+# (_thin_moments), weight permitting.
 _THIN_RATIO = 100.0
 # ... where their weighted error estimate is above this: a mixture's log p(x) carries ~1e-12
 # already from each pair's log kappa (the GEMM form's rounding; median 1.2e-12 on a
@@ -949,32 +960,47 @@ def _small_3d(nu, cu, geo: _Geo3, moments: bool) -> SmallPolyhedra:
     return replace(small, rows=cand[small.rows])
 
 
+def _face_edges_4d(geo: _GeoN) -> np.ndarray:
+    """(Q, F, F, F) which edges of the 2-faces of the facets (``geo.sub``: each facet's own 3-D
+    geometry) are real."""
+    sub, Q, F = geo.sub, geo.Q, geo.F
+    ok = sub.nonempty & sub.fac[:, :, None] & ~sub.empty[:, None, None]  # (Q F, F, F)
+    return ok.reshape(Q, F, F, F) & geo.fac[:, :, None, None] & ~geo.empty[:, None, None, None]
+
+
+def _edge_points_4d(nu, cu, geo: _GeoN, rows: np.ndarray, ok: np.ndarray):
+    """End points ``(S, F, F, F, 4)`` of the edges of the 2-faces of the facets of polytopes
+    ``rows`` and which are real (``ok``: :func:`_face_edges_4d`), from the facets' 3-D edges
+    (:func:`_edge_points` on ``geo.sub``) mapped into 4-D."""
+    Q, F = geo.Q, geo.F
+    S = rows.size
+    sub_rows = (rows[:, None] * F + np.arange(F)).ravel()  # their facets, in geo.sub
+    p0, p1, eok = _edge_points(
+        geo.a.reshape(Q * F, F, 3), geo.b.reshape(Q * F, F), geo.sub, sub_rows
+    )
+    U = geo.U[rows]  # (S, F, 4, 3): facet F's in-plane basis
+    foot = np.where(geo.fac[rows], cu[rows], 0.0)[..., None] * nu[rows]
+    P0, P1 = (
+        foot[:, :, None, None, :] + np.einsum("sfkl,sfgjl->sfgjk", U, p.reshape(S, F, F, F, 3))
+        for p in (p0, p1)
+    )
+    return P0, P1, eok.reshape(S, F, F, F) & ok[rows]
+
+
 def _small_4d(nu, cu, geo: _GeoN, moments: bool) -> SmallPolyhedra:
     """Bounded small polytopes (d = 4) by cubature (:func:`small_polytopes_4d`), from the
-    edges of their facets' 2-faces (the facets' own 3-D geometry, ``geo.sub``); the candidates
-    as :func:`_small_3d`'s, from the longest such edge."""
-    sub = geo.sub
-    Q, F = geo.Q, geo.F
-    ok = sub.nonempty & sub.fac[:, :, None] & ~sub.empty[:, None, None]  # (Q F, F, F)
-    ok = ok.reshape(Q, F, F, F) & geo.fac[:, :, None, None] & ~geo.empty[:, None, None, None]
+    edges of their facets' 2-faces (:func:`_edge_points_4d`); the candidates as
+    :func:`_small_3d`'s, from the longest such edge."""
+    ok = _face_edges_4d(geo)
     with np.errstate(invalid="ignore"):
-        span = (sub.t1 - sub.t0).reshape(Q, F, F, F)
+        span = (geo.sub.t1 - geo.sub.t0).reshape(ok.shape)
         longest = np.where(ok, span, 0.0).max(axis=(1, 2, 3))  # inf where unbounded
         cand = ok.any(axis=(1, 2, 3)) & (
             0.5 * longest * (geo.dist + 0.25 * longest) <= SMALL_SPREAD
         )
     cand = np.flatnonzero(cand)
-    S = cand.size
-    rows = (cand[:, None] * F + np.arange(F)).ravel()  # their facets, in geo.sub
-    p0, p1, eok = _edge_points(geo.a.reshape(Q * F, F, 3), geo.b.reshape(Q * F, F), sub, rows)
-    U = geo.U[cand]  # (S, F, 4, 3): facet F's in-plane basis
-    foot = np.where(geo.fac[cand], cu[cand], 0.0)[..., None] * nu[cand]
-    P0, P1 = (
-        foot[:, :, None, None, :] + np.einsum("sfkl,sfgjl->sfgjk", U, p.reshape(S, F, F, F, 3))
-        for p in (p0, p1)
-    )
-    eok = eok.reshape(S, F, F, F) & ok[cand]
-    face_normals = np.einsum("sfkl,sfgl->sfgk", U, geo.a[cand])
+    P0, P1, eok = _edge_points_4d(nu, cu, geo, cand, ok)
+    face_normals = np.einsum("sfkl,sfgl->sfgk", geo.U[cand], geo.a[cand])
     small = small_polytopes_4d(P0, P1, eok, nu[cand], cu[cand], face_normals, geo.b[cand], moments)
     return replace(small, rows=cand[small.rows])
 
@@ -983,7 +1009,7 @@ def _small_4d(nu, cu, geo: _GeoN, moments: bool) -> SmallPolyhedra:
 class _MassBlock:
     """:func:`_log_mass_block`'s result: log masses and errors (P,), the prepared rows and
     geometry, the small polyhedra (d = 3, 4: cubature) and the thin ones sliced for their mass
-    (d = 3: ``thin_rows`` and their :class:`TruncatedMoments`)."""
+    (d = 3, 4: ``thin_rows`` and their :class:`TruncatedMoments`)."""
 
     log_mass: np.ndarray
     error: np.ndarray
@@ -998,7 +1024,7 @@ class _MassBlock:
 
 
 def _log_mass_block(n, c, moments=False, log_weight=None, normalised=False) -> _MassBlock:
-    """Log masses of one block (edge formula; d = 3, 4 also the cubature; d = 3 thin slices).
+    """Log masses of one block (edge formula; d = 3, 4 also the cubature and thin slices).
 
     ``log_weight`` (P,), optional: the log of the factor each mass (``normalised=False``) or
     each polyhedron's already normalised weight (``normalised=True``, the moments path) enters
@@ -1019,7 +1045,7 @@ def _log_mass_block(n, c, moments=False, log_weight=None, normalised=False) -> _
             logm[rest], err[rest] = res.log_mass, res.error
             if d >= 3:
                 ratio[rest] = res.ratio
-        if d == 3:  # (kept where better: far out the slices' integrand can be too steep)
+        if d in (3, 4):  # (kept where better: far out the slices' integrand can be too steep)
             rows = _cancelling_rows(logm, err, ratio, log_weight, normalised)
             rows, tm = _thin_moments(nu, cu, active, geo, rows)
             better = tm.error < err[rows]
@@ -1053,7 +1079,7 @@ def log_mass_nd(
     offsets : ndarray, shape (P, F)
         Offsets ``c_i`` (``+inf``: no constraint; ``-inf``: empty).
     log_weight : ndarray, shape (P,), optional
-        ``d = 3``: the log of the factor each mass is multiplied by in a sum of total ~1 (in a
+        ``d = 3, 4``: the log of the factor each mass is multiplied by in a sum of total ~1 (in a
         mixture ``p(x) = sum_r kappa_r m_r``: ``log kappa_r - log p(x)``, or a lower bound of
         ``log p(x)`` in its place). Thin polyhedra (cancelling edge-formula terms) whose error
         that factor hides keep the edge formula; without it all are sliced.
@@ -1171,49 +1197,176 @@ def _moments_block(n, c, log_weight=None):
             nu[far], cu[far], active[far], geo.dist[far], near=_near_moments_3d
         )
         mean[far[tok]], cov[far[tok]] = tmean[tok], tcov[tok]
-    if nu.shape[2] == 3:  # thin bounded polyhedra: from slices across the thin direction
-        rows = _thin_rows(ok & ~sliced & ~done, mean, cov, err, log_weight)
-        rows, tm = _thin_moments(nu, cu, active, geo, rows)
-        logm[rows], mean[rows], cov[rows], err[rows] = tm.log_mass, tm.mean, tm.cov, tm.error
-    elif nu.shape[2] == 4:  # thin near polytopes (not small: those took the cubature): the
-        # same slices as far ones (about their closest point; the mean on their boundary or
-        # inside, D = 0, has none: kept)
-        # (their covariance can look sound: a 1e-4 cube's came out 1e-2, its terms cancel)
-        cancel = np.where(np.isfinite(blk.ratio), blk.ratio, 0.0) > _THIN_RATIO
-        near = ok & ~sliced & ~done & (geo.dist > 0) & (geo.dist < TAIL_D)  # (far: their gate)
-        rows = _thin_rows(near, mean, cov, err, log_weight, force=cancel)
-        if rows.size:
+    # thin near polytopes (not small: those took the cubature; mean inside or not, bounded or
+    # not): from slices across their thin direction; d = 4 also those whose mass terms cancel
+    # (their covariance can look sound: a 1e-4 cube's came out 1e-2); only nearer than TAIL_D
+    # (far ones: their gate, _sliced_rows)
+    near = ok & ~sliced & ~done & (geo.dist < TAIL_D)
+    force = None
+    if nu.shape[2] == 4:
+        force = np.where(np.isfinite(blk.ratio), blk.ratio, 0.0) > _THIN_RATIO
+    rows = _thin_rows(near, mean, cov, err, log_weight, force=force)
+    got, tm = _thin_moments(nu, cu, active, geo, rows)
+    logm[got], mean[got], cov[got], err[got] = tm.log_mass, tm.mean, tm.cov, tm.error
+    if nu.shape[2] == 4:  # (none expected) about their closest point, where there is one
+        rest = np.setdiff1d(rows, got)
+        rest = rest[geo.dist[rest] > 0]
+        if rest.size:
             tmean, tcov, tok = tail_moments(
-                nu[rows], cu[rows], active[rows], geo.dist[rows], near=_near_moments_3d
+                nu[rest], cu[rest], active[rest], geo.dist[rest], near=_near_moments_3d
             )
-            mean[rows[tok]], cov[rows[tok]] = tmean[tok], tcov[tok]
+            mean[rest[tok]], cov[rest[tok]] = tmean[tok], tcov[tok]
     mean[~ok | beyond] = np.nan
     cov[~ok | beyond] = np.nan
     return logm, mean, cov, err, is_small
 
 
 def _thin_moments(nu, cu, active, geo, rows):
-    """:func:`._polytope_thin.thin_polyhedra` on the bounded ones of the polyhedra ``rows``:
-    the rows done and their results (a slab thinner than its vertices' rounding has no panel
-    and keeps its own)."""
-    P0, P1, eok = _edge_points(nu, cu, geo, rows)
-    fin = np.all(~eok[..., None] | (np.isfinite(P0) & np.isfinite(P1)), axis=(1, 2, 3))
-    rows, P0, eok = rows[fin], P0[fin], eok[fin]
-    if rows.size == 0:
-        z = np.zeros(0)
-        return rows, TruncatedMoments(z, np.zeros((0, 3)), np.zeros((0, 3, 3)), z)
-    e = _thin_direction(P0, eok)
-    vx = np.where(eok, np.einsum("sfjk,sk->sfj", P0, e), np.nan).reshape(rows.size, -1)
-    off = np.where(active[rows], cu[rows], np.inf)
-    tm = thin_polyhedra(nu[rows], off, e, _distinct(vx))
-    # conditioning: the panel ends (vertices) are rounded at ~eps |P|, the mass is ~ the width
-    with np.errstate(all="ignore"):
-        size = np.max(np.where(eok, np.sqrt(np.sum(P0 * P0, axis=-1)), 0.0), axis=(1, 2))
-        width = np.nanmax(vx, axis=1) - np.nanmin(vx, axis=1)
-        tm = tm._replace(error=tm.error + _THIN_COND * EPS * size / width)
+    """Slices of the thin polyhedra ``rows`` across their thin direction (:func:`_thin_axes`):
+    the rows done and their results (a slab thinner than its vertices' rounding has nothing
+    to slice and keeps its own).  Bounded ones in d = 3 (not needles near the mean) by
+    :func:`._polytope_thin.thin_polyhedra` (fixed panels between the vertices: ~10 ms each at
+    any distance), the others, nearer than ``TAIL_D``, by
+    :func:`._polytope_tail.near_moments` (adaptive, any polytope: also needles, whose sections
+    across the thin axis are thin again, the mean inside, d = 4 and unbounded ones; but 2 s
+    for a section 50 sd out in the plane)."""
+    k = nu.shape[2]
+    S = rows.size
+    lm, err = np.full(S, -np.inf), np.full(S, np.inf)
+    mean, cov = np.full((S, k), np.nan), np.full((S, k, k), np.nan)
+    if S:
+        ax = _thin_axes(nu, cu, active, geo, rows)
+        off = np.where(active[rows], cu[rows], np.inf)
+        for sel, fixed in ((np.flatnonzero(ax.fixed), True), (np.flatnonzero(~ax.fixed), False)):
+            sel = sel[np.isfinite(ax.cond[sel])]
+            if sel.size == 0:
+                continue
+            r = rows[sel]
+            if fixed:
+                res = thin_polyhedra(nu[r], off[sel], ax.e[sel], ax.knots[sel])
+            else:
+                res = near_moments(
+                    nu[r], off[sel], ax.e[sel], ax.shift[sel], ax.knots[sel], _near_moments_3d
+                )
+            lm[sel], mean[sel], cov[sel], err[sel] = res
+            err[sel] += ax.cond[sel]
+    tm = TruncatedMoments(lm, mean, cov, err)
     take = np.isfinite(tm.log_mass) & np.isfinite(tm.error)
     take &= np.isfinite(tm.mean).all(axis=1) & np.isfinite(tm.cov).all(axis=(1, 2))
     return rows[take], TruncatedMoments(*(v[take] for v in tm))
+
+
+class _ThinAxes(NamedTuple):
+    """:func:`_thin_axes`' result, per polyhedron (S,)."""
+
+    e: np.ndarray  # (S, k) unit slicing directions
+    shift: np.ndarray  # (S,) P in e . u >= shift >= 0 (near_moments only)
+    knots: np.ndarray  # (S, J) the vertices' e . u, distinct, sorted (nan unused)
+    cond: np.ndarray  # (S,) the input's conditioning (inf: not sliced)
+    fixed: np.ndarray  # (S,) bool: by thin_polyhedra
+
+
+def _thin_axes(nu, cu, active, geo, rows) -> _ThinAxes:
+    """Slicing directions ``e`` of the polyhedra ``rows``, where along them they start
+    (``shift``: ``P`` lies in ``e . u >= shift >= 0``, ``e`` flipped where needed; ``0``
+    where ``P`` reaches ``e . u = 0``), their vertices' ``e . u`` (``knots``: the slices' panel
+    ends), the input's conditioning there (``cond``, a log-mass error) and which are sliced
+    by fixed panels (``fixed``, see :func:`_thin_moments`).
+
+    Bounded ones: the smallest principal axis of their vertices (the divergence covariance,
+    whose error is the reason for slicing, can be far off it; a needle's largest,
+    :func:`_thin_direction`; for the adaptive slices a row's normal within ``_SNAP`` of it)
+    and ``_THIN_COND eps |P| / width``, ``width`` along the smallest (the vertices, which end
+    the panels, are rounded at ``eps |P|``; the mass is ~ the width; ``inf`` below the
+    rounding: nothing to slice).  Unbounded ones: the normal of their most nearly opposite
+    pair of rows (a slab's or a needle's; any direction gives the same integral, this one
+    short ranges and wide sections), no shift (their extent along it is not known: those
+    farther than ``_NEAR_SLICE`` are left alone) and ``_THIN_COND eps max |c| / (c_i + c_j)``.
+    Adaptive ones farther than ``TAIL_D`` are left alone (``cond = inf``)."""
+    k = nu.shape[2]
+    S = rows.size
+    if k == 3:
+        P0, P1, eok = _edge_points(nu, cu, geo, rows)
+    else:
+        P0, P1, eok = _edge_points_4d(nu, cu, geo, rows, _face_edges_4d(geo))
+    P0, P1, eok = P0.reshape(S, -1, 1, k), P1.reshape(S, -1, 1, k), eok.reshape(S, -1, 1)
+    fin = np.isfinite(P0) & np.isfinite(P1)
+    bounded = eok.any(axis=(1, 2)) & np.all(~eok[..., None] | fin, axis=(1, 2, 3))
+    dist = geo.dist[rows]
+    e = np.empty((S, k))
+    shift = np.zeros(S)
+    knots = np.full((S, P0.shape[1]), np.nan)
+    cond = np.empty(S)
+    fixed = np.zeros(S, dtype=bool)
+    b = np.flatnonzero(bounded)
+    if b.size:
+        P, ok = P0[b], eok[b]
+        along, thin, needle = _thin_direction(P, ok)
+        fixed[b] = (k == 3) & ~(needle & (dist[b] < TAIL_D))
+        e[b] = np.where(fixed[b, None], thin, along)
+        # (adaptive slices) a row's normal within _SNAP of the axis is taken instead: the
+        # vertices' axis is tilted by ~eps |P| / width, and a facet tilted that much sweeps
+        # through the sections in a window that narrow (a box 8e-5 thin lost 1e-9 of its mass)
+        n, act = nu[rows[b]], active[rows[b]]
+        dots = np.where(act, np.einsum("sfk,sk->sf", n, e[b]), 0.0)
+        best = np.argmax(np.abs(dots), axis=1)
+        top = dots[np.arange(b.size), best]
+        snap = (np.abs(top) > 1.0 - _SNAP) & ~fixed[b]
+        e[b] = np.where(snap[:, None], np.sign(top)[:, None] * n[np.arange(b.size), best], e[b])
+        lo, hi = _extent(P, ok, e[b])
+        flip = (hi < 0.0) & ~fixed[b]  # (P in e . u <= hi < 0: slice along -e from -hi)
+        e[b] = np.where(flip[:, None], -e[b], e[b])
+        shift[b] = np.where(fixed[b], 0.0, np.where(flip, -hi, np.maximum(lo, 0.0)))
+        x = np.einsum("sfjk,sk->sfj", P, e[b]).reshape(b.size, -1)
+        knots[b, : x.shape[1]] = np.where(ok.reshape(b.size, -1), x, np.nan)
+        lo, hi = _extent(P, ok, thin)
+        with np.errstate(all="ignore"):
+            size = np.max(np.where(ok, np.sqrt(np.sum(P * P, axis=-1)), 0.0), axis=(1, 2))
+            width = hi - lo
+            cond[b] = _THIN_COND * EPS * size / width
+            cond[b] = np.where(fixed[b] | (width > 64.0 * EPS * size), cond[b], np.inf)
+    u = np.flatnonzero(~bounded)
+    if u.size:
+        n, act = nu[rows[u]], active[rows[u]]
+        c = np.where(act, cu[rows[u]], 0.0)
+        dots = np.einsum("sik,sjk->sij", n, n)
+        pair = act[:, :, None] & act[:, None, :] & ~np.eye(n.shape[1], dtype=bool)
+        gap = c[:, :, None] + c[:, None, :]
+        # the narrowest of the opposite pairs (a half-open slab has two), else the most
+        # nearly opposite one
+        score = np.where(pair & (dots <= _OPPOSITE - 1.0), gap - np.abs(gap).max() - 1.0, dots)
+        flat = np.argmin(np.where(pair, score, np.inf).reshape(u.size, -1), axis=1)
+        i, j = np.divmod(flat, n.shape[1])
+        idx = np.arange(u.size)
+        e[u] = np.where(pair.any(axis=(1, 2))[:, None], n[idx, i], np.eye(k)[0])
+        with np.errstate(all="ignore"):
+            width = gap[idx, i, j]
+            big = np.max(np.abs(c), axis=1)
+            cond[u] = np.where(width > 0, _THIN_COND * EPS * (1.0 + big) / width, 0.0)
+        cond[u] = np.where(dist[u] < _NEAR_SLICE, cond[u], np.inf)
+    cond = np.where(fixed | (dist < TAIL_D), cond, np.inf)
+    return _ThinAxes(e, shift, _distinct(knots), cond, fixed)
+
+
+def _distinct(vx):
+    """(S, J) sorted coordinates with repeats (within ``64 eps`` of their size: one vertex
+    reached from several facets) made ``nan``, and the columns that hold nothing dropped."""
+    xs = np.sort(np.where(np.isnan(vx), np.inf, vx), axis=1)
+    with np.errstate(invalid="ignore"):
+        span = np.max(np.where(np.isfinite(xs), np.abs(xs), 0.0), axis=1, keepdims=True)
+        rep = np.zeros_like(xs, dtype=bool)
+        rep[:, 1:] = ~(xs[:, 1:] - xs[:, :-1] > 64.0 * EPS * span)
+    xs = np.where(rep | ~np.isfinite(xs), np.inf, xs)
+    xs = np.sort(xs, axis=1)
+    width = max(int(np.isfinite(xs).sum(axis=1).max()), 2)
+    return np.where(np.isfinite(xs[:, :width]), xs[:, :width], np.nan)
+
+
+def _extent(P, ok, e):
+    """(S,), (S,) the smallest and largest ``e . u`` over the vertices ``P`` (S, F, J, k)."""
+    x = np.einsum("sfjk,sk->sfj", P, e).reshape(P.shape[0], -1)
+    real = ok.reshape(P.shape[0], -1)
+    return np.min(np.where(real, x, np.inf), axis=1), np.max(np.where(real, x, -np.inf), axis=1)
 
 
 def _thin_rows(near, mean, cov, err, log_weight, force=None):
@@ -1248,28 +1401,17 @@ def _thin_rows(near, mean, cov, err, log_weight, force=None):
 
 
 def _thin_direction(P, ok):
-    """(S, 3) the smallest principal axis of the vertices ``P`` (S, F, J, 3) (``ok``: real): the
-    divergence covariance, whose error is the reason for slicing, can be far off it."""
+    """(S, k) the slicing direction of thin polytopes with vertices ``P`` (S, F, J, k) (``ok``:
+    real), (S, k) their smallest principal axis and (S,) which are needles: the slices go
+    across that axis, or their largest where the second smallest is thin
+    too (``_NEEDLE``: a needle, whose sections across its thinnest axis would be thin strips,
+    sliced again, 200x slower; across its longest they are small, the kernels' cubature)."""
     cnt = ok.sum(axis=(1, 2))[:, None]
     g = np.where(ok[..., None], P, 0.0).sum(axis=(1, 2)) / cnt
     d = np.where(ok[..., None], P - g[:, None, None, :], 0.0)
-    scatter = np.einsum("sfjk,sfjl->skl", d, d)
-    return np.linalg.eigh(scatter)[1][:, :, 0]
-
-
-def _distinct(vx):
-    """(S, J) sorted coordinates with repeats (within ``64 eps`` of their size: one vertex
-    reached from several facets) made ``nan``, and the columns that hold nothing dropped."""
-    xs = np.sort(np.where(np.isnan(vx), np.inf, vx), axis=1)
-    with np.errstate(invalid="ignore"):
-        span = np.max(np.where(np.isfinite(xs), np.abs(xs), 0.0), axis=1, keepdims=True)
-        rep = np.zeros_like(xs, dtype=bool)
-        rep[:, 1:] = ~(xs[:, 1:] - xs[:, :-1] > 64.0 * EPS * span)
-    xs = np.where(rep | ~np.isfinite(xs), np.inf, xs)
-    xs = np.sort(xs, axis=1)
-    width = max(int(np.isfinite(xs).sum(axis=1).max()), 2)
-    xs = xs[:, :width]
-    return np.where(np.isfinite(xs), xs, np.nan)
+    lam, vec = np.linalg.eigh(np.einsum("sfjk,sfjl->skl", d, d))
+    needle = lam[:, 1] < _NEEDLE * lam[:, -1]
+    return np.where(needle[:, None], vec[:, :, -1], vec[:, :, 0]), vec[:, :, 0], needle
 
 
 def _moments_parts(n, c, log_weight):

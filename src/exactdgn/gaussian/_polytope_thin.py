@@ -22,10 +22,15 @@ The thin direction is the smallest principal axis of the vertices (the divergenc
 can be far off it).  Measured against the 3-D quadrature oracle on the 120 random slabs: log
 masses within 1.1e-11 (none beyond its estimate), moments within 2e-8 of their own spread (the
 floor ``eps lambda_max / lambda_min`` of a covariance matrix that thin), at <= 0.03 s each.
-:mod:`._polytope` sends a polyhedron here when its edge-formula terms cancel (the log mass
-alone, too) or, for moments, when its divergence covariance's smallest variance is small; the
-first test also catches polyhedra so thin that their divergence covariance is wrong by more
-than their variance (2e-6 thin, 5.8 sd out: smallest variance 3e-4 instead of 3e-13).
+Bounded polyhedra only, and not needles near the mean (their sections across the thin axis are
+thin strips, which the 2-D kernel loses ``~eps / width`` on: moments 882 times the floor below
+off): those, unbounded ones and ``d = 4`` take the adaptive slices of
+:func:`._polytope_tail.near_moments`, which are slower (~0.03 s near, seconds for sections far
+out) but thin-safe at every level.  :mod:`._polytope` sends a polyhedron here when its
+edge-formula terms cancel (the log mass alone, too) or, for moments, when its divergence
+covariance's smallest variance is small; the first test also catches polyhedra so thin that
+their divergence covariance is wrong by more than their variance (2e-6 thin, 5.8 sd out:
+smallest variance 3e-4 instead of 3e-13).
 """
 
 from __future__ import annotations
