@@ -539,10 +539,10 @@ def _sliced(a, B, d, act, D, lo, kern, knots=None):
             # 19 times, 67 s), and of the second moments and Z Y through them
             yn = _Y_NOISE * EPS * (1.0 + np.abs(y0)) / sy  # (M, k1)
             zr = 1.0 + np.abs(z0) / sz
-            mn_ = yn.max(axis=1)
+            mass_floor = yn.max(axis=1)
             floor = np.concatenate(
                 [
-                    np.stack([mn_, mn_ * zr, mn_ * zr * zr], axis=1),
+                    np.stack([mass_floor, mass_floor * zr, mass_floor * zr * zr], axis=1),
                     yn,
                     4.0 * (yn[:, iu[0]] + yn[:, iu[1]]),
                     4.0 * yn * zr[:, None],
