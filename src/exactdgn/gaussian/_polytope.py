@@ -75,11 +75,12 @@ cancel (``sum |terms| / mass > _THIN_RATIO``; in :func:`truncated_moments_nd` al
 smallest variance is below ``_THIN_VAR``) are redone, weight permitting, from slices across
 their thin direction: log mass and moments without that loss (kept where their estimate is
 the smaller: far out, ~100 sd, the slices can be worse).  Bounded ones in ``d = 3`` by fixed
-panels between their vertices (:mod:`._polytope_thin`); needles, polytopes around the mean,
-unbounded ones and ``d = 4`` (nearer than ``TAIL_D``) by the adaptive slices of
-:func:`._polytope_tail.near_moments`, whose cross-sections are thin-safe again (a 4-D needle
-1e-5 thin through the mean had its covariance 4e6 of its own variance off, a 3-D unbounded
-one 2e6, a 3-D needle 3 sd out 882 times the floor ``16 eps lambda_max / lambda_min``).
+panels between their vertices (:mod:`._polytope_thin`); needles and ``d = 4``, bounded or
+not, nearer than ``TAIL_D`` by the adaptive slices of :func:`._polytope_tail.near_moments`,
+whose cross-sections are thin-safe again (a 4-D needle 1e-5 thin through the mean had its
+covariance 4e6 of its own variance off, a 3-D needle 3 sd out 882 times the floor ``16 eps
+lambda_max / lambda_min``).  Unbounded ``d = 3`` ones are not sliced (a known limit: their
+slices cost 0.2-0.4 s each, and one-layer decoders have many).
 
 **Moments** (divergence theorem, stable weight form), with
 ``w_F = exp(log phi(c_F) + log m_{d-1}(F~) - log m)``::
@@ -1228,7 +1229,7 @@ def _thin_moments(nu, cu, active, geo, rows):
     :func:`._polytope_thin.thin_polyhedra` (fixed panels between the vertices: ~10 ms each at
     any distance), the others, nearer than ``TAIL_D``, by
     :func:`._polytope_tail.near_moments` (adaptive, any polytope: also needles, whose sections
-    across the thin axis are thin again, the mean inside, d = 4 and unbounded ones; but 2 s
+    across the thin axis are thin again, the mean inside, d = 4, unbounded there; but 2 s
     for a section 50 sd out in the plane)."""
     k = nu.shape[2]
     S = rows.size
@@ -1281,8 +1282,8 @@ def _thin_axes(nu, cu, active, geo, rows) -> _ThinAxes:
     rounding: nothing to slice).  Unbounded ones: the normal of their most nearly opposite
     pair of rows (a slab's or a needle's; any direction gives the same integral, this one
     short ranges and wide sections), no shift (their extent along it is not known: those
-    farther than ``_NEAR_SLICE`` are left alone) and ``_THIN_COND eps max |c| / (c_i + c_j)``.
-    Adaptive ones farther than ``TAIL_D`` are left alone (``cond = inf``)."""
+    farther than ``_NEAR_SLICE`` are left alone, and all in d = 3) and ``_THIN_COND eps max
+    |c| / (c_i + c_j)``.  Adaptive ones farther than ``TAIL_D`` are left alone (``cond = inf``)."""
     k = nu.shape[2]
     S = rows.size
     if k == 3:
@@ -1343,7 +1344,9 @@ def _thin_axes(nu, cu, active, geo, rows) -> _ThinAxes:
             width = gap[idx, i, j]
             big = np.max(np.abs(c), axis=1)
             cond[u] = np.where(width > 0, _THIN_COND * EPS * (1.0 + big) / width, 0.0)
-        cond[u] = np.where(dist[u] < _NEAR_SLICE, cond[u], np.inf)
+        # (d = 3: not sliced: one-layer decoders' regions are unbounded, and their slices cost
+        # 0.2-0.4 s each, a d = 3 [4] E-step 11.5 s instead of 1.3 s; a known limit)
+        cond[u] = np.where((dist[u] < _NEAR_SLICE) & (k == 4), cond[u], np.inf)
     cond = np.where(fixed | (dist < TAIL_D), cond, np.inf)
     return _ThinAxes(e, shift, _distinct(knots), cond, fixed)
 

@@ -24,7 +24,7 @@ masses within 1.1e-11 (none beyond its estimate), moments within 2e-8 of their o
 floor ``eps lambda_max / lambda_min`` of a covariance matrix that thin), at <= 0.03 s each.
 Bounded polyhedra only, and not needles near the mean (their sections across the thin axis are
 thin strips, which the 2-D kernel loses ``~eps / width`` on: moments 882 times the floor below
-off): those, unbounded ones and ``d = 4`` take the adaptive slices of
+off): those and ``d = 4`` take the adaptive slices of
 :func:`._polytope_tail.near_moments`, which are slower (~0.03 s near, seconds for sections far
 out) but thin-safe at every level.  :mod:`._polytope` sends a polyhedron here when its
 edge-formula terms cancel (the log mass alone, too) or, for moments, when its divergence
