@@ -154,19 +154,6 @@ def _rule_error(tm, ref):
     return mass, moments
 
 
-def test_the_node_counts_are_converged(monkeypatch):
-    """The calibrated node counts agree with a 16^3 rule on every tetrahedron: log mass to its
-    rounding, moments to 1e-12 of the polyhedron's own spread (a 3^3 rule does not)."""
-    n, c = _random_small(np.random.default_rng(1), 300)
-    ref = _with_nodes(monkeypatch, n, c, 16)
-    mass, moments = _rule_error(truncated_moments(n, c), ref)
-    assert mass < 4e-14
-    assert moments < 1e-12
-    mass, moments = _rule_error(_with_nodes(monkeypatch, n, c, 3), ref)
-    assert mass > 1e-10
-    assert moments > 1e-8
-
-
 def test_random_small_polyhedra_match_the_quadrature_oracle():
     n, c = _random_small(np.random.default_rng(2), 6)
     tm = truncated_moments(n, c)
@@ -495,18 +482,27 @@ def _random_small_4d(rng, m):
     return np.array(n), np.array(c)
 
 
-def test_d4_the_node_counts_are_converged(monkeypatch):
-    """The node counts (one level above the 3-D ones) agree with a 14^4 rule on every simplex:
-    log mass to its rounding, moments to 1e-11 of the polytope's own spread (a 3^4 rule does
-    not)."""
-    n, c = _random_small_4d(np.random.default_rng(5), 24)
-    ref = _with_nodes(monkeypatch, n, c, 14)
+@pytest.mark.parametrize(
+    ("make", "seed", "m", "nodes", "moments_tol", "coarse_mass", "coarse_moments"),
+    [
+        pytest.param(_random_small, 1, 300, 16, 1e-12, 1e-10, 1e-8, id="d3"),
+        pytest.param(_random_small_4d, 5, 24, 14, 1e-11, 1e-12, 1e-10, id="d4"),
+    ],
+)
+def test_the_node_counts_are_converged(
+    monkeypatch, make, seed, m, nodes, moments_tol, coarse_mass, coarse_moments
+):
+    """The calibrated node counts agree with a 16^3 rule on every tetrahedron (d = 3) and a
+    14^4 rule on every simplex (d = 4, one level above the 3-D counts): log mass to its
+    rounding, moments to 1e-12 (1e-11) of the polytope's own spread (a 3^d rule does not)."""
+    n, c = make(np.random.default_rng(seed), m)
+    ref = _with_nodes(monkeypatch, n, c, nodes)
     mass, moments = _rule_error(truncated_moments(n, c), ref)
     assert mass < 4e-14
-    assert moments < 1e-11
+    assert moments < moments_tol
     mass, moments = _rule_error(_with_nodes(monkeypatch, n, c, 3), ref)
-    assert mass > 1e-12
-    assert moments > 1e-10
+    assert mass > coarse_mass
+    assert moments > coarse_moments
 
 
 # --------------------------------------------------------------------------------------------

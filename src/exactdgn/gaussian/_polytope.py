@@ -1326,7 +1326,15 @@ def _thin_axes(nu, cu, active, geo, rows) -> _ThinAxes:
             width = hi - lo
             cond[b] = _THIN_COND * EPS * size / width
             cond[b] = np.where(fixed[b] | (width > 64.0 * EPS * size), cond[b], np.inf)
+    # unbounded: d = 3 ones are not sliced (one-layer decoders' regions are unbounded, and
+    # their slices cost 0.2-0.4 s each, a d = 3 [4] E-step 11.5 s instead of 1.3 s; a known
+    # limit); d = 4 ones only near the mean
     u = np.flatnonzero(~bounded)
+    e[u], cond[u] = np.eye(k)[0], np.inf
+    if k == 4:
+        u = u[dist[u] < _NEAR_SLICE]
+    else:
+        u = u[:0]
     if u.size:
         n, act = nu[rows[u]], active[rows[u]]
         c = np.where(act, cu[rows[u]], 0.0)
@@ -1344,9 +1352,6 @@ def _thin_axes(nu, cu, active, geo, rows) -> _ThinAxes:
             width = gap[idx, i, j]
             big = np.max(np.abs(c), axis=1)
             cond[u] = np.where(width > 0, _THIN_COND * EPS * (1.0 + big) / width, 0.0)
-        # (d = 3: not sliced: one-layer decoders' regions are unbounded, and their slices cost
-        # 0.2-0.4 s each, a d = 3 [4] E-step 11.5 s instead of 1.3 s; a known limit)
-        cond[u] = np.where((dist[u] < _NEAR_SLICE) & (k == 4), cond[u], np.inf)
     cond = np.where(fixed | (dist < TAIL_D), cond, np.inf)
     return _ThinAxes(e, shift, _distinct(knots), cond, fixed)
 
