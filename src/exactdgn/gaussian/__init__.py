@@ -2,7 +2,8 @@
 
 In whitened coordinates ``u ~ N(0, I_d)`` and ``{u : normals @ u <= offsets}``, vectorised over
 ``P`` pairs.  ``d = 1``: intervals; ``d = 2``: polygons by the Owen's-T edge formula with a
-tail-safe path; ``d >= 3``: facet recursion (``_polytope``).
+tail-safe path; ``d >= 3``: facet recursion (``_polytope``), after prisms (rows spanning fewer
+than ``d`` dimensions) are reduced exactly to their rows' span (``_prism``).
 """
 
 from ._api import (

@@ -12,6 +12,7 @@ import numpy as np
 
 from ._interval import TruncatedMoments, log_mass_1d, truncated_moments_1d
 from ._polygon import _log_mass_2d, _truncated_moments_2d
+from ._prism import find_prisms, lift_moments, reduced_rows
 from ._rules import reject_nan
 
 __all__ = [
@@ -119,12 +120,59 @@ def log_mass(normals, offsets, *, return_error: bool = False, floor=None, log_we
     elif d == 2:
         res = _log_mass_2d(n, c, floor)
     else:
-        from ._polytope import log_mass_nd
-
-        res = log_mass_nd(n, c, log_weight)
+        res = _log_mass_prisms(n, c, log_weight)
     if not isinstance(res, tuple):
         res = (res, np.zeros_like(res))
     return res if return_error else res[0]
+
+
+def _log_mass_prisms(n, c, log_weight) -> tuple[np.ndarray, np.ndarray]:
+    """``d >= 3``: the facet recursion, with prisms (rows spanning fewer dimensions) reduced
+    exactly to their rows' span first (:mod:`._prism`)."""
+    from ._polytope import log_mass_nd
+
+    pr = find_prisms(n, c)
+    if pr.index.size == 0:
+        return log_mass_nd(n, c, log_weight)
+    P = n.shape[0]
+    lm, err = np.empty(P), np.empty(P)
+    rest = np.setdiff1d(np.arange(P), pr.index)
+    if rest.size:
+        lm[rest], err[rest] = log_mass_nd(n[rest], c[rest], _rows(log_weight, rest))
+    for r in np.unique(pr.rank):
+        sel = pr.rank == r
+        i = pr.index[sel]
+        nr, cr = reduced_rows(n[i], c[i], pr.basis[sel], int(r))
+        lm[i], err[i] = log_mass(nr, cr, return_error=True, log_weight=_rows(log_weight, i))
+    return lm, err
+
+
+def _truncated_moments_prisms(n, c, log_weight) -> TruncatedMoments:
+    """:func:`_log_mass_prisms` for the moments."""
+    from ._polytope import truncated_moments_nd
+
+    pr = find_prisms(n, c)
+    if pr.index.size == 0:
+        return _as_moments(truncated_moments_nd(n, c, log_weight))
+    P, _, d = n.shape
+    parts = [np.empty(P), np.empty((P, d)), np.empty((P, d, d)), np.empty(P)]
+    rest = np.setdiff1d(np.arange(P), pr.index)
+    if rest.size:
+        tm = _as_moments(truncated_moments_nd(n[rest], c[rest], _rows(log_weight, rest)))
+        for part, v in zip(parts, tm, strict=True):
+            part[rest] = v
+    for r in np.unique(pr.rank):
+        sel = pr.rank == r
+        i, basis = pr.index[sel], pr.basis[sel]
+        nr, cr = reduced_rows(n[i], c[i], basis, int(r))
+        tm = lift_moments(truncated_moments(nr, cr, log_weight=_rows(log_weight, i)), basis, r)
+        for part, v in zip(parts, tm, strict=True):
+            part[i] = v
+    return TruncatedMoments(*parts)
+
+
+def _rows(x, i):
+    return None if x is None else x[i]
 
 
 def truncated_moments(normals, offsets, *, floor=None, log_weight=None) -> TruncatedMoments:
@@ -160,9 +208,7 @@ def truncated_moments(normals, offsets, *, floor=None, log_weight=None) -> Trunc
         return truncated_moments_1d(n, c)
     if d == 2:
         return _truncated_moments_2d(n, c, floor)
-    from ._polytope import truncated_moments_nd
-
-    return _as_moments(truncated_moments_nd(n, c, log_weight))
+    return _truncated_moments_prisms(n, c, log_weight)
 
 
 def whiten(mean, cov_chol, C, e) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

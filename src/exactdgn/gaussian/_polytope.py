@@ -79,8 +79,11 @@ panels between their vertices (:mod:`._polytope_thin`); needles and ``d = 4``, b
 not, nearer than ``TAIL_D`` by the adaptive slices of :func:`._polytope_tail.near_moments`,
 whose cross-sections are thin-safe again (a 4-D needle 1e-5 thin through the mean had its
 covariance 4e6 of its own variance off, a 3-D needle 3 sd out 882 times the floor ``16 eps
-lambda_max / lambda_min``).  Unbounded ``d = 3`` ones are not sliced (a known limit: their
-slices cost 0.2-0.4 s each, and one-layer decoders have many).
+lambda_max / lambda_min``).  Unbounded ``d = 3`` ones only where they have an opposite pair of
+rows (a slab's: the cones of one-layer decoders, whose mass sits in a corner, are many and
+do not need it; sliced, they cost 0.2-0.4 s each).  Prisms (rows spanning fewer than ``d``
+dimensions: unbounded boxes, wedges) never get here: :mod:`._api` reduces them exactly to
+their rows' span first (:mod:`._prism`).
 
 **Moments** (divergence theorem, stable weight form), with
 ``w_F = exp(log phi(c_F) + log m_{d-1}(F~) - log m)``::
@@ -1282,8 +1285,9 @@ def _thin_axes(nu, cu, active, geo, rows) -> _ThinAxes:
     rounding: nothing to slice).  Unbounded ones: the normal of their most nearly opposite
     pair of rows (a slab's or a needle's; any direction gives the same integral, this one
     short ranges and wide sections), no shift (their extent along it is not known: those
-    farther than ``_NEAR_SLICE`` are left alone, and all in d = 3) and ``_THIN_COND eps max
-    |c| / (c_i + c_j)``.  Adaptive ones farther than ``TAIL_D`` are left alone (``cond = inf``)."""
+    farther than ``_NEAR_SLICE`` are left alone, and in d = 3 those with no opposite pair) and
+    ``_THIN_COND eps max |c| / (c_i + c_j)``.  Adaptive ones farther than ``TAIL_D`` are left
+    alone (``cond = inf``)."""
     k = nu.shape[2]
     S = rows.size
     if k == 3:
@@ -1326,15 +1330,13 @@ def _thin_axes(nu, cu, active, geo, rows) -> _ThinAxes:
             width = hi - lo
             cond[b] = _THIN_COND * EPS * size / width
             cond[b] = np.where(fixed[b] | (width > 64.0 * EPS * size), cond[b], np.inf)
-    # unbounded: d = 3 ones are not sliced (one-layer decoders' regions are unbounded, and
-    # their slices cost 0.2-0.4 s each, a d = 3 [4] E-step 11.5 s instead of 1.3 s; a known
-    # limit); d = 4 ones only near the mean
+    # unbounded: only near the mean; in d = 3 only those with an opposite pair (a slab's: the
+    # cones of one-layer decoders, thin only in their corner, are many and their divergence
+    # form agrees with the slices to 1e-6 of their smallest variance; sliced, they cost
+    # 0.2-0.4 s each, a d = 3 [4] E-step 11.5 s instead of 1.3 s)
     u = np.flatnonzero(~bounded)
     e[u], cond[u] = np.eye(k)[0], np.inf
-    if k == 4:
-        u = u[dist[u] < _NEAR_SLICE]
-    else:
-        u = u[:0]
+    u = u[dist[u] < _NEAR_SLICE]
     if u.size:
         n, act = nu[rows[u]], active[rows[u]]
         c = np.where(act, cu[rows[u]], 0.0)
@@ -1352,6 +1354,9 @@ def _thin_axes(nu, cu, active, geo, rows) -> _ThinAxes:
             width = gap[idx, i, j]
             big = np.max(np.abs(c), axis=1)
             cond[u] = np.where(width > 0, _THIN_COND * EPS * (1.0 + big) / width, 0.0)
+        if k == 3:
+            opp = pair[idx, i, j] & (dots[idx, i, j] <= _OPPOSITE - 1.0)
+            cond[u] = np.where(opp, cond[u], np.inf)
     cond = np.where(fixed | (dist < TAIL_D), cond, np.inf)
     return _ThinAxes(e, shift, _distinct(knots), cond, fixed)
 
