@@ -126,7 +126,7 @@ def is_laplace(model, X, K, seed):
     """Proposal N(z*, S_r*) at the exact MAP z* with the covariance of its region."""
     rng = np.random.default_rng(seed)
     post = model.posterior(X)
-    zs = post.mode()
+    zs = post.mode
     r = model.partition_.locate(zs)
     S = model.geometry_.S[r]
     Lc = np.linalg.cholesky(S)

@@ -585,7 +585,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         if method == "mean":
             out[miss] = mean[miss]
         elif method == "mode":
-            out[miss] = self.decoder_(post.mode())[miss]
+            out[miss] = self.decoder_(post.mode)[miss]
         else:
             rng = check_generator(random_state)
             Z = post.sample((n_samples,), random_state=rng)  # (S, N, d)

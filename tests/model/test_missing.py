@@ -131,7 +131,7 @@ def test_impute_mode_and_sample():
     Xn = X.copy()
     Xn[:, 1] = np.nan
     mode = model.impute(Xn, method="mode")
-    assert np.allclose(mode[:, 1], dec(model.posterior(Xn).mode())[:, 1])
+    assert np.allclose(mode[:, 1], dec(model.posterior(Xn).mode)[:, 1])
     draws = model.impute(Xn, method="sample", n_samples=1500, random_state=0)
     assert draws.shape == (1500, 3, 4)
     assert np.array_equal(draws[:, :, 0], np.broadcast_to(X[:, 0], (1500, 3)))

@@ -118,7 +118,7 @@ def test_d2_moments_match_quadrature_oracle():
 def test_mode_is_the_global_maximiser(sizes):
     m = _model(sizes, 0.1, 10)
     X = m.sample(3, random_state=11)
-    zmap = m.posterior(X).mode()
+    zmap = m.posterior(X).mode
     d = sizes[0]
     rng = np.random.default_rng(0)
     for i in range(3):
@@ -232,7 +232,7 @@ def test_zero_weight_sliver_pairs_leave_moments_and_mode_finite():
     mean, cov = oracle_posterior_moments_2d(m.decoder_, x, m.noise_std_[0])
     np.testing.assert_allclose(post.mean[0], mean, rtol=1e-8)
     np.testing.assert_allclose(post.covariance_matrix[0], cov, rtol=1e-6, atol=1e-12)
-    zmap = post.mode()[0]
+    zmap = post.mode[0]
     # the MAP beats every point of a fine grid over the posterior's +-6 sd box
     sd = np.sqrt(np.diag(cov))
     g = [np.linspace(mean[k] - 6 * sd[k], mean[k] + 6 * sd[k], 301) for k in range(2)]

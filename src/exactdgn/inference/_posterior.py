@@ -334,8 +334,10 @@ class ExactPosterior:
         return z.reshape(*shape, N, d)
 
     # ------------------------------------------------------------------ mode
+    @property
     def mode(self) -> np.ndarray:
-        """(N, d) exact MAP ``argmax_z p(z | x)``: the best of the per-region QP optima.
+        """(N, d) exact MAP ``argmax_z p(z | x)``: the best of the per-region QP optima (a
+        property, as ``torch.distributions``' ``mode``; computed on each access).
 
         In whitened coordinates each region's problem is the projection of the origin onto the
         polyhedron ``{u : n_i . u <= c_i}``; the objective to compare across regions is
