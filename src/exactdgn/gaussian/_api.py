@@ -12,6 +12,7 @@ import numpy as np
 
 from ._interval import TruncatedMoments, log_mass_1d, truncated_moments_1d
 from ._polygon import _log_mass_2d, _truncated_moments_2d
+from ._polygon_thin import thin_polygon_moments
 from ._prism import find_prisms, lift_moments, reduced_rows
 from ._rules import reject_nan
 
@@ -191,8 +192,10 @@ def truncated_moments(normals, offsets, *, floor=None, log_weight=None) -> Trunc
         weighted) skip the slower slicing that makes their moments accurate on their own.
         Without it, every far polyhedron is sliced. Thin polyhedra (cancelling
         edge-formula terms, or a smallest variance below 1e-4) likewise, where their weight
-        times their error could show (see :func:`log_mass`).
-        ``d <= 2`` does not use it (far polygons are always sliced there).
+        times their error could show (see :func:`log_mass`).  ``d = 2``: thin polygons are
+        sliced where their weight times their covariance error could show
+        (:mod:`._polygon_thin`; without it, where that error exceeds 1e-11 of their own
+        spread); far polygons are always sliced.
 
     Returns
     -------
@@ -207,7 +210,8 @@ def truncated_moments(normals, offsets, *, floor=None, log_weight=None) -> Trunc
     if d == 1:
         return truncated_moments_1d(n, c)
     if d == 2:
-        return _truncated_moments_2d(n, c, floor)
+        tm = _truncated_moments_2d(n, c, floor)
+        return thin_polygon_moments(n, c, tm, log_weight)
     return _truncated_moments_prisms(n, c, log_weight)
 
 

@@ -71,7 +71,7 @@ from ._interval import _interval_stats
 from ._polygon import _SMALL, _truncated_moments_2d, _vertices, polygon_edges
 from ._rules import EPS, LOG_SQRT_2PI, gauss_legendre_01, householder_basis, normalize_rows
 
-__all__ = ["TAIL_D", "near_moments", "tail_moments"]
+__all__ = ["TAIL_D", "near_moments", "tail_moments", "thin_slices"]
 
 _log = logging.getLogger(__name__)
 
@@ -112,6 +112,7 @@ _WIDE_TOL_3 = 1e-7
 _THIN_VAR_3 = 1e-3
 _THIN_BLOCK = 4096  # thin cross-sections sliced together (memory)
 _NEAR = 6.0  # thin sections whose mean is farther than this from y = 0 are not sliced again
+_SNAP = 1e-6  # thin_slices: a row's normal this close to the thin axis is taken instead
 _BIG = 600.0  # a node this far (log) above the first round's largest gives the item up
 _BLOCK = 64  # polyhedra per block (a block evaluates ~1e3 cross-sections each)
 _BLOCK_4 = 8  # 4-D polytopes per block (their 3-D cross-sections are sliced again)
@@ -293,6 +294,29 @@ def _thin_sliced(nrm, off, wide, sub, trusted=None):
     lm, mean, cov, err = lm.copy(), mean.copy(), cov.copy(), err.copy()
     lm[i], mean[i], cov[i], err[i] = slm[take], smean[take], scov[take], serr[take]
     return lm, mean, cov, err
+
+
+def thin_slices(nrm, off, cov):
+    """Log mass, mean, covariance and log-mass error of ``N(0, I_2)`` on the thin polygons
+    ``{y : nrm_i . y <= off_i}`` (``nrm`` (M, F, 2)) from slices across their thinnest
+    direction (the smallest principal axis of ``cov`` (M, 2, 2), their kernel covariance, or
+    a row's normal within ``_SNAP`` of it: a facet tilted by the axis' rounding sweeps
+    through the slices in a window that narrow) with the exact interval moments on the slices
+    (:mod:`._polygon_thin`); ``-inf`` / NaN where nothing was integrated."""
+    _, vec = np.linalg.eigh(cov)
+    e = vec[:, :, 0]
+    norm = np.sqrt(np.sum(nrm * nrm, axis=2))
+    act = np.isfinite(off) & (norm > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dots = np.where(act, np.einsum("mfk,mk->mf", nrm, e) / norm, 0.0)
+    best = np.argmax(np.abs(dots), axis=1)
+    idx = np.arange(e.shape[0])
+    top = dots[idx, best]
+    snap = np.abs(top) > 1.0 - _SNAP
+    e = np.where(snap[:, None], np.sign(top)[:, None] * nrm[idx, best] / norm[idx, best, None], e)
+    R = np.stack([e, np.stack([-e[:, 1], e[:, 0]], axis=1)], axis=2)
+    lm, mean, c, err = _slices_along(nrm, off, R, _interval_kernel, _THIN_BLOCK)
+    return lm, mean, 0.5 * (c + np.swapaxes(c, 1, 2)), err
 
 
 def _slices_along(nrm, off, R, sub, block, shift=None, knots=None):
