@@ -90,3 +90,10 @@ def test_the_weight_decides_in_a_mixture(monkeypatch):
     np.testing.assert_array_equal(tm.cov[1], raw.cov[1])
     np.testing.assert_array_equal(tm.log_mass, raw.log_mass)
     np.testing.assert_array_equal(tm.error, raw.error)
+
+
+@pytest.mark.parametrize("scale", [1e-170, 1e170])
+def test_rows_of_any_scale_are_the_same_strip(scale):
+    n, c, _, mean, cov = _strip("half", 1e-3, 3.0)
+    tm = truncated_moments(n[None] * scale, c[None] * scale)
+    assert whitened_error(tm.mean[0], tm.cov[0], mean, cov) <= _tolerance(cov, 3.0, 1e-3)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._interval import TruncatedMoments
+from ._rules import normalize_rows
 
 __all__ = ["thin_polygon_moments"]
 
@@ -71,11 +72,20 @@ def thin_polygon_moments(normals, offsets, tm: TruncatedMoments, log_weight=None
         sel |= lam <= 0  # (a negative variance: wrong by at least that much)
         sel &= fin & (np.sum(mean * mean, axis=1) <= _NEAR**2)
     i = np.flatnonzero(sel)
-    if i.size:
-        i = i[~_small_polygons(normals[i], offsets[i])]
     if i.size == 0:
         return tm
-    slm, smean, scov, _ = thin_slices(normals[i], offsets[i], cov[i])
+    # unit rows (normals of any scale: the largest entry first, so that no norm overflows)
+    big = np.max(np.abs(normals[i]), axis=2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scaled = normals[i] / np.where(big > 0, big, 1.0)[..., None]
+    nu, cu, _, _ = normalize_rows(
+        scaled, offsets[i] / np.where(big > 0, big, 1.0), np.sqrt(np.sum(scaled * scaled, axis=2))
+    )
+    small = _small_polygons(nu, cu)
+    i, nu, cu = i[~small], nu[~small], cu[~small]
+    if i.size == 0:
+        return tm
+    slm, smean, scov, _ = thin_slices(nu, cu, cov[i])
     take = np.isfinite(slm) & np.isfinite(smean).all(axis=1) & np.isfinite(scov).all(axis=(1, 2))
     i, smean, scov = i[take], smean[take], scov[take]
     mean, cov = mean.copy(), cov.copy()
