@@ -197,6 +197,17 @@ def _representable(cov) -> float:
     return 16.0 * EPS * lam[-1] / lam[0]
 
 
+def _assert_within_conditioning(tm, ref_log_mass, mean, cov, centre, width):
+    """The log mass within its estimate plus the input's conditioning, the estimate not
+    vacuous, mean and covariance within ``1e-10`` + the conditioning + the floor of a
+    covariance that thin."""
+    cond = _conditioning(centre, width)
+    assert abs(tm.log_mass[0] - ref_log_mass) <= tm.error[0] + cond
+    assert tm.error[0] <= 1e-12 + 4.0 * cond
+    tol = 1e-10 + cond + _representable(cov)
+    assert whitened_error(tm.mean[0], tm.cov[0], mean, cov) <= tol
+
+
 @pytest.mark.parametrize("width", [1e-3, 1e-5, 1e-7])
 @pytest.mark.parametrize("centre", [0.0, 0.7, 3.0])
 def test_thin_slabs_match_the_interval_products(centre, width):
@@ -204,12 +215,9 @@ def test_thin_slabs_match_the_interval_products(centre, width):
     within the input's conditioning (the divergence form was up to 5e7 of the slab's own
     variance off, see below)."""
     n, c, log_mass, mean, cov = _slab(centre, width)
-    tm = truncated_moments(n[None], c[None])
-    cond = _conditioning(centre, width)
-    assert abs(tm.log_mass[0] - log_mass) <= tm.error[0] + cond
-    assert tm.error[0] <= 1e-12 + 4.0 * cond
-    tol = 1e-10 + cond + _representable(cov)
-    assert whitened_error(tm.mean[0], tm.cov[0], mean, cov) <= tol
+    _assert_within_conditioning(
+        truncated_moments(n[None], c[None]), log_mass, mean, cov, centre, width
+    )
 
 
 def test_without_the_slices_thin_slabs_are_wrong(monkeypatch):
@@ -547,11 +555,8 @@ def test_thin_boxes_around_the_mean_match_the_interval_products(d, shape, centre
     ``test_prisms.py``) the 3-D unbounded needle 2e6."""
     n, c, ref_log_mass, mean, cov = _thin_box(d, shape, centre, width)
     tm = truncated_moments(n[None], c[None])
+    _assert_within_conditioning(tm, ref_log_mass, mean, cov, centre, width)
     cond = _conditioning(centre, width)
-    assert abs(tm.log_mass[0] - ref_log_mass) <= tm.error[0] + cond
-    assert tm.error[0] <= 1e-12 + 4.0 * cond
-    tol = 1e-10 + cond + _representable(cov)
-    assert whitened_error(tm.mean[0], tm.cov[0], mean, cov) <= tol
     lm, err = log_mass(n[None], c[None], return_error=True)  # the mass alone
     assert abs(lm[0] - ref_log_mass) <= err[0] + cond
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._interval import TruncatedMoments
-from ._rules import normalize_rows
+from ._rules import normalize_rows, row_norms
 
 __all__ = ["thin_polygon_moments"]
 
@@ -74,13 +74,7 @@ def thin_polygon_moments(normals, offsets, tm: TruncatedMoments, log_weight=None
     i = np.flatnonzero(sel)
     if i.size == 0:
         return tm
-    # unit rows (normals of any scale: the largest entry first, so that no norm overflows)
-    big = np.max(np.abs(normals[i]), axis=2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        scaled = normals[i] / np.where(big > 0, big, 1.0)[..., None]
-    nu, cu, _, _ = normalize_rows(
-        scaled, offsets[i] / np.where(big > 0, big, 1.0), np.sqrt(np.sum(scaled * scaled, axis=2))
-    )
+    nu, cu, _, _ = normalize_rows(normals[i], offsets[i], row_norms(normals[i]))  # any scale
     small = _small_polygons(nu, cu)
     i, nu, cu = i[~small], nu[~small], cu[~small]
     if i.size == 0:

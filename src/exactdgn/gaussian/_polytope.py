@@ -128,6 +128,7 @@ from ._rules import (
     gauss_legendre_01,
     householder_basis,
     normalize_rows,
+    row_norms,
 )
 
 __all__ = ["MAX_DIM", "dimension_limit", "log_mass_nd", "truncated_moments_nd"]
@@ -251,16 +252,7 @@ def _prepare(normals, offsets):
     """Normalise rows; return unit normals, offsets, active mask (P, F), infeasible (P,)."""
     n = np.asarray(normals, dtype=np.float64)
     c = np.asarray(offsets, dtype=np.float64)
-    with np.errstate(all="ignore"):
-        norm = np.sqrt(np.sum(n * n, axis=-1))
-        # rows whose squared norm under- or overflowed (entries beyond ~1e-154 or ~1e154): the
-        # norm by scaling with the largest entry (other rows keep theirs, bitwise)
-        big = np.max(np.abs(n), axis=-1)
-        off = (big > 0) & ~(norm >= np.sqrt(np.finfo(np.float64).tiny)) | np.isinf(norm)
-        if off.any():
-            nb = n[off] / big[off][:, None]
-            norm[off] = big[off] * np.sqrt(np.sum(nb * nb, axis=-1))
-    nu, cu, active, bad = normalize_rows(n, c, norm)
+    nu, cu, active, bad = normalize_rows(n, c, row_norms(n))
     return nu, cu, _drop_repeated(nu, cu, active), bad
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._interval import TruncatedMoments
-from ._rules import EPS
+from ._rules import EPS, row_norms
 
 __all__ = ["Prisms", "find_prisms", "lift_moments", "reduced_rows"]
 
@@ -116,17 +116,16 @@ def reduced_rows(
 
 
 def _unit_rows(normals, offsets):
-    """Unit rows and their offsets, without overflow (rows are scaled by their largest entry
-    first); rows with an ``+inf`` offset become zero padding, zero rows keep their offset
-    (``0 <= c``: empty where ``c < 0``, as in every kernel)."""
-    big = np.max(np.abs(normals), axis=2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        n = normals / np.where(big > 0, big, 1.0)[..., None]
-        norm = np.sqrt(np.sum(n * n, axis=2)) * big
-        unit = n / np.sqrt(np.sum(n * n, axis=2, keepdims=True))
-        c = np.where(big > 0, offsets / norm, offsets)
-    pad = np.isposinf(offsets) | (big == 0)
-    return np.where(pad[..., None], 0.0, unit), np.where(np.isposinf(offsets), np.inf, c)
+    """Unit rows and their offsets (:func:`._rules.row_norms`: no overflow); rows with an
+    ``+inf`` offset become zero padding, zero rows keep their offset (``0 <= c``: empty where
+    ``c < 0``, as in every kernel), ``-inf`` offsets stay (empty)."""
+    norm = row_norms(normals)
+    pad = np.isposinf(offsets) | (norm == 0)
+    safe = np.where(pad, 1.0, norm)
+    with np.errstate(invalid="ignore"):
+        unit = np.where(pad[..., None], 0.0, normals / safe[..., None])
+        c = np.where(pad, offsets, offsets / safe)
+    return unit, c
 
 
 def lift_moments(tm: TruncatedMoments, basis: np.ndarray, r: int) -> TruncatedMoments:

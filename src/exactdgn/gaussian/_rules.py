@@ -21,6 +21,7 @@ __all__ = [
     "normalize_rows",
     "reject_nan",
     "reject_nonfinite",
+    "row_norms",
 ]
 
 EPS = float(np.finfo(np.float64).eps)
@@ -51,6 +52,20 @@ def gauss_legendre_01(n: int) -> tuple[np.ndarray, np.ndarray]:
 def gauss_laguerre(n: int) -> tuple[np.ndarray, np.ndarray]:
     """``n``-node Gauss-Laguerre nodes and weights (weight ``e^{-x}`` on ``[0, inf)``)."""
     return _frozen(*np.polynomial.laguerre.laggauss(n))
+
+
+def row_norms(n: np.ndarray) -> np.ndarray:
+    """(..., F) Euclidean norms of the rows ``n`` (..., F, k), without under- or overflow: rows
+    whose squared norm leaves float64 (entries beyond ~1e-154 or ~1e154) are scaled by their
+    largest entry first (the others are ``sqrt(n . n)``, bitwise)."""
+    with np.errstate(all="ignore"):
+        norm = np.sqrt(np.sum(n * n, axis=-1))
+        big = np.max(np.abs(n), axis=-1)
+        off = (big > 0) & ~(norm >= np.sqrt(np.finfo(np.float64).tiny)) | np.isinf(norm)
+        if off.any():
+            nb = n[off] / big[off][..., None]
+            norm[off] = big[off] * np.sqrt(np.sum(nb * nb, axis=-1))
+    return norm
 
 
 def normalize_rows(n: np.ndarray, c: np.ndarray, norm: np.ndarray):
