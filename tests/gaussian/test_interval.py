@@ -248,3 +248,31 @@ def test_log_interval_mass_shapes_must_match():
     msg = r"lo and hi must have the same shape, got \(1,\) and \(2,\)"
     with pytest.raises(ValueError, match=msg):
         log_interval_mass(np.array([-1.0]), np.array([1.0, 2.0]))
+
+
+@pytest.mark.parametrize("d", [1, 3, 4])
+@pytest.mark.parametrize(
+    ("scale", "centre", "half"),
+    [(3.0, 12.0, 5e-7), (3.0, -0.7, 5e-7), (850.0, 1.3, 5e-10), (0.1, 2.0, 5e-7)],
+)
+def test_rows_other_than_unit_have_their_bounds_rounding_in_the_estimate(d, scale, centre, half):
+    """Slabs ``+-s u_0 <= s (x +- h)``: the bounds ``c / s`` are rounded (one ulp of a bound
+    12 sd out moves the log mass of a 1e-6 slab by ~1e-9), so the error estimate must cover
+    that (it said 6e-13 for an error of 1.2e-9, and 1.7e-13 for 4.2e-8 with rows +-850). The
+    reference: the exact bounds ``c / s`` of the float offsets, in mpmath."""
+    n = np.zeros((1, 2, d))
+    n[0, :, 0] = [scale, -scale]
+    c = np.array([[scale * (centre + half), -scale * (centre - half)]])
+    with mp.workdps(60):
+        hi = mp.mpf(c[0, 0]) / mp.mpf(scale)
+        lo = -mp.mpf(c[0, 1]) / mp.mpf(scale)
+        v = (mp.erfc(lo / mp.sqrt(2)) - mp.erfc(hi / mp.sqrt(2))) / 2
+        ref = mp.log(v)
+    for lm, err in (log_mass(n, c, return_error=True), truncated_moments(n, c)[::3]):
+        gap = abs(float(mp.mpf(lm[0]) - ref))
+        assert gap <= err[0], (gap, err[0])
+        assert err[0] <= 100 * gap + 1e-12  # and not uselessly loose
+    # unit rows: the bounds are the offsets, exactly, and the estimate stays the kernel's
+    lm, err = log_mass(n / scale, c / scale, return_error=True)
+    if d == 1:
+        assert err[0] < 1e-12

@@ -176,3 +176,25 @@ def test_gaussian_polyhedron_moments_names_a_bad_covariance():
         gaussian_polyhedron_moments(args[0], np.eye(3), *args[2:])
     with pytest.raises(ValueError, match="cov must be positive definite"):
         gaussian_polyhedron_moments(args[0], -np.eye(2), *args[2:])
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 4])
+@pytest.mark.parametrize("c", [-2e154, -1e155, -1e300])
+def test_half_spaces_beyond_float64_reach_have_log_mass_minus_inf_not_nan(d, c):
+    """A half-space ``|c|`` > 1.34e154 sd out (``c^2`` overflows): log mass -inf (below
+    -9e307), error 0 and NaN moments, in every dimension (d = 2 returned NaN)."""
+    n = np.zeros((2, 1, d))
+    n[:, 0, 0] = 1.0
+    if d > 1:  # a rotated row too
+        n[1, 0, 0], n[1, 0, -1] = 0.6, 0.8
+    off = np.full((2, 1), c)
+    lm, err = G.log_mass(n, off, return_error=True)
+    tm = G.truncated_moments(n, off)
+    np.testing.assert_array_equal(lm, -np.inf)
+    np.testing.assert_array_equal(err, 0.0)
+    np.testing.assert_array_equal(tm.log_mass, -np.inf)
+    assert np.isnan(tm.mean).all() and np.isnan(tm.cov).all()
+    # 1e154 sd out is still a number: -c^2/2 - log(-c sqrt(2 pi)), to rounding
+    lm, err = G.log_mass(n, np.full((2, 1), -1e154), return_error=True)
+    ref = -0.5e308 - np.log(1e154 * np.sqrt(2 * np.pi))
+    np.testing.assert_allclose(lm, ref, rtol=4 * np.finfo(float).eps)

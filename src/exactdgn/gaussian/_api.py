@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._interval import TruncatedMoments, log_mass_1d, truncated_moments_1d
+from ._interval import TruncatedMoments, bound_rounding_1d, log_mass_1d, truncated_moments_1d
 from ._polygon import _log_mass_2d, _truncated_moments_2d
 from ._polygon_thin import thin_polygon_moments
 from ._prism import find_prisms, lift_moments, reduced_rows
@@ -145,7 +145,18 @@ def _log_mass_prisms(n, c, log_weight) -> tuple[np.ndarray, np.ndarray]:
         i = pr.index[sel]
         nr, cr = reduced_rows(n[i], c[i], pr.basis[sel], int(r))
         lm[i], err[i] = log_mass(nr, cr, return_error=True, log_weight=_rows(log_weight, i))
+        err[i] += _reduced_rounding(nr, cr, lm[i], r)
     return lm, err
+
+
+def _reduced_rounding(nr, cr, lm, r: int) -> np.ndarray | float:
+    """The error a prism's reduction adds to its log mass: its reduced offsets were divided by
+    two norms, rounded where the rows were not unit, which the 1-D kernel cannot see in its
+    ``+-1`` rows (a slab of rows ``+-3`` 1e-6 wide at 12 sd: 1.2e-9 nats against an estimate of
+    6e-13). ``r >= 2``: the polygon kernels' estimates cover their offsets' rounding."""
+    if r != 1:
+        return 0.0
+    return bound_rounding_1d(nr, cr, lm, rounded=np.ones(lm.shape, bool))
 
 
 def _truncated_moments_prisms(n, c, log_weight) -> TruncatedMoments:
@@ -167,6 +178,7 @@ def _truncated_moments_prisms(n, c, log_weight) -> TruncatedMoments:
         i, basis = pr.index[sel], pr.basis[sel]
         nr, cr = reduced_rows(n[i], c[i], basis, int(r))
         tm = lift_moments(truncated_moments(nr, cr, log_weight=_rows(log_weight, i)), basis, r)
+        tm = tm._replace(error=tm.error + _reduced_rounding(nr, cr, tm.log_mass, r))
         for part, v in zip(parts, tm, strict=True):
             part[i] = v
     return TruncatedMoments(*parts)

@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -195,6 +196,9 @@ _SLICE_R = 9.5
 _SLICE_SPLITS = np.array([-8.0, -4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0])
 # Absolute rounding of the tangent-cone fraction omega (mean on the boundary), in units of eps.
 _OMEGA_ERR = 4.0
+# polygons farther than this from the mean (``c^2`` overflows): log mass below -9e307, -inf as
+# in d = 1, 3, 4 (the tail pieces' exponents were inf - inf: NaN)
+_OVERFLOW_DIST = math.sqrt(np.finfo(np.float64).max)
 # Pairs given by their rows whose error estimate exceeds the log mass's own rounding by this
 # (or that came out empty or unresolved) are redone about one of their vertices (_reanchored).
 _REANCHOR_ERR = 1e-9
@@ -1392,6 +1396,7 @@ def _integrate(edges: Edges, moments: bool, floor=None) -> Integrated:
             local_i = np.concatenate([local_i, resc_i[lt]])
             local_len.append((fr.len0[lt], fr.len1[lt]))
     logm = np.minimum(logm, 0.0)
+    logm[cmin < -_OVERFLOW_DIST] = -np.inf
     # mean on the boundary: the tangent cone's angle (omega) comes from differences of the rows'
     # directions, rounded to ~4 eps absolute: 4 eps / m relative (a wedge of opening 1e-9 at
     # the mean: 5e-8 in log mass, where the estimate said 1e-13)

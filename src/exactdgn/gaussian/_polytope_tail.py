@@ -555,8 +555,9 @@ def _sliced(a, B, d, act, D, lo, kern, knots=None):
             vz = pilot((z[:, :nA] - z0[item][:, None]) ** 2) / W
             dy = mn[:, :nA] - y0[item][:, None, :]
             vy = pilot(np.diagonal(cv[:, :nA], axis1=2, axis2=3) + dy * dy) / W[:, None]
-            sz = np.where(vz > 0, np.sqrt(vz), 1.0)
-            sy = np.where(vy > 0, np.sqrt(vy), 1.0)
+            # (a section's variance can come out negative where it is rounded away: no scale)
+            sz = np.where(vz > 0, np.sqrt(np.maximum(vz, 0.0)), 1.0)
+            sy = np.where(vy > 0, np.sqrt(np.maximum(vy, 0.0)), 1.0)
             # the sections are known to ~eps |y| only (their rows' rounding): in units of
             # their spread sy that is the floor of the Y components, and relative of their
             # masses (a needle 4 sd out, sy ~1e-5: 1e-10, above _TOL; its panels were halved
