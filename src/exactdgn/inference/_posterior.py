@@ -17,8 +17,14 @@ from scipy.special import log_ndtr, ndtri_exp
 
 from .. import gaussian
 from .._validation import check_generator
+from ..gaussian._rules import normalize_rows, row_norms
 from ._geometry import LOG_2PI, RegionGeometry
 from ._marginal import PairStats
+
+#: d >= 3 sampling: rounds of tilted rejection before the exact sections take the rest, and
+#: projected-gradient steps on the tilt's dual (see :func:`_tilt`)
+_TILT_ROUNDS = 64
+_TILT_STEPS = 50
 
 #: Rows whose log p(x) error bound exceeds this (nats) get a warning with their moments: the
 #: regions' weights ``exp(log κ Φ - log p)`` carry that error (10% here)
@@ -301,7 +307,10 @@ class ExactPosterior:
         exactly: inverse CDF in 1-D; in 2-D the whitened first coordinate by numerically
         inverting its exact marginal CDF (bisection on the exact polygon mass, to 1e-12), then the
         second from its exact 1-D truncated conditional. For d >= 3 samples come from rejection
-        with the untruncated Gaussian as proposal (exact; slow when the region's mass is tiny).
+        with the Gaussian tilted towards the region (exact, :func:`_tilt`), and where that is
+        too rare (regions of tiny mass under their Gaussian), from the exact marginal CDF of
+        the first coordinate and then of each section's, as in 2-D (milliseconds a draw in
+        d = 3, seconds in d = 4).
 
         Parameters
         ----------
@@ -426,7 +435,10 @@ def sample_truncated_standard(normals: np.ndarray, offsets: np.ndarray, rng) -> 
         return _sample_interval(lo, hi, rng)[:, None]
     if d == 2:
         return _sample_polygon(normals, offsets, rng)
-    return _sample_rejection(normals, offsets, rng)
+    out, todo = _sample_tilted(normals, offsets, rng)
+    if todo.size:
+        out[todo] = _sample_sections(normals[todo], offsets[todo], rng)
+    return out
 
 
 def _sample_polygon(normals, offsets, rng):
@@ -456,21 +468,117 @@ def _sample_polygon(normals, offsets, rng):
     return np.stack([u1, u2], axis=1)
 
 
-def _sample_rejection(normals, offsets, rng, max_rounds: int = 10_000):
+def _tilt(normals: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(nu, L)``, (P, d) and (P,): a tilt for rejection sampling of ``N(0, I)`` on
+    ``P = {u : n_i . u <= c_i}``.
+
+    For any ``lam >= 0`` on the finite rows, ``nu = -sum_i lam_i n_i`` has ``nu . u >= L =
+    -sum_i lam_i c_i`` on ``P``; so ``u ~ N(nu, I)``, kept where ``u`` is in ``P`` with
+    probability ``exp(L - nu . u)`` (at most 1 there), is an exact draw of the truncated
+    ``N(0, I)``, accepted with probability ``m_P exp(L - |nu|^2 / 2)``. That exponent is the dual
+    of the origin's projection onto ``P`` (its maximum is ``rho^2 / 2``, ``rho`` the distance),
+    so the acceptance of a half-space ``rho`` out is ``~1 / (rho sqrt(2 pi))`` instead of
+    ``Q(rho)``. ``lam``: the most violated row alone (``c^2 / 2``), then projected-gradient
+    steps on the dual, keeping the best; any ``lam`` is valid, its quality only sets the rate.
+    """
+    P, F, _ = normals.shape
+    fin = np.isfinite(offsets) & (np.abs(normals).max(axis=2, initial=0.0) > 0)
+    n = np.where(fin[..., None], normals, 0.0)
+    c = np.where(fin, offsets, 0.0)
+    rows = np.arange(P)
+    lam = np.zeros((P, F))
+    if F:
+        i = np.argmin(c, axis=1)
+        lam[rows, i] = np.maximum(-c[rows, i], 0.0)
+    G = n @ np.swapaxes(n, 1, 2)  # (P, F, F)
+    step = 1.0 / np.maximum(np.trace(G, axis1=1, axis2=2), 1e-300)  # trace >= ||G||_2
+
+    def value(lm):
+        nu = np.einsum("pf,pfk->pk", lm, n)
+        return -np.einsum("pf,pf->p", lm, c) - 0.5 * np.einsum("pk,pk->p", nu, nu)
+
+    best, best_v = lam, value(lam)
+    for _ in range(_TILT_STEPS):
+        lam = np.maximum(lam - step[:, None] * (c + np.einsum("pfg,pg->pf", G, lam)), 0.0)
+        v = value(lam)
+        better = v > best_v
+        best = np.where(better[:, None], lam, best)
+        best_v = np.where(better, v, best_v)
+    return -np.einsum("pf,pfk->pk", best, n), -np.einsum("pf,pf->p", best, c)
+
+
+def _sample_tilted(normals, offsets, rng, rounds: int | None = None):
+    """Exact draws by tilted rejection (:func:`_tilt`), ``rounds`` rounds at most: (P, d) draws
+    and the indices still without one (NaN rows)."""
     P, _F, d = normals.shape
-    out = np.empty((P, d))
+    nu, L = _tilt(normals, offsets)
+    out = np.full((P, d), np.nan)
     todo = np.arange(P)
-    for _ in range(max_rounds):
-        u = rng.standard_normal((len(todo), d))
-        ok = np.all(np.einsum("pfk,pk->pf", normals[todo], u) <= offsets[todo], axis=1)
+    for _ in range(_TILT_ROUNDS if rounds is None else rounds):
+        u = nu[todo] + rng.standard_normal((todo.size, d))
+        inside = np.all(np.einsum("pfk,pk->pf", normals[todo], u) <= offsets[todo], axis=1)
+        with np.errstate(over="ignore"):
+            keep = np.log(rng.random(todo.size)) <= L[todo] - np.einsum("pk,pk->p", nu[todo], u)
+        ok = inside & keep
         out[todo[ok]] = u[ok]
         todo = todo[~ok]
-        if len(todo) == 0:
-            return out
-    raise RuntimeError(
-        f"rejection sampling did not finish for {len(todo)} regions of tiny mass; "
-        "use a lower latent dimension or the MAP"
-    )
+        if todo.size == 0:
+            break
+    return out, todo
+
+
+def _sample_sections(normals, offsets, rng):
+    """Exact draws for ``d >= 3`` where rejection is too rare (regions of tiny mass under their
+    Gaussian: small, or far out in a corner): ``u_1`` by inverting its marginal CDF (bisection
+    on the exact mass of ``P`` cut at ``u_1 <= t``, to 1e-12), then the ``(d-1)``-dimensional
+    section at ``u_1`` the same way, down to :func:`_sample_polygon`. About 40 masses of each
+    dimension per draw (d = 3: milliseconds; d = 4: seconds)."""
+    P, _F, d = normals.shape
+    if d == 2:
+        return _sample_polygon(normals, offsets, rng)
+    total = gaussian.log_mass(normals, offsets)
+    e1 = np.zeros(d)
+    e1[0] = 1.0
+    cut_n = np.concatenate([normals, np.broadcast_to(e1, (P, 1, d))], axis=1)
+    low_n = np.concatenate([normals, np.broadcast_to(-e1, (P, 1, d))], axis=1)
+
+    def cut(idx, t, side):  # log mass of P with u_1 <= t (side +1) or u_1 >= t (side -1)
+        nn = cut_n[idx] if side > 0 else low_n[idx]
+        return gaussian.log_mass(nn, np.concatenate([offsets[idx], side * t[:, None]], axis=1))
+
+    # a bracket holding all but e^-60 of the mass: from the tilt's distance bound, widened
+    # until both outer pieces are below that
+    nu, L = _tilt(normals, offsets)
+    R = np.sqrt(np.maximum(2.0 * L - np.einsum("pk,pk->p", nu, nu), 0.0)) + 10.0
+    wide = np.arange(P)
+    for _ in range(60):
+        out_lo = cut(wide, -R[wide], 1)
+        out_hi = cut(wide, R[wide], -1)
+        far = np.maximum(out_lo, out_hi) > total[wide] - 60.0
+        if not far.any():
+            break
+        wide = wide[far]
+        R[wide] *= 2.0
+    a, b = -R, R.copy()
+    target = np.log(rng.random(P)) + total  # log(q * mass): the marginal CDF of u_1 at u_1
+    act = np.arange(P)
+    for _ in range(200):
+        m = 0.5 * (a[act] + b[act])
+        below = cut(act, m, 1) < target[act]
+        a[act] = np.where(below, m, a[act])
+        b[act] = np.where(below, b[act], m)
+        act = act[b[act] - a[act] > 1e-12 * np.maximum(1.0, np.abs(a[act]))]
+        if act.size == 0:
+            break
+    u1 = 0.5 * (a + b)
+    # the section at u_1: rows n_i[1:] . v <= c_i - n_i[0] u_1, as unit rows (the 2-D sampler's
+    # projection takes unit rows); rows along e_1 alone, satisfied at u_1, become padding
+    n_rest = normals[..., 1:]
+    with np.errstate(invalid="ignore"):
+        c_rest = np.where(np.isposinf(offsets), np.inf, offsets - normals[..., 0] * u1[:, None])
+    n_rest, c_rest, _, _ = normalize_rows(n_rest, c_rest, row_norms(n_rest))
+    v = _sample_sections(n_rest, c_rest, rng)
+    return np.concatenate([u1[:, None], v], axis=1)
 
 
 def project_origin(normals: np.ndarray, offsets: np.ndarray) -> np.ndarray:
