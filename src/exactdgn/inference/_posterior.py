@@ -481,10 +481,16 @@ def _tilt(normals: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndar
     ``Q(rho)``. ``lam``: the most violated row alone (``c^2 / 2``), then projected-gradient
     steps on the dual, keeping the best; any ``lam`` is valid, its quality only sets the rate.
     """
-    P, F, _ = normals.shape
+    P, F, d = normals.shape
+    nu, L = np.zeros((P, d)), np.zeros(P)
     fin = np.isfinite(offsets) & (np.abs(normals).max(axis=2, initial=0.0) > 0)
-    n = np.where(fin[..., None], normals, 0.0)
-    c = np.where(fin, offsets, 0.0)
+    # regions holding the origin keep lam = 0 (the steps cannot leave it: c >= 0 there)
+    out = np.flatnonzero((np.where(fin, offsets, 0.0) < 0).any(axis=1))
+    if out.size == 0:
+        return nu, L
+    n = np.where(fin[out, :, None], normals[out], 0.0)
+    c = np.where(fin[out], offsets[out], 0.0)
+    P = out.size
     rows = np.arange(P)
     lam = np.zeros((P, F))
     if F:
@@ -504,7 +510,9 @@ def _tilt(normals: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndar
         better = v > best_v
         best = np.where(better[:, None], lam, best)
         best_v = np.where(better, v, best_v)
-    return -np.einsum("pf,pfk->pk", best, n), -np.einsum("pf,pf->p", best, c)
+    nu[out] = -np.einsum("pf,pfk->pk", best, n)
+    L[out] = -np.einsum("pf,pf->p", best, c)
+    return nu, L
 
 
 def _sample_tilted(normals, offsets, rng, rounds: int | None = None):
