@@ -435,9 +435,12 @@ def sample_truncated_standard(normals: np.ndarray, offsets: np.ndarray, rng) -> 
         return _sample_interval(lo, hi, rng)[:, None]
     if d == 2:
         return _sample_polygon(normals, offsets, rng)
-    out, todo = _sample_tilted(normals, offsets, rng)
+    nu, L = _tilt(normals, offsets)
+    out, todo = _sample_tilted(normals, offsets, nu, L, rng)
     if todo.size:
-        out[todo] = _sample_sections(normals[todo], offsets[todo], rng)
+        # the tilt's bound on the distance seeds the sections' bracket
+        rho = np.sqrt(np.maximum(2.0 * L[todo] - np.einsum("pk,pk->p", nu[todo], nu[todo]), 0.0))
+        out[todo] = _sample_sections(normals[todo], offsets[todo], rng, rho)
     return out
 
 
@@ -452,20 +455,30 @@ def _sample_polygon(normals, offsets, rng):
     b = rho + 10.0
     target = np.log(rng.random(P)) + total  # log(q * mass): invert the marginal CDF of u1
     extra_n = np.concatenate([normals, np.broadcast_to(e1, (P, 1, 2))], axis=1)
-    for _ in range(200):
-        m = 0.5 * (a + b)
-        lm = gaussian.log_mass(extra_n, np.concatenate([offsets, m[:, None]], axis=1))
-        below = lm < target
-        a = np.where(below, m, a)
-        b = np.where(below, b, m)
-        if np.all(b - a <= 1e-12 * np.maximum(1.0, np.abs(a))):
-            break
-    u1 = 0.5 * (a + b)
+    u1 = _invert_cdf(
+        lambda m: gaussian.log_mass(extra_n, np.concatenate([offsets, m[:, None]], axis=1)),
+        a,
+        b,
+        target,
+    )
     base = np.stack([u1, np.zeros(P)], axis=1)
     lo2, hi2 = _interval(normals, offsets, np.tile([0.0, 1.0], (P, 1)), base)
     hi2 = np.maximum(lo2, hi2)
     u2 = _sample_interval(lo2, hi2, rng)
     return np.stack([u1, u2], axis=1)
+
+
+def _invert_cdf(log_cdf, a: np.ndarray, b: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """(P,) the points ``t`` in ``[a, b]`` where the log CDFs ``log_cdf(t)`` (P,) -> (P,) reach
+    ``target``: bisection of every row until all are within 1e-12 (relative beyond 1)."""
+    for _ in range(200):
+        m = 0.5 * (a + b)
+        below = log_cdf(m) < target
+        a = np.where(below, m, a)
+        b = np.where(below, b, m)
+        if np.all(b - a <= 1e-12 * np.maximum(1.0, np.abs(a))):
+            break
+    return 0.5 * (a + b)
 
 
 def _tilt(normals: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -515,11 +528,10 @@ def _tilt(normals: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndar
     return nu, L
 
 
-def _sample_tilted(normals, offsets, rng, rounds: int | None = None):
-    """Exact draws by tilted rejection (:func:`_tilt`), ``rounds`` rounds at most: (P, d) draws
-    and the indices still without one (NaN rows)."""
+def _sample_tilted(normals, offsets, nu, L, rng, rounds: int | None = None):
+    """Exact draws by rejection with the tilt ``(nu, L)`` of :func:`_tilt`, ``rounds`` rounds at
+    most: (P, d) draws and the indices still without one (NaN rows)."""
     P, _F, d = normals.shape
-    nu, L = _tilt(normals, offsets)
     out = np.full((P, d), np.nan)
     todo = np.arange(P)
     for _ in range(_TILT_ROUNDS if rounds is None else rounds):
@@ -535,12 +547,14 @@ def _sample_tilted(normals, offsets, rng, rounds: int | None = None):
     return out, todo
 
 
-def _sample_sections(normals, offsets, rng):
+def _sample_sections(normals, offsets, rng, rho=None):
     """Exact draws for ``d >= 3`` where rejection is too rare (regions of tiny mass under their
     Gaussian: small, or far out in a corner): ``u_1`` by inverting its marginal CDF (bisection
     on the exact mass of ``P`` cut at ``u_1 <= t``, to 1e-12), then the ``(d-1)``-dimensional
     section at ``u_1`` the same way, down to :func:`_sample_polygon`. About 40 masses of each
-    dimension per draw (d = 3: milliseconds; d = 4: seconds)."""
+    dimension per draw (d = 3: milliseconds; d = 4: seconds). ``rho`` (P,), optional: a lower
+    bound on each region's distance from the mean (else the tilt's), where the search for a
+    bracket starts."""
     P, _F, d = normals.shape
     if d == 2:
         return _sample_polygon(normals, offsets, rng)
@@ -554,10 +568,12 @@ def _sample_sections(normals, offsets, rng):
         nn = cut_n[idx] if side > 0 else low_n[idx]
         return gaussian.log_mass(nn, np.concatenate([offsets[idx], side * t[:, None]], axis=1))
 
-    # a bracket holding all but e^-60 of the mass: from the tilt's distance bound, widened
+    # a bracket holding all but e^-60 of the mass: from a bound on the distance, widened
     # until both outer pieces are below that
-    nu, L = _tilt(normals, offsets)
-    R = np.sqrt(np.maximum(2.0 * L - np.einsum("pk,pk->p", nu, nu), 0.0)) + 10.0
+    if rho is None:
+        nu, L = _tilt(normals, offsets)
+        rho = np.sqrt(np.maximum(2.0 * L - np.einsum("pk,pk->p", nu, nu), 0.0))
+    R = rho + 10.0
     wide = np.arange(P)
     for _ in range(60):
         out_lo = cut(wide, -R[wide], 1)
@@ -567,18 +583,8 @@ def _sample_sections(normals, offsets, rng):
             break
         wide = wide[far]
         R[wide] *= 2.0
-    a, b = -R, R.copy()
     target = np.log(rng.random(P)) + total  # log(q * mass): the marginal CDF of u_1 at u_1
-    act = np.arange(P)
-    for _ in range(200):
-        m = 0.5 * (a[act] + b[act])
-        below = cut(act, m, 1) < target[act]
-        a[act] = np.where(below, m, a[act])
-        b[act] = np.where(below, b[act], m)
-        act = act[b[act] - a[act] > 1e-12 * np.maximum(1.0, np.abs(a[act]))]
-        if act.size == 0:
-            break
-    u1 = 0.5 * (a + b)
+    u1 = _invert_cdf(lambda t: cut(np.arange(P), t, 1), -R, R, target)
     # the section at u_1: rows n_i[1:] . v <= c_i - n_i[0] u_1, as unit rows (the 2-D sampler's
     # projection takes unit rows); rows along e_1 alone, satisfied at u_1, become padding
     n_rest = normals[..., 1:]
