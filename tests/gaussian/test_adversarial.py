@@ -43,7 +43,30 @@ def _thin_triangle(D, ang):
     return np.vstack([n, u]), np.r_[c, D + 3.0]
 
 
+def _spike(D, ang):
+    """A spike of opening ``ang`` (two rows ``ang`` from antiparallel) whose apex is ``D`` sd
+    from the mean, its axis turned 0.3 from the radial direction: most of its mass lies along
+    the rows, ~1 sd from the apex, where an ``eps`` turn of a row moves it."""
+    p = D * np.array([math.cos(1.0), math.sin(1.0)])
+    a = 1.0 + 0.3 + math.pi / 2  # the rows' mean normal, across the spike's axis
+    n = np.array([[math.cos(a + ang / 2), math.sin(a + ang / 2)],
+                  [math.cos(a + math.pi - ang / 2), math.sin(a + math.pi - ang / 2)]])  # fmt: skip
+    return n, n @ p
+
+
+def _spike_near_mean(D, ang):
+    """The rows of a spike from the 2026-12-07 audit, apex ~2 sd along the rows from a foot
+    0.08 sd from the mean (``D``, ``ang`` unused): its log mass was 5.6e-10 off against an
+    estimate of 8.4e-12."""
+    n = np.array([[-0.07842598209654389, 0.996919939279074],
+                  [0.07842597254791292, -0.9969199400302484]])  # fmt: skip
+    return n, np.array([-0.08379464520540629, 0.0837946260659626])
+
+
 _CASES = {
+    "spike-0.5-1e-8": (_spike, 0.5, 1e-8),
+    "spike-5-1e-6": (_spike, 5.0, 1e-6),
+    "spike-near-mean": (_spike_near_mean, 0.0, 0.0),
     "wedge-5-1e-9": (_thin_wedge, 5.0, 1e-9),
     "wedge-40-1e-9": (_thin_wedge, 40.0, 1e-9),
     "wedge-1e3-1e-9": (_thin_wedge, 1e3, 1e-9),

@@ -58,6 +58,7 @@ from ._polygon import (
     _T_ERR,
     _T_EXP,
     _T_LAG,
+    _T_TURN,
     Edges,
     Vertices,
     _fast_mass,
@@ -492,12 +493,14 @@ def _vertex_error_t(cu, t0, t1, nonempty, logm, ext=None):
     f0, f1 = torch.isfinite(t0), torch.isfinite(t1)
     ext = 0.0 if ext is None else ext[:, None]
     loc = torch.clamp(torch.log(t1 - t0), max=0.5 * LOG_2PI)
-    base = math.log(_T_ERR * EPS) - 0.5 * cu * cu - LOG_2PI
+    base = math.log(EPS) - 0.5 * cu * cu - LOG_2PI
+    near = [torch.minimum(loc, -torch.log(t.abs())) for t in (t0, t1)]
     ld = torch.cat(
         [
-            base - 0.5 * t * t + torch.minimum(loc, -torch.log(t.abs()))
-            + torch.log(cu.abs() + t.abs() + ext)
-            for t in (t0, t1)
+            base - 0.5 * t * t + nr + torch.log(
+                _T_ERR * (cu.abs() + t.abs() + ext) + _T_TURN * torch.clamp(torch.exp(nr), max=1.0)
+            )
+            for t, nr in zip((t0, t1), near, strict=True)
         ],
         dim=1,
     )  # fmt: skip
