@@ -266,6 +266,17 @@ def _check_width(model, X, data: str, model_path) -> None:
             f"{data} has {X.shape[1]} columns but the model {model_path} was fit on data with "
             f"{D}: give DATA with {D} columns, in the order of the fit's"
         )
+    fitted = getattr(model, "feature_names_in_", None)
+    if fitted is None or not Path(data).is_file():
+        return
+    from .datasets import csv_header
+
+    names = csv_header(data)  # a CSV's header names its columns: they must be the fit's
+    if names is not None and list(names) != [str(n) for n in fitted]:
+        raise CLIError(
+            f"{data} has columns {names} but the model {model_path} was fit on "
+            f"{[str(n) for n in fitted]}: give DATA with the fit's columns in its order"
+        )
 
 
 def _write_output(path, write) -> None:
@@ -775,6 +786,11 @@ def _fit_in(args, client, out: Path) -> int:
                 if k != "exact":
                     results[f"{name}_{k}"] = v
     model.preprocessing_ = std  # the saved model takes data in data units
+    from .datasets import csv_header
+
+    names = csv_header(args.data) if Path(args.data).is_file() else None
+    if names is not None:  # a CSV's columns: score / impute check a CSV's header against them
+        model.feature_names_in_ = np.asarray(names, dtype=object)
     config = {
         "command": "fit",
         "argv": sys.argv[1:],
@@ -816,6 +832,11 @@ def _fit_in(args, client, out: Path) -> int:
 
 # ---------------------------------------------------------------------- impute
 def _impute(args) -> int:
+    if args.seed is not None and args.method != "sample":
+        raise CLIError(
+            f"--seed is the seed of --method sample (the draws); --method {args.method} draws "
+            "nothing: remove --seed, or add --method sample"
+        )
     with _cluster(args) as client:
         return _impute_in(args, client)
 
@@ -838,9 +859,7 @@ def _impute_in(args, client) -> int:
     if client is None:
         X, _ = load_data(args.data, key=args.key, allow_nan=True)
         _check_width(model, X, args.data, args.model)
-        from .inference import check_missing
-
-        check_missing(X, name=args.data)  # rows with nothing observed, named by the file
+        # rows with nothing observed get the model's marginal (ExactDGN.impute)
         res = model.impute(
             X, method=args.method, random_state=args.seed, return_std=bool(args.std_out)
         )
@@ -918,6 +937,10 @@ def _score_in(args, client) -> int:
         allow_nan=True,  # NaN = missing: log p(x_obs) (in memory and on a cluster)
     )
     _check_width(model, X, args.data, args.model)
+    if isinstance(X, np.ndarray):
+        from .inference import check_missing
+
+        check_missing(X, name=args.data)  # rows with nothing observed, named by the file
     if args.split != "all":
         if not data_cfg:
             raise CLIError(
@@ -1013,7 +1036,7 @@ def _sample(args) -> int:
         _save_array(out, X)
         print(f"{args.n} samples of dimension {X.shape[1]} written to {out}")
     else:
-        np.savetxt(sys.stdout, X, delimiter=",", fmt="%.10g")
+        np.savetxt(sys.stdout, X, delimiter=",", fmt="%.17g")  # as the files: every digit
     return 0
 
 
@@ -1089,17 +1112,17 @@ def _evaluate(args) -> int:
     if args.out:
         _check_out_file(args.out)
     noise_std = _noise_std(args.noise_std)
-    if args.negative_slope != 0.01 and args.activation != "leaky_relu":  # 0.01: its default
+    if args.negative_slope is not None and args.activation != "leaky_relu":
         raise CLIError(
             f"--negative-slope applies to --activation leaky_relu only (the activation is "
-            f"{args.activation}): remove it, or add --activation leaky_relu"
+            f"{args.activation or 'relu'}): remove it, or add --activation leaky_relu"
         )
     dec = load_torch_decoder(
         args.decoder,
         layers=args.layers,
-        # the default as None: a pickled module refuses an --activation other than it
-        activation=None if args.activation == "relu" else args.activation,
-        negative_slope=args.negative_slope if args.activation == "leaky_relu" else None,
+        # None unless given: a pickled module refuses any --activation (it has its own)
+        activation=args.activation,
+        negative_slope=args.negative_slope,
         unsafe_pickle=args.unsafe_pickle,
     )
     _check_noise_length(args.noise_std, noise_std, dec.output_dim)
@@ -1563,11 +1586,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument(
         "--activation",
-        default="relu",
+        default=None,
         choices=["relu", "leaky_relu", "abs"],
-        help="decoder hidden activation",
+        help="hidden activation of a state-dict decoder (default: relu; a pickled module has "
+        "its own)",
     )
-    e.add_argument("--negative-slope", type=float, default=0.01, help="leaky_relu slope")
+    e.add_argument(
+        "--negative-slope", type=float, default=None, help="leaky_relu slope (default: 0.01)"
+    )
     e.add_argument(
         "--unsafe-pickle",
         action="store_true",

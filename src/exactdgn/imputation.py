@@ -68,7 +68,12 @@ class ExactDGNImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         return tags
 
     def fit(self, X, y=None) -> ExactDGNImputer:
-        """Fit the model on ``X`` (N, D) with NaN where missing (exact missing-data EM)."""
+        """Fit the model on ``X`` (N, D) with NaN where missing (exact missing-data EM).
+
+        Rows with nothing observed are left out of the fit: ``log p(x_obs) = 0`` for them
+        whatever the model, so the likelihood is the same without them (``transform`` fills
+        them with the model's marginal). A failed fit leaves the imputer as it was.
+        """
         if self.method not in ExactDGN._IMPUTE_METHODS:
             raise ValueError(
                 f"method={self.method!r} is invalid: use one of {ExactDGN._IMPUTE_METHODS}"
@@ -83,6 +88,7 @@ class ExactDGNImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             )
         data = X
         X = check_array(X, name="X", allow_nan=True)
+        # a failed fit leaves the imputer as it was (fitted or not): nothing is set before
         if self.prefit:
             if self.estimator is None or not hasattr(self.estimator, "decoder_"):
                 raise NotFittedError(
@@ -90,11 +96,20 @@ class ExactDGNImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                     "GridSearchCV and clone() copy it unfitted: wrap the fitted model as "
                     "ExactDGNImputer(sklearn.frozen.FrozenEstimator(model), prefit=True)"
                 )
-            self.estimator_ = self.estimator
-            self.estimator_._check_X(data, allow_nan=True)
+            est = self.estimator
+            est._check_X(data, allow_nan=True)
         else:
-            self.estimator_ = clone(self.estimator if self.estimator is not None else ExactDGN())
-            self.estimator_.fit(data)
+            est = clone(self.estimator if self.estimator is not None else ExactDGN())
+            seen = ~np.isnan(X).all(axis=1)
+            if not seen.any():
+                raise ValueError(
+                    f"X has every value missing (NaN) in all its {X.shape[0]} rows: give rows "
+                    "with observed values to fit on"
+                )
+            # rows with nothing observed carry no information (log p(x_obs) = 0 whatever the
+            # model): the likelihood of the others is the same with or without them
+            est.fit(data if seen.all() else _rows(data, seen))
+        self.estimator_ = est
         self.n_features_in_ = X.shape[1]
         names = feature_names(data)
         if names is None:
@@ -104,7 +119,8 @@ class ExactDGNImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         return self
 
     def transform(self, X) -> np.ndarray:
-        """``X`` with its NaNs filled; observed values are returned unchanged."""
+        """``X`` with its NaNs filled; observed values are returned unchanged (a row with
+        nothing observed gets the model's marginal, see :meth:`exactdgn.ExactDGN.impute`)."""
         if not hasattr(self, "estimator_"):
             raise NotFittedError("this ExactDGNImputer is not fitted yet: call fit(X) first")
         check_feature_names(self, X)
@@ -120,3 +136,9 @@ class ExactDGNImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         )
         out = self.estimator_.impute(X, method=self.method, random_state=self.random_state)
         return out.astype(keep, copy=False)
+
+
+def _rows(data, keep: np.ndarray):
+    """The rows ``keep`` (bool) of an array or a data frame (its column names kept)."""
+    iloc = getattr(data, "iloc", None)
+    return iloc[keep] if iloc is not None else np.asarray(data)[keep]

@@ -68,6 +68,9 @@ _partition = partition  # ``_e_step`` has a parameter of that name
 # hundreds of points or more. Such runs scout on a subsample and stop on diminishing returns
 # (see ``init`` and ``rel_tol``); every d = 1 run of the toy sets and the digits is far below.
 _EXPENSIVE_SECONDS = 1.0
+# fit warns when the model's draws lie farther than this many data sd (root mean square) from
+# the data's mean in a column (exact, from the prior region moments)
+_FAR = 10.0
 _SCOUT_POINTS = 256  # subsample of the scouting of an expensive run
 _SCOUT_ITERS = 5  # iterations of each start there (at most n_iter_no_change)
 _REL_TOL = 0.04  # rel_tol="auto" of an expensive run
@@ -87,6 +90,10 @@ class ExactDGN(DensityMixin, BaseEstimator):
         d >= 5 regions take seconds to minutes per point and region, and are refused up front.
     hidden_sizes : tuple of int
     activation : {"relu", "leaky_relu", "prelu", "abs"}
+        ``"prelu"``: per-unit negative slopes, which training holds fixed (every method trains
+        the weights, biases and noise only): a new model starts them at ``negative_slope`` and
+        trains as ``"leaky_relu"``; a PReLU decoder trained elsewhere (``from_decoder``,
+        ``VAE(activation="prelu")``) keeps its own slopes, refined with ``warm_start=True``.
     negative_slope : float
     noise : {"isotropic", "diagonal"}
     method : {"auto", "em", "lbfgs", "gradient"}
@@ -330,6 +337,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         self.decoder_ = self.partition_.decoder  # one object (partition() keeps its own copy)
         self._geom = None
         self._fitted_noise = self.noise  # the noise model of these parameters (warm starts)
+        self._fitted_activation = (self.activation, self.negative_slope)
 
     def __getstate__(self):
         # the region geometry (and its missing-data caches) is derived from partition_ and
@@ -562,6 +570,14 @@ class ExactDGN(DensityMixin, BaseEstimator):
         -------
         X_filled : ndarray of shape (N, D) (or (n_samples, N, D))
         std : ndarray of shape (N, D) (only with ``return_std``)
+
+        Notes
+        -----
+        A row with nothing observed conditions on nothing: it gets the model's marginal, as
+        scikit-learn's imputers fill such rows: :meth:`mean` (``"mean"``), ``g(0)`` (the prior's
+        mode, ``"mode"``), a draw of :meth:`sample` (``"sample"``) and the square root of the
+        diagonal of :meth:`covariance` (``return_std``). :meth:`score_samples` and
+        :meth:`posterior` refuse such rows.
         """
         if method not in self._IMPUTE_METHODS:
             raise ValueError(f"method={method!r} is invalid: use one of {self._IMPUTE_METHODS}")
@@ -576,19 +592,39 @@ class ExactDGN(DensityMixin, BaseEstimator):
         raw = self._check_X(X, allow_nan=True, standardize=False)
         X = self._standardized(raw)
         miss = np.isnan(X)
-        post = self._posterior(X, need_moments=method == "mean" or return_std)
+        none = miss.all(axis=1)  # rows with nothing observed: the model's marginal
+        seen = np.flatnonzero(~none) if none.any() else slice(None)
+        Xs = X[seen]
+        N, D = X.shape
+        want_var = return_std or method == "mean"
+        mean = np.empty((N, D)) if want_var else None
+        var = np.empty((N, D)) if return_std else None
+        if Xs.shape[0]:
+            post = self._posterior(Xs, need_moments=want_var)
+            if return_std:
+                mean[seen], var[seen] = post.output_moments()
+            elif method == "mean":
+                mean[seen] = post.output_mean()
+        if none.any() and want_var:
+            m_prior, var_prior = self._prior_output_moments(full=False)
+            mean[none] = m_prior
+            if return_std:
+                var[none] = np.maximum(var_prior, 0.0)
         out = X.copy()
-        if return_std:
-            mean, var = post.output_moments()
-        elif method == "mean":
-            mean = post.output_mean()
         if method == "mean":
             out[miss] = mean[miss]
         elif method == "mode":
-            out[miss] = self.decoder_(post.mode)[miss]
+            Zmap = np.zeros((N, self.decoder_.latent_dim))  # the prior's mode where none seen
+            if Xs.shape[0]:
+                Zmap[seen] = post.mode
+            out[miss] = self.decoder_(Zmap)[miss]
         else:
             rng = check_generator(random_state)
-            Z = post.sample((n_samples,), random_state=rng)  # (S, N, d)
+            Z = np.empty((n_samples, N, self.decoder_.latent_dim))
+            if Xs.shape[0]:
+                Z[:, seen] = post.sample((n_samples,), random_state=rng)  # (S, N, d)
+            if none.any():
+                Z[:, none] = rng.standard_normal((n_samples, int(none.sum()), Z.shape[-1]))
             G = self.decoder_(Z.reshape(-1, Z.shape[-1])).reshape(n_samples, *X.shape)
             G += rng.standard_normal(G.shape) * self.noise_std_
             out = np.where(miss, G, X)
@@ -655,28 +691,37 @@ class ExactDGN(DensityMixin, BaseEstimator):
         normals, offsets = part.padded_halfspaces()
         return gaussian.truncated_moments(normals, offsets)
 
-    def mean(self) -> np.ndarray:
-        """(D,) exact ``E[x] = Σ_r P(r) (A_r E[z | r] + b_r)`` (prior region moments)."""
-        self._check_fitted()
-        tm = self._prior_region_moments()
-        w = np.exp(tm.log_mass)
-        part = self.partition_
-        y = np.einsum("rjk,rk->rj", part.A, tm.mean) + part.b
-        return w @ y
-
-    def covariance(self) -> np.ndarray:
-        """(D, D) exact ``Cov[x]``: law of total covariance over regions, plus the noise."""
-        self._check_fitted()
+    def _prior_output_moments(self, full: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """``E[g(z)]`` (D,) and ``Cov[g(z)]`` (D, D) under the prior, in the decoder's units:
+        ``Σ_r P(r) (A_r E[z | r] + b_r)`` and the law of total covariance over the regions
+        (``full=False``: its diagonal (D,) only)."""
         tm = self._prior_region_moments()
         w = np.exp(tm.log_mass)
         part = self.partition_
         y = np.einsum("rjk,rk->rj", part.A, tm.mean) + part.b
         m = w @ y
         dy = y - m
+        if not full:
+            within = np.einsum("r,rjk,rkl,rjl->j", w, part.A, tm.cov, part.A)
+            return m, within + w @ (dy * dy)
         within = np.einsum("r,rjk,rkl,rml->jm", w, part.A, tm.cov, part.A)
         between = np.einsum("r,rj,rm->jm", w, dy, dy)
-        cov = within + between + np.diag(self.noise_std_**2)
-        return 0.5 * (cov + cov.T)
+        cov = within + between
+        return m, 0.5 * (cov + cov.T)
+
+    def mean(self) -> np.ndarray:
+        """(D,) exact ``E[x] = Σ_r P(r) (A_r E[z | r] + b_r)`` (prior region moments), in the
+        data's units (as :meth:`sample`: through ``preprocessing_`` where a model has one)."""
+        self._check_fitted()
+        return self._to_data_units(self._prior_output_moments()[0])
+
+    def covariance(self) -> np.ndarray:
+        """(D, D) exact ``Cov[x]``: law of total covariance over regions, plus the noise, in
+        the data's units (as :meth:`mean`)."""
+        self._check_fitted()
+        cov = self._prior_output_moments()[1] + np.diag(self.noise_std_**2)
+        pre = getattr(self, "preprocessing_", None)
+        return cov if pre is None else cov * np.outer(pre.scale_, pre.scale_)
 
     # ------------------------------------------------------------------ training
     _ACTIVATIONS = ("relu", "leaky_relu", "prelu", "abs")
@@ -1097,7 +1142,33 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 ConvergenceWarning,
                 stacklevel=3,  # the caller of fit (fit -> _fit)
             )
+        if remote is None and self.latent_dim <= 2:
+            self._check_prior_mass(X)
         return self
+
+    def _check_prior_mass(self, X: np.ndarray) -> None:
+        """Warn when the fitted model's draws lie, in root mean square, more than ``_FAR``
+        data standard deviations from the data's mean in some column (exact:
+        ``E[(x_j - x̄_j)²] = Var[x_j] + (E[x_j] - x̄_j)²`` from the prior region moments): prior
+        mass is mapped far from the data (the likelihood loses only ``log 1 / (1 - mass)``
+        for it, but samples go there). Seen on the digits from a random start (12-30% of the
+        draws beyond 30 sd); longer EM moves the mass back. d <= 2, where the prior region
+        moments cost little."""
+        m, var = self._prior_output_moments(full=False)
+        with np.errstate(all="ignore"):
+            xbar, sd = np.nanmean(X, axis=0), np.nanstd(X, axis=0)
+            far = np.sqrt(var + self.noise_std_**2 + (m - xbar) ** 2) / sd
+        far = np.where(sd > 0, far, 0.0)
+        j = int(np.argmax(far))
+        if far[j] > _FAR:
+            warnings.warn(
+                f"the fitted model's draws lie {far[j]:.3g} data standard deviations (root mean "
+                f"square) from the data's mean in column {j}: part of the prior is mapped far "
+                "from the data, so samples land there; fit on with method='em' "
+                "(warm_start=True) or from another random_state",
+                ConvergenceWarning,
+                stacklevel=4,  # the caller of fit (fit -> _fit -> here)
+            )
 
     def _keep_best(self, done: list, scouts: dict) -> int:
         """Set the run of ``done`` with the highest final training likelihood; its index."""
@@ -1111,8 +1182,9 @@ class ExactDGN(DensityMixin, BaseEstimator):
         return best
 
     def _check_warm_start(self) -> None:
-        """A warm start continues the fitted model, whose noise model ``noise`` must be (the
-        parameters that build a new model are not read then, as for the VAE)."""
+        """A warm start continues the fitted model, whose noise model ``noise`` must be, and
+        whose architecture (``latent_dim``, ``hidden_sizes``, ``activation``,
+        ``negative_slope``) the parameters must still describe."""
         fitted = getattr(self, "_fitted_noise", self.noise)
         if self.noise != fitted:
             raise ValueError(
@@ -1120,6 +1192,30 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 f"{fitted} noise; set noise={fitted!r} to continue it (or warm_start=False to "
                 "start anew)"
             )
+        self._check_architecture("warm_start=True continues the fitted model")
+
+    def _check_architecture(self, why: str) -> None:
+        """Raise a ``ValueError`` if the architecture parameters no longer describe the fitted
+        decoder (changed by ``set_params`` after ``fit``): ``why`` says what needs them."""
+        dec = self.decoder_
+        act, slope = getattr(self, "_fitted_activation", (self.activation, self.negative_slope))
+        fitted = {
+            "latent_dim": dec.latent_dim,
+            "hidden_sizes": tuple(int(h) for h in dec.hidden_sizes),
+            "activation": act,
+            "negative_slope": slope,
+        }
+        if act == "relu":  # no negative slope to keep
+            del fitted["negative_slope"]
+        for name, value in fitted.items():
+            now = getattr(self, name)
+            if name == "hidden_sizes":
+                now = tuple(np.atleast_1d(now).tolist())
+            if now != value:
+                raise ValueError(
+                    f"{name}={now!r} but the fitted decoder has {name}={value!r} ({why}): set "
+                    f"{name}={value!r} back, or fit with warm_start=False for a new model"
+                )
 
     def _tol(self, tol=None) -> float:
         """``tol`` (or the given one), with ``"auto"`` resolved (1e-3 for ``latent_dim = 1``,
@@ -1498,9 +1594,11 @@ class ExactDGN(DensityMixin, BaseEstimator):
         """Save a fitted model (npz arrays + JSON metadata with a version; no pickle).
 
         The file keeps the training state too: a loaded model fitted again with
-        ``warm_start=True`` continues the same run.
+        ``warm_start=True`` continues the same run. Refused when ``set_params`` has changed the
+        architecture parameters since the fit (the file's would not describe its decoder).
         """
         self._check_fitted()
+        self._check_architecture("save writes the fitted model")
         arrays, dmeta = decoder_to_arrays(self.decoder_)
         arrays["noise_std"] = self.noise_std_
         params = {k: v for k, v in self.get_params().items()}

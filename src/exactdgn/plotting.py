@@ -128,7 +128,7 @@ def plot_partition(
 
     Parameters
     ----------
-    part : Partition
+    part : Partition, or a fitted model (its ``partition_``)
     ax : matplotlib Axes, optional
     lim : float
         The view is ``[-lim, lim]`` (per latent axis); regions are not clipped in the data.
@@ -143,6 +143,14 @@ def plot_partition(
     if not is_int(outputs, 0):
         raise ValueError(
             f"outputs must be an integer >= 0 (outputs drawn for d = 1), got {outputs!r}"
+        )
+    if not isinstance(part, Partition) and callable(getattr(part, "_check_fitted", None)):
+        part._check_fitted()  # an unfitted model: sklearn's NotFittedError
+        part = part.partition_
+    if not isinstance(part, Partition):
+        raise TypeError(
+            f"part must be a Partition or a fitted ExactDGN, got {type(part).__name__}: give "
+            "model.partition_ or exactdgn.partition(decoder)"
         )
     lim = _check_lim(lim)
     ax = _new_ax(ax)
@@ -201,11 +209,12 @@ def plot_curves(
 
     Parameters
     ----------
-    curves : dict
+    curves : dict or list of dict
         ``label -> (x, y)``, ``label -> (x, y, spread)`` or ``label -> {"x", "y", "spread",
         "color", "ls"}`` (the last three optional), with 1-D arrays of equal length. A spread
         (e.g. the standard deviation over seeds; an array like ``y`` or a scalar) is drawn as a
-        shaded band ``y ± spread``.
+        shaded band ``y ± spread``. A fitted model's ``history_`` (rows with ``"loglik"``) is
+        drawn as its training NLL ``-loglik`` against the row number.
     ax : matplotlib Axes, optional
     xlabel, ylabel, title : str
     logx : bool
@@ -217,6 +226,16 @@ def plot_curves(
     -------
     ax
     """
+    if isinstance(curves, list | tuple) and all(
+        isinstance(h, dict) and "loglik" in h for h in curves
+    ):  # a history_ (ExactDGN, VAE)
+        y = [-float(h["loglik"]) for h in curves]
+        curves = {"training": (np.arange(len(y), dtype=np.float64), y)}
+    if not isinstance(curves, dict):
+        raise TypeError(
+            f"curves must be a dict label -> (x, y) (or a fitted model's history_), got "
+            f"{type(curves).__name__}"
+        )
     ax = _new_ax(ax)
     for label, c in curves.items():
         if isinstance(c, dict):

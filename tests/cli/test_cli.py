@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 from pathlib import Path
@@ -225,6 +226,10 @@ def test_score_sample_partition_report(runs, tmp_path, capsys):
     assert S.shape == (7, 2)
     ref = ExactDGN.load(root / "em" / "model.npz").sample(7, random_state=1)
     np.testing.assert_array_equal(S, ref)
+    capsys.readouterr()
+    assert main(["sample", str(root / "em"), "-n", "7", "--seed", "1"]) == 0  # CSV on stdout
+    printed = np.loadtxt(io.StringIO(capsys.readouterr().out), delimiter=",")
+    np.testing.assert_array_equal(printed, ref)  # every digit (it printed 10)
 
     png = tmp_path / "p.png"
     capsys.readouterr()
@@ -565,6 +570,19 @@ def test_an_interrupted_demo_leaves_no_folder(tmp_path, capsys, monkeypatch):
     assert main(["demo", "--quick", "--no-progress", "--out", str(tmp_path / "a" / "r")]) == 130
     assert "Traceback" not in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_impute_refuses_a_seed_without_draws(runs, tmp_path, capsys):
+    """``impute --seed 3`` with the default ``--method mean`` was silently accepted."""
+    root, _, _ = runs
+    holes = tmp_path / "holes.csv"
+    holes.write_text("1,2\nnan,1\n3,nan\n")
+    out = tmp_path / "f.npy"
+    argv = ["impute", str(root / "em"), str(holes), "--out", str(out), "--seed", "3"]
+    assert main(argv) == 2
+    assert "--seed is the seed of --method sample" in capsys.readouterr().err
+    assert not out.exists()
+    assert main([*argv, "--method", "sample"]) == 0
 
 
 def test_impute_refuses_std_out_onto_its_out(runs, tmp_path, capsys):

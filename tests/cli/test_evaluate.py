@@ -465,11 +465,14 @@ def test_layers_of_a_pickled_module_are_those_of_its_linear_layers(tmp_path, cap
         ("dec.pt", ["--negative-slope", "0.3"], "--negative-slope applies to --activation leaky"),
         ("dec_module.pt", ["--activation", "abs"], "activation='abs' (--activation) applies"),
         ("dec_module.pt", ["--activation", "leaky_relu"], "applies to a state dict only"),
+        ("dec_module.pt", ["--activation", "relu"], "applies to a state dict only"),
+        ("dec.pt", ["--negative-slope", "0.01"], "--negative-slope applies to --activation leaky"),
     ],
 )
 def test_options_that_do_not_apply_are_refused(parts, capsys, decoder, option, named):
     """--negative-slope with relu and --activation with a whole module were silently ignored
-    (the README: an option that does not apply is an error)."""
+    (the README: an option that does not apply is an error); so were their default values
+    given explicitly (``--activation relu``, ``--negative-slope 0.01``)."""
     root = parts[0]
     args = ["evaluate", str(root / decoder), str(root / "x.npy"), "--noise-std", "0.2"]
     assert main([*args, "--unsafe-pickle", *option]) == 2

@@ -322,6 +322,54 @@ def test_warm_start_refuses_another_noise_model(method, tmp_path):
             model.fit(X)
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"hidden_sizes": (6,)},
+        {"latent_dim": 2},
+        {"activation": "relu"},
+        {"activation": "prelu"},
+        {"negative_slope": 0.2},
+    ],
+)
+def test_warm_start_and_save_refuse_another_architecture(change, tmp_path):
+    """``set_params`` changing the architecture after a fit: a warm fit went on silently with
+    the fitted decoder, and ``save`` then wrote parameters that ``load`` refused; both name the
+    parameter now (also for a model loaded from a file). A ReLU model has no slope to keep."""
+    _, X = _planted([1, 5, 2], 80, 14)
+    m = _fit(X, hidden_sizes=(5,), method="em", max_iter=1, init="pca", random_state=0)
+    m.save(tmp_path / "m.npz")
+    name = next(iter(change))
+    for model in (m, ExactDGN.load(tmp_path / "m.npz")):
+        model.set_params(warm_start=True, **change)
+        with pytest.raises(ValueError, match=rf"^{name}=.* but the fitted decoder has {name}="):
+            model.fit(X)
+        with pytest.raises(ValueError, match=rf"^{name}=.* but the fitted decoder has {name}="):
+            model.save(tmp_path / "again.npz")
+    relu = _fit(X, hidden_sizes=(5,), activation="relu", method="em", max_iter=1, random_state=0)
+    relu.set_params(negative_slope=0.3).save(tmp_path / "relu.npz")  # the slope is not used
+    assert ExactDGN.load(tmp_path / "relu.npz").negative_slope == 0.3
+
+
+def test_prior_mass_mapped_far_from_the_data_is_warned_about():
+    """One EM iteration from a random start on the digits 3s (standardized) put 12-30% of the
+    prior on outputs beyond 30 data sd (nothing in the likelihood shows it: those draws hold
+    no data). The warning's premise is checked by sampling, independently of the exact
+    moments it uses; a start that keeps its draws near the data says nothing."""
+    from exactdgn.datasets import Standardizer, get_dataset
+
+    X = Standardizer(rel_min_std=0.1).fit_transform(get_dataset("digits:3"))
+    for seed, far in ((0, True), (1, True), (2, False)):
+        m = ExactDGN(hidden_sizes=(12,), method="em", init="random", max_iter=1, random_state=seed)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            m.set_params(progress=False).fit(X)
+        said = [w for w in caught if "part of the prior is mapped far" in str(w.message)]
+        assert len(said) == int(far) and all(w.category is ConvergenceWarning for w in said)
+        beyond = (np.abs(m.sample(20_000, random_state=0)) > 30).any(axis=1).mean()
+        assert (beyond > 0.1) if far else (beyond == 0.0)
+
+
 def test_from_torch_model_can_be_refined():
     _true, X = _planted([1, 5, 2], 200, 15)
     m = ExactDGN.from_decoder(

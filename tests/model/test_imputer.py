@@ -61,6 +61,71 @@ def test_imputer_errors():
         ExactDGNImputer(true, prefit=True).fit(Xn[:, :2])
 
 
+def test_failed_fit_leaves_the_imputer_as_it_was():
+    """A fresh imputer whose fit failed raised AttributeError (``n_features_in_``) in
+    ``transform``, and a fitted one whose re-fit failed lost its model (``estimator_`` was
+    replaced before the data were checked)."""
+    true, _, Xn = _data(40)
+    fresh = ExactDGNImputer(ExactDGN(hidden_sizes=(4,), max_iter=2))
+    with pytest.raises(ValueError, match="infinite"):
+        fresh.fit(np.where(np.isnan(Xn), np.inf, Xn))
+    with pytest.raises(NotFittedError, match="not fitted"):
+        fresh.transform(Xn)
+    imp = ExactDGNImputer(true, prefit=True).fit(Xn)
+    before = imp.transform(Xn)
+    with pytest.raises(ValueError, match="columns"):
+        imp.fit(Xn[:, :2])
+    assert imp.estimator_ is true and imp.n_features_in_ == 3
+    np.testing.assert_array_equal(imp.transform(Xn), before)
+
+
+def test_rows_with_nothing_observed_are_filled_from_the_marginal():
+    """As scikit-learn's imputers fill rows with every value missing (a Pipeline cannot drop
+    them): the marginal mean E[x] (Monte Carlo of ``sample``), g(0) for "mode", unconditional
+    draws for "sample", and the marginal std; the other rows are as without them, and ``fit``
+    leaves such rows out (they change no likelihood)."""
+    true, _, Xn = _data(30)
+    Xe = Xn.copy()
+    Xe[[3, 17]] = np.nan
+    seen = np.ones(len(Xe), dtype=bool)
+    seen[[3, 17]] = False
+    mc = true.sample(200_000, random_state=5)
+    se = mc.std(axis=0) / np.sqrt(len(mc))
+    mean, std = true.impute(Xe, return_std=True)
+    np.testing.assert_array_equal(mean[seen], true.impute(Xe[seen]))
+    assert np.all(np.abs(mean[3] - mc.mean(axis=0)) < 5 * se)
+    np.testing.assert_array_equal(mean[3], mean[17])
+    assert np.all(np.abs(std[3] - mc.std(axis=0)) < 0.01 * mc.std(axis=0))
+    g0 = true.decoder_.forward(np.zeros((1, 1)))[0]
+    np.testing.assert_allclose(true.impute(Xe, method="mode")[[3, 17]], [g0, g0], rtol=1e-15)
+    draws = true.impute(Xe, method="sample", n_samples=20_000, random_state=0)[:, 3]
+    assert np.all(np.abs(draws.mean(axis=0) - mc.mean(axis=0)) < 5 * mc.std(axis=0) / 141)
+    assert true.impute(np.full((2, 3), np.nan)).shape == (2, 3)
+    model = ExactDGN(hidden_sizes=(4,), max_iter=2, random_state=0, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        imp = ExactDGNImputer(model).fit(Xe)
+        ref = ExactDGNImputer(model).fit(Xn[seen])
+    np.testing.assert_array_equal(imp.transform(Xe)[seen], ref.transform(Xe[seen]))
+    with pytest.raises(ValueError, match=r"every value missing .* in all its 2 rows"):
+        ExactDGNImputer(model).fit(np.full((2, 3), np.nan))
+    with pytest.raises(ValueError, match="every value missing"):
+        true.score_samples(Xe)  # log p(x_obs) and the posterior still refuse them
+
+
+def test_marginal_moments_are_in_the_data_units():
+    """A model with ``preprocessing_`` (the command line's) gave ``mean`` and ``covariance``
+    in its standardized units, ``sample`` in the data's."""
+    from exactdgn.datasets import Standardizer
+
+    model = ExactDGN.from_decoder(Decoder.random([1, 6, 3], seed=0), 0.1)
+    model.preprocessing_ = Standardizer().fit(model.sample(50, random_state=1) * [100, 0.01, 3])
+    S = model.sample(200_000, random_state=2)
+    se = S.std(axis=0) / np.sqrt(len(S))
+    assert np.all(np.abs(model.mean() - S.mean(axis=0)) < 5 * se)
+    np.testing.assert_allclose(np.diag(model.covariance()), S.var(axis=0), rtol=0.02)
+
+
 def test_feature_names_out_as_sklearn_imputers():
     """Like SimpleImputer / IterativeImputer: one output column per input column, so
     ``get_feature_names_out`` and ``set_output`` work in a Pipeline."""

@@ -181,6 +181,31 @@ def test_plot_curves_spread_of_the_wrong_length_is_a_clear_error(ax):
     assert len(ax.collections) == 1
 
 
+def test_a_model_and_a_history_are_taken_and_other_objects_named(ax, model1):
+    """``plot_partition(model)`` was ``TypeError: object of type 'ExactDGN' has no len()`` and
+    ``plot_curves(model.history_)`` ``AttributeError: 'list' object has no attribute 'items'``:
+    the model's partition and the history's training NLL are drawn now, anything else is
+    named."""
+    from sklearn.exceptions import NotFittedError
+
+    P.plot_partition(model1, ax=ax, outputs=1)
+    fig, ax2 = plt.subplots()
+    P.plot_partition(model1.partition_, ax=ax2, outputs=1)
+    np.testing.assert_array_equal(ax.lines[0].get_ydata(), ax2.lines[0].get_ydata())
+    plt.close(fig)
+    with pytest.raises(NotFittedError, match="no decoder yet"):
+        P.plot_partition(ExactDGN(), ax=ax)
+    with pytest.raises(TypeError, match="Partition or a fitted ExactDGN, got list"):
+        P.plot_partition([1, 2], ax=ax)
+    history = [{"loglik": -3.0}, {"loglik": -2.5}, {"loglik": -2.25}]
+    fig, ax3 = plt.subplots()
+    P.plot_curves(history, ax=ax3)
+    np.testing.assert_array_equal(ax3.lines[0].get_ydata(), [3.0, 2.5, 2.25])
+    plt.close(fig)
+    with pytest.raises(TypeError, match=r"dict label -> \(x, y\).*got list"):
+        P.plot_curves([1, 2], ax=ax)
+
+
 def _bad_calls(model1, model2):
     """(label, call) pairs that must raise, each without an ``ax`` (so one is created)."""
     m3 = ExactDGN.from_decoder(Decoder.random([3, 4, 3], seed=0), noise_std=0.3)

@@ -17,7 +17,7 @@ def _impute_chunk(x, model, method, seeds, return_std, block_info=None):
         return np.empty((0, 2 * x.shape[1] if return_std else x.shape[1]))
     i = block_info[0]["chunk-location"][0] if block_info else 0
     start = block_info[0]["array-location"][0][0] if block_info else 0
-    x = check_chunk(x, start, x.shape[1], allow_nan=True)  # errors name the rows of X
+    x = check_chunk(x, start, x.shape[1], allow_nan=True, empty_rows=True)  # names X's rows
     rng = None if seeds is None else np.random.default_rng(seeds[i])
     out = model.impute(x, method=method, random_state=rng, return_std=return_std)
     return np.concatenate(out, axis=1) if return_std else out

@@ -28,12 +28,15 @@ class _ScoreSpec:
     device: str | None = None  # the model's torch device (each worker's), None: numpy
 
 
-def check_chunk(x: np.ndarray, start: int, n_features: int, allow_nan: bool = False) -> np.ndarray:
+def check_chunk(
+    x: np.ndarray, start: int, n_features: int, allow_nan: bool = False, empty_rows: bool = False
+) -> np.ndarray:
     """Validate one row chunk (rows ``start:start + len(x)`` of ``X``); errors name the rows
-    of ``X``, not the chunk's own row numbers. ``allow_nan``: NaN = missing (imputation)."""
+    of ``X``, not the chunk's own row numbers. ``allow_nan``: NaN = missing, a row with nothing
+    observed an error unless ``empty_rows`` (imputation fills it from the marginal)."""
     name = f"X (rows {start}:{start + len(x)})"
     arr = check_array(x, name=name, n_features=n_features, allow_nan=allow_nan, first_row=start)
-    if allow_nan:
+    if allow_nan and not empty_rows:
         check_missing(arr, name=name, first_row=start)
     return arr
 

@@ -457,7 +457,8 @@ def _load_npz(path: Path, key: str | None) -> np.ndarray:
                     key = next((k for k in ("X", "data") if k in keys), None)
                     if key is None:
                         raise ValueError(
-                            f"{path}: holds several arrays {keys}; pass key= to pick one"
+                            f"{path}: holds several arrays {keys}; pass key= (command line: "
+                            "--key) to pick one"
                         )
             if key not in keys:
                 raise ValueError(f"{path}: no array named {key!r} (it holds {keys})")
