@@ -68,8 +68,8 @@ _partition = partition  # ``_e_step`` has a parameter of that name
 # hundreds of points or more. Such runs scout on a subsample and stop on diminishing returns
 # (see ``init`` and ``rel_tol``); every d = 1 run of the toy sets and the digits is far below.
 _EXPENSIVE_SECONDS = 1.0
-# fit warns when the model's draws lie farther than this many data sd (root mean square) from
-# the data's mean in a column (exact, from the prior region moments)
+# fit warns when the decoder's outputs lie farther than this many data (or noise) sd, root mean
+# square, from the data's mean in a column (exact, from the prior region moments)
 _FAR = 10.0
 _SCOUT_POINTS = 256  # subsample of the scouting of an expensive run
 _SCOUT_ITERS = 5  # iterations of each start there (at most n_iter_no_change)
@@ -78,6 +78,44 @@ _REL_TOL = 0.04  # rel_tol="auto" of an expensive run
 __all__ = ["ConvergenceWarning", "ExactDGN", "NotFittedError"]
 
 logger = logging.getLogger(__name__)
+
+
+def _output_moments(part: Partition, full: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``E[g(z)]`` (D,) and ``Cov[g(z)]`` (D, D), ``z ~ N(0, I)``, of a partition's decoder in
+    its own units: ``Σ_r P(r) (A_r E[z | r] + b_r)`` and the law of total covariance over the
+    regions, from the prior's truncated moments on each (``full=False``: the diagonal (D,)
+    only)."""
+    normals, offsets = part.padded_halfspaces()
+    tm = gaussian.truncated_moments(normals, offsets)
+    w = np.exp(tm.log_mass)
+    y = np.einsum("rjk,rk->rj", part.A, tm.mean) + part.b
+    m = w @ y
+    dy = y - m
+    if not full:
+        within = np.einsum("r,rjk,rkl,rjl->j", w, part.A, tm.cov, part.A)
+        return m, within + w @ (dy * dy)
+    within = np.einsum("r,rjk,rkl,rml->jm", w, part.A, tm.cov, part.A)
+    between = np.einsum("r,rj,rm->jm", w, dy, dy)
+    cov = within + between
+    return m, 0.5 * (cov + cov.T)
+
+
+def _far_from_data(part: Partition, noise_std, X: np.ndarray) -> tuple[float, int]:
+    """How far the decoder's outputs ``g(z)``, ``z ~ N(0, I)``, lie from the data (N, D), NaN
+    where missing: the largest over columns ``j`` of the root mean square distance to the
+    data's mean in units of ``max(data sd, noise sd)``, exact from the prior region moments
+    (``E[(g_j - x̄_j)²] = Var[g_j] + (E[g_j] - x̄_j)²``), and that column. Above ``_FAR``, prior
+    mass is mapped far from the data: seen on the digits from random starts (7-30% of the
+    draws beyond 10 sd), which longer EM moves back. The noise is left out (isotropic noise
+    spreads a nearly constant column far beyond its own sd)."""
+    m, var = _output_moments(part, full=False)
+    with np.errstate(all="ignore"):
+        xbar = np.nanmean(X, axis=0)
+        scale = np.maximum(np.nanstd(X, axis=0), np.broadcast_to(noise_std, xbar.shape))
+        far = np.sqrt(np.maximum(var, 0.0) + (m - xbar) ** 2) / scale
+    far = np.where(scale > 0, far, 0.0)
+    j = int(np.argmax(far))
+    return float(far[j]), j
 
 
 class ExactDGN(DensityMixin, BaseEstimator):
@@ -606,7 +644,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
             elif method == "mean":
                 mean[seen] = post.output_mean()
         if none.any() and want_var:
-            m_prior, var_prior = self._prior_output_moments(full=False)
+            m_prior, var_prior = _output_moments(self.partition_, full=False)
             mean[none] = m_prior
             if return_std:
                 var[none] = np.maximum(var_prior, 0.0)
@@ -686,40 +724,17 @@ class ExactDGN(DensityMixin, BaseEstimator):
         X = self._to_data_units(X)
         return (X, Z) if return_latent else X
 
-    def _prior_region_moments(self):
-        part = self.partition_
-        normals, offsets = part.padded_halfspaces()
-        return gaussian.truncated_moments(normals, offsets)
-
-    def _prior_output_moments(self, full: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """``E[g(z)]`` (D,) and ``Cov[g(z)]`` (D, D) under the prior, in the decoder's units:
-        ``Σ_r P(r) (A_r E[z | r] + b_r)`` and the law of total covariance over the regions
-        (``full=False``: its diagonal (D,) only)."""
-        tm = self._prior_region_moments()
-        w = np.exp(tm.log_mass)
-        part = self.partition_
-        y = np.einsum("rjk,rk->rj", part.A, tm.mean) + part.b
-        m = w @ y
-        dy = y - m
-        if not full:
-            within = np.einsum("r,rjk,rkl,rjl->j", w, part.A, tm.cov, part.A)
-            return m, within + w @ (dy * dy)
-        within = np.einsum("r,rjk,rkl,rml->jm", w, part.A, tm.cov, part.A)
-        between = np.einsum("r,rj,rm->jm", w, dy, dy)
-        cov = within + between
-        return m, 0.5 * (cov + cov.T)
-
     def mean(self) -> np.ndarray:
         """(D,) exact ``E[x] = Σ_r P(r) (A_r E[z | r] + b_r)`` (prior region moments), in the
         data's units (as :meth:`sample`: through ``preprocessing_`` where a model has one)."""
         self._check_fitted()
-        return self._to_data_units(self._prior_output_moments()[0])
+        return self._to_data_units(_output_moments(self.partition_, full=False)[0])
 
     def covariance(self) -> np.ndarray:
         """(D, D) exact ``Cov[x]``: law of total covariance over regions, plus the noise, in
         the data's units (as :meth:`mean`)."""
         self._check_fitted()
-        cov = self._prior_output_moments()[1] + np.diag(self.noise_std_**2)
+        cov = _output_moments(self.partition_)[1] + np.diag(self.noise_std_**2)
         pre = getattr(self, "preprocessing_", None)
         return cov if pre is None else cov * np.outer(pre.scale_, pre.scale_)
 
@@ -1147,25 +1162,17 @@ class ExactDGN(DensityMixin, BaseEstimator):
         return self
 
     def _check_prior_mass(self, X: np.ndarray) -> None:
-        """Warn when the fitted model's draws lie, in root mean square, more than ``_FAR``
-        data standard deviations from the data's mean in some column (exact:
-        ``E[(x_j - x̄_j)²] = Var[x_j] + (E[x_j] - x̄_j)²`` from the prior region moments): prior
-        mass is mapped far from the data (the likelihood loses only ``log 1 / (1 - mass)``
-        for it, but samples go there). Seen on the digits from a random start (12-30% of the
-        draws beyond 30 sd); longer EM moves the mass back. d <= 2, where the prior region
-        moments cost little."""
-        m, var = self._prior_output_moments(full=False)
-        with np.errstate(all="ignore"):
-            xbar, sd = np.nanmean(X, axis=0), np.nanstd(X, axis=0)
-            far = np.sqrt(var + self.noise_std_**2 + (m - xbar) ** 2) / sd
-        far = np.where(sd > 0, far, 0.0)
-        j = int(np.argmax(far))
-        if far[j] > _FAR:
+        """Warn when the fitted decoder maps prior mass far from the data
+        (:func:`_far_from_data` above ``_FAR``): the likelihood loses only ``log 1 / (1 -
+        mass)`` for it, but samples go there. d <= 2, where the prior region moments cost
+        little."""
+        far, j = _far_from_data(self.partition_, self.noise_std_, X)
+        if far > _FAR:
             warnings.warn(
-                f"the fitted model's draws lie {far[j]:.3g} data standard deviations (root mean "
-                f"square) from the data's mean in column {j}: part of the prior is mapped far "
-                "from the data, so samples land there; fit on with method='em' "
-                "(warm_start=True) or from another random_state",
+                f"the fitted decoder's outputs g(z), z ~ N(0, I), lie {far:.3g} data standard "
+                f"deviations (root mean square) from the data's mean in column {j}: part of the "
+                "prior is mapped far from the data, so samples land there; fit on with "
+                "method='em' (warm_start=True) or from another random_state",
                 ConvergenceWarning,
                 stacklevel=4,  # the caller of fit (fit -> _fit -> here)
             )
