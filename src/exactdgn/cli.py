@@ -1111,6 +1111,15 @@ def _evaluate(args) -> int:
     _check_encoder_options(args, args.encoder_defaults)
     if args.out:
         _check_out_file(args.out)
+        for given, what in (
+            (args.data, "DATA"),
+            (args.decoder, "DECODER"),
+            (args.encoder, "--encoder"),
+        ):
+            if given and Path(given).exists() and Path(given).resolve() == Path(args.out).resolve():
+                raise CLIError(
+                    f"--out {args.out} is the {what} file: give the per-point CSV its own file"
+                )
     noise_std = _noise_std(args.noise_std)
     if args.negative_slope is not None and args.activation != "leaky_relu":
         raise CLIError(

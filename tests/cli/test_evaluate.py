@@ -251,6 +251,12 @@ def test_out_that_cannot_be_written_is_refused_before_the_passes(parts, capsys, 
     (root / "plain").write_text("")
     assert main([*args, "--out", str(root / "plain" / "o.csv")]) == 2
     assert "plain is a file, not a folder" in capsys.readouterr().err
+    before = (root / "x.npy").read_bytes()  # --out onto DATA replaced it with CSV text
+    assert main([*args, "--out", str(root / "." / "x.npy")]) == 2
+    assert "is the DATA file" in capsys.readouterr().err
+    assert (root / "x.npy").read_bytes() == before
+    assert main([*args, "--out", str(root / "dec.pt")]) == 2
+    assert "is the DECODER file" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -463,3 +463,21 @@ def test_forward_with_default_arguments_is_traced_with_them():
 
     with pytest.raises(ValueError, match=r"forward takes \['z', 'c'\].*\['c'\] have no default"):
         Decoder.from_torch(NoDefault(), input_shape=(2,))
+
+
+class _CastsAndConstants(nn.Module):
+    """Idioms written for any dtype / device: they were refused as "operation 'getattr'"."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(2, 4), nn.Linear(4, 3)
+
+    def forward(self, z):
+        h = torch.relu(self.a(z)).to(z.dtype)
+        h = h + torch.ones(4, dtype=z.dtype, device=z.device) + h.new_ones(4)
+        h = h - torch.zeros_like(h) + 2.0 * torch.ones_like(h) + h.new_full((4,), 0.25)
+        return self.b(h.double()) + torch.full_like(self.b(h), 0.5)
+
+
+def test_casts_and_constants_of_a_values_shape_and_dtype():
+    _same_function(_CastsAndConstants(), 2)

@@ -217,6 +217,62 @@ def test_training_mode_message_says_call_eval():
     assert dec.n_units == 0
 
 
+def test_stale_reparametrised_weights_are_refused(rng):
+    """The old hook form of ``weight_norm`` keeps a ``weight`` attribute that only a forward
+    call refreshes: after ``load_state_dict`` the import used the module as built (outputs
+    3.97 off, a log p(x) of -42.1 where the module's own is -1.25), and inside a custom module
+    it failed in ``deepcopy`` with torch's own message. Both are refused, naming the layer and
+    the cure; so are the old ``spectral_norm`` and a parametrized one in training mode. The
+    parametrized forms in eval mode are read as the forward computes them; a module on the
+    'meta' device (no values) is named as such."""
+    import warnings
+
+    def build():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # the old form is deprecated
+            return nn.Sequential(nn.utils.weight_norm(nn.Linear(1, 6)), nn.ReLU(), nn.Linear(6, 3))
+
+    trained = build()
+    with torch.no_grad():
+        trained[0].weight_g.mul_(3.0)
+    stale = build()
+    stale.load_state_dict(trained.state_dict())
+    with pytest.raises(
+        NotPiecewiseAffineError,
+        match=r"'0' \(Linear\) uses torch\.nn\.utils\.weight_norm.*remove_weight_norm",
+    ):
+        from_torch(stale)
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = build()[0]
+
+        def forward(self, z):
+            return self.inner(z) + torch.relu(z)
+
+    with pytest.raises(NotPiecewiseAffineError, match=r"'inner' \(Linear\) uses .*weight_norm"):
+        from_torch(Residual())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        old_sn = nn.Sequential(nn.utils.spectral_norm(nn.Linear(1, 6)), nn.ReLU()).eval()
+    with pytest.raises(NotPiecewiseAffineError, match="remove_spectral_norm"):
+        from_torch(old_sn)
+    sn = nn.Sequential(nn.utils.parametrizations.spectral_norm(nn.Linear(1, 6)), nn.ReLU())
+    with pytest.raises(NotPiecewiseAffineError, match=r"training mode.*eval\(\)"):
+        from_torch(sn)
+    Z = _latent(rng, 50, 1)
+    for module in (
+        sn.eval(),
+        nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(1, 4)), nn.ReLU()),
+    ):
+        assert_matches_module(from_torch(module), module, Z)
+    with torch.device("meta"):
+        meta = nn.Sequential(nn.Linear(1, 3), nn.ReLU(), nn.Linear(3, 2))
+    with pytest.raises(ValueError, match="'meta' device"):
+        from_torch(meta)
+
+
 # ---------------------------------------------------------------------------- export / round trip
 def _decoder_all_kinds(rng) -> Decoder:
     sizes = [3, 7, 6, 5, 5, 4, 2]

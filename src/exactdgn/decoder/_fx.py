@@ -135,8 +135,9 @@ _SUPPORTED = (
     "it imports affine operations (Linear, convolutions, pooling by averages, padding, "
     "reshapes, transpose / permute, indexing and slicing of non-batch axes, chunk / split, "
     "cat / stack, sum / mean over non-batch axes, sums, scaling by constants, @ a constant "
-    "matrix, F.linear) and the piecewise-affine ReLU family, clamps, maximum / minimum and max "
-    "pooling. If this operation is (piecewise) affine, rewrite it with those; if it is smooth "
+    "matrix, F.linear, casts such as .to(dtype) and constants such as zeros_like) and the "
+    "piecewise-affine ReLU family, clamps, maximum / minimum and max pooling. If this "
+    "operation is (piecewise) affine, rewrite it with those; if it is smooth "
     "it has no exact region decomposition"
 )
 
@@ -663,6 +664,11 @@ class _Compiler:
                 return _Value(-x.M, -x.c, x.shape)
             if f is getattr and args[1] == "shape":
                 return _size(x)
+            if f is getattr and args[1] in ("dtype", "device"):  # the import's own: float64, CPU
+                return torch.float64 if args[1] == "dtype" else torch.device("cpu")
+            if f in (torch.zeros_like, torch.ones_like, torch.full_like):  # constants of x's shape
+                fill = 0.0 if f is torch.zeros_like else 1.0 if f is torch.ones_like else args[1]
+                return _Value(np.zeros_like(x.M), np.full(x.c.shape, float(fill)), x.shape)
             if f in (torch.unsqueeze, torch.squeeze):
                 return _squeeze(name, f.__name__, x, args[1:], kwargs)
             if f is torch.flatten:
@@ -673,6 +679,14 @@ class _Compiler:
         if n.op == "call_method":
             if n.target in ("view", "reshape", "flatten", "contiguous", "clone"):
                 return self._reshape(name, n.target, x, args[1:], kwargs)
+            if n.target in ("to", "double", "float", "cpu", "detach", "type_as"):
+                return x  # the import computes in float64 on the CPU: the same map
+            if n.target in ("new_zeros", "new_ones", "new_full"):  # constants, not per sample
+                size = kwargs.get("size", args[1] if len(args) > 1 else ())
+                value = {"new_zeros": 0.0, "new_ones": 1.0}.get(
+                    n.target, kwargs.get("fill_value", args[2] if len(args) > 2 else None)
+                )
+                return torch.full(tuple(np.atleast_1d(size)), float(value), dtype=torch.float64)
             if n.target == "size":
                 return _size(x, kwargs.get("dim", args[1] if len(args) > 1 else None))
             if n.target in ("sum", "mean"):

@@ -94,6 +94,35 @@ def _dense_map(module, shape, name=None):
     return W, b.reshape(-1).numpy().copy(), out_shape
 
 
+def _check_weights_are_current(module) -> None:
+    """Refuse layers whose stored weight is not the one their forward uses: the old hook forms
+    of ``torch.nn.utils.weight_norm`` / ``spectral_norm`` (the weight is recomputed from
+    ``weight_g`` / ``weight_v`` or ``weight_orig`` only by a forward call, so after
+    ``load_state_dict`` or ``.double()`` the attribute is stale), and a parametrized spectral
+    norm in training mode (each read runs a power iteration: the weights move)."""
+    for name, sub in module.named_modules():
+        label = f"layer {name!r} ({type(sub).__name__})" if name else type(sub).__name__
+        for hook in sub._forward_pre_hooks.values():
+            where = type(hook).__module__
+            if where in ("torch.nn.utils.weight_norm", "torch.nn.utils.spectral_norm"):
+                fn = where.rsplit(".", 1)[1]
+                raise NotPiecewiseAffineError(
+                    f"{label} uses torch.nn.utils.{fn} (its old hook form): its weight is "
+                    "recomputed only by a forward call, so the stored one can be stale; call "
+                    f"torch.nn.utils.remove_{fn}(layer) first, or use "
+                    f"torch.nn.utils.parametrizations.{fn} (read as the forward computes it)"
+                )
+        plist = getattr(sub, "parametrizations", None)
+        if sub.training and plist is not None:
+            for pname, chain in plist.items():
+                if any(type(p).__name__ == "_SpectralNorm" for p in chain):
+                    raise NotPiecewiseAffineError(
+                        f"{label}: the spectral norm of its {pname!r} is in training mode (each "
+                        "read runs a power iteration, so the weights move); call module.eval() "
+                        "first"
+                    )
+
+
 def _plain_chain(module) -> bool:
     """Whether ``module`` is a (nested) ``nn.Sequential`` of the layers this file imports
     directly (anything else goes through :func:`exactdgn.decoder._fx.from_torch_fx`)."""
@@ -147,7 +176,13 @@ def from_torch(module, input_shape: Sequence[int] | None = None) -> Decoder:
     nn = torch.nn
     if not isinstance(module, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(module).__name__}")
+    _check_weights_are_current(module)
     tensors = [*module.parameters(), *module.buffers()]
+    if any(t.device.type == "meta" for t in tensors):
+        raise ValueError(
+            "the module's weights are on the 'meta' device (shapes without values): give them "
+            "values first, e.g. module.to_empty(device='cpu') then module.load_state_dict(...)"
+        )
     if any(t.device.type != "cpu" for t in tensors):  # the weights are read on the CPU
         module = copy.deepcopy(module).to("cpu")
     if not _plain_chain(module):  # custom modules, residual sums, ReLU6, pooling: torch.fx
