@@ -167,7 +167,8 @@ def test_input_validation():
     with pytest.raises(NotFittedError, match="not fitted"):
         VAE([1, 2]).elbo(X)
     m = VAE([1, 2], max_epochs=0).fit(X)
-    with pytest.raises(ValueError, match="2 are expected"):
+    # scikit-learn's wording (its check_n_features_in_after_fitting matches it)
+    with pytest.raises(ValueError, match="X has 5 features, but VAE is expecting 2 features"):
         m.elbo(np.zeros((3, 5)))
     with pytest.raises(ValueError, match="Z has shape"):
         m.log_q(X[:3], np.zeros((4, 1)))

@@ -1249,7 +1249,9 @@ class VAE(DensityMixin, BaseEstimator):
     def _check_X(self, X) -> np.ndarray:
         self._check_fitted()
         check_feature_names(self, X)
-        X = check_array(X, name="X", n_features=self.decoder_.output_dim)
+        X = check_array(
+            X, name="X", n_features=self.decoder_.output_dim, estimator=type(self).__name__
+        )
         if X.shape[0] == 0:
             raise ValueError(f"X has no rows (shape {X.shape}): give at least one point")
         return X
