@@ -1207,7 +1207,7 @@ def _partition_cmd(args) -> int:
         fmt = Path(args.plot).suffix.lstrip(".").lower() or None  # the temporary name differs
         _write_output(args.plot, lambda fh: fig.savefig(fh, format=fmt, dpi=120))
         plt.close(fig)
-        print(f"plot written to {args.plot}")
+        print(f"plot written to {args.plot}", file=sys.stderr)  # stdout: the JSON alone
     return 0
 
 
@@ -1678,6 +1678,10 @@ def main(argv=None) -> int:
         detail = f"; {exc}" if isinstance(exc, _Interrupted) else ""
         print(f"exactdgn: interrupted{detail}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of a pipe stopped (exactdgn ... | head): quietly
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # no later flush fails
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a shell reports a process ended by SIGPIPE
     except (ValueError, OSError, MemoryError, TypeError, KeyError) as exc:
         if interrupt_behind(exc) is not None:  # cleanup that failed after a Ctrl-C
             print("exactdgn: interrupted", file=sys.stderr)

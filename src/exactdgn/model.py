@@ -335,11 +335,22 @@ class ExactDGN(DensityMixin, BaseEstimator):
             Standard deviation of the Gaussian observation noise.
         **params
             Estimator parameters (e.g. ``prune_nats``, or ``device="cuda"`` for the torch
-            backend).
+            backend). ``noise`` defaults to ``"isotropic"`` for a scalar ``noise_std`` and
+            ``"diagonal"`` for an array; pass ``noise="isotropic"`` with an array of one value
+            (another ``ExactDGN``'s ``noise_std_``, always (D,)) to keep one noise parameter
+            (``bic``, ``aic`` and a warm fit count and train one).
         """
         if not isinstance(decoder, Decoder):
             raise TypeError(f"decoder must be an exactdgn.Decoder, got {type(decoder).__name__}")
         std = check_noise_std(noise_std, size=decoder.output_dim)
+        noise = params.pop("noise", "isotropic" if std.ndim == 0 else "diagonal")
+        if noise not in ("isotropic", "diagonal"):
+            raise ValueError(f"noise={noise!r} is invalid: choose 'isotropic' or 'diagonal'")
+        if noise == "isotropic" and std.ndim and np.ptp(std) > 0:
+            raise ValueError(
+                f"noise='isotropic' needs one noise std, but noise_std holds {std.size} values "
+                f"from {std.min():.6g} to {std.max():.6g}: pass noise='diagonal' (or one value)"
+            )
         why = dimension_limit(decoder.latent_dim)
         if why is not None:
             raise ValueError(why)
@@ -353,7 +364,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
             hidden_sizes=tuple(decoder.hidden_sizes),
             activation=acts.pop() if len(acts) == 1 else "mixed",
             negative_slope=slope,
-            noise="isotropic" if std.ndim == 0 else "diagonal",
+            noise=noise,
             **params,
         )
         model._set_state(decoder, std)  # (partition copies it: a caller's edit is not seen)
@@ -1729,7 +1740,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
     # ------------------------------------------------------------------ model selection
     def _n_parameters(self) -> int:
         self._check_fitted()
-        n_noise = 1 if self.noise == "isotropic" else self.decoder_.output_dim
+        fitted = getattr(self, "_fitted_noise", self.noise)  # not a noise set after the fit
+        n_noise = 1 if fitted == "isotropic" else self.decoder_.output_dim
         return self.decoder_.n_params + n_noise
 
     def bic(self, X) -> float:

@@ -234,7 +234,9 @@ def test_score_sample_partition_report(runs, tmp_path, capsys):
     png = tmp_path / "p.png"
     capsys.readouterr()
     assert main(["partition", str(root / "em"), "--plot", str(png)]) == 0
-    summ = json.loads(capsys.readouterr().out.split("plot written")[0])
+    got = capsys.readouterr()  # stdout: the JSON alone (| json.load), the status on stderr
+    summ = json.loads(got.out)
+    assert f"plot written to {png}" in got.err
     assert summ["n_regions"] == ExactDGN.load(root / "em" / "model.npz").n_regions_
     assert png.stat().st_size > 0
     assert main(["partition", "--layers", "2", "8", "3", "--seed", "1"]) == 0
@@ -668,3 +670,19 @@ def test_chunk_rows_is_a_positive_integer_given_with_a_cluster(cmd, runs, tmp_pa
     err = capsys.readouterr().err
     assert "--chunk-rows" in err and "--workers N or --scheduler ADDRESS" in err
     assert not (tmp_path / "run").exists() and not (tmp_path / "f.csv").exists()
+
+
+def test_a_reader_that_stops_ends_the_command_quietly(runs, tmp_path):
+    """``exactdgn sample RUN -n 200000 | head -1`` printed ``exactdgn: error: [Errno 32]
+    Broken pipe``; it ends quietly now, with the shell's code for SIGPIPE."""
+    import subprocess
+    import sys
+
+    root, _, _ = runs
+    cmd = [sys.executable, "-m", "exactdgn", "sample", str(root / "em"), "-n", "200000"]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        proc.stdout.readline()
+        proc.stdout.close()  # the reader stops
+        err = proc.stderr.read().decode()
+        code = proc.wait(timeout=120)
+    assert code == 141 and err == "", (code, err)

@@ -470,3 +470,41 @@ def test_d3_thin_slab_regions_against_one_dimensional_integrals():
     assert np.all(np.abs(lp - ref) <= err)
     assert np.all(np.abs(lp - ref) <= 1e-11 * np.abs(ref))
     assert np.all(err <= 1e-6)
+
+
+def test_information_criteria_count_the_fitted_noise():
+    """``bic`` / ``aic`` counted the noise parameters of the current ``noise`` setting (one
+    ``set_params(noise="diagonal")`` after the fit added D - 1 of them), and a fitted model
+    wrapped by ``from_decoder(m.decoder_, m.noise_std_)`` (always (D,)) became diagonal: its
+    criteria counted D and a warm fit trained D stds. ``noise="isotropic"`` keeps one."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    from exactdgn.datasets import get_dataset
+
+    X = get_dataset("two_moons", n_samples=200, random_state=0)
+    m = ExactDGN(latent_dim=1, hidden_sizes=(5,), max_iter=5, random_state=0, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m.fit(X)
+    dec = m.decoder_
+    k = sum(W.size + c.size for W, c in zip(dec.weights, dec.biases, strict=True)) + 1
+    ll = m.score_samples(X).sum()
+    assert m.bic(X) == pytest.approx(-2 * ll + k * np.log(len(X)), rel=1e-13)
+    m.set_params(noise="diagonal")  # not refitted: still one noise std
+    assert m.aic(X) == pytest.approx(-2 * ll + 2 * k, rel=1e-13)
+    wrapped = ExactDGN.from_decoder(
+        dec, m.noise_std_, noise="isotropic", max_iter=2, progress=False
+    )
+    assert wrapped.bic(X) == pytest.approx(-2 * ll + k * np.log(len(X)), rel=1e-13)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        wrapped.set_params(warm_start=True, method="em").fit(X)
+    assert np.ptp(wrapped.noise_std_) == 0.0  # one std trained
+    diag = ExactDGN.from_decoder(dec, m.noise_std_)  # an array: diagonal unless told
+    assert diag.noise == "diagonal" and diag.aic(X) == pytest.approx(
+        -2 * ll + 2 * (k + 1), rel=1e-13
+    )
+    with pytest.raises(ValueError, match="noise='isotropic' needs one noise std"):
+        ExactDGN.from_decoder(dec, [0.1, 0.2], noise="isotropic")
