@@ -333,17 +333,24 @@ def _torch_threads(n: int | None) -> None:
 
 
 def _run_quietly(fn, *args, **kwargs):
-    """Call ``fn``; warnings (e.g. ConvergenceWarning) are reported on stderr, not raised."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        out = fn(*args, **kwargs)
-    seen = set()
-    for w in caught:
-        msg = f"{w.category.__name__}: {w.message}"
+    """Call ``fn``; warnings (e.g. ConvergenceWarning) go to stderr as they happen, not raised.
+
+    Each distinct message is printed once, when it is first issued: an up-front
+    warning (the cost estimate, ``latent_dim > D``) is read before a long fit runs,
+    not after it.
+    """
+    seen: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        msg = f"{category.__name__}: {message}"
         if msg not in seen:
             seen.add(msg)
-            print(f"exactdgn: warning: {msg}", file=sys.stderr)
-    return out
+            print(f"exactdgn: warning: {msg}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        return fn(*args, **kwargs)
 
 
 # ---------------------------------------------------------------------- dask (issue 14)

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import logging
 import numbers
+import sys
 import time
 import warnings
 
@@ -78,6 +79,29 @@ _REL_TOL = 0.04  # rel_tol="auto" of an expensive run
 __all__ = ["ConvergenceWarning", "ExactDGN", "NotFittedError"]
 
 logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _log_to_stderr(verbose: int):
+    """While open, the package's records at INFO (``verbose == 1``) or DEBUG (``>= 2``) also
+    go to stderr: ``verbose`` as scikit-learn's estimators read it (progress on stderr)."""
+    if not verbose:
+        yield
+        return
+    level = logging.INFO if verbose == 1 else logging.DEBUG
+    package = logging.getLogger("exactdgn")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    before = package.level
+    package.addHandler(handler)
+    if package.getEffectiveLevel() > level:
+        package.setLevel(level)
+    try:
+        yield
+    finally:
+        package.removeHandler(handler)
+        package.setLevel(before)
 
 
 def _output_moments(part: Partition, full: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -202,8 +226,14 @@ class ExactDGN(DensityMixin, BaseEstimator):
         ([2,32,32,64], two splits x 5 seeds), 12-23 on MNIST digit 4 14x14 ([2,32,32,196],
         5 seeds) and 57-59 on MNIST 28x28 ([2,32,32,784], 2 seeds), and the random start's
         scout was ~40% of the scouting time (README "Training").
-    min_noise_std, weight_decay, random_state, warm_start, verbose, progress :
+    min_noise_std, weight_decay, random_state, warm_start, progress :
         Training options (see ``fit``).
+    verbose : int
+        0: silent (the ``exactdgn`` loggers as the application configured them). 1: during
+        ``fit`` the package's INFO records go to stderr as well: the cost estimate, one line
+        per iteration (log-likelihood, regions, step, seconds) and each start's end. 2: DEBUG
+        records too (partition and integration details). The handler is removed when ``fit``
+        returns; an application that already logs ``exactdgn`` at INFO sees those lines twice.
     prune_nats : float
         Exact pruning margin: skipped point-region pairs contribute less than
         ``exp(-prune_nats)`` relative to ``p(x)`` in total.
@@ -999,7 +1029,9 @@ class ExactDGN(DensityMixin, BaseEstimator):
         before = {k: v for k, v in vars(self).items() if k.endswith("_") and k[0] != "_"}
         interrupted = self.__dict__.get("_offset_interrupted", False)
         try:
-            return self._fit(X, checkpoint, callback)
+            self._validate_params()
+            with _log_to_stderr(self.verbose):
+                return self._fit(X, checkpoint, callback)
         except BaseException as exc:
             if self.__dict__.get("history_") is before.get("history_"):
                 # no iterate was kept (an error, or Ctrl-C before the first iteration): the
@@ -1089,6 +1121,16 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 if any(r["stopped"] for r in done):  # the callback stopped training: no more
                     break
                 if i < len(prior) and not self._goes_on(prior[i], ck["config"]):
+                    if prior[i]["stopped"]:
+                        logger.warning(
+                            "checkpoint %s: start %d was stopped by a callback at iteration %d; "
+                            "a resume keeps the stop (the run is returned as it was): to train "
+                            "on, fit the returned model again with warm_start=True, or remove "
+                            "the checkpoint to start over",
+                            checkpoint,
+                            i,
+                            prior[i]["n_iter"],
+                        )
                     done.append(prior[i])
                     continue
                 if i < len(prior):  # a higher max_iter or another tol: the start goes on
@@ -1376,6 +1418,15 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 row.iter = it
                 hist.append(row.as_dict())
                 snaps.append((it, trainer.decoder, trainer.std))
+                logger.info(
+                    "%s scout %s iter %d: loglik %.6f regions %d (%.2fs)",
+                    row.method,
+                    name,
+                    it,
+                    row.loglik,
+                    row.n_regions,
+                    row.seconds,
+                )
                 if trainer.finished:
                     break
             logger.info("init %s: loglik %.6f after %d iterations", init, trainer.loglik, it)

@@ -400,3 +400,24 @@ def test_a_data_file_of_another_width_is_named(units_run, tmp_path, capsys, comm
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"{two} has 2 columns but the model {root / 'run'} was fit on data with 3" in err
+
+
+def test_fit_warnings_reach_stderr_when_issued_not_after_the_fit(capsys):
+    # an up-front warning (cost estimate, latent_dim > D) was printed only once fit returned,
+    # i.e. after the long run it warned about
+    import warnings
+
+    from exactdgn.cli import _run_quietly
+
+    def long_fit():
+        warnings.warn("this will be slow", UserWarning, stacklevel=1)
+        during = capsys.readouterr().err
+        warnings.warn("this will be slow", UserWarning, stacklevel=1)  # printed once
+        warnings.warn("another", RuntimeWarning, stacklevel=1)
+        return during
+
+    during = _run_quietly(long_fit)
+    assert during == "exactdgn: warning: UserWarning: this will be slow\n"
+    assert capsys.readouterr().err == "exactdgn: warning: RuntimeWarning: another\n"
+    with pytest.warns(UserWarning, match="after"):  # the filters and showwarning are restored
+        warnings.warn("after", UserWarning, stacklevel=1)

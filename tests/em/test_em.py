@@ -267,7 +267,7 @@ def test_callback_sees_every_iteration_and_can_stop(init, stop_at):
     assert m.score(X) == pytest.approx(seen[-1][1], abs=1e-12)  # the model it stopped at
 
 
-def test_callback_stop_ends_the_fit_not_only_the_current_start(tmp_path):
+def test_callback_stop_ends_the_fit_not_only_the_current_start(tmp_path, caplog):
     """``False`` from the callback stops training: with ``n_init=2`` the second start does not
     run (it did, from iteration 1 again), also when the checkpoint is fitted again."""
     _, X = _planted([1, 5, 2], 150, 14)
@@ -283,8 +283,13 @@ def test_callback_stop_ends_the_fit_not_only_the_current_start(tmp_path):
         warnings.simplefilter("error", ConvergenceWarning)
         m.fit(X, callback=cb, checkpoint=tmp_path / "ck.npz")
         assert seen == [1, 2] and m.n_iter_ == 2 and len(m.init_logliks_) == 1
+        assert not [r for r in caplog.records if r.levelname == "WARNING"]
         again = ExactDGN(**kw, progress=False).fit(X, checkpoint=tmp_path / "ck.npz")
     assert seen == [1, 2] and again.history_ == m.history_ and len(again.init_logliks_) == 1
+    # the resume that does nothing says so (it was silent), and how to train on
+    (said,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "stopped by a callback at iteration 2" in said.getMessage()
+    assert "warm_start=True" in said.getMessage()
 
 
 def test_scout_logliks_belong_to_the_kept_run():

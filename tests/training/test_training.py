@@ -314,3 +314,33 @@ def test_d4_estimate_is_of_the_measured_cost_per_pair():
     for h in (6, 8):
         est = _cost.estimate_training_cost(4, (h,), 10, 3)
         assert 0.05 < est.seconds / est.n_pairs < 0.5
+
+
+@pytest.mark.parametrize("verbose", [0, 1, 2])
+def test_verbose_reports_each_iteration_on_stderr(capfd, verbose):
+    # verbose was validated but read nowhere: verbose=1 printed nothing
+    import logging
+    import re
+
+    from exactdgn.datasets import wave
+
+    X = wave(40, random_state=0)
+    package = logging.getLogger("exactdgn")
+    level, handlers = package.level, list(package.handlers)
+    m = ExactDGN(hidden_sizes=(4,), max_iter=6, random_state=0, progress=False, verbose=verbose)
+    during = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m.fit(X, callback=lambda it, snap: during.append(package.getEffectiveLevel()))
+    err = capfd.readouterr().err
+    assert set(during) == {[level or logging.WARNING, logging.INFO, logging.DEBUG][verbose]}
+    scouted = re.findall(r"scout (\S+) iter (\d+): loglik", err)
+    logged = [int(i) for i in re.findall(r"init 0 iter (\d+): loglik", err)]
+    if verbose == 0:
+        assert err == ""
+    else:  # three starts x 3 scouting iterations (d = 1), then the winner's own iterations
+        assert len(scouted) == 9 and {n for n, _ in scouted} == {"pca", "random", "random-2"}
+        after = [h["iter"] for h in m.history_ if h["iter"] > 3]
+        assert after and logged == after, err
+        assert "training estimate" in err
+    assert package.level == level and package.handlers == handlers  # put back as found
