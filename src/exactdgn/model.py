@@ -1115,6 +1115,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
         # init="auto" records each start's scouts: the kept run's are kept (a warm run keeps
         # those of the run it continues), a fit without scouting has none
         scouts = {0: self.__dict__.pop("scout_logliks_", None)} if warm else {}
+        if ck:  # the starts scouted before the checkpoint was written (not scouted again)
+            scouts.update(ck["scouts"])
         saver = _CheckpointSaver(self._CHECKPOINT_SECONDS)
         try:
             for i in range(self.n_init):
@@ -1147,7 +1149,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
                     if checkpoint:
                         saver.offer(
                             lambda: self._save_checkpoint(
-                                checkpoint, fingerprint, config, done, i, run
+                                checkpoint, fingerprint, config, done, i, run, scouts
                             )
                         )
 
@@ -1161,7 +1163,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 if checkpoint:  # every finished start is written at once
                     saver.offer(
                         lambda: self._save_checkpoint(
-                            checkpoint, fingerprint, config, done, None, None
+                            checkpoint, fingerprint, config, done, None, None, scouts
                         ),
                         force=True,
                     )
@@ -1575,8 +1577,11 @@ class ExactDGN(DensityMixin, BaseEstimator):
     #: ends or training is interrupted); see :class:`_CheckpointSaver`
     _CHECKPOINT_SECONDS = 5.0
 
-    def _save_checkpoint(self, path, fingerprint, config, done, init_i, current) -> None:
-        """Finished starts and the current one: parameters, history, trainer state."""
+    def _save_checkpoint(
+        self, path, fingerprint, config, done, init_i, current, scouts=None
+    ) -> None:
+        """Finished starts and the current one: parameters, history, trainer state, and the
+        starts' scouting log-likelihoods (``scout_logliks_`` of a resumed run)."""
         arrays: dict = {}
         meta = {
             "kind": "checkpoint",
@@ -1597,6 +1602,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
 
         meta["done"] = [pack(r, f"done{j}") for j, r in enumerate(done)]
         meta["current"] = None
+        meta["scouts"] = {str(i): v for i, v in (scouts or {}).items() if v is not None}
         if init_i is not None:
             meta["current"] = {"init": init_i, **pack(current, "cur")}
         write_npz_atomic(path, arrays, meta)
@@ -1655,7 +1661,8 @@ class ExactDGN(DensityMixin, BaseEstimator):
         cur = meta["current"]
         if cur is not None:
             cur = {**unpack(cur, "cur"), "init": cur["init"], "iter": cur["n_iter"]}
-        return {"done": done, "current": cur, "config": old}
+        scouts = {int(i): v for i, v in meta.get("scouts", {}).items()}
+        return {"done": done, "current": cur, "config": old, "scouts": scouts}
 
     _START_ATTRS = ("best_init_", "init_logliks_", "scout_logliks_")
 

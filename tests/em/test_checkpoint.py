@@ -199,6 +199,30 @@ def test_interrupt_from_callback_then_resume_equals_uninterrupted(
         assert {h["method"] for h in ref.history_} == {"em", "lbfgs"}
 
 
+def test_a_resumed_scouted_run_keeps_its_scouts(tmp_path):
+    """init="auto": the resumed run has the uninterrupted run's ``scout_logliks_`` (the
+    checkpoint keeps them; they were missing after a resume)."""
+    X = ExactDGN.from_decoder(Decoder.random([1, 5, 2], seed=3), 0.1).sample(150, random_state=0)
+    kw = dict(hidden_sizes=(5,), max_iter=7, tol=0.0, random_state=0, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ref = ExactDGN(**kw).fit(X)
+
+    def stop_at_5(it, snapshot):  # after the 3 scouting iterations (d = 1)
+        if it == 5:
+            raise KeyboardInterrupt
+
+    ck = tmp_path / "ck.npz"
+    with pytest.raises(KeyboardInterrupt):
+        ExactDGN(**kw).fit(X, checkpoint=ck, callback=stop_at_5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        again = ExactDGN(**kw).fit(X, checkpoint=ck)
+    assert len(ref.scout_logliks_) == 3
+    assert again.scout_logliks_ == ref.scout_logliks_
+    assert [h["loglik"] for h in again.history_] == [h["loglik"] for h in ref.history_]
+
+
 def test_checkpoint_of_an_older_format_is_refused(tmp_path):
     X = ExactDGN.from_decoder(Decoder.random([1, 4, 2], seed=1), 0.1).sample(80, random_state=0)
     ck = tmp_path / "c.npz"
