@@ -161,9 +161,11 @@ def check_generator(random_state, name: str = "random_state") -> np.random.Gener
         ) from None
 
 
-#: Noise standard deviations the float64 path takes: ``σ²`` and ``1 / σ²`` normal numbers
-#: (outside, ``log σ²`` was ``-inf`` or ``inf`` and ``log p(x)`` NaN).
-NOISE_STD_RANGE = (1e-150, 1e150)
+#: Noise standard deviations the float64 path takes. At 1e-150 / 1e150 (``σ²`` and ``1 / σ²``
+#: still normal numbers) the complete rows scored, but the missing-data path's products of
+#: ``λ = 1/σ²`` overflowed (``IndexError`` for any row with a NaN at σ = 1e-100); within
+#: 1e-50 .. 1e50 every path is finite for rows within ``inference._marginal.REACH``.
+NOISE_STD_RANGE = (1e-50, 1e50)
 
 
 def check_positive(value, *, name: str, size: int | None = None) -> np.ndarray:
@@ -185,6 +187,10 @@ def output_dtype(X) -> np.dtype:
     float16 for such arrays, else float64 (read from ``X.dtype``, without converting ``X``: a
     dask array stays uncomputed)."""
     dt = getattr(X, "dtype", None)
+    if dt is None and hasattr(X, "dtypes"):  # a data frame: its columns' common float type
+        kinds = {np.dtype(t) for t in X.dtypes if isinstance(t, np.dtype)}
+        if len(kinds) == 1 and len(kinds) == len(set(map(str, X.dtypes))):
+            dt = kinds.pop()
     if isinstance(dt, np.dtype) and dt.kind == "f" and dt.itemsize < 8:
         return dt
     return np.dtype(np.float64)

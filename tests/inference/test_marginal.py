@@ -303,21 +303,23 @@ def test_region_geometry_checks_noise_std():
 
 
 def test_noise_std_outside_the_float64_range_is_refused():
-    """σ = 1e-300 or 1e300 scored NaN (log σ² was -inf / inf), and ``True`` was taken as 1.0:
+    """σ = 1e-300 or 1e300 scored NaN (log σ² was -inf / inf), σ = 1e-100 a row with a NaN
+    raised IndexError, and ``True`` was taken as 1.0:
     both are errors that say what to do. At the ends of the range the values are finite and
     match the closed form (a large σ: log p(x) = log N(x; 0, σ²I) to first order)."""
     dec = Decoder.random([1, 5, 3], seed=0)
     X = np.array([[0.3, -0.2, 1.0]])
-    for bad in (1e-300, 1e300, [0.1, 1e200, 0.1]):
-        with pytest.raises(ValueError, match=r"outside \[1e-150, 1e\+150\].*rescale the data"):
+    for bad in (1e-300, 1e300, [0.1, 1e200, 0.1], 1e-100):  # 1e-100: the NaN path overflowed
+        with pytest.raises(ValueError, match=r"outside \[1e-50, 1e\+50\].*rescale the data"):
             ExactDGN.from_decoder(dec, bad)
     with pytest.raises(ValueError, match="noise_std must be a positive number, got the boolean"):
         ExactDGN.from_decoder(dec, True)
-    for s in (1e-150, 1e150):
-        lp = ExactDGN.from_decoder(dec, s).score_samples(X)
+    Xn = np.array([[0.3, np.nan, 1.0]])
+    for s in (1e-50, 1e50):
+        lp = ExactDGN.from_decoder(dec, s).score_samples(np.concatenate([X, Xn]))
         assert np.all(np.isfinite(lp))
-    big = ExactDGN.from_decoder(dec, 1e150).score_samples(X)[0]
-    assert abs(big - 3 * (-np.log(1e150) - 0.5 * np.log(2 * np.pi))) < 1e-12 * abs(big)
+    big = ExactDGN.from_decoder(dec, 1e50).score_samples(X)[0]
+    assert abs(big - 3 * (-np.log(1e50) - 0.5 * np.log(2 * np.pi))) < 1e-12 * abs(big)
 
 
 @pytest.mark.parametrize("sizes", [[1, 5, 3], [2, 5, 3]])

@@ -265,8 +265,8 @@ def test_observed_part_masks_without_propagating_nan():
 
 def test_select_rows_is_the_kappa_and_tail_rule():
     """The compiled pair selection keeps exactly the pairs with ``log κ - lower > -thr`` whose
-    tail bound ``log κ - lower - δ²/2`` is above ``-thr`` too, or that are the row's best
-    region, in order of row then region, with their ``k``, ``t``, ``log κ`` and whitened
+    tail bound ``log κ - lower - δ²/2`` is above ``-thr`` too, or that are the row's seeds
+    (``r1``, ``r2``), in order of row then region, with their ``k``, ``t``, ``log κ`` and whitened
     interval (±inf ends kept)."""
     from exactdgn.inference._missing import _pair_buffers
     from exactdgn.inference._missing_kernels import select_rows
@@ -279,16 +279,17 @@ def test_select_rows_is_the_kappa_and_tail_rule():
     lo = np.r_[-np.inf, np.sort(rng.normal(0, 2, R - 1))]
     hi = np.r_[lo[1:], np.inf]
     r1 = np.argmin(q, axis=1)
+    r2 = rng.integers(0, R, n)
     thr = 7.5
     lower = -0.5 * q.min(axis=1) - rng.exponential(10.0, n) + thr
     out = _pair_buffers(n * R)
-    c, nc = select_rows(q, k2, u, lower, thr, r1, lo, hi, *out)
+    c, nc = select_rows(q, k2, u, lower, thr, r1, r2, lo, hi, *out)
     p, r = np.nonzero(-0.5 * q - lower[:, None] > -thr)
     k = np.sqrt(k2[p, r])
     t = u[p, r] / k
     a, b = lo[r] * k - t, hi[r] * k - t
     dist = np.maximum(np.maximum(a, -b), 0.0)
-    sel = (-0.5 * q[p, r] - lower[p] - 0.5 * dist**2 > -thr) | (r == r1[p])
+    sel = (-0.5 * q[p, r] - lower[p] - 0.5 * dist**2 > -thr) | (r == r1[p]) | (r == r2[p])
     assert nc == len(p) and c == sel.sum() and 0 < c < nc
     for got, want in zip(out, (p, r, k, t, -0.5 * q[p, r], a, b), strict=True):
         np.testing.assert_array_equal(got[:c], want[sel])
@@ -444,6 +445,24 @@ def test_rows_beyond_1e9_sigma_match_the_rebuilt_model(d):
     assert got[0] < -1e17 and got[1] < -1e24
 
 
+@pytest.mark.parametrize("d", [1, 2])
+def test_a_sweep_of_far_rows_matches_the_rebuilt_model(d):
+    """Rows 1e2 to 1e20 out along one observed axis, one value missing: each log p(x_obs) is
+    the rebuilt model's. d = 1 gave NaN from 3.8e15 (16 of 400 values): the tail test's two
+    ~1e32-nat terms round by more than the pruning margin, and the seed pair that held all the
+    mass (``r2``, whose exact terms set the lower bound) was dropped."""
+    dec = Decoder.random([d, 6, 3], seed=0)
+    model = ExactDGN.from_decoder(dec, 0.1)
+    v = np.logspace(2, 20, 400)
+    X = np.stack([v, np.zeros_like(v), np.zeros_like(v)], axis=1)
+    Xn = X.copy()
+    Xn[:, 1] = np.nan
+    got = model.score_samples(Xn)
+    ref = ExactDGN.from_decoder(_rows(dec, [0, 2]), 0.1).score_samples(X[:, [0, 2]])
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, ref, rtol=1e-10)
+
+
 def test_d2_impute_of_rows_whose_blocks_have_no_candidate_pairs():
     """d = 2, σ = 1e-3: a block of rows whose seeds hold every visible pair has no candidate
     pairs, and the moments' merge step was never called (``IndexError`` in ``impute``, the
@@ -458,3 +477,29 @@ def test_d2_impute_of_rows_whose_blocks_have_no_candidate_pairs():
     np.testing.assert_allclose(few, many[:2], rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(few_sd, many_sd[:2], rtol=1e-10, atol=1e-14)
     assert np.all(few_sd[:, 1] > 0) and np.all(few_sd[:, [0, 2, 3]] == 0)
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("sigma", [1e-9, 1e-12])
+def test_tiny_noise_log_p_is_the_sum_over_pre_images(d, sigma):
+    """σ -> 0 with as many observed outputs as latent dimensions: log p(x_obs) is the zero-noise
+    limit, the sum over the pre-images of x_obs (``tests.oracles.preimages``). The pruning
+    tests used the formed log κ (terms of 1/σ² ~ 1e24, rounded by 1e8 nats): the pair holding
+    the mass was pruned, and log p(x_obs) was up to 675 nats off (d = 2, σ = 1e-12; 470 at
+    1e-9); complete rows (d = 3, σ = 1e-12) were 6 nats off; d = 3 missing raised
+    LinAlgError from σ = 1e-8 (the formed P_r(n) was not positive definite)."""
+    from tests.oracles.preimages import zero_noise_log_px
+
+    worst = 0.0
+    for seed in range(3):
+        dec = Decoder.random([d, 6, d + 1], seed=seed)
+        X = ExactDGN.from_decoder(dec, sigma).sample(3, random_state=seed)
+        gone = seed % (d + 1)
+        o = np.arange(d + 1) != gone
+        Xn = X.copy()
+        Xn[:, gone] = np.nan
+        ref = np.array([zero_noise_log_px(_rows(dec, o), x) for x in X[:, o]])
+        missing = ExactDGN.from_decoder(dec, sigma).score_samples(Xn)
+        complete = ExactDGN.from_decoder(_rows(dec, o), sigma).score_samples(X[:, o])
+        worst = max(worst, np.abs(missing - ref).max(), np.abs(complete - ref).max())
+    assert worst < 1e-2 if (d, sigma) == (3, 1e-12) else worst < 1e-5, worst

@@ -32,7 +32,7 @@ from ..em._gradient import exact_gradient
 from ..em._init import DataMoments, initialize
 from ..em._steps import RegionStats, _residual_sq, region_stats
 from ..inference._geometry import RegionGeometry
-from ..inference._marginal import marginal_pairs
+from ..inference._marginal import check_reach, marginal_pairs
 from ._cluster import active_client, tree_reduce
 from ._io import as_row_chunks, row_offsets
 from ._score import broadcast, check_chunk, device_name
@@ -113,6 +113,7 @@ def _check_training_chunk(x: np.ndarray, start: int, n_features: int) -> np.ndar
 
 def _estep_chunk(x: np.ndarray, spec: _EStepSpec, start: int) -> tuple[_Sums, RegionStats]:
     x = _check_training_chunk(x, start, spec.geom.output_dim)
+    check_reach(spec.geom, x, first_row=start)
     st = marginal_pairs(
         spec.geom,
         x,

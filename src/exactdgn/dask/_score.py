@@ -10,7 +10,7 @@ import numpy as np
 from .._validation import check_array
 from ..inference import check_missing
 from ..inference._geometry import RegionGeometry
-from ..inference._marginal import marginal_pairs
+from ..inference._marginal import check_reach, marginal_pairs
 from ..inference._missing import observed_pairs
 from ._cluster import active_client
 from ._io import as_row_chunks
@@ -47,6 +47,7 @@ def _score_chunk(x, spec: _ScoreSpec, return_error: bool, block_info=None):
     start = block_info[0]["array-location"][0][0] if block_info else 0
     # NaN = missing: log p(x_obs) of those rows, as model.score_samples (ExactDGN._exact_pairs)
     x = check_chunk(x, start, spec.geom.output_dim, allow_nan=True)  # rows with nothing: error
+    check_reach(spec.geom, x, first_row=start)
     nan = np.isnan(x)
     obs = ~nan if nan.any() else None
     kw = {"prune_nats": spec.prune_nats, "chunk_bytes": spec.chunk_bytes, "check_input": False}

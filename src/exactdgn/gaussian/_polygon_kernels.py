@@ -106,8 +106,12 @@ def transformed_edges(
                 cu[i, j] = nn0 * q10 + nn1 * q11
             else:
                 cu[i, j] = offsets[mi, j] * (det / safe) - (nn0 * w0 + nn1 * w1)
-            if nonempty[mi, j]:
-                dist = np.hypot(q00 - g0, q01 - g1)
+            if nonempty[mi, j] and bnd:  # T (p - c): not the difference of the rounded
+                # mapped points (a polygon of size 0.3 mapped 1e15 out had radius 0, went to
+                # the small-polygon cubature and got log mass 0 for -4e29)
+                dx = x0 - centroid[mi, 0]
+                dy = y0 - centroid[mi, 1]
+                dist = np.hypot(t00 * dx + t01 * dy, t10 * dx + t11 * dy)
                 if dist > rad:
                     rad = dist
         radius[i] = rad if bnd else np.inf

@@ -215,6 +215,23 @@ class RegionGeometry:
             self.cache["kappa_scale"] = scale
         return scale
 
+    def kappa_margin(self, hxq: np.ndarray) -> np.ndarray:
+        """(n,) a bound on the GEMM form's rounding of ``log κ_r(x)`` over every region, per
+        point (``hxq = -||x - c||²_Λ / 2``): :meth:`refine_log_kappa`'s estimate with
+        ``||w_r|| <= ||x - c||_Λ + ||w_shift_r||`` (``w_r - w_shift_r = K_r⁻¹ A_rᵀ Λ (x - c)``
+        and ``Λ A P⁻¹ Aᵀ Λ ⪯ Λ``). A pruning test on the formed ``log κ`` must leave this
+        much room: with tiny noise (σ = 1e-12, terms of 1e24) the formed value of the region
+        holding all the mass was 1e8 nats low, and the pair was pruned (``log p`` off by 6
+        nats, d = 3). Ordinary models: ~1e-10 nats, no effect on the pruning."""
+        cond, shift = self.kappa_conditioning()
+        xn = np.sqrt(np.maximum(-2.0 * hxq, 0.0))
+        wmax = xn + (float(shift.max()) if shift.size else 0.0)
+        scale = self.kappa_scale()
+        size = (float(scale.max()) if scale.size else 0.0) + xn * xn + wmax * wmax
+        c = float(cond.max()) if cond.size else 0.0
+        d = self.w_shift.shape[1]
+        return (_KAPPA_ROUND * _EPS) * size + c * (wmax * (wmax + 2.0 * (wmax - xn)) + d)
+
     def kappa_conditioning(self) -> tuple[np.ndarray, np.ndarray]:
         """(R,) ``ε cond(P_r)`` and ``||w_shift_r||`` (cached): the GEMM form's ``w`` comes from
         columns ``Λ A_r K_r⁻ᵀ`` whose weak direction carries ``~ε cond(P_r)`` relative error

@@ -291,7 +291,11 @@ def _lse_by_point(p: np.ndarray, lj: np.ndarray, err: np.ndarray, n: int, prune_
     mx = np.maximum.reduceat(lj, starts)
     log_px = mx + np.log(np.add.reduceat(np.exp(lj - mx[p]), starts))
     wts = np.exp(lj - log_px[p])
-    err_px = np.add.reduceat(wts * err, starts) + np.exp(-prune_nats)
+    # a pair whose weight underflows adds nothing, also where its own estimate gave up (an
+    # infinite error of a far polygon's slices, 1e30 nats below the point's log p: 0 * inf)
+    with np.errstate(invalid="ignore"):
+        werr = np.where(wts > 0.0, wts * err, 0.0)
+    err_px = np.add.reduceat(werr, starts) + np.exp(-prune_nats)
     return log_px, err_px
 
 
@@ -419,7 +423,30 @@ def check_points(geom: RegionGeometry, X, *, name: str = "X", allow_nan: bool = 
         )
     if X.shape[0] == 0:
         raise ValueError(f"{name} has no rows (shape {X.shape}): give at least one point")
+    check_reach(geom, X, name=name)
     return X
+
+
+#: Rows farther than this many noise standard deviations from the regions' centre (in any
+#: coordinate) are refused: their log-density is below -5e199 nats, and beyond it products
+#: in ``log κ`` overflow float64 (1e160 scored NaN, which ``predict`` took for an inlier; the
+#: missing-data path's terms such as ``(x'ᵀΛa)²`` grow as ``(distance / σ)²``: with the noise
+#: stds in ``NOISE_STD_RANGE`` every path is finite up to here, tested).
+REACH = 1e100
+
+
+def check_reach(geom: RegionGeometry, X: np.ndarray, *, name: str = "X", first_row: int = 0):
+    """Refuse rows of ``X`` (NaN ignored) beyond :data:`REACH` noise sds of ``geom.center``."""
+    with np.errstate(invalid="ignore"):
+        far = np.abs(X - geom.center) * np.sqrt(geom.inv_var) > REACH
+    if far.any():
+        i, j = (int(a[0]) for a in np.nonzero(far))
+        raise ValueError(
+            f"{name} row {first_row + i}, column {j} is {X[i, j]:.6g}: more than {REACH:.0e} "
+            "noise standard deviations from the model's outputs, where log p(x) is below "
+            "-5e199 nats and its terms overflow float64; such a value is a data error: remove "
+            "or rescale those rows"
+        )
 
 
 def _check_pruning(prune_nats, chunk_bytes) -> None:
@@ -546,8 +573,10 @@ def marginal_pairs(
         lm_top, err_top, off_top = log_mass(r_top, w_top, v_top)
         lower = np.full(n, -np.inf)
         np.logaddexp.at(lower, p_top, lk_top + lm_top)
+        # the tests below use the GEMM form of log κ: room for its rounding (kappa_margin)
+        room = -thr - geom.kappa_margin(hxq)
         # candidates by the mass <= 1 bound, excluding the pairs already done
-        mask = lk - lower[:, None] > -thr  # in differences (no rounding at huge |log p|)
+        mask = lk - lower[:, None] > room[:, None]  # in differences (no rounding at huge |log p|)
         mask[p_top, r_top] = False
         p_c, r_c = np.nonzero(mask)
         n_cand = len(p_c) + len(p_top)
@@ -559,14 +588,14 @@ def marginal_pairs(
             cmin = np.empty(len(p_c))
             facet_min_2d(p_c, r_c, W, tab.normals, tab.offsets, tab.width, cmin)
             # Φ is increasing: min_i log Φ(c_i) = log Φ(min_i c_i) (one log_ndtr per pair)
-            keep = lk[p_c, r_c] + np.minimum(0.0, log_ndtr(cmin)) - lower[p_c] > -thr
+            keep = lk[p_c, r_c] + np.minimum(0.0, log_ndtr(cmin)) - lower[p_c] > room[p_c]
             p_c, r_c = p_c[keep], r_c[keep]
         lk_c, w_c = lk[p_c, r_c], W[p_c, r_c]
         v_c = _v_of_w(geom, w_c, r_c)
         if two_stage and tab is None and len(p_c):
             off_c = geom.offsets(v_c, r_c, w_c)
             bound = lk_c + np.minimum(0.0, log_ndtr(off_c.min(axis=1, initial=np.inf)))
-            keep = bound - lower[p_c] > -thr
+            keep = bound - lower[p_c] > room[p_c]
             p_c, r_c, lk_c, w_c, v_c = p_c[keep], r_c[keep], lk_c[keep], w_c[keep], v_c[keep]
             off_c = off_c[keep]
         # the kept candidates' log κ (and w) without cancellation where needed (the bounds

@@ -260,7 +260,7 @@ def _kappa_block(geom: RegionGeometry, X: np.ndarray, obs: np.ndarray):
         P[:, :, iu, ju] = Mq[:, :, :T]
         P[:, :, ju, iu] = Mq[:, :, :T]
         P[:, :, np.arange(d), np.arange(d)] += 1.0
-        K = np.linalg.cholesky(P)
+        K = _cholesky_formed(geom, P, obs)
         w = np.linalg.solve(K, v[..., None])[..., 0]
         log_det_P = 2.0 * np.log(np.diagonal(K, axis1=2, axis2=3)).sum(axis=2)
     s = Mq[:, :, -1] - 2.0 * prod[:, R * d :]
@@ -271,6 +271,35 @@ def _kappa_block(geom: RegionGeometry, X: np.ndarray, obs: np.ndarray):
     s -= np.einsum("nri,nri->nr", w, w)
     s *= -0.5
     return s, K, w, v
+
+
+def _cholesky_formed(geom: RegionGeometry, P: np.ndarray, obs: np.ndarray) -> np.ndarray:
+    """(n, R, d, d) lower Cholesky factors of the formed ``P = I + Aᵀ Λ_obs A`` (d >= 3).
+
+    ``P ⪰ I`` exactly, but formed with tiny noise (``λ = 1/σ²`` of 1e16 and more next to
+    the identity) its rounding can make it indefinite (``LinAlgError`` from σ = 1e-8 with a
+    few values observed). When that happens, the pairs whose ``trace(P)`` exceeds 1e12 (the
+    entries' rounding, ``ε trace``, is then no longer far below the eigenvalue 1 it may
+    hide; below it the formed factor is safe) get theirs from Householder QR of
+    ``[Λ_obs^½ A_r; I]`` (:func:`qr_factor`, ``P`` never formed); their ``cond(P)`` is far
+    above ``_COND_QR``, so :func:`_refine_observed` recomputes their ``log κ`` from ``A_r``
+    if they are kept.
+    """
+    try:
+        return np.linalg.cholesky(P)
+    except np.linalg.LinAlgError:
+        pass
+    bad = np.trace(P, axis1=-2, axis2=-1) > 1e12
+    P = np.where(bad[..., None, None], np.eye(P.shape[-1]), P)
+    K = np.linalg.cholesky(P)
+    pb, rb = np.nonzero(bad)
+    sq = np.sqrt(geom.inv_var)
+    step = 4096
+    for s in range(0, len(pb), step):  # bounded memory: (step, D, d) at a time
+        i, r = pb[s : s + step], rb[s : s + step]
+        top = geom.A[r] * (sq * obs[i])[:, :, None]
+        K[i, r] = qr_factor(top)[0]
+    return K
 
 
 def _K_pairs(K, p: np.ndarray, r: np.ndarray, d: int) -> np.ndarray:
@@ -356,10 +385,38 @@ def _lower_bound(lk, p_top, r_top, lm_top) -> np.ndarray:
     return lower
 
 
-def _candidates(lk, p_top, r_top, lm_top, thr: float):
-    """The lower bound ``log p(x)`` >= log Σ_seeds κ Φ (n,) and the other pairs (p, r) whose
-    ``log κ`` alone does not prune them (``log κ > lower - thr``; ``Φ <= 1``)."""
-    lower = _lower_bound(lk, p_top, r_top, lm_top)
+def _formed_margin(geom: RegionGeometry, X: np.ndarray, obs: np.ndarray) -> np.ndarray:
+    """(n,) room for the rounding of the formed (masked-sum) ``log κ_r(n)``, a bound over
+    the regions, for the pruning tests that use it before :func:`_refine_observed`.
+
+    As :meth:`RegionGeometry.kappa_margin` for the missing-data forms: the terms are at most
+    ``S = 2 (||m (x - c)||²_Λ + max_r ||b_r - c||²_Λ)`` and ``|w|² <= S`` (each rounded to
+    ``~ε`` of its size), and the formed ``P_r(n)`` carries ``~ε cond(P_r(n)) <= ε trace``
+    relative error into ``|w|²`` and ``log|P|`` (``trace = d + Σ_j m_j λ_j max_r |a_rj|²``).
+    With tiny noise (σ = 1e-9, d = 2) the formed value of the pair holding the mass was
+    hundreds of nats low, it was pruned, and ``log p(x_obs)`` was 470 nats off; ordinary
+    models: ~1e-9 nats, no effect on the pruning.
+    """
+    c = geom.cache.get("formed_margin")
+    if c is None:
+        bc = geom.b - geom.center
+        bq = float(np.max(np.einsum("rj,rj,j->r", bc, bc, geom.inv_var), initial=0.0))
+        a2 = np.max(np.einsum("rji,rji->rj", geom.A, geom.A), axis=0, initial=0.0)  # (D,)
+        c = geom.cache["formed_margin"] = (bq, geom.inv_var * a2)
+    bq, la2 = c
+    lam = geom.inv_var
+    xc = np.where(obs, X - geom.center, 0.0)
+    big = 2.0 * ((xc * xc) @ lam + bq)
+    d = geom.A.shape[2]
+    trace = d + obs @ la2
+    return (_KAPPA_ROUND * _EPS) * 2.0 * big + _EPS * trace * (3.0 * big + d)
+
+
+def _candidates(lk, p_top, r_top, lm_top, thr: float, margin: np.ndarray):
+    """A lower bound of ``log p(x)`` (n,): ``log Σ_seeds κ Φ`` less twice the formed values'
+    rounding room ``margin`` (seeds and candidates alike are formed), and the other pairs
+    (p, r) whose ``log κ`` alone does not prune them (``log κ > lower - thr``; ``Φ <= 1``)."""
+    lower = _lower_bound(lk, p_top, r_top, lm_top) - 2.0 * margin
     # in differences: at |log p| > ~2e17 nats `lower - thr` rounds to `lower` (as _marginal)
     mask = lk - lower[:, None] > -thr
     mask[p_top, r_top] = False
@@ -428,7 +485,8 @@ def _observed_general(
         )
         nrm_t, off_t, L_t, mu_t = geometry(p_top, r_top, K, W)
         lm_t, err_t = gaussian.log_mass(nrm_t, off_t, return_error=True)
-        lower, p_c, r_c = _candidates(lk, p_top, r_top, lm_t, thr)
+        margin = _formed_margin(geom, X[sl], obs[sl])
+        lower, p_c, r_c = _candidates(lk, p_top, r_top, lm_t, thr, margin)
         nrm_c, off_c, L_c, mu_c = geometry(p_c, r_c, K, W)
         if len(p_c):  # facet bound: Φ_r <= Φ(min_i c_i)
             bound = lk[p_c, r_c] + np.minimum(0.0, log_ndtr(off_c.min(axis=1, initial=np.inf)))
@@ -613,7 +671,8 @@ def _observed_2d(
         k00, k10, k11, w_top, _ = _gather_2d(Q, p_top, r_top)
         T = _map_2d_entries(geom, k00, k10, k11, r_top)
         lm_t, err_t = gaussian.log_mass_2d_transformed(tab, r_top, T, w_top)
-        lower = _lower_bound(lk, p_top, r_top, lm_t)
+        # room for the formed values' rounding (both the seeds' and the candidates')
+        lower = _lower_bound(lk, p_top, r_top, lm_t) - 2.0 * _formed_margin(geom, X[sl], obs[sl])
         p_c, r_c, lk_c, w_c, T_c = _bounded_candidates(geom, lk, Q, lower, thr, p_top * R + r_top)
         seeds = (p_top, r_top, lm_t, err_t)
         merged = []
@@ -989,12 +1048,14 @@ def _observed_1d(
         lm_seed, _ = _log_interval_mass(lo_p[pr] * kk - tt, hi_p[pr] * kk - tt)
         lj_seed = -0.5 * q[pp, pr] + lm_seed
         lower = np.where(r1 == r2, lj_seed[:n], np.logaddexp(lj_seed[:n], lj_seed[n:]))
-        # candidates by κ (sorted by point; r1 always kept), then the tail bound (the mass is
-        # at most Φ(-dist) <= exp(-dist² / 2), dist the whitened distance from the posterior
-        # mean to the interval: the pairs whose κ alone does not prune them but whose interval
-        # lies in the far tail, about a third here), in one pass (select_rows)
+        lower -= 2.0 * _formed_margin(geom, X[sl], ob)  # room for the formed q's rounding
+        # candidates by κ (sorted by point; the seeds r1, r2 always kept), then the tail
+        # bound (the mass is at most Φ(-dist) <= exp(-dist² / 2), dist the whitened distance
+        # from the posterior mean to the interval: the pairs whose κ alone does not prune them
+        # but whose interval lies in the far tail, about a third here), in one pass
+        # (select_rows)
         out = ws["pairs"] if chain is not None else _pair_buffers(n * R)
-        c, n_cand = kernels.select_rows(q, k2, u, lower, thr, r1, lo_p, hi_p, *out)
+        c, n_cand = kernels.select_rows(q, k2, u, lower, thr, r1, r2, lo_p, hi_p, *out)
         p, r, kk, tt, lk_p, a, b = (x[:c].copy() for x in out)
         lm, err = _log_interval_mass(a, b)
         lj = lk_p + lm

@@ -198,18 +198,21 @@ def chain_rows(Mq, prod, xq, delta2, two_delta, S, q_out, r1_out):  # pragma: no
 
 @njit(nogil=True, cache=True)
 def select_rows(
-    q, k2, u, lower, thr, r1, lo, hi, p_o, r_o, k_o, t_o, lk_o, a_o, b_o
+    q, k2, u, lower, thr, r1, r2, lo, hi, p_o, r_o, k_o, t_o, lk_o, a_o, b_o
 ):  # pragma: no cover
     """The pairs of d = 1 whose exact weight can be visible, with their whitened intervals.
 
     Pair ``(n, i)`` is a candidate when ``log κ - lower_n = -q/2 - lower_n > -thr`` (its mass
     is at most 1), and kept when also the tail bound ``log κ - lower_n - δ²/2 > -thr`` holds
     (``δ`` the whitened distance from the pair's posterior mean to its interval, the mass at
-    most ``Φ(-δ) <= exp(-δ²/2)``) or ``i = r1_n``. For those: ``k = sqrt(k²)``, ``t = u /
-    k``, ``log κ``, and the whitened interval ``[lo_i k - t, hi_i k - t]`` (``lo``, ``hi``
-    relative to the region's reference point, ±inf kept), written in order of point then
-    region into the output arrays (each of at least ``n R`` entries). Every test is in
-    differences: at ``|log p| > ~2e17`` nats ``lower_n - thr`` rounds to ``lower_n``.
+    most ``Φ(-δ) <= exp(-δ²/2)``) or ``i`` is a seed (``r1_n``, ``r2_n``: the pairs whose
+    exact terms gave ``lower_n``; at ``|x| ~ 4e15`` the tail test's two ``~1e32`` terms round
+    by more than ``thr``, and the pair holding all the mass was dropped). For those:
+    ``k = sqrt(k²)``, ``t = u / k``, ``log κ``, and the whitened interval
+    ``[lo_i k - t, hi_i k - t]`` (``lo``, ``hi`` relative to the region's reference point,
+    ±inf kept), written in order of point then region into the output arrays (each of at
+    least ``n R`` entries). Every test is in differences: at ``|log p| > ~2e17`` nats
+    ``lower_n - thr`` rounds to ``lower_n``.
 
     Returns
     -------
@@ -233,7 +236,7 @@ def select_rows(
                 a = lo[r] * k - t
                 b = hi[r] * k - t
                 dist = max(max(a, -b), 0.0)
-                if (lk - lo_i) + (dist * dist) * -0.5 > -thr or r == r1[i]:
+                if (lk - lo_i) + (dist * dist) * -0.5 > -thr or r == r1[i] or r == r2[i]:
                     p_o[c] = i
                     r_o[c] = r
                     k_o[c] = k
