@@ -100,6 +100,8 @@ class ExactDGNImputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             est._check_X(data, allow_nan=True)
         else:
             est = clone(self.estimator if self.estimator is not None else ExactDGN())
+            if X.shape[0] == 0 or X.shape[1] == 0:  # the model's own words for these
+                est.fit(data)
             seen = ~np.isnan(X).all(axis=1)
             if not seen.any():
                 raise ValueError(

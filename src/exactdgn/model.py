@@ -21,6 +21,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from . import gaussian
 from ._validation import (
+    NOISE_STD_RANGE,
     NotFittedError,
     check_array,
     check_feature_names,
@@ -37,7 +38,7 @@ from .em._missing import missing_region_stats
 from .em._steps import region_stats
 from .gaussian._polytope import dimension_limit
 from .inference._geometry import RegionGeometry, region_geometry
-from .inference._marginal import PairStats, marginal_pairs
+from .inference._marginal import PairStats, check_reach, marginal_pairs
 from .inference._missing import check_missing, observed_pairs
 from .inference._posterior import ExactPosterior, log_joint
 from .io import (
@@ -226,8 +227,17 @@ class ExactDGN(DensityMixin, BaseEstimator):
         ([2,32,32,64], two splits x 5 seeds), 12-23 on MNIST digit 4 14x14 ([2,32,32,196],
         5 seeds) and 57-59 on MNIST 28x28 ([2,32,32,784], 2 seeds), and the random start's
         scout was ~40% of the scouting time (README "Training").
-    min_noise_std, weight_decay, random_state, warm_start, progress :
-        Training options (see ``fit``).
+    min_noise_std, random_state, warm_start, progress :
+        Training options (see ``fit``). ``min_noise_std`` (in [1e-50, 1e50]) is a floor on
+        every noise std; a warm start with a raised floor lifts the fitted noise to it first.
+    weight_decay : float >= 0
+        An L2 penalty on the weights (not the biases), 0 by default. Its scale is not the same
+        in every method: ``"lbfgs"`` and ``"gradient"`` minimise ``-loglik + ½ weight_decay
+        ||W||²`` per point; EM adds ``weight_decay`` as a ridge to each layer's least-squares
+        M-step (the output layer's without the ``1/σ²`` the hidden layers' carry) and accepts
+        a step by the exact log-likelihood alone. With ``weight_decay > 0`` the recorded
+        exact log-likelihood of ``"lbfgs"`` / ``"auto"`` may decrease (the penalised
+        objective does not), and the stopping rule no longer treats a drop as a restart.
     verbose : int
         0: silent (the ``exactdgn`` loggers as the application configured them). 1: during
         ``fit`` the package's INFO records go to stderr as well: the cost estimate, one line
@@ -488,6 +498,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         """Exact pairs of ``X`` (checked by the caller: ``_check_X``); rows with NaN are
         conditioned on their observed coordinates."""
         obs = check_missing(X)
+        check_reach(geom, X)
         kw = {"prune_nats": self.prune_nats, "need_moments": need_moments, "check_input": False}
         if obs is not None:
             return observed_pairs(geom, X, obs, chunk_bytes=self.chunk_bytes, **kw)
@@ -601,7 +612,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         """(N,) +1 for inliers, -1 for outliers (``decision_function < 0``; complete rows)."""
-        return np.where(self.decision_function(X) < 0, -1, 1)
+        return np.where(self.decision_function(X) >= 0, 1, -1)  # (a NaN score is no inlier)
 
     def fit_predict(self, X, y=None) -> np.ndarray:
         """``fit(X)`` then ``predict(X)`` (needs ``contamination`` and complete rows)."""
@@ -827,10 +838,19 @@ class ExactDGN(DensityMixin, BaseEstimator):
             bad("rel_tol", "use 'auto' or a non-negative float")
         if not is_int(self.n_init, 1):
             bad("n_init", "use an integer >= 1")
+        if self.device is not None:  # checked before training (it was at the first E-step)
+            from .inference._torch_marginal import resolve_device
+
+            resolve_device(self.device)
         if self.init not in ("auto", "pca", "random"):
             bad("init", "choose 'auto', 'pca' or 'random'")
-        if not (is_real(self.min_noise_std) and 0 < self.min_noise_std < np.inf):
-            bad("min_noise_std", "use a positive float (the likelihood is unbounded as σ -> 0)")
+        lo, hi = NOISE_STD_RANGE
+        if not (is_real(self.min_noise_std) and lo <= self.min_noise_std <= hi):
+            bad(
+                "min_noise_std",
+                f"use a float in [{lo:g}, {hi:g}] (the likelihood is unbounded as σ -> 0; "
+                "outside that range the noise is beyond the float64 path)",
+            )
         if not (is_real(self.weight_decay) and 0 <= self.weight_decay < np.inf):
             bad("weight_decay", "use a finite non-negative float")
         if not (is_real(self.overrelax) and 1 <= self.overrelax < np.inf):
@@ -1299,6 +1319,18 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 ran=ran,
             )
 
+    def _stops(self, lls: list, tol: float) -> bool:
+        """The stopping rule (:func:`exactdgn.training.converged`) on the log-likelihoods
+        ``lls`` of a start; monotone for EM, auto and L-BFGS without weight decay."""
+        monotone = self.method in ("em", "auto", "lbfgs") and not self.weight_decay
+        return converged(
+            lls,
+            tol=tol,
+            window=self.n_iter_no_change,
+            rel_tol=self._rel_tol(),
+            monotone=monotone,
+        )
+
     def _goes_on(self, run: dict, old: dict) -> bool:
         """Whether a finished start of a checkpoint written with the parameters ``old`` goes on
         under this fit's stopping rule: it ended at a lower ``max_iter``, or met the rule of a
@@ -1309,7 +1341,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         lls = [h["loglik"] for h in run["history"]]
 
         def rule(tol):
-            return converged(lls, tol=tol, window=self.n_iter_no_change, rel_tol=self._rel_tol())
+            return self._stops(lls, tol)
 
         if run["converged"]:
             return rule(self._tol(old["tol"])) and not rule(self._tol())
@@ -1335,6 +1367,9 @@ class ExactDGN(DensityMixin, BaseEstimator):
             )
         elif warm:
             dec, std, hist, it0 = self.decoder_.copy(), self.noise_std_.copy(), [], 0
+            # a raised min_noise_std holds from the first step (EM kept the old, smaller
+            # noise: every candidate at the floor lost likelihood and was rejected)
+            std = np.maximum(std, self.min_noise_std)
             prev = getattr(self, "_train_state", None)
             if getattr(self, "history_", None):
                 hist = [dict(h) for h in self.history_]
@@ -1489,9 +1524,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         last = run(it0)
         save(last)
         lls = [h["loglik"] for h in hist]
-        if recheck and converged(
-            lls, tol=self._tol(), window=self.n_iter_no_change, rel_tol=self._rel_tol()
-        ):
+        if recheck and self._stops(lls, self._tol()):
             last["converged"] = True
             return last
         bar = self._progress_bar(self.max_iter, f"{self.method} init {init_index}")
@@ -1510,9 +1543,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 row.iter = hist[-1]["iter"] + 1
                 hist.append(row.as_dict())
                 lls.append(row.loglik)
-                done = trainer.finished or converged(
-                    lls, tol=self._tol(), window=self.n_iter_no_change, rel_tol=self._rel_tol()
-                )
+                done = trainer.finished or self._stops(lls, self._tol())
                 last = run(it, converged=done)
                 save(last)
                 bar.update(1)

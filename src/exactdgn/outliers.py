@@ -38,8 +38,9 @@ class TypicalityResult:
     statistic : float           mean exact log p(x) of the batch
     reference_mean : float      mean exact log p(x) of the model's own draws (≈ minus its
                                 entropy)
-    reference_std : float       standard deviation of ``statistic - reference_mean`` under the
-                                null (the batch's and the reference's sampling errors)
+    reference_std : float       standard deviation of the permutation null of ``statistic -
+                                reference_mean`` (splits of the pooled scores, the batch's
+                                included: a batch with extreme rows widens it)
     p_value : float             two-sided: the fraction of random splits of the pooled scores
                                 whose difference of means is at least as far from 0 as
                                 ``statistic - reference_mean`` (with the +1 correction)
@@ -77,7 +78,9 @@ def typicality_test(
     its mean left it out, and a batch as large as the reference was rejected at alpha = 0.05
     about 17% of the time). The p-value is two-sided (a batch can be atypical by being too
     likely, as the all-black image under a digits model is); the same ``random_state`` gives
-    the same result.
+    the same result. It tests the batch as a whole: one extreme row among hundreds moves the
+    mean and the pooled null's spread alike and may go unnoticed; rows are judged one by one
+    with ``decision_function`` / ``predict`` (``contamination``).
 
     Parameters
     ----------
@@ -86,7 +89,8 @@ def typicality_test(
     n_reference : int
         Exact draws from the model scored as the reference.
     n_batches : int
-        Random splits of the pooled scores (the smallest p-value is ``1 / (n_batches + 1)``).
+        Random splits of the pooled scores (the smallest p-value is ``1 / (n_batches + 1)``,
+        so ``alpha`` must be above it).
     alpha : float in (0, 1)
     random_state : int, Generator or None
 
@@ -100,6 +104,12 @@ def typicality_test(
     for name, val in (("n_reference", n_reference), ("n_batches", n_batches)):
         if not (isinstance(val, int | np.integer) and val >= 10):
             raise ValueError(f"{name}={val!r} is invalid: use an integer >= 10")
+    if alpha * (n_batches + 1) <= 1.0:  # p >= 1 / (n_batches + 1): typical=True whatever X is
+        raise ValueError(
+            f"alpha={alpha!r} cannot be reached with n_batches={n_batches}: the smallest "
+            f"p-value is 1 / (n_batches + 1) = {1.0 / (n_batches + 1):.3g}; use n_batches >= "
+            f"{int(np.ceil(20.0 / alpha))} (20 / alpha) or a larger alpha"
+        )
     rng = check_generator(random_state)  # a bad seed named before the batch is scored
     check_feature_names(model, X)  # a frame's columns in fit's order (check_array drops names)
     X = check_array(X, name="X", allow_nan=True)

@@ -65,6 +65,11 @@ def _check_model(model, latent_dim: int, func: str) -> None:
     """A fitted model (scikit-learn's NotFittedError otherwise) of the given latent dimension."""
     from sklearn.utils.validation import check_is_fitted
 
+    if not callable(getattr(model, "posterior", None)):  # e.g. a VAE: no exact posterior
+        raise TypeError(
+            f"{func} needs a fitted ExactDGN, got {type(model).__name__}: for a VAE / IWAE "
+            "plot its exact model, exactdgn.evaluation.vae_to_exact(vae)"
+        )
     check_is_fitted(model, "decoder_")
     if model.decoder_.latent_dim != latent_dim:
         raise ValueError(
@@ -146,6 +151,11 @@ def plot_partition(
         )
     if not isinstance(part, Partition) and callable(getattr(part, "_check_fitted", None)):
         part._check_fitted()  # an unfitted model: sklearn's NotFittedError
+        if not hasattr(part, "partition_"):  # a VAE / IWAE
+            raise TypeError(
+                f"part must be a Partition or a fitted ExactDGN, got {type(part).__name__}: "
+                "for a VAE / IWAE give exactdgn.partition(vae.decoder_)"
+            )
         part = part.partition_
     if not isinstance(part, Partition):
         raise TypeError(
@@ -214,7 +224,8 @@ def plot_curves(
         "color", "ls"}`` (the last three optional), with 1-D arrays of equal length. A spread
         (e.g. the standard deviation over seeds; an array like ``y`` or a scalar) is drawn as a
         shaded band ``y ± spread``. A fitted model's ``history_`` (rows with ``"loglik"``) is
-        drawn as its training NLL ``-loglik`` against the row number.
+        drawn as its training NLL ``-loglik`` against the row number (a VAE's / IWAE's as its
+        negative training bound, so labelled).
     ax : matplotlib Axes, optional
     xlabel, ylabel, title : str
     logx : bool
@@ -230,7 +241,14 @@ def plot_curves(
         isinstance(h, dict) and "loglik" in h for h in curves
     ):  # a history_ (ExactDGN, VAE)
         y = [-float(h["loglik"]) for h in curves]
-        curves = {"training": (np.arange(len(y), dtype=np.float64), y)}
+        bound = {h.get("method") for h in curves} & {"vae", "iwae"}
+        if bound:  # a VAE's loglik is its training bound (ELBO / IWAE-k), not log p(x)
+            name = "-ELBO" if bound == {"vae"} else "-IWAE bound"
+            if ylabel == "exact NLL (nats / point)":
+                ylabel = f"training {name} (nats / point)"
+            curves = {f"training {name}": (np.arange(len(y), dtype=np.float64), y)}
+        else:
+            curves = {"training": (np.arange(len(y), dtype=np.float64), y)}
     if not isinstance(curves, dict):
         raise TypeError(
             f"curves must be a dict label -> (x, y) (or a fitted model's history_), got "
@@ -410,6 +428,10 @@ def loglog_slope(x, y) -> tuple[float, float]:
     y = np.asarray(y, dtype=np.float64)
     if x.shape != y.shape or x.ndim != 1 or len(x) < 2:
         raise ValueError("loglog_slope needs two 1-D arrays of equal length >= 2")
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        raise ValueError(
+            "loglog_slope needs finite values (NaN or inf found): drop those points first"
+        )
     if np.any(x <= 0) or np.any(y <= 0):
         raise ValueError("loglog_slope needs positive values")
     lx, ly = np.log(x), np.log(y)
@@ -431,12 +453,23 @@ def _one_point(x) -> np.ndarray:
     return arr.reshape(1, -1)
 
 
-def _check_q(q, qm: np.ndarray, qs: np.ndarray) -> None:
-    """Refuse a Gaussian ``q = (mean, std)`` that has no density (std <= 0) or is not finite."""
+def _parse_q(q, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """``q = (mean, std)`` as two (d,) float arrays; a ``ValueError`` for anything else (another
+    length, no density: std <= 0, not finite)."""
+    try:
+        qm, qs = (np.ravel(np.asarray(v, dtype=np.float64)) for v in q)
+    except (TypeError, ValueError):
+        qm = qs = None
+    if qm is None or qm.shape != (d,) or qs.shape != (d,):
+        raise ValueError(
+            f"q must be (mean, std) of the Gaussian q(z | x), each {d} number(s) for a "
+            f"latent_dim = {d} model, got {q!r}"
+        )
     if not (np.all(np.isfinite(qm)) and np.all(np.isfinite(qs)) and np.all(qs > 0)):
         raise ValueError(
             f"q = (mean, std) needs a finite mean and a positive, finite std, got {q!r}"
         )
+    return qm, qs
 
 
 def _log_posterior_grid(model, x: np.ndarray, Z: np.ndarray) -> np.ndarray:
@@ -490,8 +523,7 @@ def plot_posterior_1d(
     s = float(np.sqrt(post.variance[0, 0]))
     lo, hi = m - 6 * s, m + 6 * s
     if q is not None:
-        qm, qs = float(np.ravel(q[0])[0]), float(np.ravel(q[1])[0])
-        _check_q(q, np.array(qm), np.array(qs))
+        qm, qs = (float(v[0]) for v in _parse_q(q, 1))
         lo, hi = min(lo, qm - 6 * qs), max(hi, qm + 6 * qs)
     if lim is not None:
         lo, hi = -float(lim), float(lim)
@@ -561,8 +593,7 @@ def plot_posterior_2d(
     c = post.mean[0]
     half = 5 * float(np.sqrt(post.variance[0].max()))
     if q is not None:
-        qm, qs = np.ravel(q[0]).astype(np.float64), np.ravel(q[1]).astype(np.float64)
-        _check_q(q, qm, qs)
+        qm, qs = _parse_q(q, 2)
         half = max(half, float(np.max(np.abs(qm - c) + 3 * qs)))
     if lim is not None:
         half = float(lim)

@@ -106,6 +106,32 @@ def test_load_torch_encoder_says_what_the_state_dict_holds(tmp_path):
         load_torch_encoder(tmp_path / "o.pt", n_features=2, latent_dim=1, hidden=(8,))
 
 
+def test_evaluate_vae_needs_the_exact_model_of_that_vae():
+    # any object was taken as the exact model: evaluate_vae(vae, vae, X) reported exact ==
+    # elbo (gap 0), another ExactDGN a gap of 5 nats, both without a word
+    from exactdgn.model import NotFittedError
+
+    dec, enc, X = _parts()
+    vae = VAE.from_parts(dec, enc, 0.3)
+    other = VAE.from_parts(Decoder.random([1, 6, 2], seed=9), enc, 0.3)
+    with pytest.raises(TypeError, match="exact must be the ExactDGN of the VAE's decoder"):
+        evaluate_vae(vae, vae, X)
+    with pytest.raises(ValueError, match="exact is not the exact model of vae"):
+        evaluate_vae(vae, vae_to_exact(other), X)
+    with pytest.raises(ValueError, match="exact is not the exact model of vae"):
+        evaluate_vae(vae, vae_to_exact(VAE.from_parts(dec, enc, 0.31)), X)  # other noise
+    with pytest.raises(TypeError, match=r"vae must be a fitted exactdgn\.baselines\.VAE"):
+        evaluate_vae(vae_to_exact(vae), vae_to_exact(vae), X)
+    with pytest.raises(TypeError, match="got object"):
+        vae_to_exact(object())
+    with pytest.raises(NotFittedError):
+        vae_to_exact(VAE([1, 4, 2]))
+    # no rows: an empty result, but only for rows of the right width
+    assert evaluate_vae(vae, vae_to_exact(vae), np.zeros((0, X.shape[1]))) == {}
+    with pytest.raises(ValueError, match="features"):
+        evaluate_vae(vae, vae_to_exact(vae), np.zeros((0, X.shape[1] + 1)))
+
+
 def test_evaluate_vae_refuses_a_nan_row_before_the_exact_pass(monkeypatch):
     dec, enc, X = _parts()
     vae = VAE.from_parts(dec, enc, 0.3)

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from exactdgn.evaluation import flatten, json_default, write_json
+from exactdgn.evaluation import flatten, json_default, markdown_table, write_json
 
 
 def test_write_json_takes_a_str_path_and_numpy_scalars(tmp_path):
@@ -54,3 +54,11 @@ def test_numpy_scalars_in_lists_and_cells():
     }
     row = {"a": np.float32(1.23456789), "b": np.int64(3), "c": np.bool_(True)}
     assert markdown_table([row]) == "| a | b | c |\n|---|---|---|\n| 1.2346 | 3 | True |"
+
+
+def test_markdown_table_cells_keep_their_meaning():
+    # a key that is not a str was a TypeError; "|" in a cell split it; 3e-5 printed 0.0000
+    table = markdown_table([{1: 2.0, "a|b": "x|y", "gap": 3e-5, "neg": -2e-6, "zero": 0.0}])
+    head, _, row = table.splitlines()
+    assert head == "| 1 | a\\|b | gap | neg | zero |"
+    assert row == "| 2.0000 | x\\|y | 3e-05 | -2e-06 | 0.0000 |"

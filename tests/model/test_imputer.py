@@ -255,3 +255,25 @@ def test_float32_input_is_imputed_in_float32():
     np.testing.assert_array_equal(std, ref_std.astype(np.float32))
     assert ExactDGNImputer(model, prefit=True).fit(X32).transform(X32).dtype == np.float32
     assert model.impute(X).dtype == np.float64
+
+
+def test_empty_input_is_named_and_a_float32_frame_stays_float32():
+    # fit on (12, 0) said "every value missing (NaN) in all its 12 rows" (check_estimator's
+    # check_estimators_empty_data_messages); a float32 DataFrame came back float64
+    import pandas as pd
+
+    with pytest.raises(ValueError, match=r"0 feature\(s\)"):
+        ExactDGNImputer(ExactDGN(max_iter=3)).fit(np.empty((12, 0)))
+    with pytest.raises(ValueError, match="X has no rows"):
+        ExactDGNImputer(ExactDGN(max_iter=3)).fit(np.empty((0, 3)))
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 3))
+    X[::4, 1] = np.nan
+    frame = pd.DataFrame(X.astype(np.float32), columns=["a", "b", "c"])
+    model = ExactDGN(latent_dim=1, hidden_sizes=(4,), max_iter=2, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        imp = ExactDGNImputer(model).fit(frame)
+    assert imp.transform(frame).dtype == np.float32
+    assert imp.estimator_.impute(frame).dtype == np.float32
+    assert imp.estimator_.impute(frame.astype({"a": np.float64})).dtype == np.float64

@@ -178,3 +178,40 @@ def test_typicality_result_holds_python_types():
     res = model.typicality_test(model.sample(20, random_state=3), alpha=np.float32(0.05))
     assert type(res.typical) is bool and type(res.p_value) is float
     assert 0.0 < res.p_value <= 1.0
+
+
+def test_typicality_refuses_an_alpha_below_its_smallest_p_value():
+    # p >= 1 / (n_batches + 1): alpha=1e-4 with 5,000 splits called a batch of 1e3 sd
+    # outliers typical (p = 2e-4) without a word
+    model = _model()
+    far = np.full((20, 2), 1e3)
+    with pytest.raises(ValueError, match=r"n_batches >= 200000 .20 / alpha."):
+        model.typicality_test(far, alpha=1e-4, random_state=0)
+    with pytest.raises(ValueError, match=r"smallest p-value is 1 / \(n_batches \+ 1\) = 0\.0196"):
+        model.typicality_test(far, alpha=0.01, n_batches=50, random_state=0)
+    res = model.typicality_test(far, alpha=1e-4, n_batches=20_000, random_state=0)
+    assert not res.typical and res.p_value == 1 / 20_001
+
+
+@pytest.mark.parametrize("d", [1, 2])
+def test_values_beyond_float64s_reach_are_named_not_scored(d):
+    # 1e160 scored NaN (its squares overflow), predict called it an inlier (+1) and one such
+    # row in set_offset made offset_ NaN, after which nothing was ever flagged
+    model = ExactDGN.from_decoder(Decoder.random([d, 6, 2], seed=2), 0.1, contamination=0.1)
+    X = model.sample(100, random_state=0)
+    far = np.array([[1e160, 0.0]])
+    for call in (model.score_samples, model.set_offset, model.posterior):
+        with pytest.raises(ValueError, match=r"row 0, column 0 is 1e\+160: more than 1e\+100"):
+            call(far)
+    bad = X.copy()
+    bad[7, 1] = -1e160
+    with pytest.raises(ValueError, match="row 7, column 1"):
+        model.set_offset(bad)
+    model.set_offset(X)
+    with pytest.raises(ValueError, match="data error"):
+        model.predict(far)
+    # 1e98 (1e99 sd) is within reach: finite, and an outlier
+    near = np.array([[1e98, 0.0], [np.nan, 1e98]])
+    lp = model.score_samples(near)
+    assert np.all(np.isfinite(lp)) and np.all(lp < -1e190)
+    assert model.predict(near[:1]).tolist() == [-1]

@@ -292,3 +292,44 @@ def test_plot_samples_2d_takes_the_axes_by_name():
         P.plot_samples_2d(X, ax)
     assert P.plot_samples_2d(X, ax=ax) is ax
     plt.close(fig)
+
+
+@pytest.mark.parametrize(
+    ("which", "q"),
+    [(1, ([0.0, 5.0], [1.0, 1.0])), (1, 0.5), (2, (0.0, 1.0)), (2, (np.zeros(3), np.ones(3)))],
+)
+def test_a_q_of_another_length_is_named(ax, model1, model2, which, q):
+    # 1-D silently drew the first of two means; 2-D raised numpy's IndexError / broadcast error
+    model = model1 if which == 1 else model2
+    x = model.sample(1, random_state=0)[0]
+    plot = P.plot_posterior_1d if which == 1 else P.plot_posterior_2d
+    with pytest.raises(ValueError, match=rf"each {which} number\(s\) for a latent_dim = {which}"):
+        plot(model, x, ax=ax, q=q, n_grid=21)
+
+
+def test_a_vae_is_named_and_its_history_labelled_as_a_bound(ax, model1):
+    # a VAE's history_ was drawn as "exact NLL" (its -ELBO); the posterior plots and
+    # plot_partition failed with AttributeError
+    from exactdgn.baselines import VAE
+
+    X = model1.sample(64, random_state=0)
+    vae = VAE([1, 6, 2], max_epochs=2, random_state=0, validation_fraction=0).fit(X)
+    P.plot_curves(vae.history_, ax=ax)
+    assert ax.get_ylabel() == "training -ELBO (nats / point)"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["training -ELBO"]
+    _, ax2 = plt.subplots()
+    P.plot_curves([{"loglik": -1.0}, {"loglik": -0.5}], ax=ax2)  # an ExactDGN history_
+    assert ax2.get_ylabel() == "exact NLL (nats / point)"
+    plt.close(ax2.figure)
+    for call in (
+        lambda: P.plot_posterior_1d(vae, X[0], ax=ax),
+        lambda: P.plot_partition(vae, ax=ax),
+    ):
+        with pytest.raises(TypeError, match="VAE"):
+            call()
+
+
+def test_loglog_slope_names_non_finite_values():
+    # LAPACK's "DLASCL illegal value" lines, then LinAlgError: SVD did not converge
+    with pytest.raises(ValueError, match="finite values"):
+        P.loglog_slope([1.0, np.nan, 3.0], [1.0, 4.0, 9.0])

@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 
-from .._validation import is_int
+from .._validation import check_array, is_int
 
 __all__ = ["em_curve", "refit_curve", "vae_curve"]
 
@@ -27,6 +27,16 @@ def _check_schedule(schedule, low: int) -> list[int]:
     if not marks or not all(is_int(e, low) for e in marks):
         raise ValueError(f"schedule must hold epoch counts (integers >= {low}), got {marks}")
     return [int(e) for e in marks]
+
+
+def _check_data(Xtr, Xte) -> tuple[np.ndarray, np.ndarray]:
+    """``Xtr`` (N, D) with N >= 1 and ``Xte`` (M, D), M >= 0, as float arrays (NaN = missing),
+    checked before any training (a bad ``Xte`` was found only after the first iteration)."""
+    Xtr = check_array(Xtr, name="Xtr", allow_nan=True)
+    if len(Xtr) == 0:
+        raise ValueError(f"Xtr has no rows (shape {Xtr.shape}): give the training data")
+    Xte = check_array(Xte, name="Xte", n_features=Xtr.shape[1], allow_nan=True)
+    return Xtr, Xte
 
 
 def em_curve(Xtr, Xte, *, max_iter: int, progress: bool = False, **params) -> tuple:
@@ -59,6 +69,7 @@ def em_curve(Xtr, Xte, *, max_iter: int, progress: bool = False, **params) -> tu
 
     from ..model import ExactDGN
 
+    Xtr, Xte = _check_data(Xtr, Xte)
     if params.get("n_init", 1) != 1:  # the callback sees every start, history_ the best one
         raise ValueError(
             f"em_curve follows one run: n_init={params['n_init']!r} is invalid, use 1 (for "
@@ -123,10 +134,19 @@ def refit_curve(make, Xtr, Xte, schedule, *, to_exact=None, progress: bool = Fal
     from tqdm.auto import tqdm
 
     marks = _check_schedule(schedule, 0)
+    if marks != sorted(set(marks)):
+        raise ValueError(f"schedule must be increasing (each refit trains longer), got {marks}")
+    Xtr, Xte = _check_data(Xtr, Xte)
     curve = {k: [] for k in ("iter", "seconds", "train_nll", "test_nll", "n_regions")}
     est = None
     for e in tqdm(marks, desc="refit", disable=not progress, leave=False):
         est = make(e)
+        if to_exact is None and not callable(getattr(est, "posterior", None)):
+            raise TypeError(  # before the first fit: its bound would be taken for log p(x)
+                f"refit_curve scores the exact likelihood: make returned a "
+                f"{type(est).__name__}; pass to_exact (for a VAE / IWAE: "
+                "exactdgn.evaluation.vae_to_exact)"
+            )
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -178,6 +198,7 @@ def vae_curve(make, Xtr, Xte, schedule) -> tuple:
     from ..model import ExactDGN
 
     marks = sorted(set(_check_schedule(schedule, 1)))
+    Xtr, Xte = _check_data(Xtr, Xte)
     curve = {k: [] for k in ("iter", "seconds", "train_nll", "test_nll", "n_regions")}
     clock = {"train": 0.0, "since": time.perf_counter()}
 

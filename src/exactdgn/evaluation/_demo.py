@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._validation import is_int
 from ._curves import em_curve, vae_curve
 from ._environment import environment
 from ._split import STD_FLOOR, split_data
@@ -29,12 +30,31 @@ def run_demo(
     """Exact EM against a VAE with the same decoder on wave and digits; writes a report.
 
     Writes ``README.md``, ``results.json``, ``config.json`` and figures to ``out`` and returns
-    the markdown table of the exact NLLs. ``report`` receives the progress lines.
+    the markdown table of the exact NLLs. ``report`` receives the progress lines. ``threads``:
+    torch's intra-op threads while it runs (restored after; recorded in ``config.json``).
     """
-    import matplotlib
+    if threads is None:
+        return _run_demo(out, seed, em_iter, quick, progress, threads, report)
+    if not is_int(threads, 1):
+        raise ValueError(f"threads={threads!r} is invalid: use an integer >= 1 or None")
+    import torch
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        return _run_demo(out, seed, em_iter, quick, progress, threads, report)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_demo(out, seed, em_iter, quick, progress, threads, report) -> str:
+    """The body of :func:`run_demo`."""
+    # figures without pyplot: the caller's backend and open figures are left as they are
+    from matplotlib.figure import Figure
+
+    def subplots(rows, cols, figsize):
+        fig = Figure(figsize=figsize)
+        return fig, fig.subplots(rows, cols)
 
     from ..baselines import VAE
     from ..datasets import Standardizer, get_dataset, wave
@@ -191,7 +211,7 @@ def run_demo(
             }
         )
         # figures
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        fig, axes = subplots(1, 2, (10, 4))
         curves_it, curves_s = {}, {}
         for lab, c, col in (("EM", em_c, "C0"), ("VAE", vae_c, "C1")):
             for part, ls in (("train", "-"), ("test", "--")):
@@ -214,9 +234,8 @@ def run_demo(
         )
         fig.tight_layout()
         fig.savefig(out / f"curves_{name}.png", dpi=110)
-        plt.close(fig)
         if name == "wave":
-            fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+            fig, axes = subplots(1, 3, (14, 4.2))
             plot_samples_2d(
                 Xtr,
                 {
@@ -232,19 +251,17 @@ def run_demo(
             axes[2].set_title(f"VAE decoder: {vex.n_regions_} regions of R")
             fig.tight_layout()
             fig.savefig(out / "wave_samples_partition.png", dpi=110)
-            plt.close(fig)
         idx = np.argsort(vex.score_samples(Xte) - vae.elbo(Xte, 100, random_state=seed))[::-1]
         pick = idx[[0, len(idx) // 2, len(idx) - 1]]
         mu, sd = vae.encode(Xte[pick])
-        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+        fig, axes = subplots(1, 3, (13, 3.6))
         for j, i in enumerate(pick):
             plot_posterior_1d(vex, Xte[i], ax=axes[j], q=(mu[j], sd[j]))
             axes[j].set_title(f"{name} held-out point {i}")
         fig.tight_layout()
         fig.savefig(out / f"posterior_{name}.png", dpi=110)
-        plt.close(fig)
         if name != "wave":
-            fig, axes = plt.subplots(1, 3, figsize=(12, 4))
+            fig, axes = subplots(1, 3, (12, 4))
             plot_images(Xte_raw[:16], ax=axes[0], ncols=4, title="held-out data")
             plot_images(
                 std.inverse_transform(em.sample(16, random_state=seed)),
@@ -260,7 +277,6 @@ def run_demo(
             )
             fig.tight_layout()
             fig.savefig(out / f"samples_{name}.png", dpi=110)
-            plt.close(fig)
     table = markdown_table(summary_rows)
     md += ["## Exact NLL (lower is better)", "", table, ""]
     md += [

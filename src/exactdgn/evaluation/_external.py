@@ -243,8 +243,11 @@ def load_torch_decoder(
         ``nn.Linear`` layers (in order) or its imported decoder (whose hidden widths include
         units that carry values past the activations, e.g. of residual sums).
     activation : {"relu", "leaky_relu", "abs"}, optional
-        The hidden activation of a state-dict MLP (default ``"relu"``). A module carries its
-        own: giving one with a module is an error.
+        The hidden activation of a state-dict MLP (default ``"relu"``, torch's ``nn.ReLU``;
+        a state dict does not record it). A module carries its own: giving one with a module
+        is an error. (exactdgn's own ``VAE`` uses ``leaky_relu`` with slope 0.1: a state
+        dict of its ``decoder_.to_torch()`` needs ``activation="leaky_relu",
+        negative_slope=0.1``.)
     negative_slope : float, optional
         Slope of ``leaky_relu`` (default 0.01); an error with any other activation.
     unsafe_pickle : bool

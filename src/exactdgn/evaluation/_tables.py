@@ -67,8 +67,15 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         if math.isnan(v):
             return "nan"
+        if v != 0.0 and abs(v) < 1e-3:  # a small gap is not 0.0000
+            return f"{v:.3g}"
         return f"{v:.4f}" if abs(v) < 1e5 else f"{v:.4g}"
     return str(v)
+
+
+def _cell(text) -> str:
+    """A table cell: ``|`` escaped (it would end the cell), newlines as spaces."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
@@ -86,7 +93,7 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
                     columns.append(k)
     if not columns:
         return ""
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = ["| " + " | ".join(_cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
-        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |")
+        lines.append("| " + " | ".join(_cell(_fmt(r.get(c))) for c in columns) + " |")
     return "\n".join(lines)

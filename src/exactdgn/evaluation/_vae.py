@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import is_int
+from .._validation import check_array, is_int
 
 __all__ = ["evaluate_vae", "vae_to_exact"]
 
@@ -21,14 +21,59 @@ def _check_estimate_args(*, n_elbo, k_iwae, k_is, seed, min_elbo: int) -> None:
             raise ValueError(f"{name}={value!r} is invalid: use an integer >= {low} ({what})")
 
 
+def _check_vae(vae) -> None:
+    """A fitted :class:`exactdgn.baselines.VAE` / ``IWAE``, or a ``TypeError`` /
+    ``NotFittedError`` that says what was given."""
+    from ..baselines import VAE
+
+    if not isinstance(vae, VAE):
+        raise TypeError(
+            f"vae must be a fitted exactdgn.baselines.VAE or IWAE; got {type(vae).__name__} "
+            "(a decoder trained elsewhere: exactdgn.evaluation.evaluate_external)"
+        )
+    vae._check_fitted()
+
+
+def _check_exact_of(vae, exact) -> None:
+    """Refuse an ``exact`` that is not the exact model of ``vae``'s decoder and noise: its
+    log p(x) would be another model's, and every gap beside it wrong without a sign."""
+    from ..model import ExactDGN
+
+    if not isinstance(exact, ExactDGN):
+        raise TypeError(
+            f"exact must be the ExactDGN of the VAE's decoder (vae_to_exact(vae)); got "
+            f"{type(exact).__name__}"
+        )
+    exact._check_fitted()
+    dv, de = vae.decoder_, exact.decoder_
+    same = (
+        dv.layer_sizes == de.layer_sizes
+        and list(dv.activations) == list(de.activations)
+        and all(np.array_equal(a, b) for a, b in zip(dv.weights, de.weights, strict=True))
+        and all(np.array_equal(a, b) for a, b in zip(dv.biases, de.biases, strict=True))
+        and np.array_equal(
+            np.broadcast_to(vae.noise_std_, (dv.output_dim,)),
+            np.broadcast_to(exact.noise_std_, (de.output_dim,)),
+        )
+        and getattr(exact, "preprocessing_", None) is None
+    )
+    if not same:
+        raise ValueError(
+            "exact is not the exact model of vae: its decoder, noise or preprocessing differ "
+            "from the VAE's (its log p(x) would be another model's); build it with "
+            "vae_to_exact(vae)"
+        )
+
+
 def vae_to_exact(vae, **params):
     """The exact model (``ExactDGN``) of a trained VAE/IWAE's decoder and noise.
 
-    Raises ``NotFittedError`` for an estimator that is not fitted.
+    Raises ``TypeError`` for anything but a VAE / IWAE and ``NotFittedError`` for one that is
+    not fitted.
     """
     from ..model import ExactDGN
 
-    vae._check_fitted()
+    _check_vae(vae)
 
     model = ExactDGN.from_decoder(vae.decoder_, vae.noise_std_, **params)
     if hasattr(vae, "feature_names_in_"):  # the columns the VAE was fitted on, in their order
@@ -46,7 +91,8 @@ def evaluate_vae(
     vae : exactdgn.baselines.VAE or IWAE
         Fitted (or built with ``VAE.from_parts``).
     exact : ExactDGN
-        The exact model of the same decoder and noise (:func:`vae_to_exact`).
+        The exact model of the same decoder and noise (:func:`vae_to_exact`); another model
+        is a ``ValueError``.
     X : array_like of shape (N, D)
         Complete rows (no NaN); no rows gives an empty dict.
     seed : int >= 0
@@ -66,6 +112,9 @@ def evaluate_vae(
         ``elbo_stderr_mean``.
     """
     _check_estimate_args(n_elbo=n_elbo, k_iwae=k_iwae, k_is=k_is, seed=seed, min_elbo=2)
+    _check_vae(vae)
+    _check_exact_of(vae, exact)
+    X = check_array(X, name="X", n_features=vae.decoder_.output_dim, estimator="VAE")
     if len(X) == 0:
         return {}
     X = vae._check_X(X)  # complete rows of D features, refused before the exact pass

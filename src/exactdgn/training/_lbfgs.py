@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 
+from .._validation import check_noise_std
 from ..decoder import Decoder
 from ..em._gradient import gradient_form
 from ._base import HistoryRow, Trainer
@@ -141,6 +142,18 @@ class LBFGSTrainer(Trainer):
         self._cache[key] = (value, grad.cpu().numpy().copy(), e, dec, std)
         return self._cache[key]
 
+    def _valid(self, th: np.ndarray) -> bool:
+        """Whether ``th`` is a model (finite weights, a noise in range): a line-search trial
+        can overflow (degenerate data, a tiny ``min_noise_std``), which raised ``ValueError``
+        from inside the optimiser."""
+        if not np.all(np.isfinite(th)):
+            return False
+        try:
+            check_noise_std(self.pv.unpack(th)[1])
+        except ValueError:
+            return False
+        return True
+
     def _set(self, th: np.ndarray):
         value, _, e, dec, std = self._evaluate(th)
         self.value, self._e, self.decoder, self.std, self.loglik = value, e, dec, std, e.loglik
@@ -161,16 +174,23 @@ class LBFGSTrainer(Trainer):
         self._timers = dict.fromkeys(self._timers, 0.0)
 
         def closure():
-            value, grad, *_ = self._evaluate(self._theta())
+            th = self._theta()
+            if not self._valid(th):  # a trial point past float64 (overflowed weights or
+                # noise): worse than any other, the line search steps back from it
+                self.theta.grad = torch.zeros_like(self.theta)
+                return torch.tensor(np.inf, dtype=torch.float64)
+            value, grad, *_ = self._evaluate(th)
             self.theta.grad = torch.from_numpy(grad.copy()).to(self.theta.device)
             return torch.tensor(value, dtype=torch.float64)
 
         th_old = self._theta()
         value_old = self.value
         self.opt.step(closure)
-        self._set(self._theta())
+        if self._valid(self._theta()):
+            self._set(self._theta())
         step = float(self.opt.state_dict()["state"].get(0, {}).get("t", 0.0))
-        if not self.value <= value_old:  # the line search failed to decrease: undo, stop
+        if not (self._valid(self._theta()) and self.value <= value_old):
+            # the line search failed to decrease (or ended past float64): undo, stop
             with torch.no_grad():
                 self.theta.copy_(torch.from_numpy(th_old).to(self.theta.device))
             self._set(th_old)

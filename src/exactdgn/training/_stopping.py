@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -51,7 +52,14 @@ def callback_stops(result) -> bool:
     return isinstance(result, bool | np.bool_) and not result
 
 
-def converged(logliks: Sequence[float], *, tol: float, window: int, rel_tol: float = 0.0) -> bool:
+def converged(
+    logliks: Sequence[float],
+    *,
+    tol: float,
+    window: int,
+    rel_tol: float = 0.0,
+    monotone: bool = False,
+) -> bool:
     """True when the mean gain per iteration over the last ``window`` iterations is ``< tol``.
 
     ``logliks[0]`` is the starting point and ``logliks[t]`` the mean exact log-likelihood after
@@ -69,6 +77,12 @@ def converged(logliks: Sequence[float], *, tol: float, window: int, rel_tol: flo
     that gained 3.4 nats/point (under 5% of the run's gain) was followed by one that gained 6.7,
     and the one-iteration rule stopped 7 nats of held-out NLL short (README, Training).
 
+    ``monotone``: the method never lowers the exact log-likelihood within a run (EM, auto and
+    L-BFGS without weight decay). A window that lost log-likelihood then holds a drop from
+    outside the run (a warm start after another method, a raised ``min_noise_std``): it is no
+    plateau, and the rule waits until the drop has left the window (a warm EM run after one
+    gradient step that lost 135 nats/point stopped after one iteration as "converged").
+
     Raises
     ------
     ValueError
@@ -76,6 +90,11 @@ def converged(logliks: Sequence[float], *, tol: float, window: int, rel_tol: flo
     """
     if window < 1:
         raise ValueError(f"window must be a positive integer (iterations), got {window!r}")
+    if monotone and len(logliks) > 1:
+        recent = logliks[-1 - min(window, len(logliks) - 1) :]
+        # (a drop beyond the rounding of an exact log-likelihood, 1e-8 relative)
+        if any(b < a - 1e-8 * (1.0 + abs(a)) for a, b in itertools.pairwise(recent)):
+            return False
     if rel_tol > 0 and len(logliks) >= 4:
         total = logliks[-1] - logliks[0]
         if (logliks[-1] - logliks[-3]) / 2 < rel_tol * total:
