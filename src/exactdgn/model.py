@@ -1042,7 +1042,10 @@ class ExactDGN(DensityMixin, BaseEstimator):
         ``history_`` (rows are appended). ``n_iter_`` counts the iterations of this call. The
         parameters that build a new model (``latent_dim``, ``hidden_sizes``, ``activation``,
         ``negative_slope``; ``init`` for the first of ``n_init`` starts) are not read then, as
-        for :class:`exactdgn.baselines.VAE`; ``noise`` must be the fitted model's.
+        for :class:`exactdgn.baselines.VAE`; ``noise`` must be the fitted model's. A warm start
+        with another ``method`` continues from the parameters with that method's fresh
+        step-size state (the old method's state does not apply); the history's ``method``
+        column shows the switch.
         Ctrl-C (``KeyboardInterrupt``) leaves the estimator at the last completed iteration
         and the checkpoint file intact, then propagates.
         """
