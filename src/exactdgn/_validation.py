@@ -168,6 +168,25 @@ def check_generator(random_state, name: str = "random_state") -> np.random.Gener
 NOISE_STD_RANGE = (1e-50, 1e50)
 
 
+#: Largest magnitude of a training value: beyond it the data's squares (its variance, the
+#: initial noise) overflow float64.
+MAX_TRAINING_VALUE = 1e150
+
+
+def check_training_values(X: np.ndarray, *, name: str = "X", first_row: int = 0) -> None:
+    """Refuse finite values beyond :data:`MAX_TRAINING_VALUE` in training data (NaN ignored):
+    1e160 in one row ended a fit with "layer 1 has non-finite weights", naming no row."""
+    with np.errstate(invalid="ignore"):
+        big = np.abs(X) > MAX_TRAINING_VALUE
+    if big.any():
+        i, j = (int(a[0]) for a in np.nonzero(big))
+        raise ValueError(
+            f"{name} row {first_row + i}, column {j} is {X[i, j]:.6g}: beyond "
+            f"{MAX_TRAINING_VALUE:.0e} the data's squares (its variance) overflow float64; "
+            "such a value is a data error: remove or rescale those rows"
+        )
+
+
 def check_positive(value, *, name: str, size: int | None = None) -> np.ndarray:
     """Return a positive finite float64 scalar or vector (broadcast to ``size`` if given)."""
     if np.asarray(value).dtype == bool:

@@ -369,6 +369,16 @@ def _cluster(args):
         from .dask import connect
     except ImportError as exc:
         raise CLIError(str(exc)) from exc
+    # distributed sets its loggers to INFO on import and, the root logger having the CLI's
+    # handler, printed ~40 lines of cluster INFO (and the workers' tracebacks of a data error
+    # the CLI reports in one line): its records from ERROR up, WARNING with -v, all with -vv
+    import distributed  # noqa: F401  (its loggers exist, with their levels, once imported)
+
+    verbose = getattr(args, "verbose", 0)
+    level = {0: logging.ERROR, 1: logging.WARNING}.get(verbose, logging.INFO)
+    for name in list(logging.root.manager.loggerDict):
+        if name.split(".")[0] in ("distributed", "tornado"):
+            logging.getLogger(name).setLevel(level)
     with connect(scheduler=args.scheduler, workers=args.workers) as client:
         yield client
 
@@ -661,6 +671,8 @@ def _fit_in(args, client, out: Path) -> int:
             "complete rows; the exact methods (em, lbfgs, gradient, auto) train on log p(x_obs)"
         )
     Xtr_raw, Xte_raw, test_index = split_data(X, args.test_fraction, args.seed)
+    if client is not None:  # DATA's own rows named (the workers' checks name a split's rows)
+        _check_rows_to_train(X, args.data)
     std = None
     if _want_standardize(args.standardize, info, X.shape[1]):
         std = Standardizer(rel_min_std=_std_floor(args.std_floor, info))
@@ -994,6 +1006,27 @@ def _score_in(args, client) -> int:
         table = np.column_stack([rows, ll, ll + jac])  # index: the row of DATA
         _write_csv(args.out, table, ["index", "log_px", "log_px_data"])
     return 0
+
+
+def _check_rows_to_train(X, data: str) -> None:
+    """DATA (a dask array) read once before a fit on the cluster: infinite values and NaN
+    are errors naming DATA's rows (the workers' checks named rows of a split, or columns
+    when the standardization's moments came first)."""
+    import dask.array as da
+
+    inf, nan = (np.asarray(a) for a in da.compute(da.isinf(X).any(axis=1), da.isnan(X).any(axis=1)))
+    if inf.any():
+        raise CLIError(
+            f"{data}: infinite values in rows {np.flatnonzero(inf)[:5].tolist()} (the first "
+            "found; numbered from 0 in the file); remove them first"
+        )
+    if nan.any():
+        raise CLIError(
+            f"{data} has missing values (NaN) in rows {np.flatnonzero(nan)[:5].tolist()} (the "
+            "first found; numbered from 0 in the file): on a dask cluster fit needs complete rows; "
+            "drop those rows, or fit in memory (without --scheduler / --workers) to train on "
+            "log p(x_obs)"
+        )
 
 
 def _check_split_finite(X, rows: np.ndarray, data: str) -> None:

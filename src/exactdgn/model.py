@@ -27,6 +27,7 @@ from ._validation import (
     check_feature_names,
     check_generator,
     check_noise_std,
+    check_training_values,
     feature_names,
     is_int,
     output_dtype,
@@ -1090,6 +1091,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
                     f"X has 0 feature(s) (shape={X.shape}) while a minimum of 1 is required: "
                     "give at least one feature"
                 )
+            check_training_values(X)
             # NaN = missing: exact EM on the observed-data likelihood (see exactdgn.em._missing)
             check_missing(X, columns=True)
             if self.contamination is not None and np.isnan(X).any(axis=1).all():

@@ -204,8 +204,16 @@ def test_cli_score_and_fit_on_the_cluster(client, tmp_path, capsys):
     np.save(path, X)
     assert main(["fit", str(path), "--out", str(tmp_path / "nan"), *common, *addr]) == 2
     err = capsys.readouterr().err
-    assert "missing values (NaN) in 1 columns, first [1]" in err and "in memory" in err
+    assert "missing values (NaN) in rows [0, 7, 14, 21, 28] (the first found; numbered" in err
+    assert "in memory" in err
     assert main(["fit", str(path), "--out", str(tmp_path / "nan"), *common]) == 0
+    # an infinite value: DATA's row (the workers named a row of a split); no cluster INFO
+    X[::7, 1] = 0.0
+    X[123, 0] = np.inf
+    np.save(path, X)
+    assert main(["fit", str(path), "--out", str(tmp_path / "inf"), *common, *addr]) == 2
+    err = capsys.readouterr().err
+    assert "infinite values in rows [123]" in err and "INFO" not in err
 
 
 def test_killed_worker_changes_nothing(client):

@@ -640,3 +640,22 @@ def test_cli_score_of_a_split_names_the_rows_of_the_data(client, tmp_path, capsy
         assert main(["score", str(run), str(data), "--split", "test", *extra]) == 2
         err = capsys.readouterr().err
         assert f"1 infinite values (first bad rows, 0-based: [{test[3]}])" in err, err
+
+
+def test_values_beyond_reach_name_the_row_of_x(client, planted):
+    # dask impute named the row within its chunk (30 for row 70); a fit from scratch ended
+    # with "layer 1 has non-finite weights", naming no row, in memory and on the cluster
+    model, X = planted
+    X = X[:120].copy()
+    X[70, 0] = 1e160
+    X[5, 1] = np.nan
+    Xd = da.from_array(X, chunks=(40, -1))
+    with dask.config.set(scheduler="synchronous"):
+        with pytest.raises(ValueError, match=r"row 70, column 0 is 1e\+160"):
+            edd.impute(model, Xd).compute()
+    with pytest.raises(ValueError, match=r"X row 70, column 0 is 1e\+160: beyond 1e\+150"):
+        ExactDGN(hidden_sizes=(4,), max_iter=2).fit(X)
+    X[5, 1] = 0.0
+    with distributed.Client(client.scheduler.address, set_as_default=False) as cl:
+        with cl.as_current(), pytest.raises(ValueError, match=r"row 70, column 0 is 1e\+160"):
+            ExactDGN(hidden_sizes=(4,), max_iter=2).fit(da.from_array(X, chunks=(40, -1)))

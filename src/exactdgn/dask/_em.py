@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from dask import delayed
 
+from .._validation import check_training_values
 from ..em._gradient import exact_gradient
 from ..em._init import DataMoments, initialize
 from ..em._steps import RegionStats, _residual_sq, region_stats
@@ -149,6 +150,7 @@ def _gradient_chunk(x: np.ndarray, pairs: RegionStats, decoder, noise_std, chunk
 
 def _moment_sums(x: np.ndarray, start: int):
     x = _check_training_chunk(x, start, x.shape[1])
+    check_training_values(x, name=f"X (rows {start}:{start + len(x)})", first_row=start)
     return [np.array(float(len(x))), x.sum(axis=0)]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 
+from ..inference._marginal import check_reach
 from ._cluster import active_client
 from ._io import as_row_chunks
 from ._score import broadcast, check_chunk
@@ -18,6 +19,7 @@ def _impute_chunk(x, model, method, seeds, return_std, block_info=None):
     i = block_info[0]["chunk-location"][0] if block_info else 0
     start = block_info[0]["array-location"][0][0] if block_info else 0
     x = check_chunk(x, start, x.shape[1], allow_nan=True, empty_rows=True)  # names X's rows
+    check_reach(model.geometry_, model._standardized(x), first_row=start)  # (in X's rows too)
     rng = None if seeds is None else np.random.default_rng(seeds[i])
     out = model.impute(x, method=method, random_state=rng, return_std=return_std)
     return np.concatenate(out, axis=1) if return_std else out
