@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .._progress import report
-from ..gaussian._torch_interval import interval_stats_t, log_interval_mass_t
+from ..gaussian._torch_interval import interval_stats_t, log_interval_mass_t, log_phi_t
 from ..gaussian._torch_polygon import (
     log_mass_2d_shifted_t,
     table_to_device,
@@ -324,12 +324,14 @@ def pairs_1d_torch(
             lower = torch.where(r1 == r2, lj_seed[:n], torch.logaddexp(lj_seed[:n], lj_seed[n:]))
             # in differences: at |log p| > ~2e17 nats `lower - thr` rounds to `lower`, and the
             # seed holding all the mass (log κ = lower) failed `>` (as numpy)
-            p, r = torch.nonzero(lk - lower[:, None] > -thr, as_tuple=True)  # sorted by point
+            room = _room(geom, hxq, thr, 2.0)  # the formed log κ's rounding (as numpy)
+            p, r = torch.nonzero(lk - lower[:, None] > room[:, None], as_tuple=True)
             err_lk = _refine_log_kappa(geom, Xc, hxq, lk, Wt, p, r)
             tt = t[p, r]
             lk_p = lk[p, r]
         a, b = loS[r] - tt, hiS[r] - tt
         lm, err = log_interval_mass_t(a, b)
+        err = err + _bound_rounding_t(a, b, lm, loS[r], hiS[r], tt)
         lj = lk_p + lm
         log_px, err_px = lse_by_point(p, lj, err + err_lk, n, prune_nats)
         n_cand = p.shape[0]
@@ -346,6 +348,23 @@ def pairs_1d_torch(
         parts.append(TorchPairs(p + s, r, lj, log_px, err_px, v, mean, cov, n_cand))
         report(n)
     return _cat_parts(parts)
+
+
+def _room(geom: RegionGeometry, hxq: torch.Tensor, thr: float, factor: float) -> torch.Tensor:
+    """(n,) ``-thr - factor * kappa_margin``: a pruning level with room for the formed log κ's
+    rounding (:meth:`RegionGeometry.kappa_margin`, as the numpy path)."""
+    margin = geom.kappa_margin(hxq.detach().cpu().numpy())
+    return torch.as_tensor(-thr - factor * margin, dtype=hxq.dtype, device=hxq.device)
+
+
+def _bound_rounding_t(a, b, lm, lo, hi, t) -> torch.Tensor:
+    """:func:`exactdgn.inference._marginal.bound_rounding` on tensors."""
+    out = torch.zeros_like(a)
+    for end, pos in ((a, lo), (b, hi)):
+        d = (4.0 * _EPS) * (pos.abs() + t.abs())
+        term = d * torch.exp(log_phi_t(end) - lm)
+        out = out + torch.where(torch.isfinite(end) & torch.isfinite(term), term, 0.0)
+    return torch.where(torch.isfinite(lm), out, 0.0)
 
 
 def _log_kappa(dg: DeviceGeometry, Xc: torch.Tensor):
@@ -467,7 +486,8 @@ def pairs_2d_torch(
         lk_top, w_top = lk[p_top, r_top], W[p_top, r_top]
         lm_top, err_top = _blocked_mass(tab, r_top, w_top, None, dev)
         lower = segment_lse(p_top, lk_top + lm_top, n)
-        mask = lk - lower[:, None] > -thr  # in differences, as numpy
+        room = _room(geom, hxq, thr, 1.0)  # the formed log κ's rounding (as numpy)
+        mask = lk - lower[:, None] > room[:, None]  # in differences, as numpy
         mask[p_top, r_top] = False
         p_c, r_c = torch.nonzero(mask, as_tuple=True)
         n_cand = p_c.shape[0] + p_top.shape[0]
@@ -476,7 +496,7 @@ def pairs_2d_torch(
         nu = tab["normals"][r_c]
         off = tab["offsets"][r_c] - (nu[..., 0] * w_c[:, None, 0] + nu[..., 1] * w_c[:, None, 1])
         bound = lk_c + torch.clamp(torch.special.log_ndtr(off.min(dim=1).values), max=0.0)
-        keep = (bound - lower[p_c] > -thr).nonzero().squeeze(1)
+        keep = (bound - lower[p_c] > room[p_c]).nonzero().squeeze(1)
         p_c, r_c = p_c[keep], r_c[keep]
         # the kept candidates' log κ without cancellation where needed (as numpy)
         lk_err_c = _refine_log_kappa(geom, Xc, hxq, lk, W, p_c, r_c)
