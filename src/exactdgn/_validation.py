@@ -206,9 +206,9 @@ def output_dtype(X) -> np.dtype:
     float16 for such arrays, else float64 (read from ``X.dtype``, without converting ``X``: a
     dask array stays uncomputed)."""
     dt = getattr(X, "dtype", None)
-    if dt is None and hasattr(X, "dtypes"):  # a data frame: its columns' common float type
-        kinds = {np.dtype(t) for t in X.dtypes if isinstance(t, np.dtype)}
-        if len(kinds) == 1 and len(kinds) == len(set(map(str, X.dtypes))):
+    if dt is None and hasattr(X, "dtypes"):  # a data frame: its columns' one dtype, if one
+        kinds = set(X.dtypes)
+        if len(kinds) == 1:
             dt = kinds.pop()
     if isinstance(dt, np.dtype) and dt.kind == "f" and dt.itemsize < 8:
         return dt

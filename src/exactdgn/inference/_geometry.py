@@ -224,13 +224,14 @@ class RegionGeometry:
         holding all the mass was 1e8 nats low, and the pair was pruned (``log p`` off by 6
         nats, d = 3). Ordinary models: ~1e-10 nats, no effect on the pruning."""
         cond, shift = self.kappa_conditioning()
+        shift_max = float(shift.max(initial=0.0))
         xn = np.sqrt(np.maximum(-2.0 * hxq, 0.0))
-        wmax = xn + (float(shift.max()) if shift.size else 0.0)
-        scale = self.kappa_scale()
-        size = (float(scale.max()) if scale.size else 0.0) + xn * xn + wmax * wmax
-        c = float(cond.max()) if cond.size else 0.0
+        wmax = xn + shift_max
+        size = float(self.kappa_scale().max(initial=0.0)) + xn * xn + wmax * wmax
         d = self.w_shift.shape[1]
-        return (_KAPPA_ROUND * _EPS) * size + c * (wmax * (wmax + 2.0 * (wmax - xn)) + d)
+        # refine_log_kappa's two terms, at the largest |w| and cond over the regions
+        conditioning = float(cond.max(initial=0.0)) * (wmax * (wmax + 2.0 * shift_max) + d)
+        return (_KAPPA_ROUND * _EPS) * size + conditioning
 
     def kappa_conditioning(self) -> tuple[np.ndarray, np.ndarray]:
         """(R,) ``ε cond(P_r)`` and ``||w_shift_r||`` (cached): the GEMM form's ``w`` comes from

@@ -186,10 +186,11 @@ class LBFGSTrainer(Trainer):
         th_old = self._theta()
         value_old = self.value
         self.opt.step(closure)
-        if self._valid(self._theta()):
+        valid = self._valid(self._theta())
+        if valid:
             self._set(self._theta())
         step = float(self.opt.state_dict()["state"].get(0, {}).get("t", 0.0))
-        if not (self._valid(self._theta()) and self.value <= value_old):
+        if not (valid and self.value <= value_old):
             # the line search failed to decrease (or ended past float64): undo, stop
             with torch.no_grad():
                 self.theta.copy_(torch.from_numpy(th_old).to(self.theta.device))
