@@ -417,6 +417,86 @@ def test_d1_missing_steep_regions_and_tiny_noise(scale, sigma):
         assert abs(std[i, 1] - s[0]) <= 1e-10 * s[0], std[i, 1] - s
 
 
+def _far_kink_decoder(K: float) -> Decoder:
+    """[1, 2, 3] abs decoder: one kink at z = 0.299, the other at z = -K."""
+    W1 = np.array([[0.9312], [-0.00737]])
+    W2 = np.array([[0.7312, 0.5123], [0.3713, -0.2412], [-0.3121, 1.1213]])
+    return Decoder(
+        [W1, W2], [np.array([-0.2786, -0.00737 * K]), np.array([0.1, -0.2, 0.3])], ["abs"]
+    )
+
+
+@pytest.mark.parametrize(("K", "sigma"), [(144.0, 0.1), (1e3, 0.1), (1e4, 0.01)])
+def test_d1_missing_far_kink_is_within_its_estimate(K, sigma):
+    """The d = 1 chain form wrote the region holding z = 0 from its far kink (ζ = -K): the
+    terms of -2 log κ were ~K² and cancelled to O(1). Off by 2.5e-10 (K = 144), 1e-8
+    (K = 1e3) and 6.2e-5 (K = 1e4) against estimates of 3e-13 to 1.7e-7; every region is now
+    written from its end nearest 0. Reference: 50-digit mpmath on the intervals."""
+    dec = _far_kink_decoder(K)
+    model = ExactDGN.from_decoder(dec, sigma)
+    X = np.array([[0.6, np.nan, 0.7], [np.nan, -0.3, 0.2], [0.5, 0.1, np.nan]])
+    got, err = model.score_samples(X, return_error=True)
+    for i in range(len(X)):
+        lp, _, _ = oracle_conditional_outputs_1d_mp(dec, X[i], sigma)
+        assert abs(got[i] - lp) <= err[i] + 1e-15 * abs(lp), (i, got[i] - lp, err[i])
+
+
+@pytest.mark.parametrize(
+    "kinks", [(-2.0, 0.0, 1.5), (0.5, 1.0, 3.0), (-3.0, -1.0, -0.25), (-1e4, 0.3, 7.0)]
+)
+def test_d1_chain_references_the_end_nearest_zero(kinks):
+    """Each region is written from its point nearest z = 0 (a kink at 0 shared by its two
+    regions, all kinks on one side, a far one), and the chain's k², μ and log κ equal the
+    direct masked GEMM's (intercepts at z = 0)."""
+    from exactdgn.inference._geometry import LOG_2PI
+    from exactdgn.inference._missing import (
+        _chain_1d,
+        _kappa_1d_chain,
+        _kappa_1d_direct,
+        _mask_weights_1d,
+        _observed_part,
+    )
+
+    rng = np.random.default_rng(7)
+    k = np.asarray(kinks)
+    W1 = rng.uniform(0.5, 1.5, (len(k), 1)) * rng.choice([-1.0, 1.0], (len(k), 1))
+    dec = Decoder(
+        [W1, rng.standard_normal((5, len(k)))],
+        [-W1[:, 0] * k, rng.standard_normal(5)],
+        [("leaky_relu", 0.2)],
+    )
+    model = ExactDGN.from_decoder(dec, 0.2)
+    geom = model.geometry_
+    lo, hi, order, breaks = geom.interval
+    np.testing.assert_allclose(breaks, np.sort(k), rtol=1e-15)
+    ch = _chain_1d(geom)
+    near = np.where(np.abs(lo[order]) < np.abs(hi[order]), lo[order], hi[order])
+    near[(lo[order] <= 0) & (hi[order] >= 0)] = 0.0
+    assert np.array_equal(ch["zr"], near)
+    X = model.sample(20, random_state=3)
+    Xn = np.where(rng.random(X.shape) < 0.4, np.nan, X)
+    Xn[:, 0] = X[:, 0]
+    obs = ~np.isnan(Xn)
+    m, x0, xq = _observed_part(Xn, obs, geom)
+    k1, t1, l1 = _kappa_1d_direct(
+        geom, _mask_weights_1d(geom), m, x0, xq + m @ (LOG_2PI - np.log(geom.inv_var))
+    )
+    k2, t2, l2 = _kappa_1d_chain(geom, ch, m, x0, xq)
+    np.testing.assert_allclose(k2, k1[:, order], rtol=1e-14)
+    np.testing.assert_allclose(ch["zr"] + t2 / k2, (t1 / k1)[:, order], rtol=1e-12, atol=1e-12)
+    # both round by ~1e-16 of their terms: ||x'||²_Λ + Σ_obs λ b'² (the outputs at z = 0 are
+    # ~1e4 with the far kink) + k² ζ² (the chain's terms beyond it)
+    R = len(order)
+    gam = (m @ _mask_weights_1d(geom)[:, 2 * R :])[:, order]
+    scale = 1.0 + xq[:, None] + gam + k2 * ch["zr"] ** 2
+    assert np.all(np.abs(l2 - l1[:, order]) <= 1e-14 * scale)
+    got = model.score_samples(Xn)
+    for i in range(5):
+        o = obs[i]
+        ref = ExactDGN.from_decoder(_rows(dec, o), 0.2).score_samples(X[i : i + 1, o])[0]
+        assert abs(got[i] - ref) <= 1e-12 * max(1.0, abs(ref)), (i, got[i], ref)
+
+
 @pytest.mark.parametrize("d", [1, 2, 3])
 def test_rows_beyond_1e9_sigma_match_the_rebuilt_model(d):
     """Rows 2e9 and 1e13 noise scales out (|log p| ~ 1e18-1e26 nats) with a missing value: the

@@ -961,7 +961,9 @@ def oracle_conditional_outputs_1d_mp(decoder, x, sigma, *, dps: int = 50):
             logk = -(len(obs) * mp.log(2 * mp.pi) + mp.fsum(mp.log(s2[j]) for j in obs)) / 2
             kappa = mp.exp(logk - q / 2) / mp.sqrt(P)
             al, be = (lo - mu) / sd, (hi - mu) / sd
-            mass = mp.ncdf(be) - mp.ncdf(al)
+            # on the side of the tail the interval lies in: ncdf(be) - ncdf(al) of two values
+            # within 1e-50 of 1 is 0 (a region 40 sds right of its posterior mean dropped)
+            mass = mp.ncdf(be) - mp.ncdf(al) if al <= 0 else mp.ncdf(-al) - mp.ncdf(-be)
             if mass == 0:
                 continue
             pa = mp.npdf(al) if al != -mp.inf else mp.mpf(0)

@@ -143,57 +143,62 @@ def observed_rows(X, obs, c, lam, m_out, x0_out, xq_out):  # pragma: no cover - 
 
 
 @njit(nogil=True, cache=True)
-def chain_rows(Mq, prod, xq, delta2, two_delta, S, q_out, r1_out):  # pragma: no cover
+def chain_rows(
+    Mq, prod, xq, anchor, src, c2, c1, restart, ra, rb, q_out, r1_out
+):  # pragma: no cover
     """``q = -2 log κ`` of every (point, region) pair of d = 1 from the chain form's GEMMs,
     ``u`` in place, and each point's region of largest ``κ``.
 
-    Regions sorted by position, ``R`` of them, ``B = R - 1`` breakpoints (see
-    ``_missing._chain_1d``). ``Mq`` (n, 2R + nA + 1) holds ``k² = 1 + α_i`` (R), ``η_i`` (R),
-    ``Y`` at every ``S``-th breakpoint (nA) and ``D_n log 2π + Σ_obs log σ_j²`` (1); ``prod``
-    (n, R + B) holds ``x'ᵀΛ a_i - ζ_i`` (R) and ``-2 x'ᵀΛ y_j + ζ_j² - excess_j`` (B). With
-    ``Z_j = Y_j + ||x'||²_Λ + const`` from the anchor ``j0 = S ⌊j/S⌋`` by
-    ``Z_j = Z_{j-1} + k²_j Δ²_{j-1} + η_j 2Δ_{j-1}`` (the recurrence
-    ``Y_{j+1} = Y_j + 2 Δ_j η_{j+1} + Δ_j² α_{j+1}`` run on ``k²``, whose extra ``Δ²`` per
-    step is in ``prod``'s constants), ``zq_j = Z_j + prod[R + j]``, and for region ``i``
-    (reference breakpoint ``j = max(i - 1, 0)``):
+    Regions sorted by position, ``R`` of them; the walk's ``B'`` points (the breakpoints and
+    ``z = 0``, from 0 rightwards then leftwards; see ``_missing._chain_1d``). ``Mq``
+    (n, 2R + nA + 1) holds ``k² = 1 + α_i`` (R), ``η_i`` (R), ``Y`` at the walk's anchors (nA)
+    and ``D_n log 2π + Σ_obs log σ_j²`` (1); ``prod`` (n, R + B') holds ``x'ᵀΛ a_i - ζ_i`` (R)
+    and, in the walk's order, ``-2 x'ᵀΛ y_e + E_e² - excess_e`` (B'). With
+    ``Z = Y + ||x'||²_Λ + const``: at an anchor step ``Z`` is the GEMM's column, otherwise
+    ``Z += k²_ρ c2 + η_ρ c1`` from the step before (from the first step's ``Z`` where
+    ``restart``), ``ρ = src``; ``zq = Z + prod[R + s]``, and for each region ``i`` written from
+    that point (``ra``, ``rb``):
 
     ``u_i = prod[i] - η_i`` (written back into ``prod[:, :R]``),
-    ``q_i = (zq_j + log k²_i) - u_i² / k²_i``.
+    ``q_i = (zq + log k²_i) - u_i² / k²_i``.
 
-    ``r1_out[n]`` is the first region of smallest ``q`` (``np.argmin``).
+    ``r1_out[n]`` is the first region of smallest ``q`` (as ``np.argmin``).
     """
     n = Mq.shape[0]
     R = q_out.shape[1]
-    B = R - 1
+    nE = c2.shape[0]
     last = Mq.shape[1] - 1
     for i in range(n):
         xc = xq[i] + Mq[i, last]
         Z = 0.0
+        Z0 = 0.0
         best = np.inf
-        arg = 0
-        for j in range(B):
-            if j % S == 0:
-                Z = Mq[i, 2 * R + j // S] + xc
+        arg = R
+        for s in range(nE):
+            j = anchor[s]
+            if j >= 0:
+                Z = Mq[i, 2 * R + j] + xc
             else:
-                Z += Mq[i, j] * delta2[j - 1] + Mq[i, R + j] * two_delta[j - 1]
-            zq = Z + prod[i, R + j]
-            if j == 0:  # region 0 shares breakpoint 0 with region 1
-                k2 = Mq[i, 0]
-                u = prod[i, 0] - Mq[i, R]
-                prod[i, 0] = u
+                if restart[s]:
+                    Z = Z0
+                g = src[s]
+                Z += Mq[i, g] * c2[s] + Mq[i, R + g] * c1[s]
+            if s == 0:
+                Z0 = Z
+            zq = Z + prod[i, R + s]
+            for t in range(2):
+                r = ra[s] if t == 0 else rb[s]
+                if r < 0:
+                    continue
+                k2 = Mq[i, r]
+                u = prod[i, r] - Mq[i, R + r]
+                prod[i, r] = u
                 qv = (zq + np.log(k2)) - u * u / k2
-                q_out[i, 0] = qv
-                best = qv
-            r = j + 1
-            k2 = Mq[i, r]
-            u = prod[i, r] - Mq[i, R + r]
-            prod[i, r] = u
-            qv = (zq + np.log(k2)) - u * u / k2
-            q_out[i, r] = qv
-            if qv < best:
-                best = qv
-                arg = r
-        r1_out[i] = arg
+                q_out[i, r] = qv
+                if qv < best or (qv == best and r < arg):
+                    best = qv
+                    arg = r
+        r1_out[i] = arg if arg < R else 0
 
 
 @njit(nogil=True, cache=True)
