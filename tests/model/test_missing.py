@@ -583,3 +583,22 @@ def test_tiny_noise_log_p_is_the_sum_over_pre_images(d, sigma):
         complete = ExactDGN.from_decoder(_rows(dec, o), sigma).score_samples(X[:, o])
         worst = max(worst, np.abs(missing - ref).max(), np.abs(complete - ref).max())
     assert worst < 1e-2 if (d, sigma) == (3, 1e-12) else worst < 1e-5, worst
+
+
+def test_d1_missing_error_covers_the_rounding_of_the_kinks():
+    """Points at a kink's image under a narrow posterior (weights x1000, sd ~6e-8), one value
+    missing: the kink's own rounding moves the interval's whitened end by ~1e-8. The missing
+    path's estimate did not carry it (the complete path's does): the value was up to 5e4
+    times its estimate off the model rebuilt on the observed coordinates (whose estimate the
+    quadrature oracle checks, tests/model/test_likelihood.py)."""
+    for seed in range(4):
+        base = Decoder.random([1, 6, 3], seed=seed)
+        dec = Decoder(
+            [w * 1000.0 for w in base.weights], [b * 1000.0 for b in base.biases], base.activations
+        )
+        X = dec((-dec.biases[0] / dec.weights[0][:, 0])[:, None])  # the kinks' images
+        Xn = X.copy()
+        Xn[:, 2] = np.nan
+        lp, err = ExactDGN.from_decoder(dec, 0.1).score_samples(Xn, return_error=True)
+        ref = ExactDGN.from_decoder(_rows(dec, [0, 1]), 0.1).score_samples(X[:, :2])
+        assert np.all(np.abs(lp - ref) <= err), (seed, np.abs(lp - ref) / err)

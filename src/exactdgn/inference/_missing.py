@@ -68,6 +68,7 @@ from ._marginal import (
     _map_blocks,
     _n_threads,
     _pair_stats,
+    bound_rounding,
     check_points,
     marginal_pairs,
 )
@@ -1014,8 +1015,9 @@ def _observed_1d(
     pos = np.empty(R, dtype=np.int64)
     pos[perm] = np.arange(R)
     pos_of_rank = pos[order]  # permuted index of the region at each sorted position
-    lo_p = _scaled_diff(lo_z[perm], zr)  # lo - ζ (±inf kept)
-    hi_p = _scaled_diff(hi_z[perm], zr)
+    lo_abs, hi_abs = lo_z[perm], hi_z[perm]
+    lo_p = _scaled_diff(lo_abs, zr)  # lo - ζ (±inf kept)
+    hi_p = _scaled_diff(hi_abs, zr)
 
     from . import _missing_kernels as kernels  # numba: imported on first use
 
@@ -1058,6 +1060,11 @@ def _observed_1d(
         c, n_cand = kernels.select_rows(q, k2, u, lower, thr, r1, r2, lo_p, hi_p, *out)
         p, r, kk, tt, lk_p, a, b = (x[:c].copy() for x in out)
         lm, err = _log_interval_mass(a, b)
+        # the ends' rounding: the kinks' own (at their absolute position) and the whitened
+        # mean's (its terms are ~|t| + k |ζ|), as the complete-data path carries
+        err += bound_rounding(
+            a, b, lm, lo_abs[r] * kk, hi_abs[r] * kk, np.abs(tt) + np.abs(kk * zr[r])
+        )
         lj = lk_p + lm
         log_px, err_px = _lse_by_point(p, lj, err, n, prune_nats)
         keep = np.isfinite(lj) | (r == r1[p])
