@@ -545,3 +545,43 @@ def test_d1_error_covers_the_rounding_of_the_kinks_under_a_narrow_posterior():
         ref = oracle_logpx_1d(dec, X, 0.1)
         worst = max(worst, float(np.max(np.abs(lp - ref) / err)))
     assert worst <= 1.0, worst
+
+
+def _kink_line_ref(x, sigma, dps=50):
+    """log p(x) of ``_kink_line_decoder`` in ``dps`` digits: it factorises into the d = 1
+    marginal of ``x_1 = leaky(z_1 - 3.3)`` (two affine pieces, each a Gaussian in ``x_1``
+    times the mass of its half-line under ``p(z_1 | x_1)``) and ``N(x_2; 0, 1 + σ²)``."""
+    import mpmath as mp
+
+    with mp.workdps(dps):
+        s2 = mp.mpf(sigma) ** 2
+        b = mp.mpf(-3.3)  # the float bias, exactly
+        x1, x2 = mp.mpf(x[0]), mp.mpf(x[1])
+        p1 = mp.mpf(0)
+        for a, lo, hi in ((mp.mpf(2), -mp.inf, -b), (mp.mpf(1), -b, mp.inf)):
+            v = s2 + a * a
+            mu, sd = a * (x1 - a * b) / v, mp.sqrt(s2 / v)
+            al, be = (lo - mu) / sd, (hi - mu) / sd
+            mass = mp.ncdf(be) - mp.ncdf(al) if al <= 0 else mp.ncdf(-al) - mp.ncdf(-be)
+            p1 += mp.npdf(x1, a * b, mp.sqrt(v)) * mass
+        return float(mp.log(p1) + mp.log(mp.npdf(x2, 0, mp.sqrt(1 + s2))))
+
+
+@pytest.mark.parametrize("device", [None, "cpu"])
+@pytest.mark.parametrize("sigma", [1e-8, 1e-6])
+def test_d2_error_covers_a_kink_line_under_a_narrow_posterior(sigma, device):
+    """d = 2, a point at a kink line's image with σ = 1e-8: the whitened mean is ~3e8 from the
+    table's origin, so the row through the mass is rounded by ~4e-8, and that row is a ray
+    whose vertex is 1e10 sd away (no vertex term). It was 5e-8 off against an estimate of
+    4e-11 (1,250x); the translation's rounding is now carried (``_polygon._shift_error``),
+    numpy and torch. Reference: 50-digit closed form (the model factorises)."""
+    dec = Decoder(
+        [np.eye(2), np.eye(2)],
+        [np.array([-3.3, 100.0]), np.array([0.0, -100.0])],
+        [("leaky_relu", 2.0)],
+    )
+    X = np.array([[0.0, 0.37], [1e-9, 0.37], [-2e-9, -0.2], [3 * sigma, 1.1], [0.5, 0.37]])
+    lp, err = ExactDGN.from_decoder(dec, sigma, device=device).score_samples(X, return_error=True)
+    for i, x in enumerate(X):
+        ref = _kink_line_ref(x, sigma)
+        assert abs(lp[i] - ref) <= err[i] <= 1e-5, (i, lp[i] - ref, err[i])

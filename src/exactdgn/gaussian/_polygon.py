@@ -1182,6 +1182,45 @@ def _vertex_error(cu, t0, t1, nonempty, logm, ext=None, lengths=None):
     return np.where(np.isfinite(out), out, 0.0)
 
 
+def _shift_error(cu, t0, t1, nonempty, logm, ext, local=None, reach=None):
+    """(P,) first-order error of ``log m`` from the rounding of the pairs' translation.
+
+    A pair's polygon is its region's tabulated one moved by the whitened mean ``w``: each row's
+    offset ``c_e = c_table - n_e . w`` is rounded by ``~eps (|c_e| + |w|)`` (``ext``, (P,) or
+    (P, F), is ``|w|`` or more, with the mapped table vertices' size for mapped pairs; the
+    table's own offsets, of that size, carry ``eps`` of it too: a kink's rounding). An
+    offset's shift ``δ`` moves the mass by ``δ`` times the edge's line mass
+    ``L_e = phi(c_e) (Phi(t1) - Phi(t0))``: ``4 eps Σ_e (|c_e| + |w|) L_e / m``. Near the mean
+    of a narrow posterior ``|w|`` is huge (``μ / sd``, 3e8 at a kink's image with
+    ``σ = 1e-8``): a half-plane through the mean is then off by ~3e-8, where an edge with no
+    vertex near the mass had no term at all (4e-11 estimated, 5e-8 off); ordinary pairs
+    (``|w| < 100``) get ~1e-14. The edge's mass within the decay length of a vertex is left
+    out: :func:`_vertex_error` counts it, with this rounding in its size. The pairs
+    integrated from their translated vertices (the cubature, and the pairs done in their
+    :class:`LocalFrame`: ``local``, indices) keep the table's shape and move as a whole by
+    ``δ ~ eps |w|``: ``4 eps |w| |∇_w log m|``, and ``∇_w log m`` is the truncated mean, at
+    most ``reach`` (P,) (the vertex centroid's distance plus the radius) away. (Not
+    ``Σ_e n_e L_e / m`` from the rounded rows: for a triangle 1e-12 wide 1e4 sd out those are
+    dominated by their own rounding.)
+    """
+    with np.errstate(all="ignore"):
+        lem = _edge_mass_log(cu, t0, t1, nonempty)
+        rel = np.exp(lem - logm[:, None])  # L_e / m
+        # less the mass near the edge's vertices, which _vertex_error counts (with this
+        # rounding): what is left is the mass of lines, rays and long edges away from a vertex
+        loc = np.minimum(np.log(t1 - t0), 0.5 * LOG_2PI)
+        base = -0.5 * cu * cu - LOG_2PI - logm[:, None]
+        for t in (t0, t1):
+            near = base - 0.5 * t * t + np.minimum(loc, -np.log(np.abs(t)))
+            rel -= np.where(np.isfinite(t), np.exp(near), 0.0)
+        rel = np.where(nonempty & np.isfinite(rel), np.maximum(rel, 0.0), 0.0)
+        ext2 = ext[:, None] if ext.ndim == 1 else ext  # (P,) or per row (P, F)
+        out = 4.0 * EPS * np.sum((np.abs(cu) + ext2) * rel, axis=1)
+        if local is not None and local.size:
+            out[local] = 4.0 * EPS * np.max(ext2[local], axis=1) * reach[local]
+    return np.where(np.isfinite(out), out, 0.0)
+
+
 def _log_mass_core(normals, offsets, moments: bool, floor=None):
     """:func:`_integrate` of pairs given by their rows, and which of them to re-anchor (P,):
     those left empty or unresolved although their rows are real, or whose error estimate is
@@ -1419,6 +1458,12 @@ def _integrate(edges: Edges, moments: bool, floor=None) -> Integrated:
         li = local_i
         ve[li] = _vertex_error(cu[li], t0[li], t1[li], nonempty[li], logm[li], None, lens)
     quad_err += ve
+    if edges.ext is not None:
+        ne = nonempty & ~empty[:, None]
+        common = np.union1d(cub_i, local_i)  # vertices translated as a whole
+        with np.errstate(all="ignore"):
+            reach = np.hypot(g[:, 0], g[:, 1]) + R
+        quad_err += _shift_error(cu, t0, t1, ne, logm, edges.ext, common, reach)
     with np.errstate(all="ignore"):
         err = 8.0 * EPS * np.where(np.isfinite(ratio), ratio, 1.0) + 4.0 * EPS * (
             1.0 + np.abs(logm)

@@ -67,7 +67,7 @@ from ._polygon import (
     _vertex_error,
 )
 from ._rules import EPS, LOG_2PI, gauss_legendre
-from ._torch_interval import nodes
+from ._torch_interval import log_interval_mass_t, log_phi_t, nodes
 
 __all__ = ["log_edge_pieces_t", "owens_t_t", "polygon_log_mass_t"]
 
@@ -481,6 +481,13 @@ def polygon_log_mass_t(edges: Edges, floor=None):
         )
         ve[li] = torch.as_tensor(ve_l, dtype=ve.dtype, device=ve.device)
     qerr = qerr + ve
+    if edges.ext is not None:  # the translation's rounding (``_polygon._shift_error``)
+        common = small.clone()
+        if local_rows is not None:
+            common[local_rows] = True
+        reach = torch.hypot(g[:, 0], g[:, 1]) + R
+        ne = nonempty & ~empty[:, None]
+        qerr = qerr + _shift_error_t(cu, t0, t1, ne, logm, edges.ext, common, reach)
     err = 8.0 * EPS * torch.where(torch.isfinite(ratio), ratio, 1.0) + 4.0 * EPS * (
         1.0 + logm.abs()
     )
@@ -508,6 +515,33 @@ def _vertex_error_t(cu, t0, t1, nonempty, logm, ext=None):
     ld = torch.where(has, ld, -math.inf)
     out = torch.exp(torch.logsumexp(ld, dim=1) - logm)
     return torch.where(torch.isfinite(out), out, 0.0)
+
+
+def _shift_error_t(cu, t0, t1, nonempty, logm, ext, common, reach):
+    """Torch twin of ``_polygon._shift_error`` (the rounding of the pairs' translation, see
+    there); ``common`` (P,) bool marks the pairs translated as a whole."""
+    lem = _edge_mass_log_t(cu, t0, t1, nonempty)
+    rel = torch.exp(lem - logm[:, None])
+    loc = torch.clamp(torch.log(t1 - t0), max=0.5 * LOG_2PI)
+    base = -0.5 * cu * cu - LOG_2PI - logm[:, None]
+    for t in (t0, t1):
+        near = base - 0.5 * t * t + torch.minimum(loc, -torch.log(t.abs()))
+        rel = rel - torch.where(torch.isfinite(t), torch.exp(near), 0.0)
+    rel = torch.where(nonempty & torch.isfinite(rel), torch.clamp(rel, min=0.0), 0.0)
+    ext2 = ext[:, None] if ext.dim() == 1 else ext
+    out = 4.0 * EPS * torch.sum((cu.abs() + ext2) * rel, dim=1)
+    whole = 4.0 * EPS * ext2.max(dim=1).values * reach
+    out = torch.where(common, whole, out)
+    return torch.where(torch.isfinite(out), out, 0.0)
+
+
+def _edge_mass_log_t(cu, t0, t1, nonempty):
+    """Torch twin of ``_polygon._edge_mass_log``: (P, F) ``log(phi(c) (Phi(t1) - Phi(t0)))``."""
+    a = torch.where(nonempty, t0, 0.0)
+    b = torch.where(nonempty, t1, 1.0)
+    c = torch.where(nonempty, cu, 0.0)
+    out = log_phi_t(c) + log_interval_mass_t(a, b)[0]
+    return torch.where(nonempty, out, -math.inf)
 
 
 def table_to_device(table, device) -> dict:
