@@ -107,6 +107,25 @@ def test_early_stopping_restores_best_epoch():
     assert m.noise_std_ == ref.noise_std_
 
 
+@pytest.mark.parametrize(("seed", "min_delta"), [(1, 0.02), (1, 0.1), (3, 0.1)])
+def test_min_delta_counts_patience_but_keeps_the_best_epoch(seed, min_delta):
+    """With ``min_delta > 0`` an epoch that improves by less was not kept as the best (9 of
+    12 runs kept an earlier epoch, up to 4 epochs and 0.012 nats behind the best one); it now
+    is, and only the patience counter waits for an improvement of ``min_delta``."""
+    X = wave(300, random_state=0)
+    m = VAE([1, 8, 2], max_epochs=80, patience=4, min_delta=min_delta, lr=1e-2, random_state=seed)
+    m.fit(X)
+    h = [r["val_loglik"] for r in m.history_]
+    assert m.stopped_early_
+    assert h[m.best_iter_] == max(h[1:])
+    # the counter: the stop comes `patience` epochs after the last gain of min_delta
+    ref, last = -np.inf, 0
+    for e, v in enumerate(h[1:], start=1):
+        if v > ref + min_delta:
+            ref, last = v, e
+    assert m.n_iter_ == last + 4
+
+
 def test_no_validation_split_and_float32():
     X = wave(100, random_state=0)
     m = VAE([1, 4, 2], max_epochs=3, validation_fraction=0.0, dtype="float32", **FAST)
@@ -360,17 +379,22 @@ def test_vae_curve_after_an_early_stop():
 
     X = wave(120, noise=0.1, random_state=0)
     Xte = wave(50, noise=0.1, random_state=1)
-    kw = {"validation_fraction": 0.25, "patience": 2, "random_state": 3, "batch_size": 32}
-    # min_delta: no epoch improves on epoch 1 (the first validated one), so it stops at 1 + 2
+    kw = {"validation_fraction": 0.25, "patience": 2, "random_state": 5, "batch_size": 32}
+    kw["lr"] = 0.1  # (epoch 3 is worse than epoch 2 on validation)
+    # min_delta: no epoch improves on epoch 1 (the first validated one) by 1e9, so it stops
+    # at 1 + 2; the best of those three epochs is kept
     make = lambda e: VAE([1, 6, 2], max_epochs=e, min_delta=1e9, **kw)  # noqa: E731
     est, curve = vae_curve(make, X, Xte, [8, 1, 3, 2, 5, 3])
-    assert est.stopped_early_ and est.n_iter_ == 3 and est.best_iter_ == 1
+    vals = [h["val_loglik"] for h in est.history_][1:]
+    assert est.stopped_early_ and est.n_iter_ == 3 and est.best_iter_ == np.argmax(vals) + 1
+    assert est.best_iter_ != 3  # (so the curve's last point is not the kept one)
     assert curve["iter"] == [1, 2, 3]  # sorted, duplicates once, none past the stop
     assert all(len(v) == 3 for v in curve.values())
-    exact = vae_to_exact(est)  # epoch 1's parameters: the curve's first point, not its last
-    assert -exact.score(X) == pytest.approx(curve["train_nll"][0], rel=1e-12)
-    assert -exact.score(Xte) == pytest.approx(curve["test_nll"][0], rel=1e-12)
-    assert curve["train_nll"][-1] != pytest.approx(curve["train_nll"][0], rel=1e-6)
+    exact = vae_to_exact(est)  # the best epoch's parameters, not the curve's last point's
+    b = est.best_iter_ - 1
+    assert -exact.score(X) == pytest.approx(curve["train_nll"][b], rel=1e-12)
+    assert -exact.score(Xte) == pytest.approx(curve["test_nll"][b], rel=1e-12)
+    assert curve["train_nll"][-1] != pytest.approx(curve["train_nll"][b], rel=1e-6)
     # stopped before the first scheduled epoch: an empty curve
     est, curve = vae_curve(make, X, Xte, [5, 8])
     assert est.n_iter_ == 3 and curve["iter"] == [] and curve["train_nll"] == []

@@ -269,6 +269,7 @@ class _Run:
         self.epoch = 0
         self.best: dict | None = None
         self.bad = 0
+        self.ref: float | None = None  # the validation objective the patience counts from
         self.val_seed = 0
         self.split_state: dict | None = None
 
@@ -300,6 +301,8 @@ class _Run:
         run.epoch = int(state["epoch"])
         run.best = state["best"]
         run.bad = int(state["bad"])
+        ref = state.get("ref", None if run.best is None else run.best["objective"])
+        run.ref = None if ref is None else float(ref)
         run.val_seed = int(state["val_seed"])
         run.split_state = state["split"]
         return run
@@ -332,6 +335,7 @@ class _Run:
             "epoch": self.epoch,
             "best": self.best,  # never changed in place (replaced by a new best)
             "bad": self.bad,
+            "ref": self.ref,
         }
 
     def evaluate(self, x, eps, batch_size: int) -> float:
@@ -379,9 +383,13 @@ class _Run:
         return tot_obj / n_train
 
     def record_validation(self, v_obj: float, min_delta: float) -> None:
-        """Early-stopping record: a new best epoch (its parameters kept) or one more bad one."""
-        if self.best is None or v_obj > self.best["objective"] + min_delta:
+        """Early-stopping record: the best epoch so far keeps its parameters (any improvement);
+        the patience counter restarts only on an improvement of more than ``min_delta`` over
+        the epoch it last restarted at (else one more bad epoch)."""
+        if self.best is None or v_obj > self.best["objective"]:
             self.best = {"objective": v_obj, "epoch": self.epoch, "params": self.params_state()}
+        if self.ref is None or v_obj > self.ref + min_delta:
+            self.ref = v_obj
             self.bad = 0
         else:
             self.bad += 1
@@ -442,7 +450,9 @@ class VAE(DensityMixin, BaseEstimator):
         Stop after this many epochs without a validation improvement larger than ``min_delta``;
         the parameters of the best validation epoch are restored.
     min_delta : float
-        Minimal improvement (nats per point) that resets the patience counter.
+        Minimal improvement (nats per point) that resets the patience counter (over the
+        epoch that last reset it, as Keras' ``EarlyStopping``); a smaller improvement still
+        makes that epoch the best one, whose parameters are kept.
     dtype : {"float64", "float32"}
         Training precision. Fitted modules and all evaluation methods are float64.
     random_state : None, int or numpy.random.Generator
@@ -989,7 +999,7 @@ class VAE(DensityMixin, BaseEstimator):
         else:
             Xv, Xt = None, X
         if Xv is None:  # no validation in this call: the last epoch is kept
-            run.best, run.bad = None, 0
+            run.best, run.bad, run.ref = None, 0, None
         xt = torch.as_tensor(Xt, dtype=dtype)
         xv = val_eps = None
         if Xv is not None:
