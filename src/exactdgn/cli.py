@@ -379,7 +379,12 @@ def _cluster(args):
     for name in list(logging.root.manager.loggerDict):
         if name.split(".")[0] in ("distributed", "tornado"):
             logging.getLogger(name).setLevel(level)
-    with connect(scheduler=args.scheduler, workers=args.workers) as client:
+    # the worker processes log on their own (a data error's traceback, at ERROR): hidden
+    # unless -v
+    worker_level = {0: logging.CRITICAL, 1: logging.WARNING}.get(verbose, logging.INFO)
+    with connect(
+        scheduler=args.scheduler, workers=args.workers, worker_log_level=worker_level
+    ) as client:
         yield client
 
 
@@ -670,9 +675,18 @@ def _fit_in(args, client, out: Path) -> int:
             f"the data have {n_missing} missing values (NaN): --method {args.method} needs "
             "complete rows; the exact methods (em, lbfgs, gradient, auto) train on log p(x_obs)"
         )
-    Xtr_raw, Xte_raw, test_index = split_data(X, args.test_fraction, args.seed)
-    if client is not None:  # DATA's own rows named (the workers' checks name a split's rows)
+    # DATA's own rows named (the later checks name a split's rows, and the standardization's
+    # moments overflowed first: "std must be finite")
+    if client is not None:
         _check_rows_to_train(X, args.data)
+    else:
+        from ._validation import check_training_values
+
+        try:
+            check_training_values(X, name=f"{args.data} (rows numbered from 0 in the file)")
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+    Xtr_raw, Xte_raw, test_index = split_data(X, args.test_fraction, args.seed)
     std = None
     if _want_standardize(args.standardize, info, X.shape[1]):
         std = Standardizer(rel_min_std=_std_floor(args.std_floor, info))
@@ -1009,12 +1023,22 @@ def _score_in(args, client) -> int:
 
 
 def _check_rows_to_train(X, data: str) -> None:
-    """DATA (a dask array) read once before a fit on the cluster: infinite values and NaN
-    are errors naming DATA's rows (the workers' checks named rows of a split, or columns
-    when the standardization's moments came first)."""
+    """DATA (a dask array) read once before a fit on the cluster: infinite values, NaN and
+    values beyond ``MAX_TRAINING_VALUE`` are errors naming DATA's rows (the workers' checks
+    named rows of a split, or columns when the standardization's moments came first)."""
     import dask.array as da
 
-    inf, nan = (np.asarray(a) for a in da.compute(da.isinf(X).any(axis=1), da.isnan(X).any(axis=1)))
+    from ._validation import MAX_TRAINING_VALUE
+
+    with np.errstate(invalid="ignore"):
+        inf, nan, big = (
+            np.asarray(a)
+            for a in da.compute(
+                da.isinf(X).any(axis=1),
+                da.isnan(X).any(axis=1),
+                (da.fabs(X) > MAX_TRAINING_VALUE).any(axis=1) & da.isfinite(X).all(axis=1),
+            )
+        )
     if inf.any():
         raise CLIError(
             f"{data}: infinite values in rows {np.flatnonzero(inf)[:5].tolist()} (the first "
@@ -1026,6 +1050,13 @@ def _check_rows_to_train(X, data: str) -> None:
             "first found; numbered from 0 in the file): on a dask cluster fit needs complete rows; "
             "drop those rows, or fit in memory (without --scheduler / --workers) to train on "
             "log p(x_obs)"
+        )
+    if big.any():
+        raise CLIError(
+            f"{data}: values beyond {MAX_TRAINING_VALUE:.0e} in rows "
+            f"{np.flatnonzero(big)[:5].tolist()} (the first found; numbered from 0 in the file): "
+            "their squares (the data's variance) overflow float64; such a value is a data "
+            "error: remove or rescale those rows"
         )
 
 

@@ -1680,8 +1680,19 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 changed,
             )
         if meta["fingerprint"] != fingerprint:
+            how = ""
+            if str(fingerprint).startswith("dask:") and str(meta["fingerprint"]).startswith(
+                "dask:"
+            ):
+                how = (
+                    " (a dask array is known by its graph's name, X.name, not by its values: "
+                    "one rebuilt from impure tasks, e.g. dask.delayed without pure=True, gets a "
+                    "new name each time; build it with pure=True, da.from_array(..., name=...) "
+                    "or exactdgn.dask.read_npy to resume)"
+                )
             raise CheckpointMismatchError(
-                f"checkpoint {path} was written for other data; remove it or use another path",
+                f"checkpoint {path} was written for other data{how}; remove it or use another "
+                "path",
                 ["X"],
             )
 

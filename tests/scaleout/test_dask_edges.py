@@ -556,6 +556,30 @@ def test_cli_fit_on_the_cluster_names_the_files_rows_with_missing_values(client,
     assert pickle.loads(pickle.dumps(MissingRowsError("NaN", [2, 5]))).rows == [2, 5]
 
 
+@pytest.mark.parametrize("standardize", ["auto", "off"])
+def test_cli_fit_names_the_files_row_beyond_1e150(client, tmp_path, capsys, standardize):
+    """A value of 1e200 at file row 200: with the standardization (on by default for > 2
+    columns) the moments overflowed first ("std must be finite and >= 0"), naming nothing;
+    without it the row of the training split was named (165). DATA's own row, in memory and
+    on the cluster, and no run folder left."""
+    from exactdgn.cli import main
+
+    X = np.random.default_rng(0).normal(size=(500, 3))
+    X[200, 2] = 1e200
+    np.save(tmp_path / "big.npy", X)
+    argv = ["fit", str(tmp_path / "big.npy"), "--out", str(tmp_path / "run"), "--no-progress"]
+    argv += ["--standardize", standardize, "--max-iter", "1"]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"distributed(\..*)?")
+        for extra in ([], ["--scheduler", client.scheduler.address]):
+            assert main([*argv, *extra]) == 2
+            err = capsys.readouterr().err
+            assert ("row 200, column 2 is 1e+200" in err) != bool(extra), err
+            assert ("in rows [200] (the first found" in err) == bool(extra), err
+            assert "numbered from 0 in the file" in err and "1e+150" in err
+            assert not (tmp_path / "run").exists()
+
+
 def test_impute_draws_with_a_generator_as_model_impute_takes_one(planted):
     """``random_state=np.random.default_rng(0)`` was a TypeError (``model.impute`` takes a
     Generator): its four drawn 64-bit words seed the chunks' SeedSequence, reproducibly."""
@@ -659,3 +683,74 @@ def test_values_beyond_reach_name_the_row_of_x(client, planted):
     with distributed.Client(client.scheduler.address, set_as_default=False) as cl:
         with cl.as_current(), pytest.raises(ValueError, match=r"row 70, column 0 is 1e\+160"):
             ExactDGN(hidden_sizes=(4,), max_iter=2).fit(da.from_array(X, chunks=(40, -1)))
+
+
+def test_cli_workers_data_error_is_one_line(tmp_path):
+    """``score RUN DATA --workers 1`` on a row with nothing observed printed distributed's
+    "Compute Failed" block with the worker's traceback (the worker processes log on their
+    own) before the CLI's one-line error; hidden now unless -v."""
+    import subprocess
+    import sys
+
+    model = ExactDGN.from_decoder(Decoder.random([1, 6, 3], seed=0), 0.2)
+    model.save(tmp_path / "model.npz")
+    X = model.sample(200, random_state=1)
+    X[3] = np.nan
+    np.save(tmp_path / "holes.npy", X)
+    cmd = [sys.executable, "-m", "exactdgn", "score", str(tmp_path / "model.npz")]
+    cmd += [str(tmp_path / "holes.npy"), "--out", str(tmp_path / "s.csv"), "--workers", "1"]
+    env = {**os.environ, "EXACTDGN_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "every value missing" in lines[0], proc.stderr
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_impute_keeps_float32(planted):
+    """``exactdgn.dask.impute`` of float32 data returned float64 (``model.impute`` keeps
+    float32, as scikit-learn's imputers), both outputs."""
+    model, X = planted
+    X32 = _with_holes(X, seed=4).astype(np.float32)
+    filled, std = edd.impute(model, da.from_array(X32, chunks=(70, -1)), return_std=True)
+    filled, std = dask.compute(filled, std, scheduler="sync")
+    ref, ref_std = model.impute(X32, return_std=True)
+    assert filled.dtype == std.dtype == ref.dtype == np.float32
+    np.testing.assert_array_equal(filled, ref)
+    np.testing.assert_array_equal(std, ref_std)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_checkpoint_of_a_rebuilt_dask_array_says_how_it_is_known(client, tmp_path):
+    """A dask fit's checkpoint is keyed by the array's graph name: the same values read again
+    through impure ``dask.delayed`` tasks were refused as "other data" with no hint; the
+    message now says how a dask array is known and how to resume (``pure=True`` does)."""
+    from dask import delayed
+
+    from exactdgn.io import CheckpointMismatchError
+
+    rows = ExactDGN.from_decoder(Decoder.random([1, 6, 3], seed=0), 0.2).sample(300, random_state=1)
+
+    def build(pure):
+        parts = [
+            delayed(rows.__getitem__, pure=pure)(slice(100 * i, 100 * (i + 1))) for i in range(3)
+        ]
+        return da.concatenate([da.from_delayed(p, (100, 3), dtype=float) for p in parts])
+
+    kw = dict(latent_dim=1, hidden_sizes=(6,), max_iter=3, tol=0.0, method="em", random_state=3)
+
+    def stop(it, snap):
+        if it == 2:
+            raise KeyboardInterrupt
+
+    with client.as_current():
+        for pure in (False, True):
+            ck = tmp_path / f"ck-{pure}"
+            with pytest.raises(KeyboardInterrupt):
+                ExactDGN(**kw, progress=False).fit(build(pure), checkpoint=ck, callback=stop)
+            if pure:
+                resumed = ExactDGN(**kw, progress=False).fit(build(pure), checkpoint=ck)
+                assert resumed.n_iter_ == 3
+            else:
+                with pytest.raises(CheckpointMismatchError, match=r"X\.name.*pure=True"):
+                    ExactDGN(**kw, progress=False).fit(build(pure), checkpoint=ck)

@@ -111,7 +111,10 @@ def active_client(required: bool = True) -> Client | None:
 
 @contextmanager
 def connect(
-    scheduler: str | None = None, workers: int | None = None, memory_limit: str = "auto"
+    scheduler: str | None = None,
+    workers: int | None = None,
+    memory_limit: str = "auto",
+    worker_log_level: int = logging.WARNING,
 ) -> Iterator[Client]:
     """A client of an existing cluster (``scheduler`` address) or of a local one.
 
@@ -124,6 +127,10 @@ def connect(
         dask thread each, every task holding ``usable cores // workers`` threads.
     memory_limit : str
         Per-worker memory limit of the local cluster.
+    worker_log_level : int
+        The local cluster's worker processes print distributed's log records from this level
+        up (``LocalCluster(silence_logs=...)``; a task's failure is an ERROR record with its
+        traceback, which the caller may report itself: ``logging.CRITICAL`` hides it).
     """
     if (scheduler is None) == (workers is None):
         raise ValueError("give exactly one of scheduler (an address) or workers (a count)")
@@ -144,7 +151,12 @@ def connect(
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
+            # the scheduler's HTTP server (health, metrics) runs even without a dashboard, on
+            # port 8787 by default: with another cluster there it warned "Port 8787 is
+            # already in use"; any free local port
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
             memory_limit=memory_limit,
+            silence_logs=worker_log_level,
         ) as cluster,
         Client(cluster) as client,
     ):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 
+from .._validation import output_dtype
 from ..inference._marginal import check_reach
 from ._cluster import active_client
 from ._io import as_row_chunks
@@ -83,6 +84,7 @@ def impute(model, X, method: str = "mean", random_state=None, return_std: bool =
             "a numpy.random.Generator"
         )
     D = model.decoder_.output_dim
+    odt = output_dtype(X)  # float32 in, float32 out (as model.impute and sklearn's imputers)
     X = as_row_chunks(X, D, "model.impute(X)")
     seeds = None
     if method == "sample":
@@ -100,6 +102,8 @@ def impute(model, X, method: str = "mean", random_state=None, return_std: bool =
         dtype=np.float64,
         meta=np.empty((0, width)),
     )
+    if odt != np.float64:
+        out = out.astype(odt)
     if return_std:
         return out[:, :D], out[:, D:]
     return out
