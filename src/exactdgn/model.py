@@ -1691,8 +1691,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
                     "or exactdgn.dask.read_npy to resume)"
                 )
             raise CheckpointMismatchError(
-                f"checkpoint {path} was written for other data{how}; remove it or use another "
-                "path",
+                f"checkpoint {path} was written for other data{how}; remove it or use another path",
                 ["X"],
             )
 
