@@ -540,7 +540,8 @@ def _edge_mass_log_t(cu, t0, t1, nonempty):
     a = torch.where(nonempty, t0, 0.0)
     b = torch.where(nonempty, t1, 1.0)
     c = torch.where(nonempty, cu, 0.0)
-    out = log_phi_t(c) + log_interval_mass_t(a, b)[0]
+    lm = log_interval_mass_t(a.reshape(-1), b.reshape(-1))[0].reshape(a.shape)  # (1-D kernel)
+    out = log_phi_t(c) + lm
     return torch.where(nonempty, out, -math.inf)
 
 
