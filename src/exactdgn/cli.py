@@ -167,7 +167,25 @@ def load_data(
         X = X[: int(n_samples)]
         info["n_samples"] = int(n_samples)  # score reuses it for the same DATA
     info["shape"] = list(X.shape)
+    if info["kind"] == "file":  # score --split knows the file however it is spelled, and
+        info["path"] = str(Path(spec).resolve())  # that its values are the fit's
+        info["sha256"] = _values_digest(X)
     return X, info
+
+
+def _values_digest(X: np.ndarray) -> str:
+    """SHA-256 of an array's float64 values (row-major), as recorded for a run's DATA."""
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(X, dtype=np.float64).tobytes()).hexdigest()
+
+
+def _same_data(data_cfg: dict, spec: str) -> bool:
+    """Whether DATA ``spec`` names the run's DATA: the same spelling, or the same file."""
+    if data_cfg.get("spec") == spec:
+        return True
+    path = data_cfg.get("path")
+    return path is not None and _data_kind(spec) == "file" and str(Path(spec).resolve()) == path
 
 
 def _data_kind(spec: str) -> str:
@@ -304,6 +322,35 @@ def _save_array(path, arr, fmt: str = "%.17g", header: list[str] | None = None) 
         )
 
 
+def _save_arrays(outputs: list, header: list[str] | None = None) -> None:
+    """:func:`_save_array` of each ``(path, array)``, all or none: a failed later write takes
+    back the files and folders the earlier ones made (``impute --std-out`` in a folder that
+    cannot be written left ``--out`` behind), and names the file, not its temporary."""
+    import shutil
+
+    done: list[Path] = []
+    made: list[Path] = []
+    try:
+        for path, arr in outputs:
+            path = Path(path)
+            made += [p for p in path.parents if not p.exists() and p not in made]
+            existed = path.exists()
+            try:
+                _save_array(path, arr, header=header)
+            except OSError as exc:
+                raise CLIError(f"cannot write {path}: {exc.strerror or exc}") from exc
+            if not existed:
+                done.append(path)
+    except BaseException:
+        for path in done:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        for folder in sorted(made, key=lambda p: len(p.parts)):  # the outermost made first
+            with contextlib.suppress(OSError):
+                shutil.rmtree(folder)
+        raise
+
+
 def _int_at_least(low: int):
     """argparse type: an integer >= ``low``."""
 
@@ -398,7 +445,7 @@ def _load_data_for(args, client, **kwargs):
         from .dask import read_npy
 
         X = read_npy(args.data, chunk_rows=_chunk_rows(args))
-        info = {"spec": args.data, "kind": "file"}
+        info = {"spec": args.data, "kind": "file", "path": str(Path(args.data).resolve())}
         if kwargs.get("n_samples") is not None:
             X = X[: int(kwargs["n_samples"])]
             info["n_samples"] = int(kwargs["n_samples"])
@@ -493,6 +540,8 @@ def _fit(args) -> int:
             f"std), got {args.std_floor}"
         )
     _check_method_options(args)
+    if args.method != "iwae" and args.k != 5:
+        raise CLIError(f"--k applies to --method iwae, not --method {args.method}: remove it")
     _check_data_options(args)
     out = Path(args.out)
     _check_out_folder(out)
@@ -686,9 +735,22 @@ def _fit_in(args, client, out: Path) -> int:
             check_training_values(X, name=f"{args.data} (rows numbered from 0 in the file)")
         except ValueError as exc:
             raise CLIError(str(exc)) from None
+        empty = np.flatnonzero(np.isnan(X).all(axis=1))
+        if empty.size:  # (the fit named rows of the training split)
+            raise CLIError(
+                f"{args.data} has {empty.size} rows with every value missing (NaN), first rows "
+                f"{empty[:5].tolist()} (numbered from 0 in the file): such rows carry no "
+                "information; drop them"
+            )
     Xtr_raw, Xte_raw, test_index = split_data(X, args.test_fraction, args.seed)
     std = None
-    if _want_standardize(args.standardize, info, X.shape[1]):
+    want = _want_standardize(args.standardize, info, X.shape[1])
+    if args.std_floor is not None and not want:
+        raise CLIError(
+            f"--std-floor applies to standardized data, and {args.data} is not standardized "
+            f"(--standardize {args.standardize}): remove it, or give --standardize on"
+        )
+    if want:
         std = Standardizer(rel_min_std=_std_floor(args.std_floor, info))
         if client is None:
             std.fit(Xtr_raw)
@@ -920,9 +982,8 @@ def _impute_in(args, client) -> int:
     from .datasets import csv_header
 
     header = csv_header(args.data)  # a CSV's column names, kept in a CSV output
-    for path, arr in ((out, filled), (Path(args.std_out) if args.std_out else None, std)):
-        if path is not None:
-            _save_array(path, arr, header=header)
+    outputs = [(out, filled)] + ([(Path(args.std_out), std)] if args.std_out else [])
+    _save_arrays(outputs, header)
     print(f"{n_missing} missing values filled ({args.method}) in {len(filled)} rows: {out}")
     return 0
 
@@ -939,7 +1000,7 @@ def _score_in(args, client) -> int:
         _check_out_file(args.out)  # before the scoring, not after it
     model, cfg = load_model(args.model)
     data_cfg = cfg.get("data", {})
-    same = data_cfg.get("spec") == args.data
+    same = _same_data(data_cfg, args.data)
     n_samples = args.n_samples
     if n_samples is None and same:  # the run's rows of its own DATA (any kind of data)
         # (runs written before files recorded it: the fit's --n-samples option)
@@ -987,6 +1048,13 @@ def _score_in(args, client) -> int:
                 f"({data_cfg.get('spec')} of shape {data_cfg.get('shape')}), got {got}: give "
                 "that DATA with the fit's data options"
             )
+        if "sha256" in data_cfg and isinstance(X, np.ndarray):
+            if _values_digest(X) != data_cfg["sha256"]:
+                raise CLIError(
+                    f"--split {args.split} needs the data the model was fit on: {args.data} "
+                    f"has its shape but other values than {data_cfg.get('path')} had then "
+                    "(changed since, or another file of the same name)"
+                )
         test = np.zeros(len(X), dtype=bool)
         test[np.asarray(cfg.get("test_index", []), dtype=int)] = True
         rows = np.flatnonzero(test if args.split == "test" else ~test)  # of DATA
@@ -1096,8 +1164,13 @@ def _sample(args) -> int:
         raise CLIError(f"-n must be >= 1, got {args.n}")
     if args.out:
         _check_out_file(args.out)
-    X = model.sample(args.n, random_state=args.seed)  # data units (its standardization)
     std = getattr(model, "preprocessing_", None)
+    if args.standardized and not std:
+        raise CLIError(
+            f"--standardized: {args.model} has no standardization (its samples are in the units "
+            "it was trained on): remove the option"
+        )
+    X = model.sample(args.n, random_state=args.seed)  # data units (its standardization)
     if std and args.standardized:
         X = std.transform(X)
     if args.out:
@@ -1129,9 +1202,15 @@ def _noise_std(text: str):
                 values = np.load(path, allow_pickle=False)
             else:
                 values = np.loadtxt(path, delimiter="," if path.suffix == ".csv" else None, ndmin=1)
-            values = np.asarray(values, dtype=np.float64).ravel()
+            values = np.asarray(values, dtype=np.float64)
         except (ValueError, OSError) as exc:
             raise CLIError(f"--noise-std {text}: not a file of numbers ({exc})") from exc
+        if values.ndim > 1 and sum(s > 1 for s in values.shape) > 1:
+            raise CLIError(
+                f"--noise-std {text} holds an array of shape {values.shape}: give one std per "
+                "output, as one row or one column"
+            ) from None
+        values = values.ravel()
         if values.size == 1:  # a file of one value: one std for every output, as a number
             values = float(values[0])
     bad = ~(np.isfinite(values) & (np.asarray(values) > 0))
@@ -1220,7 +1299,8 @@ def _evaluate(args) -> int:
             output=args.encoder_output,
             unsafe_pickle=args.unsafe_pickle,
         )
-    per, summ = evaluate_external(
+    per, summ = _run_quietly(  # its warnings (a degenerate IS estimate) printed as the CLI's
+        evaluate_external,
         dec,
         noise_std,
         X,
@@ -1324,6 +1404,8 @@ def _report(args) -> int:
     root = Path(args.dir)
     if not root.is_dir():
         raise CLIError(f"{root} is not a directory")
+    if args.out:
+        _check_out_file(args.out)  # before the table, not after it
     files = sorted(p for p in root.rglob("*.json") if "results" in p.name)
     if not files:
         raise CLIError(f"no results JSON files (named *results*.json) under {root}")
@@ -1340,8 +1422,12 @@ def _report(args) -> int:
                 'of them, or {"rows": [...]}'
             )
         for item in items:
-            if isinstance(item, dict):
-                rows.append({"file": str(f.relative_to(root)), **flatten(item)})
+            if not isinstance(item, dict):
+                raise CLIError(
+                    f"{f} holds a list with a {type(item).__name__} in it: a results file holds "
+                    'a JSON object, a list of them, or {"rows": [...]}'
+                )
+            rows.append({"file": str(f.relative_to(root)), **flatten(item)})
     text = markdown_table(rows)
     print(text)
     if args.out:
@@ -1740,6 +1826,11 @@ def main(argv=None) -> int:
     """Entry point; returns the exit code (0 ok, 2 usage or data error)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    for dest in ("out", "std_out", "plot", "checkpoint", "data", "model"):
+        if getattr(args, dest, None) is not None and not str(getattr(args, dest)).strip():
+            # (an unset shell variable: `--out $DIR` wrote the run into the current folder)
+            name = dest.upper() if dest in ("data", "model") else "--" + dest.replace("_", "-")
+            parser.error(f"{name} is empty: give a path")
     logging.basicConfig(
         level=logging.WARNING - 10 * args.verbose, format="%(levelname)s %(message)s"
     )

@@ -128,10 +128,17 @@ def read_npz(path) -> tuple[dict, dict]:
     path = Path(path)
     if not path.exists():
         raise ModelFileError(f"no such file: {path}")
+    npy = None
+    # (RuntimeError, NotImplementedError: a zip entry flagged as encrypted)
+    unreadable = (OSError, ValueError, zipfile.BadZipFile, EOFError, RuntimeError)
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        data = np.load(path, allow_pickle=False)
+        if isinstance(data, np.lib.npyio.NpzFile):
+            with data:
+                arrays = {k: data[k] for k in data.files}
+        else:  # a .npy: one array, no metadata
+            npy = np.shape(data)
+    except (*unreadable, NotImplementedError) as exc:
         why = str(exc)
         if "pickle" in why:  # numpy's message suggests allow_pickle=True: never here
             with open(path, "rb") as fh:
@@ -142,6 +149,11 @@ def read_npz(path) -> tuple[dict, dict]:
             else:  # numpy takes anything that is neither .npz nor .npy for a pickle
                 why = f"not an .npz archive: its first bytes are {head!r}"
         raise ModelFileError(f"{path} is not a readable exactdgn file ({why})") from exc
+    if npy is not None:
+        raise ModelFileError(
+            f"{path} is not an exactdgn model file (a .npy array of shape {npy}; models and "
+            "checkpoints are .npz files written by exactdgn)"
+        )
     if "__meta__" not in arrays:
         raise ModelFileError(f"{path} has no exactdgn metadata (not written by exactdgn?)")
     try:

@@ -1839,6 +1839,11 @@ class ExactDGN(DensityMixin, BaseEstimator):
             from .datasets import Standardizer
 
             model.preprocessing_ = Standardizer.from_dict(pre)
+            if model.preprocessing_.n_features_in_ != dec.output_dim:
+                raise ValueError(
+                    f"its standardization has {model.preprocessing_.n_features_in_} features "
+                    f"for a decoder with {dec.output_dim} outputs"
+                )
         return model
 
     # ------------------------------------------------------------------ model selection

@@ -686,3 +686,99 @@ def test_a_reader_that_stops_ends_the_command_quietly(runs, tmp_path):
         err = proc.stderr.read().decode()
         code = proc.wait(timeout=120)
     assert code == 141 and err == "", (code, err)
+
+
+def test_score_split_knows_the_file_not_its_spelling(tmp_path, monkeypatch, capsys):
+    """``score RUN ./d.npy --split test`` (the run fit on ``d.npy``) was refused, an absolute
+    path too; from another folder a different ``d.npy`` of the same shape was scored as the
+    run's test split (rc 0, -21035 nats/point). The run records DATA's resolved path and a
+    digest of its values."""
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "d.npy", rng.normal(size=(50, 2)))
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "d.npy", "--out", "r", "--max-iter", "2", "--no-progress"]) == 0
+    capsys.readouterr()
+    scores = []
+    for spelling in ("d.npy", "./d.npy", str(tmp_path / "d.npy")):
+        assert main(["score", "r", spelling, "--split", "test"]) == 0, capsys.readouterr().err
+        scores.append(capsys.readouterr().out)
+    assert scores[0] == scores[1] == scores[2] and "over 10 points" in scores[0]
+    (tmp_path / "other").mkdir()
+    np.save(tmp_path / "other" / "d.npy", 100.0 + np.zeros((50, 2)))
+    monkeypatch.chdir(tmp_path / "other")
+    assert main(["score", "../r", "d.npy", "--split", "test"]) == 2
+    assert "needs the data the model was fit on" in capsys.readouterr().err
+    # the same file changed since the fit
+    np.save(tmp_path / "d.npy", rng.normal(size=(50, 2)))
+    assert main(["score", "../r", str(tmp_path / "d.npy"), "--split", "test"]) == 2
+    assert "other values than" in capsys.readouterr().err
+
+
+def test_fit_names_the_files_row_with_nothing_observed(tmp_path, capsys):
+    """In memory, a row of DATA with every value missing was named by its row of the training
+    split ("first rows [4]" for file row 7)."""
+    X = np.random.default_rng(0).normal(size=(60, 3))
+    X[7] = np.nan
+    np.save(tmp_path / "d.npy", X)
+    argv = ["fit", str(tmp_path / "d.npy"), "--out", str(tmp_path / "r"), "--max-iter", "1"]
+    assert main([*argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "first rows [7] (numbered from 0 in the file)" in err and not (tmp_path / "r").exists()
+
+
+def test_options_that_do_not_apply_and_empty_paths_are_errors(runs, tmp_path, capsys):
+    """``fit --method vae --k 0``, ``--std-floor`` on data that is not standardized,
+    ``sample --standardized`` of a model without standardization and ``--out ""`` (an unset
+    shell variable: the run was written into the current folder) were silently taken."""
+    root = runs[0]
+    cases = [
+        (["fit", "wave", "--method", "vae", "--k", "0"], "--k applies to --method iwae"),
+        (["fit", "wave", "--std-floor", "0.5"], "--std-floor applies to standardized data"),
+        (["sample", str(root / "em"), "-n", "3", "--standardized"], "has no standardization"),
+    ]
+    for argv, said in cases:
+        out = [] if argv[0] == "sample" else ["--out", str(tmp_path / "r"), "--no-progress"]
+        assert main([*argv, *out]) == 2
+        assert said in capsys.readouterr().err
+        assert not (tmp_path / "r").exists()
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "wave", "--out", "", "--max-iter", "1"])
+    assert exc.value.code == 2 and "--out is empty" in capsys.readouterr().err
+
+
+def test_noise_std_array_report_out_and_entries_are_checked(runs, tmp_path, capsys):
+    """A (2, 2) --noise-std file was flattened into 4 stds; ``report --out FOLDER`` printed
+    the table, then failed naming a temporary file; a results file ``[1, 2]`` was skipped."""
+    root = runs[0]
+    np.save(tmp_path / "s.npy", np.full((2, 2), 0.1))
+    X = np.zeros((5, 4))
+    np.save(tmp_path / "x.npy", X)
+    dec = ExactDGN.load(root / "em" / "model.npz").decoder_
+    torch = pytest.importorskip("torch")
+    torch.save(dec.to_torch().state_dict(), tmp_path / "dec.pt")
+    argv = ["evaluate", str(tmp_path / "dec.pt"), str(tmp_path / "x.npy")]
+    assert main([*argv, "--noise-std", str(tmp_path / "s.npy")]) == 2
+    assert "holds an array of shape (2, 2)" in capsys.readouterr().err
+    (tmp_path / "rep").mkdir()
+    (tmp_path / "rep" / "results.json").write_text("[1, 2]")
+    assert main(["report", str(tmp_path / "rep")]) == 2
+    assert "holds a list with a int in it" in capsys.readouterr().err
+    (tmp_path / "rep" / "results.json").write_text('{"a": 1}')
+    assert main(["report", str(tmp_path / "rep"), "--out", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert "is a folder" in captured.err and captured.out == ""
+
+
+def test_impute_takes_back_out_when_std_out_cannot_be_written(runs, tmp_path, capsys):
+    """``impute --out new/deep/f.csv --std-out /proc/sd.csv``: the std's write failed after
+    --out and its new folders were made, and the error named the temporary file."""
+    root = runs[0]
+    X = ExactDGN.load(root / "em" / "model.npz").sample(10, random_state=0)
+    X[::2, 1] = np.nan
+    np.save(tmp_path / "x.npy", X)
+    out = tmp_path / "new" / "deep" / "f.csv"
+    argv = ["impute", str(root / "em"), str(tmp_path / "x.npy"), "--out", str(out)]
+    assert main([*argv, "--std-out", "/proc/sd.csv"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write /proc/sd.csv" in err and ".tmp" not in err
+    assert not (tmp_path / "new").exists()

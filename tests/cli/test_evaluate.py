@@ -527,3 +527,33 @@ def test_noise_std_file_of_one_value_is_one_std(parts, value):
     assert main([*args, "--noise-std", str(root / "one.npy"), "--out", str(out)]) == 0
     table = np.loadtxt(out, delimiter=",", skiprows=1)
     assert np.allclose(table[:, 1], exact.score_samples(X), rtol=1e-12)
+
+
+def test_an_exactdgn_model_or_a_numpy_archive_is_named(parts, capsys):
+    """An exactdgn ``model.npz`` given as the decoder quoted torch's C++ error
+    ("[enforce fail at inline_container.cc:180]") and advised --unsafe-pickle."""
+    root, exact, _ = parts
+    exact.save(root / "model.npz")
+    np.savez(root / "arrays.npz", a=np.zeros(3))
+    for name, said in (("model.npz", "is an exactdgn model file"), ("arrays.npz", "numpy .npz")):
+        args = ["evaluate", str(root / name), str(root / "x.npy"), "--noise-std", "0.2"]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert said in err and "enforce fail" not in err and "unsafe" not in err, err
+
+
+def test_an_encoder_with_nan_outputs_is_refused_and_a_degenerate_is_flagged(parts, capsys):
+    """A broken encoder printed ``nan`` estimates with rc 0 (NaN log std), or an IS estimate
+    1e36 nats off "+/- 0.000000" (log std 50: one draw carries all the weight)."""
+    root = parts[0]
+    args = ["evaluate", str(root / "dec.pt"), str(root / "x.npy"), "--noise-std", "0.2"]
+    for bias, rc, said in ((float("nan"), 2, "not finite for 40 rows"), (50.0, 0, "IS-50 is more")):
+        enc = GaussianEncoder(3, 1, (16,), "relu", max_log_std=60.0)
+        with torch.no_grad():
+            enc.log_std_head.weight.zero_()
+            enc.log_std_head.bias.fill_(bias)
+        torch.save(enc, root / "bad_enc.pt")
+        extra = ["--encoder", str(root / "bad_enc.pt"), "--unsafe-pickle", "--k-is", "50"]
+        assert main([*args, *extra]) == rc
+        err = capsys.readouterr().err
+        assert said in err and "Traceback" not in err, err

@@ -111,6 +111,33 @@ def test_corrupt_and_foreign_files(tmp_path):
         ExactDGN.load(tmp_path / "missing.npz")
 
 
+def test_a_npy_or_an_encrypted_entry_is_a_model_file_error(tmp_path):
+    """A ``.npy`` given as a model said "'numpy.ndarray' object does not support the context
+    manager protocol" (a TypeError); a zip entry flagged as encrypted (corruption) escaped as
+    RuntimeError / NotImplementedError with a traceback, from the model and the data readers."""
+    import struct
+
+    from exactdgn.datasets import load_array
+
+    np.save(tmp_path / "data.npy", np.zeros((3, 2)))
+    with pytest.raises(ModelFileError, match=r"not an exactdgn model file \(a \.npy array"):
+        ExactDGN.load(tmp_path / "data.npy")
+    m = ExactDGN.from_decoder(Decoder.random([1, 3, 2], seed=0), 0.1)
+    m.save(tmp_path / "good.npz")
+    np.savez(tmp_path / "data.npz", X=np.zeros((3, 2)))
+    for name, bit in (("good.npz", 0), ("good.npz", 6), ("data.npz", 0)):
+        b = bytearray((tmp_path / name).read_bytes())
+        i = b.find(b"PK\x01\x02")  # the central directory's first entry: its flags
+        struct.pack_into("<H", b, i + 8, struct.unpack_from("<H", b, i + 8)[0] | (1 << bit))
+        (tmp_path / "enc.npz").write_bytes(bytes(b))
+        if name == "good.npz":
+            with pytest.raises(ModelFileError, match="not a readable exactdgn file"):
+                ExactDGN.load(tmp_path / "enc.npz")
+        else:
+            with pytest.raises(ValueError, match=r"not a valid \.npz file"):
+                load_array(tmp_path / "enc.npz")
+
+
 def test_atomic_writes_leave_nothing_behind_and_reads_name_the_problem(tmp_path):
     """A failed write left its ``.tmp<pid>`` file beside the target; an object array was
     written pickled (a file read_npz then refuses); a file that is no archive at all was said
@@ -598,3 +625,21 @@ def test_a_callback_that_cannot_be_called_is_refused_before_training(callback, m
     with pytest.raises(TypeError, match=match):
         m.fit(X, callback=callback)
     assert not hasattr(m, "decoder_")
+
+
+def test_a_standardization_of_another_width_is_refused_on_load(tmp_path):
+    """A (hand-edited) model whose standardization has 2 features for 3 outputs loaded, and
+    scoring then failed with numpy's "operands could not be broadcast together"."""
+    from exactdgn.datasets import Standardizer
+    from exactdgn.io import read_npz, write_npz_atomic
+
+    m = ExactDGN.from_decoder(Decoder.random([1, 3, 3], seed=0), 0.1)
+    m.preprocessing_ = Standardizer().fit(np.random.default_rng(0).normal(size=(20, 3)))
+    m.save(tmp_path / "m.npz")
+    arrays, meta = read_npz(tmp_path / "m.npz")
+    for k in ("mean", "scale", "std"):
+        meta["preprocessing"][k] = meta["preprocessing"][k][:2]
+    meta = {k: v for k, v in meta.items() if k not in ("format", "version")}
+    write_npz_atomic(tmp_path / "bad.npz", arrays, meta)
+    with pytest.raises(ModelFileError, match="standardization has 2 features for a decoder with 3"):
+        ExactDGN.load(tmp_path / "bad.npz")

@@ -467,7 +467,8 @@ def _load_npz(path: Path, key: str | None) -> np.ndarray:
         if str(path) in str(exc):
             raise
         raise ValueError(f"{path}: not a valid numeric .npz archive ({exc})") from exc
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+    except (OSError, EOFError, zipfile.BadZipFile, RuntimeError, NotImplementedError) as exc:
+        # (RuntimeError, NotImplementedError: a zip entry flagged as encrypted)
         raise ValueError(f"{path}: not a valid .npz file ({exc})") from exc
 
 

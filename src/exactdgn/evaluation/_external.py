@@ -19,9 +19,11 @@ may return ``(mean, log_std)`` or ``(mean, log_var)``.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +65,23 @@ def _load(path, unsafe_pickle: bool, part: str = "decoder"):
             f"{path} is not a torch file (its first bytes are {head!r}): give the {part}'s "
             "state_dict() saved with torch.save, or a .safetensors file"
         )
+    if head.startswith(b"PK\x03\x04"):  # a zip: torch.save's, or a numpy .npz archive
+        import zipfile
+
+        with contextlib.suppress(zipfile.BadZipFile, OSError):
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+            if "__meta__.npy" in names:
+                raise ValueError(
+                    f"{path} is an exactdgn model file, not a torch {part}: score it with "
+                    f"'exactdgn score {path} DATA' (ExactDGN.load), or give evaluate the torch "
+                    f"{part}'s state_dict() or .safetensors file"
+                )
+            if names and all(n.endswith(".npy") for n in names):
+                raise ValueError(
+                    f"{path} is a numpy .npz archive, not a torch file: give the {part}'s "
+                    "state_dict() saved with torch.save, or a .safetensors file"
+                )
     if unsafe_pickle:
         try:
             return torch.load(path, map_location="cpu", weights_only=False)
@@ -602,6 +621,27 @@ def evaluate_external(
     per["elbo"] = elbo
     per[f"iwae{k_iwae}"] = iwae
     per[f"is{k_is}"], se = is_ if k_is >= 2 else (is_, None)
+    bad = ~(np.isfinite(elbo) & np.isfinite(iwae) & np.isfinite(per[f"is{k_is}"]))
+    if bad.any():  # (printed as nan, and the command succeeded)
+        raise ValueError(
+            f"the encoder's estimates are not finite for {int(bad.sum())} rows, first "
+            f"{np.flatnonzero(bad)[:5].tolist()}: its outputs (mean, log std) are NaN or "
+            "infinite there; check the encoder and --encoder-output"
+        )
+    if se is not None:
+        # a proposal that misses the posterior: a few draws carry all the weight, the
+        # estimate falls far below log p(x) and its standard error collapses with it
+        off = (ll - per[f"is{k_is}"]) > 10.0 * se + 1.0
+        if off.any():
+            warnings.warn(
+                f"IS-{k_is} is more than 10 standard errors (and 1 nat) below the exact "
+                f"log p(x) on {int(off.sum())} of {N} rows (first "
+                f"{np.flatnonzero(off)[:5].tolist()}): its weights are dominated by a few "
+                "draws (the encoder's proposal misses the posterior there), so its standard "
+                "error is not to be trusted",
+                UserWarning,
+                stacklevel=2,
+            )
     per["gap"] = ll - per["elbo"]
     if se is not None:
         per[f"is{k_is}_se"] = se
