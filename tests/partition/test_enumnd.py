@@ -443,3 +443,24 @@ def test_nearly_parallel_hyperplanes_cover_the_space(eps):
         C, e = part.halfspaces(r)
         sel = np.all(Z @ C.T <= e, axis=1)
         np.testing.assert_array_equal(part.locate(Z[sel]), r)
+
+
+@pytest.mark.parametrize("method", ["adjacency", "auto"])
+def test_a_large_weight_does_not_hide_a_small_gradient(method):
+    """A unit was taken as constant where its gradient was below 1e-13 of the product of the
+    layers' norms: with one 1e6 weight in each of two layers that is 0.1, and a real kink of
+    gradient 0.014 was never cut (8 regions of 14, ``A z + b`` off ``g(z)`` by 0.16). Now
+    relative to the size of the terms that make up each gradient."""
+    W1 = np.diag([1e6, 1.0, 1.0])
+    W2 = np.array([[0.0, 0.01, 0.01], [1e6, 0.0, 0.0]])
+    dec = Decoder(
+        [W1, W2, np.ones((1, 2))],
+        [np.zeros(3), np.array([-0.005, 0.0]), np.zeros(1)],
+        ["leaky_relu", "leaky_relu"],
+    )
+    part = partition(dec, method=method)
+    _compare_with_oracle(dec, part)
+    Z = np.random.default_rng(0).normal(scale=3, size=(5000, 3))
+    r = part.locate(Z)
+    got = np.einsum("nij,nj->ni", part.A[r], Z) + part.b[r]
+    np.testing.assert_allclose(got, dec(Z), rtol=1e-12, atol=1e-12 * np.abs(dec(Z)).max())
