@@ -285,3 +285,47 @@ def test_a_long_d2_enumeration_warns_and_shows_its_progress(monkeypatch, caplog)
         again = exactdgn.partition(dec)  # (as training does every iteration)
     assert "alone cuts" not in caplog.text and calls[-1] == "closed"  # warned once, bar again
     assert len(part) == len(again)
+
+
+def test_the_budget_counts_the_layer_maps_of_every_region():
+    """[2,200,200,2] with max_bytes 2e8 (191 MiB) was accepted on an estimate of 60 MiB and
+    peaked at 1.3 GiB: the (R, d + 1, width) layer maps built for every region at once were
+    not counted. They are now (~14 KB a region here), and it is refused up front."""
+    import tracemalloc
+
+    from exactdgn.partition import partition
+
+    dec = Decoder.random([2, 200, 200, 2], seed=0)
+    assert estimate_region_bytes(dec) >= 3 * 8 * 3 * 200
+    tracemalloc.start()
+    try:
+        with pytest.raises(PartitionTooLargeError, match=r"bytes each"):
+            partition(dec, max_bytes=2e8)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2e8
+
+
+def test_d3_is_refused_or_announced_up_front(monkeypatch, caplog):
+    """d >= 3 had no up-front bound beyond 3,000 sampled points: [3,200,2] (1.3M regions) with
+    a 1e8 budget ran for minutes before its running count passed the budget, and [3,64,64,2]
+    ran silently for tens of minutes. A random plane's cut of the first layer is a lower bound
+    (each region meets a plane in one cell at most), and the first layer's cells in general
+    position give the time warning."""
+    import logging
+
+    from exactdgn.partition import partition, plane_lower_bound
+
+    t0 = time.perf_counter()
+    with pytest.raises(PartitionTooLargeError, match=r"a plane through the first layer"):
+        partition(Decoder.random([3, 200, 2], seed=0), max_bytes=1e8)
+    assert time.perf_counter() - t0 < 5.0
+    dec = Decoder.random([3, 27, 2], seed=1)
+    low = plane_lower_bound(dec)
+    assert low == 1 + 27 + 27 * 26 // 2  # random planes are in general position
+    monkeypatch.setattr(_api, "_SECONDS_PER_REGION_ND", 0.01)  # as if 10x slower
+    with caplog.at_level(logging.WARNING, logger="exactdgn.partition"):
+        part = partition(dec)
+    assert "cuts ~3,304 regions" in caplog.text and "at least 379" in caplog.text
+    assert len(part) >= low

@@ -1,6 +1,6 @@
 """Exact partition of the latent space into linear regions (enumeration, lookup, geometry)."""
 
-from ._api import first_layer_lower_bound, partition, sampled_region_count
+from ._api import first_layer_lower_bound, partition, plane_lower_bound, sampled_region_count
 from ._partition import (
     Partition,
     PartitionTooLargeError,
@@ -19,5 +19,6 @@ __all__ = [
     "first_layer_lower_bound",
     "memory_budget",
     "partition",
+    "plane_lower_bound",
     "sampled_region_count",
 ]

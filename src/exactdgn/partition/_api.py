@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import numbers
 import time
 
@@ -62,8 +63,25 @@ def region_upper_bound(decoder: Decoder) -> int:
 # machine), and the estimate above which the enumeration warns and shows its progress
 _SECONDS_PER_PIECE_2D = 1e-6
 _LONG_SECONDS = 30.0
+# d >= 3 adjacency search: ~1,000 regions a second (d = 3, one core; d = 4 slower)
+_SECONDS_PER_REGION_ND = 1e-3
 # at most this many first-layer lines enter the arrangement bound (its O(n^2) intersections)
 _BOUND_LINES = 4_000
+
+
+def plane_lower_bound(decoder: Decoder, seed: int = 0) -> int:
+    """d >= 3: :func:`first_layer_lower_bound` of the first layer's cut of a random plane
+    through ``z = 0`` (``z = U t``, ``U`` (d, 2) orthonormal): each region meets a plane in
+    one convex cell at most, so the plane's cells bound the count from below (a generic plane
+    meets ``1 + n + n (n - 1) / 2`` of ``n`` random hyperplanes' cells; the space holds about
+    ``n^d / d!``)."""
+    d = decoder.latent_dim
+    if d < 3 or not decoder.unit_slices:
+        return 1
+    U, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((d, 2)))
+    W = [decoder.weights[0] @ U, *decoder.weights[1:]]
+    sliced = Decoder(W, list(decoder.biases), decoder.activations)
+    return first_layer_lower_bound(sliced)
 
 
 def first_layer_lower_bound(decoder: Decoder) -> int:
@@ -184,14 +202,38 @@ def partition(decoder: Decoder, *, max_bytes: int | None = None, method: str = "
     t0 = time.perf_counter()
     # d = 2 with a wide first layer: its lines' arrangement bounds the count (and the time)
     first = first_layer_lower_bound(decoder) if method == "polygon" and _wide(decoder) else 0
+    # d >= 3: the first layer's n hyperplanes in general position (random weights) cut
+    # sum_{i <= d} C(n, i) cells (an estimate for the time; the plane's count is a bound)
+    n1 = _first_width(decoder) if d >= 3 else 0
+    cells = sum(math.comb(n1, i) for i in range(d + 1)) if d >= 3 else 0
+    plane = plane_lower_bound(decoder) if cells > 3_000 else 0
     # the lower bounds refuse up front; skipped when the widths alone prove that the
     # partition fits (training's small decoders: it cost 1.2 ms of a 7 ms d = 1 E-step)
     if region_upper_bound(decoder) > max_regions:
         low, what = sampled_region_count(decoder), "a sampled lower bound of"
         if first > low:
             low, what = first, "the first layer's lines alone give at least"
+        if plane > low:
+            low, what = plane, "a plane through the first layer's hyperplanes meets at least"
         check_budget(low, what)
     progress = _long_run_progress(decoder, first) if first else None
+    if plane:
+        if _SECONDS_PER_REGION_ND * cells > _LONG_SECONDS:
+            key = (tuple(decoder.layer_sizes), cells)
+            if key not in _WARNED:
+                _WARNED.add(key)
+                logger.warning(
+                    "partition: the first hidden layer of %s alone cuts ~%s regions (its %d "
+                    "hyperplanes in general position; at least %s); the d = %d adjacency "
+                    "search takes ~%s, and the later layers more (interrupt with Ctrl-C; a "
+                    "narrower first layer or a lower latent_dim is much faster)",
+                    decoder.layer_sizes,
+                    f"{cells:,}",
+                    n1,
+                    f"{plane:,}",
+                    d,
+                    f"{_SECONDS_PER_REGION_ND * cells / 60:.3g} min",
+                )
 
     def upper(n: int) -> None:  # layer-by-layer methods bound the next layer's count
         check_budget(n, "an upper bound of")

@@ -36,12 +36,17 @@ def memory_budget() -> int:
 
 
 def estimate_region_bytes(decoder: Decoder, avg_facets: float | None = None) -> int:
-    """Approximate bytes a partition stores per region (A, b, pattern, facets, points)."""
+    """Approximate bytes per region at the enumeration's peak: what a partition stores (A, b,
+    pattern, facets, points) and the layer maps built for every region at once (the next
+    layer's kinks, the final affine maps: ``(R, d + 1, width)`` float64, about three alive
+    together). Without the maps [2,200,200,2] was estimated at 60 MiB and peaked at 1.3 GiB."""
     d, D = decoder.latent_dim, decoder.output_dim
     if avg_facets is None:
         avg_facets = 2.0 * d + 2.0
     per = 8 * (D * (d + 1) + 2 * d + 2) + decoder.n_units
     per += int(avg_facets * (8 * (d + 2) + 16))
+    widths = [len(b) for b in decoder.biases[:-1]]
+    per += 3 * 8 * (d + 1) * max(widths, default=0)
     return int(per)
 
 
