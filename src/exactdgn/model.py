@@ -549,11 +549,15 @@ class ExactDGN(DensityMixin, BaseEstimator):
 
         Rows with NaN give ``p(z | x_obs)``, conditioned on their observed coordinates only.
         """
-        return self._posterior(self._check_X(X, allow_nan=True))
+        post = self._posterior(self._check_X(X, allow_nan=True))
+        # its output moments in the data's units, as the rest of the model's API
+        post._output_units = getattr(self, "preprocessing_", None)
+        return post
 
     def _posterior(self, X: np.ndarray, need_moments: bool = False) -> ExactPosterior:
         """:meth:`posterior` of validated ``X`` in the decoder's units (``need_moments``: the
-        pairs' truncated moments computed in the pairs' pass, as the E-step's)."""
+        pairs' truncated moments computed in the pairs' pass, as the E-step's; its output
+        moments in the decoder's units too)."""
         return ExactPosterior(
             X,
             self.geometry_,

@@ -1,5 +1,7 @@
 """The exact posterior p(z | x): moments vs quadrature, exact samples vs the density, MAP."""
 
+import warnings
+
 import numpy as np
 import pytest
 from scipy import integrate, optimize, stats
@@ -418,3 +420,48 @@ def test_log_normalizer_is_log_p_of_the_data_as_given_and_bad_z_is_located():
         r"\(2, 3, 0\) of z's shape \(5, 4, 1\)\)",
     ):
         post.log_prob(bad)
+
+
+def test_output_moments_are_in_the_data_units_of_a_standardized_model(tmp_path):
+    """``model.posterior(X).output_mean()`` of a model with a ``preprocessing_`` (a CLI run,
+    or a saved model) was ``E[g]`` in standardized units (-0.11 where ``impute`` gave 4976.9),
+    while the same object's ``log_normalizer`` and the model's ``impute`` are in the data's."""
+    from exactdgn.datasets import Standardizer
+
+    model = ExactDGN.from_decoder(Decoder.random([1, 6, 3], seed=0), 0.3)
+    Xs = model.sample(200, random_state=0)
+    X = Xs * np.array([10.0, 0.5, 3.0]) + np.array([5000.0, -2.0, 7.0])  # data units
+    model.preprocessing_ = Standardizer().fit(X)
+    model.save(tmp_path / "m.npz")
+    loaded = ExactDGN.load(tmp_path / "m.npz")
+    Xn = X[:6].copy()
+    Xn[:, 0] = np.nan
+    post = loaded.posterior(Xn)
+    mean, var = post.output_moments()
+    filled, std = loaded.impute(Xn, return_std=True)
+    np.testing.assert_allclose(post.output_mean(), mean, rtol=1e-13)
+    np.testing.assert_allclose(mean[:, 0], filled[:, 0], rtol=1e-12)
+    scale = loaded.preprocessing_.scale_
+    noise = np.broadcast_to(loaded.noise_std_, (3,)) * scale
+    np.testing.assert_allclose(np.sqrt(var[:, 0] + noise[0] ** 2), std[:, 0], rtol=1e-10)
+    np.testing.assert_allclose(post.log_normalizer, loaded.score_samples(Xn), rtol=1e-13)
+
+
+def test_far_draws_at_a_region_corner_keep_their_spread_or_warn():
+    """d = 2, a row 1e7 noise sds out whose posterior sits at a region's corner (whitened
+    distance ~4e6): u1 was bisected to 1e-12 of |a| ~ rho, about 13 widths of the truncated
+    density, and 2e5 draws had whitened variance 2.2 and mean 0.25 sd with no warning (the
+    moments were exact). Now to float64's resolution there, with a warning where that is
+    coarser than 5% of the width."""
+    dec = Decoder.random([2, 6, 3], activation="relu", seed=0)
+    model = ExactDGN.from_decoder(dec, 0.3)
+    x = model.sample(1, random_state=0)[0] + 1e7 * 0.3 * np.array([0.6, -0.64, 0.48])
+    post = model.posterior(x[None])
+    with pytest.warns(RuntimeWarning, match="resolved only to"):
+        S = post.sample(20000, random_state=2)[:, 0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the weights' own warning, far out)
+        mu, C = post.mean[0], post.covariance_matrix[0]
+    W = (S - mu) @ np.linalg.inv(np.linalg.cholesky(C)).T
+    assert np.all(np.abs(W.mean(0)) < 0.05), W.mean(0)  # was 0.25
+    assert np.all(np.abs(np.diag(np.cov(W.T)) - 1.0) < 0.08), np.cov(W.T)  # was 2.2

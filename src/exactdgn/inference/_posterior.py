@@ -18,7 +18,7 @@ from scipy.special import log_ndtr, ndtri_exp
 from .. import gaussian
 from .._validation import check_generator
 from ..gaussian._rules import normalize_rows, row_norms
-from ._geometry import LOG_2PI, RegionGeometry
+from ._geometry import _EPS, LOG_2PI, RegionGeometry
 from ._marginal import PairStats
 
 #: d >= 3 sampling: rounds of tilted rejection before the exact sections take the rest, and
@@ -90,6 +90,9 @@ class ExactPosterior:
         self._geom = geom
         self._stats = stats  # the pairs' whitened polygons are built on first use (_whitened)
         self._weights_checked = False  # (_moments warns once about rows of uncertain weights)
+        # a model's preprocessing (``mean_``, ``scale_``): output moments in the data's units
+        # (ExactDGN.posterior sets it; None: the decoder's units)
+        self._output_units = None
         self.batch_shape = (X.shape[0],)
         self.event_shape = (geom.latent_dim,)
 
@@ -222,7 +225,7 @@ class ExactPosterior:
         second moments: ``d + 1`` region-wise products instead of ``(d + 1)(d + 4)/2``)."""
         self._moments()
         mean, _ = _output_moments(self._stats, self._geom, self.batch_shape[0], self._OUT_BYTES)
-        return mean
+        return self._in_output_units(mean)
 
     def output_moments(self) -> tuple[np.ndarray, np.ndarray]:
         """Exact ``E[g(z) | x]`` and ``Var[g(z) | x]`` per output: (N, D) each.
@@ -232,9 +235,11 @@ class ExactPosterior:
         ``E[g_j] = Σ_r w_nr (a_rj·m_nr + b_rj)`` and
         ``E[(g_j - c_j)²] = Σ_r w_nr [a_rjᵀ (V_nr + m_nr m_nrᵀ) a_rj + 2 b'_rj a_rj·m_nr + b'²_rj]``
         (``b' = b - c``, ``c`` the mean of the ``b_r``), ``Var[g_j] = E[(g_j - c_j)²] -
-        (E[g_j] - c_j)²``. For a row with NaN these are the conditional moments given the
-        observed coordinates, hence ``E[x_mis | x_obs] = E[g_mis]`` and
-        ``Var[x_mis | x_obs] = Var[g_mis] + σ²_mis``.
+        (E[g_j] - c_j)²``; from :meth:`ExactDGN.posterior` of a model with a
+        ``preprocessing_``, in the data's units (``scale_ E[g] + mean_``, ``scale_² Var``,
+        and the noise variance there is ``scale_² σ²``). For a row with NaN these are the
+        conditional moments given the observed coordinates, hence
+        ``E[x_mis | x_obs] = E[g_mis]`` and ``Var[x_mis | x_obs] = Var[g_mis] + σ²_mis``.
 
         Each sum over regions is a product of a (points x regions) matrix of pair
         coefficients (``w``, ``w m_k``, ...; zero where a pair is pruned) with a (regions x D)
@@ -248,7 +253,15 @@ class ExactPosterior:
         mean, var = _output_moments(
             self._stats, self._geom, self.batch_shape[0], self._OUT_BYTES, var=True
         )
-        return mean, var
+        pre = self._output_units
+        return self._in_output_units(mean), (var if pre is None else var * pre.scale_**2)
+
+    def _in_output_units(self, mean: np.ndarray) -> np.ndarray:
+        """Output means in the data's units (a model's standardization undone: ``ExactDGN``'s
+        posterior of a standardized model gave ``E[g]`` in standardized units, where its
+        ``log_normalizer``, ``impute`` and ``sample`` are in the data's)."""
+        pre = self._output_units
+        return mean if pre is None else mean * pre.scale_ + pre.mean_
 
     # ------------------------------------------------------------------ density
     def log_prob(self, z) -> np.ndarray:
@@ -455,12 +468,28 @@ def _sample_polygon(normals, offsets, rng):
     b = rho + 10.0
     target = np.log(rng.random(P)) + total  # log(q * mass): invert the marginal CDF of u1
     extra_n = np.concatenate([normals, np.broadcast_to(e1, (P, 1, 2))], axis=1)
+    # to 1e-9 of the truncated density's width along u1 (~1 / rho far out; the old 1e-12 of
+    # |a| ~ rho resolved a row 1e7 noise sds out only to ~13 widths: the draws' spread x2.2),
+    # or to float64's resolution at u1 ~ rho where that is coarser (warned by the caller)
+    tol = np.maximum(1e-9 / np.maximum(1.0, rho), 8.0 * _EPS * np.abs(a))
     u1 = _invert_cdf(
         lambda m: gaussian.log_mass(extra_n, np.concatenate([offsets, m[:, None]], axis=1)),
         a,
         b,
         target,
+        tol,
     )
+    coarse = tol * np.maximum(1.0, rho) > 0.05  # resolved to more than 5% of the width
+    if coarse.any():
+        warnings.warn(
+            f"{int(coarse.sum())} posterior draws are resolved only to "
+            f"{float(np.max(tol * np.maximum(1.0, rho))):.3g} of their spread: their region "
+            f"lies {float(rho.max()):.3g} posterior sds from the unconstrained mean (a row "
+            "beyond ~1e7 noise sds at a region's corner), where float64 cannot place the "
+            "draws finer; the posterior's mean and covariance are exact, these draws are not",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     base = np.stack([u1, np.zeros(P)], axis=1)
     lo2, hi2 = _interval(normals, offsets, np.tile([0.0, 1.0], (P, 1)), base)
     hi2 = np.maximum(lo2, hi2)
@@ -468,15 +497,17 @@ def _sample_polygon(normals, offsets, rng):
     return np.stack([u1, u2], axis=1)
 
 
-def _invert_cdf(log_cdf, a: np.ndarray, b: np.ndarray, target: np.ndarray) -> np.ndarray:
+def _invert_cdf(log_cdf, a: np.ndarray, b: np.ndarray, target: np.ndarray, tol=None):
     """(P,) the points ``t`` in ``[a, b]`` where the log CDFs ``log_cdf(t)`` (P,) -> (P,) reach
-    ``target``: bisection of every row until all are within 1e-12 (relative beyond 1)."""
+    ``target``: bisection of every row until all are within ``tol`` (P,) (default 1e-12,
+    relative beyond 1)."""
     for _ in range(200):
         m = 0.5 * (a + b)
         below = log_cdf(m) < target
         a = np.where(below, m, a)
         b = np.where(below, b, m)
-        if np.all(b - a <= 1e-12 * np.maximum(1.0, np.abs(a))):
+        t = 1e-12 * np.maximum(1.0, np.abs(a)) if tol is None else tol
+        if np.all(b - a <= t):
             break
     return 0.5 * (a + b)
 
