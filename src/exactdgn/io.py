@@ -129,7 +129,8 @@ def read_npz(path) -> tuple[dict, dict]:
     if not path.exists():
         raise ModelFileError(f"no such file: {path}")
     npy = None
-    # (RuntimeError, NotImplementedError: a zip entry flagged as encrypted)
+    # (RuntimeError: a zip entry flagged as encrypted; the "strong encryption" error is a
+    # subclass of it)
     unreadable = (OSError, ValueError, zipfile.BadZipFile, EOFError, RuntimeError)
     try:
         data = np.load(path, allow_pickle=False)
@@ -138,7 +139,7 @@ def read_npz(path) -> tuple[dict, dict]:
                 arrays = {k: data[k] for k in data.files}
         else:  # a .npy: one array, no metadata
             npy = np.shape(data)
-    except (*unreadable, NotImplementedError) as exc:
+    except unreadable as exc:
         why = str(exc)
         if "pickle" in why:  # numpy's message suggests allow_pickle=True: never here
             with open(path, "rb") as fh:

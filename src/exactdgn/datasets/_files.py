@@ -467,8 +467,9 @@ def _load_npz(path: Path, key: str | None) -> np.ndarray:
         if str(path) in str(exc):
             raise
         raise ValueError(f"{path}: not a valid numeric .npz archive ({exc})") from exc
-    except (OSError, EOFError, zipfile.BadZipFile, RuntimeError, NotImplementedError) as exc:
-        # (RuntimeError, NotImplementedError: a zip entry flagged as encrypted)
+    except (OSError, EOFError, zipfile.BadZipFile, RuntimeError) as exc:
+        # (RuntimeError: a zip entry flagged as encrypted; zipfile's "strong encryption" error
+        # is a subclass of it)
         raise ValueError(f"{path}: not a valid .npz file ({exc})") from exc
 
 
