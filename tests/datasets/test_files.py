@@ -422,3 +422,39 @@ def test_csv_header(tmp_path):
         assert csv_header(tmp_path / name) == names, name
     np.save(tmp_path / "x.npy", np.zeros((2, 2)))
     assert csv_header(tmp_path / "x.npy") is None
+
+
+def test_csv_quoted_numbers_and_trailing_delimiters(tmp_path):
+    """Spreadsheet exports: double-quoted numbers (``csv.QUOTE_ALL``) and a delimiter ending
+    every row were errors ("non-numeric value '"1"'", "missing value '' ... column 3")."""
+    from exactdgn.datasets import csv_header
+
+    X = np.array([[1.0, -2.5], [3e-3, 4.0]])
+    cases = {
+        "q.csv": '"a","b"\n"1","-2.5"\n"3e-3", "4"\n',
+        "t.csv": "a,b\n1,-2.5,\n3e-3,4,\n",
+        "th.csv": "a,b,\n1,-2.5,\n3e-3,4,\n",
+        "tn.csv": "1,-2.5,\n3e-3,4,  # note\n",
+        "tt.tsv": "1\t-2.5\t\n3e-3\t4\t\n",
+    }
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+        for allow_nan in (False, True):
+            np.testing.assert_array_equal(load_array(tmp_path / name, allow_nan=allow_nan), X)
+        expected = None if name in ("tn.csv", "tt.tsv") else ["a", "b"]
+        assert csv_header(tmp_path / name) == expected, name
+    # a named column left empty in every row stays a column (of missing values)
+    (tmp_path / "c.csv").write_text("a,b,c\n1,2,\n3,4,\n")
+    assert csv_header(tmp_path / "c.csv") == ["a", "b", "c"]
+    np.testing.assert_array_equal(
+        load_array(tmp_path / "c.csv", allow_nan=True), [[1, 2, np.nan], [3, 4, np.nan]]
+    )
+    with pytest.raises(ValueError, match="missing value '' on line 2, column 3"):
+        load_array(tmp_path / "c.csv")
+    # a row without the trailing delimiter leaves the others' empty field a missing value
+    (tmp_path / "m.csv").write_text("1,2,\n3,4,5\n")
+    with pytest.raises(ValueError, match="missing value '' on line 1, column 3"):
+        load_array(tmp_path / "m.csv")
+    (tmp_path / "x.csv").write_text('"1","x"\n')
+    with pytest.raises(ValueError, match="non-numeric value 'x' on line 1, column 2"):
+        load_array(tmp_path / "x.csv")

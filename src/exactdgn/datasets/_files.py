@@ -12,6 +12,7 @@ import os
 import zipfile
 import zlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -331,18 +332,57 @@ def _is_number(field: str, allow_nan: bool) -> bool:
     return True
 
 
+def _unquote(field: str) -> str:
+    """One CSV field without its surrounding blanks and one pair of double quotes
+    (``"1.5"``, as spreadsheets and ``csv.QUOTE_ALL`` writers quote numbers)."""
+    field = field.strip()
+    if len(field) >= 2 and field[0] == field[-1] == '"':
+        field = field[1:-1].strip()
+    return field
+
+
 def _csv_float(field: str) -> float:
     """``float`` of one CSV field, NaN for a missing-value spelling (``allow_nan``)."""
-    field = field.strip()
+    field = _unquote(field)
     return np.nan if field.lower() in _MISSING else float(field)
 
 
-def _diagnose_csv(path: Path, lines: list, start: int, delimiter: str | None) -> None:
+def _csv_float_strict(field: str) -> float:
+    """``float`` of one quoted or unquoted CSV field (no missing values)."""
+    return float(_unquote(field))
+
+
+@dataclass(frozen=True)
+class _CsvLayout:
+    """How a CSV file is read: its (1-based line number, content) pairs of non-blank,
+    non-comment lines, the delimiter, the header's names (``None`` without one) and whether
+    every data row ends with the delimiter (a spreadsheet's trailing comma: that empty last
+    field is not a column)."""
+
+    lines: list
+    delimiter: str | None
+    header: list[str] | None
+    trailing: bool
+
+    @property
+    def start(self) -> int:
+        """Index in ``lines`` of the first data row."""
+        return 0 if self.header is None else 1
+
+
+def _split_fields(line: str, delimiter: str | None) -> list[str]:
+    """A CSV line's fields, unquoted, without a trailing ``#`` comment (as np.loadtxt reads it)."""
+    line = line.split("#", 1)[0]
+    return [_unquote(f) for f in (line.split(delimiter) if delimiter else line.split())]
+
+
+def _diagnose_csv(layout: _CsvLayout, path: Path) -> None:
     """Raise a precise error for the first ragged or non-numeric row (slow path, errors only)."""
+    lines, start, delimiter = layout.lines, layout.start, layout.delimiter
 
     def split(ln):
-        ln = ln.split("#", 1)[0]  # a trailing comment, as np.loadtxt drops it
-        return [f.strip() for f in (ln.split(delimiter) if delimiter else ln.split())]
+        fields = _split_fields(ln, delimiter)
+        return fields[:-1] if layout.trailing else fields
 
     width = len(split(lines[start][1]))
     for lineno, ln in lines[start:]:
@@ -370,10 +410,9 @@ def _diagnose_csv(path: Path, lines: list, start: int, delimiter: str | None) ->
                 )
 
 
-def _csv_layout(path: Path, delimiter: str | None):
-    """``(lines, delimiter, header)`` of a CSV file: its (1-based line number, content) pairs of
-    non-blank, non-comment lines, the delimiter (guessed from the first row unless given) and
-    the names of its header row (``None`` without one)."""
+def _csv_layout(path: Path, delimiter: str | None) -> _CsvLayout:
+    """The :class:`_CsvLayout` of a CSV file (the delimiter guessed from the first row unless
+    given)."""
     try:
         # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first field
         text = path.read_text(encoding="utf-8-sig")
@@ -386,7 +425,7 @@ def _csv_layout(path: Path, delimiter: str | None):
     first = lines[0][1].split("#", 1)[0]  # without a trailing comment
     if delimiter is None:
         delimiter = "," if "," in first else ("\t" if "\t" in first else None)
-    fields = [f.strip() for f in (first.split(delimiter) if delimiter else first.split())]
+    fields = _split_fields(first, delimiter)
     # a header row holds names: no number, and a field that is not a missing value either
     # ("1,,3" is data; so is "1000,?,0.3", whose '?' is then reported, not the row dropped)
     header = None
@@ -395,7 +434,23 @@ def _csv_layout(path: Path, delimiter: str | None):
     ):
         header = fields
         logger.debug("%s: treating line %d as a header", path, lines[0][0])
-    return lines, delimiter, header
+    data = lines[0 if header is None else 1 :]
+    blanks = " \t\r\f\v".replace(delimiter or " ", "")  # a tab can be the delimiter
+    trailing = (
+        delimiter is not None
+        and bool(data)
+        and all(ln.split("#", 1)[0].rstrip(blanks).endswith(delimiter) for _, ln in data)
+    )
+    if trailing and header is not None:
+        if header[-1] == "":  # the header ends with the delimiter too
+            header = header[:-1]
+        elif len(header) == len(_split_fields(data[0][1], delimiter)):
+            trailing = False  # a named column left empty in every row: a column, not a comma
+    if trailing:
+        logger.debug(
+            "%s: every data row ends with %r; its empty last field is dropped", path, delimiter
+        )
+    return _CsvLayout(lines, delimiter, header, trailing)
 
 
 def csv_header(path, *, delimiter: str | None = None) -> list[str] | None:
@@ -407,33 +462,35 @@ def csv_header(path, *, delimiter: str | None = None) -> list[str] | None:
         return None
     if suffix == ".tsv" and delimiter is None:
         delimiter = "\t"
-    return _csv_layout(path, delimiter)[2]
+    return _csv_layout(path, delimiter).header
 
 
 def _load_csv(path: Path, delimiter: str | None, allow_nan: bool) -> np.ndarray:
-    lines, delimiter, header = _csv_layout(path, delimiter)
-    start = 0 if header is None else 1
-    if start >= len(lines):
+    layout = _csv_layout(path, delimiter)
+    lines = layout.lines
+    if layout.start >= len(lines):
         raise ValueError(f"{path}: only a header row, no data")
-    skip = lines[0][0] if start else 0
     kwargs = dict(
-        delimiter=delimiter,
-        skiprows=skip,
+        delimiter=layout.delimiter,
+        skiprows=lines[0][0] if layout.start else 0,
         comments="#",
         ndmin=2,
         dtype=np.float64,
         encoding="utf-8-sig",
+        quotechar='"',
     )
+    if layout.trailing:
+        width = len(_split_fields(lines[layout.start][1], layout.delimiter)) - 1
+        kwargs["usecols"] = range(width)
     try:
         try:
             arr = np.loadtxt(path, **kwargs)
         except ValueError:
-            if not allow_nan:
-                raise
-            # empty cells, "NA", ...: the slower per-field conversion
-            arr = np.loadtxt(path, converters=_csv_float, **kwargs)
+            # empty cells, "NA", quotes after a blank, ...: the slower per-field conversion
+            convert = _csv_float if allow_nan else _csv_float_strict
+            arr = np.loadtxt(path, converters=convert, **kwargs)
     except ValueError as exc:
-        _diagnose_csv(path, lines, start, delimiter)
+        _diagnose_csv(layout, path)
         raise ValueError(f"{path}: cannot parse as numeric CSV ({exc})") from exc
     return arr
 
@@ -480,9 +537,10 @@ def load_array(
 
     CSV: comma, tab or whitespace separated (guessed from the first row unless ``delimiter`` is
     given); an optional header row (names only, no number: a first row that mixes numbers and
-    text is data, and its text an error) and ``#`` comment lines are skipped. With
-    ``allow_nan``, empty cells and ``NA``, ``N/A``, ``NaN``, ``null`` (any case) are missing
-    values (NaN).
+    text is data, and its text an error) and ``#`` comment lines are skipped. Numbers may be
+    double-quoted (``"1.5"``), and a delimiter that ends every data row (a spreadsheet's
+    trailing comma) does not make an empty last column. With ``allow_nan``, empty cells and
+    ``NA``, ``N/A``, ``NaN``, ``null`` (any case) are missing values (NaN).
     ``.npz``: the single array it holds, or the one named ``key`` (``"X"`` or ``"data"`` are
     tried when there are several). ``allow_nan``: NaN entries (missing values) are kept;
     infinite values are always an error.
