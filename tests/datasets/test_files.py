@@ -458,3 +458,40 @@ def test_csv_quoted_numbers_and_trailing_delimiters(tmp_path):
     (tmp_path / "x.csv").write_text('"1","x"\n')
     with pytest.raises(ValueError, match="non-numeric value 'x' on line 1, column 2"):
         load_array(tmp_path / "x.csv")
+
+
+def test_csv_trailing_delimiter_keeps_the_ragged_row_check(tmp_path):
+    """With a delimiter ending every row, a row with an extra value was read without it (the
+    trailing field's column was cut off by ``usecols``): now the ragged-row error as without."""
+    for name, text, line in [
+        ("a.csv", "1,2,\n3,4,5,\n", 2),
+        ("b.csv", "a,b,\n1,2,\n3,4,5,6,\n", 3),
+        ("c.tsv", "1\t2\t\n3\t4\t5\t\n", 2),
+    ]:
+        (tmp_path / name).write_text(text)
+        for allow_nan in (False, True):
+            with pytest.raises(ValueError, match=f"line {line} has"):
+                load_array(tmp_path / name, allow_nan=allow_nan)
+
+
+def test_csv_header_names_agree_with_the_columns(tmp_path):
+    """pandas quotes a name holding the delimiter ("income, USD"): csv_header split it in two
+    (3 names for 2 columns: the CLI's fit then wrote a model that could not be loaded); a
+    header alone ending with the delimiter kept an empty third name; a header that does not
+    name every column is an error naming both lines."""
+    from exactdgn.datasets import csv_header
+
+    (tmp_path / "q.csv").write_text('"income, USD",age\n1.5,2\n3,4\n')
+    assert csv_header(tmp_path / "q.csv") == ["income, USD", "age"]
+    assert load_array(tmp_path / "q.csv").shape == (2, 2)
+    (tmp_path / "h.csv").write_text('"count #",b\n1,2\n')
+    assert csv_header(tmp_path / "h.csv") == ["count #", "b"]
+    np.testing.assert_array_equal(load_array(tmp_path / "h.csv"), [[1, 2]])
+    (tmp_path / "t.csv").write_text("a,b,\n1,2\n3,4\n")
+    assert csv_header(tmp_path / "t.csv") == ["a", "b"]
+    assert load_array(tmp_path / "t.csv").shape == (2, 2)
+    for text in ("a,b,c\n1,2\n", "a,b\n1,2,3\n"):
+        (tmp_path / "w.csv").write_text(text)
+        for call in (csv_header, load_array):
+            with pytest.raises(ValueError, match=r"w.csv: the header row \(line 1\) names"):
+                call(tmp_path / "w.csv")

@@ -5,6 +5,7 @@ Every malformed file is rejected with a ``ValueError`` that names the file and t
 
 from __future__ import annotations
 
+import csv
 import gzip
 import logging
 import math
@@ -347,6 +348,13 @@ def _csv_float(field: str) -> float:
     return np.nan if field.lower() in _MISSING else float(field)
 
 
+def _blank_field(field: str) -> float:
+    """The empty field after a row's trailing delimiter (NaN; dropped by the caller)."""
+    if _unquote(field):
+        raise ValueError(f"a value {field!r} after the trailing delimiter")
+    return np.nan
+
+
 def _csv_float_strict(field: str) -> float:
     """``float`` of one quoted or unquoted CSV field (no missing values)."""
     return float(_unquote(field))
@@ -370,10 +378,27 @@ class _CsvLayout:
         return 0 if self.header is None else 1
 
 
+def _strip_comment(line: str) -> str:
+    """``line`` without a ``#`` comment (a ``#`` inside double quotes is part of a name)."""
+    if "#" not in line:
+        return line
+    quoted = False
+    for i, ch in enumerate(line):
+        if ch == '"':
+            quoted = not quoted
+        elif ch == "#" and not quoted:
+            return line[:i]
+    return line
+
+
 def _split_fields(line: str, delimiter: str | None) -> list[str]:
-    """A CSV line's fields, unquoted, without a trailing ``#`` comment (as np.loadtxt reads it)."""
-    line = line.split("#", 1)[0]
-    return [_unquote(f) for f in (line.split(delimiter) if delimiter else line.split())]
+    """A CSV line's fields, unquoted (a quoted field may hold the delimiter, as ``csv`` and
+    np.loadtxt read it), without a trailing ``#`` comment."""
+    line = _strip_comment(line)
+    if delimiter is None or len(delimiter) != 1:
+        return [_unquote(f) for f in (line.split(delimiter) if delimiter else line.split())]
+    fields = next(csv.reader([line], delimiter=delimiter, skipinitialspace=True), [])
+    return [_unquote(f) for f in fields]
 
 
 def _diagnose_csv(layout: _CsvLayout, path: Path) -> None:
@@ -422,7 +447,7 @@ def _csv_layout(path: Path, delimiter: str | None) -> _CsvLayout:
     lines = [(i + 1, ln) for i, ln in enumerate(raw) if ln.strip() and not ln.lstrip()[:1] == "#"]
     if not lines:
         raise ValueError(f"{path}: no data rows")
-    first = lines[0][1].split("#", 1)[0]  # without a trailing comment
+    first = _strip_comment(lines[0][1])
     if delimiter is None:
         delimiter = "," if "," in first else ("\t" if "\t" in first else None)
     fields = _split_fields(first, delimiter)
@@ -435,17 +460,25 @@ def _csv_layout(path: Path, delimiter: str | None) -> _CsvLayout:
         header = fields
         logger.debug("%s: treating line %d as a header", path, lines[0][0])
     data = lines[0 if header is None else 1 :]
+    if not data:
+        return _CsvLayout(lines, delimiter, header, False)
+    n_fields = len(_split_fields(data[0][1], delimiter))
     blanks = " \t\r\f\v".replace(delimiter or " ", "")  # a tab can be the delimiter
-    trailing = (
-        delimiter is not None
-        and bool(data)
-        and all(ln.split("#", 1)[0].rstrip(blanks).endswith(delimiter) for _, ln in data)
+    trailing = delimiter is not None and all(
+        _strip_comment(ln).rstrip(blanks).endswith(delimiter) for _, ln in data
     )
-    if trailing and header is not None:
-        if header[-1] == "":  # the header ends with the delimiter too
-            header = header[:-1]
-        elif len(header) == len(_split_fields(data[0][1], delimiter)):
-            trailing = False  # a named column left empty in every row: a column, not a comma
+    if trailing and header is not None and header[-1] != "" and len(header) == n_fields:
+        trailing = False  # a named column left empty in every row: a column, not a comma
+    width = n_fields - trailing
+    if header is not None:
+        if len(header) == width + 1 and header[-1] == "":
+            header = header[:-1]  # the header ends with the delimiter
+        if len(header) != width:
+            raise ValueError(
+                f"{path}: the header row (line {lines[0][0]}) names {len(header)} columns but "
+                f"the first data row (line {data[0][0]}) has {width} values: give every column "
+                "one name"
+            )
     if trailing:
         logger.debug(
             "%s: every data row ends with %r; its empty last field is dropped", path, delimiter
@@ -479,20 +512,24 @@ def _load_csv(path: Path, delimiter: str | None, allow_nan: bool) -> np.ndarray:
         encoding="utf-8-sig",
         quotechar='"',
     )
-    if layout.trailing:
+    convert = _csv_float if allow_nan else _csv_float_strict
+    width = None
+    if layout.trailing:  # read the empty last field too (np.loadtxt checks every row's width)
         width = len(_split_fields(lines[layout.start][1], layout.delimiter)) - 1
-        kwargs["usecols"] = range(width)
+        fast, slow = {width: _blank_field}, {j: convert for j in range(width)}
+        slow[width] = _blank_field
+    else:
+        fast, slow = None, convert
     try:
         try:
-            arr = np.loadtxt(path, **kwargs)
+            arr = np.loadtxt(path, converters=fast, **kwargs)
         except ValueError:
             # empty cells, "NA", quotes after a blank, ...: the slower per-field conversion
-            convert = _csv_float if allow_nan else _csv_float_strict
-            arr = np.loadtxt(path, converters=convert, **kwargs)
+            arr = np.loadtxt(path, converters=slow, **kwargs)
     except ValueError as exc:
         _diagnose_csv(layout, path)
         raise ValueError(f"{path}: cannot parse as numeric CSV ({exc})") from exc
-    return arr
+    return arr if width is None else arr[:, :width]
 
 
 def _check_magic(path: Path, magic: bytes, what: str) -> None:
