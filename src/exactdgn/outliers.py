@@ -26,6 +26,13 @@ def contamination_offset(scores: np.ndarray, contamination: float) -> float:
     ``offset_ = quantile(scores, 100 contamination %)``; points with ``score < offset_`` get
     ``decision_function < 0`` and ``predict == -1`` (scikit-learn's ``IsolationForest`` rule).
     """
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 1 or scores.size == 0:
+        raise ValueError(
+            f"scores has shape {scores.shape}: give the 1-D scores of at least one point"
+        )
+    if not 0.0 <= contamination <= 0.5:
+        raise ValueError(f"contamination must be in [0, 0.5], got {contamination}")
     return float(np.percentile(scores, 100.0 * contamination))
 
 

@@ -257,9 +257,20 @@ def plot_curves(
     ax = _new_ax(ax)
     for label, c in curves.items():
         if isinstance(c, dict):
+            if not {"x", "y"} <= c.keys():
+                raise ValueError(
+                    f"curve {label!r}: a dict curve needs keys 'x' and 'y' (and optionally "
+                    f"'spread', 'color', 'ls'), got {sorted(c)}"
+                )
             x, y = c["x"], c["y"]
             spread, color, ls = c.get("spread"), c.get("color"), c.get("ls", "-")
         else:
+            sized = hasattr(c, "__len__") and not isinstance(c, str)
+            if not sized or len(c) not in (2, 3):
+                raise ValueError(
+                    f"curve {label!r}: give (x, y) or (x, y, spread), or a dict with 'x' and "
+                    f"'y'; got {type(c).__name__}" + (f" of length {len(c)}" if sized else "")
+                )
             x, y = c[0], c[1]
             spread = c[2] if len(c) > 2 else None
             color, ls = None, "-"
@@ -361,10 +372,14 @@ def plot_images(X, ax=None, *, shape=None, ncols: int = 8, title: str | None = N
         if side * side != P:
             raise ValueError(f"images of {P} pixels are not square: pass shape=(H, W)")
         shape = (side, side)
+    if len(shape) != 2:
+        raise ValueError(f"shape must be (H, W) of one grey-scale image, got {tuple(shape)}")
     H, W = shape
     if H * W != P:
         raise ValueError(f"shape {shape} does not match {P} pixels")
-    ncols = max(1, min(int(ncols), N))
+    if int(ncols) < 1:
+        raise ValueError(f"ncols must be at least 1, got {ncols}")
+    ncols = min(int(ncols), max(N, 1))
     nrows = -(-N // ncols)
     mosaic = np.full((nrows * (H + 1) + 1, ncols * (W + 1) + 1), np.nan)
     for i in range(N):

@@ -215,3 +215,14 @@ def test_values_beyond_float64s_reach_are_named_not_scored(d):
     lp = model.score_samples(near)
     assert np.all(np.isfinite(lp)) and np.all(lp < -1e190)
     assert model.predict(near[:1]).tolist() == [-1]
+
+
+def test_contamination_offset_checks_its_inputs():
+    """The public helper gave numpy's IndexError on no scores."""
+    from exactdgn.outliers import contamination_offset
+
+    assert contamination_offset(np.arange(11.0), 0.1) == 1.0
+    with pytest.raises(ValueError, match=r"scores has shape \(0,\)"):
+        contamination_offset(np.array([]), 0.1)
+    with pytest.raises(ValueError, match="contamination must be in"):
+        contamination_offset(np.arange(3.0), 0.7)

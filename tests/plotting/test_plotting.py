@@ -59,6 +59,11 @@ def test_plot_curves_with_bands(ax, tmp_path):
     _saved(ax, tmp_path)
     with pytest.raises(ValueError, match="equal length"):
         P.plot_curves({"bad": (x, x[:3])}, ax=ax)
+    # malformed entries are named (they were an IndexError / KeyError)
+    with pytest.raises(ValueError, match=r"curve 'c': give \(x, y\).* tuple of length 1"):
+        P.plot_curves({"c": (x,)}, ax=ax)
+    with pytest.raises(ValueError, match="curve 'd': a dict curve needs keys 'x' and 'y'"):
+        P.plot_curves({"d": {"x": x}}, ax=ax)
 
 
 def test_plot_samples_and_images(ax, tmp_path):
@@ -77,6 +82,10 @@ def test_plot_samples_and_images(ax, tmp_path):
     plt.close(fig)
     with pytest.raises(ValueError, match="not square"):
         P.plot_images(rng.random((2, 15)))
+    with pytest.raises(ValueError, match=r"shape must be \(H, W\)"):  # was an unpacking error
+        P.plot_images(imgs, shape=(2, 2, 4))
+    with pytest.raises(ValueError, match="ncols must be at least 1, got 0"):  # was taken as 1
+        P.plot_images(imgs, ncols=0)
 
 
 def test_loglog_slope_and_plot(ax, tmp_path):

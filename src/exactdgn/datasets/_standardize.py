@@ -76,10 +76,15 @@ class Standardizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         X = check_array(X, name="X", allow_nan=True)
         if X.shape[0] < 1:
             raise ValueError("X has no rows")
+        if X.shape[1] < 1:
+            raise ValueError(  # scikit-learn's wording (check_estimators_empty_data_messages)
+                f"X has 0 feature(s) (shape={X.shape}) while a minimum of 1 is required: no "
+                "columns to standardize"
+            )
         nan = np.isnan(X)
         if not nan.any():
             mean = X.mean(axis=0)
-            self.fit_moments(mean, np.sqrt(np.mean((X - mean) ** 2, axis=0)), X.shape[0])
+            self.fit_moments(mean, _population_std(X, mean), X.shape[0])
         else:
             empty = np.flatnonzero(nan.all(axis=0))
             if len(empty):
@@ -88,7 +93,7 @@ class Standardizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                     f"{empty[:5].tolist()}: they cannot be standardized; drop them"
                 )
             mean = np.nanmean(X, axis=0)
-            self.fit_moments(mean, np.sqrt(np.nanmean((X - mean) ** 2, axis=0)), X.shape[0])
+            self.fit_moments(mean, _population_std(X, mean), X.shape[0])
         if names is not None:
             self.feature_names_in_ = names
         return self
@@ -133,13 +138,17 @@ class Standardizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def transform(self, X) -> np.ndarray:
         """Return ``(X - mean_) / scale_``, shape (N, D) (NaN, missing, stays NaN)."""
         self._check_fitted(X)
-        X = check_array(X, name="X", n_features=self.n_features_in_, allow_nan=True)
+        X = check_array(
+            X, name="X", n_features=self.n_features_in_, allow_nan=True, estimator="Standardizer"
+        )
         return (X - self.mean_) / self.scale_
 
     def inverse_transform(self, Y) -> np.ndarray:
         """Map standardised data (or a model's samples of it) back: ``Y * scale_ + mean_``."""
         self._check_fitted(Y)
-        Y = check_array(Y, name="Y", n_features=self.n_features_in_, allow_nan=True)
+        Y = check_array(
+            Y, name="Y", n_features=self.n_features_in_, allow_nan=True, estimator="Standardizer"
+        )
         return Y * self.scale_ + self.mean_
 
     def log_abs_det_jacobian(self) -> float:
@@ -154,7 +163,9 @@ class Standardizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         """(N,) ``-Σ_{j observed} log scale_j`` of each row of ``X`` (NaN: missing): the
         Jacobian of the standardization of a row's observed values, for ``log p(x_obs)``."""
         self._check_fitted(X)
-        X = check_array(X, name="X", n_features=self.n_features_in_, allow_nan=True)
+        X = check_array(
+            X, name="X", n_features=self.n_features_in_, allow_nan=True, estimator="Standardizer"
+        )
         return -((~np.isnan(X)) @ np.log(self.scale_))
 
     def to_dict(self) -> dict:
@@ -203,3 +214,19 @@ class Standardizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             f"Standardizer(with_mean={self.with_mean}, with_std={self.with_std}, "
             f"min_std={self.min_std}, rel_min_std={self.rel_min_std}{fitted})"
         )
+
+
+def _population_std(X: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """(D,) the population standard deviation of each column of ``X`` about ``mean``, NaN
+    (missing) left out. A column whose squared deviations overflow (values beyond ~1e154) is
+    scaled by its largest deviation first; the others are summed as they are (bit for bit
+    the plain formula)."""
+    dev = X - mean
+    with np.errstate(over="ignore"):
+        std = np.sqrt(np.nanmean(np.square(dev), axis=0))
+    over = ~np.isfinite(std)
+    if over.any():
+        d = np.abs(dev[:, over])
+        scale = np.nanmax(d, axis=0)  # finite deviations whose squares are not
+        std[over] = scale * np.sqrt(np.nanmean(np.square(d / scale), axis=0))
+    return std
