@@ -944,8 +944,13 @@ class ExactDGN(DensityMixin, BaseEstimator):
 
     def _train_device(self, X):
         """The torch device of training on ``X`` (None: the numpy path): ``device`` is set and
-        ``X`` is an in-memory array without missing values."""
+        ``X`` is an in-memory array without missing values. During a ``fit`` whose data hold
+        a NaN, None for every ``X`` (a complete minibatch too: the trainer's parameters live
+        where the whole data's rule put them)."""
         if self.device is None or not isinstance(X, np.ndarray) or np.isnan(X).any():
+            return None
+        fit_data = getattr(self, "_fit_data", None)
+        if fit_data is not None and fit_data[2]:
             return None
         from .inference._torch_marginal import resolve_device
 
@@ -1104,7 +1109,9 @@ class ExactDGN(DensityMixin, BaseEstimator):
                     "without NaN (log p(x_obs) of an incomplete row is on another scale); "
                     "give some complete rows, or fit with contamination=None"
                 )
-            self._fit_data = [X, None]  # its device copy, made once (``_device_data``)
+            # its device copy, made once (``_device_data``), and whether it holds a NaN (then
+            # every E-step of this fit, minibatches included, runs on the numpy path)
+            self._fit_data = [X, None, bool(np.isnan(X).any())]
         self.preprocessing_ = None  # fit works in the units of X
         warm = self.warm_start and hasattr(self, "decoder_")
         if warm and self.decoder_.output_dim != X.shape[1]:

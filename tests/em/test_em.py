@@ -557,3 +557,49 @@ def test_fitted_model_records_n_features_in():
     _, X = _planted([1, 4, 3], 60, 16)
     assert _fit(X, hidden_sizes=(4,), max_iter=2).n_features_in_ == 3
     assert ExactDGN.from_decoder(Decoder.random([1, 4, 3], seed=0), 0.1).n_features_in_ == 3
+
+
+def test_gradient_fallback_history_records_the_step_taken(monkeypatch):
+    """A fallback iteration recorded ``-eta`` after the success had doubled it: twice the
+    step taken."""
+    _, X = _planted([2, 5, 3], 150, 17)
+    m = ExactDGN(latent_dim=2, hidden_sizes=(5,), progress=False, max_backtrack=0)
+    trainer = EMTrainer(m, X, Decoder.random([2, 5, 3], seed=4), np.full(3, 0.4), seed=0)
+    trainer.start()
+    taken = []
+    real = EMTrainer.gradient_step
+
+    def spy(self, tries=3):
+        res = real(self, tries)
+        taken.append(self.eta_taken if res is not None else None)
+        return res
+
+    monkeypatch.setattr(EMTrainer, "gradient_step", spy)
+    monkeypatch.setattr(em_trainer_module, "interpolate", lambda a, b, t: _worse(a))
+    row = trainer.step()
+    assert taken and taken[0] is not None
+    assert row.step == -taken[0] and trainer.eta == min(2 * taken[0], 1.0)
+
+
+def _worse(dec):
+    """A candidate whose likelihood drops (every over-relaxed/halved step (2) rejected)."""
+    bad = dec.copy()
+    bad.biases[-1] = bad.biases[-1] + 50.0
+    return bad
+
+
+@pytest.mark.parametrize("scale", [1e-4, 1e-6])
+def test_pca_start_scales_with_the_data(scale):
+    """The PCA start's noise floor was 1e-6 in absolute variance (``lam.max(initial=1.0)``):
+    data on a 1e-4 scale started with a noise std 10 times the data's spread (1000 times at
+    1e-6), and EM ended lower. The start of ``X * s`` is now the start of ``X`` times ``s``."""
+    from exactdgn.em import initialize
+
+    _, X = _planted([1, 6, 3], 300, 11)
+    kw = dict(latent_dim=1, hidden_sizes=(6,), activation="leaky_relu", negative_slope=0.1)
+    kw |= dict(init="pca", diagonal=False)
+    d1, s1 = initialize(X, min_std=1e-3, rng=np.random.default_rng(0), **kw)
+    ds, ss = initialize(X * scale, min_std=1e-3 * scale, rng=np.random.default_rng(0), **kw)
+    np.testing.assert_allclose(ss / scale, s1, rtol=1e-9)
+    Z = np.linspace(-3, 3, 7)[:, None]
+    np.testing.assert_allclose(ds(Z) / scale, d1(Z), rtol=1e-7, atol=1e-9)

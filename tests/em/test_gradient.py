@@ -129,3 +129,31 @@ def test_blocked_gradient_equals_the_pairwise_reference(sizes, noise, nan, outli
             r = r.numpy()
             assert g.shape == r.shape
             assert np.abs(g - r).max() <= 1e-12 * np.abs(r).max()
+
+
+def test_gradient_minibatches_of_data_with_nan_all_take_the_numpy_path(monkeypatch):
+    """With ``device=`` and a few NaN rows the trainer's parameters live on the host (the NaN
+    rule of the whole data), but a complete minibatch's E-step went to the device and handed
+    device statistics to the host parameters (on CUDA: a device mismatch)."""
+    import exactdgn.training._gradient as tg
+    from exactdgn.datasets import two_moons
+
+    seen = []
+    orig = tg.gradient_form
+
+    def spy(params, dec, stats, X, chunk_bytes=None):
+        seen.append((type(stats).__name__, str(params[0].device)))
+        return orig(params, dec, stats, X, chunk_bytes)
+
+    monkeypatch.setattr(tg, "gradient_form", spy)
+    X = two_moons(600, random_state=0)
+    X[:5, 1] = np.nan  # 5 rows of 600: most minibatches of 256 are complete
+    est = ExactDGN(
+        latent_dim=1, hidden_sizes=(8,), method="gradient", max_iter=1, tol=0, random_state=0,
+        device="cpu", n_init=1, init="pca", progress=False,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X)
+    assert len(seen) == 3 and all(s == ("RegionStats", "cpu") for s in seen), seen
+    assert est._train_device(X[5:]) is not None  # after the fit: complete data on the device

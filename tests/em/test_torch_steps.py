@@ -98,9 +98,8 @@ def test_m_step_matches_numpy(device, diagonal, sizes, noise, weight_decay):
 @pytest.mark.parametrize("device", DEVICES)
 def test_m_step_singular_layer_within_numpy_sensitivity(device):
     """A hidden layer whose normal equations are singular (cond ~ 1e19: d = 1, few regions)
-    is solved by a ridged, equilibrated and refined Cholesky, so its answer moves at cond x eps:
-    numpy's own M-step changes its objective Q by ~1e-6 relative when its statistics move by
-    one ulp.
+    is solved with numpy's tiny relative ridge, so its answer moves at cond x eps: numpy's own
+    M-step changes its objective Q by ~1e-6 relative when its statistics move by one ulp.
     The device M-step stays within that sensitivity (parameters and Q), and improves Q as
     much as numpy's does."""
     import copy
@@ -124,7 +123,7 @@ def test_m_step_singular_layer_within_numpy_sensitivity(device):
     assert drift_q > 1e-9 * abs(q1)  # the problem is ill-conditioned for numpy too
     assert abs(q1 - q2) <= 10 * drift_q
     assert max(_rel(a, b) for a, b in zip(d1.weights, d2.weights, strict=True)) <= 10 * drift_p
-    assert q2 - q0 >= (q1 - q0) - 10 * drift_q  # as much as numpy's, within its sensitivity
+    assert q2 - q0 >= (q1 - q0) * (1 - 1e-9)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -280,32 +279,3 @@ def test_device_training_estep_honours_chunk_bytes(device, latent, monkeypatch):
     assert calls == [20] * 5
     for a, b in zip(ref.exact_gradient(X), got, strict=True):
         assert np.max(np.abs(a - b)) <= 1e-12 * np.max(np.abs(a))
-
-
-def test_solve_psd_twins_agree_where_the_ridge_matters():
-    """The torch twin refines the equilibrated system as ``_steps._solve_psd`` does: both solve
-    badly scaled, ill-conditioned normal equations (cond ~ 1e20, ~ 1e9 equilibrated) as the
-    50-digit solution does (the ridge alone was 1e-2 off), a dead unit's unknown kept 0."""
-    import mpmath
-
-    from exactdgn.em import _steps
-    from exactdgn.em._torch_steps import _solve_psd_t
-
-    rng = np.random.default_rng(3)
-    F = rng.normal(size=(60, 6))
-    F[:, 4] = F[:, 2] + 1e-4 * rng.normal(size=60)  # nearly collinear
-    F *= np.array([1e6, 1e3, 1.0, 1e-3, 1.0, 0.0])  # scaled units; the last one dead
-    A, B = F.T @ F, F.T @ rng.normal(size=(60, 2))
-    with mpmath.workdps(50):
-        M = mpmath.matrix(A[:5, :5].tolist())
-        ref = np.array(
-            [
-                [float(v) for v in mpmath.lu_solve(M, mpmath.matrix(B[:5, j].tolist()))]
-                for j in (0, 1)
-            ]
-        ).T
-    X = _steps._solve_psd(A, B)
-    Xt = _solve_psd_t(torch.as_tensor(A), torch.as_tensor(B)).numpy()
-    for got in (X, Xt):
-        assert np.all(got[5] == 0.0)
-        np.testing.assert_allclose(got[:5], ref, rtol=1e-5)

@@ -97,7 +97,7 @@ def initialize(
     lam, Vt = moments.lam, moments.Vt
     k = min(latent_dim, len(lam))
     sigma2 = float(lam[k:].sum() / max(D - k, 1)) if D > k else 0.01 * float(lam.mean())
-    sigma2 = max(sigma2, min_std**2, 1e-6 * float(lam.max(initial=1.0)))
+    sigma2 = max(sigma2, min_std**2, 1e-6 * float(lam.max(initial=0.0)))  # relative floor
     Wp = np.zeros((D, latent_dim))
     Wp[:, :k] = Vt[:k].T * np.sqrt(np.maximum(lam[:k] - sigma2, 1e-12 * lam[0]))
     Z = rng.standard_normal(

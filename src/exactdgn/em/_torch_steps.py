@@ -314,47 +314,23 @@ def _output_maps_t(decoder: Decoder, tens, patterns, layer: int):
     return M, beta
 
 
-def _ridged_factor_t(A: torch.Tensor):
-    """Cholesky factor of ``A + εI`` (``_steps._ridged_factor``), or None."""
+def _solve_psd_t(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """``(A + εI) X = B`` for symmetric PSD ``A`` (``_steps._solve_psd``: Cholesky with a tiny
+    relative ridge grown 100x until it factorises; least squares on the host as a last resort)."""
     n = A.shape[0]
-    eps = 1e-12 * max(float(torch.trace(A)) / max(n, 1), 1e-300)
+    scale = max(float(torch.trace(A)) / max(n, 1), 1e-300)
+    eps = 1e-12 * scale
     eye = torch.eye(n, dtype=A.dtype, device=A.device)
+    vec = B.ndim == 1
+    Bm = B[:, None] if vec else B
     for _ in range(8):
         L, info = torch.linalg.cholesky_ex(A + eps * eye)
         if int(info) == 0:
-            return L
+            X = torch.cholesky_solve(Bm, L)
+            return X[:, 0] if vec else X
         eps *= 100.0
-    return None
-
-
-def _solve_psd_t(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """``A X = B`` for symmetric PSD ``A`` (``_steps._solve_psd``: Cholesky of ``A + εI``; where
-    the ridge moves the solution, the equilibrated system refined against ``A``; least squares
-    on the host as a last resort)."""
-    from ._steps import _REFINE_STEPS, _RIDGE_EFFECT
-
-    vec = B.ndim == 1
-    Bm = B[:, None] if vec else B
-    L = _ridged_factor_t(A)
-    if L is None:
-        X = np.linalg.lstsq(A.cpu().numpy(), Bm.cpu().numpy(), rcond=None)[0]
-        X = torch.as_tensor(X, device=A.device)
-        return X[:, 0] if vec else X
-    X = torch.cholesky_solve(Bm, L)
-    delta = torch.cholesky_solve(Bm - A @ X, L)
-    if float(torch.linalg.norm(delta)) > _RIDGE_EFFECT * float(torch.linalg.norm(X)):
-        diag = torch.diagonal(A).clone()
-        live = diag > 0  # a zero diagonal is a zero row and column: its unknown stays 0
-        s = 1.0 / torch.sqrt(diag[live])
-        As = A[live][:, live] * s[:, None] * s[None, :]
-        Bs = Bm[live] * s[:, None]
-        L = _ridged_factor_t(As)
-        if L is not None:
-            Y = torch.cholesky_solve(Bs, L)
-            for _ in range(_REFINE_STEPS):
-                Y = Y + torch.cholesky_solve(Bs - As @ Y, L)
-            X = torch.zeros_like(X)
-            X[live] = Y * s[:, None]
+    X = np.linalg.lstsq(A.cpu().numpy(), Bm.cpu().numpy(), rcond=None)[0]
+    X = torch.as_tensor(X, device=A.device)
     return X[:, 0] if vec else X
 
 

@@ -51,6 +51,7 @@ class EMTrainer(Trainer):
     ):
         super().__init__(est, X, decoder, std, seed=seed)
         self.eta = 0.1
+        self.eta_taken = 0.0  # the last accepted gradient step's eta (history)
         self.relax = 1.0
         self.max_backtrack = est.max_backtrack if max_backtrack is None else int(max_backtrack)
         self.fallback = bool(fallback)
@@ -152,7 +153,7 @@ class EMTrainer(Trainer):
                 if g is not None:
                     tp += g.seconds_partition
                     te += g.seconds_estep
-                    step = -self.eta  # recorded as a negative step: a gradient move
+                    step = -self.eta_taken  # recorded as a negative step: a gradient move
         return self._row(
             self._e,
             seconds=time.perf_counter() - t_start,
@@ -168,7 +169,7 @@ class EMTrainer(Trainer):
 
         Accepted only if the exact likelihood does not drop; ``eta`` (the step's length
         relative to the weights' norm) doubles after a success and shrinks 4x per failure.
-        Returns the accepted E-step, or None.
+        Returns the accepted E-step, or None; ``eta_taken`` is the accepted step's ``eta``.
         """
         dec, X = self.decoder, self.X
         if dec.n_layers < 2:
@@ -191,6 +192,7 @@ class EMTrainer(Trainer):
             c_e = self._estep(cand, self.std, X)
             if c_e.loglik >= self.loglik:
                 self._accept(cand, self.std, c_e)
+                self.eta_taken = self.eta  # the history's step (eta grows for the next one)
                 self.eta = min(2 * self.eta, 1.0)
                 return c_e
             self.eta *= 0.25
