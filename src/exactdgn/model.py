@@ -1029,7 +1029,9 @@ class ExactDGN(DensityMixin, BaseEstimator):
             process killed outright resumes from the last write and repeats the iterations
             since). A resume
             may raise ``max_iter`` and change ``tol`` (the stopping rule): the starts go on
-            under the new ones and end as a run with them from the start would, a start that
+            under the new ones and end as a run with them from the start would (with
+            ``init="auto"``, whose choice of starts depends on them, the starts the checkpoint
+            chose are kept, with a warning: a fresh run may choose others), a start that
             has already met the new rule stops where the checkpoint holds it, and a
             ``max_iter`` below the iterations run is refused. Other parameters or other data:
             :class:`exactdgn.io.CheckpointMismatchError` naming them.
@@ -1324,7 +1326,11 @@ class ExactDGN(DensityMixin, BaseEstimator):
         return float(tol)
 
     def _check_resume(self, path, ck: dict) -> None:
-        """A resume may raise ``max_iter``, not lower it below the iterations already run."""
+        """A resume may raise ``max_iter``, not lower it below the iterations already run.
+
+        With ``init="auto"`` a resume keeps the starts the checkpoint chose; their choice
+        depends on ``tol`` and ``max_iter`` (the scouting's length and its "stuck" test), so a
+        resume that changes them warns that a fresh run may choose other starts."""
         runs = [*ck["done"], *([ck["current"]] if ck["current"] else [])]
         ran = max((int(r["n_iter"]) for r in runs), default=0)
         if ran > self.max_iter:
@@ -1333,6 +1339,17 @@ class ExactDGN(DensityMixin, BaseEstimator):
                 "run: raise it, or remove the checkpoint to start over",
                 ["max_iter"],
                 ran=ran,
+            )
+        old = ck.get("config", {})
+        moved = [k for k in self._RESUME_MAY_CHANGE if k in old and old[k] != getattr(self, k)]
+        if self.init == "auto" and runs and moved:
+            what = ", ".join(f"{k}={old[k]!r} (now {getattr(self, k)!r})" for k in moved)
+            warnings.warn(
+                f"resuming checkpoint {path} with {what}: its starts were chosen by "
+                "init='auto' under the old values and are kept; a fresh run with the new ones "
+                "may choose other starts (remove the checkpoint to choose again)",
+                UserWarning,
+                stacklevel=4,
             )
 
     def _stops(self, lls: list, tol: float) -> bool:
