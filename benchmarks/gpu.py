@@ -260,7 +260,7 @@ def run_case(name, X, model, source, dev, args):
         est = ExactDGN.from_decoder(
             model.decoder_, ns, device=device, method=method, progress=False
         )
-        est._fit_data = [X, None]  # as in fit: the data copied to the device once
+        est._fit_data = [X, None, False]  # as in fit: the data (no NaN) copied to the device once
         try:
             tr = TRAINERS[method](est, X, model.decoder_, model.noise_std_, seed=0)
             dv = dev if device is not None else torch.device("cpu")

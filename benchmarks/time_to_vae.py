@@ -67,8 +67,14 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     log = logging.getLogger("time_to_vae")
     import torch
+    from threadpoolctl import threadpool_limits
 
-    torch.set_num_threads(int(os.environ.get("EXACTDGN_NUM_THREADS", "1")))
+    # one thread count for both sides (default 1): torch's, the library's and numpy's BLAS (the
+    # exact side used every core and BLAS's own threads when EXACTDGN_NUM_THREADS was unset)
+    threads = int(os.environ.get("EXACTDGN_NUM_THREADS", "1"))
+    os.environ["EXACTDGN_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+    threadpool_limits(threads)
     import torch._dynamo  # imported before anything is timed, as in training.py
 
     X, _ = load_mnist(args.mnist)

@@ -286,8 +286,8 @@ def _run_demo(out, seed, em_iter, quick, progress, threads, report) -> str:
         "",
         "## Figures",
         "",
-        "Training curves (exact NLL; EM per iteration, VAE at epoch checkpoints, each a "
-        "separate fit with the same seed):",
+        "Training curves (exact NLL; EM per iteration, the VAE at epoch checkpoints of one "
+        "training run, scored as it trains):",
         "",
         "![wave](curves_wave.png)",
         "",
