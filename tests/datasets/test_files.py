@@ -495,20 +495,3 @@ def test_csv_header_names_agree_with_the_columns(tmp_path):
         for call in (csv_header, load_array):
             with pytest.raises(ValueError, match=r"w.csv: the header row \(line 1\) names"):
                 call(tmp_path / "w.csv")
-
-
-def test_pandas_default_column_names_are_a_header(tmp_path):
-    """``pd.DataFrame(array).to_csv(index=False)`` writes '0,1,2' above the data: it was read
-    as a data point (a spurious row), silently."""
-    from exactdgn.datasets import csv_header
-
-    (tmp_path / "p.csv").write_text("0,1,2\n1.5,2,3\n4,5,6\n")
-    with pytest.warns(UserWarning, match="p.csv: line 1 is '0,1,...,2'.*read as a header"):
-        X = load_array(tmp_path / "p.csv")
-    np.testing.assert_array_equal(X, [[1.5, 2, 3], [4, 5, 6]])
-    with pytest.warns(UserWarning, match="pandas"):
-        assert csv_header(tmp_path / "p.csv") == ["0", "1", "2"]
-    (tmp_path / "d.csv").write_text("0.0,1.0,2.0\n1,1,3\n")  # numbers, not names: data
-    assert load_array(tmp_path / "d.csv").shape == (2, 3)
-    (tmp_path / "o.csv").write_text("0\n1\n")  # one column: data
-    assert load_array(tmp_path / "o.csv").shape == (2, 1)

@@ -10,7 +10,6 @@ import gzip
 import logging
 import math
 import os
-import warnings
 import zipfile
 import zlib
 from collections.abc import Iterable
@@ -460,16 +459,6 @@ def _csv_layout(path: Path, delimiter: str | None) -> _CsvLayout:
     ):
         header = fields
         logger.debug("%s: treating line %d as a header", path, lines[0][0])
-    elif len(fields) >= 2 and fields == [str(j) for j in range(len(fields))]:
-        # pandas' default column names (DataFrame(array).to_csv(index=False)), not a point
-        header = fields
-        warnings.warn(
-            f"{path}: line {lines[0][0]} is '0,1,...,{len(fields) - 1}', the column names "
-            "pandas writes for an unnamed DataFrame: read as a header, not as a data row "
-            "(name the columns, or write with header=False, to avoid this guess)",
-            UserWarning,
-            stacklevel=4,
-        )
     data = lines[0 if header is None else 1 :]
     if not data:
         return _CsvLayout(lines, delimiter, header, False)
