@@ -315,7 +315,9 @@ def _save_array(path, arr, fmt: str = "%.17g", header: list[str] | None = None) 
     if Path(path).suffix == ".npy":
         _write_output(path, lambda fh: np.save(fh, arr))
     else:
-        names = ",".join(header) if header is not None else ""
+        from .datasets import csv_line
+
+        names = csv_line(header) if header is not None else ""
         _write_output(
             path,
             lambda fh: np.savetxt(fh, arr, delimiter=",", fmt=fmt, header=names, comments=""),
@@ -1144,13 +1146,15 @@ def _check_split_finite(X, rows: np.ndarray, data: str) -> None:
 
 def _write_csv(path, table, header: list[str]) -> None:
     """A per-point table (first column the row index) as CSV, written atomically."""
+    from .datasets import csv_line
+
     _write_output(
         path,
         lambda fh: np.savetxt(
             fh,
             table,
             delimiter=",",
-            header=",".join(header),
+            header=csv_line(header),
             comments="",
             fmt=["%d"] + ["%.17g"] * (len(header) - 1),
         ),

@@ -419,6 +419,10 @@ def test_csv_header(tmp_path):
     }
     for name, (text, names) in cases.items():
         (tmp_path / name).write_text(text)
+        if name == "d.csv":  # a nameless first column is read as data, and said so
+            with pytest.warns(UserWarning, match="d.csv: the first column has no name"):
+                assert csv_header(tmp_path / name) == names, name
+            continue
         assert csv_header(tmp_path / name) == names, name
     np.save(tmp_path / "x.npy", np.zeros((2, 2)))
     assert csv_header(tmp_path / "x.npy") is None
@@ -495,3 +499,26 @@ def test_csv_header_names_agree_with_the_columns(tmp_path):
         for call in (csv_header, load_array):
             with pytest.raises(ValueError, match=r"w.csv: the header row \(line 1\) names"):
                 call(tmp_path / "w.csv")
+
+
+def test_csv_review_cases(tmp_path):
+    """Review of the CSV changes: quoted names with blanks in a whitespace-separated file
+    ("header names 4 columns"), R's row names read silently as a data column, a header the
+    CLI wrote and could not read back (names holding a comma), Python's ``1_000``."""
+    from exactdgn.datasets import csv_header, csv_line
+
+    (tmp_path / "w.txt").write_text('"sepal length" "sepal width"\n1 2\n3 4\n')
+    assert csv_header(tmp_path / "w.txt") == ["sepal length", "sepal width"]
+    np.testing.assert_array_equal(load_array(tmp_path / "w.txt"), [[1, 2], [3, 4]])
+    (tmp_path / "r.csv").write_text('"","x","y"\n"1",0.5,0.3\n"2",0.1,0.2\n')
+    with pytest.warns(UserWarning, match="r.csv: the first column has no name.*row.names=FALSE"):
+        X = load_array(tmp_path / "r.csv")
+    np.testing.assert_array_equal(X, [[1, 0.5, 0.3], [2, 0.1, 0.2]])
+    names = ["height, cm", "weight", 'q"x', "a#b"]
+    (tmp_path / "h.csv").write_text(csv_line(names) + "\n1,2,3,4\n")
+    assert csv_header(tmp_path / "h.csv") == names
+    assert load_array(tmp_path / "h.csv").shape == (1, 4)
+    (tmp_path / "u.csv").write_text("1,1_000\n")
+    for allow_nan in (False, True):
+        with pytest.raises(ValueError, match="non-numeric value '1_000' on line 1, column 2"):
+            load_array(tmp_path / "u.csv", allow_nan=allow_nan)

@@ -150,6 +150,7 @@ def write_rows(
 
     import dask
 
+    from ..datasets import csv_line
     from ..io import atomic_path
     from ._cluster import active_client
 
@@ -186,7 +187,7 @@ def write_rows(
                 npy_header = {"descr": "<f8", "fortran_order": False, "shape": (N, a.shape[1])}
                 np.lib.format.write_array_header_1_0(fh, npy_header)
             elif header is not None:
-                fh.write((",".join(header) + "\n").encode())
+                fh.write((csv_line(header) + "\n").encode())
             handles.append(fh)
 
         def submit(i):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._files import csv_header, load_array, load_digits, load_mnist, read_idx
+from ._files import csv_header, csv_line, load_array, load_digits, load_mnist, read_idx
 from ._standardize import Standardizer
 from ._toy import check_random_state, circle, gaussian_mixture, two_moons, wave
 
@@ -20,6 +20,7 @@ __all__ = [
     "check_random_state",
     "circle",
     "csv_header",
+    "csv_line",
     "gaussian_mixture",
     "get_dataset",
     "load_array",

@@ -10,6 +10,8 @@ import gzip
 import logging
 import math
 import os
+import shlex
+import warnings
 import zipfile
 import zlib
 from collections.abc import Iterable
@@ -20,7 +22,7 @@ import numpy as np
 
 from .._validation import is_int
 
-__all__ = ["csv_header", "load_array", "load_digits", "load_mnist", "read_idx"]
+__all__ = ["csv_header", "csv_line", "load_array", "load_digits", "load_mnist", "read_idx"]
 
 logger = logging.getLogger(__name__)
 
@@ -327,7 +329,7 @@ _MISSING = frozenset({"", "na", "n/a", "nan", "null"})
 
 def _is_number(field: str, allow_nan: bool) -> bool:
     try:
-        float(field)
+        _float(field)
     except ValueError:
         return allow_nan and field.lower() in _MISSING
     return True
@@ -345,7 +347,7 @@ def _unquote(field: str) -> str:
 def _csv_float(field: str) -> float:
     """``float`` of one CSV field, NaN for a missing-value spelling (``allow_nan``)."""
     field = _unquote(field)
-    return np.nan if field.lower() in _MISSING else float(field)
+    return np.nan if field.lower() in _MISSING else _float(field)
 
 
 def _blank_field(field: str) -> float:
@@ -357,7 +359,14 @@ def _blank_field(field: str) -> float:
 
 def _csv_float_strict(field: str) -> float:
     """``float`` of one quoted or unquoted CSV field (no missing values)."""
-    return float(_unquote(field))
+    return _float(_unquote(field))
+
+
+def _float(field: str) -> float:
+    """``float`` as np.loadtxt parses a field (Python's also takes ``1_000``)."""
+    if "_" in field:
+        raise ValueError(f"could not convert string to float: {field!r}")
+    return float(field)
 
 
 @dataclass(frozen=True)
@@ -395,10 +404,28 @@ def _split_fields(line: str, delimiter: str | None) -> list[str]:
     """A CSV line's fields, unquoted (a quoted field may hold the delimiter, as ``csv`` and
     np.loadtxt read it), without a trailing ``#`` comment."""
     line = _strip_comment(line)
-    if delimiter is None or len(delimiter) != 1:
-        return [_unquote(f) for f in (line.split(delimiter) if delimiter else line.split())]
+    if delimiter is None:  # blanks: quoted names may hold blanks ("sepal length")
+        try:
+            return [_unquote(f) for f in shlex.split(line, posix=False)]
+        except ValueError:  # an unclosed quote: the plain split (its field is then reported)
+            return [_unquote(f) for f in line.split()]
+    if len(delimiter) != 1:
+        return [_unquote(f) for f in line.split(delimiter)]
     fields = next(csv.reader([line], delimiter=delimiter, skipinitialspace=True), [])
     return [_unquote(f) for f in fields]
+
+
+def csv_line(names) -> str:
+    """One CSV line of ``names``, quoted where a name holds a comma, a quote or a ``#`` (as
+    ``csv`` writes them): what :func:`csv_header` reads back as the same names."""
+
+    def field(name) -> str:
+        name = str(name)
+        if any(c in name for c in ',"#\r\n') or name != name.strip():
+            return '"' + name.replace('"', '""') + '"'
+        return name
+
+    return ",".join(field(n) for n in names)
 
 
 def _diagnose_csv(layout: _CsvLayout, path: Path) -> None:
@@ -435,9 +462,9 @@ def _diagnose_csv(layout: _CsvLayout, path: Path) -> None:
                 )
 
 
-def _csv_layout(path: Path, delimiter: str | None) -> _CsvLayout:
+def _csv_layout(path: Path, delimiter: str | None, stacklevel: int = 4) -> _CsvLayout:
     """The :class:`_CsvLayout` of a CSV file (the delimiter guessed from the first row unless
-    given)."""
+    given); ``stacklevel`` of its warning, for the public caller's caller."""
     try:
         # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first field
         text = path.read_text(encoding="utf-8-sig")
@@ -459,6 +486,14 @@ def _csv_layout(path: Path, delimiter: str | None) -> _CsvLayout:
     ):
         header = fields
         logger.debug("%s: treating line %d as a header", path, lines[0][0])
+        if len(header) > 1 and header[0] == "":
+            warnings.warn(
+                f"{path}: the first column has no name in the header (line {lines[0][0]}): a row "
+                "index (pandas' to_csv, R's write.csv)? It is read as data; drop it, or write "
+                "the file without it (index=False, row.names=FALSE)",
+                UserWarning,
+                stacklevel=stacklevel,
+            )
     data = lines[0 if header is None else 1 :]
     if not data:
         return _CsvLayout(lines, delimiter, header, False)
@@ -495,7 +530,7 @@ def csv_header(path, *, delimiter: str | None = None) -> list[str] | None:
         return None
     if suffix == ".tsv" and delimiter is None:
         delimiter = "\t"
-    return _csv_layout(path, delimiter).header
+    return _csv_layout(path, delimiter, stacklevel=3).header
 
 
 def _load_csv(path: Path, delimiter: str | None, allow_nan: bool) -> np.ndarray:
@@ -525,6 +560,9 @@ def _load_csv(path: Path, delimiter: str | None, allow_nan: bool) -> np.ndarray:
             arr = np.loadtxt(path, converters=fast, **kwargs)
         except ValueError:
             # empty cells, "NA", quotes after a blank, ...: the slower per-field conversion
+            # (without allow_nan only quotes can need it: else straight to the diagnosis)
+            if not allow_nan and not any('"' in ln for _, ln in lines):
+                raise
             arr = np.loadtxt(path, converters=slow, **kwargs)
     except ValueError as exc:
         _diagnose_csv(layout, path)
