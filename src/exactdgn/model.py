@@ -403,7 +403,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         model = cls(
             latent_dim=decoder.latent_dim,
             hidden_sizes=tuple(decoder.hidden_sizes),
-            activation=acts.pop() if len(acts) == 1 else "mixed",
+            activation=acts.pop() if len(acts) == 1 else ("mixed" if acts else "leaky_relu"),
             negative_slope=slope,
             noise=noise,
             **params,
@@ -770,7 +770,7 @@ class ExactDGN(DensityMixin, BaseEstimator):
         Z : ndarray (n_samples, d) (only with ``return_latent``)
         """
         self._check_fitted()
-        if not (isinstance(n_samples, int | np.integer) and n_samples >= 1):
+        if not is_int(n_samples, 1):  # a bool is not a count
             raise ValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
         n_samples = int(n_samples)
         rng = check_generator(random_state)

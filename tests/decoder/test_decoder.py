@@ -339,3 +339,36 @@ def test_layer_maps_checks_the_pattern_width(rng):
     P = dec.activation_pattern(Z)
     np.testing.assert_array_equal(dec.layer_maps(P[:, :4], 1), dec.layer_maps(P, 1))
     assert dec.layer_maps(np.zeros((5, 0), dtype=bool), 0).shape == (5, 4, 3)
+
+
+def test_construction_refuses_complex_and_empty_dimensions():
+    """Complex weights lost their imaginary part with only a ComplexWarning; a latent or output
+    dimension of 0 was accepted and crashed later inside numpy (partition, score_samples)."""
+    with pytest.raises(ValueError, match="layer 0 has complex weights"):
+        Decoder([np.array([[1 + 5j], [-1]])], [np.zeros(2)])
+    with pytest.raises(ValueError, match="latent dimension and an output dimension of at least 1"):
+        Decoder([np.zeros((2, 0))], [np.zeros(2)])
+    with pytest.raises(ValueError, match="got 1 and 0"):
+        Decoder([np.zeros((3, 1)), np.zeros((0, 3))], [np.zeros(3), np.zeros(0)], ["relu"])
+    lin = torch.nn.Linear(1, 2, dtype=torch.complex128)
+    with pytest.raises(ValueError, match="complex weights"):
+        exactdgn_from_torch(lin)
+
+
+def exactdgn_from_torch(module):
+    from exactdgn.decoder import from_torch
+
+    return from_torch(module)
+
+
+def test_activation_defaults_and_hash():
+    """Activation("leaky_relu") had slope 0 (a ReLU) where the name "leaky_relu" means 0.01;
+    slopes 0.0 and -0.0 compared equal but hashed apart."""
+    assert Activation("leaky_relu").negative_slope == 0.01
+    assert (
+        Activation("leaky_relu")
+        == Decoder.random([1, 2, 1], activation="leaky_relu", negative_slope=0.01).activations[0]
+    )
+    assert Activation("prelu").negative_slope == 0.0 and Activation("relu").negative_slope == 0.0
+    a, b = Activation("leaky_relu", 0.0), Activation("leaky_relu", -0.0)
+    assert a == b and hash(a) == hash(b) and len({a, b}) == 1

@@ -417,3 +417,27 @@ def test_layer_that_does_not_take_its_input_shape_is_named():
     bad = nn.Sequential(nn.Linear(1, 8), nn.Unflatten(1, (3, 4)), nn.Flatten())
     with pytest.raises(ValueError, match=r"layer '1' \(Unflatten\) does not take"):
         Decoder.from_torch(bad)
+
+
+def test_abs_module_pickles_whole(tmp_path):
+    """A to_torch module with an abs layer could not be pickled or torch.save'd whole (its Abs
+    class was local to a function); it now loads back in a fresh process."""
+    import pickle
+    import subprocess
+    import sys
+
+    dec = Decoder.random([2, 4, 3], activation="abs", seed=0)
+    mod = dec.to_torch()
+    path = tmp_path / "m.pkl"
+    path.write_bytes(pickle.dumps(mod))
+    torch.save(mod, tmp_path / "m.pt")
+    code = (
+        "import pickle, sys, torch; m = pickle.loads(open(sys.argv[1], 'rb').read()); "
+        "x = torch.ones(1, 2, dtype=torch.float64); print(repr(float(m(x).sum().detach())))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True
+    )
+    with torch.no_grad():
+        expected = float(mod(torch.ones(1, 2, dtype=torch.float64)).sum())
+    assert float(out.stdout) == expected

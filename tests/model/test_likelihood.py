@@ -147,7 +147,7 @@ def test_sample_n_samples_must_be_an_integer():
     np.testing.assert_array_equal(
         model.sample(np.int64(3), random_state=0), model.sample(3, random_state=0)
     )
-    for bad in [2.7, 3.0, "3", None]:
+    for bad in [2.7, 3.0, "3", None, True]:  # a bool is not a count (True drew 1 point)
         with pytest.raises(ValueError, match="n_samples must be an integer >= 1"):
             model.sample(bad)
     with pytest.raises(ValueError, match="n_samples must be an integer >= 1, got 0"):
@@ -585,3 +585,20 @@ def test_d2_error_covers_a_kink_line_under_a_narrow_posterior(sigma, device):
     for i, x in enumerate(X):
         ref = _kink_line_ref(x, sigma)
         assert abs(lp[i] - ref) <= err[i] <= 1e-5, (i, lp[i] - ref, err[i])
+
+
+def test_from_decoder_of_an_affine_decoder_clones_and_fits():
+    """A decoder with no activation was labelled activation='mixed', so clone(model).fit(X)
+    refused it ("several activation kinds")."""
+    import warnings
+
+    from sklearn.base import clone
+    from sklearn.exceptions import ConvergenceWarning
+
+    dec = Decoder([np.array([[1.0], [2.0]])], [np.zeros(2)])
+    model = ExactDGN.from_decoder(dec, 0.1)
+    assert model.activation == "leaky_relu" and model.hidden_sizes == ()
+    X = model.sample(50, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clone(model).set_params(max_iter=2, progress=False).fit(X)

@@ -47,16 +47,19 @@ class Activation:
     ----------
     kind : {"relu", "leaky_relu", "prelu", "abs", "identity"}
     negative_slope : float or ndarray of shape (n_units,)
-        Slope for negative inputs: ``alpha`` for ``leaky_relu``, per-unit (or shared) slopes for
-        ``prelu``. Ignored (fixed) for the other kinds.
+        Slope for negative inputs: ``alpha`` for ``leaky_relu`` (default 0.01, as torch),
+        per-unit (or shared) slopes for ``prelu`` (default 0). Ignored (fixed) for the other
+        kinds.
     """
 
     kind: str
-    negative_slope: float | np.ndarray = field(default=0.0)
+    negative_slope: float | np.ndarray | None = field(default=None)
 
     def __post_init__(self):
         if self.kind not in ACTIVATIONS:
             raise ValueError(f"unknown activation {self.kind!r}; choose one of {ACTIVATIONS}")
+        if self.negative_slope is None:  # leaky_relu: torch's 0.01, as the name "leaky_relu"
+            object.__setattr__(self, "negative_slope", 0.01 if self.kind == "leaky_relu" else 0.0)
         slope = np.asarray(self.negative_slope, dtype=np.float64)
         if not np.all(np.isfinite(slope)):
             raise ValueError(f"negative_slope of {self.kind} must be finite, got {slope}")
@@ -89,8 +92,8 @@ class Activation:
             np.asarray(self.negative_slope), np.asarray(other.negative_slope)
         )
 
-    def __hash__(self):
-        return hash((self.kind, np.asarray(self.negative_slope).tobytes()))
+    def __hash__(self):  # + 0.0: -0.0 and 0.0 are equal, so hash alike
+        return hash((self.kind, (np.asarray(self.negative_slope) + 0.0).tobytes()))
 
 
 def _is_finite_real(value) -> bool:
@@ -143,6 +146,12 @@ class Decoder:
     """
 
     def __init__(self, weights: Sequence, biases: Sequence, activations: Sequence = ()):
+        for k, (W, c) in enumerate(zip(weights, biases, strict=False)):
+            if np.iscomplexobj(W) or np.iscomplexobj(c):
+                raise ValueError(
+                    f"layer {k} has complex weights or biases: a decoder is real (the real "
+                    "part is not taken silently)"
+                )
         weights = [np.array(W, dtype=np.float64, copy=True) for W in weights]
         biases = [np.array(c, dtype=np.float64, copy=True) for c in biases]
         if len(weights) == 0:
@@ -164,6 +173,11 @@ class Decoder:
                     f"weight {k} takes {W.shape[1]} inputs but layer {k - 1} has "
                     f"{weights[k - 1].shape[0]} outputs"
                 )
+        if weights[0].shape[1] < 1 or weights[-1].shape[0] < 1:
+            raise ValueError(
+                f"a decoder needs a latent dimension and an output dimension of at least 1, "
+                f"got {weights[0].shape[1]} and {weights[-1].shape[0]}"
+            )
         _check_finite(weights, biases)
         self.weights = weights
         self.biases = biases

@@ -29,24 +29,38 @@ def _torch():
 def _abs_module_class():
     torch = _torch()
 
-    class Abs(torch.nn.Module):
+    class AbsModule(torch.nn.Module):
         """Unit-wise absolute value (a piecewise-affine activation with slopes +1 / -1)."""
 
         def forward(self, x):
             return torch.abs(x)
 
-    return Abs
+    # pickle finds the class by this module's attribute (``__getattr__`` below builds it in a
+    # fresh process): a module holding it can be pickled / torch.save'd whole
+    AbsModule.__module__ = __name__
+    AbsModule.__qualname__ = "AbsModule"
+    return AbsModule
 
 
 _ABS = None
 
 
-def Abs():  # behaves like a class constructor
-    """Return an ``nn.Module`` computing ``abs(x)`` (exactdgn's absolute-value activation)."""
+def _abs_class():
     global _ABS  # lazily created so that importing exactdgn does not import torch
     if _ABS is None:
         _ABS = _abs_module_class()
-    return _ABS()
+    return _ABS
+
+
+def __getattr__(name):
+    if name == "AbsModule":
+        return _abs_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def Abs():  # behaves like a class constructor
+    """Return an ``nn.Module`` computing ``abs(x)`` (exactdgn's absolute-value activation)."""
+    return _abs_class()()
 
 
 def _is_abs(m) -> bool:
@@ -178,6 +192,11 @@ def from_torch(module, input_shape: Sequence[int] | None = None) -> Decoder:
         raise TypeError(f"expected a torch.nn.Module, got {type(module).__name__}")
     _check_weights_are_current(module)
     tensors = [*module.parameters(), *module.buffers()]
+    if any(t.is_complex() for t in tensors):
+        raise ValueError(
+            "the module has complex weights: a decoder is real (the real part is not taken "
+            "silently)"
+        )
     if any(t.device.type == "meta" for t in tensors):
         raise ValueError(
             "the module's weights are on the 'meta' device (shapes without values): give them "
