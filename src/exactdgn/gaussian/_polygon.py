@@ -366,6 +366,12 @@ def polygon_edges(nu: np.ndarray, cu: np.ndarray, active: np.ndarray):
     return _edge_search(nu, cu, active)[:4]
 
 
+# |n_j x n_e| at or below this: the two unit normals are parallel up to their rounding; such
+# rows whose crossing lies beyond _FAR_VERTEX are taken as parallel (see _edge_search).
+_PARALLEL_SINE = 16 * np.finfo(float).eps
+_FAR_VERTEX = 1e8
+
+
 def _edge_search(nu, cu, active):
     """:func:`polygon_edges` plus the shared vertices ``(p, e, j)`` (index arrays): the end of
     edge ``e`` of pair ``p`` is the start of edge ``j`` (``t0[p, j]`` was set from it)."""
@@ -384,10 +390,20 @@ def _edge_search(nu, cu, active):
         r0 = cu[:, :, None] * NN
         np.subtract(cu[:, None, :], r0, out=r0)  # c_j - c_e (n_j . n_e)
         np.divide(r0, A, out=r0)
+        # rows parallel up to the rounding of their unit normals (n_j x n_e within a few eps
+        # of 0) whose crossing, known only to ~eps / |n_j x n_e| relative, lands beyond
+        # _FAR_VERTEX: parallel. An exact-zero test let opposite normals 7e-18 apart make a
+        # vertex 2.7e15 out, whose Owen's-T terms lost O(1) nats (a thin wedge's apex near
+        # the origin stays a vertex)
+        par = A == 0
+        par |= (np.abs(A) <= _PARALLEL_SINE) & (np.abs(r0) > _FAR_VERTEX)
+        par &= other
         pos = A > 0
         pos &= other
+        pos &= ~par
         neg = A < 0
         neg &= other
+        neg &= ~par
         r1 = np.where(pos, r0, np.inf)
         np.copyto(r0, -np.inf, where=~neg)
         j1 = np.argmin(r1, axis=2)
@@ -413,8 +429,6 @@ def _edge_search(nu, cu, active):
         t0[pi_, jj] = v0 * -b1 + v1 * b0  # its position along line j
         nonempty = active & (t0 < t1)
         # parallel rows (n_j = +-n_e up to rounding of the norms): compare offsets directly
-        par = A == 0
-        par &= other
         if par.any():
             same = NN > 0
             Bp = np.where(same, cu[:, None, :] - cu[:, :, None], cu[:, None, :] + cu[:, :, None])
