@@ -374,12 +374,13 @@ class _CsvLayout:
     """How a CSV file is read: its (1-based line number, content) pairs of non-blank,
     non-comment lines, the delimiter, the header's names (``None`` without one) and whether
     every data row ends with the delimiter (a spreadsheet's trailing comma: that empty last
-    field is not a column)."""
+    field is not a column), and the first data row's number of values (``width``)."""
 
     lines: list
     delimiter: str | None
     header: list[str] | None
     trailing: bool
+    width: int = 0
 
     @property
     def start(self) -> int:
@@ -436,7 +437,7 @@ def _diagnose_csv(layout: _CsvLayout, path: Path) -> None:
         fields = _split_fields(ln, delimiter)
         return fields[:-1] if layout.trailing else fields
 
-    width = len(split(lines[start][1]))
+    width = layout.width
     for lineno, ln in lines[start:]:
         fields = split(ln)
         if len(fields) != width:
@@ -496,7 +497,7 @@ def _csv_layout(path: Path, delimiter: str | None, stacklevel: int = 4) -> _CsvL
             )
     data = lines[0 if header is None else 1 :]
     if not data:
-        return _CsvLayout(lines, delimiter, header, False)
+        return _CsvLayout(lines, delimiter, header, False, len(header or ()))
     n_fields = len(_split_fields(data[0][1], delimiter))
     blanks = " \t\r\f\v".replace(delimiter or " ", "")  # a tab can be the delimiter
     trailing = delimiter is not None and all(
@@ -518,7 +519,7 @@ def _csv_layout(path: Path, delimiter: str | None, stacklevel: int = 4) -> _CsvL
         logger.debug(
             "%s: every data row ends with %r; its empty last field is dropped", path, delimiter
         )
-    return _CsvLayout(lines, delimiter, header, trailing)
+    return _CsvLayout(lines, delimiter, header, trailing, width)
 
 
 def csv_header(path, *, delimiter: str | None = None) -> list[str] | None:
@@ -550,7 +551,7 @@ def _load_csv(path: Path, delimiter: str | None, allow_nan: bool) -> np.ndarray:
     convert = _csv_float if allow_nan else _csv_float_strict
     width = None
     if layout.trailing:  # read the empty last field too (np.loadtxt checks every row's width)
-        width = len(_split_fields(lines[layout.start][1], layout.delimiter)) - 1
+        width = layout.width
         fast, slow = {width: _blank_field}, {j: convert for j in range(width)}
         slow[width] = _blank_field
     else:
