@@ -994,7 +994,9 @@ class ExactDGN(DensityMixin, BaseEstimator):
 
         EM: the E-step computes, for every point and region, the exact posterior region mass and
         truncated moments; the M-step solves every layer's least-squares problem in closed form
-        with the activation patterns held at their E-step values, then the noise. After each
+        with the activation patterns held at their E-step values, then the noise (a hidden
+        layer of more than 8,192 weights and biases by conjugate gradients from its current
+        weights, at most 100 iterations: ``Q`` rises, possibly short of its maximum). After each
         M-step the exact log-likelihood is recomputed with the new partition; if it went down,
         the step is halved along the segment between the old and new parameters until it does
         not (``history_["backtracks"]``), so the exact training log-likelihood never decreases.

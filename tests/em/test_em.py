@@ -35,10 +35,17 @@ def _fit(X, **kw):
         ([2, 6, 3], 2, "isotropic", "em"),
         ([1, 6, 2], 0, "isotropic", "auto"),
         ([1, 4, 4, 3], 1, "diagonal", "auto"),
+        ([2, 8, 8, 3], 0, "isotropic", "em-cg"),  # hidden layers by CG (wide layers' path)
     ],
 )
 def test_exact_loglik_never_decreases(sizes, seed, noise, method, monkeypatch):
+    from exactdgn.em import _steps
     from exactdgn.training import AutoTrainer
+
+    if method == "em-cg":
+        monkeypatch.setattr(_steps, "DIRECT_UNKNOWNS", 0)
+        monkeypatch.setattr(_steps, "CG_MAXITER", 5)  # cut short: a generalised EM step
+        method = "em"
 
     # d = 1 hands over at a lower rate ratio (0.02), later than these short runs: the general
     # ratio gets both phases into 12 iterations

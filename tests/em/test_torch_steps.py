@@ -96,6 +96,25 @@ def test_m_step_matches_numpy(device, diagonal, sizes, noise, weight_decay):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("maxiter", [4, 5000])
+def test_wide_layer_cg_matches_numpy(device, maxiter, monkeypatch):
+    """Hidden layers solved by conjugate gradients (beyond ``DIRECT_UNKNOWNS`` unknowns; here
+    every layer): the device runs numpy's CG (``_steps.layer_cg``) with the same
+    preconditioner, cut short or converged, and gives numpy's parameters."""
+    from exactdgn.em import _steps
+
+    monkeypatch.setattr(_steps, "DIRECT_UNKNOWNS", 0)
+    monkeypatch.setattr(_steps, "CG_MAXITER", maxiter)
+    m, X, rs, rt = _stats([2, 8, 8, 5], 0.1, 1, device)
+    kw = {"diagonal": True, "min_std": 1e-3, "weight_decay": 0.05}
+    d1, s1 = m_step(m.decoder_, rs, m.noise_std_, X, **kw)
+    d2, s2 = m_step(m.decoder_, rt, m.noise_std_, X, **kw)
+    for a, b in zip(d1.weights + d1.biases, d2.weights + d2.biases, strict=True):
+        assert _rel(a, b) < 1e-9
+    assert np.max(np.abs(s1 - s2) / s1) < 1e-9
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_m_step_singular_layer_within_numpy_sensitivity(device):
     """A hidden layer whose normal equations are singular (cond ~ 1e19: d = 1, few regions)
     is solved with numpy's tiny relative ridge, so its answer moves at cond x eps: numpy's own

@@ -249,7 +249,13 @@ def test_estimate_counts_one_gradient_block():
     maps = _cost._GRADIENT_MAPS * 8 * small.n_regions * 3 * 3
     assert small.gradient_bytes == 10_000 + maps
     assert big.gradient_bytes == small.n_pairs * 7 * 8 * 3 + maps  # the whole (pairs x D) block
-    assert big.bytes - big.gradient_bytes == small.bytes - small.gradient_bytes
+
+    # the gradient and the M-step do not run at once: the larger of the two beside the pairs
+    def pairs_bytes(e):
+        return e.bytes - max(e.gradient_bytes, e.mstep_bytes)
+
+    assert pairs_bytes(big) == pairs_bytes(small) > 0
+    assert big.bytes == pairs_bytes(big) + big.gradient_bytes  # a whole-pairs block dominates
 
 
 @pytest.mark.parametrize("window", [0, -1])
@@ -306,6 +312,47 @@ def test_latent_dim_above_4_is_refused_before_any_work(tmp_path):
     write_npz_atomic(tmp_path / "d5.npz", arrays, meta)
     with pytest.raises(ModelFileError, match=r"d5\.npz.*latent_dim=5 is invalid"):
         ExactDGN.load(tmp_path / "d5.npz")
+
+
+def _measured_m_step_peak(sizes, n):
+    """Peak traced bytes of EM's M-step (every layer) on the E-step of a random decoder."""
+    import tracemalloc
+
+    from exactdgn.em import m_step, region_stats
+
+    m = ExactDGN.from_decoder(Decoder.random(sizes, seed=1), 0.3)
+    X = m.sample(n, random_state=1)
+    st = m._pairs(X, need_moments=True)
+    rs = region_stats(X, m.partition_.patterns, st.point, st.region, st.log_weight, st.mean, st.cov)
+    tracemalloc.start()
+    try:
+        m_step(m.decoder_, rs, m.noise_std_, X, diagonal=False, min_std=1e-3)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return peak, len(m.partition_)
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [[1, 40, 40, 3], [2, 12, 12, 20], [1, 100, 100, 2]],  # direct, direct, CG
+)
+def test_estimate_bounds_the_m_step_memory(sizes, monkeypatch):
+    """The pre-fit estimate counts EM's M-step beside the pairs: the hidden layers' normal
+    equations ((n, n) for n = n_l (m + 1) up to DIRECT_UNKNOWNS, then CG's arrays) and the
+    regions' maps. Measured peak (tracemalloc) at most the estimate, and not far below it. It
+    counted none: [1,200,200,2] was estimated at 0.08 GiB and its M-step ran out of 23 GB."""
+    from exactdgn.em import _steps
+
+    monkeypatch.setattr(_steps, "CG_MAXITER", 3)
+    peak, R = _measured_m_step_peak(sizes, 80)
+    mbytes, _ = _cost._m_step_cost(sizes, R, 80 * R)
+    assert peak <= mbytes < 6 * peak, (peak, mbytes)
+    est = _cost.estimate_training_cost(sizes[0], sizes[1:-1], 80, sizes[-1], seed=1)
+    assert est.mstep_bytes == mbytes and est.bytes >= est.mstep_bytes
+    wide = _cost.estimate_training_cost(1, (200, 200), 1000, 2)
+    assert wide.mstep_bytes < 2**30 < 3 * 8 * (200 * 201) ** 2  # CG: no (n, n) system counted
+    assert wide.mstep_seconds > 1.0 and "per M-step" in wide.describe()
 
 
 def test_d4_estimate_is_of_the_measured_cost_per_pair():

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..decoder import Decoder
+from . import _steps
 
 __all__ = [
     "TorchRegionStats",
@@ -334,6 +335,22 @@ def _solve_psd_t(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     return X[:, 0] if vec else X
 
 
+def _inv_spd_t(B: torch.Tensor, add: torch.Tensor) -> torch.Tensor:
+    """``(B_k + diag(add))⁻¹`` for a batch of symmetric PSD ``B`` (``_steps._inv_spd``: a block
+    that is not positive definite gets a jitter of 1e-12 of its mean diagonal, grown 100x)."""
+    B = 0.5 * (B + B.transpose(1, 2)) + torch.diag(add)
+    jitter = 1e-12 * torch.clamp(B.diagonal(0, 1, 2).sum(1) / B.shape[1], min=1e-300)
+    eye = torch.eye(B.shape[1], dtype=B.dtype, device=B.device)
+    for _ in range(12):
+        L, info = torch.linalg.cholesky_ex(B)
+        bad = info != 0
+        if not bool(bad.any()):
+            return torch.cholesky_inverse(L)
+        B = B + torch.where(bad, jitter, 0.0)[:, None, None] * eye
+        jitter = torch.where(bad, 100.0 * jitter, jitter)
+    return torch.linalg.pinv(B, hermitian=True)
+
+
 def update_layer_t(
     decoder: Decoder,
     tens,
@@ -367,13 +384,18 @@ def update_layer_t(
     Y = stats.XZ - beta_pre[:, :, None] * zbar[:, None, :]
     MtLY = ML.transpose(1, 2) @ Y  # (R, n_l, d+1)
     rhs = torch.einsum("rkd,rmd->km", MtLY, H)  # (n_l, m+1)
+    if n_l * m1 > _steps.DIRECT_UNKNOWNS:  # wide layer: CG (``_steps.layer_cg``)
+        W0 = torch.cat([tens[0][layer], tens[1][layer][:, None]], dim=1)
+        factor = M * inv_var.sqrt()[None, :, None] if M.shape[1] < n_l else None
+        args = (MtLM, H, stats.Z2, HZH, rhs, ridge * stats.n_points, W0, _inv_spd_t)
+        Wt, _ = _steps.layer_cg(*args, factor=factor)
+        return Wt[:, :-1], Wt[:, -1]
     R = HZH.shape[0]
     prod = HZH.reshape(R, m1 * m1).T @ MtLM.reshape(R, n_l * n_l)
     big = prod.reshape(m1, m1, n_l, n_l).permute(1, 2, 0, 3).reshape(m1 * n_l, m1 * n_l)
     big = 0.5 * (big + big.T)
-    big = big + torch.kron(
-        torch.diag(ridge * stats.n_points), torch.eye(n_l, dtype=torch.float64, device=dev)
-    )
+    # + kron(diag(ridge n), I_{n_l}): on the diagonal only
+    big.diagonal().add_(torch.repeat_interleave(ridge * stats.n_points, n_l))
     vec = _solve_psd_t(big, rhs.T.reshape(-1))
     Wt = vec.reshape(m1, n_l).T
     return Wt[:, :-1], Wt[:, -1]

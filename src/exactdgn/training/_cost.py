@@ -18,6 +18,14 @@ measured on the 2-core development machine (one E-step, masses and moments):
   before a run that cannot finish. d >= 5 is refused before (``latent_dim <= 4``:
   :data:`exactdgn.gaussian._polytope.MAX_DIM`).
 
+EM's M-step solves each hidden layer's normal equations in ``n = n_l (m + 1)`` unknowns
+(:func:`exactdgn.em.update_layer`): directly up to :data:`exactdgn.em._steps.DIRECT_UNKNOWNS`
+(two (n, n) arrays, ~n³/3 flops), by conjugate gradients beyond (``CG_MAXITER`` products of
+``~4 R (d+1) (2 n_l (m+1) + n_l²)`` flops, no (n, n) array); beside them every hidden layer
+holds the regions' maps ``(R, D, n_l)``, ``(R, n_l, n_l)`` and ``(R, m+1, m+1)``. Counted at
+:data:`_FLOPS` flops per second (the 2-core machine's BLAS, loaded), the memory of the
+largest layer beside the pairs, like the gradient's (they do not run at once).
+
 The exact gradient (``method="lbfgs"``, ``"gradient"``, ``"auto"`` and EM's gradient fallback)
 runs while the pairs are held: its host sums take one block of pairs (``chunk_bytes``, see
 :func:`exactdgn.em._steps.centred_sums`) plus a few arrays the size of the regions' affine maps
@@ -36,6 +44,7 @@ import numpy as np
 
 from .._validation import available_memory, is_int
 from ..decoder import Decoder
+from ..em._steps import _RES_BLOCK, CG_MAXITER, DIRECT_UNKNOWNS
 from ..partition import partition
 
 __all__ = ["TrainingCost", "TrainingTooLargeError", "available_memory", "estimate_training_cost"]
@@ -43,11 +52,18 @@ __all__ = ["TrainingCost", "TrainingTooLargeError", "available_memory", "estimat
 logger = logging.getLogger(__name__)
 
 _SECONDS_PER_PAIR = {1: 1e-7, 2: 4e-6, 3: 2e-3}
+# d = 2: peak bytes of one E-step with moments per point-region pair (the polygons' edge
+# tables and cubature work beside the weights, means and covariances), measured with
+# tracemalloc: 464 ([2,32,32,64]), 885 ([2,16,16,2]), 1,083 ([2,8,5]) per pair, all kept
+_BYTES_PER_PAIR_2D = 1_200
 _ND_NODES = 10  # d >= 4: the cost per pair grows by this times m per dimension (see above)
 _WARN_SECONDS = 60.0  # an E-step estimated above this warns
 # (R, D, d+1) float64 arrays alive in one exact gradient (maps, autograd, cross sums): a bound
 _GRADIENT_MAPS = 12
 _CHUNK_BYTES = 256 * 2**20  # the estimator's default chunk_bytes
+# float64 flops per second of the M-step's dense algebra (2-core machine, loaded: a 64 x 64
+# layer's direct solve 2.5e10 flops in ~10 s, its CG products ~1e10 per second)
+_FLOPS = 5e9
 # d = 2 decoders whose first layer cuts more regions than this are not enumerated: the first
 # layer's count is the estimate (a lower bound, ~1/4 of [2,w,w]'s count; enumerating
 # [2,100,100]: 1.2 s, [2,200,200]: 10 s, [2,2000,2000]: never ended)
@@ -86,13 +102,21 @@ class TrainingCost:
     ``chunk_bytes`` and ``_GRADIENT_MAPS`` arrays of the regions' maps)."""
     lower_bound: bool = False
     """``n_regions`` (and with it the rest) is a lower bound, not an estimate."""
+    mstep_bytes: int = 0
+    """Work memory of EM's M-step beside the pairs (its largest hidden layer: the regions'
+    maps and the normal equations, see the module docstring)."""
+    mstep_seconds: float = 0.0
+    """Time of one M-step over every layer (dense flops at ``_FLOPS``)."""
 
     def describe(self) -> str:
         about = "at least " if self.lower_bound else "~"
-        return (
+        text = (
             f"{about}{self.n_regions:,} regions x N points = {self.n_pairs:,} point-region pairs, "
             f"~{self.bytes / 2**30:.3g} GiB and ~{_fmt_seconds(self.seconds)} per E-step"
         )
+        if self.mstep_seconds >= 1.0:
+            text += f", ~{_fmt_seconds(self.mstep_seconds)} per M-step"
+        return text
 
 
 def _fmt_seconds(s: float) -> str:
@@ -132,6 +156,29 @@ def _first_layer_regions(d: int, width: int) -> int:
     return sum(comb(width, i) for i in range(d + 1))
 
 
+def _m_step_cost(sizes: list[int], n_regions: int, n_pairs: int) -> tuple[int, float]:
+    """Work bytes (largest stage) and seconds (all layers) of one M-step of a decoder of layer
+    sizes ``sizes`` on ``n_regions`` regions and ``n_pairs`` pairs (see the module
+    docstring); the noise update's residuals run in blocks of ``_RES_BLOCK`` pairs."""
+    R, d, D = int(n_regions), sizes[0], sizes[-1]
+    work = 3 * 8 * min(int(n_pairs), _RES_BLOCK) * D  # the noise update's (block, D) arrays
+    flops = 0.0
+    for m, n_l in itertools.pairwise(sizes[:-1]):  # hidden layer: m inputs, n_l units
+        m1 = m + 1
+        n = n_l * m1
+        maps = 8 * R * (D * n_l + n_l * n_l + m1 * m1)
+        flops += 2.0 * R * D * n_l * (n_l + d + 1)  # M_rᵀ Λ M_r and M_rᵀ Λ Y_r
+        if n <= DIRECT_UNKNOWNS:  # the system, its symmetrised or ridged copy, a temporary
+            work = max(work, maps + 3 * 8 * n * n)
+            flops += n**3 / 3.0 + R * (m1 * m1 / 2.0) * (n_l * n_l / 2.0) * 2.0
+        else:
+            work = max(work, maps + 8 * (3 * R * n_l * (d + 1) + 4 * n_l * m1 * m1))
+            flops += CG_MAXITER * 4.0 * R * (d + 1) * (2 * n_l * m1 + n_l * n_l)
+            flops += 2.0 * R * n_l * m1 * m1 + 2.0 * n_l * m1**3  # the blocks, their inverses
+    flops += 2.0 * R * D * (sizes[-2] + 1) * (d + 1)  # the output layer's sums
+    return int(1.05 * work) + 2**20, flops / _FLOPS  # (small arrays beside the large ones)
+
+
 def estimate_training_cost(
     latent_dim: int,
     hidden_sizes,
@@ -158,7 +205,7 @@ def estimate_training_cost(
         for a, b in itertools.pairwise(hidden_sizes):
             R *= sum(comb(int(b), i) for i in range(min(d, int(a)) + 1))
     pairs = int(n_samples) * int(R)
-    per_pair = 8 * (3 + d + d * d)
+    per_pair = 8 * (3 + d + d * d) if d != 2 else _BYTES_PER_PAIR_2D // 3
     if d >= 3:
         m = max(n_units, 1)
         seconds = pairs * _SECONDS_PER_PAIR[3] * float(_ND_NODES * m) ** (d - 3)
@@ -170,8 +217,16 @@ def estimate_training_cost(
     block = min(int(chunk_bytes), pairs * (d + 5) * 8 * int(n_features))
     grad = block + _GRADIENT_MAPS * 8 * int(R) * int(n_features) * (d + 1)
     low = d == 2 and first > _ENUMERATE_2D
+    mbytes, mseconds = _m_step_cost(sizes, R, pairs)
     return TrainingCost(
-        int(R), pairs, int(3 * pairs * per_pair) + grad, float(seconds), grad, lower_bound=low
+        int(R),
+        pairs,
+        int(3 * pairs * per_pair) + max(grad, mbytes),
+        float(seconds),
+        grad,
+        lower_bound=low,
+        mstep_bytes=mbytes,
+        mstep_seconds=float(mseconds),
     )
 
 
@@ -220,7 +275,7 @@ def check_training_cost(est, X: np.ndarray, in_memory: bool = True) -> TrainingC
             f"training refused: {cost.describe()} (N = {N}) exceeds the {avail / 2**30:.3g} GiB "
             f"of memory available; {hint}"
         )
-    if cost.seconds > _WARN_SECONDS:
+    if max(cost.seconds, cost.mstep_seconds) > _WARN_SECONDS:
         warnings.warn(
             f"training will be slow: {cost.describe()} (N = {N}); {hint}",
             UserWarning,
