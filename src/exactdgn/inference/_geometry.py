@@ -239,7 +239,8 @@ class RegionGeometry:
         (``P_r`` is formed: its entries round to ``ε λ_max``), so ``||w||²`` carries up to
         ``2 ε cond(P_r) |w| (|w| + 2 |w_shift|)``, and ``log|P_r|`` up to ``d ε cond(P_r)``
         (both forms of ``log κ``). Zero in d = 1 (one direction) and in the QR-factored
-        regions (orthonormal columns, ``log|P_r|`` from the QR)."""
+        regions (row-sorted Householder QR, :func:`qr_factor`: ``w`` accurate in every
+        direction, ``log|P_r|`` from the QR)."""
         out = self.cache.get("kappa_conditioning")
         if out is None:
             R, d = self.w_shift.shape
@@ -445,14 +446,24 @@ def qr_factor(top: np.ndarray, chunk: int = 4096):
     (``K Kᵀ = I + Tᵀ T``, ``K`` lower with a positive diagonal; ``Q_top = T K⁻ᵀ`` has
     orthonormal columns with ``Q_bot``), in chunks. ``T = Λ^½ A_r`` (a region, or a pair's
     observed rows): ``P = I + Aᵀ Λ A`` is never formed, so a steep and a flat direction keep
-    their ``log|P|``."""
+    their ``log|P|``.
+
+    The rows of ``[T; I]`` enter the QR by decreasing size (∞-norm) and ``Q``'s rows are put
+    back: Householder QR with sorted rows is row-wise stable (Powell & Reid; Cox & Higham
+    1998), so ``w = Q_topᵀ Λ^½ (x - c)`` is accurate in every direction. In output order, a
+    sharp output (σ = 1e-4) after flat ones (σ = 10) left ``ε cond(K) |Λ^½ (x - c)|`` in ``w``:
+    a d = 3 point 1e4 σ out had log p(x) 1.1e-4 nats off, beyond its estimate of 3.1e-6."""
     m, D, d = top.shape
     K = np.empty((m, d, d))
     Q_top = np.empty((m, D, d))
     eye = np.eye(d)
     for s in range(0, m, chunk):
         a = top[s : s + chunk]
-        Q, Rm = np.linalg.qr(np.concatenate([a, np.broadcast_to(eye, (a.shape[0], d, d))], 1))
+        a = np.concatenate([a, np.broadcast_to(eye, (a.shape[0], d, d))], 1)
+        order = np.argsort(-np.abs(a).max(axis=2), axis=1, kind="stable")[:, :, None]
+        Q_sorted, Rm = np.linalg.qr(np.take_along_axis(a, order, axis=1))
+        Q = np.empty_like(Q_sorted)
+        np.put_along_axis(Q, order, Q_sorted, axis=1)  # rows back in output order
         sgn = np.where(np.diagonal(Rm, axis1=1, axis2=2) < 0, -1.0, 1.0)
         K[s : s + chunk] = np.swapaxes(Rm * sgn[:, :, None], 1, 2)
         Q_top[s : s + chunk] = Q[:, :D, :] * sgn[:, None, :]
