@@ -374,6 +374,36 @@ _positive_int = _int_at_least(1)
 _seed = _int_at_least(0)  # numpy's seeds are non-negative
 
 
+def _float_at_least(low: float, strict: bool = False):
+    """argparse type: a finite float >= ``low`` (> ``low`` when ``strict``): the option is
+    named in the error, not the estimator's parameter (``min_noise_std=-1.0 is invalid``)."""
+    word = ">" if strict else ">="
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a number {word} {low:g}, got {text!r}"
+            ) from None
+        if not np.isfinite(value) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"expected a number {word} {low:g}, got {text}")
+        return value
+
+    return parse
+
+
+def _tol(text: str):
+    """``--tol``: a number >= 0, or 'auto' (ExactDGN's default: per method)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    return _float_at_least(0.0)(text)
+
+
+#: ExactDGN's defaults the fit options fall back to (shown in --help; a test keeps them equal)
+FIT_DEFAULTS = {"max_iter": 1000, "tol": "auto", "n_init": 1, "init": "auto"}
+
+
 def _torch_threads(n: int | None) -> None:
     if n:
         import torch
@@ -542,6 +572,11 @@ def _fit(args) -> int:
             f"std), got {args.std_floor}"
         )
     _check_method_options(args)
+    if args.negative_slope is not None and args.activation not in ("leaky_relu", "prelu"):
+        raise CLIError(
+            f"--negative-slope applies to --activation leaky_relu and prelu (the activation is "
+            f"{args.activation}): remove it, or change --activation"
+        )
     if args.method != "iwae" and args.k != 5:
         raise CLIError(f"--k applies to --method iwae, not --method {args.method}: remove it")
     _check_data_options(args)
@@ -629,12 +664,35 @@ def _check_parents(path: Path, option: str) -> None:
             break
 
 
-def _check_out_file(path, option: str = "--out") -> None:
+def _check_out_file(path, option: str = "--out", inputs=(), suffixes=None) -> None:
     """An output file's path: not a folder, in folders that exist or can be made (checked
-    before the work whose results it takes, not after it)."""
-    path = Path(path)
-    if path.is_dir():
+    before the work whose results it takes, not after it); not one of the command's
+    ``inputs`` (``(given, label)`` pairs: DATA, MODEL, ...), not one of a run's own files
+    (:data:`RUN_FILES` in a folder that holds a run); ``suffixes``: the file types it can be.
+    ``score data --out data.npy`` wrote its CSV over the data, ``score run data --out
+    run/model.npz`` over the model."""
+    given, path = str(path), Path(path)
+    if path.is_dir() or given.endswith(("/", os.sep)):  # (Path drops a trailing slash)
         raise CLIError(f"{option} {path} is a folder: give a file path (e.g. {path / 'out.csv'})")
+    target = path.resolve()
+    for given, label in inputs:
+        if given and Path(given).exists():
+            src = Path(given).resolve()
+            if src == target:
+                raise CLIError(
+                    f"{option} {path} is the {label} file: give the output its own file, the "
+                    "input would be overwritten"
+                )
+    if path.name in RUN_FILES and any((path.parent / n).exists() for n in RUN_FILES):
+        raise CLIError(
+            f"{option} {path} would replace the {path.name} of the run in {path.parent}: give "
+            "the output another file name"
+        )
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        raise CLIError(
+            f"{option} {path}: the output is written as {' or '.join(suffixes)}; give a file "
+            f"name ending in {suffixes[0]}"
+        )
     _check_parents(path, option)
 
 
@@ -777,7 +835,7 @@ def _fit_in(args, client, out: Path) -> int:
     hidden = tuple(int(h) for h in args.hidden)
     common = {
         "activation": args.activation,
-        "negative_slope": args.negative_slope,
+        "negative_slope": 0.1 if args.negative_slope is None else args.negative_slope,
         "noise": args.noise,
         "min_noise_std": args.min_noise_std,
     }
@@ -940,6 +998,7 @@ def _impute(args) -> int:
 
 def _impute_in(args, client) -> int:
     """NaNs of a data file filled from the model's exact conditional ``p(x_mis | x_obs)``."""
+    _check_data_options(args)  # (--key on a file that is not a .npz)
     model, _ = load_model(args.model)  # carries its standardization: data units in and out
     out = Path(args.out)
     if out.suffix not in (".npy", ".csv"):
@@ -950,9 +1009,11 @@ def _impute_in(args, client) -> int:
         raise CLIError(
             f"--std-out {args.std_out} is the --out file: give the conditional std its own file"
         )
-    _check_out_file(out)  # before the imputation, and --out not written when --std-out fails
+    inputs = [(args.data, "DATA"), (args.model, "MODEL")]
+    # before the imputation, and --out not written when --std-out fails
+    _check_out_file(out, inputs=inputs)
     if args.std_out:
-        _check_out_file(args.std_out, "--std-out")
+        _check_out_file(args.std_out, "--std-out", inputs=inputs)
     if client is None:
         X, _ = load_data(args.data, key=args.key, allow_nan=True)
         _check_width(model, X, args.data, args.model)
@@ -999,7 +1060,10 @@ def _score(args) -> int:
 def _score_in(args, client) -> int:
     _check_data_options(args)
     if args.out:
-        _check_out_file(args.out)  # before the scoring, not after it
+        # before the scoring, not after it
+        _check_out_file(
+            args.out, inputs=[(args.data, "DATA"), (args.model, "MODEL")], suffixes=(".csv",)
+        )
     model, cfg = load_model(args.model)
     data_cfg = cfg.get("data", {})
     same = _same_data(data_cfg, args.data)
@@ -1164,10 +1228,8 @@ def _write_csv(path, table, header: list[str]) -> None:
 
 def _sample(args) -> int:
     model, _ = load_model(args.model)
-    if args.n < 1:
-        raise CLIError(f"-n must be >= 1, got {args.n}")
     if args.out:
-        _check_out_file(args.out)
+        _check_out_file(args.out, inputs=[(args.model, "MODEL")], suffixes=(".npy", ".csv"))
     std = getattr(model, "preprocessing_", None)
     if args.standardized and not std:
         raise CLIError(
@@ -1179,8 +1241,6 @@ def _sample(args) -> int:
         X = std.transform(X)
     if args.out:
         out = Path(args.out)
-        if out.suffix not in (".npy", ".csv", ".txt"):
-            raise CLIError(f"--out must end in .npy or .csv, got {out.name}")
         _save_array(out, X)
         print(f"{args.n} samples of dimension {X.shape[1]} written to {out}")
     else:
@@ -1264,16 +1324,8 @@ def _evaluate(args) -> int:
     _check_data_options(args)
     _check_encoder_options(args, args.encoder_defaults)
     if args.out:
-        _check_out_file(args.out)
-        for given, what in (
-            (args.data, "DATA"),
-            (args.decoder, "DECODER"),
-            (args.encoder, "--encoder"),
-        ):
-            if given and Path(given).exists() and Path(given).resolve() == Path(args.out).resolve():
-                raise CLIError(
-                    f"--out {args.out} is the {what} file: give the per-point CSV its own file"
-                )
+        inputs = [(args.data, "DATA"), (args.decoder, "DECODER"), (args.encoder, "--encoder")]
+        _check_out_file(args.out, inputs=inputs, suffixes=(".csv",))
     noise_std = _noise_std(args.noise_std)
     if args.negative_slope is not None and args.activation != "leaky_relu":
         raise CLIError(
@@ -1335,6 +1387,12 @@ def _partition_cmd(args) -> int:
 
     if (args.model is None) == (args.layers is None):
         raise CLIError("give either a MODEL (file or fit directory) or --layers d ... D")
+    for dest in ("seed", "activation"):
+        if args.model is not None and getattr(args, dest) is not None:
+            raise CLIError(
+                f"--{dest} applies to a random decoder (--layers), not to MODEL {args.model}: "
+                f"remove --{dest}"
+            )
     if args.plot:  # before the partition is enumerated (a model's at its loading)
         d = args.layers[0] if args.layers is not None else _saved_latent_dim(args.model)
         _check_plot(args.plot, d)
@@ -1342,7 +1400,11 @@ def _partition_cmd(args) -> int:
         model, _ = load_model(args.model)
         part = model.partition_
     else:
-        dec = Decoder.random(args.layers, activation=args.activation, seed=args.seed)
+        dec = Decoder.random(
+            args.layers,
+            activation=args.activation or "leaky_relu",
+            seed=0 if args.seed is None else args.seed,
+        )
         part = partition(dec)
     summ = part.summary()
     print(json.dumps(summ, indent=2, default=json_default))
@@ -1408,9 +1470,9 @@ def _report(args) -> int:
     root = Path(args.dir)
     if not root.is_dir():
         raise CLIError(f"{root} is not a directory")
-    if args.out:
-        _check_out_file(args.out)  # before the table, not after it
     files = sorted(p for p in root.rglob("*.json") if "results" in p.name)
+    if args.out:  # before the table, not after it; not over a results file it reads
+        _check_out_file(args.out, inputs=[(f, "results") for f in files])
     if not files:
         raise CLIError(f"no results JSON files (named *results*.json) under {root}")
     rows = []
@@ -1447,6 +1509,11 @@ def _demo(args) -> int:
     _torch_threads(args.threads)
     out = Path(args.out)
     _check_out_folder(out)
+    fitted = [n for n in ("model.npz", "history.json") if (out / n).exists()]
+    if fitted:  # a fit's run: the demo's config.json / results.json would replace its own
+        raise CLIError(
+            f"--out {out} holds a fit run ({', '.join(fitted)}): give the demo its own folder"
+        )
     made = [p for p in (out, *out.parents) if not p.exists()]
     try:
         table = run_demo(
@@ -1476,7 +1543,9 @@ def _add_data_options(p) -> None:
         default=None,
         help="toy sets: number of points (default 1000); other data: keep the first N",
     )
-    g.add_argument("--data-noise", type=float, default=None, help="toy sets: noise level")
+    g.add_argument(
+        "--data-noise", type=_float_at_least(0.0), default=None, help="toy sets: noise level"
+    )
     g.add_argument("--data-seed", type=_seed, default=None, help="toy sets: data seed (default 0)")
     g.add_argument(
         "--classes",
@@ -1537,24 +1606,43 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_METHOD,
         help="exact training (auto: EM, then L-BFGS; em; lbfgs; gradient) or a baseline",
     )
-    f.add_argument("--latent-dim", type=int, default=1, help="latent dimension d")
-    f.add_argument("--hidden", type=int, nargs="+", default=[12], help="hidden layer widths")
+    f.add_argument(
+        "--latent-dim", type=_positive_int, default=1, help="latent dimension d (default: 1)"
+    )
+    f.add_argument(
+        "--hidden",
+        type=_positive_int,
+        nargs="+",
+        default=[12],
+        help="hidden layer widths (default: 12)",
+    )
     f.add_argument(
         "--activation",
         default="leaky_relu",
         choices=["relu", "leaky_relu", "prelu", "abs"],
         help="hidden activation",
     )
-    f.add_argument("--negative-slope", type=float, default=0.1, help="leaky/prelu slope")
+    f.add_argument(
+        "--negative-slope",
+        type=float,
+        default=None,
+        help="slope below 0 of leaky_relu, start of prelu's (default: 0.1)",
+    )
     f.add_argument(
         "--noise", choices=["isotropic", "diagonal"], default="isotropic", help="noise model"
     )
-    f.add_argument("--min-noise-std", type=float, default=1e-3, help="noise std floor")
+    f.add_argument(
+        "--min-noise-std",
+        type=_float_at_least(0.0, strict=True),
+        default=1e-3,
+        help="noise std floor (default: 1e-3)",
+    )
     f.add_argument(
         "--max-iter",
-        type=int,
+        type=_positive_int,
         default=None,
-        help="iterations of exact training (default: ExactDGN's max_iter) / VAE epochs (300)",
+        help=f"iterations of exact training (default: {FIT_DEFAULTS['max_iter']}) / VAE epochs "
+        "(default: 300)",
     )
     f.add_argument("--seed", type=_seed, default=0, help="model seed and train/test split seed")
     f.add_argument("--test-fraction", type=float, default=0.2, help="held-out fraction")
@@ -1577,24 +1665,29 @@ def build_parser() -> argparse.ArgumentParser:
     g = f.add_argument_group("exact training options (auto, em, lbfgs, gradient)")
     g.add_argument(
         "--tol",
-        type=float,
+        type=_tol,
         default=None,
         help="stop when the mean gain per iteration over the last 10 is below this "
-        "(nats/point; default: ExactDGN's)",
+        "(nats/point; default: auto, 1e-3 for --latent-dim 1 and 1e-5 otherwise)",
     )
     g.add_argument(
         "--n-init",
-        type=int,
+        type=_positive_int,
         default=None,
-        help="starts, the best kept (default: ExactDGN's n_init)",
+        help=f"starts, the best kept (default: {FIT_DEFAULTS['n_init']})",
     )
     g.add_argument(
         "--init",
         choices=["auto", "pca", "random"],
         default=None,
-        help="start (default: ExactDGN's, auto: PCA and random scouted, the better goes on)",
+        help="start (default: auto: PCA and random scouted, the better goes on)",
     )
-    g.add_argument("--weight-decay", type=float, default=0.0, help="L2 penalty on weights")
+    g.add_argument(
+        "--weight-decay",
+        type=_float_at_least(0.0),
+        default=0.0,
+        help="L2 penalty on weights (default: 0)",
+    )
     g.add_argument(
         "--checkpoint",
         metavar="PATH",
@@ -1608,10 +1701,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--noise, ... is refused, naming the option",
     )
     g = f.add_argument_group("vae / iwae options")
-    g.add_argument("--k", type=int, default=5, help="IWAE importance samples")
-    g.add_argument("--encoder-hidden", type=int, nargs="+", default=[64, 64], help="encoder widths")
-    g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    g.add_argument("--batch-size", type=int, default=128, help="minibatch size")
+    g.add_argument("--k", type=_positive_int, default=5, help="IWAE importance samples")
+    g.add_argument(
+        "--encoder-hidden", type=_positive_int, nargs="+", default=[64, 64], help="encoder widths"
+    )
+    g.add_argument(
+        "--lr", type=_float_at_least(0.0, strict=True), default=1e-3, help="Adam learning rate"
+    )
+    g.add_argument("--batch-size", type=_positive_int, default=128, help="minibatch size")
     g.add_argument(
         "--validation-fraction",
         type=float,
@@ -1625,7 +1722,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="float32",
         help="VAE training precision (evaluation is always float64)",
     )
-    g.add_argument("--k-is", type=int, default=5000, help="importance samples for log p(x)")
+    g.add_argument(
+        "--k-is", type=_positive_int, default=5000, help="importance samples for log p(x)"
+    )
     f.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_data_options(f)
     _add_cluster_options(f)
@@ -1682,7 +1781,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     m.add_argument("model", metavar="MODEL")
-    m.add_argument("-n", type=int, required=True, help="number of samples")
+    m.add_argument("-n", type=_positive_int, required=True, help="number of samples")
     m.add_argument("--seed", type=_seed, default=None)
     m.add_argument("--out", default=None, help=".npy or .csv file (default: CSV on stdout)")
     m.add_argument(
@@ -1706,8 +1805,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="random decoder with layer sizes d ... D (instead of MODEL)",
     )
-    q.add_argument("--activation", default="leaky_relu", help="random decoder: activation")
-    q.add_argument("--seed", type=_seed, default=0, help="random decoder: seed")
+    q.add_argument(
+        "--activation",
+        default=None,
+        choices=["relu", "leaky_relu", "prelu", "abs"],
+        help="random decoder: activation (default: leaky_relu)",
+    )
+    q.add_argument("--seed", type=_seed, default=None, help="random decoder: seed (default: 0)")
     q.add_argument("--plot", default=None, help="save a plot of the partition (d <= 2)")
     q.set_defaults(func=_partition_cmd)
 
@@ -1799,8 +1903,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="what the encoder's second output is (state dict or pickled module): the log "
         "std or the log variance (pythae)",
     )
-    g.add_argument("--k-iwae", type=int, default=5, help="samples of the IWAE bound")
-    g.add_argument("--k-is", type=int, default=5000, help="importance samples of the IS estimate")
+    g.add_argument("--k-iwae", type=_positive_int, default=5, help="samples of the IWAE bound")
+    g.add_argument(
+        "--k-is", type=_positive_int, default=5000, help="importance samples of the IS estimate"
+    )
     g.add_argument("--seed", type=_seed, default=0, help="seed of the encoder's samples")
     e.set_defaults(
         func=_evaluate,
@@ -1819,7 +1925,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="output directory (its report files are replaced: the demo runs again into it)",
     )
     d.add_argument("--seed", type=_seed, default=0, help="seed of the models and splits")
-    d.add_argument("--em-iter", type=int, default=40, help="EM iterations per data set")
+    d.add_argument(
+        "--em-iter",
+        type=_positive_int,
+        default=40,
+        help="EM iterations per data set (--quick: at most 5)",
+    )
     d.add_argument("--quick", action="store_true", help="a few iterations only (smoke test)")
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=_demo)
@@ -1830,10 +1941,11 @@ def main(argv=None) -> int:
     """Entry point; returns the exit code (0 ok, 2 usage or data error)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    for dest in ("out", "std_out", "plot", "checkpoint", "data", "model"):
+    for dest in ("out", "std_out", "plot", "checkpoint", "data", "model", "decoder", "encoder"):
         if getattr(args, dest, None) is not None and not str(getattr(args, dest)).strip():
             # (an unset shell variable: `--out $DIR` wrote the run into the current folder)
-            name = dest.upper() if dest in ("data", "model") else "--" + dest.replace("_", "-")
+            positional = ("data", "model", "decoder")
+            name = dest.upper() if dest in positional else "--" + dest.replace("_", "-")
             parser.error(f"{name} is empty: give a path")
     logging.basicConfig(
         level=logging.WARNING - 10 * args.verbose, format="%(levelname)s %(message)s"

@@ -732,7 +732,7 @@ def test_options_that_do_not_apply_and_empty_paths_are_errors(runs, tmp_path, ca
     shell variable: the run was written into the current folder) were silently taken."""
     root = runs[0]
     cases = [
-        (["fit", "wave", "--method", "vae", "--k", "0"], "--k applies to --method iwae"),
+        (["fit", "wave", "--method", "vae", "--k", "3"], "--k applies to --method iwae"),
         (["fit", "wave", "--std-floor", "0.5"], "--std-floor applies to standardized data"),
         (["sample", str(root / "em"), "-n", "3", "--standardized"], "has no standardization"),
     ]
@@ -782,3 +782,104 @@ def test_impute_takes_back_out_when_std_out_cannot_be_written(runs, tmp_path, ca
     err = capsys.readouterr().err
     assert "cannot write /proc/sd.csv" in err and ".tmp" not in err
     assert not (tmp_path / "new").exists()
+
+
+def test_outputs_never_replace_inputs_or_a_runs_files(runs, tmp_path, capsys):
+    """``score`` / ``impute`` / ``report`` wrote over their own inputs (rc 0, the data or the
+    model gone): ``--out`` naming DATA, MODEL, a run's model.npz / config.json or a results
+    file that ``report`` reads is refused, and the file is left as it was."""
+    root, _, _ = runs
+    data = tmp_path / "w.npy"
+    np.save(data, np.zeros((4, 2)))
+    holes = tmp_path / "holes.csv"
+    holes.write_text("1,2\nnan,1\n")
+    run = root / "em"
+    cases = [
+        (["score", str(run), str(data), "--out", str(data)], data, "is the DATA file"),
+        (["score", str(run), "wave", "--out", str(run / "model.npz")], run / "model.npz", "run"),
+        (["score", str(run), "wave", "--out", str(run / "config.json")], run / "config.json", ""),
+        (["impute", str(run), str(holes), "--out", str(holes)], holes, "is the DATA file"),
+        (["sample", str(run), "-n", "2", "--out", str(run / "model.npz")], run / "model.npz", ""),
+        (["report", str(root), "--out", str(run / "results.json")], run / "results.json", ""),
+    ]
+    for argv, path, words in cases:
+        before = path.read_bytes()
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "--out" in err and words in err, err
+        assert path.read_bytes() == before
+    # the per-point table is CSV: a .npy name would hold CSV text that np.load refuses
+    assert main(["score", str(run), "wave", "--out", str(tmp_path / "s.npy")]) == 2
+    assert "written as .csv" in capsys.readouterr().err
+    assert main(["score", str(run), "wave", "--out", str(tmp_path / "dir") + "/"]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert not (tmp_path / "s.npy").exists() and not (tmp_path / "dir").exists()
+
+
+def test_demo_refuses_a_fit_runs_folder(runs, capsys):
+    """``demo --out RUN`` replaced a fit run's config.json and results.json (its model.npz and
+    history.json left beside them: ``score`` then read the demo's config)."""
+    root, _, _ = runs
+    run = root / "em"
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert main(["demo", "--quick", "--no-progress", "--out", str(run)]) == 2
+    assert "holds a fit run" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_option_values_and_options_that_do_not_apply_are_named(runs, tmp_path, capsys):
+    """Bad values were reported in the estimator's words (``hidden_sizes=(0,) is invalid``,
+    ``min_noise_std=-1.0``), ``--tol auto`` (the default) was not accepted, and options that
+    do not apply were ignored: ``partition MODEL --seed 3``, ``impute ... --key X`` on a CSV,
+    ``fit --activation relu --negative-slope 0.3``, ``evaluate ... --encoder ""``."""
+    from exactdgn.cli import FIT_DEFAULTS, build_parser
+
+    root = runs[0]
+    for argv, said in [
+        (["--hidden", "0"], "argument --hidden: expected an integer >= 1, got 0"),
+        (["--latent-dim", "0"], "argument --latent-dim: expected an integer >= 1"),
+        (["--max-iter", "0"], "argument --max-iter: expected an integer >= 1"),
+        (["--n-init", "0"], "argument --n-init"),
+        (["--min-noise-std", "-1"], "argument --min-noise-std: expected a number > 0"),
+        (["--tol", "-1"], "argument --tol: expected a number >= 0"),
+        (["--data-noise", "-1"], "argument --data-noise"),
+        (["--method", "vae", "--batch-size", "0"], "argument --batch-size"),
+    ]:
+        with pytest.raises(SystemExit) as exc:
+            main(["fit", "wave", "--out", str(tmp_path / "r"), *argv])
+        assert exc.value.code == 2 and said in capsys.readouterr().err, argv
+    args = build_parser().parse_args(["fit", "wave", "--out", "x", "--tol", "auto"])
+    assert args.tol == "auto"
+    holes = tmp_path / "holes.csv"
+    holes.write_text("1,2\nnan,1\n")
+    for argv, said in [
+        (["partition", str(root / "em"), "--seed", "3"], "--seed applies to a random decoder"),
+        (["partition", str(root / "em"), "--activation", "relu"], "--activation applies"),
+        (
+            [
+                "impute",
+                str(root / "em"),
+                str(holes),
+                "--key",
+                "X",
+                "--out",
+                str(tmp_path / "f.csv"),
+            ],
+            "--key picks an array of a .npz file",
+        ),
+        (
+            ["fit", "wave", "--activation", "relu", "--negative-slope", "0.3", "--out", "r"],
+            "--negative-slope applies to --activation leaky_relu and prelu",
+        ),
+    ]:
+        assert main(argv) == 2, argv
+        assert said in capsys.readouterr().err, argv
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "dec.pt", "x.npy", "--noise-std", "0.1", "--encoder", ""])
+    assert exc.value.code == 2 and "--encoder is empty" in capsys.readouterr().err
+    # --help shows ExactDGN's own defaults
+    params = ExactDGN().get_params()
+    assert FIT_DEFAULTS == {k: params[k] for k in FIT_DEFAULTS}
+    text = build_parser()._subparsers._group_actions[0].choices["fit"].format_help()
+    assert "(default: 1000)" in text and "ExactDGN's" not in text
