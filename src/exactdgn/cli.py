@@ -353,51 +353,33 @@ def _save_arrays(outputs: list, header: list[str] | None = None) -> None:
         raise
 
 
-def _int_at_least(low: int):
-    """argparse type: an integer >= ``low``."""
+def _at_least(low, kind=int, strict: bool = False):
+    """argparse type: an integer (``kind=int``) or a finite float ``>= low`` (``> low`` when
+    ``strict``): the option is named in the error, not the estimator's parameter
+    (``hidden_sizes=(0,) is invalid``, ``min_noise_std=-1.0 is invalid``)."""
+    what = f"{'an integer' if kind is int else 'a number'} {'>' if strict else '>='} {low:g}"
 
-    def parse(text: str) -> int:
+    def parse(text: str):
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected an integer >= {low}, got {text!r}"
-            ) from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
-        return value
-
-    return parse
-
-
-_positive_int = _int_at_least(1)
-_seed = _int_at_least(0)  # numpy's seeds are non-negative
-
-
-def _float_at_least(low: float, strict: bool = False):
-    """argparse type: a finite float >= ``low`` (> ``low`` when ``strict``): the option is
-    named in the error, not the estimator's parameter (``min_noise_std=-1.0 is invalid``)."""
-    word = ">" if strict else ">="
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected a number {word} {low:g}, got {text!r}"
-            ) from None
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         if not np.isfinite(value) or value < low or (strict and value == low):
-            raise argparse.ArgumentTypeError(f"expected a number {word} {low:g}, got {text}")
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
         return value
 
     return parse
+
+
+_positive_int = _at_least(1)
+_seed = _at_least(0)  # numpy's seeds are non-negative
 
 
 def _tol(text: str):
     """``--tol``: a number >= 0, or 'auto' (ExactDGN's default: per method)."""
     if text.strip().lower() == "auto":
         return "auto"
-    return _float_at_least(0.0)(text)
+    return _at_least(0.0, float)(text)
 
 
 #: ExactDGN's defaults the fit options fall back to (shown in --help; a test keeps them equal)
@@ -1544,7 +1526,7 @@ def _add_data_options(p) -> None:
         help="toy sets: number of points (default 1000); other data: keep the first N",
     )
     g.add_argument(
-        "--data-noise", type=_float_at_least(0.0), default=None, help="toy sets: noise level"
+        "--data-noise", type=_at_least(0.0, float), default=None, help="toy sets: noise level"
     )
     g.add_argument("--data-seed", type=_seed, default=None, help="toy sets: data seed (default 0)")
     g.add_argument(
@@ -1633,7 +1615,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument(
         "--min-noise-std",
-        type=_float_at_least(0.0, strict=True),
+        type=_at_least(0.0, float, strict=True),
         default=1e-3,
         help="noise std floor (default: 1e-3)",
     )
@@ -1684,7 +1666,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--weight-decay",
-        type=_float_at_least(0.0),
+        type=_at_least(0.0, float),
         default=0.0,
         help="L2 penalty on weights (default: 0)",
     )
@@ -1706,7 +1688,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--encoder-hidden", type=_positive_int, nargs="+", default=[64, 64], help="encoder widths"
     )
     g.add_argument(
-        "--lr", type=_float_at_least(0.0, strict=True), default=1e-3, help="Adam learning rate"
+        "--lr", type=_at_least(0.0, float, strict=True), default=1e-3, help="Adam learning rate"
     )
     g.add_argument("--batch-size", type=_positive_int, default=128, help="minibatch size")
     g.add_argument(
