@@ -630,3 +630,38 @@ def test_d2_region_between_opposite_parallel_rows(device):
         )  # fmt: skip
         ref = oracle_logpx_2d(rows, xi[o][None], 0.1)[0]
         assert abs(lp[i] - ref) <= max(err[i], 1e-9), (i, lp[i], ref, err[i])
+
+
+@pytest.mark.parametrize("device", [None, "cpu"])
+def test_d2_far_crossings_of_whitened_parallel_rows(device):
+    """At noise 0.01 the whitened rows of a ReLU region opposite up to rounding have sines of
+    4e-15 to 2e-14 (eps cond(L)), above the parallel test: the polygon table kept their
+    crossing 1e14-1e17 out, and every pair took its edge's offset from that vertex (rounded at
+    |P| eps). A region's mass was 0.1 nats off (seed 26; against 30-digit mpmath) and log p(x)
+    of model draws up to 2.5e-2 off (seed 76, 1e-2 seed 50; against the quadrature oracle),
+    with estimates ~1e-10 (5.7% of the draws of 11 affected decoders beyond their estimate)."""
+    from exactdgn.gaussian import log_mass_2d_shifted
+    from tests.oracles.gaussian_mp import polygon_ref
+
+    dec = Decoder.random([2, 5, 4, 3], activation="relu", seed=26)
+    m = ExactDGN.from_decoder(dec, noise_std=0.01, device=device)
+    region = 40
+    C = m.partition_.halfspaces(region)[0]
+    unit = C / np.linalg.norm(C, axis=1, keepdims=True)
+    sines = np.abs(unit[:, None, 0] * unit[None, :, 1] - unit[:, None, 1] * unit[None, :, 0])
+    assert (sines + np.eye(len(C)) < 1e-12).any()  # the case: rows parallel up to rounding
+    G = m.geometry_
+    act = np.isfinite(G.g[region])
+    for w in ([0.0, 0.0], [0.3, -0.2]):
+        got, est = log_mass_2d_shifted(G.polygons, np.array([region]), np.array([w]))
+        nr, gr = G.normals[region][act], G.g[region][act]
+        want = float(polygon_ref(nr, gr - nr @ np.array(w), dps=30)[0])
+        assert abs(got[0] - want) <= max(est[0], 1e-11), (w, got[0] - want, est[0])
+    for seed, rows in ((76, [334, 266]), (50, [358])):  # the draws most off before
+        dec = Decoder.random([2, 5, 4, 3], activation="relu", seed=seed)
+        m = ExactDGN.from_decoder(dec, noise_std=0.01, device=device)
+        X = m.sample(500, random_state=seed)[rows]
+        lp, err = m.score_samples(X, return_error=True)
+        ref = oracle_logpx_2d(dec, X, 0.01)
+        for i in range(len(X)):
+            assert abs(lp[i] - ref[i]) <= max(err[i], 1e-9), (seed, i, lp[i] - ref[i], err[i])
