@@ -1246,8 +1246,10 @@ def _noise_std(text: str):
         try:
             if path.suffix == ".npy":
                 values = np.load(path, allow_pickle=False)
-            else:
-                values = np.loadtxt(path, delimiter="," if path.suffix == ".csv" else None, ndmin=1)
+            else:  # as DATA files are read: a header row of names, # comments, quotes
+                from .datasets import load_array
+
+                values = load_array(path)
             values = np.asarray(values, dtype=np.float64)
         except (ValueError, OSError) as exc:
             raise CLIError(f"--noise-std {text}: not a file of numbers ({exc})") from exc

@@ -135,7 +135,7 @@ def test_a_file_that_is_no_weights_file_is_named_as_such(parts, capsys, name, un
     assert name in err and "garbage" in err and "weights_only" not in err
 
 
-@pytest.mark.parametrize("fmt", ["npy", "csv"])
+@pytest.mark.parametrize("fmt", ["npy", "csv", "header.csv", "column.csv"])
 def test_per_coordinate_noise_from_a_file(tmp_path, fmt):
     # --noise-std took one number only: a decoder with one noise std per output (a VAE with a
     # learned diagonal noise) could not be scored from the command line
@@ -148,8 +148,12 @@ def test_per_coordinate_noise_from_a_file(tmp_path, fmt):
     torch.save(dec.state_dict(), tmp_path / "dec.pt")
     if fmt == "npy":
         np.save(tmp_path / "sigma.npy", sigma)
-    else:
+    elif fmt == "csv":
         np.savetxt(tmp_path / "sigma.csv", sigma[None, :], delimiter=",")
+    elif fmt == "header.csv":  # a header row of names, as DATA files may have (was an error)
+        (tmp_path / "sigma.header.csv").write_text("x,y,z\n0.1,0.3,0.6\n")
+    else:
+        (tmp_path / "sigma.column.csv").write_text("sd\n0.1\n0.3\n0.6\n")
     out = tmp_path / "out.csv"
     args = ["evaluate", str(tmp_path / "dec.pt"), str(tmp_path / "x.npy")]
     assert main([*args, "--noise-std", str(tmp_path / f"sigma.{fmt}"), "--out", str(out)]) == 0
@@ -557,3 +561,22 @@ def test_an_encoder_with_nan_outputs_is_refused_and_a_degenerate_is_flagged(part
         assert main([*args, *extra]) == rc
         err = capsys.readouterr().err
         assert said in err and "Traceback" not in err, err
+
+
+def test_truncated_files_pickled_modules_and_a_missing_encoder_are_named(parts, capsys):
+    """A truncated .pt quoted torch's "PytorchStreamReader ... internal miniz error" and advised
+    --unsafe-pickle; a pickled module quoted torch's unfinished "... you have two options,";
+    a missing --encoder file was "nonexist.pt does not exist" (which file?)."""
+    root = parts[0]
+    data = (root / "dec.pt").read_bytes()
+    (root / "trunc.pt").write_bytes(data[: len(data) // 2])
+    base = [str(root / "x.npy"), "--noise-std", "0.2"]
+    assert main(["evaluate", str(root / "trunc.pt"), *base]) == 2
+    err = capsys.readouterr().err
+    assert "truncated or corrupt" in err and "--unsafe-pickle" not in err
+    assert main(["evaluate", str(root / "dec_module.pt"), *base]) == 2
+    err = capsys.readouterr().err
+    assert "Python objects beyond tensors" in err and "two options" not in err
+    assert "--unsafe-pickle" in err or "unsafe_pickle" in err
+    assert main(["evaluate", str(root / "dec.pt"), *base, "--encoder", str(root / "no.pt")]) == 2
+    assert "the encoder's file" in capsys.readouterr().err

@@ -40,7 +40,7 @@ def _load(path, unsafe_pickle: bool, part: str = "decoder"):
 
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
+        raise FileNotFoundError(f"the {part}'s file {path} does not exist")
     if path.is_dir():
         raise ValueError(
             f"{path} is a folder, not the {part}'s weights: give its .safetensors file or its "
@@ -92,26 +92,38 @@ def _load(path, unsafe_pickle: bool, part: str = "decoder"):
                 f"{part}'s state_dict() instead"
             ) from exc
         except Exception as exc:  # a truncated or corrupt file: PytorchStreamReader, EOF ...
-            raise ValueError(
-                f"{path} cannot be read by torch.load "
-                f"({_plain(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)}): "
-                f"the file is truncated or corrupt; save the {part} again (torch.save) or "
-                "give another copy"
-            ) from exc
+            raise _unreadable(path, part, exc) from exc
+    import pickle
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError (and others) for code objects
+    except pickle.UnpicklingError as exc:  # objects beyond tensors: a pickled module, a class
+        # torch's first line is advice cut off ("... you have two options,"); its reason is
+        # the "WeightsUnpickler error: Unsupported global: ..." line
+        lines = [ln.strip() for ln in _plain(str(exc)).splitlines()]
+        why = next((ln for ln in lines if ln.startswith("WeightsUnpickler error")), "")
         raise ValueError(
-            f"{path} is not a plain state dict (torch.load(weights_only=True) refused it: "
-            f"{_plain(str(exc).splitlines()[0])}). Save the module's state_dict() (or safetensors) "
-            "instead; or, only for a file you trust, pass unsafe_pickle=True (--unsafe-pickle), "
-            "which executes code from the file"
+            f"{path} is not a plain state dict: it holds Python objects beyond tensors (a "
+            f"pickled module?){f'; torch says: {why}' if why else ''}. Save the {part}'s "
+            "state_dict() (or safetensors) instead; or, only for a file you trust, pass "
+            "unsafe_pickle=True (--unsafe-pickle), which executes code from the file"
         ) from exc
+    except Exception as exc:  # a truncated or corrupt file: PytorchStreamReader, EOF ...
+        raise _unreadable(path, part, exc) from exc
 
 
 def _natural_key(name: str) -> list:
     """Sort key of a tensor name with its digit runs as numbers (``layers.2`` < ``layers.10``)."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _unreadable(path, part: str, exc: Exception) -> ValueError:
+    """The error for a torch file that ``torch.load`` cannot read (truncated, corrupt)."""
+    first = _plain(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__
+    return ValueError(
+        f"{path} cannot be read by torch.load ({first}): the file is truncated or corrupt; save "
+        f"the {part} again (torch.save) or give another copy"
+    )
 
 
 def _plain(text: str) -> str:
