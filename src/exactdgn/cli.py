@@ -1560,7 +1560,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=_Formatter,
     )
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"exactdgn {__version__}")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more logging (-vv: also the traceback of an error)",
+    )
     p.add_argument(
         "--threads",
         type=_positive_int,

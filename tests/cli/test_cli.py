@@ -883,3 +883,13 @@ def test_option_values_and_options_that_do_not_apply_are_named(runs, tmp_path, c
     assert FIT_DEFAULTS == {k: params[k] for k in FIT_DEFAULTS}
     text = build_parser()._subparsers._group_actions[0].choices["fit"].format_help()
     assert "(default: 1000)" in text and "ExactDGN's" not in text
+
+
+def test_version_and_json_files_end_with_a_newline(runs, capsys):
+    from exactdgn import __version__
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"exactdgn {__version__}"
+    root = runs[0]
+    assert (root / "em" / "results.json").read_text().endswith("}\n")

@@ -30,7 +30,7 @@ def write_json(path, obj) -> None:
     allowed)."""
     text = json.dumps(obj, indent=2, default=json_default, allow_nan=True)
     with atomic_path(path) as tmp:  # never half a file, also after a Ctrl-C
-        tmp.write_text(text)
+        tmp.write_text(text + "\n")  # a text file ends with a newline (cat, diff, git)
 
 
 def _is_number(x) -> bool:
