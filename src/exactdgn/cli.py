@@ -181,11 +181,18 @@ def _values_digest(X: np.ndarray) -> str:
 
 
 def _same_data(data_cfg: dict, spec: str) -> bool:
-    """Whether DATA ``spec`` names the run's DATA: the same spelling, or the same file."""
+    """Whether DATA ``spec`` names the run's DATA: the same spelling, the same file, or the
+    same MNIST folder (``mnist:/data/`` and ``mnist:/data``)."""
     if data_cfg.get("spec") == spec:
         return True
     path = data_cfg.get("path")
-    return path is not None and _data_kind(spec) == "file" and str(Path(spec).resolve()) == path
+    if path is not None and _data_kind(spec) == "file" and str(Path(spec).resolve()) == path:
+        return True
+    run_spec = str(data_cfg.get("spec", ""))
+    if _data_kind(spec) == "mnist" and _data_kind(run_spec) == "mnist":
+        folder = spec.split(":", 1)[1]
+        return Path(folder).resolve() == Path(run_spec.split(":", 1)[1]).resolve()
+    return False
 
 
 def _data_kind(spec: str) -> str:
@@ -1088,6 +1095,11 @@ def _score_in(args, client) -> int:
             raise CLIError(
                 f"--split {args.split} needs the config.json of the run (its test rows): give "
                 f"the output directory of 'exactdgn fit'; {args.model} has none beside it"
+            )
+        if not same and "sha256" in data_cfg and isinstance(X, np.ndarray):
+            # another file with the run's values (d.csv for the d.npy it was fit on)
+            same = list(X.shape) == data_cfg.get("shape") and (
+                _values_digest(X) == data_cfg["sha256"]
             )
         if not same or list(X.shape) != data_cfg.get("shape"):
             got = f"{args.data}" if not same else f"{args.data} of shape {list(X.shape)}"

@@ -703,6 +703,11 @@ def test_score_split_knows_the_file_not_its_spelling(tmp_path, monkeypatch, caps
         assert main(["score", "r", spelling, "--split", "test"]) == 0, capsys.readouterr().err
         scores.append(capsys.readouterr().out)
     assert scores[0] == scores[1] == scores[2] and "over 10 points" in scores[0]
+    # the same values in another file (a CSV copy of the data): its split, not a refusal
+    X0 = np.load(tmp_path / "d.npy")
+    np.savetxt(tmp_path / "d.csv", X0, delimiter=",", fmt="%.17g")
+    assert main(["score", "r", "d.csv", "--split", "test"]) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out == scores[0].replace("d.npy", "d.csv")
     (tmp_path / "other").mkdir()
     np.save(tmp_path / "other" / "d.npy", 100.0 + np.zeros((50, 2)))
     monkeypatch.chdir(tmp_path / "other")
@@ -893,3 +898,15 @@ def test_version_and_json_files_end_with_a_newline(runs, capsys):
     assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"exactdgn {__version__}"
     root = runs[0]
     assert (root / "em" / "results.json").read_text().endswith("}\n")
+
+
+def test_same_data_reads_an_mnist_folder_not_its_spelling(tmp_path):
+    """``score RUN mnist:/data/ --split test`` (the run fit on ``mnist:/data``) was refused."""
+    from exactdgn.cli import _same_data
+
+    (tmp_path / "m").mkdir()
+    run = {"spec": f"mnist:{tmp_path / 'm'}"}
+    assert _same_data(run, f"mnist:{tmp_path / 'm'}/")
+    assert _same_data(run, f"mnist:{tmp_path / 'm' / '.'}")
+    assert not _same_data(run, f"mnist:{tmp_path}")
+    assert not _same_data(run, "wave")
