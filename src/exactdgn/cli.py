@@ -1893,7 +1893,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = e.add_argument_group("encoder (ELBO / IWAE / IS estimates; these options need --encoder)")
     g.add_argument("--encoder", default=None, help="encoder weights, for ELBO / IWAE / IS")
     g.add_argument(
-        "--encoder-hidden", type=int, nargs="*", default=[64, 64], help="encoder hidden widths"
+        "--encoder-hidden",
+        type=_positive_int,
+        nargs="*",
+        default=None,
+        help="encoder hidden widths (default: read from a GaussianEncoder state dict's weights)",
     )
     g.add_argument(
         "--encoder-activation",

@@ -41,11 +41,11 @@ def test_state_dict_scores_exactly(parts, name):
     assert np.allclose(table[:, 1], exact.score_samples(X), rtol=1e-12)
 
 
-def _evaluate_with_encoder(root, k_is: int, name: str):
+def _evaluate_with_encoder(root, k_is: int, name: str, widths=("--encoder-hidden", "16")):
     """``exactdgn evaluate`` of the test decoder with its encoder: (CSV header, table)."""
     out = root / f"{name}.csv"
     args = ["evaluate", str(root / "dec.pt"), str(root / "x.npy"), "--noise-std", "0.2"]
-    enc = ["--encoder", str(root / "enc.pt"), "--encoder-hidden", "16", "--k-is", str(k_is)]
+    enc = ["--encoder", str(root / "enc.pt"), *widths, "--k-is", str(k_is)]
     assert main([*args, *enc, "--out", str(out)]) == 0
     head = out.read_text().splitlines()[0].split(",")
     return head, np.loadtxt(out, delimiter=",", skiprows=1)
@@ -59,6 +59,15 @@ def test_encoder_estimates_sit_below_the_exact_value(parts, capsys):
     assert abs(t[:, 4].mean() - t[:, 1].mean()) < 0.05  # IS with 200 draws is close
     assert np.allclose(t[:, 5], t[:, 1] - t[:, 2])
     assert "exact - elbo" in capsys.readouterr().out
+
+
+def test_encoder_widths_are_read_from_its_state_dict(parts):
+    """Without --encoder-hidden the widths come from the weights (it asked for them, naming
+    the widths it had found: 'it holds GaussianEncoder(2, 1, hidden=[16])')."""
+    given = _evaluate_with_encoder(parts[0], 50, "given")
+    read = _evaluate_with_encoder(parts[0], 50, "read", widths=())
+    assert given[0] == read[0]
+    np.testing.assert_array_equal(given[1], read[1])
 
 
 def test_pickled_module_needs_the_explicit_flag(parts, capsys):

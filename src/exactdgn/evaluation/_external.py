@@ -377,7 +377,7 @@ def load_torch_encoder(
     *,
     n_features: int,
     latent_dim: int,
-    hidden=(64, 64),
+    hidden=None,
     activation: str = "relu",
     output: str = "log_std",
     unsafe_pickle: bool = False,
@@ -392,8 +392,9 @@ def load_torch_encoder(
     n_features, latent_dim : int
         The data dimension ``D`` and the decoder's latent dimension ``d`` (a state dict of
         other sizes is refused, naming them).
-    hidden : sequence of int
-        The hidden widths of a state dict's ``GaussianEncoder``.
+    hidden : sequence of int, optional
+        The hidden widths of a state dict's ``GaussianEncoder``; ``None`` (default): read from
+        its weights' shapes.
     activation : str
         Its hidden activation.
     output : {"log_std", "log_var"}
@@ -412,10 +413,13 @@ def load_torch_encoder(
     if isinstance(obj, torch.nn.Module):
         enc = obj
     else:
+        sd = _state_dict(obj, path)
+        if hidden is None:  # the widths its weights have (when they are a GaussianEncoder's)
+            held = _encoder_shape(sd)
+            hidden = held[2] if held is not None else (64, 64)
         enc = GaussianEncoder(n_features, latent_dim, tuple(hidden), activation)
         if output == "log_var":  # the head holds log s² = 2 log s: the same range of s
             enc.min_log_std, enc.max_log_std = 2.0 * enc.min_log_std, 2.0 * enc.max_log_std
-        sd = _state_dict(obj, path)
         try:
             enc.load_state_dict(sd)
         except RuntimeError as exc:
