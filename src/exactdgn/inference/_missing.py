@@ -872,13 +872,27 @@ def _refine_observed(
     const = m @ (LOG_2PI + np.log(1.0 / geom.inv_var))
     lk = -0.5 * (const + log_det_P + quad)
     normals, offsets = pair_whitening(geom, ri, L, mu)
-    if need_moments:
-        tm = gaussian.truncated_moments(normals, offsets)
+    # Each pair's weight exp(lk - log p) against a lower bound of its point's log p(x_obs)
+    # (the value before this refinement, less its error and its pairs' rounding estimates, less
+    # 1 nat), as the first pass and the complete path weigh theirs: thin d >= 3 polyhedra whose
+    # edge-formula error cannot show once weighted are not sliced. Without it every thin one
+    # was (a d = 3 row 1e4 sd out under mixed noise: 93 polyhedra, 53,216 cross-sections,
+    # 135 s; now 2 s, the same value and estimate).
+    slack = np.zeros(n)
+    np.maximum.at(slack, p, err)
+    ref = (st.log_px - st.log_px_error - slack - 1.0)[pi]
+    with np.errstate(invalid="ignore"):
+        lw = np.where(np.isfinite(ref), lk - ref, np.inf)
+    lw = np.where(np.isnan(lw), np.inf, lw)  # (unknown: sliced, as without a weight)
+    lm, lm_err = gaussian.log_mass(normals, offsets, return_error=True, log_weight=lw)
+    if need_moments:  # weighted by the pair's share of p(x_obs) (<= 1, its error as slack)
+        with np.errstate(invalid="ignore"):
+            share = np.minimum(lw + lm + np.minimum(lm_err, 1e3), 0.0)
+        share = np.where(np.isnan(share), 0.0, share)
+        tm = gaussian.truncated_moments(normals, offsets, log_weight=share)
         lm, lm_err = tm.log_mass, tm.error
         st.mean[i] = mu + np.einsum("pij,pj->pi", L, tm.mean)
         st.cov[i] = L @ tm.cov @ np.swapaxes(L, 1, 2)
-    else:
-        lm, lm_err = gaussian.log_mass(normals, offsets, return_error=True)
     st.log_joint[i] = lk + lm
     st.v[i] = np.einsum("pji,pj->pi", Kt, w)  # v = K w
     st.pair_L[i], st.pair_mu[i], st.pair_log_det_P[i] = L, mu, log_det_P
