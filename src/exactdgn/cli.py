@@ -304,6 +304,11 @@ def _check_width(model, X, data: str, model_path) -> None:
         )
 
 
+def _count(n: int, noun: str) -> str:
+    """``"1 row"``, ``"3 rows"``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _write_output(path, write) -> None:
     """``write(fh)`` to a binary file handle, the file put at ``path`` only when complete
     (:func:`exactdgn.io.atomic_path`: a Ctrl-C leaves the earlier file or none); the parent
@@ -494,7 +499,7 @@ def _report_missing(X, client) -> int:
     some (0 for a cluster's data, which are not read here)."""
     n = 0 if client is not None else int(np.isnan(X).sum())
     if n:
-        print(f"{n} missing values (NaN): log p(x_obs) for their rows", file=sys.stderr)
+        print(f"{_count(n, 'missing value')} (NaN): log p(x_obs) for their rows", file=sys.stderr)
     return n
 
 
@@ -968,7 +973,8 @@ def _fit_in(args, client, out: Path) -> int:
             f"{results['train_loglik_data']:.6f}"
         )
     print(
-        f"{args.method}: {n_iter} iterations, {model.n_regions_} regions, {seconds:.2f}s; "
+        f"{args.method}: {_count(n_iter, 'iteration')}, {_count(model.n_regions_, 'region')}, "
+        f"{seconds:.2f}s; "
         f"model written to {out}/model.npz"
     )
     return 0
@@ -1027,7 +1033,7 @@ def _impute_in(args, client) -> int:
 
         # a CSV's column names kept in a CSV output, as in memory
         n_rows = write_rows(arrays, paths, client=client, header=csv_header(args.data))
-        print(f"missing values filled ({args.method}) in {n_rows} rows: {out}")
+        print(f"missing values filled ({args.method}) in {_count(n_rows, 'row')}: {out}")
         return 0
     filled, std = res if args.std_out else (res, None)
     n_missing = int(np.isnan(X).sum())
@@ -1036,7 +1042,10 @@ def _impute_in(args, client) -> int:
     header = csv_header(args.data)  # a CSV's column names, kept in a CSV output
     outputs = [(out, filled)] + ([(Path(args.std_out), std)] if args.std_out else [])
     _save_arrays(outputs, header)
-    print(f"{n_missing} missing values filled ({args.method}) in {len(filled)} rows: {out}")
+    print(
+        f"{_count(n_missing, 'missing value')} filled ({args.method}) in "
+        f"{_count(len(filled), 'row')}: {out}"
+    )
     return 0
 
 
@@ -1138,7 +1147,7 @@ def _score_in(args, client) -> int:
     else:
         jac = _jacobian(std, X, _report_missing(X, client))
         ll = _score_values(model, _transform(std, X) if std else X)
-    print(f"exact mean log p(x): {ll.mean():.6f} nats/point over {len(X)} points")
+    print(f"exact mean log p(x): {ll.mean():.6f} nats/point over {_count(len(X), 'point')}")
     if std:
         print(
             f"  in data units: {np.mean(ll + jac):.6f} (standardization Jacobian "
@@ -1233,12 +1242,23 @@ def _sample(args) -> int:
     X = model.sample(args.n, random_state=args.seed)  # data units (its standardization)
     if std and args.standardized:
         X = std.transform(X)
+    names = getattr(model, "feature_names_in_", None)  # a CSV's columns the model was fit on
+    header = None if names is None else [str(n) for n in names]
     if args.out:
         out = Path(args.out)
-        _save_array(out, X)
-        print(f"{args.n} samples of dimension {X.shape[1]} written to {out}")
+        _save_array(out, X, header=header)
+        print(f"{_count(args.n, 'sample')} of dimension {X.shape[1]} written to {out}")
     else:
-        np.savetxt(sys.stdout, X, delimiter=",", fmt="%.17g")  # as the files: every digit
+        from .datasets import csv_line
+
+        np.savetxt(  # as the files: every digit, the fit's header row
+            sys.stdout,
+            X,
+            delimiter=",",
+            fmt="%.17g",
+            header=csv_line(header) if header else "",
+            comments="",
+        )
     return 0
 
 
@@ -1363,8 +1383,8 @@ def _evaluate(args) -> int:
         progress=not args.no_progress,
     )
     print(
-        f"decoder {dec.layer_sizes}, {summ['n_regions']} regions; exact mean log p(x): "
-        f"{summ['exact']:.6f} nats/point over {summ['n_points']} points"
+        f"decoder {dec.layer_sizes}, {_count(summ['n_regions'], 'region')}; exact mean log p(x): "
+        f"{summ['exact']:.6f} nats/point over {_count(summ['n_points'], 'point')}"
     )
     for key in [k for k in summ if k.startswith("gap_")]:
         est = key[4:]
@@ -1575,22 +1595,33 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     p.add_argument("--version", action="version", version=f"exactdgn {__version__}")
-    p.add_argument(
-        "-v",
-        "--verbose",
-        action="count",
-        default=0,
-        help="more logging (-vv: also the traceback of an error)",
-    )
-    p.add_argument(
-        "--threads",
-        type=_positive_int,
-        default=1,
-        help="torch threads (1 is fastest for these small networks)",
-    )
+
+    def global_options(parser, default):
+        parser.add_argument(
+            "-v",
+            "--verbose",
+            action="count",
+            default=0 if default else argparse.SUPPRESS,
+            help="more logging (-vv: also the traceback of an error)",
+        )
+        parser.add_argument(
+            "--threads",
+            type=_positive_int,
+            default=1 if default else argparse.SUPPRESS,
+            help="torch threads (1 is fastest for these small networks)",
+        )
+
+    global_options(p, True)
+    # the same options after the command (`exactdgn fit ... --threads 2`); given there, they
+    # replace the ones given before it
+    common = argparse.ArgumentParser(add_help=False)
+    global_options(common, False)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    f = sub.add_parser(
+    def command(name, **kwargs):
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    f = command(
         "fit",
         help="train a model (exact EM, exact gradient, VAE or IWAE)",
         epilog=EXAMPLES,
@@ -1735,7 +1766,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_options(f)
     f.set_defaults(func=_fit)
 
-    s = sub.add_parser(
+    s = command(
         "score",
         help="exact log-likelihood of data under a fitted model",
         epilog=EXAMPLES,
@@ -1756,7 +1787,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_options(s)
     s.set_defaults(func=_score)
 
-    im = sub.add_parser(
+    im = command(
         "impute",
         help="fill the NaNs of a data file from the exact conditional p(x_mis | x_obs)",
         epilog=EXAMPLES,
@@ -1779,7 +1810,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_options(im)
     im.set_defaults(func=_impute)
 
-    m = sub.add_parser(
+    m = command(
         "sample",
         help="draw samples from a fitted model",
         epilog=EXAMPLES,
@@ -1796,7 +1827,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.set_defaults(func=_sample)
 
-    q = sub.add_parser(
+    q = command(
         "partition",
         help="linear regions of a fitted model or a random decoder",
         epilog=EXAMPLES,
@@ -1820,7 +1851,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--plot", default=None, help="save a plot of the partition (d <= 2)")
     q.set_defaults(func=_partition_cmd)
 
-    r = sub.add_parser(
+    r = command(
         "report",
         help="collect results JSON files under DIR into a table",
         epilog=EXAMPLES,
@@ -1830,7 +1861,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default=None, help="also write the markdown table here")
     r.set_defaults(func=_report)
 
-    e = sub.add_parser(
+    e = command(
         "evaluate",
         help="exact log p(x) of a torch decoder trained elsewhere (ELBO/IWAE/IS gaps)",
         description="Exact log p(x) of a torch decoder trained elsewhere and, given its encoder,\n"
@@ -1922,7 +1953,7 @@ def build_parser() -> argparse.ArgumentParser:
         encoder_defaults={a.dest: a.default for a in g._group_actions if a.dest != "encoder"},
     )
 
-    d = sub.add_parser(
+    d = command(
         "demo",
         help="exact EM vs VAE on wave and digits; writes a report",
         epilog=EXAMPLES,

@@ -369,6 +369,23 @@ def test_threads_below_one_is_a_usage_error(threads, capsys):
     assert "--threads" in err and "Traceback" not in err
 
 
+def test_global_options_after_the_command():
+    """``exactdgn fit ... --threads 2`` and ``exactdgn score ... -v`` were 'unrecognized
+    arguments': the global options are taken after the command too, where they replace the
+    ones given before it."""
+    parser = build_parser()
+    a = parser.parse_args(["partition", "--layers", "1", "3", "2", "--threads", "3", "-vv"])
+    assert (a.threads, a.verbose) == (3, 2)
+    b = parser.parse_args(["--threads", "2", "-v", "partition", "--layers", "1", "3", "2"])
+    assert (b.threads, b.verbose) == (2, 1)
+    c = parser.parse_args(["--threads", "2", "partition", "--layers", "1", "3", "--threads", "4"])
+    assert c.threads == 4
+    d = parser.parse_args(["partition", "--layers", "1", "3", "2"])
+    assert (d.threads, d.verbose) == (1, 0)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["partition", "--layers", "1", "3", "--threads", "0"])
+
+
 def test_help_shows_every_default():
     """Options without a help text (partition --seed, evaluate --k-is, demo --seed, the
     top-level --threads) showed no default in ``--help``."""
@@ -910,3 +927,18 @@ def test_same_data_reads_an_mnist_folder_not_its_spelling(tmp_path):
     assert _same_data(run, f"mnist:{tmp_path / 'm' / '.'}")
     assert not _same_data(run, f"mnist:{tmp_path}")
     assert not _same_data(run, "wave")
+
+
+def test_counts_in_messages_agree_with_their_number(runs, tmp_path, capsys):
+    """'1 samples of dimension 2', '1 missing values filled ... in 1 rows', 'em: 1 iterations'."""
+    root, rc, _ = runs
+    assert rc == 0
+    capsys.readouterr()
+    assert main(["sample", str(root / "em"), "-n", "1", "--out", str(tmp_path / "s.csv")]) == 0
+    assert capsys.readouterr().out.startswith("1 sample of dimension 2 written")
+    holes = tmp_path / "h.csv"
+    np.savetxt(holes, [[0.5, np.nan]], delimiter=",")
+    assert main(["impute", str(root / "em"), str(holes), "--out", str(tmp_path / "f.csv")]) == 0
+    assert capsys.readouterr().out.startswith("1 missing value filled (mean) in 1 row:")
+    assert main(["sample", str(root / "em"), "-n", "2", "--out", str(tmp_path / "s.csv")]) == 0
+    assert capsys.readouterr().out.startswith("2 samples of dimension 2 written")

@@ -225,3 +225,12 @@ def test_csv_columns_are_kept_and_checked(tmp_path, capsys):
     bare = tmp_path / "bare.csv"
     np.savetxt(bare, X, delimiter=",")
     assert main(["score", str(out), str(bare)]) == 0
+    # sample writes the fit's header too (it wrote bare rows), so its CSV scores by name
+    capsys.readouterr()
+    assert main(["sample", str(out), "-n", "3", "--seed", "0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "a,b,c" and len(lines) == 4
+    drawn = tmp_path / "drawn.csv"
+    assert main(["sample", str(out), "-n", "3", "--seed", "0", "--out", str(drawn)]) == 0
+    assert drawn.read_text().splitlines() == lines
+    assert main(["score", str(out), str(drawn)]) == 0
