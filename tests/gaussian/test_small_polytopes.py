@@ -643,3 +643,69 @@ def test_the_halves_of_a_thin_box_around_the_mean_add_up_to_it(d, shape):
     mu = (m[:, None] * tm.mean).sum(axis=0)
     second = sum(m[i] * (tm.cov[i] + np.outer(tm.mean[i] - mu, tm.mean[i] - mu)) for i in range(2))
     assert whitened_error(mu, second, mean, cov) <= 1e-9 + cond + _representable(cov)
+
+
+def _far_box(c, h=0.5):
+    """``c <= u_0 <= c + h, |u_1| <= 1, |u_2| <= 1``: its thin axis ``e_0`` points away from
+    the mean, along which the integrand falls at the rate ``~c``."""
+    eye = np.eye(3)
+    nu = np.stack([eye[0], -eye[0], eye[1], -eye[1], eye[2], -eye[2]])[None]
+    cu = np.array([[c + h, -c, 1.0, 1.0, 1.0, 1.0]])
+    return nu, cu, eye[:1], np.array([[c, c + h, np.nan, np.nan]])
+
+
+@pytest.mark.parametrize("c", [3.0, 40.0, 5000.0])
+def test_slices_too_steep_for_the_rules_are_not_summed(monkeypatch, c):
+    """A box 5,000 sd out along its thin axis falls by ~2,500 nats across its one panel: the
+    20- and 12-node sums are off by ~5 nats with an estimate of 2e7, and far 2-D sections cost
+    0.5-1 s a polyhedron (10 s for a d = 3 row 1e4 sd out). The two-node probe
+    (``_too_steep``) leaves it unsliced (NaN, error inf: the caller keeps the edge formula);
+    boxes 3 and 40 sd out are sliced as before and match the interval product."""
+    from scipy.special import log_ndtr
+
+    from exactdgn.gaussian import _polytope_thin
+
+    box = _far_box(c)
+    got = _polytope_thin.thin_polyhedra(*box)
+    ref = log_ndtr(-c) + np.log(-np.expm1(log_ndtr(-(c + 0.5)) - log_ndtr(-c)))
+    ref += 2.0 * np.log(np.diff(np.exp(log_ndtr([-1.0, 1.0])))[0])
+    monkeypatch.setattr(_polytope_thin, "_STEEP", np.inf)
+    summed = _polytope_thin.thin_polyhedra(*box)
+    if c > 1000:
+        assert np.isnan(got.log_mass[0]) and got.error[0] == np.inf
+        assert summed.error[0] > 1e3 and abs(summed.log_mass[0] - ref) > 1.0  # useless
+    else:
+        for a, b in zip(got, summed, strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert abs(got.log_mass[0] - ref) <= got.error[0] + 1e-12 * abs(ref)
+        assert got.error[0] < 1e-7
+
+
+def test_far_rows_are_the_same_without_the_steep_slices(monkeypatch):
+    """Rows of a d = 3 model 1e4 noise sds out: the polyhedra the probe leaves unsliced were
+    never kept (their slices lost to the edge formula's estimate); log p(x) and its estimate
+    are the same bit for bit with every polyhedron summed (3 of them here; 27 random models
+    x 24 far and near rows, complete and missing, measured alike: 2.8x faster overall)."""
+    from exactdgn import Decoder, ExactDGN
+    from exactdgn.gaussian import _polytope_thin
+
+    flagged = []
+    probe = _polytope_thin._too_steep
+
+    def counted(*args):
+        out = probe(*args)
+        flagged.append(int(out.sum()))
+        return out
+
+    monkeypatch.setattr(_polytope_thin, "_too_steep", counted)
+    dec = Decoder.random([3, 8, 8, 5], activation="leaky_relu", seed=1)
+    model = ExactDGN.from_decoder(dec, noise_std=1e-3)
+    X = model.sample(2, random_state=1)
+    u = np.random.default_rng(1).standard_normal(X.shape)
+    X += 10.0 * u / np.linalg.norm(u, axis=1, keepdims=True)
+    lp, err = model.score_samples(X, return_error=True)
+    assert sum(flagged) > 0
+    monkeypatch.setattr(_polytope_thin, "_STEEP", np.inf)
+    lp_all, err_all = model.score_samples(X, return_error=True)
+    np.testing.assert_array_equal(lp, lp_all)
+    np.testing.assert_array_equal(err, err_all)

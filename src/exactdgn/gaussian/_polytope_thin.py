@@ -30,7 +30,10 @@ out) but thin-safe at every level.  :mod:`._polytope` sends a polyhedron here wh
 edge-formula terms cancel (the log mass alone, too) or, for moments, when its divergence
 covariance's smallest variance is small; the first test also catches polyhedra so thin that
 their divergence covariance is wrong by more than their variance (2e-6 thin, 5.8 sd out:
-smallest variance 3e-4 instead of 3e-13).
+smallest variance 3e-4 instead of 3e-13).  Polyhedra thousands of sd out along ``e``, where
+the integrand falls by more than ``_STEEP`` nats across a panel, are not summed
+(:func:`_too_steep`: a two-node probe; no fixed rule resolves them, and their far 2-D sections
+cost ~1 s each): they keep the edge formula and its estimate.
 """
 
 from __future__ import annotations
@@ -46,11 +49,13 @@ __all__ = ["thin_polyhedra"]
 _NODES = 20
 _CHECK = 12
 _BLOCK = 32  # polyhedra per block
+_STEEP = 1000.0  # nats: a fall across a panel that no rule here resolves (_too_steep)
+_NEAR = 40.0
 
 
-def _slice_sums(nu, cu, e, V, lo, hi, n):
-    """Log mass, mean (S, 3) in the frame ``(e, V)`` and covariance (S, 3, 3) from ``n``-node
-    Gauss-Legendre on the panels ``[lo, hi]`` (S, K) (zero-width panels hold nothing)."""
+def _sections(nu, cu, e, V, lo, hi, n):
+    """The cross-sections at ``n`` Gauss-Legendre nodes of each panel ``[lo, hi]`` (S, K):
+    nodes ``x`` and weights ``w`` (S, K n) and the sections' 2-D moments (S K n rows)."""
     S, F, _ = nu.shape
     K = lo.shape[1]
     xg, wg = gauss_legendre_01(n)
@@ -61,7 +66,39 @@ def _slice_sums(nu, cu, e, V, lo, hi, n):
     M = K * n
     nrm = np.broadcast_to(B[:, None], (S, M, F, 2)).reshape(S * M, F, 2)
     off = (cu[:, None, :] - a[:, None, :] * x[..., None]).reshape(S * M, F)
-    tm = _truncated_moments_2d(nrm, off)
+    return x, w, _truncated_moments_2d(nrm, off)
+
+
+def _too_steep(nu, cu, e, V, lo, hi):
+    """(S,) bool: polyhedra whose integrand along ``e`` falls by more than ``_STEEP`` nats
+    across a panel that holds mass (within ``_NEAR`` nats of the largest value), judged at the
+    panels' two Gauss-Legendre nodes (a probe of ~1/16 of the sums' work).
+
+    Far out (thousands of sd) the integrand along ``e`` can fall by thousands of nats across a
+    panel: all but one of the rules' nodes underflow, the 20- and 12-node sums disagree by
+    ~1e2-1e138 and the slices are never kept, after 0.5-1 s of far 2-D sections per polyhedron
+    (10 s for one row of a d = 3 model 1e4 sd out). The integrand is log-concave in ``x`` (the
+    marginal of a Gaussian on a convex set), so a fall of ``_STEEP`` nats between the probe's
+    nodes (0.58 of the panel apart) means a rate of at least ``1.7 _STEEP`` per panel width
+    beyond them: the 20-node rule's first node (at 0.0034 of the panel) already sees a factor
+    ``e^{-5.9}``, and the sums are off by more than a factor of 20."""
+    x, _, tm = _sections(nu, cu, e, V, lo, hi, 2)
+    S, K = lo.shape
+    with np.errstate(invalid="ignore"):
+        lf = (-0.5 * x * x + tm.log_mass.reshape(x.shape)).reshape(S, K, 2)
+        valid = (hi > lo) & np.isfinite(lf).all(axis=2)
+        top = np.max(np.where(valid[..., None], lf, -np.inf), axis=(1, 2))
+        near = np.max(lf, axis=2) > top[:, None] - _NEAR
+        fall = np.abs(lf[..., 0] - lf[..., 1])
+    return (valid & near & (fall > _STEEP)).any(axis=1)
+
+
+def _slice_sums(nu, cu, e, V, lo, hi, n):
+    """Log mass, mean (S, 3) in the frame ``(e, V)`` and covariance (S, 3, 3) from ``n``-node
+    Gauss-Legendre on the panels ``[lo, hi]`` (S, K) (zero-width panels hold nothing)."""
+    S = nu.shape[0]
+    x, w, tm = _sections(nu, cu, e, V, lo, hi, n)
+    M = x.shape[1]
     with np.errstate(divide="ignore", invalid="ignore"):
         lf = (np.log(w) - 0.5 * x * x - LOG_SQRT_2PI + tm.log_mass.reshape(S, M)).reshape(S, M)
     ok = np.isfinite(lf)
@@ -119,13 +156,20 @@ def _thin_block(nu, cu, e, vx):
     last = np.max(np.where(np.isfinite(xs), xs, -np.inf), axis=1)
     xs = np.where(np.isfinite(xs), xs, last[:, None])  # unused ends: zero-width panels
     lo, hi = xs[:, :-1], xs[:, 1:]
-    # (a slab thinner than its vertices' rounding has no panel: NaN, which the caller drops)
+    # (a slab thinner than its vertices' rounding has no panel: NaN, which the caller drops;
+    # one too steep to slice gets NaN too, and keeps the edge formula)
+    S = nu.shape[0]
+    lm, err = np.full(S, np.nan), np.full(S, np.inf)
+    mean, cov = np.full((S, 3), np.nan), np.full((S, 3, 3), np.nan)
     with np.errstate(all="ignore"):
-        lm, mean, cov, err = _slice_sums(nu, cu, e, V, lo, hi, _NODES)
-        lm_c, mean_c, _, _ = _slice_sums(nu, cu, e, V, lo, hi, _CHECK)
-        scale = np.sqrt(np.maximum(np.einsum("sii->si", cov), 1e-300))
-        quad = np.abs(lm - lm_c) + np.max(np.abs(mean - mean_c) / scale, axis=1)
+        k = np.flatnonzero(~_too_steep(nu, cu, e, V, lo, hi))
+        if k.size:
+            part = (nu[k], cu[k], e[k], V[k], lo[k], hi[k])
+            lm[k], mean[k], cov[k], err[k] = _slice_sums(*part, _NODES)
+            lm_c, mean_c, _, _ = _slice_sums(*part, _CHECK)
+            scale = np.sqrt(np.maximum(np.einsum("sii->si", cov[k]), 1e-300))
+            err[k] += np.abs(lm[k] - lm_c) + np.max(np.abs(mean[k] - mean_c) / scale, axis=1)
     R = np.concatenate([e[:, :, None], V], axis=2)  # (S, 3, 3): columns e, v1, v2
     mean = np.einsum("skl,sl->sk", R, mean)
     cov = R @ cov @ np.swapaxes(R, 1, 2)
-    return TruncatedMoments(lm, mean, 0.5 * (cov + np.swapaxes(cov, 1, 2)), err + quad)
+    return TruncatedMoments(lm, mean, 0.5 * (cov + np.swapaxes(cov, 1, 2)), err)
