@@ -452,6 +452,9 @@ def _cluster(args):
     for name in list(logging.root.manager.loggerDict):
         if name.split(".")[0] in ("distributed", "tornado"):
             logging.getLogger(name).setLevel(level)
+    # a Ctrl-C left the client's pending futures to asyncio, which logged "Task exception was
+    # never retrieved ... AllExit" with its traceback at ERROR: shown with -v
+    logging.getLogger("asyncio").setLevel(level if verbose else logging.CRITICAL)
     # the worker processes log on their own (a data error's traceback, at ERROR): hidden
     # unless -v
     worker_level = {0: logging.CRITICAL, 1: logging.WARNING}.get(verbose, logging.INFO)
@@ -490,7 +493,9 @@ def _chunk_rows(args) -> int:
 
 def _transform(std, X):
     if hasattr(X, "map_blocks"):  # a dask array: block by block on the workers
-        return X.map_blocks(std.transform, dtype=np.float64)
+        from .dask._score import standardize_rows
+
+        return standardize_rows(std, X)
     return std.transform(X)
 
 

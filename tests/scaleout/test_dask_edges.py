@@ -1,5 +1,5 @@
 """exactdgn.dask on dask arrays a user may well hold: empty row chunks (e.g. after a boolean
-filter and ``compute_chunk_sizes()``), an empty array.
+filter and ``compute_chunk_sizes()``); an array without rows is an error, as in memory.
 
 References: the in-memory ``ExactDGN`` methods on the same rows. Scoring and imputation run on
 dask's synchronous scheduler; training on a one-worker ``LocalCluster`` (it needs a client).
@@ -59,7 +59,9 @@ def test_score_samples_with_empty_chunks(planted):
         Xf.compute_chunk_sizes()
         got = edd.score_samples(model, Xf).compute()
         np.testing.assert_allclose(got, ref[keep], rtol=1e-12, atol=0)
-        assert edd.score_samples(model, Xd[:0]).compute().shape == (0,)
+        # no rows at all: the in-memory call's error (it gave an empty result)
+        with pytest.raises(ValueError, match=r"X has no rows \(shape \(0, 3\)\)"):
+            edd.score_samples(model, Xd[:0])
 
 
 def test_impute_with_empty_chunks(planted):
@@ -76,7 +78,8 @@ def test_impute_with_empty_chunks(planted):
         np.testing.assert_allclose(std.compute(), ref_std, rtol=1e-12, atol=1e-300)
         a = edd.impute(model, Xd, method="sample", random_state=3).compute()
         assert a.shape == X.shape and not np.isnan(a).any()
-        assert edd.impute(model, Xd[:0]).compute().shape == (0, 3)
+        with pytest.raises(ValueError, match=r"X has no rows \(shape \(0, 3\)\)"):
+            edd.impute(model, Xd[:0])
 
 
 def _history(data, method):
@@ -754,3 +757,79 @@ def test_checkpoint_of_a_rebuilt_dask_array_says_how_it_is_known(client, tmp_pat
             else:
                 with pytest.raises(CheckpointMismatchError, match=r"X\.name.*pure=True"):
                     ExactDGN(**kw, progress=False).fit(build(pure), checkpoint=ck)
+
+
+@pytest.mark.slow
+def test_cli_workers_ctrl_c_is_one_line(tmp_path):
+    """A terminal's Ctrl-C (SIGINT to the whole process group) in ``score --workers 2``: each
+    worker process printed its ``KeyboardInterrupt`` traceback and asyncio logged "Task
+    exception was never retrieved ... AllExit" beside ``exactdgn: interrupted``. The workers
+    ignore it now (the client closes the cluster) and asyncio's record needs -v: exit 130,
+    one line, no output file, no process left."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    model = ExactDGN.from_decoder(Decoder.random([1, 8, 8, 5], seed=0), 0.1)
+    model.save(tmp_path / "model.npz")
+    np.save(tmp_path / "big.npy", np.tile(model.sample(100_000, random_state=0), (20, 1)))
+    out = tmp_path / "s.csv"
+    cmd = [sys.executable, "-m", "exactdgn", "score", str(tmp_path / "model.npz")]
+    cmd += [str(tmp_path / "big.npy"), "--out", str(out), "--workers", "2"]
+    cmd += ["--chunk-rows", "4096"]
+    proc = subprocess.Popen(
+        cmd,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's job
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+    def group():
+        ps = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True)
+        return ps.stdout.split()
+
+    t0 = time.time()
+    while len(group()) < 3 and time.time() - t0 < 120 and proc.poll() is None:
+        time.sleep(0.2)  # the client and its two workers
+    time.sleep(8.0)  # the workers scoring
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err
+    assert err.strip() == "exactdgn: interrupted", err
+    assert not out.exists()
+    time.sleep(2.0)
+    assert group() == []
+
+
+def test_a_standardized_models_bad_values_are_named_by_their_rows_in_X(planted, tmp_path):
+    """With a standardization (a CLI run's model), ``score --workers`` checked each chunk in
+    ``Standardizer.transform``, which counted the chunk's rows from 0: an infinite value in
+    row 150 was 'first bad rows: [22]' (chunks of 64). Library and CLI name row 150 now."""
+    import subprocess
+    import sys
+
+    from exactdgn.datasets import Standardizer
+
+    model, X = planted
+    model.preprocessing_ = Standardizer().fit(X * 3.0 + 1.0)
+    Xb = X * 3.0 + 1.0
+    Xb[150, 1] = np.inf
+    with dask.config.set(scheduler="synchronous"):
+        with pytest.raises(ValueError, match=r"rows 128:192\) contains 1 infinite.*\[150\]"):
+            edd.score_samples(model, da.from_array(Xb, chunks=64)).compute()
+        Xb[150, 1] = X[150, 1] * 3.0 + 1.0
+        Xb[77, 0] = np.nan
+        got = edd.score_samples(model, da.from_array(Xb, chunks=64)).compute()
+        np.testing.assert_allclose(got, model.score_samples(Xb), rtol=1e-13)
+    Xb[150, 1] = np.inf
+    model.save(tmp_path / "model.npz")
+    np.save(tmp_path / "inf.npy", Xb)
+    cmd = [sys.executable, "-m", "exactdgn", "score", str(tmp_path / "model.npz")]
+    cmd += [str(tmp_path / "inf.npy"), "--workers", "1", "--chunk-rows", "64"]
+    env = {**os.environ, "EXACTDGN_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert "infinite values (first bad rows: [150])" in proc.stderr, proc.stderr

@@ -157,6 +157,9 @@ def connect(
             scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
             memory_limit=memory_limit,
             silence_logs=worker_log_level,
+            # the workers ignore a terminal's Ctrl-C (sent to the process group): the client
+            # stops the cluster
+            preload=["exactdgn.dask._worker_setup"],
         ) as cluster,
         Client(cluster) as client,
     ):

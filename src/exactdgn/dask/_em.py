@@ -170,9 +170,7 @@ class RemoteData:
     ndim = 2
 
     def __init__(self, X, client):
-        X = as_row_chunks(X)
-        if X.shape[0] == 0:
-            raise ValueError(f"X has no rows (shape {X.shape}): give at least one point")
+        X = as_row_chunks(X, nonempty=True)
         if X.shape[1] == 0:
             raise ValueError(
                 f"X has 0 feature(s) (shape={X.shape}) while a minimum of 1 is required: "

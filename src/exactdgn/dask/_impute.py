@@ -85,7 +85,7 @@ def impute(model, X, method: str = "mean", random_state=None, return_std: bool =
         )
     D = model.decoder_.output_dim
     odt = output_dtype(X)  # float32 in, float32 out (as model.impute and sklearn's imputers)
-    X = as_row_chunks(X, D, "model.impute(X)")
+    X = as_row_chunks(X, D, "model.impute(X)", nonempty=True)
     seeds = None
     if method == "sample":
         seeds = np.random.SeedSequence(_entropy(random_state)).spawn(X.numblocks[0])

@@ -78,10 +78,13 @@ def _numeric(dtype) -> bool:
     return np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)
 
 
-def as_row_chunks(X, n_features: int | None = None, in_memory: str | None = None) -> da.Array:
+def as_row_chunks(
+    X, n_features: int | None = None, in_memory: str | None = None, nonempty: bool = False
+) -> da.Array:
     """Validate a 2-D dask array and return it as float64 chunked along rows only.
 
     ``in_memory``: the in-memory call that takes an array (named in the error for one).
+    ``nonempty``: an array without rows is an error (as in memory).
     """
     if not isinstance(X, da.Array):
         if hasattr(X, "to_dask_array"):  # a dask DataFrame / Series
@@ -100,6 +103,8 @@ def as_row_chunks(X, n_features: int | None = None, in_memory: str | None = None
         raise ValueError(f"X must be 2-D, got shape {X.shape}")
     if n_features is not None and X.shape[1] != n_features:
         raise ValueError(f"X has {X.shape[1]} columns but {n_features} are expected")
+    if nonempty and X.shape[0] == 0:
+        raise ValueError(f"X has no rows (shape {X.shape}): give at least one point")
     if any(np.isnan(c) for c in X.chunks[0]):
         raise ValueError("X has unknown chunk sizes: call X.compute_chunk_sizes() first")
     if not _numeric(X.dtype):

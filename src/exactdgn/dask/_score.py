@@ -78,6 +78,20 @@ def log_jacobian_rows(pre, X: da.Array) -> da.Array:
     )
 
 
+def _standardize_chunk(x, pre, block_info=None):
+    start = block_info[0]["array-location"][0][0] if block_info else 0
+    # checked here, so that its errors name the rows of X (Standardizer.transform would name
+    # the chunk's own); NaN = missing stays NaN
+    x = check_chunk(x, start, pre.n_features_in_, allow_nan=True, empty_rows=True)
+    return pre.transform(x)
+
+
+def standardize_rows(pre, X: da.Array) -> da.Array:
+    """``pre.transform`` of a row-chunked ``X``, chunk by chunk (a bad value's error names its
+    row of ``X``)."""
+    return X.map_blocks(_standardize_chunk, pre, dtype=np.float64)
+
+
 def device_name(device) -> str | None:
     """A torch ``device`` as a string (what a task carries to a worker), or None."""
     return None if device is None else str(device)
@@ -132,13 +146,15 @@ def score_samples(model, X, return_error: bool = False):
     of the broadcast key); build it again to compute it elsewhere.
     """
     model._check_fitted()
-    X = as_row_chunks(X, model.decoder_.output_dim, "model.score_samples(X)")
+    X = as_row_chunks(
+        X, model.decoder_.output_dim, "model.score_samples(X)", nonempty=True
+    )
     # a model saved with its standardization takes data units, as model.score_samples does
     pre = getattr(model, "preprocessing_", None)
     if pre is not None:
         # the Jacobian of each row's observed values (model._log_jacobian), from the same reads
         jac = log_jacobian_rows(pre, X)
-        X = X.map_blocks(lambda x: (x - pre.mean_) / pre.scale_, dtype=np.float64)
+        X = standardize_rows(pre, X)
         out = score_samples(_without_preprocessing(model), X, return_error)
         return (out[0] + jac, out[1]) if return_error else out + jac
     spec = broadcast(
