@@ -38,6 +38,13 @@ from .enumerate import enumerate_regions, pattern_output_map
 __all__ = ["log_mass_polygon_mp", "log_px_2d_mp"]
 
 
+def _inside(g, c, u0, u1, tol):
+    """``g . u + c >= 0`` up to the rounding of its terms (vertices on the 1e12 helper box have
+    terms ~1e12: a tolerance on ``|c|`` alone rejected them and dropped whole regions)."""
+    a, b = g[0] * u0, g[1] * u1
+    return a + b + c >= -tol * (1 + abs(c) + abs(a) + abs(b))
+
+
 def _vertices(G, h, tol):
     """Vertices of ``{u : G u + h >= 0}`` (lists of mpf) by pairwise intersection."""
     out = []
@@ -47,7 +54,7 @@ def _vertices(G, h, tol):
             continue
         u0 = (-h[i] * G[j][1] + h[j] * G[i][1]) / det
         u1 = (-G[i][0] * h[j] + G[j][0] * h[i]) / det
-        if all(g[0] * u0 + g[1] * u1 + c >= -tol * (1 + abs(c)) for g, c in zip(G, h, strict=True)):
+        if all(_inside(g, c, u0, u1, tol) for g, c in zip(G, h, strict=True)):
             out.append((u0, u1))
     return out
 
@@ -61,17 +68,15 @@ def _closest(verts, G, h, tol):
     for g, c in zip(G, h, strict=True):
         n2 = g[0] ** 2 + g[1] ** 2
         p = (-c * g[0] / n2, -c * g[1] / n2)  # foot of the line g.u + c = 0
-        if all(
-            gg[0] * p[0] + gg[1] * p[1] + cc >= -tol * (1 + abs(cc))
-            for gg, cc in zip(G, h, strict=True)
-        ):
+        if all(_inside(gg, cc, p[0], p[1], tol) for gg, cc in zip(G, h, strict=True)):
             if p[0] ** 2 + p[1] ** 2 < best[0] ** 2 + best[1] ** 2:
                 best = p
     return best
 
 
 def log_mass_polygon_mp(G, h, *, dps: int = 40):
-    """``log P(G u + h >= 0)`` for ``u ~ N(0, I_2)``; ``None`` for an empty or flat polygon.
+    """``(log P(G u + h >= 0), its relative error)`` for ``u ~ N(0, I_2)`` (the error: mpmath's
+    estimates of its quadratures, summed); ``None`` for an empty or flat polygon.
 
     Parameters
     ----------
@@ -110,6 +115,10 @@ def log_mass_polygon_mp(G, h, *, dps: int = 40):
         upper = [(g, c) for g, c in zip(Gb, hb, strict=True) if g[1] < -tol]
         r2 = mp.sqrt(2)
 
+        # the integrand times e^{delta^2 / 2}, at most ~1: mpmath's error estimates have an
+        # absolute floor (~10^-dps), which a polygon 11 sd out (mass 1e-27) was all below
+        lift = delta**2 / 2
+
         def strip(t):
             lo = max(-(c + g[0] * t) / g[1] for g, c in lower)
             hi = min(-(c + g[0] * t) / g[1] for g, c in upper)
@@ -119,17 +128,37 @@ def log_mass_polygon_mp(G, h, *, dps: int = 40):
                 dphi = (mp.erfc(lo / r2) - mp.erfc(hi / r2)) / 2
             else:
                 dphi = (mp.erfc(-hi / r2) - mp.erfc(-lo / r2)) / 2
-            return mp.npdf(t) * dphi
+            return mp.exp(lift - t * t / 2) / mp.sqrt(2 * mp.pi) * dphi
 
         # the integrand's scale near the closest point is 1 / max(delta, 1): extra knots there
         w = 1 / max(delta, mp.mpf(1))
         near = [p[0] + k * w for k in (-8, -1, 0, 1, 2, 4, 8, 16, 32, 64)]
-        total = mp.mpf(0)
+        # mpmath's own error estimates are read (a strip 20 sd out in one call was 5e-4 off
+        # with a reported error of 2%): a piece is bisected until its estimate is below 1e-16
+        # of the whole (sized by a first pass), and what is left is returned
+        pieces = []
         for a, c in itertools.pairwise(knots):
-            pts = [a] + [t for t in near if a < t < c]
-            pts.append(c)
-            total += mp.quad(strip, pts)
-        return mp.log(total) if total > 0 else None
+            pts = [a, *(t for t in near if a < t < c), c]
+            pieces += [
+                (u, v, *mp.quad(strip, [u, v], error=True)) for u, v in itertools.pairwise(pts)
+            ]
+        atol = mp.mpf(10) ** -16 * mp.fsum(abs(q[2]) for q in pieces)
+        total, error = mp.mpf(0), mp.mpf(0)
+        for _ in range(60):
+            todo = []
+            for u, v, val, err in pieces:
+                if err <= atol or v - u <= tol * (1 + abs(u)):
+                    total, error = total + val, error + err
+                else:
+                    m = (u + v) / 2
+                    todo += [(u, m, *mp.quad(strip, [u, m], error=True))]
+                    todo += [(m, v, *mp.quad(strip, [m, v], error=True))]
+            pieces = todo
+            if not pieces:
+                break
+        total += mp.fsum(q[2] for q in pieces)
+        error += mp.fsum(q[3] for q in pieces)
+        return (mp.log(total) - lift, error / total) if total > 0 else None
 
 
 def log_px_2d_mp(decoder, x, sigma, *, dps: int = 30, oracle=None) -> float:
@@ -179,10 +208,14 @@ def log_px_2d_mp(decoder, x, sigma, *, dps: int = 30, oracle=None) -> float:
         for log_norm, poly in peaks:
             # a polygon's mass is at most 1: a region whose whole Gaussian is e^-60 below the
             # largest term so far cannot move the sum by more than ~1e-26 relative
-            if terms and log_norm < max(terms) - 60:
+            if terms and log_norm < max(t for t, _ in terms) - 60:
                 break
-            lm = mp.mpf(0) if poly is None else log_mass_polygon_mp(*poly, dps=dps)
-            if lm is not None:
-                terms.append(log_norm + lm)
-        top = max(terms)
-        return float(top + mp.log(mp.fsum(mp.exp(t - top) for t in terms)))
+            got = (mp.mpf(0), mp.mpf(0)) if poly is None else log_mass_polygon_mp(*poly, dps=dps)
+            if got is not None:
+                terms.append((log_norm + got[0], got[1]))
+        top = max(t for t, _ in terms)
+        total = mp.fsum(mp.exp(t - top) for t, _ in terms)
+        error = mp.fsum(mp.exp(t - top) * e for t, e in terms)
+        if error > mp.mpf(10) ** -13 * total:  # a reference must be sure of its digits
+            raise ArithmeticError(f"the strip integrals are only good to {error / total} here")
+        return float(top + mp.log(total))
