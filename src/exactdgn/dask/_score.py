@@ -146,9 +146,7 @@ def score_samples(model, X, return_error: bool = False):
     of the broadcast key); build it again to compute it elsewhere.
     """
     model._check_fitted()
-    X = as_row_chunks(
-        X, model.decoder_.output_dim, "model.score_samples(X)", nonempty=True
-    )
+    X = as_row_chunks(X, model.decoder_.output_dim, "model.score_samples(X)", nonempty=True)
     # a model saved with its standardization takes data units, as model.score_samples does
     pre = getattr(model, "preprocessing_", None)
     if pre is not None:
