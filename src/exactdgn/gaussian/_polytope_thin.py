@@ -50,7 +50,7 @@ _NODES = 20
 _CHECK = 12
 _BLOCK = 32  # polyhedra per block
 _STEEP = 1000.0  # nats: a fall across a panel that no rule here resolves (_too_steep)
-_NEAR = 40.0
+_NEAR = 40.0  # nats: panels this far below the largest value cannot show (_too_steep)
 
 
 def _sections(nu, cu, e, V, lo, hi, n):
